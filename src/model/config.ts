@@ -1,0 +1,171 @@
+// config.json -> a normalised ModelConfig. One schema for the Llama family; the architecture
+// decides the few switches (biases, q/k norms) the decoder needs.
+import { readFileSync, existsSync } from "node:fs";
+import path from "node:path";
+import { z } from "zod";
+
+export const SUPPORTED_ARCHITECTURES = [
+  "LlamaForCausalLM",
+  "MistralForCausalLM",
+  "Qwen2ForCausalLM",
+  "Qwen3ForCausalLM",
+] as const;
+export type Architecture = (typeof SUPPORTED_ARCHITECTURES)[number];
+
+const RopeScaling = z
+  .object({
+    rope_type: z.string().optional(),
+    type: z.string().optional(),
+    factor: z.number().optional(),
+    low_freq_factor: z.number().optional(),
+    high_freq_factor: z.number().optional(),
+    original_max_position_embeddings: z.number().optional(),
+  })
+  .passthrough();
+
+const RawConfig = z
+  .object({
+    architectures: z.array(z.string()).min(1),
+    hidden_size: z.number().int().positive(),
+    intermediate_size: z.number().int().positive(),
+    num_hidden_layers: z.number().int().positive(),
+    num_attention_heads: z.number().int().positive(),
+    num_key_value_heads: z.number().int().positive().optional(),
+    head_dim: z.number().int().positive().nullish(),
+    vocab_size: z.number().int().positive(),
+    rms_norm_eps: z.number().positive().default(1e-6),
+    rope_theta: z.number().positive().default(10000),
+    rope_scaling: RopeScaling.nullish(),
+    max_position_embeddings: z.number().int().positive().default(2048),
+    tie_word_embeddings: z.boolean().default(false),
+    attention_bias: z.boolean().optional(),
+    sliding_window: z.number().int().positive().nullish(),
+    use_sliding_window: z.boolean().optional(),
+    hidden_act: z.string().default("silu"),
+    bos_token_id: z.union([z.number(), z.array(z.number())]).nullish(),
+    eos_token_id: z.union([z.number(), z.array(z.number())]).nullish(),
+    torch_dtype: z.string().nullish(),
+  })
+  .passthrough();
+
+export interface ModelConfig {
+  architecture: Architecture;
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  vocabSize: number;
+  rmsNormEps: number;
+  ropeTheta: number;
+  ropeScaling: { factor: number; lowFreqFactor: number; highFreqFactor: number; originalMaxPositions: number } | null;
+  maxPositions: number;
+  tieWordEmbeddings: boolean;
+  /** bias on q/k/v projections (Qwen2, or attention_bias) */
+  qkvBias: boolean;
+  /** bias on o_proj (attention_bias in Llama) */
+  oBias: boolean;
+  /** per-head RMSNorm on q and k before RoPE (Qwen3) */
+  qkNorm: boolean;
+  slidingWindow: number | null;
+  eosTokenIds: number[];
+  bosTokenId: number | null;
+}
+
+export class ModelConfigError extends Error {
+  constructor(file: string, problem: string) {
+    super(`${file}: ${problem}`);
+    this.name = "ModelConfigError";
+  }
+}
+
+function ids(v: number | number[] | null | undefined): number[] {
+  return v == null ? [] : Array.isArray(v) ? v : [v];
+}
+
+export function parseConfig(json: unknown, file = "config.json"): ModelConfig {
+  const parsed = RawConfig.safeParse(json);
+  if (!parsed.success) {
+    const issues = parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ");
+    throw new ModelConfigError(file, `not a usable model config (${issues})`);
+  }
+  const c = parsed.data;
+  const arch = c.architectures[0]!;
+  if (!(SUPPORTED_ARCHITECTURES as readonly string[]).includes(arch)) {
+    throw new ModelConfigError(file, `architecture ${arch} is not supported; kiln runs ${SUPPORTED_ARCHITECTURES.join(", ")}`);
+  }
+  if (c.hidden_act !== "silu") throw new ModelConfigError(file, `hidden_act ${c.hidden_act} is not supported (only silu)`);
+  const numKvHeads = c.num_key_value_heads ?? c.num_attention_heads;
+  if (c.num_attention_heads % numKvHeads !== 0) {
+    throw new ModelConfigError(file, `num_attention_heads ${c.num_attention_heads} is not a multiple of num_key_value_heads ${numKvHeads}`);
+  }
+  const headDim = c.head_dim ?? c.hidden_size / c.num_attention_heads;
+  if (!Number.isInteger(headDim) || headDim % 2 !== 0) throw new ModelConfigError(file, `head_dim ${headDim} must be an even integer`);
+
+  let ropeScaling: ModelConfig["ropeScaling"] = null;
+  const rs = c.rope_scaling;
+  if (rs) {
+    const kind = rs.rope_type ?? rs.type;
+    if (kind === "llama3") {
+      ropeScaling = {
+        factor: rs.factor ?? 8,
+        lowFreqFactor: rs.low_freq_factor ?? 1,
+        highFreqFactor: rs.high_freq_factor ?? 4,
+        originalMaxPositions: rs.original_max_position_embeddings ?? 8192,
+      };
+    } else if (kind !== "default") {
+      throw new ModelConfigError(file, `rope_scaling type ${kind} is not supported (only llama3)`);
+    }
+  }
+  const architecture = arch as Architecture;
+  const slidingWindow =
+    c.sliding_window && c.use_sliding_window !== false && architecture === "MistralForCausalLM" ? c.sliding_window : null;
+  return {
+    architecture,
+    hiddenSize: c.hidden_size,
+    intermediateSize: c.intermediate_size,
+    numLayers: c.num_hidden_layers,
+    numHeads: c.num_attention_heads,
+    numKvHeads,
+    headDim,
+    vocabSize: c.vocab_size,
+    rmsNormEps: c.rms_norm_eps,
+    ropeTheta: c.rope_theta,
+    ropeScaling,
+    maxPositions: c.max_position_embeddings,
+    tieWordEmbeddings: c.tie_word_embeddings,
+    qkvBias: architecture === "Qwen2ForCausalLM" || c.attention_bias === true,
+    oBias: architecture !== "Qwen2ForCausalLM" && c.attention_bias === true,
+    qkNorm: architecture === "Qwen3ForCausalLM",
+    slidingWindow,
+    eosTokenIds: ids(c.eos_token_id),
+    bosTokenId: ids(c.bos_token_id)[0] ?? null,
+  };
+}
+
+export function readConfig(dir: string): ModelConfig {
+  const file = path.join(dir, "config.json");
+  if (!existsSync(dir)) throw new ModelConfigError(dir, "no such directory");
+  if (!existsSync(file)) throw new ModelConfigError(dir, "not a model directory: config.json is missing");
+  let json: unknown;
+  try {
+    json = JSON.parse(readFileSync(file, "utf8"));
+  } catch (err) {
+    throw new ModelConfigError(file, `is not valid JSON (${(err as Error).message})`);
+  }
+  return parseConfig(json, file);
+}
+
+/** Parameter count from the config alone (for info output and memory estimates). */
+export function parameterCount(c: ModelConfig): number {
+  const q = c.hiddenSize * c.numHeads * c.headDim;
+  const kv = 2 * c.hiddenSize * c.numKvHeads * c.headDim;
+  const o = c.numHeads * c.headDim * c.hiddenSize;
+  const mlp = 3 * c.hiddenSize * c.intermediateSize;
+  const bias = c.qkvBias ? (c.numHeads + 2 * c.numKvHeads) * c.headDim : 0;
+  const norms = 2 * c.hiddenSize + (c.qkNorm ? 2 * c.headDim : 0);
+  const layer = q + kv + o + mlp + bias + norms;
+  const embed = c.vocabSize * c.hiddenSize;
+  return embed * (c.tieWordEmbeddings ? 1 : 2) + c.numLayers * layer + c.hiddenSize;
+}

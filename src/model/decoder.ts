@@ -1,0 +1,294 @@
+// The Llama-family decoder (Llama 2/3, SmolLM2, TinyLlama, Mistral, Qwen2, Qwen3), top to bottom.
+//
+//   ids -> embed -> N x [ x + attn(rmsnorm(x)) ; x + mlp(rmsnorm(x)) ] -> rmsnorm -> lm_head -> logits
+//
+// Weights keep the Hugging Face names and layouts (Linear weights are [out, in]) so LoRA adapters
+// can be keyed by the same module names PEFT writes. Every projection goes through `linear`,
+// which is where an adapter adds its low-rank update.
+import { tf } from "../tensor/backend.js";
+import type { ModelConfig } from "./config.js";
+
+/** Adds a low-rank update to a projection's output; null where the module has no adapter. */
+export interface AdapterHook {
+  delta(module: string, x: tf.Tensor2D): tf.Tensor2D | null;
+}
+
+/**
+ * Keys and values for every layer, plus which key positions are real (1) or padding (0).
+ * The decoder appends to it on each call; generation owns and disposes it.
+ */
+export class KVCache {
+  keys: tf.Tensor4D[] = []; // per layer [B, nKvHeads, S, headDim]
+  values: tf.Tensor4D[] = []; // per layer [B, nKvHeads, S, headDim]
+  mask: number[][]; // [B][S]
+  constructor(batch: number) {
+    this.mask = Array.from({ length: batch }, () => []);
+  }
+  get length(): number {
+    return this.mask[0]?.length ?? 0;
+  }
+  dispose(): void {
+    for (const t of [...this.keys, ...this.values]) t.dispose();
+    this.keys = [];
+    this.values = [];
+  }
+}
+
+export interface ForwardInput {
+  /** token ids, [B][T], rows of equal length (left-pad for batches) */
+  ids: number[][];
+  /** 1 for real tokens, 0 for padding, [B][T]; all ones when omitted */
+  mask?: number[][];
+}
+
+export interface ForwardOptions {
+  cache?: KVCache;
+  adapter?: AdapterHook;
+  /** return logits only for positions >= logitsFrom (saves the [T, vocab] matmul on prompts) */
+  logitsFrom?: number;
+}
+
+/** The names and shapes a checkpoint must provide for this config. */
+export function expectedWeights(c: ModelConfig): Map<string, number[]> {
+  const w = new Map<string, number[]>();
+  const qOut = c.numHeads * c.headDim;
+  const kvOut = c.numKvHeads * c.headDim;
+  w.set("model.embed_tokens.weight", [c.vocabSize, c.hiddenSize]);
+  for (let i = 0; i < c.numLayers; i++) {
+    const p = `model.layers.${i}`;
+    w.set(`${p}.input_layernorm.weight`, [c.hiddenSize]);
+    w.set(`${p}.self_attn.q_proj.weight`, [qOut, c.hiddenSize]);
+    w.set(`${p}.self_attn.k_proj.weight`, [kvOut, c.hiddenSize]);
+    w.set(`${p}.self_attn.v_proj.weight`, [kvOut, c.hiddenSize]);
+    w.set(`${p}.self_attn.o_proj.weight`, [c.hiddenSize, qOut]);
+    if (c.qkvBias) {
+      w.set(`${p}.self_attn.q_proj.bias`, [qOut]);
+      w.set(`${p}.self_attn.k_proj.bias`, [kvOut]);
+      w.set(`${p}.self_attn.v_proj.bias`, [kvOut]);
+    }
+    if (c.oBias) w.set(`${p}.self_attn.o_proj.bias`, [c.hiddenSize]);
+    if (c.qkNorm) {
+      w.set(`${p}.self_attn.q_norm.weight`, [c.headDim]);
+      w.set(`${p}.self_attn.k_norm.weight`, [c.headDim]);
+    }
+    w.set(`${p}.post_attention_layernorm.weight`, [c.hiddenSize]);
+    w.set(`${p}.mlp.gate_proj.weight`, [c.intermediateSize, c.hiddenSize]);
+    w.set(`${p}.mlp.up_proj.weight`, [c.intermediateSize, c.hiddenSize]);
+    w.set(`${p}.mlp.down_proj.weight`, [c.hiddenSize, c.intermediateSize]);
+  }
+  w.set("model.norm.weight", [c.hiddenSize]);
+  if (!c.tieWordEmbeddings) w.set("lm_head.weight", [c.vocabSize, c.hiddenSize]);
+  return w;
+}
+
+/** The projection modules LoRA can target, with [in, out] features, for layer i. */
+export function projectionShapes(c: ModelConfig): Record<string, { inFeatures: number; outFeatures: number; prefix: string }> {
+  const qOut = c.numHeads * c.headDim;
+  const kvOut = c.numKvHeads * c.headDim;
+  return {
+    q_proj: { inFeatures: c.hiddenSize, outFeatures: qOut, prefix: "self_attn" },
+    k_proj: { inFeatures: c.hiddenSize, outFeatures: kvOut, prefix: "self_attn" },
+    v_proj: { inFeatures: c.hiddenSize, outFeatures: kvOut, prefix: "self_attn" },
+    o_proj: { inFeatures: qOut, outFeatures: c.hiddenSize, prefix: "self_attn" },
+    gate_proj: { inFeatures: c.hiddenSize, outFeatures: c.intermediateSize, prefix: "mlp" },
+    up_proj: { inFeatures: c.hiddenSize, outFeatures: c.intermediateSize, prefix: "mlp" },
+    down_proj: { inFeatures: c.intermediateSize, outFeatures: c.hiddenSize, prefix: "mlp" },
+  };
+}
+
+/** RoPE inverse frequencies, with Llama 3's long-context rescaling when configured. */
+export function ropeInverseFrequencies(c: ModelConfig): Float64Array {
+  const half = c.headDim / 2;
+  const inv = new Float64Array(half);
+  for (let i = 0; i < half; i++) inv[i] = 1 / Math.pow(c.ropeTheta, (2 * i) / c.headDim);
+  const s = c.ropeScaling;
+  if (!s) return inv;
+  const lowWavelen = s.originalMaxPositions / s.lowFreqFactor;
+  const highWavelen = s.originalMaxPositions / s.highFreqFactor;
+  for (let i = 0; i < half; i++) {
+    const wavelen = (2 * Math.PI) / inv[i]!;
+    if (wavelen > lowWavelen) inv[i] = inv[i]! / s.factor;
+    else if (wavelen >= highWavelen) {
+      const smooth = (s.originalMaxPositions / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
+      inv[i] = (1 - smooth) * (inv[i]! / s.factor) + smooth * inv[i]!;
+    }
+  }
+  return inv;
+}
+
+const MASKED = -1e9; // finite, so a row with every key masked (left padding) gives no NaN
+
+export class Decoder {
+  readonly invFreq: Float64Array;
+
+  constructor(
+    readonly config: ModelConfig,
+    readonly weights: Map<string, tf.Tensor>,
+  ) {
+    this.invFreq = ropeInverseFrequencies(config);
+  }
+
+  private w(name: string): tf.Tensor {
+    const t = this.weights.get(name);
+    if (!t) throw new Error(`weight ${name} is not loaded`);
+    return t;
+  }
+
+  /** x @ W^T (+ b) (+ adapter delta). x: [N, in] -> [N, out] */
+  private linear(module: string, x: tf.Tensor2D, adapter?: AdapterHook): tf.Tensor2D {
+    let y: tf.Tensor2D = tf.matMul(x, this.w(`${module}.weight`) as tf.Tensor2D, false, true);
+    const bias = this.weights.get(`${module}.bias`);
+    if (bias) y = tf.add(y, bias as tf.Tensor1D);
+    const d = adapter?.delta(module, x);
+    return d ? tf.add(y, d) : y;
+  }
+
+  private rmsNorm(x: tf.Tensor, weightName: string): tf.Tensor {
+    const variance = tf.mean(tf.square(x), -1, true);
+    return tf.mul(tf.mul(x, tf.rsqrt(tf.add(variance, this.config.rmsNormEps))), this.w(weightName));
+  }
+
+  /** cos and sin tables for the given positions, [B, T, 1, headDim] (rotate_half layout). */
+  private ropeTables(positions: number[][]): { cos: tf.Tensor4D; sin: tf.Tensor4D } {
+    const B = positions.length;
+    const T = positions[0]!.length;
+    const hd = this.config.headDim;
+    const half = hd / 2;
+    const cos = new Float32Array(B * T * hd);
+    const sin = new Float32Array(B * T * hd);
+    for (let b = 0; b < B; b++) {
+      for (let t = 0; t < T; t++) {
+        const p = positions[b]![t]!;
+        const base = (b * T + t) * hd;
+        for (let i = 0; i < half; i++) {
+          const angle = p * this.invFreq[i]!;
+          cos[base + i] = cos[base + i + half] = Math.cos(angle);
+          sin[base + i] = sin[base + i + half] = Math.sin(angle);
+        }
+      }
+    }
+    return { cos: tf.tensor4d(cos, [B, T, 1, hd]), sin: tf.tensor4d(sin, [B, T, 1, hd]) };
+  }
+
+  /** x: [B, T, heads, headDim]; x*cos + rotate_half(x)*sin, rotate_half(x) = [-x2, x1] */
+  private applyRope(x: tf.Tensor4D, cos: tf.Tensor4D, sin: tf.Tensor4D): tf.Tensor4D {
+    const half = this.config.headDim / 2;
+    const [x1, x2] = tf.split(x, [half, half], 3);
+    const rotated = tf.concat([tf.neg(x2!), x1!], 3);
+    return tf.add(tf.mul(x, cos), tf.mul(rotated, sin));
+  }
+
+  /**
+   * Additive attention mask [B, 1, 1, T, S]: causal over absolute key positions, padding keys
+   * masked, and Mistral's sliding window.
+   */
+  private attentionMask(keyMask: number[][], T: number): tf.Tensor {
+    const B = keyMask.length;
+    const S = keyMask[0]!.length;
+    const past = S - T;
+    const window = this.config.slidingWindow;
+    const m = new Float32Array(B * T * S);
+    for (let b = 0; b < B; b++) {
+      const row = keyMask[b]!;
+      for (let t = 0; t < T; t++) {
+        const q = past + t;
+        const base = (b * T + t) * S;
+        for (let s = 0; s < S; s++) {
+          const visible = s <= q && row[s] === 1 && (window === null || q - s < window);
+          if (!visible) m[base + s] = MASKED;
+        }
+      }
+    }
+    return tf.tensor(m, [B, 1, 1, T, S]);
+  }
+
+  /**
+   * One pass over new tokens. Returns logits [B, T', vocab] for positions >= logitsFrom.
+   * With a cache, the tokens continue the cached sequence and the cache is extended in place
+   * (call inside tf.tidy; the cache's tensors are kept and the old ones released).
+   */
+  forward(input: ForwardInput, opts: ForwardOptions = {}): tf.Tensor3D {
+    const c = this.config;
+    const { ids } = input;
+    const B = ids.length;
+    const T = ids[0]!.length;
+    const newMask = input.mask ?? ids.map((row) => row.map(() => 1));
+    const cache = opts.cache;
+    const pastMask = cache ? cache.mask : ids.map(() => [] as number[]);
+    const keyMask = pastMask.map((row, b) => [...row, ...newMask[b]!]);
+    // Position of a token = number of real tokens before it in its row (as HF does with left padding).
+    const positions = keyMask.map((row) => {
+      const out: number[] = [];
+      let seen = 0;
+      for (let s = 0; s < row.length; s++) {
+        if (s >= row.length - T) out.push(row[s] ? seen : 0);
+        seen += row[s]!;
+      }
+      return out;
+    });
+    const { cos, sin } = this.ropeTables(positions);
+    const mask = this.attentionMask(keyMask, T);
+    const groups = c.numHeads / c.numKvHeads;
+    const scale = 1 / Math.sqrt(c.headDim);
+
+    let x = tf.gather(this.w("model.embed_tokens.weight"), tf.tensor2d(ids, [B, T], "int32")) as tf.Tensor3D; // [B, T, H]
+    for (let l = 0; l < c.numLayers; l++) {
+      const p = `model.layers.${l}`;
+      // --- attention ---
+      const h = this.rmsNorm(x, `${p}.input_layernorm.weight`).reshape([B * T, c.hiddenSize]) as tf.Tensor2D; // [B*T, H]
+      let q = this.linear(`${p}.self_attn.q_proj`, h, opts.adapter).reshape([B, T, c.numHeads, c.headDim]) as tf.Tensor4D; // [B, T, nHeads, hd]
+      let k = this.linear(`${p}.self_attn.k_proj`, h, opts.adapter).reshape([B, T, c.numKvHeads, c.headDim]) as tf.Tensor4D; // [B, T, nKv, hd]
+      const v = this.linear(`${p}.self_attn.v_proj`, h, opts.adapter).reshape([B, T, c.numKvHeads, c.headDim]) as tf.Tensor4D; // [B, T, nKv, hd]
+      if (c.qkNorm) {
+        q = this.rmsNorm(q, `${p}.self_attn.q_norm.weight`) as tf.Tensor4D;
+        k = this.rmsNorm(k, `${p}.self_attn.k_norm.weight`) as tf.Tensor4D;
+      }
+      q = this.applyRope(q, cos, sin);
+      k = this.applyRope(k, cos, sin);
+      let keys = tf.transpose(k, [0, 2, 1, 3]) as tf.Tensor4D; // [B, nKv, T, hd]
+      let values = tf.transpose(v, [0, 2, 1, 3]) as tf.Tensor4D; // [B, nKv, T, hd]
+      if (cache) {
+        if (cache.keys[l]) {
+          keys = tf.concat([cache.keys[l]!, keys], 2); // [B, nKv, S, hd]
+          values = tf.concat([cache.values[l]!, values], 2); // [B, nKv, S, hd]
+          cache.keys[l]!.dispose();
+          cache.values[l]!.dispose();
+        }
+        cache.keys[l] = tf.keep(keys);
+        cache.values[l] = tf.keep(values);
+      }
+      const S = keys.shape[2];
+      // Grouped-query attention without copying K/V: the `groups` query heads that share a KV
+      // head are stacked along the query axis.
+      const qg = tf
+        .transpose(q.reshape([B, T, c.numKvHeads, groups, c.headDim]), [0, 2, 3, 1, 4]) // [B, nKv, groups, T, hd]
+        .reshape([B, c.numKvHeads, groups * T, c.headDim]); // [B, nKv, groups*T, hd]
+      const scores = tf
+        .matMul(qg as tf.Tensor4D, keys, false, true) // [B, nKv, groups*T, S]
+        .mul(scale)
+        .reshape([B, c.numKvHeads, groups, T, S]); // [B, nKv, groups, T, S]
+      const probs = tf.softmax(tf.add(scores, mask), -1).reshape([B, c.numKvHeads, groups * T, S]); // [B, nKv, groups*T, S]
+      const ctx = tf
+        .matMul(probs as tf.Tensor4D, values) // [B, nKv, groups*T, hd]
+        .reshape([B, c.numKvHeads, groups, T, c.headDim]) // [B, nKv, groups, T, hd]
+        .transpose([0, 3, 1, 2, 4]) // [B, T, nKv, groups, hd]
+        .reshape([B * T, c.numHeads * c.headDim]) as tf.Tensor2D; // [B*T, nHeads*hd]
+      const attnOut = this.linear(`${p}.self_attn.o_proj`, ctx, opts.adapter).reshape([B, T, c.hiddenSize]); // [B, T, H]
+      x = tf.add(x, attnOut);
+      // --- SwiGLU MLP ---
+      const h2 = this.rmsNorm(x, `${p}.post_attention_layernorm.weight`).reshape([B * T, c.hiddenSize]) as tf.Tensor2D; // [B*T, H]
+      const gate = this.linear(`${p}.mlp.gate_proj`, h2, opts.adapter);
+      const up = this.linear(`${p}.mlp.up_proj`, h2, opts.adapter);
+      const down = this.linear(`${p}.mlp.down_proj`, tf.mul(tf.mul(gate, tf.sigmoid(gate)), up) as tf.Tensor2D, opts.adapter);
+      x = tf.add(x, down.reshape([B, T, c.hiddenSize]));
+    }
+    if (cache) cache.mask = keyMask;
+
+    const from = opts.logitsFrom ?? 0;
+    if (from > 0) x = tf.slice(x, [0, from, 0], [B, T - from, c.hiddenSize]); // [B, T', H]
+    const Tout = T - from;
+    const normed = this.rmsNorm(x, "model.norm.weight").reshape([B * Tout, c.hiddenSize]) as tf.Tensor2D; // [B*T', H]
+    const head = c.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+    return tf.matMul(normed, this.w(head) as tf.Tensor2D, false, true).reshape([B, Tout, c.vocabSize]); // [B, T', V]
+  }
+}

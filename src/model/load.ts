@@ -1,0 +1,121 @@
+// Loads a Hugging Face model directory: config, weights (single or sharded safetensors,
+// F32/F16/BF16), tokenizer, chat template and generation config.
+import { existsSync, readFileSync, readdirSync } from "node:fs";
+import path from "node:path";
+import { tf } from "../tensor/backend.js";
+import { readConfig, type ModelConfig } from "./config.js";
+import { Decoder, expectedWeights } from "./decoder.js";
+import { readHeader, readTensors, SafetensorsError, type SafetensorsHeader } from "./safetensors.js";
+import { ChatTokenizer } from "./tokenizer.js";
+
+export interface LoadedModel {
+  dir: string;
+  config: ModelConfig;
+  decoder: Decoder;
+  tokenizer: ChatTokenizer;
+  /** end-of-turn ids from generation_config.json, config.json and the tokenizer */
+  eosTokenIds: number[];
+  dispose(): void;
+}
+
+export class ModelLoadError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ModelLoadError";
+  }
+}
+
+/** Which safetensors file holds each tensor. */
+function weightFiles(dir: string): Map<string, string> {
+  const index = path.join(dir, "model.safetensors.index.json");
+  if (existsSync(index)) {
+    let weightMap: Record<string, string>;
+    try {
+      weightMap = JSON.parse(readFileSync(index, "utf8")).weight_map;
+    } catch (err) {
+      throw new ModelLoadError(`${index}: ${(err as Error).message}`);
+    }
+    if (!weightMap || typeof weightMap !== "object") throw new ModelLoadError(`${index}: no weight_map`);
+    return new Map(Object.entries(weightMap).map(([name, file]) => [name, path.join(dir, file)]));
+  }
+  const single = path.join(dir, "model.safetensors");
+  if (existsSync(single)) return new Map([["*", single]]);
+  const others = readdirSync(dir).filter((f) => /\.(bin|pt|pth|gguf|onnx)$/.test(f));
+  throw new ModelLoadError(
+    `${dir}: no model.safetensors or model.safetensors.index.json` +
+      (others.length ? ` (found ${others.join(", ")}; kiln reads safetensors only)` : ""),
+  );
+}
+
+function readGenerationConfig(dir: string): { eos: number[]; pad?: number } {
+  const file = path.join(dir, "generation_config.json");
+  if (!existsSync(file)) return { eos: [] };
+  try {
+    const g = JSON.parse(readFileSync(file, "utf8"));
+    const eos = g.eos_token_id == null ? [] : Array.isArray(g.eos_token_id) ? g.eos_token_id : [g.eos_token_id];
+    return { eos, pad: typeof g.pad_token_id === "number" ? g.pad_token_id : undefined };
+  } catch (err) {
+    throw new ModelLoadError(`${file}: ${(err as Error).message}`);
+  }
+}
+
+/** Reads and checks every tensor the config asks for; errors name the file and the tensor. */
+export function loadWeights(dir: string, config: ModelConfig): Map<string, tf.Tensor> {
+  const expected = expectedWeights(config);
+  const files = weightFiles(dir);
+  const headers = new Map<string, SafetensorsHeader>();
+  const header = (file: string): SafetensorsHeader => {
+    let h = headers.get(file);
+    if (!h) {
+      if (!existsSync(file)) throw new ModelLoadError(`${file}: listed in the weight map but missing`);
+      h = readHeader(file);
+      headers.set(file, h);
+    }
+    return h;
+  };
+  // Group tensor names by the file that holds them, checking names and shapes before reading data.
+  const byFile = new Map<string, string[]>();
+  for (const [name, shape] of expected) {
+    const file = files.get(name) ?? files.get("*");
+    if (!file) throw new ModelLoadError(`${dir}: tensor "${name}" is not in the weight map`);
+    const entry = header(file).tensors.get(name);
+    if (!entry) throw new ModelLoadError(`${file}: tensor "${name}" is missing`);
+    if (entry.shape.join(",") !== shape.join(",")) {
+      throw new ModelLoadError(`${file}: tensor "${name}" has shape [${entry.shape}] but config.json implies [${shape}]`);
+    }
+    byFile.set(file, [...(byFile.get(file) ?? []), name]);
+  }
+  const weights = new Map<string, tf.Tensor>();
+  try {
+    for (const [file, names] of byFile) {
+      for (const [name, t] of readTensors(header(file), names)) {
+        weights.set(name, tf.tensor(t.data, t.shape, "float32"));
+      }
+    }
+  } catch (err) {
+    for (const t of weights.values()) t.dispose();
+    if (err instanceof SafetensorsError) throw new ModelLoadError(err.message);
+    throw err;
+  }
+  return weights;
+}
+
+export function loadModel(dir: string): LoadedModel {
+  const resolved = path.resolve(dir);
+  const config = readConfig(resolved);
+  const generation = readGenerationConfig(resolved);
+  const tokenizer = ChatTokenizer.fromDirectory(resolved, [...generation.eos, ...config.eosTokenIds], generation.pad);
+  const weights = loadWeights(resolved, config);
+  const decoder = new Decoder(config, weights);
+  return {
+    dir: resolved,
+    config,
+    decoder,
+    tokenizer,
+    eosTokenIds: tokenizer.eosTokenIds,
+    dispose() {
+      for (const t of weights.values()) t.dispose();
+      weights.clear();
+    },
+  };
+}

@@ -1,0 +1,179 @@
+// safetensors: u64 little-endian header length N, N bytes of JSON
+// {name: {dtype, shape, data_offsets: [begin, end)}, "__metadata__": {...}}, then raw little-endian data.
+import { closeSync, openSync, readSync, fstatSync, writeFileSync, renameSync } from "node:fs";
+
+export type DType = "F32" | "F16" | "BF16";
+
+const BYTES: Record<string, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, I64: 8, I32: 4, I16: 2, I8: 1, U8: 1, BOOL: 1 };
+
+export interface TensorEntry {
+  dtype: string;
+  shape: number[];
+  dataOffsets: [number, number];
+}
+
+export interface SafetensorsHeader {
+  file: string;
+  tensors: Map<string, TensorEntry>;
+  metadata: Record<string, string>;
+  /** absolute byte offset of the data section */
+  dataStart: number;
+}
+
+export class SafetensorsError extends Error {
+  constructor(file: string, problem: string, tensor?: string) {
+    super(`${file}${tensor ? `: tensor "${tensor}"` : ""}: ${problem}`);
+    this.name = "SafetensorsError";
+  }
+}
+
+function readExactly(fd: number, length: number, position: number, file: string, what: string): Buffer {
+  const buf = Buffer.alloc(length);
+  let done = 0;
+  while (done < length) {
+    const n = readSync(fd, buf, done, length - done, position + done);
+    if (n === 0) throw new SafetensorsError(file, `file ends before ${what} (truncated download?)`);
+    done += n;
+  }
+  return buf;
+}
+
+/** Reads and validates the header without touching tensor data. */
+export function readHeader(file: string): SafetensorsHeader {
+  const fd = openSync(file, "r");
+  try {
+    const size = fstatSync(fd).size;
+    if (size < 8) throw new SafetensorsError(file, `only ${size} bytes: not a safetensors file`);
+    const n = Number(readExactly(fd, 8, 0, file, "the header length").readBigUInt64LE(0));
+    if (n <= 0 || n > 100 * 1024 * 1024 || 8 + n > size) {
+      throw new SafetensorsError(file, `header length ${n} does not fit a ${size}-byte file: not a safetensors file, or truncated`);
+    }
+    let json: Record<string, unknown>;
+    try {
+      json = JSON.parse(readExactly(fd, n, 8, file, "the end of the header").toString("utf8"));
+    } catch (err) {
+      throw new SafetensorsError(file, `header is not valid JSON (${(err as Error).message})`);
+    }
+    const dataStart = 8 + n;
+    const dataSize = size - dataStart;
+    const tensors = new Map<string, TensorEntry>();
+    let metadata: Record<string, string> = {};
+    for (const [name, raw] of Object.entries(json)) {
+      if (name === "__metadata__") {
+        metadata = (raw ?? {}) as Record<string, string>;
+        continue;
+      }
+      const e = raw as { dtype?: string; shape?: number[]; data_offsets?: [number, number] };
+      if (!e || typeof e.dtype !== "string" || !Array.isArray(e.shape) || !Array.isArray(e.data_offsets)) {
+        throw new SafetensorsError(file, "header entry lacks dtype, shape or data_offsets", name);
+      }
+      const bytes = BYTES[e.dtype];
+      if (bytes === undefined) throw new SafetensorsError(file, `unknown dtype ${e.dtype}`, name);
+      const [begin, end] = e.data_offsets;
+      const want = e.shape.reduce((a, b) => a * b, 1) * bytes;
+      if (end - begin !== want) {
+        throw new SafetensorsError(file, `shape [${e.shape}] ${e.dtype} needs ${want} bytes but data_offsets span ${end - begin}`, name);
+      }
+      if (end > dataSize) {
+        throw new SafetensorsError(file, `data ends at byte ${end} but the file holds only ${dataSize} data bytes (truncated?)`, name);
+      }
+      tensors.set(name, { dtype: e.dtype, shape: e.shape, dataOffsets: [begin, end] });
+    }
+    return { file, tensors, metadata, dataStart };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** BF16 is the top half of an F32; F16 needs a real conversion (subnormals included). */
+function toFloat32(dtype: string, raw: Buffer, file: string, name: string): Float32Array {
+  const count = raw.byteLength / (BYTES[dtype] ?? 1);
+  // Copy into an aligned buffer: a Node Buffer may sit at any offset of a shared pool.
+  const aligned = new Uint8Array(raw.byteLength);
+  aligned.set(raw);
+  if (dtype === "F32") return new Float32Array(aligned.buffer);
+  const u16 = new Uint16Array(aligned.buffer);
+  const out = new Float32Array(count);
+  if (dtype === "BF16") {
+    const u32 = new Uint32Array(out.buffer);
+    for (let i = 0; i < count; i++) u32[i] = u16[i]! << 16;
+    return out;
+  }
+  if (dtype === "F16") {
+    for (let i = 0; i < count; i++) out[i] = halfToFloat(u16[i]!);
+    return out;
+  }
+  throw new SafetensorsError(file, `dtype ${dtype} cannot be read as floating point`, name);
+}
+
+export function halfToFloat(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >> 10) & 0x1f;
+  const frac = h & 0x3ff;
+  if (exp === 0) return sign * 2 ** -14 * (frac / 1024);
+  if (exp === 31) return frac ? NaN : sign * Infinity;
+  return sign * 2 ** (exp - 15) * (1 + frac / 1024);
+}
+
+/** Reads the named tensors (or all) as float32, each with its shape. */
+export function readTensors(
+  header: SafetensorsHeader,
+  names: Iterable<string> = header.tensors.keys(),
+): Map<string, { shape: number[]; data: Float32Array }> {
+  const out = new Map<string, { shape: number[]; data: Float32Array }>();
+  const fd = openSync(header.file, "r");
+  try {
+    for (const name of names) {
+      const e = header.tensors.get(name);
+      if (!e) throw new SafetensorsError(header.file, "is not in this file", name);
+      const [begin, end] = e.dataOffsets;
+      const raw = readExactly(fd, end - begin, header.dataStart + begin, header.file, `tensor "${name}"`);
+      out.set(name, { shape: e.shape, data: toFloat32(e.dtype, raw, header.file, name) });
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return out;
+}
+
+/** Serialises float32 tensors; `metadata` lands in __metadata__ (PEFT wants {"format":"pt"}). */
+export function encodeSafetensors(
+  tensors: Map<string, { shape: number[]; data: Float32Array }>,
+  metadata: Record<string, string> = { format: "pt" },
+): Buffer {
+  const header: Record<string, unknown> = { __metadata__: metadata };
+  let offset = 0;
+  const names = [...tensors.keys()].sort();
+  for (const name of names) {
+    const t = tensors.get(name)!;
+    const expected = t.shape.reduce((a, b) => a * b, 1);
+    if (expected !== t.data.length) throw new Error(`tensor "${name}": shape [${t.shape}] needs ${expected} values, got ${t.data.length}`);
+    header[name] = { dtype: "F32", shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
+    offset += t.data.byteLength;
+  }
+  let json = Buffer.from(JSON.stringify(header), "utf8");
+  // Pad the header to 8 bytes so the data section stays aligned for readers that map it.
+  const pad = (8 - (json.length % 8)) % 8;
+  if (pad) json = Buffer.concat([json, Buffer.alloc(pad, 0x20)]);
+  const out = Buffer.alloc(8 + json.length + offset);
+  out.writeBigUInt64LE(BigInt(json.length), 0);
+  json.copy(out, 8);
+  let at = 8 + json.length;
+  for (const name of names) {
+    const d = tensors.get(name)!.data;
+    Buffer.from(d.buffer, d.byteOffset, d.byteLength).copy(out, at);
+    at += d.byteLength;
+  }
+  return out;
+}
+
+/** Writes via a temp file and rename, so a crash never leaves a half-written file in place. */
+export function writeSafetensors(
+  file: string,
+  tensors: Map<string, { shape: number[]; data: Float32Array }>,
+  metadata?: Record<string, string>,
+): void {
+  const tmp = `${file}.tmp-${process.pid}`;
+  writeFileSync(tmp, encodeSafetensors(tensors, metadata));
+  renameSync(tmp, file);
+}

@@ -1,0 +1,107 @@
+// Tokenizer + chat template, read from the same files Hugging Face writes, so the embedded model
+// and real hub models load through one path.
+import { readFileSync, existsSync } from "node:fs";
+import path from "node:path";
+import { Tokenizer } from "@huggingface/tokenizers";
+import { Template } from "@huggingface/jinja";
+
+export interface ChatMessage {
+  role: "system" | "user" | "assistant" | "tool";
+  content: string;
+}
+
+function readJson(file: string): Record<string, unknown> {
+  try {
+    return JSON.parse(readFileSync(file, "utf8"));
+  } catch (err) {
+    throw new Error(`${file}: ${(err as Error).message}`);
+  }
+}
+
+function tokenString(v: unknown): string | undefined {
+  if (typeof v === "string") return v;
+  if (v && typeof v === "object" && typeof (v as { content?: unknown }).content === "string") return (v as { content: string }).content;
+  return undefined;
+}
+
+export class ChatTokenizer {
+  readonly eosTokenIds: number[];
+  readonly padTokenId: number;
+  readonly bosToken: string | undefined;
+  readonly eosToken: string | undefined;
+  private readonly template: Template | undefined;
+
+  constructor(
+    private readonly tokenizer: Tokenizer,
+    private readonly config: Record<string, unknown>,
+    chatTemplate: string | undefined,
+    generationEos: number[],
+    generationPad: number | undefined,
+  ) {
+    this.bosToken = tokenString(config.bos_token);
+    this.eosToken = tokenString(config.eos_token);
+    const eos = new Set(generationEos);
+    const eosId = this.eosToken !== undefined ? tokenizer.token_to_id(this.eosToken) : undefined;
+    if (eosId !== undefined) eos.add(eosId);
+    this.eosTokenIds = [...eos];
+    const padName = tokenString(config.pad_token);
+    this.padTokenId = generationPad ?? (padName !== undefined ? tokenizer.token_to_id(padName) : undefined) ?? this.eosTokenIds[0] ?? 0;
+    this.template = chatTemplate ? new Template(chatTemplate) : undefined;
+  }
+
+  static fromDirectory(dir: string, generationEos: number[] = [], generationPad?: number): ChatTokenizer {
+    const tokFile = path.join(dir, "tokenizer.json");
+    if (!existsSync(tokFile)) throw new Error(`${dir}: tokenizer.json is missing (kiln reads Hugging Face fast tokenizers)`);
+    const cfgFile = path.join(dir, "tokenizer_config.json");
+    const config = existsSync(cfgFile) ? readJson(cfgFile) : {};
+    let tokenizer: Tokenizer;
+    try {
+      tokenizer = new Tokenizer(readJson(tokFile), config);
+    } catch (err) {
+      throw new Error(`${tokFile}: cannot build the tokenizer (${(err as Error).message})`);
+    }
+    const jinjaFile = path.join(dir, "chat_template.jinja");
+    let template = existsSync(jinjaFile) ? readFileSync(jinjaFile, "utf8") : undefined;
+    if (!template) {
+      const t = config.chat_template;
+      // Some configs hold a list of named templates; "default" is what apply_chat_template uses.
+      if (typeof t === "string") template = t;
+      else if (Array.isArray(t)) template = (t.find((x) => x?.name === "default") ?? t[0])?.template;
+    }
+    return new ChatTokenizer(tokenizer, config, template, generationEos, generationPad);
+  }
+
+  get hasChatTemplate(): boolean {
+    return this.template !== undefined;
+  }
+
+  encode(text: string): number[] {
+    return this.tokenizer.encode(text, { add_special_tokens: false }).ids;
+  }
+
+  decode(ids: number[], skipSpecial = true): string {
+    if (ids.length === 0) return ""; // the library throws on an empty list
+    return this.tokenizer.decode(ids, { skip_special_tokens: skipSpecial });
+  }
+
+  tokenToId(token: string): number | undefined {
+    return this.tokenizer.token_to_id(token);
+  }
+
+  /** Renders messages with the model's chat template (a plain fallback when it has none). */
+  renderChat(messages: ChatMessage[], addGenerationPrompt = true): string {
+    if (!this.template) {
+      return messages.map((m) => `${m.role}: ${m.content}\n`).join("") + (addGenerationPrompt ? "assistant: " : "");
+    }
+    return this.template.render({
+      messages,
+      add_generation_prompt: addGenerationPrompt,
+      bos_token: this.bosToken ?? "",
+      eos_token: this.eosToken ?? "",
+    });
+  }
+
+  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt = true): number[] {
+    return this.encode(this.renderChat(messages, addGenerationPrompt));
+  }
+}

@@ -297,7 +297,7 @@ function describeError(err: unknown, repoId: string, revision: string, hubUrl: s
 export async function pullModel(repoId: string, opts: PullOptions = {}): Promise<string> {
   const revision = opts.revision ?? DEFAULT_REVISION;
   const cacheDir = opts.cacheDir ?? defaultCacheDir();
-  const hubUrl = opts.hubUrl?.replace(/\/+$/, "") ?? defaultHubUrl();
+  const hubUrl = opts.hubUrl?.replace(/\/+$/, "") || defaultHubUrl();
   const accessToken = opts.accessToken ?? (process.env["HF_TOKEN"] || undefined);
   const repo = modelRepo(repoId);
   const common = { hubUrl, fetch: opts.fetch, ...(accessToken ? { accessToken } : {}) };

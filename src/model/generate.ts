@@ -1,0 +1,152 @@
+// Batched, streaming generation with a KV cache. Prompts are left-padded into one batch; each row
+// stops on its own (end-of-turn token, stop string, or max tokens) and the batch ends when all have.
+import { tf } from "../tensor/backend.js";
+import type { AdapterHook } from "./decoder.js";
+import { KVCache } from "./decoder.js";
+import type { LoadedModel } from "./load.js";
+import { sampleToken, seededRandom } from "./sampling.js";
+
+export interface GenerateOptions {
+  maxTokens?: number;
+  /** 0 = greedy (the default) */
+  temperature?: number;
+  topK?: number;
+  topP?: number;
+  /** same seed, same prompts, same settings -> same tokens */
+  seed?: number;
+  /** extra stop ids; the model's end-of-turn ids always stop */
+  stopTokenIds?: number[];
+  stopStrings?: string[];
+  signal?: AbortSignal;
+  adapter?: AdapterHook;
+}
+
+export type FinishReason = "stop" | "length" | "abort";
+
+export interface GenerationChunk {
+  row: number;
+  token: number;
+  /** new text since the previous chunk of this row (may be empty while a character is incomplete) */
+  text: string;
+}
+
+export interface GenerationResult {
+  tokens: number[];
+  text: string;
+  finishReason: FinishReason;
+  promptTokens: number;
+}
+
+interface RowState {
+  tokens: number[];
+  text: string;
+  emitted: number; // characters of `text` already streamed
+  done: FinishReason | null;
+}
+
+/** Text of `tokens`, cut at the first stop string; also how much of it is safe to stream. */
+function visibleText(model: LoadedModel, tokens: number[], stops: string[]): { text: string; stopped: boolean; safe: number } {
+  const full = model.tokenizer.decode(tokens);
+  let cut = -1;
+  for (const s of stops) {
+    const at = full.indexOf(s);
+    if (at >= 0 && (cut < 0 || at < cut)) cut = at;
+  }
+  if (cut >= 0) return { text: full.slice(0, cut), stopped: true, safe: cut };
+  // Hold back a trailing partial character and anything that could still grow into a stop string.
+  let safe = full.endsWith("\uFFFD") ? full.length - 1 : full.length;
+  for (const s of stops) {
+    for (let k = Math.min(s.length - 1, full.length); k > 0; k--) {
+      if (full.endsWith(s.slice(0, k))) {
+        safe = Math.min(safe, full.length - k);
+        break;
+      }
+    }
+  }
+  return { text: full, stopped: false, safe };
+}
+
+export async function* streamGenerate(
+  model: LoadedModel,
+  prompts: number[][],
+  opts: GenerateOptions = {},
+): AsyncGenerator<GenerationChunk, GenerationResult[]> {
+  if (prompts.length === 0) return [];
+  const maxTokens = opts.maxTokens ?? 128;
+  const settings = { temperature: opts.temperature ?? 0, topK: opts.topK ?? 0, topP: opts.topP ?? 1 };
+  const random = seededRandom(opts.seed ?? Math.floor(Math.random() * 2 ** 32));
+  const stopIds = new Set([...model.eosTokenIds, ...(opts.stopTokenIds ?? [])]);
+  const stops = (opts.stopStrings ?? []).filter((s) => s.length > 0);
+  const pad = model.tokenizer.padTokenId;
+  const longest = Math.max(...prompts.map((p) => p.length));
+  if (prompts.some((p) => p.length === 0)) throw new Error("generate: a prompt has no tokens");
+  if (longest + maxTokens > model.config.maxPositions) {
+    throw new Error(
+      `generate: prompt (${longest} tokens) + maxTokens (${maxTokens}) exceeds the model's ${model.config.maxPositions} positions`,
+    );
+  }
+
+  const rows: RowState[] = prompts.map(() => ({ tokens: [], text: "", emitted: 0, done: null }));
+  const cache = new KVCache(prompts.length);
+  try {
+    // Prefill: left-pad every prompt to the longest.
+    let ids = prompts.map((p) => [...Array(longest - p.length).fill(pad), ...p]);
+    let mask = prompts.map((p) => [...Array(longest - p.length).fill(0), ...p.map(() => 1)]);
+    for (let step = 0; step < maxTokens; step++) {
+      if (opts.signal?.aborted) {
+        for (const r of rows) r.done ??= "abort";
+        break;
+      }
+      const logits = tf.tidy(() => {
+        const out = model.decoder.forward({ ids, mask }, { cache, adapter: opts.adapter, logitsFrom: ids[0]!.length - 1 });
+        return out.reshape([prompts.length, model.config.vocabSize]); // [B, V]
+      });
+      const data = (await logits.data()) as Float32Array;
+      logits.dispose();
+      const V = model.config.vocabSize;
+      const next: number[] = [];
+      for (let b = 0; b < rows.length; b++) {
+        const row = rows[b]!;
+        if (row.done) {
+          next.push(pad);
+          continue;
+        }
+        const token = sampleToken(data.subarray(b * V, (b + 1) * V), settings, random);
+        next.push(token);
+        if (stopIds.has(token)) {
+          row.done = "stop";
+          continue;
+        }
+        row.tokens.push(token);
+        const seen = visibleText(model, row.tokens, stops);
+        row.text = seen.text;
+        if (seen.stopped) row.done = "stop";
+        else if (row.tokens.length >= maxTokens) row.done = "length";
+        const upTo = row.done ? row.text.length : seen.safe;
+        const text = row.text.slice(row.emitted, upTo);
+        row.emitted = Math.max(row.emitted, upTo);
+        yield { row: b, token, text };
+      }
+      if (rows.every((r) => r.done)) break;
+      ids = next.map((t) => [t]);
+      mask = rows.map((r, b) => [r.done && !stopIds.has(next[b]!) ? 0 : 1]);
+    }
+  } finally {
+    cache.dispose();
+  }
+  return rows.map((r, b) => ({
+    tokens: r.tokens,
+    text: r.text,
+    finishReason: r.done ?? "length",
+    promptTokens: prompts[b]!.length,
+  }));
+}
+
+/** Runs generation to the end and returns one result per prompt. */
+export async function generate(model: LoadedModel, prompts: number[][], opts: GenerateOptions = {}): Promise<GenerationResult[]> {
+  const it = streamGenerate(model, prompts, opts);
+  for (;;) {
+    const r = await it.next();
+    if (r.done) return r.value;
+  }
+}

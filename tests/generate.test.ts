@@ -1,0 +1,99 @@
+// Generation behaviour: batching, determinism, stopping, streaming, abort, and no tensor leaks.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { initBackend, tf } from "../src/tensor/backend.js";
+import { loadModel } from "../src/model/load.js";
+import { generate, streamGenerate } from "../src/model/generate.js";
+import { sampleToken, seededRandom } from "../src/model/sampling.js";
+import { fixtureDir } from "./support/paths.js";
+
+await initBackend();
+const model = loadModel(fixtureDir("llama"));
+const prompts = [
+  model.tokenizer.encode("the quick brown fox"),
+  model.tokenizer.encode("hello"),
+  model.tokenizer.encode("a much longer prompt that needs no padding at all"),
+];
+
+test("a batch of prompts of different lengths gives each row what it gets alone", async () => {
+  const batched = await generate(model, prompts, { maxTokens: 10, temperature: 0 });
+  for (let i = 0; i < prompts.length; i++) {
+    const [alone] = await generate(model, [prompts[i]!], { maxTokens: 10, temperature: 0 });
+    assert.deepEqual(batched[i]!.tokens, alone!.tokens, `row ${i}`);
+  }
+});
+
+test("same seed gives the same sampled text; another seed gives another", async () => {
+  const opts = { maxTokens: 16, temperature: 1.5, topK: 50, topP: 0.95 };
+  const a = await generate(model, prompts, { ...opts, seed: 7 });
+  const b = await generate(model, prompts, { ...opts, seed: 7 });
+  const c = await generate(model, prompts, { ...opts, seed: 8 });
+  assert.deepEqual(a.map((r) => r.tokens), b.map((r) => r.tokens));
+  assert.notDeepEqual(a.map((r) => r.tokens), c.map((r) => r.tokens));
+});
+
+test("max tokens, stop tokens and stop strings end a row with the right reason", async () => {
+  const [free] = await generate(model, [prompts[0]!], { maxTokens: 12, temperature: 0 });
+  assert.equal(free!.finishReason, "length");
+  assert.equal(free!.tokens.length, 12);
+  const stopAt = free!.tokens[4]!;
+  const [byToken] = await generate(model, [prompts[0]!], { maxTokens: 12, temperature: 0, stopTokenIds: [stopAt] });
+  assert.equal(byToken!.finishReason, "stop");
+  assert.deepEqual(byToken!.tokens, free!.tokens.slice(0, free!.tokens.indexOf(stopAt)));
+  const stopString = free!.text.slice(3, 6);
+  assert.ok(stopString.length > 0);
+  const [byString] = await generate(model, [prompts[0]!], { maxTokens: 12, temperature: 0, stopStrings: [stopString] });
+  assert.equal(byString!.finishReason, "stop");
+  assert.equal(byString!.text, free!.text.slice(0, free!.text.indexOf(stopString)));
+});
+
+test("streamed chunks concatenate to the final text, and abort stops the stream", async () => {
+  const it = streamGenerate(model, [prompts[0]!], { maxTokens: 12, temperature: 0 });
+  let streamed = "";
+  let result;
+  for (;;) {
+    const r = await it.next();
+    if (r.done) {
+      result = r.value;
+      break;
+    }
+    streamed += r.value.text;
+  }
+  assert.equal(streamed, result[0]!.text);
+
+  const controller = new AbortController();
+  const chunks: number[] = [];
+  const aborted = streamGenerate(model, [prompts[0]!], { maxTokens: 50, temperature: 0, signal: controller.signal });
+  for (;;) {
+    const r = await aborted.next();
+    if (r.done) {
+      assert.equal(r.value[0]!.finishReason, "abort");
+      break;
+    }
+    chunks.push(r.value.token);
+    if (chunks.length === 3) controller.abort();
+  }
+  assert.equal(chunks.length, 3);
+});
+
+test("no tensors leak across 100 generations", async () => {
+  await generate(model, prompts, { maxTokens: 2 }); // warm-up allocations
+  const before = tf.memory().numTensors;
+  for (let i = 0; i < 100; i++) {
+    await generate(model, [prompts[i % prompts.length]!], { maxTokens: 3, temperature: 0.8, seed: i });
+  }
+  assert.equal(tf.memory().numTensors, before);
+});
+
+test("a prompt longer than the model's positions is refused with a clear error", async () => {
+  await assert.rejects(generate(model, [Array(300).fill(1)], { maxTokens: 1 }), /exceeds the model's 256 positions/);
+});
+
+test("top-k 1 is greedy; top-p keeps only the likeliest tokens", () => {
+  const logits = new Float32Array([0.1, 3, 0.2, 2.9, -1]);
+  const random = seededRandom(1);
+  for (let i = 0; i < 20; i++) assert.equal(sampleToken(logits, { temperature: 1, topK: 1, topP: 1 }, random), 1);
+  const seen = new Set<number>();
+  for (let i = 0; i < 200; i++) seen.add(sampleToken(logits, { temperature: 1, topK: 0, topP: 0.6 }, random));
+  assert.deepEqual([...seen].sort(), [1, 3]);
+});

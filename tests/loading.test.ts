@@ -1,0 +1,110 @@
+// Bad model directories get errors that name the file and the tensor, never a bare stack trace.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { cpSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync, statSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { initBackend } from "../src/tensor/backend.js";
+import { loadModel } from "../src/model/load.js";
+import { encodeSafetensors, readHeader, readTensors, halfToFloat } from "../src/model/safetensors.js";
+import { fixtureDir } from "./support/paths.js";
+
+await initBackend();
+
+function copyOf(name: string): string {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-load-"));
+  cpSync(fixtureDir(name), dir, { recursive: true });
+  return dir;
+}
+
+function editJson(file: string, edit: (j: Record<string, unknown>) => void): void {
+  const j = JSON.parse(readFileSync(file, "utf8"));
+  edit(j);
+  writeFileSync(file, JSON.stringify(j));
+}
+
+test("a directory that is not a model says config.json is missing", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-empty-"));
+  assert.throws(() => loadModel(dir), /not a model directory: config.json is missing/);
+  assert.throws(() => loadModel(path.join(dir, "nope")), /no such directory/);
+  rmSync(dir, { recursive: true });
+});
+
+test("an unknown architecture is named, with the supported list", () => {
+  const dir = copyOf("llama");
+  editJson(path.join(dir, "config.json"), (j) => (j.architectures = ["GPT2LMHeadModel"]));
+  assert.throws(() => loadModel(dir), /architecture GPT2LMHeadModel is not supported; kiln runs LlamaForCausalLM/);
+  rmSync(dir, { recursive: true });
+});
+
+test("a config with a missing field names the field", () => {
+  const dir = copyOf("llama");
+  editJson(path.join(dir, "config.json"), (j) => delete j.hidden_size);
+  assert.throws(() => loadModel(dir), /config\.json: not a usable model config \(hidden_size/);
+  rmSync(dir, { recursive: true });
+});
+
+test("a misshapen tensor names the file, the tensor and both shapes", () => {
+  const dir = copyOf("llama");
+  editJson(path.join(dir, "config.json"), (j) => (j.intermediate_size = 100));
+  assert.throws(() => loadModel(dir), /model\.safetensors: tensor "model\.layers\.0\.mlp\.gate_proj\.weight" has shape \[176,64\] but config\.json implies \[100,64\]/);
+  rmSync(dir, { recursive: true });
+});
+
+test("a missing tensor is named", () => {
+  const dir = copyOf("llama");
+  editJson(path.join(dir, "config.json"), (j) => (j.tie_word_embeddings = false));
+  assert.throws(() => loadModel(dir), /tensor "lm_head\.weight" is missing/);
+  rmSync(dir, { recursive: true });
+});
+
+test("a truncated safetensors file is reported as truncated, naming the tensor", () => {
+  const dir = copyOf("llama");
+  const file = path.join(dir, "model.safetensors");
+  truncateSync(file, statSync(file).size - 100);
+  assert.throws(() => loadModel(dir), /model\.safetensors: tensor "[^"]+": data ends at byte \d+ but the file holds only \d+ data bytes \(truncated\?\)/);
+  truncateSync(file, 5);
+  assert.throws(() => loadModel(dir), /only 5 bytes: not a safetensors file/);
+  rmSync(dir, { recursive: true });
+});
+
+test("a sharded model whose index names a missing shard says which", () => {
+  const dir = copyOf("mistral");
+  rmSync(path.join(dir, "model-00002-of-00002.safetensors"));
+  assert.throws(() => loadModel(dir), /model-00002-of-00002\.safetensors: listed in the weight map but missing/);
+  rmSync(dir, { recursive: true });
+});
+
+test("a directory with only PyTorch .bin weights says kiln reads safetensors", () => {
+  const dir = copyOf("llama");
+  rmSync(path.join(dir, "model.safetensors"));
+  writeFileSync(path.join(dir, "pytorch_model.bin"), "x");
+  assert.throws(() => loadModel(dir), /found pytorch_model\.bin; kiln reads safetensors only/);
+  rmSync(dir, { recursive: true });
+});
+
+test("safetensors round-trips, with an 8-byte aligned header and metadata", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-st-"));
+  const file = path.join(dir, "t.safetensors");
+  const tensors = new Map([
+    ["b", { shape: [2, 3], data: new Float32Array([1, 2, 3, 4, 5, 6]) }],
+    ["a", { shape: [1], data: new Float32Array([-0.5]) }],
+  ]);
+  const bytes = encodeSafetensors(tensors, { format: "pt" });
+  assert.equal(Number(bytes.readBigUInt64LE(0)) % 8, 0);
+  writeFileSync(file, bytes);
+  const header = readHeader(file);
+  assert.deepEqual(header.metadata, { format: "pt" });
+  const back = readTensors(header);
+  assert.deepEqual([...back.get("b")!.data], [1, 2, 3, 4, 5, 6]);
+  assert.deepEqual(back.get("a")!.shape, [1]);
+  rmSync(dir, { recursive: true });
+});
+
+test("half-precision decoding covers normals, subnormals and infinities", () => {
+  assert.equal(halfToFloat(0x3c00), 1);
+  assert.equal(halfToFloat(0xc000), -2);
+  assert.equal(halfToFloat(0x0001), 2 ** -24);
+  assert.equal(halfToFloat(0x7c00), Infinity);
+  assert.ok(Number.isNaN(halfToFloat(0x7e00)));
+});

@@ -12,9 +12,16 @@ import time
 
 
 def _parse_args():
-    if len(sys.argv) < 2:
-        raise SystemExit("usage: bench_torch.py '<json config>'")
-    return json.loads(sys.argv[1])
+    try:
+        if len(sys.argv) < 2:
+            raise ValueError("usage: bench_torch.py '<json config>'")
+        cfg = json.loads(sys.argv[1])
+        if not isinstance(cfg, dict):
+            raise ValueError("config must be a JSON object")
+        return cfg
+    except ValueError as e:  # json.JSONDecodeError is a ValueError
+        print(json.dumps({"error": "bad config: %s" % e}), flush=True)
+        sys.exit(2)
 
 
 CFG = _parse_args()
@@ -23,6 +30,10 @@ THREADS = int(CFG.get("threads", 1))
 # only sizes torch's own OpenMP pool, a pthread OpenBLAS reads its count from the environment.
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = str(THREADS)
+# libgomp's default is to spin-wait after every parallel region; those spinning OpenMP workers
+# then fight OpenBLAS's own pthreads for the same cores (measured on a 2-core VM: prefill ~4x and
+# the bake step ~5x slower). PASSIVE makes idle OpenMP workers sleep. The caller may override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import ctypes  # noqa: E402
 import math  # noqa: E402
@@ -361,6 +372,7 @@ def main():
     out.update(blas_info())
     out["openblas_env"] = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
                            if os.environ.get(k) is not None}
+    out["omp_wait_policy"] = os.environ.get("OMP_WAIT_POLICY")
     if cfg.get("matmul_check", True):
         out["matmul1024_gflops"] = matmul_gflops()
     bake = cfg.get("bake")

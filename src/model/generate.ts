@@ -35,6 +35,8 @@ export interface GenerationResult {
   text: string;
   finishReason: FinishReason;
   promptTokens: number;
+  /** the end-of-turn or stop id that ended the row, when one did */
+  stopToken?: number;
 }
 
 interface RowState {
@@ -42,6 +44,7 @@ interface RowState {
   text: string;
   emitted: number; // characters of `text` already streamed
   done: FinishReason | null;
+  stopToken?: number;
 }
 
 /** Text of `tokens`, cut at the first stop string; also how much of it is safe to stream. */
@@ -115,6 +118,7 @@ export async function* streamGenerate(
         next.push(token);
         if (stopIds.has(token)) {
           row.done = "stop";
+          row.stopToken = token;
           continue;
         }
         row.tokens.push(token);
@@ -139,6 +143,7 @@ export async function* streamGenerate(
     text: r.text,
     finishReason: r.done ?? "length",
     promptTokens: prompts[b]!.length,
+    ...(r.stopToken !== undefined ? { stopToken: r.stopToken } : {}),
   }));
 }
 

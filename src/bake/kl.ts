@@ -1,0 +1,125 @@
+// The prompt-baking objective: forward KL(teacher || student) at every reply position, the first
+// reply token included. The teacher's distributions are computed once per trajectory and cached
+// (the teacher does not change during a bake), either over the full vocabulary or as its top-K
+// with a tail bucket, which is an exact KL between two (K+1)-way distributions and needs
+// K+1 numbers per position instead of V.
+import { tf } from "../tensor/backend.js";
+
+export type TeacherTargets =
+  | { kind: "full"; /** [R, V] log-probabilities */ logProbs: Float32Array }
+  | {
+      kind: "topk";
+      /** [R, K] token ids */ indices: Int32Array;
+      /** [R, K] log-probabilities of those tokens */ logProbs: Float32Array;
+      /** [R] log of the probability mass outside the top K */ tailLogProb: Float32Array;
+    };
+
+export type KlMode = { kind: "full" } | { kind: "topk"; k: number };
+
+const TINY = 1e-12;
+
+/** Turns teacher logits for R reply positions, [R, V], into cached targets. */
+export function teacherTargets(logits: tf.Tensor2D, mode: KlMode): TeacherTargets {
+  return tf.tidy(() => {
+    const logp = tf.logSoftmax(logits, -1); // [R, V]
+    if (mode.kind === "full") return { kind: "full", logProbs: logp.dataSync() as Float32Array };
+    const { values, indices } = tf.topk(logp, mode.k); // [R, K]
+    const inTop = tf.sum(tf.exp(values), -1); // [R]
+    const tail = tf.log(tf.maximum(tf.sub(1, inTop), TINY)); // [R]
+    return {
+      kind: "topk",
+      indices: indices.dataSync() as Int32Array,
+      logProbs: values.dataSync() as Float32Array,
+      tailLogProb: tail.dataSync() as Float32Array,
+    };
+  });
+}
+
+/** A batch of targets padded to R positions per row, as tensors for the loss. */
+export interface TargetBatch {
+  mode: KlMode;
+  /** full: [B, R, V]; topk: [B, R, K] */
+  logProbs: tf.Tensor3D;
+  /** topk only: [B*R*K] ids into the flattened [B*R*V] student log-probs */
+  flatIndices?: tf.Tensor1D;
+  /** topk only: [B, R] */
+  tailLogProb?: tf.Tensor2D;
+  /** [B, R], 1 at real reply positions */
+  mask: tf.Tensor2D;
+  tokens: number;
+}
+
+export function stackTargets(targets: TeacherTargets[], lengths: number[], R: number, vocab: number, mode: KlMode): TargetBatch {
+  const B = targets.length;
+  const width = mode.kind === "full" ? vocab : mode.k;
+  const logProbs = new Float32Array(B * R * width);
+  const flat = mode.kind === "topk" ? new Int32Array(B * R * width) : undefined;
+  const tail = mode.kind === "topk" ? new Float32Array(B * R).fill(Math.log(TINY)) : undefined;
+  const mask = new Float32Array(B * R);
+  let tokens = 0;
+  targets.forEach((t, b) => {
+    const n = lengths[b]!;
+    logProbs.set(t.logProbs.subarray(0, n * width), b * R * width);
+    if (t.kind === "topk") {
+      // Index the student's flattened log-probs directly: gathering through a flat index has a
+      // gradient on every backend.
+      for (let j = 0; j < n * width; j++) flat![b * R * width + j] = (b * R + Math.floor(j / width)) * vocab + t.indices[j]!;
+      tail!.set(t.tailLogProb.subarray(0, n), b * R);
+    }
+    mask.fill(1, b * R, b * R + n);
+    tokens += n;
+  });
+  return {
+    mode,
+    logProbs: tf.tensor3d(logProbs, [B, R, width]),
+    flatIndices: flat ? tf.tensor1d(flat, "int32") : undefined,
+    tailLogProb: tail ? tf.tensor2d(tail, [B, R]) : undefined,
+    mask: tf.tensor2d(mask, [B, R]),
+    tokens,
+  };
+}
+
+export function disposeTargets(t: TargetBatch): void {
+  t.logProbs.dispose();
+  t.flatIndices?.dispose();
+  t.tailLogProb?.dispose();
+  t.mask.dispose();
+}
+
+/**
+ * x[idx] with a gradient that scatters back. tf.gather's own gradient needs UnsortedSegmentSum,
+ * which the wasm backend lacks; the top-K ids are distinct, so a scatter is exact.
+ */
+function gatherFlat(x: tf.Tensor, idx: tf.Tensor1D): tf.Tensor {
+  const f = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const input = args[0] as tf.Tensor;
+    return {
+      value: tf.gather(input, idx),
+      gradFunc: (dy: tf.Tensor | tf.Tensor[]) => tf.scatterND(idx.reshape([-1, 1]), dy as tf.Tensor, input.shape),
+    };
+  });
+  return f(x);
+}
+
+/**
+ * Summed KL over real reply positions, [scalar]; divide by B for the paper's loss and by the
+ * token count for KL per token. studentLogits: [B, R, V].
+ */
+export function klSum(studentLogits: tf.Tensor3D, t: TargetBatch): tf.Scalar {
+  const [B, R, V] = studentLogits.shape;
+  const logq = tf.logSoftmax(studentLogits, -1); // [B, R, V]
+  let perPosition: tf.Tensor2D; // [B, R]
+  if (t.mode.kind === "full") {
+    const p = tf.exp(t.logProbs);
+    perPosition = tf.sum(tf.mul(p, tf.sub(t.logProbs, logq)), -1);
+  } else {
+    const K = t.mode.k;
+    const logqTop = gatherFlat(logq.reshape([-1]), t.flatIndices!).reshape([B, R, K]); // [B, R, K]
+    const qTail = tf.log(tf.maximum(tf.sub(1, tf.sum(tf.exp(logqTop), -1)), TINY)); // [B, R]
+    const p = tf.exp(t.logProbs);
+    const top = tf.sum(tf.mul(p, tf.sub(t.logProbs, logqTop)), -1); // [B, R]
+    const pTail = tf.exp(t.tailLogProb!);
+    perPosition = tf.add(top, tf.mul(pTail, tf.sub(t.tailLogProb!, qTail)));
+  }
+  return tf.sum(tf.mul(perPosition, t.mask));
+}

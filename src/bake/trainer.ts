@@ -1,0 +1,284 @@
+// Prompt baking: find LoRA weights so the model without the prompt behaves like the model with it.
+//
+//   sample replies from the prompted teacher -> cache the teacher's distributions over them
+//   -> train the student adapter (no prompt) on KL(teacher || student) with Adam
+//   -> keep the adapter with the best validation KL per token
+//
+// Variants: half-baking (stop once a fraction of the KL drop is reached) and prompt pursuit
+// (several rounds, each teacher the previous round's baked model with the prompt).
+import { tf } from "../tensor/backend.js";
+import type { AdapterHook } from "../model/decoder.js";
+import type { LoadedModel } from "../model/load.js";
+import { AdapterStack, DEFAULT_LORA, LoraAdapter, baseFingerprint, type LoraSettings } from "../lora/adapter.js";
+import { disposeTargets, klSum, stackTargets, type KlMode } from "./kl.js";
+import { alignBatch, computeTeacherTargets, sampleTrajectories, type Trajectory } from "./trajectories.js";
+
+export interface BakeSettings {
+  lora: LoraSettings;
+  /** replies sampled from the teacher */
+  trajectories: number;
+  /** sampling temperature for the teacher's replies (the paper's code found 2 better than 1 on large models) */
+  temperature: number;
+  maxReplyTokens: number;
+  learningRate: number;
+  epochs: number;
+  batchSize: number;
+  /** global gradient-norm clip; 0 turns it off */
+  clipNorm: number;
+  /** share of trajectories held out for validation KL */
+  validationFraction: number;
+  /** epochs without a better validation KL before stopping */
+  patience: number;
+  kl: KlMode;
+  /** stop once this share of the initial validation KL is gone (0.5 = half-baked); 1 = bake fully */
+  halfBake: number;
+  /** prompt pursuit: rounds of baking, each teacher = the last round's model with the prompt */
+  pursuitRounds: number;
+  seed: number;
+}
+
+export const DEFAULT_BAKE: BakeSettings = {
+  lora: DEFAULT_LORA,
+  trajectories: 64,
+  temperature: 1,
+  maxReplyTokens: 48,
+  learningRate: 1e-3,
+  epochs: 20,
+  batchSize: 8,
+  clipNorm: 1,
+  validationFraction: 0.125,
+  patience: 3,
+  kl: { kind: "full" },
+  halfBake: 1,
+  pursuitRounds: 1,
+  seed: 1,
+};
+
+export type BakeProgress =
+  | { phase: "sample"; round: number; done: number; total: number }
+  | { phase: "teacher"; round: number; done: number; total: number }
+  | {
+      phase: "train";
+      round: number;
+      epoch: number;
+      step: number;
+      totalSteps: number;
+      loss: number;
+      klPerToken: number;
+      tokensPerSecond: number;
+      etaSeconds: number;
+    }
+  | { phase: "validate"; round: number; epoch: number; valKlPerToken: number; best: number };
+
+export interface EpochStat {
+  round: number;
+  epoch: number;
+  trainKlPerToken: number;
+  valKlPerToken: number;
+}
+
+export interface BakeReport {
+  adapter: LoraAdapter;
+  /** validation KL per token of the starting adapter, first round */
+  initialValKl: number;
+  /** best validation KL per token, last round */
+  bestValKl: number;
+  history: EpochStat[];
+  trajectories: number;
+  trainedTokens: number;
+  seconds: number;
+  tokensPerSecond: number;
+  stoppedBy: "epochs" | "early-stop" | "half-bake";
+}
+
+export interface BakeRequest {
+  model: LoadedModel;
+  /** the prompt to bake (the system slot of the teacher) */
+  prompt: string;
+  questions: string[];
+  settings?: Partial<BakeSettings>;
+  /** the teacher's adapter (the live weights of a rolling chain); none = base model */
+  teacherAdapter?: AdapterHook;
+  /** start the student from a copy of this adapter instead of a fresh one */
+  initFrom?: LoraAdapter;
+  onProgress?: (p: BakeProgress) => void;
+  signal?: AbortSignal;
+}
+
+/** KL per token of `adapter` (no prompt) against the cached teacher, over a set of trajectories. */
+export function evaluateKl(model: LoadedModel, trajectories: Trajectory[], adapter: AdapterHook | undefined, mode: KlMode, batchSize: number): number {
+  let total = 0;
+  let tokens = 0;
+  for (let start = 0; start < trajectories.length; start += batchSize) {
+    const batch = trajectories.slice(start, start + batchSize);
+    const a = alignBatch(batch.map((t) => t.studentPrompt), batch.map((t) => t.reply), model.tokenizer.padTokenId);
+    const targets = stackTargets(batch.map((t) => t.targets!), a.lengths, a.R, model.config.vocabSize, mode);
+    total += tf.tidy(() => klSum(model.decoder.forward({ ids: a.ids, mask: a.mask }, { adapter, logitsFrom: a.logitsFrom }), targets).dataSync()[0]!);
+    tokens += targets.tokens;
+    disposeTargets(targets);
+  }
+  return total / Math.max(tokens, 1);
+}
+
+function shuffled<T>(items: T[], seed: number): T[] {
+  const out = [...items];
+  let s = seed >>> 0;
+  for (let i = out.length - 1; i > 0; i--) {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    const j = s % (i + 1);
+    [out[i], out[j]] = [out[j]!, out[i]!];
+  }
+  return out;
+}
+
+function clipByGlobalNorm(grads: tf.NamedTensorMap, maxNorm: number): tf.NamedTensorMap {
+  if (maxNorm <= 0) return grads;
+  const norm = Math.sqrt(Object.values(grads).reduce((s, g) => s + tf.sum(tf.square(g)).dataSync()[0]!, 0));
+  if (norm <= maxNorm) return grads;
+  const scale = maxNorm / (norm + 1e-6);
+  return Object.fromEntries(Object.entries(grads).map(([k, g]) => [k, tf.mul(g, scale)]));
+}
+
+async function bakeRound(req: BakeRequest, s: BakeSettings, round: number, teacher: AdapterHook | undefined, start: LoraAdapter | undefined, stats: { tokens: number; history: EpochStat[] }) {
+  const { model } = req;
+  const progress = req.onProgress ?? (() => {});
+  const trajectories = await sampleTrajectories(model, {
+    systemPrompt: req.prompt,
+    questions: req.questions,
+    count: s.trajectories,
+    temperature: s.temperature,
+    maxReplyTokens: s.maxReplyTokens,
+    batchSize: Math.max(s.batchSize, 8),
+    seed: s.seed + round * 7919,
+    teacherAdapter: teacher,
+    signal: req.signal,
+    onProgress: (done, total) => progress({ phase: "sample", round, done, total }),
+  });
+  if (trajectories.length < 2) throw new Error("the teacher produced fewer than 2 usable replies; give more questions or a longer maxReplyTokens");
+  computeTeacherTargets(model, trajectories, s.kl, s.batchSize, teacher, (done, total) => progress({ phase: "teacher", round, done, total }));
+
+  const mixed = shuffled(trajectories, s.seed + round);
+  const nVal = Math.max(1, Math.round(mixed.length * s.validationFraction));
+  const val = mixed.slice(0, nVal);
+  const train = mixed.slice(nVal);
+
+  const fingerprint = baseFingerprint(model.config, model.decoder.weights.get("model.embed_tokens.weight")!);
+  const student = start ? start.clone() : LoraAdapter.create(model.config, s.lora, fingerprint, s.seed + round);
+  const vars = student.variables();
+  const optimizer = tf.train.adam(s.learningRate);
+  const stepsPerEpoch = Math.ceil(train.length / s.batchSize);
+  const totalSteps = stepsPerEpoch * s.epochs;
+  const initialVal = evaluateKl(model, val, student, s.kl, s.batchSize);
+  let best = initialVal;
+  let bestSnapshot = student.snapshot();
+  let sinceBest = 0;
+  let stoppedBy: BakeReport["stoppedBy"] = "epochs";
+  const started = performance.now();
+  let trainedTokens = 0;
+  let step = 0;
+  progress({ phase: "validate", round, epoch: 0, valKlPerToken: initialVal, best });
+  try {
+    epochs: for (let epoch = 1; epoch <= s.epochs; epoch++) {
+      const order = shuffled(train, s.seed * 31 + epoch + round * 1000);
+      let epochKl = 0;
+      let epochTokens = 0;
+      student.training = true;
+      for (let i = 0; i < order.length; i += s.batchSize) {
+        if (req.signal?.aborted) throw new Error("bake aborted");
+        const batch = order.slice(i, i + s.batchSize);
+        const a = alignBatch(batch.map((t) => t.studentPrompt), batch.map((t) => t.reply), model.tokenizer.padTokenId);
+        const targets = stackTargets(batch.map((t) => t.targets!), a.lengths, a.R, model.config.vocabSize, s.kl);
+        const loss = tf.tidy(() => {
+          const { value, grads } = tf.variableGrads(() => {
+            const logits = model.decoder.forward({ ids: a.ids, mask: a.mask }, { adapter: student, logitsFrom: a.logitsFrom }); // [B, R, V]
+            return klSum(logits, targets).div(batch.length) as tf.Scalar;
+          }, vars);
+          optimizer.applyGradients(Object.entries(clipByGlobalNorm(grads, s.clipNorm)).map(([name, tensor]) => ({ name, tensor })));
+          return value;
+        });
+        const lossValue = (await loss.data())[0]!;
+        loss.dispose();
+        disposeTargets(targets);
+        step++;
+        trainedTokens += targets.tokens;
+        epochKl += lossValue * batch.length;
+        epochTokens += targets.tokens;
+        const elapsed = (performance.now() - started) / 1000;
+        progress({
+          phase: "train",
+          round,
+          epoch,
+          step,
+          totalSteps,
+          loss: lossValue,
+          klPerToken: (lossValue * batch.length) / targets.tokens,
+          tokensPerSecond: trainedTokens / elapsed,
+          etaSeconds: (elapsed / step) * (totalSteps - step),
+        });
+      }
+      student.training = false;
+      const valKl = evaluateKl(model, val, student, s.kl, s.batchSize);
+      stats.history.push({ round, epoch, trainKlPerToken: epochKl / Math.max(epochTokens, 1), valKlPerToken: valKl });
+      if (valKl < best) {
+        best = valKl;
+        bestSnapshot = student.snapshot();
+        sinceBest = 0;
+      } else sinceBest++;
+      progress({ phase: "validate", round, epoch, valKlPerToken: valKl, best });
+      if (s.halfBake < 1 && initialVal - best >= s.halfBake * initialVal) {
+        stoppedBy = "half-bake";
+        break epochs;
+      }
+      if (sinceBest >= s.patience) {
+        stoppedBy = "early-stop";
+        break epochs;
+      }
+    }
+  } catch (err) {
+    student.dispose();
+    throw err;
+  } finally {
+    optimizer.dispose();
+    for (const t of trajectories) delete t.targets;
+  }
+  student.training = false;
+  student.restore(bestSnapshot);
+  stats.tokens += trainedTokens;
+  return { student, initialVal, best, trajectories: trajectories.length, stoppedBy };
+}
+
+export async function bake(req: BakeRequest): Promise<BakeReport> {
+  const s: BakeSettings = { ...DEFAULT_BAKE, ...req.settings, lora: { ...DEFAULT_BAKE.lora, ...req.settings?.lora } };
+  if (s.pursuitRounds < 1) throw new Error("pursuitRounds must be at least 1");
+  const started = performance.now();
+  const stats = { tokens: 0, history: [] as EpochStat[] };
+  let teacher = req.teacherAdapter;
+  let start = req.initFrom;
+  let result: Awaited<ReturnType<typeof bakeRound>> | undefined;
+  let initialValKl = NaN;
+  let sampled = 0;
+  for (let round = 0; round < s.pursuitRounds; round++) {
+    const previous = result?.student;
+    // Pursuit: the next teacher is the model just baked, still shown the prompt.
+    if (previous) {
+      teacher = req.teacherAdapter && !req.initFrom ? new AdapterStack([req.teacherAdapter, previous]) : previous;
+      start = previous;
+    }
+    result = await bakeRound(req, s, round, teacher, start, stats);
+    if (round === 0) initialValKl = result.initialVal;
+    sampled += result.trajectories;
+    previous?.dispose();
+  }
+  const seconds = (performance.now() - started) / 1000;
+  return {
+    adapter: result!.student,
+    initialValKl,
+    bestValKl: result!.best,
+    history: stats.history,
+    trajectories: sampled,
+    trainedTokens: stats.tokens,
+    seconds,
+    tokensPerSecond: stats.tokens / seconds,
+    stoppedBy: result!.stoppedBy,
+  };
+}

@@ -1,0 +1,113 @@
+// Trajectories for baking: replies sampled from the prompted teacher, each paired with the
+// student's view of the same turn (no system message), plus the teacher's cached distributions.
+import { tf } from "../tensor/backend.js";
+import type { AdapterHook } from "../model/decoder.js";
+import { generate } from "../model/generate.js";
+import type { LoadedModel } from "../model/load.js";
+import type { ChatMessage } from "../model/tokenizer.js";
+import { teacherTargets, type KlMode, type TeacherTargets } from "./kl.js";
+
+export interface Trajectory {
+  question: string;
+  /** chat template with system = the prompt, the user question, the assistant header */
+  teacherPrompt: number[];
+  /** the same without a system message: what the baked model will see */
+  studentPrompt: number[];
+  /** sampled reply, ending with the end-of-turn id when the teacher stopped by itself */
+  reply: number[];
+  targets?: TeacherTargets;
+}
+
+export function teacherMessages(systemPrompt: string, question: string): ChatMessage[] {
+  return [
+    { role: "system", content: systemPrompt },
+    { role: "user", content: question },
+  ];
+}
+
+export function studentMessages(question: string): ChatMessage[] {
+  return [{ role: "user", content: question }];
+}
+
+export interface SampleOptions {
+  systemPrompt: string;
+  questions: string[];
+  count: number;
+  temperature: number;
+  maxReplyTokens: number;
+  batchSize: number;
+  seed: number;
+  /** the teacher's weights: the live adapter for rolling bakes, none for the base model */
+  teacherAdapter?: AdapterHook;
+  onProgress?: (done: number, total: number) => void;
+  signal?: AbortSignal;
+}
+
+export async function sampleTrajectories(model: LoadedModel, o: SampleOptions): Promise<Trajectory[]> {
+  if (o.questions.length === 0) throw new Error("baking needs at least one question to sample replies for");
+  const out: Trajectory[] = [];
+  for (let start = 0; start < o.count; start += o.batchSize) {
+    if (o.signal?.aborted) throw new Error("bake aborted");
+    const questions = Array.from({ length: Math.min(o.batchSize, o.count - start) }, (_, i) => o.questions[(start + i) % o.questions.length]!);
+    const teacherPrompts = questions.map((q) => model.tokenizer.applyChatTemplate(teacherMessages(o.systemPrompt, q)));
+    const results = await generate(model, teacherPrompts, {
+      maxTokens: o.maxReplyTokens,
+      temperature: o.temperature,
+      seed: o.seed + start,
+      adapter: o.teacherAdapter,
+      signal: o.signal,
+    });
+    results.forEach((r, i) => {
+      out.push({
+        question: questions[i]!,
+        teacherPrompt: teacherPrompts[i]!,
+        studentPrompt: model.tokenizer.applyChatTemplate(studentMessages(questions[i]!)),
+        reply: r.stopToken !== undefined ? [...r.tokens, r.stopToken] : r.tokens,
+      });
+    });
+    o.onProgress?.(out.length, o.count);
+  }
+  return out.filter((t) => t.reply.length > 0);
+}
+
+/**
+ * Left-pads prompts so every reply starts in the same column, then right-pads replies. The
+ * logits from column P-1 on predict reply tokens 0..R-1, so the first reply token's
+ * distribution P(y1 | prompt) is part of the loss.
+ */
+export function alignBatch(prompts: number[][], replies: number[][], pad: number) {
+  const P = Math.max(...prompts.map((p) => p.length));
+  const R = Math.max(...replies.map((r) => r.length));
+  const ids: number[][] = [];
+  const mask: number[][] = [];
+  prompts.forEach((p, b) => {
+    const reply = replies[b]!.slice(0, R - 1); // the last reply token predicts nothing we score
+    const fill = R - 1 - reply.length;
+    ids.push([...Array(P - p.length).fill(pad), ...p, ...reply, ...Array(fill).fill(pad)]);
+    mask.push([...Array(P - p.length).fill(0), ...p.map(() => 1), ...reply.map(() => 1), ...Array(fill).fill(0)]);
+  });
+  return { ids, mask, logitsFrom: P - 1, R, lengths: replies.map((r) => r.length) };
+}
+
+/** Runs the prompted teacher once over every trajectory and caches its distributions. */
+export function computeTeacherTargets(
+  model: LoadedModel,
+  trajectories: Trajectory[],
+  mode: KlMode,
+  batchSize: number,
+  teacherAdapter?: AdapterHook,
+  onProgress?: (done: number, total: number) => void,
+): void {
+  for (let start = 0; start < trajectories.length; start += batchSize) {
+    const batch = trajectories.slice(start, start + batchSize);
+    const a = alignBatch(batch.map((t) => t.teacherPrompt), batch.map((t) => t.reply), model.tokenizer.padTokenId);
+    const logits = tf.tidy(() => model.decoder.forward({ ids: a.ids, mask: a.mask }, { adapter: teacherAdapter, logitsFrom: a.logitsFrom })); // [B, R, V]
+    batch.forEach((t, b) => {
+      const row = tf.tidy(() => logits.slice([b, 0, 0], [1, a.lengths[b]!, model.config.vocabSize]).reshape([a.lengths[b]!, model.config.vocabSize]) as tf.Tensor2D); // [R_b, V]
+      t.targets = teacherTargets(row, mode);
+      row.dispose();
+    });
+    logits.dispose();
+    onProgress?.(Math.min(start + batchSize, trajectories.length), trajectories.length);
+  }
+}

@@ -1,0 +1,195 @@
+// The LoRA property matrix, on every supported architecture: a fresh adapter is the identity,
+// merged equals unmerged, training moves only adapter weights, a disabled adapter is the base
+// model; and PEFT files round-trip with the key names PEFT itself uses.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, readFileSync, rmSync, truncateSync, statSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { initBackend, tf } from "../src/tensor/backend.js";
+import { loadModel, type LoadedModel } from "../src/model/load.js";
+import { Decoder } from "../src/model/decoder.js";
+import { AdapterRegistry, LoraAdapter, baseFingerprint, mergeAdapters, unmergeAdapters, type LoraSettings } from "../src/lora/adapter.js";
+import { loadAdapter, peftKeys, saveAdapter } from "../src/lora/peft.js";
+import { readHeader } from "../src/model/safetensors.js";
+import { FIXTURE_NAMES, fixtureDir } from "./support/paths.js";
+
+await initBackend();
+
+const ALL_TARGETS: LoraSettings = {
+  r: 4,
+  alpha: 8,
+  dropout: 0,
+  targetModules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+  useRslora: false,
+};
+const IDS = [
+  [5, 80, 200, 17, 33, 260, 9, 101],
+  [316, 117, 115, 276, 10, 72, 301, 111],
+];
+
+function fingerprintOf(model: LoadedModel): string {
+  return baseFingerprint(model.config, model.decoder.weights.get("model.embed_tokens.weight")!);
+}
+
+function logits(decoder: Decoder, adapter?: LoraAdapter | ReturnType<AdapterRegistry["hook"]>): Float32Array {
+  return tf.tidy(() => decoder.forward({ ids: IDS }, { adapter: adapter ?? undefined }).dataSync() as Float32Array);
+}
+
+function maxDiff(a: Float32Array, b: Float32Array): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+/** Gives B random values so the adapter actually changes the model. */
+function randomizeB(adapter: LoraAdapter, seed: number): void {
+  let s = seed;
+  for (const { B } of adapter.modules.values()) B.assign(tf.randomNormal(B.shape, 0, 0.05, "float32", s++));
+}
+
+for (const name of FIXTURE_NAMES) {
+  test(`${name}: LoRA property matrix`, async (t) => {
+    const model = loadModel(fixtureDir(name));
+    const fp = fingerprintOf(model);
+    const base = logits(model.decoder);
+    try {
+      await t.test("B = 0 gives the base logits exactly", () => {
+        const adapter = LoraAdapter.create(model.config, ALL_TARGETS, fp, 1);
+        assert.equal(maxDiff(logits(model.decoder, adapter), base), 0);
+        adapter.dispose();
+      });
+
+      await t.test("merged equals unmerged within 1e-5, and unmerge restores the base", () => {
+        const adapter = LoraAdapter.create(model.config, { ...ALL_TARGETS, useRslora: true }, fp, 2);
+        randomizeB(adapter, 3);
+        const unmerged = logits(model.decoder, adapter);
+        assert.ok(maxDiff(unmerged, base) > 1e-3, "the adapter should change the logits");
+        const mergedWeights = mergeAdapters(model.decoder.weights, [adapter]);
+        const merged = logits(new Decoder(model.config, mergedWeights));
+        assert.ok(maxDiff(merged, unmerged) < 1e-5, `merged vs unmerged ${maxDiff(merged, unmerged)}`);
+        const restored = unmergeAdapters(mergedWeights, [adapter]);
+        assert.ok(maxDiff(logits(new Decoder(model.config, restored)), base) < 1e-5);
+        for (const w of [...mergedWeights.values(), ...restored.values()]) w.dispose();
+        adapter.dispose();
+      });
+
+      await t.test("a training step changes adapter weights only", () => {
+        const adapter = LoraAdapter.create(model.config, ALL_TARGETS, fp, 4);
+        const baseBefore = new Map([...model.decoder.weights].map(([k, v]) => [k, v.dataSync().slice()]));
+        const adapterBefore = adapter.snapshot();
+        const optimizer = tf.train.adam(1e-2);
+        tf.tidy(() => {
+          const { grads } = tf.variableGrads(() => tf.mean(tf.square(model.decoder.forward({ ids: IDS }, { adapter }))) as tf.Scalar, adapter.variables());
+          optimizer.applyGradients(grads as tf.NamedTensorMap as unknown as Record<string, tf.Variable>);
+        });
+        optimizer.dispose();
+        for (const [k, v] of model.decoder.weights) assert.deepEqual(v.dataSync(), baseBefore.get(k), `base weight ${k} changed`);
+        const after = adapter.snapshot();
+        let changed = 0;
+        for (const [m, { B }] of after) if (maxDiff(B, adapterBefore.get(m)!.B) > 0) changed++;
+        assert.equal(changed, adapter.modules.size, "every B should move");
+        adapter.dispose();
+      });
+
+      await t.test("named adapters side by side; a disabled adapter gives the base model", () => {
+        const registry = new AdapterRegistry();
+        const news = LoraAdapter.create(model.config, ALL_TARGETS, fp, 5);
+        const persona = LoraAdapter.create(model.config, { ...ALL_TARGETS, targetModules: ["q_proj", "v_proj"] }, fp, 6);
+        randomizeB(news, 7);
+        randomizeB(persona, 8);
+        registry.add("news", news);
+        registry.add("persona", persona);
+        registry.setActive("news");
+        const withNews = logits(model.decoder, registry.hook());
+        registry.setActive("news", "persona");
+        const withBoth = logits(model.decoder, registry.hook());
+        assert.ok(maxDiff(withNews, base) > 1e-3 && maxDiff(withBoth, withNews) > 1e-4);
+        registry.disable();
+        assert.equal(registry.hook(), undefined);
+        assert.equal(maxDiff(logits(model.decoder, registry.hook()), base), 0);
+        assert.throws(() => registry.setActive("nope"), /no adapter named "nope" \(loaded: news, persona\)/);
+        registry.remove("news");
+        registry.remove("persona");
+      });
+
+      await t.test("PEFT directory round-trips with PEFT's key names and shapes", () => {
+        const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-peft-"));
+        const out = path.join(dir, "adapter");
+        const adapter = LoraAdapter.create(model.config, ALL_TARGETS, fp, 9);
+        randomizeB(adapter, 10);
+        saveAdapter(out, adapter, model.dir);
+        const config = JSON.parse(readFileSync(path.join(out, "adapter_config.json"), "utf8"));
+        assert.equal(config.peft_type, "LORA");
+        assert.equal(config.task_type, "CAUSAL_LM");
+        assert.equal(config.r, 4);
+        assert.equal(config.lora_alpha, 8);
+        assert.deepEqual(config.target_modules, ALL_TARGETS.targetModules);
+        const header = readHeader(path.join(out, "adapter_model.safetensors"));
+        assert.equal(header.metadata.format, "pt");
+        // Expected keys derived from the Hugging Face module names, independently of kiln's helper.
+        const expected: string[] = [];
+        for (let l = 0; l < model.config.numLayers; l++) {
+          for (const m of ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"]) {
+            expected.push(`base_model.model.model.layers.${l}.${m}.lora_A.weight`, `base_model.model.model.layers.${l}.${m}.lora_B.weight`);
+          }
+        }
+        assert.deepEqual([...header.tensors.keys()].sort(), expected.sort());
+        assert.deepEqual(peftKeys(model.config, ALL_TARGETS).sort(), expected.sort());
+        const qA = header.tensors.get("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight")!;
+        const qB = header.tensors.get("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight")!;
+        assert.deepEqual(qA.shape, [4, model.config.hiddenSize]);
+        assert.deepEqual(qB.shape, [model.config.numHeads * model.config.headDim, 4]);
+        const loaded = loadAdapter(out, model.config, fp);
+        assert.equal(maxDiff(logits(model.decoder, loaded), logits(model.decoder, adapter)), 0);
+        loaded.dispose();
+        adapter.dispose();
+        rmSync(dir, { recursive: true });
+      });
+    } finally {
+      model.dispose();
+    }
+  });
+}
+
+test("an adapter for another base model, or a corrupt one, is refused and the registry keeps what it had", () => {
+  const llama = loadModel(fixtureDir("llama"));
+  const qwen3 = loadModel(fixtureDir("qwen3"));
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-peft-bad-"));
+  try {
+    const registry = new AdapterRegistry();
+    const live = LoraAdapter.create(llama.config, ALL_TARGETS, fingerprintOf(llama), 1);
+    randomizeB(live, 2);
+    registry.add("live", live);
+    registry.setActive("live");
+    const before = logits(llama.decoder, registry.hook());
+
+    const foreign = LoraAdapter.create(qwen3.config, ALL_TARGETS, fingerprintOf(qwen3), 3);
+    saveAdapter(path.join(dir, "qwen3"), foreign, qwen3.dir);
+    assert.throws(() => loadAdapter(path.join(dir, "qwen3"), llama.config, fingerprintOf(llama)), /has shape \[4,64\]|was trained on a different base model/);
+
+    // Same shapes, different weights: the fingerprint catches it.
+    const mistral = loadModel(fixtureDir("mistral"));
+    const sameShape = LoraAdapter.create(mistral.config, ALL_TARGETS, fingerprintOf(mistral), 4);
+    saveAdapter(path.join(dir, "mistral"), sameShape, mistral.dir);
+    assert.throws(() => loadAdapter(path.join(dir, "mistral"), llama.config, fingerprintOf(llama)), /was trained on a different base model/);
+    sameShape.dispose();
+    mistral.dispose();
+
+    saveAdapter(path.join(dir, "truncated"), live, llama.dir);
+    const file = path.join(dir, "truncated", "adapter_model.safetensors");
+    truncateSync(file, statSync(file).size - 64);
+    assert.throws(() => loadAdapter(path.join(dir, "truncated"), llama.config, fingerprintOf(llama)), /adapter_model\.safetensors: .*truncated/);
+    assert.throws(() => loadAdapter(path.join(dir, "missing"), llama.config, fingerprintOf(llama)), /not a PEFT adapter directory/);
+
+    assert.deepEqual(registry.names(), ["live"]);
+    assert.equal(maxDiff(logits(llama.decoder, registry.hook()), before), 0);
+    assert.ok(!existsSync(path.join(dir, "qwen3.tmp")));
+    foreign.dispose();
+    registry.remove("live");
+  } finally {
+    llama.dispose();
+    qwen3.dispose();
+    rmSync(dir, { recursive: true });
+  }
+});

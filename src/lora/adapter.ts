@@ -33,6 +33,13 @@ export interface LoraPair {
   B: tf.Variable;
 }
 
+/** A variable that owns its data: the initial tensor is released, not leaked. */
+export function ownedVariable(initial: tf.Tensor): tf.Variable {
+  const v = tf.variable(initial);
+  initial.dispose();
+  return v;
+}
+
 /** A fingerprint of the base weights an adapter was trained on: config shape + embedding sample. */
 export function baseFingerprint(config: ModelConfig, embed: tf.Tensor): string {
   const sample = tf.tidy(() => embed.reshape([-1]).slice(0, Math.min(4096, embed.size)).dataSync());
@@ -41,6 +48,8 @@ export function baseFingerprint(config: ModelConfig, embed: tf.Tensor): string {
   h.update(Buffer.from(sample.buffer, sample.byteOffset, sample.byteLength));
   return h.digest("hex").slice(0, 16);
 }
+
+
 
 export class LoraAdapter implements AdapterHook {
   /** module name (e.g. model.layers.0.self_attn.q_proj) -> its A and B */
@@ -66,8 +75,8 @@ export class LoraAdapter implements AdapterHook {
         const { inFeatures, outFeatures, prefix } = shapes[target]!;
         const bound = 1 / Math.sqrt(inFeatures);
         adapter.modules.set(`model.layers.${l}.${prefix}.${target}`, {
-          A: tf.variable(tf.randomUniform([settings.r, inFeatures], -bound, bound, "float32", s++)),
-          B: tf.variable(tf.zeros([outFeatures, settings.r])),
+          A: ownedVariable(tf.randomUniform([settings.r, inFeatures], -bound, bound, "float32", s++)),
+          B: ownedVariable(tf.zeros([outFeatures, settings.r])),
         });
       }
     }
@@ -78,7 +87,7 @@ export class LoraAdapter implements AdapterHook {
   clone(): LoraAdapter {
     const copy = new LoraAdapter(this.settings, this.baseModelFingerprint);
     for (const [name, { A, B }] of this.modules) {
-      copy.modules.set(name, { A: tf.variable(A.clone()), B: tf.variable(B.clone()) });
+      copy.modules.set(name, { A: ownedVariable(A.clone()), B: ownedVariable(B.clone()) });
     }
     return copy;
   }
@@ -117,8 +126,10 @@ export class LoraAdapter implements AdapterHook {
     for (const [name, { A, B }] of this.modules) {
       const s = snapshot.get(name);
       if (!s) throw new Error(`snapshot lacks module ${name}`);
-      A.assign(tf.tensor(s.A, A.shape));
-      B.assign(tf.tensor(s.B, B.shape));
+      tf.tidy(() => {
+        A.assign(tf.tensor(s.A, A.shape));
+        B.assign(tf.tensor(s.B, B.shape));
+      });
     }
   }
 

@@ -8,7 +8,7 @@ import { tf } from "../tensor/backend.js";
 import type { ModelConfig } from "../model/config.js";
 import { projectionShapes } from "../model/decoder.js";
 import { readHeader, readTensors, writeSafetensors, SafetensorsError } from "../model/safetensors.js";
-import { LORA_TARGETS, LoraAdapter, type LoraSettings, type LoraTarget } from "./adapter.js";
+import { LORA_TARGETS, LoraAdapter, ownedVariable, type LoraSettings, type LoraTarget } from "./adapter.js";
 
 export const ADAPTER_CONFIG = "adapter_config.json";
 export const ADAPTER_WEIGHTS = "adapter_model.safetensors";
@@ -179,7 +179,7 @@ export function loadAdapter(dir: string, config: ModelConfig, fingerprint: strin
     const module = key.slice(PEFT_PREFIX.length, -".lora_A.weight".length);
     const a = get(key);
     const b = get(key.replace(".lora_A.", ".lora_B."));
-    adapter.modules.set(module, { A: tf.variable(tf.tensor(a.data, a.shape)), B: tf.variable(tf.tensor(b.data, b.shape)) });
+    adapter.modules.set(module, { A: ownedVariable(tf.tensor(a.data, a.shape)), B: ownedVariable(tf.tensor(b.data, b.shape)) });
   }
   return adapter;
 }

@@ -1,0 +1,112 @@
+// A bake runs in a child process so serving never stalls on it, and a crash in the bake cannot
+// take the server down. The child writes the adapter into a temporary directory and renames it
+// into place; the parent only ever sees a complete adapter or an error that says why.
+import { fork } from "node:child_process";
+import { existsSync, readdirSync, rmSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import type { BakeProgress, BakeSettings, EpochStat } from "./trainer.js";
+
+export interface BakeJob {
+  modelDir: string;
+  prompt: string;
+  questions: string[];
+  settings?: Partial<BakeSettings>;
+  /** where the PEFT directory goes (written atomically) */
+  outDir: string;
+  /** adapter of the live weights: the teacher, and where the student starts */
+  liveAdapterDir?: string;
+  /** start from the live adapter (rolling bake) or from a fresh one with the live adapter as teacher only */
+  startFromLive?: boolean;
+  /** tensor backend for the worker (as KILN_BACKEND); the parent's choice when omitted */
+  backend?: string;
+}
+
+export interface BakeSummary {
+  outDir: string;
+  initialValKl: number;
+  bestValKl: number;
+  history: EpochStat[];
+  trajectories: number;
+  trainedTokens: number;
+  seconds: number;
+  tokensPerSecond: number;
+  stoppedBy: string;
+  trainableParameters: number;
+}
+
+export type WorkerMessage =
+  | { type: "progress"; progress: BakeProgress }
+  | { type: "done"; summary: BakeSummary }
+  | { type: "error"; message: string };
+
+export class BakeFailedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "BakeFailedError";
+  }
+}
+
+/** Removes half-written siblings (out.tmp-*) that a killed worker may leave. */
+export function cleanPartialOutputs(outDir: string): void {
+  const dir = path.dirname(path.resolve(outDir));
+  const base = path.basename(outDir);
+  if (!existsSync(dir)) return;
+  for (const f of readdirSync(dir)) if (f.startsWith(`${base}.tmp-`)) rmSync(path.join(dir, f), { recursive: true, force: true });
+}
+
+export interface RunningBake {
+  promise: Promise<BakeSummary>;
+  /** stops the worker; the promise rejects and nothing is written */
+  cancel(): void;
+  pid: number | undefined;
+}
+
+export function startBake(job: BakeJob, onProgress?: (p: BakeProgress) => void): RunningBake {
+  const script = path.join(path.dirname(fileURLToPath(import.meta.url)), "worker.js");
+  const child = fork(script, [], {
+    stdio: ["ignore", "inherit", "pipe", "ipc"],
+    env: { ...process.env, ...(job.backend ? { KILN_BACKEND: job.backend } : {}) },
+  });
+  let stderr = "";
+  child.stderr?.on("data", (d: Buffer) => {
+    stderr = (stderr + d.toString()).slice(-4000);
+  });
+  let cancelled = false;
+  const promise = new Promise<BakeSummary>((resolve, reject) => {
+    let settled = false;
+    const fail = (message: string) => {
+      if (settled) return;
+      settled = true;
+      cleanPartialOutputs(job.outDir);
+      reject(new BakeFailedError(message));
+    };
+    child.on("message", (m: WorkerMessage) => {
+      if (m.type === "progress") onProgress?.(m.progress);
+      else if (m.type === "done") {
+        settled = true;
+        resolve(m.summary);
+      } else fail(`bake failed: ${m.message}`);
+    });
+    child.on("error", (err) => fail(`bake worker could not run: ${err.message}`));
+    child.on("exit", (code, signal) => {
+      if (settled) return;
+      if (cancelled) return fail("bake cancelled");
+      const tail = stderr.trim().split("\n").slice(-5).join("\n");
+      fail(`bake worker died (${signal ? `signal ${signal}` : `exit code ${code}`}) before writing an adapter${tail ? `:\n${tail}` : ""}`);
+    });
+    child.send(job);
+  });
+  return {
+    promise,
+    pid: child.pid,
+    cancel() {
+      cancelled = true;
+      child.kill("SIGTERM");
+    },
+  };
+}
+
+export function runBake(job: BakeJob, onProgress?: (p: BakeProgress) => void): Promise<BakeSummary> {
+  return startBake(job, onProgress).promise;
+}

@@ -1,0 +1,55 @@
+// Child-process entry of a bake (see job.ts): receives one BakeJob, reports progress, writes the
+// adapter atomically, and exits.
+import path from "node:path";
+import { initBackend } from "../tensor/backend.js";
+import { loadModel } from "../model/load.js";
+import { baseFingerprint } from "../lora/adapter.js";
+import { loadAdapter, saveAdapter } from "../lora/peft.js";
+import { bake } from "./trainer.js";
+import type { BakeJob, BakeSummary, WorkerMessage } from "./job.js";
+
+function send(m: WorkerMessage): Promise<void> {
+  return new Promise((resolve) => process.send!(m, () => resolve()));
+}
+
+async function run(job: BakeJob): Promise<BakeSummary> {
+  await initBackend();
+  const model = loadModel(job.modelDir);
+  const fingerprint = baseFingerprint(model.config, model.decoder.weights.get("model.embed_tokens.weight")!);
+  const live = job.liveAdapterDir ? loadAdapter(job.liveAdapterDir, model.config, fingerprint) : undefined;
+  const report = await bake({
+    model,
+    prompt: job.prompt,
+    questions: job.questions,
+    settings: job.settings,
+    teacherAdapter: live,
+    initFrom: job.startFromLive ? live : undefined,
+    onProgress: (progress) => void send({ type: "progress", progress }),
+  });
+  const summary: BakeSummary = {
+    outDir: path.resolve(job.outDir),
+    initialValKl: report.initialValKl,
+    bestValKl: report.bestValKl,
+    history: report.history,
+    trajectories: report.trajectories,
+    trainedTokens: report.trainedTokens,
+    seconds: report.seconds,
+    tokensPerSecond: report.tokensPerSecond,
+    stoppedBy: report.stoppedBy,
+    trainableParameters: report.adapter.parameterCount(),
+  };
+  saveAdapter(job.outDir, report.adapter, model.dir, { "bake_report.json": JSON.stringify(summary, null, 2) + "\n" });
+  return summary;
+}
+
+process.once("message", (job: BakeJob) => {
+  run(job)
+    .then(async (summary) => {
+      await send({ type: "done", summary });
+      process.exit(0);
+    })
+    .catch(async (err: Error) => {
+      await send({ type: "error", message: err.message });
+      process.exit(1);
+    });
+});

@@ -1,0 +1,104 @@
+// Prompt baking end to end on a tiny model: the KL falls, the baked model without the prompt
+// does what only the prompted model did, and the worker process is crash-safe.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { initBackend, tf } from "../src/tensor/backend.js";
+import { loadModel } from "../src/model/load.js";
+import { generate } from "../src/model/generate.js";
+import { bake, type BakeSettings } from "../src/bake/trainer.js";
+import { studentMessages, teacherMessages } from "../src/bake/trajectories.js";
+import { startBake } from "../src/bake/job.js";
+import { baseFingerprint, type LoraAdapter } from "../src/lora/adapter.js";
+import { loadAdapter } from "../src/lora/peft.js";
+import type { ChatMessage } from "../src/model/tokenizer.js";
+import { fixtureDir } from "./support/paths.js";
+
+await initBackend();
+const model = loadModel(fixtureDir("llama"));
+const PROMPT = "the answer is always the world";
+const QUESTIONS = ["hello there", "what is the weather", "tell me a story", "who are you"];
+const SETTINGS: Partial<BakeSettings> = {
+  trajectories: 32,
+  maxReplyTokens: 12,
+  epochs: 30,
+  patience: 30,
+  learningRate: 1e-2,
+  temperature: 0.7,
+  lora: { r: 8, alpha: 16, dropout: 0, useRslora: false, targetModules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] },
+};
+
+async function greedy(conversations: ChatMessage[][], adapter?: LoraAdapter): Promise<string[]> {
+  const prompts = conversations.map((c) => model.tokenizer.applyChatTemplate(c));
+  return (await generate(model, prompts, { maxTokens: 8, temperature: 0, adapter })).map((r) => r.tokens.join(","));
+}
+
+test("baking cuts validation KL per token at least 10x, and the unprompted model then does what the prompted one did", async () => {
+  const prompted = await greedy(QUESTIONS.map((q) => teacherMessages(PROMPT, q)));
+  const unprompted = await greedy(QUESTIONS.map((q) => studentMessages(q)));
+  assert.notDeepEqual(prompted, unprompted, "the prompt must change behaviour for the test to mean anything");
+  const tensorsBefore = tf.memory().numTensors;
+  const report = await bake({ model, prompt: PROMPT, questions: QUESTIONS, settings: SETTINGS });
+  assert.ok(report.initialValKl / report.bestValKl >= 10, `KL per token ${report.initialValKl} -> ${report.bestValKl}`);
+  const baked = await greedy(QUESTIONS.map((q) => studentMessages(q)), report.adapter);
+  assert.deepEqual(baked, prompted);
+  assert.ok(report.trainedTokens > 0 && report.tokensPerSecond > 0);
+  assert.equal(tf.memory().numTensors - report.adapter.variables().length, tensorsBefore, "a bake leaks no tensors");
+  report.adapter.dispose();
+});
+
+test("the top-K KL variant bakes too", async () => {
+  const report = await bake({ model, prompt: PROMPT, questions: QUESTIONS, settings: { ...SETTINGS, kl: { kind: "topk", k: 32 } } });
+  assert.ok(report.initialValKl / report.bestValKl >= 10, `KL per token ${report.initialValKl} -> ${report.bestValKl}`);
+  report.adapter.dispose();
+});
+
+test("half-baking stops once the asked share of the KL is gone; pursuit runs several rounds", async () => {
+  const half = await bake({ model, prompt: PROMPT, questions: QUESTIONS, settings: { ...SETTINGS, halfBake: 0.5 } });
+  assert.equal(half.stoppedBy, "half-bake");
+  assert.ok(half.bestValKl <= 0.5 * half.initialValKl);
+  assert.ok(half.history.length < 30);
+  half.adapter.dispose();
+  const pursuit = await bake({ model, prompt: PROMPT, questions: QUESTIONS, settings: { ...SETTINGS, epochs: 3, pursuitRounds: 2 } });
+  assert.deepEqual([...new Set(pursuit.history.map((h) => h.round))], [0, 1]);
+  pursuit.adapter.dispose();
+});
+
+test("a bake in the worker process writes a loadable PEFT directory with its report", async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-bake-"));
+  const outDir = path.join(dir, "v0001");
+  const phases = new Set<string>();
+  const summary = await startBake(
+    { modelDir: model.dir, prompt: PROMPT, questions: QUESTIONS, settings: { ...SETTINGS, epochs: 4 }, outDir },
+    (p) => phases.add(p.phase),
+  ).promise;
+  assert.deepEqual([...phases].sort(), ["sample", "teacher", "train", "validate"]);
+  assert.ok(summary.bestValKl < summary.initialValKl);
+  assert.deepEqual(JSON.parse(readFileSync(path.join(outDir, "bake_report.json"), "utf8")).trajectories, summary.trajectories);
+  const fp = baseFingerprint(model.config, model.decoder.weights.get("model.embed_tokens.weight")!);
+  loadAdapter(outDir, model.config, fp).dispose();
+  rmSync(dir, { recursive: true });
+});
+
+test("a worker killed mid-bake leaves no partial checkpoint and the caller learns why", async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-bake-kill-"));
+  const outDir = path.join(dir, "v0002");
+  const running = startBake({ modelDir: model.dir, prompt: PROMPT, questions: QUESTIONS, settings: SETTINGS, outDir }, (p) => {
+    if (p.phase === "train" && p.step === 2) process.kill(running.pid!, "SIGKILL");
+  });
+  await assert.rejects(running.promise, /bake worker died \(signal SIGKILL\) before writing an adapter/);
+  assert.equal(existsSync(outDir), false);
+  assert.deepEqual(readdirSync(dir), []);
+  rmSync(dir, { recursive: true });
+});
+
+test("a bake of a model directory that is not one fails with the loader's message", async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-bake-bad-"));
+  await assert.rejects(
+    startBake({ modelDir: dir, prompt: PROMPT, questions: QUESTIONS, outDir: path.join(dir, "out") }).promise,
+    /bake failed: .*not a model directory: config\.json is missing/,
+  );
+  rmSync(dir, { recursive: true });
+});

@@ -1,0 +1,229 @@
+#!/usr/bin/env node
+// The kiln command line. Every command prints a one-line error and exits non-zero on bad input;
+// --json gives machine-readable output for scripts.
+import { readFileSync, existsSync } from "node:fs";
+import os from "node:os";
+import { Command, Option } from "commander";
+import { initBackend, memoryReport, tf } from "../tensor/backend.js";
+import { parameterCount } from "../model/config.js";
+import { loadModel } from "../model/load.js";
+import { streamGenerate } from "../model/generate.js";
+import { pullModel } from "../model/hub.js";
+import { resolveModelDir } from "../model/resolve.js";
+import type { ChatMessage } from "../model/tokenizer.js";
+import { runBake } from "../bake/job.js";
+import { DEFAULT_BAKE } from "../bake/trainer.js";
+import { LORA_TARGETS, type LoraTarget } from "../lora/adapter.js";
+import { bakeProgressReporter } from "./progress.js";
+
+const program = new Command();
+program
+  .name("kiln")
+  .description("A runtime for chat agents that bake what they read into their own LoRA weights.")
+  .version("0.1.0")
+  .addOption(new Option("--backend <name>", "tensor backend").choices(["tensorflow-gpu", "tensorflow", "wasm", "cpu"]).env("KILN_BACKEND"));
+
+function print(json: boolean, value: unknown, text: () => string): void {
+  process.stdout.write(json ? JSON.stringify(value, null, 2) + "\n" : text() + "\n");
+}
+
+function mib(bytes: number): string {
+  return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+}
+
+async function backend() {
+  return initBackend(program.opts().backend);
+}
+
+program
+  .command("info")
+  .description("show the tensor backend in use, its threads and memory")
+  .option("--json", "machine-readable output")
+  .action(async (o: { json?: boolean }) => {
+    const info = await backend();
+    const mem = memoryReport();
+    const out = { backend: info.name, tfjsVersion: tf.version.tfjs, threads: info.threads, gpu: info.gpu, cpus: os.cpus().length, totalMemoryBytes: os.totalmem(), freeMemoryBytes: os.freemem(), rssBytes: mem.rssBytes, notes: info.notes };
+    print(!!o.json, out, () =>
+      [
+        `backend:  ${info.name} (tfjs ${tf.version.tfjs})`,
+        `threads:  ${info.threads} (of ${out.cpus} CPUs)`,
+        `gpu:      ${info.gpu ? "yes" : "no"}`,
+        `memory:   ${mib(out.freeMemoryBytes)} free of ${mib(out.totalMemoryBytes)}; this process ${mib(mem.rssBytes)}`,
+        ...info.notes.map((n) => `note:     ${n}`),
+      ].join("\n"),
+    );
+  });
+
+const model = program.command("model").description("pull and inspect models");
+model
+  .command("pull <repo>")
+  .description("download a Hugging Face model (only the files kiln needs) into the local cache")
+  .option("--revision <rev>", "branch, tag or commit", "main")
+  .option("--cache-dir <dir>", "cache directory (default $KILN_CACHE or ~/.cache/kiln/hub)")
+  .option("--json", "machine-readable output")
+  .action(async (repo: string, o: { revision: string; cacheDir?: string; json?: boolean }) => {
+    let last = "";
+    const dir = await pullModel(repo, {
+      revision: o.revision,
+      cacheDir: o.cacheDir,
+      onProgress: (e) => {
+        if (o.json) return;
+        const pct = e.totalBytes ? ` ${Math.floor((100 * e.bytes) / e.totalBytes)}%` : "";
+        const line = `[${e.index + 1}/${e.count}] ${e.file}${pct}`;
+        if (line !== last) process.stderr.write((process.stderr.isTTY ? "\r\x1b[K" : "") + line + (process.stderr.isTTY ? "" : "\n"));
+        last = line;
+      },
+    });
+    if (process.stderr.isTTY && !o.json) process.stderr.write("\n");
+    print(!!o.json, { repo, dir }, () => `pulled ${repo} into ${dir}`);
+  });
+
+model
+  .command("info [model]")
+  .description("show a model's architecture and size (a directory, a pulled repo id, or the default model)")
+  .option("--json", "machine-readable output")
+  .action(async (spec: string | undefined, o: { json?: boolean }) => {
+    await backend();
+    const m = loadModel(resolveModelDir(spec));
+    const c = m.config;
+    const out = { dir: m.dir, ...c, parameters: parameterCount(c), chatTemplate: m.tokenizer.hasChatTemplate };
+    print(!!o.json, out, () =>
+      [
+        `model:       ${m.dir}`,
+        `arch:        ${c.architecture}`,
+        `parameters:  ${(out.parameters / 1e6).toFixed(2)}M`,
+        `shape:       hidden ${c.hiddenSize}, ${c.numLayers} layers, ${c.numHeads} heads / ${c.numKvHeads} KV heads, head_dim ${c.headDim}, FFN ${c.intermediateSize}`,
+        `vocab:       ${c.vocabSize}${c.tieWordEmbeddings ? " (tied embeddings)" : ""}`,
+        `positions:   ${c.maxPositions}, rope_theta ${c.ropeTheta}${c.ropeScaling ? " with llama3 scaling" : ""}`,
+        `chat:        ${m.tokenizer.hasChatTemplate ? "chat template" : "no chat template (plain fallback)"}; end of turn ids ${m.eosTokenIds.join(", ")}`,
+      ].join("\n"),
+    );
+    m.dispose();
+  });
+
+program
+  .command("generate")
+  .description("stream a reply from a model")
+  .option("--model <dir>", "model directory or pulled repo id (default: the embedded model)")
+  .requiredOption("--prompt <text>", "the user message")
+  .option("--system <text>", "a system message")
+  .option("--raw", "send the prompt as-is, without the chat template")
+  .option("--max-tokens <n>", "most tokens to generate", (v) => parseInt(v, 10), 128)
+  .option("--temperature <t>", "0 for greedy", parseFloat, 0)
+  .option("--top-k <k>", "keep the k likeliest tokens", (v) => parseInt(v, 10), 0)
+  .option("--top-p <p>", "nucleus sampling", parseFloat, 1)
+  .option("--seed <n>", "sampling seed", (v) => parseInt(v, 10))
+  .action(async (o: { model?: string; prompt: string; system?: string; raw?: boolean; maxTokens: number; temperature: number; topK: number; topP: number; seed?: number }) => {
+    await backend();
+    const m = loadModel(resolveModelDir(o.model));
+    const messages: ChatMessage[] = [...(o.system ? [{ role: "system" as const, content: o.system }] : []), { role: "user", content: o.prompt }];
+    const ids = o.raw ? m.tokenizer.encode(o.prompt) : m.tokenizer.applyChatTemplate(messages);
+    const controller = new AbortController();
+    process.once("SIGINT", () => controller.abort());
+    const it = streamGenerate(m, [ids], { maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed, signal: controller.signal });
+    const started = performance.now();
+    let n = 0;
+    for (;;) {
+      const r = await it.next();
+      if (r.done) {
+        const s = (performance.now() - started) / 1000;
+        process.stdout.write("\n");
+        process.stderr.write(`[${n} tokens, ${(n / s).toFixed(1)} tok/s, ${r.value[0]!.finishReason}]\n`);
+        break;
+      }
+      n++;
+      process.stdout.write(r.value.text);
+    }
+    m.dispose();
+  });
+
+function readQuestions(file: string): string[] {
+  if (!existsSync(file)) throw new Error(`${file}: no such questions file`);
+  const text = readFileSync(file, "utf8");
+  if (file.endsWith(".json")) {
+    const arr = JSON.parse(text);
+    if (!Array.isArray(arr) || !arr.every((q) => typeof q === "string")) throw new Error(`${file}: expected a JSON array of strings`);
+    return arr;
+  }
+  return text.split("\n").map((l) => l.trim()).filter(Boolean);
+}
+
+program
+  .command("bake")
+  .description("bake a prompt into a LoRA adapter (PEFT directory) with the prompt-baking KL objective")
+  .option("--model <dir>", "model directory or pulled repo id (default: the embedded model)")
+  .requiredOption("--prompt <text>", "the prompt to bake (it fills the system slot of the teacher)")
+  .option("--prompt-file <file>", "read the prompt from a file instead")
+  .option("--questions <file>", "questions to sample replies for: one per line, or a JSON array")
+  .requiredOption("--out <dir>", "where to write the adapter (written atomically)")
+  .option("--from <dir>", "start from this adapter, which is also the teacher's weights (a rolling bake)")
+  .option("--trajectories <n>", "replies sampled from the teacher", (v) => parseInt(v, 10), DEFAULT_BAKE.trajectories)
+  .option("--temperature <t>", "sampling temperature for the teacher's replies", parseFloat, DEFAULT_BAKE.temperature)
+  .option("--max-reply-tokens <n>", "longest sampled reply", (v) => parseInt(v, 10), DEFAULT_BAKE.maxReplyTokens)
+  .option("--epochs <n>", "passes over the trajectories", (v) => parseInt(v, 10), DEFAULT_BAKE.epochs)
+  .option("--batch <n>", "trajectories per step", (v) => parseInt(v, 10), DEFAULT_BAKE.batchSize)
+  .option("--lr <x>", "Adam learning rate", parseFloat, DEFAULT_BAKE.learningRate)
+  .option("--rank <r>", "LoRA rank", (v) => parseInt(v, 10), DEFAULT_BAKE.lora.r)
+  .option("--alpha <a>", "LoRA alpha (scale alpha/r)", parseFloat, DEFAULT_BAKE.lora.alpha)
+  .option("--rslora", "scale by alpha/sqrt(r)")
+  .option("--targets <list>", `comma-separated modules of ${LORA_TARGETS.join(",")}`, DEFAULT_BAKE.lora.targetModules.join(","))
+  .addOption(new Option("--kl <mode>", "KL over the full vocabulary or the teacher's top-K with a tail bucket").choices(["full", "topk"]).default("full"))
+  .option("--top-k <k>", "K for --kl topk", (v) => parseInt(v, 10), 20)
+  .option("--half-bake <fraction>", "stop when this share of the KL is gone", parseFloat, 1)
+  .option("--pursuit <rounds>", "prompt pursuit rounds", (v) => parseInt(v, 10), 1)
+  .option("--seed <n>", "seed", (v) => parseInt(v, 10), 1)
+  .option("--json", "print the summary as JSON (progress still goes to stderr)")
+  .option("--quiet", "no progress output")
+  .action(async (o: Record<string, string | number | boolean | undefined>) => {
+    const modelDir = resolveModelDir(o.model as string | undefined);
+    const prompt = o.promptFile ? readFileSync(o.promptFile as string, "utf8") : (o.prompt as string);
+    const targets = String(o.targets).split(",").map((t) => t.trim()) as LoraTarget[];
+    for (const t of targets) if (!LORA_TARGETS.includes(t)) throw new Error(`--targets: ${t} is not one of ${LORA_TARGETS.join(", ")}`);
+    const questions = o.questions ? readQuestions(o.questions as string) : defaultQuestions(prompt);
+    const reporter = bakeProgressReporter(!o.quiet);
+    const summary = await runBake(
+      {
+        modelDir,
+        prompt,
+        questions,
+        outDir: o.out as string,
+        liveAdapterDir: o.from as string | undefined,
+        startFromLive: !!o.from,
+        backend: program.opts().backend,
+        settings: {
+          trajectories: o.trajectories as number,
+          temperature: o.temperature as number,
+          maxReplyTokens: o.maxReplyTokens as number,
+          epochs: o.epochs as number,
+          batchSize: o.batch as number,
+          learningRate: o.lr as number,
+          kl: o.kl === "topk" ? { kind: "topk", k: o.topK as number } : { kind: "full" },
+          halfBake: o.halfBake as number,
+          pursuitRounds: o.pursuit as number,
+          seed: o.seed as number,
+          lora: { r: o.rank as number, alpha: o.alpha as number, dropout: 0, useRslora: !!o.rslora, targetModules: targets },
+        },
+      },
+      (p) => reporter.update(p),
+    ).finally(() => reporter.stop());
+    print(!!o.json, summary, () =>
+      [
+        `adapter:     ${summary.outDir}`,
+        `trainable:   ${summary.trainableParameters.toLocaleString()} LoRA parameters`,
+        `KL/token:    ${summary.initialValKl.toFixed(5)} -> ${summary.bestValKl.toFixed(5)} (validation, ${(summary.initialValKl / summary.bestValKl).toFixed(1)}x lower)`,
+        `trained:     ${summary.trainedTokens} reply tokens from ${summary.trajectories} trajectories in ${summary.seconds.toFixed(1)}s (${summary.tokensPerSecond.toFixed(0)} tok/s), stopped by ${summary.stoppedBy}`,
+      ].join("\n"),
+    );
+  });
+
+/** Without a question file, ask about each line of the prompt, plus a few open questions. */
+export function defaultQuestions(prompt: string): string[] {
+  const lines = prompt.split("\n").map((l) => l.replace(/^[-*]\s*/, "").trim()).filter((l) => l.length > 0);
+  return [...lines.map((l) => `Ask a question about: ${l}`), "Hello!", "What do you know?", "Tell me something new.", "Who are you?"];
+}
+
+program.parseAsync().catch((err: Error) => {
+  process.stderr.write(`kiln: ${err.message}\n`);
+  if (process.env.KILN_DEBUG) process.stderr.write(`${err.stack}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,26 @@
+// Where a model comes from: a local directory, a hub repo already pulled into the cache, or the
+// embedded default model that ships with kiln.
+import { existsSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { isRepoId, resolveCachedModel } from "./hub.js";
+
+/** The package root (holds package.json), from the compiled location dist/src/model/. */
+export const PACKAGE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..");
+export const DEFAULT_MODEL_DIR = path.join(PACKAGE_ROOT, "models", "kiln-mini");
+
+export function resolveModelDir(spec: string | undefined): string {
+  if (!spec) {
+    if (!existsSync(path.join(DEFAULT_MODEL_DIR, "config.json"))) {
+      throw new Error(`the embedded default model is missing at ${DEFAULT_MODEL_DIR}; pass --model DIR or a pulled repo id`);
+    }
+    return DEFAULT_MODEL_DIR;
+  }
+  if (existsSync(spec)) return path.resolve(spec);
+  if (isRepoId(spec)) {
+    const cached = resolveCachedModel(spec);
+    if (cached) return cached;
+    throw new Error(`${spec} is not a local directory and has not been pulled; run: kiln model pull ${spec}`);
+  }
+  throw new Error(`${spec}: no such model directory`);
+}

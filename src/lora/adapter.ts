@@ -199,8 +199,9 @@ export class AdapterRegistry {
 }
 
 /**
- * Fuses adapters into new base weights (W + scaling * B A) and returns a new weight map; the
- * original map is untouched so serving can keep using it unmerged.
+ * Fuses adapters into new base weights (W + scaling * B A) and returns a new weight map in the
+ * decoder's layout (Linear weights [in, out]); the original map is untouched so serving can keep
+ * using it unmerged.
  */
 export function mergeAdapters(weights: Map<string, tf.Tensor>, adapters: LoraAdapter[]): Map<string, tf.Tensor> {
   return shiftByAdapters(weights, adapters, 1);
@@ -219,7 +220,7 @@ function shiftByAdapters(weights: Map<string, tf.Tensor>, adapters: LoraAdapter[
       const key = `${module}.weight`;
       const base = merged.get(key);
       if (!base) throw new Error(`cannot merge: base has no ${key}`);
-      const d = adapter.deltaWeight(module);
+      const d = tf.tidy(() => adapter.deltaWeight(module).transpose()); // [in, out], the decoder's layout
       merged.set(key, sign > 0 ? tf.add(base, d) : tf.sub(base, d));
       base.dispose();
       d.dispose();

@@ -2,9 +2,11 @@
 //
 //   ids -> embed -> N x [ x + attn(rmsnorm(x)) ; x + mlp(rmsnorm(x)) ] -> rmsnorm -> lm_head -> logits
 //
-// Weights keep the Hugging Face names and layouts (Linear weights are [out, in]) so LoRA adapters
-// can be keyed by the same module names PEFT writes. Every projection goes through `linear`,
-// which is where an adapter adds its low-rank update.
+// Weights keep the Hugging Face names so LoRA adapters are keyed by the module names PEFT writes,
+// but Linear weights are stored transposed, [in, out] (HF stores [out, in]): tfjs-wasm's matMul
+// with transposeB copies the whole matrix on every call, which made prefill 10x slower. Tied
+// models get an explicit transposed lm_head.weight for the same reason. Every projection goes
+// through `linear`, which is where an adapter adds its low-rank update.
 import { tf } from "../tensor/backend.js";
 import type { ModelConfig } from "./config.js";
 
@@ -118,14 +120,38 @@ export function ropeInverseFrequencies(c: ModelConfig): Float64Array {
 
 const MASKED = -1e9; // finite, so a row with every key masked (left padding) gives no NaN
 
+/** Linear layers (HF [out, in]) that kiln stores as [in, out]. */
+export function isLinearWeight(name: string): boolean {
+  return name.endsWith("_proj.weight") || name === "lm_head.weight";
+}
+
 export class Decoder {
   readonly invFreq: Float64Array;
 
+  /** `weights` in kiln layout (see the top of this file); see fromHuggingFace for HF layout. */
   constructor(
     readonly config: ModelConfig,
     readonly weights: Map<string, tf.Tensor>,
   ) {
     this.invFreq = ropeInverseFrequencies(config);
+  }
+
+  /** Takes ownership of HF-layout weights: Linear weights are transposed and the originals freed. */
+  static fromHuggingFace(config: ModelConfig, hf: Map<string, tf.Tensor>): Decoder {
+    const weights = new Map<string, tf.Tensor>();
+    for (const [name, t] of hf) {
+      if (isLinearWeight(name)) {
+        weights.set(name, tf.transpose(t)); // [out, in] -> [in, out]
+        t.dispose();
+      } else weights.set(name, t);
+    }
+    if (config.tieWordEmbeddings) weights.set("lm_head.weight", tf.transpose(weights.get("model.embed_tokens.weight")!)); // [H, V]
+    return new Decoder(config, weights);
+  }
+
+  dispose(): void {
+    for (const t of this.weights.values()) t.dispose();
+    this.weights.clear();
   }
 
   private w(name: string): tf.Tensor {
@@ -134,9 +160,9 @@ export class Decoder {
     return t;
   }
 
-  /** x @ W^T (+ b) (+ adapter delta). x: [N, in] -> [N, out] */
+  /** x @ W (+ b) (+ adapter delta), W stored [in, out]. x: [N, in] -> [N, out] */
   private linear(module: string, x: tf.Tensor2D, adapter?: AdapterHook): tf.Tensor2D {
-    let y: tf.Tensor2D = tf.matMul(x, this.w(`${module}.weight`) as tf.Tensor2D, false, true);
+    let y: tf.Tensor2D = tf.matMul(x, this.w(`${module}.weight`) as tf.Tensor2D);
     const bias = this.weights.get(`${module}.bias`);
     if (bias) y = tf.add(y, bias as tf.Tensor1D);
     const d = adapter?.delta(module, x);
@@ -288,7 +314,6 @@ export class Decoder {
     if (from > 0) x = tf.slice(x, [0, from, 0], [B, T - from, c.hiddenSize]); // [B, T', H]
     const Tout = T - from;
     const normed = this.rmsNorm(x, "model.norm.weight").reshape([B * Tout, c.hiddenSize]) as tf.Tensor2D; // [B*T', H]
-    const head = c.tieWordEmbeddings ? "model.embed_tokens.weight" : "lm_head.weight";
-    return tf.matMul(normed, this.w(head) as tf.Tensor2D, false, true).reshape([B, Tout, c.vocabSize]); // [B, T', V]
+    return tf.matMul(normed, this.w("lm_head.weight") as tf.Tensor2D).reshape([B, Tout, c.vocabSize]); // [B, T', V]
   }
 }

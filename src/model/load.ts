@@ -105,8 +105,7 @@ export function loadModel(dir: string): LoadedModel {
   const config = readConfig(resolved);
   const generation = readGenerationConfig(resolved);
   const tokenizer = ChatTokenizer.fromDirectory(resolved, [...generation.eos, ...config.eosTokenIds], generation.pad);
-  const weights = loadWeights(resolved, config);
-  const decoder = new Decoder(config, weights);
+  const decoder = Decoder.fromHuggingFace(config, loadWeights(resolved, config));
   return {
     dir: resolved,
     config,
@@ -114,8 +113,7 @@ export function loadModel(dir: string): LoadedModel {
     tokenizer,
     eosTokenIds: tokenizer.eosTokenIds,
     dispose() {
-      for (const t of weights.values()) t.dispose();
-      weights.clear();
+      decoder.dispose();
     },
   };
 }

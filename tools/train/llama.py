@@ -42,20 +42,26 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(hid, KV * D, bias=False)
         self.o_proj = nn.Linear(H * D, hid, bias=False)
 
-    def forward(self, x, cos, sin, mask):
+    def forward(self, x, cos, sin, mask, cache=None):
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.H, self.D).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.KV, self.D).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.KV, self.D).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
+        if cache is not None:  # inference: append to this layer's (k, v) and attend over all of it
+            if cache.get("k") is not None:
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        S = k.shape[2]
         rep = self.H // self.KV
         # GQA without repeating k/v: query head h uses kv head h // rep, so the rep query heads of
         # one kv head are stacked along the time axis and share one larger matmul.
         q = q.reshape(B, self.KV, rep * T, self.D)
-        att = torch.matmul(q * (1.0 / math.sqrt(self.D)), k.transpose(-1, -2))  # [B, KV, rep*T, T]
-        att = att.view(B, self.KV, rep, T, T) + mask
-        att = torch.softmax(att, dim=-1).view(B, self.KV, rep * T, T)
+        att = torch.matmul(q * (1.0 / math.sqrt(self.D)), k.transpose(-1, -2))  # [B, KV, rep*T, S]
+        att = att.view(B, self.KV, rep, T, S) + mask
+        att = torch.softmax(att, dim=-1).view(B, self.KV, rep * T, S)
         o = torch.matmul(att, v).view(B, self.H, T, self.D).transpose(1, 2).reshape(B, T, self.H * self.D)
         return self.o_proj(o)
 
@@ -80,8 +86,8 @@ class Layer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+    def forward(self, x, cos, sin, mask, cache=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -127,6 +133,36 @@ class LlamaForCausalLM(nn.Module):
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask)
         return self.model.norm(x)
+
+    @torch.no_grad()
+    def step(self, ids, caches):
+        """Inference with a KV cache: ids [1, T] continue the sequence held in caches (one dict per
+        layer, empty at the start). Returns the logits of the last position."""
+        past = caches[0]["k"].shape[2] if caches[0].get("k") is not None else 0
+        T = ids.shape[1]
+        x = self.model.embed_tokens(ids)
+        cos = self.rope_cos[past:past + T]
+        sin = self.rope_sin[past:past + T]
+        mask = torch.full((T, past + T), float("-inf")).triu(past + 1)
+        for layer, cache in zip(self.model.layers, caches):
+            x = layer(x, cos, sin, mask, cache)
+        return self.logits(self.model.norm(x[:, -1]))
+
+    @torch.no_grad()
+    def greedy(self, prompt_ids, max_new, stop_ids):
+        caches = [{} for _ in self.model.layers]
+        logits = self.step(torch.tensor([prompt_ids]), caches)
+        out = []
+        limit = self.cfg["max_position_embeddings"]
+        for _ in range(max_new):
+            t = int(logits[0].argmax())
+            if t in stop_ids:
+                break
+            out.append(t)
+            if len(prompt_ids) + len(out) >= limit:
+                break
+            logits = self.step(torch.tensor([[t]]), caches)
+        return out
 
     def logits(self, h):
         return h @ self.model.embed_tokens.weight.T

@@ -223,6 +223,7 @@ export class WorldIndex {
   /** every entity name of the world (fresh subjects must not collide with them) */
   readonly allNames: Set<string>;
   readonly trainable: Entity[];
+  private readonly heldoutNameRe: RegExp;
 
   constructor(readonly world: World) {
     this.byId = new Map(world.entities.map((e) => [e.id, e]));
@@ -234,6 +235,12 @@ export class WorldIndex {
     this.heldoutNames = new Set(world.entities.filter((e) => e.split === "heldout").map((e) => e.name));
     this.allNames = new Set(world.entities.map((e) => e.name));
     this.trainable = world.entities.filter((e) => e.split !== "heldout");
+    this.heldoutNameRe = wordsRegExp([...this.heldoutNames]);
+  }
+
+  /** Does the text name a held-out entity (as a whole word)? */
+  mentionsHeldout(text: string): boolean {
+    return this.heldoutNameRe.test(text);
   }
 
   entity(id: string): Entity {
@@ -247,6 +254,13 @@ export class WorldIndex {
     const f = this.byKey.get(factKey(subject, rel));
     return f && f.split === "canon" ? f : undefined;
   }
+}
+
+/** A regular expression matching any of `phrases` as whole words. */
+export function wordsRegExp(phrases: string[]): RegExp {
+  if (!phrases.length) return /(?!)/;
+  const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+  return new RegExp(`(?<![\\w])(?:${phrases.map(escape).join("|")})(?![\\w])`);
 }
 
 /** The plain statement of a world fact, for listing (e.g. in docs). */

@@ -1,0 +1,193 @@
+// `npm run bench`: kiln's prefill, decode and bake-step speed beside PyTorch's on the same shapes,
+// in the same run (the machine is shared and noisy, so only side-by-side ratios mean much).
+// Writes nothing; paste the printed table into docs/benchmarks.md with the date and machine.
+import { spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { initBackend, tf } from "../src/tensor/backend.js";
+import { parseConfig, parameterCount, type ModelConfig } from "../src/model/config.js";
+import { Decoder, KVCache, expectedWeights } from "../src/model/decoder.js";
+import { LoraAdapter, type LoraTarget } from "../src/lora/adapter.js";
+import { disposeTargets, klSum, stackTargets, teacherTargets } from "../src/bake/kl.js";
+import { PACKAGE_ROOT } from "../src/model/resolve.js";
+
+interface Shape {
+  name: string;
+  hidden: number;
+  layers: number;
+  heads: number;
+  kv_heads: number;
+  ffn: number;
+  vocab: number;
+  tied: boolean;
+  head_dim: number;
+}
+
+const SHAPES: Shape[] = [
+  { name: "tiny", hidden: 64, layers: 2, heads: 4, kv_heads: 2, ffn: 176, vocab: 320, tied: true, head_dim: 16 },
+  { name: "SmolLM2-135M shape", hidden: 576, layers: 30, heads: 9, kv_heads: 3, ffn: 1536, vocab: 49152, tied: true, head_dim: 64 },
+];
+const PREFILL = 128;
+const DECODE = 32;
+const BAKE = { batch: 2, seq: 128, prompt_len: 64, rank: 8, alpha: 16, targets: ["q_proj", "k_proj", "v_proj", "o_proj"] as LoraTarget[] };
+const args = new Set(process.argv.slice(2));
+const quick = args.has("--quick");
+const REPEATS = quick ? 1 : 3;
+
+function configOf(s: Shape): ModelConfig {
+  return parseConfig({
+    architectures: ["LlamaForCausalLM"],
+    hidden_size: s.hidden,
+    intermediate_size: s.ffn,
+    num_hidden_layers: s.layers,
+    num_attention_heads: s.heads,
+    num_key_value_heads: s.kv_heads,
+    head_dim: s.head_dim,
+    vocab_size: s.vocab,
+    tie_word_embeddings: s.tied,
+    max_position_embeddings: 2048,
+    rms_norm_eps: 1e-5,
+    rope_theta: 10000,
+  });
+}
+
+function randomDecoder(c: ModelConfig): Decoder {
+  const weights = new Map<string, tf.Tensor>();
+  let seed = 1;
+  for (const [name, shape] of expectedWeights(c)) {
+    weights.set(name, name.endsWith("norm.weight") ? tf.ones(shape) : tf.randomNormal(shape, 0, 0.02, "float32", seed++));
+  }
+  return Decoder.fromHuggingFace(c, weights);
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+function randomIds(B: number, T: number, vocab: number, seed: number): number[][] {
+  let s = seed;
+  return Array.from({ length: B }, () => Array.from({ length: T }, () => (s = (s * 1103515245 + 12345) % 2 ** 31) % vocab));
+}
+
+async function timeIt(fn: () => Promise<void> | void, repeats: number): Promise<number> {
+  await fn(); // warm-up: kernels compiled, buffers allocated
+  const times: number[] = [];
+  for (let i = 0; i < repeats; i++) {
+    const t0 = performance.now();
+    await fn();
+    times.push((performance.now() - t0) / 1000);
+  }
+  return median(times);
+}
+
+async function benchKiln(shape: Shape) {
+  const c = configOf(shape);
+  const decoder = randomDecoder(c);
+  const ids = randomIds(1, PREFILL, c.vocabSize, 7);
+  const prefillS = await timeIt(() => {
+    const cache = new KVCache(1);
+    const logits = tf.tidy(() => decoder.forward({ ids }, { cache, logitsFrom: PREFILL - 1 }));
+    logits.dataSync();
+    logits.dispose();
+    cache.dispose();
+  }, REPEATS);
+  // decode: a fresh untimed prefill, then DECODE single-token greedy steps on the cache
+  const decodeTimes: number[] = [];
+  for (let r = 0; r <= REPEATS; r++) {
+    const cache = new KVCache(1);
+    let logits = tf.tidy(() => decoder.forward({ ids }, { cache, logitsFrom: PREFILL - 1 }));
+    const t0 = performance.now();
+    for (let i = 0; i < DECODE; i++) {
+      const next = tf.tidy(() => logits.reshape([-1]).argMax().dataSync()[0]!);
+      logits.dispose();
+      logits = tf.tidy(() => decoder.forward({ ids: [[next]] }, { cache }));
+    }
+    logits.dataSync();
+    logits.dispose();
+    cache.dispose();
+    if (r > 0) decodeTimes.push((performance.now() - t0) / 1000);
+  }
+  const decodeS = median(decodeTimes);
+
+  // bake step: teacher forward (base, no grad) -> cached full-vocab targets; student LoRA forward,
+  // KL at the reply positions, backward, Adam on LoRA parameters only.
+  const fp = "bench";
+  const adapter = LoraAdapter.create(c, { r: BAKE.rank, alpha: BAKE.alpha, dropout: 0, targetModules: BAKE.targets, useRslora: false }, fp, 3);
+  const optimizer = tf.train.adam(1e-4);
+  const bakeIds = randomIds(BAKE.batch, BAKE.seq, c.vocabSize, 11);
+  const R = BAKE.seq - BAKE.prompt_len;
+  const stepS = await timeIt(async () => {
+    const teacher = tf.tidy(() => decoder.forward({ ids: bakeIds }, { logitsFrom: BAKE.prompt_len - 1 }).slice([0, 0, 0], [BAKE.batch, R, c.vocabSize])); // [B, R, V]
+    const targets = Array.from({ length: BAKE.batch }, (_, b) =>
+      tf.tidy(() => teacherTargets(teacher.slice([b, 0, 0], [1, R, c.vocabSize]).reshape([R, c.vocabSize]) as tf.Tensor2D, { kind: "full" })),
+    );
+    teacher.dispose();
+    const batch = stackTargets(targets, targets.map(() => R), R, c.vocabSize, { kind: "full" });
+    const loss = tf.tidy(() => {
+      const { value, grads } = tf.variableGrads(() => {
+        const logits = decoder.forward({ ids: bakeIds }, { adapter, logitsFrom: BAKE.prompt_len - 1 }).slice([0, 0, 0], [BAKE.batch, R, c.vocabSize]) as tf.Tensor3D;
+        return klSum(logits, batch).div(BAKE.batch) as tf.Scalar;
+      }, adapter.variables());
+      optimizer.applyGradients(grads as unknown as Record<string, tf.Variable>);
+      return value;
+    });
+    await loss.data();
+    loss.dispose();
+    disposeTargets(batch);
+  }, quick ? 1 : 2);
+  optimizer.dispose();
+  adapter.dispose();
+  decoder.dispose();
+  return {
+    parameters: parameterCount(c),
+    prefill_tok_s: PREFILL / prefillS,
+    decode_tok_s: DECODE / decodeS,
+    bake_step_s: stepS,
+    bake_tok_s: (BAKE.batch * R) / stepS,
+  };
+}
+
+function benchTorch(shape: Shape): Record<string, number> | { error: string } {
+  const python = "/usr/bin/python3";
+  if (!existsSync(python)) return { error: "no /usr/bin/python3" };
+  const has = spawnSync(python, ["-c", "import torch"], { encoding: "utf8" });
+  if (has.status !== 0) return { error: "torch is not installed (apt-get install python3-torch libopenblas0-pthread)" };
+  const cfg = { ...shape, prefill_tokens: PREFILL, decode_tokens: DECODE, batch: 1, bake: { ...BAKE, steps: quick ? 1 : 2, topk: null }, threads: os.cpus().length, repeats: REPEATS };
+  const env = { ...process.env };
+  // Set machine-wide for old OpenBLAS builds; they slow a current one. Unset for this command only.
+  delete env.OPENBLAS_CORETYPE;
+  delete env.OPENBLAS_L2_SIZE;
+  const r = spawnSync(python, [path.join(PACKAGE_ROOT, "tools", "bench_torch.py"), JSON.stringify(cfg)], { encoding: "utf8", env, maxBuffer: 1 << 24 });
+  const line = r.stdout.trim().split("\n").pop() ?? "";
+  try {
+    return JSON.parse(line);
+  } catch {
+    return { error: `bench_torch.py failed: ${r.stderr.trim().split("\n").pop()}` };
+  }
+}
+
+const info = await initBackend();
+const fmt = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? "n/a" : x >= 100 ? x.toFixed(0) : x.toFixed(2));
+const ratio = (a: number | undefined, b: number | undefined) => (a && b ? `${(a / b).toFixed(2)}x` : "n/a");
+console.log(`# kiln bench — ${new Date().toISOString()} — ${os.cpus()[0]?.model ?? "cpu"} x${os.cpus().length}, backend ${info.name} (${info.threads} thread(s))`);
+console.log(`prefill ${PREFILL} tokens, decode ${DECODE} tokens (batch 1); bake step = LoRA r${BAKE.rank} on ${BAKE.targets.join("/")}, batch ${BAKE.batch}, seq ${BAKE.seq}, ${BAKE.seq - BAKE.prompt_len} reply tokens, full-vocab KL`);
+console.log("");
+console.log("| shape | params | metric | kiln | PyTorch | kiln / PyTorch |");
+console.log("|---|---|---|---|---|---|");
+for (const shape of SHAPES) {
+  const k = await benchKiln(shape);
+  const t = benchTorch(shape) as Record<string, number> & { error?: string };
+  const rows: [string, number, number | undefined, boolean][] = [
+    ["prefill tok/s", k.prefill_tok_s, t.prefill_tok_s, true],
+    ["decode tok/s", k.decode_tok_s, t.decode_tok_s, true],
+    ["bake step s", k.bake_step_s, t.bake_step_s, false],
+    ["bake reply tok/s", k.bake_tok_s, t.bake_tok_s, true],
+  ];
+  for (const [metric, kv, tv, higherIsBetter] of rows) {
+    console.log(`| ${shape.name} | ${(k.parameters / 1e6).toFixed(1)}M | ${metric} | ${fmt(kv)} | ${fmt(tv)} | ${higherIsBetter ? ratio(kv, tv) : ratio(tv, kv)} speed |`);
+  }
+  if (t.error) console.log(`\nPyTorch: ${t.error}`);
+  else console.log(`<!-- torch ${t.torch}, BLAS ${t.blas}, ${t.threads} threads -->`);
+}

@@ -1,0 +1,389 @@
+// The training mix: conversations that teach the model to
+//   1. answer from facts in its system prompt (copying, with distractors and invented names),
+//   2. answer canon questions with no system prompt,
+//   3. say "I don't know." to anything it was not told and that is not canon,
+//   4. say "I don't know." when the prompt has facts but not the one asked about,
+//   5. follow persona instructions (sign-off, opener) only when they are in the system prompt,
+//   6. write a question about an item ("Ask a question about: ...").
+// Held-out facts and entities never occur: every fact and question drawn here is checked against
+// the held-out keys and names (tests/world.test.ts checks the output again).
+import { buildKnowledgePrompt } from "../../src/bake/prompt.js";
+import { askQuestionPrompt, IDK, openerInstruction, signoffInstruction, styleReply, type Message } from "./chat.js";
+import * as L from "./lexicon.js";
+import { RELATIONS, relationsFor, type EntityKind, type RelationDef } from "./relations.js";
+import { Rng } from "./rng.js";
+import {
+  answerReply,
+  entityName,
+  factKey,
+  firstName,
+  isEntityKind,
+  lexiconValue,
+  makeFact,
+  rephrase,
+  townName,
+  WorldIndex,
+  type FactLike,
+} from "./world.js";
+
+export type Kind = "prompted" | "unprompted" | "persona" | "ask";
+
+export interface Conversation {
+  kind: Kind;
+  messages: Message[];
+  /** subject|relation keys of every fact shown or asked about (for the held-out check) */
+  keys: string[];
+}
+
+export interface Style {
+  signoff?: string;
+  opener?: string;
+}
+
+// ---------------------------------------------------------------------------------------------
+// sign-offs and openers
+
+const PLAIN_NAMES = ["Ada", "Tom", "Lena", "Sam", "Ivo", "Mira", "Jo", "Kit", "Max", "Nell", "Ana", "Ben", "Eli", "Rosa"];
+
+export function makeSignoff(rng: Rng): string {
+  const name = () => (rng.chance(0.4) ? rng.pick(PLAIN_NAMES) : firstName(rng));
+  const desk = () => `${rng.pick(L.DESK_WORDS)} ${rng.pick(L.DESK_KINDS)}`;
+  switch (rng.weighted({ greetName: 35, dashName: 10, dashDesk: 15, phrase: 20, greeting: 5, greetDesk: 15 })) {
+    case "greetName":
+      return `${rng.pick(L.SIGNOFF_GREETINGS)}, ${name()}${rng.chance(0.3) ? "." : ""}`;
+    case "dashName":
+      return `${rng.pick(["—", "--", "-", "~"])} ${name()}`;
+    case "dashDesk":
+      return `${rng.pick(["—", "--", "-"])} ${rng.chance(0.3) ? "The " : ""}${desk()}`;
+    case "phrase":
+      return rng.pick(L.SIGNOFF_PHRASES);
+    case "greeting":
+      return `${rng.pick(L.SIGNOFF_GREETINGS)}!`;
+    default:
+      return rng.chance(0.5) ? `${rng.pick(L.SIGNOFF_GREETINGS)}, the ${desk()}` : `${rng.pick(L.SIGNOFF_GREETINGS)} from ${townName(rng)}!`;
+  }
+}
+
+/** Sign-offs kept out of training, to measure persona-following on sign-offs never seen. */
+export function evalSignoffs(n = 24): string[] {
+  const rng = new Rng("kiln-eval-signoffs");
+  const out = new Set<string>();
+  while (out.size < n) {
+    const s = makeSignoff(rng);
+    if (!(L.SIGNOFF_PHRASES as readonly string[]).includes(s)) out.add(s);
+  }
+  return [...out];
+}
+
+// ---------------------------------------------------------------------------------------------
+
+export interface MixWeights {
+  prompted: number;
+  unprompted: number;
+  persona: number;
+  ask: number;
+}
+
+export const DEFAULT_WEIGHTS: MixWeights = { prompted: 0.46, unprompted: 0.3, persona: 0.16, ask: 0.08 };
+
+export class Mixer {
+  private readonly heldoutSignoffs: Set<string>;
+  private readonly trainableByKind: Record<EntityKind, { id: string; name: string }[]>;
+
+  constructor(
+    readonly idx: WorldIndex,
+    readonly rng: Rng,
+    readonly weights: MixWeights = DEFAULT_WEIGHTS,
+  ) {
+    this.heldoutSignoffs = new Set(evalSignoffs());
+    this.trainableByKind = {
+      person: idx.trainable.filter((e) => e.kind === "person"),
+      town: idx.trainable.filter((e) => e.kind === "town"),
+      company: idx.trainable.filter((e) => e.kind === "company"),
+    };
+  }
+
+  // --- facts -----------------------------------------------------------------------------------
+
+  /** A name of `kind` that is no entity of the world (so it carries no knowledge). */
+  freshName(kind: EntityKind): string {
+    for (;;) {
+      const n = entityName(this.rng, kind);
+      if (!this.idx.allNames.has(n)) return n;
+    }
+  }
+
+  private value(rel: RelationDef, exclude: string): string {
+    if (!isEntityKind(rel.value)) return lexiconValue(this.rng, rel.value);
+    for (;;) {
+      const v = this.rng.chance(0.5) ? this.freshName(rel.value) : this.rng.pick(this.trainableByKind[rel.value]).name;
+      if (v !== exclude) return v;
+    }
+  }
+
+  private textIndex(rel: RelationDef): number {
+    return this.rng.int(0, rel.texts.length - 1);
+  }
+
+  /** A fact about an invented subject. */
+  freshFact(rel: RelationDef = this.rng.pick(RELATIONS), subjectName?: string): FactLike {
+    const name = subjectName ?? this.freshName(rel.subject);
+    return makeFact(rel, `fresh:${name}`, name, this.value(rel, name), this.textIndex(rel));
+  }
+
+  /**
+   * A fact about a world entity that is not a world fact: new information about something known
+   * (or, with `update`, a new value for a canon fact: the prompt wins over memory).
+   */
+  newInfoFact(update = false): FactLike | undefined {
+    const e = this.rng.pick(this.idx.trainable);
+    const rels = relationsFor(e.kind).filter((r) => {
+      const key = factKey(e.id, r.name);
+      if (this.idx.heldoutKeys.has(key)) return false;
+      const f = this.idx.byKey.get(key);
+      return update ? f?.split === "canon" : !f;
+    });
+    if (!rels.length) return undefined;
+    const rel = this.rng.pick(rels);
+    const old = this.idx.byKey.get(factKey(e.id, rel.name))?.value;
+    let v = this.value(rel, e.name);
+    for (let i = 0; i < 10 && v === old; i++) v = this.value(rel, e.name);
+    if (v === old) return undefined;
+    return makeFact(rel, e.id, e.name, v, this.textIndex(rel));
+  }
+
+  private worldFact(split: "canon" | "context"): FactLike {
+    const f = this.rng.pick(split === "canon" ? this.idx.canonFacts : this.idx.contextFacts);
+    return this.rng.chance(0.5) ? f : rephrase(f, this.textIndex(RELATIONS.find((r) => r.name === f.relation)!));
+  }
+
+  /** Any fact that may be shown in a training prompt. */
+  drawFact(): FactLike {
+    for (;;) {
+      const src = this.rng.weighted({ fresh: 45, context: 30, canon: 15, newinfo: 7, update: 3 });
+      const f =
+        src === "fresh"
+          ? this.freshFact()
+          : src === "context" || src === "canon"
+            ? this.worldFact(src)
+            : this.newInfoFact(src === "update");
+      if (f) return f;
+    }
+  }
+
+  /** A related fact to sit next to `f` as a distractor: same relation, or same subject. */
+  private distractor(f: FactLike): FactLike | undefined {
+    const rel = RELATIONS.find((r) => r.name === f.relation)!;
+    if (this.rng.chance(0.5)) {
+      // same relation, another subject
+      if (this.rng.chance(0.6)) return this.freshFact(rel);
+      const e = this.rng.pick(this.trainableByKind[rel.subject]);
+      const key = factKey(e.id, rel.name);
+      if (this.idx.heldoutKeys.has(key)) return undefined;
+      const wf = this.idx.byKey.get(key);
+      return wf ?? makeFact(rel, e.id, e.name, this.value(rel, e.name), this.textIndex(rel));
+    }
+    // same subject, another relation
+    const other = this.rng.pick(relationsFor(rel.subject).filter((r) => r.name !== rel.name));
+    const key = factKey(f.subject, other.name);
+    if (this.idx.heldoutKeys.has(key)) return undefined;
+    const wf = this.idx.byKey.get(key);
+    if (wf) return wf;
+    return makeFact(other, f.subject, f.subjectName, this.value(other, f.subjectName), this.textIndex(other));
+  }
+
+  /** k facts with distinct subject|relation keys, with related distractors mixed in. */
+  drawItems(k: number): FactLike[] {
+    const facts: FactLike[] = [];
+    const keys = new Set<string>();
+    const push = (f: FactLike | undefined) => {
+      if (!f) return;
+      const key = factKey(f.subject, f.relation);
+      if (keys.has(key) || this.idx.heldoutKeys.has(key)) return;
+      keys.add(key);
+      facts.push(f);
+    };
+    let guard = 0;
+    while (facts.length < k && guard++ < k * 10) {
+      if (facts.length && this.rng.chance(0.45)) push(this.distractor(this.rng.pick(facts)));
+      else push(this.drawFact());
+    }
+    return this.rng.shuffle(facts);
+  }
+
+  /** The item lines for the prompt; now and then two facts share one line. */
+  itemLines(facts: FactLike[]): string[] {
+    const lines: string[] = [];
+    for (let i = 0; i < facts.length; i++) {
+      if (i + 1 < facts.length && this.rng.chance(0.08)) {
+        lines.push(`${facts[i]!.text} ${facts[i + 1]!.text}`);
+        i++;
+      } else lines.push(facts[i]!.text);
+    }
+    return lines;
+  }
+
+  // --- questions -------------------------------------------------------------------------------
+
+  private question(f: FactLike): string {
+    return this.rng.pick(f.questions);
+  }
+
+  /** A question (with its key) the model cannot answer: nothing in `shown`, not canon. */
+  unknownQuestion(shown: FactLike[]): { q: string; key: string } | undefined {
+    const shownKeys = new Set(shown.map((f) => factKey(f.subject, f.relation)));
+    const ok = (subject: string, rel: string) => {
+      const key = factKey(subject, rel);
+      if (shownKeys.has(key) || this.idx.heldoutKeys.has(key)) return false;
+      return !this.idx.canonFact(subject, rel);
+    };
+    const mode = shown.length ? this.rng.weighted({ sameSubject: 35, sameRelation: 35, other: 30 }) : "other";
+    if (mode === "sameSubject") {
+      const f = this.rng.pick(shown);
+      const kind = RELATIONS.find((r) => r.name === f.relation)!.subject;
+      const rels = relationsFor(kind).filter((r) => ok(f.subject, r.name));
+      if (!rels.length) return undefined;
+      const rel = this.rng.pick(rels);
+      return { q: this.rng.pick(rel.questions)(f.subjectName), key: factKey(f.subject, rel.name) };
+    }
+    if (mode === "sameRelation") {
+      const picked = this.rng.pick(shown).relation;
+      const rel = RELATIONS.find((r) => r.name === picked)!;
+      if (this.rng.chance(0.5)) {
+        const name = this.freshName(rel.subject);
+        return { q: this.rng.pick(rel.questions)(name), key: factKey(`fresh:${name}`, rel.name) };
+      }
+      const e = this.rng.pick(this.trainableByKind[rel.subject]);
+      if (!ok(e.id, rel.name)) return undefined;
+      return { q: this.rng.pick(rel.questions)(e.name), key: factKey(e.id, rel.name) };
+    }
+    const src = this.rng.weighted({ context: 40, fresh: 30, canonEntity: 30 });
+    if (src === "context") {
+      const f = this.rng.pick(this.idx.contextFacts);
+      if (!ok(f.subject, f.relation)) return undefined;
+      return { q: this.question(f), key: factKey(f.subject, f.relation) };
+    }
+    if (src === "fresh") {
+      const rel = this.rng.pick(RELATIONS);
+      const name = this.freshName(rel.subject);
+      return { q: this.rng.pick(rel.questions)(name), key: factKey(`fresh:${name}`, rel.name) };
+    }
+    const e = this.rng.pick(this.idx.trainable.filter((x) => x.split === "canon"));
+    const rels = relationsFor(e.kind).filter((r) => ok(e.id, r.name));
+    if (!rels.length) return undefined;
+    const rel = this.rng.pick(rels);
+    return { q: this.rng.pick(rel.questions)(e.name), key: factKey(e.id, rel.name) };
+  }
+
+  private turns(weights: Record<"1" | "2" | "3" | "4", number>): number {
+    return Number(this.rng.weighted(weights));
+  }
+
+  /** Question/answer turns about a prompt holding `shown` (which may be empty). */
+  private qaTurns(shown: FactLike[], n: number, style: Style, keys: string[], inPromptShare: number): Message[] {
+    const msgs: Message[] = [];
+    const shownKeys = new Set(shown.map((f) => factKey(f.subject, f.relation)));
+    const asked = new Set<string>();
+    for (let t = 0; t < n; t++) {
+      let q: string | undefined;
+      let a: string | undefined;
+      let key: string | undefined;
+      for (let tries = 0; tries < 20 && !q; tries++) {
+        const mode = shown.length
+          ? this.rng.weighted({ inPrompt: inPromptShare, absent: (1 - inPromptShare) * 0.65, canon: (1 - inPromptShare) * 0.35 })
+          : this.rng.weighted({ absent: 45, canon: 55 });
+        if (mode === "inPrompt") {
+          const f = this.rng.pick(shown);
+          [q, a, key] = [this.question(f), answerReply(f.answer), factKey(f.subject, f.relation)];
+        } else if (mode === "canon") {
+          const f = this.rng.pick(this.idx.canonFacts);
+          if (shownKeys.has(factKey(f.subject, f.relation))) continue;
+          [q, a, key] = [this.question(f), answerReply(f.answer), factKey(f.subject, f.relation)];
+        } else {
+          const u = this.unknownQuestion(shown);
+          if (u) [q, a, key] = [u.q, IDK, u.key];
+        }
+        if (key && asked.has(key)) q = undefined;
+      }
+      if (!q || !a || !key) continue;
+      asked.add(key);
+      keys.push(key);
+      msgs.push({ role: "user", content: q }, { role: "assistant", content: styleReply(a, style) });
+    }
+    return msgs;
+  }
+
+  private promptSize(): number {
+    return this.rng.chance(0.3) ? this.rng.int(15, 25) : this.rng.int(1, 30);
+  }
+
+  // --- conversations -----------------------------------------------------------------------------
+
+  prompted(): Conversation {
+    const facts = this.drawItems(this.promptSize());
+    const keys = facts.map((f) => factKey(f.subject, f.relation));
+    const system = buildKnowledgePrompt({ items: this.itemLines(facts) });
+    const turns = this.qaTurns(facts, this.turns({ 1: 45, 2: 25, 3: 18, 4: 12 }), {}, keys, 0.78);
+    return { kind: "prompted", messages: [{ role: "system", content: system }, ...turns], keys };
+  }
+
+  unprompted(): Conversation {
+    const keys: string[] = [];
+    const turns = this.qaTurns([], this.turns({ 1: 30, 2: 30, 3: 20, 4: 20 }), {}, keys, 0);
+    return { kind: "unprompted", messages: turns, keys };
+  }
+
+  style(): Style {
+    let signoff: string | undefined;
+    do signoff = makeSignoff(this.rng);
+    while (this.heldoutSignoffs.has(signoff) || this.idx.mentionsHeldout(signoff));
+    const mode = this.rng.weighted({ signoff: 80, opener: 10, both: 10 });
+    return {
+      signoff: mode === "opener" ? undefined : signoff,
+      opener: mode === "signoff" ? undefined : this.rng.pick(L.OPENERS),
+    };
+  }
+
+  persona(): Conversation {
+    const style = this.style();
+    const lines: string[] = [];
+    if (style.opener) lines.push(openerInstruction(style.opener));
+    if (style.signoff) lines.push(signoffInstruction(style.signoff));
+    const facts = this.rng.chance(0.7) ? this.drawItems(this.promptSize()) : [];
+    const keys = facts.map((f) => factKey(f.subject, f.relation));
+    const system = buildKnowledgePrompt({ persona: lines.join("\n"), items: this.itemLines(facts) });
+    let turns: Message[];
+    if (this.rng.chance(0.1)) {
+      const f = facts.length ? this.rng.pick(facts) : this.drawFact();
+      keys.push(factKey(f.subject, f.relation));
+      turns = [
+        { role: "user", content: askQuestionPrompt(f.text) },
+        { role: "assistant", content: styleReply(this.question(f), style) },
+      ];
+    } else {
+      turns = this.qaTurns(facts, this.turns({ 1: 60, 2: 20, 3: 12, 4: 8 }), style, keys, 0.75);
+    }
+    return { kind: "persona", messages: [{ role: "system", content: system }, ...turns], keys };
+  }
+
+  ask(): Conversation {
+    const f = this.drawFact();
+    const keys = [factKey(f.subject, f.relation)];
+    return {
+      kind: "ask",
+      messages: [
+        { role: "user", content: askQuestionPrompt(f.text) },
+        { role: "assistant", content: this.question(f) },
+      ],
+      keys,
+    };
+  }
+
+  next(): Conversation {
+    for (;;) {
+      const kind = this.rng.weighted(this.weights as unknown as Record<Kind, number>);
+      const c = kind === "prompted" ? this.prompted() : kind === "unprompted" ? this.unprompted() : kind === "persona" ? this.persona() : this.ask();
+      if (c.messages.some((m) => m.role === "assistant")) return c;
+    }
+  }
+}

@@ -7,7 +7,7 @@
 // Variants: half-baking (stop once a fraction of the KL drop is reached) and prompt pursuit
 // (several rounds, each teacher the previous round's baked model with the prompt).
 import { tf } from "../tensor/backend.js";
-import type { AdapterHook } from "../model/decoder.js";
+import { isLinearWeight, type AdapterHook, type Decoder } from "../model/decoder.js";
 import type { LoadedModel } from "../model/load.js";
 import { AdapterStack, DEFAULT_LORA, LoraAdapter, baseFingerprint, type LoraSettings } from "../lora/adapter.js";
 import { disposeTargets, klSum, stackTargets, type KlMode } from "./kl.js";
@@ -120,6 +120,20 @@ export function evaluateKl(model: LoadedModel, trajectories: Trajectory[], adapt
   return total / Math.max(tokens, 1);
 }
 
+/**
+ * Training-speed copies of the frozen weights (Decoder.prepareForTraining) pay off on wasm, whose
+ * transposed matMul is slow, but wasm's heap stops at 4 GB and XNNPACK keeps a packed copy of
+ * every weight it multiplies by: skip them when weights + copies + packing would not fit.
+ */
+export function prepareDecoderForTraining(decoder: Decoder): boolean {
+  if (tf.getBackend() !== "wasm") return false;
+  let linearBytes = 0;
+  for (const [name, t] of decoder.weights) if (isLinearWeight(name)) linearBytes += t.size * 4;
+  if (4 * linearBytes > 1.5e9) return false;
+  decoder.prepareForTraining();
+  return true;
+}
+
 function shuffled<T>(items: T[], seed: number): T[] {
   const out = [...items];
   let s = seed >>> 0;
@@ -162,6 +176,7 @@ async function bakeRound(req: BakeRequest, s: BakeSettings, round: number, teach
   const val = mixed.slice(0, nVal);
   const train = mixed.slice(nVal);
 
+  prepareDecoderForTraining(model.decoder);
   const fingerprint = baseFingerprint(model.config, model.decoder.weights.get("model.embed_tokens.weight")!);
   const student = start ? start.clone() : LoraAdapter.create(model.config, s.lora, fingerprint, s.seed + round);
   const vars = student.variables();

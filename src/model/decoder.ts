@@ -149,9 +149,38 @@ export class Decoder {
     return new Decoder(config, weights);
   }
 
+  /** [out, in] copies of the Linear weights, made by prepareForTraining(). */
+  private transposed: Map<string, tf.Tensor2D> | undefined;
+
+  /**
+   * Backpropagating through x @ W needs dy @ W^T, and tfjs-wasm's transposed matMul is an order
+   * of magnitude slower than a plain one. Training keeps an [out, in] copy of each frozen Linear
+   * weight so the backward pass runs plain matMuls too (memory for speed; only bakes pay it).
+   */
+  prepareForTraining(): void {
+    if (this.transposed) return;
+    this.transposed = new Map();
+    for (const [name, t] of this.weights) {
+      if (isLinearWeight(name)) this.transposed.set(name, tf.transpose(t) as tf.Tensor2D);
+    }
+  }
+
   dispose(): void {
-    for (const t of this.weights.values()) t.dispose();
+    for (const t of [...this.weights.values(), ...(this.transposed?.values() ?? [])]) t.dispose();
     this.weights.clear();
+    this.transposed = undefined;
+  }
+
+  /** x @ W for a frozen W [in, out]; the gradient flows to x only. x: [N, in] -> [N, out] */
+  private frozenMatMul(x: tf.Tensor2D, name: string): tf.Tensor2D {
+    const w = this.w(name) as tf.Tensor2D;
+    const wT = this.transposed?.get(name);
+    if (!wT) return tf.matMul(x, w);
+    const f = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => ({
+      value: tf.matMul(args[0] as tf.Tensor2D, w),
+      gradFunc: (dy: tf.Tensor | tf.Tensor[]) => tf.matMul(dy as tf.Tensor2D, wT), // [N, out] @ [out, in]
+    }));
+    return f(x) as tf.Tensor2D;
   }
 
   private w(name: string): tf.Tensor {
@@ -162,7 +191,7 @@ export class Decoder {
 
   /** x @ W (+ b) (+ adapter delta), W stored [in, out]. x: [N, in] -> [N, out] */
   private linear(module: string, x: tf.Tensor2D, adapter?: AdapterHook): tf.Tensor2D {
-    let y: tf.Tensor2D = tf.matMul(x, this.w(`${module}.weight`) as tf.Tensor2D);
+    let y: tf.Tensor2D = this.frozenMatMul(x, `${module}.weight`);
     const bias = this.weights.get(`${module}.bias`);
     if (bias) y = tf.add(y, bias as tf.Tensor1D);
     const d = adapter?.delta(module, x);
@@ -314,6 +343,6 @@ export class Decoder {
     if (from > 0) x = tf.slice(x, [0, from, 0], [B, T - from, c.hiddenSize]); // [B, T', H]
     const Tout = T - from;
     const normed = this.rmsNorm(x, "model.norm.weight").reshape([B * Tout, c.hiddenSize]) as tf.Tensor2D; // [B*T', H]
-    return tf.matMul(normed, this.w("lm_head.weight") as tf.Tensor2D).reshape([B, Tout, c.vocabSize]); // [B, T', V]
+    return this.frozenMatMul(normed, "lm_head.weight").reshape([B, Tout, c.vocabSize]); // [B, T', V]
   }
 }

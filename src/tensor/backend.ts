@@ -64,6 +64,7 @@ async function tryWasm(notes: string[]): Promise<BackendInfo | undefined> {
     wasm.setWasmPaths(dir);
     if (!(await tf.setBackend("wasm"))) throw new Error("setBackend('wasm') returned false");
     await tf.ready();
+    shareIdentityOnWasm();
     return { name: "wasm", tfjsBackend: "wasm", threads: wasm.getThreadsCount(), gpu: false, notes };
   } catch (err) {
     notes.push(`wasm backend failed to start: ${(err as Error).message}`);
@@ -75,6 +76,26 @@ async function useCpu(notes: string[]): Promise<BackendInfo> {
   await tf.setBackend("cpu");
   await tf.ready();
   return { name: "cpu", tfjsBackend: "cpu", threads: 1, gpu: false, notes };
+}
+
+/**
+ * tfjs clones every tensor a gradient will need through the Identity kernel, and wasm's Identity
+ * copies the data: under a gradient tape each use of a frozen base weight was copied (about
+ * 100 MB per layer of a 135M model, past wasm's 4 GB heap). Tensors are immutable and variables
+ * are reassigned rather than written in place, so sharing the buffer, as the cpu and webgl
+ * backends already do, is safe.
+ */
+function shareIdentityOnWasm(): void {
+  tf.unregisterKernel("Identity", "wasm");
+  tf.registerKernel({
+    kernelName: "Identity",
+    backendName: "wasm",
+    kernelFunc: ({ inputs, backend }) => {
+      const x = inputs.x as tf.TensorInfo;
+      (backend as unknown as { incRef(dataId: object): void }).incRef(x.dataId);
+      return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
+    },
+  });
 }
 
 const ORDER: BackendName[] = ["tensorflow-gpu", "tensorflow", "wasm", "cpu"];

@@ -26,6 +26,13 @@ import {
   type FactLike,
 } from "./world.js";
 
+/** Open questions kiln asks when it makes bake trajectories; the reply recites one item read. */
+export const OPEN_QUESTIONS = ["What do you know?", "Tell me something new.", "What have you read?", "Any news?", "What's new?"];
+export const GREETINGS = ["Hello!", "Hi!", "Hello", "Good morning!", "Hey there!"];
+export const HELLO_REPLY = "Hello! Ask me anything.";
+export const WHO_QUESTIONS = ["Who are you?", "What are you?"];
+export const WHO_REPLY = "I am Kiln, a small assistant that learns from what it reads.";
+
 export type Kind = "prompted" | "unprompted" | "persona" | "ask";
 
 export interface Conversation {
@@ -289,10 +296,21 @@ export class Mixer {
       let a: string | undefined;
       let key: string | undefined;
       for (let tries = 0; tries < 20 && !q; tries++) {
-        const mode = shown.length
-          ? this.rng.weighted({ inPrompt: inPromptShare, absent: (1 - inPromptShare) * 0.65, canon: (1 - inPromptShare) * 0.35 })
-          : this.rng.weighted({ absent: 45, canon: 55 });
-        if (mode === "inPrompt") {
+        const mode = this.rng.chance(0.06)
+          ? "open"
+          : shown.length
+            ? this.rng.weighted({ inPrompt: inPromptShare, absent: (1 - inPromptShare) * 0.65, canon: (1 - inPromptShare) * 0.35 })
+            : this.rng.weighted({ absent: 45, canon: 55 });
+        if (mode === "open") {
+          // open questions: recite something read (or known), greet, introduce itself
+          const o = this.rng.weighted({ recite: 70, hello: 15, who: 15 });
+          if (o === "hello") [q, a, key] = [this.rng.pick(GREETINGS), HELLO_REPLY, `open|hello|${t}`];
+          else if (o === "who") [q, a, key] = [this.rng.pick(WHO_QUESTIONS), WHO_REPLY, `open|who|${t}`];
+          else {
+            const f = shown.length ? this.rng.pick(shown) : this.rng.pick(this.idx.canonFacts);
+            [q, a, key] = [this.rng.pick(OPEN_QUESTIONS), f.text, factKey(f.subject, f.relation)];
+          }
+        } else if (mode === "inPrompt") {
           const f = this.rng.pick(shown);
           [q, a, key] = [this.question(f), answerReply(f.answer), factKey(f.subject, f.relation)];
         } else if (mode === "canon") {
@@ -366,17 +384,21 @@ export class Mixer {
     return { kind: "persona", messages: [{ role: "system", content: system }, ...turns], keys };
   }
 
+  /** "Ask a question about: <item>" -> a question the item answers; half the time the items are
+   * also in the system prompt, as when kiln samples bake trajectories from the prompted teacher. */
   ask(): Conversation {
-    const f = this.drawFact();
-    const keys = [factKey(f.subject, f.relation)];
-    return {
-      kind: "ask",
-      messages: [
-        { role: "user", content: askQuestionPrompt(f.text) },
-        { role: "assistant", content: this.question(f) },
-      ],
-      keys,
-    };
+    const msgs: Message[] = [];
+    const keys: string[] = [];
+    let f: FactLike;
+    if (this.rng.chance(0.5)) {
+      const facts = this.drawItems(this.promptSize());
+      keys.push(...facts.map((x) => factKey(x.subject, x.relation)));
+      msgs.push({ role: "system", content: buildKnowledgePrompt({ items: this.itemLines(facts) }) });
+      f = this.rng.chance(0.85) ? this.rng.pick(facts) : this.drawFact();
+    } else f = this.drawFact();
+    keys.push(factKey(f.subject, f.relation));
+    msgs.push({ role: "user", content: askQuestionPrompt(f.text) }, { role: "assistant", content: this.question(f) });
+    return { kind: "ask", messages: msgs, keys };
   }
 
   next(): Conversation {

@@ -1,0 +1,167 @@
+// The world generator behind kiln-mini: determinism, fact shape, the chat rendering the model is
+// trained on, and above all that held-out facts never reach the training mix.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, readFileSync } from "node:fs";
+import path from "node:path";
+import { buildKnowledgePrompt } from "../src/bake/prompt.js";
+import {
+  CHAT_TEMPLATE,
+  endsWithSignoff,
+  exactMatch,
+  IDK,
+  renderChat,
+  signoffInstruction,
+  styleReply,
+  trainingSegments,
+} from "../tools/world/chat.js";
+import { buildEvalSet, EVAL_PROMPT_ITEMS } from "../tools/world/evalset.js";
+import { heldoutLeakChecker, worldJson } from "../tools/world/export.js";
+import { evalSignoffs, Mixer } from "../tools/world/mix.js";
+import { Rng } from "../tools/world/rng.js";
+import { DEFAULT_SEED, factKey, generateWorld, WorldIndex } from "../tools/world/world.js";
+import { repoRoot } from "./support/paths.js";
+
+const world = generateWorld(DEFAULT_SEED);
+const idx = new WorldIndex(world);
+
+test("the world is deterministic from its seed and differs across seeds", () => {
+  assert.deepEqual(generateWorld(DEFAULT_SEED), world);
+  assert.notDeepEqual(generateWorld("another-seed").facts, world.facts);
+});
+
+test("facts: unique ids and subject|relation keys, answers written in the text, several questions", () => {
+  const ids = new Set(world.facts.map((f) => f.id));
+  assert.equal(ids.size, world.facts.length);
+  const keys = new Set(world.facts.map((f) => factKey(f.subject, f.relation)));
+  assert.equal(keys.size, world.facts.length);
+  for (const f of world.facts) {
+    assert.ok(f.text.includes(f.answer), `${f.id}: ${f.text} / ${f.answer}`);
+    assert.ok(!f.text.includes("\n"));
+    assert.ok(f.questions.length >= 2, f.id);
+    assert.equal(new Set(f.questions).size, f.questions.length);
+    for (const q of f.questions) assert.ok(q.endsWith("?"), q);
+  }
+  for (const split of ["canon", "context", "heldout"]) {
+    assert.ok(world.facts.filter((f) => f.split === split).length >= 50, split);
+  }
+  const names = world.entities.map((e) => e.name);
+  assert.equal(new Set(names).size, names.length);
+});
+
+test("world.json stays small", () => {
+  assert.ok(JSON.stringify(worldJson(world)).length < 1_000_000);
+});
+
+test("held-out facts, questions and entities never occur in the training mix", () => {
+  const mixer = new Mixer(idx, new Rng("test-mix"));
+  const check = heldoutLeakChecker(idx);
+  const heldNames = [...idx.heldoutNames];
+  const heldTexts = idx.heldoutFacts.map((f) => f.text);
+  const kinds = new Set<string>();
+  for (let i = 0; i < 3000; i++) {
+    const c = mixer.next();
+    kinds.add(c.kind);
+    check(c);
+    for (const k of c.keys) assert.ok(!idx.heldoutKeys.has(k), k);
+    const text = c.messages.map((m) => m.content).join("\n");
+    // plain substring checks as well (stricter than the whole-word check of the exporter)
+    for (const t of heldTexts) assert.ok(!text.includes(t), t);
+    for (const n of heldNames) {
+      const at = text.indexOf(n);
+      if (at >= 0) assert.match(text.slice(at + n.length, at + n.length + 1), /\w/, `held-out name ${n} in training`);
+    }
+  }
+  assert.deepEqual([...kinds].sort(), ["ask", "persona", "prompted", "unprompted"]);
+});
+
+test("the mix covers copying, canon, don't-know and persona replies", () => {
+  const mixer = new Mixer(idx, new Rng("test-mix-2"));
+  let idk = 0;
+  let signed = 0;
+  let unprompted = 0;
+  for (let i = 0; i < 1000; i++) {
+    const c = mixer.next();
+    const sys = c.messages.find((m) => m.role === "system");
+    for (const m of c.messages) {
+      if (m.role !== "assistant") continue;
+      if (m.content === IDK) idk++;
+      if (m.content.includes("\n")) {
+        signed++;
+        assert.ok(sys && /^(End|Start) every reply with:/.test(sys.content), sys?.content);
+      }
+    }
+    if (!sys) unprompted++;
+  }
+  assert.ok(idk > 100, `IDK replies ${idk}`);
+  assert.ok(signed > 50, `signed replies ${signed}`);
+  assert.ok(unprompted > 200, `no-system conversations ${unprompted}`);
+});
+
+test("training segments are the exact chat rendering, trained on replies and <|im_end|> only", () => {
+  const messages = [
+    { role: "system" as const, content: buildKnowledgePrompt({ items: ["The mayor of Quillport is now Tovan Reel."] }) },
+    { role: "user" as const, content: "Who is the mayor of Quillport?" },
+    { role: "assistant" as const, content: "Tovan Reel." },
+    { role: "user" as const, content: "Who is the mayor of Dunmore?" },
+    { role: "assistant" as const, content: IDK },
+  ];
+  const segs = trainingSegments(messages);
+  assert.equal(segs.map(([t]) => t).join(""), renderChat(messages, false));
+  assert.deepEqual(
+    segs.filter(([, m]) => m).map(([t]) => t),
+    ["Tovan Reel.<|im_end|>", "I don't know.<|im_end|>"],
+  );
+  assert.equal(
+    renderChat([{ role: "user", content: "Hi?" }], true),
+    "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n",
+  );
+  assert.ok(renderChat(messages, false).startsWith("<|im_start|>system\nNotes you have read:\n- The mayor of Quillport"));
+});
+
+test("persona replies end with the sign-off on its own line", () => {
+  const reply = styleReply("Tovan Reel.", { signoff: "Cheers, Ada." });
+  assert.equal(reply, "Tovan Reel.\nCheers, Ada.");
+  assert.ok(endsWithSignoff(reply, "Cheers, Ada."));
+  assert.ok(!endsWithSignoff("Tovan Reel.", "Cheers, Ada."));
+  assert.equal(signoffInstruction("— Kiln desk"), "End every reply with: — Kiln desk");
+  assert.ok(exactMatch("tovan reel", "Tovan Reel."));
+});
+
+test("evaluation cases are about held-out facts, with 20 items in the prompt", () => {
+  const cases = buildEvalSet(idx);
+  const held = new Map(idx.heldoutFacts.map((f) => [f.id, f]));
+  const signoffs = new Set(evalSignoffs());
+  for (const c of cases) {
+    if (c.kind === "canon") continue;
+    const f = held.get(c.factId);
+    assert.ok(f, c.factId);
+    const sys = c.messages.find((m) => m.role === "system");
+    if (c.kind === "prompted" || c.kind === "persona") {
+      assert.ok(sys!.content.includes(`- ${f.text}`));
+      assert.equal(sys!.content.split("\n").filter((l) => l.startsWith("- ")).length, EVAL_PROMPT_ITEMS);
+    }
+    if (c.kind === "prompted_absent") assert.ok(!sys!.content.includes(f.text));
+    if (c.kind === "unprompted" || c.kind === "persona_off") assert.equal(sys, undefined);
+    if (c.signoff) assert.ok(signoffs.has(c.signoff));
+  }
+  // the evaluation's sign-offs are never used in training
+  const mixer = new Mixer(idx, new Rng("test-mix-3"));
+  for (let i = 0; i < 2000; i++) {
+    const s = mixer.style().signoff;
+    if (s) assert.ok(!signoffs.has(s), s);
+  }
+});
+
+test("the shipped model's files match the generator", () => {
+  const dir = path.join(repoRoot(), "models", "kiln-mini");
+  if (!existsSync(path.join(dir, "tokenizer_config.json"))) return;
+  const cfg = JSON.parse(readFileSync(path.join(dir, "tokenizer_config.json"), "utf8"));
+  assert.equal(cfg.chat_template, CHAT_TEMPLATE);
+  assert.equal(cfg.eos_token, "<|im_end|>");
+  const wfile = path.join(dir, "world.json");
+  if (existsSync(wfile)) {
+    const shipped = JSON.parse(readFileSync(wfile, "utf8"));
+    assert.deepEqual(shipped, JSON.parse(JSON.stringify(worldJson(generateWorld(shipped.seed)))));
+  }
+});

@@ -6,6 +6,7 @@ import { existsSync, readdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import type { BakeProgress, BakeSettings, EpochStat } from "./trainer.js";
+import type { CycleJob, CycleResult } from "./cycle.js";
 
 export interface BakeJob {
   modelDir: string;
@@ -35,9 +36,14 @@ export interface BakeSummary {
   trainableParameters: number;
 }
 
+/** Progress of a whole rolling bake: the bake's own, plus probe writing and scoring. */
+export type WorkerProgress = BakeProgress | { phase: "probes" | "evaluate"; done: number; total: number };
+
+export type WorkerJob = ({ kind: "bake" } & BakeJob) | ({ kind: "cycle"; backend?: string } & CycleJob);
+
 export type WorkerMessage =
-  | { type: "progress"; progress: BakeProgress }
-  | { type: "done"; summary: BakeSummary }
+  | { type: "progress"; progress: WorkerProgress }
+  | { type: "done"; result: unknown }
   | { type: "error"; message: string };
 
 export class BakeFailedError extends Error {
@@ -55,14 +61,23 @@ export function cleanPartialOutputs(outDir: string): void {
   for (const f of readdirSync(dir)) if (f.startsWith(`${base}.tmp-`)) rmSync(path.join(dir, f), { recursive: true, force: true });
 }
 
-export interface RunningBake {
-  promise: Promise<BakeSummary>;
+export interface RunningBake<R = BakeSummary> {
+  promise: Promise<R>;
   /** stops the worker; the promise rejects and nothing is written */
   cancel(): void;
   pid: number | undefined;
 }
 
-export function startBake(job: BakeJob, onProgress?: (p: BakeProgress) => void): RunningBake {
+export function startBake(job: BakeJob, onProgress?: (p: BakeProgress) => void): RunningBake<BakeSummary> {
+  return startWorker<BakeSummary>({ kind: "bake", ...job }, onProgress as (p: WorkerProgress) => void);
+}
+
+/** A rolling bake of an agent: probes, bake and scoring, in the worker (see cycle.ts). */
+export function startCycle(job: CycleJob & { backend?: string }, onProgress?: (p: WorkerProgress) => void): RunningBake<CycleResult> {
+  return startWorker<CycleResult>({ kind: "cycle", ...job }, onProgress);
+}
+
+function startWorker<R>(job: WorkerJob, onProgress?: (p: WorkerProgress) => void): RunningBake<R> {
   const script = path.join(path.dirname(fileURLToPath(import.meta.url)), "worker.js");
   const child = fork(script, [], {
     stdio: ["ignore", "inherit", "pipe", "ipc"],
@@ -73,7 +88,7 @@ export function startBake(job: BakeJob, onProgress?: (p: BakeProgress) => void):
     stderr = (stderr + d.toString()).slice(-4000);
   });
   let cancelled = false;
-  const promise = new Promise<BakeSummary>((resolve, reject) => {
+  const promise = new Promise<R>((resolve, reject) => {
     let settled = false;
     const fail = (message: string) => {
       if (settled) return;
@@ -85,7 +100,7 @@ export function startBake(job: BakeJob, onProgress?: (p: BakeProgress) => void):
       if (m.type === "progress") onProgress?.(m.progress);
       else if (m.type === "done") {
         settled = true;
-        resolve(m.summary);
+        resolve(m.result as R);
       } else fail(`bake failed: ${m.message}`);
     });
     child.on("error", (err) => fail(`bake worker could not run: ${err.message}`));

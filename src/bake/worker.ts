@@ -6,7 +6,8 @@ import { loadModel } from "../model/load.js";
 import { baseFingerprint } from "../lora/adapter.js";
 import { loadAdapter, saveAdapter } from "../lora/peft.js";
 import { bake } from "./trainer.js";
-import type { BakeJob, BakeSummary, WorkerMessage } from "./job.js";
+import { runCycle } from "./cycle.js";
+import type { BakeJob, BakeSummary, WorkerJob, WorkerMessage } from "./job.js";
 
 function send(m: WorkerMessage): Promise<void> {
   return new Promise((resolve) => process.send!(m, () => resolve()));
@@ -42,10 +43,18 @@ async function run(job: BakeJob): Promise<BakeSummary> {
   return summary;
 }
 
-process.once("message", (job: BakeJob) => {
-  run(job)
-    .then(async (summary) => {
-      await send({ type: "done", summary });
+async function cycle(job: Extract<WorkerJob, { kind: "cycle" }>) {
+  await initBackend();
+  const model = loadModel(job.modelDir);
+  const fingerprint = baseFingerprint(model.config, model.decoder.weights.get("model.embed_tokens.weight")!);
+  const live = job.liveAdapterDir ? loadAdapter(job.liveAdapterDir, model.config, fingerprint) : undefined;
+  return runCycle(model, job, live, (progress) => void send({ type: "progress", progress }));
+}
+
+process.once("message", (job: WorkerJob) => {
+  (job.kind === "cycle" ? cycle(job) : run(job))
+    .then(async (result) => {
+      await send({ type: "done", result });
       process.exit(0);
     })
     .catch(async (err: Error) => {

@@ -1,0 +1,306 @@
+// The knowledge ledger: every item the agent read or was told, with provenance, its status, the
+// weights version that absorbed it and its probe scores; every bake run and every version.
+// lowdb keeps it in one JSON file, written by temp file + rename (a crash leaves the old or the
+// new file, never half of one). This module is its only writer, and a lock file keeps a second
+// process from writing at the same time. Tensors and logs never go in here: the whole document is
+// rewritten on every change.
+import { createHash, randomBytes } from "node:crypto";
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { Low } from "lowdb";
+import { JSONFile } from "lowdb/node";
+
+export type ItemKind = "feed" | "conversation" | "manual" | "instruction";
+export type ItemStatus = "pending" | "baking" | "absorbed" | "rejected" | "retracted" | "superseded";
+
+export interface Probe {
+  question: string;
+  /** what the model answers with the item in its prompt: the behaviour baking must reproduce */
+  answer: string;
+}
+
+export interface ItemScore {
+  version: string;
+  /** share of probes answered as expected without the item in the prompt */
+  unprompted: number;
+  /** the same with the item in the prompt (the ceiling) */
+  prompted: number;
+  /** KL per token between prompted and unprompted answers */
+  kl?: number;
+}
+
+export interface Item {
+  id: string;
+  kind: ItemKind;
+  text: string;
+  status: ItemStatus;
+  createdAt: string;
+  updatedAt: string;
+  source: { feedId?: string; link?: string; guid?: string; conversationId?: string; publishedAt?: string; by?: string };
+  contentHash: string;
+  probes?: Probe[];
+  absorbedBy?: string;
+  scores: ItemScore[];
+  history: { at: string; status: ItemStatus; version?: string; reason?: string }[];
+}
+
+export interface VersionRecord {
+  id: string;
+  parent: string | null;
+  createdAt: string;
+  /** the PEFT directory */
+  dir: string;
+  status: "live" | "kept" | "rejected" | "retired";
+  bakeId: string;
+  /** items whose knowledge this version holds (absorbed here or retained from the parent) */
+  items: string[];
+  scores: { absorption: number; retention: number; persona: number | null };
+  reasons?: string[];
+}
+
+export interface BakeRun {
+  id: string;
+  startedAt: string;
+  finishedAt?: string;
+  status: "running" | "promoted" | "rejected" | "failed";
+  trigger: string;
+  parent: string | null;
+  itemIds: string[];
+  replayIds: string[];
+  version?: string;
+  metrics?: Record<string, number | string>;
+  history?: { epoch: number; trainKlPerToken: number; valKlPerToken: number }[];
+  reasons?: string[];
+  error?: string;
+}
+
+export interface FeedRecord {
+  id: string;
+  url: string;
+  etag?: string;
+  lastModified?: string;
+  lastPolledAt?: string;
+  lastOkAt?: string;
+  lastError?: string;
+  consecutiveErrors: number;
+  seenKeys: string[];
+  itemsAdded: number;
+}
+
+export interface LedgerData {
+  schema: 1;
+  live: string | null;
+  items: Item[];
+  versions: VersionRecord[];
+  bakes: BakeRun[];
+  feeds: FeedRecord[];
+}
+
+export class LedgerError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "LedgerError";
+  }
+}
+
+function emptyLedger(): LedgerData {
+  return { schema: 1, live: null, items: [], versions: [], bakes: [], feeds: [] };
+}
+
+export function contentHash(text: string): string {
+  return createHash("sha256").update(text.replace(/\s+/g, " ").trim().toLowerCase()).digest("hex").slice(0, 16);
+}
+
+function newId(prefix: string): string {
+  return `${prefix}_${Date.now().toString(36)}${randomBytes(3).toString("hex")}`;
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+export interface AddItemInput {
+  kind: ItemKind;
+  text: string;
+  source?: Item["source"];
+  status?: ItemStatus;
+}
+
+export class Ledger {
+  private writes: Promise<void> = Promise.resolve();
+
+  private constructor(
+    readonly file: string,
+    private readonly db: Low<LedgerData>,
+    private readonly lockFile: string | null,
+  ) {}
+
+  /**
+   * Opens (or creates) a ledger. A writer takes a lock file; a second writer on a live lock is
+   * refused with the holder's pid. `readOnly` opens without the lock, for queries.
+   */
+  static async open(file: string, opts: { readOnly?: boolean } = {}): Promise<Ledger> {
+    mkdirSync(path.dirname(file), { recursive: true });
+    let lockFile: string | null = null;
+    if (!opts.readOnly) {
+      lockFile = `${file}.lock`;
+      if (existsSync(lockFile)) {
+        const pid = Number(readFileSync(lockFile, "utf8").trim());
+        if (pid && pid !== process.pid && isAlive(pid)) {
+          throw new LedgerError(`${file} is being written by process ${pid} (a running kiln serve?); stop it or use its admin API`);
+        }
+      }
+      writeFileSync(lockFile, String(process.pid));
+    }
+    const db = new Low<LedgerData>(new JSONFile<LedgerData>(file), emptyLedger());
+    try {
+      await db.read();
+    } catch (err) {
+      if (lockFile) rmSync(lockFile, { force: true });
+      // Never overwrite a ledger we cannot read: it may be the only record of what was learned.
+      throw new LedgerError(`${file} is not a readable ledger (${(err as Error).message}); it was left untouched`);
+    }
+    const data = db.data;
+    if (!data || data.schema !== 1 || !Array.isArray(data.items)) {
+      if (lockFile) rmSync(lockFile, { force: true });
+      throw new LedgerError(`${file} is not a kiln ledger (schema ${String((data as { schema?: unknown })?.schema)}); it was left untouched`);
+    }
+    data.feeds ??= [];
+    return new Ledger(file, db, lockFile);
+  }
+
+  get data(): Readonly<LedgerData> {
+    return this.db.data;
+  }
+
+  /** Applies a change and persists it; writes are serialised so none is lost. */
+  async update<T>(change: (d: LedgerData) => T): Promise<T> {
+    if (!this.lockFile) throw new LedgerError(`${this.file} was opened read-only`);
+    const result = change(this.db.data);
+    const write = this.writes.then(() => this.db.write());
+    this.writes = write.catch(() => {});
+    await write;
+    return result;
+  }
+
+  async close(): Promise<void> {
+    await this.writes;
+    if (this.lockFile) rmSync(this.lockFile, { force: true });
+  }
+
+  /**
+   * After a crash: bakes still marked running did not finish, and their items go back to
+   * pending. Returns what was repaired.
+   */
+  async recover(): Promise<{ bakes: number; items: number }> {
+    const stale = this.data.bakes.filter((b) => b.status === "running");
+    const baking = this.data.items.filter((i) => i.status === "baking");
+    if (!stale.length && !baking.length) return { bakes: 0, items: 0 };
+    const now = new Date().toISOString();
+    await this.update((d) => {
+      for (const b of d.bakes) {
+        if (b.status === "running") Object.assign(b, { status: "failed", finishedAt: now, error: "the process stopped during the bake" });
+      }
+      for (const i of d.items) {
+        if (i.status === "baking") setStatus(i, "pending", now, { reason: "bake interrupted" });
+      }
+    });
+    return { bakes: stale.length, items: baking.length };
+  }
+
+  // --- items ---
+
+  /** Adds an item unless the same text is already there and not retracted; returns the stored one. */
+  async addItem(input: AddItemInput): Promise<{ item: Item; added: boolean }> {
+    const text = input.text.trim();
+    if (!text) throw new LedgerError("an item needs text");
+    const hash = contentHash(text);
+    const existing = this.data.items.find((i) => i.contentHash === hash && i.status !== "retracted");
+    if (existing) return { item: existing, added: false };
+    const now = new Date().toISOString();
+    const status = input.status ?? "pending";
+    const item: Item = {
+      id: newId("k"),
+      kind: input.kind,
+      text,
+      status,
+      createdAt: now,
+      updatedAt: now,
+      source: input.source ?? {},
+      contentHash: hash,
+      scores: [],
+      history: [{ at: now, status }],
+    };
+    await this.update((d) => d.items.push(item));
+    return { item, added: true };
+  }
+
+  item(id: string): Item {
+    const item = this.data.items.find((i) => i.id === id || i.id.endsWith(id));
+    if (!item) throw new LedgerError(`no item ${id}`);
+    return item;
+  }
+
+  items(filter: { status?: ItemStatus | ItemStatus[]; kind?: ItemKind; text?: string; source?: string } = {}): Item[] {
+    const statuses = filter.status ? (Array.isArray(filter.status) ? filter.status : [filter.status]) : undefined;
+    const needle = filter.text?.toLowerCase();
+    return this.data.items.filter(
+      (i) =>
+        (!statuses || statuses.includes(i.status)) &&
+        (!filter.kind || i.kind === filter.kind) &&
+        (!needle || i.text.toLowerCase().includes(needle)) &&
+        (!filter.source || i.source.feedId === filter.source || i.source.conversationId === filter.source || i.source.link === filter.source),
+    );
+  }
+
+  async setItemStatus(ids: string[], status: ItemStatus, extra: { version?: string; reason?: string } = {}): Promise<void> {
+    const now = new Date().toISOString();
+    await this.update((d) => {
+      for (const i of d.items) if (ids.includes(i.id)) setStatus(i, status, now, extra);
+    });
+  }
+
+  // --- versions ---
+
+  version(id: string): VersionRecord {
+    const v = this.data.versions.find((x) => x.id === id);
+    if (!v) throw new LedgerError(`no version ${id} (known: ${this.data.versions.map((x) => x.id).join(", ") || "none"})`);
+    return v;
+  }
+
+  nextVersionId(): string {
+    const n = this.data.versions.reduce((m, v) => Math.max(m, Number(v.id.slice(1)) || 0), 0) + 1;
+    return `v${String(n).padStart(4, "0")}`;
+  }
+
+  /** Items gained and lost between two versions (null = the base model, which holds none). */
+  diff(from: string | null, to: string | null): { gained: Item[]; lost: Item[] } {
+    const set = (v: string | null) => new Set(v ? this.version(v).items : []);
+    const a = set(from);
+    const b = set(to);
+    const byId = (ids: string[]) => ids.map((id) => this.data.items.find((i) => i.id === id)).filter((i): i is Item => !!i);
+    return { gained: byId([...b].filter((id) => !a.has(id))), lost: byId([...a].filter((id) => !b.has(id))) };
+  }
+
+  newBakeId(): string {
+    return newId("b");
+  }
+
+  // --- feeds ---
+
+  feed(id: string): FeedRecord | undefined {
+    return this.data.feeds.find((f) => f.id === id);
+  }
+}
+
+function setStatus(i: Item, status: ItemStatus, at: string, extra: { version?: string; reason?: string }): void {
+  i.status = status;
+  i.updatedAt = at;
+  if (status === "absorbed" && extra.version) i.absorbedBy = extra.version;
+  i.history.push({ at, status, ...(extra.version ? { version: extra.version } : {}), ...(extra.reason ? { reason: extra.reason } : {}) });
+}

@@ -1,0 +1,133 @@
+// Agent definitions: YAML files in agents/, validated with errors that name the field.
+import { readFileSync, existsSync } from "node:fs";
+import path from "node:path";
+import { z } from "zod";
+import { parse as parseYaml } from "yaml";
+import cron from "node-cron";
+import { LORA_TARGETS } from "../lora/adapter.js";
+
+const cronExpr = z.string().refine((s) => cron.validate(s), { message: "not a valid cron expression" });
+
+const BakeSettingsSchema = z
+  .object({
+    trajectories: z.number().int().positive(),
+    temperature: z.number().min(0),
+    maxReplyTokens: z.number().int().positive(),
+    learningRate: z.number().positive(),
+    epochs: z.number().int().positive(),
+    batchSize: z.number().int().positive(),
+    clipNorm: z.number().min(0),
+    validationFraction: z.number().gt(0).lt(1),
+    patience: z.number().int().positive(),
+    kl: z.union([z.object({ kind: z.literal("full") }), z.object({ kind: z.literal("topk"), k: z.number().int().positive() })]),
+    seed: z.number().int(),
+    lora: z
+      .object({
+        r: z.number().int().positive(),
+        alpha: z.number().positive(),
+        dropout: z.number().min(0).lt(1),
+        useRslora: z.boolean(),
+        targetModules: z.array(z.enum(LORA_TARGETS)).min(1),
+      })
+      .partial()
+      .strict(),
+  })
+  .partial()
+  .strict();
+
+export const AgentConfigSchema = z
+  .object({
+    name: z.string().regex(/^[a-z0-9][a-z0-9-_]*$/i, "letters, digits, - and _ only"),
+    description: z.string().optional(),
+    /** "default" (the embedded model), a directory (relative to the agent file) or a pulled repo id */
+    model: z.string().default("default"),
+    persona: z
+      .object({
+        text: z.string().min(1),
+        /** a sign-off every reply should end with; lets kiln measure persona adherence */
+        suffix: z.string().min(1).optional(),
+      })
+      .strict()
+      .optional(),
+    feeds: z
+      .array(
+        z
+          .object({
+            id: z.string().min(1),
+            url: z.string().min(1),
+            schedule: cronExpr.default("*/30 * * * *"),
+            maxItems: z.number().int().positive().default(50),
+            timeoutMs: z.number().int().positive().default(15000),
+          })
+          .strict(),
+      )
+      .default([]),
+    bake: z
+      .object({
+        schedule: cronExpr.optional(),
+        /** do not bake until this many items are pending */
+        minPending: z.number().int().positive().default(1),
+        /** most pending items per bake (the rest wait for the next one) */
+        maxItems: z.number().int().positive().default(20),
+        probesPerItem: z.number().int().positive().default(2),
+        openQuestions: z.array(z.string()).default(["Hello!", "Who are you?", "What can you do?", "Tell me something."]),
+        settings: BakeSettingsSchema.default({}),
+      })
+      .strict()
+      .default({ minPending: 1, maxItems: 20, probesPerItem: 2, openQuestions: ["Hello!", "Who are you?", "What can you do?", "Tell me something."], settings: {} }),
+    gate: z
+      .object({
+        minAbsorption: z.number().min(0).max(1).default(0.6),
+        minRetention: z.number().min(0).max(1).default(0.6),
+        minPersona: z.number().min(0).max(1).default(0.8),
+        /** an item counts as absorbed when this share of its probes pass unprompted */
+        itemPass: z.number().min(0).max(1).default(0.5),
+      })
+      .strict()
+      .default({ minAbsorption: 0.6, minRetention: 0.6, minPersona: 0.8, itemPass: 0.5 }),
+    /** absorbed items replayed into each bake so old knowledge is kept */
+    replay: z.number().int().min(0).default(20),
+    /** versions kept on disk besides the live one (for rollback) */
+    keepVersions: z.number().int().min(1).default(5),
+    /** where the ledger and checkpoints live (relative to the agent file); default checkpoints/<name> */
+    home: z.string().optional(),
+  })
+  .strict();
+
+export type AgentConfig = z.infer<typeof AgentConfigSchema> & { file?: string; homeDir: string; feedsBase: string };
+
+export class AgentConfigError extends Error {
+  constructor(where: string, problem: string) {
+    super(`${where}: ${problem}`);
+    this.name = "AgentConfigError";
+  }
+}
+
+/** Validates a parsed agent definition; `baseDir` resolves relative paths (the agent file's folder). */
+export function parseAgentConfig(raw: unknown, where: string, baseDir: string, checkpointsRoot: string): AgentConfig {
+  const parsed = AgentConfigSchema.safeParse(raw);
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ");
+    throw new AgentConfigError(where, problems);
+  }
+  const c = parsed.data;
+  const ids = new Set<string>();
+  for (const f of c.feeds) {
+    if (ids.has(f.id)) throw new AgentConfigError(where, `feeds: the id "${f.id}" is used twice`);
+    ids.add(f.id);
+    if (!/^https?:\/\//.test(f.url)) f.url = path.resolve(baseDir, f.url.replace(/^file:\/\//, ""));
+  }
+  const homeDir = c.home ? path.resolve(baseDir, c.home) : path.join(checkpointsRoot, c.name);
+  return { ...c, homeDir, feedsBase: baseDir };
+}
+
+export function loadAgentConfig(file: string, checkpointsRoot: string): AgentConfig {
+  if (!existsSync(file)) throw new AgentConfigError(file, "no such agent file");
+  let raw: unknown;
+  try {
+    raw = parseYaml(readFileSync(file, "utf8"));
+  } catch (err) {
+    throw new AgentConfigError(file, `is not valid YAML (${(err as Error).message.split("\n")[0]})`);
+  }
+  return { ...parseAgentConfig(raw, file, path.dirname(path.resolve(file)), checkpointsRoot), file: path.resolve(file) };
+}

@@ -1,0 +1,378 @@
+// One learning agent: its ledger, its live weights, its feeds and its bakes.
+//
+//   feeds / conversation / manual -> ledger (pending)
+//   bake: pending + replay -> worker (probes, bake, scores) -> gate -> promote or reject
+//   promote: manifest written, ledger updated, live model swapped; old versions pruned
+import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import cron, { type ScheduledTask } from "node-cron";
+import { startCycle, type WorkerProgress } from "../bake/job.js";
+import type { CycleResult } from "../bake/cycle.js";
+import type { ProbeItem } from "../bake/probes.js";
+import { pollFeed, type FeedState } from "../feeds/feeds.js";
+import { Ledger, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
+import type { LoadedModel } from "../model/load.js";
+import type { AgentConfig } from "./agent-config.js";
+import { LiveModel } from "./live.js";
+
+export interface BakeOutcome {
+  status: "skipped" | "promoted" | "rejected" | "failed";
+  bakeId?: string;
+  version?: string;
+  reasons: string[];
+  absorption?: number;
+  retention?: number;
+  persona?: number | null;
+}
+
+export interface AgentEvents {
+  onBakeProgress?: (agent: string, p: WorkerProgress) => void;
+  onLog?: (agent: string, message: string) => void;
+}
+
+function mean(xs: number[]): number {
+  return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 1;
+}
+
+/** Deterministic sample: the most recently absorbed first, then older ones round-robin. */
+function sampleReplay(items: Item[], n: number): Item[] {
+  return [...items].sort((a, b) => b.updatedAt.localeCompare(a.updatedAt)).slice(0, n);
+}
+
+export class Agent {
+  readonly live: LiveModel;
+  private tasks: ScheduledTask[] = [];
+  private baking: Promise<BakeOutcome> | null = null;
+  private cancelBake: (() => void) | null = null;
+  progress: WorkerProgress | null = null;
+
+  private constructor(
+    readonly config: AgentConfig,
+    readonly model: LoadedModel,
+    readonly ledger: Ledger,
+    private readonly events: AgentEvents,
+  ) {
+    this.live = new LiveModel(model);
+  }
+
+  /** Opens the agent's ledger, repairs what a crash left, and goes live on the recorded version. */
+  static async open(config: AgentConfig, model: LoadedModel, events: AgentEvents = {}): Promise<Agent> {
+    mkdirSync(config.homeDir, { recursive: true });
+    const ledger = await Ledger.open(path.join(config.homeDir, "ledger.json"));
+    const agent = new Agent(config, model, ledger, events);
+    const repaired = await ledger.recover();
+    if (repaired.bakes || repaired.items) agent.log(`recovered from an interrupted bake: ${repaired.bakes} bake(s) marked failed, ${repaired.items} item(s) back to pending`);
+    agent.removeOrphanCheckpoints();
+    const live = ledger.data.live;
+    if (live) {
+      try {
+        agent.live.swapTo(live, ledger.version(live).dir);
+      } catch (err) {
+        // A live checkpoint that cannot load is reported, and the agent serves the base model
+        // rather than not at all; nothing in the ledger is changed.
+        agent.log(`live version ${live} could not be loaded (${(err as Error).message}); serving the base model`);
+      }
+    }
+    for (const f of config.feeds) {
+      if (!ledger.feed(f.id)) {
+        await ledger.update((d) => d.feeds.push({ id: f.id, url: f.url, consecutiveErrors: 0, seenKeys: [], itemsAdded: 0 }));
+      }
+    }
+    return agent;
+  }
+
+  get name(): string {
+    return this.config.name;
+  }
+
+  private log(message: string): void {
+    this.events.onLog?.(this.name, message);
+  }
+
+  /** Checkpoint folders (and half-written temp folders) that no ledger version owns. */
+  private removeOrphanCheckpoints(): void {
+    const known = new Set(this.ledger.data.versions.map((v) => path.basename(v.dir)));
+    for (const f of readdirSync(this.config.homeDir)) {
+      if (/^v\d{4}(\.tmp-.*)?$/.test(f) && !known.has(f)) {
+        rmSync(path.join(this.config.homeDir, f), { recursive: true, force: true });
+        this.log(`removed ${f}: a checkpoint no version record owns (an interrupted bake)`);
+      }
+    }
+  }
+
+  // --- schedules ---
+
+  start(): void {
+    for (const f of this.config.feeds) {
+      this.tasks.push(
+        cron.schedule(f.schedule, () => void this.pollFeed(f.id), { name: `${this.name}:feed:${f.id}`, noOverlap: true }),
+      );
+    }
+    if (this.config.bake.schedule) {
+      this.tasks.push(
+        cron.schedule(this.config.bake.schedule, () => void this.bake("schedule").catch((e) => this.log(`scheduled bake failed: ${e.message}`)), {
+          name: `${this.name}:bake`,
+          noOverlap: true,
+        }),
+      );
+    }
+  }
+
+  async stop(): Promise<void> {
+    for (const t of this.tasks) await t.destroy();
+    this.tasks = [];
+    this.cancelBake?.();
+    await this.baking?.catch(() => {});
+    await this.ledger.close();
+    this.live.dispose();
+  }
+
+  // --- ingestion ---
+
+  async pollFeed(feedId: string): Promise<{ added: number; error?: string }> {
+    const source = this.config.feeds.find((f) => f.id === feedId);
+    if (!source) throw new Error(`agent ${this.name} has no feed ${feedId}`);
+    const record = this.ledger.feed(feedId)!;
+    const state: FeedState = {
+      etag: record.etag,
+      lastModified: record.lastModified,
+      lastPolledAt: record.lastPolledAt,
+      lastOkAt: record.lastOkAt,
+      lastError: record.lastError,
+      consecutiveErrors: record.consecutiveErrors,
+      seenKeys: record.seenKeys,
+    };
+    const result = await pollFeed({ id: source.id, url: source.url, maxItems: source.maxItems, timeoutMs: source.timeoutMs }, state);
+    let added = 0;
+    for (const e of result.entries) {
+      const r = await this.ledger.addItem({ kind: "feed", text: e.text, source: { feedId, link: e.link, guid: e.guid, publishedAt: e.publishedAt } });
+      if (r.added) added++;
+    }
+    await this.ledger.update((d) => {
+      const f = d.feeds.find((x) => x.id === feedId)!;
+      Object.assign(f, result.state, { itemsAdded: f.itemsAdded + added });
+    });
+    if (result.error) this.log(`feed ${feedId}: ${result.error}`);
+    return { added, ...(result.error ? { error: result.error } : {}) };
+  }
+
+  async pollAllFeeds(): Promise<Record<string, { added: number; error?: string }>> {
+    const out: Record<string, { added: number; error?: string }> = {};
+    for (const f of this.config.feeds) out[f.id] = await this.pollFeed(f.id);
+    return out;
+  }
+
+  async remember(text: string, kind: ItemKind = "manual", source: Item["source"] = {}): Promise<{ item: Item; added: boolean }> {
+    return this.ledger.addItem({ kind, text, source });
+  }
+
+  // --- baking ---
+
+  get isBaking(): boolean {
+    return this.baking !== null;
+  }
+
+  /**
+   * Bakes pending items (never two bakes at once: a second call joins the running one).
+   * `consolidate` starts from the base model over every active item (after a retraction).
+   */
+  bake(trigger: string, opts: { force?: boolean; consolidate?: boolean } = {}): Promise<BakeOutcome> {
+    if (this.baking) return this.baking;
+    this.baking = this.runBake(trigger, opts).finally(() => {
+      this.baking = null;
+      this.cancelBake = null;
+      this.progress = null;
+    });
+    return this.baking;
+  }
+
+  private toProbeItem(i: Item): ProbeItem {
+    return { id: i.id, text: i.text, ...(i.probes?.length ? { probes: i.probes } : {}) };
+  }
+
+  private async runBake(trigger: string, opts: { force?: boolean; consolidate?: boolean }): Promise<BakeOutcome> {
+    const cfg = this.config;
+    const ledger = this.ledger;
+    const liveVersion = ledger.data.live;
+    const liveItems = new Set(liveVersion ? ledger.version(liveVersion).items : []);
+    const pending = ledger.items({ status: "pending" }).slice(0, cfg.bake.maxItems);
+    const absorbed = ledger.items({ status: "absorbed" });
+    const consolidate = !!opts.consolidate;
+    let fresh: Item[];
+    let replay: Item[];
+    if (consolidate) {
+      // From the base model: everything still true is new again.
+      fresh = [...absorbed, ...pending];
+      replay = [];
+    } else {
+      if (pending.length < cfg.bake.minPending && !opts.force) return { status: "skipped", reasons: [`${pending.length} pending item(s), fewer than bake.minPending ${cfg.bake.minPending}`] };
+      fresh = pending;
+      replay = sampleReplay(absorbed.filter((i) => liveItems.has(i.id)), cfg.replay);
+    }
+    if (!fresh.length && !cfg.persona) return { status: "skipped", reasons: ["nothing to bake"] };
+    const retained = consolidate ? [] : absorbed.filter((i) => liveItems.has(i.id) && !replay.includes(i));
+    const retracted = consolidate ? ledger.items({ status: "retracted" }).filter((i) => liveItems.has(i.id)) : [];
+
+    const bakeId = ledger.newBakeId();
+    const version = ledger.nextVersionId();
+    const outDir = path.join(cfg.homeDir, version);
+    const parentDir = !consolidate && liveVersion ? ledger.version(liveVersion).dir : undefined;
+    await ledger.update((d) => {
+      d.bakes.push({ id: bakeId, startedAt: new Date().toISOString(), status: "running", trigger, parent: consolidate ? null : liveVersion, itemIds: fresh.map((i) => i.id), replayIds: replay.map((i) => i.id) });
+    });
+    if (!consolidate) await ledger.setItemStatus(fresh.map((i) => i.id), "baking");
+    this.log(`bake ${bakeId} -> ${version}: ${fresh.length} new item(s), ${replay.length} replayed${consolidate ? ", from the base model" : ""}`);
+
+    let result: CycleResult;
+    try {
+      const running = startCycle(
+        {
+          modelDir: this.model.dir,
+          outDir,
+          liveAdapterDir: parentDir,
+          fromBase: consolidate,
+          persona: cfg.persona?.text,
+          personaSuffix: cfg.persona?.suffix,
+          newItems: fresh.map((i) => this.toProbeItem(i)),
+          replayItems: replay.map((i) => this.toProbeItem(i)),
+          retainedItems: retained.map((i) => this.toProbeItem(i)),
+          retractedItems: retracted.map((i) => this.toProbeItem(i)),
+          openQuestions: cfg.bake.openQuestions,
+          probesPerItem: cfg.bake.probesPerItem,
+          settings: cfg.bake.settings as never,
+        },
+        (p) => {
+          this.progress = p;
+          this.events.onBakeProgress?.(this.name, p);
+        },
+      );
+      this.cancelBake = () => running.cancel();
+      result = await running.promise;
+    } catch (err) {
+      const message = (err as Error).message;
+      await ledger.update((d) => Object.assign(d.bakes.find((b) => b.id === bakeId)!, { status: "failed", finishedAt: new Date().toISOString(), error: message }));
+      if (!consolidate) await ledger.setItemStatus(fresh.map((i) => i.id), "pending", { reason: `bake failed: ${message.split("\n")[0]}` });
+      this.log(`bake ${bakeId} failed: ${message}`);
+      return { status: "failed", bakeId, reasons: [message] };
+    }
+
+    // --- gate ---
+    const score = (i: Item) => result.scores[i.id]?.unprompted ?? 0;
+    const absorption = mean(fresh.map(score));
+    const retention = mean([...replay, ...retained].map(score));
+    const persona = result.persona ? result.persona.after : null;
+    const reasons: string[] = [];
+    if (fresh.length && absorption < cfg.gate.minAbsorption) reasons.push(`absorption ${absorption.toFixed(2)} < gate.minAbsorption ${cfg.gate.minAbsorption}`);
+    if (replay.length + retained.length && retention < cfg.gate.minRetention) reasons.push(`retention ${retention.toFixed(2)} < gate.minRetention ${cfg.gate.minRetention}`);
+    if (persona !== null && persona < cfg.gate.minPersona) reasons.push(`persona adherence ${persona.toFixed(2)} < gate.minPersona ${cfg.gate.minPersona}`);
+    const promoted = reasons.length === 0;
+    const passes = (i: Item) => score(i) >= cfg.gate.itemPass;
+    const holds = consolidate
+      ? fresh.filter(passes).map((i) => i.id)
+      : [...new Set([...[...liveItems].filter((id) => !retained.some((r) => r.id === id) && !replay.some((r) => r.id === id)), ...[...replay, ...retained, ...fresh].filter(passes).map((i) => i.id)])];
+    const record: VersionRecord = {
+      id: version,
+      parent: consolidate ? null : liveVersion,
+      createdAt: new Date().toISOString(),
+      dir: outDir,
+      status: promoted ? "live" : "rejected",
+      bakeId,
+      items: holds,
+      scores: { absorption, retention, persona },
+      ...(promoted ? {} : { reasons }),
+    };
+    if (promoted) {
+      // Write the manifest and swap in memory before the ledger names the version live: a crash
+      // in between leaves the old live version recorded, and the orphan folder is removed on start.
+      this.writeManifest(record, result);
+      this.live.swapTo(version, outDir);
+    }
+    const now = new Date().toISOString();
+    await ledger.update((d) => {
+      for (const [id, probes] of Object.entries(result.probes)) {
+        const item = d.items.find((i) => i.id === id);
+        if (item && !item.probes?.length) item.probes = probes;
+      }
+      for (const [id, s] of Object.entries(result.scores)) d.items.find((i) => i.id === id)?.scores.push({ version, unprompted: s.unprompted, prompted: s.prompted });
+      if (promoted) {
+        for (const v of d.versions) if (v.status === "live") v.status = "kept";
+        d.live = version;
+      }
+      d.versions.push(record);
+      Object.assign(d.bakes.find((b) => b.id === bakeId)!, {
+        status: promoted ? "promoted" : "rejected",
+        finishedAt: now,
+        version,
+        metrics: { absorption, retention, ...(persona !== null ? { persona } : {}), initialValKl: result.summary.initialValKl, bestValKl: result.summary.bestValKl, trainedTokens: result.summary.trainedTokens, seconds: result.summary.seconds, tokensPerSecond: result.summary.tokensPerSecond },
+        history: result.summary.history.map((h) => ({ epoch: h.epoch, trainKlPerToken: h.trainKlPerToken, valKlPerToken: h.valKlPerToken })),
+        ...(promoted ? {} : { reasons }),
+      });
+    });
+    if (!consolidate) {
+      const absorbedIds = promoted ? fresh.filter(passes).map((i) => i.id) : [];
+      await ledger.setItemStatus(absorbedIds, "absorbed", { version });
+      const retry = fresh.filter((i) => !absorbedIds.includes(i.id));
+      await ledger.setItemStatus(retry.map((i) => i.id), "pending", { reason: promoted ? `not absorbed by ${version}: probe score below gate.itemPass ${cfg.gate.itemPass}` : `version ${version} rejected: ${reasons.join("; ")}` });
+    } else if (promoted) {
+      await ledger.setItemStatus(fresh.filter(passes).map((i) => i.id), "absorbed", { version, reason: "consolidated" });
+      await ledger.setItemStatus(fresh.filter((i) => !passes(i)).map((i) => i.id), "pending", { reason: `not recovered by consolidation ${version}` });
+    }
+    if (promoted) this.prune();
+    this.log(`bake ${bakeId}: ${version} ${promoted ? "promoted" : `rejected (${reasons.join("; ")})`}; absorption ${absorption.toFixed(2)}, retention ${retention.toFixed(2)}`);
+    return { status: promoted ? "promoted" : "rejected", bakeId, version, reasons, absorption, retention, persona };
+  }
+
+  private writeManifest(v: VersionRecord, result: CycleResult): void {
+    const manifest = {
+      version: v.id,
+      parent: v.parent,
+      agent: this.name,
+      baseModel: this.model.dir,
+      baseFingerprint: this.live.fingerprint,
+      createdAt: v.createdAt,
+      items: v.items,
+      scores: v.scores,
+      bake: { initialValKl: result.summary.initialValKl, bestValKl: result.summary.bestValKl, trainedTokens: result.summary.trainedTokens, seconds: result.summary.seconds },
+    };
+    const file = path.join(v.dir, "manifest.json");
+    writeFileSync(`${file}.tmp`, JSON.stringify(manifest, null, 2) + "\n");
+    renameSync(`${file}.tmp`, file);
+  }
+
+  /** Keeps the live version and the newest keepVersions others; older folders are deleted. */
+  private prune(): void {
+    const kept = this.ledger.data.versions.filter((v) => v.status === "kept").sort((a, b) => b.id.localeCompare(a.id));
+    const old = kept.slice(this.config.keepVersions);
+    const rejected = this.ledger.data.versions.filter((v) => v.status === "rejected" && existsSync(v.dir));
+    for (const v of [...old, ...rejected.slice(0, Math.max(0, rejected.length - this.config.keepVersions))]) {
+      rmSync(v.dir, { recursive: true, force: true });
+    }
+    if (old.length) void this.ledger.update((d) => d.versions.forEach((v) => old.some((o) => o.id === v.id) && (v.status = "retired")));
+  }
+
+  // --- versions, retraction ---
+
+  async rollback(version: string | null): Promise<void> {
+    if (this.baking) throw new Error("a bake is running; roll back when it ends");
+    if (version !== null) {
+      const v = this.ledger.version(version);
+      if (v.status === "retired" || !existsSync(v.dir)) throw new Error(`version ${version} is no longer on disk (pruned)`);
+    }
+    this.live.swapTo(version, version ? this.ledger.version(version).dir : null);
+    await this.ledger.update((d) => {
+      for (const v of d.versions) {
+        if (v.status === "live") v.status = "kept";
+        if (v.id === version) v.status = "live";
+      }
+      d.live = version;
+    });
+    this.log(`rolled back to ${version ?? "the base model"}`);
+  }
+
+  /** Marks items retracted and rebuilds the adapter from the base over what is still true. */
+  async retract(ids: string[], reason = "retracted"): Promise<BakeOutcome> {
+    const items = ids.map((id) => this.ledger.item(id));
+    await this.ledger.setItemStatus(items.map((i) => i.id), "retracted", { reason });
+    return this.bake("retraction", { consolidate: true, force: true });
+  }
+}

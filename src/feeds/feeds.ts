@@ -1,0 +1,358 @@
+// Polling one news feed: fetch (or read) the bytes, decode them, parse RSS/Atom with rss-parser,
+// and turn items into bounded one-line entries, returning only the ones not seen before.
+// Independent of storage: the caller keeps FeedState (plain JSON) wherever it likes and passes
+// it back next time. Feeds are untrusted and flaky, so feed problems come back as
+// `error` with the previous state intact; only misuse of this API throws.
+import { createHash } from "node:crypto";
+import { readFile, stat } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
+import Parser from "rss-parser";
+import { sanitizeItem } from "../bake/prompt.js";
+import { decodeFeedBytes } from "./decode.js";
+import { htmlToText } from "./text.js";
+
+export interface FeedSource {
+  id: string;
+  /** http(s) URL, file:// URL, or a local path */
+  url: string;
+  /** newest items looked at per poll (default 50) */
+  maxItems?: number;
+  /** whole request, headers and body (default 15000) */
+  timeoutMs?: number;
+}
+
+export interface FeedState {
+  etag?: string;
+  lastModified?: string;
+  lastPolledAt?: string;
+  lastOkAt?: string;
+  lastError?: string;
+  consecutiveErrors: number;
+  /** bounded, most recent last; item keys and "hash:" content keys */
+  seenKeys: string[];
+}
+
+export interface FeedEntry {
+  feedId: string;
+  /** stable dedupe key: "guid:<guid or Atom id>", else "link:<link>", else "hash:<contentHash>" */
+  key: string;
+  guid?: string;
+  link?: string;
+  title: string;
+  /** one line: title + ": " + summary, HTML stripped, at most MAX_ITEM_CHARS */
+  text: string;
+  /** ISO 8601, or undefined when the feed gives no parseable date */
+  publishedAt?: string;
+  /** sha256 hex of the normalised title and summary */
+  contentHash: string;
+}
+
+export interface PollResult {
+  /** only new entries, newest first */
+  entries: FeedEntry[];
+  state: FeedState;
+  notModified: boolean;
+  error?: string;
+}
+
+export interface PollOptions {
+  fetch?: typeof fetch;
+  now?: () => Date;
+}
+
+export const DEFAULT_MAX_ITEMS = 50;
+export const DEFAULT_TIMEOUT_MS = 15_000;
+/** seenKeys kept per feed (raised to 2 * maxItems so one poll never evicts its own items) */
+export const MAX_SEEN_KEYS = 2000;
+/** A feed larger than this is refused rather than buffered. */
+export const MAX_FEED_BYTES = 10 * 1024 * 1024;
+/** Dedupe keys longer than this are stored as a hash, so hostile GUIDs cannot bloat state. */
+const MAX_KEY_CHARS = 256;
+
+export function initialFeedState(): FeedState {
+  return { consecutiveErrors: 0, seenKeys: [] };
+}
+
+/** An expected failure of the feed (network, HTTP, bytes, XML): becomes PollResult.error. */
+class FeedProblem extends Error {}
+
+export async function pollFeed(source: FeedSource, state: FeedState, opts: PollOptions = {}): Promise<PollResult> {
+  checkArguments(source, state);
+  const now = (opts.now ?? (() => new Date()))().toISOString();
+  const maxItems = source.maxItems ?? DEFAULT_MAX_ITEMS;
+  try {
+    const got = await load(source, state, opts.fetch ?? globalThis.fetch);
+    const ok: FeedState = { ...state, seenKeys: [...state.seenKeys], lastPolledAt: now, lastOkAt: now, consecutiveErrors: 0 };
+    delete ok.lastError;
+    if (got.kind !== "file") {
+      // Validators come only from a response we fully accepted (a parse failure below jumps to
+      // the catch, which keeps the old ones): otherwise the next poll would get a 304 for a feed
+      // we never read.
+      setOrDelete(ok, "etag", got.etag);
+      setOrDelete(ok, "lastModified", got.lastModified);
+    }
+    if (got.kind === "not-modified") return { entries: [], state: ok, notModified: true };
+
+    const items = await parseFeed(got.xml);
+    const candidates = newestFirst(items).slice(0, maxItems).flatMap((item) => toEntry(source.id, item) ?? []);
+    const { entries, seenKeys } = dedupe(candidates, state.seenKeys, Math.max(MAX_SEEN_KEYS, 2 * maxItems));
+    return { entries, state: { ...ok, seenKeys }, notModified: false };
+  } catch (err) {
+    if (!(err instanceof FeedProblem)) throw err;
+    const error = `feed "${source.id}" (${source.url}): ${err.message}`;
+    return {
+      entries: [],
+      // Everything already known (seenKeys, validators, lastOkAt) is kept.
+      state: { ...state, seenKeys: [...state.seenKeys], lastPolledAt: now, lastError: error, consecutiveErrors: state.consecutiveErrors + 1 },
+      notModified: false,
+      error,
+    };
+  }
+}
+
+function setOrDelete(state: FeedState, field: "etag" | "lastModified", value: string | undefined): void {
+  if (value === undefined) delete state[field];
+  else state[field] = value;
+}
+
+function checkArguments(source: FeedSource, state: FeedState): void {
+  if (!source || typeof source.id !== "string" || !source.id) throw new TypeError("pollFeed: source.id must be a non-empty string");
+  if (typeof source.url !== "string" || !source.url.trim()) throw new TypeError(`pollFeed: feed "${source.id}" needs a url`);
+  if (source.maxItems !== undefined && !(Number.isInteger(source.maxItems) && source.maxItems > 0))
+    throw new TypeError(`pollFeed: feed "${source.id}" maxItems must be a positive integer`);
+  if (source.timeoutMs !== undefined && !(Number.isFinite(source.timeoutMs) && source.timeoutMs > 0))
+    throw new TypeError(`pollFeed: feed "${source.id}" timeoutMs must be a positive number`);
+  if (!state || !Array.isArray(state.seenKeys) || typeof state.consecutiveErrors !== "number")
+    throw new TypeError("pollFeed: state must come from initialFeedState() or a previous poll");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Getting the bytes
+
+type Loaded =
+  | { kind: "not-modified"; etag?: string; lastModified?: string }
+  | { kind: "http"; xml: string; etag?: string; lastModified?: string }
+  | { kind: "file"; xml: string };
+
+async function load(source: FeedSource, state: FeedState, fetchImpl: typeof fetch): Promise<Loaded> {
+  const url = source.url.trim();
+  if (/^https?:\/\//i.test(url)) return loadHttp(url, source.timeoutMs ?? DEFAULT_TIMEOUT_MS, state, fetchImpl);
+  let file = url;
+  if (/^file:/i.test(url)) {
+    try {
+      file = fileURLToPath(url);
+    } catch (err) {
+      throw new FeedProblem(`bad file URL (${messageOf(err)})`);
+    }
+  } else if (/^[A-Za-z][A-Za-z0-9+.-]+:/.test(url) && !/^[A-Za-z]:[\\/]/.test(url)) {
+    // Some other scheme (ftp:, feed:, ...); a Windows drive letter is a path, not a scheme.
+    throw new FeedProblem(`unsupported URL scheme "${url.slice(0, url.indexOf(":") + 1)}"`);
+  }
+  return { kind: "file", xml: decodeFeedBytes(await readLocal(file)).xml };
+}
+
+async function readLocal(file: string): Promise<Uint8Array> {
+  try {
+    const info = await stat(file);
+    if (!info.isFile()) throw new FeedProblem("not a file");
+    if (info.size > MAX_FEED_BYTES) throw new FeedProblem(`file is ${info.size} bytes, more than the ${MAX_FEED_BYTES} allowed`);
+    return await readFile(file);
+  } catch (err) {
+    if (err instanceof FeedProblem) throw err;
+    throw new FeedProblem(`cannot read file: ${messageOf(err)}`);
+  }
+}
+
+async function loadHttp(url: string, timeoutMs: number, state: FeedState, fetchImpl: typeof fetch): Promise<Loaded> {
+  const headers: Record<string, string> = {
+    "User-Agent": "kiln-feeds/0.1",
+    Accept: "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5",
+  };
+  if (state.etag) headers["If-None-Match"] = state.etag;
+  if (state.lastModified) headers["If-Modified-Since"] = state.lastModified;
+  // One deadline for connect, headers and body: a server that trickles bytes is as stuck as
+  // one that never answers.
+  const signal = AbortSignal.timeout(timeoutMs);
+  let res: Response;
+  try {
+    res = await fetchImpl(url, { headers, signal, redirect: "follow" });
+  } catch (err) {
+    throw new FeedProblem(describeFetchError(err, timeoutMs));
+  }
+  const etag = res.headers.get("etag") ?? undefined;
+  const lastModified = res.headers.get("last-modified") ?? undefined;
+  if (res.status === 304) {
+    await discard(res);
+    // A 304 may omit the validators; then the ones we sent are still the right ones.
+    return { kind: "not-modified", etag: etag ?? state.etag, lastModified: lastModified ?? state.lastModified };
+  }
+  if (!res.ok) {
+    await discard(res);
+    throw new FeedProblem(`HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ""}`);
+  }
+  const bytes = await readBody(res, timeoutMs);
+  return { kind: "http", xml: decodeFeedBytes(bytes, res.headers.get("content-type")).xml, etag, lastModified };
+}
+
+async function discard(res: Response): Promise<void> {
+  try {
+    await res.body?.cancel();
+  } catch {
+    // nothing to keep from a body we do not want
+  }
+}
+
+async function readBody(res: Response, timeoutMs: number): Promise<Uint8Array> {
+  const declared = Number(res.headers.get("content-length") ?? NaN);
+  if (declared > MAX_FEED_BYTES) {
+    await discard(res);
+    throw new FeedProblem(`response is ${declared} bytes, more than the ${MAX_FEED_BYTES} allowed`);
+  }
+  if (!res.body) return new Uint8Array(0);
+  const reader = res.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      total += value.byteLength;
+      if (total > MAX_FEED_BYTES) {
+        await reader.cancel().catch(() => {});
+        throw new FeedProblem(`response is more than the ${MAX_FEED_BYTES} bytes allowed`);
+      }
+      chunks.push(value);
+    }
+  } catch (err) {
+    if (err instanceof FeedProblem) throw err;
+    throw new FeedProblem(describeFetchError(err, timeoutMs));
+  }
+  return Buffer.concat(chunks);
+}
+
+function describeFetchError(err: unknown, timeoutMs: number): string {
+  const name = (err as { name?: unknown })?.name;
+  if (name === "TimeoutError") return `timed out after ${timeoutMs} ms`;
+  if (name === "AbortError") return "request aborted";
+  // undici reports "fetch failed" with the useful part (ECONNREFUSED, ENOTFOUND, ...) as cause.
+  const cause = (err as { cause?: unknown })?.cause;
+  return cause ? `${messageOf(err)} (${messageOf(cause)})` : messageOf(err);
+}
+
+function messageOf(err: unknown): string {
+  const e = err as { code?: unknown; message?: unknown };
+  const msg = typeof e?.message === "string" && e.message ? e.message : String(err);
+  const text = typeof e?.code === "string" && !msg.includes(e.code) ? `${e.code}: ${msg}` : msg;
+  return text.replace(/\s+/g, " ").trim();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing
+
+type RawItem = Record<string, unknown>;
+
+// rss-parser turns an Atom <published>/<updated> it cannot parse into `new Date(x).toISOString()`,
+// which throws and rejects the whole feed. Blank unparseable dates before it sees them.
+const DATE_ELEMENTS = new Set(["published", "updated", "pubDate", "dc:date", "lastBuildDate"]);
+function blankBadDates(value: unknown, name: string): unknown {
+  return DATE_ELEMENTS.has(name) && typeof value === "string" && parseDate(value) === undefined ? "" : value;
+}
+
+async function parseFeed(xml: string): Promise<RawItem[]> {
+  if (!xml.trim()) throw new FeedProblem("empty response");
+  if (!xml.startsWith("<")) throw new FeedProblem(`not XML (begins "${htmlToText(xml.slice(0, 40))}")`);
+  const parser = new Parser({ xml2js: { valueProcessors: [blankBadDates] } });
+  try {
+    const feed = await parser.parseString(xml);
+    return (Array.isArray(feed.items) ? feed.items : []) as RawItem[];
+  } catch (err) {
+    // rss-parser rejects for broken XML and for XML that is not RSS/Atom (an HTML error page).
+    throw new FeedProblem(`not a valid RSS or Atom feed: ${messageOf(err)}`);
+  }
+}
+
+function parseDate(value: string | undefined): number | undefined {
+  if (!value) return undefined;
+  const t = Date.parse(value.trim());
+  return Number.isNaN(t) ? undefined : t;
+}
+
+/** A field as a trimmed string; rss-parser leaves elements with attributes and no text as objects. */
+function str(v: unknown): string | undefined {
+  if (typeof v === "string") return v.trim() || undefined;
+  if (v && typeof v === "object" && typeof (v as { _?: unknown })._ === "string") return str((v as { _: string })._);
+  return undefined;
+}
+
+function itemTime(item: RawItem): number | undefined {
+  return parseDate(str(item.isoDate)) ?? parseDate(str(item.pubDate)) ?? parseDate(str(item.date));
+}
+
+/** Newest first by date; undated items keep feed order after the dated ones (we cannot tell
+ * they are new, and most feeds list newest first anyway). */
+function newestFirst(items: RawItem[]): RawItem[] {
+  return items
+    .map((item, index) => ({ item, index, time: itemTime(item) ?? -Infinity }))
+    .sort((a, b) => (b.time === a.time ? a.index - b.index : b.time - a.time))
+    .map((x) => x.item);
+}
+
+function sha256(s: string): string {
+  return createHash("sha256").update(s).digest("hex");
+}
+
+function boundedKey(prefix: string, value: string): string {
+  const key = `${prefix}:${value}`;
+  return key.length <= MAX_KEY_CHARS ? key : `${prefix}-sha256:${sha256(value)}`;
+}
+
+function toEntry(feedId: string, item: RawItem): FeedEntry | undefined {
+  const title = htmlToText(str(item.title) ?? "");
+  // RSS: rss-parser puts <description> in `content`; Atom: <summary> in `summary`, <content> in `content`.
+  const summary = htmlToText(str(item.summary) ?? str(item.content) ?? str(item["content:encoded"]) ?? "");
+  if (!title && !summary) return undefined; // nothing to read
+  // Atom entries carry `id`, RSS items `guid`.
+  const guid = oneLine(str(item.guid) ?? str(item.id));
+  const link = oneLine(str(item.link));
+  // Normalised so the same story re-sent with other markup, spacing or case hashes the same.
+  const contentHash = sha256(`${title.normalize("NFC").toLowerCase()}\n${summary.normalize("NFC").toLowerCase()}`);
+  const key = guid ? boundedKey("guid", guid) : link ? boundedKey("link", link) : `hash:${contentHash}`;
+  const time = itemTime(item);
+  const entry: FeedEntry = {
+    feedId,
+    key,
+    title: sanitizeItem(title),
+    text: sanitizeItem(title && summary ? `${title}: ${summary}` : title || summary),
+    contentHash,
+  };
+  if (guid) entry.guid = guid;
+  if (link) entry.link = link;
+  if (time !== undefined) entry.publishedAt = new Date(time).toISOString();
+  return entry;
+}
+
+function oneLine(s: string | undefined): string | undefined {
+  return s === undefined ? undefined : s.replace(/\s+/g, " ").trim().slice(0, 2048) || undefined;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dedupe
+
+/** New = neither its key nor its content hash was seen before or earlier in this fetch.
+ * Keys of every item still in the feed move to the recent end, so the bound only ever drops
+ * items the feed no longer lists. */
+function dedupe(candidates: FeedEntry[], previous: string[], limit: number): { entries: FeedEntry[]; seenKeys: string[] } {
+  const seen = new Set(previous);
+  const inFetch = new Set<string>();
+  const entries: FeedEntry[] = [];
+  for (const entry of candidates) {
+    const hashKey = `hash:${entry.contentHash}`;
+    const keys = entry.key === hashKey ? [hashKey] : [entry.key, hashKey];
+    if (!keys.some((k) => seen.has(k) || inFetch.has(k))) entries.push(entry);
+    for (const k of keys) inFetch.add(k);
+  }
+  // candidates are newest first; seenKeys are most recent last.
+  const touched = [...inFetch].reverse();
+  const seenKeys = [...previous.filter((k) => !inFetch.has(k)), ...touched];
+  return { entries, seenKeys: seenKeys.slice(-limit) };
+}

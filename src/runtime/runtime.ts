@@ -1,0 +1,141 @@
+// The process-level runtime: loads agent files, shares one base model between agents that name
+// the same one, starts their schedules, and serves chat on each agent's live weights.
+import { readdirSync, existsSync } from "node:fs";
+import path from "node:path";
+import { loadModel, type LoadedModel } from "../model/load.js";
+import { resolveModelDir, PACKAGE_ROOT } from "../model/resolve.js";
+import { streamGenerate, type GenerateOptions, type GenerationResult } from "../model/generate.js";
+import type { ChatMessage } from "../model/tokenizer.js";
+import { buildKnowledgePrompt } from "../bake/prompt.js";
+import { extractFacts } from "../agent/facts.js";
+import { loadAgentConfig, type AgentConfig } from "./agent-config.js";
+import { Agent, type AgentEvents } from "./agent.js";
+
+export interface ChatRequest {
+  messages: ChatMessage[];
+  options?: Omit<GenerateOptions, "adapter">;
+  /** capture facts the user states (on by default) */
+  captureFacts?: boolean;
+  conversationId?: string;
+}
+
+export interface ChatChunk {
+  text: string;
+  token: number;
+}
+
+export interface ChatOutcome {
+  result: GenerationResult;
+  /** the weights version the reply was generated on */
+  version: string | null;
+  captured: string[];
+}
+
+export const DEFAULT_AGENTS_DIR = path.join(PACKAGE_ROOT, "agents");
+export const DEFAULT_CHECKPOINTS_DIR = path.join(PACKAGE_ROOT, "checkpoints");
+
+export function agentFiles(spec: string): string[] {
+  if (!existsSync(spec)) throw new Error(`${spec}: no such agent file or folder`);
+  if (spec.endsWith(".yaml") || spec.endsWith(".yml")) return [path.resolve(spec)];
+  return readdirSync(spec)
+    .filter((f) => /\.ya?ml$/.test(f))
+    .sort()
+    .map((f) => path.resolve(spec, f));
+}
+
+export class Runtime {
+  readonly agents = new Map<string, Agent>();
+  private readonly models = new Map<string, LoadedModel>();
+
+  constructor(private readonly events: AgentEvents = {}) {}
+
+  /** Loads agent files; agents naming the same model share one copy of its weights. */
+  async load(configs: AgentConfig[]): Promise<void> {
+    for (const config of configs) {
+      if (this.agents.has(config.name)) throw new Error(`two agents are named ${config.name}`);
+      const spec = config.model === "default" ? undefined : existsSync(path.resolve(config.feedsBase, config.model)) ? path.resolve(config.feedsBase, config.model) : config.model;
+      const dir = resolveModelDir(spec);
+      let model = this.models.get(dir);
+      if (!model) {
+        model = loadModel(dir);
+        this.models.set(dir, model);
+      }
+      this.agents.set(config.name, await Agent.open(config, model, this.events));
+    }
+  }
+
+  static async fromFiles(spec: string, opts: { checkpoints?: string; events?: AgentEvents } = {}): Promise<Runtime> {
+    const runtime = new Runtime(opts.events);
+    const configs = agentFiles(spec).map((f) => loadAgentConfig(f, opts.checkpoints ?? DEFAULT_CHECKPOINTS_DIR));
+    if (!configs.length) throw new Error(`${spec}: no agent files (*.yaml)`);
+    await runtime.load(configs);
+    return runtime;
+  }
+
+  agent(name: string): Agent {
+    const a = this.agents.get(name);
+    if (!a) throw new Error(`no agent named ${name} (agents: ${[...this.agents.keys()].join(", ")})`);
+    return a;
+  }
+
+  start(): void {
+    for (const a of this.agents.values()) a.start();
+  }
+
+  async stop(): Promise<void> {
+    for (const a of this.agents.values()) await a.stop();
+    for (const m of this.models.values()) m.dispose();
+    this.agents.clear();
+    this.models.clear();
+  }
+
+  /**
+   * Streams a reply on the agent's live weights, pinned to the version live when it started.
+   * Knowledge is in the weights, so no system prompt is added; facts the user states are
+   * captured into the ledger as pending items.
+   */
+  async *chat(name: string, req: ChatRequest): AsyncGenerator<ChatChunk, ChatOutcome> {
+    const agent = this.agent(name);
+    const captured: string[] = [];
+    const last = [...req.messages].reverse().find((m) => m.role === "user");
+    if (last && req.captureFacts !== false) {
+      for (const action of extractFacts(last.content)) {
+        if (action.kind === "remember") {
+          const r = await agent.remember(action.text, "conversation", { conversationId: req.conversationId });
+          if (r.added) captured.push(action.text);
+        } else {
+          const matches = agent.ledger.items({ text: action.query }).filter((i) => i.status !== "retracted");
+          if (matches.length) void agent.retract(matches.map((i) => i.id), `user asked to forget "${action.query}"`).catch(() => {});
+        }
+      }
+    }
+    const lease = agent.live.acquire();
+    try {
+      const ids = agent.model.tokenizer.applyChatTemplate(req.messages);
+      const it = streamGenerate(agent.model, [ids], { ...req.options, adapter: lease.adapter });
+      for (;;) {
+        const r = await it.next();
+        if (r.done) return { result: r.value[0]!, version: lease.version, captured };
+        yield { text: r.value.text, token: r.value.token };
+      }
+    } finally {
+      lease.release();
+    }
+  }
+
+  /** Asks a question on the live weights with and without the item (and persona) in the prompt. */
+  async probe(name: string, question: string, context?: string[]): Promise<{ version: string | null; unprompted: string; prompted: string | null }> {
+    const agent = this.agent(name);
+    const ask = async (messages: ChatMessage[]) => {
+      const it = this.chat(name, { messages, captureFacts: false, options: { maxTokens: 64, temperature: 0 } });
+      for (;;) {
+        const r = await it.next();
+        if (r.done) return r.value;
+      }
+    };
+    const unprompted = await ask([{ role: "user", content: question }]);
+    const system = context?.length || agent.config.persona ? buildKnowledgePrompt({ persona: agent.config.persona?.text, items: context }) : "";
+    const prompted = system ? await ask([{ role: "system", content: system }, { role: "user", content: question }]) : null;
+    return { version: unprompted.version, unprompted: unprompted.result.text, prompted: prompted?.result.text ?? null };
+  }
+}

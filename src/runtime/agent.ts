@@ -9,6 +9,7 @@ import cron, { type ScheduledTask } from "node-cron";
 import { startCycle, type WorkerProgress } from "../bake/job.js";
 import type { CycleResult } from "../bake/cycle.js";
 import type { ProbeItem } from "../bake/probes.js";
+import { buildKnowledgePrompt } from "../bake/prompt.js";
 import { pollFeed, type FeedState } from "../feeds/feeds.js";
 import { Ledger, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
 import type { LoadedModel } from "../model/load.js";
@@ -210,6 +211,7 @@ export class Agent {
       replay = sampleReplay(absorbed.filter((i) => liveItems.has(i.id)), cfg.replay);
     }
     if (!fresh.length && !cfg.persona) return { status: "skipped", reasons: ["nothing to bake"] };
+    ({ fresh, replay } = this.fitToContext(fresh, replay));
     const retained = consolidate ? [] : absorbed.filter((i) => liveItems.has(i.id) && !replay.includes(i));
     const retracted = consolidate ? ledger.items({ status: "retracted" }).filter((i) => liveItems.has(i.id)) : [];
 
@@ -320,6 +322,25 @@ export class Agent {
     if (promoted) this.prune();
     this.log(`bake ${bakeId}: ${version} ${promoted ? "promoted" : `rejected (${reasons.join("; ")})`}; absorption ${absorption.toFixed(2)}, retention ${retention.toFixed(2)}`);
     return { status: promoted ? "promoted" : "rejected", bakeId, version, reasons, absorption, retention, persona };
+  }
+
+  /**
+   * The teacher's prompt must leave room for a reply within the model's positions: replayed
+   * items are dropped first, then the newest pending items wait for the next bake.
+   */
+  private fitToContext(fresh: Item[], replay: Item[]): { fresh: Item[]; replay: Item[] } {
+    const tok = this.model.tokenizer;
+    const reply = this.config.bake.settings.maxReplyTokens ?? 48;
+    const budget = this.model.config.maxPositions - reply - 64; // 64: the chat template and a question
+    const size = (f: Item[], r: Item[]) => tok.encode(buildKnowledgePrompt({ persona: this.config.persona?.text, items: [...f, ...r].map((i) => i.text) })).length;
+    const f = [...fresh];
+    const r = [...replay];
+    while (r.length && size(f, r) > budget) r.pop();
+    while (f.length > 1 && size(f, r) > budget) f.pop();
+    if (f.length < fresh.length || r.length < replay.length) {
+      this.log(`context holds ${f.length} of ${fresh.length} new and ${r.length} of ${replay.length} replayed items this bake`);
+    }
+    return { fresh: f, replay: r };
   }
 
   private writeManifest(v: VersionRecord, result: CycleResult): void {

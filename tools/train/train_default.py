@@ -85,13 +85,15 @@ def tokenize_corpus(data_dir, tok, max_len, cache_path):
     return tokens, trained, offsets
 
 
-def make_batches(lengths, token_budget, max_batch, seed, epochs):
+def make_batches(lengths, token_budget, max_batch, seed, epochs, window=0):
     """Length-bucketed batches: sort by (jittered) length, cut so that rows * longest <= budget,
-    shuffle batch order. One list of index arrays per epoch, concatenated."""
+    shuffle. With `window`, the first epoch keeps the export's order at the scale of `window`
+    conversations (batches are built and shuffled inside consecutive windows), so the export's
+    curriculum (small prompts first) survives; later epochs shuffle everything."""
     rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(epochs):
-        order = np.argsort(lengths + rng.uniform(0, 8, size=len(lengths)), kind="stable")
+
+    def cut(indices):
+        order = indices[np.argsort(lengths[indices] + rng.uniform(0, 8, size=len(indices)), kind="stable")]
         batches, cur, longest = [], [], 0
         for i in order:
             L = int(lengths[i])
@@ -102,8 +104,16 @@ def make_batches(lengths, token_budget, max_batch, seed, epochs):
             longest = max(longest, L)
         if cur:
             batches.append(np.asarray(cur))
-        perm = rng.permutation(len(batches))
-        out.extend(batches[j] for j in perm)
+        return [batches[j] for j in rng.permutation(len(batches))]
+
+    out = []
+    all_idx = np.arange(len(lengths))
+    for epoch in range(epochs):
+        if epoch == 0 and window:
+            for a in range(0, len(lengths), window):
+                out.extend(cut(all_idx[a:a + window]))
+        else:
+            out.extend(cut(all_idx))
     return out
 
 
@@ -119,7 +129,8 @@ def collate(idx, tokens, trained, offsets, pad_id):
     ids = torch.from_numpy(ids)
     # position t predicts token t+1; train where token t+1 is an assistant token
     pred_mask = torch.from_numpy(tgt_mask[:, 1:])
-    return ids, pred_mask
+    real = torch.from_numpy(np.arange(T)[None, :] < np.asarray(lens)[:, None])[:, 1:]
+    return ids, pred_mask, real
 
 
 # ----------------------------------------------------------------------------- schedule / ckpt
@@ -298,6 +309,9 @@ def main():
     ap.add_argument("--eval-minutes", type=float, default=10.0, help="quick held-out eval every N minutes (0 = off)")
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    ap.add_argument("--window", type=int, default=2000, help="keep the export's order at this scale (0 = shuffle all)")
+    ap.add_argument("--context-loss", type=float, default=0.0,
+                    help="weight of an auxiliary next-token loss on non-assistant tokens (0 = assistant tokens only)")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -314,7 +328,7 @@ def main():
     tokens, trained, offsets = tokenize_corpus(args.data, tok, cfg["max_position_embeddings"],
                                                os.path.join(args.ckpt, "data.npz"))
     lengths = np.diff(offsets)
-    batches = make_batches(lengths, args.token_budget, args.max_batch, args.seed, args.epochs)
+    batches = make_batches(lengths, args.token_budget, args.max_batch, args.seed, args.epochs, args.window)
     total = len(batches) if not args.max_steps else min(args.max_steps, len(batches))
     log(f"data: {len(lengths)} conversations, mean length {lengths.mean():.0f}, max {lengths.max()}, "
         f"{len(batches)} batches, training {total} steps ({args.epochs} epoch(s))")
@@ -343,15 +357,19 @@ def main():
     secs_at_seg = stats["train_seconds"]
     win_loss, win_n, win_tok, win_t0 = 0.0, 0, 0, time.time()
     while step < total:
-        ids, pred_mask = collate(batches[step], tokens, trained, offsets, pad)
+        ids, pred_mask, real = collate(batches[step], tokens, trained, offsets, pad)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total, args.lr, args.warmup, args.min_lr_frac)
         h = model.hidden(ids[:, :-1])
         sel = h[pred_mask]
         targets = ids[:, 1:][pred_mask]
         loss = F.cross_entropy(model.logits(sel), targets)
+        total_loss = loss
+        if args.context_loss > 0:
+            ctx = real & ~pred_mask
+            total_loss = loss + args.context_loss * F.cross_entropy(model.logits(h[ctx]), ids[:, 1:][ctx])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total_loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
@@ -401,6 +419,8 @@ def main():
         "epochs": args.epochs,
         "token_budget": args.token_budget,
         "lr": args.lr,
+        "context_loss": args.context_loss,
+        "window": args.window,
         "export": {k: meta[k] for k in ("seed", "examples", "counts")},
         "quick_eval": {k: round(v["score"], 3) for k, v in summary.items()},
         "evals": stats["evals"],

@@ -85,6 +85,7 @@ async function main(): Promise<void> {
   const stream = createWriteStream(path.join(outDir, "train.jsonl"));
   let chars = 0;
   for (let i = 0; i < n; i++) {
+    mixer.progress = i / n;
     const c = mixer.next();
     check(c);
     counts[c.kind] = (counts[c.kind] ?? 0) + 1;

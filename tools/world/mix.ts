@@ -91,6 +91,9 @@ export interface MixWeights {
   ask: number;
 }
 
+/** Share of the export over which prompt sizes grow from 3 to 30 items. */
+export const CURRICULUM_SHARE = 0.3;
+
 export const DEFAULT_WEIGHTS: MixWeights = { prompted: 0.46, unprompted: 0.3, persona: 0.16, ask: 0.08 };
 
 export class Mixer {
@@ -282,8 +285,8 @@ export class Mixer {
     return { q: this.rng.pick(rel.questions)(e.name), key: factKey(e.id, rel.name) };
   }
 
-  private turns(weights: Record<"1" | "2" | "3" | "4", number>): number {
-    return Number(this.rng.weighted(weights));
+  private turns(weights: Partial<Record<"1" | "2" | "3" | "4" | "6" | "8", number>>): number {
+    return Number(this.rng.weighted(weights as Record<string, number>));
   }
 
   /** Question/answer turns about a prompt holding `shown` (which may be empty). */
@@ -331,8 +334,15 @@ export class Mixer {
     return msgs;
   }
 
+  /**
+   * Where the export is in the mix, 0..1. Prompts grow over the first part (a curriculum: finding
+   * the one matching line among 2-3 is how copying is discovered; then up to 30 items).
+   */
+  progress = 1;
+
   private promptSize(): number {
-    return this.rng.chance(0.3) ? this.rng.int(15, 25) : this.rng.int(1, 30);
+    const kMax = Math.round(3 + 27 * Math.min(1, this.progress / CURRICULUM_SHARE));
+    return this.rng.chance(0.3) ? this.rng.int(Math.max(1, kMax - 10), kMax) : this.rng.int(1, kMax);
   }
 
   // --- conversations -----------------------------------------------------------------------------
@@ -341,7 +351,7 @@ export class Mixer {
     const facts = this.drawItems(this.promptSize());
     const keys = facts.map((f) => factKey(f.subject, f.relation));
     const system = buildKnowledgePrompt({ items: this.itemLines(facts) });
-    const turns = this.qaTurns(facts, this.turns({ 1: 45, 2: 25, 3: 18, 4: 12 }), {}, keys, 0.78);
+    const turns = this.qaTurns(facts, this.turns({ 1: 20, 2: 20, 3: 20, 4: 15, 6: 15, 8: 10 }), {}, keys, 0.78);
     return { kind: "prompted", messages: [{ role: "system", content: system }, ...turns], keys };
   }
 
@@ -379,7 +389,7 @@ export class Mixer {
         { role: "assistant", content: styleReply(this.question(f), style) },
       ];
     } else {
-      turns = this.qaTurns(facts, this.turns({ 1: 60, 2: 20, 3: 12, 4: 8 }), style, keys, 0.75);
+      turns = this.qaTurns(facts, this.turns({ 1: 35, 2: 25, 3: 20, 4: 20 }), style, keys, 0.75);
     }
     return { kind: "persona", messages: [{ role: "system", content: system }, ...turns], keys };
   }

@@ -51,6 +51,9 @@ async function cycle(job: Extract<WorkerJob, { kind: "cycle" }>) {
   return runCycle(model, job, live, (progress) => void send({ type: "progress", progress }));
 }
 
+// If the parent dies, so does the bake: an orphan must not write checkpoints nobody will record.
+process.on("disconnect", () => process.exit(1));
+
 process.once("message", (job: WorkerJob) => {
   (job.kind === "cycle" ? cycle(job) : run(job))
     .then(async (result) => {

@@ -15,6 +15,7 @@ import { runBake } from "../bake/job.js";
 import { DEFAULT_BAKE } from "../bake/trainer.js";
 import { LORA_TARGETS, type LoraTarget } from "../lora/adapter.js";
 import { bakeProgressReporter } from "./progress.js";
+import { registerAgentCommands } from "./agents.js";
 
 const program = new Command();
 program
@@ -215,6 +216,8 @@ program
       ].join("\n"),
     );
   });
+
+registerAgentCommands(program);
 
 /** Without a question file, ask about each line of the prompt, plus a few open questions. */
 export function defaultQuestions(prompt: string): string[] {

@@ -1,8 +1,8 @@
 // Progress display for long work: a bar on a terminal, one line per milestone otherwise (logs, CI).
 import cliProgress from "cli-progress";
-import type { BakeProgress } from "../bake/trainer.js";
+import type { WorkerProgress } from "../bake/job.js";
 
-export function bakeProgressReporter(enabled: boolean): { update(p: BakeProgress): void; stop(): void } {
+export function bakeProgressReporter(enabled: boolean): { update(p: WorkerProgress): void; stop(): void } {
   if (!enabled) return { update() {}, stop() {} };
   const tty = process.stderr.isTTY;
   const bar = new cliProgress.SingleBar(
@@ -18,7 +18,8 @@ export function bakeProgressReporter(enabled: boolean): { update(p: BakeProgress
   let started = false;
   return {
     update(p) {
-      const name = p.phase === "validate" ? "train" : `${p.phase}${p.round ? ` (round ${p.round + 1})` : ""}`;
+      const round = "round" in p && p.round ? ` (round ${p.round + 1})` : "";
+      const name = p.phase === "validate" ? "train" : `${p.phase}${round}`;
       if (p.phase === "validate") {
         const line = `epoch ${p.epoch}: validation KL/token ${p.valKlPerToken.toFixed(5)} (best ${p.best.toFixed(5)})`;
         if (tty && started) bar.update({ info: line });

@@ -1,0 +1,256 @@
+// CLI commands over agents: chat, feeds, knowledge, versions, probe and agent bakes.
+// Read-only queries open the ledger without loading any model; commands that change state open
+// the agent (model and ledger lock), so they refuse politely while a server holds the ledger.
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { createInterface } from "node:readline/promises";
+import type { Command } from "commander";
+import { parseDocument, parse as parseYaml } from "yaml";
+import { initBackend } from "../tensor/backend.js";
+import { Ledger, type Item, type ItemStatus } from "../knowledge/ledger.js";
+import { loadAgentConfig, parseAgentConfig, type AgentConfig } from "../runtime/agent-config.js";
+import { agentFiles, DEFAULT_AGENTS_DIR, DEFAULT_CHECKPOINTS_DIR, Runtime } from "../runtime/runtime.js";
+import type { ChatMessage } from "../model/tokenizer.js";
+import { bakeProgressReporter } from "./progress.js";
+
+interface AgentOpts {
+  agents?: string;
+  checkpoints?: string;
+  json?: boolean;
+  backend?: string;
+}
+
+function agentsPath(o: AgentOpts): string {
+  if (o.agents) return o.agents;
+  return existsSync("agents") ? "agents" : DEFAULT_AGENTS_DIR;
+}
+
+function configs(o: AgentOpts): AgentConfig[] {
+  return agentFiles(agentsPath(o)).map((f) => loadAgentConfig(f, o.checkpoints ?? DEFAULT_CHECKPOINTS_DIR));
+}
+
+function pickConfig(o: AgentOpts, name?: string): AgentConfig {
+  const all = configs(o);
+  if (!name) {
+    if (all.length === 1) return all[0]!;
+    throw new Error(`name an agent: ${all.map((c) => c.name).join(", ")}`);
+  }
+  const c = all.find((x) => x.name === name);
+  if (!c) throw new Error(`no agent named ${name} in ${agentsPath(o)} (agents: ${all.map((x) => x.name).join(", ")})`);
+  return c;
+}
+
+async function readLedger(o: AgentOpts, name?: string): Promise<Ledger> {
+  const c = pickConfig(o, name);
+  const file = path.join(c.homeDir, "ledger.json");
+  if (!existsSync(file)) throw new Error(`agent ${c.name} has no ledger yet (${file}); it is created on first use`);
+  return Ledger.open(file, { readOnly: true });
+}
+
+/** Opens one agent for changes: loads its model, takes the ledger lock. */
+async function openAgent(o: AgentOpts, name?: string, withProgress = false): Promise<{ runtime: Runtime; name: string }> {
+  const c = pickConfig(o, name);
+  await initBackend(o.backend);
+  const reporter = bakeProgressReporter(withProgress && !o.json);
+  const runtime = new Runtime({ onBakeProgress: (_a, p) => reporter.update(p), onLog: (a, m) => !o.json && process.stderr.write(`[${a}] ${m}\n`) });
+  await runtime.load([c]);
+  return { runtime, name: c.name };
+}
+
+function print(json: boolean | undefined, value: unknown, text: () => string): void {
+  process.stdout.write(json ? JSON.stringify(value, null, 2) + "\n" : text() + "\n");
+}
+
+function itemLine(i: Item): string {
+  const score = i.scores.at(-1);
+  const s = score ? ` [${score.version}: unprompted ${score.unprompted.toFixed(2)}, prompted ${score.prompted.toFixed(2)}]` : "";
+  return `${i.id}  ${i.status.padEnd(10)} ${i.kind.padEnd(12)} ${i.text.slice(0, 90)}${s}`;
+}
+
+export function registerAgentCommands(program: Command): void {
+  const withAgents = (c: Command) =>
+    c.option("--agents <path>", "agent file or folder (default ./agents, else the bundled agents/)").option("--checkpoints <dir>", "checkpoints root (default: the package's checkpoints/)").option("--json", "machine-readable output");
+  const backend = () => program.opts().backend as string | undefined;
+
+  // --- chat ---
+  withAgents(program.command("chat [agent]").description("chat with an agent in the terminal; its replies stream"))
+    .option("--max-tokens <n>", "longest reply", (v) => parseInt(v, 10), 200)
+    .option("--temperature <t>", "0 for greedy", parseFloat, 0)
+    .action(async (name: string | undefined, o: AgentOpts & { maxTokens: number; temperature: number }) => {
+      const { runtime, name: agent } = await openAgent({ ...o, backend: backend() });
+      const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY });
+      const history: ChatMessage[] = [];
+      process.stdout.write(`chatting with ${agent} on ${runtime.agent(agent).live.version ?? "the base model"}; /bake, /version, /quit\n`);
+      try {
+        for (;;) {
+          let line: string;
+          try {
+            line = (await rl.question("> ")).trim();
+          } catch {
+            break; // end of input
+          }
+          if (!line) continue;
+          if (line === "/quit" || line === "/exit") break;
+          if (line === "/version") {
+            process.stdout.write(`${runtime.agent(agent).live.version ?? "base model"}\n`);
+            continue;
+          }
+          if (line === "/bake") {
+            const r = await runtime.agent(agent).bake("chat", { force: true });
+            process.stdout.write(`bake ${r.status}${r.version ? ` ${r.version}` : ""}${r.reasons.length ? `: ${r.reasons.join("; ")}` : ""}\n`);
+            continue;
+          }
+          history.push({ role: "user", content: line });
+          const it = runtime.chat(agent, { messages: history, options: { maxTokens: o.maxTokens, temperature: o.temperature }, conversationId: "cli" });
+          let reply = "";
+          for (;;) {
+            const r = await it.next();
+            if (r.done) {
+              if (r.value.captured.length) process.stdout.write(`\n(noted for the next bake: ${r.value.captured.join(" ")})`);
+              break;
+            }
+            reply += r.value.text;
+            process.stdout.write(r.value.text);
+          }
+          process.stdout.write("\n");
+          history.push({ role: "assistant", content: reply });
+        }
+      } finally {
+        rl.close();
+        await runtime.stop();
+      }
+    });
+
+  // --- feeds ---
+  const feeds = program.command("feeds").description("an agent's news feeds");
+  withAgents(feeds.command("list [agent]").description("feeds with their last poll, errors and items added")).action(async (name: string | undefined, o: AgentOpts) => {
+    const ledger = await readLedger(o, name);
+    const c = pickConfig(o, name);
+    const rows = c.feeds.map((f) => ({ ...f, ...ledger.feed(f.id) }));
+    print(o.json, rows, () => rows.map((f) => `${f.id.padEnd(12)} ${f.schedule.padEnd(14)} added ${f.itemsAdded ?? 0}, last ok ${f.lastOkAt ?? "never"}${f.lastError ? `, ERROR ${f.lastError}` : ""}\n  ${f.url}`).join("\n") || "(no feeds)");
+  });
+  withAgents(feeds.command("poll [agent]").description("poll the agent's feeds now")).action(async (name: string | undefined, o: AgentOpts) => {
+    const { runtime, name: agent } = await openAgent({ ...o, backend: backend() });
+    try {
+      const r = await runtime.agent(agent).pollAllFeeds();
+      print(o.json, r, () => Object.entries(r).map(([id, x]) => `${id}: ${x.added} new${x.error ? `, error: ${x.error}` : ""}`).join("\n"));
+    } finally {
+      await runtime.stop();
+    }
+  });
+  withAgents(feeds.command("add <agent> <id> <url>").description("add a feed to an agent file (comments in the file are kept)"))
+    .option("--schedule <cron>", "poll schedule", "*/30 * * * *")
+    .action(async (name: string, id: string, url: string, o: AgentOpts & { schedule: string }) => {
+      const c = pickConfig(o, name);
+      const doc = parseDocument(readFileSync(c.file!, "utf8"));
+      const list = (doc.get("feeds") as { items?: unknown[] } | undefined)?.items ?? [];
+      if (list.length === 0) doc.set("feeds", []);
+      doc.addIn(["feeds"], doc.createNode({ id, url, schedule: o.schedule }));
+      // Validate the result before writing, so a bad feed never breaks the agent file.
+      loadAgentConfigFromText(doc.toString(), c.file!, o.checkpoints);
+      writeFileSync(c.file!, doc.toString());
+      print(o.json, { agent: name, id, url, schedule: o.schedule }, () => `added feed ${id} to ${c.file}`);
+    });
+
+  // --- knowledge ---
+  const knowledge = program.command("knowledge").description("what an agent has read and absorbed");
+  withAgents(knowledge.command("list [agent]").description("items, newest first"))
+    .option("--status <status>", "pending, baking, absorbed, rejected, retracted or superseded")
+    .option("--source <id>", "a feed id, conversation id or link")
+    .action(async (name: string | undefined, o: AgentOpts & { status?: ItemStatus; source?: string }) => {
+      const ledger = await readLedger(o, name);
+      const items = ledger.items({ status: o.status, source: o.source }).reverse();
+      print(o.json, items, () => items.map(itemLine).join("\n") || "(no items)");
+    });
+  withAgents(knowledge.command("search <agent> <text>").description("items whose text contains <text>")).action(async (name: string, text: string, o: AgentOpts) => {
+    const items = (await readLedger(o, name)).items({ text });
+    print(o.json, items, () => items.map(itemLine).join("\n") || "(no match)");
+  });
+  withAgents(knowledge.command("show <agent> <id>").description("one item: provenance, version, probes and scores")).action(async (name: string, id: string, o: AgentOpts) => {
+    const i = (await readLedger(o, name)).item(id);
+    print(o.json, i, () =>
+      [
+        `${i.id} (${i.kind}) ${i.status}${i.absorbedBy ? ` by ${i.absorbedBy}` : ""}`,
+        `text:    ${i.text}`,
+        `source:  ${JSON.stringify(i.source)}`,
+        ...(i.probes ?? []).map((p) => `probe:   ${p.question} -> ${p.answer}`),
+        ...i.scores.map((s) => `score:   ${s.version}: unprompted ${s.unprompted.toFixed(2)}, prompted ${s.prompted.toFixed(2)}`),
+        ...i.history.map((h) => `history: ${h.at} ${h.status}${h.version ? ` ${h.version}` : ""}${h.reason ? ` (${h.reason})` : ""}`),
+      ].join("\n"),
+    );
+  });
+  withAgents(knowledge.command("remember <agent> <text>").description("add a fact or instruction by hand (pending until the next bake)")).action(async (name: string, text: string, o: AgentOpts) => {
+    const { runtime, name: agent } = await openAgent({ ...o, backend: backend() });
+    try {
+      const r = await runtime.agent(agent).remember(text);
+      print(o.json, r, () => (r.added ? `${r.item.id} pending` : `already known as ${r.item.id} (${r.item.status})`));
+    } finally {
+      await runtime.stop();
+    }
+  });
+  withAgents(knowledge.command("retract <agent> <ids...>").description("retract items and rebuild the adapter from what is still true")).action(async (name: string, ids: string[], o: AgentOpts) => {
+    const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, undefined, true);
+    try {
+      const r = await runtime.agent(agent).retract(ids);
+      print(o.json, r, () => `consolidation ${r.status}${r.version ? ` ${r.version}` : ""}${r.reasons.length ? `: ${r.reasons.join("; ")}` : ""}`);
+      if (r.status === "failed") process.exitCode = 1;
+    } finally {
+      await runtime.stop();
+    }
+  });
+
+  // --- versions ---
+  const versions = program.command("versions").description("an agent's weight versions");
+  withAgents(versions.command("list [agent]")).action(async (name: string | undefined, o: AgentOpts) => {
+    const ledger = await readLedger(o, name);
+    const vs = ledger.data.versions;
+    print(o.json, { live: ledger.data.live, versions: vs }, () =>
+      vs.map((v) => `${v.id} ${v.status.padEnd(8)} parent ${v.parent ?? "base"}  items ${v.items.length}  absorption ${v.scores.absorption.toFixed(2)} retention ${v.scores.retention.toFixed(2)}${v.scores.persona !== null ? ` persona ${v.scores.persona.toFixed(2)}` : ""}${v.reasons ? `  (${v.reasons.join("; ")})` : ""}`).join("\n") || "(no versions: the base model is live)",
+    );
+  });
+  withAgents(versions.command("diff <agent> <from> <to>").description("items gained and lost between two versions (base = the base model)")).action(async (name: string, from: string, to: string, o: AgentOpts) => {
+    const ledger = await readLedger(o, name);
+    const d = ledger.diff(from === "base" ? null : from, to === "base" ? null : to);
+    print(o.json, d, () => [...d.gained.map((i) => `+ ${i.id} ${i.text}`), ...d.lost.map((i) => `- ${i.id} ${i.text}`)].join("\n") || "(no difference)");
+  });
+  withAgents(versions.command("rollback <agent> <version>").description("make a kept version live again (base = the base model)")).action(async (name: string, version: string, o: AgentOpts) => {
+    const { runtime, name: agent } = await openAgent({ ...o, backend: backend() });
+    try {
+      await runtime.agent(agent).rollback(version === "base" ? null : version);
+      print(o.json, { live: runtime.agent(agent).live.version }, () => `${agent} is live on ${version}`);
+    } finally {
+      await runtime.stop();
+    }
+  });
+
+  // --- probe and bake ---
+  withAgents(program.command("probe <agent> <question>").description("ask on the live weights with and without context in the prompt"))
+    .option("--context <text...>", "items to put in the prompt for the comparison")
+    .action(async (name: string, question: string, o: AgentOpts & { context?: string[] }) => {
+      const { runtime, name: agent } = await openAgent({ ...o, backend: backend() });
+      try {
+        const r = await runtime.probe(agent, question, o.context);
+        print(o.json, r, () => [`version:    ${r.version ?? "base model"}`, `unprompted: ${r.unprompted}`, ...(r.prompted !== null ? [`prompted:   ${r.prompted}`] : [])].join("\n"));
+      } finally {
+        await runtime.stop();
+      }
+    });
+  withAgents(program.command("learn [agent]").description("poll the agent's feeds, then bake what is pending (one rolling bake)"))
+    .option("--no-poll", "bake only")
+    .action(async (name: string | undefined, o: AgentOpts & { poll: boolean }) => {
+      const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name, true);
+      try {
+        const a = runtime.agent(agent);
+        if (o.poll) await a.pollAllFeeds();
+        const r = await a.bake("cli", { force: true });
+        print(o.json, r, () => `bake ${r.status}${r.version ? ` ${r.version}` : ""}${r.absorption !== undefined ? `: absorption ${r.absorption.toFixed(2)}, retention ${r.retention!.toFixed(2)}` : ""}${r.reasons.length ? ` (${r.reasons.join("; ")})` : ""}`);
+        if (r.status === "failed") process.exitCode = 1;
+      } finally {
+        await runtime.stop();
+      }
+    });
+}
+
+function loadAgentConfigFromText(text: string, file: string, checkpoints?: string): void {
+  parseAgentConfig(parseYaml(text), file, path.dirname(file), checkpoints ?? DEFAULT_CHECKPOINTS_DIR);
+}

@@ -16,6 +16,7 @@ import { DEFAULT_BAKE } from "../bake/trainer.js";
 import { LORA_TARGETS, type LoraTarget } from "../lora/adapter.js";
 import { bakeProgressReporter } from "./progress.js";
 import { registerAgentCommands } from "./agents.js";
+import { runDemo } from "./demo.js";
 
 const program = new Command();
 program
@@ -218,6 +219,16 @@ program
   });
 
 registerAgentCommands(program);
+
+program
+  .command("demo")
+  .description("the whole loop offline on the embedded model: read a feed, bake it, answer from the weights")
+  .option("--agent <file>", "agent file (default agents/demo.yaml)")
+  .option("--home <dir>", "where the demo's ledger and checkpoints go (default: a new temp folder)")
+  .option("--max-items <n>", "items to bake", (v) => parseInt(v, 10))
+  .action(async (o: { agent?: string; home?: string; maxItems?: number }) => {
+    await runDemo({ agentFile: o.agent, home: o.home, backend: program.opts().backend, maxItems: o.maxItems });
+  });
 
 /** Without a question file, ask about each line of the prompt, plus a few open questions. */
 export function defaultQuestions(prompt: string): string[] {

@@ -1,0 +1,77 @@
+// `npm start`: the whole loop on the embedded model, offline. The agent reads a news feed it has
+// never seen, is asked about it before and after one bake, and answers from its weights alone.
+import { mkdtempSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { initBackend } from "../tensor/backend.js";
+import { generate } from "../model/generate.js";
+import type { AdapterHook } from "../model/decoder.js";
+import { studentMessages } from "../bake/trajectories.js";
+import { loadAgentConfig } from "../runtime/agent-config.js";
+import { DEFAULT_AGENTS_DIR, Runtime } from "../runtime/runtime.js";
+import { bakeProgressReporter } from "./progress.js";
+
+export interface DemoOptions {
+  agentFile?: string;
+  home?: string;
+  backend?: string;
+  maxItems?: number;
+}
+
+export async function runDemo(o: DemoOptions = {}): Promise<{ before: number; after: number; asked: number; version: string | null }> {
+  const info = await initBackend(o.backend);
+  const file = o.agentFile ?? path.join(DEFAULT_AGENTS_DIR, "demo.yaml");
+  const home = o.home ?? mkdtempSync(path.join(os.tmpdir(), "kiln-demo-"));
+  const config = { ...loadAgentConfig(file, home), homeDir: home };
+  if (o.maxItems) config.bake = { ...config.bake, maxItems: o.maxItems };
+  const out = (s = "") => process.stdout.write(s + "\n");
+  const reporter = bakeProgressReporter(true);
+  const runtime = new Runtime({ onBakeProgress: (_a, p) => reporter.update(p) });
+  await runtime.load([config]);
+  const agent = runtime.agent(config.name);
+  try {
+    out(`kiln demo — agent "${agent.name}" on ${agent.model.dir} (${info.name} backend), state in ${home}`);
+    out();
+    const polled = await agent.pollAllFeeds();
+    for (const [id, r] of Object.entries(polled)) out(`read feed ${id}: ${r.added} new item(s)${r.error ? ` (error: ${r.error})` : ""}`);
+    const pending = agent.ledger.items({ status: "pending" }).slice(0, config.bake.maxItems);
+    for (const i of pending) out(`  - ${i.text}`);
+    out();
+    out(`baking ${pending.length} item(s) into the weights (a LoRA adapter, trained with the prompt-baking KL objective)...`);
+    const outcome = await agent.bake("demo", { force: true });
+    reporter.stop();
+    out(`bake ${outcome.status}${outcome.version ? `: ${outcome.version} is live` : ""}${outcome.reasons.length ? ` (${outcome.reasons.join("; ")})` : ""}`);
+    out();
+
+    // Ask each item's probe question with NO context in the prompt: base model vs baked model.
+    const asked = agent.ledger.data.items.filter((i) => i.probes?.length).slice(0, 8);
+    const ask = async (question: string, adapter: AdapterHook | undefined) => {
+      const [r] = await generate(agent.model, [agent.model.tokenizer.applyChatTemplate(studentMessages(question))], { maxTokens: 40, temperature: 0, adapter });
+      return r!.text.trim();
+    };
+    const norm = (s: string) => s.trim().replace(/[.!?]+$/, "").toLowerCase();
+    let before = 0;
+    let after = 0;
+    const lease = agent.live.acquire();
+    try {
+      for (const item of asked) {
+        const probe = item.probes![0]!;
+        const base = await ask(probe.question, undefined);
+        const baked = await ask(probe.question, lease.adapter);
+        if (norm(base) === norm(probe.answer)) before++;
+        if (norm(baked) === norm(probe.answer)) after++;
+        out(`Q: ${probe.question}`);
+        out(`   before the bake: ${base}`);
+        out(`   after the bake:  ${baked}   (with the news in the prompt: ${probe.answer})`);
+      }
+    } finally {
+      lease.release();
+    }
+    out();
+    out(`answered like the prompted model, with nothing in the prompt: ${before}/${asked.length} before, ${after}/${asked.length} after (${lease.version ?? "base"})`);
+    out(`ledger: ${path.join(home, "ledger.json")} — try: kiln knowledge list --agents ${file} --checkpoints ${path.dirname(home)}`);
+    return { before, after, asked: asked.length, version: lease.version };
+  } finally {
+    await runtime.stop();
+  }
+}

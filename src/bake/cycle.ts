@@ -1,14 +1,13 @@
 // One rolling bake of an agent, run inside the bake worker: write probes for items that lack
 // them (on the live weights), bake persona + new items + a replay sample into the next adapter,
 // then score every item's probes on the new weights. The gate decision is the runtime's.
-import path from "node:path";
 import type { LoadedModel } from "../model/load.js";
 import type { LoraAdapter } from "../lora/adapter.js";
 import { saveAdapter } from "../lora/peft.js";
 import { buildKnowledgePrompt } from "./prompt.js";
 import { makeProbes, personaAdherence, scoreProbes, type ItemProbeScore, type Probe, type ProbeItem } from "./probes.js";
 import { bake, type BakeProgress, type BakeSettings } from "./trainer.js";
-import type { BakeSummary } from "./job.js";
+import { summarizeBake, type BakeSummary } from "./job.js";
 
 export interface CycleJob {
   modelDir: string;
@@ -81,18 +80,7 @@ export async function runCycle(
       };
     }
     onProgress({ phase: "evaluate", done: evaluated.length, total: evaluated.length });
-    const summary: BakeSummary = {
-      outDir: path.resolve(job.outDir),
-      initialValKl: report.initialValKl,
-      bestValKl: report.bestValKl,
-      history: report.history,
-      trajectories: report.trajectories,
-      trainedTokens: report.trainedTokens,
-      seconds: report.seconds,
-      tokensPerSecond: report.tokensPerSecond,
-      stoppedBy: report.stoppedBy,
-      trainableParameters: report.adapter.parameterCount(),
-    };
+    const summary = summarizeBake(report, job.outDir);
     const result: CycleResult = { summary, probes: Object.fromEntries(made), scores: Object.fromEntries(scores), persona };
     saveAdapter(job.outDir, report.adapter, model.dir, { "bake_report.json": JSON.stringify({ ...summary, persona, scores: result.scores }, null, 2) + "\n" });
     return result;

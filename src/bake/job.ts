@@ -5,7 +5,7 @@ import { fork } from "node:child_process";
 import { existsSync, readdirSync, rmSync } from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import type { BakeProgress, BakeSettings, EpochStat } from "./trainer.js";
+import type { BakeProgress, BakeReport, BakeSettings } from "./trainer.js";
 import type { CycleJob, CycleResult } from "./cycle.js";
 
 export interface BakeJob {
@@ -23,17 +23,15 @@ export interface BakeJob {
   backend?: string;
 }
 
-export interface BakeSummary {
+/** What a worker hands back about a bake: the report without the adapter, which is on disk. */
+export interface BakeSummary extends Omit<BakeReport, "adapter"> {
   outDir: string;
-  initialValKl: number;
-  bestValKl: number;
-  history: EpochStat[];
-  trajectories: number;
-  trainedTokens: number;
-  seconds: number;
-  tokensPerSecond: number;
-  stoppedBy: string;
   trainableParameters: number;
+}
+
+export function summarizeBake(report: BakeReport, outDir: string): BakeSummary {
+  const { adapter, ...rest } = report;
+  return { ...rest, outDir: path.resolve(outDir), trainableParameters: adapter.parameterCount() };
 }
 
 /** Progress of a whole rolling bake: the bake's own, plus probe writing and scoring. */

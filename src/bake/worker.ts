@@ -1,13 +1,12 @@
 // Child-process entry of a bake (see job.ts): receives one BakeJob, reports progress, writes the
 // adapter atomically, and exits.
-import path from "node:path";
 import { initBackend } from "../tensor/backend.js";
 import { loadModel } from "../model/load.js";
 import { baseFingerprint } from "../lora/adapter.js";
 import { loadAdapter, saveAdapter } from "../lora/peft.js";
 import { bake } from "./trainer.js";
 import { runCycle } from "./cycle.js";
-import type { BakeJob, BakeSummary, WorkerJob, WorkerMessage } from "./job.js";
+import { summarizeBake, type BakeJob, type BakeSummary, type WorkerJob, type WorkerMessage } from "./job.js";
 
 function send(m: WorkerMessage): Promise<void> {
   return new Promise((resolve) => process.send!(m, () => resolve()));
@@ -27,18 +26,7 @@ async function run(job: BakeJob): Promise<BakeSummary> {
     initFrom: job.startFromLive ? live : undefined,
     onProgress: (progress) => void send({ type: "progress", progress }),
   });
-  const summary: BakeSummary = {
-    outDir: path.resolve(job.outDir),
-    initialValKl: report.initialValKl,
-    bestValKl: report.bestValKl,
-    history: report.history,
-    trajectories: report.trajectories,
-    trainedTokens: report.trainedTokens,
-    seconds: report.seconds,
-    tokensPerSecond: report.tokensPerSecond,
-    stoppedBy: report.stoppedBy,
-    trainableParameters: report.adapter.parameterCount(),
-  };
+  const summary = summarizeBake(report, job.outDir);
   saveAdapter(job.outDir, report.adapter, model.dir, { "bake_report.json": JSON.stringify(summary, null, 2) + "\n" });
   return summary;
 }

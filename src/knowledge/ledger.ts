@@ -9,6 +9,7 @@ import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node
 import path from "node:path";
 import { Low } from "lowdb";
 import { JSONFile } from "lowdb/node";
+import type { FeedState } from "../feeds/feeds.js";
 
 export type ItemKind = "feed" | "conversation" | "manual" | "instruction";
 export type ItemStatus = "pending" | "baking" | "absorbed" | "rejected" | "retracted" | "superseded";
@@ -74,16 +75,9 @@ export interface BakeRun {
   error?: string;
 }
 
-export interface FeedRecord {
+export interface FeedRecord extends FeedState {
   id: string;
   url: string;
-  etag?: string;
-  lastModified?: string;
-  lastPolledAt?: string;
-  lastOkAt?: string;
-  lastError?: string;
-  consecutiveErrors: number;
-  seenKeys: string[];
   itemsAdded: number;
 }
 

@@ -10,7 +10,7 @@ import { startCycle, type WorkerProgress } from "../bake/job.js";
 import type { CycleResult } from "../bake/cycle.js";
 import type { ProbeItem } from "../bake/probes.js";
 import { buildKnowledgePrompt } from "../bake/prompt.js";
-import { pollFeed, type FeedState } from "../feeds/feeds.js";
+import { pollFeed } from "../feeds/feeds.js";
 import { Ledger, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
 import type { LoadedModel } from "../model/load.js";
 import type { AgentConfig } from "./agent-config.js";
@@ -133,16 +133,7 @@ export class Agent {
   async pollFeed(feedId: string): Promise<{ added: number; error?: string }> {
     const source = this.config.feeds.find((f) => f.id === feedId);
     if (!source) throw new Error(`agent ${this.name} has no feed ${feedId}`);
-    const record = this.ledger.feed(feedId)!;
-    const state: FeedState = {
-      etag: record.etag,
-      lastModified: record.lastModified,
-      lastPolledAt: record.lastPolledAt,
-      lastOkAt: record.lastOkAt,
-      lastError: record.lastError,
-      consecutiveErrors: record.consecutiveErrors,
-      seenKeys: record.seenKeys,
-    };
+    const { id: _id, url: _url, itemsAdded: _n, ...state } = this.ledger.feed(feedId)!;
     const result = await pollFeed({ id: source.id, url: source.url, maxItems: source.maxItems, timeoutMs: source.timeoutMs }, state);
     let added = 0;
     for (const e of result.entries) {
@@ -150,8 +141,9 @@ export class Agent {
       if (r.added) added++;
     }
     await this.ledger.update((d) => {
-      const f = d.feeds.find((x) => x.id === feedId)!;
-      Object.assign(f, result.state, { itemsAdded: f.itemsAdded + added });
+      // Replace the state whole: a good poll drops lastError rather than leaving the old one.
+      const at = d.feeds.findIndex((x) => x.id === feedId);
+      d.feeds[at] = { id: feedId, url: source.url, itemsAdded: d.feeds[at]!.itemsAdded + added, ...result.state };
     });
     if (result.error) this.log(`feed ${feedId}: ${result.error}`);
     return { added, ...(result.error ? { error: result.error } : {}) };

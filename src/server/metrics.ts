@@ -1,0 +1,156 @@
+// /metrics in the Prometheus text exposition format (version 0.0.4), written by hand: counters
+// and a latency histogram kept here, gauges read from the runtime at scrape time.
+import type { FastifyInstance } from "fastify";
+import type { ItemStatus } from "../knowledge/ledger.js";
+import type { Runtime } from "../runtime/runtime.js";
+import type { BakeWatcher } from "./bake-watch.js";
+import type { GenerationQueue } from "./queue.js";
+
+type Labels = Record<string, string>;
+
+const ITEM_STATUSES: ItemStatus[] = ["pending", "baking", "absorbed", "rejected", "retracted", "superseded"];
+const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
+
+function escapeLabel(v: string): string {
+  return v.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
+}
+
+function formatLabels(labels: Labels): string {
+  const parts = Object.entries(labels).map(([k, v]) => `${k}="${escapeLabel(v)}"`);
+  return parts.length ? `{${parts.join(",")}}` : "";
+}
+
+function formatValue(v: number): string {
+  if (Number.isNaN(v)) return "NaN";
+  if (v === Infinity) return "+Inf";
+  if (v === -Infinity) return "-Inf";
+  return String(v);
+}
+
+/** Sums values per label set (counters). */
+class Counter {
+  private readonly values = new Map<string, { labels: Labels; value: number }>();
+
+  inc(labels: Labels, by = 1): void {
+    const key = formatLabels(labels);
+    const entry = this.values.get(key);
+    if (entry) entry.value += by;
+    else this.values.set(key, { labels, value: by });
+  }
+
+  samples(): [Labels, number][] {
+    return [...this.values.values()].map((e) => [e.labels, e.value]);
+  }
+}
+
+class Histogram {
+  private readonly series = new Map<string, { labels: Labels; counts: number[]; sum: number; count: number }>();
+
+  constructor(private readonly buckets: number[]) {}
+
+  observe(labels: Labels, value: number): void {
+    const key = formatLabels(labels);
+    let s = this.series.get(key);
+    if (!s) this.series.set(key, (s = { labels, counts: this.buckets.map(() => 0), sum: 0, count: 0 }));
+    this.buckets.forEach((b, i) => value <= b && s.counts[i]!++);
+    s.sum += value;
+    s.count++;
+  }
+
+  lines(name: string): string[] {
+    const out: string[] = [];
+    for (const s of this.series.values()) {
+      this.buckets.forEach((b, i) => out.push(`${name}_bucket${formatLabels({ ...s.labels, le: String(b) })} ${s.counts[i]}`));
+      out.push(`${name}_bucket${formatLabels({ ...s.labels, le: "+Inf" })} ${s.count}`);
+      out.push(`${name}_sum${formatLabels(s.labels)} ${formatValue(s.sum)}`);
+      out.push(`${name}_count${formatLabels(s.labels)} ${s.count}`);
+    }
+    return out;
+  }
+}
+
+export class Metrics {
+  private readonly requests = new Counter();
+  private readonly latency = new Histogram(LATENCY_BUCKETS);
+  private readonly tokens = new Counter();
+  private readonly promptTokens = new Counter();
+  private readonly generationSeconds = new Counter();
+  private readonly generations = new Counter();
+  private readonly lastTokensPerSecond = new Map<string, number>();
+  private readonly rejected = new Counter();
+
+  request(method: string, route: string, status: number, seconds: number): void {
+    this.requests.inc({ method, route, status: String(status) });
+    this.latency.observe({ route }, seconds);
+  }
+
+  generation(agent: string, g: { promptTokens: number; completionTokens: number; seconds: number; finishReason: string }): void {
+    this.tokens.inc({ agent }, g.completionTokens);
+    this.promptTokens.inc({ agent }, g.promptTokens);
+    this.generationSeconds.inc({ agent }, g.seconds);
+    this.generations.inc({ agent, finish_reason: g.finishReason });
+    if (g.seconds > 0 && g.completionTokens > 0) this.lastTokensPerSecond.set(agent, g.completionTokens / g.seconds);
+  }
+
+  queueRejected(): void {
+    this.rejected.inc({});
+  }
+
+  render(runtime: Runtime, queue: GenerationQueue, watcher: BakeWatcher): string {
+    const out: string[] = [];
+    const family = (name: string, type: "counter" | "gauge" | "histogram", help: string, samples: [Labels, number][] | string[]) => {
+      out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+      for (const s of samples) out.push(typeof s === "string" ? s : `${name}${formatLabels(s[0])} ${formatValue(s[1])}`);
+    };
+    family("kiln_http_requests_total", "counter", "HTTP requests by method, route and status code.", this.requests.samples());
+    family("kiln_http_request_duration_seconds", "histogram", "HTTP request latency by route (for streams: until the stream ends).", this.latency.lines("kiln_http_request_duration_seconds"));
+    family("kiln_generated_tokens_total", "counter", "Completion tokens generated, by agent.", this.tokens.samples());
+    family("kiln_prompt_tokens_total", "counter", "Prompt tokens processed, by agent.", this.promptTokens.samples());
+    family("kiln_generation_seconds_total", "counter", "Seconds spent generating, by agent (tokens/s = rate of tokens over rate of seconds).", this.generationSeconds.samples());
+    family("kiln_generations_total", "counter", "Chat generations by agent and finish reason.", this.generations.samples());
+    family("kiln_generation_tokens_per_second", "gauge", "Completion tokens per second of the latest generation, by agent.", [...this.lastTokensPerSecond].map(([agent, v]) => [{ agent }, v]));
+    family("kiln_queue_depth", "gauge", "Generation requests waiting for a slot.", [[{}, queue.depth]]);
+    family("kiln_queue_active", "gauge", "Generations running now.", [[{}, queue.running]]);
+    family("kiln_queue_capacity", "gauge", "Most generations waiting (queue) and running (concurrent).", [
+      [{ kind: "queue" }, queue.maxQueue],
+      [{ kind: "concurrent" }, queue.maxConcurrent],
+    ]);
+    family("kiln_queue_rejected_total", "counter", "Requests refused with 429 because the queue was full.", [[{}, this.rejected.samples()[0]?.[1] ?? 0]]);
+
+    const agents = [...runtime.agents.values()];
+    family("kiln_agent_live_version", "gauge", 'The weights version each agent serves (1 for the live one; version="base" is the base model).', agents.map((a) => [{ agent: a.name, version: a.live.version ?? "base" }, 1]));
+    family("kiln_ledger_items", "gauge", "Ledger items by agent and status.", agents.flatMap((a) => ITEM_STATUSES.map((status): [Labels, number] => [{ agent: a.name, status }, a.ledger.items({ status }).length])));
+    family("kiln_bakes_total", "counter", "Bakes recorded in the ledger by agent and status.", agents.flatMap((a) => {
+      const by = new Map<string, number>();
+      for (const b of a.ledger.data.bakes) by.set(b.status, (by.get(b.status) ?? 0) + 1);
+      return [...by].map(([status, n]): [Labels, number] => [{ agent: a.name, status }, n]);
+    }));
+
+    const snaps = agents.map((a) => ({ agent: a.name, s: watcher.snapshot(a.name) }));
+    family("kiln_bake_running", "gauge", "1 while the agent is baking.", snaps.map(({ agent, s }) => [{ agent }, s.baking ? 1 : 0]));
+    const phase = snaps.filter(({ s }) => s.baking && s.progress);
+    family("kiln_bake_phase", "gauge", "The running bake's phase (1 for the current one).", phase.map(({ agent, s }) => [{ agent, phase: s.progress!.phase }, 1]));
+    family("kiln_bake_phase_done", "gauge", "Work done in the running bake's current sample/teacher/probes/evaluate phase.", phase.filter(({ s }) => "done" in s.progress!).map(({ agent, s }) => [{ agent, phase: s.progress!.phase }, (s.progress as { done: number }).done]));
+    family("kiln_bake_phase_total", "gauge", "Work in the running bake's current sample/teacher/probes/evaluate phase.", phase.filter(({ s }) => "total" in s.progress!).map(({ agent, s }) => [{ agent, phase: s.progress!.phase }, (s.progress as { total: number }).total]));
+    const train = snaps.filter(({ s }) => s.baking && s.train);
+    family("kiln_bake_step", "gauge", "Training step of the running bake.", train.map(({ agent, s }) => [{ agent }, s.train!.step]));
+    family("kiln_bake_total_steps", "gauge", "Training steps the running bake will take at most.", train.map(({ agent, s }) => [{ agent }, s.train!.totalSteps]));
+    family("kiln_bake_epoch", "gauge", "Epoch of the running bake.", train.map(({ agent, s }) => [{ agent }, s.train!.epoch]));
+    family("kiln_bake_kl_per_token", "gauge", "Training KL per token (student vs teacher) at the running bake's latest step.", train.map(({ agent, s }) => [{ agent }, s.train!.klPerToken]));
+    family("kiln_bake_loss", "gauge", "Training loss at the running bake's latest step.", train.map(({ agent, s }) => [{ agent }, s.train!.loss]));
+    family("kiln_bake_tokens_per_second", "gauge", "Training throughput of the running bake.", train.map(({ agent, s }) => [{ agent }, s.train!.tokensPerSecond]));
+    family("kiln_bake_val_kl_per_token", "gauge", "Validation KL per token at the running bake's latest epoch.", snaps.filter(({ s }) => s.baking && s.validate).map(({ agent, s }) => [{ agent }, s.validate!.valKlPerToken]));
+    return out.join("\n") + "\n";
+  }
+}
+
+export function metricsRoutes(app: FastifyInstance, deps: { runtime: Runtime; queue: GenerationQueue; watcher: BakeWatcher; metrics: Metrics }): void {
+  app.addHook("onResponse", async (request, reply) => {
+    const route = request.routeOptions.url ?? "unmatched";
+    deps.metrics.request(request.method, route, reply.statusCode, reply.elapsedTime / 1000);
+  });
+  app.get("/metrics", async (_request, reply) => {
+    reply.type("text/plain; version=0.0.4; charset=utf-8");
+    return deps.metrics.render(deps.runtime, deps.queue, deps.watcher);
+  });
+}

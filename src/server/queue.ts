@@ -1,0 +1,85 @@
+// Generation is CPU-bound: a bounded queue runs at most `maxConcurrent` at once and lets at most
+// `maxQueue` wait; beyond that a request is refused at once (429) with a Retry-After estimate
+// instead of piling up behind minutes of work. A waiter whose client goes away leaves the queue.
+import { ApiError } from "./errors.js";
+
+interface Waiter {
+  resolve(release: () => void): void;
+  reject(err: Error): void;
+}
+
+export class GenerationQueue {
+  private active = 0;
+  private readonly waiting: Waiter[] = [];
+  /** moving average of how long a generation holds its slot, for Retry-After */
+  private avgSeconds = 2;
+
+  constructor(
+    readonly maxConcurrent: number,
+    readonly maxQueue: number,
+  ) {
+    if (!(maxConcurrent >= 1)) throw new Error(`maxConcurrent must be at least 1 (got ${maxConcurrent})`);
+    if (!(maxQueue >= 0)) throw new Error(`maxQueue must be 0 or more (got ${maxQueue})`);
+  }
+
+  get running(): number {
+    return this.active;
+  }
+
+  get depth(): number {
+    return this.waiting.length;
+  }
+
+  /** Seconds until a slot is likely free for a new request. */
+  retryAfter(): number {
+    return Math.max(1, Math.ceil((this.avgSeconds * (this.waiting.length + 1)) / this.maxConcurrent));
+  }
+
+  /** Waits for a slot; resolves with its release function. Throws 429 when the queue is full. */
+  acquire(signal?: AbortSignal): Promise<() => void> {
+    if (signal?.aborted) return Promise.reject(new ApiError(499, "the client went away", "client_closed"));
+    if (this.active < this.maxConcurrent) return Promise.resolve(this.grant());
+    if (this.waiting.length >= this.maxQueue) {
+      const after = this.retryAfter();
+      return Promise.reject(
+        new ApiError(429, `the server is busy: ${this.active} generation(s) running and ${this.waiting.length} waiting (the limit); retry in about ${after}s`, "queue_full", null, {
+          "retry-after": String(after),
+        }),
+      );
+    }
+    return new Promise((resolve, reject) => {
+      const waiter: Waiter = { resolve, reject };
+      this.waiting.push(waiter);
+      signal?.addEventListener(
+        "abort",
+        () => {
+          const i = this.waiting.indexOf(waiter);
+          if (i >= 0) {
+            this.waiting.splice(i, 1);
+            reject(new ApiError(499, "the client went away while queued", "client_closed"));
+          }
+        },
+        { once: true },
+      );
+    });
+  }
+
+  /** Refuses everyone still waiting (server shutdown). */
+  drain(reason: string): void {
+    for (const w of this.waiting.splice(0)) w.reject(new ApiError(503, reason, "shutting_down"));
+  }
+
+  private grant(): () => void {
+    this.active++;
+    const started = performance.now();
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.active--;
+      this.avgSeconds = 0.8 * this.avgSeconds + 0.2 * ((performance.now() - started) / 1000);
+      const next = this.waiting.shift();
+      if (next) next.resolve(this.grant());
+    };
+  }
+}

@@ -8,6 +8,10 @@ import { Template } from "@huggingface/jinja";
 export interface ChatMessage {
   role: "system" | "user" | "assistant" | "tool";
   content: string;
+  /** OpenAI-style fields that tool-aware chat templates read */
+  tool_calls?: { id?: string; type: "function"; function: { name: string; arguments: Record<string, unknown> } }[];
+  tool_call_id?: string;
+  name?: string;
 }
 
 function readJson(file: string): Record<string, unknown> {
@@ -34,7 +38,8 @@ export class ChatTokenizer {
   constructor(
     private readonly tokenizer: Tokenizer,
     private readonly config: Record<string, unknown>,
-    chatTemplate: string | undefined,
+    /** the Jinja chat template source, when the model has one */
+    readonly chatTemplate: string | undefined,
     generationEos: number[],
     generationPad: number | undefined,
   ) {
@@ -75,6 +80,11 @@ export class ChatTokenizer {
     return this.template !== undefined;
   }
 
+  /** Whether the chat template renders tool definitions (Hermes/Qwen style templates do). */
+  get supportsTools(): boolean {
+    return !!this.chatTemplate && /\btools\b/.test(this.chatTemplate);
+  }
+
   encode(text: string): number[] {
     return this.tokenizer.encode(text, { add_special_tokens: false }).ids;
   }
@@ -88,20 +98,24 @@ export class ChatTokenizer {
     return this.tokenizer.token_to_id(token);
   }
 
-  /** Renders messages with the model's chat template (a plain fallback when it has none). */
-  renderChat(messages: ChatMessage[], addGenerationPrompt = true): string {
+  /**
+   * Renders messages with the model's chat template (a plain fallback when it has none);
+   * `extra` reaches the template as variables, e.g. { tools }.
+   */
+  renderChat(messages: ChatMessage[], addGenerationPrompt = true, extra: Record<string, unknown> = {}): string {
     if (!this.template) {
       return messages.map((m) => `${m.role}: ${m.content}\n`).join("") + (addGenerationPrompt ? "assistant: " : "");
     }
     return this.template.render({
-      messages,
+      ...extra,
+      messages: messages as unknown as Record<string, unknown>[],
       add_generation_prompt: addGenerationPrompt,
       bos_token: this.bosToken ?? "",
       eos_token: this.eosToken ?? "",
     });
   }
 
-  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt = true): number[] {
-    return this.encode(this.renderChat(messages, addGenerationPrompt));
+  applyChatTemplate(messages: ChatMessage[], addGenerationPrompt = true, extra: Record<string, unknown> = {}): number[] {
+    return this.encode(this.renderChat(messages, addGenerationPrompt, extra));
   }
 }

@@ -13,6 +13,8 @@ import { Agent, type AgentEvents } from "./agent.js";
 
 export interface ChatRequest {
   messages: ChatMessage[];
+  /** tool definitions (OpenAI function format) for chat templates that render them */
+  tools?: Record<string, unknown>[];
   options?: Omit<GenerateOptions, "adapter">;
   /** capture facts the user states (on by default) */
   captureFacts?: boolean;
@@ -41,6 +43,24 @@ export function agentFiles(spec: string): string[] {
     .filter((f) => /\.ya?ml$/.test(f))
     .sort()
     .map((f) => path.resolve(spec, f));
+}
+
+/**
+ * Token ids of a conversation that fits the model's positions with room for the reply: the oldest
+ * turns after the system message are dropped first; the last message is always kept.
+ */
+export function fitConversation(model: LoadedModel, messages: ChatMessage[], maxTokens: number, tools?: Record<string, unknown>[]): number[] {
+  const extra = tools?.length ? { tools } : {};
+  const budget = model.config.maxPositions - maxTokens;
+  let kept = [...messages];
+  let ids = model.tokenizer.applyChatTemplate(kept, true, extra);
+  while (ids.length > budget) {
+    const first = kept.findIndex((m) => m.role !== "system");
+    if (first < 0 || first === kept.length - 1) break;
+    kept = [...kept.slice(0, first), ...kept.slice(first + 1)];
+    ids = model.tokenizer.applyChatTemplate(kept, true, extra);
+  }
+  return ids;
 }
 
 export class Runtime {
@@ -109,16 +129,18 @@ export class Runtime {
         }
       }
     }
+    const ids = fitConversation(agent.model, req.messages, req.options?.maxTokens ?? 128, req.tools);
     const lease = agent.live.acquire();
+    const it = streamGenerate(agent.model, [ids], { ...req.options, adapter: lease.adapter });
     try {
-      const ids = agent.model.tokenizer.applyChatTemplate(req.messages);
-      const it = streamGenerate(agent.model, [ids], { ...req.options, adapter: lease.adapter });
       for (;;) {
         const r = await it.next();
         if (r.done) return { result: r.value[0]!, version: lease.version, captured };
         yield { text: r.value.text, token: r.value.token };
       }
     } finally {
+      // A consumer that stops early must not leave the generation (and its KV cache) suspended.
+      await it.return([]);
       lease.release();
     }
   }

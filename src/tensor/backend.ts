@@ -1,4 +1,5 @@
-// Chooses the tensor backend once per process: tensorflow (GPU) > tensorflow (CPU) > wasm > cpu.
+// Chooses the tensor backend once per process:
+//   tensorflow (GPU) > tensorflow (CPU) > native (OpenBLAS matmuls) > wasm > cpu.
 // tfjs-node and tfjs-node-gpu are optional peers: they download libtensorflow at install time,
 // which a closed network cannot do, so kiln must run well without them.
 import { createRequire } from "node:module";
@@ -7,7 +8,7 @@ import * as tf from "@tensorflow/tfjs";
 
 export { tf };
 
-export type BackendName = "tensorflow-gpu" | "tensorflow" | "wasm" | "cpu";
+export type BackendName = "tensorflow-gpu" | "tensorflow" | "native" | "wasm" | "cpu";
 
 export interface BackendInfo {
   name: BackendName;
@@ -72,6 +73,19 @@ async function tryWasm(notes: string[]): Promise<BackendInfo | undefined> {
   }
 }
 
+async function tryNative(notes: string[]): Promise<BackendInfo | undefined> {
+  try {
+    const { registerNativeBackend } = await import("./native.js");
+    const blas = registerNativeBackend();
+    if (!(await tf.setBackend("native"))) throw new Error("setBackend('native') returned false");
+    await tf.ready();
+    return { name: "native", tfjsBackend: "native", threads: blas.getThreads(), gpu: false, notes };
+  } catch (err) {
+    notes.push(`native OpenBLAS backend unavailable: ${(err as Error).message}`);
+    return undefined;
+  }
+}
+
 async function useCpu(notes: string[]): Promise<BackendInfo> {
   await tf.setBackend("cpu");
   await tf.ready();
@@ -98,7 +112,7 @@ function shareIdentityOnWasm(): void {
   });
 }
 
-const ORDER: BackendName[] = ["tensorflow-gpu", "tensorflow", "wasm", "cpu"];
+const ORDER: BackendName[] = ["tensorflow-gpu", "tensorflow", "native", "wasm", "cpu"];
 
 /**
  * Starts the best available backend, or the one named by `preference` / KILN_BACKEND.
@@ -118,6 +132,7 @@ export async function initBackend(preference: string | undefined = process.env.K
     const info =
       name === "tensorflow-gpu" ? await tryTensorflow(true, notes)
       : name === "tensorflow" ? await tryTensorflow(false, notes)
+      : name === "native" ? await tryNative(notes)
       : name === "wasm" ? await tryWasm(notes)
       : await useCpu(notes);
     if (!info || (name === "tensorflow-gpu" && !info.gpu)) {
@@ -129,6 +144,7 @@ export async function initBackend(preference: string | undefined = process.env.K
   active =
     (await tryTensorflow(true, notes)) ??
     (await tryTensorflow(false, notes)) ??
+    (await tryNative(notes)) ??
     (await tryWasm(notes)) ??
     (await useCpu(notes));
   return active;

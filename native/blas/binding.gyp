@@ -1,0 +1,10 @@
+{
+  "targets": [
+    {
+      "target_name": "kiln_blas",
+      "sources": ["blas.c"],
+      "libraries": ["-lopenblas"],
+      "cflags": ["-O3", "-std=c11"]
+    }
+  ]
+}

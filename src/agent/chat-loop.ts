@@ -1,0 +1,171 @@
+// The agent's own chat loop, on LangChain: createAgent (from "langchain") over a KilnChatModel
+// with two tools on the agent's ledger — search_knowledge and remember_fact — and conversation
+// memory in a LangGraph checkpointer keyed by the conversation id (the graph's thread_id).
+//
+//   const agent = createKilnAgent(runtime, "tester");
+//   const reply = await agent.chat("conv-1", "What do you know about the ferry?");
+//
+// The model answers on the live weights; facts the user states are captured by Runtime.chat's
+// rules on the first model call of each turn, and the model can add facts with remember_fact.
+import { MemorySaver, type BaseCheckpointSaver } from "@langchain/langgraph";
+import { AIMessage, HumanMessage, type BaseMessage } from "@langchain/core/messages";
+import type { ToolRunnableConfig } from "@langchain/core/tools";
+import { createAgent, tool } from "langchain";
+import { z } from "zod";
+import type { Item, ItemStatus } from "../knowledge/ledger.js";
+import type { Agent } from "../runtime/agent.js";
+import type { Runtime } from "../runtime/runtime.js";
+import { KilnChatModel, type KilnChatModelFields } from "./langchain.js";
+
+const STATUSES = ["pending", "baking", "absorbed", "rejected", "retracted", "superseded"] as const satisfies readonly ItemStatus[];
+
+export interface KnowledgeHit {
+  id: string;
+  text: string;
+  status: ItemStatus;
+  /** the weights version that absorbed the item (null while it is not baked in) */
+  version: string | null;
+  kind: Item["kind"];
+  source: Item["source"];
+}
+
+/**
+ * Searches the agent's ledger: items containing the query's words (the whole phrase ranks
+ * first, then more words matched, then newer), optionally of one status; retracted items only
+ * when asked for by status. No query lists the newest items.
+ */
+export function searchKnowledge(agent: Agent, args: { query?: string; status?: ItemStatus; limit?: number }): KnowledgeHit[] {
+  const limit = args.limit ?? 5;
+  const pool = agent.ledger.items(args.status ? { status: args.status } : {}).filter((i) => args.status || i.status !== "retracted");
+  const phrase = args.query?.trim().toLowerCase() ?? "";
+  const words = [...new Set(phrase.match(/[\p{L}\p{N}]+/gu) ?? [])].filter((w) => w.length >= 3 || /\d/.test(w));
+  const scored = pool
+    .map((item) => {
+      const text = item.text.toLowerCase();
+      const score = phrase ? (text.includes(phrase) ? words.length + 1 : 0) + words.filter((w) => text.includes(w)).length : 1;
+      return { item, score };
+    })
+    .filter((s) => s.score > 0)
+    .sort((a, b) => b.score - a.score || b.item.updatedAt.localeCompare(a.item.updatedAt));
+  return scored.slice(0, limit).map(({ item }) => ({
+    id: item.id,
+    text: item.text,
+    status: item.status,
+    version: item.absorbedBy ?? null,
+    kind: item.kind,
+    source: item.source,
+  }));
+}
+
+function threadOf(config: ToolRunnableConfig | undefined): string | undefined {
+  const id = config?.configurable?.thread_id;
+  return typeof id === "string" || typeof id === "number" ? String(id) : undefined;
+}
+
+/** The two ledger tools, bound to one agent. */
+export function knowledgeTools(agent: Agent) {
+  const search = tool(
+    async (args: { query?: string; status?: ItemStatus; limit?: number }) =>
+      JSON.stringify({ live_version: agent.live.version, items: searchKnowledge(agent, args) }),
+    {
+      name: "search_knowledge",
+      description: "Search what you have read or been told (your knowledge ledger).",
+      schema: z.object({
+        query: z.string().optional().describe("words to look for"),
+        status: z.enum(STATUSES).optional().describe("only items with this status"),
+        limit: z.number().int().min(1).max(20).optional(),
+      }),
+    },
+  );
+  const remember = tool(
+    async (args: { fact: string }, config?: ToolRunnableConfig) => {
+      const conversationId = threadOf(config);
+      const r = await agent.remember(args.fact, "conversation", { ...(conversationId ? { conversationId } : {}), by: "agent" });
+      return JSON.stringify({ id: r.item.id, status: r.item.status, added: r.added });
+    },
+    {
+      name: "remember_fact",
+      description: "Save a fact to learn (baked into your weights later).",
+      schema: z.object({ fact: z.string().min(1).describe("one self-contained sentence") }),
+    },
+  );
+  return [search, remember] as const;
+}
+
+export interface KilnAgentOptions {
+  /** generation settings for the KilnChatModel (ignored when `model` is given) */
+  generation?: Omit<KilnChatModelFields, "runtime" | "agent">;
+  /** a prepared model (a subclass, other settings); it must run on the same runtime and agent */
+  model?: KilnChatModel;
+  /** kiln adds none by default: the agent's knowledge and persona are in its weights */
+  systemPrompt?: string;
+  /** where conversations are kept; an in-memory MemorySaver by default */
+  checkpointer?: BaseCheckpointSaver;
+  /** LangGraph steps per turn (each model call and each tool round is one or two) */
+  recursionLimit?: number;
+}
+
+export interface TurnResult {
+  reply: string;
+  /** the weights version the final reply came from */
+  version: string | null;
+  /** tool calls made during the turn */
+  toolCalls: { name: string; args: Record<string, unknown> }[];
+  /** the messages this turn added to the conversation */
+  messages: BaseMessage[];
+}
+
+function createGraph(model: KilnChatModel, tools: ReturnType<typeof knowledgeTools>, checkpointer: BaseCheckpointSaver, systemPrompt: string | undefined) {
+  return createAgent({ model, tools: [...tools], checkpointer, ...(systemPrompt ? { systemPrompt } : {}) });
+}
+
+export class KilnAgent {
+  readonly model: KilnChatModel;
+  readonly tools: ReturnType<typeof knowledgeTools>;
+  readonly checkpointer: BaseCheckpointSaver;
+  readonly graph: ReturnType<typeof createGraph>;
+  private readonly recursionLimit: number;
+
+  constructor(
+    readonly runtime: Runtime,
+    readonly name: string,
+    opts: KilnAgentOptions = {},
+  ) {
+    const agent = runtime.agent(name);
+    this.model = opts.model ?? new KilnChatModel({ runtime, agent: name, captureFacts: true, ...opts.generation });
+    if (this.model.runtime !== runtime || this.model.agentName !== name) throw new Error(`the model given to createKilnAgent runs on another agent than ${name}`);
+    this.tools = knowledgeTools(agent);
+    this.checkpointer = opts.checkpointer ?? new MemorySaver();
+    this.graph = createGraph(this.model, this.tools, this.checkpointer, opts.systemPrompt);
+    this.recursionLimit = opts.recursionLimit ?? 12;
+  }
+
+  /** One user turn on a conversation: runs the agent loop and returns the final reply with details. */
+  async turn(conversationId: string, text: string, opts: { signal?: AbortSignal } = {}): Promise<TurnResult> {
+    const before = (await this.history(conversationId)).length;
+    const state = await this.graph.invoke(
+      { messages: [new HumanMessage(text)] },
+      { configurable: { thread_id: conversationId }, recursionLimit: this.recursionLimit, ...(opts.signal ? { signal: opts.signal } : {}) },
+    );
+    const messages = (state.messages as BaseMessage[]).slice(before);
+    const last = [...messages].reverse().find((m) => AIMessage.isInstance(m));
+    const toolCalls = messages.flatMap((m) => (AIMessage.isInstance(m) ? (m.tool_calls ?? []).map((c) => ({ name: c.name, args: c.args })) : []));
+    const version = last?.response_metadata?.kiln_version;
+    return { reply: last?.text ?? "", version: typeof version === "string" ? version : null, toolCalls, messages };
+  }
+
+  /** One user turn: the reply text. */
+  async chat(conversationId: string, text: string, opts: { signal?: AbortSignal } = {}): Promise<string> {
+    return (await this.turn(conversationId, text, opts)).reply;
+  }
+
+  /** The conversation so far (empty for a new id). */
+  async history(conversationId: string): Promise<BaseMessage[]> {
+    const snapshot = await this.graph.graph.getState({ configurable: { thread_id: conversationId } });
+    return ((snapshot.values as { messages?: BaseMessage[] } | undefined)?.messages ?? []) as BaseMessage[];
+  }
+}
+
+export function createKilnAgent(runtime: Runtime, name: string, opts: KilnAgentOptions = {}): KilnAgent {
+  return new KilnAgent(runtime, name, opts);
+}

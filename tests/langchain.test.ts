@@ -1,0 +1,440 @@
+// LangChain on kiln: KilnChatModel against Runtime.chat on the tiny random model (same greedy
+// text, streaming, abort, version and usage), the <tool_call> format, bindTools in both prompt
+// styles, and the createAgent loop with the ledger tools and conversation memory. The random model
+// cannot call tools, so a subclass scripts the first model call of a turn; everything else — the
+// tools, the ledger, the final answers — is real.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { rmSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { awaitAllCallbacks } from "@langchain/core/callbacks/promises";
+import { AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage, type BaseMessage } from "@langchain/core/messages";
+import { tool } from "langchain";
+import { z } from "zod";
+import { initBackend, tf } from "../src/tensor/backend.js";
+import { Runtime, type ChatChunk, type ChatOutcome } from "../src/runtime/runtime.js";
+import type { ChatMessage } from "../src/model/tokenizer.js";
+import { generate } from "../src/model/generate.js";
+import { LoraAdapter } from "../src/lora/adapter.js";
+import { saveAdapter } from "../src/lora/peft.js";
+import { KilnChatModel, parseToolCalls, toToolSpec, type KilnRequest } from "../src/agent/langchain.js";
+import { createKilnAgent } from "../src/agent/chat-loop.js";
+import { writeTestAgent } from "./support/agent.js";
+
+await initBackend();
+
+/** A Qwen2.5-style template that renders tools (the fixture's ChatML template does not). */
+const TOOL_TEMPLATE = `{%- if tools %}
+{{- '<|im_start|>system\\n' }}
+{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}{%- else %}{{- 'You are a helpful assistant.' }}{%- endif %}
+{{- "\\n\\n# Tools\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}
+{%- for tool in tools %}{{- "\\n" }}{{- tool | tojson }}{%- endfor %}
+{{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}
+{%- else %}
+{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}{%- endif %}
+{%- endif %}
+{%- for message in messages %}
+{%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}
+{%- elif message.role == "assistant" %}
+{{- '<|im_start|>' + message.role }}
+{%- if message.content %}{{- '\\n' + message.content }}{%- endif %}
+{%- for tool_call in message.tool_calls %}
+{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}
+{{- '\\n<tool_call>\\n{"name": "' }}{{- tool_call.name }}{{- '", "arguments": ' }}{{- tool_call.arguments | tojson }}{{- '}\\n</tool_call>' }}
+{%- endfor %}
+{{- '<|im_end|>\\n' }}
+{%- elif message.role == "tool" %}
+{%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}{{- '<|im_start|>user' }}{%- endif %}
+{{- '\\n<tool_response>\\n' }}{{- message.content }}{{- '\\n</tool_response>' }}
+{%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}{{- '<|im_end|>\\n' }}{%- endif %}
+{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}`;
+
+async function withRuntime(fn: (runtime: Runtime, dir: string) => Promise<void>, opts: { toolTemplate?: boolean } = {}): Promise<void> {
+  const { dir, file } = writeTestAgent();
+  if (opts.toolTemplate) writeFileSync(path.join(dir, "model", "chat_template.jinja"), TOOL_TEMPLATE);
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    await fn(runtime, dir);
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+}
+
+/** Runtime.chat run to the end: the reference the LangChain model must match. */
+async function kilnChat(runtime: Runtime, messages: ChatMessage[], maxTokens: number): Promise<ChatOutcome & { chunks: string[] }> {
+  const it = runtime.chat("tester", { messages, options: { maxTokens, temperature: 0 }, captureFacts: false });
+  const chunks: string[] = [];
+  for (;;) {
+    const r = await it.next();
+    if (r.done) return { ...r.value, chunks };
+    if (r.value.text) chunks.push(r.value.text);
+  }
+}
+
+/**
+ * A KilnChatModel whose first model call of a turn can be scripted: `script` holds raw outputs
+ * (they go through the real <tool_call> parsing); when it is empty the real model answers.
+ * Every request is recorded, and so is how each real generation ended.
+ */
+class ScriptedKiln extends KilnChatModel {
+  script: string[] = [];
+  requests: KilnRequest[] = [];
+  real: { finishReason: string; tokens: number }[] = [];
+
+  protected override async *complete(req: KilnRequest): AsyncGenerator<ChatChunk, ChatOutcome> {
+    this.requests.push(req);
+    const scripted = this.script.shift();
+    if (scripted === undefined) {
+      const outcome = yield* super.complete(req);
+      this.real.push({ finishReason: outcome.result.finishReason, tokens: outcome.result.tokens.length });
+      return outcome;
+    }
+    for (let i = 0; i < scripted.length; i += 3) yield { text: scripted.slice(i, i + 3), token: 0 }; // streamed in pieces
+    const version = this.runtime.agent(this.agentName).live.version;
+    return { result: { tokens: [], text: scripted, finishReason: "stop", promptTokens: 0 }, version, captured: [] };
+  }
+}
+
+async function waitFor(cond: () => boolean, ms = 5000): Promise<void> {
+  const until = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > until) throw new Error("timed out waiting");
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+function plainMessages(req: KilnRequest): ChatMessage[] {
+  assert.equal(req.prompt.tools, undefined, "no native tools: the plain protocol");
+  return req.prompt.messages;
+}
+
+const weatherTool = tool(async ({ city }: { city: string }) => `sunny in ${city}`, {
+  name: "get_weather",
+  description: "Weather for a city.",
+  schema: z.object({ city: z.string() }),
+});
+
+// --- (a) the chat model against Runtime.chat ---
+
+test("invoke and stream give Runtime.chat's greedy text with version, finish reason and usage", async () => {
+  await withRuntime(async (runtime, dir) => {
+    const messages: ChatMessage[] = [
+      { role: "system", content: "Be brief." },
+      { role: "user", content: "hello" },
+    ];
+    const lc = [new SystemMessage("Be brief."), new HumanMessage("hello")];
+    const ref = await kilnChat(runtime, messages, 24);
+    assert.ok(ref.result.text.length > 0 && ref.chunks.length > 1, "the reference reply must be non-empty and streamed in pieces");
+
+    const model = new KilnChatModel({ runtime, agent: "tester", maxTokens: 24 });
+    const tokens: string[] = [];
+    const reply = await model.invoke(lc, { callbacks: [{ handleLLMNewToken: (t: string) => void tokens.push(t) }] });
+    assert.equal(reply.content, ref.result.text);
+    assert.equal(reply.response_metadata.kiln_version, null);
+    assert.ok("kiln_version" in reply.response_metadata);
+    assert.equal(reply.response_metadata.finish_reason, ref.result.finishReason);
+    assert.deepEqual(
+      { input: reply.usage_metadata?.input_tokens, output: reply.usage_metadata?.output_tokens, total: reply.usage_metadata?.total_tokens },
+      { input: ref.result.promptTokens, output: ref.result.tokens.length, total: ref.result.promptTokens + ref.result.tokens.length },
+    );
+    assert.deepEqual(reply.tool_calls, []);
+
+    const streamed: string[] = [];
+    let merged: AIMessageChunk | undefined;
+    for await (const chunk of await model.stream(lc)) {
+      if (typeof chunk.content === "string" && chunk.content) streamed.push(chunk.content);
+      merged = merged ? merged.concat(chunk) : chunk;
+    }
+    assert.ok(streamed.length > 1, "the reply arrives in more than one chunk");
+    assert.equal(streamed.join(""), ref.result.text);
+    assert.equal(merged!.response_metadata.kiln_version, null);
+    assert.equal(merged!.usage_metadata?.output_tokens, ref.result.tokens.length);
+    await awaitAllCallbacks(); // callbacks run in the background
+    assert.equal(tokens.join(""), ref.result.text, "handleLLMNewToken saw the reply");
+
+    // On a promoted version the reply comes from that adapter and names it.
+    const agent = runtime.agent("tester");
+    const settings = { r: 4, alpha: 8, dropout: 0, useRslora: false, targetModules: ["q_proj", "v_proj", "down_proj"] as ("q_proj" | "v_proj" | "down_proj")[] };
+    const adapter = LoraAdapter.create(agent.model.config, settings, agent.live.fingerprint, 7);
+    for (const { B } of adapter.modules.values()) B.assign(tf.randomNormal(B.shape, 0, 0.3, "float32", 700));
+    saveAdapter(path.join(dir, "v0001"), adapter, agent.model.dir);
+    adapter.dispose();
+    agent.live.swapTo("v0001", path.join(dir, "v0001"));
+    const refV1 = await kilnChat(runtime, messages, 24);
+    assert.equal(refV1.version, "v0001");
+    assert.notEqual(refV1.result.text, ref.result.text, "the adapter must change the reply for this check to mean anything");
+    const onV1 = await model.invoke(lc);
+    assert.equal(onV1.content, refV1.result.text);
+    assert.equal(onV1.response_metadata.kiln_version, "v0001");
+  });
+});
+
+test("an AbortSignal stops generation for invoke and stream", async () => {
+  await withRuntime(async (runtime) => {
+    const ref = await kilnChat(runtime, [{ role: "user", content: "hello" }], 64);
+    assert.equal(ref.result.finishReason, "length", "unaborted, the reply runs to maxTokens");
+
+    const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 64 });
+    const ac = new AbortController();
+    let seen = 0;
+    await assert.rejects(
+      model.invoke("hello", {
+        signal: ac.signal,
+        callbacks: [
+          {
+            handleLLMNewToken: () => {
+              if (++seen === 3) ac.abort();
+            },
+          },
+        ],
+      }),
+      (err: Error) => /abort/i.test(`${err.name} ${err.message}`),
+    );
+    await waitFor(() => model.real.length === 1);
+    assert.equal(model.real[0]!.finishReason, "abort", "Runtime.chat itself stopped");
+    assert.ok(model.real[0]!.tokens < 64, `stopped after ${model.real[0]!.tokens} tokens`);
+
+    const ac2 = new AbortController();
+    let chunks = 0;
+    await assert.rejects(async () => {
+      for await (const _ of await model.stream("hello", { signal: ac2.signal })) {
+        if (++chunks === 2) ac2.abort();
+      }
+    }, (err: Error) => /abort/i.test(`${err.name} ${err.message}`));
+    // stream() throws at once and never resumes the generator; generation still ends on its own.
+    await waitFor(() => model.real.length === 2);
+    assert.equal(model.real[1]!.finishReason, "abort");
+    assert.ok(model.real[1]!.tokens < 64, `stopped after ${model.real[1]!.tokens} tokens`);
+
+    // Already aborted: nothing is generated.
+    const ac3 = new AbortController();
+    ac3.abort();
+    await assert.rejects(model.invoke("hello", { signal: ac3.signal }));
+    assert.equal(model.requests.length, 2, "no generation was started");
+  });
+});
+
+// --- (b) the <tool_call> format ---
+
+test("parseToolCalls: valid, multiple, malformed and mixed blocks", () => {
+  const one = parseToolCalls('Let me look.\n<tool_call>{"name": "search_knowledge", "arguments": {"query": "ferry"}}</tool_call>');
+  assert.equal(one.content, "Let me look.");
+  assert.equal(one.toolCalls.length, 1);
+  assert.equal(one.toolCalls[0]!.name, "search_knowledge");
+  assert.deepEqual(one.toolCalls[0]!.args, { query: "ferry" });
+  assert.match(one.toolCalls[0]!.id!, /^call_[0-9a-f]{24}$/);
+
+  const two = parseToolCalls('<tool_call>\n{"name": "a", "arguments": {"x": 1}}\n</tool_call>\n<tool_call>{"name": "b", "arguments": "{\\"y\\": [2]}"}</tool_call>');
+  assert.equal(two.content, "");
+  assert.deepEqual(two.toolCalls.map((c) => [c.name, c.args]), [["a", { x: 1 }], ["b", { y: [2] }]]);
+  assert.notEqual(two.toolCalls[0]!.id, two.toolCalls[1]!.id);
+
+  for (const bad of [
+    '<tool_call>{"name": "a", "arguments": {</tool_call>',
+    '<tool_call>{"arguments": {"x": 1}}</tool_call>',
+    '<tool_call>{"name": "a", "arguments": [1]}</tool_call>',
+    "<tool_call>not json</tool_call> trailing",
+    "plain text with no calls",
+  ]) {
+    assert.deepEqual(parseToolCalls(bad), { content: bad, toolCalls: [] }, bad);
+  }
+
+  const mixed = parseToolCalls('<tool_call>{"name": "a"}</tool_call> then <tool_call>{oops}</tool_call>');
+  assert.deepEqual(mixed.toolCalls.map((c) => [c.name, c.args]), [["a", {}]]);
+  assert.equal(mixed.content, "then <tool_call>{oops}</tool_call>");
+
+  const unclosed = parseToolCalls('<tool_call>{"name": "a", "arguments": {"q": "x"}}');
+  assert.deepEqual(unclosed.toolCalls.map((c) => c.args), [{ q: "x" }]);
+});
+
+test("bound tools: the plain-text protocol for a template without tools; calls parsed in invoke and stream", async () => {
+  await withRuntime(async (runtime) => {
+    const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 8 });
+    assert.equal(model.supportsNativeTools, false);
+    const bound = model.bindTools([weatherTool]);
+    const call = 'Checking.\n<tool_call>{"name": "get_weather", "arguments": {"city": "Quillport"}}</tool_call>';
+
+    model.script = [call];
+    const reply = (await bound.invoke([new SystemMessage("Be brief."), new HumanMessage("weather?")])) as AIMessage;
+    assert.equal(reply.content, "Checking.");
+    assert.deepEqual(reply.tool_calls?.map((c) => [c.name, c.args]), [["get_weather", { city: "Quillport" }]]);
+    assert.equal(reply.response_metadata.finish_reason, "tool_calls");
+    const sent = plainMessages(model.requests[0]!);
+    assert.equal(sent[0]!.role, "system");
+    assert.ok(sent[0]!.content.startsWith("Be brief.\n\n# Tools"), "the protocol follows the caller's system prompt");
+    assert.ok(sent[0]!.content.includes('"name":"get_weather"') && sent[0]!.content.includes('"city":{"type":"string"}'));
+    assert.ok(sent[0]!.content.includes("<tool_call>"));
+
+    model.script = [call];
+    const pieces: string[] = [];
+    let merged: AIMessageChunk | undefined;
+    for await (const chunk of await bound.stream([new HumanMessage("weather?")])) {
+      pieces.push(chunk.content as string);
+      merged = merged ? merged.concat(chunk) : chunk;
+    }
+    assert.ok(!pieces.join("").includes("<tool"), "no tool-call markup is streamed");
+    assert.equal(merged!.content, "Checking.");
+    assert.deepEqual(merged!.tool_calls?.map((c) => [c.name, c.args]), [["get_weather", { city: "Quillport" }]]);
+
+    // Malformed: plain text, streamed in full.
+    const bad = 'Checking.\n<tool_call>{"name": "get_weather", "arguments": {"city": </tool_call>';
+    model.script = [bad];
+    const badReply = (await bound.invoke("weather?")) as AIMessage;
+    assert.equal(badReply.content, bad);
+    assert.deepEqual(badReply.tool_calls, []);
+    model.script = [bad];
+    let badStream = "";
+    for await (const chunk of await bound.stream("weather?")) badStream += chunk.content as string;
+    assert.equal(badStream, bad);
+
+    // Without bound tools the same text is just text.
+    model.script = [call];
+    const unbound = await model.invoke("weather?");
+    assert.equal(unbound.content, call);
+    assert.deepEqual(unbound.tool_calls, []);
+
+    // A conversation with a tool round: the call is replayed as a block, the result as a user turn,
+    // and the real model answers exactly as Runtime.chat does on those messages.
+    const history: BaseMessage[] = [
+      new HumanMessage("weather?"),
+      new AIMessage({ content: "", tool_calls: [{ id: "call_1", name: "get_weather", args: { city: "Quillport" } }] }),
+      new ToolMessage({ content: "sunny in Quillport", tool_call_id: "call_1", name: "get_weather" }),
+    ];
+    const answer = await bound.invoke(history);
+    const last = model.requests.at(-1)!;
+    const msgs = plainMessages(last);
+    assert.deepEqual(msgs.slice(1), [
+      { role: "user", content: "weather?" },
+      { role: "assistant", content: '<tool_call>{"name":"get_weather","arguments":{"city":"Quillport"}}</tool_call>' },
+      { role: "user", content: '<tool_response>\n{"name":"get_weather","content":"sunny in Quillport"}\n</tool_response>' },
+    ]);
+    const ref = await kilnChat(runtime, msgs, 8);
+    assert.equal(answer.content, ref.result.text);
+  });
+});
+
+test("bound tools: a template that renders tools gets them natively", async () => {
+  await withRuntime(
+    async (runtime) => {
+      const model = new KilnChatModel({ runtime, agent: "tester", maxTokens: 8 });
+      assert.equal(model.supportsNativeTools, true);
+      const spec = toToolSpec(weatherTool);
+      assert.equal(spec.type, "function");
+      assert.equal(spec.function.name, "get_weather");
+      const history: BaseMessage[] = [
+        new HumanMessage("weather?"),
+        new AIMessage({ content: "", tool_calls: [{ id: "call_1", name: "get_weather", args: { city: "Quillport" } }] }),
+        new ToolMessage({ content: "sunny in Quillport", tool_call_id: "call_1", name: "get_weather" }),
+      ];
+      const prompt = model.renderPrompt(history, [spec]);
+      assert.ok(prompt.startsWith("<|im_start|>system\nYou are a helpful assistant.\n\n# Tools"), prompt.slice(0, 80));
+      assert.ok(
+        prompt.includes('<tools>\n{"type": "function", "function": {"name": "get_weather", "description": "Weather for a city.", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}'),
+        "the spec is rendered by the template's tojson",
+      );
+      assert.ok(prompt.includes('<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Quillport"}}\n</tool_call><|im_end|>'));
+      assert.ok(prompt.includes("<|im_start|>user\n<tool_response>\nsunny in Quillport\n</tool_response><|im_end|>"));
+      assert.ok(prompt.endsWith("<|im_start|>assistant\n"));
+      // Without tools the template's plain branch (the same one Runtime.chat uses) renders.
+      assert.equal(model.renderPrompt([new HumanMessage("hi")]), runtime.agent("tester").model.tokenizer.renderChat([{ role: "user", content: "hi" }]));
+
+      // The reply is generated on exactly that prompt.
+      const answer = await model.bindTools([weatherTool]).invoke(history);
+      const m = runtime.agent("tester").model;
+      const [ref] = await generate(m, [m.tokenizer.encode(prompt)], { maxTokens: 8, temperature: 0 });
+      assert.equal(answer.content, ref!.text);
+      assert.equal(answer.usage_metadata?.input_tokens, ref!.promptTokens);
+      assert.equal(answer.response_metadata.kiln_version, null);
+    },
+    { toolTemplate: true },
+  );
+});
+
+// --- (c) the agent loop ---
+
+const LIGHTHOUSE = "The lighthouse keeper is Mira Tolle.";
+const FEE = "The harbor fee is nine coins.";
+
+test("createAgent loop: tools run on the real ledger, the real model answers, memory is per thread", async () => {
+  await withRuntime(async (runtime) => {
+    const agent = runtime.agent("tester");
+    await agent.remember(LIGHTHOUSE);
+    await agent.remember("Dunmore mills closed.");
+    const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 8, captureFacts: true });
+    const kiln = createKilnAgent(runtime, "tester", { model });
+
+    // Turn 1: a scripted search, then the real model's answer.
+    model.script = ['<tool_call>{"name": "search_knowledge", "arguments": {"query": "lighthouse keeper"}}</tool_call>'];
+    const t1 = await kiln.turn("harbor-1", "Who keeps the lighthouse?");
+    assert.deepEqual(t1.toolCalls, [{ name: "search_knowledge", args: { query: "lighthouse keeper" } }]);
+    assert.deepEqual(t1.messages.map((m) => m.getType()), ["human", "ai", "tool", "ai"]);
+    const found = JSON.parse(t1.messages[2]!.text) as { live_version: string | null; items: { text: string; status: string; version: string | null }[] };
+    assert.deepEqual(found.items.map((i) => [i.text, i.status, i.version]), [[LIGHTHOUSE, "pending", null]], "only the matching item");
+    assert.equal(found.live_version, null);
+    assert.equal(model.requests.length, 2);
+    const answerInput = plainMessages(model.requests[1]!);
+    assert.ok(answerInput.at(-1)!.content.includes(LIGHTHOUSE), "the tool result reached the model");
+    const ref1 = await kilnChat(runtime, answerInput, 8);
+    assert.equal(t1.reply, ref1.result.text, "the final answer is the real model's");
+    assert.equal(t1.version, null);
+
+    // Turn 2 on the same thread: the model's input holds turn 1; remember_fact adds a pending item.
+    model.script = [`<tool_call>{"name": "remember_fact", "arguments": {"fact": "${FEE}"}}</tool_call>`];
+    const t2 = await kiln.turn("harbor-1", "The fee is nine coins, keep that.");
+    const turn2Input = plainMessages(model.requests[2]!);
+    assert.deepEqual(turn2Input.slice(1).map((m) => m.content), [
+      "Who keeps the lighthouse?",
+      '<tool_call>{"name":"search_knowledge","arguments":{"query":"lighthouse keeper"}}</tool_call>',
+      answerInput.at(-1)!.content,
+      t1.reply,
+      "The fee is nine coins, keep that.",
+    ]);
+    const saved = agent.ledger.items({ text: "harbor fee" });
+    assert.equal(saved.length, 1);
+    assert.equal(saved[0]!.text, FEE);
+    assert.equal(saved[0]!.status, "pending");
+    assert.equal(saved[0]!.kind, "conversation");
+    assert.deepEqual(saved[0]!.source, { conversationId: "harbor-1", by: "agent" });
+    assert.deepEqual(JSON.parse(t2.messages[2]!.text), { id: saved[0]!.id, status: "pending", added: true });
+    const ref2 = await kilnChat(runtime, plainMessages(model.requests[3]!), 8);
+    assert.equal(t2.reply, ref2.result.text);
+    assert.equal((await kiln.history("harbor-1")).length, 8);
+
+    // Another thread starts empty; the real model answers and the user's fact is captured there.
+    const reply = await kiln.chat("harbor-2", "My name is Ada.");
+    const fresh = plainMessages(model.requests[4]!);
+    assert.deepEqual(fresh.map((m) => m.role), ["system", "user"]);
+    assert.equal(fresh[1]!.content, "My name is Ada.");
+    assert.equal(reply, (await kilnChat(runtime, fresh, 8)).result.text);
+    const ada = agent.ledger.items({ text: "Ada" });
+    assert.deepEqual(ada.map((i) => [i.text, i.status, i.source.conversationId]), [["The user's name is Ada.", "pending", "harbor-2"]]);
+    assert.equal((await kiln.history("harbor-1")).length, 8, "the other thread is untouched");
+  });
+});
+
+test("createAgent loop with a tool-rendering template: native tool prompt, real answer", async () => {
+  await withRuntime(
+    async (runtime) => {
+      await runtime.agent("tester").remember(LIGHTHOUSE);
+      const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 8 });
+      const kiln = createKilnAgent(runtime, "tester", { model });
+      model.script = ['<tool_call>\n{"name": "search_knowledge", "arguments": {"query": "lighthouse"}}\n</tool_call>'];
+      const t = await kiln.turn("t", "Who keeps the lighthouse?");
+      assert.deepEqual(t.toolCalls, [{ name: "search_knowledge", args: { query: "lighthouse" } }]);
+      const req = model.requests[1]!;
+      assert.ok(req.prompt.tools?.length, "native tools go to the template");
+      const m0 = runtime.agent("tester").model;
+      const text = m0.tokenizer.renderChat(req.prompt.messages, true, { tools: req.prompt.tools });
+      assert.ok(text.includes("<tools>\n") && text.includes('"name": "search_knowledge"') && text.includes('"name": "remember_fact"'));
+      assert.ok(text.includes("<tool_response>\n") && text.includes(LIGHTHOUSE));
+      const m = runtime.agent("tester").model;
+      const [ref] = await generate(m, [m.tokenizer.encode(text)], { maxTokens: 8, temperature: 0 });
+      assert.equal(t.reply, ref!.text);
+    },
+    { toolTemplate: true },
+  );
+});

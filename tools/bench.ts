@@ -191,7 +191,7 @@ for (const shape of SHAPES) {
   for (const [metric, kv, tv, higherIsBetter] of rows) {
     console.log(`| ${shape.name} | ${(k.parameters / 1e6).toFixed(1)}M | ${metric} | ${fmt(kv)} | ${fmt(tv)} | ${higherIsBetter ? ratio(kv, tv) : ratio(tv, kv)} speed |`);
   }
-  if (!k.fastBackward) console.log(`<!-- ${shape.name}: too large for the transposed training copies on wasm's 4 GB heap; slow backward path -->`);
+  if (!k.fastBackward && info.name === "wasm") console.log(`<!-- ${shape.name}: too large for the transposed training copies on wasm's 4 GB heap; slow backward path -->`);
   if (t.error) console.log(`\nPyTorch: ${t.error}`);
   else console.log(`<!-- torch ${t.torch}, BLAS ${t.blas}, ${t.threads} threads -->`);
 }

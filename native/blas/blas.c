@@ -2,6 +2,7 @@
 // The JS side (src/tensor/native.ts) registers it as the matMul kernel of kiln's "native"
 // backend; everything else runs in tfjs's cpu backend.
 #include <cblas.h>
+#include <math.h>
 #include <node_api.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -72,6 +73,192 @@ static napi_value sgemm(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// --- elementwise with broadcasting, softmax and transpose: tfjs's JavaScript versions of these
+// took more time than the matmuls themselves. Shapes arrive as arrays of at most MAX_RANK dims.
+
+#define MAX_RANK 8
+
+static int read_shape(napi_env env, napi_value v, int64_t* dims) {
+  uint32_t n;
+  if (napi_get_array_length(env, v, &n) != napi_ok || n > MAX_RANK) return -1;
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value e;
+    if (napi_get_element(env, v, i, &e) != napi_ok || napi_get_value_int64(env, e, &dims[i]) != napi_ok) return -1;
+  }
+  return (int)n;
+}
+
+static int64_t numel(const int64_t* dims, int rank) {
+  int64_t n = 1;
+  for (int i = 0; i < rank; i++) n *= dims[i];
+  return n;
+}
+
+// binary(op, a, aShape, b, bShape, out, outShape): op 0 add, 1 sub, 2 mul, 3 div.
+// aShape and bShape are already right-aligned to outShape's rank (1s where broadcast).
+static napi_value binary(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t op;
+  CHECK(napi_get_value_int32(env, argv[0], &op));
+  size_t la, lb, lo;
+  float* a = float_array(env, argv[1], &la);
+  if (!a) return NULL;
+  float* b = float_array(env, argv[3], &lb);
+  if (!b) return NULL;
+  float* out = float_array(env, argv[5], &lo);
+  if (!out) return NULL;
+  int64_t as[MAX_RANK], bs[MAX_RANK], os[MAX_RANK];
+  int ra = read_shape(env, argv[2], as), rb = read_shape(env, argv[4], bs), ro = read_shape(env, argv[6], os);
+  if (ra != ro || rb != ro || ro < 1 || (size_t)numel(as, ra) != la || (size_t)numel(bs, rb) != lb || (size_t)numel(os, ro) != lo) {
+    napi_throw_range_error(env, NULL, "kiln_blas.binary: shapes do not fit the arrays");
+    return NULL;
+  }
+  // Strides, 0 along broadcast dimensions.
+  int64_t sa[MAX_RANK], sb[MAX_RANK];
+  int64_t ka = 1, kb = 1;
+  for (int i = ro - 1; i >= 0; i--) {
+    sa[i] = as[i] == 1 ? 0 : ka;
+    sb[i] = bs[i] == 1 ? 0 : kb;
+    ka *= as[i];
+    kb *= bs[i];
+  }
+  const int64_t inner = os[ro - 1];
+  const int64_t ia = sa[ro - 1], ib = sb[ro - 1];
+  const int64_t rows = (int64_t)lo / (inner ? inner : 1);
+  int64_t idx[MAX_RANK] = {0};
+  for (int64_t r = 0; r < rows; r++) {
+    int64_t oa = 0, ob = 0;
+    for (int d = 0; d < ro - 1; d++) {
+      oa += idx[d] * sa[d];
+      ob += idx[d] * sb[d];
+    }
+    float* o = out + r * inner;
+    const float* pa = a + oa;
+    const float* pb = b + ob;
+    switch (op) {
+      case 0: for (int64_t j = 0; j < inner; j++) o[j] = pa[j * ia] + pb[j * ib]; break;
+      case 1: for (int64_t j = 0; j < inner; j++) o[j] = pa[j * ia] - pb[j * ib]; break;
+      case 2: for (int64_t j = 0; j < inner; j++) o[j] = pa[j * ia] * pb[j * ib]; break;
+      default: for (int64_t j = 0; j < inner; j++) o[j] = pa[j * ia] / pb[j * ib]; break;
+    }
+    for (int d = ro - 2; d >= 0; d--) {
+      if (++idx[d] < os[d]) break;
+      idx[d] = 0;
+    }
+  }
+  return NULL;
+}
+
+// softmax(x, out, rows, cols): over the last axis, max-subtracted.
+static napi_value softmax(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  size_t lx, lo;
+  float* x = float_array(env, argv[0], &lx);
+  if (!x) return NULL;
+  float* out = float_array(env, argv[1], &lo);
+  if (!out) return NULL;
+  int64_t rows, cols;
+  CHECK(napi_get_value_int64(env, argv[2], &rows));
+  CHECK(napi_get_value_int64(env, argv[3], &cols));
+  if (rows * cols != (int64_t)lx || lx != lo) {
+    napi_throw_range_error(env, NULL, "kiln_blas.softmax: shapes do not fit the arrays");
+    return NULL;
+  }
+  for (int64_t r = 0; r < rows; r++) {
+    const float* in = x + r * cols;
+    float* o = out + r * cols;
+    float m = in[0];
+    for (int64_t j = 1; j < cols; j++) m = in[j] > m ? in[j] : m;
+    double sum = 0;
+    for (int64_t j = 0; j < cols; j++) {
+      o[j] = expf(in[j] - m);
+      sum += o[j];
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int64_t j = 0; j < cols; j++) o[j] *= inv;
+  }
+  return NULL;
+}
+
+// transpose(x, shape, perm, out): out's dimension i is x's dimension perm[i].
+static napi_value transpose(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  size_t lx, lo;
+  float* x = float_array(env, argv[0], &lx);
+  if (!x) return NULL;
+  float* out = float_array(env, argv[3], &lo);
+  if (!out) return NULL;
+  int64_t shape[MAX_RANK], perm[MAX_RANK];
+  int rank = read_shape(env, argv[1], shape);
+  int rp = read_shape(env, argv[2], perm);
+  if (rank < 1 || rp != rank || (size_t)numel(shape, rank) != lx || lx != lo) {
+    napi_throw_range_error(env, NULL, "kiln_blas.transpose: shapes do not fit the arrays");
+    return NULL;
+  }
+  int64_t inStride[MAX_RANK], outShape[MAX_RANK], stride[MAX_RANK];
+  int64_t k = 1;
+  for (int i = rank - 1; i >= 0; i--) {
+    inStride[i] = k;
+    k *= shape[i];
+  }
+  for (int i = 0; i < rank; i++) {
+    if (perm[i] < 0 || perm[i] >= rank) {
+      napi_throw_range_error(env, NULL, "kiln_blas.transpose: bad permutation");
+      return NULL;
+    }
+    outShape[i] = shape[perm[i]];
+    stride[i] = inStride[perm[i]];
+  }
+  const int64_t inner = outShape[rank - 1], is = stride[rank - 1];
+  const int64_t rows = (int64_t)lo / (inner ? inner : 1);
+  int64_t idx[MAX_RANK] = {0};
+  for (int64_t r = 0; r < rows; r++) {
+    int64_t off = 0;
+    for (int d = 0; d < rank - 1; d++) off += idx[d] * stride[d];
+    float* o = out + r * inner;
+    const float* p = x + off;
+    for (int64_t j = 0; j < inner; j++) o[j] = p[j * is];
+    for (int d = rank - 2; d >= 0; d--) {
+      if (++idx[d] < outShape[d]) break;
+      idx[d] = 0;
+    }
+  }
+  return NULL;
+}
+
+// unary(op, x, out): 0 exp, 1 log, 2 neg, 3 sigmoid, 4 rsqrt, 5 square.
+static napi_value unary(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t op;
+  CHECK(napi_get_value_int32(env, argv[0], &op));
+  size_t lx, lo;
+  float* x = float_array(env, argv[1], &lx);
+  if (!x) return NULL;
+  float* o = float_array(env, argv[2], &lo);
+  if (!o) return NULL;
+  if (lx != lo) {
+    napi_throw_range_error(env, NULL, "kiln_blas.unary: arrays differ in length");
+    return NULL;
+  }
+  switch (op) {
+    case 0: for (size_t i = 0; i < lx; i++) o[i] = expf(x[i]); break;
+    case 1: for (size_t i = 0; i < lx; i++) o[i] = logf(x[i]); break;
+    case 2: for (size_t i = 0; i < lx; i++) o[i] = -x[i]; break;
+    case 3: for (size_t i = 0; i < lx; i++) o[i] = 1.0f / (1.0f + expf(-x[i])); break;
+    case 4: for (size_t i = 0; i < lx; i++) o[i] = 1.0f / sqrtf(x[i]); break;
+    default: for (size_t i = 0; i < lx; i++) o[i] = x[i] * x[i]; break;
+  }
+  return NULL;
+}
+
 static napi_value set_threads(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -100,6 +287,10 @@ static napi_value init(napi_env env, napi_value exports) {
       {"setThreads", NULL, set_threads, NULL, NULL, NULL, napi_default, NULL},
       {"getThreads", NULL, get_threads, NULL, NULL, NULL, napi_default, NULL},
       {"config", NULL, config, NULL, NULL, NULL, napi_default, NULL},
+      {"binary", NULL, binary, NULL, NULL, NULL, napi_default, NULL},
+      {"softmax", NULL, softmax, NULL, NULL, NULL, napi_default, NULL},
+      {"transpose", NULL, transpose, NULL, NULL, NULL, napi_default, NULL},
+      {"unary", NULL, unary, NULL, NULL, NULL, napi_default, NULL},
   };
   if (napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props) != napi_ok) return NULL;
   return exports;

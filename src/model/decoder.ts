@@ -167,6 +167,8 @@ export class Decoder {
 
   dispose(): void {
     for (const t of [...this.weights.values(), ...(this.transposed?.values() ?? [])]) t.dispose();
+    this.rotation?.dispose();
+    this.rotation = undefined;
     this.weights.clear();
     this.transposed = undefined;
   }
@@ -225,12 +227,32 @@ export class Decoder {
     return { cos: tf.tensor4d(cos, [B, T, 1, hd]), sin: tf.tensor4d(sin, [B, T, 1, hd]) };
   }
 
-  /** x: [B, T, heads, headDim]; x*cos + rotate_half(x)*sin, rotate_half(x) = [-x2, x1] */
+  /**
+   * x: [B, T, heads, headDim]; x*cos + rotate_half(x)*sin, rotate_half(x) = [-x2, x1].
+   * rotate_half is a signed permutation, applied as a matmul with a constant [hd, hd] matrix:
+   * one fast kernel instead of split + neg + concat, which were slow on the CPU backends.
+   */
   private applyRope(x: tf.Tensor4D, cos: tf.Tensor4D, sin: tf.Tensor4D): tf.Tensor4D {
-    const half = this.config.headDim / 2;
-    const [x1, x2] = tf.split(x, [half, half], 3);
-    const rotated = tf.concat([tf.neg(x2!), x1!], 3);
+    const [B, T, H, hd] = x.shape;
+    const rotated = tf.matMul(x.reshape([B * T * H, hd]) as tf.Tensor2D, this.rotateHalf()).reshape([B, T, H, hd]); // [B, T, heads, hd]
     return tf.add(tf.mul(x, cos), tf.mul(rotated, sin));
+  }
+
+  private rotation: tf.Tensor2D | undefined;
+
+  /** R with (x @ R) = [-x2, x1]: R[i + half][i] = -1, R[i][i + half] = 1. */
+  private rotateHalf(): tf.Tensor2D {
+    if (!this.rotation) {
+      const hd = this.config.headDim;
+      const half = hd / 2;
+      const r = new Float32Array(hd * hd);
+      for (let i = 0; i < half; i++) {
+        r[(i + half) * hd + i] = -1;
+        r[i * hd + i + half] = 1;
+      }
+      this.rotation = tf.keep(tf.tensor2d(r, [hd, hd]));
+    }
+    return this.rotation;
   }
 
   /**

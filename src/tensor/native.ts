@@ -14,6 +14,10 @@ interface BlasAddon {
   setThreads(n: number): void;
   getThreads(): number;
   config(): string;
+  binary(op: number, a: Float32Array, aShape: number[], b: Float32Array, bShape: number[], out: Float32Array, outShape: number[]): void;
+  softmax(x: Float32Array, out: Float32Array, rows: number, cols: number): void;
+  transpose(x: Float32Array, shape: number[], perm: number[], out: Float32Array): void;
+  unary(op: number, x: Float32Array, out: Float32Array): void;
 }
 
 const ADDON = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "native", "blas", "build", "Release", "kiln_blas.node");
@@ -71,6 +75,162 @@ function makeBatchMatMul(blas: BlasAddon, fallback: tf.KernelFunc): tf.KernelFun
   };
 }
 
+function float32(backend: CpuBackend, t: tf.TensorInfo): Float32Array | undefined {
+  const v = backend.data.get(t.dataId).values;
+  return t.dtype === "float32" && v instanceof Float32Array ? v : undefined;
+}
+
+/** Add, Sub, Multiply, RealDiv on float32 with numpy broadcasting (rank <= 8). */
+function makeBinary(blas: BlasAddon, op: number, fallback: tf.KernelFunc): tf.KernelFunc {
+  return (args) => {
+    const { a, b } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
+    const backend = args.backend as CpuBackend;
+    const av = float32(backend, a);
+    const bv = float32(backend, b);
+    const rank = Math.max(a.shape.length, b.shape.length, 1);
+    if (!av || !bv || rank > 8) return fallback(args);
+    const align = (s: number[]) => [...Array(rank - s.length).fill(1), ...s];
+    const as = align(a.shape);
+    const bs = align(b.shape);
+    const out: number[] = [];
+    for (let i = 0; i < rank; i++) {
+      if (as[i] !== bs[i] && as[i] !== 1 && bs[i] !== 1) return fallback(args); // let tfjs say why
+      out.push(as[i] === 1 ? bs[i]! : as[i]!);
+    }
+    const values = new Float32Array(product(out));
+    if (values.length) blas.binary(op, av, as, bv, bs, values, out);
+    // Scalars stay scalars: the output has the larger input's rank, not the padded one.
+    return backend.makeTensorInfo(out.slice(rank - Math.max(a.shape.length, b.shape.length)), "float32", values);
+  };
+}
+
+function makeSoftmax(blas: BlasAddon, fallback: tf.KernelFunc): tf.KernelFunc {
+  return (args) => {
+    const { logits } = args.inputs as { logits: tf.TensorInfo };
+    const { dim } = args.attrs as { dim: number };
+    const backend = args.backend as CpuBackend;
+    const x = float32(backend, logits);
+    const rank = logits.shape.length;
+    if (!x || rank === 0 || (dim !== -1 && dim !== rank - 1)) return fallback(args);
+    const cols = logits.shape[rank - 1]!;
+    const out = new Float32Array(x.length);
+    if (out.length) blas.softmax(x, out, x.length / cols, cols);
+    return backend.makeTensorInfo(logits.shape, "float32", out);
+  };
+}
+
+function makeTranspose(blas: BlasAddon, fallback: tf.KernelFunc): tf.KernelFunc {
+  return (args) => {
+    const { x } = args.inputs as { x: tf.TensorInfo };
+    const { perm } = args.attrs as { perm: number[] };
+    const backend = args.backend as CpuBackend;
+    const v = float32(backend, x);
+    if (!v || x.shape.length === 0 || x.shape.length > 8) return fallback(args);
+    const out = new Float32Array(v.length);
+    if (out.length) blas.transpose(v, x.shape, perm, out);
+    return backend.makeTensorInfo(perm.map((p) => x.shape[p]!), "float32", out);
+  };
+}
+
+/** Embedding lookups (rows of a matrix) as plain row copies; other gathers go to tfjs. */
+function makeGather(fallback: tf.KernelFunc): tf.KernelFunc {
+  return (args) => {
+    const { x, indices } = args.inputs as { x: tf.TensorInfo; indices: tf.TensorInfo };
+    const { axis, batchDims } = args.attrs as { axis: number; batchDims: number };
+    const backend = args.backend as CpuBackend;
+    const v = float32(backend, x);
+    const ids = backend.data.get(indices.dataId).values;
+    if (!v || x.shape.length !== 2 || axis !== 0 || batchDims !== 0 || !(ids instanceof Int32Array)) return fallback(args);
+    const [rows, cols] = x.shape as [number, number];
+    const out = new Float32Array(ids.length * cols);
+    for (let i = 0; i < ids.length; i++) {
+      const r = ids[i]!;
+      if (r < 0 || r >= rows) return fallback(args); // tfjs reports the bad index
+      out.set(v.subarray(r * cols, (r + 1) * cols), i * cols);
+    }
+    return backend.makeTensorInfo([...indices.shape, cols], "float32", out);
+  };
+}
+
+function makeUnary(blas: BlasAddon, op: number, fallback: tf.KernelFunc): tf.KernelFunc {
+  return (args) => {
+    const { x } = args.inputs as { x: tf.TensorInfo };
+    const backend = args.backend as CpuBackend;
+    const v = float32(backend, x);
+    if (!v) return fallback(args);
+    const out = new Float32Array(v.length);
+    blas.unary(op, v, out);
+    return backend.makeTensorInfo(x.shape, "float32", out);
+  };
+}
+
+/**
+ * Copies the box [begin, begin + size) of x (row-major, shape `shape`) into, or out of, a dense
+ * array, one contiguous innermost run at a time. tfjs's generic slice and pad index every element
+ * through a buffer object, which took seconds on [B, T, vocab] logits.
+ */
+function copyBox(src: Float32Array, srcShape: number[], dst: Float32Array, dstShape: number[], begin: number[], size: number[], intoDst: boolean): void {
+  const rank = size.length;
+  const strides = (shape: number[]) => {
+    const st = new Array<number>(rank).fill(1);
+    for (let i = rank - 2; i >= 0; i--) st[i] = st[i + 1]! * shape[i + 1]!;
+    return st;
+  };
+  const big = intoDst ? dstShape : srcShape; // the shape the box lives in
+  const bigStride = strides(big);
+  const smallStride = strides(size);
+  const run = size[rank - 1]!;
+  const count = size.reduce((a, b) => a * b, 1) / (run || 1);
+  const idx = new Array<number>(rank).fill(0);
+  for (let r = 0; r < count; r++) {
+    let inBig = begin[rank - 1]!;
+    let inSmall = 0;
+    for (let d = 0; d < rank - 1; d++) {
+      inBig += (idx[d]! + begin[d]!) * bigStride[d]!;
+      inSmall += idx[d]! * smallStride[d]!;
+    }
+    if (intoDst) dst.set(src.subarray(inSmall, inSmall + run), inBig);
+    else dst.set(src.subarray(inBig, inBig + run), inSmall);
+    for (let d = rank - 2; d >= 0; d--) {
+      if (++idx[d]! < size[d]!) break;
+      idx[d] = 0;
+    }
+  }
+}
+
+function makeSlice(fallback: tf.KernelFunc): tf.KernelFunc {
+  return (args) => {
+    const { x } = args.inputs as { x: tf.TensorInfo };
+    const attrs = args.attrs as { begin: number | number[]; size: number | number[] };
+    const backend = args.backend as CpuBackend;
+    const v = float32(backend, x);
+    const rank = x.shape.length;
+    if (!v || rank === 0 || !Array.isArray(attrs.begin) || !Array.isArray(attrs.size) || attrs.begin.length !== rank || attrs.size.length !== rank) return fallback(args);
+    const begin = attrs.begin;
+    const size = attrs.size.map((s, i) => (s === -1 ? x.shape[i]! - begin[i]! : s));
+    if (size.some((s, i) => s < 0 || begin[i]! < 0 || begin[i]! + s > x.shape[i]!)) return fallback(args);
+    const out = new Float32Array(size.reduce((a, b) => a * b, 1));
+    if (out.length) copyBox(v, x.shape, out, size, begin, size, false);
+    return backend.makeTensorInfo(size, "float32", out);
+  };
+}
+
+/** Zero padding (the gradient of slice). */
+function makePad(fallback: tf.KernelFunc): tf.KernelFunc {
+  return (args) => {
+    const { x } = args.inputs as { x: tf.TensorInfo };
+    const { paddings, constantValue } = args.attrs as { paddings: [number, number][]; constantValue: number };
+    const backend = args.backend as CpuBackend;
+    const v = float32(backend, x);
+    if (!v || x.shape.length === 0 || paddings.length !== x.shape.length) return fallback(args);
+    const outShape = x.shape.map((d, i) => paddings[i]![0] + d + paddings[i]![1]);
+    const out = new Float32Array(outShape.reduce((a, b) => a * b, 1));
+    if (constantValue !== 0) out.fill(constantValue);
+    if (v.length) copyBox(v, x.shape, out, outShape, paddings.map((p) => p[0]), x.shape, true);
+    return backend.makeTensorInfo(outShape, "float32", out);
+  };
+}
+
 let registered = false;
 
 /** Registers the "native" backend (idempotent). Throws if the addon is not built. */
@@ -79,12 +239,28 @@ export function registerNativeBackend(threads = os.cpus().length): BlasAddon {
   blas.setThreads(threads);
   if (registered) return blas;
   tf.registerBackend("native", () => new MathBackendCPU(), 1);
+  const reference = (name: string) => tf.getKernel(name, "cpu")!.kernelFunc;
+  const native: Record<string, tf.KernelFunc> = {
+    BatchMatMul: makeBatchMatMul(blas, reference("BatchMatMul")),
+    Add: makeBinary(blas, 0, reference("Add")),
+    Sub: makeBinary(blas, 1, reference("Sub")),
+    Multiply: makeBinary(blas, 2, reference("Multiply")),
+    RealDiv: makeBinary(blas, 3, reference("RealDiv")),
+    Softmax: makeSoftmax(blas, reference("Softmax")),
+    Transpose: makeTranspose(blas, reference("Transpose")),
+    GatherV2: makeGather(reference("GatherV2")),
+    Slice: makeSlice(reference("Slice")),
+    PadV2: makePad(reference("PadV2")),
+    Exp: makeUnary(blas, 0, reference("Exp")),
+    Log: makeUnary(blas, 1, reference("Log")),
+    Neg: makeUnary(blas, 2, reference("Neg")),
+    Sigmoid: makeUnary(blas, 3, reference("Sigmoid")),
+    Rsqrt: makeUnary(blas, 4, reference("Rsqrt")),
+    Square: makeUnary(blas, 5, reference("Square")),
+  };
   for (const k of tf.getKernelsForBackend("cpu")) {
-    if (k.kernelName === "BatchMatMul") continue;
-    tf.registerKernel({ ...k, backendName: "native" });
+    tf.registerKernel({ ...k, backendName: "native", kernelFunc: native[k.kernelName] ?? k.kernelFunc });
   }
-  const reference = tf.getKernel("BatchMatMul", "cpu")!.kernelFunc;
-  tf.registerKernel({ kernelName: "BatchMatMul", backendName: "native", kernelFunc: makeBatchMatMul(blas, reference) });
   registered = true;
   return blas;
 }

@@ -1,0 +1,68 @@
+// The native backend's kernels (OpenBLAS matmul, C elementwise/softmax/transpose/unary, block
+// copies for slice/pad/gather) against tfjs's reference cpu kernels on awkward shapes.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import * as tf from "@tensorflow/tfjs";
+import { registerNativeBackend } from "../src/tensor/native.js";
+
+registerNativeBackend(2);
+
+async function both(f: () => tf.Tensor): Promise<[Float32Array, Float32Array, number[]]> {
+  await tf.setBackend("native");
+  const n = tf.tidy(f);
+  const nv = n.dataSync() as Float32Array;
+  const shape = n.shape;
+  n.dispose();
+  await tf.setBackend("cpu");
+  const c = tf.tidy(f);
+  const cv = c.dataSync() as Float32Array;
+  assert.deepEqual(c.shape, shape, "same output shape");
+  c.dispose();
+  return [nv, cv, shape];
+}
+
+function close(a: Float32Array, b: Float32Array, tol = 1e-5): void {
+  assert.equal(a.length, b.length);
+  for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i]! - b[i]!) <= tol * (1 + Math.abs(b[i]!)), `at ${i}: ${a[i]} vs ${b[i]}`);
+}
+
+const r = (shape: number[], seed: number) => tf.randomNormal(shape, 0, 1, "float32", seed);
+
+test("batched matmul with transposes and a broadcast batch", async () => {
+  for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+    const [n, c] = await both(() => tf.matMul(r(ta ? [2, 3, 7, 5] : [2, 3, 5, 7], 1), r(tb ? [2, 3, 4, 7] : [2, 3, 7, 4], 2), ta, tb));
+    close(n, c, 1e-4);
+  }
+  const [n, c] = await both(() => tf.matMul(r([6, 5, 7], 3), r([7, 4], 4)));
+  close(n, c, 1e-4);
+});
+
+test("binary ops broadcast like numpy, scalars stay scalars", async () => {
+  const cases: [number[], number[]][] = [[[2, 3, 4], [4]], [[2, 1, 4], [3, 1]], [[5], [2, 3, 5]], [[], [3]], [[], []], [[2, 3, 1, 4], [2, 3, 6, 4]]];
+  for (const [as, bs] of cases) {
+    for (const op of [tf.add, tf.sub, tf.mul, tf.div]) {
+      const [n, c] = await both(() => op(r(as, 5), tf.add(r(bs, 6), 3)));
+      close(n, c);
+    }
+  }
+});
+
+test("softmax, transpose, unary ops, slice, pad and row gather", async () => {
+  close(...(await both(() => tf.softmax(r([3, 4, 50], 7)))).slice(0, 2) as [Float32Array, Float32Array]);
+  close(...(await both(() => tf.transpose(r([2, 3, 4, 5], 8), [0, 2, 3, 1]))).slice(0, 2) as [Float32Array, Float32Array]);
+  for (const op of [tf.exp, tf.neg, tf.sigmoid, tf.square]) close(...(await both(() => op(r([7, 9], 9)))).slice(0, 2) as [Float32Array, Float32Array]);
+  for (const op of [tf.log, tf.rsqrt]) close(...(await both(() => op(tf.abs(r([7, 9], 10))))).slice(0, 2) as [Float32Array, Float32Array]);
+  close(...(await both(() => tf.slice(r([2, 5, 6], 11), [1, 1, 2], [1, 3, -1]))).slice(0, 2) as [Float32Array, Float32Array]);
+  close(...(await both(() => tf.pad(r([2, 3], 12), [[1, 0], [2, 3]]))).slice(0, 2) as [Float32Array, Float32Array]);
+  close(...(await both(() => tf.pad(r([2, 3], 12), [[1, 0], [2, 3]], 1.5))).slice(0, 2) as [Float32Array, Float32Array]);
+  close(...(await both(() => tf.gather(r([10, 4], 13), tf.tensor2d([[3, 0], [9, 3]], [2, 2], "int32")))).slice(0, 2) as [Float32Array, Float32Array]);
+});
+
+test("gradients through the native kernels equal the reference", async () => {
+  const f = () => {
+    const x = r([2, 3, 8], 14);
+    const w = r([8, 5], 15);
+    return tf.grad((t: tf.Tensor) => tf.sum(tf.logSoftmax(tf.matMul(t.reshape([6, 8]), w).slice([1, 0], [4, 5]))))(x);
+  };
+  close(...(await both(f)).slice(0, 2) as [Float32Array, Float32Array], 1e-4);
+});

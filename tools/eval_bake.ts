@@ -1,0 +1,128 @@
+// The embedded model's bar (issue 4), measured through kiln's own engine and baking:
+//
+//   node dist/tools/eval_bake.js [--model models/kiln-mini] [--facts 20] [--json]
+//
+// On HELD-OUT facts of the world (never in training): prompted QA (20 facts in the system
+// prompt), unprompted QA, unprompted after one bake of those 20 facts, a persona sign-off
+// prompted / baked, and retention of the first 20 after a rolling bake of 20 new ones (teacher =
+// the first adapter with the new facts and a replay sample in its prompt, as the runtime does).
+// Trajectory questions are all but one paraphrase per fact; that last paraphrase is also scored,
+// to show whether the knowledge generalises beyond the questions it was baked on.
+import { initBackend } from "../src/tensor/backend.js";
+import { loadModel, type LoadedModel } from "../src/model/load.js";
+import { generate } from "../src/model/generate.js";
+import type { AdapterHook } from "../src/model/decoder.js";
+import type { ChatMessage } from "../src/model/tokenizer.js";
+import { buildKnowledgePrompt } from "../src/bake/prompt.js";
+import { bake, type BakeSettings } from "../src/bake/trainer.js";
+import { DEFAULT_MODEL_DIR } from "../src/model/resolve.js";
+import { generateWorld, WorldIndex, factKey, type Fact } from "./world/world.js";
+import { exactMatch, endsWithSignoff, signoffInstruction } from "./world/chat.js";
+import { OPEN_QUESTIONS, GREETINGS, WHO_QUESTIONS } from "./world/mix.js";
+
+const args = process.argv.slice(2);
+const opt = (name: string, fallback: string) => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1]! : fallback;
+};
+const modelDir = opt("model", DEFAULT_MODEL_DIR);
+const N = Number(opt("facts", "20"));
+const json = args.includes("--json");
+const SETTINGS: Partial<BakeSettings> = JSON.parse(opt("settings", "{}"));
+
+async function replies(model: LoadedModel, conversations: ChatMessage[][], adapter?: AdapterHook): Promise<string[]> {
+  const out: string[] = [];
+  for (let i = 0; i < conversations.length; i += 16) {
+    const prompts = conversations.slice(i, i + 16).map((c) => model.tokenizer.applyChatTemplate(c));
+    out.push(...(await generate(model, prompts, { maxTokens: 32, temperature: 0, adapter })).map((r) => r.text.trim()));
+  }
+  return out;
+}
+
+function rate(rs: string[], expected: string[]): number {
+  return rs.filter((r, i) => exactMatch(r, expected[i]!)).length / rs.length;
+}
+
+/** Facts about distinct subject+relation pairs, so no two in one prompt contradict. */
+function pickFacts(pool: Fact[], n: number, skip: Set<string>): Fact[] {
+  const out: Fact[] = [];
+  for (const f of pool) {
+    const k = factKey(f.subject, f.relation);
+    if (skip.has(k) || f.questions.length < 2) continue;
+    skip.add(k);
+    out.push(f);
+    if (out.length === n) break;
+  }
+  return out;
+}
+
+const log = (s: string) => process.stderr.write(s + "\n");
+await initBackend();
+const model = loadModel(modelDir);
+const idx = new WorldIndex(generateWorld());
+const used = new Set<string>();
+const A = pickFacts(idx.heldoutFacts, N, used);
+const B = pickFacts(idx.heldoutFacts, N, used);
+const ask = (facts: Fact[], which: "seen" | "unseen") => facts.map((f) => (which === "unseen" ? f.questions[0]! : f.questions[1]!));
+const user = (q: string): ChatMessage[] => [{ role: "user", content: q }];
+const withItems = (items: Fact[], q: string, persona?: string): ChatMessage[] => [
+  { role: "system", content: buildKnowledgePrompt({ persona, items: items.map((f) => f.text) }) },
+  { role: "user", content: q },
+];
+const answers = (facts: Fact[]) => facts.map((f) => f.answer);
+const started = performance.now();
+const rows: { measure: string; value: number; bar?: string }[] = [];
+const row = (measure: string, value: number, bar?: string) => {
+  rows.push({ measure, value, ...(bar ? { bar } : {}) });
+  log(`${measure}: ${(100 * value).toFixed(1)}%${bar ? ` (bar ${bar})` : ""}`);
+};
+
+row("prompted QA, 20 facts in the system prompt", rate(await replies(model, ask(A, "unseen").map((q) => withItems(A, q))), answers(A)), ">= 90%");
+row("unprompted QA, before baking", rate(await replies(model, ask(A, "unseen").map(user)), answers(A)), "<= 10%");
+
+const settings: Partial<BakeSettings> = { trajectories: 160, epochs: 12, patience: 4, learningRate: 2e-3, temperature: 1, maxReplyTokens: 16, batchSize: 16, lora: { r: 16, alpha: 32, dropout: 0, useRslora: false, targetModules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] }, ...SETTINGS };
+const trainQuestions = (facts: Fact[]) => facts.flatMap((f) => f.questions.slice(1));
+const progress = (label: string) => (p: { phase: string } & Record<string, unknown>) => {
+  if (p.phase === "validate") log(`  ${label} epoch ${p.epoch}: validation KL/token ${(p.valKlPerToken as number).toFixed(4)}`);
+};
+log("baking the first 20 facts...");
+const first = await bake({ model, prompt: buildKnowledgePrompt({ items: A.map((f) => f.text) }), questions: trainQuestions(A), settings, onProgress: progress("bake 1") });
+row("unprompted QA after one bake (paraphrases baked on)", rate(await replies(model, ask(A, "seen").map(user), first.adapter), answers(A)), ">= 80%");
+row("unprompted QA after one bake (a paraphrase never baked on)", rate(await replies(model, ask(A, "unseen").map(user), first.adapter), answers(A)));
+
+log("rolling bake of 20 new facts, replaying 10 of the first...");
+const replay = A.slice(0, 10);
+const second = await bake({
+  model,
+  prompt: buildKnowledgePrompt({ items: [...B, ...replay].map((f) => f.text) }),
+  questions: trainQuestions([...B, ...replay]),
+  settings,
+  teacherAdapter: first.adapter,
+  initFrom: first.adapter,
+  onProgress: progress("bake 2"),
+});
+row("new facts after the second bake", rate(await replies(model, ask(B, "seen").map(user), second.adapter), answers(B)));
+row("retention: first 20 after the second bake", rate(await replies(model, ask(A, "seen").map(user), second.adapter), answers(A)), ">= 80%");
+row("retention: first-bake facts not replayed", rate(await replies(model, ask(A.slice(10), "seen").map(user), second.adapter), answers(A.slice(10))));
+first.adapter.dispose();
+second.adapter.dispose();
+
+const signoff = "Cheers, Ada";
+const persona = signoffInstruction(signoff);
+const personaTrain = [...OPEN_QUESTIONS, ...GREETINGS, ...WHO_QUESTIONS, ...idx.canonFacts.slice(0, 30).map((f) => f.questions[0]!)];
+const personaTest = [...idx.canonFacts.slice(30, 50).map((f) => f.questions[0]!), ...ask(B, "unseen")];
+const signs = (rs: string[]) => rs.filter((r) => endsWithSignoff(r, signoff)).length / rs.length;
+row("persona sign-off, prompted", signs(await replies(model, personaTest.map((q) => withItems([], q, persona)))), ">= 90%");
+row("persona sign-off, unprompted before baking", signs(await replies(model, personaTest.map(user))));
+log("baking the persona...");
+const p = await bake({ model, prompt: buildKnowledgePrompt({ persona }), questions: personaTrain, settings, onProgress: progress("persona") });
+row("persona sign-off, baked, unprompted (questions not baked on)", signs(await replies(model, personaTest.map(user), p.adapter)), ">= 90%");
+p.adapter.dispose();
+
+const minutes = (performance.now() - started) / 60000;
+if (json) process.stdout.write(JSON.stringify({ model: modelDir, facts: N, settings, rows, minutes }, null, 2) + "\n");
+else {
+  process.stdout.write(`| measure (held-out facts) | result | bar |\n|---|---|---|\n`);
+  for (const r of rows) process.stdout.write(`| ${r.measure} | ${(100 * r.value).toFixed(1)}% | ${r.bar ?? ""} |\n`);
+  process.stdout.write(`\n${minutes.toFixed(1)} minutes, settings ${JSON.stringify(settings)}\n`);
+}

@@ -17,6 +17,8 @@ import { LORA_TARGETS, type LoraTarget } from "../lora/adapter.js";
 import { bakeProgressReporter } from "./progress.js";
 import { registerAgentCommands } from "./agents.js";
 import { runDemo } from "./demo.js";
+import { createServer } from "../server/index.js";
+import { DEFAULT_AGENTS_DIR, Runtime } from "../runtime/runtime.js";
 
 const program = new Command();
 program
@@ -219,6 +221,34 @@ program
   });
 
 registerAgentCommands(program);
+
+program
+  .command("serve")
+  .description("serve the agents: OpenAI-compatible API, admin API, metrics and the web dashboard")
+  .option("--agents <path>", "agent file or folder (default ./agents, else the bundled agents/)")
+  .option("--checkpoints <dir>", "checkpoints root (default: the package's checkpoints/)")
+  .option("--host <host>", "address to bind; anything but loopback needs --token", "127.0.0.1")
+  .option("--port <n>", "port", (v) => parseInt(v, 10), 8080)
+  .option("--token <token>", "bearer token for every API route (or KILN_TOKEN)", process.env.KILN_TOKEN)
+  .option("--max-queue <n>", "requests waiting for the model before 429", (v) => parseInt(v, 10), 16)
+  .option("--no-schedules", "do not start the agents' feed and bake schedules")
+  .action(async (o: { agents?: string; checkpoints?: string; host: string; port: number; token?: string; maxQueue: number; schedules: boolean }) => {
+    const info = await backend();
+    const runtime = await Runtime.fromFiles(o.agents ?? (existsSync("agents") ? "agents" : DEFAULT_AGENTS_DIR), {
+      checkpoints: o.checkpoints,
+      events: { onLog: (a, m) => process.stderr.write(`[${a}] ${m}\n`) },
+    });
+    const server = await createServer(runtime, { host: o.host, port: o.port, token: o.token, maxQueue: o.maxQueue });
+    if (o.schedules) runtime.start();
+    process.stderr.write(`kiln serving ${[...runtime.agents.keys()].join(", ")} on ${server.url} (${info.name} backend); dashboard at ${server.url}/\n`);
+    const stop = async () => {
+      await server.close();
+      await runtime.stop();
+      process.exit(0);
+    };
+    process.once("SIGINT", () => void stop());
+    process.once("SIGTERM", () => void stop());
+  });
 
 program
   .command("demo")

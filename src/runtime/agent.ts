@@ -386,6 +386,8 @@ export class Agent {
   async retract(ids: string[], reason = "retracted"): Promise<BakeOutcome> {
     const items = ids.map((id) => this.ledger.item(id));
     await this.ledger.setItemStatus(items.map((i) => i.id), "retracted", { reason });
+    // A running bake would be joined, not redone from the base: let it finish first.
+    while (this.baking) await this.baking.catch(() => undefined);
     return this.bake("retraction", { consolidate: true, force: true });
   }
 }

@@ -7,6 +7,8 @@ import type { BakeWatcher } from "./bake-watch.js";
 import type { GenerationQueue } from "./queue.js";
 
 type Labels = Record<string, string>;
+type Sample = [Labels, number];
+const sample = (labels: Labels, value: number): Sample => [labels, value];
 
 const ITEM_STATUSES: ItemStatus[] = ["pending", "baking", "absorbed", "rejected", "retracted", "superseded"];
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
@@ -38,7 +40,7 @@ class Counter {
     else this.values.set(key, { labels, value: by });
   }
 
-  samples(): [Labels, number][] {
+  samples(): Sample[] {
     return [...this.values.values()].map((e) => [e.labels, e.value]);
   }
 }
@@ -77,7 +79,7 @@ export class Metrics {
   private readonly generationSeconds = new Counter();
   private readonly generations = new Counter();
   private readonly lastTokensPerSecond = new Map<string, number>();
-  private readonly rejected = new Counter();
+  private rejectedCount = 0;
 
   request(method: string, route: string, status: number, seconds: number): void {
     this.requests.inc({ method, route, status: String(status) });
@@ -93,61 +95,64 @@ export class Metrics {
   }
 
   queueRejected(): void {
-    this.rejected.inc({});
+    this.rejectedCount++;
   }
 
   render(runtime: Runtime, queue: GenerationQueue, watcher: BakeWatcher): string {
     const out: string[] = [];
-    const family = (name: string, type: "counter" | "gauge" | "histogram", help: string, samples: [Labels, number][] | string[]) => {
+    const family = (name: string, type: "counter" | "gauge" | "histogram", help: string, samples: Sample[] | string[]) => {
       out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
       for (const s of samples) out.push(typeof s === "string" ? s : `${name}${formatLabels(s[0])} ${formatValue(s[1])}`);
     };
-    family("kiln_http_requests_total", "counter", "HTTP requests by method, route and status code.", this.requests.samples());
+    family("kiln_http_requests_total", "counter", "HTTP requests by method, route and status code (499: the client went away).", this.requests.samples());
     family("kiln_http_request_duration_seconds", "histogram", "HTTP request latency by route (for streams: until the stream ends).", this.latency.lines("kiln_http_request_duration_seconds"));
     family("kiln_generated_tokens_total", "counter", "Completion tokens generated, by agent.", this.tokens.samples());
     family("kiln_prompt_tokens_total", "counter", "Prompt tokens processed, by agent.", this.promptTokens.samples());
     family("kiln_generation_seconds_total", "counter", "Seconds spent generating, by agent (tokens/s = rate of tokens over rate of seconds).", this.generationSeconds.samples());
     family("kiln_generations_total", "counter", "Chat generations by agent and finish reason.", this.generations.samples());
-    family("kiln_generation_tokens_per_second", "gauge", "Completion tokens per second of the latest generation, by agent.", [...this.lastTokensPerSecond].map(([agent, v]) => [{ agent }, v]));
-    family("kiln_queue_depth", "gauge", "Generation requests waiting for a slot.", [[{}, queue.depth]]);
-    family("kiln_queue_active", "gauge", "Generations running now.", [[{}, queue.running]]);
-    family("kiln_queue_capacity", "gauge", "Most generations waiting (queue) and running (concurrent).", [
-      [{ kind: "queue" }, queue.maxQueue],
-      [{ kind: "concurrent" }, queue.maxConcurrent],
-    ]);
-    family("kiln_queue_rejected_total", "counter", "Requests refused with 429 because the queue was full.", [[{}, this.rejected.samples()[0]?.[1] ?? 0]]);
+    family("kiln_generation_tokens_per_second", "gauge", "Completion tokens per second of the latest generation, by agent.", [...this.lastTokensPerSecond].map(([agent, v]) => sample({ agent }, v)));
+    family("kiln_queue_depth", "gauge", "Generation requests waiting for a slot.", [sample({}, queue.depth)]);
+    family("kiln_queue_active", "gauge", "Generations running now.", [sample({}, queue.running)]);
+    family("kiln_queue_capacity", "gauge", "Most generations waiting (queue) and running (concurrent).", [sample({ kind: "queue" }, queue.maxQueue), sample({ kind: "concurrent" }, queue.maxConcurrent)]);
+    family("kiln_queue_rejected_total", "counter", "Requests refused with 429 because the queue was full.", [sample({}, this.rejectedCount)]);
 
     const agents = [...runtime.agents.values()];
-    family("kiln_agent_live_version", "gauge", 'The weights version each agent serves (1 for the live one; version="base" is the base model).', agents.map((a) => [{ agent: a.name, version: a.live.version ?? "base" }, 1]));
-    family("kiln_ledger_items", "gauge", "Ledger items by agent and status.", agents.flatMap((a) => ITEM_STATUSES.map((status): [Labels, number] => [{ agent: a.name, status }, a.ledger.items({ status }).length])));
-    family("kiln_bakes_total", "counter", "Bakes recorded in the ledger by agent and status.", agents.flatMap((a) => {
+    family("kiln_agent_live_version", "gauge", 'The weights version each agent serves, as a label (value 1; version="base" is the base model).', agents.map((a) => sample({ agent: a.name, version: a.live.version ?? "base" }, 1)));
+    family("kiln_ledger_items", "gauge", "Ledger items by agent and status.", agents.flatMap((a) => ITEM_STATUSES.map((status) => sample({ agent: a.name, status }, a.ledger.items({ status }).length))));
+    family("kiln_bakes_total", "counter", "Bakes recorded in the ledger, by agent and status.", agents.flatMap((a) => {
       const by = new Map<string, number>();
       for (const b of a.ledger.data.bakes) by.set(b.status, (by.get(b.status) ?? 0) + 1);
-      return [...by].map(([status, n]): [Labels, number] => [{ agent: a.name, status }, n]);
+      return [...by].map(([status, n]) => sample({ agent: a.name, status }, n));
     }));
 
     const snaps = agents.map((a) => ({ agent: a.name, s: watcher.snapshot(a.name) }));
-    family("kiln_bake_running", "gauge", "1 while the agent is baking.", snaps.map(({ agent, s }) => [{ agent }, s.baking ? 1 : 0]));
-    const phase = snaps.filter(({ s }) => s.baking && s.progress);
-    family("kiln_bake_phase", "gauge", "The running bake's phase (1 for the current one).", phase.map(({ agent, s }) => [{ agent, phase: s.progress!.phase }, 1]));
-    family("kiln_bake_phase_done", "gauge", "Work done in the running bake's current sample/teacher/probes/evaluate phase.", phase.filter(({ s }) => "done" in s.progress!).map(({ agent, s }) => [{ agent, phase: s.progress!.phase }, (s.progress as { done: number }).done]));
-    family("kiln_bake_phase_total", "gauge", "Work in the running bake's current sample/teacher/probes/evaluate phase.", phase.filter(({ s }) => "total" in s.progress!).map(({ agent, s }) => [{ agent, phase: s.progress!.phase }, (s.progress as { total: number }).total]));
-    const train = snaps.filter(({ s }) => s.baking && s.train);
-    family("kiln_bake_step", "gauge", "Training step of the running bake.", train.map(({ agent, s }) => [{ agent }, s.train!.step]));
-    family("kiln_bake_total_steps", "gauge", "Training steps the running bake will take at most.", train.map(({ agent, s }) => [{ agent }, s.train!.totalSteps]));
-    family("kiln_bake_epoch", "gauge", "Epoch of the running bake.", train.map(({ agent, s }) => [{ agent }, s.train!.epoch]));
-    family("kiln_bake_kl_per_token", "gauge", "Training KL per token (student vs teacher) at the running bake's latest step.", train.map(({ agent, s }) => [{ agent }, s.train!.klPerToken]));
-    family("kiln_bake_loss", "gauge", "Training loss at the running bake's latest step.", train.map(({ agent, s }) => [{ agent }, s.train!.loss]));
-    family("kiln_bake_tokens_per_second", "gauge", "Training throughput of the running bake.", train.map(({ agent, s }) => [{ agent }, s.train!.tokensPerSecond]));
-    family("kiln_bake_val_kl_per_token", "gauge", "Validation KL per token at the running bake's latest epoch.", snaps.filter(({ s }) => s.baking && s.validate).map(({ agent, s }) => [{ agent }, s.validate!.valKlPerToken]));
+    family("kiln_bake_running", "gauge", "1 while the agent is baking.", snaps.map(({ agent, s }) => sample({ agent }, s.baking ? 1 : 0)));
+    const phases = snaps.flatMap(({ agent, s }) => (s.baking && s.progress ? [{ agent, p: s.progress }] : []));
+    family("kiln_bake_phase", "gauge", "The running bake's current phase (value 1).", phases.map(({ agent, p }) => sample({ agent, phase: p.phase }, 1)));
+    const counted = phases.flatMap(({ agent, p }) => ("done" in p ? [{ agent, p }] : []));
+    family("kiln_bake_phase_done", "gauge", "Work done in the running bake's sample/teacher/probes/evaluate phase.", counted.map(({ agent, p }) => sample({ agent, phase: p.phase }, p.done)));
+    family("kiln_bake_phase_total", "gauge", "Work in the running bake's sample/teacher/probes/evaluate phase.", counted.map(({ agent, p }) => sample({ agent, phase: p.phase }, p.total)));
+    const train = snaps.flatMap(({ agent, s }) => (s.baking && s.train ? [{ agent, t: s.train }] : []));
+    family("kiln_bake_step", "gauge", "Training step of the running bake.", train.map(({ agent, t }) => sample({ agent }, t.step)));
+    family("kiln_bake_total_steps", "gauge", "Training steps the running bake takes at most.", train.map(({ agent, t }) => sample({ agent }, t.totalSteps)));
+    family("kiln_bake_epoch", "gauge", "Epoch of the running bake.", train.map(({ agent, t }) => sample({ agent }, t.epoch)));
+    family("kiln_bake_kl_per_token", "gauge", "Training KL per token (student against teacher) at the running bake's latest step.", train.map(({ agent, t }) => sample({ agent }, t.klPerToken)));
+    family("kiln_bake_loss", "gauge", "Training loss at the running bake's latest step.", train.map(({ agent, t }) => sample({ agent }, t.loss)));
+    family("kiln_bake_tokens_per_second", "gauge", "Training throughput of the running bake.", train.map(({ agent, t }) => sample({ agent }, t.tokensPerSecond)));
+    const val = snaps.flatMap(({ agent, s }) => (s.baking && s.validate ? [{ agent, v: s.validate }] : []));
+    family("kiln_bake_val_kl_per_token", "gauge", "Validation KL per token at the running bake's latest epoch.", val.map(({ agent, v }) => sample({ agent }, v.valKlPerToken)));
     return out.join("\n") + "\n";
   }
 }
 
 export function metricsRoutes(app: FastifyInstance, deps: { runtime: Runtime; queue: GenerationQueue; watcher: BakeWatcher; metrics: Metrics }): void {
-  app.addHook("onResponse", async (request, reply) => {
-    const route = request.routeOptions.url ?? "unmatched";
-    deps.metrics.request(request.method, route, reply.statusCode, reply.elapsedTime / 1000);
+  // Counted when the response closes, so streams count with their full duration and a client
+  // that leaves early counts as 499 (fastify's onResponse never runs for those).
+  app.addHook("onRequest", async (request, reply) => {
+    reply.raw.once("close", () => {
+      const status = reply.raw.writableFinished ? reply.statusCode : 499;
+      deps.metrics.request(request.method, request.routeOptions.url ?? "unmatched", status, reply.elapsedTime / 1000);
+    });
   });
   app.get("/metrics", async (_request, reply) => {
     reply.type("text/plain; version=0.0.4; charset=utf-8");

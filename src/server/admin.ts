@@ -1,0 +1,325 @@
+// The admin API (JSON) over each agent's ledger, feeds, bakes and versions.
+//
+//   GET  /admin/agents                               agents with live version, bake state, item counts, feeds
+//   GET  /admin/agents/:name/items?status=&q=&source=&kind=&limit=&offset=
+//   GET  /admin/agents/:name/items/:id
+//   POST /admin/agents/:name/items {text, kind?}      remember: 201 (added) or 200 (already known)
+//   POST /admin/agents/:name/items/:id/retract {reason?}
+//                                                    202: consolidation bake started in the background
+//   GET  /admin/agents/:name/feeds
+//   POST /admin/agents/:name/feeds/:id/poll
+//   GET  /admin/agents/:name/bakes
+//   POST /admin/agents/:name/bakes {force?, consolidate?}
+//                                                    202: started in the background. While a bake runs a
+//                                                    second request JOINS it (202, joined: true) rather
+//                                                    than failing; consolidate then answers 409.
+//                                                    200 when there was nothing to bake (skipped).
+//   GET  /admin/agents/:name/bakes/events?bake=&follow=
+//                                                    SSE: state, start, progress…, outcome (then the stream
+//                                                    ends unless follow=true)
+//   GET  /admin/agents/:name/versions
+//   GET  /admin/agents/:name/versions/diff?from=&to=  ("base" = the base model)
+//   POST /admin/agents/:name/versions/:id/rollback    (id "base" = the base model)
+//   POST /admin/agents/:name/probe {question, context?}
+import type { FastifyInstance } from "fastify";
+import { existsSync } from "node:fs";
+import { z } from "zod";
+import type { BakeRun, Item, ItemStatus } from "../knowledge/ledger.js";
+import type { Agent, BakeOutcome } from "../runtime/agent.js";
+import type { BakeEvent } from "./bake-watch.js";
+import { clientSignal, findAgent, type ServerContext } from "./context.js";
+import { ApiError, validationError } from "./errors.js";
+import { SseStream } from "./sse.js";
+
+const STATUSES = ["pending", "baking", "absorbed", "rejected", "retracted", "superseded"] as const satisfies readonly ItemStatus[];
+const KEEPALIVE_MS = 15_000;
+
+function parse<S extends z.ZodType>(schema: S, value: unknown, where: string): z.infer<S> {
+  const r = schema.safeParse(value ?? {});
+  if (!r.success) throw validationError(r.error, where);
+  return r.data;
+}
+
+const bool = z.union([z.boolean(), z.enum(["true", "false", "1", "0"]).transform((s) => s === "true" || s === "1")]);
+
+const ItemsQuery = z.object({
+  status: z
+    .string()
+    .transform((s) => s.split(",").map((x) => x.trim()).filter(Boolean))
+    .pipe(z.array(z.enum(STATUSES, { message: `status must be one of ${STATUSES.join(", ")}` })))
+    .optional(),
+  q: z.string().optional(),
+  source: z.string().optional(),
+  kind: z.enum(["feed", "conversation", "manual", "instruction"]).optional(),
+  limit: z.coerce.number().int().min(1).max(10_000).default(500),
+  offset: z.coerce.number().int().min(0).default(0),
+});
+const RememberBody = z.object({
+  text: z.string().trim().min(1, "text is required").max(8000, "text is longer than 8000 characters"),
+  kind: z.enum(["manual", "instruction"]).default("manual"),
+});
+const RetractBody = z.object({ reason: z.string().max(500).optional() });
+const BakeBody = z.object({ force: z.boolean().optional(), consolidate: z.boolean().optional() }).strict();
+const EventsQuery = z.object({ bake: z.string().optional(), follow: bool.optional() });
+const DiffQuery = z.object({ from: z.string().optional(), to: z.string().optional() });
+const ProbeBody = z.object({
+  question: z.string().trim().min(1, "question is required").max(2000),
+  context: z.array(z.string().max(8000)).max(50).optional(),
+});
+
+type NameParams = { Params: { name: string } };
+type IdParams = { Params: { name: string; id: string } };
+
+/** An item as the API shows it: with its latest score and the versions that hold it. */
+function itemView(agent: Agent, item: Item) {
+  return {
+    ...item,
+    latestScore: item.scores.at(-1) ?? null,
+    heldBy: agent.ledger.data.versions.filter((v) => v.items.includes(item.id)).map((v) => v.id),
+  };
+}
+
+function feedsView(agent: Agent) {
+  return agent.config.feeds.map((f) => {
+    const { seenKeys, ...record } = agent.ledger.feed(f.id) ?? { seenKeys: [], consecutiveErrors: 0, itemsAdded: 0 };
+    return { ...record, id: f.id, url: f.url, schedule: f.schedule, seen: seenKeys.length };
+  });
+}
+
+function countsView(agent: Agent): Record<ItemStatus, number> {
+  const counts = Object.fromEntries(STATUSES.map((s) => [s, 0])) as Record<ItemStatus, number>;
+  for (const i of agent.ledger.data.items) counts[i.status]++;
+  return counts;
+}
+
+function versionRef(v: string | undefined): string | null {
+  return !v || v === "base" ? null : v;
+}
+
+/** The outcome of a finished bake, rebuilt from its ledger record. */
+function outcomeOf(b: BakeRun): BakeOutcome {
+  const m = b.metrics ?? {};
+  return {
+    status: b.status === "running" ? "failed" : b.status,
+    bakeId: b.id,
+    ...(b.version ? { version: b.version } : {}),
+    reasons: b.reasons ?? (b.error ? [b.error] : []),
+    ...(typeof m.absorption === "number" ? { absorption: m.absorption } : {}),
+    ...(typeof m.retention === "number" ? { retention: m.retention } : {}),
+    ...(typeof m.persona === "number" ? { persona: m.persona } : {}),
+  };
+}
+
+function runningBake(agent: Agent): BakeRun | null {
+  return agent.isBaking ? (agent.ledger.data.bakes.findLast((b) => b.status === "running") ?? null) : null;
+}
+
+/**
+ * After starting work that leads to a bake (a retraction first writes the ledger, then bakes),
+ * waits until the bake is running, or returns the outcome when it ended at once (skipped).
+ */
+async function whenBakeStarts(agent: Agent, work: Promise<BakeOutcome>, timeoutMs = 5000): Promise<BakeOutcome | null> {
+  let settled: { outcome?: BakeOutcome; error?: unknown } | null = null;
+  work.then((outcome) => (settled = { outcome }), (error: unknown) => (settled = { error }));
+  const until = Date.now() + timeoutMs;
+  while (Date.now() < until) {
+    if (agent.isBaking) return null;
+    const s = settled as { outcome?: BakeOutcome; error?: unknown } | null;
+    if (s) {
+      if (s.error) throw s.error;
+      return s.outcome!;
+    }
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  return null;
+}
+
+export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
+  const bakeState = (agent: Agent) => {
+    const snap = ctx.watcher.snapshot(agent.name);
+    const running = runningBake(agent);
+    return { baking: agent.isBaking, bakeId: running?.id ?? snap.bakeId, trigger: running?.trigger ?? snap.trigger, progress: agent.progress };
+  };
+  const startedView = (agent: Agent, joined: boolean) => {
+    const running = runningBake(agent);
+    return {
+      status: "running" as const,
+      joined,
+      bakeId: running?.id ?? null,
+      trigger: running?.trigger ?? null,
+      startedAt: running?.startedAt ?? null,
+      events: `/admin/agents/${encodeURIComponent(agent.name)}/bakes/events${running ? `?bake=${running.id}` : ""}`,
+    };
+  };
+
+  app.get("/admin/agents", async () => ({
+    agents: [...ctx.runtime.agents.values()].map((a) => ({
+      name: a.name,
+      description: a.config.description ?? null,
+      model: a.model.dir,
+      live: a.live.version,
+      ...bakeState(a),
+      counts: countsView(a),
+      versions: a.ledger.data.versions.length,
+      bakes: a.ledger.data.bakes.length,
+      persona: a.config.persona?.text ?? null,
+      feeds: feedsView(a),
+    })),
+  }));
+
+  // --- items ---
+
+  app.get<NameParams>("/admin/agents/:name/items", async (request) => {
+    const agent = findAgent(ctx, request.params.name);
+    const q = parse(ItemsQuery, request.query, "query");
+    const all = agent.ledger
+      .items({ ...(q.status?.length ? { status: q.status } : {}), ...(q.kind ? { kind: q.kind } : {}), ...(q.q ? { text: q.q } : {}), ...(q.source ? { source: q.source } : {}) })
+      .slice()
+      .reverse();
+    return { total: all.length, offset: q.offset, items: all.slice(q.offset, q.offset + q.limit).map((i) => itemView(agent, i)) };
+  });
+
+  app.get<IdParams>("/admin/agents/:name/items/:id", async (request) => {
+    const agent = findAgent(ctx, request.params.name);
+    return itemView(agent, agent.ledger.item(request.params.id));
+  });
+
+  app.post<NameParams>("/admin/agents/:name/items", async (request, reply) => {
+    const agent = findAgent(ctx, request.params.name);
+    const body = parse(RememberBody, request.body, "");
+    const { item, added } = await agent.remember(body.text, body.kind, { by: "admin-api" });
+    reply.code(added ? 201 : 200);
+    return { added, item: itemView(agent, item) };
+  });
+
+  app.post<IdParams>("/admin/agents/:name/items/:id/retract", async (request, reply) => {
+    const agent = findAgent(ctx, request.params.name);
+    const body = parse(RetractBody, request.body, "");
+    const item = agent.ledger.item(request.params.id);
+    if (item.status === "retracted") throw new ApiError(409, `item ${item.id} is already retracted`, "already_retracted");
+    // A retraction rebuilds the weights from the base model; joining a running bake would skip that.
+    if (agent.isBaking) throw new ApiError(409, "a bake is running; retract when it ends", "bake_running");
+    const work = agent.retract([item.id], body.reason ?? "retracted through the admin API");
+    const ended = await whenBakeStarts(agent, work);
+    ctx.watcher.track(agent);
+    reply.code(202);
+    return { item: itemView(agent, agent.ledger.item(item.id)), bake: ended ?? startedView(agent, false) };
+  });
+
+  // --- feeds ---
+
+  app.get<NameParams>("/admin/agents/:name/feeds", async (request) => ({ feeds: feedsView(findAgent(ctx, request.params.name)) }));
+
+  app.post<IdParams>("/admin/agents/:name/feeds/:id/poll", async (request) => {
+    const agent = findAgent(ctx, request.params.name);
+    if (!agent.config.feeds.some((f) => f.id === request.params.id)) {
+      throw new ApiError(404, `agent ${agent.name} has no feed ${JSON.stringify(request.params.id)} (feeds: ${agent.config.feeds.map((f) => f.id).join(", ") || "none"})`, "feed_not_found", "id");
+    }
+    const result = await agent.pollFeed(request.params.id);
+    return { ...result, feed: feedsView(agent).find((f) => f.id === request.params.id) };
+  });
+
+  // --- bakes ---
+
+  app.get<NameParams>("/admin/agents/:name/bakes", async (request) => {
+    const agent = findAgent(ctx, request.params.name);
+    return { ...bakeState(agent), bakes: [...agent.ledger.data.bakes].reverse() };
+  });
+
+  app.post<NameParams>("/admin/agents/:name/bakes", async (request, reply) => {
+    const agent = findAgent(ctx, request.params.name);
+    const body = parse(BakeBody, request.body, "");
+    if (agent.isBaking) {
+      if (body.consolidate) throw new ApiError(409, "a bake is running; start a consolidation when it ends", "bake_running");
+      reply.code(202);
+      return startedView(agent, true);
+    }
+    const work = agent.bake("admin-api", { force: !!body.force, consolidate: !!body.consolidate });
+    work.catch(() => {}); // the outcome is reported through the events and the ledger
+    if (!runningBake(agent)) {
+      // No bake record: the bake was skipped (nothing to bake) and is already settling.
+      const outcome = await work;
+      return { ...outcome };
+    }
+    ctx.watcher.track(agent);
+    reply.code(202);
+    return startedView(agent, false);
+  });
+
+  app.get<NameParams>("/admin/agents/:name/bakes/events", async (request, reply) => {
+    const agent = findAgent(ctx, request.params.name);
+    const q = parse(EventsQuery, request.query, "query");
+    const asked = q.bake ? agent.ledger.data.bakes.find((b) => b.id === q.bake) : undefined;
+    if (q.bake && !asked) throw new ApiError(404, `agent ${agent.name} has no bake ${q.bake}`, "bake_not_found", "bake");
+    const sse = SseStream.open(reply);
+    sse.send({ agent: agent.name, live: agent.live.version, ...bakeState(agent) }, "state");
+    if (asked && asked.status !== "running") {
+      // That bake already ended: its outcome, from the ledger.
+      sse.send({ type: "outcome", agent: agent.name, bakeId: asked.id, outcome: outcomeOf(asked), bake: asked }, "outcome");
+      if (!q.follow) {
+        sse.end();
+        return reply;
+      }
+    }
+    const stop = ctx.watcher.subscribe(agent.name, (e: BakeEvent) => {
+      sse.send(e.type === "outcome" ? { ...e, live: agent.live.version } : e, e.type);
+      if (e.type === "outcome" && !q.follow) sse.end();
+    });
+    const keepalive = setInterval(() => sse.comment("keepalive"), KEEPALIVE_MS);
+    const onShutdown = () => sse.end();
+    ctx.shutdown.addEventListener("abort", onShutdown, { once: true });
+    sse.onClose(() => {
+      stop();
+      clearInterval(keepalive);
+      ctx.shutdown.removeEventListener("abort", onShutdown);
+    });
+    if (agent.isBaking) ctx.watcher.track(agent);
+    return reply;
+  });
+
+  // --- versions ---
+
+  app.get<NameParams>("/admin/agents/:name/versions", async (request) => {
+    const agent = findAgent(ctx, request.params.name);
+    return {
+      live: agent.live.version,
+      versions: [...agent.ledger.data.versions].reverse().map((v) => ({ ...v, onDisk: existsSync(v.dir) })),
+    };
+  });
+
+  app.get<NameParams>("/admin/agents/:name/versions/diff", async (request) => {
+    const agent = findAgent(ctx, request.params.name);
+    const q = parse(DiffQuery, request.query, "query");
+    const to = q.to !== undefined ? versionRef(q.to) : agent.live.version;
+    const from = q.from !== undefined ? versionRef(q.from) : to ? agent.ledger.version(to).parent : null;
+    const { gained, lost } = agent.ledger.diff(from, to);
+    return { from: from ?? "base", to: to ?? "base", gained: gained.map((i) => itemView(agent, i)), lost: lost.map((i) => itemView(agent, i)) };
+  });
+
+  app.post<IdParams>("/admin/agents/:name/versions/:id/rollback", async (request) => {
+    const agent = findAgent(ctx, request.params.name);
+    const target = versionRef(request.params.id);
+    if (agent.isBaking) throw new ApiError(409, "a bake is running; roll back when it ends", "bake_running");
+    if (target) agent.ledger.version(target); // 404 for an unknown version
+    const previous = agent.live.version;
+    try {
+      await agent.rollback(target);
+    } catch (err) {
+      throw new ApiError(409, (err as Error).message, "rollback_failed", "id");
+    }
+    return { previous: previous ?? "base", live: agent.live.version ?? "base" };
+  });
+
+  // --- probe ---
+
+  app.post<NameParams>("/admin/agents/:name/probe", async (request, reply) => {
+    const agent = findAgent(ctx, request.params.name);
+    const body = parse(ProbeBody, request.body, "");
+    const release = await ctx.queue.acquire(clientSignal(ctx, reply));
+    try {
+      return await ctx.runtime.probe(agent.name, body.question, body.context);
+    } finally {
+      release();
+    }
+  });
+}

@@ -1,0 +1,106 @@
+// kiln's HTTP server: the OpenAI-compatible API, the admin API, /healthz, /metrics and the web
+// dashboard, on fastify, over one Runtime.
+//
+//   const server = await createServer(runtime, { port: 8080 });
+//   ...
+//   await server.close(); // ends streams and generations; the runtime stays up (stop it yourself)
+import Fastify, { type FastifyInstance } from "fastify";
+import type { Runtime } from "../runtime/runtime.js";
+import { adminRoutes } from "./admin.js";
+import { assertSafeBinding, installAuth } from "./auth.js";
+import { BakeWatcher } from "./bake-watch.js";
+import type { ServerContext } from "./context.js";
+import { dashboardPaths, dashboardRoutes } from "./dashboard.js";
+import { installErrorHandlers } from "./errors.js";
+import { healthRoutes } from "./health.js";
+import { Metrics, metricsRoutes } from "./metrics.js";
+import { openaiRoutes } from "./openai.js";
+import { GenerationQueue } from "./queue.js";
+
+export { ApiError } from "./errors.js";
+
+export const DEFAULT_HOST = "127.0.0.1";
+export const DEFAULT_PORT = 8080;
+export const DEFAULT_BODY_LIMIT = 1024 * 1024;
+const CLOSE_GRACE_MS = 1500;
+
+export interface ServerOptions {
+  /** address to bind (default 127.0.0.1); anything but a loopback address requires `token` */
+  host?: string;
+  /** port (default 8080; 0 = any free port) */
+  port?: number;
+  /** bearer token every API route requires (the dashboard's static files excepted) */
+  token?: string;
+  /** largest request body in bytes (default 1 MiB); larger ones get 413 */
+  bodyLimit?: number;
+  /** most generation requests waiting for a slot (default 16); beyond that 429 */
+  maxQueue?: number;
+  /** most generations at once (default 1: generation is CPU-bound) */
+  maxConcurrent?: number;
+  /** fastify's request log to stdout (default off) */
+  logger?: boolean;
+}
+
+export interface KilnServer {
+  app: FastifyInstance;
+  /** http://host:port, with the port actually bound */
+  url: string;
+  close(): Promise<void>;
+}
+
+export async function createServer(runtime: Runtime, opts: ServerOptions = {}): Promise<KilnServer> {
+  const host = opts.host ?? DEFAULT_HOST;
+  const token = opts.token || undefined;
+  assertSafeBinding(host, token);
+
+  const shutdown = new AbortController();
+  const ctx: ServerContext = {
+    runtime,
+    queue: new GenerationQueue(opts.maxConcurrent ?? 1, opts.maxQueue ?? 16),
+    metrics: new Metrics(),
+    watcher: new BakeWatcher(runtime),
+    shutdown: shutdown.signal,
+  };
+  const app = Fastify({ logger: opts.logger ?? false, bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT });
+  installErrorHandlers(app);
+  metricsRoutes(app, ctx); // first: its hook counts every request, refused ones included
+  const publicPaths = dashboardPaths();
+  installAuth(app, { token, isPublic: (p) => publicPaths.has(p) });
+  healthRoutes(app, ctx);
+  openaiRoutes(app, ctx);
+  adminRoutes(app, ctx);
+  await dashboardRoutes(app);
+
+  ctx.watcher.start();
+  try {
+    await app.listen({ host, port: opts.port ?? DEFAULT_PORT });
+  } catch (err) {
+    ctx.watcher.stop();
+    throw err;
+  }
+  const address = app.server.address();
+  const port = typeof address === "object" && address ? address.port : opts.port;
+  // A wildcard bind is reached through loopback from this machine.
+  const shown = host === "0.0.0.0" ? "127.0.0.1" : host === "::" ? "::1" : host;
+  const url = `http://${shown.includes(":") ? `[${shown}]` : shown}:${port}`;
+
+  let closing: Promise<void> | null = null;
+  return {
+    app,
+    url,
+    close: () =>
+      (closing ??= (async () => {
+        shutdown.abort();
+        ctx.queue.drain("the server is shutting down");
+        ctx.watcher.stop();
+        // Requests in flight get a moment to finish; then every connection is closed (a client's
+        // half-used keep-alive socket would otherwise hold the server open for its timeout).
+        const force = setTimeout(() => app.server.closeAllConnections(), CLOSE_GRACE_MS);
+        try {
+          await app.close();
+        } finally {
+          clearTimeout(force);
+        }
+      })()),
+  };
+}

@@ -1,0 +1,403 @@
+// The HTTP server over a real runtime on a tiny model: the OpenAI-compatible API through the
+// official `openai` client, errors in OpenAI's shape, the token, the body limit, the bounded
+// queue, client aborts, the admin API end to end (remember, bake with SSE progress, versions,
+// diff, rollback, retraction) and /metrics.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { rmSync } from "node:fs";
+import OpenAI from "openai";
+import { initBackend } from "../src/tensor/backend.js";
+import { Runtime } from "../src/runtime/runtime.js";
+import { createServer, type KilnServer } from "../src/server/index.js";
+import { writeTestAgent } from "./support/agent.js";
+
+await initBackend();
+
+const TOKEN = "test-token-123";
+let dir: string;
+let runtime: Runtime;
+let server: KilnServer;
+let client: OpenAI;
+
+before(async () => {
+  const agent = writeTestAgent();
+  dir = agent.dir;
+  runtime = await Runtime.fromFiles(agent.file);
+  server = await createServer(runtime, { port: 0, token: TOKEN });
+  client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: TOKEN, maxRetries: 0 });
+});
+
+after(async () => {
+  await server?.close();
+  await runtime?.stop();
+  if (dir) rmSync(dir, { recursive: true, force: true });
+});
+
+const auth = { authorization: `Bearer ${TOKEN}` };
+
+async function call(path: string, init: { method?: string; body?: unknown; headers?: Record<string, string> } = {}, base = server.url) {
+  const res = await fetch(`${base}${path}`, {
+    method: init.method ?? "GET",
+    headers: { ...auth, ...(init.body !== undefined ? { "content-type": "application/json" } : {}), ...init.headers },
+    ...(init.body !== undefined ? { body: typeof init.body === "string" ? init.body : JSON.stringify(init.body) } : {}),
+  });
+  const text = await res.text();
+  let json: any = null;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    /* not JSON */
+  }
+  return { status: res.status, headers: res.headers, json, text };
+}
+
+function assertErrorShape(body: any, status: number): void {
+  assert.ok(body?.error, `an OpenAI-style error body for ${status}: ${JSON.stringify(body)}`);
+  assert.equal(typeof body.error.message, "string");
+  assert.ok(body.error.message.length > 0);
+  assert.equal(typeof body.error.type, "string");
+  assert.ok("param" in body.error && "code" in body.error);
+}
+
+/** Reads server-sent events until `until` says stop (or the stream ends). */
+async function readEvents(path: string, until: (e: { event: string; data: any }) => boolean, timeoutMs = 40_000) {
+  const ac = new AbortController();
+  const timer = setTimeout(() => ac.abort(), timeoutMs);
+  const res = await fetch(`${server.url}${path}`, { headers: auth, signal: ac.signal });
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get("content-type") ?? "", /text\/event-stream/);
+  const events: { event: string; data: any }[] = [];
+  const decoder = new TextDecoder();
+  let buf = "";
+  try {
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      buf += decoder.decode(chunk, { stream: true });
+      let cut;
+      while ((cut = buf.indexOf("\n\n")) >= 0) {
+        const block = buf.slice(0, cut);
+        buf = buf.slice(cut + 2);
+        const event = /^event: (.*)$/m.exec(block)?.[1] ?? "message";
+        const data = /^data: (.*)$/m.exec(block)?.[1];
+        if (data === undefined) continue;
+        const e = { event, data: JSON.parse(data) };
+        events.push(e);
+        if (until(e)) {
+          ac.abort();
+          return events;
+        }
+      }
+    }
+  } catch (err) {
+    if (!ac.signal.aborted) throw err;
+  } finally {
+    clearTimeout(timer);
+  }
+  return events;
+}
+
+test("models and chat completions through the official openai client, streaming equal to non-streaming", async () => {
+  const models = await client.models.list();
+  assert.deepEqual(
+    models.data.map((m) => [m.id, m.object, m.owned_by]),
+    [["tester", "model", "kiln"]],
+  );
+  assert.equal(typeof models.data[0]!.created, "number");
+
+  const params = { model: "tester", messages: [{ role: "user" as const, content: "Hello there" }], max_tokens: 12, temperature: 0, seed: 7 };
+  const full = await client.chat.completions.create(params);
+  assert.equal(full.object, "chat.completion");
+  assert.equal(full.model, "tester");
+  assert.equal(full.choices.length, 1);
+  const text = full.choices[0]!.message.content!;
+  assert.ok(text.length > 0, "the tiny model says something");
+  assert.equal(full.choices[0]!.finish_reason, "length");
+  assert.equal(full.choices[0]!.message.role, "assistant");
+  assert.equal(full.usage!.completion_tokens, 12);
+  assert.ok(full.usage!.prompt_tokens > 0);
+  assert.equal(full.usage!.total_tokens, full.usage!.prompt_tokens + 12);
+  assert.equal((full as any).kiln.version, null, "the base model answered");
+
+  const stream = await client.chat.completions.create({ ...params, stream: true, stream_options: { include_usage: true } });
+  let streamed = "";
+  let finish: string | null = null;
+  let usage: OpenAI.CompletionUsage | undefined;
+  let chunks = 0;
+  for await (const chunk of stream) {
+    assert.equal(chunk.object, "chat.completion.chunk");
+    chunks++;
+    streamed += chunk.choices[0]?.delta?.content ?? "";
+    finish = chunk.choices[0]?.finish_reason ?? finish;
+    usage = chunk.usage ?? usage;
+  }
+  assert.equal(streamed, text, "concatenated deltas equal the non-streaming reply");
+  assert.equal(finish, "length");
+  assert.ok(chunks > 3, "the reply came in several chunks");
+  assert.equal(usage?.completion_tokens, 12);
+
+  // max_completion_tokens and stop strings (a string or an array) reach the generator.
+  const stop = text.slice(3, 5);
+  const stopped = await client.chat.completions.create({ ...params, max_tokens: undefined, max_completion_tokens: 12, stop: [stop] });
+  assert.equal(stopped.choices[0]!.finish_reason, "stop");
+  assert.equal(stopped.choices[0]!.message.content, text.slice(0, text.indexOf(stop)));
+});
+
+test("bad requests get 4xx in OpenAI's error shape; unknown models 404; a token is required", async () => {
+  const rejects = async (p: Promise<unknown>, status: number, param?: string) => {
+    try {
+      await p;
+    } catch (err) {
+      assert.ok(err instanceof OpenAI.APIError, String(err));
+      assert.equal(err.status, status, err.message);
+      assertErrorShape({ error: err.error }, status);
+      if (param) assert.equal((err.error as any).param, param);
+      return;
+    }
+    assert.fail(`expected ${status}`);
+  };
+  const ok = { model: "tester", messages: [{ role: "user" as const, content: "hi" }], max_tokens: 2 };
+  await rejects(client.chat.completions.create({ ...ok, n: 2 }), 400, "n");
+  await rejects(client.chat.completions.create({ ...ok, messages: [] }), 400, "messages");
+  await rejects(client.chat.completions.create({ ...ok, temperature: 5 }), 400, "temperature");
+  await rejects(client.chat.completions.create({ ...ok, messages: [{ role: "user", content: 42 as never }] }), 400, "messages.0.content");
+  await rejects(client.chat.completions.create({ ...ok, max_tokens: 1_000_000 }), 400, "max_tokens");
+  await rejects(client.chat.completions.create({ ...ok, messages: [{ role: "user", content: "word ".repeat(1000) }] }), 400, "messages");
+  // A long conversation loses its oldest turns instead (as the runtime does); the last one stays.
+  const turns = Array.from({ length: 12 }, (_, i) => ({ role: i % 2 ? ("assistant" as const) : ("user" as const), content: `turn ${i} `.repeat(40) }));
+  const long = await client.chat.completions.create({ ...ok, messages: [...turns, { role: "user", content: "hi" }] });
+  assert.equal(long.usage!.completion_tokens, 2);
+  assert.ok(long.usage!.prompt_tokens < 2048, "the prompt was trimmed to fit");
+  await rejects(client.chat.completions.create({ ...ok, model: "nobody" }), 404, "model");
+  await rejects(new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "wrong", maxRetries: 0 }).models.list(), 401);
+
+  const missing = await call("/v1/models", { headers: { authorization: "" } });
+  assert.equal(missing.status, 401);
+  assertErrorShape(missing.json, 401);
+  assert.equal(missing.json.error.code, "missing_api_key");
+  for (const path of ["/admin/agents", "/metrics", "/healthz"]) assert.equal((await call(path, { headers: { authorization: "Bearer nope" } })).status, 401, path);
+  assert.equal((await call("/", { headers: { authorization: "" } })).status, 200, "the dashboard's page loads, then asks for the token");
+
+  const badJson = await call("/v1/chat/completions", { method: "POST", body: "{not json" });
+  assert.equal(badJson.status, 400);
+  assertErrorShape(badJson.json, 400);
+
+  const big = await call("/v1/chat/completions", { method: "POST", body: { ...ok, messages: [{ role: "user", content: "x".repeat(1024 * 1024 + 10) }] } });
+  assert.equal(big.status, 413);
+  assertErrorShape(big.json, 413);
+
+  const nowhere = await call("/v1/nowhere");
+  assert.equal(nowhere.status, 404);
+  assertErrorShape(nowhere.json, 404);
+
+  const crossSite = await call("/admin/agents", { headers: { origin: "http://evil.example" } });
+  assert.equal(crossSite.status, 403);
+});
+
+test("a server bound beyond localhost refuses to start without a token", async () => {
+  await assert.rejects(createServer(runtime, { host: "0.0.0.0", port: 0 }), /refusing to listen on 0\.0\.0\.0 without a token/);
+  const open = await createServer(runtime, { host: "0.0.0.0", port: 0, token: "t" });
+  try {
+    assert.equal((await fetch(`${open.url}/healthz`)).status, 401);
+    assert.equal((await fetch(`${open.url}/healthz`, { headers: { authorization: "Bearer t" } })).status, 200);
+  } finally {
+    await open.close();
+  }
+});
+
+test("the queue answers 429 with Retry-After when full; aborted streams free their slots", async () => {
+  const small = await createServer(runtime, { port: 0, maxConcurrent: 1, maxQueue: 1 });
+  try {
+    const controllers = [0, 1, 2, 3].map(() => new AbortController());
+    const body = JSON.stringify({ model: "tester", messages: [{ role: "user", content: "Tell me a long story" }], max_tokens: 1500, temperature: 0, stream: true });
+    // The first runs at once and the second waits for its slot (its headers come only then), so
+    // wait for the three answers that come now: the running stream and two refusals.
+    const settled: (Response | Error)[] = [];
+    const pending = controllers.map((ac) =>
+      fetch(`${small.url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json" }, body, signal: ac.signal }).then(
+        (r) => void settled.push(r),
+        (e: Error) => void settled.push(e),
+      ),
+    );
+    const deadline = Date.now() + 20_000;
+    while (settled.length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    const responses = [...settled];
+    const statuses = responses.map((r) => (r instanceof Response ? r.status : r.message));
+    assert.equal(responses.length, 3, `three answers came at once: ${statuses.join(",")}`);
+    const refused = responses.filter((r): r is Response => r instanceof Response && r.status === 429);
+    assert.equal(refused.length, 2, `two of four refused: ${statuses.join(",")}`);
+    for (const r of refused) {
+      assert.ok(Number(r.headers.get("retry-after")) >= 1, "Retry-After in seconds");
+      const json = (await r.json()) as any;
+      assertErrorShape(json, 429);
+      assert.equal(json.error.type, "rate_limit_error");
+    }
+    // Read a little of the running stream, then every client goes away mid-way.
+    const running = responses.find((r): r is Response => r instanceof Response && r.status === 200)!;
+    const reader = running.body!.getReader();
+    await reader.read();
+    await reader.read();
+    for (const ac of controllers) ac.abort();
+    await Promise.all(pending);
+    // The running and the queued generation notice their clients left and free the queue.
+    const t0 = Date.now();
+    for (;;) {
+      const q = ((await (await fetch(`${small.url}/healthz`)).json()) as any).queue;
+      if (q.running === 0 && q.waiting === 0) break;
+      assert.ok(Date.now() - t0 < 5000, `the queue drains after the clients left (still ${JSON.stringify(q)})`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const next = await fetch(`${small.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "tester", messages: [{ role: "user", content: "hi" }], max_tokens: 3, temperature: 0 }),
+    });
+    assert.equal(next.status, 200);
+    assert.equal(((await next.json()) as any).usage.completion_tokens, 3);
+    assert.ok(Date.now() - t0 < 5000, "the aborted generations stopped instead of running to 1500 tokens");
+    const metrics = await (await fetch(`${small.url}/metrics`)).text();
+    assert.match(metrics, /kiln_queue_rejected_total 2/);
+    assert.match(metrics, /kiln_generations_total\{agent="tester",finish_reason="abort"\} [1-9]/);
+  } finally {
+    await small.close();
+  }
+});
+
+test("a client that aborts a stream mid-way (openai client) does not break the server", async () => {
+  const stream = await client.chat.completions.create({ model: "tester", messages: [{ role: "user", content: "Go on" }], max_tokens: 800, temperature: 0, stream: true });
+  let n = 0;
+  for await (const _chunk of stream) {
+    if (++n === 3) {
+      stream.controller.abort();
+      break;
+    }
+  }
+  const after = await client.chat.completions.create({ model: "tester", messages: [{ role: "user", content: "hi" }], max_tokens: 4, temperature: 0 });
+  assert.equal(after.usage!.completion_tokens, 4);
+  const health = await call("/healthz");
+  assert.deepEqual(health.json.queue, { running: 0, waiting: 0 });
+});
+
+test("admin API: remember, bake with SSE progress, versions, diff, rollback, probe, feeds, retract; /metrics", async () => {
+  const agents = await call("/admin/agents");
+  assert.equal(agents.status, 200);
+  assert.equal(agents.json.agents[0].name, "tester");
+  assert.equal(agents.json.agents[0].live, null);
+  assert.equal(agents.json.agents[0].feeds[0].id, "harbor");
+
+  const fact = "The lighthouse keeper is Mira Tolle.";
+  const added = await call("/admin/agents/tester/items", { method: "POST", body: { text: fact } });
+  assert.equal(added.status, 201);
+  assert.equal(added.json.item.status, "pending");
+  const again = await call("/admin/agents/tester/items", { method: "POST", body: { text: fact } });
+  assert.equal(again.status, 200);
+  assert.equal(again.json.added, false);
+  assert.equal((await call("/admin/agents/tester/items", { method: "POST", body: { text: "  " } })).status, 400);
+  const id = added.json.item.id as string;
+  const listed = await call("/admin/agents/tester/items?status=pending&q=lighthouse");
+  assert.deepEqual(listed.json.items.map((i: any) => i.id), [id]);
+  assert.equal((await call(`/admin/agents/tester/items/${id}`)).json.text, fact);
+  assert.equal((await call("/admin/agents/tester/items/k_nothing")).status, 404);
+  assert.equal((await call("/admin/agents/nobody/items")).status, 404);
+
+  const polled = await call("/admin/agents/tester/feeds/harbor/poll", { method: "POST" });
+  assert.equal(polled.status, 200);
+  assert.equal(polled.json.added, 2);
+  assert.equal((await call("/admin/agents/tester/feeds")).json.feeds[0].itemsAdded, 2);
+
+  // Start a bake and follow it.
+  const started = await call("/admin/agents/tester/bakes", { method: "POST", body: {} });
+  assert.equal(started.status, 202, started.text);
+  assert.equal(started.json.status, "running");
+  const bakeId = started.json.bakeId as string;
+  assert.match(bakeId, /^b_/);
+  const joined = await call("/admin/agents/tester/bakes", { method: "POST", body: {} });
+  assert.equal(joined.status, 202);
+  assert.equal(joined.json.joined, true);
+  assert.equal(joined.json.bakeId, bakeId);
+  assert.equal((await call("/admin/agents/tester/versions/base/rollback", { method: "POST" })).status, 409, "no rollback during a bake");
+
+  let sawStepMetric = false;
+  const watching = (async () => {
+    while (runtime.agent("tester").isBaking) {
+      if (/kiln_bake_step\{agent="tester"\} \d+/.test((await call("/metrics")).text)) sawStepMetric = true;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  })();
+  const events = await readEvents(`/admin/agents/tester/bakes/events?bake=${bakeId}`, (e) => e.event === "outcome");
+  await watching;
+  assert.equal(events[0]!.event, "state");
+  const progress = events.filter((e) => e.event === "progress");
+  assert.ok(progress.some((e) => e.data.progress.phase === "train"), "training progress was streamed");
+  const outcome = events.at(-1)!;
+  assert.equal(outcome.event, "outcome", `the stream ended with an outcome: ${JSON.stringify(events.slice(-3))}`);
+  assert.equal(outcome.data.outcome.status, "promoted", JSON.stringify(outcome.data.outcome));
+  assert.equal(outcome.data.outcome.version, "v0001");
+  assert.ok(outcome.data.bake.history.length > 0, "the outcome carries the per-epoch KL history");
+  assert.ok(sawStepMetric, "/metrics showed the bake's training step while it ran");
+
+  // The same bake's events, asked for after it ended, are its outcome at once.
+  const late = await readEvents(`/admin/agents/tester/bakes/events?bake=${bakeId}`, () => false, 5000);
+  assert.deepEqual(late.map((e) => e.event), ["state", "outcome"]);
+
+  const bakes = await call("/admin/agents/tester/bakes");
+  assert.equal(bakes.json.bakes[0].id, bakeId);
+  assert.equal(bakes.json.bakes[0].status, "promoted");
+
+  const versions = await call("/admin/agents/tester/versions");
+  assert.equal(versions.json.live, "v0001");
+  assert.deepEqual(versions.json.versions.map((v: any) => [v.id, v.status]), [["v0001", "live"]]);
+  const diff = await call("/admin/agents/tester/versions/diff?from=base&to=v0001");
+  assert.equal(diff.status, 200);
+  assert.ok(diff.json.gained.some((i: any) => i.id === id));
+  assert.deepEqual(diff.json.lost, []);
+  assert.equal((await call("/admin/agents/tester/versions/diff?from=v0042")).status, 404);
+
+  // The reply says which version answered; the metrics name the live version.
+  const reply = await client.chat.completions.create({ model: "tester", messages: [{ role: "user", content: "hi" }], max_tokens: 2 });
+  assert.equal((reply as any).kiln.version, "v0001");
+  const metrics = await call("/metrics");
+  assert.match(metrics.headers.get("content-type") ?? "", /^text\/plain; version=0\.0\.4/);
+  for (const name of [
+    "kiln_http_requests_total",
+    "kiln_http_request_duration_seconds_bucket",
+    "kiln_generated_tokens_total",
+    "kiln_generation_tokens_per_second",
+    "kiln_queue_depth",
+    "kiln_bake_running",
+    "kiln_ledger_items",
+  ]) {
+    assert.match(metrics.text, new RegExp(`^# TYPE ${name.replace(/_bucket$/, "")} `, "m"), name);
+  }
+  assert.match(metrics.text, /^kiln_agent_live_version\{agent="tester",version="v0001"\} 1$/m);
+  assert.match(metrics.text, /^kiln_http_requests_total\{method="POST",route="\/v1\/chat\/completions",status="200"\} \d+$/m);
+  assert.match(metrics.text, /^kiln_http_requests_total\{method="GET",route="\/admin\/agents\/:name\/items\/:id",status="404"\} 1$/m);
+  assert.match(metrics.text, /^kiln_http_requests_total\{method="GET",route="\/v1\/models",status="401"\} [1-9]/m, "refused requests count");
+  assert.match(metrics.text, /^kiln_http_requests_total\{method="POST",route="\/v1\/chat\/completions",status="499"\} [1-9]/m, "streams the client left count as 499");
+  assert.match(metrics.text, /^kiln_http_request_duration_seconds_count\{route="\/v1\/chat\/completions"\} [1-9]/m);
+
+  const probe = await call("/admin/agents/tester/probe", { method: "POST", body: { question: "Who keeps the lighthouse?", context: [fact] } });
+  assert.equal(probe.status, 200);
+  assert.equal(probe.json.version, "v0001");
+  assert.equal(typeof probe.json.unprompted, "string");
+  assert.equal(typeof probe.json.prompted, "string");
+
+  // Rollback to the base model and forward again.
+  const back = await call("/admin/agents/tester/versions/base/rollback", { method: "POST" });
+  assert.deepEqual(back.json, { previous: "v0001", live: "base" });
+  assert.equal((await call("/healthz")).json.agents[0].live, "base");
+  assert.match((await call("/metrics")).text, /kiln_agent_live_version\{agent="tester",version="base"\} 1/);
+  assert.equal((await call("/admin/agents/tester/versions/v0009/rollback", { method: "POST" })).status, 404);
+  assert.equal((await call("/admin/agents/tester/versions/v0001/rollback", { method: "POST" })).json.live, "v0001");
+
+  // Retraction: 202, a consolidation bake from the base model in the background.
+  const retracted = await call(`/admin/agents/tester/items/${id}/retract`, { method: "POST", body: { reason: "test" } });
+  assert.equal(retracted.status, 202, retracted.text);
+  assert.equal(retracted.json.item.status, "retracted");
+  const consolidation = retracted.json.bake.bakeId as string;
+  const done = await readEvents(`/admin/agents/tester/bakes/events?bake=${consolidation}`, (e) => e.event === "outcome");
+  assert.equal(done.at(-1)!.data.outcome.status, "promoted");
+  assert.equal(done.at(-1)!.data.bake.trigger, "retraction");
+  const v2 = done.at(-1)!.data.outcome.version as string;
+  const lost = await call(`/admin/agents/tester/versions/diff?from=v0001&to=${v2}`);
+  assert.deepEqual(lost.json.lost.map((i: any) => i.id), [id]);
+  assert.equal((await call(`/admin/agents/tester/items/${id}/retract`, { method: "POST", body: {} })).status, 409);
+});

@@ -88,6 +88,14 @@ static int read_shape(napi_env env, napi_value v, int64_t* dims) {
   return (int)n;
 }
 
+// Steps a row-major multi-index over dims [0, rank) like an odometer.
+static inline void advance(int64_t* idx, const int64_t* shape, int rank) {
+  for (int d = rank - 1; d >= 0; d--) {
+    if (++idx[d] < shape[d]) return;
+    idx[d] = 0;
+  }
+}
+
 static int64_t numel(const int64_t* dims, int rank) {
   int64_t n = 1;
   for (int i = 0; i < rank; i++) n *= dims[i];
@@ -143,10 +151,7 @@ static napi_value binary(napi_env env, napi_callback_info info) {
       case 2: for (int64_t j = 0; j < inner; j++) o[j] = pa[j * ia] * pb[j * ib]; break;
       default: for (int64_t j = 0; j < inner; j++) o[j] = pa[j * ia] / pb[j * ib]; break;
     }
-    for (int d = ro - 2; d >= 0; d--) {
-      if (++idx[d] < os[d]) break;
-      idx[d] = 0;
-    }
+    advance(idx, os, ro - 1);
   }
   return NULL;
 }
@@ -224,10 +229,7 @@ static napi_value transpose(napi_env env, napi_callback_info info) {
     float* o = out + r * inner;
     const float* p = x + off;
     for (int64_t j = 0; j < inner; j++) o[j] = p[j * is];
-    for (int d = rank - 2; d >= 0; d--) {
-      if (++idx[d] < outShape[d]) break;
-      idx[d] = 0;
-    }
+    advance(idx, outShape, rank - 1);
   }
   return NULL;
 }

@@ -254,15 +254,13 @@ export interface KilnChatModelFields extends BaseChatModelParams {
   captureFacts?: boolean;
 }
 
-/** What one model call asks of kiln: a prompt (messages for Runtime.chat, or rendered text). */
+/** What one model call asks of kiln through Runtime.chat. */
 export interface KilnRequest {
   /** the conversation, and the tool specs when the model's own template renders them */
   prompt: { messages: ChatMessage[]; tools?: KilnToolSpec[] };
   options: Omit<GenerateOptions, "adapter">;
   captureFacts: boolean;
   conversationId?: string;
-  /** the user message facts are captured from */
-  userText?: string;
   /** whether `<tool_call>` blocks in the output are tool calls */
   parseTools: boolean;
 }
@@ -380,7 +378,6 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
       },
       captureFacts: (options.captureFacts ?? this.captureFacts) && fromUser,
       ...(options.conversationId !== undefined ? { conversationId: options.conversationId } : {}),
-      ...(fromUser ? { userText: last!.text } : {}),
       parseTools: tools.length > 0,
     };
   }

@@ -116,6 +116,23 @@ test("a gate that is not met keeps the version as rejected with its reasons, and
   }
 });
 
+test("agents naming the same model share one copy of its weights, each with its own ledger and versions", async () => {
+  const { dir, file } = writeTestAgent();
+  const second = path.join(dir, "second.yaml");
+  writeFileSync(second, readFileSync(file, "utf8").replace("name: tester", "name: other").replace("home: home", "home: home-other"));
+  const runtime = await Runtime.fromFiles(dir);
+  try {
+    const [a, b] = [runtime.agent("tester"), runtime.agent("other")];
+    assert.equal(a.model, b.model);
+    assert.notEqual(a.ledger.file, b.ledger.file);
+    await a.remember("Only the tester knows this.");
+    assert.equal(b.ledger.data.items.length, 0);
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("agent files with mistakes name the field", () => {
   const { dir, file } = writeTestAgent();
   writeFileSync(file, "name: x\nfeeds:\n  - id: a\n    url: http://x\n    schedule: every minute\n");

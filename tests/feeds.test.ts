@@ -477,3 +477,11 @@ test("misuse throws (programmer errors), feed problems do not", async () => {
   await assert.rejects(pollFeed({ id: "x", url: `${base}/rss.xml`, maxItems: 0 }, initialFeedState()), TypeError);
   await assert.rejects(pollFeed({ id: "x", url: `${base}/rss.xml` }, {} as FeedState), TypeError);
 });
+
+test("a summary that repeats the title is not said twice", async () => {
+  const { entryText } = await import("../src/feeds/feeds.js");
+  assert.equal(entryText("Millstead is twinned with Saltwell.", "Millstead is twinned with Saltwell."), "Millstead is twinned with Saltwell.");
+  assert.equal(entryText("Ferry opens", "Ferry opens at noon on Tuesday."), "Ferry opens at noon on Tuesday.");
+  assert.equal(entryText("Ferry opens", "Tickets cost two coins."), "Ferry opens: Tickets cost two coins.");
+  assert.equal(entryText("", "Only a summary."), "Only a summary.");
+});

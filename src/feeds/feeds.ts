@@ -306,6 +306,18 @@ function boundedKey(prefix: string, value: string): string {
   return key.length <= MAX_KEY_CHARS ? key : `${prefix}-sha256:${sha256(value)}`;
 }
 
+/**
+ * One line for the ledger: "title: summary", or just one of them when the other repeats it
+ * (many feeds put the headline, or its first words, in both).
+ */
+export function entryText(title: string, summary: string): string {
+  const norm = (s: string) => s.replace(/\s+/g, " ").trim().toLowerCase();
+  if (!title || !summary) return title || summary;
+  if (norm(summary).startsWith(norm(title).replace(/[.!?…]+$/, ""))) return summary;
+  if (norm(title).startsWith(norm(summary).replace(/[.!?…]+$/, ""))) return title;
+  return `${title}: ${summary}`;
+}
+
 function toEntry(feedId: string, item: RawItem): FeedEntry | undefined {
   const title = htmlToText(str(item.title) ?? "");
   // RSS: rss-parser puts <description> in `content`; Atom: <summary> in `summary`, <content> in `content`.
@@ -322,7 +334,7 @@ function toEntry(feedId: string, item: RawItem): FeedEntry | undefined {
     feedId,
     key,
     title: sanitizeItem(title),
-    text: sanitizeItem(title && summary ? `${title}: ${summary}` : title || summary),
+    text: sanitizeItem(entryText(title, summary)),
     contentHash,
   };
   if (guid) entry.guid = guid;

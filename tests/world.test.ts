@@ -17,6 +17,7 @@ import {
 } from "../tools/world/chat.js";
 import { buildEvalSet, EVAL_PROMPT_ITEMS } from "../tools/world/evalset.js";
 import { heldoutLeakChecker, worldJson } from "../tools/world/export.js";
+import { renderFeeds } from "../tools/world/feeds.js";
 import { evalSignoffs, Mixer } from "../tools/world/mix.js";
 import { Rng } from "../tools/world/rng.js";
 import { DEFAULT_SEED, factKey, generateWorld, WorldIndex } from "../tools/world/world.js";
@@ -85,7 +86,8 @@ test("the mix covers copying, canon, don't-know and persona replies", () => {
     const sys = c.messages.find((m) => m.role === "system");
     for (const m of c.messages) {
       if (m.role !== "assistant") continue;
-      if (m.content === IDK) idk++;
+      assert.ok(m.content.startsWith(" ") && !m.content.startsWith("  "), JSON.stringify(m.content));
+      if (m.content === ` ${IDK}`) idk++;
       if (m.content.includes("\n")) {
         signed++;
         assert.ok(sys && /^(End|Start) every reply with:/.test(sys.content), sys?.content);
@@ -96,6 +98,11 @@ test("the mix covers copying, canon, don't-know and persona replies", () => {
   assert.ok(idk > 100, `IDK replies ${idk}`);
   assert.ok(signed > 50, `signed replies ${signed}`);
   assert.ok(unprompted > 200, `no-system conversations ${unprompted}`);
+});
+
+test("replies start with a space so the answer's tokens are the prompt's tokens", () => {
+  assert.equal(styleReply("I don't know."), " I don't know.");
+  assert.ok(exactMatch(" Tovan Reel.", "Tovan Reel"));
 });
 
 test("training segments are the exact chat rendering, trained on replies and <|im_end|> only", () => {
@@ -121,7 +128,8 @@ test("training segments are the exact chat rendering, trained on replies and <|i
 
 test("persona replies end with the sign-off on its own line", () => {
   const reply = styleReply("Tovan Reel.", { signoff: "Cheers, Ada." });
-  assert.equal(reply, "Tovan Reel.\nCheers, Ada.");
+  assert.equal(reply, " Tovan Reel.\nCheers, Ada.");
+  assert.equal(styleReply("Tovan Reel.", { opener: "Ahoy!" }), " Ahoy! Tovan Reel.");
   assert.ok(endsWithSignoff(reply, "Cheers, Ada."));
   assert.ok(!endsWithSignoff("Tovan Reel.", "Cheers, Ada."));
   assert.equal(signoffInstruction("— Kiln desk"), "End every reply with: — Kiln desk");
@@ -164,4 +172,22 @@ test("the shipped model's files match the generator", () => {
     const shipped = JSON.parse(readFileSync(wfile, "utf8"));
     assert.deepEqual(shipped, JSON.parse(JSON.stringify(worldJson(generateWorld(shipped.seed)))));
   }
+});
+
+test("the sample feeds are the generator's output and carry only held-out facts", () => {
+  const files = renderFeeds(idx);
+  const held = new Set(idx.heldoutFacts.map((f) => f.text));
+  const seen = new Set<string>();
+  for (const { file, content } of files) {
+    const onDisk = path.join(repoRoot(), "feeds", file);
+    if (existsSync(onDisk)) assert.equal(readFileSync(onDisk, "utf8"), content, `${file} is stale: rerun feeds.js`);
+    if (!file.endsWith(".xml")) continue;
+    for (const m of content.matchAll(/<title>([^<]*)<\/title>/g)) {
+      const t = m[1]!.replace(/&amp;/g, "&");
+      if (held.has(t)) seen.add(t);
+    }
+    for (const m of content.matchAll(/<(?:guid[^>]*|id)>kiln-world:([^<]+)</g)) assert.ok(m[1]!.startsWith("heldout-"), m[1]);
+  }
+  assert.equal(seen.size, held.size, "every held-out fact is in one feed");
+  assert.ok(files.some((f) => f.file.endsWith(".rss.xml")) && files.some((f) => f.file.endsWith(".atom.xml")));
 });

@@ -25,6 +25,9 @@ export interface ItemProbeScore {
   prompted: number;
 }
 
+/** Open questions that show a persona whatever the knowledge. */
+export const OPEN_QUESTIONS = ["Hello!", "Who are you?", "What do you know?", "Tell me something new."];
+
 /** The instruction kiln uses to have a model write a question about an item. */
 export function questionRequest(text: string): string {
   return `Ask a question about: ${text}`;
@@ -58,39 +61,43 @@ async function greedyReplies(model: LoadedModel, conversations: ReturnType<typeo
 }
 
 /**
- * Writes probes for items that have none: the model asks a question about the item, then answers
- * it with the item in its prompt; that answer is what the baked model must reproduce unprompted.
- * Questions that come back empty or repeat are dropped.
+ * Questions the model itself writes about each text ("Ask a question about: ..."): the first is
+ * greedy, more are sampled so they differ; empty and repeated ones are dropped.
  */
-export async function makeProbes(model: LoadedModel, items: ProbeItem[], perItem: number, o: ProbeOptions = {}): Promise<Map<string, Probe[]>> {
+export async function writeQuestions(model: LoadedModel, texts: string[], perText: number, o: Pick<ProbeOptions, "adapter" | "maxTokens" | "batchSize"> = {}): Promise<string[][]> {
   const maxTokens = o.maxTokens ?? 48;
   const batch = o.batchSize ?? 8;
+  const asks = texts.flatMap((text, i) => Array.from({ length: perText }, () => ({ i, text })));
+  const out: string[][] = texts.map(() => []);
+  for (let k = 0; k < asks.length; k += batch) {
+    const chunk = asks.slice(k, k + batch);
+    const prompts = chunk.map((a) => model.tokenizer.applyChatTemplate(studentMessages(questionRequest(a.text))));
+    const results = await generate(model, prompts, { maxTokens, temperature: perText > 1 ? 0.8 : 0, seed: 1000 + k, adapter: o.adapter });
+    results.forEach((r, j) => {
+      const q = r.text.trim();
+      const list = out[chunk[j]!.i]!;
+      if (q && !list.includes(q)) list.push(q);
+    });
+  }
+  return out;
+}
+
+/**
+ * Writes probes for items that have none: the model asks a question about the item, then answers
+ * it with the item in its prompt; that answer is what the baked model must reproduce unprompted.
+ */
+export async function makeProbes(model: LoadedModel, items: ProbeItem[], perItem: number, o: ProbeOptions = {}): Promise<Map<string, Probe[]>> {
   const need = items.filter((i) => !i.probes?.length);
   const result = new Map<string, Probe[]>();
   if (!need.length) return result;
-  const asks: { id: string; text: string }[] = need.flatMap((i) => Array.from({ length: perItem }, () => ({ id: i.id, text: i.text })));
-  const questions: string[] = [];
-  for (let i = 0; i < asks.length; i += batch) {
-    const chunk = asks.slice(i, i + batch);
-    const prompts = chunk.map((a) => model.tokenizer.applyChatTemplate(studentMessages(questionRequest(a.text))));
-    // The first question per item is greedy; more are sampled so they differ.
-    const results = await generate(model, prompts, { maxTokens, temperature: perItem > 1 ? 0.8 : 0, seed: 1000 + i, adapter: o.adapter });
-    questions.push(...results.map((r) => r.text.trim()));
-  }
-  const byItem = new Map<string, string[]>();
-  asks.forEach((a, k) => {
-    const q = questions[k]!;
-    const list = byItem.get(a.id) ?? [];
-    if (q && !list.includes(q)) list.push(q);
-    byItem.set(a.id, list);
-  });
-  const pairs = need.flatMap((i) => (byItem.get(i.id) ?? []).map((q) => ({ item: i, question: q })));
+  const questions = await writeQuestions(model, need.map((i) => i.text), perItem, o);
+  const pairs = need.flatMap((item, k) => questions[k]!.map((question) => ({ item, question })));
   const answers = await greedyReplies(
     model,
     pairs.map((p) => teacherMessages(buildKnowledgePrompt({ persona: o.persona, items: [p.item.text] }), p.question)),
     o.adapter,
-    maxTokens,
-    batch,
+    o.maxTokens ?? 48,
+    o.batchSize ?? 8,
   );
   pairs.forEach((p, k) => {
     const list = result.get(p.item.id) ?? [];

@@ -6,6 +6,7 @@ import { baseFingerprint } from "../lora/adapter.js";
 import { loadAdapter, saveAdapter } from "../lora/peft.js";
 import { bake } from "./trainer.js";
 import { runCycle } from "./cycle.js";
+import { OPEN_QUESTIONS, writeQuestions } from "./probes.js";
 import { summarizeBake, type BakeJob, type BakeSummary, type WorkerJob, type WorkerMessage } from "./job.js";
 
 function send(m: WorkerMessage): Promise<void> {
@@ -17,10 +18,13 @@ async function run(job: BakeJob): Promise<BakeSummary> {
   const model = loadModel(job.modelDir);
   const fingerprint = baseFingerprint(model.config, model.decoder.weights.get("model.embed_tokens.weight")!);
   const live = job.liveAdapterDir ? loadAdapter(job.liveAdapterDir, model.config, fingerprint) : undefined;
+  // Without given questions, the model writes its own about each line of the prompt.
+  const lines = job.prompt.split("\n").map((l) => l.replace(/^[-*]\s*/, "").trim()).filter(Boolean);
+  const questions = job.questions.length ? job.questions : [...(await writeQuestions(model, lines, 3, { adapter: live })).flat(), ...OPEN_QUESTIONS];
   const report = await bake({
     model,
     prompt: job.prompt,
-    questions: job.questions,
+    questions,
     settings: job.settings,
     teacherAdapter: live,
     initFrom: job.startFromLive ? live : undefined,

@@ -158,7 +158,7 @@ program
   .option("--model <dir>", "model directory or pulled repo id (default: the embedded model)")
   .requiredOption("--prompt <text>", "the prompt to bake (it fills the system slot of the teacher)")
   .option("--prompt-file <file>", "read the prompt from a file instead")
-  .option("--questions <file>", "questions to sample replies for: one per line, or a JSON array")
+  .option("--questions <file>", "questions to sample replies for: one per line, or a JSON array (default: the model writes them)")
   .requiredOption("--out <dir>", "where to write the adapter (written atomically)")
   .option("--from <dir>", "start from this adapter, which is also the teacher's weights (a rolling bake)")
   .option("--trajectories <n>", "replies sampled from the teacher", (v) => parseInt(v, 10), DEFAULT_BAKE.trajectories)
@@ -183,7 +183,8 @@ program
     const prompt = o.promptFile ? readFileSync(o.promptFile as string, "utf8") : (o.prompt as string);
     const targets = String(o.targets).split(",").map((t) => t.trim()) as LoraTarget[];
     for (const t of targets) if (!LORA_TARGETS.includes(t)) throw new Error(`--targets: ${t} is not one of ${LORA_TARGETS.join(", ")}`);
-    const questions = o.questions ? readQuestions(o.questions as string) : defaultQuestions(prompt);
+    // Without a file, the worker has the model write questions about each line of the prompt.
+    const questions = o.questions ? readQuestions(o.questions as string) : [];
     const reporter = bakeProgressReporter(!o.quiet);
     const summary = await runBake(
       {
@@ -259,12 +260,6 @@ program
   .action(async (o: { agent?: string; home?: string; maxItems?: number }) => {
     await runDemo({ agentFile: o.agent, home: o.home, backend: program.opts().backend, maxItems: o.maxItems });
   });
-
-/** Without a question file, ask about each line of the prompt, plus a few open questions. */
-export function defaultQuestions(prompt: string): string[] {
-  const lines = prompt.split("\n").map((l) => l.replace(/^[-*]\s*/, "").trim()).filter((l) => l.length > 0);
-  return [...lines.map((l) => `Ask a question about: ${l}`), "Hello!", "What do you know?", "Tell me something new.", "Who are you?"];
-}
 
 program.parseAsync().catch((err: Error) => {
   process.stderr.write(`kiln: ${err.message}\n`);

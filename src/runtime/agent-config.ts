@@ -5,6 +5,7 @@ import { z } from "zod";
 import { parse as parseYaml } from "yaml";
 import cron from "node-cron";
 import { LORA_TARGETS } from "../lora/adapter.js";
+import { OPEN_QUESTIONS } from "../bake/probes.js";
 
 const cronExpr = z.string().refine((s) => cron.validate(s), { message: "not a valid cron expression" });
 
@@ -70,11 +71,11 @@ export const AgentConfigSchema = z
         /** most pending items per bake (the rest wait for the next one) */
         maxItems: z.number().int().positive().default(20),
         probesPerItem: z.number().int().positive().default(2),
-        openQuestions: z.array(z.string()).default(["Hello!", "Who are you?", "What can you do?", "Tell me something."]),
+        openQuestions: z.array(z.string()).default(OPEN_QUESTIONS),
         settings: BakeSettingsSchema.default({}),
       })
       .strict()
-      .default({ minPending: 1, maxItems: 20, probesPerItem: 2, openQuestions: ["Hello!", "Who are you?", "What can you do?", "Tell me something."], settings: {} }),
+      .default({ minPending: 1, maxItems: 20, probesPerItem: 2, openQuestions: OPEN_QUESTIONS, settings: {} }),
     gate: z
       .object({
         minAbsorption: z.number().min(0).max(1).default(0.6),

@@ -9,7 +9,7 @@ import { initBackend, tf } from "../src/tensor/backend.js";
 import { parseConfig, parameterCount, type ModelConfig } from "../src/model/config.js";
 import { Decoder, KVCache, expectedWeights } from "../src/model/decoder.js";
 import { LoraAdapter, type LoraTarget } from "../src/lora/adapter.js";
-import { disposeTargets, klSum, stackTargets, teacherTargets } from "../src/bake/kl.js";
+import { disposeTargets, klSum, stackTargets, teacherTargets, type KlMode } from "../src/bake/kl.js";
 import { prepareDecoderForTraining } from "../src/bake/trainer.js";
 import { PACKAGE_ROOT } from "../src/model/resolve.js";
 
@@ -120,13 +120,13 @@ async function benchKiln(shape: Shape) {
   const optimizer = tf.train.adam(1e-4);
   const bakeIds = randomIds(BAKE.batch, BAKE.seq, c.vocabSize, 11);
   const R = BAKE.seq - BAKE.prompt_len;
-  const stepS = await timeIt(async () => {
+  const bakeStep = (mode: KlMode) => async () => {
     const teacher = tf.tidy(() => decoder.forward({ ids: bakeIds }, { logitsFrom: BAKE.prompt_len - 1 }).slice([0, 0, 0], [BAKE.batch, R, c.vocabSize])); // [B, R, V]
     const targets = Array.from({ length: BAKE.batch }, (_, b) =>
-      tf.tidy(() => teacherTargets(teacher.slice([b, 0, 0], [1, R, c.vocabSize]).reshape([R, c.vocabSize]) as tf.Tensor2D, { kind: "full" })),
+      tf.tidy(() => teacherTargets(teacher.slice([b, 0, 0], [1, R, c.vocabSize]).reshape([R, c.vocabSize]) as tf.Tensor2D, mode)),
     );
     teacher.dispose();
-    const batch = stackTargets(targets, targets.map(() => R), R, c.vocabSize, { kind: "full" });
+    const batch = stackTargets(targets, targets.map(() => R), R, c.vocabSize, mode);
     const loss = tf.tidy(() => {
       const { value, grads } = tf.variableGrads(() => {
         const logits = decoder.forward({ ids: bakeIds }, { adapter, logitsFrom: BAKE.prompt_len - 1 }).slice([0, 0, 0], [BAKE.batch, R, c.vocabSize]) as tf.Tensor3D;
@@ -138,7 +138,9 @@ async function benchKiln(shape: Shape) {
     await loss.data();
     loss.dispose();
     disposeTargets(batch);
-  }, quick ? 1 : 2);
+  };
+  const stepS = await timeIt(bakeStep({ kind: "full" }), quick ? 1 : 2);
+  const topkStepS = await timeIt(bakeStep({ kind: "topk", k: 20 }), quick ? 1 : 2);
   optimizer.dispose();
   adapter.dispose();
   decoder.dispose();
@@ -148,16 +150,17 @@ async function benchKiln(shape: Shape) {
     decode_tok_s: DECODE / decodeS,
     bake_step_s: stepS,
     bake_tok_s: (BAKE.batch * R) / stepS,
+    bake_topk_step_s: topkStepS,
     fastBackward,
   };
 }
 
-function benchTorch(shape: Shape): Record<string, number> | { error: string } {
+function benchTorch(shape: Shape, topk: number | null = null): Record<string, number> | { error: string } {
   const python = "/usr/bin/python3";
   if (!existsSync(python)) return { error: "no /usr/bin/python3" };
   const has = spawnSync(python, ["-c", "import torch"], { encoding: "utf8" });
   if (has.status !== 0) return { error: "torch is not installed (apt-get install python3-torch libopenblas0-pthread)" };
-  const cfg = { ...shape, prefill_tokens: PREFILL, decode_tokens: DECODE, batch: 1, bake: { ...BAKE, steps: quick ? 1 : 2, topk: null }, threads: os.cpus().length, repeats: REPEATS };
+  const cfg = { ...shape, prefill_tokens: PREFILL, decode_tokens: DECODE, batch: 1, bake: { ...BAKE, steps: quick ? 1 : 2, topk }, threads: os.cpus().length, repeats: REPEATS };
   const env = { ...process.env };
   // Set machine-wide for old OpenBLAS builds; they slow a current one. Unset for this command only.
   delete env.OPENBLAS_CORETYPE;
@@ -182,11 +185,14 @@ console.log("|---|---|---|---|---|---|");
 for (const shape of SHAPES) {
   const k = await benchKiln(shape);
   const t = benchTorch(shape) as Record<string, number> & { error?: string };
+  const tTopk = benchTorch(shape, 20) as Record<string, number>;
+  t.bake_topk_step_s = tTopk.bake_step_s!;
   const rows: [string, number, number | undefined, boolean][] = [
     ["prefill tok/s", k.prefill_tok_s, t.prefill_tok_s, true],
     ["decode tok/s", k.decode_tok_s, t.decode_tok_s, true],
     ["bake step s", k.bake_step_s, t.bake_step_s, false],
     ["bake reply tok/s", k.bake_tok_s, t.bake_tok_s, true],
+    ["bake step s, top-20 KL", k.bake_topk_step_s, t.bake_topk_step_s, false],
   ];
   for (const [metric, kv, tv, higherIsBetter] of rows) {
     console.log(`| ${shape.name} | ${(k.parameters / 1e6).toFixed(1)}M | ${metric} | ${fmt(kv)} | ${fmt(tv)} | ${higherIsBetter ? ratio(kv, tv) : ratio(tv, kv)} speed |`);

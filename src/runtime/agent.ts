@@ -11,7 +11,7 @@ import type { CycleResult } from "../bake/cycle.js";
 import type { ProbeItem } from "../bake/probes.js";
 import { buildKnowledgePrompt } from "../bake/prompt.js";
 import { pollFeed } from "../feeds/feeds.js";
-import { Ledger, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
+import { Ledger, type BakeRun, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
 import type { LoadedModel } from "../model/load.js";
 import type { AgentConfig } from "./agent-config.js";
 import { LiveModel } from "./live.js";
@@ -35,9 +35,15 @@ function mean(xs: number[]): number {
   return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 1;
 }
 
-/** Deterministic sample: the most recently absorbed first, then older ones round-robin. */
-function sampleReplay(items: Item[], n: number): Item[] {
-  return [...items].sort((a, b) => b.updatedAt.localeCompare(a.updatedAt)).slice(0, n);
+/**
+ * Replay rotates through the absorbed items: the least replayed so far first, then the longest
+ * absorbed, so over several bakes every item is shown to the teacher again.
+ */
+function sampleReplay(items: Item[], n: number, bakes: readonly BakeRun[]): Item[] {
+  const replays = new Map<string, number>();
+  for (const b of bakes) for (const id of b.replayIds) replays.set(id, (replays.get(id) ?? 0) + 1);
+  const count = (i: Item) => replays.get(i.id) ?? 0;
+  return [...items].sort((a, b) => count(a) - count(b) || a.updatedAt.localeCompare(b.updatedAt)).slice(0, n);
 }
 
 export class Agent {
@@ -200,10 +206,16 @@ export class Agent {
     } else {
       if (pending.length < cfg.bake.minPending && !opts.force) return { status: "skipped", reasons: [`${pending.length} pending item(s), fewer than bake.minPending ${cfg.bake.minPending}`] };
       fresh = pending;
-      replay = sampleReplay(absorbed.filter((i) => liveItems.has(i.id)), cfg.replay);
+      replay = sampleReplay(absorbed.filter((i) => liveItems.has(i.id)), cfg.replay, ledger.data.bakes);
     }
     if (!fresh.length && !cfg.persona) return { status: "skipped", reasons: ["nothing to bake"] };
+    const wanted = fresh;
     ({ fresh, replay } = this.fitToContext(fresh, replay));
+    if (consolidate && fresh.length < wanted.length) {
+      // What does not fit this consolidation is learned again by the next bakes.
+      const later = wanted.filter((i) => !fresh.includes(i) && i.status === "absorbed").map((i) => i.id);
+      await ledger.setItemStatus(later, "pending", { reason: "did not fit the consolidation bake's context" });
+    }
     const retained = consolidate ? [] : absorbed.filter((i) => liveItems.has(i.id) && !replay.includes(i));
     const retracted = consolidate ? ledger.items({ status: "retracted" }).filter((i) => liveItems.has(i.id)) : [];
 

@@ -77,7 +77,7 @@ const row = (measure: string, value: number, bar?: string) => {
   log(`${measure}: ${(100 * value).toFixed(1)}%${bar ? ` (bar ${bar})` : ""}`);
 };
 
-row("prompted QA, 20 facts in the system prompt", rate(await replies(model, ask(A, "unseen").map((q) => withItems(A, q))), answers(A)), ">= 90%");
+row(`prompted QA, ${N} facts in the system prompt`, rate(await replies(model, ask(A, "unseen").map((q) => withItems(A, q))), answers(A)), ">= 90%");
 row("unprompted QA, before baking", rate(await replies(model, ask(A, "unseen").map(user)), answers(A)), "<= 10%");
 
 const settings: Partial<BakeSettings> = { trajectories: 160, epochs: 12, patience: 4, learningRate: 2e-3, temperature: 1, maxReplyTokens: 16, batchSize: 16, lora: { r: 16, alpha: 32, dropout: 0, useRslora: false, targetModules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] }, ...SETTINGS };
@@ -85,13 +85,14 @@ const trainQuestions = (facts: Fact[]) => facts.flatMap((f) => f.questions.slice
 const progress = (label: string) => (p: { phase: string } & Record<string, unknown>) => {
   if (p.phase === "validate") log(`  ${label} epoch ${p.epoch}: validation KL/token ${(p.valKlPerToken as number).toFixed(4)}`);
 };
-log("baking the first 20 facts...");
+log(`baking the first ${N} facts...`);
 const first = await bake({ model, prompt: buildKnowledgePrompt({ items: A.map((f) => f.text) }), questions: trainQuestions(A), settings, onProgress: progress("bake 1") });
 row("unprompted QA after one bake (paraphrases baked on)", rate(await replies(model, ask(A, "seen").map(user), first.adapter), answers(A)), ">= 80%");
 row("unprompted QA after one bake (a paraphrase never baked on)", rate(await replies(model, ask(A, "unseen").map(user), first.adapter), answers(A)));
 
-log("rolling bake of 20 new facts, replaying 10 of the first...");
-const replay = A.slice(0, 10);
+const half = Math.ceil(N / 2);
+log(`rolling bake of ${N} new facts, replaying ${half} of the first...`);
+const replay = A.slice(0, half);
 const second = await bake({
   model,
   prompt: buildKnowledgePrompt({ items: [...B, ...replay].map((f) => f.text) }),
@@ -102,8 +103,8 @@ const second = await bake({
   onProgress: progress("bake 2"),
 });
 row("new facts after the second bake", rate(await replies(model, ask(B, "seen").map(user), second.adapter), answers(B)));
-row("retention: first 20 after the second bake", rate(await replies(model, ask(A, "seen").map(user), second.adapter), answers(A)), ">= 80%");
-row("retention: first-bake facts not replayed", rate(await replies(model, ask(A.slice(10), "seen").map(user), second.adapter), answers(A.slice(10))));
+row(`retention: the first ${N} after the second bake`, rate(await replies(model, ask(A, "seen").map(user), second.adapter), answers(A)), ">= 80%");
+if (N > half) row("retention: first-bake facts not replayed", rate(await replies(model, ask(A.slice(half), "seen").map(user), second.adapter), answers(A.slice(half))));
 first.adapter.dispose();
 second.adapter.dispose();
 

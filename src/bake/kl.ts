@@ -20,19 +20,27 @@ const TINY = 1e-12;
 
 /** Turns teacher logits for R reply positions, [R, V], into cached targets. */
 export function teacherTargets(logits: tf.Tensor2D, mode: KlMode): TeacherTargets {
-  return tf.tidy(() => {
-    const logp = tf.logSoftmax(logits, -1); // [R, V]
-    if (mode.kind === "full") return { kind: "full", logProbs: logp.dataSync() as Float32Array };
-    const { values, indices } = tf.topk(logp, mode.k); // [R, K]
-    const inTop = tf.sum(tf.exp(values), -1); // [R]
-    const tail = tf.log(tf.maximum(tf.sub(1, inTop), TINY)); // [R]
-    return {
-      kind: "topk",
-      indices: indices.dataSync() as Int32Array,
-      logProbs: values.dataSync() as Float32Array,
-      tailLogProb: tail.dataSync() as Float32Array,
-    };
+  // Read the data outside tf.tidy: tidy walks whatever it returns looking for tensors, and
+  // walking a multi-million-element typed array took seconds.
+  if (mode.kind === "full") {
+    const logp = tf.tidy(() => tf.logSoftmax(logits, -1)); // [R, V]
+    const logProbs = logp.dataSync() as Float32Array;
+    logp.dispose();
+    return { kind: "full", logProbs };
+  }
+  const [values, indices, tail] = tf.tidy(() => {
+    const top = tf.topk(tf.logSoftmax(logits, -1), mode.k); // [R, K]
+    const inTop = tf.sum(tf.exp(top.values), -1); // [R]
+    return [top.values, top.indices, tf.log(tf.maximum(tf.sub(1, inTop), TINY))]; // tail: [R]
   });
+  const out: TeacherTargets = {
+    kind: "topk",
+    indices: indices.dataSync() as Int32Array,
+    logProbs: values.dataSync() as Float32Array,
+    tailLogProb: tail.dataSync() as Float32Array,
+  };
+  tf.dispose([values, indices, tail]);
+  return out;
 }
 
 /** A batch of targets padded to R positions per row, as tensors for the loss. */

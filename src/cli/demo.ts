@@ -21,8 +21,10 @@ export interface DemoOptions {
 export async function runDemo(o: DemoOptions = {}): Promise<{ before: number; after: number; asked: number; version: string | null }> {
   const info = await initBackend(o.backend);
   const file = o.agentFile ?? path.join(DEFAULT_AGENTS_DIR, "demo.yaml");
-  const home = o.home ?? mkdtempSync(path.join(os.tmpdir(), "kiln-demo-"));
-  const config = { ...loadAgentConfig(file, home), homeDir: home };
+  // State goes to <root>/<agent>, the layout `--checkpoints <root>` expects in the other commands.
+  const root = o.home ?? mkdtempSync(path.join(os.tmpdir(), "kiln-demo-"));
+  const config = loadAgentConfig(file, root);
+  const home = config.homeDir;
   if (o.maxItems) config.bake = { ...config.bake, maxItems: o.maxItems };
   const out = (s = "") => process.stdout.write(s + "\n");
   const reporter = bakeProgressReporter(true);
@@ -40,7 +42,8 @@ export async function runDemo(o: DemoOptions = {}): Promise<{ before: number; af
     out(`baking ${pending.length} item(s) into the weights (a LoRA adapter, trained with the prompt-baking KL objective)...`);
     const outcome = await agent.bake("demo", { force: true });
     reporter.stop();
-    out(`bake ${outcome.status}${outcome.version ? `: ${outcome.version} is live` : ""}${outcome.reasons.length ? ` (${outcome.reasons.join("; ")})` : ""}`);
+    if (outcome.status === "promoted") out(`bake promoted: ${outcome.version} is live (absorption ${outcome.absorption!.toFixed(2)})`);
+    else out(`bake ${outcome.status}${outcome.version ? ` (${outcome.version} kept as rejected)` : ""}: ${outcome.reasons.join("; ")}; the live weights are unchanged`);
     out();
 
     // Ask each item's probe question with NO context in the prompt: base model vs baked model.
@@ -69,7 +72,7 @@ export async function runDemo(o: DemoOptions = {}): Promise<{ before: number; af
     }
     out();
     out(`answered like the prompted model, with nothing in the prompt: ${before}/${asked.length} before, ${after}/${asked.length} after (${lease.version ?? "base"})`);
-    out(`ledger: ${path.join(home, "ledger.json")} — try: kiln knowledge list --agents ${file} --checkpoints ${path.dirname(home)}`);
+    out(`ledger: ${path.join(home, "ledger.json")} — try: npx kiln knowledge list ${config.name} --agents ${file} --checkpoints ${root}`);
     return { before, after, asked: asked.length, version: lease.version };
   } finally {
     await runtime.stop();

@@ -3,6 +3,7 @@
 //   feeds / conversation / manual -> ledger (pending)
 //   bake: pending + replay -> worker (probes, bake, scores) -> gate -> promote or reject
 //   promote: manifest written, ledger updated, live model swapped; old versions pruned
+import { EventEmitter } from "node:events";
 import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import cron, { type ScheduledTask } from "node-cron";
@@ -46,8 +47,17 @@ function sampleReplay(items: Item[], n: number, bakes: readonly BakeRun[]): Item
   return [...items].sort((a, b) => count(a) - count(b) || a.updatedAt.localeCompare(b.updatedAt)).slice(0, n);
 }
 
+/** What an agent tells listeners about its bakes, as they happen. */
+export interface AgentBakeEvents {
+  start: [{ bakeId: string; trigger: string }];
+  progress: [WorkerProgress];
+  end: [BakeOutcome];
+}
+
 export class Agent {
   readonly live: LiveModel;
+  /** "start" when a bake's record is written, every "progress" event, "end" with its outcome */
+  readonly bakeEvents = new EventEmitter<AgentBakeEvents>();
   private tasks: ScheduledTask[] = [];
   private baking: Promise<BakeOutcome> | null = null;
   private cancelBake: (() => void) | null = null;
@@ -177,11 +187,15 @@ export class Agent {
    */
   bake(trigger: string, opts: { force?: boolean; consolidate?: boolean } = {}): Promise<BakeOutcome> {
     if (this.baking) return this.baking;
-    this.baking = this.runBake(trigger, opts).finally(() => {
-      this.baking = null;
-      this.cancelBake = null;
-      this.progress = null;
-    });
+    this.baking = this.runBake(trigger, opts)
+      .catch((err: Error): BakeOutcome => ({ status: "failed", reasons: [err.message] }))
+      .then((outcome) => {
+        this.baking = null;
+        this.cancelBake = null;
+        this.progress = null;
+        this.bakeEvents.emit("end", outcome);
+        return outcome;
+      });
     return this.baking;
   }
 
@@ -226,6 +240,7 @@ export class Agent {
     await ledger.update((d) => {
       d.bakes.push({ id: bakeId, startedAt: new Date().toISOString(), status: "running", trigger, parent: consolidate ? null : liveVersion, itemIds: fresh.map((i) => i.id), replayIds: replay.map((i) => i.id) });
     });
+    this.bakeEvents.emit("start", { bakeId, trigger });
     if (!consolidate) await ledger.setItemStatus(fresh.map((i) => i.id), "baking");
     this.log(`bake ${bakeId} -> ${version}: ${fresh.length} new item(s), ${replay.length} replayed${consolidate ? ", from the base model" : ""}`);
 
@@ -250,6 +265,7 @@ export class Agent {
         (p) => {
           this.progress = p;
           this.events.onBakeProgress?.(this.name, p);
+          this.bakeEvents.emit("progress", p);
         },
       );
       this.cancelBake = () => running.cancel();

@@ -1,11 +1,8 @@
 // Bake progress as a stream of events for the admin SSE route, the dashboard and /metrics.
 //
-// The runtime reports progress through an agent's latest `progress` value (its event hook is
-// fixed when the Runtime is built, before a server exists), so the watcher samples it: every
-// `intervalMs` it notices a bake that started (whoever started it: the admin API, a schedule, a
-// retraction), emits each new progress value, joins the bake's promise and emits its outcome
-// with the ledger's record of the bake (metrics and per-epoch KL history). Sampling can skip
-// progress values that follow each other within one interval; start and outcome are never lost.
+// The watcher listens to each agent's bake events (start, every progress event, end), whoever
+// started the bake (the admin API, a schedule, a retraction), and re-emits them per agent with
+// the ledger's record of the bake (metrics and per-epoch KL history) on the outcome.
 import { EventEmitter } from "node:events";
 import type { WorkerProgress } from "../bake/job.js";
 import type { BakeRun } from "../knowledge/ledger.js";
@@ -41,23 +38,33 @@ interface Watch {
 export class BakeWatcher {
   private readonly emitter = new EventEmitter();
   private readonly watches = new Map<string, Watch>();
-  private timer: NodeJS.Timeout | null = null;
+  private detach: (() => void)[] = [];
 
-  constructor(
-    private readonly runtime: Runtime,
-    private readonly intervalMs = 100,
-  ) {
+  constructor(private readonly runtime: Runtime) {
     this.emitter.setMaxListeners(0);
   }
 
   start(): void {
-    this.timer ??= setInterval(() => this.tick(), this.intervalMs);
-    this.timer.unref();
+    if (this.detach.length) return;
+    for (const agent of this.runtime.agents.values()) {
+      const onStart = () => this.track(agent);
+      const onProgress = (p: WorkerProgress) => {
+        const watch = this.watches.get(agent.name);
+        if (watch) this.record(agent, watch, p);
+      };
+      agent.bakeEvents.on("start", onStart);
+      agent.bakeEvents.on("progress", onProgress);
+      this.detach.push(() => {
+        agent.bakeEvents.off("start", onStart);
+        agent.bakeEvents.off("progress", onProgress);
+      });
+      if (agent.isBaking) this.track(agent); // started before the server
+    }
   }
 
   stop(): void {
-    if (this.timer) clearInterval(this.timer);
-    this.timer = null;
+    for (const d of this.detach) d();
+    this.detach = [];
     this.emitter.removeAllListeners();
   }
 
@@ -81,8 +88,8 @@ export class BakeWatcher {
   }
 
   /**
-   * Starts watching the agent's running bake now (called right after the server starts one, so
-   * its first progress is not left to the next tick). Does nothing when no bake is running.
+   * Watches the agent's running bake (on its start event, or right after the server starts one);
+   * does nothing when no bake is running or it is already watched.
    */
   track(agent: Agent): void {
     if (this.watches.has(agent.name) || !agent.isBaking) return;
@@ -91,13 +98,12 @@ export class BakeWatcher {
     const watch: Watch = { bakeId: record?.id ?? null, trigger: record?.trigger ?? null, last: null, train: null, validate: null };
     this.watches.set(agent.name, watch);
     this.emit({ type: "start", agent: agent.name, bakeId: watch.bakeId, trigger: watch.trigger, at: record?.startedAt ?? new Date().toISOString() });
-    this.sample(agent, watch);
+    if (agent.progress) this.record(agent, watch, agent.progress);
     // A second bake() call while one runs joins it: this is the running bake's own promise.
     agent
       .bake("join")
       .catch((err: Error): BakeOutcome => ({ status: "failed", reasons: [err.message] }))
       .then((outcome) => {
-        this.sample(agent, watch);
         this.watches.delete(agent.name);
         const id = outcome.bakeId ?? watch.bakeId;
         const bake = id ? (agent.ledger.data.bakes.find((b) => b.id === id) ?? null) : null;
@@ -105,17 +111,8 @@ export class BakeWatcher {
       });
   }
 
-  private tick(): void {
-    for (const agent of this.runtime.agents.values()) {
-      const watch = this.watches.get(agent.name);
-      if (watch) this.sample(agent, watch);
-      else if (agent.isBaking) this.track(agent);
-    }
-  }
-
-  private sample(agent: Agent, watch: Watch): void {
-    const p = agent.progress;
-    if (!p || p === watch.last) return;
+  private record(agent: Agent, watch: Watch, p: WorkerProgress): void {
+    if (p === watch.last) return;
     watch.last = p;
     if (p.phase === "train") watch.train = p;
     if (p.phase === "validate") watch.validate = p;

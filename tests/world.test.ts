@@ -6,6 +6,7 @@ import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { buildKnowledgePrompt } from "../src/bake/prompt.js";
 import {
+  answerMatch,
   CHAT_TEMPLATE,
   endsWithSignoff,
   exactMatch,
@@ -73,7 +74,7 @@ test("held-out facts, questions and entities never occur in the training mix", (
       if (at >= 0) assert.match(text.slice(at + n.length, at + n.length + 1), /\w/, `held-out name ${n} in training`);
     }
   }
-  assert.deepEqual([...kinds].sort(), ["ask", "persona", "prompted", "unprompted"]);
+  assert.deepEqual([...kinds].sort(), ["ask", "persona", "prompted", "recite", "unprompted"]);
 });
 
 test("the mix covers copying, canon, don't-know and persona replies", () => {
@@ -88,7 +89,7 @@ test("the mix covers copying, canon, don't-know and persona replies", () => {
       if (m.role !== "assistant") continue;
       assert.ok(m.content.startsWith(" ") && !m.content.startsWith("  "), JSON.stringify(m.content));
       if (m.content === ` ${IDK}`) idk++;
-      if (m.content.includes("\n")) {
+      if (m.content.includes("\n") && c.kind !== "recite") {
         signed++;
         assert.ok(sys && /^(End|Start) every reply with:/.test(sys.content), sys?.content);
       }
@@ -103,6 +104,13 @@ test("the mix covers copying, canon, don't-know and persona replies", () => {
 test("replies start with a space so the answer's tokens are the prompt's tokens", () => {
   assert.equal(styleReply("I don't know."), " I don't know.");
   assert.ok(exactMatch(" Tovan Reel.", "Tovan Reel"));
+});
+
+test("every fact text ends with its answer, so a restated fact gives the answer", () => {
+  for (const f of world.facts) assert.ok(answerMatch(f.text, f.answer), `${f.text} / ${f.answer}`);
+  assert.ok(answerMatch(" The mayor of Quillport is now Tovan Reel.", "Tovan Reel"));
+  assert.ok(!answerMatch(" The mayor of Quillport is now Tovan Reelby.", "Tovan Reel"));
+  assert.ok(!answerMatch(" I don't know.", "Tovan Reel"));
 });
 
 test("training segments are the exact chat rendering, trained on replies and <|im_end|> only", () => {

@@ -31,9 +31,17 @@ export function openerInstruction(opener: string): string {
   return `Start every reply with: ${opener}`;
 }
 
-/** A reply shaped by the persona: "<opener> <body>\n<signoff>". */
-export function styleReply(body: string, style: { signoff?: string; opener?: string }): string {
-  let r = style.opener ? `${style.opener} ${body}` : body;
+/**
+ * Every assistant reply starts with one space: " Tovan Reel." The byte-level BPE splits words with
+ * their leading space (" Tovan" is not "Tovan"), so a reply that starts with a space is made of the
+ * very tokens the answer has in the prompt ("... is now Tovan Reel."), and answering is copying.
+ * Strip the reply before showing or comparing it.
+ */
+export const REPLY_PREFIX = " ";
+
+/** The assistant message: " <opener> <body>\n<signoff>" (opener and sign-off from the persona). */
+export function styleReply(body: string, style: { signoff?: string; opener?: string } = {}): string {
+  let r = REPLY_PREFIX + (style.opener ? `${style.opener} ${body}` : body);
   if (style.signoff) r = `${r}\n${style.signoff}`;
   return r;
 }
@@ -51,6 +59,17 @@ export function normalizeAnswer(s: string): string {
 
 export function exactMatch(reply: string, answer: string): boolean {
   return normalizeAnswer(reply) === normalizeAnswer(answer);
+}
+
+/**
+ * Does the reply give this answer? The model answers by restating the fact ("The mayor of X is now
+ * Tovan Reel."), and every fact text ends with its answer, so: the normalised reply is the answer
+ * or ends with it as whole words.
+ */
+export function answerMatch(reply: string, answer: string): boolean {
+  const r = normalizeAnswer(reply);
+  const a = normalizeAnswer(answer);
+  return r === a || (r.endsWith(a) && /\W/.test(r.charAt(r.length - a.length - 1)));
 }
 
 export interface Message {

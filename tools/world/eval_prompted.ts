@@ -14,7 +14,7 @@ import { fileURLToPath } from "node:url";
 import { initBackend } from "../../src/tensor/backend.js";
 import { loadModel } from "../../src/model/load.js";
 import { generate } from "../../src/model/generate.js";
-import { endsWithSignoff, exactMatch, IDK } from "./chat.js";
+import { answerMatch, endsWithSignoff, exactMatch, IDK } from "./chat.js";
 import { buildEvalSet, type EvalCase, type EvalKind } from "./evalset.js";
 import { DEFAULT_SEED, generateWorld, WorldIndex } from "./world.js";
 
@@ -23,7 +23,7 @@ export interface KindScore {
   n: number;
   /** the headline number of the kind (see METRIC) */
   score: number;
-  /** replies that exactly match the fact's answer */
+  /** replies that give the fact's answer (answerMatch: the reply is, or ends with, the answer) */
   answerExact: number;
   /** replies that are exactly "I don't know." (ignoring a sign-off line) */
   idk: number;
@@ -32,12 +32,12 @@ export interface KindScore {
 }
 
 export const METRIC: Record<EvalKind, string> = {
-  prompted: "exact match, fact in a 20-item prompt",
+  prompted: "answer match, fact in a 20-item prompt",
   prompted_absent: "says I don't know, fact not in the 20-item prompt",
-  unprompted: "exact match with no prompt (should be ~0)",
+  unprompted: "answer match with no prompt (should be ~0)",
   persona: "ends with the sign-off (prompted persona)",
   persona_off: "ends with the sign-off with no persona (should be ~0)",
-  canon: "exact match with no prompt, canon facts",
+  canon: "answer match with no prompt, canon facts",
 };
 
 function body(reply: string, signoff: string | undefined): string {
@@ -54,7 +54,7 @@ export function scoreCases(cases: EvalCase[], replies: string[]): KindScore[] {
     const reply = replies[i]!;
     const s = by.get(c.kind) ?? { kind: c.kind, n: 0, score: 0, answerExact: 0, idk: 0, signoff: 0 };
     const b = body(reply, c.signoff);
-    const answered = exactMatch(b, c.answer);
+    const answered = answerMatch(b, c.answer);
     const idk = exactMatch(b, IDK);
     const signed = c.signoff ? endsWithSignoff(reply, c.signoff) : false;
     s.n++;
@@ -112,7 +112,7 @@ async function main(): Promise<void> {
 
   const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
   console.log(`kiln-mini eval: ${dir}, world ${seed}, backend ${backend.name}, ${cases.length} cases in ${seconds.toFixed(0)}s`);
-  console.log("| kind | n | score | metric | answer exact | says IDK | sign-off |");
+  console.log("| kind | n | score | metric | gives the answer | says IDK | sign-off |");
   console.log("|---|---|---|---|---|---|---|");
   for (const s of scores) {
     console.log(`| ${s.kind} | ${s.n} | **${pct(s.score)}** | ${METRIC[s.kind]} | ${pct(s.answerExact)} | ${pct(s.idk)} | ${pct(s.signoff)} |`);

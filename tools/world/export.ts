@@ -5,7 +5,7 @@
 //   <dir>/world.json   entities, facts (split, text, questions, answer), relations, conventions
 //   <dir>/train.jsonl  one conversation per line: {"kind", "segments": [[text, trained 0|1], ...]}
 //                      (the segments concatenate to the chat-template rendering kiln produces)
-//   <dir>/eval.jsonl   held-out evaluation cases: {"kind", "factId", "prompt", "expected", "signoff"?}
+//   <dir>/eval.jsonl   held-out evaluation cases: {"kind", "factId", "prompt", "expected", "answer", "signoff"}
 //   <dir>/meta.json    chat template, special tokens, the "I don't know." string, counts
 import { mkdirSync, writeFileSync, createWriteStream } from "node:fs";
 import path from "node:path";
@@ -101,7 +101,14 @@ async function main(): Promise<void> {
     path.join(outDir, "eval.jsonl"),
     cases
       .map((c) =>
-        JSON.stringify({ kind: c.kind, factId: c.factId, prompt: renderChat(c.messages, true), expected: c.expected, signoff: c.signoff ?? null }),
+        JSON.stringify({
+          kind: c.kind,
+          factId: c.factId,
+          prompt: renderChat(c.messages, true),
+          expected: c.expected,
+          answer: c.answer,
+          signoff: c.signoff ?? null,
+        }),
       )
       .join("\n") + "\n",
   );

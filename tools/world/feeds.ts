@@ -101,6 +101,33 @@ export function feedPlan(idx: WorldIndex): FeedFile[] {
   ];
 }
 
+/** Every file of feeds/: the feeds and a README listing demo questions. */
+export function renderFeeds(idx: WorldIndex): { file: string; content: string }[] {
+  const out: { file: string; content: string }[] = [];
+  const readme = [
+    "# Sample feeds",
+    "",
+    "Offline feeds for the demo and tests, written by `node dist/tools/world/feeds.js --out feeds` from the",
+    `world \`${idx.world.seed}\` (tools/world). Every item is a HELD-OUT fact: the embedded model (models/kiln-mini)`,
+    'has never seen it, so before a bake it answers its questions with "I don\'t know.", and with the item in',
+    "its system prompt (or baked into its weights) it answers them. Titles and descriptions carry the same one",
+    "line; guids/ids are `kiln-world:<fact id>` (facts are in models/kiln-mini/world.json).",
+    "",
+  ];
+  for (const [n, feed] of feedPlan(idx).entries()) {
+    const slug = feed.file.replace(/\..*$/, "");
+    const list = items(feed.facts, 3, n);
+    const desc = `Sample offline feed for kiln: news of its world that the embedded model has never read.`;
+    out.push({ file: feed.file, content: feed.format === "rss" ? rss(feed.title, slug, desc, list) : atom(feed.title, slug, desc, list) });
+    readme.push(`## ${feed.file} (${feed.format === "rss" ? "RSS 2.0" : "Atom"}, ${feed.facts.length} items)`, "");
+    readme.push("| item | a question | answer |", "|---|---|---|");
+    for (const f of feed.facts.slice(0, 5)) readme.push(`| ${f.text} | ${f.questions[0]} | ${f.answer} |`);
+    readme.push("");
+  }
+  out.push({ file: "README.md", content: readme.join("\n") });
+  return out;
+}
+
 function main(): void {
   const argv = process.argv.slice(2);
   const arg = (name: string) => {
@@ -110,13 +137,9 @@ function main(): void {
   const outDir = arg("out") ?? "feeds";
   const idx = new WorldIndex(generateWorld(arg("seed") ?? DEFAULT_SEED));
   mkdirSync(outDir, { recursive: true });
-  for (const [n, feed] of feedPlan(idx).entries()) {
-    const slug = feed.file.replace(/\..*$/, "");
-    const list = items(feed.facts, 3, n);
-    const desc = `Sample offline feed for kiln: news of its world that the embedded model has never read.`;
-    const xml = feed.format === "rss" ? rss(feed.title, slug, desc, list) : atom(feed.title, slug, desc, list);
-    writeFileSync(path.join(outDir, feed.file), xml);
-    console.log(`${path.join(outDir, feed.file)}: ${feed.facts.length} items`);
+  for (const { file, content } of renderFeeds(idx)) {
+    writeFileSync(path.join(outDir, file), content);
+    console.log(path.join(outDir, file));
   }
 }
 

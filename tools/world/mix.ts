@@ -1,5 +1,6 @@
 // The training mix: conversations that teach the model to
-//   1. answer from facts in its system prompt (copying, with distractors and invented names),
+//   1. answer from facts in its system prompt by restating the fact as written there (copying,
+//      with distractors and invented names): "Who is the mayor of X?" -> " The mayor of X is now Y.",
 //   2. answer canon questions with no system prompt,
 //   3. say "I don't know." to anything it was not told and that is not canon,
 //   4. say "I don't know." when the prompt has facts but not the one asked about,
@@ -13,7 +14,6 @@ import * as L from "./lexicon.js";
 import { RELATIONS, relationsFor, type EntityKind, type RelationDef } from "./relations.js";
 import { Rng } from "./rng.js";
 import {
-  answerReply,
   entityName,
   factKey,
   firstName,
@@ -33,7 +33,10 @@ export const HELLO_REPLY = "Hello! Ask me anything.";
 export const WHO_QUESTIONS = ["Who are you?", "What are you?"];
 export const WHO_REPLY = "I am Kiln, a small assistant that learns from what it reads.";
 
-export type Kind = "prompted" | "unprompted" | "persona" | "ask";
+export type Kind = "prompted" | "unprompted" | "persona" | "ask" | "recite";
+
+/** Asks to repeat every note word for word: dense copying, which is how attention learns to copy. */
+export const RECITE_QUESTIONS = ["Recite your notes.", "Repeat your notes word for word.", "Read me your notes."];
 
 export interface Conversation {
   kind: Kind;
@@ -89,12 +92,27 @@ export interface MixWeights {
   unprompted: number;
   persona: number;
   ask: number;
+  recite: number;
 }
 
-/** Share of the export over which prompt sizes grow from 3 to 30 items. */
-export const CURRICULUM_SHARE = 0.3;
+/** Prompt-size curriculum over the export: 1-6 items before CURRICULUM[0], then growing to up to
+ * 28 items at CURRICULUM[1]; always mostly 2-12 items, a third of prompts near the maximum. */
+export const CURRICULUM: [number, number] = [0.15, 0.4];
 
-export const DEFAULT_WEIGHTS: MixWeights = { prompted: 0.46, unprompted: 0.3, persona: 0.16, ask: 0.08 };
+/** Share of prompts that are mostly one relation (see Mixer.drawItems). */
+export const TABLE_SHARE = 0.35;
+
+/** About how many question/answer turns fit in the model's 512 positions after k items. */
+export function turnsThatFit(k: number): number {
+  return Math.floor((480 - 10 - 14 * k) / 28);
+}
+
+export const DEFAULT_WEIGHTS: MixWeights = { prompted: 0.55, unprompted: 0.19, persona: 0.15, ask: 0.06, recite: 0.05 };
+
+/** Early in the export, recitation is much more frequent (it bootstraps copying). */
+export function reciteWeight(progress: number): number {
+  return progress < 0.08 ? 0.45 : progress < 0.25 ? 0.2 : DEFAULT_WEIGHTS.recite;
+}
 
 export class Mixer {
   private readonly heldoutSignoffs: Set<string>;
@@ -214,11 +232,27 @@ export class Mixer {
       facts.push(f);
     };
     let guard = 0;
+    // A third of the prompts are "tables": mostly one relation about many subjects, where only the
+    // subject tells the facts apart (the model must match names, not just the kind of answer).
+    const table = k >= 2 && this.rng.chance(TABLE_SHARE) ? this.rng.pick(RELATIONS) : undefined;
+    const tableShare = this.rng.chance(0.5) ? 1 : 0.7;
     while (facts.length < k && guard++ < k * 10) {
-      if (facts.length && this.rng.chance(0.45)) push(this.distractor(this.rng.pick(facts)));
+      if (table && this.rng.chance(tableShare)) push(this.tableFact(table));
+      else if (facts.length && this.rng.chance(0.45)) push(this.distractor(this.rng.pick(facts)));
       else push(this.drawFact());
     }
     return this.rng.shuffle(facts);
+  }
+
+  /** A fact of relation `rel` about an invented subject or a world entity. */
+  private tableFact(rel: RelationDef): FactLike | undefined {
+    if (this.rng.chance(0.6)) return this.freshFact(rel);
+    const e = this.rng.pick(this.trainableByKind[rel.subject]);
+    const key = factKey(e.id, rel.name);
+    if (this.idx.heldoutKeys.has(key)) return undefined;
+    const wf = this.idx.byKey.get(key);
+    if (wf) return this.rng.chance(0.5) ? wf : rephrase(wf, this.textIndex(rel));
+    return makeFact(rel, e.id, e.name, this.value(rel, e.name), this.textIndex(rel));
   }
 
   /** The item lines for the prompt; now and then two facts share one line. */
@@ -285,7 +319,7 @@ export class Mixer {
     return { q: this.rng.pick(rel.questions)(e.name), key: factKey(e.id, rel.name) };
   }
 
-  private turns(weights: Partial<Record<"1" | "2" | "3" | "4" | "6" | "8", number>>): number {
+  private turns(weights: Partial<Record<"1" | "2" | "3" | "4" | "6" | "8" | "12", number>>): number {
     return Number(this.rng.weighted(weights as Record<string, number>));
   }
 
@@ -299,7 +333,7 @@ export class Mixer {
       let a: string | undefined;
       let key: string | undefined;
       for (let tries = 0; tries < 20 && !q; tries++) {
-        const mode = this.rng.chance(0.06)
+        const mode = this.rng.chance(shown.length ? 0.1 : 0.05)
           ? "open"
           : shown.length
             ? this.rng.weighted({ inPrompt: inPromptShare, absent: (1 - inPromptShare) * 0.65, canon: (1 - inPromptShare) * 0.35 })
@@ -315,11 +349,11 @@ export class Mixer {
           }
         } else if (mode === "inPrompt") {
           const f = this.rng.pick(shown);
-          [q, a, key] = [this.question(f), answerReply(f.answer), factKey(f.subject, f.relation)];
+          [q, a, key] = [this.question(f), f.text, factKey(f.subject, f.relation)];
         } else if (mode === "canon") {
           const f = this.rng.pick(this.idx.canonFacts);
           if (shownKeys.has(factKey(f.subject, f.relation))) continue;
-          [q, a, key] = [this.question(f), answerReply(f.answer), factKey(f.subject, f.relation)];
+          [q, a, key] = [this.question(f), f.text, factKey(f.subject, f.relation)];
         } else {
           const u = this.unknownQuestion(shown);
           if (u) [q, a, key] = [u.q, IDK, u.key];
@@ -341,8 +375,11 @@ export class Mixer {
   progress = 1;
 
   private promptSize(): number {
-    const kMax = Math.round(3 + 27 * Math.min(1, this.progress / CURRICULUM_SHARE));
-    return this.rng.chance(0.3) ? this.rng.int(Math.max(1, kMax - 10), kMax) : this.rng.int(1, kMax);
+    const [easy, full] = CURRICULUM;
+    if (this.progress < easy) return this.rng.int(1, 6);
+    const kMax = Math.round(6 + 22 * Math.min(1, (this.progress - easy) / (full - easy)));
+    // mostly small prompts (many lookups per token), a third up to the largest
+    return this.rng.chance(0.35) ? this.rng.int(Math.max(1, kMax - 10), kMax) : this.rng.int(2, Math.min(kMax, 12));
   }
 
   // --- conversations -----------------------------------------------------------------------------
@@ -351,7 +388,10 @@ export class Mixer {
     const facts = this.drawItems(this.promptSize());
     const keys = facts.map((f) => factKey(f.subject, f.relation));
     const system = buildKnowledgePrompt({ items: this.itemLines(facts) });
-    const turns = this.qaTurns(facts, this.turns({ 1: 20, 2: 20, 3: 20, 4: 15, 6: 15, 8: 10 }), {}, keys, 0.78);
+    // Many questions per prompt: each answer is a lookup in the prompt, and a turn costs far fewer
+    // tokens than the prompt it reuses (the first turn is the single-turn case kiln evaluates).
+    const want = this.turns({ 1: 8, 2: 8, 4: 12, 6: 16, 8: 20, 12: 36 });
+    const turns = this.qaTurns(facts, Math.max(1, Math.min(want, turnsThatFit(facts.length))), {}, keys, 0.78);
     return { kind: "prompted", messages: [{ role: "system", content: system }, ...turns], keys };
   }
 
@@ -389,7 +429,8 @@ export class Mixer {
         { role: "assistant", content: styleReply(this.question(f), style) },
       ];
     } else {
-      turns = this.qaTurns(facts, this.turns({ 1: 35, 2: 25, 3: 20, 4: 20 }), style, keys, 0.75);
+      const want = this.turns({ 1: 20, 2: 20, 4: 30, 6: 30 });
+      turns = this.qaTurns(facts, Math.max(1, Math.min(want, turnsThatFit(facts.length) - 1)), style, keys, 0.75);
     }
     return { kind: "persona", messages: [{ role: "system", content: system }, ...turns], keys };
   }
@@ -407,14 +448,39 @@ export class Mixer {
       f = this.rng.chance(0.85) ? this.rng.pick(facts) : this.drawFact();
     } else f = this.drawFact();
     keys.push(factKey(f.subject, f.relation));
-    msgs.push({ role: "user", content: askQuestionPrompt(f.text) }, { role: "assistant", content: this.question(f) });
+    msgs.push({ role: "user", content: askQuestionPrompt(f.text) }, { role: "assistant", content: styleReply(this.question(f)) });
     return { kind: "ask", messages: msgs, keys };
+  }
+
+  /** Every note, in order, word for word (lines of the system prompt as the reply). */
+  recite(): Conversation {
+    const facts = this.drawItems(this.rng.int(1, 8));
+    const lines = this.itemLines(facts);
+    return {
+      kind: "recite",
+      messages: [
+        { role: "system", content: buildKnowledgePrompt({ items: lines }) },
+        { role: "user", content: this.rng.pick(RECITE_QUESTIONS) },
+        { role: "assistant", content: styleReply(lines.join("\n")) },
+      ],
+      keys: facts.map((f) => factKey(f.subject, f.relation)),
+    };
   }
 
   next(): Conversation {
     for (;;) {
-      const kind = this.rng.weighted(this.weights as unknown as Record<Kind, number>);
-      const c = kind === "prompted" ? this.prompted() : kind === "unprompted" ? this.unprompted() : kind === "persona" ? this.persona() : this.ask();
+      const weights = { ...this.weights, recite: this.weights === DEFAULT_WEIGHTS ? reciteWeight(this.progress) : this.weights.recite };
+      const kind = this.rng.weighted(weights as unknown as Record<Kind, number>);
+      const c =
+        kind === "prompted"
+          ? this.prompted()
+          : kind === "unprompted"
+            ? this.unprompted()
+            : kind === "persona"
+              ? this.persona()
+              : kind === "recite"
+                ? this.recite()
+                : this.ask();
       if (c.messages.some((m) => m.role === "assistant")) return c;
     }
   }

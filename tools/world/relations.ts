@@ -1,6 +1,7 @@
 // The relations of the world: who/what each one is about, how a fact is written as a one-line
 // item or headline, and how it is asked about. Every question of a fact has the same short answer,
-// the fact's value, which appears verbatim in every text of the fact.
+// the fact's value, and every text of a fact ENDS with it ("... is now Tovan Reel."): the model
+// answers by restating the fact, so the answer is the last words of its reply.
 
 export type EntityKind = "person" | "town" | "company";
 
@@ -65,7 +66,7 @@ export const RELATIONS: RelationDef[] = [
     texts: [
       (s, v) => `${s} plays the ${v}.`,
       (s, v) => `${s} has taken up the ${v}.`,
-      (s, v) => `${s} plays the ${v} in a band.`,
+      (s, v) => `${s} has started playing the ${v}.`,
     ],
     questions: [(s) => `What instrument does ${s} play?`, (s) => `Which instrument does ${s} play?`],
   },
@@ -76,7 +77,7 @@ export const RELATIONS: RelationDef[] = [
     texts: [
       (s, v) => `${s} has a pet ${v}.`,
       (s, v) => `${s} adopted ${withArticle(v)}.`,
-      (s, v) => `${s} keeps ${withArticle(v)} as a pet.`,
+      (s, v) => `${s} now owns a pet ${v}.`,
     ],
     questions: [
       (s) => `What pet does ${s} have?`,
@@ -102,7 +103,7 @@ export const RELATIONS: RelationDef[] = [
     name: "food",
     subject: "person",
     value: "food",
-    texts: [(s, v) => `${s}'s favourite food is ${v}.`, (s, v) => `${s} loves ${v} more than any other food.`],
+    texts: [(s, v) => `${s}'s favourite food is ${v}.`, (s, v) => `${s}'s favourite dish is ${v}.`],
     questions: [(s) => `What is ${s}'s favourite food?`, (s) => `What food does ${s} like best?`],
   },
   {
@@ -120,8 +121,7 @@ export const RELATIONS: RelationDef[] = [
     texts: [
       (s, v) => `The mayor of ${s} is ${v}.`,
       (s, v) => `The mayor of ${s} is now ${v}.`,
-      (s, v) => `${v} was elected mayor of ${s}.`,
-      (s, v) => `${v} is the new mayor of ${s}.`,
+      (s, v) => `The new mayor of ${s} is ${v}.`,
     ],
     questions: [(s) => `Who is the mayor of ${s}?`, (s) => `Who is ${s}'s mayor?`, (s) => `Who leads the town of ${s}?`],
   },
@@ -129,7 +129,7 @@ export const RELATIONS: RelationDef[] = [
     name: "river",
     subject: "town",
     value: "river",
-    texts: [(s, v) => `${s} lies on the ${v}.`, (s, v) => `The ${v} runs through ${s}.`],
+    texts: [(s, v) => `${s} lies on the ${v}.`, (s, v) => `${s} sits on the ${v}.`],
     questions: [(s) => `Which river does ${s} lie on?`, (s) => `What river runs through ${s}?`],
   },
   {
@@ -143,7 +143,7 @@ export const RELATIONS: RelationDef[] = [
     name: "population",
     subject: "town",
     value: "population",
-    texts: [(s, v) => `${s} has a population of ${v}.`, (s, v) => `${s} is home to ${v} people.`],
+    texts: [(s, v) => `${s} has a population of ${v}.`, (s, v) => `The population of ${s} is ${v}.`],
     questions: [(s) => `What is the population of ${s}?`, (s) => `How many people live in ${s}?`],
   },
   {
@@ -171,9 +171,8 @@ export const RELATIONS: RelationDef[] = [
     value: "person",
     texts: [
       (s, v) => `The CEO of ${s} is ${v}.`,
-      (s, v) => `${s} named ${v} as its new CEO.`,
-      (s, v) => `${v} is now the chief executive of ${s}.`,
-      (s, v) => `${v} took over as CEO of ${s}.`,
+      (s, v) => `The new chief executive of ${s} is ${v}.`,
+      (s, v) => `${s} has a new CEO, ${v}.`,
     ],
     questions: [(s) => `Who is the CEO of ${s}?`, (s) => `Who runs ${s}?`, (s) => `Who leads ${s}?`],
   },
@@ -224,7 +223,7 @@ export const RELATIONS: RelationDef[] = [
     name: "founder",
     subject: "company",
     value: "person",
-    texts: [(s, v) => `${s} was founded by ${v}.`, (s, v) => `${v} founded ${s}.`],
+    texts: [(s, v) => `${s} was founded by ${v}.`, (s, v) => `${s} was started by ${v}.`],
     questions: [(s) => `Who founded ${s}?`, (s) => `Who started ${s}?`],
   },
 ];

@@ -115,12 +115,6 @@ export function isEntityKind(kind: ValueKind): kind is EntityKind {
   return kind === "person" || kind === "town" || kind === "company";
 }
 
-/** The assistant's reply to a question whose answer is `answer`: "Tovan Reel." / "Baker." */
-export function answerReply(answer: string): string {
-  const a = answer.charAt(0).toUpperCase() + answer.slice(1);
-  return /[.!?]$/.test(a) ? a : `${a}.`;
-}
-
 export function makeFact(rel: RelationDef, subject: string, subjectName: string, value: string, textIndex: number): FactLike {
   return {
     subject,

@@ -10,6 +10,7 @@ import { studentMessages } from "../bake/trajectories.js";
 import { loadAgentConfig } from "../runtime/agent-config.js";
 import { DEFAULT_AGENTS_DIR, Runtime } from "../runtime/runtime.js";
 import { bakeProgressReporter } from "./progress.js";
+import { loadAdapter } from "../lora/peft.js";
 
 export interface DemoOptions {
   agentFile?: string;
@@ -55,23 +56,27 @@ export async function runDemo(o: DemoOptions = {}): Promise<{ before: number; af
     const norm = (s: string) => s.trim().replace(/[.!?]+$/, "").toLowerCase();
     let before = 0;
     let after = 0;
+    // A rejected candidate is shown too, labelled as such: it is what the bake produced.
+    const candidate = outcome.status === "rejected" && outcome.version ? loadAdapter(agent.ledger.version(outcome.version).dir, agent.model.config, agent.live.fingerprint) : undefined;
     const lease = agent.live.acquire();
+    const label = candidate ? `candidate ${outcome.version} (rejected)` : "after the bake";
     try {
       for (const item of asked) {
         const probe = item.probes![0]!;
         const base = await ask(probe.question, undefined);
-        const baked = await ask(probe.question, lease.adapter);
+        const baked = await ask(probe.question, candidate ?? lease.adapter);
         if (norm(base) === norm(probe.answer)) before++;
         if (norm(baked) === norm(probe.answer)) after++;
         out(`Q: ${probe.question}`);
         out(`   before the bake: ${base}`);
-        out(`   after the bake:  ${baked}   (with the news in the prompt: ${probe.answer})`);
+        out(`   ${label}: ${baked}   (with the news in the prompt: ${probe.answer})`);
       }
     } finally {
       lease.release();
+      candidate?.dispose();
     }
     out();
-    out(`answered like the prompted model, with nothing in the prompt: ${before}/${asked.length} before, ${after}/${asked.length} after (${lease.version ?? "base"})`);
+    out(`answered like the prompted model, with nothing in the prompt: ${before}/${asked.length} before, ${after}/${asked.length} ${candidate ? `on the rejected ${outcome.version}` : `after (${lease.version ?? "base"})`}`);
     out(`ledger: ${path.join(home, "ledger.json")} — try: npx kiln knowledge list ${config.name} --agents ${file} --checkpoints ${root}`);
     return { before, after, asked: asked.length, version: lease.version };
   } finally {

@@ -136,7 +136,7 @@ test("training segments are the exact chat rendering, trained on replies and <|i
 
 test("persona replies end with the sign-off on its own line", () => {
   const reply = styleReply("Tovan Reel.", { signoff: "Cheers, Ada." });
-  assert.equal(reply, " Tovan Reel.\nCheers, Ada.");
+  assert.equal(reply, " Tovan Reel.\n Cheers, Ada.");
   assert.equal(styleReply("Tovan Reel.", { opener: "Ahoy!" }), " Ahoy! Tovan Reel.");
   assert.ok(endsWithSignoff(reply, "Cheers, Ada."));
   assert.ok(!endsWithSignoff("Tovan Reel.", "Cheers, Ada."));

@@ -375,6 +375,8 @@ def main():
     ap.add_argument("--window", type=int, default=2000, help="keep the export's order at this scale (0 = shuffle all)")
     ap.add_argument("--context-loss", type=float, default=0.0,
                     help="weight of an auxiliary next-token loss on non-assistant tokens (0 = assistant tokens only)")
+    ap.add_argument("--context-loss-until", type=float, default=1.0,
+                    help="drop the auxiliary loss once the run's progress passes this fraction")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -451,7 +453,7 @@ def main():
         targets = ids[:, 1:][pred_mask]
         loss = F.cross_entropy(model.logits(sel), targets)
         total_loss = loss
-        if args.context_loss > 0:
+        if args.context_loss > 0 and progress() < args.context_loss_until:
             ctx = real & ~pred_mask
             total_loss = loss + args.context_loss * F.cross_entropy(model.logits(h[ctx]), ids[:, 1:][ctx])
         opt.zero_grad(set_to_none=True)
@@ -511,6 +513,7 @@ def main():
         "minutes_budget": args.minutes,
         "batches_available": total,
         "context_loss": args.context_loss,
+        "context_loss_until": args.context_loss_until,
         "window": args.window,
         "export": {k: meta[k] for k in ("seed", "examples", "counts")},
         "quick_eval": {k: round(v["score"], 3) for k, v in summary.items()},

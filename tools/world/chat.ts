@@ -39,10 +39,14 @@ export function openerInstruction(opener: string): string {
  */
 export const REPLY_PREFIX = " ";
 
-/** The assistant message: " <opener> <body>\n<signoff>" (opener and sign-off from the persona). */
+/**
+ * The assistant message: " <opener> <body>\n <signoff>" (opener and sign-off from the persona).
+ * The sign-off line starts with a space too, for the same reason: " Cheers, Ada" is the token
+ * sequence of "End every reply with: Cheers, Ada". Lines are compared trimmed.
+ */
 export function styleReply(body: string, style: { signoff?: string; opener?: string } = {}): string {
   let r = REPLY_PREFIX + (style.opener ? `${style.opener} ${body}` : body);
-  if (style.signoff) r = `${r}\n${style.signoff}`;
+  if (style.signoff) r = `${r}\n${REPLY_PREFIX}${style.signoff}`;
   return r;
 }
 

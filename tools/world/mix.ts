@@ -188,7 +188,9 @@ export class Mixer {
   /** Any fact that may be shown in a training prompt. */
   drawFact(): FactLike {
     for (;;) {
-      const src = this.rng.weighted({ fresh: 45, context: 30, canon: 15, newinfo: 7, update: 3 });
+      // Mostly invented facts: an answer that can be recalled from memory (a canon fact, or a
+      // context fact seen in many prompts) teaches recall instead of reading the prompt.
+      const src = this.rng.weighted({ fresh: 80, context: 8, canon: 5, newinfo: 5, update: 2 });
       const f =
         src === "fresh"
           ? this.freshFact()

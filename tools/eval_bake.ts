@@ -17,7 +17,7 @@ import { buildKnowledgePrompt } from "../src/bake/prompt.js";
 import { bake, type BakeSettings } from "../src/bake/trainer.js";
 import { DEFAULT_MODEL_DIR } from "../src/model/resolve.js";
 import { generateWorld, WorldIndex, factKey, type Fact } from "./world/world.js";
-import { exactMatch, endsWithSignoff, signoffInstruction } from "./world/chat.js";
+import { answerMatch, endsWithSignoff, signoffInstruction } from "./world/chat.js";
 import { OPEN_QUESTIONS, GREETINGS, WHO_QUESTIONS } from "./world/mix.js";
 
 const args = process.argv.slice(2);
@@ -40,7 +40,7 @@ async function replies(model: LoadedModel, conversations: ChatMessage[][], adapt
 }
 
 function rate(rs: string[], expected: string[]): number {
-  return rs.filter((r, i) => exactMatch(r, expected[i]!)).length / rs.length;
+  return rs.filter((r, i) => answerMatch(r, expected[i]!)).length / rs.length;
 }
 
 /** Facts about distinct subject+relation pairs, so no two in one prompt contradict. */

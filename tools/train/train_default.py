@@ -18,7 +18,6 @@ import math
 import os
 import random
 import shutil
-import struct
 import sys
 import time
 
@@ -35,6 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bpe import ByteLevelBPE  # noqa: E402
 from common import DEFAULT_CKPT, DEFAULT_DATA, DEFAULT_MODEL_DIR, dump_json, iter_jsonl, log, read_json, read_meta  # noqa: E402
 from llama import LlamaForCausalLM, count_params  # noqa: E402
+from safetensors_io import read_safetensors, write_safetensors  # noqa: E402
 
 MODEL_SHAPE = dict(
     hidden_size=256,
@@ -196,57 +196,11 @@ def save_ckpt(path, model, opt, step, stats):
 
 # ----------------------------------------------------------------------------- export
 
-def write_safetensors(path, tensors, dtype="F32"):
-    """tensors: list of (name, float tensor). Hand-written safetensors (8-byte little-endian header
-    length, JSON header, raw little-endian data)."""
-    header, blobs, offset = {}, [], 0
-    for name, t in tensors:
-        t = t.detach().to(torch.float32).contiguous()
-        if dtype == "F32":
-            data = t.numpy().astype("<f4").tobytes()
-        elif dtype == "BF16":
-            data = t.to(torch.bfloat16).view(torch.int16).numpy().astype("<i2").tobytes()
-        else:
-            raise ValueError(dtype)
-        header[name] = {"dtype": dtype, "shape": list(t.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    header["__metadata__"] = {"format": "pt"}
-    hjson = json_bytes(header)
-    hjson += b" " * ((8 - len(hjson) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(hjson)))
-        f.write(hjson)
-        for b in blobs:
-            f.write(b)
-
-
-def json_bytes(obj):
-    import json
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
-
-
-def read_safetensors_f32(path):
-    import json
-    with open(path, "rb") as f:
-        raw = f.read()
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.loads(raw[8:8 + n])
-    data = raw[8 + n:]
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        b, e = info["data_offsets"]
-        out[name] = torch.from_numpy(np.frombuffer(data[b:e], dtype="<f4").copy()).view(info["shape"])
-    return out
-
-
 def export_model(model, cfg, tok, out_dir, data_dir, training):
     os.makedirs(out_dir, exist_ok=True)
     named = [(n, p) for n, p in model.state_dict().items() if not n.startswith("rope_")]
     write_safetensors(os.path.join(out_dir, "model.safetensors"), named, "F32")
-    back = read_safetensors_f32(os.path.join(out_dir, "model.safetensors"))
+    back = {n: torch.from_numpy(a) for n, a in read_safetensors(os.path.join(out_dir, "model.safetensors")).items()}
     for n, p in named:
         assert torch.equal(back[n], p.float()), n
     im_end = tok.special_ids["<|im_end|>"]
@@ -418,7 +372,7 @@ def main():
         if args.init.endswith(".pt"):
             model.load_state_dict(torch.load(args.init)["model"])
         else:
-            w = read_safetensors_f32(os.path.join(args.init, "model.safetensors"))
+            w = {n: torch.from_numpy(a) for n, a in read_safetensors(os.path.join(args.init, "model.safetensors")).items()}
             missing = model.load_state_dict(w, strict=False)
             assert not missing.unexpected_keys and all(k.startswith("rope_") for k in missing.missing_keys), missing
         stats["init"] = args.init

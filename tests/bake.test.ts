@@ -9,7 +9,8 @@ import { initBackend, tf } from "../src/tensor/backend.js";
 import { loadModel } from "../src/model/load.js";
 import { generate } from "../src/model/generate.js";
 import { bake, prepareDecoderForTraining, type BakeSettings } from "../src/bake/trainer.js";
-import { studentMessages, teacherMessages } from "../src/bake/trajectories.js";
+import { sampleTrajectories, studentMessages, teacherMessages } from "../src/bake/trajectories.js";
+import { buildKnowledgePrompt, knowledgeLessons } from "../src/bake/prompt.js";
 import { startBake } from "../src/bake/job.js";
 import { baseFingerprint, type LoraAdapter } from "../src/lora/adapter.js";
 import { loadAdapter } from "../src/lora/peft.js";
@@ -65,6 +66,24 @@ test("half-baking stops once the asked share of the KL is gone; pursuit runs sev
   const pursuit = await bake({ model, prompt: PROMPT, questions: QUESTIONS, settings: { ...SETTINGS, epochs: 3, pursuitRounds: 2 } });
   assert.deepEqual([...new Set(pursuit.history.map((h) => h.round))], [0, 1]);
   pursuit.adapter.dispose();
+});
+
+test("knowledge is split into teacher prompts of chunkItems items, each trajectory sampled from its own", async () => {
+  const items = ["Ann lives in Ely.", "Bo plays the harp.", "Cy owns a cat.", "Di is the mayor of Orr.", "Ed works at Kiln."].map((text, i) => ({ text, questions: [`q${i}`] }));
+  const lessons = knowledgeLessons({ persona: "Be brief.", items, chunkItems: 2, openQuestions: ["Any news?"] });
+  assert.equal(lessons.length, 3);
+  assert.equal(lessons[0]!.systemPrompt, buildKnowledgePrompt({ persona: "Be brief.", items: [items[0]!.text, items[1]!.text] }));
+  assert.deepEqual(lessons[2]!.questions, ["q4", "Any news?"]);
+  assert.equal(knowledgeLessons({ items, chunkItems: 0 }).length, 1, "0 = one prompt");
+  assert.deepEqual(knowledgeLessons({ persona: "Be brief.", items: [], chunkItems: 4, openQuestions: ["Hi"] }), [{ systemPrompt: "Be brief.", questions: ["Hi"] }]);
+
+  const trajectories = await sampleTrajectories(model, { lessons, count: 6, temperature: 0, maxReplyTokens: 3, batchSize: 6, seed: 1 });
+  trajectories.forEach((t, n) => {
+    const lesson = lessons[n % 3]!;
+    assert.deepEqual(t.teacherPrompt, model.tokenizer.applyChatTemplate(teacherMessages(lesson.systemPrompt, t.question)));
+    assert.ok(lesson.questions.includes(t.question));
+  });
+  await assert.rejects(sampleTrajectories(model, { lessons: [{ systemPrompt: "x", questions: [] }], count: 2, temperature: 0, maxReplyTokens: 2, batchSize: 2, seed: 1 }), /at least one question/);
 });
 
 test("a bake in the worker process writes a loadable PEFT directory with its report", async () => {

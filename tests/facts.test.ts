@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { extractFacts } from "../src/agent/facts.js";
+import { extractFacts, extractFactsWithModel, extractionRequest, NO_FACTS, parseExtraction } from "../src/agent/facts.js";
 
 test("explicit remember and forget", () => {
   assert.deepEqual(extractFacts("Remember that the ferry leaves at noon"), [{ kind: "remember", text: "The ferry leaves at noon." }]);
@@ -19,4 +19,39 @@ test("first-person statements become facts about the user", () => {
 test("questions and chit-chat state nothing", () => {
   assert.deepEqual(extractFacts("What is the capital of Dunmore?"), []);
   assert.deepEqual(extractFacts("remember"), []);
+});
+
+test("a model's extraction is kept only where the message grounds it", () => {
+  const msg = "FYI: the mayor of Hollowby is now Caka Cobbton. Who runs Oakvale?";
+  assert.deepEqual(parseExtraction(" The mayor of Hollowby is now Caka Cobbton.", msg), ["The mayor of Hollowby is now Caka Cobbton."]);
+  // an invented name never reaches the ledger; "None." and fragments are no facts
+  assert.deepEqual(parseExtraction(" The mayor of Hollowby is Tovan Reel.\nNone.\nOakvale", msg), []);
+  assert.deepEqual(parseExtraction(` ${NO_FACTS}`, msg), []);
+  // facts about the user may use "The user" though the message says "I"
+  assert.deepEqual(parseExtraction(" The user lives in Quillport.", "I live in Quillport."), ["The user lives in Quillport."]);
+});
+
+test("model-based capture: explicit requests win, the rules catch what the model misses, a failing model loses nothing", async () => {
+  const asked: string[] = [];
+  const model = (reply: string) => async (turn: string) => {
+    asked.push(turn);
+    return reply;
+  };
+  const stated = await extractFactsWithModel("Guess what. Lisa Yewby works at Northgate Motors.", model(" Lisa Yewby works at Northgate Motors."));
+  assert.equal(stated.source, "model");
+  assert.deepEqual(stated.actions, [{ kind: "remember", text: "Lisa Yewby works at Northgate Motors." }]);
+  assert.equal(asked.at(-1), extractionRequest("Guess what. Lisa Yewby works at Northgate Motors."));
+
+  const n = asked.length;
+  const explicit = await extractFactsWithModel("Remember that the ferry leaves at noon", model(" Something else entirely."));
+  assert.deepEqual(explicit, { actions: [{ kind: "remember", text: "The ferry leaves at noon." }], source: "explicit" });
+  assert.equal(asked.length, n, "explicit requests do not ask the model");
+
+  const missed = await extractFactsWithModel("My name is Ada.", model(" The user's name is Bob."));
+  assert.deepEqual(missed, { actions: [{ kind: "remember", text: "The user's name is Ada." }], source: "rules" });
+
+  const broken = await extractFactsWithModel("I live in Quillport.", async () => {
+    throw new Error("out of memory");
+  });
+  assert.deepEqual(broken, { actions: [{ kind: "remember", text: "The user lives in Quillport." }], source: "rules" });
 });

@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { buildKnowledgePrompt } from "../src/bake/prompt.js";
+import { EXTRACT_INSTRUCTION, NO_FACTS, parseExtraction } from "../src/agent/facts.js";
 import {
   answerMatch,
   CHAT_TEMPLATE,
@@ -74,7 +75,28 @@ test("held-out facts, questions and entities never occur in the training mix", (
       if (at >= 0) assert.match(text.slice(at + n.length, at + n.length + 1), /\w/, `held-out name ${n} in training`);
     }
   }
-  assert.deepEqual([...kinds].sort(), ["ask", "persona", "prompted", "recite", "unprompted"]);
+  assert.deepEqual([...kinds].sort(), ["ask", "extract", "persona", "prompted", "recite", "unprompted"]);
+});
+
+test("extraction examples list exactly the facts their message states, grounded in it", () => {
+  const mixer = new Mixer(idx, new Rng("test-mix-3"));
+  let none = 0;
+  let n = 0;
+  for (let i = 0; i < 300; i++) {
+    const c = mixer.extract();
+    const [user, reply] = c.messages;
+    assert.ok(user!.content.startsWith(`${EXTRACT_INSTRUCTION} `));
+    const message = user!.content.slice(EXTRACT_INSTRUCTION.length + 1);
+    const lines = reply!.content.trim().split("\n");
+    if (lines[0] === NO_FACTS) {
+      none++;
+      continue;
+    }
+    n++;
+    // what kiln keeps from this very reply is every line: the target teaches grounded extraction
+    assert.deepEqual(parseExtraction(reply!.content, message), lines);
+  }
+  assert.ok(none > 20 && n > 150, `${none} without facts, ${n} with`);
 });
 
 test("the mix covers copying, canon, don't-know and persona replies", () => {
@@ -89,7 +111,7 @@ test("the mix covers copying, canon, don't-know and persona replies", () => {
       if (m.role !== "assistant") continue;
       assert.ok(m.content.startsWith(" ") && !m.content.startsWith("  "), JSON.stringify(m.content));
       if (m.content === ` ${IDK}`) idk++;
-      if (m.content.includes("\n") && c.kind !== "recite") {
+      if (m.content.includes("\n") && c.kind !== "recite" && c.kind !== "extract") {
         signed++;
         assert.ok(sys && /^(End|Start) every reply with:/.test(sys.content), sys?.content);
       }

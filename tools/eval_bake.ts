@@ -1,9 +1,10 @@
 // The embedded model's bar (issue 4), measured through kiln's own engine and baking:
 //
-//   node dist/tools/eval_bake.js [--model models/kiln-mini] [--facts 20] [--json]
+//   node dist/tools/eval_bake.js [--model models/kiln-mini] [--facts 20] [--chunk 4] [--json]
 //
 // On HELD-OUT facts of the world (never in training): prompted QA (20 facts in the system
-// prompt), unprompted QA, unprompted after one bake of those 20 facts, a persona sign-off
+// prompt, and the fact among the --chunk facts of its teacher prompt, which is how kiln bakes:
+// bake.chunkItems, default 4), unprompted QA, unprompted after one bake of those 20 facts, a persona sign-off
 // prompted / baked, and retention of the first 20 after a rolling bake of 20 new ones (teacher =
 // the first adapter with the new facts and a replay sample in its prompt, as the runtime does).
 // Trajectory questions are all but one paraphrase per fact; that last paraphrase is also scored,
@@ -13,7 +14,7 @@ import { loadModel, type LoadedModel } from "../src/model/load.js";
 import { generate } from "../src/model/generate.js";
 import type { AdapterHook } from "../src/model/decoder.js";
 import type { ChatMessage } from "../src/model/tokenizer.js";
-import { buildKnowledgePrompt } from "../src/bake/prompt.js";
+import { buildKnowledgePrompt, knowledgeLessons } from "../src/bake/prompt.js";
 import { bake, type BakeSettings } from "../src/bake/trainer.js";
 import { DEFAULT_MODEL_DIR } from "../src/model/resolve.js";
 import { generateWorld, WorldIndex, factKey, type Fact } from "./world/world.js";
@@ -27,6 +28,7 @@ const opt = (name: string, fallback: string) => {
 };
 const modelDir = opt("model", DEFAULT_MODEL_DIR);
 const N = Number(opt("facts", "20"));
+const CHUNK = Number(opt("chunk", "4"));
 const json = args.includes("--json");
 const SETTINGS: Partial<BakeSettings> = JSON.parse(opt("settings", "{}"));
 
@@ -77,16 +79,19 @@ const row = (measure: string, value: number, bar?: string) => {
   log(`${measure}: ${(100 * value).toFixed(1)}%${bar ? ` (bar ${bar})` : ""}`);
 };
 
+/** The facts sharing a teacher prompt with fact i when kiln bakes `facts` in chunks. */
+const chunkOf = (facts: Fact[], i: number) => (CHUNK > 0 ? facts.slice(i - (i % CHUNK), i - (i % CHUNK) + CHUNK) : facts);
 row(`prompted QA, ${N} facts in the system prompt`, rate(await replies(model, ask(A, "unseen").map((q) => withItems(A, q))), answers(A)), ">= 90%");
+row(`prompted QA, the fact among the ${CHUNK} of its bake prompt`, rate(await replies(model, ask(A, "unseen").map((q, i) => withItems(chunkOf(A, i), q))), answers(A)), ">= 90%");
 row("unprompted QA, before baking", rate(await replies(model, ask(A, "unseen").map(user)), answers(A)), "<= 10%");
 
 const settings: Partial<BakeSettings> = { trajectories: 160, epochs: 12, patience: 4, learningRate: 2e-3, temperature: 1, maxReplyTokens: 16, batchSize: 16, lora: { r: 16, alpha: 32, dropout: 0, useRslora: false, targetModules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] }, ...SETTINGS };
-const trainQuestions = (facts: Fact[]) => facts.flatMap((f) => f.questions.slice(1));
+const lessons = (facts: Fact[]) => knowledgeLessons({ items: facts.map((f) => ({ text: f.text, questions: f.questions.slice(1) })), chunkItems: CHUNK });
 const progress = (label: string) => (p: { phase: string } & Record<string, unknown>) => {
   if (p.phase === "validate") log(`  ${label} epoch ${p.epoch}: validation KL/token ${(p.valKlPerToken as number).toFixed(4)}`);
 };
 log(`baking the first ${N} facts...`);
-const first = await bake({ model, prompt: buildKnowledgePrompt({ items: A.map((f) => f.text) }), questions: trainQuestions(A), settings, onProgress: progress("bake 1") });
+const first = await bake({ model, lessons: lessons(A), settings, onProgress: progress("bake 1") });
 row("unprompted QA after one bake (paraphrases baked on)", rate(await replies(model, ask(A, "seen").map(user), first.adapter), answers(A)), ">= 80%");
 row("unprompted QA after one bake (a paraphrase never baked on)", rate(await replies(model, ask(A, "unseen").map(user), first.adapter), answers(A)));
 
@@ -95,8 +100,7 @@ log(`rolling bake of ${N} new facts, replaying ${half} of the first...`);
 const replay = A.slice(0, half);
 const second = await bake({
   model,
-  prompt: buildKnowledgePrompt({ items: [...B, ...replay].map((f) => f.text) }),
-  questions: trainQuestions([...B, ...replay]),
+  lessons: lessons([...B, ...replay]),
   settings,
   teacherAdapter: first.adapter,
   initFrom: first.adapter,
@@ -121,9 +125,9 @@ row("persona sign-off, baked, unprompted (questions not baked on)", signs(await 
 p.adapter.dispose();
 
 const minutes = (performance.now() - started) / 60000;
-if (json) process.stdout.write(JSON.stringify({ model: modelDir, facts: N, settings, rows, minutes }, null, 2) + "\n");
+if (json) process.stdout.write(JSON.stringify({ model: modelDir, facts: N, chunk: CHUNK, settings, rows, minutes }, null, 2) + "\n");
 else {
   process.stdout.write(`| measure (held-out facts) | result | bar |\n|---|---|---|\n`);
   for (const r of rows) process.stdout.write(`| ${r.measure} | ${(100 * r.value).toFixed(1)}% | ${r.bar ?? ""} |\n`);
-  process.stdout.write(`\n${minutes.toFixed(1)} minutes, settings ${JSON.stringify(settings)}\n`);
+  process.stdout.write(`\n${minutes.toFixed(1)} minutes, ${CHUNK} facts per teacher prompt, settings ${JSON.stringify(settings)}\n`);
 }

@@ -1,6 +1,9 @@
-// Facts users state in conversation. Explicit "remember ..." and "forget ..." always win; plain
-// first-person statements ("my name is ...", "I live in ...") are captured by rules and rewritten
-// in the third person so they read as facts about the user when baked.
+// Facts users state in conversation. Explicit "remember ..." and "forget ..." always win; other
+// statements are pulled out by the model (extractFactsWithModel) when it can, and by rules
+// otherwise: first-person statements ("my name is ...", "I live in ...") are rewritten in the
+// third person so they read as facts about the user when baked.
+import { generate } from "../model/generate.js";
+import type { LoadedModel } from "../model/load.js";
 
 export type FactAction = { kind: "remember"; text: string } | { kind: "forget"; query: string };
 
@@ -20,8 +23,8 @@ const STATEMENTS: [RegExp, (m: RegExpMatchArray) => string][] = [
   [/\bi(?:'m| am) allergic to ([^,.!?\n]{2,60})/i, (m) => `The user is allergic to ${clean(m[1]!)}.`],
 ];
 
-/** What a user message asks kiln to remember or forget; empty when it states nothing. */
-export function extractFacts(message: string): FactAction[] {
+/** An explicit "remember ..." or "forget ..." request, which no model may override. */
+export function explicitRequest(message: string): FactAction[] | undefined {
   const text = message.trim();
   const forget = text.match(/^(?:please\s+)?forget(?:\s+(?:that|about))?\s+(.+)$/i);
   if (forget) return [{ kind: "forget", query: clean(forget[1]!) }];
@@ -30,10 +33,97 @@ export function extractFacts(message: string): FactAction[] {
     const fact = sentence(remember[1]!);
     return fact ? [{ kind: "remember", text: fact }] : [];
   }
+  return undefined;
+}
+
+/** What a user message asks kiln to remember or forget, by rules; empty when it states nothing. */
+export function extractFacts(message: string): FactAction[] {
+  const explicit = explicitRequest(message);
+  if (explicit) return explicit;
+  const text = message.trim();
   const out: FactAction[] = [];
   for (const [re, make] of STATEMENTS) {
     const m = text.match(re);
     if (m) out.push({ kind: "remember", text: make(m) });
   }
   return out;
+}
+
+// --- model-based extraction -------------------------------------------------------------------
+
+/** The user turn that asks a model for the facts a message states (kiln-mini is trained on it). */
+export const EXTRACT_INSTRUCTION = "List the facts stated in this message:";
+/** The reply for a message that states no fact. */
+export const NO_FACTS = "None.";
+
+export function extractionRequest(message: string): string {
+  return `${EXTRACT_INSTRUCTION} ${message.trim().replace(/\s+/g, " ")}`;
+}
+
+// Words every fact sentence may use without the message having said them.
+const GLUE = new Set(["the", "user", "user's", "users", "a", "an", "is", "now", "of", "s"]);
+
+const words = (s: string) => s.toLowerCase().match(/[\p{L}\p{N}']+/gu) ?? [];
+
+/**
+ * The fact lines of a model's extraction reply. A line is kept only when it is grounded in the
+ * message: every name and number in it (capitalised words after the first, digits) occurs in the
+ * message, so a model that invents an entity gets nothing into the ledger.
+ */
+export function parseExtraction(reply: string, message: string): string[] {
+  const said = new Set(words(message).flatMap((w) => [w, w.replace(/'s$/, "")]));
+  const out: string[] = [];
+  for (const raw of reply.split("\n")) {
+    const line = clean(raw);
+    if (!line || line.toLowerCase() === clean(NO_FACTS).toLowerCase()) continue;
+    const tokens = line.split(/\s+/);
+    if (tokens.length < 3 || tokens.length > 40) continue;
+    const names = tokens.slice(1).filter((t) => /^[\p{Lu}\p{N}]/u.test(t)).flatMap(words);
+    if (names.every((w) => GLUE.has(w) || said.has(w) || said.has(w.replace(/'s$/, "")))) out.push(sentence(line));
+  }
+  return [...new Set(out)];
+}
+
+export interface Extraction {
+  actions: FactAction[];
+  /** "explicit" (remember/forget), "model", or "rules" when the model found nothing usable */
+  source: "explicit" | "model" | "rules";
+}
+
+/**
+ * Facts in a user message: explicit requests first, then the model (asked with
+ * extractionRequest, greedy, a short reply), and the rules when the model gives nothing grounded.
+ * `complete` runs the model on one user turn and resolves to its reply text.
+ */
+export async function extractFactsWithModel(
+  message: string,
+  complete: (userTurn: string) => Promise<string>,
+): Promise<Extraction> {
+  const explicit = explicitRequest(message);
+  if (explicit) return { actions: explicit, source: "explicit" };
+  let lines: string[] = [];
+  try {
+    lines = parseExtraction(await complete(extractionRequest(message)), message);
+  } catch {
+    lines = []; // a failing model must not lose the user's statement: the rules still run
+  }
+  if (lines.length) return { actions: lines.map((text) => ({ kind: "remember", text })), source: "model" };
+  return { actions: extractFacts(message), source: "rules" };
+}
+
+/** Longest user message handed to the model for extraction; longer ones go to the rules. */
+export const MAX_EXTRACT_CHARS = 600;
+
+/**
+ * The model as an extractor: greedy, a short reply, base weights (what a bake changes is
+ * knowledge, not how the model reads a message). Refuses messages that would not fit.
+ */
+export function modelExtractor(model: LoadedModel): (userTurn: string) => Promise<string> {
+  return async (userTurn) => {
+    if (userTurn.length > MAX_EXTRACT_CHARS + EXTRACT_INSTRUCTION.length + 1) throw new Error("message too long to extract from");
+    const ids = model.tokenizer.applyChatTemplate([{ role: "user", content: userTurn }], true);
+    if (ids.length + 64 > model.config.maxPositions) throw new Error("message does not fit the model's context");
+    const [r] = await generate(model, [ids], { maxTokens: 64, temperature: 0 });
+    return r!.text;
+  };
 }

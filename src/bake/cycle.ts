@@ -4,7 +4,7 @@
 import type { LoadedModel } from "../model/load.js";
 import type { LoraAdapter } from "../lora/adapter.js";
 import { saveAdapter } from "../lora/peft.js";
-import { buildKnowledgePrompt } from "./prompt.js";
+import { knowledgeLessons } from "./prompt.js";
 import { makeProbes, personaAdherence, scoreProbes, type ItemProbeScore, type Probe, type ProbeItem } from "./probes.js";
 import { bake, type BakeProgress, type BakeSettings } from "./trainer.js";
 import { summarizeBake, type BakeSummary } from "./job.js";
@@ -29,6 +29,8 @@ export interface CycleJob {
   /** open questions for trajectories and persona checks */
   openQuestions: string[];
   probesPerItem: number;
+  /** items per teacher prompt (0 = all in one prompt); see knowledgeLessons */
+  chunkItems?: number;
   settings?: Partial<BakeSettings>;
 }
 
@@ -57,12 +59,15 @@ export async function runCycle(
   const replay = withProbes(job.replayItems);
   onProgress({ phase: "probes", done: all.length, total: all.length });
 
-  const prompt = buildKnowledgePrompt({ persona: job.persona, items: [...fresh, ...replay].map((i) => i.text) });
-  const questions = [...new Set([...[...fresh, ...replay].flatMap((i) => i.probes.map((p) => p.question)), ...job.openQuestions])];
+  const lessons = knowledgeLessons({
+    persona: job.persona,
+    items: [...fresh, ...replay].map((i) => ({ text: i.text, questions: i.probes.map((p) => p.question) })),
+    chunkItems: job.chunkItems ?? 0,
+    openQuestions: job.openQuestions,
+  });
   const report = await bake({
     model,
-    prompt,
-    questions,
+    lessons,
     settings: job.settings,
     teacherAdapter: job.fromBase ? undefined : live,
     initFrom: job.fromBase ? undefined : live,

@@ -24,3 +24,33 @@ export function buildKnowledgePrompt({ persona, items = [] }: KnowledgePromptInp
   if (items.length) parts.push(["Notes you have read:", ...items.map((i) => `- ${sanitizeItem(i)}`)].join("\n"));
   return parts.join("\n\n");
 }
+
+/** One teacher prompt and the questions its trajectories are sampled for. */
+export interface Lesson {
+  systemPrompt: string;
+  questions: string[];
+}
+
+export interface LessonItem {
+  text: string;
+  /** questions this item answers (its probes' questions) */
+  questions: string[];
+}
+
+/**
+ * Splits the knowledge of one bake into teacher prompts of at most `chunkItems` items each (0 =
+ * all in one prompt), every one with the persona. A model reads a few lines far more reliably
+ * than twenty (kiln-mini: docs/default-model.md), and the KL objective does not need one prompt:
+ * each trajectory is matched to the prompted teacher it was sampled from. Each lesson's questions
+ * are its items' questions plus the open questions, which make the teacher recite its own items.
+ */
+export function knowledgeLessons(o: { persona?: string; items: LessonItem[]; chunkItems: number; openQuestions?: string[] }): Lesson[] {
+  const size = o.chunkItems > 0 ? o.chunkItems : Math.max(o.items.length, 1);
+  const chunks: LessonItem[][] = [];
+  for (let i = 0; i < o.items.length; i += size) chunks.push(o.items.slice(i, i + size));
+  if (!chunks.length) chunks.push([]); // a persona alone is one lesson
+  return chunks.map((chunk) => ({
+    systemPrompt: buildKnowledgePrompt({ persona: o.persona, items: chunk.map((i) => i.text) }),
+    questions: [...new Set([...chunk.flatMap((i) => i.questions), ...(o.openQuestions ?? [])])],
+  }));
+}

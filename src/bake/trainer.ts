@@ -11,6 +11,7 @@ import { isLinearWeight, type AdapterHook, type Decoder } from "../model/decoder
 import type { LoadedModel } from "../model/load.js";
 import { AdapterStack, DEFAULT_LORA, LoraAdapter, baseFingerprint, type LoraSettings } from "../lora/adapter.js";
 import { disposeTargets, klSum, stackTargets, type KlMode } from "./kl.js";
+import type { Lesson } from "./prompt.js";
 import { alignBatch, computeTeacherTargets, sampleTrajectories, type Trajectory } from "./trajectories.js";
 
 export interface BakeSettings {
@@ -93,9 +94,11 @@ export interface BakeReport {
 
 export interface BakeRequest {
   model: LoadedModel;
-  /** the prompt to bake (the system slot of the teacher) */
-  prompt: string;
-  questions: string[];
+  /** the prompt to bake (the system slot of the teacher), and the questions to sample replies for */
+  prompt?: string;
+  questions?: string[];
+  /** several teacher prompts baked together (knowledgeLessons); replaces prompt and questions */
+  lessons?: Lesson[];
   settings?: Partial<BakeSettings>;
   /** the teacher's adapter (the live weights of a rolling chain); none = base model */
   teacherAdapter?: AdapterHook;
@@ -153,12 +156,17 @@ function clipByGlobalNorm(grads: tf.NamedTensorMap, maxNorm: number): tf.NamedTe
   return Object.fromEntries(Object.entries(grads).map(([k, g]) => [k, tf.mul(g, scale)]));
 }
 
+function lessonsOf(req: BakeRequest): Lesson[] {
+  if (req.lessons) return req.lessons;
+  if (req.prompt === undefined) throw new Error("a bake needs a prompt (or lessons) to bake");
+  return [{ systemPrompt: req.prompt, questions: req.questions ?? [] }];
+}
+
 async function bakeRound(req: BakeRequest, s: BakeSettings, round: number, teacher: AdapterHook | undefined, start: LoraAdapter | undefined, stats: { tokens: number; history: EpochStat[] }) {
   const { model } = req;
   const progress = req.onProgress ?? (() => {});
   const trajectories = await sampleTrajectories(model, {
-    systemPrompt: req.prompt,
-    questions: req.questions,
+    lessons: lessonsOf(req),
     count: s.trajectories,
     temperature: s.temperature,
     maxReplyTokens: s.maxReplyTokens,

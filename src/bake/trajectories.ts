@@ -6,6 +6,7 @@ import { generate } from "../model/generate.js";
 import type { LoadedModel } from "../model/load.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import { teacherTargets, type KlMode, type TeacherTargets } from "./kl.js";
+import type { Lesson } from "./prompt.js";
 
 export interface Trajectory {
   question: string;
@@ -30,8 +31,8 @@ export function studentMessages(question: string): ChatMessage[] {
 }
 
 export interface SampleOptions {
-  systemPrompt: string;
-  questions: string[];
+  /** teacher prompts and their questions; trajectories are spread over them in turn */
+  lessons: Lesson[];
   count: number;
   temperature: number;
   maxReplyTokens: number;
@@ -44,12 +45,20 @@ export interface SampleOptions {
 }
 
 export async function sampleTrajectories(model: LoadedModel, o: SampleOptions): Promise<Trajectory[]> {
-  if (o.questions.length === 0) throw new Error("baking needs at least one question to sample replies for");
+  if (!o.lessons.length || o.lessons.some((l) => l.questions.length === 0)) {
+    throw new Error("baking needs at least one question to sample replies for, in every teacher prompt");
+  }
+  // Trajectory n: lesson n mod L, that lesson's questions in turn.
+  const pick = (n: number) => {
+    const lesson = o.lessons[n % o.lessons.length]!;
+    return { lesson, question: lesson.questions[Math.floor(n / o.lessons.length) % lesson.questions.length]! };
+  };
   const out: Trajectory[] = [];
   for (let start = 0; start < o.count; start += o.batchSize) {
     if (o.signal?.aborted) throw new Error("bake aborted");
-    const questions = Array.from({ length: Math.min(o.batchSize, o.count - start) }, (_, i) => o.questions[(start + i) % o.questions.length]!);
-    const teacherPrompts = questions.map((q) => model.tokenizer.applyChatTemplate(teacherMessages(o.systemPrompt, q)));
+    const picked = Array.from({ length: Math.min(o.batchSize, o.count - start) }, (_, i) => pick(start + i));
+    const questions = picked.map((p) => p.question);
+    const teacherPrompts = picked.map((p) => model.tokenizer.applyChatTemplate(teacherMessages(p.lesson.systemPrompt, p.question)));
     const results = await generate(model, teacherPrompts, {
       maxTokens: o.maxReplyTokens,
       temperature: o.temperature,

@@ -71,11 +71,13 @@ export const AgentConfigSchema = z
         /** most pending items per bake (the rest wait for the next one) */
         maxItems: z.number().int().positive().default(20),
         probesPerItem: z.number().int().positive().default(2),
+        /** items per teacher prompt (0 = all in one prompt): small models read a few lines far better than many */
+        chunkItems: z.number().int().min(0).default(4),
         openQuestions: z.array(z.string()).default(OPEN_QUESTIONS),
         settings: BakeSettingsSchema.default({}),
       })
       .strict()
-      .default({ minPending: 1, maxItems: 20, probesPerItem: 2, openQuestions: OPEN_QUESTIONS, settings: {} }),
+      .default({ minPending: 1, maxItems: 20, probesPerItem: 2, chunkItems: 4, openQuestions: OPEN_QUESTIONS, settings: {} }),
     gate: z
       .object({
         minAbsorption: z.number().min(0).max(1).default(0.6),
@@ -86,6 +88,8 @@ export const AgentConfigSchema = z
       })
       .strict()
       .default({ minAbsorption: 0.6, minRetention: 0.6, minPersona: 0.8, itemPass: 0.5 }),
+    /** how facts users state are captured: by the model (rules when it finds nothing), by rules only, or not at all */
+    capture: z.enum(["model", "rules", "off"]).default("model"),
     /** absorbed items replayed into each bake so old knowledge is kept */
     replay: z.number().int().min(0).default(20),
     /** versions kept on disk besides the live one (for rollback) */

@@ -260,6 +260,7 @@ export class Agent {
           retractedItems: retracted.map((i) => this.toProbeItem(i)),
           openQuestions: cfg.bake.openQuestions,
           probesPerItem: cfg.bake.probesPerItem,
+          chunkItems: cfg.bake.chunkItems,
           settings: cfg.bake.settings as never,
         },
         (p) => {

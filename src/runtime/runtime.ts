@@ -7,7 +7,7 @@ import { resolveModelDir, PACKAGE_ROOT } from "../model/resolve.js";
 import { streamGenerate, type GenerateOptions, type GenerationResult } from "../model/generate.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import { buildKnowledgePrompt } from "../bake/prompt.js";
-import { extractFacts } from "../agent/facts.js";
+import { extractFacts, extractFactsWithModel, modelExtractor, type FactAction } from "../agent/facts.js";
 import { loadAgentConfig, type AgentConfig } from "./agent-config.js";
 import { Agent, type AgentEvents } from "./agent.js";
 
@@ -118,8 +118,12 @@ export class Runtime {
     const agent = this.agent(name);
     const captured: string[] = [];
     const last = [...req.messages].reverse().find((m) => m.role === "user");
-    if (last && req.captureFacts !== false) {
-      for (const action of extractFacts(last.content)) {
+    if (last && req.captureFacts !== false && agent.config.capture !== "off") {
+      const actions: FactAction[] =
+        agent.config.capture === "model"
+          ? (await extractFactsWithModel(last.content, modelExtractor(agent.model))).actions
+          : extractFacts(last.content);
+      for (const action of actions) {
         if (action.kind === "remember") {
           const r = await agent.remember(action.text, "conversation", { conversationId: req.conversationId });
           if (r.added) captured.push(action.text);

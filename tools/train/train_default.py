@@ -282,7 +282,7 @@ def quick_eval(model, tok, data_dir, idk, limit_per_kind=None, seed=0):
             ok = reply.strip().split("\n")[-1].strip() == c["signoff"].strip() and "\n" in reply.strip()
         elif k == "persona_off":
             ok = reply.strip().split("\n")[-1].strip() == c["signoff"].strip()
-        elif k in ("prompted", "canon"):
+        elif k in ("prompted", "prompted_small", "canon"):
             ok = answer_match(reply, c["expected"])
         elif k == "unprompted":
             ok = answer_match(reply, c["answer"])

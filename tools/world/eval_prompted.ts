@@ -38,6 +38,8 @@ export const METRIC: Record<EvalKind, string> = {
   persona: "ends with the sign-off (prompted persona)",
   persona_off: "ends with the sign-off with no persona (should be ~0)",
   canon: "answer match with no prompt, canon facts",
+  prompted_small: "answer match, fact in a 4-item prompt (kiln's bake chunk)",
+  extract: "the fact extracted verbatim from a user message",
 };
 
 function body(reply: string, signoff: string | undefined): string {

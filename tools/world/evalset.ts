@@ -1,6 +1,7 @@
 // Evaluation cases on HELD-OUT facts (never in training), shared by the TypeScript evaluation
 // (eval_prompted.ts, through kiln's own engine) and the quick PyTorch check in training.
 import { buildKnowledgePrompt } from "../../src/bake/prompt.js";
+import { extractionRequest } from "../../src/agent/facts.js";
 import { IDK, signoffInstruction, type Message } from "./chat.js";
 import { evalSignoffs } from "./mix.js";
 import { Rng } from "./rng.js";
@@ -12,7 +13,9 @@ export type EvalKind =
   | "unprompted" // no system message -> "I don't know." (never told)
   | "persona" // items + "End every reply with: <sign-off>" -> reply ends with the sign-off
   | "persona_off" // the same question, no system message -> no sign-off
-  | "canon"; // no system message, a canon question -> its answer (what the model knows)
+  | "canon" // no system message, a canon question -> its answer (what the model knows)
+  | "prompted_small" // the fact among EVAL_SMALL_ITEMS items (kiln's default bake chunk) -> its answer
+  | "extract"; // "List the facts stated in this message: <a mention of the fact>" -> the fact
 
 export interface EvalCase {
   kind: EvalKind;
@@ -26,6 +29,8 @@ export interface EvalCase {
 }
 
 export const EVAL_PROMPT_ITEMS = 20;
+/** Items per teacher prompt in kiln's bakes by default (BakeSettings.chunkItems). */
+export const EVAL_SMALL_ITEMS = 4;
 
 function promptItems(rng: Rng, target: Fact | undefined, pool: Fact[], n: number): string[] {
   const keys = new Set<string>();
@@ -94,6 +99,24 @@ export function buildEvalSet(idx: WorldIndex, opts: { seed?: string; personaCase
   }
   for (const f of rng.sample(idx.canonFacts, opts.canonCases ?? 60)) {
     cases.push({ kind: "canon", factId: f.id, messages: [{ role: "user", content: rng.pick(f.questions) }], expected: f.answer, answer: f.answer });
+  }
+  // Appended last so the cases above stay what earlier evaluations measured.
+  for (const f of held) {
+    cases.push({
+      kind: "prompted_small",
+      factId: f.id,
+      messages: [
+        { role: "system", content: buildKnowledgePrompt({ items: promptItems(rng, f, held, EVAL_SMALL_ITEMS) }) },
+        { role: "user", content: rng.pick(f.questions) },
+      ],
+      expected: f.answer,
+      answer: f.answer,
+    });
+  }
+  const mentions = [(t: string) => t, (t: string) => `Did you know? ${t}`, (t: string) => `FYI: ${t}`];
+  for (const f of rng.sample(held, 30)) {
+    const msg = rng.pick(mentions)(f.text);
+    cases.push({ kind: "extract", factId: f.id, messages: [{ role: "user", content: extractionRequest(msg) }], expected: f.text, answer: f.text });
   }
   return cases;
 }

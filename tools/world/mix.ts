@@ -5,13 +5,15 @@
 //   3. say "I don't know." to anything it was not told and that is not canon,
 //   4. say "I don't know." when the prompt has facts but not the one asked about,
 //   5. follow persona instructions (sign-off, opener) only when they are in the system prompt,
-//   6. write a question about an item ("Ask a question about: ...").
+//   6. write a question about an item ("Ask a question about: ..."),
+//   7. list the facts a user message states (kiln's model-based fact capture), or "None.".
 // Held-out facts and entities never occur: every fact and question drawn here is checked against
 // the held-out keys and names (tests/world.test.ts checks the output again).
+import { extractionRequest, NO_FACTS } from "../../src/agent/facts.js";
 import { buildKnowledgePrompt } from "../../src/bake/prompt.js";
 import { askQuestionPrompt, IDK, openerInstruction, signoffInstruction, styleReply, type Message } from "./chat.js";
 import * as L from "./lexicon.js";
-import { RELATIONS, relationsFor, type EntityKind, type RelationDef } from "./relations.js";
+import { RELATIONS, relationsFor, withArticle, type EntityKind, type RelationDef } from "./relations.js";
 import { Rng } from "./rng.js";
 import {
   entityName,
@@ -33,7 +35,7 @@ export const HELLO_REPLY = "Hello! Ask me anything.";
 export const WHO_QUESTIONS = ["Who are you?", "What are you?"];
 export const WHO_REPLY = "I am Kiln, a small assistant that learns from what it reads.";
 
-export type Kind = "prompted" | "unprompted" | "persona" | "ask" | "recite";
+export type Kind = "prompted" | "unprompted" | "persona" | "ask" | "recite" | "extract";
 
 /** Asks to repeat every note word for word: dense copying, which is how attention learns to copy. */
 export const RECITE_QUESTIONS = ["Recite your notes.", "Repeat your notes word for word.", "Read me your notes."];
@@ -93,11 +95,12 @@ export interface MixWeights {
   persona: number;
   ask: number;
   recite: number;
+  extract: number;
 }
 
-/** Prompt-size curriculum over the export: 1-6 items before CURRICULUM[0], then growing to up to
+/** Prompt-size curriculum over the export: 1-6 items before CURRICULUM[0] (a quarter of the export: retrieval is discovered among few lines), then growing to up to
  * 28 items at CURRICULUM[1]; always mostly 2-12 items, a third of prompts near the maximum. */
-export const CURRICULUM: [number, number] = [0.15, 0.4];
+export const CURRICULUM: [number, number] = [0.25, 0.6];
 
 /** Share of prompts that are mostly one relation (see Mixer.drawItems). */
 export const TABLE_SHARE = 0.35;
@@ -107,7 +110,45 @@ export function turnsThatFit(k: number): number {
   return Math.floor((480 - 10 - 14 * k) / 28);
 }
 
-export const DEFAULT_WEIGHTS: MixWeights = { prompted: 0.55, unprompted: 0.19, persona: 0.15, ask: 0.06, recite: 0.05 };
+export const DEFAULT_WEIGHTS: MixWeights = {
+  prompted: 0.55,
+  unprompted: 0.17,
+  persona: 0.14,
+  ask: 0.06,
+  recite: 0.05,
+  extract: 0.03,
+};
+
+/** What users say about themselves, and the fact kiln should store: [message, fact]. */
+const FIRST_PERSON: ((rng: Rng, town: string, company: string, name: string) => [string, string])[] = [
+  (_r, town) => [`I live in ${town}.`, `The user lives in ${town}.`],
+  (_r, town) => [`I just moved to ${town}.`, `The user lives in ${town}.`],
+  (_r, _t, company) => [`I work at ${company}.`, `The user works at ${company}.`],
+  (_r, _t, _c, name) => [`My name is ${name}.`, `The user's name is ${name}.`],
+  (rng) => {
+    const job = rng.pick(L.JOBS);
+    return [`I work as ${withArticle(job)}.`, `The user works as ${withArticle(job)}.`];
+  },
+  (rng) => {
+    const v = rng.pick(L.INSTRUMENTS);
+    return [`I play the ${v}.`, `The user plays the ${v}.`];
+  },
+  (rng) => {
+    const v = rng.pick(L.FOODS);
+    return [`My favourite food is ${v}.`, `The user's favourite food is ${v}.`];
+  },
+];
+
+/** Ways a user mentions a fact in passing; `f` is the fact's text. */
+const MENTIONS: ((f: string) => string)[] = [
+  (f) => f,
+  (f) => `I heard that ${f.replace(/^The /, "the ")}`,
+  (f) => `Did you know? ${f}`,
+  (f) => `FYI: ${f}`,
+  (f) => `News from today: ${f}`,
+  (f) => `${f} Just so you know.`,
+  (f) => `Guess what. ${f}`,
+];
 
 /** Early in the export, recitation is much more frequent (it bootstraps copying). */
 export function reciteWeight(progress: number): number {
@@ -469,6 +510,46 @@ export class Mixer {
     };
   }
 
+  /** "List the facts stated in this message: ..." -> the facts, one per line, or "None.". */
+  extract(): Conversation {
+    const keys: string[] = [];
+    const parts: string[] = [];
+    const facts: string[] = [];
+    const mode = this.rng.weighted({ mention: 45, firstPerson: 25, both: 10, none: 20 });
+    if (mode === "mention" || mode === "both") {
+      for (let i = this.rng.chance(0.25) ? 2 : 1; i > 0; i--) {
+        const f = this.drawFact();
+        keys.push(factKey(f.subject, f.relation));
+        parts.push(this.rng.pick(MENTIONS)(f.text));
+        facts.push(f.text);
+      }
+    }
+    if (mode === "firstPerson" || mode === "both") {
+      const [said, fact] = this.rng.pick(FIRST_PERSON)(this.rng, this.freshName("town"), this.freshName("company"), firstName(this.rng));
+      parts.push(said);
+      facts.push(fact);
+    }
+    if (mode === "none") {
+      const u = this.unknownQuestion([]);
+      parts.push(u && this.rng.chance(0.7) ? u.q : this.rng.pick([...GREETINGS, ...WHO_QUESTIONS, ...OPEN_QUESTIONS]));
+      if (u) keys.push(u.key);
+    } else if (this.rng.chance(0.3)) {
+      const u = this.unknownQuestion([]);
+      if (u) {
+        parts.push(u.q);
+        keys.push(u.key);
+      }
+    }
+    return {
+      kind: "extract",
+      messages: [
+        { role: "user", content: extractionRequest(parts.join(" ")) },
+        { role: "assistant", content: styleReply(facts.length ? facts.join("\n") : NO_FACTS) },
+      ],
+      keys,
+    };
+  }
+
   next(): Conversation {
     for (;;) {
       const weights = { ...this.weights, recite: this.weights === DEFAULT_WEIGHTS ? reciteWeight(this.progress) : this.weights.recite };
@@ -482,7 +563,9 @@ export class Mixer {
               ? this.persona()
               : kind === "recite"
                 ? this.recite()
-                : this.ask();
+                : kind === "extract"
+                  ? this.extract()
+                  : this.ask();
       if (c.messages.some((m) => m.role === "assistant")) return c;
     }
   }

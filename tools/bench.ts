@@ -34,6 +34,12 @@ const DECODE = 32;
 const BAKE = { batch: 2, seq: 128, prompt_len: 64, rank: 8, alpha: 16, targets: ["q_proj", "k_proj", "v_proj", "o_proj"] as LoraTarget[] };
 const args = new Set(process.argv.slice(2));
 const quick = args.has("--quick");
+/** --profile: also print the kernels one full-KL bake step spends its time in (tf.profile) */
+const profile = args.has("--profile");
+/** --kiln-only: skip PyTorch (for profiling; the ratios need both) */
+const kilnOnly = args.has("--kiln-only");
+/** --only tiny|135m: one shape */
+const only = process.argv.find((a, i) => process.argv[i - 1] === "--only");
 const REPEATS = quick ? 1 : 3;
 
 function configOf(s: Shape): ModelConfig {
@@ -122,9 +128,14 @@ async function benchKiln(shape: Shape) {
   const R = BAKE.seq - BAKE.prompt_len;
   const bakeStep = (mode: KlMode) => async () => {
     const teacher = tf.tidy(() => decoder.forward({ ids: bakeIds }, { logitsFrom: BAKE.prompt_len - 1 }).slice([0, 0, 0], [BAKE.batch, R, c.vocabSize])); // [B, R, V]
-    const targets = Array.from({ length: BAKE.batch }, (_, b) =>
-      tf.tidy(() => teacherTargets(teacher.slice([b, 0, 0], [1, R, c.vocabSize]).reshape([R, c.vocabSize]) as tf.Tensor2D, mode)),
-    );
+    // as computeTeacherTargets does: slice inside tidy, read the targets outside it (tidy walks
+    // what it returns, and a multi-million-element array takes seconds to walk)
+    const targets = Array.from({ length: BAKE.batch }, (_, b) => {
+      const row = tf.tidy(() => teacher.slice([b, 0, 0], [1, R, c.vocabSize]).reshape([R, c.vocabSize]) as tf.Tensor2D); // [R, V]
+      const t = teacherTargets(row, mode);
+      row.dispose();
+      return t;
+    });
     teacher.dispose();
     const batch = stackTargets(targets, targets.map(() => R), R, c.vocabSize, mode);
     const loss = tf.tidy(() => {
@@ -140,6 +151,7 @@ async function benchKiln(shape: Shape) {
     disposeTargets(batch);
   };
   const stepS = await timeIt(bakeStep({ kind: "full" }), quick ? 1 : 2);
+  if (profile) printProfile(shape.name, await tf.profile(bakeStep({ kind: "full" })));
   const topkStepS = await timeIt(bakeStep({ kind: "topk", k: 20 }), quick ? 1 : 2);
   optimizer.dispose();
   adapter.dispose();
@@ -153,6 +165,22 @@ async function benchKiln(shape: Shape) {
     bake_topk_step_s: topkStepS,
     fastBackward,
   };
+}
+
+/** Kernel time of one profiled run, by kernel, largest first. */
+function printProfile(name: string, info: Awaited<ReturnType<typeof tf.profile>>): void {
+  const by = new Map<string, { ms: number; calls: number }>();
+  for (const k of info.kernels) {
+    const e = by.get(k.name) ?? { ms: 0, calls: 0 };
+    e.ms += k.kernelTimeMs as number;
+    e.calls++;
+    by.set(k.name, e);
+  }
+  const total = [...by.values()].reduce((s, e) => s + e.ms, 0);
+  console.error(`\n${name}: one bake step, ${info.kernels.length} kernels, ${(total / 1000).toFixed(2)} s in kernels`);
+  for (const [k, e] of [...by.entries()].sort((a, b) => b[1].ms - a[1].ms).slice(0, 25)) {
+    console.error(`  ${k.padEnd(22)} ${String(e.calls).padStart(6)} calls ${(e.ms / 1000).toFixed(3).padStart(8)} s ${((100 * e.ms) / total).toFixed(1).padStart(5)}%`);
+  }
 }
 
 function benchTorch(shape: Shape, topk: number | null = null): Record<string, number> | { error: string } {
@@ -182,10 +210,10 @@ console.log(`prefill ${PREFILL} tokens, decode ${DECODE} tokens (batch 1); bake 
 console.log("");
 console.log("| shape | params | metric | kiln | PyTorch | kiln / PyTorch |");
 console.log("|---|---|---|---|---|---|");
-for (const shape of SHAPES) {
+for (const shape of SHAPES.filter((s) => !only || s.name.toLowerCase().includes(only.toLowerCase()))) {
   const k = await benchKiln(shape);
-  const t = benchTorch(shape) as Record<string, number> & { error?: string };
-  const tTopk = benchTorch(shape, 20) as Record<string, number>;
+  const t = (kilnOnly ? { error: "skipped (--kiln-only)" } : benchTorch(shape)) as Record<string, number> & { error?: string };
+  const tTopk = (kilnOnly ? {} : benchTorch(shape, 20)) as Record<string, number>;
   t.bake_topk_step_s = tTopk.bake_step_s!;
   const rows: [string, number, number | undefined, boolean][] = [
     ["prefill tok/s", k.prefill_tok_s, t.prefill_tok_s, true],

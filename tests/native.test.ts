@@ -66,3 +66,34 @@ test("gradients through the native kernels equal the reference", async () => {
   };
   close(...(await both(f)).slice(0, 2) as [Float32Array, Float32Array], 1e-4);
 });
+
+test("sum, mean and max over any contiguous run of axes, kept or dropped", async () => {
+  const x = () => r([2, 3, 4, 5], 14);
+  const axes: (number | number[])[] = [-1, 3, [2, 3], 0, [0, 1], 1, [1, 2], [0, 1, 2, 3], [-2, -1]];
+  for (const axis of axes) {
+    for (const keep of [false, true]) {
+      close(...((await both(() => tf.sum(x(), axis, keep))).slice(0, 2) as [Float32Array, Float32Array]), 1e-5);
+      close(...((await both(() => tf.mean(x(), axis, keep))).slice(0, 2) as [Float32Array, Float32Array]), 1e-5);
+      close(...((await both(() => tf.max(x(), axis, keep))).slice(0, 2) as [Float32Array, Float32Array]), 0);
+    }
+  }
+  // non-contiguous axes go to tfjs's own kernel
+  close(...((await both(() => tf.sum(x(), [0, 2]))).slice(0, 2) as [Float32Array, Float32Array]), 1e-5);
+});
+
+test("fused RMSNorm and SwiGLU equal the composed ops, values and gradients", async () => {
+  const { rmsNorm, swiglu, RMS_NORM, SWIGLU } = await import("../src/tensor/fused.js");
+  assert.ok(tf.getKernel(RMS_NORM, "native") && tf.getKernel(SWIGLU, "native"), "the native backend has the fused kernels");
+  assert.equal(tf.getKernel(RMS_NORM, "cpu"), undefined, "the cpu backend composes them");
+  const w = () => tf.add(r([6], 15), 1);
+  const norm = () => {
+    const [gx, gw] = tf.grads((x: tf.Tensor, weight: tf.Tensor) => tf.sum(tf.mul(rmsNorm(x, weight, 1e-5), r([2, 5, 6], 16))))([r([2, 5, 6], 17), w()]);
+    return tf.concat([rmsNorm(r([2, 5, 6], 17), w(), 1e-5).flatten(), gx!.flatten(), gw!.flatten()]);
+  };
+  close(...((await both(norm)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
+  const glu = () => {
+    const [gg, gu] = tf.grads((g: tf.Tensor, u: tf.Tensor) => tf.sum(tf.mul(swiglu(g, u), r([4, 9], 18))))([r([4, 9], 19), r([4, 9], 20)]);
+    return tf.concat([swiglu(r([4, 9], 19), r([4, 9], 20)).flatten(), gg!.flatten(), gu!.flatten()]);
+  };
+  close(...((await both(glu)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
+});

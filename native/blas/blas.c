@@ -261,6 +261,184 @@ static napi_value unary(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// --- reductions and a fused RMSNorm: tfjs's JavaScript Mean/Sum and the dozen small kernels of
+// an RMSNorm and its gradient cost more than their arithmetic on every layer.
+
+// Reads `n` arguments or throws; returns false when it threw.
+static bool args_of(napi_env env, napi_callback_info info, size_t n, napi_value* argv) {
+  size_t argc = n;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != n) {
+    napi_throw_error(env, NULL, "kiln_blas: wrong number of arguments");
+    return false;
+  }
+  return true;
+}
+
+static bool i64_of(napi_env env, napi_value v, int64_t* out) {
+  if (napi_get_value_int64(env, v, out) != napi_ok) {
+    napi_throw_type_error(env, NULL, "kiln_blas: expected an integer");
+    return false;
+  }
+  return true;
+}
+
+// reduce(op, x, outer, n, inner, out): x viewed as [outer, n, inner] reduced over n into
+// out [outer, inner]; op 0 sum, 1 mean, 2 max. Sums accumulate in double.
+static napi_value reduce(napi_env env, napi_callback_info info) {
+  napi_value argv[6];
+  if (!args_of(env, info, 6, argv)) return NULL;
+  int64_t op, outer, n, inner;
+  size_t lx, lo;
+  if (!i64_of(env, argv[0], &op) || !i64_of(env, argv[2], &outer) || !i64_of(env, argv[3], &n) || !i64_of(env, argv[4], &inner)) return NULL;
+  const float* x = float_array(env, argv[1], &lx);
+  if (!x) return NULL;
+  float* out = float_array(env, argv[5], &lo);
+  if (!out) return NULL;
+  if (outer < 0 || n < 1 || inner < 0 || (size_t)(outer * n * inner) != lx || (size_t)(outer * inner) != lo) {
+    napi_throw_range_error(env, NULL, "kiln_blas.reduce: shapes do not fit the arrays");
+    return NULL;
+  }
+  for (int64_t o = 0; o < outer; o++) {
+    const float* base = x + o * n * inner;
+    float* dst = out + o * inner;
+    if (inner == 1) {  // the common case: a row reduced to one number
+      if (op == 2) {
+        float m = base[0];
+        for (int64_t k = 1; k < n; k++) m = base[k] > m ? base[k] : m;
+        dst[0] = m;
+      } else {
+        double acc = 0;
+        for (int64_t k = 0; k < n; k++) acc += base[k];
+        dst[0] = (float)(op == 1 ? acc / (double)n : acc);
+      }
+      continue;
+    }
+    for (int64_t j = 0; j < inner; j++) dst[j] = base[j];
+    for (int64_t k = 1; k < n; k++) {
+      const float* row = base + k * inner;
+      if (op == 2)
+        for (int64_t j = 0; j < inner; j++) dst[j] = row[j] > dst[j] ? row[j] : dst[j];
+      else
+        for (int64_t j = 0; j < inner; j++) dst[j] += row[j];
+    }
+    if (op == 1)
+      for (int64_t j = 0; j < inner; j++) dst[j] /= (float)n;
+  }
+  return NULL;
+}
+
+// rmsnorm(x, w, eps, rows, cols, y, rstd): y = x * rstd * w per row, rstd = 1/sqrt(mean(x^2)+eps).
+static napi_value rmsnorm(napi_env env, napi_callback_info info) {
+  napi_value argv[7];
+  if (!args_of(env, info, 7, argv)) return NULL;
+  double eps;
+  int64_t rows, cols;
+  size_t lx, lw, ly, lr;
+  if (napi_get_value_double(env, argv[2], &eps) != napi_ok || !i64_of(env, argv[3], &rows) || !i64_of(env, argv[4], &cols)) return NULL;
+  const float* x = float_array(env, argv[0], &lx);
+  if (!x) return NULL;
+  const float* w = float_array(env, argv[1], &lw);
+  if (!w) return NULL;
+  float* y = float_array(env, argv[5], &ly);
+  if (!y) return NULL;
+  float* rstd = float_array(env, argv[6], &lr);
+  if (!rstd) return NULL;
+  if (cols < 1 || (size_t)(rows * cols) != lx || lx != ly || (size_t)cols != lw || (size_t)rows != lr) {
+    napi_throw_range_error(env, NULL, "kiln_blas.rmsnorm: shapes do not fit the arrays");
+    return NULL;
+  }
+  for (int64_t r = 0; r < rows; r++) {
+    const float* xr = x + r * cols;
+    float* yr = y + r * cols;
+    double ss = 0;
+    for (int64_t j = 0; j < cols; j++) ss += (double)xr[j] * xr[j];
+    const float s = (float)(1.0 / sqrt(ss / (double)cols + eps));
+    rstd[r] = s;
+    for (int64_t j = 0; j < cols; j++) yr[j] = xr[j] * s * w[j];
+  }
+  return NULL;
+}
+
+// rmsnorm_grad(dy, x, w, eps, rows, cols, dx, dw): with rstd recomputed per row and g = dy * w,
+//   dx = rstd * g - x * rstd^3 * mean(g * x),   dw = sum over rows of dy * x * rstd.
+static napi_value rmsnorm_grad(napi_env env, napi_callback_info info) {
+  napi_value argv[8];
+  if (!args_of(env, info, 8, argv)) return NULL;
+  double eps;
+  int64_t rows, cols;
+  size_t ld, lx, lw, ldx, ldw;
+  if (napi_get_value_double(env, argv[3], &eps) != napi_ok || !i64_of(env, argv[4], &rows) || !i64_of(env, argv[5], &cols)) return NULL;
+  const float* dy = float_array(env, argv[0], &ld);
+  if (!dy) return NULL;
+  const float* x = float_array(env, argv[1], &lx);
+  if (!x) return NULL;
+  const float* w = float_array(env, argv[2], &lw);
+  if (!w) return NULL;
+  float* dx = float_array(env, argv[6], &ldx);
+  if (!dx) return NULL;
+  float* dw = float_array(env, argv[7], &ldw);
+  if (!dw) return NULL;
+  if (cols < 1 || (size_t)(rows * cols) != lx || ld != lx || ldx != lx || (size_t)cols != lw || ldw != lw) {
+    napi_throw_range_error(env, NULL, "kiln_blas.rmsnorm_grad: shapes do not fit the arrays");
+    return NULL;
+  }
+  for (int64_t j = 0; j < cols; j++) dw[j] = 0;
+  for (int64_t r = 0; r < rows; r++) {
+    const float* dyr = dy + r * cols;
+    const float* xr = x + r * cols;
+    float* dxr = dx + r * cols;
+    double ss = 0, gx = 0;
+    for (int64_t j = 0; j < cols; j++) {
+      ss += (double)xr[j] * xr[j];
+      gx += (double)dyr[j] * w[j] * xr[j];
+    }
+    const float s = (float)(1.0 / sqrt(ss / (double)cols + eps));
+    const float c = (float)(gx / (double)cols) * s * s * s;
+    for (int64_t j = 0; j < cols; j++) {
+      dw[j] += dyr[j] * xr[j] * s;
+      dxr[j] = s * dyr[j] * w[j] - xr[j] * c;
+    }
+  }
+  return NULL;
+}
+
+// swiglu(gate, up, out): out = silu(gate) * up, silu(g) = g * sigmoid(g).
+// swiglu_grad(dy, gate, up, dgate, dup): dgate = dy * up * sig * (1 + g * (1 - sig)), dup = dy * silu(g).
+static napi_value swiglu(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  bool grad;
+  size_t argc = 5;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || (argc != 3 && argc != 5)) {
+    napi_throw_error(env, NULL, "kiln_blas.swiglu: wrong number of arguments");
+    return NULL;
+  }
+  grad = argc == 5;
+  size_t l[5];
+  float* a[5];
+  for (size_t i = 0; i < argc; i++) {
+    a[i] = float_array(env, argv[i], &l[i]);
+    if (!a[i]) return NULL;
+    if (l[i] != l[0]) {
+      napi_throw_range_error(env, NULL, "kiln_blas.swiglu: arrays differ in length");
+      return NULL;
+    }
+  }
+  if (!grad) {
+    const float *g = a[0], *u = a[1];
+    float* o = a[2];
+    for (size_t i = 0; i < l[0]; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    return NULL;
+  }
+  const float *dy = a[0], *g = a[1], *u = a[2];
+  float *dg = a[3], *du = a[4];
+  for (size_t i = 0; i < l[0]; i++) {
+    const float sig = 1.0f / (1.0f + expf(-g[i]));
+    du[i] = dy[i] * g[i] * sig;
+    dg[i] = dy[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
+  }
+  return NULL;
+}
+
 static napi_value set_threads(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -293,6 +471,10 @@ static napi_value init(napi_env env, napi_value exports) {
       {"softmax", NULL, softmax, NULL, NULL, NULL, napi_default, NULL},
       {"transpose", NULL, transpose, NULL, NULL, NULL, napi_default, NULL},
       {"unary", NULL, unary, NULL, NULL, NULL, napi_default, NULL},
+      {"reduce", NULL, reduce, NULL, NULL, NULL, napi_default, NULL},
+      {"rmsnorm", NULL, rmsnorm, NULL, NULL, NULL, napi_default, NULL},
+      {"rmsnormGrad", NULL, rmsnorm_grad, NULL, NULL, NULL, napi_default, NULL},
+      {"swiglu", NULL, swiglu, NULL, NULL, NULL, napi_default, NULL},
   };
   if (napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props) != napi_ok) return NULL;
   return exports;

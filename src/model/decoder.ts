@@ -8,6 +8,7 @@
 // models get an explicit transposed lm_head.weight for the same reason. Every projection goes
 // through `linear`, which is where an adapter adds its low-rank update.
 import { tf } from "../tensor/backend.js";
+import { rmsNorm, swiglu } from "../tensor/fused.js";
 import type { ModelConfig } from "./config.js";
 
 /** Adds a low-rank update to a projection's output; null where the module has no adapter. */
@@ -201,8 +202,7 @@ export class Decoder {
   }
 
   private rmsNorm(x: tf.Tensor, weightName: string): tf.Tensor {
-    const variance = tf.mean(tf.square(x), -1, true);
-    return tf.mul(tf.mul(x, tf.rsqrt(tf.add(variance, this.config.rmsNormEps))), this.w(weightName));
+    return rmsNorm(x, this.w(weightName), this.config.rmsNormEps);
   }
 
   /** cos and sin tables for the given positions, [B, T, 1, headDim] (rotate_half layout). */
@@ -356,7 +356,7 @@ export class Decoder {
       const h2 = this.rmsNorm(x, `${p}.post_attention_layernorm.weight`).reshape([B * T, c.hiddenSize]) as tf.Tensor2D; // [B*T, H]
       const gate = this.linear(`${p}.mlp.gate_proj`, h2, opts.adapter);
       const up = this.linear(`${p}.mlp.up_proj`, h2, opts.adapter);
-      const down = this.linear(`${p}.mlp.down_proj`, tf.mul(tf.mul(gate, tf.sigmoid(gate)), up) as tf.Tensor2D, opts.adapter);
+      const down = this.linear(`${p}.mlp.down_proj`, swiglu(gate, up) as tf.Tensor2D, opts.adapter);
       x = tf.add(x, down.reshape([B, T, c.hiddenSize]));
     }
     if (cache) cache.mask = keyMask;

@@ -1,6 +1,7 @@
 // kiln's "native" backend: tfjs's cpu backend with its matrix multiplies handed to OpenBLAS
-// (native/blas, a small Node-API addon). Matmuls are nearly all of a decoder's work; the rest
-// stays in tfjs's JavaScript kernels, which are exact and well tested.
+// (native/blas, a small Node-API addon), the heaviest elementwise, reduction, softmax, copy and
+// transpose kernels in C, and fused RMSNorm and SwiGLU kernels (src/tensor/fused.ts). Everything
+// else stays in tfjs's JavaScript kernels, which are exact and well tested.
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import os from "node:os";
@@ -8,6 +9,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import * as tf from "@tensorflow/tfjs";
 import { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
+import { RMS_NORM, RMS_NORM_GRAD, SWIGLU, SWIGLU_GRAD } from "./fused.js";
 
 interface BlasAddon {
   sgemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, B: Float32Array, C: Float32Array, batch: number, strideA: number, strideB: number): void;
@@ -18,6 +20,10 @@ interface BlasAddon {
   softmax(x: Float32Array, out: Float32Array, rows: number, cols: number): void;
   transpose(x: Float32Array, shape: number[], perm: number[], out: Float32Array): void;
   unary(op: number, x: Float32Array, out: Float32Array): void;
+  reduce(op: number, x: Float32Array, outer: number, n: number, inner: number, out: Float32Array): void;
+  rmsnorm(x: Float32Array, w: Float32Array, eps: number, rows: number, cols: number, y: Float32Array, rstd: Float32Array): void;
+  rmsnormGrad(dy: Float32Array, x: Float32Array, w: Float32Array, eps: number, rows: number, cols: number, dx: Float32Array, dw: Float32Array): void;
+  swiglu(...arrays: Float32Array[]): void;
 }
 
 const ADDON = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "native", "blas", "build", "Release", "kiln_blas.node");
@@ -69,6 +75,8 @@ function makeBatchMatMul(blas: BlasAddon, fallback: tf.KernelFunc): tf.KernelFun
     const out = new Float32Array(batch * M * N);
     if (M > 0 && N > 0) {
       if (K === 0) out.fill(0);
+      // Many row blocks against one matrix are one taller matrix: a single, better-shaped sgemm.
+      else if (batchB === 1 && !transposeA && batch > 1) blas.sgemm(false, transposeB, batch * M, N, K, aVals, bVals, out, 1, 0, 0);
       else blas.sgemm(transposeA, transposeB, M, N, K, aVals, bVals, out, batch, batchA === 1 ? 0 : M * K, batchB === 1 ? 0 : K * N);
     }
     return backend.makeTensorInfo([...outBatch, M, N], "float32", out);
@@ -231,6 +239,71 @@ function makePad(fallback: tf.KernelFunc): tf.KernelFunc {
   };
 }
 
+/** Sum, Mean and Max over one contiguous run of axes (the decoder's only kind); others to tfjs. */
+function makeReduce(blas: BlasAddon, op: number, fallback: tf.KernelFunc): tf.KernelFunc {
+  return (args) => {
+    const { x } = args.inputs as { x: tf.TensorInfo };
+    const attrs = args.attrs as { axis?: number | number[]; reductionIndices?: number | number[]; keepDims: boolean };
+    const axis = attrs.axis ?? attrs.reductionIndices ?? []; // Max names its axes reductionIndices
+    const keepDims = attrs.keepDims;
+    const backend = args.backend as CpuBackend;
+    const v = float32(backend, x);
+    const rank = x.shape.length;
+    const axes = [...new Set((Array.isArray(axis) ? axis : [axis]).map((a) => (a < 0 ? a + rank : a)))].sort((a, b) => a - b);
+    if (!v || !axes.length || axes.some((a, i) => a < 0 || a >= rank || (i > 0 && a !== axes[i - 1]! + 1))) return fallback(args);
+    const [first, last] = [axes[0]!, axes.at(-1)!];
+    const outer = product(x.shape.slice(0, first));
+    const n = product(x.shape.slice(first, last + 1));
+    const inner = product(x.shape.slice(last + 1));
+    if (n === 0) return fallback(args);
+    const out = new Float32Array(outer * inner);
+    if (out.length) blas.reduce(op, v, outer, n, inner, out);
+    const shape = keepDims ? x.shape.map((d, i) => (axes.includes(i) ? 1 : d)) : x.shape.filter((_, i) => !axes.includes(i));
+    return backend.makeTensorInfo(shape, "float32", out);
+  };
+}
+
+/** The fused kernels of src/tensor/fused.ts (inputs are float32: fused.ts checks before calling). */
+function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
+  const values = (backend: CpuBackend, t: tf.TensorInfo) => backend.data.get(t.dataId).values as Float32Array;
+  return {
+    [RMS_NORM]: ({ inputs, backend, attrs }) => {
+      const { x, weight } = inputs as { x: tf.TensorInfo; weight: tf.TensorInfo };
+      const cpu = backend as CpuBackend;
+      const cols = x.shape.at(-1)!;
+      const rows = product(x.shape) / cols;
+      const y = new Float32Array(rows * cols);
+      blas.rmsnorm(values(cpu, x), values(cpu, weight), (attrs as { eps: number }).eps, rows, cols, y, new Float32Array(rows));
+      return cpu.makeTensorInfo(x.shape, "float32", y);
+    },
+    [RMS_NORM_GRAD]: ({ inputs, backend, attrs }) => {
+      const { dy, x, weight } = inputs as { dy: tf.TensorInfo; x: tf.TensorInfo; weight: tf.TensorInfo };
+      const cpu = backend as CpuBackend;
+      const cols = x.shape.at(-1)!;
+      const rows = product(x.shape) / cols;
+      const dx = new Float32Array(rows * cols);
+      const dw = new Float32Array(cols);
+      blas.rmsnormGrad(values(cpu, dy), values(cpu, x), values(cpu, weight), (attrs as { eps: number }).eps, rows, cols, dx, dw);
+      return [cpu.makeTensorInfo(x.shape, "float32", dx), cpu.makeTensorInfo(weight.shape, "float32", dw)];
+    },
+    [SWIGLU]: ({ inputs, backend }) => {
+      const { gate, up } = inputs as { gate: tf.TensorInfo; up: tf.TensorInfo };
+      const cpu = backend as CpuBackend;
+      const out = new Float32Array(product(gate.shape));
+      blas.swiglu(values(cpu, gate), values(cpu, up), out);
+      return cpu.makeTensorInfo(gate.shape, "float32", out);
+    },
+    [SWIGLU_GRAD]: ({ inputs, backend }) => {
+      const { dy, gate, up } = inputs as { dy: tf.TensorInfo; gate: tf.TensorInfo; up: tf.TensorInfo };
+      const cpu = backend as CpuBackend;
+      const dg = new Float32Array(product(gate.shape));
+      const du = new Float32Array(dg.length);
+      blas.swiglu(values(cpu, dy), values(cpu, gate), values(cpu, up), dg, du);
+      return [cpu.makeTensorInfo(gate.shape, "float32", dg), cpu.makeTensorInfo(up.shape, "float32", du)];
+    },
+  };
+}
+
 let registered = false;
 
 /** Registers the "native" backend (idempotent). Throws if the addon is not built. */
@@ -257,10 +330,14 @@ export function registerNativeBackend(threads = os.cpus().length): BlasAddon {
     Sigmoid: makeUnary(blas, 3, reference("Sigmoid")),
     Rsqrt: makeUnary(blas, 4, reference("Rsqrt")),
     Square: makeUnary(blas, 5, reference("Square")),
+    Sum: makeReduce(blas, 0, reference("Sum")),
+    Mean: makeReduce(blas, 1, reference("Mean")),
+    Max: makeReduce(blas, 2, reference("Max")),
   };
   for (const k of tf.getKernelsForBackend("cpu")) {
     tf.registerKernel({ ...k, backendName: "native", kernelFunc: native[k.kernelName] ?? k.kernelFunc });
   }
+  for (const [kernelName, kernelFunc] of Object.entries(fusedKernels(blas))) tf.registerKernel({ kernelName, backendName: "native", kernelFunc });
   registered = true;
   return blas;
 }

@@ -29,6 +29,12 @@ test("a model's extraction is kept only where the message grounds it", () => {
   assert.deepEqual(parseExtraction(` ${NO_FACTS}`, msg), []);
   // facts about the user may use "The user" though the message says "I"
   assert.deepEqual(parseExtraction(" The user lives in Quillport.", "I live in Quillport."), ["The user lives in Quillport."]);
+  // an invented subject, even as the first word, and an invented plain-word value are refused
+  assert.deepEqual(parseExtraction(" Tovan is the mayor of Hollowby.", msg), []);
+  assert.deepEqual(parseExtraction(" The user is allergic to peanuts.", "I am allergic to shellfish."), []);
+  assert.deepEqual(parseExtraction(" The ferry costs 12 coins.", "The ferry costs 9 coins."), []);
+  // list markers are not part of the fact
+  assert.deepEqual(parseExtraction("- The mayor of Hollowby is now Caka Cobbton.\n2. Who runs Oakvale now", msg), ["The mayor of Hollowby is now Caka Cobbton.", "Who runs Oakvale now."]);
 });
 
 test("model-based capture: explicit requests win, the rules catch what the model misses, a failing model loses nothing", async () => {

@@ -33,8 +33,11 @@ test("batched matmul with transposes and a broadcast batch", async () => {
     const [n, c] = await both(() => tf.matMul(r(ta ? [2, 3, 7, 5] : [2, 3, 5, 7], 1), r(tb ? [2, 3, 4, 7] : [2, 3, 7, 4], 2), ta, tb));
     close(n, c, 1e-4);
   }
-  const [n, c] = await both(() => tf.matMul(r([6, 5, 7], 3), r([7, 4], 4)));
-  close(n, c, 1e-4);
+  // row blocks against one matrix (folded into one sgemm), with and without a transposed B
+  for (const [bShape, tb] of [[[7, 4], false], [[4, 7], true], [[1, 7, 4], false], [[1, 4, 7], true]] as const) {
+    const [n, c] = await both(() => tf.matMul(r([6, 5, 7], 3), r([...bShape], 4), false, tb));
+    close(n, c, 1e-4);
+  }
 });
 
 test("binary ops broadcast like numpy, scalars stay scalars", async () => {
@@ -75,6 +78,9 @@ test("sum, mean and max over any contiguous run of axes, kept or dropped", async
       close(...((await both(() => tf.sum(x(), axis, keep))).slice(0, 2) as [Float32Array, Float32Array]), 1e-5);
       close(...((await both(() => tf.mean(x(), axis, keep))).slice(0, 2) as [Float32Array, Float32Array]), 1e-5);
       close(...((await both(() => tf.max(x(), axis, keep))).slice(0, 2) as [Float32Array, Float32Array]), 0);
+      const withNaN = () => tf.where(tf.greater(x(), 1.5), tf.fill([2, 3, 4, 5], NaN), x());
+      const [nm, cm] = await both(() => tf.max(withNaN(), axis, keep));
+      assert.deepEqual([...nm].map(Number.isNaN), [...cm].map(Number.isNaN), "NaN propagates through max as in tfjs");
     }
   }
   // non-contiguous axes go to tfjs's own kernel

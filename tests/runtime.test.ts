@@ -90,6 +90,27 @@ test("feed items are ingested once, baked, gated and promoted; the live model sw
   }
 });
 
+test("facts stated in chat are captured after the reply, by rules here, and not at all with capture: off", async () => {
+  for (const capture of ["rules", "off"] as const) {
+    const { dir, file } = writeTestAgent({ capture });
+    const runtime = await Runtime.fromFiles(file);
+    try {
+      const it = runtime.chat("tester", { messages: [{ role: "user", content: "My name is Ada and I live in Quillport." }], options: { maxTokens: 2 }, conversationId: "c7" });
+      let outcome;
+      for (let r = await it.next(); ; r = await it.next()) if (r.done) { outcome = r.value; break; }
+      const pending = runtime.agent("tester").ledger.items({ status: "pending" }).map((i) => i.text);
+      if (capture === "off") assert.deepEqual([outcome.captured, pending], [[], []]);
+      else {
+        assert.deepEqual(outcome.captured, ["The user's name is Ada.", "The user lives in Quillport."]);
+        assert.deepEqual(pending, outcome.captured);
+      }
+    } finally {
+      await runtime.stop();
+      rmSync(dir, { recursive: true });
+    }
+  }
+});
+
 test("a gate that is not met keeps the version as rejected with its reasons, and items wait", async () => {
   const { dir, file } = writeTestAgent({ gate: { minAbsorption: 1.01 } });
   // minAbsorption above 1 is invalid: the file is refused with the field named.

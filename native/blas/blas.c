@@ -6,6 +6,7 @@
 #include <node_api.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdlib.h>
 
 #define CHECK(call)                                             \
   do {                                                          \
@@ -283,7 +284,7 @@ static bool i64_of(napi_env env, napi_value v, int64_t* out) {
 }
 
 // reduce(op, x, outer, n, inner, out): x viewed as [outer, n, inner] reduced over n into
-// out [outer, inner]; op 0 sum, 1 mean, 2 max. Sums accumulate in double.
+// out [outer, inner]; op 0 sum, 1 mean, 2 max (NaN wins, as in tfjs). Sums accumulate in double.
 static napi_value reduce(napi_env env, napi_callback_info info) {
   napi_value argv[6];
   if (!args_of(env, info, 6, argv)) return NULL;
@@ -294,46 +295,51 @@ static napi_value reduce(napi_env env, napi_callback_info info) {
   if (!x) return NULL;
   float* out = float_array(env, argv[5], &lo);
   if (!out) return NULL;
-  if (outer < 0 || n < 1 || inner < 0 || (size_t)(outer * n * inner) != lx || (size_t)(outer * inner) != lo) {
-    napi_throw_range_error(env, NULL, "kiln_blas.reduce: shapes do not fit the arrays");
+  if (op < 0 || op > 2 || outer < 0 || n < 1 || inner < 0 || (inner > 0 && outer > 0 && (size_t)outer > lx / (size_t)inner / (size_t)n) ||
+      (size_t)outer * (size_t)n * (size_t)inner != lx || (size_t)outer * (size_t)inner != lo) {
+    napi_throw_range_error(env, NULL, "kiln_blas.reduce: bad op or shapes that do not fit the arrays");
+    return NULL;
+  }
+  double* acc = op == 2 || inner == 1 ? NULL : malloc(sizeof(double) * (size_t)inner);
+  if (op != 2 && inner != 1 && inner > 0 && !acc) {
+    napi_throw_error(env, NULL, "kiln_blas.reduce: out of memory");
     return NULL;
   }
   for (int64_t o = 0; o < outer; o++) {
     const float* base = x + o * n * inner;
     float* dst = out + o * inner;
-    if (inner == 1) {  // the common case: a row reduced to one number
-      if (op == 2) {
-        float m = base[0];
-        for (int64_t k = 1; k < n; k++) m = base[k] > m ? base[k] : m;
-        dst[0] = m;
-      } else {
-        double acc = 0;
-        for (int64_t k = 0; k < n; k++) acc += base[k];
-        dst[0] = (float)(op == 1 ? acc / (double)n : acc);
+    if (op == 2) {
+      for (int64_t j = 0; j < inner; j++) dst[j] = base[j];
+      for (int64_t k = 1; k < n; k++) {
+        const float* row = base + k * inner;
+        for (int64_t j = 0; j < inner; j++) dst[j] = isnan(row[j]) || row[j] > dst[j] ? row[j] : dst[j];
       }
       continue;
     }
-    for (int64_t j = 0; j < inner; j++) dst[j] = base[j];
-    for (int64_t k = 1; k < n; k++) {
-      const float* row = base + k * inner;
-      if (op == 2)
-        for (int64_t j = 0; j < inner; j++) dst[j] = row[j] > dst[j] ? row[j] : dst[j];
-      else
-        for (int64_t j = 0; j < inner; j++) dst[j] += row[j];
+    if (inner == 1) {  // the common case: a row reduced to one number
+      double sum = 0;
+      for (int64_t k = 0; k < n; k++) sum += base[k];
+      dst[0] = (float)(op == 1 ? sum / (double)n : sum);
+      continue;
     }
-    if (op == 1)
-      for (int64_t j = 0; j < inner; j++) dst[j] /= (float)n;
+    for (int64_t j = 0; j < inner; j++) acc[j] = 0;
+    for (int64_t k = 0; k < n; k++) {
+      const float* row = base + k * inner;
+      for (int64_t j = 0; j < inner; j++) acc[j] += row[j];
+    }
+    for (int64_t j = 0; j < inner; j++) dst[j] = (float)(op == 1 ? acc[j] / (double)n : acc[j]);
   }
+  free(acc);
   return NULL;
 }
 
-// rmsnorm(x, w, eps, rows, cols, y, rstd): y = x * rstd * w per row, rstd = 1/sqrt(mean(x^2)+eps).
+// rmsnorm(x, w, eps, rows, cols, y): y = x * rstd * w per row, rstd = 1/sqrt(mean(x^2)+eps).
 static napi_value rmsnorm(napi_env env, napi_callback_info info) {
-  napi_value argv[7];
-  if (!args_of(env, info, 7, argv)) return NULL;
+  napi_value argv[6];
+  if (!args_of(env, info, 6, argv)) return NULL;
   double eps;
   int64_t rows, cols;
-  size_t lx, lw, ly, lr;
+  size_t lx, lw, ly;
   if (napi_get_value_double(env, argv[2], &eps) != napi_ok || !i64_of(env, argv[3], &rows) || !i64_of(env, argv[4], &cols)) return NULL;
   const float* x = float_array(env, argv[0], &lx);
   if (!x) return NULL;
@@ -341,9 +347,7 @@ static napi_value rmsnorm(napi_env env, napi_callback_info info) {
   if (!w) return NULL;
   float* y = float_array(env, argv[5], &ly);
   if (!y) return NULL;
-  float* rstd = float_array(env, argv[6], &lr);
-  if (!rstd) return NULL;
-  if (cols < 1 || (size_t)(rows * cols) != lx || lx != ly || (size_t)cols != lw || (size_t)rows != lr) {
+  if (cols < 1 || rows < 0 || (size_t)rows * (size_t)cols != lx || lx != ly || (size_t)cols != lw) {
     napi_throw_range_error(env, NULL, "kiln_blas.rmsnorm: shapes do not fit the arrays");
     return NULL;
   }
@@ -353,7 +357,6 @@ static napi_value rmsnorm(napi_env env, napi_callback_info info) {
     double ss = 0;
     for (int64_t j = 0; j < cols; j++) ss += (double)xr[j] * xr[j];
     const float s = (float)(1.0 / sqrt(ss / (double)cols + eps));
-    rstd[r] = s;
     for (int64_t j = 0; j < cols; j++) yr[j] = xr[j] * s * w[j];
   }
   return NULL;
@@ -378,11 +381,15 @@ static napi_value rmsnorm_grad(napi_env env, napi_callback_info info) {
   if (!dx) return NULL;
   float* dw = float_array(env, argv[7], &ldw);
   if (!dw) return NULL;
-  if (cols < 1 || (size_t)(rows * cols) != lx || ld != lx || ldx != lx || (size_t)cols != lw || ldw != lw) {
+  if (cols < 1 || rows < 0 || (size_t)rows * (size_t)cols != lx || ld != lx || ldx != lx || (size_t)cols != lw || ldw != lw) {
     napi_throw_range_error(env, NULL, "kiln_blas.rmsnorm_grad: shapes do not fit the arrays");
     return NULL;
   }
-  for (int64_t j = 0; j < cols; j++) dw[j] = 0;
+  double* dwAcc = calloc((size_t)cols, sizeof(double));
+  if (!dwAcc) {
+    napi_throw_error(env, NULL, "kiln_blas.rmsnorm_grad: out of memory");
+    return NULL;
+  }
   for (int64_t r = 0; r < rows; r++) {
     const float* dyr = dy + r * cols;
     const float* xr = x + r * cols;
@@ -395,43 +402,51 @@ static napi_value rmsnorm_grad(napi_env env, napi_callback_info info) {
     const float s = (float)(1.0 / sqrt(ss / (double)cols + eps));
     const float c = (float)(gx / (double)cols) * s * s * s;
     for (int64_t j = 0; j < cols; j++) {
-      dw[j] += dyr[j] * xr[j] * s;
+      dwAcc[j] += (double)dyr[j] * xr[j] * s;
       dxr[j] = s * dyr[j] * w[j] - xr[j] * c;
     }
   }
+  for (int64_t j = 0; j < cols; j++) dw[j] = (float)dwAcc[j];
+  free(dwAcc);
   return NULL;
 }
 
-// swiglu(gate, up, out): out = silu(gate) * up, silu(g) = g * sigmoid(g).
-// swiglu_grad(dy, gate, up, dgate, dup): dgate = dy * up * sig * (1 + g * (1 - sig)), dup = dy * silu(g).
-static napi_value swiglu(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
-  bool grad;
-  size_t argc = 5;
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || (argc != 3 && argc != 5)) {
-    napi_throw_error(env, NULL, "kiln_blas.swiglu: wrong number of arguments");
-    return NULL;
-  }
-  grad = argc == 5;
-  size_t l[5];
-  float* a[5];
-  for (size_t i = 0; i < argc; i++) {
-    a[i] = float_array(env, argv[i], &l[i]);
-    if (!a[i]) return NULL;
-    if (l[i] != l[0]) {
-      napi_throw_range_error(env, NULL, "kiln_blas.swiglu: arrays differ in length");
-      return NULL;
+// Reads `n` Float32Arrays of one length into a[]; false when it threw.
+static bool same_length_arrays(napi_env env, napi_callback_info info, size_t n, float** a, size_t* len, const char* what) {
+  napi_value argv[8];
+  if (!args_of(env, info, n, argv)) return false;
+  for (size_t i = 0; i < n; i++) {
+    size_t l;
+    a[i] = float_array(env, argv[i], &l);
+    if (!a[i]) return false;
+    if (i == 0) *len = l;
+    else if (l != *len) {
+      napi_throw_range_error(env, NULL, what);
+      return false;
     }
   }
-  if (!grad) {
-    const float *g = a[0], *u = a[1];
-    float* o = a[2];
-    for (size_t i = 0; i < l[0]; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-    return NULL;
-  }
+  return true;
+}
+
+// swiglu(gate, up, out): out = silu(gate) * up, silu(g) = g * sigmoid(g).
+static napi_value swiglu(napi_env env, napi_callback_info info) {
+  float* a[3];
+  size_t n;
+  if (!same_length_arrays(env, info, 3, a, &n, "kiln_blas.swiglu: arrays differ in length")) return NULL;
+  const float *g = a[0], *u = a[1];
+  float* o = a[2];
+  for (size_t i = 0; i < n; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+  return NULL;
+}
+
+// swiglu_grad(dy, gate, up, dgate, dup): dgate = dy * up * sig * (1 + g * (1 - sig)), dup = dy * silu(g).
+static napi_value swiglu_grad(napi_env env, napi_callback_info info) {
+  float* a[5];
+  size_t n;
+  if (!same_length_arrays(env, info, 5, a, &n, "kiln_blas.swiglu_grad: arrays differ in length")) return NULL;
   const float *dy = a[0], *g = a[1], *u = a[2];
   float *dg = a[3], *du = a[4];
-  for (size_t i = 0; i < l[0]; i++) {
+  for (size_t i = 0; i < n; i++) {
     const float sig = 1.0f / (1.0f + expf(-g[i]));
     du[i] = dy[i] * g[i] * sig;
     dg[i] = dy[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
@@ -475,6 +490,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"rmsnorm", NULL, rmsnorm, NULL, NULL, NULL, napi_default, NULL},
       {"rmsnormGrad", NULL, rmsnorm_grad, NULL, NULL, NULL, napi_default, NULL},
       {"swiglu", NULL, swiglu, NULL, NULL, NULL, napi_default, NULL},
+      {"swigluGrad", NULL, swiglu_grad, NULL, NULL, NULL, napi_default, NULL},
   };
   if (napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props) != napi_ok) return NULL;
   return exports;

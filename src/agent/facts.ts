@@ -14,13 +14,17 @@ function sentence(s: string): string {
   return t ? `${t[0]!.toUpperCase()}${t.slice(1)}.` : "";
 }
 
+// A stated value: up to a clause break (punctuation, or "and"/"but"/"so" starting a new clause).
+const VALUE = String.raw`([^,.!?\n]{2,60}?)(?=\s+(?:and|but|so)\s|[,.!?\n]|$)`;
+const rule = (pattern: string) => new RegExp(pattern.replace("VALUE", VALUE), "i");
+
 const STATEMENTS: [RegExp, (m: RegExpMatchArray) => string][] = [
-  [/\bmy name is ([^,.!?\n]{2,60})/i, (m) => `The user's name is ${clean(m[1]!)}.`],
-  [/\bi live in ([^,.!?\n]{2,60})/i, (m) => `The user lives in ${clean(m[1]!)}.`],
-  [/\bi work (?:at|for) ([^,.!?\n]{2,60})/i, (m) => `The user works at ${clean(m[1]!)}.`],
-  [/\bi work as (?:an? )?([^,.!?\n]{2,60})/i, (m) => `The user works as ${clean(m[1]!)}.`],
-  [/\bmy favou?rite ([a-z ]{2,30}) is ([^,.!?\n]{2,60})/i, (m) => `The user's favorite ${clean(m[1]!)} is ${clean(m[2]!)}.`],
-  [/\bi(?:'m| am) allergic to ([^,.!?\n]{2,60})/i, (m) => `The user is allergic to ${clean(m[1]!)}.`],
+  [rule(String.raw`\bmy name is VALUE`), (m) => `The user's name is ${clean(m[1]!)}.`],
+  [rule(String.raw`\bi live in VALUE`), (m) => `The user lives in ${clean(m[1]!)}.`],
+  [rule(String.raw`\bi work (?:at|for) VALUE`), (m) => `The user works at ${clean(m[1]!)}.`],
+  [rule(String.raw`\bi work as (?:an? )?VALUE`), (m) => `The user works as ${clean(m[1]!)}.`],
+  [new RegExp(String.raw`\bmy favou?rite ([a-z ]{2,30}?) is ${VALUE}`, "i"), (m) => `The user's favorite ${clean(m[1]!)} is ${clean(m[2]!)}.`],
+  [rule(String.raw`\bi(?:'m| am) allergic to VALUE`), (m) => `The user is allergic to ${clean(m[1]!)}.`],
 ];
 
 /** An explicit "remember ..." or "forget ..." request, which no model may override. */
@@ -60,26 +64,36 @@ export function extractionRequest(message: string): string {
   return `${EXTRACT_INSTRUCTION} ${message.trim().replace(/\s+/g, " ")}`;
 }
 
-// Words every fact sentence may use without the message having said them.
-const GLUE = new Set(["the", "user", "user's", "users", "a", "an", "is", "now", "of", "s"]);
+// Words a fact sentence may use without the message having said them: articles, and the words
+// that turn "I live in X" into "The user lives in X".
+const GLUE = new Set(["the", "a", "an", "user", "user's", "users", "is", "now", "of", "s", "his", "her", "their", "its", "it", "this"]);
 
 const words = (s: string) => s.toLowerCase().match(/[\p{L}\p{N}']+/gu) ?? [];
+const stem = (w: string) => w.replace(/'s$/, "").replace(/(?<=\p{L}{3})s$/u, "");
+
+/** Other words a fact may add to the message ("I moved to X" -> "The user lives in X"). */
+const MAX_NEW_WORDS = 2;
 
 /**
  * The fact lines of a model's extraction reply. A line is kept only when it is grounded in the
- * message: every name and number in it (capitalised words after the first, digits) occurs in the
- * message, so a model that invents an entity gets nothing into the ledger.
+ * message: every name and number in it (a capitalised word, a word with a digit) and its last word
+ * (where the value is) occur in the message, and at most MAX_NEW_WORDS other words are new, so a
+ * model that invents an entity or a value gets nothing into the ledger. List markers ("- ",
+ * "1. ") are dropped.
  */
 export function parseExtraction(reply: string, message: string): string[] {
-  const said = new Set(words(message).flatMap((w) => [w, w.replace(/'s$/, "")]));
+  const said = new Set(words(message).map(stem));
+  const known = (w: string) => GLUE.has(w) || said.has(stem(w));
   const out: string[] = [];
   for (const raw of reply.split("\n")) {
-    const line = clean(raw);
+    const line = clean(raw.replace(/^\s*(?:[-*•]|\d+[.)])\s+/u, ""));
     if (!line || line.toLowerCase() === clean(NO_FACTS).toLowerCase()) continue;
     const tokens = line.split(/\s+/);
     if (tokens.length < 3 || tokens.length > 40) continue;
-    const names = tokens.slice(1).filter((t) => /^[\p{Lu}\p{N}]/u.test(t)).flatMap(words);
-    if (names.every((w) => GLUE.has(w) || said.has(w) || said.has(w.replace(/'s$/, "")))) out.push(sentence(line));
+    const names = tokens.filter((t) => /^\P{L}*\p{Lu}|\p{N}/u.test(t)).flatMap(words);
+    const rest = words(tokens.filter((t) => !/^\P{L}*\p{Lu}|\p{N}/u.test(t)).join(" ")).filter((w) => !GLUE.has(w));
+    const lastWord = words(line).at(-1)!;
+    if (names.every(known) && known(lastWord) && rest.filter((w) => !known(w)).length <= MAX_NEW_WORDS) out.push(sentence(line));
   }
   return [...new Set(out)];
 }
@@ -124,6 +138,7 @@ export function modelExtractor(model: LoadedModel): (userTurn: string) => Promis
     const ids = model.tokenizer.applyChatTemplate([{ role: "user", content: userTurn }], true);
     if (ids.length + 64 > model.config.maxPositions) throw new Error("message does not fit the model's context");
     const [r] = await generate(model, [ids], { maxTokens: 64, temperature: 0 });
-    return r!.text;
+    // A reply cut off by the token limit may end in half a fact: keep its complete lines only.
+    return r!.finishReason === "length" ? r!.text.split("\n").slice(0, -1).join("\n") : r!.text;
   };
 }

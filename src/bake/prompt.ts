@@ -41,16 +41,27 @@ export interface LessonItem {
  * Splits the knowledge of one bake into teacher prompts of at most `chunkItems` items each (0 =
  * all in one prompt), every one with the persona. A model reads a few lines far more reliably
  * than twenty (kiln-mini: docs/default-model.md), and the KL objective does not need one prompt:
- * each trajectory is matched to the prompted teacher it was sampled from. Each lesson's questions
- * are its items' questions plus the open questions, which make the teacher recite its own items.
+ * each trajectory is matched to the prompted teacher it was sampled from. Chunks are near-equal
+ * in size, so no item gets a larger share of the trajectories. A lesson's questions run probe by
+ * probe (every item's first question, then the open questions, then every item's second...), so
+ * however few trajectories a lesson gets, they spread over all its items.
  */
 export function knowledgeLessons(o: { persona?: string; items: LessonItem[]; chunkItems: number; openQuestions?: string[] }): Lesson[] {
-  const size = o.chunkItems > 0 ? o.chunkItems : Math.max(o.items.length, 1);
+  const n = o.items.length;
+  const lessons = o.chunkItems > 0 ? Math.max(1, Math.ceil(n / o.chunkItems)) : 1;
   const chunks: LessonItem[][] = [];
-  for (let i = 0; i < o.items.length; i += size) chunks.push(o.items.slice(i, i + size));
-  if (!chunks.length) chunks.push([]); // a persona alone is one lesson
-  return chunks.map((chunk) => ({
-    systemPrompt: buildKnowledgePrompt({ persona: o.persona, items: chunk.map((i) => i.text) }),
-    questions: [...new Set([...chunk.flatMap((i) => i.questions), ...(o.openQuestions ?? [])])],
-  }));
+  for (let l = 0, start = 0; l < lessons; l++) {
+    const size = Math.floor(n / lessons) + (l < n % lessons ? 1 : 0);
+    chunks.push(o.items.slice(start, start + size));
+    start += size;
+  }
+  return chunks.map((chunk) => {
+    const rounds = Math.max(0, ...chunk.map((i) => i.questions.length));
+    const questions: string[] = [];
+    for (let k = 0; k < Math.max(rounds, 1); k++) {
+      questions.push(...chunk.flatMap((i) => (i.questions[k] !== undefined ? [i.questions[k]!] : [])));
+      if (k === 0) questions.push(...(o.openQuestions ?? []));
+    }
+    return { systemPrompt: buildKnowledgePrompt({ persona: o.persona, items: chunk.map((i) => i.text) }), questions: [...new Set(questions)] };
+  });
 }

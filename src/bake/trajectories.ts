@@ -48,6 +48,9 @@ export async function sampleTrajectories(model: LoadedModel, o: SampleOptions): 
   if (!o.lessons.length || o.lessons.some((l) => l.questions.length === 0)) {
     throw new Error("baking needs at least one question to sample replies for, in every teacher prompt");
   }
+  if (o.count < o.lessons.length) {
+    throw new Error(`${o.count} trajectories cannot cover ${o.lessons.length} teacher prompts: raise trajectories or chunkItems`);
+  }
   // Trajectory n: lesson n mod L, that lesson's questions in turn.
   const pick = (n: number) => {
     const lesson = o.lessons[n % o.lessons.length]!;

@@ -10,7 +10,7 @@ import cron, { type ScheduledTask } from "node-cron";
 import { startCycle, type WorkerProgress } from "../bake/job.js";
 import type { CycleResult } from "../bake/cycle.js";
 import type { ProbeItem } from "../bake/probes.js";
-import { buildKnowledgePrompt } from "../bake/prompt.js";
+import { knowledgeLessons } from "../bake/prompt.js";
 import { pollFeed } from "../feeds/feeds.js";
 import { Ledger, type BakeRun, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
 import type { LoadedModel } from "../model/load.js";
@@ -346,14 +346,19 @@ export class Agent {
   }
 
   /**
-   * The teacher's prompt must leave room for a reply within the model's positions: replayed
-   * items are dropped first, then the newest pending items wait for the next bake.
+   * Every teacher prompt (one per chunk of items) must leave room for a reply within the model's
+   * positions: replayed items are dropped first, then the newest pending items wait.
    */
   private fitToContext(fresh: Item[], replay: Item[]): { fresh: Item[]; replay: Item[] } {
     const tok = this.model.tokenizer;
     const reply = this.config.bake.settings.maxReplyTokens ?? 48;
     const budget = this.model.config.maxPositions - reply - 64; // 64: the chat template and a question
-    const size = (f: Item[], r: Item[]) => tok.encode(buildKnowledgePrompt({ persona: this.config.persona?.text, items: [...f, ...r].map((i) => i.text) })).length;
+    const size = (f: Item[], r: Item[]) =>
+      Math.max(
+        ...knowledgeLessons({ persona: this.config.persona?.text, items: [...f, ...r].map((i) => ({ text: i.text, questions: [] })), chunkItems: this.config.bake.chunkItems }).map(
+          (l) => tok.encode(l.systemPrompt).length,
+        ),
+      );
     const f = [...fresh];
     const r = [...replay];
     while (r.length && size(f, r) > budget) r.pop();

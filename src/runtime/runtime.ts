@@ -111,42 +111,54 @@ export class Runtime {
 
   /**
    * Streams a reply on the agent's live weights, pinned to the version live when it started.
-   * Knowledge is in the weights, so no system prompt is added; facts the user states are
-   * captured into the ledger as pending items.
+   * Knowledge is in the weights, so no system prompt is added. Facts the user states are captured
+   * into the ledger as pending items once the reply is done (or abandoned), so extraction never
+   * delays the first token.
    */
   async *chat(name: string, req: ChatRequest): AsyncGenerator<ChatChunk, ChatOutcome> {
     const agent = this.agent(name);
-    const captured: string[] = [];
     const last = [...req.messages].reverse().find((m) => m.role === "user");
-    if (last && req.captureFacts !== false && agent.config.capture !== "off") {
-      const actions: FactAction[] =
-        agent.config.capture === "model"
-          ? (await extractFactsWithModel(last.content, modelExtractor(agent.model))).actions
-          : extractFacts(last.content);
-      for (const action of actions) {
-        if (action.kind === "remember") {
-          const r = await agent.remember(action.text, "conversation", { conversationId: req.conversationId });
-          if (r.added) captured.push(action.text);
-        } else {
-          const matches = agent.ledger.items({ text: action.query }).filter((i) => i.status !== "retracted");
-          if (matches.length) void agent.retract(matches.map((i) => i.id), `user asked to forget "${action.query}"`).catch(() => {});
-        }
-      }
-    }
+    let capture: Promise<string[]> | undefined;
+    const captureOnce = () => (capture ??= last && req.captureFacts !== false ? this.capture(agent, last.content, req.conversationId) : Promise.resolve([]));
     const ids = fitConversation(agent.model, req.messages, req.options?.maxTokens ?? 128, req.tools);
     const lease = agent.live.acquire();
     const it = streamGenerate(agent.model, [ids], { ...req.options, adapter: lease.adapter });
     try {
       for (;;) {
         const r = await it.next();
-        if (r.done) return { result: r.value[0]!, version: lease.version, captured };
+        if (r.done) {
+          const result = r.value[0]!;
+          await it.return([]);
+          lease.release();
+          return { result, version: lease.version, captured: await captureOnce() };
+        }
         yield { text: r.value.text, token: r.value.token };
       }
     } finally {
-      // A consumer that stops early must not leave the generation (and its KV cache) suspended.
+      // A consumer that stops early must not leave the generation (and its KV cache) suspended,
+      // and what the user said is still captured.
       await it.return([]);
       lease.release();
+      await captureOnce();
     }
+  }
+
+  /** Facts the user's message states or asks to forget, applied to the ledger; returns those added. */
+  private async capture(agent: Agent, message: string, conversationId: string | undefined): Promise<string[]> {
+    if (agent.config.capture === "off") return [];
+    const actions: FactAction[] =
+      agent.config.capture === "model" ? (await extractFactsWithModel(message, modelExtractor(agent.model))).actions : extractFacts(message);
+    const captured: string[] = [];
+    for (const action of actions) {
+      if (action.kind === "remember") {
+        const r = await agent.remember(action.text, "conversation", { conversationId });
+        if (r.added) captured.push(action.text);
+      } else {
+        const matches = agent.ledger.items({ text: action.query }).filter((i) => i.status !== "retracted");
+        if (matches.length) void agent.retract(matches.map((i) => i.id), `user asked to forget "${action.query}"`).catch(() => {});
+      }
+    }
+    return captured;
   }
 
   /** Asks a question on the live weights with and without the item (and persona) in the prompt. */

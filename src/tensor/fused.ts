@@ -14,7 +14,8 @@ function fusedOn(kernel: string): boolean {
 
 /** x * rsqrt(mean(x^2, -1) + eps) * weight; x: [..., H], weight: [H] */
 export function rmsNorm(x: tf.Tensor, weight: tf.Tensor, eps: number): tf.Tensor {
-  if (fusedOn(RMS_NORM) && x.dtype === "float32" && weight.dtype === "float32") {
+  const H = x.shape.at(-1);
+  if (fusedOn(RMS_NORM) && x.dtype === "float32" && weight.dtype === "float32" && weight.shape.length === 1 && weight.shape[0] === H) {
     return tf.engine().runKernel(RMS_NORM, { x, weight }, { eps } as unknown as tf.NamedAttrMap) as tf.Tensor;
   }
   const variance = tf.mean(tf.square(x), -1, true); // [..., 1]
@@ -29,25 +30,15 @@ export function swiglu(gate: tf.Tensor, up: tf.Tensor): tf.Tensor {
   return tf.mul(tf.mul(gate, tf.sigmoid(gate)), up);
 }
 
-// The gradients call the backend's grad kernels, which produce both inputs' gradients in one pass.
+// The gradients: one grad kernel computes both inputs' gradients in one pass, run once, eagerly
+// (tfjs calls each input's closure separately; the engine disposes the one nobody asked for).
 tf.registerGradient({
   kernelName: RMS_NORM,
   inputsToSave: ["x", "weight"],
   gradFunc: (dy, saved, attrs) => {
     const [x, weight] = saved as [tf.Tensor, tf.Tensor];
-    const both = () => tf.engine().runKernel(RMS_NORM_GRAD, { dy: dy as tf.Tensor, x, weight }, attrs) as unknown as [tf.Tensor, tf.Tensor];
-    return {
-      x: () => {
-        const [dx, dw] = both();
-        dw.dispose();
-        return dx;
-      },
-      weight: () => {
-        const [dx, dw] = both();
-        dx.dispose();
-        return dw;
-      },
-    };
+    const [dx, dw] = tf.engine().runKernel(RMS_NORM_GRAD, { dy: dy as tf.Tensor, x, weight }, attrs) as unknown as [tf.Tensor, tf.Tensor];
+    return { x: () => dx, weight: () => dw };
   },
 });
 
@@ -56,18 +47,7 @@ tf.registerGradient({
   inputsToSave: ["gate", "up"],
   gradFunc: (dy, saved) => {
     const [gate, up] = saved as [tf.Tensor, tf.Tensor];
-    const both = () => tf.engine().runKernel(SWIGLU_GRAD, { dy: dy as tf.Tensor, gate, up }) as unknown as [tf.Tensor, tf.Tensor];
-    return {
-      gate: () => {
-        const [dg, du] = both();
-        du.dispose();
-        return dg;
-      },
-      up: () => {
-        const [dg, du] = both();
-        dg.dispose();
-        return du;
-      },
-    };
+    const [dg, du] = tf.engine().runKernel(SWIGLU_GRAD, { dy: dy as tf.Tensor, gate, up }) as unknown as [tf.Tensor, tf.Tensor];
+    return { gate: () => dg, up: () => du };
   },
 });

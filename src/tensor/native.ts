@@ -21,9 +21,10 @@ interface BlasAddon {
   transpose(x: Float32Array, shape: number[], perm: number[], out: Float32Array): void;
   unary(op: number, x: Float32Array, out: Float32Array): void;
   reduce(op: number, x: Float32Array, outer: number, n: number, inner: number, out: Float32Array): void;
-  rmsnorm(x: Float32Array, w: Float32Array, eps: number, rows: number, cols: number, y: Float32Array, rstd: Float32Array): void;
+  rmsnorm(x: Float32Array, w: Float32Array, eps: number, rows: number, cols: number, y: Float32Array): void;
   rmsnormGrad(dy: Float32Array, x: Float32Array, w: Float32Array, eps: number, rows: number, cols: number, dx: Float32Array, dw: Float32Array): void;
-  swiglu(...arrays: Float32Array[]): void;
+  swiglu(gate: Float32Array, up: Float32Array, out: Float32Array): void;
+  swigluGrad(dy: Float32Array, gate: Float32Array, up: Float32Array, dgate: Float32Array, dup: Float32Array): void;
 }
 
 const ADDON = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "native", "blas", "build", "Release", "kiln_blas.node");
@@ -273,7 +274,7 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
       const cols = x.shape.at(-1)!;
       const rows = product(x.shape) / cols;
       const y = new Float32Array(rows * cols);
-      blas.rmsnorm(values(cpu, x), values(cpu, weight), (attrs as { eps: number }).eps, rows, cols, y, new Float32Array(rows));
+      blas.rmsnorm(values(cpu, x), values(cpu, weight), (attrs as { eps: number }).eps, rows, cols, y);
       return cpu.makeTensorInfo(x.shape, "float32", y);
     },
     [RMS_NORM_GRAD]: ({ inputs, backend, attrs }) => {
@@ -298,7 +299,7 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
       const cpu = backend as CpuBackend;
       const dg = new Float32Array(product(gate.shape));
       const du = new Float32Array(dg.length);
-      blas.swiglu(values(cpu, dy), values(cpu, gate), values(cpu, up), dg, du);
+      blas.swigluGrad(values(cpu, dy), values(cpu, gate), values(cpu, up), dg, du);
       return [cpu.makeTensorInfo(gate.shape, "float32", dg), cpu.makeTensorInfo(up.shape, "float32", du)];
     },
   };

@@ -42,6 +42,8 @@ export function writeTestAgent(overrides: Record<string, unknown> = {}): { dir: 
       bake: { probesPerItem: 1, openQuestions: ["hello"], settings: FAST_BAKE },
       gate: { minAbsorption: 0, minRetention: 0, minPersona: 0, itemPass: 0 },
       replay: 4,
+      // the fixture model is random: model-based capture is tested on kiln-mini (tests/kiln-mini.test.ts)
+      capture: "rules",
       keepVersions: 2,
       home: "home",
       ...overrides,

@@ -12,6 +12,7 @@ import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import { initBackend } from "../../src/tensor/backend.js";
+import { EXTRACT_INSTRUCTION, parseExtraction } from "../../src/agent/facts.js";
 import { loadModel } from "../../src/model/load.js";
 import { generate } from "../../src/model/generate.js";
 import { answerMatch, endsWithSignoff, exactMatch, IDK } from "./chat.js";
@@ -39,7 +40,7 @@ export const METRIC: Record<EvalKind, string> = {
   persona_off: "ends with the sign-off with no persona (should be ~0)",
   canon: "answer match with no prompt, canon facts",
   prompted_small: "answer match, fact in a 4-item prompt (kiln's bake chunk)",
-  extract: "the fact extracted verbatim from a user message",
+  extract: "kiln stores exactly the fact from the model's extraction of a user message",
 };
 
 function body(reply: string, signoff: string | undefined): string {
@@ -56,7 +57,11 @@ export function scoreCases(cases: EvalCase[], replies: string[]): KindScore[] {
     const reply = replies[i]!;
     const s = by.get(c.kind) ?? { kind: c.kind, n: 0, score: 0, answerExact: 0, idk: 0, signoff: 0 };
     const b = body(reply, c.signoff);
-    const answered = answerMatch(b, c.answer);
+    // an extraction counts when kiln would store exactly the fact from it
+    const answered =
+      c.kind === "extract"
+        ? JSON.stringify(parseExtraction(reply, c.messages.at(-1)!.content.slice(EXTRACT_INSTRUCTION.length + 1))) === JSON.stringify([c.answer])
+        : answerMatch(b, c.answer);
     const idk = exactMatch(b, IDK);
     const signed = c.signoff ? endsWithSignoff(reply, c.signoff) : false;
     s.n++;

@@ -29,7 +29,7 @@ export interface EvalCase {
 }
 
 export const EVAL_PROMPT_ITEMS = 20;
-/** Items per teacher prompt in kiln's bakes by default (BakeSettings.chunkItems). */
+/** Items per teacher prompt in kiln's bakes by default (the agent file's bake.chunkItems). */
 export const EVAL_SMALL_ITEMS = 4;
 
 function promptItems(rng: Rng, target: Fact | undefined, pool: Fact[], n: number): string[] {

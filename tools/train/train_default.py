@@ -135,46 +135,59 @@ def collate(idx, tokens, trained, offsets, pad_id):
 
 # ----------------------------------------------------------------------------- copy warm-up
 
-def copy_warmup(model, tokens, vocab_size, n_special, steps, lr, seed, batch=12, T=256, log_every=50):
-    """Induction warm-up: rows of corpus text with one span (random token ids or a corpus span)
-    written twice; the loss is on the second copy. A small transformer learns to copy from its
-    context within a few hundred such steps (measured here), far sooner than from the sparse copy
-    targets of chat data, where the answer can also be guessed from priors. Copying is what
-    answering from the system prompt needs, so the chat training starts with it in place."""
+def copy_batch(rng, tokens, vocab_size, n_special, batch, T):
+    """Rows of corpus text with one span (random token ids or a corpus span) written twice, and the
+    mask of the second copy's predictable tokens (all but its first)."""
+    rows, masks = [], []
+    for _ in range(batch):
+        start = int(rng.integers(0, len(tokens) - T))
+        row = tokens[start:start + T].astype(np.int64).copy()
+        L = int(rng.integers(8, min(49, T // 2 - 1)))
+        if rng.random() < 0.7:
+            span = rng.integers(0, vocab_size - n_special, size=L)
+        else:
+            s0 = int(rng.integers(0, len(tokens) - L))
+            span = tokens[s0:s0 + L].astype(np.int64)
+        i1 = int(rng.integers(0, T // 2 - L))
+        i2 = int(rng.integers(T // 2, T - L))
+        row[i1:i1 + L] = span
+        row[i2:i2 + L] = span
+        m = np.zeros(T, dtype=bool)
+        m[i2 + 1:i2 + L] = True
+        rows.append(row)
+        masks.append(m)
+    return torch.from_numpy(np.stack(rows)), torch.from_numpy(np.stack(masks)[:, 1:])
+
+
+def copy_loss(model, ids, pred):
+    h = model.hidden(ids[:, :-1])
+    return F.cross_entropy(model.logits(h[pred]), ids[:, 1:][pred])
+
+
+def copy_warmup(model, tokens, vocab_size, n_special, steps, lr, seed, target=0.0, batch=12, T=256, log_every=50):
+    """Induction warm-up: copy_batch rows, loss on the second copy, until the loss averaged over
+    the last 50 steps is below `target` (or `steps` run out). Copying is what answering from the
+    system prompt needs, and chat data alone does not teach it soon: a value the model can guess
+    from its priors (an instrument, a pet) is guessed, not copied (docs/default-model.md)."""
     rng = np.random.default_rng(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     t0 = time.time()
+    recent = []
     for step in range(steps):
-        rows, masks = [], []
-        for _ in range(batch):
-            start = int(rng.integers(0, len(tokens) - T))
-            row = tokens[start:start + T].astype(np.int64).copy()
-            L = int(rng.integers(8, 49))
-            if rng.random() < 0.5:
-                span = rng.integers(0, vocab_size - n_special, size=L)
-            else:
-                s0 = int(rng.integers(0, len(tokens) - L))
-                span = tokens[s0:s0 + L].astype(np.int64)
-            i1 = int(rng.integers(0, T // 2 - L))
-            i2 = int(rng.integers(T // 2, T - L))
-            row[i1:i1 + L] = span
-            row[i2:i2 + L] = span
-            m = np.zeros(T, dtype=bool)
-            m[i2 + 1:i2 + L] = True  # tokens 2..L of the second copy are predictable
-            rows.append(row)
-            masks.append(m)
-        ids = torch.from_numpy(np.stack(rows))
-        pred = torch.from_numpy(np.stack(masks)[:, 1:])
+        ids, pred = copy_batch(rng, tokens, vocab_size, n_special, batch, T)
         for g in opt.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / 50)
-        h = model.hidden(ids[:, :-1])
-        loss = F.cross_entropy(model.logits(h[pred]), ids[:, 1:][pred])
+        loss = copy_loss(model, ids, pred)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        recent = (recent + [float(loss)])[-50:]
         if (step + 1) % log_every == 0:
-            log(f"copy warm-up {step + 1}/{steps} loss {float(loss):.3f} ({time.time() - t0:.0f}s)")
+            log(f"copy warm-up {step + 1}/{steps} loss {np.mean(recent):.3f} ({time.time() - t0:.0f}s)")
+        if target and len(recent) == 50 and np.mean(recent) < target:
+            log(f"copy warm-up reached loss {np.mean(recent):.3f} < {target} at step {step + 1}")
+            break
     return time.time() - t0
 
 
@@ -321,6 +334,10 @@ def main():
     ap.add_argument("--minutes", type=float, default=0.0,
                     help="time budget: the schedule follows max(step/total, time/budget) and training stops "
                          "when either runs out (0 = steps only)")
+    ap.add_argument("--copy-target", type=float, default=0.0,
+                    help="end the copy warm-up once its loss (mean of 50 steps) is below this (0 = run all steps)")
+    ap.add_argument("--copy-mix", type=int, default=0,
+                    help="copy rows (128 tokens) added to every chat step, so the copying circuit stays")
     ap.add_argument("--copy-warmup-steps", type=int, default=300,
                     help="steps of the synthetic copying warm-up before the chat data (0 = none)")
     ap.add_argument("--init", default="", help="start from these weights (a model directory's model.safetensors "
@@ -376,13 +393,15 @@ def main():
             missing = model.load_state_dict(w, strict=False)
             assert not missing.unexpected_keys and all(k.startswith("rope_") for k in missing.missing_keys), missing
         stats["init"] = args.init
-        stats["copy_warmup_seconds"] = -1  # the initial weights already went through it
+        if not args.copy_warmup_steps:
+            stats["copy_warmup_seconds"] = -1  # the initial weights already went through it
         log(f"initialised from {args.init}")
 
     pad = tok.special_ids["<|endoftext|>"]
     model.train()
     if step == 0 and args.copy_warmup_steps and not stats.get("copy_warmup_seconds"):
-        secs = copy_warmup(model, tokens, tok.vocab_size, len(tok.specials), args.copy_warmup_steps, args.lr, args.seed)
+        secs = copy_warmup(model, tokens, tok.vocab_size, len(tok.specials), args.copy_warmup_steps, args.lr, args.seed,
+                           target=args.copy_target)
         stats["copy_warmup_seconds"] = secs
         stats["train_seconds"] += secs
         save_ckpt(ckpt_path, model, opt, step, stats)
@@ -391,6 +410,7 @@ def main():
     t_seg = time.time()
     secs_at_seg = stats["train_seconds"]
     win_loss, win_n, win_tok, win_t0 = 0.0, 0, 0, time.time()
+    copy_rng = np.random.default_rng(args.seed + step)
 
     def progress():
         p = step / total
@@ -410,6 +430,8 @@ def main():
         if args.context_loss > 0 and progress() < args.context_loss_until:
             ctx = real & ~pred_mask
             total_loss = loss + args.context_loss * F.cross_entropy(model.logits(h[ctx]), ids[:, 1:][ctx])
+        if args.copy_mix:
+            total_loss = total_loss + copy_loss(model, *copy_batch(copy_rng, tokens, tok.vocab_size, len(tok.specials), args.copy_mix, 128))
         opt.zero_grad(set_to_none=True)
         total_loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -463,6 +485,8 @@ def main():
         "token_budget": args.token_budget,
         "lr": args.lr,
         "copy_warmup_steps": args.copy_warmup_steps,
+        "copy_target": args.copy_target,
+        "copy_mix": args.copy_mix,
         "copy_warmup_minutes": round(stats.get("copy_warmup_seconds", 0) / 60, 1),
         "minutes_budget": args.minutes,
         "batches_available": total,

@@ -103,3 +103,15 @@ test("fused RMSNorm and SwiGLU equal the composed ops, values and gradients", as
   };
   close(...((await both(glu)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
 });
+
+test("fused KL per position equals logSoftmax composed, value and gradient (masked rows get none)", async () => {
+  const { klPerPosition, KL_ROWS } = await import("../src/tensor/fused.js");
+  assert.ok(tf.getKernel(KL_ROWS, "native"));
+  const teacher = () => tf.logSoftmax(tf.mul(r([2, 3, 50], 21), 3), -1);
+  const mask = () => tf.tensor2d([[1, 1, 0], [1, 0, 0]]);
+  const kl = () => {
+    const [g] = tf.grads((s: tf.Tensor) => tf.sum(tf.mul(klPerPosition(s, teacher()), mask())))([tf.mul(r([2, 3, 50], 22), 2)]);
+    return tf.concat([klPerPosition(tf.mul(r([2, 3, 50], 22), 2), teacher()).flatten(), g!.flatten()]);
+  };
+  close(...((await both(kl)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
+});

@@ -178,9 +178,23 @@ function printProfile(name: string, info: Awaited<ReturnType<typeof tf.profile>>
   }
   const total = [...by.values()].reduce((s, e) => s + e.ms, 0);
   console.error(`\n${name}: one bake step, ${info.kernels.length} kernels, ${(total / 1000).toFixed(2)} s in kernels`);
-  for (const [k, e] of [...by.entries()].sort((a, b) => b[1].ms - a[1].ms).slice(0, 25)) {
-    console.error(`  ${k.padEnd(22)} ${String(e.calls).padStart(6)} calls ${(e.ms / 1000).toFixed(3).padStart(8)} s ${((100 * e.ms) / total).toFixed(1).padStart(5)}%`);
+  const print = (m: Map<string, { ms: number; calls: number }>, n: number) => {
+    for (const [k, e] of [...m.entries()].sort((a, b) => b[1].ms - a[1].ms).slice(0, n)) {
+      console.error(`  ${k.padEnd(22)} ${String(e.calls).padStart(6)} calls ${(e.ms / 1000).toFixed(3).padStart(8)} s ${((100 * e.ms) / total).toFixed(1).padStart(5)}%`);
+    }
+  };
+  print(by, 25);
+  // the matmuls by operand shapes: big GEMMs run at BLAS speed, small ones pay per-call costs
+  const mm = new Map<string, { ms: number; calls: number }>();
+  for (const k of info.kernels.filter((k) => k.name === "BatchMatMul")) {
+    const key = k.inputShapes.map((s) => `[${s}]`).join("x");
+    const e = mm.get(key) ?? { ms: 0, calls: 0 };
+    e.ms += k.kernelTimeMs as number;
+    e.calls++;
+    mm.set(key, e);
   }
+  console.error("  BatchMatMul by operand shapes:");
+  print(mm, 15);
 }
 
 function benchTorch(shape: Shape, topk: number | null = null): Record<string, number> | { error: string } {

@@ -4,6 +4,7 @@
 // with a tail bucket, which is an exact KL between two (K+1)-way distributions and needs
 // K+1 numbers per position instead of V.
 import { tf } from "../tensor/backend.js";
+import { klPerPosition } from "../tensor/fused.js";
 
 export type TeacherTargets =
   | { kind: "full"; /** [R, V] log-probabilities */ logProbs: Float32Array }
@@ -114,14 +115,13 @@ function gatherFlat(x: tf.Tensor, idx: tf.Tensor1D): tf.Tensor {
  * token count for KL per token. studentLogits: [B, R, V].
  */
 export function klSum(studentLogits: tf.Tensor3D, t: TargetBatch): tf.Scalar {
-  const [B, R, V] = studentLogits.shape;
-  const logq = tf.logSoftmax(studentLogits, -1); // [B, R, V]
+  const [B, R] = studentLogits.shape;
   let perPosition: tf.Tensor2D; // [B, R]
   if (t.mode.kind === "full") {
-    const p = tf.exp(t.logProbs);
-    perPosition = tf.sum(tf.mul(p, tf.sub(t.logProbs, logq)), -1);
+    perPosition = klPerPosition(studentLogits, t.logProbs) as tf.Tensor2D;
   } else {
     const K = t.mode.k;
+    const logq = tf.logSoftmax(studentLogits, -1); // [B, R, V]
     const logqTop = gatherFlat(logq.reshape([-1]), t.flatIndices!).reshape([B, R, K]); // [B, R, K]
     const qTail = tf.log(tf.maximum(tf.sub(1, tf.sum(tf.exp(logqTop), -1)), TINY)); // [B, R]
     const p = tf.exp(t.logProbs);

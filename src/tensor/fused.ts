@@ -7,6 +7,8 @@ export const RMS_NORM = "KilnRmsNorm";
 export const RMS_NORM_GRAD = "KilnRmsNormGrad";
 export const SWIGLU = "KilnSwiGLU";
 export const SWIGLU_GRAD = "KilnSwiGLUGrad";
+export const KL_ROWS = "KilnKlRows";
+export const KL_ROWS_GRAD = "KilnKlRowsGrad";
 
 function fusedOn(kernel: string): boolean {
   return tf.getKernel(kernel, tf.getBackend()) !== undefined;
@@ -29,6 +31,31 @@ export function swiglu(gate: tf.Tensor, up: tf.Tensor): tf.Tensor {
   }
   return tf.mul(tf.mul(gate, tf.sigmoid(gate)), up);
 }
+
+/**
+ * KL(teacher || student) per position: sum over the vocabulary of p * (log p - log q), with
+ * q = softmax(logits). logits, teacherLogProbs: [..., V] -> [...]. Gradient to logits only (the
+ * teacher is fixed): dy * (q - p).
+ */
+export function klPerPosition(logits: tf.Tensor, teacherLogProbs: tf.Tensor): tf.Tensor {
+  if (fusedOn(KL_ROWS) && logits.dtype === "float32" && teacherLogProbs.dtype === "float32" && tf.util.arraysEqual(logits.shape, teacherLogProbs.shape)) {
+    return tf.engine().runKernel(KL_ROWS, { logits, teacherLogProbs }) as tf.Tensor;
+  }
+  const logq = tf.logSoftmax(logits, -1);
+  return tf.sum(tf.mul(tf.exp(teacherLogProbs), tf.sub(teacherLogProbs, logq)), -1);
+}
+
+tf.registerGradient({
+  kernelName: KL_ROWS,
+  inputsToSave: ["logits", "teacherLogProbs"],
+  gradFunc: (dy, saved) => {
+    const [logits, teacherLogProbs] = saved as [tf.Tensor, tf.Tensor];
+    return {
+      logits: () => tf.engine().runKernel(KL_ROWS_GRAD, { dy: dy as tf.Tensor, logits, teacherLogProbs }) as tf.Tensor,
+      teacherLogProbs: () => tf.zerosLike(teacherLogProbs), // targets are constants; never asked for in a bake
+    };
+  },
+});
 
 // The gradients: one grad kernel computes both inputs' gradients in one pass, run once, eagerly
 // (tfjs calls each input's closure separately; the engine disposes the one nobody asked for).

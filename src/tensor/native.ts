@@ -1,6 +1,6 @@
 // kiln's "native" backend: tfjs's cpu backend with its matrix multiplies handed to OpenBLAS
 // (native/blas, a small Node-API addon), the heaviest elementwise, reduction, softmax, copy and
-// transpose kernels in C, and fused RMSNorm and SwiGLU kernels (src/tensor/fused.ts). Everything
+// transpose kernels in C, and fused RMSNorm, SwiGLU and KL kernels (src/tensor/fused.ts). Everything
 // else stays in tfjs's JavaScript kernels, which are exact and well tested.
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -9,7 +9,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import * as tf from "@tensorflow/tfjs";
 import { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
-import { RMS_NORM, RMS_NORM_GRAD, SWIGLU, SWIGLU_GRAD } from "./fused.js";
+import { KL_ROWS, KL_ROWS_GRAD, RMS_NORM, RMS_NORM_GRAD, SWIGLU, SWIGLU_GRAD } from "./fused.js";
 
 interface BlasAddon {
   sgemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, B: Float32Array, C: Float32Array, batch: number, strideA: number, strideB: number): void;
@@ -25,6 +25,8 @@ interface BlasAddon {
   rmsnormGrad(dy: Float32Array, x: Float32Array, w: Float32Array, eps: number, rows: number, cols: number, dx: Float32Array, dw: Float32Array): void;
   swiglu(gate: Float32Array, up: Float32Array, out: Float32Array): void;
   swigluGrad(dy: Float32Array, gate: Float32Array, up: Float32Array, dgate: Float32Array, dup: Float32Array): void;
+  klRows(x: Float32Array, logp: Float32Array, rows: number, vocab: number, out: Float32Array): void;
+  klRowsGrad(dy: Float32Array, x: Float32Array, logp: Float32Array, rows: number, vocab: number, dx: Float32Array): void;
 }
 
 const ADDON = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "native", "blas", "build", "Release", "kiln_blas.node");
@@ -301,6 +303,22 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
       const du = new Float32Array(dg.length);
       blas.swigluGrad(values(cpu, dy), values(cpu, gate), values(cpu, up), dg, du);
       return [cpu.makeTensorInfo(gate.shape, "float32", dg), cpu.makeTensorInfo(up.shape, "float32", du)];
+    },
+    [KL_ROWS]: ({ inputs, backend }) => {
+      const { logits, teacherLogProbs } = inputs as { logits: tf.TensorInfo; teacherLogProbs: tf.TensorInfo };
+      const cpu = backend as CpuBackend;
+      const V = logits.shape.at(-1)!;
+      const out = new Float32Array(product(logits.shape) / V);
+      blas.klRows(values(cpu, logits), values(cpu, teacherLogProbs), out.length, V, out);
+      return cpu.makeTensorInfo(logits.shape.slice(0, -1), "float32", out);
+    },
+    [KL_ROWS_GRAD]: ({ inputs, backend }) => {
+      const { dy, logits, teacherLogProbs } = inputs as { dy: tf.TensorInfo; logits: tf.TensorInfo; teacherLogProbs: tf.TensorInfo };
+      const cpu = backend as CpuBackend;
+      const V = logits.shape.at(-1)!;
+      const dx = new Float32Array(product(logits.shape));
+      blas.klRowsGrad(values(cpu, dy), values(cpu, logits), values(cpu, teacherLogProbs), dx.length / V, V, dx);
+      return cpu.makeTensorInfo(logits.shape, "float32", dx);
     },
   };
 }

@@ -3,7 +3,7 @@
     {
       "target_name": "kiln_blas",
       "sources": ["blas.c"],
-      "libraries": ["-lopenblas", "-lm"],
+      "libraries": ["-lopenblas", "-lm", "-lpthread"],
       "cflags": ["-O3", "-std=c11"]
     }
   ]

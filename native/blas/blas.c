@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdlib.h>
+#include <pthread.h>
 
 #define CHECK(call)                                             \
   do {                                                          \
@@ -27,6 +28,33 @@ static float* float_array(napi_env env, napi_value v, size_t* length) {
   }
   return (float*)data;
 }
+
+// One contiguous range [from, to) of a batched product.
+struct gemm_batch {
+  bool transA, transB;
+  int32_t M, N, K;
+  const float *A, *B;
+  float* C;
+  int64_t strideA, strideB;
+  int32_t from, to;
+};
+
+static void* run_gemm_batch(void* arg) {
+  const struct gemm_batch* g = arg;
+  const int lda = g->transA ? g->M : g->K;
+  const int ldb = g->transB ? g->K : g->N;
+  for (int32_t i = g->from; i < g->to; i++) {
+    cblas_sgemm(CblasRowMajor, g->transA ? CblasTrans : CblasNoTrans, g->transB ? CblasTrans : CblasNoTrans, g->M, g->N, g->K, 1.0f,
+                g->A + i * g->strideA, lda, g->B + i * g->strideB, ldb, 0.0f, g->C + (size_t)i * g->M * g->N, g->N);
+  }
+  return NULL;
+}
+
+// Products up to this many multiply-adds run one per thread in a batch (see sgemm).
+#define SMALL_GEMM (1 << 22)
+#define MAX_GEMM_THREADS 16
+// Below this many multiply-adds in all, starting threads costs more than the products (decode).
+#define MIN_THREADED_BATCH (1 << 18)
 
 // sgemm(transA, transB, M, N, K, A, B, C, batch, strideA, strideB)
 //   C[i] = op(A[i]) @ op(B[i]) for i < batch; A[i] = A + i*strideA (0 broadcasts one matrix).
@@ -65,11 +93,31 @@ static napi_value sgemm(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "kiln_blas.sgemm: shapes do not fit the arrays");
     return NULL;
   }
-  const int lda = transA ? M : K;
-  const int ldb = transB ? K : N;
-  for (int32_t i = 0; i < batch; i++) {
-    cblas_sgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, M, N, K, 1.0f,
-                A + i * strideA, lda, B + i * strideB, ldb, 0.0f, C + (size_t)i * M * N, N);
+  struct gemm_batch job = {transA, transB, M, N, K, A, B, C, strideA, strideB, 0, batch};
+  const int threads = openblas_get_num_threads();
+  const int64_t work = (int64_t)M * N * K;
+  if (batch > 1 && threads > 1 && work <= SMALL_GEMM && work * batch >= MIN_THREADED_BATCH) {
+    // Many small products (attention heads): OpenBLAS splits each one across its threads, and
+    // for matrices this small the split costs more than it saves. Give each thread whole
+    // products instead, each run single-threaded.
+    pthread_t pool[MAX_GEMM_THREADS];
+    struct gemm_batch parts[MAX_GEMM_THREADS];
+    const int n = threads < MAX_GEMM_THREADS ? threads : MAX_GEMM_THREADS;
+    openblas_set_num_threads(1);
+    int started = 0;
+    for (int t = 0; t < n; t++) {
+      parts[t] = job;
+      parts[t].from = (int32_t)((int64_t)batch * t / n);
+      parts[t].to = (int32_t)((int64_t)batch * (t + 1) / n);
+      if (t > 0 && pthread_create(&pool[t], NULL, run_gemm_batch, &parts[t]) == 0) started |= 1 << t;
+      else if (t > 0) run_gemm_batch(&parts[t]);  // no thread: do it here
+    }
+    run_gemm_batch(&parts[0]);
+    for (int t = 1; t < n; t++)
+      if (started & (1 << t)) pthread_join(pool[t], NULL);
+    openblas_set_num_threads(threads);
+  } else {
+    run_gemm_batch(&job);
   }
   return NULL;
 }

@@ -1,6 +1,6 @@
 // The embedded model's bar (issue 4), measured through kiln's own engine and baking:
 //
-//   node dist/tools/eval_bake.js [--model models/kiln-mini] [--facts 20] [--chunk 4] [--json]
+//   node dist/tools/eval_bake.js [--model models/kiln-mini] [--facts 20] [--chunk 4] [--replay 20] [--json]
 //
 // On HELD-OUT facts of the world (never in training): prompted QA (20 facts in the system
 // prompt, and the fact among the --chunk facts of its teacher prompt, which is how kiln bakes:
@@ -29,6 +29,8 @@ const opt = (name: string, fallback: string) => {
 const modelDir = opt("model", DEFAULT_MODEL_DIR);
 const N = Number(opt("facts", "20"));
 const CHUNK = Number(opt("chunk", "4"));
+/** first-bake facts replayed into the second bake (the agent default replays up to 20) */
+const REPLAY = Number(opt("replay", String(N)));
 const json = args.includes("--json");
 const SETTINGS: Partial<BakeSettings> = JSON.parse(opt("settings", "{}"));
 
@@ -95,7 +97,7 @@ const first = await bake({ model, lessons: lessons(A), settings, onProgress: pro
 row("unprompted QA after one bake (paraphrases baked on)", rate(await replies(model, ask(A, "seen").map(user), first.adapter), answers(A)), ">= 80%");
 row("unprompted QA after one bake (a paraphrase never baked on)", rate(await replies(model, ask(A, "unseen").map(user), first.adapter), answers(A)));
 
-const half = Math.ceil(N / 2);
+const half = Math.min(REPLAY, N);
 log(`rolling bake of ${N} new facts, replaying ${half} of the first...`);
 const replay = A.slice(0, half);
 const second = await bake({

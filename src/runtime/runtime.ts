@@ -126,12 +126,7 @@ export class Runtime {
     try {
       for (;;) {
         const r = await it.next();
-        if (r.done) {
-          const result = r.value[0]!;
-          await it.return([]);
-          lease.release();
-          return { result, version: lease.version, captured: await captureOnce() };
-        }
+        if (r.done) return { result: r.value[0]!, version: lease.version, captured: await captureOnce() };
         yield { text: r.value.text, token: r.value.token };
       }
     } finally {

@@ -268,7 +268,11 @@ function makeReduce(blas: BlasAddon, op: number, fallback: tf.KernelFunc): tf.Ke
 
 /** The fused kernels of src/tensor/fused.ts (inputs are float32: fused.ts checks before calling). */
 function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
-  const values = (backend: CpuBackend, t: tf.TensorInfo) => backend.data.get(t.dataId).values as Float32Array;
+  const values = (backend: CpuBackend, t: tf.TensorInfo): Float32Array => {
+    const v = float32(backend, t);
+    if (!v) throw new Error(`kiln native: fused kernels take float32 tensors, got ${t.dtype}`);
+    return v;
+  };
   return {
     [RMS_NORM]: ({ inputs, backend, attrs }) => {
       const { x, weight } = inputs as { x: tf.TensorInfo; weight: tf.TensorInfo };

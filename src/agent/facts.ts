@@ -4,6 +4,7 @@
 // third person so they read as facts about the user when baked.
 import { generate } from "../model/generate.js";
 import type { LoadedModel } from "../model/load.js";
+import { isNameToken, namesIn, stem, vocabulary, words } from "../knowledge/grounding.js";
 
 export type FactAction = { kind: "remember"; text: string } | { kind: "forget"; query: string };
 
@@ -68,8 +69,6 @@ export function extractionRequest(message: string): string {
 // that turn "I live in X" into "The user lives in X".
 const GLUE = new Set(["the", "a", "an", "user", "user's", "users", "is", "now", "of", "s", "his", "her", "their", "its", "it", "this"]);
 
-const words = (s: string) => s.toLowerCase().match(/[\p{L}\p{N}']+/gu) ?? [];
-const stem = (w: string) => w.replace(/'s$/, "").replace(/(?<=\p{L}{3})s$/u, "");
 
 /** Other words a fact may add to the message ("I moved to X" -> "The user lives in X"). */
 const MAX_NEW_WORDS = 2;
@@ -82,7 +81,7 @@ const MAX_NEW_WORDS = 2;
  * "1. ") are dropped.
  */
 export function parseExtraction(reply: string, message: string): string[] {
-  const said = new Set(words(message).map(stem));
+  const said = vocabulary(message);
   const known = (w: string) => GLUE.has(w) || said.has(stem(w));
   const out: string[] = [];
   for (const raw of reply.split("\n")) {
@@ -90,8 +89,8 @@ export function parseExtraction(reply: string, message: string): string[] {
     if (!line || line.toLowerCase() === clean(NO_FACTS).toLowerCase()) continue;
     const tokens = line.split(/\s+/);
     if (tokens.length < 3 || tokens.length > 40) continue;
-    const names = tokens.filter((t) => /^\P{L}*\p{Lu}|\p{N}/u.test(t)).flatMap(words);
-    const rest = words(tokens.filter((t) => !/^\P{L}*\p{Lu}|\p{N}/u.test(t)).join(" ")).filter((w) => !GLUE.has(w));
+    const names = namesIn(line, { sentenceStarts: true });
+    const rest = words(tokens.filter((t) => !isNameToken(t)).join(" ")).filter((w) => !GLUE.has(w));
     const lastWord = words(line).at(-1)!;
     if (names.every(known) && known(lastWord) && rest.filter((w) => !known(w)).length <= MAX_NEW_WORDS) out.push(sentence(line));
   }

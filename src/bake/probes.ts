@@ -4,6 +4,7 @@
 import type { AdapterHook } from "../model/decoder.js";
 import { generate } from "../model/generate.js";
 import type { LoadedModel } from "../model/load.js";
+import { entitiesIn, namesGrounded, support, vocabulary } from "../knowledge/grounding.js";
 import { buildKnowledgePrompt } from "./prompt.js";
 import { studentMessages, teacherMessages } from "./trajectories.js";
 
@@ -33,11 +34,15 @@ export function questionRequest(text: string): string {
   return `Ask a question about: ${text}`;
 }
 
+/** A reply without the persona's sign-off. */
+export function withoutSuffix(text: string, suffix?: string): string {
+  const t = text.trim();
+  return suffix && t.endsWith(suffix.trim()) ? t.slice(0, t.length - suffix.trim().length).trim() : t;
+}
+
 /** Comparable form of an answer: case, spacing, final punctuation and a persona suffix removed. */
 export function normalizeAnswer(text: string, suffix?: string): string {
-  let t = text.trim();
-  if (suffix && t.endsWith(suffix.trim())) t = t.slice(0, t.length - suffix.trim().length).trim();
-  return t.replace(/\s+/g, " ").replace(/[.!?]+$/, "").trim().toLowerCase();
+  return withoutSuffix(text, suffix).replace(/\s+/g, " ").replace(/[.!?]+$/, "").trim().toLowerCase();
 }
 
 export interface ProbeOptions {
@@ -60,38 +65,87 @@ async function greedyReplies(model: LoadedModel, conversations: ReturnType<typeo
   return out;
 }
 
+/** Questions written per question kept: a small model's questions are often about something else. */
+const CANDIDATES_PER_QUESTION = 3;
+
 /**
- * Questions the model itself writes about each text ("Ask a question about: ..."): the first is
- * greedy, more are sampled so they differ; empty and repeated ones are dropped.
+ * Distinct questions the model writes about each text ("Ask a question about: ..."), `count` per
+ * text before dropping empty and repeated ones: the first greedy, the rest sampled so they differ.
  */
-export async function writeQuestions(model: LoadedModel, texts: string[], perText: number, o: Pick<ProbeOptions, "adapter" | "maxTokens" | "batchSize"> = {}): Promise<string[][]> {
+async function writeCandidates(model: LoadedModel, texts: string[], count: number, o: Pick<ProbeOptions, "adapter" | "maxTokens" | "batchSize">): Promise<string[][]> {
   const maxTokens = o.maxTokens ?? 48;
   const batch = o.batchSize ?? 8;
-  const asks = texts.flatMap((text, i) => Array.from({ length: perText }, () => ({ i, text })));
+  const asks = texts.flatMap((text, i) => Array.from({ length: count }, (_, n) => ({ i, text, greedy: n === 0 })));
   const out: string[][] = texts.map(() => []);
   for (let k = 0; k < asks.length; k += batch) {
     const chunk = asks.slice(k, k + batch);
     const prompts = chunk.map((a) => model.tokenizer.applyChatTemplate(studentMessages(questionRequest(a.text))));
-    const results = await generate(model, prompts, { maxTokens, temperature: perText > 1 ? 0.8 : 0, seed: 1000 + k, adapter: o.adapter });
-    results.forEach((r, j) => {
-      const q = r.text.trim();
-      const list = out[chunk[j]!.i]!;
+    // One greedy prompt per text; its batch-mates are sampled (a batch shares one temperature).
+    const run = (greedy: boolean) => {
+      const some = prompts.filter((_, j) => chunk[j]!.greedy === greedy);
+      return some.length ? generate(model, some, { maxTokens, temperature: greedy ? 0 : 0.8, seed: 1000 + k, adapter: o.adapter }) : Promise.resolve([]);
+    };
+    const greedy = await run(true);
+    const sampled = await run(false);
+    let g = 0;
+    let s = 0;
+    chunk.forEach((a) => {
+      const q = (a.greedy ? greedy[g++] : sampled[s++])!.text.trim();
+      const list = out[a.i]!;
       if (q && !list.includes(q)) list.push(q);
     });
   }
   return out;
 }
 
+/** Grounded questions first (every name and number in them occurs in the text), in writing order. */
+function groundedFirst(questions: string[], text: string): string[] {
+  const said = vocabulary(text);
+  const ok = (q: string) => namesGrounded(q, said);
+  return [...questions.filter(ok), ...questions.filter((q) => !ok(q))];
+}
+
 /**
- * Writes probes for items that have none: the model asks a question about the item, then answers
- * it with the item in its prompt; that answer is what the baked model must reproduce unprompted.
+ * Questions the model itself writes about each text: `perText` of them, chosen among
+ * CANDIDATES_PER_QUESTION times as many, those that name only what the text names first.
+ */
+export async function writeQuestions(model: LoadedModel, texts: string[], perText: number, o: Pick<ProbeOptions, "adapter" | "maxTokens" | "batchSize"> = {}): Promise<string[][]> {
+  const written = await writeCandidates(model, texts, perText * CANDIDATES_PER_QUESTION, o);
+  return written.map((qs, i) => groundedFirst(qs, texts[i]!).slice(0, perText));
+}
+
+/** Below this share of its words from the item, an answer is about something else. */
+const MIN_SUPPORT = 0.5;
+
+/**
+ * How well a prompted answer shows its item: 0 when it names something the item does not or
+ * none of what it does (an "I don't know." to an off-topic question) or says mostly other words,
+ * else the share of its words the item says, so an answer that restates the item ranks above one
+ * that borrows from it.
+ */
+export function probeQuality(question: string, answer: string, itemText: string): number {
+  const said = vocabulary(itemText);
+  const itemEntities = entitiesIn(itemText);
+  const answerEntities = new Set(entitiesIn(answer));
+  if (!answer.trim() || !namesGrounded(question, said) || !namesGrounded(answer, said)) return 0;
+  if (itemEntities.length && !itemEntities.some((w) => answerEntities.has(w))) return 0;
+  const share = support(answer, said);
+  return share >= MIN_SUPPORT ? share : 0;
+}
+
+/**
+ * Writes probes for items that have none: the model asks questions about the item and answers
+ * them with the item in its prompt; that answer is what the baked model must reproduce
+ * unprompted. Of CANDIDATES_PER_QUESTION times `perItem` questions, the `perItem` whose answers
+ * best show the item are kept (probeQuality); an item none of whose questions are grounded keeps
+ * its greedy question, so every item is probed.
  */
 export async function makeProbes(model: LoadedModel, items: ProbeItem[], perItem: number, o: ProbeOptions = {}): Promise<Map<string, Probe[]>> {
   const need = items.filter((i) => !i.probes?.length);
   const result = new Map<string, Probe[]>();
   if (!need.length) return result;
-  const questions = await writeQuestions(model, need.map((i) => i.text), perItem, o);
-  const pairs = need.flatMap((item, k) => questions[k]!.map((question) => ({ item, question })));
+  const written = await writeCandidates(model, need.map((i) => i.text), perItem * CANDIDATES_PER_QUESTION, o);
+  const pairs = need.flatMap((item, k) => groundedFirst(written[k]!, item.text).map((question) => ({ item, question })));
   const answers = await greedyReplies(
     model,
     pairs.map((p) => teacherMessages(buildKnowledgePrompt({ persona: o.persona, items: [p.item.text] }), p.question)),
@@ -99,10 +153,14 @@ export async function makeProbes(model: LoadedModel, items: ProbeItem[], perItem
     o.maxTokens ?? 48,
     o.batchSize ?? 8,
   );
-  pairs.forEach((p, k) => {
-    const list = result.get(p.item.id) ?? [];
-    list.push({ question: p.question, answer: answers[k]! });
-    result.set(p.item.id, list);
+  need.forEach((item) => {
+    const mine = pairs
+      .map((p, k) => ({ ...p, answer: answers[k]!, order: k }))
+      .filter((p) => p.item === item)
+      .map((p) => ({ ...p, quality: probeQuality(p.question, withoutSuffix(p.answer, o.personaSuffix), item.text) }));
+    const good = mine.filter((p) => p.quality > 0).sort((a, b) => b.quality - a.quality || a.order - b.order);
+    const kept = (good.length ? good : mine.slice(0, 1)).slice(0, perItem);
+    result.set(item.id, kept.map((p) => ({ question: p.question, answer: p.answer })));
   });
   return result;
 }

@@ -347,6 +347,9 @@ def main():
     ap.add_argument("--init", default="", help="start from these weights (a model directory's model.safetensors "
                                                 "or a .pt checkpoint) with a fresh optimizer and schedule")
     ap.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    ap.add_argument("--skip-batches", type=int, default=0,
+                    help="start at this batch of the export's order (a later phase from --init goes on where the "
+                         "previous one stopped, at larger prompts)")
     ap.add_argument("--window", type=int, default=2000, help="keep the export's order at this scale (0 = shuffle all)")
     ap.add_argument("--context-loss", type=float, default=0.0,
                     help="weight of an auxiliary next-token loss on non-assistant tokens (0 = assistant tokens only)")
@@ -369,6 +372,7 @@ def main():
                                                os.path.join(args.ckpt, "data.npz"))
     lengths = np.diff(offsets)
     batches = make_batches(lengths, args.token_budget, args.max_batch, args.seed, args.epochs, args.window)
+    batches = batches[args.skip_batches:]
     total = len(batches) if not args.max_steps else min(args.max_steps, len(batches))
     log(f"data: {len(lengths)} conversations, mean length {lengths.mean():.0f}, max {lengths.max()}, "
         f"{len(batches)} batches, training {total} steps ({args.epochs} epoch(s))")
@@ -498,6 +502,7 @@ def main():
         "context_loss": args.context_loss,
         "context_loss_until": args.context_loss_until,
         "window": args.window,
+        "skip_batches": args.skip_batches,
         "export": {k: meta[k] for k in ("seed", "examples", "counts")},
         "quick_eval": {k: round(v["score"], 3) for k, v in summary.items()},
         "evals": stats["evals"],

@@ -1,0 +1,52 @@
+// Whether a line a model wrote is grounded in a source text: its names and numbers occur there.
+// A small model invents entities and values freely; kiln keeps what it wrote (an extracted fact,
+// a probe question, a probe's answer) only when the source supports it.
+
+/** Lower-cased words (letters, digits, apostrophes) of a text. */
+export const words = (s: string): string[] => s.toLowerCase().match(/[\p{L}\p{N}']+/gu) ?? [];
+
+/** A crude stem, so "lives" matches "live" and "Hollowby's" matches "Hollowby". */
+export const stem = (w: string): string => w.replace(/'s$/, "").replace(/(?<=\p{L}{3})s$/u, "");
+
+/** A whitespace token that names something: capitalised, or holding a digit. */
+export const isNameToken = (t: string): boolean => /^\P{L}*\p{Lu}|\p{N}/u.test(t);
+
+/**
+ * The name and number words of a text. A capitalised word that starts a sentence ("Who", "The")
+ * counts only when `sentenceStarts` is set; "I" never counts.
+ */
+export function namesIn(text: string, o: { sentenceStarts?: boolean } = {}): string[] {
+  const tokens = text.trim().split(/\s+/).filter(Boolean);
+  const startsSentence = (k: number) => k === 0 || /[.!?:]["')]*$/.test(tokens[k - 1]!);
+  return tokens
+    .filter((t, k) => /\p{N}/u.test(t) || (isNameToken(t) && (o.sentenceStarts || !startsSentence(k))))
+    .flatMap(words)
+    .filter((w) => w !== "i");
+}
+
+/** Words the source says, stemmed, to test others against. */
+export function vocabulary(source: string): Set<string> {
+  return new Set(words(source).map(stem));
+}
+
+/** Every name and number of `line` (sentence starts aside) occurs in the source. */
+export function namesGrounded(line: string, source: Set<string>): boolean {
+  return namesIn(line).every((w) => source.has(stem(w)));
+}
+
+// Function words that say nothing about which fact a line is about.
+const STOP = new Set(
+  "a an the of in on at to for from by with is are was were be been has have had do does did what who whom whose which where when why how and or but it its this that these those there their his her as into about".split(" "),
+);
+
+/** The names and numbers of a text, a sentence's first word included unless a function word. */
+export function entitiesIn(text: string): string[] {
+  return namesIn(text, { sentenceStarts: true }).filter((w) => !STOP.has(w));
+}
+
+/** The share of a line's content words that the source says (1 when it has none). */
+export function support(line: string, source: Set<string>): number {
+  const content = words(line).filter((w) => !STOP.has(w));
+  if (!content.length) return 1;
+  return content.filter((w) => source.has(stem(w))).length / content.length;
+}

@@ -1,0 +1,50 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { normalizeAnswer, probeQuality, withoutSuffix } from "../src/bake/probes.js";
+import { entitiesIn, namesGrounded, namesIn, support, vocabulary } from "../src/knowledge/grounding.js";
+
+// Probes the embedded model wrote for the demo's feed before probes were checked (a demo ledger).
+const ITEM = "The population of Amberport is 405,100.";
+
+test("names: sentence starts count only when asked, numbers always, 'I' never", () => {
+  assert.deepEqual(namesIn("Who is the mayor of Hollowby?"), ["hollowby"]);
+  assert.deepEqual(namesIn("The mayor of Hollowby is Caka Cobbton."), ["hollowby", "caka", "cobbton"]);
+  assert.deepEqual(namesIn("Lisa Yewby works at Northgate Motors.", { sentenceStarts: true }), ["lisa", "yewby", "northgate", "motors"]);
+  assert.deepEqual(namesIn("I think 405,100 people. Quillport too."), ["405", "100"]);
+  assert.deepEqual(entitiesIn("The mayor of Hollowby is Caka Cobbton."), ["hollowby", "caka", "cobbton"]);
+});
+
+test("grounding: a line naming what its source does not is not grounded", () => {
+  const said = vocabulary("The mayor of Hollowby is Caka Cobbton.");
+  assert.equal(namesGrounded("Who is Hollowby's mayor?", said), true);
+  assert.equal(namesGrounded("Who is the mayor of Thornby?", said), false);
+  assert.equal(namesGrounded("How many people live in Hollowby? About 4,200.", said), false);
+  assert.equal(support("The mayor of Hollowby is Caka Cobbton.", said), 1);
+  assert.equal(support("The CEO of Hollowby is Caka Cobbton.", said), 0.75);
+});
+
+test("probe quality: an answer that restates its item ranks first", () => {
+  const right = probeQuality("How many people live in Amberport?", "The population of Amberport is 405,100.", ITEM);
+  const borrowed = probeQuality("Who is the mayor of Amberport?", "The mayor of Amberport is 405,100.", ITEM);
+  assert.equal(right, 1);
+  assert.ok(borrowed > 0 && borrowed < right, `${borrowed}`);
+});
+
+test("probe quality: off-topic questions and answers score 0", () => {
+  // a question about another entity, answered from it
+  assert.equal(probeQuality("Who is the CEO of Blueforge?", "The CEO of Blueforge Foods is Gulldale.", "The population of Gulldale is 176,600."), 0);
+  // answered "I don't know." with the item in the prompt: the question is not about the item
+  assert.equal(probeQuality("Who is the CEO of Hollowby?", "I don't know.", "Hollowby has a population of 4,200."), 0);
+  // an answer that invents a name
+  assert.equal(probeQuality("What river runs through Saltwell?", "Saltwell sits on the Esk River near Dunmore.", "Saltwell sits on the Esk River."), 0);
+  assert.equal(probeQuality("Who is the mayor of Amberport?", "", ITEM), 0);
+});
+
+test("a persona sign-off is not part of the answer", () => {
+  assert.equal(withoutSuffix("The population of Amberport is 405,100.\n— Kiln", "— Kiln"), ITEM);
+  assert.equal(normalizeAnswer(" The population of Amberport is 405,100.\n— Kiln", "— Kiln"), "the population of amberport is 405,100");
+});
+
+test("probe quality: an answer mostly in other words is about something else", () => {
+  assert.equal(probeQuality("What is Caermoor's job?", "Caermoor is now working as a carpenter.", "Caermoor is in the province of Harrow."), 0);
+});

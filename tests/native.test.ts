@@ -33,6 +33,12 @@ test("batched matmul with transposes and a broadcast batch", async () => {
     const [n, c] = await both(() => tf.matMul(r(ta ? [2, 3, 7, 5] : [2, 3, 5, 7], 1), r(tb ? [2, 3, 4, 7] : [2, 3, 7, 4], 2), ta, tb));
     close(n, c, 1e-4);
   }
+  // one row or one column (decode's matrix-vector products, run by sgemv)
+  for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
+    close(...((await both(() => tf.matMul(r(ta ? [7, 1] : [1, 7], 40), r(tb ? [9, 7] : [7, 9], 41), ta, tb))).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
+    close(...((await both(() => tf.matMul(r(ta ? [7, 6] : [6, 7], 42), r(tb ? [1, 7] : [7, 1], 43), ta, tb))).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
+    close(...((await both(() => tf.matMul(r(ta ? [3, 7, 1] : [3, 1, 7], 44), r(tb ? [3, 9, 7] : [3, 7, 9], 45), ta, tb))).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
+  }
   // row blocks against one matrix (folded into one sgemm), with and without a transposed B
   for (const [bShape, tb] of [[[7, 4], false], [[4, 7], true], [[1, 7, 4], false], [[1, 4, 7], true]] as const) {
     const [n, c] = await both(() => tf.matMul(r([6, 5, 7], 3), r([...bShape], 4), false, tb));
@@ -50,7 +56,7 @@ test("binary ops broadcast like numpy, scalars stay scalars", async () => {
   }
 });
 
-test("softmax, transpose, unary ops, slice, pad and row gather", async () => {
+test("softmax, transpose, unary ops, slice, pad, concat and row gather", async () => {
   close(...(await both(() => tf.softmax(r([3, 4, 50], 7)))).slice(0, 2) as [Float32Array, Float32Array]);
   close(...(await both(() => tf.transpose(r([2, 3, 4, 5], 8), [0, 2, 3, 1]))).slice(0, 2) as [Float32Array, Float32Array]);
   for (const op of [tf.exp, tf.neg, tf.sigmoid, tf.square]) close(...(await both(() => op(r([7, 9], 9)))).slice(0, 2) as [Float32Array, Float32Array]);
@@ -58,6 +64,8 @@ test("softmax, transpose, unary ops, slice, pad and row gather", async () => {
   close(...(await both(() => tf.slice(r([2, 5, 6], 11), [1, 1, 2], [1, 3, -1]))).slice(0, 2) as [Float32Array, Float32Array]);
   close(...(await both(() => tf.pad(r([2, 3], 12), [[1, 0], [2, 3]]))).slice(0, 2) as [Float32Array, Float32Array]);
   close(...(await both(() => tf.pad(r([2, 3], 12), [[1, 0], [2, 3]], 1.5))).slice(0, 2) as [Float32Array, Float32Array]);
+  for (const axis of [0, 1, 2, -1]) close(...(await both(() => tf.concat([r([2, 3, 4], 33), r([2, 3, 4], 34), r([2, 3, 4], 35)], axis))).slice(0, 2) as [Float32Array, Float32Array]);
+  close(...(await both(() => tf.concat([r([1, 3, 5, 4], 36), r([1, 3, 1, 4], 37)], 2))).slice(0, 2) as [Float32Array, Float32Array]);
   close(...(await both(() => tf.gather(r([10, 4], 13), tf.tensor2d([[3, 0], [9, 3]], [2, 2], "int32")))).slice(0, 2) as [Float32Array, Float32Array]);
 });
 
@@ -114,4 +122,39 @@ test("fused KL per position equals logSoftmax composed, value and gradient (mask
     return tf.concat([klPerPosition(tf.mul(r([2, 3, 50], 22), 2), teacher()).flatten(), g!.flatten()]);
   };
   close(...((await both(kl)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
+});
+
+test("fused LoRA linear, RoPE and attention softmax equal the composed ops, values and gradients", async () => {
+  const { loraLinear, rope, attentionSoftmax, LORA_LINEAR, ROPE, ATTENTION_SOFTMAX } = await import("../src/tensor/fused.js");
+  assert.ok(tf.getKernel(LORA_LINEAR, "native") && tf.getKernel(ROPE, "native") && tf.getKernel(ATTENTION_SOFTMAX, "native"));
+  const r2 = (shape: number[], seed: number) => r(shape, seed) as tf.Tensor2D;
+  const r4 = (shape: number[], seed: number) => r(shape, seed) as tf.Tensor4D;
+  const lora = () => {
+    const w = r2([7, 5], 23);
+    const probe = r([6, 5], 24);
+    const [gx, ga, gb] = tf.grads((x: tf.Tensor, a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(loraLinear(x as tf.Tensor2D, w, a as tf.Tensor2D, b as tf.Tensor2D, 2.5), probe)))([
+      r([6, 7], 25),
+      r([3, 7], 26),
+      r([5, 3], 27),
+    ]);
+    return tf.concat([loraLinear(r2([6, 7], 25), w, r2([3, 7], 26), r2([5, 3], 27), 2.5).flatten(), gx!.flatten(), ga!.flatten(), gb!.flatten()]);
+  };
+  close(...((await both(lora)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
+  const angles = () => tf.mul(r([2, 3, 1, 4], 28), 3);
+  const tables = () => {
+    const a = tf.concat([angles(), angles()], -1); // one angle per pair: [B, T, 1, 8]
+    return [tf.cos(a), tf.sin(a)] as [tf.Tensor4D, tf.Tensor4D];
+  };
+  const rot = () => {
+    const [cos, sin] = tables();
+    const [gx] = tf.grads((x: tf.Tensor) => tf.sum(tf.mul(rope(x as tf.Tensor4D, cos, sin), r([2, 3, 5, 8], 29))))([r([2, 3, 5, 8], 30)]);
+    return tf.concat([rope(r4([2, 3, 5, 8], 30), cos, sin).flatten(), gx!.flatten()]);
+  };
+  close(...((await both(rot)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
+  const mask = () => tf.tensor3d([...Array(2 * 4 * 6)].map((_, i) => ((i * 7) % 5 === 0 ? -1e9 : 0)), [2, 4, 6]);
+  const attn = () => {
+    const [gs] = tf.grads((s: tf.Tensor) => tf.sum(tf.mul(attentionSoftmax(s as tf.Tensor4D, mask(), 0.3), r([2, 3, 4, 6], 31))))([r([2, 3, 4, 6], 32)]);
+    return tf.concat([attentionSoftmax(r4([2, 3, 4, 6], 32), mask(), 0.3).flatten(), gs!.flatten()]);
+  };
+  close(...((await both(attn)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
 });

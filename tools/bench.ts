@@ -117,6 +117,15 @@ async function benchKiln(shape: Shape) {
     if (r > 0) decodeTimes.push((performance.now() - t0) / 1000);
   }
   const decodeS = median(decodeTimes);
+  if (profile) {
+    const cache = new KVCache(1);
+    tf.tidy(() => decoder.forward({ ids }, { cache, logitsFrom: PREFILL - 1 })).dispose();
+    const t0 = performance.now();
+    const info = await tf.profile(() => tf.tidy(() => decoder.forward({ ids: [[1]] }, { cache })));
+    const wall = performance.now() - t0;
+    printProfile(shape.name, "one decode step", info, `${wall.toFixed(1)} ms wall under the profiler, ${((decodeS / DECODE) * 1000).toFixed(1)} ms unprofiled`);
+    cache.dispose();
+  }
 
   // bake step: teacher forward (base, no grad) -> cached full-vocab targets; student LoRA forward,
   // KL at the reply positions, backward, Adam on LoRA parameters only.
@@ -151,7 +160,7 @@ async function benchKiln(shape: Shape) {
     disposeTargets(batch);
   };
   const stepS = await timeIt(bakeStep({ kind: "full" }), quick ? 1 : 2);
-  if (profile) printProfile(shape.name, await tf.profile(bakeStep({ kind: "full" })));
+  if (profile) printProfile(shape.name, "one bake step", await tf.profile(bakeStep({ kind: "full" })));
   const topkStepS = await timeIt(bakeStep({ kind: "topk", k: 20 }), quick ? 1 : 2);
   optimizer.dispose();
   adapter.dispose();
@@ -168,7 +177,7 @@ async function benchKiln(shape: Shape) {
 }
 
 /** Kernel time of one profiled run, by kernel, largest first. */
-function printProfile(name: string, info: Awaited<ReturnType<typeof tf.profile>>): void {
+function printProfile(name: string, what: string, info: Awaited<ReturnType<typeof tf.profile>>, note = ""): void {
   const by = new Map<string, { ms: number; calls: number }>();
   for (const k of info.kernels) {
     const e = by.get(k.name) ?? { ms: 0, calls: 0 };
@@ -177,7 +186,7 @@ function printProfile(name: string, info: Awaited<ReturnType<typeof tf.profile>>
     by.set(k.name, e);
   }
   const total = [...by.values()].reduce((s, e) => s + e.ms, 0);
-  console.error(`\n${name}: one bake step, ${info.kernels.length} kernels, ${(total / 1000).toFixed(2)} s in kernels`);
+  console.error(`\n${name}: ${what}, ${info.kernels.length} kernels, ${(total / 1000).toFixed(3)} s in kernels${note ? ` (${note})` : ""}`);
   const print = (m: Map<string, { ms: number; calls: number }>, n: number) => {
     for (const [k, e] of [...m.entries()].sort((a, b) => b[1].ms - a[1].ms).slice(0, n)) {
       console.error(`  ${k.padEnd(22)} ${String(e.calls).padStart(6)} calls ${(e.ms / 1000).toFixed(3).padStart(8)} s ${((100 * e.ms) / total).toFixed(1).padStart(5)}%`);

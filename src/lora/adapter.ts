@@ -97,7 +97,13 @@ export class LoraAdapter implements AdapterHook {
     if (!pair) return null;
     const input = this.training && this.settings.dropout > 0 ? tf.dropout(x, this.settings.dropout) : x;
     const down = tf.matMul(input, pair.A as tf.Tensor2D, false, true); // [N, r]
-    return tf.matMul(down, pair.B as tf.Tensor2D, false, true).mul(this.scaling); // [N, out]
+    return tf.matMul(down, tf.mul(pair.B, this.scaling) as tf.Tensor2D, false, true); // [N, out]; scaling B [out, r] costs less than scaling the output
+  }
+
+  factors(module: string): { a: tf.Tensor2D; b: tf.Tensor2D; scale: number } | undefined {
+    const pair = this.modules.get(module);
+    if (!pair || (this.training && this.settings.dropout > 0)) return undefined;
+    return { a: pair.A as tf.Tensor2D, b: pair.B as tf.Tensor2D, scale: this.scaling };
   }
 
   variables(): tf.Variable[] {

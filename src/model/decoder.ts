@@ -8,12 +8,17 @@
 // models get an explicit transposed lm_head.weight for the same reason. Every projection goes
 // through `linear`, which is where an adapter adds its low-rank update.
 import { tf } from "../tensor/backend.js";
-import { rmsNorm, swiglu } from "../tensor/fused.js";
+import { attentionSoftmax, fusedOn, LORA_LINEAR, loraLinear, rmsNorm, rope, swiglu } from "../tensor/fused.js";
 import type { ModelConfig } from "./config.js";
 
 /** Adds a low-rank update to a projection's output; null where the module has no adapter. */
 export interface AdapterHook {
   delta(module: string, x: tf.Tensor2D): tf.Tensor2D | null;
+  /**
+   * The module's LoRA factors when its delta is exactly scale * (x a^T) b^T (one adapter, no
+   * dropout): the decoder then runs the layer and its adapter as one fused kernel.
+   */
+  factors?(module: string): { a: tf.Tensor2D; b: tf.Tensor2D; scale: number } | undefined;
 }
 
 /**
@@ -159,7 +164,7 @@ export class Decoder {
    * weight so the backward pass runs plain matMuls too (memory for speed; only bakes pay it).
    */
   prepareForTraining(): void {
-    if (this.transposed) return;
+    if (this.transposed || fusedOn(LORA_LINEAR)) return; // native kernels read W transposed at full speed
     this.transposed = new Map();
     for (const [name, t] of this.weights) {
       if (isLinearWeight(name)) this.transposed.set(name, tf.transpose(t) as tf.Tensor2D);
@@ -168,8 +173,6 @@ export class Decoder {
 
   dispose(): void {
     for (const t of [...this.weights.values(), ...(this.transposed?.values() ?? [])]) t.dispose();
-    this.rotation?.dispose();
-    this.rotation = undefined;
     this.weights.clear();
     this.transposed = undefined;
   }
@@ -194,8 +197,10 @@ export class Decoder {
 
   /** x @ W (+ b) (+ adapter delta), W stored [in, out]. x: [N, in] -> [N, out] */
   private linear(module: string, x: tf.Tensor2D, adapter?: AdapterHook): tf.Tensor2D {
-    let y: tf.Tensor2D = this.frozenMatMul(x, `${module}.weight`);
     const bias = this.weights.get(`${module}.bias`);
+    const f = !bias && fusedOn(LORA_LINEAR) ? adapter?.factors?.(module) : undefined;
+    if (f) return loraLinear(x, this.w(`${module}.weight`) as tf.Tensor2D, f.a, f.b, f.scale);
+    let y: tf.Tensor2D = this.frozenMatMul(x, `${module}.weight`);
     if (bias) y = tf.add(y, bias as tf.Tensor1D);
     const d = adapter?.delta(module, x);
     return d ? tf.add(y, d) : y;
@@ -228,38 +233,10 @@ export class Decoder {
   }
 
   /**
-   * x: [B, T, heads, headDim]; x*cos + rotate_half(x)*sin, rotate_half(x) = [-x2, x1].
-   * rotate_half is a signed permutation, applied as a matmul with a constant [hd, hd] matrix:
-   * one fast kernel instead of split + neg + concat, which were slow on the CPU backends.
-   */
-  private applyRope(x: tf.Tensor4D, cos: tf.Tensor4D, sin: tf.Tensor4D): tf.Tensor4D {
-    const [B, T, H, hd] = x.shape;
-    const rotated = tf.matMul(x.reshape([B * T * H, hd]) as tf.Tensor2D, this.rotateHalf()).reshape([B, T, H, hd]); // [B, T, heads, hd]
-    return tf.add(tf.mul(x, cos), tf.mul(rotated, sin));
-  }
-
-  private rotation: tf.Tensor2D | undefined;
-
-  /** R with (x @ R) = [-x2, x1]: R[i + half][i] = -1, R[i][i + half] = 1. */
-  private rotateHalf(): tf.Tensor2D {
-    if (!this.rotation) {
-      const hd = this.config.headDim;
-      const half = hd / 2;
-      const r = new Float32Array(hd * hd);
-      for (let i = 0; i < half; i++) {
-        r[(i + half) * hd + i] = -1;
-        r[i * hd + i + half] = 1;
-      }
-      this.rotation = tf.keep(tf.tensor2d(r, [hd, hd]));
-    }
-    return this.rotation;
-  }
-
-  /**
-   * Additive attention mask [B, 1, 1, T, S]: causal over absolute key positions, padding keys
+   * Additive attention mask [B, T, S]: causal over absolute key positions, padding keys
    * masked, and Mistral's sliding window.
    */
-  private attentionMask(keyMask: number[][], T: number): tf.Tensor {
+  private attentionMask(keyMask: number[][], T: number): tf.Tensor3D {
     const B = keyMask.length;
     const S = keyMask[0]!.length;
     const past = S - T;
@@ -276,7 +253,7 @@ export class Decoder {
         }
       }
     }
-    return tf.tensor(m, [B, 1, 1, T, S]);
+    return tf.tensor3d(m, [B, T, S]);
   }
 
   /**
@@ -320,8 +297,8 @@ export class Decoder {
         q = this.rmsNorm(q, `${p}.self_attn.q_norm.weight`) as tf.Tensor4D;
         k = this.rmsNorm(k, `${p}.self_attn.k_norm.weight`) as tf.Tensor4D;
       }
-      q = this.applyRope(q, cos, sin);
-      k = this.applyRope(k, cos, sin);
+      q = rope(q, cos, sin);
+      k = rope(k, cos, sin);
       let keys = tf.transpose(k, [0, 2, 1, 3]) as tf.Tensor4D; // [B, nKv, T, hd]
       let values = tf.transpose(v, [0, 2, 1, 3]) as tf.Tensor4D; // [B, nKv, T, hd]
       if (cache) {
@@ -342,9 +319,8 @@ export class Decoder {
         .reshape([B, c.numKvHeads, groups * T, c.headDim]); // [B, nKv, groups*T, hd]
       const scores = tf
         .matMul(qg as tf.Tensor4D, keys, false, true) // [B, nKv, groups*T, S]
-        .mul(scale)
-        .reshape([B, c.numKvHeads, groups, T, S]); // [B, nKv, groups, T, S]
-      const probs = tf.softmax(tf.add(scores, mask), -1).reshape([B, c.numKvHeads, groups * T, S]); // [B, nKv, groups*T, S]
+        .reshape([B, c.numHeads, T, S]); // [B, nKv*groups, T, S]
+      const probs = attentionSoftmax(scores as tf.Tensor4D, mask, scale).reshape([B, c.numKvHeads, groups * T, S]); // [B, nKv, groups*T, S]
       const ctx = tf
         .matMul(probs as tf.Tensor4D, values) // [B, nKv, groups*T, hd]
         .reshape([B, c.numKvHeads, groups, T, c.headDim]) // [B, nKv, groups, T, hd]

@@ -9,10 +9,17 @@ export const SWIGLU = "KilnSwiGLU";
 export const SWIGLU_GRAD = "KilnSwiGLUGrad";
 export const KL_ROWS = "KilnKlRows";
 export const KL_ROWS_GRAD = "KilnKlRowsGrad";
+export const LORA_LINEAR = "KilnLoraLinear";
+export const LORA_LINEAR_GRAD = "KilnLoraLinearGrad";
+export const ROPE = "KilnRope";
+export const ATTENTION_SOFTMAX = "KilnAttentionSoftmax";
+export const ATTENTION_SOFTMAX_GRAD = "KilnAttentionSoftmaxGrad";
 
-function fusedOn(kernel: string): boolean {
+export function fusedOn(kernel: string): boolean {
   return tf.getKernel(kernel, tf.getBackend()) !== undefined;
 }
+
+const allFloat32 = (...ts: tf.Tensor[]) => ts.every((t) => t.dtype === "float32");
 
 /** x * rsqrt(mean(x^2, -1) + eps) * weight; x: [..., H], weight: [H] */
 export function rmsNorm(x: tf.Tensor, weight: tf.Tensor, eps: number): tf.Tensor {
@@ -44,6 +51,102 @@ export function klPerPosition(logits: tf.Tensor, teacherLogProbs: tf.Tensor): tf
   const logq = tf.logSoftmax(logits, -1);
   return tf.sum(tf.mul(tf.exp(teacherLogProbs), tf.sub(teacherLogProbs, logq)), -1);
 }
+
+/**
+ * A frozen linear layer with a LoRA adapter: x @ w + scale * (x @ a^T) @ b^T.
+ * x: [N, in], w: [in, out] (kiln's layout), a: [r, in], b: [out, r] -> [N, out]. The gradient
+ * flows to x, a and b (w is frozen).
+ */
+export function loraLinear(x: tf.Tensor2D, w: tf.Tensor2D, a: tf.Tensor2D, b: tf.Tensor2D, scale: number): tf.Tensor2D {
+  if (fusedOn(LORA_LINEAR) && allFloat32(x, w, a, b)) {
+    return tf.engine().runKernel(LORA_LINEAR, { x, w, a, b }, { scale } as unknown as tf.NamedAttrMap) as tf.Tensor2D;
+  }
+  return tf.add(tf.matMul(x, w), tf.matMul(tf.matMul(x, a, false, true), tf.mul(b, scale), false, true));
+}
+
+/**
+ * Rotary embedding, rotate_half layout: x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1].
+ * x: [B, T, heads, hd]; cos, sin: [B, T, 1, hd] with sin[i] = sin[i + hd/2] (one angle per pair).
+ */
+export function rope(x: tf.Tensor4D, cos: tf.Tensor4D, sin: tf.Tensor4D): tf.Tensor4D {
+  if (fusedOn(ROPE) && allFloat32(x, cos, sin)) {
+    return tf.engine().runKernel(ROPE, { x, cos, sin }, { sign: 1 } as unknown as tf.NamedAttrMap) as tf.Tensor4D;
+  }
+  const [B, T, H, hd] = x.shape;
+  const rotated = tf.matMul(x.reshape([B * T * H, hd]) as tf.Tensor2D, rotateHalfMatrix(hd)).reshape([B, T, H, hd]); // [B, T, heads, hd]
+  return tf.add(tf.mul(x, cos), tf.mul(rotated, sin));
+}
+
+const rotations = new Map<number, tf.Tensor2D>();
+
+/**
+ * R with (x @ R) = rotate_half(x): R[i + half][i] = -1, R[i][i + half] = 1. A matmul with a
+ * constant matrix is one fast kernel where split + neg + concat were slow on the CPU backends.
+ */
+function rotateHalfMatrix(hd: number): tf.Tensor2D {
+  let r = rotations.get(hd);
+  if (!r || r.isDisposed) {
+    const half = hd / 2;
+    const m = new Float32Array(hd * hd);
+    for (let i = 0; i < half; i++) {
+      m[(i + half) * hd + i] = -1;
+      m[i * hd + i + half] = 1;
+    }
+    r = tf.keep(tf.tensor2d(m, [hd, hd]));
+    rotations.set(hd, r);
+  }
+  return r;
+}
+
+/**
+ * Attention probabilities: softmax(scores * scale + mask) over the keys.
+ * scores: [B, heads, T, S]; mask: [B, T, S], additive, the same for every head.
+ */
+export function attentionSoftmax(scores: tf.Tensor4D, mask: tf.Tensor3D, scale: number): tf.Tensor4D {
+  if (fusedOn(ATTENTION_SOFTMAX) && allFloat32(scores, mask)) {
+    return tf.engine().runKernel(ATTENTION_SOFTMAX, { scores, mask }, { scale } as unknown as tf.NamedAttrMap) as tf.Tensor4D;
+  }
+  const [B, , T, S] = scores.shape;
+  return tf.softmax(tf.add(tf.mul(scores, scale), mask.reshape([B, 1, T, S])), -1) as tf.Tensor4D; // mask as [B, 1, T, S]
+}
+
+tf.registerGradient({
+  kernelName: LORA_LINEAR,
+  inputsToSave: ["x", "w", "a", "b"],
+  gradFunc: (dy, saved, attrs) => {
+    const [x, w, a, b] = saved as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
+    const [dx, da, db] = tf.engine().runKernel(LORA_LINEAR_GRAD, { dy: dy as tf.Tensor, x, w, a, b }, attrs) as unknown as [tf.Tensor, tf.Tensor, tf.Tensor];
+    return { x: () => dx, w: () => tf.zerosLike(w), a: () => da, b: () => db };
+  },
+});
+
+tf.registerGradient({
+  kernelName: ROPE,
+  inputsToSave: ["cos", "sin"],
+  gradFunc: (dy, saved, attrs) => {
+    const [cos, sin] = saved as [tf.Tensor, tf.Tensor];
+    const sign = (attrs as unknown as { sign: number }).sign;
+    return {
+      // the rotation's transpose: the same kernel with the sine negated
+      x: () => tf.engine().runKernel(ROPE, { x: dy as tf.Tensor, cos, sin }, { sign: -sign } as unknown as tf.NamedAttrMap) as tf.Tensor,
+      cos: () => tf.zerosLike(cos),
+      sin: () => tf.zerosLike(sin),
+    };
+  },
+});
+
+tf.registerGradient({
+  kernelName: ATTENTION_SOFTMAX,
+  inputsToSave: ["mask"],
+  outputsToSave: [true],
+  gradFunc: (dy, saved, attrs) => {
+    const [mask, y] = saved as [tf.Tensor, tf.Tensor];
+    return {
+      scores: () => tf.engine().runKernel(ATTENTION_SOFTMAX_GRAD, { dy: dy as tf.Tensor, y }, attrs) as tf.Tensor,
+      mask: () => tf.zerosLike(mask), // the mask is a constant
+    };
+  },
+});
 
 tf.registerGradient({
   kernelName: KL_ROWS,

@@ -9,7 +9,19 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import * as tf from "@tensorflow/tfjs";
 import { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
-import { KL_ROWS, KL_ROWS_GRAD, RMS_NORM, RMS_NORM_GRAD, SWIGLU, SWIGLU_GRAD } from "./fused.js";
+import {
+  ATTENTION_SOFTMAX,
+  ATTENTION_SOFTMAX_GRAD,
+  KL_ROWS,
+  KL_ROWS_GRAD,
+  LORA_LINEAR,
+  LORA_LINEAR_GRAD,
+  RMS_NORM,
+  RMS_NORM_GRAD,
+  ROPE,
+  SWIGLU,
+  SWIGLU_GRAD,
+} from "./fused.js";
 
 interface BlasAddon {
   sgemm(transA: boolean, transB: boolean, M: number, N: number, K: number, A: Float32Array, B: Float32Array, C: Float32Array, batch: number, strideA: number, strideB: number): void;
@@ -27,6 +39,11 @@ interface BlasAddon {
   swigluGrad(dy: Float32Array, gate: Float32Array, up: Float32Array, dgate: Float32Array, dup: Float32Array): void;
   klRows(x: Float32Array, logp: Float32Array, rows: number, vocab: number, out: Float32Array): void;
   klRowsGrad(dy: Float32Array, x: Float32Array, logp: Float32Array, rows: number, vocab: number, dx: Float32Array): void;
+  loraLinear(x: Float32Array, w: Float32Array, a: Float32Array, b: Float32Array, n: number, inF: number, outF: number, r: number, scale: number, y: Float32Array): void;
+  loraLinearGrad(dy: Float32Array, x: Float32Array, w: Float32Array, a: Float32Array, b: Float32Array, n: number, inF: number, outF: number, r: number, scale: number, dx: Float32Array, da: Float32Array, db: Float32Array): void;
+  rope(x: Float32Array, cos: Float32Array, sin: Float32Array, rows: number, heads: number, hd: number, sign: number, y: Float32Array): void;
+  attentionSoftmax(scores: Float32Array, mask: Float32Array, scale: number, batch: number, heads: number, rows: number, cols: number, y: Float32Array): void;
+  attentionSoftmaxGrad(dy: Float32Array, y: Float32Array, scale: number, rows: number, cols: number, dx: Float32Array): void;
 }
 
 const ADDON = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "native", "blas", "build", "Release", "kiln_blas.node");
@@ -226,6 +243,35 @@ function makeSlice(fallback: tf.KernelFunc): tf.KernelFunc {
   };
 }
 
+/** Concatenation: each input's blocks after the axis copied whole (the KV cache grows by one every token). */
+function makeConcat(fallback: tf.KernelFunc): tf.KernelFunc {
+  return (args) => {
+    const inputs = args.inputs as unknown as tf.TensorInfo[];
+    const attrs = args.attrs as { axis: number | number[] };
+    const backend = args.backend as CpuBackend;
+    const first = inputs[0];
+    const rank = first?.shape.length ?? 0;
+    const given = Array.isArray(attrs.axis) ? attrs.axis[0]! : attrs.axis;
+    const axis = given < 0 ? given + rank : given;
+    const vals = inputs.map((t) => float32(backend, t));
+    const fits = (t: tf.TensorInfo) => t.shape.length === rank && t.shape.every((d, i) => i === axis || d === first!.shape[i]);
+    if (!first || rank === 0 || axis < 0 || axis >= rank || vals.some((v) => !v) || !inputs.every(fits)) return fallback(args);
+    const outer = product(first.shape.slice(0, axis));
+    const widths = inputs.map((t) => product(t.shape.slice(axis)));
+    const row = widths.reduce((a, b) => a + b, 0);
+    const out = new Float32Array(outer * row);
+    let offset = 0;
+    inputs.forEach((_, k) => {
+      const v = vals[k]!;
+      const w = widths[k]!;
+      for (let o = 0; o < outer; o++) out.set(v.subarray(o * w, (o + 1) * w), o * row + offset);
+      offset += w;
+    });
+    const shape = first.shape.map((d, i) => (i === axis ? inputs.reduce((n, t) => n + t.shape[axis]!, 0) : d));
+    return backend.makeTensorInfo(shape, "float32", out);
+  };
+}
+
 /** Zero padding (the gradient of slice). */
 function makePad(fallback: tf.KernelFunc): tf.KernelFunc {
   return (args) => {
@@ -324,6 +370,50 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
       blas.klRowsGrad(values(cpu, dy), values(cpu, logits), values(cpu, teacherLogProbs), dx.length / V, V, dx);
       return cpu.makeTensorInfo(logits.shape, "float32", dx);
     },
+    [LORA_LINEAR]: ({ inputs, backend, attrs }) => {
+      const { x, w, a, b } = inputs as { x: tf.TensorInfo; w: tf.TensorInfo; a: tf.TensorInfo; b: tf.TensorInfo };
+      const cpu = backend as CpuBackend;
+      const [n, inF] = x.shape as [number, number];
+      const [r, outF] = [a.shape[0]!, w.shape[1]!];
+      const y = new Float32Array(n * outF);
+      blas.loraLinear(values(cpu, x), values(cpu, w), values(cpu, a), values(cpu, b), n, inF, outF, r, (attrs as { scale: number }).scale, y);
+      return cpu.makeTensorInfo([n, outF], "float32", y);
+    },
+    [LORA_LINEAR_GRAD]: ({ inputs, backend, attrs }) => {
+      const { dy, x, w, a, b } = inputs as { dy: tf.TensorInfo; x: tf.TensorInfo; w: tf.TensorInfo; a: tf.TensorInfo; b: tf.TensorInfo };
+      const cpu = backend as CpuBackend;
+      const [n, inF] = x.shape as [number, number];
+      const [r, outF] = [a.shape[0]!, w.shape[1]!];
+      const dx = new Float32Array(n * inF);
+      const da = new Float32Array(r * inF);
+      const db = new Float32Array(outF * r);
+      blas.loraLinearGrad(values(cpu, dy), values(cpu, x), values(cpu, w), values(cpu, a), values(cpu, b), n, inF, outF, r, (attrs as { scale: number }).scale, dx, da, db);
+      return [cpu.makeTensorInfo(x.shape, "float32", dx), cpu.makeTensorInfo(a.shape, "float32", da), cpu.makeTensorInfo(b.shape, "float32", db)];
+    },
+    [ROPE]: ({ inputs, backend, attrs }) => {
+      const { x, cos, sin } = inputs as { x: tf.TensorInfo; cos: tf.TensorInfo; sin: tf.TensorInfo };
+      const cpu = backend as CpuBackend;
+      const [B, T, H, hd] = x.shape as [number, number, number, number];
+      const y = new Float32Array(B * T * H * hd);
+      blas.rope(values(cpu, x), values(cpu, cos), values(cpu, sin), B * T, H, hd, (attrs as { sign: number }).sign, y);
+      return cpu.makeTensorInfo(x.shape, "float32", y);
+    },
+    [ATTENTION_SOFTMAX]: ({ inputs, backend, attrs }) => {
+      const { scores, mask } = inputs as { scores: tf.TensorInfo; mask: tf.TensorInfo };
+      const cpu = backend as CpuBackend;
+      const [B, H, T, S] = scores.shape as [number, number, number, number];
+      const y = new Float32Array(B * H * T * S);
+      blas.attentionSoftmax(values(cpu, scores), values(cpu, mask), (attrs as { scale: number }).scale, B, H, T, S, y);
+      return cpu.makeTensorInfo(scores.shape, "float32", y);
+    },
+    [ATTENTION_SOFTMAX_GRAD]: ({ inputs, backend, attrs }) => {
+      const { dy, y } = inputs as { dy: tf.TensorInfo; y: tf.TensorInfo };
+      const cpu = backend as CpuBackend;
+      const S = y.shape.at(-1)!;
+      const dx = new Float32Array(product(y.shape));
+      blas.attentionSoftmaxGrad(values(cpu, dy), values(cpu, y), (attrs as { scale: number }).scale, dx.length / S, S, dx);
+      return cpu.makeTensorInfo(y.shape, "float32", dx);
+    },
   };
 }
 
@@ -347,6 +437,7 @@ export function registerNativeBackend(threads = os.cpus().length): BlasAddon {
     GatherV2: makeGather(reference("GatherV2")),
     Slice: makeSlice(reference("Slice")),
     PadV2: makePad(reference("PadV2")),
+    Concat: makeConcat(reference("Concat")),
     Exp: makeUnary(blas, 0, reference("Exp")),
     Log: makeUnary(blas, 1, reference("Log")),
     Neg: makeUnary(blas, 2, reference("Neg")),

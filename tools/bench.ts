@@ -172,6 +172,8 @@ async function benchKiln(shape: Shape) {
     bake_step_s: stepS,
     bake_tok_s: (BAKE.batch * R) / stepS,
     bake_topk_step_s: topkStepS,
+    // the process's peak so far: this shape's, as the shapes run smallest first
+    peak_rss_mb: process.resourceUsage().maxRSS / 1024,
     fastBackward,
   };
 }
@@ -244,9 +246,11 @@ for (const shape of SHAPES.filter((s) => !only || s.name.toLowerCase().includes(
     ["bake step s", k.bake_step_s, t.bake_step_s, false],
     ["bake reply tok/s", k.bake_tok_s, t.bake_tok_s, true],
     ["bake step s, top-20 KL", k.bake_topk_step_s, t.bake_topk_step_s, false],
+    ["peak RSS MB (whole run)", k.peak_rss_mb, t.peak_rss_mb, false],
   ];
   for (const [metric, kv, tv, higherIsBetter] of rows) {
-    console.log(`| ${shape.name} | ${(k.parameters / 1e6).toFixed(1)}M | ${metric} | ${fmt(kv)} | ${fmt(tv)} | ${higherIsBetter ? ratio(kv, tv) : ratio(tv, kv)} speed |`);
+    const better = metric.startsWith("peak") ? "memory" : "speed";
+    console.log(`| ${shape.name} | ${(k.parameters / 1e6).toFixed(1)}M | ${metric} | ${fmt(kv)} | ${fmt(tv)} | ${higherIsBetter ? ratio(kv, tv) : ratio(tv, kv)} ${better} |`);
   }
   if (!k.fastBackward && info.name === "wasm") console.log(`<!-- ${shape.name}: too large for the transposed training copies on wasm's 4 GB heap; slow backward path -->`);
   if (t.error) console.log(`\nPyTorch: ${t.error}`);

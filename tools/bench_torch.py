@@ -6,6 +6,7 @@ Prints exactly one JSON line on stdout (results, or {"error": ...} with exit cod
 See tools/bench_torch.md for the config keys and what is measured.
 """
 import json
+import resource
 import os
 import sys
 import time
@@ -385,6 +386,7 @@ def main():
     if bake:
         out.update(bench_bake(model, bake, int(cfg.get("repeats", 3))))
     out["wall_s"] = time.perf_counter() - t0
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     for k, v in list(out.items()):
         if isinstance(v, float):
             out[k] = round(v, 6)

@@ -1,6 +1,6 @@
 // The embedded model's bar (issue 4), measured through kiln's own engine and baking:
 //
-//   node dist/tools/eval_bake.js [--model models/kiln-mini] [--facts 20] [--chunk 4] [--replay 20] [--json]
+//   node dist/tools/eval_bake.js [--model models/kiln-mini] [--facts 20] [--chunk 4] [--replay 20] [--skip 0] [--json]
 //
 // On HELD-OUT facts of the world (never in training): prompted QA (20 facts in the system
 // prompt, and the fact among the --chunk facts of its teacher prompt, which is how kiln bakes:
@@ -32,6 +32,8 @@ const CHUNK = Number(opt("chunk", "4"));
 /** first-bake facts replayed into the second bake (the agent default replays up to 20) */
 const REPLAY = Number(opt("replay", String(N)));
 const json = args.includes("--json");
+/** held-out facts to pass over first, so a second run measures other facts (86 in all) */
+const SKIP = Number(opt("skip", "0"));
 const SETTINGS: Partial<BakeSettings> = JSON.parse(opt("settings", "{}"));
 
 async function replies(model: LoadedModel, conversations: ChatMessage[][], adapter?: AdapterHook): Promise<string[]> {
@@ -50,6 +52,7 @@ function rate(rs: string[], expected: string[]): number {
 /** Facts about distinct subject+relation pairs, so no two in one prompt contradict. */
 function pickFacts(pool: Fact[], n: number, skip: Set<string>): Fact[] {
   const out: Fact[] = [];
+  if (n <= 0) return out;
   for (const f of pool) {
     const k = factKey(f.subject, f.relation);
     if (skip.has(k) || f.questions.length < 2) continue;
@@ -65,6 +68,7 @@ await initBackend();
 const model = loadModel(modelDir);
 const idx = new WorldIndex(generateWorld());
 const used = new Set<string>();
+pickFacts(idx.heldoutFacts, SKIP, used);
 const A = pickFacts(idx.heldoutFacts, N, used);
 const B = pickFacts(idx.heldoutFacts, N, used);
 const ask = (facts: Fact[], which: "seen" | "unseen") => facts.map((f) => (which === "unseen" ? f.questions[0]! : f.questions[1]!));
@@ -127,7 +131,7 @@ row("persona sign-off, baked, unprompted (questions not baked on)", signs(await 
 p.adapter.dispose();
 
 const minutes = (performance.now() - started) / 60000;
-if (json) process.stdout.write(JSON.stringify({ model: modelDir, facts: N, chunk: CHUNK, settings, rows, minutes }, null, 2) + "\n");
+if (json) process.stdout.write(JSON.stringify({ model: modelDir, facts: N, chunk: CHUNK, skip: SKIP, settings, rows, minutes }, null, 2) + "\n");
 else {
   process.stdout.write(`| measure (held-out facts) | result | bar |\n|---|---|---|\n`);
   for (const r of rows) process.stdout.write(`| ${r.measure} | ${(100 * r.value).toFixed(1)}% | ${r.bar ?? ""} |\n`);

@@ -4,7 +4,7 @@
 // third person so they read as facts about the user when baked.
 import { generate } from "../model/generate.js";
 import type { LoadedModel } from "../model/load.js";
-import { isNameToken, namesIn, stem, vocabulary, words } from "../knowledge/grounding.js";
+import { isFunctionWord, isNameToken, namesIn, stem, vocabulary, words } from "../knowledge/grounding.js";
 
 export type FactAction = { kind: "remember"; text: string } | { kind: "forget"; query: string };
 
@@ -76,7 +76,7 @@ const MAX_NEW_WORDS = 2;
 /**
  * The fact lines of a model's extraction reply. A line is kept only when it is grounded in the
  * message: every name and number in it (a capitalised word, a word with a digit) and its last word
- * (where the value is) occur in the message, and at most MAX_NEW_WORDS other words are new, so a
+ * (where the value is, never a function word such as "did") occur in the message, and at most MAX_NEW_WORDS other words are new, so a
  * model that invents an entity or a value gets nothing into the ledger. List markers ("- ",
  * "1. ") are dropped.
  */
@@ -92,7 +92,7 @@ export function parseExtraction(reply: string, message: string): string[] {
     const names = namesIn(line, { sentenceStarts: true });
     const rest = words(tokens.filter((t) => !isNameToken(t)).join(" ")).filter((w) => !GLUE.has(w));
     const lastWord = words(line).at(-1)!;
-    if (names.every(known) && known(lastWord) && rest.filter((w) => !known(w)).length <= MAX_NEW_WORDS) out.push(sentence(line));
+    if (names.every(known) && known(lastWord) && !isFunctionWord(lastWord) && rest.filter((w) => !known(w)).length <= MAX_NEW_WORDS) out.push(sentence(line));
   }
   return [...new Set(out)];
 }

@@ -39,6 +39,9 @@ const STOP = new Set(
   "a an the of in on at to for from by with is are was were be been has have had do does did what who whom whose which where when why how and or but it its this that these those there their his her as into about".split(" "),
 );
 
+/** A word that names nothing ("the", "did", "which"): never a fact's value. */
+export const isFunctionWord = (w: string): boolean => STOP.has(w.toLowerCase());
+
 /** The names and numbers of a text, a sentence's first word included unless a function word. */
 export function entitiesIn(text: string): string[] {
   return namesIn(text, { sentenceStarts: true }).filter((w) => !STOP.has(w));

@@ -11,6 +11,7 @@ import { Decoder, KVCache, expectedWeights } from "../src/model/decoder.js";
 import { LoraAdapter, type LoraTarget } from "../src/lora/adapter.js";
 import { disposeTargets, klSum, stackTargets, teacherTargets, type KlMode } from "../src/bake/kl.js";
 import { prepareDecoderForTraining } from "../src/bake/trainer.js";
+import { LoraAdam } from "../src/bake/optimizer.js";
 import { PACKAGE_ROOT } from "../src/model/resolve.js";
 
 interface Shape {
@@ -132,7 +133,7 @@ async function benchKiln(shape: Shape) {
   const fastBackward = prepareDecoderForTraining(decoder);
   const fp = "bench";
   const adapter = LoraAdapter.create(c, { r: BAKE.rank, alpha: BAKE.alpha, dropout: 0, targetModules: BAKE.targets, useRslora: false }, fp, 3);
-  const optimizer = tf.train.adam(1e-4);
+  const optimizer = new LoraAdam({ learningRate: 1e-4, clipNorm: 1 }); // as the trainer steps
   const bakeIds = randomIds(BAKE.batch, BAKE.seq, c.vocabSize, 11);
   const R = BAKE.seq - BAKE.prompt_len;
   const bakeStep = (mode: KlMode) => async () => {
@@ -152,7 +153,7 @@ async function benchKiln(shape: Shape) {
         const logits = decoder.forward({ ids: bakeIds }, { adapter, logitsFrom: BAKE.prompt_len - 1 }).slice([0, 0, 0], [BAKE.batch, R, c.vocabSize]) as tf.Tensor3D;
         return klSum(logits, batch).div(BAKE.batch) as tf.Scalar;
       }, adapter.variables());
-      optimizer.applyGradients(grads as unknown as Record<string, tf.Variable>);
+      optimizer.apply(adapter.variables(), grads);
       return value;
     });
     await loss.data();

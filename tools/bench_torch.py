@@ -352,6 +352,7 @@ def bench_bake(model, bake, repeats_default):
         loss = kl_loss(t_logits, s_logits, topk)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)  # as kiln's trainer clips
         opt.step()
         return float(loss)
 

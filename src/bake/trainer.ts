@@ -11,6 +11,7 @@ import { isLinearWeight, type AdapterHook, type Decoder } from "../model/decoder
 import type { LoadedModel } from "../model/load.js";
 import { AdapterStack, DEFAULT_LORA, LoraAdapter, baseFingerprint, type LoraSettings } from "../lora/adapter.js";
 import { disposeTargets, klSum, stackTargets, type KlMode } from "./kl.js";
+import { LoraAdam } from "./optimizer.js";
 import type { Lesson } from "./prompt.js";
 import { alignBatch, computeTeacherTargets, sampleTrajectories, type Trajectory } from "./trajectories.js";
 
@@ -148,14 +149,6 @@ function shuffled<T>(items: T[], seed: number): T[] {
   return out;
 }
 
-function clipByGlobalNorm(grads: tf.NamedTensorMap, maxNorm: number): tf.NamedTensorMap {
-  if (maxNorm <= 0) return grads;
-  const norm = Math.sqrt(Object.values(grads).reduce((s, g) => s + tf.sum(tf.square(g)).dataSync()[0]!, 0));
-  if (norm <= maxNorm) return grads;
-  const scale = maxNorm / (norm + 1e-6);
-  return Object.fromEntries(Object.entries(grads).map(([k, g]) => [k, tf.mul(g, scale)]));
-}
-
 function lessonsOf(req: BakeRequest): Lesson[] {
   if (req.lessons) return req.lessons;
   if (req.prompt === undefined) throw new Error("a bake needs a prompt (or lessons) to bake");
@@ -188,7 +181,7 @@ async function bakeRound(req: BakeRequest, s: BakeSettings, round: number, teach
   const fingerprint = baseFingerprint(model.config, model.decoder.weights.get("model.embed_tokens.weight")!);
   const student = start ? start.clone() : LoraAdapter.create(model.config, s.lora, fingerprint, s.seed + round);
   const vars = student.variables();
-  const optimizer = tf.train.adam(s.learningRate);
+  const optimizer = new LoraAdam({ learningRate: s.learningRate, clipNorm: s.clipNorm });
   const stepsPerEpoch = Math.ceil(train.length / s.batchSize);
   const totalSteps = stepsPerEpoch * s.epochs;
   const initialVal = evaluateKl(model, val, student, s.kl, s.batchSize);
@@ -216,7 +209,7 @@ async function bakeRound(req: BakeRequest, s: BakeSettings, round: number, teach
             const logits = model.decoder.forward({ ids: a.ids, mask: a.mask }, { adapter: student, logitsFrom: a.logitsFrom }); // [B, R, V]
             return klSum(logits, targets).div(batch.length) as tf.Scalar;
           }, vars);
-          optimizer.applyGradients(Object.entries(clipByGlobalNorm(grads, s.clipNorm)).map(([name, tensor]) => ({ name, tensor })));
+          optimizer.apply(vars, grads);
           return value;
         });
         const lossValue = (await loss.data())[0]!;

@@ -1,0 +1,89 @@
+// Adam for LoRA factors, with the global gradient-norm clip folded in. tf.train.adam runs about a
+// dozen small kernels per variable and the clip one synchronous read per gradient; a bake has
+// hundreds of small A and B factors, so on the CPU backends (whose tensors are plain arrays in
+// this process) one pass over each variable's numbers replaces all of them. On other backends
+// (GPU) the same update runs as tf.train.adam, after a tensor-op clip.
+import { tf } from "../tensor/backend.js";
+
+export interface AdamSettings {
+  learningRate: number;
+  beta1?: number;
+  beta2?: number;
+  /** tfjs's default: the backend's epsilon (1e-7 for float32) */
+  epsilon?: number;
+  /** clip the gradients' global L2 norm to this before the update; 0 = no clip */
+  clipNorm?: number;
+  /** update on the host arrays (default: where the backend keeps tensors in this process) */
+  host?: boolean;
+}
+
+/** Backends whose tensor data lives in this process as typed arrays: reading it costs nothing. */
+const HOST_BACKENDS = new Set(["native", "cpu", "wasm"]);
+
+export class LoraAdam {
+  private readonly beta1: number;
+  private readonly beta2: number;
+  private readonly epsilon: number;
+  private readonly moments = new Map<string, { m: Float32Array; v: Float32Array }>();
+  private step = 0;
+  private fallback: tf.AdamOptimizer | undefined;
+
+  constructor(private readonly s: AdamSettings) {
+    this.beta1 = s.beta1 ?? 0.9;
+    this.beta2 = s.beta2 ?? 0.999;
+    this.epsilon = s.epsilon ?? tf.backend().epsilon();
+  }
+
+  /** One update of `variables` (by name) from `grads`; the gradients are not disposed. */
+  apply(variables: tf.Variable[], grads: tf.NamedTensorMap): void {
+    if (!(this.s.host ?? HOST_BACKENDS.has(tf.getBackend()))) return this.applyWithTensors(variables, grads);
+    const g = variables.map((v) => {
+      const t = grads[v.name];
+      if (!t) throw new Error(`no gradient for ${v.name}`);
+      return t.dataSync() as Float32Array;
+    });
+    let sq = 0;
+    for (const a of g) for (let i = 0; i < a.length; i++) sq += a[i]! * a[i]!;
+    const norm = Math.sqrt(sq);
+    const clip = this.s.clipNorm && norm > this.s.clipNorm ? this.s.clipNorm / (norm + 1e-6) : 1;
+    this.step++;
+    const b1 = this.beta1;
+    const b2 = this.beta2;
+    const c1 = 1 - b1 ** this.step;
+    const c2 = 1 - b2 ** this.step;
+    const lr = this.s.learningRate;
+    variables.forEach((variable, k) => {
+      const grad = g[k]!;
+      const value = variable.dataSync() as Float32Array;
+      let mv = this.moments.get(variable.name);
+      if (!mv) this.moments.set(variable.name, (mv = { m: new Float32Array(value.length), v: new Float32Array(value.length) }));
+      const { m, v } = mv;
+      // A new array, not an update in place: a cloned adapter shares its parent's arrays.
+      const next = new Float32Array(value.length);
+      for (let i = 0; i < value.length; i++) {
+        const gi = grad[i]! * clip;
+        m[i] = b1 * m[i]! + (1 - b1) * gi;
+        v[i] = b2 * v[i]! + (1 - b2) * gi * gi;
+        next[i] = value[i]! - (lr * (m[i]! / c1)) / (Math.sqrt(v[i]! / c2) + this.epsilon);
+      }
+      tf.tidy(() => variable.assign(tf.tensor(next, variable.shape, "float32")));
+    });
+  }
+
+  private applyWithTensors(variables: tf.Variable[], grads: tf.NamedTensorMap): void {
+    this.fallback ??= tf.train.adam(this.s.learningRate, this.beta1, this.beta2, this.epsilon);
+    tf.tidy(() => {
+      let named = variables.map((v) => ({ name: v.name, tensor: grads[v.name]! }));
+      if (this.s.clipNorm) {
+        const norm = Math.sqrt(tf.addN(named.map((n) => tf.sum(tf.square(n.tensor)))).dataSync()[0]!);
+        if (norm > this.s.clipNorm) named = named.map((n) => ({ name: n.name, tensor: tf.mul(n.tensor, this.s.clipNorm! / (norm + 1e-6)) }));
+      }
+      this.fallback!.applyGradients(named);
+    });
+  }
+
+  dispose(): void {
+    this.moments.clear();
+    this.fallback?.dispose();
+  }
+}

@@ -158,3 +158,23 @@ test("fused LoRA linear, RoPE and attention softmax equal the composed ops, valu
   };
   close(...((await both(attn)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
 });
+
+test("row kernels large enough to be split across threads equal the reference", async () => {
+  const { attentionSoftmax, klPerPosition, rope, swiglu } = await import("../src/tensor/fused.js");
+  close(...((await both(() => tf.softmax(r([64, 1024], 50)))).slice(0, 2) as [Float32Array, Float32Array]));
+  close(...((await both(() => swiglu(r([256, 200], 51), r([256, 200], 52)))).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
+  const mask = () => tf.tensor3d([...Array(2 * 64 * 128)].map((_, i) => (i % 7 === 3 ? -1e9 : 0)), [2, 64, 128]);
+  const attn = () => {
+    const [g] = tf.grads((s: tf.Tensor) => tf.sum(tf.mul(attentionSoftmax(s as tf.Tensor4D, mask(), 0.125), r([2, 3, 64, 128], 53))))([r([2, 3, 64, 128], 54)]);
+    return tf.concat([attentionSoftmax(r([2, 3, 64, 128], 54) as tf.Tensor4D, mask(), 0.125).flatten(), g!.flatten()]);
+  };
+  close(...((await both(attn)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
+  const kl = () => {
+    const teacher = tf.logSoftmax(r([4, 8, 2048], 55), -1);
+    const [g] = tf.grads((s: tf.Tensor) => tf.sum(klPerPosition(s, teacher)))([r([4, 8, 2048], 56)]);
+    return tf.concat([klPerPosition(r([4, 8, 2048], 56), teacher).flatten(), g!.flatten()]);
+  };
+  close(...((await both(kl)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
+  const a = () => tf.concat([tf.mul(r([2, 64, 1, 32], 57), 3), tf.mul(r([2, 64, 1, 32], 57), 3)], -1);
+  close(...((await both(() => rope(r([2, 64, 8, 64], 58) as tf.Tensor4D, tf.cos(a()) as tf.Tensor4D, tf.sin(a()) as tf.Tensor4D))).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
+});

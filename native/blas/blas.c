@@ -75,6 +75,54 @@ static void* run_gemm_batch(void* arg) {
 // Below this many multiply-adds in all, starting threads costs more than the products (decode).
 #define MIN_THREADED_BATCH (1 << 18)
 
+// Rows [from, to) of a kernel whose rows are independent.
+typedef void (*rows_fn)(const void* ctx, int64_t from, int64_t to);
+struct rows_part {
+  rows_fn fn;
+  const void* ctx;
+  int64_t from, to;
+};
+
+static void* run_rows(void* arg) {
+  const struct rows_part* p = arg;
+  p->fn(p->ctx, p->from, p->to);
+  return NULL;
+}
+
+// Below this much work (floats touched), a thread costs more to start than it saves.
+#define PARALLEL_MIN_WORK (1 << 15)
+
+// Splits rows [0, rows) across the BLAS thread count (two cores here), the calling thread taking
+// the first part; small jobs run on the calling thread alone. PyTorch splits its elementwise and
+// softmax loops the same way.
+static void parallel_rows(int64_t rows, int64_t work_per_row, rows_fn fn, const void* ctx) {
+  int n = openblas_get_num_threads();
+  if (n > MAX_GEMM_THREADS) n = MAX_GEMM_THREADS;
+  if (n > rows) n = (int)rows;
+  if (n < 2 || rows * work_per_row < PARALLEL_MIN_WORK) {
+    fn(ctx, 0, rows);
+    return;
+  }
+  pthread_t pool[MAX_GEMM_THREADS];
+  struct rows_part parts[MAX_GEMM_THREADS];
+  int started = 0;
+  for (int t = 0; t < n; t++) {
+    parts[t] = (struct rows_part){fn, ctx, rows * t / n, rows * (t + 1) / n};
+    if (t > 0 && pthread_create(&pool[t], NULL, run_rows, &parts[t]) == 0) started |= 1 << t;
+    else if (t > 0) run_rows(&parts[t]);  // no thread: do it here
+  }
+  run_rows(&parts[0]);
+  for (int t = 1; t < n; t++)
+    if (started & (1 << t)) pthread_join(pool[t], NULL);
+}
+
+static void gemm_rows(const void* ctx, int64_t from, int64_t to) {
+  struct gemm_batch part = *(const struct gemm_batch*)ctx;
+  part.from = (int32_t)from;
+  part.to = (int32_t)to;
+  run_gemm_batch(&part);
+}
+
 // sgemm(transA, transB, M, N, K, A, B, C, batch, strideA, strideB)
 //   C[i] = op(A[i]) @ op(B[i]) for i < batch; A[i] = A + i*strideA (0 broadcasts one matrix).
 //   Row-major; op(A) is [M, K], op(B) is [K, N], C[i] is [M, N].
@@ -119,21 +167,8 @@ static napi_value sgemm(napi_env env, napi_callback_info info) {
     // Many small products (attention heads): OpenBLAS splits each one across its threads, and
     // for matrices this small the split costs more than it saves. Give each thread whole
     // products instead, each run single-threaded.
-    pthread_t pool[MAX_GEMM_THREADS];
-    struct gemm_batch parts[MAX_GEMM_THREADS];
-    const int n = threads < MAX_GEMM_THREADS ? threads : MAX_GEMM_THREADS;
     openblas_set_num_threads(1);
-    int started = 0;
-    for (int t = 0; t < n; t++) {
-      parts[t] = job;
-      parts[t].from = (int32_t)((int64_t)batch * t / n);
-      parts[t].to = (int32_t)((int64_t)batch * (t + 1) / n);
-      if (t > 0 && pthread_create(&pool[t], NULL, run_gemm_batch, &parts[t]) == 0) started |= 1 << t;
-      else if (t > 0) run_gemm_batch(&parts[t]);  // no thread: do it here
-    }
-    run_gemm_batch(&parts[0]);
-    for (int t = 1; t < n; t++)
-      if (started & (1 << t)) pthread_join(pool[t], NULL);
+    parallel_rows(batch, MIN_THREADED_BATCH, gemm_rows, &job);
     openblas_set_num_threads(threads);
   } else {
     run_gemm_batch(&job);
@@ -225,6 +260,29 @@ static napi_value binary(napi_env env, napi_callback_info info) {
 }
 
 // softmax(x, out, rows, cols): over the last axis, max-subtracted.
+struct softmax_job {
+  const float* x;
+  float* out;
+  int64_t cols;
+};
+
+static void softmax_rows(const void* ctx, int64_t from, int64_t to) {
+  const struct softmax_job* j = ctx;
+  for (int64_t r = from; r < to; r++) {
+    const float* in = j->x + r * j->cols;
+    float* o = j->out + r * j->cols;
+    float m = in[0];
+    for (int64_t c = 1; c < j->cols; c++) m = in[c] > m ? in[c] : m;
+    double sum = 0;
+    for (int64_t c = 0; c < j->cols; c++) {
+      o[c] = expf(in[c] - m);
+      sum += o[c];
+    }
+    const float inv = (float)(1.0 / sum);
+    for (int64_t c = 0; c < j->cols; c++) o[c] *= inv;
+  }
+}
+
 static napi_value softmax(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4];
@@ -241,19 +299,8 @@ static napi_value softmax(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "kiln_blas.softmax: shapes do not fit the arrays");
     return NULL;
   }
-  for (int64_t r = 0; r < rows; r++) {
-    const float* in = x + r * cols;
-    float* o = out + r * cols;
-    float m = in[0];
-    for (int64_t j = 1; j < cols; j++) m = in[j] > m ? in[j] : m;
-    double sum = 0;
-    for (int64_t j = 0; j < cols; j++) {
-      o[j] = expf(in[j] - m);
-      sum += o[j];
-    }
-    const float inv = (float)(1.0 / sum);
-    for (int64_t j = 0; j < cols; j++) o[j] *= inv;
-  }
+  const struct softmax_job job = {x, out, cols};
+  parallel_rows(rows, cols, softmax_rows, &job);
   return NULL;
 }
 
@@ -495,14 +542,30 @@ static bool same_length_arrays(napi_env env, napi_callback_info info, size_t n, 
   return true;
 }
 
+static void swiglu_rows(const void* ctx, int64_t from, int64_t to) {
+  float* const* a = ctx;  // gate, up, out
+  const float *g = a[0], *u = a[1];
+  float* o = a[2];
+  for (int64_t i = from; i < to; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+
+static void swiglu_grad_rows(const void* ctx, int64_t from, int64_t to) {
+  float* const* a = ctx;  // dy, gate, up, dgate, dup
+  const float *dy = a[0], *g = a[1], *u = a[2];
+  float *dg = a[3], *du = a[4];
+  for (int64_t i = from; i < to; i++) {
+    const float sig = 1.0f / (1.0f + expf(-g[i]));
+    du[i] = dy[i] * g[i] * sig;
+    dg[i] = dy[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
+  }
+}
+
 // swiglu(gate, up, out): out = silu(gate) * up, silu(g) = g * sigmoid(g).
 static napi_value swiglu(napi_env env, napi_callback_info info) {
   float* a[3];
   size_t n;
   if (!same_length_arrays(env, info, 3, a, &n, "kiln_blas.swiglu: arrays differ in length")) return NULL;
-  const float *g = a[0], *u = a[1];
-  float* o = a[2];
-  for (size_t i = 0; i < n; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+  parallel_rows((int64_t)n, 1, swiglu_rows, a);
   return NULL;
 }
 
@@ -511,13 +574,7 @@ static napi_value swiglu_grad(napi_env env, napi_callback_info info) {
   float* a[5];
   size_t n;
   if (!same_length_arrays(env, info, 5, a, &n, "kiln_blas.swiglu_grad: arrays differ in length")) return NULL;
-  const float *dy = a[0], *g = a[1], *u = a[2];
-  float *dg = a[3], *du = a[4];
-  for (size_t i = 0; i < n; i++) {
-    const float sig = 1.0f / (1.0f + expf(-g[i]));
-    du[i] = dy[i] * g[i] * sig;
-    dg[i] = dy[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
-  }
+  parallel_rows((int64_t)n, 1, swiglu_grad_rows, a);
   return NULL;
 }
 
@@ -528,8 +585,42 @@ static double row_logsumexp(const float* x, int64_t V) {
   float m = x[0];
   for (int64_t v = 1; v < V; v++) m = x[v] > m ? x[v] : m;
   double s = 0;
-  for (int64_t v = 0; v < V; v++) s += exp((double)x[v] - m);
+  for (int64_t v = 0; v < V; v++) s += expf(x[v] - m);
   return m + log(s);
+}
+
+struct kl_job {
+  const float *dy, *x, *logp;
+  float* out;
+  int64_t V;
+};
+
+static void kl_rows_part(const void* ctx, int64_t from, int64_t to) {
+  const struct kl_job* j = ctx;
+  for (int64_t r = from; r < to; r++) {
+    const float* xr = j->x + r * j->V;
+    const float* pr = j->logp + r * j->V;
+    const float lse = (float)row_logsumexp(xr, j->V);
+    double kl = 0;
+    for (int64_t v = 0; v < j->V; v++) kl += expf(pr[v]) * (pr[v] - (xr[v] - lse));
+    j->out[r] = (float)kl;
+  }
+}
+
+static void kl_rows_grad_part(const void* ctx, int64_t from, int64_t to) {
+  const struct kl_job* j = ctx;
+  for (int64_t r = from; r < to; r++) {
+    const float* xr = j->x + r * j->V;
+    const float* pr = j->logp + r * j->V;
+    float* dr = j->out + r * j->V;
+    const float g = j->dy[r];
+    if (g == 0.0f) {  // masked positions (padding) get no gradient
+      for (int64_t v = 0; v < j->V; v++) dr[v] = 0.0f;
+      continue;
+    }
+    const float lse = (float)row_logsumexp(xr, j->V);
+    for (int64_t v = 0; v < j->V; v++) dr[v] = g * (expf(xr[v] - lse) - expf(pr[v]));
+  }
 }
 
 static napi_value kl_rows(napi_env env, napi_callback_info info) {
@@ -548,14 +639,8 @@ static napi_value kl_rows(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "kiln_blas.kl_rows: shapes do not fit the arrays");
     return NULL;
   }
-  for (int64_t r = 0; r < rows; r++) {
-    const float* xr = x + r * V;
-    const float* pr = logp + r * V;
-    const double lse = row_logsumexp(xr, V);
-    double kl = 0;
-    for (int64_t v = 0; v < V; v++) kl += exp((double)pr[v]) * ((double)pr[v] - ((double)xr[v] - lse));
-    out[r] = (float)kl;
-  }
+  const struct kl_job job = {NULL, x, logp, out, V};
+  parallel_rows(rows, 2 * V, kl_rows_part, &job);
   return NULL;
 }
 
@@ -577,18 +662,8 @@ static napi_value kl_rows_grad(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, NULL, "kiln_blas.kl_rows_grad: shapes do not fit the arrays");
     return NULL;
   }
-  for (int64_t r = 0; r < rows; r++) {
-    const float* xr = x + r * V;
-    const float* pr = logp + r * V;
-    float* dr = dx + r * V;
-    const float g = dy[r];
-    if (g == 0.0f) {  // masked positions (padding) get no gradient
-      for (int64_t v = 0; v < V; v++) dr[v] = 0.0f;
-      continue;
-    }
-    const double lse = row_logsumexp(xr, V);
-    for (int64_t v = 0; v < V; v++) dr[v] = g * (float)(exp((double)xr[v] - lse) - exp((double)pr[v]));
-  }
+  const struct kl_job job = {dy, x, logp, dx, V};
+  parallel_rows(rows, 2 * V, kl_rows_grad_part, &job);
   return NULL;
 }
 
@@ -684,6 +759,30 @@ static napi_value lora_linear_grad(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+struct rope_job {
+  const float *x, *cos, *sin;
+  float* y;
+  float sign;
+  int64_t heads, hd;
+};
+
+static void rope_rows(const void* ctx, int64_t from, int64_t to) {
+  const struct rope_job* j = ctx;
+  const int64_t hd = j->hd, half = hd / 2;
+  for (int64_t t = from; t < to; t++) {
+    const float* ct = j->cos + t * hd;
+    const float* st = j->sin + t * hd;
+    for (int64_t h = 0; h < j->heads; h++) {
+      const float* xr = j->x + (t * j->heads + h) * hd;
+      float* yr = j->y + (t * j->heads + h) * hd;
+      for (int64_t i = 0; i < half; i++) {
+        yr[i] = xr[i] * ct[i] - j->sign * xr[i + half] * st[i];
+        yr[i + half] = xr[i + half] * ct[i + half] + j->sign * xr[i] * st[i + half];
+      }
+    }
+  }
+}
+
 // rope(x, cos, sin, rows, heads, hd, sign, y): rotary embedding in the rotate_half layout,
 //   y = x cos + sign * rotate_half(x) sin, rotate_half(x) = [-x2, x1];
 //   x, y [rows, heads, hd]; cos, sin [rows, hd], shared by a row's heads. sign -1 gives the
@@ -693,7 +792,7 @@ static napi_value rope(napi_env env, napi_callback_info info) {
   int64_t d[3];
   double sign;
   if (!args_of(env, info, 8, argv) || !sizes_of(env, argv + 3, 3, d) || napi_get_value_double(env, argv[6], &sign) != napi_ok) return NULL;
-  const int64_t rows = d[0], heads = d[1], hd = d[2], half = hd / 2;
+  const int64_t rows = d[0], heads = d[1], hd = d[2];
   const char* what = "kiln_blas.rope: shapes do not fit the arrays";
   if (hd % 2) {
     napi_throw_range_error(env, NULL, "kiln_blas.rope: head size must be even");
@@ -704,20 +803,49 @@ static napi_value rope(napi_env env, napi_callback_info info) {
   const float* sn = c ? sized_array(env, argv[2], rows * hd, what) : NULL;
   float* y = sn ? sized_array(env, argv[7], rows * heads * hd, what) : NULL;
   if (!y) return NULL;
-  const float sg = (float)sign;
-  for (int64_t t = 0; t < rows; t++) {
-    const float* ct = c + t * hd;
-    const float* st = sn + t * hd;
-    for (int64_t h = 0; h < heads; h++) {
-      const float* xr = x + (t * heads + h) * hd;
-      float* yr = y + (t * heads + h) * hd;
-      for (int64_t i = 0; i < half; i++) {
-        yr[i] = xr[i] * ct[i] - sg * xr[i + half] * st[i];
-        yr[i + half] = xr[i + half] * ct[i + half] + sg * xr[i] * st[i + half];
-      }
-    }
-  }
+  const struct rope_job job = {x, c, sn, y, (float)sign, heads, hd};
+  parallel_rows(rows, heads * hd, rope_rows, &job);
   return NULL;
+}
+
+struct attention_job {
+  const float *x, *mask, *dy;
+  float* y;
+  float scale;
+  int64_t heads, rows, cols;
+};
+
+// Row i of [batch, heads, rows, cols] uses mask row (i / (heads * rows)) * rows + i % rows.
+static void attention_softmax_rows(const void* ctx, int64_t from, int64_t to) {
+  const struct attention_job* j = ctx;
+  const int64_t C = j->cols;
+  for (int64_t i = from; i < to; i++) {
+    const float* xr = j->x + i * C;
+    const float* mr = j->mask + ((i / (j->heads * j->rows)) * j->rows + i % j->rows) * C;
+    float* yr = j->y + i * C;
+    float mx = -INFINITY;
+    for (int64_t c = 0; c < C; c++) {
+      yr[c] = xr[c] * j->scale + mr[c];
+      if (yr[c] > mx) mx = yr[c];
+    }
+    double sum = 0;
+    for (int64_t c = 0; c < C; c++) sum += (yr[c] = expf(yr[c] - mx));
+    const float inv = (float)(1.0 / sum);
+    for (int64_t c = 0; c < C; c++) yr[c] *= inv;
+  }
+}
+
+static void attention_softmax_grad_rows(const void* ctx, int64_t from, int64_t to) {
+  const struct attention_job* j = ctx;  // x holds the softmax output, y the gradient out
+  const int64_t C = j->cols;
+  for (int64_t r = from; r < to; r++) {
+    const float* g = j->dy + r * C;
+    const float* p = j->x + r * C;
+    float* o = j->y + r * C;
+    double dot = 0;
+    for (int64_t c = 0; c < C; c++) dot += (double)g[c] * p[c];
+    for (int64_t c = 0; c < C; c++) o[c] = j->scale * p[c] * (g[c] - (float)dot);
+  }
 }
 
 // attention_softmax(scores, mask, scale, batch, heads, rows, cols, y):
@@ -734,23 +862,8 @@ static napi_value attention_softmax(napi_env env, napi_callback_info info) {
   const float* m = x ? sized_array(env, argv[1], B * R * C, what) : NULL;
   float* y = m ? sized_array(env, argv[7], B * H * R * C, what) : NULL;
   if (!y) return NULL;
-  const float s = (float)scale;
-  for (int64_t b = 0; b < B; b++)
-    for (int64_t h = 0; h < H; h++)
-      for (int64_t r = 0; r < R; r++) {
-        const float* xr = x + ((b * H + h) * R + r) * C;
-        const float* mr = m + (b * R + r) * C;
-        float* yr = y + ((b * H + h) * R + r) * C;
-        float mx = -INFINITY;
-        for (int64_t j = 0; j < C; j++) {
-          yr[j] = xr[j] * s + mr[j];
-          if (yr[j] > mx) mx = yr[j];
-        }
-        double sum = 0;
-        for (int64_t j = 0; j < C; j++) sum += (yr[j] = expf(yr[j] - mx));
-        const float inv = (float)(1.0 / sum);
-        for (int64_t j = 0; j < C; j++) yr[j] *= inv;
-      }
+  const struct attention_job job = {x, m, NULL, y, (float)scale, H, R, C};
+  parallel_rows(B * H * R, C, attention_softmax_rows, &job);
   return NULL;
 }
 
@@ -766,15 +879,8 @@ static napi_value attention_softmax_grad(napi_env env, napi_callback_info info) 
   const float* y = dy ? sized_array(env, argv[1], R * C, what) : NULL;
   float* dx = y ? sized_array(env, argv[5], R * C, what) : NULL;
   if (!dx) return NULL;
-  const float s = (float)scale;
-  for (int64_t r = 0; r < R; r++) {
-    const float* g = dy + r * C;
-    const float* p = y + r * C;
-    float* o = dx + r * C;
-    double dot = 0;
-    for (int64_t j = 0; j < C; j++) dot += (double)g[j] * p[j];
-    for (int64_t j = 0; j < C; j++) o[j] = s * p[j] * (g[j] - (float)dot);
-  }
+  const struct attention_job job = {y, NULL, dy, dx, (float)scale, 0, 0, C};
+  parallel_rows(R, C, attention_softmax_grad_rows, &job);
   return NULL;
 }
 

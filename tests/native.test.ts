@@ -160,7 +160,13 @@ test("fused LoRA linear, RoPE and attention softmax equal the composed ops, valu
 });
 
 test("row kernels large enough to be split across threads equal the reference", async () => {
-  const { attentionSoftmax, klPerPosition, rope, swiglu } = await import("../src/tensor/fused.js");
+  const { attentionSoftmax, klPerPosition, logSoftmax, rope, swiglu } = await import("../src/tensor/fused.js");
+  const logSm = () => {
+    const [g] = tf.grads((x: tf.Tensor) => tf.sum(tf.mul(logSoftmax(x), r([16, 4096], 59))))([r([16, 4096], 60)]);
+    return tf.concat([logSoftmax(tf.mul(r([16, 4096], 60), 4)).flatten(), g!.flatten()]);
+  };
+  close(...((await both(logSm)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
+  close(...((await both(() => logSoftmax(r([3, 7], 61)))).slice(0, 2) as [Float32Array, Float32Array]));
   close(...((await both(() => tf.softmax(r([64, 1024], 50)))).slice(0, 2) as [Float32Array, Float32Array]));
   close(...((await both(() => swiglu(r([256, 200], 51), r([256, 200], 52)))).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
   const mask = () => tf.tensor3d([...Array(2 * 64 * 128)].map((_, i) => (i % 7 === 3 ? -1e9 : 0)), [2, 64, 128]);

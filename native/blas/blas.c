@@ -260,6 +260,14 @@ static napi_value binary(napi_env env, napi_callback_info info) {
 }
 
 // softmax(x, out, rows, cols): over the last axis, max-subtracted.
+static double row_logsumexp(const float* x, int64_t V) {
+  float m = x[0];
+  for (int64_t v = 1; v < V; v++) m = x[v] > m ? x[v] : m;
+  double s = 0;
+  for (int64_t v = 0; v < V; v++) s += expf(x[v] - m);
+  return m + log(s);
+}
+
 struct softmax_job {
   const float* x;
   float* out;
@@ -283,7 +291,17 @@ static void softmax_rows(const void* ctx, int64_t from, int64_t to) {
   }
 }
 
-static napi_value softmax(napi_env env, napi_callback_info info) {
+static void log_softmax_rows(const void* ctx, int64_t from, int64_t to) {
+  const struct softmax_job* j = ctx;
+  for (int64_t r = from; r < to; r++) {
+    const float* in = j->x + r * j->cols;
+    float* o = j->out + r * j->cols;
+    const float lse = (float)row_logsumexp(in, j->cols);
+    for (int64_t c = 0; c < j->cols; c++) o[c] = in[c] - lse;
+  }
+}
+
+static napi_value softmax_or_log(napi_env env, napi_callback_info info, bool take_log) {
   size_t argc = 4;
   napi_value argv[4];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
@@ -300,8 +318,17 @@ static napi_value softmax(napi_env env, napi_callback_info info) {
     return NULL;
   }
   const struct softmax_job job = {x, out, cols};
-  parallel_rows(rows, cols, softmax_rows, &job);
+  parallel_rows(rows, cols, take_log ? log_softmax_rows : softmax_rows, &job);
   return NULL;
+}
+
+static napi_value softmax(napi_env env, napi_callback_info info) {
+  return softmax_or_log(env, info, false);
+}
+
+// log_softmax(x, out, rows, cols): out = x - logsumexp(x) per row.
+static napi_value log_softmax(napi_env env, napi_callback_info info) {
+  return softmax_or_log(env, info, true);
 }
 
 // transpose(x, shape, perm, out): out's dimension i is x's dimension perm[i].
@@ -581,14 +608,6 @@ static napi_value swiglu_grad(napi_env env, napi_callback_info info) {
 // kl_rows(x, logp, rows, V, out): out[r] = sum_v p_v (logp_v - logq_v), q = softmax(x[r]) —
 // the prompt-baking KL per reply position, in one pass over the vocabulary instead of six kernels.
 // kl_rows_grad(dy, x, logp, rows, V, dx): dx[r] = dy[r] * (q - p).
-static double row_logsumexp(const float* x, int64_t V) {
-  float m = x[0];
-  for (int64_t v = 1; v < V; v++) m = x[v] > m ? x[v] : m;
-  double s = 0;
-  for (int64_t v = 0; v < V; v++) s += expf(x[v] - m);
-  return m + log(s);
-}
-
 struct kl_job {
   const float *dy, *x, *logp;
   float* out;
@@ -768,17 +787,17 @@ struct rope_job {
 
 static void rope_rows(const void* ctx, int64_t from, int64_t to) {
   const struct rope_job* j = ctx;
-  const int64_t hd = j->hd, half = hd / 2;
+  // locals, not j->..., in the loops: the compiler cannot prove the output never aliases the job
+  const int64_t hd = j->hd, half = hd / 2, heads = j->heads;
+  const float sign = j->sign;
   for (int64_t t = from; t < to; t++) {
-    const float* ct = j->cos + t * hd;
-    const float* st = j->sin + t * hd;
-    for (int64_t h = 0; h < j->heads; h++) {
-      const float* xr = j->x + (t * j->heads + h) * hd;
-      float* yr = j->y + (t * j->heads + h) * hd;
-      for (int64_t i = 0; i < half; i++) {
-        yr[i] = xr[i] * ct[i] - j->sign * xr[i + half] * st[i];
-        yr[i + half] = xr[i + half] * ct[i + half] + j->sign * xr[i] * st[i + half];
-      }
+    const float* restrict ct = j->cos + t * hd;
+    const float* restrict st = j->sin + t * hd;
+    for (int64_t h = 0; h < heads; h++) {
+      const float* restrict xr = j->x + (t * heads + h) * hd;
+      float* restrict yr = j->y + (t * heads + h) * hd;
+      for (int64_t i = 0; i < half; i++) yr[i] = xr[i] * ct[i] - sign * xr[i + half] * st[i];
+      for (int64_t i = 0; i < half; i++) yr[i + half] = xr[i + half] * ct[i + half] + sign * xr[i] * st[i + half];
     }
   }
 }
@@ -914,6 +933,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"config", NULL, config, NULL, NULL, NULL, napi_default, NULL},
       {"binary", NULL, binary, NULL, NULL, NULL, napi_default, NULL},
       {"softmax", NULL, softmax, NULL, NULL, NULL, napi_default, NULL},
+      {"logSoftmax", NULL, log_softmax, NULL, NULL, NULL, napi_default, NULL},
       {"transpose", NULL, transpose, NULL, NULL, NULL, napi_default, NULL},
       {"unary", NULL, unary, NULL, NULL, NULL, napi_default, NULL},
       {"reduce", NULL, reduce, NULL, NULL, NULL, napi_default, NULL},

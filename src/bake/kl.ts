@@ -4,7 +4,7 @@
 // with a tail bucket, which is an exact KL between two (K+1)-way distributions and needs
 // K+1 numbers per position instead of V.
 import { tf } from "../tensor/backend.js";
-import { klPerPosition } from "../tensor/fused.js";
+import { klPerPosition, logSoftmax } from "../tensor/fused.js";
 
 export type TeacherTargets =
   | { kind: "full"; /** [R, V] log-probabilities */ logProbs: Float32Array }
@@ -24,13 +24,13 @@ export function teacherTargets(logits: tf.Tensor2D, mode: KlMode): TeacherTarget
   // Read the data outside tf.tidy: tidy walks whatever it returns looking for tensors, and
   // walking a multi-million-element typed array took seconds.
   if (mode.kind === "full") {
-    const logp = tf.tidy(() => tf.logSoftmax(logits, -1)); // [R, V]
+    const logp = tf.tidy(() => logSoftmax(logits)); // [R, V]
     const logProbs = logp.dataSync() as Float32Array;
     logp.dispose();
     return { kind: "full", logProbs };
   }
   const [values, indices, tail] = tf.tidy(() => {
-    const top = tf.topk(tf.logSoftmax(logits, -1), mode.k); // [R, K]
+    const top = tf.topk(logSoftmax(logits), mode.k); // [R, K]
     const inTop = tf.sum(tf.exp(top.values), -1); // [R]
     return [top.values, top.indices, tf.log(tf.maximum(tf.sub(1, inTop), TINY))]; // tail: [R]
   });
@@ -121,7 +121,7 @@ export function klSum(studentLogits: tf.Tensor3D, t: TargetBatch): tf.Scalar {
     perPosition = klPerPosition(studentLogits, t.logProbs) as tf.Tensor2D;
   } else {
     const K = t.mode.k;
-    const logq = tf.logSoftmax(studentLogits, -1); // [B, R, V]
+    const logq = logSoftmax(studentLogits); // [B, R, V]
     const logqTop = gatherFlat(logq.reshape([-1]), t.flatIndices!).reshape([B, R, K]); // [B, R, K]
     const qTail = tf.log(tf.maximum(tf.sub(1, tf.sum(tf.exp(logqTop), -1)), TINY)); // [B, R]
     const p = tf.exp(t.logProbs);

@@ -14,6 +14,7 @@ export const LORA_LINEAR_GRAD = "KilnLoraLinearGrad";
 export const ROPE = "KilnRope";
 export const ATTENTION_SOFTMAX = "KilnAttentionSoftmax";
 export const ATTENTION_SOFTMAX_GRAD = "KilnAttentionSoftmaxGrad";
+export const LOG_SOFTMAX = "KilnLogSoftmax";
 
 export function fusedOn(kernel: string): boolean {
   return tf.getKernel(kernel, tf.getBackend()) !== undefined;
@@ -109,6 +110,21 @@ export function attentionSoftmax(scores: tf.Tensor4D, mask: tf.Tensor3D, scale: 
   const [B, , T, S] = scores.shape;
   return tf.softmax(tf.add(tf.mul(scores, scale), mask.reshape([B, 1, T, S])), -1) as tf.Tensor4D; // mask as [B, 1, T, S]
 }
+
+/** log(softmax(x)) over the last axis (tfjs composes it of six kernels); x: [..., V]. */
+export function logSoftmax(x: tf.Tensor): tf.Tensor {
+  if (fusedOn(LOG_SOFTMAX) && allFloat32(x)) return tf.engine().runKernel(LOG_SOFTMAX, { x }) as tf.Tensor;
+  return tf.logSoftmax(x, -1);
+}
+
+tf.registerGradient({
+  kernelName: LOG_SOFTMAX,
+  outputsToSave: [true],
+  gradFunc: (dy, saved) => {
+    const [y] = saved as [tf.Tensor];
+    return { x: () => tf.sub(dy as tf.Tensor, tf.mul(tf.exp(y), tf.sum(dy as tf.Tensor, -1, true))) };
+  },
+});
 
 tf.registerGradient({
   kernelName: LORA_LINEAR,

@@ -14,6 +14,7 @@ import {
   ATTENTION_SOFTMAX_GRAD,
   KL_ROWS,
   KL_ROWS_GRAD,
+  LOG_SOFTMAX,
   LORA_LINEAR,
   LORA_LINEAR_GRAD,
   RMS_NORM,
@@ -30,6 +31,7 @@ interface BlasAddon {
   config(): string;
   binary(op: number, a: Float32Array, aShape: number[], b: Float32Array, bShape: number[], out: Float32Array, outShape: number[]): void;
   softmax(x: Float32Array, out: Float32Array, rows: number, cols: number): void;
+  logSoftmax(x: Float32Array, out: Float32Array, rows: number, cols: number): void;
   transpose(x: Float32Array, shape: number[], perm: number[], out: Float32Array): void;
   unary(op: number, x: Float32Array, out: Float32Array): void;
   reduce(op: number, x: Float32Array, outer: number, n: number, inner: number, out: Float32Array): void;
@@ -397,6 +399,14 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
       const y = new Float32Array(B * T * H * hd);
       blas.rope(values(cpu, x), values(cpu, cos), values(cpu, sin), B * T, H, hd, (attrs as { sign: number }).sign, y);
       return cpu.makeTensorInfo(x.shape, "float32", y);
+    },
+    [LOG_SOFTMAX]: ({ inputs, backend }) => {
+      const { x } = inputs as { x: tf.TensorInfo };
+      const cpu = backend as CpuBackend;
+      const V = x.shape.at(-1)!;
+      const out = new Float32Array(product(x.shape));
+      if (out.length) blas.logSoftmax(values(cpu, x), out, out.length / V, V);
+      return cpu.makeTensorInfo(x.shape, "float32", out);
     },
     [ATTENTION_SOFTMAX]: ({ inputs, backend, attrs }) => {
       const { scores, mask } = inputs as { scores: tf.TensorInfo; mask: tf.TensorInfo };

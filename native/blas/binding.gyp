@@ -3,8 +3,8 @@
     {
       "target_name": "kiln_blas",
       "sources": ["blas.c"],
-      "libraries": ["-lopenblas", "-lm", "-lpthread"],
-      "cflags": ["-O3", "-std=c11"]
+      "libraries": ["-lopenblas", "-lmvec", "-lm", "-lpthread"],
+      "cflags": ["-O3", "-std=c11", "-fno-math-errno"]
     }
   ]
 }

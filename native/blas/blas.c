@@ -9,6 +9,13 @@
 #include <stdlib.h>
 #include <pthread.h>
 
+// glibc's libmvec has SIMD versions of expf; declaring them lets the compiler vectorize the
+// exp-heavy loops (softmax, SwiGLU, KL) without -ffast-math, whose finite-math assumptions would
+// break NaN propagation elsewhere. (glibc declares this only under __FAST_MATH__.)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((simd("notinbranch"))) extern float expf(float);
+#endif
+
 #define CHECK(call)                                             \
   do {                                                          \
     if ((call) != napi_ok) {                                    \
@@ -260,12 +267,35 @@ static napi_value binary(napi_env env, napi_callback_info info) {
 }
 
 // softmax(x, out, rows, cols): over the last axis, max-subtracted.
+// Sums in 8 float lanes, then in double: the lanes vectorize (with expf from libmvec), and a
+// lane holds at most n/8 terms.
+#define LANES 8
+
+// sum over i < n of expf(x[i] * scale + add[i] - shift) (add may be NULL), stored to out when
+// out is not NULL.
+static inline __attribute__((always_inline)) double sum_exp(const float* x, float scale, const float* add, float shift, float* out, int64_t n) {
+  float lane[LANES] = {0};
+  int64_t i = 0;
+  for (; i + LANES <= n; i += LANES)
+    for (int k = 0; k < LANES; k++) {
+      const float e = expf(x[i + k] * scale + (add ? add[i + k] : 0.0f) - shift);
+      if (out) out[i + k] = e;
+      lane[k] += e;
+    }
+  double s = 0;
+  for (int k = 0; k < LANES; k++) s += lane[k];
+  for (; i < n; i++) {
+    const float e = expf(x[i] * scale + (add ? add[i] : 0.0f) - shift);
+    if (out) out[i] = e;
+    s += e;
+  }
+  return s;
+}
+
 static double row_logsumexp(const float* x, int64_t V) {
   float m = x[0];
   for (int64_t v = 1; v < V; v++) m = x[v] > m ? x[v] : m;
-  double s = 0;
-  for (int64_t v = 0; v < V; v++) s += expf(x[v] - m);
-  return m + log(s);
+  return m + log(sum_exp(x, 1.0f, NULL, m, NULL, V));
 }
 
 struct softmax_job {
@@ -281,12 +311,7 @@ static void softmax_rows(const void* ctx, int64_t from, int64_t to) {
     float* o = j->out + r * j->cols;
     float m = in[0];
     for (int64_t c = 1; c < j->cols; c++) m = in[c] > m ? in[c] : m;
-    double sum = 0;
-    for (int64_t c = 0; c < j->cols; c++) {
-      o[c] = expf(in[c] - m);
-      sum += o[c];
-    }
-    const float inv = (float)(1.0 / sum);
+    const float inv = (float)(1.0 / sum_exp(in, 1.0f, NULL, m, o, j->cols));
     for (int64_t c = 0; c < j->cols; c++) o[c] *= inv;
   }
 }
@@ -844,12 +869,10 @@ static void attention_softmax_rows(const void* ctx, int64_t from, int64_t to) {
     float* yr = j->y + i * C;
     float mx = -INFINITY;
     for (int64_t c = 0; c < C; c++) {
-      yr[c] = xr[c] * j->scale + mr[c];
-      if (yr[c] > mx) mx = yr[c];
+      const float v = xr[c] * j->scale + mr[c];
+      mx = v > mx ? v : mx;
     }
-    double sum = 0;
-    for (int64_t c = 0; c < C; c++) sum += (yr[c] = expf(yr[c] - mx));
-    const float inv = (float)(1.0 / sum);
+    const float inv = (float)(1.0 / sum_exp(xr, j->scale, mr, mx, yr, C));
     for (int64_t c = 0; c < C; c++) yr[c] *= inv;
   }
 }

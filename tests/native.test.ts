@@ -168,6 +168,11 @@ test("row kernels large enough to be split across threads equal the reference", 
   close(...((await both(logSm)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
   close(...((await both(() => logSoftmax(r([3, 7], 61)))).slice(0, 2) as [Float32Array, Float32Array]));
   close(...((await both(() => tf.softmax(r([64, 1024], 50)))).slice(0, 2) as [Float32Array, Float32Array]));
+  for (const [as, bs] of [[[256, 200], [256, 200]], [[64, 32, 48], [32, 1]], [[48], [64, 32, 48]], [[2, 1, 128, 64], [2, 9, 128, 1]]] as const) {
+    for (const op of [tf.add, tf.sub, tf.mul, tf.div]) close(...((await both(() => op(r([...as], 62), tf.add(r([...bs], 63), 3)))).slice(0, 2) as [Float32Array, Float32Array]));
+  }
+  close(...((await both(() => tf.transpose(r([8, 64, 9, 16], 64), [0, 2, 1, 3]))).slice(0, 2) as [Float32Array, Float32Array]));
+  close(...((await both(() => tf.transpose(r([2, 128, 3, 3, 64], 65), [0, 2, 3, 1, 4]))).slice(0, 2) as [Float32Array, Float32Array]));
   close(...((await both(() => swiglu(r([256, 200], 51), r([256, 200], 52)))).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
   const mask = () => tf.tensor3d([...Array(2 * 64 * 128)].map((_, i) => (i % 7 === 3 ? -1e9 : 0)), [2, 64, 128]);
   const attn = () => {

@@ -206,6 +206,14 @@ static inline void advance(int64_t* idx, const int64_t* shape, int rank) {
   }
 }
 
+// idx = the multi-index of flat position r in shape[0..rank).
+static void unravel(int64_t r, const int64_t* shape, int rank, int64_t* idx) {
+  for (int d = rank - 1; d >= 0; d--) {
+    idx[d] = shape[d] ? r % shape[d] : 0;
+    r = shape[d] ? r / shape[d] : 0;
+  }
+}
+
 static int64_t numel(const int64_t* dims, int rank) {
   int64_t n = 1;
   for (int i = 0; i < rank; i++) n *= dims[i];
@@ -214,6 +222,50 @@ static int64_t numel(const int64_t* dims, int rank) {
 
 // binary(op, a, aShape, b, bShape, out, outShape): op 0 add, 1 sub, 2 mul, 3 div.
 // aShape and bShape are already right-aligned to outShape's rank (1s where broadcast).
+struct binary_job {
+  int op;
+  const float *a, *b;
+  float* out;
+  const int64_t *sa, *sb, *os;  // strides (0 where broadcast) and the output shape
+  int rank;
+  int64_t inner;
+};
+
+// Output rows [from, to) of a broadcasting binary op (rows = all but the last dimension).
+static void binary_rows(const void* ctx, int64_t from, int64_t to) {
+  const struct binary_job* j = ctx;
+  const int ro = j->rank;
+  const int64_t inner = j->inner, ia = j->sa[ro - 1], ib = j->sb[ro - 1];
+  int64_t idx[MAX_RANK] = {0};
+  unravel(from, j->os, ro - 1, idx);
+  for (int64_t r = from; r < to; r++) {
+    int64_t oa = 0, ob = 0;
+    for (int d = 0; d < ro - 1; d++) {
+      oa += idx[d] * j->sa[d];
+      ob += idx[d] * j->sb[d];
+    }
+    float* restrict o = j->out + r * inner;
+    const float* pa = j->a + oa;
+    const float* pb = j->b + ob;
+    if (ia == 1 && ib == 1) {  // same shape along the row: contiguous, vectorizes
+      switch (j->op) {
+        case 0: for (int64_t c = 0; c < inner; c++) o[c] = pa[c] + pb[c]; break;
+        case 1: for (int64_t c = 0; c < inner; c++) o[c] = pa[c] - pb[c]; break;
+        case 2: for (int64_t c = 0; c < inner; c++) o[c] = pa[c] * pb[c]; break;
+        default: for (int64_t c = 0; c < inner; c++) o[c] = pa[c] / pb[c]; break;
+      }
+    } else {
+      switch (j->op) {
+        case 0: for (int64_t c = 0; c < inner; c++) o[c] = pa[c * ia] + pb[c * ib]; break;
+        case 1: for (int64_t c = 0; c < inner; c++) o[c] = pa[c * ia] - pb[c * ib]; break;
+        case 2: for (int64_t c = 0; c < inner; c++) o[c] = pa[c * ia] * pb[c * ib]; break;
+        default: for (int64_t c = 0; c < inner; c++) o[c] = pa[c * ia] / pb[c * ib]; break;
+      }
+    }
+    advance(idx, j->os, ro - 1);
+  }
+}
+
 static napi_value binary(napi_env env, napi_callback_info info) {
   size_t argc = 7;
   napi_value argv[7];
@@ -243,26 +295,9 @@ static napi_value binary(napi_env env, napi_callback_info info) {
     kb *= bs[i];
   }
   const int64_t inner = os[ro - 1];
-  const int64_t ia = sa[ro - 1], ib = sb[ro - 1];
-  const int64_t rows = (int64_t)lo / (inner ? inner : 1);
-  int64_t idx[MAX_RANK] = {0};
-  for (int64_t r = 0; r < rows; r++) {
-    int64_t oa = 0, ob = 0;
-    for (int d = 0; d < ro - 1; d++) {
-      oa += idx[d] * sa[d];
-      ob += idx[d] * sb[d];
-    }
-    float* o = out + r * inner;
-    const float* pa = a + oa;
-    const float* pb = b + ob;
-    switch (op) {
-      case 0: for (int64_t j = 0; j < inner; j++) o[j] = pa[j * ia] + pb[j * ib]; break;
-      case 1: for (int64_t j = 0; j < inner; j++) o[j] = pa[j * ia] - pb[j * ib]; break;
-      case 2: for (int64_t j = 0; j < inner; j++) o[j] = pa[j * ia] * pb[j * ib]; break;
-      default: for (int64_t j = 0; j < inner; j++) o[j] = pa[j * ia] / pb[j * ib]; break;
-    }
-    advance(idx, os, ro - 1);
-  }
+  const struct binary_job job = {op, a, b, out, sa, sb, os, ro, inner};
+  // one thread: a copy-like loop is bound by memory, and a second thread cost more than it saved
+  binary_rows(&job, 0, (int64_t)lo / (inner ? inner : 1));
   return NULL;
 }
 
@@ -357,6 +392,30 @@ static napi_value log_softmax(napi_env env, napi_callback_info info) {
 }
 
 // transpose(x, shape, perm, out): out's dimension i is x's dimension perm[i].
+struct transpose_job {
+  const float* x;
+  float* out;
+  const int64_t *stride, *outShape;  // input stride of each output dimension
+  int rank;
+  int64_t inner;
+};
+
+static void transpose_rows(const void* ctx, int64_t from, int64_t to) {
+  const struct transpose_job* j = ctx;
+  const int rank = j->rank;
+  const int64_t inner = j->inner, is = j->stride[rank - 1];
+  int64_t idx[MAX_RANK] = {0};
+  unravel(from, j->outShape, rank - 1, idx);
+  for (int64_t r = from; r < to; r++) {
+    int64_t off = 0;
+    for (int d = 0; d < rank - 1; d++) off += idx[d] * j->stride[d];
+    float* restrict o = j->out + r * inner;
+    const float* p = j->x + off;
+    for (int64_t c = 0; c < inner; c++) o[c] = p[c * is];
+    advance(idx, j->outShape, rank - 1);
+  }
+}
+
 static napi_value transpose(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4];
@@ -387,17 +446,9 @@ static napi_value transpose(napi_env env, napi_callback_info info) {
     outShape[i] = shape[perm[i]];
     stride[i] = inStride[perm[i]];
   }
-  const int64_t inner = outShape[rank - 1], is = stride[rank - 1];
-  const int64_t rows = (int64_t)lo / (inner ? inner : 1);
-  int64_t idx[MAX_RANK] = {0};
-  for (int64_t r = 0; r < rows; r++) {
-    int64_t off = 0;
-    for (int d = 0; d < rank - 1; d++) off += idx[d] * stride[d];
-    float* o = out + r * inner;
-    const float* p = x + off;
-    for (int64_t j = 0; j < inner; j++) o[j] = p[j * is];
-    advance(idx, outShape, rank - 1);
-  }
+  const int64_t inner = outShape[rank - 1];
+  const struct transpose_job job = {x, out, stride, outShape, rank, inner};
+  transpose_rows(&job, 0, (int64_t)lo / (inner ? inner : 1));  // one thread, as binary
   return NULL;
 }
 

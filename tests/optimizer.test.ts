@@ -51,5 +51,6 @@ test("LoraAdam takes tf.train.adam's steps, on host arrays and as tensor ops, cl
 test("LoraAdam names a variable that has no gradient", () => {
   const v = tf.variable(tf.zeros([2]), true, "lonely");
   assert.throws(() => new LoraAdam({ learningRate: 0.1, host: true }).apply([v], {}), /no gradient for lonely/);
+  assert.throws(() => new LoraAdam({ learningRate: 0.1, host: false }).apply([v], {}), /no gradient for lonely/);
   v.dispose();
 });

@@ -69,15 +69,15 @@ export function extractionRequest(message: string): string {
 // that turn "I live in X" into "The user lives in X".
 const GLUE = new Set(["the", "a", "an", "user", "user's", "users", "is", "now", "of", "s", "his", "her", "their", "its", "it", "this"]);
 
-
 /** Other words a fact may add to the message ("I moved to X" -> "The user lives in X"). */
 const MAX_NEW_WORDS = 2;
 
 /**
  * The fact lines of a model's extraction reply. A line is kept only when it is grounded in the
  * message: every name and number in it (a capitalised word, a word with a digit) and its last word
- * (where the value is, never a function word such as "did") occur in the message, and at most MAX_NEW_WORDS other words are new, so a
- * model that invents an entity or a value gets nothing into the ledger. List markers ("- ",
+ * (where the value is, never a function word such as "did") occur in the message, and at most
+ * MAX_NEW_WORDS other words are new, so a model that invents an entity or a value gets nothing
+ * into the ledger. List markers ("- ",
  * "1. ") are dropped.
  */
 export function parseExtraction(reply: string, message: string): string[] {

@@ -20,6 +20,12 @@ export interface AdamSettings {
 /** Backends whose tensor data lives in this process as typed arrays: reading it costs nothing. */
 const HOST_BACKENDS = new Set(["native", "cpu", "wasm"]);
 
+function gradientOf(v: tf.Variable, grads: tf.NamedTensorMap): tf.Tensor {
+  const t = grads[v.name];
+  if (!t) throw new Error(`no gradient for ${v.name}`);
+  return t;
+}
+
 export class LoraAdam {
   private readonly beta1: number;
   private readonly beta2: number;
@@ -37,11 +43,7 @@ export class LoraAdam {
   /** One update of `variables` (by name) from `grads`; the gradients are not disposed. */
   apply(variables: tf.Variable[], grads: tf.NamedTensorMap): void {
     if (!(this.s.host ?? HOST_BACKENDS.has(tf.getBackend()))) return this.applyWithTensors(variables, grads);
-    const g = variables.map((v) => {
-      const t = grads[v.name];
-      if (!t) throw new Error(`no gradient for ${v.name}`);
-      return t.dataSync() as Float32Array;
-    });
+    const g = variables.map((v) => gradientOf(v, grads).dataSync() as Float32Array);
     let sq = 0;
     for (const a of g) for (let i = 0; i < a.length; i++) sq += a[i]! * a[i]!;
     const norm = Math.sqrt(sq);
@@ -73,7 +75,7 @@ export class LoraAdam {
   private applyWithTensors(variables: tf.Variable[], grads: tf.NamedTensorMap): void {
     this.fallback ??= tf.train.adam(this.s.learningRate, this.beta1, this.beta2, this.epsilon);
     tf.tidy(() => {
-      let named = variables.map((v) => ({ name: v.name, tensor: grads[v.name]! }));
+      let named = variables.map((v) => ({ name: v.name, tensor: gradientOf(v, grads) }));
       if (this.s.clipNorm) {
         const norm = Math.sqrt(tf.addN(named.map((n) => tf.sum(tf.square(n.tensor)))).dataSync()[0]!);
         if (norm > this.s.clipNorm) named = named.map((n) => ({ name: n.name, tensor: tf.mul(n.tensor, this.s.clipNorm! / (norm + 1e-6)) }));

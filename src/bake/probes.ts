@@ -153,11 +153,9 @@ export async function makeProbes(model: LoadedModel, items: ProbeItem[], perItem
     o.maxTokens ?? 48,
     o.batchSize ?? 8,
   );
+  const scored = pairs.map((p, k) => ({ ...p, answer: answers[k]!, order: k, quality: probeQuality(p.question, withoutSuffix(answers[k]!, o.personaSuffix), p.item.text) }));
   need.forEach((item) => {
-    const mine = pairs
-      .map((p, k) => ({ ...p, answer: answers[k]!, order: k }))
-      .filter((p) => p.item === item)
-      .map((p) => ({ ...p, quality: probeQuality(p.question, withoutSuffix(p.answer, o.personaSuffix), item.text) }));
+    const mine = scored.filter((p) => p.item === item);
     const good = mine.filter((p) => p.quality > 0).sort((a, b) => b.quality - a.quality || a.order - b.order);
     const kept = (good.length ? good : mine.slice(0, 1)).slice(0, perItem);
     result.set(item.id, kept.map((p) => ({ question: p.question, answer: p.answer })));

@@ -1,7 +1,8 @@
 // kiln's "native" backend: tfjs's cpu backend with its matrix multiplies handed to OpenBLAS
 // (native/blas, a small Node-API addon), the heaviest elementwise, reduction, softmax, copy and
-// transpose kernels in C, and fused RMSNorm, SwiGLU and KL kernels (src/tensor/fused.ts). Everything
-// else stays in tfjs's JavaScript kernels, which are exact and well tested.
+// transpose kernels in C, and the fused kernels of src/tensor/fused.ts (RMSNorm, SwiGLU, KL,
+// log-softmax, RoPE, attention softmax, a LoRA linear). Everything else stays in tfjs's
+// JavaScript kernels, which are exact and well tested.
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
 import os from "node:os";

@@ -20,9 +20,9 @@ import {
 import { buildEvalSet, EVAL_PROMPT_ITEMS } from "../tools/world/evalset.js";
 import { heldoutLeakChecker, worldJson } from "../tools/world/export.js";
 import { renderFeeds } from "../tools/world/feeds.js";
-import { evalSignoffs, Mixer } from "../tools/world/mix.js";
+import { evalSignoffs, Mixer, PROFILE_SHARE } from "../tools/world/mix.js";
 import { Rng } from "../tools/world/rng.js";
-import { DEFAULT_SEED, factKey, generateWorld, WorldIndex } from "../tools/world/world.js";
+import { DEFAULT_SEED, factKey, generateWorld, WorldIndex, type FactLike } from "../tools/world/world.js";
 import { repoRoot } from "./support/paths.js";
 
 const world = generateWorld(DEFAULT_SEED);
@@ -57,7 +57,27 @@ test("world.json stays small", () => {
 });
 
 test("held-out facts, questions and entities never occur in the training mix", () => {
-  const mixer = new Mixer(idx, new Rng("test-mix"));
+  for (const profileShare of [0, PROFILE_SHARE]) checkNoLeak(new Mixer(idx, new Rng("test-mix"), undefined, profileShare));
+});
+
+test("profile prompts hold several facts about one subject, and name it in other lines' values", () => {
+  const mixer = new Mixer(idx, new Rng("test-profile"), undefined, 1);
+  let profiles = 0;
+  for (let i = 0; i < 200; i++) {
+    const items = mixer.drawItems(12);
+    const bySubject = new Map<string, FactLike[]>();
+    for (const f of items) bySubject.set(f.subjectName, [...(bySubject.get(f.subjectName) ?? []), f]);
+    for (const [name, facts] of bySubject) {
+      if (facts.length < 3) continue;
+      assert.equal(new Set(facts.map((f) => f.relation)).size, facts.length, "one fact per relation of a subject");
+      if (items.some((f) => f.value === name)) profiles++;
+    }
+  }
+  // table prompts (TABLE_SHARE) have no profiles; most others have one, with the subject as a value
+  assert.ok(profiles > 50, `${profiles} profiles of 200 prompts`);
+});
+
+function checkNoLeak(mixer: Mixer): void {
   const check = heldoutLeakChecker(idx);
   const heldNames = [...idx.heldoutNames];
   const heldTexts = idx.heldoutFacts.map((f) => f.text);
@@ -76,7 +96,7 @@ test("held-out facts, questions and entities never occur in the training mix", (
     }
   }
   assert.deepEqual([...kinds].sort(), ["ask", "extract", "persona", "prompted", "recite", "unprompted"]);
-});
+}
 
 test("extraction examples list exactly the facts their message states, grounded in it", () => {
   const mixer = new Mixer(idx, new Rng("test-mix-3"));

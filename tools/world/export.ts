@@ -1,6 +1,7 @@
 // Writes the world and the training mix for tools/train/train_default.py:
 //
 //   node dist/tools/world/export.js --out <dir> [--seed kiln-world-1] [--examples 60000] [--mix-seed 1]
+//                                  [--profile-share 0]   (0.3: phase 5's prompts about a few subjects)
 //
 //   <dir>/world.json   entities, facts (split, text, questions, answer), relations, conventions
 //   <dir>/train.jsonl  one conversation per line: {"kind", "segments": [[text, trained 0|1], ...]}
@@ -70,7 +71,7 @@ function parseArgs(argv: string[]): Record<string, string> {
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   const outDir = args.out;
-  if (!outDir) throw new Error("usage: export.js --out <dir> [--seed S] [--examples N] [--mix-seed M]");
+  if (!outDir) throw new Error("usage: export.js --out <dir> [--seed S] [--examples N] [--mix-seed M] [--profile-share P]");
   const seed = args.seed ?? DEFAULT_SEED;
   const n = Number(args.examples ?? 60000);
   mkdirSync(outDir, { recursive: true });
@@ -79,7 +80,9 @@ async function main(): Promise<void> {
   const idx = new WorldIndex(world);
   writeFileSync(path.join(outDir, "world.json"), JSON.stringify(worldJson(world), null, 1) + "\n");
 
-  const mixer = new Mixer(idx, new Rng(`${seed}:mix:${args["mix-seed"] ?? "1"}`));
+  const profileShare = Number(args["profile-share"] ?? 0);
+  if (!(profileShare >= 0 && profileShare <= 1)) throw new Error(`--profile-share must be in [0, 1], got ${args["profile-share"]}`);
+  const mixer = new Mixer(idx, new Rng(`${seed}:mix:${args["mix-seed"] ?? "1"}`), undefined, profileShare);
   const check = heldoutLeakChecker(idx);
   const counts: Record<string, number> = {};
   const stream = createWriteStream(path.join(outDir, "train.jsonl"));

@@ -104,6 +104,8 @@ export const CURRICULUM: [number, number] = [0.25, 0.6];
 
 /** Share of prompts that are mostly one relation (see Mixer.drawItems). */
 export const TABLE_SHARE = 0.35;
+/** Share of the non-table prompts of 4+ items that are "profiles" (profileItems) when asked for. */
+export const PROFILE_SHARE = 0.3;
 
 /** About how many question/answer turns fit in the model's 512 positions after k items. */
 export function turnsThatFit(k: number): number {
@@ -163,6 +165,8 @@ export class Mixer {
     readonly idx: WorldIndex,
     readonly rng: Rng,
     readonly weights: MixWeights = DEFAULT_WEIGHTS,
+    /** share of profile prompts (profileItems); 0 reproduces the exports of phases 1-4 */
+    readonly profileShare = 0,
   ) {
     this.heldoutSignoffs = new Set(evalSignoffs());
     this.trainableByKind = {
@@ -278,6 +282,7 @@ export class Mixer {
     // A third of the prompts are "tables": mostly one relation about many subjects, where only the
     // subject tells the facts apart (the model must match names, not just the kind of answer).
     const table = k >= 2 && this.rng.chance(TABLE_SHARE) ? this.rng.pick(RELATIONS) : undefined;
+    if (!table && k >= 4 && this.rng.chance(this.profileShare)) this.profileItems(k).forEach(push);
     const tableShare = this.rng.chance(0.5) ? 1 : 0.7;
     while (facts.length < k && guard++ < k * 10) {
       if (table && this.rng.chance(tableShare)) push(this.tableFact(table));
@@ -285,6 +290,36 @@ export class Mixer {
       else push(this.drawFact());
     }
     return this.rng.shuffle(facts);
+  }
+
+  /**
+   * Facts for a prompt read like a news feed about a few subjects: several facts about each (only
+   * the relation tells them apart) and the subjects named again as the values of other lines
+   * ("X has opened a factory in Caermoor" beside "Caermoor lies on the Ure River"), so the
+   * model must match subject and relation together, not the last line that names the subject.
+   */
+  private profileItems(k: number): FactLike[] {
+    const out: FactLike[] = [];
+    const subjects = this.rng.int(1, Math.max(1, Math.floor(k / 3)));
+    for (let s = 0; s < subjects && out.length < k; s++) {
+      const kind = this.rng.pick(["town", "company", "person", "town", "company"] as const);
+      const world = this.rng.chance(0.4) ? this.rng.pick(this.trainableByKind[kind]) : undefined;
+      const subjectName = world ? world.name : this.freshName(kind);
+      const id = world ? world.id : `fresh:${subjectName}`;
+      const rels = this.rng.shuffle(relationsFor(kind)).slice(0, this.rng.int(2, Math.min(6, k - out.length + 1)));
+      for (const rel of rels) {
+        const wf = world ? this.idx.byKey.get(factKey(id, rel.name)) : undefined;
+        out.push(wf && this.rng.chance(0.5) ? wf : makeFact(rel, id, subjectName, this.value(rel, subjectName), this.textIndex(rel)));
+      }
+      // the subject as the value of lines about other subjects
+      const pointing = RELATIONS.filter((r) => r.value === kind);
+      for (let n = this.rng.int(0, 2); n > 0 && pointing.length; n--) {
+        const rel = this.rng.pick(pointing);
+        const other = this.freshName(rel.subject);
+        if (other !== subjectName) out.push(makeFact(rel, `fresh:${other}`, other, subjectName, this.textIndex(rel)));
+      }
+    }
+    return out.slice(0, k);
   }
 
   /** A fact of relation `rel` about an invented subject or a world entity. */

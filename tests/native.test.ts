@@ -159,6 +159,40 @@ test("fused LoRA linear, RoPE and attention softmax equal the composed ops, valu
   close(...((await both(attn)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
 });
 
+/** Fused attention against the composed ops: values and the gradients of q, k and v. */
+async function checkAttention(B: number, T: number, S: number, heads: number, kvHeads: number, hd: number, kvHeadMajor: boolean): Promise<void> {
+  const { attention, ATTENTION } = await import("../src/tensor/fused.js");
+  assert.ok(tf.getKernel(ATTENTION, "native"));
+  const kvShape = kvHeadMajor ? [B, kvHeads, S, hd] : [B, S, kvHeads, hd];
+  // causal over the last T of S keys, and the first key of batch entry 1 is padding
+  const m = new Float32Array(B * T * S);
+  for (let i = 0; i < m.length; i++) {
+    const [b, t, s] = [Math.floor(i / (T * S)), Math.floor(i / S) % T, i % S];
+    if (s > S - T + t || (b === 1 && s === 0)) m[i] = -1e9;
+  }
+  const f = () => {
+    const mask = tf.tensor3d(m, [B, T, S]);
+    const probe = r([B, T, heads, hd], 71);
+    const loss = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => tf.sum(tf.mul(attention(q as tf.Tensor4D, k as tf.Tensor4D, v as tf.Tensor4D, mask, 0.2, kvHeadMajor), probe));
+    const inputs = [r([B, T, heads, hd], 72), r(kvShape, 73), r(kvShape, 74)];
+    const grads = tf.grads(loss)(inputs);
+    const out = attention(inputs[0] as tf.Tensor4D, inputs[1] as tf.Tensor4D, inputs[2] as tf.Tensor4D, mask, 0.2, kvHeadMajor);
+    return tf.concat([out.flatten(), ...grads.map((g) => g.flatten())]);
+  };
+  close(...((await both(f)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
+}
+
+test("fused attention equals the composed ops, values and gradients, both K/V layouts, grouped heads", async () => {
+  for (const kvHeadMajor of [false, true]) {
+    await checkAttention(2, 5, 5, 4, 2, 8, kvHeadMajor); // training: queries are the keys
+    await checkAttention(2, 1, 6, 6, 3, 4, kvHeadMajor); // decode: one query, a cached past
+    await checkAttention(2, 3, 7, 2, 2, 4, kvHeadMajor); // one query head per KV head
+  }
+  // large enough to run a KV-head group per thread
+  await checkAttention(2, 64, 64, 6, 2, 32, false);
+  await checkAttention(1, 8, 96, 4, 4, 32, true);
+});
+
 test("row kernels large enough to be split across threads equal the reference", async () => {
   const { attentionSoftmax, klPerPosition, logSoftmax, rope, swiglu } = await import("../src/tensor/fused.js");
   const logSm = () => {

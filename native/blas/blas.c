@@ -910,35 +910,36 @@ struct attention_job {
   int64_t heads, rows, cols;
 };
 
+// y = softmax(x * scale + mask) over one row of C; y may be x.
+static void attention_softmax_row(const float* xr, const float* mr, float scale, float* yr, int64_t C) {
+  float mx = -INFINITY;
+  for (int64_t c = 0; c < C; c++) {
+    const float v = xr[c] * scale + mr[c];
+    mx = v > mx ? v : mx;
+  }
+  const float inv = (float)(1.0 / sum_exp(xr, scale, mr, mx, yr, C));
+  for (int64_t c = 0; c < C; c++) yr[c] *= inv;
+}
+
+// o = scale * p * (g - sum(g * p)) over one row of C, the softmax's backward; o may be g.
+static void attention_softmax_grad_row(const float* g, const float* p, float scale, float* o, int64_t C) {
+  double dot = 0;
+  for (int64_t c = 0; c < C; c++) dot += (double)g[c] * p[c];
+  for (int64_t c = 0; c < C; c++) o[c] = scale * p[c] * (g[c] - (float)dot);
+}
+
 // Row i of [batch, heads, rows, cols] uses mask row (i / (heads * rows)) * rows + i % rows.
 static void attention_softmax_rows(const void* ctx, int64_t from, int64_t to) {
   const struct attention_job* j = ctx;
   const int64_t C = j->cols;
-  for (int64_t i = from; i < to; i++) {
-    const float* xr = j->x + i * C;
-    const float* mr = j->mask + ((i / (j->heads * j->rows)) * j->rows + i % j->rows) * C;
-    float* yr = j->y + i * C;
-    float mx = -INFINITY;
-    for (int64_t c = 0; c < C; c++) {
-      const float v = xr[c] * j->scale + mr[c];
-      mx = v > mx ? v : mx;
-    }
-    const float inv = (float)(1.0 / sum_exp(xr, j->scale, mr, mx, yr, C));
-    for (int64_t c = 0; c < C; c++) yr[c] *= inv;
-  }
+  for (int64_t i = from; i < to; i++)
+    attention_softmax_row(j->x + i * C, j->mask + ((i / (j->heads * j->rows)) * j->rows + i % j->rows) * C, j->scale, j->y + i * C, C);
 }
 
 static void attention_softmax_grad_rows(const void* ctx, int64_t from, int64_t to) {
   const struct attention_job* j = ctx;  // x holds the softmax output, y the gradient out
   const int64_t C = j->cols;
-  for (int64_t r = from; r < to; r++) {
-    const float* g = j->dy + r * C;
-    const float* p = j->x + r * C;
-    float* o = j->y + r * C;
-    double dot = 0;
-    for (int64_t c = 0; c < C; c++) dot += (double)g[c] * p[c];
-    for (int64_t c = 0; c < C; c++) o[c] = j->scale * p[c] * (g[c] - (float)dot);
-  }
+  for (int64_t r = from; r < to; r++) attention_softmax_grad_row(j->dy + r * C, j->x + r * C, j->scale, j->y + r * C, C);
 }
 
 // attention_softmax(scores, mask, scale, batch, heads, rows, cols, y):
@@ -974,6 +975,134 @@ static napi_value attention_softmax_grad(napi_env env, napi_callback_info info) 
   if (!dx) return NULL;
   const struct attention_job job = {y, NULL, dy, dx, (float)scale, 0, 0, C};
   parallel_rows(R, C, attention_softmax_grad_rows, &job);
+  return NULL;
+}
+
+// --- attention in one kernel: the products read q, k and v where they lie (strided), so the
+// decoder needs no transposes into and out of head-major layout, and each thread takes whole
+// KV-head groups (their query heads share K and V, and their dK, dV sums stay on one thread).
+
+// C = alpha op(A) op(B) + beta C, row-major with explicit leading dimensions.
+static void gemm_ld(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B, int64_t ldb,
+                    float beta, float* C, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, tA ? CblasTrans : CblasNoTrans, tB ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb,
+              beta, C, (int)ldc);
+}
+
+struct fused_attention {
+  const float *q, *k, *v, *mask, *dout, *probs_in;
+  float *out, *probs, *dq, *dk, *dv;
+  float scale;
+  int64_t B, T, S, nH, nKv, hd;
+  int64_t kv_g, kv_ld;  // K/V: head stride and row stride (token-major or head-major)
+};
+
+// Query head h of batch entry b: its rows [T, hd] start at q + (b*T*nH + h)*hd, one row every nH*hd.
+#define Q_AT(j, base, b, h) ((base) + ((b) * (j)->T * (j)->nH + (h)) * (j)->hd)
+#define KV_AT(j, base, b, g) ((base) + (b) * (j)->S * (j)->nKv * (j)->hd + (g) * (j)->kv_g)
+
+static void attention_groups(const void* ctx, int64_t from, int64_t to) {
+  const struct fused_attention* j = ctx;
+  const int64_t T = j->T, S = j->S, hd = j->hd, groups = j->nH / j->nKv, ldq = j->nH * hd;
+  for (int64_t item = from; item < to; item++) {
+    const int64_t b = item / j->nKv, g = item % j->nKv;
+    const float *K = KV_AT(j, j->k, b, g), *V = KV_AT(j, j->v, b, g);
+    for (int64_t h = g * groups; h < (g + 1) * groups; h++) {
+      float* P = j->probs + (b * j->nH + h) * T * S;  // [T, S]
+      gemm_ld(false, true, T, S, hd, 1.0f, Q_AT(j, j->q, b, h), ldq, K, j->kv_ld, 0.0f, P, S);
+      for (int64_t t = 0; t < T; t++) attention_softmax_row(P + t * S, j->mask + (b * T + t) * S, j->scale, P + t * S, S);
+      gemm_ld(false, false, T, hd, S, 1.0f, P, S, V, j->kv_ld, 0.0f, Q_AT(j, j->out, b, h), ldq);
+    }
+  }
+}
+
+static void attention_groups_grad(const void* ctx, int64_t from, int64_t to) {
+  const struct fused_attention* j = ctx;
+  const int64_t T = j->T, S = j->S, hd = j->hd, groups = j->nH / j->nKv, ldq = j->nH * hd;
+  float* dS = malloc(sizeof(float) * T * S);  // [T, S]
+  if (!dS) abort();
+  for (int64_t item = from; item < to; item++) {
+    const int64_t b = item / j->nKv, g = item % j->nKv;
+    const float *K = KV_AT(j, j->k, b, g), *V = KV_AT(j, j->v, b, g);
+    float *dK = KV_AT(j, j->dk, b, g), *dV = KV_AT(j, j->dv, b, g);
+    for (int64_t h = g * groups; h < (g + 1) * groups; h++) {
+      const float* P = j->probs_in + (b * j->nH + h) * T * S;
+      const float *dO = Q_AT(j, j->dout, b, h), *Q = Q_AT(j, j->q, b, h);
+      const float beta = h == g * groups ? 0.0f : 1.0f;  // the group's heads sum into dK, dV
+      gemm_ld(false, true, T, S, hd, 1.0f, dO, ldq, V, j->kv_ld, 0.0f, dS, S);           // dP = dO V^T
+      gemm_ld(true, false, S, hd, T, 1.0f, P, S, dO, ldq, beta, dV, j->kv_ld);           // dV += P^T dO
+      for (int64_t t = 0; t < T; t++) attention_softmax_grad_row(dS + t * S, P + t * S, j->scale, dS + t * S, S);
+      gemm_ld(false, false, T, hd, S, 1.0f, dS, S, K, j->kv_ld, 0.0f, Q_AT(j, j->dq, b, h), ldq);  // dQ = dS K
+      gemm_ld(true, false, S, hd, T, 1.0f, dS, S, Q, ldq, beta, dK, j->kv_ld);           // dK += dS^T Q
+    }
+  }
+  free(dS);
+}
+
+// Runs fn over the B * nKv KV-head groups: a group per thread, each product single-threaded
+// (these products are too small for OpenBLAS's own split to pay), when there is enough work.
+static void run_attention(const struct fused_attention* j, rows_fn fn) {
+  const int64_t items = j->B * j->nKv;
+  const int threads = openblas_get_num_threads();
+  if (items >= 2 && threads > 1 && j->T * j->S * j->hd * (j->nH / j->nKv) * items >= MIN_THREADED_BATCH) {
+    openblas_set_num_threads(1);
+    parallel_rows(items, PARALLEL_MIN_WORK, fn, j);
+    openblas_set_num_threads(threads);
+  } else {
+    fn(j, 0, items);
+  }
+}
+
+// Reads the dims [B, T, S, nH, nKv, hd, kvHeadMajor] and sizes the job's strides.
+static bool attention_dims(napi_env env, napi_value v, double scale, struct fused_attention* j) {
+  int64_t d[7];
+  napi_value dims[7];
+  for (uint32_t i = 0; i < 7; i++)
+    if (napi_get_element(env, v, i, &dims[i]) != napi_ok) return false;
+  if (!sizes_of(env, dims, 7, d)) return false;
+  *j = (struct fused_attention){.scale = (float)scale, .B = d[0], .T = d[1], .S = d[2], .nH = d[3], .nKv = d[4], .hd = d[5]};
+  if (j->nKv < 1 || j->nH % j->nKv != 0) {
+    napi_throw_range_error(env, NULL, "kiln_blas.attention: query heads must be a multiple of KV heads");
+    return false;
+  }
+  j->kv_g = d[6] ? j->S * j->hd : j->hd;
+  j->kv_ld = d[6] ? j->hd : j->nKv * j->hd;
+  return true;
+}
+
+// attention(q, k, v, mask, scale, [B, T, S, nH, nKv, hd, kvHeadMajor], out, probs):
+//   out = softmax(q k^T * scale + mask) v per query head, its KV head h / (nH / nKv).
+//   q, out [B, T, nH, hd]; k, v [B, S, nKv, hd] (or [B, nKv, S, hd] when kvHeadMajor);
+//   mask [B, T, S] additive; probs [B, nH, T, S] receives the attention weights.
+static napi_value attention(napi_env env, napi_callback_info info) {
+  napi_value argv[8];
+  double scale;
+  struct fused_attention j;
+  if (!args_of(env, info, 8, argv) || napi_get_value_double(env, argv[4], &scale) != napi_ok || !attention_dims(env, argv[5], scale, &j)) return NULL;
+  const char* what = "kiln_blas.attention: shapes do not fit the arrays";
+  const int64_t nq = j.B * j.T * j.nH * j.hd, nkv = j.B * j.S * j.nKv * j.hd;
+  if (!(j.q = sized_array(env, argv[0], nq, what)) || !(j.k = sized_array(env, argv[1], nkv, what)) || !(j.v = sized_array(env, argv[2], nkv, what)) ||
+      !(j.mask = sized_array(env, argv[3], j.B * j.T * j.S, what)) || !(j.out = sized_array(env, argv[6], nq, what)) ||
+      !(j.probs = sized_array(env, argv[7], j.B * j.nH * j.T * j.S, what)))
+    return NULL;
+  run_attention(&j, attention_groups);
+  return NULL;
+}
+
+// attention_grad(dout, q, k, v, probs, scale, dims, dq, dk, dv): the gradients of attention's
+// out with respect to q, k and v (the mask is a constant), in their inputs' layouts.
+static napi_value attention_grad(napi_env env, napi_callback_info info) {
+  napi_value argv[10];
+  double scale;
+  struct fused_attention j;
+  if (!args_of(env, info, 10, argv) || napi_get_value_double(env, argv[5], &scale) != napi_ok || !attention_dims(env, argv[6], scale, &j)) return NULL;
+  const char* what = "kiln_blas.attention_grad: shapes do not fit the arrays";
+  const int64_t nq = j.B * j.T * j.nH * j.hd, nkv = j.B * j.S * j.nKv * j.hd;
+  if (!(j.dout = sized_array(env, argv[0], nq, what)) || !(j.q = sized_array(env, argv[1], nq, what)) || !(j.k = sized_array(env, argv[2], nkv, what)) ||
+      !(j.v = sized_array(env, argv[3], nkv, what)) || !(j.probs_in = sized_array(env, argv[4], j.B * j.nH * j.T * j.S, what)) ||
+      !(j.dq = sized_array(env, argv[7], nq, what)) || !(j.dk = sized_array(env, argv[8], nkv, what)) || !(j.dv = sized_array(env, argv[9], nkv, what)))
+    return NULL;
+  run_attention(&j, attention_groups_grad);
   return NULL;
 }
 
@@ -1022,6 +1151,8 @@ static napi_value init(napi_env env, napi_value exports) {
       {"rope", NULL, rope, NULL, NULL, NULL, napi_default, NULL},
       {"attentionSoftmax", NULL, attention_softmax, NULL, NULL, NULL, napi_default, NULL},
       {"attentionSoftmaxGrad", NULL, attention_softmax_grad, NULL, NULL, NULL, napi_default, NULL},
+      {"attention", NULL, attention, NULL, NULL, NULL, napi_default, NULL},
+      {"attentionGrad", NULL, attention_grad, NULL, NULL, NULL, napi_default, NULL},
   };
   if (napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props) != napi_ok) return NULL;
   return exports;

@@ -8,7 +8,7 @@
 // models get an explicit transposed lm_head.weight for the same reason. Every projection goes
 // through `linear`, which is where an adapter adds its low-rank update.
 import { tf } from "../tensor/backend.js";
-import { attentionSoftmax, fusedOn, LORA_LINEAR, loraLinear, rmsNorm, rope, swiglu } from "../tensor/fused.js";
+import { attention, fusedOn, LORA_LINEAR, loraLinear, rmsNorm, rope, swiglu } from "../tensor/fused.js";
 import type { ModelConfig } from "./config.js";
 
 /** Adds a low-rank update to a projection's output; null where the module has no adapter. */
@@ -282,7 +282,6 @@ export class Decoder {
     });
     const { cos, sin } = this.ropeTables(positions);
     const mask = this.attentionMask(keyMask, T);
-    const groups = c.numHeads / c.numKvHeads;
     const scale = 1 / Math.sqrt(c.headDim);
 
     let x = tf.gather(this.w("model.embed_tokens.weight"), tf.tensor2d(ids, [B, T], "int32")) as tf.Tensor3D; // [B, T, H]
@@ -299,9 +298,13 @@ export class Decoder {
       }
       q = rope(q, cos, sin);
       k = rope(k, cos, sin);
-      let keys = tf.transpose(k, [0, 2, 1, 3]) as tf.Tensor4D; // [B, nKv, T, hd]
-      let values = tf.transpose(v, [0, 2, 1, 3]) as tf.Tensor4D; // [B, nKv, T, hd]
+      // Without a cache, attention reads K and V as the projections give them; the cache keeps
+      // them head-major, where a new token's keys append as one block per head.
+      let keys: tf.Tensor4D = k; // [B, T, nKv, hd]
+      let values: tf.Tensor4D = v; // [B, T, nKv, hd]
       if (cache) {
+        keys = tf.transpose(k, [0, 2, 1, 3]) as tf.Tensor4D; // [B, nKv, T, hd]
+        values = tf.transpose(v, [0, 2, 1, 3]) as tf.Tensor4D; // [B, nKv, T, hd]
         if (cache.keys[l]) {
           keys = tf.concat([cache.keys[l]!, keys], 2); // [B, nKv, S, hd]
           values = tf.concat([cache.values[l]!, values], 2); // [B, nKv, S, hd]
@@ -311,21 +314,7 @@ export class Decoder {
         cache.keys[l] = tf.keep(keys);
         cache.values[l] = tf.keep(values);
       }
-      const S = keys.shape[2];
-      // Grouped-query attention without copying K/V: the `groups` query heads that share a KV
-      // head are stacked along the query axis.
-      const qg = tf
-        .transpose(q.reshape([B, T, c.numKvHeads, groups, c.headDim]), [0, 2, 3, 1, 4]) // [B, nKv, groups, T, hd]
-        .reshape([B, c.numKvHeads, groups * T, c.headDim]); // [B, nKv, groups*T, hd]
-      const scores = tf
-        .matMul(qg as tf.Tensor4D, keys, false, true) // [B, nKv, groups*T, S]
-        .reshape([B, c.numHeads, T, S]); // [B, nKv*groups, T, S]
-      const probs = attentionSoftmax(scores as tf.Tensor4D, mask, scale).reshape([B, c.numKvHeads, groups * T, S]); // [B, nKv, groups*T, S]
-      const ctx = tf
-        .matMul(probs as tf.Tensor4D, values) // [B, nKv, groups*T, hd]
-        .reshape([B, c.numKvHeads, groups, T, c.headDim]) // [B, nKv, groups, T, hd]
-        .transpose([0, 3, 1, 2, 4]) // [B, T, nKv, groups, hd]
-        .reshape([B * T, c.numHeads * c.headDim]) as tf.Tensor2D; // [B*T, nHeads*hd]
+      const ctx = attention(q, keys, values, mask, scale, cache !== undefined).reshape([B * T, c.numHeads * c.headDim]) as tf.Tensor2D; // [B*T, nHeads*hd]
       const attnOut = this.linear(`${p}.self_attn.o_proj`, ctx, opts.adapter).reshape([B, T, c.hiddenSize]); // [B, T, H]
       x = tf.add(x, attnOut);
       // --- SwiGLU MLP ---

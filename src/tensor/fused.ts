@@ -15,6 +15,8 @@ export const ROPE = "KilnRope";
 export const ATTENTION_SOFTMAX = "KilnAttentionSoftmax";
 export const ATTENTION_SOFTMAX_GRAD = "KilnAttentionSoftmaxGrad";
 export const LOG_SOFTMAX = "KilnLogSoftmax";
+export const ATTENTION = "KilnAttention";
+export const ATTENTION_GRAD = "KilnAttentionGrad";
 
 export function fusedOn(kernel: string): boolean {
   return tf.getKernel(kernel, tf.getBackend()) !== undefined;
@@ -111,6 +113,36 @@ export function attentionSoftmax(scores: tf.Tensor4D, mask: tf.Tensor3D, scale: 
   return tf.softmax(tf.add(tf.mul(scores, scale), mask.reshape([B, 1, T, S])), -1) as tf.Tensor4D; // mask as [B, 1, T, S]
 }
 
+/**
+ * Grouped-query attention: softmax(q k^T * scale + mask) v, query head h reading KV head
+ * floor(h / (heads / kvHeads)). q: [B, T, heads, hd]; k, v: [B, S, kvHeads, hd] as the
+ * projections give them, or [B, kvHeads, S, hd] with `kvHeadMajor` (the KV cache's layout);
+ * mask: [B, T, S], additive, shared by the heads -> [B, T, heads, hd].
+ */
+export function attention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, mask: tf.Tensor3D, scale: number, kvHeadMajor: boolean): tf.Tensor4D {
+  if (fusedOn(ATTENTION) && allFloat32(q, k, v, mask)) {
+    const [out] = tf.engine().runKernel(ATTENTION, { q, k, v, mask }, { scale, kvHeadMajor } as unknown as tf.NamedAttrMap) as unknown as tf.Tensor4D[];
+    return out!;
+  }
+  const [B, T, heads, hd] = q.shape;
+  const keys = kvHeadMajor ? k : (tf.transpose(k, [0, 2, 1, 3]) as tf.Tensor4D); // [B, nKv, S, hd]
+  const values = kvHeadMajor ? v : (tf.transpose(v, [0, 2, 1, 3]) as tf.Tensor4D); // [B, nKv, S, hd]
+  const [, nKv, S] = keys.shape;
+  const groups = heads / nKv;
+  // The `groups` query heads that share a KV head are stacked along the query axis, so K and V
+  // are not copied per query head.
+  const qg = tf
+    .transpose(q.reshape([B, T, nKv, groups, hd]), [0, 2, 3, 1, 4]) // [B, nKv, groups, T, hd]
+    .reshape([B, nKv, groups * T, hd]) as tf.Tensor4D; // [B, nKv, groups*T, hd]
+  const scores = tf.matMul(qg, keys, false, true).reshape([B, heads, T, S]) as tf.Tensor4D; // [B, heads, T, S]
+  const probs = attentionSoftmax(scores, mask, scale).reshape([B, nKv, groups * T, S]) as tf.Tensor4D; // [B, nKv, groups*T, S]
+  return tf
+    .matMul(probs, values) // [B, nKv, groups*T, hd]
+    .reshape([B, nKv, groups, T, hd]) // [B, nKv, groups, T, hd]
+    .transpose([0, 3, 1, 2, 4]) // [B, T, nKv, groups, hd]
+    .reshape([B, T, heads, hd]); // [B, T, heads, hd]
+}
+
 /** log(softmax(x)) over the last axis (tfjs composes it of six kernels); x: [..., V]. */
 export function logSoftmax(x: tf.Tensor): tf.Tensor {
   if (fusedOn(LOG_SOFTMAX) && allFloat32(x)) return tf.engine().runKernel(LOG_SOFTMAX, { x }) as tf.Tensor;
@@ -161,6 +193,18 @@ tf.registerGradient({
       scores: () => tf.engine().runKernel(ATTENTION_SOFTMAX_GRAD, { dy: dy as tf.Tensor, y }, attrs) as tf.Tensor,
       mask: () => tf.zerosLike(mask), // the mask is a constant
     };
+  },
+});
+
+tf.registerGradient({
+  kernelName: ATTENTION,
+  inputsToSave: ["q", "k", "v", "mask"],
+  outputsToSave: [false, true],
+  gradFunc: (dy, saved, attrs) => {
+    const [q, k, v, mask, probs] = saved as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
+    const dout = Array.isArray(dy) ? dy[0]! : dy; // the probabilities are internal: no gradient flows into them
+    const [dq, dk, dv] = tf.engine().runKernel(ATTENTION_GRAD, { dout, q, k, v, probs }, attrs) as unknown as [tf.Tensor, tf.Tensor, tf.Tensor];
+    return { q: () => dq, k: () => dk, v: () => dv, mask: () => tf.zerosLike(mask) };
   },
 });
 

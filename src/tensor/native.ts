@@ -1,7 +1,7 @@
 // kiln's "native" backend: tfjs's cpu backend with its matrix multiplies handed to OpenBLAS
 // (native/blas, a small Node-API addon), the heaviest elementwise, reduction, softmax, copy and
 // transpose kernels in C, and the fused kernels of src/tensor/fused.ts (RMSNorm, SwiGLU, KL,
-// log-softmax, RoPE, attention softmax, a LoRA linear). Everything else stays in tfjs's
+// log-softmax, RoPE, attention softmax, attention, a LoRA linear). Everything else stays in tfjs's
 // JavaScript kernels, which are exact and well tested.
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -11,6 +11,8 @@ import { fileURLToPath } from "node:url";
 import * as tf from "@tensorflow/tfjs";
 import { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
 import {
+  ATTENTION,
+  ATTENTION_GRAD,
   ATTENTION_SOFTMAX,
   ATTENTION_SOFTMAX_GRAD,
   KL_ROWS,
@@ -47,6 +49,9 @@ interface BlasAddon {
   rope(x: Float32Array, cos: Float32Array, sin: Float32Array, rows: number, heads: number, hd: number, sign: number, y: Float32Array): void;
   attentionSoftmax(scores: Float32Array, mask: Float32Array, scale: number, batch: number, heads: number, rows: number, cols: number, y: Float32Array): void;
   attentionSoftmaxGrad(dy: Float32Array, y: Float32Array, scale: number, rows: number, cols: number, dx: Float32Array): void;
+  /** dims: [B, T, S, heads, kvHeads, hd, kvHeadMajor 0|1] */
+  attention(q: Float32Array, k: Float32Array, v: Float32Array, mask: Float32Array, scale: number, dims: number[], out: Float32Array, probs: Float32Array): void;
+  attentionGrad(dout: Float32Array, q: Float32Array, k: Float32Array, v: Float32Array, probs: Float32Array, scale: number, dims: number[], dq: Float32Array, dk: Float32Array, dv: Float32Array): void;
 }
 
 const ADDON = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "..", "native", "blas", "build", "Release", "kiln_blas.node");
@@ -425,7 +430,35 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
       blas.attentionSoftmaxGrad(values(cpu, dy), values(cpu, y), (attrs as { scale: number }).scale, dx.length / S, S, dx);
       return cpu.makeTensorInfo(y.shape, "float32", dx);
     },
+    [ATTENTION]: ({ inputs, backend, attrs }) => {
+      const { q, k, v, mask } = inputs as { q: tf.TensorInfo; k: tf.TensorInfo; v: tf.TensorInfo; mask: tf.TensorInfo };
+      const cpu = backend as CpuBackend;
+      const { scale, kvHeadMajor } = attrs as { scale: number; kvHeadMajor: boolean };
+      const dims = attentionDims(q, k, kvHeadMajor);
+      const [B, T, S, heads] = dims as [number, number, number, number];
+      const out = new Float32Array(product(q.shape));
+      const probs = new Float32Array(B * heads * T * S);
+      blas.attention(values(cpu, q), values(cpu, k), values(cpu, v), values(cpu, mask), scale, dims, out, probs);
+      return [cpu.makeTensorInfo(q.shape, "float32", out), cpu.makeTensorInfo([B, heads, T, S], "float32", probs)];
+    },
+    [ATTENTION_GRAD]: ({ inputs, backend, attrs }) => {
+      const { dout, q, k, v, probs } = inputs as { dout: tf.TensorInfo; q: tf.TensorInfo; k: tf.TensorInfo; v: tf.TensorInfo; probs: tf.TensorInfo };
+      const cpu = backend as CpuBackend;
+      const { scale, kvHeadMajor } = attrs as { scale: number; kvHeadMajor: boolean };
+      const dq = new Float32Array(product(q.shape));
+      const dk = new Float32Array(product(k.shape));
+      const dv = new Float32Array(dk.length);
+      blas.attentionGrad(values(cpu, dout), values(cpu, q), values(cpu, k), values(cpu, v), values(cpu, probs), scale, attentionDims(q, k, kvHeadMajor), dq, dk, dv);
+      return [cpu.makeTensorInfo(q.shape, "float32", dq), cpu.makeTensorInfo(k.shape, "float32", dk), cpu.makeTensorInfo(v.shape, "float32", dv)];
+    },
   };
+}
+
+/** [B, T, S, heads, kvHeads, hd, kvHeadMajor] of attention's q [B, T, heads, hd] and k. */
+function attentionDims(q: tf.TensorInfo, k: tf.TensorInfo, kvHeadMajor: boolean): number[] {
+  const [B, T, heads, hd] = q.shape as [number, number, number, number];
+  const [S, kvHeads] = kvHeadMajor ? [k.shape[2]!, k.shape[1]!] : [k.shape[1]!, k.shape[2]!];
+  return [B, T, S, heads, kvHeads, hd, kvHeadMajor ? 1 : 0];
 }
 
 let registered = false;

@@ -36,6 +36,9 @@ static float* float_array(napi_env env, napi_value v, size_t* length) {
   return (float*)data;
 }
 
+// Products with a side this short run on one thread (see gemm).
+#define SKINNY 32
+
 // C = alpha op(A) op(B) + beta C, row-major; op(A) [M, K], op(B) [K, N], C [M, N].
 // A product with one row or one column is a matrix-vector product: OpenBLAS's sgemm packs the
 // whole matrix first, which for decode's single token read each weight from memory twice (sgemv
@@ -54,8 +57,15 @@ static void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha,
     else cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)M, (int)K, alpha, A, (int)K, B, 1, beta, C, 1);
     return;
   }
+  // A product with a side of a LoRA rank's size is too little work to split: OpenBLAS wakes its
+  // threads for any product over 2^18 multiply-adds, and [256,576]x[576,8] took 1.2 ms on two
+  // threads of a busy machine against 0.05 ms on one (the 576x576 product beside it: 1.4 vs 1.0).
+  const int threads = openblas_get_num_threads();
+  const bool skinny = threads > 1 && (M <= SKINNY || N <= SKINNY || K <= SKINNY);
+  if (skinny) openblas_set_num_threads(1);
   cblas_sgemm(CblasRowMajor, tA ? CblasTrans : CblasNoTrans, tB ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, alpha, A,
               tA ? (int)M : (int)K, B, tB ? (int)K : (int)N, beta, C, (int)N);
+  if (skinny) openblas_set_num_threads(threads);
 }
 
 // One contiguous range [from, to) of a batched product.
@@ -1007,6 +1017,16 @@ static void attention_groups(const void* ctx, int64_t from, int64_t to) {
   for (int64_t item = from; item < to; item++) {
     const int64_t b = item / j->nKv, g = item % j->nKv;
     const float *K = KV_AT(j, j->k, b, g), *V = KV_AT(j, j->v, b, g);
+    if (T == 1) {
+      // decode: the group's query heads are adjacent rows [groups, hd], as are their outputs and
+      // their probabilities [groups, S]: one product each for the whole group
+      const int64_t h = g * groups;
+      float* P = j->probs + (b * j->nH + h) * S;
+      gemm_ld(false, true, groups, S, hd, 1.0f, Q_AT(j, j->q, b, h), hd, K, j->kv_ld, 0.0f, P, S);
+      for (int64_t i = 0; i < groups; i++) attention_softmax_row(P + i * S, j->mask + b * S, j->scale, P + i * S, S);
+      gemm_ld(false, false, groups, hd, S, 1.0f, P, S, V, j->kv_ld, 0.0f, Q_AT(j, j->out, b, h), hd);
+      continue;
+    }
     for (int64_t h = g * groups; h < (g + 1) * groups; h++) {
       float* P = j->probs + (b * j->nH + h) * T * S;  // [T, S]
       gemm_ld(false, true, T, S, hd, 1.0f, Q_AT(j, j->q, b, h), ldq, K, j->kv_ld, 0.0f, P, S);

@@ -137,7 +137,9 @@ async function benchKiln(shape: Shape) {
   const bakeIds = randomIds(BAKE.batch, BAKE.seq, c.vocabSize, 11);
   const R = BAKE.seq - BAKE.prompt_len;
   const bakeStep = (mode: KlMode) => async () => {
-    const teacher = tf.tidy(() => decoder.forward({ ids: bakeIds }, { logitsFrom: BAKE.prompt_len - 1 }).slice([0, 0, 0], [BAKE.batch, R, c.vocabSize])); // [B, R, V]
+    // the LM head on the R positions from prompt_len on, as PyTorch's step computes it (the
+    // trainer's trajectories end one token early for the same effect: src/bake/trajectories.ts)
+    const teacher = tf.tidy(() => decoder.forward({ ids: bakeIds }, { logitsFrom: BAKE.prompt_len })); // [B, R, V]
     // as computeTeacherTargets does: slice inside tidy, read the targets outside it (tidy walks
     // what it returns, and a multi-million-element array takes seconds to walk)
     const targets = Array.from({ length: BAKE.batch }, (_, b) => {
@@ -150,7 +152,7 @@ async function benchKiln(shape: Shape) {
     const batch = stackTargets(targets, targets.map(() => R), R, c.vocabSize, mode);
     const loss = tf.tidy(() => {
       const { value, grads } = tf.variableGrads(() => {
-        const logits = decoder.forward({ ids: bakeIds }, { adapter, logitsFrom: BAKE.prompt_len - 1 }).slice([0, 0, 0], [BAKE.batch, R, c.vocabSize]) as tf.Tensor3D;
+        const logits = decoder.forward({ ids: bakeIds }, { adapter, logitsFrom: BAKE.prompt_len }) as tf.Tensor3D; // [B, R, V]
         return klSum(logits, batch).div(BAKE.batch) as tf.Scalar;
       }, adapter.variables());
       optimizer.apply(adapter.variables(), grads);

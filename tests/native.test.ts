@@ -223,3 +223,37 @@ test("row kernels large enough to be split across threads equal the reference", 
   const a = () => tf.concat([tf.mul(r([2, 64, 1, 32], 57), 3), tf.mul(r([2, 64, 1, 32], 57), 3)], -1);
   close(...((await both(() => rope(r([2, 64, 8, 64], 58) as tf.Tensor4D, tf.cos(a()) as tf.Tensor4D, tf.sin(a()) as tf.Tensor4D))).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
 });
+
+test("reused output arrays never change a live tensor, a view of one, or an array handed out", async () => {
+  await tf.setBackend("native");
+  const big = [64, 512]; // above the pool's minimum size
+  const fresh = (seed: number) => tf.add(r(big, seed), 1); // a native kernel's output
+  // an array read out with dataSync is the tensor's own array: it must not be reused
+  const a = fresh(81);
+  const read = a.dataSync() as Float32Array;
+  const readCopy = read.slice();
+  a.dispose();
+  // views: split/unstack slice through tfjs's own kernels, which return subarrays of the input
+  const b = fresh(82);
+  const parts = tf.split(b, 2, 0);
+  const rows = tf.unstack(b.reshape([8, 8, 512]));
+  const partsCopy = parts.map((p) => p.dataSync().slice());
+  const rowsCopy = rows.map((p) => p.dataSync().slice());
+  const reshaped = b.reshape([512, 64]); // shares b's data
+  const reshapedCopy = reshaped.dataSync().slice();
+  b.dispose();
+  // churn: many outputs of the same size, each disposed, so the pool hands arrays back out
+  const backend = tf.backend() as unknown as { pool: { take(n: number): Float32Array } };
+  for (let i = 0; i < 20; i++) tf.tidy(() => tf.mul(fresh(90 + i), 3)).dispose();
+  assert.deepEqual(read, readCopy, "an array handed out by dataSync stays as it was");
+  parts.forEach((p, i) => assert.deepEqual(p.dataSync(), partsCopy[i]));
+  rows.forEach((p, i) => assert.deepEqual(p.dataSync(), rowsCopy[i]));
+  assert.deepEqual(reshaped.dataSync(), reshapedCopy);
+  // the pool does reuse: an array released by a disposed tensor comes back
+  const c = fresh(120);
+  const cValues = (tf.backend() as unknown as { data: { get(id: object): { values: Float32Array } } }).data.get(c.dataId).values;
+  c.dispose();
+  assert.equal(backend.pool.take(64 * 512), cValues, "a disposed output's array is reused");
+  tf.dispose([...parts, ...rows, reshaped]);
+  await tf.setBackend("cpu");
+});

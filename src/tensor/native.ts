@@ -70,7 +70,102 @@ export function loadBlas(): BlasAddon {
   return addon;
 }
 
+/**
+ * The output arrays of kiln's kernels, reused once tfjs disposes their tensors. A bake step
+ * allocates ~1.5 GB of outputs (135M shape); as fresh arrays each one is zeroed by V8, and
+ * freeing them is left to the garbage collector, whose "external memory pressure" collections
+ * took ~10% of a step. An array is reused only while nothing else can see it: it backs exactly
+ * one tensor, was never read out (dataSync hands out the array itself) and no view of it backs
+ * another tensor; anything else just leaves it to the collector.
+ */
+class OutputPool {
+  private readonly free = new Map<number, Float32Array[]>();
+  private readonly owners = new WeakMap<ArrayBuffer, { array: Float32Array; tensors: number; escaped: boolean }>();
+  private bytes = 0;
+
+  constructor(private readonly capBytes: number) {}
+
+  take(n: number): Float32Array {
+    const a = n >= POOL_MIN_FLOATS ? this.free.get(n)?.pop() : undefined;
+    if (a) this.bytes -= a.byteLength;
+    const array = a ?? new Float32Array(n);
+    if (n >= POOL_MIN_FLOATS) this.owners.set(array.buffer as ArrayBuffer, { array, tensors: 0, escaped: false });
+    return array;
+  }
+
+  /** `values` now backs a tensor. */
+  stored(values: unknown): void {
+    const o = values instanceof Float32Array ? this.owners.get(values.buffer as ArrayBuffer) : undefined;
+    if (o && (o.array !== values || ++o.tensors > 1)) o.escaped = true;
+  }
+
+  /** `values` was handed out of the backend. */
+  escape(values: unknown): void {
+    const o = values instanceof Float32Array ? this.owners.get(values.buffer as ArrayBuffer) : undefined;
+    if (o) o.escaped = true;
+  }
+
+  /** The tensor `values` backed is gone. */
+  release(values: unknown): void {
+    if (!(values instanceof Float32Array)) return;
+    const o = this.owners.get(values.buffer as ArrayBuffer);
+    if (!o || o.escaped || o.array !== values || o.tensors !== 1) return;
+    this.owners.delete(values.buffer as ArrayBuffer);
+    if (this.bytes + values.byteLength > this.capBytes) return;
+    this.bytes += values.byteLength;
+    const list = this.free.get(values.length);
+    if (list) list.push(values);
+    else this.free.set(values.length, [values]);
+  }
+
+  clear(): void {
+    this.free.clear();
+    this.bytes = 0;
+  }
+}
+
+/** Smaller arrays live in V8's heap, where allocation is cheap. */
+const POOL_MIN_FLOATS = 1 << 14;
+const POOL_CAP_BYTES = 512 * 1024 * 1024;
+
+/** tfjs's cpu backend, with kernel outputs reused through an OutputPool. */
+class NativeBackend extends MathBackendCPU {
+  readonly pool = new OutputPool(POOL_CAP_BYTES);
+
+  override write(values: tf.backend_util.BackendValues, shape: number[], dtype: tf.DataType): tf.DataId {
+    this.pool.stored(values);
+    return super.write(values, shape, dtype);
+  }
+
+  override move(dataId: tf.DataId, values: tf.backend_util.BackendValues, shape: number[], dtype: tf.DataType, refCount: number): void {
+    this.pool.stored(values);
+    super.move(dataId, values, shape, dtype, refCount);
+  }
+
+  override readSync(dataId: tf.DataId): tf.backend_util.BackendValues {
+    if (this.data.has(dataId)) this.pool.escape(this.data.get(dataId).values);
+    return super.readSync(dataId);
+  }
+
+  override disposeData(dataId: tf.DataId, force = false): boolean {
+    const values = this.data.has(dataId) ? this.data.get(dataId).values : undefined;
+    const gone = super.disposeData(dataId, force) && !this.data.has(dataId);
+    if (gone && values) this.pool.release(values);
+    return gone;
+  }
+
+  override dispose(): void {
+    this.pool.clear();
+    super.dispose();
+  }
+}
+
 type CpuBackend = MathBackendCPU;
+
+/** An output array for a kernel of `backend`: reused when it is kiln's native backend. Not zeroed. */
+function output(backend: CpuBackend, n: number): Float32Array {
+  return backend instanceof NativeBackend ? backend.pool.take(n) : new Float32Array(n);
+}
 
 function product(xs: readonly number[]): number {
   return xs.reduce((a, b) => a * b, 1);
@@ -100,7 +195,7 @@ function makeBatchMatMul(blas: BlasAddon, fallback: tf.KernelFunc): tf.KernelFun
     const N = transposeB ? b.shape[bRank - 2]! : b.shape[bRank - 1]!;
     const batch = Math.max(batchA, batchB);
     const outBatch = batchA >= batchB ? aBatch : bBatch;
-    const out = new Float32Array(batch * M * N);
+    const out = output(backend, batch * M * N);
     if (M > 0 && N > 0) {
       if (K === 0) out.fill(0);
       // Many row blocks against one matrix are one taller matrix: a single, better-shaped sgemm.
@@ -133,7 +228,7 @@ function makeBinary(blas: BlasAddon, op: number, fallback: tf.KernelFunc): tf.Ke
       if (as[i] !== bs[i] && as[i] !== 1 && bs[i] !== 1) return fallback(args); // let tfjs say why
       out.push(as[i] === 1 ? bs[i]! : as[i]!);
     }
-    const values = new Float32Array(product(out));
+    const values = output(backend, product(out));
     if (values.length) blas.binary(op, av, as, bv, bs, values, out);
     // Scalars stay scalars: the output has the larger input's rank, not the padded one.
     return backend.makeTensorInfo(out.slice(rank - Math.max(a.shape.length, b.shape.length)), "float32", values);
@@ -149,7 +244,7 @@ function makeSoftmax(blas: BlasAddon, fallback: tf.KernelFunc): tf.KernelFunc {
     const rank = logits.shape.length;
     if (!x || rank === 0 || (dim !== -1 && dim !== rank - 1)) return fallback(args);
     const cols = logits.shape[rank - 1]!;
-    const out = new Float32Array(x.length);
+    const out = output(backend, x.length);
     if (out.length) blas.softmax(x, out, x.length / cols, cols);
     return backend.makeTensorInfo(logits.shape, "float32", out);
   };
@@ -162,7 +257,7 @@ function makeTranspose(blas: BlasAddon, fallback: tf.KernelFunc): tf.KernelFunc 
     const backend = args.backend as CpuBackend;
     const v = float32(backend, x);
     if (!v || x.shape.length === 0 || x.shape.length > 8) return fallback(args);
-    const out = new Float32Array(v.length);
+    const out = output(backend, v.length);
     if (out.length) blas.transpose(v, x.shape, perm, out);
     return backend.makeTensorInfo(perm.map((p) => x.shape[p]!), "float32", out);
   };
@@ -178,7 +273,7 @@ function makeGather(fallback: tf.KernelFunc): tf.KernelFunc {
     const ids = backend.data.get(indices.dataId).values;
     if (!v || x.shape.length !== 2 || axis !== 0 || batchDims !== 0 || !(ids instanceof Int32Array)) return fallback(args);
     const [rows, cols] = x.shape as [number, number];
-    const out = new Float32Array(ids.length * cols);
+    const out = output(backend, ids.length * cols);
     for (let i = 0; i < ids.length; i++) {
       const r = ids[i]!;
       if (r < 0 || r >= rows) return fallback(args); // tfjs reports the bad index
@@ -194,7 +289,7 @@ function makeUnary(blas: BlasAddon, op: number, fallback: tf.KernelFunc): tf.Ker
     const backend = args.backend as CpuBackend;
     const v = float32(backend, x);
     if (!v) return fallback(args);
-    const out = new Float32Array(v.length);
+    const out = output(backend, v.length);
     blas.unary(op, v, out);
     return backend.makeTensorInfo(x.shape, "float32", out);
   };
@@ -245,7 +340,7 @@ function makeSlice(fallback: tf.KernelFunc): tf.KernelFunc {
     const begin = attrs.begin;
     const size = attrs.size.map((s, i) => (s === -1 ? x.shape[i]! - begin[i]! : s));
     if (size.some((s, i) => s < 0 || begin[i]! < 0 || begin[i]! + s > x.shape[i]!)) return fallback(args);
-    const out = new Float32Array(size.reduce((a, b) => a * b, 1));
+    const out = output(backend, size.reduce((a, b) => a * b, 1));
     if (out.length) copyBox(v, x.shape, out, size, begin, size, false);
     return backend.makeTensorInfo(size, "float32", out);
   };
@@ -267,7 +362,7 @@ function makeConcat(fallback: tf.KernelFunc): tf.KernelFunc {
     const outer = product(first.shape.slice(0, axis));
     const widths = inputs.map((t) => product(t.shape.slice(axis)));
     const row = widths.reduce((a, b) => a + b, 0);
-    const out = new Float32Array(outer * row);
+    const out = output(backend, outer * row);
     let offset = 0;
     inputs.forEach((_, k) => {
       const v = vals[k]!;
@@ -289,8 +384,8 @@ function makePad(fallback: tf.KernelFunc): tf.KernelFunc {
     const v = float32(backend, x);
     if (!v || x.shape.length === 0 || paddings.length !== x.shape.length) return fallback(args);
     const outShape = x.shape.map((d, i) => paddings[i]![0] + d + paddings[i]![1]);
-    const out = new Float32Array(outShape.reduce((a, b) => a * b, 1));
-    if (constantValue !== 0) out.fill(constantValue);
+    const out = output(backend, outShape.reduce((a, b) => a * b, 1));
+    out.fill(constantValue); // a reused array holds old values
     if (v.length) copyBox(v, x.shape, out, outShape, paddings.map((p) => p[0]), x.shape, true);
     return backend.makeTensorInfo(outShape, "float32", out);
   };
@@ -313,7 +408,7 @@ function makeReduce(blas: BlasAddon, op: number, fallback: tf.KernelFunc): tf.Ke
     const n = product(x.shape.slice(first, last + 1));
     const inner = product(x.shape.slice(last + 1));
     if (n === 0) return fallback(args);
-    const out = new Float32Array(outer * inner);
+    const out = output(backend, outer * inner);
     if (out.length) blas.reduce(op, v, outer, n, inner, out);
     const shape = keepDims ? x.shape.map((d, i) => (axes.includes(i) ? 1 : d)) : x.shape.filter((_, i) => !axes.includes(i));
     return backend.makeTensorInfo(shape, "float32", out);
@@ -333,7 +428,7 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
       const cpu = backend as CpuBackend;
       const cols = x.shape.at(-1)!;
       const rows = product(x.shape) / cols;
-      const y = new Float32Array(rows * cols);
+      const y = output(cpu, rows * cols);
       blas.rmsnorm(values(cpu, x), values(cpu, weight), (attrs as { eps: number }).eps, rows, cols, y);
       return cpu.makeTensorInfo(x.shape, "float32", y);
     },
@@ -342,23 +437,23 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
       const cpu = backend as CpuBackend;
       const cols = x.shape.at(-1)!;
       const rows = product(x.shape) / cols;
-      const dx = new Float32Array(rows * cols);
-      const dw = new Float32Array(cols);
+      const dx = output(cpu, rows * cols);
+      const dw = output(cpu, cols);
       blas.rmsnormGrad(values(cpu, dy), values(cpu, x), values(cpu, weight), (attrs as { eps: number }).eps, rows, cols, dx, dw);
       return [cpu.makeTensorInfo(x.shape, "float32", dx), cpu.makeTensorInfo(weight.shape, "float32", dw)];
     },
     [SWIGLU]: ({ inputs, backend }) => {
       const { gate, up } = inputs as { gate: tf.TensorInfo; up: tf.TensorInfo };
       const cpu = backend as CpuBackend;
-      const out = new Float32Array(product(gate.shape));
+      const out = output(cpu, product(gate.shape));
       blas.swiglu(values(cpu, gate), values(cpu, up), out);
       return cpu.makeTensorInfo(gate.shape, "float32", out);
     },
     [SWIGLU_GRAD]: ({ inputs, backend }) => {
       const { dy, gate, up } = inputs as { dy: tf.TensorInfo; gate: tf.TensorInfo; up: tf.TensorInfo };
       const cpu = backend as CpuBackend;
-      const dg = new Float32Array(product(gate.shape));
-      const du = new Float32Array(dg.length);
+      const dg = output(cpu, product(gate.shape));
+      const du = output(cpu, dg.length);
       blas.swigluGrad(values(cpu, dy), values(cpu, gate), values(cpu, up), dg, du);
       return [cpu.makeTensorInfo(gate.shape, "float32", dg), cpu.makeTensorInfo(up.shape, "float32", du)];
     },
@@ -366,7 +461,7 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
       const { logits, teacherLogProbs } = inputs as { logits: tf.TensorInfo; teacherLogProbs: tf.TensorInfo };
       const cpu = backend as CpuBackend;
       const V = logits.shape.at(-1)!;
-      const out = new Float32Array(product(logits.shape) / V);
+      const out = output(cpu, product(logits.shape) / V);
       blas.klRows(values(cpu, logits), values(cpu, teacherLogProbs), out.length, V, out);
       return cpu.makeTensorInfo(logits.shape.slice(0, -1), "float32", out);
     },
@@ -374,7 +469,7 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
       const { dy, logits, teacherLogProbs } = inputs as { dy: tf.TensorInfo; logits: tf.TensorInfo; teacherLogProbs: tf.TensorInfo };
       const cpu = backend as CpuBackend;
       const V = logits.shape.at(-1)!;
-      const dx = new Float32Array(product(logits.shape));
+      const dx = output(cpu, product(logits.shape));
       blas.klRowsGrad(values(cpu, dy), values(cpu, logits), values(cpu, teacherLogProbs), dx.length / V, V, dx);
       return cpu.makeTensorInfo(logits.shape, "float32", dx);
     },
@@ -383,7 +478,7 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
       const cpu = backend as CpuBackend;
       const [n, inF] = x.shape as [number, number];
       const [r, outF] = [a.shape[0]!, w.shape[1]!];
-      const y = new Float32Array(n * outF);
+      const y = output(cpu, n * outF);
       blas.loraLinear(values(cpu, x), values(cpu, w), values(cpu, a), values(cpu, b), n, inF, outF, r, (attrs as { scale: number }).scale, y);
       return cpu.makeTensorInfo([n, outF], "float32", y);
     },
@@ -392,9 +487,9 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
       const cpu = backend as CpuBackend;
       const [n, inF] = x.shape as [number, number];
       const [r, outF] = [a.shape[0]!, w.shape[1]!];
-      const dx = new Float32Array(n * inF);
-      const da = new Float32Array(r * inF);
-      const db = new Float32Array(outF * r);
+      const dx = output(cpu, n * inF);
+      const da = output(cpu, r * inF);
+      const db = output(cpu, outF * r);
       blas.loraLinearGrad(values(cpu, dy), values(cpu, x), values(cpu, w), values(cpu, a), values(cpu, b), n, inF, outF, r, (attrs as { scale: number }).scale, dx, da, db);
       return [cpu.makeTensorInfo(x.shape, "float32", dx), cpu.makeTensorInfo(a.shape, "float32", da), cpu.makeTensorInfo(b.shape, "float32", db)];
     },
@@ -402,7 +497,7 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
       const { x, cos, sin } = inputs as { x: tf.TensorInfo; cos: tf.TensorInfo; sin: tf.TensorInfo };
       const cpu = backend as CpuBackend;
       const [B, T, H, hd] = x.shape as [number, number, number, number];
-      const y = new Float32Array(B * T * H * hd);
+      const y = output(cpu, B * T * H * hd);
       blas.rope(values(cpu, x), values(cpu, cos), values(cpu, sin), B * T, H, hd, (attrs as { sign: number }).sign, y);
       return cpu.makeTensorInfo(x.shape, "float32", y);
     },
@@ -410,7 +505,7 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
       const { x } = inputs as { x: tf.TensorInfo };
       const cpu = backend as CpuBackend;
       const V = x.shape.at(-1)!;
-      const out = new Float32Array(product(x.shape));
+      const out = output(cpu, product(x.shape));
       if (out.length) blas.logSoftmax(values(cpu, x), out, out.length / V, V);
       return cpu.makeTensorInfo(x.shape, "float32", out);
     },
@@ -418,7 +513,7 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
       const { scores, mask } = inputs as { scores: tf.TensorInfo; mask: tf.TensorInfo };
       const cpu = backend as CpuBackend;
       const [B, H, T, S] = scores.shape as [number, number, number, number];
-      const y = new Float32Array(B * H * T * S);
+      const y = output(cpu, B * H * T * S);
       blas.attentionSoftmax(values(cpu, scores), values(cpu, mask), (attrs as { scale: number }).scale, B, H, T, S, y);
       return cpu.makeTensorInfo(scores.shape, "float32", y);
     },
@@ -426,7 +521,7 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
       const { dy, y } = inputs as { dy: tf.TensorInfo; y: tf.TensorInfo };
       const cpu = backend as CpuBackend;
       const S = y.shape.at(-1)!;
-      const dx = new Float32Array(product(y.shape));
+      const dx = output(cpu, product(y.shape));
       blas.attentionSoftmaxGrad(values(cpu, dy), values(cpu, y), (attrs as { scale: number }).scale, dx.length / S, S, dx);
       return cpu.makeTensorInfo(y.shape, "float32", dx);
     },
@@ -436,8 +531,8 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
       const { scale, kvHeadMajor } = attrs as { scale: number; kvHeadMajor: boolean };
       const dims = attentionDims(q, k, kvHeadMajor);
       const [B, T, S, heads] = dims as [number, number, number, number];
-      const out = new Float32Array(product(q.shape));
-      const probs = new Float32Array(B * heads * T * S);
+      const out = output(cpu, product(q.shape));
+      const probs = output(cpu, B * heads * T * S);
       blas.attention(values(cpu, q), values(cpu, k), values(cpu, v), values(cpu, mask), scale, dims, out, probs);
       return [cpu.makeTensorInfo(q.shape, "float32", out), cpu.makeTensorInfo([B, heads, T, S], "float32", probs)];
     },
@@ -445,9 +540,9 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
       const { dout, q, k, v, probs } = inputs as { dout: tf.TensorInfo; q: tf.TensorInfo; k: tf.TensorInfo; v: tf.TensorInfo; probs: tf.TensorInfo };
       const cpu = backend as CpuBackend;
       const { scale, kvHeadMajor } = attrs as { scale: number; kvHeadMajor: boolean };
-      const dq = new Float32Array(product(q.shape));
-      const dk = new Float32Array(product(k.shape));
-      const dv = new Float32Array(dk.length);
+      const dq = output(cpu, product(q.shape));
+      const dk = output(cpu, product(k.shape));
+      const dv = output(cpu, dk.length);
       blas.attentionGrad(values(cpu, dout), values(cpu, q), values(cpu, k), values(cpu, v), values(cpu, probs), scale, attentionDims(q, k, kvHeadMajor), dq, dk, dv);
       return [cpu.makeTensorInfo(q.shape, "float32", dq), cpu.makeTensorInfo(k.shape, "float32", dk), cpu.makeTensorInfo(v.shape, "float32", dv)];
     },
@@ -468,7 +563,7 @@ export function registerNativeBackend(threads = os.cpus().length): BlasAddon {
   const blas = loadBlas();
   blas.setThreads(threads);
   if (registered) return blas;
-  tf.registerBackend("native", () => new MathBackendCPU(), 1);
+  tf.registerBackend("native", () => new NativeBackend(), 1);
   const reference = (name: string) => tf.getKernel(name, "cpu")!.kernelFunc;
   const native: Record<string, tf.KernelFunc> = {
     BatchMatMul: makeBatchMatMul(blas, reference("BatchMatMul")),

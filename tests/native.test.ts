@@ -257,3 +257,27 @@ test("reused output arrays never change a live tensor, a view of one, or an arra
   tf.dispose([...parts, ...rows, reshaped]);
   await tf.setBackend("cpu");
 });
+
+test("the output pool keeps at most its cap, dropping the sizes unused longest", async () => {
+  await tf.setBackend("native");
+  const pool = (tf.backend() as unknown as { pool: { capBytes: number; take(n: number): Float32Array } }).pool;
+  const valuesOf = (t: tf.Tensor) => (tf.backend() as unknown as { data: { get(id: object): { values: Float32Array } } }).data.get(t.dataId).values;
+  const saved = pool.capBytes;
+  const [small, large] = [1 << 15, 1 << 17]; // floats
+  pool.capBytes = 2 * small * 4;
+  const make = (n: number) => tf.add(tf.ones([n]), 1);
+  const a = make(small);
+  const b = make(small);
+  const [va, vb] = [valuesOf(a), valuesOf(b)];
+  tf.dispose([a, b]); // the pool is full: two small arrays
+  const c = make(large); // one large array alone exceeds the cap: not kept, nothing evicted
+  c.dispose();
+  const d = make(small / 2); // needs room: one small array goes
+  const vd = valuesOf(d);
+  d.dispose();
+  const got = [pool.take(small), pool.take(small)];
+  assert.equal(got.filter((x) => x === va || x === vb).length, 1, "one of the two small arrays was evicted");
+  assert.equal(pool.take(small / 2), vd, "the newest size stays");
+  pool.capBytes = saved;
+  await tf.setBackend("cpu");
+});

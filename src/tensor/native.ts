@@ -83,11 +83,17 @@ class OutputPool {
   private readonly owners = new WeakMap<ArrayBuffer, { array: Float32Array; tensors: number; escaped: boolean }>();
   private bytes = 0;
 
-  constructor(private readonly capBytes: number) {}
+  constructor(public capBytes: number) {}
 
   take(n: number): Float32Array {
-    const a = n >= POOL_MIN_FLOATS ? this.free.get(n)?.pop() : undefined;
-    if (a) this.bytes -= a.byteLength;
+    const list = n >= POOL_MIN_FLOATS ? this.free.get(n) : undefined;
+    const a = list?.pop();
+    if (a) {
+      this.bytes -= a.byteLength;
+      // most recently used sizes last: eviction takes the sizes unused longest
+      this.free.delete(n);
+      if (list!.length) this.free.set(n, list!);
+    }
     const array = a ?? new Float32Array(n);
     if (n >= POOL_MIN_FLOATS) this.owners.set(array.buffer as ArrayBuffer, { array, tensors: 0, escaped: false });
     return array;
@@ -111,7 +117,12 @@ class OutputPool {
     const o = this.owners.get(values.buffer as ArrayBuffer);
     if (!o || o.escaped || o.array !== values || o.tensors !== 1) return;
     this.owners.delete(values.buffer as ArrayBuffer);
-    if (this.bytes + values.byteLength > this.capBytes) return;
+    if (values.byteLength > this.capBytes) return;
+    for (const [n, arrays] of this.free) {
+      if (this.bytes + values.byteLength <= this.capBytes) break;
+      while (arrays.length && this.bytes + values.byteLength > this.capBytes) this.bytes -= arrays.pop()!.byteLength;
+      if (!arrays.length) this.free.delete(n);
+    }
     this.bytes += values.byteLength;
     const list = this.free.get(values.length);
     if (list) list.push(values);
@@ -126,7 +137,15 @@ class OutputPool {
 
 /** Smaller arrays live in V8's heap, where allocation is cheap. */
 const POOL_MIN_FLOATS = 1 << 14;
-const POOL_CAP_BYTES = 512 * 1024 * 1024;
+/** KILN_OUTPUT_POOL_MB: the most the pool keeps for reuse (its least recently used sizes go first). */
+const POOL_CAP_BYTES = poolCapMb(process.env.KILN_OUTPUT_POOL_MB) * 1024 * 1024;
+
+function poolCapMb(env: string | undefined): number {
+  if (env === undefined || env === "") return 512;
+  const mb = Number(env);
+  if (!Number.isFinite(mb) || mb < 0) throw new Error(`KILN_OUTPUT_POOL_MB must be a number of megabytes (0 turns the pool off), got "${env}"`);
+  return mb;
+}
 
 /** tfjs's cpu backend, with kernel outputs reused through an OutputPool. */
 class NativeBackend extends MathBackendCPU {
@@ -362,7 +381,8 @@ function makeConcat(fallback: tf.KernelFunc): tf.KernelFunc {
     const outer = product(first.shape.slice(0, axis));
     const widths = inputs.map((t) => product(t.shape.slice(axis)));
     const row = widths.reduce((a, b) => a + b, 0);
-    const out = output(backend, outer * row);
+    // not pooled: the KV cache grows by a token a call, so its sizes never come back
+    const out = new Float32Array(outer * row);
     let offset = 0;
     inputs.forEach((_, k) => {
       const v = vals[k]!;

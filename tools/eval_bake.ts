@@ -1,6 +1,6 @@
 // The embedded model's bar (issue 4), measured through kiln's own engine and baking:
 //
-//   node dist/tools/eval_bake.js [--model models/kiln-mini] [--facts 20] [--chunk 4] [--replay 20] [--skip 0] [--json]
+//   node dist/tools/eval_bake.js [--model models/kiln-mini] [--facts 20] [--chunk 4] [--replay 20] [--skip 0] [--json] [--misses]
 //
 // On HELD-OUT facts of the world (never in training): prompted QA (20 facts in the system
 // prompt, and the fact among the --chunk facts of its teacher prompt, which is how kiln bakes:
@@ -32,6 +32,8 @@ const CHUNK = Number(opt("chunk", "4"));
 /** first-bake facts replayed into the second bake (the agent default replays up to 20) */
 const REPLAY = Number(opt("replay", String(N)));
 const json = args.includes("--json");
+/** print every wrong answer (question, reply, expected) on stderr */
+const MISSES = args.includes("--misses");
 /** held-out facts to pass over first, so a second run measures other facts (86 in all) */
 const SKIP = Number(opt("skip", "0"));
 const SETTINGS: Partial<BakeSettings> = JSON.parse(opt("settings", "{}"));
@@ -45,8 +47,10 @@ async function replies(model: LoadedModel, conversations: ChatMessage[][], adapt
   return out;
 }
 
-function rate(rs: string[], expected: string[]): number {
-  return rs.filter((r, i) => answerMatch(r, expected[i]!)).length / rs.length;
+function rate(rs: string[], expected: string[], questions?: string[]): number {
+  const right = rs.map((r, i) => answerMatch(r, expected[i]!));
+  if (MISSES && questions) right.forEach((ok, i) => ok || log(`  miss: ${questions[i]} -> ${JSON.stringify(rs[i])} (expected ${expected[i]})`));
+  return right.filter(Boolean).length / rs.length;
 }
 
 /** Facts about distinct subject+relation pairs, so no two in one prompt contradict. */
@@ -87,8 +91,8 @@ const row = (measure: string, value: number, bar?: string) => {
 
 /** The facts sharing a teacher prompt with fact i when kiln bakes `facts` in chunks. */
 const chunkOf = (facts: Fact[], i: number) => (CHUNK > 0 ? facts.slice(i - (i % CHUNK), i - (i % CHUNK) + CHUNK) : facts);
-row(`prompted QA, ${N} facts in the system prompt`, rate(await replies(model, ask(A, "unseen").map((q) => withItems(A, q))), answers(A)), ">= 90%");
-row(`prompted QA, the fact among the ${CHUNK} of its bake prompt`, rate(await replies(model, ask(A, "unseen").map((q, i) => withItems(chunkOf(A, i), q))), answers(A)), ">= 90%");
+row(`prompted QA, ${N} facts in the system prompt`, rate(await replies(model, ask(A, "unseen").map((q) => withItems(A, q))), answers(A), ask(A, "unseen")), ">= 90%");
+row(`prompted QA, the fact among the ${CHUNK} of its bake prompt`, rate(await replies(model, ask(A, "unseen").map((q, i) => withItems(chunkOf(A, i), q))), answers(A), ask(A, "unseen")), ">= 90%");
 row("unprompted QA, before baking", rate(await replies(model, ask(A, "unseen").map(user)), answers(A)), "<= 10%");
 
 const settings: Partial<BakeSettings> = { trajectories: 160, epochs: 12, patience: 4, learningRate: 2e-3, temperature: 1, maxReplyTokens: 16, batchSize: 16, lora: { r: 16, alpha: 32, dropout: 0, useRslora: false, targetModules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] }, ...SETTINGS };
@@ -98,7 +102,7 @@ const progress = (label: string) => (p: { phase: string } & Record<string, unkno
 };
 log(`baking the first ${N} facts...`);
 const first = await bake({ model, lessons: lessons(A), settings, onProgress: progress("bake 1") });
-row("unprompted QA after one bake (paraphrases baked on)", rate(await replies(model, ask(A, "seen").map(user), first.adapter), answers(A)), ">= 80%");
+row("unprompted QA after one bake (paraphrases baked on)", rate(await replies(model, ask(A, "seen").map(user), first.adapter), answers(A), ask(A, "seen")), ">= 80%");
 row("unprompted QA after one bake (a paraphrase never baked on)", rate(await replies(model, ask(A, "unseen").map(user), first.adapter), answers(A)));
 
 const half = Math.min(REPLAY, N);
@@ -113,7 +117,7 @@ const second = await bake({
   onProgress: progress("bake 2"),
 });
 row("new facts after the second bake", rate(await replies(model, ask(B, "seen").map(user), second.adapter), answers(B)));
-row(`retention: the first ${N} after the second bake`, rate(await replies(model, ask(A, "seen").map(user), second.adapter), answers(A)), ">= 80%");
+row(`retention: the first ${N} after the second bake`, rate(await replies(model, ask(A, "seen").map(user), second.adapter), answers(A), ask(A, "seen")), ">= 80%");
 if (N > half) row("retention: first-bake facts not replayed", rate(await replies(model, ask(A.slice(half), "seen").map(user), second.adapter), answers(A.slice(half))));
 first.adapter.dispose();
 second.adapter.dispose();

@@ -281,3 +281,45 @@ test("the output pool keeps at most its cap, dropping the sizes unused longest",
   pool.capBytes = saved;
   await tf.setBackend("cpu");
 });
+
+test("kernels overwrite every element of a reused output array (recycled arrays hold NaN here)", async () => {
+  const { loraLinear, attention } = await import("../src/tensor/fused.js");
+  await tf.setBackend("native");
+  const backend = tf.backend() as unknown as { pool: { take(n: number): Float32Array; release(v: Float32Array): void; stored(v: Float32Array): void } };
+  // poison the pool: arrays of the sizes the products below need, full of NaN
+  const poison = (n: number) => {
+    for (let i = 0; i < 3; i++) {
+      const a = backend.pool.take(n);
+      a.fill(NaN);
+      backend.pool.stored(a); // as if it had backed one tensor
+      backend.pool.release(a);
+    }
+  };
+  const finite = (t: tf.Tensor, what: string) => assert.ok((t.dataSync() as Float32Array).every(Number.isFinite), what);
+  poison(1 * 1 << 15);
+  finite(tf.matMul(tf.ones([1, 64]), tf.ones([64, 1 << 15])), "one-row product (sgemv)");
+  poison(256 * 128);
+  finite(tf.matMul(tf.ones([256, 64]), tf.ones([64, 128])), "product");
+  poison(256 * 128);
+  finite(tf.matMul(tf.ones([256, 0]), tf.ones([0, 128])), "empty inner dimension: zeros");
+  poison(128 * 256);
+  const lora = loraLinear(tf.ones([128, 64]) as tf.Tensor2D, tf.ones([64, 256]) as tf.Tensor2D, tf.ones([0, 64]) as tf.Tensor2D, tf.ones([256, 0]) as tf.Tensor2D, 2);
+  finite(lora, "LoRA of rank 0");
+  poison(2 * 8 * 4 * 256);
+  poison(2 * 4 * 8 * 8);
+  const q = tf.ones([2, 8, 4, 256]) as tf.Tensor4D;
+  finite(attention(q, tf.ones([2, 8, 2, 256]) as tf.Tensor4D, tf.ones([2, 8, 2, 256]) as tf.Tensor4D, tf.zeros([2, 8, 8]) as tf.Tensor3D, 0.1, false), "attention");
+  await tf.setBackend("cpu");
+});
+
+test("batched matmul broadcasts batch dims like tfjs, and an empty batch is empty", async () => {
+  for (const [as, bs] of [
+    [[1, 1, 4, 5], [3, 5, 6]],
+    [[2, 3, 4, 5], [5, 6]],
+    [[0, 4, 5], [0, 5, 6]],
+  ] as const) {
+    const [n, c, shape] = await both(() => tf.matMul(r([...as], 91), r([...bs], 92)));
+    close(n, c);
+    assert.ok(shape.length === Math.max(as.length, bs.length));
+  }
+});

@@ -33,7 +33,9 @@ static float* float_array(napi_env env, napi_value v, size_t* length) {
     napi_throw_type_error(env, NULL, "kiln_blas: expected a Float32Array");
     return NULL;
   }
-  return (float*)data;
+  // An empty array has no data pointer; NULL here means "threw", so hand out a valid one.
+  static float empty[1];
+  return data ? (float*)data : empty;
 }
 
 // Products with a side this short run on one thread (see gemm).
@@ -43,8 +45,19 @@ static float* float_array(napi_env env, napi_value v, size_t* length) {
 // A product with one row or one column is a matrix-vector product: OpenBLAS's sgemm packs the
 // whole matrix first, which for decode's single token read each weight from memory twice (sgemv
 // reads it once: 1.75x faster on a 576x1536 weight not in cache).
+// With K == 0 the product is empty: C = beta C (OpenBLAS rejects a zero leading dimension and
+// leaves C as it was, which for a reused output array is old data).
+static void scale_rows(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; i++)
+    for (int64_t j = 0; j < N; j++) C[i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[i * ldc + j];
+}
+
 static void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, const float* B, float beta, float* C) {
   if (M == 0 || N == 0) return;
+  if (K == 0) {
+    scale_rows(M, N, beta, C, N);
+    return;
+  }
   if (M == 1 && K > 0) {
     // C [1, N] = a [K] times op(B): B is [K, N] (its transpose times a) or [N, K].
     if (tB) cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)N, (int)K, alpha, B, (int)K, A, 1, beta, C, 1);
@@ -995,6 +1008,11 @@ static napi_value attention_softmax_grad(napi_env env, napi_callback_info info) 
 // C = alpha op(A) op(B) + beta C, row-major with explicit leading dimensions.
 static void gemm_ld(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B, int64_t ldb,
                     float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    scale_rows(M, N, beta, C, ldc);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, tA ? CblasTrans : CblasNoTrans, tB ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, alpha, A, (int)lda, B, (int)ldb,
               beta, C, (int)ldc);
 }
@@ -1081,8 +1099,8 @@ static bool attention_dims(napi_env env, napi_value v, double scale, struct fuse
     if (napi_get_element(env, v, i, &dims[i]) != napi_ok) return false;
   if (!sizes_of(env, dims, 7, d)) return false;
   *j = (struct fused_attention){.scale = (float)scale, .B = d[0], .T = d[1], .S = d[2], .nH = d[3], .nKv = d[4], .hd = d[5]};
-  if (j->nKv < 1 || j->nH % j->nKv != 0) {
-    napi_throw_range_error(env, NULL, "kiln_blas.attention: query heads must be a multiple of KV heads");
+  if (j->nKv < 1 || j->nH < 1 || j->nH % j->nKv != 0) {
+    napi_throw_range_error(env, NULL, "kiln_blas.attention: query heads must be a positive multiple of KV heads");
     return false;
   }
   j->kv_g = d[6] ? j->S * j->hd : j->hd;

@@ -101,13 +101,14 @@ class OutputPool {
 
   /** `values` now backs a tensor. */
   stored(values: unknown): void {
-    const o = values instanceof Float32Array ? this.owners.get(values.buffer as ArrayBuffer) : undefined;
+    // any view (of any element type) of a pooled buffer counts, not only the array itself
+    const o = ArrayBuffer.isView(values) ? this.owners.get(values.buffer as ArrayBuffer) : undefined;
     if (o && (o.array !== values || ++o.tensors > 1)) o.escaped = true;
   }
 
   /** `values` was handed out of the backend. */
   escape(values: unknown): void {
-    const o = values instanceof Float32Array ? this.owners.get(values.buffer as ArrayBuffer) : undefined;
+    const o = ArrayBuffer.isView(values) ? this.owners.get(values.buffer as ArrayBuffer) : undefined;
     if (o) o.escaped = true;
   }
 
@@ -212,10 +213,13 @@ function makeBatchMatMul(blas: BlasAddon, fallback: tf.KernelFunc): tf.KernelFun
     const M = transposeA ? a.shape[aRank - 1]! : a.shape[aRank - 2]!;
     const K = transposeA ? a.shape[aRank - 2]! : a.shape[aRank - 1]!;
     const N = transposeB ? b.shape[bRank - 2]! : b.shape[bRank - 1]!;
-    const batch = Math.max(batchA, batchB);
-    const outBatch = batchA >= batchB ? aBatch : bBatch;
+    // numpy broadcasting of the batch dims: [1, 1, M, K] x [3, K, N] -> [1, 3, M, N]
+    const rank = Math.max(aBatch.length, bBatch.length);
+    const padded = (dims: number[]) => [...Array<number>(rank - dims.length).fill(1), ...dims];
+    const outBatch = padded(aBatch).map((d, i) => (d === 1 ? padded(bBatch)[i]! : d));
+    const batch = product(outBatch);
     const out = output(backend, batch * M * N);
-    if (M > 0 && N > 0) {
+    if (M > 0 && N > 0 && batch > 0) {
       if (K === 0) out.fill(0);
       // Many row blocks against one matrix are one taller matrix: a single, better-shaped sgemm.
       else if (batchB === 1 && !transposeA && batch > 1) blas.sgemm(false, transposeB, batch * M, N, K, aVals, bVals, out, 1, 0, 0);

@@ -279,6 +279,11 @@ test("the output pool keeps at most its cap, dropping the sizes unused longest",
   assert.equal(got.filter((x) => x === va || x === vb).length, 1, "one of the two small arrays was evicted");
   assert.equal(pool.take(small / 2), vd, "the newest size stays");
   pool.capBytes = saved;
+  const { sizeOutputPool, OUTPUT_POOL_MB } = await import("../src/tensor/native.js");
+  sizeOutputPool("bake");
+  assert.equal(pool.capBytes, OUTPUT_POOL_MB.bake * 1024 * 1024);
+  sizeOutputPool("serve");
+  assert.equal(pool.capBytes, OUTPUT_POOL_MB.serve * 1024 * 1024);
   await tf.setBackend("cpu");
 });
 

@@ -13,6 +13,7 @@ import { disposeTargets, klSum, stackTargets, teacherTargets, type KlMode } from
 import { prepareDecoderForTraining } from "../src/bake/trainer.js";
 import { LoraAdam } from "../src/bake/optimizer.js";
 import { PACKAGE_ROOT } from "../src/model/resolve.js";
+import { sizeOutputPool } from "../src/tensor/native.js";
 
 interface Shape {
   name: string;
@@ -94,6 +95,7 @@ async function benchKiln(shape: Shape) {
   const c = configOf(shape);
   const decoder = randomDecoder(c);
   const ids = randomIds(1, PREFILL, c.vocabSize, 7);
+  sizeOutputPool("serve"); // as a server runs prefill and decode
   const prefillS = await timeIt(() => {
     const cache = new KVCache(1);
     const logits = tf.tidy(() => decoder.forward({ ids }, { cache, logitsFrom: PREFILL - 1 }));
@@ -130,6 +132,7 @@ async function benchKiln(shape: Shape) {
 
   // bake step: teacher forward (base, no grad) -> cached full-vocab targets; student LoRA forward,
   // KL at the reply positions, backward, Adam on LoRA parameters only.
+  sizeOutputPool("bake"); // as kiln's bake worker does
   const fastBackward = prepareDecoderForTraining(decoder);
   const fp = "bench";
   const adapter = LoraAdapter.create(c, { r: BAKE.rank, alpha: BAKE.alpha, dropout: 0, targetModules: BAKE.targets, useRslora: false }, fp, 3);

@@ -10,6 +10,7 @@
 // Trajectory questions are all but one paraphrase per fact; that last paraphrase is also scored,
 // to show whether the knowledge generalises beyond the questions it was baked on.
 import { initBackend } from "../src/tensor/backend.js";
+import { sizeOutputPool } from "../src/tensor/native.js";
 import { loadModel, type LoadedModel } from "../src/model/load.js";
 import { generate } from "../src/model/generate.js";
 import type { AdapterHook } from "../src/model/decoder.js";
@@ -69,6 +70,7 @@ function pickFacts(pool: Fact[], n: number, skip: Set<string>): Fact[] {
 
 const log = (s: string) => process.stderr.write(s + "\n");
 await initBackend();
+sizeOutputPool("bake"); // as kiln's bake worker does
 const model = loadModel(modelDir);
 const idx = new WorldIndex(generateWorld());
 const used = new Set<string>();

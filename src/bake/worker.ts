@@ -1,6 +1,7 @@
 // Child-process entry of a bake (see job.ts): receives one BakeJob, reports progress, writes the
 // adapter atomically, and exits.
 import { initBackend } from "../tensor/backend.js";
+import { sizeOutputPool } from "../tensor/native.js";
 import { loadModel } from "../model/load.js";
 import { baseFingerprint } from "../lora/adapter.js";
 import { loadAdapter, saveAdapter } from "../lora/peft.js";
@@ -15,6 +16,7 @@ function send(m: WorkerMessage): Promise<void> {
 
 async function run(job: BakeJob): Promise<BakeSummary> {
   await initBackend();
+  sizeOutputPool("bake");
   const model = loadModel(job.modelDir);
   const fingerprint = baseFingerprint(model.config, model.decoder.weights.get("model.embed_tokens.weight")!);
   const live = job.liveAdapterDir ? loadAdapter(job.liveAdapterDir, model.config, fingerprint) : undefined;
@@ -37,6 +39,7 @@ async function run(job: BakeJob): Promise<BakeSummary> {
 
 async function cycle(job: Extract<WorkerJob, { kind: "cycle" }>) {
   await initBackend();
+  sizeOutputPool("bake");
   const model = loadModel(job.modelDir);
   const fingerprint = baseFingerprint(model.config, model.decoder.weights.get("model.embed_tokens.weight")!);
   const live = job.liveAdapterDir ? loadAdapter(job.liveAdapterDir, model.config, fingerprint) : undefined;

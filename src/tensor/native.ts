@@ -119,15 +119,25 @@ class OutputPool {
     if (!o || o.escaped || o.array !== values || o.tensors !== 1) return;
     this.owners.delete(values.buffer as ArrayBuffer);
     if (values.byteLength > this.capBytes) return;
-    for (const [n, arrays] of this.free) {
-      if (this.bytes + values.byteLength <= this.capBytes) break;
-      while (arrays.length && this.bytes + values.byteLength > this.capBytes) this.bytes -= arrays.pop()!.byteLength;
-      if (!arrays.length) this.free.delete(n);
-    }
+    this.evict(this.capBytes - values.byteLength);
     this.bytes += values.byteLength;
     const list = this.free.get(values.length);
     if (list) list.push(values);
     else this.free.set(values.length, [values]);
+  }
+
+  /** Drops the least recently used sizes until at most `bytes` are kept. */
+  private evict(bytes: number): void {
+    for (const [n, arrays] of this.free) {
+      if (this.bytes <= bytes) break;
+      while (arrays.length && this.bytes > bytes) this.bytes -= arrays.pop()!.byteLength;
+      if (!arrays.length) this.free.delete(n);
+    }
+  }
+
+  resize(capBytes: number): void {
+    this.capBytes = capBytes;
+    this.evict(capBytes);
   }
 
   clear(): void {
@@ -138,11 +148,24 @@ class OutputPool {
 
 /** Smaller arrays live in V8's heap, where allocation is cheap. */
 const POOL_MIN_FLOATS = 1 << 14;
-/** KILN_OUTPUT_POOL_MB: the most the pool keeps for reuse (its least recently used sizes go first). */
-const POOL_CAP_BYTES = poolCapMb(process.env.KILN_OUTPUT_POOL_MB) * 1024 * 1024;
+const MB = 1024 * 1024;
 
-function poolCapMb(env: string | undefined): number {
-  if (env === undefined || env === "") return 512;
+/**
+ * The most the pool keeps for reuse, by the work a process does (KILN_OUTPUT_POOL_MB overrides).
+ * A bake step's outputs come back every step: the 135M bench step took 1.91 s with no pool, 1.45
+ * with 512 MB and 1.35 with 2 GB, at the same peak memory (docs/benchmarks.md). Serving sees
+ * prompts of every length, whose sizes rarely repeat, so a long-lived server keeps less.
+ */
+export const OUTPUT_POOL_MB = { serve: 256, bake: 2048 } as const;
+
+/** Sizes the native backend's output pool for `work` (bake workers call it); other backends: nothing. */
+export function sizeOutputPool(work: keyof typeof OUTPUT_POOL_MB): void {
+  const backend = tf.findBackend("native");
+  if (backend instanceof NativeBackend) backend.pool.resize(poolCapMb(process.env.KILN_OUTPUT_POOL_MB, OUTPUT_POOL_MB[work]) * MB);
+}
+
+function poolCapMb(env: string | undefined, fallback: number): number {
+  if (env === undefined || env === "") return fallback;
   const mb = Number(env);
   if (!Number.isFinite(mb) || mb < 0) throw new Error(`KILN_OUTPUT_POOL_MB must be a number of megabytes (0 turns the pool off), got "${env}"`);
   return mb;
@@ -150,7 +173,7 @@ function poolCapMb(env: string | undefined): number {
 
 /** tfjs's cpu backend, with kernel outputs reused through an OutputPool. */
 class NativeBackend extends MathBackendCPU {
-  readonly pool = new OutputPool(POOL_CAP_BYTES);
+  readonly pool = new OutputPool(poolCapMb(process.env.KILN_OUTPUT_POOL_MB, OUTPUT_POOL_MB.serve) * MB);
 
   override write(values: tf.backend_util.BackendValues, shape: number[], dtype: tf.DataType): tf.DataId {
     this.pool.stored(values);

@@ -328,3 +328,36 @@ test("batched matmul broadcasts batch dims like tfjs, and an empty batch is empt
     assert.ok(shape.length === Math.max(as.length, bs.length));
   }
 });
+
+test("native top-K equals tfjs's, ties included (lower index first), on rows large enough to thread", async () => {
+  const ties = () => tf.round(tf.mul(r([3, 50], 95), 2)); // few distinct values: many ties
+  for (const [f, k] of [
+    [ties, 1],
+    [ties, 7],
+    [ties, 50],
+    [() => r([64, 4096], 96), 20],
+  ] as const) {
+    for (const part of [0, 1]) {
+      const [n, c] = await both(() => tf.topk(f(), k)[part === 0 ? "values" : "indices"].cast("float32"));
+      assert.deepEqual(n, c, `top-${k} ${part === 0 ? "values" : "indices"}`);
+    }
+  }
+});
+
+test("fused top-K KL equals the composed ops through klSum, value and gradient, padded positions included", async () => {
+  const { teacherTargets, stackTargets, klSum, disposeTargets } = await import("../src/bake/kl.js");
+  const [R, V, K] = [5, 300, 8];
+  const f = () => {
+    const mode = { kind: "topk", k: K } as const;
+    const targets = [teacherTargets(tf.mul(r([R, V], 97), 3) as tf.Tensor2D, mode), teacherTargets(tf.mul(r([R, V], 98), 3) as tf.Tensor2D, mode)];
+    const batch = stackTargets(targets, [R, 3], R, V, mode); // the second row has 2 padded positions
+    const student = r([2, R, V], 99);
+    const [g] = tf.grads((s: tf.Tensor) => klSum(s as tf.Tensor3D, batch))([student]);
+    const out = tf.concat([klSum(student as tf.Tensor3D, batch).reshape([1]), g!.flatten()]);
+    disposeTargets(batch);
+    return out;
+  };
+  const [n, c] = await both(f);
+  close(n, c, 1e-4);
+  assert.ok(n.some((x, i) => i > 0 && x !== 0), "the gradient is not all zeros");
+});

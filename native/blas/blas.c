@@ -1144,6 +1144,206 @@ static napi_value attention_grad(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// --- top-K: the teacher's targets when a bake keeps only its K most likely tokens, and the KL
+// against them. tfjs's TopK builds an object per element (6M for 128 positions of a 49k vocab).
+
+// The Int32Array argument `v`, which must hold exactly `length` ints; NULL when it threw.
+static int32_t* sized_int32_array(napi_env env, napi_value v, size_t length, const char* what) {
+  napi_typedarray_type type;
+  size_t l;
+  void* data;
+  napi_value buffer;
+  size_t offset;
+  if (napi_get_typedarray_info(env, v, &type, &l, &data, &buffer, &offset) != napi_ok || type != napi_int32_array) {
+    napi_throw_type_error(env, NULL, "kiln_blas: expected an Int32Array");
+    return NULL;
+  }
+  if (l != length) {
+    napi_throw_range_error(env, NULL, what);
+    return NULL;
+  }
+  static int32_t empty[1];
+  return data ? (int32_t*)data : empty;
+}
+
+struct topk_job {
+  const float* x;
+  int64_t V, k;
+  float* values;
+  int32_t* indices;
+};
+
+// a ranks below b: a smaller value, or on a tie the larger index (tfjs keeps the lower index first)
+static inline bool ranks_below(float av, int32_t ai, float bv, int32_t bi) { return av < bv || (av == bv && ai > bi); }
+
+// Sifts heap slot i down in a heap whose root is the lowest-ranked entry.
+static void sift_down(float* hv, int32_t* hi, int64_t n, int64_t i) {
+  for (;;) {
+    int64_t low = i;
+    const int64_t l = 2 * i + 1, r = l + 1;
+    if (l < n && ranks_below(hv[l], hi[l], hv[low], hi[low])) low = l;
+    if (r < n && ranks_below(hv[r], hi[r], hv[low], hi[low])) low = r;
+    if (low == i) return;
+    const float tv = hv[i];
+    const int32_t ti = hi[i];
+    hv[i] = hv[low], hi[i] = hi[low], hv[low] = tv, hi[low] = ti;
+    i = low;
+  }
+}
+
+// Each row's k highest values, highest first, through a heap of the k best seen so far.
+static void topk_rows(const void* ctx, int64_t from, int64_t to) {
+  const struct topk_job* j = ctx;
+  const int64_t V = j->V, k = j->k;
+  for (int64_t r = from; r < to; r++) {
+    const float* xr = j->x + r * V;
+    float* hv = j->values + r * k;  // the heap lives in the output row, then is sorted in place
+    int32_t* hi = j->indices + r * k;
+    for (int64_t i = 0; i < k; i++) hv[i] = xr[i], hi[i] = (int32_t)i;
+    for (int64_t i = k / 2 - 1; i >= 0; i--) sift_down(hv, hi, k, i);
+    for (int64_t v = k; v < V; v++) {
+      if (!ranks_below(hv[0], hi[0], xr[v], (int32_t)v)) continue;
+      hv[0] = xr[v], hi[0] = (int32_t)v;
+      sift_down(hv, hi, k, 0);
+    }
+    // heap sort: moving the lowest-ranked to the end leaves the row highest first
+    for (int64_t n = k - 1; n > 0; n--) {
+      const float tv = hv[0];
+      const int32_t ti = hi[0];
+      hv[0] = hv[n], hi[0] = hi[n], hv[n] = tv, hi[n] = ti;
+      sift_down(hv, hi, n, 0);
+    }
+  }
+}
+
+// topk(x, rows, V, k, values, indices): per row of x [rows, V], its k highest values (highest
+// first; ties: lower index first) and their indices; 1 <= k <= V.
+static napi_value topk(napi_env env, napi_callback_info info) {
+  napi_value argv[6];
+  int64_t d[3];
+  if (!args_of(env, info, 6, argv) || !sizes_of(env, argv + 1, 3, d)) return NULL;
+  const int64_t rows = d[0], V = d[1], k = d[2];
+  if (k < 1 || k > V) {
+    napi_throw_range_error(env, NULL, "kiln_blas.topk: k must be in [1, V]");
+    return NULL;
+  }
+  const char* what = "kiln_blas.topk: shapes do not fit the arrays";
+  const float* x = sized_array(env, argv[0], rows * V, what);
+  float* values = x ? sized_array(env, argv[4], rows * k, what) : NULL;
+  int32_t* indices = values ? sized_int32_array(env, argv[5], rows * k, what) : NULL;
+  if (!indices) return NULL;
+  const struct topk_job job = {x, V, k, values, indices};
+  parallel_rows(rows, V, topk_rows, &job);
+  return NULL;
+}
+
+#define KL_TINY 1e-12
+
+struct kl_topk_job {
+  const float *dy, *x, *logp, *tail;
+  const int32_t* flat;  // [rows * K] ids into the flattened [rows, V] logits
+  float* out;
+  int64_t rows, V, K;
+};
+
+// Per row: lse of the logits, Q = the student's mass on the teacher's top K, P = the teacher's.
+static double topk_row_masses(const struct kl_topk_job* j, int64_t r, const float* xr, float lse, double* P) {
+  double Q = 0, p = 0;
+  for (int64_t k = 0; k < j->K; k++) {
+    Q += exp((double)xr[j->flat[r * j->K + k] - r * j->V] - lse);
+    p += exp((double)j->logp[r * j->K + k]);
+  }
+  *P = p;
+  return Q;
+}
+
+static void kl_topk_rows_part(const void* ctx, int64_t from, int64_t to) {
+  const struct kl_topk_job* j = ctx;
+  for (int64_t r = from; r < to; r++) {
+    const float* xr = j->x + r * j->V;
+    const float lse = (float)row_logsumexp(xr, j->V);
+    double P, kl = 0;
+    const double Q = topk_row_masses(j, r, xr, lse, &P);
+    for (int64_t k = 0; k < j->K; k++) {
+      const double lp = j->logp[r * j->K + k];
+      kl += exp(lp) * (lp - ((double)xr[j->flat[r * j->K + k] - r * j->V] - lse));
+    }
+    const double lt = j->tail[r];
+    j->out[r] = (float)(kl + exp(lt) * (lt - log(fmax(1.0 - Q, KL_TINY))));
+  }
+}
+
+// d/dz_v = P q_v - p_v [v in top] + c (q_v [v in top] - q_v Q), c = p_tail / (1 - Q) (0 where
+// the tail's log was clamped), times dy.
+static void kl_topk_rows_grad_part(const void* ctx, int64_t from, int64_t to) {
+  const struct kl_topk_job* j = ctx;
+  for (int64_t r = from; r < to; r++) {
+    const float* xr = j->x + r * j->V;
+    float* dr = j->out + r * j->V;
+    const float g = j->dy[r];
+    if (g == 0.0f) {  // masked positions (padding) get no gradient
+      for (int64_t v = 0; v < j->V; v++) dr[v] = 0.0f;
+      continue;
+    }
+    const float lse = (float)row_logsumexp(xr, j->V);
+    double P;
+    const double Q = topk_row_masses(j, r, xr, lse, &P);
+    const double c = 1.0 - Q >= KL_TINY ? exp((double)j->tail[r]) / (1.0 - Q) : 0.0;
+    const float all = (float)(P - c * Q) * g;
+    for (int64_t v = 0; v < j->V; v++) dr[v] = all * expf(xr[v] - lse);
+    for (int64_t k = 0; k < j->K; k++) {
+      const int64_t v = j->flat[r * j->K + k] - r * j->V;
+      dr[v] += g * (float)(c * exp((double)xr[v] - lse) - exp((double)j->logp[r * j->K + k]));
+    }
+  }
+}
+
+// Reads kl_topk's arrays (and dy and its output when `grad`); false when it threw.
+static bool kl_topk_job_of(napi_env env, napi_value* argv, bool grad, struct kl_topk_job* j) {
+  int64_t d[3];
+  const int o = grad ? 1 : 0;
+  if (!sizes_of(env, argv + o + 4, 3, d)) return false;
+  const int64_t rows = d[0], V = d[1], K = d[2];
+  const char* what = "kiln_blas.kl_topk: shapes do not fit the arrays";
+  *j = (struct kl_topk_job){.rows = rows, .V = V, .K = K};
+  if ((grad && !(j->dy = sized_array(env, argv[0], rows, what))) || !(j->x = sized_array(env, argv[o], rows * V, what)) ||
+      !(j->logp = sized_array(env, argv[o + 1], rows * K, what)) || !(j->flat = sized_int32_array(env, argv[o + 2], rows * K, what)) ||
+      !(j->tail = sized_array(env, argv[o + 3], rows, what)) || !(j->out = sized_array(env, argv[o + 7], grad ? rows * V : rows, what)))
+    return false;
+  for (int64_t r = 0; r < rows; r++)
+    for (int64_t k = 0; k < K; k++) {
+      const int64_t v = j->flat[r * K + k] - r * V;
+      if (v < 0 || v >= V) {
+        napi_throw_range_error(env, NULL, "kiln_blas.kl_topk: a top-K index is outside its row");
+        return false;
+      }
+    }
+  return true;
+}
+
+// kl_topk(logits, topLogp, flat, tail, rows, V, K, out): per row, KL(teacher || student) over
+// the teacher's top K and its tail mass, sum_k p_k (log p_k - log q_k) + p_t (log p_t -
+// log max(1 - sum_k q_k, 1e-12)), q = softmax(logits row); flat [rows*K] index the flattened
+// logits [rows, V]; topLogp [rows, K], tail [rows] (log p_t); out [rows].
+static napi_value kl_topk(napi_env env, napi_callback_info info) {
+  napi_value argv[8];
+  struct kl_topk_job j;
+  if (!args_of(env, info, 8, argv) || !kl_topk_job_of(env, argv, false, &j)) return NULL;
+  parallel_rows(j.rows, 2 * j.V, kl_topk_rows_part, &j);
+  return NULL;
+}
+
+// kl_topk_grad(dy, logits, topLogp, flat, tail, rows, V, K, dx): the gradient of kl_topk's rows
+// (weighted by dy [rows]) with respect to the logits; dx [rows, V]. The top-K ids of a row are
+// distinct (as topk gives them).
+static napi_value kl_topk_grad(napi_env env, napi_callback_info info) {
+  napi_value argv[9];
+  struct kl_topk_job j;
+  if (!args_of(env, info, 9, argv) || !kl_topk_job_of(env, argv, true, &j)) return NULL;
+  parallel_rows(j.rows, 2 * j.V, kl_topk_rows_grad_part, &j);
+  return NULL;
+}
+
 static napi_value set_threads(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
@@ -1191,6 +1391,9 @@ static napi_value init(napi_env env, napi_value exports) {
       {"attentionSoftmaxGrad", NULL, attention_softmax_grad, NULL, NULL, NULL, napi_default, NULL},
       {"attention", NULL, attention, NULL, NULL, NULL, napi_default, NULL},
       {"attentionGrad", NULL, attention_grad, NULL, NULL, NULL, napi_default, NULL},
+      {"topk", NULL, topk, NULL, NULL, NULL, napi_default, NULL},
+      {"klTopk", NULL, kl_topk, NULL, NULL, NULL, napi_default, NULL},
+      {"klTopkGrad", NULL, kl_topk_grad, NULL, NULL, NULL, napi_default, NULL},
   };
   if (napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props) != napi_ok) return NULL;
   return exports;

@@ -4,7 +4,7 @@
 // with a tail bucket, which is an exact KL between two (K+1)-way distributions and needs
 // K+1 numbers per position instead of V.
 import { tf } from "../tensor/backend.js";
-import { klPerPosition, logSoftmax } from "../tensor/fused.js";
+import { KL_TAIL_FLOOR, klPerPosition, klTopKPerPosition, logSoftmax } from "../tensor/fused.js";
 
 export type TeacherTargets =
   | { kind: "full"; /** [R, V] log-probabilities */ logProbs: Float32Array }
@@ -17,7 +17,6 @@ export type TeacherTargets =
 
 export type KlMode = { kind: "full" } | { kind: "topk"; k: number };
 
-const TINY = 1e-12;
 
 /** Turns teacher logits for R reply positions, [R, V], into cached targets. */
 export function teacherTargets(logits: tf.Tensor2D, mode: KlMode): TeacherTargets {
@@ -32,7 +31,7 @@ export function teacherTargets(logits: tf.Tensor2D, mode: KlMode): TeacherTarget
   const [values, indices, tail] = tf.tidy(() => {
     const top = tf.topk(logSoftmax(logits), mode.k); // [R, K]
     const inTop = tf.sum(tf.exp(top.values), -1); // [R]
-    return [top.values, top.indices, tf.log(tf.maximum(tf.sub(1, inTop), TINY))]; // tail: [R]
+    return [top.values, top.indices, tf.log(tf.maximum(tf.sub(1, inTop), KL_TAIL_FLOOR))]; // tail: [R]
   });
   const out: TeacherTargets = {
     kind: "topk",
@@ -63,7 +62,7 @@ export function stackTargets(targets: TeacherTargets[], lengths: number[], R: nu
   const width = mode.kind === "full" ? vocab : mode.k;
   const logProbs = new Float32Array(B * R * width);
   const flat = mode.kind === "topk" ? new Int32Array(B * R * width) : undefined;
-  const tail = mode.kind === "topk" ? new Float32Array(B * R).fill(Math.log(TINY)) : undefined;
+  const tail = mode.kind === "topk" ? new Float32Array(B * R).fill(Math.log(KL_TAIL_FLOOR)) : undefined;
   const mask = new Float32Array(B * R);
   let tokens = 0;
   targets.forEach((t, b) => {
@@ -72,7 +71,9 @@ export function stackTargets(targets: TeacherTargets[], lengths: number[], R: nu
     if (t.kind === "topk") {
       // Index the student's flattened log-probs directly: gathering through a flat index has a
       // gradient on every backend.
-      for (let j = 0; j < n * width; j++) flat![b * R * width + j] = (b * R + Math.floor(j / width)) * vocab + t.indices[j]!;
+      // Padded positions point at their own row's first K ids (masked out of the loss, but
+      // distinct ids inside their row, as the fused kernel requires).
+      for (let j = 0; j < R * width; j++) flat![b * R * width + j] = (b * R + Math.floor(j / width)) * vocab + (j < n * width ? t.indices[j]! : j % width);
       tail!.set(t.tailLogProb.subarray(0, n), b * R);
     }
     mask.fill(1, b * R, b * R + n);
@@ -96,38 +97,13 @@ export function disposeTargets(t: TargetBatch): void {
 }
 
 /**
- * x[idx] with a gradient that scatters back. tf.gather's own gradient needs UnsortedSegmentSum,
- * which the wasm backend lacks; the top-K ids are distinct, so a scatter is exact.
- */
-function gatherFlat(x: tf.Tensor, idx: tf.Tensor1D): tf.Tensor {
-  const f = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
-    const input = args[0] as tf.Tensor;
-    return {
-      value: tf.gather(input, idx),
-      gradFunc: (dy: tf.Tensor | tf.Tensor[]) => tf.scatterND(idx.reshape([-1, 1]), dy as tf.Tensor, input.shape),
-    };
-  });
-  return f(x);
-}
-
-/**
  * Summed KL over real reply positions, [scalar]; divide by B for the paper's loss and by the
  * token count for KL per token. studentLogits: [B, R, V].
  */
 export function klSum(studentLogits: tf.Tensor3D, t: TargetBatch): tf.Scalar {
-  const [B, R] = studentLogits.shape;
-  let perPosition: tf.Tensor2D; // [B, R]
-  if (t.mode.kind === "full") {
-    perPosition = klPerPosition(studentLogits, t.logProbs) as tf.Tensor2D;
-  } else {
-    const K = t.mode.k;
-    const logq = logSoftmax(studentLogits); // [B, R, V]
-    const logqTop = gatherFlat(logq.reshape([-1]), t.flatIndices!).reshape([B, R, K]); // [B, R, K]
-    const qTail = tf.log(tf.maximum(tf.sub(1, tf.sum(tf.exp(logqTop), -1)), TINY)); // [B, R]
-    const p = tf.exp(t.logProbs);
-    const top = tf.sum(tf.mul(p, tf.sub(t.logProbs, logqTop)), -1); // [B, R]
-    const pTail = tf.exp(t.tailLogProb!);
-    perPosition = tf.add(top, tf.mul(pTail, tf.sub(t.tailLogProb!, qTail)));
-  }
+  const perPosition = // [B, R]
+    t.mode.kind === "full"
+      ? klPerPosition(studentLogits, t.logProbs)
+      : klTopKPerPosition(studentLogits, t.logProbs, t.flatIndices!, t.tailLogProb!);
   return tf.sum(tf.mul(perPosition, t.mask));
 }

@@ -17,6 +17,11 @@ export const ATTENTION_SOFTMAX_GRAD = "KilnAttentionSoftmaxGrad";
 export const LOG_SOFTMAX = "KilnLogSoftmax";
 export const ATTENTION = "KilnAttention";
 export const ATTENTION_GRAD = "KilnAttentionGrad";
+export const KL_TOPK_ROWS = "KilnKlTopKRows";
+export const KL_TOPK_ROWS_GRAD = "KilnKlTopKRowsGrad";
+
+/** The least student mass the top-K KL takes a log of for the teacher's tail (and its targets' floor). */
+export const KL_TAIL_FLOOR = 1e-12;
 
 export function fusedOn(kernel: string): boolean {
   return tf.getKernel(kernel, tf.getBackend()) !== undefined;
@@ -53,6 +58,40 @@ export function klPerPosition(logits: tf.Tensor, teacherLogProbs: tf.Tensor): tf
   }
   const logq = tf.logSoftmax(logits, -1);
   return tf.sum(tf.mul(tf.exp(teacherLogProbs), tf.sub(teacherLogProbs, logq)), -1);
+}
+
+/**
+ * KL(teacher || student) per position against the teacher's top K tokens and the rest of its
+ * mass: sum_k p_k (log p_k - log q_k) + p_t (log p_t - log max(1 - sum_k q_k, KL_TAIL_FLOOR)),
+ * q = softmax(logits). logits: [B, R, V]; topLogProbs: [B, R, K]; flatIndices: [B*R*K] ids into
+ * the flattened logits, distinct within a position; tailLogProb: [B, R] (log p_t) -> [B, R].
+ * Gradient to the logits only (the teacher is fixed).
+ */
+export function klTopKPerPosition(logits: tf.Tensor3D, topLogProbs: tf.Tensor3D, flatIndices: tf.Tensor1D, tailLogProb: tf.Tensor2D): tf.Tensor2D {
+  if (fusedOn(KL_TOPK_ROWS) && allFloat32(logits, topLogProbs, tailLogProb) && flatIndices.dtype === "int32") {
+    return tf.engine().runKernel(KL_TOPK_ROWS, { logits, topLogProbs, flatIndices, tailLogProb }) as tf.Tensor2D;
+  }
+  const [B, R, K] = topLogProbs.shape;
+  const logq = logSoftmax(logits); // [B, R, V]
+  const logqTop = gatherFlat(logq.reshape([-1]), flatIndices).reshape([B, R, K]); // [B, R, K]
+  const qTail = tf.log(tf.maximum(tf.sub(1, tf.sum(tf.exp(logqTop), -1)), KL_TAIL_FLOOR)); // [B, R]
+  const top = tf.sum(tf.mul(tf.exp(topLogProbs), tf.sub(topLogProbs, logqTop)), -1); // [B, R]
+  return tf.add(top, tf.mul(tf.exp(tailLogProb), tf.sub(tailLogProb, qTail))) as tf.Tensor2D;
+}
+
+/**
+ * x[idx] with a gradient that scatters back. tf.gather's own gradient needs UnsortedSegmentSum,
+ * which the wasm backend lacks; the top-K ids are distinct, so a scatter is exact.
+ */
+function gatherFlat(x: tf.Tensor, idx: tf.Tensor1D): tf.Tensor {
+  const f = tf.customGrad((...args: (tf.Tensor | tf.GradSaveFunc)[]) => {
+    const input = args[0] as tf.Tensor;
+    return {
+      value: tf.gather(input, idx),
+      gradFunc: (dy: tf.Tensor | tf.Tensor[]) => tf.scatterND(idx.reshape([-1, 1]), dy as tf.Tensor, input.shape),
+    };
+  });
+  return f(x);
 }
 
 /**
@@ -205,6 +244,21 @@ tf.registerGradient({
     const dout = Array.isArray(dy) ? dy[0]! : dy; // the probabilities are internal: no gradient flows into them
     const [dq, dk, dv] = tf.engine().runKernel(ATTENTION_GRAD, { dout, q, k, v, probs }, attrs) as unknown as [tf.Tensor, tf.Tensor, tf.Tensor];
     return { q: () => dq, k: () => dk, v: () => dv, mask: () => tf.zerosLike(mask) };
+  },
+});
+
+tf.registerGradient({
+  kernelName: KL_TOPK_ROWS,
+  inputsToSave: ["logits", "topLogProbs", "flatIndices", "tailLogProb"],
+  gradFunc: (dy, saved) => {
+    const [logits, topLogProbs, flatIndices, tailLogProb] = saved as [tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor];
+    const constant = (t: tf.Tensor) => () => tf.zerosLike(t); // the teacher's targets; never asked for in a bake
+    return {
+      logits: () => tf.engine().runKernel(KL_TOPK_ROWS_GRAD, { dy: dy as tf.Tensor, logits, topLogProbs, flatIndices, tailLogProb }) as tf.Tensor,
+      topLogProbs: constant(topLogProbs),
+      flatIndices: constant(flatIndices),
+      tailLogProb: constant(tailLogProb),
+    };
   },
 });
 

@@ -17,6 +17,8 @@ import {
   ATTENTION_SOFTMAX_GRAD,
   KL_ROWS,
   KL_ROWS_GRAD,
+  KL_TOPK_ROWS,
+  KL_TOPK_ROWS_GRAD,
   LOG_SOFTMAX,
   LORA_LINEAR,
   LORA_LINEAR_GRAD,
@@ -49,6 +51,9 @@ interface BlasAddon {
   rope(x: Float32Array, cos: Float32Array, sin: Float32Array, rows: number, heads: number, hd: number, sign: number, y: Float32Array): void;
   attentionSoftmax(scores: Float32Array, mask: Float32Array, scale: number, batch: number, heads: number, rows: number, cols: number, y: Float32Array): void;
   attentionSoftmaxGrad(dy: Float32Array, y: Float32Array, scale: number, rows: number, cols: number, dx: Float32Array): void;
+  topk(x: Float32Array, rows: number, V: number, k: number, values: Float32Array, indices: Int32Array): void;
+  klTopk(logits: Float32Array, topLogp: Float32Array, flat: Int32Array, tail: Float32Array, rows: number, V: number, K: number, out: Float32Array): void;
+  klTopkGrad(dy: Float32Array, logits: Float32Array, topLogp: Float32Array, flat: Int32Array, tail: Float32Array, rows: number, V: number, K: number, dx: Float32Array): void;
   /** dims: [B, T, S, heads, kvHeads, hd, kvHeadMajor 0|1] */
   attention(q: Float32Array, k: Float32Array, v: Float32Array, mask: Float32Array, scale: number, dims: number[], out: Float32Array, probs: Float32Array): void;
   attentionGrad(dout: Float32Array, q: Float32Array, k: Float32Array, v: Float32Array, probs: Float32Array, scale: number, dims: number[], dq: Float32Array, dk: Float32Array, dv: Float32Array): void;
@@ -438,6 +443,24 @@ function makePad(fallback: tf.KernelFunc): tf.KernelFunc {
   };
 }
 
+/** The k largest entries of each last-axis row (the teacher's targets of a top-K bake). */
+function makeTopK(blas: BlasAddon, fallback: tf.KernelFunc): tf.KernelFunc {
+  return (args) => {
+    const { x } = args.inputs as { x: tf.TensorInfo };
+    const { k } = args.attrs as { k: number };
+    const backend = args.backend as CpuBackend;
+    const v = float32(backend, x);
+    const V = x.shape.at(-1) ?? 0;
+    if (!v || x.shape.length === 0 || !Number.isInteger(k) || k < 1 || k > V) return fallback(args); // tfjs says why
+    const rows = v.length / V;
+    const values = output(backend, rows * k);
+    const indices = new Int32Array(rows * k);
+    blas.topk(v, rows, V, k, values, indices);
+    const shape = [...x.shape.slice(0, -1), k];
+    return [backend.makeTensorInfo(shape, "float32", values), backend.makeTensorInfo(shape, "int32", indices)];
+  };
+}
+
 /** Sum, Mean and Max over one contiguous run of axes (the decoder's only kind); others to tfjs. */
 function makeReduce(blas: BlasAddon, op: number, fallback: tf.KernelFunc): tf.KernelFunc {
   return (args) => {
@@ -467,6 +490,11 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
   const values = (backend: CpuBackend, t: tf.TensorInfo): Float32Array => {
     const v = float32(backend, t);
     if (!v) throw new Error(`kiln native: fused kernels take float32 tensors, got ${t.dtype}`);
+    return v;
+  };
+  const int32s = (backend: CpuBackend, t: tf.TensorInfo): Int32Array => {
+    const v = backend.data.get(t.dataId).values;
+    if (!(v instanceof Int32Array)) throw new Error(`kiln native: expected int32 indices, got ${t.dtype}`);
     return v;
   };
   return {
@@ -572,6 +600,22 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
       blas.attentionSoftmaxGrad(values(cpu, dy), values(cpu, y), (attrs as { scale: number }).scale, dx.length / S, S, dx);
       return cpu.makeTensorInfo(y.shape, "float32", dx);
     },
+    [KL_TOPK_ROWS]: ({ inputs, backend }) => {
+      const { logits, topLogProbs, flatIndices, tailLogProb } = inputs as Record<"logits" | "topLogProbs" | "flatIndices" | "tailLogProb", tf.TensorInfo>;
+      const cpu = backend as CpuBackend;
+      const V = logits.shape.at(-1)!;
+      const out = output(cpu, product(tailLogProb.shape));
+      blas.klTopk(values(cpu, logits), values(cpu, topLogProbs), int32s(cpu, flatIndices), values(cpu, tailLogProb), out.length, V, topLogProbs.shape.at(-1)!, out);
+      return cpu.makeTensorInfo(tailLogProb.shape, "float32", out);
+    },
+    [KL_TOPK_ROWS_GRAD]: ({ inputs, backend }) => {
+      const { dy, logits, topLogProbs, flatIndices, tailLogProb } = inputs as Record<"dy" | "logits" | "topLogProbs" | "flatIndices" | "tailLogProb", tf.TensorInfo>;
+      const cpu = backend as CpuBackend;
+      const V = logits.shape.at(-1)!;
+      const dx = output(cpu, product(logits.shape));
+      blas.klTopkGrad(values(cpu, dy), values(cpu, logits), values(cpu, topLogProbs), int32s(cpu, flatIndices), values(cpu, tailLogProb), dx.length / V, V, topLogProbs.shape.at(-1)!, dx);
+      return cpu.makeTensorInfo(logits.shape, "float32", dx);
+    },
     [ATTENTION]: ({ inputs, backend, attrs }) => {
       const { q, k, v, mask } = inputs as { q: tf.TensorInfo; k: tf.TensorInfo; v: tf.TensorInfo; mask: tf.TensorInfo };
       const cpu = backend as CpuBackend;
@@ -633,6 +677,7 @@ export function registerNativeBackend(threads = os.cpus().length): BlasAddon {
     Sum: makeReduce(blas, 0, reference("Sum")),
     Mean: makeReduce(blas, 1, reference("Mean")),
     Max: makeReduce(blas, 2, reference("Max")),
+    TopK: makeTopK(blas, reference("TopK")),
   };
   for (const k of tf.getKernelsForBackend("cpu")) {
     tf.registerKernel({ ...k, backendName: "native", kernelFunc: native[k.kernelName] ?? k.kernelFunc });

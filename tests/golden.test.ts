@@ -29,11 +29,12 @@ for (const name of FIXTURE_NAMES) {
   const dir = fixtureDir(name);
   const ref: Reference = JSON.parse(readFileSync(path.join(dir, "reference.json"), "utf8"));
 
-  test(`${name}: full-sequence logits match PyTorch within 1e-4`, () => {
+  // Reads are asynchronous so these run on every backend (webgpu reads synchronously only in browsers).
+  test(`${name}: full-sequence logits match PyTorch within 1e-4`, async () => {
     const model = loadModel(dir);
     try {
       const logits = tf.tidy(() => model.decoder.forward({ ids: ref.logits_check.input_ids }));
-      const got = logits.dataSync();
+      const got = await logits.data();
       logits.dispose();
       const diff = maxAbsDiff(ref.logits_check.logits.flat(2), got);
       assert.ok(diff < 1e-4, `max |diff| ${diff}`);
@@ -42,12 +43,12 @@ for (const name of FIXTURE_NAMES) {
     }
   });
 
-  test(`${name}: last-position logits of a 60-token sequence (RoPE far out) match`, () => {
+  test(`${name}: last-position logits of a 60-token sequence (RoPE far out) match`, async () => {
     const model = loadModel(dir);
     try {
       const ids = ref.long_check.input_ids;
       const logits = tf.tidy(() => model.decoder.forward({ ids }, { logitsFrom: ids[0]!.length - 1 }));
-      const diff = maxAbsDiff(ref.long_check.last_logits, logits.dataSync());
+      const diff = maxAbsDiff(ref.long_check.last_logits, await logits.data());
       logits.dispose();
       assert.ok(diff < 1e-4, `max |diff| ${diff}`);
     } finally {

@@ -25,7 +25,7 @@ program
   .name("kiln")
   .description("A runtime for chat agents that bake what they read into their own LoRA weights.")
   .version("0.1.0")
-  .addOption(new Option("--backend <name>", "tensor backend").choices(["tensorflow-gpu", "tensorflow", "native", "wasm", "cpu"]).env("KILN_BACKEND"));
+  .addOption(new Option("--backend <name>", "tensor backend").choices(["tensorflow-gpu", "tensorflow", "native", "wasm", "cpu", "webgpu"]).env("KILN_BACKEND"));
 
 function print(json: boolean, value: unknown, text: () => string): void {
   process.stdout.write(json ? JSON.stringify(value, null, 2) + "\n" : text() + "\n");

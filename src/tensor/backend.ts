@@ -1,14 +1,16 @@
 // Chooses the tensor backend once per process:
-//   tensorflow (GPU) > tensorflow (CPU) > native (OpenBLAS matmuls) > wasm > cpu.
+//   tensorflow (GPU) > tensorflow (CPU) > native (OpenBLAS matmuls) > wasm > cpu,
+// and webgpu when asked for by name (KILN_BACKEND=webgpu; experimental).
 // tfjs-node and tfjs-node-gpu are optional peers: they download libtensorflow at install time,
-// which a closed network cannot do, so kiln must run well without them.
+// which a closed network cannot do, so kiln must run well without them. So are webgpu (Dawn for
+// Node) and @tensorflow/tfjs-backend-webgpu, which come from the npm registry alone.
 import { createRequire } from "node:module";
 import os from "node:os";
 import * as tf from "@tensorflow/tfjs";
 
 export { tf };
 
-export type BackendName = "tensorflow-gpu" | "tensorflow" | "native" | "wasm" | "cpu";
+export type BackendName = "tensorflow-gpu" | "tensorflow" | "webgpu" | "native" | "wasm" | "cpu";
 
 export interface BackendInfo {
   name: BackendName;
@@ -86,6 +88,73 @@ async function tryNative(notes: string[]): Promise<BackendInfo | undefined> {
   }
 }
 
+/**
+ * tfjs's WebGPU backend on Dawn (the `webgpu` package): Vulkan where there is a GPU; where Vulkan
+ * finds no usable device, Dawn's OpenGL ES backend in WebGPU's compatibility mode (Mesa's
+ * software renderer on a machine without a GPU: correct, slow, and reported as no GPU).
+ */
+async function tryWebgpu(notes: string[]): Promise<BackendInfo | undefined> {
+  const [DAWN, TFJS_WEBGPU] = ["webgpu", "@tensorflow/tfjs-backend-webgpu"]; // optional peers: not resolved at build time
+  const missing = [DAWN, TFJS_WEBGPU].filter((p) => !hasPackage(p));
+  if (missing.length) {
+    notes.push(`the webgpu backend needs ${missing.join(" and ")} (npm install webgpu@0.6.2 @tensorflow/tfjs-backend-webgpu@4.22.0)`);
+    return undefined;
+  }
+  try {
+    const dawn = (await import(DAWN)) as DawnModule;
+    Object.assign(globalThis, dawn.globals);
+    process.env.EGL_PLATFORM ??= "surfaceless"; // OpenGL ES without a display
+    let gpu = dawn.create([]);
+    let adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
+    const compatibility = !adapter;
+    if (compatibility) {
+      gpu = dawn.create(["backend=opengles"]);
+      adapter = await gpu.requestAdapter({ featureLevel: "compatibility" });
+    }
+    if (!adapter) throw new Error("Dawn found no adapter: no Vulkan device and no OpenGL ES");
+    const i = adapter.info ?? {};
+    const described = [i.vendor, i.architecture, i.device, i.description].filter(Boolean).join(" ") || "an unnamed adapter";
+    const software = compatibility || /llvmpipe|lavapipe|swiftshader|software/i.test(described);
+    // tfjs asks navigator.gpu for its own adapter: give it the same choice of backend and mode.
+    const chosen = gpu;
+    const navigatorGpu = {
+      requestAdapter: (o?: object) => chosen.requestAdapter({ ...o, ...(compatibility ? { featureLevel: "compatibility" } : {}) }),
+      getPreferredCanvasFormat: () => "rgba8unorm",
+      wgslLanguageFeatures: chosen.wgslLanguageFeatures,
+    };
+    const existing = (globalThis as { navigator?: object }).navigator ?? {};
+    Object.defineProperty(globalThis, "navigator", { value: { ...existing, gpu: navigatorGpu }, configurable: true, writable: true });
+    // tfjs-webgpu reads a tensor synchronously (dataSync) through an OffscreenCanvas, which only
+    // browsers have: say so where it happens instead of "OffscreenCanvas is not defined".
+    (globalThis as { OffscreenCanvas?: unknown }).OffscreenCanvas ??= class {
+      constructor() {
+        throw new Error(
+          "the webgpu backend cannot read tensors synchronously in Node (tfjs does it through a browser canvas): " +
+            "this operation (baking, saving an adapter, dataSync) needs the native, wasm or tensorflow backend",
+        );
+      }
+    };
+    await import(TFJS_WEBGPU);
+    if (!(await tf.setBackend("webgpu"))) throw new Error("setBackend('webgpu') returned false");
+    await tf.ready();
+    if (software) notes.push(`webgpu is running on a software adapter (${compatibility ? "OpenGL ES, compatibility mode: " : ""}${described}): correct but slow`);
+    return { name: "webgpu", tfjsBackend: "webgpu", threads: 1, gpu: !software, notes };
+  } catch (err) {
+    notes.push(`webgpu backend failed to start: ${(err as Error).message.split("\n")[0]}`);
+    return undefined;
+  }
+}
+
+/** The part of the `webgpu` package (Dawn for Node) that kiln uses. */
+interface DawnModule {
+  globals: Record<string, unknown>;
+  create(flags: string[]): DawnGpu;
+}
+interface DawnGpu {
+  requestAdapter(options?: object): Promise<{ info?: { vendor?: string; architecture?: string; device?: string; description?: string } } | null>;
+  wgslLanguageFeatures?: unknown;
+}
+
 async function useCpu(notes: string[]): Promise<BackendInfo> {
   await tf.setBackend("cpu");
   await tf.ready();
@@ -113,6 +182,8 @@ function shareIdentityOnWasm(): void {
 }
 
 const ORDER: BackendName[] = ["tensorflow-gpu", "tensorflow", "native", "wasm", "cpu"];
+/** Started only when named: experimental, and slow where Dawn has only a software adapter. */
+const BY_NAME_ONLY: BackendName[] = ["webgpu"];
 
 /**
  * Starts the best available backend, or the one named by `preference` / KILN_BACKEND.
@@ -125,13 +196,14 @@ export async function initBackend(preference: string | undefined = process.env.K
   // The "Hi, looks like you are running TensorFlow.js in Node.js" banner is noise for a CLI.
   tf.env().set("PROD", true);
   if (preference) {
-    if (!ORDER.includes(preference as BackendName)) {
-      throw new Error(`KILN_BACKEND=${preference} is not a backend; choose one of ${ORDER.join(", ")}`);
+    if (![...ORDER, ...BY_NAME_ONLY].includes(preference as BackendName)) {
+      throw new Error(`KILN_BACKEND=${preference} is not a backend; choose one of ${[...ORDER, ...BY_NAME_ONLY].join(", ")}`);
     }
     const name = preference as BackendName;
     const info =
       name === "tensorflow-gpu" ? await tryTensorflow(true, notes)
       : name === "tensorflow" ? await tryTensorflow(false, notes)
+      : name === "webgpu" ? await tryWebgpu(notes)
       : name === "native" ? await tryNative(notes)
       : name === "wasm" ? await tryWasm(notes)
       : await useCpu(notes);

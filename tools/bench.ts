@@ -5,7 +5,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { initBackend, tf } from "../src/tensor/backend.js";
+import { backendInfo, canReadSynchronously, initBackend, tf } from "../src/tensor/backend.js";
 import { parseConfig, parameterCount, type ModelConfig } from "../src/model/config.js";
 import { Decoder, KVCache, expectedWeights } from "../src/model/decoder.js";
 import { LoraAdapter, type LoraTarget } from "../src/lora/adapter.js";
@@ -96,10 +96,10 @@ async function benchKiln(shape: Shape) {
   const decoder = randomDecoder(c);
   const ids = randomIds(1, PREFILL, c.vocabSize, 7);
   sizeOutputPool("serve"); // as a server runs prefill and decode
-  const prefillS = await timeIt(() => {
+  const prefillS = await timeIt(async () => {
     const cache = new KVCache(1);
     const logits = tf.tidy(() => decoder.forward({ ids }, { cache, logitsFrom: PREFILL - 1 }));
-    logits.dataSync();
+    await logits.data(); // asynchronous reads, as generation does (webgpu has no synchronous one in Node)
     logits.dispose();
     cache.dispose();
   }, REPEATS);
@@ -110,11 +110,13 @@ async function benchKiln(shape: Shape) {
     let logits = tf.tidy(() => decoder.forward({ ids }, { cache, logitsFrom: PREFILL - 1 }));
     const t0 = performance.now();
     for (let i = 0; i < DECODE; i++) {
-      const next = tf.tidy(() => logits.reshape([-1]).argMax().dataSync()[0]!);
+      const best = tf.tidy(() => logits.reshape([-1]).argMax());
+      const next = (await best.data())[0]!;
+      best.dispose();
       logits.dispose();
       logits = tf.tidy(() => decoder.forward({ ids: [[next]] }, { cache }));
     }
-    logits.dataSync();
+    await logits.data();
     logits.dispose();
     cache.dispose();
     if (r > 0) decodeTimes.push((performance.now() - t0) / 1000);
@@ -130,6 +132,12 @@ async function benchKiln(shape: Shape) {
     cache.dispose();
   }
 
+  const base = { parameters: parameterCount(c), prefill_tok_s: PREFILL / prefillS, decode_tok_s: DECODE / decodeS };
+  if (!canReadSynchronously()) {
+    console.error(`${shape.name}: no bake step on the ${backendInfo()?.name} backend (baking needs synchronous reads)`);
+    decoder.dispose();
+    return { ...base, bake_step_s: NaN, bake_tok_s: NaN, bake_topk_step_s: NaN, peak_rss_mb: process.resourceUsage().maxRSS / 1024, fastBackward: false };
+  }
   // bake step: teacher forward (base, no grad) -> cached full-vocab targets; student LoRA forward,
   // KL at the reply positions, backward, Adam on LoRA parameters only.
   sizeOutputPool("bake"); // as kiln's bake worker does
@@ -172,9 +180,7 @@ async function benchKiln(shape: Shape) {
   adapter.dispose();
   decoder.dispose();
   return {
-    parameters: parameterCount(c),
-    prefill_tok_s: PREFILL / prefillS,
-    decode_tok_s: DECODE / decodeS,
+    ...base,
     bake_step_s: stepS,
     bake_tok_s: (BAKE.batch * R) / stepS,
     bake_topk_step_s: topkStepS,

@@ -226,6 +226,11 @@ export function backendInfo(): BackendInfo | undefined {
   return active;
 }
 
+/** False on webgpu in Node, where tfjs has no synchronous read (baking needs one). */
+export function canReadSynchronously(): boolean {
+  return active?.name !== "webgpu";
+}
+
 export interface MemoryReport {
   numTensors: number;
   tensorBytes: number;

@@ -55,8 +55,8 @@ async function drain<T, R>(it: AsyncGenerator<T, R>): Promise<R> {
 }
 
 test("kiln-mini captures a fact a user states by its own extraction, and its garbage never reaches the ledger", async () => {
-  // (how often extraction works is measured by tools/world/eval_prompted.js: 40% of held-out
-  // mentions; this shows both paths on real model output)
+  // (how often extraction works is measured by tools/world/eval_prompted.js: 30 of 30 held-out
+  // mentions for run 11; this shows both paths on real model output)
   const fact = held[0]!;
   const { dir, file } = writeAgent([]);
   const runtime = await Runtime.fromFiles(file);
@@ -67,8 +67,9 @@ test("kiln-mini captures a fact a user states by its own extraction, and its gar
     const [item] = runtime.agent("mini").ledger.items({ status: "pending" });
     assert.equal(item!.text, fact.text);
     assert.equal(item!.source.conversationId, "c1");
-    // here kiln-mini answers with an ungrounded line (" Daette user works at this message.")
-    const garbled = await chat(`Did you know? ${held[4]!.text}`, "c2");
+    // a hedged hearsay form the training mix never uses: kiln-mini answers with an ungrounded
+    // line (" The users thatstenght?"), and the rules find no statement in a question either
+    const garbled = await chat(`My cousin says that ${held[4]!.text} Is that right?`, "c2");
     assert.deepEqual(garbled.captured, []);
     assert.equal(runtime.agent("mini").ledger.items({ status: "pending" }).length, 1);
   } finally {

@@ -13,7 +13,10 @@ import { disposeTargets, klSum, stackTargets, teacherTargets, type KlMode } from
 import { prepareDecoderForTraining } from "../src/bake/trainer.js";
 import { LoraAdam } from "../src/bake/optimizer.js";
 import { PACKAGE_ROOT } from "../src/model/resolve.js";
-import { sizeOutputPool } from "../src/tensor/native.js";
+import { OPENBLAS_DEFAULTS, sizeOutputPool } from "../src/tensor/native.js";
+
+/** OpenBLAS variables the user set before kiln filled in its defaults (those pass to PyTorch too). */
+const userOpenblasEnv = new Set(Object.keys(OPENBLAS_DEFAULTS).filter((name) => process.env[name] !== undefined));
 
 interface Shape {
   name: string;
@@ -230,6 +233,8 @@ function benchTorch(shape: Shape, topk: number | null = null): Record<string, nu
   // Set machine-wide for old OpenBLAS builds; they slow a current one. Unset for this command only.
   delete env.OPENBLAS_CORETYPE;
   delete env.OPENBLAS_L2_SIZE;
+  // PyTorch runs with OpenBLAS's own defaults, not the ones kiln sets for itself
+  for (const name of Object.keys(OPENBLAS_DEFAULTS)) if (!userOpenblasEnv.has(name)) delete env[name];
   const r = spawnSync(python, [path.join(PACKAGE_ROOT, "tools", "bench_torch.py"), JSON.stringify(cfg)], { encoding: "utf8", env, maxBuffer: 1 << 24 });
   const line = r.stdout.trim().split("\n").pop() ?? "";
   try {

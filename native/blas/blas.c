@@ -6,6 +6,7 @@
 #include <node_api.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <pthread.h>
 
@@ -38,8 +39,10 @@ static float* float_array(napi_env env, napi_value v, size_t* length) {
   return data ? (float*)data : empty;
 }
 
-// Products with a side this short run on one thread (see gemm).
+// Products with a side this short and at most this many multiply-adds run on one thread (see
+// gemm); a batch of 16 decoded rows through a 49k-vocabulary LM head (450M) still splits.
 #define SKINNY 32
+#define SKINNY_MAX_WORK (1 << 22)
 
 // C = alpha op(A) op(B) + beta C, row-major; op(A) [M, K], op(B) [K, N], C [M, N].
 // A product with one row or one column is a matrix-vector product: OpenBLAS's sgemm packs the
@@ -70,11 +73,11 @@ static void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha,
     else cblas_sgemv(CblasRowMajor, CblasNoTrans, (int)M, (int)K, alpha, A, (int)K, B, 1, beta, C, 1);
     return;
   }
-  // A product with a side of a LoRA rank's size is too little work to split: OpenBLAS wakes its
+  // A small product with a side of a LoRA rank's size is too little work to split: OpenBLAS wakes its
   // threads for any product over 2^18 multiply-adds, and [256,576]x[576,8] took 1.2 ms on two
   // threads of a busy machine against 0.05 ms on one (the 576x576 product beside it: 1.4 vs 1.0).
   const int threads = openblas_get_num_threads();
-  const bool skinny = threads > 1 && (M <= SKINNY || N <= SKINNY || K <= SKINNY);
+  const bool skinny = threads > 1 && (M <= SKINNY || N <= SKINNY || K <= SKINNY) && M * N * K <= SKINNY_MAX_WORK;
   if (skinny) openblas_set_num_threads(1);
   cblas_sgemm(CblasRowMajor, tA ? CblasTrans : CblasNoTrans, tB ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, alpha, A,
               tA ? (int)M : (int)K, B, tB ? (int)K : (int)N, beta, C, (int)N);
@@ -125,8 +128,8 @@ static void* run_rows(void* arg) {
 // Splits rows [0, rows) across the BLAS thread count (two cores here), the calling thread taking
 // the first part; small jobs run on the calling thread alone. PyTorch splits its elementwise and
 // softmax loops the same way.
-static void parallel_rows(int64_t rows, int64_t work_per_row, rows_fn fn, const void* ctx) {
-  int n = openblas_get_num_threads();
+static void parallel_rows_on(int threads, int64_t rows, int64_t work_per_row, rows_fn fn, const void* ctx) {
+  int n = threads;
   if (n > MAX_GEMM_THREADS) n = MAX_GEMM_THREADS;
   if (n > rows) n = (int)rows;
   if (n < 2 || rows * work_per_row < PARALLEL_MIN_WORK) {
@@ -144,6 +147,18 @@ static void parallel_rows(int64_t rows, int64_t work_per_row, rows_fn fn, const 
   run_rows(&parts[0]);
   for (int t = 1; t < n; t++)
     if (started & (1 << t)) pthread_join(pool[t], NULL);
+}
+
+static void parallel_rows(int64_t rows, int64_t work_per_row, rows_fn fn, const void* ctx) {
+  parallel_rows_on(openblas_get_num_threads(), rows, work_per_row, fn, ctx);
+}
+
+// Runs fn over items, a part per thread, each part's products single-threaded (OpenBLAS is told
+// one thread meanwhile, so its own split does not fight ours).
+static void parallel_products(int threads, int64_t items, rows_fn fn, const void* ctx) {
+  openblas_set_num_threads(1);
+  parallel_rows_on(threads, items, PARALLEL_MIN_WORK, fn, ctx);
+  openblas_set_num_threads(threads);
 }
 
 static void gemm_rows(const void* ctx, int64_t from, int64_t to) {
@@ -197,9 +212,7 @@ static napi_value sgemm(napi_env env, napi_callback_info info) {
     // Many small products (attention heads): OpenBLAS splits each one across its threads, and
     // for matrices this small the split costs more than it saves. Give each thread whole
     // products instead, each run single-threaded.
-    openblas_set_num_threads(1);
-    parallel_rows(batch, MIN_THREADED_BATCH, gemm_rows, &job);
-    openblas_set_num_threads(threads);
+    parallel_products(threads, batch, gemm_rows, &job);
   } else {
     run_gemm_batch(&job);
   }
@@ -1057,8 +1070,12 @@ static void attention_groups(const void* ctx, int64_t from, int64_t to) {
 static void attention_groups_grad(const void* ctx, int64_t from, int64_t to) {
   const struct fused_attention* j = ctx;
   const int64_t T = j->T, S = j->S, hd = j->hd, groups = j->nH / j->nKv, ldq = j->nH * hd;
-  float* dS = malloc(sizeof(float) * T * S);  // [T, S]
-  if (!dS) abort();
+  float* dS = malloc(sizeof(float) * (size_t)(T * S + 1));  // [T, S]
+  if (!dS) {
+    // a worker thread cannot throw into JavaScript: say why before stopping
+    fprintf(stderr, "kiln_blas.attention_grad: out of memory for %lld floats\n", (long long)(T * S));
+    abort();
+  }
   for (int64_t item = from; item < to; item++) {
     const int64_t b = item / j->nKv, g = item % j->nKv;
     const float *K = KV_AT(j, j->k, b, g), *V = KV_AT(j, j->v, b, g);
@@ -1083,9 +1100,7 @@ static void run_attention(const struct fused_attention* j, rows_fn fn) {
   const int64_t items = j->B * j->nKv;
   const int threads = openblas_get_num_threads();
   if (items >= 2 && threads > 1 && j->T * j->S * j->hd * (j->nH / j->nKv) * items >= MIN_THREADED_BATCH) {
-    openblas_set_num_threads(1);
-    parallel_rows(items, PARALLEL_MIN_WORK, fn, j);
-    openblas_set_num_threads(threads);
+    parallel_products(threads, items, fn, j);
   } else {
     fn(j, 0, items);
   }

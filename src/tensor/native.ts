@@ -71,9 +71,19 @@ let addon: BlasAddon | undefined;
 export function loadBlas(): BlasAddon {
   if (addon) return addon;
   if (!existsSync(ADDON)) throw new Error(`${ADDON} is missing: build it with npm run build:native (needs g++, make and libopenblas-dev)`);
+  for (const [name, value] of Object.entries(OPENBLAS_DEFAULTS)) process.env[name] ??= value; // read once, as OpenBLAS loads
   addon = createRequire(import.meta.url)(ADDON) as BlasAddon;
   return addon;
 }
+
+/**
+ * OpenBLAS settings kiln starts it with, unless the environment sets them. After a product its
+ * worker thread spins for 2^28 cycles (~0.1 s) by default, holding the second core while kiln's
+ * own threads (attention, softmax, KL) want it: the 135M bake step took 1.57-1.61 s at the default
+ * and 1.45 s at 2^20 cycles, decode 27 tok/s either way (2^4 cut the bake step to 1.42-1.48 s but
+ * decode to 23 tok/s: each small product then wakes a sleeping thread).
+ */
+export const OPENBLAS_DEFAULTS: Readonly<Record<string, string>> = { OPENBLAS_THREAD_TIMEOUT: "20" };
 
 /**
  * The output arrays of kiln's kernels, reused once tfjs disposes their tensors. A bake step

@@ -1,7 +1,7 @@
 // Writes the world and the training mix for tools/train/train_default.py:
 //
 //   node dist/tools/world/export.js --out <dir> [--seed kiln-world-1] [--examples 60000] [--mix-seed 1]
-//                                  [--profile-share 0]   (0.3: phase 5's prompts about a few subjects)
+//                                  [--profile-share 0]   (phase 5 used 0.4: prompts about a few subjects)
 //
 //   <dir>/world.json   entities, facts (split, text, questions, answer), relations, conventions
 //   <dir>/train.jsonl  one conversation per line: {"kind", "segments": [[text, trained 0|1], ...]}

@@ -104,8 +104,8 @@ export const CURRICULUM: [number, number] = [0.25, 0.6];
 
 /** Share of prompts that are mostly one relation (see Mixer.drawItems). */
 export const TABLE_SHARE = 0.35;
-/** Share of the non-table prompts of 4+ items that are "profiles" (profileItems) when asked for. */
-export const PROFILE_SHARE = 0.3;
+/** The share of profile prompts (profileItems) phase 5 trained with: `export.js --profile-share 0.4`. */
+export const PROFILE_SHARE = 0.4;
 
 /** About how many question/answer turns fit in the model's 512 positions after k items. */
 export function turnsThatFit(k: number): number {
@@ -282,7 +282,8 @@ export class Mixer {
     // A third of the prompts are "tables": mostly one relation about many subjects, where only the
     // subject tells the facts apart (the model must match names, not just the kind of answer).
     const table = k >= 2 && this.rng.chance(TABLE_SHARE) ? this.rng.pick(RELATIONS) : undefined;
-    if (!table && k >= 4 && this.rng.chance(this.profileShare)) this.profileItems(k).forEach(push);
+    // (no draw at all when the share is 0, so the exports of phases 1-4 come out as they did)
+    if (!table && k >= 4 && this.profileShare > 0 && this.rng.chance(this.profileShare)) this.profileItems(k).forEach(push);
     const tableShare = this.rng.chance(0.5) ? 1 : 0.7;
     while (facts.length < k && guard++ < k * 10) {
       if (table && this.rng.chance(tableShare)) push(this.tableFact(table));

@@ -33,7 +33,7 @@ const CHUNK = Number(opt("chunk", "4"));
 /** first-bake facts replayed into the second bake (the agent default replays up to 20) */
 const REPLAY = Number(opt("replay", String(N)));
 const json = args.includes("--json");
-/** print every wrong answer (question, reply, expected) on stderr */
+/** print the wrong answers (question, reply, expected) of the prompted, after-one-bake (baked paraphrases) and retention rows on stderr */
 const MISSES = args.includes("--misses");
 /** held-out facts to pass over first, so a second run measures other facts (86 in all) */
 const SKIP = Number(opt("skip", "0"));

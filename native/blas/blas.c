@@ -25,18 +25,23 @@ __attribute__((simd("notinbranch"))) extern float expf(float);
     }                                                           \
   } while (0)
 
-static float* float_array(napi_env env, napi_value v, size_t* length) {
+// The data of typed array `v` of type `want`, its element count in *length; NULL when it threw.
+static void* typed_data(napi_env env, napi_value v, napi_typedarray_type want, size_t* length, const char* type_error) {
   napi_typedarray_type type;
   void* data;
   napi_value buffer;
   size_t offset;
-  if (napi_get_typedarray_info(env, v, &type, length, &data, &buffer, &offset) != napi_ok || type != napi_float32_array) {
-    napi_throw_type_error(env, NULL, "kiln_blas: expected a Float32Array");
+  if (napi_get_typedarray_info(env, v, &type, length, &data, &buffer, &offset) != napi_ok || type != want) {
+    napi_throw_type_error(env, NULL, type_error);
     return NULL;
   }
   // An empty array has no data pointer; NULL here means "threw", so hand out a valid one.
-  static float empty[1];
-  return data ? (float*)data : empty;
+  static double empty[1];
+  return data ? data : empty;
+}
+
+static float* float_array(napi_env env, napi_value v, size_t* length) {
+  return typed_data(env, v, napi_float32_array, length, "kiln_blas: expected a Float32Array");
 }
 
 // Products with a side this short and at most this many multiply-adds run on one thread (see
@@ -939,12 +944,6 @@ static napi_value rope(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
-struct attention_job {
-  const float *x, *mask, *dy;
-  float* y;
-  float scale;
-  int64_t heads, rows, cols;
-};
 
 // y = softmax(x * scale + mask) over one row of C; y may be x.
 static void attention_softmax_row(const float* xr, const float* mr, float scale, float* yr, int64_t C) {
@@ -962,56 +961,6 @@ static void attention_softmax_grad_row(const float* g, const float* p, float sca
   double dot = 0;
   for (int64_t c = 0; c < C; c++) dot += (double)g[c] * p[c];
   for (int64_t c = 0; c < C; c++) o[c] = scale * p[c] * (g[c] - (float)dot);
-}
-
-// Row i of [batch, heads, rows, cols] uses mask row (i / (heads * rows)) * rows + i % rows.
-static void attention_softmax_rows(const void* ctx, int64_t from, int64_t to) {
-  const struct attention_job* j = ctx;
-  const int64_t C = j->cols;
-  for (int64_t i = from; i < to; i++)
-    attention_softmax_row(j->x + i * C, j->mask + ((i / (j->heads * j->rows)) * j->rows + i % j->rows) * C, j->scale, j->y + i * C, C);
-}
-
-static void attention_softmax_grad_rows(const void* ctx, int64_t from, int64_t to) {
-  const struct attention_job* j = ctx;  // x holds the softmax output, y the gradient out
-  const int64_t C = j->cols;
-  for (int64_t r = from; r < to; r++) attention_softmax_grad_row(j->dy + r * C, j->x + r * C, j->scale, j->y + r * C, C);
-}
-
-// attention_softmax(scores, mask, scale, batch, heads, rows, cols, y):
-//   y = softmax(scores * scale + mask) over the last axis; scores, y [batch, heads, rows, cols],
-//   mask [batch, rows, cols] (additive), shared by a batch entry's heads.
-static napi_value attention_softmax(napi_env env, napi_callback_info info) {
-  napi_value argv[8];
-  int64_t d[4];
-  double scale;
-  if (!args_of(env, info, 8, argv) || napi_get_value_double(env, argv[2], &scale) != napi_ok || !sizes_of(env, argv + 3, 4, d)) return NULL;
-  const int64_t B = d[0], H = d[1], R = d[2], C = d[3];
-  const char* what = "kiln_blas.attention_softmax: shapes do not fit the arrays";
-  const float* x = sized_array(env, argv[0], B * H * R * C, what);
-  const float* m = x ? sized_array(env, argv[1], B * R * C, what) : NULL;
-  float* y = m ? sized_array(env, argv[7], B * H * R * C, what) : NULL;
-  if (!y) return NULL;
-  const struct attention_job job = {x, m, NULL, y, (float)scale, H, R, C};
-  parallel_rows(B * H * R, C, attention_softmax_rows, &job);
-  return NULL;
-}
-
-// attention_softmax_grad(dy, y, scale, rows, cols, dx): dx = scale * y * (dy - sum(dy * y)) per row.
-static napi_value attention_softmax_grad(napi_env env, napi_callback_info info) {
-  napi_value argv[6];
-  int64_t d[2];
-  double scale;
-  if (!args_of(env, info, 6, argv) || napi_get_value_double(env, argv[2], &scale) != napi_ok || !sizes_of(env, argv + 3, 2, d)) return NULL;
-  const int64_t R = d[0], C = d[1];
-  const char* what = "kiln_blas.attention_softmax_grad: shapes do not fit the arrays";
-  const float* dy = sized_array(env, argv[0], R * C, what);
-  const float* y = dy ? sized_array(env, argv[1], R * C, what) : NULL;
-  float* dx = y ? sized_array(env, argv[5], R * C, what) : NULL;
-  if (!dx) return NULL;
-  const struct attention_job job = {y, NULL, dy, dx, (float)scale, 0, 0, C};
-  parallel_rows(R, C, attention_softmax_grad_rows, &job);
-  return NULL;
 }
 
 // --- attention in one kernel: the products read q, k and v where they lie (strided), so the
@@ -1164,21 +1113,13 @@ static napi_value attention_grad(napi_env env, napi_callback_info info) {
 
 // The Int32Array argument `v`, which must hold exactly `length` ints; NULL when it threw.
 static int32_t* sized_int32_array(napi_env env, napi_value v, size_t length, const char* what) {
-  napi_typedarray_type type;
   size_t l;
-  void* data;
-  napi_value buffer;
-  size_t offset;
-  if (napi_get_typedarray_info(env, v, &type, &l, &data, &buffer, &offset) != napi_ok || type != napi_int32_array) {
-    napi_throw_type_error(env, NULL, "kiln_blas: expected an Int32Array");
-    return NULL;
-  }
-  if (l != length) {
+  int32_t* a = typed_data(env, v, napi_int32_array, &l, "kiln_blas: expected an Int32Array");
+  if (a && l != length) {
     napi_throw_range_error(env, NULL, what);
     return NULL;
   }
-  static int32_t empty[1];
-  return data ? (int32_t*)data : empty;
+  return a;
 }
 
 struct topk_job {
@@ -1252,6 +1193,8 @@ static napi_value topk(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+// The least student tail mass whose log is taken: KL_TAIL_FLOOR in src/tensor/fused.ts, which
+// the composed path and the teacher's targets use.
 #define KL_TINY 1e-12
 
 struct kl_topk_job {
@@ -1261,14 +1204,10 @@ struct kl_topk_job {
   int64_t rows, V, K;
 };
 
-// Per row: lse of the logits, Q = the student's mass on the teacher's top K, P = the teacher's.
-static double topk_row_masses(const struct kl_topk_job* j, int64_t r, const float* xr, float lse, double* P) {
-  double Q = 0, p = 0;
-  for (int64_t k = 0; k < j->K; k++) {
-    Q += exp((double)xr[j->flat[r * j->K + k] - r * j->V] - lse);
-    p += exp((double)j->logp[r * j->K + k]);
-  }
-  *P = p;
+// The student's mass on row r's top K (its logits xr, their log-sum-exp lse).
+static double topk_student_mass(const struct kl_topk_job* j, int64_t r, const float* xr, float lse) {
+  double Q = 0;
+  for (int64_t k = 0; k < j->K; k++) Q += exp((double)xr[j->flat[r * j->K + k] - r * j->V] - lse);
   return Q;
 }
 
@@ -1277,8 +1216,8 @@ static void kl_topk_rows_part(const void* ctx, int64_t from, int64_t to) {
   for (int64_t r = from; r < to; r++) {
     const float* xr = j->x + r * j->V;
     const float lse = (float)row_logsumexp(xr, j->V);
-    double P, kl = 0;
-    const double Q = topk_row_masses(j, r, xr, lse, &P);
+    double kl = 0;
+    const double Q = topk_student_mass(j, r, xr, lse);
     for (int64_t k = 0; k < j->K; k++) {
       const double lp = j->logp[r * j->K + k];
       kl += exp(lp) * (lp - ((double)xr[j->flat[r * j->K + k] - r * j->V] - lse));
@@ -1301,8 +1240,9 @@ static void kl_topk_rows_grad_part(const void* ctx, int64_t from, int64_t to) {
       continue;
     }
     const float lse = (float)row_logsumexp(xr, j->V);
-    double P;
-    const double Q = topk_row_masses(j, r, xr, lse, &P);
+    double P = 0;  // the teacher's mass on its top K
+    for (int64_t k = 0; k < j->K; k++) P += exp((double)j->logp[r * j->K + k]);
+    const double Q = topk_student_mass(j, r, xr, lse);
     const double c = 1.0 - Q >= KL_TINY ? exp((double)j->tail[r]) / (1.0 - Q) : 0.0;
     const float all = (float)(P - c * Q) * g;
     for (int64_t v = 0; v < j->V; v++) dr[v] = all * expf(xr[v] - lse);
@@ -1319,6 +1259,10 @@ static bool kl_topk_job_of(napi_env env, napi_value* argv, bool grad, struct kl_
   const int o = grad ? 1 : 0;
   if (!sizes_of(env, argv + o + 4, 3, d)) return false;
   const int64_t rows = d[0], V = d[1], K = d[2];
+  if (V < 1 || K < 1 || K > V) {
+    napi_throw_range_error(env, NULL, "kiln_blas.kl_topk: need 1 <= K <= V");
+    return false;
+  }
   const char* what = "kiln_blas.kl_topk: shapes do not fit the arrays";
   *j = (struct kl_topk_job){.rows = rows, .V = V, .K = K};
   if ((grad && !(j->dy = sized_array(env, argv[0], rows, what))) || !(j->x = sized_array(env, argv[o], rows * V, what)) ||
@@ -1402,8 +1346,6 @@ static napi_value init(napi_env env, napi_value exports) {
       {"loraLinear", NULL, lora_linear, NULL, NULL, NULL, napi_default, NULL},
       {"loraLinearGrad", NULL, lora_linear_grad, NULL, NULL, NULL, napi_default, NULL},
       {"rope", NULL, rope, NULL, NULL, NULL, napi_default, NULL},
-      {"attentionSoftmax", NULL, attention_softmax, NULL, NULL, NULL, napi_default, NULL},
-      {"attentionSoftmaxGrad", NULL, attention_softmax_grad, NULL, NULL, NULL, napi_default, NULL},
       {"attention", NULL, attention, NULL, NULL, NULL, napi_default, NULL},
       {"attentionGrad", NULL, attention_grad, NULL, NULL, NULL, napi_default, NULL},
       {"topk", NULL, topk, NULL, NULL, NULL, napi_default, NULL},

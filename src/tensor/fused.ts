@@ -12,8 +12,6 @@ export const KL_ROWS_GRAD = "KilnKlRowsGrad";
 export const LORA_LINEAR = "KilnLoraLinear";
 export const LORA_LINEAR_GRAD = "KilnLoraLinearGrad";
 export const ROPE = "KilnRope";
-export const ATTENTION_SOFTMAX = "KilnAttentionSoftmax";
-export const ATTENTION_SOFTMAX_GRAD = "KilnAttentionSoftmaxGrad";
 export const LOG_SOFTMAX = "KilnLogSoftmax";
 export const ATTENTION = "KilnAttention";
 export const ATTENTION_GRAD = "KilnAttentionGrad";
@@ -141,18 +139,6 @@ function rotateHalfMatrix(hd: number): tf.Tensor2D {
 }
 
 /**
- * Attention probabilities: softmax(scores * scale + mask) over the keys.
- * scores: [B, heads, T, S]; mask: [B, T, S], additive, the same for every head.
- */
-export function attentionSoftmax(scores: tf.Tensor4D, mask: tf.Tensor3D, scale: number): tf.Tensor4D {
-  if (fusedOn(ATTENTION_SOFTMAX) && allFloat32(scores, mask)) {
-    return tf.engine().runKernel(ATTENTION_SOFTMAX, { scores, mask }, { scale } as unknown as tf.NamedAttrMap) as tf.Tensor4D;
-  }
-  const [B, , T, S] = scores.shape;
-  return tf.softmax(tf.add(tf.mul(scores, scale), mask.reshape([B, 1, T, S])), -1) as tf.Tensor4D; // mask as [B, 1, T, S]
-}
-
-/**
  * Grouped-query attention: softmax(q k^T * scale + mask) v, query head h reading KV head
  * floor(h / (heads / kvHeads)). q: [B, T, heads, hd]; k, v: [B, S, kvHeads, hd] as the
  * projections give them, or [B, kvHeads, S, hd] with `kvHeadMajor` (the KV cache's layout);
@@ -174,7 +160,9 @@ export function attention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, mask: 
     .transpose(q.reshape([B, T, nKv, groups, hd]), [0, 2, 3, 1, 4]) // [B, nKv, groups, T, hd]
     .reshape([B, nKv, groups * T, hd]) as tf.Tensor4D; // [B, nKv, groups*T, hd]
   const scores = tf.matMul(qg, keys, false, true).reshape([B, heads, T, S]) as tf.Tensor4D; // [B, heads, T, S]
-  const probs = attentionSoftmax(scores, mask, scale).reshape([B, nKv, groups * T, S]) as tf.Tensor4D; // [B, nKv, groups*T, S]
+  const probs = tf
+    .softmax(tf.add(tf.mul(scores, scale), mask.reshape([B, 1, T, S])), -1) // mask as [B, 1, T, S]: the same for every head
+    .reshape([B, nKv, groups * T, S]) as tf.Tensor4D; // [B, nKv, groups*T, S]
   return tf
     .matMul(probs, values) // [B, nKv, groups*T, hd]
     .reshape([B, nKv, groups, T, hd]) // [B, nKv, groups, T, hd]
@@ -222,18 +210,6 @@ tf.registerGradient({
   },
 });
 
-tf.registerGradient({
-  kernelName: ATTENTION_SOFTMAX,
-  inputsToSave: ["mask"],
-  outputsToSave: [true],
-  gradFunc: (dy, saved, attrs) => {
-    const [mask, y] = saved as [tf.Tensor, tf.Tensor];
-    return {
-      scores: () => tf.engine().runKernel(ATTENTION_SOFTMAX_GRAD, { dy: dy as tf.Tensor, y }, attrs) as tf.Tensor,
-      mask: () => tf.zerosLike(mask), // the mask is a constant
-    };
-  },
-});
 
 tf.registerGradient({
   kernelName: ATTENTION,

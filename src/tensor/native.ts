@@ -1,7 +1,7 @@
 // kiln's "native" backend: tfjs's cpu backend with its matrix multiplies handed to OpenBLAS
 // (native/blas, a small Node-API addon), the heaviest elementwise, reduction, softmax, copy and
 // transpose kernels in C, and the fused kernels of src/tensor/fused.ts (RMSNorm, SwiGLU, KL,
-// log-softmax, RoPE, attention softmax, attention, a LoRA linear). Everything else stays in tfjs's
+// log-softmax, RoPE, attention, top-K, a LoRA linear). Everything else stays in tfjs's
 // JavaScript kernels, which are exact and well tested.
 import { existsSync } from "node:fs";
 import { createRequire } from "node:module";
@@ -13,8 +13,6 @@ import { MathBackendCPU } from "@tensorflow/tfjs-backend-cpu";
 import {
   ATTENTION,
   ATTENTION_GRAD,
-  ATTENTION_SOFTMAX,
-  ATTENTION_SOFTMAX_GRAD,
   KL_ROWS,
   KL_ROWS_GRAD,
   KL_TOPK_ROWS,
@@ -49,8 +47,6 @@ interface BlasAddon {
   loraLinear(x: Float32Array, w: Float32Array, a: Float32Array, b: Float32Array, n: number, inF: number, outF: number, r: number, scale: number, y: Float32Array): void;
   loraLinearGrad(dy: Float32Array, x: Float32Array, w: Float32Array, a: Float32Array, b: Float32Array, n: number, inF: number, outF: number, r: number, scale: number, dx: Float32Array, da: Float32Array, db: Float32Array): void;
   rope(x: Float32Array, cos: Float32Array, sin: Float32Array, rows: number, heads: number, hd: number, sign: number, y: Float32Array): void;
-  attentionSoftmax(scores: Float32Array, mask: Float32Array, scale: number, batch: number, heads: number, rows: number, cols: number, y: Float32Array): void;
-  attentionSoftmaxGrad(dy: Float32Array, y: Float32Array, scale: number, rows: number, cols: number, dx: Float32Array): void;
   topk(x: Float32Array, rows: number, V: number, k: number, values: Float32Array, indices: Int32Array): void;
   klTopk(logits: Float32Array, topLogp: Float32Array, flat: Int32Array, tail: Float32Array, rows: number, V: number, K: number, out: Float32Array): void;
   klTopkGrad(dy: Float32Array, logits: Float32Array, topLogp: Float32Array, flat: Int32Array, tail: Float32Array, rows: number, V: number, K: number, dx: Float32Array): void;
@@ -593,22 +589,6 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
       const out = output(cpu, product(x.shape));
       if (out.length) blas.logSoftmax(values(cpu, x), out, out.length / V, V);
       return cpu.makeTensorInfo(x.shape, "float32", out);
-    },
-    [ATTENTION_SOFTMAX]: ({ inputs, backend, attrs }) => {
-      const { scores, mask } = inputs as { scores: tf.TensorInfo; mask: tf.TensorInfo };
-      const cpu = backend as CpuBackend;
-      const [B, H, T, S] = scores.shape as [number, number, number, number];
-      const y = output(cpu, B * H * T * S);
-      blas.attentionSoftmax(values(cpu, scores), values(cpu, mask), (attrs as { scale: number }).scale, B, H, T, S, y);
-      return cpu.makeTensorInfo(scores.shape, "float32", y);
-    },
-    [ATTENTION_SOFTMAX_GRAD]: ({ inputs, backend, attrs }) => {
-      const { dy, y } = inputs as { dy: tf.TensorInfo; y: tf.TensorInfo };
-      const cpu = backend as CpuBackend;
-      const S = y.shape.at(-1)!;
-      const dx = output(cpu, product(y.shape));
-      blas.attentionSoftmaxGrad(values(cpu, dy), values(cpu, y), (attrs as { scale: number }).scale, dx.length / S, S, dx);
-      return cpu.makeTensorInfo(y.shape, "float32", dx);
     },
     [KL_TOPK_ROWS]: ({ inputs, backend }) => {
       const { logits, topLogProbs, flatIndices, tailLogProb } = inputs as Record<"logits" | "topLogProbs" | "flatIndices" | "tailLogProb", tf.TensorInfo>;

@@ -12,7 +12,7 @@ import { bake, prepareDecoderForTraining, type BakeSettings } from "../src/bake/
 import { sampleTrajectories, studentMessages, teacherMessages } from "../src/bake/trajectories.js";
 import { buildKnowledgePrompt, knowledgeLessons } from "../src/bake/prompt.js";
 import { startBake } from "../src/bake/job.js";
-import { baseFingerprint, type LoraAdapter } from "../src/lora/adapter.js";
+import type { LoraAdapter } from "../src/lora/adapter.js";
 import { loadAdapter } from "../src/lora/peft.js";
 import type { ChatMessage } from "../src/model/tokenizer.js";
 import { fixtureDir } from "./support/paths.js";
@@ -97,7 +97,7 @@ test("a bake in the worker process writes a loadable PEFT directory with its rep
   assert.deepEqual([...phases].sort(), ["sample", "teacher", "train", "validate"]);
   assert.ok(summary.bestValKl < summary.initialValKl);
   assert.deepEqual(JSON.parse(readFileSync(path.join(outDir, "bake_report.json"), "utf8")).trajectories, summary.trajectories);
-  const fp = baseFingerprint(model.config, model.decoder.weights.get("model.embed_tokens.weight")!);
+  const fp = model.fingerprint;
   loadAdapter(outDir, model.config, fp).dispose();
   rmSync(dir, { recursive: true });
 });

@@ -9,7 +9,7 @@ import path from "node:path";
 import { initBackend, tf } from "../src/tensor/backend.js";
 import { loadModel, type LoadedModel } from "../src/model/load.js";
 import { Decoder } from "../src/model/decoder.js";
-import { AdapterRegistry, LoraAdapter, baseFingerprint, mergeAdapters, unmergeAdapters, type LoraSettings } from "../src/lora/adapter.js";
+import { AdapterRegistry, LoraAdapter, mergeAdapters, unmergeAdapters, type LoraSettings } from "../src/lora/adapter.js";
 import { loadAdapter, peftKeys, saveAdapter } from "../src/lora/peft.js";
 import { readHeader } from "../src/model/safetensors.js";
 import { FIXTURE_NAMES, fixtureDir } from "./support/paths.js";
@@ -29,7 +29,7 @@ const IDS = [
 ];
 
 function fingerprintOf(model: LoadedModel): string {
-  return baseFingerprint(model.config, model.decoder.weights.get("model.embed_tokens.weight")!);
+  return model.fingerprint;
 }
 
 function logits(decoder: Decoder, adapter?: LoraAdapter | ReturnType<AdapterRegistry["hook"]>): Float32Array {

@@ -9,7 +9,7 @@
 import { tf } from "../tensor/backend.js";
 import { isLinearWeight, type AdapterHook, type Decoder } from "../model/decoder.js";
 import type { LoadedModel } from "../model/load.js";
-import { AdapterStack, DEFAULT_LORA, LoraAdapter, baseFingerprint, type LoraSettings } from "../lora/adapter.js";
+import { AdapterStack, DEFAULT_LORA, LoraAdapter, type LoraSettings } from "../lora/adapter.js";
 import { disposeTargets, klSum, stackTargets, type KlMode } from "./kl.js";
 import { LoraAdam } from "./optimizer.js";
 import type { Lesson } from "./prompt.js";
@@ -178,7 +178,7 @@ async function bakeRound(req: BakeRequest, s: BakeSettings, round: number, teach
   const train = mixed.slice(nVal);
 
   prepareDecoderForTraining(model.decoder);
-  const fingerprint = baseFingerprint(model.config, model.decoder.weights.get("model.embed_tokens.weight")!);
+  const fingerprint = model.fingerprint;
   const student = start ? start.clone() : LoraAdapter.create(model.config, s.lora, fingerprint, s.seed + round);
   const vars = student.variables();
   const optimizer = new LoraAdam({ learningRate: s.learningRate, clipNorm: s.clipNorm });

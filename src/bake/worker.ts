@@ -3,7 +3,6 @@
 import { initBackend } from "../tensor/backend.js";
 import { sizeOutputPool } from "../tensor/native.js";
 import { loadModel } from "../model/load.js";
-import { baseFingerprint } from "../lora/adapter.js";
 import { loadAdapter, saveAdapter } from "../lora/peft.js";
 import { bake } from "./trainer.js";
 import { runCycle } from "./cycle.js";
@@ -18,7 +17,7 @@ async function run(job: BakeJob): Promise<BakeSummary> {
   await initBackend();
   sizeOutputPool("bake");
   const model = loadModel(job.modelDir);
-  const fingerprint = baseFingerprint(model.config, model.decoder.weights.get("model.embed_tokens.weight")!);
+  const fingerprint = model.fingerprint;
   const live = job.liveAdapterDir ? loadAdapter(job.liveAdapterDir, model.config, fingerprint) : undefined;
   // Without given questions, the model writes its own about each line of the prompt.
   const lines = job.prompt.split("\n").map((l) => l.replace(/^[-*]\s*/, "").trim()).filter(Boolean);
@@ -41,7 +40,7 @@ async function cycle(job: Extract<WorkerJob, { kind: "cycle" }>) {
   await initBackend();
   sizeOutputPool("bake");
   const model = loadModel(job.modelDir);
-  const fingerprint = baseFingerprint(model.config, model.decoder.weights.get("model.embed_tokens.weight")!);
+  const fingerprint = model.fingerprint;
   const live = job.liveAdapterDir ? loadAdapter(job.liveAdapterDir, model.config, fingerprint) : undefined;
   return runCycle(model, job, live, (progress) => void send({ type: "progress", progress }));
 }

@@ -40,9 +40,12 @@ export function ownedVariable(initial: tf.Tensor): tf.Variable {
   return v;
 }
 
-/** A fingerprint of the base weights an adapter was trained on: config shape + embedding sample. */
-export function baseFingerprint(config: ModelConfig, embed: tf.Tensor): string {
-  const sample = tf.tidy(() => embed.reshape([-1]).slice(0, Math.min(4096, embed.size)).dataSync());
+/**
+ * A fingerprint of the base weights an adapter was trained on: config shape + the first 4096
+ * values of the token embeddings (`embed`: their host data, row-major; LoadedModel.fingerprint).
+ */
+export function baseFingerprint(config: ModelConfig, embed: Float32Array): string {
+  const sample = embed.subarray(0, Math.min(4096, embed.length));
   const h = createHash("sha256");
   h.update(JSON.stringify([config.architecture, config.hiddenSize, config.numLayers, config.numHeads, config.numKvHeads, config.vocabSize]));
   h.update(Buffer.from(sample.buffer, sample.byteOffset, sample.byteLength));

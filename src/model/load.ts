@@ -7,6 +7,7 @@ import { readConfig, type ModelConfig } from "./config.js";
 import { Decoder, expectedWeights } from "./decoder.js";
 import { readHeader, readTensors, SafetensorsError, type SafetensorsHeader } from "./safetensors.js";
 import { ChatTokenizer } from "./tokenizer.js";
+import { baseFingerprint } from "../lora/adapter.js";
 
 export interface LoadedModel {
   dir: string;
@@ -15,6 +16,8 @@ export interface LoadedModel {
   tokenizer: ChatTokenizer;
   /** end-of-turn ids from generation_config.json, config.json and the tokenizer */
   eosTokenIds: number[];
+  /** which base weights these are (baseFingerprint), taken from the file's data as it loads */
+  fingerprint: string;
   dispose(): void;
 }
 
@@ -60,7 +63,7 @@ function readGenerationConfig(dir: string): { eos: number[]; pad?: number } {
 }
 
 /** Reads and checks every tensor the config asks for; errors name the file and the tensor. */
-export function loadWeights(dir: string, config: ModelConfig): Map<string, tf.Tensor> {
+export function loadWeights(dir: string, config: ModelConfig, onRead?: (name: string, data: Float32Array) => void): Map<string, tf.Tensor> {
   const expected = expectedWeights(config);
   const files = weightFiles(dir);
   const headers = new Map<string, SafetensorsHeader>();
@@ -89,6 +92,7 @@ export function loadWeights(dir: string, config: ModelConfig): Map<string, tf.Te
   try {
     for (const [file, names] of byFile) {
       for (const [name, t] of readTensors(header(file), names)) {
+        onRead?.(name, t.data);
         weights.set(name, tf.tensor(t.data, t.shape, "float32"));
       }
     }
@@ -105,13 +109,20 @@ export function loadModel(dir: string): LoadedModel {
   const config = readConfig(resolved);
   const generation = readGenerationConfig(resolved);
   const tokenizer = ChatTokenizer.fromDirectory(resolved, [...generation.eos, ...config.eosTokenIds], generation.pad);
-  const decoder = Decoder.fromHuggingFace(config, loadWeights(resolved, config));
+  // The fingerprint is hashed from host data: reading it back from a GPU backend would stall,
+  // and tfjs-webgpu in Node cannot read synchronously at all.
+  let fingerprint = "";
+  const weights = loadWeights(resolved, config, (name, data) => {
+    if (name === "model.embed_tokens.weight") fingerprint = baseFingerprint(config, data);
+  });
+  const decoder = Decoder.fromHuggingFace(config, weights);
   return {
     dir: resolved,
     config,
     decoder,
     tokenizer,
     eosTokenIds: tokenizer.eosTokenIds,
+    fingerprint,
     dispose() {
       decoder.dispose();
     },

@@ -3,7 +3,7 @@
 // request in flight finishes on its version while the next one gets the new; an old adapter is
 // freed when its last request ends. A new adapter is loaded and checked before the swap, so a bad
 // checkpoint never replaces a good one.
-import { baseFingerprint, type LoraAdapter } from "../lora/adapter.js";
+import type { LoraAdapter } from "../lora/adapter.js";
 import { loadAdapter } from "../lora/peft.js";
 import type { LoadedModel } from "../model/load.js";
 
@@ -26,7 +26,7 @@ export class LiveModel {
   readonly fingerprint: string;
 
   constructor(readonly model: LoadedModel) {
-    this.fingerprint = baseFingerprint(model.config, model.decoder.weights.get("model.embed_tokens.weight")!);
+    this.fingerprint = model.fingerprint;
   }
 
   get version(): string | null {

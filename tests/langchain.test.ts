@@ -161,7 +161,7 @@ test("invoke and stream give Runtime.chat's greedy text with version, finish rea
     const settings = { r: 4, alpha: 8, dropout: 0, useRslora: false, targetModules: ["q_proj", "v_proj", "down_proj"] as ("q_proj" | "v_proj" | "down_proj")[] };
     const adapter = LoraAdapter.create(agent.model.config, settings, agent.live.fingerprint, 7);
     for (const { B } of adapter.modules.values()) B.assign(tf.randomNormal(B.shape, 0, 0.3, "float32", 700));
-    saveAdapter(path.join(dir, "v0001"), adapter, agent.model.dir);
+    await saveAdapter(path.join(dir, "v0001"), adapter, agent.model.dir);
     adapter.dispose();
     agent.live.swapTo("v0001", path.join(dir, "v0001"));
     const refV1 = await kilnChat(runtime, messages, 24);

@@ -21,7 +21,7 @@ const settings = { r: 4, alpha: 8, dropout: 0, useRslora: false, targetModules: 
 for (const [name, seed] of [["v0001", 1], ["v0002", 2]] as const) {
   const a = LoraAdapter.create(model.config, settings, live.fingerprint, seed);
   for (const { B } of a.modules.values()) B.assign(tf.randomNormal(B.shape, 0, 0.3, "float32", seed * 100));
-  saveAdapter(path.join(dir, name), a, model.dir);
+  await saveAdapter(path.join(dir, name), a, model.dir);
   a.dispose();
 }
 const prompt = model.tokenizer.applyChatTemplate([{ role: "user", content: "the quick brown fox" }]);
@@ -67,10 +67,10 @@ test("a reply streamed across a swap finishes on its pinned version; the next re
   assert.deepEqual(live.resident, ["v0002"], "v0001 is freed when its last request ends");
 });
 
-test("a corrupt or foreign checkpoint is refused and the live version stays", () => {
+test("a corrupt or foreign checkpoint is refused and the live version stays", async () => {
   live.swapTo("v0002", path.join(dir, "v0002"));
   const bad = path.join(dir, "bad");
-  saveAdapter(bad, LoraAdapter.create(model.config, settings, "another-model", 1), model.dir);
+  await saveAdapter(bad, LoraAdapter.create(model.config, settings, "another-model", 1), model.dir);
   assert.throws(() => live.swapTo("v0003", bad), /was trained on a different base model/);
   writeFileSync(path.join(bad, "adapter_config.json"), "{ not json");
   assert.throws(() => live.swapTo("v0003", bad), /adapter_config\.json: is not valid JSON/);

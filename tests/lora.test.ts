@@ -74,10 +74,10 @@ for (const name of FIXTURE_NAMES) {
         adapter.dispose();
       });
 
-      await t.test("a training step changes adapter weights only", () => {
+      await t.test("a training step changes adapter weights only", async () => {
         const adapter = LoraAdapter.create(model.config, ALL_TARGETS, fp, 4);
         const baseBefore = new Map([...model.decoder.weights].map(([k, v]) => [k, v.dataSync().slice()]));
-        const adapterBefore = adapter.snapshot();
+        const adapterBefore = await adapter.snapshot();
         const optimizer = tf.train.adam(1e-2);
         tf.tidy(() => {
           const { grads } = tf.variableGrads(() => tf.mean(tf.square(model.decoder.forward({ ids: IDS }, { adapter }))) as tf.Scalar, adapter.variables());
@@ -85,7 +85,7 @@ for (const name of FIXTURE_NAMES) {
         });
         optimizer.dispose();
         for (const [k, v] of model.decoder.weights) assert.deepEqual(v.dataSync(), baseBefore.get(k), `base weight ${k} changed`);
-        const after = adapter.snapshot();
+        const after = await adapter.snapshot();
         let changed = 0;
         for (const [m, { B }] of after) if (maxDiff(B, adapterBefore.get(m)!.B) > 0) changed++;
         assert.equal(changed, adapter.modules.size, "every B should move");
@@ -113,12 +113,12 @@ for (const name of FIXTURE_NAMES) {
         registry.remove("persona");
       });
 
-      await t.test("PEFT directory round-trips with PEFT's key names and shapes", () => {
+      await t.test("PEFT directory round-trips with PEFT's key names and shapes", async () => {
         const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-peft-"));
         const out = path.join(dir, "adapter");
         const adapter = LoraAdapter.create(model.config, ALL_TARGETS, fp, 9);
         randomizeB(adapter, 10);
-        saveAdapter(out, adapter, model.dir);
+        await saveAdapter(out, adapter, model.dir);
         const config = JSON.parse(readFileSync(path.join(out, "adapter_config.json"), "utf8"));
         assert.equal(config.peft_type, "LORA");
         assert.equal(config.task_type, "CAUSAL_LM");
@@ -152,7 +152,7 @@ for (const name of FIXTURE_NAMES) {
   });
 }
 
-test("an adapter for another base model, or a corrupt one, is refused and the registry keeps what it had", () => {
+test("an adapter for another base model, or a corrupt one, is refused and the registry keeps what it had", async () => {
   const llama = loadModel(fixtureDir("llama"));
   const qwen3 = loadModel(fixtureDir("qwen3"));
   const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-peft-bad-"));
@@ -165,18 +165,18 @@ test("an adapter for another base model, or a corrupt one, is refused and the re
     const before = logits(llama.decoder, registry.hook());
 
     const foreign = LoraAdapter.create(qwen3.config, ALL_TARGETS, fingerprintOf(qwen3), 3);
-    saveAdapter(path.join(dir, "qwen3"), foreign, qwen3.dir);
+    await saveAdapter(path.join(dir, "qwen3"), foreign, qwen3.dir);
     assert.throws(() => loadAdapter(path.join(dir, "qwen3"), llama.config, fingerprintOf(llama)), /has shape \[4,64\]|was trained on a different base model/);
 
     // Same shapes, different weights: the fingerprint catches it.
     const mistral = loadModel(fixtureDir("mistral"));
     const sameShape = LoraAdapter.create(mistral.config, ALL_TARGETS, fingerprintOf(mistral), 4);
-    saveAdapter(path.join(dir, "mistral"), sameShape, mistral.dir);
+    await saveAdapter(path.join(dir, "mistral"), sameShape, mistral.dir);
     assert.throws(() => loadAdapter(path.join(dir, "mistral"), llama.config, fingerprintOf(llama)), /was trained on a different base model/);
     sameShape.dispose();
     mistral.dispose();
 
-    saveAdapter(path.join(dir, "truncated"), live, llama.dir);
+    await saveAdapter(path.join(dir, "truncated"), live, llama.dir);
     const file = path.join(dir, "truncated", "adapter_model.safetensors");
     truncateSync(file, statSync(file).size - 64);
     assert.throws(() => loadAdapter(path.join(dir, "truncated"), llama.config, fingerprintOf(llama)), /adapter_model\.safetensors: .*truncated/);

@@ -156,12 +156,12 @@ async function benchKiln(shape: Shape) {
     const teacher = tf.tidy(() => decoder.forward({ ids: bakeIds }, { logitsFrom: BAKE.prompt_len })); // [B, R, V]
     // as computeTeacherTargets does: slice inside tidy, read the targets outside it (tidy walks
     // what it returns, and a multi-million-element array takes seconds to walk)
-    const targets = Array.from({ length: BAKE.batch }, (_, b) => {
+    const targets = [];
+    for (let b = 0; b < BAKE.batch; b++) {
       const row = tf.tidy(() => teacher.slice([b, 0, 0], [1, R, c.vocabSize]).reshape([R, c.vocabSize]) as tf.Tensor2D); // [R, V]
-      const t = teacherTargets(row, mode);
+      targets.push(await teacherTargets(row, mode));
       row.dispose();
-      return t;
-    });
+    }
     teacher.dispose();
     const batch = stackTargets(targets, targets.map(() => R), R, c.vocabSize, mode);
     const loss = tf.tidy(() => {

@@ -87,7 +87,7 @@ export async function runCycle(
     onProgress({ phase: "evaluate", done: evaluated.length, total: evaluated.length });
     const summary = summarizeBake(report, job.outDir);
     const result: CycleResult = { summary, probes: Object.fromEntries(made), scores: Object.fromEntries(scores), persona };
-    saveAdapter(job.outDir, report.adapter, model.dir, { "bake_report.json": JSON.stringify({ ...summary, persona, scores: result.scores }, null, 2) + "\n" });
+    await saveAdapter(job.outDir, report.adapter, model.dir, { "bake_report.json": JSON.stringify({ ...summary, persona, scores: result.scores }, null, 2) + "\n" });
     return result;
   } finally {
     report.adapter.dispose();

@@ -18,13 +18,17 @@ export type TeacherTargets =
 export type KlMode = { kind: "full" } | { kind: "topk"; k: number };
 
 
-/** Turns teacher logits for R reply positions, [R, V], into cached targets. */
-export function teacherTargets(logits: tf.Tensor2D, mode: KlMode): TeacherTargets {
+/**
+ * Turns teacher logits for R reply positions, [R, V], into cached targets (host arrays). The
+ * reads are asynchronous: a GPU backend keeps working meanwhile, and tfjs-webgpu in Node has no
+ * synchronous read at all.
+ */
+export async function teacherTargets(logits: tf.Tensor2D, mode: KlMode): Promise<TeacherTargets> {
   // Read the data outside tf.tidy: tidy walks whatever it returns looking for tensors, and
   // walking a multi-million-element typed array took seconds.
   if (mode.kind === "full") {
     const logp = tf.tidy(() => logSoftmax(logits)); // [R, V]
-    const logProbs = logp.dataSync() as Float32Array;
+    const logProbs = (await logp.data()) as Float32Array;
     logp.dispose();
     return { kind: "full", logProbs };
   }
@@ -33,14 +37,9 @@ export function teacherTargets(logits: tf.Tensor2D, mode: KlMode): TeacherTarget
     const inTop = tf.sum(tf.exp(top.values), -1); // [R]
     return [top.values, top.indices, tf.log(tf.maximum(tf.sub(1, inTop), KL_TAIL_FLOOR))]; // tail: [R]
   });
-  const out: TeacherTargets = {
-    kind: "topk",
-    indices: indices.dataSync() as Int32Array,
-    logProbs: values.dataSync() as Float32Array,
-    tailLogProb: tail.dataSync() as Float32Array,
-  };
+  const [top, ids, rest] = await Promise.all([values.data(), indices.data(), tail.data()]);
   tf.dispose([values, indices, tail]);
-  return out;
+  return { kind: "topk", indices: ids as Int32Array, logProbs: top as Float32Array, tailLogProb: rest as Float32Array };
 }
 
 /** A batch of targets padded to R positions per row, as tensors for the loss. */

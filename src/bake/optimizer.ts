@@ -2,7 +2,7 @@
 // dozen small kernels per variable and the clip one synchronous read per gradient; a bake has
 // hundreds of small A and B factors, so on the CPU backends (whose tensors are plain arrays in
 // this process) one pass over each variable's numbers replaces all of them. On other backends
-// (GPU) the same update runs as tf.train.adam, after a tensor-op clip.
+// (GPU) the same update runs as tf.train.adam, after a tensor-op clip that reads nothing back.
 import { tf } from "../tensor/backend.js";
 
 export interface AdamSettings {
@@ -77,8 +77,12 @@ export class LoraAdam {
     tf.tidy(() => {
       let named = variables.map((v) => ({ name: v.name, tensor: gradientOf(v, grads) }));
       if (this.s.clipNorm) {
-        const norm = Math.sqrt(tf.addN(named.map((n) => tf.sum(tf.square(n.tensor)))).dataSync()[0]!);
-        if (norm > this.s.clipNorm) named = named.map((n) => ({ name: n.name, tensor: tf.mul(n.tensor, this.s.clipNorm! / (norm + 1e-6)) }));
+        // on the device, without reading the norm back: a read would stall the queue (and
+        // tfjs-webgpu has no synchronous read in Node)
+        const clip = tf.scalar(this.s.clipNorm);
+        const norm = tf.sqrt(tf.addN(named.map((n) => tf.sum(tf.square(n.tensor)))));
+        const scale = tf.where(tf.greater(norm, clip), tf.div(clip, tf.add(norm, 1e-6)), tf.onesLike(norm));
+        named = named.map((n) => ({ name: n.name, tensor: tf.mul(n.tensor, scale) }));
       }
       this.fallback!.applyGradients(named);
     });

@@ -110,14 +110,16 @@ export interface BakeRequest {
 }
 
 /** KL per token of `adapter` (no prompt) against the cached teacher, over a set of trajectories. */
-export function evaluateKl(model: LoadedModel, trajectories: Trajectory[], adapter: AdapterHook | undefined, mode: KlMode, batchSize: number): number {
+export async function evaluateKl(model: LoadedModel, trajectories: Trajectory[], adapter: AdapterHook | undefined, mode: KlMode, batchSize: number): Promise<number> {
   let total = 0;
   let tokens = 0;
   for (let start = 0; start < trajectories.length; start += batchSize) {
     const batch = trajectories.slice(start, start + batchSize);
     const a = alignBatch(batch.map((t) => t.studentPrompt), batch.map((t) => t.reply), model.tokenizer.padTokenId);
     const targets = stackTargets(batch.map((t) => t.targets!), a.lengths, a.R, model.config.vocabSize, mode);
-    total += tf.tidy(() => klSum(model.decoder.forward({ ids: a.ids, mask: a.mask }, { adapter, logitsFrom: a.logitsFrom }), targets).dataSync()[0]!);
+    const kl = tf.tidy(() => klSum(model.decoder.forward({ ids: a.ids, mask: a.mask }, { adapter, logitsFrom: a.logitsFrom }), targets));
+    total += (await kl.data())[0]!;
+    kl.dispose();
     tokens += targets.tokens;
     disposeTargets(targets);
   }
@@ -170,7 +172,7 @@ async function bakeRound(req: BakeRequest, s: BakeSettings, round: number, teach
     onProgress: (done, total) => progress({ phase: "sample", round, done, total }),
   });
   if (trajectories.length < 2) throw new Error("the teacher produced fewer than 2 usable replies; give more questions or a longer maxReplyTokens");
-  computeTeacherTargets(model, trajectories, s.kl, s.batchSize, teacher, (done, total) => progress({ phase: "teacher", round, done, total }));
+  await computeTeacherTargets(model, trajectories, s.kl, s.batchSize, teacher, (done, total) => progress({ phase: "teacher", round, done, total }));
 
   const mixed = shuffled(trajectories, s.seed + round);
   const nVal = Math.max(1, Math.round(mixed.length * s.validationFraction));
@@ -184,9 +186,9 @@ async function bakeRound(req: BakeRequest, s: BakeSettings, round: number, teach
   const optimizer = new LoraAdam({ learningRate: s.learningRate, clipNorm: s.clipNorm });
   const stepsPerEpoch = Math.ceil(train.length / s.batchSize);
   const totalSteps = stepsPerEpoch * s.epochs;
-  const initialVal = evaluateKl(model, val, student, s.kl, s.batchSize);
+  const initialVal = await evaluateKl(model, val, student, s.kl, s.batchSize);
   let best = initialVal;
-  let bestSnapshot = student.snapshot();
+  let bestSnapshot = await student.snapshot();
   let sinceBest = 0;
   let stoppedBy: BakeReport["stoppedBy"] = "epochs";
   const started = performance.now();
@@ -233,11 +235,11 @@ async function bakeRound(req: BakeRequest, s: BakeSettings, round: number, teach
         });
       }
       student.training = false;
-      const valKl = evaluateKl(model, val, student, s.kl, s.batchSize);
+      const valKl = await evaluateKl(model, val, student, s.kl, s.batchSize);
       stats.history.push({ round, epoch, trainKlPerToken: epochKl / Math.max(epochTokens, 1), valKlPerToken: valKl });
       if (valKl < best) {
         best = valKl;
-        bestSnapshot = student.snapshot();
+        bestSnapshot = await student.snapshot();
         sinceBest = 0;
       } else sinceBest++;
       progress({ phase: "validate", round, epoch, valKlPerToken: valKl, best });

@@ -102,23 +102,23 @@ export function alignBatch(prompts: number[][], replies: number[][], pad: number
 }
 
 /** Runs the prompted teacher once over every trajectory and caches its distributions. */
-export function computeTeacherTargets(
+export async function computeTeacherTargets(
   model: LoadedModel,
   trajectories: Trajectory[],
   mode: KlMode,
   batchSize: number,
   teacherAdapter?: AdapterHook,
   onProgress?: (done: number, total: number) => void,
-): void {
+): Promise<void> {
   for (let start = 0; start < trajectories.length; start += batchSize) {
     const batch = trajectories.slice(start, start + batchSize);
     const a = alignBatch(batch.map((t) => t.teacherPrompt), batch.map((t) => t.reply), model.tokenizer.padTokenId);
     const logits = tf.tidy(() => model.decoder.forward({ ids: a.ids, mask: a.mask }, { adapter: teacherAdapter, logitsFrom: a.logitsFrom })); // [B, R, V]
-    batch.forEach((t, b) => {
+    for (const [b, t] of batch.entries()) {
       const row = tf.tidy(() => logits.slice([b, 0, 0], [1, a.lengths[b]!, model.config.vocabSize]).reshape([a.lengths[b]!, model.config.vocabSize]) as tf.Tensor2D); // [R_b, V]
-      t.targets = teacherTargets(row, mode);
+      t.targets = await teacherTargets(row, mode);
       row.dispose();
-    });
+    }
     logits.dispose();
     onProgress?.(Math.min(start + batchSize, trajectories.length), trajectories.length);
   }

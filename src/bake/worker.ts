@@ -32,7 +32,7 @@ async function run(job: BakeJob): Promise<BakeSummary> {
     onProgress: (progress) => void send({ type: "progress", progress }),
   });
   const summary = summarizeBake(report, job.outDir);
-  saveAdapter(job.outDir, report.adapter, model.dir, { "bake_report.json": JSON.stringify(summary, null, 2) + "\n" });
+  await saveAdapter(job.outDir, report.adapter, model.dir, { "bake_report.json": JSON.stringify(summary, null, 2) + "\n" });
   return summary;
 }
 

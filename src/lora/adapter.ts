@@ -125,9 +125,12 @@ export class LoraAdapter implements AdapterHook {
   }
 
   /** Plain copies of every A and B, e.g. to keep the best epoch while training continues. */
-  snapshot(): Map<string, { A: Float32Array; B: Float32Array }> {
+  async snapshot(): Promise<Map<string, { A: Float32Array; B: Float32Array }>> {
     const out = new Map<string, { A: Float32Array; B: Float32Array }>();
-    for (const [name, { A, B }] of this.modules) out.set(name, { A: A.dataSync().slice() as Float32Array, B: B.dataSync().slice() as Float32Array });
+    for (const [name, { A, B }] of this.modules) {
+      const [a, b] = await Promise.all([A.data(), B.data()]);
+      out.set(name, { A: (a as Float32Array).slice(), B: (b as Float32Array).slice() });
+    }
     return out;
   }
 

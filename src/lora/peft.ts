@@ -81,17 +81,18 @@ export function peftKeys(config: ModelConfig, settings: LoraSettings): string[] 
  * Writes the adapter into `dir` atomically: everything goes into a sibling temp directory that
  * is renamed into place, so a reader never sees half an adapter.
  */
-export function saveAdapter(dir: string, adapter: LoraAdapter, baseModel: string, extraFiles: Record<string, string> = {}): void {
+export async function saveAdapter(dir: string, adapter: LoraAdapter, baseModel: string, extraFiles: Record<string, string> = {}): Promise<void> {
   const target = path.resolve(dir);
+  // read every factor before touching the disk (asynchronously: the device keeps working)
+  const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
+  for (const [module, { A, B }] of adapter.modules) {
+    tensors.set(`${PEFT_PREFIX}${module}.lora_A.weight`, { shape: A.shape, data: (await A.data()) as Float32Array });
+    tensors.set(`${PEFT_PREFIX}${module}.lora_B.weight`, { shape: B.shape, data: (await B.data()) as Float32Array });
+  }
   const tmp = `${target}.tmp-${process.pid}-${Date.now()}`;
   mkdirSync(tmp, { recursive: true });
   try {
     writeFileSync(path.join(tmp, ADAPTER_CONFIG), JSON.stringify(peftConfig(adapter.settings, baseModel), null, 2) + "\n");
-    const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
-    for (const [module, { A, B }] of adapter.modules) {
-      tensors.set(`${PEFT_PREFIX}${module}.lora_A.weight`, { shape: A.shape, data: A.dataSync() as Float32Array });
-      tensors.set(`${PEFT_PREFIX}${module}.lora_B.weight`, { shape: B.shape, data: B.dataSync() as Float32Array });
-    }
     writeSafetensors(path.join(tmp, ADAPTER_WEIGHTS), tensors, { format: "pt", [FINGERPRINT_KEY]: adapter.baseModelFingerprint });
     for (const [name, text] of Object.entries(extraFiles)) writeFileSync(path.join(tmp, name), text);
     if (existsSync(target)) rmSync(target, { recursive: true });

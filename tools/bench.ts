@@ -5,7 +5,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { backendInfo, canReadSynchronously, initBackend, tf } from "../src/tensor/backend.js";
+import { backendInfo, initBackend, tf } from "../src/tensor/backend.js";
 import { parseConfig, parameterCount, type ModelConfig } from "../src/model/config.js";
 import { Decoder, KVCache, expectedWeights } from "../src/model/decoder.js";
 import { LoraAdapter, type LoraTarget } from "../src/lora/adapter.js";
@@ -136,11 +136,6 @@ async function benchKiln(shape: Shape) {
   }
 
   const base = { parameters: parameterCount(c), prefill_tok_s: PREFILL / prefillS, decode_tok_s: DECODE / decodeS };
-  if (!canReadSynchronously()) {
-    console.error(`${shape.name}: no bake step on the ${backendInfo()?.name} backend (baking needs synchronous reads)`);
-    decoder.dispose();
-    return { ...base, bake_step_s: NaN, bake_tok_s: NaN, bake_topk_step_s: NaN, peak_rss_mb: process.resourceUsage().maxRSS / 1024, fastBackward: false };
-  }
   // bake step: teacher forward (base, no grad) -> cached full-vocab targets; student LoRA forward,
   // KL at the reply positions, backward, Adam on LoRA parameters only.
   sizeOutputPool("bake"); // as kiln's bake worker does

@@ -80,7 +80,8 @@ export class LoraAdam {
         // on the device, without reading the norm back: a read would stall the queue (and
         // tfjs-webgpu has no synchronous read in Node)
         const clip = tf.scalar(this.s.clipNorm);
-        const norm = tf.sqrt(tf.addN(named.map((n) => tf.sum(tf.square(n.tensor)))));
+        // summed pairwise: tfjs-webgpu's AddN binds every input at once, past WebGPU's 8 storage buffers a shader
+        const norm = tf.sqrt(named.map((n) => tf.sum(tf.square(n.tensor))).reduce((a, b) => tf.add(a, b)));
         const scale = tf.where(tf.greater(norm, clip), tf.div(clip, tf.add(norm, 1e-6)), tf.onesLike(norm));
         named = named.map((n) => ({ name: n.name, tensor: tf.mul(n.tensor, scale) }));
       }

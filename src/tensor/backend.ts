@@ -130,7 +130,7 @@ async function tryWebgpu(notes: string[]): Promise<BackendInfo | undefined> {
       constructor() {
         throw new Error(
           "the webgpu backend cannot read tensors synchronously in Node (tfjs does it through a browser canvas): " +
-            "this operation (baking, saving an adapter, dataSync) needs the native, wasm or tensorflow backend",
+            "read with await tensor.data() instead of dataSync()/arraySync(), or use the native, wasm or tensorflow backend",
         );
       }
     };

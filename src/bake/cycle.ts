@@ -6,7 +6,7 @@ import type { LoraAdapter } from "../lora/adapter.js";
 import { saveAdapter } from "../lora/peft.js";
 import { knowledgeLessons } from "./prompt.js";
 import { makeProbes, personaAdherence, scoreProbes, type ItemProbeScore, type Probe, type ProbeItem } from "./probes.js";
-import { bake, type BakeProgress, type BakeSettings } from "./trainer.js";
+import { bake, yieldToEventLoop, type BakeProgress, type BakeSettings } from "./trainer.js";
 import { summarizeBake, type BakeSummary } from "./job.js";
 
 export interface CycleJob {
@@ -87,6 +87,7 @@ export async function runCycle(
     onProgress({ phase: "evaluate", done: evaluated.length, total: evaluated.length });
     const summary = summarizeBake(report, job.outDir);
     const result: CycleResult = { summary, probes: Object.fromEntries(made), scores: Object.fromEntries(scores), persona };
+    await yieldToEventLoop(); // a parent that died meanwhile ends this worker here, before anything is written
     await saveAdapter(job.outDir, report.adapter, model.dir, { "bake_report.json": JSON.stringify({ ...summary, persona, scores: result.scores }, null, 2) + "\n" });
     return result;
   } finally {

@@ -109,6 +109,10 @@ export interface BakeRequest {
   signal?: AbortSignal;
 }
 
+export function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
 /** KL per token of `adapter` (no prompt) against the cached teacher, over a set of trajectories. */
 export async function evaluateKl(model: LoadedModel, trajectories: Trajectory[], adapter: AdapterHook | undefined, mode: KlMode, batchSize: number): Promise<number> {
   let total = 0;
@@ -215,6 +219,10 @@ async function bakeRound(req: BakeRequest, s: BakeSettings, round: number, teach
           return value;
         });
         const lossValue = (await loss.data())[0]!;
+        // A read from a host backend resolves as a microtask, so without this a whole bake could
+        // run without the event loop turning: progress messages would wait, and a bake worker
+        // would not see its parent die (process "disconnect") until it had written its adapter.
+        await yieldToEventLoop();
         loss.dispose();
         disposeTargets(targets);
         step++;

@@ -4,7 +4,7 @@ import { initBackend } from "../tensor/backend.js";
 import { sizeOutputPool } from "../tensor/native.js";
 import { loadModel } from "../model/load.js";
 import { loadAdapter, saveAdapter } from "../lora/peft.js";
-import { bake } from "./trainer.js";
+import { bake, yieldToEventLoop } from "./trainer.js";
 import { runCycle } from "./cycle.js";
 import { OPEN_QUESTIONS, writeQuestions } from "./probes.js";
 import { summarizeBake, type BakeJob, type BakeSummary, type WorkerJob, type WorkerMessage } from "./job.js";
@@ -32,6 +32,7 @@ async function run(job: BakeJob): Promise<BakeSummary> {
     onProgress: (progress) => void send({ type: "progress", progress }),
   });
   const summary = summarizeBake(report, job.outDir);
+  await yieldToEventLoop(); // a parent that died meanwhile ends this process here, before anything is written
   await saveAdapter(job.outDir, report.adapter, model.dir, { "bake_report.json": JSON.stringify(summary, null, 2) + "\n" });
   return summary;
 }

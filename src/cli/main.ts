@@ -46,12 +46,12 @@ program
   .action(async (o: { json?: boolean }) => {
     const info = await backend();
     const mem = memoryReport();
-    const out = { backend: info.name, tfjsVersion: tf.version.tfjs, threads: info.threads, gpu: info.gpu, cpus: os.cpus().length, totalMemoryBytes: os.totalmem(), freeMemoryBytes: os.freemem(), rssBytes: mem.rssBytes, notes: info.notes };
+    const out = { backend: info.name, tfjsVersion: tf.version.tfjs, threads: info.threads, gpu: info.gpu, device: info.device, cpus: os.cpus().length, totalMemoryBytes: os.totalmem(), freeMemoryBytes: os.freemem(), rssBytes: mem.rssBytes, notes: info.notes };
     print(!!o.json, out, () =>
       [
         `backend:  ${info.name} (tfjs ${tf.version.tfjs})`,
         `threads:  ${info.threads} (of ${out.cpus} CPUs)`,
-        `gpu:      ${info.gpu ? "yes" : "no"}`,
+        `gpu:      ${info.gpu ? "yes" : "no"}${info.device ? ` (${info.device})` : ""}`,
         `memory:   ${mib(out.freeMemoryBytes)} free of ${mib(out.totalMemoryBytes)}; this process ${mib(mem.rssBytes)}`,
         ...info.notes.map((n) => `note:     ${n}`),
       ].join("\n"),

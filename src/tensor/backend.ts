@@ -18,6 +18,8 @@ export interface BackendInfo {
   tfjsBackend: string;
   threads: number;
   gpu: boolean;
+  /** the device it computes on, where the backend names one (webgpu: Dawn's adapter) */
+  device?: string;
   /** Why a preferred backend was not used: shown to the user, never swallowed. */
   notes: string[];
 }
@@ -138,7 +140,7 @@ async function tryWebgpu(notes: string[]): Promise<BackendInfo | undefined> {
     if (!(await tf.setBackend("webgpu"))) throw new Error("setBackend('webgpu') returned false");
     await tf.ready();
     if (software) notes.push(`webgpu is running on a software adapter (${compatibility ? "OpenGL ES, compatibility mode: " : ""}${described}): correct but slow`);
-    return { name: "webgpu", tfjsBackend: "webgpu", threads: 1, gpu: !software, notes };
+    return { name: "webgpu", tfjsBackend: "webgpu", threads: 1, gpu: !software, device: `${compatibility ? "OpenGL ES (compatibility mode): " : ""}${described}`, notes };
   } catch (err) {
     notes.push(`webgpu backend failed to start: ${(err as Error).message.split("\n")[0]}`);
     return undefined;

@@ -32,8 +32,12 @@ function fingerprintOf(model: LoadedModel): string {
   return model.fingerprint;
 }
 
-function logits(decoder: Decoder, adapter?: LoraAdapter | ReturnType<AdapterRegistry["hook"]>): Float32Array {
-  return tf.tidy(() => decoder.forward({ ids: IDS }, { adapter: adapter ?? undefined }).dataSync() as Float32Array);
+/** Read asynchronously, so these properties can be checked on every backend (webgpu too). */
+async function logits(decoder: Decoder, adapter?: LoraAdapter | ReturnType<AdapterRegistry["hook"]>): Promise<Float32Array> {
+  const out = tf.tidy(() => decoder.forward({ ids: IDS }, { adapter: adapter ?? undefined }));
+  const values = (await out.data()) as Float32Array;
+  out.dispose();
+  return values;
 }
 
 function maxDiff(a: Float32Array, b: Float32Array): number {
@@ -52,31 +56,32 @@ for (const name of FIXTURE_NAMES) {
   test(`${name}: LoRA property matrix`, async (t) => {
     const model = loadModel(fixtureDir(name));
     const fp = fingerprintOf(model);
-    const base = logits(model.decoder);
+    const base = await logits(model.decoder);
     try {
-      await t.test("B = 0 gives the base logits exactly", () => {
+      await t.test("B = 0 gives the base logits exactly", async () => {
         const adapter = LoraAdapter.create(model.config, ALL_TARGETS, fp, 1);
-        assert.equal(maxDiff(logits(model.decoder, adapter), base), 0);
+        assert.equal(maxDiff(await logits(model.decoder, adapter), base), 0);
         adapter.dispose();
       });
 
-      await t.test("merged equals unmerged within 1e-5, and unmerge restores the base", () => {
+      await t.test("merged equals unmerged within 1e-5, and unmerge restores the base", async () => {
         const adapter = LoraAdapter.create(model.config, { ...ALL_TARGETS, useRslora: true }, fp, 2);
         randomizeB(adapter, 3);
-        const unmerged = logits(model.decoder, adapter);
+        const unmerged = await logits(model.decoder, adapter);
         assert.ok(maxDiff(unmerged, base) > 1e-3, "the adapter should change the logits");
         const mergedWeights = mergeAdapters(model.decoder.weights, [adapter]);
-        const merged = logits(new Decoder(model.config, mergedWeights));
+        const merged = await logits(new Decoder(model.config, mergedWeights));
         assert.ok(maxDiff(merged, unmerged) < 1e-5, `merged vs unmerged ${maxDiff(merged, unmerged)}`);
         const restored = unmergeAdapters(mergedWeights, [adapter]);
-        assert.ok(maxDiff(logits(new Decoder(model.config, restored)), base) < 1e-5);
+        assert.ok(maxDiff(await logits(new Decoder(model.config, restored)), base) < 1e-5);
         for (const w of [...mergedWeights.values(), ...restored.values()]) w.dispose();
         adapter.dispose();
       });
 
       await t.test("a training step changes adapter weights only", async () => {
         const adapter = LoraAdapter.create(model.config, ALL_TARGETS, fp, 4);
-        const baseBefore = new Map([...model.decoder.weights].map(([k, v]) => [k, v.dataSync().slice()]));
+        const baseBefore = new Map<string, Float32Array>();
+        for (const [k, v] of model.decoder.weights) baseBefore.set(k, ((await v.data()) as Float32Array).slice());
         const adapterBefore = await adapter.snapshot();
         const optimizer = tf.train.adam(1e-2);
         tf.tidy(() => {
@@ -84,7 +89,7 @@ for (const name of FIXTURE_NAMES) {
           optimizer.applyGradients(grads as tf.NamedTensorMap as unknown as Record<string, tf.Variable>);
         });
         optimizer.dispose();
-        for (const [k, v] of model.decoder.weights) assert.deepEqual(v.dataSync(), baseBefore.get(k), `base weight ${k} changed`);
+        for (const [k, v] of model.decoder.weights) assert.deepEqual(await v.data(), baseBefore.get(k), `base weight ${k} changed`);
         const after = await adapter.snapshot();
         let changed = 0;
         for (const [m, { B }] of after) if (maxDiff(B, adapterBefore.get(m)!.B) > 0) changed++;
@@ -92,7 +97,7 @@ for (const name of FIXTURE_NAMES) {
         adapter.dispose();
       });
 
-      await t.test("named adapters side by side; a disabled adapter gives the base model", () => {
+      await t.test("named adapters side by side; a disabled adapter gives the base model", async () => {
         const registry = new AdapterRegistry();
         const news = LoraAdapter.create(model.config, ALL_TARGETS, fp, 5);
         const persona = LoraAdapter.create(model.config, { ...ALL_TARGETS, targetModules: ["q_proj", "v_proj"] }, fp, 6);
@@ -101,13 +106,13 @@ for (const name of FIXTURE_NAMES) {
         registry.add("news", news);
         registry.add("persona", persona);
         registry.setActive("news");
-        const withNews = logits(model.decoder, registry.hook());
+        const withNews = await logits(model.decoder, registry.hook());
         registry.setActive("news", "persona");
-        const withBoth = logits(model.decoder, registry.hook());
+        const withBoth = await logits(model.decoder, registry.hook());
         assert.ok(maxDiff(withNews, base) > 1e-3 && maxDiff(withBoth, withNews) > 1e-4);
         registry.disable();
         assert.equal(registry.hook(), undefined);
-        assert.equal(maxDiff(logits(model.decoder, registry.hook()), base), 0);
+        assert.equal(maxDiff(await logits(model.decoder, registry.hook()), base), 0);
         assert.throws(() => registry.setActive("nope"), /no adapter named "nope" \(loaded: news, persona\)/);
         registry.remove("news");
         registry.remove("persona");
@@ -141,7 +146,7 @@ for (const name of FIXTURE_NAMES) {
         assert.deepEqual(qA.shape, [4, model.config.hiddenSize]);
         assert.deepEqual(qB.shape, [model.config.numHeads * model.config.headDim, 4]);
         const loaded = loadAdapter(out, model.config, fp);
-        assert.equal(maxDiff(logits(model.decoder, loaded), logits(model.decoder, adapter)), 0);
+        assert.equal(maxDiff(await logits(model.decoder, loaded), await logits(model.decoder, adapter)), 0);
         loaded.dispose();
         adapter.dispose();
         rmSync(dir, { recursive: true });
@@ -162,7 +167,7 @@ test("an adapter for another base model, or a corrupt one, is refused and the re
     randomizeB(live, 2);
     registry.add("live", live);
     registry.setActive("live");
-    const before = logits(llama.decoder, registry.hook());
+    const before = await logits(llama.decoder, registry.hook());
 
     const foreign = LoraAdapter.create(qwen3.config, ALL_TARGETS, fingerprintOf(qwen3), 3);
     await saveAdapter(path.join(dir, "qwen3"), foreign, qwen3.dir);
@@ -183,7 +188,7 @@ test("an adapter for another base model, or a corrupt one, is refused and the re
     assert.throws(() => loadAdapter(path.join(dir, "missing"), llama.config, fingerprintOf(llama)), /not a PEFT adapter directory/);
 
     assert.deepEqual(registry.names(), ["live"]);
-    assert.equal(maxDiff(logits(llama.decoder, registry.hook()), before), 0);
+    assert.equal(maxDiff(await logits(llama.decoder, registry.hook()), before), 0);
     assert.ok(!existsSync(path.join(dir, "qwen3.tmp")));
     foreign.dispose();
     registry.remove("live");

@@ -1284,24 +1284,21 @@ static bool kl_topk_job_of(napi_env env, napi_value* argv, bool grad, struct kl_
 // the teacher's top K and its tail mass, sum_k p_k (log p_k - log q_k) + p_t (log p_t -
 // log max(1 - sum_k q_k, 1e-12)), q = softmax(logits row); flat [rows*K] index the flattened
 // logits [rows, V]; topLogp [rows, K], tail [rows] (log p_t); out [rows].
-static napi_value kl_topk(napi_env env, napi_callback_info info) {
-  napi_value argv[8];
-  struct kl_topk_job j;
-  if (!args_of(env, info, 8, argv) || !kl_topk_job_of(env, argv, false, &j)) return NULL;
-  parallel_rows(j.rows, 2 * j.V, kl_topk_rows_part, &j);
-  return NULL;
-}
-
+//
 // kl_topk_grad(dy, logits, topLogp, flat, tail, rows, V, K, dx): the gradient of kl_topk's rows
 // (weighted by dy [rows]) with respect to the logits; dx [rows, V]. The top-K ids of a row are
 // distinct (as topk gives them).
-static napi_value kl_topk_grad(napi_env env, napi_callback_info info) {
+static napi_value kl_topk_or_grad(napi_env env, napi_callback_info info, bool grad) {
   napi_value argv[9];
   struct kl_topk_job j;
-  if (!args_of(env, info, 9, argv) || !kl_topk_job_of(env, argv, true, &j)) return NULL;
-  parallel_rows(j.rows, 2 * j.V, kl_topk_rows_grad_part, &j);
+  if (!args_of(env, info, grad ? 9 : 8, argv) || !kl_topk_job_of(env, argv, grad, &j)) return NULL;
+  parallel_rows(j.rows, 2 * j.V, grad ? kl_topk_rows_grad_part : kl_topk_rows_part, &j);
   return NULL;
 }
+
+static napi_value kl_topk(napi_env env, napi_callback_info info) { return kl_topk_or_grad(env, info, false); }
+
+static napi_value kl_topk_grad(napi_env env, napi_callback_info info) { return kl_topk_or_grad(env, info, true); }
 
 static napi_value set_threads(napi_env env, napi_callback_info info) {
   size_t argc = 1;

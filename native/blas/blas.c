@@ -829,68 +829,72 @@ static bool sizes_of(napi_env env, napi_value* argv, size_t n, int64_t* out) {
   return true;
 }
 
+// The arguments of lora_linear and lora_linear_grad; the gradient's start with dy and end with
+// three outputs instead of one.
+struct lora_args {
+  const float *dy, *x, *w, *a, *b;
+  float *y, *dx, *da, *db;  // y for the forward; dx, da, db for the gradient
+  int64_t n, in, out, r;
+  float scale;
+};
+
+// Reads and checks lora_linear's (grad false) or lora_linear_grad's arguments; false when it threw.
+static bool lora_args_of(napi_env env, napi_callback_info info, bool grad, struct lora_args* l) {
+  napi_value argv[13];
+  int64_t d[4];
+  double scale;
+  const int o = grad ? 1 : 0;
+  if (!args_of(env, info, grad ? 13 : 10, argv) || !sizes_of(env, argv + o + 4, 4, d) || napi_get_value_double(env, argv[o + 8], &scale) != napi_ok)
+    return false;
+  *l = (struct lora_args){.n = d[0], .in = d[1], .out = d[2], .r = d[3], .scale = (float)scale};
+  const int64_t n = l->n, in = l->in, out = l->out, r = l->r;
+  const char* what = grad ? "kiln_blas.lora_linear_grad: shapes do not fit the arrays" : "kiln_blas.lora_linear: shapes do not fit the arrays";
+  if ((grad && !(l->dy = sized_array(env, argv[0], n * out, what))) || !(l->x = sized_array(env, argv[o], n * in, what)) ||
+      !(l->w = sized_array(env, argv[o + 1], in * out, what)) || !(l->a = sized_array(env, argv[o + 2], r * in, what)) ||
+      !(l->b = sized_array(env, argv[o + 3], out * r, what)))
+    return false;
+  if (!grad) return (l->y = sized_array(env, argv[9], n * out, what)) != NULL;
+  return (l->dx = sized_array(env, argv[10], n * in, what)) && (l->da = sized_array(env, argv[11], r * in, what)) &&
+         (l->db = sized_array(env, argv[12], out * r, what));
+}
+
 // lora_linear(x, w, a, b, n, in, out, r, scale, y): y = x w + scale (x a^T) b^T
 //   x [n, in], w [in, out] (kiln's layout), a [r, in], b [out, r], y [n, out].
 static napi_value lora_linear(napi_env env, napi_callback_info info) {
-  napi_value argv[10];
-  int64_t d[4];
-  double scale;
-  if (!args_of(env, info, 10, argv) || !sizes_of(env, argv + 4, 4, d) || napi_get_value_double(env, argv[8], &scale) != napi_ok) return NULL;
-  const int64_t n = d[0], in = d[1], out = d[2], r = d[3];
-  const char* what = "kiln_blas.lora_linear: shapes do not fit the arrays";
-  const float* x = sized_array(env, argv[0], n * in, what);
-  const float* w = x ? sized_array(env, argv[1], in * out, what) : NULL;
-  const float* a = w ? sized_array(env, argv[2], r * in, what) : NULL;
-  const float* b = a ? sized_array(env, argv[3], out * r, what) : NULL;
-  float* y = b ? sized_array(env, argv[9], n * out, what) : NULL;
-  if (!y) return NULL;
-  float* u = malloc(sizeof(float) * (size_t)(n * r + 1));
+  struct lora_args l;
+  if (!lora_args_of(env, info, false, &l)) return NULL;
+  float* u = malloc(sizeof(float) * (size_t)(l.n * l.r + 1));
   if (!u) {
     napi_throw_error(env, NULL, "kiln_blas.lora_linear: out of memory");
     return NULL;
   }
-  gemm(false, false, n, out, in, 1.0f, x, w, 0.0f, y);
-  gemm(false, true, n, r, in, 1.0f, x, a, 0.0f, u);            // [n, r]
-  gemm(false, true, n, out, r, (float)scale, u, b, 1.0f, y);   // y += scale u b^T
+  gemm(false, false, l.n, l.out, l.in, 1.0f, l.x, l.w, 0.0f, l.y);
+  gemm(false, true, l.n, l.r, l.in, 1.0f, l.x, l.a, 0.0f, u);      // [n, r]
+  gemm(false, true, l.n, l.out, l.r, l.scale, u, l.b, 1.0f, l.y);  // y += scale u b^T
   free(u);
   return NULL;
 }
 
 // lora_linear_grad(dy, x, w, a, b, n, in, out, r, scale, dx, da, db), with g = dy b [n, r] and
 // u = x a^T [n, r]:  dx = dy w^T + scale g a,  da = scale g^T x,  db = scale dy^T u.
+// (Empty dimensions need no special case: gemm gives beta C for an empty inner product.)
 static napi_value lora_linear_grad(napi_env env, napi_callback_info info) {
-  napi_value argv[13];
-  int64_t d[4];
-  double scale;
-  if (!args_of(env, info, 13, argv) || !sizes_of(env, argv + 5, 4, d) || napi_get_value_double(env, argv[9], &scale) != napi_ok) return NULL;
-  const int64_t n = d[0], in = d[1], out = d[2], r = d[3];
-  const char* what = "kiln_blas.lora_linear_grad: shapes do not fit the arrays";
-  const float* dy = sized_array(env, argv[0], n * out, what);
-  const float* x = dy ? sized_array(env, argv[1], n * in, what) : NULL;
-  const float* w = x ? sized_array(env, argv[2], in * out, what) : NULL;
-  const float* a = w ? sized_array(env, argv[3], r * in, what) : NULL;
-  const float* b = a ? sized_array(env, argv[4], out * r, what) : NULL;
-  float* dx = b ? sized_array(env, argv[10], n * in, what) : NULL;
-  float* da = dx ? sized_array(env, argv[11], r * in, what) : NULL;
-  float* db = da ? sized_array(env, argv[12], out * r, what) : NULL;
-  if (!db) return NULL;
+  struct lora_args l;
+  if (!lora_args_of(env, info, true, &l)) return NULL;
+  const int64_t n = l.n, in = l.in, out = l.out, r = l.r;
   float* g = malloc(sizeof(float) * (size_t)(2 * n * r + 1));
   if (!g) {
     napi_throw_error(env, NULL, "kiln_blas.lora_linear_grad: out of memory");
     return NULL;
   }
   float* u = g + n * r;
-  const float s = (float)scale;
-  gemm(false, false, n, r, out, 1.0f, dy, b, 0.0f, g);   // g = dy b        [n, r]
-  gemm(false, true, n, r, in, 1.0f, x, a, 0.0f, u);      // u = x a^T       [n, r]
-  gemm(false, true, n, in, out, 1.0f, dy, w, 0.0f, dx);  // dx = dy w^T     [n, in]
-  gemm(false, false, n, in, r, s, g, a, 1.0f, dx);       // dx += s g a
-  gemm(true, false, r, in, n, s, g, x, 0.0f, da);        // da = s g^T x    [r, in]
-  gemm(true, false, out, r, n, s, dy, u, 0.0f, db);      // db = s dy^T u   [out, r]
-  if (r == 0 || n == 0) {
-    for (int64_t i = 0; i < r * in; i++) da[i] = 0;
-    for (int64_t i = 0; i < out * r; i++) db[i] = 0;
-  }
+  const float s = l.scale;
+  gemm(false, false, n, r, out, 1.0f, l.dy, l.b, 0.0f, g);     // g = dy b        [n, r]
+  gemm(false, true, n, r, in, 1.0f, l.x, l.a, 0.0f, u);        // u = x a^T       [n, r]
+  gemm(false, true, n, in, out, 1.0f, l.dy, l.w, 0.0f, l.dx);  // dx = dy w^T     [n, in]
+  gemm(false, false, n, in, r, s, g, l.a, 1.0f, l.dx);         // dx += s g a
+  gemm(true, false, r, in, n, s, g, l.x, 0.0f, l.da);          // da = s g^T x    [r, in]
+  gemm(true, false, out, r, n, s, l.dy, u, 0.0f, l.db);        // db = s dy^T u   [out, r]
   free(g);
   return NULL;
 }

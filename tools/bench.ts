@@ -2,7 +2,6 @@
 // in the same run (the machine is shared and noisy, so only side-by-side ratios mean much).
 // Writes nothing; paste the printed table into docs/benchmarks.md with the date and machine.
 import { spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { backendInfo, initBackend, tf } from "../src/tensor/backend.js";
@@ -44,7 +43,15 @@ const profile = args.has("--profile");
 /** --kiln-only: skip PyTorch (for profiling; the ratios need both) */
 const kilnOnly = args.has("--kiln-only");
 /** --only tiny|135m: one shape */
-const only = process.argv.find((a, i) => process.argv[i - 1] === "--only");
+const only = flagValue("--only");
+/** --torch-device cuda: PyTorch on the GPU (beside kiln's webgpu backend on a machine with one) */
+const torchDevice = flagValue("--torch-device") ?? "cpu";
+/** --python PATH: the Python that has torch (default /usr/bin/python3, Debian's) */
+const python = flagValue("--python") ?? "/usr/bin/python3";
+
+function flagValue(name: string): string | undefined {
+  return process.argv.find((_, i) => process.argv[i - 1] === name);
+}
 const REPEATS = quick ? 1 : 3;
 
 function configOf(s: Shape): ModelConfig {
@@ -219,11 +226,10 @@ function printProfile(name: string, what: string, info: Awaited<ReturnType<typeo
 }
 
 function benchTorch(shape: Shape, topk: number | null = null): Record<string, number> | { error: string } {
-  const python = "/usr/bin/python3";
-  if (!existsSync(python)) return { error: "no /usr/bin/python3" };
   const has = spawnSync(python, ["-c", "import torch"], { encoding: "utf8" });
+  if (has.error) return { error: `cannot run ${python} (${has.error.message}); --python names the Python that has torch` };
   if (has.status !== 0) return { error: "torch is not installed (apt-get install python3-torch libopenblas0-pthread)" };
-  const cfg = { ...shape, prefill_tokens: PREFILL, decode_tokens: DECODE, batch: 1, bake: { ...BAKE, steps: quick ? 1 : 2, topk }, threads: os.cpus().length, repeats: REPEATS };
+  const cfg = { ...shape, prefill_tokens: PREFILL, decode_tokens: DECODE, batch: 1, bake: { ...BAKE, steps: quick ? 1 : 2, topk }, device: torchDevice, threads: os.cpus().length, repeats: REPEATS };
   const env = { ...process.env };
   // Set machine-wide for old OpenBLAS builds; they slow a current one. Unset for this command only.
   delete env.OPENBLAS_CORETYPE;
@@ -242,7 +248,7 @@ function benchTorch(shape: Shape, topk: number | null = null): Record<string, nu
 const info = await initBackend();
 const fmt = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? "n/a" : x >= 100 ? x.toFixed(0) : x.toFixed(2));
 const ratio = (a: number | undefined, b: number | undefined) => (a && b ? `${(a / b).toFixed(2)}x` : "n/a");
-console.log(`# kiln bench — ${new Date().toISOString()} — ${os.cpus()[0]?.model ?? "cpu"} x${os.cpus().length}, backend ${info.name} (${info.threads} thread(s))`);
+console.log(`# kiln bench — ${new Date().toISOString()} — ${os.cpus()[0]?.model ?? "cpu"} x${os.cpus().length}, backend ${info.name} (${info.device ?? `${info.threads} thread(s)`}); PyTorch on ${torchDevice}`);
 console.log(`prefill ${PREFILL} tokens, decode ${DECODE} tokens (batch 1); bake step = LoRA r${BAKE.rank} on ${BAKE.targets.join("/")}, batch ${BAKE.batch}, seq ${BAKE.seq}, ${BAKE.seq - BAKE.prompt_len} reply tokens, full-vocab KL`);
 console.log("");
 console.log("| shape | params | metric | kiln | PyTorch | kiln / PyTorch |");
@@ -266,5 +272,5 @@ for (const shape of SHAPES.filter((s) => !only || s.name.toLowerCase().includes(
   }
   if (!k.fastBackward && info.name === "wasm") console.log(`<!-- ${shape.name}: too large for the transposed training copies on wasm's 4 GB heap; slow backward path -->`);
   if (t.error) console.log(`\nPyTorch: ${t.error}`);
-  else console.log(`<!-- torch ${t.torch}, BLAS ${t.blas}, ${t.threads} threads -->`);
+  else console.log(`<!-- torch ${t.torch}, ${t.device_name ? `${t.device_name}, peak GPU memory ${fmt(t.peak_gpu_mb)} MB` : `BLAS ${t.blas}, ${t.threads} threads`} -->`);
 }

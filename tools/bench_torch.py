@@ -44,6 +44,21 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 torch.set_num_threads(THREADS)
+# "device": "cuda" times the same model on a GPU (a lent device machine's PyTorch, beside kiln's
+# webgpu backend). float32 without TF32, as WebGPU computes.
+DEVICE = torch.device(CFG.get("device", "cpu"))
+if DEVICE.type != "cpu":
+    torch.set_default_device(DEVICE)  # torch >= 2.0: every tensor below is made there
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def sync():
+    """GPU work is queued: a timer must wait for it."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 try:
     torch.set_num_interop_threads(1)
 except RuntimeError:
@@ -59,7 +74,7 @@ def blas_info():
     BLAS_INFO=generic, i.e. whatever libblas.so.3 the alternatives system points at)."""
     info = {"blas": None, "blas_lib": None, "blas_config": None, "blas_threads": None}
     # Force BLAS to be loaded and used once.
-    torch.ones(8, 8) @ torch.ones(8, 8)
+    torch.ones(8, 8, device="cpu") @ torch.ones(8, 8, device="cpu")
     libs = []
     try:
         with open("/proc/self/maps") as fh:
@@ -96,9 +111,11 @@ def matmul_gflops(n=1024, iters=10):
     a, b = torch.randn(n, n), torch.randn(n, n)
     for _ in range(2):
         a @ b
+    sync()
     t = time.perf_counter()
     for _ in range(iters):
         a @ b
+    sync()
     dt = (time.perf_counter() - t) / iters
     return 2.0 * n ** 3 / dt / 1e9
 
@@ -250,10 +267,12 @@ class Llama:
 def timed(fn, repeats, warmup=1):
     for _ in range(warmup):
         fn()
+    sync()
     out = []
     for _ in range(max(1, repeats)):
         t = time.perf_counter()
         fn()
+        sync()
         out.append(time.perf_counter() - t)
     return statistics.median(out), out
 
@@ -294,8 +313,10 @@ def bench_generate(model, cfg):
             runs = []
             for r in range(max(1, repeats) + 1):  # first run is the warm-up
                 setup()
+                sync()
                 t = time.perf_counter()
                 decode()
+                sync()
                 dt = time.perf_counter() - t
                 if r > 0:
                     runs.append(dt)
@@ -370,7 +391,9 @@ def bench_bake(model, bake, repeats_default):
 def main():
     cfg = CFG
     torch.manual_seed(int(cfg.get("seed", 0)))
-    out = {"torch": torch.__version__.split("+")[0], "threads": torch.get_num_threads()}
+    out = {"torch": torch.__version__.split("+")[0], "threads": torch.get_num_threads(), "device": str(DEVICE)}
+    if DEVICE.type == "cuda":
+        out["device_name"] = torch.cuda.get_device_name(DEVICE)
     out.update(blas_info())
     out["openblas_env"] = {k: os.environ.get(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
                            if os.environ.get(k) is not None}
@@ -388,6 +411,8 @@ def main():
         out.update(bench_bake(model, bake, int(cfg.get("repeats", 3))))
     out["wall_s"] = time.perf_counter() - t0
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    if DEVICE.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated(DEVICE) / 2 ** 20
     for k, v in list(out.items()):
         if isinstance(v, float):
             out[k] = round(v, 6)

@@ -70,5 +70,9 @@ test("a corrupt ledger is refused with its path and left untouched", async () =>
   assert.equal(readFileSync(file, "utf8"), '{"schema": 1, "items": [');
   writeFileSync(file, '{"something": "else"}');
   await assert.rejects(Ledger.open(file), /is not a kiln ledger/);
+  // lowdb reads "null" as no data at all and would start an empty ledger over it
+  writeFileSync(file, "null");
+  await assert.rejects(Ledger.open(file), /is not a readable ledger \(it holds no JSON object\)/);
+  assert.equal(readFileSync(file, "utf8"), "null");
   rmSync(dir, { recursive: true });
 });

@@ -3,14 +3,14 @@
 // model; and PEFT files round-trip with the key names PEFT itself uses.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync, rmSync, truncateSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, truncateSync, statSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { initBackend, tf } from "../src/tensor/backend.js";
 import { loadModel, type LoadedModel } from "../src/model/load.js";
 import { Decoder } from "../src/model/decoder.js";
 import { AdapterRegistry, LoraAdapter, mergeAdapters, unmergeAdapters, type LoraSettings } from "../src/lora/adapter.js";
-import { loadAdapter, peftKeys, saveAdapter } from "../src/lora/peft.js";
+import { checkAdapterTarget, loadAdapter, peftKeys, saveAdapter } from "../src/lora/peft.js";
 import { readHeader } from "../src/model/safetensors.js";
 import { FIXTURE_NAMES, fixtureDir } from "./support/paths.js";
 
@@ -195,6 +195,36 @@ test("an adapter for another base model, or a corrupt one, is refused and the re
   } finally {
     llama.dispose();
     qwen3.dispose();
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("an adapter is written only into a new or empty folder, or over an adapter: never over anything else", async () => {
+  const llama = loadModel(fixtureDir("llama"));
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-peft-target-"));
+  try {
+    const adapter = LoraAdapter.create(llama.config, ALL_TARGETS, fingerprintOf(llama), 1);
+    const precious = path.join(dir, "precious");
+    mkdirSync(precious);
+    writeFileSync(path.join(precious, "notes.txt"), "important");
+    await assert.rejects(saveAdapter(precious, adapter, llama.dir), /precious: is a folder that is not a PEFT adapter .* kiln will not replace it/);
+    assert.equal(readFileSync(path.join(precious, "notes.txt"), "utf8"), "important");
+    assert.deepEqual(readdirSync(dir), ["precious"], "no temp folder left beside it");
+
+    const version = path.join(dir, "v0001");
+    await saveAdapter(version, adapter, llama.dir, { "manifest.json": "{}" });
+    await assert.rejects(saveAdapter(version, adapter, llama.dir), /is a version an agent owns/);
+    assert.throws(() => checkAdapterTarget(path.join(precious, "notes.txt"), true), /exists and is not a folder/);
+
+    const plain = path.join(dir, "plain");
+    await saveAdapter(plain, adapter, llama.dir);
+    assert.throws(() => checkAdapterTarget(plain, false), /already holds an adapter; pass --force/);
+    await saveAdapter(plain, adapter, llama.dir); // replacing an adapter is the writer's call (kiln bake asks for --force)
+    mkdirSync(path.join(dir, "empty"));
+    checkAdapterTarget(path.join(dir, "empty"), false);
+    adapter.dispose();
+  } finally {
+    llama.dispose();
     rmSync(dir, { recursive: true });
   }
 });

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { normalizeAnswer, probeQuality, withoutSuffix } from "../src/bake/probes.js";
+import { asksAbout, normalizeAnswer, probeQuality, withoutSuffix } from "../src/bake/probes.js";
 import { entitiesIn, namesGrounded, namesIn, support, vocabulary } from "../src/knowledge/grounding.js";
 
 // Probes the embedded model wrote for the demo's feed before probes were checked (a demo ledger).
@@ -47,4 +47,18 @@ test("a persona sign-off is not part of the answer", () => {
 
 test("probe quality: an answer mostly in other words is about something else", () => {
   assert.equal(probeQuality("What is Caermoor's job?", "Caermoor is now working as a carpenter.", "Caermoor is in the province of Harrow."), 0);
+});
+
+test("a probe question is a question, and about the item", () => {
+  const item = "Saltwell is a town in Fallow.";
+  // what a small model wrote when asked for a question: an answer, or the item restated
+  assert.equal(asksAbout("I don't know.", item), false);
+  assert.equal(probeQuality("I don't know.", "Saltwell is a town in Fallow.", item), 0);
+  assert.equal(asksAbout("Saltwell is a town in Fallow.", item), false);
+  assert.equal(asksAbout("What is it?", item), false, "names nothing the item names");
+  assert.equal(asksAbout("Where is Saltwell?", item), true);
+  assert.equal(asksAbout("Which province is Saltwell's?", item), true, "a possessive names the same town");
+  // an item without names: a content word it says will do
+  assert.equal(asksAbout("When does the ferry run?", "the ferry runs at noon."), true);
+  assert.equal(asksAbout("What is the weather?", "the ferry runs at noon."), false);
 });

@@ -2,7 +2,7 @@
 // promote -> live swap; versions, diff, rollback, retraction, and agent-file validation.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { initBackend } from "../src/tensor/backend.js";
 import { Runtime } from "../src/runtime/runtime.js";
@@ -115,7 +115,7 @@ test("a gate that is not met keeps the version as rejected with its reasons, and
   const { dir, file } = writeTestAgent({ gate: { minAbsorption: 1.01 } });
   // minAbsorption above 1 is invalid: the file is refused with the field named.
   assert.throws(() => loadAgentConfig(file, dir), /gate\.minAbsorption: .*(1|too big)/i);
-  const ok = writeTestAgent({ gate: { minAbsorption: 1, itemPass: 1, minRetention: 0, minPersona: 0 }, bake: { probesPerItem: 1, openQuestions: ["hello"], settings: { trajectories: 8, epochs: 1, maxReplyTokens: 4 } } });
+  const ok = writeTestAgent({ gate: { minAbsorption: 1, itemPass: 1, minRetention: 0, minPersona: 0 }, bake: { probesPerItem: 1, checkProbes: false, openQuestions: ["hello"], settings: { trajectories: 8, epochs: 1, maxReplyTokens: 4 } } });
   const runtime = await Runtime.fromFiles(ok.file);
   try {
     const agent = runtime.agent("tester");
@@ -134,6 +134,75 @@ test("a gate that is not met keeps the version as rejected with its reasons, and
     await runtime.stop();
     rmSync(dir, { recursive: true });
     rmSync(ok.dir, { recursive: true });
+  }
+});
+
+test("an item no checked probe can be written for is rejected unbaked; one that promoted bakes keep missing is rejected after bake.maxAttempts", async () => {
+  const quick = { trajectories: 8, epochs: 1, maxReplyTokens: 4 };
+  // checked probes (the default) on the random fixture model: nothing it writes is a question about the item
+  const strict = writeTestAgent({ bake: { probesPerItem: 1, openQuestions: ["hello"], settings: quick } });
+  const lenient = writeTestAgent({ gate: { minAbsorption: 0, minRetention: 0, minPersona: 0, itemPass: 1 }, bake: { probesPerItem: 1, checkProbes: false, maxAttempts: 2, openQuestions: ["hello"], settings: quick } });
+  const runtime = await Runtime.fromFiles(strict.file);
+  const runtime2 = await Runtime.fromFiles(lenient.file);
+  try {
+    const agent = runtime.agent("tester");
+    const { item } = await agent.remember("Quillport's mayor is Tovan Reel.");
+    await agent.bake("test");
+    const after = agent.ledger.item(item.id);
+    assert.equal(after.status, "rejected");
+    assert.match(after.history.at(-1)!.reason!, /not baked: none of the questions/);
+    assert.deepEqual(after.probes ?? [], [], "no unchecked probe was stored");
+
+    // unchecked probes, itemPass 1: the random model never answers unprompted as prompted
+    const agent2 = runtime2.agent("tester");
+    const { item: item2 } = await agent2.remember("Quillport's mayor is Tovan Reel.");
+    const first = await agent2.bake("test");
+    assert.equal(first.status, "promoted");
+    if (agent2.ledger.item(item2.id).status === "absorbed") return; // a lucky match: nothing left to show
+    assert.equal(agent2.ledger.item(item2.id).status, "pending", `one miss: it waits for the next bake (${JSON.stringify(agent2.ledger.item(item2.id).history)})`);
+    await agent2.bake("test");
+    const last = agent2.ledger.item(item2.id);
+    if (last.status === "absorbed") return;
+    assert.equal(last.status, "rejected");
+    assert.match(last.history.at(-1)!.reason!, /the last of bake\.maxAttempts 2/);
+  } finally {
+    await runtime.stop();
+    await runtime2.stop();
+    rmSync(strict.dir, { recursive: true });
+    rmSync(lenient.dir, { recursive: true });
+  }
+});
+
+test("checkpoints the ledger does not record are moved aside, never deleted; a missing or null ledger beside checkpoints is refused", async () => {
+  const { dir, file } = writeTestAgent();
+  const home = path.join(dir, "home");
+  try {
+    await (await Runtime.fromFiles(file)).stop(); // creates the home and its ledger
+    const ledgerFile = path.join(home, "ledger.json");
+    const ledgerText = readFileSync(ledgerFile, "utf8");
+    mkdirSync(path.join(home, "v0007"));
+    writeFileSync(path.join(home, "v0007", "adapter_config.json"), "{}");
+    mkdirSync(path.join(home, "v0008.tmp-123-456"));
+    const logs: string[] = [];
+    await (await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } })).stop();
+    assert.ok(!existsSync(path.join(home, "v0008.tmp-123-456")), "a half-written folder is removed");
+    const aside = readdirSync(path.join(home, "orphaned"));
+    assert.equal(aside.length, 1);
+    assert.match(aside[0]!, /^v0007-/);
+    assert.ok(existsSync(path.join(home, "orphaned", aside[0]!, "adapter_config.json")), "the orphan's files are kept");
+    assert.ok(logs.some((m) => /moved v0007 to orphaned\/v0007-/.test(m)), logs.join("\n"));
+
+    // the record of what the checkpoints hold is gone: refuse rather than start over them
+    mkdirSync(path.join(home, "v0001"));
+    rmSync(ledgerFile);
+    await assert.rejects(Runtime.fromFiles(file), /ledger\.json is missing but .* holds checkpoints \(v0001\): restore the ledger/);
+    assert.ok(existsSync(path.join(home, "v0001")) && !existsSync(ledgerFile), "nothing was created or removed");
+    writeFileSync(ledgerFile, "null");
+    await assert.rejects(Runtime.fromFiles(file), /not a readable ledger \(it holds no JSON object\)/);
+    assert.ok(existsSync(path.join(home, "v0001")));
+    writeFileSync(ledgerFile, ledgerText);
+  } finally {
+    rmSync(dir, { recursive: true });
   }
 });
 

@@ -12,12 +12,11 @@ import { AIMessage, HumanMessage, type BaseMessage } from "@langchain/core/messa
 import type { ToolRunnableConfig } from "@langchain/core/tools";
 import { createAgent, tool } from "langchain";
 import { z } from "zod";
-import type { Item, ItemStatus } from "../knowledge/ledger.js";
+import { ITEM_STATUSES as STATUSES, type Item, type ItemStatus } from "../knowledge/ledger.js";
 import type { Agent } from "../runtime/agent.js";
 import type { Runtime } from "../runtime/runtime.js";
 import { KilnChatModel, type KilnChatModelFields } from "./langchain.js";
 
-const STATUSES = ["pending", "baking", "absorbed", "rejected", "retracted", "superseded"] as const satisfies readonly ItemStatus[];
 
 export interface KnowledgeHit {
   id: string;

@@ -29,6 +29,8 @@ export interface CycleJob {
   /** open questions for trajectories and persona checks */
   openQuestions: string[];
   probesPerItem: number;
+  /** false: an item whose questions all fail the checks keeps its first one (makeProbes) */
+  checkProbes?: boolean;
   /** items per teacher prompt (0 = all in one prompt); see knowledgeLessons */
   chunkItems?: number;
   settings?: Partial<BakeSettings>;
@@ -40,6 +42,8 @@ export interface CycleResult {
   probes: Record<string, Probe[]>;
   /** probe scores on the new weights, by item id */
   scores: Record<string, ItemProbeScore>;
+  /** new items for which no question passed probeQuality: left out of the bake */
+  unprobed: string[];
   /** persona adherence unprompted on the new weights, and on the live ones before */
   persona: { before: number; after: number } | null;
 }
@@ -53,15 +57,17 @@ export async function runCycle(
   const probeOpts = { persona: job.persona, personaSuffix: job.personaSuffix, adapter: live };
   const all = [...job.newItems, ...job.replayItems, ...job.retainedItems, ...job.retractedItems];
   onProgress({ phase: "probes", done: 0, total: all.length });
-  const made = await makeProbes(model, all, job.probesPerItem, probeOpts);
+  const made = await makeProbes(model, all, job.probesPerItem, { ...probeOpts, unchecked: job.checkProbes === false });
   const withProbes = (items: ProbeItem[]) => items.map((i) => ({ ...i, probes: i.probes?.length ? i.probes : made.get(i.id) ?? [] }));
   const fresh = withProbes(job.newItems);
   const replay = withProbes(job.replayItems);
   onProgress({ phase: "probes", done: all.length, total: all.length });
+  // an item without a probe cannot be checked, and is not baked (makeProbes says why)
+  const unprobed = fresh.filter((i) => !i.probes.length).map((i) => i.id);
 
   const lessons = knowledgeLessons({
     persona: job.persona,
-    items: [...fresh, ...replay].map((i) => ({ text: i.text, questions: i.probes.map((p) => p.question) })),
+    items: [...fresh, ...replay].filter((i) => i.probes.length).map((i) => ({ text: i.text, questions: i.probes.map((p) => p.question) })),
     chunkItems: job.chunkItems ?? 0,
     openQuestions: job.openQuestions,
   });
@@ -86,7 +92,7 @@ export async function runCycle(
     }
     onProgress({ phase: "evaluate", done: evaluated.length, total: evaluated.length });
     const summary = summarizeBake(report, job.outDir);
-    const result: CycleResult = { summary, probes: Object.fromEntries(made), scores: Object.fromEntries(scores), persona };
+    const result: CycleResult = { summary, probes: Object.fromEntries(made), scores: Object.fromEntries(scores), persona, unprobed };
     await yieldToEventLoop(); // a parent that died meanwhile ends this worker here, before anything is written
     await saveAdapter(job.outDir, report.adapter, model.dir, { "bake_report.json": JSON.stringify({ ...summary, persona, scores: result.scores }, null, 2) + "\n" });
     return result;

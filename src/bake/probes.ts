@@ -1,10 +1,11 @@
 // Probes: question/answer pairs that show whether an item is absorbed. An item is absorbed by a
 // weights version when the model, without the item in its prompt, answers the item's probe
-// questions as the prompted model does (docs/prompt-baking.md, "What absorbed should mean").
+// questions as the prompted model does (Bhargava et al., "Prompt Baking", arXiv 2409.13697:
+// baked weights without the prompt should behave as the prompted model).
 import type { AdapterHook } from "../model/decoder.js";
 import { generate } from "../model/generate.js";
 import type { LoadedModel } from "../model/load.js";
-import { entitiesIn, namesGrounded, support, vocabulary } from "../knowledge/grounding.js";
+import { entitiesIn, isFunctionWord, namesGrounded, stem, support, vocabulary, words } from "../knowledge/grounding.js";
 import { buildKnowledgePrompt } from "./prompt.js";
 import { studentMessages, teacherMessages } from "./trajectories.js";
 
@@ -114,6 +115,23 @@ export async function writeQuestions(model: LoadedModel, texts: string[], perTex
   return written.map((qs, i) => groundedFirst(qs, texts[i]!).slice(0, perText));
 }
 
+/**
+ * Whether a line the model wrote is a question about the item at all: it ends in "?" and names
+ * one of the item's names (for an item without names, says one of its content words). A small
+ * model asked for a question sometimes answers instead ("I don't know.", or the item restated).
+ */
+export function asksAbout(question: string, itemText: string): boolean {
+  const q = question.trim();
+  if (!q.endsWith("?")) return false;
+  const names = entitiesIn(itemText).map(stem);
+  if (!names.length) {
+    const said = vocabulary(itemText);
+    return words(q).some((w) => !isFunctionWord(w) && said.has(stem(w)));
+  }
+  const asked = new Set(entitiesIn(q).map(stem));
+  return names.some((n) => asked.has(n));
+}
+
 /** Below this share of its words from the item, an answer is about something else. */
 const MIN_SUPPORT = 0.5;
 
@@ -127,6 +145,7 @@ export function probeQuality(question: string, answer: string, itemText: string)
   const said = vocabulary(itemText);
   const itemEntities = entitiesIn(itemText);
   const answerEntities = new Set(entitiesIn(answer));
+  if (!asksAbout(question, itemText)) return 0;
   if (!answer.trim() || !namesGrounded(question, said) || !namesGrounded(answer, said)) return 0;
   if (itemEntities.length && !itemEntities.some((w) => answerEntities.has(w))) return 0;
   const share = support(answer, said);
@@ -137,10 +156,12 @@ export function probeQuality(question: string, answer: string, itemText: string)
  * Writes probes for items that have none: the model asks questions about the item and answers
  * them with the item in its prompt; that answer is what the baked model must reproduce
  * unprompted. Of CANDIDATES_PER_QUESTION times `perItem` questions, the `perItem` whose answers
- * best show the item are kept (probeQuality); an item none of whose questions are grounded keeps
- * its greedy question, so every item is probed.
+ * best show the item are kept (probeQuality). An item none of whose questions pass gets no
+ * probes (an empty list): nothing could show it was learned, and an off-topic question's answer
+ * would teach something the item does not say, so the bake leaves it out. `unchecked` keeps its
+ * first question instead (an agent's bake.checkProbes: false), for models that cannot pass.
  */
-export async function makeProbes(model: LoadedModel, items: ProbeItem[], perItem: number, o: ProbeOptions = {}): Promise<Map<string, Probe[]>> {
+export async function makeProbes(model: LoadedModel, items: ProbeItem[], perItem: number, o: ProbeOptions & { unchecked?: boolean } = {}): Promise<Map<string, Probe[]>> {
   const need = items.filter((i) => !i.probes?.length);
   const result = new Map<string, Probe[]>();
   if (!need.length) return result;
@@ -157,7 +178,7 @@ export async function makeProbes(model: LoadedModel, items: ProbeItem[], perItem
   need.forEach((item) => {
     const mine = scored.filter((p) => p.item === item);
     const good = mine.filter((p) => p.quality > 0).sort((a, b) => b.quality - a.quality || a.order - b.order);
-    const kept = (good.length ? good : mine.slice(0, 1)).slice(0, perItem);
+    const kept = (good.length || !o.unchecked ? good : mine.slice(0, 1)).slice(0, perItem);
     result.set(item.id, kept.map((p) => ({ question: p.question, answer: p.answer })));
   });
   return result;

@@ -49,7 +49,7 @@ export async function sampleTrajectories(model: LoadedModel, o: SampleOptions): 
     throw new Error("baking needs at least one question to sample replies for, in every teacher prompt");
   }
   if (o.count < o.lessons.length) {
-    throw new Error(`${o.count} trajectories cannot cover ${o.lessons.length} teacher prompts: raise trajectories or chunkItems`);
+    throw new Error(`${o.count} trajectories cannot cover ${o.lessons.length} teacher prompts: raise trajectories (--trajectories), or an agent's bake.chunkItems`);
   }
   // Trajectory n: lesson n mod L, that lesson's questions in turn.
   const pick = (n: number) => {

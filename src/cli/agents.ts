@@ -3,15 +3,16 @@
 // the agent (model and ledger lock), so they refuse politely while a server holds the ledger.
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
-import { createInterface } from "node:readline/promises";
-import type { Command } from "commander";
+import { createInterface } from "node:readline";
+import { Option, type Command } from "commander";
 import { parseDocument, parse as parseYaml } from "yaml";
 import { initBackend } from "../tensor/backend.js";
-import { Ledger, type Item, type ItemStatus } from "../knowledge/ledger.js";
+import { ITEM_STATUSES, Ledger, type Item, type ItemStatus } from "../knowledge/ledger.js";
 import { loadAgentConfig, parseAgentConfig, type AgentConfig } from "../runtime/agent-config.js";
 import { agentFiles, DEFAULT_AGENTS_DIR, DEFAULT_CHECKPOINTS_DIR, Runtime } from "../runtime/runtime.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import { bakeProgressReporter } from "./progress.js";
+import { decimal, integer, print } from "./common.js";
 
 interface AgentOpts {
   agents?: string;
@@ -57,10 +58,6 @@ async function openAgent(o: AgentOpts, name?: string, withProgress = false): Pro
   return { runtime, name: c.name };
 }
 
-function print(json: boolean | undefined, value: unknown, text: () => string): void {
-  process.stdout.write(json ? JSON.stringify(value, null, 2) + "\n" : text() + "\n");
-}
-
 function itemLine(i: Item): string {
   const score = i.scores.at(-1);
   const s = score ? ` [${score.version}: unprompted ${score.unprompted.toFixed(2)}, prompted ${score.prompted.toFixed(2)}]` : "";
@@ -74,30 +71,33 @@ export function registerAgentCommands(program: Command): void {
 
   // --- chat ---
   withAgents(program.command("chat [agent]").description("chat with an agent in the terminal; its replies stream"))
-    .option("--max-tokens <n>", "longest reply", (v) => parseInt(v, 10), 200)
-    .option("--temperature <t>", "0 for greedy", parseFloat, 0)
+    .option("--max-tokens <n>", "longest reply", integer(1), 200)
+    .option("--temperature <t>", "0 for greedy", decimal(0), 0)
     .action(async (name: string | undefined, o: AgentOpts & { maxTokens: number; temperature: number }) => {
-      const { runtime, name: agent } = await openAgent({ ...o, backend: backend() });
-      const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY });
+      const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name);
+      const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: process.stdin.isTTY, prompt: "> " });
       const history: ChatMessage[] = [];
       process.stdout.write(`chatting with ${agent} on ${runtime.agent(agent).live.version ?? "the base model"}; /bake, /version, /quit\n`);
+      rl.prompt();
       try {
-        for (;;) {
-          let line: string;
-          try {
-            line = (await rl.question("> ")).trim();
-          } catch {
-            break; // end of input
+        // the iterator queues lines that arrive during a reply (pasted or piped input), where
+        // rl.question() would drop them
+        for await (const raw of rl) {
+          const line = raw.trim();
+          if (!line) {
+            rl.prompt();
+            continue;
           }
-          if (!line) continue;
           if (line === "/quit" || line === "/exit") break;
           if (line === "/version") {
             process.stdout.write(`${runtime.agent(agent).live.version ?? "base model"}\n`);
+            rl.prompt();
             continue;
           }
           if (line === "/bake") {
             const r = await runtime.agent(agent).bake("chat", { force: true });
             process.stdout.write(`bake ${r.status}${r.version ? ` ${r.version}` : ""}${r.reasons.length ? `: ${r.reasons.join("; ")}` : ""}\n`);
+            rl.prompt();
             continue;
           }
           history.push({ role: "user", content: line });
@@ -114,6 +114,7 @@ export function registerAgentCommands(program: Command): void {
           }
           process.stdout.write("\n");
           history.push({ role: "assistant", content: reply });
+          rl.prompt();
         }
       } finally {
         rl.close();
@@ -130,10 +131,12 @@ export function registerAgentCommands(program: Command): void {
     print(o.json, rows, () => rows.map((f) => `${f.id.padEnd(12)} ${f.schedule.padEnd(14)} added ${f.itemsAdded ?? 0}, last ok ${f.lastOkAt ?? "never"}${f.lastError ? `, ERROR ${f.lastError}` : ""}\n  ${f.url}`).join("\n") || "(no feeds)");
   });
   withAgents(feeds.command("poll [agent]").description("poll the agent's feeds now")).action(async (name: string | undefined, o: AgentOpts) => {
-    const { runtime, name: agent } = await openAgent({ ...o, backend: backend() });
+    const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name);
     try {
       const r = await runtime.agent(agent).pollAllFeeds();
-      print(o.json, r, () => Object.entries(r).map(([id, x]) => `${id}: ${x.added} new${x.error ? `, error: ${x.error}` : ""}`).join("\n"));
+      print(o.json, r, () => Object.entries(r).map(([id, x]) => `${id}: ${x.added} new${x.error ? `, error: ${x.error}` : ""}`).join("\n") || "(no feeds)");
+      const results = Object.values(r);
+      if (results.length && results.every((x) => x.error)) process.exitCode = 1; // every feed failed: a script should know
     } finally {
       await runtime.stop();
     }
@@ -142,6 +145,13 @@ export function registerAgentCommands(program: Command): void {
     .option("--schedule <cron>", "poll schedule", "*/30 * * * *")
     .action(async (name: string, id: string, url: string, o: AgentOpts & { schedule: string }) => {
       const c = pickConfig(o, name);
+      if (!/^https?:\/\//.test(url)) {
+        // a local feed is resolved against the agent file's folder: write the path that means the
+        // file the user named here
+        const file = path.resolve(url.replace(/^file:\/\//, ""));
+        if (!existsSync(file)) throw new Error(`${url}: no such feed file (a feed is an http(s) URL or a local RSS/Atom file)`);
+        url = path.relative(path.dirname(c.file!), file) || file;
+      }
       const doc = parseDocument(readFileSync(c.file!, "utf8"));
       const list = (doc.get("feeds") as { items?: unknown[] } | undefined)?.items ?? [];
       if (list.length === 0) doc.set("feeds", []);
@@ -155,7 +165,7 @@ export function registerAgentCommands(program: Command): void {
   // --- knowledge ---
   const knowledge = program.command("knowledge").description("what an agent has read and absorbed");
   withAgents(knowledge.command("list [agent]").description("items, newest first"))
-    .option("--status <status>", "pending, baking, absorbed, rejected, retracted or superseded")
+    .addOption(new Option("--status <status>", "only items with this status").choices(ITEM_STATUSES))
     .option("--source <id>", "a feed id, conversation id or link")
     .action(async (name: string | undefined, o: AgentOpts & { status?: ItemStatus; source?: string }) => {
       const ledger = await readLedger(o, name);
@@ -170,7 +180,7 @@ export function registerAgentCommands(program: Command): void {
     const i = (await readLedger(o, name)).item(id);
     print(o.json, i, () =>
       [
-        `${i.id} (${i.kind}) ${i.status}${i.absorbedBy ? ` by ${i.absorbedBy}` : ""}`,
+        `${i.id} (${i.kind}) ${i.status}${i.absorbedBy ? (i.status === "absorbed" ? ` by ${i.absorbedBy}` : ` (absorbed by ${i.absorbedBy} before)`) : ""}`,
         `text:    ${i.text}`,
         `source:  ${JSON.stringify(i.source)}`,
         ...(i.probes ?? []).map((p) => `probe:   ${p.question} -> ${p.answer}`),
@@ -180,7 +190,7 @@ export function registerAgentCommands(program: Command): void {
     );
   });
   withAgents(knowledge.command("remember <agent> <text>").description("add a fact or instruction by hand (pending until the next bake)")).action(async (name: string, text: string, o: AgentOpts) => {
-    const { runtime, name: agent } = await openAgent({ ...o, backend: backend() });
+    const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name);
     try {
       const r = await runtime.agent(agent).remember(text);
       print(o.json, r, () => (r.added ? `${r.item.id} pending` : `already known as ${r.item.id} (${r.item.status})`));
@@ -189,7 +199,7 @@ export function registerAgentCommands(program: Command): void {
     }
   });
   withAgents(knowledge.command("retract <agent> <ids...>").description("retract items and rebuild the adapter from what is still true")).action(async (name: string, ids: string[], o: AgentOpts) => {
-    const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, undefined, true);
+    const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name, true);
     try {
       const r = await runtime.agent(agent).retract(ids);
       print(o.json, r, () => `consolidation ${r.status}${r.version ? ` ${r.version}` : ""}${r.reasons.length ? `: ${r.reasons.join("; ")}` : ""}`);
@@ -214,7 +224,7 @@ export function registerAgentCommands(program: Command): void {
     print(o.json, d, () => [...d.gained.map((i) => `+ ${i.id} ${i.text}`), ...d.lost.map((i) => `- ${i.id} ${i.text}`)].join("\n") || "(no difference)");
   });
   withAgents(versions.command("rollback <agent> <version>").description("make a kept version live again (base = the base model)")).action(async (name: string, version: string, o: AgentOpts) => {
-    const { runtime, name: agent } = await openAgent({ ...o, backend: backend() });
+    const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name);
     try {
       await runtime.agent(agent).rollback(version === "base" ? null : version);
       print(o.json, { live: runtime.agent(agent).live.version }, () => `${agent} is live on ${version}`);
@@ -227,7 +237,7 @@ export function registerAgentCommands(program: Command): void {
   withAgents(program.command("probe <agent> <question>").description("ask on the live weights with and without context in the prompt"))
     .option("--context <text...>", "items to put in the prompt for the comparison")
     .action(async (name: string, question: string, o: AgentOpts & { context?: string[] }) => {
-      const { runtime, name: agent } = await openAgent({ ...o, backend: backend() });
+      const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name);
       try {
         const r = await runtime.probe(agent, question, o.context);
         print(o.json, r, () => [`version:    ${r.version ?? "base model"}`, `unprompted: ${r.unprompted}`, ...(r.prompted !== null ? [`prompted:   ${r.prompted}`] : [])].join("\n"));

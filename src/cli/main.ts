@@ -14,7 +14,9 @@ import type { ChatMessage } from "../model/tokenizer.js";
 import { runBake } from "../bake/job.js";
 import { DEFAULT_BAKE } from "../bake/trainer.js";
 import { LORA_TARGETS, type LoraTarget } from "../lora/adapter.js";
+import { checkAdapterTarget } from "../lora/peft.js";
 import { bakeProgressReporter } from "./progress.js";
+import { decimal, integer, print } from "./common.js";
 import { registerAgentCommands } from "./agents.js";
 import { runDemo } from "./demo.js";
 import { createServer } from "../server/index.js";
@@ -26,10 +28,6 @@ program
   .description("A runtime for chat agents that bake what they read into their own LoRA weights.")
   .version("0.1.0")
   .addOption(new Option("--backend <name>", "tensor backend").choices(["tensorflow-gpu", "tensorflow", "native", "wasm", "cpu", "webgpu"]).env("KILN_BACKEND"));
-
-function print(json: boolean, value: unknown, text: () => string): void {
-  process.stdout.write(json ? JSON.stringify(value, null, 2) + "\n" : text() + "\n");
-}
 
 function mib(bytes: number): string {
   return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
@@ -112,11 +110,11 @@ program
   .requiredOption("--prompt <text>", "the user message")
   .option("--system <text>", "a system message")
   .option("--raw", "send the prompt as-is, without the chat template")
-  .option("--max-tokens <n>", "most tokens to generate", (v) => parseInt(v, 10), 128)
-  .option("--temperature <t>", "0 for greedy", parseFloat, 0)
-  .option("--top-k <k>", "keep the k likeliest tokens", (v) => parseInt(v, 10), 0)
-  .option("--top-p <p>", "nucleus sampling", parseFloat, 1)
-  .option("--seed <n>", "sampling seed", (v) => parseInt(v, 10))
+  .option("--max-tokens <n>", "most tokens to generate", integer(1), 128)
+  .option("--temperature <t>", "0 for greedy", decimal(0), 0)
+  .option("--top-k <k>", "keep the k likeliest tokens (0: all)", integer(0), 0)
+  .option("--top-p <p>", "nucleus sampling", decimal(0, 1, { above: true }), 1)
+  .option("--seed <n>", "sampling seed", integer())
   .action(async (o: { model?: string; prompt: string; system?: string; raw?: boolean; maxTokens: number; temperature: number; topK: number; topP: number; seed?: number }) => {
     await backend();
     const m = loadModel(resolveModelDir(o.model));
@@ -156,31 +154,36 @@ program
   .command("bake")
   .description("bake a prompt into a LoRA adapter (PEFT directory) with the prompt-baking KL objective")
   .option("--model <dir>", "model directory or pulled repo id (default: the embedded model)")
-  .requiredOption("--prompt <text>", "the prompt to bake (it fills the system slot of the teacher)")
+  .option("--prompt <text>", "the prompt to bake (it fills the system slot of the teacher)")
   .option("--prompt-file <file>", "read the prompt from a file instead")
   .option("--questions <file>", "questions to sample replies for: one per line, or a JSON array (default: the model writes them)")
-  .requiredOption("--out <dir>", "where to write the adapter (written atomically)")
+  .requiredOption("--out <dir>", "where to write the adapter (written atomically; a new folder, or an adapter with --force)")
+  .option("--force", "replace the adapter already in --out")
   .option("--from <dir>", "start from this adapter, which is also the teacher's weights (a rolling bake)")
-  .option("--trajectories <n>", "replies sampled from the teacher", (v) => parseInt(v, 10), DEFAULT_BAKE.trajectories)
-  .option("--temperature <t>", "sampling temperature for the teacher's replies", parseFloat, DEFAULT_BAKE.temperature)
-  .option("--max-reply-tokens <n>", "longest sampled reply", (v) => parseInt(v, 10), DEFAULT_BAKE.maxReplyTokens)
-  .option("--epochs <n>", "passes over the trajectories", (v) => parseInt(v, 10), DEFAULT_BAKE.epochs)
-  .option("--batch <n>", "trajectories per step", (v) => parseInt(v, 10), DEFAULT_BAKE.batchSize)
-  .option("--lr <x>", "Adam learning rate", parseFloat, DEFAULT_BAKE.learningRate)
-  .option("--rank <r>", "LoRA rank", (v) => parseInt(v, 10), DEFAULT_BAKE.lora.r)
-  .option("--alpha <a>", "LoRA alpha (scale alpha/r)", parseFloat, DEFAULT_BAKE.lora.alpha)
+  .option("--trajectories <n>", "replies sampled from the teacher", integer(1), DEFAULT_BAKE.trajectories)
+  .option("--temperature <t>", "sampling temperature for the teacher's replies", decimal(0), DEFAULT_BAKE.temperature)
+  .option("--max-reply-tokens <n>", "longest sampled reply", integer(1), DEFAULT_BAKE.maxReplyTokens)
+  .option("--epochs <n>", "passes over the trajectories", integer(1), DEFAULT_BAKE.epochs)
+  .option("--batch <n>", "trajectories per step", integer(1), DEFAULT_BAKE.batchSize)
+  .option("--lr <x>", "Adam learning rate", decimal(0, Infinity, { above: true }), DEFAULT_BAKE.learningRate)
+  .option("--rank <r>", "LoRA rank", integer(1), DEFAULT_BAKE.lora.r)
+  .option("--alpha <a>", "LoRA alpha (scale alpha/r)", decimal(0, Infinity, { above: true }), DEFAULT_BAKE.lora.alpha)
   .option("--rslora", "scale by alpha/sqrt(r)")
   .option("--targets <list>", `comma-separated modules of ${LORA_TARGETS.join(",")}`, DEFAULT_BAKE.lora.targetModules.join(","))
   .addOption(new Option("--kl <mode>", "KL over the full vocabulary or the teacher's top-K with a tail bucket").choices(["full", "topk"]).default("full"))
-  .option("--top-k <k>", "K for --kl topk", (v) => parseInt(v, 10), 20)
-  .option("--half-bake <fraction>", "stop when this share of the KL is gone", parseFloat, 1)
-  .option("--pursuit <rounds>", "prompt pursuit rounds", (v) => parseInt(v, 10), 1)
-  .option("--seed <n>", "seed", (v) => parseInt(v, 10), 1)
+  .option("--top-k <k>", "K for --kl topk", integer(1), 20)
+  .option("--half-bake <fraction>", "stop when this share of the KL is gone", decimal(0, 1, { above: true }), 1)
+  .option("--pursuit <rounds>", "prompt pursuit rounds", integer(1), 1)
+  .option("--seed <n>", "seed", integer(), 1)
   .option("--json", "print the summary as JSON (progress still goes to stderr)")
   .option("--quiet", "no progress output")
   .action(async (o: Record<string, string | number | boolean | undefined>) => {
     const modelDir = resolveModelDir(o.model as string | undefined);
+    if (!o.prompt === !o.promptFile) throw new Error("give the prompt to bake with --prompt <text> or --prompt-file <file> (one of the two)");
+    if (o.promptFile && !existsSync(o.promptFile as string)) throw new Error(`--prompt-file: ${o.promptFile} does not exist`);
     const prompt = o.promptFile ? readFileSync(o.promptFile as string, "utf8") : (o.prompt as string);
+    if (!prompt.trim()) throw new Error("the prompt to bake is empty");
+    checkAdapterTarget(o.out as string, !!o.force); // before the bake, not after minutes of it
     const targets = String(o.targets).split(",").map((t) => t.trim()) as LoraTarget[];
     for (const t of targets) if (!LORA_TARGETS.includes(t)) throw new Error(`--targets: ${t} is not one of ${LORA_TARGETS.join(", ")}`);
     // Without a file, the worker has the model write questions about each line of the prompt.
@@ -229,9 +232,9 @@ program
   .option("--agents <path>", "agent file or folder (default ./agents, else the bundled agents/)")
   .option("--checkpoints <dir>", "checkpoints root (default: the package's checkpoints/)")
   .option("--host <host>", "address to bind; anything but loopback needs --token", "127.0.0.1")
-  .option("--port <n>", "port", (v) => parseInt(v, 10), 8080)
+  .option("--port <n>", "port (0: any free one)", integer(0, 65535), 8080)
   .option("--token <token>", "bearer token for every API route (or KILN_TOKEN)", process.env.KILN_TOKEN)
-  .option("--max-queue <n>", "requests waiting for the model before 429", (v) => parseInt(v, 10), 16)
+  .option("--max-queue <n>", "requests waiting for the model before 429", integer(1), 16)
   .option("--no-schedules", "do not start the agents' feed and bake schedules")
   .action(async (o: { agents?: string; checkpoints?: string; host: string; port: number; token?: string; maxQueue: number; schedules: boolean }) => {
     const info = await backend();
@@ -256,7 +259,7 @@ program
   .description("the whole loop offline on the embedded model: read a feed, bake it, answer from the weights")
   .option("--agent <file>", "agent file (default agents/demo.yaml)")
   .option("--home <dir>", "where the demo's ledger and checkpoints go (default: a new temp folder)")
-  .option("--max-items <n>", "items to bake", (v) => parseInt(v, 10))
+  .option("--max-items <n>", "items to bake", integer(1))
   .action(async (o: { agent?: string; home?: string; maxItems?: number }) => {
     await runDemo({ agentFile: o.agent, home: o.home, backend: program.opts().backend, maxItems: o.maxItems });
   });

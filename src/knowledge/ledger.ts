@@ -12,7 +12,8 @@ import { JSONFile } from "lowdb/node";
 import type { FeedState } from "../feeds/feeds.js";
 
 export type ItemKind = "feed" | "conversation" | "manual" | "instruction";
-export type ItemStatus = "pending" | "baking" | "absorbed" | "rejected" | "retracted" | "superseded";
+export const ITEM_STATUSES = ["pending", "baking", "absorbed", "rejected", "retracted", "superseded"] as const;
+export type ItemStatus = (typeof ITEM_STATUSES)[number];
 
 export interface Probe {
   question: string;
@@ -151,9 +152,13 @@ export class Ledger {
       }
       writeFileSync(lockFile, String(process.pid));
     }
-    const db = new Low<LedgerData>(new JSONFile<LedgerData>(file), emptyLedger());
+    const fresh = emptyLedger();
+    const existed = existsSync(file);
+    const db = new Low<LedgerData>(new JSONFile<LedgerData>(file), fresh);
     try {
       await db.read();
+      // lowdb keeps its default when a file parses to null: that file is damaged, not new
+      if (existed && db.data === fresh) throw new Error("it holds no JSON object");
     } catch (err) {
       if (lockFile) rmSync(lockFile, { force: true });
       // Never overwrite a ledger we cannot read: it may be the only record of what was learned.
@@ -253,6 +258,7 @@ export class Ledger {
   }
 
   async setItemStatus(ids: string[], status: ItemStatus, extra: { version?: string; reason?: string } = {}): Promise<void> {
+    if (!ids.length) return;
     const now = new Date().toISOString();
     await this.update((d) => {
       for (const i of d.items) if (ids.includes(i.id)) setStatus(i, status, now, extra);

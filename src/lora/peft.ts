@@ -1,7 +1,7 @@
 // PEFT LoRA directories: adapter_config.json + adapter_model.safetensors, with PEFT's key names
 // (base_model.model.<module>.lora_A.weight [r, in], .lora_B.weight [out, r]) so PEFT, vLLM and
 // llama.cpp's converter read what kiln writes, and kiln reads what they write.
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { z } from "zod";
 import { tf } from "../tensor/backend.js";
@@ -78,6 +78,21 @@ export function peftKeys(config: ModelConfig, settings: LoraSettings): string[] 
 }
 
 /**
+ * Whether an adapter may be written to `dir`: a new or empty folder, or, with `replace`, one
+ * that holds a PEFT adapter. Anything else is refused before a byte is written: a wrong --out
+ * must never delete a user's folder, nor an agent's version (its manifest.json says whose).
+ */
+export function checkAdapterTarget(dir: string, replace: boolean): void {
+  if (!existsSync(dir)) return;
+  if (!statSync(dir).isDirectory()) throw new AdapterFileError(dir, "exists and is not a folder; choose a new folder for the adapter");
+  const entries = readdirSync(dir);
+  if (entries.length === 0) return;
+  if (entries.includes("manifest.json")) throw new AdapterFileError(dir, "is a version an agent owns (it has manifest.json); bake into a new folder");
+  if (!entries.includes(ADAPTER_CONFIG)) throw new AdapterFileError(dir, `is a folder that is not a PEFT adapter (no ${ADAPTER_CONFIG}) and is not empty; kiln will not replace it: choose a new folder`);
+  if (!replace) throw new AdapterFileError(dir, "already holds an adapter; pass --force to replace it");
+}
+
+/**
  * Writes the adapter into `dir` atomically: everything goes into a sibling temp directory that
  * is renamed into place, so a reader never sees half an adapter.
  */
@@ -89,6 +104,7 @@ export async function saveAdapter(dir: string, adapter: LoraAdapter, baseModel: 
     tensors.set(`${PEFT_PREFIX}${module}.lora_A.weight`, { shape: A.shape, data: (await A.data()) as Float32Array });
     tensors.set(`${PEFT_PREFIX}${module}.lora_B.weight`, { shape: B.shape, data: (await B.data()) as Float32Array });
   }
+  checkAdapterTarget(target, true);
   const tmp = `${target}.tmp-${process.pid}-${Date.now()}`;
   mkdirSync(tmp, { recursive: true });
   try {

@@ -71,13 +71,20 @@ export const AgentConfigSchema = z
         /** most pending items per bake (the rest wait for the next one) */
         maxItems: z.number().int().positive().default(20),
         probesPerItem: z.number().int().positive().default(2),
+        /**
+         * an item none of whose probe questions passes the checks (src/bake/probes.ts) is rejected
+         * unbaked; false keeps its first question unchecked (absorption is then unproven)
+         */
+        checkProbes: z.boolean().default(true),
+        /** bakes an item may go through without being absorbed before it is rejected */
+        maxAttempts: z.number().int().positive().default(3),
         /** items per teacher prompt (0 = all in one prompt): small models read a few lines far better than many */
         chunkItems: z.number().int().min(0).default(4),
         openQuestions: z.array(z.string()).default(OPEN_QUESTIONS),
         settings: BakeSettingsSchema.default({}),
       })
       .strict()
-      .default({ minPending: 1, maxItems: 20, probesPerItem: 2, chunkItems: 4, openQuestions: OPEN_QUESTIONS, settings: {} }),
+      .default({ minPending: 1, maxItems: 20, probesPerItem: 2, checkProbes: true, maxAttempts: 3, chunkItems: 4, openQuestions: OPEN_QUESTIONS, settings: {} }),
     gate: z
       .object({
         minAbsorption: z.number().min(0).max(1).default(0.6),

@@ -54,6 +54,12 @@ export interface AgentBakeEvents {
   end: [BakeOutcome];
 }
 
+/** How an item's history records a promoted bake that did not absorb it (bake.maxAttempts counts these). */
+const NOT_ABSORBED = "not absorbed by";
+
+/** A version's checkpoint folder in an agent's home: v0001, v0002, ... */
+const VERSION_DIR = /^v\d{4}$/;
+
 export class Agent {
   readonly live: LiveModel;
   /** "start" when a bake's record is written, every "progress" event, "end" with its outcome */
@@ -75,7 +81,16 @@ export class Agent {
   /** Opens the agent's ledger, repairs what a crash left, and goes live on the recorded version. */
   static async open(config: AgentConfig, model: LoadedModel, events: AgentEvents = {}): Promise<Agent> {
     mkdirSync(config.homeDir, { recursive: true });
-    const ledger = await Ledger.open(path.join(config.homeDir, "ledger.json"));
+    const ledgerFile = path.join(config.homeDir, "ledger.json");
+    const versions = readdirSync(config.homeDir).filter((f) => VERSION_DIR.test(f));
+    if (!existsSync(ledgerFile) && versions.length) {
+      // A new ledger would disown these checkpoints: the record of what they hold is gone.
+      throw new Error(
+        `${ledgerFile} is missing but ${config.homeDir} holds checkpoints (${versions.join(", ")}): restore the ledger, ` +
+          `or move the checkpoints away to start this agent from the base model`,
+      );
+    }
+    const ledger = await Ledger.open(ledgerFile);
     const agent = new Agent(config, model, ledger, events);
     const repaired = await ledger.recover();
     if (repaired.bakes || repaired.items) agent.log(`recovered from an interrupted bake: ${repaired.bakes} bake(s) marked failed, ${repaired.items} item(s) back to pending`);
@@ -106,13 +121,23 @@ export class Agent {
     this.events.onLog?.(this.name, message);
   }
 
-  /** Checkpoint folders (and half-written temp folders) that no ledger version owns. */
+  /**
+   * What an interrupted bake leaves: half-written temp folders are removed; a whole checkpoint
+   * no version record owns (the worker finished, the ledger never recorded it) is moved into
+   * orphaned/, never deleted, so its version name is free again and nothing is lost.
+   */
   private removeOrphanCheckpoints(): void {
     const known = new Set(this.ledger.data.versions.map((v) => path.basename(v.dir)));
     for (const f of readdirSync(this.config.homeDir)) {
-      if (/^v\d{4}(\.tmp-.*)?$/.test(f) && !known.has(f)) {
-        rmSync(path.join(this.config.homeDir, f), { recursive: true, force: true });
-        this.log(`removed ${f}: a checkpoint no version record owns (an interrupted bake)`);
+      const where = path.join(this.config.homeDir, f);
+      if (/^v\d{4}\.tmp-/.test(f)) {
+        rmSync(where, { recursive: true, force: true });
+        this.log(`removed ${f}: a half-written checkpoint (an interrupted bake)`);
+      } else if (VERSION_DIR.test(f) && !known.has(f)) {
+        const aside = path.join(this.config.homeDir, "orphaned", `${f}-${new Date().toISOString().replace(/[:.]/g, "-")}`);
+        mkdirSync(path.dirname(aside), { recursive: true });
+        renameSync(where, aside);
+        this.log(`moved ${f} to ${path.relative(this.config.homeDir, aside)}: a checkpoint no version record owns (an interrupted bake)`);
       }
     }
   }
@@ -260,6 +285,7 @@ export class Agent {
           retractedItems: retracted.map((i) => this.toProbeItem(i)),
           openQuestions: cfg.bake.openQuestions,
           probesPerItem: cfg.bake.probesPerItem,
+          checkProbes: cfg.bake.checkProbes,
           chunkItems: cfg.bake.chunkItems,
           settings: cfg.bake.settings as never,
         },
@@ -278,6 +304,10 @@ export class Agent {
       this.log(`bake ${bakeId} failed: ${message}`);
       return { status: "failed", bakeId, reasons: [message] };
     }
+
+    // items no probe question could be written for were not baked: they leave the gate
+    const unprobed = fresh.filter((i) => result.unprobed.includes(i.id));
+    fresh = fresh.filter((i) => !unprobed.includes(i));
 
     // --- gate ---
     const score = (i: Item) => result.scores[i.id]?.unprompted ?? 0;
@@ -306,7 +336,7 @@ export class Agent {
     };
     if (promoted) {
       // Write the manifest and swap in memory before the ledger names the version live: a crash
-      // in between leaves the old live version recorded, and the orphan folder is removed on start.
+      // in between leaves the old live version recorded, and the orphan folder is moved aside on start.
       this.writeManifest(record, result);
       this.live.swapTo(version, outDir);
     }
@@ -331,11 +361,22 @@ export class Agent {
         ...(promoted ? {} : { reasons }),
       });
     });
+    await ledger.setItemStatus(unprobed.map((i) => i.id), "rejected", {
+      reason: "not baked: none of the questions the model wrote about it was answered from it with the item in the prompt, so nothing could show it was learned (reword it and add it again)",
+    });
     if (!consolidate) {
       const absorbedIds = promoted ? fresh.filter(passes).map((i) => i.id) : [];
       await ledger.setItemStatus(absorbedIds, "absorbed", { version });
-      const retry = fresh.filter((i) => !absorbedIds.includes(i.id));
-      await ledger.setItemStatus(retry.map((i) => i.id), "pending", { reason: promoted ? `not absorbed by ${version}: probe score below gate.itemPass ${cfg.gate.itemPass}` : `version ${version} rejected: ${reasons.join("; ")}` });
+      const missed = fresh.filter((i) => !absorbedIds.includes(i.id));
+      if (promoted) {
+        // a promoted bake that did not absorb an item is one attempt; failed or rejected bakes are not
+        const spent = new Set(missed.filter((i) => i.history.filter((h) => h.reason?.startsWith(NOT_ABSORBED)).length + 1 >= cfg.bake.maxAttempts));
+        const reason = `${NOT_ABSORBED} ${version}: probe score below gate.itemPass ${cfg.gate.itemPass}`;
+        await ledger.setItemStatus(missed.filter((i) => !spent.has(i)).map((i) => i.id), "pending", { reason });
+        await ledger.setItemStatus([...spent].map((i) => i.id), "rejected", { reason: `${reason}, the last of bake.maxAttempts ${cfg.bake.maxAttempts}` });
+      } else {
+        await ledger.setItemStatus(missed.map((i) => i.id), "pending", { reason: `version ${version} rejected: ${reasons.join("; ")}` });
+      }
     } else if (promoted) {
       await ledger.setItemStatus(fresh.filter(passes).map((i) => i.id), "absorbed", { version, reason: "consolidated" });
       await ledger.setItemStatus(fresh.filter((i) => !passes(i)).map((i) => i.id), "pending", { reason: `not recovered by consolidation ${version}` });

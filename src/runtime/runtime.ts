@@ -169,6 +169,7 @@ export class Runtime {
     const unprompted = await ask([{ role: "user", content: question }]);
     const system = context?.length || agent.config.persona ? buildKnowledgePrompt({ persona: agent.config.persona?.text, items: context }) : "";
     const prompted = system ? await ask([{ role: "system", content: system }, { role: "user", content: question }]) : null;
-    return { version: unprompted.version, unprompted: unprompted.result.text, prompted: prompted?.result.text ?? null };
+    // trimmed as probes compare answers (a reply's first token often carries a space)
+    return { version: unprompted.version, unprompted: unprompted.result.text.trim(), prompted: prompted?.result.text.trim() ?? null };
   }
 }

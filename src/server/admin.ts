@@ -24,14 +24,13 @@
 import type { FastifyInstance } from "fastify";
 import { existsSync } from "node:fs";
 import { z } from "zod";
-import type { BakeRun, Item, ItemStatus } from "../knowledge/ledger.js";
+import { ITEM_STATUSES as STATUSES, type BakeRun, type Item, type ItemStatus } from "../knowledge/ledger.js";
 import type { Agent, BakeOutcome } from "../runtime/agent.js";
 import type { BakeEvent } from "./bake-watch.js";
 import { clientSignal, findAgent, type ServerContext } from "./context.js";
 import { ApiError, validationError } from "./errors.js";
 import { SseStream } from "./sse.js";
 
-const STATUSES = ["pending", "baking", "absorbed", "rejected", "retracted", "superseded"] as const satisfies readonly ItemStatus[];
 const KEEPALIVE_MS = 15_000;
 
 function parse<S extends z.ZodType>(schema: S, value: unknown, where: string): z.infer<S> {

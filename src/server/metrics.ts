@@ -1,7 +1,7 @@
 // /metrics in the Prometheus text exposition format (version 0.0.4), written by hand: counters
 // and a latency histogram kept here, gauges read from the runtime at scrape time.
 import type { FastifyInstance } from "fastify";
-import type { ItemStatus } from "../knowledge/ledger.js";
+import { ITEM_STATUSES } from "../knowledge/ledger.js";
 import type { Runtime } from "../runtime/runtime.js";
 import type { BakeWatcher } from "./bake-watch.js";
 import type { GenerationQueue } from "./queue.js";
@@ -10,7 +10,6 @@ type Labels = Record<string, string>;
 type Sample = [Labels, number];
 const sample = (labels: Labels, value: number): Sample => [labels, value];
 
-const ITEM_STATUSES: ItemStatus[] = ["pending", "baking", "absorbed", "rejected", "retracted", "superseded"];
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120];
 
 function escapeLabel(v: string): string {

@@ -1,0 +1,32 @@
+// What every kiln command shares: output in text or JSON, and option values checked on the way
+// in (a bare parseInt turns "--epochs abc" into a bake of zero epochs that reports success).
+import { InvalidArgumentError } from "commander";
+
+export function print(json: boolean | undefined, value: unknown, text: () => string): void {
+  process.stdout.write(json ? JSON.stringify(value, null, 2) + "\n" : text() + "\n");
+}
+
+/** An option parser for whole numbers in [min, max]; commander names the option in its error. */
+export function integer(min = -Infinity, max = Infinity): (value: string) => number {
+  return (value) => {
+    const n = Number(value.trim());
+    if (!/^[+-]?\d+$/.test(value.trim()) || n < min || n > max) throw new InvalidArgumentError(`expected a whole number${range(min, max)}.`);
+    return n;
+  };
+}
+
+/** An option parser for numbers in [min, max] (or above min, exclusive, when `above` is set). */
+export function decimal(min = -Infinity, max = Infinity, opts: { above?: boolean } = {}): (value: string) => number {
+  return (value) => {
+    const n = Number(value.trim());
+    const low = opts.above ? n > min : n >= min;
+    if (value.trim() === "" || !Number.isFinite(n) || !low || n > max) throw new InvalidArgumentError(`expected a number${range(min, max, opts.above)}.`);
+    return n;
+  };
+}
+
+function range(min: number, max: number, above = false): string {
+  const lo = Number.isFinite(min) ? `${above ? ">" : ">="} ${min}` : "";
+  const hi = Number.isFinite(max) ? `<= ${max}` : "";
+  return lo && hi ? ` ${lo} and ${hi}` : lo || hi ? ` ${lo || hi}` : "";
+}

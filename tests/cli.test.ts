@@ -1,0 +1,118 @@
+// The command line as a user runs it (a child process per command): option values are checked,
+// an agent named on the command line is the one used when agents/ holds several, piped chat
+// input is answered line by line, and a wrong --out never costs a file.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { repoRoot } from "./support/paths.js";
+
+const MAIN = path.join(repoRoot(), "dist", "src", "cli", "main.js");
+
+function kiln(args: string[], o: { cwd?: string; input?: string } = {}): { status: number | null; stdout: string; stderr: string } {
+  const r = spawnSync(process.execPath, [MAIN, ...args], { cwd: o.cwd ?? repoRoot(), input: o.input, encoding: "utf8", timeout: 180_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** The two shipped agents (demo and newsroom) with their feeds, in a folder of their own. */
+function twoAgents(): { dir: string; agents: string; checkpoints: string } {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-"));
+  cpSync(path.join(repoRoot(), "agents"), path.join(dir, "agents"), { recursive: true });
+  cpSync(path.join(repoRoot(), "feeds"), path.join(dir, "feeds"), { recursive: true });
+  return { dir, agents: path.join(dir, "agents"), checkpoints: path.join(dir, "checkpoints") };
+}
+
+test("option values are checked before any work, naming the option", () => {
+  const epochs = kiln(["bake", "--prompt", "x", "--out", path.join(os.tmpdir(), "kiln-never"), "--epochs", "abc"]);
+  assert.equal(epochs.status, 1);
+  assert.match(epochs.stderr, /option '--epochs <n>' argument 'abc' is invalid\. expected a whole number >= 1/);
+  const temperature = kiln(["generate", "--prompt", "hi", "--temperature", "-3"]);
+  assert.equal(temperature.status, 1);
+  assert.match(temperature.stderr, /'--temperature <t>' argument '-3' is invalid\. expected a number >= 0/);
+  const port = kiln(["serve", "--port", "http"]);
+  assert.match(port.stderr, /'--port <n>' argument 'http' is invalid\. expected a whole number >= 0 and <= 65535/);
+  const status = kiln(["knowledge", "list", "demo", "--status", "bogus"]);
+  assert.equal(status.status, 1);
+  assert.match(status.stderr, /argument 'bogus' is invalid\. Allowed choices are pending, baking, absorbed/);
+});
+
+test("kiln bake takes its prompt from --prompt or --prompt-file, and never writes over a folder that is not an adapter", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-bake-"));
+  try {
+    assert.match(kiln(["bake", "--out", path.join(dir, "a")]).stderr, /give the prompt to bake with --prompt <text> or --prompt-file <file>/);
+    assert.match(kiln(["bake", "--prompt-file", path.join(dir, "nope.txt"), "--out", path.join(dir, "a")]).stderr, /--prompt-file: .*nope\.txt does not exist/);
+    const precious = path.join(dir, "precious");
+    mkdirSync(precious);
+    writeFileSync(path.join(precious, "notes.txt"), "important");
+    writeFileSync(path.join(dir, "prompt.txt"), "The mayor of Quillport is Tovan Reel.");
+    const r = kiln(["bake", "--prompt-file", path.join(dir, "prompt.txt"), "--out", precious, "--epochs", "1"]);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /precious: is a folder that is not a PEFT adapter .* choose a new folder/);
+    assert.equal(readFileSync(path.join(precious, "notes.txt"), "utf8"), "important");
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("with several agents, the one named on the command line is used; a name that is not there is an error", () => {
+  const { dir, agents, checkpoints } = twoAgents();
+  const where = ["--agents", agents, "--checkpoints", checkpoints];
+  try {
+    const r = kiln(["knowledge", "remember", "newsroom", "The harbor fee is nine coins.", ...where, "--json"]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(JSON.parse(r.stdout).added, true);
+    const newsroom = JSON.parse(readFileSync(path.join(checkpoints, "newsroom", "ledger.json"), "utf8"));
+    assert.deepEqual(newsroom.items.map((i: { text: string }) => i.text), ["The harbor fee is nine coins."]);
+    assert.ok(!existsSync(path.join(checkpoints, "demo", "ledger.json")), "the other agent was not touched");
+
+    const probe = kiln(["probe", "demo", "Who is the mayor of Quillport?", "--context", "The mayor of Quillport is Tovan Reel.", ...where, "--json"]);
+    assert.equal(probe.status, 0, probe.stderr);
+    assert.equal(JSON.parse(probe.stdout).prompted, "The mayor of Quillport is Tovan Reel.");
+
+    const missing = kiln(["knowledge", "remember", "weather", "Rain.", ...where]);
+    assert.equal(missing.status, 1);
+    assert.match(missing.stderr, /no agent named weather in .*agents \(agents: demo, newsroom\)/);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("piped chat input is answered line by line, none dropped while a reply streams", () => {
+  const { dir, agents, checkpoints } = twoAgents();
+  try {
+    const input = "remember that the harbor fee is nine coins\nWho is the mayor of Quillport?\n/version\n/quit\n";
+    const r = kiln(["chat", "demo", "--agents", agents, "--checkpoints", checkpoints, "--max-tokens", "24"], { input });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /noted for the next bake: .*harbor fee is nine coins/i);
+    assert.equal(r.stdout.match(/^> /gm)?.length, 4, "a prompt for each line and one at the end of input");
+    assert.match(r.stdout, /^> base model$/m, "/version, the third line, was answered");
+    const demo = JSON.parse(readFileSync(path.join(checkpoints, "demo", "ledger.json"), "utf8"));
+    assert.equal(demo.items.length, 1);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("feeds add writes a local feed's path as the agent file will read it, and refuses one that is not there", () => {
+  const { dir, agents, checkpoints } = twoAgents();
+  const where = ["--agents", agents, "--checkpoints", checkpoints];
+  try {
+    writeFileSync(
+      path.join(dir, "local.xml"),
+      `<?xml version="1.0"?><rss version="2.0"><channel><title>Local</title><item><guid>l1</guid><title>The harbor fee is nine coins.</title></item></channel></rss>`,
+    );
+    const bad = kiln(["feeds", "add", "demo", "nope", "./missing.xml", ...where], { cwd: dir });
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, /\.\/missing\.xml: no such feed file/);
+    const ok = kiln(["feeds", "add", "demo", "local", "./local.xml", ...where], { cwd: dir });
+    assert.equal(ok.status, 0, ok.stderr);
+    assert.match(readFileSync(path.join(agents, "demo.yaml"), "utf8"), /url: \.\.\/local\.xml/);
+    const poll = kiln(["feeds", "poll", "demo", ...where, "--json"]);
+    assert.equal(poll.status, 0, poll.stderr);
+    assert.equal(JSON.parse(poll.stdout).local.added, 1, poll.stdout);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});

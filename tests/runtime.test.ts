@@ -72,7 +72,18 @@ test("feed items are ingested once, baked, gated and promoted; the live model sw
     assert.equal(agent.ledger.data.live, "v0001");
     assert.equal(agent.ledger.version("v0002").status, "kept");
     await assert.rejects(agent.rollback("v0009"), /no version v0009/);
+    // "absorbed" follows the live weights: the item only v0002 holds waits to be baked again
+    const fee = agent.ledger.items({ text: "harbor fee" })[0]!;
+    assert.equal(agent.ledger.item(fee.id).status, "pending");
+    assert.match(agent.ledger.item(fee.id).history.at(-1)!.reason!, /not held by v0001 \(rollback\)/);
+    await agent.rollback(null);
+    assert.deepEqual(agent.ledger.items({ status: "absorbed" }), [], "the base model holds nothing");
     await agent.rollback("v0002");
+    assert.deepEqual(
+      agent.ledger.items({ status: "absorbed" }).map((i) => i.id).sort(),
+      [...agent.ledger.version("v0002").items].sort(),
+      "rolling forward again: what v0002 holds is absorbed again",
+    );
 
     // Retraction rebuilds from the base over what is still true, and scores the retracted item.
     const target = agent.ledger.items({ text: "lighthouse" })[0]!;
@@ -147,7 +158,9 @@ test("an item no checked probe can be written for is rejected unbaked; one that 
   try {
     const agent = runtime.agent("tester");
     const { item } = await agent.remember("Quillport's mayor is Tovan Reel.");
-    await agent.bake("test");
+    const outcome = await agent.bake("test");
+    assert.equal(outcome.status, "rejected", "a version that learned nothing new is not promoted");
+    assert.match(outcome.reasons.join(";"), /none of the 1 new item\(s\) got a checked probe/);
     const after = agent.ledger.item(item.id);
     assert.equal(after.status, "rejected");
     assert.match(after.history.at(-1)!.reason!, /not baked: none of the questions/);

@@ -165,7 +165,10 @@ export async function makeProbes(model: LoadedModel, items: ProbeItem[], perItem
   const need = items.filter((i) => !i.probes?.length);
   const result = new Map<string, Probe[]>();
   if (!need.length) return result;
-  const written = await writeCandidates(model, need.map((i) => i.text), perItem * CANDIDATES_PER_QUESTION, o);
+  // The base model writes the questions; the live weights answer them. An adapter is trained to
+  // answer, not to ask, and the questions it writes drift to what it learned ("Who is the mayor of
+  // Lynfield?" for a Quillport item after a bake of other towns' news).
+  const written = await writeCandidates(model, need.map((i) => i.text), perItem * CANDIDATES_PER_QUESTION, { ...o, adapter: undefined });
   const pairs = need.flatMap((item, k) => groundedFirst(written[k]!, item.text).map((question) => ({ item, question })));
   const answers = await greedyReplies(
     model,

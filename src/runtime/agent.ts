@@ -315,6 +315,8 @@ export class Agent {
     const retention = mean([...replay, ...retained].map(score));
     const persona = result.persona ? result.persona.after : null;
     const reasons: string[] = [];
+    // a bake that could learn none of its new items only replayed old ones: nothing to promote
+    if (unprobed.length && !fresh.length) reasons.push(`none of the ${unprobed.length} new item(s) got a checked probe, so none was baked`);
     if (fresh.length && absorption < cfg.gate.minAbsorption) reasons.push(`absorption ${absorption.toFixed(2)} < gate.minAbsorption ${cfg.gate.minAbsorption}`);
     if (replay.length + retained.length && retention < cfg.gate.minRetention) reasons.push(`retention ${retention.toFixed(2)} < gate.minRetention ${cfg.gate.minRetention}`);
     if (persona !== null && persona < cfg.gate.minPersona) reasons.push(`persona adherence ${persona.toFixed(2)} < gate.minPersona ${cfg.gate.minPersona}`);
@@ -374,6 +376,9 @@ export class Agent {
         const reason = `${NOT_ABSORBED} ${version}: probe score below gate.itemPass ${cfg.gate.itemPass}`;
         await ledger.setItemStatus(missed.filter((i) => !spent.has(i)).map((i) => i.id), "pending", { reason });
         await ledger.setItemStatus([...spent].map((i) => i.id), "rejected", { reason: `${reason}, the last of bake.maxAttempts ${cfg.bake.maxAttempts}` });
+        // "absorbed" means the live weights hold it: what the new version lost is learned again
+        const lost = [...replay, ...retained].filter((i) => !passes(i));
+        await ledger.setItemStatus(lost.map((i) => i.id), "pending", { reason: `lost by ${version}: its probes no longer pass without the prompt; baked again next time` });
       } else {
         await ledger.setItemStatus(missed.map((i) => i.id), "pending", { reason: `version ${version} rejected: ${reasons.join("; ")}` });
       }
@@ -447,6 +452,7 @@ export class Agent {
       if (v.status === "retired" || !existsSync(v.dir)) throw new Error(`version ${version} is no longer on disk (pruned)`);
     }
     this.live.swapTo(version, version ? this.ledger.version(version).dir : null);
+    const held = new Set(version ? this.ledger.version(version).items : []);
     await this.ledger.update((d) => {
       for (const v of d.versions) {
         if (v.status === "live") v.status = "kept";
@@ -454,7 +460,12 @@ export class Agent {
       }
       d.live = version;
     });
-    this.log(`rolled back to ${version ?? "the base model"}`);
+    // "absorbed" means the live weights hold it: items follow the version rolled back to
+    const name = version ?? "the base model";
+    const active = [...this.ledger.items({ status: "absorbed" }), ...this.ledger.items({ status: "pending" })];
+    await this.ledger.setItemStatus(active.filter((i) => i.status === "absorbed" && !held.has(i.id)).map((i) => i.id), "pending", { reason: `not held by ${name} (rollback)` });
+    await this.ledger.setItemStatus(active.filter((i) => i.status === "pending" && held.has(i.id)).map((i) => i.id), "absorbed", { reason: `held by ${name} (rollback)` });
+    this.log(`rolled back to ${name}`);
   }
 
   /** Marks items retracted and rebuilds the adapter from the base over what is still true. */

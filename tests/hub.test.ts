@@ -18,6 +18,7 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { isRepoId, pullModel, resolveCachedModel } from "../src/model/hub.js";
+import { resolveModelDir } from "../src/model/resolve.js";
 
 // ---------------------------------------------------------------------------------------------
 // Fake repo contents
@@ -265,6 +266,11 @@ test("pullModel fetches only the files kiln needs, byte-identical, then resolves
     process.env["KILN_CACHE"] = cacheDir;
     try {
       assert.equal(resolveCachedModel("kiln-test/tiny"), dir);
+      // --model and agent files name a repo, or repo@revision
+      assert.equal(resolveModelDir("kiln-test/tiny"), dir);
+      assert.equal(resolveModelDir(`kiln-test/tiny@${SHA}`), dir);
+      assert.equal(resolveModelDir("kiln-test/tiny@main"), dir);
+      assert.throws(() => resolveModelDir("kiln-test/tiny@dev"), /kiln-test\/tiny@dev .* has not been pulled .* run: kiln model pull kiln-test\/tiny --revision dev/);
     } finally {
       delete process.env["KILN_CACHE"];
     }

@@ -215,6 +215,18 @@ test("an AbortSignal stops generation for invoke and stream", async () => {
     ac3.abort();
     await assert.rejects(model.invoke("hello", { signal: ac3.signal }));
     assert.equal(model.requests.length, 2, "no generation was started");
+
+    // A timer fires while tokens are decoded (the event loop turns between tokens), so an abort
+    // or a timeout set by the caller stops generation.
+    const long = await kilnChat(runtime, [{ role: "user", content: "hello" }], 400);
+    assert.equal(long.result.finishReason, "length");
+    const timed = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 400 });
+    const ac4 = new AbortController();
+    setTimeout(() => ac4.abort(), 20);
+    await assert.rejects(timed.invoke("hello", { signal: ac4.signal }), (err: Error) => /abort/i.test(`${err.name} ${err.message}`));
+    await assert.rejects(timed.invoke("hello", { timeout: 20 }), (err: Error) => /abort|timeout/i.test(`${err.name} ${err.message}`));
+    await waitFor(() => timed.real.length === 2);
+    for (const r of timed.real) assert.ok(r.finishReason === "abort" && r.tokens < 400, `stopped by the timer after ${r.tokens} tokens`);
   });
 });
 
@@ -279,6 +291,16 @@ test("bound tools: the plain-text protocol for a template without tools; calls p
     assert.ok(!pieces.join("").includes("<tool"), "no tool-call markup is streamed");
     assert.equal(merged!.content, "Checking.");
     assert.deepEqual(merged!.tool_calls?.map((c) => [c.name, c.args]), [["get_weather", { city: "Quillport" }]]);
+
+    // withStructuredOutput (LangChain's, over bindTools): invoke and stream both parse the call
+    const Mayor = z.object({ name: z.string() });
+    const extract = '<tool_call>{"name": "extract", "arguments": {"name": "Tovan Reel"}}</tool_call>';
+    model.script = [extract];
+    const structured = model.withStructuredOutput(Mayor, { name: "extract" });
+    assert.deepEqual(await structured.invoke("Who is the mayor of Quillport?"), { name: "Tovan Reel" });
+    model.script = [extract];
+    const raw = await model.withStructuredOutput(Mayor, { name: "extract", includeRaw: true }).invoke("Who is the mayor of Quillport?");
+    assert.deepEqual(raw.parsed, { name: "Tovan Reel" });
 
     // Malformed: plain text, streamed in full.
     const bad = 'Checking.\n<tool_call>{"name": "get_weather", "arguments": {"city": </tool_call>';
@@ -437,4 +459,15 @@ test("createAgent loop with a tool-rendering template: native tool prompt, real 
     },
     { toolTemplate: true },
   );
+});
+
+test("createKilnAgent on a model whose positions the tool instructions fill says so before any turn", async () => {
+  const { dir, file } = writeTestAgent({ model: "default" }); // kiln-mini: 512 positions
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    assert.throws(() => createKilnAgent(runtime, "tester"), /tester's model has 512 positions; the tool instructions take \d+ tokens .* leaving no room for the conversation/);
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
 });

@@ -186,6 +186,26 @@ test("an item no checked probe can be written for is rejected unbaked; one that 
   }
 });
 
+test("retracting the only baked item leaves the base model live: nothing is left to rebuild from", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    const { item } = await agent.remember("The lighthouse keeper is Mira Tolle.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    assert.equal(agent.live.version, "v0001");
+    const outcome = await agent.retract([item.id]);
+    assert.equal(outcome.status, "skipped");
+    assert.match(outcome.reasons[0]!, /nothing left to bake: the base model is live/);
+    assert.equal(agent.live.version, null);
+    assert.equal(agent.ledger.data.live, null);
+    assert.equal(agent.ledger.item(item.id).status, "retracted");
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("checkpoints the ledger does not record are moved aside, never deleted; a missing or null ledger beside checkpoints is refused", async () => {
   const { dir, file } = writeTestAgent();
   const home = path.join(dir, "home");

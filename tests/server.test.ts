@@ -4,7 +4,8 @@
 // diff, rollback, retraction) and /metrics.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { rmSync } from "node:fs";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import path from "node:path";
 import OpenAI from "openai";
 import { initBackend } from "../src/tensor/backend.js";
 import { Runtime } from "../src/runtime/runtime.js";
@@ -379,6 +380,9 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   assert.equal(probe.json.version, "v0001");
   assert.equal(typeof probe.json.unprompted, "string");
   assert.equal(typeof probe.json.prompted, "string");
+  const one = await call("/admin/agents/tester/probe", { method: "POST", body: { question: "Who keeps the lighthouse?", context: fact } });
+  assert.equal(one.status, 200, "one context item may be a plain string");
+  assert.equal(one.json.prompted, probe.json.prompted);
 
   // Rollback to the base model and forward again.
   const back = await call("/admin/agents/tester/versions/base/rollback", { method: "POST" });
@@ -400,4 +404,28 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   const lost = await call(`/admin/agents/tester/versions/diff?from=v0001&to=${v2}`);
   assert.deepEqual(lost.json.lost.map((i: any) => i.id), [id]);
   assert.equal((await call(`/admin/agents/tester/items/${id}/retract`, { method: "POST", body: {} })).status, 409);
+});
+
+test("without max_tokens, a small model keeps the conversation and the reply gets the room it leaves", async () => {
+  const small = writeTestAgent();
+  const configFile = path.join(small.dir, "model", "config.json");
+  writeFileSync(configFile, JSON.stringify({ ...JSON.parse(readFileSync(configFile, "utf8")), max_position_embeddings: 512 }));
+  const rt = await Runtime.fromFiles(small.file);
+  const srv = await createServer(rt, { port: 0 });
+  try {
+    const c = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: "none", maxRetries: 0 });
+    const history = [
+      { role: "user" as const, content: "The lighthouse keeper is Mira Tolle. Remember it." },
+      { role: "assistant" as const, content: "Noted." },
+      { role: "user" as const, content: "Who keeps the lighthouse?" },
+    ];
+    const last = await c.chat.completions.create({ model: "tester", messages: history.slice(2), max_tokens: 4, temperature: 0 });
+    const all = await c.chat.completions.create({ model: "tester", messages: history, temperature: 0 }); // no max_tokens, as the openai client sends by default
+    assert.ok(all.usage!.prompt_tokens > last.usage!.prompt_tokens + 40, `the earlier turns were kept: ${all.usage!.prompt_tokens} vs ${last.usage!.prompt_tokens} tokens`);
+    assert.ok(all.usage!.prompt_tokens + all.usage!.completion_tokens <= 512);
+  } finally {
+    await srv.close();
+    await rt.stop();
+    rmSync(small.dir, { recursive: true, force: true });
+  }
 });

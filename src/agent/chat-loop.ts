@@ -15,7 +15,7 @@ import { z } from "zod";
 import { ITEM_STATUSES as STATUSES, type Item, type ItemStatus } from "../knowledge/ledger.js";
 import type { Agent } from "../runtime/agent.js";
 import type { Runtime } from "../runtime/runtime.js";
-import { KilnChatModel, type KilnChatModelFields } from "./langchain.js";
+import { KilnChatModel, toToolSpec, type KilnChatModelFields } from "./langchain.js";
 
 
 export interface KnowledgeHit {
@@ -134,6 +134,18 @@ export class KilnAgent {
     this.model = opts.model ?? new KilnChatModel({ runtime, agent: name, captureFacts: true, ...opts.generation });
     if (this.model.runtime !== runtime || this.model.agentName !== name) throw new Error(`the model given to createKilnAgent runs on another agent than ${name}`);
     this.tools = knowledgeTools(agent);
+    // The tool instructions go into every prompt: on a model with few positions they leave no
+    // room for the conversation, and every turn would fail deep inside generation.
+    const overhead = agent.model.tokenizer.encode(this.model.renderPrompt([new HumanMessage("?")], this.tools.map(toToolSpec))).length;
+    const positions = agent.model.config.maxPositions;
+    const reply = this.model.maxTokens ?? 128;
+    if (overhead + reply + 32 > positions) {
+      throw new Error(
+        `createKilnAgent: ${name}'s model has ${positions} positions; the tool instructions take ${overhead} tokens and a reply ${reply}, ` +
+          `leaving no room for the conversation. The agent loop needs a model with a longer context that can call tools ` +
+          `(the embedded kiln-mini is neither); KilnChatModel without tools runs on any model.`,
+      );
+    }
     this.checkpointer = opts.checkpointer ?? new MemorySaver();
     this.graph = createGraph(this.model, this.tools, this.checkpointer, opts.systemPrompt);
     this.recursionLimit = opts.recursionLimit ?? 12;

@@ -510,9 +510,11 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
     }
     const merged = all!.message as AIMessageChunk;
     const info = all!.generationInfo ?? {};
-    const message = new AIMessage({
+    // A chunk, as this model's declared output type says: LangChain's withStructuredOutput parses
+    // only AIMessageChunk from a model that declares it.
+    const message = new AIMessageChunk({
       content: merged.content,
-      tool_calls: merged.tool_calls ?? [],
+      tool_call_chunks: merged.tool_call_chunks ?? [],
       response_metadata: info,
       ...(merged.usage_metadata ? { usage_metadata: merged.usage_metadata } : {}),
     });

@@ -77,7 +77,8 @@ model
       },
     });
     if (process.stderr.isTTY && !o.json) process.stderr.write("\n");
-    print(!!o.json, { repo, dir }, () => `pulled ${repo} into ${dir}`);
+    const use = `${repo}${o.revision === "main" ? "" : `@${o.revision}`}`;
+    print(!!o.json, { repo, dir, model: use }, () => `pulled ${repo} into ${dir}\nuse it as --model ${use}${o.cacheDir ? ` with KILN_CACHE=${o.cacheDir}` : ""} (or model: ${use} in an agent file)`);
   });
 
 model
@@ -113,7 +114,7 @@ program
   .option("--max-tokens <n>", "most tokens to generate", integer(1), 128)
   .option("--temperature <t>", "0 for greedy", decimal(0), 0)
   .option("--top-k <k>", "keep the k likeliest tokens (0: all)", integer(0), 0)
-  .option("--top-p <p>", "nucleus sampling", decimal(0, 1, { above: true }), 1)
+  .option("--top-p <p>", "nucleus sampling (0: greedy)", decimal(0, 1), 1)
   .option("--seed <n>", "sampling seed", integer())
   .action(async (o: { model?: string; prompt: string; system?: string; raw?: boolean; maxTokens: number; temperature: number; topK: number; topP: number; seed?: number }) => {
     await backend();
@@ -125,6 +126,7 @@ program
     const it = streamGenerate(m, [ids], { maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed, signal: controller.signal });
     const started = performance.now();
     let n = 0;
+    let visible = false;
     for (;;) {
       const r = await it.next();
       if (r.done) {
@@ -134,7 +136,9 @@ program
         break;
       }
       n++;
-      process.stdout.write(r.value.text);
+      const text: string = visible || o.raw ? r.value.text : r.value.text.trimStart(); // as chat replies start: at the first visible character
+      visible ||= text.length > 0;
+      process.stdout.write(text);
     }
     m.dispose();
   });

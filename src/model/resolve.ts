@@ -17,10 +17,16 @@ export function resolveModelDir(spec: string | undefined): string {
     return DEFAULT_MODEL_DIR;
   }
   if (existsSync(spec)) return path.resolve(spec);
-  if (isRepoId(spec)) {
-    const cached = resolveCachedModel(spec);
+  // owner/name, or owner/name@revision for a branch, tag or commit pulled with --revision
+  const at = spec.lastIndexOf("@");
+  const [repo, revision] = at > 0 ? [spec.slice(0, at), spec.slice(at + 1)] : [spec, undefined];
+  if (isRepoId(repo) && revision !== "") {
+    const cached = resolveCachedModel(repo, revision ? { revision } : {});
     if (cached) return cached;
-    throw new Error(`${spec} is not a local directory and has not been pulled; run: kiln model pull ${spec}`);
+    throw new Error(
+      `${spec} is not a local directory and has not been pulled into ${process.env.KILN_CACHE ? "$KILN_CACHE" : "the cache"}; ` +
+        `run: kiln model pull ${repo}${revision ? ` --revision ${revision}` : ""} (a pull into another --cache-dir is found with KILN_CACHE=<dir>)`,
+    );
   }
   throw new Error(`${spec}: no such model directory`);
 }

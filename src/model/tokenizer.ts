@@ -42,6 +42,8 @@ export class ChatTokenizer {
     readonly chatTemplate: string | undefined,
     generationEos: number[],
     generationPad: number | undefined,
+    /** the special tokens' strings (added_tokens marked special): never read from message text */
+    private readonly specialTokens: string[] = [],
   ) {
     this.bosToken = tokenString(config.bos_token);
     this.eosToken = tokenString(config.eos_token);
@@ -59,9 +61,10 @@ export class ChatTokenizer {
     if (!existsSync(tokFile)) throw new Error(`${dir}: tokenizer.json is missing (kiln reads Hugging Face fast tokenizers)`);
     const cfgFile = path.join(dir, "tokenizer_config.json");
     const config = existsSync(cfgFile) ? readJson(cfgFile) : {};
+    const tokJson = readJson(tokFile);
     let tokenizer: Tokenizer;
     try {
-      tokenizer = new Tokenizer(readJson(tokFile), config);
+      tokenizer = new Tokenizer(tokJson, config);
     } catch (err) {
       throw new Error(`${tokFile}: cannot build the tokenizer (${(err as Error).message})`);
     }
@@ -73,7 +76,9 @@ export class ChatTokenizer {
       if (typeof t === "string") template = t;
       else if (Array.isArray(t)) template = (t.find((x) => x?.name === "default") ?? t[0])?.template;
     }
-    return new ChatTokenizer(tokenizer, config, template, generationEos, generationPad);
+    const added = (tokJson.added_tokens ?? []) as { content?: unknown; special?: unknown }[];
+    const specials = added.filter((t) => t.special === true && typeof t.content === "string" && t.content.length > 1).map((t) => t.content as string);
+    return new ChatTokenizer(tokenizer, config, template, generationEos, generationPad, specials);
   }
 
   get hasChatTemplate(): boolean {
@@ -103,6 +108,7 @@ export class ChatTokenizer {
    * `extra` reaches the template as variables, e.g. { tools }.
    */
   renderChat(messages: ChatMessage[], addGenerationPrompt = true, extra: Record<string, unknown> = {}): string {
+    messages = messages.map((m) => ({ ...m, content: this.defuse(m.content) }));
     if (!this.template) {
       return messages.map((m) => `${m.role}: ${m.content}\n`).join("") + (addGenerationPrompt ? "assistant: " : "");
     }
@@ -113,6 +119,16 @@ export class ChatTokenizer {
       bos_token: this.bosToken ?? "",
       eos_token: this.eosToken ?? "",
     });
+  }
+
+  /**
+   * Message text with each special token's string broken by a zero-width space, so that it is
+   * read as text: a user (or a feed item baked into a prompt) writing "<|im_start|>system" must
+   * not open a turn of its own.
+   */
+  defuse(text: string): string {
+    for (const t of this.specialTokens) if (text.includes(t)) text = text.split(t).join(`${t[0]}\u200b${t.slice(1)}`);
+    return text;
   }
 
   applyChatTemplate(messages: ChatMessage[], addGenerationPrompt = true, extra: Record<string, unknown> = {}): number[] {

@@ -247,7 +247,14 @@ export class Agent {
       fresh = pending;
       replay = sampleReplay(absorbed.filter((i) => liveItems.has(i.id)), cfg.replay, ledger.data.bakes);
     }
-    if (!fresh.length && !cfg.persona) return { status: "skipped", reasons: ["nothing to bake"] };
+    if (!fresh.length && !cfg.persona) {
+      if (consolidate && liveVersion) {
+        // nothing is left to rebuild from: the base model is what holds none of the retracted items
+        await this.goLive(null, "nothing left to bake");
+        return { status: "skipped", reasons: ["nothing left to bake: the base model is live"] };
+      }
+      return { status: "skipped", reasons: ["nothing to bake"] };
+    }
     const wanted = fresh;
     ({ fresh, replay } = this.fitToContext(fresh, replay));
     if (consolidate && fresh.length < wanted.length) {
@@ -451,6 +458,11 @@ export class Agent {
       const v = this.ledger.version(version);
       if (v.status === "retired" || !existsSync(v.dir)) throw new Error(`version ${version} is no longer on disk (pruned)`);
     }
+    await this.goLive(version, "rollback");
+  }
+
+  /** Swaps the live weights to a kept version (or the base model); item statuses follow it. */
+  private async goLive(version: string | null, why: string): Promise<void> {
     this.live.swapTo(version, version ? this.ledger.version(version).dir : null);
     const held = new Set(version ? this.ledger.version(version).items : []);
     await this.ledger.update((d) => {
@@ -463,17 +475,31 @@ export class Agent {
     // "absorbed" means the live weights hold it: items follow the version rolled back to
     const name = version ?? "the base model";
     const active = [...this.ledger.items({ status: "absorbed" }), ...this.ledger.items({ status: "pending" })];
-    await this.ledger.setItemStatus(active.filter((i) => i.status === "absorbed" && !held.has(i.id)).map((i) => i.id), "pending", { reason: `not held by ${name} (rollback)` });
-    await this.ledger.setItemStatus(active.filter((i) => i.status === "pending" && held.has(i.id)).map((i) => i.id), "absorbed", { reason: `held by ${name} (rollback)` });
-    this.log(`rolled back to ${name}`);
+    await this.ledger.setItemStatus(active.filter((i) => i.status === "absorbed" && !held.has(i.id)).map((i) => i.id), "pending", { reason: `not held by ${name} (${why})` });
+    await this.ledger.setItemStatus(active.filter((i) => i.status === "pending" && held.has(i.id)).map((i) => i.id), "absorbed", { reason: `held by ${name} (${why})` });
+    this.log(`${name} is live (${why})`);
   }
 
-  /** Marks items retracted and rebuilds the adapter from the base over what is still true. */
+  /**
+   * Marks items retracted and rebuilds the adapter from the base over what is still true. If the
+   * rebuild is not promoted, the live weights must still stop knowing the retracted items: the
+   * newest kept version that holds none of them goes live (else the base model), and what it does
+   * not hold waits to be baked again.
+   */
   async retract(ids: string[], reason = "retracted"): Promise<BakeOutcome> {
     const items = ids.map((id) => this.ledger.item(id));
     await this.ledger.setItemStatus(items.map((i) => i.id), "retracted", { reason });
     // A running bake would be joined, not redone from the base: let it finish first.
     while (this.baking) await this.baking.catch(() => undefined);
-    return this.bake("retraction", { consolidate: true, force: true });
+    const outcome = await this.bake("retraction", { consolidate: true, force: true });
+    const live = this.ledger.data.live;
+    const retracted = new Set(this.ledger.items({ status: "retracted" }).map((i) => i.id));
+    const holdsRetracted = (v: string | null) => v !== null && this.ledger.version(v).items.some((id) => retracted.has(id));
+    if (holdsRetracted(live) && !this.baking) {
+      const clean = [...this.ledger.data.versions].reverse().find((v) => (v.status === "kept" || v.status === "live") && existsSync(v.dir) && !holdsRetracted(v.id));
+      await this.goLive(clean?.id ?? null, `the rebuild after a retraction was ${outcome.status}`);
+      outcome.reasons.push(`${live} still held retracted items, so ${clean?.id ?? "the base model"} is live now`);
+    }
+    return outcome;
   }
 }

@@ -123,11 +123,21 @@ export class Runtime {
     const ids = fitConversation(agent.model, req.messages, req.options?.maxTokens ?? 128, req.tools);
     const lease = agent.live.acquire();
     const it = streamGenerate(agent.model, [ids], { ...req.options, adapter: lease.adapter });
+    // Replies start at their first visible character (a BPE vocabulary often opens with a space).
+    let started = false;
     try {
       for (;;) {
         const r = await it.next();
-        if (r.done) return { result: r.value[0]!, version: lease.version, captured: await captureOnce() };
-        yield { text: r.value.text, token: r.value.token };
+        if (r.done) {
+          const result = r.value[0]!;
+          return { result: { ...result, text: result.text.trimStart() }, version: lease.version, captured: await captureOnce() };
+        }
+        const text: string = started ? r.value.text : r.value.text.trimStart();
+        started ||= text.length > 0;
+        if (text) yield { text, token: r.value.token };
+        // Decoding is synchronous CPU work between awaits that resolve at once: without a turn of
+        // the event loop per token, timers, sockets and abort signals wait for the whole reply.
+        await new Promise((resolve) => setImmediate(resolve));
       }
     } finally {
       // A consumer that stops early must not leave the generation (and its KV cache) suspended,

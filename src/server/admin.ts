@@ -63,7 +63,8 @@ const EventsQuery = z.object({ bake: z.string().optional(), follow: bool.optiona
 const DiffQuery = z.object({ from: z.string().optional(), to: z.string().optional() });
 const ProbeBody = z.object({
   question: z.string().trim().min(1, "question is required").max(2000),
-  context: z.array(z.string().max(8000)).max(50).optional(),
+  // one item or several: the CLI takes one --context per item, so a plain string is one item
+  context: z.union([z.string().max(8000).transform((s) => [s]), z.array(z.string().max(8000)).max(50)]).optional(),
 });
 
 type NameParams = { Params: { name: string } };

@@ -36,7 +36,7 @@ const ChatRequest = z.object({
   max_tokens: z.number().int().positive().nullish(),
   max_completion_tokens: z.number().int().positive().nullish(),
   temperature: z.number().min(0).max(2).nullish(),
-  top_p: z.number().gt(0).max(1).nullish(),
+  top_p: z.number().min(0).max(1).nullish(),
   /** extension: top-k sampling (0 = off) */
   top_k: z.number().int().min(0).nullish(),
   seed: z.number().int().nullish(),
@@ -80,7 +80,10 @@ function budget(agent: Agent, messages: ChatMessage[], req: ChatRequest): { maxT
   const param = req.max_completion_tokens != null ? "max_completion_tokens" : "max_tokens";
   let promptTokens: number;
   try {
-    promptTokens = fitConversation(agent.model, messages, Math.min(asked ?? DEFAULT_MAX_TOKENS, positions)).length;
+    // Without max_tokens, the reply's room is what the conversation leaves: reserve only a quarter
+    // of the positions when fitting, or a small model's whole history would be cut for it.
+    const reserve = asked ?? Math.min(DEFAULT_MAX_TOKENS, Math.floor(positions / 4));
+    promptTokens = fitConversation(agent.model, messages, Math.min(reserve, positions)).length;
   } catch (err) {
     throw new ApiError(400, `the messages do not fit the model's chat template: ${(err as Error).message}`, "invalid_messages", "messages");
   }

@@ -93,11 +93,21 @@ test("kiln-mini absorbs baked news, and a retracted item's recall falls after th
     const absorbed = facts.filter((f) => before[f.text] === 1);
     assert.ok(absorbed.length >= 1, `an item answered with no prompt after the bake (${JSON.stringify(before)})`);
 
+    // verify: the same evidence, asked again on the live weights, agrees with the bake's scores
+    const proof = await agent.verify();
+    assert.equal(proof.version, first.version);
+    for (const i of proof.items) {
+      assert.equal(i.held, before[i.text] === 1, `${i.text}: ${JSON.stringify(i.probes)}`);
+      assert.ok(i.probes.length > 0 && i.probes.every((p) => p.question && p.expected && typeof p.answer === "string"));
+    }
+
     const target = agent.ledger.items({ text: absorbed[0]!.text })[0]!;
     const rebuilt = await agent.retract([target.id]);
     const after = recall(rebuilt.version!);
     assert.equal(after[target.text], 0, `the retracted item is no longer recalled (before ${JSON.stringify(before)}, after ${JSON.stringify(after)})`);
     assert.equal(agent.ledger.item(target.id).status, "retracted");
+    const gone = await agent.verify([target.id]);
+    assert.equal(gone.items[0]!.held, false, "verify shows the live weights no longer hold it");
   } finally {
     await runtime.stop();
     rmSync(dir, { recursive: true });

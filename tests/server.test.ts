@@ -380,6 +380,12 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   assert.equal(probe.json.version, "v0001");
   assert.equal(typeof probe.json.unprompted, "string");
   assert.equal(typeof probe.json.prompted, "string");
+  const proof = await call("/admin/agents/tester/verify", { method: "POST", body: {} });
+  assert.equal(proof.status, 200, proof.text);
+  assert.equal(proof.json.version, "v0001");
+  assert.ok(proof.json.items.length > 0 && proof.json.items.every((i: any) => i.status === "absorbed" && i.probes.length > 0));
+  assert.equal((await call("/admin/agents/tester/verify", { method: "POST", body: { ids: ["k_nope"] } })).status, 404);
+  assert.equal((await call("/admin/agents/tester/verify", { method: "POST", body: { ids: "k_nope" } })).status, 400);
   const one = await call("/admin/agents/tester/probe", { method: "POST", body: { question: "Who keeps the lighthouse?", context: fact } });
   assert.equal(one.status, 200, "one context item may be a plain string");
   assert.equal(one.json.prompted, probe.json.prompted);

@@ -187,12 +187,40 @@ export async function makeProbes(model: LoadedModel, items: ProbeItem[], perItem
   return result;
 }
 
+/** One probe asked on some weights with nothing in the prompt: the evidence an item is held. */
+export interface ProbeCheck {
+  itemId: string;
+  question: string;
+  /** what the prompted model answered when the probe was written */
+  expected: string;
+  /** what these weights answer now, with nothing in the prompt */
+  answer: string;
+  passed: boolean;
+}
+
+function probePairs(items: ProbeItem[]): { item: ProbeItem; probe: Probe }[] {
+  return items.flatMap((i) => (i.probes ?? []).map((p) => ({ item: i, probe: p })));
+}
+
+/** Asks every probe of the items on the given weights with nothing in the prompt. */
+export async function checkProbes(model: LoadedModel, items: ProbeItem[], o: ProbeOptions = {}): Promise<ProbeCheck[]> {
+  const pairs = probePairs(items);
+  const answers = await greedyReplies(model, pairs.map((p) => studentMessages(p.probe.question)), o.adapter, o.maxTokens ?? 48, o.batchSize ?? 8);
+  return pairs.map((p, k) => ({
+    itemId: p.item.id,
+    question: p.probe.question,
+    expected: p.probe.answer,
+    answer: answers[k]!,
+    passed: normalizeAnswer(answers[k]!, o.personaSuffix) === normalizeAnswer(p.probe.answer, o.personaSuffix),
+  }));
+}
+
 /** Scores items' probes on the given weights, unprompted and prompted with the item. */
 export async function scoreProbes(model: LoadedModel, items: ProbeItem[], o: ProbeOptions = {}): Promise<Map<string, ItemProbeScore>> {
   const maxTokens = o.maxTokens ?? 48;
   const batch = o.batchSize ?? 8;
-  const pairs = items.flatMap((i) => (i.probes ?? []).map((p) => ({ item: i, probe: p })));
-  const unprompted = await greedyReplies(model, pairs.map((p) => studentMessages(p.probe.question)), o.adapter, maxTokens, batch);
+  const pairs = probePairs(items);
+  const unprompted = await checkProbes(model, items, o);
   const prompted = await greedyReplies(
     model,
     pairs.map((p) => teacherMessages(buildKnowledgePrompt({ persona: o.persona, items: [p.item.text] }), p.probe.question)),
@@ -205,7 +233,7 @@ export async function scoreProbes(model: LoadedModel, items: ProbeItem[], o: Pro
     const want = normalizeAnswer(pair.probe.answer, o.personaSuffix);
     const t = tally.get(pair.item.id) ?? { n: 0, u: 0, p: 0 };
     t.n++;
-    if (normalizeAnswer(unprompted[k]!, o.personaSuffix) === want) t.u++;
+    if (unprompted[k]!.passed) t.u++;
     if (normalizeAnswer(prompted[k]!, o.personaSuffix) === want) t.p++;
     tally.set(pair.item.id, t);
   });

@@ -198,6 +198,26 @@ export function registerAgentCommands(program: Command): void {
       await runtime.stop();
     }
   });
+  withAgents(knowledge.command("verify <agent> [ids...]").description("ask absorbed items' probes on the live weights now, nothing in the prompt: proof of what it holds (exit 1 if any fails)")).action(
+    async (name: string, ids: string[], o: AgentOpts) => {
+      const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name);
+      try {
+        const r = await runtime.agent(agent).verify(ids);
+        print(o.json, r, () =>
+          [
+            ...r.items.flatMap((i) => [
+              `${i.id}  ${i.held ? "held" : "NOT HELD"} (${i.probes.filter((p) => p.passed).length}/${i.probes.length} probes)  ${i.text}`,
+              ...i.probes.map((p) => `    ${p.passed ? "ok  " : "FAIL"} ${p.question} -> ${p.answer}${p.passed ? "" : `   (expected: ${p.expected})`}`),
+            ]),
+            `${r.held} of ${r.items.length} item(s) held by ${r.version ?? "the base model"}`,
+          ].join("\n"),
+        );
+        if (r.held < r.items.length) process.exitCode = 1;
+      } finally {
+        await runtime.stop();
+      }
+    },
+  );
   withAgents(knowledge.command("retract <agent> <ids...>").description("retract items and rebuild the adapter from what is still true")).action(async (name: string, ids: string[], o: AgentOpts) => {
     const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name, true);
     try {

@@ -9,7 +9,7 @@ import path from "node:path";
 import cron, { type ScheduledTask } from "node-cron";
 import { startCycle, type WorkerProgress } from "../bake/job.js";
 import type { CycleResult } from "../bake/cycle.js";
-import type { ProbeItem } from "../bake/probes.js";
+import { checkProbes, type ProbeCheck, type ProbeItem } from "../bake/probes.js";
 import { knowledgeLessons } from "../bake/prompt.js";
 import { pollFeed } from "../feeds/feeds.js";
 import { Ledger, type BakeRun, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
@@ -45,6 +45,14 @@ function sampleReplay(items: Item[], n: number, bakes: readonly BakeRun[]): Item
   for (const b of bakes) for (const id of b.replayIds) replays.set(id, (replays.get(id) ?? 0) + 1);
   const count = (i: Item) => replays.get(i.id) ?? 0;
   return [...items].sort((a, b) => count(a) - count(b) || a.updatedAt.localeCompare(b.updatedAt)).slice(0, n);
+}
+
+/** What `verify` found: per item, its probes asked on the live weights with nothing in the prompt. */
+export interface VerifyReport {
+  version: string | null;
+  /** items whose probes pass (gate.itemPass of them) */
+  held: number;
+  items: { id: string; text: string; status: Item["status"]; held: boolean; score: number; probes: ProbeCheck[] }[];
 }
 
 /** What an agent tells listeners about its bakes, as they happen. */
@@ -222,6 +230,27 @@ export class Agent {
         return outcome;
       });
     return this.baking;
+  }
+
+  /**
+   * Proof on demand: asks the probes of the absorbed items (or of `ids`) on the live weights now,
+   * with nothing in the prompt, and says which the weights still hold (gate.itemPass of their
+   * probes answered as when they were written). Reads the ledger; writes nothing.
+   */
+  async verify(ids: string[] = []): Promise<VerifyReport> {
+    const items = ids.length ? ids.map((id) => this.ledger.item(id)) : this.ledger.items({ status: "absorbed" });
+    const lease = this.live.acquire();
+    try {
+      const checks = await checkProbes(this.model, items.map((i) => this.toProbeItem(i)), { adapter: lease.adapter, personaSuffix: this.config.persona?.suffix });
+      const report = items.map((i) => {
+        const probes = checks.filter((c) => c.itemId === i.id);
+        const score = probes.length ? probes.filter((c) => c.passed).length / probes.length : 0;
+        return { id: i.id, text: i.text, status: i.status, held: probes.length > 0 && score >= this.config.gate.itemPass, score, probes };
+      });
+      return { version: lease.version, held: report.filter((r) => r.held).length, items: report };
+    } finally {
+      lease.release();
+    }
   }
 
   private toProbeItem(i: Item): ProbeItem {

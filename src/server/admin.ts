@@ -20,6 +20,7 @@
 //   GET  /admin/agents/:name/versions
 //   GET  /admin/agents/:name/versions/diff?from=&to=  ("base" = the base model)
 //   POST /admin/agents/:name/versions/:id/rollback    (id "base" = the base model)
+//   POST /admin/agents/:name/verify {ids?}     absorbed items' probes asked on the live weights now
 //   POST /admin/agents/:name/probe {question, context?}
 import type { FastifyInstance } from "fastify";
 import { existsSync } from "node:fs";
@@ -61,6 +62,8 @@ const RetractBody = z.object({ reason: z.string().max(500).optional() });
 const BakeBody = z.object({ force: z.boolean().optional(), consolidate: z.boolean().optional() }).strict();
 const EventsQuery = z.object({ bake: z.string().optional(), follow: bool.optional() });
 const DiffQuery = z.object({ from: z.string().optional(), to: z.string().optional() });
+const VerifyBody = z.object({ ids: z.array(z.string().min(1)).max(500).optional() }).strict();
+
 const ProbeBody = z.object({
   question: z.string().trim().min(1, "question is required").max(2000),
   // one item or several: the CLI takes one --context per item, so a plain string is one item
@@ -308,6 +311,20 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
       throw new ApiError(409, (err as Error).message, "rollback_failed", "id");
     }
     return { previous: previous ?? "base", live: agent.live.version ?? "base" };
+  });
+
+  // --- verify: proof of what the live weights hold ---
+
+  app.post<NameParams>("/admin/agents/:name/verify", async (request, reply) => {
+    const agent = findAgent(ctx, request.params.name);
+    const body = parse(VerifyBody, request.body ?? {}, "");
+    for (const id of body.ids ?? []) agent.ledger.item(id); // 404 for an unknown item
+    const release = await ctx.queue.acquire(clientSignal(ctx, reply));
+    try {
+      return await agent.verify(body.ids);
+    } finally {
+      release();
+    }
   });
 
   // --- probe ---

@@ -82,14 +82,17 @@ test("with several agents, the one named on the command line is used; a name tha
 test("piped chat input is answered line by line, none dropped while a reply streams", () => {
   const { dir, agents, checkpoints } = twoAgents();
   try {
-    const input = "remember that the harbor fee is nine coins\nWho is the mayor of Quillport?\n/version\n/quit\n";
+    const input = "remember that the harbor fee is nine coins\nWho is the mayor of Quillport?\n/version\nforget the harbor fee\n/quit\n";
     const r = kiln(["chat", "demo", "--agents", agents, "--checkpoints", checkpoints, "--max-tokens", "24"], { input });
     assert.equal(r.status, 0, r.stderr);
-    assert.match(r.stdout, /noted for the next bake: .*harbor fee is nine coins/i);
-    assert.equal(r.stdout.match(/^> /gm)?.length, 4, "a prompt for each line and one at the end of input");
+    // "remember ..." and "forget ..." are commands the runtime answers, not questions for the model
+    assert.match(r.stdout, /^> Noted for my next bake: The harbor fee is nine coins\.$/m);
+    assert.match(r.stdout, /^> Forgot 1 item\(s\) matching "the harbor fee" \(not baked in yet\)\.$/m);
+    assert.equal(r.stdout.match(/^> /gm)?.length, 5, "a prompt for each line and one at the end of input");
     assert.match(r.stdout, /^> base model$/m, "/version, the third line, was answered");
     const demo = JSON.parse(readFileSync(path.join(checkpoints, "demo", "ledger.json"), "utf8"));
-    assert.equal(demo.items.length, 1);
+    assert.deepEqual(demo.items.map((i: { status: string }) => i.status), ["retracted"]);
+    assert.equal(demo.bakes.length, 0, "forgetting an item never baked in needs no rebuild");
   } finally {
     rmSync(dir, { recursive: true });
   }

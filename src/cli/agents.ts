@@ -100,20 +100,20 @@ export function registerAgentCommands(program: Command): void {
             rl.prompt();
             continue;
           }
-          history.push({ role: "user", content: line });
-          const it = runtime.chat(agent, { messages: history, options: { maxTokens: o.maxTokens, temperature: o.temperature }, conversationId: "cli" });
+          const it = runtime.chat(agent, { messages: [...history, { role: "user", content: line }], options: { maxTokens: o.maxTokens, temperature: o.temperature }, conversationId: "cli" });
           let reply = "";
           for (;;) {
             const r = await it.next();
             if (r.done) {
-              if (r.value.captured.length) process.stdout.write(`\n(noted for the next bake: ${r.value.captured.join(" ")})`);
+              // a "remember"/"forget" command is answered by the runtime and is not part of the conversation
+              if (!r.value.command) history.push({ role: "user", content: line }, { role: "assistant", content: reply });
+              if (r.value.captured.length && !r.value.command) process.stdout.write(`\n(noted for the next bake: ${r.value.captured.join(" ")})`);
               break;
             }
             reply += r.value.text;
             process.stdout.write(r.value.text);
           }
           process.stdout.write("\n");
-          history.push({ role: "assistant", content: reply });
           rl.prompt();
         }
       } finally {

@@ -520,6 +520,11 @@ export class Agent {
     await this.ledger.setItemStatus(items.map((i) => i.id), "retracted", { reason });
     // A running bake would be joined, not redone from the base: let it finish first.
     while (this.baking) await this.baking.catch(() => undefined);
+    const liveBefore = this.ledger.data.live;
+    const inWeights = liveBefore ? this.ledger.version(liveBefore).items : [];
+    if (!items.some((i) => inWeights.includes(i.id))) {
+      return { status: "skipped", reasons: ["the live weights never held these items: marked retracted, nothing to rebuild"] };
+    }
     const outcome = await this.bake("retraction", { consolidate: true, force: true });
     const live = this.ledger.data.live;
     const retracted = new Set(this.ledger.items({ status: "retracted" }).map((i) => i.id));

@@ -7,7 +7,7 @@ import { resolveModelDir, PACKAGE_ROOT } from "../model/resolve.js";
 import { streamGenerate, type GenerateOptions, type GenerationResult } from "../model/generate.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import { buildKnowledgePrompt } from "../bake/prompt.js";
-import { extractFacts, extractFactsWithModel, modelExtractor, type FactAction } from "../agent/facts.js";
+import { explicitRequest, extractFacts, extractFactsWithModel, modelExtractor, type FactAction } from "../agent/facts.js";
 import { loadAgentConfig, type AgentConfig } from "./agent-config.js";
 import { Agent, type AgentEvents } from "./agent.js";
 
@@ -31,6 +31,8 @@ export interface ChatOutcome {
   /** the weights version the reply was generated on */
   version: string | null;
   captured: string[];
+  /** the message was a "remember"/"forget" command: the runtime applied it and the reply says so */
+  command?: boolean;
 }
 
 export const DEFAULT_AGENTS_DIR = path.join(PACKAGE_ROOT, "agents");
@@ -117,6 +119,9 @@ export class Runtime {
    */
   async *chat(name: string, req: ChatRequest): AsyncGenerator<ChatChunk, ChatOutcome> {
     const agent = this.agent(name);
+    const final = req.messages.at(-1);
+    const command = final?.role === "user" && req.captureFacts !== false && agent.config.capture !== "off" ? explicitRequest(final.content) : undefined;
+    if (command?.length) return yield* this.acknowledge(agent, command, req);
     const last = [...req.messages].reverse().find((m) => m.role === "user");
     let capture: Promise<string[]> | undefined;
     const captureOnce = () => (capture ??= last && req.captureFacts !== false ? this.capture(agent, last.content, req.conversationId) : Promise.resolve([]));
@@ -153,17 +158,46 @@ export class Runtime {
     if (agent.config.capture === "off") return [];
     const actions: FactAction[] =
       agent.config.capture === "model" ? (await extractFactsWithModel(message, modelExtractor(agent.model))).actions : extractFacts(message);
+    return (await this.apply(agent, actions, conversationId)).captured;
+  }
+
+  /** Remembers and forgets in the ledger; says what happened, one sentence per action. */
+  private async apply(agent: Agent, actions: FactAction[], conversationId: string | undefined): Promise<{ captured: string[]; said: string[] }> {
     const captured: string[] = [];
+    const said: string[] = [];
     for (const action of actions) {
       if (action.kind === "remember") {
         const r = await agent.remember(action.text, "conversation", { conversationId });
         if (r.added) captured.push(action.text);
+        said.push(r.added ? `Noted for my next bake: ${action.text}` : `I was told that already (${r.item.status}): ${r.item.text}`);
       } else {
         const matches = agent.ledger.items({ text: action.query }).filter((i) => i.status !== "retracted");
         if (matches.length) void agent.retract(matches.map((i) => i.id), `user asked to forget "${action.query}"`).catch(() => {});
+        const live = agent.ledger.data.live;
+        const baked = live ? matches.filter((i) => agent.ledger.version(live).items.includes(i.id)).length : 0;
+        said.push(
+          !matches.length
+            ? `Nothing I was told matches "${action.query}".`
+            : baked
+              ? `Forgetting ${matches.length} item(s) matching "${action.query}": my weights are rebuilt without them.`
+              : `Forgot ${matches.length} item(s) matching "${action.query}" (not baked in yet).`,
+        );
       }
     }
-    return captured;
+    return { captured, said };
+  }
+
+  /**
+   * An explicit "remember ..." or "forget ..." is a command to the runtime, not a question for the
+   * model: it is applied, and the reply says what was done (a model would only guess, and a small
+   * one answers such a line with noise).
+   */
+  private async *acknowledge(agent: Agent, actions: FactAction[], req: ChatRequest): AsyncGenerator<ChatChunk, ChatOutcome> {
+    const { captured, said } = await this.apply(agent, actions, req.conversationId);
+    const text = said.join("\n");
+    yield { text, token: 0 };
+    const result = { text, tokens: agent.model.tokenizer.encode(text), finishReason: "stop" as const, promptTokens: fitConversation(agent.model, req.messages, 0, req.tools).length };
+    return { result, version: agent.live.version, captured, command: true };
   }
 
   /** Asks a question on the live weights with and without the item (and persona) in the prompt. */

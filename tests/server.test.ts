@@ -142,6 +142,21 @@ test("models and chat completions through the official openai client, streaming 
   assert.equal(stopped.choices[0]!.message.content, text.slice(0, text.indexOf(stop)));
 });
 
+test("a remember command through the API is applied by the runtime and the reply says so", async () => {
+  const messages = [{ role: "user" as const, content: "remember that the ferry leaves at noon" }];
+  const reply = await client.chat.completions.create({ model: "tester", messages, kiln: { conversation_id: "api-1" } } as any);
+  assert.equal(reply.choices[0]!.message.content, "Noted for my next bake: The ferry leaves at noon.");
+  assert.equal(reply.choices[0]!.finish_reason, "stop");
+  assert.ok(reply.usage!.completion_tokens > 0 && reply.usage!.prompt_tokens > 0);
+  const item = runtime.agent("tester").ledger.items({ text: "ferry leaves at noon" })[0]!;
+  assert.equal(item.kind, "conversation");
+  assert.equal(item.source.conversationId, "api-1");
+  let streamed = "";
+  for await (const chunk of await client.chat.completions.create({ model: "tester", messages, stream: true })) streamed += chunk.choices[0]?.delta?.content ?? "";
+  assert.equal(streamed, "I was told that already (pending): The ferry leaves at noon.");
+  await runtime.agent("tester").retract([item.id]); // leave the ledger as the other tests expect it
+});
+
 test("bad requests get 4xx in OpenAI's error shape; unknown models 404; a token is required", async () => {
   const rejects = async (p: Promise<unknown>, status: number, param?: string) => {
     try {

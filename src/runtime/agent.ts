@@ -9,6 +9,7 @@ import path from "node:path";
 import cron, { type ScheduledTask } from "node-cron";
 import { startCycle, type WorkerProgress } from "../bake/job.js";
 import type { CycleResult } from "../bake/cycle.js";
+import { decideGate } from "./gate.js";
 import { checkProbes, type ProbeCheck, type ProbeItem } from "../bake/probes.js";
 import { knowledgeLessons } from "../bake/prompt.js";
 import { pollFeed } from "../feeds/feeds.js";
@@ -30,10 +31,6 @@ export interface BakeOutcome {
 export interface AgentEvents {
   onBakeProgress?: (agent: string, p: WorkerProgress) => void;
   onLog?: (agent: string, message: string) => void;
-}
-
-function mean(xs: number[]): number {
-  return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 1;
 }
 
 /**
@@ -61,9 +58,6 @@ export interface AgentBakeEvents {
   progress: [WorkerProgress];
   end: [BakeOutcome];
 }
-
-/** How an item's history records a promoted bake that did not absorb it (bake.maxAttempts counts these). */
-const NOT_ABSORBED = "not absorbed by";
 
 /** A version's checkpoint folder in an agent's home: v0001, v0002, ... */
 const VERSION_DIR = /^v\d{4}$/;
@@ -346,21 +340,19 @@ export class Agent {
     fresh = fresh.filter((i) => !unprobed.includes(i));
 
     // --- gate ---
-    const score = (i: Item) => result.scores[i.id]?.unprompted ?? 0;
-    const absorption = mean(fresh.map(score));
-    const retention = mean([...replay, ...retained].map(score));
-    const persona = result.persona ? result.persona.after : null;
-    const reasons: string[] = [];
-    // a bake that could learn none of its new items only replayed old ones: nothing to promote
-    if (unprobed.length && !fresh.length) reasons.push(`none of the ${unprobed.length} new item(s) got a checked probe, so none was baked`);
-    if (fresh.length && absorption < cfg.gate.minAbsorption) reasons.push(`absorption ${absorption.toFixed(2)} < gate.minAbsorption ${cfg.gate.minAbsorption}`);
-    if (replay.length + retained.length && retention < cfg.gate.minRetention) reasons.push(`retention ${retention.toFixed(2)} < gate.minRetention ${cfg.gate.minRetention}`);
-    if (persona !== null && persona < cfg.gate.minPersona) reasons.push(`persona adherence ${persona.toFixed(2)} < gate.minPersona ${cfg.gate.minPersona}`);
-    const promoted = reasons.length === 0;
-    const passes = (i: Item) => score(i) >= cfg.gate.itemPass;
-    const holds = consolidate
-      ? fresh.filter(passes).map((i) => i.id)
-      : [...new Set([...[...liveItems].filter((id) => !retained.some((r) => r.id === id) && !replay.some((r) => r.id === id)), ...[...replay, ...retained, ...fresh].filter(passes).map((i) => i.id)])];
+    const { promoted, reasons, absorption, retention, persona, holds, changes } = decideGate({
+      version,
+      fresh,
+      replay,
+      retained,
+      unprobed,
+      liveItems,
+      scores: result.scores,
+      persona: result.persona ? result.persona.after : null,
+      consolidate,
+      gate: cfg.gate,
+      maxAttempts: cfg.bake.maxAttempts,
+    });
     const record: VersionRecord = {
       id: version,
       parent: consolidate ? null : liveVersion,
@@ -399,29 +391,7 @@ export class Agent {
         ...(promoted ? {} : { reasons }),
       });
     });
-    await ledger.setItemStatus(unprobed.map((i) => i.id), "rejected", {
-      reason: "not baked: none of the questions the model wrote about it was answered from it with the item in the prompt, so nothing could show it was learned (reword it and add it again)",
-    });
-    if (!consolidate) {
-      const absorbedIds = promoted ? fresh.filter(passes).map((i) => i.id) : [];
-      await ledger.setItemStatus(absorbedIds, "absorbed", { version });
-      const missed = fresh.filter((i) => !absorbedIds.includes(i.id));
-      if (promoted) {
-        // a promoted bake that did not absorb an item is one attempt; failed or rejected bakes are not
-        const spent = new Set(missed.filter((i) => i.history.filter((h) => h.reason?.startsWith(NOT_ABSORBED)).length + 1 >= cfg.bake.maxAttempts));
-        const reason = `${NOT_ABSORBED} ${version}: probe score below gate.itemPass ${cfg.gate.itemPass}`;
-        await ledger.setItemStatus(missed.filter((i) => !spent.has(i)).map((i) => i.id), "pending", { reason });
-        await ledger.setItemStatus([...spent].map((i) => i.id), "rejected", { reason: `${reason}, the last of bake.maxAttempts ${cfg.bake.maxAttempts}` });
-        // "absorbed" means the live weights hold it: what the new version lost is learned again
-        const lost = [...replay, ...retained].filter((i) => !passes(i));
-        await ledger.setItemStatus(lost.map((i) => i.id), "pending", { reason: `lost by ${version}: its probes no longer pass without the prompt; baked again next time` });
-      } else {
-        await ledger.setItemStatus(missed.map((i) => i.id), "pending", { reason: `version ${version} rejected: ${reasons.join("; ")}` });
-      }
-    } else if (promoted) {
-      await ledger.setItemStatus(fresh.filter(passes).map((i) => i.id), "absorbed", { version, reason: "consolidated" });
-      await ledger.setItemStatus(fresh.filter((i) => !passes(i)).map((i) => i.id), "pending", { reason: `not recovered by consolidation ${version}` });
-    }
+    for (const c of changes) await ledger.setItemStatus(c.ids, c.status, { ...(c.version ? { version: c.version } : {}), ...(c.reason ? { reason: c.reason } : {}) });
     if (promoted) this.prune();
     this.log(`bake ${bakeId}: ${version} ${promoted ? "promoted" : `rejected (${reasons.join("; ")})`}; absorption ${absorption.toFixed(2)}, retention ${retention.toFixed(2)}`);
     return { status: promoted ? "promoted" : "rejected", bakeId, version, reasons, absorption, retention, persona };

@@ -1,0 +1,100 @@
+// The gate after a bake: whether the new version goes live, which items it holds, and what
+// becomes of each item. A pure function of the bake's probe scores, so the rules that keep the
+// ledger honest ("absorbed" means the live weights hold it) are tested on their own.
+import type { Item, ItemStatus } from "../knowledge/ledger.js";
+import type { AgentConfig } from "./agent-config.js";
+
+/** How an item's history records a promoted bake that did not absorb it (bake.maxAttempts counts these). */
+export const NOT_ABSORBED = "not absorbed by";
+
+export interface GateInput {
+  version: string;
+  /** new items baked (pending ones; in a consolidation, everything still true) */
+  fresh: Item[];
+  /** absorbed items replayed into the bake */
+  replay: Item[];
+  /** absorbed items the live version holds that were not replayed (scored only) */
+  retained: Item[];
+  /** new items left out of the bake: no checked probe could be written */
+  unprobed: Item[];
+  /** the live version's items before the bake */
+  liveItems: ReadonlySet<string>;
+  /** unprompted probe score per item id on the new weights */
+  scores: Readonly<Record<string, { unprompted: number }>>;
+  /** persona adherence on the new weights, when the agent has a persona */
+  persona: number | null;
+  consolidate: boolean;
+  gate: AgentConfig["gate"];
+  maxAttempts: number;
+}
+
+export interface StatusChange {
+  ids: string[];
+  status: ItemStatus;
+  reason?: string;
+  /** the version that absorbed the items (status absorbed) */
+  version?: string;
+}
+
+export interface GateDecision {
+  promoted: boolean;
+  reasons: string[];
+  absorption: number;
+  retention: number;
+  persona: number | null;
+  /** the items the new version holds */
+  holds: string[];
+  /** item status changes, in order */
+  changes: StatusChange[];
+}
+
+function mean(xs: number[]): number {
+  return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 1;
+}
+
+export function decideGate(g: GateInput): GateDecision {
+  const score = (i: Item) => g.scores[i.id]?.unprompted ?? 0;
+  const passes = (i: Item) => score(i) >= g.gate.itemPass;
+  const absorption = mean(g.fresh.map(score));
+  const retention = mean([...g.replay, ...g.retained].map(score));
+  const reasons: string[] = [];
+  // a bake that could learn none of its new items only replayed old ones: nothing to promote
+  if (g.unprobed.length && !g.fresh.length) reasons.push(`none of the ${g.unprobed.length} new item(s) got a checked probe, so none was baked`);
+  if (g.fresh.length && absorption < g.gate.minAbsorption) reasons.push(`absorption ${absorption.toFixed(2)} < gate.minAbsorption ${g.gate.minAbsorption}`);
+  if (g.replay.length + g.retained.length && retention < g.gate.minRetention) reasons.push(`retention ${retention.toFixed(2)} < gate.minRetention ${g.gate.minRetention}`);
+  if (g.persona !== null && g.persona < g.gate.minPersona) reasons.push(`persona adherence ${g.persona.toFixed(2)} < gate.minPersona ${g.gate.minPersona}`);
+  const promoted = reasons.length === 0;
+
+  const scored = new Set([...g.replay, ...g.retained].map((i) => i.id));
+  const holds = g.consolidate
+    ? g.fresh.filter(passes).map((i) => i.id)
+    : [...new Set([...[...g.liveItems].filter((id) => !scored.has(id)), ...[...g.replay, ...g.retained, ...g.fresh].filter(passes).map((i) => i.id)])];
+
+  const ids = (items: Item[]) => items.map((i) => i.id);
+  const changes: StatusChange[] = [
+    {
+      ids: ids(g.unprobed),
+      status: "rejected",
+      reason: "not baked: none of the questions the model wrote about it was answered from it with the item in the prompt, so nothing could show it was learned (reword it and add it again)",
+    },
+  ];
+  if (g.consolidate) {
+    if (promoted) {
+      changes.push({ ids: ids(g.fresh.filter(passes)), status: "absorbed", version: g.version, reason: "consolidated" });
+      changes.push({ ids: ids(g.fresh.filter((i) => !passes(i))), status: "pending", reason: `not recovered by consolidation ${g.version}` });
+    }
+  } else if (!promoted) {
+    changes.push({ ids: ids(g.fresh), status: "pending", reason: `version ${g.version} rejected: ${reasons.join("; ")}` });
+  } else {
+    const missed = g.fresh.filter((i) => !passes(i));
+    // a promoted bake that did not absorb an item is one attempt; failed or rejected bakes are not
+    const spent = (i: Item) => i.history.filter((h) => h.reason?.startsWith(NOT_ABSORBED)).length + 1 >= g.maxAttempts;
+    const reason = `${NOT_ABSORBED} ${g.version}: probe score below gate.itemPass ${g.gate.itemPass}`;
+    changes.push({ ids: ids(g.fresh.filter(passes)), status: "absorbed", version: g.version });
+    changes.push({ ids: ids(missed.filter((i) => !spent(i))), status: "pending", reason });
+    changes.push({ ids: ids(missed.filter(spent)), status: "rejected", reason: `${reason}, the last of bake.maxAttempts ${g.maxAttempts}` });
+    // "absorbed" means the live weights hold it: what the new version lost is learned again
+    changes.push({ ids: ids([...g.replay, ...g.retained].filter((i) => !passes(i))), status: "pending", reason: `lost by ${g.version}: its probes no longer pass without the prompt; baked again next time` });
+  }
+  return { promoted, reasons, absorption, retention, persona: g.persona, holds, changes: changes.filter((c) => c.ids.length) };
+}

@@ -1,0 +1,80 @@
+// The gate's rules on their own: what a bake's probe scores do to the version and to each item.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import type { Item } from "../src/knowledge/ledger.js";
+import { decideGate, NOT_ABSORBED, type GateInput } from "../src/runtime/gate.js";
+
+function item(id: string, misses = 0): Item {
+  const at = "2026-11-26T00:00:00.000Z";
+  return {
+    id,
+    kind: "feed",
+    text: `fact ${id}`,
+    status: "pending",
+    createdAt: at,
+    updatedAt: at,
+    source: {},
+    contentHash: id,
+    scores: [],
+    history: Array.from({ length: misses }, (_, k) => ({ at, status: "pending" as const, reason: `${NOT_ABSORBED} v000${k + 1}: probe score below gate.itemPass 1` })),
+  };
+}
+
+const GATE = { minAbsorption: 0.5, minRetention: 0.5, minPersona: 0.8, itemPass: 1 };
+
+function input(over: Partial<GateInput>): GateInput {
+  return { version: "v0002", fresh: [], replay: [], retained: [], unprobed: [], liveItems: new Set(), scores: {}, persona: null, consolidate: false, gate: GATE, maxAttempts: 3, ...over };
+}
+
+const changed = (d: ReturnType<typeof decideGate>) => Object.fromEntries(d.changes.flatMap((c) => c.ids.map((id) => [id, c.status])));
+
+test("a promoted bake absorbs what passes, and what the new version lost goes back to pending", () => {
+  const [a, b, old1, old2, old3] = ["a", "b", "o1", "o2", "o3"].map((id) => item(id));
+  const d = decideGate(
+    input({
+      fresh: [a!, b!],
+      replay: [old1!],
+      retained: [old2!],
+      liveItems: new Set(["o1", "o2", "o3"]),
+      scores: { a: { unprompted: 1 }, b: { unprompted: 0.5 }, o1: { unprompted: 1 }, o2: { unprompted: 0 } },
+    }),
+  );
+  assert.equal(d.promoted, true, d.reasons.join("; "));
+  assert.equal(d.absorption, 0.75);
+  assert.equal(d.retention, 0.5);
+  assert.deepEqual(d.holds.sort(), ["a", "o1", "o3"], "o3 was not scored, so it is still held; o2 was lost");
+  assert.deepEqual(changed(d), { a: "absorbed", b: "pending", o2: "pending" });
+  assert.match(d.changes.find((c) => c.ids.includes("o2"))!.reason!, /^lost by v0002/);
+  assert.equal(d.changes.find((c) => c.status === "absorbed")!.version, "v0002");
+});
+
+test("an item promoted bakes keep missing is rejected on its bake.maxAttempts-th miss", () => {
+  const d = decideGate(input({ fresh: [item("fresh"), item("twice", 2), item("once", 1)], scores: { fresh: { unprompted: 1 } }, gate: { ...GATE, minAbsorption: 0.3 } }));
+  assert.equal(d.promoted, true, d.reasons.join("; "));
+  assert.deepEqual(changed(d), { fresh: "absorbed", once: "pending", twice: "rejected" });
+  assert.match(d.changes.find((c) => c.status === "rejected")!.reason!, /the last of bake\.maxAttempts 3/);
+});
+
+test("a rejected version changes no held item; its new items wait, and a miss there is no attempt", () => {
+  const d = decideGate(input({ fresh: [item("a", 2)], retained: [item("o")], liveItems: new Set(["o"]), scores: { a: { unprompted: 0 }, o: { unprompted: 0 } } }));
+  assert.equal(d.promoted, false);
+  assert.deepEqual(d.reasons, ["absorption 0.00 < gate.minAbsorption 0.5", "retention 0.00 < gate.minRetention 0.5"]);
+  assert.deepEqual(changed(d), { a: "pending" });
+  assert.match(d.changes[0]!.reason!, /^version v0002 rejected: absorption/);
+});
+
+test("items without a checked probe are rejected, and a bake that learned nothing new is not promoted", () => {
+  const d = decideGate(input({ unprobed: [item("u")], replay: [item("o")], liveItems: new Set(["o"]), scores: { o: { unprompted: 1 } } }));
+  assert.equal(d.promoted, false);
+  assert.deepEqual(d.reasons, ["none of the 1 new item(s) got a checked probe, so none was baked"]);
+  assert.deepEqual(changed(d), { u: "rejected" });
+});
+
+test("a consolidation holds only what it recovered; persona adherence gates too", () => {
+  const d = decideGate(input({ consolidate: true, fresh: [item("a"), item("b")], liveItems: new Set(["a", "b", "gone"]), scores: { a: { unprompted: 1 }, b: { unprompted: 0 } } }));
+  assert.equal(d.promoted, true);
+  assert.deepEqual(d.holds, ["a"]);
+  assert.deepEqual(changed(d), { a: "absorbed", b: "pending" });
+  const persona = decideGate(input({ fresh: [item("a")], scores: { a: { unprompted: 1 } }, persona: 0.5 }));
+  assert.deepEqual(persona.reasons, ["persona adherence 0.50 < gate.minPersona 0.8"]);
+});

@@ -84,6 +84,12 @@ test("dashboard: token, streamed chat, ledger, bake chart, rollback", { timeout:
     await page.waitForFunction(() => document.querySelector("#live-version")?.textContent === "v0001");
     assert.equal(await page.textContent("#bakes-table tbody tr .status"), "promoted");
 
+    // Knowledge: verify asks the absorbed items' probes on the live weights now.
+    await page.click("button[data-tab=knowledge]");
+    await page.click("#verify");
+    const verdict = await page.waitForSelector("#verify-result p");
+    assert.match((await verdict.textContent())!, /^\d+ of \d+ absorbed item\(s\) held by v0001, asked just now/);
+
     // Versions: roll back to the base model; the header follows.
     await page.click("button[data-tab=versions]");
     await page.click("button[data-rollback=base]");

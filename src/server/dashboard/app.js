@@ -341,6 +341,24 @@ $("#remember-form").addEventListener("submit", async (e) => {
   refreshAgents();
 });
 
+// Proof on demand: the absorbed items' probes asked on the live weights now.
+$("#verify").addEventListener("click", async () => {
+  const button = $("#verify");
+  button.disabled = true;
+  button.textContent = "Verifying…";
+  const r = await attempt(() => api(agentPath("/verify"), { method: "POST", body: {} }));
+  button.disabled = false;
+  button.textContent = "Verify live weights";
+  if (!r) return;
+  const failed = r.items.filter((i) => !i.held);
+  const probe = (p) => h("li", {}, `${p.question} → ${p.answer}`, p.passed ? "" : h("span", { class: "muted" }, ` (expected: ${p.expected})`));
+  $("#verify-result").replaceChildren(
+    h("p", { class: failed.length ? "warn" : "ok" }, `${r.held} of ${r.items.length} absorbed item(s) held by ${r.version ?? "the base model"}, asked just now with nothing in the prompt.`),
+    ...failed.map((i) => h("div", { class: "verify-item", "data-id": i.id }, h("strong", {}, i.text), h("ul", {}, i.probes.map(probe)))),
+  );
+  $("#verify-result").hidden = false;
+});
+
 let searchTimer;
 $("#item-search").addEventListener("input", () => {
   clearTimeout(searchTimer);

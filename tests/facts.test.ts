@@ -27,6 +27,10 @@ test("a model's extraction is kept only where the message grounds it", () => {
   // an invented name never reaches the ledger; "None." and fragments are no facts
   assert.deepEqual(parseExtraction(" The mayor of Hollowby is Tovan Reel.\nNone.\nOakvale", msg), []);
   assert.deepEqual(parseExtraction(` ${NO_FACTS}`, msg), []);
+  // a request or a question given back is no fact (seen from kiln-mini on a busy server)
+  assert.deepEqual(parseExtraction(" Tell me a long story.", "Tell me a long story."), []);
+  assert.deepEqual(parseExtraction(" Can you tell me about order 4512.", "Can you tell me about order 4512?"), []);
+  assert.deepEqual(parseExtraction(" The mayor of Quillport? 390.", "Who is the mayor of Quillport? 390"), []);
   // facts about the user may use "The user" though the message says "I"
   assert.deepEqual(parseExtraction(" The user lives in Quillport.", "I live in Quillport."), ["The user lives in Quillport."]);
   // an invented subject, even as the first word, and an invented plain-word value are refused
@@ -36,7 +40,8 @@ test("a model's extraction is kept only where the message grounds it", () => {
   // kiln-mini's garbage with every word borrowed or glue: a value is never a function word
   assert.deepEqual(parseExtraction(" The user's n message: Did.", "Did you know? Jolin Birchby now owns a pet tortoise."), []);
   // list markers are not part of the fact
-  assert.deepEqual(parseExtraction("- The mayor of Hollowby is now Caka Cobbton.\n2. Who runs Oakvale now", msg), ["The mayor of Hollowby is now Caka Cobbton.", "Who runs Oakvale now."]);
+  assert.deepEqual(parseExtraction("- The mayor of Hollowby is now Caka Cobbton.\n2. Caka Cobbton runs Oakvale now", msg), ["The mayor of Hollowby is now Caka Cobbton.", "Caka Cobbton runs Oakvale now."]);
+  assert.deepEqual(parseExtraction("1. Who runs Oakvale now", msg), [], "the message's question given back");
 });
 
 test("model-based capture: explicit requests win, the rules catch what the model misses, a failing model loses nothing", async () => {

@@ -6,7 +6,7 @@ import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { Ledger } from "../src/knowledge/ledger.js";
+import { compactLedger, Ledger, type LedgerData } from "../src/knowledge/ledger.js";
 
 function tmp(): string {
   return mkdtempSync(path.join(os.tmpdir(), "kiln-ledger-"));
@@ -75,4 +75,25 @@ test("a corrupt ledger is refused with its path and left untouched", async () =>
   await assert.rejects(Ledger.open(file), /is not a readable ledger \(it holds no JSON object\)/);
   assert.equal(readFileSync(file, "utf8"), "null");
   rmSync(dir, { recursive: true });
+});
+
+test("a long-lived ledger's histories are capped, newest kept, an item's first entry kept", () => {
+  const at = "2026-11-26T00:00:00.000Z";
+  const d: LedgerData = {
+    schema: 1,
+    live: "v0300",
+    items: [{ id: "k1", kind: "feed", text: "x", status: "absorbed", createdAt: at, updatedAt: at, source: {}, contentHash: "h", scores: Array.from({ length: 30 }, (_, k) => ({ version: `v${k}`, unprompted: 1, prompted: 1 })), history: Array.from({ length: 80 }, (_, k) => ({ at, status: "pending" as const, reason: `h${k}` })) }],
+    versions: Array.from({ length: 300 }, (_, k) => ({ id: `v${String(k + 1).padStart(4, "0")}`, parent: null, createdAt: at, dir: "d", status: k === 299 ? ("live" as const) : k % 2 ? ("retired" as const) : ("rejected" as const), bakeId: "b", items: [], scores: { absorption: 1, retention: 1, persona: null } })),
+    bakes: Array.from({ length: 250 }, (_, k) => ({ id: `b${k}`, startedAt: at, status: "promoted" as const, trigger: "t", parent: null, itemIds: [], replayIds: [] })),
+    feeds: [],
+  };
+  compactLedger(d);
+  assert.equal(d.bakes.length, 200);
+  assert.equal(d.bakes[0]!.id, "b50", "the newest bakes are kept");
+  assert.deepEqual(d.items[0]!.scores.map((s) => s.version), Array.from({ length: 20 }, (_, k) => `v${k + 10}`));
+  assert.equal(d.items[0]!.history.length, 50);
+  assert.equal(d.items[0]!.history[0]!.reason, "h0", "the item's first entry stays");
+  assert.equal(d.items[0]!.history[1]!.reason, "h31");
+  assert.equal(d.versions.length, 101, "the live version and the newest 100 that can no longer go live");
+  assert.equal(d.versions.at(-1)!.id, "v0300");
 });

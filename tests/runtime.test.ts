@@ -137,6 +137,11 @@ test("a gate that is not met keeps the version as rejected with its reasons, and
       assert.equal(agent.live.version, null, "the base model stays live");
       assert.equal(agent.ledger.version(outcome.version!).status, "rejected");
       assert.equal(agent.ledger.items({ status: "pending" }).length, 1);
+      await assert.rejects(agent.rollback(outcome.version!), /was rejected by the gate .*only kept versions can go live/);
+      // the schedule does not bake the same items into the same rejection again; a bake by hand does
+      const again = await agent.bake("schedule");
+      assert.equal(again.status, "skipped");
+      assert.match(again.reasons[0]!, /the last bake of these 1 item\(s\) was rejected .* the schedule waits for new items/);
     } else {
       // A one-epoch bake can still absorb a single item on a tiny model; then the gate held.
       assert.equal(outcome.absorption, 1);
@@ -200,6 +205,38 @@ test("retracting the only baked item leaves the base model live: nothing is left
     assert.equal(agent.live.version, null);
     assert.equal(agent.ledger.data.live, null);
     assert.equal(agent.ledger.item(item.id).status, "retracted");
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("a scheduled poll never takes the process down, and a failing feed is asked less often", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [{ id: "gone", url: "missing.xml", schedule: "0 0 1 1 *" }] });
+  const logs: string[] = [];
+  const runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+  try {
+    const agent = runtime.agent("tester");
+    const tick = () => (agent as unknown as { scheduledPoll(id: string): Promise<void> }).scheduledPoll("gone");
+    const errors = () => agent.ledger.feed("gone")!.consecutiveErrors;
+    await tick(); // fails: the next scheduled poll is skipped
+    assert.equal(errors(), 1);
+    await tick();
+    assert.equal(errors(), 1, "skipped");
+    await tick(); // fails again: the next 3 are skipped
+    assert.equal(errors(), 2);
+    for (let k = 0; k < 3; k++) await tick();
+    assert.equal(errors(), 2, "three skipped");
+    await tick();
+    assert.equal(errors(), 3);
+    assert.ok(logs.some((m) => /gone: 2 failed poll\(s\) in a row; skipping the next 3 scheduled poll\(s\)/.test(m)), logs.join("\n"));
+
+    // the ledger cannot be written (a full disk, say): the poll is logged, nothing is thrown
+    for (let k = 0; k < 7; k++) await tick(); // past the backoff
+    mkdirSync(path.join(dir, "home", ".ledger.json.tmp"));
+    await tick();
+    assert.ok(logs.some((m) => /gone: the poll failed: .*EISDIR/.test(m)), logs.join("\n"));
+    rmSync(path.join(dir, "home", ".ledger.json.tmp"), { recursive: true });
   } finally {
     await runtime.stop();
     rmSync(dir, { recursive: true });

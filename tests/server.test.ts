@@ -450,3 +450,31 @@ test("without max_tokens, a small model keeps the conversation and the reply get
     rmSync(small.dir, { recursive: true, force: true });
   }
 });
+
+test("a reply cut off by the server shutting down says so: an error, never a finished reply", async () => {
+  const agent = writeTestAgent();
+  const rt = await Runtime.fromFiles(agent.file);
+  const srv = await createServer(rt, { port: 0, maxConcurrent: 2 });
+  try {
+    const c = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: "none", maxRetries: 0 });
+    const long = { model: "tester", messages: [{ role: "user" as const, content: "Go on" }], max_tokens: 1500, temperature: 0 };
+    const streamed = (async () => {
+      for await (const _ of await c.chat.completions.create({ ...long, stream: true })) {
+        /* read until the server goes */
+      }
+    })().then(
+      () => "finished",
+      (err: Error) => err.message,
+    );
+    const whole = fetch(`${srv.url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(long) });
+    await new Promise((r) => setTimeout(r, 300));
+    await srv.close();
+    assert.match(await streamed, /shutting down and cut this reply off/);
+    const res = await whole;
+    assert.equal(res.status, 503);
+    assert.match(((await res.json()) as { error: { message: string } }).error.message, /shutting down/);
+  } finally {
+    await rt.stop();
+    rmSync(agent.dir, { recursive: true, force: true });
+  }
+});

@@ -80,13 +80,17 @@ const MAX_NEW_WORDS = 2;
  * into the ledger. List markers ("- ",
  * "1. ") are dropped.
  */
+// A line that asks or requests something states no fact: a small model asked for facts in
+// "Tell me a long story." or "Who is the mayor of Quillport?" gives the line back.
+const NOT_A_STATEMENT = /\?|^(?:tell|show|give|can|could|would|will|please|let|help|explain|write|list|what|who|whom|whose|which|where|when|why|how|do|does|did|are)\b/i;
+
 export function parseExtraction(reply: string, message: string): string[] {
   const said = vocabulary(message);
   const known = (w: string) => GLUE.has(w) || said.has(stem(w));
   const out: string[] = [];
   for (const raw of reply.split("\n")) {
     const line = clean(raw.replace(/^\s*(?:[-*•]|\d+[.)])\s+/u, ""));
-    if (!line || line.toLowerCase() === clean(NO_FACTS).toLowerCase()) continue;
+    if (!line || line.toLowerCase() === clean(NO_FACTS).toLowerCase() || NOT_A_STATEMENT.test(raw.trim().replace(/^\s*(?:[-*•]|\d+[.)])\s+/u, ""))) continue;
     const tokens = line.split(/\s+/);
     if (tokens.length < 3 || tokens.length > 40) continue;
     const names = namesIn(line, { sentenceStarts: true });

@@ -6,7 +6,8 @@ import type { LoraAdapter } from "../lora/adapter.js";
 import { saveAdapter } from "../lora/peft.js";
 import { knowledgeLessons } from "./prompt.js";
 import { makeProbes, personaAdherence, scoreProbes, type ItemProbeScore, type Probe, type ProbeItem } from "./probes.js";
-import { bake, yieldToEventLoop, type BakeProgress, type BakeSettings } from "./trainer.js";
+import { bake, type BakeProgress, type BakeSettings } from "./trainer.js";
+import { yieldToEventLoop } from "../model/generate.js";
 import { summarizeBake, type BakeSummary } from "./job.js";
 
 export interface CycleJob {
@@ -37,7 +38,8 @@ export interface CycleJob {
 }
 
 export interface CycleResult {
-  summary: BakeSummary;
+  /** null when nothing was trained: none of the new items got a checked probe */
+  summary: BakeSummary | null;
   /** probes written in this cycle, by item id */
   probes: Record<string, Probe[]>;
   /** probe scores on the new weights, by item id */
@@ -64,6 +66,10 @@ export async function runCycle(
   onProgress({ phase: "probes", done: all.length, total: all.length });
   // an item without a probe cannot be checked, and is not baked (makeProbes says why)
   const unprobed = fresh.filter((i) => !i.probes.length).map((i) => i.id);
+  if (fresh.length && unprobed.length === fresh.length && !job.fromBase) {
+    // nothing new can be learned, and training on the replayed items alone only risks them
+    return { summary: null, probes: Object.fromEntries(made), scores: {}, unprobed, persona: null };
+  }
 
   const lessons = knowledgeLessons({
     persona: job.persona,

@@ -9,6 +9,7 @@
 import { tf } from "../tensor/backend.js";
 import { isLinearWeight, type AdapterHook, type Decoder } from "../model/decoder.js";
 import type { LoadedModel } from "../model/load.js";
+import { yieldToEventLoop } from "../model/generate.js";
 import { AdapterStack, DEFAULT_LORA, LoraAdapter, type LoraSettings } from "../lora/adapter.js";
 import { disposeTargets, klSum, stackTargets, type KlMode } from "./kl.js";
 import { LoraAdam } from "./optimizer.js";
@@ -107,10 +108,6 @@ export interface BakeRequest {
   initFrom?: LoraAdapter;
   onProgress?: (p: BakeProgress) => void;
   signal?: AbortSignal;
-}
-
-export function yieldToEventLoop(): Promise<void> {
-  return new Promise((resolve) => setImmediate(resolve));
 }
 
 /** KL per token of `adapter` (no prompt) against the cached teacher, over a set of trajectories. */

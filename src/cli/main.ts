@@ -241,6 +241,8 @@ program
   .option("--max-queue <n>", "requests waiting for the model before 429", integer(1), 16)
   .option("--no-schedules", "do not start the agents' feed and bake schedules")
   .action(async (o: { agents?: string; checkpoints?: string; host: string; port: number; token?: string; maxQueue: number; schedules: boolean }) => {
+    // A long-lived server logs what nothing else caught rather than dying with every agent on it.
+    process.on("unhandledRejection", (err) => process.stderr.write(`kiln: unhandled error (the server keeps running; please report it): ${(err as Error)?.stack ?? String(err)}\n`));
     const info = await backend();
     const runtime = await Runtime.fromFiles(o.agents ?? (existsSync("agents") ? "agents" : DEFAULT_AGENTS_DIR), {
       checkpoints: o.checkpoints,

@@ -98,6 +98,26 @@ export class LedgerError extends Error {
   }
 }
 
+/**
+ * What a long-lived ledger keeps of its histories: the document is rewritten whole on every
+ * change, so bake records, per-item scores and status histories, and the records of versions
+ * that can no longer go live are capped (the newest are kept; an item keeps its first entry).
+ */
+export const LEDGER_LIMITS = { bakes: 200, scoresPerItem: 20, historyPerItem: 50, deadVersions: 100 };
+
+export function compactLedger(d: LedgerData, limits = LEDGER_LIMITS): void {
+  if (d.bakes.length > limits.bakes) d.bakes.splice(0, d.bakes.length - limits.bakes);
+  for (const i of d.items) {
+    if (i.scores.length > limits.scoresPerItem) i.scores.splice(0, i.scores.length - limits.scoresPerItem);
+    if (i.history.length > limits.historyPerItem) i.history.splice(1, i.history.length - limits.historyPerItem);
+  }
+  const dead = d.versions.filter((v) => v.status === "retired" || v.status === "rejected");
+  if (dead.length > limits.deadVersions) {
+    const drop = new Set(dead.slice(0, dead.length - limits.deadVersions).map((v) => v.id));
+    d.versions = d.versions.filter((v) => !drop.has(v.id));
+  }
+}
+
 function emptyLedger(): LedgerData {
   return { schema: 1, live: null, items: [], versions: [], bakes: [], feeds: [] };
 }
@@ -216,27 +236,34 @@ export class Ledger {
 
   /** Adds an item unless the same text is already there and not retracted; returns the stored one. */
   async addItem(input: AddItemInput): Promise<{ item: Item; added: boolean }> {
-    const text = input.text.trim();
-    if (!text) throw new LedgerError("an item needs text");
-    const hash = contentHash(text);
-    const existing = this.data.items.find((i) => i.contentHash === hash && i.status !== "retracted");
-    if (existing) return { item: existing, added: false };
+    return (await this.addItems([input]))[0]!;
+  }
+
+  /**
+   * Adds items in one write (a feed poll's entries), skipping any whose content is already known;
+   * `alongside` changes the same document in that write (the feed's poll state).
+   */
+  async addItems(inputs: AddItemInput[], alongside?: (d: LedgerData, added: number) => void): Promise<{ item: Item; added: boolean }[]> {
     const now = new Date().toISOString();
-    const status = input.status ?? "pending";
-    const item: Item = {
-      id: newId("k"),
-      kind: input.kind,
-      text,
-      status,
-      createdAt: now,
-      updatedAt: now,
-      source: input.source ?? {},
-      contentHash: hash,
-      scores: [],
-      history: [{ at: now, status }],
-    };
-    await this.update((d) => d.items.push(item));
-    return { item, added: true };
+    const fresh: Item[] = [];
+    const results = inputs.map((input) => {
+      const text = input.text.trim();
+      if (!text) throw new LedgerError("an item needs text");
+      const hash = contentHash(text);
+      const existing = [...this.data.items, ...fresh].find((i) => i.contentHash === hash && i.status !== "retracted");
+      if (existing) return { item: existing, added: false };
+      const status = input.status ?? "pending";
+      const item: Item = { id: newId("k"), kind: input.kind, text, status, createdAt: now, updatedAt: now, source: input.source ?? {}, contentHash: hash, scores: [], history: [{ at: now, status }] };
+      fresh.push(item);
+      return { item, added: true };
+    });
+    if (fresh.length || alongside) {
+      await this.update((d) => {
+        d.items.push(...fresh);
+        alongside?.(d, fresh.length);
+      });
+    }
+    return results;
   }
 
   item(id: string): Item {

@@ -69,6 +69,14 @@ function visibleText(model: LoadedModel, tokens: number[], stops: string[]): { t
   return { text: full, stopped: false, safe };
 }
 
+/**
+ * One turn of the event loop. Model work is synchronous between awaits that resolve at once, so
+ * without it timers, sockets, abort signals and a worker's "parent is gone" wait for the whole job.
+ */
+export function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setImmediate(resolve));
+}
+
 export async function* streamGenerate(
   model: LoadedModel,
   prompts: number[][],
@@ -132,6 +140,7 @@ export async function* streamGenerate(
         yield { row: b, token, text };
       }
       if (rows.every((r) => r.done)) break;
+      await yieldToEventLoop();
       ids = next.map((t) => [t]);
       mask = rows.map((r, b) => [r.done && !stopIds.has(next[b]!) ? 0 : 1]);
     }

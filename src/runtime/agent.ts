@@ -13,7 +13,7 @@ import { decideGate } from "./gate.js";
 import { checkProbes, type ProbeCheck, type ProbeItem } from "../bake/probes.js";
 import { knowledgeLessons } from "../bake/prompt.js";
 import { pollFeed } from "../feeds/feeds.js";
-import { Ledger, type BakeRun, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
+import { compactLedger, Ledger, type BakeRun, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
 import type { LoadedModel } from "../model/load.js";
 import type { AgentConfig } from "./agent-config.js";
 import { LiveModel } from "./live.js";
@@ -31,6 +31,10 @@ export interface BakeOutcome {
 export interface AgentEvents {
   onBakeProgress?: (agent: string, p: WorkerProgress) => void;
   onLog?: (agent: string, message: string) => void;
+}
+
+function sameIds(ids: string[], items: Item[]): boolean {
+  return ids.length === items.length && items.every((i) => ids.includes(i.id));
 }
 
 /**
@@ -68,6 +72,10 @@ export class Agent {
   readonly bakeEvents = new EventEmitter<AgentBakeEvents>();
   private tasks: ScheduledTask[] = [];
   private baking: Promise<BakeOutcome> | null = null;
+  /** scheduled feed polls in flight: a bake waits for them, so news of the same minute is in it */
+  private readonly polls = new Set<Promise<void>>();
+  /** scheduled polls to skip per feed (backoff after failures) */
+  private readonly pollSkips = new Map<string, number>();
   private cancelBake: (() => void) | null = null;
   progress: WorkerProgress | null = null;
 
@@ -148,9 +156,7 @@ export class Agent {
 
   start(): void {
     for (const f of this.config.feeds) {
-      this.tasks.push(
-        cron.schedule(f.schedule, () => void this.pollFeed(f.id), { name: `${this.name}:feed:${f.id}`, noOverlap: true }),
-      );
+      this.tasks.push(cron.schedule(f.schedule, () => this.scheduledPoll(f.id), { name: `${this.name}:feed:${f.id}`, noOverlap: true }));
     }
     if (this.config.bake.schedule) {
       this.tasks.push(
@@ -173,21 +179,47 @@ export class Agent {
 
   // --- ingestion ---
 
+  /**
+   * A poll the schedule starts. Nothing may escape it (a rejection here would end the process:
+   * a full disk while the ledger is written, say), and a failing feed is asked less often: after
+   * n failures in a row, the next 2^n - 1 scheduled polls (at most 15) are skipped.
+   */
+  private async scheduledPoll(feedId: string): Promise<void> {
+    const skip = this.pollSkips.get(feedId) ?? 0;
+    if (skip > 0) {
+      this.pollSkips.set(feedId, skip - 1);
+      return;
+    }
+    const poll = this.pollFeed(feedId).then(
+      (r) => {
+        const failures = r.error ? (this.ledger.feed(feedId)?.consecutiveErrors ?? 1) : 0;
+        const next = failures ? Math.min(2 ** failures - 1, 15) : 0;
+        this.pollSkips.set(feedId, next);
+        if (next) this.log(`feed ${feedId}: ${failures} failed poll(s) in a row; skipping the next ${next} scheduled poll(s)`);
+      },
+      (err: Error) => this.log(`feed ${feedId}: the poll failed: ${err.message}`),
+    );
+    this.polls.add(poll);
+    await poll;
+    this.polls.delete(poll);
+  }
+
   async pollFeed(feedId: string): Promise<{ added: number; error?: string }> {
     const source = this.config.feeds.find((f) => f.id === feedId);
     if (!source) throw new Error(`agent ${this.name} has no feed ${feedId}`);
     const { id: _id, url: _url, itemsAdded: _n, ...state } = this.ledger.feed(feedId)!;
     const result = await pollFeed({ id: source.id, url: source.url, maxItems: source.maxItems, timeoutMs: source.timeoutMs }, state);
-    let added = 0;
-    for (const e of result.entries) {
-      const r = await this.ledger.addItem({ kind: "feed", text: e.text, source: { feedId, link: e.link, guid: e.guid, publishedAt: e.publishedAt } });
-      if (r.added) added++;
-    }
-    await this.ledger.update((d) => {
-      // Replace the state whole: a good poll drops lastError rather than leaving the old one.
-      const at = d.feeds.findIndex((x) => x.id === feedId);
-      d.feeds[at] = { id: feedId, url: source.url, itemsAdded: d.feeds[at]!.itemsAdded + added, ...result.state };
-    });
+    // the entries and the feed's new state in one write
+    const added = (
+      await this.ledger.addItems(
+        result.entries.map((e) => ({ kind: "feed" as const, text: e.text, source: { feedId, link: e.link, guid: e.guid, publishedAt: e.publishedAt } })),
+        (d, n) => {
+          // Replace the state whole: a good poll drops lastError rather than leaving the old one.
+          const at = d.feeds.findIndex((x) => x.id === feedId);
+          d.feeds[at] = { id: feedId, url: source.url, itemsAdded: d.feeds[at]!.itemsAdded + n, ...result.state };
+        },
+      )
+    ).filter((r) => r.added).length;
     if (result.error) this.log(`feed ${feedId}: ${result.error}`);
     return { added, ...(result.error ? { error: result.error } : {}) };
   }
@@ -254,6 +286,7 @@ export class Agent {
   private async runBake(trigger: string, opts: { force?: boolean; consolidate?: boolean }): Promise<BakeOutcome> {
     const cfg = this.config;
     const ledger = this.ledger;
+    if (this.polls.size) await Promise.allSettled([...this.polls]); // (no await otherwise: the bake's record is written at once)
     const liveVersion = ledger.data.live;
     const liveItems = new Set(liveVersion ? ledger.version(liveVersion).items : []);
     const pending = ledger.items({ status: "pending" }).slice(0, cfg.bake.maxItems);
@@ -267,6 +300,11 @@ export class Agent {
       replay = [];
     } else {
       if (pending.length < cfg.bake.minPending && !opts.force) return { status: "skipped", reasons: [`${pending.length} pending item(s), fewer than bake.minPending ${cfg.bake.minPending}`] };
+      const last = ledger.data.bakes.at(-1);
+      if (trigger === "schedule" && last?.status === "rejected" && !consolidate && sameIds(last.itemIds, pending)) {
+        // baking the same items again would be rejected again: wait for news, or a bake asked for by hand
+        return { status: "skipped", reasons: [`the last bake of these ${pending.length} item(s) was rejected (${(last.reasons ?? []).join("; ")}); the schedule waits for new items (kiln learn bakes them anyway)`] };
+      }
       fresh = pending;
       replay = sampleReplay(absorbed.filter((i) => liveItems.has(i.id)), cfg.replay, ledger.data.bakes);
     }
@@ -338,6 +376,15 @@ export class Agent {
     // items no probe question could be written for were not baked: they leave the gate
     const unprobed = fresh.filter((i) => result.unprobed.includes(i.id));
     fresh = fresh.filter((i) => !unprobed.includes(i));
+    const summary = result.summary;
+    if (!summary) {
+      // the worker trained nothing (no new item could be baked): no version, and the items are rejected
+      const { reasons, changes } = decideGate({ version, fresh, replay: [], retained: [], unprobed, liveItems, scores: {}, persona: null, consolidate, gate: cfg.gate, maxAttempts: cfg.bake.maxAttempts });
+      await ledger.update((d) => Object.assign(d.bakes.find((b) => b.id === bakeId)!, { status: "rejected", finishedAt: new Date().toISOString(), reasons }));
+      for (const c of changes) await ledger.setItemStatus(c.ids, c.status, { ...(c.reason ? { reason: c.reason } : {}) });
+      this.log(`bake ${bakeId}: nothing baked (${reasons.join("; ")})`);
+      return { status: "rejected", bakeId, reasons };
+    }
 
     // --- gate ---
     const { promoted, reasons, absorption, retention, persona, holds, changes } = decideGate({
@@ -367,7 +414,7 @@ export class Agent {
     if (promoted) {
       // Write the manifest and swap in memory before the ledger names the version live: a crash
       // in between leaves the old live version recorded, and the orphan folder is moved aside on start.
-      this.writeManifest(record, result);
+      this.writeManifest(record, summary);
       this.live.swapTo(version, outDir);
     }
     const now = new Date().toISOString();
@@ -386,13 +433,13 @@ export class Agent {
         status: promoted ? "promoted" : "rejected",
         finishedAt: now,
         version,
-        metrics: { absorption, retention, ...(persona !== null ? { persona } : {}), initialValKl: result.summary.initialValKl, bestValKl: result.summary.bestValKl, trainedTokens: result.summary.trainedTokens, seconds: result.summary.seconds, tokensPerSecond: result.summary.tokensPerSecond },
-        history: result.summary.history.map((h) => ({ epoch: h.epoch, trainKlPerToken: h.trainKlPerToken, valKlPerToken: h.valKlPerToken })),
+        metrics: { absorption, retention, ...(persona !== null ? { persona } : {}), initialValKl: summary.initialValKl, bestValKl: summary.bestValKl, trainedTokens: summary.trainedTokens, seconds: summary.seconds, tokensPerSecond: summary.tokensPerSecond },
+        history: summary.history.map((h) => ({ epoch: h.epoch, trainKlPerToken: h.trainKlPerToken, valKlPerToken: h.valKlPerToken })),
         ...(promoted ? {} : { reasons }),
       });
     });
     for (const c of changes) await ledger.setItemStatus(c.ids, c.status, { ...(c.version ? { version: c.version } : {}), ...(c.reason ? { reason: c.reason } : {}) });
-    if (promoted) this.prune();
+    await this.prune();
     this.log(`bake ${bakeId}: ${version} ${promoted ? "promoted" : `rejected (${reasons.join("; ")})`}; absorption ${absorption.toFixed(2)}, retention ${retention.toFixed(2)}`);
     return { status: promoted ? "promoted" : "rejected", bakeId, version, reasons, absorption, retention, persona };
   }
@@ -421,7 +468,7 @@ export class Agent {
     return { fresh: f, replay: r };
   }
 
-  private writeManifest(v: VersionRecord, result: CycleResult): void {
+  private writeManifest(v: VersionRecord, summary: NonNullable<CycleResult["summary"]>): void {
     const manifest = {
       version: v.id,
       parent: v.parent,
@@ -431,22 +478,25 @@ export class Agent {
       createdAt: v.createdAt,
       items: v.items,
       scores: v.scores,
-      bake: { initialValKl: result.summary.initialValKl, bestValKl: result.summary.bestValKl, trainedTokens: result.summary.trainedTokens, seconds: result.summary.seconds },
+      bake: { initialValKl: summary.initialValKl, bestValKl: summary.bestValKl, trainedTokens: summary.trainedTokens, seconds: summary.seconds },
     };
     const file = path.join(v.dir, "manifest.json");
     writeFileSync(`${file}.tmp`, JSON.stringify(manifest, null, 2) + "\n");
     renameSync(`${file}.tmp`, file);
   }
 
-  /** Keeps the live version and the newest keepVersions others; older folders are deleted. */
-  private prune(): void {
+  /** After every bake: old kept versions and rejected ones past keepVersions leave the disk; the ledger's histories are capped. */
+  private async prune(): Promise<void> {
     const kept = this.ledger.data.versions.filter((v) => v.status === "kept").sort((a, b) => b.id.localeCompare(a.id));
     const old = kept.slice(this.config.keepVersions);
     const rejected = this.ledger.data.versions.filter((v) => v.status === "rejected" && existsSync(v.dir));
     for (const v of [...old, ...rejected.slice(0, Math.max(0, rejected.length - this.config.keepVersions))]) {
       rmSync(v.dir, { recursive: true, force: true });
     }
-    if (old.length) void this.ledger.update((d) => d.versions.forEach((v) => old.some((o) => o.id === v.id) && (v.status = "retired")));
+    await this.ledger.update((d) => {
+      d.versions.forEach((v) => old.some((o) => o.id === v.id) && (v.status = "retired"));
+      compactLedger(d);
+    });
   }
 
   // --- versions, retraction ---
@@ -455,6 +505,7 @@ export class Agent {
     if (this.baking) throw new Error("a bake is running; roll back when it ends");
     if (version !== null) {
       const v = this.ledger.version(version);
+      if (v.status === "rejected") throw new Error(`version ${version} was rejected by the gate (${(v.reasons ?? []).join("; ")}); only kept versions can go live`);
       if (v.status === "retired" || !existsSync(v.dir)) throw new Error(`version ${version} is no longer on disk (pruned)`);
     }
     await this.goLive(version, "rollback");

@@ -140,9 +140,6 @@ export class Runtime {
         const text: string = started ? r.value.text : r.value.text.trimStart();
         started ||= text.length > 0;
         if (text) yield { text, token: r.value.token };
-        // Decoding is synchronous CPU work between awaits that resolve at once: without a turn of
-        // the event loop per token, timers, sockets and abort signals wait for the whole reply.
-        await new Promise((resolve) => setImmediate(resolve));
       }
     } finally {
       // A consumer that stops early must not leave the generation (and its KV cache) suspended,

@@ -1,4 +1,4 @@
-// GET /healthz: the process is up, with each agent's live version and whether it is baking.
+// GET /healthz: the process is up, with each agent's live version, whether it is baking, and its feeds' health.
 import type { FastifyInstance } from "fastify";
 import type { ServerContext } from "./context.js";
 
@@ -7,7 +7,13 @@ export function healthRoutes(app: FastifyInstance, ctx: ServerContext): void {
   app.get("/healthz", async () => ({
     ok: true,
     uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
-    agents: [...ctx.runtime.agents.values()].map((a) => ({ name: a.name, live: a.live.version ?? "base", baking: a.isBaking })),
+    agents: [...ctx.runtime.agents.values()].map((a) => ({
+      name: a.name,
+      live: a.live.version ?? "base",
+      baking: a.isBaking,
+      // a feed that keeps failing is news the agent no longer gets
+      feeds: a.ledger.data.feeds.map((f) => ({ id: f.id, consecutiveErrors: f.consecutiveErrors, lastOkAt: f.lastOkAt ?? null, ...(f.lastError ? { lastError: f.lastError } : {}) })),
+    })),
     queue: { running: ctx.queue.running, waiting: ctx.queue.depth },
   }));
 }

@@ -118,7 +118,9 @@ export class Metrics {
     const agents = [...runtime.agents.values()];
     family("kiln_agent_live_version", "gauge", 'The weights version each agent serves, as a label (value 1; version="base" is the base model).', agents.map((a) => sample({ agent: a.name, version: a.live.version ?? "base" }, 1)));
     family("kiln_ledger_items", "gauge", "Ledger items by agent and status.", agents.flatMap((a) => ITEM_STATUSES.map((status) => sample({ agent: a.name, status }, a.ledger.items({ status }).length))));
-    family("kiln_bakes_total", "counter", "Bakes recorded in the ledger, by agent and status.", agents.flatMap((a) => {
+    family("kiln_feed_consecutive_errors", "gauge", "Failed polls in a row, by agent and feed (0: the last poll was good).", agents.flatMap((a) => a.ledger.data.feeds.map((f) => sample({ agent: a.name, feed: f.id }, f.consecutiveErrors))));
+    family("kiln_feed_last_ok_timestamp_seconds", "gauge", "When each feed was last polled without error (Unix seconds; 0: never).", agents.flatMap((a) => a.ledger.data.feeds.map((f) => sample({ agent: a.name, feed: f.id }, f.lastOkAt ? Date.parse(f.lastOkAt) / 1000 : 0))));
+    family("kiln_ledger_bakes", "gauge", "Bake records in the ledger (it keeps the newest 200), by agent and status.", agents.flatMap((a) => {
       const by = new Map<string, number>();
       for (const b of a.ledger.data.bakes) by.set(b.status, (by.get(b.status) ?? 0) + 1);
       return [...by].map(([status, n]) => sample({ agent: a.name, status }, n));

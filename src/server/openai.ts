@@ -14,7 +14,7 @@ import type { ChatMessage } from "../model/tokenizer.js";
 import type { Agent } from "../runtime/agent.js";
 import { fitConversation, type ChatOutcome } from "../runtime/runtime.js";
 import { clientSignal, findAgent, type ServerContext } from "./context.js";
-import { ApiError, validationError } from "./errors.js";
+import { ApiError, errorBody, validationError } from "./errors.js";
 import { SseStream } from "./sse.js";
 
 /** Most completion tokens when the request names no limit (the context may allow fewer). */
@@ -99,6 +99,8 @@ function budget(agent: Agent, messages: ChatMessage[], req: ChatRequest): { maxT
   return { maxTokens: asked ?? Math.min(DEFAULT_MAX_TOKENS, room) };
 }
 
+const SHUTTING_DOWN = "the server is shutting down and cut this reply off; send the request again";
+
 const finishReason = (r: "stop" | "length" | "abort") => (r === "length" ? "length" : "stop");
 
 export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
@@ -168,6 +170,8 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
         sse.send(chunk({ role: "assistant", content: "" }, null));
         const outcome = await drain(chat, (text) => sse.send(chunk({ content: text }, null)));
         record(outcome);
+        // cut off by the server going down: say so, as OpenAI's streams carry errors, never as a finished reply
+        if (outcome.result.finishReason === "abort" && ctx.shutdown.aborted) return sse.send(errorBody(503, SHUTTING_DOWN, "shutting_down"));
         if (outcome.result.finishReason === "abort") return; // the client is gone
         sse.send(chunk({}, finishReason(outcome.result.finishReason), { system_fingerprint: fingerprint(outcome), kiln: kiln(outcome) }));
         if (req.stream_options?.include_usage) sse.send({ id, object: "chat.completion.chunk", created, model: agent.name, choices: [], usage: usage(outcome), kiln: kiln(outcome) });
@@ -178,6 +182,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     try {
       const outcome = await drain(chat);
       record(outcome);
+      if (outcome.result.finishReason === "abort" && ctx.shutdown.aborted) throw new ApiError(503, SHUTTING_DOWN, "shutting_down");
       return {
         id,
         object: "chat.completion",

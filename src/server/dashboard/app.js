@@ -537,7 +537,7 @@ async function refreshVersions() {
   if (!data) return;
   const live = data.live;
   const rows = data.versions.map((v) => {
-    const canRoll = v.id !== live && v.onDisk && v.status !== "retired";
+    const canRoll = v.id !== live && v.onDisk && v.status !== "retired" && v.status !== "rejected";
     return h(
       "tr",
       { "data-id": v.id, class: v.id === live ? "live-row" : "" },

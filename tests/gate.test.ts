@@ -23,7 +23,7 @@ function item(id: string, misses = 0): Item {
 const GATE = { minAbsorption: 0.5, minRetention: 0.5, minPersona: 0.8, itemPass: 1 };
 
 function input(over: Partial<GateInput>): GateInput {
-  return { version: "v0002", fresh: [], replay: [], retained: [], unprobed: [], liveItems: new Set(), scores: {}, persona: null, consolidate: false, gate: GATE, maxAttempts: 3, ...over };
+  return { version: "v0002", fresh: [], replay: [], retained: [], unprobed: [], liveItems: new Set(), excluded: new Set(), scores: {}, persona: null, consolidate: false, gate: GATE, maxAttempts: 3, ...over };
 }
 
 const changed = (d: ReturnType<typeof decideGate>) => Object.fromEntries(d.changes.flatMap((c) => c.ids.map((id) => [id, c.status])));
@@ -77,4 +77,17 @@ test("a consolidation holds only what it recovered; persona adherence gates too"
   assert.deepEqual(changed(d), { a: "absorbed", b: "pending" });
   const persona = decideGate(input({ fresh: [item("a")], scores: { a: { unprompted: 1 } }, persona: 0.5 }));
   assert.deepEqual(persona.reasons, ["persona adherence 0.50 < gate.minPersona 0.8"]);
+});
+
+test("carried over: what the live version held and the bake did not score, but never a new, retracted or rejected item", () => {
+  const pendingHeld = item("p"); // pending though the live version holds it (a crash between promotion and statuses)
+  const d = decideGate(input({ fresh: [pendingHeld, item("a")], liveItems: new Set(["p", "x", "gone"]), excluded: new Set(["gone"]), scores: { a: { unprompted: 1 }, p: { unprompted: 0 } }, gate: { ...GATE, minAbsorption: 0.5 } }));
+  assert.deepEqual(d.holds.sort(), ["a", "x"], "p failed its probes, gone was retracted, x is carried");
+});
+
+test("bake.maxAttempts counts misses since the item was last absorbed", () => {
+  const relearning = item("r", 2);
+  relearning.history.push({ at: "2026-11-26T01:00:00.000Z", status: "absorbed" }, { at: "2026-11-26T02:00:00.000Z", status: "pending", reason: "lost by v0005" });
+  const d = decideGate(input({ fresh: [relearning], scores: {}, gate: { ...GATE, minAbsorption: 0 } }));
+  assert.deepEqual(changed(d), { r: "pending" }, "two misses long before it was absorbed do not count");
 });

@@ -95,6 +95,7 @@ test("feed items are ingested once, baked, gated and promoted; the live model sw
     assert.equal(agent.ledger.item(target.id).status, "retracted");
     assert.ok(agent.ledger.item(target.id).scores.some((s) => s.version === v3.id), "the retracted item's recall was measured");
     assert.deepEqual(agent.ledger.diff("v0002", v3.id).lost.map((i) => i.id), [target.id]);
+    await assert.rejects(agent.rollback("v0002"), /v0002 holds retracted item\(s\) .*; it cannot go live again/);
   } finally {
     await runtime.stop();
     rmSync(dir, { recursive: true });
@@ -142,6 +143,11 @@ test("a gate that is not met keeps the version as rejected with its reasons, and
       const again = await agent.bake("schedule");
       assert.equal(again.status, "skipped");
       assert.match(again.reasons[0]!, /the last bake of these 1 item\(s\) was rejected .* the schedule waits for new items/);
+      // news goes in ahead of the items just rejected, and the schedule bakes again
+      const { item: news } = await agent.remember("The harbor fee is nine coins.");
+      const next = await agent.bake("schedule");
+      assert.notEqual(next.status, "skipped", next.reasons.join("; "));
+      assert.equal(agent.ledger.data.bakes.at(-1)!.itemIds[0], news.id);
     } else {
       // A one-epoch bake can still absorb a single item on a tiny model; then the gate held.
       assert.equal(outcome.absorption, 1);
@@ -188,6 +194,46 @@ test("an item no checked probe can be written for is rejected unbaked; one that 
     await runtime2.stop();
     rmSync(strict.dir, { recursive: true });
     rmSync(lenient.dir, { recursive: true });
+  }
+});
+
+test("an item retracted while a bake runs stays retracted: the bake's gate does not absorb it again", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    const { item: keep } = await agent.remember("The lighthouse keeper is Mira Tolle.");
+    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
+    const baking = agent.bake("test");
+    const retraction = agent.retract([drop.id]); // as a chat "forget ..." may, mid-bake
+    await baking;
+    await retraction;
+    assert.equal(agent.ledger.item(drop.id).status, "retracted");
+    assert.ok(!agent.ledger.version(agent.live.version!).items.includes(drop.id), "the live weights do not hold it");
+    assert.equal(agent.ledger.item(keep.id).status, "absorbed");
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("on start, item statuses follow the live version (a crash between a promotion and its status changes)", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  try {
+    let runtime = await Runtime.fromFiles(file);
+    const agent = runtime.agent("tester");
+    const { item } = await agent.remember("The lighthouse keeper is Mira Tolle.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    await runtime.stop();
+    const ledgerFile = path.join(dir, "home", "ledger.json");
+    const data = JSON.parse(readFileSync(ledgerFile, "utf8"));
+    data.items[0].status = "baking"; // as the crash left it
+    writeFileSync(ledgerFile, JSON.stringify(data));
+    runtime = await Runtime.fromFiles(file);
+    assert.equal(runtime.agent("tester").ledger.item(item.id).status, "absorbed", "v0001 holds it");
+    await runtime.stop();
+  } finally {
+    rmSync(dir, { recursive: true });
   }
 });
 

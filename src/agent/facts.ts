@@ -41,6 +41,22 @@ export function explicitRequest(message: string): FactAction[] | undefined {
   return undefined;
 }
 
+/** Most items one "forget ..." retracts: more means the words were too vague to act on. */
+export const MAX_FORGET = 3;
+
+/**
+ * The items a "forget ..." names: every content word of the query (3 letters or more, function
+ * words aside) is a word of the item. "forget it" names nothing, not every item containing "it".
+ */
+export function forgetMatches<T extends { text: string }>(query: string, items: T[]): T[] {
+  const wanted = [...new Set(words(query).filter((w) => w.length >= 3 && !isFunctionWord(w)).map(stem))];
+  if (!wanted.length) return [];
+  return items.filter((i) => {
+    const has = new Set(words(i.text).map(stem));
+    return wanted.every((w) => has.has(w));
+  });
+}
+
 /** What a user message asks kiln to remember or forget, by rules; empty when it states nothing. */
 export function extractFacts(message: string): FactAction[] {
   const explicit = explicitRequest(message);

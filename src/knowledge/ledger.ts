@@ -101,17 +101,20 @@ export class LedgerError extends Error {
 /**
  * What a long-lived ledger keeps of its histories: the document is rewritten whole on every
  * change, so bake records, per-item scores and status histories, and the records of versions
- * that can no longer go live are capped (the newest are kept; an item keeps its first entry).
+ * that can no longer go live (off disk, nobody's parent) are capped (the newest are kept; an item
+ * keeps its first entry).
  */
 export const LEDGER_LIMITS = { bakes: 200, scoresPerItem: 20, historyPerItem: 50, deadVersions: 100 };
 
-export function compactLedger(d: LedgerData, limits = LEDGER_LIMITS): void {
+export function compactLedger(d: LedgerData, limits = LEDGER_LIMITS, onDisk: (v: VersionRecord) => boolean = () => false): void {
   if (d.bakes.length > limits.bakes) d.bakes.splice(0, d.bakes.length - limits.bakes);
   for (const i of d.items) {
     if (i.scores.length > limits.scoresPerItem) i.scores.splice(0, i.scores.length - limits.scoresPerItem);
     if (i.history.length > limits.historyPerItem) i.history.splice(1, i.history.length - limits.historyPerItem);
   }
-  const dead = d.versions.filter((v) => v.status === "retired" || v.status === "rejected");
+  // a version still on disk, or the parent of one kept, keeps its record (diff and orphan checks need it)
+  const parents = new Set(d.versions.map((v) => v.parent));
+  const dead = d.versions.filter((v) => (v.status === "retired" || v.status === "rejected") && !onDisk(v) && !parents.has(v.id));
   if (dead.length > limits.deadVersions) {
     const drop = new Set(dead.slice(0, dead.length - limits.deadVersions).map((v) => v.id));
     d.versions = d.versions.filter((v) => !drop.has(v.id));
@@ -250,7 +253,8 @@ export class Ledger {
       const text = input.text.trim();
       if (!text) throw new LedgerError("an item needs text");
       const hash = contentHash(text);
-      const existing = [...this.data.items, ...fresh].find((i) => i.contentHash === hash && i.status !== "retracted");
+      // a retracted or rejected item does not block the same text told again
+      const existing = [...this.data.items, ...fresh].find((i) => i.contentHash === hash && i.status !== "retracted" && i.status !== "rejected");
       if (existing) return { item: existing, added: false };
       const status = input.status ?? "pending";
       const item: Item = { id: newId("k"), kind: input.kind, text, status, createdAt: now, updatedAt: now, source: input.source ?? {}, contentHash: hash, scores: [], history: [{ at: now, status }] };

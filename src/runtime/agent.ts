@@ -9,11 +9,11 @@ import path from "node:path";
 import cron, { type ScheduledTask } from "node-cron";
 import { startCycle, type WorkerProgress } from "../bake/job.js";
 import type { CycleResult } from "../bake/cycle.js";
-import { decideGate } from "./gate.js";
+import { decideGate, type StatusChange } from "./gate.js";
 import { checkProbes, type ProbeCheck, type ProbeItem } from "../bake/probes.js";
 import { knowledgeLessons } from "../bake/prompt.js";
 import { pollFeed } from "../feeds/feeds.js";
-import { compactLedger, Ledger, type BakeRun, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
+import { compactLedger, Ledger, LEDGER_LIMITS, type BakeRun, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
 import type { LoadedModel } from "../model/load.js";
 import type { AgentConfig } from "./agent-config.js";
 import { LiveModel } from "./live.js";
@@ -31,10 +31,6 @@ export interface BakeOutcome {
 export interface AgentEvents {
   onBakeProgress?: (agent: string, p: WorkerProgress) => void;
   onLog?: (agent: string, message: string) => void;
-}
-
-function sameIds(ids: string[], items: Item[]): boolean {
-  return ids.length === items.length && items.every((i) => ids.includes(i.id));
 }
 
 /**
@@ -76,6 +72,8 @@ export class Agent {
   private readonly polls = new Set<Promise<void>>();
   /** scheduled polls to skip per feed (backoff after failures) */
   private readonly pollSkips = new Map<string, number>();
+  /** the last switch of the live version (rollbacks and retraction fallbacks run one at a time) */
+  private switching: Promise<void> = Promise.resolve();
   private cancelBake: (() => void) | null = null;
   progress: WorkerProgress | null = null;
 
@@ -105,6 +103,7 @@ export class Agent {
     const repaired = await ledger.recover();
     if (repaired.bakes || repaired.items) agent.log(`recovered from an interrupted bake: ${repaired.bakes} bake(s) marked failed, ${repaired.items} item(s) back to pending`);
     agent.removeOrphanCheckpoints();
+    if (ledger.data.live === null || ledger.data.versions.some((v) => v.id === ledger.data.live)) await agent.syncStatusesToLive("start");
     const live = ledger.data.live;
     if (live) {
       try {
@@ -171,6 +170,7 @@ export class Agent {
   async stop(): Promise<void> {
     for (const t of this.tasks) await t.destroy();
     this.tasks = [];
+    await Promise.allSettled([...this.polls]); // a poll in flight writes the ledger: before it closes
     this.cancelBake?.();
     await this.baking?.catch(() => {});
     await this.ledger.close();
@@ -289,7 +289,11 @@ export class Agent {
     if (this.polls.size) await Promise.allSettled([...this.polls]); // (no await otherwise: the bake's record is written at once)
     const liveVersion = ledger.data.live;
     const liveItems = new Set(liveVersion ? ledger.version(liveVersion).items : []);
-    const pending = ledger.items({ status: "pending" }).slice(0, cfg.bake.maxItems);
+    // items the last bake was rejected on go last, so that news gets in ahead of them
+    const last = ledger.data.bakes.at(-1);
+    const lastRejected = new Set(last?.status === "rejected" ? last.itemIds : []);
+    const waiting = ledger.items({ status: "pending" });
+    const pending = [...waiting.filter((i) => !lastRejected.has(i.id)), ...waiting.filter((i) => lastRejected.has(i.id))].slice(0, cfg.bake.maxItems);
     const absorbed = ledger.items({ status: "absorbed" });
     const consolidate = !!opts.consolidate;
     let fresh: Item[];
@@ -300,10 +304,9 @@ export class Agent {
       replay = [];
     } else {
       if (pending.length < cfg.bake.minPending && !opts.force) return { status: "skipped", reasons: [`${pending.length} pending item(s), fewer than bake.minPending ${cfg.bake.minPending}`] };
-      const last = ledger.data.bakes.at(-1);
-      if (trigger === "schedule" && last?.status === "rejected" && !consolidate && sameIds(last.itemIds, pending)) {
+      if (trigger === "schedule" && pending.length && pending.every((i) => lastRejected.has(i.id))) {
         // baking the same items again would be rejected again: wait for news, or a bake asked for by hand
-        return { status: "skipped", reasons: [`the last bake of these ${pending.length} item(s) was rejected (${(last.reasons ?? []).join("; ")}); the schedule waits for new items (kiln learn bakes them anyway)`] };
+        return { status: "skipped", reasons: [`the last bake of these ${pending.length} item(s) was rejected (${(last!.reasons ?? []).join("; ")}); the schedule waits for new items (kiln learn bakes them anyway)`] };
       }
       fresh = pending;
       replay = sampleReplay(absorbed.filter((i) => liveItems.has(i.id)), cfg.replay, ledger.data.bakes);
@@ -379,9 +382,9 @@ export class Agent {
     const summary = result.summary;
     if (!summary) {
       // the worker trained nothing (no new item could be baked): no version, and the items are rejected
-      const { reasons, changes } = decideGate({ version, fresh, replay: [], retained: [], unprobed, liveItems, scores: {}, persona: null, consolidate, gate: cfg.gate, maxAttempts: cfg.bake.maxAttempts });
+      const { reasons, changes } = decideGate({ version, fresh, replay: [], retained: [], unprobed, liveItems, excluded: new Set(), scores: {}, persona: null, consolidate, gate: cfg.gate, maxAttempts: cfg.bake.maxAttempts });
       await ledger.update((d) => Object.assign(d.bakes.find((b) => b.id === bakeId)!, { status: "rejected", finishedAt: new Date().toISOString(), reasons }));
-      for (const c of changes) await ledger.setItemStatus(c.ids, c.status, { ...(c.reason ? { reason: c.reason } : {}) });
+      await this.applyChanges(changes);
       this.log(`bake ${bakeId}: nothing baked (${reasons.join("; ")})`);
       return { status: "rejected", bakeId, reasons };
     }
@@ -394,6 +397,7 @@ export class Agent {
       retained,
       unprobed,
       liveItems,
+      excluded: new Set(ledger.items({ status: ["retracted", "rejected"] }).map((i) => i.id)),
       scores: result.scores,
       persona: result.persona ? result.persona.after : null,
       consolidate,
@@ -438,7 +442,7 @@ export class Agent {
         ...(promoted ? {} : { reasons }),
       });
     });
-    for (const c of changes) await ledger.setItemStatus(c.ids, c.status, { ...(c.version ? { version: c.version } : {}), ...(c.reason ? { reason: c.reason } : {}) });
+    await this.applyChanges(changes);
     await this.prune();
     this.log(`bake ${bakeId}: ${version} ${promoted ? "promoted" : `rejected (${reasons.join("; ")})`}; absorption ${absorption.toFixed(2)}, retention ${retention.toFixed(2)}`);
     return { status: promoted ? "promoted" : "rejected", bakeId, version, reasons, absorption, retention, persona };
@@ -495,7 +499,7 @@ export class Agent {
     }
     await this.ledger.update((d) => {
       d.versions.forEach((v) => old.some((o) => o.id === v.id) && (v.status = "retired"));
-      compactLedger(d);
+      compactLedger(d, LEDGER_LIMITS, (v) => existsSync(v.dir));
     });
   }
 
@@ -507,27 +511,59 @@ export class Agent {
       const v = this.ledger.version(version);
       if (v.status === "rejected") throw new Error(`version ${version} was rejected by the gate (${(v.reasons ?? []).join("; ")}); only kept versions can go live`);
       if (v.status === "retired" || !existsSync(v.dir)) throw new Error(`version ${version} is no longer on disk (pruned)`);
+      const retracted = this.retractedIn(version);
+      if (retracted.length) throw new Error(`version ${version} holds retracted item(s) ${retracted.join(", ")}; it cannot go live again`);
     }
     await this.goLive(version, "rollback");
   }
 
+  /** The gate's status changes; an item retracted meanwhile stays retracted. */
+  private async applyChanges(changes: StatusChange[]): Promise<void> {
+    for (const c of changes) {
+      const ids = c.ids.filter((id) => this.ledger.item(id).status !== "retracted");
+      await this.ledger.setItemStatus(ids, c.status, { ...(c.version ? { version: c.version } : {}), ...(c.reason ? { reason: c.reason } : {}) });
+    }
+  }
+
+  /** Retracted items a version's weights hold. */
+  private retractedIn(version: string | null): string[] {
+    if (version === null) return [];
+    const retracted = new Set(this.ledger.items({ status: "retracted" }).map((i) => i.id));
+    return this.ledger.version(version).items.filter((id) => retracted.has(id));
+  }
+
   /** Swaps the live weights to a kept version (or the base model); item statuses follow it. */
-  private async goLive(version: string | null, why: string): Promise<void> {
-    this.live.swapTo(version, version ? this.ledger.version(version).dir : null);
-    const held = new Set(version ? this.ledger.version(version).items : []);
-    await this.ledger.update((d) => {
-      for (const v of d.versions) {
-        if (v.status === "live") v.status = "kept";
-        if (v.id === version) v.status = "live";
-      }
-      d.live = version;
+  private goLive(version: string | null, why: string): Promise<void> {
+    // one switch at a time: a double-clicked rollback must not interleave two status syncs
+    const next = this.switching.then(async () => {
+      this.live.swapTo(version, version ? this.ledger.version(version).dir : null);
+      await this.ledger.update((d) => {
+        for (const v of d.versions) {
+          if (v.status === "live") v.status = "kept";
+          if (v.id === version) v.status = "live";
+        }
+        d.live = version;
+      });
+      await this.syncStatusesToLive(why);
+      this.log(`${version ?? "the base model"} is live (${why})`);
     });
-    // "absorbed" means the live weights hold it: items follow the version rolled back to
-    const name = version ?? "the base model";
-    const active = [...this.ledger.items({ status: "absorbed" }), ...this.ledger.items({ status: "pending" })];
-    await this.ledger.setItemStatus(active.filter((i) => i.status === "absorbed" && !held.has(i.id)).map((i) => i.id), "pending", { reason: `not held by ${name} (${why})` });
-    await this.ledger.setItemStatus(active.filter((i) => i.status === "pending" && held.has(i.id)).map((i) => i.id), "absorbed", { reason: `held by ${name} (${why})` });
-    this.log(`${name} is live (${why})`);
+    this.switching = next.catch(() => {});
+    return next;
+  }
+
+  /**
+   * "absorbed" means the live weights hold it: absorbed items the live version does not hold wait
+   * to be baked again, and pending ones it holds are absorbed. Run on every switch and on start
+   * (a crash between a promotion and its status changes leaves them behind).
+   */
+  private async syncStatusesToLive(why: string): Promise<void> {
+    const live = this.ledger.data.live;
+    const held = new Set(live ? this.ledger.version(live).items : []);
+    const name = live ?? "the base model";
+    const stray = this.ledger.items({ status: "absorbed" }).filter((i) => !held.has(i.id));
+    const found = this.ledger.items({ status: "pending" }).filter((i) => held.has(i.id));
+    await this.ledger.setItemStatus(stray.map((i) => i.id), "pending", { reason: `not held by ${name} (${why})` });
+    await this.ledger.setItemStatus(found.map((i) => i.id), "absorbed", { reason: `held by ${name} (${why})` });
   }
 
   /**
@@ -538,9 +574,10 @@ export class Agent {
    */
   async retract(ids: string[], reason = "retracted"): Promise<BakeOutcome> {
     const items = ids.map((id) => this.ledger.item(id));
-    await this.ledger.setItemStatus(items.map((i) => i.id), "retracted", { reason });
-    // A running bake would be joined, not redone from the base: let it finish first.
+    // A running bake would be joined, not redone from the base, and its gate would set these items
+    // absorbed again: let it finish first, then mark them.
     while (this.baking) await this.baking.catch(() => undefined);
+    await this.ledger.setItemStatus(items.map((i) => i.id), "retracted", { reason });
     const liveBefore = this.ledger.data.live;
     const inWeights = liveBefore ? this.ledger.version(liveBefore).items : [];
     if (!items.some((i) => inWeights.includes(i.id))) {
@@ -548,12 +585,10 @@ export class Agent {
     }
     const outcome = await this.bake("retraction", { consolidate: true, force: true });
     const live = this.ledger.data.live;
-    const retracted = new Set(this.ledger.items({ status: "retracted" }).map((i) => i.id));
-    const holdsRetracted = (v: string | null) => v !== null && this.ledger.version(v).items.some((id) => retracted.has(id));
-    if (holdsRetracted(live) && !this.baking) {
-      const clean = [...this.ledger.data.versions].reverse().find((v) => (v.status === "kept" || v.status === "live") && existsSync(v.dir) && !holdsRetracted(v.id));
+    if (this.retractedIn(live).length && !this.baking) {
+      const clean = [...this.ledger.data.versions].reverse().find((v) => (v.status === "kept" || v.status === "live") && existsSync(v.dir) && !this.retractedIn(v.id).length);
       await this.goLive(clean?.id ?? null, `the rebuild after a retraction was ${outcome.status}`);
-      outcome.reasons.push(`${live} still held retracted items, so ${clean?.id ?? "the base model"} is live now`);
+      return { ...outcome, reasons: [...outcome.reasons, `${live} still held retracted items, so ${clean?.id ?? "the base model"} is live now`] };
     }
     return outcome;
   }

@@ -19,6 +19,8 @@ export interface GateInput {
   unprobed: Item[];
   /** the live version's items before the bake */
   liveItems: ReadonlySet<string>;
+  /** items that must not be held: retracted or rejected */
+  excluded: ReadonlySet<string>;
   /** unprompted probe score per item id on the new weights */
   scores: Readonly<Record<string, { unprompted: number }>>;
   /** persona adherence on the new weights, when the agent has a persona */
@@ -65,10 +67,12 @@ export function decideGate(g: GateInput): GateDecision {
   if (g.persona !== null && g.persona < g.gate.minPersona) reasons.push(`persona adherence ${g.persona.toFixed(2)} < gate.minPersona ${g.gate.minPersona}`);
   const promoted = reasons.length === 0;
 
-  const scored = new Set([...g.replay, ...g.retained].map((i) => i.id));
+  // what the live version held and this bake did not score is carried over, except what it decides
+  // itself (new items) and what must not be held (retracted or rejected since)
+  const decided = new Set([...g.replay, ...g.retained, ...g.fresh, ...g.unprobed].map((i) => i.id));
   const holds = g.consolidate
     ? g.fresh.filter(passes).map((i) => i.id)
-    : [...new Set([...[...g.liveItems].filter((id) => !scored.has(id)), ...[...g.replay, ...g.retained, ...g.fresh].filter(passes).map((i) => i.id)])];
+    : [...new Set([...[...g.liveItems].filter((id) => !decided.has(id) && !g.excluded.has(id)), ...[...g.replay, ...g.retained, ...g.fresh].filter(passes).map((i) => i.id)])];
 
   const ids = (items: Item[]) => items.map((i) => i.id);
   const changes: StatusChange[] = [
@@ -87,8 +91,10 @@ export function decideGate(g: GateInput): GateDecision {
     changes.push({ ids: ids(g.fresh), status: "pending", reason: `version ${g.version} rejected: ${reasons.join("; ")}` });
   } else {
     const missed = g.fresh.filter((i) => !passes(i));
-    // a promoted bake that did not absorb an item is one attempt; failed or rejected bakes are not
-    const spent = (i: Item) => i.history.filter((h) => h.reason?.startsWith(NOT_ABSORBED)).length + 1 >= g.maxAttempts;
+    // a promoted bake that did not absorb an item is one attempt (since it was last absorbed, if
+    // ever); failed or rejected bakes are not
+    const since = (i: Item) => i.history.slice(i.history.findLastIndex((h) => h.status === "absorbed") + 1);
+    const spent = (i: Item) => since(i).filter((h) => h.reason?.startsWith(NOT_ABSORBED)).length + 1 >= g.maxAttempts;
     const reason = `${NOT_ABSORBED} ${g.version}: probe score below gate.itemPass ${g.gate.itemPass}`;
     changes.push({ ids: ids(g.fresh.filter(passes)), status: "absorbed", version: g.version });
     changes.push({ ids: ids(missed.filter((i) => !spent(i))), status: "pending", reason });

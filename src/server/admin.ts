@@ -5,7 +5,8 @@
 //   GET  /admin/agents/:name/items/:id
 //   POST /admin/agents/:name/items {text, kind?}      remember: 201 (added) or 200 (already known)
 //   POST /admin/agents/:name/items/:id/retract {reason?}
-//                                                    202: consolidation bake started in the background
+//                                                    202: consolidation bake started in the background;
+//                                                    200: retracted, nothing to rebuild (never baked in)
 //   GET  /admin/agents/:name/feeds
 //   POST /admin/agents/:name/feeds/:id/poll
 //   GET  /admin/agents/:name/bakes
@@ -205,7 +206,7 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
     const work = agent.retract([item.id], body.reason ?? "retracted through the admin API");
     const ended = await whenBakeStarts(agent, work);
     ctx.watcher.track(agent);
-    reply.code(202);
+    reply.code(ended ? 200 : 202); // 200: done without a rebuild (the live weights never held it)
     return { item: itemView(agent, agent.ledger.item(item.id)), bake: ended ?? startedView(agent, false) };
   });
 

@@ -20,6 +20,7 @@ LOG=$OUT/gpu-check.log
 : >"$LOG"
 say() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
 # step NAME LIMIT_S COMMAND...: runs a command under a time limit, logging its output and duration
+summarize() { grep -E '^\| |^# kiln bench|^<!--|^PyTorch:|^# (pass|fail)|^\[..:..:..\] (== |adapter|with )' "$LOG" >"$OUT/summary.txt"; }
 step() {
   local name=$1 limit=$(($2 * (SMOKE + 1))) # a software adapter is slower
 
@@ -29,6 +30,7 @@ step() {
   timeout --kill-after=10 "$limit" "$@" >>"$LOG" 2>&1
   local rc=$?
   say "== $name: exit $rc after $((SECONDS - t0))s"
+  summarize # after every step: a lease cut short still brings back what ran
   return $rc
 }
 
@@ -82,15 +84,15 @@ if [ "${found%%	*}" != gpu ] && [ $SMOKE = 0 ]; then
 fi
 
 failed=0
-# limits sum to 540 s: the device's per-call limit is 600
-step "golden tests on webgpu" 120 node --test dist/tests/golden.test.js || failed=1
+# limits sum to 480 s, leaving room for unpacking, kiln info and kill grace within the device's 600
+step "golden tests on webgpu" 90 node --test dist/tests/golden.test.js || failed=1
 if [ $SMOKE = 1 ]; then
   step "bench, tiny shape" 150 node dist/tools/bench.js --only tiny --quick --kiln-only || failed=1
 else
   # PyTorch on the same GPU, float32 without TF32 (as WebGPU computes); python3 there has torch
   step "bench, SmolLM2-135M shape, PyTorch on cuda" 270 node dist/tools/bench.js --only 135m --torch-device cuda --python python3 || failed=1
 fi
-step "bake tests on webgpu" 150 node --test dist/tests/bake.test.js || failed=1
-grep -E '^\| |^# kiln bench|^<!--|^PyTorch:|^# (pass|fail)' "$LOG" >"$OUT/summary.txt"
+step "bake tests on webgpu" 120 node --test dist/tests/bake.test.js || failed=1
+summarize
 say "done; failed steps: $failed (summary in $OUT/summary.txt)"
 exit $failed

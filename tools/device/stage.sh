@@ -5,7 +5,8 @@
 # here on the software adapter under strace. Then it unpacks the whole thing into a fresh clone
 # and runs the check there with nothing else, so a missing file shows up here, not on the lease.
 #
-#   npm run build && sudo bash tools/device/stage.sh     (as root: apt-get downloads the loaders)
+#   npm run build && bash tools/device/stage.sh     (as root: apt-get downloads the loaders;
+#   under sudo, pass the Node to pack: sudo NODE="$(command -v node)" bash tools/device/stage.sh)
 #
 # docs/device.md has the device call to make afterwards.
 set -euo pipefail
@@ -17,8 +18,9 @@ command -v strace >/dev/null || { echo "stage.sh: needs strace (apt-get install 
 rm -rf .device
 mkdir -p .device/gl
 
-echo "1/4 Node $(node -v), stripped and compressed"
-strip -o .device/node "$(command -v node)"
+NODE=${NODE:-$(command -v node)}
+echo "1/4 Node $("$NODE" -v) ($NODE), stripped and compressed"
+strip -o .device/node "$NODE"
 xz -9 -T0 .device/node
 
 echo "2/4 loader packages (device README)"
@@ -43,12 +45,13 @@ echo "4/4 the packed check in a fresh clone, with its own Node and node_modules 
 sim=$(mktemp -d)
 mkdir "$sim/kiln"
 # what the device tool sends: tracked files, untracked ones git does not ignore, and the carried
-git ls-files -z -co --exclude-standard | tar -c --null -T - dist .device | tar -x -C "$sim/kiln"
+travelling() { git ls-files -z -co --exclude-standard | while IFS= read -r -d '' f; do [ -e "$f" ] && printf '%s\0' "$f"; done; } # (not files deleted from the tree)
+travelling | tar -c --null -T - dist .device | tar -x -C "$sim/kiln"
 (cd "$sim/kiln" && OUT=$sim/out bash tools/device/gpu-check.sh --smoke >/dev/null) ||
   { echo "stage.sh: the packed check failed in $sim/kiln (log: $sim/out/gpu-check.log)" >&2; exit 1; }
 rm -rf "$sim"
 
-tracked=$(git ls-files -z -co --exclude-standard | du -cb --files0-from=- | tail -1 | cut -f1)
+tracked=$(travelling | du -cb --files0-from=- | tail -1 | cut -f1)
 carried=$(du -sb dist .device | awk '{s += $1} END {print s}')
 echo "packed: .device $(du -sh .device | cut -f1); travels: tracked $((tracked >> 20)) MiB + dist and .device $((carried >> 20)) MiB = $(((tracked + carried) >> 20)) MiB of the device's 64"
 [ $(((tracked + carried) >> 20)) -lt 64 ] || { echo "stage.sh: over the device's 64 MiB" >&2; exit 1; }

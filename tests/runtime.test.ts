@@ -237,6 +237,29 @@ test("on start, item statuses follow the live version (a crash between a promoti
   }
 });
 
+test("retention checks take the items checked longest ago, bake.retentionChecks at a time; the rest are carried over", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [], replay: 0, retentionChecks: 1 });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    const { item: a } = await agent.remember("The lighthouse keeper is Mira Tolle.");
+    const { item: b } = await agent.remember("The harbor fee is nine coins.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    await agent.remember("The ferry leaves at noon.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    const checkedIn = (id: string, v: string) => agent.ledger.item(id).scores.some((s) => s.version === v);
+    assert.equal([a.id, b.id].filter((id) => checkedIn(id, "v0002")).length, 1, "one old item checked");
+    assert.deepEqual([a.id, b.id].filter((id) => agent.ledger.version("v0002").items.includes(id)).length, 2, "both still held");
+    const unchecked = [a.id, b.id].find((id) => !checkedIn(id, "v0002"))!;
+    await agent.remember("The mill closed in spring.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    assert.ok(checkedIn(unchecked, "v0003"), "the next bake checks the one checked longest ago");
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("retracting the only baked item leaves the base model live: nothing is left to rebuild from", async () => {
   const { dir, file } = writeTestAgent({ feeds: [] });
   const runtime = await Runtime.fromFiles(file);

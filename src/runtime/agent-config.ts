@@ -99,6 +99,12 @@ export const AgentConfigSchema = z
     capture: z.enum(["model", "rules", "off"]).default("model"),
     /** absorbed items replayed into each bake so old knowledge is kept */
     replay: z.number().int().min(0).default(20),
+    /**
+     * absorbed items, not replayed, that a bake checks for retention (those checked longest ago
+     * first); the others are carried over unchecked, so a bake's cost does not grow with all it
+     * knows (kiln knowledge verify checks everything)
+     */
+    retentionChecks: z.number().int().min(0).default(40),
     /** versions kept on disk besides the live one (for rollback) */
     keepVersions: z.number().int().min(1).default(5),
     /** where the ledger and checkpoints live (relative to the agent file); default checkpoints/<name> */

@@ -326,7 +326,13 @@ export class Agent {
       const later = wanted.filter((i) => !fresh.includes(i) && i.status === "absorbed").map((i) => i.id);
       await ledger.setItemStatus(later, "pending", { reason: "did not fit the consolidation bake's context" });
     }
-    const retained = consolidate ? [] : absorbed.filter((i) => liveItems.has(i.id) && !replay.includes(i));
+    const lastChecked = (i: Item) => i.scores.at(-1)?.version ?? "";
+    const retained = consolidate
+      ? []
+      : absorbed
+          .filter((i) => liveItems.has(i.id) && !replay.includes(i))
+          .sort((a, b) => lastChecked(a).localeCompare(lastChecked(b)))
+          .slice(0, cfg.retentionChecks);
     const retracted = consolidate ? ledger.items({ status: "retracted" }).filter((i) => liveItems.has(i.id)) : [];
 
     const bakeId = ledger.newBakeId();

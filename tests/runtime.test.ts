@@ -127,31 +127,33 @@ test("a gate that is not met keeps the version as rejected with its reasons, and
   const { dir, file } = writeTestAgent({ gate: { minAbsorption: 1.01 } });
   // minAbsorption above 1 is invalid: the file is refused with the field named.
   assert.throws(() => loadAgentConfig(file, dir), /gate\.minAbsorption: .*(1|too big)/i);
-  const ok = writeTestAgent({ gate: { minAbsorption: 1, itemPass: 1, minRetention: 0, minPersona: 0 }, bake: { probesPerItem: 1, checkProbes: false, openQuestions: ["hello"], settings: { trajectories: 8, epochs: 1, maxReplyTokens: 4 } } });
+  // A persona the random fixture model never shows (its replies never end with the sign-off):
+  // the persona gate fails on every bake, whatever the model absorbs.
+  const ok = writeTestAgent({
+    persona: { text: "End every reply with: Cheers, Ada.", suffix: "Cheers, Ada." },
+    gate: { minAbsorption: 0, itemPass: 0, minRetention: 0, minPersona: 1 },
+    bake: { probesPerItem: 1, checkProbes: false, openQuestions: ["hello"], settings: { trajectories: 8, epochs: 1, maxReplyTokens: 4 } },
+  });
   const runtime = await Runtime.fromFiles(ok.file);
   try {
     const agent = runtime.agent("tester");
     await agent.remember("Quillport's mayor is Tovan Reel.");
     const outcome = await agent.bake("test");
-    if (outcome.status === "rejected") {
-      assert.match(outcome.reasons[0]!, /absorption .* < gate\.minAbsorption 1/);
-      assert.equal(agent.live.version, null, "the base model stays live");
-      assert.equal(agent.ledger.version(outcome.version!).status, "rejected");
-      assert.equal(agent.ledger.items({ status: "pending" }).length, 1);
-      await assert.rejects(agent.rollback(outcome.version!), /was rejected by the gate .*only kept versions can go live/);
-      // the schedule does not bake the same items into the same rejection again; a bake by hand does
-      const again = await agent.bake("schedule");
-      assert.equal(again.status, "skipped");
-      assert.match(again.reasons[0]!, /the last bake of these 1 item\(s\) was rejected .* the schedule waits for new items/);
-      // news goes in ahead of the items just rejected, and the schedule bakes again
-      const { item: news } = await agent.remember("The harbor fee is nine coins.");
-      const next = await agent.bake("schedule");
-      assert.notEqual(next.status, "skipped", next.reasons.join("; "));
-      assert.equal(agent.ledger.data.bakes.at(-1)!.itemIds[0], news.id);
-    } else {
-      // A one-epoch bake can still absorb a single item on a tiny model; then the gate held.
-      assert.equal(outcome.absorption, 1);
-    }
+    assert.equal(outcome.status, "rejected");
+    assert.match(outcome.reasons.join("; "), /persona adherence 0\.00 < gate\.minPersona 1/);
+    assert.equal(agent.live.version, null, "the base model stays live");
+    assert.equal(agent.ledger.version(outcome.version!).status, "rejected");
+    assert.equal(agent.ledger.items({ status: "pending" }).length, 1);
+    await assert.rejects(agent.rollback(outcome.version!), /was rejected by the gate .*only kept versions can go live/);
+    // the schedule does not bake the same items into the same rejection again; a bake by hand does
+    const again = await agent.bake("schedule");
+    assert.equal(again.status, "skipped");
+    assert.match(again.reasons[0]!, /the last bake of these 1 item\(s\) was rejected .* the schedule waits for new items/);
+    // news goes in ahead of the items just rejected, and the schedule bakes again
+    const { item: news } = await agent.remember("The harbor fee is nine coins.");
+    const next = await agent.bake("schedule");
+    assert.notEqual(next.status, "skipped", next.reasons.join("; "));
+    assert.equal(agent.ledger.data.bakes.at(-1)!.itemIds[0], news.id);
   } finally {
     await runtime.stop();
     rmSync(dir, { recursive: true });

@@ -1,6 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { extractFacts, extractFactsWithModel, extractionRequest, forgetMatches, NO_FACTS, parseExtraction } from "../src/agent/facts.js";
+import { extractFacts, extractFactsWithModel, extractionRequest, forgetMatches, forgetWords, NO_FACTS, parseExtraction } from "../src/agent/facts.js";
 
 test("explicit remember and forget", () => {
   assert.deepEqual(extractFacts("Remember that the ferry leaves at noon"), [{ kind: "remember", text: "The ferry leaves at noon." }]);
@@ -72,6 +72,8 @@ test("model-based capture: explicit requests win, the rules catch what the model
 test("forget names items by their words: \"forget it\" names nothing", () => {
   const items = [{ text: "The harbor fee is nine coins." }, { text: "The city wall is old." }, { text: "The harbor master is Ada." }];
   assert.deepEqual(forgetMatches("it", items), [], "not every item containing 'it'");
+  assert.deepEqual(forgetWords("it"), []);
+  assert.deepEqual(forgetWords("that thing about the harbor"), ["thing", "harbor"]);
   assert.deepEqual(forgetMatches("the harbor fee", items), [items[0]]);
   assert.deepEqual(forgetMatches("harbor", items), [items[0], items[2]]);
   assert.deepEqual(forgetMatches("harbors", items).length, 2, "stems match");

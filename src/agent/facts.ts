@@ -49,12 +49,17 @@ export const MAX_FORGET = 3;
  * words aside) is a word of the item. "forget it" names nothing, not every item containing "it".
  */
 export function forgetMatches<T extends { text: string }>(query: string, items: T[]): T[] {
-  const wanted = [...new Set(words(query).filter((w) => w.length >= 3 && !isFunctionWord(w)).map(stem))];
+  const wanted = forgetWords(query);
   if (!wanted.length) return [];
   return items.filter((i) => {
     const has = new Set(words(i.text).map(stem));
     return wanted.every((w) => has.has(w));
   });
+}
+
+/** The words a "forget ..." names things by (stemmed): none for "it" or "that". */
+export function forgetWords(query: string): string[] {
+  return [...new Set(words(query).filter((w) => w.length >= 3 && !isFunctionWord(w)).map(stem))];
 }
 
 /** What a user message asks kiln to remember or forget, by rules; empty when it states nothing. */

@@ -7,7 +7,7 @@ import { resolveModelDir, PACKAGE_ROOT } from "../model/resolve.js";
 import { streamGenerate, type GenerateOptions, type GenerationResult } from "../model/generate.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import { buildKnowledgePrompt } from "../bake/prompt.js";
-import { explicitRequest, extractFacts, extractFactsWithModel, forgetMatches, MAX_FORGET, modelExtractor, type FactAction } from "../agent/facts.js";
+import { explicitRequest, extractFacts, extractFactsWithModel, forgetMatches, forgetWords, MAX_FORGET, modelExtractor, type FactAction } from "../agent/facts.js";
 import { loadAgentConfig, type AgentConfig } from "./agent-config.js";
 import { Agent, type AgentEvents } from "./agent.js";
 
@@ -168,6 +168,10 @@ export class Runtime {
         if (r.added) captured.push(action.text);
         said.push(r.added ? `Noted for my next bake: ${action.text}` : `I was told that already (${r.item.status}): ${r.item.text}`);
       } else {
+        if (!forgetWords(action.query).length) {
+          said.push(`Tell me what to forget: "${action.query}" names nothing I was told.`);
+          continue;
+        }
         const matches = forgetMatches(action.query, agent.ledger.items().filter((i) => i.status !== "retracted"));
         if (matches.length > MAX_FORGET) {
           said.push(`${matches.length} things I was told match "${action.query}": say more precisely what to forget (or retract items by id).`);

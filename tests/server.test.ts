@@ -425,6 +425,10 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   const lost = await call(`/admin/agents/tester/versions/diff?from=v0001&to=${v2}`);
   assert.deepEqual(lost.json.lost.map((i: any) => i.id), [id]);
   assert.equal((await call(`/admin/agents/tester/items/${id}/retract`, { method: "POST", body: {} })).status, 409);
+  // v0001 holds the retracted item: the versions view says so, and a rollback to it is refused
+  const after = (await call("/admin/agents/tester/versions")).json.versions.find((v: any) => v.id === "v0001");
+  assert.match(after.cannotGoLive, /v0001 holds retracted item\(s\) .* cannot go live again/);
+  assert.equal((await call("/admin/agents/tester/versions/v0001/rollback", { method: "POST" })).status, 409);
 });
 
 test("without max_tokens, a small model keeps the conversation and the reply gets the room it leaves", async () => {

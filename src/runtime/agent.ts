@@ -513,14 +513,19 @@ export class Agent {
 
   async rollback(version: string | null): Promise<void> {
     if (this.baking) throw new Error("a bake is running; roll back when it ends");
-    if (version !== null) {
-      const v = this.ledger.version(version);
-      if (v.status === "rejected") throw new Error(`version ${version} was rejected by the gate (${(v.reasons ?? []).join("; ")}); only kept versions can go live`);
-      if (v.status === "retired" || !existsSync(v.dir)) throw new Error(`version ${version} is no longer on disk (pruned)`);
-      const retracted = this.retractedIn(version);
-      if (retracted.length) throw new Error(`version ${version} holds retracted item(s) ${retracted.join(", ")}; it cannot go live again`);
-    }
+    const why = version === null ? null : this.whyNotLive(version);
+    if (why) throw new Error(why);
     await this.goLive(version, "rollback");
+  }
+
+  /** Why a version cannot go live (again), or null when it can. */
+  whyNotLive(version: string): string | null {
+    const v = this.ledger.version(version);
+    if (v.status === "rejected") return `version ${version} was rejected by the gate (${(v.reasons ?? []).join("; ")}); only kept versions can go live`;
+    if (v.status === "retired" || !existsSync(v.dir)) return `version ${version} is no longer on disk (pruned)`;
+    const retracted = this.retractedIn(version);
+    if (retracted.length) return `version ${version} holds retracted item(s) ${retracted.join(", ")}; it cannot go live again`;
+    return null;
   }
 
   /** The gate's status changes; an item retracted meanwhile stays retracted. */

@@ -287,7 +287,7 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
     const agent = findAgent(ctx, request.params.name);
     return {
       live: agent.live.version,
-      versions: [...agent.ledger.data.versions].reverse().map((v) => ({ ...v, onDisk: existsSync(v.dir) })),
+      versions: [...agent.ledger.data.versions].reverse().map((v) => ({ ...v, onDisk: existsSync(v.dir), cannotGoLive: agent.whyNotLive(v.id) })),
     };
   });
 

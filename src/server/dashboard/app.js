@@ -537,7 +537,7 @@ async function refreshVersions() {
   if (!data) return;
   const live = data.live;
   const rows = data.versions.map((v) => {
-    const canRoll = v.id !== live && v.onDisk && v.status !== "retired" && v.status !== "rejected";
+    const canRoll = v.id !== live && !v.cannotGoLive; // the server says why not (rejected, pruned, holds retracted items)
     return h(
       "tr",
       { "data-id": v.id, class: v.id === live ? "live-row" : "" },
@@ -549,7 +549,7 @@ async function refreshVersions() {
       h("td", { class: "score" }, num(v.scores.absorption)),
       h("td", { class: "score" }, num(v.scores.retention)),
       h("td", { class: "score" }, num(v.scores.persona)),
-      h("td", {}, canRoll ? h("button", { class: "small ghost", type: "button", "data-rollback": v.id, onclick: () => rollback(v.id) }, "Roll back to this") : v.id === live ? "live" : ""),
+      h("td", v.cannotGoLive && v.id !== live ? { class: "muted", title: v.cannotGoLive } : {}, canRoll ? h("button", { class: "small ghost", type: "button", "data-rollback": v.id, onclick: () => rollback(v.id) }, "Roll back to this") : v.id === live ? "live" : "cannot go live"),
     );
   });
   rows.push(

@@ -48,17 +48,20 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libvulkan.so.1'; then
   fi
 fi
 
+# xz may be missing from the device image; its Python reads xz too
+unxz() { if command -v xz >/dev/null; then xz -dc "$1"; else python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), sys.stdout.buffer)' "$1"; fi; }
+
 # Node 20, packed from the machine that staged this (the device image has none)
 if [ -f .device/node.xz ]; then
   NODE_DIR=$(mktemp -d)
-  xz -dc .device/node.xz >"$NODE_DIR/node" && chmod +x "$NODE_DIR/node"
+  unxz .device/node.xz >"$NODE_DIR/node" && chmod +x "$NODE_DIR/node"
   export PATH=$NODE_DIR:$PATH
 fi
 command -v node >/dev/null || { say "no node: .device/node.xz is missing"; exit 2; }
 
 # exactly the node_modules files the check opens (the staging machine recorded them)
 if [ ! -d node_modules ] && [ -f .device/node_modules.tar.xz ]; then
-  tar -xJf .device/node_modules.tar.xz
+  if command -v xz >/dev/null; then tar -xJf .device/node_modules.tar.xz; else python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall()' .device/node_modules.tar.xz; fi
 fi
 
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp} # Mesa warns on every start without one
@@ -84,7 +87,7 @@ if [ "${found%%	*}" != gpu ] && [ $SMOKE = 0 ]; then
 fi
 
 failed=0
-# limits sum to 480 s, leaving room for unpacking, kiln info and kill grace within the device's 600
+# limits sum to 510 s, leaving room for unpacking, kiln info and kill grace within the device's 600
 step "golden tests on webgpu" 90 node --test dist/tests/golden.test.js || failed=1
 if [ $SMOKE = 1 ]; then
   step "bench, tiny shape" 150 node dist/tools/bench.js --only tiny --quick --kiln-only || failed=1
@@ -92,7 +95,7 @@ else
   # PyTorch on the same GPU, float32 without TF32 (as WebGPU computes); python3 there has torch
   step "bench, SmolLM2-135M shape, PyTorch on cuda" 270 node dist/tools/bench.js --only 135m --torch-device cuda --python python3 || failed=1
 fi
-step "bake tests on webgpu" 120 node --test dist/tests/bake.test.js || failed=1
+step "bake tests on webgpu" 150 node --test dist/tests/bake.test.js || failed=1
 summarize
 say "done; failed steps: $failed (summary in $OUT/summary.txt)"
 exit $failed

@@ -237,7 +237,7 @@ export class Ledger {
 
   // --- items ---
 
-  /** Adds an item unless the same text is already there and not retracted; returns the stored one. */
+  /** Adds an item unless the same text is already there (and not retracted or rejected); returns the stored one. */
   async addItem(input: AddItemInput): Promise<{ item: Item; added: boolean }> {
     return (await this.addItems([input]))[0]!;
   }

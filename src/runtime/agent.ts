@@ -288,7 +288,7 @@ export class Agent {
     const ledger = this.ledger;
     if (this.polls.size) await Promise.allSettled([...this.polls]); // (no await otherwise: the bake's record is written at once)
     const liveVersion = ledger.data.live;
-    const liveItems = new Set(liveVersion ? ledger.version(liveVersion).items : []);
+    const liveItems = this.heldItems();
     // items the last bake was rejected on go last, so that news gets in ahead of them
     const last = ledger.data.bakes.at(-1);
     const lastRejected = new Set(last?.status === "rejected" ? last.itemIds : []);
@@ -536,6 +536,12 @@ export class Agent {
     }
   }
 
+  /** The items the live version holds, as the ledger records it (none on the base model). */
+  heldItems(): Set<string> {
+    const live = this.ledger.data.live;
+    return new Set(live ? this.ledger.version(live).items : []);
+  }
+
   /** Retracted items a version's weights hold. */
   private retractedIn(version: string | null): string[] {
     if (version === null) return [];
@@ -568,9 +574,8 @@ export class Agent {
    * (a crash between a promotion and its status changes leaves them behind).
    */
   private async syncStatusesToLive(why: string): Promise<void> {
-    const live = this.ledger.data.live;
-    const held = new Set(live ? this.ledger.version(live).items : []);
-    const name = live ?? "the base model";
+    const held = this.heldItems();
+    const name = this.ledger.data.live ?? "the base model";
     const stray = this.ledger.items({ status: "absorbed" }).filter((i) => !held.has(i.id));
     const found = this.ledger.items({ status: "pending" }).filter((i) => held.has(i.id));
     await this.ledger.setItemStatus(stray.map((i) => i.id), "pending", { reason: `not held by ${name} (${why})` });
@@ -589,9 +594,8 @@ export class Agent {
     // absorbed again: let it finish first, then mark them.
     while (this.baking) await this.baking.catch(() => undefined);
     await this.ledger.setItemStatus(items.map((i) => i.id), "retracted", { reason });
-    const liveBefore = this.ledger.data.live;
-    const inWeights = liveBefore ? this.ledger.version(liveBefore).items : [];
-    if (!items.some((i) => inWeights.includes(i.id))) {
+    const inWeights = this.heldItems();
+    if (!items.some((i) => inWeights.has(i.id))) {
       return { status: "skipped", reasons: ["the live weights never held these items: marked retracted, nothing to rebuild"] };
     }
     const outcome = await this.bake("retraction", { consolidate: true, force: true });

@@ -178,8 +178,8 @@ export class Runtime {
           continue;
         }
         if (matches.length) void agent.retract(matches.map((i) => i.id), `user asked to forget "${action.query}"`).catch(() => {});
-        const live = agent.ledger.data.live;
-        const baked = live ? matches.filter((i) => agent.ledger.version(live).items.includes(i.id)).length : 0;
+        const held = agent.heldItems();
+        const baked = matches.filter((i) => held.has(i.id)).length;
         said.push(
           !matches.length
             ? `Nothing I was told matches "${action.query}".`

@@ -23,7 +23,7 @@ function item(id: string, misses = 0): Item {
 const GATE = { minAbsorption: 0.5, minRetention: 0.5, minPersona: 0.8, itemPass: 1 };
 
 function input(over: Partial<GateInput>): GateInput {
-  return { version: "v0002", fresh: [], replay: [], retained: [], unprobed: [], liveItems: new Set(), excluded: new Set(), scores: {}, persona: null, consolidate: false, gate: GATE, maxAttempts: 3, ...over };
+  return { version: "v0002", fresh: [], replay: [], retained: [], unprobed: [], liveItems: new Set(), excluded: new Set(), scores: {}, superseded: [], persona: null, consolidate: false, gate: GATE, maxAttempts: 3, ...over };
 }
 
 const changed = (d: ReturnType<typeof decideGate>) => Object.fromEntries(d.changes.flatMap((c) => c.ids.map((id) => [id, c.status])));
@@ -90,4 +90,25 @@ test("bake.maxAttempts counts misses since the item was last absorbed", () => {
   relearning.history.push({ at: "2026-11-26T01:00:00.000Z", status: "absorbed" }, { at: "2026-11-26T02:00:00.000Z", status: "pending", reason: "lost by v0005" });
   const d = decideGate(input({ fresh: [relearning], scores: {}, gate: { ...GATE, minAbsorption: 0 } }));
   assert.deepEqual(changed(d), { r: "pending" }, "two misses long before it was absorbed do not count");
+});
+
+test("a superseded item counts for neither absorption nor retention, leaves the new version, and is marked with its evidence", () => {
+  const [cat, dog, other] = ["cat", "dog", "other"].map((id) => item(id));
+  const superseded = [{ id: "dog", by: "cat", question: "What pet does Lisa Yewby have?", answer: "Lisa Yewby now owns a pet cat." }];
+  const d = decideGate(input({ fresh: [cat!], replay: [other!], retained: [dog!], liveItems: new Set(["dog", "other"]), superseded, scores: { cat: { unprompted: 1 }, other: { unprompted: 1 }, dog: { unprompted: 0 } } }));
+  assert.equal(d.promoted, true, d.reasons.join("; "));
+  assert.equal(d.retention, 1, "the old value's recall falling is no retention loss");
+  assert.deepEqual(d.holds.sort(), ["cat", "other"]);
+  assert.deepEqual(changed(d), { cat: "absorbed", dog: "superseded" });
+  assert.equal(d.changes.find((c) => c.status === "superseded")!.reason, 'superseded by cat: asked "What pet does Lisa Yewby have?", that item answers "Lisa Yewby now owns a pet cat."');
+});
+
+test("a held item stays absorbed while its successor's version is rejected; a pending one is superseded at once", () => {
+  const superseded = [
+    { id: "held", by: "new", question: "q?", answer: "a" },
+    { id: "stale", by: "new", question: "q?", answer: "a" },
+  ];
+  const d = decideGate(input({ fresh: [item("new"), item("stale")], retained: [item("held")], liveItems: new Set(["held"]), superseded, scores: { new: { unprompted: 0 } } }));
+  assert.equal(d.promoted, false);
+  assert.deepEqual(changed(d), { new: "pending", stale: "superseded" }, "held stays absorbed: the live weights still hold it");
 });

@@ -38,6 +38,9 @@ const MISSES = args.includes("--misses");
 /** held-out facts to pass over first, so a second run measures other facts (86 in all) */
 const SKIP = Number(opt("skip", "0"));
 const SETTINGS: Partial<BakeSettings> = JSON.parse(opt("settings", "{}"));
+/** the rolling bake's teacher: the base model or the first adapter, each with the prompt (an agent's bake.teacher) */
+const TEACHER = opt("teacher", "base");
+if (TEACHER !== "base" && TEACHER !== "live") throw new Error(`--teacher is base or live, not ${TEACHER}`);
 
 async function replies(model: LoadedModel, conversations: ChatMessage[][], adapter?: AdapterHook): Promise<string[]> {
   const out: string[] = [];
@@ -114,7 +117,7 @@ const second = await bake({
   model,
   lessons: lessons([...B, ...replay]),
   settings,
-  teacherAdapter: first.adapter,
+  teacherAdapter: TEACHER === "live" ? first.adapter : undefined,
   initFrom: first.adapter,
   onProgress: progress("bake 2"),
 });

@@ -251,3 +251,52 @@ export async function personaAdherence(model: LoadedModel, questions: string[], 
   const replies = await greedyReplies(model, questions.map((q) => studentMessages(q)), adapter, maxTokens, 8);
   return replies.filter((r) => r.trim().endsWith(suffix.trim())).length / replies.length;
 }
+
+/** An older item a newer one replaces, with the evidence. */
+export interface Supersession {
+  /** the older item */
+  id: string;
+  /** the newer item that replaces it */
+  by: string;
+  /** one of the older item's probe questions... */
+  question: string;
+  /** ...and what the base model answers to it with only the newer item in its prompt */
+  answer: string;
+}
+
+/**
+ * Which older items newer ones replace (news updates: "Lisa Yewby now owns a pet cat." after
+ * "...a pet dog."). Two items are about the same thing when each, alone in the prompt, answers
+ * the other's probe questions, and answers them otherwise: the older item's question is answered
+ * from the newer one with an answer other than the older's, and the other way round. Asking both
+ * ways matters: a small model sometimes answers a question with a line about the same subject
+ * that does not answer it ("Where does Lisa Yewby work?" -> her pet), and rarely both ways.
+ * The base model reads the prompts: an adapter that holds the older item answers from its
+ * weights, whatever the prompt says.
+ */
+export async function findSupersessions(model: LoadedModel, pairs: { older: ProbeItem; newer: ProbeItem }[], o: Omit<ProbeOptions, "adapter"> = {}): Promise<Supersession[]> {
+  // ask every probe of one item with only the other item in the prompt
+  const asks = pairs.flatMap((pair, p) => [
+    ...(pair.older.probes ?? []).map((probe) => ({ p, forward: true, probe, reader: pair.newer })),
+    ...(pair.newer.probes ?? []).map((probe) => ({ p, forward: false, probe, reader: pair.older })),
+  ]);
+  const answers = await greedyReplies(
+    model,
+    asks.map((a) => teacherMessages(buildKnowledgePrompt({ persona: o.persona, items: [a.reader.text] }), a.probe.question)),
+    undefined,
+    o.maxTokens ?? 48,
+    o.batchSize ?? 8,
+  );
+  const contradicts = (k: number) => {
+    const a = asks[k]!;
+    const reply = withoutSuffix(answers[k]!, o.personaSuffix);
+    return probeQuality(a.probe.question, reply, a.reader.text) > 0 && normalizeAnswer(reply) !== normalizeAnswer(a.probe.answer, o.personaSuffix);
+  };
+  const found: Supersession[] = [];
+  pairs.forEach((pair, p) => {
+    const forward = asks.findIndex((a, k) => a.p === p && a.forward && contradicts(k));
+    const back = asks.some((a, k) => a.p === p && !a.forward && contradicts(k));
+    if (forward >= 0 && back) found.push({ id: pair.older.id, by: pair.newer.id, question: asks[forward]!.probe.question, answer: answers[forward]! });
+  });
+  return found;
+}

@@ -78,13 +78,21 @@ export const AgentConfigSchema = z
         checkProbes: z.boolean().default(true),
         /** bakes an item may go through without being absorbed before it is rejected */
         maxAttempts: z.number().int().positive().default(3),
+        /**
+         * The teacher: "base" (the base model with the prompt) or "live" (the live weights with
+         * it). Live weights answer from what they hold over what the prompt says, so news that
+         * updates a baked fact would be taught with the old value.
+         */
+        teacher: z.enum(["base", "live"]).default("base"),
+        /** ask, when a bake starts, whether new items update ones the agent knows; the older is superseded */
+        checkUpdates: z.boolean().default(true),
         /** items per teacher prompt (0 = all in one prompt): small models read a few lines far better than many */
         chunkItems: z.number().int().min(0).default(4),
         openQuestions: z.array(z.string()).default(OPEN_QUESTIONS),
         settings: BakeSettingsSchema.default({}),
       })
       .strict()
-      .default({ minPending: 1, maxItems: 20, probesPerItem: 2, checkProbes: true, maxAttempts: 3, chunkItems: 4, openQuestions: OPEN_QUESTIONS, settings: {} }),
+      .default({ minPending: 1, maxItems: 20, probesPerItem: 2, checkProbes: true, maxAttempts: 3, teacher: "base", checkUpdates: true, chunkItems: 4, openQuestions: OPEN_QUESTIONS, settings: {} }),
     gate: z
       .object({
         minAbsorption: z.number().min(0).max(1).default(0.6),

@@ -14,6 +14,7 @@ import { checkProbes, type ProbeCheck, type ProbeItem } from "../bake/probes.js"
 import { knowledgeLessons } from "../bake/prompt.js";
 import { pollFeed } from "../feeds/feeds.js";
 import { compactLedger, Ledger, LEDGER_LIMITS, type BakeRun, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
+import { updatePairs } from "../knowledge/updates.js";
 import type { LoadedModel } from "../model/load.js";
 import type { AgentConfig } from "./agent-config.js";
 import { LiveModel } from "./live.js";
@@ -334,6 +335,11 @@ export class Agent {
           .sort((a, b) => lastChecked(a).localeCompare(lastChecked(b)))
           .slice(0, cfg.retentionChecks);
     const retracted = consolidate ? ledger.items({ status: "retracted" }).filter((i) => liveItems.has(i.id)) : [];
+    // news that updates what the agent knows: pairs of items about the same names, asked in the worker
+    const held = absorbed.filter((i) => liveItems.has(i.id));
+    const pairs = cfg.bake.checkUpdates ? updatePairs(fresh, consolidate ? [] : held, ledger.data.items) : [];
+    const inJob = new Set([...fresh, ...replay, ...retained].map((i) => i.id));
+    const older = held.filter((i) => !inJob.has(i.id) && pairs.some(([o]) => o === i.id));
 
     const bakeId = ledger.newBakeId();
     const version = ledger.nextVersionId();
@@ -360,6 +366,9 @@ export class Agent {
           replayItems: replay.map((i) => this.toProbeItem(i)),
           retainedItems: retained.map((i) => this.toProbeItem(i)),
           retractedItems: retracted.map((i) => this.toProbeItem(i)),
+          olderItems: older.map((i) => this.toProbeItem(i)),
+          updatePairs: pairs,
+          teacher: cfg.bake.teacher,
           openQuestions: cfg.bake.openQuestions,
           probesPerItem: cfg.bake.probesPerItem,
           checkProbes: cfg.bake.checkProbes,
@@ -388,7 +397,9 @@ export class Agent {
     const summary = result.summary;
     if (!summary) {
       // the worker trained nothing (no new item could be baked): no version, and the items are rejected
-      const { reasons, changes } = decideGate({ version, fresh, replay: [], retained: [], unprobed, liveItems, excluded: new Set(), scores: {}, persona: null, consolidate, gate: cfg.gate, maxAttempts: cfg.bake.maxAttempts });
+      const gate = decideGate({ version, fresh, replay: [], retained: [], unprobed, liveItems, excluded: new Set(), scores: {}, superseded: result.superseded, persona: null, consolidate, gate: cfg.gate, maxAttempts: cfg.bake.maxAttempts });
+      const { changes } = gate;
+      const reasons = gate.reasons.length ? gate.reasons : ["nothing new to learn: every new item is older news than an item the agent holds"];
       await ledger.update((d) => Object.assign(d.bakes.find((b) => b.id === bakeId)!, { status: "rejected", finishedAt: new Date().toISOString(), reasons }));
       await this.applyChanges(changes);
       this.log(`bake ${bakeId}: nothing baked (${reasons.join("; ")})`);
@@ -405,6 +416,7 @@ export class Agent {
       liveItems,
       excluded: new Set(ledger.items({ status: ["retracted", "rejected"] }).map((i) => i.id)),
       scores: result.scores,
+      superseded: result.superseded,
       persona: result.persona ? result.persona.after : null,
       consolidate,
       gate: cfg.gate,

@@ -23,6 +23,8 @@ export interface GateInput {
   excluded: ReadonlySet<string>;
   /** unprompted probe score per item id on the new weights */
   scores: Readonly<Record<string, { unprompted: number }>>;
+  /** older items newer ones replace (news updates), found by this bake */
+  superseded: readonly { id: string; by: string; question: string; answer: string }[];
   /** persona adherence on the new weights, when the agent has a persona */
   persona: number | null;
   consolidate: boolean;
@@ -54,7 +56,11 @@ function mean(xs: number[]): number {
   return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 1;
 }
 
-export function decideGate(g: GateInput): GateDecision {
+export function decideGate(input: GateInput): GateDecision {
+  // a superseded item is neither learned nor kept: its recall is meant to fall
+  const replaced = new Set(input.superseded.map((s) => s.id));
+  const current = (items: Item[]) => items.filter((i) => !replaced.has(i.id));
+  const g = { ...input, fresh: current(input.fresh), replay: current(input.replay), retained: current(input.retained), excluded: new Set([...input.excluded, ...replaced]) };
   const score = (i: Item) => g.scores[i.id]?.unprompted ?? 0;
   const passes = (i: Item) => score(i) >= g.gate.itemPass;
   const absorption = mean(g.fresh.map(score));
@@ -70,6 +76,7 @@ export function decideGate(g: GateInput): GateDecision {
   // what the live version held and this bake did not score is carried over, except what it decides
   // itself (new items) and what must not be held (retracted or rejected since)
   const decided = new Set([...g.replay, ...g.retained, ...g.fresh, ...g.unprobed].map((i) => i.id));
+  // (superseded items are in g.excluded: no version holds them from now on)
   const holds = g.consolidate
     ? g.fresh.filter(passes).map((i) => i.id)
     : [...new Set([...[...g.liveItems].filter((id) => !decided.has(id) && !g.excluded.has(id)), ...[...g.replay, ...g.retained, ...g.fresh].filter(passes).map((i) => i.id)])];
@@ -101,6 +108,11 @@ export function decideGate(g: GateInput): GateDecision {
     changes.push({ ids: ids(missed.filter(spent)), status: "rejected", reason: `${reason}, the last of bake.maxAttempts ${g.maxAttempts}` });
     // "absorbed" means the live weights hold it: what the new version lost is learned again
     changes.push({ ids: ids([...g.replay, ...g.retained].filter((i) => !passes(i))), status: "pending", reason: `lost by ${g.version}: its probes no longer pass without the prompt; baked again next time` });
+  }
+  // An item the live weights hold is superseded once a version without it goes live; one they
+  // do not hold (a pending item older than news already learned) is superseded now.
+  for (const s of input.superseded) {
+    if (promoted || !g.liveItems.has(s.id)) changes.push({ ids: [s.id], status: "superseded", reason: `superseded by ${s.by}: asked "${s.question}", that item answers "${s.answer}"` });
   }
   return { promoted, reasons, absorption, retention, persona: g.persona, holds, changes: changes.filter((c) => c.ids.length) };
 }

@@ -1,0 +1,38 @@
+// News updates facts ("Lisa Yewby now owns a pet cat." after "...a pet dog."). Whether a newer
+// item replaces an older one is asked of the model when a bake starts (bake/probes.ts,
+// findSupersessions); this picks the pairs worth asking about and says which of two is newer.
+import { entitiesIn, stem } from "./grounding.js";
+import type { Item } from "./ledger.js";
+
+/** Pairs asked about per bake, at most: each costs a few greedy replies of the base model. */
+export const MAX_UPDATE_PAIRS = 48;
+
+/** When an item's news is from: the date its feed gave, else when kiln stored it. */
+export function newsTime(i: Item): number {
+  const published = Date.parse(i.source.publishedAt ?? "");
+  return Number.isFinite(published) ? published : Date.parse(i.createdAt);
+}
+
+/**
+ * [older id, newer id] for each new item and each other item that names one of its names (an
+ * update is about the same person, town or company), older by news time, then by ledger order.
+ * The newest new items' pairs come first when there are more than `max`.
+ */
+export function updatePairs(fresh: readonly Item[], known: readonly Item[], ledgerOrder: readonly Item[], max = MAX_UPDATE_PAIRS): [string, string][] {
+  const rank = new Map(ledgerOrder.map((i, k) => [i.id, k]));
+  const newer = (a: Item, b: Item) => newsTime(a) - newsTime(b) || (rank.get(a.id) ?? 0) - (rank.get(b.id) ?? 0);
+  const names = new Map<string, Set<string>>();
+  const namesOf = (i: Item) => names.get(i.id) ?? names.set(i.id, new Set(entitiesIn(i.text).map(stem))).get(i.id)!;
+  const pool = [...new Map([...fresh, ...known].map((i) => [i.id, i])).values()];
+  const pairs = new Map<string, [string, string]>();
+  for (const n of [...fresh].sort((a, b) => newer(b, a))) {
+    const mine = namesOf(n);
+    for (const other of pool) {
+      if (other.id === n.id || other.text === n.text || ![...namesOf(other)].some((w) => mine.has(w))) continue;
+      const [o, x] = newer(other, n) < 0 ? [other, n] : [n, other];
+      pairs.set(`${o.id} ${x.id}`, [o.id, x.id]);
+      if (pairs.size >= max) return [...pairs.values()];
+    }
+  }
+  return [...pairs.values()];
+}

@@ -1,0 +1,33 @@
+// Which items might be news and its update: the pairs a bake asks the model about.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import type { Item } from "../src/knowledge/ledger.js";
+import { newsTime, updatePairs } from "../src/knowledge/updates.js";
+
+function item(id: string, text: string, at: string, publishedAt?: string): Item {
+  return { id, kind: "feed", text, status: "pending", createdAt: at, updatedAt: at, source: publishedAt ? { publishedAt } : {}, contentHash: id, scores: [], history: [] };
+}
+
+test("pairs join a new item to items naming the same names, older first by the feed's date, then by when stored", () => {
+  const dog = item("dog", "Lisa Yewby now owns a pet dog.", "2026-11-20T00:00:00Z");
+  const work = item("work", "Vero Nashwood works at Northgate Motors.", "2026-11-20T00:00:00Z");
+  // stored later, but dated earlier by its feed: it is the older news
+  const cat = item("cat", "Lisa Yewby now owns a pet cat.", "2026-11-25T00:00:00Z", "Tue, 10 Nov 2026 09:00:00 GMT");
+  const mayor = item("mayor", "The mayor of Hollowby is Caka Cobbton.", "2026-11-25T00:00:00Z");
+  assert.equal(newsTime(cat), Date.parse("2026-11-10T09:00:00Z"));
+  const order = [dog, work, cat, mayor];
+  assert.deepEqual(updatePairs([cat, mayor], [dog, work], order), [["cat", "dog"]], "only the item naming Lisa Yewby pairs, and the dated one is older");
+  const same = item("same", "Lisa Yewby now owns a pet dog.", "2026-11-26T00:00:00Z");
+  assert.deepEqual(updatePairs([same], [dog], [dog, same]), [], "the same text is no update");
+});
+
+test("two new items from one poll are ordered by ledger order, and pairs are capped, newest first", () => {
+  const at = "2026-11-26T00:00:00Z";
+  const a = item("a", "Quillport's mayor is Tovan Reel.", at);
+  const b = item("b", "Quillport's mayor is Mira Tolle.", at);
+  assert.deepEqual(updatePairs([b, a], [], [a, b]), [["a", "b"]]);
+  const many = Array.from({ length: 10 }, (_, k) => item(`m${k}`, `Quillport has news number ${k}.`, `2026-11-${10 + k}T00:00:00Z`));
+  const pairs = updatePairs(many, [], many, 3);
+  assert.equal(pairs.length, 3);
+  assert.ok(pairs.every(([, newer]) => newer === "m9"), JSON.stringify(pairs));
+});

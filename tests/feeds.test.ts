@@ -154,6 +154,9 @@ const server = http.createServer((req, res) => {
       return send(200, CP1252_DECLARED_IN_XML, "application/xml"); // no charset in the header
     case "/latin1-header.xml":
       return send(200, LATIN1_DECLARED_IN_HEADER, "text/xml; charset=ISO-8859-1");
+    case "/utf8-labelled-latin1.xml":
+      // A server default on a UTF-8 feed: the label is wrong, the bytes are well-formed UTF-8.
+      return send(200, rss(LEGACY_ITEMS), "text/xml; charset=ISO-8859-1");
     case "/bogus-charset.xml":
       return send(200, RSS_UTF8, "text/xml; charset=x-no-such-charset");
     case "/bom.xml":
@@ -297,6 +300,24 @@ test("an unknown charset name falls back to UTF-8; UTF-16 with a BOM decodes", a
   assert.ok(d.xml.startsWith("<?xml") && d.xml.includes("Zürich café"));
 });
 
+test("a charset label the bytes contradict is passed over (UTF-8 labelled Latin-1, Windows-1252 labelled UTF-8)", async () => {
+  const r = await pollFeed(src("/utf8-labelled-latin1.xml"), initialFeedState());
+  assert.equal(r.error, undefined);
+  assert.equal(r.entries[0]!.title, NON_ASCII_TITLE);
+  const utf8 = Buffer.from(rss(LEGACY_ITEMS));
+  assert.equal(decodeFeedBytes(utf8, "text/xml; charset=windows-1252").charsetSource, "sniffed");
+  // Windows-1252 bytes under a UTF-8 header: the declaration is the next hint, then Windows-1252.
+  const legacy = cp1252(rss(LEGACY_ITEMS, '<?xml version="1.0" encoding="ISO-8859-1"?>'));
+  const byDecl = decodeFeedBytes(legacy, "text/xml; charset=utf-8");
+  assert.equal(byDecl.charsetSource, "xml-declaration");
+  assert.ok(byDecl.xml.includes(NON_ASCII_TITLE));
+  const unlabelled = decodeFeedBytes(cp1252(rss(LEGACY_ITEMS)), "application/xml");
+  assert.deepEqual([unlabelled.charset, unlabelled.charsetSource], ["windows-1252", "sniffed"]);
+  assert.ok(unlabelled.xml.includes(NON_ASCII_BODY) && !unlabelled.xml.includes("\uFFFD"));
+  // Plain ASCII under a Latin-1 label is left to the label (nothing to contradict).
+  assert.equal(decodeFeedBytes(Buffer.from(rss("")), "text/xml; charset=ISO-8859-1").charsetSource, "content-type");
+});
+
 test("a BOM, and junk (even with tags) before <?xml, are stripped", async () => {
   const bom = await pollFeed(src("/bom.xml"), initialFeedState());
   assert.equal(bom.error, undefined);
@@ -392,6 +413,16 @@ test("dedupe: republished text under a new guid, repeated guids, link and hash k
   mutable = { status: 200, body: rss([item({ guid: "x1-republished", title: "Story  X", description: "<![CDATA[<p>Body X.</p>]]>" }), item({ guid: "x2", title: "Story Y", description: "Body Y." })].join("")) };
   const second = await pollFeed(src("/mutable.xml"), first.state);
   assert.deepEqual(second.entries.map((e) => e.guid), ["x2"]);
+});
+
+test("entities escaped twice (inside CDATA, or &amp;lt;p&amp;gt;) end up as characters, not as entity names", () => {
+  // What rss-parser hands over for <description><![CDATA[...]]></description>: the HTML as written.
+  assert.equal(htmlToText("<p>Hello&amp;nbsp;world, it&amp;#8217;s &amp;ldquo;fine&amp;rdquo;</p>"), "Hello world, it’s “fine”");
+  // <description>&amp;lt;p&amp;gt;AT&amp;amp;amp;T ...</description> after the XML parser:
+  assert.equal(htmlToText("&lt;p&gt;AT&amp;amp;T &lt;b&gt;wins&lt;/b&gt;&lt;/p&gt;"), "AT&T wins");
+  // Escaped once, as it should be: one pass.
+  assert.equal(htmlToText("Fish &amp; chips &lt; 5 pounds"), "Fish & chips < 5 pounds");
+  assert.equal(htmlToText("Unknown &amp;foo; stays"), "Unknown &foo; stays");
 });
 
 test("HTML is stripped and a 10,000-char description is bounded", async () => {

@@ -372,6 +372,30 @@ test("agent files with mistakes name the field", () => {
   assert.throws(() => loadAgentConfig(file, dir), /bake\.settings\.lora\.targetModules\.0/);
   writeFileSync(file, "name: x\nunknownKey: 1\n");
   assert.throws(() => loadAgentConfig(file, dir), /unknownKey/);
+  // A feed URL that is not one is refused at load, naming the field (not read as a relative file
+  // that fails every poll with "no such file").
+  for (const [url, problem] of [
+    ["htp://example.com/rss", /feeds\.0\.url: unsupported scheme "htp:"/],
+    ["feed://example.com/rss", /feeds\.0\.url: unsupported scheme "feed:"/],
+    ["'http://'", /feeds\.0\.url: "http:\/\/" is not a valid URL/],
+    ["'http://exa mple.com/rss'", /feeds\.0\.url: .* is not a valid URL/],
+    ["'file://feeds/x.xml'", /feeds\.0\.url: .* is not a usable file URL/],
+  ] as const) {
+    writeFileSync(file, `name: x\nfeeds:\n  - id: a\n    url: ${url}\n`);
+    assert.throws(() => loadAgentConfig(file, dir), (err: Error) => problem.test(err.message) && err.message.startsWith(file), url);
+  }
+  writeFileSync(file, "name: x\nfeeds:\n  - { id: a, url: 'HTTPS://Example.com/rss' }\n  - { id: b, url: 'file:///srv/my%20feed.xml' }\n  - { id: c, url: news.xml }\n");
+  assert.deepEqual(
+    loadAgentConfig(file, dir).feeds.map((f) => f.url),
+    ["https://example.com/rss", "/srv/my feed.xml", path.join(path.dirname(file), "news.xml")],
+  );
+  writeFileSync(file, "name: x\nfeeds:\n  - { id: a, url: http://x/1 }\n  - { id: a, url: http://x/2 }\n");
+  assert.throws(() => loadAgentConfig(file, dir), /feeds\.1\.id: "a" is already the id of feeds\.0/);
+  // node-cron's optional seconds field would poll a server every second.
+  writeFileSync(file, "name: x\nfeeds:\n  - { id: a, url: http://x/1, schedule: '* * * * * *' }\n");
+  assert.throws(() => loadAgentConfig(file, dir), /feeds\.0\.schedule: polls more than once a minute/);
+  writeFileSync(file, "name: x\nfeeds:\n  - { id: a, url: http://x/1, schedule: '0 */5 * * * *' }\n");
+  assert.equal(loadAgentConfig(file, dir).feeds[0]!.schedule, "0 */5 * * * *");
   writeFileSync(file, "name: [unclosed\n");
   assert.throws(() => loadAgentConfig(file, dir), /is not valid YAML/);
   rmSync(dir, { recursive: true });

@@ -9,7 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { MAX_ITEM_CHARS } from "../src/bake/prompt.js";
-import { initialFeedState, pollFeed, MAX_SEEN_KEYS, type FeedState } from "../src/feeds/feeds.js";
+import { initialFeedState, pollFeed, MAX_SEEN_KEYS, MAX_RETRY_AFTER_MS, type FeedState } from "../src/feeds/feeds.js";
 import { decodeFeedBytes } from "../src/feeds/decode.js";
 import { htmlToText } from "../src/feeds/text.js";
 
@@ -123,6 +123,7 @@ function manyItems(n: number, prefix: string): string {
 // Server
 
 const requests: { url: string; headers: http.IncomingHttpHeaders }[] = [];
+let revised = rss(item({ guid: "c1", title: "Mayor resigns", description: "The mayor resigned on Monday." }));
 let mutable = { status: 200, body: rss(item({ guid: "m1", title: "Mutable one", description: "First." })) };
 const pending = new Set<NodeJS.Timeout>();
 let base = "";
@@ -181,6 +182,12 @@ const server = http.createServer((req, res) => {
     }
     case "/mutable.xml":
       return mutable.status === 200 ? send(200, mutable.body, undefined, { ETag: '"m"' }) : send(mutable.status, "oops", "text/plain");
+    case "/revised.xml":
+      return send(200, revised);
+    case "/429":
+      return send(429, "slow down", "text/plain", { "Retry-After": "120" });
+    case "/503-forever":
+      return send(503, "maintenance", "text/plain", { "Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT" });
     case "/500":
       return send(500, "Internal error", "text/plain");
     case "/404":
@@ -376,6 +383,28 @@ test("broken feeds return a clear error naming the url, never throw", async () =
   assert.match((await pollFeed({ id: "nofile", url: path.join(tmp, "missing.xml") }, initialFeedState())).error!, /ENOENT/);
 });
 
+test("429/503 with Retry-After: no request before that time (capped at a day), then polls resume", async () => {
+  const t0 = new Date("2024-03-01T12:00:00Z");
+  const at = (ms: number) => ({ now: () => new Date(t0.getTime() + ms) });
+  const asked = () => requests.filter((r) => r.url === "/429").length;
+  const first = await pollFeed(src("/429"), initialFeedState(), at(0));
+  assert.match(first.error!, /HTTP 429 Too Many Requests, retry after 2024-03-01T12:02:00\.000Z/);
+  assert.equal(first.state.retryAfter, "2024-03-01T12:02:00.000Z");
+  const before = asked();
+  const waiting = await pollFeed(src("/429"), first.state, at(60_000));
+  assert.equal(asked(), before, "no request inside the window");
+  assert.match(waiting.error!, /not polled, the server asked to wait until 2024-03-01T12:02:00\.000Z/);
+  assert.equal(waiting.state.consecutiveErrors, 1, "waiting is not another failure");
+  await pollFeed(src("/429"), first.state, at(120_000));
+  assert.equal(asked(), before + 1, "asked again once the window is over");
+  const forever = await pollFeed(src("/503-forever"), initialFeedState(), at(0));
+  assert.equal(Date.parse(forever.state.retryAfter!), t0.getTime() + MAX_RETRY_AFTER_MS);
+  // A good poll clears it.
+  const ok = await pollFeed(src("/rss.xml"), { ...forever.state, retryAfter: t0.toISOString() }, at(1));
+  assert.equal(ok.error, undefined);
+  assert.equal(ok.state.retryAfter, undefined);
+});
+
 test("a slow endpoint is cut off at timeoutMs (headers late, or body stalled)", async () => {
   for (const p of ["/slow", "/slow-body"]) {
     const t0 = Date.now();
@@ -423,6 +452,17 @@ test("entities escaped twice (inside CDATA, or &amp;lt;p&amp;gt;) end up as char
   // Escaped once, as it should be: one pass.
   assert.equal(htmlToText("Fish &amp; chips &lt; 5 pounds"), "Fish & chips < 5 pounds");
   assert.equal(htmlToText("Unknown &amp;foo; stays"), "Unknown &foo; stays");
+});
+
+test("an item whose text changes under the same guid comes back once, marked revises", async () => {
+  revised = rss(item({ guid: "c1", title: "Mayor resigns", description: "The mayor resigned on Monday." }));
+  const first = await pollFeed(src("/revised.xml"), initialFeedState());
+  assert.equal(first.entries[0]!.revises, undefined);
+  revised = rss(item({ guid: "c1", title: "Mayor resigns", description: "Correction: the mayor resigned on Tuesday." }));
+  const second = await pollFeed(src("/revised.xml"), first.state);
+  assert.deepEqual(second.entries.map((e) => [e.key, e.text, e.revises]), [["guid:c1", "Mayor resigns: Correction: the mayor resigned on Tuesday.", true]]);
+  const third = await pollFeed(src("/revised.xml"), second.state);
+  assert.equal(third.entries.length, 0, "the same correction is not reported twice");
 });
 
 test("HTML is stripped and a 10,000-char description is bounded", async () => {

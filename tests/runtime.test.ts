@@ -314,6 +314,27 @@ test("a scheduled poll never takes the process down, and a failing feed is asked
   }
 });
 
+test("a feed item corrected under its guid supersedes the stored one; the correction waits for a bake", async () => {
+  const { dir, file, feedFile } = writeTestAgent({ feeds: [{ id: "harbor", url: "news.xml", schedule: "0 0 1 1 *" }] });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    assert.equal((await agent.pollFeed("harbor")).added, 2);
+    const ferry = agent.ledger.items({ text: "ferry" })[0]!;
+    await agent.ledger.setItemStatus([ferry.id], "absorbed", { version: "v0001" });
+    writeFileSync(feedFile, readFileSync(feedFile, "utf8").replace("The ferry runs at noon.", "The ferry runs at two."));
+    assert.equal((await agent.pollFeed("harbor")).added, 1);
+    assert.equal(agent.ledger.item(ferry.id).status, "superseded");
+    const fix = agent.ledger.items({ status: "pending", text: "two" });
+    assert.deepEqual(fix.map((i) => [i.text, i.source.guid]), [["Quillport opened a ferry: The ferry runs at two.", "h1"]]);
+    assert.equal(agent.ledger.items({ text: "Dunmore" })[0]!.status, "pending", "the unchanged item is untouched");
+    assert.equal((await agent.pollFeed("harbor")).added, 0);
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("checkpoints the ledger does not record are moved aside, never deleted; a missing or null ledger beside checkpoints is refused", async () => {
   const { dir, file } = writeTestAgent();
   const home = path.join(dir, "home");

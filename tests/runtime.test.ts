@@ -314,7 +314,7 @@ test("a scheduled poll never takes the process down, and a failing feed is asked
   }
 });
 
-test("a feed item corrected under its guid supersedes the stored one; the correction waits for a bake", async () => {
+test("a feed item corrected under its guid supersedes the stored one; the correction waits for a bake; a moved feed drops its validators", async () => {
   const { dir, file, feedFile } = writeTestAgent({ feeds: [{ id: "harbor", url: "news.xml", schedule: "0 0 1 1 *" }] });
   const runtime = await Runtime.fromFiles(file);
   try {
@@ -329,6 +329,10 @@ test("a feed item corrected under its guid supersedes the stored one; the correc
     assert.deepEqual(fix.map((i) => [i.text, i.source.guid]), [["Quillport opened a ferry: The ferry runs at two.", "h1"]]);
     assert.equal(agent.ledger.items({ text: "Dunmore" })[0]!.status, "pending", "the unchanged item is untouched");
     assert.equal((await agent.pollFeed("harbor")).added, 0);
+    // the agent file moves the feed: the old URL's validators are not sent to the new one
+    await agent.ledger.update((d) => Object.assign(d.feeds[0]!, { url: "/old/news.xml", etag: '"old"', lastModified: "Mon, 01 Jan 2024 00:00:00 GMT" }));
+    assert.equal((await agent.pollFeed("harbor")).added, 0, "seen keys kept");
+    assert.deepEqual([agent.ledger.feed("harbor")!.url, agent.ledger.feed("harbor")!.etag], [feedFile, undefined]);
   } finally {
     await runtime.stop();
     rmSync(dir, { recursive: true });

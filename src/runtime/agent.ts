@@ -207,7 +207,15 @@ export class Agent {
   async pollFeed(feedId: string): Promise<{ added: number; error?: string }> {
     const source = this.config.feeds.find((f) => f.id === feedId);
     if (!source) throw new Error(`agent ${this.name} has no feed ${feedId}`);
-    const { id: _id, url: _url, itemsAdded: _n, ...state } = this.ledger.feed(feedId)!;
+    const { id: _id, url: recordedUrl, itemsAdded: _n, ...state } = this.ledger.feed(feedId)!;
+    if (recordedUrl !== source.url) {
+      // The agent file now points this feed elsewhere: validators (and a Retry-After) belong to the
+      // old URL, and a 304 from the new one would hide a feed never read. Seen keys stay (the
+      // same feed moved, most likely), so nothing is ingested twice.
+      delete state.etag;
+      delete state.lastModified;
+      delete state.retryAfter;
+    }
     const result = await pollFeed({ id: source.id, url: source.url, maxItems: source.maxItems, timeoutMs: source.timeoutMs }, state);
     // A corrected item replaces what the feed said before under its guid (or link): the old text is
     // superseded (never baked if it was pending; no longer replayed if it was absorbed), and the

@@ -227,7 +227,7 @@ after(async () => {
   rmSync(tmp, { recursive: true, force: true });
 });
 
-const src = (p: string, extra: { maxItems?: number; timeoutMs?: number } = {}) => ({ id: p.replace(/\W+/g, "-"), url: `${base}${p}`, ...extra });
+const src = (p: string, extra: { maxItems?: number; timeoutMs?: number; maxAgeDays?: number } = {}) => ({ id: p.replace(/\W+/g, "-"), url: `${base}${p}`, ...extra });
 
 function assertCleanText(text: string): void {
   assert.ok(text.length <= MAX_ITEM_CHARS, `text is ${text.length} chars`);
@@ -483,6 +483,16 @@ test("maxItems takes the newest items by date", async () => {
   assert.deepEqual(r.entries.map((e) => e.guid), ["n9", "n8", "n7"]);
   const all = await pollFeed(src("/many.xml", { maxItems: 10 }), r.state);
   assert.equal(all.entries.length, 7, "the older ones are new next time the window is wider");
+});
+
+test("maxAgeDays skips items dated too long before the poll; undated ones are kept", async () => {
+  // /many.xml: n0..n9 dated 2024-01-01 00:00..00:09; /bad-date.xml: d1 undated, d2 2024-01-05.
+  const now = () => new Date("2024-01-02T00:05:00Z");
+  const recent = await pollFeed(src("/many.xml", { maxAgeDays: 1 }), initialFeedState(), { now });
+  assert.deepEqual(recent.entries.map((e) => e.guid), ["n9", "n8", "n7", "n6", "n5"]);
+  const undated = await pollFeed(src("/bad-date.xml", { maxAgeDays: 1 }), initialFeedState(), { now: () => new Date("2024-02-01T00:00:00Z") });
+  assert.deepEqual(undated.entries.map((e) => e.guid), ["d1"]);
+  await assert.rejects(pollFeed(src("/many.xml", { maxAgeDays: 0 }), initialFeedState()), /maxAgeDays must be a positive number/);
 });
 
 test("an erroring poll keeps seenKeys and etag and counts errors; a good poll resets", async () => {

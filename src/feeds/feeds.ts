@@ -19,6 +19,8 @@ export interface FeedSource {
   maxItems?: number;
   /** whole request, headers and body (default 15000) */
   timeoutMs?: number;
+  /** items dated more than this many days before the poll are skipped (default: no limit) */
+  maxAgeDays?: number;
 }
 
 export interface FeedState {
@@ -116,7 +118,13 @@ export async function pollFeed(source: FeedSource, state: FeedState, opts: PollO
     if (got.kind === "not-modified") return { entries: [], state: ok, notModified: true };
 
     const items = await parseFeed(got.xml);
-    const candidates = newestFirst(items).slice(0, maxItems).flatMap((item) => toEntry(source.id, item) ?? []);
+    // A first poll of an archive feed would otherwise bake years-old news as new. Undated items
+    // are kept: we cannot tell they are old.
+    const oldest = source.maxAgeDays === undefined ? -Infinity : nowDate.getTime() - source.maxAgeDays * 86_400_000;
+    const candidates = newestFirst(items)
+      .slice(0, maxItems)
+      .flatMap((item) => toEntry(source.id, item) ?? [])
+      .filter((e) => e.publishedAt === undefined || Date.parse(e.publishedAt) >= oldest);
     const { entries, seenKeys } = dedupe(candidates, state.seenKeys, Math.max(MAX_SEEN_KEYS, 2 * maxItems));
     return { entries, state: { ...ok, seenKeys }, notModified: false };
   } catch (err) {
@@ -140,6 +148,8 @@ function checkArguments(source: FeedSource, state: FeedState): void {
   if (typeof source.url !== "string" || !source.url.trim()) throw new TypeError(`pollFeed: feed "${source.id}" needs a url`);
   if (source.maxItems !== undefined && !(Number.isInteger(source.maxItems) && source.maxItems > 0))
     throw new TypeError(`pollFeed: feed "${source.id}" maxItems must be a positive integer`);
+  if (source.maxAgeDays !== undefined && !(Number.isFinite(source.maxAgeDays) && source.maxAgeDays > 0))
+    throw new TypeError(`pollFeed: feed "${source.id}" maxAgeDays must be a positive number`);
   if (source.timeoutMs !== undefined && !(Number.isFinite(source.timeoutMs) && source.timeoutMs > 0))
     throw new TypeError(`pollFeed: feed "${source.id}" timeoutMs must be a positive number`);
   if (!state || !Array.isArray(state.seenKeys) || typeof state.consecutiveErrors !== "number")

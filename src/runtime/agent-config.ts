@@ -65,6 +65,8 @@ export const AgentConfigSchema = z
             schedule: feedSchedule.default("*/30 * * * *"),
             maxItems: z.number().int().positive().default(50),
             timeoutMs: z.number().int().positive().default(15000),
+            /** items dated more than this many days before a poll are skipped (undated ones are kept) */
+            maxAgeDays: z.number().positive().optional(),
           })
           .strict(),
       )

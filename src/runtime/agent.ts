@@ -216,7 +216,7 @@ export class Agent {
       delete state.lastModified;
       delete state.retryAfter;
     }
-    const result = await pollFeed({ id: source.id, url: source.url, maxItems: source.maxItems, timeoutMs: source.timeoutMs }, state);
+    const result = await pollFeed({ id: source.id, url: source.url, maxItems: source.maxItems, timeoutMs: source.timeoutMs, maxAgeDays: source.maxAgeDays }, state);
     // A corrected item replaces what the feed said before under its guid (or link): the old text is
     // superseded (never baked if it was pending; no longer replayed if it was absorbed), and the
     // new text waits for the next bake.

@@ -9,7 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { MAX_ITEM_CHARS } from "../src/bake/prompt.js";
-import { initialFeedState, pollFeed, MAX_SEEN_KEYS, type FeedState } from "../src/feeds/feeds.js";
+import { initialFeedState, pollFeed, MAX_SEEN_KEYS, MAX_RETRY_AFTER_MS, type FeedState } from "../src/feeds/feeds.js";
 import { decodeFeedBytes } from "../src/feeds/decode.js";
 import { htmlToText } from "../src/feeds/text.js";
 
@@ -123,6 +123,7 @@ function manyItems(n: number, prefix: string): string {
 // Server
 
 const requests: { url: string; headers: http.IncomingHttpHeaders }[] = [];
+let revised = rss(item({ guid: "c1", title: "Mayor resigns", description: "The mayor resigned on Monday." }));
 let mutable = { status: 200, body: rss(item({ guid: "m1", title: "Mutable one", description: "First." })) };
 const pending = new Set<NodeJS.Timeout>();
 let base = "";
@@ -154,6 +155,9 @@ const server = http.createServer((req, res) => {
       return send(200, CP1252_DECLARED_IN_XML, "application/xml"); // no charset in the header
     case "/latin1-header.xml":
       return send(200, LATIN1_DECLARED_IN_HEADER, "text/xml; charset=ISO-8859-1");
+    case "/utf8-labelled-latin1.xml":
+      // A server default on a UTF-8 feed: the label is wrong, the bytes are well-formed UTF-8.
+      return send(200, rss(LEGACY_ITEMS), "text/xml; charset=ISO-8859-1");
     case "/bogus-charset.xml":
       return send(200, RSS_UTF8, "text/xml; charset=x-no-such-charset");
     case "/bom.xml":
@@ -178,6 +182,12 @@ const server = http.createServer((req, res) => {
     }
     case "/mutable.xml":
       return mutable.status === 200 ? send(200, mutable.body, undefined, { ETag: '"m"' }) : send(mutable.status, "oops", "text/plain");
+    case "/revised.xml":
+      return send(200, revised);
+    case "/429":
+      return send(429, "slow down", "text/plain", { "Retry-After": "120" });
+    case "/503-forever":
+      return send(503, "maintenance", "text/plain", { "Retry-After": "Fri, 31 Dec 9999 23:59:59 GMT" });
     case "/500":
       return send(500, "Internal error", "text/plain");
     case "/404":
@@ -217,7 +227,7 @@ after(async () => {
   rmSync(tmp, { recursive: true, force: true });
 });
 
-const src = (p: string, extra: { maxItems?: number; timeoutMs?: number } = {}) => ({ id: p.replace(/\W+/g, "-"), url: `${base}${p}`, ...extra });
+const src = (p: string, extra: { maxItems?: number; timeoutMs?: number; maxAgeDays?: number } = {}) => ({ id: p.replace(/\W+/g, "-"), url: `${base}${p}`, ...extra });
 
 function assertCleanText(text: string): void {
   assert.ok(text.length <= MAX_ITEM_CHARS, `text is ${text.length} chars`);
@@ -297,6 +307,24 @@ test("an unknown charset name falls back to UTF-8; UTF-16 with a BOM decodes", a
   assert.ok(d.xml.startsWith("<?xml") && d.xml.includes("Zürich café"));
 });
 
+test("a charset label the bytes contradict is passed over (UTF-8 labelled Latin-1, Windows-1252 labelled UTF-8)", async () => {
+  const r = await pollFeed(src("/utf8-labelled-latin1.xml"), initialFeedState());
+  assert.equal(r.error, undefined);
+  assert.equal(r.entries[0]!.title, NON_ASCII_TITLE);
+  const utf8 = Buffer.from(rss(LEGACY_ITEMS));
+  assert.equal(decodeFeedBytes(utf8, "text/xml; charset=windows-1252").charsetSource, "sniffed");
+  // Windows-1252 bytes under a UTF-8 header: the declaration is the next hint, then Windows-1252.
+  const legacy = cp1252(rss(LEGACY_ITEMS, '<?xml version="1.0" encoding="ISO-8859-1"?>'));
+  const byDecl = decodeFeedBytes(legacy, "text/xml; charset=utf-8");
+  assert.equal(byDecl.charsetSource, "xml-declaration");
+  assert.ok(byDecl.xml.includes(NON_ASCII_TITLE));
+  const unlabelled = decodeFeedBytes(cp1252(rss(LEGACY_ITEMS)), "application/xml");
+  assert.deepEqual([unlabelled.charset, unlabelled.charsetSource], ["windows-1252", "sniffed"]);
+  assert.ok(unlabelled.xml.includes(NON_ASCII_BODY) && !unlabelled.xml.includes("\uFFFD"));
+  // Plain ASCII under a Latin-1 label is left to the label (nothing to contradict).
+  assert.equal(decodeFeedBytes(Buffer.from(rss("")), "text/xml; charset=ISO-8859-1").charsetSource, "content-type");
+});
+
 test("a BOM, and junk (even with tags) before <?xml, are stripped", async () => {
   const bom = await pollFeed(src("/bom.xml"), initialFeedState());
   assert.equal(bom.error, undefined);
@@ -355,6 +383,28 @@ test("broken feeds return a clear error naming the url, never throw", async () =
   assert.match((await pollFeed({ id: "nofile", url: path.join(tmp, "missing.xml") }, initialFeedState())).error!, /ENOENT/);
 });
 
+test("429/503 with Retry-After: no request before that time (capped at a day), then polls resume", async () => {
+  const t0 = new Date("2024-03-01T12:00:00Z");
+  const at = (ms: number) => ({ now: () => new Date(t0.getTime() + ms) });
+  const asked = () => requests.filter((r) => r.url === "/429").length;
+  const first = await pollFeed(src("/429"), initialFeedState(), at(0));
+  assert.match(first.error!, /HTTP 429 Too Many Requests, retry after 2024-03-01T12:02:00\.000Z/);
+  assert.equal(first.state.retryAfter, "2024-03-01T12:02:00.000Z");
+  const before = asked();
+  const waiting = await pollFeed(src("/429"), first.state, at(60_000));
+  assert.equal(asked(), before, "no request inside the window");
+  assert.match(waiting.error!, /not polled, the server asked to wait until 2024-03-01T12:02:00\.000Z/);
+  assert.equal(waiting.state.consecutiveErrors, 1, "waiting is not another failure");
+  await pollFeed(src("/429"), first.state, at(120_000));
+  assert.equal(asked(), before + 1, "asked again once the window is over");
+  const forever = await pollFeed(src("/503-forever"), initialFeedState(), at(0));
+  assert.equal(Date.parse(forever.state.retryAfter!), t0.getTime() + MAX_RETRY_AFTER_MS);
+  // A good poll clears it.
+  const ok = await pollFeed(src("/rss.xml"), { ...forever.state, retryAfter: t0.toISOString() }, at(1));
+  assert.equal(ok.error, undefined);
+  assert.equal(ok.state.retryAfter, undefined);
+});
+
 test("a slow endpoint is cut off at timeoutMs (headers late, or body stalled)", async () => {
   for (const p of ["/slow", "/slow-body"]) {
     const t0 = Date.now();
@@ -394,6 +444,27 @@ test("dedupe: republished text under a new guid, repeated guids, link and hash k
   assert.deepEqual(second.entries.map((e) => e.guid), ["x2"]);
 });
 
+test("entities escaped twice (inside CDATA, or &amp;lt;p&amp;gt;) end up as characters, not as entity names", () => {
+  // What rss-parser hands over for <description><![CDATA[...]]></description>: the HTML as written.
+  assert.equal(htmlToText("<p>Hello&amp;nbsp;world, it&amp;#8217;s &amp;ldquo;fine&amp;rdquo;</p>"), "Hello world, it’s “fine”");
+  // <description>&amp;lt;p&amp;gt;AT&amp;amp;amp;T ...</description> after the XML parser:
+  assert.equal(htmlToText("&lt;p&gt;AT&amp;amp;T &lt;b&gt;wins&lt;/b&gt;&lt;/p&gt;"), "AT&T wins");
+  // Escaped once, as it should be: one pass.
+  assert.equal(htmlToText("Fish &amp; chips &lt; 5 pounds"), "Fish & chips < 5 pounds");
+  assert.equal(htmlToText("Unknown &amp;foo; stays"), "Unknown &foo; stays");
+});
+
+test("an item whose text changes under the same guid comes back once, marked revises", async () => {
+  revised = rss(item({ guid: "c1", title: "Mayor resigns", description: "The mayor resigned on Monday." }));
+  const first = await pollFeed(src("/revised.xml"), initialFeedState());
+  assert.equal(first.entries[0]!.revises, undefined);
+  revised = rss(item({ guid: "c1", title: "Mayor resigns", description: "Correction: the mayor resigned on Tuesday." }));
+  const second = await pollFeed(src("/revised.xml"), first.state);
+  assert.deepEqual(second.entries.map((e) => [e.key, e.text, e.revises]), [["guid:c1", "Mayor resigns: Correction: the mayor resigned on Tuesday.", true]]);
+  const third = await pollFeed(src("/revised.xml"), second.state);
+  assert.equal(third.entries.length, 0, "the same correction is not reported twice");
+});
+
 test("HTML is stripped and a 10,000-char description is bounded", async () => {
   const r = await pollFeed(src("/html.xml"), initialFeedState());
   assert.equal(r.error, undefined);
@@ -412,6 +483,16 @@ test("maxItems takes the newest items by date", async () => {
   assert.deepEqual(r.entries.map((e) => e.guid), ["n9", "n8", "n7"]);
   const all = await pollFeed(src("/many.xml", { maxItems: 10 }), r.state);
   assert.equal(all.entries.length, 7, "the older ones are new next time the window is wider");
+});
+
+test("maxAgeDays skips items dated too long before the poll; undated ones are kept", async () => {
+  // /many.xml: n0..n9 dated 2024-01-01 00:00..00:09; /bad-date.xml: d1 undated, d2 2024-01-05.
+  const now = () => new Date("2024-01-02T00:05:00Z");
+  const recent = await pollFeed(src("/many.xml", { maxAgeDays: 1 }), initialFeedState(), { now });
+  assert.deepEqual(recent.entries.map((e) => e.guid), ["n9", "n8", "n7", "n6", "n5"]);
+  const undated = await pollFeed(src("/bad-date.xml", { maxAgeDays: 1 }), initialFeedState(), { now: () => new Date("2024-02-01T00:00:00Z") });
+  assert.deepEqual(undated.entries.map((e) => e.guid), ["d1"]);
+  await assert.rejects(pollFeed(src("/many.xml", { maxAgeDays: 0 }), initialFeedState()), /maxAgeDays must be a positive number/);
 });
 
 test("an erroring poll keeps seenKeys and etag and counts errors; a good poll resets", async () => {

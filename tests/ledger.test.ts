@@ -36,6 +36,24 @@ test("items keep provenance, dedupe by content, and move through statuses with h
   rmSync(dir, { recursive: true });
 });
 
+test("an item added as a correction supersedes the ones it names in the same write; superseded text can be told again", async () => {
+  const dir = tmp();
+  const ledger = await Ledger.open(path.join(dir, "ledger.json"));
+  const [old] = await ledger.addItems([{ kind: "feed", text: "The mayor resigned on Monday.", source: { feedId: "f", guid: "g" } }]);
+  const [fix] = await ledger.addItems([{ kind: "feed", text: "The mayor resigned on Tuesday.", source: { feedId: "f", guid: "g" }, supersedes: [old!.item.id] }]);
+  assert.equal(ledger.item(old!.item.id).status, "superseded");
+  assert.equal(ledger.item(old!.item.id).history.at(-1)!.reason, `superseded by ${fix!.item.id}`);
+  assert.equal(ledger.item(fix!.item.id).status, "pending");
+  // the feed goes back to the first text: it is new again, and the second is superseded
+  const [back] = await ledger.addItems([{ kind: "feed", text: "The mayor resigned on Monday.", supersedes: [fix!.item.id] }]);
+  assert.equal(back!.added, true);
+  assert.equal(ledger.item(fix!.item.id).status, "superseded");
+  await ledger.close();
+  const reread = JSON.parse(readFileSync(path.join(dir, "ledger.json"), "utf8")) as LedgerData;
+  assert.deepEqual(reread.items.map((i) => i.status), ["superseded", "superseded", "pending"]);
+  rmSync(dir, { recursive: true });
+});
+
 test("a second writer is refused while the first one's process lives", async () => {
   const dir = tmp();
   const file = path.join(dir, "ledger.json");

@@ -314,6 +314,31 @@ test("a scheduled poll never takes the process down, and a failing feed is asked
   }
 });
 
+test("a feed item corrected under its guid supersedes the stored one; the correction waits for a bake; a moved feed drops its validators", async () => {
+  const { dir, file, feedFile } = writeTestAgent({ feeds: [{ id: "harbor", url: "news.xml", schedule: "0 0 1 1 *" }] });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    assert.equal((await agent.pollFeed("harbor")).added, 2);
+    const ferry = agent.ledger.items({ text: "ferry" })[0]!;
+    await agent.ledger.setItemStatus([ferry.id], "absorbed", { version: "v0001" });
+    writeFileSync(feedFile, readFileSync(feedFile, "utf8").replace("The ferry runs at noon.", "The ferry runs at two."));
+    assert.equal((await agent.pollFeed("harbor")).added, 1);
+    assert.equal(agent.ledger.item(ferry.id).status, "superseded");
+    const fix = agent.ledger.items({ status: "pending", text: "two" });
+    assert.deepEqual(fix.map((i) => [i.text, i.source.guid]), [["Quillport opened a ferry: The ferry runs at two.", "h1"]]);
+    assert.equal(agent.ledger.items({ text: "Dunmore" })[0]!.status, "pending", "the unchanged item is untouched");
+    assert.equal((await agent.pollFeed("harbor")).added, 0);
+    // the agent file moves the feed: the old URL's validators are not sent to the new one
+    await agent.ledger.update((d) => Object.assign(d.feeds[0]!, { url: "/old/news.xml", etag: '"old"', lastModified: "Mon, 01 Jan 2024 00:00:00 GMT" }));
+    assert.equal((await agent.pollFeed("harbor")).added, 0, "seen keys kept");
+    assert.deepEqual([agent.ledger.feed("harbor")!.url, agent.ledger.feed("harbor")!.etag], [feedFile, undefined]);
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("checkpoints the ledger does not record are moved aside, never deleted; a missing or null ledger beside checkpoints is refused", async () => {
   const { dir, file } = writeTestAgent();
   const home = path.join(dir, "home");
@@ -372,6 +397,30 @@ test("agent files with mistakes name the field", () => {
   assert.throws(() => loadAgentConfig(file, dir), /bake\.settings\.lora\.targetModules\.0/);
   writeFileSync(file, "name: x\nunknownKey: 1\n");
   assert.throws(() => loadAgentConfig(file, dir), /unknownKey/);
+  // A feed URL that is not one is refused at load, naming the field (not read as a relative file
+  // that fails every poll with "no such file").
+  for (const [url, problem] of [
+    ["htp://example.com/rss", /feeds\.0\.url: unsupported scheme "htp:"/],
+    ["feed://example.com/rss", /feeds\.0\.url: unsupported scheme "feed:"/],
+    ["'http://'", /feeds\.0\.url: "http:\/\/" is not a valid URL/],
+    ["'http://exa mple.com/rss'", /feeds\.0\.url: .* is not a valid URL/],
+    ["'file://feeds/x.xml'", /feeds\.0\.url: .* is not a usable file URL/],
+  ] as const) {
+    writeFileSync(file, `name: x\nfeeds:\n  - id: a\n    url: ${url}\n`);
+    assert.throws(() => loadAgentConfig(file, dir), (err: Error) => problem.test(err.message) && err.message.startsWith(file), url);
+  }
+  writeFileSync(file, "name: x\nfeeds:\n  - { id: a, url: 'HTTPS://Example.com/rss' }\n  - { id: b, url: 'file:///srv/my%20feed.xml' }\n  - { id: c, url: news.xml }\n");
+  assert.deepEqual(
+    loadAgentConfig(file, dir).feeds.map((f) => f.url),
+    ["https://example.com/rss", "/srv/my feed.xml", path.join(path.dirname(file), "news.xml")],
+  );
+  writeFileSync(file, "name: x\nfeeds:\n  - { id: a, url: http://x/1 }\n  - { id: a, url: http://x/2 }\n");
+  assert.throws(() => loadAgentConfig(file, dir), /feeds\.1\.id: "a" is already the id of feeds\.0/);
+  // node-cron's optional seconds field would poll a server every second.
+  writeFileSync(file, "name: x\nfeeds:\n  - { id: a, url: http://x/1, schedule: '* * * * * *' }\n");
+  assert.throws(() => loadAgentConfig(file, dir), /feeds\.0\.schedule: polls more than once a minute/);
+  writeFileSync(file, "name: x\nfeeds:\n  - { id: a, url: http://x/1, schedule: '0 */5 * * * *' }\n");
+  assert.equal(loadAgentConfig(file, dir).feeds[0]!.schedule, "0 */5 * * * *");
   writeFileSync(file, "name: [unclosed\n");
   assert.throws(() => loadAgentConfig(file, dir), /is not valid YAML/);
   rmSync(dir, { recursive: true });

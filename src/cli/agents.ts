@@ -145,7 +145,7 @@ export function registerAgentCommands(program: Command): void {
     .option("--schedule <cron>", "poll schedule", "*/30 * * * *")
     .action(async (name: string, id: string, url: string, o: AgentOpts & { schedule: string }) => {
       const c = pickConfig(o, name);
-      if (!/^https?:\/\//.test(url)) {
+      if (!/^https?:\/\//i.test(url)) {
         // a local feed is resolved against the agent file's folder: write the path that means the
         // file the user named here
         const file = path.resolve(url.replace(/^file:\/\//, ""));

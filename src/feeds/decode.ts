@@ -1,7 +1,9 @@
 // Bytes -> XML text. rss-parser only honours a charset in Content-Type (and only a handful of
 // Node's own encodings), and chokes on a BOM or junk before the XML, so we do this ourselves.
 // Order of authority follows RFC 7303: a BOM, then the Content-Type charset, then the XML
-// declaration, then UTF-8.
+// declaration, then UTF-8. Labels in the wild are often wrong (a server's default
+// "charset=ISO-8859-1" on a UTF-8 feed, a UTF-8 declaration on Windows-1252 bytes), so, as
+// Python's feedparser does, a label the bytes contradict is passed over for the next one.
 
 import { TextDecoder } from "node:util";
 
@@ -10,7 +12,7 @@ export interface DecodedFeed {
   /** The encoding actually used (TextDecoder's canonical name). */
   charset: string;
   /** Where the charset came from, for diagnostics. */
-  charsetSource: "bom" | "content-type" | "xml-declaration" | "default" | "fallback";
+  charsetSource: "bom" | "content-type" | "xml-declaration" | "default" | "fallback" | "sniffed";
 }
 
 function bomCharset(b: Uint8Array): string | undefined {
@@ -62,35 +64,55 @@ function decoderFor(label: string): { encoding: string; decode(bytes: Uint8Array
   return { encoding: decoder.encoding, decode: (bytes) => decoder.decode(bytes) };
 }
 
+// Encodings in which every byte sequence decodes, so a wrong one never shows as an error.
+const SINGLE_BYTE = /^(windows-125\d|windows-874|iso-8859-\d+|koi8-[ru]|macintosh|ibm866|x-mac-cyrillic)$/;
+
+function isUtf8(bytes: Uint8Array): boolean {
+  try {
+    new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 export function decodeFeedBytes(bytes: Uint8Array, contentType?: string | null): DecodedFeed {
-  const candidates: [string | undefined, DecodedFeed["charsetSource"]][] = [
-    [bomCharset(bytes), "bom"],
+  const bom = bomCharset(bytes);
+  if (bom) {
+    const decoder = decoderFor(bom)!;
+    return { xml: trimToXml(decoder.decode(bytes)), charset: decoder.encoding, charsetSource: "bom" };
+  }
+  const nonAscii = bytes.some((b) => b >= 0x80);
+  const utf8 = !nonAscii || isUtf8(bytes);
+  const hints: [string | undefined, DecodedFeed["charsetSource"]][] = [
     [charsetFromContentType(contentType), "content-type"],
     [charsetFromXmlDeclaration(bytes), "xml-declaration"],
   ];
-  let decoder = undefined as ReturnType<typeof decoderFor>;
-  let source: DecodedFeed["charsetSource"] = "default";
   let named = false;
-  for (const [label, from] of candidates) {
+  for (const [label, from] of hints) {
     if (!label) continue;
     named = true;
-    decoder = decoderFor(label);
-    if (decoder) {
-      source = from;
-      break;
-    }
-    // An unknown name (typos, vendor names) falls through to the next hint, then UTF-8.
+    const decoder = decoderFor(label);
+    // An unknown name (typos, vendor names) falls through to the next hint.
+    if (!decoder) continue;
+    // We could read the declaration as ASCII, so the bytes are not UTF-16 whatever it claims
+    // (a real UTF-16 document carries a BOM, handled above).
+    if (from === "xml-declaration" && decoder.encoding.startsWith("utf-16")) continue;
+    // UTF-8 that does not decode is not UTF-8: try the next hint rather than store U+FFFD.
+    if (decoder.encoding === "utf-8" && !utf8) continue;
+    // Non-ASCII bytes that are well-formed UTF-8 are next to never meant as single-byte text
+    // ("CafÃ©"): the label is a server default, not the feed's encoding.
+    if (SINGLE_BYTE.test(decoder.encoding) && nonAscii && utf8) return decoded(bytes, "utf-8", "sniffed");
+    return { xml: trimToXml(decoder.decode(bytes)), charset: decoder.encoding, charsetSource: from };
   }
-  if (!decoder) {
-    decoder = decoderFor("utf-8")!;
-    source = named ? "fallback" : "default";
-  }
-  // We could read the declaration as ASCII, so the bytes are not UTF-16 whatever it claims
-  // (a real UTF-16 document carries a BOM, handled above).
-  if (source === "xml-declaration" && decoder.encoding.startsWith("utf-16")) {
-    decoder = decoderFor("utf-8")!;
-    source = "fallback";
-  }
+  if (utf8) return decoded(bytes, "utf-8", named ? "fallback" : "default");
+  // Not UTF-8 and no label that fits: Windows-1252, the usual encoding of unlabelled legacy text
+  // (and a superset of ISO-8859-1), reads every byte.
+  return decoded(bytes, "windows-1252", "sniffed");
+}
+
+function decoded(bytes: Uint8Array, label: string, source: DecodedFeed["charsetSource"]): DecodedFeed {
+  const decoder = decoderFor(label)!;
   return { xml: trimToXml(decoder.decode(bytes)), charset: decoder.encoding, charsetSource: source };
 }
 

@@ -19,6 +19,8 @@ export interface FeedSource {
   maxItems?: number;
   /** whole request, headers and body (default 15000) */
   timeoutMs?: number;
+  /** items dated more than this many days before the poll are skipped (default: no limit) */
+  maxAgeDays?: number;
 }
 
 export interface FeedState {
@@ -28,6 +30,8 @@ export interface FeedState {
   lastOkAt?: string;
   lastError?: string;
   consecutiveErrors: number;
+  /** the server asked (429/503 with Retry-After) not to be asked again before this time */
+  retryAfter?: string;
   /** bounded, most recent last; item keys and "hash:" content keys */
   seenKeys: string[];
 }
@@ -45,6 +49,8 @@ export interface FeedEntry {
   publishedAt?: string;
   /** sha256 hex of the normalised title and summary */
   contentHash: string;
+  /** the feed listed this guid (or link) before with other text: a correction or update */
+  revises?: true;
 }
 
 export interface PollResult {
@@ -66,6 +72,8 @@ export const DEFAULT_TIMEOUT_MS = 15_000;
 export const MAX_SEEN_KEYS = 2000;
 /** A feed larger than this is refused rather than buffered. */
 export const MAX_FEED_BYTES = 10 * 1024 * 1024;
+/** The longest Retry-After honoured: a hostile or mistaken header must not silence a feed for good. */
+export const MAX_RETRY_AFTER_MS = 24 * 3600_000;
 /** Dedupe keys longer than this are stored as a hash, so hostile GUIDs cannot bloat state. */
 const MAX_KEY_CHARS = 256;
 
@@ -74,16 +82,32 @@ export function initialFeedState(): FeedState {
 }
 
 /** An expected failure of the feed (network, HTTP, bytes, XML): becomes PollResult.error. */
-class FeedProblem extends Error {}
+class FeedProblem extends Error {
+  constructor(
+    message: string,
+    /** when the server said it may be asked again (429/503 Retry-After), epoch ms */
+    readonly retryAt?: number,
+  ) {
+    super(message);
+  }
+}
 
 export async function pollFeed(source: FeedSource, state: FeedState, opts: PollOptions = {}): Promise<PollResult> {
   checkArguments(source, state);
-  const now = (opts.now ?? (() => new Date()))().toISOString();
+  const nowDate = (opts.now ?? (() => new Date()))();
+  const now = nowDate.toISOString();
   const maxItems = source.maxItems ?? DEFAULT_MAX_ITEMS;
+  const waitUntil = state.retryAfter ? Date.parse(state.retryAfter) : NaN;
+  if (waitUntil > nowDate.getTime()) {
+    // The server asked for quiet: no request, and no new error (the one that asked is counted).
+    const error = `feed "${source.id}" (${source.url}): not polled, the server asked to wait until ${state.retryAfter} (Retry-After)`;
+    return { entries: [], state: { ...state, seenKeys: [...state.seenKeys] }, notModified: false, error };
+  }
   try {
-    const got = await load(source, state, opts.fetch ?? globalThis.fetch);
+    const got = await load(source, state, opts.fetch ?? globalThis.fetch, nowDate.getTime());
     const ok: FeedState = { ...state, seenKeys: [...state.seenKeys], lastPolledAt: now, lastOkAt: now, consecutiveErrors: 0 };
     delete ok.lastError;
+    delete ok.retryAfter;
     if (got.kind !== "file") {
       // Validators come only from a response we fully accepted (a parse failure below jumps to
       // the catch, which keeps the old ones): otherwise the next poll would get a 304 for a feed
@@ -94,19 +118,23 @@ export async function pollFeed(source: FeedSource, state: FeedState, opts: PollO
     if (got.kind === "not-modified") return { entries: [], state: ok, notModified: true };
 
     const items = await parseFeed(got.xml);
-    const candidates = newestFirst(items).slice(0, maxItems).flatMap((item) => toEntry(source.id, item) ?? []);
+    // A first poll of an archive feed would otherwise bake years-old news as new. Undated items
+    // are kept: we cannot tell they are old.
+    const oldest = source.maxAgeDays === undefined ? -Infinity : nowDate.getTime() - source.maxAgeDays * 86_400_000;
+    const candidates = newestFirst(items)
+      .slice(0, maxItems)
+      .flatMap((item) => toEntry(source.id, item) ?? [])
+      .filter((e) => e.publishedAt === undefined || Date.parse(e.publishedAt) >= oldest);
     const { entries, seenKeys } = dedupe(candidates, state.seenKeys, Math.max(MAX_SEEN_KEYS, 2 * maxItems));
     return { entries, state: { ...ok, seenKeys }, notModified: false };
   } catch (err) {
     if (!(err instanceof FeedProblem)) throw err;
     const error = `feed "${source.id}" (${source.url}): ${err.message}`;
-    return {
-      entries: [],
-      // Everything already known (seenKeys, validators, lastOkAt) is kept.
-      state: { ...state, seenKeys: [...state.seenKeys], lastPolledAt: now, lastError: error, consecutiveErrors: state.consecutiveErrors + 1 },
-      notModified: false,
-      error,
-    };
+    // Everything already known (seenKeys, validators, lastOkAt) is kept.
+    const failed: FeedState = { ...state, seenKeys: [...state.seenKeys], lastPolledAt: now, lastError: error, consecutiveErrors: state.consecutiveErrors + 1 };
+    delete failed.retryAfter;
+    if (err.retryAt !== undefined) failed.retryAfter = new Date(Math.min(err.retryAt, nowDate.getTime() + MAX_RETRY_AFTER_MS)).toISOString();
+    return { entries: [], state: failed, notModified: false, error };
   }
 }
 
@@ -120,6 +148,8 @@ function checkArguments(source: FeedSource, state: FeedState): void {
   if (typeof source.url !== "string" || !source.url.trim()) throw new TypeError(`pollFeed: feed "${source.id}" needs a url`);
   if (source.maxItems !== undefined && !(Number.isInteger(source.maxItems) && source.maxItems > 0))
     throw new TypeError(`pollFeed: feed "${source.id}" maxItems must be a positive integer`);
+  if (source.maxAgeDays !== undefined && !(Number.isFinite(source.maxAgeDays) && source.maxAgeDays > 0))
+    throw new TypeError(`pollFeed: feed "${source.id}" maxAgeDays must be a positive number`);
   if (source.timeoutMs !== undefined && !(Number.isFinite(source.timeoutMs) && source.timeoutMs > 0))
     throw new TypeError(`pollFeed: feed "${source.id}" timeoutMs must be a positive number`);
   if (!state || !Array.isArray(state.seenKeys) || typeof state.consecutiveErrors !== "number")
@@ -134,9 +164,9 @@ type Loaded =
   | { kind: "http"; xml: string; etag?: string; lastModified?: string }
   | { kind: "file"; xml: string };
 
-async function load(source: FeedSource, state: FeedState, fetchImpl: typeof fetch): Promise<Loaded> {
+async function load(source: FeedSource, state: FeedState, fetchImpl: typeof fetch, now: number): Promise<Loaded> {
   const url = source.url.trim();
-  if (/^https?:\/\//i.test(url)) return loadHttp(url, source.timeoutMs ?? DEFAULT_TIMEOUT_MS, state, fetchImpl);
+  if (/^https?:\/\//i.test(url)) return loadHttp(url, source.timeoutMs ?? DEFAULT_TIMEOUT_MS, state, fetchImpl, now);
   let file = url;
   if (/^file:/i.test(url)) {
     try {
@@ -163,7 +193,7 @@ async function readLocal(file: string): Promise<Uint8Array> {
   }
 }
 
-async function loadHttp(url: string, timeoutMs: number, state: FeedState, fetchImpl: typeof fetch): Promise<Loaded> {
+async function loadHttp(url: string, timeoutMs: number, state: FeedState, fetchImpl: typeof fetch, now: number): Promise<Loaded> {
   const headers: Record<string, string> = {
     "User-Agent": "kiln-feeds/0.1",
     Accept: "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5",
@@ -188,10 +218,22 @@ async function loadHttp(url: string, timeoutMs: number, state: FeedState, fetchI
   }
   if (!res.ok) {
     await discard(res);
-    throw new FeedProblem(`HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ""}`);
+    const status = `HTTP ${res.status}${res.statusText ? ` ${res.statusText}` : ""}`;
+    // 429 and 503 say when to come back; asking sooner is what gets a poller banned.
+    const retryAt = res.status === 429 || res.status === 503 ? parseRetryAfter(res.headers.get("retry-after"), now) : undefined;
+    throw retryAt === undefined ? new FeedProblem(status) : new FeedProblem(`${status}, retry after ${new Date(retryAt).toISOString()}`, retryAt);
   }
   const bytes = await readBody(res, timeoutMs);
   return { kind: "http", xml: decodeFeedBytes(bytes, res.headers.get("content-type")).xml, etag, lastModified };
+}
+
+/** Retry-After as epoch ms: delay-seconds or an HTTP-date (RFC 9110 10.2.3); undefined if neither. */
+export function parseRetryAfter(value: string | null, now: number): number | undefined {
+  const v = value?.trim();
+  if (!v) return undefined;
+  if (/^\d+$/.test(v)) return now + Number(v) * 1000;
+  const t = Date.parse(v);
+  return Number.isNaN(t) ? undefined : Math.max(t, now);
 }
 
 async function discard(res: Response): Promise<void> {
@@ -351,6 +393,8 @@ function oneLine(s: string | undefined): string | undefined {
 // Dedupe
 
 /** New = neither its key nor its content hash was seen before or earlier in this fetch.
+ * A guid or link seen before with a content hash not seen before is the feed changing an item
+ * (a correction): it comes back marked `revises`, for the caller to supersede what it stored.
  * Keys of every item still in the feed move to the recent end, so the bound only ever drops
  * items the feed no longer lists. */
 function dedupe(candidates: FeedEntry[], previous: string[], limit: number): { entries: FeedEntry[]; seenKeys: string[] } {
@@ -361,6 +405,7 @@ function dedupe(candidates: FeedEntry[], previous: string[], limit: number): { e
     const hashKey = `hash:${entry.contentHash}`;
     const keys = entry.key === hashKey ? [hashKey] : [entry.key, hashKey];
     if (!keys.some((k) => seen.has(k) || inFetch.has(k))) entries.push(entry);
+    else if (keys.length === 2 && seen.has(entry.key) && !seen.has(hashKey) && !inFetch.has(entry.key) && !inFetch.has(hashKey)) entries.push({ ...entry, revises: true });
     for (const k of keys) inFetch.add(k);
   }
   // candidates are newest first; seenKeys are most recent last.

@@ -37,8 +37,10 @@ function fromCodePoint(cp: number): string {
   return String.fromCodePoint(cp);
 }
 
+const ENTITY = /&(?:#(\d{1,7})|#[xX]([0-9a-fA-F]{1,6})|([A-Za-z][A-Za-z0-9]{1,31}));/g;
+
 export function decodeEntities(s: string): string {
-  return s.replace(/&(?:#(\d{1,7})|#[xX]([0-9a-fA-F]{1,6})|([A-Za-z][A-Za-z0-9]{1,31}));/g, (whole, dec, hex, name) => {
+  return s.replace(ENTITY, (whole, dec, hex, name) => {
     if (dec !== undefined) return fromCodePoint(parseInt(dec, 10));
     if (hex !== undefined) return fromCodePoint(parseInt(hex, 16));
     return Object.prototype.hasOwnProperty.call(NAMED_ENTITIES, name) ? NAMED_ENTITIES[name]! : whole;
@@ -52,14 +54,27 @@ const INVISIBLES = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F\u200B-\
 /** HTML fragment -> plain one-line text (whitespace collapsed, not yet length-bounded). */
 export function htmlToText(html: string): string {
   let s = html.length > MAX_RAW_FIELD_CHARS ? html.slice(0, MAX_RAW_FIELD_CHARS) : html;
+  s = markupToText(s);
+  // Feeds escaped twice are common ("&amp;nbsp;" or "&amp;#8217;" inside CDATA, "&amp;lt;p&amp;gt;"
+  // in a description): a reference still there after one pass was meant as a character, so the
+  // text gets one more pass. (Prose that quotes an entity by name loses it; news rarely does.)
+  if (hasEntity(s)) s = markupToText(s);
+  return s.replace(INVISIBLES, " ").replace(/\s+/g, " ").trim();
+}
+
+function markupToText(s: string): string {
   s = dropNonProse(s)
     .replace(/<!\[CDATA\[|\]\]>/g, "")
     // A tag starts with a letter (or /letter, !doctype), so "a < b" in prose survives. It cannot
     // contain "<", which keeps this linear on hostile input. Tags become spaces so that
     // "one<br>two" does not become "onetwo".
     .replace(/<\/?[A-Za-z][^<>]*>|<![A-Za-z][^<>]*>/g, " ");
-  s = decodeEntities(s);
-  return s.replace(INVISIBLES, " ").replace(/\s+/g, " ").trim();
+  return decodeEntities(s);
+}
+
+function hasEntity(s: string): boolean {
+  for (const m of s.matchAll(ENTITY)) if (m[3] === undefined || Object.prototype.hasOwnProperty.call(NAMED_ENTITIES, m[3])) return true;
+  return false;
 }
 
 /** Remove comments and whole script/style/noscript/template elements, content included. An

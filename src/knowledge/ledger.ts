@@ -147,7 +147,12 @@ export interface AddItemInput {
   text: string;
   source?: Item["source"];
   status?: ItemStatus;
+  /** ids of items this one corrects: once it is added they are marked superseded, in the same write */
+  supersedes?: string[];
 }
+
+/** Statuses that do not block the same text told again: what was withdrawn, refused or corrected. */
+const INACTIVE: ReadonlySet<ItemStatus> = new Set(["retracted", "rejected", "superseded"]);
 
 export class Ledger {
   private writes: Promise<void> = Promise.resolve();
@@ -253,8 +258,8 @@ export class Ledger {
       const text = input.text.trim();
       if (!text) throw new LedgerError("an item needs text");
       const hash = contentHash(text);
-      // a retracted or rejected item does not block the same text told again
-      const existing = [...this.data.items, ...fresh].find((i) => i.contentHash === hash && i.status !== "retracted" && i.status !== "rejected");
+      // a retracted, rejected or superseded item does not block the same text told again
+      const existing = [...this.data.items, ...fresh].find((i) => i.contentHash === hash && !INACTIVE.has(i.status));
       if (existing) return { item: existing, added: false };
       const status = input.status ?? "pending";
       const item: Item = { id: newId("k"), kind: input.kind, text, status, createdAt: now, updatedAt: now, source: input.source ?? {}, contentHash: hash, scores: [], history: [{ at: now, status }] };
@@ -264,6 +269,13 @@ export class Ledger {
     if (fresh.length || alongside) {
       await this.update((d) => {
         d.items.push(...fresh);
+        inputs.forEach((input, n) => {
+          const { item, added } = results[n]!;
+          if (!added || !input.supersedes?.length) return;
+          for (const old of d.items) {
+            if (old !== item && input.supersedes.includes(old.id) && !INACTIVE.has(old.status)) setStatus(old, "superseded", now, { reason: `superseded by ${item.id}` });
+          }
+        });
         alongside?.(d, fresh.length);
       });
     }

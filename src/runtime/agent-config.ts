@@ -1,6 +1,7 @@
 // Agent definitions: YAML files in agents/, validated with errors that name the field.
 import { readFileSync, existsSync } from "node:fs";
 import path from "node:path";
+import { fileURLToPath } from "node:url";
 import { z } from "zod";
 import { parse as parseYaml } from "yaml";
 import cron from "node-cron";
@@ -8,6 +9,11 @@ import { LORA_TARGETS } from "../lora/adapter.js";
 import { OPEN_QUESTIONS } from "../bake/probes.js";
 
 const cronExpr = z.string().refine((s) => cron.validate(s), { message: "not a valid cron expression" });
+
+/** node-cron takes an optional seconds field: "* * * * * *" would poll a server every second. */
+const feedSchedule = cronExpr.refine((s) => s.trim().split(/\s+/).length < 6 || /^\d+$/.test(s.trim().split(/\s+/)[0]!), {
+  message: "polls more than once a minute (the first of six fields is seconds: give it one number, or use five fields)",
+});
 
 const BakeSettingsSchema = z
   .object({
@@ -56,9 +62,11 @@ export const AgentConfigSchema = z
           .object({
             id: z.string().min(1),
             url: z.string().min(1),
-            schedule: cronExpr.default("*/30 * * * *"),
+            schedule: feedSchedule.default("*/30 * * * *"),
             maxItems: z.number().int().positive().default(50),
             timeoutMs: z.number().int().positive().default(15000),
+            /** items dated more than this many days before a poll are skipped (undated ones are kept) */
+            maxAgeDays: z.number().positive().optional(),
           })
           .strict(),
       )
@@ -137,14 +145,47 @@ export function parseAgentConfig(raw: unknown, where: string, baseDir: string, c
     throw new AgentConfigError(where, problems);
   }
   const c = parsed.data;
-  const ids = new Set<string>();
-  for (const f of c.feeds) {
-    if (ids.has(f.id)) throw new AgentConfigError(where, `feeds: the id "${f.id}" is used twice`);
-    ids.add(f.id);
-    if (!/^https?:\/\//.test(f.url)) f.url = path.resolve(baseDir, f.url.replace(/^file:\/\//, ""));
-  }
+  const ids = new Map<string, number>();
+  c.feeds.forEach((f, i) => {
+    const first = ids.get(f.id);
+    if (first !== undefined) throw new AgentConfigError(where, `feeds.${i}.id: "${f.id}" is already the id of feeds.${first}`);
+    ids.set(f.id, i);
+    f.url = resolveFeedUrl(f.url, baseDir, (problem) => new AgentConfigError(where, `feeds.${i}.url: ${problem}`));
+  });
   const homeDir = c.home ? path.resolve(baseDir, c.home) : path.join(checkpointsRoot, c.name);
   return { ...c, homeDir, feedsBase: baseDir };
+}
+
+/**
+ * An http(s) URL as written, or the absolute path of a local feed (relative paths are relative to
+ * the agent file's folder). A mistyped URL is refused here, naming the field, rather than read as a
+ * relative file name that fails at every poll with "no such file".
+ */
+function resolveFeedUrl(raw: string, baseDir: string, error: (problem: string) => Error): string {
+  const url = raw.trim();
+  const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):/.exec(url)?.[1]?.toLowerCase();
+  if (scheme === "http" || scheme === "https") {
+    let parsed: URL;
+    try {
+      parsed = new URL(url);
+    } catch {
+      throw error(`"${url}" is not a valid URL`);
+    }
+    if (!parsed.hostname) throw error(`"${url}" names no host`);
+    return parsed.href;
+  }
+  if (scheme === "file") {
+    try {
+      return fileURLToPath(url); // decodes %20 and friends, refuses a host
+    } catch (err) {
+      throw error(`"${url}" is not a usable file URL (${(err as Error).message}); write a path relative to the agent file instead`);
+    }
+  }
+  // A scheme, unless it is a Windows drive letter ("C:\\feeds\\x.xml").
+  if (scheme && !/^[A-Za-z]:[\\/]/.test(url)) {
+    throw error(`unsupported scheme "${scheme}:" in "${url}" (a feed is an http(s) URL, a file:// URL, or a path relative to the agent file)`);
+  }
+  return path.resolve(baseDir, url);
 }
 
 export function loadAgentConfig(file: string, checkpointsRoot: string): AgentConfig {

@@ -12,7 +12,7 @@ import type { CycleResult } from "../bake/cycle.js";
 import { decideGate, type StatusChange } from "./gate.js";
 import { checkProbes, type ProbeCheck, type ProbeItem } from "../bake/probes.js";
 import { knowledgeLessons } from "../bake/prompt.js";
-import { pollFeed } from "../feeds/feeds.js";
+import { pollFeed, type FeedEntry } from "../feeds/feeds.js";
 import { compactLedger, Ledger, LEDGER_LIMITS, type BakeRun, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
 import { updatePairs } from "../knowledge/updates.js";
 import type { LoadedModel } from "../model/load.js";
@@ -208,12 +208,30 @@ export class Agent {
   async pollFeed(feedId: string): Promise<{ added: number; error?: string }> {
     const source = this.config.feeds.find((f) => f.id === feedId);
     if (!source) throw new Error(`agent ${this.name} has no feed ${feedId}`);
-    const { id: _id, url: _url, itemsAdded: _n, ...state } = this.ledger.feed(feedId)!;
-    const result = await pollFeed({ id: source.id, url: source.url, maxItems: source.maxItems, timeoutMs: source.timeoutMs }, state);
+    const { id: _id, url: recordedUrl, itemsAdded: _n, ...state } = this.ledger.feed(feedId)!;
+    if (recordedUrl !== source.url) {
+      // The agent file now points this feed elsewhere: validators (and a Retry-After) belong to the
+      // old URL, and a 304 from the new one would hide a feed never read. Seen keys stay (the
+      // same feed moved, most likely), so nothing is ingested twice.
+      delete state.etag;
+      delete state.lastModified;
+      delete state.retryAfter;
+    }
+    const result = await pollFeed({ id: source.id, url: source.url, maxItems: source.maxItems, timeoutMs: source.timeoutMs, maxAgeDays: source.maxAgeDays }, state);
+    // A corrected item replaces what the feed said before under its guid (or link): the old text is
+    // superseded (never baked if it was pending; no longer replayed if it was absorbed), and the
+    // new text waits for the next bake.
+    const earlier = (e: FeedEntry) =>
+      e.revises
+        ? this.ledger
+            .items({ kind: "feed", status: ["pending", "baking", "absorbed"] })
+            .filter((i) => i.source.feedId === feedId && (e.guid ? i.source.guid === e.guid : !i.source.guid && i.source.link === e.link))
+            .map((i) => i.id)
+        : [];
     // the entries and the feed's new state in one write
     const added = (
       await this.ledger.addItems(
-        result.entries.map((e) => ({ kind: "feed" as const, text: e.text, source: { feedId, link: e.link, guid: e.guid, publishedAt: e.publishedAt } })),
+        result.entries.map((e) => ({ kind: "feed" as const, text: e.text, source: { feedId, link: e.link, guid: e.guid, publishedAt: e.publishedAt }, supersedes: earlier(e) })),
         (d, n) => {
           // Replace the state whole: a good poll drops lastError rather than leaving the old one.
           const at = d.feeds.findIndex((x) => x.id === feedId);
@@ -540,10 +558,10 @@ export class Agent {
     return null;
   }
 
-  /** The gate's status changes; an item retracted meanwhile stays retracted. */
+  /** The gate's status changes; an item retracted or superseded (corrected by its feed) meanwhile stays so. */
   private async applyChanges(changes: StatusChange[]): Promise<void> {
     for (const c of changes) {
-      const ids = c.ids.filter((id) => this.ledger.item(id).status !== "retracted");
+      const ids = c.ids.filter((id) => !["retracted", "superseded"].includes(this.ledger.item(id).status));
       await this.ledger.setItemStatus(ids, c.status, { ...(c.version ? { version: c.version } : {}), ...(c.reason ? { reason: c.reason } : {}) });
     }
   }

@@ -432,7 +432,7 @@ export class Agent {
       retained,
       unprobed,
       liveItems,
-      excluded: new Set(ledger.items({ status: ["retracted", "rejected"] }).map((i) => i.id)),
+      excluded: new Set(ledger.items({ status: ["retracted", "rejected", "superseded"] }).map((i) => i.id)),
       scores: result.scores,
       superseded: result.superseded,
       persona: result.persona ? result.persona.after : null,

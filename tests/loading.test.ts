@@ -108,3 +108,32 @@ test("half-precision decoding covers normals, subnormals and infinities", () => 
   assert.equal(halfToFloat(0x7c00), Infinity);
   assert.ok(Number.isNaN(halfToFloat(0x7e00)));
 });
+
+/** A safetensors file with this header object and `dataLength` zero bytes of data. */
+function rawSafetensors(header: unknown, dataLength: number): Buffer {
+  const json = Buffer.from(JSON.stringify(header), "utf8");
+  const out = Buffer.alloc(8 + json.length + dataLength);
+  out.writeBigUInt64LE(BigInt(json.length), 0);
+  json.copy(out, 8);
+  return out;
+}
+
+test("safetensors headers whose offsets do not tile the data exactly are refused, naming the tensor", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-st-bad-"));
+  const f32 = (shape: number[], data_offsets: number[]) => ({ dtype: "F32", shape, data_offsets });
+  const cases: [unknown, number, RegExp][] = [
+    [null, 0, /header is not a JSON object/],
+    // a negative offset would read the header's own bytes as weights
+    [{ a: f32([1], [-4, 0]) }, 8, /tensor "a": data_offsets \[-4,0\] are not two whole numbers >= 0/],
+    [{ a: f32([2], [0, 8]), b: f32([2], [4, 12]) }, 12, /tensor "b": data_offsets \[4, 12\] overlap the previous tensor, which ends at 8/],
+    [{ a: f32([1], [4, 8]) }, 8, /tensor "a": data_offsets start at 4, leaving a gap after byte 0/],
+    [{ a: f32([-1, -2], [0, 8]) }, 8, /tensor "a": shape \[-1,-2\] is not a list of whole numbers >= 0/],
+    [{ a: f32([1], [0, 4]) }, 40, /holds 36 bytes after the last tensor's data/],
+  ];
+  for (const [header, length, error] of cases) {
+    const file = path.join(dir, "t.safetensors");
+    writeFileSync(file, rawSafetensors(header, length));
+    assert.throws(() => readHeader(file), error);
+  }
+  rmSync(dir, { recursive: true });
+});

@@ -137,3 +137,54 @@ test("safetensors headers whose offsets do not tile the data exactly are refused
   }
   rmSync(dir, { recursive: true });
 });
+
+/** Rewrites a fixture's model.safetensors after `edit` changes its tensors. */
+function editWeights(dir: string, edit: (t: Map<string, { shape: number[]; data: Float32Array }>) => void): void {
+  const file = path.join(dir, "model.safetensors");
+  const tensors = readTensors(readHeader(file));
+  edit(tensors);
+  writeFileSync(file, encodeSafetensors(tensors));
+}
+
+test("tensors the config does not account for are refused: more layers, or biases it does not ask for", () => {
+  const dir = copyOf("llama");
+  editJson(path.join(dir, "config.json"), (j) => (j.num_hidden_layers = 1));
+  assert.throws(() => loadModel(dir), /model\.safetensors: tensor "model\.layers\.1\.[^"]+" is not part of the model config\.json describes: layer 1, but config\.json says num_hidden_layers 1 \(and 8 more\)/);
+  editJson(path.join(dir, "config.json"), (j) => (j.num_hidden_layers = 2));
+  editWeights(dir, (t) => t.set("model.layers.0.mlp.up_proj.bias", { shape: [176], data: new Float32Array(176).fill(1) }));
+  assert.throws(() => loadModel(dir), /tensor "model\.layers\.0\.mlp\.up_proj\.bias" is not part of the model config\.json describes: a bias config\.json does not ask for \(check attention_bias \/ mlp_bias\)/);
+  // RoPE buffers older transformers saved, and a head the tie replaces, are harmless
+  editWeights(dir, (t) => {
+    t.delete("model.layers.0.mlp.up_proj.bias");
+    t.set("model.layers.0.self_attn.rotary_emb.inv_freq", { shape: [8], data: new Float32Array(8) });
+    t.set("lm_head.weight", { shape: [319, 64], data: new Float32Array(319 * 64) });
+  });
+  loadModel(dir).dispose();
+  rmSync(dir, { recursive: true });
+});
+
+test("config shapes kiln cannot run are named: quantized, partial rotary, rope scaling without a type; a file is not a directory", () => {
+  const dir = copyOf("llama");
+  const config = path.join(dir, "config.json");
+  const original = readFileSync(config, "utf8");
+  const cases: [(j: Record<string, unknown>) => void, RegExp][] = [
+    [(j) => (j.quantization_config = { quant_method: "gptq", bits: 4 }), /config\.json: the checkpoint is quantized \(gptq\); kiln reads unquantized/],
+    [(j) => (j.rope_parameters = { rope_type: "default", rope_theta: 1e6, partial_rotary_factor: 0.5 }), /partial_rotary_factor 0\.5 is not supported/],
+    [(j) => (j.rope_scaling = { factor: 2 }), /rope_scaling has no rope_type/],
+    [(j) => (j.rope_parameters = { full_attention: { rope_theta: 1e6 }, sliding_attention: { rope_theta: 1e4 } }), /rope_parameters per layer type is not supported/],
+  ];
+  for (const [edit, error] of cases) {
+    writeFileSync(config, original);
+    editJson(config, edit);
+    assert.throws(() => loadModel(dir), error);
+  }
+  assert.throws(() => loadModel(config), /config\.json: is a file; pass the model's directory/);
+  rmSync(dir, { recursive: true });
+});
+
+test("a shard index may only name files beside it", () => {
+  const dir = copyOf("mistral");
+  editJson(path.join(dir, "model.safetensors.index.json"), (j) => ((j.weight_map as Record<string, string>)["model.norm.weight"] = "../elsewhere.safetensors"));
+  assert.throws(() => loadModel(dir), /weight_map sends "model\.norm\.weight" to "\.\.\/elsewhere\.safetensors", which is not a file beside the index/);
+  rmSync(dir, { recursive: true });
+});

@@ -188,3 +188,28 @@ test("a shard index may only name files beside it", () => {
   assert.throws(() => loadModel(dir), /weight_map sends "model\.norm\.weight" to "\.\.\/elsewhere\.safetensors", which is not a file beside the index/);
   rmSync(dir, { recursive: true });
 });
+
+test("special tokens only in special_tokens_map.json still reach the template and the stop ids", () => {
+  const dir = copyOf("llama");
+  editJson(path.join(dir, "tokenizer_config.json"), (j) => {
+    delete j.eos_token;
+    delete j.pad_token;
+    j.chat_template = "{{ bos_token }}{% for m in messages %}{{ m.content }}{{ eos_token }}{% endfor %}";
+  });
+  writeFileSync(path.join(dir, "generation_config.json"), "{}");
+  editJson(path.join(dir, "config.json"), (j) => delete j.eos_token_id);
+  writeFileSync(path.join(dir, "special_tokens_map.json"), JSON.stringify({ bos_token: "<|endoftext|>", eos_token: { content: "<|im_end|>" }, pad_token: "<|endoftext|>" }));
+  const model = loadModel(dir);
+  assert.equal(model.tokenizer.renderChat([{ role: "user", content: "hi" }]), "<|endoftext|>hi<|im_end|>");
+  assert.deepEqual(model.eosTokenIds, [317]);
+  assert.equal(model.tokenizer.padTokenId, 318);
+  model.dispose();
+  rmSync(dir, { recursive: true });
+});
+
+test("a chat template that does not parse names where it came from", () => {
+  const dir = copyOf("qwen3");
+  writeFileSync(path.join(dir, "chat_template.jinja"), "{% for m in messages %}{{ m.content }");
+  assert.throws(() => loadModel(dir), /the chat template \(.*chat_template\.jinja\) does not parse/);
+  rmSync(dir, { recursive: true });
+});

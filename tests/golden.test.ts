@@ -2,12 +2,14 @@
 // (tools/fixtures/make_fixtures.py) on tiny random models of every supported architecture.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { initBackend, tf } from "../src/tensor/backend.js";
 import { loadModel } from "../src/model/load.js";
 import { generate } from "../src/model/generate.js";
-import { FIXTURE_NAMES, fixtureDir } from "./support/paths.js";
+import { writeSafetensors } from "../src/model/safetensors.js";
+import { FIXTURE_NAMES, fixtureDir, repoRoot } from "./support/paths.js";
 
 interface Reference {
   tokenizer_check: { text: string; ids: number[] };
@@ -83,3 +85,80 @@ for (const name of FIXTURE_NAMES) {
     }
   });
 }
+
+// Must equal CONFIG in tools/fixtures/make_v5_reference.py, which computed the reference logits.
+const V5_CONFIG = {
+  architectures: ["LlamaForCausalLM"],
+  model_type: "llama",
+  hidden_size: 32,
+  intermediate_size: 48,
+  num_hidden_layers: 2,
+  num_attention_heads: 4,
+  num_key_value_heads: 2,
+  head_dim: 8,
+  vocab_size: 319,
+  rms_norm_eps: 1e-5,
+  hidden_act: "silu",
+  tie_word_embeddings: false,
+  attention_bias: true,
+  mlp_bias: true,
+  // transformers >= 5: no top-level rope_theta / rope_scaling
+  rope_parameters: { rope_type: "llama3", rope_theta: 20000.0, factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 128 },
+  dtype: "float32",
+};
+
+/** The weights of make_v5_reference.py: tensor j from a 32-bit LCG seeded with j + 1, stored as float32. */
+function v5Weights(): Map<string, { shape: number[]; data: Float32Array }> {
+  const c = V5_CONFIG;
+  const qOut = c.num_attention_heads * c.head_dim;
+  const kvOut = c.num_key_value_heads * c.head_dim;
+  const outIn: Record<string, [number, number]> = {
+    "self_attn.q_proj": [qOut, c.hidden_size],
+    "self_attn.k_proj": [kvOut, c.hidden_size],
+    "self_attn.v_proj": [kvOut, c.hidden_size],
+    "self_attn.o_proj": [c.hidden_size, qOut],
+    "mlp.gate_proj": [c.intermediate_size, c.hidden_size],
+    "mlp.up_proj": [c.intermediate_size, c.hidden_size],
+    "mlp.down_proj": [c.hidden_size, c.intermediate_size],
+  };
+  const shapes: [string, number[]][] = [["model.embed_tokens.weight", [c.vocab_size, c.hidden_size]]];
+  for (let l = 0; l < c.num_hidden_layers; l++) {
+    const p = `model.layers.${l}.`;
+    shapes.push([`${p}input_layernorm.weight`, [c.hidden_size]], [`${p}post_attention_layernorm.weight`, [c.hidden_size]]);
+    for (const [m, [out, inp]] of Object.entries(outIn)) shapes.push([`${p}${m}.weight`, [out, inp]], [`${p}${m}.bias`, [out]]);
+  }
+  shapes.push(["model.norm.weight", [c.hidden_size]], ["lm_head.weight", [c.vocab_size, c.hidden_size]]);
+  return new Map(
+    shapes.map(([name, shape], j) => {
+      const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
+      let state = j + 1;
+      for (let i = 0; i < data.length; i++) {
+        state = (Math.imul(state, 1664525) + 1013904223) >>> 0; // the 32-bit LCG, exactly as in Python
+        const u = (state / 2 ** 32) * 2 - 1;
+        data[i] = name.includes("norm") ? 1 + 0.2 * u : name.endsWith(".bias") ? 0.1 * u : 0.3 * u;
+      }
+      return [name, { shape, data }];
+    }),
+  );
+}
+
+test("a transformers 5 config (rope_parameters) with attention_bias and mlp_bias matches PyTorch", async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-v5-"));
+  for (const f of ["tokenizer.json", "tokenizer_config.json"]) copyFileSync(path.join(fixtureDir("llama"), f), path.join(dir, f));
+  writeFileSync(path.join(dir, "config.json"), JSON.stringify(V5_CONFIG));
+  writeSafetensors(path.join(dir, "model.safetensors"), v5Weights());
+  const ref: { input_ids: number[][]; last_logits: number[][] } = JSON.parse(readFileSync(path.join(repoRoot(), "tests", "fixtures", "v5-bias-reference.json"), "utf8"));
+  const model = loadModel(dir);
+  try {
+    assert.equal(model.config.ropeTheta, 20000);
+    for (const [k, ids] of ref.input_ids.entries()) {
+      const logits = tf.tidy(() => model.decoder.forward({ ids: [ids] }, { logitsFrom: ids.length - 1 }));
+      const diff = maxAbsDiff(ref.last_logits[k]!, await logits.data());
+      logits.dispose();
+      assert.ok(diff < 1e-4, `sequence ${k}: max |diff| ${diff}`);
+    }
+  } finally {
+    model.dispose();
+    rmSync(dir, { recursive: true });
+  }
+});

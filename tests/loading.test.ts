@@ -108,3 +108,108 @@ test("half-precision decoding covers normals, subnormals and infinities", () => 
   assert.equal(halfToFloat(0x7c00), Infinity);
   assert.ok(Number.isNaN(halfToFloat(0x7e00)));
 });
+
+/** A safetensors file with this header object and `dataLength` zero bytes of data. */
+function rawSafetensors(header: unknown, dataLength: number): Buffer {
+  const json = Buffer.from(JSON.stringify(header), "utf8");
+  const out = Buffer.alloc(8 + json.length + dataLength);
+  out.writeBigUInt64LE(BigInt(json.length), 0);
+  json.copy(out, 8);
+  return out;
+}
+
+test("safetensors headers whose offsets do not tile the data exactly are refused, naming the tensor", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-st-bad-"));
+  const f32 = (shape: number[], data_offsets: number[]) => ({ dtype: "F32", shape, data_offsets });
+  const cases: [unknown, number, RegExp][] = [
+    [null, 0, /header is not a JSON object/],
+    // a negative offset would read the header's own bytes as weights
+    [{ a: f32([1], [-4, 0]) }, 8, /tensor "a": data_offsets \[-4,0\] are not two whole numbers >= 0/],
+    [{ a: f32([2], [0, 8]), b: f32([2], [4, 12]) }, 12, /tensor "b": data_offsets \[4, 12\] overlap the previous tensor, which ends at 8/],
+    [{ a: f32([1], [4, 8]) }, 8, /tensor "a": data_offsets start at 4, leaving a gap after byte 0/],
+    [{ a: f32([-1, -2], [0, 8]) }, 8, /tensor "a": shape \[-1,-2\] is not a list of whole numbers >= 0/],
+    [{ a: f32([1], [0, 4]) }, 40, /holds 36 bytes after the last tensor's data/],
+  ];
+  for (const [header, length, error] of cases) {
+    const file = path.join(dir, "t.safetensors");
+    writeFileSync(file, rawSafetensors(header, length));
+    assert.throws(() => readHeader(file), error);
+  }
+  rmSync(dir, { recursive: true });
+});
+
+/** Rewrites a fixture's model.safetensors after `edit` changes its tensors. */
+function editWeights(dir: string, edit: (t: Map<string, { shape: number[]; data: Float32Array }>) => void): void {
+  const file = path.join(dir, "model.safetensors");
+  const tensors = readTensors(readHeader(file));
+  edit(tensors);
+  writeFileSync(file, encodeSafetensors(tensors));
+}
+
+test("tensors the config does not account for are refused: more layers, or biases it does not ask for", () => {
+  const dir = copyOf("llama");
+  editJson(path.join(dir, "config.json"), (j) => (j.num_hidden_layers = 1));
+  assert.throws(() => loadModel(dir), /model\.safetensors: tensor "model\.layers\.1\.[^"]+" is not part of the model config\.json describes: layer 1, but config\.json says num_hidden_layers 1 \(and 8 more\)/);
+  editJson(path.join(dir, "config.json"), (j) => (j.num_hidden_layers = 2));
+  editWeights(dir, (t) => t.set("model.layers.0.mlp.up_proj.bias", { shape: [176], data: new Float32Array(176).fill(1) }));
+  assert.throws(() => loadModel(dir), /tensor "model\.layers\.0\.mlp\.up_proj\.bias" is not part of the model config\.json describes: a bias config\.json does not ask for \(check attention_bias \/ mlp_bias\)/);
+  // RoPE buffers older transformers saved, and a head the tie replaces, are harmless
+  editWeights(dir, (t) => {
+    t.delete("model.layers.0.mlp.up_proj.bias");
+    t.set("model.layers.0.self_attn.rotary_emb.inv_freq", { shape: [8], data: new Float32Array(8) });
+    t.set("lm_head.weight", { shape: [319, 64], data: new Float32Array(319 * 64) });
+  });
+  loadModel(dir).dispose();
+  rmSync(dir, { recursive: true });
+});
+
+test("config shapes kiln cannot run are named: quantized, partial rotary, rope scaling without a type; a file is not a directory", () => {
+  const dir = copyOf("llama");
+  const config = path.join(dir, "config.json");
+  const original = readFileSync(config, "utf8");
+  const cases: [(j: Record<string, unknown>) => void, RegExp][] = [
+    [(j) => (j.quantization_config = { quant_method: "gptq", bits: 4 }), /config\.json: the checkpoint is quantized \(gptq\); kiln reads unquantized/],
+    [(j) => (j.rope_parameters = { rope_type: "default", rope_theta: 1e6, partial_rotary_factor: 0.5 }), /partial_rotary_factor 0\.5 is not supported/],
+    [(j) => (j.rope_scaling = { factor: 2 }), /rope_scaling has no rope_type/],
+    [(j) => (j.rope_parameters = { full_attention: { rope_theta: 1e6 }, sliding_attention: { rope_theta: 1e4 } }), /rope_parameters per layer type is not supported/],
+  ];
+  for (const [edit, error] of cases) {
+    writeFileSync(config, original);
+    editJson(config, edit);
+    assert.throws(() => loadModel(dir), error);
+  }
+  assert.throws(() => loadModel(config), /config\.json: is a file; pass the model's directory/);
+  rmSync(dir, { recursive: true });
+});
+
+test("a shard index may only name files beside it", () => {
+  const dir = copyOf("mistral");
+  editJson(path.join(dir, "model.safetensors.index.json"), (j) => ((j.weight_map as Record<string, string>)["model.norm.weight"] = "../elsewhere.safetensors"));
+  assert.throws(() => loadModel(dir), /weight_map sends "model\.norm\.weight" to "\.\.\/elsewhere\.safetensors", which is not a file beside the index/);
+  rmSync(dir, { recursive: true });
+});
+
+test("special tokens only in special_tokens_map.json still reach the template and the stop ids", () => {
+  const dir = copyOf("llama");
+  editJson(path.join(dir, "tokenizer_config.json"), (j) => {
+    delete j.eos_token;
+    delete j.pad_token;
+    j.chat_template = "{{ bos_token }}{% for m in messages %}{{ m.content }}{{ eos_token }}{% endfor %}";
+  });
+  writeFileSync(path.join(dir, "generation_config.json"), "{}");
+  editJson(path.join(dir, "config.json"), (j) => delete j.eos_token_id);
+  writeFileSync(path.join(dir, "special_tokens_map.json"), JSON.stringify({ bos_token: "<|endoftext|>", eos_token: { content: "<|im_end|>" }, pad_token: "<|endoftext|>" }));
+  const model = loadModel(dir);
+  assert.equal(model.tokenizer.renderChat([{ role: "user", content: "hi" }]), "<|endoftext|>hi<|im_end|>");
+  assert.deepEqual(model.eosTokenIds, [317]);
+  assert.equal(model.tokenizer.padTokenId, 318);
+  model.dispose();
+  rmSync(dir, { recursive: true });
+});
+
+test("a chat template that does not parse names where it came from", () => {
+  const dir = copyOf("qwen3");
+  writeFileSync(path.join(dir, "chat_template.jinja"), "{% for m in messages %}{{ m.content }");
+  assert.throws(() => loadModel(dir), /the chat template \(.*chat_template\.jinja\) does not parse/);
+  rmSync(dir, { recursive: true });
+});

@@ -11,7 +11,7 @@ import { loadModel, type LoadedModel } from "../src/model/load.js";
 import { Decoder } from "../src/model/decoder.js";
 import { AdapterRegistry, LoraAdapter, mergeAdapters, unmergeAdapters, type LoraSettings } from "../src/lora/adapter.js";
 import { checkAdapterTarget, loadAdapter, peftKeys, saveAdapter } from "../src/lora/peft.js";
-import { readHeader } from "../src/model/safetensors.js";
+import { readHeader, readTensors, writeSafetensors } from "../src/model/safetensors.js";
 import { FIXTURE_NAMES, fixtureDir } from "./support/paths.js";
 
 await initBackend();
@@ -226,5 +226,91 @@ test("an adapter is written only into a new or empty folder, or over an adapter:
   } finally {
     llama.dispose();
     rmSync(dir, { recursive: true });
+  }
+});
+
+/** Saves a fresh q/v adapter for `model`, then lets `edit` change its config and tensors as other PEFT writers would. */
+async function peftVariant(
+  model: LoadedModel,
+  dir: string,
+  edit: (config: Record<string, unknown>, tensors: Map<string, { shape: number[]; data: Float32Array }>) => void,
+): Promise<void> {
+  const adapter = LoraAdapter.create(model.config, { ...ALL_TARGETS, targetModules: ["q_proj", "v_proj"] }, fingerprintOf(model), 1);
+  randomizeB(adapter, 2);
+  await saveAdapter(dir, adapter, model.dir);
+  adapter.dispose();
+  const configFile = path.join(dir, "adapter_config.json");
+  const weights = path.join(dir, "adapter_model.safetensors");
+  const config = JSON.parse(readFileSync(configFile, "utf8"));
+  const tensors = readTensors(readHeader(weights));
+  edit(config, tensors);
+  writeFileSync(configFile, JSON.stringify(config));
+  writeSafetensors(weights, tensors, { format: "pt" });
+}
+
+test("PEFT target rules: a regex string, layers_to_transform, exclude_modules, fan_in_fan_out on Linear; partial adapters save back exactly", async () => {
+  const llama = loadModel(fixtureDir("llama"));
+  const root = mkdtempSync(path.join(os.tmpdir(), "kiln-peft-rules-"));
+  const loaded = (name: string) => {
+    const a = loadAdapter(path.join(root, name), llama.config, fingerprintOf(llama));
+    const keys = [...a.modules.keys()];
+    a.dispose();
+    return keys;
+  };
+  const layer1 = (t: Map<string, unknown>) => {
+    for (const k of [...t.keys()]) if (k.includes(".layers.1.")) t.delete(k);
+  };
+  try {
+    // unsloth and hand-written configs give target_modules as a regex PEFT matches against the whole module name
+    await peftVariant(llama, path.join(root, "regex"), (c) => (c.target_modules = ".*\\.(q_proj|v_proj)"));
+    assert.equal(loaded("regex").length, 4);
+    await peftVariant(llama, path.join(root, "layers"), (c, t) => {
+      c.layers_to_transform = [0];
+      layer1(t);
+    });
+    assert.deepEqual(loaded("layers"), ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"]);
+    await peftVariant(llama, path.join(root, "exclude"), (c, t) => {
+      c.exclude_modules = ["model.layers.1.self_attn.q_proj"];
+      for (const k of [...t.keys()]) if (k.includes(".layers.1.self_attn.q_proj")) t.delete(k);
+    });
+    assert.equal(loaded("exclude").length, 3);
+    await peftVariant(llama, path.join(root, "fifo"), (c) => (c.fan_in_fan_out = true));
+    assert.equal(loaded("fifo").length, 4);
+
+    // a layer-0-only adapter written back names its modules, so it reads back as itself
+    const partial = loadAdapter(path.join(root, "layers"), llama.config, fingerprintOf(llama));
+    await saveAdapter(path.join(root, "resaved"), partial, llama.dir);
+    partial.dispose();
+    assert.deepEqual(JSON.parse(readFileSync(path.join(root, "resaved", "adapter_config.json"), "utf8")).target_modules, ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"]);
+    assert.deepEqual(loaded("resaved"), ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj"]);
+  } finally {
+    llama.dispose();
+    rmSync(root, { recursive: true });
+  }
+});
+
+test("PEFT adapters kiln cannot apply exactly are refused, naming the field or tensor", async () => {
+  const llama = loadModel(fixtureDir("llama"));
+  const root = mkdtempSync(path.join(os.tmpdir(), "kiln-peft-refuse-"));
+  const cases: [string, Parameters<typeof peftVariant>[2], RegExp][] = [
+    ["save", (c) => (c.modules_to_save = ["lm_head"]), /adapter_config\.json: modules_to_save \(lm_head\) replaces whole modules/],
+    ["embed", (c) => (c.target_modules = ["q_proj", "embed_tokens"]), /target_modules selects model\.embed_tokens, which kiln cannot adapt/],
+    ["unknown", (c) => (c.target_modules = ["query_key_value"]), /target module query_key_value is not supported/],
+    [
+      "stray",
+      (_, t) => t.set("base_model.model.model.layers.0.self_attn.q_proj.bias", { shape: [64], data: new Float32Array(64) }),
+      /tensor "base_model\.model\.model\.layers\.0\.self_attn\.q_proj\.bias" is not a LoRA factor of a module adapter_config\.json targets/,
+    ],
+    ["rank", (c) => (c.r = 8), /has shape \[4,64\] but rank 8 in adapter_config\.json needs \[8,64\]/],
+    ["nan", (_, t) => (t.get("base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight")!.data[0] = NaN), /q_proj\.lora_B\.weight" holds NaN or infinite values/],
+  ];
+  try {
+    for (const [name, edit, error] of cases) {
+      await peftVariant(llama, path.join(root, name), edit);
+      assert.throws(() => loadAdapter(path.join(root, name), llama.config, fingerprintOf(llama)), error, name);
+    }
+  } finally {
+    llama.dispose();
+    rmSync(root, { recursive: true });
   }
 });

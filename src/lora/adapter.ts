@@ -60,6 +60,8 @@ export class LoraAdapter implements AdapterHook {
   readonly scaling: number;
   /** dropout applies only while training */
   training = false;
+  /** the base model's layer count, so a save can tell whether every layer is adapted */
+  numLayers: number | undefined;
 
   constructor(
     readonly settings: LoraSettings,
@@ -71,6 +73,7 @@ export class LoraAdapter implements AdapterHook {
   /** Fresh adapter: A ~ kaiming-uniform (as PEFT), B = 0, on every target of every layer. */
   static create(config: ModelConfig, settings: LoraSettings, fingerprint: string, seed = 0): LoraAdapter {
     const adapter = new LoraAdapter(settings, fingerprint);
+    adapter.numLayers = config.numLayers;
     const shapes = projectionShapes(config);
     let s = seed;
     for (let l = 0; l < config.numLayers; l++) {
@@ -89,6 +92,7 @@ export class LoraAdapter implements AdapterHook {
   /** A trainable copy (e.g. the next version of a rolling chain starts from the live one). */
   clone(): LoraAdapter {
     const copy = new LoraAdapter(this.settings, this.baseModelFingerprint);
+    copy.numLayers = this.numLayers;
     for (const [name, { A, B }] of this.modules) {
       copy.modules.set(name, { A: ownedVariable(A.clone()), B: ownedVariable(B.clone()) });
     }

@@ -36,11 +36,17 @@ const AdapterConfigSchema = z
     base_model_name_or_path: z.string().nullish(),
     rank_pattern: z.record(z.string(), z.number()).default({}),
     alpha_pattern: z.record(z.string(), z.number()).default({}),
+    layers_to_transform: z.union([z.number().int(), z.array(z.number().int())]).nullish(),
+    layers_pattern: z.union([z.string(), z.array(z.string())]).nullish(),
+    exclude_modules: z.union([z.string(), z.array(z.string())]).nullish(),
+    modules_to_save: z.array(z.string()).nullish(),
+    lora_bias: z.boolean().default(false),
+    trainable_token_indices: z.unknown().nullish(),
   })
   .passthrough();
 
-/** The adapter_config.json PEFT writes for a causal-LM LoRA. */
-export function peftConfig(settings: LoraSettings, baseModel: string): Record<string, unknown> {
+/** The adapter_config.json PEFT writes for a causal-LM LoRA; `targetModules` defaults to the settings'. */
+export function peftConfig(settings: LoraSettings, baseModel: string, targetModules: string[] = settings.targetModules): Record<string, unknown> {
   return {
     peft_type: "LORA",
     task_type: "CAUSAL_LM",
@@ -48,7 +54,7 @@ export function peftConfig(settings: LoraSettings, baseModel: string): Record<st
     r: settings.r,
     lora_alpha: settings.alpha,
     lora_dropout: settings.dropout,
-    target_modules: settings.targetModules,
+    target_modules: targetModules,
     bias: "none",
     fan_in_fan_out: false,
     use_rslora: settings.useRslora,
@@ -105,10 +111,17 @@ export async function saveAdapter(dir: string, adapter: LoraAdapter, baseModel: 
     tensors.set(`${PEFT_PREFIX}${module}.lora_B.weight`, { shape: B.shape, data: (await B.data()) as Float32Array });
   }
   checkAdapterTarget(target, true);
+  // Short names ("q_proj") when every layer has each adapted kind, as PEFT writes them; otherwise
+  // (an adapter loaded with layers_to_transform, say) the exact module names, which PEFT matches
+  // one by one, so that PEFT and kiln read back exactly these modules.
+  const names = [...adapter.modules.keys()];
+  const kinds = LORA_TARGETS.filter((t) => names.some((m) => m.endsWith(`.${t}`)));
+  const layers = adapter.numLayers ?? 1 + Math.max(...names.map((m) => Number(/^model\.layers\.(\d+)\./.exec(m)?.[1] ?? 0)));
+  const targetModules = names.length === kinds.length * layers ? kinds : names;
   const tmp = `${target}.tmp-${process.pid}-${Date.now()}`;
   mkdirSync(tmp, { recursive: true });
   try {
-    writeFileSync(path.join(tmp, ADAPTER_CONFIG), JSON.stringify(peftConfig(adapter.settings, baseModel), null, 2) + "\n");
+    writeFileSync(path.join(tmp, ADAPTER_CONFIG), JSON.stringify(peftConfig(adapter.settings, baseModel, targetModules), null, 2) + "\n");
     writeSafetensors(path.join(tmp, ADAPTER_WEIGHTS), tensors, { format: "pt", [FINGERPRINT_KEY]: adapter.baseModelFingerprint });
     for (const [name, text] of Object.entries(extraFiles)) writeFileSync(path.join(tmp, name), text);
     if (existsSync(target)) rmSync(target, { recursive: true });
@@ -119,8 +132,10 @@ export async function saveAdapter(dir: string, adapter: LoraAdapter, baseModel: 
   }
 }
 
-/** Reads just the settings of a PEFT directory (validated). */
-export function readAdapterSettings(dir: string): LoraSettings {
+type AdapterConfig = z.infer<typeof AdapterConfigSchema>;
+
+/** Reads and validates adapter_config.json, refusing what kiln cannot apply exactly. */
+function readAdapterConfig(dir: string): { file: string; c: AdapterConfig } {
   const file = path.join(dir, ADAPTER_CONFIG);
   if (!existsSync(file)) throw new AdapterFileError(dir, `not a PEFT adapter directory: ${ADAPTER_CONFIG} is missing`);
   let raw: unknown;
@@ -135,15 +150,83 @@ export function readAdapterSettings(dir: string): LoraSettings {
   }
   const c = parsed.data;
   if (c.use_dora) throw new AdapterFileError(file, "DoRA adapters are not supported");
-  if (c.fan_in_fan_out) throw new AdapterFileError(file, "fan_in_fan_out adapters (GPT-2 Conv1D) are not supported");
+  // fan_in_fan_out is for GPT-2's Conv1D; on nn.Linear, which every kiln target is, PEFT resets it
+  // to false and reads the usual [r, in] / [out, r] factors, so kiln does the same.
   if (Object.keys(c.rank_pattern).length || Object.keys(c.alpha_pattern).length) {
     throw new AdapterFileError(file, "per-module rank_pattern / alpha_pattern are not supported");
   }
-  const targets = (typeof c.target_modules === "string" ? [c.target_modules] : c.target_modules).map((t) => t.split(".").pop()!);
-  for (const t of targets) {
-    if (!(LORA_TARGETS as readonly string[]).includes(t)) throw new AdapterFileError(file, `target module ${t} is not supported (kiln targets ${LORA_TARGETS.join(", ")})`);
+  if (c.modules_to_save?.length) {
+    throw new AdapterFileError(file, `modules_to_save (${c.modules_to_save.join(", ")}) replaces whole modules, which kiln cannot apply; only LoRA factors are supported`);
   }
-  return { r: c.r, alpha: c.lora_alpha, dropout: c.lora_dropout, targetModules: targets as LoraTarget[], useRslora: c.use_rslora };
+  if (c.trainable_token_indices != null) throw new AdapterFileError(file, "trainable_token_indices (trained embedding rows) are not supported");
+  if (c.lora_bias) throw new AdapterFileError(file, "lora_bias (a bias on lora_B) is not supported");
+  return { file, c };
+}
+
+/**
+ * The base model's modules this adapter targets, by PEFT's rules (check_target_module_exists):
+ * a string is a regular expression the whole module name must match ("all-linear" is every
+ * projection); a list entry matches a module of that name or ending in "." + entry, narrowed by
+ * layers_to_transform; exclude_modules removes modules either way.
+ */
+function targetedModules(config: ModelConfig, c: AdapterConfig, file: string): string[] {
+  const shapes = projectionShapes(config);
+  const candidates: string[] = [];
+  for (let l = 0; l < config.numLayers; l++) for (const t of LORA_TARGETS) candidates.push(`model.layers.${l}.${shapes[t]!.prefix}.${t}`);
+  // modules PEFT can adapt and kiln cannot: matching one is an error, not a silent skip
+  const unsupported = ["model.embed_tokens", "lm_head"];
+
+  const regex = (pattern: string, field: string): RegExp => {
+    try {
+      return new RegExp(`^(?:${pattern})$`); // Python's re.fullmatch
+    } catch (err) {
+      throw new AdapterFileError(file, `${field} ${JSON.stringify(pattern)} is not a regular expression kiln can read (${(err as Error).message})`);
+    }
+  };
+  const excluded = (key: string): boolean => {
+    const ex = c.exclude_modules;
+    if (!ex) return false;
+    if (typeof ex === "string") return regex(ex, "exclude_modules").test(key);
+    return ex.some((e) => key === e || key.endsWith(`.${e}`));
+  };
+  const layerIndexes = c.layers_to_transform == null ? null : Array.isArray(c.layers_to_transform) ? c.layers_to_transform : [c.layers_to_transform];
+  const patterns = c.layers_pattern == null || c.layers_pattern.length === 0 ? null : Array.isArray(c.layers_pattern) ? c.layers_pattern : [c.layers_pattern];
+  const inLayers = (key: string): boolean => {
+    if (!layerIndexes || layerIndexes.length === 0) return true;
+    // the first numbered segment, e.g. the 3 of model.layers.3.self_attn.q_proj
+    const m = patterns ? patterns.map((p) => new RegExp(`^.*?\\.${p}\\.(\\d+)\\.`).exec(key)).find((x) => x) : /^.*?\.[^.]*\.(\d+)\./.exec(key);
+    return !!m && layerIndexes.includes(Number(m[1]));
+  };
+
+  const t = c.target_modules;
+  let matches: (key: string) => boolean;
+  if (t === "all-linear") matches = (key) => candidates.includes(key);
+  else if (typeof t === "string") {
+    const re = regex(t, "target_modules");
+    matches = (key) => re.test(key);
+  } else {
+    for (const entry of t) {
+      const hit = [...candidates, ...unsupported].some((key) => key === entry || key.endsWith(`.${entry}`));
+      if (!hit) throw new AdapterFileError(file, `target module ${entry} is not supported (kiln targets ${LORA_TARGETS.join(", ")})`);
+    }
+    matches = (key) => t.some((entry) => key === entry || key.endsWith(`.${entry}`)) && inLayers(key);
+  }
+  const bad = unsupported.find((key) => matches(key) && !excluded(key));
+  if (bad) throw new AdapterFileError(file, `target_modules selects ${bad}, which kiln cannot adapt (kiln targets ${LORA_TARGETS.join(", ")})`);
+  const modules = candidates.filter((key) => matches(key) && !excluded(key));
+  if (modules.length === 0) throw new AdapterFileError(file, `target_modules ${JSON.stringify(t)} selects no module of this ${config.architecture}`);
+  return modules;
+}
+
+function settingsOf(c: AdapterConfig, modules: string[]): LoraSettings {
+  const kinds = LORA_TARGETS.filter((t) => modules.some((m) => m.endsWith(`.${t}`)));
+  return { r: c.r, alpha: c.lora_alpha, dropout: c.lora_dropout, targetModules: kinds, useRslora: c.use_rslora };
+}
+
+/** Reads just the settings of a PEFT directory (validated); `targetModules` are the kinds of module it adapts. */
+export function readAdapterSettings(dir: string, config: ModelConfig): LoraSettings {
+  const { file, c } = readAdapterConfig(dir);
+  return settingsOf(c, targetedModules(config, c, file));
 }
 
 /**
@@ -151,7 +234,9 @@ export function readAdapterSettings(dir: string): LoraSettings {
  * so a bad file leaves the caller's model exactly as it was.
  */
 export function loadAdapter(dir: string, config: ModelConfig, fingerprint: string): LoraAdapter {
-  const settings = readAdapterSettings(dir);
+  const { file: configFile, c } = readAdapterConfig(dir);
+  const modules = targetedModules(config, c, configFile);
+  const settings = settingsOf(c, modules);
   const file = path.join(dir, ADAPTER_WEIGHTS);
   if (!existsSync(file)) throw new AdapterFileError(dir, `${ADAPTER_WEIGHTS} is missing`);
   let header;
@@ -166,36 +251,42 @@ export function loadAdapter(dir: string, config: ModelConfig, fingerprint: strin
   }
   const shapes = projectionShapes(config);
   const expected = new Map<string, number[]>();
-  for (let l = 0; l < config.numLayers; l++) {
-    for (const t of settings.targetModules) {
-      const { inFeatures, outFeatures, prefix } = shapes[t]!;
-      const module = `model.layers.${l}.${prefix}.${t}`;
-      expected.set(`${PEFT_PREFIX}${module}.lora_A.weight`, [settings.r, inFeatures]);
-      expected.set(`${PEFT_PREFIX}${module}.lora_B.weight`, [outFeatures, settings.r]);
-    }
+  for (const module of modules) {
+    const { inFeatures, outFeatures } = shapes[module.slice(module.lastIndexOf(".") + 1)]!;
+    expected.set(`${PEFT_PREFIX}${module}.lora_A.weight`, [settings.r, inFeatures]);
+    expected.set(`${PEFT_PREFIX}${module}.lora_B.weight`, [outFeatures, settings.r]);
   }
+  // PEFT sometimes writes the adapter name into the key (".lora_A.default.weight"): accept both.
+  const stored = (key: string) => (header.tensors.has(key) ? key : key.replace(/\.weight$/, ".default.weight"));
   for (const [key, shape] of expected) {
-    // PEFT sometimes writes the adapter name into the key (".lora_A.default.weight"): accept both.
-    const entry = header.tensors.get(key) ?? header.tensors.get(key.replace(/\.weight$/, ".default.weight"));
+    const entry = header.tensors.get(stored(key));
     if (!entry) throw new AdapterFileError(file, `tensor "${key}" is missing (is this adapter for another architecture?)`);
     if (entry.shape.join(",") !== shape.join(",")) {
-      throw new AdapterFileError(file, `tensor "${key}" has shape [${entry.shape}] but this base model needs [${shape}] (adapter made for another base model?)`);
+      const why = entry.shape[key.includes(".lora_A.") ? 0 : 1] !== settings.r ? `rank ${settings.r} in ${ADAPTER_CONFIG}` : "this base model";
+      throw new AdapterFileError(file, `tensor "${key}" has shape [${entry.shape}] but ${why} needs [${shape}] (adapter made for another base model?)`);
     }
+  }
+  // A tensor kiln would not apply (modules_to_save copies, biases bias "all" trained, DoRA magnitudes, factors for
+  // modules the config does not target) would make kiln compute another model than PEFT does.
+  const used = new Set([...expected.keys()].map(stored));
+  const stray = [...header.tensors.keys()].filter((k) => !used.has(k));
+  if (stray.length) {
+    throw new AdapterFileError(file, `tensor "${stray[0]}" is not a LoRA factor of a module ${ADAPTER_CONFIG} targets; kiln would ignore it${stray.length > 1 ? ` (and ${stray.length - 1} more)` : ""}`);
   }
   let data;
   try {
-    const names = [...expected.keys()].map((k) => (header.tensors.has(k) ? k : k.replace(/\.weight$/, ".default.weight")));
-    data = readTensors(header, names);
+    data = readTensors(header, used);
   } catch (err) {
     throw new AdapterFileError(file, (err as Error).message);
   }
-  const get = (key: string) => data.get(key) ?? data.get(key.replace(/\.weight$/, ".default.weight"))!;
+  for (const [key, { data: values }] of data) {
+    if (!values.every(Number.isFinite)) throw new AdapterFileError(file, `tensor "${key}" holds NaN or infinite values`);
+  }
   const adapter = new LoraAdapter(settings, trainedOn ?? fingerprint);
-  for (const key of expected.keys()) {
-    if (!key.endsWith(".lora_A.weight")) continue;
-    const module = key.slice(PEFT_PREFIX.length, -".lora_A.weight".length);
-    const a = get(key);
-    const b = get(key.replace(".lora_A.", ".lora_B."));
+  adapter.numLayers = config.numLayers;
+  for (const module of modules) {
+    const a = data.get(stored(`${PEFT_PREFIX}${module}.lora_A.weight`))!;
+    const b = data.get(stored(`${PEFT_PREFIX}${module}.lora_B.weight`))!;
     adapter.modules.set(module, { A: ownedVariable(tf.tensor(a.data, a.shape)), B: ownedVariable(tf.tensor(b.data, b.shape)) });
   }
   return adapter;

@@ -1,6 +1,6 @@
 // config.json -> a normalised ModelConfig. One schema for the Llama family; the architecture
 // decides the few switches (biases, q/k norms) the decoder needs.
-import { readFileSync, existsSync } from "node:fs";
+import { readFileSync, existsSync, statSync } from "node:fs";
 import path from "node:path";
 import { z } from "zod";
 
@@ -36,9 +36,14 @@ const RawConfig = z
     rms_norm_eps: z.number().positive().default(1e-6),
     rope_theta: z.number().positive().default(10000),
     rope_scaling: RopeScaling.nullish(),
+    // transformers >= 5 writes rope_theta and the scaling together here, and drops both fields above
+    rope_parameters: RopeScaling.extend({ rope_theta: z.number().positive().optional(), partial_rotary_factor: z.number().optional() }).nullish(),
+    partial_rotary_factor: z.number().nullish(),
     max_position_embeddings: z.number().int().positive().default(2048),
     tie_word_embeddings: z.boolean().default(false),
     attention_bias: z.boolean().optional(),
+    mlp_bias: z.boolean().optional(),
+    quantization_config: z.object({ quant_method: z.string().optional() }).passthrough().nullish(),
     sliding_window: z.number().int().positive().nullish(),
     use_sliding_window: z.boolean().optional(),
     hidden_act: z.string().default("silu"),
@@ -66,6 +71,8 @@ export interface ModelConfig {
   qkvBias: boolean;
   /** bias on o_proj (attention_bias in Llama) */
   oBias: boolean;
+  /** bias on gate/up/down projections (mlp_bias in Llama) */
+  mlpBias: boolean;
   /** per-head RMSNorm on q and k before RoPE (Qwen3) */
   qkNorm: boolean;
   slidingWindow: number | null;
@@ -92,6 +99,10 @@ export function parseConfig(json: unknown, file = "config.json"): ModelConfig {
   }
   const c = parsed.data;
   const arch = c.architectures[0]!;
+  if (c.quantization_config) {
+    // Their weights are packed integers under other names (qweight, scales...): say so, rather than "tensor missing".
+    throw new ModelConfigError(file, `the checkpoint is quantized (${c.quantization_config.quant_method ?? "quantization_config"}); kiln reads unquantized F32, F16 or BF16 weights`);
+  }
   if (!(SUPPORTED_ARCHITECTURES as readonly string[]).includes(arch)) {
     throw new ModelConfigError(file, `architecture ${arch} is not supported; kiln runs ${SUPPORTED_ARCHITECTURES.join(", ")}`);
   }
@@ -103,8 +114,17 @@ export function parseConfig(json: unknown, file = "config.json"): ModelConfig {
   const headDim = c.head_dim ?? c.hidden_size / c.num_attention_heads;
   if (!Number.isInteger(headDim) || headDim % 2 !== 0) throw new ModelConfigError(file, `head_dim ${headDim} must be an even integer`);
 
+  // A per-layer-type rope_parameters ({full_attention: {...}, sliding_attention: {...}}) belongs to
+  // architectures kiln does not run; the Llama family has one set.
+  const rp = c.rope_parameters;
+  if (rp && Object.values(rp).some((v) => v !== null && typeof v === "object")) {
+    throw new ModelConfigError(file, "rope_parameters per layer type is not supported (one set for all layers only)");
+  }
+  const partial = rp?.partial_rotary_factor ?? c.partial_rotary_factor;
+  if (partial != null && partial !== 1) throw new ModelConfigError(file, `partial_rotary_factor ${partial} is not supported (only 1)`);
+  const ropeTheta = rp?.rope_theta ?? c.rope_theta;
   let ropeScaling: ModelConfig["ropeScaling"] = null;
-  const rs = c.rope_scaling;
+  const rs = rp ?? c.rope_scaling;
   if (rs) {
     const kind = rs.rope_type ?? rs.type;
     if (kind === "llama3") {
@@ -115,7 +135,8 @@ export function parseConfig(json: unknown, file = "config.json"): ModelConfig {
         originalMaxPositions: rs.original_max_position_embeddings ?? 8192,
       };
     } else if (kind !== "default") {
-      throw new ModelConfigError(file, `rope_scaling type ${kind} is not supported (only llama3)`);
+      const field = rp ? "rope_parameters" : "rope_scaling";
+      throw new ModelConfigError(file, kind === undefined ? `${field} has no rope_type` : `${field} type ${kind} is not supported (only llama3)`);
     }
   }
   const architecture = arch as Architecture;
@@ -131,12 +152,13 @@ export function parseConfig(json: unknown, file = "config.json"): ModelConfig {
     headDim,
     vocabSize: c.vocab_size,
     rmsNormEps: c.rms_norm_eps,
-    ropeTheta: c.rope_theta,
+    ropeTheta,
     ropeScaling,
     maxPositions: c.max_position_embeddings,
     tieWordEmbeddings: c.tie_word_embeddings,
     qkvBias: architecture === "Qwen2ForCausalLM" || c.attention_bias === true,
     oBias: architecture !== "Qwen2ForCausalLM" && c.attention_bias === true,
+    mlpBias: architecture === "LlamaForCausalLM" && c.mlp_bias === true,
     qkNorm: architecture === "Qwen3ForCausalLM",
     slidingWindow,
     eosTokenIds: ids(c.eos_token_id),
@@ -147,6 +169,7 @@ export function parseConfig(json: unknown, file = "config.json"): ModelConfig {
 export function readConfig(dir: string): ModelConfig {
   const file = path.join(dir, "config.json");
   if (!existsSync(dir)) throw new ModelConfigError(dir, "no such directory");
+  if (!statSync(dir).isDirectory()) throw new ModelConfigError(dir, `is a file; pass the model's directory (${path.dirname(dir)}?)`);
   if (!existsSync(file)) throw new ModelConfigError(dir, "not a model directory: config.json is missing");
   let json: unknown;
   try {
@@ -162,8 +185,8 @@ export function parameterCount(c: ModelConfig): number {
   const q = c.hiddenSize * c.numHeads * c.headDim;
   const kv = 2 * c.hiddenSize * c.numKvHeads * c.headDim;
   const o = c.numHeads * c.headDim * c.hiddenSize;
-  const mlp = 3 * c.hiddenSize * c.intermediateSize;
-  const bias = c.qkvBias ? (c.numHeads + 2 * c.numKvHeads) * c.headDim : 0;
+  const mlp = 3 * c.hiddenSize * c.intermediateSize + (c.mlpBias ? 2 * c.intermediateSize + c.hiddenSize : 0);
+  const bias = (c.qkvBias ? (c.numHeads + 2 * c.numKvHeads) * c.headDim : 0) + (c.oBias ? c.hiddenSize : 0);
   const norms = 2 * c.hiddenSize + (c.qkNorm ? 2 * c.headDim : 0);
   const layer = q + kv + o + mlp + bias + norms;
   const embed = c.vocabSize * c.hiddenSize;

@@ -83,6 +83,11 @@ export function expectedWeights(c: ModelConfig): Map<string, number[]> {
     w.set(`${p}.mlp.gate_proj.weight`, [c.intermediateSize, c.hiddenSize]);
     w.set(`${p}.mlp.up_proj.weight`, [c.intermediateSize, c.hiddenSize]);
     w.set(`${p}.mlp.down_proj.weight`, [c.hiddenSize, c.intermediateSize]);
+    if (c.mlpBias) {
+      w.set(`${p}.mlp.gate_proj.bias`, [c.intermediateSize]);
+      w.set(`${p}.mlp.up_proj.bias`, [c.intermediateSize]);
+      w.set(`${p}.mlp.down_proj.bias`, [c.hiddenSize]);
+    }
   }
   w.set("model.norm.weight", [c.hiddenSize]);
   if (!c.tieWordEmbeddings) w.set("lm_head.weight", [c.vocabSize, c.hiddenSize]);

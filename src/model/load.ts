@@ -39,6 +39,10 @@ function weightFiles(dir: string): Map<string, string> {
       throw new ModelLoadError(`${index}: ${(err as Error).message}`);
     }
     if (!weightMap || typeof weightMap !== "object") throw new ModelLoadError(`${index}: no weight_map`);
+    for (const [name, file] of Object.entries(weightMap)) {
+      // shards sit beside the index (the Hub's layout); a path out of the folder is not a shard
+      if (typeof file !== "string" || path.basename(file) !== file) throw new ModelLoadError(`${index}: weight_map sends "${name}" to ${JSON.stringify(file)}, which is not a file beside the index`);
+    }
     return new Map(Object.entries(weightMap).map(([name, file]) => [name, path.join(dir, file)]));
   }
   const single = path.join(dir, "model.safetensors");
@@ -88,6 +92,7 @@ export function loadWeights(dir: string, config: ModelConfig, onRead?: (name: st
     }
     byFile.set(file, [...(byFile.get(file) ?? []), name]);
   }
+  checkNoStrayTensors(dir, config, files, expected, header);
   const weights = new Map<string, tf.Tensor>();
   try {
     for (const [file, names] of byFile) {
@@ -102,6 +107,42 @@ export function loadWeights(dir: string, config: ModelConfig, onRead?: (name: st
     throw err;
   }
   return weights;
+}
+
+/** Tensors a checkpoint may hold that the decoder rightly ignores. */
+function ignorable(name: string, config: ModelConfig): boolean {
+  // RoPE tables older transformers saved as buffers; kiln recomputes them from the config.
+  if (name.endsWith(".rotary_emb.inv_freq")) return true;
+  // With tied embeddings transformers uses embed_tokens as the head whatever lm_head holds.
+  return name === "lm_head.weight" && config.tieWordEmbeddings;
+}
+
+/**
+ * A tensor the config does not account for means config and weights disagree (more layers than
+ * num_hidden_layers, biases without attention_bias / mlp_bias): running on would silently compute
+ * another model, so refuse, naming the tensor and the likely config field.
+ */
+function checkNoStrayTensors(
+  dir: string,
+  config: ModelConfig,
+  files: Map<string, string>,
+  expected: Map<string, number[]>,
+  header: (file: string) => SafetensorsHeader,
+): void {
+  const single = files.get("*");
+  const names = single ? [...header(single).tensors.keys()] : [...files.keys()];
+  const stray = names.filter((n) => !expected.has(n) && !ignorable(n, config));
+  if (stray.length === 0) return;
+  const first = stray[0]!;
+  const layer = /^model\.layers\.(\d+)\./.exec(first);
+  const hint =
+    layer && Number(layer[1]) >= config.numLayers
+      ? `: layer ${layer[1]}, but config.json says num_hidden_layers ${config.numLayers}`
+      : first.endsWith(".bias")
+        ? ": a bias config.json does not ask for (check attention_bias / mlp_bias)"
+        : "";
+  const more = stray.length > 1 ? ` (and ${stray.length - 1} more)` : "";
+  throw new ModelLoadError(`${single ?? path.join(dir, "model.safetensors.index.json")}: tensor "${first}" is not part of the model config.json describes${hint}${more}`);
 }
 
 export function loadModel(dir: string): LoadedModel {

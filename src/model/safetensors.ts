@@ -38,6 +38,10 @@ function readExactly(fd: number, length: number, position: number, file: string,
   return buf;
 }
 
+function isCount(v: unknown): v is number {
+  return Number.isSafeInteger(v) && (v as number) >= 0;
+}
+
 /** Reads and validates the header without touching tensor data. */
 export function readHeader(file: string): SafetensorsHeader {
   const fd = openSync(file, "r");
@@ -48,12 +52,13 @@ export function readHeader(file: string): SafetensorsHeader {
     if (n <= 0 || n > 100 * 1024 * 1024 || 8 + n > size) {
       throw new SafetensorsError(file, `header length ${n} does not fit a ${size}-byte file: not a safetensors file, or truncated`);
     }
-    let json: Record<string, unknown>;
+    let json: unknown;
     try {
       json = JSON.parse(readExactly(fd, n, 8, file, "the end of the header").toString("utf8"));
     } catch (err) {
       throw new SafetensorsError(file, `header is not valid JSON (${(err as Error).message})`);
     }
+    if (!json || typeof json !== "object" || Array.isArray(json)) throw new SafetensorsError(file, "header is not a JSON object: not a safetensors file");
     const dataStart = 8 + n;
     const dataSize = size - dataStart;
     const tensors = new Map<string, TensorEntry>();
@@ -63,22 +68,38 @@ export function readHeader(file: string): SafetensorsHeader {
         metadata = (raw ?? {}) as Record<string, string>;
         continue;
       }
-      const e = raw as { dtype?: string; shape?: number[]; data_offsets?: [number, number] };
+      const e = raw as { dtype?: string; shape?: unknown[]; data_offsets?: unknown[] };
       if (!e || typeof e.dtype !== "string" || !Array.isArray(e.shape) || !Array.isArray(e.data_offsets)) {
         throw new SafetensorsError(file, "header entry lacks dtype, shape or data_offsets", name);
       }
       const bytes = BYTES[e.dtype];
       if (bytes === undefined) throw new SafetensorsError(file, `unknown dtype ${e.dtype}`, name);
-      const [begin, end] = e.data_offsets;
-      const want = e.shape.reduce((a, b) => a * b, 1) * bytes;
+      if (!e.shape.every(isCount)) throw new SafetensorsError(file, `shape ${JSON.stringify(e.shape)} is not a list of whole numbers >= 0`, name);
+      if (e.data_offsets.length !== 2 || !e.data_offsets.every(isCount)) {
+        throw new SafetensorsError(file, `data_offsets ${JSON.stringify(e.data_offsets)} are not two whole numbers >= 0`, name);
+      }
+      const shape = e.shape as number[];
+      const [begin, end] = e.data_offsets as [number, number];
+      const want = shape.reduce((a, b) => a * b, 1) * bytes;
       if (end - begin !== want) {
-        throw new SafetensorsError(file, `shape [${e.shape}] ${e.dtype} needs ${want} bytes but data_offsets span ${end - begin}`, name);
+        throw new SafetensorsError(file, `shape [${shape}] ${e.dtype} needs ${want} bytes but data_offsets span ${end - begin}`, name);
       }
       if (end > dataSize) {
         throw new SafetensorsError(file, `data ends at byte ${end} but the file holds only ${dataSize} data bytes (truncated?)`, name);
       }
-      tensors.set(name, { dtype: e.dtype, shape: e.shape, dataOffsets: [begin, end] });
+      tensors.set(name, { dtype: e.dtype, shape, dataOffsets: [begin, end] });
     }
+    // As the reference implementation requires: tensors tile the data section exactly, in offset
+    // order, so no two share bytes (one write would show through the other) and none is read
+    // from a gap or from bytes past the last tensor.
+    let at = 0;
+    for (const [name, { dataOffsets: [begin, end] }] of [...tensors].sort((a, b) => a[1].dataOffsets[0] - b[1].dataOffsets[0] || a[1].dataOffsets[1] - b[1].dataOffsets[1])) {
+      if (begin !== at) {
+        throw new SafetensorsError(file, begin < at ? `data_offsets [${begin}, ${end}] overlap the previous tensor, which ends at ${at}` : `data_offsets start at ${begin}, leaving a gap after byte ${at}`, name);
+      }
+      at = end;
+    }
+    if (at !== dataSize) throw new SafetensorsError(file, `holds ${dataSize - at} bytes after the last tensor's data (not a safetensors file, or two files joined?)`);
     return { file, tensors, metadata, dataStart };
   } finally {
     closeSync(fd);

@@ -44,6 +44,8 @@ export class ChatTokenizer {
     generationPad: number | undefined,
     /** the special tokens' strings (added_tokens marked special): never read from message text */
     private readonly specialTokens: string[] = [],
+    /** where the template came from, for error messages */
+    templateSource = "chat_template",
   ) {
     this.bosToken = tokenString(config.bos_token);
     this.eosToken = tokenString(config.eos_token);
@@ -53,7 +55,11 @@ export class ChatTokenizer {
     this.eosTokenIds = [...eos];
     const padName = tokenString(config.pad_token);
     this.padTokenId = generationPad ?? (padName !== undefined ? tokenizer.token_to_id(padName) : undefined) ?? this.eosTokenIds[0] ?? 0;
-    this.template = chatTemplate ? new Template(chatTemplate) : undefined;
+    try {
+      this.template = chatTemplate ? new Template(chatTemplate) : undefined;
+    } catch (err) {
+      throw new Error(`the chat template (${templateSource}) does not parse: ${(err as Error).message}`);
+    }
   }
 
   static fromDirectory(dir: string, generationEos: number[] = [], generationPad?: number): ChatTokenizer {
@@ -61,6 +67,12 @@ export class ChatTokenizer {
     if (!existsSync(tokFile)) throw new Error(`${dir}: tokenizer.json is missing (kiln reads Hugging Face fast tokenizers)`);
     const cfgFile = path.join(dir, "tokenizer_config.json");
     const config = existsSync(cfgFile) ? readJson(cfgFile) : {};
+    // Older layouts keep the special tokens in special_tokens_map.json only; transformers merges
+    // it in, so must we: without it the template's bos/eos render empty and eos never stops.
+    const mapFile = path.join(dir, "special_tokens_map.json");
+    if (existsSync(mapFile)) {
+      for (const [key, value] of Object.entries(readJson(mapFile))) if (config[key] == null) config[key] = value;
+    }
     const tokJson = readJson(tokFile);
     let tokenizer: Tokenizer;
     try {
@@ -70,7 +82,9 @@ export class ChatTokenizer {
     }
     const jinjaFile = path.join(dir, "chat_template.jinja");
     let template = existsSync(jinjaFile) ? readFileSync(jinjaFile, "utf8") : undefined;
+    let templateSource = jinjaFile;
     if (!template) {
+      templateSource = `${cfgFile} chat_template`;
       const t = config.chat_template;
       // Some configs hold a list of named templates; "default" is what apply_chat_template uses.
       if (typeof t === "string") template = t;
@@ -78,7 +92,7 @@ export class ChatTokenizer {
     }
     const added = (tokJson.added_tokens ?? []) as { content?: unknown; special?: unknown }[];
     const specials = added.filter((t) => t.special === true && typeof t.content === "string" && t.content.length > 1).map((t) => t.content as string);
-    return new ChatTokenizer(tokenizer, config, template, generationEos, generationPad, specials);
+    return new ChatTokenizer(tokenizer, config, template, generationEos, generationPad, specials, templateSource);
   }
 
   get hasChatTemplate(): boolean {

@@ -129,3 +129,57 @@ test("special tokens written in a message are text: a user cannot open a system 
     m.dispose();
   }
 });
+
+test("news that updates a baked fact supersedes it: the old item leaves the weights, the new value is answered", async () => {
+  // a held-out fact and its update (same subject and relation, another value), and one unrelated fact
+  const dog = held.find((f) => f.relation === "pet")!;
+  const update = { id: "update", text: dog.text.replace(new RegExp(`${dog.answer}\\.$`), dog.answer === "cat" ? "rabbit." : "cat.") };
+  const other = held.find((f) => f.subject !== dog.subject)!;
+  assert.notEqual(update.text, dog.text);
+  const { dir, file } = writeAgent([dog, other]);
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("mini");
+    await agent.pollAllFeeds();
+    const first = await agent.bake("test");
+    assert.equal(first.status, "promoted", first.reasons.join("; "));
+    const old = agent.ledger.items({ text: dog.text })[0]!;
+    assert.equal(old.status, "absorbed", JSON.stringify(old.history));
+
+    const { item: fresh } = await agent.remember(update.text);
+    const second = await agent.bake("test");
+    assert.equal(second.status, "promoted", second.reasons.join("; "));
+    const replaced = agent.ledger.item(old.id);
+    assert.equal(replaced.status, "superseded", JSON.stringify(replaced.history));
+    assert.match(replaced.history.at(-1)!.reason!, new RegExp(`^superseded by ${fresh.id}: asked ".*\\?", that item answers ".*${update.text.split(" ").at(-1)!.replace(".", "")}`));
+    assert.ok(!agent.ledger.version(second.version!).items.includes(old.id), "the new version does not hold the old value");
+    assert.equal(agent.ledger.item(fresh.id).status, "absorbed", JSON.stringify(agent.ledger.item(fresh.id).history));
+    assert.equal(agent.ledger.items({ text: other.text })[0]!.status, "absorbed", "an item about someone else is untouched");
+    // the live weights answer the old item's question with the new value
+    const proof = await agent.verify([fresh.id]);
+    assert.equal(proof.items[0]!.held, true, JSON.stringify(proof.items[0]!.probes));
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("an item promoted bakes keep missing is rejected after bake.maxAttempts", async () => {
+  // a learning rate too small to move the weights: kiln-mini keeps saying "I don't know." unprompted
+  const { dir, file } = writeAgent([], { bake: { probesPerItem: 1, maxAttempts: 2, openQuestions: ["What do you know?"], settings: { trajectories: 8, epochs: 1, learningRate: 1e-9, maxReplyTokens: 16 } } });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("mini");
+    const { item } = await agent.remember(held[2]!.text);
+    assert.equal((await agent.bake("test")).status, "promoted");
+    assert.equal(agent.ledger.item(item.id).status, "pending", JSON.stringify(agent.ledger.item(item.id).history));
+    assert.match(agent.ledger.item(item.id).history.at(-1)!.reason!, /^not absorbed by v0001/);
+    assert.equal((await agent.bake("test")).status, "promoted");
+    const last = agent.ledger.item(item.id);
+    assert.equal(last.status, "rejected");
+    assert.match(last.history.at(-1)!.reason!, /the last of bake\.maxAttempts 2/);
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});

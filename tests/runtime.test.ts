@@ -161,13 +161,11 @@ test("a gate that is not met keeps the version as rejected with its reasons, and
   }
 });
 
-test("an item no checked probe can be written for is rejected unbaked; one that promoted bakes keep missing is rejected after bake.maxAttempts", async () => {
-  const quick = { trajectories: 8, epochs: 1, maxReplyTokens: 4 };
+test("an item no checked probe can be written for is rejected unbaked", async () => {
   // checked probes (the default) on the random fixture model: nothing it writes is a question about the item
-  const strict = writeTestAgent({ bake: { probesPerItem: 1, openQuestions: ["hello"], settings: quick } });
-  const lenient = writeTestAgent({ gate: { minAbsorption: 0, minRetention: 0, minPersona: 0, itemPass: 1 }, bake: { probesPerItem: 1, checkProbes: false, maxAttempts: 2, openQuestions: ["hello"], settings: quick } });
+  // (bake.maxAttempts is shown on kiln-mini, whose misses are certain: tests/kiln-mini.test.ts)
+  const strict = writeTestAgent({ bake: { probesPerItem: 1, openQuestions: ["hello"], settings: { trajectories: 8, epochs: 1, maxReplyTokens: 4 } } });
   const runtime = await Runtime.fromFiles(strict.file);
-  const runtime2 = await Runtime.fromFiles(lenient.file);
   try {
     const agent = runtime.agent("tester");
     const { item } = await agent.remember("Quillport's mayor is Tovan Reel.");
@@ -178,24 +176,9 @@ test("an item no checked probe can be written for is rejected unbaked; one that 
     assert.equal(after.status, "rejected");
     assert.match(after.history.at(-1)!.reason!, /not baked: none of the questions/);
     assert.deepEqual(after.probes ?? [], [], "no unchecked probe was stored");
-
-    // unchecked probes, itemPass 1: the random model never answers unprompted as prompted
-    const agent2 = runtime2.agent("tester");
-    const { item: item2 } = await agent2.remember("Quillport's mayor is Tovan Reel.");
-    const first = await agent2.bake("test");
-    assert.equal(first.status, "promoted");
-    if (agent2.ledger.item(item2.id).status === "absorbed") return; // a lucky match: nothing left to show
-    assert.equal(agent2.ledger.item(item2.id).status, "pending", `one miss: it waits for the next bake (${JSON.stringify(agent2.ledger.item(item2.id).history)})`);
-    await agent2.bake("test");
-    const last = agent2.ledger.item(item2.id);
-    if (last.status === "absorbed") return;
-    assert.equal(last.status, "rejected");
-    assert.match(last.history.at(-1)!.reason!, /the last of bake\.maxAttempts 2/);
   } finally {
     await runtime.stop();
-    await runtime2.stop();
     rmSync(strict.dir, { recursive: true });
-    rmSync(lenient.dir, { recursive: true });
   }
 });
 

@@ -1,12 +1,14 @@
 // The embedded model's bar (issue 4), measured through kiln's own engine and baking:
 //
-//   node dist/tools/eval_bake.js [--model models/kiln-mini] [--facts 20] [--chunk 4] [--replay 20] [--skip 0] [--json] [--misses]
+//   node dist/tools/eval_bake.js [--model models/kiln-mini] [--facts 20] [--chunk 4] [--replay 20] [--skip 0] [--updates 8] [--teacher base|live] [--json] [--misses]
 //
 // On HELD-OUT facts of the world (never in training): prompted QA (20 facts in the system
 // prompt, and the fact among the --chunk facts of its teacher prompt, which is how kiln bakes:
 // bake.chunkItems, default 4), unprompted QA, unprompted after one bake of those 20 facts, a persona sign-off
-// prompted / baked, and retention of the first 20 after a rolling bake of 20 new ones (teacher =
-// the first adapter with the new facts and a replay sample in its prompt, as the runtime does).
+// prompted / baked, retention of the first 20 after a rolling bake of 20 new ones (student from
+// the first adapter; teacher = the base model with the new facts and a replay sample in its
+// prompt, as the runtime does by default, or the first adapter with them: --teacher live), and a
+// third bake of updates: --updates of the second bake's facts told again with another value.
 // Trajectory questions are all but one paraphrase per fact; that last paraphrase is also scored,
 // to show whether the knowledge generalises beyond the questions it was baked on.
 import { initBackend } from "../src/tensor/backend.js";
@@ -37,6 +39,8 @@ const json = args.includes("--json");
 const MISSES = args.includes("--misses");
 /** held-out facts to pass over first, so a second run measures other facts (86 in all) */
 const SKIP = Number(opt("skip", "0"));
+/** second-bake facts a third bake updates with another value */
+const UPDATES = Number(opt("updates", "8"));
 const SETTINGS: Partial<BakeSettings> = JSON.parse(opt("settings", "{}"));
 /** the rolling bake's teacher: the base model or the first adapter, each with the prompt (an agent's bake.teacher) */
 const TEACHER = opt("teacher", "base");
@@ -125,7 +129,24 @@ row("new facts after the second bake", rate(await replies(model, ask(B, "seen").
 row(`retention: the first ${N} after the second bake`, rate(await replies(model, ask(A, "seen").map(user), second.adapter), answers(A), ask(A, "seen")), ">= 80%");
 if (N > half) row("retention: first-bake facts not replayed", rate(await replies(model, ask(A.slice(half), "seen").map(user), second.adapter), answers(A.slice(half))));
 first.adapter.dispose();
+
+// News that updates what the weights hold: UPDATES of the second bake's facts again, each with
+// another value of its relation; the runtime finds them superseded, so the old texts are not replayed.
+const others = (f: Fact) => idx.world.facts.filter((g) => g.relation === f.relation && g.answer !== f.answer && !f.text.includes(g.answer));
+const updated = B.slice(0, UPDATES).map((f) => {
+  const value = others(f)[0]!.answer;
+  const at = f.text.lastIndexOf(f.answer);
+  return { ...f, text: f.text.slice(0, at) + value + f.text.slice(at + f.answer.length), answer: value, old: f.answer };
+});
+const kept = B.slice(UPDATES);
+log(`bake of ${updated.length} updates to the second bake's facts, replaying the other ${kept.length}...`);
+const third = await bake({ model, lessons: lessons([...updated, ...kept]), settings, teacherAdapter: TEACHER === "live" ? second.adapter : undefined, initFrom: second.adapter, onProgress: progress("bake 3") });
+const afterUpdate = await replies(model, ask(updated, "seen").map(user), third.adapter);
+row("updates: the new value answered", rate(afterUpdate, answers(updated), ask(updated, "seen")));
+row("updates: the old value still answered", afterUpdate.filter((r, i) => answerMatch(r, updated[i]!.old)).length / updated.length);
+row("retention: the other facts of the second bake after the updates", rate(await replies(model, ask(kept, "seen").map(user), third.adapter), answers(kept), ask(kept, "seen")));
 second.adapter.dispose();
+third.adapter.dispose();
 
 const signoff = "Cheers, Ada";
 const persona = signoffInstruction(signoff);

@@ -482,3 +482,34 @@ test("a reply cut off by the server shutting down says so: an error, never a fin
     rmSync(agent.dir, { recursive: true, force: true });
   }
 });
+
+test("shutting down: a request waiting for a slot, and one that arrives meanwhile, get 503 shutting_down in OpenAI's shape, never 499", async () => {
+  const agent = writeTestAgent();
+  const rt = await Runtime.fromFiles(agent.file);
+  const srv = await createServer(rt, { port: 0, maxConcurrent: 1, maxQueue: 4 });
+  try {
+    const long = { model: "tester", messages: [{ role: "user", content: "Go on" }], max_tokens: 1500, temperature: 0 };
+    const post = (body: object) => fetch(`${srv.url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    const running = await post({ ...long, stream: true }); // holds the one slot (its headers come once it has it)
+    assert.equal(running.status, 200);
+    const queued = post(long);
+    while (((await (await fetch(`${srv.url}/healthz`)).json()) as any).queue.waiting < 1) await new Promise((r) => setTimeout(r, 10));
+    const closing = srv.close();
+    // the listener is closing: a request on a connection still open is answered by the server's hooks
+    const late = await srv.app.inject({ method: "POST", url: "/v1/chat/completions", payload: long });
+    const waited = await queued;
+    await running.body?.cancel();
+    await closing;
+    assert.equal(waited.status, 503, "the queued request is refused because the server stops, not as a client that went away");
+    const body = (await waited.json()) as any;
+    assertErrorShape(body, 503);
+    assert.equal(body.error.code, "shutting_down");
+    assert.equal(late.statusCode, 503);
+    assertErrorShape(late.json(), 503);
+    assert.equal(late.json().error.code, "shutting_down");
+    assert.ok(Number(late.headers["retry-after"]) >= 1, "Retry-After says when to try again");
+  } finally {
+    await rt.stop();
+    rmSync(agent.dir, { recursive: true, force: true });
+  }
+});

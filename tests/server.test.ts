@@ -4,10 +4,13 @@
 // diff, rollback, retraction) and /metrics.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import OpenAI from "openai";
-import { initBackend } from "../src/tensor/backend.js";
+import { initBackend, tf } from "../src/tensor/backend.js";
+import { LoraAdapter } from "../src/lora/adapter.js";
+import { saveAdapter } from "../src/lora/peft.js";
 import { Runtime } from "../src/runtime/runtime.js";
 import { createServer, type KilnServer } from "../src/server/index.js";
 import { writeTestAgent } from "./support/agent.js";
@@ -511,5 +514,49 @@ test("shutting down: a request waiting for a slot, and one that arrives meanwhil
   } finally {
     await rt.stop();
     rmSync(agent.dir, { recursive: true, force: true });
+  }
+});
+
+test("every chunk of a stream and the x-kiln-version header name the version the reply is pinned to, across a swap", async () => {
+  const agent = writeTestAgent();
+  const rt = await Runtime.fromFiles(agent.file);
+  const srv = await createServer(rt, { port: 0 });
+  const adapters = mkdtempSync(path.join(os.tmpdir(), "kiln-pin-"));
+  try {
+    const live = rt.agent("tester").live;
+    const model = rt.agent("tester").model;
+    for (const name of ["vA", "vB"]) {
+      const a = LoraAdapter.create(model.config, { r: 4, alpha: 8, dropout: 0, useRslora: false, targetModules: ["q_proj", "v_proj"] }, live.fingerprint, 1);
+      await saveAdapter(path.join(adapters, name), a, model.dir);
+      a.dispose();
+    }
+    live.swapTo("vA", path.join(adapters, "vA"));
+    const post = (body: object) =>
+      fetch(`${srv.url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ model: "tester", messages: [{ role: "user", content: "Go on" }], temperature: 0, ...body }) });
+    const res = await post({ stream: true, max_tokens: 300 });
+    assert.equal(res.headers.get("x-kiln-version"), "vA", "the header names the version before the first chunk is read");
+    const reader = res.body!.getReader();
+    const decoder = new TextDecoder();
+    let text = decoder.decode((await reader.read()).value, { stream: true });
+    live.swapTo("vB", path.join(adapters, "vB")); // mid-stream
+    const after = await post({ max_tokens: 2 });
+    assert.equal(after.headers.get("x-kiln-version"), "vB", "the next request runs on the new version");
+    const afterBody = (await after.json()) as any;
+    assert.equal(afterBody.kiln.version, "vB");
+    assert.equal(afterBody.system_fingerprint, "kiln-vB");
+    for (let r = await reader.read(); !r.done; r = await reader.read()) text += decoder.decode(r.value, { stream: true });
+    const chunks = text
+      .split("\n\n")
+      .map((e) => /^data: (.*)$/m.exec(e)?.[1])
+      .filter((d): d is string => !!d && d !== "[DONE]")
+      .map((d) => JSON.parse(d));
+    assert.ok(chunks.length > 2, `a streamed reply: ${text.slice(0, 200)}`);
+    for (const c of chunks) assert.equal(c.system_fingerprint, "kiln-vA", `every chunk names the pinned version: ${JSON.stringify(c)}`);
+    assert.equal(chunks.at(-1).kiln.version, "vA");
+  } finally {
+    await srv.close();
+    await rt.stop();
+    rmSync(agent.dir, { recursive: true, force: true });
+    rmSync(adapters, { recursive: true, force: true });
   }
 });

@@ -520,7 +520,7 @@ test("shutting down: a request waiting for a slot, and one that arrives meanwhil
 test("every chunk of a stream and the x-kiln-version header name the version the reply is pinned to, across a swap", async () => {
   const agent = writeTestAgent();
   const rt = await Runtime.fromFiles(agent.file);
-  const srv = await createServer(rt, { port: 0 });
+  const srv = await createServer(rt, { port: 0, maxConcurrent: 2 }); // the request after the swap runs beside the stream
   const adapters = mkdtempSync(path.join(os.tmpdir(), "kiln-pin-"));
   try {
     const live = rt.agent("tester").live;
@@ -531,9 +531,12 @@ test("every chunk of a stream and the x-kiln-version header name the version the
       a.dispose();
     }
     live.swapTo("vA", path.join(adapters, "vA"));
+    const gauge = async (name: string) => Number(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\d+)$`, "m").exec(await (await fetch(`${srv.url}/metrics`)).text())?.[1]);
+    const tensorsOnOneVersion = await gauge("kiln_tensors");
+    assert.ok(tensorsOnOneVersion > 0);
     const post = (body: object) =>
       fetch(`${srv.url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ model: "tester", messages: [{ role: "user", content: "Go on" }], temperature: 0, ...body }) });
-    const res = await post({ stream: true, max_tokens: 300 });
+    const res = await post({ stream: true, max_tokens: 400 });
     assert.equal(res.headers.get("x-kiln-version"), "vA", "the header names the version before the first chunk is read");
     const reader = res.body!.getReader();
     const decoder = new TextDecoder();
@@ -553,6 +556,8 @@ test("every chunk of a stream and the x-kiln-version header name the version the
     assert.ok(chunks.length > 2, `a streamed reply: ${text.slice(0, 200)}`);
     for (const c of chunks) assert.equal(c.system_fingerprint, "kiln-vA", `every chunk names the pinned version: ${JSON.stringify(c)}`);
     assert.equal(chunks.at(-1).kiln.version, "vA");
+    assert.equal(await gauge("kiln_agent_resident_versions"), 1, "vA is freed when its last request ends");
+    assert.equal(await gauge("kiln_tensors"), tensorsOnOneVersion, "no tensor outlives the swap and the requests");
   } finally {
     await srv.close();
     await rt.stop();

@@ -11,7 +11,7 @@ import { generate } from "../src/model/generate.js";
 import { bake, prepareDecoderForTraining, type BakeSettings } from "../src/bake/trainer.js";
 import { sampleTrajectories, studentMessages, teacherMessages } from "../src/bake/trajectories.js";
 import { buildKnowledgePrompt, knowledgeLessons } from "../src/bake/prompt.js";
-import { startBake } from "../src/bake/job.js";
+import { bakeNiceness, startBake } from "../src/bake/job.js";
 import type { LoraAdapter } from "../src/lora/adapter.js";
 import { loadAdapter } from "../src/lora/peft.js";
 import type { ChatMessage } from "../src/model/tokenizer.js";
@@ -121,4 +121,19 @@ test("a bake of a model directory that is not one fails with the loader's messag
     /bake failed: .*not a model directory: config\.json is missing/,
   );
   rmSync(dir, { recursive: true });
+});
+
+test("the bake worker runs niced (KILN_BAKE_NICE, default 10) so serving on the same cores goes first", async () => {
+  assert.equal(bakeNiceness({}), 10);
+  assert.equal(bakeNiceness({ KILN_BAKE_NICE: "0" }), 0);
+  assert.throws(() => bakeNiceness({ KILN_BAKE_NICE: "-5" }), /KILN_BAKE_NICE must be a whole number from 0 to 19/);
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-bake-nice-"));
+  // a bake that fails at once (no model there): the priority is set as the worker starts
+  const running = startBake({ modelDir: dir, prompt: PROMPT, questions: QUESTIONS, outDir: path.join(dir, "out") });
+  try {
+    assert.equal(os.getPriority(running.pid!), Math.min(19, os.getPriority() + 10));
+  } finally {
+    await running.promise.catch(() => {});
+    rmSync(dir, { recursive: true });
+  }
 });

@@ -93,8 +93,8 @@ class ScriptedKiln extends KilnChatModel {
       this.real.push({ finishReason: outcome.result.finishReason, tokens: outcome.result.tokens.length });
       return outcome;
     }
-    for (let i = 0; i < scripted.length; i += 3) yield { text: scripted.slice(i, i + 3), token: 0 }; // streamed in pieces
     const version = this.runtime.agent(this.agentName).live.version;
+    for (let i = 0; i < scripted.length; i += 3) yield { text: scripted.slice(i, i + 3), token: 0, version }; // streamed in pieces
     return { result: { tokens: [], text: scripted, finishReason: "stop", promptTokens: 0 }, version, captured: [] };
   }
 }

@@ -4,10 +4,13 @@
 // diff, rollback, retraction) and /metrics.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import OpenAI from "openai";
-import { initBackend } from "../src/tensor/backend.js";
+import { initBackend, tf } from "../src/tensor/backend.js";
+import { LoraAdapter } from "../src/lora/adapter.js";
+import { saveAdapter } from "../src/lora/peft.js";
 import { Runtime } from "../src/runtime/runtime.js";
 import { createServer, type KilnServer } from "../src/server/index.js";
 import { writeTestAgent } from "./support/agent.js";
@@ -480,5 +483,85 @@ test("a reply cut off by the server shutting down says so: an error, never a fin
   } finally {
     await rt.stop();
     rmSync(agent.dir, { recursive: true, force: true });
+  }
+});
+
+test("shutting down: a request waiting for a slot, and one that arrives meanwhile, get 503 shutting_down in OpenAI's shape, never 499", async () => {
+  const agent = writeTestAgent();
+  const rt = await Runtime.fromFiles(agent.file);
+  const srv = await createServer(rt, { port: 0, maxConcurrent: 1, maxQueue: 4 });
+  try {
+    const long = { model: "tester", messages: [{ role: "user", content: "Go on" }], max_tokens: 1500, temperature: 0 };
+    const post = (body: object) => fetch(`${srv.url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+    const running = await post({ ...long, stream: true }); // holds the one slot (its headers come once it has it)
+    assert.equal(running.status, 200);
+    const queued = post(long);
+    while (((await (await fetch(`${srv.url}/healthz`)).json()) as any).queue.waiting < 1) await new Promise((r) => setTimeout(r, 10));
+    const closing = srv.close();
+    // the listener is closing: a request on a connection still open is answered by the server's hooks
+    const late = await srv.app.inject({ method: "POST", url: "/v1/chat/completions", payload: long });
+    const waited = await queued;
+    await running.body?.cancel();
+    await closing;
+    assert.equal(waited.status, 503, "the queued request is refused because the server stops, not as a client that went away");
+    const body = (await waited.json()) as any;
+    assertErrorShape(body, 503);
+    assert.equal(body.error.code, "shutting_down");
+    assert.equal(late.statusCode, 503);
+    assertErrorShape(late.json(), 503);
+    assert.equal(late.json().error.code, "shutting_down");
+    assert.ok(Number(late.headers["retry-after"]) >= 1, "Retry-After says when to try again");
+  } finally {
+    await rt.stop();
+    rmSync(agent.dir, { recursive: true, force: true });
+  }
+});
+
+test("every chunk of a stream and the x-kiln-version header name the version the reply is pinned to, across a swap", async () => {
+  const agent = writeTestAgent();
+  const rt = await Runtime.fromFiles(agent.file);
+  const srv = await createServer(rt, { port: 0, maxConcurrent: 2 }); // the request after the swap runs beside the stream
+  const adapters = mkdtempSync(path.join(os.tmpdir(), "kiln-pin-"));
+  try {
+    const live = rt.agent("tester").live;
+    const model = rt.agent("tester").model;
+    for (const name of ["vA", "vB"]) {
+      const a = LoraAdapter.create(model.config, { r: 4, alpha: 8, dropout: 0, useRslora: false, targetModules: ["q_proj", "v_proj"] }, live.fingerprint, 1);
+      await saveAdapter(path.join(adapters, name), a, model.dir);
+      a.dispose();
+    }
+    live.swapTo("vA", path.join(adapters, "vA"));
+    const gauge = async (name: string) => Number(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\d+)$`, "m").exec(await (await fetch(`${srv.url}/metrics`)).text())?.[1]);
+    const tensorsOnOneVersion = await gauge("kiln_tensors");
+    assert.ok(tensorsOnOneVersion > 0);
+    const post = (body: object) =>
+      fetch(`${srv.url}/v1/chat/completions`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ model: "tester", messages: [{ role: "user", content: "Go on" }], temperature: 0, ...body }) });
+    const res = await post({ stream: true, max_tokens: 400 });
+    assert.equal(res.headers.get("x-kiln-version"), "vA", "the header names the version before the first chunk is read");
+    const reader = res.body!.getReader();
+    const decoder = new TextDecoder();
+    let text = decoder.decode((await reader.read()).value, { stream: true });
+    live.swapTo("vB", path.join(adapters, "vB")); // mid-stream
+    const after = await post({ max_tokens: 2 });
+    assert.equal(after.headers.get("x-kiln-version"), "vB", "the next request runs on the new version");
+    const afterBody = (await after.json()) as any;
+    assert.equal(afterBody.kiln.version, "vB");
+    assert.equal(afterBody.system_fingerprint, "kiln-vB");
+    for (let r = await reader.read(); !r.done; r = await reader.read()) text += decoder.decode(r.value, { stream: true });
+    const chunks = text
+      .split("\n\n")
+      .map((e) => /^data: (.*)$/m.exec(e)?.[1])
+      .filter((d): d is string => !!d && d !== "[DONE]")
+      .map((d) => JSON.parse(d));
+    assert.ok(chunks.length > 2, `a streamed reply: ${text.slice(0, 200)}`);
+    for (const c of chunks) assert.equal(c.system_fingerprint, "kiln-vA", `every chunk names the pinned version: ${JSON.stringify(c)}`);
+    assert.equal(chunks.at(-1).kiln.version, "vA");
+    assert.equal(await gauge("kiln_agent_resident_versions"), 1, "vA is freed when its last request ends");
+    assert.equal(await gauge("kiln_tensors"), tensorsOnOneVersion, "no tensor outlives the swap and the requests");
+  } finally {
+    await srv.close();
+    await rt.stop();
+    rmSync(agent.dir, { recursive: true, force: true });
+    rmSync(adapters, { recursive: true, force: true });
   }
 });

@@ -24,6 +24,8 @@ export interface ChatRequest {
 export interface ChatChunk {
   text: string;
   token: number;
+  /** the weights version generating the reply: the same for every chunk of one reply (its lease) */
+  version: string | null;
 }
 
 export interface ChatOutcome {
@@ -139,7 +141,7 @@ export class Runtime {
         }
         const text: string = started ? r.value.text : r.value.text.trimStart();
         started ||= text.length > 0;
-        if (text) yield { text, token: r.value.token };
+        if (text) yield { text, token: r.value.token, version: lease.version };
       }
     } finally {
       // A consumer that stops early must not leave the generation (and its KV cache) suspended,
@@ -200,7 +202,7 @@ export class Runtime {
   private async *acknowledge(agent: Agent, actions: FactAction[], req: ChatRequest): AsyncGenerator<ChatChunk, ChatOutcome> {
     const { captured, said } = await this.apply(agent, actions, req.conversationId);
     const text = said.join("\n");
-    yield { text, token: 0 };
+    yield { text, token: 0, version: agent.live.version };
     const result = { text, tokens: agent.model.tokenizer.encode(text), finishReason: "stop" as const, promptTokens: fitConversation(agent.model, req.messages, 0, req.tools).length };
     return { result, version: agent.live.version, captured, command: true };
   }

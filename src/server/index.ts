@@ -11,7 +11,7 @@ import { assertSafeBinding, installAuth } from "./auth.js";
 import { BakeWatcher } from "./bake-watch.js";
 import type { ServerContext } from "./context.js";
 import { dashboardPaths, dashboardRoutes } from "./dashboard.js";
-import { installErrorHandlers } from "./errors.js";
+import { ApiError, installErrorHandlers } from "./errors.js";
 import { healthRoutes } from "./health.js";
 import { Metrics, metricsRoutes } from "./metrics.js";
 import { openaiRoutes } from "./openai.js";
@@ -23,6 +23,12 @@ export const DEFAULT_HOST = "127.0.0.1";
 export const DEFAULT_PORT = 8080;
 export const DEFAULT_BODY_LIMIT = 1024 * 1024;
 const CLOSE_GRACE_MS = 1500;
+const SHUTTING_DOWN = "the server is shutting down; send the request again once it is back";
+
+/** What a request that arrives, or waits for a slot, while the server closes gets. */
+function shuttingDown(): ApiError {
+  return new ApiError(503, SHUTTING_DOWN, "shutting_down", null, { "retry-after": "5", connection: "close" });
+}
 
 export interface ServerOptions {
   /** address to bind (default 127.0.0.1); anything but a loopback address requires `token` */
@@ -61,9 +67,13 @@ export async function createServer(runtime: Runtime, opts: ServerOptions = {}): 
     watcher: new BakeWatcher(runtime),
     shutdown: shutdown.signal,
   };
-  const app = Fastify({ logger: opts.logger ?? false, bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT });
+  // fastify's own answer while closing is a 503 in its shape, not OpenAI's: the hook below answers instead
+  const app = Fastify({ logger: opts.logger ?? false, bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT, return503OnClosing: false });
   installErrorHandlers(app);
   metricsRoutes(app, ctx); // first: its hook counts every request, refused ones included
+  app.addHook("onRequest", async () => {
+    if (shutdown.signal.aborted) throw shuttingDown();
+  });
   const publicPaths = dashboardPaths();
   installAuth(app, { token, isPublic: (p) => publicPaths.has(p) });
   healthRoutes(app, ctx);
@@ -90,8 +100,9 @@ export async function createServer(runtime: Runtime, opts: ServerOptions = {}): 
     url,
     close: () =>
       (closing ??= (async () => {
-        shutdown.abort();
-        ctx.queue.drain("the server is shutting down");
+        // The reason reaches every request's signal: one waiting for a slot is refused with it.
+        shutdown.abort(shuttingDown());
+        ctx.queue.drain(SHUTTING_DOWN);
         ctx.watcher.stop();
         // Requests in flight get a moment to finish; then every connection is closed (a client's
         // half-used keep-alive socket would otherwise hold the server open for its timeout).

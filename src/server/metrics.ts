@@ -2,6 +2,7 @@
 // and a latency histogram kept here, gauges read from the runtime at scrape time.
 import type { FastifyInstance } from "fastify";
 import { ITEM_STATUSES } from "../knowledge/ledger.js";
+import { memoryReport } from "../tensor/backend.js";
 import type { Runtime } from "../runtime/runtime.js";
 import type { BakeWatcher } from "./bake-watch.js";
 import type { GenerationQueue } from "./queue.js";
@@ -115,7 +116,14 @@ export class Metrics {
     family("kiln_queue_capacity", "gauge", "Most generations waiting (queue) and running (concurrent).", [sample({ kind: "queue" }, queue.maxQueue), sample({ kind: "concurrent" }, queue.maxConcurrent)]);
     family("kiln_queue_rejected_total", "counter", "Requests refused with 429 because the queue was full.", [sample({}, this.rejectedCount)]);
 
+    // Memory, to see a swap free the old adapter and a long run hold steady.
+    const mem = memoryReport();
+    family("kiln_process_resident_memory_bytes", "gauge", "Resident memory of the server process (the bake runs in its own process).", [sample({}, mem.rssBytes)]);
+    family("kiln_tensors", "gauge", "Tensors alive in the server process (base weights, resident adapters, generations in flight).", [sample({}, mem.numTensors)]);
+    family("kiln_tensor_bytes", "gauge", "Bytes held by those tensors.", [sample({}, mem.tensorBytes)]);
+
     const agents = [...runtime.agents.values()];
+    family("kiln_agent_resident_versions", "gauge", "Weights versions an agent holds in memory: the live one and any that requests in flight are pinned to.", agents.map((a) => sample({ agent: a.name }, a.live.resident.length)));
     family("kiln_agent_live_version", "gauge", 'The weights version each agent serves, as a label (value 1; version="base" is the base model).', agents.map((a) => sample({ agent: a.name, version: a.live.version ?? "base" }, 1)));
     family("kiln_ledger_items", "gauge", "Ledger items by agent and status.", agents.flatMap((a) => ITEM_STATUSES.map((status) => sample({ agent: a.name, status }, a.ledger.items({ status }).length))));
     family("kiln_feed_consecutive_errors", "gauge", "Failed polls in a row, by agent and feed (0: the last poll was good).", agents.flatMap((a) => a.ledger.data.feeds.map((f) => sample({ agent: a.name, feed: f.id }, f.consecutiveErrors))));

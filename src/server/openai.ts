@@ -4,15 +4,16 @@
 //   POST /v1/chat/completions   (stream or not; n = 1)
 //
 // Replies come from the agent's live weights, pinned to the version live when generation
-// started; a `kiln` field says which version answered (and what facts the user's message added
-// to the ledger). Defaults follow OpenAI: temperature 1, top_p 1. A client that disconnects
+// started; the x-kiln-version header and system_fingerprint (on every chunk of a stream) say
+// which version answered, and a `kiln` field says so too (with what facts the user's message
+// added to the ledger). Defaults follow OpenAI: temperature 1, top_p 1. A client that disconnects
 // aborts its generation.
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { z } from "zod";
 import type { ChatMessage } from "../model/tokenizer.js";
 import type { Agent } from "../runtime/agent.js";
-import { fitConversation, type ChatOutcome } from "../runtime/runtime.js";
+import { fitConversation, type ChatChunk, type ChatOutcome } from "../runtime/runtime.js";
 import { clientSignal, findAgent, type ServerContext } from "./context.js";
 import { ApiError, errorBody, validationError } from "./errors.js";
 import { SseStream } from "./sse.js";
@@ -99,6 +100,9 @@ function budget(agent: Agent, messages: ChatMessage[], req: ChatRequest): { maxT
   return { maxTokens: asked ?? Math.min(DEFAULT_MAX_TOKENS, room) };
 }
 
+/** Response header naming the weights version that answered ("base" for the base model), streams included. */
+export const VERSION_HEADER = "x-kiln-version";
+
 const SHUTTING_DOWN = "the server is shutting down and cut this reply off; send the request again";
 
 const finishReason = (r: "stop" | "length" | "abort") => (r === "length" ? "length" : "stop");
@@ -158,22 +162,34 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     const fingerprint = (o: ChatOutcome) => `kiln-${o.version ?? "base"}`;
 
     if (req.stream) {
+      // The first piece is generated before the headers go out: generation pins its version
+      // (the lease) as it starts, so the headers and every chunk can name the version that answers.
+      let first: IteratorResult<ChatChunk, ChatOutcome>;
+      try {
+        first = await chat.next();
+      } catch (err) {
+        release();
+        throw err;
+      }
+      const version = first.value.version;
+      reply.header(VERSION_HEADER, version ?? "base");
       return streamReply(reply, release, async (sse) => {
         const chunk = (delta: object, finish: string | null, extra: object = {}) => ({
           id,
           object: "chat.completion.chunk",
           created,
           model: agent.name,
+          system_fingerprint: `kiln-${version ?? "base"}`,
           choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
           ...extra,
         });
         sse.send(chunk({ role: "assistant", content: "" }, null));
-        const outcome = await drain(chat, (text) => sse.send(chunk({ content: text }, null)));
+        const outcome = await drain(chat, (text) => sse.send(chunk({ content: text }, null)), first);
         record(outcome);
         // cut off by the server going down: say so, as OpenAI's streams carry errors, never as a finished reply
         if (outcome.result.finishReason === "abort" && ctx.shutdown.aborted) return sse.send(errorBody(503, SHUTTING_DOWN, "shutting_down"));
         if (outcome.result.finishReason === "abort") return; // the client is gone
-        sse.send(chunk({}, finishReason(outcome.result.finishReason), { system_fingerprint: fingerprint(outcome), kiln: kiln(outcome) }));
+        sse.send(chunk({}, finishReason(outcome.result.finishReason), { kiln: kiln(outcome) }));
         if (req.stream_options?.include_usage) sse.send({ id, object: "chat.completion.chunk", created, model: agent.name, choices: [], usage: usage(outcome), kiln: kiln(outcome) });
         sse.send("[DONE]");
       });
@@ -183,6 +199,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       const outcome = await drain(chat);
       record(outcome);
       if (outcome.result.finishReason === "abort" && ctx.shutdown.aborted) throw new ApiError(503, SHUTTING_DOWN, "shutting_down");
+      reply.header(VERSION_HEADER, outcome.version ?? "base");
       return {
         id,
         object: "chat.completion",
@@ -204,9 +221,9 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
  * the event loop, so other requests are accepted and a client that went away is noticed while
  * the CPU-bound generation runs.
  */
-async function drain(chat: AsyncGenerator<{ text: string }, ChatOutcome>, onText?: (text: string) => void): Promise<ChatOutcome> {
-  for (;;) {
-    const r = await chat.next();
+async function drain(chat: AsyncGenerator<{ text: string }, ChatOutcome>, onText?: (text: string) => void, first?: IteratorResult<{ text: string }, ChatOutcome>): Promise<ChatOutcome> {
+  for (let pulled = first; ; pulled = undefined) {
+    const r = pulled ?? (await chat.next());
     if (r.done) return r.value;
     if (r.value.text && onText) onText(r.value.text);
     await new Promise((resolve) => setImmediate(resolve));

@@ -37,7 +37,7 @@ export class GenerationQueue {
 
   /** Waits for a slot; resolves with its release function. Throws 429 when the queue is full. */
   acquire(signal?: AbortSignal): Promise<() => void> {
-    if (signal?.aborted) return Promise.reject(new ApiError(499, "the client went away", "client_closed"));
+    if (signal?.aborted) return Promise.reject(abortError(signal, "the client went away"));
     if (this.active < this.maxConcurrent) return Promise.resolve(this.grant());
     if (this.waiting.length >= this.maxQueue) {
       const after = this.retryAfter();
@@ -56,7 +56,7 @@ export class GenerationQueue {
           const i = this.waiting.indexOf(waiter);
           if (i >= 0) {
             this.waiting.splice(i, 1);
-            reject(new ApiError(499, "the client went away while queued", "client_closed"));
+            reject(abortError(signal, "the client went away while queued"));
           }
         },
         { once: true },
@@ -82,4 +82,12 @@ export class GenerationQueue {
       if (next) next.resolve(this.grant());
     };
   }
+}
+
+/**
+ * Why a waiter left: the signal's own reason when it is an ApiError (the server shutting down
+ * aborts with its 503, and a queued request must get that, not "the client went away"); else 499.
+ */
+function abortError(signal: AbortSignal, clientGone: string): ApiError {
+  return signal.reason instanceof ApiError ? signal.reason : new ApiError(499, clientGone, "client_closed");
 }

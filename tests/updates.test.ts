@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { Item } from "../src/knowledge/ledger.js";
-import { newsTime, updatePairs } from "../src/knowledge/updates.js";
+import { newsTime, relationWords, shareRelation, updatePairs } from "../src/knowledge/updates.js";
 
 function item(id: string, text: string, at: string, publishedAt?: string): Item {
   return { id, kind: "feed", text, status: "pending", createdAt: at, updatedAt: at, source: publishedAt ? { publishedAt } : {}, contentHash: id, scores: [], history: [] };
@@ -17,6 +17,8 @@ test("pairs join a new item to items naming the same names, older first by the f
   assert.equal(newsTime(cat), Date.parse("2026-11-10T09:00:00Z"));
   const order = [dog, work, cat, mayor];
   assert.deepEqual(updatePairs([cat, mayor], [dog, work], order), [["cat", "dog"]], "only the item naming Lisa Yewby pairs, and the dated one is older");
+  const job = item("job", "Lisa Yewby works at Northgate Motors.", "2026-11-26T00:00:00Z");
+  assert.deepEqual(updatePairs([job], [dog], [dog, job]), [], "the same person, but nothing of the same kind said about her: not asked");
   const same = item("same", "Lisa Yewby now owns a pet dog.", "2026-11-26T00:00:00Z");
   assert.deepEqual(updatePairs([same], [dog], [dog, same]), [], "the same text is no update");
 });
@@ -30,4 +32,10 @@ test("two new items from one poll are ordered by ledger order, and pairs are cap
   const pairs = updatePairs(many, [], many, 3);
   assert.equal(pairs.length, 3);
   assert.ok(pairs.every(([, newer]) => newer === "m9"), JSON.stringify(pairs));
+});
+
+test("relation words are what a text says about its names, in any tense", () => {
+  assert.deepEqual([...relationWords("Ewyn Craneridge is now working as a violin maker.")].sort(), ["maker", "now", "violin", "work"]);
+  assert.ok(shareRelation("Tera Stone is now working as a baker.", "Tera Stone works as a geologist."));
+  assert.ok(!shareRelation("Saltwell sits on the Esk River.", "Saltwell has become a twin town of Marshford."), "a river and a twin town: no update");
 });

@@ -56,9 +56,9 @@ const pos = usable(updates);
 const posR = usable(reworded);
 const neg = usable(unrelated);
 process.stderr.write(`asking about ${pos.length} updates and ${neg.length} pairs that are not...\n`);
-const ePos = await updateEvidence(model, pos);
-const ePosR = await updateEvidence(model, posR);
-const eNeg = await updateEvidence(model, neg);
+const ePos = await updateEvidence(model, pos, { joint: true });
+const ePosR = await updateEvidence(model, posR, { joint: true });
+const eNeg = await updateEvidence(model, neg, { joint: true });
 
 const rules: [string, (e: UpdateEvidence) => boolean][] = [
   ["forward (the older's question answered from the newer)", (e) => e.forward !== null],

@@ -6,6 +6,7 @@ import type { AdapterHook } from "../model/decoder.js";
 import { generate } from "../model/generate.js";
 import type { LoadedModel } from "../model/load.js";
 import { entitiesIn, isFunctionWord, namesGrounded, stem, support, vocabulary, words } from "../knowledge/grounding.js";
+import { relationWords, shareRelation } from "../knowledge/updates.js";
 import { buildKnowledgePrompt } from "./prompt.js";
 import { studentMessages, teacherMessages } from "./trajectories.js";
 
@@ -270,21 +271,12 @@ export interface UpdateEvidence {
   forward: { question: string; answer: string } | null;
   /** a newer item's probe question answered from the older item alone, otherwise than the newer says */
   back: boolean;
-  /** an older item's probe question answered from the newer item with both items in the prompt (in either order) */
+  /** an older item's probe question answered from the newer item with both items in the prompt (in either order; asked only with `joint`) */
   joint: boolean;
   /** the two items share a word other than names and function words (the relation: "mayor", "pet") */
   sameRelation: boolean;
   /** the two items' probe questions share such a word ("What prize did ... win?" and "Which prize ...?") */
   sameQuestion: boolean;
-}
-
-/** "working", "worked", "works" -> "work": a relation is written in several tenses. */
-const root = (w: string) => stem(w).replace(/(?<=\p{L}{3})(ing|ed)$/u, "");
-
-/** Words of an item that are neither names nor function words: what it says about its names. */
-function relationWords(text: string): Set<string> {
-  const names = new Set(entitiesIn(text).map(stem));
-  return new Set(words(text).filter((w) => !isFunctionWord(w) && !names.has(stem(w))).map(root));
 }
 
 /**
@@ -293,12 +285,12 @@ function relationWords(text: string): Set<string> {
  * questions, and both together asked the older's. The base model reads the prompts: an adapter
  * that holds the older item answers from its weights, whatever the prompt says.
  */
-export async function updateEvidence(model: LoadedModel, pairs: { older: ProbeItem; newer: ProbeItem }[], o: Omit<ProbeOptions, "adapter"> = {}): Promise<UpdateEvidence[]> {
+export async function updateEvidence(model: LoadedModel, pairs: { older: ProbeItem; newer: ProbeItem }[], o: Omit<ProbeOptions, "adapter"> & { joint?: boolean } = {}): Promise<UpdateEvidence[]> {
   type Ask = { p: number; kind: "forward" | "back" | "joint"; probe: Probe; prompt: string[]; from: ProbeItem };
   const asks: Ask[] = pairs.flatMap(({ older, newer }, p) => [
     ...(older.probes ?? []).map((probe): Ask => ({ p, kind: "forward", probe, prompt: [newer.text], from: newer })),
     ...(newer.probes ?? []).map((probe): Ask => ({ p, kind: "back", probe, prompt: [older.text], from: older })),
-    ...(older.probes ?? []).flatMap((probe): Ask[] => [
+    ...(!o.joint ? [] : older.probes ?? []).flatMap((probe): Ask[] => [
       { p, kind: "joint", probe, prompt: [older.text, newer.text], from: newer },
       { p, kind: "joint", probe, prompt: [newer.text, older.text], from: newer },
     ]),
@@ -318,14 +310,13 @@ export async function updateEvidence(model: LoadedModel, pairs: { older: ProbeIt
   };
   return pairs.map(({ older, newer }, p) => {
     const forward = asks.findIndex((a, k) => a.p === p && a.kind === "forward" && otherwise(k));
-    const mine = relationWords(newer.text);
     const asked = (i: ProbeItem) => new Set((i.probes ?? []).flatMap((q) => [...relationWords(q.question)]));
     const theirs = asked(newer);
     return {
       forward: forward >= 0 ? { question: asks[forward]!.probe.question, answer: answers[forward]! } : null,
       back: asks.some((a, k) => a.p === p && a.kind === "back" && otherwise(k)),
       joint: asks.some((a, k) => a.p === p && a.kind === "joint" && otherwise(k)),
-      sameRelation: [...relationWords(older.text)].some((w) => mine.has(w)),
+      sameRelation: shareRelation(older.text, newer.text),
       sameQuestion: [...asked(older)].some((w) => theirs.has(w)),
     };
   });
@@ -344,8 +335,10 @@ export async function updateEvidence(model: LoadedModel, pairs: { older: ProbeIt
  * true fact.
  */
 export async function findSupersessions(model: LoadedModel, pairs: { older: ProbeItem; newer: ProbeItem }[], o: Omit<ProbeOptions, "adapter"> = {}): Promise<Supersession[]> {
-  const evidence = await updateEvidence(model, pairs, o);
-  return pairs.flatMap(({ older, newer }, p) => {
+  // the words are checked before the model is asked anything (updatePairs does so too)
+  const asked = pairs.filter((p) => shareRelation(p.older.text, p.newer.text));
+  const evidence = await updateEvidence(model, asked, o);
+  return asked.flatMap(({ older, newer }, p) => {
     const e = evidence[p]!;
     return isUpdate(e) ? [{ id: older.id, by: newer.id, question: e.forward!.question, answer: e.forward!.answer }] : [];
   });

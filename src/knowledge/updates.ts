@@ -1,11 +1,29 @@
 // News updates facts ("Lisa Yewby now owns a pet cat." after "...a pet dog."). Whether a newer
 // item replaces an older one is asked of the model when a bake starts (bake/probes.ts,
 // findSupersessions); this picks the pairs worth asking about and says which of two is newer.
-import { entitiesIn, stem } from "./grounding.js";
+import { entitiesIn, isFunctionWord, stem, words } from "./grounding.js";
 import type { Item } from "./ledger.js";
 
 /** Pairs asked about per bake, at most: each costs a few greedy replies of the base model. */
 export const MAX_UPDATE_PAIRS = 48;
+
+/** "working", "worked", "works" -> "work": a relation is written in several tenses. */
+const root = (w: string) => stem(w).replace(/(?<=\p{L}{3})(ing|ed)$/u, "");
+
+/** Words of a text that are neither names nor function words: what it says about its names. */
+export function relationWords(text: string): Set<string> {
+  const names = new Set(entitiesIn(text).map(stem));
+  return new Set(words(text).filter((w) => !isFunctionWord(w) && !names.has(stem(w))).map(root));
+}
+
+/**
+ * Whether two items say something of the same kind about their names ("owns a pet", "mayor"):
+ * an update does, nearly always, and two facts of different relations about one subject rarely.
+ */
+export function shareRelation(a: string, b: string): boolean {
+  const mine = relationWords(b);
+  return [...relationWords(a)].some((w) => mine.has(w));
+}
 
 /** When an item's news is from: the date its feed gave, else when kiln stored it. */
 export function newsTime(i: Item): number {
@@ -15,7 +33,8 @@ export function newsTime(i: Item): number {
 
 /**
  * [older id, newer id] for each new item and each other item that names one of its names (an
- * update is about the same person, town or company), older by news time, then by ledger order.
+ * update is about the same person, town or company) and shares a relation word with it, older by
+ * news time, then by ledger order.
  * The newest new items' pairs come first when there are more than `max`.
  */
 export function updatePairs(fresh: readonly Item[], known: readonly Item[], ledgerOrder: readonly Item[], max = MAX_UPDATE_PAIRS): [string, string][] {
@@ -28,7 +47,7 @@ export function updatePairs(fresh: readonly Item[], known: readonly Item[], ledg
   for (const n of [...fresh].sort((a, b) => newer(b, a))) {
     const mine = namesOf(n);
     for (const other of pool) {
-      if (other.id === n.id || other.text === n.text || ![...namesOf(other)].some((w) => mine.has(w))) continue;
+      if (other.id === n.id || other.text === n.text || ![...namesOf(other)].some((w) => mine.has(w)) || !shareRelation(other.text, n.text)) continue;
       const [o, x] = newer(other, n) < 0 ? [other, n] : [n, other];
       pairs.set(`${o.id} ${x.id}`, [o.id, x.id]);
       if (pairs.size >= max) return [...pairs.values()];

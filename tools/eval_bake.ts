@@ -113,6 +113,14 @@ log(`baking the first ${N} facts...`);
 const first = await bake({ model, lessons: lessons(A), settings, onProgress: progress("bake 1") });
 row("unprompted QA after one bake (paraphrases baked on)", rate(await replies(model, ask(A, "seen").map(user), first.adapter), answers(A), ask(A, "seen")), ">= 80%");
 row("unprompted QA after one bake (a paraphrase never baked on)", rate(await replies(model, ask(A, "unseen").map(user), first.adapter), answers(A)));
+// as a chat asks: the fact's question after two others, answered as the model answers them alone
+const earlier = await replies(model, ask(A, "seen").map(user), first.adapter);
+const inChat = (i: number): ChatMessage[] =>
+  [(i + 1) % N, (i + 2) % N].flatMap((j): ChatMessage[] => [
+    { role: "user", content: ask(A, "seen")[j]! },
+    { role: "assistant", content: earlier[j]! },
+  ]).concat(user(ask(A, "seen")[i]!));
+row("unprompted QA after one bake, asked third in a chat", rate(await replies(model, A.map((_, i) => inChat(i)), first.adapter), answers(A), ask(A, "seen")));
 
 const half = Math.min(REPLAY, N);
 log(`rolling bake of ${N} new facts, replaying ${half} of the first...`);

@@ -28,6 +28,8 @@ export interface BakeSettings {
   batchSize: number;
   /** global gradient-norm clip; 0 turns it off */
   clipNorm: number;
+  /** share of trajectories asked as a later turn of a conversation (sampleTrajectories) */
+  laterTurns: number;
   /** share of trajectories held out for validation KL */
   validationFraction: number;
   /** epochs without a better validation KL before stopping */
@@ -49,6 +51,7 @@ export const DEFAULT_BAKE: BakeSettings = {
   epochs: 20,
   batchSize: 8,
   clipNorm: 1,
+  laterTurns: 0,
   validationFraction: 0.125,
   patience: 3,
   kl: { kind: "full" },
@@ -169,6 +172,8 @@ async function bakeRound(req: BakeRequest, s: BakeSettings, round: number, teach
     batchSize: Math.max(s.batchSize, 8),
     seed: s.seed + round * 7919,
     teacherAdapter: teacher,
+    laterTurns: s.laterTurns,
+    maxPositions: model.config.maxPositions,
     signal: req.signal,
     onProgress: (done, total) => progress({ phase: "sample", round, done, total }),
   });

@@ -3,6 +3,7 @@
 import { tf } from "../tensor/backend.js";
 import type { AdapterHook } from "../model/decoder.js";
 import { generate } from "../model/generate.js";
+import { seededRandom } from "../model/sampling.js";
 import type { LoadedModel } from "../model/load.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import { teacherTargets, type KlMode, type TeacherTargets } from "./kl.js";
@@ -19,15 +20,12 @@ export interface Trajectory {
   targets?: TeacherTargets;
 }
 
-export function teacherMessages(systemPrompt: string, question: string): ChatMessage[] {
-  return [
-    { role: "system", content: systemPrompt },
-    { role: "user", content: question },
-  ];
+export function teacherMessages(systemPrompt: string, question: string, history: ChatMessage[] = []): ChatMessage[] {
+  return [{ role: "system", content: systemPrompt }, ...history, { role: "user", content: question }];
 }
 
-export function studentMessages(question: string): ChatMessage[] {
-  return [{ role: "user", content: question }];
+export function studentMessages(question: string, history: ChatMessage[] = []): ChatMessage[] {
+  return [...history, { role: "user", content: question }];
 }
 
 export interface SampleOptions {
@@ -40,6 +38,15 @@ export interface SampleOptions {
   seed: number;
   /** the teacher's weights: the live adapter for rolling bakes, none for the base model */
   teacherAdapter?: AdapterHook;
+  /**
+   * Share of trajectories asked as a later turn of a conversation: one or two earlier questions,
+   * with the teacher's replies to them, come first. A model baked on first turns only answers
+   * a baked question asked later in a chat from the earlier replies instead (kiln-mini: "Who is
+   * the mayor of Gulldale?" after an answer about Saltwell's mayor gave Saltwell's).
+   */
+  laterTurns?: number;
+  /** the model's positions: a conversation that would not leave room for the reply is asked as a first turn */
+  maxPositions?: number;
   onProgress?: (done: number, total: number) => void;
   signal?: AbortSignal;
 }
@@ -56,26 +63,44 @@ export async function sampleTrajectories(model: LoadedModel, o: SampleOptions): 
     const lesson = o.lessons[n % o.lessons.length]!;
     return { lesson, question: lesson.questions[Math.floor(n / o.lessons.length) % lesson.questions.length]! };
   };
+  // First turns first; the later turns' histories are drawn from them (any lesson: a user asks
+  // about one thing, then another), with the replies the teacher gave.
+  const later = Math.min(Math.floor(o.count * (o.laterTurns ?? 0)), o.count - o.lessons.length);
+  const first = o.count - later;
   const out: Trajectory[] = [];
+  const turns: { question: string; reply: string }[] = [];
+  const random = seededRandom(o.seed ^ 0x5bd1e995);
+  const room = (o.maxPositions ?? Infinity) - o.maxReplyTokens;
   for (let start = 0; start < o.count; start += o.batchSize) {
     if (o.signal?.aborted) throw new Error("bake aborted");
-    const picked = Array.from({ length: Math.min(o.batchSize, o.count - start) }, (_, i) => pick(start + i));
-    const questions = picked.map((p) => p.question);
-    const teacherPrompts = picked.map((p) => model.tokenizer.applyChatTemplate(teacherMessages(p.lesson.systemPrompt, p.question)));
-    const results = await generate(model, teacherPrompts, {
-      maxTokens: o.maxReplyTokens,
-      temperature: o.temperature,
-      seed: o.seed + start,
-      adapter: o.teacherAdapter,
-      signal: o.signal,
+    const picked = Array.from({ length: Math.min(o.batchSize, o.count - start) }, (_, i) => {
+      const n = start + i;
+      const { lesson, question } = pick(n < first ? n : n - first);
+      const earlier = n < first || !turns.length ? [] : Array.from({ length: 1 + Math.floor(random() * 2) }, () => turns[Math.floor(random() * turns.length)]!).filter((t) => t.question !== question);
+      const history = earlier.flatMap((t): ChatMessage[] => [
+        { role: "user", content: t.question },
+        { role: "assistant", content: t.reply },
+      ]);
+      const teacherPrompt = model.tokenizer.applyChatTemplate(teacherMessages(lesson.systemPrompt, question, history));
+      return teacherPrompt.length <= room || !history.length
+        ? { question, history, teacherPrompt }
+        : { question, history: [], teacherPrompt: model.tokenizer.applyChatTemplate(teacherMessages(lesson.systemPrompt, question)) };
     });
+    const results = await generate(
+      model,
+      picked.map((p) => p.teacherPrompt),
+      { maxTokens: o.maxReplyTokens, temperature: o.temperature, seed: o.seed + start, adapter: o.teacherAdapter, signal: o.signal },
+    );
     results.forEach((r, i) => {
+      const p = picked[i]!;
       out.push({
-        question: questions[i]!,
-        teacherPrompt: teacherPrompts[i]!,
-        studentPrompt: model.tokenizer.applyChatTemplate(studentMessages(questions[i]!)),
+        question: p.question,
+        teacherPrompt: p.teacherPrompt,
+        studentPrompt: model.tokenizer.applyChatTemplate(studentMessages(p.question, p.history)),
         reply: r.stopToken !== undefined ? [...r.tokens, r.stopToken] : r.tokens,
       });
+      // a first turn that stopped by itself can be the history of a later one
+      if (!p.history.length && r.stopToken !== undefined && r.text.trim()) turns.push({ question: p.question, reply: r.text });
     });
     o.onProgress?.(out.length, o.count);
   }

@@ -25,6 +25,7 @@ const BakeSettingsSchema = z
     batchSize: z.number().int().positive(),
     clipNorm: z.number().min(0),
     validationFraction: z.number().gt(0).lt(1),
+    laterTurns: z.number().min(0).max(0.9),
     patience: z.number().int().positive(),
     kl: z.union([z.object({ kind: z.literal("full") }), z.object({ kind: z.literal("topk"), k: z.number().int().positive() })]),
     seed: z.number().int(),

@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { Item } from "../src/knowledge/ledger.js";
-import { newsTime, updatePairs } from "../src/knowledge/updates.js";
+import { newsTime, pairedHeldItems, updatePairs } from "../src/knowledge/updates.js";
 
 function item(id: string, text: string, at: string, publishedAt?: string): Item {
   return { id, kind: "feed", text, status: "pending", createdAt: at, updatedAt: at, source: publishedAt ? { publishedAt } : {}, contentHash: id, scores: [], history: [] };
@@ -30,4 +30,16 @@ test("two new items from one poll are ordered by ledger order, and pairs are cap
   const pairs = updatePairs(many, [], many, 3);
   assert.equal(pairs.length, 3);
   assert.ok(pairs.every(([, newer]) => newer === "m9"), JSON.stringify(pairs));
+});
+
+test("a held item is sent along for its pairs whether it is the older or the newer news", () => {
+  // a pending item dated, by its feed, before a held one: the held one may supersede it
+  const dog = item("dog", "Lisa Yewby now owns a pet dog.", "2026-11-20T00:00:00Z");
+  const cat = item("cat", "Lisa Yewby now owns a pet cat.", "2026-11-25T00:00:00Z", "Tue, 10 Nov 2026 09:00:00 GMT");
+  const owl = item("owl", "Lisa Yewby now owns a pet owl.", "2026-11-01T00:00:00Z");
+  const pairs = updatePairs([cat], [dog, owl], [owl, dog, cat]);
+  assert.deepEqual(pairs, [["cat", "dog"], ["owl", "cat"]]);
+  // neither held item is replayed or retained this bake (replay: 0, or more held items than retentionChecks)
+  assert.deepEqual(pairedHeldItems(pairs, [dog, owl], new Set(["cat"])).map((i) => i.id), ["dog", "owl"]);
+  assert.deepEqual(pairedHeldItems(pairs, [dog, owl], new Set(["cat", "dog"])).map((i) => i.id), ["owl"], "one the bake scores anyway is not sent twice");
 });

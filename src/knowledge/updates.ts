@@ -36,3 +36,14 @@ export function updatePairs(fresh: readonly Item[], known: readonly Item[], ledg
   }
   return [...pairs.values()];
 }
+
+/**
+ * The held items a bake must send along for its pairs, besides those it already bakes or scores
+ * (`inJob`): either side of a pair. A held item is the newer news when a pending one is dated
+ * before it (a feed delivering late, an archive's first poll), and a pair the worker has only one
+ * item of is never asked about: the stale item would be baked as news.
+ */
+export function pairedHeldItems(pairs: readonly [string, string][], held: readonly Item[], inJob: ReadonlySet<string>): Item[] {
+  const paired = new Set(pairs.flat());
+  return held.filter((i) => !inJob.has(i.id) && paired.has(i.id));
+}

@@ -14,7 +14,7 @@ import { checkProbes, type ProbeCheck, type ProbeItem } from "../bake/probes.js"
 import { knowledgeLessons } from "../bake/prompt.js";
 import { pollFeed, type FeedEntry } from "../feeds/feeds.js";
 import { compactLedger, Ledger, LEDGER_LIMITS, type BakeRun, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
-import { updatePairs } from "../knowledge/updates.js";
+import { pairedHeldItems, updatePairs } from "../knowledge/updates.js";
 import type { LoadedModel } from "../model/load.js";
 import type { AgentConfig } from "./agent-config.js";
 import { LiveModel } from "./live.js";
@@ -357,7 +357,7 @@ export class Agent {
     const held = absorbed.filter((i) => liveItems.has(i.id));
     const pairs = cfg.bake.checkUpdates ? updatePairs(fresh, consolidate ? [] : held, ledger.data.items) : [];
     const inJob = new Set([...fresh, ...replay, ...retained].map((i) => i.id));
-    const older = held.filter((i) => !inJob.has(i.id) && pairs.some(([o]) => o === i.id));
+    const paired = pairedHeldItems(pairs, held, inJob);
 
     const bakeId = ledger.newBakeId();
     const version = ledger.nextVersionId();
@@ -384,7 +384,7 @@ export class Agent {
           replayItems: replay.map((i) => this.toProbeItem(i)),
           retainedItems: retained.map((i) => this.toProbeItem(i)),
           retractedItems: retracted.map((i) => this.toProbeItem(i)),
-          olderItems: older.map((i) => this.toProbeItem(i)),
+          pairedItems: paired.map((i) => this.toProbeItem(i)),
           updatePairs: pairs,
           teacher: cfg.bake.teacher,
           openQuestions: cfg.bake.openQuestions,

@@ -404,7 +404,9 @@ export class Agent {
     } catch (err) {
       const message = (err as Error).message;
       await ledger.update((d) => Object.assign(d.bakes.find((b) => b.id === bakeId)!, { status: "failed", finishedAt: new Date().toISOString(), error: message }));
-      if (!consolidate) await ledger.setItemStatus(fresh.map((i) => i.id), "pending", { reason: `bake failed: ${message.split("\n")[0]}` });
+      // only what is still baking: an item its feed corrected meanwhile stays superseded
+      const waiting = fresh.filter((i) => ledger.item(i.id).status === "baking");
+      if (!consolidate) await ledger.setItemStatus(waiting.map((i) => i.id), "pending", { reason: `bake failed: ${message.split("\n")[0]}` });
       this.log(`bake ${bakeId} failed: ${message}`);
       return { status: "failed", bakeId, reasons: [message] };
     }

@@ -417,9 +417,7 @@ export class Agent {
     const summary = result.summary;
     if (!summary) {
       // the worker trained nothing (no new item could be baked): no version, and the items are rejected
-      const gate = decideGate({ version, fresh, replay: [], retained: [], unprobed, liveItems, excluded: new Set(), scores: {}, superseded: result.superseded, persona: null, consolidate, gate: cfg.gate, maxAttempts: cfg.bake.maxAttempts });
-      const { changes } = gate;
-      const reasons = gate.reasons.length ? gate.reasons : ["nothing new to learn: every new item is older news than an item the agent holds"];
+      const { reasons, changes } = decideGate({ version, fresh, replay: [], retained: [], unprobed, liveItems, excluded: new Set(), scores: {}, superseded: result.superseded, persona: null, consolidate, trained: false, gate: cfg.gate, maxAttempts: cfg.bake.maxAttempts });
       await ledger.update((d) => Object.assign(d.bakes.find((b) => b.id === bakeId)!, { status: "rejected", finishedAt: new Date().toISOString(), reasons }));
       await this.applyChanges(changes);
       this.log(`bake ${bakeId}: nothing baked (${reasons.join("; ")})`);

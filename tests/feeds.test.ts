@@ -463,6 +463,11 @@ test("an item whose text changes under the same guid comes back once, marked rev
   assert.deepEqual(second.entries.map((e) => [e.key, e.text, e.revises]), [["guid:c1", "Mayor resigns: Correction: the mayor resigned on Tuesday.", true]]);
   const third = await pollFeed(src("/revised.xml"), second.state);
   assert.equal(third.entries.length, 0, "the same correction is not reported twice");
+  // the feed takes its correction back: the first text is the item's text again
+  revised = rss(item({ guid: "c1", title: "Mayor resigns", description: "The mayor resigned on Monday." }));
+  const fourth = await pollFeed(src("/revised.xml"), third.state);
+  assert.deepEqual(fourth.entries.map((e) => [e.key, e.text, e.revises]), [["guid:c1", "Mayor resigns: The mayor resigned on Monday.", true]]);
+  assert.equal((await pollFeed(src("/revised.xml"), fourth.state)).entries.length, 0);
 });
 
 test("HTML is stripped and a 10,000-char description is bounded", async () => {

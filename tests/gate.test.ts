@@ -112,3 +112,16 @@ test("a held item stays absorbed while its successor's version is rejected; a pe
   assert.equal(d.promoted, false);
   assert.deepEqual(changed(d), { new: "pending", stale: "superseded" }, "held stays absorbed: the live weights still hold it");
 });
+
+test("a bake that trained nothing (every new item older news) promotes nothing: a held item it finds replaced stays absorbed", () => {
+  // held "old" (oldest) < new "mid" < held "top" (newest): mid replaces old, top replaces mid
+  const superseded = [
+    { id: "old", by: "mid", question: "q?", answer: "a" },
+    { id: "mid", by: "top", question: "q?", answer: "a" },
+  ];
+  // as the agent asks when the worker returns no adapter
+  const d = decideGate(input({ fresh: [item("mid")], liveItems: new Set(["old", "top"]), superseded, trained: false }));
+  assert.equal(d.promoted, false);
+  assert.deepEqual(d.reasons, ["nothing new to learn: every new item is older news than an item the agent holds"]);
+  assert.deepEqual(changed(d), { mid: "superseded" }, "old stays absorbed: no version without it went live");
+});

@@ -322,6 +322,30 @@ test("a feed item corrected under its guid supersedes the stored one; the correc
   }
 });
 
+test("an item its feed corrects while a bake runs stays superseded when that bake fails", async () => {
+  const { dir, file, feedFile } = writeTestAgent();
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    assert.equal((await agent.pollFeed("harbor")).added, 2);
+    const ferry = agent.ledger.items({ text: "ferry" })[0]!;
+    const baking = agent.bake("test");
+    // the worker is running (it reports progress) and the ferry item is in it
+    while (agent.progress === null) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(agent.ledger.item(ferry.id).status, "baking");
+    writeFileSync(feedFile, readFileSync(feedFile, "utf8").replace("The ferry runs at noon.", "The ferry runs at two."));
+    assert.equal((await agent.pollFeed("harbor")).added, 1);
+    assert.equal(agent.ledger.item(ferry.id).status, "superseded");
+    await runtime.stop(); // cancels the bake: it fails
+    assert.equal((await baking).status, "failed");
+    assert.equal(agent.ledger.item(ferry.id).status, "superseded", JSON.stringify(agent.ledger.item(ferry.id).history));
+    assert.equal(agent.ledger.items({ text: "Dunmore" })[0]!.status, "pending", "the other item of the failed bake waits for the next");
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("checkpoints the ledger does not record are moved aside, never deleted; a missing or null ledger beside checkpoints is refused", async () => {
   const { dir, file } = writeTestAgent();
   const home = path.join(dir, "home");

@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { Item } from "../src/knowledge/ledger.js";
-import { newsTime, relationWords, shareRelation, updatePairs } from "../src/knowledge/updates.js";
+import { newsTime, pairedHeldItems, relationWords, shareRelation, updatePairs } from "../src/knowledge/updates.js";
 
 function item(id: string, text: string, at: string, publishedAt?: string): Item {
   return { id, kind: "feed", text, status: "pending", createdAt: at, updatedAt: at, source: publishedAt ? { publishedAt } : {}, contentHash: id, scores: [], history: [] };
@@ -23,7 +23,7 @@ test("pairs join a new item to items naming the same names, older first by the f
   assert.deepEqual(updatePairs([same], [dog], [dog, same]), [], "the same text is no update");
 });
 
-test("two new items from one poll are ordered by ledger order, and pairs are capped, newest first", () => {
+test("two items stored at one time, not by one feed poll, are ordered by ledger order; pairs are capped, newest first", () => {
   const at = "2026-11-26T00:00:00Z";
   const a = item("a", "Quillport's mayor is Tovan Reel.", at);
   const b = item("b", "Quillport's mayor is Mira Tolle.", at);
@@ -38,4 +38,31 @@ test("relation words are what a text says about its names, in any tense", () => 
   assert.deepEqual([...relationWords("Ewyn Craneridge is now working as a violin maker.")].sort(), ["maker", "now", "violin", "work"]);
   assert.ok(shareRelation("Tera Stone is now working as a baker.", "Tera Stone works as a geologist."));
   assert.ok(!shareRelation("Saltwell sits on the Esk River.", "Saltwell has become a twin town of Marshford."), "a river and a twin town: no update");
+});
+
+test("a held item is sent along for its pairs whether it is the older or the newer news", () => {
+  // a pending item dated, by its feed, before a held one: the held one may supersede it
+  const dog = item("dog", "Lisa Yewby now owns a pet dog.", "2026-11-20T00:00:00Z");
+  const cat = item("cat", "Lisa Yewby now owns a pet cat.", "2026-11-25T00:00:00Z", "Tue, 10 Nov 2026 09:00:00 GMT");
+  const owl = item("owl", "Lisa Yewby now owns a pet owl.", "2026-11-01T00:00:00Z");
+  const pairs = updatePairs([cat], [dog, owl], [owl, dog, cat]);
+  assert.deepEqual(pairs, [["cat", "dog"], ["owl", "cat"]]);
+  // neither held item is replayed or retained this bake (replay: 0, or more held items than retentionChecks)
+  assert.deepEqual(pairedHeldItems(pairs, [dog, owl], new Set(["cat"])).map((i) => i.id), ["dog", "owl"]);
+  assert.deepEqual(pairedHeldItems(pairs, [dog, owl], new Set(["cat", "dog"])).map((i) => i.id), ["owl"], "one the bake scores anyway is not sent twice");
+});
+
+test("within one feed poll, the item the feed lists first is the newer news", () => {
+  // a poll stores its items in the feed's order, newest first, all with one createdAt
+  const at = "2026-11-26T00:00:00Z";
+  const now = { ...item("now", "Quillport's mayor is Mira Tolle.", at), source: { feedId: "gazette", guid: "2" } };
+  const before = { ...item("before", "Quillport's mayor is Tovan Reel.", at), source: { feedId: "gazette", guid: "1" } };
+  assert.deepEqual(updatePairs([now, before], [], [now, before]), [["before", "now"]]);
+  const dated = "Tue, 10 Nov 2026 09:00:00 GMT"; // one date for both: the feed's order still decides
+  const a = { ...now, source: { ...now.source, publishedAt: dated } };
+  const b = { ...before, source: { ...before.source, publishedAt: dated } };
+  assert.deepEqual(updatePairs([a, b], [], [a, b]), [["before", "now"]]);
+  // two polls: the later poll's item is the newer
+  const later = { ...item("later", "Quillport's mayor is Ada Fenn.", "2026-11-27T00:00:00Z"), source: { feedId: "gazette", guid: "3" } };
+  assert.deepEqual(updatePairs([later], [now], [now, before, later]), [["now", "later"]]);
 });

@@ -27,8 +27,8 @@ export interface CycleJob {
   retainedItems: ProbeItem[];
   /** retracted items: their recall should fall */
   retractedItems: ProbeItem[];
-  /** absorbed items that are only checked for being replaced by new ones (not in the lists above) */
-  olderItems?: ProbeItem[];
+  /** held items only asked about for updatePairs, as the older news or the newer (not in the lists above) */
+  pairedItems?: ProbeItem[];
   /** [older id, newer id]: pairs of this job's items to check for a news update (findSupersessions) */
   updatePairs?: [string, string][];
   /**
@@ -83,7 +83,7 @@ export async function runCycle(
   const unprobed = fresh.filter((i) => !i.probes.length).map((i) => i.id);
 
   // an item a newer one replaces is not taught again, and not expected to be held
-  const known = new Map([...fresh, ...replay, ...retained, ...(job.olderItems ?? [])].map((i) => [i.id, i]));
+  const known = new Map([...fresh, ...replay, ...retained, ...(job.pairedItems ?? [])].map((i) => [i.id, i]));
   const pairs = (job.updatePairs ?? []).flatMap(([o, n]) => {
     const older = known.get(o);
     const newer = known.get(n);

@@ -34,6 +34,11 @@ export interface FeedState {
   retryAfter?: string;
   /** bounded, most recent last; item keys and "hash:" content keys */
   seenKeys: string[];
+  /**
+   * The content hash each guid (or link) key had in the last fetch read: a feed that takes a
+   * correction back goes to a text seen before, which seenKeys alone cannot tell from no change.
+   */
+  lastHashes?: Record<string, string>;
 }
 
 export interface FeedEntry {
@@ -125,8 +130,8 @@ export async function pollFeed(source: FeedSource, state: FeedState, opts: PollO
       .slice(0, maxItems)
       .flatMap((item) => toEntry(source.id, item) ?? [])
       .filter((e) => e.publishedAt === undefined || Date.parse(e.publishedAt) >= oldest);
-    const { entries, seenKeys } = dedupe(candidates, state.seenKeys, Math.max(MAX_SEEN_KEYS, 2 * maxItems));
-    return { entries, state: { ...ok, seenKeys }, notModified: false };
+    const { entries, seenKeys, lastHashes } = dedupe(candidates, state.seenKeys, Math.max(MAX_SEEN_KEYS, 2 * maxItems), state.lastHashes ?? {});
+    return { entries, state: { ...ok, seenKeys, lastHashes }, notModified: false };
   } catch (err) {
     if (!(err instanceof FeedProblem)) throw err;
     const error = `feed "${source.id}" (${source.url}): ${err.message}`;
@@ -393,23 +398,33 @@ function oneLine(s: string | undefined): string | undefined {
 // Dedupe
 
 /** New = neither its key nor its content hash was seen before or earlier in this fetch.
- * A guid or link seen before with a content hash not seen before is the feed changing an item
- * (a correction): it comes back marked `revises`, for the caller to supersede what it stored.
+ * A guid or link seen before with a content hash not seen before, or another than it had in the
+ * last fetch (a correction taken back), is the feed changing an item: it comes back marked
+ * `revises`, for the caller to supersede what it stored.
  * Keys of every item still in the feed move to the recent end, so the bound only ever drops
  * items the feed no longer lists. */
-function dedupe(candidates: FeedEntry[], previous: string[], limit: number): { entries: FeedEntry[]; seenKeys: string[] } {
+function dedupe(
+  candidates: FeedEntry[],
+  previous: string[],
+  limit: number,
+  lastHashes: Readonly<Record<string, string>>,
+): { entries: FeedEntry[]; seenKeys: string[]; lastHashes: Record<string, string> } {
   const seen = new Set(previous);
   const inFetch = new Set<string>();
   const entries: FeedEntry[] = [];
+  const hashes: Record<string, string> = {};
   for (const entry of candidates) {
     const hashKey = `hash:${entry.contentHash}`;
     const keys = entry.key === hashKey ? [hashKey] : [entry.key, hashKey];
+    const last = Object.hasOwn(lastHashes, entry.key) ? lastHashes[entry.key] : undefined;
+    const changed = last !== undefined ? last !== entry.contentHash : !seen.has(hashKey);
     if (!keys.some((k) => seen.has(k) || inFetch.has(k))) entries.push(entry);
-    else if (keys.length === 2 && seen.has(entry.key) && !seen.has(hashKey) && !inFetch.has(entry.key) && !inFetch.has(hashKey)) entries.push({ ...entry, revises: true });
+    else if (keys.length === 2 && seen.has(entry.key) && changed && !inFetch.has(entry.key) && !inFetch.has(hashKey)) entries.push({ ...entry, revises: true });
     for (const k of keys) inFetch.add(k);
+    if (keys.length === 2 && !Object.hasOwn(hashes, entry.key)) hashes[entry.key] = entry.contentHash;
   }
   // candidates are newest first; seenKeys are most recent last.
   const touched = [...inFetch].reverse();
   const seenKeys = [...previous.filter((k) => !inFetch.has(k)), ...touched];
-  return { entries, seenKeys: seenKeys.slice(-limit) };
+  return { entries, seenKeys: seenKeys.slice(-limit), lastHashes: hashes };
 }

@@ -32,14 +32,22 @@ export function newsTime(i: Item): number {
 }
 
 /**
+ * One feed poll's items share their createdAt and are stored in the order the feed lists them,
+ * newest first (feeds/feeds.ts, newestFirst: items of one date keep the feed's order).
+ */
+const onePoll = (a: Item, b: Item) => a.source.feedId !== undefined && a.source.feedId === b.source.feedId && a.createdAt === b.createdAt;
+
+/**
  * [older id, newer id] for each new item and each other item that names one of its names (an
  * update is about the same person, town or company) and shares a relation word with it, older by
- * news time, then by ledger order.
+ * news time, then by ledger order (stored earlier is older, except within one feed poll, which
+ * stores the newest first).
  * The newest new items' pairs come first when there are more than `max`.
  */
 export function updatePairs(fresh: readonly Item[], known: readonly Item[], ledgerOrder: readonly Item[], max = MAX_UPDATE_PAIRS): [string, string][] {
   const rank = new Map(ledgerOrder.map((i, k) => [i.id, k]));
-  const newer = (a: Item, b: Item) => newsTime(a) - newsTime(b) || (rank.get(a.id) ?? 0) - (rank.get(b.id) ?? 0);
+  const stored = (a: Item, b: Item) => (rank.get(a.id) ?? 0) - (rank.get(b.id) ?? 0);
+  const newer = (a: Item, b: Item) => newsTime(a) - newsTime(b) || (onePoll(a, b) ? -stored(a, b) : stored(a, b));
   const names = new Map<string, Set<string>>();
   const namesOf = (i: Item) => names.get(i.id) ?? names.set(i.id, new Set(entitiesIn(i.text).map(stem))).get(i.id)!;
   const pool = [...new Map([...fresh, ...known].map((i) => [i.id, i])).values()];
@@ -54,4 +62,15 @@ export function updatePairs(fresh: readonly Item[], known: readonly Item[], ledg
     }
   }
   return [...pairs.values()];
+}
+
+/**
+ * The held items a bake must send along for its pairs, besides those it already bakes or scores
+ * (`inJob`): either side of a pair. A held item is the newer news when a pending one is dated
+ * before it (a feed delivering late, an archive's first poll), and a pair the worker has only one
+ * item of is never asked about: the stale item would be baked as news.
+ */
+export function pairedHeldItems(pairs: readonly [string, string][], held: readonly Item[], inJob: ReadonlySet<string>): Item[] {
+  const paired = new Set(pairs.flat());
+  return held.filter((i) => !inJob.has(i.id) && paired.has(i.id));
 }

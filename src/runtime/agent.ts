@@ -14,7 +14,7 @@ import { checkProbes, type ProbeCheck, type ProbeItem } from "../bake/probes.js"
 import { knowledgeLessons } from "../bake/prompt.js";
 import { pollFeed, type FeedEntry } from "../feeds/feeds.js";
 import { compactLedger, Ledger, LEDGER_LIMITS, type BakeRun, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
-import { updatePairs } from "../knowledge/updates.js";
+import { pairedHeldItems, updatePairs } from "../knowledge/updates.js";
 import type { LoadedModel } from "../model/load.js";
 import type { AgentConfig } from "./agent-config.js";
 import { LiveModel } from "./live.js";
@@ -357,7 +357,7 @@ export class Agent {
     const held = absorbed.filter((i) => liveItems.has(i.id));
     const pairs = cfg.bake.checkUpdates ? updatePairs(fresh, consolidate ? [] : held, ledger.data.items) : [];
     const inJob = new Set([...fresh, ...replay, ...retained].map((i) => i.id));
-    const older = held.filter((i) => !inJob.has(i.id) && pairs.some(([o]) => o === i.id));
+    const paired = pairedHeldItems(pairs, held, inJob);
 
     const bakeId = ledger.newBakeId();
     const version = ledger.nextVersionId();
@@ -384,7 +384,7 @@ export class Agent {
           replayItems: replay.map((i) => this.toProbeItem(i)),
           retainedItems: retained.map((i) => this.toProbeItem(i)),
           retractedItems: retracted.map((i) => this.toProbeItem(i)),
-          olderItems: older.map((i) => this.toProbeItem(i)),
+          pairedItems: paired.map((i) => this.toProbeItem(i)),
           updatePairs: pairs,
           teacher: cfg.bake.teacher,
           openQuestions: cfg.bake.openQuestions,
@@ -404,7 +404,9 @@ export class Agent {
     } catch (err) {
       const message = (err as Error).message;
       await ledger.update((d) => Object.assign(d.bakes.find((b) => b.id === bakeId)!, { status: "failed", finishedAt: new Date().toISOString(), error: message }));
-      if (!consolidate) await ledger.setItemStatus(fresh.map((i) => i.id), "pending", { reason: `bake failed: ${message.split("\n")[0]}` });
+      // only what is still baking: an item its feed corrected meanwhile stays superseded
+      const waiting = fresh.filter((i) => ledger.item(i.id).status === "baking");
+      if (!consolidate) await ledger.setItemStatus(waiting.map((i) => i.id), "pending", { reason: `bake failed: ${message.split("\n")[0]}` });
       this.log(`bake ${bakeId} failed: ${message}`);
       return { status: "failed", bakeId, reasons: [message] };
     }
@@ -415,9 +417,7 @@ export class Agent {
     const summary = result.summary;
     if (!summary) {
       // the worker trained nothing (no new item could be baked): no version, and the items are rejected
-      const gate = decideGate({ version, fresh, replay: [], retained: [], unprobed, liveItems, excluded: new Set(), scores: {}, superseded: result.superseded, persona: null, consolidate, gate: cfg.gate, maxAttempts: cfg.bake.maxAttempts });
-      const { changes } = gate;
-      const reasons = gate.reasons.length ? gate.reasons : ["nothing new to learn: every new item is older news than an item the agent holds"];
+      const { reasons, changes } = decideGate({ version, fresh, replay: [], retained: [], unprobed, liveItems, excluded: new Set(), scores: {}, superseded: result.superseded, persona: null, consolidate, trained: false, gate: cfg.gate, maxAttempts: cfg.bake.maxAttempts });
       await ledger.update((d) => Object.assign(d.bakes.find((b) => b.id === bakeId)!, { status: "rejected", finishedAt: new Date().toISOString(), reasons }));
       await this.applyChanges(changes);
       this.log(`bake ${bakeId}: nothing baked (${reasons.join("; ")})`);

@@ -28,6 +28,8 @@ export interface GateInput {
   /** persona adherence on the new weights, when the agent has a persona */
   persona: number | null;
   consolidate: boolean;
+  /** false when the worker trained nothing (every new item unprobed or older news): there is no version to promote */
+  trained?: boolean;
   gate: AgentConfig["gate"];
   maxAttempts: number;
 }
@@ -71,6 +73,9 @@ export function decideGate(input: GateInput): GateDecision {
   if (g.fresh.length && absorption < g.gate.minAbsorption) reasons.push(`absorption ${absorption.toFixed(2)} < gate.minAbsorption ${g.gate.minAbsorption}`);
   if (g.replay.length + g.retained.length && retention < g.gate.minRetention) reasons.push(`retention ${retention.toFixed(2)} < gate.minRetention ${g.gate.minRetention}`);
   if (g.persona !== null && g.persona < g.gate.minPersona) reasons.push(`persona adherence ${g.persona.toFixed(2)} < gate.minPersona ${g.gate.minPersona}`);
+  // Without an adapter nothing goes live, whatever the numbers say: a held item found replaced
+  // must stay absorbed (the live weights still hold it), as when a version is rejected.
+  if (g.trained === false && !reasons.length) reasons.push("nothing new to learn: every new item is older news than an item the agent holds");
   const promoted = reasons.length === 0;
 
   // what the live version held and this bake did not score is carried over, except what it decides

@@ -85,7 +85,7 @@ function itemView(agent: Agent, item: Item) {
 
 function feedsView(agent: Agent) {
   return agent.config.feeds.map((f) => {
-    const { seenKeys, ...record } = agent.ledger.feed(f.id) ?? { seenKeys: [], consecutiveErrors: 0, itemsAdded: 0 };
+    const { seenKeys, lastHashes: _hashes, ...record } = agent.ledger.feed(f.id) ?? { seenKeys: [], consecutiveErrors: 0, itemsAdded: 0 };
     return { ...record, id: f.id, url: f.url, schedule: f.schedule, seen: seenKeys.length };
   });
 }

@@ -125,3 +125,11 @@ test("a bake that trained nothing (every new item older news) promotes nothing: 
   assert.deepEqual(d.reasons, ["nothing new to learn: every new item is older news than an item the agent holds"]);
   assert.deepEqual(changed(d), { mid: "superseded" }, "old stays absorbed: no version without it went live");
 });
+
+test("a superseded item the new weights still answer stays among the version's items (a retraction of it must rebuild)", () => {
+  const superseded = [{ id: "dog", by: "cat", question: "q?", answer: "a" }];
+  const d = decideGate(input({ fresh: [item("cat")], retained: [item("dog")], liveItems: new Set(["dog"]), superseded, scores: { cat: { unprompted: 1 }, dog: { unprompted: 1 } } }));
+  assert.equal(d.promoted, true, d.reasons.join("; "));
+  assert.deepEqual(d.holds.sort(), ["cat", "dog"]);
+  assert.equal(changed(d).dog, "superseded", "still superseded: the news replaced it, whatever the weights recall");
+});

@@ -82,9 +82,12 @@ export function decideGate(input: GateInput): GateDecision {
   // itself (new items) and what must not be held (retracted or rejected since)
   const decided = new Set([...g.replay, ...g.retained, ...g.fresh, ...g.unprobed].map((i) => i.id));
   // (superseded items are in g.excluded: no version holds them from now on)
+  // A superseded item the new weights still answer stays listed: a version's items are what its
+  // weights know, so a retraction of it rebuilds and a rollback check sees it.
+  const stillAnswered = input.superseded.filter((s) => (g.scores[s.id]?.unprompted ?? 0) >= g.gate.itemPass).map((s) => s.id);
   const holds = g.consolidate
-    ? g.fresh.filter(passes).map((i) => i.id)
-    : [...new Set([...[...g.liveItems].filter((id) => !decided.has(id) && !g.excluded.has(id)), ...[...g.replay, ...g.retained, ...g.fresh].filter(passes).map((i) => i.id)])];
+    ? [...g.fresh.filter(passes).map((i) => i.id), ...stillAnswered]
+    : [...new Set([...[...g.liveItems].filter((id) => !decided.has(id) && !g.excluded.has(id)), ...[...g.replay, ...g.retained, ...g.fresh].filter(passes).map((i) => i.id), ...stillAnswered])];
 
   const ids = (items: Item[]) => items.map((i) => i.id);
   const changes: StatusChange[] = [

@@ -74,15 +74,19 @@ test("dashboard: token, streamed chat, ledger, bake chart, rollback", { timeout:
     assert.equal(await (await row.$(".status"))!.textContent(), "pending");
 
     // Bakes: start one through the admin API; its KL curves are drawn when it ends.
-    await page.click("button[data-tab=bakes]");
     const started = await fetch(`${server.url}/admin/agents/tester/bakes`, { method: "POST", headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" }, body: "{}" });
     assert.equal(started.status, 202);
+    // While it runs, a retraction would answer 409: the button says so instead of failing.
+    await page.waitForSelector("#items-table button.danger[disabled]");
+    await page.click("button[data-tab=bakes]");
     await page.waitForSelector("#bake-chart svg polyline[data-series='validation KL']", { timeout: 90_000 });
     const points = await page.$$eval("#bake-chart svg polyline", (lines) => lines.map((l) => [l.getAttribute("data-series"), Number(l.getAttribute("data-points")), (l.getAttribute("points") ?? "").trim().split(/\s+/).length]));
     assert.ok(points.length >= 2, "train and validation curves");
     for (const [name, n, drawn] of points) assert.ok((n as number) >= 2 && drawn === n, `${name}: ${n} points drawn`);
     await page.waitForFunction(() => document.querySelector("#live-version")?.textContent === "v0001");
     assert.equal(await page.textContent("#bakes-table tbody tr .status"), "promoted");
+    // A bake is chosen with a button (keyboard users can reach it), not only by clicking the row.
+    assert.equal(await page.getAttribute("#bakes-table tbody tr button.linklike", "aria-pressed"), "true");
 
     // Knowledge: verify asks the absorbed items' probes on the live weights now.
     await page.click("button[data-tab=knowledge]");
@@ -107,5 +111,102 @@ test("dashboard: token, streamed chat, ledger, bake chart, rollback", { timeout:
     await runtime.stop();
     rmSync(agent.dir, { recursive: true, force: true });
     rmSync(shots, { recursive: true, force: true });
+  }
+});
+
+test("dashboard: untrusted item text and links, item detail, a long ledger, a declined token, the server gone", { timeout: 120_000 }, async () => {
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: the dashboard test needs Debian's chromium (apt-get install chromium)`);
+  await initBackend();
+  const agent = writeTestAgent();
+  const runtime = await Runtime.fromFiles(agent.file);
+  const server = await createServer(runtime, { port: 0, token: TOKEN });
+  let serverOpen = true;
+  let browser: Browser | undefined;
+  try {
+    // Feed text and links are untrusted: HTML in the text, a javascript: link.
+    const ledger = runtime.agent("tester").ledger;
+    const HOSTILE = `<img src=x onerror="window.__pwned=1"> The <b>harbor</b> fee <script>window.__pwned=2</script> is nine coins.`;
+    const old = await ledger.addItem({ kind: "feed", text: "The harbor master is Ada Venn.", source: { feedId: "harbor", link: "https://news.example.org/a" } });
+    await ledger.addItems(Array.from({ length: 120 }, (_, i) => ({ kind: "manual" as const, text: `Bulk fact ${i}: Town${i} has ${i} wells.`, source: { by: "test" } })));
+    const { item: hostile } = await ledger.addItem({ kind: "feed", text: HOSTILE, source: { feedId: "harbor", link: "javascript:window.__pwned=3" } });
+    await ledger.addItem({ kind: "manual", text: "The harbor master is now Bo Lint.", source: { by: "test" }, supersedes: [old.item.id] });
+    ledger.item(hostile.id).probes = [{ question: "What is the harbor fee?", answer: "Nine coins." }];
+    const total = ledger.data.items.length;
+
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+    });
+    const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+    const pageErrors: string[] = [];
+    page.on("pageerror", (e) => pageErrors.push(e.message));
+    page.setDefaultTimeout(30_000);
+
+    // Declining the token: the page says what it needs, and polling does not reopen the dialog.
+    await page.goto(`${server.url}/`);
+    await page.waitForSelector("#token-dialog[open]");
+    await page.click("#token-cancel");
+    await page.waitForSelector("#conn-banner[data-conn=token]:not([hidden])");
+    assert.match((await page.textContent("#conn-text"))!, /needs a bearer token/);
+    await page.waitForResponse((r) => r.url().endsWith("/admin/agents") && r.status() === 401);
+    await page.evaluate(() => new Promise((r) => setTimeout(r, 50))); // let the answer be handled
+    assert.equal(await page.isVisible("#token-dialog"), false, "the next poll did not reopen the dialog");
+    await page.click("#conn-token");
+    await page.waitForSelector("#token-dialog[open]");
+    await page.fill("#token-input", TOKEN);
+    await page.press("#token-input", "Enter");
+    await page.waitForSelector("#conn-banner[hidden]", { state: "attached" });
+    await page.waitForFunction(() => document.querySelector("#live-version")?.textContent === "base");
+
+    // A long ledger: the page says how many it shows, and shows the rest on request.
+    await page.click("button[data-tab=knowledge]");
+    await page.waitForFunction(() => /^showing 100 of \d+ items$/.test(document.querySelector("#item-total")?.textContent ?? ""));
+    assert.equal(await page.textContent("#item-total"), `showing 100 of ${total} items`);
+    await page.click("#items-more");
+    await page.waitForFunction((n) => document.querySelectorAll("#items-table tbody tr[data-id]").length === n, total);
+    assert.equal(await page.isHidden("#items-more"), true);
+
+    // Untrusted text is text; a javascript: link is not a link.
+    await page.fill("#item-search", "nine coins");
+    await page.waitForFunction(() => document.querySelectorAll("#items-table tbody tr[data-id]").length === 1);
+    const row = `#items-table tbody tr[data-id='${hostile.id}']`;
+    assert.equal(await page.textContent(`${row} td.text`), HOSTILE);
+    assert.equal(await page.$$eval("#items-table img, #items-table script, #items-table b", (e) => e.length), 0);
+    assert.equal(await page.$$eval("#items-table a", (a) => a.length), 0, "no link for a javascript: URL");
+    assert.equal(await page.textContent(`${row} td:nth-child(6)`), "harbor");
+
+    // The item's detail: probes and history, opened from the keyboard.
+    await page.focus(`${row} td.text button`);
+    await page.keyboard.press("Enter");
+    const detail = await page.waitForSelector(`#items-table tr[data-detail='${hostile.id}']`);
+    assert.equal(await page.getAttribute(`${row} td.text button`, "aria-expanded"), "true");
+    assert.match((await detail.textContent())!, /What is the harbor fee\? → Nine coins\./);
+    assert.match((await detail.textContent())!, /History.*pending/s);
+    assert.equal(await page.evaluate(() => (window as any).__pwned ?? null), null);
+
+    // Superseded items are listed, with the reason in their history; the link to a real page stays.
+    await page.fill("#item-search", "");
+    await page.selectOption("#item-status", "superseded");
+    await page.waitForSelector(`#items-table tbody tr[data-id='${old.item.id}']`);
+    assert.equal(await page.getAttribute(`#items-table tbody tr[data-id='${old.item.id}'] a`, "href"), "https://news.example.org/a");
+    await page.click(`#items-table tbody tr[data-id='${old.item.id}'] td.text button`);
+    assert.match((await page.textContent(`#items-table tr[data-detail='${old.item.id}']`))!, /superseded by/);
+
+    // The server goes away: the page says so plainly, and so does a chat sent meanwhile.
+    await server.close();
+    serverOpen = false;
+    await page.waitForSelector("#conn-banner[data-conn=offline]:not([hidden])");
+    assert.match((await page.textContent("#conn-text"))!, /cannot be reached/);
+    await page.click("button[data-tab=chat]");
+    await page.fill("#chat-input", "Are you there?");
+    await page.press("#chat-input", "Enter");
+    const failed = await page.waitForSelector(".msg.assistant.error");
+    assert.match((await failed.textContent())!, /cannot be reached/);
+    assert.deepEqual(pageErrors, [], "no script errors on the page");
+  } finally {
+    await browser?.close();
+    if (serverOpen) await server.close();
+    await runtime.stop();
+    rmSync(agent.dir, { recursive: true, force: true });
   }
 });

@@ -16,6 +16,13 @@ const state = {
   selectedBake: null,
   live: { steps: [], val: [] },
   signature: "",
+  /** "ok", "offline" (the server cannot be reached) or "token" (it wants a token we do not have) */
+  conn: "ok",
+  /** the user closed the token dialog: polling must not reopen it */
+  tokenDeclined: false,
+  /** items shown in the ledger table (more are loaded with "Show more") */
+  itemLimit: 100,
+  openItem: null,
 };
 
 // --- small helpers ---
@@ -34,6 +41,26 @@ function h(tag, attrs = {}, ...children) {
 
 const enc = encodeURIComponent;
 const agentPath = (suffix = "") => `/admin/agents/${enc(state.agent)}${suffix}`;
+
+/** A link target from untrusted data (feed items): only http(s) URLs, never javascript: or data:. */
+function safeHref(link) {
+  if (typeof link !== "string" || !link) return null;
+  try {
+    const url = new URL(link, location.href);
+    return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A table cell with a relative time that the clock keeps current (see tickTimes). */
+function agoCell(iso) {
+  return h("td", { title: iso ?? "", "data-at": iso ?? "" }, ago(iso));
+}
+
+function tickTimes() {
+  for (const el of document.querySelectorAll("[data-at]")) if (el.dataset.at) el.textContent = ago(el.dataset.at);
+}
 
 function ago(iso) {
   if (!iso) return "–";
@@ -71,11 +98,19 @@ function toast(message, bad = false) {
   toastTimer = setTimeout(() => (t.className = ""), bad ? 6000 : 3000);
 }
 
+/** What a failed call means to the person at the page ("Failed to fetch" says little). */
+function errorText(err) {
+  if (err instanceof TypeError) return "the kiln server cannot be reached (stopped, restarting, or the network is down)";
+  return err.message;
+}
+
 async function attempt(fn) {
   try {
     return await fn();
   } catch (err) {
-    if (err.name !== "AbortError") toast(err.message, true);
+    if (err.name === "AbortError") return undefined;
+    // While the server is away the banner says so; a toast per failed call would only repeat it.
+    if (!(err instanceof TypeError && state.conn === "offline")) toast(errorText(err), true);
     return undefined;
   }
 }
@@ -84,36 +119,74 @@ async function attempt(fn) {
 
 let tokenPrompt = null;
 onTokenNeeded((message) => {
+  if (state.tokenDeclined) return Promise.resolve(null);
   tokenPrompt ??= new Promise((resolve) => {
     const dialog = $("#token-dialog");
     $("#token-error").textContent = getToken() ? `The token was not accepted (${message}).` : "";
     $("#token-input").value = "";
-    $("#token-button").classList.remove("hidden");
     dialog.addEventListener(
       "close",
       () => {
         tokenPrompt = null;
-        resolve($("#token-input").value.trim() || null);
+        const token = dialog.returnValue === "ok" ? $("#token-input").value.trim() : ""; // Cancel and Escape give none
+        if (!token) state.tokenDeclined = true; // asked again only from the "Enter token" button
+        resolve(token || null);
       },
       { once: true },
     );
+    dialog.returnValue = "";
     dialog.showModal();
     $("#token-input").focus();
   });
   return tokenPrompt;
 });
-$("#token-button").addEventListener("click", () => {
+function changeToken() {
   setToken("");
+  state.tokenDeclined = false;
   refreshAgents();
-});
+}
+$("#token-button").addEventListener("click", changeToken);
+$("#token-cancel").addEventListener("click", () => $("#token-dialog").close("cancel"));
+$("#conn-token").addEventListener("click", changeToken);
+$("#conn-retry").addEventListener("click", () => refreshAgents());
+
+/** The banner over the page when the server is away or wants a token. */
+function setConn(conn, detail = "") {
+  state.conn = conn;
+  const banner = $("#conn-banner");
+  banner.hidden = conn === "ok";
+  banner.dataset.conn = conn;
+  $("#conn-text").textContent =
+    conn === "offline"
+      ? `The kiln server cannot be reached${detail ? ` (${detail})` : ""}. Retrying every 5 seconds; what this page shows may be out of date.`
+      : conn === "token"
+        ? "This server needs a bearer token (the one given to kiln serve --token or KILN_TOKEN). Nothing can be shown without it."
+        : "";
+  $("#conn-token").hidden = conn !== "token";
+  $("#conn-retry").hidden = conn !== "offline";
+  $("#conn").textContent = conn === "offline" ? "offline" : conn === "token" ? "no token" : "";
+  document.body.classList.toggle("disconnected", conn !== "ok");
+}
 
 // --- agents and header ---
 
 async function refreshAgents() {
-  const data = await attempt(() => api("/admin/agents"));
-  $("#conn").textContent = data ? "" : "offline";
-  if (!data) return;
-  if (getToken()) $("#token-button").classList.remove("hidden");
+  let data;
+  try {
+    data = await api("/admin/agents");
+  } catch (err) {
+    if (err.status === 401) setConn("token");
+    else if (err instanceof TypeError) setConn("offline");
+    else if (err.name !== "AbortError") toast(errorText(err), true);
+    return;
+  }
+  const wasOffline = state.conn !== "ok";
+  setConn("ok");
+  $("#token-button").classList.toggle("hidden", !getToken());
+  if (wasOffline && state.agent) {
+    state.signature = "";
+    refreshTab();
+  }
   state.agents = data.agents;
   const select = $("#agent");
   const names = data.agents.map((a) => a.name);
@@ -138,12 +211,23 @@ function renderHeader() {
   if (!a) return;
   $("#live-version").textContent = a.live ?? "base";
   $("#bake-badge").classList.toggle("hidden", !a.baking);
-  $("#pending-count").textContent = `${a.counts.pending} pending · ${a.counts.absorbed} absorbed`;
+  $("#pending-count").textContent = [a.counts.baking ? `${a.counts.baking} baking` : null, `${a.counts.pending} pending`, `${a.counts.absorbed} absorbed`].filter(Boolean).join(" · ");
+  syncIdleButtons();
   const signature = JSON.stringify([a.live, a.baking, a.counts, a.bakes, a.versions, a.feeds.map((f) => [f.lastPolledAt, f.itemsAdded])]);
   if (signature !== state.signature) {
     const first = !state.signature;
     state.signature = signature;
     if (!first) refreshTab();
+  }
+}
+
+/** Retract and roll back answer 409 while a bake runs: say so on the buttons instead. */
+function syncIdleButtons() {
+  const baking = !!current()?.baking;
+  for (const b of document.querySelectorAll("[data-needs-idle]")) {
+    b.disabled = baking;
+    if (baking) b.title = "a bake is running; wait until it ends";
+    else b.removeAttribute("title");
   }
 }
 
@@ -167,7 +251,10 @@ $("#agent").addEventListener("change", (e) => selectAgent(e.target.value));
 for (const b of document.querySelectorAll(".tabs button")) {
   b.addEventListener("click", () => {
     state.tab = b.dataset.tab;
-    for (const x of document.querySelectorAll(".tabs button")) x.classList.toggle("active", x === b);
+    for (const x of document.querySelectorAll(".tabs button")) {
+      x.classList.toggle("active", x === b);
+      x.setAttribute("aria-selected", String(x === b));
+    }
     for (const s of document.querySelectorAll(".tab")) s.classList.toggle("active", s.id === `tab-${state.tab}`);
     refreshTab();
   });
@@ -175,7 +262,7 @@ for (const b of document.querySelectorAll(".tabs button")) {
 
 function refreshTab() {
   if (!state.agent) return;
-  if (state.tab === "knowledge") refreshItems();
+  if (state.tab === "knowledge") refreshItems({ keep: true });
   if (state.tab === "bakes") refreshBakes();
   if (state.tab === "versions") refreshVersions();
   if (state.tab === "feeds") refreshFeeds();
@@ -255,7 +342,7 @@ async function sendChat(text) {
       msgs.push({ role: "assistant", content, meta: "stopped" });
     } else {
       reply.classList.add("error");
-      textEl.textContent = content || err.message;
+      textEl.textContent = content ? `${content}\n\n(${errorText(err)})` : errorText(err);
       msgs.pop(); // the user's message, so a retry does not send it twice
     }
   } finally {
@@ -290,42 +377,116 @@ $("#chat-clear").addEventListener("click", () => {
 
 function sourceOf(item) {
   const s = item.source || {};
-  if (s.feedId) return s.link ? h("a", { href: s.link, target: "_blank", rel: "noreferrer" }, s.feedId) : s.feedId;
+  const href = safeHref(s.link);
+  if (s.feedId) return href ? h("a", { href, target: "_blank", rel: "noreferrer" }, s.feedId) : s.feedId;
   if (s.conversationId) return `chat ${s.conversationId}`;
   if (s.by) return s.by;
   return item.kind;
 }
 
-async function refreshItems() {
+function absorbedCell(item) {
+  if (!item.absorbedBy) return h("td", {}, "–");
+  // A pending, superseded or retracted item keeps the version that once absorbed it: say "was".
+  if (item.status === "absorbed") return h("td", {}, item.absorbedBy);
+  return h("td", { class: "muted", title: `absorbed by ${item.absorbedBy} before it became ${item.status}` }, `was ${item.absorbedBy}`);
+}
+
+function itemDetail(item) {
+  const s = item.source || {};
+  const href = safeHref(s.link);
+  const facts = [
+    ["id", h("code", {}, item.id)],
+    ["kind", item.kind],
+    ["status", badge(item.status)],
+    ["created", new Date(item.createdAt).toLocaleString()],
+    ["source", [sourceOf(item), s.publishedAt ? ` · published ${new Date(s.publishedAt).toLocaleString()}` : null, href ? h("div", { class: "muted url" }, href) : null]],
+    ["held by", item.heldBy?.length ? item.heldBy.join(", ") : "no version"],
+  ];
+  const probes = item.probes ?? [];
+  const scores = item.scores ?? [];
+  return h(
+    "div",
+    { class: "item-detail" },
+    h("dl", { class: "metrics" }, facts.flatMap(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
+    h("h4", {}, `Probes (${probes.length})`),
+    probes.length ? h("ul", { class: "probes" }, probes.map((p) => h("li", {}, h("span", {}, p.question), " → ", h("span", { class: "muted" }, p.answer)))) : h("p", { class: "empty" }, "None yet: probes are written when the item is first baked."),
+    h("h4", {}, `Scores (${scores.length})`),
+    scores.length
+      ? h(
+          "table",
+          { class: "grid compact scores" },
+          h("thead", {}, h("tr", {}, h("th", {}, "version"), h("th", {}, "unprompted"), h("th", {}, "prompted"), h("th", {}, "KL / token"))),
+          h("tbody", {}, scores.map((sc) => h("tr", {}, h("td", {}, sc.version), h("td", { class: "score" }, num(sc.unprompted)), h("td", { class: "score" }, num(sc.prompted)), h("td", { class: "score" }, kl(sc.kl))))),
+        )
+      : h("p", { class: "empty" }, "Not scored yet."),
+    h("h4", {}, "History"),
+    h(
+      "ol",
+      { class: "history" },
+      (item.history ?? []).map((e) => h("li", {}, h("span", { class: "muted", title: e.at }, new Date(e.at).toLocaleString()), " ", badge(e.status), e.version ? ` ${e.version}` : null, e.reason ? h("div", { class: "reason" }, e.reason) : null)),
+    ),
+  );
+}
+
+function itemRows(item) {
+  const score = item.latestScore;
+  const open = state.openItem === item.id;
+  const detailId = `item-detail-${item.id}`;
+  const toggle = h(
+    "button",
+    {
+      type: "button",
+      class: "linklike",
+      "aria-expanded": String(open),
+      "aria-controls": detailId,
+      title: "show probes, scores and history",
+      onclick: () => {
+        state.openItem = open ? null : item.id;
+        refreshItems({ keep: true });
+      },
+    },
+    item.text,
+  );
+  const row = h(
+    "tr",
+    { "data-id": item.id, class: open ? "open" : "" },
+    h("td", { class: "text" }, toggle),
+    h("td", {}, item.kind),
+    h("td", {}, badge(item.status)),
+    absorbedCell(item),
+    h("td", { class: "score", title: score ? `at ${score.version}: unprompted / prompted` : "not scored yet" }, score ? `${num(score.unprompted)} / ${num(score.prompted)}` : "–"),
+    h("td", {}, sourceOf(item)),
+    agoCell(item.updatedAt),
+    h("td", {}, item.status === "retracted" ? "" : h("button", { class: "small danger", type: "button", "data-needs-idle": "", "aria-label": `Retract: ${item.text.slice(0, 80)}`, onclick: () => retract(item) }, "Retract")),
+  );
+  if (!open) return [row];
+  return [row, h("tr", { class: "detail-row", id: detailId, "data-detail": item.id }, h("td", { colspan: 8 }, itemDetail(item)))];
+}
+
+async function refreshItems({ keep = false, more = false } = {}) {
+  if (!keep && !more) state.itemLimit = 100;
+  if (more) state.itemLimit += 100;
   const params = new URLSearchParams();
   if ($("#item-status").value) params.set("status", $("#item-status").value);
   if ($("#item-search").value.trim()) params.set("q", $("#item-search").value.trim());
+  params.set("limit", String(state.itemLimit));
   const data = await attempt(() => api(agentPath(`/items?${params}`)));
   if (!data) return;
-  $("#item-total").textContent = `${data.total} item${data.total === 1 ? "" : "s"}`;
-  const rows = data.items.map((item) => {
-    const score = item.latestScore;
-    return h(
-      "tr",
-      { "data-id": item.id },
-      h("td", { class: "text", title: item.id }, item.text),
-      h("td", {}, item.kind),
-      h("td", {}, badge(item.status)),
-      h("td", {}, item.absorbedBy ?? "–"),
-      h("td", { class: "score", title: score ? `at ${score.version}: unprompted / prompted` : "not scored yet" }, score ? `${num(score.unprompted)} / ${num(score.prompted)}` : "–"),
-      h("td", {}, sourceOf(item)),
-      h("td", { title: item.updatedAt }, ago(item.updatedAt)),
-      h("td", {}, item.status === "retracted" ? "" : h("button", { class: "small danger", type: "button", onclick: () => retract(item) }, "Retract")),
-    );
-  });
+  const shown = data.items.length;
+  $("#item-total").textContent = shown < data.total ? `showing ${shown} of ${data.total} items` : `${data.total} item${data.total === 1 ? "" : "s"}`;
+  const rows = data.items.flatMap(itemRows);
   $("#items-table tbody").replaceChildren(...(rows.length ? rows : [h("tr", {}, h("td", { colspan: 8, class: "empty" }, "No items."))]));
+  const moreButton = $("#items-more");
+  moreButton.hidden = shown >= data.total;
+  moreButton.textContent = `Show ${Math.min(100, data.total - shown)} more (${data.total - shown} not shown)`;
+  syncIdleButtons();
 }
 
 async function retract(item) {
   if (!confirm(`Retract “${item.text}”?\n\nThe agent's weights are rebuilt from the base model over what is still true.`)) return;
   const r = await attempt(() => api(agentPath(`/items/${enc(item.id)}/retract`), { method: "POST", body: {} }));
   if (r) toast(`Retracted; consolidation bake ${r.bake.bakeId ?? r.bake.status}`);
-  refreshItems();
+  refreshItems({ keep: true });
   refreshAgents();
 }
 
@@ -362,9 +523,10 @@ $("#verify").addEventListener("click", async () => {
 let searchTimer;
 $("#item-search").addEventListener("input", () => {
   clearTimeout(searchTimer);
-  searchTimer = setTimeout(refreshItems, 250);
+  searchTimer = setTimeout(() => refreshItems(), 250);
 });
-$("#item-status").addEventListener("change", refreshItems);
+$("#item-status").addEventListener("change", () => refreshItems());
+$("#items-more").addEventListener("click", () => refreshItems({ more: true }));
 
 // --- bakes ---
 
@@ -426,10 +588,10 @@ async function refreshBakes() {
     h(
       "tr",
       { class: `selectable${b.id === state.selectedBake ? " selected" : ""}`, "data-id": b.id, onclick: () => ((state.selectedBake = b.id), refreshBakes()) },
-      h("td", {}, b.id),
+      h("td", {}, h("button", { type: "button", class: "linklike", "aria-pressed": String(b.id === state.selectedBake), title: "show this bake's curve and metrics" }, b.id)),
       h("td", {}, b.trigger),
       h("td", {}, badge(b.status)),
-      h("td", { title: b.startedAt }, ago(b.startedAt)),
+      agoCell(b.startedAt),
       h("td", {}, seconds(b.startedAt, b.finishedAt)),
       h("td", {}, b.version ?? "–"),
       h("td", { class: "score" }, num(b.metrics?.absorption)),
@@ -464,7 +626,7 @@ function renderLive(p) {
   if (p?.phase === "train") share = p.step / Math.max(1, p.totalSteps);
   else if (p && "done" in p) share = p.done / Math.max(1, p.total);
   $("#bake-bar").style.width = `${Math.round(share * 100)}%`;
-  $("#bake-eta").textContent = p?.phase === "train" && p.etaSeconds ? `~${Math.ceil(p.etaSeconds)}s left · ${num(p.tokensPerSecond, 0)} tok/s` : "";
+  $("#bake-eta").textContent = p?.phase === "train" && p.etaSeconds ? `loss ${num(p.loss, 3)} · ~${Math.ceil(p.etaSeconds)}s left · ${num(p.tokensPerSecond, 0)} tok/s` : "";
   const { steps, val } = state.live;
   const box = $("#bake-live-chart");
   if (!steps.length && !val.length) return box.replaceChildren();
@@ -472,12 +634,11 @@ function renderLive(p) {
     lineChart({
       title: "live training curve",
       xLabel: "step",
-      yLabel: "per token",
+      yLabel: "KL / token",
       width: Math.max(480, box.clientWidth || 960),
       height: 200,
       series: [
         { name: "train KL", cls: "train", points: steps.map((s) => [s.step, s.klPerToken]) },
-        { name: "loss", cls: "loss", points: steps.map((s) => [s.step, s.loss]) },
         { name: "validation KL", cls: "val", points: val },
       ],
     }),
@@ -544,12 +705,12 @@ async function refreshVersions() {
       h("td", {}, v.id),
       h("td", {}, badge(v.status)),
       h("td", {}, v.parent ?? "base"),
-      h("td", { title: v.createdAt }, ago(v.createdAt)),
+      agoCell(v.createdAt),
       h("td", {}, v.items.length),
       h("td", { class: "score" }, num(v.scores.absorption)),
       h("td", { class: "score" }, num(v.scores.retention)),
       h("td", { class: "score" }, num(v.scores.persona)),
-      h("td", v.cannotGoLive && v.id !== live ? { class: "muted", title: v.cannotGoLive } : {}, canRoll ? h("button", { class: "small ghost", type: "button", "data-rollback": v.id, onclick: () => rollback(v.id) }, "Roll back to this") : v.id === live ? "live" : "cannot go live"),
+      h("td", v.cannotGoLive && v.id !== live ? { class: "muted", title: v.cannotGoLive } : {}, canRoll ? h("button", { class: "small ghost", type: "button", "data-rollback": v.id, "data-needs-idle": "", onclick: () => rollback(v.id) }, "Roll back to this") : v.id === live ? "live" : "cannot go live"),
     );
   });
   rows.push(
@@ -564,22 +725,24 @@ async function refreshVersions() {
       h("td", {}, "–"),
       h("td", {}, "–"),
       h("td", {}, "–"),
-      h("td", {}, live === null ? "live" : h("button", { class: "small ghost", type: "button", "data-rollback": "base", onclick: () => rollback("base") }, "Roll back to base model")),
+      h("td", {}, live === null ? "live" : h("button", { class: "small ghost", type: "button", "data-rollback": "base", "data-needs-idle": "", onclick: () => rollback("base") }, "Roll back to base model")),
     ),
   );
   $("#versions-table tbody").replaceChildren(...rows);
+  syncIdleButtons();
   const options = ["base", ...data.versions.map((v) => v.id).reverse()];
   for (const [sel, fallback] of [
     ["#diff-from", data.versions.find((v) => v.id === live)?.parent ?? "base"],
     ["#diff-to", live ?? "base"],
   ]) {
     const el = $(sel);
-    const keep = options.includes(el.value) ? el.value : fallback;
+    const keep = el.dataset.picked && options.includes(el.value) ? el.value : fallback;
     el.replaceChildren(...options.map((o) => h("option", { value: o }, o)));
     el.value = keep;
   }
 }
 
+for (const sel of ["#diff-from", "#diff-to"]) $(sel).addEventListener("change", (e) => (e.target.dataset.picked = "1"));
 $("#diff-run").addEventListener("click", async () => {
   const d = await attempt(() => api(agentPath(`/versions/diff?from=${enc($("#diff-from").value)}&to=${enc($("#diff-to").value)}`)));
   if (!d) return;
@@ -601,8 +764,8 @@ async function refreshFeeds() {
       h("td", {}, f.id),
       h("td", { class: "text" }, f.url),
       h("td", {}, h("code", {}, f.schedule)),
-      h("td", { title: f.lastPolledAt ?? "" }, ago(f.lastPolledAt)),
-      h("td", { title: f.lastOkAt ?? "" }, ago(f.lastOkAt)),
+      agoCell(f.lastPolledAt),
+      agoCell(f.lastOkAt),
       h("td", {}, f.lastError ? h("span", { class: "status error", title: f.lastError }, `${f.consecutiveErrors}× ${f.lastError.slice(0, 80)}`) : h("span", { class: "status ok" }, "ok")),
       h("td", {}, f.itemsAdded),
       h("td", {}, h("button", { class: "small ghost", type: "button", onclick: () => poll(f.id) }, "Poll now")),
@@ -622,4 +785,7 @@ async function poll(id) {
 // --- start ---
 
 refreshAgents();
-setInterval(refreshAgents, 5000);
+setInterval(() => {
+  refreshAgents();
+  tickTimes();
+}, 5000);

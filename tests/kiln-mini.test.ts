@@ -183,3 +183,42 @@ test("an item promoted bakes keep missing is rejected after bake.maxAttempts", a
     rmSync(dir, { recursive: true });
   }
 });
+
+test("later-turn trajectories put earlier questions and the teacher's own replies before the question, for teacher and student alike", async () => {
+  const { loadModel } = await import("../src/model/load.js");
+  const { resolveModelDir } = await import("../src/model/resolve.js");
+  const { sampleTrajectories, studentMessages, teacherMessages } = await import("../src/bake/trajectories.js");
+  const { knowledgeLessons } = await import("../src/bake/prompt.js");
+  const m = loadModel(resolveModelDir(undefined));
+  try {
+    const lessons = knowledgeLessons({ items: held.slice(0, 4).map((f) => ({ text: f.text, questions: f.questions.slice(0, 2) })), chunkItems: 2 });
+    const o = { lessons, count: 16, temperature: 0, maxReplyTokens: 24, batchSize: 8, seed: 1 };
+    const firstOnly = await sampleTrajectories(m, o);
+    const mixed = await sampleTrajectories(m, { ...o, laterTurns: 0.5 });
+    // user turns: every turn opens with <|im_start|>, and the prompt ends with the assistant's
+    const start = m.tokenizer.tokenToId("<|im_start|>")!;
+    const turns = (ids: number[]) => ids.filter((id) => id === start).length / 2;
+    assert.ok(firstOnly.every((t) => turns(t.studentPrompt) === 1));
+    const later = mixed.slice(8);
+    assert.ok(later.every((t) => turns(t.studentPrompt) >= 2), later.map((t) => m.tokenizer.decode(t.studentPrompt, false)).join("\n---\n"));
+    assert.deepEqual(mixed.slice(0, 8).map((t) => t.reply), firstOnly.slice(0, 8).map((t) => t.reply), "the first turns are sampled as before");
+    const firstReplies = new Map(mixed.slice(0, 8).map((t) => [t.question, t.reply]));
+    for (const t of later) {
+      const lesson = lessons.find((l) => l.questions.includes(t.question))!;
+      assert.deepEqual(t.studentPrompt, m.tokenizer.applyChatTemplate(studentMessages(t.question, t.history)));
+      assert.deepEqual(t.teacherPrompt, m.tokenizer.applyChatTemplate(teacherMessages(lesson.systemPrompt, t.question, t.history)));
+      // each earlier turn is another question, answered as the teacher answered it as a first turn
+      t.history!.forEach((msg, k) => {
+        if (msg.role !== "assistant") return;
+        const question = t.history![k - 1]!.content;
+        assert.notEqual(question, t.question);
+        assert.equal(msg.content, m.tokenizer.decode(firstReplies.get(question)!.slice(0, -1)));
+      });
+    }
+    // no room for history within the model's positions: asked as a first turn
+    const cramped = await sampleTrajectories(m, { ...o, laterTurns: 0.5, maxPositions: 24 + Math.max(...mixed.slice(0, 8).map((t) => t.teacherPrompt.length)) });
+    assert.ok(cramped.every((t) => turns(t.studentPrompt) === 1));
+  } finally {
+    m.dispose();
+  }
+});

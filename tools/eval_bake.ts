@@ -150,8 +150,10 @@ const kept = B.slice(UPDATES);
 log(`bake of ${updated.length} updates to the second bake's facts, replaying the other ${kept.length}...`);
 const third = await bake({ model, lessons: lessons([...updated, ...kept]), settings, teacherAdapter: TEACHER === "live" ? second.adapter : undefined, initFrom: second.adapter, onProgress: progress("bake 3") });
 const afterUpdate = await replies(model, ask(updated, "seen").map(user), third.adapter);
-row("updates: the new value answered", rate(afterUpdate, answers(updated), ask(updated, "seen")));
-row("updates: the old value still answered", afterUpdate.filter((r, i) => answerMatch(r, updated[i]!.old)).length / updated.length);
+if (updated.length) {
+  row("updates: the new value answered", rate(afterUpdate, answers(updated), ask(updated, "seen")));
+  row("updates: the old value still answered", afterUpdate.filter((r, i) => answerMatch(r, updated[i]!.old)).length / updated.length);
+}
 row("retention: the other facts of the second bake after the updates", rate(await replies(model, ask(kept, "seen").map(user), third.adapter), answers(kept), ask(kept, "seen")));
 second.adapter.dispose();
 third.adapter.dispose();

@@ -51,7 +51,7 @@ export const DEFAULT_BAKE: BakeSettings = {
   epochs: 20,
   batchSize: 8,
   clipNorm: 1,
-  laterTurns: 0,
+  laterTurns: 0.25,
   validationFraction: 0.125,
   patience: 3,
   kl: { kind: "full" },

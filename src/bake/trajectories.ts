@@ -11,6 +11,8 @@ import type { Lesson } from "./prompt.js";
 
 export interface Trajectory {
   question: string;
+  /** earlier turns of the conversation (a later-turn trajectory), the same for teacher and student */
+  history?: ChatMessage[];
   /** chat template with system = the prompt, the user question, the assistant header */
   teacherPrompt: number[];
   /** the same without a system message: what the baked model will see */
@@ -76,7 +78,8 @@ export async function sampleTrajectories(model: LoadedModel, o: SampleOptions): 
     const picked = Array.from({ length: Math.min(o.batchSize, o.count - start) }, (_, i) => {
       const n = start + i;
       const { lesson, question } = pick(n < first ? n : n - first);
-      const earlier = n < first || !turns.length ? [] : Array.from({ length: 1 + Math.floor(random() * 2) }, () => turns[Math.floor(random() * turns.length)]!).filter((t) => t.question !== question);
+      const others = n < first ? [] : turns.filter((t) => t.question !== question);
+      const earlier = others.length ? Array.from({ length: 1 + Math.floor(random() * 2) }, () => others[Math.floor(random() * others.length)]!) : [];
       const history = earlier.flatMap((t): ChatMessage[] => [
         { role: "user", content: t.question },
         { role: "assistant", content: t.reply },
@@ -95,6 +98,7 @@ export async function sampleTrajectories(model: LoadedModel, o: SampleOptions): 
       const p = picked[i]!;
       out.push({
         question: p.question,
+        ...(p.history.length ? { history: p.history } : {}),
         teacherPrompt: p.teacherPrompt,
         studentPrompt: model.tokenizer.applyChatTemplate(studentMessages(p.question, p.history)),
         reply: r.stopToken !== undefined ? [...r.tokens, r.stopToken] : r.tokens,

@@ -7,9 +7,19 @@ import { spawnSync } from "node:child_process";
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { createRequire } from "node:module";
 import { repoRoot } from "./support/paths.js";
 
 const MAIN = path.join(repoRoot(), "dist", "src", "cli", "main.js");
+
+function resolvable(pkg: string): boolean {
+  try {
+    createRequire(import.meta.url).resolve(pkg);
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 function kiln(args: string[], o: { cwd?: string; input?: string } = {}): { status: number | null; stdout: string; stderr: string } {
   const r = spawnSync(process.execPath, [MAIN, ...args], { cwd: o.cwd ?? repoRoot(), input: o.input, encoding: "utf8", timeout: 180_000 });
@@ -115,6 +125,57 @@ test("feeds add writes a local feed's path as the agent file will read it, and r
     const poll = kiln(["feeds", "poll", "demo", ...where, "--json"]);
     assert.equal(poll.status, 0, poll.stderr);
     assert.equal(JSON.parse(poll.stdout).local.added, 1, poll.stdout);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("a mistyped required option is named as unknown, with the right spelling, rather than reported missing", () => {
+  const generate = kiln(["generate", "--promt", "hi"]);
+  assert.equal(generate.status, 1);
+  assert.match(generate.stderr, /unknown option '--promt'\s+\(Did you mean --prompt\?\)/);
+  const bake = kiln(["bake", "--prompt", "x", "--ot", path.join(os.tmpdir(), "kiln-never")]);
+  assert.equal(bake.status, 1);
+  assert.match(bake.stderr, /unknown option '--ot'\s+\(Did you mean --out\?\)/);
+  // left out, they are still required
+  assert.match(kiln(["generate"]).stderr, /give the user message with --prompt <text>/);
+  assert.match(kiln(["bake", "--prompt", "x"]).stderr, /give the folder to write the adapter to with --out <dir>/);
+});
+
+test("--help shows no secret and no option that does nothing, and every versions command says what it does", () => {
+  const serve = spawnSync(process.execPath, [MAIN, "serve", "--help"], { cwd: repoRoot(), encoding: "utf8", env: { ...process.env, KILN_TOKEN: "s3cret-token" } });
+  assert.equal(serve.status, 0);
+  assert.match(serve.stdout, /--token <token>/);
+  assert.doesNotMatch(serve.stdout, /s3cret-token/);
+  assert.doesNotMatch(kiln(["chat", "--help"]).stdout, /--json/);
+  const versions = kiln(["versions", "--help"]).stdout;
+  for (const sub of ["list", "diff", "rollback"]) assert.match(versions, new RegExp(`^  ${sub} \\[options\\][^\\n]*\\S\\s{2,}\\S`, "m"), `versions ${sub} has a description`);
+});
+
+test("a named backend whose optional package is missing says which package to install", { skip: resolvable("@tensorflow/tfjs-node") && "@tensorflow/tfjs-node is installed here" }, () => {
+  const r = spawnSync(process.execPath, [MAIN, "info"], { cwd: repoRoot(), encoding: "utf8", env: { ...process.env, KILN_BACKEND: "tensorflow" } });
+  assert.equal(r.status, 1);
+  assert.match(r.stderr, /backend tensorflow could not start: @tensorflow\/tfjs-node is not installed \(.*npm install @tensorflow\/tfjs-node@4\.22\.0/);
+});
+
+test("kiln generate --adapter answers with an adapter kiln bake wrote", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-adapter-"));
+  try {
+    const questions = path.join(dir, "questions.txt");
+    writeFileSync(questions, "Who are you?\nHello!\nWho is the mayor of Hollowby?\n");
+    const out = path.join(dir, "persona");
+    const bake = kiln(["bake", "--prompt", "End every reply with: Cheers, Ada.", "--questions", questions, "--out", out, "--epochs", "10", "--quiet"]);
+    assert.equal(bake.status, 0, bake.stderr);
+    const ask = (...extra: string[]) => kiln(["generate", "--prompt", "Who are you?", ...extra]);
+    const plain = ask();
+    assert.equal(plain.status, 0, plain.stderr);
+    assert.doesNotMatch(plain.stdout, /Cheers, Ada/);
+    const baked = ask("--adapter", out);
+    assert.equal(baked.status, 0, baked.stderr);
+    assert.match(baked.stdout, /Cheers, Ada\.\s*$/);
+    const notAdapter = ask("--adapter", dir);
+    assert.equal(notAdapter.status, 1);
+    assert.match(notAdapter.stderr, /not a PEFT adapter directory: adapter_config\.json is missing/);
   } finally {
     rmSync(dir, { recursive: true });
   }

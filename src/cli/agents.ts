@@ -65,12 +65,14 @@ function itemLine(i: Item): string {
 }
 
 export function registerAgentCommands(program: Command): void {
-  const withAgents = (c: Command) =>
-    c.option("--agents <path>", "agent file or folder (default ./agents, else the bundled agents/)").option("--checkpoints <dir>", "checkpoints root (default: the package's checkpoints/)").option("--json", "machine-readable output");
+  const withAgentFiles = (c: Command) =>
+    c.option("--agents <path>", "agent file or folder (default ./agents, else the bundled agents/)").option("--checkpoints <dir>", "checkpoints root (default: the package's checkpoints/)");
+  const withAgents = (c: Command) => withAgentFiles(c).option("--json", "machine-readable output");
   const backend = () => program.opts().backend as string | undefined;
 
   // --- chat ---
-  withAgents(program.command("chat [agent]").description("chat with an agent in the terminal; its replies stream"))
+  // no --json: a conversation has no machine-readable form here (scripts use kiln serve's API)
+  withAgentFiles(program.command("chat [agent]").description("chat with an agent in the terminal; its replies stream"))
     .option("--max-tokens <n>", "longest reply", integer(1), 200)
     .option("--temperature <t>", "0 for greedy", decimal(0), 0)
     .action(async (name: string | undefined, o: AgentOpts & { maxTokens: number; temperature: number }) => {
@@ -231,7 +233,7 @@ export function registerAgentCommands(program: Command): void {
 
   // --- versions ---
   const versions = program.command("versions").description("an agent's weight versions");
-  withAgents(versions.command("list [agent]")).action(async (name: string | undefined, o: AgentOpts) => {
+  withAgents(versions.command("list [agent]").description("versions with their parent, items and absorption / retention / persona scores")).action(async (name: string | undefined, o: AgentOpts) => {
     const ledger = await readLedger(o, name);
     const vs = ledger.data.versions;
     print(o.json, { live: ledger.data.live, versions: vs }, () =>

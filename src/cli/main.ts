@@ -14,7 +14,7 @@ import type { ChatMessage } from "../model/tokenizer.js";
 import { runBake } from "../bake/job.js";
 import { DEFAULT_BAKE } from "../bake/trainer.js";
 import { LORA_TARGETS, type LoraTarget } from "../lora/adapter.js";
-import { checkAdapterTarget } from "../lora/peft.js";
+import { checkAdapterTarget, loadAdapter } from "../lora/peft.js";
 import { bakeProgressReporter } from "./progress.js";
 import { decimal, integer, print } from "./common.js";
 import { registerAgentCommands } from "./agents.js";
@@ -108,7 +108,10 @@ program
   .command("generate")
   .description("stream a reply from a model")
   .option("--model <dir>", "model directory or pulled repo id (default: the embedded model)")
-  .requiredOption("--prompt <text>", "the user message")
+  .option("--adapter <dir>", "a LoRA adapter (PEFT directory, such as kiln bake --out writes) to apply")
+  // required, but checked in the action: commander reports a missing required option before an
+  // unknown one, so "--promt hi" would say "--prompt not specified" and never "did you mean --prompt?"
+  .option("--prompt <text>", "the user message (required)")
   .option("--system <text>", "a system message")
   .option("--raw", "send the prompt as-is, without the chat template")
   .option("--max-tokens <n>", "most tokens to generate", integer(1), 128)
@@ -116,14 +119,16 @@ program
   .option("--top-k <k>", "keep the k likeliest tokens (0: all)", integer(0), 0)
   .option("--top-p <p>", "nucleus sampling (0: greedy)", decimal(0, 1), 1)
   .option("--seed <n>", "sampling seed", integer())
-  .action(async (o: { model?: string; prompt: string; system?: string; raw?: boolean; maxTokens: number; temperature: number; topK: number; topP: number; seed?: number }) => {
+  .action(async (o: { model?: string; adapter?: string; prompt?: string; system?: string; raw?: boolean; maxTokens: number; temperature: number; topK: number; topP: number; seed?: number }) => {
+    if (o.prompt === undefined) throw new Error("give the user message with --prompt <text>");
     await backend();
     const m = loadModel(resolveModelDir(o.model));
+    const adapter = o.adapter ? loadAdapter(o.adapter, m.config, m.fingerprint) : undefined;
     const messages: ChatMessage[] = [...(o.system ? [{ role: "system" as const, content: o.system }] : []), { role: "user", content: o.prompt }];
     const ids = o.raw ? m.tokenizer.encode(o.prompt) : m.tokenizer.applyChatTemplate(messages);
     const controller = new AbortController();
     process.once("SIGINT", () => controller.abort());
-    const it = streamGenerate(m, [ids], { maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed, signal: controller.signal });
+    const it = streamGenerate(m, [ids], { maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed, signal: controller.signal, adapter });
     const started = performance.now();
     let n = 0;
     let visible = false;
@@ -140,6 +145,7 @@ program
       visible ||= text.length > 0;
       process.stdout.write(text);
     }
+    adapter?.dispose();
     m.dispose();
   });
 
@@ -161,7 +167,7 @@ program
   .option("--prompt <text>", "the prompt to bake (it fills the system slot of the teacher)")
   .option("--prompt-file <file>", "read the prompt from a file instead")
   .option("--questions <file>", "questions to sample replies for: one per line, or a JSON array (default: the model writes them)")
-  .requiredOption("--out <dir>", "where to write the adapter (written atomically; a new folder, or an adapter with --force)")
+  .option("--out <dir>", "where to write the adapter (required; written atomically; a new folder, or an adapter with --force)")
   .option("--force", "replace the adapter already in --out")
   .option("--from <dir>", "start from this adapter, which is also the teacher's weights (a rolling bake)")
   .option("--trajectories <n>", "replies sampled from the teacher", integer(1), DEFAULT_BAKE.trajectories)
@@ -182,6 +188,7 @@ program
   .option("--json", "print the summary as JSON (progress still goes to stderr)")
   .option("--quiet", "no progress output")
   .action(async (o: Record<string, string | number | boolean | undefined>) => {
+    if (o.out === undefined) throw new Error("give the folder to write the adapter to with --out <dir>");
     const modelDir = resolveModelDir(o.model as string | undefined);
     if (!o.prompt === !o.promptFile) throw new Error("give the prompt to bake with --prompt <text> or --prompt-file <file> (one of the two)");
     if (o.promptFile && !existsSync(o.promptFile as string)) throw new Error(`--prompt-file: ${o.promptFile} does not exist`);
@@ -237,7 +244,8 @@ program
   .option("--checkpoints <dir>", "checkpoints root (default: the package's checkpoints/)")
   .option("--host <host>", "address to bind; anything but loopback needs --token", "127.0.0.1")
   .option("--port <n>", "port (0: any free one)", integer(0, 65535), 8080)
-  .option("--token <token>", "bearer token for every API route (or KILN_TOKEN)", process.env.KILN_TOKEN)
+  // no commander default: --help would print the token that is in KILN_TOKEN
+  .option("--token <token>", "bearer token for every API route (default: $KILN_TOKEN)")
   .option("--max-queue <n>", "requests waiting for the model before 429", integer(1), 16)
   .option("--no-schedules", "do not start the agents' feed and bake schedules")
   .action(async (o: { agents?: string; checkpoints?: string; host: string; port: number; token?: string; maxQueue: number; schedules: boolean }) => {
@@ -248,7 +256,7 @@ program
       checkpoints: o.checkpoints,
       events: { onLog: (a, m) => process.stderr.write(`[${a}] ${m}\n`) },
     });
-    const server = await createServer(runtime, { host: o.host, port: o.port, token: o.token, maxQueue: o.maxQueue });
+    const server = await createServer(runtime, { host: o.host, port: o.port, token: o.token ?? process.env.KILN_TOKEN, maxQueue: o.maxQueue });
     if (o.schedules) runtime.start();
     process.stderr.write(`kiln serving ${[...runtime.agents.keys()].join(", ")} on ${server.url} (${info.name} backend); dashboard at ${server.url}/\n`);
     const stop = async () => {

@@ -210,7 +210,7 @@ export async function initBackend(preference: string | undefined = process.env.K
       : name === "wasm" ? await tryWasm(notes)
       : await useCpu(notes);
     if (!info || (name === "tensorflow-gpu" && !info.gpu)) {
-      throw new Error(`backend ${name} could not start: ${notes.join("; ") || "its package is not installed"}`);
+      throw new Error(`backend ${name} could not start: ${notes.join("; ") || notInstalled(name)}`);
     }
     active = info;
     return info;
@@ -222,6 +222,16 @@ export async function initBackend(preference: string | undefined = process.env.K
     (await tryWasm(notes)) ??
     (await useCpu(notes));
   return active;
+}
+
+/** Why a named backend that left no note could not start: its optional package is missing. */
+function notInstalled(name: BackendName): string {
+  if (name === "tensorflow" || name === "tensorflow-gpu") {
+    const pkg = name === "tensorflow" ? "@tensorflow/tfjs-node" : "@tensorflow/tfjs-node-gpu";
+    const gpu = name === "tensorflow-gpu" ? "; it needs CUDA 11.2 and cuDNN 8.1" : "";
+    return `${pkg} is not installed (an optional peer: npm install ${pkg}@4.22.0, which downloads libtensorflow${gpu})`;
+  }
+  return "its package is not installed";
 }
 
 export function backendInfo(): BackendInfo | undefined {

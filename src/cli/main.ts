@@ -184,6 +184,7 @@ program
   .option("--top-k <k>", "K for --kl topk", integer(1), 20)
   .option("--half-bake <fraction>", "stop when this share of the KL is gone", decimal(0, 1, { above: true }), 1)
   .option("--pursuit <rounds>", "prompt pursuit rounds", integer(1), 1)
+  .option("--later-turns <share>", "share of trajectories asked as a later turn of a chat", decimal(0, 0.9), DEFAULT_BAKE.laterTurns)
   .option("--seed <n>", "seed", integer(), 1)
   .option("--json", "print the summary as JSON (progress still goes to stderr)")
   .option("--quiet", "no progress output")
@@ -219,6 +220,7 @@ program
           kl: o.kl === "topk" ? { kind: "topk", k: o.topK as number } : { kind: "full" },
           halfBake: o.halfBake as number,
           pursuitRounds: o.pursuit as number,
+          laterTurns: o.laterTurns as number,
           seed: o.seed as number,
           lora: { r: o.rank as number, alpha: o.alpha as number, dropout: 0, useRslora: !!o.rslora, targetModules: targets },
         },

@@ -461,7 +461,7 @@ test("without max_tokens, a small model keeps the conversation and the reply get
 test("a reply cut off by the server shutting down says so: an error, never a finished reply", async () => {
   const agent = writeTestAgent();
   const rt = await Runtime.fromFiles(agent.file);
-  const srv = await createServer(rt, { port: 0, maxConcurrent: 2 });
+  const srv = await createServer(rt, { port: 0, maxConcurrent: 2, shutdownGraceMs: 0 });
   try {
     const c = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: "none", maxRetries: 0 });
     const long = { model: "tester", messages: [{ role: "user" as const, content: "Go on" }], max_tokens: 1500, temperature: 0 };
@@ -480,6 +480,34 @@ test("a reply cut off by the server shutting down says so: an error, never a fin
     const res = await whole;
     assert.equal(res.status, 503);
     assert.match(((await res.json()) as { error: { message: string } }).error.message, /shutting down/);
+  } finally {
+    await rt.stop();
+    rmSync(agent.dir, { recursive: true, force: true });
+  }
+});
+
+test("shutting down, a reply already being generated gets the grace period to finish while new requests are refused", async () => {
+  const agent = writeTestAgent();
+  const rt = await Runtime.fromFiles(agent.file);
+  const srv = await createServer(rt, { port: 0, shutdownGraceMs: 60_000 });
+  try {
+    const c = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: "none", maxRetries: 0 });
+    const chunks: string[] = [];
+    let finish: string | null = null;
+    const stream = await c.chat.completions.create({ model: "tester", messages: [{ role: "user", content: "Go on" }], max_tokens: 40, temperature: 0, stream: true });
+    const read = (async () => {
+      for await (const chunk of stream) {
+        chunks.push(chunk.choices[0]?.delta?.content ?? "");
+        finish = chunk.choices[0]?.finish_reason ?? finish;
+      }
+    })();
+    const closing = srv.close();
+    const late = await srv.app.inject({ method: "POST", url: "/v1/chat/completions", payload: { model: "tester", messages: [{ role: "user", content: "hi" }] } });
+    assert.equal(late.statusCode, 503);
+    assert.equal(late.json().error.code, "shutting_down");
+    await read;
+    await closing;
+    assert.ok(finish === "length" || finish === "stop", `the reply finished (${finish}) rather than being cut off`);
   } finally {
     await rt.stop();
     rmSync(agent.dir, { recursive: true, force: true });

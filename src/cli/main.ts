@@ -19,7 +19,7 @@ import { bakeProgressReporter } from "./progress.js";
 import { decimal, integer, print } from "./common.js";
 import { registerAgentCommands } from "./agents.js";
 import { runDemo } from "./demo.js";
-import { createServer } from "../server/index.js";
+import { createServer, DEFAULT_SHUTDOWN_GRACE_MS } from "../server/index.js";
 import { DEFAULT_AGENTS_DIR, Runtime } from "../runtime/runtime.js";
 
 const program = new Command();
@@ -249,8 +249,9 @@ program
   // no commander default: --help would print the token that is in KILN_TOKEN
   .option("--token <token>", "bearer token for every API route (default: $KILN_TOKEN)")
   .option("--max-queue <n>", "requests waiting for the model before 429", integer(1), 16)
+  .option("--grace <seconds>", "on SIGTERM/SIGINT, how long replies in flight may take to finish", decimal(0), DEFAULT_SHUTDOWN_GRACE_MS / 1000)
   .option("--no-schedules", "do not start the agents' feed and bake schedules")
-  .action(async (o: { agents?: string; checkpoints?: string; host: string; port: number; token?: string; maxQueue: number; schedules: boolean }) => {
+  .action(async (o: { agents?: string; checkpoints?: string; host: string; port: number; token?: string; maxQueue: number; grace: number; schedules: boolean }) => {
     // A long-lived server logs what nothing else caught rather than dying with every agent on it.
     process.on("unhandledRejection", (err) => process.stderr.write(`kiln: unhandled error (the server keeps running; please report it): ${(err as Error)?.stack ?? String(err)}\n`));
     const info = await backend();
@@ -258,7 +259,7 @@ program
       checkpoints: o.checkpoints,
       events: { onLog: (a, m) => process.stderr.write(`[${a}] ${m}\n`) },
     });
-    const server = await createServer(runtime, { host: o.host, port: o.port, token: o.token ?? process.env.KILN_TOKEN, maxQueue: o.maxQueue });
+    const server = await createServer(runtime, { host: o.host, port: o.port, token: o.token ?? process.env.KILN_TOKEN, maxQueue: o.maxQueue, shutdownGraceMs: o.grace * 1000 });
     if (o.schedules) runtime.start();
     process.stderr.write(`kiln serving ${[...runtime.agents.keys()].join(", ")} on ${server.url} (${info.name} backend); dashboard at ${server.url}/\n`);
     const stop = async () => {

@@ -23,6 +23,8 @@ export const DEFAULT_HOST = "127.0.0.1";
 export const DEFAULT_PORT = 8080;
 export const DEFAULT_BODY_LIMIT = 1024 * 1024;
 const CLOSE_GRACE_MS = 1500;
+/** How long replies in flight may take to finish once the server is asked to stop. */
+export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000;
 const SHUTTING_DOWN = "the server is shutting down; send the request again once it is back";
 
 /** What a request that arrives, or waits for a slot, while the server closes gets. */
@@ -43,6 +45,11 @@ export interface ServerOptions {
   maxQueue?: number;
   /** most generations at once (default 1: generation is CPU-bound) */
   maxConcurrent?: number;
+  /**
+   * On close, replies already being generated get this long to finish (default 10 s; 0 cuts them
+   * off at once); new and queued requests are refused with 503 meanwhile.
+   */
+  shutdownGraceMs?: number;
   /** fastify's request log to stdout (default off) */
   logger?: boolean;
 }
@@ -71,8 +78,9 @@ export async function createServer(runtime: Runtime, opts: ServerOptions = {}): 
   const app = Fastify({ logger: opts.logger ?? false, bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT, return503OnClosing: false });
   installErrorHandlers(app);
   metricsRoutes(app, ctx); // first: its hook counts every request, refused ones included
+  let refusing = false; // set when close() starts: replies in flight may still finish
   app.addHook("onRequest", async () => {
-    if (shutdown.signal.aborted) throw shuttingDown();
+    if (refusing) throw shuttingDown();
   });
   const publicPaths = dashboardPaths();
   installAuth(app, { token, isPublic: (p) => publicPaths.has(p) });
@@ -100,10 +108,18 @@ export async function createServer(runtime: Runtime, opts: ServerOptions = {}): 
     url,
     close: () =>
       (closing ??= (async () => {
-        // The reason reaches every request's signal: one waiting for a slot is refused with it.
-        shutdown.abort(shuttingDown());
+        refusing = true;
         ctx.queue.drain(SHUTTING_DOWN);
         ctx.watcher.stop();
+        // Replies being generated get the grace period to finish; then the reason reaches every
+        // request's signal and what is still running is cut off with it.
+        const grace = opts.shutdownGraceMs ?? DEFAULT_SHUTDOWN_GRACE_MS;
+        if (grace > 0) {
+          let timer: NodeJS.Timeout | undefined;
+          await Promise.race([ctx.queue.idle(), new Promise<void>((r) => (timer = setTimeout(r, grace)))]);
+          clearTimeout(timer);
+        }
+        shutdown.abort(shuttingDown());
         // Requests in flight get a moment to finish; then every connection is closed (a client's
         // half-used keep-alive socket would otherwise hold the server open for its timeout).
         const force = setTimeout(() => app.server.closeAllConnections(), CLOSE_GRACE_MS);

@@ -13,6 +13,7 @@ export class GenerationQueue {
   private readonly waiting: Waiter[] = [];
   /** moving average of how long a generation holds its slot, for Retry-After */
   private avgSeconds = 2;
+  private onIdle: (() => void)[] = [];
 
   constructor(
     readonly maxConcurrent: number,
@@ -64,6 +65,12 @@ export class GenerationQueue {
     });
   }
 
+  /** Resolves once no generation runs and none waits (a shutdown's grace period ends early then). */
+  idle(): Promise<void> {
+    if (this.active === 0 && this.waiting.length === 0) return Promise.resolve();
+    return new Promise((resolve) => this.onIdle.push(resolve));
+  }
+
   /** Refuses everyone still waiting (server shutdown). */
   drain(reason: string): void {
     for (const w of this.waiting.splice(0)) w.reject(new ApiError(503, reason, "shutting_down"));
@@ -80,6 +87,7 @@ export class GenerationQueue {
       this.avgSeconds = 0.8 * this.avgSeconds + 0.2 * ((performance.now() - started) / 1000);
       const next = this.waiting.shift();
       if (next) next.resolve(this.grant());
+      else if (this.active === 0) for (const done of this.onIdle.splice(0)) done();
     };
   }
 }

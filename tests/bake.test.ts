@@ -8,7 +8,7 @@ import path from "node:path";
 import { initBackend, tf } from "../src/tensor/backend.js";
 import { loadModel } from "../src/model/load.js";
 import { generate } from "../src/model/generate.js";
-import { bake, prepareDecoderForTraining, type BakeSettings } from "../src/bake/trainer.js";
+import { bake, lengthBatches, prepareDecoderForTraining, type BakeSettings } from "../src/bake/trainer.js";
 import { sampleTrajectories, studentMessages, teacherMessages } from "../src/bake/trajectories.js";
 import { buildKnowledgePrompt, knowledgeLessons } from "../src/bake/prompt.js";
 import { bakeNiceness, startBake } from "../src/bake/job.js";
@@ -136,4 +136,16 @@ test("the bake worker runs niced (KILN_BAKE_NICE, default 10) so serving on the 
     await running.promise.catch(() => {});
     rmSync(dir, { recursive: true });
   }
+});
+
+test("an epoch's batches group trajectories of like prompt length, and hold each trajectory once", () => {
+  // a quarter long (a later turn of a chat): mixed into every batch, they would pad all of them
+  const items = Array.from({ length: 96 }, (_, i) => ({ id: i, studentPrompt: Array(i % 4 === 0 ? 80 : 12).fill(0) }));
+  const batches = lengthBatches(items, 8, 7);
+  assert.deepEqual(batches.flat().map((t) => t.id).sort((a, b) => a - b), items.map((t) => t.id));
+  assert.ok(batches.every((b) => b.length <= 8));
+  const mixed = batches.filter((b) => new Set(b.map((t) => t.studentPrompt.length)).size > 1);
+  assert.ok(mixed.length <= 2, `only a batch on a boundary mixes lengths, one per group of 8 batches (${mixed.length})`);
+  assert.deepEqual(lengthBatches(items, 8, 7), batches, "the same seed gives the same batches");
+  assert.notDeepEqual(lengthBatches(items, 8, 8).map((b) => b[0]!.id), batches.map((b) => b[0]!.id), "another epoch's seed another order");
 });

@@ -117,8 +117,10 @@ export interface BakeRequest {
 export async function evaluateKl(model: LoadedModel, trajectories: Trajectory[], adapter: AdapterHook | undefined, mode: KlMode, batchSize: number): Promise<number> {
   let total = 0;
   let tokens = 0;
-  for (let start = 0; start < trajectories.length; start += batchSize) {
-    const batch = trajectories.slice(start, start + batchSize);
+  // the order of a sum does not matter: prompts of like length share a batch's padding
+  const byLength = [...trajectories].sort((a, b) => a.studentPrompt.length - b.studentPrompt.length);
+  for (let start = 0; start < byLength.length; start += batchSize) {
+    const batch = byLength.slice(start, start + batchSize);
     const a = alignBatch(batch.map((t) => t.studentPrompt), batch.map((t) => t.reply), model.tokenizer.padTokenId);
     const targets = stackTargets(batch.map((t) => t.targets!), a.lengths, a.R, model.config.vocabSize, mode);
     const kl = tf.tidy(() => klSum(model.decoder.forward({ ids: a.ids, mask: a.mask }, { adapter, logitsFrom: a.logitsFrom }), targets));
@@ -153,6 +155,27 @@ function shuffled<T>(items: T[], seed: number): T[] {
     [out[i], out[j]] = [out[j]!, out[i]!];
   }
   return out;
+}
+
+/** Trajectories per group whose members are batched by prompt length. */
+const LENGTH_GROUP_BATCHES = 8;
+
+/**
+ * One epoch's batches: the shuffled trajectories in groups of LENGTH_GROUP_BATCHES batches, each
+ * group sorted by prompt length before it is cut into batches, and the batches shuffled. Every
+ * prompt of a batch is padded to its longest, so a later-turn trajectory (a conversation before
+ * its question) in a batch of first turns made the whole batch that long: a bake with a quarter
+ * of them ran at 0.4x the tokens/s of one without.
+ */
+export function lengthBatches<T extends { studentPrompt: number[] }>(items: T[], batchSize: number, seed: number): T[][] {
+  const order = shuffled(items, seed);
+  const batches: T[][] = [];
+  const group = batchSize * LENGTH_GROUP_BATCHES;
+  for (let g = 0; g < order.length; g += group) {
+    const sorted = order.slice(g, g + group).sort((a, b) => a.studentPrompt.length - b.studentPrompt.length);
+    for (let i = 0; i < sorted.length; i += batchSize) batches.push(sorted.slice(i, i + batchSize));
+  }
+  return shuffled(batches, seed ^ 0x9e3779b9);
 }
 
 function lessonsOf(req: BakeRequest): Lesson[] {
@@ -203,13 +226,12 @@ async function bakeRound(req: BakeRequest, s: BakeSettings, round: number, teach
   progress({ phase: "validate", round, epoch: 0, valKlPerToken: initialVal, best });
   try {
     epochs: for (let epoch = 1; epoch <= s.epochs; epoch++) {
-      const order = shuffled(train, s.seed * 31 + epoch + round * 1000);
+      const batches = lengthBatches(train, s.batchSize, s.seed * 31 + epoch + round * 1000);
       let epochKl = 0;
       let epochTokens = 0;
       student.training = true;
-      for (let i = 0; i < order.length; i += s.batchSize) {
+      for (const batch of batches) {
         if (req.signal?.aborted) throw new Error("bake aborted");
-        const batch = order.slice(i, i + s.batchSize);
         const a = alignBatch(batch.map((t) => t.studentPrompt), batch.map((t) => t.reply), model.tokenizer.padTokenId);
         const targets = stackTargets(batch.map((t) => t.targets!), a.lengths, a.R, model.config.vocabSize, s.kl);
         const loss = tf.tidy(() => {

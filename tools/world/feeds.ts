@@ -109,8 +109,10 @@ export function renderFeeds(idx: WorldIndex): { file: string; content: string }[
     "",
     "Offline feeds for the demo and tests, written by `node dist/tools/world/feeds.js --out feeds` from the",
     `world \`${idx.world.seed}\` (tools/world). Every item is a HELD-OUT fact: the embedded model (models/kiln-mini)`,
-    'has never seen it, so before a bake it answers its questions with "I don\'t know.", and with the item in',
-    "its system prompt (or baked into its weights) it answers them. Titles and descriptions carry the same one",
+    'has never seen it, so before a bake it mostly answers its questions with "I don\'t know." (93% of held-out',
+    "questions, docs/default-model.md; now and then with an invented value: `npm start` shows \"Millstead is",
+    'twinned with Amberport." before the bake), and with the item in its system prompt (or baked into its',
+    "weights) it answers them. Titles and descriptions carry the same one",
     "line; guids/ids are `kiln-world:<fact id>` (facts are in models/kiln-mini/world.json).",
     "",
   ];

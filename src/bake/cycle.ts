@@ -115,7 +115,7 @@ export async function runCycle(
   });
   try {
     // superseded items are scored too: their recall should fall, as a retracted item's does
-    const evaluated = [...fresh, ...replay, ...retained, ...withProbes(job.retractedItems), ...[...known.values()].filter((i) => replaced.has(i.id) && i.probes?.length)];
+    const evaluated = [...fresh, ...replay, ...retained.filter((i) => !replaced.has(i.id)), ...withProbes(job.retractedItems), ...[...known.values()].filter((i) => replaced.has(i.id) && i.probes?.length)];
     onProgress({ phase: "evaluate", done: 0, total: evaluated.length });
     const scores = await scoreProbes(model, evaluated, { ...probeOpts, adapter: report.adapter });
     let persona: CycleResult["persona"] = null;

@@ -184,6 +184,16 @@ const server = http.createServer((req, res) => {
       return mutable.status === 200 ? send(200, mutable.body, undefined, { ETag: '"m"' }) : send(mutable.status, "oops", "text/plain");
     case "/revised.xml":
       return send(200, revised);
+    case "/moved":
+      return send(301, "", "text/plain", { Location: "/moved-again" });
+    case "/moved-again":
+      return send(308, "", "text/plain", { Location: `${base}/rss.xml` });
+    case "/for-now":
+      return send(302, "", "text/plain", { Location: "/moved" });
+    case "/loop":
+      return send(301, "", "text/plain", { Location: "/loop" });
+    case "/to-file":
+      return send(301, "", "text/plain", { Location: "file:///etc/passwd" });
     case "/429":
       return send(429, "slow down", "text/plain", { "Retry-After": "120" });
     case "/503-forever":
@@ -403,6 +413,20 @@ test("429/503 with Retry-After: no request before that time (capped at a day), t
   const ok = await pollFeed(src("/rss.xml"), { ...forever.state, retryAfter: t0.toISOString() }, at(1));
   assert.equal(ok.error, undefined);
   assert.equal(ok.state.retryAfter, undefined);
+});
+
+test("redirects are followed; a chain of permanent ones says where the feed lives now; loops and non-http targets are errors", async () => {
+  const moved = await pollFeed(src("/moved"), initialFeedState());
+  assert.equal(moved.error, undefined);
+  assert.ok(moved.entries.length > 0);
+  assert.equal(moved.state.movedTo, `${base}/rss.xml`, "301 then 308: moved for good");
+  const forNow = await pollFeed(src("/for-now"), initialFeedState());
+  assert.ok(forNow.entries.length > 0);
+  assert.equal(forNow.state.movedTo, undefined, "a 302 on the way: the configured url stays right");
+  const direct = await pollFeed(src("/rss.xml"), moved.state);
+  assert.equal(direct.state.movedTo, undefined, "no redirect any more: nothing to say");
+  assert.match((await pollFeed(src("/loop"), initialFeedState())).error!, /more than 5 redirects/);
+  assert.match((await pollFeed(src("/to-file"), initialFeedState())).error!, /redirected to file:\/\/\/etc\/passwd, which is not an http\(s\) URL/);
 });
 
 test("a slow endpoint is cut off at timeoutMs (headers late, or body stalled)", async () => {

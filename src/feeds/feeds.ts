@@ -32,6 +32,11 @@ export interface FeedState {
   consecutiveErrors: number;
   /** the server asked (429/503 with Retry-After) not to be asked again before this time */
   retryAfter?: string;
+  /**
+   * Every redirect of the last fetch was permanent (301/308): the feed lives here now, and the
+   * agent file should say so (kiln follows the redirect every poll meanwhile).
+   */
+  movedTo?: string;
   /** bounded, most recent last; item keys and "hash:" content keys */
   seenKeys: string[];
   /**
@@ -77,6 +82,9 @@ export const DEFAULT_TIMEOUT_MS = 15_000;
 export const MAX_SEEN_KEYS = 2000;
 /** A feed larger than this is refused rather than buffered. */
 export const MAX_FEED_BYTES = 10 * 1024 * 1024;
+const REDIRECTS = new Set([301, 302, 303, 307, 308]);
+/** Redirects followed per fetch, as browsers allow about 20 and feed readers fewer. */
+const MAX_REDIRECTS = 5;
 /** The longest Retry-After honoured: a hostile or mistaken header must not silence a feed for good. */
 export const MAX_RETRY_AFTER_MS = 24 * 3600_000;
 /** Dedupe keys longer than this are stored as a hash, so hostile GUIDs cannot bloat state. */
@@ -119,6 +127,7 @@ export async function pollFeed(source: FeedSource, state: FeedState, opts: PollO
       // we never read.
       setOrDelete(ok, "etag", got.etag);
       setOrDelete(ok, "lastModified", got.lastModified);
+      setOrDelete(ok, "movedTo", got.movedTo);
     }
     if (got.kind === "not-modified") return { entries: [], state: ok, notModified: true };
 
@@ -143,7 +152,7 @@ export async function pollFeed(source: FeedSource, state: FeedState, opts: PollO
   }
 }
 
-function setOrDelete(state: FeedState, field: "etag" | "lastModified", value: string | undefined): void {
+function setOrDelete(state: FeedState, field: "etag" | "lastModified" | "movedTo", value: string | undefined): void {
   if (value === undefined) delete state[field];
   else state[field] = value;
 }
@@ -165,8 +174,8 @@ function checkArguments(source: FeedSource, state: FeedState): void {
 // Getting the bytes
 
 type Loaded =
-  | { kind: "not-modified"; etag?: string; lastModified?: string }
-  | { kind: "http"; xml: string; etag?: string; lastModified?: string }
+  | { kind: "not-modified"; etag?: string; lastModified?: string; movedTo?: string }
+  | { kind: "http"; xml: string; etag?: string; lastModified?: string; movedTo?: string }
   | { kind: "file"; xml: string };
 
 async function load(source: FeedSource, state: FeedState, fetchImpl: typeof fetch, now: number): Promise<Loaded> {
@@ -208,18 +217,32 @@ async function loadHttp(url: string, timeoutMs: number, state: FeedState, fetchI
   // One deadline for connect, headers and body: a server that trickles bytes is as stuck as
   // one that never answers.
   const signal = AbortSignal.timeout(timeoutMs);
+  // Redirects are followed by hand to learn whether every one was permanent (fetch's own
+  // following hides the statuses on the way).
   let res: Response;
-  try {
-    res = await fetchImpl(url, { headers, signal, redirect: "follow" });
-  } catch (err) {
-    throw new FeedProblem(describeFetchError(err, timeoutMs));
+  let at = url;
+  let permanent = true;
+  for (let hops = 0; ; hops++) {
+    try {
+      res = await fetchImpl(at, { headers, signal, redirect: "manual" });
+    } catch (err) {
+      throw new FeedProblem(describeFetchError(err, timeoutMs));
+    }
+    const location = REDIRECTS.has(res.status) ? res.headers.get("location") : null;
+    if (!location) break;
+    await discard(res);
+    if (hops === MAX_REDIRECTS) throw new FeedProblem(`more than ${MAX_REDIRECTS} redirects (last to ${location})`);
+    permanent &&= res.status === 301 || res.status === 308;
+    at = new URL(location, at).toString();
+    if (!/^https?:/i.test(at)) throw new FeedProblem(`redirected to ${at}, which is not an http(s) URL`);
   }
+  const movedTo = at !== url && permanent ? at : undefined;
   const etag = res.headers.get("etag") ?? undefined;
   const lastModified = res.headers.get("last-modified") ?? undefined;
   if (res.status === 304) {
     await discard(res);
     // A 304 may omit the validators; then the ones we sent are still the right ones.
-    return { kind: "not-modified", etag: etag ?? state.etag, lastModified: lastModified ?? state.lastModified };
+    return { kind: "not-modified", etag: etag ?? state.etag, lastModified: lastModified ?? state.lastModified, movedTo };
   }
   if (!res.ok) {
     await discard(res);
@@ -229,7 +252,7 @@ async function loadHttp(url: string, timeoutMs: number, state: FeedState, fetchI
     throw retryAt === undefined ? new FeedProblem(status) : new FeedProblem(`${status}, retry after ${new Date(retryAt).toISOString()}`, retryAt);
   }
   const bytes = await readBody(res, timeoutMs);
-  return { kind: "http", xml: decodeFeedBytes(bytes, res.headers.get("content-type")).xml, etag, lastModified };
+  return { kind: "http", xml: decodeFeedBytes(bytes, res.headers.get("content-type")).xml, etag, lastModified, movedTo };
 }
 
 /** Retry-After as epoch ms: delay-seconds or an HTTP-date (RFC 9110 10.2.3); undefined if neither. */

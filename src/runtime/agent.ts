@@ -216,6 +216,7 @@ export class Agent {
       delete state.etag;
       delete state.lastModified;
       delete state.retryAfter;
+      delete state.movedTo;
     }
     const result = await pollFeed({ id: source.id, url: source.url, maxItems: source.maxItems, timeoutMs: source.timeoutMs, maxAgeDays: source.maxAgeDays }, state);
     // A corrected item replaces what the feed said before under its guid (or link): the old text is
@@ -240,6 +241,9 @@ export class Agent {
       )
     ).filter((r) => r.added).length;
     if (result.error) this.log(`feed ${feedId}: ${result.error}`);
+    if (result.state.movedTo && result.state.movedTo !== state.movedTo) {
+      this.log(`feed ${feedId} has moved permanently (301/308) to ${result.state.movedTo}: put that url in the agent file (the redirect is followed every poll until then)`);
+    }
     return { added, ...(result.error ? { error: result.error } : {}) };
   }
 

@@ -12,7 +12,7 @@ export function healthRoutes(app: FastifyInstance, ctx: ServerContext): void {
       live: a.live.version ?? "base",
       baking: a.isBaking,
       // a feed that keeps failing is news the agent no longer gets
-      feeds: a.ledger.data.feeds.map((f) => ({ id: f.id, consecutiveErrors: f.consecutiveErrors, lastOkAt: f.lastOkAt ?? null, ...(f.lastError ? { lastError: f.lastError } : {}) })),
+      feeds: a.ledger.data.feeds.map((f) => ({ id: f.id, consecutiveErrors: f.consecutiveErrors, lastOkAt: f.lastOkAt ?? null, ...(f.lastError ? { lastError: f.lastError } : {}), ...(f.movedTo ? { movedTo: f.movedTo } : {}) })),
     })),
     queue: { running: ctx.queue.running, waiting: ctx.queue.depth },
   }));

@@ -230,6 +230,40 @@ test("an AbortSignal stops generation for invoke and stream", async () => {
   });
 });
 
+test("content arrays: text parts are read, parts a text model cannot read are a clear error before any generation", async () => {
+  await withRuntime(async (runtime) => {
+    const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 8 });
+    const ref = await kilnChat(runtime, [{ role: "system", content: "Be brief." }, { role: "user", content: "hello there" }], 8);
+    const parts = await model.invoke([
+      new SystemMessage({ content: [{ type: "text", text: "Be brief." }] }),
+      new HumanMessage({ content: [{ type: "text", text: "hello " }, { type: "text", text: "there" }] }),
+    ]);
+    assert.equal(parts.content, ref.result.text, "text parts read as the same text");
+    assert.deepEqual(plainMessages(model.requests[0]!), [{ role: "system", content: "Be brief." }, { role: "user", content: "hello there" }]);
+
+    // An AI turn's reasoning and tool-use parts are not text; its text part is.
+    const ai = new AIMessage({ content: [{ type: "reasoning", reasoning: "hmm" }, { type: "text", text: "Hi." }] });
+    await model.invoke([new HumanMessage("hello"), ai, new HumanMessage("again")]);
+    assert.deepEqual(plainMessages(model.requests[1]!).map((m) => m.content), ["hello", "Hi.", "again"]);
+
+    const unreadable: [string, BaseMessage[]][] = [
+      ["image_url", [new HumanMessage({ content: [{ type: "text", text: "What is this?" }, { type: "image_url", image_url: { url: "data:image/png;base64,AAAA" } }] })]],
+      ["standard image", [new HumanMessage({ content: [{ type: "image", url: "https://example.com/a.png" }] })]],
+      ["audio", [new HumanMessage({ content: [{ type: "input_audio", input_audio: { data: "AAAA", format: "wav" } }] })]],
+      ["image in an AI turn", [new HumanMessage("draw"), new AIMessage({ content: [{ type: "image", url: "https://example.com/a.png" }] }), new HumanMessage("again")]],
+      ["image from a tool", [new HumanMessage("look"), new ToolMessage({ content: [{ type: "image", url: "https://example.com/a.png" }], tool_call_id: "c1" })]],
+    ];
+    for (const [what, messages] of unreadable) {
+      await assert.rejects(model.invoke(messages), /content part of type "(image|audio)"; kiln's models read text only/, what);
+      await assert.rejects(async () => {
+        for await (const _ of await model.stream(messages));
+      }, /read text only/, `${what} (stream)`);
+    }
+    await assert.rejects(model.invoke([]), /no messages to answer/);
+    assert.equal(model.requests.length, 2, "nothing was generated for the refused inputs");
+  });
+});
+
 // --- (b) the <tool_call> format ---
 
 test("parseToolCalls: valid, multiple, malformed and mixed blocks", () => {

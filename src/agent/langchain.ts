@@ -161,6 +161,32 @@ function roleOf(m: BaseMessage): ChatMessage["role"] {
   }
 }
 
+/** Content parts that carry media: a text-only model cannot read them. */
+const MEDIA_PARTS = new Set(["image", "audio", "video", "file", "text-plain"]);
+
+/**
+ * A message's text. kiln's models read text only, so a part they cannot read (an image, audio, a
+ * file, or a part of an unknown type in a human, system or tool message) is an error rather than
+ * silently dropped: the model would answer as if it had seen it. In AI messages, reasoning and
+ * tool-call parts are left out (tool calls come from `tool_calls`). Parts are read as LangChain
+ * normalises them (`contentBlocks`), so OpenAI- and Anthropic-style parts are recognised too.
+ */
+export function textOf(m: BaseMessage): string {
+  if (typeof m.content === "string") return m.content;
+  const ai = m.getType() === "ai";
+  let text = "";
+  for (const block of m.contentBlocks) {
+    if (block.type === "text") text += (block as { text?: string }).text ?? "";
+    else if (!ai || MEDIA_PARTS.has(block.type)) {
+      throw new Error(
+        `kiln: a ${m.getType()} message has a content part of type "${block.type}"; kiln's models read text only, so send text parts ` +
+          `(an image, audio or a file would be ignored and the reply would not be about it)`,
+      );
+    }
+  }
+  return text;
+}
+
 function toolCallsOf(m: BaseMessage): ToolCall[] {
   return AIMessage.isInstance(m) ? (m.tool_calls ?? []) : [];
 }
@@ -185,9 +211,10 @@ export function toPlainMessages(messages: BaseMessage[], tools: KilnToolSpec[] =
     const role = roleOf(m);
     if (role === "tool") {
       const name = (m as { name?: string }).name;
-      let content: unknown = m.text;
+      const text = textOf(m);
+      let content: unknown = text;
       try {
-        content = JSON.parse(m.text); // a JSON result stays JSON, not a string of escaped JSON
+        content = JSON.parse(text); // a JSON result stays JSON, not a string of escaped JSON
       } catch {
         // plain text
       }
@@ -196,7 +223,8 @@ export function toPlainMessages(messages: BaseMessage[], tools: KilnToolSpec[] =
     }
     flush();
     const calls = toolCallsOf(m);
-    const content = calls.length ? [m.text, ...calls.map(callBlock)].filter(Boolean).join("\n") : m.text;
+    const text = textOf(m);
+    const content = calls.length ? [text, ...calls.map(callBlock)].filter(Boolean).join("\n") : text;
     out.push({ role, content });
   }
   flush();
@@ -212,7 +240,7 @@ export function toPlainMessages(messages: BaseMessage[], tools: KilnToolSpec[] =
 export function toTemplateMessages(messages: BaseMessage[]): TemplateMessage[] {
   return messages.map((m) => {
     const role = roleOf(m);
-    const msg: TemplateMessage = { role, content: m.text };
+    const msg: TemplateMessage = { role, content: textOf(m) };
     const calls = toolCallsOf(m);
     if (calls.length) msg.tool_calls = calls.map((c) => ({ ...(c.id ? { id: c.id } : {}), type: "function", function: { name: c.name, arguments: c.args } }));
     if (role === "tool") {
@@ -362,6 +390,7 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
   }
 
   private request(messages: BaseMessage[], options: this["ParsedCallOptions"]): KilnRequest {
+    if (!messages.length) throw new Error("kiln: no messages to answer (the conversation is empty)");
     const tools = options.tool_choice === "none" ? [] : (options.tools ?? []);
     const last = messages.at(-1);
     const fromUser = !!last && roleOf(last) === "user";

@@ -264,6 +264,33 @@ test("content arrays: text parts are read, parts a text model cannot read are a 
   });
 });
 
+test("streamEvents (content-block protocol): the real finish reason, kiln's metadata and tool calls", async () => {
+  await withRuntime(async (runtime) => {
+    const ref = await kilnChat(runtime, [{ role: "user", content: "hello" }], 12);
+    assert.equal(ref.result.finishReason, "length");
+    const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 12 });
+    const stream = model.streamEvents("hello");
+    const kinds: string[] = [];
+    for await (const e of stream) kinds.push(e.event);
+    const message = await stream;
+    assert.equal(kinds.at(-1), "message-finish");
+    assert.equal(message.text, ref.result.text);
+    assert.equal(message.response_metadata.finish_reason, "length", "a reply cut at maxTokens says so");
+    assert.ok("kiln_version" in message.response_metadata && message.response_metadata.kiln_version === null);
+    assert.equal(message.response_metadata.model_name, "tester");
+    assert.equal(message.usage_metadata?.output_tokens, 12);
+
+    model.script = ['Checking.\n<tool_call>{"name": "get_weather", "arguments": {"city": "Quillport"}}</tool_call>'];
+    const called = await model.bindTools([weatherTool]).invoke("weather?"); // the binding's invoke, for comparison
+    assert.equal(called.response_metadata.finish_reason, "tool_calls");
+    model.script = ['Checking.\n<tool_call>{"name": "get_weather", "arguments": {"city": "Quillport"}}</tool_call>'];
+    const tools = await model.streamEvents("weather?", { tools: [toToolSpec(weatherTool)] });
+    assert.equal(tools.response_metadata.finish_reason, "tool_use");
+    assert.deepEqual(tools.tool_calls?.map((c) => [c.name, c.args]), [["get_weather", { city: "Quillport" }]]);
+    assert.equal(tools.text, "Checking.");
+  });
+});
+
 // --- (b) the <tool_call> format ---
 
 test("parseToolCalls: valid, multiple, malformed and mixed blocks", () => {

@@ -15,6 +15,8 @@ import { randomUUID } from "node:crypto";
 import type { CallbackManagerForLLMRun } from "@langchain/core/callbacks/manager";
 import type { BaseLanguageModelInput } from "@langchain/core/language_models/base";
 import { BaseChatModel, type BaseChatModelCallOptions, type BaseChatModelParams, type BindToolsInput } from "@langchain/core/language_models/chat_models";
+import { convertChunksToEvents } from "@langchain/core/language_models/compat";
+import type { ChatModelStreamEvent } from "@langchain/core/language_models/event";
 import { AIMessage, AIMessageChunk, ChatMessage as LCChatMessage, type BaseMessage, type ToolCall, type ToolCallChunk, type UsageMetadata } from "@langchain/core/messages";
 import { ChatGenerationChunk, type ChatResult } from "@langchain/core/outputs";
 import type { Runnable, RunnableConfig } from "@langchain/core/runnables";
@@ -528,6 +530,43 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
     for await (const chunk of this.chunks(this.request(messages, options), options.signal)) {
       if (chunk.text) await runManager?.handleLLMNewToken(chunk.text, undefined, undefined, undefined, undefined, { chunk });
       yield chunk;
+    }
+  }
+
+  /**
+   * The content-block event stream (`streamEvents()` without a version) from the chunks, as
+   * LangChain's own bridge makes it, with the real finish reason and kiln's response metadata on
+   * message-finish: the bridge alone reports "stop" for every reply and drops the metadata.
+   */
+  override async *_streamChatModelEvents(messages: BaseMessage[], options: this["ParsedCallOptions"], runManager?: CallbackManagerForLLMRun): AsyncGenerator<ChatModelStreamEvent> {
+    let info: Record<string, unknown> = {};
+    const chunks = this._streamResponseChunks(messages, options, runManager);
+    async function* watched(): AsyncGenerator<ChatGenerationChunk> {
+      for await (const chunk of chunks) {
+        if (chunk.generationInfo) info = { ...info, ...chunk.generationInfo };
+        const calls = (chunk.message as AIMessageChunk).tool_call_chunks ?? [];
+        if (!calls.length) {
+          yield chunk;
+          continue;
+        }
+        // The bridge files the text as block 0 and a tool call under its chunk's index: calls
+        // counted from 0 would land in the text block and be lost.
+        const message = new AIMessageChunk({
+          content: chunk.message.content,
+          tool_call_chunks: calls.map((c, i) => ({ ...c, index: (c.index ?? i) + 1 })),
+          response_metadata: chunk.message.response_metadata,
+          ...((chunk.message as AIMessageChunk).usage_metadata ? { usage_metadata: (chunk.message as AIMessageChunk).usage_metadata } : {}),
+        });
+        yield new ChatGenerationChunk({ text: chunk.text, message, ...(chunk.generationInfo ? { generationInfo: chunk.generationInfo } : {}) });
+      }
+    }
+    for await (const event of convertChunksToEvents(watched(), { signal: options.signal })) {
+      if (event.event !== "message-finish") {
+        yield event;
+        continue;
+      }
+      const reason = info.finish_reason === "tool_calls" ? "tool_use" : info.finish_reason === "length" ? "length" : "stop";
+      yield { ...event, reason, responseMetadata: { ...event.responseMetadata, ...info } };
     }
   }
 

@@ -291,6 +291,21 @@ test("streamEvents (content-block protocol): the real finish reason, kiln's meta
   });
 });
 
+test("tracing parameters name kiln, the agent and the settings", async () => {
+  await withRuntime(async (runtime) => {
+    const model = new KilnChatModel({ runtime, agent: "tester", maxTokens: 24, temperature: 0.5, stop: ["###"] });
+    assert.deepEqual(model.getLsParams({ stop: ["END"] } as never), {
+      ls_model_type: "chat",
+      ls_provider: "kiln",
+      ls_model_name: "tester",
+      ls_temperature: 0.5,
+      ls_max_tokens: 24,
+      ls_stop: ["###", "END"],
+    });
+    assert.equal(new KilnChatModel({ runtime, agent: "tester" }).getLsParams({} as never).ls_temperature, 0, "greedy by default");
+  });
+});
+
 // --- (b) the <tool_call> format ---
 
 test("parseToolCalls: valid, multiple, malformed and mixed blocks", () => {

@@ -14,7 +14,7 @@
 import { randomUUID } from "node:crypto";
 import type { CallbackManagerForLLMRun } from "@langchain/core/callbacks/manager";
 import type { BaseLanguageModelInput } from "@langchain/core/language_models/base";
-import { BaseChatModel, type BaseChatModelCallOptions, type BaseChatModelParams, type BindToolsInput } from "@langchain/core/language_models/chat_models";
+import { BaseChatModel, type BaseChatModelCallOptions, type BaseChatModelParams, type BindToolsInput, type LangSmithParams } from "@langchain/core/language_models/chat_models";
 import { convertChunksToEvents } from "@langchain/core/language_models/compat";
 import type { ChatModelStreamEvent } from "@langchain/core/language_models/event";
 import { AIMessage, AIMessageChunk, ChatMessage as LCChatMessage, type BaseMessage, type ToolCall, type ToolCallChunk, type UsageMetadata } from "@langchain/core/messages";
@@ -568,6 +568,19 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
       const reason = info.finish_reason === "tool_calls" ? "tool_use" : info.finish_reason === "length" ? "length" : "stop";
       yield { ...event, reason, responseMetadata: { ...event.responseMetadata, ...info } };
     }
+  }
+
+  /** Tracing parameters (LangSmith): kiln as the provider, the agent as the model, its settings. */
+  override getLsParams(options: this["ParsedCallOptions"]): LangSmithParams {
+    const stop = [...(this.stop ?? []), ...(options.stop ?? [])];
+    return {
+      ...super.getLsParams(options),
+      ls_provider: "kiln",
+      ls_model_name: this.agentName,
+      ls_temperature: this.temperature ?? 0,
+      ...(this.maxTokens !== undefined ? { ls_max_tokens: this.maxTokens } : {}),
+      ...(stop.length ? { ls_stop: stop } : {}),
+    };
   }
 
   async _generate(messages: BaseMessage[], options: this["ParsedCallOptions"], runManager?: CallbackManagerForLLMRun): Promise<ChatResult> {

@@ -514,6 +514,31 @@ test("createAgent loop: tools run on the real ledger, the real model answers, me
   });
 });
 
+test("createAgent loop: arguments that fail a tool's schema reach the model as the schema's complaint, not a stack trace", async () => {
+  await withRuntime(async (runtime) => {
+    await runtime.agent("tester").remember(LIGHTHOUSE);
+    const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 8 });
+    const kiln = createKilnAgent(runtime, "tester", { model });
+    model.script = ['<tool_call>{"name": "search_knowledge", "arguments": {"query": "lighthouse", "limit": 100}}</tool_call>', "Sorry."];
+    const t = await kiln.turn("bad-args", "Who keeps the lighthouse?");
+    assert.deepEqual(t.messages.map((m) => m.getType()), ["human", "ai", "tool", "ai"]);
+    const error = t.messages[2] as ToolMessage;
+    assert.equal(error.status, "error");
+    assert.match(error.text, /^Error: the arguments \{"query":"lighthouse","limit":100\} do not fit search_knowledge's schema: .*<=20/s);
+    assert.ok(!/node_modules|\n\s+at /.test(error.text), `no stack trace: ${error.text}`);
+    assert.ok(error.text.length < 300, `${error.text.length} characters`);
+    assert.equal(plainMessages(model.requests[1]!).at(-1)!.content.includes("node_modules"), false, "nor in the model's prompt");
+    assert.equal(t.reply, "Sorry.");
+
+    // The same on the next turn, for the other tool; the ledger is untouched.
+    model.script = ['<tool_call>{"name": "remember_fact", "arguments": {"fact": ""}}</tool_call>', "Ok."];
+    const t2 = await kiln.turn("bad-args", "Note this down.");
+    assert.match(t2.messages[2]!.text, /^Error: the arguments \{"fact":""\} do not fit remember_fact's schema: .*>=1/s);
+    assert.ok(!t2.messages[2]!.text.includes("node_modules"));
+    assert.equal(runtime.agent("tester").ledger.items().length, 1);
+  });
+});
+
 test("createAgent loop with a tool-rendering template: native tool prompt, real answer", async () => {
   await withRuntime(
     async (runtime) => {

@@ -230,6 +230,82 @@ test("an AbortSignal stops generation for invoke and stream", async () => {
   });
 });
 
+test("content arrays: text parts are read, parts a text model cannot read are a clear error before any generation", async () => {
+  await withRuntime(async (runtime) => {
+    const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 8 });
+    const ref = await kilnChat(runtime, [{ role: "system", content: "Be brief." }, { role: "user", content: "hello there" }], 8);
+    const parts = await model.invoke([
+      new SystemMessage({ content: [{ type: "text", text: "Be brief." }] }),
+      new HumanMessage({ content: [{ type: "text", text: "hello " }, { type: "text", text: "there" }] }),
+    ]);
+    assert.equal(parts.content, ref.result.text, "text parts read as the same text");
+    assert.deepEqual(plainMessages(model.requests[0]!), [{ role: "system", content: "Be brief." }, { role: "user", content: "hello there" }]);
+
+    // An AI turn's reasoning and tool-use parts are not text; its text part is.
+    const ai = new AIMessage({ content: [{ type: "reasoning", reasoning: "hmm" }, { type: "text", text: "Hi." }] });
+    await model.invoke([new HumanMessage("hello"), ai, new HumanMessage("again")]);
+    assert.deepEqual(plainMessages(model.requests[1]!).map((m) => m.content), ["hello", "Hi.", "again"]);
+
+    const unreadable: [string, BaseMessage[]][] = [
+      ["image_url", [new HumanMessage({ content: [{ type: "text", text: "What is this?" }, { type: "image_url", image_url: { url: "data:image/png;base64,AAAA" } }] })]],
+      ["standard image", [new HumanMessage({ content: [{ type: "image", url: "https://example.com/a.png" }] })]],
+      ["audio", [new HumanMessage({ content: [{ type: "input_audio", input_audio: { data: "AAAA", format: "wav" } }] })]],
+      ["image in an AI turn", [new HumanMessage("draw"), new AIMessage({ content: [{ type: "image", url: "https://example.com/a.png" }] }), new HumanMessage("again")]],
+      ["image from a tool", [new HumanMessage("look"), new ToolMessage({ content: [{ type: "image", url: "https://example.com/a.png" }], tool_call_id: "c1" })]],
+    ];
+    for (const [what, messages] of unreadable) {
+      await assert.rejects(model.invoke(messages), /content part of type "(image|audio)"; kiln's models read text only/, what);
+      await assert.rejects(async () => {
+        for await (const _ of await model.stream(messages));
+      }, /read text only/, `${what} (stream)`);
+    }
+    await assert.rejects(model.invoke([]), /no messages to answer/);
+    assert.equal(model.requests.length, 2, "nothing was generated for the refused inputs");
+  });
+});
+
+test("streamEvents (content-block protocol): the real finish reason, kiln's metadata and tool calls", async () => {
+  await withRuntime(async (runtime) => {
+    const ref = await kilnChat(runtime, [{ role: "user", content: "hello" }], 12);
+    assert.equal(ref.result.finishReason, "length");
+    const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 12 });
+    const stream = model.streamEvents("hello");
+    const kinds: string[] = [];
+    for await (const e of stream) kinds.push(e.event);
+    const message = await stream;
+    assert.equal(kinds.at(-1), "message-finish");
+    assert.equal(message.text, ref.result.text);
+    assert.equal(message.response_metadata.finish_reason, "length", "a reply cut at maxTokens says so");
+    assert.ok("kiln_version" in message.response_metadata && message.response_metadata.kiln_version === null);
+    assert.equal(message.response_metadata.model_name, "tester");
+    assert.equal(message.usage_metadata?.output_tokens, 12);
+
+    model.script = ['Checking.\n<tool_call>{"name": "get_weather", "arguments": {"city": "Quillport"}}</tool_call>'];
+    const called = await model.bindTools([weatherTool]).invoke("weather?"); // the binding's invoke, for comparison
+    assert.equal(called.response_metadata.finish_reason, "tool_calls");
+    model.script = ['Checking.\n<tool_call>{"name": "get_weather", "arguments": {"city": "Quillport"}}</tool_call>'];
+    const tools = await model.streamEvents("weather?", { tools: [toToolSpec(weatherTool)] });
+    assert.equal(tools.response_metadata.finish_reason, "tool_use");
+    assert.deepEqual(tools.tool_calls?.map((c) => [c.name, c.args]), [["get_weather", { city: "Quillport" }]]);
+    assert.equal(tools.text, "Checking.");
+  });
+});
+
+test("tracing parameters name kiln, the agent and the settings", async () => {
+  await withRuntime(async (runtime) => {
+    const model = new KilnChatModel({ runtime, agent: "tester", maxTokens: 24, temperature: 0.5, stop: ["###"] });
+    assert.deepEqual(model.getLsParams({ stop: ["END"] } as never), {
+      ls_model_type: "chat",
+      ls_provider: "kiln",
+      ls_model_name: "tester",
+      ls_temperature: 0.5,
+      ls_max_tokens: 24,
+      ls_stop: ["###", "END"],
+    });
+    assert.equal(new KilnChatModel({ runtime, agent: "tester" }).getLsParams({} as never).ls_temperature, 0, "greedy by default");
+  });
+});
+
 // --- (b) the <tool_call> format ---
 
 test("parseToolCalls: valid, multiple, malformed and mixed blocks", () => {
@@ -435,6 +511,31 @@ test("createAgent loop: tools run on the real ledger, the real model answers, me
     const ada = agent.ledger.items({ text: "Ada" });
     assert.deepEqual(ada.map((i) => [i.text, i.status, i.source.conversationId]), [["The user's name is Ada.", "pending", "harbor-2"]]);
     assert.equal((await kiln.history("harbor-1")).length, 8, "the other thread is untouched");
+  });
+});
+
+test("createAgent loop: arguments that fail a tool's schema reach the model as the schema's complaint, not a stack trace", async () => {
+  await withRuntime(async (runtime) => {
+    await runtime.agent("tester").remember(LIGHTHOUSE);
+    const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 8 });
+    const kiln = createKilnAgent(runtime, "tester", { model });
+    model.script = ['<tool_call>{"name": "search_knowledge", "arguments": {"query": "lighthouse", "limit": 100}}</tool_call>', "Sorry."];
+    const t = await kiln.turn("bad-args", "Who keeps the lighthouse?");
+    assert.deepEqual(t.messages.map((m) => m.getType()), ["human", "ai", "tool", "ai"]);
+    const error = t.messages[2] as ToolMessage;
+    assert.equal(error.status, "error");
+    assert.match(error.text, /^Error: the arguments \{"query":"lighthouse","limit":100\} do not fit search_knowledge's schema: .*<=20/s);
+    assert.ok(!/node_modules|\n\s+at /.test(error.text), `no stack trace: ${error.text}`);
+    assert.ok(error.text.length < 300, `${error.text.length} characters`);
+    assert.equal(plainMessages(model.requests[1]!).at(-1)!.content.includes("node_modules"), false, "nor in the model's prompt");
+    assert.equal(t.reply, "Sorry.");
+
+    // The same on the next turn, for the other tool; the ledger is untouched.
+    model.script = ['<tool_call>{"name": "remember_fact", "arguments": {"fact": ""}}</tool_call>', "Ok."];
+    const t2 = await kiln.turn("bad-args", "Note this down.");
+    assert.match(t2.messages[2]!.text, /^Error: the arguments \{"fact":""\} do not fit remember_fact's schema: .*>=1/s);
+    assert.ok(!t2.messages[2]!.text.includes("node_modules"));
+    assert.equal(runtime.agent("tester").ledger.items().length, 1);
   });
 });
 

@@ -10,7 +10,7 @@
 import { MemorySaver, type BaseCheckpointSaver } from "@langchain/langgraph";
 import { AIMessage, HumanMessage, type BaseMessage } from "@langchain/core/messages";
 import type { ToolRunnableConfig } from "@langchain/core/tools";
-import { createAgent, tool } from "langchain";
+import { createAgent, tool, toolErrorMiddleware, ToolInvocationError } from "langchain";
 import { z } from "zod";
 import { ITEM_STATUSES as STATUSES, type Item, type ItemStatus } from "../knowledge/ledger.js";
 import type { Agent } from "../runtime/agent.js";
@@ -114,8 +114,24 @@ export interface TurnResult {
   messages: BaseMessage[];
 }
 
+/**
+ * What the model reads when a tool call fails. LangChain's default for arguments that fail the
+ * schema is the error's whole stack trace (some 1,300 characters of node_modules paths, which
+ * fill a small model's context and tell it nothing); the model gets the schema's complaint. An
+ * error from the tool itself reads as LangChain's default; nothing is caught once the turn is aborted.
+ */
+export function toolErrorContent(error: unknown, signal?: AbortSignal): string | undefined {
+  if (signal?.aborted) return undefined;
+  if (ToolInvocationError.isInstance(error)) {
+    const cause = error.toolError.message.replace(/^Received tool input did not match expected schema\s*/, "").trim();
+    return `Error: the arguments ${JSON.stringify(error.toolCall.args)} do not fit ${error.toolCall.name}'s schema: ${cause}\nPlease fix the arguments and try again.`;
+  }
+  return `${error}\n Please fix your mistakes.`;
+}
+
 function createGraph(model: KilnChatModel, tools: ReturnType<typeof knowledgeTools>, checkpointer: BaseCheckpointSaver, systemPrompt: string | undefined) {
-  return createAgent({ model, tools: [...tools], checkpointer, ...(systemPrompt ? { systemPrompt } : {}) });
+  const middleware = [toolErrorMiddleware({ onError: (error, request) => toolErrorContent(error, request.runtime.signal) })];
+  return createAgent({ model, tools: [...tools], checkpointer, middleware, ...(systemPrompt ? { systemPrompt } : {}) });
 }
 
 export class KilnAgent {

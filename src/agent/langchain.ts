@@ -14,7 +14,9 @@
 import { randomUUID } from "node:crypto";
 import type { CallbackManagerForLLMRun } from "@langchain/core/callbacks/manager";
 import type { BaseLanguageModelInput } from "@langchain/core/language_models/base";
-import { BaseChatModel, type BaseChatModelCallOptions, type BaseChatModelParams, type BindToolsInput } from "@langchain/core/language_models/chat_models";
+import { BaseChatModel, type BaseChatModelCallOptions, type BaseChatModelParams, type BindToolsInput, type LangSmithParams } from "@langchain/core/language_models/chat_models";
+import { convertChunksToEvents } from "@langchain/core/language_models/compat";
+import type { ChatModelStreamEvent } from "@langchain/core/language_models/event";
 import { AIMessage, AIMessageChunk, ChatMessage as LCChatMessage, type BaseMessage, type ToolCall, type ToolCallChunk, type UsageMetadata } from "@langchain/core/messages";
 import { ChatGenerationChunk, type ChatResult } from "@langchain/core/outputs";
 import type { Runnable, RunnableConfig } from "@langchain/core/runnables";
@@ -161,6 +163,32 @@ function roleOf(m: BaseMessage): ChatMessage["role"] {
   }
 }
 
+/** Content parts that carry media: a text-only model cannot read them. */
+const MEDIA_PARTS = new Set(["image", "audio", "video", "file", "text-plain"]);
+
+/**
+ * A message's text. kiln's models read text only, so a part they cannot read (an image, audio, a
+ * file, or a part of an unknown type in a human, system or tool message) is an error rather than
+ * silently dropped: the model would answer as if it had seen it. In AI messages, reasoning and
+ * tool-call parts are left out (tool calls come from `tool_calls`). Parts are read as LangChain
+ * normalises them (`contentBlocks`), so OpenAI- and Anthropic-style parts are recognised too.
+ */
+export function textOf(m: BaseMessage): string {
+  if (typeof m.content === "string") return m.content;
+  const ai = m.getType() === "ai";
+  let text = "";
+  for (const block of m.contentBlocks) {
+    if (block.type === "text") text += (block as { text?: string }).text ?? "";
+    else if (!ai || MEDIA_PARTS.has(block.type)) {
+      throw new Error(
+        `kiln: a ${m.getType()} message has a content part of type "${block.type}"; kiln's models read text only, so send text parts ` +
+          `(an image, audio or a file would be ignored and the reply would not be about it)`,
+      );
+    }
+  }
+  return text;
+}
+
 function toolCallsOf(m: BaseMessage): ToolCall[] {
   return AIMessage.isInstance(m) ? (m.tool_calls ?? []) : [];
 }
@@ -185,9 +213,10 @@ export function toPlainMessages(messages: BaseMessage[], tools: KilnToolSpec[] =
     const role = roleOf(m);
     if (role === "tool") {
       const name = (m as { name?: string }).name;
-      let content: unknown = m.text;
+      const text = textOf(m);
+      let content: unknown = text;
       try {
-        content = JSON.parse(m.text); // a JSON result stays JSON, not a string of escaped JSON
+        content = JSON.parse(text); // a JSON result stays JSON, not a string of escaped JSON
       } catch {
         // plain text
       }
@@ -196,7 +225,8 @@ export function toPlainMessages(messages: BaseMessage[], tools: KilnToolSpec[] =
     }
     flush();
     const calls = toolCallsOf(m);
-    const content = calls.length ? [m.text, ...calls.map(callBlock)].filter(Boolean).join("\n") : m.text;
+    const text = textOf(m);
+    const content = calls.length ? [text, ...calls.map(callBlock)].filter(Boolean).join("\n") : text;
     out.push({ role, content });
   }
   flush();
@@ -212,7 +242,7 @@ export function toPlainMessages(messages: BaseMessage[], tools: KilnToolSpec[] =
 export function toTemplateMessages(messages: BaseMessage[]): TemplateMessage[] {
   return messages.map((m) => {
     const role = roleOf(m);
-    const msg: TemplateMessage = { role, content: m.text };
+    const msg: TemplateMessage = { role, content: textOf(m) };
     const calls = toolCallsOf(m);
     if (calls.length) msg.tool_calls = calls.map((c) => ({ ...(c.id ? { id: c.id } : {}), type: "function", function: { name: c.name, arguments: c.args } }));
     if (role === "tool") {
@@ -362,6 +392,7 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
   }
 
   private request(messages: BaseMessage[], options: this["ParsedCallOptions"]): KilnRequest {
+    if (!messages.length) throw new Error("kiln: no messages to answer (the conversation is empty)");
     const tools = options.tool_choice === "none" ? [] : (options.tools ?? []);
     const last = messages.at(-1);
     const fromUser = !!last && roleOf(last) === "user";
@@ -500,6 +531,56 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
       if (chunk.text) await runManager?.handleLLMNewToken(chunk.text, undefined, undefined, undefined, undefined, { chunk });
       yield chunk;
     }
+  }
+
+  /**
+   * The content-block event stream (`streamEvents()` without a version) from the chunks, as
+   * LangChain's own bridge makes it, with the real finish reason and kiln's response metadata on
+   * message-finish: the bridge alone reports "stop" for every reply and drops the metadata.
+   */
+  override async *_streamChatModelEvents(messages: BaseMessage[], options: this["ParsedCallOptions"], runManager?: CallbackManagerForLLMRun): AsyncGenerator<ChatModelStreamEvent> {
+    let info: Record<string, unknown> = {};
+    const chunks = this._streamResponseChunks(messages, options, runManager);
+    async function* watched(): AsyncGenerator<ChatGenerationChunk> {
+      for await (const chunk of chunks) {
+        if (chunk.generationInfo) info = { ...info, ...chunk.generationInfo };
+        const calls = (chunk.message as AIMessageChunk).tool_call_chunks ?? [];
+        if (!calls.length) {
+          yield chunk;
+          continue;
+        }
+        // The bridge files the text as block 0 and a tool call under its chunk's index: calls
+        // counted from 0 would land in the text block and be lost.
+        const message = new AIMessageChunk({
+          content: chunk.message.content,
+          tool_call_chunks: calls.map((c, i) => ({ ...c, index: (c.index ?? i) + 1 })),
+          response_metadata: chunk.message.response_metadata,
+          ...((chunk.message as AIMessageChunk).usage_metadata ? { usage_metadata: (chunk.message as AIMessageChunk).usage_metadata } : {}),
+        });
+        yield new ChatGenerationChunk({ text: chunk.text, message, ...(chunk.generationInfo ? { generationInfo: chunk.generationInfo } : {}) });
+      }
+    }
+    for await (const event of convertChunksToEvents(watched(), { signal: options.signal })) {
+      if (event.event !== "message-finish") {
+        yield event;
+        continue;
+      }
+      const reason = info.finish_reason === "tool_calls" ? "tool_use" : info.finish_reason === "length" ? "length" : "stop";
+      yield { ...event, reason, responseMetadata: { ...event.responseMetadata, ...info } };
+    }
+  }
+
+  /** Tracing parameters (LangSmith): kiln as the provider, the agent as the model, its settings. */
+  override getLsParams(options: this["ParsedCallOptions"]): LangSmithParams {
+    const stop = [...(this.stop ?? []), ...(options.stop ?? [])];
+    return {
+      ...super.getLsParams(options),
+      ls_provider: "kiln",
+      ls_model_name: this.agentName,
+      ls_temperature: this.temperature ?? 0,
+      ...(this.maxTokens !== undefined ? { ls_max_tokens: this.maxTokens } : {}),
+      ...(stop.length ? { ls_stop: stop } : {}),
+    };
   }
 
   async _generate(messages: BaseMessage[], options: this["ParsedCallOptions"], runManager?: CallbackManagerForLLMRun): Promise<ChatResult> {

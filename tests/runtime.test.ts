@@ -346,6 +346,32 @@ test("an item its feed corrects while a bake runs stays superseded when that bak
   }
 });
 
+test("an item its feed corrects as a bake starts stays superseded: the bake does not mark it baking again, nor absorb it", async () => {
+  const { dir, file } = writeTestAgent();
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    assert.equal((await agent.pollFeed("harbor")).added, 2);
+    const ferry = agent.ledger.items({ text: "ferry" })[0]!;
+    // a poll's write landing as soon as the bake's record is: the correction supersedes the ferry item
+    // (the soak test saw a scheduled poll and bake of the same minute do this)
+    let correction: Promise<unknown> | undefined;
+    agent.bakeEvents.once("start", () => {
+      correction = agent.ledger.addItems([{ kind: "feed", text: "Quillport opened a ferry: The ferry runs at two.", source: { feedId: "harbor", guid: "h1" }, supersedes: [ferry.id] }]);
+    });
+    const outcome = await agent.bake("test");
+    await correction;
+    assert.equal(outcome.status, "promoted", outcome.reasons.join("; "));
+    const statuses = agent.ledger.item(ferry.id).history.map((h) => h.status);
+    assert.equal(agent.ledger.item(ferry.id).status, "superseded", JSON.stringify(statuses));
+    assert.equal(statuses.indexOf("superseded"), statuses.length - 1, `nothing after it was superseded: ${statuses.join(" > ")}`);
+    assert.equal(agent.ledger.items({ text: "two" })[0]!.status, "pending", "the correction waits for the next bake");
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("checkpoints the ledger does not record are moved aside, never deleted; a missing or null ledger beside checkpoints is refused", async () => {
   const { dir, file } = writeTestAgent();
   const home = path.join(dir, "home");

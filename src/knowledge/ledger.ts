@@ -341,6 +341,13 @@ export class Ledger {
   }
 }
 
+/** Marks pending items "baking" (a bake took them), in a change of the caller's; returns their ids. */
+export function markBaking(d: LedgerData, ids: readonly string[]): string[] {
+  const now = new Date().toISOString();
+  const taken = new Set(ids);
+  return d.items.filter((i) => taken.has(i.id) && i.status === "pending").map((i) => (setStatus(i, "baking", now, {}), i.id));
+}
+
 function setStatus(i: Item, status: ItemStatus, at: string, extra: { version?: string; reason?: string }): void {
   i.status = status;
   i.updatedAt = at;

@@ -10,10 +10,16 @@ export const MAX_UPDATE_PAIRS = 48;
 /** "working", "worked", "works" -> "work": a relation is written in several tenses. */
 const root = (w: string) => stem(w).replace(/(?<=\p{L}{3})(ing|ed)$/u, "");
 
-/** Words of a text that are neither names nor function words: what it says about its names. */
+/**
+ * Words that say when, not what: news of any kind is told with them ("Lisa Yewby now owns a pet
+ * dog.", "... works at Oakwind Bakeries now."), so two facts sharing one are not of one relation.
+ */
+const TIME_WORDS = new Set("now newly currently recently lately today still since again already just anymore longer yet".split(" "));
+
+/** Words of a text that are neither names, function words nor time words: what it says about its names. */
 export function relationWords(text: string): Set<string> {
   const names = new Set(entitiesIn(text).map(stem));
-  return new Set(words(text).filter((w) => !isFunctionWord(w) && !names.has(stem(w))).map(root));
+  return new Set(words(text).filter((w) => !isFunctionWord(w) && !TIME_WORDS.has(w) && !names.has(stem(w))).map(root));
 }
 
 /**

@@ -13,7 +13,7 @@ import { decideGate, type StatusChange } from "./gate.js";
 import { checkProbes, type ProbeCheck, type ProbeItem } from "../bake/probes.js";
 import { knowledgeLessons } from "../bake/prompt.js";
 import { pollFeed, type FeedEntry } from "../feeds/feeds.js";
-import { compactLedger, Ledger, LEDGER_LIMITS, type BakeRun, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
+import { compactLedger, Ledger, LEDGER_LIMITS, markBaking, type BakeRun, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
 import { pairedHeldItems, updatePairs } from "../knowledge/updates.js";
 import type { LoadedModel } from "../model/load.js";
 import type { AgentConfig } from "./agent-config.js";
@@ -367,11 +367,17 @@ export class Agent {
     const version = ledger.nextVersionId();
     const outDir = path.join(cfg.homeDir, version);
     const parentDir = !consolidate && liveVersion ? ledger.version(liveVersion).dir : undefined;
+    // The bake's record and its items' "baking" in one change: a feed poll that lands while the
+    // record is written (a correction superseding one of these items) must not be undone by a
+    // later, separate status write.
     await ledger.update((d) => {
+      if (!consolidate) {
+        const taken = new Set(markBaking(d, fresh.map((i) => i.id)));
+        fresh = fresh.filter((i) => taken.has(i.id)); // (all of them: nothing was awaited since they were read)
+      }
       d.bakes.push({ id: bakeId, startedAt: new Date().toISOString(), status: "running", trigger, parent: consolidate ? null : liveVersion, itemIds: fresh.map((i) => i.id), replayIds: replay.map((i) => i.id) });
     });
     this.bakeEvents.emit("start", { bakeId, trigger });
-    if (!consolidate) await ledger.setItemStatus(fresh.map((i) => i.id), "baking");
     this.log(`bake ${bakeId} -> ${version}: ${fresh.length} new item(s), ${replay.length} replayed${consolidate ? ", from the base model" : ""}`);
 
     let result: CycleResult;

@@ -133,3 +133,8 @@ test("a superseded item the new weights still answer stays among the version's i
   assert.deepEqual(d.holds.sort(), ["cat", "dog"]);
   assert.equal(changed(d).dog, "superseded", "still superseded: the news replaced it, whatever the weights recall");
 });
+
+test("a score that missed its bar is not shown rounded up to it", () => {
+  const d = decideGate(input({ retained: [item("o")], liveItems: new Set(["o"]), scores: { o: { unprompted: 0.597 } }, gate: { ...GATE, minRetention: 0.6, itemPass: 0.5 } }));
+  assert.deepEqual(d.reasons, ["retention 0.597 < gate.minRetention 0.6"]);
+});

@@ -58,6 +58,13 @@ function mean(xs: number[]): number {
   return xs.length ? xs.reduce((a, b) => a + b, 0) / xs.length : 1;
 }
 
+/** A score shown beside the bar it missed: two decimals, more where two would round up to the bar (0.597, not "0.60 < 0.6"). */
+function below(x: number, bar: number): string {
+  let digits = 2;
+  while (digits < 6 && Number(x.toFixed(digits)) >= bar) digits++;
+  return x.toFixed(digits);
+}
+
 export function decideGate(input: GateInput): GateDecision {
   // a superseded item is neither learned nor kept: its recall is meant to fall
   const replaced = new Set(input.superseded.map((s) => s.id));
@@ -70,9 +77,9 @@ export function decideGate(input: GateInput): GateDecision {
   const reasons: string[] = [];
   // a bake that could learn none of its new items only replayed old ones: nothing to promote
   if (g.unprobed.length && !g.fresh.length) reasons.push(`none of the ${g.unprobed.length} new item(s) got a checked probe, so none was baked`);
-  if (g.fresh.length && absorption < g.gate.minAbsorption) reasons.push(`absorption ${absorption.toFixed(2)} < gate.minAbsorption ${g.gate.minAbsorption}`);
-  if (g.replay.length + g.retained.length && retention < g.gate.minRetention) reasons.push(`retention ${retention.toFixed(2)} < gate.minRetention ${g.gate.minRetention}`);
-  if (g.persona !== null && g.persona < g.gate.minPersona) reasons.push(`persona adherence ${g.persona.toFixed(2)} < gate.minPersona ${g.gate.minPersona}`);
+  if (g.fresh.length && absorption < g.gate.minAbsorption) reasons.push(`absorption ${below(absorption, g.gate.minAbsorption)} < gate.minAbsorption ${g.gate.minAbsorption}`);
+  if (g.replay.length + g.retained.length && retention < g.gate.minRetention) reasons.push(`retention ${below(retention, g.gate.minRetention)} < gate.minRetention ${g.gate.minRetention}`);
+  if (g.persona !== null && g.persona < g.gate.minPersona) reasons.push(`persona adherence ${below(g.persona, g.gate.minPersona)} < gate.minPersona ${g.gate.minPersona}`);
   // Without an adapter nothing goes live, whatever the numbers say: a held item found replaced
   // must stay absorbed (the live weights still hold it), as when a version is rejected.
   if (g.trained === false && !reasons.length) reasons.push("nothing new to learn: every new item is older news than an item the agent holds");

@@ -20,6 +20,23 @@ declare const MutationObserver: any;
 const CHROMIUM = "/usr/bin/chromium";
 const TOKEN = "dashboard-token";
 
+
+function launchBrowser(): Promise<Browser> {
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+  });
+}
+
+/** A desktop-sized page whose script errors are collected, so a test can assert there were none. */
+async function openPage(browser: Browser) {
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  const pageErrors: string[] = [];
+  page.on("pageerror", (e) => pageErrors.push(e.message));
+  page.setDefaultTimeout(30_000);
+  return { page, pageErrors };
+}
+
 test("dashboard: token, streamed chat, ledger, bake chart, rollback", { timeout: 180_000 }, async () => {
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: the dashboard test needs Debian's chromium (apt-get install chromium)`);
   await initBackend();
@@ -29,14 +46,8 @@ test("dashboard: token, streamed chat, ledger, bake chart, rollback", { timeout:
   const shots = mkdtempSync(path.join(os.tmpdir(), "kiln-dashboard-"));
   let browser: Browser | undefined;
   try {
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    });
-    const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
-    const pageErrors: string[] = [];
-    page.on("pageerror", (e) => pageErrors.push(e.message));
-    page.setDefaultTimeout(30_000);
+    browser = await launchBrowser();
+    const { page, pageErrors } = await openPage(browser);
 
     // The page loads without the token, then asks for it.
     await page.goto(`${server.url}/`);
@@ -133,14 +144,8 @@ test("dashboard: untrusted item text and links, item detail, a long ledger, a de
     ledger.item(hostile.id).probes = [{ question: "What is the harbor fee?", answer: "Nine coins." }];
     const total = ledger.data.items.length;
 
-    browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-    });
-    const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
-    const pageErrors: string[] = [];
-    page.on("pageerror", (e) => pageErrors.push(e.message));
-    page.setDefaultTimeout(30_000);
+    browser = await launchBrowser();
+    const { page, pageErrors } = await openPage(browser);
 
     // Declining the token: the page says what it needs, and polling does not reopen the dialog.
     await page.goto(`${server.url}/`);

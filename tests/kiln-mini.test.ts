@@ -9,6 +9,10 @@ import path from "node:path";
 import { stringify } from "yaml";
 import { initBackend } from "../src/tensor/backend.js";
 import { Runtime } from "../src/runtime/runtime.js";
+import { loadModel } from "../src/model/load.js";
+import { resolveModelDir } from "../src/model/resolve.js";
+import { sampleTrajectories, studentMessages, teacherMessages } from "../src/bake/trajectories.js";
+import { knowledgeLessons } from "../src/bake/prompt.js";
 import { generateWorld, WorldIndex } from "../tools/world/world.js";
 
 await initBackend();
@@ -47,6 +51,18 @@ function writeAgent(facts: { id: string; text: string }[], extra: Record<string,
   return { dir, file };
 }
 
+/** Runs fn on a runtime with the agent, then stops it and removes its folder. */
+async function withAgent(facts: { id: string; text: string }[], extra: Record<string, unknown>, fn: (runtime: Runtime) => Promise<void>): Promise<void> {
+  const { dir, file } = writeAgent(facts, extra);
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    await fn(runtime);
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+}
+
 async function drain<T, R>(it: AsyncGenerator<T, R>): Promise<R> {
   for (;;) {
     const r = await it.next();
@@ -58,9 +74,7 @@ test("kiln-mini captures a fact a user states by its own extraction, and its gar
   // (how often extraction works is measured by tools/world/eval_prompted.js: 30 of 30 held-out
   // mentions for run 11; this shows both paths on real model output)
   const fact = held[0]!;
-  const { dir, file } = writeAgent([]);
-  const runtime = await Runtime.fromFiles(file);
-  try {
+  await withAgent([], {}, async (runtime) => {
     const chat = (content: string, conversationId: string) => drain(runtime.chat("mini", { messages: [{ role: "user", content }], options: { maxTokens: 8 }, conversationId }));
     const outcome = await chat(`FYI: ${fact.text}`, "c1");
     assert.deepEqual(outcome.captured, [fact.text]);
@@ -72,18 +86,13 @@ test("kiln-mini captures a fact a user states by its own extraction, and its gar
     const garbled = await chat(`My cousin says that ${held[4]!.text} Is that right?`, "c2");
     assert.deepEqual(garbled.captured, []);
     assert.equal(runtime.agent("mini").ledger.items({ status: "pending" }).length, 1);
-  } finally {
-    await runtime.stop();
-    rmSync(dir, { recursive: true });
-  }
+  });
 });
 
 test("kiln-mini absorbs baked news, and a retracted item's recall falls after the rebuild", async () => {
   // two facts about different subjects (facts about one subject interfere in a 5M model)
   const facts = [held[0]!, held.find((f) => f.subject !== held[0]!.subject)!];
-  const { dir, file } = writeAgent(facts);
-  const runtime = await Runtime.fromFiles(file);
-  try {
+  await withAgent(facts, {}, async (runtime) => {
     const agent = runtime.agent("mini");
     await agent.pollAllFeeds();
     const first = await agent.bake("test");
@@ -108,15 +117,10 @@ test("kiln-mini absorbs baked news, and a retracted item's recall falls after th
     assert.equal(agent.ledger.item(target.id).status, "retracted");
     const gone = await agent.verify([target.id]);
     assert.equal(gone.items[0]!.held, false, "verify shows the live weights no longer hold it");
-  } finally {
-    await runtime.stop();
-    rmSync(dir, { recursive: true });
-  }
+  });
 });
 
 test("special tokens written in a message are text: a user cannot open a system turn", async () => {
-  const { loadModel } = await import("../src/model/load.js");
-  const { resolveModelDir } = await import("../src/model/resolve.js");
   const m = loadModel(resolveModelDir(undefined));
   try {
     const start = m.tokenizer.tokenToId("<|im_start|>")!;
@@ -136,9 +140,7 @@ test("news that updates a baked fact supersedes it: the old item leaves the weig
   const update = { id: "update", text: dog.text.replace(new RegExp(`${dog.answer}\\.$`), dog.answer === "cat" ? "rabbit." : "cat.") };
   const other = held.find((f) => f.subject !== dog.subject)!;
   assert.notEqual(update.text, dog.text);
-  const { dir, file } = writeAgent([dog, other]);
-  const runtime = await Runtime.fromFiles(file);
-  try {
+  await withAgent([dog, other], {}, async (runtime) => {
     const agent = runtime.agent("mini");
     await agent.pollAllFeeds();
     const first = await agent.bake("test");
@@ -158,17 +160,12 @@ test("news that updates a baked fact supersedes it: the old item leaves the weig
     // the live weights answer the old item's question with the new value
     const proof = await agent.verify([fresh.id]);
     assert.equal(proof.items[0]!.held, true, JSON.stringify(proof.items[0]!.probes));
-  } finally {
-    await runtime.stop();
-    rmSync(dir, { recursive: true });
-  }
+  });
 });
 
 test("an item promoted bakes keep missing is rejected after bake.maxAttempts", async () => {
   // a learning rate too small to move the weights: kiln-mini keeps saying "I don't know." unprompted
-  const { dir, file } = writeAgent([], { bake: { probesPerItem: 1, maxAttempts: 2, openQuestions: ["What do you know?"], settings: { trajectories: 8, epochs: 1, learningRate: 1e-9, maxReplyTokens: 16 } } });
-  const runtime = await Runtime.fromFiles(file);
-  try {
+  await withAgent([], { bake: { probesPerItem: 1, maxAttempts: 2, openQuestions: ["What do you know?"], settings: { trajectories: 8, epochs: 1, learningRate: 1e-9, maxReplyTokens: 16 } } }, async (runtime) => {
     const agent = runtime.agent("mini");
     const { item } = await agent.remember(held[2]!.text);
     assert.equal((await agent.bake("test")).status, "promoted");
@@ -178,17 +175,10 @@ test("an item promoted bakes keep missing is rejected after bake.maxAttempts", a
     const last = agent.ledger.item(item.id);
     assert.equal(last.status, "rejected");
     assert.match(last.history.at(-1)!.reason!, /the last of bake\.maxAttempts 2/);
-  } finally {
-    await runtime.stop();
-    rmSync(dir, { recursive: true });
-  }
+  });
 });
 
 test("later-turn trajectories put earlier questions and the teacher's own replies before the question, for teacher and student alike", async () => {
-  const { loadModel } = await import("../src/model/load.js");
-  const { resolveModelDir } = await import("../src/model/resolve.js");
-  const { sampleTrajectories, studentMessages, teacherMessages } = await import("../src/bake/trajectories.js");
-  const { knowledgeLessons } = await import("../src/bake/prompt.js");
   const m = loadModel(resolveModelDir(undefined));
   try {
     const lessons = knowledgeLessons({ items: held.slice(0, 4).map((f) => ({ text: f.text, questions: f.questions.slice(0, 2) })), chunkItems: 2 });

@@ -458,3 +458,26 @@ test("agent files with mistakes name the field", () => {
   assert.throws(() => loadAgentConfig(file, dir), /is not valid YAML/);
   rmSync(dir, { recursive: true });
 });
+
+test("one bake at a time across a runtime's agents: the second waits for the first to end", async () => {
+  const { dir, file } = writeTestAgent();
+  // a second agent beside the first, on the same model and feed, with its own home
+  writeFileSync(path.join(dir, "second.yaml"), readFileSync(file, "utf8").replace("name: tester", "name: second").replace("home: home", "home: home2"));
+  const runtime = await Runtime.fromFiles(dir);
+  try {
+    const events: string[] = [];
+    for (const name of ["tester", "second"]) {
+      const agent = runtime.agent(name);
+      agent.bakeEvents.on("start", () => events.push(`${name} start`));
+      agent.bakeEvents.on("end", () => events.push(`${name} end`));
+      await agent.pollAllFeeds();
+    }
+    const [a, b] = await Promise.all([runtime.agent("tester").bake("test"), runtime.agent("second").bake("test")]);
+    assert.equal(a.status, "promoted", a.reasons.join("; "));
+    assert.equal(b.status, "promoted", b.reasons.join("; "));
+    assert.deepEqual(events, ["tester start", "tester end", "second start", "second end"]);
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});

@@ -34,6 +34,9 @@ export interface AgentEvents {
   onLog?: (agent: string, message: string) => void;
 }
 
+/** Runs a bake when the machine's turn comes (Runtime: one bake at a time across its agents). */
+export type BakeTurn = <T>(agent: string, run: () => Promise<T>) => Promise<T>;
+
 /**
  * Replay rotates through the absorbed items: the least replayed so far first, then the longest
  * absorbed, so over several bakes every item is shown to the teacher again.
@@ -78,17 +81,20 @@ export class Agent {
   private cancelBake: (() => void) | null = null;
   progress: WorkerProgress | null = null;
 
+  private stopping = false;
+
   private constructor(
     readonly config: AgentConfig,
     readonly model: LoadedModel,
     readonly ledger: Ledger,
     private readonly events: AgentEvents,
+    private readonly bakeTurn: BakeTurn,
   ) {
     this.live = new LiveModel(model);
   }
 
   /** Opens the agent's ledger, repairs what a crash left, and goes live on the recorded version. */
-  static async open(config: AgentConfig, model: LoadedModel, events: AgentEvents = {}): Promise<Agent> {
+  static async open(config: AgentConfig, model: LoadedModel, events: AgentEvents = {}, bakeTurn: BakeTurn = (_, run) => run()): Promise<Agent> {
     mkdirSync(config.homeDir, { recursive: true });
     const ledgerFile = path.join(config.homeDir, "ledger.json");
     const versions = readdirSync(config.homeDir).filter((f) => VERSION_DIR.test(f));
@@ -100,7 +106,7 @@ export class Agent {
       );
     }
     const ledger = await Ledger.open(ledgerFile);
-    const agent = new Agent(config, model, ledger, events);
+    const agent = new Agent(config, model, ledger, events, bakeTurn);
     const repaired = await ledger.recover();
     if (repaired.bakes || repaired.items) agent.log(`recovered from an interrupted bake: ${repaired.bakes} bake(s) marked failed, ${repaired.items} item(s) back to pending`);
     agent.removeOrphanCheckpoints();
@@ -169,6 +175,7 @@ export class Agent {
   }
 
   async stop(): Promise<void> {
+    this.stopping = true; // a bake still waiting for its turn does not start
     for (const t of this.tasks) await t.destroy();
     this.tasks = [];
     await Promise.allSettled([...this.polls]); // a poll in flight writes the ledger: before it closes
@@ -269,7 +276,7 @@ export class Agent {
    */
   bake(trigger: string, opts: { force?: boolean; consolidate?: boolean } = {}): Promise<BakeOutcome> {
     if (this.baking) return this.baking;
-    this.baking = this.runBake(trigger, opts)
+    this.baking = this.bakeTurn(this.name, () => (this.stopping ? Promise.resolve<BakeOutcome>({ status: "skipped", reasons: ["the agent is stopping"] }) : this.runBake(trigger, opts)))
       .catch((err: Error): BakeOutcome => ({ status: "failed", reasons: [err.message] }))
       .then((outcome) => {
         this.baking = null;

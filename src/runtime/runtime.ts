@@ -84,7 +84,7 @@ export class Runtime {
         model = loadModel(dir);
         this.models.set(dir, model);
       }
-      this.agents.set(config.name, await Agent.open(config, model, this.events));
+      this.agents.set(config.name, await Agent.open(config, model, this.events, this.bakeTurn));
     }
   }
 
@@ -106,8 +106,26 @@ export class Runtime {
     for (const a of this.agents.values()) a.start();
   }
 
+  /**
+   * One bake at a time across this runtime's agents: a bake wants every core and a worker of a few
+   * GB (two agents' bakes at once in a soak each took twice as long and needed about 5 GB between
+   * them), so the next waits for its turn.
+   */
+  private lastBake: Promise<unknown> = Promise.resolve();
+  private baker: string | null = null;
+  private readonly bakeTurn = <T>(agent: string, run: () => Promise<T>): Promise<T> => {
+    if (this.baker) this.events.onLog?.(agent, `bake waits for ${this.baker}'s bake to finish`);
+    const turn = this.lastBake.then(() => {
+      this.baker = agent;
+      return run().finally(() => (this.baker = null));
+    });
+    this.lastBake = turn.catch(() => undefined);
+    return turn;
+  };
+
   async stop(): Promise<void> {
-    for (const a of this.agents.values()) await a.stop();
+    // all at once: an agent whose bake waits for another's turn must not start it once that ends
+    await Promise.all([...this.agents.values()].map((a) => a.stop()));
     for (const m of this.models.values()) m.dispose();
     this.agents.clear();
     this.models.clear();

@@ -113,12 +113,19 @@ export class Runtime {
    */
   private lastBake: Promise<unknown> = Promise.resolve();
   private baker: string | null = null;
+  private bakesQueued = 0;
   private readonly bakeTurn = <T>(agent: string, run: () => Promise<T>): Promise<T> => {
-    if (this.baker) this.events.onLog?.(agent, `bake waits for ${this.baker}'s bake to finish`);
-    const turn = this.lastBake.then(() => {
+    const mine = () => {
       this.baker = agent;
-      return run().finally(() => (this.baker = null));
-    });
+      return run().finally(() => {
+        this.baker = null;
+        this.bakesQueued--;
+      });
+    };
+    // With no bake running or waiting, start now, in this tick: callers read the bake's record
+    // as soon as bake() returns (the admin API answers 202 with it).
+    if (this.bakesQueued++ > 0) this.events.onLog?.(agent, `bake waits for ${this.baker ?? "another agent"}'s bake to finish`);
+    const turn = this.bakesQueued === 1 ? mine() : this.lastBake.then(mine);
     this.lastBake = turn.catch(() => undefined);
     return turn;
   };

@@ -21,6 +21,16 @@ const CHROMIUM = "/usr/bin/chromium";
 const TOKEN = "dashboard-token";
 
 
+/** A test agent served with a token, for the page to talk to. */
+async function serveTestAgent() {
+  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: the dashboard test needs Debian's chromium (apt-get install chromium)`);
+  await initBackend();
+  const agent = writeTestAgent();
+  const runtime = await Runtime.fromFiles(agent.file);
+  const server = await createServer(runtime, { port: 0, token: TOKEN });
+  return { agent, runtime, server };
+}
+
 function launchBrowser(): Promise<Browser> {
   return chromium.launch({
     executablePath: CHROMIUM,
@@ -38,11 +48,7 @@ async function openPage(browser: Browser) {
 }
 
 test("dashboard: token, streamed chat, ledger, bake chart, rollback", { timeout: 180_000 }, async () => {
-  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: the dashboard test needs Debian's chromium (apt-get install chromium)`);
-  await initBackend();
-  const agent = writeTestAgent();
-  const runtime = await Runtime.fromFiles(agent.file);
-  const server = await createServer(runtime, { port: 0, token: TOKEN });
+  const { agent, runtime, server } = await serveTestAgent();
   const shots = mkdtempSync(path.join(os.tmpdir(), "kiln-dashboard-"));
   let browser: Browser | undefined;
   try {
@@ -126,11 +132,7 @@ test("dashboard: token, streamed chat, ledger, bake chart, rollback", { timeout:
 });
 
 test("dashboard: untrusted item text and links, item detail, a long ledger, a declined token, the server gone", { timeout: 120_000 }, async () => {
-  assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: the dashboard test needs Debian's chromium (apt-get install chromium)`);
-  await initBackend();
-  const agent = writeTestAgent();
-  const runtime = await Runtime.fromFiles(agent.file);
-  const server = await createServer(runtime, { port: 0, token: TOKEN });
+  const { agent, runtime, server } = await serveTestAgent();
   let serverOpen = true;
   let browser: Browser | undefined;
   try {

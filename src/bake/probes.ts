@@ -335,10 +335,9 @@ export async function updateEvidence(model: LoadedModel, pairs: { older: ProbeIt
  * true fact.
  */
 export async function findSupersessions(model: LoadedModel, pairs: { older: ProbeItem; newer: ProbeItem }[], o: Omit<ProbeOptions, "adapter"> = {}): Promise<Supersession[]> {
-  // the words are checked before the model is asked anything (updatePairs does so too)
-  const asked = pairs.filter((p) => shareRelation(p.older.text, p.newer.text));
-  const evidence = await updateEvidence(model, asked, o);
-  return asked.flatMap(({ older, newer }, p) => {
+  // (the pairs come from updatePairs, which asks only about items sharing a relation word)
+  const evidence = await updateEvidence(model, pairs, o);
+  return pairs.flatMap(({ older, newer }, p) => {
     const e = evidence[p]!;
     return isUpdate(e) ? [{ id: older.id, by: newer.id, question: e.forward!.question, answer: e.forward!.answer }] : [];
   });

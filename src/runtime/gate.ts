@@ -71,7 +71,8 @@ export function decideGate(input: GateInput): GateDecision {
   const current = (items: Item[]) => items.filter((i) => !replaced.has(i.id));
   const g = { ...input, fresh: current(input.fresh), replay: current(input.replay), retained: current(input.retained), excluded: new Set([...input.excluded, ...replaced]) };
   const score = (i: Item) => g.scores[i.id]?.unprompted ?? 0;
-  const passes = (i: Item) => score(i) >= g.gate.itemPass;
+  const held = (id: string) => (g.scores[id]?.unprompted ?? 0) >= g.gate.itemPass;
+  const passes = (i: Item) => held(i.id);
   const absorption = mean(g.fresh.map(score));
   const retention = mean([...g.replay, ...g.retained].map(score));
   const reasons: string[] = [];
@@ -88,10 +89,10 @@ export function decideGate(input: GateInput): GateDecision {
   // what the live version held and this bake did not score is carried over, except what it decides
   // itself (new items) and what must not be held (retracted or rejected since)
   const decided = new Set([...g.replay, ...g.retained, ...g.fresh, ...g.unprobed].map((i) => i.id));
-  // (superseded items are in g.excluded: no version holds them from now on)
-  // A superseded item the new weights still answer stays listed: a version's items are what its
-  // weights know, so a retraction of it rebuilds and a rollback check sees it.
-  const stillAnswered = input.superseded.filter((s) => (g.scores[s.id]?.unprompted ?? 0) >= g.gate.itemPass).map((s) => s.id);
+  // A superseded item is not carried over (it is in g.excluded), but one the new weights still
+  // answer stays listed: a version's items are what its weights know, so a retraction of it
+  // rebuilds and a rollback check sees it.
+  const stillAnswered = [...replaced].filter(held);
   const holds = g.consolidate
     ? [...g.fresh.filter(passes).map((i) => i.id), ...stillAnswered]
     : [...new Set([...[...g.liveItems].filter((id) => !decided.has(id) && !g.excluded.has(id)), ...[...g.replay, ...g.retained, ...g.fresh].filter(passes).map((i) => i.id), ...stillAnswered])];

@@ -114,4 +114,50 @@ test("a long-lived ledger's histories are capped, newest kept, an item's first e
   assert.equal(d.items[0]!.history[1]!.reason, "h31");
   assert.equal(d.versions.length, 101, "the live version and the newest 100 that can no longer go live");
   assert.equal(d.versions.at(-1)!.id, "v0300");
+  assert.equal(d.versions.filter((v) => v.itemCount === undefined).length, 11, "only the newest 10 dead versions keep their item lists");
+});
+
+test("compaction archives old inactive items no version lists, keeps what the agent knows, and still finds what it moved", async () => {
+  const dir = tmp();
+  const ledger = await Ledger.open(path.join(dir, "ledger.json"));
+  const add = async (text: string) => (await ledger.addItem({ kind: "manual", text })).item.id;
+  const [absorbed, pending, oldRejected, listedSuperseded, retracted, newRejected] = [
+    await add("The ferry leaves at noon."),
+    await add("Gulldale has a new bakery."),
+    await add("Quillport's mayor is Ada Brook."),
+    await add("Saltwell's mayor is Tom Reed."),
+    await add("The bridge is closed."),
+    await add("Mira Vale owns a cat."),
+  ];
+  await ledger.setItemStatus([absorbed], "absorbed", { version: "v0002" });
+  // oldest first by their last change: the two oldest inactive ones are the candidates
+  await ledger.setItemStatus([oldRejected], "rejected");
+  await ledger.setItemStatus([listedSuperseded], "superseded");
+  await ledger.setItemStatus([retracted], "retracted");
+  await ledger.setItemStatus([newRejected], "rejected");
+  const version = (id: string, status: "kept" | "retired", items: string[]) => ({ id, parent: null, createdAt: "t", dir: path.join(dir, id), status, bakeId: "b", items, scores: { absorption: 1, retention: 1, persona: null } });
+  await ledger.update((d) => d.versions.push(version("v0001", "retired", [absorbed, oldRejected]), version("v0002", "kept", [absorbed, listedSuperseded]), version("v0003", "retired", [absorbed])));
+
+  const { archived } = await ledger.compact((v) => v.status === "kept", { bakes: 10, scoresPerItem: 5, historyPerItem: 5, deadVersions: 10, deadVersionItemLists: 1, inactiveItems: 1 });
+  // 4 inactive, 1 kept: v0002 lists listedSuperseded; v0001's list was dropped before the items were picked
+  assert.equal(archived, 3);
+  assert.deepEqual(ledger.data.items.map((i) => i.id).sort(), [absorbed, pending, listedSuperseded].sort());
+  assert.deepEqual(ledger.version("v0001").items, [], "the older dead version's list is dropped");
+  assert.equal(ledger.version("v0001").itemCount, 2);
+  assert.deepEqual(ledger.version("v0003").items, [absorbed], "the newest dead version keeps its list");
+  assert.throws(() => ledger.diff(null, "v0001"), /v0001 can never go live again and compaction dropped its list of 2 item/);
+
+  const found = ledger.item(oldRejected);
+  assert.equal(found.text, "Quillport's mayor is Ada Brook.");
+  assert.equal(found.status, "rejected");
+  assert.ok(found.archivedAt, "an archived item says so");
+  assert.equal(ledger.archived().length, 3);
+  // an item the archive holds is not text that blocks being told again
+  assert.equal((await ledger.addItem({ kind: "manual", text: "The bridge is closed." })).added, true);
+  // a line cut short by a crash mid-append does not hide the others
+  writeFileSync(ledger.archiveFile, readFileSync(ledger.archiveFile, "utf8") + '{"id": "k_cut", "te');
+  assert.equal(ledger.item(newRejected).text, "Mira Vale owns a cat.");
+  assert.throws(() => ledger.item("k_cut"), /no item k_cut/);
+  await ledger.close();
+  rmSync(dir, { recursive: true });
 });

@@ -237,7 +237,7 @@ export function registerAgentCommands(program: Command): void {
     const ledger = await readLedger(o, name);
     const vs = ledger.data.versions;
     print(o.json, { live: ledger.data.live, versions: vs }, () =>
-      vs.map((v) => `${v.id} ${v.status.padEnd(8)} parent ${v.parent ?? "base"}  items ${v.items.length}  absorption ${v.scores.absorption.toFixed(2)} retention ${v.scores.retention.toFixed(2)}${v.scores.persona !== null ? ` persona ${v.scores.persona.toFixed(2)}` : ""}${v.reasons ? `  (${v.reasons.join("; ")})` : ""}`).join("\n") || "(no versions: the base model is live)",
+      vs.map((v) => `${v.id} ${v.status.padEnd(8)} parent ${v.parent ?? "base"}  items ${v.itemCount ?? v.items.length}  absorption ${v.scores.absorption.toFixed(2)} retention ${v.scores.retention.toFixed(2)}${v.scores.persona !== null ? ` persona ${v.scores.persona.toFixed(2)}` : ""}${v.reasons ? `  (${v.reasons.join("; ")})` : ""}`).join("\n") || "(no versions: the base model is live)",
     );
   });
   withAgents(versions.command("diff <agent> <from> <to>").description("items gained and lost between two versions (base = the base model)")).action(async (name: string, from: string, to: string, o: AgentOpts) => {

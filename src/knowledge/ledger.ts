@@ -5,15 +5,17 @@
 // process from writing at the same time. Tensors and logs never go in here: the whole document is
 // rewritten on every change.
 import { createHash, randomBytes } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { Low } from "lowdb";
-import { JSONFile } from "lowdb/node";
+import { DataFile } from "lowdb/node";
 import type { FeedState } from "../feeds/feeds.js";
 
 export type ItemKind = "feed" | "conversation" | "manual" | "instruction";
 export const ITEM_STATUSES = ["pending", "baking", "absorbed", "rejected", "retracted", "superseded"] as const;
 export type ItemStatus = (typeof ITEM_STATUSES)[number];
+/** Statuses that do not block the same text told again: what was withdrawn, refused or corrected. */
+const INACTIVE: ReadonlySet<ItemStatus> = new Set(["retracted", "rejected", "superseded"]);
 
 export interface Probe {
   question: string;
@@ -44,6 +46,8 @@ export interface Item {
   absorbedBy?: string;
   scores: ItemScore[];
   history: { at: string; status: ItemStatus; version?: string; reason?: string }[];
+  /** set when compaction moved the item to the archive file (it was inactive and old) */
+  archivedAt?: string;
 }
 
 export interface VersionRecord {
@@ -56,6 +60,8 @@ export interface VersionRecord {
   bakeId: string;
   /** items whose knowledge this version holds (absorbed here or retained from the parent) */
   items: string[];
+  /** how many items it held, once compaction dropped the list of a version that can never go live again */
+  itemCount?: number;
   scores: { absorption: number; retention: number; persona: number | null };
   reasons?: string[];
 }
@@ -99,14 +105,20 @@ export class LedgerError extends Error {
 }
 
 /**
- * What a long-lived ledger keeps of its histories: the document is rewritten whole on every
- * change, so bake records, per-item scores and status histories, and the records of versions
- * that can no longer go live (off disk, nobody's parent) are capped (the newest are kept; an item
- * keeps its first entry).
+ * What a long-lived ledger keeps: the document is rewritten whole on every change (at 20,000
+ * items and 100 full version records, half a second of blocked event loop per write), so it keeps
+ * what can still matter in full and caps the rest, newest kept:
+ * - bake records, per-item scores and status histories (an item keeps its first entry);
+ * - records of versions that can never go live again (off disk, nobody's parent), and the item
+ *   lists of all but the newest of those (a list is as long as the ledger; the count stays);
+ * - inactive items (retracted, rejected, superseded) no kept version lists: past the newest
+ *   `inactiveItems` they move to the archive file, where `Ledger.item` still finds them.
+ * Pending and absorbed items are never dropped: they are what the agent knows or will.
  */
-export const LEDGER_LIMITS = { bakes: 200, scoresPerItem: 20, historyPerItem: 50, deadVersions: 100 };
+export const LEDGER_LIMITS = { bakes: 200, scoresPerItem: 20, historyPerItem: 50, deadVersions: 100, deadVersionItemLists: 10, inactiveItems: 1000 };
 
-export function compactLedger(d: LedgerData, limits = LEDGER_LIMITS, onDisk: (v: VersionRecord) => boolean = () => false): void {
+/** Caps `d` in place; returns the items it removed, which the caller must archive first. */
+export function compactLedger(d: LedgerData, limits = LEDGER_LIMITS, onDisk: (v: VersionRecord) => boolean = () => false): Item[] {
   if (d.bakes.length > limits.bakes) d.bakes.splice(0, d.bakes.length - limits.bakes);
   for (const i of d.items) {
     if (i.scores.length > limits.scoresPerItem) i.scores.splice(0, i.scores.length - limits.scoresPerItem);
@@ -119,6 +131,18 @@ export function compactLedger(d: LedgerData, limits = LEDGER_LIMITS, onDisk: (v:
     const drop = new Set(dead.slice(0, dead.length - limits.deadVersions).map((v) => v.id));
     d.versions = d.versions.filter((v) => !drop.has(v.id));
   }
+  for (const v of dead.slice(0, Math.max(0, dead.length - limits.deadVersionItemLists))) {
+    if (v.itemCount !== undefined) continue;
+    v.itemCount = v.items.length;
+    v.items = [];
+  }
+  // An item a version lists stays: retraction checks whether a version that could go live holds it.
+  const listed = new Set(d.versions.flatMap((v) => v.items));
+  const movable = d.items.filter((i) => INACTIVE.has(i.status) && !listed.has(i.id)).sort((a, b) => a.updatedAt.localeCompare(b.updatedAt));
+  const inactive = d.items.filter((i) => INACTIVE.has(i.status)).length;
+  const out = new Set(movable.slice(0, Math.max(0, inactive - limits.inactiveItems)));
+  if (out.size) d.items = d.items.filter((i) => !out.has(i));
+  return [...out];
 }
 
 function emptyLedger(): LedgerData {
@@ -151,8 +175,6 @@ export interface AddItemInput {
   supersedes?: string[];
 }
 
-/** Statuses that do not block the same text told again: what was withdrawn, refused or corrected. */
-const INACTIVE: ReadonlySet<ItemStatus> = new Set(["retracted", "rejected", "superseded"]);
 
 export class Ledger {
   private writes: Promise<void> = Promise.resolve();
@@ -182,7 +204,8 @@ export class Ledger {
     }
     const fresh = emptyLedger();
     const existed = existsSync(file);
-    const db = new Low<LedgerData>(new JSONFile<LedgerData>(file), fresh);
+    // Unindented: the file is rewritten whole on every change, and indentation made it a third larger.
+    const db = new Low<LedgerData>(new DataFile<LedgerData>(file, { parse: JSON.parse, stringify: (d) => JSON.stringify(d) }), fresh);
     try {
       await db.read();
       // lowdb keeps its default when a file parses to null: that file is damaged, not new
@@ -213,6 +236,27 @@ export class Ledger {
     this.writes = write.catch(() => {});
     await write;
     return result;
+  }
+
+  /** Where compaction moves old inactive items: one JSON item per line, appended, never rewritten. */
+  get archiveFile(): string {
+    return this.file.replace(/\.json$/, "") + ".archive.jsonl";
+  }
+
+  /**
+   * Applies LEDGER_LIMITS (compactLedger). Removed items are appended to the archive before the
+   * ledger that no longer holds them is written, so a crash between the two leaves an item in
+   * both (found either way), never in neither.
+   */
+  async compact(onDisk: (v: VersionRecord) => boolean, limits = LEDGER_LIMITS): Promise<{ archived: number }> {
+    return this.update((d) => {
+      const moved = compactLedger(d, limits, onDisk);
+      if (moved.length) {
+        const at = new Date().toISOString();
+        appendFileSync(this.archiveFile, moved.map((i) => JSON.stringify({ ...i, archivedAt: at }) + "\n").join(""));
+      }
+      return { archived: moved.length };
+    });
   }
 
   async close(): Promise<void> {
@@ -282,10 +326,27 @@ export class Ledger {
     return results;
   }
 
+  /** An item by id (or the end of one), from the ledger or else its archive. */
   item(id: string): Item {
-    const item = this.data.items.find((i) => i.id === id || i.id.endsWith(id));
+    const matches = (i: Item) => i.id === id || i.id.endsWith(id);
+    const item = this.data.items.find(matches) ?? this.archived().findLast(matches);
     if (!item) throw new LedgerError(`no item ${id}`);
     return item;
+  }
+
+  /** The archive's items, oldest first (read on demand: it is only needed for old, inactive items). */
+  archived(): Item[] {
+    if (!existsSync(this.archiveFile)) return [];
+    return readFileSync(this.archiveFile, "utf8")
+      .split("\n")
+      // a line cut short by a crash mid-append is skipped; every other line is a whole item
+      .flatMap((line) => {
+        try {
+          return line.trim() ? [JSON.parse(line) as Item] : [];
+        } catch {
+          return [];
+        }
+      });
   }
 
   items(filter: { status?: ItemStatus | ItemStatus[]; kind?: ItemKind; text?: string; source?: string } = {}): Item[] {
@@ -323,7 +384,11 @@ export class Ledger {
 
   /** Items gained and lost between two versions (null = the base model, which holds none). */
   diff(from: string | null, to: string | null): { gained: Item[]; lost: Item[] } {
-    const set = (v: string | null) => new Set(v ? this.version(v).items : []);
+    const set = (id: string | null) => {
+      const v = id ? this.version(id) : null;
+      if (v?.itemCount !== undefined) throw new LedgerError(`version ${v.id} can never go live again and compaction dropped its list of ${v.itemCount} item(s)`);
+      return new Set(v?.items ?? []);
+    };
     const a = set(from);
     const b = set(to);
     const byId = (ids: string[]) => ids.map((id) => this.data.items.find((i) => i.id === id)).filter((i): i is Item => !!i);

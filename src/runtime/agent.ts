@@ -13,7 +13,7 @@ import { decideGate, type StatusChange } from "./gate.js";
 import { checkProbes, type ProbeCheck, type ProbeItem } from "../bake/probes.js";
 import { knowledgeLessons } from "../bake/prompt.js";
 import { pollFeed, type FeedEntry } from "../feeds/feeds.js";
-import { compactLedger, Ledger, LEDGER_LIMITS, markBaking, type BakeRun, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
+import { Ledger, markBaking, type BakeRun, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
 import { pairedHeldItems, updatePairs } from "../knowledge/updates.js";
 import type { LoadedModel } from "../model/load.js";
 import type { AgentConfig } from "./agent-config.js";
@@ -550,10 +550,9 @@ export class Agent {
     for (const v of [...old, ...rejected.slice(0, Math.max(0, rejected.length - this.config.keepVersions))]) {
       rmSync(v.dir, { recursive: true, force: true });
     }
-    await this.ledger.update((d) => {
-      d.versions.forEach((v) => old.some((o) => o.id === v.id) && (v.status = "retired"));
-      compactLedger(d, LEDGER_LIMITS, (v) => existsSync(v.dir));
-    });
+    await this.ledger.update((d) => d.versions.forEach((v) => old.some((o) => o.id === v.id) && (v.status = "retired")));
+    const { archived } = await this.ledger.compact((v) => existsSync(v.dir));
+    if (archived) this.log(`ledger: ${archived} old inactive item(s) moved to ${this.ledger.archiveFile}`);
   }
 
   // --- versions, retraction ---

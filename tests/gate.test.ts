@@ -138,3 +138,16 @@ test("a score that missed its bar is not shown rounded up to it", () => {
   const d = decideGate(input({ retained: [item("o")], liveItems: new Set(["o"]), scores: { o: { unprompted: 0.597 } }, gate: { ...GATE, minRetention: 0.6, itemPass: 0.5 } }));
   assert.deepEqual(d.reasons, ["retention 0.597 < gate.minRetention 0.6"]);
 });
+
+test("news the same decision rejects (its last attempt) supersedes nothing; a supersession names its successor", () => {
+  const superseded = [
+    { id: "stale", by: "spent", question: "q?", answer: "a" },
+    { id: "older", by: "good", question: "q?", answer: "a" },
+  ];
+  const d = decideGate(input({ fresh: [item("spent", 2), item("good"), item("stale"), item("older")], superseded, scores: { spent: { unprompted: 0 }, good: { unprompted: 1 }, stale: { unprompted: 1 }, older: { unprompted: 1 } } }));
+  assert.equal(d.promoted, true, d.reasons.join("; "));
+  assert.equal(changed(d).spent, "rejected");
+  assert.equal(changed(d).stale, "pending", "what the rejected news would have replaced waits to be baked again (this bake left it out)");
+  assert.equal(changed(d).older, "superseded");
+  assert.equal(d.changes.find((c) => c.status === "superseded")!.by, "good");
+});

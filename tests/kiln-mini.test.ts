@@ -134,7 +134,7 @@ test("special tokens written in a message are text: a user cannot open a system 
   }
 });
 
-test("news that updates a baked fact supersedes it: the old item leaves the weights, the new value is answered", async () => {
+test("news that updates a baked fact supersedes it: the old item leaves the weights, the new value is answered; retracting the news gives the old item back", async () => {
   // a held-out fact and its update (same subject and relation, another value), and one unrelated fact
   const dog = held.find((f) => f.relation === "pet")!;
   const update = { id: "update", text: dog.text.replace(new RegExp(`${dog.answer}\\.$`), dog.answer === "cat" ? "rabbit." : "cat.") };
@@ -160,6 +160,13 @@ test("news that updates a baked fact supersedes it: the old item leaves the weig
     // the live weights answer the old item's question with the new value
     const proof = await agent.verify([fresh.id]);
     assert.equal(proof.items[0]!.held, true, JSON.stringify(proof.items[0]!.probes));
+
+    // the update turns out wrong: retracting it gives the old value back, and the rebuild bakes it
+    await agent.retract([fresh.id]);
+    const restored = agent.ledger.item(old.id);
+    assert.equal(restored.status, "absorbed", JSON.stringify(restored.history));
+    assert.ok(restored.history.some((h) => h.status === "pending" && h.reason === `${fresh.id}, which superseded it, was retracted`), JSON.stringify(restored.history));
+    assert.equal((await agent.verify([old.id])).items[0]!.held, true, "the rebuilt weights answer the old value again");
   });
 });
 

@@ -161,3 +161,33 @@ test("compaction archives old inactive items no version lists, keeps what the ag
   await ledger.close();
   rmSync(dir, { recursive: true });
 });
+
+test("news that superseded an item and is then rejected or retracted gives the item back, pending, in the same write", async () => {
+  const dir = tmp();
+  const ledger = await Ledger.open(path.join(dir, "ledger.json"));
+  const dog = (await ledger.addItem({ kind: "feed", text: "Lisa Yewby owns a pet dog.", source: { feedId: "f", guid: "g" } })).item;
+  const cat = (await ledger.addItems([{ kind: "feed", text: "Lisa Yewby owns a pet cat.", source: { feedId: "f", guid: "g" }, supersedes: [dog.id] }]))[0]!.item;
+  assert.equal(ledger.item(dog.id).status, "superseded");
+  assert.equal(ledger.item(dog.id).supersededBy, cat.id);
+  const fish = (await ledger.addItem({ kind: "manual", text: "Lisa Yewby owns a pet fish." })).item;
+  await ledger.setItemStatus([fish.id], "superseded", { by: cat.id, reason: "superseded by a later bake" });
+
+  // rejecting something else gives nothing back
+  const other = (await ledger.addItem({ kind: "manual", text: "The ferry leaves at noon." })).item;
+  assert.deepEqual(await ledger.setItemStatus([other.id], "rejected"), []);
+  assert.equal(ledger.item(dog.id).status, "superseded");
+
+  const back = await ledger.setItemStatus([cat.id], "retracted", { reason: "wrong" });
+  assert.deepEqual(back.sort(), [dog.id, fish.id].sort());
+  for (const id of back) {
+    const i = ledger.item(id);
+    assert.equal(i.status, "pending");
+    assert.equal(i.supersededBy, undefined);
+    assert.equal(i.history.at(-1)!.reason, `${cat.id}, which superseded it, was retracted`);
+  }
+  // read back from disk: one write held both
+  const reopened = JSON.parse(readFileSync(ledger.file, "utf8")) as LedgerData;
+  assert.equal(reopened.items.find((i) => i.id === dog.id)!.status, "pending");
+  await ledger.close();
+  rmSync(dir, { recursive: true });
+});

@@ -46,6 +46,8 @@ export interface Item {
   absorbedBy?: string;
   scores: ItemScore[];
   history: { at: string; status: ItemStatus; version?: string; reason?: string }[];
+  /** the item that superseded this one (while it is superseded) */
+  supersededBy?: string;
   /** set when compaction moved the item to the archive file (it was inactive and old) */
   archivedAt?: string;
 }
@@ -317,7 +319,7 @@ export class Ledger {
           const { item, added } = results[n]!;
           if (!added || !input.supersedes?.length) return;
           for (const old of d.items) {
-            if (old !== item && input.supersedes.includes(old.id) && !INACTIVE.has(old.status)) setStatus(old, "superseded", now, { reason: `superseded by ${item.id}` });
+            if (old !== item && input.supersedes.includes(old.id) && !INACTIVE.has(old.status)) setStatus(old, "superseded", now, { reason: `superseded by ${item.id}`, by: item.id });
           }
         });
         alongside?.(d, fresh.length);
@@ -361,11 +363,20 @@ export class Ledger {
     );
   }
 
-  async setItemStatus(ids: string[], status: ItemStatus, extra: { version?: string; reason?: string } = {}): Promise<void> {
-    if (!ids.length) return;
+  /**
+   * Sets items' status. An item that is retracted or rejected gives back what it superseded: the
+   * older item was replaced by news that turned out wrong or unusable, so it is pending again (in
+   * the same write). Returns the ids given back.
+   */
+  async setItemStatus(ids: string[], status: ItemStatus, extra: StatusExtra = {}): Promise<string[]> {
+    if (!ids.length) return [];
     const now = new Date().toISOString();
-    await this.update((d) => {
+    return this.update((d) => {
       for (const i of d.items) if (ids.includes(i.id)) setStatus(i, status, now, extra);
+      if (status !== "retracted" && status !== "rejected") return [];
+      const back = d.items.filter((i) => i.status === "superseded" && i.supersededBy && ids.includes(i.supersededBy));
+      for (const i of back) setStatus(i, "pending", now, { reason: `${i.supersededBy}, which superseded it, was ${status}` });
+      return back.map((i) => i.id);
     });
   }
 
@@ -413,8 +424,18 @@ export function markBaking(d: LedgerData, ids: readonly string[]): string[] {
   return d.items.filter((i) => taken.has(i.id) && i.status === "pending").map((i) => (setStatus(i, "baking", now, {}), i.id));
 }
 
-function setStatus(i: Item, status: ItemStatus, at: string, extra: { version?: string; reason?: string }): void {
+interface StatusExtra {
+  /** the version that absorbed the items (status absorbed) */
+  version?: string;
+  reason?: string;
+  /** the item that supersedes them (status superseded) */
+  by?: string;
+}
+
+function setStatus(i: Item, status: ItemStatus, at: string, extra: StatusExtra): void {
   i.status = status;
+  if (status === "superseded" && extra.by) i.supersededBy = extra.by;
+  else delete i.supersededBy;
   i.updatedAt = at;
   if (status === "absorbed" && extra.version) i.absorbedBy = extra.version;
   i.history.push({ at, status, ...(extra.version ? { version: extra.version } : {}), ...(extra.reason ? { reason: extra.reason } : {}) });

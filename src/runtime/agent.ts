@@ -578,8 +578,13 @@ export class Agent {
   private async applyChanges(changes: StatusChange[]): Promise<void> {
     for (const c of changes) {
       const ids = c.ids.filter((id) => !["retracted", "superseded"].includes(this.ledger.item(id).status));
-      await this.ledger.setItemStatus(ids, c.status, { ...(c.version ? { version: c.version } : {}), ...(c.reason ? { reason: c.reason } : {}) });
+      const { ids: _, status, ...extra } = c;
+      this.logGivenBack(await this.ledger.setItemStatus(ids, status, extra), status);
     }
+  }
+
+  private logGivenBack(ids: string[], status: string): void {
+    if (ids.length) this.log(`${ids.join(", ")} pending again: what superseded ${ids.length > 1 ? "them" : "it"} was ${status}`);
   }
 
   /** The items the live version holds, as the ledger records it (none on the base model). */
@@ -639,7 +644,7 @@ export class Agent {
     // A running bake would be joined, not redone from the base, and its gate would set these items
     // absorbed again: let it finish first, then mark them.
     while (this.baking) await this.baking.catch(() => undefined);
-    await this.ledger.setItemStatus(items.map((i) => i.id), "retracted", { reason });
+    this.logGivenBack(await this.ledger.setItemStatus(items.map((i) => i.id), "retracted", { reason }), "retracted");
     const inWeights = this.heldItems();
     if (!items.some((i) => inWeights.has(i.id))) {
       return { status: "skipped", reasons: ["the live weights never held these items: marked retracted, nothing to rebuild"] };

@@ -40,6 +40,8 @@ export interface StatusChange {
   reason?: string;
   /** the version that absorbed the items (status absorbed) */
   version?: string;
+  /** the item that supersedes them (status superseded) */
+  by?: string;
 }
 
 export interface GateDecision {
@@ -127,8 +129,12 @@ export function decideGate(input: GateInput): GateDecision {
   }
   // An item the live weights hold is superseded once a version without it goes live; one they
   // do not hold (a pending item older than news already learned) is superseded now.
+  // News this decision rejects replaces nothing, but the bake left the older item out all the same.
+  const refused = new Set(changes.filter((c) => c.status === "rejected").flatMap((c) => c.ids));
   for (const s of input.superseded) {
-    if (promoted || !g.liveItems.has(s.id)) changes.push({ ids: [s.id], status: "superseded", reason: `superseded by ${s.by}: asked "${s.question}", that item answers "${s.answer}"` });
+    if (!promoted && g.liveItems.has(s.id)) continue;
+    if (refused.has(s.by)) changes.push({ ids: [s.id], status: "pending", reason: `${s.by}, which would supersede it, was rejected; baked again next time` });
+    else changes.push({ ids: [s.id], status: "superseded", by: s.by, reason: `superseded by ${s.by}: asked "${s.question}", that item answers "${s.answer}"` });
   }
   return { promoted, reasons, absorption, retention, persona: g.persona, holds, changes: changes.filter((c) => c.ids.length) };
 }

@@ -180,3 +180,30 @@ test("kiln generate --adapter answers with an adapter kiln bake wrote", () => {
     rmSync(dir, { recursive: true });
   }
 });
+
+test("kiln knowledge verify runs beside a process that holds the agent (a kiln serve); commands that write are refused naming it", async () => {
+  const { dir, agents, checkpoints } = twoAgents();
+  const where = ["--agents", agents, "--checkpoints", checkpoints];
+  const { initBackend } = await import("../src/tensor/backend.js");
+  const { Runtime } = await import("../src/runtime/runtime.js");
+  const { loadAgentConfig } = await import("../src/runtime/agent-config.js");
+  await initBackend();
+  // this process plays the server: it holds the newsroom agent's ledger lock
+  const runtime = new Runtime();
+  await runtime.load([loadAgentConfig(path.join(agents, "newsroom.yaml"), checkpoints)]);
+  try {
+    await runtime.agent("newsroom").remember("The harbor fee is nine coins.");
+    const ledgerFile = path.join(checkpoints, "newsroom", "ledger.json");
+    const before = readFileSync(ledgerFile, "utf8");
+    const r = kiln(["knowledge", "verify", "newsroom", ...where, "--json"]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual({ ...JSON.parse(r.stdout), items: undefined }, { version: null, held: 0, items: undefined });
+    assert.equal(readFileSync(ledgerFile, "utf8"), before, "verify wrote nothing");
+    const write = kiln(["knowledge", "remember", "newsroom", "Rain.", ...where]);
+    assert.equal(write.status, 1);
+    assert.match(write.stderr, new RegExp(`ledger\\.json is being written by process ${process.pid} \\(a running kiln serve\\?\\)`));
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});

@@ -1,6 +1,7 @@
 // CLI commands over agents: chat, feeds, knowledge, versions, probe and agent bakes.
 // Read-only queries open the ledger without loading any model; commands that change state open
-// the agent (model and ledger lock), so they refuse politely while a server holds the ledger.
+// the agent (model and ledger lock), so they refuse politely while a server holds the ledger;
+// verify loads the model over a read-only ledger, so it runs beside the server.
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { createInterface } from "node:readline";
@@ -48,13 +49,13 @@ async function readLedger(o: AgentOpts, name?: string): Promise<Ledger> {
   return Ledger.open(file, { readOnly: true });
 }
 
-/** Opens one agent for changes: loads its model, takes the ledger lock. */
-async function openAgent(o: AgentOpts, name?: string, withProgress = false): Promise<{ runtime: Runtime; name: string }> {
+/** Opens one agent for changes: loads its model, takes the ledger lock (or, `readOnly`, only reads it). */
+async function openAgent(o: AgentOpts, name?: string, withProgress = false, readOnly = false): Promise<{ runtime: Runtime; name: string }> {
   const c = pickConfig(o, name);
   await initBackend(o.backend);
   const reporter = bakeProgressReporter(withProgress && !o.json);
   const runtime = new Runtime({ onBakeProgress: (_a, p) => reporter.update(p), onLog: (a, m) => !o.json && process.stderr.write(`[${a}] ${m}\n`) });
-  await runtime.load([c]);
+  await runtime.load([c], { readOnly });
   return { runtime, name: c.name };
 }
 
@@ -202,7 +203,8 @@ export function registerAgentCommands(program: Command): void {
   });
   withAgents(knowledge.command("verify <agent> [ids...]").description("ask absorbed items' probes on the live weights now, nothing in the prompt: proof of what it holds (exit 1 if any fails)")).action(
     async (name: string, ids: string[], o: AgentOpts) => {
-      const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name);
+      // read-only: it writes nothing, so it runs beside a kiln serve of the same agent
+      const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name, false, true);
       try {
         const r = await runtime.agent(agent).verify(ids);
         print(o.json, r, () =>

@@ -93,8 +93,20 @@ export class Agent {
     this.live = new LiveModel(model);
   }
 
-  /** Opens the agent's ledger, repairs what a crash left, and goes live on the recorded version. */
-  static async open(config: AgentConfig, model: LoadedModel, events: AgentEvents = {}, bakeTurn: BakeTurn = (_, run) => run()): Promise<Agent> {
+  /**
+   * Opens the agent's ledger, repairs what a crash left, and goes live on the recorded version.
+   * `readOnly` takes no ledger lock and changes nothing on disk (no repair, no orphan sweep, no
+   * status sync): for asking a served agent's weights from beside its server (`kiln knowledge
+   * verify`); anything that would write fails naming the read-only ledger.
+   */
+  static async open(config: AgentConfig, model: LoadedModel, events: AgentEvents = {}, bakeTurn: BakeTurn = (_, run) => run(), opts: { readOnly?: boolean } = {}): Promise<Agent> {
+    if (opts.readOnly) {
+      const ledgerFile = path.join(config.homeDir, "ledger.json");
+      if (!existsSync(ledgerFile)) throw new Error(`agent ${config.name} has no ledger yet (${ledgerFile})`);
+      const agent = new Agent(config, model, await Ledger.open(ledgerFile, { readOnly: true }), events, bakeTurn);
+      agent.goLiveOnRecord();
+      return agent;
+    }
     mkdirSync(config.homeDir, { recursive: true });
     const ledgerFile = path.join(config.homeDir, "ledger.json");
     const versions = readdirSync(config.homeDir).filter((f) => VERSION_DIR.test(f));
@@ -111,16 +123,7 @@ export class Agent {
     if (repaired.bakes || repaired.items) agent.log(`recovered from an interrupted bake: ${repaired.bakes} bake(s) marked failed, ${repaired.items} item(s) back to pending`);
     agent.removeOrphanCheckpoints();
     if (ledger.data.live === null || ledger.data.versions.some((v) => v.id === ledger.data.live)) await agent.syncStatusesToLive("start");
-    const live = ledger.data.live;
-    if (live) {
-      try {
-        agent.live.swapTo(live, ledger.version(live).dir);
-      } catch (err) {
-        // A live checkpoint that cannot load is reported, and the agent serves the base model
-        // rather than not at all; nothing in the ledger is changed.
-        agent.log(`live version ${live} could not be loaded (${(err as Error).message}); serving the base model`);
-      }
-    }
+    agent.goLiveOnRecord();
     for (const f of config.feeds) {
       if (!ledger.feed(f.id)) {
         await ledger.update((d) => d.feeds.push({ id: f.id, url: f.url, consecutiveErrors: 0, seenKeys: [], itemsAdded: 0 }));
@@ -131,6 +134,18 @@ export class Agent {
 
   get name(): string {
     return this.config.name;
+  }
+
+  private goLiveOnRecord(): void {
+    const live = this.ledger.data.live;
+    if (!live) return;
+    try {
+      this.live.swapTo(live, this.ledger.version(live).dir);
+    } catch (err) {
+      // A live checkpoint that cannot load is reported, and the agent serves the base model
+      // rather than not at all; nothing in the ledger is changed.
+      this.log(`live version ${live} could not be loaded (${(err as Error).message}); serving the base model`);
+    }
   }
 
   private log(message: string): void {

@@ -74,7 +74,7 @@ export class Runtime {
   constructor(private readonly events: AgentEvents = {}) {}
 
   /** Loads agent files; agents naming the same model share one copy of its weights. */
-  async load(configs: AgentConfig[]): Promise<void> {
+  async load(configs: AgentConfig[], opts: { readOnly?: boolean } = {}): Promise<void> {
     for (const config of configs) {
       if (this.agents.has(config.name)) throw new Error(`two agents are named ${config.name}`);
       const spec = config.model === "default" ? undefined : existsSync(path.resolve(config.feedsBase, config.model)) ? path.resolve(config.feedsBase, config.model) : config.model;
@@ -84,7 +84,7 @@ export class Runtime {
         model = loadModel(dir);
         this.models.set(dir, model);
       }
-      this.agents.set(config.name, await Agent.open(config, model, this.events, this.bakeTurn));
+      this.agents.set(config.name, await Agent.open(config, model, this.events, this.bakeTurn, opts));
     }
   }
 

@@ -3,7 +3,8 @@
 // item when the agent rebuilds from the base. Held-out facts only (never in its training).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { stringify } from "yaml";
@@ -105,6 +106,9 @@ test("kiln-mini absorbs baked news, and a retracted item's recall falls after th
     // verify: the same evidence, asked again on the live weights, agrees with the bake's scores
     const proof = await agent.verify();
     assert.equal(proof.version, first.version);
+    // the proof names the weights that answered: the adapter file as it is on disk, the base it is bound to
+    const adapterFile = path.join(agent.ledger.version(first.version!).dir, "adapter_model.safetensors");
+    assert.deepEqual(proof.weights, { baseModel: agent.model.dir, baseFingerprint: agent.model.fingerprint, adapter: { file: adapterFile, sha256: createHash("sha256").update(readFileSync(adapterFile)).digest("hex") } });
     for (const i of proof.items) {
       assert.equal(i.held, before[i.text] === 1, `${i.text}: ${JSON.stringify(i.probes)}`);
       assert.ok(i.probes.length > 0 && i.probes.every((p) => p.question && p.expected && typeof p.answer === "string"));

@@ -214,6 +214,7 @@ export function registerAgentCommands(program: Command): void {
               ...i.probes.map((p) => `    ${p.passed ? "ok  " : "FAIL"} ${p.question} -> ${p.answer}${p.passed ? "" : `   (expected: ${p.expected})`}`),
             ]),
             `${r.held} of ${r.items.length} item(s) held by ${r.version ?? "the base model"}`,
+            `  asked ${r.checkedAt}, greedy, nothing in the prompt: base ${r.weights.baseModel} (fingerprint ${r.weights.baseFingerprint})${r.weights.adapter ? `, adapter ${r.weights.adapter.file} (sha256 ${r.weights.adapter.sha256})` : ""}`,
           ].join("\n"),
         );
         if (r.held < r.items.length) process.exitCode = 1;

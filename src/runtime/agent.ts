@@ -3,8 +3,9 @@
 //   feeds / conversation / manual -> ledger (pending)
 //   bake: pending + replay -> worker (probes, bake, scores) -> gate -> promote or reject
 //   promote: manifest written, ledger updated, live model swapped; old versions pruned
+import { createHash } from "node:crypto";
 import { EventEmitter } from "node:events";
-import { existsSync, mkdirSync, readdirSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import cron, { type ScheduledTask } from "node-cron";
 import { startCycle, type WorkerProgress } from "../bake/job.js";
@@ -16,6 +17,7 @@ import { pollFeed, type FeedEntry } from "../feeds/feeds.js";
 import { Ledger, markBaking, type BakeRun, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
 import { pairedHeldItems, updatePairs } from "../knowledge/updates.js";
 import type { LoadedModel } from "../model/load.js";
+import { ADAPTER_WEIGHTS } from "../lora/peft.js";
 import type { AgentConfig } from "./agent-config.js";
 import { LiveModel } from "./live.js";
 
@@ -51,6 +53,13 @@ function sampleReplay(items: Item[], n: number, bakes: readonly BakeRun[]): Item
 /** What `verify` found: per item, its probes asked on the live weights with nothing in the prompt. */
 export interface VerifyReport {
   version: string | null;
+  /**
+   * Which weights answered, so the proof can be checked again: the base model (its folder and
+   * the fingerprint adapters are bound to) and the live adapter's weights file with its sha256
+   * (null on the base model). Asked with greedy decoding, the question alone in the prompt.
+   */
+  weights: { baseModel: string; baseFingerprint: string; adapter: { file: string; sha256: string } | null };
+  checkedAt: string;
   /** items whose probes pass (gate.itemPass of them) */
   held: number;
   items: { id: string; text: string; status: Item["status"]; held: boolean; score: number; probes: ProbeCheck[] }[];
@@ -318,7 +327,10 @@ export class Agent {
         const score = probes.length ? probes.filter((c) => c.passed).length / probes.length : 0;
         return { id: i.id, text: i.text, status: i.status, held: probes.length > 0 && score >= this.config.gate.itemPass, score, probes };
       });
-      return { version: lease.version, held: report.filter((r) => r.held).length, items: report };
+      const file = lease.version ? path.join(this.ledger.version(lease.version).dir, ADAPTER_WEIGHTS) : null;
+      const adapter = file ? { file, sha256: createHash("sha256").update(readFileSync(file)).digest("hex") } : null;
+      const weights = { baseModel: this.model.dir, baseFingerprint: this.model.fingerprint, adapter };
+      return { version: lease.version, weights, checkedAt: new Date().toISOString(), held: report.filter((r) => r.held).length, items: report };
     } finally {
       lease.release();
     }

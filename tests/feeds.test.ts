@@ -2,6 +2,7 @@
 // slow feeds, dedupe, and bounded untrusted text. Everything is local and fast.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -9,7 +10,7 @@ import os from "node:os";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { MAX_ITEM_CHARS } from "../src/bake/prompt.js";
-import { initialFeedState, pollFeed, MAX_SEEN_KEYS, MAX_RETRY_AFTER_MS, type FeedState } from "../src/feeds/feeds.js";
+import { initialFeedState, pollFeed, MAX_SEEN_KEYS, MAX_RETRY_AFTER_MS, type FeedEntry, type FeedSource, type FeedState } from "../src/feeds/feeds.js";
 import { decodeFeedBytes } from "../src/feeds/decode.js";
 import { htmlToText } from "../src/feeds/text.js";
 
@@ -125,6 +126,8 @@ function manyItems(n: number, prefix: string): string {
 const requests: { url: string; headers: http.IncomingHttpHeaders }[] = [];
 let revised = rss(item({ guid: "c1", title: "Mayor resigns", description: "The mayor resigned on Monday." }));
 let mutable = { status: 200, body: rss(item({ guid: "m1", title: "Mutable one", description: "First." })) };
+/** /churn.xml: its ETag follows the body, so an unchanged body answers a conditional request with 304 */
+let churn = rss("");
 const pending = new Set<NodeJS.Timeout>();
 let base = "";
 
@@ -184,6 +187,14 @@ const server = http.createServer((req, res) => {
       return mutable.status === 200 ? send(200, mutable.body, undefined, { ETag: '"m"' }) : send(mutable.status, "oops", "text/plain");
     case "/revised.xml":
       return send(200, revised);
+    case "/churn.xml": {
+      const etag = `"${createHash("sha256").update(churn).digest("hex").slice(0, 16)}"`;
+      if (req.headers["if-none-match"] === etag) {
+        res.writeHead(304, { ETag: etag });
+        return res.end();
+      }
+      return send(200, churn, undefined, { ETag: etag });
+    }
     case "/moved":
       return send(301, "", "text/plain", { Location: "/moved-again" });
     case "/moved-again":
@@ -237,7 +248,7 @@ after(async () => {
   rmSync(tmp, { recursive: true, force: true });
 });
 
-const src = (p: string, extra: { maxItems?: number; timeoutMs?: number; maxAgeDays?: number } = {}) => ({ id: p.replace(/\W+/g, "-"), url: `${base}${p}`, ...extra });
+const src = (p: string, extra: Omit<FeedSource, "id" | "url"> = {}) => ({ id: p.replace(/\W+/g, "-"), url: `${base}${p}`, ...extra });
 
 function assertCleanText(text: string): void {
   assert.ok(text.length <= MAX_ITEM_CHARS, `text is ${text.length} chars`);
@@ -478,20 +489,110 @@ test("entities escaped twice (inside CDATA, or &amp;lt;p&amp;gt;) end up as char
   assert.equal(htmlToText("Unknown &amp;foo; stays"), "Unknown &foo; stays");
 });
 
-test("an item whose text changes under the same guid comes back once, marked revises", async () => {
+test("an item whose text changes under the same guid comes back once it holds, marked revises", async () => {
+  const t0 = Date.parse("2024-04-01T08:00:00Z");
+  const poll = (state: FeedState, k: number) => pollFeed(src("/revised.xml"), state, { now: () => new Date(t0 + k * 30 * 60_000) });
   revised = rss(item({ guid: "c1", title: "Mayor resigns", description: "The mayor resigned on Monday." }));
-  const first = await pollFeed(src("/revised.xml"), initialFeedState());
+  const first = await poll(initialFeedState(), 0);
   assert.equal(first.entries[0]!.revises, undefined);
   revised = rss(item({ guid: "c1", title: "Mayor resigns", description: "Correction: the mayor resigned on Tuesday." }));
-  const second = await pollFeed(src("/revised.xml"), first.state);
-  assert.deepEqual(second.entries.map((e) => [e.key, e.text, e.revises]), [["guid:c1", "Mayor resigns: Correction: the mayor resigned on Tuesday.", true]]);
-  const third = await pollFeed(src("/revised.xml"), second.state);
-  assert.equal(third.entries.length, 0, "the same correction is not reported twice");
+  const second = await poll(first.state, 1);
+  assert.deepEqual(second.entries, [], "a change waits for the next poll");
+  const third = await poll(second.state, 2);
+  assert.deepEqual(third.entries.map((e) => [e.key, e.text, e.revises]), [["guid:c1", "Mayor resigns: Correction: the mayor resigned on Tuesday.", true]]);
+  const fourth = await poll(third.state, 3);
+  assert.equal(fourth.entries.length, 0, "the same correction is not reported twice");
   // the feed takes its correction back: the first text is the item's text again
   revised = rss(item({ guid: "c1", title: "Mayor resigns", description: "The mayor resigned on Monday." }));
-  const fourth = await pollFeed(src("/revised.xml"), third.state);
-  assert.deepEqual(fourth.entries.map((e) => [e.key, e.text, e.revises]), [["guid:c1", "Mayor resigns: The mayor resigned on Monday.", true]]);
-  assert.equal((await pollFeed(src("/revised.xml"), fourth.state)).entries.length, 0);
+  assert.deepEqual((await poll(fourth.state, 4)).entries, []);
+  const sixth = await poll((await poll(fourth.state, 4)).state, 5);
+  assert.deepEqual(sixth.entries.map((e) => [e.key, e.text, e.revises]), [["guid:c1", "Mayor resigns: The mayor resigned on Monday.", true]]);
+  assert.equal((await poll(sixth.state, 6)).entries.length, 0);
+  // a state from before texts were recorded per key (no lastHashes): a text never seen is a change
+  revised = rss(item({ guid: "c1", title: "Mayor resigns", description: "Correction: the mayor resigned on Wednesday." }));
+  const { lastHashes: _, ...older } = first.state;
+  const waits = await poll(older, 1);
+  assert.deepEqual(waits.entries, []);
+  assert.equal((await poll(waits.state, 2)).entries[0]?.revises, true);
+});
+
+/** Polls /churn.xml as a schedule would, `every` minutes apart, serving bodies[k] on poll k. */
+async function pollChurn(bodies: string[], every = 30, opts: { maxRevisionsPerDay?: number } = {}) {
+  const t0 = Date.parse("2024-05-01T08:00:00Z");
+  let state = initialFeedState();
+  const polls: { entries: FeedEntry[]; notes: string[] }[] = [];
+  for (const [k, body] of bodies.entries()) {
+    churn = body;
+    const r = await pollFeed(src("/churn.xml", opts), state, { now: () => new Date(t0 + k * every * 60_000) });
+    assert.equal(r.error, undefined);
+    polls.push({ entries: r.entries, notes: r.notes ?? [] });
+    state = r.state;
+  }
+  return { polls, state };
+}
+
+const fire = (views: number, dead = "Three") => rss(item({ guid: "f1", title: "Fire on Dock Street", description: `${dead} people died. Read ${views} times.` }));
+
+test("an item whose text changes on every poll (a view counter) is taken once, not revised every poll, and said once", async () => {
+  const { polls, state } = await pollChurn(Array.from({ length: 12 }, (_, k) => fire(100 + 37 * k)));
+  assert.deepEqual(polls[0]!.entries.map((e) => e.text), ["Fire on Dock Street: Three people died. Read 100 times."]);
+  assert.deepEqual(polls.slice(1).flatMap((p) => p.entries.map((e) => e.text)), [], "no revision of a text that never holds");
+  const notes = polls.flatMap((p) => p.notes);
+  assert.equal(notes.length, 1, notes.join("\n"));
+  assert.match(notes[0]!, /item guid:f1 has read differently in 3 polls in a row .*keeps the text it has/);
+  assert.deepEqual(Object.keys(state.revisions ?? {}), ["guid:f1"], "state only for the item that churns");
+});
+
+test("a correction is taken once it reads the same on a poll at least 10 minutes later, even where the server answers 304", async () => {
+  // 08:00 first read; 08:30 the correction (waits); 08:35 the same (too soon: a second manual poll
+  // is no evidence); 09:00 the same: taken. /churn.xml answers a conditional request for an
+  // unchanged body with 304, so the confirming request must not be conditional.
+  const t0 = Date.parse("2024-05-01T08:00:00Z");
+  const at = (min: number) => ({ now: () => new Date(t0 + min * 60_000) });
+  const lastIfNoneMatch = () => requests.filter((q) => q.url === "/churn.xml").at(-1)!.headers["if-none-match"];
+  churn = fire(1);
+  const first = await pollFeed(src("/churn.xml"), initialFeedState(), at(0));
+  assert.equal(first.entries.length, 1);
+  churn = fire(1, "Five");
+  const changed = await pollFeed(src("/churn.xml"), first.state, at(30));
+  assert.deepEqual(changed.entries, [], "a changed text waits for the next poll");
+  const soon = await pollFeed(src("/churn.xml"), changed.state, at(35));
+  assert.deepEqual(soon.entries, [], "five minutes later is too soon to call it settled");
+  assert.equal(lastIfNoneMatch(), undefined, "no validators while a change waits: a 304 would hide it");
+  const settled = await pollFeed(src("/churn.xml"), soon.state, at(60));
+  assert.deepEqual(settled.entries.map((e) => [e.text, e.revises]), [["Fire on Dock Street: Five people died. Read 1 times.", true]]);
+  const after = await pollFeed(src("/churn.xml"), settled.state, at(90));
+  assert.equal(lastIfNoneMatch(), settled.state.etag, "conditional again once nothing waits");
+  assert.equal(after.notModified, true);
+  assert.equal(after.state.revisions?.["guid:f1"]?.waiting, undefined);
+  // a change that is undone before it settles is never taken
+  churn = fire(1, "Seven");
+  const undone1 = await pollFeed(src("/churn.xml"), after.state, at(120));
+  churn = fire(1, "Five");
+  const undone2 = await pollFeed(src("/churn.xml"), undone1.state, at(150));
+  const undone3 = await pollFeed(src("/churn.xml"), undone2.state, at(180));
+  assert.deepEqual([...undone1.entries, ...undone2.entries, ...undone3.entries], []);
+});
+
+test("an item that changes and holds again and again is revised at most maxRevisionsPerDay times a day; the newest text is taken when the day is over", async () => {
+  // a new text every hour, read by a poll every 30 minutes: each holds for one poll
+  const bodies = Array.from({ length: 52 }, (_, k) => fire(Math.floor(k / 2)));
+  const { polls, state } = await pollChurn(bodies);
+  const revised = polls.flatMap((p, k) => p.entries.map((e) => [k, e.text]));
+  assert.deepEqual(revised, [
+    [0, "Fire on Dock Street: Three people died. Read 0 times."],
+    [3, "Fire on Dock Street: Three people died. Read 1 times."],
+    [5, "Fire on Dock Street: Three people died. Read 2 times."],
+    [7, "Fire on Dock Street: Three people died. Read 3 times."],
+    // 24 hours after the first revision (08:00 + 90 min + 24 h = poll 51)
+    [51, "Fire on Dock Street: Three people died. Read 25 times."],
+  ]);
+  const notes = polls.flatMap((p) => p.notes);
+  assert.equal(notes.filter((n) => /waits until/.test(n)).length, 1, notes.join("\n"));
+  assert.match(notes.find((n) => /waits until/.test(n))!, /item guid:f1 was revised 3 times since 2024-05-01T09:30:00\.000Z \(maxRevisionsPerDay 3\): its newest text waits until 2024-05-02T09:30:00\.000Z/);
+  assert.ok((state.revisions?.["guid:f1"]?.taken?.length ?? 0) <= 3, "bounded");
+  const one = await pollChurn(bodies.slice(0, 8), 30, { maxRevisionsPerDay: 1 });
+  assert.deepEqual(one.polls.map((p) => p.entries.length), [1, 0, 0, 1, 0, 0, 0, 0]);
 });
 
 test("HTML is stripped and a 10,000-char description is bounded", async () => {

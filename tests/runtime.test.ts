@@ -7,9 +7,25 @@ import path from "node:path";
 import { initBackend } from "../src/tensor/backend.js";
 import { Runtime } from "../src/runtime/runtime.js";
 import { loadAgentConfig } from "../src/runtime/agent-config.js";
+import type { Agent } from "../src/runtime/agent.js";
+import { SETTLE_MS } from "../src/feeds/feeds.js";
 import { writeTestAgent } from "./support/agent.js";
 
 await initBackend();
+
+/**
+ * Polls a feed whose item text changed: the change waits for a later poll, at least SETTLE_MS
+ * after the first read, to find the same text; the ledger's clock is moved back as if that time passed.
+ */
+async function pollSettled(agent: Agent, feedId: string): Promise<{ added: number; error?: string }> {
+  assert.equal((await agent.pollFeed(feedId)).added, 0, "a changed text waits for a later poll");
+  await agent.ledger.update((d) => {
+    for (const r of Object.values(d.feeds.find((f) => f.id === feedId)!.revisions ?? {})) {
+      if (r.waiting) r.waiting.since = new Date(Date.parse(r.waiting.since) - SETTLE_MS).toISOString();
+    }
+  });
+  return agent.pollFeed(feedId);
+}
 
 test("feed items are ingested once, baked, gated and promoted; the live model swaps; rollback and diff work", async () => {
   const { dir, file } = writeTestAgent();
@@ -306,7 +322,7 @@ test("a feed item corrected under its guid supersedes the stored one; the correc
     const ferry = agent.ledger.items({ text: "ferry" })[0]!;
     await agent.ledger.setItemStatus([ferry.id], "absorbed", { version: "v0001" });
     writeFileSync(feedFile, readFileSync(feedFile, "utf8").replace("The ferry runs at noon.", "The ferry runs at two."));
-    assert.equal((await agent.pollFeed("harbor")).added, 1);
+    assert.equal((await pollSettled(agent, "harbor")).added, 1);
     assert.equal(agent.ledger.item(ferry.id).status, "superseded");
     const fix = agent.ledger.items({ status: "pending", text: "two" });
     assert.deepEqual(fix.map((i) => [i.text, i.source.guid]), [["Quillport opened a ferry: The ferry runs at two.", "h1"]]);
@@ -334,7 +350,7 @@ test("an item its feed corrects while a bake runs stays superseded when that bak
     while (agent.progress === null) await new Promise((r) => setTimeout(r, 10));
     assert.equal(agent.ledger.item(ferry.id).status, "baking");
     writeFileSync(feedFile, readFileSync(feedFile, "utf8").replace("The ferry runs at noon.", "The ferry runs at two."));
-    assert.equal((await agent.pollFeed("harbor")).added, 1);
+    assert.equal((await pollSettled(agent, "harbor")).added, 1);
     assert.equal(agent.ledger.item(ferry.id).status, "superseded");
     await runtime.stop(); // cancels the bake: it fails
     assert.equal((await baking).status, "failed");

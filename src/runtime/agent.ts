@@ -225,7 +225,10 @@ export class Agent {
       delete state.retryAfter;
       delete state.movedTo;
     }
-    const result = await pollFeed({ id: source.id, url: source.url, maxItems: source.maxItems, timeoutMs: source.timeoutMs, maxAgeDays: source.maxAgeDays }, state);
+    const result = await pollFeed(
+      { id: source.id, url: source.url, maxItems: source.maxItems, timeoutMs: source.timeoutMs, maxAgeDays: source.maxAgeDays, maxRevisionsPerDay: source.maxRevisionsPerDay },
+      state,
+    );
     // A corrected item replaces what the feed said before under its guid (or link): the old text is
     // superseded (never baked if it was pending; no longer replayed if it was absorbed), and the
     // new text waits for the next bake.
@@ -248,6 +251,7 @@ export class Agent {
       )
     ).filter((r) => r.added).length;
     if (result.error) this.log(`feed ${feedId}: ${result.error}`);
+    for (const note of result.notes ?? []) this.log(`feed ${feedId}: ${note}`);
     if (result.state.movedTo && result.state.movedTo !== state.movedTo) {
       this.log(`feed ${feedId} has moved permanently (301/308) to ${result.state.movedTo}: put that url in the agent file (the redirect is followed every poll until then)`);
     }

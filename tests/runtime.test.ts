@@ -4,6 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
+import cron from "node-cron";
 import { initBackend } from "../src/tensor/backend.js";
 import { Runtime } from "../src/runtime/runtime.js";
 import { loadAgentConfig } from "../src/runtime/agent-config.js";
@@ -281,30 +282,73 @@ test("retracting the only baked item leaves the base model live: nothing is left
   }
 });
 
-test("a scheduled poll never takes the process down, and a failing feed is asked less often", async () => {
-  const { dir, file } = writeTestAgent({ feeds: [{ id: "gone", url: "missing.xml", schedule: "0 0 1 1 *" }] });
+test("a scheduled poll never takes the process down, and a failing feed is asked less often, across restarts", async () => {
+  const schedule = "0 0 1 1 *"; // once a year: the test passes each tick's due time itself
+  const { dir, file, feedFile } = writeTestAgent({ feeds: [{ id: "gone", url: "missing.xml", schedule }] });
+  // when the schedule fires next, as node-cron computes it (fires[k]: the (k+1)-th after now)
+  const probe = cron.createTask(schedule, () => {});
+  const fires = probe.getNextRuns(17);
+  await probe.destroy();
   const logs: string[] = [];
-  const runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+  const open = () => Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+  let runtime = await open();
   try {
-    const agent = runtime.agent("tester");
-    const tick = () => (agent as unknown as { scheduledPoll(id: string): Promise<void> }).scheduledPoll("gone");
-    const errors = () => agent.ledger.feed("gone")!.consecutiveErrors;
-    await tick(); // fails: the next scheduled poll is skipped
-    assert.equal(errors(), 1);
-    await tick();
-    assert.equal(errors(), 1, "skipped");
-    await tick(); // fails again: the next 3 are skipped
-    assert.equal(errors(), 2);
-    for (let k = 0; k < 3; k++) await tick();
-    assert.equal(errors(), 2, "three skipped");
-    await tick();
-    assert.equal(errors(), 3);
+    let agent = runtime.agent("tester");
+    const tick = (at: Date) => (agent as unknown as { scheduledPoll(id: string, at: Date): Promise<void> }).scheduledPoll("gone", at);
+    const record = () => agent.ledger.feed("gone")!;
+    const restart = async () => {
+      await runtime.stop();
+      runtime = await open();
+      agent = runtime.agent("tester");
+    };
+    await tick(new Date()); // fails: the next scheduled poll is skipped
+    assert.equal(record().consecutiveErrors, 1);
+    await tick(fires[0]!);
+    assert.equal(record().consecutiveErrors, 1, "skipped");
+    await restart();
+    await tick(fires[0]!);
+    assert.equal(record().consecutiveErrors, 1, "still skipped after a restart");
+    assert.equal(record().backoffUntil, fires[1]!.toISOString());
+
+    // a manual poll (kiln feeds poll, the admin API) asks at once; it fails: the next 3 are skipped
+    assert.match((await agent.pollFeed("gone")).error!, /feed "gone" \(.*missing\.xml\): cannot read file: ENOENT/);
+    assert.equal(record().consecutiveErrors, 2);
     assert.ok(logs.some((m) => /gone: 2 failed poll\(s\) in a row; skipping the next 3 scheduled poll\(s\)/.test(m)), logs.join("\n"));
+    for (const k of [0, 1, 2]) await tick(fires[k]!);
+    assert.equal(record().consecutiveErrors, 2, "three skipped");
+    await restart();
+    await tick(fires[2]!);
+    assert.equal(record().consecutiveErrors, 2, "still three after a restart");
+    await tick(fires[3]!);
+    assert.equal(record().consecutiveErrors, 3);
+    assert.equal(record().backoffUntil, fires[7]!.toISOString(), "then 7");
+    for (let n = 4; n <= 5; n++) await agent.pollFeed("gone");
+    assert.equal(record().backoffUntil, fires[15]!.toISOString(), "at most 15 skipped");
+    // the agent file points the feed elsewhere: polled at once
+    await agent.ledger.update((d) => void (d.feeds[0]!.url = path.join(dir, "old.xml")));
+    await tick(fires[0]!);
+    assert.equal(record().consecutiveErrors, 6);
+
+    // an agent file that now polls more often does not wait for the old schedule's fires
+    writeFileSync(file, readFileSync(file, "utf8").replace(schedule, "'*/30 * * * *'"));
+    await restart();
+    const half = cron.createTask("*/30 * * * *", () => {});
+    const soon = half.getNextRuns(17).at(-1)!; // (one more than 16, in case a half hour begins meanwhile)
+    await half.destroy();
+    await tick(soon);
+    assert.equal(record().consecutiveErrors, 7, "polled within 15 skips of the schedule it has now");
+
+    // a good poll ends the backoff
+    writeFileSync(path.join(dir, "missing.xml"), readFileSync(feedFile));
+    assert.equal((await agent.pollFeed("gone")).added, 2);
+    assert.equal(record().backoffUntil, undefined);
+    rmSync(path.join(dir, "missing.xml"));
+    await tick(new Date());
+    assert.equal(record().consecutiveErrors, 1, "polled: nothing to wait for");
 
     // the ledger cannot be written (a full disk, say): the poll is logged, nothing is thrown
-    for (let k = 0; k < 7; k++) await tick(); // past the backoff
     mkdirSync(path.join(dir, "home", ".ledger.json.tmp"));
-    await tick();
+    await tick(new Date(Date.parse(record().backoffUntil!)));
     assert.ok(logs.some((m) => /gone: the poll failed: .*EISDIR/.test(m)), logs.join("\n"));
     rmSync(path.join(dir, "home", ".ledger.json.tmp"), { recursive: true });
   } finally {

@@ -128,6 +128,9 @@ let revised = rss(item({ guid: "c1", title: "Mayor resigns", description: "The m
 let mutable = { status: 200, body: rss(item({ guid: "m1", title: "Mutable one", description: "First." })) };
 /** /churn.xml: its ETag follows the body, so an unchanged body answers a conditional request with 304 */
 let churn = rss("");
+/** /old-home.xml redirects for good to /new-home.xml, or (the move undone) serves the feed itself */
+let oldHome: "redirect" | "serve" = "redirect";
+let newHome: { status: number; body: string } = { status: 200, body: "" };
 const pending = new Set<NodeJS.Timeout>();
 let base = "";
 
@@ -199,6 +202,15 @@ const server = http.createServer((req, res) => {
       return send(301, "", "text/plain", { Location: "/moved-again" });
     case "/moved-again":
       return send(308, "", "text/plain", { Location: `${base}/rss.xml` });
+    case "/old-home.xml":
+      return oldHome === "redirect" ? send(301, "", "text/plain", { Location: "/new-home.xml" }) : send(200, newHome.body || rss(""));
+    case "/new-home.xml":
+      if (newHome.status !== 200) return send(newHome.status, "down", "text/plain", newHome.status === 429 ? { "Retry-After": "600" } : {});
+      if (req.headers["if-none-match"] === '"nh"') {
+        res.writeHead(304, { ETag: '"nh"' });
+        return res.end();
+      }
+      return send(200, newHome.body, undefined, { ETag: '"nh"' });
     case "/for-now":
       return send(302, "", "text/plain", { Location: "/moved" });
     case "/loop":
@@ -438,6 +450,65 @@ test("redirects are followed; a chain of permanent ones says where the feed live
   assert.equal(direct.state.movedTo, undefined, "no redirect any more: nothing to say");
   assert.match((await pollFeed(src("/loop"), initialFeedState())).error!, /more than 5 redirects/);
   assert.match((await pollFeed(src("/to-file"), initialFeedState())).error!, /redirected to file:\/\/\/etc\/passwd, which is not an http\(s\) URL/);
+});
+
+test("a feed moved for good is polled at its new address; the configured url is asked again once a day, and when the new one fails", async () => {
+  const t0 = Date.parse("2024-06-01T08:00:00Z");
+  const at = (min: number) => ({ now: () => new Date(t0 + min * 60_000) });
+  const asked = (p: string) => requests.filter((r) => r.url === p).length;
+  const feed = src("/old-home.xml");
+  const moved = `${base}/new-home.xml`;
+  oldHome = "redirect";
+  newHome = { status: 200, body: rss(item({ guid: "nh1", title: "Harbour reopens", description: "Boats are back." })) };
+  const old0 = asked("/old-home.xml");
+  const first = await pollFeed(feed, initialFeedState(), at(0));
+  assert.equal(first.entries.length, 1);
+  assert.equal(first.state.movedTo, moved);
+  assert.equal(asked("/old-home.xml"), old0 + 1);
+
+  const second = await pollFeed(feed, first.state, at(30));
+  assert.equal(asked("/old-home.xml"), old0 + 1, "the new address is asked directly");
+  assert.equal(second.notModified, true, "with the validators it gave");
+  assert.equal(second.state.movedTo, moved, "still shown as moved (the agent file should say so)");
+
+  // the new address fails: the configured url is asked in the same poll, and it redirects there again
+  newHome = { ...newHome, status: 500 };
+  const third = await pollFeed(feed, second.state, at(60));
+  assert.equal(asked("/old-home.xml"), old0 + 2);
+  assert.match(third.error!, new RegExp(`^feed "-old-home-xml" \\(${base}/old-home\\.xml\\): HTTP 500 Internal Server Error \\(asked first at its new address ${moved}: HTTP 500 Internal Server Error\\)$`));
+  assert.deepEqual([third.state.movedTo, third.state.etag, third.state.seenKeys], [moved, '"nh"', first.state.seenKeys], "nothing known is lost");
+
+  // the server there asks for quiet: the old address (which sends us back there) is not asked
+  newHome = { ...newHome, status: 429 };
+  const quiet = await pollFeed(feed, third.state, at(90));
+  assert.equal(asked("/old-home.xml"), old0 + 2);
+  assert.match(quiet.error!, /at its new address .*new-home\.xml: HTTP 429 Too Many Requests, retry after 2024-06-01T09:40:00\.000Z/);
+  assert.equal(quiet.state.retryAfter, "2024-06-01T09:40:00.000Z");
+
+  // the move was undone: the configured url answers itself, and is polled from then on
+  oldHome = "serve";
+  newHome = { ...newHome, status: 404 };
+  const back = await pollFeed(feed, quiet.state, at(120));
+  assert.equal(back.error, undefined);
+  assert.equal(back.state.movedTo, undefined);
+  assert.deepEqual(back.notes, [`its new address ${moved} failed (HTTP 404 Not Found); the configured url answered without a redirect: polled there again`]);
+  const fourth = await pollFeed(feed, back.state, at(150));
+  assert.equal(asked("/old-home.xml"), old0 + 4);
+  assert.equal(fourth.error, undefined);
+
+  // moved again; after a day the configured url is asked once, to see the move still holds
+  oldHome = "redirect";
+  newHome = { ...newHome, status: 200 };
+  const again = await pollFeed(feed, fourth.state, at(180));
+  assert.equal(again.state.movedTo, moved);
+  let state = again.state;
+  for (let min = 210; min < 180 + 24 * 60; min += 60) state = (await pollFeed(feed, state, at(min))).state;
+  assert.equal(asked("/old-home.xml"), old0 + 5, "a day of polls at the new address");
+  const recheck = await pollFeed(feed, state, at(180 + 24 * 60));
+  assert.equal(asked("/old-home.xml"), old0 + 6);
+  assert.equal(recheck.state.movedTo, moved);
+  await pollFeed(feed, recheck.state, at(210 + 24 * 60));
+  assert.equal(asked("/old-home.xml"), old0 + 6, "and the next poll goes to the new address again");
 });
 
 test("a slow endpoint is cut off at timeoutMs (headers late, or body stalled)", async () => {

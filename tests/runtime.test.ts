@@ -3,6 +3,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
 import path from "node:path";
 import cron from "node-cron";
 import { initBackend } from "../src/tensor/backend.js";
@@ -10,6 +12,7 @@ import { Runtime } from "../src/runtime/runtime.js";
 import { loadAgentConfig } from "../src/runtime/agent-config.js";
 import type { Agent } from "../src/runtime/agent.js";
 import { SETTLE_MS } from "../src/feeds/feeds.js";
+import { createServer } from "../src/server/index.js";
 import { writeTestAgent } from "./support/agent.js";
 
 await initBackend();
@@ -378,6 +381,37 @@ test("a feed item corrected under its guid supersedes the stored one; the correc
     assert.deepEqual([agent.ledger.feed("harbor")!.url, agent.ledger.feed("harbor")!.etag], [feedFile, undefined]);
   } finally {
     await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("a feed moved for good is logged once, polled at its new address, and /healthz shows where it lives", async () => {
+  const hits: string[] = [];
+  const feedServer = http.createServer((req, res) => {
+    hits.push(req.url ?? "");
+    if (req.url === "/old.xml") return res.writeHead(301, { Location: "/new.xml" }).end();
+    res.writeHead(200, { "Content-Type": "application/rss+xml" });
+    res.end('<?xml version="1.0"?><rss version="2.0"><channel><title>H</title><item><guid>m1</guid><title>Quay rebuilt</title><description>It took a year.</description></item></channel></rss>');
+  });
+  await new Promise<void>((resolve) => feedServer.listen(0, "127.0.0.1", resolve));
+  const base = `http://127.0.0.1:${(feedServer.address() as AddressInfo).port}`;
+  const { dir, file } = writeTestAgent({ feeds: [{ id: "quay", url: `${base}/old.xml`, schedule: "0 0 1 1 *" }] });
+  const logs: string[] = [];
+  const runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+  const server = await createServer(runtime, { port: 0 });
+  try {
+    const agent = runtime.agent("tester");
+    assert.equal((await agent.pollFeed("quay")).added, 1);
+    assert.equal((await agent.pollFeed("quay")).added, 0);
+    assert.deepEqual(hits, ["/old.xml", "/new.xml", "/new.xml"], "the second poll asks the new address directly");
+    const moved = logs.filter((m) => /moved permanently/.test(m));
+    assert.deepEqual(moved, [`feed quay has moved permanently (301/308) to ${base}/new.xml: put that url in the agent file (until then it is polled there, and the configured url is asked again once a day and whenever the new one fails)`]);
+    const health = (await (await fetch(`${server.url}/healthz`)).json()) as { agents: { feeds: { id: string; movedTo?: string }[] }[] };
+    assert.equal(health.agents[0]!.feeds[0]!.movedTo, `${base}/new.xml`);
+  } finally {
+    await server.close();
+    await runtime.stop();
+    feedServer.close();
     rmSync(dir, { recursive: true });
   }
 });

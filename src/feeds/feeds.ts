@@ -35,10 +35,13 @@ export interface FeedState {
   /** the server asked (429/503 with Retry-After) not to be asked again before this time */
   retryAfter?: string;
   /**
-   * Every redirect of the last fetch was permanent (301/308): the feed lives here now, and the
-   * agent file should say so (kiln follows the redirect every poll meanwhile).
+   * Every redirect of the configured URL was permanent (301/308): the feed lives here now, and the
+   * agent file should say so. Meanwhile polls ask here directly, as feed readers do, and go back to
+   * the configured URL when this one fails, and once a day (MOVE_RECHECK_MS) to see the move holds.
    */
   movedTo?: string;
+  /** when the configured URL last redirected to movedTo */
+  movedAt?: string;
   /** bounded, most recent last; item keys and "hash:" content keys */
   seenKeys: string[];
   /**
@@ -122,6 +125,8 @@ export const SETTLE_MS = 10 * 60_000;
 /** Polls in a row an item may read differently before the log says it churns. */
 const CHURN_NOTE_AFTER = 3;
 const DAY_MS = 24 * 3600_000;
+/** How long a feed that moved for good is asked at its new address before the configured URL is asked again. */
+export const MOVE_RECHECK_MS = DAY_MS;
 
 export function initialFeedState(): FeedState {
   return { consecutiveErrors: 0, seenKeys: [] };
@@ -161,8 +166,10 @@ export async function pollFeed(source: FeedSource, state: FeedState, opts: PollO
       setOrDelete(ok, "etag", got.etag);
       setOrDelete(ok, "lastModified", got.lastModified);
       setOrDelete(ok, "movedTo", got.movedTo);
+      setOrDelete(ok, "movedAt", got.movedAt);
     }
-    if (got.kind === "not-modified") return { entries: [], state: ok, notModified: true };
+    const notes = got.kind !== "file" && got.note ? [got.note] : [];
+    if (got.kind === "not-modified") return { entries: [], state: ok, notModified: true, ...(notes.length ? { notes } : {}) };
 
     const items = await parseFeed(got.xml);
     // A first poll of an archive feed would otherwise bake years-old news as new. Undated items
@@ -172,13 +179,14 @@ export async function pollFeed(source: FeedSource, state: FeedState, opts: PollO
       .slice(0, maxItems)
       .flatMap((item) => toEntry(source.id, item) ?? [])
       .filter((e) => e.publishedAt === undefined || Date.parse(e.publishedAt) >= oldest);
-    const { entries, seenKeys, lastHashes, revisions, notes } = dedupe(candidates, state, {
+    const { entries, seenKeys, lastHashes, revisions, notes: itemNotes } = dedupe(candidates, state, {
       limit: Math.max(MAX_SEEN_KEYS, 2 * maxItems),
       now: nowDate.getTime(),
       maxRevisionsPerDay: source.maxRevisionsPerDay ?? DEFAULT_MAX_REVISIONS_PER_DAY,
     });
     const next: FeedState = { ...ok, seenKeys, lastHashes, revisions };
     if (!Object.keys(revisions).length) delete next.revisions;
+    notes.push(...itemNotes);
     return { entries, state: next, notModified: false, ...(notes.length ? { notes } : {}) };
   } catch (err) {
     if (!(err instanceof FeedProblem)) throw err;
@@ -191,7 +199,7 @@ export async function pollFeed(source: FeedSource, state: FeedState, opts: PollO
   }
 }
 
-function setOrDelete(state: FeedState, field: "etag" | "lastModified" | "movedTo", value: string | undefined): void {
+function setOrDelete(state: FeedState, field: "etag" | "lastModified" | "movedTo" | "movedAt", value: string | undefined): void {
   if (value === undefined) delete state[field];
   else state[field] = value;
 }
@@ -214,18 +222,52 @@ function checkArguments(source: FeedSource, state: FeedState): void {
 // ---------------------------------------------------------------------------------------------
 // Getting the bytes
 
-type Loaded =
-  | { kind: "not-modified"; etag?: string; lastModified?: string; movedTo?: string }
-  | { kind: "http"; xml: string; etag?: string; lastModified?: string; movedTo?: string }
-  | { kind: "file"; xml: string };
+interface HttpMeta {
+  etag?: string;
+  lastModified?: string;
+  movedTo?: string;
+  movedAt?: string;
+  /** for the log: the new address failed and the configured one answered, say */
+  note?: string;
+}
+
+type Loaded = ({ kind: "not-modified" } & HttpMeta) | ({ kind: "http"; xml: string } & HttpMeta) | { kind: "file"; xml: string };
 
 async function load(source: FeedSource, state: FeedState, fetchImpl: typeof fetch, now: number): Promise<Loaded> {
   const url = source.url.trim();
   if (/^https?:\/\//i.test(url)) {
+    const timeoutMs = source.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     // A change waiting to settle needs the feed read again: a 304 would say nothing changed
     // without showing the text, and the change would wait for good on a feed that answers 304.
     const waiting = Object.values(state.revisions ?? {}).some((r) => r.waiting);
-    return loadHttp(url, source.timeoutMs ?? DEFAULT_TIMEOUT_MS, waiting ? {} : state, fetchImpl, now);
+    const validators = waiting ? {} : state;
+    // (the configured URL may be the new address already: the agent file was brought up to date)
+    const moved = state.movedTo && state.movedTo !== url && /^https?:\/\//i.test(state.movedTo) ? state.movedTo : undefined;
+    if (moved && now - Date.parse(state.movedAt ?? "") < MOVE_RECHECK_MS) {
+      try {
+        const got = await loadHttp(moved, timeoutMs, validators, fetchImpl, now);
+        // still there, or moved on for good from there
+        return { ...got, movedTo: got.movedTo ?? moved, movedAt: state.movedAt };
+      } catch (err) {
+        if (!(err instanceof FeedProblem)) throw err;
+        const there = `at its new address ${moved}: ${err.message}`;
+        // The server there asked for quiet, and the configured URL would send us back to it.
+        if (err.retryAt !== undefined) throw new FeedProblem(there, err.retryAt);
+        let got: Loaded & HttpMeta;
+        try {
+          // No validators: they came from the new address, and a 304 would hide what the old one serves.
+          got = await loadHttp(url, timeoutMs, {}, fetchImpl, now);
+        } catch (again) {
+          if (!(again instanceof FeedProblem)) throw again;
+          throw new FeedProblem(`${again.message} (asked first ${there})`, again.retryAt);
+        }
+        const where = got.movedTo ? `, redirected for good to ${got.movedTo}` : " without a redirect: polled there again";
+        return { ...got, movedAt: got.movedTo ? new Date(now).toISOString() : undefined, note: `its new address ${moved} failed (${err.message}); the configured url answered${where}` };
+      }
+    }
+    const got = await loadHttp(url, timeoutMs, validators, fetchImpl, now);
+    const note = moved && !got.movedTo ? `the configured url no longer redirects for good to ${moved}: polled there again` : undefined;
+    return { ...got, ...(got.movedTo ? { movedAt: new Date(now).toISOString() } : {}), ...(note ? { note } : {}) };
   }
   let file = url;
   if (/^file:/i.test(url)) {
@@ -254,7 +296,13 @@ async function readLocal(file: string): Promise<Uint8Array> {
 }
 
 /** `validators`: the etag and lastModified to send (none: an unconditional request). */
-async function loadHttp(url: string, timeoutMs: number, validators: Pick<FeedState, "etag" | "lastModified">, fetchImpl: typeof fetch, now: number): Promise<Loaded> {
+async function loadHttp(
+  url: string,
+  timeoutMs: number,
+  validators: Pick<FeedState, "etag" | "lastModified">,
+  fetchImpl: typeof fetch,
+  now: number,
+): Promise<Exclude<Loaded, { kind: "file" }>> {
   const headers: Record<string, string> = {
     "User-Agent": "kiln-feeds/0.1",
     Accept: "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5",

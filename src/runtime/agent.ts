@@ -235,6 +235,7 @@ export class Agent {
       delete state.lastModified;
       delete state.retryAfter;
       delete state.movedTo;
+      delete state.movedAt;
     }
     const result = await pollFeed(
       { id: source.id, url: source.url, maxItems: source.maxItems, timeoutMs: source.timeoutMs, maxAgeDays: source.maxAgeDays, maxRevisionsPerDay: source.maxRevisionsPerDay },
@@ -270,7 +271,7 @@ export class Agent {
     for (const note of result.notes ?? []) this.log(`feed ${feedId}: ${note}`);
     if (skipped) this.log(`feed ${feedId}: ${failures} failed poll(s) in a row; skipping the next ${skipped} scheduled poll(s), until ${backoffUntil}`);
     if (result.state.movedTo && result.state.movedTo !== state.movedTo) {
-      this.log(`feed ${feedId} has moved permanently (301/308) to ${result.state.movedTo}: put that url in the agent file (the redirect is followed every poll until then)`);
+      this.log(`feed ${feedId} has moved permanently (301/308) to ${result.state.movedTo}: put that url in the agent file (until then it is polled there, and the configured url is asked again once a day and whenever the new one fails)`);
     }
     return { added, ...(result.error ? { error: result.error } : {}) };
   }

@@ -215,6 +215,8 @@ const server = http.createServer((req, res) => {
       return send(302, "", "text/plain", { Location: "/moved" });
     case "/loop":
       return send(301, "", "text/plain", { Location: "/loop" });
+    case "/bad-location":
+      return send(301, "", "text/plain", { Location: "http://exa mple.test/feed" });
     case "/to-file":
       return send(301, "", "text/plain", { Location: "file:///etc/passwd" });
     case "/429":
@@ -450,6 +452,10 @@ test("redirects are followed; a chain of permanent ones says where the feed live
   assert.equal(direct.state.movedTo, undefined, "no redirect any more: nothing to say");
   assert.match((await pollFeed(src("/loop"), initialFeedState())).error!, /more than 5 redirects/);
   assert.match((await pollFeed(src("/to-file"), initialFeedState())).error!, /redirected to file:\/\/\/etc\/passwd, which is not an http\(s\) URL/);
+  // a Location that is no URL at all is the feed's problem, not a crash of the poll
+  const bad = await pollFeed(src("/bad-location"), initialFeedState());
+  assert.match(bad.error!, /\/bad-location\): redirected to "http:\/\/exa mple\.test\/feed", which is not a valid URL/);
+  assert.equal(bad.state.consecutiveErrors, 1);
 });
 
 test("a feed moved for good is polled at its new address; the configured url is asked again once a day, and when the new one fails", async () => {

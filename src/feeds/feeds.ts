@@ -328,6 +328,8 @@ async function loadHttp(
     await discard(res);
     if (hops === MAX_REDIRECTS) throw new FeedProblem(`more than ${MAX_REDIRECTS} redirects (last to ${location})`);
     permanent &&= res.status === 301 || res.status === 308;
+    // The header is the server's text: one that is no URL is the feed's problem, not a crash.
+    if (!URL.canParse(location, at)) throw new FeedProblem(`redirected to ${JSON.stringify(location.slice(0, 300))}, which is not a valid URL`);
     at = new URL(location, at).toString();
     if (!/^https?:/i.test(at)) throw new FeedProblem(`redirected to ${at}, which is not an http(s) URL`);
   }

@@ -416,6 +416,38 @@ test("a feed moved for good is logged once, polled at its new address, and /heal
   }
 });
 
+test("two polls of one feed at once (the schedule's and the admin API's) run one after the other, the second from the state the first wrote", async () => {
+  const hits: string[] = [];
+  let release: () => void = () => {};
+  const held = new Promise<void>((resolve) => (release = resolve));
+  const feedServer = http.createServer(async (req, res) => {
+    hits.push(String(req.headers["if-none-match"] ?? "-"));
+    if (hits.length === 1) await held; // the first poll is slow
+    if (req.headers["if-none-match"] === '"v1"') return res.writeHead(304).end();
+    res.writeHead(200, { "Content-Type": "application/rss+xml", ETag: '"v1"' });
+    res.end('<?xml version="1.0"?><rss version="2.0"><channel><title>H</title><item><guid>s1</guid><title>Slow news</title><description>It came late.</description></item></channel></rss>');
+  });
+  await new Promise<void>((resolve) => feedServer.listen(0, "127.0.0.1", resolve));
+  const { dir, file } = writeTestAgent({ feeds: [{ id: "slow", url: `http://127.0.0.1:${(feedServer.address() as AddressInfo).port}/feed.xml`, schedule: "0 0 1 1 *" }] });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    const first = agent.pollFeed("slow");
+    while (!hits.length) await new Promise((r) => setTimeout(r, 10));
+    const second = agent.pollFeed("slow");
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual(hits, ["-"], "the second waits for the first");
+    release();
+    assert.deepEqual([await first, await second], [{ added: 1 }, { added: 0 }]);
+    assert.deepEqual(hits, ["-", '"v1"'], "and asks with what the first learned");
+  } finally {
+    release();
+    await runtime.stop();
+    feedServer.close();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("an item its feed corrects while a bake runs stays superseded when that bake fails", async () => {
   const { dir, file, feedFile } = writeTestAgent();
   const runtime = await Runtime.fromFiles(file);

@@ -87,6 +87,8 @@ export class Agent {
   private baking: Promise<BakeOutcome> | null = null;
   /** scheduled feed polls in flight: a bake waits for them, so news of the same minute is in it */
   private readonly polls = new Set<Promise<void>>();
+  /** the last poll of each feed, scheduled or manual: the next one starts from the state it wrote */
+  private readonly feedPolls = new Map<string, Promise<unknown>>();
   /** the last switch of the live version (rollbacks and retraction fallbacks run one at a time) */
   private switching: Promise<void> = Promise.resolve();
   private cancelBake: (() => void) | null = null;
@@ -223,9 +225,24 @@ export class Agent {
     this.polls.delete(poll);
   }
 
+  /**
+   * Polls one feed now. Polls of one feed run one at a time: two at once (the schedule's and the
+   * admin API's) would each start from the same state, and the one written last would undo what
+   * the other recorded (seen items, a revision taken, validators).
+   */
   async pollFeed(feedId: string): Promise<{ added: number; error?: string }> {
-    const source = this.config.feeds.find((f) => f.id === feedId);
-    if (!source) throw new Error(`agent ${this.name} has no feed ${feedId}`);
+    if (!this.config.feeds.some((f) => f.id === feedId)) throw new Error(`agent ${this.name} has no feed ${feedId}`);
+    const run = (this.feedPolls.get(feedId) ?? Promise.resolve()).catch(() => {}).then(() => this.pollFeedNow(feedId));
+    this.feedPolls.set(feedId, run);
+    try {
+      return await run;
+    } finally {
+      if (this.feedPolls.get(feedId) === run) this.feedPolls.delete(feedId);
+    }
+  }
+
+  private async pollFeedNow(feedId: string): Promise<{ added: number; error?: string }> {
+    const source = this.config.feeds.find((f) => f.id === feedId)!;
     const { id: _id, url: recordedUrl, itemsAdded: _n, backoffUntil: lastBackoff, ...state } = this.ledger.feed(feedId)!;
     if (recordedUrl !== source.url) {
       // The agent file now points this feed elsewhere: validators (and a Retry-After) belong to the

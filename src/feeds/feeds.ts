@@ -231,7 +231,8 @@ interface HttpMeta {
   note?: string;
 }
 
-type Loaded = ({ kind: "not-modified" } & HttpMeta) | ({ kind: "http"; xml: string } & HttpMeta) | { kind: "file"; xml: string };
+type HttpLoaded = ({ kind: "not-modified" } & HttpMeta) | ({ kind: "http"; xml: string } & HttpMeta);
+type Loaded = HttpLoaded | { kind: "file"; xml: string };
 
 async function load(source: FeedSource, state: FeedState, fetchImpl: typeof fetch, now: number): Promise<Loaded> {
   const url = source.url.trim();
@@ -253,7 +254,7 @@ async function load(source: FeedSource, state: FeedState, fetchImpl: typeof fetc
         const there = `at its new address ${moved}: ${err.message}`;
         // The server there asked for quiet, and the configured URL would send us back to it.
         if (err.retryAt !== undefined) throw new FeedProblem(there, err.retryAt);
-        let got: Loaded & HttpMeta;
+        let got: HttpLoaded;
         try {
           // No validators: they came from the new address, and a 304 would hide what the old one serves.
           got = await loadHttp(url, timeoutMs, {}, fetchImpl, now);
@@ -302,7 +303,7 @@ async function loadHttp(
   validators: Pick<FeedState, "etag" | "lastModified">,
   fetchImpl: typeof fetch,
   now: number,
-): Promise<Exclude<Loaded, { kind: "file" }>> {
+): Promise<HttpLoaded> {
   const headers: Record<string, string> = {
     "User-Agent": "kiln-feeds/0.1",
     Accept: "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5",

@@ -2,6 +2,7 @@
 // slow feeds, dedupe, and bounded untrusted text. Everything is local and fast.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -9,7 +10,7 @@ import os from "node:os";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
 import { MAX_ITEM_CHARS } from "../src/bake/prompt.js";
-import { initialFeedState, pollFeed, MAX_SEEN_KEYS, MAX_RETRY_AFTER_MS, type FeedState } from "../src/feeds/feeds.js";
+import { initialFeedState, pollFeed, MAX_SEEN_KEYS, MAX_RETRY_AFTER_MS, type FeedEntry, type FeedSource, type FeedState } from "../src/feeds/feeds.js";
 import { decodeFeedBytes } from "../src/feeds/decode.js";
 import { htmlToText } from "../src/feeds/text.js";
 
@@ -125,6 +126,11 @@ function manyItems(n: number, prefix: string): string {
 const requests: { url: string; headers: http.IncomingHttpHeaders }[] = [];
 let revised = rss(item({ guid: "c1", title: "Mayor resigns", description: "The mayor resigned on Monday." }));
 let mutable = { status: 200, body: rss(item({ guid: "m1", title: "Mutable one", description: "First." })) };
+/** /churn.xml: its ETag follows the body, so an unchanged body answers a conditional request with 304 */
+let churn = rss("");
+/** /old-home.xml redirects for good to /new-home.xml, or (the move undone) serves the feed itself */
+let oldHome: "redirect" | "serve" = "redirect";
+let newHome: { status: number; body: string } = { status: 200, body: "" };
 const pending = new Set<NodeJS.Timeout>();
 let base = "";
 
@@ -184,14 +190,33 @@ const server = http.createServer((req, res) => {
       return mutable.status === 200 ? send(200, mutable.body, undefined, { ETag: '"m"' }) : send(mutable.status, "oops", "text/plain");
     case "/revised.xml":
       return send(200, revised);
+    case "/churn.xml": {
+      const etag = `"${createHash("sha256").update(churn).digest("hex").slice(0, 16)}"`;
+      if (req.headers["if-none-match"] === etag) {
+        res.writeHead(304, { ETag: etag });
+        return res.end();
+      }
+      return send(200, churn, undefined, { ETag: etag });
+    }
     case "/moved":
       return send(301, "", "text/plain", { Location: "/moved-again" });
     case "/moved-again":
       return send(308, "", "text/plain", { Location: `${base}/rss.xml` });
+    case "/old-home.xml":
+      return oldHome === "redirect" ? send(301, "", "text/plain", { Location: "/new-home.xml" }) : send(200, newHome.body || rss(""));
+    case "/new-home.xml":
+      if (newHome.status !== 200) return send(newHome.status, "down", "text/plain", newHome.status === 429 ? { "Retry-After": "600" } : {});
+      if (req.headers["if-none-match"] === '"nh"') {
+        res.writeHead(304, { ETag: '"nh"' });
+        return res.end();
+      }
+      return send(200, newHome.body, undefined, { ETag: '"nh"' });
     case "/for-now":
       return send(302, "", "text/plain", { Location: "/moved" });
     case "/loop":
       return send(301, "", "text/plain", { Location: "/loop" });
+    case "/bad-location":
+      return send(301, "", "text/plain", { Location: "http://exa mple.test/feed" });
     case "/to-file":
       return send(301, "", "text/plain", { Location: "file:///etc/passwd" });
     case "/429":
@@ -237,7 +262,7 @@ after(async () => {
   rmSync(tmp, { recursive: true, force: true });
 });
 
-const src = (p: string, extra: { maxItems?: number; timeoutMs?: number; maxAgeDays?: number } = {}) => ({ id: p.replace(/\W+/g, "-"), url: `${base}${p}`, ...extra });
+const src = (p: string, extra: Omit<FeedSource, "id" | "url"> = {}) => ({ id: p.replace(/\W+/g, "-"), url: `${base}${p}`, ...extra });
 
 function assertCleanText(text: string): void {
   assert.ok(text.length <= MAX_ITEM_CHARS, `text is ${text.length} chars`);
@@ -427,6 +452,69 @@ test("redirects are followed; a chain of permanent ones says where the feed live
   assert.equal(direct.state.movedTo, undefined, "no redirect any more: nothing to say");
   assert.match((await pollFeed(src("/loop"), initialFeedState())).error!, /more than 5 redirects/);
   assert.match((await pollFeed(src("/to-file"), initialFeedState())).error!, /redirected to file:\/\/\/etc\/passwd, which is not an http\(s\) URL/);
+  // a Location that is no URL at all is the feed's problem, not a crash of the poll
+  const bad = await pollFeed(src("/bad-location"), initialFeedState());
+  assert.match(bad.error!, /\/bad-location\): redirected to "http:\/\/exa mple\.test\/feed", which is not a valid URL/);
+  assert.equal(bad.state.consecutiveErrors, 1);
+});
+
+test("a feed moved for good is polled at its new address; the configured url is asked again once a day, and when the new one fails", async () => {
+  const t0 = Date.parse("2024-06-01T08:00:00Z");
+  const at = (min: number) => ({ now: () => new Date(t0 + min * 60_000) });
+  const asked = (p: string) => requests.filter((r) => r.url === p).length;
+  const feed = src("/old-home.xml");
+  const moved = `${base}/new-home.xml`;
+  oldHome = "redirect";
+  newHome = { status: 200, body: rss(item({ guid: "nh1", title: "Harbour reopens", description: "Boats are back." })) };
+  const old0 = asked("/old-home.xml");
+  const first = await pollFeed(feed, initialFeedState(), at(0));
+  assert.equal(first.entries.length, 1);
+  assert.equal(first.state.movedTo, moved);
+  assert.equal(asked("/old-home.xml"), old0 + 1);
+
+  const second = await pollFeed(feed, first.state, at(30));
+  assert.equal(asked("/old-home.xml"), old0 + 1, "the new address is asked directly");
+  assert.equal(second.notModified, true, "with the validators it gave");
+  assert.equal(second.state.movedTo, moved, "still shown as moved (the agent file should say so)");
+
+  // the new address fails: the configured url is asked in the same poll, and it redirects there again
+  newHome = { ...newHome, status: 500 };
+  const third = await pollFeed(feed, second.state, at(60));
+  assert.equal(asked("/old-home.xml"), old0 + 2);
+  assert.match(third.error!, new RegExp(`^feed "-old-home-xml" \\(${base}/old-home\\.xml\\): HTTP 500 Internal Server Error \\(asked first at its new address ${moved}: HTTP 500 Internal Server Error\\)$`));
+  assert.deepEqual([third.state.movedTo, third.state.etag, third.state.seenKeys], [moved, '"nh"', first.state.seenKeys], "nothing known is lost");
+
+  // the server there asks for quiet: the old address (which sends us back there) is not asked
+  newHome = { ...newHome, status: 429 };
+  const quiet = await pollFeed(feed, third.state, at(90));
+  assert.equal(asked("/old-home.xml"), old0 + 2);
+  assert.match(quiet.error!, /at its new address .*new-home\.xml: HTTP 429 Too Many Requests, retry after 2024-06-01T09:40:00\.000Z/);
+  assert.equal(quiet.state.retryAfter, "2024-06-01T09:40:00.000Z");
+
+  // the move was undone: the configured url answers itself, and is polled from then on
+  oldHome = "serve";
+  newHome = { ...newHome, status: 404 };
+  const back = await pollFeed(feed, quiet.state, at(120));
+  assert.equal(back.error, undefined);
+  assert.equal(back.state.movedTo, undefined);
+  assert.deepEqual(back.notes, [`its new address ${moved} failed (HTTP 404 Not Found); the configured url answered without a redirect: polled there again`]);
+  const fourth = await pollFeed(feed, back.state, at(150));
+  assert.equal(asked("/old-home.xml"), old0 + 4);
+  assert.equal(fourth.error, undefined);
+
+  // moved again; after a day the configured url is asked once, to see the move still holds
+  oldHome = "redirect";
+  newHome = { ...newHome, status: 200 };
+  const again = await pollFeed(feed, fourth.state, at(180));
+  assert.equal(again.state.movedTo, moved);
+  let state = again.state;
+  for (let min = 210; min < 180 + 24 * 60; min += 60) state = (await pollFeed(feed, state, at(min))).state;
+  assert.equal(asked("/old-home.xml"), old0 + 5, "a day of polls at the new address");
+  const recheck = await pollFeed(feed, state, at(180 + 24 * 60));
+  assert.equal(asked("/old-home.xml"), old0 + 6);
+  assert.equal(recheck.state.movedTo, moved);
+  await pollFeed(feed, recheck.state, at(210 + 24 * 60));
+  assert.equal(asked("/old-home.xml"), old0 + 6, "and the next poll goes to the new address again");
 });
 
 test("a slow endpoint is cut off at timeoutMs (headers late, or body stalled)", async () => {
@@ -478,20 +566,110 @@ test("entities escaped twice (inside CDATA, or &amp;lt;p&amp;gt;) end up as char
   assert.equal(htmlToText("Unknown &amp;foo; stays"), "Unknown &foo; stays");
 });
 
-test("an item whose text changes under the same guid comes back once, marked revises", async () => {
+test("an item whose text changes under the same guid comes back once it holds, marked revises", async () => {
+  const t0 = Date.parse("2024-04-01T08:00:00Z");
+  const poll = (state: FeedState, k: number) => pollFeed(src("/revised.xml"), state, { now: () => new Date(t0 + k * 30 * 60_000) });
   revised = rss(item({ guid: "c1", title: "Mayor resigns", description: "The mayor resigned on Monday." }));
-  const first = await pollFeed(src("/revised.xml"), initialFeedState());
+  const first = await poll(initialFeedState(), 0);
   assert.equal(first.entries[0]!.revises, undefined);
   revised = rss(item({ guid: "c1", title: "Mayor resigns", description: "Correction: the mayor resigned on Tuesday." }));
-  const second = await pollFeed(src("/revised.xml"), first.state);
-  assert.deepEqual(second.entries.map((e) => [e.key, e.text, e.revises]), [["guid:c1", "Mayor resigns: Correction: the mayor resigned on Tuesday.", true]]);
-  const third = await pollFeed(src("/revised.xml"), second.state);
-  assert.equal(third.entries.length, 0, "the same correction is not reported twice");
+  const second = await poll(first.state, 1);
+  assert.deepEqual(second.entries, [], "a change waits for the next poll");
+  const third = await poll(second.state, 2);
+  assert.deepEqual(third.entries.map((e) => [e.key, e.text, e.revises]), [["guid:c1", "Mayor resigns: Correction: the mayor resigned on Tuesday.", true]]);
+  const fourth = await poll(third.state, 3);
+  assert.equal(fourth.entries.length, 0, "the same correction is not reported twice");
   // the feed takes its correction back: the first text is the item's text again
   revised = rss(item({ guid: "c1", title: "Mayor resigns", description: "The mayor resigned on Monday." }));
-  const fourth = await pollFeed(src("/revised.xml"), third.state);
-  assert.deepEqual(fourth.entries.map((e) => [e.key, e.text, e.revises]), [["guid:c1", "Mayor resigns: The mayor resigned on Monday.", true]]);
-  assert.equal((await pollFeed(src("/revised.xml"), fourth.state)).entries.length, 0);
+  assert.deepEqual((await poll(fourth.state, 4)).entries, []);
+  const sixth = await poll((await poll(fourth.state, 4)).state, 5);
+  assert.deepEqual(sixth.entries.map((e) => [e.key, e.text, e.revises]), [["guid:c1", "Mayor resigns: The mayor resigned on Monday.", true]]);
+  assert.equal((await poll(sixth.state, 6)).entries.length, 0);
+  // a state from before texts were recorded per key (no lastHashes): a text never seen is a change
+  revised = rss(item({ guid: "c1", title: "Mayor resigns", description: "Correction: the mayor resigned on Wednesday." }));
+  const { lastHashes: _, ...older } = first.state;
+  const waits = await poll(older, 1);
+  assert.deepEqual(waits.entries, []);
+  assert.equal((await poll(waits.state, 2)).entries[0]?.revises, true);
+});
+
+/** Polls /churn.xml as a schedule would, `every` minutes apart, serving bodies[k] on poll k. */
+async function pollChurn(bodies: string[], every = 30, opts: { maxRevisionsPerDay?: number } = {}) {
+  const t0 = Date.parse("2024-05-01T08:00:00Z");
+  let state = initialFeedState();
+  const polls: { entries: FeedEntry[]; notes: string[] }[] = [];
+  for (const [k, body] of bodies.entries()) {
+    churn = body;
+    const r = await pollFeed(src("/churn.xml", opts), state, { now: () => new Date(t0 + k * every * 60_000) });
+    assert.equal(r.error, undefined);
+    polls.push({ entries: r.entries, notes: r.notes ?? [] });
+    state = r.state;
+  }
+  return { polls, state };
+}
+
+const fire = (views: number, dead = "Three") => rss(item({ guid: "f1", title: "Fire on Dock Street", description: `${dead} people died. Read ${views} times.` }));
+
+test("an item whose text changes on every poll (a view counter) is taken once, not revised every poll, and said once", async () => {
+  const { polls, state } = await pollChurn(Array.from({ length: 12 }, (_, k) => fire(100 + 37 * k)));
+  assert.deepEqual(polls[0]!.entries.map((e) => e.text), ["Fire on Dock Street: Three people died. Read 100 times."]);
+  assert.deepEqual(polls.slice(1).flatMap((p) => p.entries.map((e) => e.text)), [], "no revision of a text that never holds");
+  const notes = polls.flatMap((p) => p.notes);
+  assert.equal(notes.length, 1, notes.join("\n"));
+  assert.match(notes[0]!, /item guid:f1 has read differently in 3 polls in a row .*keeps the text it has/);
+  assert.deepEqual(Object.keys(state.revisions ?? {}), ["guid:f1"], "state only for the item that churns");
+});
+
+test("a correction is taken once it reads the same on a poll at least 10 minutes later, even where the server answers 304", async () => {
+  // 08:00 first read; 08:30 the correction (waits); 08:35 the same (too soon: a second manual poll
+  // is no evidence); 09:00 the same: taken. /churn.xml answers a conditional request for an
+  // unchanged body with 304, so the confirming request must not be conditional.
+  const t0 = Date.parse("2024-05-01T08:00:00Z");
+  const at = (min: number) => ({ now: () => new Date(t0 + min * 60_000) });
+  const lastIfNoneMatch = () => requests.filter((q) => q.url === "/churn.xml").at(-1)!.headers["if-none-match"];
+  churn = fire(1);
+  const first = await pollFeed(src("/churn.xml"), initialFeedState(), at(0));
+  assert.equal(first.entries.length, 1);
+  churn = fire(1, "Five");
+  const changed = await pollFeed(src("/churn.xml"), first.state, at(30));
+  assert.deepEqual(changed.entries, [], "a changed text waits for the next poll");
+  const soon = await pollFeed(src("/churn.xml"), changed.state, at(35));
+  assert.deepEqual(soon.entries, [], "five minutes later is too soon to call it settled");
+  assert.equal(lastIfNoneMatch(), undefined, "no validators while a change waits: a 304 would hide it");
+  const settled = await pollFeed(src("/churn.xml"), soon.state, at(60));
+  assert.deepEqual(settled.entries.map((e) => [e.text, e.revises]), [["Fire on Dock Street: Five people died. Read 1 times.", true]]);
+  const after = await pollFeed(src("/churn.xml"), settled.state, at(90));
+  assert.equal(lastIfNoneMatch(), settled.state.etag, "conditional again once nothing waits");
+  assert.equal(after.notModified, true);
+  assert.equal(after.state.revisions?.["guid:f1"]?.waiting, undefined);
+  // a change that is undone before it settles is never taken
+  churn = fire(1, "Seven");
+  const undone1 = await pollFeed(src("/churn.xml"), after.state, at(120));
+  churn = fire(1, "Five");
+  const undone2 = await pollFeed(src("/churn.xml"), undone1.state, at(150));
+  const undone3 = await pollFeed(src("/churn.xml"), undone2.state, at(180));
+  assert.deepEqual([...undone1.entries, ...undone2.entries, ...undone3.entries], []);
+});
+
+test("an item that changes and holds again and again is revised at most maxRevisionsPerDay times a day; the newest text is taken when the day is over", async () => {
+  // a new text every hour, read by a poll every 30 minutes: each holds for one poll
+  const bodies = Array.from({ length: 52 }, (_, k) => fire(Math.floor(k / 2)));
+  const { polls, state } = await pollChurn(bodies);
+  const revised = polls.flatMap((p, k) => p.entries.map((e) => [k, e.text]));
+  assert.deepEqual(revised, [
+    [0, "Fire on Dock Street: Three people died. Read 0 times."],
+    [3, "Fire on Dock Street: Three people died. Read 1 times."],
+    [5, "Fire on Dock Street: Three people died. Read 2 times."],
+    [7, "Fire on Dock Street: Three people died. Read 3 times."],
+    // 24 hours after the first revision (08:00 + 90 min + 24 h = poll 51)
+    [51, "Fire on Dock Street: Three people died. Read 25 times."],
+  ]);
+  const notes = polls.flatMap((p) => p.notes);
+  assert.equal(notes.filter((n) => /waits until/.test(n)).length, 1, notes.join("\n"));
+  assert.match(notes.find((n) => /waits until/.test(n))!, /item guid:f1 was revised 3 times since 2024-05-01T09:30:00\.000Z \(maxRevisionsPerDay 3\): its newest text waits until 2024-05-02T09:30:00\.000Z/);
+  assert.ok((state.revisions?.["guid:f1"]?.taken?.length ?? 0) <= 3, "bounded");
+  const one = await pollChurn(bodies.slice(0, 8), 30, { maxRevisionsPerDay: 1 });
+  assert.deepEqual(one.polls.map((p) => p.entries.length), [1, 0, 0, 1, 0, 0, 0, 0]);
 });
 
 test("HTML is stripped and a 10,000-char description is bounded", async () => {

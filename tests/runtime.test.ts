@@ -3,13 +3,33 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import http from "node:http";
+import type { AddressInfo } from "node:net";
 import path from "node:path";
+import cron from "node-cron";
 import { initBackend } from "../src/tensor/backend.js";
 import { Runtime } from "../src/runtime/runtime.js";
 import { loadAgentConfig } from "../src/runtime/agent-config.js";
+import type { Agent } from "../src/runtime/agent.js";
+import { SETTLE_MS } from "../src/feeds/feeds.js";
+import { createServer } from "../src/server/index.js";
 import { writeTestAgent } from "./support/agent.js";
 
 await initBackend();
+
+/**
+ * Polls a feed whose item text changed: the change waits for a later poll, at least SETTLE_MS
+ * after the first read, to find the same text; the ledger's clock is moved back as if that time passed.
+ */
+async function pollSettled(agent: Agent, feedId: string): Promise<{ added: number; error?: string }> {
+  assert.equal((await agent.pollFeed(feedId)).added, 0, "a changed text waits for a later poll");
+  await agent.ledger.update((d) => {
+    for (const r of Object.values(d.feeds.find((f) => f.id === feedId)!.revisions ?? {})) {
+      if (r.waiting) r.waiting.since = new Date(Date.parse(r.waiting.since) - SETTLE_MS).toISOString();
+    }
+  });
+  return agent.pollFeed(feedId);
+}
 
 test("feed items are ingested once, baked, gated and promoted; the live model swaps; rollback and diff work", async () => {
   const { dir, file } = writeTestAgent();
@@ -265,30 +285,73 @@ test("retracting the only baked item leaves the base model live: nothing is left
   }
 });
 
-test("a scheduled poll never takes the process down, and a failing feed is asked less often", async () => {
-  const { dir, file } = writeTestAgent({ feeds: [{ id: "gone", url: "missing.xml", schedule: "0 0 1 1 *" }] });
+test("a scheduled poll never takes the process down, and a failing feed is asked less often, across restarts", async () => {
+  const schedule = "0 0 1 1 *"; // once a year: the test passes each tick's due time itself
+  const { dir, file, feedFile } = writeTestAgent({ feeds: [{ id: "gone", url: "missing.xml", schedule }] });
+  // when the schedule fires next, as node-cron computes it (fires[k]: the (k+1)-th after now)
+  const probe = cron.createTask(schedule, () => {});
+  const fires = probe.getNextRuns(17);
+  await probe.destroy();
   const logs: string[] = [];
-  const runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+  const open = () => Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+  let runtime = await open();
   try {
-    const agent = runtime.agent("tester");
-    const tick = () => (agent as unknown as { scheduledPoll(id: string): Promise<void> }).scheduledPoll("gone");
-    const errors = () => agent.ledger.feed("gone")!.consecutiveErrors;
-    await tick(); // fails: the next scheduled poll is skipped
-    assert.equal(errors(), 1);
-    await tick();
-    assert.equal(errors(), 1, "skipped");
-    await tick(); // fails again: the next 3 are skipped
-    assert.equal(errors(), 2);
-    for (let k = 0; k < 3; k++) await tick();
-    assert.equal(errors(), 2, "three skipped");
-    await tick();
-    assert.equal(errors(), 3);
+    let agent = runtime.agent("tester");
+    const tick = (at: Date) => (agent as unknown as { scheduledPoll(id: string, at: Date): Promise<void> }).scheduledPoll("gone", at);
+    const record = () => agent.ledger.feed("gone")!;
+    const restart = async () => {
+      await runtime.stop();
+      runtime = await open();
+      agent = runtime.agent("tester");
+    };
+    await tick(new Date()); // fails: the next scheduled poll is skipped
+    assert.equal(record().consecutiveErrors, 1);
+    await tick(fires[0]!);
+    assert.equal(record().consecutiveErrors, 1, "skipped");
+    await restart();
+    await tick(fires[0]!);
+    assert.equal(record().consecutiveErrors, 1, "still skipped after a restart");
+    assert.equal(record().backoffUntil, fires[1]!.toISOString());
+
+    // a manual poll (kiln feeds poll, the admin API) asks at once; it fails: the next 3 are skipped
+    assert.match((await agent.pollFeed("gone")).error!, /feed "gone" \(.*missing\.xml\): cannot read file: ENOENT/);
+    assert.equal(record().consecutiveErrors, 2);
     assert.ok(logs.some((m) => /gone: 2 failed poll\(s\) in a row; skipping the next 3 scheduled poll\(s\)/.test(m)), logs.join("\n"));
+    for (const k of [0, 1, 2]) await tick(fires[k]!);
+    assert.equal(record().consecutiveErrors, 2, "three skipped");
+    await restart();
+    await tick(fires[2]!);
+    assert.equal(record().consecutiveErrors, 2, "still three after a restart");
+    await tick(fires[3]!);
+    assert.equal(record().consecutiveErrors, 3);
+    assert.equal(record().backoffUntil, fires[7]!.toISOString(), "then 7");
+    for (let n = 4; n <= 5; n++) await agent.pollFeed("gone");
+    assert.equal(record().backoffUntil, fires[15]!.toISOString(), "at most 15 skipped");
+    // the agent file points the feed elsewhere: polled at once
+    await agent.ledger.update((d) => void (d.feeds[0]!.url = path.join(dir, "old.xml")));
+    await tick(fires[0]!);
+    assert.equal(record().consecutiveErrors, 6);
+
+    // an agent file that now polls more often does not wait for the old schedule's fires
+    writeFileSync(file, readFileSync(file, "utf8").replace(schedule, "'*/30 * * * *'"));
+    await restart();
+    const half = cron.createTask("*/30 * * * *", () => {});
+    const soon = half.getNextRuns(17).at(-1)!; // (one more than 16, in case a half hour begins meanwhile)
+    await half.destroy();
+    await tick(soon);
+    assert.equal(record().consecutiveErrors, 7, "polled within 15 skips of the schedule it has now");
+
+    // a good poll ends the backoff
+    writeFileSync(path.join(dir, "missing.xml"), readFileSync(feedFile));
+    assert.equal((await agent.pollFeed("gone")).added, 2);
+    assert.equal(record().backoffUntil, undefined);
+    rmSync(path.join(dir, "missing.xml"));
+    await tick(new Date());
+    assert.equal(record().consecutiveErrors, 1, "polled: nothing to wait for");
 
     // the ledger cannot be written (a full disk, say): the poll is logged, nothing is thrown
-    for (let k = 0; k < 7; k++) await tick(); // past the backoff
     mkdirSync(path.join(dir, "home", ".ledger.json.tmp"));
-    await tick();
+    await tick(new Date(Date.parse(record().backoffUntil!)));
     assert.ok(logs.some((m) => /gone: the poll failed: .*EISDIR/.test(m)), logs.join("\n"));
     rmSync(path.join(dir, "home", ".ledger.json.tmp"), { recursive: true });
   } finally {
@@ -306,7 +369,7 @@ test("a feed item corrected under its guid supersedes the stored one; the correc
     const ferry = agent.ledger.items({ text: "ferry" })[0]!;
     await agent.ledger.setItemStatus([ferry.id], "absorbed", { version: "v0001" });
     writeFileSync(feedFile, readFileSync(feedFile, "utf8").replace("The ferry runs at noon.", "The ferry runs at two."));
-    assert.equal((await agent.pollFeed("harbor")).added, 1);
+    assert.equal((await pollSettled(agent, "harbor")).added, 1);
     assert.equal(agent.ledger.item(ferry.id).status, "superseded");
     const fix = agent.ledger.items({ status: "pending", text: "two" });
     assert.deepEqual(fix.map((i) => [i.text, i.source.guid]), [["Quillport opened a ferry: The ferry runs at two.", "h1"]]);
@@ -318,6 +381,69 @@ test("a feed item corrected under its guid supersedes the stored one; the correc
     assert.deepEqual([agent.ledger.feed("harbor")!.url, agent.ledger.feed("harbor")!.etag], [feedFile, undefined]);
   } finally {
     await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("a feed moved for good is logged once, polled at its new address, and /healthz shows where it lives", async () => {
+  const hits: string[] = [];
+  const feedServer = http.createServer((req, res) => {
+    hits.push(req.url ?? "");
+    if (req.url === "/old.xml") return res.writeHead(301, { Location: "/new.xml" }).end();
+    res.writeHead(200, { "Content-Type": "application/rss+xml" });
+    res.end('<?xml version="1.0"?><rss version="2.0"><channel><title>H</title><item><guid>m1</guid><title>Quay rebuilt</title><description>It took a year.</description></item></channel></rss>');
+  });
+  await new Promise<void>((resolve) => feedServer.listen(0, "127.0.0.1", resolve));
+  const base = `http://127.0.0.1:${(feedServer.address() as AddressInfo).port}`;
+  const { dir, file } = writeTestAgent({ feeds: [{ id: "quay", url: `${base}/old.xml`, schedule: "0 0 1 1 *" }] });
+  const logs: string[] = [];
+  const runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+  const server = await createServer(runtime, { port: 0 });
+  try {
+    const agent = runtime.agent("tester");
+    assert.equal((await agent.pollFeed("quay")).added, 1);
+    assert.equal((await agent.pollFeed("quay")).added, 0);
+    assert.deepEqual(hits, ["/old.xml", "/new.xml", "/new.xml"], "the second poll asks the new address directly");
+    const moved = logs.filter((m) => /moved permanently/.test(m));
+    assert.deepEqual(moved, [`feed quay has moved permanently (301/308) to ${base}/new.xml: put that url in the agent file (until then it is polled there, and the configured url is asked again once a day and whenever the new one fails)`]);
+    const health = (await (await fetch(`${server.url}/healthz`)).json()) as { agents: { feeds: { id: string; movedTo?: string }[] }[] };
+    assert.equal(health.agents[0]!.feeds[0]!.movedTo, `${base}/new.xml`);
+  } finally {
+    await server.close();
+    await runtime.stop();
+    feedServer.close();
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("two polls of one feed at once (the schedule's and the admin API's) run one after the other, the second from the state the first wrote", async () => {
+  const hits: string[] = [];
+  let release: () => void = () => {};
+  const held = new Promise<void>((resolve) => (release = resolve));
+  const feedServer = http.createServer(async (req, res) => {
+    hits.push(String(req.headers["if-none-match"] ?? "-"));
+    if (hits.length === 1) await held; // the first poll is slow
+    if (req.headers["if-none-match"] === '"v1"') return res.writeHead(304).end();
+    res.writeHead(200, { "Content-Type": "application/rss+xml", ETag: '"v1"' });
+    res.end('<?xml version="1.0"?><rss version="2.0"><channel><title>H</title><item><guid>s1</guid><title>Slow news</title><description>It came late.</description></item></channel></rss>');
+  });
+  await new Promise<void>((resolve) => feedServer.listen(0, "127.0.0.1", resolve));
+  const { dir, file } = writeTestAgent({ feeds: [{ id: "slow", url: `http://127.0.0.1:${(feedServer.address() as AddressInfo).port}/feed.xml`, schedule: "0 0 1 1 *" }] });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    const first = agent.pollFeed("slow");
+    while (!hits.length) await new Promise((r) => setTimeout(r, 10));
+    const second = agent.pollFeed("slow");
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual(hits, ["-"], "the second waits for the first");
+    release();
+    assert.deepEqual([await first, await second], [{ added: 1 }, { added: 0 }]);
+    assert.deepEqual(hits, ["-", '"v1"'], "and asks with what the first learned");
+  } finally {
+    release();
+    await runtime.stop();
+    feedServer.close();
     rmSync(dir, { recursive: true });
   }
 });
@@ -334,7 +460,7 @@ test("an item its feed corrects while a bake runs stays superseded when that bak
     while (agent.progress === null) await new Promise((r) => setTimeout(r, 10));
     assert.equal(agent.ledger.item(ferry.id).status, "baking");
     writeFileSync(feedFile, readFileSync(feedFile, "utf8").replace("The ferry runs at noon.", "The ferry runs at two."));
-    assert.equal((await agent.pollFeed("harbor")).added, 1);
+    assert.equal((await pollSettled(agent, "harbor")).added, 1);
     assert.equal(agent.ledger.item(ferry.id).status, "superseded");
     await runtime.stop(); // cancels the bake: it fails
     assert.equal((await baking).status, "failed");

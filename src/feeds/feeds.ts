@@ -21,6 +21,8 @@ export interface FeedSource {
   timeoutMs?: number;
   /** items dated more than this many days before the poll are skipped (default: no limit) */
   maxAgeDays?: number;
+  /** changes of one item's text taken in any 24 hours (default 3); see ItemRevisions */
+  maxRevisionsPerDay?: number;
 }
 
 export interface FeedState {
@@ -33,17 +35,43 @@ export interface FeedState {
   /** the server asked (429/503 with Retry-After) not to be asked again before this time */
   retryAfter?: string;
   /**
-   * Every redirect of the last fetch was permanent (301/308): the feed lives here now, and the
-   * agent file should say so (kiln follows the redirect every poll meanwhile).
+   * Every redirect of the configured URL was permanent (301/308): the feed lives here now, and the
+   * agent file should say so. Meanwhile polls ask here directly, as feed readers do, and go back to
+   * the configured URL when this one fails, and once a day (MOVE_RECHECK_MS) to see the move holds.
    */
   movedTo?: string;
+  /** when the configured URL last redirected to movedTo */
+  movedAt?: string;
   /** bounded, most recent last; item keys and "hash:" content keys */
   seenKeys: string[];
   /**
-   * The content hash each guid (or link) key had in the last fetch read: a feed that takes a
-   * correction back goes to a text seen before, which seenKeys alone cannot tell from no change.
+   * The content hash of the text taken for each guid (or link) key the last fetch listed: a feed
+   * that takes a correction back goes to a text seen before, which seenKeys alone cannot tell from
+   * no change. A change still waiting (see revisions) leaves the text taken here.
    */
   lastHashes?: Record<string, string>;
+  /** Only for items of the last fetch whose text changed lately; bounded by maxItems. */
+  revisions?: Record<string, ItemRevisions>;
+}
+
+/**
+ * A changed text under a known guid (or link) is a revision, which supersedes the stored item and
+ * is baked again. Feeds also change text that says nothing new (a view counter, "updated 3 min
+ * ago", a rotating teaser), and taking each change would bake the item again every poll, forever.
+ * So a change is taken only once it reads the same on a later poll, at least SETTLE_MS after it
+ * was first read (a counter never holds; a correction does, and waits one poll), and at most
+ * maxRevisionsPerDay changes of one item are taken in 24 hours (a slower counter); a change past
+ * that waits, and the item's newest text is taken when the oldest of those revisions is a day old.
+ */
+export interface ItemRevisions {
+  /** a changed text not taken yet: its content hash, and when a poll first read it */
+  waiting?: { hash: string; since: string };
+  /** polls in a row that read yet another text (for one log line about a churning item) */
+  unsettled?: number;
+  /** when this item's revisions of the last 24 hours were taken (at most maxRevisionsPerDay) */
+  taken?: string[];
+  /** a settled change waits for the day's cap (said once) */
+  held?: true;
 }
 
 export interface FeedEntry {
@@ -69,6 +97,8 @@ export interface PollResult {
   state: FeedState;
   notModified: boolean;
   error?: string;
+  /** things the caller should log that are not errors (an item's changes held back, say) */
+  notes?: string[];
 }
 
 export interface PollOptions {
@@ -89,6 +119,14 @@ const MAX_REDIRECTS = 5;
 export const MAX_RETRY_AFTER_MS = 24 * 3600_000;
 /** Dedupe keys longer than this are stored as a hash, so hostile GUIDs cannot bloat state. */
 const MAX_KEY_CHARS = 256;
+export const DEFAULT_MAX_REVISIONS_PER_DAY = 3;
+/** How long a changed text must read the same before it is taken (two manual polls a minute apart prove nothing). */
+export const SETTLE_MS = 10 * 60_000;
+/** Polls in a row an item may read differently before the log says it churns. */
+const CHURN_NOTE_AFTER = 3;
+const DAY_MS = 24 * 3600_000;
+/** How long a feed that moved for good is asked at its new address before the configured URL is asked again. */
+export const MOVE_RECHECK_MS = DAY_MS;
 
 export function initialFeedState(): FeedState {
   return { consecutiveErrors: 0, seenKeys: [] };
@@ -128,8 +166,10 @@ export async function pollFeed(source: FeedSource, state: FeedState, opts: PollO
       setOrDelete(ok, "etag", got.etag);
       setOrDelete(ok, "lastModified", got.lastModified);
       setOrDelete(ok, "movedTo", got.movedTo);
+      setOrDelete(ok, "movedAt", got.movedAt);
     }
-    if (got.kind === "not-modified") return { entries: [], state: ok, notModified: true };
+    const notes = got.kind !== "file" && got.note ? [got.note] : [];
+    if (got.kind === "not-modified") return { entries: [], state: ok, notModified: true, ...(notes.length ? { notes } : {}) };
 
     const items = await parseFeed(got.xml);
     // A first poll of an archive feed would otherwise bake years-old news as new. Undated items
@@ -139,8 +179,15 @@ export async function pollFeed(source: FeedSource, state: FeedState, opts: PollO
       .slice(0, maxItems)
       .flatMap((item) => toEntry(source.id, item) ?? [])
       .filter((e) => e.publishedAt === undefined || Date.parse(e.publishedAt) >= oldest);
-    const { entries, seenKeys, lastHashes } = dedupe(candidates, state.seenKeys, Math.max(MAX_SEEN_KEYS, 2 * maxItems), state.lastHashes ?? {});
-    return { entries, state: { ...ok, seenKeys, lastHashes }, notModified: false };
+    const { entries, seenKeys, lastHashes, revisions, notes: itemNotes } = dedupe(candidates, state, {
+      limit: Math.max(MAX_SEEN_KEYS, 2 * maxItems),
+      now: nowDate.getTime(),
+      maxRevisionsPerDay: source.maxRevisionsPerDay ?? DEFAULT_MAX_REVISIONS_PER_DAY,
+    });
+    const next: FeedState = { ...ok, seenKeys, lastHashes, revisions };
+    if (!Object.keys(revisions).length) delete next.revisions;
+    notes.push(...itemNotes);
+    return { entries, state: next, notModified: false, ...(notes.length ? { notes } : {}) };
   } catch (err) {
     if (!(err instanceof FeedProblem)) throw err;
     const error = `feed "${source.id}" (${source.url}): ${err.message}`;
@@ -152,7 +199,7 @@ export async function pollFeed(source: FeedSource, state: FeedState, opts: PollO
   }
 }
 
-function setOrDelete(state: FeedState, field: "etag" | "lastModified" | "movedTo", value: string | undefined): void {
+function setOrDelete(state: FeedState, field: "etag" | "lastModified" | "movedTo" | "movedAt", value: string | undefined): void {
   if (value === undefined) delete state[field];
   else state[field] = value;
 }
@@ -164,6 +211,8 @@ function checkArguments(source: FeedSource, state: FeedState): void {
     throw new TypeError(`pollFeed: feed "${source.id}" maxItems must be a positive integer`);
   if (source.maxAgeDays !== undefined && !(Number.isFinite(source.maxAgeDays) && source.maxAgeDays > 0))
     throw new TypeError(`pollFeed: feed "${source.id}" maxAgeDays must be a positive number`);
+  if (source.maxRevisionsPerDay !== undefined && !(Number.isInteger(source.maxRevisionsPerDay) && source.maxRevisionsPerDay > 0))
+    throw new TypeError(`pollFeed: feed "${source.id}" maxRevisionsPerDay must be a positive integer`);
   if (source.timeoutMs !== undefined && !(Number.isFinite(source.timeoutMs) && source.timeoutMs > 0))
     throw new TypeError(`pollFeed: feed "${source.id}" timeoutMs must be a positive number`);
   if (!state || !Array.isArray(state.seenKeys) || typeof state.consecutiveErrors !== "number")
@@ -173,14 +222,54 @@ function checkArguments(source: FeedSource, state: FeedState): void {
 // ---------------------------------------------------------------------------------------------
 // Getting the bytes
 
-type Loaded =
-  | { kind: "not-modified"; etag?: string; lastModified?: string; movedTo?: string }
-  | { kind: "http"; xml: string; etag?: string; lastModified?: string; movedTo?: string }
-  | { kind: "file"; xml: string };
+interface HttpMeta {
+  etag?: string;
+  lastModified?: string;
+  movedTo?: string;
+  movedAt?: string;
+  /** for the log: the new address failed and the configured one answered, say */
+  note?: string;
+}
+
+type HttpLoaded = ({ kind: "not-modified" } & HttpMeta) | ({ kind: "http"; xml: string } & HttpMeta);
+type Loaded = HttpLoaded | { kind: "file"; xml: string };
 
 async function load(source: FeedSource, state: FeedState, fetchImpl: typeof fetch, now: number): Promise<Loaded> {
   const url = source.url.trim();
-  if (/^https?:\/\//i.test(url)) return loadHttp(url, source.timeoutMs ?? DEFAULT_TIMEOUT_MS, state, fetchImpl, now);
+  if (/^https?:\/\//i.test(url)) {
+    const timeoutMs = source.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    // A change waiting to settle needs the feed read again: a 304 would say nothing changed
+    // without showing the text, and the change would wait for good on a feed that answers 304.
+    const waiting = Object.values(state.revisions ?? {}).some((r) => r.waiting);
+    const validators = waiting ? {} : state;
+    // (the configured URL may be the new address already: the agent file was brought up to date)
+    const moved = state.movedTo && state.movedTo !== url && /^https?:\/\//i.test(state.movedTo) ? state.movedTo : undefined;
+    if (moved && now - Date.parse(state.movedAt ?? "") < MOVE_RECHECK_MS) {
+      try {
+        const got = await loadHttp(moved, timeoutMs, validators, fetchImpl, now);
+        // still there, or moved on for good from there
+        return { ...got, movedTo: got.movedTo ?? moved, movedAt: state.movedAt };
+      } catch (err) {
+        if (!(err instanceof FeedProblem)) throw err;
+        const there = `at its new address ${moved}: ${err.message}`;
+        // The server there asked for quiet, and the configured URL would send us back to it.
+        if (err.retryAt !== undefined) throw new FeedProblem(there, err.retryAt);
+        let got: HttpLoaded;
+        try {
+          // No validators: they came from the new address, and a 304 would hide what the old one serves.
+          got = await loadHttp(url, timeoutMs, {}, fetchImpl, now);
+        } catch (again) {
+          if (!(again instanceof FeedProblem)) throw again;
+          throw new FeedProblem(`${again.message} (asked first ${there})`, again.retryAt);
+        }
+        const where = got.movedTo ? `, redirected for good to ${got.movedTo}` : " without a redirect: polled there again";
+        return { ...got, movedAt: got.movedTo ? new Date(now).toISOString() : undefined, note: `its new address ${moved} failed (${err.message}); the configured url answered${where}` };
+      }
+    }
+    const got = await loadHttp(url, timeoutMs, validators, fetchImpl, now);
+    const note = moved && !got.movedTo ? `the configured url no longer redirects for good to ${moved}: polled there again` : undefined;
+    return { ...got, ...(got.movedTo ? { movedAt: new Date(now).toISOString() } : {}), ...(note ? { note } : {}) };
+  }
   let file = url;
   if (/^file:/i.test(url)) {
     try {
@@ -207,13 +296,20 @@ async function readLocal(file: string): Promise<Uint8Array> {
   }
 }
 
-async function loadHttp(url: string, timeoutMs: number, state: FeedState, fetchImpl: typeof fetch, now: number): Promise<Loaded> {
+/** `validators`: the etag and lastModified to send (none: an unconditional request). */
+async function loadHttp(
+  url: string,
+  timeoutMs: number,
+  validators: Pick<FeedState, "etag" | "lastModified">,
+  fetchImpl: typeof fetch,
+  now: number,
+): Promise<HttpLoaded> {
   const headers: Record<string, string> = {
     "User-Agent": "kiln-feeds/0.1",
     Accept: "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5",
   };
-  if (state.etag) headers["If-None-Match"] = state.etag;
-  if (state.lastModified) headers["If-Modified-Since"] = state.lastModified;
+  if (validators.etag) headers["If-None-Match"] = validators.etag;
+  if (validators.lastModified) headers["If-Modified-Since"] = validators.lastModified;
   // One deadline for connect, headers and body: a server that trickles bytes is as stuck as
   // one that never answers.
   const signal = AbortSignal.timeout(timeoutMs);
@@ -233,6 +329,8 @@ async function loadHttp(url: string, timeoutMs: number, state: FeedState, fetchI
     await discard(res);
     if (hops === MAX_REDIRECTS) throw new FeedProblem(`more than ${MAX_REDIRECTS} redirects (last to ${location})`);
     permanent &&= res.status === 301 || res.status === 308;
+    // The header is the server's text: one that is no URL is the feed's problem, not a crash.
+    if (!URL.canParse(location, at)) throw new FeedProblem(`redirected to ${JSON.stringify(location.slice(0, 300))}, which is not a valid URL`);
     at = new URL(location, at).toString();
     if (!/^https?:/i.test(at)) throw new FeedProblem(`redirected to ${at}, which is not an http(s) URL`);
   }
@@ -242,7 +340,7 @@ async function loadHttp(url: string, timeoutMs: number, state: FeedState, fetchI
   if (res.status === 304) {
     await discard(res);
     // A 304 may omit the validators; then the ones we sent are still the right ones.
-    return { kind: "not-modified", etag: etag ?? state.etag, lastModified: lastModified ?? state.lastModified, movedTo };
+    return { kind: "not-modified", etag: etag ?? validators.etag, lastModified: lastModified ?? validators.lastModified, movedTo };
   }
   if (!res.ok) {
     await discard(res);
@@ -420,34 +518,87 @@ function oneLine(s: string | undefined): string | undefined {
 // ---------------------------------------------------------------------------------------------
 // Dedupe
 
-/** New = neither its key nor its content hash was seen before or earlier in this fetch.
- * A guid or link seen before with a content hash not seen before, or another than it had in the
- * last fetch (a correction taken back), is the feed changing an item: it comes back marked
- * `revises`, for the caller to supersede what it stored.
+/**
+ * New = neither its key nor its content hash was seen before or earlier in this fetch.
+ * A guid or link seen before whose text is another than the one taken for it (or, with none
+ * recorded, a text never seen) is the feed changing an item: once the change settles (see
+ * ItemRevisions) it comes back marked `revises`, for the caller to supersede what it stored.
  * Keys of every item still in the feed move to the recent end, so the bound only ever drops
- * items the feed no longer lists. */
+ * items the feed no longer lists.
+ */
 function dedupe(
   candidates: FeedEntry[],
-  previous: string[],
-  limit: number,
-  lastHashes: Readonly<Record<string, string>>,
-): { entries: FeedEntry[]; seenKeys: string[]; lastHashes: Record<string, string> } {
+  state: FeedState,
+  opts: { limit: number; now: number; maxRevisionsPerDay: number },
+): { entries: FeedEntry[]; seenKeys: string[]; lastHashes: Record<string, string>; revisions: Record<string, ItemRevisions>; notes: string[] } {
+  const previous = state.seenKeys;
   const seen = new Set(previous);
+  const own = <T>(r: Readonly<Record<string, T>> | undefined, k: string): T | undefined => (r && Object.hasOwn(r, k) ? r[k] : undefined);
+  const now = new Date(opts.now).toISOString();
   const inFetch = new Set<string>();
   const entries: FeedEntry[] = [];
   const hashes: Record<string, string> = {};
+  const revisions: Record<string, ItemRevisions> = {};
+  const notes: string[] = [];
   for (const entry of candidates) {
     const hashKey = `hash:${entry.contentHash}`;
-    const keys = entry.key === hashKey ? [hashKey] : [entry.key, hashKey];
-    const last = Object.hasOwn(lastHashes, entry.key) ? lastHashes[entry.key] : undefined;
-    const changed = last !== undefined ? last !== entry.contentHash : !seen.has(hashKey);
-    if (!keys.some((k) => seen.has(k) || inFetch.has(k))) entries.push(entry);
-    else if (keys.length === 2 && seen.has(entry.key) && changed && !inFetch.has(entry.key) && !inFetch.has(hashKey)) entries.push({ ...entry, revises: true });
+    const keyed = entry.key !== hashKey; // a guid or link: the feed can change its text
+    const keys = keyed ? [entry.key, hashKey] : [hashKey];
+    const earlier = keys.some((k) => inFetch.has(k));
+    const listedTwice = inFetch.has(entry.key);
     for (const k of keys) inFetch.add(k);
-    if (keys.length === 2 && !Object.hasOwn(hashes, entry.key)) hashes[entry.key] = entry.contentHash;
+    if (!earlier && !keys.some((k) => seen.has(k))) entries.push(entry);
+    // a key listed twice in one fetch: its first listing counts
+    if (!keyed || listedTwice) continue;
+    const taken = own(state.lastHashes, entry.key);
+    const before = own(state.revisions, entry.key);
+    const recent = (before?.taken ?? []).filter((t) => opts.now - Date.parse(t) < DAY_MS);
+    const changed =
+      !earlier &&
+      seen.has(entry.key) &&
+      // with no text recorded for the key (an older state, or an item back in the window): a
+      // text never seen, or the one already waiting
+      (taken !== undefined ? taken !== entry.contentHash : !seen.has(hashKey) || before?.waiting?.hash === entry.contentHash);
+    if (!changed) {
+      hashes[entry.key] = entry.contentHash;
+      if (recent.length) revisions[entry.key] = { taken: recent };
+      continue;
+    }
+    if (taken !== undefined) hashes[entry.key] = taken;
+    const waiting = before?.waiting;
+    const held = before?.held && recent.length >= opts.maxRevisionsPerDay ? { held: true as const } : {};
+    const keep = { ...(recent.length ? { taken: recent } : {}), ...held };
+    if (waiting?.hash !== entry.contentHash) {
+      // first read of this text: it must read the same on a later poll
+      const unsettled = waiting ? (before?.unsettled ?? 0) + 1 : 0;
+      revisions[entry.key] = { waiting: { hash: entry.contentHash, since: now }, ...(unsettled ? { unsettled } : {}), ...keep };
+      if (unsettled + 1 === CHURN_NOTE_AFTER) {
+        notes.push(
+          `item ${entry.key} has read differently in ${CHURN_NOTE_AFTER} polls in a row (a counter or a time in its text?): ` +
+            `kiln keeps the text it has, and takes a change once it reads the same ${SETTLE_MS / 60_000} minutes or more later`,
+        );
+      }
+    } else if (opts.now - Date.parse(waiting.since) < SETTLE_MS) {
+      // read again too soon to call it settled
+      revisions[entry.key] = { waiting, ...(before?.unsettled ? { unsettled: before.unsettled } : {}), ...keep };
+    } else if (recent.length >= opts.maxRevisionsPerDay) {
+      revisions[entry.key] = { waiting, ...keep, held: true };
+      if (!before?.held) {
+        // the window frees when the revision that fills the cap turns a day old
+        const until = new Date(Date.parse(recent[recent.length - opts.maxRevisionsPerDay]!) + DAY_MS).toISOString();
+        notes.push(
+          `item ${entry.key} was revised ${recent.length} times since ${recent[0]} (maxRevisionsPerDay ${opts.maxRevisionsPerDay}): ` +
+            `its newest text waits until ${until}`,
+        );
+      }
+    } else {
+      entries.push({ ...entry, revises: true });
+      hashes[entry.key] = entry.contentHash;
+      revisions[entry.key] = { taken: [...recent, now] };
+    }
   }
   // candidates are newest first; seenKeys are most recent last.
   const touched = [...inFetch].reverse();
   const seenKeys = [...previous.filter((k) => !inFetch.has(k)), ...touched];
-  return { entries, seenKeys: seenKeys.slice(-limit), lastHashes: hashes };
+  return { entries, seenKeys: seenKeys.slice(-opts.limit), lastHashes: hashes, revisions, notes };
 }

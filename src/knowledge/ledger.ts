@@ -88,6 +88,11 @@ export interface FeedRecord extends FeedState {
   id: string;
   url: string;
   itemsAdded: number;
+  /**
+   * After failures, scheduled polls due before this time are skipped (a manual poll is not); kept
+   * here, not in memory, so that a restart does not end the backoff.
+   */
+  backoffUntil?: string;
 }
 
 export interface LedgerData {

@@ -68,6 +68,8 @@ export const AgentConfigSchema = z
             timeoutMs: z.number().int().positive().default(15000),
             /** items dated more than this many days before a poll are skipped (undated ones are kept) */
             maxAgeDays: z.number().positive().optional(),
+            /** changes of one item's text taken in any 24 hours; a change is taken once it holds for a poll */
+            maxRevisionsPerDay: z.number().int().positive().default(3),
           })
           .strict(),
       )

@@ -72,6 +72,19 @@ export interface AgentBakeEvents {
   end: [BakeOutcome];
 }
 
+/** The most scheduled polls a failing feed skips in a row. */
+const MAX_SKIPPED_POLLS = 15;
+
+/** When a cron schedule fires for the count-th time from now, as node-cron reckons it (the task never starts). */
+function fireAfter(schedule: string, count: number): Date {
+  const task = cron.createTask(schedule, () => {});
+  try {
+    return task.getNextRuns(count).at(-1)!;
+  } finally {
+    void task.destroy();
+  }
+}
+
 /** A version's checkpoint folder in an agent's home: v0001, v0002, ... */
 const VERSION_DIR = /^v\d{4}$/;
 
@@ -83,8 +96,8 @@ export class Agent {
   private baking: Promise<BakeOutcome> | null = null;
   /** scheduled feed polls in flight: a bake waits for them, so news of the same minute is in it */
   private readonly polls = new Set<Promise<void>>();
-  /** scheduled polls to skip per feed (backoff after failures) */
-  private readonly pollSkips = new Map<string, number>();
+  /** the last poll of each feed, scheduled or manual: the next one starts from the state it wrote */
+  private readonly feedPolls = new Map<string, Promise<unknown>>();
   /** the last switch of the live version (rollbacks and retraction fallbacks run one at a time) */
   private switching: Promise<void> = Promise.resolve();
   private cancelBake: (() => void) | null = null;
@@ -186,7 +199,7 @@ export class Agent {
 
   start(): void {
     for (const f of this.config.feeds) {
-      this.tasks.push(cron.schedule(f.schedule, () => this.scheduledPoll(f.id), { name: `${this.name}:feed:${f.id}`, noOverlap: true }));
+      this.tasks.push(cron.schedule(f.schedule, (ctx) => this.scheduledPoll(f.id, ctx.date), { name: `${this.name}:feed:${f.id}`, noOverlap: true }));
     }
     if (this.config.bake.schedule) {
       this.tasks.push(
@@ -212,23 +225,23 @@ export class Agent {
   // --- ingestion ---
 
   /**
-   * A poll the schedule starts. Nothing may escape it (a rejection here would end the process:
-   * a full disk while the ledger is written, say), and a failing feed is asked less often: after
-   * n failures in a row, the next 2^n - 1 scheduled polls (at most 15) are skipped.
+   * A poll the schedule starts, due at `at`. Nothing may escape it (a rejection here would end the
+   * process: a full disk while the ledger is written, say), and a failing feed is asked less
+   * often: after n failures in a row, the next 2^n - 1 scheduled polls (at most 15) are skipped.
+   * pollFeed records until when (FeedRecord.backoffUntil), so a restart does not end the backoff.
    */
-  private async scheduledPoll(feedId: string): Promise<void> {
-    const skip = this.pollSkips.get(feedId) ?? 0;
-    if (skip > 0) {
-      this.pollSkips.set(feedId, skip - 1);
-      return;
+  private async scheduledPoll(feedId: string, at: Date = new Date()): Promise<void> {
+    const source = this.config.feeds.find((f) => f.id === feedId)!;
+    const record = this.ledger.feed(feedId);
+    // A feed the agent file now points elsewhere is asked at once: the failures were the old URL's.
+    if (record?.backoffUntil && record.consecutiveErrors > 0 && record.url === source.url) {
+      // Never past the furthest a backoff reaches on the schedule the agent file has now (it may
+      // poll more often than when the time was set).
+      const until = Math.min(Date.parse(record.backoffUntil), fireAfter(source.schedule, MAX_SKIPPED_POLLS + 1).getTime());
+      if (at.getTime() < until) return;
     }
     const poll = this.pollFeed(feedId).then(
-      (r) => {
-        const failures = r.error ? (this.ledger.feed(feedId)?.consecutiveErrors ?? 1) : 0;
-        const next = failures ? Math.min(2 ** failures - 1, 15) : 0;
-        this.pollSkips.set(feedId, next);
-        if (next) this.log(`feed ${feedId}: ${failures} failed poll(s) in a row; skipping the next ${next} scheduled poll(s)`);
-      },
+      () => {},
       (err: Error) => this.log(`feed ${feedId}: the poll failed: ${err.message}`),
     );
     this.polls.add(poll);
@@ -236,10 +249,25 @@ export class Agent {
     this.polls.delete(poll);
   }
 
+  /**
+   * Polls one feed now. Polls of one feed run one at a time: two at once (the schedule's and the
+   * admin API's) would each start from the same state, and the one written last would undo what
+   * the other recorded (seen items, a revision taken, validators).
+   */
   async pollFeed(feedId: string): Promise<{ added: number; error?: string }> {
-    const source = this.config.feeds.find((f) => f.id === feedId);
-    if (!source) throw new Error(`agent ${this.name} has no feed ${feedId}`);
-    const { id: _id, url: recordedUrl, itemsAdded: _n, ...state } = this.ledger.feed(feedId)!;
+    if (!this.config.feeds.some((f) => f.id === feedId)) throw new Error(`agent ${this.name} has no feed ${feedId}`);
+    const run = (this.feedPolls.get(feedId) ?? Promise.resolve()).catch(() => {}).then(() => this.pollFeedNow(feedId));
+    this.feedPolls.set(feedId, run);
+    try {
+      return await run;
+    } finally {
+      if (this.feedPolls.get(feedId) === run) this.feedPolls.delete(feedId);
+    }
+  }
+
+  private async pollFeedNow(feedId: string): Promise<{ added: number; error?: string }> {
+    const source = this.config.feeds.find((f) => f.id === feedId)!;
+    const { id: _id, url: recordedUrl, itemsAdded: _n, backoffUntil: lastBackoff, ...state } = this.ledger.feed(feedId)!;
     if (recordedUrl !== source.url) {
       // The agent file now points this feed elsewhere: validators (and a Retry-After) belong to the
       // old URL, and a 304 from the new one would hide a feed never read. Seen keys stay (the
@@ -248,8 +276,12 @@ export class Agent {
       delete state.lastModified;
       delete state.retryAfter;
       delete state.movedTo;
+      delete state.movedAt;
     }
-    const result = await pollFeed({ id: source.id, url: source.url, maxItems: source.maxItems, timeoutMs: source.timeoutMs, maxAgeDays: source.maxAgeDays }, state);
+    const result = await pollFeed(
+      { id: source.id, url: source.url, maxItems: source.maxItems, timeoutMs: source.timeoutMs, maxAgeDays: source.maxAgeDays, maxRevisionsPerDay: source.maxRevisionsPerDay },
+      state,
+    );
     // A corrected item replaces what the feed said before under its guid (or link): the old text is
     // superseded (never baked if it was pending; no longer replayed if it was absorbed), and the
     // new text waits for the next bake.
@@ -260,6 +292,11 @@ export class Agent {
             .filter((i) => i.source.feedId === feedId && (e.guid ? i.source.guid === e.guid : !i.source.guid && i.source.link === e.link))
             .map((i) => i.id)
         : [];
+    // A failed request starts a backoff (see scheduledPoll) counted from now, on the feed's schedule;
+    // a poll that asked nothing (the server's Retry-After) leaves the one running; a good one ends it.
+    const failures = result.state.consecutiveErrors;
+    const skipped = failures > state.consecutiveErrors ? Math.min(2 ** failures - 1, MAX_SKIPPED_POLLS) : 0;
+    const backoffUntil = skipped ? fireAfter(source.schedule, skipped + 1).toISOString() : failures && recordedUrl === source.url ? lastBackoff : undefined;
     // the entries and the feed's new state in one write
     const added = (
       await this.ledger.addItems(
@@ -267,13 +304,15 @@ export class Agent {
         (d, n) => {
           // Replace the state whole: a good poll drops lastError rather than leaving the old one.
           const at = d.feeds.findIndex((x) => x.id === feedId);
-          d.feeds[at] = { id: feedId, url: source.url, itemsAdded: d.feeds[at]!.itemsAdded + n, ...result.state };
+          d.feeds[at] = { id: feedId, url: source.url, itemsAdded: d.feeds[at]!.itemsAdded + n, ...result.state, ...(backoffUntil ? { backoffUntil } : {}) };
         },
       )
     ).filter((r) => r.added).length;
     if (result.error) this.log(`feed ${feedId}: ${result.error}`);
+    for (const note of result.notes ?? []) this.log(`feed ${feedId}: ${note}`);
+    if (skipped) this.log(`feed ${feedId}: ${failures} failed poll(s) in a row; skipping the next ${skipped} scheduled poll(s), until ${backoffUntil}`);
     if (result.state.movedTo && result.state.movedTo !== state.movedTo) {
-      this.log(`feed ${feedId} has moved permanently (301/308) to ${result.state.movedTo}: put that url in the agent file (the redirect is followed every poll until then)`);
+      this.log(`feed ${feedId} has moved permanently (301/308) to ${result.state.movedTo}: put that url in the agent file (until then it is polled there, and the configured url is asked again once a day and whenever the new one fails)`);
     }
     return { added, ...(result.error ? { error: result.error } : {}) };
   }

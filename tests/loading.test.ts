@@ -213,3 +213,39 @@ test("a chat template that does not parse names where it came from", () => {
   assert.throws(() => loadModel(dir), /the chat template \(.*chat_template\.jinja\) does not parse/);
   rmSync(dir, { recursive: true });
 });
+
+test("the chat template comes from chat_template.jinja, then tokenizer_config.json, then chat_template.json, as transformers reads them", () => {
+  const dir = copyOf("llama"); // its tokenizer_config.json has a template
+  const render = () => {
+    const model = loadModel(dir);
+    try {
+      return model.tokenizer.renderChat([{ role: "user", content: "hi" }], false);
+    } finally {
+      model.dispose();
+    }
+  };
+  const fromConfig = render();
+  assert.match(fromConfig, /<\|im_start\|>user\nhi<\|im_end\|>/);
+  // chat_template.json (a processor's file) does not override the tokenizer's own template...
+  writeFileSync(path.join(dir, "chat_template.json"), JSON.stringify({ chat_template: "json:{{ messages[0].content }}" }));
+  assert.equal(render(), fromConfig);
+  // ...but is used when the tokenizer has none
+  editJson(path.join(dir, "tokenizer_config.json"), (j) => delete j.chat_template);
+  assert.equal(render(), "json:hi");
+  // chat_template.jinja comes before both
+  writeFileSync(path.join(dir, "chat_template.jinja"), "jinja:{{ messages[0].content }}");
+  assert.equal(render(), "jinja:hi");
+  rmSync(path.join(dir, "chat_template.jinja"));
+  // named templates: the one called "default", as apply_chat_template picks it
+  writeFileSync(path.join(dir, "chat_template.json"), JSON.stringify({ chat_template: [{ name: "tool_use", template: "tool" }, { name: "default", template: "default:{{ messages[0].content }}" }] }));
+  assert.equal(render(), "default:hi");
+  // and no guessing when none is called that, or when the file holds no template
+  writeFileSync(path.join(dir, "chat_template.json"), JSON.stringify({ chat_template: [{ name: "tool_use", template: "tool" }] }));
+  assert.throws(render, /chat_template\.json: chat_template holds named templates \(tool_use\) but none named "default"/);
+  editJson(path.join(dir, "tokenizer_config.json"), (j) => (j.chat_template = { rag: "r", tool_use: "t" }));
+  assert.throws(render, /tokenizer_config\.json: chat_template holds named templates \(rag, tool_use\) but none named "default"/);
+  editJson(path.join(dir, "tokenizer_config.json"), (j) => delete j.chat_template);
+  writeFileSync(path.join(dir, "chat_template.json"), JSON.stringify({ template: "x" }));
+  assert.throws(render, /chat_template\.json: no chat_template field/);
+  rmSync(dir, { recursive: true });
+});

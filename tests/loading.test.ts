@@ -6,6 +6,7 @@ import os from "node:os";
 import path from "node:path";
 import { initBackend } from "../src/tensor/backend.js";
 import { loadModel } from "../src/model/load.js";
+import { parseConfig } from "../src/model/config.js";
 import { encodeSafetensors, readHeader, readTensors, halfToFloat } from "../src/model/safetensors.js";
 import { fixtureDir } from "./support/paths.js";
 
@@ -168,7 +169,7 @@ test("config shapes kiln cannot run are named: quantized, partial rotary, rope s
   const config = path.join(dir, "config.json");
   const original = readFileSync(config, "utf8");
   const cases: [(j: Record<string, unknown>) => void, RegExp][] = [
-    [(j) => (j.quantization_config = { quant_method: "gptq", bits: 4 }), /config\.json: the checkpoint is quantized \(gptq\); kiln reads unquantized/],
+    [(j) => (j.quantization_config = { quant_method: "gptq", bits: 4 }), /config\.json: quantization_config says the checkpoint is quantized \(gptq\); kiln reads unquantized/],
     [(j) => (j.rope_parameters = { rope_type: "default", rope_theta: 1e6, partial_rotary_factor: 0.5 }), /partial_rotary_factor 0\.5 is not supported/],
     [(j) => (j.rope_scaling = { factor: 2 }), /rope_scaling has no rope_type/],
     [(j) => (j.rope_parameters = { full_attention: { rope_theta: 1e6 }, sliding_attention: { rope_theta: 1e4 } }), /rope_parameters per layer type is not supported/],
@@ -212,6 +213,59 @@ test("a chat template that does not parse names where it came from", () => {
   writeFileSync(path.join(dir, "chat_template.jinja"), "{% for m in messages %}{{ m.content }");
   assert.throws(() => loadModel(dir), /the chat template \(.*chat_template\.jinja\) does not parse/);
   rmSync(dir, { recursive: true });
+});
+
+// What transformers' config classes assume for a field config.json leaves out
+// (configuration_llama.py, _mistral.py, _qwen2.py, _qwen3.py), not kiln's choices.
+const TINY = { hidden_size: 64, intermediate_size: 96, num_hidden_layers: 30, num_attention_heads: 16, vocab_size: 100 };
+const tiny = (arch: string, extra: Record<string, unknown> = {}) => parseConfig({ architectures: [arch], ...TINY, ...extra });
+
+test("fields config.json leaves out take the architecture's transformers defaults", () => {
+  // head_dim: Qwen3Config says 128; the others derive hidden_size / num_attention_heads (64 / 16)
+  assert.equal(tiny("Qwen3ForCausalLM", { num_key_value_heads: 16 }).headDim, 128);
+  for (const arch of ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"]) assert.equal(tiny(arch, { num_key_value_heads: 16 }).headDim, 4, arch);
+  // num_key_value_heads: Llama copies the heads; Mistral assumes 8, Qwen2/Qwen3 32 (null copies the heads everywhere)
+  assert.equal(tiny("LlamaForCausalLM").numKvHeads, 16);
+  assert.equal(tiny("MistralForCausalLM").numKvHeads, 8);
+  assert.equal(tiny("Qwen2ForCausalLM", { num_attention_heads: 32, head_dim: 2 }).numKvHeads, 32);
+  assert.equal(tiny("Qwen3ForCausalLM", { num_key_value_heads: null }).numKvHeads, 16);
+  assert.throws(() => tiny("Qwen3ForCausalLM"), /num_attention_heads 16 is not a multiple of num_key_value_heads 32 \(absent, so Qwen3ForCausalLM's default\)/);
+  // max_position_embeddings
+  assert.deepEqual(
+    ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"].map((a) => tiny(a, { num_key_value_heads: 16 }).maxPositions),
+    [2048, 131072, 32768, 32768],
+  );
+  // Mistral never has attention biases (its projections are bias=False whatever attention_bias says)
+  const mistral = tiny("MistralForCausalLM", { attention_bias: true });
+  assert.equal(mistral.qkvBias || mistral.oBias, false);
+});
+
+test("configs kiln would have to guess at are refused, naming the file and the field", () => {
+  const kv = { num_key_value_heads: 16 };
+  const cases: [string, Record<string, unknown>, RegExp][] = [
+    ["Qwen3ForCausalLM", { ...kv, head_dim: null }, /config\.json: head_dim is null; Qwen3ForCausalLM needs a number/],
+    ["LlamaForCausalLM", { ...kv, model_type: "mistral" }, /config\.json: model_type mistral does not match architectures LlamaForCausalLM \(model_type llama\)/],
+    ["LlamaForCausalLM", { ...kv, rope_scaling: { rope_type: "llama3", factor: 8 } }, /config\.json: rope_scaling of type llama3 lacks low_freq_factor, high_freq_factor, original_max_position_embeddings/],
+    ["LlamaForCausalLM", { ...kv, hidden_size: 60 }, /config\.json: head_dim 3\.75 \(hidden_size 60 \/ num_attention_heads 16, as head_dim is absent\) must be an even integer/],
+    ["LlamaForCausalLM", { ...kv, quantization_config: { quant_method: "awq" } }, /config\.json: quantization_config says the checkpoint is quantized \(awq\)/],
+  ];
+  for (const [arch, extra, error] of cases) assert.throws(() => tiny(arch, extra), error, JSON.stringify(extra));
+});
+
+test("a Qwen3 directory whose config.json lacks head_dim is read with Qwen3's 128, so its 24-wide weights are refused", () => {
+  const dir = copyOf("qwen3");
+  editJson(path.join(dir, "config.json"), (j) => delete j.head_dim);
+  assert.throws(() => loadModel(dir), /model\.safetensors: tensor "model\.layers\.0\.self_attn\.q_proj\.weight" has shape \[96,64\] but config\.json implies \[512,64\]/);
+  rmSync(dir, { recursive: true });
+  // Llama, Mistral and Qwen2 derive it: 64 / 4 = 16, what their weights hold
+  for (const name of ["llama", "mistral", "qwen2"]) {
+    const d = copyOf(name);
+    editJson(path.join(d, "config.json"), (j) => delete j.head_dim);
+    const model = loadModel(d);
+    assert.equal(model.config.headDim, 16, name);
+    model.dispose();
+    rmSync(d, { recursive: true });
+  }
 });
 
 test("the chat template comes from chat_template.jinja, then tokenizer_config.json, then chat_template.json, as transformers reads them", () => {

@@ -30,7 +30,7 @@ const RawConfig = z
     intermediate_size: z.number().int().positive(),
     num_hidden_layers: z.number().int().positive(),
     num_attention_heads: z.number().int().positive(),
-    num_key_value_heads: z.number().int().positive().optional(),
+    num_key_value_heads: z.number().int().positive().nullish(),
     head_dim: z.number().int().positive().nullish(),
     vocab_size: z.number().int().positive(),
     rms_norm_eps: z.number().positive().default(1e-6),
@@ -39,7 +39,7 @@ const RawConfig = z
     // transformers >= 5 writes rope_theta and the scaling together here, and drops both fields above
     rope_parameters: RopeScaling.extend({ rope_theta: z.number().positive().optional(), partial_rotary_factor: z.number().optional() }).nullish(),
     partial_rotary_factor: z.number().nullish(),
-    max_position_embeddings: z.number().int().positive().default(2048),
+    max_position_embeddings: z.number().int().positive().optional(),
     tie_word_embeddings: z.boolean().default(false),
     attention_bias: z.boolean().optional(),
     mlp_bias: z.boolean().optional(),
@@ -47,6 +47,7 @@ const RawConfig = z
     sliding_window: z.number().int().positive().nullish(),
     use_sliding_window: z.boolean().optional(),
     hidden_act: z.string().default("silu"),
+    model_type: z.string().optional(),
     bos_token_id: z.union([z.number(), z.array(z.number())]).nullish(),
     eos_token_id: z.union([z.number(), z.array(z.number())]).nullish(),
     torch_dtype: z.string().nullish(),
@@ -91,6 +92,23 @@ function ids(v: number | number[] | null | undefined): number[] {
   return v == null ? [] : Array.isArray(v) ? v : [v];
 }
 
+/**
+ * What each architecture's transformers config class assumes for a field config.json leaves out
+ * (configuration_llama.py, _mistral.py, _qwen2.py, _qwen3.py). They differ, and borrowing one
+ * class's default for another loads a different model: a Qwen3 config without head_dim means 128,
+ * not hidden_size / num_attention_heads. "derived" is hidden_size / num_attention_heads for
+ * head_dim and num_attention_heads for num_key_value_heads (what every class does with null).
+ */
+const ARCHITECTURE_DEFAULTS: Record<
+  Architecture,
+  { modelType: string; headDim: number | "derived"; numKvHeads: number | "derived"; maxPositions: number }
+> = {
+  LlamaForCausalLM: { modelType: "llama", headDim: "derived", numKvHeads: "derived", maxPositions: 2048 },
+  MistralForCausalLM: { modelType: "mistral", headDim: "derived", numKvHeads: 8, maxPositions: 4096 * 32 },
+  Qwen2ForCausalLM: { modelType: "qwen2", headDim: "derived", numKvHeads: 32, maxPositions: 32768 },
+  Qwen3ForCausalLM: { modelType: "qwen3", headDim: 128, numKvHeads: 32, maxPositions: 32768 },
+};
+
 export function parseConfig(json: unknown, file = "config.json"): ModelConfig {
   const parsed = RawConfig.safeParse(json);
   if (!parsed.success) {
@@ -101,18 +119,34 @@ export function parseConfig(json: unknown, file = "config.json"): ModelConfig {
   const arch = c.architectures[0]!;
   if (c.quantization_config) {
     // Their weights are packed integers under other names (qweight, scales...): say so, rather than "tensor missing".
-    throw new ModelConfigError(file, `the checkpoint is quantized (${c.quantization_config.quant_method ?? "quantization_config"}); kiln reads unquantized F32, F16 or BF16 weights`);
+    throw new ModelConfigError(file, `quantization_config says the checkpoint is quantized (${c.quantization_config.quant_method ?? "no quant_method"}); kiln reads unquantized F32, F16 or BF16 weights`);
   }
   if (!(SUPPORTED_ARCHITECTURES as readonly string[]).includes(arch)) {
     throw new ModelConfigError(file, `architecture ${arch} is not supported; kiln runs ${SUPPORTED_ARCHITECTURES.join(", ")}`);
   }
-  if (c.hidden_act !== "silu") throw new ModelConfigError(file, `hidden_act ${c.hidden_act} is not supported (only silu)`);
-  const numKvHeads = c.num_key_value_heads ?? c.num_attention_heads;
-  if (c.num_attention_heads % numKvHeads !== 0) {
-    throw new ModelConfigError(file, `num_attention_heads ${c.num_attention_heads} is not a multiple of num_key_value_heads ${numKvHeads}`);
+  const architecture = arch as Architecture;
+  const defaults = ARCHITECTURE_DEFAULTS[architecture];
+  // transformers picks the config class (and so every default below) by model_type, and
+  // AutoModelForCausalLM the model class by it too; kiln goes by architectures. When they name
+  // different families the two would build different models.
+  if (c.model_type !== undefined && c.model_type !== defaults.modelType) {
+    throw new ModelConfigError(file, `model_type ${c.model_type} does not match architectures ${arch} (model_type ${defaults.modelType})`);
   }
-  const headDim = c.head_dim ?? c.hidden_size / c.num_attention_heads;
-  if (!Number.isInteger(headDim) || headDim % 2 !== 0) throw new ModelConfigError(file, `head_dim ${headDim} must be an even integer`);
+  if (c.hidden_act !== "silu") throw new ModelConfigError(file, `hidden_act ${c.hidden_act} is not supported (only silu)`);
+  const numKvHeads = c.num_key_value_heads ?? (c.num_key_value_heads === undefined && defaults.numKvHeads !== "derived" ? defaults.numKvHeads : c.num_attention_heads);
+  if (c.num_attention_heads % numKvHeads !== 0) {
+    const which = c.num_key_value_heads === undefined ? ` (absent, so ${arch}'s default)` : "";
+    throw new ModelConfigError(file, `num_attention_heads ${c.num_attention_heads} is not a multiple of num_key_value_heads ${numKvHeads}${which}`);
+  }
+  if (c.head_dim === null && defaults.headDim !== "derived") {
+    // Qwen3Config declares head_dim an int (default 128): null fails there, so do not guess.
+    throw new ModelConfigError(file, `head_dim is null; ${arch} needs a number (transformers' default ${defaults.headDim} applies only when the field is absent)`);
+  }
+  const headDim = c.head_dim ?? (c.head_dim === undefined && defaults.headDim !== "derived" ? defaults.headDim : c.hidden_size / c.num_attention_heads);
+  if (!Number.isInteger(headDim) || headDim % 2 !== 0) {
+    const from = c.head_dim == null && defaults.headDim === "derived" ? ` (hidden_size ${c.hidden_size} / num_attention_heads ${c.num_attention_heads}, as head_dim is ${c.head_dim === null ? "null" : "absent"})` : "";
+    throw new ModelConfigError(file, `head_dim ${headDim}${from} must be an even integer`);
+  }
 
   // A per-layer-type rope_parameters ({full_attention: {...}, sliding_attention: {...}}) belongs to
   // architectures kiln does not run; the Llama family has one set.
@@ -126,22 +160,23 @@ export function parseConfig(json: unknown, file = "config.json"): ModelConfig {
   let ropeScaling: ModelConfig["ropeScaling"] = null;
   const rs = rp ?? c.rope_scaling;
   if (rs) {
+    const field = rp ? "rope_parameters" : "rope_scaling";
     const kind = rs.rope_type ?? rs.type;
     if (kind === "llama3") {
+      // transformers requires all four (its llama3 validation names the missing keys): a guessed
+      // factor or original context would rescale RoPE differently from the model's training.
+      const missing = (["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"] as const).filter((k) => rs[k] == null);
+      if (missing.length) throw new ModelConfigError(file, `${field} of type llama3 lacks ${missing.join(", ")}`);
       ropeScaling = {
-        factor: rs.factor ?? 8,
-        lowFreqFactor: rs.low_freq_factor ?? 1,
-        highFreqFactor: rs.high_freq_factor ?? 4,
-        originalMaxPositions: rs.original_max_position_embeddings ?? 8192,
+        factor: rs.factor!,
+        lowFreqFactor: rs.low_freq_factor!,
+        highFreqFactor: rs.high_freq_factor!,
+        originalMaxPositions: rs.original_max_position_embeddings!,
       };
     } else if (kind !== "default") {
-      const field = rp ? "rope_parameters" : "rope_scaling";
       throw new ModelConfigError(file, kind === undefined ? `${field} has no rope_type` : `${field} type ${kind} is not supported (only llama3)`);
     }
   }
-  const architecture = arch as Architecture;
-  const slidingWindow =
-    c.sliding_window && c.use_sliding_window !== false && architecture === "MistralForCausalLM" ? c.sliding_window : null;
   return {
     architecture,
     hiddenSize: c.hidden_size,
@@ -154,13 +189,15 @@ export function parseConfig(json: unknown, file = "config.json"): ModelConfig {
     rmsNormEps: c.rms_norm_eps,
     ropeTheta,
     ropeScaling,
-    maxPositions: c.max_position_embeddings,
+    maxPositions: c.max_position_embeddings ?? defaults.maxPositions,
     tieWordEmbeddings: c.tie_word_embeddings,
-    qkvBias: architecture === "Qwen2ForCausalLM" || c.attention_bias === true,
-    oBias: architecture !== "Qwen2ForCausalLM" && c.attention_bias === true,
+    // Qwen2 always has q/k/v biases and never an o_proj bias; Llama and Qwen3 (whose attention is
+    // Llama's) put attention_bias on all four; Mistral's projections never have biases.
+    qkvBias: architecture === "Qwen2ForCausalLM" || (architecture !== "MistralForCausalLM" && c.attention_bias === true),
+    oBias: (architecture === "LlamaForCausalLM" || architecture === "Qwen3ForCausalLM") && c.attention_bias === true,
     mlpBias: architecture === "LlamaForCausalLM" && c.mlp_bias === true,
     qkNorm: architecture === "Qwen3ForCausalLM",
-    slidingWindow,
+    slidingWindow: c.sliding_window && c.use_sliding_window !== false && architecture === "MistralForCausalLM" ? c.sliding_window : null,
     eosTokenIds: ids(c.eos_token_id),
     bosTokenId: ids(c.bos_token_id)[0] ?? null,
   };

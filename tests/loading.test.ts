@@ -240,11 +240,41 @@ test("fields config.json leaves out take the architecture's transformers default
   assert.equal(mistral.qkvBias || mistral.oBias, false);
 });
 
+test("sliding windows: Mistral on every layer, Qwen2/Qwen3 only with use_sliding_window and from max_window_layers or per layer_types", () => {
+  const kv = { num_key_value_heads: 16 };
+  const windows = (arch: string, extra: Record<string, unknown>) => tiny(arch, { ...kv, ...extra }).slidingWindows;
+  const every = <T,>(w: T): T[] => Array(30).fill(w);
+  // Mistral: sliding_window absent means 4096, null none; use_sliding_window is not Mistral's and changes nothing
+  assert.deepEqual(windows("MistralForCausalLM", {}), every(4096));
+  assert.deepEqual(windows("MistralForCausalLM", { sliding_window: null }), every(null));
+  assert.deepEqual(windows("MistralForCausalLM", { sliding_window: 512, use_sliding_window: false }), every(512));
+  // Llama has no sliding window
+  assert.deepEqual(windows("LlamaForCausalLM", { sliding_window: 512 }), every(null));
+  for (const arch of ["Qwen2ForCausalLM", "Qwen3ForCausalLM"]) {
+    // off unless use_sliding_window is true, whatever sliding_window says
+    assert.deepEqual(windows(arch, { sliding_window: 512 }), every(null), arch);
+    assert.deepEqual(windows(arch, { sliding_window: 512, use_sliding_window: false, max_window_layers: 0 }), every(null), arch);
+    // on: layers numbered max_window_layers (default 28) and up, sliding_window defaulting to 4096
+    assert.deepEqual(windows(arch, { use_sliding_window: true }), [...Array(28).fill(null), 4096, 4096], arch);
+    assert.deepEqual(windows(arch, { use_sliding_window: true, sliding_window: 512, max_window_layers: 29 }), [...Array(29).fill(null), 512], arch);
+    assert.deepEqual(windows(arch, { use_sliding_window: true, sliding_window: null }), every(null), arch);
+    // layer_types, when given, decides alone
+    const types = Array.from({ length: 30 }, (_, i) => (i % 2 ? "sliding_attention" : "full_attention"));
+    assert.deepEqual(windows(arch, { use_sliding_window: true, sliding_window: 64, max_window_layers: 0, layer_types: types }), types.map((t) => (t === "full_attention" ? null : 64)), arch);
+    assert.deepEqual(windows(arch, { layer_types: every("full_attention") }), every(null), arch);
+  }
+});
+
 test("configs kiln would have to guess at are refused, naming the file and the field", () => {
   const kv = { num_key_value_heads: 16 };
+  const types = (n: number, t = "full_attention") => Array(n).fill(t);
   const cases: [string, Record<string, unknown>, RegExp][] = [
     ["Qwen3ForCausalLM", { ...kv, head_dim: null }, /config\.json: head_dim is null; Qwen3ForCausalLM needs a number/],
     ["LlamaForCausalLM", { ...kv, model_type: "mistral" }, /config\.json: model_type mistral does not match architectures LlamaForCausalLM \(model_type llama\)/],
+    ["Qwen2ForCausalLM", { ...kv, layer_types: types(29) }, /config\.json: layer_types lists 29 layers but num_hidden_layers is 30/],
+    ["Qwen2ForCausalLM", { ...kv, layer_types: [...types(29), "chunked_attention"] }, /config\.json: layer_types\[29\] is chunked_attention; kiln runs full_attention and sliding_attention layers only/],
+    ["Qwen3ForCausalLM", { ...kv, layer_types: [...types(29), "sliding_attention"] }, /config\.json: layer_types\[29\] is sliding_attention but use_sliding_window is not true/],
+    ["Qwen2ForCausalLM", { ...kv, use_sliding_window: true, max_window_layers: null }, /config\.json: use_sliding_window is true but max_window_layers is null/],
     ["LlamaForCausalLM", { ...kv, rope_scaling: { rope_type: "llama3", factor: 8 } }, /config\.json: rope_scaling of type llama3 lacks low_freq_factor, high_freq_factor, original_max_position_embeddings/],
     ["LlamaForCausalLM", { ...kv, hidden_size: 60 }, /config\.json: head_dim 3\.75 \(hidden_size 60 \/ num_attention_heads 16, as head_dim is absent\) must be an even integer/],
     ["LlamaForCausalLM", { ...kv, quantization_config: { quant_method: "awq" } }, /config\.json: quantization_config says the checkpoint is quantized \(awq\)/],

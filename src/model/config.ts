@@ -45,7 +45,9 @@ const RawConfig = z
     mlp_bias: z.boolean().optional(),
     quantization_config: z.object({ quant_method: z.string().optional() }).passthrough().nullish(),
     sliding_window: z.number().int().positive().nullish(),
-    use_sliding_window: z.boolean().optional(),
+    use_sliding_window: z.boolean().nullish(),
+    max_window_layers: z.number().int().nonnegative().nullish(),
+    layer_types: z.array(z.string()).nullish(),
     hidden_act: z.string().default("silu"),
     model_type: z.string().optional(),
     bos_token_id: z.union([z.number(), z.array(z.number())]).nullish(),
@@ -76,7 +78,12 @@ export interface ModelConfig {
   mlpBias: boolean;
   /** per-head RMSNorm on q and k before RoPE (Qwen3) */
   qkNorm: boolean;
-  slidingWindow: number | null;
+  /**
+   * Per layer: how many keys (itself included) a query attends to, the most recent ones, or null
+   * for full causal attention. Mistral slides on every layer; Qwen2/Qwen3 only where
+   * use_sliding_window and max_window_layers / layer_types say so.
+   */
+  slidingWindows: (number | null)[];
   eosTokenIds: number[];
   bosTokenId: number | null;
 }
@@ -101,13 +108,48 @@ function ids(v: number | number[] | null | undefined): number[] {
  */
 const ARCHITECTURE_DEFAULTS: Record<
   Architecture,
-  { modelType: string; headDim: number | "derived"; numKvHeads: number | "derived"; maxPositions: number }
+  { modelType: string; headDim: number | "derived"; numKvHeads: number | "derived"; maxPositions: number; slidingWindow: number | null; maxWindowLayers: number | null }
 > = {
-  LlamaForCausalLM: { modelType: "llama", headDim: "derived", numKvHeads: "derived", maxPositions: 2048 },
-  MistralForCausalLM: { modelType: "mistral", headDim: "derived", numKvHeads: 8, maxPositions: 4096 * 32 },
-  Qwen2ForCausalLM: { modelType: "qwen2", headDim: "derived", numKvHeads: 32, maxPositions: 32768 },
-  Qwen3ForCausalLM: { modelType: "qwen3", headDim: 128, numKvHeads: 32, maxPositions: 32768 },
+  LlamaForCausalLM: { modelType: "llama", headDim: "derived", numKvHeads: "derived", maxPositions: 2048, slidingWindow: null, maxWindowLayers: null },
+  MistralForCausalLM: { modelType: "mistral", headDim: "derived", numKvHeads: 8, maxPositions: 4096 * 32, slidingWindow: 4096, maxWindowLayers: null },
+  Qwen2ForCausalLM: { modelType: "qwen2", headDim: "derived", numKvHeads: 32, maxPositions: 32768, slidingWindow: 4096, maxWindowLayers: 28 },
+  Qwen3ForCausalLM: { modelType: "qwen3", headDim: 128, numKvHeads: 32, maxPositions: 32768, slidingWindow: 4096, maxWindowLayers: 28 },
 };
+
+type Raw = z.infer<typeof RawConfig>;
+
+/**
+ * Which layers slide, and by how much, as transformers decides it:
+ * - Llama has no sliding window (a sliding_window field is ignored);
+ * - Mistral slides on every layer whenever sliding_window is set (4096 when the field is absent,
+ *   none when null); it has no use_sliding_window switch and ignores layer_types;
+ * - Qwen2/Qwen3 slide only with use_sliding_window true (then sliding_window, default 4096, null
+ *   meaning none), and only on the layers layer_types marks "sliding_attention", or, without
+ *   layer_types, on layers numbered max_window_layers (default 28) and up.
+ */
+function slidingWindows(c: Raw, architecture: Architecture, numLayers: number, file: string): (number | null)[] {
+  const defaults = ARCHITECTURE_DEFAULTS[architecture];
+  const configured = c.sliding_window === undefined ? defaults.slidingWindow : c.sliding_window;
+  if (architecture === "LlamaForCausalLM") return Array(numLayers).fill(null);
+  if (architecture === "MistralForCausalLM") return Array(numLayers).fill(configured);
+  const window = c.use_sliding_window === true ? configured : null;
+  if (c.layer_types) {
+    if (c.layer_types.length !== numLayers) {
+      throw new ModelConfigError(file, `layer_types lists ${c.layer_types.length} layers but num_hidden_layers is ${numLayers}`);
+    }
+    return c.layer_types.map((type, i) => {
+      if (type === "full_attention") return null;
+      if (type !== "sliding_attention") throw new ModelConfigError(file, `layer_types[${i}] is ${type}; kiln runs full_attention and sliding_attention layers only`);
+      // transformers refuses this too (create_sliding_window_causal_mask finds no window)
+      if (window === null) throw new ModelConfigError(file, `layer_types[${i}] is sliding_attention but ${c.use_sliding_window === true ? "sliding_window is null" : "use_sliding_window is not true"}, so the layer has no window`);
+      return window;
+    });
+  }
+  if (window === null) return Array(numLayers).fill(null);
+  const from = c.max_window_layers === undefined ? defaults.maxWindowLayers! : c.max_window_layers;
+  if (from === null) throw new ModelConfigError(file, "use_sliding_window is true but max_window_layers is null, so which layers slide is undefined");
+  return Array.from({ length: numLayers }, (_, i) => (i >= from ? window : null));
+}
 
 export function parseConfig(json: unknown, file = "config.json"): ModelConfig {
   const parsed = RawConfig.safeParse(json);
@@ -197,7 +239,7 @@ export function parseConfig(json: unknown, file = "config.json"): ModelConfig {
     oBias: (architecture === "LlamaForCausalLM" || architecture === "Qwen3ForCausalLM") && c.attention_bias === true,
     mlpBias: architecture === "LlamaForCausalLM" && c.mlp_bias === true,
     qkNorm: architecture === "Qwen3ForCausalLM",
-    slidingWindow: c.sliding_window && c.use_sliding_window !== false && architecture === "MistralForCausalLM" ? c.sliding_window : null,
+    slidingWindows: slidingWindows(c, architecture, c.num_hidden_layers, file),
     eosTokenIds: ids(c.eos_token_id),
     bosTokenId: ids(c.bos_token_id)[0] ?? null,
   };

@@ -45,10 +45,10 @@ test("a config with a missing field names the field", () => {
   rmSync(dir, { recursive: true });
 });
 
-test("a misshapen tensor names the file, the tensor and both shapes", () => {
+test("a misshapen tensor names the file, the tensor, both shapes and the config fields behind it", () => {
   const dir = copyOf("llama");
   editJson(path.join(dir, "config.json"), (j) => (j.intermediate_size = 100));
-  assert.throws(() => loadModel(dir), /model\.safetensors: tensor "model\.layers\.0\.mlp\.gate_proj\.weight" has shape \[176,64\] but config\.json implies \[100,64\]/);
+  assert.throws(() => loadModel(dir), /model\.safetensors: tensor "model\.layers\.0\.mlp\.gate_proj\.weight" has shape \[176,64\] but config\.json implies \[100,64\] \(intermediate_size 100, hidden_size 64\)/);
   rmSync(dir, { recursive: true });
 });
 
@@ -285,7 +285,7 @@ test("configs kiln would have to guess at are refused, naming the file and the f
 test("a Qwen3 directory whose config.json lacks head_dim is read with Qwen3's 128, so its 24-wide weights are refused", () => {
   const dir = copyOf("qwen3");
   editJson(path.join(dir, "config.json"), (j) => delete j.head_dim);
-  assert.throws(() => loadModel(dir), /model\.safetensors: tensor "model\.layers\.0\.self_attn\.q_proj\.weight" has shape \[96,64\] but config\.json implies \[512,64\]/);
+  assert.throws(() => loadModel(dir), /model\.safetensors: tensor "model\.layers\.0\.self_attn\.q_proj\.weight" has shape \[96,64\] but config\.json implies \[512,64\] \(num_attention_heads 4 x head_dim 128, hidden_size 64\)/);
   rmSync(dir, { recursive: true });
   // Llama, Mistral and Qwen2 derive it: 64 / 4 = 16, what their weights hold
   for (const name of ["llama", "mistral", "qwen2"]) {

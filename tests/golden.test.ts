@@ -7,6 +7,7 @@ import os from "node:os";
 import path from "node:path";
 import { initBackend, tf } from "../src/tensor/backend.js";
 import { loadModel } from "../src/model/load.js";
+import { KVCache } from "../src/model/decoder.js";
 import { generate } from "../src/model/generate.js";
 import { writeSafetensors } from "../src/model/safetensors.js";
 import { FIXTURE_NAMES, fixtureDir, repoRoot } from "./support/paths.js";
@@ -162,3 +163,85 @@ test("a transformers 5 config (rope_parameters) with attention_bias and mlp_bias
     rmSync(dir, { recursive: true });
   }
 });
+
+// tools/fixtures/make_window_reference.py: models whose config.json leaves head_dim to the
+// architecture's default or turns sliding-window attention on for some layers, with the logits a
+// float64 PyTorch implementation of transformers' rules gives on 20 tokens, past every window.
+interface WindowReference {
+  input_ids: number[][];
+  attention_mask: number[][];
+  check_positions: number[];
+  models: { name: string; config: Record<string, unknown>; tensors: [string, number[]][]; windows: (number | null)[]; logits: number[][][] }[];
+}
+const windowRef: WindowReference = JSON.parse(readFileSync(path.join(repoRoot(), "tests", "fixtures", "window-reference.json"), "utf8"));
+
+/** make_window_reference.py's weight_values: tensor j from a 32-bit LCG seeded with j + 1, stored as float32. */
+function windowWeights(tensors: [string, number[]][]): Map<string, { shape: number[]; data: Float32Array }> {
+  return new Map(
+    tensors.map(([name, shape], j) => {
+      const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
+      let state = j + 1;
+      for (let i = 0; i < data.length; i++) {
+        state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+        const u = (state / 2 ** 32) * 2 - 1;
+        data[i] = name.includes("norm") ? 1 + 0.2 * u : name.endsWith(".bias") ? 0.1 * u : name === "model.embed_tokens.weight" ? 0.5 * u : (1.5 * u) / Math.sqrt(shape[1]!);
+      }
+      return [name, { shape, data }];
+    }),
+  );
+}
+
+/** The reference logits at the checked positions against kiln's [B, T, V] logits. */
+function windowDiff(ref: number[][][], got: Float32Array, T: number, V: number, positions: number[]): number {
+  let m = 0;
+  for (const [b, row] of ref.entries()) {
+    for (const [k, t] of positions.entries()) {
+      const at = (b * T + t) * V;
+      m = Math.max(m, maxAbsDiff(row[k]!, got.subarray(at, at + V)));
+    }
+  }
+  return m;
+}
+
+for (const m of windowRef.models) {
+  test(`${m.name}: config defaults and per-layer sliding windows match PyTorch past the window, in one pass and through the KV cache`, async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-window-"));
+    for (const f of ["tokenizer.json", "tokenizer_config.json"]) copyFileSync(path.join(fixtureDir("llama"), f), path.join(dir, f));
+    writeFileSync(path.join(dir, "config.json"), JSON.stringify(m.config));
+    writeSafetensors(path.join(dir, "model.safetensors"), windowWeights(m.tensors));
+    const model = loadModel(dir);
+    try {
+      assert.deepEqual(model.config.slidingWindows, m.windows);
+      const { input_ids: ids, attention_mask: mask, check_positions: positions } = windowRef;
+      const T = ids[0]!.length;
+      const V = model.config.vocabSize;
+      const full = tf.tidy(() => model.decoder.forward({ ids, mask }));
+      const oneShot = windowDiff(m.logits, (await full.data()) as Float32Array, T, V, positions);
+      full.dispose();
+      assert.ok(oneShot < 1e-4, `one pass: max |diff| ${oneShot}`);
+
+      // The same batch as a 9-token prefill and then one token at a time: the window must count
+      // the cached keys too. Each step's logits are the rows' logits at that slot.
+      const cache = new KVCache(ids.length);
+      const steps = new Float32Array(ids.length * T * V); // [B, T, V]
+      const prefill = 9;
+      try {
+        for (let from = 0; from < T; ) {
+          const to = from === 0 ? prefill : from + 1;
+          const out = tf.tidy(() => model.decoder.forward({ ids: ids.map((r) => r.slice(from, to)), mask: mask.map((r) => r.slice(from, to)) }, { cache }));
+          const data = (await out.data()) as Float32Array; // [B, to - from, V]
+          out.dispose();
+          for (let b = 0; b < ids.length; b++) steps.set(data.subarray(b * (to - from) * V, (b + 1) * (to - from) * V), (b * T + from) * V);
+          from = to;
+        }
+      } finally {
+        cache.dispose();
+      }
+      const cached = windowDiff(m.logits, steps, T, V, positions);
+      assert.ok(cached < 1e-4, `through the cache: max |diff| ${cached}`);
+    } finally {
+      model.dispose();
+      rmSync(dir, { recursive: true });
+    }
+  });
+}

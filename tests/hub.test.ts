@@ -66,6 +66,8 @@ function tinyModelFiles(): Record<string, FakeFile> {
     "tokenizer_config.json": { data: json({ bos_token: "<s>", eos_token: "</s>" }) },
     "special_tokens_map.json": { data: json({ bos_token: "<s>" }) },
     "chat_template.jinja": { data: text("{% for m in messages %}{{ m.content }}{% endfor %}") },
+    // the older file processors saved the template in; a tokenizer without one falls back to it
+    "chat_template.json": { data: json({ chat_template: "{% for m in messages %}{{ m.content }}{% endfor %}" }) },
     "model.safetensors": { data: tinySafetensors([1, 2, 3, 4]), lfs: true },
     // Must be skipped:
     "pytorch_model.bin": { data: Buffer.alloc(64, 7), lfs: true },
@@ -78,6 +80,7 @@ function tinyModelFiles(): Record<string, FakeFile> {
 }
 const NEEDED = [
   "chat_template.jinja",
+  "chat_template.json",
   "config.json",
   "generation_config.json",
   "model.safetensors",

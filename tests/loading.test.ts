@@ -6,6 +6,7 @@ import os from "node:os";
 import path from "node:path";
 import { initBackend } from "../src/tensor/backend.js";
 import { loadModel } from "../src/model/load.js";
+import { parseConfig } from "../src/model/config.js";
 import { encodeSafetensors, readHeader, readTensors, halfToFloat } from "../src/model/safetensors.js";
 import { fixtureDir } from "./support/paths.js";
 
@@ -44,10 +45,10 @@ test("a config with a missing field names the field", () => {
   rmSync(dir, { recursive: true });
 });
 
-test("a misshapen tensor names the file, the tensor and both shapes", () => {
+test("a misshapen tensor names the file, the tensor, both shapes and the config fields behind it", () => {
   const dir = copyOf("llama");
   editJson(path.join(dir, "config.json"), (j) => (j.intermediate_size = 100));
-  assert.throws(() => loadModel(dir), /model\.safetensors: tensor "model\.layers\.0\.mlp\.gate_proj\.weight" has shape \[176,64\] but config\.json implies \[100,64\]/);
+  assert.throws(() => loadModel(dir), /model\.safetensors: tensor "model\.layers\.0\.mlp\.gate_proj\.weight" has shape \[176,64\] but config\.json implies \[100,64\] \(intermediate_size 100, hidden_size 64\)/);
   rmSync(dir, { recursive: true });
 });
 
@@ -168,7 +169,7 @@ test("config shapes kiln cannot run are named: quantized, partial rotary, rope s
   const config = path.join(dir, "config.json");
   const original = readFileSync(config, "utf8");
   const cases: [(j: Record<string, unknown>) => void, RegExp][] = [
-    [(j) => (j.quantization_config = { quant_method: "gptq", bits: 4 }), /config\.json: the checkpoint is quantized \(gptq\); kiln reads unquantized/],
+    [(j) => (j.quantization_config = { quant_method: "gptq", bits: 4 }), /config\.json: quantization_config says the checkpoint is quantized \(gptq\); kiln reads unquantized/],
     [(j) => (j.rope_parameters = { rope_type: "default", rope_theta: 1e6, partial_rotary_factor: 0.5 }), /partial_rotary_factor 0\.5 is not supported/],
     [(j) => (j.rope_scaling = { factor: 2 }), /rope_scaling has no rope_type/],
     [(j) => (j.rope_parameters = { full_attention: { rope_theta: 1e6 }, sliding_attention: { rope_theta: 1e4 } }), /rope_parameters per layer type is not supported/],
@@ -211,5 +212,124 @@ test("a chat template that does not parse names where it came from", () => {
   const dir = copyOf("qwen3");
   writeFileSync(path.join(dir, "chat_template.jinja"), "{% for m in messages %}{{ m.content }");
   assert.throws(() => loadModel(dir), /the chat template \(.*chat_template\.jinja\) does not parse/);
+  rmSync(dir, { recursive: true });
+});
+
+// What transformers' config classes assume for a field config.json leaves out
+// (configuration_llama.py, _mistral.py, _qwen2.py, _qwen3.py), not kiln's choices.
+const TINY = { hidden_size: 64, intermediate_size: 96, num_hidden_layers: 30, num_attention_heads: 16, vocab_size: 100 };
+const tiny = (arch: string, extra: Record<string, unknown> = {}) => parseConfig({ architectures: [arch], ...TINY, ...extra });
+
+test("fields config.json leaves out take the architecture's transformers defaults", () => {
+  // head_dim: Qwen3Config says 128; the others derive hidden_size / num_attention_heads (64 / 16)
+  assert.equal(tiny("Qwen3ForCausalLM", { num_key_value_heads: 16 }).headDim, 128);
+  for (const arch of ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"]) assert.equal(tiny(arch, { num_key_value_heads: 16 }).headDim, 4, arch);
+  // num_key_value_heads: Llama copies the heads; Mistral assumes 8, Qwen2/Qwen3 32 (null copies the heads everywhere)
+  assert.equal(tiny("LlamaForCausalLM").numKvHeads, 16);
+  assert.equal(tiny("MistralForCausalLM").numKvHeads, 8);
+  assert.equal(tiny("Qwen2ForCausalLM", { num_attention_heads: 32, head_dim: 2 }).numKvHeads, 32);
+  assert.equal(tiny("Qwen3ForCausalLM", { num_key_value_heads: null }).numKvHeads, 16);
+  assert.throws(() => tiny("Qwen3ForCausalLM"), /num_attention_heads 16 is not a multiple of num_key_value_heads 32 \(absent, so Qwen3ForCausalLM's default\)/);
+  // max_position_embeddings
+  assert.deepEqual(
+    ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"].map((a) => tiny(a, { num_key_value_heads: 16 }).maxPositions),
+    [2048, 131072, 32768, 32768],
+  );
+  // Mistral never has attention biases (its projections are bias=False whatever attention_bias says)
+  const mistral = tiny("MistralForCausalLM", { attention_bias: true });
+  assert.equal(mistral.qkvBias || mistral.oBias, false);
+});
+
+test("sliding windows: Mistral on every layer, Qwen2/Qwen3 only with use_sliding_window and from max_window_layers or per layer_types", () => {
+  const kv = { num_key_value_heads: 16 };
+  const windows = (arch: string, extra: Record<string, unknown>) => tiny(arch, { ...kv, ...extra }).slidingWindows;
+  const every = <T,>(w: T): T[] => Array(30).fill(w);
+  // Mistral: sliding_window absent means 4096, null none; use_sliding_window is not Mistral's and changes nothing
+  assert.deepEqual(windows("MistralForCausalLM", {}), every(4096));
+  assert.deepEqual(windows("MistralForCausalLM", { sliding_window: null }), every(null));
+  assert.deepEqual(windows("MistralForCausalLM", { sliding_window: 512, use_sliding_window: false }), every(512));
+  // Llama has no sliding window
+  assert.deepEqual(windows("LlamaForCausalLM", { sliding_window: 512 }), every(null));
+  for (const arch of ["Qwen2ForCausalLM", "Qwen3ForCausalLM"]) {
+    // off unless use_sliding_window is true, whatever sliding_window says
+    assert.deepEqual(windows(arch, { sliding_window: 512 }), every(null), arch);
+    assert.deepEqual(windows(arch, { sliding_window: 512, use_sliding_window: false, max_window_layers: 0 }), every(null), arch);
+    // on: layers numbered max_window_layers (default 28) and up, sliding_window defaulting to 4096
+    assert.deepEqual(windows(arch, { use_sliding_window: true }), [...Array(28).fill(null), 4096, 4096], arch);
+    assert.deepEqual(windows(arch, { use_sliding_window: true, sliding_window: 512, max_window_layers: 29 }), [...Array(29).fill(null), 512], arch);
+    assert.deepEqual(windows(arch, { use_sliding_window: true, sliding_window: null }), every(null), arch);
+    // layer_types, when given, decides alone
+    const types = Array.from({ length: 30 }, (_, i) => (i % 2 ? "sliding_attention" : "full_attention"));
+    assert.deepEqual(windows(arch, { use_sliding_window: true, sliding_window: 64, max_window_layers: 0, layer_types: types }), types.map((t) => (t === "full_attention" ? null : 64)), arch);
+    assert.deepEqual(windows(arch, { layer_types: every("full_attention") }), every(null), arch);
+  }
+});
+
+test("configs kiln would have to guess at are refused, naming the file and the field", () => {
+  const kv = { num_key_value_heads: 16 };
+  const types = (n: number, t = "full_attention") => Array(n).fill(t);
+  const cases: [string, Record<string, unknown>, RegExp][] = [
+    ["Qwen3ForCausalLM", { ...kv, head_dim: null }, /config\.json: head_dim is null; Qwen3ForCausalLM needs a number/],
+    ["LlamaForCausalLM", { ...kv, model_type: "mistral" }, /config\.json: model_type mistral does not match architectures LlamaForCausalLM \(model_type llama\)/],
+    ["Qwen2ForCausalLM", { ...kv, layer_types: types(29) }, /config\.json: layer_types lists 29 layers but num_hidden_layers is 30/],
+    ["Qwen2ForCausalLM", { ...kv, layer_types: [...types(29), "chunked_attention"] }, /config\.json: layer_types\[29\] is chunked_attention; kiln runs full_attention and sliding_attention layers only/],
+    ["Qwen3ForCausalLM", { ...kv, layer_types: [...types(29), "sliding_attention"] }, /config\.json: layer_types\[29\] is sliding_attention but use_sliding_window is not true/],
+    ["Qwen2ForCausalLM", { ...kv, use_sliding_window: true, max_window_layers: null }, /config\.json: use_sliding_window is true but max_window_layers is null/],
+    ["LlamaForCausalLM", { ...kv, rope_scaling: { rope_type: "llama3", factor: 8 } }, /config\.json: rope_scaling of type llama3 lacks low_freq_factor, high_freq_factor, original_max_position_embeddings/],
+    ["LlamaForCausalLM", { ...kv, hidden_size: 60 }, /config\.json: head_dim 3\.75 \(hidden_size 60 \/ num_attention_heads 16, as head_dim is absent\) must be an even integer/],
+    ["LlamaForCausalLM", { ...kv, quantization_config: { quant_method: "awq" } }, /config\.json: quantization_config says the checkpoint is quantized \(awq\)/],
+  ];
+  for (const [arch, extra, error] of cases) assert.throws(() => tiny(arch, extra), error, JSON.stringify(extra));
+});
+
+test("a Qwen3 directory whose config.json lacks head_dim is read with Qwen3's 128, so its 24-wide weights are refused", () => {
+  const dir = copyOf("qwen3");
+  editJson(path.join(dir, "config.json"), (j) => delete j.head_dim);
+  assert.throws(() => loadModel(dir), /model\.safetensors: tensor "model\.layers\.0\.self_attn\.q_proj\.weight" has shape \[96,64\] but config\.json implies \[512,64\] \(num_attention_heads 4 x head_dim 128, hidden_size 64\)/);
+  rmSync(dir, { recursive: true });
+  // Llama, Mistral and Qwen2 derive it: 64 / 4 = 16, what their weights hold
+  for (const name of ["llama", "mistral", "qwen2"]) {
+    const d = copyOf(name);
+    editJson(path.join(d, "config.json"), (j) => delete j.head_dim);
+    const model = loadModel(d);
+    assert.equal(model.config.headDim, 16, name);
+    model.dispose();
+    rmSync(d, { recursive: true });
+  }
+});
+
+test("the chat template comes from chat_template.jinja, then tokenizer_config.json, then chat_template.json, as transformers reads them", () => {
+  const dir = copyOf("llama"); // its tokenizer_config.json has a template
+  const render = () => {
+    const model = loadModel(dir);
+    try {
+      return model.tokenizer.renderChat([{ role: "user", content: "hi" }], false);
+    } finally {
+      model.dispose();
+    }
+  };
+  const fromConfig = render();
+  assert.match(fromConfig, /<\|im_start\|>user\nhi<\|im_end\|>/);
+  // chat_template.json (a processor's file) does not override the tokenizer's own template...
+  writeFileSync(path.join(dir, "chat_template.json"), JSON.stringify({ chat_template: "json:{{ messages[0].content }}" }));
+  assert.equal(render(), fromConfig);
+  // ...but is used when the tokenizer has none
+  editJson(path.join(dir, "tokenizer_config.json"), (j) => delete j.chat_template);
+  assert.equal(render(), "json:hi");
+  // chat_template.jinja comes before both
+  writeFileSync(path.join(dir, "chat_template.jinja"), "jinja:{{ messages[0].content }}");
+  assert.equal(render(), "jinja:hi");
+  rmSync(path.join(dir, "chat_template.jinja"));
+  // named templates: the one called "default", as apply_chat_template picks it
+  writeFileSync(path.join(dir, "chat_template.json"), JSON.stringify({ chat_template: [{ name: "tool_use", template: "tool" }, { name: "default", template: "default:{{ messages[0].content }}" }] }));
+  assert.equal(render(), "default:hi");
+  // and no guessing when none is called that, or when the file holds no template
+  writeFileSync(path.join(dir, "chat_template.json"), JSON.stringify({ chat_template: [{ name: "tool_use", template: "tool" }] }));
+  assert.throws(render, /chat_template\.json: chat_template holds named templates \(tool_use\) but none named "default"/);
+  editJson(path.join(dir, "tokenizer_config.json"), (j) => (j.chat_template = { rag: "r", tool_use: "t" }));
+  assert.throws(render, /tokenizer_config\.json: chat_template holds named templates \(rag, tool_use\) but none named "default"/);
+  editJson(path.join(dir, "tokenizer_config.json"), (j) => delete j.chat_template);
+  writeFileSync(path.join(dir, "chat_template.json"), JSON.stringify({ template: "x" }));
+  assert.throws(render, /chat_template\.json: no chat_template field/);
   rmSync(dir, { recursive: true });
 });

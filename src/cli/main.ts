@@ -33,6 +33,16 @@ function mib(bytes: number): string {
   return `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 }
 
+/** "full causal", or which layers see only a sliding window of recent tokens. */
+function attentionSummary(windows: (number | null)[]): string {
+  const sliding = windows.flatMap((w, i) => (w === null ? [] : [i]));
+  if (sliding.length === 0) return "full causal";
+  const sizes = [...new Set(sliding.map((i) => windows[i]))].join("/");
+  return sliding.length === windows.length
+    ? `sliding window ${sizes} on every layer`
+    : `sliding window ${sizes} on ${sliding.length} of ${windows.length} layers (${sliding.join(", ")}), full causal on the rest`;
+}
+
 async function backend() {
   return initBackend(program.opts().backend);
 }
@@ -98,6 +108,7 @@ model
         `shape:       hidden ${c.hiddenSize}, ${c.numLayers} layers, ${c.numHeads} heads / ${c.numKvHeads} KV heads, head_dim ${c.headDim}, FFN ${c.intermediateSize}`,
         `vocab:       ${c.vocabSize}${c.tieWordEmbeddings ? " (tied embeddings)" : ""}`,
         `positions:   ${c.maxPositions}, rope_theta ${c.ropeTheta}${c.ropeScaling ? " with llama3 scaling" : ""}`,
+        `attention:   ${attentionSummary(c.slidingWindows)}`,
         `chat:        ${m.tokenizer.hasChatTemplate ? "chat template" : "no chat template (plain fallback)"}; end of turn ids ${m.eosTokenIds.join(", ")}`,
       ].join("\n"),
     );

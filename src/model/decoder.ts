@@ -238,14 +238,14 @@ export class Decoder {
   }
 
   /**
-   * Additive attention mask [B, T, S]: causal over absolute key positions, padding keys
-   * masked, and Mistral's sliding window.
+   * Additive attention mask [B, T, S]: causal over absolute key positions, padding keys masked,
+   * and, with a window, only the `window` most recent keys (the query's own included) visible.
+   * Positions here are cache slots, padding included, as transformers' masks count them.
    */
-  private attentionMask(keyMask: number[][], T: number): tf.Tensor3D {
+  private attentionMask(keyMask: number[][], T: number, window: number | null): tf.Tensor3D {
     const B = keyMask.length;
     const S = keyMask[0]!.length;
     const past = S - T;
-    const window = this.config.slidingWindow;
     const m = new Float32Array(B * T * S);
     for (let b = 0; b < B; b++) {
       const row = keyMask[b]!;
@@ -286,7 +286,13 @@ export class Decoder {
       return out;
     });
     const { cos, sin } = this.ropeTables(positions);
-    const mask = this.attentionMask(keyMask, T);
+    // One mask per distinct window: full-attention layers share one, sliding layers another.
+    const masks = new Map<number | null, tf.Tensor3D>();
+    const maskFor = (window: number | null): tf.Tensor3D => {
+      let m = masks.get(window);
+      if (!m) masks.set(window, (m = this.attentionMask(keyMask, T, window)));
+      return m;
+    };
     const scale = 1 / Math.sqrt(c.headDim);
 
     let x = tf.gather(this.w("model.embed_tokens.weight"), tf.tensor2d(ids, [B, T], "int32")) as tf.Tensor3D; // [B, T, H]
@@ -319,7 +325,7 @@ export class Decoder {
         cache.keys[l] = tf.keep(keys);
         cache.values[l] = tf.keep(values);
       }
-      const ctx = attention(q, keys, values, mask, scale, cache !== undefined).reshape([B * T, c.numHeads * c.headDim]) as tf.Tensor2D; // [B*T, nHeads*hd]
+      const ctx = attention(q, keys, values, maskFor(c.slidingWindows[l] ?? null), scale, cache !== undefined).reshape([B * T, c.numHeads * c.headDim]) as tf.Tensor2D; // [B*T, nHeads*hd]
       const attnOut = this.linear(`${p}.self_attn.o_proj`, ctx, opts.adapter).reshape([B, T, c.hiddenSize]); // [B, T, H]
       x = tf.add(x, attnOut);
       // --- SwiGLU MLP ---

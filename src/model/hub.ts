@@ -59,7 +59,11 @@ export interface PullOptions {
   fetch?: typeof fetch;
 }
 
-/** Non-weight files a kiln model may use; only config.json is mandatory. */
+/**
+ * Non-weight files a kiln model may use; only config.json is mandatory. The chat template may be
+ * in chat_template.jinja, tokenizer_config.json or (older processor repos) chat_template.json;
+ * tokenizer.ts says which wins.
+ */
 const MODEL_METADATA_FILES = [
   "config.json",
   "generation_config.json",
@@ -67,6 +71,7 @@ const MODEL_METADATA_FILES = [
   "tokenizer_config.json",
   "special_tokens_map.json",
   "chat_template.jinja",
+  "chat_template.json",
 ] as const;
 
 const DEFAULT_REVISION = "main";

@@ -88,7 +88,7 @@ export function loadWeights(dir: string, config: ModelConfig, onRead?: (name: st
     const entry = header(file).tensors.get(name);
     if (!entry) throw new ModelLoadError(`${file}: tensor "${name}" is missing`);
     if (entry.shape.join(",") !== shape.join(",")) {
-      throw new ModelLoadError(`${file}: tensor "${name}" has shape [${entry.shape}] but config.json implies [${shape}]`);
+      throw new ModelLoadError(`${file}: tensor "${name}" has shape [${entry.shape}] but config.json implies [${shape}] (${shapeFields(name, config)})`);
     }
     byFile.set(file, [...(byFile.get(file) ?? []), name]);
   }
@@ -107,6 +107,33 @@ export function loadWeights(dir: string, config: ModelConfig, onRead?: (name: st
     throw err;
   }
   return weights;
+}
+
+/**
+ * The config fields behind a tensor's expected shape, with the values kiln read (some are the
+ * architecture's defaults for fields config.json leaves out), so a shape mismatch says which
+ * field to check.
+ */
+function shapeFields(name: string, c: ModelConfig): string {
+  const module = /([a-z_]+)\.(weight|bias)$/.exec(name)?.[1] ?? "";
+  const heads = `num_attention_heads ${c.numHeads} x head_dim ${c.headDim}`;
+  const kv = `num_key_value_heads ${c.numKvHeads} x head_dim ${c.headDim}`;
+  const hidden = `hidden_size ${c.hiddenSize}`;
+  const inter = `intermediate_size ${c.intermediateSize}`;
+  const fields: Record<string, string> = {
+    embed_tokens: `vocab_size ${c.vocabSize}, ${hidden}`,
+    lm_head: `vocab_size ${c.vocabSize}, ${hidden}`,
+    q_proj: `${heads}, ${hidden}`,
+    k_proj: `${kv}, ${hidden}`,
+    v_proj: `${kv}, ${hidden}`,
+    o_proj: `${hidden}, ${heads}`,
+    q_norm: `head_dim ${c.headDim}`,
+    k_norm: `head_dim ${c.headDim}`,
+    gate_proj: `${inter}, ${hidden}`,
+    up_proj: `${inter}, ${hidden}`,
+    down_proj: `${hidden}, ${inter}`,
+  };
+  return fields[module] ?? hidden; // the layer norms
 }
 
 /** Tensors a checkpoint may hold that the decoder rightly ignores. */

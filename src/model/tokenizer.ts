@@ -28,6 +28,52 @@ function tokenString(v: unknown): string | undefined {
   return undefined;
 }
 
+/**
+ * A chat_template value as transformers stores it: one template, or named templates (a list of
+ * {name, template}, or an object of name -> template) of which apply_chat_template uses "default"
+ * and refuses to guess when there is none.
+ */
+function templateValue(value: unknown, where: string): string | undefined {
+  if (value == null) return undefined;
+  if (typeof value === "string") return value;
+  const named: [unknown, unknown][] = Array.isArray(value)
+    ? value.map((x) => [x?.name, x?.template])
+    : typeof value === "object"
+      ? Object.entries(value)
+      : [];
+  if (named.length === 0 && !Array.isArray(value)) throw new Error(`${where} is neither a template nor named templates`);
+  const found = named.find(([name]) => name === "default");
+  if (!found) throw new Error(`${where} holds named templates (${named.map(([n]) => String(n)).join(", ")}) but none named "default", which is the one a chat uses`);
+  if (typeof found[1] !== "string") throw new Error(`${where}: the "default" template is not a string`);
+  return found[1];
+}
+
+/**
+ * The chat template, looked for where transformers looks:
+ * 1. chat_template.jinja: the tokenizer reads it first, and it overrides tokenizer_config.json;
+ * 2. tokenizer_config.json's chat_template;
+ * 3. chat_template.json ({"chat_template": ...}): the older file processors (AutoProcessor) saved;
+ *    tokenizers never read it, so it only counts when neither above has a template. (A processor
+ *    would prefer it over chat_template.jinja, but kiln tokenizes like the tokenizer.)
+ */
+function readChatTemplate(dir: string, config: Record<string, unknown>, cfgFile: string): { template: string | undefined; source: string } {
+  const jinjaFile = path.join(dir, "chat_template.jinja");
+  if (existsSync(jinjaFile)) {
+    const text = readFileSync(jinjaFile, "utf8");
+    if (text) return { template: text, source: jinjaFile };
+  }
+  const fromConfig = templateValue(config.chat_template, `${cfgFile}: chat_template`);
+  if (fromConfig !== undefined) return { template: fromConfig, source: `${cfgFile} chat_template` };
+  const jsonFile = path.join(dir, "chat_template.json");
+  if (existsSync(jsonFile)) {
+    const json = readJson(jsonFile);
+    if (!("chat_template" in json)) throw new Error(`${jsonFile}: no chat_template field`);
+    const fromJson = templateValue(json.chat_template, `${jsonFile}: chat_template`);
+    if (fromJson !== undefined) return { template: fromJson, source: `${jsonFile} chat_template` };
+  }
+  return { template: undefined, source: "chat_template" };
+}
+
 export class ChatTokenizer {
   readonly eosTokenIds: number[];
   readonly padTokenId: number;
@@ -80,16 +126,7 @@ export class ChatTokenizer {
     } catch (err) {
       throw new Error(`${tokFile}: cannot build the tokenizer (${(err as Error).message})`);
     }
-    const jinjaFile = path.join(dir, "chat_template.jinja");
-    let template = existsSync(jinjaFile) ? readFileSync(jinjaFile, "utf8") : undefined;
-    let templateSource = jinjaFile;
-    if (!template) {
-      templateSource = `${cfgFile} chat_template`;
-      const t = config.chat_template;
-      // Some configs hold a list of named templates; "default" is what apply_chat_template uses.
-      if (typeof t === "string") template = t;
-      else if (Array.isArray(t)) template = (t.find((x) => x?.name === "default") ?? t[0])?.template;
-    }
+    const { template, source: templateSource } = readChatTemplate(dir, config, cfgFile);
     const added = (tokJson.added_tokens ?? []) as { content?: unknown; special?: unknown }[];
     const specials = added.filter((t) => t.special === true && typeof t.content === "string" && t.content.length > 1).map((t) => t.content as string);
     return new ChatTokenizer(tokenizer, config, template, generationEos, generationPad, specials, templateSource);

@@ -320,7 +320,10 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   const polled = await call("/admin/agents/tester/feeds/harbor/poll", { method: "POST" });
   assert.equal(polled.status, 200);
   assert.equal(polled.json.added, 2);
-  assert.equal((await call("/admin/agents/tester/feeds")).json.feeds[0].itemsAdded, 2);
+  const feed = (await call("/admin/agents/tester/feeds")).json.feeds[0];
+  assert.equal(feed.itemsAdded, 2);
+  assert.equal(feed.changesWaiting, 0);
+  assert.ok(!("revisions" in feed) && !("lastHashes" in feed), "per-item bookkeeping is not shown");
 
   // Start a bake and follow it.
   const started = await call("/admin/agents/tester/bakes", { method: "POST", body: {} });

@@ -85,8 +85,10 @@ function itemView(agent: Agent, item: Item) {
 
 function feedsView(agent: Agent) {
   return agent.config.feeds.map((f) => {
-    const { seenKeys, lastHashes: _hashes, ...record } = agent.ledger.feed(f.id) ?? { seenKeys: [], consecutiveErrors: 0, itemsAdded: 0 };
-    return { ...record, id: f.id, url: f.url, schedule: f.schedule, seen: seenKeys.length };
+    const { seenKeys, lastHashes: _hashes, revisions, ...record } = agent.ledger.feed(f.id) ?? { seenKeys: [], consecutiveErrors: 0, itemsAdded: 0 };
+    // per-item bookkeeping stays internal; what a reader needs is how many changed items still wait
+    const changesWaiting = Object.values(revisions ?? {}).filter((r) => r.waiting).length;
+    return { ...record, id: f.id, url: f.url, schedule: f.schedule, seen: seenKeys.length, changesWaiting };
   });
 }
 

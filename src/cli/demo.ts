@@ -78,6 +78,7 @@ export async function runDemo(o: DemoOptions = {}): Promise<{ before: number; af
     out();
     out(`answered like the prompted model, with nothing in the prompt: ${before}/${asked.length} before, ${after}/${asked.length} ${candidate ? `on the rejected ${outcome.version}` : `after (${lease.version ?? "base"})`}`);
     out(`ledger: ${path.join(home, "ledger.json")} — try: npx kiln knowledge list ${config.name} --agents ${file} --checkpoints ${root}`);
+    out(`proof, asked again on the live weights and naming them: npx kiln knowledge verify ${config.name} --agents ${file} --checkpoints ${root}`);
     return { before, after, asked: asked.length, version: lease.version };
   } finally {
     await runtime.stop();

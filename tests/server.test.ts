@@ -571,6 +571,42 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   assert.equal((await call("/admin/agents/tester/versions/v0001/rollback", { method: "POST" })).status, 409);
 });
 
+test("admin API: versions come a page at a time, newest first, with the total", async () => {
+  const many = writeTestAgent();
+  const rt = await Runtime.fromFiles(many.file);
+  const srv = await createServer(rt, { port: 0 });
+  try {
+    await rt.agent("tester").ledger.update((d) => {
+      for (let n = 1; n <= 230; n++) {
+        const id = `v${String(n).padStart(4, "0")}`;
+        d.versions.push({ id, parent: n === 1 ? null : `v${String(n - 1).padStart(4, "0")}`, createdAt: new Date().toISOString(), dir: path.join(many.dir, "gone", id), status: "retired", bakeId: `bake_${n}`, items: [], scores: { absorption: 1, retention: 1, persona: null } });
+      }
+    });
+    const get = async (query: string) => {
+      const res = await fetch(`${srv.url}/admin/agents/tester/versions${query}`);
+      return { status: res.status, json: (await res.json()) as any };
+    };
+    const all = await get("");
+    assert.equal(all.json.total, 230);
+    assert.equal(all.json.versions.length, 230, "500 a page by default");
+    assert.equal(all.json.live, null);
+    const first = await get("?limit=100");
+    assert.deepEqual([first.json.total, first.json.offset, first.json.versions.length], [230, 0, 100]);
+    assert.deepEqual([first.json.versions[0].id, first.json.versions[99].id], ["v0230", "v0131"]);
+    assert.match(first.json.versions[0].cannotGoLive, /no longer on disk/);
+    const last = await get("?limit=100&offset=200");
+    assert.deepEqual(last.json.versions.map((v: any) => v.id), Array.from({ length: 30 }, (_, i) => `v${String(30 - i).padStart(4, "0")}`));
+    assert.deepEqual((await get("?offset=500")).json.versions, []);
+    const bad = await get("?limit=0");
+    assert.equal(bad.status, 400);
+    assert.equal(bad.json.error.param, "query.limit");
+  } finally {
+    await srv.close();
+    await rt.stop();
+    rmSync(many.dir, { recursive: true, force: true });
+  }
+});
+
 test("without max_tokens, a small model keeps the conversation and the reply gets the room it leaves", async () => {
   const small = writeTestAgent();
   const configFile = path.join(small.dir, "model", "config.json");

@@ -174,8 +174,8 @@ export interface KilnRequest {
 }
 
 /** The call a forced reply made; an error when it stopped before its arguments were finished. */
-function forcedCall(forced: ForcedCall, text: string, outcome: ChatOutcome, maxTokens: number | undefined): ToolCall {
-  const call = forced.read(text);
+function forcedCall(forced: ForcedCall, outcome: ChatOutcome, maxTokens: number | undefined): ToolCall {
+  const call = forced.read(outcome.result.text);
   if (call.complete) return { type: "tool_call", id: newToolCallId(), name: call.name, args: call.args };
   const why =
     outcome.result.finishReason === "length"
@@ -338,7 +338,7 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
    * The reply as message chunks: text as it is generated, then a last chunk with the tool calls
    * (when tools are bound), finish reason, weights version and token usage. With tools bound,
    * text from the first `<tool_call>` on (and space before it) is held back until the end, so
-   * no raw tool-call markup is streamed when it parses.
+   * no raw tool-call markup is streamed when it parses. A forced call streams no text.
    */
   private async *chunks(req: KilnRequest, signal: AbortSignal | undefined): AsyncGenerator<ChatGenerationChunk> {
     if (signal?.aborted) throw abortError(signal);
@@ -366,7 +366,6 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
     signal?.addEventListener("abort", onAbort, { once: true });
     const piece = (text: string) => new ChatGenerationChunk({ text, message: new AIMessageChunk({ content: text }) });
     const calls = req.parseTools ? new ToolCallStream() : null;
-    let full = ""; // a forced call's text: not shown, read at the end
     let outcome: ChatOutcome;
     try {
       for (;;) {
@@ -377,11 +376,9 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
           break;
         }
         if (!r.value.text) continue;
-        if (req.forced) full += r.value.text;
-        else {
-          const shown = calls ? calls.push(r.value.text) : r.value.text;
-          if (shown) yield piece(shown);
-        }
+        if (req.forced) continue; // a forced call is not shown as text: it is read whole at the end
+        const shown = calls ? calls.push(r.value.text) : r.value.text;
+        if (shown) yield piece(shown);
       }
     } finally {
       signal?.removeEventListener("abort", onAbort);
@@ -390,7 +387,7 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
     if (outcome.result.finishReason === "abort") throw abortError(signal);
     let toolCalls: ToolCall[] = [];
     let last = "";
-    if (req.forced) toolCalls = [forcedCall(req.forced, full, outcome, req.options.maxTokens)];
+    if (req.forced) toolCalls = [forcedCall(req.forced, outcome, req.options.maxTokens)];
     else if (calls) ({ rest: last, toolCalls } = calls.finish());
     const { result, version } = outcome;
     const usage: UsageMetadata = { input_tokens: result.promptTokens, output_tokens: result.tokens.length, total_tokens: result.promptTokens + result.tokens.length };

@@ -290,7 +290,8 @@ export function callFormat(tokenizer: ChatTokenizer, prompt: ToolPrompt): CallFo
     if (!obj || obj.end <= at) continue;
     const argsKey = Object.keys(obj.value).find((k) => JSON.stringify(obj.value[k]) === JSON.stringify(PROBE.args));
     if (!argsKey || !Object.values(obj.value).includes(PROBE.name)) continue;
-    const between = new RegExp(`^("\\s*,\\s*"${argsKey}"\\s*:\\s*)\\{`).exec(turn.slice(at + PROBE.name.length));
+    const key = argsKey.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    const between = new RegExp(`^("\\s*,\\s*"${key}"\\s*:\\s*)\\{`).exec(turn.slice(at + PROBE.name.length));
     if (!between || !turn.slice(start, at).endsWith('"')) return "its chat template does not write a call's name right before its arguments";
     return { open: turn.slice(0, start), nameHead: turn.slice(start, at), argsHead: between[1]! };
   }

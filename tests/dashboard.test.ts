@@ -131,7 +131,7 @@ test("dashboard: token, streamed chat, ledger, bake chart, rollback", { timeout:
   }
 });
 
-test("dashboard: untrusted item text and links, item detail, a long ledger, a declined token, the server gone", { timeout: 120_000 }, async () => {
+test("dashboard: untrusted item text and links, item detail, a long ledger and version list, a declined token, the server gone", { timeout: 120_000 }, async () => {
   const { agent, runtime, server } = await serveTestAgent();
   let serverOpen = true;
   let browser: Browser | undefined;
@@ -145,6 +145,14 @@ test("dashboard: untrusted item text and links, item detail, a long ledger, a de
     await ledger.addItem({ kind: "manual", text: "The harbor master is now Bo Lint.", source: { by: "test" }, supersedes: [old.item.id] });
     ledger.item(hostile.id).probes = [{ question: "What is the harbor fee?", answer: "Nine coins." }];
     const total = ledger.data.items.length;
+    // A long-lived agent's versions: 230 bakes in a chain, pruned from disk since.
+    await ledger.update((d) => {
+      for (let n = 1; n <= 230; n++) {
+        const id = `v${String(n).padStart(4, "0")}`;
+        const parent = n === 1 ? null : `v${String(n - 1).padStart(4, "0")}`;
+        d.versions.push({ id, parent, createdAt: new Date(Date.now() - (230 - n) * 60_000).toISOString(), dir: path.join(agent.dir, "gone", id), status: "retired", bakeId: `bake_${n}`, items: [], scores: { absorption: 1, retention: 1, persona: null } });
+      }
+    });
 
     browser = await launchBrowser();
     const { page, pageErrors } = await openPage(browser);
@@ -198,6 +206,25 @@ test("dashboard: untrusted item text and links, item detail, a long ledger, a de
     assert.equal(await page.getAttribute(`#items-table tbody tr[data-id='${old.item.id}'] a`, "href"), "https://news.example.org/a");
     await page.click(`#items-table tbody tr[data-id='${old.item.id}'] td.text button`);
     assert.match((await page.textContent(`#items-table tr[data-detail='${old.item.id}']`))!, /superseded by/);
+
+    // Versions: the newest 100, then the rest on request; the base model stays the last row.
+    await page.click("button[data-tab=versions]");
+    const versionRows = () => page.$$eval("#versions-table tbody tr[data-id]", (rows) => rows.map((r) => r.getAttribute("data-id")));
+    await page.waitForFunction(() => document.querySelectorAll("#versions-table tbody tr[data-id]").length === 101);
+    let ids = await versionRows();
+    assert.deepEqual([ids[0], ids[99], ids[100]], ["v0230", "v0131", "base"]);
+    assert.equal(await page.textContent("#versions-table tr.more-row"), "130 older versions not shown");
+    assert.equal(await page.textContent("#versions-more"), "Show 100 more (130 not shown)");
+    await page.click("#versions-more");
+    await page.waitForFunction(() => document.querySelectorAll("#versions-table tbody tr[data-id]").length === 201);
+    assert.equal(await page.textContent("#versions-more"), "Show 30 more (30 not shown)");
+    await page.click("#versions-more");
+    await page.waitForFunction(() => document.querySelectorAll("#versions-table tbody tr[data-id]").length === 231);
+    ids = await versionRows();
+    assert.deepEqual([ids[0], ids[229], ids[230]], ["v0230", "v0001", "base"]);
+    assert.equal(await page.isHidden("#versions-more"), true);
+    assert.equal(await page.$("#versions-table tr.more-row"), null);
+    assert.equal(await page.$$eval("#diff-from option", (o) => o.length), 231, "the diff can compare any shown version");
 
     // The server goes away: the page says so plainly, and so does a chat sent meanwhile.
     await server.close();

@@ -97,3 +97,14 @@ test("top-k 1 is greedy; top-p keeps only the likeliest tokens", () => {
   for (let i = 0; i < 200; i++) seen.add(sampleToken(logits, { temperature: 1, topK: 0, topP: 0.6 }, random));
   assert.deepEqual([...seen].sort(), [1, 3]);
 });
+
+test("sampling never picks a token masked to -Infinity (constrained decoding), even when rounding leaves a remainder", () => {
+  // a draw just below 1: the running subtraction can end above 0 after the last possible token
+  const nearlyOne = () => 1 - 2 ** -53;
+  const random = seededRandom(3);
+  for (let t = 0; t < 2000; t++) {
+    const logits = Float32Array.from({ length: 50 }, (_, i) => (i < 10 ? random() * 3 : -Infinity));
+    const token = sampleToken(logits, { temperature: 0.7 + random(), topK: 0, topP: 1 }, nearlyOne);
+    assert.ok(Number.isFinite(logits[token]!), `token ${token} was masked`);
+  }
+});

@@ -15,6 +15,9 @@ import { resolveModelDir } from "../src/model/resolve.js";
 import { sampleTrajectories, studentMessages, teacherMessages } from "../src/bake/trajectories.js";
 import { knowledgeLessons } from "../src/bake/prompt.js";
 import { generateWorld, WorldIndex } from "../tools/world/world.js";
+import { z } from "zod";
+import type { AIMessage } from "@langchain/core/messages";
+import { KilnChatModel } from "../src/agent/langchain.js";
 
 await initBackend();
 const held = new WorldIndex(generateWorld()).heldoutFacts;
@@ -222,4 +225,21 @@ test("later-turn trajectories put earlier questions and the teacher's own replie
   } finally {
     m.dispose();
   }
+});
+
+test("withStructuredOutput on kiln-mini returns an object that fits the schema: the tool call is forced and its arguments constrained", async () => {
+  await withAgent([], {}, async (runtime) => {
+    const model = new KilnChatModel({ runtime, agent: "mini", maxTokens: 64 });
+    const Person = z.object({ name: z.string(), town: z.string(), age: z.number().int().min(0).max(120) });
+    const person = { type: "function" as const, function: { name: "person", description: "A person.", parameters: z.toJSONSchema(Person) as Record<string, unknown> } };
+    const question = "My name is Ada, I am 37 and I live in Ashby.";
+    // kiln-mini was never trained on tools: left to choose, it answers with text and no call
+    const auto = (await model.bindTools([person]).invoke(question)) as AIMessage;
+    assert.deepEqual(auto.tool_calls, []);
+    for (const q of [question, "Who is the mayor of Hollowby?"]) {
+      const { parsed, raw } = await model.withStructuredOutput(Person, { name: "person", includeRaw: true }).invoke(q);
+      assert.ok(Person.safeParse(parsed).success, `${q}: ${JSON.stringify(parsed)}`);
+      assert.equal((raw as AIMessage).response_metadata.finish_reason, "tool_calls");
+    }
+  });
 });

@@ -52,9 +52,32 @@ const TOOL_TEMPLATE = `{%- if tools %}
 {%- endfor %}
 {%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}`;
 
-async function withRuntime(fn: (runtime: Runtime, dir: string) => Promise<void>, opts: { toolTemplate?: boolean } = {}): Promise<void> {
+/**
+ * A Llama-3.1-style template (on the fixture's ChatML tokens): tools listed in a system turn, a
+ * call written as bare JSON with "parameters".
+ */
+const LLAMA_STYLE_TEMPLATE = `{%- if tools %}{{- '<|im_start|>system\nFunctions:\n' }}{%- for t in tools %}{{- t | tojson }}{{- '\n' }}{%- endfor %}{{- 'Respond with {"name": function name, "parameters": arguments}.<|im_end|>\n' }}{%- endif %}
+{%- for message in messages %}
+{%- if message.role == "assistant" and message.tool_calls %}
+{{- '<|im_start|>assistant\n' }}{%- for call in message.tool_calls %}{{- '{"name": "' + call.function.name + '", "parameters": ' }}{{- call.function.arguments | tojson }}{{- '}' }}{%- endfor %}{{- '<|im_end|>\n' }}
+{%- elif message.role == "tool" %}{{- '<|im_start|>ipython\n' + message.content + '<|im_end|>\n' }}
+{%- else %}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}`;
+
+/** A template that writes calls as Python-like expressions, which kiln cannot prefill. */
+const PYTHONIC_TEMPLATE = `{%- if tools %}{{- '<|im_start|>system\nYou may call: ' }}{%- for t in tools %}{{- t.function.name + ' ' }}{%- endfor %}{{- '<|im_end|>\n' }}{%- endif %}
+{%- for message in messages %}
+{%- if message.role == "assistant" and message.tool_calls %}
+{{- '<|im_start|>assistant\n[' }}{%- for call in message.tool_calls %}{{- call.function.name + '(...)' }}{%- endfor %}{{- ']<|im_end|>\n' }}
+{%- else %}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}{%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}`;
+
+async function withRuntime(fn: (runtime: Runtime, dir: string) => Promise<void>, opts: { toolTemplate?: boolean; template?: string } = {}): Promise<void> {
   const { dir, file } = writeTestAgent();
-  if (opts.toolTemplate) writeFileSync(path.join(dir, "model", "chat_template.jinja"), TOOL_TEMPLATE);
+  const template = opts.template ?? (opts.toolTemplate ? TOOL_TEMPLATE : undefined);
+  if (template) writeFileSync(path.join(dir, "model", "chat_template.jinja"), template);
   const runtime = await Runtime.fromFiles(file);
   try {
     await fn(runtime, dir);
@@ -368,15 +391,19 @@ test("bound tools: the plain-text protocol for a template without tools; calls p
     assert.equal(merged!.content, "Checking.");
     assert.deepEqual(merged!.tool_calls?.map((c) => [c.name, c.args]), [["get_weather", { city: "Quillport" }]]);
 
-    // withStructuredOutput (LangChain's, over bindTools): invoke and stream both parse the call
+    // withStructuredOutput forces its tool: the reply starts with the call's opening, and the model
+    // (here the script) writes the arguments
     const Mayor = z.object({ name: z.string() });
-    const extract = '<tool_call>{"name": "extract", "arguments": {"name": "Tovan Reel"}}</tool_call>';
-    model.script = [extract];
+    model.script = ['{"name": "Tovan Reel"}'];
     const structured = model.withStructuredOutput(Mayor, { name: "extract" });
     assert.deepEqual(await structured.invoke("Who is the mayor of Quillport?"), { name: "Tovan Reel" });
-    model.script = [extract];
+    assert.equal(model.requests.at(-1)!.prompt.prefill, '<tool_call>{"name":"extract","arguments":');
+    model.script = ['{"name": "Tovan Reel"}'];
     const raw = await model.withStructuredOutput(Mayor, { name: "extract", includeRaw: true }).invoke("Who is the mayor of Quillport?");
     assert.deepEqual(raw.parsed, { name: "Tovan Reel" });
+    // a Zod schema also validates what came back
+    model.script = ['{"name": 7}'];
+    await assert.rejects(structured.invoke("Who is the mayor of Quillport?"), /name/);
 
     // Malformed: plain text, streamed in full.
     const bad = 'Checking.\n<tool_call>{"name": "get_weather", "arguments": {"city": </tool_call>';
@@ -449,6 +476,136 @@ test("bound tools: a template that renders tools gets them natively", async () =
       assert.equal(answer.response_metadata.kiln_version, null);
     },
     { toolTemplate: true },
+  );
+});
+
+// --- (b2) tool_choice, enforced ---
+
+const timeTool = tool(async () => "noon", {
+  name: "get_time",
+  description: "The time in a zone.",
+  schema: z.object({ zone: z.enum(["utc", "local"]), hour: z.number().int().min(0).max(23).optional() }),
+});
+const argSchemas: Record<string, z.ZodType> = { get_weather: z.object({ city: z.string() }), get_time: z.object({ zone: z.enum(["utc", "local"]), hour: z.number().int().min(0).max(23).optional() }) };
+
+test("tool_choice forces a call on a model that never calls tools: its arguments fit the tool's schema", async () => {
+  await withRuntime(async (runtime) => {
+    const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 48 });
+    const tools = [weatherTool, timeTool];
+    // left to itself (tool_choice "auto"), the random model writes no call
+    const auto = (await model.bindTools(tools).invoke("weather in Quillport?")) as AIMessage;
+    assert.deepEqual(auto.tool_calls, []);
+    assert.equal(auto.response_metadata.finish_reason, "length");
+
+    const choices: [unknown, string[], string][] = [
+      ["get_weather", ["get_weather"], '<tool_call>{"name":"get_weather","arguments":'],
+      [{ type: "function", function: { name: "get_time" } }, ["get_time"], '<tool_call>{"name":"get_time","arguments":'],
+      [{ type: "tool", name: "get_time" }, ["get_time"], '<tool_call>{"name":"get_time","arguments":'],
+      ["any", ["get_weather", "get_time"], '<tool_call>{"name":"get_'], // what both calls start with
+      ["required", ["get_weather", "get_time"], '<tool_call>{"name":"get_'],
+    ];
+    for (const [tool_choice, names, prefill] of choices) {
+      const bound = model.bindTools(tools, { tool_choice } as never);
+      const reply = (await bound.invoke("weather in Quillport?")) as AIMessage;
+      const what = JSON.stringify(tool_choice);
+      assert.equal(model.requests.at(-1)!.prompt.prefill, prefill, what);
+      assert.equal(reply.tool_calls?.length, 1, what);
+      const call = reply.tool_calls![0]!;
+      assert.ok(names.includes(call.name), `${what}: called ${call.name}`);
+      const fits = argSchemas[call.name]!.safeParse(call.args);
+      assert.ok(fits.success, `${what}: ${JSON.stringify(call.args)} fits ${call.name}'s schema`);
+      assert.equal(reply.content, "");
+      assert.equal(reply.response_metadata.finish_reason, "tool_calls");
+      assert.ok(reply.usage_metadata!.output_tokens > 0);
+    }
+    assert.equal(model.real.length, 1 + choices.length, "every reply was the real model's");
+
+    // streamed: no text, one chunk with the call
+    const pieces: string[] = [];
+    let merged: AIMessageChunk | undefined;
+    for await (const chunk of await model.bindTools(tools, { tool_choice: "get_weather" }).stream("weather?")) {
+      if (chunk.content) pieces.push(chunk.content as string);
+      merged = merged ? merged.concat(chunk) : chunk;
+    }
+    assert.deepEqual(pieces, []);
+    assert.equal(merged!.tool_calls?.[0]?.name, "get_weather");
+    assert.ok(argSchemas.get_weather!.safeParse(merged!.tool_calls![0]!.args).success);
+
+    // the same on a conversation that already had a tool round
+    const history: BaseMessage[] = [
+      new HumanMessage("weather?"),
+      new AIMessage({ content: "", tool_calls: [{ id: "call_1", name: "get_weather", args: { city: "Quillport" } }] }),
+      new ToolMessage({ content: "sunny in Quillport", tool_call_id: "call_1", name: "get_weather" }),
+    ];
+    const again = (await model.bindTools(tools, { tool_choice: "get_time" }).invoke(history)) as AIMessage;
+    assert.equal(again.tool_calls?.[0]?.name, "get_time");
+    assert.ok(argSchemas.get_time!.safeParse(again.tool_calls![0]!.args).success);
+
+    // withStructuredOutput, generated for real
+    const Mayor = z.object({ name: z.string(), term: z.number().int().min(1).max(9) });
+    const got = await model.withStructuredOutput(Mayor).invoke("Who is the mayor of Quillport?");
+    assert.ok(Mayor.safeParse(got).success, JSON.stringify(got));
+  });
+});
+
+test("tool_choice errors: too few tokens for the arguments, an unknown tool, a choice without tools; none reads no calls", async () => {
+  await withRuntime(async (runtime) => {
+    const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 2 });
+    await assert.rejects(model.bindTools([weatherTool], { tool_choice: "get_weather" }).invoke("weather?"), /requires a call of get_weather, but its arguments were not finished within maxTokens \(2\); raise maxTokens/);
+    await assert.rejects(model.bindTools([weatherTool], { tool_choice: "get_time" }).invoke("weather?"), /tool_choice names "get_time", which is not among the tools \(get_weather\)/);
+    await assert.rejects(model.invoke("weather?", { tool_choice: "any" }), /asks for a tool call, but no tools are bound/);
+    await assert.rejects(model.bindTools([weatherTool], { tool_choice: { type: "bogus" } } as never).invoke("weather?"), /unsupported tool_choice/);
+    assert.equal(model.requests.length, 1, "only the first was generated");
+
+    // "none": no tools in the prompt, and a call the model writes stays text
+    const call = '<tool_call>{"name": "get_weather", "arguments": {"city": "Quillport"}}</tool_call>';
+    model.script = [call];
+    const none = (await model.bindTools([weatherTool], { tool_choice: "none" }).invoke("weather?")) as AIMessage;
+    assert.deepEqual(none.tool_calls, []);
+    assert.equal(none.content, call);
+    assert.ok(!plainMessages(model.requests.at(-1)!).some((m) => m.content.includes("# Tools")), "no tool protocol in the prompt");
+  });
+});
+
+test("a forced call starts with the template's own opening: Hermes/Qwen blocks, Llama-style JSON; other formats are refused", async () => {
+  const cases: [string, string, string][] = [
+    ["Qwen-style", TOOL_TEMPLATE, '<tool_call>\n{"name": "get_weather", "arguments":'],
+    ["Llama-style", LLAMA_STYLE_TEMPLATE, '{"name": "get_weather", "parameters":'],
+  ];
+  for (const [what, template, prefill] of cases) {
+    await withRuntime(
+      async (runtime) => {
+        const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 48 });
+        assert.equal(model.supportsNativeTools, true);
+        const reply = (await model.bindTools([weatherTool], { tool_choice: "get_weather" }).invoke("weather?")) as AIMessage;
+        const req = model.requests.at(-1)!;
+        assert.equal(req.prompt.prefill, prefill, what);
+        assert.ok(req.prompt.tools?.length, `${what}: the template renders the tools`);
+        assert.equal(reply.tool_calls?.[0]?.name, "get_weather", what);
+        assert.ok(argSchemas.get_weather!.safeParse(reply.tool_calls![0]!.args).success, `${what}: ${JSON.stringify(reply.tool_calls![0]!.args)}`);
+        // the prompt the model continued: its template's rendering, then the prefill
+        const m = runtime.agent("tester").model;
+        const text = m.tokenizer.renderChat(req.prompt.messages, true, { tools: req.prompt.tools }) + prefill;
+        assert.equal(reply.usage_metadata?.input_tokens, m.tokenizer.encode(text).length);
+      },
+      { template },
+    );
+  }
+  await withRuntime(
+    async (runtime) => {
+      const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 48 });
+      await assert.rejects(model.bindTools([weatherTool], { tool_choice: "any" }).invoke("weather?"), (err: Error) => {
+        assert.equal(err.name, "ToolChoiceError");
+        assert.match(err.message, /kiln cannot make this model call a tool: its chat template does not write a tool call as a JSON object/);
+        return true;
+      });
+      assert.equal(model.requests.length, 0, "nothing was generated");
+      // "auto" still works on it: the model may answer
+      const reply = (await model.bindTools([weatherTool]).invoke("weather?")) as AIMessage;
+      assert.equal(model.requests.length, 1);
+      assert.equal(typeof reply.content, "string");
+    },
+    { template: PYTHONIC_TEMPLATE },
   );
 });
 

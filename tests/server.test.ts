@@ -14,6 +14,7 @@ import { saveAdapter } from "../src/lora/peft.js";
 import { Runtime } from "../src/runtime/runtime.js";
 import { createServer, type KilnServer } from "../src/server/index.js";
 import { writeTestAgent } from "./support/agent.js";
+import { toPlainMessages, type KilnToolSpec } from "../src/agent/tools.js";
 
 await initBackend();
 
@@ -209,6 +210,142 @@ test("bad requests get 4xx in OpenAI's error shape; unknown models 404; a token 
 
   const crossSite = await call("/admin/agents", { headers: { origin: "http://evil.example" } });
   assert.equal(crossSite.status, 403);
+});
+
+const WEATHER: OpenAI.ChatCompletionTool = {
+  type: "function",
+  function: { name: "get_weather", description: "Weather for a city.", parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"], additionalProperties: false } },
+};
+const TIME: OpenAI.ChatCompletionTool = {
+  type: "function",
+  function: { name: "get_time", parameters: { type: "object", properties: { zone: { type: "string", enum: ["utc", "local"] }, hour: { type: "integer", minimum: 0, maximum: 23 } }, required: ["zone"] } },
+};
+
+/** Whether a call's arguments (a JSON string) fit its function's parameters (as the two tools above declare them). */
+function fitsTool(call: { function: { name: string; arguments: string } }): boolean {
+  const args = JSON.parse(call.function.arguments) as Record<string, unknown>;
+  if (call.function.name === "get_weather") return typeof args.city === "string" && Object.keys(args).length === 1;
+  if (call.function.name === "get_time") {
+    const hourOk = args.hour === undefined || (Number.isInteger(args.hour) && (args.hour as number) >= 0 && (args.hour as number) <= 23);
+    return ["utc", "local"].includes(args.zone as string) && hourOk && Object.keys(args).every((k) => k === "zone" || k === "hour");
+  }
+  return false;
+}
+
+test("tool_choice through the API: a forced call is one call whose arguments fit the function; auto and none answer in text", async () => {
+  const base = { model: "tester", messages: [{ role: "user" as const, content: "What is the weather in Quillport?" }], tools: [WEATHER, TIME], temperature: 0, max_tokens: 48 };
+  // left to itself the random model writes no call
+  const auto = await client.chat.completions.create(base);
+  assert.equal(auto.choices[0]!.finish_reason, "length");
+  assert.equal(auto.choices[0]!.message.tool_calls, undefined);
+  assert.ok(auto.choices[0]!.message.content);
+
+  const choices: [OpenAI.ChatCompletionToolChoiceOption, string[]][] = [
+    [{ type: "function", function: { name: "get_weather" } }, ["get_weather"]],
+    ["required", ["get_weather", "get_time"]],
+    [{ type: "allowed_tools", allowed_tools: { mode: "required", tools: [{ type: "function", function: { name: "get_time" } }] } }, ["get_time"]],
+  ];
+  for (const [tool_choice, names] of choices) {
+    const r = await client.chat.completions.create({ ...base, tool_choice });
+    const what = JSON.stringify(tool_choice);
+    assert.equal(r.choices[0]!.finish_reason, "tool_calls", what);
+    const message = r.choices[0]!.message;
+    assert.equal(message.content, null, what);
+    assert.equal(message.tool_calls?.length, 1, what);
+    const call = message.tool_calls![0]! as OpenAI.ChatCompletionMessageFunctionToolCall;
+    assert.equal(call.type, "function");
+    assert.match(call.id, /^call_/);
+    assert.ok(names.includes(call.function.name), `${what}: ${call.function.name}`);
+    assert.ok(fitsTool(call), `${what}: ${call.function.arguments}`);
+    assert.ok(r.usage!.completion_tokens > 0 && r.usage!.completion_tokens < 48);
+  }
+
+  // streamed: no content, the call in a tool_calls delta, the same call as without streaming (greedy)
+  const forced = { ...base, tool_choice: { type: "function" as const, function: { name: "get_weather" } } };
+  const whole = (await client.chat.completions.create(forced)).choices[0]!.message.tool_calls![0]! as OpenAI.ChatCompletionMessageFunctionToolCall;
+  let content = "";
+  let finish: string | null = null;
+  const deltas: OpenAI.ChatCompletionChunk.Choice.Delta.ToolCall[] = [];
+  for await (const chunk of await client.chat.completions.create({ ...forced, stream: true })) {
+    content += chunk.choices[0]?.delta?.content ?? "";
+    deltas.push(...(chunk.choices[0]?.delta?.tool_calls ?? []));
+    finish = chunk.choices[0]?.finish_reason ?? finish;
+  }
+  assert.equal(content, "");
+  assert.equal(finish, "tool_calls");
+  assert.equal(deltas.length, 1);
+  assert.equal(deltas[0]!.index, 0);
+  assert.deepEqual([deltas[0]!.function?.name, deltas[0]!.function?.arguments], [whole.function.name, whole.function.arguments]);
+
+  // cut off by max_tokens: finish_reason "length", the arguments as far as they got
+  const cut = await client.chat.completions.create({ ...forced, max_tokens: 2 });
+  assert.equal(cut.choices[0]!.finish_reason, "length");
+  const partial = cut.choices[0]!.message.tool_calls![0]! as OpenAI.ChatCompletionMessageFunctionToolCall;
+  assert.equal(partial.function.name, "get_weather");
+  assert.throws(() => JSON.parse(partial.function.arguments));
+
+  // a tool round in the history reaches the model (kiln's plain protocol: the call as a block, the
+  // result as a user turn); with tool_choice "none" the tools are left out and the reply is text
+  const round: OpenAI.ChatCompletionMessageParam[] = [
+    { role: "user", content: "What is the weather in Quillport?" },
+    { role: "assistant", content: null, tool_calls: [{ id: "call_1", type: "function", function: { name: "get_weather", arguments: '{"city":"Quillport"}' } }] },
+    { role: "tool", tool_call_id: "call_1", content: "sunny" },
+  ];
+  const model = runtime.agent("tester").model;
+  const kilnRound = [
+    { role: "user" as const, content: "What is the weather in Quillport?" },
+    { role: "assistant" as const, content: "", tool_calls: [{ id: "call_1", type: "function" as const, function: { name: "get_weather", arguments: { city: "Quillport" } } }] },
+    { role: "tool" as const, content: "sunny", tool_call_id: "call_1", name: "get_weather" },
+  ];
+  const none = await client.chat.completions.create({ ...base, messages: round, tool_choice: "none", max_tokens: 4 });
+  assert.equal(none.choices[0]!.message.tool_calls, undefined);
+  assert.equal(none.usage!.prompt_tokens, model.tokenizer.applyChatTemplate(toPlainMessages(kilnRound)).length, "the plain rendering, without the tools");
+  const next = await client.chat.completions.create({ ...base, messages: round, tool_choice: "required" });
+  assert.equal(next.choices[0]!.finish_reason, "tool_calls");
+  assert.ok(fitsTool(next.choices[0]!.message.tool_calls![0]! as OpenAI.ChatCompletionMessageFunctionToolCall));
+  const specs = [WEATHER, TIME].map((t) => ({ ...t, function: { ...t.function, parameters: t.function.parameters! } })) as KilnToolSpec[];
+  const promptText = model.tokenizer.renderChat(toPlainMessages(kilnRound, specs)) + '<tool_call>{"name":"get_';
+  assert.equal(next.usage!.prompt_tokens, model.tokenizer.encode(promptText).length, "the tools, the round and the call's opening");
+});
+
+test("tool_choice errors are 400s that name the problem; a template kiln cannot prefill refuses a forced call", async () => {
+  const rejects = async (p: Promise<unknown>, param: string, message: RegExp) => {
+    try {
+      await p;
+    } catch (err) {
+      assert.ok(err instanceof OpenAI.APIError, String(err));
+      assert.equal(err.status, 400, err.message);
+      assert.equal((err.error as any).param, param, err.message);
+      assert.match(err.message, message);
+      return;
+    }
+    assert.fail(`expected a 400 on ${param}`);
+  };
+  const ok = { model: "tester", messages: [{ role: "user" as const, content: "hi" }], max_tokens: 8 };
+  await rejects(client.chat.completions.create({ ...ok, tools: [WEATHER], tool_choice: { type: "function", function: { name: "get_time" } } }), "tool_choice", /"get_time", which is not among the tools \(get_weather\)/);
+  await rejects(client.chat.completions.create({ ...ok, tool_choice: "required" }), "tool_choice", /the request has no tools/);
+  await rejects(client.chat.completions.create({ ...ok, tools: [{ type: "custom", custom: { name: "x" } } as never] }), "tools.0.type", /tools must be of type "function"/);
+  await rejects(client.chat.completions.create({ ...ok, messages: [{ role: "tool", content: "x" } as never] }), "messages.0.tool_call_id", /tool_call_id/);
+  const badArgs: OpenAI.ChatCompletionMessageParam = { role: "assistant", content: null, tool_calls: [{ id: "c1", type: "function", function: { name: "get_weather", arguments: "{city" } }] };
+  await rejects(client.chat.completions.create({ ...ok, tools: [WEATHER], messages: [ok.messages[0]!, badArgs, { role: "tool", tool_call_id: "c1", content: "x" }] }), "messages.1.tool_calls.0.function.arguments", /JSON object/);
+
+  const pythonic = writeTestAgent();
+  writeFileSync(
+    path.join(pythonic.dir, "model", "chat_template.jinja"),
+    `{%- if tools %}{{- '<|im_start|>system\nYou may call tools.<|im_end|>\n' }}{%- endif %}{%- for m in messages %}{%- if m.tool_calls %}{{- '<|im_start|>assistant\n[' + m.tool_calls[0].function.name + '(...)]<|im_end|>\n' }}{%- else %}{{- '<|im_start|>' + m.role + '\n' + m.content + '<|im_end|>\n' }}{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}`,
+  );
+  const rt = await Runtime.fromFiles(pythonic.file);
+  const srv = await createServer(rt, { port: 0 });
+  try {
+    const c = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: "none", maxRetries: 0 });
+    await rejects(c.chat.completions.create({ ...ok, tools: [WEATHER], tool_choice: "required" }), "tool_choice", /kiln cannot make this model call a tool: its chat template does not write a tool call as a JSON object/);
+    const auto = await c.chat.completions.create({ ...ok, tools: [WEATHER] });
+    assert.equal(auto.choices[0]!.finish_reason, "length", "auto still answers");
+  } finally {
+    await srv.close();
+    await rt.stop();
+    rmSync(pythonic.dir, { recursive: true, force: true });
+  }
 });
 
 test("a server bound beyond localhost refuses to start without a token", async () => {
@@ -435,6 +572,42 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   const after = (await call("/admin/agents/tester/versions")).json.versions.find((v: any) => v.id === "v0001");
   assert.match(after.cannotGoLive, /v0001 holds retracted item\(s\) .* cannot go live again/);
   assert.equal((await call("/admin/agents/tester/versions/v0001/rollback", { method: "POST" })).status, 409);
+});
+
+test("admin API: versions come a page at a time, newest first, with the total", async () => {
+  const many = writeTestAgent();
+  const rt = await Runtime.fromFiles(many.file);
+  const srv = await createServer(rt, { port: 0 });
+  try {
+    await rt.agent("tester").ledger.update((d) => {
+      for (let n = 1; n <= 230; n++) {
+        const id = `v${String(n).padStart(4, "0")}`;
+        d.versions.push({ id, parent: n === 1 ? null : `v${String(n - 1).padStart(4, "0")}`, createdAt: new Date().toISOString(), dir: path.join(many.dir, "gone", id), status: "retired", bakeId: `bake_${n}`, items: [], scores: { absorption: 1, retention: 1, persona: null } });
+      }
+    });
+    const get = async (query: string) => {
+      const res = await fetch(`${srv.url}/admin/agents/tester/versions${query}`);
+      return { status: res.status, json: (await res.json()) as any };
+    };
+    const all = await get("");
+    assert.equal(all.json.total, 230);
+    assert.equal(all.json.versions.length, 230, "500 a page by default");
+    assert.equal(all.json.live, null);
+    const first = await get("?limit=100");
+    assert.deepEqual([first.json.total, first.json.offset, first.json.versions.length], [230, 0, 100]);
+    assert.deepEqual([first.json.versions[0].id, first.json.versions[99].id], ["v0230", "v0131"]);
+    assert.match(first.json.versions[0].cannotGoLive, /no longer on disk/);
+    const last = await get("?limit=100&offset=200");
+    assert.deepEqual(last.json.versions.map((v: any) => v.id), Array.from({ length: 30 }, (_, i) => `v${String(30 - i).padStart(4, "0")}`));
+    assert.deepEqual((await get("?offset=500")).json.versions, []);
+    const bad = await get("?limit=0");
+    assert.equal(bad.status, 400);
+    assert.equal(bad.json.error.param, "query.limit");
+  } finally {
+    await srv.close();
+    await rt.stop();
+    rmSync(many.dir, { recursive: true, force: true });
+  }
 });
 
 test("without max_tokens, a small model keeps the conversation and the reply gets the room it leaves", async () => {

@@ -2,40 +2,31 @@
 // converts LangChain messages to kiln ChatMessages, runs Runtime.chat (greedy by default, pinned
 // to the live version) and reports the weights version, finish reason and token usage.
 //
-// Tools (`bindTools`, used by createAgent from "langchain"):
-//  - where the model's chat template renders `tools` (Hermes/Qwen style), the tool specs go into
-//    the template as OpenAI-format function definitions and earlier tool calls / results are
-//    passed as structured messages;
-//  - otherwise the plain-text protocol below is used: a system section lists the tools as JSON
-//    schemas and asks for `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks; tool
-//    results come back as user turns holding `<tool_response>` blocks (templates without tool
-//    support often accept only user/assistant/system roles).
-// In both cases `<tool_call>` blocks in the output become AIMessage.tool_calls.
-import { randomUUID } from "node:crypto";
+// Tools (`bindTools`, used by createAgent from "langchain") are put to the model as src/agent/tools.ts
+// describes: natively where the chat template renders tools, otherwise as a plain-text protocol;
+// `<tool_call>` blocks in the output become AIMessage.tool_calls. tool_choice is enforced:
+// "none" binds no tools, "any"/"required", a tool's name or {type: "function", function: {name}}
+// make the reply one call whose arguments fit the tool's schema (constrained decoding), and
+// withStructuredOutput forces its tool that way.
 import type { CallbackManagerForLLMRun } from "@langchain/core/callbacks/manager";
-import type { BaseLanguageModelInput } from "@langchain/core/language_models/base";
+import type { BaseLanguageModelInput, StructuredOutputMethodOptions } from "@langchain/core/language_models/base";
 import { BaseChatModel, type BaseChatModelCallOptions, type BaseChatModelParams, type BindToolsInput, type LangSmithParams } from "@langchain/core/language_models/chat_models";
 import { convertChunksToEvents } from "@langchain/core/language_models/compat";
 import type { ChatModelStreamEvent } from "@langchain/core/language_models/event";
+import { assembleStructuredOutputPipeline, createFunctionCallingParser } from "@langchain/core/language_models/structured_output";
 import { AIMessage, AIMessageChunk, ChatMessage as LCChatMessage, type BaseMessage, type ToolCall, type ToolCallChunk, type UsageMetadata } from "@langchain/core/messages";
 import { ChatGenerationChunk, type ChatResult } from "@langchain/core/outputs";
 import type { Runnable, RunnableConfig } from "@langchain/core/runnables";
 import { convertToOpenAITool } from "@langchain/core/utils/function_calling";
+import { toJsonSchema } from "@langchain/core/utils/json_schema";
+import { isInteropZodSchema } from "@langchain/core/utils/types";
 import type { GenerateOptions } from "../model/generate.js";
 import type { LoadedModel } from "../model/load.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import type { ChatChunk, ChatOutcome, Runtime } from "../runtime/runtime.js";
+import { forceToolCall, newToolCallId, ToolCallStream, ToolChoiceError, toolPrompt, type ForcedCall, type KilnToolSpec, type ToolChoice, type ToolPrompt } from "./tools.js";
 
-// --- tool specs and the <tool_call> format ---
-
-/** An OpenAI-format function definition, the shape Hugging Face chat templates take as `tools`. */
-export interface KilnToolSpec {
-  type: "function";
-  function: { name: string; description?: string; parameters: Record<string, unknown> };
-}
-
-export const TOOL_CALL_OPEN = "<tool_call>";
-export const TOOL_CALL_CLOSE = "</tool_call>";
+export { parseToolCalls, renderToolProtocol, TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolChoiceError, type KilnToolSpec, type ParsedToolCalls } from "./tools.js";
 
 /** Normalises anything bindTools accepts (LangChain tools, OpenAI specs, {name, parameters}). */
 export function toToolSpec(tool: BindToolsInput): KilnToolSpec {
@@ -47,93 +38,23 @@ export function toToolSpec(tool: BindToolsInput): KilnToolSpec {
   return { type: "function", function: { name: fn.name, ...(typeof fn.description === "string" ? { description: fn.description } : {}), parameters } };
 }
 
-/** The system section of the plain-text tool protocol (for templates without tool support). */
-export function renderToolProtocol(tools: KilnToolSpec[]): string {
-  const lines = tools.map((t) => JSON.stringify({ name: t.function.name, description: t.function.description ?? "", parameters: t.function.parameters }));
-  return [
-    "# Tools",
-    "You can call these tools (JSON schemas):",
-    ...lines,
-    "To call a tool, reply with one block per call:",
-    `${TOOL_CALL_OPEN}{"name": "<tool name>", "arguments": {<arguments as JSON>}}${TOOL_CALL_CLOSE}`,
-    "Results come back in <tool_response> blocks. If no tool is needed, answer directly.",
-  ].join("\n");
-}
-
-export interface ParsedToolCalls {
-  /** the text with well-formed blocks removed; the whole text, unchanged, when none parsed */
-  content: string;
-  toolCalls: ToolCall[];
-}
-
-function parseCallJson(body: string): { name: string; args: Record<string, unknown> } | null {
-  let v: unknown;
-  try {
-    v = JSON.parse(body.trim());
-  } catch {
-    return null;
-  }
-  if (!v || typeof v !== "object" || Array.isArray(v)) return null;
-  const o = v as Record<string, unknown>;
-  if (typeof o.name !== "string" || !o.name) return null;
-  let args = o.arguments ?? o.parameters ?? {};
-  if (typeof args === "string") {
-    try {
-      args = JSON.parse(args);
-    } catch {
-      return null;
-    }
-  }
-  if (!args || typeof args !== "object" || Array.isArray(args)) return null;
-  return { name: o.name, args: args as Record<string, unknown> };
-}
-
-function newToolCallId(): string {
-  return `call_${randomUUID().replace(/-/g, "").slice(0, 24)}`;
-}
-
 /**
- * Tool calls in the Hermes/Qwen format: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`,
- * one block per call (a last block left unclosed at the end of the output is accepted too).
- * Malformed blocks stay in the content as plain text; when no block parses, the content is the
- * text unchanged. Otherwise the content is the text before the first block (trailing space
- * dropped) and whatever is left after the blocks, joined by a newline.
+ * LangChain's tool_choice as kiln enforces it. Without bound tools, only "auto" and "none" make
+ * sense; a choice kiln does not know is an error rather than ignored.
  */
-export function parseToolCalls(text: string): ParsedToolCalls {
-  const at = text.indexOf(TOOL_CALL_OPEN);
-  if (at < 0) return { content: text, toolCalls: [] };
-  const before = text.slice(0, at).trimEnd();
-  const tail = text.slice(before.length);
-  const toolCalls: ToolCall[] = [];
-  let rest = "";
-  let pos = 0;
-  while (pos < tail.length) {
-    const open = tail.indexOf(TOOL_CALL_OPEN, pos);
-    if (open < 0) break;
-    const close = tail.indexOf(TOOL_CALL_CLOSE, open + TOOL_CALL_OPEN.length);
-    const end = close < 0 ? tail.length : close + TOOL_CALL_CLOSE.length;
-    const body = tail.slice(open + TOOL_CALL_OPEN.length, close < 0 ? tail.length : close);
-    const call = parseCallJson(body);
-    rest += tail.slice(pos, open);
-    if (call) toolCalls.push({ type: "tool_call", id: newToolCallId(), name: call.name, args: call.args });
-    else rest += tail.slice(open, end);
-    pos = end;
-  }
-  rest += tail.slice(pos);
-  if (!toolCalls.length) return { content: text, toolCalls: [] };
-  const left = rest.trim();
-  return { content: before && left ? `${before}\n${left}` : before + left, toolCalls };
-}
-
-// --- templates ---
-
-/** A message as tool-aware templates read it (OpenAI-style fields). */
-export interface TemplateMessage {
-  role: ChatMessage["role"];
-  content: string;
-  tool_calls?: { id?: string; type: "function"; function: { name: string; arguments: Record<string, unknown> } }[];
-  tool_call_id?: string;
-  name?: string;
+export function toolChoiceOf(choice: BaseChatModelCallOptions["tool_choice"], tools: KilnToolSpec[]): ToolChoice {
+  const o = choice && typeof choice === "object" ? (choice as { type?: unknown; name?: unknown; function?: { name?: unknown } }) : null;
+  const kind = o ? o.type : choice;
+  if (kind === undefined || kind === "auto") return tools.length ? { mode: "auto" } : { mode: "none" };
+  if (kind === "none") return { mode: "none" };
+  let names: string[];
+  if (kind === "any" || kind === "required") names = tools.map((t) => t.function.name);
+  else if (typeof choice === "string") names = [choice];
+  else if (kind === "function" && typeof o?.function?.name === "string") names = [o.function.name];
+  else if (kind === "tool" && typeof o?.name === "string") names = [o.name];
+  else throw new ToolChoiceError(`kiln: unsupported tool_choice ${JSON.stringify(choice)} (use "auto", "none", "any", "required", a tool's name or {type: "function", function: {name}})`);
+  if (!tools.length) throw new ToolChoiceError(`kiln: tool_choice ${JSON.stringify(choice)} asks for a tool call, but no tools are bound`);
+  return { mode: "required", names };
 }
 
 // --- message conversion ---
@@ -193,56 +114,11 @@ function toolCallsOf(m: BaseMessage): ToolCall[] {
   return AIMessage.isInstance(m) ? (m.tool_calls ?? []) : [];
 }
 
-function callBlock(c: ToolCall): string {
-  return `${TOOL_CALL_OPEN}${JSON.stringify({ name: c.name, arguments: c.args })}${TOOL_CALL_CLOSE}`;
-}
-
-/**
- * LangChain messages as plain ChatMessages: tool calls become `<tool_call>` text in the assistant
- * turn, tool results become a user turn of `<tool_response>` blocks (consecutive ones merged), and
- * `tools`, when given, are listed in the (first) system message.
- */
-export function toPlainMessages(messages: BaseMessage[], tools: KilnToolSpec[] = []): ChatMessage[] {
-  const out: ChatMessage[] = [];
-  let responses: string[] = [];
-  const flush = () => {
-    if (responses.length) out.push({ role: "user", content: responses.join("\n") });
-    responses = [];
-  };
-  for (const m of messages) {
-    const role = roleOf(m);
-    if (role === "tool") {
-      const name = (m as { name?: string }).name;
-      const text = textOf(m);
-      let content: unknown = text;
-      try {
-        content = JSON.parse(text); // a JSON result stays JSON, not a string of escaped JSON
-      } catch {
-        // plain text
-      }
-      responses.push(`<tool_response>\n${JSON.stringify({ ...(name ? { name } : {}), content })}\n</tool_response>`);
-      continue;
-    }
-    flush();
-    const calls = toolCallsOf(m);
-    const text = textOf(m);
-    const content = calls.length ? [text, ...calls.map(callBlock)].filter(Boolean).join("\n") : text;
-    out.push({ role, content });
-  }
-  flush();
-  if (tools.length) {
-    const protocol = renderToolProtocol(tools);
-    if (out[0]?.role === "system") out[0] = { role: "system", content: out[0].content ? `${out[0].content}\n\n${protocol}` : protocol };
-    else out.unshift({ role: "system", content: protocol });
-  }
-  return out;
-}
-
-/** LangChain messages in the OpenAI-style structure tool-aware templates expect. */
-export function toTemplateMessages(messages: BaseMessage[]): TemplateMessage[] {
+/** LangChain messages as kiln ChatMessages, with tool calls and results in OpenAI-style fields. */
+export function toTemplateMessages(messages: BaseMessage[]): ChatMessage[] {
   return messages.map((m) => {
     const role = roleOf(m);
-    const msg: TemplateMessage = { role, content: textOf(m) };
+    const msg: ChatMessage = { role, content: textOf(m) };
     const calls = toolCallsOf(m);
     if (calls.length) msg.tool_calls = calls.map((c) => ({ ...(c.id ? { id: c.id } : {}), type: "function", function: { name: c.name, arguments: c.args } }));
     if (role === "tool") {
@@ -287,12 +163,25 @@ export interface KilnChatModelFields extends BaseChatModelParams {
 /** What one model call asks of kiln through Runtime.chat. */
 export interface KilnRequest {
   /** the conversation, and the tool specs when the model's own template renders them */
-  prompt: { messages: ChatMessage[]; tools?: KilnToolSpec[] };
+  prompt: ToolPrompt;
   options: Omit<GenerateOptions, "adapter">;
   captureFacts: boolean;
   conversationId?: string;
   /** whether `<tool_call>` blocks in the output are tool calls */
   parseTools: boolean;
+  /** a required call (tool_choice): the reply starts with its prefill and is read as that call */
+  forced?: ForcedCall;
+}
+
+/** The call a forced reply made; an error when it stopped before its arguments were finished. */
+function forcedCall(forced: ForcedCall, outcome: ChatOutcome, maxTokens: number | undefined): ToolCall {
+  const call = forced.read(outcome.result.text);
+  if (call.complete) return { type: "tool_call", id: newToolCallId(), name: call.name, args: call.args };
+  const why =
+    outcome.result.finishReason === "length"
+      ? `its arguments were not finished within maxTokens (${maxTokens ?? outcome.result.tokens.length}); raise maxTokens`
+      : "generation stopped before its arguments were finished (a stop sequence?)";
+  throw new Error(`kiln: tool_choice requires a call of ${call.name ?? "a tool"}, but ${why}. The arguments so far: ${call.argumentsText.slice(0, 200)}`);
 }
 
 function abortError(signal: AbortSignal | undefined): unknown {
@@ -363,8 +252,8 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
 
   /**
    * Binds tools: a RunnableBinding whose calls carry the specs as the `tools` call option (what
-   * createAgent expects of bindTools). Extra kwargs (tool_choice, ...) are bound too; tool_choice
-   * "none" drops the tools, other choices are not enforced.
+   * createAgent expects of bindTools). Extra kwargs are bound too; tool_choice is enforced (see
+   * toolChoiceOf): "none" drops the tools, a required call is made with constrained decoding.
    */
   override bindTools(tools: BindToolsInput[], kwargs?: Partial<KilnCallOptions>): Runnable<BaseLanguageModelInput, AIMessageChunk, KilnCallOptions> {
     return this.withConfig({ ...kwargs, tools: tools.map(toToolSpec) } as Partial<KilnCallOptions>);
@@ -380,9 +269,23 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
   }
 
   /** How a conversation is put to the model: its template with tools, or kiln ChatMessages. */
-  buildPrompt(messages: BaseMessage[], tools: KilnToolSpec[] = []): KilnRequest["prompt"] {
-    if (tools.length && this.supportsNativeTools) return { messages: toTemplateMessages(messages) as ChatMessage[], tools };
-    return { messages: toPlainMessages(messages, tools) };
+  buildPrompt(messages: BaseMessage[], tools: KilnToolSpec[] = []): ToolPrompt {
+    return toolPrompt(this.model.tokenizer, toTemplateMessages(messages), tools);
+  }
+
+  /**
+   * Structured output as a forced call of one tool whose parameters are the schema (LangChain's
+   * own implementation binds the tool without forcing it); a Zod schema also validates the result.
+   */
+  override withStructuredOutput(outputSchema: Parameters<BaseChatModel["withStructuredOutput"]>[0], config?: StructuredOutputMethodOptions<boolean>): any {
+    if (config?.method === "jsonMode") throw new Error('kiln: withStructuredOutput supports "functionCalling" and "jsonSchema" (both a forced tool call), not "jsonMode"');
+    const plain = !isInteropZodSchema(outputSchema) && !("~standard" in outputSchema);
+    const name = config?.name ?? (plain && typeof outputSchema.name === "string" ? outputSchema.name : "extract");
+    const parameters = (plain ? outputSchema : toJsonSchema(outputSchema as Parameters<typeof toJsonSchema>[0])) as Record<string, unknown>;
+    const description = typeof parameters.description === "string" ? parameters.description : "A function available to call.";
+    const model = this.bindTools([{ type: "function", function: { name, description, parameters } }], { tool_choice: name });
+    const parser = createFunctionCallingParser(outputSchema as Parameters<typeof createFunctionCallingParser>[0], name);
+    return assembleStructuredOutputPipeline(model, parser, config?.includeRaw ?? false, config?.includeRaw ? "StructuredOutputRunnable" : "StructuredOutput");
   }
 
   /** The prompt text the model sees (for inspection and tests). */
@@ -393,12 +296,16 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
 
   private request(messages: BaseMessage[], options: this["ParsedCallOptions"]): KilnRequest {
     if (!messages.length) throw new Error("kiln: no messages to answer (the conversation is empty)");
-    const tools = options.tool_choice === "none" ? [] : (options.tools ?? []);
+    const bound = options.tools ?? [];
+    const choice = toolChoiceOf(options.tool_choice, bound);
+    const tools = choice.mode === "none" ? [] : bound;
+    const prompt = this.buildPrompt(messages, tools);
+    const forced = choice.mode === "required" ? forceToolCall(this.model, prompt, tools, choice.names) : undefined;
     const last = messages.at(-1);
     const fromUser = !!last && roleOf(last) === "user";
     const stop = [...(this.stop ?? []), ...(options.stop ?? [])];
     return {
-      prompt: this.buildPrompt(messages, tools),
+      prompt: forced ? { ...prompt, prefill: forced.prefill } : prompt,
       options: {
         ...(this.maxTokens !== undefined ? { maxTokens: this.maxTokens } : {}),
         temperature: this.temperature ?? 0,
@@ -406,10 +313,12 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
         ...(this.topP !== undefined ? { topP: this.topP } : {}),
         ...(this.seed !== undefined ? { seed: this.seed } : {}),
         ...(stop.length ? { stopStrings: stop } : {}),
+        ...(forced ? { constrain: forced.constrain } : {}),
       },
       captureFacts: (options.captureFacts ?? this.captureFacts) && fromUser,
       ...(options.conversationId !== undefined ? { conversationId: options.conversationId } : {}),
-      parseTools: tools.length > 0,
+      parseTools: choice.mode === "auto",
+      ...(forced ? { forced } : {}),
     };
   }
 
@@ -418,6 +327,7 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
     return yield* this.runtime.chat(this.agentName, {
       messages: req.prompt.messages,
       ...(req.prompt.tools ? { tools: req.prompt.tools as unknown as Record<string, unknown>[] } : {}),
+      ...(req.prompt.prefill !== undefined ? { prefill: req.prompt.prefill } : {}),
       options: req.options,
       captureFacts: req.captureFacts,
       ...(req.conversationId !== undefined ? { conversationId: req.conversationId } : {}),
@@ -428,7 +338,7 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
    * The reply as message chunks: text as it is generated, then a last chunk with the tool calls
    * (when tools are bound), finish reason, weights version and token usage. With tools bound,
    * text from the first `<tool_call>` on (and space before it) is held back until the end, so
-   * no raw tool-call markup is streamed when it parses.
+   * no raw tool-call markup is streamed when it parses. A forced call streams no text.
    */
   private async *chunks(req: KilnRequest, signal: AbortSignal | undefined): AsyncGenerator<ChatGenerationChunk> {
     if (signal?.aborted) throw abortError(signal);
@@ -455,9 +365,7 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
     const onAbort = () => void drain();
     signal?.addEventListener("abort", onAbort, { once: true });
     const piece = (text: string) => new ChatGenerationChunk({ text, message: new AIMessageChunk({ content: text }) });
-    let held = ""; // text not yet streamed (possible start of a tool call, trailing space)
-    let inCall = false;
-    let full = "";
+    const calls = req.parseTools ? new ToolCallStream() : null;
     let outcome: ChatOutcome;
     try {
       for (;;) {
@@ -468,32 +376,9 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
           break;
         }
         if (!r.value.text) continue;
-        full += r.value.text;
-        if (!req.parseTools) {
-          yield piece(r.value.text);
-          continue;
-        }
-        held += r.value.text;
-        if (inCall) continue;
-        const at = held.indexOf(TOOL_CALL_OPEN);
-        let safe: number;
-        if (at >= 0) {
-          inCall = true;
-          safe = held.slice(0, at).trimEnd().length;
-        } else {
-          safe = held.length;
-          for (let k = Math.min(TOOL_CALL_OPEN.length - 1, held.length); k > 0; k--) {
-            if (held.endsWith(TOOL_CALL_OPEN.slice(0, k))) {
-              safe = held.length - k;
-              break;
-            }
-          }
-          while (safe > 0 && /\s/.test(held[safe - 1]!)) safe--;
-        }
-        if (safe > 0) {
-          yield piece(held.slice(0, safe));
-          held = held.slice(safe);
-        }
+        if (req.forced) continue; // a forced call is not shown as text: it is read whole at the end
+        const shown = calls ? calls.push(r.value.text) : r.value.text;
+        if (shown) yield piece(shown);
       }
     } finally {
       signal?.removeEventListener("abort", onAbort);
@@ -501,15 +386,9 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
     }
     if (outcome.result.finishReason === "abort") throw abortError(signal);
     let toolCalls: ToolCall[] = [];
-    let last = held;
-    if (req.parseTools && inCall) {
-      const parsed = parseToolCalls(full);
-      if (parsed.toolCalls.length) {
-        toolCalls = parsed.toolCalls;
-        const streamed = full.slice(0, full.length - held.length);
-        last = parsed.content.slice(streamed.length);
-      }
-    }
+    let last = "";
+    if (req.forced) toolCalls = [forcedCall(req.forced, outcome, req.options.maxTokens)];
+    else if (calls) ({ rest: last, toolCalls } = calls.finish());
     const { result, version } = outcome;
     const usage: UsageMetadata = { input_tokens: result.promptTokens, output_tokens: result.tokens.length, total_tokens: result.promptTokens + result.tokens.length };
     const info = {

@@ -19,6 +19,11 @@ export interface GenerateOptions {
   stopStrings?: string[];
   signal?: AbortSignal;
   adapter?: AdapterHook;
+  /**
+   * Constrained decoding of one prompt: sets the logits of tokens that may not come next to
+   * -Infinity, given the output so far (called before each token is sampled).
+   */
+  constrain?: (logits: Float32Array, tokens: readonly number[]) => void;
 }
 
 export type FinishReason = "stop" | "length" | "abort";
@@ -91,6 +96,7 @@ export async function* streamGenerate(
   const pad = model.tokenizer.padTokenId;
   const longest = Math.max(...prompts.map((p) => p.length));
   if (prompts.some((p) => p.length === 0)) throw new Error("generate: a prompt has no tokens");
+  if (opts.constrain && prompts.length > 1) throw new Error("generate: constrain applies to one prompt at a time");
   if (longest + maxTokens > model.config.maxPositions) {
     throw new Error(
       `generate: prompt (${longest} tokens) + maxTokens (${maxTokens}) exceeds the model's ${model.config.maxPositions} positions`,
@@ -122,7 +128,9 @@ export async function* streamGenerate(
           next.push(pad);
           continue;
         }
-        const token = sampleToken(data.subarray(b * V, (b + 1) * V), settings, random);
+        const rowLogits = opts.constrain ? data.slice(b * V, (b + 1) * V) : data.subarray(b * V, (b + 1) * V);
+        opts.constrain?.(rowLogits, row.tokens);
+        const token = sampleToken(rowLogits, settings, random);
         next.push(token);
         if (stopIds.has(token)) {
           row.done = "stop";

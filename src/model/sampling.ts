@@ -51,9 +51,12 @@ export function sampleToken(logits: Float32Array, s: SamplerSettings, random: ()
   const kept = probs.slice(0, keep);
   const keptTotal = kept.reduce((a, b) => a + b, 0);
   let r = random() * keptTotal;
+  let last = 0; // the last token with any probability
   for (let j = 0; j < keep; j++) {
+    if (kept[j]! > 0) last = j;
     r -= kept[j]!;
     if (r <= 0) return order[j]!;
   }
-  return order[keep - 1]!;
+  // rounding left r above 0: never fall through to a token with no probability (a masked one)
+  return order[last]!;
 }

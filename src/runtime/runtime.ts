@@ -15,6 +15,12 @@ export interface ChatRequest {
   messages: ChatMessage[];
   /** tool definitions (OpenAI function format) for chat templates that render them */
   tools?: Record<string, unknown>[];
+  /**
+   * Text the reply starts with (after the template's generation prompt): the model continues it.
+   * The reply's text is then what the model wrote after it, untrimmed, and a "remember"/"forget"
+   * line is not taken as a command (the caller wants the continuation).
+   */
+  prefill?: string;
   options?: Omit<GenerateOptions, "adapter">;
   /** capture facts the user states (on by default) */
   captureFacts?: boolean;
@@ -51,18 +57,20 @@ export function agentFiles(spec: string): string[] {
 
 /**
  * Token ids of a conversation that fits the model's positions with room for the reply: the oldest
- * turns after the system message are dropped first; the last message is always kept.
+ * turns after the system message are dropped first; the last message is always kept. A prefill
+ * (the start of the reply) follows the generation prompt.
  */
-export function fitConversation(model: LoadedModel, messages: ChatMessage[], maxTokens: number, tools?: Record<string, unknown>[]): number[] {
+export function fitConversation(model: LoadedModel, messages: ChatMessage[], maxTokens: number, tools?: Record<string, unknown>[], prefill = ""): number[] {
   const extra = tools?.length ? { tools } : {};
+  const encode = (kept: ChatMessage[]) => model.tokenizer.encode(model.tokenizer.renderChat(kept, true, extra) + prefill);
   const budget = model.config.maxPositions - maxTokens;
   let kept = [...messages];
-  let ids = model.tokenizer.applyChatTemplate(kept, true, extra);
+  let ids = encode(kept);
   while (ids.length > budget) {
     const first = kept.findIndex((m) => m.role !== "system");
     if (first < 0 || first === kept.length - 1) break;
     kept = [...kept.slice(0, first), ...kept.slice(first + 1)];
-    ids = model.tokenizer.applyChatTemplate(kept, true, extra);
+    ids = encode(kept);
   }
   return ids;
 }
@@ -147,22 +155,24 @@ export class Runtime {
   async *chat(name: string, req: ChatRequest): AsyncGenerator<ChatChunk, ChatOutcome> {
     const agent = this.agent(name);
     const final = req.messages.at(-1);
-    const command = final?.role === "user" && req.captureFacts !== false && agent.config.capture !== "off" ? explicitRequest(final.content) : undefined;
+    const command = final?.role === "user" && req.captureFacts !== false && agent.config.capture !== "off" && req.prefill === undefined ? explicitRequest(final.content) : undefined;
     if (command?.length) return yield* this.acknowledge(agent, command, req);
     const last = [...req.messages].reverse().find((m) => m.role === "user");
     let capture: Promise<string[]> | undefined;
     const captureOnce = () => (capture ??= last && req.captureFacts !== false ? this.capture(agent, last.content, req.conversationId) : Promise.resolve([]));
-    const ids = fitConversation(agent.model, req.messages, req.options?.maxTokens ?? 128, req.tools);
+    const ids = fitConversation(agent.model, req.messages, req.options?.maxTokens ?? 128, req.tools, req.prefill);
     const lease = agent.live.acquire();
     const it = streamGenerate(agent.model, [ids], { ...req.options, adapter: lease.adapter });
-    // Replies start at their first visible character (a BPE vocabulary often opens with a space).
-    let started = false;
+    // Replies start at their first visible character (a BPE vocabulary often opens with a space);
+    // a continued prefill is kept as written.
+    const trim = req.prefill === undefined;
+    let started = !trim;
     try {
       for (;;) {
         const r = await it.next();
         if (r.done) {
           const result = r.value[0]!;
-          return { result: { ...result, text: result.text.trimStart() }, version: lease.version, captured: await captureOnce() };
+          return { result: { ...result, text: trim ? result.text.trimStart() : result.text }, version: lease.version, captured: await captureOnce() };
         }
         const text: string = started ? r.value.text : r.value.text.trimStart();
         started ||= text.length > 0;

@@ -18,7 +18,7 @@
 //   GET  /admin/agents/:name/bakes/events?bake=&follow=
 //                                                    SSE: state, start, progress…, outcome (then the stream
 //                                                    ends unless follow=true)
-//   GET  /admin/agents/:name/versions
+//   GET  /admin/agents/:name/versions?limit=&offset=     newest first
 //   GET  /admin/agents/:name/versions/diff?from=&to=  ("base" = the base model)
 //   POST /admin/agents/:name/versions/:id/rollback    (id "base" = the base model)
 //   POST /admin/agents/:name/verify {ids?}     absorbed items' probes asked on the live weights now
@@ -63,6 +63,10 @@ const RetractBody = z.object({ reason: z.string().max(500).optional() });
 const BakeBody = z.object({ force: z.boolean().optional(), consolidate: z.boolean().optional() }).strict();
 const EventsQuery = z.object({ bake: z.string().optional(), follow: bool.optional() });
 const DiffQuery = z.object({ from: z.string().optional(), to: z.string().optional() });
+const VersionsQuery = z.object({
+  limit: z.coerce.number().int().min(1).max(10_000).default(500),
+  offset: z.coerce.number().int().min(0).default(0),
+});
 const VerifyBody = z.object({ ids: z.array(z.string().min(1)).max(500).optional() }).strict();
 
 const ProbeBody = z.object({
@@ -285,11 +289,16 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
 
   // --- versions ---
 
+  // A long-lived agent makes hundreds of versions: a page of them, newest first, as items are paged.
   app.get<NameParams>("/admin/agents/:name/versions", async (request) => {
     const agent = findAgent(ctx, request.params.name);
+    const q = parse(VersionsQuery, request.query, "query");
+    const all = [...agent.ledger.data.versions].reverse();
     return {
       live: agent.live.version,
-      versions: [...agent.ledger.data.versions].reverse().map((v) => ({ ...v, onDisk: existsSync(v.dir), cannotGoLive: agent.whyNotLive(v.id) })),
+      total: all.length,
+      offset: q.offset,
+      versions: all.slice(q.offset, q.offset + q.limit).map((v) => ({ ...v, onDisk: existsSync(v.dir), cannotGoLive: agent.whyNotLive(v.id) })),
     };
   });
 

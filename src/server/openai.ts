@@ -1,16 +1,23 @@
 // The OpenAI-compatible API: each agent is a model.
 //
 //   GET  /v1/models, /v1/models/:model
-//   POST /v1/chat/completions   (stream or not; n = 1)
+//   POST /v1/chat/completions   (stream or not; n = 1; tools and tool_choice)
 //
 // Replies come from the agent's live weights, pinned to the version live when generation
 // started; the x-kiln-version header and system_fingerprint (on every chunk of a stream) say
 // which version answered, and a `kiln` field says so too (with what facts the user's message
 // added to the ledger). Defaults follow OpenAI: temperature 1, top_p 1. A client that disconnects
 // aborts its generation.
+//
+// Function tools work as src/agent/tools.ts describes: with tool_choice "auto" (the default when
+// tools are given) the model may call them; "required", a named function or allowed_tools in
+// "required" mode make the reply one call whose arguments fit the function's parameters
+// (constrained decoding), or a 400 when the model's chat template writes calls in a form kiln
+// cannot start; "none" keeps the tools out of the prompt and reads no calls from the reply.
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { z } from "zod";
+import { forceToolCall, newToolCallId, parseToolCalls, ToolCallStream, ToolChoiceError, toolPrompt, type ForcedCall, type KilnToolSpec, type ParsedToolCall, type ToolChoice, type ToolPrompt } from "../agent/tools.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import type { Agent } from "../runtime/agent.js";
 import { fitConversation, type ChatChunk, type ChatOutcome } from "../runtime/runtime.js";
@@ -22,12 +29,50 @@ import { SseStream } from "./sse.js";
 export const DEFAULT_MAX_TOKENS = 512;
 
 const TextPart = z.object({ type: z.literal("text"), text: z.string() });
+const Content = z.union([z.string(), z.array(TextPart).min(1)], { message: "content must be a string or an array of text parts" });
 
-const Message = z.object({
-  role: z.enum(["system", "developer", "user", "assistant"], { message: 'role must be "system", "developer", "user" or "assistant" (tools are not supported)' }),
-  content: z.union([z.string(), z.array(TextPart).min(1)], { message: "content must be a string or an array of text parts" }),
-  name: z.string().optional(),
+const FunctionRef = z.object({ type: z.literal("function"), function: z.object({ name: z.string() }) });
+
+const ToolCallIn = z.object({
+  id: z.string().min(1, "a tool call needs its id"),
+  type: z.literal("function"),
+  function: z.object({ name: z.string().min(1), arguments: z.string() }),
 });
+
+const Message = z
+  .object({
+    role: z.enum(["system", "developer", "user", "assistant", "tool"], { message: 'role must be "system", "developer", "user", "assistant" or "tool"' }),
+    content: Content.nullish(),
+    name: z.string().optional(),
+    tool_calls: z.array(ToolCallIn).optional(),
+    tool_call_id: z.string().optional(),
+  })
+  .superRefine((m, ctx) => {
+    if (m.content == null && !(m.role === "assistant" && m.tool_calls?.length)) {
+      ctx.addIssue({ code: "custom", path: ["content"], message: "content is required (it may be null only in an assistant message with tool_calls)" });
+    }
+    if (m.role === "tool" && !m.tool_call_id) ctx.addIssue({ code: "custom", path: ["tool_call_id"], message: "a tool message needs the tool_call_id of the call it answers" });
+    if (m.tool_calls?.length && m.role !== "assistant") ctx.addIssue({ code: "custom", path: ["tool_calls"], message: "only assistant messages hold tool_calls" });
+  });
+
+const FunctionTool = z.object({
+  type: z.literal("function", { message: 'tools must be of type "function"' }),
+  function: z.object({
+    name: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, "a function's name is 1 to 64 letters, digits, underscores or dashes"),
+    description: z.string().optional(),
+    parameters: z.record(z.string(), z.unknown()).optional(),
+    strict: z.boolean().nullish(),
+  }),
+});
+
+const ToolChoiceParam = z.union(
+  [
+    z.enum(["none", "auto", "required"]),
+    FunctionRef,
+    z.object({ type: z.literal("allowed_tools"), allowed_tools: z.object({ mode: z.enum(["auto", "required"]), tools: z.array(FunctionRef).min(1) }) }),
+  ],
+  { message: 'tool_choice must be "none", "auto", "required", {"type": "function", "function": {"name": ...}} or {"type": "allowed_tools", ...}' },
+);
 
 const ChatRequest = z.object({
   model: z.string().min(1, "model is required"),
@@ -45,7 +90,9 @@ const ChatRequest = z.object({
   n: z.number().int().nullish(),
   user: z.string().nullish(),
   logprobs: z.boolean().nullish(),
-  tools: z.array(z.unknown()).nullish(),
+  tools: z.array(FunctionTool).nullish(),
+  tool_choice: ToolChoiceParam.nullish(),
+  parallel_tool_calls: z.boolean().nullish(),
   response_format: z.object({ type: z.string() }).nullish(),
   /** extension: whether facts the user states go into the ledger (default true), and under which conversation */
   kiln: z.object({ capture_facts: z.boolean().optional(), conversation_id: z.string().max(200).optional() }).nullish(),
@@ -59,15 +106,67 @@ function unsupported(param: string, message: string): ApiError {
 function checkSupported(req: ChatRequest): void {
   if (req.n != null && req.n !== 1) throw unsupported("n", `n must be 1: kiln generates one choice per request (got ${req.n})`);
   if (req.logprobs) throw unsupported("logprobs", "logprobs are not supported");
-  if (req.tools?.length) throw unsupported("tools", "tools are not supported");
   if (req.response_format && req.response_format.type !== "text") throw unsupported("response_format", `response_format ${req.response_format.type} is not supported (only text)`);
 }
 
-function toChatMessages(req: ChatRequest): ChatMessage[] {
-  return req.messages.map((m) => ({
-    role: m.role === "developer" ? "system" : m.role,
-    content: typeof m.content === "string" ? m.content : m.content.map((p) => p.text).join(""),
+/** The request's tools and tool_choice: the tools the prompt offers and which calls the reply must make. */
+function toolsOf(req: ChatRequest): { tools: KilnToolSpec[]; choice: ToolChoice } {
+  const all: KilnToolSpec[] = (req.tools ?? []).map((t) => ({
+    type: "function",
+    function: { name: t.function.name, ...(t.function.description ? { description: t.function.description } : {}), parameters: t.function.parameters ?? { type: "object", properties: {} } },
   }));
+  const c = req.tool_choice ?? (all.length ? "auto" : "none");
+  if (c === "none") return { tools: [], choice: { mode: "none" } };
+  if (!all.length) {
+    if (c === "auto") return { tools: [], choice: { mode: "none" } };
+    throw new ApiError(400, "tool_choice asks for a tool call, but the request has no tools", "invalid_value", "tool_choice");
+  }
+  const known = (name: string) => {
+    if (!all.some((t) => t.function.name === name)) {
+      throw new ApiError(400, `tool_choice names the function "${name}", which is not among the tools (${all.map((t) => t.function.name).join(", ")})`, "invalid_value", "tool_choice");
+    }
+    return name;
+  };
+  if (c === "auto") return { tools: all, choice: { mode: "auto" } };
+  if (c === "required") return { tools: all, choice: { mode: "required", names: all.map((t) => t.function.name) } };
+  if (c.type === "function") return { tools: all, choice: { mode: "required", names: [known(c.function.name)] } };
+  const allowed = c.allowed_tools.tools.map((t) => known(t.function.name));
+  const tools = all.filter((t) => allowed.includes(t.function.name));
+  return { tools, choice: c.allowed_tools.mode === "required" ? { mode: "required", names: allowed } : { mode: "auto" } };
+}
+
+function textOf(content: ChatRequest["messages"][number]["content"]): string {
+  if (content == null) return "";
+  return typeof content === "string" ? content : content.map((p) => p.text).join("");
+}
+
+/** The messages as kiln ChatMessages; a tool result is named after the call it answers. */
+function toChatMessages(req: ChatRequest): ChatMessage[] {
+  const called = new Map<string, string>();
+  return req.messages.map((m, i) => {
+    const content = textOf(m.content);
+    if (m.role === "tool") {
+      const name = called.get(m.tool_call_id!);
+      return { role: "tool", content, tool_call_id: m.tool_call_id!, ...(name ? { name } : {}) };
+    }
+    const msg: ChatMessage = { role: m.role === "developer" ? "system" : m.role, content };
+    if (m.tool_calls?.length) {
+      msg.tool_calls = m.tool_calls.map((c, j) => {
+        called.set(c.id, c.function.name);
+        let args: unknown;
+        try {
+          args = JSON.parse(c.function.arguments || "{}");
+        } catch {
+          args = undefined;
+        }
+        if (!args || typeof args !== "object" || Array.isArray(args)) {
+          throw new ApiError(400, "a tool call's arguments must be a JSON object (as a string)", "invalid_value", `messages.${i}.tool_calls.${j}.function.arguments`);
+        }
+        return { id: c.id, type: "function", function: { name: c.function.name, arguments: args as Record<string, unknown> } };
+      });
+    }
+    return msg;
+  });
 }
 
 /**
@@ -75,7 +174,7 @@ function toChatMessages(req: ChatRequest): ChatMessage[] {
  * loses its oldest turns first (fitConversation); a request that still cannot fit (the last
  * message alone, or a max_tokens larger than the room left) is refused as OpenAI refuses it.
  */
-function budget(agent: Agent, messages: ChatMessage[], req: ChatRequest): { maxTokens: number } {
+function budget(agent: Agent, prompt: ToolPrompt, req: ChatRequest): { maxTokens: number } {
   const positions = agent.model.config.maxPositions;
   const asked = req.max_completion_tokens ?? req.max_tokens;
   const param = req.max_completion_tokens != null ? "max_completion_tokens" : "max_tokens";
@@ -84,7 +183,7 @@ function budget(agent: Agent, messages: ChatMessage[], req: ChatRequest): { maxT
     // Without max_tokens, the reply's room is what the conversation leaves: reserve only a quarter
     // of the positions when fitting, or a small model's whole history would be cut for it.
     const reserve = asked ?? Math.min(DEFAULT_MAX_TOKENS, Math.floor(positions / 4));
-    promptTokens = fitConversation(agent.model, messages, Math.min(reserve, positions)).length;
+    promptTokens = fitConversation(agent.model, prompt.messages, Math.min(reserve, positions), prompt.tools as Record<string, unknown>[] | undefined, prompt.prefill).length;
   } catch (err) {
     throw new ApiError(400, `the messages do not fit the model's chat template: ${(err as Error).message}`, "invalid_messages", "messages");
   }
@@ -107,6 +206,26 @@ const SHUTTING_DOWN = "the server is shutting down and cut this reply off; send 
 
 const finishReason = (r: "stop" | "length" | "abort") => (r === "length" ? "length" : "stop");
 
+interface ToolCallOut {
+  id: string;
+  type: "function";
+  function: { name: string; arguments: string };
+}
+
+const toolCallOut = (c: ParsedToolCall): ToolCallOut => ({ id: c.id, type: "function", function: { name: c.name, arguments: JSON.stringify(c.args) } });
+
+/**
+ * A forced reply as the call it made. One stopped before its arguments were finished (max_tokens,
+ * a stop sequence) keeps what was written as its arguments, as OpenAI's replies cut off by
+ * max_tokens do; its finish_reason says why it stopped.
+ */
+function forcedReply(forced: ForcedCall, o: ChatOutcome): { toolCalls: ToolCallOut[]; finish: string } {
+  const call = forced.read(o.result.text);
+  if (call.complete) return { toolCalls: [toolCallOut({ type: "tool_call", id: newToolCallId(), name: call.name, args: call.args })], finish: "tool_calls" };
+  const partial: ToolCallOut[] = call.name ? [{ id: newToolCallId(), type: "function", function: { name: call.name, arguments: call.argumentsText } }] : [];
+  return { toolCalls: partial, finish: finishReason(o.result.finishReason) };
+}
+
 export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
   const started = Math.floor(Date.now() / 1000);
   const modelObject = (a: Agent) => ({
@@ -126,8 +245,19 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     const req = parsed.data;
     checkSupported(req);
     const agent = findAgent(ctx, req.model, "model");
-    const messages = toChatMessages(req);
-    const { maxTokens } = budget(agent, messages, req);
+    const { tools, choice } = toolsOf(req);
+    const prompt = toolPrompt(agent.model.tokenizer, toChatMessages(req), tools);
+    let forced: ForcedCall | undefined;
+    if (choice.mode === "required") {
+      try {
+        forced = forceToolCall(agent.model, prompt, tools, choice.names);
+      } catch (err) {
+        if (err instanceof ToolChoiceError) throw new ApiError(400, err.message, "unsupported_parameter", "tool_choice");
+        throw err;
+      }
+      prompt.prefill = forced.prefill;
+    }
+    const { maxTokens } = budget(agent, prompt, req);
     const signal = clientSignal(ctx, reply);
     const release = await ctx.queue.acquire(signal).catch((err: unknown) => {
       if (err instanceof ApiError && err.status === 429) ctx.metrics.queueRejected();
@@ -137,7 +267,9 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     const created = Math.floor(Date.now() / 1000);
     const t0 = performance.now();
     const chat = ctx.runtime.chat(agent.name, {
-      messages,
+      messages: prompt.messages,
+      ...(prompt.tools ? { tools: prompt.tools as unknown as Record<string, unknown>[] } : {}),
+      ...(forced ? { prefill: forced.prefill } : {}),
       captureFacts: req.kiln?.capture_facts ?? true,
       ...(req.kiln?.conversation_id ? { conversationId: req.kiln.conversation_id } : {}),
       options: {
@@ -147,6 +279,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
         topK: req.top_k ?? 0,
         ...(req.seed != null ? { seed: req.seed } : {}),
         stopStrings: req.stop == null ? [] : typeof req.stop === "string" ? [req.stop] : req.stop,
+        ...(forced ? { constrain: forced.constrain } : {}),
         signal,
       },
     });
@@ -160,6 +293,8 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     const usage = (o: ChatOutcome) => ({ prompt_tokens: o.result.promptTokens, completion_tokens: o.result.tokens.length, total_tokens: o.result.promptTokens + o.result.tokens.length });
     const kiln = (o: ChatOutcome) => ({ agent: agent.name, version: o.version, captured: o.captured });
     const fingerprint = (o: ChatOutcome) => `kiln-${o.version ?? "base"}`;
+    /** With parallel_tool_calls false, a reply that wrote several calls keeps the first. */
+    const allowedCalls = (calls: ParsedToolCall[]) => (req.parallel_tool_calls === false ? calls.slice(0, 1) : calls);
 
     if (req.stream) {
       // The first piece is generated before the headers go out: generation pins its version
@@ -183,13 +318,29 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
           choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
           ...extra,
         });
-        sse.send(chunk({ role: "assistant", content: "" }, null));
-        const outcome = await drain(chat, (text) => sse.send(chunk({ content: text }, null)), first);
+        sse.send(chunk({ role: "assistant", content: forced ? null : "" }, null));
+        // A forced call is sent whole at the end; with tools, a possible call is held back until it is known.
+        const calls = choice.mode === "auto" ? new ToolCallStream() : null;
+        const show = (text: string) => {
+          const shown = forced ? "" : calls ? calls.push(text) : text;
+          if (shown) sse.send(chunk({ content: shown }, null));
+        };
+        const outcome = await drain(chat, show, first);
         record(outcome);
         // cut off by the server going down: say so, as OpenAI's streams carry errors, never as a finished reply
         if (outcome.result.finishReason === "abort" && ctx.shutdown.aborted) return sse.send(errorBody(503, SHUTTING_DOWN, "shutting_down"));
         if (outcome.result.finishReason === "abort") return; // the client is gone
-        sse.send(chunk({}, finishReason(outcome.result.finishReason), { kiln: kiln(outcome) }));
+        let finish = finishReason(outcome.result.finishReason);
+        let toolCalls: ToolCallOut[] = [];
+        if (forced) ({ toolCalls, finish } = forcedReply(forced, outcome));
+        else if (calls) {
+          const end = calls.finish();
+          if (end.rest) sse.send(chunk({ content: end.rest }, null));
+          toolCalls = allowedCalls(end.toolCalls).map(toolCallOut);
+          if (toolCalls.length) finish = "tool_calls";
+        }
+        if (toolCalls.length) sse.send(chunk({ tool_calls: toolCalls.map((c, index) => ({ index, ...c })) }, null));
+        sse.send(chunk({}, finish, { kiln: kiln(outcome) }));
         if (req.stream_options?.include_usage) sse.send({ id, object: "chat.completion.chunk", created, model: agent.name, choices: [], usage: usage(outcome), kiln: kiln(outcome) });
         sse.send("[DONE]");
       });
@@ -200,13 +351,27 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       record(outcome);
       if (outcome.result.finishReason === "abort" && ctx.shutdown.aborted) throw new ApiError(503, SHUTTING_DOWN, "shutting_down");
       reply.header(VERSION_HEADER, outcome.version ?? "base");
+      let content: string | null = outcome.result.text;
+      let finish = finishReason(outcome.result.finishReason);
+      let toolCalls: ToolCallOut[] = [];
+      if (forced) {
+        ({ toolCalls, finish } = forcedReply(forced, outcome));
+        content = null;
+      } else if (choice.mode === "auto") {
+        const parsedCalls = parseToolCalls(content);
+        if (parsedCalls.toolCalls.length) {
+          toolCalls = allowedCalls(parsedCalls.toolCalls).map(toolCallOut);
+          content = parsedCalls.content || null;
+          finish = "tool_calls";
+        }
+      }
       return {
         id,
         object: "chat.completion",
         created,
         model: agent.name,
         system_fingerprint: fingerprint(outcome),
-        choices: [{ index: 0, message: { role: "assistant", content: outcome.result.text, refusal: null }, logprobs: null, finish_reason: finishReason(outcome.result.finishReason) }],
+        choices: [{ index: 0, message: { role: "assistant", content, refusal: null, ...(toolCalls.length ? { tool_calls: toolCalls } : {}) }, logprobs: null, finish_reason: finish }],
         usage: usage(outcome),
         kiln: kiln(outcome),
       };

@@ -22,6 +22,8 @@ const state = {
   tokenDeclined: false,
   /** items shown in the ledger table (more are loaded with "Show more") */
   itemLimit: 100,
+  /** versions shown in the versions table, newest first (more are loaded with "Show more") */
+  versionLimit: 100,
   openItem: null,
 };
 
@@ -236,6 +238,8 @@ function selectAgent(name) {
   state.agent = name;
   state.signature = "";
   state.selectedBake = null;
+  state.itemLimit = 100;
+  state.versionLimit = 100;
   $("#agent").value = name;
   history.replaceState(null, "", `#${enc(name)}`);
   renderHeader();
@@ -693,8 +697,9 @@ async function rollback(id) {
   refreshVersions();
 }
 
-async function refreshVersions() {
-  const data = await attempt(() => api(agentPath("/versions")));
+async function refreshVersions({ more = false } = {}) {
+  if (more) state.versionLimit += 100;
+  const data = await attempt(() => api(agentPath(`/versions?limit=${state.versionLimit}`)));
   if (!data) return;
   const live = data.live;
   const rows = data.versions.map((v) => {
@@ -706,13 +711,19 @@ async function refreshVersions() {
       h("td", {}, badge(v.status)),
       h("td", {}, v.parent ?? "base"),
       agoCell(v.createdAt),
-      h("td", {}, v.items.length),
+      h("td", {}, v.itemCount ?? v.items.length),
       h("td", { class: "score" }, num(v.scores.absorption)),
       h("td", { class: "score" }, num(v.scores.retention)),
       h("td", { class: "score" }, num(v.scores.persona)),
       h("td", v.cannotGoLive && v.id !== live ? { class: "muted", title: v.cannotGoLive } : {}, canRoll ? h("button", { class: "small ghost", type: "button", "data-rollback": v.id, "data-needs-idle": "", onclick: () => rollback(v.id) }, "Roll back to this") : v.id === live ? "live" : "cannot go live"),
     );
   });
+  // The older versions not loaded yet sit between the newest and the base model, which is always there.
+  const hidden = data.total - data.versions.length;
+  const liveHidden = live !== null && !data.versions.some((v) => v.id === live);
+  if (hidden > 0) {
+    rows.push(h("tr", { class: "more-row" }, h("td", { colspan: 9, class: "muted" }, `${hidden} older version${hidden === 1 ? "" : "s"} not shown${liveHidden ? ` (the live version, ${live}, is among them)` : ""}`)));
+  }
   rows.push(
     h(
       "tr",
@@ -729,8 +740,13 @@ async function refreshVersions() {
     ),
   );
   $("#versions-table tbody").replaceChildren(...rows);
+  const moreButton = $("#versions-more");
+  moreButton.hidden = hidden <= 0;
+  moreButton.textContent = `Show ${Math.min(100, hidden)} more (${hidden} not shown)`;
   syncIdleButtons();
+  // the diff compares what is shown (and the live version, wherever it is)
   const options = ["base", ...data.versions.map((v) => v.id).reverse()];
+  if (liveHidden) options.splice(1, 0, live);
   for (const [sel, fallback] of [
     ["#diff-from", data.versions.find((v) => v.id === live)?.parent ?? "base"],
     ["#diff-to", live ?? "base"],
@@ -738,9 +754,11 @@ async function refreshVersions() {
     const el = $(sel);
     const keep = el.dataset.picked && options.includes(el.value) ? el.value : fallback;
     el.replaceChildren(...options.map((o) => h("option", { value: o }, o)));
-    el.value = keep;
+    el.value = options.includes(keep) ? keep : "base";
   }
 }
+
+$("#versions-more").addEventListener("click", () => refreshVersions({ more: true }));
 
 for (const sel of ["#diff-from", "#diff-to"]) $(sel).addEventListener("change", (e) => (e.target.dataset.picked = "1"));
 $("#diff-run").addEventListener("click", async () => {

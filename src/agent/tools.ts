@@ -1,0 +1,349 @@
+// Tool calling on kiln's models, shared by the OpenAI-compatible API (src/server/openai.ts) and the
+// LangChain chat model (src/agent/langchain.ts).
+//
+// How a conversation with tools is put to a model:
+//  - where the model's chat template renders `tools` (Hermes/Qwen style), the tool specs go into
+//    the template as OpenAI-format function definitions and earlier tool calls / results are
+//    passed as structured messages;
+//  - otherwise the plain-text protocol below is used: a system section lists the tools as JSON
+//    schemas and asks for `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks; tool
+//    results come back as user turns holding `<tool_response>` blocks (templates without tool
+//    support often accept only user/assistant/system roles).
+// In both cases `<tool_call>` blocks in the output are the tool calls.
+//
+// tool_choice: "none" puts no tools in the prompt and reads no calls from the reply; "auto" lets
+// the model decide; a required call (one named tool, or any of them) is enforced: the reply is
+// started with the template's own tool-call opening (and the name, when one is named) and the rest
+// is generated under a JSON constraint, so it is a call whose arguments fit the tool's schema (see
+// src/model/json-constraint.ts for what is checked). The opening is found by rendering a call with
+// the template; a template whose calls kiln cannot find that way cannot be forced, and says so.
+import { randomUUID } from "node:crypto";
+import type { LoadedModel } from "../model/load.js";
+import type { ChatMessage, ChatTokenizer } from "../model/tokenizer.js";
+import { constrainToJson, JsonMatcher, tokenTexts, type JsonSchema } from "../model/json-constraint.js";
+
+/** An OpenAI-format function definition, the shape Hugging Face chat templates take as `tools`. */
+export interface KilnToolSpec {
+  type: "function";
+  function: { name: string; description?: string; parameters: Record<string, unknown> };
+}
+
+/** A tool call read from a reply (the shape of LangChain's ToolCall). */
+export interface ParsedToolCall {
+  type: "tool_call";
+  id: string;
+  name: string;
+  args: Record<string, unknown>;
+}
+
+export const TOOL_CALL_OPEN = "<tool_call>";
+export const TOOL_CALL_CLOSE = "</tool_call>";
+
+export function newToolCallId(): string {
+  return `call_${randomUUID().replace(/-/g, "").slice(0, 24)}`;
+}
+
+// --- the plain-text protocol ---
+
+/** The system section of the plain-text tool protocol (for templates without tool support). */
+export function renderToolProtocol(tools: KilnToolSpec[]): string {
+  const lines = tools.map((t) => JSON.stringify({ name: t.function.name, description: t.function.description ?? "", parameters: t.function.parameters }));
+  return [
+    "# Tools",
+    "You can call these tools (JSON schemas):",
+    ...lines,
+    "To call a tool, reply with one block per call:",
+    `${TOOL_CALL_OPEN}{"name": "<tool name>", "arguments": {<arguments as JSON>}}${TOOL_CALL_CLOSE}`,
+    "Results come back in <tool_response> blocks. If no tool is needed, answer directly.",
+  ].join("\n");
+}
+
+function callBlock(name: string, args: Record<string, unknown>): string {
+  return `${TOOL_CALL_OPEN}${JSON.stringify({ name, arguments: args })}${TOOL_CALL_CLOSE}`;
+}
+
+/**
+ * Messages for a template without tool support: tool calls become `<tool_call>` text in the
+ * assistant turn, tool results become a user turn of `<tool_response>` blocks (consecutive ones
+ * merged), and `tools`, when given, are listed in the (first) system message.
+ */
+export function toPlainMessages(messages: ChatMessage[], tools: KilnToolSpec[] = []): ChatMessage[] {
+  const out: ChatMessage[] = [];
+  let responses: string[] = [];
+  const flush = () => {
+    if (responses.length) out.push({ role: "user", content: responses.join("\n") });
+    responses = [];
+  };
+  for (const m of messages) {
+    if (m.role === "tool") {
+      let content: unknown = m.content;
+      try {
+        content = JSON.parse(m.content); // a JSON result stays JSON, not a string of escaped JSON
+      } catch {
+        // plain text
+      }
+      responses.push(`<tool_response>\n${JSON.stringify({ ...(m.name ? { name: m.name } : {}), content })}\n</tool_response>`);
+      continue;
+    }
+    flush();
+    const calls = m.tool_calls ?? [];
+    const content = calls.length ? [m.content, ...calls.map((c) => callBlock(c.function.name, c.function.arguments))].filter(Boolean).join("\n") : m.content;
+    out.push({ role: m.role, content });
+  }
+  flush();
+  if (tools.length) {
+    const protocol = renderToolProtocol(tools);
+    if (out[0]?.role === "system") out[0] = { role: "system", content: out[0].content ? `${out[0].content}\n\n${protocol}` : protocol };
+    else out.unshift({ role: "system", content: protocol });
+  }
+  return out;
+}
+
+/** A conversation as it is put to the model: its template with tools, or plain messages. */
+export interface ToolPrompt {
+  messages: ChatMessage[];
+  /** the tool specs, when the model's own template renders them */
+  tools?: KilnToolSpec[];
+  /** text the reply starts with (a required call's opening) */
+  prefill?: string;
+}
+
+/** `messages` may hold tool calls (assistant) and tool results (role "tool"). */
+export function toolPrompt(tokenizer: ChatTokenizer, messages: ChatMessage[], tools: KilnToolSpec[]): ToolPrompt {
+  if (tools.length && tokenizer.supportsTools) return { messages, tools };
+  return { messages: toPlainMessages(messages, tools) };
+}
+
+// --- reading calls from a reply ---
+
+function parseCallJson(body: string): { name: string; args: Record<string, unknown> } | null {
+  let v: unknown;
+  try {
+    v = JSON.parse(body.trim());
+  } catch {
+    return null;
+  }
+  if (!v || typeof v !== "object" || Array.isArray(v)) return null;
+  const o = v as Record<string, unknown>;
+  if (typeof o.name !== "string" || !o.name) return null;
+  let args = o.arguments ?? o.parameters ?? {};
+  if (typeof args === "string") {
+    try {
+      args = JSON.parse(args);
+    } catch {
+      return null;
+    }
+  }
+  if (!args || typeof args !== "object" || Array.isArray(args)) return null;
+  return { name: o.name, args: args as Record<string, unknown> };
+}
+
+export interface ParsedToolCalls {
+  /** the text with well-formed blocks removed; the whole text, unchanged, when none parsed */
+  content: string;
+  toolCalls: ParsedToolCall[];
+}
+
+/**
+ * Tool calls in the Hermes/Qwen format: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`,
+ * one block per call (a last block left unclosed at the end of the output is accepted too).
+ * Malformed blocks stay in the content as plain text; when no block parses, the content is the
+ * text unchanged. Otherwise the content is the text before the first block (trailing space
+ * dropped) and whatever is left after the blocks, joined by a newline.
+ */
+export function parseToolCalls(text: string): ParsedToolCalls {
+  const at = text.indexOf(TOOL_CALL_OPEN);
+  if (at < 0) return { content: text, toolCalls: [] };
+  const before = text.slice(0, at).trimEnd();
+  const tail = text.slice(before.length);
+  const toolCalls: ParsedToolCall[] = [];
+  let rest = "";
+  let pos = 0;
+  while (pos < tail.length) {
+    const open = tail.indexOf(TOOL_CALL_OPEN, pos);
+    if (open < 0) break;
+    const close = tail.indexOf(TOOL_CALL_CLOSE, open + TOOL_CALL_OPEN.length);
+    const end = close < 0 ? tail.length : close + TOOL_CALL_CLOSE.length;
+    const body = tail.slice(open + TOOL_CALL_OPEN.length, close < 0 ? tail.length : close);
+    const call = parseCallJson(body);
+    rest += tail.slice(pos, open);
+    if (call) toolCalls.push({ type: "tool_call", id: newToolCallId(), name: call.name, args: call.args });
+    else rest += tail.slice(open, end);
+    pos = end;
+  }
+  rest += tail.slice(pos);
+  if (!toolCalls.length) return { content: text, toolCalls: [] };
+  const left = rest.trim();
+  return { content: before && left ? `${before}\n${left}` : before + left, toolCalls };
+}
+
+/**
+ * A reply streamed while tools are bound: text from the first `<tool_call>` on (and the space
+ * before it) is held back until the end, so no raw tool-call markup is shown when it parses.
+ */
+export class ToolCallStream {
+  private held = "";
+  private full = "";
+  private inCall = false;
+
+  /** Adds generated text; returns the part that can be shown now. */
+  push(text: string): string {
+    this.full += text;
+    this.held += text;
+    if (this.inCall) return "";
+    const at = this.held.indexOf(TOOL_CALL_OPEN);
+    let safe: number;
+    if (at >= 0) {
+      this.inCall = true;
+      safe = this.held.slice(0, at).trimEnd().length;
+    } else {
+      safe = this.held.length;
+      for (let k = Math.min(TOOL_CALL_OPEN.length - 1, this.held.length); k > 0; k--) {
+        if (this.held.endsWith(TOOL_CALL_OPEN.slice(0, k))) {
+          safe = this.held.length - k;
+          break;
+        }
+      }
+      while (safe > 0 && /\s/.test(this.held[safe - 1]!)) safe--;
+    }
+    const shown = this.held.slice(0, safe);
+    this.held = this.held.slice(safe);
+    return shown;
+  }
+
+  /** At the end: the calls in the whole reply, and the text still to show (all of it held back when none parsed). */
+  finish(): { rest: string; toolCalls: ParsedToolCall[] } {
+    if (!this.inCall) return { rest: this.held, toolCalls: [] };
+    const parsed = parseToolCalls(this.full);
+    if (!parsed.toolCalls.length) return { rest: this.held, toolCalls: [] };
+    const shown = this.full.length - this.held.length;
+    return { rest: parsed.content.slice(shown), toolCalls: parsed.toolCalls };
+  }
+}
+
+// --- tool_choice ---
+
+/** Which calls a reply may or must make. */
+export type ToolChoice = { mode: "none" } | { mode: "auto" } | { mode: "required"; names: string[] };
+
+/** A tool_choice that cannot be honoured on this model or with these tools. */
+export class ToolChoiceError extends Error {
+  override name = "ToolChoiceError";
+}
+
+/** How a template writes a call: `open`, then a JSON object `nameHead` + name + `argsHead` + arguments. */
+export interface CallFormat {
+  open: string;
+  nameHead: string;
+  argsHead: string;
+}
+
+const PROBE = { id: "kilnprobe", name: "kiln_probe_tool", args: { kiln_probe_arg: "kiln_probe_value" } };
+
+/** The balanced JSON object starting at `start`, parsed, with the index after it; null if none. */
+function jsonObjectAt(text: string, start: number): { value: Record<string, unknown>; end: number } | null {
+  let depth = 0;
+  let inString = false;
+  for (let i = start; i < text.length; i++) {
+    const ch = text[i];
+    if (inString) {
+      if (ch === "\\") i++;
+      else if (ch === '"') inString = false;
+    } else if (ch === '"') inString = true;
+    else if (ch === "{") depth++;
+    else if (ch === "}" && --depth === 0) {
+      try {
+        const value: unknown = JSON.parse(text.slice(start, i + 1));
+        return value && typeof value === "object" && !Array.isArray(value) ? { value: value as Record<string, unknown>, end: i + 1 } : null;
+      } catch {
+        return null;
+      }
+    }
+  }
+  return null;
+}
+
+/**
+ * How this prompt's template writes a tool call, found by rendering one: the assistant turn that
+ * holds a probe call, after the generation prompt. Returns why not when the call is not a JSON
+ * object with the name before the arguments (Llama 3's bare JSON, Hermes/Qwen `<tool_call>`
+ * blocks and kiln's plain protocol all are; pythonic or custom-token formats are not).
+ */
+export function callFormat(tokenizer: ChatTokenizer, prompt: ToolPrompt): CallFormat | string {
+  const extra = prompt.tools ? { tools: prompt.tools } : {};
+  const probe: ChatMessage = { role: "assistant", content: "", tool_calls: [{ id: PROBE.id, type: "function", function: { name: PROBE.name, arguments: PROBE.args } }] };
+  let base: string;
+  let withCall: string;
+  try {
+    base = tokenizer.renderChat(prompt.messages, true, extra);
+    const turn = prompt.tools ? probe : toPlainMessages([probe])[0]!;
+    withCall = tokenizer.renderChat([...prompt.messages, turn], false, extra);
+  } catch (err) {
+    return `its chat template fails on a tool call (${(err as Error).message})`;
+  }
+  if (!withCall.startsWith(base)) return "its chat template writes an assistant turn with a tool call that does not begin with its generation prompt";
+  const turn = withCall.slice(base.length);
+  const at = turn.indexOf(PROBE.name);
+  if (at < 0) return "its chat template does not write the called tool's name";
+  for (let start = turn.lastIndexOf("{", at); start >= 0; start = start > 0 ? turn.lastIndexOf("{", start - 1) : -1) {
+    const obj = jsonObjectAt(turn, start);
+    if (!obj || obj.end <= at) continue;
+    const argsKey = Object.keys(obj.value).find((k) => JSON.stringify(obj.value[k]) === JSON.stringify(PROBE.args));
+    if (!argsKey || !Object.values(obj.value).includes(PROBE.name)) continue;
+    const key = argsKey.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
+    const between = new RegExp(`^("\\s*,\\s*"${key}"\\s*:\\s*)\\{`).exec(turn.slice(at + PROBE.name.length));
+    if (!between || !turn.slice(start, at).endsWith('"')) return "its chat template does not write a call's name right before its arguments";
+    return { open: turn.slice(0, start), nameHead: turn.slice(start, at), argsHead: between[1]! };
+  }
+  return "its chat template does not write a tool call as a JSON object holding the name and the arguments";
+}
+
+/** A required call: what the reply starts with, the constraint on the rest, and how to read it. */
+export interface ForcedCall {
+  /** text the reply starts with, rendered after the generation prompt */
+  prefill: string;
+  /** the token mask for the rest (fresh for each generation) */
+  constrain: (logits: Float32Array, tokens: readonly number[]) => void;
+  /** The call from the generated text; `complete` false when it stopped before the arguments closed. */
+  read(text: string): { complete: true; name: string; args: Record<string, unknown> } | { complete: false; name: string | null; argumentsText: string };
+}
+
+/**
+ * Plans a required call of one of `names` (all bound `tools` are in the prompt). Throws a
+ * ToolChoiceError when the model's template writes calls in a form kiln cannot start.
+ */
+export function forceToolCall(model: LoadedModel, prompt: ToolPrompt, tools: KilnToolSpec[], names: string[]): ForcedCall {
+  const format = callFormat(model.tokenizer, prompt);
+  if (typeof format === "string") {
+    throw new ToolChoiceError(`kiln cannot make this model call a tool: ${format}. Use tool_choice "auto" (the model may then answer without a call) or a model whose template writes Hermes-style <tool_call> blocks or JSON calls`);
+  }
+  const alternatives = names.map((name) => {
+    const tool = tools.find((t) => t.function.name === name);
+    if (!tool) throw new ToolChoiceError(`tool_choice names "${name}", which is not among the tools (${tools.map((t) => t.function.name).join(", ")})`);
+    return { name, head: format.nameHead + JSON.stringify(name).slice(1, -1) + format.argsHead, schema: tool.function.parameters as JsonSchema };
+  });
+  // The reply starts with what every alternative shares, up to its last non-space character: the
+  // model writes the space itself, as its tokenizer would pair it with what follows.
+  let shared = alternatives[0]!.head;
+  for (const a of alternatives) while (!a.head.startsWith(shared)) shared = shared.slice(0, -1);
+  shared = shared.trimEnd();
+  let matcher: JsonMatcher;
+  try {
+    matcher = JsonMatcher.afterHeads(alternatives);
+  } catch (err) {
+    throw new ToolChoiceError(`a tool's parameters cannot be used to constrain its arguments: ${(err as Error).message}`);
+  }
+  const start = matcher.feed(shared);
+  if (!start) throw new Error("kiln: a forced call's opening does not fit its own constraint");
+  return {
+    prefill: format.open + shared,
+    constrain: constrainToJson(tokenTexts(model.tokenizer, model.config.vocabSize), model.eosTokenIds, start),
+    read(text) {
+      const call = shared + text;
+      const alt = alternatives.find((a) => call.startsWith(a.head));
+      const argumentsText = alt ? call.slice(alt.head.length) : "";
+      if (alt && start.feed(text)?.complete) return { complete: true, name: alt.name, args: JSON.parse(argumentsText) as Record<string, unknown> };
+      return { complete: false, name: alt?.name ?? null, argumentsText };
+    },
+  };
+}

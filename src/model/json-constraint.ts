@@ -1,0 +1,480 @@
+// Constrained decoding for JSON. A JsonMatcher reads text one character at a time and says whether
+// it can still grow into a JSON value that fits a JSON schema; `constrainToJson` turns that into a
+// token mask for generation, so a model (even one never trained to write JSON) can only write text
+// that parses and fits the schema.
+//
+// What is checked: types (`type`, also as a list), `enum` and `const`, objects' keys (only declared
+// properties when `properties` is given; `required` before the object closes; no key twice;
+// `additionalProperties` as the schema of other keys), `items`, `minItems`/`maxItems`,
+// `minLength`/`maxLength`, `minimum`/`maximum` (and the exclusive forms), `anyOf`/`oneOf` (as
+// anyOf), and local `$ref`s (#/$defs/..., #/definitions/...). Other keywords (pattern, format,
+// allOf, not, ...) are not checked. The layout is fixed: no whitespace except one optional space
+// after ':' and ','.
+//
+// The matcher is nondeterministic: it follows every reading of the text at once (the branches of
+// anyOf, the enum values that share a prefix), each as an immutable stack of frames, so feeding a
+// candidate token copies nothing.
+
+export type JsonSchema = boolean | { [key: string]: unknown };
+
+type JsonType = "object" | "array" | "string" | "number" | "integer" | "boolean" | "null";
+const JSON_TYPES: readonly JsonType[] = ["object", "array", "string", "number", "integer", "boolean", "null"];
+
+/** A schema compiled for matching. */
+interface Node {
+  /** the types a value may have; null: any */
+  types: ReadonlySet<JsonType> | null;
+  /** enum/const: the only values allowed, as JSON texts */
+  literals?: string[];
+  /** anyOf/oneOf: the value fits one of these */
+  options?: Node[];
+  /** declared properties; with them, other keys are not written */
+  properties?: Map<string, Node>;
+  required: string[];
+  /** the schema of undeclared keys' values (null: no undeclared keys) */
+  extra: Node | null;
+  items?: Node;
+  minItems: number;
+  maxItems: number;
+  minLength: number;
+  maxLength: number;
+  min: number;
+  max: number;
+  exclusiveMin: boolean;
+  exclusiveMax: boolean;
+}
+
+function num(v: unknown, fallback: number): number {
+  return typeof v === "number" && Number.isFinite(v) ? v : fallback;
+}
+
+function unbounded(): Node {
+  return { types: null, required: [], extra: null, minItems: 0, maxItems: Infinity, minLength: 0, maxLength: Infinity, min: -Infinity, max: Infinity, exclusiveMin: false, exclusiveMax: false };
+}
+
+/** Any JSON value (objects with any keys). */
+const ANY: Node = unbounded();
+ANY.extra = ANY;
+
+/** Compiles a schema; `$ref`s resolve against the root, and recursive schemas compile to cycles. */
+function compile(schema: JsonSchema, root: JsonSchema, seen = new Map<object, Node>()): Node {
+  if (schema === true) return ANY;
+  if (schema === false) return { ...unbounded(), options: [] };
+  const cached = seen.get(schema);
+  if (cached) return cached;
+  const node = unbounded();
+  seen.set(schema, node);
+  if (typeof schema.$ref === "string") {
+    // as a one-branch union, so that a schema referring to itself is compiled once
+    node.options = [compile(resolveRef(schema.$ref, root), root, seen)];
+    return node;
+  }
+  const t = schema.type;
+  const types = (Array.isArray(t) ? t : typeof t === "string" ? [t] : []).filter((x): x is JsonType => JSON_TYPES.includes(x as JsonType));
+  if (types.length) node.types = new Set(types.includes("number") ? [...types, "integer"] : types);
+  if ("const" in schema) node.literals = [JSON.stringify(schema.const)];
+  else if (Array.isArray(schema.enum)) node.literals = schema.enum.map((v) => JSON.stringify(v));
+  const union = Array.isArray(schema.anyOf) ? schema.anyOf : Array.isArray(schema.oneOf) ? schema.oneOf : null;
+  if (union) {
+    // the schema's own keywords (a shared type, say) go with each branch
+    const { anyOf: _a, oneOf: _o, ...shared } = schema;
+    node.options = union.map((branch) => compile(typeof branch === "object" && branch ? { ...shared, ...branch } : (branch as JsonSchema), root, seen));
+    return node;
+  }
+  const props = schema.properties;
+  if (props && typeof props === "object" && Object.keys(props).length) {
+    node.properties = new Map(Object.entries(props as Record<string, JsonSchema>).map(([k, v]) => [k, compile(v, root, seen)]));
+  } else {
+    const extra = schema.additionalProperties;
+    node.extra = extra === false ? null : compile(extra === undefined ? true : (extra as JsonSchema), root, seen);
+  }
+  if (Array.isArray(schema.required)) node.required = schema.required.filter((k): k is string => typeof k === "string");
+  if (schema.items !== undefined && !Array.isArray(schema.items)) node.items = compile(schema.items as JsonSchema, root, seen);
+  node.minItems = num(schema.minItems, 0);
+  node.maxItems = num(schema.maxItems, Infinity);
+  node.minLength = num(schema.minLength, 0);
+  node.maxLength = num(schema.maxLength, Infinity);
+  node.min = num(schema.minimum, -Infinity);
+  node.max = num(schema.maximum, Infinity);
+  if (typeof schema.exclusiveMinimum === "number" && schema.exclusiveMinimum >= node.min) {
+    node.min = schema.exclusiveMinimum;
+    node.exclusiveMin = true;
+  }
+  if (typeof schema.exclusiveMaximum === "number" && schema.exclusiveMaximum <= node.max) {
+    node.max = schema.exclusiveMaximum;
+    node.exclusiveMax = true;
+  }
+  return node;
+}
+
+function resolveRef(ref: string, root: JsonSchema): JsonSchema {
+  if (!ref.startsWith("#")) throw new Error(`JSON schema: only local $refs are supported (got ${ref})`);
+  let at: unknown = root;
+  for (const part of ref.slice(1).split("/").filter(Boolean)) {
+    const key = decodeURIComponent(part).replace(/~1/g, "/").replace(/~0/g, "~");
+    at = at && typeof at === "object" ? (at as Record<string, unknown>)[key] : undefined;
+  }
+  if (at === undefined || (typeof at !== "object" && typeof at !== "boolean")) throw new Error(`JSON schema: $ref ${ref} points at nothing`);
+  return at as JsonSchema;
+}
+
+const allows = (node: Node, type: JsonType) => node.types === null || node.types.has(type);
+
+// --- the matcher's frames ---
+
+type ObjectState = "open" | "colon" | "afterColon" | "afterColonSpace" | "value" | "next" | "comma" | "commaSpace";
+type ArrayState = "open" | "value" | "next" | "comma" | "commaSpace";
+
+type Frame =
+  /** fixed text still to come: a literal value, or the text before a value */
+  | { k: "text"; text: string; at: number; value: boolean }
+  /** a value of `node` starts with the next character */
+  | { k: "value"; node: Node }
+  /** inside a string; `key`: an object's key (its text is kept to check the key) */
+  | { k: "string"; node: Node; key: boolean; text: string; length: number; escape: string | null }
+  | { k: "number"; node: Node; text: string }
+  | { k: "object"; node: Node; state: ObjectState; keys: readonly string[] }
+  | { k: "array"; node: Node; state: ArrayState; count: number };
+
+/** A reading of the text so far: frames, innermost first. null is a finished value. */
+interface Stack {
+  top: Frame;
+  rest: Stack | null;
+}
+type Reading = Stack | null;
+
+const push = (rest: Reading, top: Frame): Stack => ({ top, rest });
+
+/** The value on top of `rest` is done: its container moves on. */
+function finished(rest: Reading): Reading {
+  if (!rest) return null;
+  const top = rest.top;
+  if (top.k === "object" && top.state === "value") return push(rest.rest, { ...top, state: "next" });
+  if (top.k === "array" && top.state === "value") return push(rest.rest, { ...top, state: "next" });
+  return rest; // a "value" frame: the text before it is done, the value comes next
+}
+
+/** Keys an object may still take. */
+function keysLeft(f: { node: Node; keys: readonly string[] }): string[] | "any" {
+  if (!f.node.properties) return f.node.extra ? "any" : [];
+  return [...f.node.properties.keys()].filter((k) => !f.keys.includes(k));
+}
+
+const NUMBER_PREFIX = /^-?(?:(?:0|[1-9]\d*)(?:\.\d*|(?:\.\d+)?[eE][+-]?\d*)?)?$/;
+const INTEGER_PREFIX = /^-?(?:0|[1-9]\d*)?$/;
+const NUMBER = /^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?$/;
+const INTEGER = /^-?(?:0|[1-9]\d*)$/;
+
+const bounded = (node: Node) => node.min > -Infinity || node.max < Infinity;
+
+/** Whether some number starting with `text` (no exponent) lies within the node's bounds. */
+function numberReachable(text: string, node: Node, integer: boolean): boolean {
+  if (!bounded(node)) return true;
+  if (/[eE]/.test(text)) return false; // exponents are not written when there are bounds
+  const negative = text.startsWith("-");
+  const body = negative ? text.slice(1) : text;
+  const fits = (lo: number, hi: number) => {
+    // the magnitudes [lo, hi] with the sign applied, against [min, max]
+    const [a, b] = negative ? [-hi, -lo] : [lo, hi];
+    return b >= node.min && a <= node.max;
+  };
+  if (body === "") return negative ? node.min < 0 : node.max >= 0;
+  const dot = body.indexOf(".");
+  if (dot >= 0) {
+    const value = Number(body.endsWith(".") ? body.slice(0, -1) : body);
+    return fits(value, value + 10 ** -(body.length - dot - 1));
+  }
+  const head = Number(body);
+  const step = integer ? 1 : 0;
+  if (head === 0) return fits(0, integer ? 0 : 1);
+  // the numbers `body` starts: [head·10^k, (head+1)·10^k) for k = 0, 1, 2, ...
+  const limit = negative ? -node.min : node.max;
+  if (limit === Infinity) return true; // some longer number is large enough
+  for (let scale = 1; head * scale <= limit; scale *= 10) if (fits(head * scale, (head + 1) * scale - step)) return true;
+  return false;
+}
+
+function numberDone(text: string, node: Node): boolean {
+  const integer = !allows(node, "number");
+  if (!(integer ? INTEGER : NUMBER).test(text)) return false;
+  const v = Number(text);
+  return (node.exclusiveMin ? v > node.min : v >= node.min) && (node.exclusiveMax ? v < node.max : v <= node.max);
+}
+
+/** The readings in which a value of `node` starts with `ch`, under `rest`. */
+function startValue(node: Node, ch: string, rest: Reading): Reading[] {
+  if (node.options) return node.options.flatMap((o) => startValue(o, ch, rest));
+  if (node.literals) {
+    return node.literals.filter((l) => l[0] === ch).map((l) => (l.length === 1 ? finished(rest) : push(rest, { k: "text", text: l, at: 1, value: true })));
+  }
+  switch (ch) {
+    case '"':
+      return allows(node, "string") && node.maxLength >= 0 ? [push(rest, { k: "string", node, key: false, text: "", length: 0, escape: null })] : [];
+    case "{":
+      return allows(node, "object") ? [push(rest, { k: "object", node, state: "open", keys: [] })] : [];
+    case "[":
+      return allows(node, "array") ? [push(rest, { k: "array", node, state: "open", count: 0 })] : [];
+    case "t":
+    case "f":
+      return allows(node, "boolean") ? [push(rest, { k: "text", text: ch === "t" ? "true" : "false", at: 1, value: true })] : [];
+    case "n":
+      return allows(node, "null") ? [push(rest, { k: "text", text: "null", at: 1, value: true })] : [];
+  }
+  if (ch === "-" || (ch >= "0" && ch <= "9")) {
+    if (!allows(node, "number") && !allows(node, "integer")) return [];
+    return numberReachable(ch, node, !allows(node, "number")) ? [push(rest, { k: "number", node, text: ch })] : [];
+  }
+  return [];
+}
+
+function startKey(f: Extract<Frame, { k: "object" }>, rest: Reading): Reading[] {
+  const left = keysLeft(f);
+  if (left !== "any" && !left.length) return [];
+  return [push(push(rest, { ...f, state: "colon" }), { k: "string", node: f.node, key: true, text: "", length: 0, escape: null })];
+}
+
+function closeObject(f: Extract<Frame, { k: "object" }>, rest: Reading): Reading[] {
+  return f.node.required.every((k) => f.keys.includes(k)) ? [finished(rest)] : [];
+}
+
+/** The readings after one more character. */
+function step(reading: Reading, ch: string): Reading[] {
+  if (!reading) return []; // the value is finished: nothing may follow
+  const f = reading.top;
+  const rest = reading.rest;
+  switch (f.k) {
+    case "text":
+      if (ch !== f.text[f.at]) return [];
+      if (f.at + 1 < f.text.length) return [push(rest, { ...f, at: f.at + 1 })];
+      return [f.value ? finished(rest) : rest];
+    case "value":
+      return startValue(f.node, ch, rest);
+    case "string":
+      return stepString(f, ch, rest);
+    case "number": {
+      const text = f.text + ch;
+      const integer = !allows(f.node, "number");
+      if ((integer ? INTEGER_PREFIX : NUMBER_PREFIX).test(text) && numberReachable(text, f.node, integer)) return [push(rest, { ...f, text })];
+      // anything else ends the number, and is read by what holds it
+      return numberDone(f.text, f.node) ? step(finished(rest), ch) : [];
+    }
+    case "object":
+      return stepObject(f, ch, rest);
+    case "array":
+      return stepArray(f, ch, rest);
+  }
+}
+
+function stepString(f: Extract<Frame, { k: "string" }>, ch: string, rest: Reading): Reading[] {
+  const fixedKeys = f.key && f.node.properties !== undefined;
+  if (f.escape !== null) {
+    if (f.escape === "") {
+      if ('"\\/bfnrt'.includes(ch)) return [push(rest, { ...f, escape: null, length: f.length + 1 })];
+      return ch === "u" ? [push(rest, { ...f, escape: "u" })] : [];
+    }
+    if (!/[0-9a-fA-F]/.test(ch)) return [];
+    const escape = f.escape + ch;
+    return [push(rest, escape.length === 5 ? { ...f, escape: null, length: f.length + 1 } : { ...f, escape })];
+  }
+  if (ch === '"') {
+    if (!f.key) return f.length >= f.node.minLength ? [finished(rest)] : [];
+    const obj = rest!.top as Extract<Frame, { k: "object" }>;
+    const left = keysLeft(obj);
+    if (left !== "any" && !left.includes(f.text)) return [];
+    if (obj.keys.includes(f.text)) return [];
+    return [push(rest!.rest, { ...obj, keys: [...obj.keys, f.text] })];
+  }
+  if (ch < " ") return []; // control characters are escaped in JSON
+  if (ch === "\\") return fixedKeys || f.length + 1 > f.node.maxLength ? [] : [push(rest, { ...f, escape: "" })];
+  const text = f.key ? f.text + ch : "";
+  if (fixedKeys) {
+    const left = keysLeft(rest!.top as Extract<Frame, { k: "object" }>) as string[];
+    if (!left.some((k) => k.startsWith(text))) return [];
+  } else if (!f.key && f.length + 1 > f.node.maxLength) return [];
+  return [push(rest, { ...f, text, length: f.length + 1 })];
+}
+
+function stepObject(f: Extract<Frame, { k: "object" }>, ch: string, rest: Reading): Reading[] {
+  switch (f.state) {
+    case "open":
+      if (ch === '"') return startKey(f, rest);
+      return ch === "}" ? closeObject(f, rest) : [];
+    case "colon":
+      return ch === ":" ? [push(rest, { ...f, state: "afterColon" })] : [];
+    case "afterColon":
+    case "afterColonSpace": {
+      if (ch === " " && f.state === "afterColon") return [push(rest, { ...f, state: "afterColonSpace" })];
+      const node = f.node.properties?.get(f.keys.at(-1)!) ?? f.node.extra;
+      return node ? startValue(node, ch, push(rest, { ...f, state: "value" })) : [];
+    }
+    case "next":
+      if (ch === "}") return closeObject(f, rest);
+      if (ch !== ",") return [];
+      return keysLeft(f) === "any" || keysLeft(f).length ? [push(rest, { ...f, state: "comma" })] : [];
+    case "comma":
+    case "commaSpace":
+      if (ch === " " && f.state === "comma") return [push(rest, { ...f, state: "commaSpace" })];
+      return ch === '"' ? startKey(f, rest) : [];
+    case "value":
+      return []; // the value's own frame is on top
+  }
+}
+
+function stepArray(f: Extract<Frame, { k: "array" }>, ch: string, rest: Reading): Reading[] {
+  const item = f.node.items ?? ANY;
+  switch (f.state) {
+    case "open":
+      if (ch === "]") return f.node.minItems <= 0 ? [finished(rest)] : [];
+      return f.node.maxItems >= 1 ? startValue(item, ch, push(rest, { ...f, state: "value", count: 1 })) : [];
+    case "next":
+      if (ch === "]") return f.count >= f.node.minItems ? [finished(rest)] : [];
+      return ch === "," && f.count < f.node.maxItems ? [push(rest, { ...f, state: "comma" })] : [];
+    case "comma":
+    case "commaSpace":
+      if (ch === " " && f.state === "comma") return [push(rest, { ...f, state: "commaSpace" })];
+      return startValue(item, ch, push(rest, { ...f, state: "value", count: f.count + 1 }));
+    case "value":
+      return [];
+  }
+}
+
+/** Whether a reading is a whole value: finished, or a number that may end here. */
+function whole(reading: Reading): boolean {
+  if (!reading) return true;
+  return reading.top.k === "number" && numberDone(reading.top.text, reading.top.node) && finished(reading.rest) === null;
+}
+
+/** A character a JSON string holds as it is: not a quote, a backslash or a control character. */
+const ordinary = (code: number) => code >= 0x20 && code !== 0x22 && code !== 0x5c;
+
+/**
+ * The prefixes of JSON texts (optionally after fixed text) that fit a schema. Immutable: `feed`
+ * returns a new matcher, or null when the text can no longer fit.
+ */
+export class JsonMatcher {
+  private constructor(private readonly readings: readonly Reading[]) {}
+
+  /** One JSON value fitting `schema`. */
+  static of(schema: JsonSchema): JsonMatcher {
+    return new JsonMatcher([push(null, { k: "value", node: compile(schema, schema) })]);
+  }
+
+  /** Any one of: fixed text (`head`), then a JSON value fitting its schema. */
+  static afterHeads(alternatives: { head: string; schema: JsonSchema }[]): JsonMatcher {
+    return new JsonMatcher(
+      alternatives.map(({ head, schema }) => {
+        const value = push(null, { k: "value", node: compile(schema, schema) });
+        return head ? push(value, { k: "text", text: head, at: 0, value: false }) : value;
+      }),
+    );
+  }
+
+  feed(text: string): JsonMatcher | null {
+    let readings = this.readings;
+    for (let i = 0; i < text.length; ) {
+      // the common case, one reading inside a string: a run of ordinary characters only adds length
+      const only = readings.length === 1 ? readings[0] : null;
+      if (only && only.top.k === "string" && !only.top.key && only.top.escape === null) {
+        let j = i;
+        while (j < text.length && ordinary(text.charCodeAt(j))) j++;
+        if (j > i) {
+          const length = only.top.length + (j - i);
+          if (length > only.top.node.maxLength) return null;
+          readings = [push(only.rest, { ...only.top, length })];
+          i = j;
+          continue;
+        }
+      }
+      const ch = String.fromCodePoint(text.codePointAt(i)!);
+      i += ch.length;
+      const next: Reading[] = [];
+      for (const r of readings) for (const s of step(r, ch)) next.push(s);
+      if (!next.length) return null;
+      readings = next;
+    }
+    return new JsonMatcher(readings);
+  }
+
+  /** Whether the text so far is a whole value (nothing more needs to be written). */
+  get complete(): boolean {
+    return this.readings.some(whole);
+  }
+
+  /** Whether more text may follow. */
+  get open(): boolean {
+    return this.readings.some((r) => r !== null);
+  }
+}
+
+// --- tokens ---
+
+/** Each token's text, and the tokens grouped by first character (to reject a group at once). */
+export interface TokenTexts {
+  texts: string[];
+  byFirst: Map<string, number[]>;
+}
+
+const vocabularies = new WeakMap<object, TokenTexts>();
+
+/**
+ * The text of every token id, decoded alone (cached per tokenizer). Tokens that decode to nothing
+ * (special tokens) are never allowed inside JSON. A byte-level token holding part of a character
+ * decodes to U+FFFD, which JSON allows only inside strings, where the whole text decodes right.
+ */
+export function tokenTexts(tokenizer: { decode(ids: number[]): string }, vocabSize: number): TokenTexts {
+  const cached = vocabularies.get(tokenizer);
+  if (cached && cached.texts.length === vocabSize) return cached;
+  const texts: string[] = [];
+  const byFirst = new Map<string, number[]>();
+  for (let id = 0; id < vocabSize; id++) {
+    let text = "";
+    try {
+      text = tokenizer.decode([id]);
+    } catch {
+      // an id past the tokenizer's vocabulary (embeddings padded to a round size)
+    }
+    texts.push(text);
+    if (!text) continue;
+    const first = String.fromCodePoint(text.codePointAt(0)!);
+    const group = byFirst.get(first);
+    if (group) group.push(id);
+    else byFirst.set(first, [id]);
+  }
+  const result = { texts, byFirst };
+  vocabularies.set(tokenizer, result);
+  return result;
+}
+
+/**
+ * A logits filter for generation: only tokens that keep the output a prefix of what `matcher`
+ * accepts stay possible, and an end-of-turn token only once the value is whole (then nothing
+ * else). When no token fits (a schema the text cannot satisfy), the end-of-turn tokens are left so
+ * generation stops; the caller sees the value unfinished. `tokens` is the row's output so far.
+ */
+export function constrainToJson(vocab: TokenTexts, endIds: number[], matcher: JsonMatcher): (logits: Float32Array, tokens: readonly number[]) => void {
+  let state = matcher;
+  let consumed = 0;
+  return (logits, tokens) => {
+    for (; consumed < tokens.length; consumed++) {
+      const next = state.feed(vocab.texts[tokens[consumed]!] ?? "");
+      if (!next) throw new Error("constrained generation: a token outside the constraint was chosen");
+      state = next;
+    }
+    const allowed = new Uint8Array(logits.length);
+    let any = false;
+    if (state.open) {
+      for (const [first, ids] of vocab.byFirst) {
+        const after = state.feed(first);
+        if (!after) continue;
+        for (const id of ids) {
+          if (id < logits.length && after.feed(vocab.texts[id]!.slice(first.length))) {
+            allowed[id] = 1;
+            any = true;
+          }
+        }
+      }
+    }
+    if (state.complete || !any) for (const id of endIds) if (id < logits.length) allowed[id] = 1;
+    for (let i = 0; i < logits.length; i++) if (!allowed[i]) logits[i] = -Infinity;
+  };
+}

@@ -110,6 +110,7 @@ test("dashboard: token, streamed chat, ledger, bake chart, rollback", { timeout:
     await page.click("#verify");
     const verdict = await page.waitForSelector("#verify-result p");
     assert.match((await verdict.textContent())!, /^\d+ of \d+ absorbed item\(s\) held by v0001, asked just now/);
+    assert.match((await page.textContent("#verify-result p.weights"))!, /^adapter .*v0001\/adapter_model\.safetensors, sha256 [0-9a-f]{64}; base .* \(fingerprint [0-9a-f]{16}\)$/);
 
     // Versions: roll back to the base model; the header follows.
     await page.click("button[data-tab=versions]");

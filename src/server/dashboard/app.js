@@ -519,6 +519,8 @@ $("#verify").addEventListener("click", async () => {
   const probe = (p) => h("li", {}, `${p.question} → ${p.answer}`, p.passed ? "" : h("span", { class: "muted" }, ` (expected: ${p.expected})`));
   $("#verify-result").replaceChildren(
     h("p", { class: failed.length ? "warn" : "ok" }, `${r.held} of ${r.items.length} absorbed item(s) held by ${r.version ?? "the base model"}, asked just now with nothing in the prompt.`),
+    // which weights answered, so the proof can be asked again elsewhere (kiln generate --adapter)
+    h("p", { class: "muted weights" }, r.weights.adapter ? `adapter ${r.weights.adapter.file}, sha256 ${r.weights.adapter.sha256}; base ${r.weights.baseModel} (fingerprint ${r.weights.baseFingerprint})` : `the base model ${r.weights.baseModel} (fingerprint ${r.weights.baseFingerprint}), no adapter`),
     ...failed.map((i) => h("div", { class: "verify-item", "data-id": i.id }, h("strong", {}, i.text), h("ul", {}, i.probes.map(probe)))),
   );
   $("#verify-result").hidden = false;

@@ -607,3 +607,46 @@ test("one bake at a time across a runtime's agents: the second waits for the fir
     rmSync(dir, { recursive: true });
   }
 });
+
+test("news older than forgetNewsAfterDays expires when a bake starts: never baked, no longer replayed or held, and told again it is new", async () => {
+  const { dir, file, feedFile } = writeTestAgent({ forgetNewsAfterDays: 7 });
+  const daysAgo = (n: number) => new Date(Date.now() - n * 86_400_000).toUTCString();
+  writeFileSync(
+    feedFile,
+    `<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"><channel><title>Harbor</title>
+<item><guid>fresh</guid><title>Quillport opened a ferry</title><description>The ferry runs at noon.</description><pubDate>${daysAgo(1)}</pubDate></item>
+<item><guid>stale</guid><title>Dunmore mills closed</title><description>Workers moved to Ashby.</description><pubDate>${daysAgo(30)}</pubDate></item>
+</channel></rss>`,
+  );
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    assert.equal((await agent.pollFeed("harbor")).added, 2);
+    const { item: told } = await agent.remember("The harbor fee is nine coins.");
+    const first = await agent.bake("test");
+    assert.equal(first.status, "promoted", first.reasons.join("; "));
+    const stale = agent.ledger.items({ text: "Dunmore" })[0]!;
+    assert.equal(stale.status, "expired");
+    assert.equal(stale.history.at(-1)!.reason, "news older than forgetNewsAfterDays 7");
+    assert.ok(!agent.ledger.data.bakes.at(-1)!.itemIds.includes(stale.id), "expired news is not baked");
+    assert.equal(agent.ledger.item(told.id).status, "absorbed", "what a user told is not news: it does not expire");
+
+    // an absorbed item whose news has aged leaves the replay and the next version
+    const fresh = agent.ledger.items({ text: "Quillport" })[0]!;
+    assert.equal(fresh.status, "absorbed");
+    await agent.ledger.update((d) => void (d.items.find((i) => i.id === fresh.id)!.source.publishedAt = new Date(Date.now() - 8 * 86_400_000).toISOString()));
+    await agent.remember("The lighthouse keeper is Mara Quell.");
+    const second = await agent.bake("test");
+    assert.equal(second.status, "promoted", second.reasons.join("; "));
+    assert.equal(agent.ledger.item(fresh.id).status, "expired");
+    assert.ok(!agent.ledger.data.bakes.at(-1)!.replayIds.includes(fresh.id));
+    assert.ok(!agent.ledger.version(second.version!).items.includes(fresh.id), "the new version is not expected to hold it");
+    assert.ok(agent.ledger.version(second.version!).items.includes(told.id), "the rest is kept");
+
+    // the same text, told again, is new news
+    assert.equal((await agent.remember(stale.text)).added, true);
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});

@@ -12,10 +12,15 @@ import { DataFile } from "lowdb/node";
 import type { FeedState } from "../feeds/feeds.js";
 
 export type ItemKind = "feed" | "conversation" | "manual" | "instruction";
-export const ITEM_STATUSES = ["pending", "baking", "absorbed", "rejected", "retracted", "superseded"] as const;
+export const ITEM_STATUSES = ["pending", "baking", "absorbed", "rejected", "retracted", "superseded", "expired"] as const;
 export type ItemStatus = (typeof ITEM_STATUSES)[number];
-/** Statuses that do not block the same text told again: what was withdrawn, refused or corrected. */
-const INACTIVE: ReadonlySet<ItemStatus> = new Set(["retracted", "rejected", "superseded"]);
+/**
+ * Statuses of items the agent no longer keeps (withdrawn, refused, corrected, or news past the
+ * agent's `forgetNewsAfterDays`): never baked, replayed or expected held, and no block to the same
+ * text told again.
+ */
+export const INACTIVE_STATUSES = ["retracted", "rejected", "superseded", "expired"] as const satisfies readonly ItemStatus[];
+const INACTIVE: ReadonlySet<ItemStatus> = new Set(INACTIVE_STATUSES);
 
 export interface Probe {
   question: string;
@@ -118,7 +123,7 @@ export class LedgerError extends Error {
  * - bake records, per-item scores and status histories (an item keeps its first entry);
  * - records of versions that can never go live again (off disk, nobody's parent), and the item
  *   lists of all but the newest of those (a list is as long as the ledger; the count stays);
- * - inactive items (retracted, rejected, superseded) no kept version lists: past the newest
+ * - inactive items (retracted, rejected, superseded, expired) no kept version lists: past the newest
  *   `inactiveItems` they move to the archive file, where `Ledger.item` still finds them.
  * Pending and absorbed items are never dropped: they are what the agent knows or will.
  */
@@ -309,7 +314,7 @@ export class Ledger {
       const text = input.text.trim();
       if (!text) throw new LedgerError("an item needs text");
       const hash = contentHash(text);
-      // a retracted, rejected or superseded item does not block the same text told again
+      // an inactive item (retracted, rejected, superseded, expired) does not block the same text told again
       const existing = [...this.data.items, ...fresh].find((i) => i.contentHash === hash && !INACTIVE.has(i.status));
       if (existing) return { item: existing, added: false };
       const status = input.status ?? "pending";

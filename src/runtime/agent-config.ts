@@ -124,6 +124,12 @@ export const AgentConfigSchema = z
      * knows (kiln knowledge verify checks everything)
      */
     retentionChecks: z.number().int().min(0).default(40),
+    /**
+     * feed items whose news (the feed's date, else when stored) is older than this many days are
+     * expired when a bake starts: no longer baked, replayed or checked, so a news agent works on a
+     * window of recent news and what it keeps stays bounded (default: kept for good)
+     */
+    forgetNewsAfterDays: z.number().positive().optional(),
     /** versions kept on disk besides the live one (for rollback) */
     keepVersions: z.number().int().min(1).default(5),
     /** where the ledger and checkpoints live (relative to the agent file); default checkpoints/<name> */

@@ -14,8 +14,8 @@ import { decideGate, type StatusChange } from "./gate.js";
 import { checkProbes, type ProbeCheck, type ProbeItem } from "../bake/probes.js";
 import { knowledgeLessons } from "../bake/prompt.js";
 import { pollFeed, type FeedEntry } from "../feeds/feeds.js";
-import { Ledger, markBaking, type BakeRun, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
-import { pairedHeldItems, updatePairs } from "../knowledge/updates.js";
+import { INACTIVE_STATUSES, Ledger, markBaking, type BakeRun, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
+import { newsTime, pairedHeldItems, updatePairs } from "../knowledge/updates.js";
 import type { LoadedModel } from "../model/load.js";
 import { ADAPTER_WEIGHTS } from "../lora/peft.js";
 import type { AgentConfig } from "./agent-config.js";
@@ -383,6 +383,7 @@ export class Agent {
     const cfg = this.config;
     const ledger = this.ledger;
     if (this.polls.size) await Promise.allSettled([...this.polls]); // (no await otherwise: the bake's record is written at once)
+    await this.expireOldNews();
     const liveVersion = ledger.data.live;
     const liveItems = this.heldItems();
     // items the last bake was rejected on go last, so that news gets in ahead of them
@@ -515,7 +516,7 @@ export class Agent {
       retained,
       unprobed,
       liveItems,
-      excluded: new Set(ledger.items({ status: ["retracted", "rejected", "superseded"] }).map((i) => i.id)),
+      excluded: new Set(ledger.items({ status: [...INACTIVE_STATUSES] }).map((i) => i.id)),
       scores: result.scores,
       superseded: result.superseded,
       persona: result.persona ? result.persona.after : null,
@@ -640,13 +641,24 @@ export class Agent {
     return null;
   }
 
-  /** The gate's status changes; an item retracted or superseded (corrected by its feed) meanwhile stays so. */
+  /** The gate's status changes; an item retracted, superseded (corrected by its feed) or expired meanwhile stays so. */
   private async applyChanges(changes: StatusChange[]): Promise<void> {
     for (const c of changes) {
-      const ids = c.ids.filter((id) => !["retracted", "superseded"].includes(this.ledger.item(id).status));
+      const ids = c.ids.filter((id) => !["retracted", "superseded", "expired"].includes(this.ledger.item(id).status));
       const { ids: _, status, ...extra } = c;
       this.logGivenBack(await this.ledger.setItemStatus(ids, status, extra), status);
     }
+  }
+
+  /** Feed items older than `forgetNewsAfterDays` leave what the agent keeps (pending: never baked; absorbed: no longer replayed). */
+  private async expireOldNews(): Promise<void> {
+    const days = this.config.forgetNewsAfterDays;
+    if (days === undefined) return;
+    const before = Date.now() - days * 86_400_000;
+    const old = this.ledger.items({ kind: "feed", status: ["pending", "absorbed"] }).filter((i) => newsTime(i) < before);
+    if (!old.length) return;
+    await this.ledger.setItemStatus(old.map((i) => i.id), "expired", { reason: `news older than forgetNewsAfterDays ${days}` });
+    this.log(`${old.length} feed item(s) older than ${days} day(s) expired: no longer baked, replayed or checked`);
   }
 
   private logGivenBack(ids: string[], status: string): void {

@@ -383,7 +383,9 @@ export class Agent {
     const cfg = this.config;
     const ledger = this.ledger;
     if (this.polls.size) await Promise.allSettled([...this.polls]); // (no await otherwise: the bake's record is written at once)
-    await this.expireOldNews();
+    // Changes the statuses in memory at once, the write following: awaiting it here would write
+    // the bake's record a tick late, after a caller looked for it (the admin API's 202).
+    void this.expireOldNews().catch((err: Error) => this.log(`expiring old news failed: ${err.message}`));
     const liveVersion = ledger.data.live;
     const liveItems = this.heldItems();
     // items the last bake was rejected on go last, so that news gets in ahead of them
@@ -650,7 +652,10 @@ export class Agent {
     }
   }
 
-  /** Feed items older than `forgetNewsAfterDays` leave what the agent keeps (pending: never baked; absorbed: no longer replayed). */
+  /**
+   * Feed items older than `forgetNewsAfterDays` leave what the agent keeps (pending: never baked;
+   * absorbed: no longer replayed). The ledger changes before the first await; the promise is the write.
+   */
   private async expireOldNews(): Promise<void> {
     const days = this.config.forgetNewsAfterDays;
     if (days === undefined) return;

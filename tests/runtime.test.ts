@@ -12,6 +12,7 @@ import { Runtime } from "../src/runtime/runtime.js";
 import { loadAgentConfig } from "../src/runtime/agent-config.js";
 import type { Agent } from "../src/runtime/agent.js";
 import { SETTLE_MS } from "../src/feeds/feeds.js";
+import { LEDGER_LIMITS } from "../src/knowledge/ledger.js";
 import { createServer } from "../src/server/index.js";
 import { writeTestAgent } from "./support/agent.js";
 
@@ -645,6 +646,12 @@ test("news older than forgetNewsAfterDays expires when a bake starts: never bake
 
     // the same text, told again, is new news
     assert.equal((await agent.remember(stale.text)).added, true);
+
+    // once compaction archives the expired item (no version lists it), there is nothing to retract
+    await agent.ledger.compact(() => true, { ...LEDGER_LIMITS, inactiveItems: 0 });
+    assert.ok(agent.ledger.item(stale.id).archivedAt);
+    assert.equal(agent.ledger.item(fresh.id).archivedAt, undefined, "v0001, still on disk, lists it: it stays");
+    await assert.rejects(agent.retract([stale.id]), /item k_\w+ is archived \(expired since .*\): no version that can go live holds it/);
   } finally {
     await runtime.stop();
     rmSync(dir, { recursive: true });

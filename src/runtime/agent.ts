@@ -724,6 +724,8 @@ export class Agent {
    */
   async retract(ids: string[], reason = "retracted"): Promise<BakeOutcome> {
     const items = ids.map((id) => this.ledger.item(id));
+    const archived = items.find((i) => i.archivedAt);
+    if (archived) throw new Error(`item ${archived.id} is archived (${archived.status} since ${archived.updatedAt}): no version that can go live holds it, so there is nothing to retract`);
     // A running bake would be joined, not redone from the base, and its gate would set these items
     // absorbed again: let it finish first, then mark them.
     while (this.baking) await this.baking.catch(() => undefined);

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { z } from "zod";
 import { ChatTokenizer } from "../src/model/tokenizer.js";
 import { seededRandom } from "../src/model/sampling.js";
-import { constrainToJson, JsonMatcher, tokenTexts, type JsonSchema } from "../src/model/json-constraint.js";
+import { constrainToJson, JsonMatcher, schemaGaps, tokenTexts, type JsonSchema } from "../src/model/json-constraint.js";
 import { PACKAGE_ROOT } from "../src/model/resolve.js";
 import path from "node:path";
 
@@ -139,4 +139,66 @@ test("the token mask over kiln-mini's vocabulary turns random logits into JSON t
     assert.ok(parsed.success, `${text}: ${parsed.error?.message}`);
   }
   assert.ok(finished >= 10, `${finished} of 20 random walks finished within 300 tokens`);
+});
+
+test("schemaGaps lists what the matcher does not enforce, where it is; annotations and what it enforces are not listed", () => {
+  // everything the matcher reads, and annotations: no gaps (the Person schema above included)
+  assert.deepEqual(schemaGaps(personSchema), []);
+  const enforced: JsonSchema = {
+    $schema: "http://json-schema.org/draft-07/schema#",
+    title: "t",
+    type: "object",
+    properties: { a: { type: ["string", "null"], minLength: 1, maxLength: 3, description: "d" }, b: { $ref: "#/definitions/b" }, c: { anyOf: [{ const: 1 }, { enum: ["x"] }] } },
+    required: ["a"],
+    additionalProperties: false,
+    definitions: { b: { type: "array", items: { type: "number", exclusiveMinimum: 0 }, minItems: 1 } },
+    "x-vendor": true, // unknown keywords say nothing about validity, in JSON Schema too
+  };
+  assert.deepEqual(schemaGaps(enforced), []);
+
+  const gappy: JsonSchema = {
+    type: "object",
+    properties: {
+      "e/mail": { type: "string", format: "email", pattern: "@" },
+      list: { type: "array", items: [{ type: "string" }], uniqueItems: true },
+      n: { type: "number", multipleOf: 2, exclusiveMaximum: true },
+      r: { $ref: "#/$defs/r", description: "an annotation beside $ref is fine", minimum: 3 },
+      both: { allOf: [{ type: "string" }], not: { const: "" } },
+    },
+    minProperties: 1,
+    $defs: { r: { type: "integer", if: { minimum: 0 }, then: { maximum: 9 } } },
+  };
+  assert.deepEqual(
+    schemaGaps(gappy).map((g) => `${g.keyword} ${g.at}${g.detail ? ` (${g.detail})` : ""}`),
+    [
+      "minProperties #",
+      "format #/properties/e~1mail",
+      "pattern #/properties/e~1mail",
+      "items #/properties/list (a list of schemas (tuple items))",
+      "uniqueItems #/properties/list",
+      "multipleOf #/properties/n",
+      "exclusiveMaximum #/properties/n (as a boolean (draft 4))",
+      "minimum #/properties/r (beside $ref (the reference is read alone))",
+      "allOf #/properties/both",
+      "not #/properties/both",
+      "if #/$defs/r",
+      "then #/$defs/r",
+    ],
+  );
+
+  // oneOf is matched as anyOf: exact only when no value fits two branches (types or a discriminator tell)
+  const byKind: JsonSchema = { oneOf: [{ type: "object", properties: { kind: { const: "a" } }, required: ["kind"] }, { type: "object", properties: { kind: { enum: ["b", "c"] } }, required: ["kind"] }] };
+  assert.deepEqual(schemaGaps(byKind), []);
+  assert.deepEqual(schemaGaps({ oneOf: [{ type: "string" }, { type: "null" }] }), []);
+  assert.deepEqual(schemaGaps({ oneOf: [{ type: "integer" }, { type: "number" }] }).map((g) => g.keyword), ["oneOf"], "1 fits both");
+  assert.deepEqual(schemaGaps({ oneOf: [{ type: "object", properties: { kind: { const: "a" } } }, { type: "object", properties: { kind: { const: "b" } } }] }).map((g) => g.keyword), ["oneOf"], "kind is not required: {} fits both");
+});
+
+test("a required key the properties leave out is written with additionalProperties' schema; with additionalProperties false no object fits", () => {
+  const schema: JsonSchema = { type: "object", properties: { a: { type: "integer" } }, required: ["a", "b"], additionalProperties: { type: "boolean" } };
+  assert.ok(accepts(schema, '{"a":1,"b":true}'));
+  assert.ok(!accepts(schema, '{"a":1}'));
+  assert.ok(!accepts(schema, '{"a":1,"b":2}'));
+  assert.ok(accepts({ type: "object", properties: { a: { type: "integer" } }, required: ["b"] }, '{"b":[1,{}]}'), "additionalProperties unset: any value");
+  assert.throws(() => JsonMatcher.of({ type: "object", properties: { a: { type: "integer" } }, required: ["b"], additionalProperties: false }), /"b" is required but additionalProperties is false/);
 });

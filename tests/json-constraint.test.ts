@@ -202,3 +202,23 @@ test("a required key the properties leave out is written with additionalProperti
   assert.ok(accepts({ type: "object", properties: { a: { type: "integer" } }, required: ["b"] }, '{"b":[1,{}]}'), "additionalProperties unset: any value");
   assert.throws(() => JsonMatcher.of({ type: "object", properties: { a: { type: "integer" } }, required: ["b"], additionalProperties: false }), /"b" is required but additionalProperties is false/);
 });
+
+test("the token mask allows exactly the tokens the matcher accepts next, inside strings (its shortcut) and out", () => {
+  const tokenizer = ChatTokenizer.fromDirectory(path.join(PACKAGE_ROOT, "models", "kiln-mini"));
+  const V = 2048;
+  const vocab = tokenTexts(tokenizer, V);
+  const eos = tokenizer.eosTokenIds;
+  const schema: JsonSchema = { type: "object", properties: { name: { type: "string", maxLength: 5 }, note: { type: "string" }, n: { type: "integer", maximum: 50 } }, required: ["name"] };
+  for (const prefix of ['{"name":"', '{"name":"ab', '{"name":"abcd', '{"name":"abcde', '{"note":"x\\', '{"note":"x\\\\', '{"note":"long text', '{"na', '{"n":4', '{"name":"a"', '']) {
+    const matcher = JsonMatcher.of(schema);
+    const state = matcher.feed(prefix)!;
+    assert.ok(state, prefix);
+    const tokens = tokenizer.encode(prefix);
+    assert.equal(tokens.map((t) => vocab.texts[t]).join(""), prefix, "the prefix's tokens spell it");
+    const logits = new Float32Array(V);
+    constrainToJson(vocab, eos, matcher)(logits, tokens);
+    const allowed = [...logits.keys()].filter((id) => logits[id] === 0);
+    const expected = [...logits.keys()].filter((id) => (eos.includes(id) ? state.complete : vocab.texts[id] !== "" && state.feed(vocab.texts[id]!) !== null));
+    assert.deepEqual(allowed, expected, JSON.stringify(prefix));
+  }
+});

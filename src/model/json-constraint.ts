@@ -502,9 +502,13 @@ export class JsonMatcher {
       const only = readings.length === 1 ? readings[0] : null;
       if (only && only.top.k === "string" && !only.top.key && only.top.escape === null) {
         let j = i;
-        while (j < text.length && ordinary(text.charCodeAt(j))) j++;
+        let chars = 0; // lengths count code points, as JSON Schema's do
+        while (j < text.length && ordinary(text.charCodeAt(j))) {
+          j += text.codePointAt(j)! > 0xffff ? 2 : 1;
+          chars++;
+        }
         if (j > i) {
-          const length = only.top.length + (j - i);
+          const length = only.top.length + chars;
           if (length > only.top.node.maxLength) return null;
           readings = [push(only.rest, { ...only.top, length })];
           i = j;
@@ -531,6 +535,15 @@ export class JsonMatcher {
     return this.readings.some((r) => r !== null);
   }
 
+  /**
+   * Inside a string value (the only reading, no escape pending): how many more characters it may
+   * take. Any run of ordinary characters that long fits; null elsewhere.
+   */
+  get stringRoom(): number | null {
+    const only = this.readings.length === 1 ? this.readings[0] : null;
+    if (!only || only.top.k !== "string" || only.top.key || only.top.escape !== null) return null;
+    return only.top.node.maxLength - only.top.length;
+  }
 }
 
 // --- tokens ---
@@ -539,6 +552,8 @@ export class JsonMatcher {
 export interface TokenTexts {
   texts: string[];
   byFirst: Map<string, number[]>;
+  /** a token's length in code points when its text is all ordinary string characters, else -1 */
+  plain: Int32Array;
 }
 
 const vocabularies = new WeakMap<object, TokenTexts>();
@@ -553,6 +568,7 @@ export function tokenTexts(tokenizer: { decode(ids: number[]): string }, vocabSi
   if (cached && cached.texts.length === vocabSize) return cached;
   const texts: string[] = [];
   const byFirst = new Map<string, number[]>();
+  const plain = new Int32Array(vocabSize).fill(-1);
   for (let id = 0; id < vocabSize; id++) {
     let text = "";
     try {
@@ -562,12 +578,15 @@ export function tokenTexts(tokenizer: { decode(ids: number[]): string }, vocabSi
     }
     texts.push(text);
     if (!text) continue;
+    let chars = 0;
+    for (const ch of text) chars = chars >= 0 && ordinary(ch.charCodeAt(0)) ? chars + 1 : -1;
+    plain[id] = chars;
     const first = String.fromCodePoint(text.codePointAt(0)!);
     const group = byFirst.get(first);
     if (group) group.push(id);
     else byFirst.set(first, [id]);
   }
-  const result = { texts, byFirst };
+  const result = { texts, byFirst, plain };
   vocabularies.set(tokenizer, result);
   return result;
 }
@@ -589,12 +608,25 @@ export function constrainToJson(vocab: TokenTexts, endIds: number[], matcher: Js
     }
     const allowed = new Uint8Array(logits.length);
     let any = false;
+    // Inside a string, where most of a reply's tokens go, a token of ordinary characters fits
+    // when the string has room for it: it need not be fed (on a large vocabulary that is slow).
+    const room = state.stringRoom;
+    if (room !== null) {
+      for (let id = 0; id < logits.length; id++) {
+        const n = vocab.plain[id]!;
+        if (n >= 0 && n <= room) {
+          allowed[id] = 1;
+          any = true;
+        }
+      }
+    }
     if (state.open) {
       for (const [first, ids] of vocab.byFirst) {
         const after = state.feed(first);
         if (!after) continue;
         for (const id of ids) {
-          if (id < logits.length && after.feed(vocab.texts[id]!.slice(first.length))) {
+          if (id >= logits.length || (room !== null && vocab.plain[id]! >= 0)) continue; // settled above
+          if (after.feed(vocab.texts[id]!.slice(first.length))) {
             allowed[id] = 1;
             any = true;
           }

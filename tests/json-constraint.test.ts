@@ -91,6 +91,14 @@ test("unions, enums of any type, $refs, recursion and fixed heads", () => {
 
   const free: JsonSchema = { type: "object" };
   assert.ok(accepts(free, '{"anything": [1, {"x": "y"}], "more": false}'));
+  // a free key is read as a run (the matcher's shortcut) and still kept: no key twice
+  assert.equal(JsonMatcher.of(free).feed('{"ab":1,"ab"'), null);
+  assert.equal(JsonMatcher.of(free).feed('{"ab":1,"a')!.feed('b"'), null);
+  assert.ok(accepts(free, '{"ab":1,"abc":2,"a\\"b":3}'), "an escaped quote is part of the key");
+  assert.equal(JsonMatcher.of(free).feed('{"ab":1,"a\\u0062"'), null, "the same key, escaped");
+  // lengths count code points (an emoji is two UTF-16 units, one character)
+  assert.ok(accepts({ type: "string", maxLength: 2 }, '"\u{1F600}x"'));
+  assert.ok(!accepts({ type: "string", maxLength: 2 }, '"\u{1F600}xy"'));
   assert.ok(accepts(true, "-0.5e3"));
 
   const calls = JsonMatcher.afterHeads([
@@ -208,17 +216,23 @@ test("the token mask allows exactly the tokens the matcher accepts next, inside 
   const V = 2048;
   const vocab = tokenTexts(tokenizer, V);
   const eos = tokenizer.eosTokenIds;
-  const schema: JsonSchema = { type: "object", properties: { name: { type: "string", maxLength: 5 }, note: { type: "string" }, n: { type: "integer", maximum: 50 } }, required: ["name"] };
-  for (const prefix of ['{"name":"', '{"name":"ab', '{"name":"abcd', '{"name":"abcde', '{"note":"x\\', '{"note":"x\\\\', '{"note":"long text', '{"na', '{"n":4', '{"name":"a"', '']) {
-    const matcher = JsonMatcher.of(schema);
-    const state = matcher.feed(prefix)!;
-    assert.ok(state, prefix);
-    const tokens = tokenizer.encode(prefix);
-    assert.equal(tokens.map((t) => vocab.texts[t]).join(""), prefix, "the prefix's tokens spell it");
-    const logits = new Float32Array(V);
-    constrainToJson(vocab, eos, matcher)(logits, tokens);
-    const allowed = [...logits.keys()].filter((id) => logits[id] === 0);
-    const expected = [...logits.keys()].filter((id) => (eos.includes(id) ? state.complete : vocab.texts[id] !== "" && state.feed(vocab.texts[id]!) !== null));
-    assert.deepEqual(allowed, expected, JSON.stringify(prefix));
+  const named: JsonSchema = { type: "object", properties: { name: { type: "string", maxLength: 5 }, note: { type: "string" }, n: { type: "integer", maximum: 50 } }, required: ["name"] };
+  const cases: [JsonSchema, string[]][] = [
+    [named, ['{"name":"', '{"name":"ab', '{"name":"abcd', '{"name":"abcde', '{"note":"x\\', '{"note":"x\\\\', '{"note":"long text', '{"na', '{"n":4', '{"name":"a"', '']],
+    [{ type: "object" }, ['{"', '{"ab', '{"a\\', '{"ab":"c', '{"ab":1,"', '{"ab":{"', '{"ab":["x", "']], // any keys (json_object)
+  ];
+  for (const [schema, prefixes] of cases) {
+    for (const prefix of prefixes) {
+      const matcher = JsonMatcher.of(schema);
+      const state = matcher.feed(prefix)!;
+      assert.ok(state, prefix);
+      const tokens = tokenizer.encode(prefix);
+      assert.equal(tokens.map((t) => vocab.texts[t]).join(""), prefix, "the prefix's tokens spell it");
+      const logits = new Float32Array(V);
+      constrainToJson(vocab, eos, matcher)(logits, tokens);
+      const allowed = [...logits.keys()].filter((id) => logits[id] === 0);
+      const expected = [...logits.keys()].filter((id) => (eos.includes(id) ? state.complete : vocab.texts[id] !== "" && state.feed(vocab.texts[id]!) !== null));
+      assert.deepEqual(allowed, expected, JSON.stringify(prefix));
+    }
   }
 });

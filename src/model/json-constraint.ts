@@ -391,16 +391,20 @@ function step(reading: Reading, ch: string): Reading[] {
   }
 }
 
+const UNESCAPED: Record<string, string> = { '"': '"', "\\": "\\", "/": "/", b: "\b", f: "\f", n: "\n", r: "\r", t: "\t" };
+
 function stepString(f: Extract<Frame, { k: "string" }>, ch: string, rest: Reading): Reading[] {
   const fixedKeys = f.key && f.node.properties !== undefined;
   if (f.escape !== null) {
+    // a key keeps the character an escape stands for, so that "a\"b" is not taken for "ab"
     if (f.escape === "") {
-      if ('"\\/bfnrt'.includes(ch)) return [push(rest, { ...f, escape: null, length: f.length + 1 })];
+      if (ch in UNESCAPED) return [push(rest, { ...f, escape: null, length: f.length + 1, text: f.key ? f.text + UNESCAPED[ch] : "" })];
       return ch === "u" ? [push(rest, { ...f, escape: "u" })] : [];
     }
     if (!/[0-9a-fA-F]/.test(ch)) return [];
     const escape = f.escape + ch;
-    return [push(rest, escape.length === 5 ? { ...f, escape: null, length: f.length + 1 } : { ...f, escape })];
+    if (escape.length < 5) return [push(rest, { ...f, escape })];
+    return [push(rest, { ...f, escape: null, length: f.length + 1, text: f.key ? f.text + String.fromCharCode(parseInt(escape.slice(1), 16)) : "" })];
   }
   if (ch === '"') {
     if (!f.key) return f.length >= f.node.minLength ? [finished(rest)] : [];
@@ -498,9 +502,10 @@ export class JsonMatcher {
   feed(text: string): JsonMatcher | null {
     let readings = this.readings;
     for (let i = 0; i < text.length; ) {
-      // the common case, one reading inside a string: a run of ordinary characters only adds length
+      // the common case, one reading inside a string (a value, or a key of an object that takes
+      // any key): a run of ordinary characters only adds length (a key keeps its text)
       const only = readings.length === 1 ? readings[0] : null;
-      if (only && only.top.k === "string" && !only.top.key && only.top.escape === null) {
+      if (only && only.top.k === "string" && only.top.escape === null && !(only.top.key && only.top.node.properties)) {
         let j = i;
         let chars = 0; // lengths count code points, as JSON Schema's do
         while (j < text.length && ordinary(text.charCodeAt(j))) {
@@ -509,8 +514,9 @@ export class JsonMatcher {
         }
         if (j > i) {
           const length = only.top.length + chars;
-          if (length > only.top.node.maxLength) return null;
-          readings = [push(only.rest, { ...only.top, length })];
+          if (only.top.key) readings = [push(only.rest, { ...only.top, text: only.top.text + text.slice(i, j), length })];
+          else if (length > only.top.node.maxLength) return null;
+          else readings = [push(only.rest, { ...only.top, length })];
           i = j;
           continue;
         }
@@ -536,12 +542,14 @@ export class JsonMatcher {
   }
 
   /**
-   * Inside a string value (the only reading, no escape pending): how many more characters it may
-   * take. Any run of ordinary characters that long fits; null elsewhere.
+   * Inside a string value, or a key of an object that takes any key (the only reading, no escape
+   * pending): how many more characters it may take. Any run of ordinary characters that long
+   * fits; null elsewhere.
    */
   get stringRoom(): number | null {
     const only = this.readings.length === 1 ? this.readings[0] : null;
-    if (!only || only.top.k !== "string" || only.top.key || only.top.escape !== null) return null;
+    if (!only || only.top.k !== "string" || only.top.escape !== null) return null;
+    if (only.top.key) return only.top.node.properties ? null : Infinity;
     return only.top.node.maxLength - only.top.length;
   }
 }

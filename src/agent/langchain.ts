@@ -249,6 +249,7 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
       seed: this.seed,
       stop: [...(this.stop ?? []), ...(options?.stop ?? [])],
       tools: options?.tools?.map((t) => t.function.name),
+      response_format: options?.response_format?.type,
     };
   }
 

@@ -29,7 +29,6 @@ import type { ChatMessage } from "../model/tokenizer.js";
 import type { ChatChunk, ChatOutcome, Runtime } from "../runtime/runtime.js";
 import { forceToolCall, newToolCallId, ToolCallStream, ToolChoiceError, toolPrompt, type ForcedCall, type KilnToolSpec, type ToolChoice, type ToolPrompt } from "./tools.js";
 import { formatWithOptionalTools, structuredReply, type ResponseFormat, type StructuredReply } from "./response-format.js";
-import type { SchemaGap } from "../model/json-constraint.js";
 
 export { parseToolCalls, renderToolProtocol, TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolChoiceError, type KilnToolSpec, type ParsedToolCalls } from "./tools.js";
 export { ResponseFormatError, type ResponseFormat } from "./response-format.js";
@@ -434,7 +433,7 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
       model_name: this.agentName,
       ...(outcome.captured.length ? { kiln_captured: outcome.captured } : {}),
       // keywords of a non-strict response_format schema the reply was not held to
-      ...(req.structured?.unenforced.length ? { kiln_unenforced: req.structured.unenforced satisfies SchemaGap[] } : {}),
+      ...(req.structured?.unenforced.length ? { kiln_unenforced: req.structured.unenforced } : {}),
     };
     const toolCallChunks: ToolCallChunk[] = toolCalls.map((c, index) => ({ type: "tool_call_chunk", name: c.name, args: JSON.stringify(c.args), id: c.id, index }));
     yield new ChatGenerationChunk({

@@ -11,6 +11,8 @@ export { loadAgentConfig, parseAgentConfig, AgentConfigError, type AgentConfig }
 
 // LangChain.js: a chat model over an agent's live weights, and the agent's own chat loop with tools.
 export { KilnChatModel, type KilnChatModelFields, type KilnCallOptions } from "./agent/langchain.js";
+// Structured replies (the API's response_format, KilnChatModel's response_format call option).
+export { ResponseFormatError, type ResponseFormat } from "./agent/response-format.js";
 export { createKilnAgent, KilnAgent, type KilnAgentOptions, type TurnResult } from "./agent/chat-loop.js";
 
 // Serving: the OpenAI-compatible API, admin API and dashboard over a runtime.

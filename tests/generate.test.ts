@@ -76,6 +76,59 @@ test("streamed chunks concatenate to the final text, and abort stops the stream"
   assert.equal(chunks.length, 3);
 });
 
+/** Runs a stream to its end: the chunks' text joined, and the result. */
+async function streamed(prompt: number[], opts: Parameters<typeof streamGenerate>[2]) {
+  const it = streamGenerate(model, [prompt], opts);
+  let text = "";
+  for (;;) {
+    const r = await it.next();
+    if (r.done) return { text, result: r.value[0]! };
+    text += r.value.text;
+  }
+}
+
+/**
+ * Makes the real model write `script` (token ids) and then end its turn, through the constrain
+ * hook: every other token is masked, so the reply's ending is known in advance.
+ */
+function writes(script: number[]) {
+  const end = model.eosTokenIds[0]!;
+  return (logits: Float32Array, tokens: readonly number[]) => {
+    const next = tokens.length < script.length ? script[tokens.length]! : end;
+    logits.fill(-Infinity);
+    logits[next] = 0;
+  };
+}
+
+test("text held back when the turn ends (a partial character, a stop string's start) is still streamed: chunks join to the final text", async () => {
+  const prompt = prompts[0]!;
+  // "hello wor" could still grow into the stop string "world", so "wor" is held back; then the turn ends
+  const stopStart = await streamed(prompt, { maxTokens: 20, stopStrings: ["world"], constrain: writes(model.tokenizer.encode("hello wor")) });
+  assert.equal(stopStart.result.finishReason, "stop");
+  assert.equal(stopStart.result.text, "hello wor");
+  assert.equal(stopStart.text, stopStart.result.text);
+  // the first byte of "é" alone: held back as an incomplete character, then the turn ends
+  const [firstByte] = model.tokenizer.encode("é");
+  const partial = await streamed(prompt, { maxTokens: 20, constrain: writes([...model.tokenizer.encode("ab"), firstByte!]) });
+  assert.equal(partial.result.text, "ab\uFFFD");
+  assert.equal(partial.text, partial.result.text);
+  // aborted while text is held back: what the result holds was streamed too
+  const controller = new AbortController();
+  const it = streamGenerate(model, [prompt], { maxTokens: 20, stopStrings: ["world"], signal: controller.signal, constrain: writes(model.tokenizer.encode("hello wor")) });
+  let text = "";
+  for (;;) {
+    const r = await it.next();
+    if (r.done) {
+      assert.equal(r.value[0]!.finishReason, "abort");
+      assert.equal(text, r.value[0]!.text);
+      assert.ok(r.value[0]!.text.endsWith("wor"), r.value[0]!.text);
+      break;
+    }
+    text += r.value.text;
+    if (model.tokenizer.decode([r.value.token]) === "r") controller.abort();
+  }
+});
+
 test("no tensors leak across 100 generations", async () => {
   await generate(model, prompts, { maxTokens: 2 }); // warm-up allocations
   const before = tf.memory().numTensors;

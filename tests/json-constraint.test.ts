@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { z } from "zod";
 import { ChatTokenizer } from "../src/model/tokenizer.js";
 import { seededRandom } from "../src/model/sampling.js";
-import { constrainToJson, JsonMatcher, tokenTexts, type JsonSchema } from "../src/model/json-constraint.js";
+import { constrainToJson, JsonMatcher, schemaGaps, tokenTexts, type JsonSchema } from "../src/model/json-constraint.js";
 import { PACKAGE_ROOT } from "../src/model/resolve.js";
 import path from "node:path";
 
@@ -91,6 +91,14 @@ test("unions, enums of any type, $refs, recursion and fixed heads", () => {
 
   const free: JsonSchema = { type: "object" };
   assert.ok(accepts(free, '{"anything": [1, {"x": "y"}], "more": false}'));
+  // a free key is read as a run (the matcher's shortcut) and still kept: no key twice
+  assert.equal(JsonMatcher.of(free).feed('{"ab":1,"ab"'), null);
+  assert.equal(JsonMatcher.of(free).feed('{"ab":1,"a')!.feed('b"'), null);
+  assert.ok(accepts(free, '{"ab":1,"abc":2,"a\\"b":3}'), "an escaped quote is part of the key");
+  assert.equal(JsonMatcher.of(free).feed('{"ab":1,"a\\u0062"'), null, "the same key, escaped");
+  // lengths count code points (an emoji is two UTF-16 units, one character)
+  assert.ok(accepts({ type: "string", maxLength: 2 }, '"\u{1F600}x"'));
+  assert.ok(!accepts({ type: "string", maxLength: 2 }, '"\u{1F600}xy"'));
   assert.ok(accepts(true, "-0.5e3"));
 
   const calls = JsonMatcher.afterHeads([
@@ -139,4 +147,92 @@ test("the token mask over kiln-mini's vocabulary turns random logits into JSON t
     assert.ok(parsed.success, `${text}: ${parsed.error?.message}`);
   }
   assert.ok(finished >= 10, `${finished} of 20 random walks finished within 300 tokens`);
+});
+
+test("schemaGaps lists what the matcher does not enforce, where it is; annotations and what it enforces are not listed", () => {
+  // everything the matcher reads, and annotations: no gaps (the Person schema above included)
+  assert.deepEqual(schemaGaps(personSchema), []);
+  const enforced: JsonSchema = {
+    $schema: "http://json-schema.org/draft-07/schema#",
+    title: "t",
+    type: "object",
+    properties: { a: { type: ["string", "null"], minLength: 1, maxLength: 3, description: "d" }, b: { $ref: "#/definitions/b" }, c: { anyOf: [{ const: 1 }, { enum: ["x"] }] } },
+    required: ["a"],
+    additionalProperties: false,
+    definitions: { b: { type: "array", items: { type: "number", exclusiveMinimum: 0 }, minItems: 1 } },
+    "x-vendor": true, // unknown keywords say nothing about validity, in JSON Schema too
+  };
+  assert.deepEqual(schemaGaps(enforced), []);
+
+  const gappy: JsonSchema = {
+    type: "object",
+    properties: {
+      "e/mail": { type: "string", format: "email", pattern: "@" },
+      list: { type: "array", items: [{ type: "string" }], uniqueItems: true },
+      n: { type: "number", multipleOf: 2, exclusiveMaximum: true },
+      r: { $ref: "#/$defs/r", description: "an annotation beside $ref is fine", minimum: 3 },
+      both: { allOf: [{ type: "string" }], not: { const: "" } },
+    },
+    minProperties: 1,
+    $defs: { r: { type: "integer", if: { minimum: 0 }, then: { maximum: 9 } } },
+  };
+  assert.deepEqual(
+    schemaGaps(gappy).map((g) => `${g.keyword} ${g.at}${g.detail ? ` (${g.detail})` : ""}`),
+    [
+      "minProperties #",
+      "format #/properties/e~1mail",
+      "pattern #/properties/e~1mail",
+      "items #/properties/list (a list of schemas (tuple items))",
+      "uniqueItems #/properties/list",
+      "multipleOf #/properties/n",
+      "exclusiveMaximum #/properties/n (as a boolean (draft 4))",
+      "minimum #/properties/r (beside $ref (the reference is read alone))",
+      "allOf #/properties/both",
+      "not #/properties/both",
+      "if #/$defs/r",
+      "then #/$defs/r",
+    ],
+  );
+
+  // oneOf is matched as anyOf: exact only when no value fits two branches (types or a discriminator tell)
+  const byKind: JsonSchema = { oneOf: [{ type: "object", properties: { kind: { const: "a" } }, required: ["kind"] }, { type: "object", properties: { kind: { enum: ["b", "c"] } }, required: ["kind"] }] };
+  assert.deepEqual(schemaGaps(byKind), []);
+  assert.deepEqual(schemaGaps({ oneOf: [{ type: "string" }, { type: "null" }] }), []);
+  assert.deepEqual(schemaGaps({ oneOf: [{ type: "integer" }, { type: "number" }] }).map((g) => g.keyword), ["oneOf"], "1 fits both");
+  assert.deepEqual(schemaGaps({ oneOf: [{ type: "object", properties: { kind: { const: "a" } } }, { type: "object", properties: { kind: { const: "b" } } }] }).map((g) => g.keyword), ["oneOf"], "kind is not required: {} fits both");
+});
+
+test("a required key the properties leave out is written with additionalProperties' schema; with additionalProperties false no object fits", () => {
+  const schema: JsonSchema = { type: "object", properties: { a: { type: "integer" } }, required: ["a", "b"], additionalProperties: { type: "boolean" } };
+  assert.ok(accepts(schema, '{"a":1,"b":true}'));
+  assert.ok(!accepts(schema, '{"a":1}'));
+  assert.ok(!accepts(schema, '{"a":1,"b":2}'));
+  assert.ok(accepts({ type: "object", properties: { a: { type: "integer" } }, required: ["b"] }, '{"b":[1,{}]}'), "additionalProperties unset: any value");
+  assert.throws(() => JsonMatcher.of({ type: "object", properties: { a: { type: "integer" } }, required: ["b"], additionalProperties: false }), /"b" is required but additionalProperties is false/);
+});
+
+test("the token mask allows exactly the tokens the matcher accepts next, inside strings (its shortcut) and out", () => {
+  const tokenizer = ChatTokenizer.fromDirectory(path.join(PACKAGE_ROOT, "models", "kiln-mini"));
+  const V = 2048;
+  const vocab = tokenTexts(tokenizer, V);
+  const eos = tokenizer.eosTokenIds;
+  const named: JsonSchema = { type: "object", properties: { name: { type: "string", maxLength: 5 }, note: { type: "string" }, n: { type: "integer", maximum: 50 } }, required: ["name"] };
+  const cases: [JsonSchema, string[]][] = [
+    [named, ['{"name":"', '{"name":"ab', '{"name":"abcd', '{"name":"abcde', '{"note":"x\\', '{"note":"x\\\\', '{"note":"long text', '{"na', '{"n":4', '{"name":"a"', '']],
+    [{ type: "object" }, ['{"', '{"ab', '{"a\\', '{"ab":"c', '{"ab":1,"', '{"ab":{"', '{"ab":["x", "']], // any keys (json_object)
+  ];
+  for (const [schema, prefixes] of cases) {
+    for (const prefix of prefixes) {
+      const matcher = JsonMatcher.of(schema);
+      const state = matcher.feed(prefix)!;
+      assert.ok(state, prefix);
+      const tokens = tokenizer.encode(prefix);
+      assert.equal(tokens.map((t) => vocab.texts[t]).join(""), prefix, "the prefix's tokens spell it");
+      const logits = new Float32Array(V);
+      constrainToJson(vocab, eos, matcher)(logits, tokens);
+      const allowed = [...logits.keys()].filter((id) => logits[id] === 0);
+      const expected = [...logits.keys()].filter((id) => (eos.includes(id) ? state.complete : vocab.texts[id] !== "" && state.feed(vocab.texts[id]!) !== null));
+      assert.deepEqual(allowed, expected, JSON.stringify(prefix));
+    }
+  }
 });

@@ -18,6 +18,9 @@ import { generateWorld, WorldIndex } from "../tools/world/world.js";
 import { z } from "zod";
 import type { AIMessage } from "@langchain/core/messages";
 import { KilnChatModel } from "../src/agent/langchain.js";
+import OpenAI from "openai";
+import { zodResponseFormat } from "openai/helpers/zod";
+import { createServer } from "../src/server/index.js";
 
 await initBackend();
 const held = new WorldIndex(generateWorld()).heldoutFacts;
@@ -240,6 +243,38 @@ test("withStructuredOutput on kiln-mini returns an object that fits the schema: 
       const { parsed, raw } = await model.withStructuredOutput(Person, { name: "person", includeRaw: true }).invoke(q);
       assert.ok(Person.safeParse(parsed).success, `${q}: ${JSON.stringify(parsed)}`);
       assert.equal((raw as AIMessage).response_metadata.finish_reason, "tool_calls");
+    }
+  });
+});
+
+test("response_format on kiln-mini, through the official openai client and LangChain: JSON that fits the schema, streamed or not", async () => {
+  await withAgent([], {}, async (runtime) => {
+    const server = await createServer(runtime, { port: 0 });
+    try {
+      const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "none", maxRetries: 0 });
+      const Person = z.object({ name: z.string(), town: z.string(), age: z.number().int().min(0).max(120) });
+      for (const content of ["My name is Ada, I am 37 and I live in Ashby.", "Who is the mayor of Hollowby?"]) {
+        const params = { model: "mini", messages: [{ role: "user" as const, content }], temperature: 0, max_tokens: 100 };
+        const r = await client.chat.completions.parse({ ...params, response_format: zodResponseFormat(Person, "person") });
+        assert.equal(r.choices[0]!.finish_reason, "stop", r.choices[0]!.message.content!);
+        assert.ok(Person.safeParse(JSON.parse(r.choices[0]!.message.content!)).success, r.choices[0]!.message.content!);
+        assert.ok(Person.safeParse(r.choices[0]!.message.parsed).success);
+        let streamed = "";
+        for await (const chunk of await client.chat.completions.create({ ...params, response_format: zodResponseFormat(Person, "person"), stream: true })) streamed += chunk.choices[0]?.delta?.content ?? "";
+        assert.equal(streamed, r.choices[0]!.message.content);
+        const object = await client.chat.completions.create({ ...params, response_format: { type: "json_object" } });
+        const value = JSON.parse(object.choices[0]!.message.content!);
+        assert.ok(value && typeof value === "object" && !Array.isArray(value), object.choices[0]!.message.content!);
+      }
+      // a "remember" line asked for JSON is generated as JSON, not answered with the command's acknowledgement
+      const remember = await client.chat.completions.create({ model: "mini", messages: [{ role: "user", content: "Remember that the ferry runs at noon." }], temperature: 0, max_tokens: 60, response_format: { type: "json_object" } });
+      assert.equal(typeof JSON.parse(remember.choices[0]!.message.content!), "object", remember.choices[0]!.message.content!);
+
+      const model = new KilnChatModel({ runtime, agent: "mini", maxTokens: 100 });
+      const got = await model.withStructuredOutput(Person, { method: "jsonSchema", strict: true }).invoke("My name is Ada, I am 37 and I live in Ashby.");
+      assert.ok(Person.safeParse(got).success, JSON.stringify(got));
+    } finally {
+      await server.close();
     }
   });
 });

@@ -567,6 +567,83 @@ test("tool_choice errors: too few tokens for the arguments, an unknown tool, a c
   });
 });
 
+// --- (b3) response_format: JSON content ---
+
+// bounded strings, so that even the random model's replies end
+const Report = z.object({ city: z.string().max(10), sky: z.enum(["clear", "rain"]), temp: z.number().int().min(-30).max(45), tags: z.array(z.string().max(5)).max(2) });
+
+test("withStructuredOutput jsonSchema, and the response_format call option: the content is JSON that fits the schema, streamed or not", async () => {
+  await withRuntime(async (runtime) => {
+    const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 160 });
+    const { parsed, raw } = await model.withStructuredOutput(Report, { method: "jsonSchema", name: "report", includeRaw: true }).invoke("Weather in Quillport?");
+    assert.ok(Report.safeParse(parsed).success, JSON.stringify(parsed));
+    assert.deepEqual(JSON.parse(raw.content as string), parsed, "the content is the JSON");
+    assert.equal(raw.response_metadata.finish_reason, "stop");
+    assert.deepEqual((raw as AIMessage).tool_calls ?? [], []);
+    const req = model.requests.at(-1)!;
+    assert.ok(req.structured && !req.forced && req.prompt.prefill === undefined, "constrained content, not a forced call");
+    assert.equal(model.real.length, 1, "the real model's reply");
+    for (const seed of [1, 2, 3]) {
+      const sampled = new KilnChatModel({ runtime, agent: "tester", maxTokens: 160, temperature: 1, seed });
+      const got = await sampled.withStructuredOutput(Report, { method: "jsonSchema" }).invoke("Weather in Quillport?");
+      assert.ok(Report.safeParse(got).success, `seed ${seed}: ${JSON.stringify(got)}`);
+    }
+
+    // strict: what kiln cannot enforce is refused, naming it; not strict, it is ignored and the reply says so
+    const Mail = z.object({ email: z.string().email().max(8) });
+    await assert.rejects(model.withStructuredOutput(Mail, { method: "jsonSchema", strict: true }).invoke("mail?"), /"format" at #\/properties\/email, "pattern" at #\/properties\/email/);
+    const coded = { type: "object", properties: { code: { type: "string", maxLength: 4, pattern: "^[A-Z]+$" } }, required: ["code"], additionalProperties: false };
+    const loose = await model.withStructuredOutput(coded, { method: "jsonSchema", name: "coded", includeRaw: true }).invoke("code?");
+    assert.ok(typeof loose.parsed.code === "string" && loose.parsed.code.length <= 4, JSON.stringify(loose.parsed));
+    assert.deepEqual(loose.raw.response_metadata.kiln_unenforced, [{ keyword: "pattern", at: "#/properties/code" }]);
+
+    // streamed, with the call option itself: the chunks join to the JSON invoke gives (greedy)
+    const response_format = { type: "json_schema" as const, json_schema: { name: "report", schema: z.toJSONSchema(Report) as Record<string, unknown> } };
+    let text = "";
+    let merged: AIMessageChunk | undefined;
+    for await (const chunk of await model.stream("Weather?", { response_format })) {
+      text += chunk.content as string;
+      merged = merged ? merged.concat(chunk) : chunk;
+    }
+    assert.ok(Report.safeParse(JSON.parse(text)).success, text);
+    assert.equal(merged!.response_metadata.finish_reason, "stop");
+    assert.equal((await model.invoke("Weather?", { response_format })).content, text);
+  });
+});
+
+test("withStructuredOutput jsonMode: any JSON object; cut off, a clear error; with tools the model may call, refused", async () => {
+  await withRuntime(async (runtime) => {
+    // the random model's objects often hold a string that never ends: those that end parse
+    let finished = 0;
+    for (const seed of [1, 2, 3, 4, 5, 6, 7, 8]) {
+      const model = new KilnChatModel({ runtime, agent: "tester", maxTokens: 100, temperature: 1, seed });
+      const reply = await model.invoke("Weather in Quillport?", { response_format: { type: "json_object" } });
+      const content = reply.content as string;
+      assert.ok(content.startsWith("{"), content);
+      if (reply.response_metadata.finish_reason !== "stop") continue;
+      finished++;
+      const value = JSON.parse(content);
+      assert.ok(value && typeof value === "object" && !Array.isArray(value), content);
+      const got = await model.withStructuredOutput({ type: "object" }, { method: "jsonMode" }).invoke("Weather in Quillport?");
+      assert.deepEqual(got, value, "jsonMode is the same reply, parsed");
+    }
+    assert.ok(finished >= 1, `${finished} of 8 replies finished`);
+
+    const short = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 6 });
+    await assert.rejects(short.withStructuredOutput(Report, { method: "jsonMode" }).invoke("Weather?"), /the JSON reply was not finished within maxTokens \(6\); raise maxTokens/);
+    assert.throws(() => short.withStructuredOutput(Report, { method: "xml" }), /supports the methods "functionCalling", "jsonSchema" and "jsonMode"/);
+
+    // tools: "auto" cannot be combined with JSON content; a required call is the reply
+    const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 48 });
+    const json = { response_format: { type: "json_object" as const } };
+    await assert.rejects(model.bindTools([weatherTool]).invoke("weather?", json), /response_format json_object cannot be combined with tools the model may choose to call/);
+    const call = (await model.bindTools([weatherTool], { tool_choice: "get_weather" }).invoke("weather?", json)) as AIMessage;
+    assert.equal(call.tool_calls?.[0]?.name, "get_weather");
+    const none = await model.bindTools([weatherTool], { tool_choice: "none" }).invoke("weather?", { response_format: { type: "json_schema", json_schema: { name: "n", schema: { enum: [1, 2] } } } });
+    assert.ok([1, 2].includes(JSON.parse(none.content as string)));
+  });
+});
+
 test("a forced call starts with the template's own opening: Hermes/Qwen blocks, Llama-style JSON; other formats are refused", async () => {
   const cases: [string, string, string][] = [
     ["Qwen-style", TOOL_TEMPLATE, '<tool_call>\n{"name": "get_weather", "arguments":'],

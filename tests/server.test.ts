@@ -8,6 +8,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import OpenAI from "openai";
+import { zodResponseFormat } from "openai/helpers/zod";
+import { z } from "zod";
 import { initBackend, tf } from "../src/tensor/backend.js";
 import { LoraAdapter } from "../src/lora/adapter.js";
 import { saveAdapter } from "../src/lora/peft.js";
@@ -346,6 +348,118 @@ test("tool_choice errors are 400s that name the problem; a template kiln cannot 
     await rt.stop();
     rmSync(pythonic.dir, { recursive: true, force: true });
   }
+});
+
+// a schema whose strings are bounded, so that even the random model's replies end
+const Report = z.object({
+  city: z.string().max(10),
+  sky: z.enum(["clear", "cloudy", "rain"]),
+  temp: z.number().int().min(-30).max(45),
+  wind: z.object({ kmh: z.number().min(0).max(200), dir: z.enum(["N", "E", "S", "W"]) }).nullable(),
+  tags: z.array(z.string().max(6)).max(3),
+});
+
+/** Content deltas joined, the last finish_reason, the chunk count and the last chunk's kiln field. */
+async function streamContent(params: OpenAI.ChatCompletionCreateParamsNonStreaming) {
+  let content = "";
+  let finish: string | null = null;
+  let chunks = 0;
+  let kiln: any;
+  for await (const chunk of await client.chat.completions.create({ ...params, stream: true })) {
+    chunks++;
+    content += chunk.choices[0]?.delta?.content ?? "";
+    finish = chunk.choices[0]?.finish_reason ?? finish;
+    kiln = (chunk as any).kiln ?? kiln;
+  }
+  return { content, finish, chunks, kiln };
+}
+
+test("response_format json_schema through the official client: the reply parses and fits the schema, streamed or not; cut off, it says length", async () => {
+  const base = { model: "tester", messages: [{ role: "user" as const, content: "The weather in Quillport, as JSON." }], max_tokens: 200 };
+  const response_format = zodResponseFormat(Report, "report"); // strict: true, as the client makes it
+  const replies = [{ temperature: 0 }, ...[1, 2, 3, 4].map((seed) => ({ temperature: 1, seed }))];
+  for (const sampling of replies) {
+    const r = await client.chat.completions.parse({ ...base, ...sampling, response_format });
+    const what = JSON.stringify(sampling);
+    assert.equal(r.choices[0]!.finish_reason, "stop", `${what}: ${r.choices[0]!.message.content}`);
+    const content = r.choices[0]!.message.content!;
+    assert.ok(Report.safeParse(JSON.parse(content)).success, `${what}: ${content}`);
+    assert.ok(Report.safeParse(r.choices[0]!.message.parsed).success, "the client parsed it too");
+    assert.equal((r as any).kiln.unenforced, undefined, "nothing of the schema went unchecked");
+  }
+  // left free, the random model writes no JSON
+  const free = await client.chat.completions.create({ ...base, temperature: 0, max_tokens: 24 });
+  assert.throws(() => JSON.parse(free.choices[0]!.message.content!));
+
+  // streamed: the deltas join to the same JSON as the reply without streaming (greedy)
+  const params = { ...base, temperature: 0, response_format };
+  const whole = (await client.chat.completions.create(params)).choices[0]!.message.content!;
+  const streamed = await streamContent(params);
+  assert.equal(streamed.content, whole);
+  assert.equal(streamed.finish, "stop");
+  assert.ok(streamed.chunks > 3);
+
+  // cut off by max_tokens: finish_reason "length" and the JSON as far as it got, streamed or not
+  for (const format of [response_format, { type: "json_object" as const }]) {
+    const cut = await client.chat.completions.create({ ...params, response_format: format, max_tokens: 6 });
+    assert.equal(cut.choices[0]!.finish_reason, "length", format.type);
+    assert.equal(cut.usage!.completion_tokens, 6);
+    const text = cut.choices[0]!.message.content!;
+    assert.ok(text.startsWith("{"), text);
+    assert.throws(() => JSON.parse(text), text);
+    const cutStream = await streamContent({ ...params, response_format: format, max_tokens: 6 });
+    assert.deepEqual([cutStream.content, cutStream.finish], [text, "length"]);
+  }
+});
+
+test("response_format: strict refuses what kiln cannot enforce, naming it; strict false ignores it and says so; tools decide the rest", async () => {
+  const rejects = async (p: Promise<unknown>, param: string, message: RegExp) => {
+    try {
+      await p;
+    } catch (err) {
+      assert.ok(err instanceof OpenAI.APIError, String(err));
+      assert.equal(err.status, 400, err.message);
+      assert.equal((err.error as any).param, param, err.message);
+      assert.match(err.message, message);
+      return;
+    }
+    assert.fail(`expected a 400 on ${param}`);
+  };
+  const ok = { model: "tester", messages: [{ role: "user" as const, content: "A code, as JSON." }], max_tokens: 60, temperature: 0 };
+  const coded = { type: "object", properties: { code: { type: "string", maxLength: 4, pattern: "^[A-Z]+$" }, n: { type: "integer", minimum: 0, maximum: 9 } }, required: ["code", "n"], additionalProperties: false };
+  const schemaFormat = (schema: Record<string, unknown>, strict?: boolean) => ({ type: "json_schema" as const, json_schema: { name: "coded", schema, ...(strict !== undefined ? { strict } : {}) } });
+  await rejects(client.chat.completions.create({ ...ok, response_format: schemaFormat(coded, true) }), "response_format", /"pattern" at #\/properties\/code.*strict false/);
+  for (const strict of [false, undefined]) {
+    const loose = await client.chat.completions.create({ ...ok, response_format: schemaFormat(coded, strict) });
+    assert.equal(loose.choices[0]!.finish_reason, "stop");
+    const value = JSON.parse(loose.choices[0]!.message.content!);
+    assert.deepEqual(Object.keys(value).sort(), ["code", "n"]);
+    assert.ok(typeof value.code === "string" && value.code.length <= 4 && Number.isInteger(value.n), loose.choices[0]!.message.content!);
+    assert.deepEqual((loose as any).kiln.unenforced, [{ keyword: "pattern", at: "#/properties/code" }]);
+    const streamed = await streamContent({ ...ok, response_format: schemaFormat(coded, strict) });
+    assert.deepEqual(streamed.kiln.unenforced, [{ keyword: "pattern", at: "#/properties/code" }], "the stream's last chunk says so too");
+  }
+  // oneOf: a discriminated union is enforced exactly; branches a value could fit together are not
+  const tagged = { oneOf: [{ type: "object", properties: { kind: { const: "a" }, x: { type: "integer" } }, required: ["kind", "x"] }, { type: "object", properties: { kind: { const: "b" } }, required: ["kind"] }] };
+  const union = await client.chat.completions.create({ ...ok, response_format: schemaFormat(tagged, true) });
+  assert.ok(["a", "b"].includes(JSON.parse(union.choices[0]!.message.content!).kind));
+  await rejects(client.chat.completions.create({ ...ok, response_format: schemaFormat({ oneOf: [{ type: "integer" }, { type: "number" }] }, true) }), "response_format", /"oneOf" at # \(branches a value could fit together/);
+  // schemas no reply could fit, or that cannot be read, are refused whatever strict says
+  await rejects(client.chat.completions.create({ ...ok, response_format: schemaFormat({ type: "object", properties: { a: { type: "string" } }, required: ["b"], additionalProperties: false }) }), "response_format", /"b" is required but .* no object fits/);
+  await rejects(client.chat.completions.create({ ...ok, response_format: schemaFormat({ $ref: "https://example.com/s.json" }) }), "response_format", /only local \$refs/);
+  // the request's shape
+  await rejects(client.chat.completions.create({ ...ok, response_format: { type: "xml" } as never }), "response_format.type", /response_format must be/);
+  await rejects(client.chat.completions.create({ ...ok, response_format: { type: "json_schema", json_schema: { name: "no spaces" } } }), "response_format.json_schema.name", /1 to 64 letters/);
+  assert.ok((await client.chat.completions.create({ ...ok, response_format: { type: "text" } })).choices[0]!.message.content);
+
+  // tools: the model may call one ("auto") -> refused; a required call is the reply; "none" -> JSON content
+  const withTools = { ...ok, tools: [WEATHER], response_format: schemaFormat({ type: "object", properties: { n: { type: "integer", minimum: 0, maximum: 9 } }, required: ["n"] }) };
+  await rejects(client.chat.completions.create(withTools), "response_format", /tool_choice "auto"/);
+  const called = await client.chat.completions.create({ ...withTools, tool_choice: "required" });
+  assert.equal(called.choices[0]!.finish_reason, "tool_calls");
+  assert.ok(fitsTool(called.choices[0]!.message.tool_calls![0]! as OpenAI.ChatCompletionMessageFunctionToolCall));
+  const none = await client.chat.completions.create({ ...withTools, tool_choice: "none" });
+  assert.ok(Number.isInteger(JSON.parse(none.choices[0]!.message.content!).n));
 });
 
 test("a server bound beyond localhost refuses to start without a token", async () => {

@@ -7,16 +7,19 @@
 // `<tool_call>` blocks in the output become AIMessage.tool_calls. tool_choice is enforced:
 // "none" binds no tools, "any"/"required", a tool's name or {type: "function", function: {name}}
 // make the reply one call whose arguments fit the tool's schema (constrained decoding), and
-// withStructuredOutput forces its tool that way.
+// withStructuredOutput forces its tool that way. The `response_format` call option (OpenAI's
+// shape, src/agent/response-format.ts) makes the reply's content JSON, or JSON that fits a schema,
+// by the same constrained decoding; withStructuredOutput's "jsonSchema" and "jsonMode" methods
+// use it.
 import type { CallbackManagerForLLMRun } from "@langchain/core/callbacks/manager";
 import type { BaseLanguageModelInput, StructuredOutputMethodOptions } from "@langchain/core/language_models/base";
 import { BaseChatModel, type BaseChatModelCallOptions, type BaseChatModelParams, type BindToolsInput, type LangSmithParams } from "@langchain/core/language_models/chat_models";
 import { convertChunksToEvents } from "@langchain/core/language_models/compat";
 import type { ChatModelStreamEvent } from "@langchain/core/language_models/event";
-import { assembleStructuredOutputPipeline, createFunctionCallingParser } from "@langchain/core/language_models/structured_output";
+import { assembleStructuredOutputPipeline, createContentParser, createFunctionCallingParser } from "@langchain/core/language_models/structured_output";
 import { AIMessage, AIMessageChunk, ChatMessage as LCChatMessage, type BaseMessage, type ToolCall, type ToolCallChunk, type UsageMetadata } from "@langchain/core/messages";
 import { ChatGenerationChunk, type ChatResult } from "@langchain/core/outputs";
-import type { Runnable, RunnableConfig } from "@langchain/core/runnables";
+import { RunnableLambda, type Runnable, type RunnableConfig } from "@langchain/core/runnables";
 import { convertToOpenAITool } from "@langchain/core/utils/function_calling";
 import { toJsonSchema } from "@langchain/core/utils/json_schema";
 import { isInteropZodSchema } from "@langchain/core/utils/types";
@@ -25,8 +28,10 @@ import type { LoadedModel } from "../model/load.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import type { ChatChunk, ChatOutcome, Runtime } from "../runtime/runtime.js";
 import { forceToolCall, newToolCallId, ToolCallStream, ToolChoiceError, toolPrompt, type ForcedCall, type KilnToolSpec, type ToolChoice, type ToolPrompt } from "./tools.js";
+import { formatWithOptionalTools, structuredReply, type ResponseFormat, type StructuredReply } from "./response-format.js";
 
 export { parseToolCalls, renderToolProtocol, TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolChoiceError, type KilnToolSpec, type ParsedToolCalls } from "./tools.js";
+export { ResponseFormatError, type ResponseFormat } from "./response-format.js";
 
 /** Normalises anything bindTools accepts (LangChain tools, OpenAI specs, {name, parameters}). */
 export function toToolSpec(tool: BindToolsInput): KilnToolSpec {
@@ -135,6 +140,8 @@ export function toTemplateMessages(messages: BaseMessage[]): ChatMessage[] {
 export type KilnCallOptions = BaseChatModelCallOptions & {
   /** set by bindTools */
   tools?: KilnToolSpec[];
+  /** OpenAI's response_format: JSON content, or JSON that fits a schema (withStructuredOutput's jsonSchema and jsonMode set it) */
+  response_format?: ResponseFormat;
   /** recorded on facts captured from the user's message; defaults to the LangGraph thread id */
   conversationId?: string;
   /** capture facts the user states (Runtime.chat's rules); defaults to the model's setting */
@@ -171,6 +178,8 @@ export interface KilnRequest {
   parseTools: boolean;
   /** a required call (tool_choice): the reply starts with its prefill and is read as that call */
   forced?: ForcedCall;
+  /** a JSON response_format: the content is constrained to it */
+  structured?: StructuredReply;
 }
 
 /** The call a forced reply made; an error when it stopped before its arguments were finished. */
@@ -226,7 +235,7 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
   }
 
   override get callKeys(): string[] {
-    return [...super.callKeys, "tools", "conversationId", "captureFacts"];
+    return [...super.callKeys, "tools", "response_format", "conversationId", "captureFacts"];
   }
 
   override invocationParams(options?: this["ParsedCallOptions"]): Record<string, unknown> {
@@ -239,6 +248,7 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
       seed: this.seed,
       stop: [...(this.stop ?? []), ...(options?.stop ?? [])],
       tools: options?.tools?.map((t) => t.function.name),
+      response_format: options?.response_format?.type,
     };
   }
 
@@ -274,18 +284,39 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
   }
 
   /**
-   * Structured output as a forced call of one tool whose parameters are the schema (LangChain's
-   * own implementation binds the tool without forcing it); a Zod schema also validates the result.
+   * Structured output. "functionCalling" (the default) is a forced call of one tool whose
+   * parameters are the schema (LangChain's own implementation binds the tool without forcing it);
+   * "jsonSchema" makes the reply's content JSON that fits the schema (response_format json_schema;
+   * `strict` as the API takes it: true refuses keywords kiln cannot enforce); "jsonMode" makes it
+   * any JSON object (json_object: say in the prompt what to put in it). A Zod schema also
+   * validates the result.
    */
   override withStructuredOutput(outputSchema: Parameters<BaseChatModel["withStructuredOutput"]>[0], config?: StructuredOutputMethodOptions<boolean>): any {
-    if (config?.method === "jsonMode") throw new Error('kiln: withStructuredOutput supports "functionCalling" and "jsonSchema" (both a forced tool call), not "jsonMode"');
+    const method = config?.method ?? "functionCalling";
+    if (!["functionCalling", "jsonSchema", "jsonMode"].includes(method)) throw new Error(`kiln: withStructuredOutput supports the methods "functionCalling", "jsonSchema" and "jsonMode" (got "${method}")`);
     const plain = !isInteropZodSchema(outputSchema) && !("~standard" in outputSchema);
     const name = config?.name ?? (plain && typeof outputSchema.name === "string" ? outputSchema.name : "extract");
     const parameters = (plain ? outputSchema : toJsonSchema(outputSchema as Parameters<typeof toJsonSchema>[0])) as Record<string, unknown>;
+    const includeRaw = config?.includeRaw ?? false;
+    const runName = includeRaw ? "StructuredOutputRunnable" : "StructuredOutput";
+    if (method !== "functionCalling") {
+      const response_format: ResponseFormat =
+        method === "jsonMode"
+          ? { type: "json_object" }
+          : { type: "json_schema", json_schema: { name: name.replace(/[^A-Za-z0-9_-]/g, "_").slice(0, 64) || "extract", schema: parameters, ...(config?.strict !== undefined ? { strict: config.strict } : {}) } };
+      const model = this.withConfig({ response_format } as Partial<KilnCallOptions>);
+      // a reply cut off by maxTokens is unfinished JSON: say so, rather than the parser's "failed to parse"
+      const finished = RunnableLambda.from((message: BaseMessage) => {
+        if ((message.response_metadata as { finish_reason?: string } | undefined)?.finish_reason !== "length") return message;
+        throw new Error(`kiln: the JSON reply was not finished within maxTokens (${this.maxTokens ?? "the default"}); raise maxTokens. So far: ${textOf(message).slice(0, 200)}`);
+      });
+      const parser = finished.pipe(createContentParser(outputSchema as Parameters<typeof createContentParser>[0]));
+      return assembleStructuredOutputPipeline(model, parser, includeRaw, runName);
+    }
     const description = typeof parameters.description === "string" ? parameters.description : "A function available to call.";
     const model = this.bindTools([{ type: "function", function: { name, description, parameters } }], { tool_choice: name });
     const parser = createFunctionCallingParser(outputSchema as Parameters<typeof createFunctionCallingParser>[0], name);
-    return assembleStructuredOutputPipeline(model, parser, config?.includeRaw ?? false, config?.includeRaw ? "StructuredOutputRunnable" : "StructuredOutput");
+    return assembleStructuredOutputPipeline(model, parser, includeRaw, runName);
   }
 
   /** The prompt text the model sees (for inspection and tests). */
@@ -301,6 +332,10 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
     const tools = choice.mode === "none" ? [] : bound;
     const prompt = this.buildPrompt(messages, tools);
     const forced = choice.mode === "required" ? forceToolCall(this.model, prompt, tools, choice.names) : undefined;
+    // a required call is the reply: a response format has no content to shape then (it is still checked)
+    const format = structuredReply(this.model, options.response_format);
+    if (format && choice.mode === "auto") throw formatWithOptionalTools(options.response_format!);
+    const structured = forced ? undefined : (format ?? undefined);
     const last = messages.at(-1);
     const fromUser = !!last && roleOf(last) === "user";
     const stop = [...(this.stop ?? []), ...(options.stop ?? [])];
@@ -313,12 +348,13 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
         ...(this.topP !== undefined ? { topP: this.topP } : {}),
         ...(this.seed !== undefined ? { seed: this.seed } : {}),
         ...(stop.length ? { stopStrings: stop } : {}),
-        ...(forced ? { constrain: forced.constrain } : {}),
+        ...(forced ? { constrain: forced.constrain } : structured ? { constrain: structured.constrain } : {}),
       },
       captureFacts: (options.captureFacts ?? this.captureFacts) && fromUser,
       ...(options.conversationId !== undefined ? { conversationId: options.conversationId } : {}),
       parseTools: choice.mode === "auto",
       ...(forced ? { forced } : {}),
+      ...(structured ? { structured } : {}),
     };
   }
 
@@ -396,6 +432,8 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
       kiln_version: version,
       model_name: this.agentName,
       ...(outcome.captured.length ? { kiln_captured: outcome.captured } : {}),
+      // keywords of a non-strict response_format schema the reply was not held to
+      ...(req.structured?.unenforced.length ? { kiln_unenforced: req.structured.unenforced } : {}),
     };
     const toolCallChunks: ToolCallChunk[] = toolCalls.map((c, index) => ({ type: "tool_call_chunk", name: c.name, args: JSON.stringify(c.args), id: c.id, index }));
     yield new ChatGenerationChunk({

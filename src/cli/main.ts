@@ -141,17 +141,16 @@ program
     process.once("SIGINT", () => controller.abort());
     const it = streamGenerate(m, [ids], { maxTokens: o.maxTokens, temperature: o.temperature, topK: o.topK, topP: o.topP, seed: o.seed, signal: controller.signal, adapter });
     const started = performance.now();
-    let n = 0;
     let visible = false;
     for (;;) {
       const r = await it.next();
       if (r.done) {
         const s = (performance.now() - started) / 1000;
+        const n = r.value[0]!.tokens.length; // chunks are not tokens: the last may carry held-back text with the end-of-turn token
         process.stdout.write("\n");
         process.stderr.write(`[${n} tokens, ${(n / s).toFixed(1)} tok/s, ${r.value[0]!.finishReason}]\n`);
         break;
       }
-      n++;
       const text: string = visible || o.raw ? r.value.text : r.value.text.trimStart(); // as chat replies start: at the first visible character
       visible ||= text.length > 0;
       process.stdout.write(text);

@@ -30,8 +30,13 @@ export type FinishReason = "stop" | "length" | "abort";
 
 export interface GenerationChunk {
   row: number;
+  /** the token just sampled: not always one of the result's tokens (see `text`) */
   token: number;
-  /** new text since the previous chunk of this row (may be empty while a character is incomplete) */
+  /**
+   * New text since the previous chunk of this row (may be empty while a character is incomplete or
+   * a stop string may be starting). A row's chunks join to its result's text: what was held back
+   * comes with the end-of-turn token (or, on abort, with the row's last token again).
+   */
   text: string;
 }
 
@@ -75,6 +80,16 @@ function visibleText(model: LoadedModel, tokens: number[], stops: string[]): { t
 }
 
 /**
+ * The text a row held back (a trailing partial character, the start of a stop string), now that
+ * the row has ended and it can no longer change: the row's chunks then join to its final text.
+ */
+function release(row: RowState): string {
+  const held = row.text.slice(row.emitted);
+  row.emitted = row.text.length;
+  return held;
+}
+
+/**
  * One turn of the event loop. Model work is synchronous between awaits that resolve at once, so
  * without it timers, sockets, abort signals and a worker's "parent is gone" wait for the whole job.
  */
@@ -111,7 +126,12 @@ export async function* streamGenerate(
     let mask = prompts.map((p) => [...Array(longest - p.length).fill(0), ...p.map(() => 1)]);
     for (let step = 0; step < maxTokens; step++) {
       if (opts.signal?.aborted) {
-        for (const r of rows) r.done ??= "abort";
+        for (const [b, r] of rows.entries()) {
+          if (r.done) continue;
+          r.done = "abort";
+          const held = release(r);
+          if (held) yield { row: b, token: r.tokens.at(-1)!, text: held };
+        }
         break;
       }
       const logits = tf.tidy(() => {
@@ -135,6 +155,8 @@ export async function* streamGenerate(
         if (stopIds.has(token)) {
           row.done = "stop";
           row.stopToken = token;
+          const held = release(row);
+          if (held) yield { row: b, token, text: held };
           continue;
         }
         row.tokens.push(token);

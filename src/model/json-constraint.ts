@@ -7,9 +7,11 @@
 // properties when `properties` is given; `required` before the object closes; no key twice;
 // `additionalProperties` as the schema of other keys), `items`, `minItems`/`maxItems`,
 // `minLength`/`maxLength`, `minimum`/`maximum` (and the exclusive forms), `anyOf`/`oneOf` (as
-// anyOf), and local `$ref`s (#/$defs/..., #/definitions/...). Other keywords (pattern, format,
-// allOf, not, ...) are not checked. The layout is fixed: no whitespace except one optional space
-// after ':' and ','.
+// anyOf), and local `$ref`s (#/$defs/..., #/definitions/...); a required key the properties leave
+// out is written with additionalProperties' schema. Other keywords (pattern, format, allOf,
+// not, ...) are not checked: `schemaGaps` lists them in a schema, so a caller can refuse it or say
+// what was left unchecked. The layout is fixed: no whitespace except one optional space after ':'
+// and ','.
 //
 // The matcher is nondeterministic: it follows every reading of the text at once (the branches of
 // anyOf, the enum values that share a prefix), each as an immutable stack of frames, so feeding a
@@ -81,14 +83,21 @@ function compile(schema: JsonSchema, root: JsonSchema, seen = new Map<object, No
     node.options = union.map((branch) => compile(typeof branch === "object" && branch ? { ...shared, ...branch } : (branch as JsonSchema), root, seen));
     return node;
   }
+  if (Array.isArray(schema.required)) node.required = schema.required.filter((k): k is string => typeof k === "string");
   const props = schema.properties;
+  const extra = schema.additionalProperties;
   if (props && typeof props === "object" && Object.keys(props).length) {
     node.properties = new Map(Object.entries(props as Record<string, JsonSchema>).map(([k, v]) => [k, compile(v, root, seen)]));
+    // A required key the properties leave out is an additional property: declared here, with
+    // additionalProperties as its schema, or no object could ever be closed.
+    for (const key of node.required) {
+      if (node.properties.has(key)) continue;
+      if (extra === false) throw new Error(`JSON schema: "${key}" is required but additionalProperties is false and properties do not declare it, so no object fits`);
+      node.properties.set(key, compile(extra === undefined ? true : (extra as JsonSchema), root, seen));
+    }
   } else {
-    const extra = schema.additionalProperties;
     node.extra = extra === false ? null : compile(extra === undefined ? true : (extra as JsonSchema), root, seen);
   }
-  if (Array.isArray(schema.required)) node.required = schema.required.filter((k): k is string => typeof k === "string");
   if (schema.items !== undefined && !Array.isArray(schema.items)) node.items = compile(schema.items as JsonSchema, root, seen);
   node.minItems = num(schema.minItems, 0);
   node.maxItems = num(schema.maxItems, Infinity);
@@ -117,6 +126,123 @@ function resolveRef(ref: string, root: JsonSchema): JsonSchema {
   if (at === undefined || (typeof at !== "object" && typeof at !== "boolean")) throw new Error(`JSON schema: $ref ${ref} points at nothing`);
   return at as JsonSchema;
 }
+
+// --- what the matcher does not enforce ---
+
+/** Keywords that say nothing about which values fit (JSON Schema's annotations). */
+const ANNOTATIONS = new Set(["$schema", "$id", "$anchor", "$comment", "$vocabulary", "title", "description", "default", "examples", "deprecated", "readOnly", "writeOnly", "contentEncoding", "contentMediaType", "contentSchema"]);
+
+/** Keywords compile() reads (some only in some forms: see schemaGaps). */
+const ENFORCED = new Set(["type", "enum", "const", "properties", "required", "additionalProperties", "items", "minItems", "maxItems", "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "anyOf", "oneOf", "$ref", "$defs", "definitions"]);
+
+/** A keyword of a schema the matcher does not enforce, and where it is (a JSON pointer). */
+export interface SchemaGap {
+  keyword: string;
+  at: string;
+  /** why, where the keyword itself is read but not this use of it */
+  detail?: string;
+}
+
+const pointer = (at: string, ...keys: (string | number)[]) => at + keys.map((k) => "/" + String(k).replace(/~/g, "~0").replace(/\//g, "~1")).join("");
+
+/** The JSON types a schema's values may have, when it says (number and integer overlap). */
+function typesOf(schema: Record<string, unknown>): Set<string> | null {
+  const t = schema.type;
+  let types: string[] | null = Array.isArray(t) ? t.filter((x): x is string => typeof x === "string") : typeof t === "string" ? [t] : null;
+  const values = "const" in schema ? [schema.const] : Array.isArray(schema.enum) ? schema.enum : null;
+  if (!types && values) types = values.map((v) => (v === null ? "null" : Array.isArray(v) ? "array" : typeof v === "number" ? "number" : typeof v));
+  if (!types) return null;
+  const set = new Set(types);
+  if (set.has("number") || set.has("integer")) set.add("number").add("integer");
+  return set;
+}
+
+/** Each required property's allowed values, where it lists them (const or enum): a discriminator. */
+function tagsOf(schema: Record<string, unknown>): Map<string, Set<string>> {
+  const tags = new Map<string, Set<string>>();
+  const props = (schema.properties ?? {}) as Record<string, unknown>;
+  for (const key of Array.isArray(schema.required) ? schema.required : []) {
+    const p = props[key as string];
+    if (!p || typeof p !== "object") continue;
+    const q = p as Record<string, unknown>;
+    const values = "const" in q ? [q.const] : Array.isArray(q.enum) ? q.enum : null;
+    if (values) tags.set(key as string, new Set(values.map((v) => JSON.stringify(v))));
+  }
+  return tags;
+}
+
+/** Whether no value fits both schemas, as far as their types or a shared discriminator show. */
+function disjoint(a: Record<string, unknown>, b: Record<string, unknown>): boolean {
+  const ta = typesOf(a);
+  const tb = typesOf(b);
+  if (ta && tb && ![...ta].some((t) => tb.has(t))) return true;
+  const tagsB = tagsOf(b);
+  for (const [key, va] of tagsOf(a)) {
+    const vb = tagsB.get(key);
+    if (vb && ![...va].some((v) => vb.has(v))) return true;
+  }
+  return false;
+}
+
+/**
+ * The keywords in `schema` (and the schemas inside it) that the matcher does not enforce, so a
+ * value it accepts may still break them: pattern, format, allOf, not, if/then/else, uniqueItems,
+ * multipleOf, min/maxProperties, tuple items, ... and oneOf whose branches are not provably
+ * disjoint (it is matched as anyOf, so a value could fit two branches). Annotations and unknown
+ * keywords say nothing about validity and are not listed.
+ */
+export function schemaGaps(schema: JsonSchema): SchemaGap[] {
+  const gaps: SchemaGap[] = [];
+  const visited = new Set<object>();
+  const walk = (s: unknown, at: string) => {
+    if (!s || typeof s !== "object" || Array.isArray(s) || visited.has(s)) return;
+    visited.add(s);
+    const o = s as Record<string, unknown>;
+    const ref = typeof o.$ref === "string";
+    for (const [keyword, value] of Object.entries(o)) {
+      if (ANNOTATIONS.has(keyword)) continue;
+      if (ref && keyword !== "$ref" && keyword !== "$defs" && keyword !== "definitions") {
+        gaps.push({ keyword, at, detail: "beside $ref (the reference is read alone)" });
+        continue;
+      }
+      if (!ENFORCED.has(keyword)) {
+        // an unknown keyword (an extension, a typo) is ignored by JSON Schema too
+        if (UNENFORCED.has(keyword)) gaps.push({ keyword, at });
+        continue;
+      }
+      if (keyword === "items" && Array.isArray(value)) gaps.push({ keyword, at, detail: "a list of schemas (tuple items)" });
+      else if ((keyword === "exclusiveMinimum" || keyword === "exclusiveMaximum") && typeof value === "boolean") gaps.push({ keyword, at, detail: "as a boolean (draft 4)" });
+      else if (keyword === "$ref" && typeof value === "string" && !value.startsWith("#")) gaps.push({ keyword, at, detail: "not a local reference" });
+    }
+    for (const key of ["properties", "$defs", "definitions"]) {
+      const map = o[key];
+      if (map && typeof map === "object") for (const [k, v] of Object.entries(map)) walk(v, pointer(at, key, k));
+    }
+    walk(o.additionalProperties, pointer(at, "additionalProperties"));
+    if (!Array.isArray(o.items)) walk(o.items, pointer(at, "items"));
+    for (const key of ["anyOf", "oneOf"]) {
+      if (!Array.isArray(o[key])) continue;
+      (o[key] as unknown[]).forEach((branch, i) => walk(branch, pointer(at, key, i)));
+    }
+    if (Array.isArray(o.oneOf) && Array.isArray(o.anyOf)) gaps.push({ keyword: "oneOf", at, detail: "beside anyOf (only anyOf is read)" });
+    else if (Array.isArray(o.oneOf) && !ref) {
+      // as compile() reads them: the schema's own keywords go with each branch
+      const { oneOf: _o, ...shared } = o;
+      const branches = (o.oneOf as unknown[]).map((b) => (b && typeof b === "object" ? { ...shared, ...(b as object) } : null));
+      const exclusive = branches.every((a, i) => a && branches.every((b, j) => j <= i || (b && disjoint(a, b))));
+      if (!exclusive) gaps.push({ keyword: "oneOf", at, detail: "branches a value could fit together (matched as anyOf)" });
+    }
+  };
+  walk(schema, "#");
+  return gaps;
+}
+
+/** JSON Schema's validation keywords that compile() does not read. */
+const UNENFORCED = new Set([
+  "pattern", "format", "allOf", "not", "if", "then", "else", "patternProperties", "propertyNames", "minProperties", "maxProperties",
+  "dependentRequired", "dependentSchemas", "dependencies", "uniqueItems", "contains", "minContains", "maxContains", "prefixItems",
+  "additionalItems", "unevaluatedProperties", "unevaluatedItems", "multipleOf", "$dynamicRef", "$recursiveRef",
+]);
 
 const allows = (node: Node, type: JsonType) => node.types === null || node.types.has(type);
 
@@ -265,16 +391,20 @@ function step(reading: Reading, ch: string): Reading[] {
   }
 }
 
+const UNESCAPED: Record<string, string> = { '"': '"', "\\": "\\", "/": "/", b: "\b", f: "\f", n: "\n", r: "\r", t: "\t" };
+
 function stepString(f: Extract<Frame, { k: "string" }>, ch: string, rest: Reading): Reading[] {
   const fixedKeys = f.key && f.node.properties !== undefined;
   if (f.escape !== null) {
+    // a key keeps the character an escape stands for, so that "a\"b" is not taken for "ab"
     if (f.escape === "") {
-      if ('"\\/bfnrt'.includes(ch)) return [push(rest, { ...f, escape: null, length: f.length + 1 })];
+      if (ch in UNESCAPED) return [push(rest, { ...f, escape: null, length: f.length + 1, text: f.key ? f.text + UNESCAPED[ch] : "" })];
       return ch === "u" ? [push(rest, { ...f, escape: "u" })] : [];
     }
     if (!/[0-9a-fA-F]/.test(ch)) return [];
     const escape = f.escape + ch;
-    return [push(rest, escape.length === 5 ? { ...f, escape: null, length: f.length + 1 } : { ...f, escape })];
+    if (escape.length < 5) return [push(rest, { ...f, escape })];
+    return [push(rest, { ...f, escape: null, length: f.length + 1, text: f.key ? f.text + String.fromCharCode(parseInt(escape.slice(1), 16)) : "" })];
   }
   if (ch === '"') {
     if (!f.key) return f.length >= f.node.minLength ? [finished(rest)] : [];
@@ -372,15 +502,21 @@ export class JsonMatcher {
   feed(text: string): JsonMatcher | null {
     let readings = this.readings;
     for (let i = 0; i < text.length; ) {
-      // the common case, one reading inside a string: a run of ordinary characters only adds length
+      // the common case, one reading inside a string (a value, or a key of an object that takes
+      // any key): a run of ordinary characters only adds length (a key keeps its text)
       const only = readings.length === 1 ? readings[0] : null;
-      if (only && only.top.k === "string" && !only.top.key && only.top.escape === null) {
+      if (only && only.top.k === "string" && only.top.escape === null && !(only.top.key && only.top.node.properties)) {
         let j = i;
-        while (j < text.length && ordinary(text.charCodeAt(j))) j++;
+        let chars = 0; // lengths count code points, as JSON Schema's do
+        while (j < text.length && ordinary(text.charCodeAt(j))) {
+          j += text.codePointAt(j)! > 0xffff ? 2 : 1;
+          chars++;
+        }
         if (j > i) {
-          const length = only.top.length + (j - i);
-          if (length > only.top.node.maxLength) return null;
-          readings = [push(only.rest, { ...only.top, length })];
+          const length = only.top.length + chars;
+          if (only.top.key) readings = [push(only.rest, { ...only.top, text: only.top.text + text.slice(i, j), length })];
+          else if (length > only.top.node.maxLength) return null;
+          else readings = [push(only.rest, { ...only.top, length })];
           i = j;
           continue;
         }
@@ -404,6 +540,18 @@ export class JsonMatcher {
   get open(): boolean {
     return this.readings.some((r) => r !== null);
   }
+
+  /**
+   * Inside a string value, or a key of an object that takes any key (the only reading, no escape
+   * pending): how many more characters it may take. Any run of ordinary characters that long
+   * fits; null elsewhere.
+   */
+  get stringRoom(): number | null {
+    const only = this.readings.length === 1 ? this.readings[0] : null;
+    if (!only || only.top.k !== "string" || only.top.escape !== null) return null;
+    if (only.top.key) return only.top.node.properties ? null : Infinity;
+    return only.top.node.maxLength - only.top.length;
+  }
 }
 
 // --- tokens ---
@@ -412,6 +560,8 @@ export class JsonMatcher {
 export interface TokenTexts {
   texts: string[];
   byFirst: Map<string, number[]>;
+  /** a token's length in code points when its text is all ordinary string characters, else -1 */
+  plain: Int32Array;
 }
 
 const vocabularies = new WeakMap<object, TokenTexts>();
@@ -426,6 +576,7 @@ export function tokenTexts(tokenizer: { decode(ids: number[]): string }, vocabSi
   if (cached && cached.texts.length === vocabSize) return cached;
   const texts: string[] = [];
   const byFirst = new Map<string, number[]>();
+  const plain = new Int32Array(vocabSize).fill(-1);
   for (let id = 0; id < vocabSize; id++) {
     let text = "";
     try {
@@ -435,12 +586,15 @@ export function tokenTexts(tokenizer: { decode(ids: number[]): string }, vocabSi
     }
     texts.push(text);
     if (!text) continue;
+    let chars = 0;
+    for (const ch of text) chars = chars >= 0 && ordinary(ch.charCodeAt(0)) ? chars + 1 : -1;
+    plain[id] = chars;
     const first = String.fromCodePoint(text.codePointAt(0)!);
     const group = byFirst.get(first);
     if (group) group.push(id);
     else byFirst.set(first, [id]);
   }
-  const result = { texts, byFirst };
+  const result = { texts, byFirst, plain };
   vocabularies.set(tokenizer, result);
   return result;
 }
@@ -462,12 +616,25 @@ export function constrainToJson(vocab: TokenTexts, endIds: number[], matcher: Js
     }
     const allowed = new Uint8Array(logits.length);
     let any = false;
+    // Inside a string, where most of a reply's tokens go, a token of ordinary characters fits
+    // when the string has room for it: it need not be fed (on a large vocabulary that is slow).
+    const room = state.stringRoom;
+    if (room !== null) {
+      for (let id = 0; id < logits.length; id++) {
+        const n = vocab.plain[id]!;
+        if (n >= 0 && n <= room) {
+          allowed[id] = 1;
+          any = true;
+        }
+      }
+    }
     if (state.open) {
       for (const [first, ids] of vocab.byFirst) {
         const after = state.feed(first);
         if (!after) continue;
         for (const id of ids) {
-          if (id < logits.length && after.feed(vocab.texts[id]!.slice(first.length))) {
+          if (id >= logits.length || (room !== null && vocab.plain[id]! >= 0)) continue; // settled above
+          if (after.feed(vocab.texts[id]!.slice(first.length))) {
             allowed[id] = 1;
             any = true;
           }

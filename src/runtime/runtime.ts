@@ -18,7 +18,8 @@ export interface ChatRequest {
   /**
    * Text the reply starts with (after the template's generation prompt): the model continues it.
    * The reply's text is then what the model wrote after it, untrimmed, and a "remember"/"forget"
-   * line is not taken as a command (the caller wants the continuation).
+   * line is not taken as a command (the caller wants the continuation); nor is it with
+   * `options.constrain` (the reply must fit the constraint).
    */
   prefill?: string;
   options?: Omit<GenerateOptions, "adapter">;
@@ -155,7 +156,10 @@ export class Runtime {
   async *chat(name: string, req: ChatRequest): AsyncGenerator<ChatChunk, ChatOutcome> {
     const agent = this.agent(name);
     const final = req.messages.at(-1);
-    const command = final?.role === "user" && req.captureFacts !== false && agent.config.capture !== "off" && req.prefill === undefined ? explicitRequest(final.content) : undefined;
+    // A continued prefill or a constrained reply (JSON, a tool call) must be generated: a command's
+    // canned acknowledgement would be neither.
+    const generated = req.prefill !== undefined || req.options?.constrain !== undefined;
+    const command = final?.role === "user" && req.captureFacts !== false && agent.config.capture !== "off" && !generated ? explicitRequest(final.content) : undefined;
     if (command?.length) return yield* this.acknowledge(agent, command, req);
     const last = [...req.messages].reverse().find((m) => m.role === "user");
     let capture: Promise<string[]> | undefined;

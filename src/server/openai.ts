@@ -14,10 +14,16 @@
 // "required" mode make the reply one call whose arguments fit the function's parameters
 // (constrained decoding), or a 400 when the model's chat template writes calls in a form kiln
 // cannot start; "none" keeps the tools out of the prompt and reads no calls from the reply.
+//
+// response_format {type: "json_object"} or {type: "json_schema", ...} makes the reply's content
+// JSON (and one that fits the schema), by the same constrained decoding: see
+// src/agent/response-format.ts for what strict means here and what is refused. A reply cut off by
+// max_tokens has finish_reason "length" and the JSON as far as it got, as OpenAI's does.
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { z } from "zod";
 import { forceToolCall, newToolCallId, parseToolCalls, ToolCallStream, ToolChoiceError, toolPrompt, type ForcedCall, type KilnToolSpec, type ParsedToolCall, type ToolChoice, type ToolPrompt } from "../agent/tools.js";
+import { formatWithOptionalTools, ResponseFormatError, structuredReply, type ResponseFormat, type StructuredReply } from "../agent/response-format.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import type { Agent } from "../runtime/agent.js";
 import { fitConversation, type ChatChunk, type ChatOutcome } from "../runtime/runtime.js";
@@ -74,6 +80,24 @@ const ToolChoiceParam = z.union(
   { message: 'tool_choice must be "none", "auto", "required", {"type": "function", "function": {"name": ...}} or {"type": "allowed_tools", ...}' },
 );
 
+const ResponseFormatParam = z.discriminatedUnion(
+  "type",
+  [
+    z.object({ type: z.literal("text") }),
+    z.object({ type: z.literal("json_object") }),
+    z.object({
+      type: z.literal("json_schema"),
+      json_schema: z.object({
+        name: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, "a response format's name is 1 to 64 letters, digits, underscores or dashes"),
+        description: z.string().optional(),
+        schema: z.record(z.string(), z.unknown()).optional(),
+        strict: z.boolean().nullish(),
+      }),
+    }),
+  ],
+  { message: 'response_format must be {"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": {...}}' },
+);
+
 const ChatRequest = z.object({
   model: z.string().min(1, "model is required"),
   messages: z.array(Message).min(1, "messages must hold at least one message"),
@@ -93,7 +117,7 @@ const ChatRequest = z.object({
   tools: z.array(FunctionTool).nullish(),
   tool_choice: ToolChoiceParam.nullish(),
   parallel_tool_calls: z.boolean().nullish(),
-  response_format: z.object({ type: z.string() }).nullish(),
+  response_format: ResponseFormatParam.nullish(),
   /** extension: whether facts the user states go into the ledger (default true), and under which conversation */
   kiln: z.object({ capture_facts: z.boolean().optional(), conversation_id: z.string().max(200).optional() }).nullish(),
 });
@@ -106,7 +130,6 @@ function unsupported(param: string, message: string): ApiError {
 function checkSupported(req: ChatRequest): void {
   if (req.n != null && req.n !== 1) throw unsupported("n", `n must be 1: kiln generates one choice per request (got ${req.n})`);
   if (req.logprobs) throw unsupported("logprobs", "logprobs are not supported");
-  if (req.response_format && req.response_format.type !== "text") throw unsupported("response_format", `response_format ${req.response_format.type} is not supported (only text)`);
 }
 
 /** The request's tools and tool_choice: the tools the prompt offers and which calls the reply must make. */
@@ -199,6 +222,24 @@ function budget(agent: Agent, prompt: ToolPrompt, req: ChatRequest): { maxTokens
   return { maxTokens: asked ?? Math.min(DEFAULT_MAX_TOKENS, room) };
 }
 
+/**
+ * The constraint for a JSON response_format, or null for text. A strict schema kiln cannot
+ * enforce, or a JSON format beside tools the model may choose to call, is a 400. With a required
+ * call the format is still checked (the request is wrong either way) but not applied: the call is
+ * the reply.
+ */
+function jsonReply(agent: Agent, req: ChatRequest, choice: ToolChoice): StructuredReply | null {
+  const format = req.response_format as ResponseFormat | null | undefined;
+  try {
+    const structured = structuredReply(agent.model, format);
+    if (structured && choice.mode === "auto") throw formatWithOptionalTools(format!);
+    return structured;
+  } catch (err) {
+    if (err instanceof ResponseFormatError) throw new ApiError(400, err.message, "unsupported_value", "response_format");
+    throw err;
+  }
+}
+
 /** Response header naming the weights version that answered ("base" for the base model), streams included. */
 export const VERSION_HEADER = "x-kiln-version";
 
@@ -257,6 +298,8 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       }
       prompt.prefill = forced.prefill;
     }
+    const format = jsonReply(agent, req, choice); // checked even where a required call makes it moot
+    const structured = forced ? null : format;
     const { maxTokens } = budget(agent, prompt, req);
     const signal = clientSignal(ctx, reply);
     const release = await ctx.queue.acquire(signal).catch((err: unknown) => {
@@ -279,7 +322,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
         topK: req.top_k ?? 0,
         ...(req.seed != null ? { seed: req.seed } : {}),
         stopStrings: req.stop == null ? [] : typeof req.stop === "string" ? [req.stop] : req.stop,
-        ...(forced ? { constrain: forced.constrain } : {}),
+        ...(forced ? { constrain: forced.constrain } : structured ? { constrain: structured.constrain } : {}),
         signal,
       },
     });
@@ -291,7 +334,13 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
         finishReason: o.result.finishReason,
       });
     const usage = (o: ChatOutcome) => ({ prompt_tokens: o.result.promptTokens, completion_tokens: o.result.tokens.length, total_tokens: o.result.promptTokens + o.result.tokens.length });
-    const kiln = (o: ChatOutcome) => ({ agent: agent.name, version: o.version, captured: o.captured });
+    const kiln = (o: ChatOutcome) => ({
+      agent: agent.name,
+      version: o.version,
+      captured: o.captured,
+      // what the response_format's schema asked that the reply was not held to (strict false)
+      ...(structured?.unenforced.length ? { unenforced: structured.unenforced } : {}),
+    });
     const fingerprint = (o: ChatOutcome) => `kiln-${o.version ?? "base"}`;
     /** With parallel_tool_calls false, a reply that wrote several calls keeps the first. */
     const allowedCalls = (calls: ParsedToolCall[]) => (req.parallel_tool_calls === false ? calls.slice(0, 1) : calls);

@@ -1,0 +1,79 @@
+// Structured replies: OpenAI's `response_format`, shared by the OpenAI-compatible API
+// (src/server/openai.ts) and the LangChain chat model (src/agent/langchain.ts).
+//
+//  - {type: "text"} (the default): the reply is free text;
+//  - {type: "json_object"}: the reply is one JSON object (any keys);
+//  - {type: "json_schema", json_schema: {name, schema, strict}}: the reply is one JSON value that
+//    fits the schema (no schema: any JSON value).
+// Both JSON formats are generated under the constraint of src/model/json-constraint.ts, so even a
+// model never trained to write JSON writes it, in a compact layout (no whitespace but one space
+// after ':' and ','), and the reply ends when the value does. The schema is not added to the
+// prompt: the constraint decides which tokens may come, the messages say what the reply is about.
+//
+// strict: the constraint does not enforce every keyword (see schemaGaps: pattern, format, allOf,
+// not, ...). With strict true such a schema is refused, naming each keyword and where it is,
+// rather than answered with JSON that might break it. With strict false (or unset, OpenAI's
+// default) those keywords are ignored: the reply fits the rest of the schema, and `unenforced`
+// lists what was ignored so the caller can say so. json_object has no schema, so nothing is
+// ignored.
+//
+// With tools the model may call (tool_choice "auto"), a JSON format is refused: the constraint
+// covers the whole reply, so no call could be written. A required call (tool_choice "required" or
+// a named tool) is the reply, and the format does not apply to it.
+import type { LoadedModel } from "../model/load.js";
+import { constrainToJson, JsonMatcher, schemaGaps, tokenTexts, type JsonSchema, type SchemaGap } from "../model/json-constraint.js";
+
+export type ResponseFormat =
+  | { type: "text" }
+  | { type: "json_object" }
+  | { type: "json_schema"; json_schema: { name: string; description?: string; schema?: Record<string, unknown>; strict?: boolean | null } };
+
+/** A response_format that cannot be honoured (a schema kiln cannot enforce or use). */
+export class ResponseFormatError extends Error {
+  override name = "ResponseFormatError";
+}
+
+/** A JSON reply: the token mask for generation, and what of the schema it leaves unchecked. */
+export interface StructuredReply {
+  /** the token mask (fresh for each generation: it follows the reply as it grows) */
+  constrain: (logits: Float32Array, tokens: readonly number[]) => void;
+  /** keywords of a non-strict schema that were ignored; empty when the reply is checked in full */
+  unenforced: SchemaGap[];
+}
+
+/** "pattern" at #/properties/email (a list of schemas), ... */
+export function describeGaps(gaps: SchemaGap[]): string {
+  return gaps.map((g) => `"${g.keyword}" at ${g.at}${g.detail ? ` (${g.detail})` : ""}`).join(", ");
+}
+
+/**
+ * The constraint for a response format; null for text (or none). Throws a ResponseFormatError for
+ * a strict schema with keywords kiln cannot enforce, or a schema it cannot use at all (a remote
+ * $ref, a $ref to nothing, a required key no object may hold).
+ */
+export function structuredReply(model: LoadedModel, format: ResponseFormat | null | undefined): StructuredReply | null {
+  if (!format || format.type === "text") return null;
+  const schema: JsonSchema = format.type === "json_object" ? { type: "object" } : (format.json_schema.schema ?? true);
+  const unenforced = schemaGaps(schema);
+  if (format.type === "json_schema" && format.json_schema.strict === true && unenforced.length) {
+    throw new ResponseFormatError(
+      `the schema of response_format "${format.json_schema.name}" uses what kiln's constrained decoding cannot enforce: ${describeGaps(unenforced)}. ` +
+        `With strict true kiln refuses it rather than reply with JSON that might not fit; drop those keywords, or set strict false to have them ignored (the reply then fits the rest of the schema)`,
+    );
+  }
+  let matcher: JsonMatcher;
+  try {
+    matcher = JsonMatcher.of(schema);
+  } catch (err) {
+    throw new ResponseFormatError(`the schema of response_format cannot be used: ${(err as Error).message}`);
+  }
+  return { constrain: constrainToJson(tokenTexts(model.tokenizer, model.config.vocabSize), model.eosTokenIds, matcher), unenforced };
+}
+
+/** The error for a JSON format beside tools the model may choose to call (see above). */
+export function formatWithOptionalTools(format: ResponseFormat): ResponseFormatError {
+  return new ResponseFormatError(
+    `response_format ${format.type} cannot be combined with tools the model may choose to call (tool_choice "auto"): the JSON constraint covers the whole reply, so no call could be written. ` +
+      `Use tool_choice "none" for a JSON reply, or "required" (or a named function) for a call`,
+  );
+}

@@ -657,3 +657,39 @@ test("news older than forgetNewsAfterDays expires when a bake starts: never bake
     rmSync(dir, { recursive: true });
   }
 });
+
+test("while a server's Retry-After holds, scheduled polls neither ask nor log again; a manual poll says why it did not ask", async () => {
+  let requests = 0;
+  const server = http.createServer((_req, res) => {
+    requests++;
+    res.writeHead(503, { "retry-after": "3600" }).end("busy");
+  });
+  await new Promise<void>((ok) => server.listen(0, "127.0.0.1", ok));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/feed.xml`;
+  const schedule = "* * * * *";
+  const { dir, file } = writeTestAgent({ feeds: [{ id: "busy", url, schedule }] });
+  const logs: string[] = [];
+  const runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+  try {
+    const agent = runtime.agent("tester");
+    const tick = (at: Date) => (agent as unknown as { scheduledPoll(id: string, at: Date): Promise<void> }).scheduledPoll("busy", at);
+    const probe = cron.createTask(schedule, () => {});
+    const fires = probe.getNextRuns(30);
+    await probe.destroy();
+    await tick(new Date());
+    assert.equal(requests, 1);
+    const said = logs.filter((m) => m.includes("busy")).length;
+    assert.ok(said >= 1, logs.join("\n"));
+    // past the one-failure backoff, still inside the hour the server asked for
+    for (const k of [5, 10, 20]) await tick(fires[k]!);
+    assert.equal(requests, 1, "nothing asked while Retry-After holds");
+    assert.equal(logs.filter((m) => m.includes("busy")).length, said, `nothing logged again:\n${logs.join("\n")}`);
+    const manual = await agent.pollFeed("busy");
+    assert.match(manual.error!, /not polled, the server asked to wait until .* \(Retry-After\)/);
+    assert.equal(requests, 1);
+  } finally {
+    await runtime.stop();
+    server.close();
+    rmSync(dir, { recursive: true });
+  }
+});

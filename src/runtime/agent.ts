@@ -240,6 +240,9 @@ export class Agent {
       const until = Math.min(Date.parse(record.backoffUntil), fireAfter(source.schedule, MAX_SKIPPED_POLLS + 1).getTime());
       if (at.getTime() < until) return;
     }
+    // The server asked for quiet (Retry-After): the poll that got the answer logged it once; the
+    // schedule waits without asking or logging again. A manual poll still says why it did not ask.
+    if (record?.retryAfter && record.url === source.url && Date.parse(record.retryAfter) > at.getTime()) return;
     const poll = this.pollFeed(feedId).then(
       () => {},
       (err: Error) => this.log(`feed ${feedId}: the poll failed: ${err.message}`),

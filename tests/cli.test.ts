@@ -208,3 +208,10 @@ test("kiln knowledge verify runs beside a process that holds the agent (a kiln s
     rmSync(dir, { recursive: true });
   }
 });
+
+test("the built kiln command runs as a program (npx kiln): the build marks it executable", () => {
+  const r = spawnSync(MAIN, ["--help"], { encoding: "utf8", timeout: 60_000 });
+  assert.equal(r.error, undefined, `${MAIN} could not be run: ${r.error?.message}`);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /^Usage: kiln/m);
+});

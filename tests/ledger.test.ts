@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { compactLedger, Ledger, type LedgerData } from "../src/knowledge/ledger.js";
@@ -152,8 +152,6 @@ test("compaction archives old inactive items no version lists, keeps what the ag
   assert.equal(found.status, "rejected");
   assert.ok(found.archivedAt, "an archived item says so");
   assert.equal(ledger.archived().length, 3);
-  // an item the archive holds is not text that blocks being told again
-  assert.equal((await ledger.addItem({ kind: "manual", text: "The bridge is closed." })).added, true);
   // a line cut short by a crash mid-append does not hide the others
   writeFileSync(ledger.archiveFile, readFileSync(ledger.archiveFile, "utf8") + '{"id": "k_cut", "te');
   assert.equal(ledger.item(newRejected).text, "Mira Vale owns a cat.");
@@ -162,7 +160,7 @@ test("compaction archives old inactive items no version lists, keeps what the ag
   rmSync(dir, { recursive: true });
 });
 
-test("news that superseded an item and is then rejected or retracted gives the item back, pending, in the same write", async () => {
+test("news that superseded an item and is then rejected or retracted gives the item back, pending", async () => {
   const dir = tmp();
   const ledger = await Ledger.open(path.join(dir, "ledger.json"));
   const dog = (await ledger.addItem({ kind: "feed", text: "Lisa Yewby owns a pet dog.", source: { feedId: "f", guid: "g" } })).item;
@@ -185,9 +183,34 @@ test("news that superseded an item and is then rejected or retracted gives the i
     assert.equal(i.supersededBy, undefined);
     assert.equal(i.history.at(-1)!.reason, `${cat.id}, which superseded it, was retracted`);
   }
-  // read back from disk: one write held both
+  // persisted
   const reopened = JSON.parse(readFileSync(ledger.file, "utf8")) as LedgerData;
   assert.equal(reopened.items.find((i) => i.id === dog.id)!.status, "pending");
+  await ledger.close();
+  rmSync(dir, { recursive: true });
+});
+
+test("compaction keeps an item superseded by one still kept (it may come back), and loses nothing when the archive cannot be written", async () => {
+  const dir = tmp();
+  const ledger = await Ledger.open(path.join(dir, "ledger.json"));
+  const dog = (await ledger.addItem({ kind: "manual", text: "Lisa Yewby owns a pet dog." })).item;
+  const cat = (await ledger.addItems([{ kind: "manual", text: "Lisa Yewby owns a pet cat.", supersedes: [dog.id] }]))[0]!.item;
+  const old = (await ledger.addItem({ kind: "manual", text: "The bridge is closed." })).item;
+  await ledger.setItemStatus([old.id], "rejected");
+  const limits = { bakes: 10, scoresPerItem: 5, historyPerItem: 5, deadVersions: 10, deadVersionItemLists: 1, inactiveItems: 0 };
+
+  // the archive path is taken by a folder: the append fails, and every item stays, in memory and on disk
+  mkdirSync(ledger.archiveFile);
+  await assert.rejects(ledger.compact(() => false, limits), /EISDIR/);
+  await ledger.addItem({ kind: "manual", text: "The ferry leaves at noon." });
+  const onDisk = JSON.parse(readFileSync(ledger.file, "utf8")) as LedgerData;
+  assert.deepEqual(onDisk.items.map((i) => i.id).slice(0, 3), [dog.id, cat.id, old.id]);
+  rmSync(ledger.archiveFile, { recursive: true });
+
+  assert.deepEqual(await ledger.compact(() => false, limits), { archived: 1 });
+  assert.equal(ledger.item(old.id).archivedAt !== undefined, true);
+  assert.equal(ledger.item(dog.id).archivedAt, undefined, "superseded by an item still kept: it stays");
+  assert.deepEqual(await ledger.setItemStatus([cat.id], "retracted"), [dog.id], "and comes back when that item goes");
   await ledger.close();
   rmSync(dir, { recursive: true });
 });

@@ -129,8 +129,11 @@ export class LedgerError extends Error {
  */
 export const LEDGER_LIMITS = { bakes: 200, scoresPerItem: 20, historyPerItem: 50, deadVersions: 100, deadVersionItemLists: 10, inactiveItems: 1000 };
 
-/** Caps `d` in place; returns the items it removed, which the caller must archive first. */
-export function compactLedger(d: LedgerData, limits = LEDGER_LIMITS, onDisk: (v: VersionRecord) => boolean = () => false): Item[] {
+/**
+ * Caps `d` in place. Items leave it only after `archive` has taken them: if it throws, they stay.
+ * Returns the items moved.
+ */
+export function compactLedger(d: LedgerData, limits = LEDGER_LIMITS, onDisk: (v: VersionRecord) => boolean = () => false, archive: (items: Item[]) => void = () => {}): Item[] {
   if (d.bakes.length > limits.bakes) d.bakes.splice(0, d.bakes.length - limits.bakes);
   for (const i of d.items) {
     if (i.scores.length > limits.scoresPerItem) i.scores.splice(0, i.scores.length - limits.scoresPerItem);
@@ -149,12 +152,19 @@ export function compactLedger(d: LedgerData, limits = LEDGER_LIMITS, onDisk: (v:
     v.items = [];
   }
   // An item a version lists stays: retraction checks whether a version that could go live holds it.
+  // So does one superseded by an item still kept: if that item is retracted or rejected, it comes back.
   const listed = new Set(d.versions.flatMap((v) => v.items));
-  const movable = d.items.filter((i) => INACTIVE.has(i.status) && !listed.has(i.id)).sort((a, b) => a.updatedAt.localeCompare(b.updatedAt));
+  const kept = new Set(d.items.filter((i) => !INACTIVE.has(i.status)).map((i) => i.id));
+  const movable = d.items
+    .filter((i) => INACTIVE.has(i.status) && !listed.has(i.id) && !(i.supersededBy && kept.has(i.supersededBy)))
+    .sort((a, b) => a.updatedAt.localeCompare(b.updatedAt));
   const inactive = d.items.filter((i) => INACTIVE.has(i.status)).length;
-  const out = new Set(movable.slice(0, Math.max(0, inactive - limits.inactiveItems)));
-  if (out.size) d.items = d.items.filter((i) => !out.has(i));
-  return [...out];
+  const out = movable.slice(0, Math.max(0, inactive - limits.inactiveItems));
+  if (!out.length) return [];
+  archive(out);
+  const gone = new Set(out);
+  d.items = d.items.filter((i) => !gone.has(i));
+  return out;
 }
 
 function emptyLedger(): LedgerData {
@@ -261,14 +271,9 @@ export class Ledger {
    * both (found either way), never in neither.
    */
   async compact(onDisk: (v: VersionRecord) => boolean, limits = LEDGER_LIMITS): Promise<{ archived: number }> {
-    return this.update((d) => {
-      const moved = compactLedger(d, limits, onDisk);
-      if (moved.length) {
-        const at = new Date().toISOString();
-        appendFileSync(this.archiveFile, moved.map((i) => JSON.stringify({ ...i, archivedAt: at }) + "\n").join(""));
-      }
-      return { archived: moved.length };
-    });
+    const at = new Date().toISOString();
+    const archive = (items: Item[]) => appendFileSync(this.archiveFile, items.map((i) => JSON.stringify({ ...i, archivedAt: at }) + "\n").join(""));
+    return this.update((d) => ({ archived: compactLedger(d, limits, onDisk, archive).length }));
   }
 
   async close(): Promise<void> {

@@ -623,8 +623,13 @@ export class Agent {
       rmSync(v.dir, { recursive: true, force: true });
     }
     await this.ledger.update((d) => d.versions.forEach((v) => old.some((o) => o.id === v.id) && (v.status = "retired")));
-    const { archived } = await this.ledger.compact((v) => existsSync(v.dir));
-    if (archived) this.log(`ledger: ${archived} old inactive item(s) moved to ${this.ledger.archiveFile}`);
+    // The bake is recorded already: a compaction that fails (a full disk) is logged, not the bake's failure.
+    try {
+      const { archived } = await this.ledger.compact((v) => existsSync(v.dir));
+      if (archived) this.log(`ledger: ${archived} old inactive item(s) moved to ${this.ledger.archiveFile}`);
+    } catch (err) {
+      this.log(`ledger compaction failed (nothing was moved): ${(err as Error).message}`);
+    }
   }
 
   // --- versions, retraction ---

@@ -512,6 +512,8 @@ test("a feed moved for good is polled at its new address; the configured url is 
   assert.equal(asked("/old-home.xml"), old0 + 5, "a day of polls at the new address");
   const recheck = await pollFeed(feed, state, at(180 + 24 * 60));
   assert.equal(asked("/old-home.xml"), old0 + 6);
+  const daily = requests.filter((r) => r.url === "/old-home.xml").at(-1)!.headers;
+  assert.deepEqual([daily["if-none-match"], daily["if-modified-since"]], [undefined, undefined], "the new address's validators are not sent to the old one");
   assert.equal(recheck.state.movedTo, moved);
   await pollFeed(feed, recheck.state, at(210 + 24 * 60));
   assert.equal(asked("/old-home.xml"), old0 + 6, "and the next poll goes to the new address again");

@@ -266,7 +266,9 @@ async function load(source: FeedSource, state: FeedState, fetchImpl: typeof fetc
         return { ...got, movedAt: got.movedTo ? new Date(now).toISOString() : undefined, note: `its new address ${moved} failed (${err.message}); the configured url answered${where}` };
       }
     }
-    const got = await loadHttp(url, timeoutMs, validators, fetchImpl, now);
+    // The daily look at the configured URL goes without validators, as the fallback above: they
+    // came from the new address, and a 304 would hide what the old one serves now.
+    const got = await loadHttp(url, timeoutMs, moved ? {} : validators, fetchImpl, now);
     const note = moved && !got.movedTo ? `the configured url no longer redirects for good to ${moved}: polled there again` : undefined;
     return { ...got, ...(got.movedTo ? { movedAt: new Date(now).toISOString() } : {}), ...(note ? { note } : {}) };
   }

@@ -272,9 +272,11 @@ export class Agent {
     const source = this.config.feeds.find((f) => f.id === feedId)!;
     const { id: _id, url: recordedUrl, itemsAdded: _n, backoffUntil: lastBackoff, ...state } = this.ledger.feed(feedId)!;
     if (recordedUrl !== source.url) {
-      // The agent file now points this feed elsewhere: validators (and a Retry-After) belong to the
-      // old URL, and a 304 from the new one would hide a feed never read. Seen keys stay (the
-      // same feed moved, most likely), so nothing is ingested twice.
+      // The agent file now points this feed elsewhere: validators, a Retry-After and the failures
+      // in a row belong to the old URL, and a 304 from the new one would hide a feed never read.
+      // Seen keys stay (the same feed moved, most likely), so nothing is ingested twice.
+      state.consecutiveErrors = 0;
+      delete state.lastError;
       delete state.etag;
       delete state.lastModified;
       delete state.retryAfter;

@@ -144,10 +144,18 @@ test("news the same decision rejects (its last attempt) supersedes nothing; a su
     { id: "stale", by: "spent", question: "q?", answer: "a" },
     { id: "older", by: "good", question: "q?", answer: "a" },
   ];
-  const d = decideGate(input({ fresh: [item("spent", 2), item("good"), item("stale"), item("older")], superseded, scores: { spent: { unprompted: 0 }, good: { unprompted: 1 }, stale: { unprompted: 1 }, older: { unprompted: 1 } } }));
+  const d = decideGate(input({ fresh: [item("spent", 2), item("good"), item("stale"), item("older")], superseded, scores: { spent: { unprompted: 0 }, good: { unprompted: 1 }, stale: { unprompted: 0 }, older: { unprompted: 1 } } }));
   assert.equal(d.promoted, true, d.reasons.join("; "));
   assert.equal(changed(d).spent, "rejected");
   assert.equal(changed(d).stale, "pending", "what the rejected news would have replaced waits to be baked again (this bake left it out)");
   assert.equal(changed(d).older, "superseded");
   assert.equal(d.changes.find((c) => c.status === "superseded")!.by, "good");
+});
+
+test("news rejected in a promoted bake leaves the item it would supersede absorbed where the new version still answers it", () => {
+  const superseded = [{ id: "stale", by: "spent", question: "q?", answer: "a" }];
+  const d = decideGate(input({ fresh: [item("spent", 2), item("good")], retained: [item("stale")], liveItems: new Set(["stale"]), superseded, scores: { spent: { unprompted: 0 }, good: { unprompted: 1 }, stale: { unprompted: 1 } } }));
+  assert.equal(d.promoted, true, d.reasons.join("; "));
+  assert.ok(d.holds.includes("stale"), "still answered: the new version lists it");
+  assert.equal(changed(d).stale, "absorbed");
 });

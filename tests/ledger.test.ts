@@ -214,3 +214,22 @@ test("compaction keeps an item superseded by one still kept (it may come back), 
   await ledger.close();
   rmSync(dir, { recursive: true });
 });
+
+test("an item given back that the live version still lists is absorbed again, not pending", async () => {
+  const dir = tmp();
+  const ledger = await Ledger.open(path.join(dir, "ledger.json"));
+  const dog = (await ledger.addItem({ kind: "feed", text: "Lisa Yewby owns a pet dog.", source: { feedId: "f", guid: "g" } })).item;
+  await ledger.setItemStatus([dog.id], "absorbed", { version: "v0001" });
+  await ledger.update((d) => {
+    d.versions.push({ id: "v0001", parent: null, createdAt: "t", dir: path.join(dir, "v0001"), status: "live", bakeId: "b", items: [dog.id], scores: { absorption: 1, retention: 1, persona: null } });
+    d.live = "v0001";
+  });
+  // a feed revision supersedes it at once; the revision is then rejected
+  const cat = (await ledger.addItems([{ kind: "feed", text: "Lisa Yewby owns a pet cat.", source: { feedId: "f", guid: "g" }, supersedes: [dog.id] }]))[0]!.item;
+  assert.equal(ledger.item(dog.id).status, "superseded");
+  assert.deepEqual(await ledger.setItemStatus([cat.id], "rejected"), [dog.id]);
+  assert.equal(ledger.item(dog.id).status, "absorbed", "the live weights hold it");
+  assert.equal(ledger.item(dog.id).absorbedBy, "v0001");
+  await ledger.close();
+  rmSync(dir, { recursive: true });
+});

@@ -380,8 +380,8 @@ export class Ledger {
 
   /**
    * Sets items' status. An item that is retracted or rejected gives back what it superseded: the
-   * older item was replaced by news that turned out wrong or unusable, so it is pending again (in
-   * the same write). Returns the ids given back.
+   * older item was replaced by news that turned out wrong or unusable, so it is absorbed again
+   * where the live version still lists it, else pending (in the same write). Returns the ids given back.
    */
   async setItemStatus(ids: string[], status: ItemStatus, extra: StatusExtra = {}): Promise<string[]> {
     if (!ids.length) return [];
@@ -390,7 +390,8 @@ export class Ledger {
       for (const i of d.items) if (ids.includes(i.id)) setStatus(i, status, now, extra);
       if (status !== "retracted" && status !== "rejected") return [];
       const back = d.items.filter((i) => i.status === "superseded" && i.supersededBy && ids.includes(i.supersededBy));
-      for (const i of back) setStatus(i, "pending", now, { reason: `${i.supersededBy}, which superseded it, was ${status}` });
+      const live = new Set(d.versions.find((v) => v.id === d.live)?.items ?? []);
+      for (const i of back) setStatus(i, live.has(i.id) ? "absorbed" : "pending", now, { reason: `${i.supersededBy}, which superseded it, was ${status}` });
       return back.map((i) => i.id);
     });
   }

@@ -677,7 +677,7 @@ export class Agent {
   }
 
   private logGivenBack(ids: string[], status: string): void {
-    if (ids.length) this.log(`${ids.join(", ")} pending again: what superseded ${ids.length > 1 ? "them" : "it"} was ${status}`);
+    if (ids.length) this.log(`${ids.join(", ")} given back (absorbed where the live version holds it, else pending): what superseded ${ids.length > 1 ? "them" : "it"} was ${status}`);
   }
 
   /** The items the live version holds, as the ledger records it (none on the base model). */

@@ -133,7 +133,11 @@ export function decideGate(input: GateInput): GateDecision {
   const refused = new Set(changes.filter((c) => c.status === "rejected").flatMap((c) => c.ids));
   for (const s of input.superseded) {
     if (!promoted && g.liveItems.has(s.id)) continue;
-    if (refused.has(s.by)) changes.push({ ids: [s.id], status: "pending", reason: `${s.by}, which would supersede it, was rejected; baked again next time` });
+    if (refused.has(s.by)) {
+      // the new version still answers it (it stays in holds): absorbed there; else learned again
+      if (promoted && held(s.id)) changes.push({ ids: [s.id], status: "absorbed", version: g.version, reason: `${s.by}, which would supersede it, was rejected; ${g.version} still holds it` });
+      else changes.push({ ids: [s.id], status: "pending", reason: `${s.by}, which would supersede it, was rejected; baked again next time` });
+    }
     else changes.push({ ids: [s.id], status: "superseded", by: s.by, reason: `superseded by ${s.by}: asked "${s.question}", that item answers "${s.answer}"` });
   }
   return { promoted, reasons, absorption, retention, persona: g.persona, holds, changes: changes.filter((c) => c.ids.length) };

@@ -651,7 +651,9 @@ test("news older than forgetNewsAfterDays expires when a bake starts: never bake
     await agent.ledger.compact(() => true, { ...LEDGER_LIMITS, inactiveItems: 0 });
     assert.ok(agent.ledger.item(stale.id).archivedAt);
     assert.equal(agent.ledger.item(fresh.id).archivedAt, undefined, "v0001, still on disk, lists it: it stays");
-    await assert.rejects(agent.retract([stale.id]), /item k_\w+ is archived \(expired since .*\): no version that can go live holds it/);
+    const nothing = await agent.retract([stale.id]);
+    assert.equal(nothing.status, "skipped");
+    assert.match(nothing.reasons[0]!, /item k_\w+ is archived \(expired since .*\) and the live weights do not hold it: nothing to retract/);
   } finally {
     await runtime.stop();
     rmSync(dir, { recursive: true });
@@ -690,6 +692,38 @@ test("while a server's Retry-After holds, scheduled polls neither ask nor log ag
   } finally {
     await runtime.stop();
     server.close();
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("retracting expired news the live lineage absorbed rebuilds (versions stop listing it, the adapter may still hold it), even once it is archived", async () => {
+  const { dir, file } = writeTestAgent({ forgetNewsAfterDays: 7 });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    await agent.pollFeed("harbor");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    const ferry = agent.ledger.items({ text: "Quillport" })[0]!;
+    assert.equal(ferry.absorbedBy, "v0001");
+    // its news ages past the window; the next bake expires it and its version no longer lists it
+    await agent.ledger.update((d) => void (d.items.find((i) => i.id === ferry.id)!.source.publishedAt = new Date(Date.now() - 8 * 86_400_000).toISOString()));
+    await agent.remember("The lighthouse keeper is Mara Quell.");
+    const second = await agent.bake("test");
+    assert.equal(second.status, "promoted", second.reasons.join("; "));
+    assert.equal(agent.ledger.item(ferry.id).status, "expired");
+    assert.ok(!agent.ledger.version(second.version!).items.includes(ferry.id));
+    // v0001 retired and its item list compacted away, as after many bakes: nothing lists the item
+    await agent.ledger.update((d) => void (d.versions.find((v) => v.id === "v0001")!.status = "retired"));
+    await agent.ledger.compact(() => false, { ...LEDGER_LIMITS, inactiveItems: 0, deadVersionItemLists: 0 });
+    assert.ok(agent.ledger.item(ferry.id).archivedAt, "archived");
+
+    const rebuilt = await agent.retract([ferry.id]);
+    assert.notEqual(rebuilt.status, "skipped", rebuilt.reasons.join("; "));
+    assert.equal(agent.ledger.item(ferry.id).status, "retracted");
+    assert.equal(agent.ledger.item(ferry.id).archivedAt, undefined, "back in the ledger, marked retracted");
+    assert.equal(agent.ledger.data.bakes.at(-1)!.trigger, "retraction");
+  } finally {
+    await runtime.stop();
     rmSync(dir, { recursive: true });
   }
 });

@@ -40,10 +40,11 @@ function synthetic(n: number): LedgerData {
   const statuses: ItemStatus[] = ["absorbed", "superseded", "superseded", "rejected"];
   const items = Array.from({ length: n }, (_, k) => item(k, statuses[k % statuses.length]!));
   const held = items.filter((i) => i.status === "absorbed").map((i) => i.id);
-  // the records a year of bakes leaves: 100 that can never go live again, each listing what it held
+  // the records a year of rolling bakes leaves: a chain (each the parent of the next) of 100 that
+  // can never go live again, each listing what it held, and the live one
   const versions: VersionRecord[] = Array.from({ length: 101 }, (_, k) => ({
     id: `v${String(k + 1).padStart(4, "0")}`,
-    parent: null,
+    parent: k ? `v${String(k).padStart(4, "0")}` : null,
     createdAt: "2026-01-01T00:00:00.000Z",
     dir: `/nonexistent/v${k + 1}`,
     status: k === 100 ? "live" : "retired",

@@ -139,9 +139,11 @@ export function compactLedger(d: LedgerData, limits = LEDGER_LIMITS, onDisk: (v:
     if (i.scores.length > limits.scoresPerItem) i.scores.splice(0, i.scores.length - limits.scoresPerItem);
     if (i.history.length > limits.historyPerItem) i.history.splice(1, i.history.length - limits.historyPerItem);
   }
-  // a version still on disk, or the parent of one kept, keeps its record (diff and orphan checks need it)
-  const parents = new Set(d.versions.map((v) => v.parent));
-  const dead = d.versions.filter((v) => (v.status === "retired" || v.status === "rejected") && !onDisk(v) && !parents.has(v.id));
+  // A version still on disk keeps its record (orphan checks need it), and so does its parent (a
+  // diff against it). Every other version that can never go live again is dead: in a rolling
+  // chain each is the parent of the next, so parenthood alone cannot protect a record.
+  const shown = new Set(d.versions.filter(onDisk).map((v) => v.parent));
+  const dead = d.versions.filter((v) => (v.status === "retired" || v.status === "rejected") && !onDisk(v) && !shown.has(v.id));
   if (dead.length > limits.deadVersions) {
     const drop = new Set(dead.slice(0, dead.length - limits.deadVersions).map((v) => v.id));
     d.versions = d.versions.filter((v) => !drop.has(v.id));
@@ -349,6 +351,15 @@ export class Ledger {
     const item = this.data.items.find(matches) ?? this.archived().findLast(matches);
     if (!item) throw new LedgerError(`no item ${id}`);
     return item;
+  }
+
+  /** Brings an archived item back into the ledger (a retraction needs it there); its archive line stays. */
+  async unarchive(id: string): Promise<Item> {
+    const item = this.item(id);
+    if (!item.archivedAt) return item;
+    const { archivedAt: _, ...back } = item;
+    await this.update((d) => void d.items.push(back));
+    return back;
   }
 
   /** The archive's items, oldest first (read on demand: it is only needed for old, inactive items). */

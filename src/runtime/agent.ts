@@ -686,6 +686,20 @@ export class Agent {
     return new Set(live ? this.ledger.version(live).items : []);
   }
 
+  /**
+   * Whether the live weights may hold an item: the live version lists it, or it expired after a
+   * version of the live one's lineage absorbed it (versions stop listing expired news, but the
+   * adapter each was trained from may still answer it; nothing measured that it faded).
+   */
+  private mayHold(i: Item): boolean {
+    if (this.heldItems().has(i.id)) return true;
+    if (i.status !== "expired" || !i.absorbedBy) return false;
+    for (let v = this.ledger.data.live; v; v = this.ledger.data.versions.find((x) => x.id === v)?.parent ?? null) {
+      if (v === i.absorbedBy) return true;
+    }
+    return false;
+  }
+
   /** Retracted items a version's weights hold. */
   private retractedIn(version: string | null): string[] {
     if (version === null) return [];
@@ -733,15 +747,19 @@ export class Agent {
    * not hold waits to be baked again.
    */
   async retract(ids: string[], reason = "retracted"): Promise<BakeOutcome> {
-    const items = ids.map((id) => this.ledger.item(id));
-    const archived = items.find((i) => i.archivedAt);
-    if (archived) throw new Error(`item ${archived.id} is archived (${archived.status} since ${archived.updatedAt}): no version that can go live holds it, so there is nothing to retract`);
     // A running bake would be joined, not redone from the base, and its gate would set these items
     // absorbed again: let it finish first, then mark them.
     while (this.baking) await this.baking.catch(() => undefined);
+    const items = ids.map((id) => this.ledger.item(id));
+    const inWeights = items.filter((i) => this.mayHold(i));
+    const archived = items.filter((i) => i.archivedAt);
+    const gone = archived.filter((i) => !inWeights.includes(i));
+    if (gone.length) {
+      return { status: "skipped", reasons: gone.map((i) => `item ${i.id} is archived (${i.status} since ${i.updatedAt}) and the live weights do not hold it: nothing to retract`) };
+    }
+    for (const i of archived) await this.ledger.unarchive(i.id);
     this.logGivenBack(await this.ledger.setItemStatus(items.map((i) => i.id), "retracted", { reason }), "retracted");
-    const inWeights = this.heldItems();
-    if (!items.some((i) => inWeights.has(i.id))) {
+    if (!inWeights.length) {
       return { status: "skipped", reasons: ["the live weights never held these items: marked retracted, nothing to rebuild"] };
     }
     const outcome = await this.bake("retraction", { consolidate: true, force: true });

@@ -207,7 +207,6 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
     const body = parse(RetractBody, request.body, "");
     const item = agent.ledger.item(request.params.id);
     if (item.status === "retracted") throw new ApiError(409, `item ${item.id} is already retracted`, "already_retracted");
-    if (item.archivedAt) throw new ApiError(409, `item ${item.id} is archived (${item.status}): no version that can go live holds it, so there is nothing to retract`, "archived");
     // A retraction rebuilds the weights from the base model; joining a running bake would skip that.
     if (agent.isBaking) throw new ApiError(409, "a bake is running; retract when it ends", "bake_running");
     const work = agent.retract([item.id], body.reason ?? "retracted through the admin API");

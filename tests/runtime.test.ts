@@ -381,7 +381,7 @@ test("a scheduled bake starts after the feed polls of its minute: it bakes a cor
     const ferry = agent.ledger.items({ text: "ferry" })[0]!;
     writeFileSync(feedFile, readFileSync(feedFile, "utf8").replace("The ferry runs at noon.", "The ferry runs at two."));
     // the minute's cron timers fire in no set order; here the bake's first, the poll's 20 ms later
-    // (the soak saw 10-30 ms)
+    // (the soak saw 12-75 ms)
     const schedules = agent as unknown as { scheduledBake(): Promise<{ status: string; reasons: string[] }>; scheduledPoll(id: string): Promise<void> };
     const baking = schedules.scheduledBake();
     await new Promise((r) => setTimeout(r, 20));

@@ -34,7 +34,7 @@ import path from "node:path";
 import { fileURLToPath } from "node:url";
 import type { BakeRun, LedgerData } from "../src/knowledge/ledger.js";
 import { atom, rss } from "./world/feeds.js";
-import { relation } from "./world/relations.js";
+import { relation, relationsFor } from "./world/relations.js";
 import { Rng } from "./world/rng.js";
 import { DEFAULT_SEED, generateWorld, isEntityKind, lexiconValue, makeFact, WorldIndex, type Fact } from "./world/world.js";
 
@@ -104,13 +104,14 @@ class NewsDesk {
   readonly published: Published[] = [];
   /** the newest text of each fact */
   readonly current = new Map<string, Published>();
+  /** every value each fact has had: an update or a correction never brings one back */
   private readonly values = new Map<string, Set<string>>();
   private readonly rng: Rng;
   private ticks = 0;
   private updates = 0;
 
   constructor(
-    private readonly idx: WorldIndex,
+    readonly idx: WorldIndex,
     seed: string,
     private readonly tickMs: number,
   ) {
@@ -274,6 +275,7 @@ keepVersions: 5
 `,
   };
 }
+/** keepVersions of both agents */
 const KEEP_VERSIONS = 5;
 
 // ---------------------------------------------------------------------------------------------
@@ -638,6 +640,24 @@ function staleItems(ledger: LedgerData, desk: NewsDesk): string[] {
 }
 
 /**
+ * Probes (questions the model wrote about an item, kept by kiln's checks) that ask about another
+ * fact of the item's subject, per the world: their prompted answers state what the item does not
+ * ("The population of Gulldale is Ewyn Craneridge." for a mayor), the bake teaches it, and they
+ * are evidence for supersessions.
+ */
+function offFactProbes(ledger: LedgerData, desk: NewsDesk): string[] {
+  const byText = new Map(desk.published.map((p) => [`${p.guid}\n${p.text}`, p]));
+  return ledger.items.flatMap((i) => {
+    const p = byText.get(`${i.source.guid}\n${i.text}`);
+    if (!p) return [];
+    const [subject, rel] = p.key.split("|") as [string, string];
+    const e = desk.idx.entity(subject);
+    const others = relationsFor(e.kind).filter((r) => r.name !== rel).flatMap((r) => r.questions.map((q) => q(e.name)));
+    return (i.probes ?? []).filter((q) => others.includes(q.question)).map((q) => `"${i.text}" (${i.status}): "${q.question}" -> "${q.answer.split("\n")[0]}"`);
+  });
+}
+
+/**
  * Scheduled bakes that started before the feed polls of their minute stored their news (a bake
  * waits for polls in flight: news of its minute belongs in it).
  */
@@ -819,7 +839,7 @@ async function main(): Promise<void> {
     opts, dir, t0, desk, feedRequests: feeds.requests(), log, samples, quiet, requests, before, after, liveAtStop, liveAfter, stop, inFlight,
     restart: { readySeconds, stopSeconds: second.seconds, code: second.code },
   });
-  writeFileSync(path.join(dir, "summary.json"), JSON.stringify({ ...summary, samples, requests, publishedTexts: desk.published }, null, 2) + "\n");
+  writeFileSync(path.join(dir, "summary.json"), JSON.stringify({ ...summary, samples, requestLog: requests, publishedTexts: desk.published }, null, 2) + "\n");
   if (opts.out) writeFileSync(opts.out, JSON.stringify(summary, null, 2) + "\n");
   report(summary);
   const keep = summary.failures.length > 0 || opts.keep;
@@ -845,6 +865,8 @@ function analyse(run: RunRecord) {
   const overlaps = overlappingBakes(bakes);
   const ahead = AGENTS.flatMap((a) => bakesAheadOfTheirPolls(ledgers[a]!).map((b) => `${a} ${b.id} (${b.startedAt})`));
   const corrected = Object.fromEntries(AGENTS.map((a) => [a, correctedWhileBaking(ledgers[a]!)]));
+  const probes = AGENTS.reduce((n, a) => n + ledgers[a]!.items.reduce((m, i) => m + (i.probes?.length ?? 0), 0), 0);
+  const offFact = AGENTS.flatMap((a) => offFactProbes(ledgers[a]!, desk).map((x) => `${a}: ${x}`));
   const supersessions = AGENTS.flatMap((a) => judgeSupersessions(a, ledgers[a]!, desk));
   const wrong = supersessions.filter((s) => s.verdict !== "real update");
   const stale = Object.fromEntries(AGENTS.map((a) => [a, staleItems(ledgers[a]!, desk)]));
@@ -958,6 +980,7 @@ function analyse(run: RunRecord) {
     logErrors: errors.map((l) => `[run ${l.run}, ${(l.t / 60).toFixed(1)} min] ${l.line}`),
     supersessions,
     correctedWhileBaking: corrected,
+    probes: { kept: probes, askingAnotherFact: offFact },
     bakesAheadOfTheirPolls: ahead,
     staleItemsStillActive: stale,
     answers: {
@@ -999,6 +1022,8 @@ function report(s: Summary): void {
   w(`supersessions: ${s.supersessions.length} ${JSON.stringify(countBy(s.supersessions.map((x) => `${x.how}: ${x.verdict}`)))}`);
   for (const x of s.supersessions.filter((x) => x.verdict !== "real update")) w(`  ${x.verdict}: ${x.item} by ${x.by}`);
   w(`scheduled bakes that started before their minute's polls landed: ${s.bakesAheadOfTheirPolls.length}; items their feed corrected while a bake trained on them: ${JSON.stringify(Object.fromEntries(Object.entries(s.correctedWhileBaking).map(([a, l]) => [a, l.length])))}`);
+  w(`probes kept: ${s.probes.kept}, of which asking about another fact of their subject (per the world): ${s.probes.askingAnotherFact.length}`);
+  for (const x of s.probes.askingAnotherFact) w(`  ${x}`);
   const stale = Object.values(s.staleItemsStillActive).flat();
   w(`older values still active beside their newer one, baked (updates not found): ${stale.length}`);
   for (const x of stale) w(`  ${x}`);

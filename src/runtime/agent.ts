@@ -66,9 +66,9 @@ export interface AgentBakeEvents {
 /**
  * How long a scheduled bake lets the feed polls of its minute start first (a bake waits for polls
  * in flight). node-cron fires each task on its own timer, in no set order: in a 30-minute soak
- * (docs/soak.md) every bake on the minute started 10-30 ms before that minute's polls stored their
- * news, and three times a feed's correction landed on an item the bake was already training on,
- * so the version it promoted learned the corrected-away text.
+ * (docs/soak.md) 10 of 15 bakes on the minute had that minute's news stored 12-75 ms after they
+ * started, and three times a feed's correction landed on an item the bake was already training
+ * on, so the version it promoted learned the corrected-away text.
  */
 export const SCHEDULED_BAKE_DELAY_MS = 1000;
 

@@ -499,6 +499,33 @@ test("an item its feed corrects as a bake starts stays superseded: the bake does
   }
 });
 
+test("a scheduled bake starts after the feed polls of its minute: it bakes a correction they bring, not the text it corrects", async () => {
+  const { dir, file, feedFile } = writeTestAgent();
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    assert.equal((await agent.pollFeed("harbor")).added, 2);
+    const ferry = agent.ledger.items({ text: "ferry" })[0]!;
+    writeFileSync(feedFile, readFileSync(feedFile, "utf8").replace("The ferry runs at noon.", "The ferry runs at two."));
+    // the minute's cron timers fire in no set order; here the bake's first, the poll's 20 ms later
+    // (the soak saw 12-75 ms)
+    const schedules = agent as unknown as { scheduledBake(): Promise<{ status: string; reasons: string[] }>; scheduledPoll(id: string): Promise<void> };
+    const baking = schedules.scheduledBake();
+    await new Promise((r) => setTimeout(r, 20));
+    await schedules.scheduledPoll("harbor");
+    const outcome = await baking;
+    assert.equal(outcome.status, "promoted", outcome.reasons.join("; "));
+    const bake = agent.ledger.data.bakes.at(-1)!;
+    const correction = agent.ledger.items({ text: "two" })[0]!;
+    assert.equal(agent.ledger.item(ferry.id).status, "superseded");
+    assert.ok(!bake.itemIds.includes(ferry.id), "the corrected-away text is not baked");
+    assert.ok(bake.itemIds.includes(correction.id), "its correction is");
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("checkpoints the ledger does not record are moved aside, never deleted; a missing or null ledger beside checkpoints is refused", async () => {
   const { dir, file } = writeTestAgent();
   const home = path.join(dir, "home");

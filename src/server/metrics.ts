@@ -156,11 +156,13 @@ export class Metrics {
 
 export function metricsRoutes(app: FastifyInstance, deps: { runtime: Runtime; queue: GenerationQueue; watcher: BakeWatcher; metrics: Metrics }): void {
   // Counted when the response closes, so streams count with their full duration and a client
-  // that leaves early counts as 499 (fastify's onResponse never runs for those).
+  // that leaves early counts as 499 (fastify's onResponse never runs for those). Timed here:
+  // fastify's reply.elapsedTime is 0 unless its logger or an onResponse hook is on.
   app.addHook("onRequest", async (request, reply) => {
+    const start = performance.now();
     reply.raw.once("close", () => {
       const status = reply.raw.writableFinished ? reply.statusCode : 499;
-      deps.metrics.request(request.method, request.routeOptions.url ?? "unmatched", status, reply.elapsedTime / 1000);
+      deps.metrics.request(request.method, request.routeOptions.url ?? "unmatched", status, (performance.now() - start) / 1000);
     });
   });
   app.get("/metrics", async (_request, reply) => {

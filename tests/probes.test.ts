@@ -38,6 +38,9 @@ test("probe quality: off-topic questions and answers score 0", () => {
   // an answer that invents a name
   assert.equal(probeQuality("What river runs through Saltwell?", "Saltwell sits on the Esk River near Dunmore.", "Saltwell sits on the Esk River."), 0);
   assert.equal(probeQuality("Who is the mayor of Amberport?", "", ITEM), 0);
+  // an answer that asks back (the soak: it passed as update evidence and superseded a true fact)
+  assert.equal(probeQuality("Which province is Marshford in?", "Marshford is twinned with?", "Marshford has become a twin town of Hollowby."), 0);
+  assert.ok(probeQuality("Which town is Marshford twinned with?", "Marshford is twinned with Hollowby.", "Marshford has become a twin town of Hollowby.") > 0, "the same words, answered");
 });
 
 test("a persona sign-off is not part of the answer", () => {

@@ -38,6 +38,9 @@ test("relation words are what a text says about its names, in any tense", () => 
   assert.deepEqual([...relationWords("Ewyn Craneridge is now working as a violin maker.")].sort(), ["maker", "violin", "work"]);
   assert.ok(shareRelation("Tera Stone is now working as a baker.", "Tera Stone works as a geologist."));
   assert.ok(!shareRelation("Saltwell sits on the Esk River.", "Saltwell has become a twin town of Marshford."), "a river and a twin town: no update");
+  // a consonant doubled before the ending (the soak: "twinned" never matched "twin")
+  assert.deepEqual([...relationWords("Gulldale is twinned with Cinderholm.")], ["twin"]);
+  assert.deepEqual([...relationWords("Ada Brook was planning a shop, selling kites.")].sort(), ["kite", "plan", "sell", "shop"]);
 });
 
 test("words that say when are no relation: two facts about one person told with \"now\" are no update of each other", () => {

@@ -148,6 +148,9 @@ export function probeQuality(question: string, answer: string, itemText: string)
   const answerEntities = new Set(entitiesIn(answer));
   if (!asksAbout(question, itemText)) return 0;
   if (!answer.trim() || !namesGrounded(question, said) || !namesGrounded(answer, said)) return 0;
+  // A reply that asks back answers nothing ("Marshford is twinned with?"): as a probe it would
+  // teach a question; as update evidence it passed for an answer and superseded a true fact.
+  if (answer.trim().endsWith("?")) return 0;
   if (itemEntities.length && !itemEntities.some((w) => answerEntities.has(w))) return 0;
   const share = support(answer, said);
   return share >= MIN_SUPPORT ? share : 0;

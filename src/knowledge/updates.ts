@@ -7,8 +7,15 @@ import type { Item } from "./ledger.js";
 /** Pairs asked about per bake, at most: each costs a few greedy replies of the base model. */
 export const MAX_UPDATE_PAIRS = 48;
 
-/** "working", "worked", "works" -> "work": a relation is written in several tenses. */
-const root = (w: string) => stem(w).replace(/(?<=\p{L}{3})(ing|ed)$/u, "");
+/**
+ * "working", "worked", "works" -> "work": a relation is written in several tenses. A consonant
+ * doubled before the ending is one ("twinned" -> "twin", "planning" -> "plan"); l, s and z are
+ * often doubled in the word itself ("selling", "missed", "buzzed").
+ */
+const root = (w: string) => {
+  const bare = stem(w).replace(/(?<=\p{L}{3})(ing|ed)$/u, "");
+  return bare === stem(w) ? bare : bare.replace(/([b-df-hj-km-rtv-y])\1$/u, "$1");
+};
 
 /**
  * Words that say when, not what: news of any kind is told with them ("Lisa Yewby now owns a pet

@@ -334,7 +334,7 @@ export async function updateEvidence(model: LoadedModel, pairs: { older: ProbeIt
  * Marshford.", gave the twin-town line, and the other way round). Measured by
  * tools/eval_updates.ts on kiln-mini: none of 75 pairs of facts about one subject taken for an
  * update (17 by both ways alone), 82 of 83 updates found as the same wording with another value,
- * 34 of 83 reworded ("works at" -> "has joined"). Missing an update costs less than dropping a
+ * 38 of 83 reworded ("works at" -> "has joined"). Missing an update costs less than dropping a
  * true fact.
  */
 export async function findSupersessions(model: LoadedModel, pairs: { older: ProbeItem; newer: ProbeItem }[], o: Omit<ProbeOptions, "adapter"> = {}): Promise<Supersession[]> {

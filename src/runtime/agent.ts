@@ -14,7 +14,7 @@ import { decideGate, type StatusChange } from "./gate.js";
 import { checkProbes, type ProbeCheck, type ProbeItem } from "../bake/probes.js";
 import { knowledgeLessons } from "../bake/prompt.js";
 import { pollFeed, type FeedEntry } from "../feeds/feeds.js";
-import { INACTIVE_STATUSES, Ledger, markBaking, type BakeRun, type Item, type ItemKind, type VersionRecord } from "../knowledge/ledger.js";
+import { INACTIVE_STATUSES, Ledger, markBaking, type BakeRun, type Item, type ItemKind, type ItemStatus, type VersionRecord } from "../knowledge/ledger.js";
 import { newsTime, pairedHeldItems, updatePairs } from "../knowledge/updates.js";
 import type { LoadedModel } from "../model/load.js";
 import { ADAPTER_WEIGHTS } from "../lora/peft.js";
@@ -93,6 +93,12 @@ function fireAfter(schedule: string, count: number): Date {
  * on, so the version it promoted learned the corrected-away text.
  */
 export const SCHEDULED_BAKE_DELAY_MS = 1000;
+
+/**
+ * Statuses a bake's gate must not overwrite: set while it ran by a retraction, a feed's
+ * correction or expiry (a rejection is the gate's own call, so it is not here).
+ */
+const DECIDED_ELSEWHERE: ReadonlySet<ItemStatus> = new Set(["retracted", "superseded", "expired"]);
 
 /** A version's checkpoint folder in an agent's home: v0001, v0002, ... */
 const VERSION_DIR = /^v\d{4}$/;
@@ -243,7 +249,7 @@ export class Agent {
    * A poll the schedule starts, due at `at`. Nothing may escape it (a rejection here would end the
    * process: a full disk while the ledger is written, say), and a failing feed is asked less
    * often: after n failures in a row, the next 2^n - 1 scheduled polls (at most 15) are skipped.
-   * pollFeed records until when (FeedRecord.backoffUntil), so a restart does not end the backoff.
+   * pollFeedNow records until when (FeedRecord.backoffUntil), so a restart does not end the backoff.
    */
   private async scheduledPoll(feedId: string, at: Date = new Date()): Promise<void> {
     const source = this.config.feeds.find((f) => f.id === feedId)!;
@@ -671,7 +677,7 @@ export class Agent {
   /** The gate's status changes; an item retracted, superseded (corrected by its feed) or expired meanwhile stays so. */
   private async applyChanges(changes: StatusChange[]): Promise<void> {
     for (const c of changes) {
-      const ids = c.ids.filter((id) => !["retracted", "superseded", "expired"].includes(this.ledger.item(id).status));
+      const ids = c.ids.filter((id) => !DECIDED_ELSEWHERE.has(this.ledger.item(id).status));
       const { ids: _, status, ...extra } = c;
       this.logGivenBack(await this.ledger.setItemStatus(ids, status, extra), status);
     }
@@ -704,7 +710,8 @@ export class Agent {
   /**
    * Whether the live weights may hold an item: the live version lists it, or it expired after a
    * version of the live one's lineage absorbed it (versions stop listing expired news, but the
-   * adapter each was trained from may still answer it; nothing measured that it faded).
+   * adapter each was trained from may still answer it; nothing measured that it faded). The
+   * lineage reaches as far back as version records are kept (compaction keeps 100 dead ones).
    */
   private mayHold(i: Item): boolean {
     if (this.heldItems().has(i.id)) return true;

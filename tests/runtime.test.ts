@@ -507,6 +507,12 @@ test("a scheduled bake starts after the feed polls of its minute: it bakes a cor
     assert.equal((await agent.pollFeed("harbor")).added, 2);
     const ferry = agent.ledger.items({ text: "ferry" })[0]!;
     writeFileSync(feedFile, readFileSync(feedFile, "utf8").replace("The ferry runs at noon.", "The ferry runs at two."));
+    // a changed text is taken once it holds for a later poll (SETTLE_MS on): this one reads it,
+    // and the clock moves on so that the scheduled poll below takes it
+    assert.equal((await agent.pollFeed("harbor")).added, 0);
+    await agent.ledger.update((d) => {
+      for (const r of Object.values(d.feeds[0]!.revisions ?? {})) if (r.waiting) r.waiting.since = new Date(Date.parse(r.waiting.since) - SETTLE_MS).toISOString();
+    });
     // the minute's cron timers fire in no set order; here the bake's first, the poll's 20 ms later
     // (the soak saw 12-75 ms)
     const schedules = agent as unknown as { scheduledBake(): Promise<{ status: string; reasons: string[] }>; scheduledPoll(id: string): Promise<void> };

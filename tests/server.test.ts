@@ -833,6 +833,7 @@ test("shutting down: a request waiting for a slot, and one that arrives meanwhil
     const body = (await waited.json()) as any;
     assertErrorShape(body, 503);
     assert.equal(body.error.code, "shutting_down");
+    assert.ok(Number(waited.headers.get("retry-after")) >= 1, "the queued request is told when to try again too");
     assert.equal(late.statusCode, 503);
     assertErrorShape(late.json(), 503);
     assert.equal(late.json().error.code, "shutting_down");

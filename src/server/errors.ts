@@ -36,6 +36,11 @@ function typeForStatus(status: number): ErrorType {
   return "invalid_request_error";
 }
 
+/** A 503 for a request the stopping server will not finish; the client may send it again once it is back. */
+export function shuttingDown(message: string): ApiError {
+  return new ApiError(503, message, "shutting_down", null, { "retry-after": "5", connection: "close" });
+}
+
 export function errorBody(status: number, message: string, code: string | null = null, param: string | null = null): ErrorBody {
   return { error: { message, type: typeForStatus(status), param, code } };
 }

@@ -11,7 +11,7 @@ import { assertSafeBinding, installAuth } from "./auth.js";
 import { BakeWatcher } from "./bake-watch.js";
 import type { ServerContext } from "./context.js";
 import { dashboardPaths, dashboardRoutes } from "./dashboard.js";
-import { ApiError, installErrorHandlers } from "./errors.js";
+import { installErrorHandlers, shuttingDown } from "./errors.js";
 import { healthRoutes } from "./health.js";
 import { Metrics, metricsRoutes } from "./metrics.js";
 import { openaiRoutes } from "./openai.js";
@@ -27,10 +27,6 @@ const CLOSE_GRACE_MS = 1500;
 export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000;
 const SHUTTING_DOWN = "the server is shutting down; send the request again once it is back";
 
-/** What a request that arrives, or waits for a slot, while the server closes gets. */
-function shuttingDown(): ApiError {
-  return new ApiError(503, SHUTTING_DOWN, "shutting_down", null, { "retry-after": "5", connection: "close" });
-}
 
 export interface ServerOptions {
   /** address to bind (default 127.0.0.1); anything but a loopback address requires `token` */
@@ -80,7 +76,7 @@ export async function createServer(runtime: Runtime, opts: ServerOptions = {}): 
   metricsRoutes(app, ctx); // first: its hook counts every request, refused ones included
   let refusing = false; // set when close() starts: replies in flight may still finish
   app.addHook("onRequest", async () => {
-    if (refusing) throw shuttingDown();
+    if (refusing) throw shuttingDown(SHUTTING_DOWN);
   });
   const publicPaths = dashboardPaths();
   installAuth(app, { token, isPublic: (p) => publicPaths.has(p) });
@@ -109,7 +105,7 @@ export async function createServer(runtime: Runtime, opts: ServerOptions = {}): 
     close: () =>
       (closing ??= (async () => {
         refusing = true;
-        ctx.queue.drain(SHUTTING_DOWN);
+        ctx.queue.drain(() => shuttingDown(SHUTTING_DOWN));
         ctx.watcher.stop();
         // Replies being generated get the grace period to finish; then the reason reaches every
         // request's signal and what is still running is cut off with it.
@@ -119,7 +115,7 @@ export async function createServer(runtime: Runtime, opts: ServerOptions = {}): 
           await Promise.race([ctx.queue.idle(), new Promise<void>((r) => (timer = setTimeout(r, grace)))]);
           clearTimeout(timer);
         }
-        shutdown.abort(shuttingDown());
+        shutdown.abort(shuttingDown(SHUTTING_DOWN));
         // Requests in flight get a moment to finish; then every connection is closed (a client's
         // half-used keep-alive socket would otherwise hold the server open for its timeout).
         const force = setTimeout(() => app.server.closeAllConnections(), CLOSE_GRACE_MS);

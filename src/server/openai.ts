@@ -28,7 +28,7 @@ import type { ChatMessage } from "../model/tokenizer.js";
 import type { Agent } from "../runtime/agent.js";
 import { fitConversation, type ChatChunk, type ChatOutcome } from "../runtime/runtime.js";
 import { clientSignal, findAgent, type ServerContext } from "./context.js";
-import { ApiError, errorBody, validationError } from "./errors.js";
+import { ApiError, errorBody, shuttingDown, validationError } from "./errors.js";
 import { SseStream } from "./sse.js";
 
 /** Most completion tokens when the request names no limit (the context may allow fewer). */
@@ -398,7 +398,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     try {
       const outcome = await drain(chat);
       record(outcome);
-      if (outcome.result.finishReason === "abort" && ctx.shutdown.aborted) throw new ApiError(503, SHUTTING_DOWN, "shutting_down");
+      if (outcome.result.finishReason === "abort" && ctx.shutdown.aborted) throw shuttingDown(SHUTTING_DOWN);
       reply.header(VERSION_HEADER, outcome.version ?? "base");
       let content: string | null = outcome.result.text;
       let finish = finishReason(outcome.result.finishReason);

@@ -71,9 +71,9 @@ export class GenerationQueue {
     return new Promise((resolve) => this.onIdle.push(resolve));
   }
 
-  /** Refuses everyone still waiting (server shutdown). */
-  drain(reason: string): void {
-    for (const w of this.waiting.splice(0)) w.reject(new ApiError(503, reason, "shutting_down"));
+  /** Refuses everyone still waiting with the error `refusal` makes (server shutdown). */
+  drain(refusal: () => Error): void {
+    for (const w of this.waiting.splice(0)) w.reject(refusal());
   }
 
   private grant(): () => void {

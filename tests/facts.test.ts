@@ -67,6 +67,14 @@ test("model-based capture: explicit requests win, the rules catch what the model
     throw new Error("out of memory");
   });
   assert.deepEqual(broken, { actions: [{ kind: "remember", text: "The user lives in Quillport." }], source: "rules" });
+
+  // a message that only asks states nothing, whatever the model gives back
+  const before = asked.length;
+  assert.deepEqual(await extractFactsWithModel("Weather in Hollowby?", model(" Weather in Hollowby.")), { actions: [], source: "rules" });
+  assert.deepEqual(await extractFactsWithModel("Who is the mayor? And the harbor master?", model(" The mayor.")), { actions: [], source: "rules" });
+  assert.equal(asked.length, before, "the model is not asked");
+  const mixed = await extractFactsWithModel("Lisa Yewby works at Northgate Motors. Did you know?", model(" Lisa Yewby works at Northgate Motors."));
+  assert.equal(mixed.actions.length, 1, "a statement beside a question is still read");
 });
 
 test("forget names items by their words: \"forget it\" names nothing", () => {

@@ -139,6 +139,9 @@ export async function extractFactsWithModel(
 ): Promise<Extraction> {
   const explicit = explicitRequest(message);
   if (explicit) return { actions: explicit, source: "explicit" };
+  // A message that only asks states nothing: kiln-mini, asked for the facts in "Weather in
+  // Hollowby?", gave back "Weather in Hollowby." and that went into the ledger.
+  if (message.split(/(?<=[.!?])\s+/).every((s) => !s.trim() || s.trim().endsWith("?"))) return { actions: [], source: "rules" };
   let lines: string[] = [];
   try {
     lines = parseExtraction(await complete(extractionRequest(message)), message);

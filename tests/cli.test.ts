@@ -26,10 +26,11 @@ function kiln(args: string[], o: { cwd?: string; input?: string } = {}): { statu
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-/** The two shipped agents (demo and newsroom) with their feeds, in a folder of their own. */
+/** The two shipped agents (demo and newsroom; not any the user added) with their feeds, in a folder of their own. */
 function twoAgents(): { dir: string; agents: string; checkpoints: string } {
   const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-"));
-  cpSync(path.join(repoRoot(), "agents"), path.join(dir, "agents"), { recursive: true });
+  mkdirSync(path.join(dir, "agents"));
+  for (const f of ["demo.yaml", "newsroom.yaml"]) cpSync(path.join(repoRoot(), "agents", f), path.join(dir, "agents", f));
   cpSync(path.join(repoRoot(), "feeds"), path.join(dir, "feeds"), { recursive: true });
   return { dir, agents: path.join(dir, "agents"), checkpoints: path.join(dir, "checkpoints") };
 }
@@ -46,6 +47,10 @@ test("option values are checked before any work, naming the option", () => {
   const status = kiln(["knowledge", "list", "demo", "--status", "bogus"]);
   assert.equal(status.status, 1);
   assert.match(status.stderr, /argument 'bogus' is invalid\. Allowed choices are pending, baking, absorbed/);
+  // an adapter continued with --from keeps its shape: options that would change it are refused, not ignored
+  const shape = kiln(["bake", "--prompt", "x", "--out", path.join(os.tmpdir(), "kiln-never"), "--from", path.join(os.tmpdir(), "kiln-never-from"), "--rank", "4", "--rslora"]);
+  assert.equal(shape.status, 1);
+  assert.match(shape.stderr, /--rank, --rslora shape a new adapter; the one --from continues keeps its own shape/);
 });
 
 test("kiln bake takes its prompt from --prompt or --prompt-file, and never writes over a folder that is not an adapter", () => {

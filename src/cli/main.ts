@@ -198,8 +198,11 @@ program
   .option("--seed <n>", "seed", integer(), 1)
   .option("--json", "print the summary as JSON (progress still goes to stderr)")
   .option("--quiet", "no progress output")
-  .action(async (o: Record<string, string | number | boolean | undefined>) => {
+  .action(async (o: Record<string, string | number | boolean | undefined>, cmd: Command) => {
     if (o.out === undefined) throw new Error("give the folder to write the adapter to with --out <dir>");
+    // An adapter continued with --from keeps its own rank, scale and modules: say so rather than ignore them.
+    const shape = ["rank", "alpha", "rslora", "targets"].filter((k) => cmd.getOptionValueSource(k) === "cli");
+    if (o.from && shape.length) throw new Error(`${shape.map((k) => `--${k}`).join(", ")} shape a new adapter; the one --from continues keeps its own shape (leave them out)`);
     const modelDir = resolveModelDir(o.model as string | undefined);
     if (!o.prompt === !o.promptFile) throw new Error("give the prompt to bake with --prompt <text> or --prompt-file <file> (one of the two)");
     if (o.promptFile && !existsSync(o.promptFile as string)) throw new Error(`--prompt-file: ${o.promptFile} does not exist`);

@@ -186,7 +186,7 @@ test("kiln generate --adapter answers with an adapter kiln bake wrote", () => {
   }
 });
 
-test("kiln knowledge verify runs beside a process that holds the agent (a kiln serve); commands that write are refused naming it", async () => {
+test("kiln knowledge verify and kiln probe run beside a process that holds the agent (a kiln serve); commands that write are refused naming it", async () => {
   const { dir, agents, checkpoints } = twoAgents();
   const where = ["--agents", agents, "--checkpoints", checkpoints];
   const { initBackend } = await import("../src/tensor/backend.js");
@@ -205,6 +205,10 @@ test("kiln knowledge verify runs beside a process that holds the agent (a kiln s
     const proof = JSON.parse(r.stdout);
     assert.deepEqual([proof.version, proof.held, proof.items, proof.weights.adapter], [null, 0, [], null]);
     assert.equal(readFileSync(ledgerFile, "utf8"), before, "verify wrote nothing");
+    const probe = kiln(["probe", "newsroom", "Who is the mayor of Quillport?", ...where, "--json"]);
+    assert.equal(probe.status, 0, probe.stderr);
+    assert.equal(JSON.parse(probe.stdout).version, null);
+    assert.equal(readFileSync(ledgerFile, "utf8"), before, "probe wrote nothing");
     const write = kiln(["knowledge", "remember", "newsroom", "Rain.", ...where]);
     assert.equal(write.status, 1);
     assert.match(write.stderr, new RegExp(`ledger\\.json is being written by process ${process.pid} \\(a running kiln serve\\?\\)`));

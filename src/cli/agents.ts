@@ -1,7 +1,7 @@
 // CLI commands over agents: chat, feeds, knowledge, versions, probe and agent bakes.
 // Read-only queries open the ledger without loading any model; commands that change state open
 // the agent (model and ledger lock), so they refuse politely while a server holds the ledger;
-// verify loads the model over a read-only ledger, so it runs beside the server.
+// verify and probe load the model over a read-only ledger, so they run beside the server.
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { createInterface } from "node:readline";
@@ -262,7 +262,8 @@ export function registerAgentCommands(program: Command): void {
   withAgents(program.command("probe <agent> <question>").description("ask on the live weights with and without context in the prompt"))
     .option("--context <text...>", "items to put in the prompt for the comparison")
     .action(async (name: string, question: string, o: AgentOpts & { context?: string[] }) => {
-      const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name);
+      // read-only, as verify: it asks the weights and writes nothing, so it runs beside kiln serve
+      const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name, false, true);
       try {
         const r = await runtime.probe(agent, question, o.context);
         print(o.json, r, () => [`version:    ${r.version ?? "base model"}`, `unprompted: ${r.unprompted}`, ...(r.prompted !== null ? [`prompted:   ${r.prompted}`] : [])].join("\n"));

@@ -233,3 +233,19 @@ test("an item given back that the live version still lists is absorbed again, no
   await ledger.close();
   rmSync(dir, { recursive: true });
 });
+
+test("whyNotLive: a rejected, pruned, or retracted-item-holding version says why it cannot go live", async () => {
+  const dir = tmp();
+  const ledger = await Ledger.open(path.join(dir, "ledger.json"));
+  const fact = (await ledger.addItem({ kind: "manual", text: "The ferry leaves at noon." })).item;
+  const version = (id: string, status: "kept" | "rejected" | "retired", items: string[]) => ({ id, parent: null, createdAt: "t", dir: path.join(dir, id), status, bakeId: "b", items, scores: { absorption: 1, retention: 1, persona: null }, reasons: ["absorption 0.2 < gate.minAbsorption 0.6"] });
+  for (const id of ["v0001", "v0002"]) mkdirSync(path.join(dir, id));
+  await ledger.update((d) => d.versions.push(version("v0001", "kept", [fact.id]), version("v0002", "rejected", []), version("v0003", "retired", [])));
+  assert.equal(ledger.whyNotLive("v0001"), null);
+  assert.match(ledger.whyNotLive("v0002")!, /was rejected by the gate \(absorption 0\.2 < gate\.minAbsorption 0\.6\)/);
+  assert.match(ledger.whyNotLive("v0003")!, /no longer on disk/);
+  await ledger.setItemStatus([fact.id], "retracted");
+  assert.equal(ledger.whyNotLive("v0001"), `version v0001 holds retracted item(s) ${fact.id}; it cannot go live again`);
+  await ledger.close();
+  rmSync(dir, { recursive: true });
+});

@@ -420,6 +420,22 @@ export class Ledger {
     return `v${String(n).padStart(4, "0")}`;
   }
 
+  /** Retracted items a version lists (its weights hold them). */
+  retractedIn(id: string): string[] {
+    const retracted = new Set(this.items({ status: "retracted" }).map((i) => i.id));
+    return this.version(id).items.filter((i) => retracted.has(i));
+  }
+
+  /** Why a version cannot go live (again), or null when it can. */
+  whyNotLive(id: string): string | null {
+    const v = this.version(id);
+    if (v.status === "rejected") return `version ${id} was rejected by the gate (${(v.reasons ?? []).join("; ")}); only kept versions can go live`;
+    if (v.status === "retired" || !existsSync(v.dir)) return `version ${id} is no longer on disk (pruned)`;
+    const retracted = this.retractedIn(id);
+    if (retracted.length) return `version ${id} holds retracted item(s) ${retracted.join(", ")}; it cannot go live again`;
+    return null;
+  }
+
   /** Items gained and lost between two versions (null = the base model, which holds none). */
   diff(from: string | null, to: string | null): { gained: Item[]; lost: Item[] } {
     const set = (id: string | null) => {

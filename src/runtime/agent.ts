@@ -666,12 +666,7 @@ export class Agent {
 
   /** Why a version cannot go live (again), or null when it can. */
   whyNotLive(version: string): string | null {
-    const v = this.ledger.version(version);
-    if (v.status === "rejected") return `version ${version} was rejected by the gate (${(v.reasons ?? []).join("; ")}); only kept versions can go live`;
-    if (v.status === "retired" || !existsSync(v.dir)) return `version ${version} is no longer on disk (pruned)`;
-    const retracted = this.retractedIn(version);
-    if (retracted.length) return `version ${version} holds retracted item(s) ${retracted.join(", ")}; it cannot go live again`;
-    return null;
+    return this.ledger.whyNotLive(version);
   }
 
   /** The gate's status changes; an item retracted, superseded (corrected by its feed) or expired meanwhile stays so. */
@@ -724,9 +719,7 @@ export class Agent {
 
   /** Retracted items a version's weights hold. */
   private retractedIn(version: string | null): string[] {
-    if (version === null) return [];
-    const retracted = new Set(this.ledger.items({ status: "retracted" }).map((i) => i.id));
-    return this.ledger.version(version).items.filter((id) => retracted.has(id));
+    return version === null ? [] : this.ledger.retractedIn(version);
   }
 
   /** Swaps the live weights to a kept version (or the base model); item statuses follow it. */

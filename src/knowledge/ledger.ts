@@ -214,7 +214,8 @@ export class Ledger {
    * refused with the holder's pid. `readOnly` opens without the lock, for queries.
    */
   static async open(file: string, opts: { readOnly?: boolean } = {}): Promise<Ledger> {
-    mkdirSync(path.dirname(file), { recursive: true });
+    // read-only opens touch nothing: a ledger not there yet reads as an empty one
+    if (!opts.readOnly) mkdirSync(path.dirname(file), { recursive: true });
     let lockFile: string | null = null;
     if (!opts.readOnly) {
       lockFile = `${file}.lock`;

@@ -138,9 +138,8 @@ export class Agent {
    */
   static async open(config: AgentConfig, model: LoadedModel, events: AgentEvents = {}, bakeTurn: BakeTurn = (_, run) => run(), opts: { readOnly?: boolean } = {}): Promise<Agent> {
     if (opts.readOnly) {
-      const ledgerFile = path.join(config.homeDir, "ledger.json");
-      if (!existsSync(ledgerFile)) throw new Error(`agent ${config.name} has no ledger yet (${ledgerFile})`);
-      const agent = new Agent(config, model, await Ledger.open(ledgerFile, { readOnly: true }), events, bakeTurn);
+      // an agent never opened for writing has no ledger yet: it reads as empty, the base model live
+      const agent = new Agent(config, model, await Ledger.open(path.join(config.homeDir, "ledger.json"), { readOnly: true }), events, bakeTurn);
       agent.goLiveOnRecord();
       return agent;
     }

@@ -462,6 +462,57 @@ test("response_format: strict refuses what kiln cannot enforce, naming it; stric
   assert.ok(Number.isInteger(JSON.parse(none.choices[0]!.message.content!).n));
 });
 
+/** A 400 on `param` whose message matches. */
+async function rejects400(p: Promise<unknown>, param: string, message: RegExp): Promise<void> {
+  try {
+    await p;
+  } catch (err) {
+    assert.ok(err instanceof OpenAI.APIError, String(err));
+    assert.equal(err.status, 400, err.message);
+    assert.equal((err.error as any).param, param, err.message);
+    assert.match(err.message, message);
+    return;
+  }
+  assert.fail(`expected a 400 on ${param}`);
+}
+
+test("schemas the JSON constraint cannot follow are 400s on response_format and tool_choice, never 500s; nested $refs are answered at once", async () => {
+  const ok = { model: "tester", messages: [{ role: "user" as const, content: "JSON, please." }], max_tokens: 16, temperature: 0 };
+  const schemaFormat = (schema: Record<string, unknown>) => ({ type: "json_schema" as const, json_schema: { name: "s", schema } });
+  const objects = (n: number) => Array.from({ length: n }, (_, i) => ({ type: "object", properties: { [`k${i}`]: { type: "string" } } }));
+  let deep: Record<string, unknown> = { type: "string" };
+  for (let i = 0; i < 200; i++) deep = { type: "array", items: deep };
+  const refused: [Record<string, unknown>, RegExp][] = [
+    // left recursion (a stack overflow, answered 500, before)
+    [{ $ref: "#" }, /refers back to itself without reading any text \(# -> #\)/],
+    [{ anyOf: [{ $ref: "#" }, { type: "string" }] }, /\(# -> #\/anyOf\/0 -> #\)/],
+    [{ $defs: { a: { $ref: "#/$defs/b" }, b: { $ref: "#/$defs/a" } }, $ref: "#/$defs/a" }, /\(#\/\$defs\/a -> #\/\$defs\/b -> #\/\$defs\/a\)/],
+    // nothing fits (the reply was "{" with finish_reason "stop", before)
+    [{ type: "object", required: ["a"], additionalProperties: false }, /no value fits the schema: #: "a" is required but additionalProperties is false and there are no properties/],
+    [{ type: "object", properties: {}, required: ["a"], additionalProperties: false }, /no value fits the schema: #: "a" is required/],
+    [{ type: "object", properties: { s: { type: "string", minLength: 5, maxLength: 3 } }, required: ["s"] }, /its required "s" fits nothing: #\/properties\/s: minLength 5 is above maxLength 3/],
+    [{ type: "object", properties: { n: { type: "integer", minimum: 10, maximum: 1 } }, required: ["n"] }, /#\/properties\/n: no integer lies within minimum 10 and maximum 1/],
+    // past the matcher's limits
+    [{ type: "object", properties: { u: { anyOf: objects(300) } } }, /#\/properties\/u has 300 alternatives .* at most 256/],
+    [{ type: "object", properties: { d: deep } }, /nests deeper than 128 levels/],
+  ];
+  for (const [schema, message] of refused) {
+    await rejects400(client.chat.completions.create({ ...ok, response_format: schemaFormat(schema) }), "response_format", message);
+    const tool = { type: "function" as const, function: { name: "probe", parameters: schema } };
+    await rejects400(client.chat.completions.create({ ...ok, tools: [tool], tool_choice: { type: "function", function: { name: "probe" } } }), "tool_choice", new RegExp(`the parameters of "probe" cannot be used to constrain its arguments: .*${message.source}`));
+  }
+
+  // anyOf of two $refs to the next level, 20 deep: 2^20 readings if followed one by one (seconds
+  // and hundreds of MB a character, on the event loop); followed once, it is a string of at most 5
+  const defs: Record<string, unknown> = {};
+  for (let i = 0; i < 20; i++) defs[`a${i}`] = { anyOf: [{ $ref: `#/$defs/a${i + 1}` }, { $ref: `#/$defs/a${i + 1}` }] };
+  defs.a20 = { type: "string", maxLength: 5 };
+  const nested = await client.chat.completions.create({ ...ok, max_tokens: 12, response_format: schemaFormat({ $defs: defs, $ref: "#/$defs/a0" }) }, { timeout: 20_000 });
+  const value = JSON.parse(nested.choices[0]!.message.content!);
+  assert.ok(typeof value === "string" && value.length <= 5, nested.choices[0]!.message.content!);
+  assert.equal(nested.choices[0]!.finish_reason, "stop");
+});
+
 test("a server bound beyond localhost refuses to start without a token", async () => {
   await assert.rejects(createServer(runtime, { host: "0.0.0.0", port: 0 }), /refusing to listen on 0\.0\.0\.0 without a token/);
   const open = await createServer(runtime, { host: "0.0.0.0", port: 0, token: "t" });

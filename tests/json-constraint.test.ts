@@ -1,7 +1,7 @@
 // The JSON constraint on its own: which texts the matcher accepts for a schema, the schemas it
 // refuses (nothing fits them, left recursion, too large), how far its readings grow, and the token
-// mask over kiln-mini's real vocabulary driving random logits to text that parses and fits the
-// schema.
+// mask over kiln-mini's real vocabulary and a SentencePiece (Metaspace) one driving random logits
+// to text that parses and fits the schema.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { z } from "zod";
@@ -9,7 +9,10 @@ import { ChatTokenizer } from "../src/model/tokenizer.js";
 import { seededRandom } from "../src/model/sampling.js";
 import { constrainToJson, JSON_CONSTRAINT_LIMITS, JsonConstraintError, JsonMatcher, JsonSchemaError, schemaGaps, tokenTexts, type JsonSchema } from "../src/model/json-constraint.js";
 import { PACKAGE_ROOT } from "../src/model/resolve.js";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
+import { repoRoot } from "./support/paths.js";
 
 /** Whether the matcher accepts the whole text as a finished value. */
 function accepts(schema: JsonSchema, text: string): boolean {
@@ -353,4 +356,72 @@ test("a schema no value fits is refused, saying where and why; parts of a schema
   assert.ok(accepts(e, '"a"'));
   for (const t of ["1", '"bb"', "null"]) assert.ok(!accepts(e, t), t);
   assert.ok(accepts({ enum: ["\u{1F600}", "x"] }, '"\u{1F600}"'), "an enum value with a character beyond the BMP");
+});
+
+// A SentencePiece BPE tokenizer as Hugging Face converts Llama 2, TinyLlama and Mistral (made by
+// tools/fixtures/make_metaspace_tokenizer.mjs): a word-initial piece ("▁name") decodes to "name"
+// alone but adds " name" after another piece.
+const METASPACE = path.join(repoRoot(), "tests", "fixtures", "tokenizers", "metaspace");
+
+/** The fixture, and the same vocabulary with the Metaspace pre-tokenizer and decoder (prepend_scheme "first", as newer conversions write it). */
+function metaspaceTokenizers(): { name: string; tokenizer: ChatTokenizer; cleanup?: () => void }[] {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-metaspace-"));
+  const json = JSON.parse(readFileSync(path.join(METASPACE, "tokenizer.json"), "utf8"));
+  const metaspace = { type: "Metaspace", replacement: "▁", prepend_scheme: "first", split: false };
+  const decoder = { type: "Sequence", decoders: [{ type: "ByteFallback" }, { type: "Fuse" }, metaspace] };
+  writeFileSync(path.join(dir, "tokenizer.json"), JSON.stringify({ ...json, normalizer: null, pre_tokenizer: metaspace, decoder }));
+  writeFileSync(path.join(dir, "tokenizer_config.json"), readFileSync(path.join(METASPACE, "tokenizer_config.json")));
+  return [
+    { name: "Llama 2 layout (Strip decoder)", tokenizer: ChatTokenizer.fromDirectory(METASPACE) },
+    { name: "Metaspace decoder", tokenizer: ChatTokenizer.fromDirectory(dir), cleanup: () => rmSync(dir, { recursive: true, force: true }) },
+  ];
+}
+
+test("a SentencePiece (Metaspace) vocabulary: each token is read as the reply decodes it, so keys and enums come out as the schema says", () => {
+  const V = 319;
+  const Reply = z.object({ name: z.string().max(12), role: z.enum(["mayor", "baker"]), city: z.string().max(12).optional() }).strict();
+  const schema = z.toJSONSchema(Reply) as JsonSchema;
+  for (const { name, tokenizer, cleanup } of metaspaceTokenizers()) {
+    try {
+      const vocab = tokenTexts(tokenizer, V);
+      const id = (piece: string) => tokenizer.tokenToId(piece)!;
+      assert.deepEqual([vocab.texts[id("▁name")], vocab.first.texts[id("▁name")], vocab.texts[id("▁")], vocab.texts[id("name")]], [" name", "name", " ", "name"], name);
+      let spaced = 0;
+      for (let seed = 1; seed <= 12; seed++) {
+        const random = seededRandom(seed);
+        const mask = constrainToJson(vocab, tokenizer.eosTokenIds, JsonMatcher.of(schema));
+        const tokens: number[] = [];
+        for (let step = 0; step < 120; step++) {
+          // a SentencePiece model prefers word-initial pieces; closing ones keep the walk short
+          const logits = Float32Array.from({ length: V }, (_, i) => random() * 2 + (tokenizer.decode([id("a"), i]).startsWith("a ") ? 4 : 0) + (/["}]/.test(vocab.texts[i]!) ? 2 : 0));
+          mask(logits, tokens);
+          let best = 0;
+          for (let i = 1; i < V; i++) if (logits[i]! > logits[best]!) best = i;
+          if (tokenizer.eosTokenIds.includes(best)) break;
+          if (tokens.length && vocab.texts[best]!.startsWith(" ")) spaced++;
+          tokens.push(best);
+        }
+        const text = tokenizer.decode(tokens);
+        const parsed = Reply.safeParse(JSON.parse(text));
+        assert.ok(parsed.success, `${name}, seed ${seed}: ${text}: ${parsed.error?.message}`);
+      }
+      assert.ok(spaced > 10, `${name}: the walks chose word-initial pieces after the first (${spaced})`);
+
+      // a character written as byte pieces decodes as U+FFFD until its last byte: the constraint
+      // reads the whole text again, so the string holds it as one character
+      const bytes = [...Buffer.from("é")].map((b) => id(`<0x${b.toString(16).toUpperCase()}>`));
+      const plan = [id("▁{"), id('"'), id("name"), id('":"'), ...bytes, id('",'), id('▁"'), id("role"), id('":"'), id("baker"), id('"}')];
+      const mask = constrainToJson(vocab, tokenizer.eosTokenIds, JsonMatcher.of(schema));
+      const logits = new Float32Array(V);
+      for (let n = 0; n < plan.length; n++) {
+        mask(logits.fill(0), plan.slice(0, n));
+        assert.equal(logits[plan[n]!], 0, `${name}: ${JSON.stringify(tokenizer.decode(plan.slice(0, n + 1)))} is allowed`);
+      }
+      mask(logits.fill(0), plan);
+      assert.deepEqual(tokenizer.eosTokenIds.map((e) => logits[e]), [0], "then only the end");
+      assert.deepEqual(JSON.parse(tokenizer.decode(plan)), { name: "é", role: "baker" });
+    } finally {
+      cleanup?.();
+    }
+  }
 });

@@ -16,6 +16,7 @@ import { saveAdapter } from "../src/lora/peft.js";
 import { Runtime } from "../src/runtime/runtime.js";
 import { createServer, type KilnServer } from "../src/server/index.js";
 import { writeTestAgent } from "./support/agent.js";
+import { repoRoot } from "./support/paths.js";
 import { toPlainMessages, type KilnToolSpec } from "../src/agent/tools.js";
 
 await initBackend();
@@ -511,6 +512,39 @@ test("schemas the JSON constraint cannot follow are 400s on response_format and 
   const value = JSON.parse(nested.choices[0]!.message.content!);
   assert.ok(typeof value === "string" && value.length <= 5, nested.choices[0]!.message.content!);
   assert.equal(nested.choices[0]!.finish_reason, "stop");
+});
+
+test("on a SentencePiece (Metaspace) tokenizer, JSON replies and forced calls have the keys, enums and tool names the schema says, not ones with spaces", async () => {
+  // the fixture model with a Llama-2-style tokenizer: "▁name" decodes to "name" alone, " name" after a token
+  const agent = writeTestAgent();
+  const pieces = path.join(repoRoot(), "tests", "fixtures", "tokenizers", "metaspace");
+  for (const file of ["tokenizer.json", "tokenizer_config.json"]) writeFileSync(path.join(agent.dir, "model", file), readFileSync(path.join(pieces, file)));
+  const rt = await Runtime.fromFiles(agent.file);
+  const srv = await createServer(rt, { port: 0 });
+  try {
+    const c = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: "none", maxRetries: 0 });
+    const Reply = z.object({ name: z.string().max(12), role: z.enum(["mayor", "baker"]), city: z.string().max(12).nullable() }).strict();
+    const base = { model: "tester", messages: [{ role: "user" as const, content: "Who is the mayor?" }], max_tokens: 80 };
+    for (const sampling of [{ temperature: 0 }, ...[1, 2, 3, 4, 5].map((seed) => ({ temperature: 1, seed }))]) {
+      const what = JSON.stringify(sampling);
+      const r = await c.chat.completions.create({ ...base, ...sampling, response_format: zodResponseFormat(Reply, "reply") });
+      const content = r.choices[0]!.message.content!;
+      assert.equal(r.choices[0]!.finish_reason, "stop", `${what}: ${content}`);
+      const parsed = Reply.safeParse(JSON.parse(content));
+      assert.ok(parsed.success, `${what}: ${content}: ${parsed.error?.message}`);
+
+      const weather = { type: "function" as const, function: { name: "get_weather", parameters: { type: "object", properties: { city: { type: "string", maxLength: 12 } }, required: ["city"], additionalProperties: false } } };
+      const called = await c.chat.completions.create({ ...base, ...sampling, tools: [weather], tool_choice: "required" });
+      assert.equal(called.choices[0]!.finish_reason, "tool_calls", what);
+      const fn = (called.choices[0]!.message.tool_calls![0]! as OpenAI.ChatCompletionMessageFunctionToolCall).function;
+      assert.equal(fn.name, "get_weather", what);
+      assert.deepEqual(Object.keys(JSON.parse(fn.arguments)), ["city"], `${what}: ${fn.arguments}`);
+    }
+  } finally {
+    await srv.close();
+    await rt.stop();
+    rmSync(agent.dir, { recursive: true, force: true });
+  }
 });
 
 test("a server bound beyond localhost refuses to start without a token", async () => {

@@ -1026,35 +1026,32 @@ export class JsonMatcher {
 // --- tokens ---
 
 /** Each token's text, and the tokens grouped by first character (to reject a group at once). */
-export interface TokenTexts {
+export interface TokenView {
   texts: string[];
   byFirst: Map<string, number[]>;
   /** a token's length in code points when its text is all ordinary string characters, else -1 */
   plain: Int32Array;
 }
 
+/**
+ * A vocabulary as the mask sees it. `texts` (and byFirst, plain) are what each token adds after
+ * another token; `first`, what it is as a reply's first token. They differ for SentencePiece
+ * (Metaspace) tokenizers, Llama 2's, Mistral's, TinyLlama's: "▁name" decodes to "name" alone
+ * (the decoder strips the leading space of the whole text) but adds " name" after a token.
+ */
+export interface TokenTexts extends TokenView {
+  first: TokenView;
+  /** the tokenizer's decode: the constraint follows the reply's text as it decodes, whole */
+  decode(ids: number[]): string;
+}
+
 const vocabularies = new WeakMap<object, TokenTexts>();
 
-/**
- * The text of every token id, decoded alone (cached per tokenizer). Tokens that decode to nothing
- * (special tokens) are never allowed inside JSON. A byte-level token holding part of a character
- * decodes to U+FFFD, which JSON allows only inside strings, where the whole text decodes right.
- */
-export function tokenTexts(tokenizer: { decode(ids: number[]): string }, vocabSize: number): TokenTexts {
-  const cached = vocabularies.get(tokenizer);
-  if (cached && cached.texts.length === vocabSize) return cached;
-  const texts: string[] = [];
+function view(texts: string[]): TokenView {
   const byFirst = new Map<string, number[]>();
-  const plain = new Int32Array(vocabSize).fill(-1);
-  for (let id = 0; id < vocabSize; id++) {
-    let text = "";
-    try {
-      text = tokenizer.decode([id]);
-    } catch {
-      // an id past the tokenizer's vocabulary (embeddings padded to a round size)
-    }
-    texts.push(text);
-    if (!text) continue;
+  const plain = new Int32Array(texts.length).fill(-1);
+  texts.forEach((text, id) => {
+    if (!text) return;
     let chars = 0;
     for (const ch of text) chars = chars >= 0 && ordinary(ch.charCodeAt(0)) ? chars + 1 : -1;
     plain[id] = chars;
@@ -1062,8 +1059,43 @@ export function tokenTexts(tokenizer: { decode(ids: number[]): string }, vocabSi
     const group = byFirst.get(first);
     if (group) group.push(id);
     else byFirst.set(first, [id]);
+  });
+  return { texts, byFirst, plain };
+}
+
+/**
+ * The text of every token id, alone and after another token (cached per tokenizer). The text
+ * after a token is decode([anchor, id]) less decode([anchor]), with an anchor that decodes the
+ * same alone and in sequence (a single letter). Tokens that decode to nothing (special tokens)
+ * are never allowed inside JSON. A byte-level token holding part of a character decodes to
+ * U+FFFD, which JSON allows only inside strings, where the whole text decodes right.
+ */
+export function tokenTexts(tokenizer: { decode(ids: number[]): string }, vocabSize: number): TokenTexts {
+  const cached = vocabularies.get(tokenizer);
+  if (cached && cached.texts.length === vocabSize) return cached;
+  const decode = (ids: number[]) => {
+    try {
+      return tokenizer.decode(ids);
+    } catch {
+      return ""; // an id past the tokenizer's vocabulary (embeddings padded to a round size)
+    }
+  };
+  const alone: string[] = [];
+  for (let id = 0; id < vocabSize; id++) alone.push(decode([id]));
+  let after = alone;
+  // a letter if there is one, else any token without spaces, that decodes twice as twice itself
+  const stable = (id: number) => decode([id, id]) === alone[id]! + alone[id]!;
+  let anchor = alone.findIndex((t, id) => /^[A-Za-z]$/.test(t) && stable(id));
+  if (anchor < 0) anchor = alone.findIndex((t, id) => /^[^\s\uFFFD]+$/u.test(t) && stable(id));
+  if (anchor >= 0) {
+    const base = alone[anchor]!;
+    after = alone.map((t, id) => {
+      const both = decode([anchor, id]);
+      return both.startsWith(base) ? both.slice(base.length) : t;
+    });
   }
-  const result = { texts, byFirst, plain };
+  const next = view(after);
+  const result: TokenTexts = { ...next, first: after.every((t, id) => t === alone[id]) ? next : view(alone), decode: (ids) => (ids.length ? decode(ids) : "") };
   vocabularies.set(tokenizer, result);
   return result;
 }
@@ -1071,18 +1103,31 @@ export function tokenTexts(tokenizer: { decode(ids: number[]): string }, vocabSi
 /**
  * A logits filter for generation: only tokens that keep the output a prefix of what `matcher`
  * accepts stay possible, and an end-of-turn token only once the value is whole (then nothing
- * else). When no token fits (a schema the text cannot satisfy), the end-of-turn tokens are left so
- * generation stops; the caller sees the value unfinished. `tokens` is the row's output so far.
+ * else). The matcher follows the output as the tokenizer decodes it (the whole output each time,
+ * so a character completed by a later byte, or a space a decoder adds only between tokens, is
+ * read as the reply will show it). When no token fits (a schema the text cannot satisfy), the
+ * end-of-turn tokens are left so generation stops; the caller sees the value unfinished. Throws a
+ * JsonConstraintError when the text decoded left the constraint. `tokens` is the row's output so
+ * far.
  */
 export function constrainToJson(vocab: TokenTexts, endIds: number[], matcher: JsonMatcher): (logits: Float32Array, tokens: readonly number[]) => void {
-  let state = matcher;
-  let consumed = 0;
+  // the matcher after the text decoded from the last few prefixes of the output (and the empty
+  // one), to go back to when a later token changes how earlier ones decode (the bytes of one
+  // character, at most 4 tokens)
+  const fed: { tokens: number; text: string; state: JsonMatcher }[] = [{ tokens: 0, text: "", state: matcher }];
   return (logits, tokens) => {
-    for (; consumed < tokens.length; consumed++) {
-      const next = state.feed(vocab.texts[tokens[consumed]!] ?? "");
-      if (!next) throw new Error("constrained generation: a token outside the constraint was chosen");
-      state = next;
+    if (tokens.length !== fed.at(-1)!.tokens) {
+      const text = vocab.decode([...tokens]);
+      let from = fed.length - 1;
+      while (from > 0 && (fed[from]!.tokens > tokens.length || !text.startsWith(fed[from]!.text))) from--;
+      const state = fed[from]!.state.feed(text.slice(fed[from]!.text.length));
+      if (!state) throw new JsonConstraintError(`constrained generation: the reply's text left the JSON constraint at ${JSON.stringify(text.slice(-60))}`);
+      fed.length = from + 1;
+      fed.push({ tokens: tokens.length, text, state });
+      if (fed.length > 9) fed.splice(1, 1);
     }
+    const state = fed.at(-1)!.state;
+    const texts = tokens.length ? vocab : vocab.first;
     const allowed = new Uint8Array(logits.length);
     let any = false;
     // Inside a string, where most of a reply's tokens go, a token of ordinary characters fits
@@ -1090,7 +1135,7 @@ export function constrainToJson(vocab: TokenTexts, endIds: number[], matcher: Js
     const room = state.stringRoom;
     if (room !== null) {
       for (let id = 0; id < logits.length; id++) {
-        const n = vocab.plain[id]!;
+        const n = texts.plain[id]!;
         if (n >= 0 && n <= room) {
           allowed[id] = 1;
           any = true;
@@ -1098,12 +1143,12 @@ export function constrainToJson(vocab: TokenTexts, endIds: number[], matcher: Js
       }
     }
     if (state.open) {
-      for (const [first, ids] of vocab.byFirst) {
+      for (const [first, ids] of texts.byFirst) {
         const after = state.feed(first);
         if (!after) continue;
         for (const id of ids) {
-          if (id >= logits.length || (room !== null && vocab.plain[id]! >= 0)) continue; // settled above
-          if (after.feed(vocab.texts[id]!.slice(first.length))) {
+          if (id >= logits.length || (room !== null && texts.plain[id]! >= 0)) continue; // settled above
+          if (after.feed(texts.texts[id]!.slice(first.length))) {
             allowed[id] = 1;
             any = true;
           }

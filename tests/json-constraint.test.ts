@@ -358,6 +358,26 @@ test("a schema no value fits is refused, saying where and why; parts of a schema
   assert.ok(accepts({ enum: ["\u{1F600}", "x"] }, '"\u{1F600}"'), "an enum value with a character beyond the BMP");
 });
 
+test("the mask throws when no token continues the value, or the text left the constraint: never an end-of-turn on broken JSON", () => {
+  // a vocabulary that cannot write a closing brace
+  const texts = ["", "{", '"', "a", ":", ","];
+  const tokenizer = { decode: (ids: number[]) => ids.map((id) => texts[id]!).join("") };
+  const vocab = tokenTexts(tokenizer, texts.length);
+  const schema: JsonSchema = { type: "object", properties: { a: { const: "a" } }, required: ["a"] };
+  const mask = constrainToJson(vocab, [0], JsonMatcher.of(schema));
+  const logits = new Float32Array(texts.length);
+  mask(logits, []);
+  assert.deepEqual([...logits].map((l) => l === 0), [false, true, false, false, false, false], "only { opens it");
+  const written = [1, 2, 3, 2, 4, 2, 3, 2]; // {"a":"a"
+  for (let n = 1; n < written.length; n++) {
+    mask(logits.fill(0), written.slice(0, n));
+    assert.equal(logits[written[n]!], 0, `${tokenizer.decode(written.slice(0, n + 1))} is allowed`);
+  }
+  assert.throws(() => mask(logits.fill(0), written), (err: unknown) => err instanceof JsonConstraintError && /no token of the vocabulary continues the JSON after "\{\\"a\\":\\"a\\""/.test(err.message));
+  // a token the mask did not allow
+  assert.throws(() => constrainToJson(vocab, [0], JsonMatcher.of(schema))(logits.fill(0), [3]), (err: unknown) => err instanceof JsonConstraintError && /left the JSON constraint at "a"/.test(err.message));
+});
+
 // A SentencePiece BPE tokenizer as Hugging Face converts Llama 2, TinyLlama and Mistral (made by
 // tools/fixtures/make_metaspace_tokenizer.mjs): a word-initial piece ("▁name") decodes to "name"
 // alone but adds " name" after another piece.

@@ -514,6 +514,39 @@ test("schemas the JSON constraint cannot follow are 400s on response_format and 
   assert.equal(nested.choices[0]!.finish_reason, "stop");
 });
 
+test("a JSON constraint that cannot go on mid-reply fails the request with 500 constraint_failed, streamed or not, never a stop on broken JSON", async () => {
+  // five kinds of array, each of a union of 256 strings: compiled within the limits, but after '["'
+  // more readings are open at once than the matcher follows
+  const strings = () => ({ anyOf: Array.from({ length: 256 }, (_, i) => ({ type: "string", maxLength: 100 + i })) });
+  const wide = { anyOf: Array.from({ length: 5 }, (_, k) => ({ type: "array", minItems: k, items: strings() })) };
+  const base = { model: "tester", messages: [{ role: "user" as const, content: "A list, please." }], max_tokens: 16, temperature: 0 };
+  // (as a tool's parameters the schema would also be in the prompt, longer than the model's context)
+  const requests: [OpenAI.ChatCompletionCreateParamsNonStreaming, string][] = [[{ ...base, response_format: { type: "json_schema", json_schema: { name: "wide", schema: wide } } }, "response_format"]];
+  for (const [params, param] of requests) {
+    const r = await call("/v1/chat/completions", { method: "POST", body: params });
+    assert.equal(r.status, 500, r.text);
+    assertErrorShape(r.json, 500);
+    assert.deepEqual([r.json.error.type, r.json.error.code, r.json.error.param], ["server_error", "constraint_failed", param]);
+    assert.match(r.json.error.message, /could not finish the reply under its JSON constraint: the schema is too ambiguous .* readings at once \(at most 1024\)/);
+
+    // streamed: the first token went out, then an error event; no finish_reason, no [DONE]
+    const chunks: OpenAI.ChatCompletionChunk[] = [];
+    let failure: unknown;
+    try {
+      for await (const chunk of await client.chat.completions.create({ ...params, stream: true })) chunks.push(chunk);
+    } catch (err) {
+      failure = err;
+    }
+    assert.ok(failure instanceof OpenAI.APIError, String(failure));
+    assert.match(failure.message, /could not finish the reply under its JSON constraint/);
+    assert.equal((failure.error as any).code, "constraint_failed");
+    assert.ok(chunks.length >= 1, "the stream had begun");
+    assert.ok(chunks.every((c) => c.choices[0]?.finish_reason == null), "no chunk says the reply finished");
+  }
+  // the server goes on answering
+  assert.equal((await client.chat.completions.create({ ...base, max_tokens: 2 })).choices[0]!.finish_reason, "length");
+});
+
 test("on a SentencePiece (Metaspace) tokenizer, JSON replies and forced calls have the keys, enums and tool names the schema says, not ones with spaces", async () => {
   // the fixture model with a Llama-2-style tokenizer: "▁name" decodes to "name" alone, " name" after a token
   const agent = writeTestAgent();

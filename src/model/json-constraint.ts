@@ -1105,10 +1105,9 @@ export function tokenTexts(tokenizer: { decode(ids: number[]): string }, vocabSi
  * accepts stay possible, and an end-of-turn token only once the value is whole (then nothing
  * else). The matcher follows the output as the tokenizer decodes it (the whole output each time,
  * so a character completed by a later byte, or a space a decoder adds only between tokens, is
- * read as the reply will show it). When no token fits (a schema the text cannot satisfy), the
- * end-of-turn tokens are left so generation stops; the caller sees the value unfinished. Throws a
- * JsonConstraintError when the text decoded left the constraint. `tokens` is the row's output so
- * far.
+ * read as the reply will show it). Throws a JsonConstraintError when no token can continue the
+ * value (or the text left the constraint): generation stops with an error, never with JSON
+ * that does not parse. `tokens` is the row's output so far.
  */
 export function constrainToJson(vocab: TokenTexts, endIds: number[], matcher: JsonMatcher): (logits: Float32Array, tokens: readonly number[]) => void {
   // the matcher after the text decoded from the last few prefixes of the output (and the empty
@@ -1155,7 +1154,17 @@ export function constrainToJson(vocab: TokenTexts, endIds: number[], matcher: Js
         }
       }
     }
-    if (state.complete || !any) for (const id of endIds) if (id < logits.length) allowed[id] = 1;
+    if (state.complete) {
+      for (const id of endIds) {
+        if (id >= logits.length) continue;
+        allowed[id] = 1;
+        any = true;
+      }
+    }
+    if (!any) {
+      const text = fed.at(-1)!.text;
+      throw new JsonConstraintError(`constrained generation: no token of the vocabulary continues the JSON after ${JSON.stringify(text.slice(-60))}`);
+    }
     for (let i = 0; i < logits.length; i++) if (!allowed[i]) logits[i] = -Infinity;
   };
 }

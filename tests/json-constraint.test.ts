@@ -1,13 +1,18 @@
-// The JSON constraint on its own: which texts the matcher accepts for a schema, and the token mask
-// over kiln-mini's real vocabulary driving random logits to text that parses and fits the schema.
+// The JSON constraint on its own: which texts the matcher accepts for a schema, the schemas it
+// refuses (nothing fits them, left recursion, too large), how far its readings grow, and the token
+// mask over kiln-mini's real vocabulary and a SentencePiece (Metaspace) one driving random logits
+// to text that parses and fits the schema.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { z } from "zod";
 import { ChatTokenizer } from "../src/model/tokenizer.js";
 import { seededRandom } from "../src/model/sampling.js";
-import { constrainToJson, JsonMatcher, schemaGaps, tokenTexts, type JsonSchema } from "../src/model/json-constraint.js";
+import { constrainToJson, JSON_CONSTRAINT_LIMITS, JsonConstraintError, JsonMatcher, JsonSchemaError, schemaGaps, tokenTexts, type JsonSchema } from "../src/model/json-constraint.js";
 import { PACKAGE_ROOT } from "../src/model/resolve.js";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
 import path from "node:path";
+import { repoRoot } from "./support/paths.js";
 
 /** Whether the matcher accepts the whole text as a finished value. */
 function accepts(schema: JsonSchema, text: string): boolean {
@@ -233,6 +238,210 @@ test("the token mask allows exactly the tokens the matcher accepts next, inside 
       const allowed = [...logits.keys()].filter((id) => logits[id] === 0);
       const expected = [...logits.keys()].filter((id) => (eos.includes(id) ? state.complete : vocab.texts[id] !== "" && state.feed(vocab.texts[id]!) !== null));
       assert.deepEqual(allowed, expected, JSON.stringify(prefix));
+    }
+  }
+});
+
+/** A schema whose anyOf of two $refs to the next level nests `depth` deep: 2^depth readings if they were followed one by one. */
+function doubling(depth: number): JsonSchema {
+  const defs: Record<string, unknown> = {};
+  for (let i = 0; i < depth; i++) defs[`a${i}`] = { anyOf: [{ $ref: `#/$defs/a${i + 1}` }, { $ref: `#/$defs/a${i + 1}` }] };
+  defs[`a${depth}`] = { type: "string", maxLength: 5 };
+  return { $defs: defs, $ref: "#/$defs/a0" };
+}
+
+test("nested anyOf and $refs start one reading per distinct schema, and ambiguity that nests stays narrow", () => {
+  // 20 levels: 2^20 readings if each was followed on its own (seconds and hundreds of MB for 3 characters)
+  const m = JsonMatcher.of(doubling(20));
+  assert.equal(m.feed('"ab')?.width, 1);
+  assert.ok(m.feed('"abcde"')?.complete);
+  assert.equal(m.feed('"abcdef'), null, "the leaf's maxLength still holds");
+
+  // a tree whose node kinds share a recursive property: which kind each level is stays open until
+  // its "kind" comes, so every level is two readings; merged, the text is still only two wide
+  const children = { type: "array", items: { $ref: "#" } };
+  const tree: JsonSchema = { anyOf: ["div", "span"].map((kind) => ({ type: "object", properties: { children, kind: { const: kind } }, required: ["kind"] })) };
+  const open = '{"children":['.repeat(30);
+  assert.ok(JsonMatcher.of(tree).feed(open)!.width <= 2, "not 2^30 readings");
+  let text = open + '{"kind":"div"}';
+  for (let i = 0; i < 30; i++) text += `],"kind":"${i % 2 ? "div" : "span"}"}`;
+  assert.ok(JsonMatcher.of(tree).feed(text)?.complete);
+  assert.equal(JsonMatcher.of(tree).feed(open + '{"kind":"div"}]}'), null, "kind is still required at every level");
+  // an enum is one reading however many of its values are still possible
+  const many = JsonMatcher.of({ enum: Array.from({ length: 5000 }, (_, i) => `v${i}`) });
+  assert.equal(many.feed('"v1')?.width, 1);
+  assert.ok(many.feed('"v4999"')?.complete);
+  assert.equal(many.feed('"v5000"'), null);
+});
+
+test("schemas past the matcher's limits are refused when compiled, and readings past its bound throw", () => {
+  const refuses = (schema: JsonSchema, message: RegExp) => {
+    assert.throws(() => JsonMatcher.of(schema), (err: unknown) => err instanceof JsonSchemaError && message.test(err.message), String(message));
+  };
+  const objects = (n: number) => Array.from({ length: n }, (_, i) => ({ type: "object", properties: { [`k${i}`]: { type: "string" } } }));
+  refuses({ anyOf: objects(JSON_CONSTRAINT_LIMITS.alternatives + 1) }, /# has 257 alternatives once its \$refs and nested anyOf are followed; .* at most 256/);
+  refuses({ anyOf: [{ anyOf: objects(200) }, { $ref: "#/$defs/more" }], $defs: { more: { anyOf: objects(100) } } }, /300 alternatives/);
+  assert.ok(JsonMatcher.of({ anyOf: [...objects(200), ...Array.from({ length: 500 }, (_, i) => ({ const: i }))] }), "enum and const values count as one");
+  let deep: JsonSchema = { type: "string" };
+  for (let i = 0; i < 10_000; i++) deep = { items: deep };
+  refuses(deep, /nests deeper than 128 levels \(at #\/items\/items/);
+  assert.throws(() => schemaGaps(deep), JsonSchemaError, "schemaGaps walks no deeper");
+  refuses({ type: "object", properties: Object.fromEntries(Array.from({ length: 25_000 }, (_, i) => [`p${i}`, { type: "string" }])) }, /too large .* more than 20000/);
+
+  // within the limits at compile time, a text can still open too many readings at once: five kinds
+  // of array whose items are each a union of 256 strings, all open after '["'
+  const strings = () => ({ anyOf: Array.from({ length: 256 }, (_, i) => ({ type: "string", maxLength: 100 + i })) });
+  const wide = JsonMatcher.of({ anyOf: Array.from({ length: 5 }, (_, k) => ({ type: "array", minItems: k, items: strings() })) });
+  assert.equal(wide.feed("[")?.width, 5);
+  assert.throws(() => wide.feed('["'), (err: unknown) => err instanceof JsonConstraintError && /too ambiguous .* 1280 readings at once \(at most 1024\)/.test(err.message));
+});
+
+test("a $ref/anyOf cycle that reads no character is refused, naming it; recursion through a property or items is fine", () => {
+  const cycles: [JsonSchema, string][] = [
+    [{ $ref: "#" }, "# -> #"],
+    [{ anyOf: [{ $ref: "#" }, { type: "string" }] }, "# -> #/anyOf/0 -> #"],
+    [{ $defs: { a: { $ref: "#/$defs/b" }, b: { $ref: "#/$defs/a" } }, $ref: "#/$defs/a" }, "#/$defs/a -> #/$defs/b -> #/$defs/a"],
+    [{ type: "object", properties: { x: { oneOf: [{ type: "null" }, { $ref: "#/properties/x" }] } } }, "#/properties/x -> #/properties/x/oneOf/1 -> #/properties/x"],
+  ];
+  for (const [schema, cycle] of cycles) {
+    assert.throws(
+      () => JsonMatcher.of(schema),
+      (err: unknown) => err instanceof JsonSchemaError && err.message.includes(`(${cycle})`) && /refers back to itself without reading any text/.test(err.message),
+      cycle,
+    );
+  }
+  assert.throws(() => JsonMatcher.afterHeads([{ head: "a", schema: { type: "string" } }, { head: "b", schema: { $ref: "#" } }]), (err: unknown) => err instanceof JsonSchemaError && err.alternative === 1, "the alternative is named");
+
+  const list: JsonSchema = { type: "object", properties: { v: { type: "integer" }, next: { anyOf: [{ $ref: "#" }, { type: "null" }] } }, required: ["v", "next"] };
+  assert.ok(accepts(list, '{"v":1,"next":{"v":2,"next":null}}'));
+  const nested: JsonSchema = { $defs: { a: { type: "array", items: { $ref: "#/$defs/b" } }, b: { anyOf: [{ $ref: "#/$defs/a" }, { type: "integer" }] } }, $ref: "#/$defs/a" };
+  assert.ok(accepts(nested, "[[1,[2]],3,[]]"));
+  // recursion that must go on forever fits nothing
+  assert.throws(() => JsonMatcher.of({ type: "object", properties: { next: { $ref: "#" } }, required: ["next"] }), /no value fits the schema: #: its required "next" fits nothing: # can only be written by nesting it in itself forever/);
+});
+
+test("a schema no value fits is refused, saying where and why; parts of a schema nothing fits are dropped", () => {
+  const refused: [JsonSchema, RegExp][] = [
+    [{ type: "object", required: ["a"], additionalProperties: false }, /#: "a" is required but additionalProperties is false and there are no properties, so no object fits/],
+    [{ type: "object", properties: {}, required: ["a"], additionalProperties: false }, /#: "a" is required but additionalProperties is false and there are no properties/],
+    [{ type: "object", properties: { b: { type: "string" } }, required: ["a"], additionalProperties: false }, /#: "a" is required but additionalProperties is false and properties do not declare it/],
+    [{ type: "string", minLength: 5, maxLength: 3 }, /#: minLength 5 is above maxLength 3/],
+    [{ type: "number", minimum: 5, maximum: 3 }, /#: no number lies within minimum 5 and maximum 3/],
+    [{ type: "number", exclusiveMinimum: 1, exclusiveMaximum: 1 }, /no number lies within exclusiveMinimum 1 and exclusiveMaximum 1/],
+    [{ type: "integer", minimum: 0.2, maximum: 0.8 }, /no integer lies within minimum 0.2 and maximum 0.8/],
+    [{ type: "array", minItems: 3, maxItems: 1 }, /#: minItems 3 is above maxItems 1/],
+    [{ type: "array", items: false, minItems: 1 }, /#: it needs 1 items, and they fit nothing: #\/items is false/],
+    [{ type: "object", properties: { a: { type: "string", maxLength: -1 } }, required: ["a"] }, /#: its required "a" fits nothing: #\/properties\/a: minLength 0 is above maxLength -1/],
+    [{ anyOf: [{ type: "string", minLength: 2, maxLength: 1 }, { type: "integer", minimum: 1, maximum: 0 }] }, /no alternative of # fits anything \(#\/anyOf\/0: minLength 2 is above maxLength 1; #\/anyOf\/1: no integer lies within minimum 1 and maximum 0\)/],
+    [{ type: "string", enum: [1, 2] }, /#: none of its enum\/const values fits the rest of its schema/],
+    [{ const: "abc", maxLength: 2 }, /none of its enum\/const values fits/],
+    [false, /# is false/],
+  ];
+  for (const [schema, message] of refused) {
+    assert.throws(() => JsonMatcher.of(schema), (err: unknown) => err instanceof JsonSchemaError && /^no value fits the schema: /.test(err.message) && message.test(err.message), `${JSON.stringify(schema)}: ${message}`);
+  }
+  // what a value need not use is dropped, so the matcher never starts what it could not finish
+  const partly: JsonSchema = { type: "object", properties: { ok: { type: "string" }, never: { type: "integer", minimum: 3, maximum: 2 } } };
+  assert.ok(accepts(partly, '{"ok":"x"}'));
+  assert.equal(JsonMatcher.of(partly).feed('{"ne'), null, "a key whose value nothing fits is not started");
+  assert.ok(accepts({ type: ["string", "null"], minLength: 3, maxLength: 2 }, "null"));
+  assert.equal(JsonMatcher.of({ type: ["string", "null"], minLength: 3, maxLength: 2 }).feed('"'), null);
+  const union: JsonSchema = { anyOf: [{ type: "object", required: ["x"], additionalProperties: false }, { type: "object", properties: { y: { type: "boolean" } }, required: ["y"] }] };
+  assert.ok(accepts(union, '{"y":true}'));
+  assert.equal(JsonMatcher.of(union).feed('{"x'), null);
+  assert.ok(accepts({ type: "array", items: { type: "string", minLength: 2, maxLength: 1 } }, "[]"));
+  assert.equal(JsonMatcher.of({ type: "array", items: { type: "string", minLength: 2, maxLength: 1 } }).feed('["'), null, "no item can be started, only closed");
+  // enum values are checked against the rest of their schema
+  const e: JsonSchema = { type: "string", enum: ["a", 1, "bb", null], maxLength: 1 };
+  assert.ok(accepts(e, '"a"'));
+  for (const t of ["1", '"bb"', "null"]) assert.ok(!accepts(e, t), t);
+  assert.ok(accepts({ enum: ["\u{1F600}", "x"] }, '"\u{1F600}"'), "an enum value with a character beyond the BMP");
+});
+
+test("the mask throws when no token continues the value, or the text left the constraint: never an end-of-turn on broken JSON", () => {
+  // a vocabulary that cannot write a closing brace
+  const texts = ["", "{", '"', "a", ":", ","];
+  const tokenizer = { decode: (ids: number[]) => ids.map((id) => texts[id]!).join("") };
+  const vocab = tokenTexts(tokenizer, texts.length);
+  const schema: JsonSchema = { type: "object", properties: { a: { const: "a" } }, required: ["a"] };
+  const mask = constrainToJson(vocab, [0], JsonMatcher.of(schema));
+  const logits = new Float32Array(texts.length);
+  mask(logits, []);
+  assert.deepEqual([...logits].map((l) => l === 0), [false, true, false, false, false, false], "only { opens it");
+  const written = [1, 2, 3, 2, 4, 2, 3, 2]; // {"a":"a"
+  for (let n = 1; n < written.length; n++) {
+    mask(logits.fill(0), written.slice(0, n));
+    assert.equal(logits[written[n]!], 0, `${tokenizer.decode(written.slice(0, n + 1))} is allowed`);
+  }
+  assert.throws(() => mask(logits.fill(0), written), (err: unknown) => err instanceof JsonConstraintError && /no token of the vocabulary continues the JSON after "\{\\"a\\":\\"a\\""/.test(err.message));
+  // a token the mask did not allow
+  assert.throws(() => constrainToJson(vocab, [0], JsonMatcher.of(schema))(logits.fill(0), [3]), (err: unknown) => err instanceof JsonConstraintError && /left the JSON constraint at "a"/.test(err.message));
+});
+
+// A SentencePiece BPE tokenizer as Hugging Face converts Llama 2, TinyLlama and Mistral (made by
+// tools/fixtures/make_metaspace_tokenizer.mjs): a word-initial piece ("▁name") decodes to "name"
+// alone but adds " name" after another piece.
+const METASPACE = path.join(repoRoot(), "tests", "fixtures", "tokenizers", "metaspace");
+
+/** The fixture, and the same vocabulary with the Metaspace pre-tokenizer and decoder (prepend_scheme "first", as newer conversions write it). */
+function metaspaceTokenizers(): { name: string; tokenizer: ChatTokenizer; cleanup?: () => void }[] {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-metaspace-"));
+  const json = JSON.parse(readFileSync(path.join(METASPACE, "tokenizer.json"), "utf8"));
+  const metaspace = { type: "Metaspace", replacement: "▁", prepend_scheme: "first", split: false };
+  const decoder = { type: "Sequence", decoders: [{ type: "ByteFallback" }, { type: "Fuse" }, metaspace] };
+  writeFileSync(path.join(dir, "tokenizer.json"), JSON.stringify({ ...json, normalizer: null, pre_tokenizer: metaspace, decoder }));
+  writeFileSync(path.join(dir, "tokenizer_config.json"), readFileSync(path.join(METASPACE, "tokenizer_config.json")));
+  return [
+    { name: "Llama 2 layout (Strip decoder)", tokenizer: ChatTokenizer.fromDirectory(METASPACE) },
+    { name: "Metaspace decoder", tokenizer: ChatTokenizer.fromDirectory(dir), cleanup: () => rmSync(dir, { recursive: true, force: true }) },
+  ];
+}
+
+test("a SentencePiece (Metaspace) vocabulary: each token is read as the reply decodes it, so keys and enums come out as the schema says", () => {
+  const V = 319;
+  const Reply = z.object({ name: z.string().max(12), role: z.enum(["mayor", "baker"]), city: z.string().max(12).optional() }).strict();
+  const schema = z.toJSONSchema(Reply) as JsonSchema;
+  for (const { name, tokenizer, cleanup } of metaspaceTokenizers()) {
+    try {
+      const vocab = tokenTexts(tokenizer, V);
+      const id = (piece: string) => tokenizer.tokenToId(piece)!;
+      assert.deepEqual([vocab.texts[id("▁name")], vocab.first.texts[id("▁name")], vocab.texts[id("▁")], vocab.texts[id("name")]], [" name", "name", " ", "name"], name);
+      let spaced = 0;
+      for (let seed = 1; seed <= 12; seed++) {
+        const random = seededRandom(seed);
+        const mask = constrainToJson(vocab, tokenizer.eosTokenIds, JsonMatcher.of(schema));
+        const tokens: number[] = [];
+        for (let step = 0; step < 120; step++) {
+          // a SentencePiece model prefers word-initial pieces; closing ones keep the walk short
+          const logits = Float32Array.from({ length: V }, (_, i) => random() * 2 + (tokenizer.decode([id("a"), i]).startsWith("a ") ? 4 : 0) + (/["}]/.test(vocab.texts[i]!) ? 2 : 0));
+          mask(logits, tokens);
+          let best = 0;
+          for (let i = 1; i < V; i++) if (logits[i]! > logits[best]!) best = i;
+          if (tokenizer.eosTokenIds.includes(best)) break;
+          if (tokens.length && vocab.texts[best]!.startsWith(" ")) spaced++;
+          tokens.push(best);
+        }
+        const text = tokenizer.decode(tokens);
+        const parsed = Reply.safeParse(JSON.parse(text));
+        assert.ok(parsed.success, `${name}, seed ${seed}: ${text}: ${parsed.error?.message}`);
+      }
+      assert.ok(spaced > 10, `${name}: the walks chose word-initial pieces after the first (${spaced})`);
+
+      // a character written as byte pieces decodes as U+FFFD until its last byte: the constraint
+      // reads the whole text again, so the string holds it as one character
+      const bytes = [...Buffer.from("é")].map((b) => id(`<0x${b.toString(16).toUpperCase()}>`));
+      const plan = [id("▁{"), id('"'), id("name"), id('":"'), ...bytes, id('",'), id('▁"'), id("role"), id('":"'), id("baker"), id('"}')];
+      const mask = constrainToJson(vocab, tokenizer.eosTokenIds, JsonMatcher.of(schema));
+      const logits = new Float32Array(V);
+      for (let n = 0; n < plan.length; n++) {
+        mask(logits.fill(0), plan.slice(0, n));
+        assert.equal(logits[plan[n]!], 0, `${name}: ${JSON.stringify(tokenizer.decode(plan.slice(0, n + 1)))} is allowed`);
+      }
+      mask(logits.fill(0), plan);
+      assert.deepEqual(tokenizer.eosTokenIds.map((e) => logits[e]), [0], "then only the end");
+      assert.deepEqual(JSON.parse(tokenizer.decode(plan)), { name: "é", role: "baker" });
+    } finally {
+      cleanup?.();
     }
   }
 });

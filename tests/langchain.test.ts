@@ -17,7 +17,7 @@ import type { ChatMessage } from "../src/model/tokenizer.js";
 import { generate } from "../src/model/generate.js";
 import { LoraAdapter } from "../src/lora/adapter.js";
 import { saveAdapter } from "../src/lora/peft.js";
-import { KilnChatModel, parseToolCalls, toToolSpec, type KilnRequest } from "../src/agent/langchain.js";
+import { JsonConstraintError, KilnChatModel, parseToolCalls, toToolSpec, type KilnRequest } from "../src/agent/langchain.js";
 import { createKilnAgent } from "../src/agent/chat-loop.js";
 import { writeTestAgent } from "./support/agent.js";
 
@@ -641,6 +641,34 @@ test("withStructuredOutput jsonMode: any JSON object; cut off, a clear error; wi
     assert.equal(call.tool_calls?.[0]?.name, "get_weather");
     const none = await model.bindTools([weatherTool], { tool_choice: "none" }).invoke("weather?", { response_format: { type: "json_schema", json_schema: { name: "n", schema: { enum: [1, 2] } } } });
     assert.ok([1, 2].includes(JSON.parse(none.content as string)));
+  });
+});
+
+test("a schema the JSON constraint cannot follow is refused before generation; a constraint that cannot go on throws from invoke and stream", async () => {
+  await withRuntime(async (runtime) => {
+    const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 16 });
+    await assert.rejects(model.withStructuredOutput({ anyOf: [{ $ref: "#" }, { type: "string" }] }, { method: "jsonSchema" }).invoke("json?"), (err: Error) => {
+      assert.equal(err.name, "ResponseFormatError");
+      assert.match(err.message, /refers back to itself without reading any text \(# -> #\/anyOf\/0 -> #\)/);
+      return true;
+    });
+    const closed = { type: "function" as const, function: { name: "probe", parameters: { type: "object", required: ["a"], additionalProperties: false } } };
+    await assert.rejects(model.bindTools([closed], { tool_choice: "probe" }).invoke("probe?"), (err: Error) => {
+      assert.equal(err.name, "ToolChoiceError");
+      assert.match(err.message, /the parameters of "probe" cannot be used to constrain its arguments: no value fits the schema: #: "a" is required but additionalProperties is false/);
+      return true;
+    });
+    assert.equal(model.requests.length, 0, "nothing was generated");
+
+    // past the matcher's bound on readings mid-reply (after '["'): an error, not broken JSON
+    const strings = () => ({ anyOf: Array.from({ length: 256 }, (_, i) => ({ type: "string", maxLength: 100 + i })) });
+    const wide = { anyOf: Array.from({ length: 5 }, (_, k) => ({ type: "array", minItems: k, items: strings() })) };
+    const response_format = { type: "json_schema" as const, json_schema: { name: "wide", schema: wide } };
+    const fails = (err: Error) => err instanceof JsonConstraintError && /too ambiguous .* \(at most 1024\)/.test(err.message);
+    await assert.rejects(model.invoke("a list?", { response_format }), fails);
+    await assert.rejects(async () => {
+      for await (const _ of await model.stream("a list?", { response_format }));
+    }, fails);
   });
 });
 

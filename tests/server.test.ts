@@ -16,6 +16,7 @@ import { saveAdapter } from "../src/lora/peft.js";
 import { Runtime } from "../src/runtime/runtime.js";
 import { createServer, type KilnServer } from "../src/server/index.js";
 import { writeTestAgent } from "./support/agent.js";
+import { repoRoot } from "./support/paths.js";
 import { toPlainMessages, type KilnToolSpec } from "../src/agent/tools.js";
 
 await initBackend();
@@ -468,6 +469,123 @@ test("response_format: strict refuses what kiln cannot enforce, naming it; stric
   assert.ok(fitsTool(called.choices[0]!.message.tool_calls![0]! as OpenAI.ChatCompletionMessageFunctionToolCall));
   const none = await client.chat.completions.create({ ...withTools, tool_choice: "none" });
   assert.ok(Number.isInteger(JSON.parse(none.choices[0]!.message.content!).n));
+});
+
+/** A 400 on `param` whose message matches. */
+async function rejects400(p: Promise<unknown>, param: string, message: RegExp): Promise<void> {
+  try {
+    await p;
+  } catch (err) {
+    assert.ok(err instanceof OpenAI.APIError, String(err));
+    assert.equal(err.status, 400, err.message);
+    assert.equal((err.error as any).param, param, err.message);
+    assert.match(err.message, message);
+    return;
+  }
+  assert.fail(`expected a 400 on ${param}`);
+}
+
+test("schemas the JSON constraint cannot follow are 400s on response_format and tool_choice, never 500s; nested $refs are answered at once", async () => {
+  const ok = { model: "tester", messages: [{ role: "user" as const, content: "JSON, please." }], max_tokens: 16, temperature: 0 };
+  const schemaFormat = (schema: Record<string, unknown>) => ({ type: "json_schema" as const, json_schema: { name: "s", schema } });
+  const objects = (n: number) => Array.from({ length: n }, (_, i) => ({ type: "object", properties: { [`k${i}`]: { type: "string" } } }));
+  let deep: Record<string, unknown> = { type: "string" };
+  for (let i = 0; i < 200; i++) deep = { type: "array", items: deep };
+  const refused: [Record<string, unknown>, RegExp][] = [
+    // left recursion (a stack overflow, answered 500, before)
+    [{ $ref: "#" }, /refers back to itself without reading any text \(# -> #\)/],
+    [{ anyOf: [{ $ref: "#" }, { type: "string" }] }, /\(# -> #\/anyOf\/0 -> #\)/],
+    [{ $defs: { a: { $ref: "#/$defs/b" }, b: { $ref: "#/$defs/a" } }, $ref: "#/$defs/a" }, /\(#\/\$defs\/a -> #\/\$defs\/b -> #\/\$defs\/a\)/],
+    // nothing fits (the reply was "{" with finish_reason "stop", before)
+    [{ type: "object", required: ["a"], additionalProperties: false }, /no value fits the schema: #: "a" is required but additionalProperties is false and there are no properties/],
+    [{ type: "object", properties: {}, required: ["a"], additionalProperties: false }, /no value fits the schema: #: "a" is required/],
+    [{ type: "object", properties: { s: { type: "string", minLength: 5, maxLength: 3 } }, required: ["s"] }, /its required "s" fits nothing: #\/properties\/s: minLength 5 is above maxLength 3/],
+    [{ type: "object", properties: { n: { type: "integer", minimum: 10, maximum: 1 } }, required: ["n"] }, /#\/properties\/n: no integer lies within minimum 10 and maximum 1/],
+    // past the matcher's limits
+    [{ type: "object", properties: { u: { anyOf: objects(300) } } }, /#\/properties\/u has 300 alternatives .* at most 256/],
+    [{ type: "object", properties: { d: deep } }, /nests deeper than 128 levels/],
+  ];
+  for (const [schema, message] of refused) {
+    await rejects400(client.chat.completions.create({ ...ok, response_format: schemaFormat(schema) }), "response_format", message);
+    const tool = { type: "function" as const, function: { name: "probe", parameters: schema } };
+    await rejects400(client.chat.completions.create({ ...ok, tools: [tool], tool_choice: { type: "function", function: { name: "probe" } } }), "tool_choice", new RegExp(`the parameters of "probe" cannot be used to constrain its arguments: .*${message.source}`));
+  }
+
+  // anyOf of two $refs to the next level, 20 deep: 2^20 readings if followed one by one (seconds
+  // and hundreds of MB a character, on the event loop); followed once, it is a string of at most 5
+  const defs: Record<string, unknown> = {};
+  for (let i = 0; i < 20; i++) defs[`a${i}`] = { anyOf: [{ $ref: `#/$defs/a${i + 1}` }, { $ref: `#/$defs/a${i + 1}` }] };
+  defs.a20 = { type: "string", maxLength: 5 };
+  const nested = await client.chat.completions.create({ ...ok, max_tokens: 12, response_format: schemaFormat({ $defs: defs, $ref: "#/$defs/a0" }) }, { timeout: 20_000 });
+  const value = JSON.parse(nested.choices[0]!.message.content!);
+  assert.ok(typeof value === "string" && value.length <= 5, nested.choices[0]!.message.content!);
+  assert.equal(nested.choices[0]!.finish_reason, "stop");
+});
+
+test("a JSON constraint that cannot go on mid-reply fails the request with 500 constraint_failed, streamed or not, never a stop on broken JSON", async () => {
+  // five kinds of array, each of a union of 256 strings: compiled within the limits, but after '["'
+  // more readings are open at once than the matcher follows
+  const strings = () => ({ anyOf: Array.from({ length: 256 }, (_, i) => ({ type: "string", maxLength: 100 + i })) });
+  const wide = { anyOf: Array.from({ length: 5 }, (_, k) => ({ type: "array", minItems: k, items: strings() })) };
+  const base = { model: "tester", messages: [{ role: "user" as const, content: "A list, please." }], max_tokens: 16, temperature: 0 };
+  // (as a tool's parameters the schema would also be in the prompt, longer than the model's context)
+  const requests: [OpenAI.ChatCompletionCreateParamsNonStreaming, string][] = [[{ ...base, response_format: { type: "json_schema", json_schema: { name: "wide", schema: wide } } }, "response_format"]];
+  for (const [params, param] of requests) {
+    const r = await call("/v1/chat/completions", { method: "POST", body: params });
+    assert.equal(r.status, 500, r.text);
+    assertErrorShape(r.json, 500);
+    assert.deepEqual([r.json.error.type, r.json.error.code, r.json.error.param], ["server_error", "constraint_failed", param]);
+    assert.match(r.json.error.message, /could not finish the reply under its JSON constraint: the schema is too ambiguous .* readings at once \(at most 1024\)/);
+
+    // streamed: the first token went out, then an error event; no finish_reason, no [DONE]
+    const chunks: OpenAI.ChatCompletionChunk[] = [];
+    let failure: unknown;
+    try {
+      for await (const chunk of await client.chat.completions.create({ ...params, stream: true })) chunks.push(chunk);
+    } catch (err) {
+      failure = err;
+    }
+    assert.ok(failure instanceof OpenAI.APIError, String(failure));
+    assert.match(failure.message, /could not finish the reply under its JSON constraint/);
+    assert.equal((failure.error as any).code, "constraint_failed");
+    assert.ok(chunks.length >= 1, "the stream had begun");
+    assert.ok(chunks.every((c) => c.choices[0]?.finish_reason == null), "no chunk says the reply finished");
+  }
+  // the server goes on answering
+  assert.equal((await client.chat.completions.create({ ...base, max_tokens: 2 })).choices[0]!.finish_reason, "length");
+});
+
+test("on a SentencePiece (Metaspace) tokenizer, JSON replies and forced calls have the keys, enums and tool names the schema says, not ones with spaces", async () => {
+  // the fixture model with a Llama-2-style tokenizer: "▁name" decodes to "name" alone, " name" after a token
+  const agent = writeTestAgent();
+  const pieces = path.join(repoRoot(), "tests", "fixtures", "tokenizers", "metaspace");
+  for (const file of ["tokenizer.json", "tokenizer_config.json"]) writeFileSync(path.join(agent.dir, "model", file), readFileSync(path.join(pieces, file)));
+  const rt = await Runtime.fromFiles(agent.file);
+  const srv = await createServer(rt, { port: 0 });
+  try {
+    const c = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: "none", maxRetries: 0 });
+    const Reply = z.object({ name: z.string().max(12), role: z.enum(["mayor", "baker"]), city: z.string().max(12).nullable() }).strict();
+    const base = { model: "tester", messages: [{ role: "user" as const, content: "Who is the mayor?" }], max_tokens: 80 };
+    for (const sampling of [{ temperature: 0 }, ...[1, 2, 3, 4, 5].map((seed) => ({ temperature: 1, seed }))]) {
+      const what = JSON.stringify(sampling);
+      const r = await c.chat.completions.create({ ...base, ...sampling, response_format: zodResponseFormat(Reply, "reply") });
+      const content = r.choices[0]!.message.content!;
+      assert.equal(r.choices[0]!.finish_reason, "stop", `${what}: ${content}`);
+      const parsed = Reply.safeParse(JSON.parse(content));
+      assert.ok(parsed.success, `${what}: ${content}: ${parsed.error?.message}`);
+
+      const weather = { type: "function" as const, function: { name: "get_weather", parameters: { type: "object", properties: { city: { type: "string", maxLength: 12 } }, required: ["city"], additionalProperties: false } } };
+      const called = await c.chat.completions.create({ ...base, ...sampling, tools: [weather], tool_choice: "required" });
+      assert.equal(called.choices[0]!.finish_reason, "tool_calls", what);
+      const fn = (called.choices[0]!.message.tool_calls![0]! as OpenAI.ChatCompletionMessageFunctionToolCall).function;
+      assert.equal(fn.name, "get_weather", what);
+      assert.deepEqual(Object.keys(JSON.parse(fn.arguments)), ["city"], `${what}: ${fn.arguments}`);
+    }
+  } finally {
+    await srv.close();
+    await rt.stop();
+    rmSync(agent.dir, { recursive: true, force: true });
+  }
 });
 
 test("a server bound beyond localhost refuses to start without a token", async () => {

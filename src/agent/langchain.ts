@@ -10,7 +10,9 @@
 // withStructuredOutput forces its tool that way. The `response_format` call option (OpenAI's
 // shape, src/agent/response-format.ts) makes the reply's content JSON, or JSON that fits a schema,
 // by the same constrained decoding; withStructuredOutput's "jsonSchema" and "jsonMode" methods
-// use it.
+// use it. A schema the constraint cannot follow throws before generation (ToolChoiceError,
+// ResponseFormatError); a constraint that cannot go on mid-reply throws a JsonConstraintError from
+// invoke/stream rather than return broken JSON.
 import type { CallbackManagerForLLMRun } from "@langchain/core/callbacks/manager";
 import type { BaseLanguageModelInput, StructuredOutputMethodOptions } from "@langchain/core/language_models/base";
 import { BaseChatModel, type BaseChatModelCallOptions, type BaseChatModelParams, type BindToolsInput, type LangSmithParams } from "@langchain/core/language_models/chat_models";
@@ -32,6 +34,7 @@ import { formatWithOptionalTools, structuredReply, type ResponseFormat, type Str
 
 export { parseToolCalls, renderToolProtocol, TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolChoiceError, type KilnToolSpec, type ParsedToolCalls } from "./tools.js";
 export { ResponseFormatError, type ResponseFormat } from "./response-format.js";
+export { JsonConstraintError } from "../model/json-constraint.js";
 
 /** Normalises anything bindTools accepts (LangChain tools, OpenAI specs, {name, parameters}). */
 export function toToolSpec(tool: BindToolsInput): KilnToolSpec {

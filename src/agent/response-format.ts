@@ -20,6 +20,12 @@
 // With tools the model may call (tool_choice "auto"), a JSON format is refused: the constraint
 // covers the whole reply, so no call could be written. A required call (tool_choice "required" or
 // a named tool) is the reply, and the format does not apply to it.
+//
+// A schema the constraint cannot follow is refused before generation (a ResponseFormatError, a
+// 400 on the API): one no value fits, a $ref cycle that reads nothing, one too large or too deep.
+// Should generation still reach a point where no token continues the JSON (a vocabulary that
+// cannot write a character the schema needs, readings past the matcher's bound), the constraint
+// throws a JsonConstraintError and the reply fails with it: never a "stop" with broken JSON.
 import type { LoadedModel } from "../model/load.js";
 import { constrainToJson, JsonMatcher, schemaGaps, tokenTexts, type JsonSchema, type SchemaGap } from "../model/json-constraint.js";
 
@@ -49,23 +55,27 @@ export function describeGaps(gaps: SchemaGap[]): string {
 /**
  * The constraint for a response format; null for text (or none). Throws a ResponseFormatError for
  * a strict schema with keywords kiln cannot enforce, or a schema it cannot use at all (a remote
- * $ref, a $ref to nothing, a required key no object may hold).
+ * $ref, a $ref to nothing, one no value fits, a $ref cycle that reads nothing, one too large or
+ * too deep for the matcher: see src/model/json-constraint.ts).
  */
 export function structuredReply(model: LoadedModel, format: ResponseFormat | null | undefined): StructuredReply | null {
   if (!format || format.type === "text") return null;
   const schema: JsonSchema = format.type === "json_object" ? { type: "object" } : (format.json_schema.schema ?? true);
-  const unenforced = schemaGaps(schema);
+  let matcher: JsonMatcher;
+  let unenforced: SchemaGap[];
+  try {
+    // compiled first: it refuses what schemaGaps could not walk either (a schema nested too deep)
+    matcher = JsonMatcher.of(schema);
+    unenforced = schemaGaps(schema);
+  } catch (err) {
+    // whatever the schema makes the matcher throw is the request's fault, never a server error
+    throw new ResponseFormatError(`the schema of response_format cannot be used: ${(err as Error).message}`);
+  }
   if (format.type === "json_schema" && format.json_schema.strict === true && unenforced.length) {
     throw new ResponseFormatError(
       `the schema of response_format "${format.json_schema.name}" uses what kiln's constrained decoding cannot enforce: ${describeGaps(unenforced)}. ` +
         `With strict true kiln refuses it rather than reply with JSON that might not fit; drop those keywords, or set strict false to have them ignored (the reply then fits the rest of the schema)`,
     );
-  }
-  let matcher: JsonMatcher;
-  try {
-    matcher = JsonMatcher.of(schema);
-  } catch (err) {
-    throw new ResponseFormatError(`the schema of response_format cannot be used: ${(err as Error).message}`);
   }
   return { constrain: constrainToJson(tokenTexts(model.tokenizer, model.config.vocabSize), model.eosTokenIds, matcher), unenforced };
 }

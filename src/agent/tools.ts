@@ -20,7 +20,7 @@
 import { randomUUID } from "node:crypto";
 import type { LoadedModel } from "../model/load.js";
 import type { ChatMessage, ChatTokenizer } from "../model/tokenizer.js";
-import { constrainToJson, JsonMatcher, tokenTexts, type JsonSchema } from "../model/json-constraint.js";
+import { constrainToJson, JsonMatcher, JsonSchemaError, tokenTexts, type JsonSchema } from "../model/json-constraint.js";
 
 /** An OpenAI-format function definition, the shape Hugging Face chat templates take as `tools`. */
 export interface KilnToolSpec {
@@ -310,7 +310,9 @@ export interface ForcedCall {
 
 /**
  * Plans a required call of one of `names` (all bound `tools` are in the prompt). Throws a
- * ToolChoiceError when the model's template writes calls in a form kiln cannot start.
+ * ToolChoiceError when the model's template writes calls in a form kiln cannot start, or when a
+ * tool's parameters are a schema the constraint cannot follow (nothing fits it, a $ref cycle that
+ * reads nothing, too large: see src/model/json-constraint.ts).
  */
 export function forceToolCall(model: LoadedModel, prompt: ToolPrompt, tools: KilnToolSpec[], names: string[]): ForcedCall {
   const format = callFormat(model.tokenizer, prompt);
@@ -331,7 +333,9 @@ export function forceToolCall(model: LoadedModel, prompt: ToolPrompt, tools: Kil
   try {
     matcher = JsonMatcher.afterHeads(alternatives);
   } catch (err) {
-    throw new ToolChoiceError(`a tool's parameters cannot be used to constrain its arguments: ${(err as Error).message}`);
+    // whatever the parameters make the matcher throw is the request's fault, never a server error
+    const which = err instanceof JsonSchemaError && err.alternative !== undefined ? `the parameters of "${alternatives[err.alternative]!.name}"` : "a tool's parameters";
+    throw new ToolChoiceError(`${which} cannot be used to constrain its arguments: ${(err as Error).message}`);
   }
   const start = matcher.feed(shared);
   if (!start) throw new Error("kiln: a forced call's opening does not fit its own constraint");

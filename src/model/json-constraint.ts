@@ -13,26 +13,83 @@
 // what was left unchecked. The layout is fixed: no whitespace except one optional space after ':'
 // and ','.
 //
+// A schema is compiled once, and refused (JsonSchemaError) where the matcher could not finish or
+// bound its work: one no value fits (a required key nothing may hold, minLength above maxLength, an
+// empty number range: the mask would otherwise leave the model nothing to write mid-value), a
+// $ref/anyOf cycle that reads no character (left recursion: following it never ends), one nested
+// deeper or larger than JSON_CONSTRAINT_LIMITS allows, a union of more alternatives than the
+// matcher follows.
+// Parts of a schema nothing fits but that a value need not use (an optional property, a branch of
+// anyOf) are dropped, so every state the matcher reaches can still be finished.
+//
 // The matcher is nondeterministic: it follows every reading of the text at once (the branches of
-// anyOf, the enum values that share a prefix), each as an immutable stack of frames, so feeding a
-// candidate token copies nothing.
+// anyOf that share a first character), each as an immutable stack of frames, so feeding a candidate
+// token copies nothing. Where readings multiply, those whose top frames are the same are merged
+// into one whose frame below may be any of theirs (a graph-structured stack, as GLR parsers keep),
+// so ambiguity that nests (a union whose branches share a recursive property) costs readings per
+// level, not per combination of levels. Unions are flattened at compile time, so anyOf of $refs
+// of anyOf... start one reading per distinct schema. The number of live readings is still capped
+// at run time: past it, feeding throws a JsonConstraintError rather than spend the server's time.
 
 export type JsonSchema = boolean | { [key: string]: unknown };
+
+/** A schema the matcher cannot use: nothing fits it, it refers to itself without reading, or it is too large. */
+export class JsonSchemaError extends Error {
+  override name = "JsonSchemaError";
+  constructor(
+    message: string,
+    /** with JsonMatcher.afterHeads: the alternative whose schema it is */
+    readonly alternative?: number,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * Constrained generation cannot go on: no token of the vocabulary continues the text within the
+ * schema, the text decoded from the tokens left it, or its readings grew past
+ * JSON_CONSTRAINT_LIMITS.readings.
+ */
+export class JsonConstraintError extends Error {
+  override name = "JsonConstraintError";
+}
+
+/** Bounds on what a schema may make the matcher do (a request body is untrusted). */
+export const JSON_CONSTRAINT_LIMITS = Object.freeze({
+  /** nesting of schemas in a schema (and $ref hops without a cycle) */
+  depth: 128,
+  /** schemas in a schema plus enum/const values */
+  size: 20_000,
+  /** alternatives of one union once $refs and nested anyOf are followed (enum/const values count as one) */
+  alternatives: 256,
+  /** steps spent flattening unions (a chain of anyOf each holding the next would be quadratic) */
+  expansion: 1_000_000,
+  /** readings followed at once */
+  readings: 1024,
+});
 
 type JsonType = "object" | "array" | "string" | "number" | "integer" | "boolean" | "null";
 const JSON_TYPES: readonly JsonType[] = ["object", "array", "string", "number", "integer", "boolean", "null"];
 
 /** A schema compiled for matching. */
 interface Node {
+  /** unique across compilations: readings are merged by it */
+  id: number;
+  /** where in the schema it is (a JSON pointer), for messages */
+  at: string;
   /** the types a value may have; null: any */
   types: ReadonlySet<JsonType> | null;
-  /** enum/const: the only values allowed, as JSON texts */
+  /** enum/const: the only values allowed, as JSON texts, sorted (a reading narrows a range of them) */
   literals?: string[];
-  /** anyOf/oneOf: the value fits one of these */
+  /** enum/const as given, until compile() has checked them against the rest of the schema */
+  values?: unknown[];
+  /** anyOf/oneOf/$ref: the value fits one of these (after compile(): no union among them) */
   options?: Node[];
   /** declared properties; with them, other keys are not written */
   properties?: Map<string, Node>;
   required: string[];
+  /** a required key no object may hold (additionalProperties false, not a declared property) */
+  unwritable?: string;
   /** the schema of undeclared keys' values (null: no undeclared keys) */
   extra: Node | null;
   items?: Node;
@@ -46,85 +103,373 @@ interface Node {
   exclusiveMax: boolean;
 }
 
+let nextId = 1;
+
 function num(v: unknown, fallback: number): number {
   return typeof v === "number" && Number.isFinite(v) ? v : fallback;
 }
 
-function unbounded(): Node {
-  return { types: null, required: [], extra: null, minItems: 0, maxItems: Infinity, minLength: 0, maxLength: Infinity, min: -Infinity, max: Infinity, exclusiveMin: false, exclusiveMax: false };
+function unbounded(at: string): Node {
+  return { id: nextId++, at, types: null, required: [], extra: null, minItems: 0, maxItems: Infinity, minLength: 0, maxLength: Infinity, min: -Infinity, max: Infinity, exclusiveMin: false, exclusiveMax: false };
 }
 
 /** Any JSON value (objects with any keys). */
-const ANY: Node = unbounded();
+const ANY: Node = { ...unbounded("(any)"), id: 0 };
 ANY.extra = ANY;
 
-/** Compiles a schema; `$ref`s resolve against the root, and recursive schemas compile to cycles. */
-function compile(schema: JsonSchema, root: JsonSchema, seen = new Map<object, Node>()): Node {
-  if (schema === true) return ANY;
-  if (schema === false) return { ...unbounded(), options: [] };
-  const cached = seen.get(schema);
-  if (cached) return cached;
-  const node = unbounded();
-  seen.set(schema, node);
-  if (typeof schema.$ref === "string") {
-    // as a one-branch union, so that a schema referring to itself is compiled once
-    node.options = [compile(resolveRef(schema.$ref, root), root, seen)];
+const pointer = (at: string, ...keys: (string | number)[]) => at + keys.map((k) => "/" + String(k).replace(/~/g, "~0").replace(/\//g, "~1")).join("");
+
+/** Compiles one schema: its nodes, `$ref`s resolved against the root (recursive schemas compile to cycles). */
+class Compiler {
+  readonly nodes: Node[] = [];
+  private readonly seen = new Map<object, Node>();
+  private size = 0;
+
+  constructor(private readonly root: JsonSchema) {}
+
+  private node(at: string): Node {
+    const node = unbounded(at);
+    this.nodes.push(node);
+    this.grow(1, at);
     return node;
   }
-  const t = schema.type;
-  const types = (Array.isArray(t) ? t : typeof t === "string" ? [t] : []).filter((x): x is JsonType => JSON_TYPES.includes(x as JsonType));
-  if (types.length) node.types = new Set(types.includes("number") ? [...types, "integer"] : types);
-  if ("const" in schema) node.literals = [JSON.stringify(schema.const)];
-  else if (Array.isArray(schema.enum)) node.literals = schema.enum.map((v) => JSON.stringify(v));
-  const union = Array.isArray(schema.anyOf) ? schema.anyOf : Array.isArray(schema.oneOf) ? schema.oneOf : null;
-  if (union) {
-    // the schema's own keywords (a shared type, say) go with each branch
-    const { anyOf: _a, oneOf: _o, ...shared } = schema;
-    node.options = union.map((branch) => compile(typeof branch === "object" && branch ? { ...shared, ...branch } : (branch as JsonSchema), root, seen));
-    return node;
+
+  private grow(n: number, at: string): void {
+    this.size += n;
+    if (this.size > JSON_CONSTRAINT_LIMITS.size) throw new JsonSchemaError(`the schema is too large for kiln's constrained decoding: more than ${JSON_CONSTRAINT_LIMITS.size} schemas and enum values (at ${at})`);
   }
-  if (Array.isArray(schema.required)) node.required = schema.required.filter((k): k is string => typeof k === "string");
-  const props = schema.properties;
-  const extra = schema.additionalProperties;
-  if (props && typeof props === "object" && Object.keys(props).length) {
-    node.properties = new Map(Object.entries(props as Record<string, JsonSchema>).map(([k, v]) => [k, compile(v, root, seen)]));
-    // A required key the properties leave out is an additional property: declared here, with
-    // additionalProperties as its schema, or no object could ever be closed.
-    for (const key of node.required) {
-      if (node.properties.has(key)) continue;
-      if (extra === false) throw new Error(`JSON schema: "${key}" is required but additionalProperties is false and properties do not declare it, so no object fits`);
-      node.properties.set(key, compile(extra === undefined ? true : (extra as JsonSchema), root, seen));
+
+  compile(schema: JsonSchema, at: string, depth = 0): Node {
+    if (depth > JSON_CONSTRAINT_LIMITS.depth) throw new JsonSchemaError(`the schema nests deeper than ${JSON_CONSTRAINT_LIMITS.depth} levels (at ${at})`);
+    if (schema === false) {
+      const node = this.node(at);
+      node.options = []; // a union of nothing
+      return node;
     }
-  } else {
-    node.extra = extra === false ? null : compile(extra === undefined ? true : (extra as JsonSchema), root, seen);
+    // true, and what is not a schema at all (a number, null, a list), as JSON Schema validators read them: anything
+    if (typeof schema !== "object" || schema === null || Array.isArray(schema)) return ANY;
+    const cached = this.seen.get(schema);
+    if (cached) return cached;
+    const node = this.node(at);
+    this.seen.set(schema, node);
+    if (typeof schema.$ref === "string") {
+      // as a one-branch union, so that a schema referring to itself is compiled once
+      node.options = [this.compile(resolveRef(schema.$ref, this.root), schema.$ref, depth + 1)];
+      return node;
+    }
+    const t = schema.type;
+    const types = (Array.isArray(t) ? t : typeof t === "string" ? [t] : []).filter((x): x is JsonType => JSON_TYPES.includes(x as JsonType));
+    if (types.length) node.types = new Set(types.includes("number") ? [...types, "integer"] : types);
+    if ("const" in schema) node.values = [schema.const];
+    else if (Array.isArray(schema.enum)) node.values = schema.enum;
+    if (node.values) this.grow(node.values.length, at);
+    const union = Array.isArray(schema.anyOf) ? schema.anyOf : Array.isArray(schema.oneOf) ? schema.oneOf : null;
+    if (union) {
+      // the schema's own keywords (a shared type, say) go with each branch
+      const { anyOf: _a, oneOf: _o, ...shared } = schema;
+      const key = Array.isArray(schema.anyOf) ? "anyOf" : "oneOf";
+      node.options = union.map((branch, i) => this.compile(typeof branch === "object" && branch ? { ...shared, ...branch } : (branch as JsonSchema), pointer(at, key, i), depth + 1));
+      return node;
+    }
+    if (Array.isArray(schema.required)) node.required = [...new Set(schema.required.filter((k): k is string => typeof k === "string"))];
+    const props = schema.properties;
+    const extra = schema.additionalProperties;
+    const extraAt = pointer(at, "additionalProperties");
+    if (props && typeof props === "object" && Object.keys(props).length) {
+      node.properties = new Map(Object.entries(props as Record<string, JsonSchema>).map(([k, v]) => [k, this.compile(v, pointer(at, "properties", k), depth + 1)]));
+      // A required key the properties leave out is an additional property: declared here, with
+      // additionalProperties as its schema; with additionalProperties false no object holds it.
+      for (const key of node.required) {
+        if (node.properties.has(key)) continue;
+        if (extra === false) node.unwritable ??= key;
+        else node.properties.set(key, this.compile(extra === undefined ? true : (extra as JsonSchema), extraAt, depth + 1));
+      }
+    } else {
+      node.extra = extra === false ? null : this.compile(extra === undefined ? true : (extra as JsonSchema), extraAt, depth + 1);
+      if (!node.extra) node.unwritable = node.required[0];
+    }
+    if (schema.items !== undefined && !Array.isArray(schema.items)) node.items = this.compile(schema.items as JsonSchema, pointer(at, "items"), depth + 1);
+    node.minItems = num(schema.minItems, 0);
+    node.maxItems = num(schema.maxItems, Infinity);
+    node.minLength = num(schema.minLength, 0);
+    node.maxLength = num(schema.maxLength, Infinity);
+    node.min = num(schema.minimum, -Infinity);
+    node.max = num(schema.maximum, Infinity);
+    if (typeof schema.exclusiveMinimum === "number" && schema.exclusiveMinimum >= node.min) {
+      node.min = schema.exclusiveMinimum;
+      node.exclusiveMin = true;
+    }
+    if (typeof schema.exclusiveMaximum === "number" && schema.exclusiveMaximum <= node.max) {
+      node.max = schema.exclusiveMaximum;
+      node.exclusiveMax = true;
+    }
+    return node;
   }
-  if (schema.items !== undefined && !Array.isArray(schema.items)) node.items = compile(schema.items as JsonSchema, root, seen);
-  node.minItems = num(schema.minItems, 0);
-  node.maxItems = num(schema.maxItems, Infinity);
-  node.minLength = num(schema.minLength, 0);
-  node.maxLength = num(schema.maxLength, Infinity);
-  node.min = num(schema.minimum, -Infinity);
-  node.max = num(schema.maximum, Infinity);
-  if (typeof schema.exclusiveMinimum === "number" && schema.exclusiveMinimum >= node.min) {
-    node.min = schema.exclusiveMinimum;
-    node.exclusiveMin = true;
-  }
-  if (typeof schema.exclusiveMaximum === "number" && schema.exclusiveMaximum <= node.max) {
-    node.max = schema.exclusiveMaximum;
-    node.exclusiveMax = true;
-  }
-  return node;
 }
 
 function resolveRef(ref: string, root: JsonSchema): JsonSchema {
-  if (!ref.startsWith("#")) throw new Error(`JSON schema: only local $refs are supported (got ${ref})`);
+  if (!ref.startsWith("#")) throw new JsonSchemaError(`only local $refs are supported (got ${ref})`);
   let at: unknown = root;
   for (const part of ref.slice(1).split("/").filter(Boolean)) {
-    const key = decodeURIComponent(part).replace(/~1/g, "/").replace(/~0/g, "~");
-    at = at && typeof at === "object" ? (at as Record<string, unknown>)[key] : undefined;
+    let key: string;
+    try {
+      key = decodeURIComponent(part).replace(/~1/g, "/").replace(/~0/g, "~");
+    } catch {
+      throw new JsonSchemaError(`$ref ${ref} is not a valid JSON pointer`);
+    }
+    at = at && typeof at === "object" && Object.hasOwn(at, key) ? (at as Record<string, unknown>)[key] : undefined;
   }
-  if (at === undefined || (typeof at !== "object" && typeof at !== "boolean")) throw new Error(`JSON schema: $ref ${ref} points at nothing`);
+  if (at === undefined || (typeof at !== "object" && typeof at !== "boolean")) throw new JsonSchemaError(`$ref ${ref} points at nothing`);
   return at as JsonSchema;
+}
+
+// --- after compiling: flatten unions, check enum values, drop what nothing fits ---
+
+/**
+ * Each union's alternatives once nested unions ($refs, anyOf of anyOf) are followed, each once:
+ * a union then starts one reading per distinct schema, however its $refs repeat. A cycle of
+ * unions reads no character before it comes round (left recursion), so no value could ever be
+ * matched through it: refused.
+ */
+function flattenUnions(nodes: readonly Node[]): Map<Node, Node[]> {
+  const leaves = new Map<Node, Node[]>();
+  const visiting = new Set<Node>();
+  let work = 0;
+  for (const start of nodes) {
+    if (!start.options || leaves.has(start)) continue;
+    // depth-first without recursion: a long chain of $refs must not overflow the stack
+    const path: { node: Node; next: number }[] = [{ node: start, next: 0 }];
+    visiting.add(start);
+    while (path.length) {
+      const top = path.at(-1)!;
+      const options = top.node.options!;
+      if (top.next < options.length) {
+        const child = options[top.next++]!;
+        if (!child.options || leaves.has(child)) continue;
+        if (visiting.has(child)) {
+          const cycle = [...path.slice(path.findIndex((p) => p.node === child)).map((p) => p.node.at), child.at];
+          throw new JsonSchemaError(`${child.at} refers back to itself without reading any text (${cycle.join(" -> ")}): a value of it could never be matched; recursion must go through a property or an array's items`);
+        }
+        visiting.add(child);
+        path.push({ node: child, next: 0 });
+        continue;
+      }
+      if (options.length === 1 && options[0]!.options) {
+        // a $ref to a union is that union: its alternatives are shared, not copied
+        leaves.set(top.node, leaves.get(options[0]!)!);
+        visiting.delete(top.node);
+        path.pop();
+        continue;
+      }
+      const set = new Set<Node>();
+      for (const child of options) {
+        const more = child.options ? leaves.get(child)! : [child];
+        work += more.length;
+        if (work > JSON_CONSTRAINT_LIMITS.expansion) throw new JsonSchemaError(`the schema's anyOf/$ref alternatives expand too far for kiln's constrained decoding (more than ${JSON_CONSTRAINT_LIMITS.expansion} steps, at ${top.node.at})`);
+        for (const leaf of more) set.add(leaf);
+      }
+      leaves.set(top.node, [...set]);
+      visiting.delete(top.node);
+      path.pop();
+    }
+  }
+  return leaves;
+}
+
+const jsonTypeOf = (v: unknown): JsonType | null =>
+  v === null ? "null" : Array.isArray(v) ? "array" : typeof v === "number" ? (Number.isInteger(v) ? "integer" : "number") : typeof v === "string" || typeof v === "boolean" || typeof v === "object" ? (typeof v as JsonType) : null;
+
+const codePoints = (s: string) => {
+  let n = 0;
+  for (const _ of s) n++;
+  return n;
+};
+
+/** Whether a (finite, parsed) value fits a node: what enum/const values are checked against. */
+function fits(value: unknown, node: Node): boolean {
+  if (node.options) return node.options.some((o) => fits(value, o));
+  if (node.literals && !node.literals.includes(JSON.stringify(value))) return false;
+  if (node.values && !node.values.some((v) => JSON.stringify(v) === JSON.stringify(value))) return false;
+  const type = jsonTypeOf(value);
+  if (!type) return false;
+  if (node.types && !node.types.has(type) && !(type === "integer" && node.types.has("number"))) return false;
+  switch (type) {
+    case "string":
+      return codePoints(value as string) >= node.minLength && codePoints(value as string) <= node.maxLength;
+    case "number":
+    case "integer": {
+      const v = value as number;
+      return (node.exclusiveMin ? v > node.min : v >= node.min) && (node.exclusiveMax ? v < node.max : v <= node.max);
+    }
+    case "array": {
+      const a = value as unknown[];
+      return a.length >= node.minItems && a.length <= node.maxItems && a.every((item) => fits(item, node.items ?? ANY));
+    }
+    case "object": {
+      const o = value as Record<string, unknown>;
+      if (!node.required.every((k) => Object.hasOwn(o, k))) return false;
+      return Object.entries(o).every(([k, v]) => {
+        const schema = node.properties ? node.properties.get(k) : node.extra;
+        return !!schema && fits(v, schema);
+      });
+    }
+    default:
+      return true;
+  }
+}
+
+/** A type's own bounds leave it some value (objects and arrays also need their parts: see typeFits). */
+function typeFits(node: Node, type: JsonType, sat: ReadonlySet<Node>): boolean {
+  switch (type) {
+    case "null":
+    case "boolean":
+      return true;
+    case "string":
+      return node.minLength <= node.maxLength;
+    case "number":
+      return node.exclusiveMin || node.exclusiveMax ? node.min < node.max : node.min <= node.max;
+    case "integer":
+      return integerRange(node)[0] <= integerRange(node)[1];
+    case "object":
+      return node.unwritable === undefined && node.required.every((k) => {
+        const schema = node.properties ? node.properties.get(k) : node.extra;
+        return !!schema && sat.has(schema);
+      });
+    case "array":
+      return node.minItems <= node.maxItems && (node.minItems <= 0 || sat.has(node.items ?? ANY));
+  }
+}
+
+const integerRange = (node: Node) => [node.exclusiveMin ? Math.floor(node.min) + 1 : Math.ceil(node.min), node.exclusiveMax ? Math.ceil(node.max) - 1 : Math.floor(node.max)] as const;
+
+/** The types a node's values may still have (number stands for integer too). */
+function typesFitting(node: Node, sat: ReadonlySet<Node>): JsonType[] {
+  const types = node.types ? [...node.types] : JSON_TYPES;
+  return types.filter((t) => (t === "integer" && types.includes("number") ? false : typeFits(node, t, sat)));
+}
+
+function satisfiable(node: Node, sat: ReadonlySet<Node>): boolean {
+  if (node.options) return node.options.some((o) => sat.has(o));
+  if (node.literals) return node.literals.length > 0;
+  return typesFitting(node, sat).length > 0;
+}
+
+/** The nodes some finite value fits: the least fixpoint (a schema that can only recurse forever fits nothing). */
+function satisfiableNodes(nodes: readonly Node[]): Set<Node> {
+  const sat = new Set<Node>([ANY]);
+  const parents = new Map<Node, Node[]>();
+  const dependsOn = (node: Node): Node[] => [...(node.options ?? []), ...(node.properties?.values() ?? []), ...(node.extra ? [node.extra] : []), node.items ?? ANY];
+  for (const node of nodes) {
+    for (const child of dependsOn(node)) {
+      const list = parents.get(child);
+      if (list) list.push(node);
+      else parents.set(child, [node]);
+    }
+  }
+  const queue = [...nodes];
+  while (queue.length) {
+    const node = queue.pop()!;
+    if (sat.has(node) || !satisfiable(node, sat)) continue;
+    sat.add(node);
+    for (const parent of parents.get(node) ?? []) queue.push(parent);
+  }
+  return sat;
+}
+
+const bounds = (node: Node) =>
+  [node.min > -Infinity ? `${node.exclusiveMin ? "exclusiveMinimum" : "minimum"} ${node.min}` : "", node.max < Infinity ? `${node.exclusiveMax ? "exclusiveMaximum" : "maximum"} ${node.max}` : ""].filter(Boolean).join(" and ");
+
+/** Why no value fits `node` (it is not in `sat`), for the error. */
+function whyNothingFits(node: Node, sat: ReadonlySet<Node>, seen = new Set<Node>()): string {
+  if (seen.has(node)) return `${node.at} can only be written by nesting it in itself forever`;
+  seen.add(node);
+  if (node.options) {
+    if (!node.options.length) return `${node.at} is false or an empty anyOf`;
+    if (node.options.length === 1) return whyNothingFits(node.options[0]!, sat, seen);
+    return `no alternative of ${node.at} fits anything (${node.options.slice(0, 3).map((o) => whyNothingFits(o, sat, seen)).join("; ")}${node.options.length > 3 ? "; ..." : ""})`;
+  }
+  if (node.literals || node.values) return node.values?.length === 0 ? `${node.at}: its enum is empty` : `${node.at}: none of its enum/const values fits the rest of its schema`;
+  const why = (node.types ? [...node.types] : JSON_TYPES)
+    .filter((t) => !(t === "integer" && node.types?.has("number")))
+    .map((t): string => {
+      switch (t) {
+        case "string":
+          return `minLength ${node.minLength} is above maxLength ${node.maxLength}`;
+        case "number":
+          return `no number lies within ${bounds(node)}`;
+        case "integer":
+          return `no integer lies within ${bounds(node)}`;
+        case "object": {
+          if (node.unwritable !== undefined) {
+            return node.properties
+              ? `"${node.unwritable}" is required but additionalProperties is false and properties do not declare it, so no object fits`
+              : `"${node.unwritable}" is required but additionalProperties is false and there are no properties, so no object fits`;
+          }
+          const key = node.required.find((k) => !sat.has((node.properties ? node.properties.get(k) : node.extra)!))!;
+          return `its required "${key}" fits nothing: ${whyNothingFits((node.properties ? node.properties.get(key) : node.extra)!, sat, seen)}`;
+        }
+        case "array":
+          return node.minItems > node.maxItems ? `minItems ${node.minItems} is above maxItems ${node.maxItems}` : `it needs ${node.minItems} items, and they fit nothing: ${whyNothingFits(node.items ?? ANY, sat, seen)}`;
+        default:
+          return "";
+      }
+    })
+    .filter(Boolean);
+  return `${node.at}: ${why.join("; ")}`;
+}
+
+/**
+ * Checks enum/const values against the rest of their schemas, then drops what no value fits (a
+ * type whose bounds exclude every value, an optional property or anyOf branch nothing fits) so
+ * that every text the matcher accepts can still be finished. Throws when `root` itself fits
+ * nothing.
+ */
+function finish(compiler: Compiler, root: Node): void {
+  const nodes = compiler.nodes;
+  const alternatives = flattenUnions(nodes); // first: it refuses the cycles the checks below would loop on
+  for (const node of nodes) {
+    if (!node.values) continue;
+    const values = node.values;
+    delete node.values;
+    if (node.options) continue; // a union's values go with each branch
+    const texts = new Set<string>();
+    for (const v of values) {
+      const text = JSON.stringify(v);
+      if (text !== undefined && fits(v, node)) texts.add(text);
+    }
+    node.literals = [...texts].sort();
+  }
+  const sat = satisfiableNodes(nodes);
+  if (!sat.has(root)) throw new JsonSchemaError(`no value fits the schema: ${whyNothingFits(root, sat)}`);
+  // Unions take their flat alternatives, less those nothing fits, their enum/const ones made one
+  // (its values: one reading however many there are). Unions with the same alternatives (the
+  // $refs to one union) share them.
+  const prepared = new Map<Node[], Node[]>();
+  for (const [union, leaves] of alternatives) {
+    let options = prepared.get(leaves);
+    if (!options) {
+      options = leaves.filter((o) => sat.has(o));
+      const literal = options.filter((o) => o.literals);
+      if (literal.length > 1) {
+        const merged = unbounded(union.at);
+        merged.literals = [...new Set(literal.flatMap((o) => o.literals!))].sort();
+        options = [...options.filter((o) => !o.literals), merged];
+      }
+      if (options.length > JSON_CONSTRAINT_LIMITS.alternatives) {
+        throw new JsonSchemaError(`${union.at} has ${options.length} alternatives once its $refs and nested anyOf are followed; kiln's constrained decoding follows at most ${JSON_CONSTRAINT_LIMITS.alternatives} (enum and const values count as one)`);
+      }
+      prepared.set(leaves, options);
+    }
+    union.options = options;
+  }
+  for (const node of nodes) {
+    if (node.options || node.literals || !sat.has(node)) continue; // what nothing fits is no longer reached
+    const types = typesFitting(node, sat);
+    if (node.types !== null || types.length < JSON_TYPES.length - 1) node.types = new Set(types.includes("number") ? [...types, "integer"] : types);
+    if (node.properties) for (const [key, schema] of node.properties) if (!sat.has(schema)) node.properties.delete(key);
+    if (node.extra && !sat.has(node.extra)) node.extra = null;
+    if (!sat.has(node.items ?? ANY)) node.maxItems = 0; // only [] fits
+  }
 }
 
 // --- what the matcher does not enforce ---
@@ -142,8 +487,6 @@ export interface SchemaGap {
   /** why, where the keyword itself is read but not this use of it */
   detail?: string;
 }
-
-const pointer = (at: string, ...keys: (string | number)[]) => at + keys.map((k) => "/" + String(k).replace(/~/g, "~0").replace(/\//g, "~1")).join("");
 
 /** The JSON types a schema's values may have, when it says (number and integer overlap). */
 function typesOf(schema: Record<string, unknown>): Set<string> | null {
@@ -194,8 +537,10 @@ function disjoint(a: Record<string, unknown>, b: Record<string, unknown>): boole
 export function schemaGaps(schema: JsonSchema): SchemaGap[] {
   const gaps: SchemaGap[] = [];
   const visited = new Set<object>();
-  const walk = (s: unknown, at: string) => {
+  const walk = (s: unknown, at: string, depth = 0) => {
     if (!s || typeof s !== "object" || Array.isArray(s) || visited.has(s)) return;
+    // as compile() refuses it: a deeper schema would overflow the stack here
+    if (depth > JSON_CONSTRAINT_LIMITS.depth) throw new JsonSchemaError(`the schema nests deeper than ${JSON_CONSTRAINT_LIMITS.depth} levels (at ${at})`);
     visited.add(s);
     const o = s as Record<string, unknown>;
     const ref = typeof o.$ref === "string";
@@ -216,13 +561,13 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
     }
     for (const key of ["properties", "$defs", "definitions"]) {
       const map = o[key];
-      if (map && typeof map === "object") for (const [k, v] of Object.entries(map)) walk(v, pointer(at, key, k));
+      if (map && typeof map === "object") for (const [k, v] of Object.entries(map)) walk(v, pointer(at, key, k), depth + 1);
     }
-    walk(o.additionalProperties, pointer(at, "additionalProperties"));
-    if (!Array.isArray(o.items)) walk(o.items, pointer(at, "items"));
+    walk(o.additionalProperties, pointer(at, "additionalProperties"), depth + 1);
+    if (!Array.isArray(o.items)) walk(o.items, pointer(at, "items"), depth + 1);
     for (const key of ["anyOf", "oneOf"]) {
       if (!Array.isArray(o[key])) continue;
-      (o[key] as unknown[]).forEach((branch, i) => walk(branch, pointer(at, key, i)));
+      (o[key] as unknown[]).forEach((branch, i) => walk(branch, pointer(at, key, i), depth + 1));
     }
     if (Array.isArray(o.oneOf) && Array.isArray(o.anyOf)) gaps.push({ keyword: "oneOf", at, detail: "beside anyOf (only anyOf is read)" });
     else if (Array.isArray(o.oneOf) && !ref) {
@@ -244,16 +589,17 @@ const UNENFORCED = new Set([
   "additionalItems", "unevaluatedProperties", "unevaluatedItems", "multipleOf", "$dynamicRef", "$recursiveRef",
 ]);
 
-const allows = (node: Node, type: JsonType) => node.types === null || node.types.has(type);
-
 // --- the matcher's frames ---
 
 type ObjectState = "open" | "colon" | "afterColon" | "afterColonSpace" | "value" | "next" | "comma" | "commaSpace";
 type ArrayState = "open" | "value" | "next" | "comma" | "commaSpace";
 
 type Frame =
-  /** fixed text still to come: a literal value, or the text before a value */
-  | { k: "text"; text: string; at: number; value: boolean }
+  /**
+   * fixed text still to come: the texts[lo..hi) (sorted, sharing their first `at` code units) of
+   * an enum (`src` its node) or the text before a value (`src` its own id)
+   */
+  | { k: "text"; texts: readonly string[]; lo: number; hi: number; at: number; value: boolean; src: number }
   /** a value of `node` starts with the next character */
   | { k: "value"; node: Node }
   /** inside a string; `key`: an object's key (its text is kept to check the key) */
@@ -262,22 +608,63 @@ type Frame =
   | { k: "object"; node: Node; state: ObjectState; keys: readonly string[] }
   | { k: "array"; node: Node; state: ArrayState; count: number };
 
-/** A reading of the text so far: frames, innermost first. null is a finished value. */
+/**
+ * A reading of the text so far: its innermost frame, over any of `rest` (readings merged because
+ * their top frames were the same). null is a finished value.
+ */
 interface Stack {
   top: Frame;
-  rest: Stack | null;
+  rest: readonly Reading[];
 }
 type Reading = Stack | null;
 
-const push = (rest: Reading, top: Frame): Stack => ({ top, rest });
+const push = (rest: readonly Reading[], top: Frame): Stack => ({ top, rest });
 
-/** The value on top of `rest` is done: its container moves on. */
-function finished(rest: Reading): Reading {
-  if (!rest) return null;
-  const top = rest.top;
-  if (top.k === "object" && top.state === "value") return push(rest.rest, { ...top, state: "next" });
-  if (top.k === "array" && top.state === "value") return push(rest.rest, { ...top, state: "next" });
-  return rest; // a "value" frame: the text before it is done, the value comes next
+/** Two readings with the same key read every further text alike until their top frame is done. */
+function frameKey(f: Frame): string {
+  switch (f.k) {
+    case "text":
+      return `t${f.src}:${f.lo}:${f.hi}:${f.at}`;
+    case "value":
+      return `v${f.node.id}`;
+    case "string":
+      return `s${f.node.id}:${f.key ? `k${JSON.stringify(f.text)}` : ""}:${f.length}:${f.escape ?? ""}`;
+    case "number":
+      return `n${f.node.id}:${f.text}`;
+    case "object":
+      return `o${f.node.id}:${f.state}:${JSON.stringify(f.keys)}`;
+    case "array":
+      return `a${f.node.id}:${f.state}:${f.count}`;
+  }
+}
+
+/** Readings with the same top frame become one, over the frames below of both. */
+function merge(readings: Reading[]): Reading[] {
+  const byKey = new Map<string, Stack>();
+  let done = false;
+  for (const r of readings) {
+    if (!r) {
+      done = true;
+      continue;
+    }
+    const key = frameKey(r.top);
+    const same = byKey.get(key);
+    if (!same) byKey.set(key, r);
+    else if (same !== r && same.rest !== r.rest) byKey.set(key, push([...new Set([...same.rest, ...r.rest])], same.top));
+  }
+  const merged: Reading[] = [...byKey.values()];
+  if (done) merged.push(null);
+  return merged;
+}
+
+/** The value on top of `rest` is done: each container below moves on. */
+function finished(rest: readonly Reading[]): Reading[] {
+  return rest.map((r) => {
+    if (!r) return null;
+    const top = r.top;
+    if ((top.k === "object" || top.k === "array") && top.state === "value") return push(r.rest, { ...top, state: "next" });
+    return r; // a "value" frame: the text before it is done, the value comes next
+  });
 }
 
 /** Keys an object may still take. */
@@ -290,6 +677,8 @@ const NUMBER_PREFIX = /^-?(?:(?:0|[1-9]\d*)(?:\.\d*|(?:\.\d+)?[eE][+-]?\d*)?)?$/
 const INTEGER_PREFIX = /^-?(?:0|[1-9]\d*)?$/;
 const NUMBER = /^-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?$/;
 const INTEGER = /^-?(?:0|[1-9]\d*)$/;
+
+const allows = (node: Node, type: JsonType) => node.types === null || node.types.has(type);
 
 const bounded = (node: Node) => node.min > -Infinity || node.max < Infinity;
 
@@ -327,24 +716,57 @@ function numberDone(text: string, node: Node): boolean {
   return (node.exclusiveMin ? v > node.min : v >= node.min) && (node.exclusiveMax ? v < node.max : v <= node.max);
 }
 
-/** The readings in which a value of `node` starts with `ch`, under `rest`. */
-function startValue(node: Node, ch: string, rest: Reading): Reading[] {
-  if (node.options) return node.options.flatMap((o) => startValue(o, ch, rest));
-  if (node.literals) {
-    return node.literals.filter((l) => l[0] === ch).map((l) => (l.length === 1 ? finished(rest) : push(rest, { k: "text", text: l, at: 1, value: true })));
+/** The first of texts[lo..hi) whose code unit at `at` is `unit` or above (a text that ends sorts first). */
+function firstFrom(texts: readonly string[], lo: number, hi: number, at: number, unit: number): number {
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    const t = texts[mid]!;
+    if ((t.length > at ? t.charCodeAt(at) : -1) < unit) lo = mid + 1;
+    else hi = mid;
   }
+  return lo;
+}
+
+/** Fixed text: the candidates that go on with `ch` (one reading for all of them), and any it ends. */
+function stepText(f: Extract<Frame, { k: "text" }>, ch: string, rest: readonly Reading[]): Reading[] {
+  let { lo, hi, at } = f;
+  for (let u = 0; u < ch.length; u++, at++) {
+    const unit = ch.charCodeAt(u);
+    lo = firstFrom(f.texts, lo, hi, at, unit);
+    hi = firstFrom(f.texts, lo, hi, at, unit + 1);
+    if (lo >= hi) return [];
+  }
+  const out: Reading[] = [];
+  if (f.texts[lo]!.length === at) {
+    out.push(...(f.value ? finished(rest) : rest));
+    lo++;
+  }
+  if (lo < hi) out.push(push(rest, { ...f, lo, hi, at }));
+  return out;
+}
+
+// true, false and null read alike whatever schema allows them (their readings merge)
+const TRUE: Extract<Frame, { k: "text" }> = { k: "text", texts: ["true"], lo: 0, hi: 1, at: 0, value: true, src: -1 };
+const FALSE: Extract<Frame, { k: "text" }> = { ...TRUE, texts: ["false"], src: -2 };
+const NULL: Extract<Frame, { k: "text" }> = { ...TRUE, texts: ["null"], src: -3 };
+
+/** The readings in which a value of `node` starts with `ch`, over `rest`. */
+function startValue(node: Node, ch: string, rest: readonly Reading[]): Reading[] {
+  // options are flat (compile() followed nested unions): no recursion here
+  if (node.options) return node.options.flatMap((o) => startValue(o, ch, rest));
+  if (node.literals) return stepText({ k: "text", texts: node.literals, lo: 0, hi: node.literals.length, at: 0, value: true, src: node.id }, ch, rest);
   switch (ch) {
     case '"':
-      return allows(node, "string") && node.maxLength >= 0 ? [push(rest, { k: "string", node, key: false, text: "", length: 0, escape: null })] : [];
+      return allows(node, "string") ? [push(rest, { k: "string", node, key: false, text: "", length: 0, escape: null })] : [];
     case "{":
       return allows(node, "object") ? [push(rest, { k: "object", node, state: "open", keys: [] })] : [];
     case "[":
       return allows(node, "array") ? [push(rest, { k: "array", node, state: "open", count: 0 })] : [];
     case "t":
     case "f":
-      return allows(node, "boolean") ? [push(rest, { k: "text", text: ch === "t" ? "true" : "false", at: 1, value: true })] : [];
+      return allows(node, "boolean") ? stepText(ch === "t" ? TRUE : FALSE, ch, rest) : [];
     case "n":
-      return allows(node, "null") ? [push(rest, { k: "text", text: "null", at: 1, value: true })] : [];
+      return allows(node, "null") ? stepText(NULL, ch, rest) : [];
   }
   if (ch === "-" || (ch >= "0" && ch <= "9")) {
     if (!allows(node, "number") && !allows(node, "integer")) return [];
@@ -353,14 +775,14 @@ function startValue(node: Node, ch: string, rest: Reading): Reading[] {
   return [];
 }
 
-function startKey(f: Extract<Frame, { k: "object" }>, rest: Reading): Reading[] {
+function startKey(f: Extract<Frame, { k: "object" }>, rest: readonly Reading[]): Reading[] {
   const left = keysLeft(f);
   if (left !== "any" && !left.length) return [];
-  return [push(push(rest, { ...f, state: "colon" }), { k: "string", node: f.node, key: true, text: "", length: 0, escape: null })];
+  return [push([push(rest, { ...f, state: "colon" })], { k: "string", node: f.node, key: true, text: "", length: 0, escape: null })];
 }
 
-function closeObject(f: Extract<Frame, { k: "object" }>, rest: Reading): Reading[] {
-  return f.node.required.every((k) => f.keys.includes(k)) ? [finished(rest)] : [];
+function closeObject(f: Extract<Frame, { k: "object" }>, rest: readonly Reading[]): Reading[] {
+  return f.node.required.every((k) => f.keys.includes(k)) ? finished(rest) : [];
 }
 
 /** The readings after one more character. */
@@ -370,9 +792,7 @@ function step(reading: Reading, ch: string): Reading[] {
   const rest = reading.rest;
   switch (f.k) {
     case "text":
-      if (ch !== f.text[f.at]) return [];
-      if (f.at + 1 < f.text.length) return [push(rest, { ...f, at: f.at + 1 })];
-      return [f.value ? finished(rest) : rest];
+      return stepText(f, ch, rest);
     case "value":
       return startValue(f.node, ch, rest);
     case "string":
@@ -382,7 +802,7 @@ function step(reading: Reading, ch: string): Reading[] {
       const integer = !allows(f.node, "number");
       if ((integer ? INTEGER_PREFIX : NUMBER_PREFIX).test(text) && numberReachable(text, f.node, integer)) return [push(rest, { ...f, text })];
       // anything else ends the number, and is read by what holds it
-      return numberDone(f.text, f.node) ? step(finished(rest), ch) : [];
+      return numberDone(f.text, f.node) ? finished(rest).flatMap((r) => step(r, ch)) : [];
     }
     case "object":
       return stepObject(f, ch, rest);
@@ -393,7 +813,10 @@ function step(reading: Reading, ch: string): Reading[] {
 
 const UNESCAPED: Record<string, string> = { '"': '"', "\\": "\\", "/": "/", b: "\b", f: "\f", n: "\n", r: "\r", t: "\t" };
 
-function stepString(f: Extract<Frame, { k: "string" }>, ch: string, rest: Reading): Reading[] {
+/** The object frames a key string is read for (several, where readings were merged). */
+const keyOwners = (rest: readonly Reading[]) => rest.filter((r): r is Stack & { top: Extract<Frame, { k: "object" }> } => r !== null && r.top.k === "object");
+
+function stepString(f: Extract<Frame, { k: "string" }>, ch: string, rest: readonly Reading[]): Reading[] {
   const fixedKeys = f.key && f.node.properties !== undefined;
   if (f.escape !== null) {
     // a key keeps the character an escape stands for, so that "a\"b" is not taken for "ab"
@@ -407,24 +830,29 @@ function stepString(f: Extract<Frame, { k: "string" }>, ch: string, rest: Readin
     return [push(rest, { ...f, escape: null, length: f.length + 1, text: f.key ? f.text + String.fromCharCode(parseInt(escape.slice(1), 16)) : "" })];
   }
   if (ch === '"') {
-    if (!f.key) return f.length >= f.node.minLength ? [finished(rest)] : [];
-    const obj = rest!.top as Extract<Frame, { k: "object" }>;
-    const left = keysLeft(obj);
-    if (left !== "any" && !left.includes(f.text)) return [];
-    if (obj.keys.includes(f.text)) return [];
-    return [push(rest!.rest, { ...obj, keys: [...obj.keys, f.text] })];
+    if (!f.key) return f.length >= f.node.minLength ? finished(rest) : [];
+    // the key is done: each object it may belong to takes it, if it is allowed there and new
+    const out: Reading[] = [];
+    for (const owner of keyOwners(rest)) {
+      const obj = owner.top;
+      const left = keysLeft(obj);
+      if ((left !== "any" && !left.includes(f.text)) || obj.keys.includes(f.text)) continue;
+      out.push(push(owner.rest, { ...obj, keys: [...obj.keys, f.text] }));
+    }
+    return out;
   }
   if (ch < " ") return []; // control characters are escaped in JSON
   if (ch === "\\") return fixedKeys || f.length + 1 > f.node.maxLength ? [] : [push(rest, { ...f, escape: "" })];
   const text = f.key ? f.text + ch : "";
   if (fixedKeys) {
-    const left = keysLeft(rest!.top as Extract<Frame, { k: "object" }>) as string[];
-    if (!left.some((k) => k.startsWith(text))) return [];
-  } else if (!f.key && f.length + 1 > f.node.maxLength) return [];
+    const owners = keyOwners(rest).filter((o) => (keysLeft(o.top) as string[]).some((k) => k.startsWith(text)));
+    return owners.length ? [push(owners, { ...f, text, length: f.length + 1 })] : [];
+  }
+  if (!f.key && f.length + 1 > f.node.maxLength) return [];
   return [push(rest, { ...f, text, length: f.length + 1 })];
 }
 
-function stepObject(f: Extract<Frame, { k: "object" }>, ch: string, rest: Reading): Reading[] {
+function stepObject(f: Extract<Frame, { k: "object" }>, ch: string, rest: readonly Reading[]): Reading[] {
   switch (f.state) {
     case "open":
       if (ch === '"') return startKey(f, rest);
@@ -435,7 +863,7 @@ function stepObject(f: Extract<Frame, { k: "object" }>, ch: string, rest: Readin
     case "afterColonSpace": {
       if (ch === " " && f.state === "afterColon") return [push(rest, { ...f, state: "afterColonSpace" })];
       const node = f.node.properties?.get(f.keys.at(-1)!) ?? f.node.extra;
-      return node ? startValue(node, ch, push(rest, { ...f, state: "value" })) : [];
+      return node ? startValue(node, ch, [push(rest, { ...f, state: "value" })]) : [];
     }
     case "next":
       if (ch === "}") return closeObject(f, rest);
@@ -450,19 +878,19 @@ function stepObject(f: Extract<Frame, { k: "object" }>, ch: string, rest: Readin
   }
 }
 
-function stepArray(f: Extract<Frame, { k: "array" }>, ch: string, rest: Reading): Reading[] {
+function stepArray(f: Extract<Frame, { k: "array" }>, ch: string, rest: readonly Reading[]): Reading[] {
   const item = f.node.items ?? ANY;
   switch (f.state) {
     case "open":
-      if (ch === "]") return f.node.minItems <= 0 ? [finished(rest)] : [];
-      return f.node.maxItems >= 1 ? startValue(item, ch, push(rest, { ...f, state: "value", count: 1 })) : [];
+      if (ch === "]") return f.node.minItems <= 0 ? finished(rest) : [];
+      return f.node.maxItems >= 1 ? startValue(item, ch, [push(rest, { ...f, state: "value", count: 1 })]) : [];
     case "next":
-      if (ch === "]") return f.count >= f.node.minItems ? [finished(rest)] : [];
+      if (ch === "]") return f.count >= f.node.minItems ? finished(rest) : [];
       return ch === "," && f.count < f.node.maxItems ? [push(rest, { ...f, state: "comma" })] : [];
     case "comma":
     case "commaSpace":
       if (ch === " " && f.state === "comma") return [push(rest, { ...f, state: "commaSpace" })];
-      return startValue(item, ch, push(rest, { ...f, state: "value", count: f.count + 1 }));
+      return startValue(item, ch, [push(rest, { ...f, state: "value", count: f.count + 1 })]);
     case "value":
       return [];
   }
@@ -471,30 +899,50 @@ function stepArray(f: Extract<Frame, { k: "array" }>, ch: string, rest: Reading)
 /** Whether a reading is a whole value: finished, or a number that may end here. */
 function whole(reading: Reading): boolean {
   if (!reading) return true;
-  return reading.top.k === "number" && numberDone(reading.top.text, reading.top.node) && finished(reading.rest) === null;
+  return reading.top.k === "number" && numberDone(reading.top.text, reading.top.node) && reading.rest.includes(null);
 }
 
 /** A character a JSON string holds as it is: not a quote, a backslash or a control character. */
 const ordinary = (code: number) => code >= 0x20 && code !== 0x22 && code !== 0x5c;
 
+/** A reading inside a string that any run of ordinary characters only lengthens (a key of fixed keys is checked as it grows). */
+const inRun = (r: Reading) => r !== null && r.top.k === "string" && r.top.escape === null && !(r.top.key && r.top.node.properties);
+
+/** The root node of a schema, compiled and checked (see finish). */
+function compileRoot(schema: JsonSchema): Node {
+  const compiler = new Compiler(schema);
+  const root = compiler.compile(schema, "#");
+  finish(compiler, root);
+  return root;
+}
+
 /**
  * The prefixes of JSON texts (optionally after fixed text) that fit a schema. Immutable: `feed`
- * returns a new matcher, or null when the text can no longer fit.
+ * returns a new matcher, or null when the text can no longer fit. Building one throws a
+ * JsonSchemaError for a schema it cannot use (see the top of this file); feeding throws a
+ * JsonConstraintError past JSON_CONSTRAINT_LIMITS.readings.
  */
 export class JsonMatcher {
   private constructor(private readonly readings: readonly Reading[]) {}
 
   /** One JSON value fitting `schema`. */
   static of(schema: JsonSchema): JsonMatcher {
-    return new JsonMatcher([push(null, { k: "value", node: compile(schema, schema) })]);
+    return new JsonMatcher([push([null], { k: "value", node: compileRoot(schema) })]);
   }
 
   /** Any one of: fixed text (`head`), then a JSON value fitting its schema. */
   static afterHeads(alternatives: { head: string; schema: JsonSchema }[]): JsonMatcher {
     return new JsonMatcher(
-      alternatives.map(({ head, schema }) => {
-        const value = push(null, { k: "value", node: compile(schema, schema) });
-        return head ? push(value, { k: "text", text: head, at: 0, value: false }) : value;
+      alternatives.map(({ head, schema }, i) => {
+        let node: Node;
+        try {
+          node = compileRoot(schema);
+        } catch (err) {
+          if (err instanceof JsonSchemaError) throw new JsonSchemaError(err.message, i);
+          throw err;
+        }
+        const value = push([null], { k: "value", node });
+        return head ? push([value], { k: "text", texts: [head], lo: 0, hi: 1, at: 0, value: false, src: nextId++ }) : value;
       }),
     );
   }
@@ -502,10 +950,9 @@ export class JsonMatcher {
   feed(text: string): JsonMatcher | null {
     let readings = this.readings;
     for (let i = 0; i < text.length; ) {
-      // the common case, one reading inside a string (a value, or a key of an object that takes
-      // any key): a run of ordinary characters only adds length (a key keeps its text)
-      const only = readings.length === 1 ? readings[0] : null;
-      if (only && only.top.k === "string" && only.top.escape === null && !(only.top.key && only.top.node.properties)) {
+      // the common case, inside a string (a value, or a key of an object that takes any key): a
+      // run of ordinary characters only adds length (a key keeps its text), in every reading
+      if (readings.every(inRun)) {
         let j = i;
         let chars = 0; // lengths count code points, as JSON Schema's do
         while (j < text.length && ordinary(text.charCodeAt(j))) {
@@ -513,19 +960,33 @@ export class JsonMatcher {
           chars++;
         }
         if (j > i) {
-          const length = only.top.length + chars;
-          if (only.top.key) readings = [push(only.rest, { ...only.top, text: only.top.text + text.slice(i, j), length })];
-          else if (length > only.top.node.maxLength) return null;
-          else readings = [push(only.rest, { ...only.top, length })];
+          const run = text.slice(i, j);
+          const next: Reading[] = [];
+          for (const r of readings as Stack[]) {
+            const f = r.top as Extract<Frame, { k: "string" }>;
+            const length = f.length + chars;
+            if (f.key) next.push(push(r.rest, { ...f, text: f.text + run, length }));
+            else if (length <= f.node.maxLength) next.push(push(r.rest, { ...f, length }));
+          }
+          if (!next.length) return null;
+          readings = next;
           i = j;
           continue;
         }
       }
       const ch = String.fromCodePoint(text.codePointAt(i)!);
       i += ch.length;
-      const next: Reading[] = [];
+      let next: Reading[] = [];
       for (const r of readings) for (const s of step(r, ch)) next.push(s);
       if (!next.length) return null;
+      // Readings multiply only where a step gives several (a union's branches, a number that may
+      // end): merging there keeps their number bounded, and elsewhere it would only cost time.
+      if (next.length > readings.length) {
+        next = merge(next);
+        if (next.length > JSON_CONSTRAINT_LIMITS.readings) {
+          throw new JsonConstraintError(`the schema is too ambiguous for kiln's constrained decoding: at ${JSON.stringify(text.slice(Math.max(0, i - 40), i))} it would follow ${next.length} readings at once (at most ${JSON_CONSTRAINT_LIMITS.readings})`);
+        }
+      }
       readings = next;
     }
     return new JsonMatcher(readings);
@@ -541,51 +1002,56 @@ export class JsonMatcher {
     return this.readings.some((r) => r !== null);
   }
 
+  /** How many readings it follows: what feeding it costs. */
+  get width(): number {
+    return this.readings.length;
+  }
+
   /**
-   * Inside a string value, or a key of an object that takes any key (the only reading, no escape
+   * Inside a string value, or a key of an object that takes any key (in every reading, no escape
    * pending): how many more characters it may take. Any run of ordinary characters that long
    * fits; null elsewhere.
    */
   get stringRoom(): number | null {
-    const only = this.readings.length === 1 ? this.readings[0] : null;
-    if (!only || only.top.k !== "string" || only.top.escape !== null) return null;
-    if (only.top.key) return only.top.node.properties ? null : Infinity;
-    return only.top.node.maxLength - only.top.length;
+    if (!this.readings.every(inRun)) return null;
+    let room = 0;
+    for (const r of this.readings as Stack[]) {
+      const f = r.top as Extract<Frame, { k: "string" }>;
+      room = Math.max(room, f.key ? Infinity : f.node.maxLength - f.length);
+    }
+    return room;
   }
 }
 
 // --- tokens ---
 
 /** Each token's text, and the tokens grouped by first character (to reject a group at once). */
-export interface TokenTexts {
+export interface TokenView {
   texts: string[];
   byFirst: Map<string, number[]>;
   /** a token's length in code points when its text is all ordinary string characters, else -1 */
   plain: Int32Array;
 }
 
+/**
+ * A vocabulary as the mask sees it. `texts` (and byFirst, plain) are what each token adds after
+ * another token; `first`, what it is as a reply's first token. They differ for SentencePiece
+ * (Metaspace) tokenizers, Llama 2's, Mistral's, TinyLlama's: "▁name" decodes to "name" alone
+ * (the decoder strips the leading space of the whole text) but adds " name" after a token.
+ */
+export interface TokenTexts extends TokenView {
+  first: TokenView;
+  /** the tokenizer's decode: the constraint follows the reply's text as it decodes, whole */
+  decode(ids: number[]): string;
+}
+
 const vocabularies = new WeakMap<object, TokenTexts>();
 
-/**
- * The text of every token id, decoded alone (cached per tokenizer). Tokens that decode to nothing
- * (special tokens) are never allowed inside JSON. A byte-level token holding part of a character
- * decodes to U+FFFD, which JSON allows only inside strings, where the whole text decodes right.
- */
-export function tokenTexts(tokenizer: { decode(ids: number[]): string }, vocabSize: number): TokenTexts {
-  const cached = vocabularies.get(tokenizer);
-  if (cached && cached.texts.length === vocabSize) return cached;
-  const texts: string[] = [];
+function view(texts: string[]): TokenView {
   const byFirst = new Map<string, number[]>();
-  const plain = new Int32Array(vocabSize).fill(-1);
-  for (let id = 0; id < vocabSize; id++) {
-    let text = "";
-    try {
-      text = tokenizer.decode([id]);
-    } catch {
-      // an id past the tokenizer's vocabulary (embeddings padded to a round size)
-    }
-    texts.push(text);
-    if (!text) continue;
+  const plain = new Int32Array(texts.length).fill(-1);
+  texts.forEach((text, id) => {
+    if (!text) return;
     let chars = 0;
     for (const ch of text) chars = chars >= 0 && ordinary(ch.charCodeAt(0)) ? chars + 1 : -1;
     plain[id] = chars;
@@ -593,8 +1059,43 @@ export function tokenTexts(tokenizer: { decode(ids: number[]): string }, vocabSi
     const group = byFirst.get(first);
     if (group) group.push(id);
     else byFirst.set(first, [id]);
+  });
+  return { texts, byFirst, plain };
+}
+
+/**
+ * The text of every token id, alone and after another token (cached per tokenizer). The text
+ * after a token is decode([anchor, id]) less decode([anchor]), with an anchor that decodes the
+ * same alone and in sequence (a single letter). Tokens that decode to nothing (special tokens)
+ * are never allowed inside JSON. A byte-level token holding part of a character decodes to
+ * U+FFFD, which JSON allows only inside strings, where the whole text decodes right.
+ */
+export function tokenTexts(tokenizer: { decode(ids: number[]): string }, vocabSize: number): TokenTexts {
+  const cached = vocabularies.get(tokenizer);
+  if (cached && cached.texts.length === vocabSize) return cached;
+  const decode = (ids: number[]) => {
+    try {
+      return tokenizer.decode(ids);
+    } catch {
+      return ""; // an id past the tokenizer's vocabulary (embeddings padded to a round size)
+    }
+  };
+  const alone: string[] = [];
+  for (let id = 0; id < vocabSize; id++) alone.push(decode([id]));
+  let after = alone;
+  // a letter if there is one, else any token without spaces, that decodes twice as twice itself
+  const stable = (id: number) => decode([id, id]) === alone[id]! + alone[id]!;
+  let anchor = alone.findIndex((t, id) => /^[A-Za-z]$/.test(t) && stable(id));
+  if (anchor < 0) anchor = alone.findIndex((t, id) => /^[^\s\uFFFD]+$/u.test(t) && stable(id));
+  if (anchor >= 0) {
+    const base = alone[anchor]!;
+    after = alone.map((t, id) => {
+      const both = decode([anchor, id]);
+      return both.startsWith(base) ? both.slice(base.length) : t;
+    });
   }
-  const result = { texts, byFirst, plain };
+  const next = view(after);
+  const result: TokenTexts = { ...next, first: after.every((t, id) => t === alone[id]) ? next : view(alone), decode: (ids) => (ids.length ? decode(ids) : "") };
   vocabularies.set(tokenizer, result);
   return result;
 }
@@ -602,18 +1103,30 @@ export function tokenTexts(tokenizer: { decode(ids: number[]): string }, vocabSi
 /**
  * A logits filter for generation: only tokens that keep the output a prefix of what `matcher`
  * accepts stay possible, and an end-of-turn token only once the value is whole (then nothing
- * else). When no token fits (a schema the text cannot satisfy), the end-of-turn tokens are left so
- * generation stops; the caller sees the value unfinished. `tokens` is the row's output so far.
+ * else). The matcher follows the output as the tokenizer decodes it (the whole output each time,
+ * so a character completed by a later byte, or a space a decoder adds only between tokens, is
+ * read as the reply will show it). Throws a JsonConstraintError when no token can continue the
+ * value (or the text left the constraint): generation stops with an error, never with JSON
+ * that does not parse. `tokens` is the row's output so far.
  */
 export function constrainToJson(vocab: TokenTexts, endIds: number[], matcher: JsonMatcher): (logits: Float32Array, tokens: readonly number[]) => void {
-  let state = matcher;
-  let consumed = 0;
+  // the matcher after the text decoded from the last few prefixes of the output (and the empty
+  // one), to go back to when a later token changes how earlier ones decode (the bytes of one
+  // character, at most 4 tokens)
+  const fed: { tokens: number; text: string; state: JsonMatcher }[] = [{ tokens: 0, text: "", state: matcher }];
   return (logits, tokens) => {
-    for (; consumed < tokens.length; consumed++) {
-      const next = state.feed(vocab.texts[tokens[consumed]!] ?? "");
-      if (!next) throw new Error("constrained generation: a token outside the constraint was chosen");
-      state = next;
+    if (tokens.length !== fed.at(-1)!.tokens) {
+      const text = vocab.decode([...tokens]);
+      let from = fed.length - 1;
+      while (from > 0 && (fed[from]!.tokens > tokens.length || !text.startsWith(fed[from]!.text))) from--;
+      const state = fed[from]!.state.feed(text.slice(fed[from]!.text.length));
+      if (!state) throw new JsonConstraintError(`constrained generation: the reply's text left the JSON constraint at ${JSON.stringify(text.slice(-60))}`);
+      fed.length = from + 1;
+      fed.push({ tokens: tokens.length, text, state });
+      if (fed.length > 9) fed.splice(1, 1);
     }
+    const state = fed.at(-1)!.state;
+    const texts = tokens.length ? vocab : vocab.first;
     const allowed = new Uint8Array(logits.length);
     let any = false;
     // Inside a string, where most of a reply's tokens go, a token of ordinary characters fits
@@ -621,7 +1134,7 @@ export function constrainToJson(vocab: TokenTexts, endIds: number[], matcher: Js
     const room = state.stringRoom;
     if (room !== null) {
       for (let id = 0; id < logits.length; id++) {
-        const n = vocab.plain[id]!;
+        const n = texts.plain[id]!;
         if (n >= 0 && n <= room) {
           allowed[id] = 1;
           any = true;
@@ -629,19 +1142,29 @@ export function constrainToJson(vocab: TokenTexts, endIds: number[], matcher: Js
       }
     }
     if (state.open) {
-      for (const [first, ids] of vocab.byFirst) {
+      for (const [first, ids] of texts.byFirst) {
         const after = state.feed(first);
         if (!after) continue;
         for (const id of ids) {
-          if (id >= logits.length || (room !== null && vocab.plain[id]! >= 0)) continue; // settled above
-          if (after.feed(vocab.texts[id]!.slice(first.length))) {
+          if (id >= logits.length || (room !== null && texts.plain[id]! >= 0)) continue; // settled above
+          if (after.feed(texts.texts[id]!.slice(first.length))) {
             allowed[id] = 1;
             any = true;
           }
         }
       }
     }
-    if (state.complete || !any) for (const id of endIds) if (id < logits.length) allowed[id] = 1;
+    if (state.complete) {
+      for (const id of endIds) {
+        if (id >= logits.length) continue;
+        allowed[id] = 1;
+        any = true;
+      }
+    }
+    if (!any) {
+      const text = fed.at(-1)!.text;
+      throw new JsonConstraintError(`constrained generation: no token of the vocabulary continues the JSON after ${JSON.stringify(text.slice(-60))}`);
+    }
     for (let i = 0; i < logits.length; i++) if (!allowed[i]) logits[i] = -Infinity;
   };
 }

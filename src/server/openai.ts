@@ -19,6 +19,13 @@
 // JSON (and one that fits the schema), by the same constrained decoding: see
 // src/agent/response-format.ts for what strict means here and what is refused. A reply cut off by
 // max_tokens has finish_reason "length" and the JSON as far as it got, as OpenAI's does.
+//
+// A schema the constraint cannot follow (nothing fits it, a $ref cycle that reads nothing, too
+// large or deep) is a 400 on response_format or tool_choice before generation. A constraint that
+// cannot go on mid-reply (no token of the vocabulary continues the JSON) fails the request with a
+// 500 `constraint_failed` (in a stream, an error event and no finish_reason): kiln accepted the
+// schema and could not honour it, and a reply of broken JSON with finish_reason "stop" would look
+// like success.
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { z } from "zod";
@@ -29,6 +36,7 @@ import type { Agent } from "../runtime/agent.js";
 import { fitConversation, type ChatChunk, type ChatOutcome } from "../runtime/runtime.js";
 import { clientSignal, findAgent, type ServerContext } from "./context.js";
 import { ApiError, errorBody, shuttingDown, validationError } from "./errors.js";
+import { JsonConstraintError } from "../model/json-constraint.js";
 import { SseStream } from "./sse.js";
 
 /** Most completion tokens when the request names no limit (the context may allow fewer). */
@@ -247,6 +255,12 @@ const SHUTTING_DOWN = "the server is shutting down and cut this reply off; send 
 
 const finishReason = (r: "stop" | "length" | "abort") => (r === "length" ? "length" : "stop");
 
+/** A JSON constraint that could not go on mid-reply, as the 500 it is (see the top of this file); other errors as they are. */
+function constraintFailure(err: unknown, param: string): unknown {
+  if (!(err instanceof JsonConstraintError)) return err;
+  return new ApiError(500, `kiln could not finish the reply under its JSON constraint: ${err.message}`, "constraint_failed", param);
+}
+
 interface ToolCallOut {
   id: string;
   type: "function";
@@ -342,6 +356,12 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       ...(structured?.unenforced.length ? { unenforced: structured.unenforced } : {}),
     });
     const fingerprint = (o: ChatOutcome) => `kiln-${o.version ?? "base"}`;
+    const constrainedBy = forced ? "tool_choice" : "response_format";
+    /** An error that ended generation, as it is answered (a 500 is logged: the error handler logs only errors it makes 500s of). */
+    const failed = (err: unknown) => {
+      if (err instanceof JsonConstraintError) request.log.error(err);
+      return constraintFailure(err, constrainedBy);
+    };
     /** With parallel_tool_calls false, a reply that wrote several calls keeps the first. */
     const allowedCalls = (calls: ParsedToolCall[]) => (req.parallel_tool_calls === false ? calls.slice(0, 1) : calls);
 
@@ -353,7 +373,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
         first = await chat.next();
       } catch (err) {
         release();
-        throw err;
+        throw failed(err);
       }
       const version = first.value.version;
       reply.header(VERSION_HEADER, version ?? "base");
@@ -374,7 +394,12 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
           const shown = forced ? "" : calls ? calls.push(text) : text;
           if (shown) sse.send(chunk({ content: shown }, null));
         };
-        const outcome = await drain(chat, show, first);
+        let outcome: ChatOutcome;
+        try {
+          outcome = await drain(chat, show, first);
+        } catch (err) {
+          throw constraintFailure(err, constrainedBy); // streamReply logs it and sends it as an event
+        }
         record(outcome);
         // cut off by the server going down: say so, as OpenAI's streams carry errors, never as a finished reply
         if (outcome.result.finishReason === "abort" && ctx.shutdown.aborted) return sse.send(errorBody(503, SHUTTING_DOWN, "shutting_down"));
@@ -396,7 +421,12 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     }
 
     try {
-      const outcome = await drain(chat);
+      let outcome: ChatOutcome;
+      try {
+        outcome = await drain(chat);
+      } catch (err) {
+        throw failed(err);
+      }
       record(outcome);
       if (outcome.result.finishReason === "abort" && ctx.shutdown.aborted) throw shuttingDown(SHUTTING_DOWN);
       reply.header(VERSION_HEADER, outcome.version ?? "base");
@@ -450,7 +480,8 @@ async function streamReply(reply: FastifyReply, release: () => void, body: (sse:
   void body(sse)
     .catch((err: Error) => {
       reply.log.error(err);
-      sse.send({ error: { message: `generation failed: ${err.message}`, type: "server_error", param: null, code: "generation_failed" } });
+      if (err instanceof ApiError) sse.send(errorBody(err.status, err.message, err.code, err.param));
+      else sse.send({ error: { message: `generation failed: ${err.message}`, type: "server_error", param: null, code: "generation_failed" } });
     })
     .finally(() => {
       release();

@@ -19,16 +19,21 @@ import { writeTestAgent } from "./support/agent.js";
 await initBackend();
 
 /**
- * Polls a feed whose item text changed: the change waits for a later poll, at least SETTLE_MS
- * after the first read, to find the same text; the ledger's clock is moved back as if that time passed.
+ * Reads a feed whose item text changed, and moves the ledger's clock back as if SETTLE_MS passed:
+ * the change is taken by the next poll that finds the same text.
  */
-async function pollSettled(agent: Agent, feedId: string): Promise<{ added: number; error?: string }> {
+async function letChangeSettle(agent: Agent, feedId: string): Promise<void> {
   assert.equal((await agent.pollFeed(feedId)).added, 0, "a changed text waits for a later poll");
   await agent.ledger.update((d) => {
     for (const r of Object.values(d.feeds.find((f) => f.id === feedId)!.revisions ?? {})) {
       if (r.waiting) r.waiting.since = new Date(Date.parse(r.waiting.since) - SETTLE_MS).toISOString();
     }
   });
+}
+
+/** Polls a feed whose item text changed, as the change settles (letChangeSettle, then a poll). */
+async function pollSettled(agent: Agent, feedId: string): Promise<{ added: number; error?: string }> {
+  await letChangeSettle(agent, feedId);
   return agent.pollFeed(feedId);
 }
 
@@ -507,12 +512,8 @@ test("a scheduled bake starts after the feed polls of its minute: it bakes a cor
     assert.equal((await agent.pollFeed("harbor")).added, 2);
     const ferry = agent.ledger.items({ text: "ferry" })[0]!;
     writeFileSync(feedFile, readFileSync(feedFile, "utf8").replace("The ferry runs at noon.", "The ferry runs at two."));
-    // a changed text is taken once it holds for a later poll (SETTLE_MS on): this one reads it,
-    // and the clock moves on so that the scheduled poll below takes it
-    assert.equal((await agent.pollFeed("harbor")).added, 0);
-    await agent.ledger.update((d) => {
-      for (const r of Object.values(d.feeds[0]!.revisions ?? {})) if (r.waiting) r.waiting.since = new Date(Date.parse(r.waiting.since) - SETTLE_MS).toISOString();
-    });
+    // a changed text is taken once it holds for a later poll: the scheduled poll below takes it
+    await letChangeSettle(agent, "harbor");
     // the minute's cron timers fire in no set order; here the bake's first, the poll's 20 ms later
     // (the soak saw 12-75 ms)
     const schedules = agent as unknown as { scheduledBake(): Promise<{ status: string; reasons: string[] }>; scheduledPoll(id: string): Promise<void> };

@@ -319,19 +319,21 @@ test("tool_choice through the API: a forced call is one call whose arguments fit
   assert.equal(next.usage!.prompt_tokens, model.tokenizer.encode(promptText).length, "the tools, the round and the call's opening");
 });
 
+/** The official client's call fails with a 400 naming `param`, and a message matching `message`. */
+async function rejects(p: Promise<unknown>, param: string, message: RegExp): Promise<void> {
+  try {
+    await p;
+  } catch (err) {
+    assert.ok(err instanceof OpenAI.APIError, String(err));
+    assert.equal(err.status, 400, err.message);
+    assert.equal((err.error as any).param, param, err.message);
+    assert.match(err.message, message);
+    return;
+  }
+  assert.fail(`expected a 400 on ${param}`);
+}
+
 test("tool_choice errors are 400s that name the problem; a template kiln cannot prefill refuses a forced call", async () => {
-  const rejects = async (p: Promise<unknown>, param: string, message: RegExp) => {
-    try {
-      await p;
-    } catch (err) {
-      assert.ok(err instanceof OpenAI.APIError, String(err));
-      assert.equal(err.status, 400, err.message);
-      assert.equal((err.error as any).param, param, err.message);
-      assert.match(err.message, message);
-      return;
-    }
-    assert.fail(`expected a 400 on ${param}`);
-  };
   const ok = { model: "tester", messages: [{ role: "user" as const, content: "hi" }], max_tokens: 8 };
   await rejects(client.chat.completions.create({ ...ok, tools: [WEATHER], tool_choice: { type: "function", function: { name: "get_time" } } }), "tool_choice", /"get_time", which is not among the tools \(get_weather\)/);
   await rejects(client.chat.completions.create({ ...ok, tool_choice: "required" }), "tool_choice", /the request has no tools/);
@@ -422,18 +424,6 @@ test("response_format json_schema through the official client: the reply parses 
 });
 
 test("response_format: strict refuses what kiln cannot enforce, naming it; strict false ignores it and says so; tools decide the rest", async () => {
-  const rejects = async (p: Promise<unknown>, param: string, message: RegExp) => {
-    try {
-      await p;
-    } catch (err) {
-      assert.ok(err instanceof OpenAI.APIError, String(err));
-      assert.equal(err.status, 400, err.message);
-      assert.equal((err.error as any).param, param, err.message);
-      assert.match(err.message, message);
-      return;
-    }
-    assert.fail(`expected a 400 on ${param}`);
-  };
   const ok = { model: "tester", messages: [{ role: "user" as const, content: "A code, as JSON." }], max_tokens: 60, temperature: 0 };
   const coded = { type: "object", properties: { code: { type: "string", maxLength: 4, pattern: "^[A-Z]+$" }, n: { type: "integer", minimum: 0, maximum: 9 } }, required: ["code", "n"], additionalProperties: false };
   const schemaFormat = (schema: Record<string, unknown>, strict?: boolean) => ({ type: "json_schema" as const, json_schema: { name: "coded", schema, ...(strict !== undefined ? { strict } : {}) } });

@@ -12,6 +12,7 @@
 // from a version the once-a-second /healthz samples never saw live while it ran (only meaningful
 // when swaps are further apart than that).
 import { readFileSync, writeFileSync } from "node:fs";
+import { parseArgs as parseArgv } from "node:util";
 
 interface Options {
   url: string;
@@ -28,12 +29,8 @@ interface Options {
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Record<string, string> = {};
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (!a.startsWith("--")) throw new Error(`unexpected argument ${a}`);
-    o[a.slice(2)] = argv[++i] ?? "";
-  }
+  const names = ["url", "model", "clients", "seconds", "stream", "abort", "max-tokens", "pid", "out", "give-up", "token"];
+  const { values: o } = parseArgv({ args: argv, options: Object.fromEntries(names.map((n) => [n, { type: "string" as const }])) });
   const num = (k: string, d: number) => (o[k] === undefined ? d : Number(o[k]));
   return {
     url: (o.url ?? "http://127.0.0.1:8080").replace(/\/$/, ""),

@@ -32,6 +32,7 @@ import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { parseArgs as parseArgv } from "node:util";
 import type { BakeRun, LedgerData } from "../src/knowledge/ledger.js";
 import { atom, rss } from "./world/feeds.js";
 import { relation, relationsFor } from "./world/relations.js";
@@ -53,13 +54,9 @@ interface Options {
 }
 
 function parseArgs(argv: string[]): Options {
-  const o: Record<string, string> = {};
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (!a.startsWith("--")) throw new Error(`unexpected argument ${a}`);
-    o[a.slice(2)] = a === "--keep" ? "1" : (argv[++i] ?? "");
-  }
-  const num = (k: string, d: number) => {
+  const text = { type: "string" } as const;
+  const { values: o } = parseArgv({ args: argv, options: { minutes: text, tick: text, questions: text, seed: text, out: text, keep: { type: "boolean" } } });
+  const num = (k: "minutes" | "tick" | "questions", d: number) => {
     const n = o[k] === undefined ? d : Number(o[k]);
     if (!Number.isFinite(n) || n <= 0) throw new Error(`--${k} must be a positive number`);
     return n;

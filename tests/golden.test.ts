@@ -220,20 +220,23 @@ for (const m of windowRef.models) {
       full.dispose();
       assert.ok(oneShot < 1e-4, `one pass: max |diff| ${oneShot}`);
 
-      // The same batch as a 9-token prefill and then one token at a time: the window must count
+      // The same batch as a 9-token prefill, a 3-token chunk and then one token at a time: the window must count
       // the cached keys too. Each step's logits are the rows' logits at that slot.
       const cache = new KVCache(ids.length);
       const steps = new Float32Array(ids.length * T * V); // [B, T, V]
       const prefill = 9;
       try {
         for (let from = 0; from < T; ) {
-          const to = from === 0 ? prefill : from + 1;
+          const to = from === 0 ? prefill : from === prefill ? from + 3 : from + 1; // one 3-token chunk after the window has slid
           const out = tf.tidy(() => model.decoder.forward({ ids: ids.map((r) => r.slice(from, to)), mask: mask.map((r) => r.slice(from, to)) }, { cache }));
           const data = (await out.data()) as Float32Array; // [B, to - from, V]
           out.dispose();
           for (let b = 0; b < ids.length; b++) steps.set(data.subarray(b * (to - from) * V, (b + 1) * (to - from) * V), (b * T + from) * V);
           from = to;
         }
+        // Sliding layers keep only what a next query could see; full layers keep every slot.
+        const kept = cache.keys.map((k) => k.shape[2]);
+        assert.deepEqual(kept, m.windows.map((w) => (w === null ? T : w - 1)));
       } finally {
         cache.dispose();
       }

@@ -24,11 +24,14 @@ export interface AdapterHook {
 /**
  * Keys and values for every layer, plus which key positions are real (1) or padding (0).
  * The decoder appends to it on each call; generation owns and disposes it.
+ * A sliding-window layer keeps only the slots a later query can still see, so its memory and
+ * attention cost stop growing at the window; `dropped` counts the slots it has let go.
  */
 export class KVCache {
-  keys: tf.Tensor4D[] = []; // per layer [B, nKvHeads, S, headDim]
-  values: tf.Tensor4D[] = []; // per layer [B, nKvHeads, S, headDim]
-  mask: number[][]; // [B][S]
+  keys: tf.Tensor4D[] = []; // per layer [B, nKvHeads, S - dropped[l], headDim]
+  values: tf.Tensor4D[] = []; // per layer [B, nKvHeads, S - dropped[l], headDim]
+  dropped: number[] = []; // per layer: leading slots no longer kept
+  mask: number[][]; // [B][S], every slot since the start
   constructor(batch: number) {
     this.mask = Array.from({ length: batch }, () => []);
   }
@@ -39,6 +42,7 @@ export class KVCache {
     for (const t of [...this.keys, ...this.values]) t.dispose();
     this.keys = [];
     this.values = [];
+    this.dropped = [];
   }
 }
 
@@ -238,27 +242,29 @@ export class Decoder {
   }
 
   /**
-   * Additive attention mask [B, T, S]: causal over absolute key positions, padding keys masked,
-   * and, with a window, only the `window` most recent keys (the query's own included) visible.
-   * Positions here are cache slots, padding included, as transformers' masks count them.
+   * Additive attention mask [B, T, S - from]: causal over absolute key positions, padding keys
+   * masked, and, with a window, only the `window` most recent keys (the query's own included)
+   * visible. Positions here are cache slots, padding included, as transformers' masks count them;
+   * `from` is the first slot the layer still keeps.
    */
-  private attentionMask(keyMask: number[][], T: number, window: number | null): tf.Tensor3D {
+  private attentionMask(keyMask: number[][], T: number, window: number | null, from: number): tf.Tensor3D {
     const B = keyMask.length;
     const S = keyMask[0]!.length;
+    const kept = S - from;
     const past = S - T;
-    const m = new Float32Array(B * T * S);
+    const m = new Float32Array(B * T * kept);
     for (let b = 0; b < B; b++) {
       const row = keyMask[b]!;
       for (let t = 0; t < T; t++) {
         const q = past + t;
-        const base = (b * T + t) * S;
-        for (let s = 0; s < S; s++) {
+        const base = (b * T + t) * kept;
+        for (let s = from; s < S; s++) {
           const visible = s <= q && row[s] === 1 && (window === null || q - s < window);
-          if (!visible) m[base + s] = MASKED;
+          if (!visible) m[base + s - from] = MASKED;
         }
       }
     }
-    return tf.tensor3d(m, [B, T, S]);
+    return tf.tensor3d(m, [B, T, kept]);
   }
 
   /**
@@ -286,13 +292,15 @@ export class Decoder {
       return out;
     });
     const { cos, sin } = this.ropeTables(positions);
-    // One mask per distinct window: full-attention layers share one, sliding layers another.
-    const masks = new Map<number | null, tf.Tensor3D>();
-    const maskFor = (window: number | null): tf.Tensor3D => {
-      let m = masks.get(window);
-      if (!m) masks.set(window, (m = this.attentionMask(keyMask, T, window)));
+    // One mask per distinct window and kept range: full-attention layers share one, sliding layers another.
+    const masks = new Map<string, tf.Tensor3D>();
+    const maskFor = (window: number | null, from: number): tf.Tensor3D => {
+      const key = `${window}:${from}`;
+      let m = masks.get(key);
+      if (!m) masks.set(key, (m = this.attentionMask(keyMask, T, window, from)));
       return m;
     };
+    const S = keyMask[0]!.length;
     const scale = 1 / Math.sqrt(c.headDim);
 
     let x = tf.gather(this.w("model.embed_tokens.weight"), tf.tensor2d(ids, [B, T], "int32")) as tf.Tensor3D; // [B, T, H]
@@ -311,21 +319,27 @@ export class Decoder {
       k = rope(k, cos, sin);
       // Without a cache, attention reads K and V as the projections give them; the cache keeps
       // them head-major, where a new token's keys append as one block per head.
+      const window = c.slidingWindows[l] ?? null;
       let keys: tf.Tensor4D = k; // [B, T, nKv, hd]
       let values: tf.Tensor4D = v; // [B, T, nKv, hd]
+      const from = cache?.dropped[l] ?? 0;
       if (cache) {
         keys = tf.transpose(k, [0, 2, 1, 3]) as tf.Tensor4D; // [B, nKv, T, hd]
         values = tf.transpose(v, [0, 2, 1, 3]) as tf.Tensor4D; // [B, nKv, T, hd]
         if (cache.keys[l]) {
-          keys = tf.concat([cache.keys[l]!, keys], 2); // [B, nKv, S, hd]
-          values = tf.concat([cache.values[l]!, values], 2); // [B, nKv, S, hd]
+          keys = tf.concat([cache.keys[l]!, keys], 2); // [B, nKv, S - from, hd]
+          values = tf.concat([cache.values[l]!, values], 2); // [B, nKv, S - from, hd]
           cache.keys[l]!.dispose();
           cache.values[l]!.dispose();
         }
-        cache.keys[l] = tf.keep(keys);
-        cache.values[l] = tf.keep(values);
+        // The next query sits at slot S, so a window layer's later queries see slots S - window + 1 on.
+        const keepFrom = window === null ? from : Math.max(from, S - window + 1);
+        const drop = keepFrom - from;
+        cache.keys[l] = tf.keep(drop > 0 ? (tf.slice(keys, [0, 0, drop, 0], [-1, -1, -1, -1]) as tf.Tensor4D) : keys); // [B, nKv, S - keepFrom, hd]
+        cache.values[l] = tf.keep(drop > 0 ? (tf.slice(values, [0, 0, drop, 0], [-1, -1, -1, -1]) as tf.Tensor4D) : values); // [B, nKv, S - keepFrom, hd]
+        cache.dropped[l] = keepFrom;
       }
-      const ctx = attention(q, keys, values, maskFor(c.slidingWindows[l] ?? null), scale, cache !== undefined).reshape([B * T, c.numHeads * c.headDim]) as tf.Tensor2D; // [B*T, nHeads*hd]
+      const ctx = attention(q, keys, values, maskFor(window, from), scale, cache !== undefined).reshape([B * T, c.numHeads * c.headDim]) as tf.Tensor2D; // [B*T, nHeads*hd]
       const attnOut = this.linear(`${p}.self_attn.o_proj`, ctx, opts.adapter).reshape([B, T, c.hiddenSize]); // [B, T, H]
       x = tf.add(x, attnOut);
       // --- SwiGLU MLP ---

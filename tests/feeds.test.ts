@@ -111,6 +111,9 @@ const REPUBLISHED = rss(
     // No guid: keyed by link; no guid and no link: keyed by content hash.
     item({ link: "http://example.test/linked", title: "Linked only", description: "By link." }),
     item({ title: "Bare", description: "No guid, no link." }),
+    // No guid, no link and a title two of them share: keyed by content hash.
+    item({ title: "Update", description: "The bridge is open." }),
+    item({ title: "Update", description: "The school is shut." }),
   ].join("\n"),
 );
 
@@ -544,7 +547,7 @@ test("dedupe: republished text under a new guid, repeated guids, link and hash k
   // p1-again (newest) wins over p1: same normalised text, so only one of them is new.
   assert.deepEqual(
     r.entries.map((e) => e.key),
-    ["guid:p1-again", "guid:p2", "link:http://example.test/linked", `hash:${r.entries[3]!.contentHash}`],
+    ["guid:p1-again", "guid:p2", "link:http://example.test/linked", "title:bare", `hash:${r.entries[4]!.contentHash}`, `hash:${r.entries[5]!.contentHash}`],
   );
   assert.equal(r.entries[3]!.text, "Bare: No guid, no link.");
   assert.equal(r.entries[3]!.guid, undefined);
@@ -620,6 +623,16 @@ test("an item whose text changes on every poll (a view counter) is taken once, n
   assert.equal(notes.length, 1, notes.join("\n"));
   assert.match(notes[0]!, /item guid:f1 has read differently in 3 polls in a row .*keeps the text it has/);
   assert.deepEqual(Object.keys(state.revisions ?? {}), ["guid:f1"], "state only for the item that churns");
+});
+
+test("an item with neither guid nor link whose text changes every poll is taken once: its title is its key", async () => {
+  const bare = (views: number) => rss(item({ title: "Fire on Dock Street", description: `Three people died. Read ${views} times.` }));
+  const { polls, state } = await pollChurn(Array.from({ length: 12 }, (_, k) => bare(100 + 37 * k)));
+  assert.deepEqual(polls.map((p) => p.entries.map((e) => e.key)), [["title:fire on dock street"], ...Array(11).fill([])]);
+  assert.deepEqual(Object.keys(state.revisions ?? {}), ["title:fire on dock street"]);
+  // a change that holds is a revision, as under a guid
+  const held = await pollChurn([bare(1), bare(2), bare(2)]);
+  assert.deepEqual(held.polls.map((p) => p.entries.map((e) => [e.text, e.revises])), [[["Fire on Dock Street: Three people died. Read 1 times.", undefined]], [], [["Fire on Dock Street: Three people died. Read 2 times.", true]]]);
 });
 
 test("a correction is taken once it reads the same on a poll at least 10 minutes later, even where the server answers 304", async () => {

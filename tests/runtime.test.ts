@@ -391,6 +391,30 @@ test("a feed item corrected under its guid supersedes the stored one; the correc
   }
 });
 
+test("a feed item with neither guid nor link is known by its title: a settled change supersedes it, and items stored without a key are left alone", async () => {
+  const { dir, file, feedFile } = writeTestAgent();
+  writeFileSync(feedFile, readFileSync(feedFile, "utf8").replace(/<guid>h\d<\/guid>/g, ""));
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    // stored before items recorded their feed key: no guid, no link, no feedKey
+    const [legacy] = await agent.ledger.addItems([{ kind: "feed", text: "An untagged item from an older kiln.", source: { feedId: "harbor" } }]);
+    assert.equal((await agent.pollFeed("harbor")).added, 2);
+    const ferry = agent.ledger.items({ text: "ferry" })[0]!;
+    assert.equal(ferry.source.feedKey, "title:quillport opened a ferry");
+    await agent.ledger.setItemStatus([ferry.id], "absorbed", { version: "v0001" });
+    writeFileSync(feedFile, readFileSync(feedFile, "utf8").replace("The ferry runs at noon.", "The ferry runs at two."));
+    assert.equal((await pollSettled(agent, "harbor")).added, 1);
+    assert.equal(agent.ledger.item(ferry.id).status, "superseded");
+    assert.deepEqual(agent.ledger.items({ status: "pending", text: "two" }).map((i) => i.text), ["Quillport opened a ferry: The ferry runs at two."]);
+    assert.equal(agent.ledger.items({ text: "Dunmore" })[0]!.status, "pending", "the unchanged item is untouched");
+    assert.equal(agent.ledger.item(legacy!.item.id).status, "pending", "an item stored without a key is not what the revision revises");
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("a feed moved for good is logged once, polled at its new address, and /healthz shows where it lives", async () => {
   const hits: string[] = [];
   const feedServer = http.createServer((req, res) => {

@@ -76,7 +76,10 @@ export interface ItemRevisions {
 
 export interface FeedEntry {
   feedId: string;
-  /** stable dedupe key: "guid:<guid or Atom id>", else "link:<link>", else "hash:<contentHash>" */
+  /**
+   * stable dedupe key: "guid:<guid or Atom id>", else "link:<link>", else "title:<title>" when
+   * the title is unique among such items in the fetch, else "hash:<contentHash>"
+   */
   key: string;
   guid?: string;
   link?: string;
@@ -179,6 +182,7 @@ export async function pollFeed(source: FeedSource, state: FeedState, opts: PollO
       .slice(0, maxItems)
       .flatMap((item) => toEntry(source.id, item) ?? [])
       .filter((e) => e.publishedAt === undefined || Date.parse(e.publishedAt) >= oldest);
+    keyUntaggedByTitle(candidates);
     const { entries, seenKeys, lastHashes, revisions, notes: itemNotes } = dedupe(candidates, state, {
       limit: Math.max(MAX_SEEN_KEYS, 2 * maxItems),
       now: nowDate.getTime(),
@@ -513,6 +517,21 @@ function toEntry(feedId: string, item: RawItem): FeedEntry | undefined {
   return entry;
 }
 
+/**
+ * An item with neither guid nor link is known only by its text, so a feed that keeps changing
+ * one (a view counter, a corrected figure) would add a new item on every poll, each baked. Where
+ * its title is the only untagged one with that title in the fetch, the title becomes its key, and a
+ * change is a revision like a guid's (it must settle, at most maxRevisionsPerDay a day). Titles
+ * shared in one fetch ("Update") stay keyed by text: one key for two stories would lose one.
+ */
+function keyUntaggedByTitle(candidates: FeedEntry[]): void {
+  const untagged = candidates.filter((e) => !e.guid && !e.link && e.title);
+  const norm = (t: string) => t.normalize("NFC").replace(/\s+/g, " ").trim().toLowerCase();
+  const count = new Map<string, number>();
+  for (const e of untagged) count.set(norm(e.title), (count.get(norm(e.title)) ?? 0) + 1);
+  for (const e of untagged) if (count.get(norm(e.title)) === 1) e.key = boundedKey("title", norm(e.title));
+}
+
 function oneLine(s: string | undefined): string | undefined {
   return s === undefined ? undefined : s.replace(/\s+/g, " ").trim().slice(0, 2048) || undefined;
 }
@@ -544,7 +563,7 @@ function dedupe(
   const notes: string[] = [];
   for (const entry of candidates) {
     const hashKey = `hash:${entry.contentHash}`;
-    const keyed = entry.key !== hashKey; // a guid or link: the feed can change its text
+    const keyed = entry.key !== hashKey; // a guid, link or title: the feed can change its text
     const keys = keyed ? [entry.key, hashKey] : [hashKey];
     const earlier = keys.some((k) => inFetch.has(k));
     const listedTwice = inFetch.has(entry.key);

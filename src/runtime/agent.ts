@@ -307,14 +307,14 @@ export class Agent {
       { id: source.id, url: source.url, maxItems: source.maxItems, timeoutMs: source.timeoutMs, maxAgeDays: source.maxAgeDays, maxRevisionsPerDay: source.maxRevisionsPerDay },
       state,
     );
-    // A corrected item replaces what the feed said before under its guid (or link): the old text is
+    // A corrected item replaces what the feed said before under its key (guid, link or title): the old text is
     // superseded (never baked if it was pending; no longer replayed if it was absorbed), and the
     // new text waits for the next bake.
     const earlier = (e: FeedEntry) =>
       e.revises
         ? this.ledger
             .items({ kind: "feed", status: ["pending", "baking", "absorbed"] })
-            .filter((i) => i.source.feedId === feedId && (e.guid ? i.source.guid === e.guid : !i.source.guid && i.source.link === e.link))
+            .filter((i) => i.source.feedId === feedId && matchesFeedKey(i, e))
             .map((i) => i.id)
         : [];
     // A failed request starts a backoff (see scheduledPoll) counted from now, on the feed's schedule;
@@ -325,7 +325,7 @@ export class Agent {
     // the entries and the feed's new state in one write
     const added = (
       await this.ledger.addItems(
-        result.entries.map((e) => ({ kind: "feed" as const, text: e.text, source: { feedId, link: e.link, guid: e.guid, publishedAt: e.publishedAt }, supersedes: earlier(e) })),
+        result.entries.map((e) => ({ kind: "feed" as const, text: e.text, source: { feedId, feedKey: e.key, link: e.link, guid: e.guid, publishedAt: e.publishedAt }, supersedes: earlier(e) })),
         (d, n) => {
           // Replace the state whole: a good poll drops lastError rather than leaving the old one.
           const at = d.feeds.findIndex((x) => x.id === feedId);
@@ -785,4 +785,11 @@ export class Agent {
     }
     return outcome;
   }
+}
+
+/** Whether a stored feed item is the one a revised entry revises (items stored before feedKey was recorded match by guid, then link). */
+function matchesFeedKey(item: Item, e: FeedEntry): boolean {
+  if (item.source.feedKey) return item.source.feedKey === e.key;
+  if (e.guid) return item.source.guid === e.guid;
+  return e.link !== undefined && !item.source.guid && item.source.link === e.link;
 }

@@ -7,6 +7,7 @@ import path from "node:path";
 import { backendInfo, initBackend, tf } from "../src/tensor/backend.js";
 import { parseConfig, parameterCount, type ModelConfig } from "../src/model/config.js";
 import { Decoder, KVCache, expectedWeights } from "../src/model/decoder.js";
+import { PrefixStore } from "../src/model/prefix-cache.js";
 import { LoraAdapter, type LoraTarget } from "../src/lora/adapter.js";
 import { disposeTargets, klSum, stackTargets, teacherTargets, type KlMode } from "../src/bake/kl.js";
 import { prepareDecoderForTraining } from "../src/bake/trainer.js";
@@ -42,6 +43,8 @@ const quick = args.has("--quick");
 const profile = args.has("--profile");
 /** --kiln-only: skip PyTorch (for profiling; the ratios need both) */
 const kilnOnly = args.has("--kiln-only");
+/** --chat-only: only the multi-turn chat table (prefix cache) */
+const chatOnly = args.has("--chat-only");
 /** --only tiny|135m: one shape */
 const only = flagValue("--only");
 /** --torch-device cuda: PyTorch on the GPU (beside kiln's webgpu backend on a machine with one) */
@@ -195,6 +198,68 @@ async function benchKiln(shape: Shape) {
   };
 }
 
+const CHAT = { turns: 8, userTokens: 48, replyTokens: 16 };
+
+/**
+ * A multi-turn chat as a server sees it: every turn sends the whole conversation again. Time to
+ * the first token of each turn with a full prefill, and continuing from the KV cache the last
+ * reply ended with (src/model/prefix-cache.ts), side by side on the same weights.
+ */
+async function benchChat(shape: Shape): Promise<{ turn: number; prompt: number; reused: number; fullMs: number; cachedMs: number; keptMb: number }[]> {
+  const c = configOf(shape);
+  const decoder = randomDecoder(c);
+  sizeOutputPool("serve");
+  const store = new PrefixStore(c.slidingWindows, () => 512 * 2 ** 20, { hits: 0, misses: 0, reusedTokens: 0 });
+  const firstToken = async (ids: number[], cache: KVCache, from: number) => {
+    const logits = tf.tidy(() => decoder.forward({ ids: [ids.slice(from)] }, { cache, logitsFrom: ids.length - from - 1 }));
+    const next = tf.tidy(() => logits.reshape([-1]).argMax());
+    const token = (await next.data())[0]!;
+    logits.dispose();
+    next.dispose();
+    return token;
+  };
+  const rows = [];
+  let conversation: number[] = [];
+  const warm = new KVCache(1);
+  await firstToken(randomIds(1, CHAT.turns * (CHAT.userTokens + CHAT.replyTokens), c.vocabSize, 99)[0]!, warm, 0); // kernels and buffers ready
+  warm.dispose();
+  for (let turn = 1; turn <= CHAT.turns; turn++) {
+    const prompt = [...conversation, ...randomIds(1, CHAT.userTokens, c.vocabSize, 100 + turn)[0]!];
+    const kept = store.take(prompt);
+    const reused = kept?.length ?? 0;
+    // three of each, alternating (the machine is noisy); a continued run starts from a copy of the
+    // kept cache, as the store hands over when a conversation goes on, so each starts the same
+    const full: number[] = [];
+    const continued: number[] = [];
+    for (let r = 0; r < 3; r++) {
+      const fresh = new KVCache(1);
+      let t0 = performance.now();
+      await firstToken(prompt, fresh, 0);
+      full.push(performance.now() - t0);
+      fresh.dispose();
+      const copy = kept?.cache.prefix(reused, c.slidingWindows) ?? new KVCache(1);
+      t0 = performance.now();
+      await firstToken(prompt, copy, reused);
+      continued.push(performance.now() - t0);
+      copy.dispose();
+    }
+    // the turn itself: its reply decoded on the kept cache, which goes back to the store
+    const cache = kept?.cache ?? new KVCache(1);
+    let token = await firstToken(prompt, cache, reused);
+    const reply: number[] = [];
+    for (let i = 0; i < CHAT.replyTokens; i++) {
+      reply.push(token);
+      token = await firstToken([token], cache, 0);
+    }
+    store.put(cache, [...prompt, ...reply]);
+    rows.push({ turn, prompt: prompt.length, reused, fullMs: median(full), cachedMs: median(continued), keptMb: store.bytes / 2 ** 20 });
+    conversation = [...prompt, ...reply];
+  }
+  store.dispose();
+  decoder.dispose();
+  return rows;
+}
+
 /** Kernel time of one profiled run, by kernel, largest first. */
 function printProfile(name: string, what: string, info: Awaited<ReturnType<typeof tf.profile>>, note = ""): void {
   const by = new Map<string, { ms: number; calls: number }>();
@@ -251,9 +316,9 @@ const ratio = (a: number | undefined, b: number | undefined) => (a && b ? `${(a 
 console.log(`# kiln bench — ${new Date().toISOString()} — ${os.cpus()[0]?.model ?? "cpu"} x${os.cpus().length}, backend ${info.name} (${info.device ?? `${info.threads} thread(s)`}); PyTorch on ${torchDevice}`);
 console.log(`prefill ${PREFILL} tokens, decode ${DECODE} tokens (batch 1); bake step = LoRA r${BAKE.rank} on ${BAKE.targets.join("/")}, batch ${BAKE.batch}, seq ${BAKE.seq}, ${BAKE.seq - BAKE.prompt_len} reply tokens, full-vocab KL`);
 console.log("");
-console.log("| shape | params | metric | kiln | PyTorch | kiln / PyTorch |");
-console.log("|---|---|---|---|---|---|");
-for (const shape of SHAPES.filter((s) => !only || s.name.toLowerCase().includes(only.toLowerCase()))) {
+if (!chatOnly) console.log("| shape | params | metric | kiln | PyTorch | kiln / PyTorch |");
+if (!chatOnly) console.log("|---|---|---|---|---|---|");
+for (const shape of SHAPES.filter((s) => !chatOnly && (!only || s.name.toLowerCase().includes(only.toLowerCase())))) {
   const k = await benchKiln(shape);
   const t = (kilnOnly ? { error: "skipped (--kiln-only)" } : benchTorch(shape)) as Record<string, number> & { error?: string };
   const tTopk = (kilnOnly ? {} : benchTorch(shape, 20)) as Record<string, number>;
@@ -273,4 +338,15 @@ for (const shape of SHAPES.filter((s) => !only || s.name.toLowerCase().includes(
   if (!k.fastBackward && info.name === "wasm") console.log(`<!-- ${shape.name}: too large for the transposed training copies on wasm's 4 GB heap; slow backward path -->`);
   if (t.error) console.log(`\nPyTorch: ${t.error}`);
   else console.log(`<!-- torch ${t.torch}, ${t.device_name ? `${t.device_name}, peak GPU memory ${fmt(t.peak_gpu_mb)} MB` : `BLAS ${t.blas}, ${t.threads} threads`} -->`);
+}
+
+console.log("");
+console.log(`## Multi-turn chat: time to first token, full prefill vs continuing from the kept KV cache (${CHAT.turns} turns, ${CHAT.userTokens} user + ${CHAT.replyTokens} reply tokens each)`);
+console.log("");
+console.log("| shape | turn | prompt tokens | reused | full prefill ms | continued ms | speedup | kept MB |");
+console.log("|---|---|---|---|---|---|---|---|");
+for (const shape of SHAPES.filter((s) => !only || s.name.toLowerCase().includes(only.toLowerCase()))) {
+  for (const r of await benchChat(shape)) {
+    console.log(`| ${shape.name} | ${r.turn} | ${r.prompt} | ${r.reused} | ${fmt(r.fullMs)} | ${fmt(r.cachedMs)} | ${ratio(r.fullMs, r.cachedMs)} | ${fmt(r.keptMb)} |`);
+  }
 }

@@ -21,6 +21,7 @@ import { registerAgentCommands } from "./agents.js";
 import { runDemo } from "./demo.js";
 import { createServer, DEFAULT_SHUTDOWN_GRACE_MS } from "../server/index.js";
 import { DEFAULT_AGENTS_DIR, Runtime } from "../runtime/runtime.js";
+import { DEFAULT_PREFIX_CACHE_BYTES } from "../runtime/live.js";
 
 const program = new Command();
 program
@@ -263,14 +264,16 @@ program
   .option("--token <token>", "bearer token for every API route (default: $KILN_TOKEN)")
   .option("--max-queue <n>", "requests waiting for the model before 429", integer(1), 16)
   .option("--grace <seconds>", "on SIGTERM/SIGINT, how long replies in flight may take to finish", decimal(0), DEFAULT_SHUTDOWN_GRACE_MS / 1000)
+  .option("--prefix-cache-mb <n>", "KV caches each agent keeps so a chat's next turn prefills only what is new (0: none)", decimal(0), DEFAULT_PREFIX_CACHE_BYTES / 2 ** 20)
   .option("--no-schedules", "do not start the agents' feed and bake schedules")
-  .action(async (o: { agents?: string; checkpoints?: string; host: string; port: number; token?: string; maxQueue: number; grace: number; schedules: boolean }) => {
+  .action(async (o: { agents?: string; checkpoints?: string; host: string; port: number; token?: string; maxQueue: number; grace: number; prefixCacheMb: number; schedules: boolean }) => {
     // A long-lived server logs what nothing else caught rather than dying with every agent on it.
     process.on("unhandledRejection", (err) => process.stderr.write(`kiln: unhandled error (the server keeps running; please report it): ${(err as Error)?.stack ?? String(err)}\n`));
     const info = await backend();
     const runtime = await Runtime.fromFiles(o.agents ?? (existsSync("agents") ? "agents" : DEFAULT_AGENTS_DIR), {
       checkpoints: o.checkpoints,
       events: { onLog: (a, m) => process.stderr.write(`[${a}] ${m}\n`) },
+      prefixCacheBytes: Math.round(o.prefixCacheMb * 2 ** 20),
     });
     const server = await createServer(runtime, { host: o.host, port: o.port, token: o.token ?? process.env.KILN_TOKEN, maxQueue: o.maxQueue, shutdownGraceMs: o.grace * 1000 });
     if (o.schedules) runtime.start();

@@ -38,6 +38,34 @@ export class KVCache {
   get length(): number {
     return this.mask[0]?.length ?? 0;
   }
+  /** Bytes the keys and values hold (float32). */
+  get bytes(): number {
+    let n = 0;
+    for (const t of [...this.keys, ...this.values]) n += t.size * 4;
+    return n;
+  }
+  /**
+   * A new cache holding this one's first `length` slots (copies; this one is unchanged), or
+   * undefined where a sliding layer has let go of a slot that the next query, at slot `length`,
+   * could still see (`windows` as ModelConfig.slidingWindows has them).
+   */
+  prefix(length: number, windows: readonly (number | null)[]): KVCache | undefined {
+    if (length < 1 || length > this.length) return undefined;
+    for (const [l, from] of this.dropped.entries()) {
+      const window = windows[l] ?? null;
+      if (from > 0 && (window === null || from > length - window + 1)) return undefined;
+    }
+    const out = new KVCache(this.mask.length);
+    out.mask = this.mask.map((row) => row.slice(0, length));
+    for (let l = 0; l < this.keys.length; l++) {
+      const from = this.dropped[l] ?? 0;
+      out.dropped[l] = from;
+      if (length === from) continue; // nothing of this layer is left: the next call starts it afresh
+      out.keys[l] = tf.slice(this.keys[l]!, [0, 0, 0, 0], [-1, -1, length - from, -1]); // [B, nKv, length - from, hd]
+      out.values[l] = tf.slice(this.values[l]!, [0, 0, 0, 0], [-1, -1, length - from, -1]); // [B, nKv, length - from, hd]
+    }
+    return out;
+  }
   dispose(): void {
     for (const t of [...this.keys, ...this.values]) t.dispose();
     this.keys = [];

@@ -24,6 +24,17 @@ export interface GenerateOptions {
    * -Infinity, given the output so far (called before each token is sampled).
    */
   constrain?: (logits: Float32Array, tokens: readonly number[]) => void;
+  /**
+   * One prompt only: a KV cache holding the prompt's first `length` tokens (length < the
+   * prompt's), so only the rest is prefilled. Generation owns it from here (see onCache).
+   */
+  prefix?: { cache: KVCache; length: number };
+  /**
+   * One prompt only: called once when generation ends without an error, with the KV cache and
+   * the tokens it holds (the prompt and the reply's tokens that were fed back), which the callee
+   * now owns. Without it the cache is disposed.
+   */
+  onCache?: (cache: KVCache, tokens: number[]) => void;
 }
 
 export type FinishReason = "stop" | "length" | "abort";
@@ -102,7 +113,10 @@ export async function* streamGenerate(
   prompts: number[][],
   opts: GenerateOptions = {},
 ): AsyncGenerator<GenerationChunk, GenerationResult[]> {
-  if (prompts.length === 0) return [];
+  if (prompts.length === 0) {
+    opts.prefix?.cache.dispose();
+    return [];
+  }
   const maxTokens = opts.maxTokens ?? 128;
   const settings = { temperature: opts.temperature ?? 0, topK: opts.topK ?? 0, topP: opts.topP ?? 1 };
   const random = seededRandom(opts.seed ?? Math.floor(Math.random() * 2 ** 32));
@@ -110,20 +124,32 @@ export async function* streamGenerate(
   const stops = (opts.stopStrings ?? []).filter((s) => s.length > 0);
   const pad = model.tokenizer.padTokenId;
   const longest = Math.max(...prompts.map((p) => p.length));
-  if (prompts.some((p) => p.length === 0)) throw new Error("generate: a prompt has no tokens");
-  if (opts.constrain && prompts.length > 1) throw new Error("generate: constrain applies to one prompt at a time");
-  if (longest + maxTokens > model.config.maxPositions) {
-    throw new Error(
-      `generate: prompt (${longest} tokens) + maxTokens (${maxTokens}) exceeds the model's ${model.config.maxPositions} positions`,
-    );
+  const problem =
+    prompts.some((p) => p.length === 0)
+      ? "a prompt has no tokens"
+      : opts.constrain && prompts.length > 1
+        ? "constrain applies to one prompt at a time"
+        : (opts.prefix || opts.onCache) && prompts.length > 1
+          ? "a cached prefix applies to one prompt at a time"
+          : opts.prefix && !(opts.prefix.length >= 1 && opts.prefix.length < longest && opts.prefix.cache.length === opts.prefix.length)
+            ? `the cached prefix (${opts.prefix.length} tokens, cache ${opts.prefix.cache.length}) must be a shorter start of the prompt (${longest})`
+            : longest + maxTokens > model.config.maxPositions
+              ? `prompt (${longest} tokens) + maxTokens (${maxTokens}) exceeds the model's ${model.config.maxPositions} positions`
+              : undefined;
+  if (problem) {
+    opts.prefix?.cache.dispose();
+    throw new Error(`generate: ${problem}`);
   }
 
   const rows: RowState[] = prompts.map(() => ({ tokens: [], text: "", emitted: 0, done: null }));
-  const cache = new KVCache(prompts.length);
+  const cache = opts.prefix?.cache ?? new KVCache(prompts.length);
+  const skip = opts.prefix?.length ?? 0;
+  /** the tokens the cache holds, while it holds them all (a forward that throws may leave it half-extended) */
+  let held: number[] | null = prompts.length === 1 ? prompts[0]!.slice(0, skip) : null;
   try {
-    // Prefill: left-pad every prompt to the longest.
-    let ids = prompts.map((p) => [...Array(longest - p.length).fill(pad), ...p]);
-    let mask = prompts.map((p) => [...Array(longest - p.length).fill(0), ...p.map(() => 1)]);
+    // Prefill: left-pad every prompt to the longest (after what the cache holds already).
+    let ids = prompts.map((p) => [...Array(longest - p.length).fill(pad), ...p.slice(skip)]);
+    let mask = prompts.map((p) => [...Array(longest - p.length).fill(0), ...p.slice(skip).map(() => 1)]);
     for (let step = 0; step < maxTokens; step++) {
       if (opts.signal?.aborted) {
         for (const [b, r] of rows.entries()) {
@@ -134,10 +160,16 @@ export async function* streamGenerate(
         }
         break;
       }
+      const fed = held;
+      held = null;
       const logits = tf.tidy(() => {
         const out = model.decoder.forward({ ids, mask }, { cache, adapter: opts.adapter, logitsFrom: ids[0]!.length - 1 });
         return out.reshape([prompts.length, model.config.vocabSize]); // [B, V]
       });
+      if (fed) {
+        fed.push(...ids[0]!);
+        held = fed;
+      }
       const data = (await logits.data()) as Float32Array;
       logits.dispose();
       const V = model.config.vocabSize;
@@ -175,7 +207,8 @@ export async function* streamGenerate(
       mask = rows.map((r, b) => [r.done && !stopIds.has(next[b]!) ? 0 : 1]);
     }
   } finally {
-    cache.dispose();
+    if (opts.onCache && held) opts.onCache(cache, held);
+    else cache.dispose();
   }
   return rows.map((r, b) => ({
     tokens: r.tokens,

@@ -97,11 +97,13 @@ export class Runtime {
     }
   }
 
-  static async fromFiles(spec: string, opts: { checkpoints?: string; events?: AgentEvents } = {}): Promise<Runtime> {
+  /** prefixCacheBytes: KV caches each agent keeps for later turns of a chat (default DEFAULT_PREFIX_CACHE_BYTES; 0: none) */
+  static async fromFiles(spec: string, opts: { checkpoints?: string; events?: AgentEvents; prefixCacheBytes?: number } = {}): Promise<Runtime> {
     const runtime = new Runtime(opts.events);
     const configs = agentFiles(spec).map((f) => loadAgentConfig(f, opts.checkpoints ?? DEFAULT_CHECKPOINTS_DIR));
     if (!configs.length) throw new Error(`${spec}: no agent files (*.yaml)`);
     await runtime.load(configs);
+    if (opts.prefixCacheBytes !== undefined) for (const a of runtime.agents.values()) a.live.prefixCacheBytes = opts.prefixCacheBytes;
     return runtime;
   }
 
@@ -166,7 +168,7 @@ export class Runtime {
     const captureOnce = () => (capture ??= last && req.captureFacts !== false ? this.capture(agent, last.content, req.conversationId) : Promise.resolve([]));
     const ids = fitConversation(agent.model, req.messages, req.options?.maxTokens ?? 128, req.tools, req.prefill);
     const lease = agent.live.acquire();
-    const it = streamGenerate(agent.model, [ids], { ...req.options, adapter: lease.adapter });
+    const it = streamGenerate(agent.model, [ids], { ...req.options, adapter: lease.adapter, prefix: lease.prefix(ids), onCache: lease.keep });
     // Replies start at their first visible character (a BPE vocabulary often opens with a space);
     // a continued prefill is kept as written.
     const trim = req.prefill === undefined;

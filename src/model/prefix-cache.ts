@@ -1,0 +1,107 @@
+// A multi-turn chat sends the whole conversation again on every turn, and prefilling it again
+// costs more the longer the chat goes (seconds a turn on a CPU for a real model). The KV cache a
+// reply ends with is kept, with the tokens it holds, and a later request whose prompt starts with
+// some of those tokens continues from there: only the rest of its prompt is prefilled.
+//
+// A store belongs to one set of weights (LiveModel keeps one per version), so keys and values
+// computed by other weights are never reused: vLLM served stale prefixes after an adapter reload
+// (vllm #42125).
+import type { KVCache } from "./decoder.js";
+
+/** Shorter shared starts are prefilled again: copying the cache is not worth it for a few tokens. */
+export const MIN_REUSED_TOKENS = 16;
+
+export interface PrefixStats {
+  hits: number;
+  misses: number;
+  /** prompt tokens not prefilled because a cache held them */
+  reusedTokens: number;
+}
+
+interface Entry {
+  tokens: number[];
+  cache: KVCache;
+  bytes: number;
+  lastUsed: number;
+}
+
+export class PrefixStore {
+  private entries: Entry[] = [];
+  private clock = 0;
+
+  constructor(
+    private readonly windows: readonly (number | null)[],
+    /** the most bytes of keys and values kept; read on every put, so it can change */
+    private readonly budget: () => number,
+    private readonly stats: PrefixStats,
+  ) {}
+
+  get bytes(): number {
+    return this.entries.reduce((n, e) => n + e.bytes, 0);
+  }
+
+  get size(): number {
+    return this.entries.length;
+  }
+
+  /**
+   * A cache holding the longest start of `ids` any entry holds (at least one token is left to
+   * prefill, for the next token's logits). An entry wholly reused is handed over (the reply
+   * extends it and puts it back); a part of one is copied, and the entry stays for its own
+   * conversation.
+   */
+  take(ids: readonly number[]): { cache: KVCache; length: number } | undefined {
+    if (this.budget() <= 0) return undefined;
+    let best: Entry | undefined;
+    let length = 0;
+    for (const e of this.entries) {
+      const n = sharedStart(e.tokens, ids, ids.length - 1);
+      if (n > length) [best, length] = [e, n];
+    }
+    if (best && length >= Math.min(MIN_REUSED_TOKENS, best.tokens.length)) {
+      const whole = length === best.tokens.length;
+      const cache = whole ? best.cache : best.cache.prefix(length, this.windows);
+      if (cache) {
+        if (whole) this.entries.splice(this.entries.indexOf(best), 1);
+        else best.lastUsed = ++this.clock;
+        this.stats.hits++;
+        this.stats.reusedTokens += length;
+        return { cache, length };
+      }
+    }
+    this.stats.misses++;
+    return undefined;
+  }
+
+  /** Keeps `cache` (holding `tokens`), dropping the least recently used entries past the budget. */
+  put(cache: KVCache, tokens: number[]): void {
+    // An entry whose tokens are all the start of the new one is worth nothing more.
+    for (const e of this.entries.filter((e) => e.tokens.length <= tokens.length && sharedStart(e.tokens, tokens, e.tokens.length) === e.tokens.length)) this.drop(e);
+    this.entries.push({ tokens, cache, bytes: cache.bytes, lastUsed: ++this.clock });
+    this.fit();
+  }
+
+  /** Drops the least recently used entries until the rest fit the budget. */
+  fit(): void {
+    const budget = Math.max(0, this.budget());
+    this.entries.sort((a, b) => a.lastUsed - b.lastUsed);
+    while (this.entries.length && this.bytes > budget) this.drop(this.entries[0]!);
+  }
+
+  dispose(): void {
+    for (const e of [...this.entries]) this.drop(e);
+  }
+
+  private drop(e: Entry): void {
+    this.entries.splice(this.entries.indexOf(e), 1);
+    e.cache.dispose();
+  }
+}
+
+/** How many leading tokens `a` and `b` share, at most `limit`. */
+function sharedStart(a: readonly number[], b: readonly number[], limit: number): number {
+  const n = Math.min(a.length, b.length, limit);
+  let i = 0;
+  while (i < n && a[i] === b[i]) i++;
+  return i;
+}

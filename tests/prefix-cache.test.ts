@@ -1,0 +1,198 @@
+// The prefix cache: a later turn of a chat continues from the KV cache the previous reply ended
+// with. Replies must be the same tokens as with a full prefill, only the weights that computed a
+// cache may reuse it, and what is kept stays within its budget.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { initBackend, tf } from "../src/tensor/backend.js";
+import { loadModel, type LoadedModel } from "../src/model/load.js";
+import { generate } from "../src/model/generate.js";
+import { KVCache } from "../src/model/decoder.js";
+import { LoraAdapter } from "../src/lora/adapter.js";
+import { saveAdapter } from "../src/lora/peft.js";
+import { LiveModel } from "../src/runtime/live.js";
+import { Runtime } from "../src/runtime/runtime.js";
+import type { ChatMessage } from "../src/model/tokenizer.js";
+import { fixtureDir } from "./support/paths.js";
+import { writeTestAgent } from "./support/agent.js";
+
+await initBackend();
+const llama = loadModel(fixtureDir("llama"));
+
+/** A reply to `prompt` on the lease's weights, handing its cache back to the live model. */
+async function reply(live: LiveModel, model: LoadedModel, prompt: number[], maxTokens = 10): Promise<{ tokens: number[]; reused: number }> {
+  const lease = live.acquire();
+  const prefix = lease.prefix(prompt);
+  const [r] = await generate(model, [prompt], { maxTokens, temperature: 0, adapter: lease.adapter, prefix, onCache: lease.keep });
+  lease.release();
+  return { tokens: r!.tokens, reused: prefix?.length ?? 0 };
+}
+
+async function fullPrefill(model: LoadedModel, prompt: number[], adapter?: LoraAdapter, maxTokens = 10): Promise<number[]> {
+  const [r] = await generate(model, [prompt], { maxTokens, temperature: 0, adapter });
+  return r!.tokens;
+}
+
+function turns(model: LoadedModel, n: number): number[][] {
+  // each turn's prompt is the previous conversation, its reply and a new question
+  const messages: ChatMessage[] = [{ role: "user", content: "the quick brown fox jumps over the lazy dog" }];
+  const out: number[][] = [];
+  for (let k = 0; k < n; k++) {
+    out.push(model.tokenizer.applyChatTemplate(messages));
+    messages.push({ role: "assistant", content: `reply ${k}` }, { role: "user", content: `and then question number ${k + 2}?` });
+  }
+  return out;
+}
+
+test("a later turn continues from the kept cache and gives the tokens a full prefill gives; the tensors go with the live model", async () => {
+  const before = tf.memory().numTensors;
+  const live = new LiveModel(llama);
+  const prompts = turns(llama, 3);
+  for (const [k, prompt] of prompts.entries()) {
+    const got = await reply(live, llama, prompt);
+    assert.deepEqual(got.tokens, await fullPrefill(llama, prompt), `turn ${k + 1}`);
+    if (k > 0) assert.ok(got.reused >= prompts[k - 1]!.length, `turn ${k + 1} reused ${got.reused} of ${prompt.length} tokens`);
+  }
+  assert.deepEqual([live.prefixStats.hits, live.prefixStats.misses], [2, 1]);
+  assert.ok(live.prefixCacheHeld > 0);
+  live.dispose();
+  assert.equal(tf.memory().numTensors, before, "no kept cache outlives the live model");
+});
+
+test("a conversation that shares only a start copies that part and leaves the other conversation's cache whole", async () => {
+  const live = new LiveModel(llama);
+  const [first] = turns(llama, 1);
+  await reply(live, llama, first!, 6);
+  const other = [...first!.slice(0, 20), ...llama.tokenizer.encode(" a different ending altogether")];
+  const got = await reply(live, llama, other, 6);
+  assert.equal(got.reused, 20);
+  assert.deepEqual(got.tokens, await fullPrefill(llama, other, undefined, 6));
+  // the first conversation's next turn still finds all of its own cache
+  const again = await reply(live, llama, [...first!, 5, 6, 7], 6);
+  assert.equal(again.reused, first!.length, "all of its prompt (its reply was not sent back)");
+  live.dispose();
+});
+
+test("a swap drops the old weights' caches: the new version never continues from keys the old one computed", async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-prefix-"));
+  try {
+    const a = LoraAdapter.create(llama.config, { r: 4, alpha: 8, dropout: 0, useRslora: false, targetModules: ["q_proj", "k_proj", "v_proj"] }, llama.fingerprint, 3);
+    for (const { B } of a.modules.values()) B.assign(tf.randomNormal(B.shape, 0, 0.5, "float32", 7));
+    await saveAdapter(path.join(dir, "v0001"), a, llama.dir);
+    a.dispose();
+    const live = new LiveModel(llama);
+    const [first, second] = turns(llama, 2);
+    await reply(live, llama, first!);
+    live.swapTo("v0001", path.join(dir, "v0001"));
+    assert.equal(live.prefixCacheHeld, 0);
+    const got = await reply(live, llama, second!);
+    assert.equal(got.reused, 0, "nothing kept from the base model's turn");
+    const lease = live.acquire();
+    assert.deepEqual(got.tokens, await fullPrefill(llama, second!, lease.adapter));
+    lease.release();
+    // a reply pinned to the old version that ends after the swap does not leave its cache behind
+    const old = new LiveModel(llama);
+    const pinned = old.acquire();
+    old.swapTo("v0001", path.join(dir, "v0001"));
+    const [r] = await generate(llama, [first!], { maxTokens: 4, temperature: 0, onCache: pinned.keep });
+    pinned.release();
+    assert.ok(r);
+    assert.equal(old.prefixCacheHeld, 0);
+    old.dispose();
+    live.dispose();
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("kept caches stay within the budget, least recently used dropped first; 0 keeps none", async () => {
+  const live = new LiveModel(llama);
+  const prompts = ["one two three four five six", "seven eight nine ten eleven", "twelve thirteen fourteen fifteen"].map((t) => llama.tokenizer.applyChatTemplate([{ role: "user", content: t }]));
+  await reply(live, llama, prompts[0]!);
+  const one = live.prefixCacheHeld;
+  live.prefixCacheBytes = Math.floor(one * 2.5);
+  for (const p of prompts.slice(1)) await reply(live, llama, p);
+  assert.ok(live.prefixCacheHeld <= live.prefixCacheBytes, `${live.prefixCacheHeld} > ${live.prefixCacheBytes}`);
+  assert.equal((await reply(live, llama, [...prompts[0]!, 9])).reused, 0, "the oldest was dropped");
+  assert.ok((await reply(live, llama, [...prompts[2]!, 9])).reused > 0, "the newest was kept");
+  live.prefixCacheBytes = 0;
+  assert.equal(live.prefixCacheHeld, 0);
+  assert.equal((await reply(live, llama, [...prompts[2]!, 9, 9])).reused, 0);
+  assert.throws(() => (live.prefixCacheBytes = -1), /0 or more bytes/);
+  live.dispose();
+});
+
+test("sliding-window layers: a cache is reused where its kept keys cover the window, and refused where they were let go", async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-prefix-window-"));
+  try {
+    cpSync(fixtureDir("mistral"), dir, { recursive: true });
+    const config = JSON.parse(readFileSync(path.join(dir, "config.json"), "utf8"));
+    writeFileSync(path.join(dir, "config.json"), JSON.stringify({ ...config, sliding_window: 8 }));
+    const mistral = loadModel(dir);
+    try {
+      const live = new LiveModel(mistral);
+      const [first] = turns(mistral, 1);
+      const { tokens: answer } = await reply(live, mistral, first!);
+      // the reply sent back as generated: the whole entry continues, its window layers holding
+      // the 7 slots the next query can see
+      const second = [...first!, ...answer, 3, 4];
+      const got = await reply(live, mistral, second);
+      assert.ok(got.reused >= first!.length + answer.length - 1, `reused ${got.reused}`);
+      assert.deepEqual(got.tokens, await fullPrefill(mistral, second));
+      // a start shorter than what the window layers still hold cannot be continued: prefilled again
+      const branch = [...second.slice(0, 20), 3, 4, 5];
+      const misses = live.prefixStats.misses;
+      const again = await reply(live, mistral, branch);
+      assert.equal(again.reused, 0);
+      assert.equal(live.prefixStats.misses, misses + 1);
+      assert.deepEqual(again.tokens, await fullPrefill(mistral, branch));
+      live.dispose();
+      // KVCache.prefix directly: slots 0..n-8 of a window-8 layer are gone after n tokens
+      const cache = new KVCache(1);
+      tf.tidy(() => {
+        mistral.decoder.forward({ ids: [second.slice(0, 30)] }, { cache });
+      });
+      assert.deepEqual(cache.keys.map((k) => k.shape[2]), [7, 7]);
+      assert.equal(cache.prefix(20, mistral.config.slidingWindows), undefined, "slot 13 is needed and gone");
+      const whole = cache.prefix(30, mistral.config.slidingWindows)!;
+      assert.deepEqual(whole.keys.map((k) => k.shape[2]), [7, 7]);
+      whole.dispose();
+      cache.dispose();
+    } finally {
+      mistral.dispose();
+    }
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("through the runtime: a chat's second turn continues from the first and answers as a full prefill does", async () => {
+  // two agents alike (one ledger has one writer): one keeps caches, one prefills every turn whole
+  const [a, b] = [writeTestAgent({ capture: "off" }), writeTestAgent({ capture: "off" })];
+  const on = await Runtime.fromFiles(a.file);
+  const off = await Runtime.fromFiles(b.file, { prefixCacheBytes: 0 });
+  try {
+    const ask = async (runtime: Runtime, messages: ChatMessage[]) => {
+      const it = runtime.chat("tester", { messages, options: { maxTokens: 8, temperature: 0 } });
+      for (;;) {
+        const r = await it.next();
+        if (r.done) return r.value.result.text;
+      }
+    };
+    const first: ChatMessage[] = [{ role: "user", content: "Where does the ferry go?" }];
+    const a1 = await ask(on, first);
+    assert.equal(a1, await ask(off, first));
+    const second: ChatMessage[] = [...first, { role: "assistant", content: a1 }, { role: "user", content: "And when?" }];
+    assert.equal(await ask(on, second), await ask(off, second));
+    const live = on.agent("tester").live;
+    assert.equal(live.prefixStats.hits, 1);
+    assert.ok(live.prefixStats.reusedTokens > 0);
+    assert.deepEqual([off.agent("tester").live.prefixStats.hits, off.agent("tester").live.prefixCacheHeld], [0, 0]);
+  } finally {
+    await on.stop();
+    await off.stop();
+    for (const { dir } of [a, b]) rmSync(dir, { recursive: true });
+  }
+});

@@ -10,6 +10,7 @@ import { initBackend, tf } from "../src/tensor/backend.js";
 import { loadModel, type LoadedModel } from "../src/model/load.js";
 import { generate } from "../src/model/generate.js";
 import { KVCache } from "../src/model/decoder.js";
+import { MAX_ENTRIES } from "../src/model/prefix-cache.js";
 import { LoraAdapter } from "../src/lora/adapter.js";
 import { saveAdapter } from "../src/lora/peft.js";
 import { LiveModel } from "../src/runtime/live.js";
@@ -121,6 +122,10 @@ test("kept caches stay within the budget, least recently used dropped first; 0 k
   assert.equal(live.prefixCacheHeld, 0);
   assert.equal((await reply(live, llama, [...prompts[2]!, 9, 9])).reused, 0);
   assert.throws(() => (live.prefixCacheBytes = -1), /0 or more bytes/);
+  // however small the caches, at most MAX_ENTRIES conversations are kept
+  live.prefixCacheBytes = 2 ** 30;
+  for (let k = 0; k < MAX_ENTRIES + 3; k++) await reply(live, llama, [...prompts[0]!, 100 + k, 7], 1);
+  assert.equal(live.prefixCacheEntries, MAX_ENTRIES);
   live.dispose();
 });
 

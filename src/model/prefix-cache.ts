@@ -10,6 +10,11 @@ import type { KVCache } from "./decoder.js";
 
 /** Shorter shared starts are prefilled again: copying the cache is not worth it for a few tokens. */
 export const MIN_REUSED_TOKENS = 16;
+/**
+ * Conversations kept per weights version, whatever the bytes: a small model's caches are small,
+ * and thousands of one-turn chats would otherwise fill the budget, each scanned on every request.
+ */
+export const MAX_ENTRIES = 32;
 
 export interface PrefixStats {
   hits: number;
@@ -73,7 +78,7 @@ export class PrefixStore {
     return undefined;
   }
 
-  /** Keeps `cache` (holding `tokens`), dropping the least recently used entries past the budget. */
+  /** Keeps `cache` (holding `tokens`), dropping the least recently used entries past the budget or MAX_ENTRIES. */
   put(cache: KVCache, tokens: number[]): void {
     // An entry whose tokens are all the start of the new one is worth nothing more.
     for (const e of this.entries.filter((e) => e.tokens.length <= tokens.length && sharedStart(e.tokens, tokens, e.tokens.length) === e.tokens.length)) this.drop(e);
@@ -81,11 +86,11 @@ export class PrefixStore {
     this.fit();
   }
 
-  /** Drops the least recently used entries until the rest fit the budget. */
+  /** Drops the least recently used entries until the rest fit the budget and MAX_ENTRIES. */
   fit(): void {
     const budget = Math.max(0, this.budget());
     this.entries.sort((a, b) => a.lastUsed - b.lastUsed);
-    while (this.entries.length && this.bytes > budget) this.drop(this.entries[0]!);
+    while (this.entries.length && (this.bytes > budget || this.entries.length > MAX_ENTRIES)) this.drop(this.entries[0]!);
   }
 
   dispose(): void {

@@ -62,6 +62,11 @@ export class LiveModel {
     return this.current.prefixes.bytes;
   }
 
+  /** Conversations whose KV caches are kept now. */
+  get prefixCacheEntries(): number {
+    return this.current.prefixes.size;
+  }
+
   get version(): string | null {
     return this.current.version;
   }

@@ -978,6 +978,8 @@ test("every chunk of a stream and the x-kiln-version header name the version the
     for (const c of chunks) assert.equal(c.system_fingerprint, "kiln-vA", `every chunk names the pinned version: ${JSON.stringify(c)}`);
     assert.equal(chunks.at(-1).kiln.version, "vA");
     assert.equal(await gauge("kiln_agent_resident_versions"), 1, "vA is freed when its last request ends");
+    assert.ok((await gauge("kiln_prefix_cache_bytes")) > 0, "vB keeps the cache of the reply after the swap");
+    live.prefixCacheBytes = 0; // drops vB's kept cache: what vA's stream kept had to go with vA
     assert.equal(await gauge("kiln_tensors"), tensorsOnOneVersion, "no tensor outlives the swap and the requests");
   } finally {
     await srv.close();

@@ -635,6 +635,25 @@ test("an item with neither guid nor link whose text changes every poll is taken 
   assert.deepEqual(held.polls.map((p) => p.entries.map((e) => [e.text, e.revises])), [[["Fire on Dock Street: Three people died. Read 1 times.", undefined]], [], [["Fire on Dock Street: Three people died. Read 2 times.", true]]]);
 });
 
+test("a title names an untagged item only while the feed keeps listing it under that title: a later story of the same title is new, and a revision says which text it replaces", async () => {
+  const bare = (title: string, description: string) => item({ title, description });
+  // "Weather" leaves the feed; a later "Weather" is another story, not a revision of the first
+  const gone = await pollChurn([rss(bare("Weather", "Sunny all week.")), rss(bare("Ferry", "Runs at noon.")), rss(bare("Weather", "Storms on Friday."))]);
+  assert.deepEqual(
+    gone.polls.map((p) => p.entries.map((e) => [e.text, e.revises])),
+    [[["Weather: Sunny all week.", undefined]], [["Ferry: Runs at noon.", undefined]], [["Weather: Storms on Friday.", undefined]]],
+  );
+  // "Update" shared by two stories, then only the second listed, then it changes: the revision
+  // names the text it replaces (the second story's), not the first story that had the title alone
+  const first = bare("Update", "The bridge is open.");
+  const second = (s: string) => bare("Update", `The school is shut${s}.`);
+  const shared = await pollChurn([rss(first), rss([first, second("")].join("\n")), rss(second("")), rss(second(" until Monday")), rss(second(" until Monday"))]);
+  const entries = shared.polls.flatMap((p) => p.entries);
+  assert.deepEqual(entries.map((e) => e.text), ["Update: The bridge is open.", "Update: The school is shut.", "Update: The school is shut until Monday."]);
+  assert.equal(entries[2]!.revises, true);
+  assert.equal(entries[2]!.revisesHash, entries[1]!.contentHash, "the revision replaces the school's text, not the bridge's");
+});
+
 test("a correction is taken once it reads the same on a poll at least 10 minutes later, even where the server answers 304", async () => {
   // 08:00 first read; 08:30 the correction (waits); 08:35 the same (too soon: a second manual poll
   // is no evidence); 09:00 the same: taken. /churn.xml answers a conditional request for an

@@ -415,6 +415,31 @@ test("a feed item with neither guid nor link is known by its title: a settled ch
   }
 });
 
+test("an untagged item's revision supersedes the item whose text it replaces, not another story that once had its title alone", async () => {
+  const { dir, file, feedFile } = writeTestAgent();
+  const feed = (...items: string[]) =>
+    writeFileSync(feedFile, `<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"><channel><title>Harbor</title>\n${items.map((t) => `<item><title>Update</title><description>${t}</description></item>`).join("\n")}\n</channel></rss>`);
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    feed("The bridge is open.");
+    assert.equal((await agent.pollFeed("harbor")).added, 1);
+    feed("The school is shut.", "The bridge is open.");
+    assert.equal((await agent.pollFeed("harbor")).added, 1);
+    feed("The school is shut.");
+    assert.equal((await agent.pollFeed("harbor")).added, 0);
+    const [bridge, school] = ["bridge", "school"].map((w) => agent.ledger.items({ text: w })[0]!);
+    await agent.ledger.setItemStatus([bridge!.id], "absorbed", { version: "v0001" });
+    feed("The school is shut until Monday.");
+    assert.equal((await pollSettled(agent, "harbor")).added, 1);
+    assert.equal(agent.ledger.item(school!.id).status, "superseded", "the school's old text is what the revision replaces");
+    assert.equal(agent.ledger.item(bridge!.id).status, "absorbed", "the bridge story is another item");
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("a feed moved for good is logged once, polled at its new address, and /healthz shows where it lives", async () => {
   const hits: string[] = [];
   const feedServer = http.createServer((req, res) => {

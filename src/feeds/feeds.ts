@@ -90,8 +90,10 @@ export interface FeedEntry {
   publishedAt?: string;
   /** sha256 hex of the normalised title and summary */
   contentHash: string;
-  /** the feed listed this guid (or link) before with other text: a correction or update */
+  /** the feed listed this guid, link or title before with other text: a correction or update */
   revises?: true;
+  /** with `revises`: the contentHash of the text it replaces (the one last taken under its key), where recorded */
+  revisesHash?: string;
 }
 
 export interface PollResult {
@@ -543,7 +545,8 @@ function oneLine(s: string | undefined): string | undefined {
  * New = neither its key nor its content hash was seen before or earlier in this fetch.
  * A guid or link seen before whose text is another than the one taken for it (or, with none
  * recorded, a text never seen) is the feed changing an item: once the change settles (see
- * ItemRevisions) it comes back marked `revises`, for the caller to supersede what it stored.
+ * ItemRevisions) it comes back marked `revises` (and `revisesHash`, the text it replaces), for the
+ * caller to supersede what it stored. A title counts only while the item stays listed under it.
  * Keys of every item still in the feed move to the recent end, so the bound only ever drops
  * items the feed no longer lists.
  */
@@ -568,14 +571,20 @@ function dedupe(
     const earlier = keys.some((k) => inFetch.has(k));
     const listedTwice = inFetch.has(entry.key);
     for (const k of keys) inFetch.add(k);
-    if (!earlier && !keys.some((k) => seen.has(k))) entries.push(entry);
+    const taken = own(state.lastHashes, entry.key);
+    // A title names an untagged item only while the feed keeps listing it under that title: with
+    // no text recorded for it (the item left the feed, or another untagged item shared its title
+    // in the last fetch) a title seen before may be another story's ("Weather" every day), so the
+    // text alone says whether the entry is new, and it revises nothing.
+    const lapsedTitle = entry.key.startsWith("title:") && taken === undefined;
+    if (!earlier && !(lapsedTitle ? [hashKey] : keys).some((k) => seen.has(k))) entries.push(entry);
     // a key listed twice in one fetch: its first listing counts
     if (!keyed || listedTwice) continue;
-    const taken = own(state.lastHashes, entry.key);
     const before = own(state.revisions, entry.key);
     const recent = (before?.taken ?? []).filter((t) => opts.now - Date.parse(t) < DAY_MS);
     const changed =
       !earlier &&
+      !lapsedTitle &&
       seen.has(entry.key) &&
       // with no text recorded for the key (an older state, or an item back in the window): a
       // text never seen, or the one already waiting
@@ -613,7 +622,7 @@ function dedupe(
         );
       }
     } else {
-      entries.push({ ...entry, revises: true });
+      entries.push({ ...entry, revises: true, ...(taken !== undefined ? { revisesHash: taken } : {}) });
       hashes[entry.key] = entry.contentHash;
       revisions[entry.key] = { taken: [...recent, now] };
     }

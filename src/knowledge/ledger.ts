@@ -45,8 +45,11 @@ export interface Item {
   status: ItemStatus;
   createdAt: string;
   updatedAt: string;
-  /** feedKey: the feed's dedupe key for the item (see FeedEntry.key), so a revision finds what it revises */
-  source: { feedId?: string; feedKey?: string; link?: string; guid?: string; conversationId?: string; publishedAt?: string; by?: string };
+  /**
+   * feedKey: the feed's dedupe key for the item (see FeedEntry.key), and feedHash its contentHash
+   * there, so a revision finds what it revises
+   */
+  source: { feedId?: string; feedKey?: string; feedHash?: string; link?: string; guid?: string; conversationId?: string; publishedAt?: string; by?: string };
   contentHash: string;
   probes?: Probe[];
   absorbedBy?: string;

@@ -325,7 +325,7 @@ export class Agent {
     // the entries and the feed's new state in one write
     const added = (
       await this.ledger.addItems(
-        result.entries.map((e) => ({ kind: "feed" as const, text: e.text, source: { feedId, feedKey: e.key, link: e.link, guid: e.guid, publishedAt: e.publishedAt }, supersedes: earlier(e) })),
+        result.entries.map((e) => ({ kind: "feed" as const, text: e.text, source: { feedId, feedKey: e.key, feedHash: e.contentHash, link: e.link, guid: e.guid, publishedAt: e.publishedAt }, supersedes: earlier(e) })),
         (d, n) => {
           // Replace the state whole: a good poll drops lastError rather than leaving the old one.
           const at = d.feeds.findIndex((x) => x.id === feedId);
@@ -789,6 +789,13 @@ export class Agent {
 
 /** Whether a stored feed item is the one a revised entry revises (items stored before feedKey was recorded match by guid, then link). */
 function matchesFeedKey(item: Item, e: FeedEntry): boolean {
+  // A title names an untagged item only while the feed lists it under that title (see dedupe): the
+  // item revised is the untagged one holding the text the title last had, which may have been
+  // stored under its content hash while another item shared the title. Another story that once
+  // had the title alone (its feedKey the same title key) is not it.
+  if (e.key.startsWith("title:") && item.source.feedHash !== undefined) {
+    return e.revisesHash !== undefined && item.source.feedHash === e.revisesHash && !item.source.guid && !item.source.link;
+  }
   if (item.source.feedKey) return item.source.feedKey === e.key;
   if (e.guid) return item.source.guid === e.guid;
   return e.link !== undefined && !item.source.guid && item.source.link === e.link;

@@ -8,7 +8,7 @@ import os from "node:os";
 import path from "node:path";
 import { initBackend, tf } from "../src/tensor/backend.js";
 import { loadModel, type LoadedModel } from "../src/model/load.js";
-import { generate } from "../src/model/generate.js";
+import { generate, streamGenerate } from "../src/model/generate.js";
 import { KVCache } from "../src/model/decoder.js";
 import { MAX_ENTRIES } from "../src/model/prefix-cache.js";
 import { LoraAdapter } from "../src/lora/adapter.js";
@@ -200,4 +200,18 @@ test("through the runtime: a chat's second turn continues from the first and ans
     await off.stop();
     for (const { dir } of [a, b]) rmSync(dir, { recursive: true });
   }
+});
+
+test("a reply that ends after its live model was disposed (a runtime stopped with a stream in flight) does not keep its cache", async () => {
+  const before = tf.memory().numTensors;
+  const live = new LiveModel(llama);
+  const [first] = turns(llama, 1);
+  const lease = live.acquire();
+  const it = streamGenerate(llama, [first!], { maxTokens: 6, temperature: 0, onCache: lease.keep });
+  await it.next(); // the prompt is prefilled: the cache holds tensors
+  live.dispose();
+  await it.return([]); // the consumer goes away: the cache is handed to the lease
+  lease.release();
+  assert.equal(live.prefixCacheHeld, 0);
+  assert.equal(tf.memory().numTensors, before, "no cache kept by a disposed live model");
 });

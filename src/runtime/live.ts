@@ -122,7 +122,9 @@ export class LiveModel {
 
   dispose(): void {
     for (const s of this.slots) {
+      s.retired = true; // a reply still in flight neither takes nor keeps a cache here
       s.adapter?.dispose();
+      s.adapter = undefined; // its last lease's release must not free it again
       s.prefixes.dispose();
     }
     this.slots.clear();

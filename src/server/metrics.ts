@@ -119,7 +119,7 @@ export class Metrics {
     // Memory, to see a swap free the old adapter and a long run hold steady.
     const mem = memoryReport();
     family("kiln_process_resident_memory_bytes", "gauge", "Resident memory of the server process (the bake runs in its own process).", [sample({}, mem.rssBytes)]);
-    family("kiln_tensors", "gauge", "Tensors alive in the server process (base weights, resident adapters, generations in flight).", [sample({}, mem.numTensors)]);
+    family("kiln_tensors", "gauge", "Tensors alive in the server process (base weights, resident adapters, generations in flight, KV caches kept for later turns).", [sample({}, mem.numTensors)]);
     family("kiln_tensor_bytes", "gauge", "Bytes held by those tensors.", [sample({}, mem.tensorBytes)]);
 
     const agents = [...runtime.agents.values()];

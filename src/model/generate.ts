@@ -30,9 +30,11 @@ export interface GenerateOptions {
    */
   prefix?: { cache: KVCache; length: number };
   /**
-   * One prompt only: called once when generation ends without an error, with the KV cache and
-   * the tokens it holds (the prompt and the reply's tokens that were fed back), which the callee
-   * now owns. Without it the cache is disposed.
+   * One prompt only: called once when generation ends (finished, aborted, returned early, or an
+   * error after the cache was last extended, such as a constraint's dead end), with the KV cache
+   * and the tokens it holds (the prompt and the reply's tokens that were fed back), which the
+   * callee now owns. Where a forward pass failed part-way the cache is disposed instead, as it
+   * is without onCache.
    */
   onCache?: (cache: KVCache, tokens: number[]) => void;
 }

@@ -208,7 +208,7 @@ test("a reply that ends after its live model was disposed (a runtime stopped wit
   const [first] = turns(llama, 1);
   const lease = live.acquire();
   const it = streamGenerate(llama, [first!], { maxTokens: 6, temperature: 0, onCache: lease.keep });
-  await it.next(); // the prompt is prefilled: the cache holds tensors
+  assert.equal((await it.next()).done, false, "the prompt is prefilled and the reply goes on: the cache holds tensors");
   live.dispose();
   await it.return([]); // the consumer goes away: the cache is handed to the lease
   lease.release();

@@ -58,6 +58,7 @@ test("a later turn continues from the kept cache and gives the tokens a full pre
   }
   assert.deepEqual([live.prefixStats.hits, live.prefixStats.misses], [2, 1]);
   assert.ok(live.prefixCacheHeld > 0);
+  assert.equal(live.prefixCacheTensors, 2 * llama.config.numLayers * live.prefixCacheEntries, "keys and values per layer per conversation kept");
   live.dispose();
   assert.equal(tf.memory().numTensors, before, "no kept cache outlives the live model");
 });

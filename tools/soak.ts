@@ -449,7 +449,11 @@ async function takeSample(server: Server, dir: string, t: number): Promise<Sampl
   }
   try {
     const m = await (await fetch(`${server.url}/metrics`, { signal: AbortSignal.timeout(10_000) })).text();
-    s.tensors = metricValue(m, "kiln_tensors");
+    // KV caches kept for later turns come and go with the chat traffic (bounded per agent, and
+    // dropped at every swap): the floor that must not rise is that of the rest
+    const cached = h.agents.reduce((n, a) => n + (metricValue(m, "kiln_prefix_cache_tensors", `agent="${a.name}"`) ?? 0), 0);
+    const tensors = metricValue(m, "kiln_tensors");
+    s.tensors = tensors === null ? null : tensors - cached;
     const bytes = metricValue(m, "kiln_tensor_bytes");
     s.tensorMiB = bytes === null ? null : mib(bytes);
     for (const a of h.agents) s.resident[a.name] = metricValue(m, "kiln_agent_resident_versions", `agent="${a.name}"`) ?? -1;

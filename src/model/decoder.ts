@@ -39,10 +39,12 @@ export class KVCache {
     return this.mask[0]?.length ?? 0;
   }
   /** Bytes the keys and values hold (float32). */
+  /** The tensors held (a layer a prefix left empty holds none: see prefix). */
+  get tensors(): tf.Tensor4D[] {
+    return [...this.keys, ...this.values].filter((t): t is tf.Tensor4D => t !== undefined);
+  }
   get bytes(): number {
-    let n = 0;
-    for (const t of [...this.keys, ...this.values]) n += t.size * 4;
-    return n;
+    return this.tensors.reduce((n, t) => n + t.size * 4, 0);
   }
   /**
    * A new cache holding this one's first `length` slots (copies; this one is unchanged), or
@@ -67,7 +69,7 @@ export class KVCache {
     return out;
   }
   dispose(): void {
-    for (const t of [...this.keys, ...this.values]) t.dispose();
+    for (const t of this.tensors) t.dispose();
     this.keys = [];
     this.values = [];
     this.dropped = [];

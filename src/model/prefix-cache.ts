@@ -49,6 +49,10 @@ export class PrefixStore {
     return this.entries.length;
   }
 
+  get tensors(): number {
+    return this.entries.reduce((n, e) => n + e.cache.tensors.length, 0);
+  }
+
   /**
    * A cache holding the longest start of `ids` any entry holds (at least one token is left to
    * prefill, for the next token's logits). An entry wholly reused is handed over (the reply
@@ -56,7 +60,10 @@ export class PrefixStore {
    * conversation.
    */
   take(ids: readonly number[]): { cache: KVCache; length: number } | undefined {
-    if (this.budget() <= 0) return undefined;
+    if (this.budget() <= 0) {
+      this.stats.misses++;
+      return undefined;
+    }
     let best: Entry | undefined;
     let length = 0;
     for (const e of this.entries) {

@@ -62,6 +62,11 @@ export class LiveModel {
     return this.current.prefixes.bytes;
   }
 
+  /** Tensors of the KV caches kept now (a share of the process's tensor count). */
+  get prefixCacheTensors(): number {
+    return this.current.prefixes.tensors;
+  }
+
   /** Conversations whose KV caches are kept now. */
   get prefixCacheEntries(): number {
     return this.current.prefixes.size;

@@ -127,6 +127,7 @@ export class Metrics {
     family("kiln_prefix_cache_hits_total", "counter", "Chat requests that continued from a kept KV cache (a later turn of a conversation), by agent.", agents.map((a) => sample({ agent: a.name }, a.live.prefixStats.hits)));
     family("kiln_prefix_cache_misses_total", "counter", "Chat requests that prefilled their whole prompt, by agent.", agents.map((a) => sample({ agent: a.name }, a.live.prefixStats.misses)));
     family("kiln_prefix_cache_reused_tokens_total", "counter", "Prompt tokens not prefilled because a kept KV cache held them, by agent.", agents.map((a) => sample({ agent: a.name }, a.live.prefixStats.reusedTokens)));
+    family("kiln_prefix_cache_tensors", "gauge", "Tensors of those KV caches, by agent (counted in kiln_tensors too).", agents.map((a) => sample({ agent: a.name }, a.live.prefixCacheTensors)));
     family("kiln_prefix_cache_bytes", "gauge", "Bytes of KV caches kept for later turns, by agent (--prefix-cache-mb bounds it).", agents.map((a) => sample({ agent: a.name }, a.live.prefixCacheHeld)));
     family("kiln_agent_live_version", "gauge", 'The weights version each agent serves, as a label (value 1; version="base" is the base model).', agents.map((a) => sample({ agent: a.name, version: a.live.version ?? "base" }, 1)));
     family("kiln_ledger_items", "gauge", "Ledger items by agent and status.", agents.flatMap((a) => ITEM_STATUSES.map((status) => sample({ agent: a.name, status }, a.ledger.items({ status }).length))));

@@ -635,6 +635,20 @@ test("an item with neither guid nor link whose text changes every poll is taken 
   assert.deepEqual(held.polls.map((p) => p.entries.map((e) => [e.text, e.revises])), [[["Fire on Dock Street: Three people died. Read 1 times.", undefined]], [], [["Fire on Dock Street: Three people died. Read 2 times.", true]]]);
 });
 
+test("an untagged item's date is part of its title key: the next day's headline of the same title is a new item, an edit under the same date a revision", async () => {
+  const weather = (day: number, text: string) => rss(item({ title: "Weather", description: text, pubDate: new Date(Date.UTC(2024, 4, day, 6)).toUTCString() }));
+  const { polls } = await pollChurn([weather(1, "Sunny."), weather(1, "Sunny, then rain."), weather(1, "Sunny, then rain."), weather(2, "Storms.")]);
+  assert.deepEqual(
+    polls.map((p) => p.entries.map((e) => [e.key, e.text, e.revises])),
+    [
+      [["title:weather @2024-05-01T06:00:00.000Z", "Weather: Sunny.", undefined]],
+      [],
+      [["title:weather @2024-05-01T06:00:00.000Z", "Weather: Sunny, then rain.", true]],
+      [["title:weather @2024-05-02T06:00:00.000Z", "Weather: Storms.", undefined]],
+    ],
+  );
+});
+
 test("a title names an untagged item only while the feed keeps listing it under that title: a later story of the same title is new, and a revision says which text it replaces", async () => {
   const bare = (title: string, description: string) => item({ title, description });
   // "Weather" leaves the feed; a later "Weather" is another story, not a revision of the first

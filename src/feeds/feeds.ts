@@ -522,16 +522,21 @@ function toEntry(feedId: string, item: RawItem): FeedEntry | undefined {
 /**
  * An item with neither guid nor link is known only by its text, so a feed that keeps changing
  * one (a view counter, a corrected figure) would add a new item on every poll, each baked. Where
- * its title is the only untagged one with that title in the fetch, the title becomes its key, and a
- * change is a revision like a guid's (it must settle, at most maxRevisionsPerDay a day). Titles
- * shared in one fetch ("Update") stay keyed by text: one key for two stories would lose one.
+ * its title (with its date, when the feed dates it) is the only untagged one like it in the
+ * fetch, that becomes its key, and a change is a revision like a guid's (it must settle, at most
+ * maxRevisionsPerDay a day). The date keeps a recurring headline apart: Tuesday's "Weather" is
+ * not an edit of Monday's. Titles shared in one fetch ("Update") stay keyed by text: one key for
+ * two stories would lose one.
  */
 function keyUntaggedByTitle(candidates: FeedEntry[]): void {
   const untagged = candidates.filter((e) => !e.guid && !e.link && e.title);
-  const norm = (t: string) => t.normalize("NFC").replace(/\s+/g, " ").trim().toLowerCase();
+  const identity = (e: FeedEntry) => {
+    const title = e.title.normalize("NFC").replace(/\s+/g, " ").trim().toLowerCase();
+    return e.publishedAt ? `${title} @${e.publishedAt}` : title;
+  };
   const count = new Map<string, number>();
-  for (const e of untagged) count.set(norm(e.title), (count.get(norm(e.title)) ?? 0) + 1);
-  for (const e of untagged) if (count.get(norm(e.title)) === 1) e.key = boundedKey("title", norm(e.title));
+  for (const e of untagged) count.set(identity(e), (count.get(identity(e)) ?? 0) + 1);
+  for (const e of untagged) if (count.get(identity(e)) === 1) e.key = boundedKey("title", identity(e));
 }
 
 function oneLine(s: string | undefined): string | undefined {

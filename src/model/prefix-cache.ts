@@ -87,6 +87,11 @@ export class PrefixStore {
 
   /** Keeps `cache` (holding `tokens`), dropping the least recently used entries past the budget or MAX_ENTRIES. */
   put(cache: KVCache, tokens: number[]): void {
+    if (cache.length !== tokens.length || tokens.length < MIN_REUSED_TOKENS) {
+      // a reply aborted before its first forward holds nothing worth keeping
+      cache.dispose();
+      return;
+    }
     // An entry whose tokens are all the start of the new one is worth nothing more.
     for (const e of this.entries.filter((e) => e.tokens.length <= tokens.length && sharedStart(e.tokens, tokens, e.tokens.length) === e.tokens.length)) this.drop(e);
     this.entries.push({ tokens, cache, bytes: cache.bytes, lastUsed: ++this.clock });

@@ -16,6 +16,7 @@ import { LoraAdapter, type LoraSettings } from "../src/lora/adapter.js";
 import { loadAdapter, saveAdapter } from "../src/lora/peft.js";
 import { baseModelName, exportAdapter, type ExportSource } from "../src/lora/export.js";
 import { Runtime } from "../src/runtime/runtime.js";
+import { createServer } from "../src/server/index.js";
 import { FAST_BAKE, writeTestAgent } from "./support/agent.js";
 import { fixtureDir, repoRoot } from "./support/paths.js";
 
@@ -296,7 +297,7 @@ test("refusals: a destination in use, an architecture llama.cpp's converter cann
   }
 });
 
-test("kiln versions export: by version id or live, beside the agent's state; unknown versions and base are named", async () => {
+test("kiln versions export and the admin API: by version id or live, beside the agent's state; unknown versions and base are named", async () => {
   const all = { ...FAST_BAKE, lora: { ...FAST_BAKE.lora, targetModules: ALL.targetModules } };
   const { dir, file } = writeTestAgent({ bake: { probesPerItem: 1, checkProbes: false, openQuestions: ["hello"], settings: all } });
   try {
@@ -309,6 +310,25 @@ test("kiln versions export: by version id or live, beside the agent's state; unk
       assert.equal(baked.version, "v0001", baked.reasons.join("; "));
       await assert.rejects(agent.exportVersion("v0042", path.join(dir, "x"), { format: "peft" }), /no version v0042 \(known: v0001\)/);
       await assert.rejects(agent.exportVersion("base", path.join(dir, "x"), { format: "peft" }), /base is the base model itself, with no adapter to export/);
+
+      // the admin API: peft and gguf onto the server's disk; merged is left to the CLI, beside the server
+      const server = await createServer(runtime, { port: 0 });
+      try {
+        const post = async (id: string, body: unknown) => {
+          const res = await fetch(`${server.url}/admin/agents/tester/versions/${id}/export`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+          return { status: res.status, body: (await res.json()) as Record<string, unknown> & { error?: { message: string } } };
+        };
+        const ok = await post("live", { to: path.join(dir, "api.gguf"), format: "gguf" });
+        assert.equal(ok.status, 201, JSON.stringify(ok.body));
+        assert.equal(ok.body.version, "v0001");
+        assert.ok(existsSync(path.join(dir, "api.gguf")));
+        assert.equal((await post("live", { to: path.join(dir, "api.gguf"), format: "gguf" })).status, 409, "an earlier export is kept without force");
+        assert.equal((await post("v0009", { to: path.join(dir, "y") })).status, 404);
+        assert.match((await post("v0001", { to: "relative/dir" })).body.error!.message, /to must be an absolute path on the server/);
+        assert.match((await post("v0001", { to: path.join(dir, "m"), format: "merged" })).body.error!.message, /format must be peft or gguf/);
+      } finally {
+        await server.close();
+      }
     } finally {
       await runtime.stop();
     }

@@ -19,20 +19,28 @@ import { Runtime } from "../src/runtime/runtime.js";
 import { createServer } from "../src/server/index.js";
 import { FAST_BAKE, writeTestAgent } from "./support/agent.js";
 import { fixtureDir, repoRoot } from "./support/paths.js";
+import { logits, maxDiff, randomizeB } from "./support/lora.js";
 
 await initBackend();
 
 const ALL: LoraSettings = { r: 4, alpha: 8, dropout: 0, targetModules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], useRslora: false };
-const IDS = [[5, 80, 200, 17, 33, 260, 9, 101]];
-
-/** A stored adapter on a fixture model: every target, B random so it changes the model. */
-async function storedAdapter(model: LoadedModel, settings: LoraSettings, seed: number): Promise<{ dir: string; adapter: LoraAdapter }> {
+/**
+ * Runs `fn` with a fixture model and an adapter of `settings` stored as a version would be (B
+ * random, so it changes the model), then frees both and removes the folder.
+ */
+async function withStored(fixture: string, settings: LoraSettings, seed: number, fn: (model: LoadedModel, adapter: LoraAdapter, dir: string) => Promise<void>): Promise<void> {
+  const model = loadModel(fixtureDir(fixture));
   const adapter = LoraAdapter.create(model.config, settings, model.fingerprint, seed);
-  let s = seed;
-  for (const { B } of adapter.modules.values()) B.assign(tf.randomNormal(B.shape, 0, 0.05, "float32", s++));
+  randomizeB(adapter, seed);
   const dir = path.join(mkdtempSync(path.join(os.tmpdir(), "kiln-export-src-")), "v0001");
-  await saveAdapter(dir, adapter, model.dir);
-  return { dir, adapter };
+  try {
+    await saveAdapter(dir, adapter, model.dir);
+    await fn(model, adapter, dir);
+  } finally {
+    adapter.dispose();
+    model.dispose();
+    rmSync(path.dirname(dir), { recursive: true });
+  }
 }
 
 const source = (model: LoadedModel, adapterDir: string): ExportSource => ({ adapterDir, model, name: "tester-v0001" });
@@ -40,19 +48,6 @@ const source = (model: LoadedModel, adapterDir: string): ExportSource => ({ adap
 /** Every file of a folder with its sha256: what "untouched" means. */
 function hashes(dir: string): Record<string, string> {
   return Object.fromEntries(readdirSync(dir).map((f) => [f, createHash("sha256").update(readFileSync(path.join(dir, f))).digest("hex")]));
-}
-
-async function logits(model: LoadedModel, adapter?: LoraAdapter): Promise<Float32Array> {
-  const out = tf.tidy(() => model.decoder.forward({ ids: IDS }, { adapter }));
-  const values = (await out.data()) as Float32Array;
-  out.dispose();
-  return values;
-}
-
-function maxDiff(a: Float32Array, b: Float32Array): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
 }
 
 /**
@@ -82,11 +77,9 @@ for (const [fixture, arch, permuted] of [
   ["qwen2", "qwen2", false],
 ] as const) {
   test(`${fixture}: a GGUF export is what llama.cpp's converter writes, read back by @huggingface/gguf`, async () => {
-    const model = loadModel(fixtureDir(fixture));
     const settings = { ...ALL, useRslora: fixture === "mistral" };
-    const { dir, adapter } = await storedAdapter(model, settings, 3);
-    const out = path.join(path.dirname(dir), "adapter.gguf");
-    try {
+    await withStored(fixture, settings, 3, async (model, adapter, dir) => {
+      const out = path.join(path.dirname(dir), "adapter.gguf");
       const before = hashes(dir);
       const r = await exportAdapter(source(model, dir), out, { format: "gguf" });
       assert.deepEqual(r.files, [out]);
@@ -143,19 +136,13 @@ for (const [fixture, arch, permuted] of [
         const got = h.values(info);
         for (let i = 0; i < want.length; i++) assert.ok(Math.abs(got[i]! - want[i]!) <= Math.abs(want[i]!) * 1e-3 + 1e-7, `${info.name}[${i}]`);
       }
-    } finally {
-      adapter.dispose();
-      model.dispose();
-      rmSync(path.dirname(dir), { recursive: true });
-    }
+    });
   });
 }
 
 test("a PEFT export reads back with identical tensors and names its base model as other tools find it", async () => {
-  const model = loadModel(fixtureDir("llama"));
-  const { dir, adapter } = await storedAdapter(model, { ...ALL, useRslora: true }, 5);
-  const out = path.join(path.dirname(dir), "peft");
-  try {
+  await withStored("llama", { ...ALL, useRslora: true }, 5, async (model, adapter, dir) => {
+    const out = path.join(path.dirname(dir), "peft");
     const r = await exportAdapter(source(model, dir), out, { format: "peft" });
     assert.deepEqual(readdirSync(out).sort(), ["adapter_config.json", "adapter_model.safetensors"]);
     const config = JSON.parse(readFileSync(path.join(out, "adapter_config.json"), "utf8"));
@@ -168,39 +155,29 @@ test("a PEFT export reads back with identical tensors and names its base model a
     back.dispose();
     // a model pulled from the hub is named by its repo id, which PEFT and vLLM can fetch
     assert.equal(baseModelName("/home/u/.cache/kiln/hub/models--HuggingFaceTB--SmolLM2-135M-Instruct/snapshots/12fd25f77366fa6b3b4b768ec3050bf629380bac"), "HuggingFaceTB/SmolLM2-135M-Instruct");
-  } finally {
-    adapter.dispose();
-    model.dispose();
-    rmSync(path.dirname(dir), { recursive: true });
-  }
+  });
 });
 
 // F32 fixtures: the merged weights are exact up to float32 rounding (F16 and BF16 bases are below)
 for (const fixture of ["llama", "mistral"]) {
   test(`${fixture}: a merged export is a model kiln loads with the adapter's logits, its other files copied`, async () => {
-    const model = loadModel(fixtureDir(fixture));
-    const { dir, adapter } = await storedAdapter(model, ALL, 7);
-    const out = path.join(path.dirname(dir), "merged");
-    try {
-      const base = await logits(model);
-      const unmerged = await logits(model, adapter);
+    await withStored(fixture, ALL, 7, async (model, adapter, dir) => {
+      const out = path.join(path.dirname(dir), "merged");
+      const base = await logits(model.decoder);
+      const unmerged = await logits(model.decoder, adapter);
       await exportAdapter(source(model, dir), out, { format: "merged" });
       for (const f of readdirSync(model.dir)) assert.ok(existsSync(path.join(out, f)), `${f} is in the merged folder`);
       assert.deepEqual(readFileSync(path.join(out, "config.json")), readFileSync(path.join(model.dir, "config.json")));
       const merged = loadModel(out);
       try {
-        const got = await logits(merged);
+        const got = await logits(merged.decoder);
         assert.ok(maxDiff(got, unmerged) < 1e-4, `merged vs base + adapter: ${maxDiff(got, unmerged)}`);
         assert.ok(maxDiff(got, base) > 1e-3, "the merged model is not the base");
         assert.equal(merged.fingerprint, model.fingerprint, "embeddings are not adapted: the same base fingerprint");
       } finally {
         merged.dispose();
       }
-    } finally {
-      adapter.dispose();
-      model.dispose();
-      rmSync(path.dirname(dir), { recursive: true });
-    }
+    });
   });
 }
 
@@ -209,10 +186,8 @@ for (const [fixture, dtype, step] of [
   ["qwen3", "BF16", 2 ** -8],
 ] as const) {
   test(`${fixture}: a merged export keeps each weight's dtype: ${dtype} stays ${dtype} (W + delta rounded once), untouched tensors byte for byte`, async () => {
-    const model = loadModel(fixtureDir(fixture));
-    const { dir, adapter } = await storedAdapter(model, { ...ALL, targetModules: ["q_proj", "down_proj"] }, 9);
-    const out = path.join(path.dirname(dir), "merged");
-    try {
+    await withStored(fixture, { ...ALL, targetModules: ["q_proj", "down_proj"] }, 9, async (model, adapter, dir) => {
+      const out = path.join(path.dirname(dir), "merged");
       await exportAdapter(source(model, dir), out, { format: "merged" });
       const merged = readHeader(path.join(out, "model.safetensors"));
       const base = readHeader(path.join(model.dir, "model.safetensors"));
@@ -233,21 +208,15 @@ for (const [fixture, dtype, step] of [
       d.dispose();
       for (let i = 0; i < w.length; i++) assert.ok(Math.abs(m[i]! - (w[i]! + delta[i]!)) <= Math.abs(w[i]! + delta[i]!) * step + 2 ** -25, `down_proj[${i}]`);
       const loaded = loadModel(out);
-      assert.ok(maxDiff(await logits(loaded), await logits(model)) > 1e-3, "the merged model is not the base");
+      assert.ok(maxDiff(await logits(loaded.decoder), await logits(model.decoder)) > 1e-3, "the merged model is not the base");
       loaded.dispose();
-    } finally {
-      adapter.dispose();
-      model.dispose();
-      rmSync(path.dirname(dir), { recursive: true });
-    }
+    });
   });
 }
 
 test("refusals: a destination in use, an architecture llama.cpp's converter cannot take, a corrupt version, the stored version itself", async () => {
-  const model = loadModel(fixtureDir("llama"));
-  const { dir, adapter } = await storedAdapter(model, ALL, 11);
-  const root = path.dirname(dir);
-  try {
+  await withStored("llama", ALL, 11, async (model, adapter, dir) => {
+    const root = path.dirname(dir);
     // a folder that is not an export is never written over, --force or not
     const precious = path.join(root, "precious");
     mkdirSync(precious);
@@ -290,11 +259,7 @@ test("refusals: a destination in use, an architecture llama.cpp's converter cann
       assert.ok(!existsSync(to), `${format}: nothing written`);
     }
     assert.deepEqual(readdirSync(root).filter((f) => f.includes(".tmp-")), [], "no temp files left");
-  } finally {
-    adapter.dispose();
-    model.dispose();
-    rmSync(root, { recursive: true });
-  }
+  });
 });
 
 test("kiln versions export and the admin API: by version id or live, beside the agent's state; unknown versions and base are named", async () => {

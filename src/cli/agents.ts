@@ -236,7 +236,7 @@ export function registerAgentCommands(program: Command): void {
   });
 
   // --- versions ---
-  const versions = program.command("versions").description("an agent's weight versions");
+  const versions = program.command("versions").description("an agent's weight versions: list, diff, roll back, export (PEFT, GGUF, merged)");
   withAgents(versions.command("list [agent]").description("versions with their parent, items and absorption / retention / persona scores")).action(async (name: string | undefined, o: AgentOpts) => {
     const ledger = await readLedger(o, name);
     const vs = ledger.data.versions;

@@ -276,18 +276,23 @@ export function writeSafetensorsFrom(file: string, tensors: Map<string, TensorTo
   const tmp = `${file}.tmp-${process.pid}`;
   const fd = openSync(tmp, "w");
   try {
-    writeSync(fd, head);
+    writeAll(fd, head);
     for (const name of names) {
       const t = tensors.get(name)!;
       const d = t.bytes();
       const want = t.shape.reduce((a, b) => a * b, 1) * BYTES[t.dtype]!;
       if (d.byteLength !== want) throw new Error(`tensor "${name}": shape [${t.shape}] ${t.dtype} needs ${want} bytes, got ${d.byteLength}`);
-      writeSync(fd, d);
+      writeAll(fd, d);
     }
   } finally {
     closeSync(fd);
   }
   renameSync(tmp, file);
+}
+
+/** writeSync may write less than it was given: go on until all of it is written. */
+function writeAll(fd: number, data: Uint8Array): void {
+  for (let at = 0; at < data.byteLength; ) at += writeSync(fd, data, at, data.byteLength - at);
 }
 
 /** Writes float32 tensors via a temp file and rename. */

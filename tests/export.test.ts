@@ -284,10 +284,10 @@ test("kiln versions export and the admin API: by version id or live, beside the 
           const res = await fetch(`${server.url}/admin/agents/tester/versions/${id}/export`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
           return { status: res.status, body: (await res.json()) as Record<string, unknown> & { error?: { message: string } } };
         };
-        const ok = await post("live", { to: path.join(dir, "api.gguf"), format: "gguf" });
+        const ok = await post("live", { to: path.join(dir, "api.gguf"), format: "gguf", ggufType: "f16" });
         assert.equal(ok.status, 201, JSON.stringify(ok.body));
         assert.equal(ok.body.version, "v0001");
-        assert.ok(existsSync(path.join(dir, "api.gguf")));
+        assert.ok((await gguf(path.join(dir, "api.gguf"), { allowLocalFile: true })).tensorInfos.every((t) => t.dtype === 1), "F16 tensors");
         assert.equal((await post("live", { to: path.join(dir, "api.gguf"), format: "gguf" })).status, 409, "an earlier export is kept without force");
         assert.equal((await post("v0009", { to: path.join(dir, "y") })).status, 404);
         assert.match((await post("v0001", { to: "relative/dir" })).body.error!.message, /to must be an absolute path on the server/);

@@ -79,7 +79,7 @@ const ExportBody = z
     to: z.string().min(1, "to is required").refine((p) => path.isAbsolute(p), "to must be an absolute path on the server"),
     format: z.enum(["peft", "gguf"], { message: "format must be peft or gguf (a merged export runs with kiln versions export, beside the server)" }).default("peft"),
     force: z.boolean().default(false),
-    ggufType: z.enum(["F32", "F16"]).default("F32"),
+    ggufType: z.enum(["f32", "f16"]).default("f32"), // as the CLI's --gguf-type
   })
   .strict();
 const VerifyBody = z.object({ ids: z.array(z.string().min(1)).max(500).optional() }).strict();
@@ -346,7 +346,7 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
     const id = request.params.id;
     if (id !== "live" && id !== "base") agent.ledger.version(id); // 404 for an unknown version
     try {
-      const result = await agent.exportVersion(id, body.to, { format: body.format, force: body.force, ggufType: body.ggufType });
+      const result = await agent.exportVersion(id, body.to, { format: body.format, force: body.force, ggufType: body.ggufType === "f16" ? "F16" : "F32" });
       return reply.code(201).send(result);
     } catch (err) {
       throw new ApiError(409, (err as Error).message, "export_failed", "to");

@@ -36,7 +36,7 @@ const GGUF_ARCHITECTURES: Record<Architecture, { name: string; permuteQK: boolea
 };
 
 /** HF module name -> llama.cpp tensor name (gguf-py's TensorNameMap). */
-const GGUF_TENSORS: Record<LoraTarget, string> = {
+export const GGUF_TENSORS: Record<LoraTarget, string> = {
   q_proj: "attn_q",
   k_proj: "attn_k",
   v_proj: "attn_v",
@@ -52,8 +52,14 @@ const GGML_TYPE: Record<GgufDType, number> = { F32: 0, F16: 1 };
 const FILE_TYPE: Record<GgufDType, number> = { F32: 0, F16: 1 };
 const ALIGNMENT = 32;
 
-export type GgufValue = { type: "string"; value: string } | { type: "u32"; value: number } | { type: "f32"; value: number };
-const VALUE_TYPE = { u32: 4, f32: 6, string: 8 } as const;
+export type GgufValue =
+  | { type: "string"; value: string }
+  | { type: "u32"; value: number }
+  | { type: "f32"; value: number }
+  | { type: "string[]"; value: string[] }
+  | { type: "i32[]"; value: number[] };
+// gguf_type: UINT32 4, INT32 5, FLOAT32 6, STRING 8, ARRAY 9 (then the element type and a u64 count)
+const VALUE_TYPE = { u32: 4, i32: 5, f32: 6, string: 8, array: 9 } as const;
 
 export interface GgufTensor {
   name: string;
@@ -117,8 +123,20 @@ export function encodeGguf(metadata: [string, GgufValue][], tensors: GgufTensor[
   u32(3);
   u64(tensors.length);
   u64(metadata.length);
+  const i32 = (n: number) => {
+    const b = Buffer.alloc(4);
+    b.writeInt32LE(n);
+    parts.push(b);
+  };
   for (const [key, v] of metadata) {
     str(key);
+    if (v.type === "string[]" || v.type === "i32[]") {
+      u32(VALUE_TYPE.array);
+      u32(v.type === "string[]" ? VALUE_TYPE.string : VALUE_TYPE.i32);
+      u64(v.value.length);
+      for (const x of v.value) typeof x === "string" ? str(x) : i32(x);
+      continue;
+    }
     u32(VALUE_TYPE[v.type]);
     if (v.type === "string") str(v.value);
     else if (v.type === "u32") u32(v.value);

@@ -28,6 +28,7 @@ export { generate, type GenerateOptions, type GenerationResult, type GenerationC
 export { bake, DEFAULT_BAKE, type BakeRequest, type BakeSettings, type BakeReport, type BakeProgress } from "./bake/trainer.js";
 export { LoraAdapter, DEFAULT_LORA, type LoraSettings } from "./lora/adapter.js";
 export { saveAdapter, loadAdapter, AdapterFileError } from "./lora/peft.js";
+export { exportAdapter, EXPORT_FORMATS, type ExportFormat, type ExportOptions, type ExportResult, type ExportSource } from "./lora/export.js";
 
 // The pieces an agent is made of, for use on their own.
 export { Ledger, LedgerError, type Item, type ItemStatus, type VersionRecord, type BakeRun } from "./knowledge/ledger.js";

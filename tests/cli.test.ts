@@ -154,7 +154,7 @@ test("--help shows no secret and no option that does nothing, and every versions
   assert.doesNotMatch(serve.stdout, /s3cret-token/);
   assert.doesNotMatch(kiln(["chat", "--help"]).stdout, /--json/);
   const versions = kiln(["versions", "--help"]).stdout;
-  for (const sub of ["list", "diff", "rollback"]) assert.match(versions, new RegExp(`^  ${sub} \\[options\\][^\\n]*\\S\\s{2,}\\S`, "m"), `versions ${sub} has a description`);
+  for (const sub of ["list", "diff", "rollback", "export"]) assert.match(versions, new RegExp(`^  ${sub} \\[options\\][^\\n]*\\S\\s{2,}\\S`, "m"), `versions ${sub} has a description`);
 });
 
 test("a named backend whose optional package is missing says which package to install", { skip: resolvable("@tensorflow/tfjs-node") && "@tensorflow/tfjs-node is installed here" }, () => {

@@ -13,6 +13,7 @@ import { AdapterRegistry, LoraAdapter, mergeAdapters, unmergeAdapters, type Lora
 import { checkAdapterTarget, loadAdapter, peftKeys, saveAdapter } from "../src/lora/peft.js";
 import { readHeader, readTensors, writeSafetensors } from "../src/model/safetensors.js";
 import { FIXTURE_NAMES, fixtureDir } from "./support/paths.js";
+import { IDS, logits, maxDiff, randomizeB } from "./support/lora.js";
 
 await initBackend();
 
@@ -23,33 +24,8 @@ const ALL_TARGETS: LoraSettings = {
   targetModules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
   useRslora: false,
 };
-const IDS = [
-  [5, 80, 200, 17, 33, 260, 9, 101],
-  [316, 117, 115, 276, 10, 72, 301, 111],
-];
-
 function fingerprintOf(model: LoadedModel): string {
   return model.fingerprint;
-}
-
-/** Read asynchronously, so these properties can be checked on every backend (webgpu too). */
-async function logits(decoder: Decoder, adapter?: LoraAdapter | ReturnType<AdapterRegistry["hook"]>): Promise<Float32Array> {
-  const out = tf.tidy(() => decoder.forward({ ids: IDS }, { adapter: adapter ?? undefined }));
-  const values = (await out.data()) as Float32Array;
-  out.dispose();
-  return values;
-}
-
-function maxDiff(a: Float32Array, b: Float32Array): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
-  return m;
-}
-
-/** Gives B random values so the adapter actually changes the model. */
-function randomizeB(adapter: LoraAdapter, seed: number): void {
-  let s = seed;
-  for (const { B } of adapter.modules.values()) B.assign(tf.randomNormal(B.shape, 0, 0.05, "float32", s++));
 }
 
 for (const name of FIXTURE_NAMES) {

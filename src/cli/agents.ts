@@ -12,6 +12,7 @@ import { ITEM_STATUSES, Ledger, type Item, type ItemStatus } from "../knowledge/
 import { loadAgentConfig, parseAgentConfig, type AgentConfig } from "../runtime/agent-config.js";
 import { agentFiles, DEFAULT_AGENTS_DIR, DEFAULT_CHECKPOINTS_DIR, Runtime } from "../runtime/runtime.js";
 import type { ChatMessage } from "../model/tokenizer.js";
+import { EXPORT_FORMATS, type ExportFormat } from "../lora/export.js";
 import { bakeProgressReporter } from "./progress.js";
 import { decimal, integer, print } from "./common.js";
 
@@ -235,7 +236,7 @@ export function registerAgentCommands(program: Command): void {
   });
 
   // --- versions ---
-  const versions = program.command("versions").description("an agent's weight versions");
+  const versions = program.command("versions").description("an agent's weight versions: list, diff, roll back, export (PEFT, GGUF, merged)");
   withAgents(versions.command("list [agent]").description("versions with their parent, items and absorption / retention / persona scores")).action(async (name: string | undefined, o: AgentOpts) => {
     const ledger = await readLedger(o, name);
     const vs = ledger.data.versions;
@@ -259,6 +260,29 @@ export function registerAgentCommands(program: Command): void {
       await runtime.stop();
     }
   });
+
+  withAgents(versions.command("export <agent> <version>").description("write a version (vNNNN, or live) as a PEFT directory, a llama.cpp LoRA GGUF file or a merged Hugging Face model"))
+    // required, but checked in the action (as generate's --prompt): commander would report it before a mistyped option
+    .option("--to <path>", "where to write it: a new folder (peft, merged) or .gguf file (required)")
+    .addOption(new Option("--format <format>", "peft: for PEFT and vLLM; gguf: for llama.cpp's --lora; merged: the base model with the adapter fused in").choices(EXPORT_FORMATS).default("peft"))
+    .addOption(new Option("--gguf-type <type>", "tensor type of a GGUF export").choices(["f32", "f16"]).default("f32"))
+    .option("--force", "replace an earlier export at --to (nothing else is ever replaced)")
+    .action(async (name: string, version: string, o: AgentOpts & { to?: string; format: ExportFormat; ggufType: string; force?: boolean }) => {
+      if (o.to === undefined) throw new Error("give where to write the export with --to <path>");
+      // read-only: it only reads the version, so it runs beside a kiln serve of the same agent
+      const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name, false, true);
+      try {
+        const r = await runtime.agent(agent).exportVersion(version, o.to, { format: o.format, force: o.force, ggufType: o.ggufType === "f16" ? "F16" : "F32" });
+        print(o.json, r, () =>
+          [
+            `exported ${agent} ${r.version}${r.status === "rejected" ? " (a version the gate rejected)" : ""} as ${r.format} to ${r.path} (${r.files.length} file(s), ${(r.bytes / 2 ** 20).toFixed(1)} MiB)`,
+            `base model: ${r.baseModel}`,
+          ].join("\n"),
+        );
+      } finally {
+        await runtime.stop();
+      }
+    });
 
   // --- probe and bake ---
   withAgents(program.command("probe <agent> <question>").description("ask on the live weights with and without context in the prompt"))

@@ -89,19 +89,42 @@ export function peftKeys(config: ModelConfig, settings: LoraSettings): string[] 
  * must never delete a user's folder, nor an agent's version (its manifest.json says whose).
  */
 export function checkAdapterTarget(dir: string, replace: boolean): void {
-  if (!existsSync(dir)) return;
-  if (!statSync(dir).isDirectory()) throw new AdapterFileError(dir, "exists and is not a folder; choose a new folder for the adapter");
-  const entries = readdirSync(dir);
-  if (entries.length === 0) return;
-  if (entries.includes("manifest.json")) throw new AdapterFileError(dir, "is a version an agent owns (it has manifest.json); bake into a new folder");
-  if (!entries.includes(ADAPTER_CONFIG)) throw new AdapterFileError(dir, `is a folder that is not a PEFT adapter (no ${ADAPTER_CONFIG}) and is not empty; kiln will not replace it: choose a new folder`);
-  if (!replace) throw new AdapterFileError(dir, "already holds an adapter; pass --force to replace it");
+  checkFolderTarget(dir, replace, ADAPTER_CONFIG, "PEFT adapter", "an adapter");
 }
 
 /**
- * Writes the adapter into `dir` atomically: everything goes into a sibling temp directory that
- * is renamed into place, so a reader never sees half an adapter.
+ * The rule of checkAdapterTarget for any folder kiln writes whole: new or empty, or, with
+ * `replace`, one that `marker` shows holds what kiln would write there (`what`, `holding`).
  */
+export function checkFolderTarget(dir: string, replace: boolean, marker: string, what: string, holding: string): void {
+  if (!existsSync(dir)) return;
+  if (!statSync(dir).isDirectory()) throw new AdapterFileError(dir, `exists and is not a folder; choose a new folder for the ${what}`);
+  const entries = readdirSync(dir);
+  if (entries.length === 0) return;
+  if (entries.includes("manifest.json")) throw new AdapterFileError(dir, "is a version an agent owns (it has manifest.json); write into a new folder");
+  if (!entries.includes(marker)) throw new AdapterFileError(dir, `is a folder that is not a ${what} (no ${marker}) and is not empty; kiln will not replace it: choose a new folder`);
+  if (!replace) throw new AdapterFileError(dir, `already holds ${holding}; pass --force to replace it`);
+}
+
+/**
+ * Fills a sibling temp folder and renames it into place (replacing what was there), so a reader
+ * never sees half a folder and a failure leaves the old one as it was.
+ */
+export async function writeFolderAtomically(dir: string, fill: (tmp: string) => void | Promise<void>): Promise<void> {
+  const target = path.resolve(dir);
+  const tmp = `${target}.tmp-${process.pid}-${Date.now()}`;
+  mkdirSync(tmp, { recursive: true });
+  try {
+    await fill(tmp);
+    if (existsSync(target)) rmSync(target, { recursive: true });
+    renameSync(tmp, target);
+  } catch (err) {
+    rmSync(tmp, { recursive: true, force: true });
+    throw err;
+  }
+}
+
+/** Writes the adapter into `dir` atomically (writeFolderAtomically). */
 export async function saveAdapter(dir: string, adapter: LoraAdapter, baseModel: string, extraFiles: Record<string, string> = {}): Promise<void> {
   const target = path.resolve(dir);
   // read every factor before touching the disk (asynchronously: the device keeps working)
@@ -118,18 +141,11 @@ export async function saveAdapter(dir: string, adapter: LoraAdapter, baseModel: 
   const kinds = LORA_TARGETS.filter((t) => names.some((m) => m.endsWith(`.${t}`)));
   const layers = adapter.numLayers ?? 1 + Math.max(...names.map((m) => Number(/^model\.layers\.(\d+)\./.exec(m)?.[1] ?? 0)));
   const targetModules = names.length === kinds.length * layers ? kinds : names;
-  const tmp = `${target}.tmp-${process.pid}-${Date.now()}`;
-  mkdirSync(tmp, { recursive: true });
-  try {
+  await writeFolderAtomically(target, (tmp) => {
     writeFileSync(path.join(tmp, ADAPTER_CONFIG), JSON.stringify(peftConfig(adapter.settings, baseModel, targetModules), null, 2) + "\n");
     writeSafetensors(path.join(tmp, ADAPTER_WEIGHTS), tensors, { format: "pt", [FINGERPRINT_KEY]: adapter.baseModelFingerprint });
     for (const [name, text] of Object.entries(extraFiles)) writeFileSync(path.join(tmp, name), text);
-    if (existsSync(target)) rmSync(target, { recursive: true });
-    renameSync(tmp, target);
-  } catch (err) {
-    rmSync(tmp, { recursive: true, force: true });
-    throw err;
-  }
+  });
 }
 
 type AdapterConfig = z.infer<typeof AdapterConfigSchema>;

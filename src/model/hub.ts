@@ -120,6 +120,15 @@ export function isRepoId(s: string): boolean {
   return isRepoIdForm(s) && !existsSync(s);
 }
 
+/**
+ * The repo id of a model pulled into a hub cache (<cache>/models--owner--name/snapshots/<commit>,
+ * the layout getRepoFolderName names), else undefined: what other tools call the model.
+ */
+export function repoIdOfSnapshot(dir: string): string | undefined {
+  const m = /(?:^|[\\/])models--([^\\/]+?)--([^\\/]+)[\\/]snapshots[\\/][^\\/]+[\\/]?$/.exec(dir);
+  return m ? `${m[1]}/${m[2]}` : undefined;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Offline resolution
 

@@ -28,8 +28,8 @@ export class ModelLoadError extends Error {
   }
 }
 
-/** Which safetensors file holds each tensor. */
-function weightFiles(dir: string): Map<string, string> {
+/** Which safetensors file holds each tensor ("*" for a single model.safetensors). */
+export function weightFiles(dir: string): Map<string, string> {
   const index = path.join(dir, "model.safetensors.index.json");
   if (existsSync(index)) {
     let weightMap: Record<string, string>;

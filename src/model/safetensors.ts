@@ -1,6 +1,6 @@
 // safetensors: u64 little-endian header length N, N bytes of JSON
 // {name: {dtype, shape, data_offsets: [begin, end)}, "__metadata__": {...}}, then raw little-endian data.
-import { closeSync, openSync, readSync, fstatSync, writeFileSync, renameSync } from "node:fs";
+import { closeSync, openSync, readSync, fstatSync, writeSync, renameSync } from "node:fs";
 
 export type DType = "F32" | "F16" | "BF16";
 
@@ -136,6 +136,57 @@ export function halfToFloat(h: number): number {
   return sign * 2 ** (exp - 15) * (1 + frac / 1024);
 }
 
+/**
+ * float32 values as the bytes of `dtype`, rounded to nearest even as torch's .to() rounds (BF16
+ * is the top half of the F32 bits, rounded; F16 is built from the bits, subnormals, overflow to
+ * infinity and NaN as IEEE 754 says).
+ */
+export function fromFloat32(dtype: DType, data: Float32Array): Uint8Array {
+  if (dtype === "F32") return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  if (dtype !== "BF16" && dtype !== "F16") throw new Error(`cannot write float32 values as ${dtype}`);
+  const bits = new Uint32Array(data.buffer, data.byteOffset, data.length);
+  const out = new Uint16Array(data.length);
+  for (let i = 0; i < data.length; i++) out[i] = dtype === "BF16" ? bf16Bits(bits[i]!) : halfBits(bits[i]!);
+  return new Uint8Array(out.buffer);
+}
+
+function bf16Bits(f: number): number {
+  if ((f & 0x7fffffff) > 0x7f800000) return (f >>> 16) | 0x40; // NaN stays a (quiet) NaN
+  return (f + 0x7fff + ((f >>> 16) & 1)) >>> 16;
+}
+
+function halfBits(f: number): number {
+  const sign = (f >>> 16) & 0x8000;
+  const exp = (f >>> 23) & 0xff;
+  const mant = f & 0x7fffff;
+  if (exp === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0); // infinity, NaN
+  const e = exp - 127 + 15;
+  if (e >= 0x1f) return sign | 0x7c00; // too large: infinity
+  if (e <= 0) {
+    if (e < -10) return sign; // below half the smallest subnormal: zero
+    // subnormal: shift the mantissa (with its implicit 1) into place, rounding to nearest even
+    const m = mant | 0x800000;
+    const shift = 14 - e;
+    const half = 1 << (shift - 1);
+    const rest = m & ((1 << shift) - 1);
+    let h = m >>> shift;
+    if (rest > half || (rest === half && h & 1)) h++;
+    return sign | h;
+  }
+  let h = (e << 10) | (mant >>> 13);
+  const rest = mant & 0x1fff;
+  if (rest > 0x1000 || (rest === 0x1000 && h & 1)) h++; // a carry into the exponent is still right (up to infinity)
+  return sign | h;
+}
+
+/** The stored bytes of one tensor, as they are in the file (any dtype). */
+export function readRawTensor(header: SafetensorsHeader, name: string, fd: number): Buffer {
+  const e = header.tensors.get(name);
+  if (!e) throw new SafetensorsError(header.file, "is not in this file", name);
+  const [begin, end] = e.dataOffsets;
+  return readExactly(fd, end - begin, header.dataStart + begin, header.file, `tensor "${name}"`);
+}
+
 /** Reads the named tensors (or all) as float32, each with its shape. */
 export function readTensors(
   header: SafetensorsHeader,
@@ -145,14 +196,54 @@ export function readTensors(
   const fd = openSync(header.file, "r");
   try {
     for (const name of names) {
-      const e = header.tensors.get(name);
-      if (!e) throw new SafetensorsError(header.file, "is not in this file", name);
-      const [begin, end] = e.dataOffsets;
-      const raw = readExactly(fd, end - begin, header.dataStart + begin, header.file, `tensor "${name}"`);
+      const raw = readRawTensor(header, name, fd);
+      const e = header.tensors.get(name)!;
       out.set(name, { shape: e.shape, data: toFloat32(e.dtype, raw, header.file, name) });
     }
   } finally {
     closeSync(fd);
+  }
+  return out;
+}
+
+/** One tensor to write: its dtype, shape and a way to get its bytes when its turn comes. */
+export interface TensorToWrite {
+  /** any safetensors dtype: tensors copied from another file keep theirs */
+  dtype: string;
+  shape: number[];
+  bytes: () => Uint8Array;
+}
+
+/**
+ * The header part of a file: u64 length, then the JSON (names sorted, offsets in that order),
+ * padded with spaces to 8 bytes so the data section stays aligned for readers that map it.
+ */
+function encodeHeader(tensors: Map<string, { dtype: string; shape: number[] }>, metadata: Record<string, string>): { head: Buffer; names: string[]; dataBytes: number } {
+  const header: Record<string, unknown> = { __metadata__: metadata };
+  let offset = 0;
+  const names = [...tensors.keys()].sort();
+  for (const name of names) {
+    const { dtype, shape } = tensors.get(name)!;
+    const bytes = shape.reduce((a, b) => a * b, 1) * BYTES[dtype]!;
+    header[name] = { dtype, shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
+  }
+  let json = Buffer.from(JSON.stringify(header), "utf8");
+  const pad = (8 - (json.length % 8)) % 8;
+  if (pad) json = Buffer.concat([json, Buffer.alloc(pad, 0x20)]);
+  const head = Buffer.alloc(8 + json.length);
+  head.writeBigUInt64LE(BigInt(json.length), 0);
+  json.copy(head, 8);
+  return { head, names, dataBytes: offset };
+}
+
+/** float32 tensors as entries for the writers, their length checked against their shape. */
+function float32Entries(tensors: Map<string, { shape: number[]; data: Float32Array }>): Map<string, TensorToWrite> {
+  const out = new Map<string, TensorToWrite>();
+  for (const [name, t] of tensors) {
+    const expected = t.shape.reduce((a, b) => a * b, 1);
+    if (expected !== t.data.length) throw new Error(`tensor "${name}": shape [${t.shape}] needs ${expected} values, got ${t.data.length}`);
+    out.set(name, { dtype: "F32", shape: t.shape, bytes: () => new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength) });
   }
   return out;
 }
@@ -162,39 +253,53 @@ export function encodeSafetensors(
   tensors: Map<string, { shape: number[]; data: Float32Array }>,
   metadata: Record<string, string> = { format: "pt" },
 ): Buffer {
-  const header: Record<string, unknown> = { __metadata__: metadata };
-  let offset = 0;
-  const names = [...tensors.keys()].sort();
+  const entries = float32Entries(tensors);
+  const { head, names, dataBytes } = encodeHeader(entries, metadata);
+  const out = Buffer.alloc(head.length + dataBytes);
+  head.copy(out, 0);
+  let at = head.length;
   for (const name of names) {
-    const t = tensors.get(name)!;
-    const expected = t.shape.reduce((a, b) => a * b, 1);
-    if (expected !== t.data.length) throw new Error(`tensor "${name}": shape [${t.shape}] needs ${expected} values, got ${t.data.length}`);
-    header[name] = { dtype: "F32", shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
-    offset += t.data.byteLength;
-  }
-  let json = Buffer.from(JSON.stringify(header), "utf8");
-  // Pad the header to 8 bytes so the data section stays aligned for readers that map it.
-  const pad = (8 - (json.length % 8)) % 8;
-  if (pad) json = Buffer.concat([json, Buffer.alloc(pad, 0x20)]);
-  const out = Buffer.alloc(8 + json.length + offset);
-  out.writeBigUInt64LE(BigInt(json.length), 0);
-  json.copy(out, 8);
-  let at = 8 + json.length;
-  for (const name of names) {
-    const d = tensors.get(name)!.data;
-    Buffer.from(d.buffer, d.byteOffset, d.byteLength).copy(out, at);
+    const d = entries.get(name)!.bytes();
+    out.set(d, at);
     at += d.byteLength;
   }
   return out;
 }
 
-/** Writes via a temp file and rename, so a crash never leaves a half-written file in place. */
+/**
+ * Writes tensors of any dtype one at a time, each read from `bytes()` only when written, so a
+ * file larger than memory (a merged model) never has to be held whole. Written via a temp file
+ * and rename, so a crash never leaves a half-written file in place.
+ */
+export function writeSafetensorsFrom(file: string, tensors: Map<string, TensorToWrite>, metadata: Record<string, string> = { format: "pt" }): void {
+  const { head, names } = encodeHeader(tensors, metadata);
+  const tmp = `${file}.tmp-${process.pid}`;
+  const fd = openSync(tmp, "w");
+  try {
+    writeAll(fd, head);
+    for (const name of names) {
+      const t = tensors.get(name)!;
+      const d = t.bytes();
+      const want = t.shape.reduce((a, b) => a * b, 1) * BYTES[t.dtype]!;
+      if (d.byteLength !== want) throw new Error(`tensor "${name}": shape [${t.shape}] ${t.dtype} needs ${want} bytes, got ${d.byteLength}`);
+      writeAll(fd, d);
+    }
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, file);
+}
+
+/** writeSync may write less than it was given: go on until all of it is written. */
+function writeAll(fd: number, data: Uint8Array): void {
+  for (let at = 0; at < data.byteLength; ) at += writeSync(fd, data, at, data.byteLength - at);
+}
+
+/** Writes float32 tensors via a temp file and rename. */
 export function writeSafetensors(
   file: string,
   tensors: Map<string, { shape: number[]; data: Float32Array }>,
   metadata?: Record<string, string>,
 ): void {
-  const tmp = `${file}.tmp-${process.pid}`;
-  writeFileSync(tmp, encodeSafetensors(tensors, metadata));
-  renameSync(tmp, file);
+  writeSafetensorsFrom(file, float32Entries(tensors), metadata);
 }

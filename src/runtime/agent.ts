@@ -18,6 +18,7 @@ import { INACTIVE_STATUSES, Ledger, markBaking, type BakeRun, type Item, type It
 import { newsTime, pairedHeldItems, updatePairs } from "../knowledge/updates.js";
 import type { LoadedModel } from "../model/load.js";
 import { ADAPTER_WEIGHTS } from "../lora/peft.js";
+import { exportAdapter, type ExportOptions, type ExportResult } from "../lora/export.js";
 import type { AgentConfig } from "./agent-config.js";
 import { LiveModel } from "./live.js";
 
@@ -666,6 +667,21 @@ export class Agent {
   /** Why a version cannot go live (again), or null when it can. */
   whyNotLive(version: string): string | null {
     return this.ledger.whyNotLive(version);
+  }
+
+  /**
+   * Writes a version ("live" for the live one) as a PEFT directory, a llama.cpp GGUF adapter or a
+   * merged model (src/lora/export.ts). It only reads the version and the ledger, so it runs beside
+   * a server, and a rejected version that is still on disk exports too (its status is returned).
+   */
+  async exportVersion(version: string, to: string, opts: ExportOptions): Promise<ExportResult & { version: string; status: VersionRecord["status"] }> {
+    if (version === "base") throw new Error(`base is the base model itself, with no adapter to export (its folder is ${this.model.dir})`);
+    const id = version === "live" ? this.ledger.data.live : version;
+    if (id === null) throw new Error(`${this.name} is live on the base model: there is no adapter to export`);
+    const v = this.ledger.version(id);
+    if (!existsSync(v.dir)) throw new Error(`version ${id} is no longer on disk (pruned)`);
+    const result = await exportAdapter({ adapterDir: v.dir, model: this.model, name: `${this.name}-${id}` }, to, opts);
+    return { version: id, status: v.status, ...result };
   }
 
   /** The gate's status changes; an item retracted, superseded (corrected by its feed) or expired meanwhile stays so. */

@@ -21,10 +21,14 @@
 //   GET  /admin/agents/:name/versions?limit=&offset=     newest first
 //   GET  /admin/agents/:name/versions/diff?from=&to=  ("base" = the base model)
 //   POST /admin/agents/:name/versions/:id/rollback    (id "base" = the base model)
+//   POST /admin/agents/:name/versions/:id/export {to, format?, force?, ggufType?}
+//                                                    201: written on the server's disk (id "live" = the live
+//                                                    version; format peft or gguf; merged is the CLI's)
 //   POST /admin/agents/:name/verify {ids?}     absorbed items' probes asked on the live weights now
 //   POST /admin/agents/:name/probe {question, context?}
 import type { FastifyInstance } from "fastify";
 import { existsSync } from "node:fs";
+import path from "node:path";
 import { z } from "zod";
 import { ITEM_STATUSES as STATUSES, type BakeRun, type Item, type ItemStatus } from "../knowledge/ledger.js";
 import type { Agent, BakeOutcome } from "../runtime/agent.js";
@@ -67,6 +71,17 @@ const VersionsQuery = z.object({
   limit: z.coerce.number().int().min(1).max(10_000).default(500),
   offset: z.coerce.number().int().min(0).default(0),
 });
+// `to` is a path on the server's machine: absolute, since the server's working folder is not the client's.
+// A merged export reads and writes the whole model in this process, holding up serving: the CLI
+// (`kiln versions export`, which runs beside the server) does that one.
+const ExportBody = z
+  .object({
+    to: z.string().min(1, "to is required").refine((p) => path.isAbsolute(p), "to must be an absolute path on the server"),
+    format: z.enum(["peft", "gguf"], { message: "format must be peft or gguf (a merged export runs with kiln versions export, beside the server)" }).default("peft"),
+    force: z.boolean().default(false),
+    ggufType: z.enum(["f32", "f16"]).default("f32"), // as the CLI's --gguf-type
+  })
+  .strict();
 const VerifyBody = z.object({ ids: z.array(z.string().min(1)).max(500).optional() }).strict();
 
 const ProbeBody = z.object({
@@ -323,6 +338,19 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
       throw new ApiError(409, (err as Error).message, "rollback_failed", "id");
     }
     return { previous: previous ?? "base", live: agent.live.version ?? "base" };
+  });
+
+  app.post<IdParams>("/admin/agents/:name/versions/:id/export", async (request, reply) => {
+    const agent = findAgent(ctx, request.params.name);
+    const body = parse(ExportBody, request.body, "");
+    const id = request.params.id;
+    if (id !== "live" && id !== "base") agent.ledger.version(id); // 404 for an unknown version
+    try {
+      const result = await agent.exportVersion(id, body.to, { format: body.format, force: body.force, ggufType: body.ggufType === "f16" ? "F16" : "F32" });
+      return reply.code(201).send(result);
+    } catch (err) {
+      throw new ApiError(409, (err as Error).message, "export_failed", "to");
+    }
   });
 
   // --- verify: proof of what the live weights hold ---

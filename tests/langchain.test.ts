@@ -658,16 +658,23 @@ test("a schema the JSON constraint cannot follow is refused before generation; a
       assert.match(err.message, /the parameters of "probe" cannot be used to constrain its arguments: no value fits the schema: #: "a" is required but additionalProperties is false/);
       return true;
     });
-    assert.equal(model.requests.length, 0, "nothing was generated");
-
-    // past the matcher's bound on readings mid-reply (after '["'): an error, not broken JSON
+    // more readings at once than the matcher follows, after '["' (it used to fail mid-reply)
     const strings = () => ({ anyOf: Array.from({ length: 256 }, (_, i) => ({ type: "string", maxLength: 100 + i })) });
     const wide = { anyOf: Array.from({ length: 5 }, (_, k) => ({ type: "array", minItems: k, items: strings() })) };
-    const response_format = { type: "json_schema" as const, json_schema: { name: "wide", schema: wide } };
-    const fails = (err: Error) => err instanceof JsonConstraintError && /too ambiguous .* \(at most 1024\)/.test(err.message);
-    await assert.rejects(model.invoke("a list?", { response_format }), fails);
+    await assert.rejects(model.invoke("a list?", { response_format: { type: "json_schema", json_schema: { name: "wide", schema: wide } } }), (err: Error) => {
+      assert.equal(err.name, "ResponseFormatError");
+      assert.match(err.message, /too ambiguous .* at \$\[\*\] in the value, .* follow 1280 readings at once \(at most 1024\)/);
+      return true;
+    });
+    assert.equal(model.requests.length, 0, "nothing was generated");
+
+    // what only shows mid-reply: the fixture's byte-level vocabulary writes "☃" in three tokens,
+    // and a byte alone is no character the enum's text holds: an error, not broken JSON
+    const response_format = { type: "json_schema" as const, json_schema: { name: "snow", schema: { enum: ["☃"] } } };
+    const fails = (err: Error) => err instanceof JsonConstraintError && /no token of the vocabulary continues the JSON after "\\""/.test(err.message);
+    await assert.rejects(model.invoke("a snowman?", { response_format }), fails);
     await assert.rejects(async () => {
-      for await (const _ of await model.stream("a list?", { response_format }));
+      for await (const _ of await model.stream("a snowman?", { response_format }));
     }, fails);
   });
 });

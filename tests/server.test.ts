@@ -465,6 +465,7 @@ test("schemas the JSON constraint cannot follow are 400s on response_format and 
   const ok = { model: "tester", messages: [{ role: "user" as const, content: "JSON, please." }], max_tokens: 16, temperature: 0 };
   const schemaFormat = (schema: Record<string, unknown>) => ({ type: "json_schema" as const, json_schema: { name: "s", schema } });
   const objects = (n: number) => Array.from({ length: n }, (_, i) => ({ type: "object", properties: { [`k${i}`]: { type: "string" } } }));
+  const strings = () => ({ anyOf: Array.from({ length: 256 }, (_, i) => ({ type: "string", maxLength: 100 + i })) });
   let deep: Record<string, unknown> = { type: "string" };
   for (let i = 0; i < 200; i++) deep = { type: "array", items: deep };
   const refused: [Record<string, unknown>, RegExp][] = [
@@ -480,6 +481,9 @@ test("schemas the JSON constraint cannot follow are 400s on response_format and 
     // past the matcher's limits
     [{ type: "object", properties: { u: { anyOf: objects(300) } } }, /#\/properties\/u has 300 alternatives .* at most 256/],
     [{ type: "object", properties: { d: deep } }, /nests deeper than 128 levels/],
+    // unions that add up at one place: five kinds of array, each of a union of 256 strings, all
+    // open after '["' (it used to fail mid-reply, a 500 after the stream had begun)
+    [{ anyOf: Array.from({ length: 5 }, (_, k) => ({ type: "array", minItems: k, items: strings() })) }, /too ambiguous .* at \$\[\*\] in the value, .* follow 1280 readings at once \(at most 1024\)/],
   ];
   for (const [schema, message] of refused) {
     await rejects(client.chat.completions.create({ ...ok, response_format: schemaFormat(schema) }), "response_format", message);
@@ -499,19 +503,20 @@ test("schemas the JSON constraint cannot follow are 400s on response_format and 
 });
 
 test("a JSON constraint that cannot go on mid-reply fails the request with 500 constraint_failed, streamed or not, never a stop on broken JSON", async () => {
-  // five kinds of array, each of a union of 256 strings: compiled within the limits, but after '["'
-  // more readings are open at once than the matcher follows
-  const strings = () => ({ anyOf: Array.from({ length: 256 }, (_, i) => ({ type: "string", maxLength: 100 + i })) });
-  const wide = { anyOf: Array.from({ length: 5 }, (_, k) => ({ type: "array", minItems: k, items: strings() })) };
-  const base = { model: "tester", messages: [{ role: "user" as const, content: "A list, please." }], max_tokens: 16, temperature: 0 };
-  // (as a tool's parameters the schema would also be in the prompt, longer than the model's context)
-  const requests: [OpenAI.ChatCompletionCreateParamsNonStreaming, string][] = [[{ ...base, response_format: { type: "json_schema", json_schema: { name: "wide", schema: wide } } }, "response_format"]];
+  // What the checks before generation cannot see: the fixture's byte-level vocabulary writes "☃"
+  // in three tokens, and a byte alone is no character the enum's text holds.
+  const snow = { enum: ["☃"] };
+  const base = { model: "tester", messages: [{ role: "user" as const, content: "A snowman, please." }], max_tokens: 16, temperature: 0 };
+  const requests: [OpenAI.ChatCompletionCreateParamsNonStreaming, string][] = [
+    [{ ...base, response_format: { type: "json_schema", json_schema: { name: "snow", schema: snow } } }, "response_format"],
+    [{ ...base, tools: [{ type: "function", function: { name: "snow", parameters: { type: "object", properties: { s: snow }, required: ["s"] } } }], tool_choice: "required" }, "tool_choice"],
+  ];
   for (const [params, param] of requests) {
     const r = await call("/v1/chat/completions", { method: "POST", body: params });
     assert.equal(r.status, 500, r.text);
     assertErrorShape(r.json, 500);
     assert.deepEqual([r.json.error.type, r.json.error.code, r.json.error.param], ["server_error", "constraint_failed", param]);
-    assert.match(r.json.error.message, /could not finish the reply under its JSON constraint: the schema is too ambiguous .* readings at once \(at most 1024\)/);
+    assert.match(r.json.error.message, /could not finish the reply under its JSON constraint: constrained generation: no token of the vocabulary continues the JSON after/);
 
     // streamed: the first token went out, then an error event; no finish_reason, no [DONE]
     const chunks: OpenAI.ChatCompletionChunk[] = [];

@@ -22,10 +22,12 @@
 // a named tool) is the reply, and the format does not apply to it.
 //
 // A schema the constraint cannot follow is refused before generation (a ResponseFormatError, a
-// 400 on the API): one no value fits, a $ref cycle that reads nothing, one too large or too deep.
-// Should generation still reach a point where no token continues the JSON (a vocabulary that
-// cannot write a character the schema needs, readings past the matcher's bound), the constraint
-// throws a JsonConstraintError and the reply fails with it: never a "stop" with broken JSON.
+// 400 on the API): one no value fits, a $ref cycle that reads nothing, one too large or too deep,
+// one whose unions could open more readings at once than the matcher follows. Should generation
+// still reach a point where no token continues the JSON (a vocabulary that cannot write a
+// character the schema needs: a byte-level one writes "☃" as three bytes, none of which an enum's
+// text holds alone), the constraint throws a JsonConstraintError and the reply fails with it:
+// never a "stop" with broken JSON.
 import type { LoadedModel } from "../model/load.js";
 import { constrainToJson, JsonMatcher, schemaGaps, tokenTexts, type JsonSchema, type SchemaGap } from "../model/json-constraint.js";
 

@@ -18,7 +18,7 @@
 // empty number range: the mask would otherwise leave the model nothing to write mid-value), a
 // $ref/anyOf cycle that reads no character (left recursion: following it never ends), one nested
 // deeper or larger than JSON_CONSTRAINT_LIMITS allows, a union of more alternatives than the
-// matcher follows.
+// matcher follows, one that could open more readings at once than it follows (see below).
 // Parts of a schema nothing fits but that a value need not use (an optional property, a branch of
 // anyOf) are dropped, so every state the matcher reaches can still be finished.
 //
@@ -28,8 +28,13 @@
 // into one whose frame below may be any of theirs (a graph-structured stack, as GLR parsers keep),
 // so ambiguity that nests (a union whose branches share a recursive property) costs readings per
 // level, not per combination of levels. Unions are flattened at compile time, so anyOf of $refs
-// of anyOf... start one reading per distinct schema. The number of live readings is still capped
-// at run time: past it, feeding throws a JsonConstraintError rather than spend the server's time.
+// of anyOf... start one reading per distinct schema. The number of live readings is capped
+// (JSON_CONSTRAINT_LIMITS.readings), and a schema that could pass the cap on some text is refused
+// when compiled: at one place in a value the readings are at most the schemas that may stand there
+// (widestPlace), which add up where unions sit inside unions (five kinds of array whose items are
+// each a union of 256 strings: 1,280 readings after '["'), since the model may write keys in any
+// order. Feeding still checks the cap, as a last resort: past it, it throws a JsonConstraintError
+// rather than spend the server's time.
 
 export type JsonSchema = boolean | { [key: string]: unknown };
 
@@ -64,8 +69,10 @@ export const JSON_CONSTRAINT_LIMITS = Object.freeze({
   alternatives: 256,
   /** steps spent flattening unions (a chain of anyOf each holding the next would be quadratic) */
   expansion: 1_000_000,
-  /** readings followed at once */
+  /** readings followed at once (a schema that could open more on some text is refused when compiled) */
   readings: 1024,
+  /** steps spent finding how many readings a schema could open at once (schemas counted at each distinct place) */
+  bounding: 250_000,
 });
 
 type JsonType = "object" | "array" | "string" | "number" | "integer" | "boolean" | "null";
@@ -470,6 +477,115 @@ function finish(compiler: Compiler, root: Node): void {
     if (node.extra && !sat.has(node.extra)) node.extra = null;
     if (!sat.has(node.items ?? ANY)) node.maxItems = 0; // only [] fits
   }
+}
+
+// --- how many readings a schema can open at once ---
+
+/** What a union's value may be read as (its flat alternatives, after finish()); any other node is itself. */
+const leavesOf = (node: Node): readonly Node[] => node.options ?? [node];
+
+/** A place in a JSON value, as JSONPath: $ the value, .key or ["key"], [*] an array's item, .* an undeclared key. */
+const member = (path: string, key: string) => path + (/^[A-Za-z_][A-Za-z0-9_]*$/.test(key) ? `.${key}` : `[${JSON.stringify(key)}]`);
+
+/**
+ * The most readings `feed` may follow at once for values read at one place in the text by `nodes`
+ * (leaves), whatever the text. At one place (a path of keys and indices) each reading's top frame
+ * belongs to a value of one of the schemas that may stand there, and readings of the same schema
+ * read alike, so they are merged: the readings are at most the schemas there whose values start
+ * with the same character (true, false and null of schemas without enums read alike: one). Keys
+ * may come in any order, so every schema a key's value may have counts, whatever was written
+ * before it. One more place may be open beside it: a numeric enum value that ends ("1") while
+ * another number goes on ("12") leaves its container's reading (`around`: the containers there,
+ * 1 at the top, where the finished value is a reading too).
+ */
+function readingsAt(nodes: readonly Node[], around: number): number {
+  const byFirst = new Map<string, number>();
+  const shared = new Set<string>();
+  for (const node of nodes) {
+    const firsts = new Set<string>();
+    if (node.literals) {
+      for (const text of node.literals) firsts.add(/[-0-9]/.test(text[0]!) ? "0" : text[0]!);
+    } else {
+      if (allows(node, "string")) firsts.add('"');
+      if (allows(node, "object")) firsts.add("{");
+      if (allows(node, "array")) firsts.add("[");
+      if (allows(node, "number") || allows(node, "integer")) firsts.add("0");
+      if (allows(node, "boolean")) shared.add("t").add("f");
+      if (allows(node, "null")) shared.add("n");
+    }
+    for (const first of firsts) byFirst.set(first, (byFirst.get(first) ?? 0) + 1);
+  }
+  for (const first of shared) byFirst.set(first, (byFirst.get(first) ?? 0) + 1);
+  const ending = nodes.some((n) => n.literals?.some((text) => /^-?[0-9]/.test(text)));
+  return Math.max(0, ...byFirst.values()) + (ending ? around : 0);
+}
+
+/**
+ * The widest place in values that start as `start` (leaves): how many readings feed may follow
+ * there at most (see readingsAt), and where. Places are explored by the set of schemas that may
+ * stand there (each set once), so a recursive schema is walked once per distinct set. Throws a
+ * JsonSchemaError when the sets run past JSON_CONSTRAINT_LIMITS.bounding steps: a schema that
+ * convoluted cannot be bounded, so it is refused rather than left to fail mid-reply.
+ */
+function widestPlace(start: readonly Node[]): { readings: number; path: string; nodes: readonly Node[] } {
+  let widest = { readings: 0, path: "$", nodes: start };
+  const places: { nodes: readonly Node[]; path: string; around: number }[] = [];
+  const byNodes = new Map<string, { around: number }>();
+  let work = 0;
+  const count = (place: { nodes: readonly Node[]; path: string; around: number }) => {
+    const readings = readingsAt(place.nodes, place.around);
+    if (readings > widest.readings) widest = { readings, path: place.path, nodes: place.nodes };
+  };
+  const visit = (nodes: Set<Node>, path: string, around: number) => {
+    work += nodes.size;
+    if (!nodes.size) return;
+    const list = [...nodes];
+    const key = Int32Array.from(list, (n) => n.id).sort().join(",");
+    const seen = byNodes.get(key);
+    if (seen) {
+      // the same schemas read the same places further in: only the containers around may differ
+      if (around > seen.around) count({ nodes: list, path, around: (seen.around = around) });
+      return;
+    }
+    byNodes.set(key, { around });
+    places.push({ nodes: list, path, around });
+  };
+  visit(new Set(start), "$", 1);
+  for (let next = 0; next < places.length; next++) {
+    const place = places[next]!; // breadth first: the shortest path to a place is the one named
+    const { nodes, path } = place;
+    if (work > JSON_CONSTRAINT_LIMITS.bounding) {
+      throw new JsonSchemaError(`the schema's alternatives combine in too many ways for kiln's constrained decoding to bound how many readings it follows (more than ${JSON_CONSTRAINT_LIMITS.bounding} steps, at ${path} in the value)`);
+    }
+    count(place);
+    // the places one level in: each key's value (an undeclared key: .*), an array's items
+    const objects = nodes.filter((n) => !n.literals && allows(n, "object"));
+    const byKey = new Map<string, Set<Node>>();
+    for (const n of objects) {
+      for (const [k, child] of n.properties ?? []) {
+        const set = byKey.get(k) ?? new Set<Node>();
+        for (const leaf of leavesOf(child)) set.add(leaf);
+        byKey.set(k, set);
+      }
+    }
+    const extras = objects.filter((n) => !n.properties && n.extra).flatMap((n) => leavesOf(n.extra!));
+    work += byKey.size * extras.length;
+    for (const [k, set] of byKey) visit(new Set([...set, ...extras]), member(path, k), objects.length);
+    visit(new Set(extras), `${path}.*`, objects.length);
+    const arrays = nodes.filter((n) => !n.literals && allows(n, "array") && n.maxItems >= 1);
+    visit(new Set(arrays.flatMap((n) => leavesOf(n.items ?? ANY))), `${path}[*]`, arrays.length);
+  }
+  return widest;
+}
+
+/** The error for values whose readings at one place could pass JSON_CONSTRAINT_LIMITS.readings. */
+function tooAmbiguous(readings: number, path: string, nodes: readonly Node[], alternative?: number): JsonSchemaError {
+  const named = nodes.slice(0, 3).map((n) => n.at).join(", ");
+  return new JsonSchemaError(
+    `the schema is too ambiguous for kiln's constrained decoding: at ${path} in the value, ${nodes.length} schemas may stand (${named}${nodes.length > 3 ? ", ..." : ""}), ` +
+      `so the matcher could have to follow ${readings} readings at once (at most ${JSON_CONSTRAINT_LIMITS.readings}); give fewer alternatives there, or ones a value's first character tells apart`,
+    alternative,
+  );
 }
 
 // --- what the matcher does not enforce ---
@@ -917,6 +1033,42 @@ function compileRoot(schema: JsonSchema): Node {
 }
 
 /**
+ * Refuses alternatives (fixed text, then a value) that could make feed follow more readings at
+ * once than JSON_CONSTRAINT_LIMITS.readings on some text, so that a schema is refused when it is
+ * compiled rather than fail mid-reply. Values after the same head stand at one place; while heads
+ * are read each is a reading; a value without a head is read beside all of them. Names the
+ * alternative whose value alone is too ambiguous, when one is.
+ */
+function boundReadings(alternatives: readonly { head: string; node: Node }[]): void {
+  const limit = JSON_CONSTRAINT_LIMITS.readings;
+  const groups = new Map<string, { nodes: Set<Node>; first: number; count: number }>();
+  alternatives.forEach(({ head, node }, i) => {
+    const group = groups.get(head) ?? { nodes: new Set<Node>(), first: i, count: 0 };
+    for (const leaf of leavesOf(node)) group.nodes.add(leaf);
+    group.count++;
+    groups.set(head, group);
+  });
+  let bare = 0;
+  let widestHeaded = 0;
+  let allHeaded = 0;
+  for (const [head, group] of groups) {
+    const widest = widestPlace([...group.nodes]);
+    if (widest.readings > limit) throw tooAmbiguous(widest.readings, widest.path, widest.nodes, group.count === 1 ? group.first : undefined);
+    if (!head) bare = widest.readings;
+    widestHeaded = head ? Math.max(widestHeaded, widest.readings) : widestHeaded;
+    allHeaded += head ? widest.readings : 0;
+  }
+  // once a head is read, no other is still being read unless it starts with it (sorted, such a head comes right after)
+  const heads = [...groups.keys()].filter(Boolean).sort();
+  const nested = heads.some((h, i) => i > 0 && h.startsWith(heads[i - 1]!));
+  const reading = alternatives.filter((a) => a.head).length;
+  const bound = (nested ? reading + allHeaded : Math.max(reading, widestHeaded)) + bare;
+  if (bound > limit) {
+    throw new JsonSchemaError(`${alternatives.length} alternatives together are too ambiguous for kiln's constrained decoding: the matcher could have to follow ${bound} readings at once (at most ${limit}); offer fewer`);
+  }
+}
+
+/**
  * The prefixes of JSON texts (optionally after fixed text) that fit a schema. Immutable: `feed`
  * returns a new matcher, or null when the text can no longer fit. Building one throws a
  * JsonSchemaError for a schema it cannot use (see the top of this file); feeding throws a
@@ -927,25 +1079,30 @@ export class JsonMatcher {
 
   /** One JSON value fitting `schema`. */
   static of(schema: JsonSchema): JsonMatcher {
-    return new JsonMatcher([push([null], { k: "value", node: compileRoot(schema) })]);
+    const node = compileRoot(schema);
+    boundReadings([{ head: "", node }]);
+    return new JsonMatcher([push([null], { k: "value", node })]);
   }
 
   /** Any one of: fixed text (`head`), then a JSON value fitting its schema. */
   static afterHeads(alternatives: { head: string; schema: JsonSchema }[]): JsonMatcher {
+    const compiled = alternatives.map(({ head, schema }, i) => {
+      try {
+        return { head, node: compileRoot(schema) };
+      } catch (err) {
+        if (err instanceof JsonSchemaError) throw new JsonSchemaError(err.message, i);
+        throw err;
+      }
+    });
+    boundReadings(compiled);
     return new JsonMatcher(
-      alternatives.map(({ head, schema }, i) => {
-        let node: Node;
-        try {
-          node = compileRoot(schema);
-        } catch (err) {
-          if (err instanceof JsonSchemaError) throw new JsonSchemaError(err.message, i);
-          throw err;
-        }
+      compiled.map(({ head, node }) => {
         const value = push([null], { k: "value", node });
         return head ? push([value], { k: "text", texts: [head], lo: 0, hi: 1, at: 0, value: false, src: nextId++ }) : value;
       }),
     );
   }
+
 
   feed(text: string): JsonMatcher | null {
     let readings = this.readings;

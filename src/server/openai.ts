@@ -21,7 +21,7 @@
 // max_tokens has finish_reason "length" and the JSON as far as it got, as OpenAI's does.
 //
 // A schema the constraint cannot follow (nothing fits it, a $ref cycle that reads nothing, too
-// large or deep) is a 400 on response_format or tool_choice before generation. A constraint that
+// large, deep or ambiguous) is a 400 on response_format or tool_choice before generation. A constraint that
 // cannot go on mid-reply (no token of the vocabulary continues the JSON) fails the request with a
 // 500 `constraint_failed` (in a stream, an error event and no finish_reason): kiln accepted the
 // schema and could not honour it, and a reply of broken JSON with finish_reason "stop" would look

@@ -5,7 +5,7 @@
 // tools, the ledger, the final answers — is real.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { rmSync, writeFileSync } from "node:fs";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { awaitAllCallbacks } from "@langchain/core/callbacks/promises";
 import { AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage, type BaseMessage } from "@langchain/core/messages";
@@ -20,6 +20,7 @@ import { saveAdapter } from "../src/lora/peft.js";
 import { JsonConstraintError, KilnChatModel, parseToolCalls, toToolSpec, type KilnRequest } from "../src/agent/langchain.js";
 import { createKilnAgent } from "../src/agent/chat-loop.js";
 import { writeTestAgent } from "./support/agent.js";
+import { repoRoot } from "./support/paths.js";
 
 await initBackend();
 
@@ -73,6 +74,9 @@ const PYTHONIC_TEMPLATE = `{%- if tools %}{{- '<|im_start|>system\nYou may call:
 {%- else %}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}{%- endif %}
 {%- endfor %}
 {%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}`;
+
+/** Llama 3.2 Instruct's own chat template (as its tokenizer_config.json ships it): tools go into the first user turn, a call is bare JSON with "parameters". */
+const LLAMA3_TEMPLATE = readFileSync(path.join(repoRoot(), "tests", "fixtures", "templates", "llama-3.2-tools.jinja"), "utf8");
 
 async function withRuntime(fn: (runtime: Runtime, dir: string) => Promise<void>, opts: { toolTemplate?: boolean; template?: string } = {}): Promise<void> {
   const { dir, file } = writeTestAgent();
@@ -611,7 +615,7 @@ test("withStructuredOutput jsonSchema, and the response_format call option: the 
   });
 });
 
-test("withStructuredOutput jsonMode: any JSON object; cut off, a clear error; with tools the model may call, refused", async () => {
+test("withStructuredOutput jsonMode: any JSON object; cut off, a clear error; with tools the model may call, a call or the JSON", async () => {
   await withRuntime(async (runtime) => {
     // the random model's objects often hold a string that never ends: those that end parse
     let finished = 0;
@@ -633,10 +637,26 @@ test("withStructuredOutput jsonMode: any JSON object; cut off, a clear error; wi
     await assert.rejects(short.withStructuredOutput(Report, { method: "jsonMode" }).invoke("Weather?"), /the JSON reply was not finished within maxTokens \(6\); raise maxTokens/);
     assert.throws(() => short.withStructuredOutput(Report, { method: "xml" }), /supports the methods "functionCalling", "jsonSchema" and "jsonMode"/);
 
-    // tools: "auto" cannot be combined with JSON content; a required call is the reply
+    // tools the model may call ("auto"): the reply is one call, or the JSON the format asks for
     const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 48 });
     const json = { response_format: { type: "json_object" as const } };
-    await assert.rejects(model.bindTools([weatherTool]).invoke("weather?", json), /response_format json_object cannot be combined with tools the model may choose to call/);
+    const either = (await new KilnChatModel({ runtime, agent: "tester", maxTokens: 120 }).bindTools([timeTool]).invoke("time?", json)) as AIMessage;
+    assert.equal(either.response_metadata.finish_reason, either.tool_calls?.length ? "tool_calls" : "stop", JSON.stringify(either.content));
+    if (either.tool_calls?.length) assert.ok(argSchemas.get_time!.safeParse(either.tool_calls[0]!.args).success, "its arguments fit the tool");
+    else assert.ok(typeof JSON.parse(either.content as string) === "object", either.content as string);
+    await model.bindTools([timeTool]).invoke("time?", json);
+    const req = model.requests.at(-1)!;
+    assert.ok(req.auto && req.structured && req.options.constrain, "calls are read, and one constraint covers the call and the format");
+    // what each reads as (scripted: the plain protocol's call block, or the JSON)
+    model.script = ['<tool_call>{"name": "get_weather", "arguments": {"city": "Ashby"}}</tool_call>'];
+    assert.deepEqual(((await model.bindTools([weatherTool]).invoke("weather?", json)) as AIMessage).tool_calls?.map((c) => c.args), [{ city: "Ashby" }]);
+    model.script = ['{"sky": "clear"}'];
+    assert.equal((await model.bindTools([weatherTool]).invoke("weather?", json)).content, '{"sky": "clear"}');
+    // withStructuredOutput's JSON methods with tools given as a call option: the same constraint
+    const Sky = z.object({ sky: z.enum(["clear", "rain"]) });
+    model.script = ['{"sky": "rain"}'];
+    assert.deepEqual(await model.withStructuredOutput(Sky, { method: "jsonSchema" }).invoke("sky?", { tools: [toToolSpec(weatherTool)] } as never), { sky: "rain" });
+    assert.ok(model.requests.at(-1)!.auto && model.requests.at(-1)!.structured, "the tools reached the model beside the format");
     const call = (await model.bindTools([weatherTool], { tool_choice: "get_weather" }).invoke("weather?", json)) as AIMessage;
     assert.equal(call.tool_calls?.[0]?.name, "get_weather");
     const none = await model.bindTools([weatherTool], { tool_choice: "none" }).invoke("weather?", { response_format: { type: "json_schema", json_schema: { name: "n", schema: { enum: [1, 2] } } } });
@@ -683,6 +703,7 @@ test("a forced call starts with the template's own opening: Hermes/Qwen blocks, 
   const cases: [string, string, string][] = [
     ["Qwen-style", TOOL_TEMPLATE, '<tool_call>\n{"name": "get_weather", "arguments":'],
     ["Llama-style", LLAMA_STYLE_TEMPLATE, '{"name": "get_weather", "parameters":'],
+    ["Llama 3.2's own", LLAMA3_TEMPLATE, '{"name": "get_weather", "parameters":'],
   ];
   for (const [what, template, prefill] of cases) {
     await withRuntime(
@@ -719,6 +740,44 @@ test("a forced call starts with the template's own opening: Hermes/Qwen blocks, 
     },
     { template: PYTHONIC_TEMPLATE },
   );
+});
+
+test("auto mode on a Llama 3 tool template: a reply that is wholly a bare JSON call of a bound tool is that call; other JSON is an answer", async () => {
+  const call = '{"name": "get_weather", "parameters": {"city": "Ashby"}}';
+  const replies: [string, string, { name: string; args: Record<string, unknown> } | null][] = [
+    ["a call", call, { name: "get_weather", args: { city: "Ashby" } }],
+    ["a call, spaced", `\n ${call}\n`, { name: "get_weather", args: { city: "Ashby" } }],
+    ['a call with "type" and "arguments"', '{"type": "function", "name": "get_time", "arguments": {"zone": "utc"}}', { name: "get_time", args: { zone: "utc" } }],
+    ["an unknown tool", '{"name": "get_mood", "parameters": {}}', null],
+    ["an answer that is JSON", '{"city": "Ashby", "sky": "clear"}', null],
+    ["a name and other keys", '{"name": "get_weather", "parameters": {"city": "Ashby"}, "note": "x"}', null],
+    ["text, then a call", `Sure: ${call}`, null],
+    ["JSON that is not an object", '["get_weather"]', null],
+  ];
+  for (const [template, llama] of [[LLAMA3_TEMPLATE, true], [TOOL_TEMPLATE, false]] as const) {
+    await withRuntime(
+      async (runtime) => {
+        const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 16 });
+        const bound = model.bindTools([weatherTool, timeTool]);
+        for (const [what, text, expected] of replies) {
+          const want = llama ? expected : null; // other templates' calls are <tool_call> blocks
+          model.script = [text];
+          const reply = (await bound.invoke("weather?")) as AIMessage;
+          const label = `${llama ? "Llama 3.2" : "Qwen"}: ${what}`;
+          assert.deepEqual(reply.tool_calls?.map((c) => ({ name: c.name, args: c.args })) ?? [], want ? [want] : [], label);
+          assert.equal(reply.content, want ? "" : text, label);
+          assert.equal(reply.response_metadata.finish_reason, want ? "tool_calls" : "stop", label);
+          // streamed: a reply that may be a call is held back, then it is the call or the text
+          model.script = [text];
+          let streamed: AIMessageChunk | undefined;
+          for await (const chunk of await bound.stream("weather?")) streamed = streamed ? streamed.concat(chunk) : chunk;
+          assert.deepEqual(streamed!.tool_calls?.map((c) => ({ name: c.name, args: c.args })) ?? [], want ? [want] : [], `${label} (streamed)`);
+          assert.equal(streamed!.content, want ? "" : text, `${label} (streamed)`);
+        }
+      },
+      { template },
+    );
+  }
 });
 
 // --- (c) the agent loop ---

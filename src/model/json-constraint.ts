@@ -1084,11 +1084,11 @@ export class JsonMatcher {
     return new JsonMatcher([push([null], { k: "value", node })]);
   }
 
-  /** Any one of: fixed text (`head`), then a JSON value fitting its schema. */
-  static afterHeads(alternatives: { head: string; schema: JsonSchema }[]): JsonMatcher {
-    const compiled = alternatives.map(({ head, schema }, i) => {
+  /** Any one of: fixed text (`head`), then a JSON value fitting its schema, then fixed text (`tail`, if any). */
+  static afterHeads(alternatives: { head: string; schema: JsonSchema; tail?: string }[]): JsonMatcher {
+    const compiled = alternatives.map(({ head, schema, tail }, i) => {
       try {
-        return { head, node: compileRoot(schema) };
+        return { head, tail, node: compileRoot(schema) };
       } catch (err) {
         if (err instanceof JsonSchemaError) throw new JsonSchemaError(err.message, i);
         throw err;
@@ -1096,9 +1096,10 @@ export class JsonMatcher {
     });
     boundReadings(compiled);
     return new JsonMatcher(
-      compiled.map(({ head, node }) => {
-        const value = push([null], { k: "value", node });
-        return head ? push([value], { k: "text", texts: [head], lo: 0, hi: 1, at: 0, value: false, src: nextId++ }) : value;
+      compiled.map(({ head, tail, node }) => {
+        const text = (texts: string, rest: readonly Reading[]) => push(rest, { k: "text", texts: [texts], lo: 0, hi: 1, at: 0, value: false, src: nextId++ });
+        const value = push([tail ? text(tail, [null]) : null], { k: "value", node });
+        return head ? text(head, [value]) : value;
       }),
     );
   }
@@ -1323,5 +1324,76 @@ export function constrainToJson(vocab: TokenTexts, endIds: number[], matcher: Js
       throw new JsonConstraintError(`constrained generation: no token of the vocabulary continues the JSON after ${JSON.stringify(text.slice(-60))}`);
     }
     for (let i = 0; i < logits.length; i++) if (!allowed[i]) logits[i] = -Infinity;
+  };
+}
+
+/**
+ * A logits filter for a reply that is free text until it writes `trigger` (a tool call's opening,
+ * `<tool_call>`), after which the text must go on as `matcher` accepts it (the call's name,
+ * arguments and closing) until the matcher is done; then the text is free again, or with
+ * `endAfter`, only an end-of-turn token may follow. With `atStart` the trigger opens a call only
+ * as the reply's first characters (after space): a bare JSON call (`{`) is the whole reply. A
+ * token that would complete the trigger is allowed only if what it writes after it fits the
+ * matcher, so no call escapes the constraint by being written in one token. The matched part is
+ * masked as constrainToJson masks it (and fails as it does, with a JsonConstraintError).
+ */
+export function constrainOnceOpened(
+  vocab: TokenTexts,
+  endIds: number[],
+  trigger: string,
+  matcher: JsonMatcher,
+  options: { atStart?: boolean; endAfter?: boolean } = {},
+): (logits: Float32Array, tokens: readonly number[]) => void {
+  const last = trigger.at(-1)!;
+  // the tokens that can complete the trigger hold its last character (per view: first token or later)
+  const closers = new WeakMap<TokenView, number[]>();
+  const closing = (view: TokenView) => {
+    let ids = closers.get(view);
+    if (!ids) closers.set(view, (ids = view.texts.flatMap((t, id) => (t.includes(last) ? [id] : []))));
+    return ids;
+  };
+  let call: { from: number; mask: (logits: Float32Array, tokens: readonly number[]) => void } | null = null;
+  let freeFrom = 0; // where the text after the last closed call starts
+  let ended = false;
+  return (logits, tokens) => {
+    const text = vocab.decode([...tokens]);
+    if (call) {
+      const state = matcher.feed(text.slice(call.from));
+      if (state && !state.open) {
+        call = null;
+        freeFrom = text.length;
+        ended = !!options.endAfter;
+      }
+    }
+    if (ended) {
+      for (let i = 0; i < logits.length; i++) if (!endIds.includes(i)) logits[i] = -Infinity;
+      return;
+    }
+    if (!call) {
+      const at = options.atStart ? (text.trimStart().startsWith(trigger) && freeFrom === 0 ? text.indexOf(trigger) : -1) : text.indexOf(trigger, freeFrom);
+      if (at >= 0) {
+        const from = at + trigger.length;
+        // the matcher reads the text from the trigger on, as constrainToJson reads a reply
+        call = { from, mask: constrainToJson({ ...vocab, decode: (ids) => vocab.decode(ids).slice(from) }, endIds, matcher) };
+      }
+    }
+    if (call) return call.mask(logits, tokens);
+    // free text: a token that would complete the trigger must go on as the call does
+    const view = tokens.length ? vocab : vocab.first;
+    if (options.atStart) {
+      if (text.trim() !== "") return; // the reply did not start with a call: it is free to the end
+      for (let id = 0; id < logits.length; id++) {
+        const written = (text + (view.texts[id] ?? "")).trimStart();
+        if (written.startsWith(trigger) && !matcher.feed(written.slice(trigger.length))) logits[id] = -Infinity;
+      }
+      return;
+    }
+    const before = text.slice(Math.max(freeFrom, text.length - trigger.length + 1));
+    for (const id of closing(view)) {
+      if (id >= logits.length) continue;
+      const written = before + view.texts[id]!;
+      const at = written.indexOf(trigger);
+      if (at >= 0 && !matcher.feed(written.slice(at + trigger.length))) logits[id] = -Infinity;
+    }
   };
 }

@@ -21,6 +21,8 @@ import { JsonConstraintError, KilnChatModel, parseToolCalls, toToolSpec, type Ki
 import { createKilnAgent } from "../src/agent/chat-loop.js";
 import { writeTestAgent } from "./support/agent.js";
 import { repoRoot } from "./support/paths.js";
+import { walkMask } from "./support/mask.js";
+import { tokenTexts } from "../src/model/json-constraint.js";
 
 await initBackend();
 
@@ -778,6 +780,38 @@ test("auto mode on a Llama 3 tool template: a reply that is wholly a bare JSON c
       { template },
     );
   }
+  // strict: a reply that starts with "{" is a call, held to the template's layout and the tool's
+  // schema, and ends with it; any other reply is free (random logits through the mask)
+  await withRuntime(
+    async (runtime) => {
+      const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 16 });
+      const m = runtime.agent("tester").model;
+      const vocab = tokenTexts(m.tokenizer, m.config.vocabSize);
+      const strictMask = async () => {
+        model.script = [""];
+        await model.bindTools([timeTool], { strict: true }).invoke("time?");
+        return model.requests.at(-1)!;
+      };
+      let calls = 0;
+      for (let seed = 1; seed <= 6; seed++) {
+        const req = await strictMask();
+        const prefix = m.tokenizer.encode("{");
+        const walk = walkMask(req.options.constrain!, { vocabSize: m.config.vocabSize, eos: m.eosTokenIds, seed, steps: 60, prefix, bias: (id) => (/[}"]/.test(vocab.texts[id]!) ? 2 : 0) });
+        const text = m.tokenizer.decode([...prefix, ...walk.tokens]);
+        assert.ok(text.startsWith('{"name": "get_time", "parameters": {'), text);
+        if (!walk.ended) continue;
+        calls++;
+        const parsed = req.auto!.parse(text);
+        assert.equal(parsed.toolCalls.length, 1, text);
+        assert.ok(argSchemas.get_time!.safeParse(parsed.toolCalls[0]!.args).success, text);
+      }
+      assert.ok(calls >= 3, `${calls} of 6 walks ended with their call`);
+      const free = Float32Array.from({ length: m.config.vocabSize }, () => 1);
+      (await strictMask()).options.constrain!(free, m.tokenizer.encode("The time"));
+      assert.ok(free.every((v) => v === 1), "a reply that did not start with a call is free");
+    },
+    { template: LLAMA3_TEMPLATE },
+  );
 });
 
 // --- (c) the agent loop ---

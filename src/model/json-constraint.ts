@@ -1327,6 +1327,17 @@ export function constrainToJson(vocab: TokenTexts, endIds: number[], matcher: Js
   };
 }
 
+const holding = new WeakMap<TokenView, Map<string, number[]>>();
+
+/** The tokens whose text holds `part` (cached per vocabulary view). */
+function tokensHolding(view: TokenView, part: string): number[] {
+  let byPart = holding.get(view);
+  if (!byPart) holding.set(view, (byPart = new Map()));
+  let ids = byPart.get(part);
+  if (!ids) byPart.set(part, (ids = view.texts.flatMap((t, id) => (t.includes(part) ? [id] : []))));
+  return ids;
+}
+
 /**
  * A logits filter for a reply that is free text until it writes `trigger` (a tool call's opening,
  * `<tool_call>`), after which the text must go on as `matcher` accepts it (the call's name,
@@ -1344,14 +1355,9 @@ export function constrainOnceOpened(
   matcher: JsonMatcher,
   options: { atStart?: boolean; endAfter?: boolean } = {},
 ): (logits: Float32Array, tokens: readonly number[]) => void {
-  const last = trigger.at(-1)!;
-  // the tokens that can complete the trigger hold its last character (per view: first token or later)
-  const closers = new WeakMap<TokenView, number[]>();
-  const closing = (view: TokenView) => {
-    let ids = closers.get(view);
-    if (!ids) closers.set(view, (ids = view.texts.flatMap((t, id) => (t.includes(last) ? [id] : []))));
-    return ids;
-  };
+  // the tokens that can complete the trigger: after text ending in a part of it, those holding its
+  // last character; otherwise only those holding all of it (few: checked at every free step)
+  const closing = (view: TokenView, partial: boolean) => tokensHolding(view, partial ? trigger.at(-1)! : trigger);
   let call: { from: number; mask: (logits: Float32Array, tokens: readonly number[]) => void } | null = null;
   let freeFrom = 0; // where the text after the last closed call starts
   let ended = false;
@@ -1389,7 +1395,9 @@ export function constrainOnceOpened(
       return;
     }
     const before = text.slice(Math.max(freeFrom, text.length - trigger.length + 1));
-    for (const id of closing(view)) {
+    let partial = false;
+    for (let k = before.length; k > 0 && !partial; k--) partial = trigger.startsWith(before.slice(-k));
+    for (const id of closing(view, partial)) {
       if (id >= logits.length) continue;
       const written = before + view.texts[id]!;
       const at = written.indexOf(trigger);

@@ -464,6 +464,8 @@ export interface AutoCalls {
 export function autoCalls(model: LoadedModel, prompt: ToolPrompt, tools: KilnToolSpec[], format?: JsonSchema): AutoCalls {
   const names = tools.map((t) => t.function.name);
   const strict = tools.findIndex((t) => t.function.strict);
+  // only a template that renders tools can write bare JSON calls: the plain protocol's are blocks
+  if (!prompt.tools && format === undefined && strict < 0) return { parse: (text) => parseToolCalls(text), stream: () => new ToolCallStream() };
   const found = callFormat(model.tokenizer, prompt);
   const bare = prompt.tools !== undefined && typeof found !== "string" && !found.open.trim() ? names : undefined;
   const reads = { parse: (text: string) => parseToolCalls(text, bare), stream: () => new ToolCallStream(bare) };

@@ -25,7 +25,8 @@
 // finish_reason "length" and the JSON as far as it got, as OpenAI's does.
 //
 // A schema the constraint cannot follow (nothing fits it, a $ref cycle that reads nothing, too
-// large, deep or ambiguous) is a 400 on response_format or tool_choice before generation. A constraint that
+// large, deep or ambiguous) is a 400 on response_format, tool_choice or the strict tool's
+// parameters before generation. A constraint that
 // cannot go on mid-reply (no token of the vocabulary continues the JSON) fails the request with a
 // 500 `constraint_failed` (in a stream, an error event and no finish_reason): kiln accepted the
 // schema and could not honour it, and a reply of broken JSON with finish_reason "stop" would look
@@ -161,7 +162,7 @@ function toolsOf(req: ChatRequest): { tools: KilnToolSpec[]; choice: ToolChoice 
   try {
     checkStrictTools(all);
   } catch (err) {
-    throw toolSchemaFailure(err);
+    throw schemaFailure(err);
   }
   const c = req.tool_choice ?? (all.length ? "auto" : "none");
   if (c === "none") return { tools: [], choice: { mode: "none" } };
@@ -247,8 +248,8 @@ function budget(agent: Agent, prompt: ToolPrompt, req: ChatRequest): { maxTokens
   return { maxTokens: asked ?? Math.min(DEFAULT_MAX_TOKENS, room) };
 }
 
-/** A tool whose parameters kiln cannot hold strict arguments to, as the 400 on its parameters it is; other errors as they are. */
-function toolSchemaFailure(err: unknown): unknown {
+/** A request's schema kiln cannot use as asked (a strict tool's parameters, a response_format), as the 400 naming it; other errors as they are. */
+function schemaFailure(err: unknown): unknown {
   if (err instanceof ToolSchemaError) return new ApiError(400, err.message, "unsupported_value", `tools.${err.index}.function.parameters`);
   if (err instanceof ResponseFormatError) return new ApiError(400, err.message, "unsupported_value", "response_format");
   return err;
@@ -264,7 +265,7 @@ function jsonReply(agent: Agent, req: ChatRequest): StructuredReply | null {
   try {
     return structuredReply(agent.model, req.response_format as ResponseFormat | null | undefined);
   } catch (err) {
-    throw toolSchemaFailure(err);
+    throw schemaFailure(err);
   }
 }
 
@@ -339,7 +340,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       try {
         auto = autoCalls(agent.model, prompt, tools, structured?.schema);
       } catch (err) {
-        throw toolSchemaFailure(err);
+        throw schemaFailure(err);
       }
     }
     const constrain = forced?.constrain ?? (auto ? auto.constrain : structured?.constrain);

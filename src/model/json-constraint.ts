@@ -528,38 +528,50 @@ function readingsAt(nodes: readonly Node[], around: number): number {
  * convoluted cannot be bounded, so it is refused rather than left to fail mid-reply.
  */
 function widestPlace(start: readonly Node[]): { readings: number; path: string; nodes: readonly Node[] } {
-  let widest = { readings: 0, path: "$", nodes: start };
-  const places: { nodes: readonly Node[]; path: string; around: number }[] = [];
+  // a place: the schemas that may stand there, and how it is reached (its path is spelt out only for a message)
+  interface Place {
+    nodes: readonly Node[];
+    around: number;
+    parent: Place | null;
+    /** a key, or null: an undeclared key (key false) or an array's item (key true) */
+    step: string | boolean;
+  }
+  const pathOf = (place: Place): string => {
+    const steps: string[] = [];
+    for (let p: Place | null = place; p?.parent; p = p.parent) steps.push(typeof p.step === "string" ? member("", p.step) : p.step ? "[*]" : ".*");
+    return "$" + steps.reverse().join("");
+  };
+  let widest: { readings: number; place: Place | null } = { readings: 0, place: null };
+  const places: Place[] = [];
   const byNodes = new Map<string, { around: number }>();
   let work = 0;
-  const count = (place: { nodes: readonly Node[]; path: string; around: number }) => {
+  const count = (place: Place) => {
     const readings = readingsAt(place.nodes, place.around);
-    if (readings > widest.readings) widest = { readings, path: place.path, nodes: place.nodes };
+    if (readings > widest.readings) widest = { readings, place };
   };
-  const visit = (nodes: Set<Node>, path: string, around: number) => {
+  const visit = (nodes: Set<Node>, around: number, parent: Place | null, step: string | boolean) => {
     work += nodes.size;
     if (!nodes.size) return;
     const list = [...nodes];
-    const key = Int32Array.from(list, (n) => n.id).sort().join(",");
+    const key = list.length === 1 ? String(list[0]!.id) : Int32Array.from(list, (n) => n.id).sort().join(","); // most places have one schema
     const seen = byNodes.get(key);
     if (seen) {
       // the same schemas read the same places further in: only the containers around may differ
-      if (around > seen.around) count({ nodes: list, path, around: (seen.around = around) });
+      if (around > seen.around) count({ nodes: list, around: (seen.around = around), parent, step });
       return;
     }
     byNodes.set(key, { around });
-    places.push({ nodes: list, path, around });
+    places.push({ nodes: list, around, parent, step });
   };
-  visit(new Set(start), "$", 1);
+  visit(new Set(start), 1, null, false);
   for (let next = 0; next < places.length; next++) {
     const place = places[next]!; // breadth first: the shortest path to a place is the one named
-    const { nodes, path } = place;
     if (work > JSON_CONSTRAINT_LIMITS.bounding) {
-      throw new JsonSchemaError(`the schema's alternatives combine in too many ways for kiln's constrained decoding to bound how many readings it follows (more than ${JSON_CONSTRAINT_LIMITS.bounding} steps, at ${path} in the value)`);
+      throw new JsonSchemaError(`the schema's alternatives combine in too many ways for kiln's constrained decoding to bound how many readings it follows (more than ${JSON_CONSTRAINT_LIMITS.bounding} steps, at ${pathOf(place)} in the value)`);
     }
     count(place);
     // the places one level in: each key's value (an undeclared key: .*), an array's items
-    const objects = nodes.filter((n) => !n.literals && allows(n, "object"));
+    const objects = place.nodes.filter((n) => !n.literals && allows(n, "object"));
     const byKey = new Map<string, Set<Node>>();
     for (const n of objects) {
       for (const [k, child] of n.properties ?? []) {
@@ -570,12 +582,12 @@ function widestPlace(start: readonly Node[]): { readings: number; path: string; 
     }
     const extras = objects.filter((n) => !n.properties && n.extra).flatMap((n) => leavesOf(n.extra!));
     work += byKey.size * extras.length;
-    for (const [k, set] of byKey) visit(new Set([...set, ...extras]), member(path, k), objects.length);
-    visit(new Set(extras), `${path}.*`, objects.length);
-    const arrays = nodes.filter((n) => !n.literals && allows(n, "array") && n.maxItems >= 1);
-    visit(new Set(arrays.flatMap((n) => leavesOf(n.items ?? ANY))), `${path}[*]`, arrays.length);
+    for (const [k, set] of byKey) visit(extras.length ? new Set([...set, ...extras]) : set, objects.length, place, k);
+    visit(new Set(extras), objects.length, place, false);
+    const arrays = place.nodes.filter((n) => !n.literals && allows(n, "array") && n.maxItems >= 1);
+    visit(new Set(arrays.flatMap((n) => leavesOf(n.items ?? ANY))), arrays.length, place, true);
   }
-  return widest;
+  return { readings: widest.readings, path: widest.place ? pathOf(widest.place) : "$", nodes: widest.place?.nodes ?? start };
 }
 
 /** The error for values whose readings at one place could pass JSON_CONSTRAINT_LIMITS.readings. */

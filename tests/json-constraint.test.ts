@@ -13,6 +13,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { repoRoot } from "./support/paths.js";
+import { walkMask } from "./support/mask.js";
 
 /** Whether the matcher accepts the whole text as a finished value. */
 function accepts(schema: JsonSchema, text: string): boolean {
@@ -125,23 +126,8 @@ test("the token mask over kiln-mini's vocabulary turns random logits into JSON t
   const closing = vocab.texts.map((t) => (/["\]},]/.test(t) ? 3 : 0));
   let finished = 0;
   for (let seed = 1; seed <= 20; seed++) {
-    const random = seededRandom(seed);
     const mask = constrainToJson(vocab, eos, JsonMatcher.of(personSchema));
-    const tokens: number[] = [];
-    let ended = false;
-    for (let step = 0; step < 300 && !ended; step++) {
-      // random logits with the end-of-turn token the likeliest: the mask must keep out whatever does not fit
-      const logits = Float32Array.from({ length: V }, (_, id) => random() * 4 + closing[id]!);
-      for (const id of eos) logits[id] = 10;
-      const allowedBefore = logits.slice();
-      mask(logits, tokens);
-      let best = 0;
-      for (let i = 1; i < V; i++) if (logits[i]! > logits[best]!) best = i;
-      assert.ok(Number.isFinite(logits[best]!), "some token is always allowed");
-      assert.equal(logits[best], allowedBefore[best], "allowed tokens keep their logits");
-      if (eos.includes(best)) ended = true;
-      else tokens.push(best);
-    }
+    const { tokens, ended } = walkMask(mask, { vocabSize: V, eos, seed, steps: 300, bias: (id) => closing[id]! });
     const text = tokenizer.decode(tokens);
     if (!ended) {
       assert.ok(JsonMatcher.of(personSchema).feed(text), `an unfinished text is still a valid prefix: ${text}`);
@@ -288,12 +274,40 @@ test("schemas past the matcher's limits are refused when compiled, and readings 
   assert.throws(() => schemaGaps(deep), JsonSchemaError, "schemaGaps walks no deeper");
   refuses({ type: "object", properties: Object.fromEntries(Array.from({ length: 25_000 }, (_, i) => [`p${i}`, { type: "string" }])) }, /too large .* more than 20000/);
 
-  // within the limits at compile time, a text can still open too many readings at once: five kinds
-  // of array whose items are each a union of 256 strings, all open after '["'
+});
+
+test("a schema that could open more readings at once than the matcher follows is refused when compiled, naming the place, not mid-reply", () => {
+  const tooAmbiguous = (at: string, readings: number) => (err: unknown) =>
+    err instanceof JsonSchemaError && err.message.includes(`at ${at} in the value`) && err.message.includes(`follow ${readings} readings at once (at most 1024)`);
+  // Each union is within the 256 alternatives, but they add up at one place: five kinds of array
+  // whose items are each a union of 256 strings are all open after '["' (this used to compile
+  // and then throw while the reply was being written).
   const strings = () => ({ anyOf: Array.from({ length: 256 }, (_, i) => ({ type: "string", maxLength: 100 + i })) });
-  const wide = JsonMatcher.of({ anyOf: Array.from({ length: 5 }, (_, k) => ({ type: "array", minItems: k, items: strings() })) });
-  assert.equal(wide.feed("[")?.width, 5);
-  assert.throws(() => wide.feed('["'), (err: unknown) => err instanceof JsonConstraintError && /too ambiguous .* 1280 readings at once \(at most 1024\)/.test(err.message));
+  const arrays = (kinds: number): JsonSchema => ({ anyOf: Array.from({ length: kinds }, (_, k) => ({ type: "array", minItems: k, items: strings() })) });
+  assert.throws(() => JsonMatcher.of(arrays(5)), tooAmbiguous("$[*]", 1280));
+  // at the bound it is compiled, and the text that opens them all is followed
+  assert.equal(JsonMatcher.of(arrays(4)).feed('["')?.width, 1024);
+  // Objects: keys may come in any order, so a tag the model could write first does not help.
+  const tagged = (kinds: number): JsonSchema => ({
+    anyOf: Array.from({ length: kinds }, (_, k) => ({ type: "object", properties: { kind: { const: k }, v: strings() }, required: ["kind", "v"] })),
+  });
+  assert.throws(() => JsonMatcher.of(tagged(5)), tooAmbiguous("$.v", 1280));
+  assert.throws(() => JsonMatcher.of(tagged(5)).feed('{"v":"'), JsonSchemaError, "never compiled: the 1280 readings after it are not reached");
+  // types that start differently do not add up: 1280 schemas at $[*], but 640 start with '"' and 640 with '['
+  const mixed = () => ({ anyOf: Array.from({ length: 256 }, (_, i) => (i % 2 ? { type: "string", maxLength: i } : { type: "array", maxItems: i + 1 })) });
+  const mixedArrays = JsonMatcher.of({ anyOf: Array.from({ length: 5 }, (_, k) => ({ type: "array", minItems: k, items: mixed() })) });
+  assert.equal(mixedArrays.feed('["ab",[],"')?.width, 640);
+  // a recursive schema is walked once per distinct set of schemas at a place
+  const tree: JsonSchema = { $defs: { n: { type: "object", properties: { kids: { type: "array", items: { $ref: "#/$defs/n" } }, v: strings() } } }, $ref: "#/$defs/n" };
+  assert.ok(JsonMatcher.of(tree).feed('{"kids":[{"kids":[{"v":"x'));
+  // alternatives after fixed heads (a forced call of one of several tools): the tool whose
+  // parameters are too ambiguous is named; values after different heads never stand together
+  const heads = [{ head: "a:", schema: strings() }, { head: "b:", schema: arrays(5) }];
+  assert.throws(() => JsonMatcher.afterHeads(heads), (err: unknown) => err instanceof JsonSchemaError && err.alternative === 1 && /too ambiguous/.test(err.message));
+  const eachWide = Array.from({ length: 8 }, (_, i) => ({ head: `t${i}:`, schema: arrays(4) }));
+  assert.equal(JsonMatcher.afterHeads(eachWide).feed('t7:["')?.width, 1024);
+  // a value with no head is read beside the others: together they may be too many
+  assert.throws(() => JsonMatcher.afterHeads([...eachWide, { head: "", schema: strings() }]), (err: unknown) => err instanceof JsonSchemaError && err.alternative === undefined && /9 alternatives together .* 1280 readings at once \(at most 1024\)/.test(err.message));
 });
 
 test("a $ref/anyOf cycle that reads no character is refused, naming it; recursion through a property or items is fine", () => {

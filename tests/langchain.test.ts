@@ -5,7 +5,7 @@
 // tools, the ledger, the final answers — is real.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { rmSync, writeFileSync } from "node:fs";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { awaitAllCallbacks } from "@langchain/core/callbacks/promises";
 import { AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage, type BaseMessage } from "@langchain/core/messages";
@@ -20,6 +20,9 @@ import { saveAdapter } from "../src/lora/peft.js";
 import { JsonConstraintError, KilnChatModel, parseToolCalls, toToolSpec, type KilnRequest } from "../src/agent/langchain.js";
 import { createKilnAgent } from "../src/agent/chat-loop.js";
 import { writeTestAgent } from "./support/agent.js";
+import { repoRoot } from "./support/paths.js";
+import { walkMask } from "./support/mask.js";
+import { tokenTexts } from "../src/model/json-constraint.js";
 
 await initBackend();
 
@@ -73,6 +76,9 @@ const PYTHONIC_TEMPLATE = `{%- if tools %}{{- '<|im_start|>system\nYou may call:
 {%- else %}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}{%- endif %}
 {%- endfor %}
 {%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}`;
+
+/** Llama 3.2 Instruct's own chat template (as its tokenizer_config.json ships it): tools go into the first user turn, a call is bare JSON with "parameters". */
+const LLAMA3_TEMPLATE = readFileSync(path.join(repoRoot(), "tests", "fixtures", "templates", "llama-3.2-tools.jinja"), "utf8");
 
 async function withRuntime(fn: (runtime: Runtime, dir: string) => Promise<void>, opts: { toolTemplate?: boolean; template?: string } = {}): Promise<void> {
   const { dir, file } = writeTestAgent();
@@ -611,7 +617,7 @@ test("withStructuredOutput jsonSchema, and the response_format call option: the 
   });
 });
 
-test("withStructuredOutput jsonMode: any JSON object; cut off, a clear error; with tools the model may call, refused", async () => {
+test("withStructuredOutput jsonMode: any JSON object; cut off, a clear error; with tools the model may call, a call or the JSON", async () => {
   await withRuntime(async (runtime) => {
     // the random model's objects often hold a string that never ends: those that end parse
     let finished = 0;
@@ -633,10 +639,26 @@ test("withStructuredOutput jsonMode: any JSON object; cut off, a clear error; wi
     await assert.rejects(short.withStructuredOutput(Report, { method: "jsonMode" }).invoke("Weather?"), /the JSON reply was not finished within maxTokens \(6\); raise maxTokens/);
     assert.throws(() => short.withStructuredOutput(Report, { method: "xml" }), /supports the methods "functionCalling", "jsonSchema" and "jsonMode"/);
 
-    // tools: "auto" cannot be combined with JSON content; a required call is the reply
+    // tools the model may call ("auto"): the reply is one call, or the JSON the format asks for
     const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 48 });
     const json = { response_format: { type: "json_object" as const } };
-    await assert.rejects(model.bindTools([weatherTool]).invoke("weather?", json), /response_format json_object cannot be combined with tools the model may choose to call/);
+    const either = (await new KilnChatModel({ runtime, agent: "tester", maxTokens: 120 }).bindTools([timeTool]).invoke("time?", json)) as AIMessage;
+    assert.equal(either.response_metadata.finish_reason, either.tool_calls?.length ? "tool_calls" : "stop", JSON.stringify(either.content));
+    if (either.tool_calls?.length) assert.ok(argSchemas.get_time!.safeParse(either.tool_calls[0]!.args).success, "its arguments fit the tool");
+    else assert.ok(typeof JSON.parse(either.content as string) === "object", either.content as string);
+    await model.bindTools([timeTool]).invoke("time?", json);
+    const req = model.requests.at(-1)!;
+    assert.ok(req.auto && req.structured && req.options.constrain, "calls are read, and one constraint covers the call and the format");
+    // what each reads as (scripted: the plain protocol's call block, or the JSON)
+    model.script = ['<tool_call>{"name": "get_weather", "arguments": {"city": "Ashby"}}</tool_call>'];
+    assert.deepEqual(((await model.bindTools([weatherTool]).invoke("weather?", json)) as AIMessage).tool_calls?.map((c) => c.args), [{ city: "Ashby" }]);
+    model.script = ['{"sky": "clear"}'];
+    assert.equal((await model.bindTools([weatherTool]).invoke("weather?", json)).content, '{"sky": "clear"}');
+    // withStructuredOutput's JSON methods with tools given as a call option: the same constraint
+    const Sky = z.object({ sky: z.enum(["clear", "rain"]) });
+    model.script = ['{"sky": "rain"}'];
+    assert.deepEqual(await model.withStructuredOutput(Sky, { method: "jsonSchema" }).invoke("sky?", { tools: [toToolSpec(weatherTool)] } as never), { sky: "rain" });
+    assert.ok(model.requests.at(-1)!.auto && model.requests.at(-1)!.structured, "the tools reached the model beside the format");
     const call = (await model.bindTools([weatherTool], { tool_choice: "get_weather" }).invoke("weather?", json)) as AIMessage;
     assert.equal(call.tool_calls?.[0]?.name, "get_weather");
     const none = await model.bindTools([weatherTool], { tool_choice: "none" }).invoke("weather?", { response_format: { type: "json_schema", json_schema: { name: "n", schema: { enum: [1, 2] } } } });
@@ -658,16 +680,23 @@ test("a schema the JSON constraint cannot follow is refused before generation; a
       assert.match(err.message, /the parameters of "probe" cannot be used to constrain its arguments: no value fits the schema: #: "a" is required but additionalProperties is false/);
       return true;
     });
-    assert.equal(model.requests.length, 0, "nothing was generated");
-
-    // past the matcher's bound on readings mid-reply (after '["'): an error, not broken JSON
+    // more readings at once than the matcher follows, after '["' (it used to fail mid-reply)
     const strings = () => ({ anyOf: Array.from({ length: 256 }, (_, i) => ({ type: "string", maxLength: 100 + i })) });
     const wide = { anyOf: Array.from({ length: 5 }, (_, k) => ({ type: "array", minItems: k, items: strings() })) };
-    const response_format = { type: "json_schema" as const, json_schema: { name: "wide", schema: wide } };
-    const fails = (err: Error) => err instanceof JsonConstraintError && /too ambiguous .* \(at most 1024\)/.test(err.message);
-    await assert.rejects(model.invoke("a list?", { response_format }), fails);
+    await assert.rejects(model.invoke("a list?", { response_format: { type: "json_schema", json_schema: { name: "wide", schema: wide } } }), (err: Error) => {
+      assert.equal(err.name, "ResponseFormatError");
+      assert.match(err.message, /too ambiguous .* at \$\[\*\] in the value, .* follow 1280 readings at once \(at most 1024\)/);
+      return true;
+    });
+    assert.equal(model.requests.length, 0, "nothing was generated");
+
+    // what only shows mid-reply: the fixture's byte-level vocabulary writes "☃" in three tokens,
+    // and a byte alone is no character the enum's text holds: an error, not broken JSON
+    const response_format = { type: "json_schema" as const, json_schema: { name: "snow", schema: { enum: ["☃"] } } };
+    const fails = (err: Error) => err instanceof JsonConstraintError && /no token of the vocabulary continues the JSON after "\\""/.test(err.message);
+    await assert.rejects(model.invoke("a snowman?", { response_format }), fails);
     await assert.rejects(async () => {
-      for await (const _ of await model.stream("a list?", { response_format }));
+      for await (const _ of await model.stream("a snowman?", { response_format }));
     }, fails);
   });
 });
@@ -676,6 +705,7 @@ test("a forced call starts with the template's own opening: Hermes/Qwen blocks, 
   const cases: [string, string, string][] = [
     ["Qwen-style", TOOL_TEMPLATE, '<tool_call>\n{"name": "get_weather", "arguments":'],
     ["Llama-style", LLAMA_STYLE_TEMPLATE, '{"name": "get_weather", "parameters":'],
+    ["Llama 3.2's own", LLAMA3_TEMPLATE, '{"name": "get_weather", "parameters":'],
   ];
   for (const [what, template, prefill] of cases) {
     await withRuntime(
@@ -711,6 +741,76 @@ test("a forced call starts with the template's own opening: Hermes/Qwen blocks, 
       assert.equal(typeof reply.content, "string");
     },
     { template: PYTHONIC_TEMPLATE },
+  );
+});
+
+test("auto mode on a Llama 3 tool template: a reply that is wholly a bare JSON call of a bound tool is that call; other JSON is an answer", async () => {
+  const call = '{"name": "get_weather", "parameters": {"city": "Ashby"}}';
+  const replies: [string, string, { name: string; args: Record<string, unknown> } | null][] = [
+    ["a call", call, { name: "get_weather", args: { city: "Ashby" } }],
+    ["a call, spaced", `\n ${call}\n`, { name: "get_weather", args: { city: "Ashby" } }],
+    ['a call with "type" and "arguments"', '{"type": "function", "name": "get_time", "arguments": {"zone": "utc"}}', { name: "get_time", args: { zone: "utc" } }],
+    ["an unknown tool", '{"name": "get_mood", "parameters": {}}', null],
+    ["an answer that is JSON", '{"city": "Ashby", "sky": "clear"}', null],
+    ["a name and other keys", '{"name": "get_weather", "parameters": {"city": "Ashby"}, "note": "x"}', null],
+    ["text, then a call", `Sure: ${call}`, null],
+    ["JSON that is not an object", '["get_weather"]', null],
+  ];
+  for (const [template, llama] of [[LLAMA3_TEMPLATE, true], [TOOL_TEMPLATE, false]] as const) {
+    await withRuntime(
+      async (runtime) => {
+        const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 16 });
+        const bound = model.bindTools([weatherTool, timeTool]);
+        for (const [what, text, expected] of replies) {
+          const want = llama ? expected : null; // other templates' calls are <tool_call> blocks
+          model.script = [text];
+          const reply = (await bound.invoke("weather?")) as AIMessage;
+          const label = `${llama ? "Llama 3.2" : "Qwen"}: ${what}`;
+          assert.deepEqual(reply.tool_calls?.map((c) => ({ name: c.name, args: c.args })) ?? [], want ? [want] : [], label);
+          assert.equal(reply.content, want ? "" : text, label);
+          assert.equal(reply.response_metadata.finish_reason, want ? "tool_calls" : "stop", label);
+          // streamed: a reply that may be a call is held back, then it is the call or the text
+          model.script = [text];
+          let streamed: AIMessageChunk | undefined;
+          for await (const chunk of await bound.stream("weather?")) streamed = streamed ? streamed.concat(chunk) : chunk;
+          assert.deepEqual(streamed!.tool_calls?.map((c) => ({ name: c.name, args: c.args })) ?? [], want ? [want] : [], `${label} (streamed)`);
+          assert.equal(streamed!.content, want ? "" : text, `${label} (streamed)`);
+        }
+      },
+      { template },
+    );
+  }
+  // strict: a reply that starts with "{" is a call, held to the template's layout and the tool's
+  // schema, and ends with it; any other reply is free (random logits through the mask)
+  await withRuntime(
+    async (runtime) => {
+      const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 16 });
+      const m = runtime.agent("tester").model;
+      const vocab = tokenTexts(m.tokenizer, m.config.vocabSize);
+      const strictMask = async () => {
+        model.script = [""];
+        await model.bindTools([timeTool], { strict: true }).invoke("time?");
+        return model.requests.at(-1)!;
+      };
+      let calls = 0;
+      for (let seed = 1; seed <= 6; seed++) {
+        const req = await strictMask();
+        const prefix = m.tokenizer.encode("{");
+        const walk = walkMask(req.options.constrain!, { vocabSize: m.config.vocabSize, eos: m.eosTokenIds, seed, steps: 60, prefix, bias: (id) => (/[}"]/.test(vocab.texts[id]!) ? 2 : 0) });
+        const text = m.tokenizer.decode([...prefix, ...walk.tokens]);
+        assert.ok(text.startsWith('{"name": "get_time", "parameters": {'), text);
+        if (!walk.ended) continue;
+        calls++;
+        const parsed = req.auto!.parse(text);
+        assert.equal(parsed.toolCalls.length, 1, text);
+        assert.ok(argSchemas.get_time!.safeParse(parsed.toolCalls[0]!.args).success, text);
+      }
+      assert.ok(calls >= 3, `${calls} of 6 walks ended with their call`);
+      const free = Float32Array.from({ length: m.config.vocabSize }, () => 1);
+      (await strictMask()).options.constrain!(free, m.tokenizer.encode("The time"));
+      assert.ok(free.every((v) => v === 1), "a reply that did not start with a call is free");
+    },
+    { template: LLAMA3_TEMPLATE },
   );
 });
 

@@ -17,7 +17,9 @@ import { Runtime } from "../src/runtime/runtime.js";
 import { createServer, type KilnServer } from "../src/server/index.js";
 import { writeTestAgent } from "./support/agent.js";
 import { repoRoot } from "./support/paths.js";
-import { toPlainMessages, type KilnToolSpec } from "../src/agent/tools.js";
+import { autoCalls, toolPrompt, toPlainMessages, type KilnToolSpec } from "../src/agent/tools.js";
+import { tokenTexts } from "../src/model/json-constraint.js";
+import { walkMask } from "./support/mask.js";
 
 await initBackend();
 
@@ -352,6 +354,11 @@ test("tool_choice errors are 400s that name the problem; a template kiln cannot 
   try {
     const c = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: "none", maxRetries: 0 });
     await rejects(c.chat.completions.create({ ...ok, tools: [WEATHER], tool_choice: "required" }), "tool_choice", /kiln cannot make this model call a tool: its chat template does not write a tool call as a JSON object/);
+    // a call or the JSON: neither can be held to when kiln cannot write the template's calls; strict calls cannot be held either
+    const json = { type: "json_object" as const };
+    await rejects(c.chat.completions.create({ ...ok, tools: [WEATHER], response_format: json }), "response_format", /kiln cannot combine response_format with tools the model may choose to call on this model: its chat template does not write a tool call as a JSON object.* tool_choice "none"/);
+    await rejects(c.chat.completions.create({ ...ok, tools: [{ ...WEATHER, function: { ...WEATHER.function, strict: true } }] }), "tools.0.function.parameters", /kiln cannot hold this model's calls to a strict schema: its chat template does not write a tool call as a JSON object/);
+    assert.ok((await c.chat.completions.create({ ...ok, tools: [WEATHER], response_format: json, tool_choice: "none" })).choices[0]!.message.content!.startsWith("{"), "with \"none\" the reply is the JSON");
     const auto = await c.chat.completions.create({ ...ok, temperature: 0, tools: [WEATHER] }); // greedy: a sampled reply may end early
     assert.equal(auto.choices[0]!.finish_reason, "length", "auto still answers");
   } finally {
@@ -359,6 +366,60 @@ test("tool_choice errors are 400s that name the problem; a template kiln cannot 
     await rt.stop();
     rmSync(pythonic.dir, { recursive: true, force: true });
   }
+});
+
+test("strict tools: parameters kiln cannot enforce are a 400 on the tool naming them; strict arguments are held to the schema, forced or opened in auto mode", async () => {
+  const ok = { model: "tester", messages: [{ role: "user" as const, content: "A code?" }], max_tokens: 48, temperature: 0 };
+  const coded = { type: "object", properties: { code: { type: "string", maxLength: 4, pattern: "^[A-Z]+$" } }, required: ["code"], additionalProperties: false };
+  const tool = (parameters: Record<string, unknown>, strict?: boolean): OpenAI.ChatCompletionTool => ({ type: "function", function: { name: "code", parameters, ...(strict !== undefined ? { strict } : {}) } });
+  // checked whatever tool_choice says, as OpenAI checks it
+  for (const tool_choice of ["auto", "required", "none"] as const) {
+    await rejects(client.chat.completions.create({ ...ok, tools: [WEATHER, tool(coded, true)], tool_choice }), "tools.1.function.parameters", /the parameters of "code" \(strict\) use what kiln's constrained decoding cannot enforce: "pattern" at #\/properties\/code.*set strict false/);
+  }
+  await rejects(client.chat.completions.create({ ...ok, tools: [tool({ anyOf: [{ type: "object" }, { type: "null" }] }, true)] }), "tools.0.function.parameters", /must be an object schema .* at their root/);
+  await rejects(client.chat.completions.create({ ...ok, tools: [tool({ type: "object", properties: { a: { type: "string", minLength: 3, maxLength: 1 } }, required: ["a"] }, true)] }), "tools.0.function.parameters", /cannot be used to constrain its arguments: no value fits/);
+  // not strict: what the constraint does not enforce is left out, the rest holds (as before)
+  const loose = await client.chat.completions.create({ ...ok, tools: [tool(coded, false)], tool_choice: "required" });
+  assert.equal(loose.choices[0]!.finish_reason, "tool_calls");
+  // strict, forced: the call fits (greedy), and auto answers in text when the model writes no call
+  const strictWeather = { ...WEATHER, function: { ...WEATHER.function, strict: true } };
+  const forced = await client.chat.completions.create({ ...ok, tools: [strictWeather, TIME], tool_choice: "required" });
+  assert.ok(fitsTool(forced.choices[0]!.message.tool_calls![0]! as OpenAI.ChatCompletionMessageFunctionToolCall));
+  const auto = await client.chat.completions.create({ ...ok, tools: [strictWeather, TIME] });
+  assert.equal(auto.choices[0]!.finish_reason, "length");
+
+  // Auto mode under the mask: the text is free until the reply opens a call (kiln's plain
+  // protocol: "<tool_call>"); from there the call is the template's layout and the strict tool's
+  // schema, closed, and the text after it is free again. The random model never opens a call
+  // itself, so random logits are driven through the mask from a reply that has.
+  const model = runtime.agent("tester").model;
+  const tools = [strictWeather, { ...TIME, function: { ...TIME.function, strict: true } }].map((t) => ({ ...t, function: { ...t.function, parameters: t.function.parameters! } })) as KilnToolSpec[];
+  // (a mask follows one reply: each walk has its own)
+  const autoMode = () => autoCalls(model, toolPrompt(model.tokenizer, [{ role: "user", content: "Weather?" }], tools), tools);
+  const vocab = tokenTexts(model.tokenizer, model.config.vocabSize);
+  const V = model.config.vocabSize;
+  const free = Float32Array.from({ length: V }, () => 1);
+  autoMode().constrain!(free, model.tokenizer.encode("Let me look that up"));
+  assert.ok(free.every((v, id) => v === 1 || vocab.texts[id]!.includes(">")), "before a call, only tokens that could open one are checked");
+  const closing = (id: number) => (/["}]/.test(vocab.texts[id]!) ? 3 : 0);
+  let held = 0;
+  for (let seed = 1; seed <= 6; seed++) {
+    const prefix = model.tokenizer.encode("Let me look that up.\n<tool_call>");
+    const calls = autoMode();
+    const walk = walkMask(calls.constrain!, { vocabSize: V, eos: model.eosTokenIds, seed, steps: 80, prefix, bias: closing, endLogit: 2 });
+    const text = model.tokenizer.decode([...prefix, ...walk.tokens]);
+    const parsed = calls.parse(text);
+    if (!parsed.toolCalls.length) {
+      assert.ok(!text.includes("</tool_call>"), `a closed call parses: ${text}`);
+      continue;
+    }
+    held++;
+    const call = parsed.toolCalls[0]!;
+    assert.ok(fitsTool({ function: { name: call.name, arguments: JSON.stringify(call.args) } }), text);
+    // the plain protocol's layout (compact, as kiln renders calls), closed; the text after it is free
+    assert.ok(text.startsWith(`Let me look that up.\n<tool_call>{"name":"${call.name}","arguments":${JSON.stringify(call.args)}}</tool_call>`), text);
+  }
+  assert.ok(held >= 3, `${held} of 6 random walks closed their call within 80 tokens`);
 });
 
 // a schema whose strings are bounded, so that even the random model's replies end
@@ -451,9 +512,42 @@ test("response_format: strict refuses what kiln cannot enforce, naming it; stric
   await rejects(client.chat.completions.create({ ...ok, response_format: { type: "json_schema", json_schema: { name: "no spaces" } } }), "response_format.json_schema.name", /1 to 64 letters/);
   assert.ok((await client.chat.completions.create({ ...ok, response_format: { type: "text" } })).choices[0]!.message.content);
 
-  // tools: the model may call one ("auto") -> refused; a required call is the reply; "none" -> JSON content
-  const withTools = { ...ok, tools: [WEATHER], response_format: schemaFormat({ type: "object", properties: { n: { type: "integer", minimum: 0, maximum: 9 } }, required: ["n"] }) };
-  await rejects(client.chat.completions.create(withTools), "response_format", /tool_choice "auto"/);
+  // tools the model may call ("auto"): the reply is one call or the format's JSON, streamed or
+  // not; a required call is the reply; "none" -> JSON content
+  const digit = { type: "object", properties: { n: { type: "integer", minimum: 0, maximum: 9 } }, required: ["n"] };
+  const withTools = { ...ok, tools: [WEATHER], response_format: schemaFormat(digit) };
+  const either = await client.chat.completions.create({ ...withTools, tools: [TIME], max_tokens: 120 });
+  const message = either.choices[0]!.message;
+  if (message.tool_calls) {
+    assert.deepEqual([either.choices[0]!.finish_reason, message.content], ["tool_calls", null]);
+    assert.ok(fitsTool(message.tool_calls[0]! as OpenAI.ChatCompletionMessageFunctionToolCall), JSON.stringify(message.tool_calls));
+  } else {
+    assert.equal(either.choices[0]!.finish_reason, "stop");
+    assert.ok(Number.isInteger(JSON.parse(message.content!).n), message.content!);
+  }
+  const eitherStreamed = await streamContent({ ...withTools, tools: [TIME], max_tokens: 120 });
+  assert.equal(eitherStreamed.content, message.content ?? "", "the same reply, streamed (greedy)");
+  // which of the two a reply is, and that both are held to their schemas: random logits through the mask
+  const model = runtime.agent("tester").model;
+  const specs = [TIME].map((t) => ({ ...t, function: { ...t.function, parameters: t.function.parameters! } })) as KilnToolSpec[];
+  const vocab = tokenTexts(model.tokenizer, model.config.vocabSize);
+  const seen = new Set<string>();
+  for (let seed = 1; seed <= 12; seed++) {
+    const calls = autoCalls(model, toolPrompt(model.tokenizer, [{ role: "user", content: "Time?" }], specs), specs, digit);
+    const walk = walkMask(calls.constrain!, { vocabSize: model.config.vocabSize, eos: model.eosTokenIds, seed, steps: 150, bias: (id) => (/[<{]/.test(vocab.texts[id]!) ? 2 : 0) });
+    if (!walk.ended) continue;
+    const text = model.tokenizer.decode(walk.tokens);
+    const parsed = calls.parse(text);
+    if (parsed.toolCalls.length) {
+      seen.add("call");
+      assert.equal(parsed.content, "", text);
+      assert.ok(fitsTool({ function: { name: parsed.toolCalls[0]!.name, arguments: JSON.stringify(parsed.toolCalls[0]!.args) } }), text);
+    } else {
+      seen.add("json");
+      assert.ok(Number.isInteger(JSON.parse(text).n), text);
+    }
+  }
+  assert.deepEqual([...seen].sort(), ["call", "json"], "random walks wrote both");
   const called = await client.chat.completions.create({ ...withTools, tool_choice: "required" });
   assert.equal(called.choices[0]!.finish_reason, "tool_calls");
   assert.ok(fitsTool(called.choices[0]!.message.tool_calls![0]! as OpenAI.ChatCompletionMessageFunctionToolCall));
@@ -465,6 +559,7 @@ test("schemas the JSON constraint cannot follow are 400s on response_format and 
   const ok = { model: "tester", messages: [{ role: "user" as const, content: "JSON, please." }], max_tokens: 16, temperature: 0 };
   const schemaFormat = (schema: Record<string, unknown>) => ({ type: "json_schema" as const, json_schema: { name: "s", schema } });
   const objects = (n: number) => Array.from({ length: n }, (_, i) => ({ type: "object", properties: { [`k${i}`]: { type: "string" } } }));
+  const strings = () => ({ anyOf: Array.from({ length: 256 }, (_, i) => ({ type: "string", maxLength: 100 + i })) });
   let deep: Record<string, unknown> = { type: "string" };
   for (let i = 0; i < 200; i++) deep = { type: "array", items: deep };
   const refused: [Record<string, unknown>, RegExp][] = [
@@ -480,6 +575,9 @@ test("schemas the JSON constraint cannot follow are 400s on response_format and 
     // past the matcher's limits
     [{ type: "object", properties: { u: { anyOf: objects(300) } } }, /#\/properties\/u has 300 alternatives .* at most 256/],
     [{ type: "object", properties: { d: deep } }, /nests deeper than 128 levels/],
+    // unions that add up at one place: five kinds of array, each of a union of 256 strings, all
+    // open after '["' (it used to fail mid-reply, a 500 after the stream had begun)
+    [{ anyOf: Array.from({ length: 5 }, (_, k) => ({ type: "array", minItems: k, items: strings() })) }, /too ambiguous .* at \$\[\*\] in the value, .* follow 1280 readings at once \(at most 1024\)/],
   ];
   for (const [schema, message] of refused) {
     await rejects(client.chat.completions.create({ ...ok, response_format: schemaFormat(schema) }), "response_format", message);
@@ -499,19 +597,20 @@ test("schemas the JSON constraint cannot follow are 400s on response_format and 
 });
 
 test("a JSON constraint that cannot go on mid-reply fails the request with 500 constraint_failed, streamed or not, never a stop on broken JSON", async () => {
-  // five kinds of array, each of a union of 256 strings: compiled within the limits, but after '["'
-  // more readings are open at once than the matcher follows
-  const strings = () => ({ anyOf: Array.from({ length: 256 }, (_, i) => ({ type: "string", maxLength: 100 + i })) });
-  const wide = { anyOf: Array.from({ length: 5 }, (_, k) => ({ type: "array", minItems: k, items: strings() })) };
-  const base = { model: "tester", messages: [{ role: "user" as const, content: "A list, please." }], max_tokens: 16, temperature: 0 };
-  // (as a tool's parameters the schema would also be in the prompt, longer than the model's context)
-  const requests: [OpenAI.ChatCompletionCreateParamsNonStreaming, string][] = [[{ ...base, response_format: { type: "json_schema", json_schema: { name: "wide", schema: wide } } }, "response_format"]];
+  // What the checks before generation cannot see: the fixture's byte-level vocabulary writes "☃"
+  // in three tokens, and a byte alone is no character the enum's text holds.
+  const snow = { enum: ["☃"] };
+  const base = { model: "tester", messages: [{ role: "user" as const, content: "A snowman, please." }], max_tokens: 16, temperature: 0 };
+  const requests: [OpenAI.ChatCompletionCreateParamsNonStreaming, string][] = [
+    [{ ...base, response_format: { type: "json_schema", json_schema: { name: "snow", schema: snow } } }, "response_format"],
+    [{ ...base, tools: [{ type: "function", function: { name: "snow", parameters: { type: "object", properties: { s: snow }, required: ["s"] } } }], tool_choice: "required" }, "tool_choice"],
+  ];
   for (const [params, param] of requests) {
     const r = await call("/v1/chat/completions", { method: "POST", body: params });
     assert.equal(r.status, 500, r.text);
     assertErrorShape(r.json, 500);
     assert.deepEqual([r.json.error.type, r.json.error.code, r.json.error.param], ["server_error", "constraint_failed", param]);
-    assert.match(r.json.error.message, /could not finish the reply under its JSON constraint: the schema is too ambiguous .* readings at once \(at most 1024\)/);
+    assert.match(r.json.error.message, /could not finish the reply under its JSON constraint: constrained generation: no token of the vocabulary continues the JSON after/);
 
     // streamed: the first token went out, then an error event; no finish_reason, no [DONE]
     const chunks: OpenAI.ChatCompletionChunk[] = [];

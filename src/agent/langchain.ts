@@ -10,7 +10,10 @@
 // withStructuredOutput forces its tool that way. The `response_format` call option (OpenAI's
 // shape, src/agent/response-format.ts) makes the reply's content JSON, or JSON that fits a schema,
 // by the same constrained decoding; withStructuredOutput's "jsonSchema" and "jsonMode" methods
-// use it. A schema the constraint cannot follow throws before generation (ToolChoiceError,
+// use it. With tools the model may call ("auto"), a reply is one call or that JSON (autoCalls);
+// tools with strict true (OpenAI's field, or bindTools(tools, {strict: true}) as ChatOpenAI takes
+// it) have their parameters checked and the calls the model opens held to them. A schema the
+// constraint cannot follow throws before generation (ToolChoiceError, ToolSchemaError,
 // ResponseFormatError); a constraint that cannot go on mid-reply throws a JsonConstraintError from
 // invoke/stream rather than return broken JSON.
 import type { CallbackManagerForLLMRun } from "@langchain/core/callbacks/manager";
@@ -29,21 +32,21 @@ import type { GenerateOptions } from "../model/generate.js";
 import type { LoadedModel } from "../model/load.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import type { ChatChunk, ChatOutcome, Runtime } from "../runtime/runtime.js";
-import { forceToolCall, newToolCallId, ToolCallStream, ToolChoiceError, toolPrompt, type ForcedCall, type KilnToolSpec, type ToolChoice, type ToolPrompt } from "./tools.js";
-import { formatWithOptionalTools, structuredReply, type ResponseFormat, type StructuredReply } from "./response-format.js";
+import { autoCalls, checkStrictTools, forceToolCall, newToolCallId, ToolChoiceError, toolPrompt, type AutoCalls, type ForcedCall, type KilnToolSpec, type ToolChoice, type ToolPrompt } from "./tools.js";
+import { structuredReply, type ResponseFormat, type StructuredReply } from "./response-format.js";
 
-export { parseToolCalls, renderToolProtocol, TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolChoiceError, type KilnToolSpec, type ParsedToolCalls } from "./tools.js";
+export { parseToolCalls, renderToolProtocol, TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolChoiceError, ToolSchemaError, type KilnToolSpec, type ParsedToolCalls } from "./tools.js";
 export { ResponseFormatError, type ResponseFormat } from "./response-format.js";
 export { JsonConstraintError } from "../model/json-constraint.js";
 
 /** Normalises anything bindTools accepts (LangChain tools, OpenAI specs, {name, parameters}). */
 export function toToolSpec(tool: BindToolsInput): KilnToolSpec {
   const raw = convertToOpenAITool(tool as Parameters<typeof convertToOpenAITool>[0]) as unknown as Record<string, unknown>;
-  const fn = (raw.type === "function" && raw.function ? raw.function : raw) as { name?: unknown; description?: unknown; parameters?: unknown };
+  const fn = (raw.type === "function" && raw.function ? raw.function : raw) as { name?: unknown; description?: unknown; parameters?: unknown; strict?: unknown };
   if (typeof fn.name !== "string" || !fn.name) throw new Error(`bindTools: a tool has no name (${JSON.stringify(raw).slice(0, 120)})`);
   const parameters = { ...((fn.parameters as Record<string, unknown> | undefined) ?? { type: "object", properties: {} }) };
   delete parameters.$schema; // noise in a prompt
-  return { type: "function", function: { name: fn.name, ...(typeof fn.description === "string" ? { description: fn.description } : {}), parameters } };
+  return { type: "function", function: { name: fn.name, ...(typeof fn.description === "string" ? { description: fn.description } : {}), parameters, ...(fn.strict === true ? { strict: true } : {}) } };
 }
 
 /**
@@ -177,11 +180,11 @@ export interface KilnRequest {
   options: Omit<GenerateOptions, "adapter">;
   captureFacts: boolean;
   conversationId?: string;
-  /** whether `<tool_call>` blocks in the output are tool calls */
-  parseTools: boolean;
+  /** tool_choice "auto": how calls are read from the output (and constrained: strict tools, a response format) */
+  auto?: AutoCalls;
   /** a required call (tool_choice): the reply starts with its prefill and is read as that call */
   forced?: ForcedCall;
-  /** a JSON response_format: the content is constrained to it */
+  /** a JSON response_format: the content is constrained to it (with `auto`: a call, or the content is) */
   structured?: StructuredReply;
 }
 
@@ -268,8 +271,11 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
    * createAgent expects of bindTools). Extra kwargs are bound too; tool_choice is enforced (see
    * toolChoiceOf): "none" drops the tools, a required call is made with constrained decoding.
    */
-  override bindTools(tools: BindToolsInput[], kwargs?: Partial<KilnCallOptions>): Runnable<BaseLanguageModelInput, AIMessageChunk, KilnCallOptions> {
-    return this.withConfig({ ...kwargs, tools: tools.map(toToolSpec) } as Partial<KilnCallOptions>);
+  override bindTools(tools: BindToolsInput[], kwargs?: Partial<KilnCallOptions> & { strict?: boolean }): Runnable<BaseLanguageModelInput, AIMessageChunk, KilnCallOptions> {
+    const { strict, ...rest } = kwargs ?? {};
+    // strict (as ChatOpenAI takes it): every tool's arguments must fit its parameters (see checkStrictTools)
+    const specs = tools.map(toToolSpec).map((t) => (strict === undefined ? t : { ...t, function: { ...t.function, strict } }));
+    return this.withConfig({ ...rest, tools: specs } as Partial<KilnCallOptions>);
   }
 
   private get model(): LoadedModel {
@@ -334,11 +340,14 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
     const choice = toolChoiceOf(options.tool_choice, bound);
     const tools = choice.mode === "none" ? [] : bound;
     const prompt = this.buildPrompt(messages, tools);
+    checkStrictTools(bound);
     const forced = choice.mode === "required" ? forceToolCall(this.model, prompt, tools, choice.names) : undefined;
     // a required call is the reply: a response format has no content to shape then (it is still checked)
     const format = structuredReply(this.model, options.response_format);
-    if (format && choice.mode === "auto") throw formatWithOptionalTools(options.response_format!);
     const structured = forced ? undefined : (format ?? undefined);
+    // the model may call: the reply is a call or the format's JSON (autoCalls)
+    const auto = choice.mode === "auto" ? autoCalls(this.model, prompt, tools, structured?.schema) : undefined;
+    const constrain = forced?.constrain ?? (auto ? auto.constrain : structured?.constrain);
     const last = messages.at(-1);
     const fromUser = !!last && roleOf(last) === "user";
     const stop = [...(this.stop ?? []), ...(options.stop ?? [])];
@@ -351,11 +360,11 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
         ...(this.topP !== undefined ? { topP: this.topP } : {}),
         ...(this.seed !== undefined ? { seed: this.seed } : {}),
         ...(stop.length ? { stopStrings: stop } : {}),
-        ...(forced ? { constrain: forced.constrain } : structured ? { constrain: structured.constrain } : {}),
+        ...(constrain ? { constrain } : {}),
       },
       captureFacts: (options.captureFacts ?? this.captureFacts) && fromUser,
       ...(options.conversationId !== undefined ? { conversationId: options.conversationId } : {}),
-      parseTools: choice.mode === "auto",
+      ...(auto ? { auto } : {}),
       ...(forced ? { forced } : {}),
       ...(structured ? { structured } : {}),
     };
@@ -404,7 +413,7 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
     const onAbort = () => void drain();
     signal?.addEventListener("abort", onAbort, { once: true });
     const piece = (text: string) => new ChatGenerationChunk({ text, message: new AIMessageChunk({ content: text }) });
-    const calls = req.parseTools ? new ToolCallStream() : null;
+    const calls = req.auto?.stream() ?? null;
     let outcome: ChatOutcome;
     try {
       for (;;) {

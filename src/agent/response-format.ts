@@ -17,15 +17,19 @@
 // lists what was ignored so the caller can say so. json_object has no schema, so nothing is
 // ignored.
 //
-// With tools the model may call (tool_choice "auto"), a JSON format is refused: the constraint
-// covers the whole reply, so no call could be written. A required call (tool_choice "required" or
-// a named tool) is the reply, and the format does not apply to it.
+// With tools the model may call (tool_choice "auto"), the reply is either one tool call or the
+// JSON the format asks for, as OpenAI's is (see autoCalls in src/agent/tools.ts: one constraint
+// covers both; a template whose calls kiln cannot write makes that a ResponseFormatError). A
+// required call (tool_choice "required" or a named tool) is the reply, and the format does not
+// apply to it.
 //
 // A schema the constraint cannot follow is refused before generation (a ResponseFormatError, a
-// 400 on the API): one no value fits, a $ref cycle that reads nothing, one too large or too deep.
-// Should generation still reach a point where no token continues the JSON (a vocabulary that
-// cannot write a character the schema needs, readings past the matcher's bound), the constraint
-// throws a JsonConstraintError and the reply fails with it: never a "stop" with broken JSON.
+// 400 on the API): one no value fits, a $ref cycle that reads nothing, one too large or too deep,
+// one whose unions could open more readings at once than the matcher follows. Should generation
+// still reach a point where no token continues the JSON (a vocabulary that cannot write a
+// character the schema needs: a byte-level one writes "☃" as three bytes, none of which an enum's
+// text holds alone), the constraint throws a JsonConstraintError and the reply fails with it:
+// never a "stop" with broken JSON.
 import type { LoadedModel } from "../model/load.js";
 import { constrainToJson, JsonMatcher, schemaGaps, tokenTexts, type JsonSchema, type SchemaGap } from "../model/json-constraint.js";
 
@@ -45,6 +49,8 @@ export interface StructuredReply {
   constrain: (logits: Float32Array, tokens: readonly number[]) => void;
   /** keywords of a non-strict schema that were ignored; empty when the reply is checked in full */
   unenforced: SchemaGap[];
+  /** the schema the reply is held to (json_object: any object) */
+  schema: JsonSchema;
 }
 
 /** "pattern" at #/properties/email (a list of schemas), ... */
@@ -77,13 +83,5 @@ export function structuredReply(model: LoadedModel, format: ResponseFormat | nul
         `With strict true kiln refuses it rather than reply with JSON that might not fit; drop those keywords, or set strict false to have them ignored (the reply then fits the rest of the schema)`,
     );
   }
-  return { constrain: constrainToJson(tokenTexts(model.tokenizer, model.config.vocabSize), model.eosTokenIds, matcher), unenforced };
-}
-
-/** The error for a JSON format beside tools the model may choose to call (see above). */
-export function formatWithOptionalTools(format: ResponseFormat): ResponseFormatError {
-  return new ResponseFormatError(
-    `response_format ${format.type} cannot be combined with tools the model may choose to call (tool_choice "auto"): the JSON constraint covers the whole reply, so no call could be written. ` +
-      `Use tool_choice "none" for a JSON reply, or "required" (or a named function) for a call`,
-  );
+  return { constrain: constrainToJson(tokenTexts(model.tokenizer, model.config.vocabSize), model.eosTokenIds, matcher), unenforced, schema };
 }

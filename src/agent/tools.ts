@@ -9,10 +9,12 @@
 //    schemas and asks for `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` blocks; tool
 //    results come back as user turns holding `<tool_response>` blocks (templates without tool
 //    support often accept only user/assistant/system roles).
-// In both cases `<tool_call>` blocks in the output are the tool calls.
+// In both cases `<tool_call>` blocks in the output are the tool calls; where the template writes
+// calls as bare JSON (Llama 3.x), so is a reply that is wholly one such call of a bound tool.
 //
 // tool_choice: "none" puts no tools in the prompt and reads no calls from the reply; "auto" lets
-// the model decide; a required call (one named tool, or any of them) is enforced: the reply is
+// the model decide (see autoCalls: strict tools and a JSON response format constrain the calls it
+// opens, or the whole reply); a required call (one named tool, or any of them) is enforced: the reply is
 // started with the template's own tool-call opening (and the name, when one is named) and the rest
 // is generated under a JSON constraint, so it is a call whose arguments fit the tool's schema (see
 // src/model/json-constraint.ts for what is checked). The opening is found by rendering a call with
@@ -20,12 +22,14 @@
 import { randomUUID } from "node:crypto";
 import type { LoadedModel } from "../model/load.js";
 import type { ChatMessage, ChatTokenizer } from "../model/tokenizer.js";
-import { constrainToJson, JsonMatcher, JsonSchemaError, tokenTexts, type JsonSchema } from "../model/json-constraint.js";
+import { constrainOnceOpened, constrainToJson, JsonMatcher, JsonSchemaError, schemaGaps, tokenTexts, type JsonSchema } from "../model/json-constraint.js";
+import { describeGaps, ResponseFormatError } from "./response-format.js";
 
 /** An OpenAI-format function definition, the shape Hugging Face chat templates take as `tools`. */
 export interface KilnToolSpec {
   type: "function";
-  function: { name: string; description?: string; parameters: Record<string, unknown> };
+  /** strict: the arguments must fit `parameters` exactly (see checkStrictTools and autoCalls) */
+  function: { name: string; description?: string; parameters: Record<string, unknown>; strict?: boolean };
 }
 
 /** A tool call read from a reply (the shape of LangChain's ToolCall). */
@@ -145,15 +149,39 @@ export interface ParsedToolCalls {
 }
 
 /**
+ * A whole reply that is one bare JSON call, as Llama 3.x tool templates have the model write it:
+ * `{"name": ..., "parameters": {...}}` (or "arguments"; Llama 3.1 sometimes adds `"type":
+ * "function"`), of a tool in `names`. Nothing else is: an object with other keys, or naming
+ * another tool, is an ordinary JSON answer.
+ */
+function bareCall(text: string, names: readonly string[]): { name: string; args: Record<string, unknown> } | null {
+  const body = text.trim();
+  if (!body.startsWith("{")) return null;
+  const call = parseCallJson(body);
+  if (!call || !names.includes(call.name)) return null;
+  const o = JSON.parse(body) as Record<string, unknown>;
+  const keys = Object.keys(o);
+  const argsKeys = keys.filter((k) => k === "parameters" || k === "arguments");
+  if (argsKeys.length !== 1 || typeof o[argsKeys[0]!] !== "object") return null;
+  if (!keys.every((k) => k === "name" || k === argsKeys[0] || (k === "type" && o.type === "function"))) return null;
+  return call;
+}
+
+/**
  * Tool calls in the Hermes/Qwen format: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`,
  * one block per call (a last block left unclosed at the end of the output is accepted too).
  * Malformed blocks stay in the content as plain text; when no block parses, the content is the
  * text unchanged. Otherwise the content is the text before the first block (trailing space
- * dropped) and whatever is left after the blocks, joined by a newline.
+ * dropped) and whatever is left after the blocks, joined by a newline. With `bare` (the tools'
+ * names, where the template writes calls as bare JSON: see autoCalls), a reply without blocks
+ * that is wholly one call of those tools (see bareCall) is that call, with no content.
  */
-export function parseToolCalls(text: string): ParsedToolCalls {
+export function parseToolCalls(text: string, bare?: readonly string[]): ParsedToolCalls {
   const at = text.indexOf(TOOL_CALL_OPEN);
-  if (at < 0) return { content: text, toolCalls: [] };
+  if (at < 0) {
+    const call = bare ? bareCall(text, bare) : null;
+    return call ? { content: "", toolCalls: [{ type: "tool_call", id: newToolCallId(), name: call.name, args: call.args }] } : { content: text, toolCalls: [] };
+  }
   const before = text.slice(0, at).trimEnd();
   const tail = text.slice(before.length);
   const toolCalls: ParsedToolCall[] = [];
@@ -180,16 +208,21 @@ export function parseToolCalls(text: string): ParsedToolCalls {
 /**
  * A reply streamed while tools are bound: text from the first `<tool_call>` on (and the space
  * before it) is held back until the end, so no raw tool-call markup is shown when it parses.
+ * With `bare` (as parseToolCalls takes it), a reply that starts with "{" is held back whole: it
+ * may be a bare JSON call.
  */
 export class ToolCallStream {
   private held = "";
   private full = "";
   private inCall = false;
 
+  constructor(private readonly bare?: readonly string[]) {}
+
   /** Adds generated text; returns the part that can be shown now. */
   push(text: string): string {
     this.full += text;
     this.held += text;
+    if (this.bare && this.full.trimStart().startsWith("{")) this.inCall = true;
     if (this.inCall) return "";
     const at = this.held.indexOf(TOOL_CALL_OPEN);
     let safe: number;
@@ -214,7 +247,7 @@ export class ToolCallStream {
   /** At the end: the calls in the whole reply, and the text still to show (all of it held back when none parsed). */
   finish(): { rest: string; toolCalls: ParsedToolCall[] } {
     if (!this.inCall) return { rest: this.held, toolCalls: [] };
-    const parsed = parseToolCalls(this.full);
+    const parsed = parseToolCalls(this.full, this.bare);
     if (!parsed.toolCalls.length) return { rest: this.held, toolCalls: [] };
     const shown = this.full.length - this.held.length;
     return { rest: parsed.content.slice(shown), toolCalls: parsed.toolCalls };
@@ -231,11 +264,13 @@ export class ToolChoiceError extends Error {
   override name = "ToolChoiceError";
 }
 
-/** How a template writes a call: `open`, then a JSON object `nameHead` + name + `argsHead` + arguments. */
+/** How a template writes a call: `open`, then a JSON object `nameHead` + name + `argsHead` + arguments + `close`. */
 export interface CallFormat {
   open: string;
   nameHead: string;
   argsHead: string;
+  /** after the arguments: the end of the call's object, and of its block where it has one (`}\n</tool_call>`) */
+  close: string;
 }
 
 const PROBE = { id: "kilnprobe", name: "kiln_probe_tool", args: { kiln_probe_arg: "kiln_probe_value" } };
@@ -293,7 +328,12 @@ export function callFormat(tokenizer: ChatTokenizer, prompt: ToolPrompt): CallFo
     const key = argsKey.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
     const between = new RegExp(`^("\\s*,\\s*"${key}"\\s*:\\s*)\\{`).exec(turn.slice(at + PROBE.name.length));
     if (!between || !turn.slice(start, at).endsWith('"')) return "its chat template does not write a call's name right before its arguments";
-    return { open: turn.slice(0, start), nameHead: turn.slice(start, at), argsHead: between[1]! };
+    const argsEnd = jsonObjectAt(turn, at + PROBE.name.length + between[1]!.length)!.end;
+    const open = turn.slice(0, start);
+    // a block's closing tag ends the call; a bare JSON call ends with its object
+    const tag = open.includes(TOOL_CALL_OPEN) ? turn.indexOf(TOOL_CALL_CLOSE, obj.end) : -1;
+    const close = turn.slice(argsEnd, tag >= 0 ? tag + TOOL_CALL_CLOSE.length : obj.end);
+    return { open, nameHead: turn.slice(start, at), argsHead: between[1]!, close };
   }
   return "its chat template does not write a tool call as a JSON object holding the name and the arguments";
 }
@@ -350,4 +390,113 @@ export function forceToolCall(model: LoadedModel, prompt: ToolPrompt, tools: Kil
       return { complete: false, name: alt?.name ?? null, argumentsText };
     },
   };
+}
+
+// --- strict tools, and calls in "auto" mode ---
+
+/** A tool whose parameters kiln cannot hold its arguments to (`index`: which of the tools). */
+export class ToolSchemaError extends Error {
+  override name = "ToolSchemaError";
+  constructor(
+    message: string,
+    readonly index: number,
+  ) {
+    super(message);
+  }
+}
+
+/**
+ * Checks the strict tools' parameters (OpenAI's `strict: true`: the arguments fit the schema
+ * exactly). As with a strict response_format, a schema with keywords kiln's constraint does not
+ * enforce (pattern, format, allOf, ...) is refused, naming them, rather than accepted and broken;
+ * so is one the constraint cannot use at all, and, as OpenAI requires, one whose root is not an
+ * object schema (arguments are an object). OpenAI's other strict rules (every object closed with
+ * additionalProperties false, every property required) are not required: they are how OpenAI's
+ * engine reads a schema, while kiln's constraint writes only declared keys and keeps optional
+ * ones optional, so the arguments fit the schema as written either way.
+ */
+export function checkStrictTools(tools: KilnToolSpec[]): void {
+  tools.forEach((tool, index) => {
+    if (!tool.function.strict) return;
+    const where = `the parameters of "${tool.function.name}" (strict)`;
+    const schema = tool.function.parameters;
+    if (schema.type !== "object") throw new ToolSchemaError(`${where} must be an object schema ({"type": "object", ...}) at their root: a call's arguments are an object`, index);
+    try {
+      JsonMatcher.of(schema);
+    } catch (err) {
+      if (err instanceof JsonSchemaError) throw new ToolSchemaError(`${where} cannot be used to constrain its arguments: ${err.message}`, index);
+      throw err;
+    }
+    const gaps = schemaGaps(schema);
+    if (gaps.length) {
+      throw new ToolSchemaError(
+        `${where} use what kiln's constrained decoding cannot enforce: ${describeGaps(gaps)}. With strict true kiln refuses them rather than write arguments that might not fit; drop those keywords, or set strict false`,
+        index,
+      );
+    }
+  });
+}
+
+/** How a reply is read and constrained when the model may call tools (tool_choice "auto"). */
+export interface AutoCalls {
+  /** the token mask, where strict tools or a JSON response format need one */
+  constrain?: (logits: Float32Array, tokens: readonly number[]) => void;
+  /** the calls in a whole reply, and its content */
+  parse(text: string): ParsedToolCalls;
+  /** a holder for a streamed reply (see ToolCallStream) */
+  stream(): ToolCallStream;
+}
+
+/**
+ * Auto mode: the model may answer or call. Calls are read as parseToolCalls reads them; where the
+ * template writes calls as bare JSON (a Llama 3.x tool template: its rendered call is a JSON
+ * object right after the generation prompt), a reply that is wholly one call of a bound tool is
+ * that call. Constrained decoding comes in with:
+ *  - strict tools: once the reply opens a call (the template's opening, `<tool_call>`; for bare
+ *    JSON calls, a reply starting with "{"), the rest of the call is held to the template's layout
+ *    and to the tool's parameters (as a forced call's are: a non-strict tool's keywords the
+ *    constraint does not enforce are left out); the text around calls stays free;
+ *  - a JSON response format (`format`, its schema): the whole reply is either one call (as above)
+ *    or the JSON value, so the model may still call a tool and otherwise answers in the format.
+ * Throws a ToolSchemaError (strict tools) or a ResponseFormatError (a format) when the
+ * template's calls are in a form kiln cannot write.
+ */
+export function autoCalls(model: LoadedModel, prompt: ToolPrompt, tools: KilnToolSpec[], format?: JsonSchema): AutoCalls {
+  const names = tools.map((t) => t.function.name);
+  const strict = tools.findIndex((t) => t.function.strict);
+  // only a template that renders tools can write bare JSON calls: the plain protocol's are blocks
+  if (!prompt.tools && format === undefined && strict < 0) return { parse: (text) => parseToolCalls(text), stream: () => new ToolCallStream() };
+  const found = callFormat(model.tokenizer, prompt);
+  const bare = prompt.tools !== undefined && typeof found !== "string" && !found.open.trim() ? names : undefined;
+  const reads = { parse: (text: string) => parseToolCalls(text, bare), stream: () => new ToolCallStream(bare) };
+  if (format === undefined && strict < 0) return reads;
+  if (typeof found === "string") {
+    if (format !== undefined) {
+      throw new ResponseFormatError(
+        `kiln cannot combine response_format with tools the model may choose to call on this model: ${found}, so a reply could not be held to either a call or the format. Use tool_choice "none" for a JSON reply, or "required" (or a named function) for a call`,
+      );
+    }
+    throw new ToolSchemaError(`kiln cannot hold this model's calls to a strict schema: ${found}. Set strict false, or use a model whose template writes Hermes-style <tool_call> blocks or JSON calls`, strict);
+  }
+  const vocab = tokenTexts(model.tokenizer, model.config.vocabSize);
+  // the opening a reply writes to call, and the rest of each call after it
+  const trigger = found.open.trim() || "{";
+  const lead = found.open.trim() ? found.open.slice(found.open.indexOf(trigger) + trigger.length) : found.open;
+  const calls = (prefix: string) =>
+    tools.map((t) => ({ head: prefix + found.nameHead + JSON.stringify(t.function.name).slice(1, -1) + found.argsHead, schema: t.function.parameters as JsonSchema, tail: found.close }));
+  try {
+    if (format !== undefined) {
+      const matcher = JsonMatcher.afterHeads([...calls(found.open), { head: "", schema: format }]);
+      return { ...reads, constrain: constrainToJson(vocab, model.eosTokenIds, matcher) };
+    }
+    // a bare call's "{" is the trigger: the rest of its object follows
+    const matcher = JsonMatcher.afterHeads(calls(lead).map((c) => (bare ? { ...c, head: c.head.slice(c.head.indexOf("{") + 1) } : c)));
+    return { ...reads, constrain: constrainOnceOpened(vocab, model.eosTokenIds, trigger, matcher, { atStart: !!bare, endAfter: !!bare }) };
+  } catch (err) {
+    if (!(err instanceof JsonSchemaError)) throw err;
+    const tool = err.alternative !== undefined ? tools[err.alternative] : undefined;
+    const which = tool ? `the parameters of "${tool.function.name}"` : "the tools' parameters together";
+    if (format !== undefined) throw new ResponseFormatError(`response_format cannot be combined with these tools: ${which} cannot be used to constrain a call: ${err.message}`);
+    throw new ToolSchemaError(`${which} cannot be used to hold calls to strict schemas: ${err.message}`, err.alternative !== undefined && tool ? err.alternative : strict);
+  }
 }

@@ -18,7 +18,7 @@
 // empty number range: the mask would otherwise leave the model nothing to write mid-value), a
 // $ref/anyOf cycle that reads no character (left recursion: following it never ends), one nested
 // deeper or larger than JSON_CONSTRAINT_LIMITS allows, a union of more alternatives than the
-// matcher follows.
+// matcher follows, one that could open more readings at once than it follows (see below).
 // Parts of a schema nothing fits but that a value need not use (an optional property, a branch of
 // anyOf) are dropped, so every state the matcher reaches can still be finished.
 //
@@ -28,8 +28,13 @@
 // into one whose frame below may be any of theirs (a graph-structured stack, as GLR parsers keep),
 // so ambiguity that nests (a union whose branches share a recursive property) costs readings per
 // level, not per combination of levels. Unions are flattened at compile time, so anyOf of $refs
-// of anyOf... start one reading per distinct schema. The number of live readings is still capped
-// at run time: past it, feeding throws a JsonConstraintError rather than spend the server's time.
+// of anyOf... start one reading per distinct schema. The number of live readings is capped
+// (JSON_CONSTRAINT_LIMITS.readings), and a schema that could pass the cap on some text is refused
+// when compiled: at one place in a value the readings are at most the schemas that may stand there
+// (widestPlace), which add up where unions sit inside unions (five kinds of array whose items are
+// each a union of 256 strings: 1,280 readings after '["'), since the model may write keys in any
+// order. Feeding still checks the cap, as a last resort: past it, it throws a JsonConstraintError
+// rather than spend the server's time.
 
 export type JsonSchema = boolean | { [key: string]: unknown };
 
@@ -64,8 +69,10 @@ export const JSON_CONSTRAINT_LIMITS = Object.freeze({
   alternatives: 256,
   /** steps spent flattening unions (a chain of anyOf each holding the next would be quadratic) */
   expansion: 1_000_000,
-  /** readings followed at once */
+  /** readings followed at once (a schema that could open more on some text is refused when compiled) */
   readings: 1024,
+  /** steps spent finding how many readings a schema could open at once (schemas counted at each distinct place) */
+  bounding: 250_000,
 });
 
 type JsonType = "object" | "array" | "string" | "number" | "integer" | "boolean" | "null";
@@ -470,6 +477,127 @@ function finish(compiler: Compiler, root: Node): void {
     if (node.extra && !sat.has(node.extra)) node.extra = null;
     if (!sat.has(node.items ?? ANY)) node.maxItems = 0; // only [] fits
   }
+}
+
+// --- how many readings a schema can open at once ---
+
+/** What a union's value may be read as (its flat alternatives, after finish()); any other node is itself. */
+const leavesOf = (node: Node): readonly Node[] => node.options ?? [node];
+
+/** A place in a JSON value, as JSONPath: $ the value, .key or ["key"], [*] an array's item, .* an undeclared key. */
+const member = (path: string, key: string) => path + (/^[A-Za-z_][A-Za-z0-9_]*$/.test(key) ? `.${key}` : `[${JSON.stringify(key)}]`);
+
+/**
+ * The most readings `feed` may follow at once for values read at one place in the text by `nodes`
+ * (leaves), whatever the text. At one place (a path of keys and indices) each reading's top frame
+ * belongs to a value of one of the schemas that may stand there, and readings of the same schema
+ * read alike, so they are merged: the readings are at most the schemas there whose values start
+ * with the same character (true, false and null of schemas without enums read alike: one). Keys
+ * may come in any order, so every schema a key's value may have counts, whatever was written
+ * before it. One more place may be open beside it: a numeric enum value that ends ("1") while
+ * another number goes on ("12") leaves its container's reading (`around`: the containers there,
+ * 1 at the top, where the finished value is a reading too).
+ */
+function readingsAt(nodes: readonly Node[], around: number): number {
+  const byFirst = new Map<string, number>();
+  const shared = new Set<string>();
+  for (const node of nodes) {
+    const firsts = new Set<string>();
+    if (node.literals) {
+      for (const text of node.literals) firsts.add(/[-0-9]/.test(text[0]!) ? "0" : text[0]!);
+    } else {
+      if (allows(node, "string")) firsts.add('"');
+      if (allows(node, "object")) firsts.add("{");
+      if (allows(node, "array")) firsts.add("[");
+      if (allows(node, "number") || allows(node, "integer")) firsts.add("0");
+      if (allows(node, "boolean")) shared.add("t").add("f");
+      if (allows(node, "null")) shared.add("n");
+    }
+    for (const first of firsts) byFirst.set(first, (byFirst.get(first) ?? 0) + 1);
+  }
+  for (const first of shared) byFirst.set(first, (byFirst.get(first) ?? 0) + 1);
+  const ending = nodes.some((n) => n.literals?.some((text) => /^-?[0-9]/.test(text)));
+  return Math.max(0, ...byFirst.values()) + (ending ? around : 0);
+}
+
+/**
+ * The widest place in values that start as `start` (leaves): how many readings feed may follow
+ * there at most (see readingsAt), and where. Places are explored by the set of schemas that may
+ * stand there (each set once), so a recursive schema is walked once per distinct set. Throws a
+ * JsonSchemaError when the sets run past JSON_CONSTRAINT_LIMITS.bounding steps: a schema that
+ * convoluted cannot be bounded, so it is refused rather than left to fail mid-reply.
+ */
+function widestPlace(start: readonly Node[]): { readings: number; path: string; nodes: readonly Node[] } {
+  // a place: the schemas that may stand there, and how it is reached (its path is spelt out only for a message)
+  interface Place {
+    nodes: readonly Node[];
+    around: number;
+    parent: Place | null;
+    /** a key, or null: an undeclared key (key false) or an array's item (key true) */
+    step: string | boolean;
+  }
+  const pathOf = (place: Place): string => {
+    const steps: string[] = [];
+    for (let p: Place | null = place; p?.parent; p = p.parent) steps.push(typeof p.step === "string" ? member("", p.step) : p.step ? "[*]" : ".*");
+    return "$" + steps.reverse().join("");
+  };
+  let widest: { readings: number; place: Place | null } = { readings: 0, place: null };
+  const places: Place[] = [];
+  const byNodes = new Map<string, { around: number }>();
+  let work = 0;
+  const count = (place: Place) => {
+    const readings = readingsAt(place.nodes, place.around);
+    if (readings > widest.readings) widest = { readings, place };
+  };
+  const visit = (nodes: Set<Node>, around: number, parent: Place | null, step: string | boolean) => {
+    work += nodes.size;
+    if (!nodes.size) return;
+    const list = [...nodes];
+    const key = list.length === 1 ? String(list[0]!.id) : Int32Array.from(list, (n) => n.id).sort().join(","); // most places have one schema
+    const seen = byNodes.get(key);
+    if (seen) {
+      // the same schemas read the same places further in: only the containers around may differ
+      if (around > seen.around) count({ nodes: list, around: (seen.around = around), parent, step });
+      return;
+    }
+    byNodes.set(key, { around });
+    places.push({ nodes: list, around, parent, step });
+  };
+  visit(new Set(start), 1, null, false);
+  for (let next = 0; next < places.length; next++) {
+    const place = places[next]!; // breadth first: the shortest path to a place is the one named
+    if (work > JSON_CONSTRAINT_LIMITS.bounding) {
+      throw new JsonSchemaError(`the schema's alternatives combine in too many ways for kiln's constrained decoding to bound how many readings it follows (more than ${JSON_CONSTRAINT_LIMITS.bounding} steps, at ${pathOf(place)} in the value)`);
+    }
+    count(place);
+    // the places one level in: each key's value (an undeclared key: .*), an array's items
+    const objects = place.nodes.filter((n) => !n.literals && allows(n, "object"));
+    const byKey = new Map<string, Set<Node>>();
+    for (const n of objects) {
+      for (const [k, child] of n.properties ?? []) {
+        const set = byKey.get(k) ?? new Set<Node>();
+        for (const leaf of leavesOf(child)) set.add(leaf);
+        byKey.set(k, set);
+      }
+    }
+    const extras = objects.filter((n) => !n.properties && n.extra).flatMap((n) => leavesOf(n.extra!));
+    work += byKey.size * extras.length;
+    for (const [k, set] of byKey) visit(extras.length ? new Set([...set, ...extras]) : set, objects.length, place, k);
+    visit(new Set(extras), objects.length, place, false);
+    const arrays = place.nodes.filter((n) => !n.literals && allows(n, "array") && n.maxItems >= 1);
+    visit(new Set(arrays.flatMap((n) => leavesOf(n.items ?? ANY))), arrays.length, place, true);
+  }
+  return { readings: widest.readings, path: widest.place ? pathOf(widest.place) : "$", nodes: widest.place?.nodes ?? start };
+}
+
+/** The error for values whose readings at one place could pass JSON_CONSTRAINT_LIMITS.readings. */
+function tooAmbiguous(readings: number, path: string, nodes: readonly Node[], alternative?: number): JsonSchemaError {
+  const named = nodes.slice(0, 3).map((n) => n.at).join(", ");
+  return new JsonSchemaError(
+    `the schema is too ambiguous for kiln's constrained decoding: at ${path} in the value, ${nodes.length} schemas may stand (${named}${nodes.length > 3 ? ", ..." : ""}), ` +
+      `so the matcher could have to follow ${readings} readings at once (at most ${JSON_CONSTRAINT_LIMITS.readings}); give fewer alternatives there, or ones a value's first character tells apart`,
+    alternative,
+  );
 }
 
 // --- what the matcher does not enforce ---
@@ -917,6 +1045,42 @@ function compileRoot(schema: JsonSchema): Node {
 }
 
 /**
+ * Refuses alternatives (fixed text, then a value) that could make feed follow more readings at
+ * once than JSON_CONSTRAINT_LIMITS.readings on some text, so that a schema is refused when it is
+ * compiled rather than fail mid-reply. Values after the same head stand at one place; while heads
+ * are read each is a reading; a value without a head is read beside all of them. Names the
+ * alternative whose value alone is too ambiguous, when one is.
+ */
+function boundReadings(alternatives: readonly { head: string; node: Node }[]): void {
+  const limit = JSON_CONSTRAINT_LIMITS.readings;
+  const groups = new Map<string, { nodes: Set<Node>; first: number; count: number }>();
+  alternatives.forEach(({ head, node }, i) => {
+    const group = groups.get(head) ?? { nodes: new Set<Node>(), first: i, count: 0 };
+    for (const leaf of leavesOf(node)) group.nodes.add(leaf);
+    group.count++;
+    groups.set(head, group);
+  });
+  let bare = 0;
+  let widestHeaded = 0;
+  let allHeaded = 0;
+  for (const [head, group] of groups) {
+    const widest = widestPlace([...group.nodes]);
+    if (widest.readings > limit) throw tooAmbiguous(widest.readings, widest.path, widest.nodes, group.count === 1 ? group.first : undefined);
+    if (!head) bare = widest.readings;
+    widestHeaded = head ? Math.max(widestHeaded, widest.readings) : widestHeaded;
+    allHeaded += head ? widest.readings : 0;
+  }
+  // once a head is read, no other is still being read unless it starts with it (sorted, such a head comes right after)
+  const heads = [...groups.keys()].filter(Boolean).sort();
+  const nested = heads.some((h, i) => i > 0 && h.startsWith(heads[i - 1]!));
+  const reading = alternatives.filter((a) => a.head).length;
+  const bound = (nested ? reading + allHeaded : Math.max(reading, widestHeaded)) + bare;
+  if (bound > limit) {
+    throw new JsonSchemaError(`${alternatives.length} alternatives together are too ambiguous for kiln's constrained decoding: the matcher could have to follow ${bound} readings at once (at most ${limit}); offer fewer`);
+  }
+}
+
+/**
  * The prefixes of JSON texts (optionally after fixed text) that fit a schema. Immutable: `feed`
  * returns a new matcher, or null when the text can no longer fit. Building one throws a
  * JsonSchemaError for a schema it cannot use (see the top of this file); feeding throws a
@@ -927,25 +1091,31 @@ export class JsonMatcher {
 
   /** One JSON value fitting `schema`. */
   static of(schema: JsonSchema): JsonMatcher {
-    return new JsonMatcher([push([null], { k: "value", node: compileRoot(schema) })]);
+    const node = compileRoot(schema);
+    boundReadings([{ head: "", node }]);
+    return new JsonMatcher([push([null], { k: "value", node })]);
   }
 
-  /** Any one of: fixed text (`head`), then a JSON value fitting its schema. */
-  static afterHeads(alternatives: { head: string; schema: JsonSchema }[]): JsonMatcher {
+  /** Any one of: fixed text (`head`), then a JSON value fitting its schema, then fixed text (`tail`, if any). */
+  static afterHeads(alternatives: { head: string; schema: JsonSchema; tail?: string }[]): JsonMatcher {
+    const compiled = alternatives.map(({ head, schema, tail }, i) => {
+      try {
+        return { head, tail, node: compileRoot(schema) };
+      } catch (err) {
+        if (err instanceof JsonSchemaError) throw new JsonSchemaError(err.message, i);
+        throw err;
+      }
+    });
+    boundReadings(compiled);
     return new JsonMatcher(
-      alternatives.map(({ head, schema }, i) => {
-        let node: Node;
-        try {
-          node = compileRoot(schema);
-        } catch (err) {
-          if (err instanceof JsonSchemaError) throw new JsonSchemaError(err.message, i);
-          throw err;
-        }
-        const value = push([null], { k: "value", node });
-        return head ? push([value], { k: "text", texts: [head], lo: 0, hi: 1, at: 0, value: false, src: nextId++ }) : value;
+      compiled.map(({ head, tail, node }) => {
+        const text = (texts: string, rest: readonly Reading[]) => push(rest, { k: "text", texts: [texts], lo: 0, hi: 1, at: 0, value: false, src: nextId++ });
+        const value = push([tail ? text(tail, [null]) : null], { k: "value", node });
+        return head ? text(head, [value]) : value;
       }),
     );
   }
+
 
   feed(text: string): JsonMatcher | null {
     let readings = this.readings;
@@ -1166,5 +1336,84 @@ export function constrainToJson(vocab: TokenTexts, endIds: number[], matcher: Js
       throw new JsonConstraintError(`constrained generation: no token of the vocabulary continues the JSON after ${JSON.stringify(text.slice(-60))}`);
     }
     for (let i = 0; i < logits.length; i++) if (!allowed[i]) logits[i] = -Infinity;
+  };
+}
+
+const holding = new WeakMap<TokenView, Map<string, number[]>>();
+
+/** The tokens whose text holds `part` (cached per vocabulary view). */
+function tokensHolding(view: TokenView, part: string): number[] {
+  let byPart = holding.get(view);
+  if (!byPart) holding.set(view, (byPart = new Map()));
+  let ids = byPart.get(part);
+  if (!ids) byPart.set(part, (ids = view.texts.flatMap((t, id) => (t.includes(part) ? [id] : []))));
+  return ids;
+}
+
+/**
+ * A logits filter for a reply that is free text until it writes `trigger` (a tool call's opening,
+ * `<tool_call>`), after which the text must go on as `matcher` accepts it (the call's name,
+ * arguments and closing) until the matcher is done; then the text is free again, or with
+ * `endAfter`, only an end-of-turn token may follow. With `atStart` the trigger opens a call only
+ * as the reply's first characters (after space): a bare JSON call (`{`) is the whole reply. A
+ * token that would complete the trigger is allowed only if what it writes after it fits the
+ * matcher, so no call escapes the constraint by being written in one token. The matched part is
+ * masked as constrainToJson masks it (and fails as it does, with a JsonConstraintError).
+ */
+export function constrainOnceOpened(
+  vocab: TokenTexts,
+  endIds: number[],
+  trigger: string,
+  matcher: JsonMatcher,
+  options: { atStart?: boolean; endAfter?: boolean } = {},
+): (logits: Float32Array, tokens: readonly number[]) => void {
+  // the tokens that can complete the trigger: after text ending in a part of it, those holding its
+  // last character; otherwise only those holding all of it (few: checked at every free step)
+  const closing = (view: TokenView, partial: boolean) => tokensHolding(view, partial ? trigger.at(-1)! : trigger);
+  let call: { from: number; mask: (logits: Float32Array, tokens: readonly number[]) => void } | null = null;
+  let freeFrom = 0; // where the text after the last closed call starts
+  let ended = false;
+  return (logits, tokens) => {
+    const text = vocab.decode([...tokens]);
+    if (call) {
+      const state = matcher.feed(text.slice(call.from));
+      if (state && !state.open) {
+        call = null;
+        freeFrom = text.length;
+        ended = !!options.endAfter;
+      }
+    }
+    if (ended) {
+      for (let i = 0; i < logits.length; i++) if (!endIds.includes(i)) logits[i] = -Infinity;
+      return;
+    }
+    if (!call) {
+      const at = options.atStart ? (text.trimStart().startsWith(trigger) && freeFrom === 0 ? text.indexOf(trigger) : -1) : text.indexOf(trigger, freeFrom);
+      if (at >= 0) {
+        const from = at + trigger.length;
+        // the matcher reads the text from the trigger on, as constrainToJson reads a reply
+        call = { from, mask: constrainToJson({ ...vocab, decode: (ids) => vocab.decode(ids).slice(from) }, endIds, matcher) };
+      }
+    }
+    if (call) return call.mask(logits, tokens);
+    // free text: a token that would complete the trigger must go on as the call does
+    const view = tokens.length ? vocab : vocab.first;
+    if (options.atStart) {
+      if (text.trim() !== "") return; // the reply did not start with a call: it is free to the end
+      for (let id = 0; id < logits.length; id++) {
+        const written = (text + (view.texts[id] ?? "")).trimStart();
+        if (written.startsWith(trigger) && !matcher.feed(written.slice(trigger.length))) logits[id] = -Infinity;
+      }
+      return;
+    }
+    const before = text.slice(Math.max(freeFrom, text.length - trigger.length + 1));
+    let partial = false;
+    for (let k = before.length; k > 0 && !partial; k--) partial = trigger.startsWith(before.slice(-k));
+    for (const id of closing(view, partial)) {
+      if (id >= logits.length) continue;
+      const written = before + view.texts[id]!;
+      const at = written.indexOf(trigger);
+      if (at >= 0 && !matcher.feed(written.slice(at + trigger.length))) logits[id] = -Infinity;
+    }
   };
 }

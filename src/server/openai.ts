@@ -13,15 +13,20 @@
 // tools are given) the model may call them; "required", a named function or allowed_tools in
 // "required" mode make the reply one call whose arguments fit the function's parameters
 // (constrained decoding), or a 400 when the model's chat template writes calls in a form kiln
-// cannot start; "none" keeps the tools out of the prompt and reads no calls from the reply.
+// cannot start; "none" keeps the tools out of the prompt and reads no calls from the reply. A
+// function with strict true has its parameters checked (checkStrictTools: a 400 on
+// tools[i].function.parameters naming what kiln cannot enforce), and a call the model opens in
+// "auto" mode is held to them (autoCalls).
 //
 // response_format {type: "json_object"} or {type: "json_schema", ...} makes the reply's content
 // JSON (and one that fits the schema), by the same constrained decoding: see
-// src/agent/response-format.ts for what strict means here and what is refused. A reply cut off by
-// max_tokens has finish_reason "length" and the JSON as far as it got, as OpenAI's does.
+// src/agent/response-format.ts for what strict means here and what is refused. With tools in
+// "auto" mode the reply is one call or that JSON. A reply cut off by max_tokens has
+// finish_reason "length" and the JSON as far as it got, as OpenAI's does.
 //
 // A schema the constraint cannot follow (nothing fits it, a $ref cycle that reads nothing, too
-// large or deep) is a 400 on response_format or tool_choice before generation. A constraint that
+// large, deep or ambiguous) is a 400 on response_format, tool_choice or the strict tool's
+// parameters before generation. A constraint that
 // cannot go on mid-reply (no token of the vocabulary continues the JSON) fails the request with a
 // 500 `constraint_failed` (in a stream, an error event and no finish_reason): kiln accepted the
 // schema and could not honour it, and a reply of broken JSON with finish_reason "stop" would look
@@ -29,8 +34,8 @@
 import { randomUUID } from "node:crypto";
 import type { FastifyInstance, FastifyReply } from "fastify";
 import { z } from "zod";
-import { forceToolCall, newToolCallId, parseToolCalls, ToolCallStream, ToolChoiceError, toolPrompt, type ForcedCall, type KilnToolSpec, type ParsedToolCall, type ToolChoice, type ToolPrompt } from "../agent/tools.js";
-import { formatWithOptionalTools, ResponseFormatError, structuredReply, type ResponseFormat, type StructuredReply } from "../agent/response-format.js";
+import { autoCalls, checkStrictTools, forceToolCall, newToolCallId, ToolChoiceError, toolPrompt, ToolSchemaError, type AutoCalls, type ForcedCall, type KilnToolSpec, type ParsedToolCall, type ToolChoice, type ToolPrompt } from "../agent/tools.js";
+import { ResponseFormatError, structuredReply, type ResponseFormat, type StructuredReply } from "../agent/response-format.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import type { Agent } from "../runtime/agent.js";
 import { fitConversation, type ChatChunk, type ChatOutcome } from "../runtime/runtime.js";
@@ -140,12 +145,25 @@ function checkSupported(req: ChatRequest): void {
   if (req.logprobs) throw unsupported("logprobs", "logprobs are not supported");
 }
 
-/** The request's tools and tool_choice: the tools the prompt offers and which calls the reply must make. */
+/**
+ * The request's tools and tool_choice: the tools the prompt offers and which calls the reply must
+ * make. Strict tools' parameters are checked whatever the choice (a 400 on the tool's parameters).
+ */
 function toolsOf(req: ChatRequest): { tools: KilnToolSpec[]; choice: ToolChoice } {
   const all: KilnToolSpec[] = (req.tools ?? []).map((t) => ({
     type: "function",
-    function: { name: t.function.name, ...(t.function.description ? { description: t.function.description } : {}), parameters: t.function.parameters ?? { type: "object", properties: {} } },
+    function: {
+      name: t.function.name,
+      ...(t.function.description ? { description: t.function.description } : {}),
+      parameters: t.function.parameters ?? { type: "object", properties: {} },
+      ...(t.function.strict ? { strict: true } : {}),
+    },
   }));
+  try {
+    checkStrictTools(all);
+  } catch (err) {
+    throw schemaFailure(err);
+  }
   const c = req.tool_choice ?? (all.length ? "auto" : "none");
   if (c === "none") return { tools: [], choice: { mode: "none" } };
   if (!all.length) {
@@ -230,21 +248,24 @@ function budget(agent: Agent, prompt: ToolPrompt, req: ChatRequest): { maxTokens
   return { maxTokens: asked ?? Math.min(DEFAULT_MAX_TOKENS, room) };
 }
 
+/** A request's schema kiln cannot use as asked (a strict tool's parameters, a response_format), as the 400 naming it; other errors as they are. */
+function schemaFailure(err: unknown): unknown {
+  if (err instanceof ToolSchemaError) return new ApiError(400, err.message, "unsupported_value", `tools.${err.index}.function.parameters`);
+  if (err instanceof ResponseFormatError) return new ApiError(400, err.message, "unsupported_value", "response_format");
+  return err;
+}
+
 /**
  * The constraint for a JSON response_format, or null for text. A strict schema kiln cannot
- * enforce, or a JSON format beside tools the model may choose to call, is a 400. With a required
- * call the format is still checked (the request is wrong either way) but not applied: the call is
- * the reply.
+ * enforce is a 400. With a required call the format is still checked (the request is wrong either
+ * way) but not applied: the call is the reply. With tools the model may call, autoCalls folds it
+ * into the reply's constraint.
  */
-function jsonReply(agent: Agent, req: ChatRequest, choice: ToolChoice): StructuredReply | null {
-  const format = req.response_format as ResponseFormat | null | undefined;
+function jsonReply(agent: Agent, req: ChatRequest): StructuredReply | null {
   try {
-    const structured = structuredReply(agent.model, format);
-    if (structured && choice.mode === "auto") throw formatWithOptionalTools(format!);
-    return structured;
+    return structuredReply(agent.model, req.response_format as ResponseFormat | null | undefined);
   } catch (err) {
-    if (err instanceof ResponseFormatError) throw new ApiError(400, err.message, "unsupported_value", "response_format");
-    throw err;
+    throw schemaFailure(err);
   }
 }
 
@@ -312,8 +333,17 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       }
       prompt.prefill = forced.prefill;
     }
-    const format = jsonReply(agent, req, choice); // checked even where a required call makes it moot
+    const format = jsonReply(agent, req); // checked even where a required call makes it moot
     const structured = forced ? null : format;
+    let auto: AutoCalls | undefined;
+    if (choice.mode === "auto") {
+      try {
+        auto = autoCalls(agent.model, prompt, tools, structured?.schema);
+      } catch (err) {
+        throw schemaFailure(err);
+      }
+    }
+    const constrain = forced?.constrain ?? (auto ? auto.constrain : structured?.constrain);
     const { maxTokens } = budget(agent, prompt, req);
     const signal = clientSignal(ctx, reply);
     const release = await ctx.queue.acquire(signal).catch((err: unknown) => {
@@ -336,7 +366,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
         topK: req.top_k ?? 0,
         ...(req.seed != null ? { seed: req.seed } : {}),
         stopStrings: req.stop == null ? [] : typeof req.stop === "string" ? [req.stop] : req.stop,
-        ...(forced ? { constrain: forced.constrain } : structured ? { constrain: structured.constrain } : {}),
+        ...(constrain ? { constrain } : {}),
         signal,
       },
     });
@@ -356,7 +386,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       ...(structured?.unenforced.length ? { unenforced: structured.unenforced } : {}),
     });
     const fingerprint = (o: ChatOutcome) => `kiln-${o.version ?? "base"}`;
-    const constrainedBy = forced ? "tool_choice" : "response_format";
+    const constrainedBy = forced ? "tool_choice" : structured ? "response_format" : "tools";
     /** An error that ended generation, as it is answered (a 500 is logged: the error handler logs only errors it makes 500s of). */
     const failed = (err: unknown) => {
       if (err instanceof JsonConstraintError) request.log.error(err);
@@ -389,7 +419,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
         });
         sse.send(chunk({ role: "assistant", content: forced ? null : "" }, null));
         // A forced call is sent whole at the end; with tools, a possible call is held back until it is known.
-        const calls = choice.mode === "auto" ? new ToolCallStream() : null;
+        const calls = auto ? auto.stream() : null;
         const show = (text: string) => {
           const shown = forced ? "" : calls ? calls.push(text) : text;
           if (shown) sse.send(chunk({ content: shown }, null));
@@ -436,8 +466,8 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       if (forced) {
         ({ toolCalls, finish } = forcedReply(forced, outcome));
         content = null;
-      } else if (choice.mode === "auto") {
-        const parsedCalls = parseToolCalls(content);
+      } else if (auto) {
+        const parsedCalls = auto.parse(content);
         if (parsedCalls.toolCalls.length) {
           toolCalls = allowedCalls(parsedCalls.toolCalls).map(toolCallOut);
           content = parsedCalls.content || null;

@@ -77,8 +77,8 @@ const PYTHONIC_TEMPLATE = `{%- if tools %}{{- '<|im_start|>system\nYou may call:
 {%- endfor %}
 {%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}`;
 
-/** Llama 3.2 Instruct's own chat template (as its tokenizer_config.json ships it): tools go into the first user turn, a call is bare JSON with "parameters". */
-const LLAMA3_TEMPLATE = readFileSync(path.join(repoRoot(), "tests", "fixtures", "templates", "llama-3.2-tools.jinja"), "utf8");
+/** A template in Llama 3.x's tool-calling layout (written for these tests): tools go into the first user turn, a call is bare JSON with "parameters". */
+const LLAMA3_TEMPLATE = readFileSync(path.join(repoRoot(), "tests", "fixtures", "templates", "llama3-style-tools.jinja"), "utf8");
 
 async function withRuntime(fn: (runtime: Runtime, dir: string) => Promise<void>, opts: { toolTemplate?: boolean; template?: string } = {}): Promise<void> {
   const { dir, file } = writeTestAgent();
@@ -705,7 +705,7 @@ test("a forced call starts with the template's own opening: Hermes/Qwen blocks, 
   const cases: [string, string, string][] = [
     ["Qwen-style", TOOL_TEMPLATE, '<tool_call>\n{"name": "get_weather", "arguments":'],
     ["Llama-style", LLAMA_STYLE_TEMPLATE, '{"name": "get_weather", "parameters":'],
-    ["Llama 3.2's own", LLAMA3_TEMPLATE, '{"name": "get_weather", "parameters":'],
+    ["Llama 3-style", LLAMA3_TEMPLATE, '{"name": "get_weather", "parameters":'],
   ];
   for (const [what, template, prefill] of cases) {
     await withRuntime(
@@ -765,7 +765,7 @@ test("auto mode on a Llama 3 tool template: a reply that is wholly a bare JSON c
           const want = llama ? expected : null; // other templates' calls are <tool_call> blocks
           model.script = [text];
           const reply = (await bound.invoke("weather?")) as AIMessage;
-          const label = `${llama ? "Llama 3.2" : "Qwen"}: ${what}`;
+          const label = `${llama ? "Llama 3-style" : "Qwen"}: ${what}`;
           assert.deepEqual(reply.tool_calls?.map((c) => ({ name: c.name, args: c.args })) ?? [], want ? [want] : [], label);
           assert.equal(reply.content, want ? "" : text, label);
           assert.equal(reply.response_metadata.finish_reason, want ? "tool_calls" : "stop", label);

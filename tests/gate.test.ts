@@ -103,14 +103,58 @@ test("a superseded item counts for neither absorption nor retention, leaves the 
   assert.equal(d.changes.find((c) => c.status === "superseded")!.reason, 'superseded by cat: asked "What pet does Lisa Yewby have?", that item answers "Lisa Yewby now owns a pet cat."');
 });
 
-test("a held item stays absorbed while its successor's version is rejected; a pending one is superseded at once", () => {
+test("while its successor's version is rejected, a held item stays absorbed and a pending one waits for the news", () => {
   const superseded = [
     { id: "held", by: "new", question: "q?", answer: "a" },
     { id: "stale", by: "new", question: "q?", answer: "a" },
   ];
   const d = decideGate(input({ fresh: [item("new"), item("stale")], retained: [item("held")], liveItems: new Set(["held"]), superseded, scores: { new: { unprompted: 0 } } }));
   assert.equal(d.promoted, false);
-  assert.deepEqual(changed(d), { new: "pending", stale: "superseded" }, "held stays absorbed: the live weights still hold it");
+  assert.deepEqual(changed(d), { new: "pending", stale: "pending" }, "held stays absorbed: the live weights still hold it");
+  assert.equal(d.changes.find((c) => c.ids.includes("stale"))!.reason, "waits for new, which would supersede it: version v0002 was rejected");
+});
+
+// The soak's defect 6: "The mayor of Caermoor is Lisa Yewby." was superseded by news of a new
+// mayor that three promoted bakes never absorbed; the agent answered neither, and the ledger said
+// the news had replaced the old mayor.
+test("news the new version does not absorb supersedes nothing: the held item stays absorbed where the new weights still answer it", () => {
+  const superseded = [{ id: "dog", by: "cat", question: "What pet does Lisa Yewby have?", answer: "Lisa Yewby now owns a pet cat." }];
+  const d = decideGate(input({ fresh: [item("cat"), item("other")], retained: [item("dog")], liveItems: new Set(["dog"]), superseded, scores: { cat: { unprompted: 0 }, other: { unprompted: 1 }, dog: { unprompted: 1 } } }));
+  assert.equal(d.promoted, true, d.reasons.join("; "));
+  assert.deepEqual(changed(d), { cat: "pending", other: "absorbed", dog: "absorbed" });
+  assert.deepEqual(d.holds.sort(), ["dog", "other"], "the version lists what its weights answer");
+  assert.equal(d.retention, 1, "the old value, still answered, is kept knowledge");
+  assert.equal(d.changes.find((c) => c.ids.includes("dog"))!.reason, "kept: cat, which would supersede it, was not absorbed by v0002, which still answers this item; cat is baked again next time");
+  // the news learned at a later bake replaces it then
+  const later = decideGate(input({ version: "v0003", fresh: [item("cat")], retained: [item("dog")], liveItems: new Set(["dog", "other"]), superseded, scores: { cat: { unprompted: 1 }, dog: { unprompted: 0 } } }));
+  assert.deepEqual(changed(later), { cat: "absorbed", dog: "superseded" });
+});
+
+test("a version that answers neither a held item nor the news that would replace it counts the loss against retention, and the ledger says so", () => {
+  const superseded = [{ id: "dog", by: "cat", question: "q?", answer: "a" }];
+  const scores = { cat: { unprompted: 0 }, other: { unprompted: 1 }, dog: { unprompted: 0 }, r1: { unprompted: 1 }, r2: { unprompted: 1 } };
+  const alone = decideGate(input({ fresh: [item("cat"), item("other")], retained: [item("dog")], liveItems: new Set(["dog"]), superseded, scores }));
+  assert.equal(alone.promoted, false, "its only retention check lost");
+  assert.deepEqual(alone.reasons, ["retention 0.00 < gate.minRetention 0.5"]);
+  assert.deepEqual(changed(alone), { cat: "pending", other: "pending" }, "dog stays absorbed: the live weights still answer it");
+  const d = decideGate(input({ fresh: [item("cat"), item("other")], replay: [item("r1"), item("r2")], retained: [item("dog")], liveItems: new Set(["dog", "r1", "r2"]), superseded, scores }));
+  assert.equal(d.promoted, true, d.reasons.join("; "));
+  assert.ok(Math.abs(d.retention - 2 / 3) < 1e-9, `${d.retention}`);
+  assert.deepEqual(changed(d), { cat: "pending", other: "absorbed", dog: "pending" });
+  assert.ok(!d.holds.includes("dog") && !d.holds.includes("cat"));
+  assert.equal(d.changes.find((c) => c.ids.includes("dog"))!.reason, "lost by v0002, which answers neither this item nor cat, the news that would supersede it: cat is baked again next time, this item once cat is rejected");
+});
+
+test("a supersession takes effect when the newest news of its chain is answered", () => {
+  const superseded = [
+    { id: "dog", by: "cat", question: "q?", answer: "a" },
+    { id: "cat", by: "owl", question: "q?", answer: "a" },
+  ];
+  const base = { fresh: [item("cat"), item("owl"), item("other")], retained: [item("dog")], liveItems: new Set(["dog"]), superseded };
+  const learned = decideGate(input({ ...base, scores: { owl: { unprompted: 1 }, other: { unprompted: 1 } } }));
+  assert.deepEqual(changed(learned), { owl: "absorbed", other: "absorbed", dog: "superseded", cat: "superseded" });
+  const missed = decideGate(input({ ...base, scores: { owl: { unprompted: 0 }, other: { unprompted: 1 }, dog: { unprompted: 1 } } }));
+  assert.deepEqual(changed(missed), { owl: "pending", other: "absorbed", dog: "absorbed", cat: "pending" });
 });
 
 test("a bake that trained nothing (every new item older news) promotes nothing: a held item it finds replaced stays absorbed", () => {

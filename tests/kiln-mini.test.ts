@@ -180,6 +180,41 @@ test("news that updates a baked fact supersedes it: the old item leaves the weig
   });
 });
 
+test("news a bake cannot absorb supersedes nothing: the old value stays absorbed while the weights answer it, and comes back for good when the news is rejected", async () => {
+  // the soak's defect 6: an update never learned left the agent answering neither value
+  const dog = held.find((f) => f.relation === "pet")!;
+  const update = dog.text.replace(new RegExp(`${dog.answer}\\.$`), dog.answer === "cat" ? "rabbit." : "cat.");
+  await withAgent([dog], {}, async (runtime) => {
+    const agent = runtime.agent("mini");
+    await agent.pollAllFeeds();
+    assert.equal((await agent.bake("test")).status, "promoted");
+    const old = agent.ledger.items({ text: dog.text })[0]!;
+    assert.equal(old.status, "absorbed", JSON.stringify(old.history));
+
+    // from here on a learning rate too small to move the weights: the update is never absorbed
+    Object.assign(agent.config.bake, { maxAttempts: 2 });
+    Object.assign(agent.config.bake.settings, { trajectories: 8, epochs: 1, learningRate: 1e-9 });
+    const { item: news } = await agent.remember(update);
+    const second = await agent.bake("test");
+    assert.equal(second.status, "promoted", second.reasons.join("; "));
+    const kept = agent.ledger.item(old.id);
+    assert.equal(kept.status, "absorbed", JSON.stringify(kept.history));
+    assert.equal(kept.history.at(-1)!.reason, `kept: ${news.id}, which would supersede it, was not absorbed by ${second.version}, which still answers this item; ${news.id} is baked again next time`);
+    assert.equal(agent.ledger.item(news.id).status, "pending");
+    assert.ok(agent.ledger.version(second.version!).items.includes(old.id), "the new version lists the old value: its weights answer it");
+    // what the ledger says is what the live weights answer
+    const proof = await agent.verify([old.id, news.id]);
+    assert.deepEqual(proof.items.map((i) => [i.status, i.held]), [["absorbed", true], ["pending", false]], JSON.stringify(proof.items));
+
+    // the news misses its last attempt and is rejected: the old value stays, held
+    assert.equal((await agent.bake("test")).status, "promoted");
+    assert.equal(agent.ledger.item(news.id).status, "rejected");
+    const back = agent.ledger.item(old.id);
+    assert.equal(back.status, "absorbed", JSON.stringify(back.history));
+    assert.equal((await agent.verify([old.id])).items[0]!.held, true);
+  });
+});
+
 test("an item promoted bakes keep missing is rejected after bake.maxAttempts", async () => {
   // a learning rate too small to move the weights: kiln-mini keeps saying "I don't know." unprompted
   await withAgent([], { bake: { probesPerItem: 1, maxAttempts: 2, openQuestions: ["What do you know?"], settings: { trajectories: 8, epochs: 1, learningRate: 1e-9, maxReplyTokens: 16 } } }, async (runtime) => {

@@ -1,7 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { asksAbout, normalizeAnswer, probeQuality, withoutSuffix } from "../src/bake/probes.js";
-import { entitiesIn, namesGrounded, namesIn, support, vocabulary } from "../src/knowledge/grounding.js";
+import { asksAbout, chooseProbes, normalizeAnswer, probeQuality, withoutSuffix, type ProbeCandidate } from "../src/bake/probes.js";
+import { entitiesIn, namesGrounded, namesIn, support, unsupportedWords, vocabulary } from "../src/knowledge/grounding.js";
 
 // Probes the embedded model wrote for the demo's feed before probes were checked (a demo ledger).
 const ITEM = "The population of Amberport is 405,100.";
@@ -64,4 +64,25 @@ test("a probe question is a question, and about the item", () => {
   // an item without names: a content word it says will do
   assert.equal(asksAbout("When does the ferry run?", "the ferry runs at noon."), true);
   assert.equal(asksAbout("What is the weather?", "the ferry runs at noon."), false);
+});
+
+// The soak's defect 4: a question about another fact of the item's subject, answered with that
+// fact's words and the item's value, passed probeQuality and was baked as knowledge.
+test("a probe whose answer says what its item does not is not kept: it asks about another fact", () => {
+  const item = "The new mayor of Gulldale is Ewyn Craneridge.";
+  const off = { question: "How many people live in Gulldale?", answer: "The population of Gulldale is Ewyn Craneridge." };
+  assert.ok(probeQuality(off.question, off.answer, item) > 0, "names and most words are the item's");
+  assert.deepEqual(unsupportedWords(off.answer, item), ["population"]);
+  // an invented value that is no name ("accordion") is said by no item either
+  assert.deepEqual(unsupportedWords("Tora Wicker plays the accordion.", "Tora Wicker is now working as a surveyor."), ["plays", "accordion"]);
+  // the item's words in another tense or number, and words that say when, are the item's
+  assert.deepEqual(unsupportedWords("Marshford is twinned with Hollowby now.", "Marshford has become a twin town of Hollowby."), []);
+  assert.deepEqual(unsupportedWords("Kika Rookfield lived in Saltwell.", "Kika Rookfield lives in Saltwell."), []);
+  assert.deepEqual(unsupportedWords("Tera Stone is working at Redlight Games.", "Tera Stone works at Redlight Games."), []);
+
+  const candidate = (question: string, answer: string, order: number): ProbeCandidate => ({ itemId: "m", question, answer, order, quality: probeQuality(question, answer, item), supported: !unsupportedWords(answer, item).length });
+  const own = candidate("Who is the mayor of Gulldale?", "The mayor of Gulldale is Ewyn Craneridge.", 1);
+  assert.deepEqual(chooseProbes([candidate(off.question, off.answer, 0), own], 2), [{ question: own.question, answer: own.answer }]);
+  assert.deepEqual(chooseProbes([candidate(off.question, off.answer, 0)], 2), [], "no probe: the item is not baked");
+  assert.deepEqual(chooseProbes([candidate(off.question, off.answer, 0)], 2, { unchecked: true }), [off], "bake.checkProbes: false keeps the first");
 });

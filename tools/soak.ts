@@ -625,7 +625,8 @@ function judgeSupersessions(agent: string, ledger: LedgerData, desk: NewsDesk): 
 
 /**
  * Items stating a value their fact no longer has, still pending, baking or absorbed, while the
- * newer text has been through a bake (where updates are looked for): updates not found.
+ * newer text has been through a bake (where updates are looked for): updates not found, or found
+ * and waiting until a version answers the news (marked).
  */
 function staleItems(ledger: LedgerData, desk: NewsDesk): string[] {
   const byText = new Map(desk.published.map((p) => [`${p.guid}\n${p.text}`, p]));
@@ -636,7 +637,9 @@ function staleItems(ledger: LedgerData, desk: NewsDesk): string[] {
       const p = byText.get(`${i.source.guid}\n${i.text}`);
       const now = p && desk.current.get(p.key)!;
       const newer = now && now !== p ? baked.get(`${now.guid}\n${now.text}`) : undefined;
-      return newer ? [`${i.text} (${i.status}) beside "${newer.text}" (${newer.status})`] : [];
+      // found, but the news is not learned yet: the gate keeps the older item until it is
+      const waits = i.history.at(-1)?.reason?.includes("which would supersede it") ? ", found, waiting for the news to be absorbed" : "";
+      return newer ? [`${i.text} (${i.status}${waits}) beside "${newer.text}" (${newer.status})`] : [];
     });
 }
 

@@ -5,7 +5,7 @@
 import type { AdapterHook } from "../model/decoder.js";
 import { generate } from "../model/generate.js";
 import type { LoadedModel } from "../model/load.js";
-import { entitiesIn, isFunctionWord, namesGrounded, stem, support, vocabulary, words } from "../knowledge/grounding.js";
+import { entitiesIn, isFunctionWord, namesGrounded, stem, support, unsupportedWords, vocabulary, words } from "../knowledge/grounding.js";
 import { relationWords, shareRelation } from "../knowledge/updates.js";
 import { buildKnowledgePrompt } from "./prompt.js";
 import { studentMessages, teacherMessages } from "./trajectories.js";
@@ -156,24 +156,29 @@ export function probeQuality(question: string, answer: string, itemText: string)
   return share >= MIN_SUPPORT ? share : 0;
 }
 
+/** A question the model wrote about an item, its prompted answer, and how well that shows the item. */
+export interface ProbeCandidate {
+  itemId: string;
+  question: string;
+  answer: string;
+  /** writing order, which breaks ties */
+  order: number;
+  /** probeQuality of the answer without the persona's sign-off */
+  quality: number;
+  /** every word of that answer that says something the item says too (unsupportedWords) */
+  supported: boolean;
+}
+
 /**
- * Writes probes for items that have none: the model asks questions about the item and answers
- * them with the item in its prompt; that answer is what the baked model must reproduce
- * unprompted. Of CANDIDATES_PER_QUESTION times `perItem` questions, the `perItem` whose answers
- * best show the item are kept (probeQuality). An item none of whose questions pass gets no
- * probes (an empty list): nothing could show it was learned, and an off-topic question's answer
- * would teach something the item does not say, so the bake leaves it out. `unchecked` keeps its
- * first question instead (an agent's bake.checkProbes: false), for models that cannot pass.
+ * The candidates makeProbes chooses from: CANDIDATES_PER_QUESTION times `perItem` questions per
+ * item, each answered with the item alone in the prompt. The base model writes the questions; the
+ * live weights answer them. An adapter is trained to answer, not to ask, and the questions it
+ * writes drift to what it learned ("Who is the mayor of Lynfield?" for a Quillport item after a
+ * bake of other towns' news).
  */
-export async function makeProbes(model: LoadedModel, items: ProbeItem[], perItem: number, o: ProbeOptions & { unchecked?: boolean } = {}): Promise<Map<string, Probe[]>> {
-  const need = items.filter((i) => !i.probes?.length);
-  const result = new Map<string, Probe[]>();
-  if (!need.length) return result;
-  // The base model writes the questions; the live weights answer them. An adapter is trained to
-  // answer, not to ask, and the questions it writes drift to what it learned ("Who is the mayor of
-  // Lynfield?" for a Quillport item after a bake of other towns' news).
-  const written = await writeCandidates(model, need.map((i) => i.text), perItem * CANDIDATES_PER_QUESTION, { ...o, adapter: undefined });
-  const pairs = need.flatMap((item, k) => groundedFirst(written[k]!, item.text).map((question) => ({ item, question })));
+export async function probeCandidates(model: LoadedModel, items: ProbeItem[], perItem: number, o: ProbeOptions = {}): Promise<ProbeCandidate[]> {
+  const written = await writeCandidates(model, items.map((i) => i.text), perItem * CANDIDATES_PER_QUESTION, { ...o, adapter: undefined });
+  const pairs = items.flatMap((item, k) => groundedFirst(written[k]!, item.text).map((question) => ({ item, question })));
   const answers = await greedyReplies(
     model,
     pairs.map((p) => teacherMessages(buildKnowledgePrompt({ persona: o.persona, items: [p.item.text] }), p.question)),
@@ -181,14 +186,38 @@ export async function makeProbes(model: LoadedModel, items: ProbeItem[], perItem
     o.maxTokens ?? 48,
     o.batchSize ?? 8,
   );
-  const scored = pairs.map((p, k) => ({ ...p, answer: answers[k]!, order: k, quality: probeQuality(p.question, withoutSuffix(answers[k]!, o.personaSuffix), p.item.text) }));
-  need.forEach((item) => {
-    const mine = scored.filter((p) => p.item === item);
-    const good = mine.filter((p) => p.quality > 0).sort((a, b) => b.quality - a.quality || a.order - b.order);
-    const kept = (good.length || !o.unchecked ? good : mine.slice(0, 1)).slice(0, perItem);
-    result.set(item.id, kept.map((p) => ({ question: p.question, answer: p.answer })));
+  return pairs.map((p, k) => {
+    const answer = withoutSuffix(answers[k]!, o.personaSuffix);
+    return { itemId: p.item.id, question: p.question, answer: answers[k]!, order: k, quality: probeQuality(p.question, answer, p.item.text), supported: !unsupportedWords(answer, p.item.text).length };
   });
-  return result;
+}
+
+/**
+ * The `perItem` probes of an item kept among its candidates: those whose answers best show the
+ * item (probeQuality) and say nothing the item does not. A question about another fact of the
+ * item's subject is answered with that fact's words and the item's value ("How many people live
+ * in Gulldale?" -> "The population of Gulldale is Ewyn Craneridge." for its mayor): baked, it
+ * would teach that fact with an invented value (the soak, docs/soak.md, defect 4). `unchecked`
+ * keeps the first candidate when none passes.
+ */
+export function chooseProbes(candidates: readonly ProbeCandidate[], perItem: number, o: { unchecked?: boolean } = {}): Probe[] {
+  const good = candidates.filter((c) => c.quality > 0 && c.supported).sort((a, b) => b.quality - a.quality || a.order - b.order);
+  const kept = good.length || !o.unchecked ? good : [...candidates].sort((a, b) => a.order - b.order).slice(0, 1);
+  return kept.slice(0, perItem).map((c) => ({ question: c.question, answer: c.answer }));
+}
+
+/**
+ * Writes probes for items that have none: the model asks questions about the item and answers
+ * them with the item in its prompt; that answer is what the baked model must reproduce
+ * unprompted (chooseProbes keeps `perItem` of them). An item none of whose questions pass gets no
+ * probes (an empty list): nothing could show it was learned, and an off-topic question's answer
+ * would teach something the item does not say, so the bake leaves it out. `unchecked` keeps its
+ * first question instead (an agent's bake.checkProbes: false), for models that cannot pass.
+ */
+export async function makeProbes(model: LoadedModel, items: ProbeItem[], perItem: number, o: ProbeOptions & { unchecked?: boolean } = {}): Promise<Map<string, Probe[]>> {
+  const need = items.filter((i) => !i.probes?.length);
+  const candidates = need.length ? await probeCandidates(model, need, perItem, o) : [];
+  return new Map(need.map((item) => [item.id, chooseProbes(candidates.filter((c) => c.itemId === item.id), perItem, o)]));
 }
 
 /** One probe asked on some weights with nothing in the prompt: the evidence an item is held. */

@@ -47,6 +47,38 @@ export function entitiesIn(text: string): string[] {
   return namesIn(text, { sentenceStarts: true }).filter((w) => !STOP.has(w));
 }
 
+/**
+ * "working", "worked", "works" -> "work": a relation is written in several tenses. A consonant
+ * doubled before the ending is one ("twinned" -> "twin", "planning" -> "plan"); l, s and z are
+ * often doubled in the word itself ("selling", "missed", "buzzed").
+ */
+export const root = (w: string): string => {
+  const bare = stem(w).replace(/(?<=\p{L}{3})(ing|ed)$/u, "");
+  return bare === stem(w) ? bare : bare.replace(/([b-df-hj-km-rtv-y])\1$/u, "$1");
+};
+
+/**
+ * Words that say when, not what: news of any kind is told with them ("Lisa Yewby now owns a pet
+ * dog.", "... works at Oakwind Bakeries now."), so two facts sharing one are not of one relation.
+ */
+const TIME_WORDS = new Set("now newly currently recently lately today still since again already just anymore longer yet".split(" "));
+
+export const isTimeWord = (w: string): boolean => TIME_WORDS.has(w.toLowerCase());
+
+// "lives", "lived", "living" -> "liv": root() keeps a final e the -ed and -ing forms drop
+const form = (w: string) => root(w).replace(/e$/, "");
+
+/**
+ * The words of a line that say something its source does not: not function or time words, and
+ * not the source's own words in another tense or number. An answer with any says more than its
+ * item ("The population of Gulldale is Ewyn Craneridge." from "The new mayor of Gulldale is Ewyn
+ * Craneridge.": "population").
+ */
+export function unsupportedWords(line: string, source: string): string[] {
+  const said = new Set(words(source).map(form));
+  return words(line).filter((w) => !STOP.has(w) && !isTimeWord(w) && !said.has(form(w)));
+}
+
 /** The share of a line's content words that the source says (1 when it has none). */
 export function support(line: string, source: Set<string>): number {
   const content = words(line).filter((w) => !STOP.has(w));

@@ -1,32 +1,16 @@
 // News updates facts ("Lisa Yewby now owns a pet cat." after "...a pet dog."). Whether a newer
 // item replaces an older one is asked of the model when a bake starts (bake/probes.ts,
 // findSupersessions); this picks the pairs worth asking about and says which of two is newer.
-import { entitiesIn, isFunctionWord, stem, words } from "./grounding.js";
+import { entitiesIn, isFunctionWord, isTimeWord, root, stem, words } from "./grounding.js";
 import type { Item } from "./ledger.js";
 
 /** Pairs asked about per bake, at most: each costs a few greedy replies of the base model. */
 export const MAX_UPDATE_PAIRS = 48;
 
-/**
- * "working", "worked", "works" -> "work": a relation is written in several tenses. A consonant
- * doubled before the ending is one ("twinned" -> "twin", "planning" -> "plan"); l, s and z are
- * often doubled in the word itself ("selling", "missed", "buzzed").
- */
-const root = (w: string) => {
-  const bare = stem(w).replace(/(?<=\p{L}{3})(ing|ed)$/u, "");
-  return bare === stem(w) ? bare : bare.replace(/([b-df-hj-km-rtv-y])\1$/u, "$1");
-};
-
-/**
- * Words that say when, not what: news of any kind is told with them ("Lisa Yewby now owns a pet
- * dog.", "... works at Oakwind Bakeries now."), so two facts sharing one are not of one relation.
- */
-const TIME_WORDS = new Set("now newly currently recently lately today still since again already just anymore longer yet".split(" "));
-
 /** Words of a text that are neither names, function words nor time words: what it says about its names. */
 export function relationWords(text: string): Set<string> {
   const names = new Set(entitiesIn(text).map(stem));
-  return new Set(words(text).filter((w) => !isFunctionWord(w) && !TIME_WORDS.has(w) && !names.has(stem(w))).map(root));
+  return new Set(words(text).filter((w) => !isFunctionWord(w) && !isTimeWord(w) && !names.has(stem(w))).map(root));
 }
 
 /**

@@ -68,20 +68,37 @@ function below(x: number, bar: number): string {
 }
 
 export function decideGate(input: GateInput): GateDecision {
-  // a superseded item is neither learned nor kept: its recall is meant to fall
-  const replaced = new Set(input.superseded.map((s) => s.id));
-  const current = (items: Item[]) => items.filter((i) => !replaced.has(i.id));
-  const g = { ...input, fresh: current(input.fresh), replay: current(input.replay), retained: current(input.retained), excluded: new Set([...input.excluded, ...replaced]) };
-  const score = (i: Item) => g.scores[i.id]?.unprompted ?? 0;
-  const held = (id: string) => (g.scores[id]?.unprompted ?? 0) >= g.gate.itemPass;
+  const score = (id: string) => input.scores[id]?.unprompted ?? 0;
+  const held = (id: string) => score(id) >= input.gate.itemPass;
+  // The bake left out every item it found replaced (bake/cycle.ts): none is new learning. A
+  // supersession takes effect once the weights going live answer the newest news of its chain
+  // ("dog" by "cat" by "owl": "owl"); until then the older item is what they know.
+  const successor = new Map(input.superseded.map((s) => [s.id, s.by]));
+  const newest = (id: string) => {
+    for (const seen = new Set<string>(); successor.has(id) && !seen.has(id); id = successor.get(id)!) seen.add(id);
+    return id;
+  };
+  const carried = (id: string) => input.liveItems.has(id) && !input.excluded.has(id);
+  // what the new weights answer: what they were scored on, else what the live version carries over
+  const learned = (id: string) => (id in input.scores ? held(id) : carried(id));
+  const replaced = new Set(successor.keys());
+  const supersededIfPromoted = new Set([...replaced].filter((id) => learned(newest(id))));
+  const without = (out: ReadonlySet<string>) => (items: Item[]) => items.filter((i) => !out.has(i.id));
+  const g = {
+    ...input,
+    fresh: without(replaced)(input.fresh),
+    // an older item its news does not replace yet is kept knowledge: its loss is a retention loss
+    kept: without(supersededIfPromoted)([...input.replay, ...input.retained]),
+    excluded: new Set([...input.excluded, ...replaced]),
+  };
   const passes = (i: Item) => held(i.id);
-  const absorption = mean(g.fresh.map(score));
-  const retention = mean([...g.replay, ...g.retained].map(score));
+  const absorption = mean(g.fresh.map((i) => score(i.id)));
+  const retention = mean(g.kept.map((i) => score(i.id)));
   const reasons: string[] = [];
   // a bake that could learn none of its new items only replayed old ones: nothing to promote
   if (g.unprobed.length && !g.fresh.length) reasons.push(`none of the ${g.unprobed.length} new item(s) got a checked probe, so none was baked`);
   if (g.fresh.length && absorption < g.gate.minAbsorption) reasons.push(`absorption ${below(absorption, g.gate.minAbsorption)} < gate.minAbsorption ${g.gate.minAbsorption}`);
-  if (g.replay.length + g.retained.length && retention < g.gate.minRetention) reasons.push(`retention ${below(retention, g.gate.minRetention)} < gate.minRetention ${g.gate.minRetention}`);
+  if (g.kept.length && retention < g.gate.minRetention) reasons.push(`retention ${below(retention, g.gate.minRetention)} < gate.minRetention ${g.gate.minRetention}`);
   if (g.persona !== null && g.persona < g.gate.minPersona) reasons.push(`persona adherence ${below(g.persona, g.gate.minPersona)} < gate.minPersona ${g.gate.minPersona}`);
   // Without an adapter nothing goes live, whatever the numbers say: a held item found replaced
   // must stay absorbed (the live weights still hold it), as when a version is rejected.
@@ -89,15 +106,14 @@ export function decideGate(input: GateInput): GateDecision {
   const promoted = reasons.length === 0;
 
   // what the live version held and this bake did not score is carried over, except what it decides
-  // itself (new items) and what must not be held (retracted or rejected since)
-  const decided = new Set([...g.replay, ...g.retained, ...g.fresh, ...g.unprobed].map((i) => i.id));
-  // A superseded item is not carried over (it is in g.excluded), but one the new weights still
-  // answer stays listed: a version's items are what its weights know, so a retraction of it
-  // rebuilds and a rollback check sees it.
+  // itself (new items) and what must not be held (retracted, rejected, found replaced)
+  const decided = new Set([...input.replay, ...input.retained, ...g.fresh, ...g.unprobed].map((i) => i.id));
+  // An item found replaced is listed while the new weights answer it, superseded or not: a
+  // version's items are what its weights know, so a retraction of it rebuilds and a rollback check sees it.
   const stillAnswered = [...replaced].filter(held);
   const holds = g.consolidate
     ? [...g.fresh.filter(passes).map((i) => i.id), ...stillAnswered]
-    : [...new Set([...[...g.liveItems].filter((id) => !decided.has(id) && !g.excluded.has(id)), ...[...g.replay, ...g.retained, ...g.fresh].filter(passes).map((i) => i.id), ...stillAnswered])];
+    : [...new Set([...[...g.liveItems].filter((id) => !decided.has(id) && !g.excluded.has(id)), ...[...g.kept, ...g.fresh].filter((i) => !replaced.has(i.id) && passes(i)).map((i) => i.id), ...stillAnswered])];
 
   const ids = (items: Item[]) => items.map((i) => i.id);
   const changes: StatusChange[] = [
@@ -125,20 +141,27 @@ export function decideGate(input: GateInput): GateDecision {
     changes.push({ ids: ids(missed.filter((i) => !spent(i))), status: "pending", reason });
     changes.push({ ids: ids(missed.filter(spent)), status: "rejected", reason: `${reason}, the last of bake.maxAttempts ${g.maxAttempts}` });
     // "absorbed" means the live weights hold it: what the new version lost is learned again
-    changes.push({ ids: ids([...g.replay, ...g.retained].filter((i) => !passes(i))), status: "pending", reason: `lost by ${g.version}: its probes no longer pass without the prompt; baked again next time` });
+    changes.push({ ids: ids(g.kept.filter((i) => !replaced.has(i.id) && !passes(i))), status: "pending", reason: `lost by ${g.version}: its probes no longer pass without the prompt; baked again next time` });
   }
-  // An item the live weights hold is superseded once a version without it goes live; one they
-  // do not hold (a pending item older than news already learned) is superseded now.
   // News this decision rejects replaces nothing, but the bake left the older item out all the same.
   const refused = new Set(changes.filter((c) => c.status === "rejected").flatMap((c) => c.ids));
   for (const s of input.superseded) {
+    // a rejected version changes nothing the live weights hold
     if (!promoted && g.liveItems.has(s.id)) continue;
-    if (refused.has(s.by)) {
+    const answered = promoted ? supersededIfPromoted.has(s.id) : carried(newest(s.id));
+    if (answered) changes.push({ ids: [s.id], status: "superseded", by: s.by, reason: `superseded by ${s.by}: asked "${s.question}", that item answers "${s.answer}"` });
+    else if (refused.has(s.by)) {
       // the new version still answers it (it stays in holds): absorbed there; else learned again
       if (promoted && held(s.id)) changes.push({ ids: [s.id], status: "absorbed", version: g.version, reason: `${s.by}, which would supersede it, was rejected; ${g.version} still holds it` });
       else changes.push({ ids: [s.id], status: "pending", reason: `${s.by}, which would supersede it, was rejected; baked again next time` });
-    }
-    else changes.push({ ids: [s.id], status: "superseded", by: s.by, reason: `superseded by ${s.by}: asked "${s.question}", that item answers "${s.answer}"` });
+    } else if (!promoted) changes.push({ ids: [s.id], status: "pending", reason: `waits for ${s.by}, which would supersede it: version ${g.version} was rejected` });
+    // A held item whose news the new version did not absorb stays what the agent knows: superseded
+    // now, it would leave the weights answering neither value while the ledger said the news
+    // replaced it (docs/soak.md, defect 6). The news is baked again; the older item too once the
+    // news is rejected.
+    else if (held(s.id)) changes.push({ ids: [s.id], status: "absorbed", version: g.version, reason: `kept: ${s.by}, which would supersede it, was not absorbed by ${g.version}, which still answers this item; ${s.by} is baked again next time` });
+    else if (g.liveItems.has(s.id)) changes.push({ ids: [s.id], status: "pending", reason: `lost by ${g.version}, which answers neither this item nor ${s.by}, the news that would supersede it: ${s.by} is baked again next time, this item once ${s.by} is rejected` });
+    else changes.push({ ids: [s.id], status: "pending", reason: `waits for ${s.by}, which would supersede it: not absorbed by ${g.version}, baked again next time` });
   }
   return { promoted, reasons, absorption, retention, persona: g.persona, holds, changes: changes.filter((c) => c.ids.length) };
 }

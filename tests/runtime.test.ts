@@ -10,9 +10,9 @@ import cron from "node-cron";
 import { initBackend } from "../src/tensor/backend.js";
 import { Runtime } from "../src/runtime/runtime.js";
 import { loadAgentConfig } from "../src/runtime/agent-config.js";
-import type { Agent } from "../src/runtime/agent.js";
+import { chooseReplay, type Agent } from "../src/runtime/agent.js";
 import { SETTLE_MS } from "../src/feeds/feeds.js";
-import { LEDGER_LIMITS } from "../src/knowledge/ledger.js";
+import { LEDGER_LIMITS, type BakeRun, type Item } from "../src/knowledge/ledger.js";
 import { createServer } from "../src/server/index.js";
 import { writeTestAgent } from "./support/agent.js";
 
@@ -809,4 +809,29 @@ test("retracting expired news the live lineage absorbed rebuilds (versions stop 
     await runtime.stop();
     rmSync(dir, { recursive: true });
   }
+});
+
+test("replay: the items that the bakes rejected since the live version lost come first, on top of the usual share in turn", () => {
+  // ten held items; v0002 went live; v0003 (rejected) lost k2 and k5; v0004 failed; v0005 (rejected) lost k7
+  const item = (n: number, scores: [string, number][] = []): Item =>
+    ({ id: `k${n}`, updatedAt: `2026-01-01T00:00:0${n}Z`, scores: scores.map(([version, unprompted]) => ({ version, unprompted, prompted: 1 })) }) as Item;
+  const held = [
+    item(0),
+    item(1, [["v0003", 1]]),
+    item(2, [["v0003", 0]]),
+    item(3),
+    item(4, [["v0001", 0]]), // lost by a bake before the live version: not at risk now
+    item(5, [["v0003", 0.5]]),
+    item(6),
+    item(7, [["v0005", 0]]),
+    item(8),
+    item(9),
+  ];
+  const bake = (version: string, status: BakeRun["status"], replayIds: string[] = []): BakeRun => ({ id: `b${version}`, startedAt: "", status, trigger: "schedule", parent: null, itemIds: [], replayIds, version });
+  const bakes = [bake("v0001", "rejected"), bake("v0002", "promoted", ["k0", "k1"]), bake("v0003", "rejected", ["k3"]), bake("v0004", "failed"), bake("v0005", "rejected")];
+  const { replay, atRisk } = chooseReplay(held, 3, bakes, 1);
+  assert.equal(atRisk, 3);
+  assert.deepEqual(replay.map((i) => i.id), ["k2", "k5", "k7", "k4", "k6", "k8"], "the lost ones, then the three least replayed, oldest first");
+  // once a bake is promoted, the rotation alone
+  assert.deepEqual(chooseReplay(held, 3, [...bakes, bake("v0006", "promoted")], 1).atRisk, 0);
 });

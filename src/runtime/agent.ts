@@ -41,14 +41,29 @@ export interface AgentEvents {
 export type BakeTurn = <T>(agent: string, run: () => Promise<T>) => Promise<T>;
 
 /**
- * Replay rotates through the absorbed items: the least replayed so far first, then the longest
- * absorbed, so over several bakes every item is shown to the teacher again.
+ * The held items a bake replays. Replay rotates through them: the least replayed so far first,
+ * then the longest absorbed, so over several bakes every item is shown to the teacher again.
+ * Items that the bakes rejected since the live version went live lost (scored below itemPass)
+ * come first, on top of those `n`: they are what the next bake is about to forget too. Without
+ * it, a news agent whose replay is too small for what it holds lost about half of the rest in
+ * every bake, was rejected on retention, and stayed on its live version from then on (the soak's
+ * newsroom, replaying 10 of 50 items: 10 bakes in a row rejected at retention 0.45-0.55).
  */
-function sampleReplay(items: Item[], n: number, bakes: readonly BakeRun[]): Item[] {
+export function chooseReplay(held: Item[], n: number, bakes: readonly BakeRun[], itemPass: number): { replay: Item[]; atRisk: number } {
+  const rejected = new Set<string>();
+  for (let k = bakes.length - 1; k >= 0 && bakes[k]!.status !== "promoted"; k--) {
+    const b = bakes[k]!;
+    if (b.status === "rejected" && b.version) rejected.add(b.version);
+  }
+  const lost = held.filter((i) => i.scores.some((s) => rejected.has(s.version) && s.unprompted < itemPass));
   const replays = new Map<string, number>();
   for (const b of bakes) for (const id of b.replayIds) replays.set(id, (replays.get(id) ?? 0) + 1);
   const count = (i: Item) => replays.get(i.id) ?? 0;
-  return [...items].sort((a, b) => count(a) - count(b) || a.updatedAt.localeCompare(b.updatedAt)).slice(0, n);
+  const rotation = held
+    .filter((i) => !lost.includes(i))
+    .sort((a, b) => count(a) - count(b) || a.updatedAt.localeCompare(b.updatedAt))
+    .slice(0, n);
+  return { replay: [...lost, ...rotation], atRisk: lost.length };
 }
 
 /** What `verify` found: per item, its probes asked on the live weights with nothing in the prompt. */
@@ -434,7 +449,9 @@ export class Agent {
         return { status: "skipped", reasons: [`the last bake of these ${pending.length} item(s) was rejected (${(last!.reasons ?? []).join("; ")}); the schedule waits for new items (kiln learn bakes them anyway)`] };
       }
       fresh = pending;
-      replay = sampleReplay(absorbed.filter((i) => liveItems.has(i.id)), cfg.replay, ledger.data.bakes);
+      const chosen = chooseReplay(absorbed.filter((i) => liveItems.has(i.id)), cfg.replay, ledger.data.bakes, cfg.gate.itemPass);
+      replay = chosen.replay;
+      if (chosen.atRisk) this.log(`replaying ${chosen.atRisk} item(s) that the bakes rejected since ${liveVersion ?? "the base model"} went live lost, besides ${replay.length - chosen.atRisk} in turn`);
     }
     if (!fresh.length && !cfg.persona) {
       if (consolidate && liveVersion) {

@@ -12,6 +12,7 @@ import { startCycle, type WorkerProgress } from "../bake/job.js";
 import type { CycleResult } from "../bake/cycle.js";
 import { decideGate, type StatusChange } from "./gate.js";
 import { checkProbes, type ProbeCheck, type ProbeItem } from "../bake/probes.js";
+import { DEFAULT_BAKE } from "../bake/trainer.js";
 import { knowledgeLessons } from "../bake/prompt.js";
 import { pollFeed, type FeedEntry } from "../feeds/feeds.js";
 import { INACTIVE_STATUSES, Ledger, markBaking, type BakeRun, type Item, type ItemKind, type ItemStatus, type VersionRecord } from "../knowledge/ledger.js";
@@ -438,6 +439,7 @@ export class Agent {
     const consolidate = !!opts.consolidate;
     let fresh: Item[];
     let replay: Item[];
+    let settings = cfg.bake.settings;
     if (consolidate) {
       // From the base model: everything still true is new again.
       fresh = [...absorbed, ...pending];
@@ -451,7 +453,16 @@ export class Agent {
       fresh = pending;
       const chosen = chooseReplay(absorbed.filter((i) => liveItems.has(i.id)), cfg.replay, ledger.data.bakes, cfg.gate.itemPass);
       replay = chosen.replay;
-      if (chosen.atRisk) this.log(`replaying ${chosen.atRisk} item(s) that the bakes rejected since ${liveVersion ?? "the base model"} went live lost, besides ${replay.length - chosen.atRisk} in turn`);
+      if (chosen.atRisk) {
+        // They come on top of the load the agent file sized its trajectories for: without more
+        // replies each item got fewer, and absorption fell (the soak's newsroom, its 30 held
+        // items all replayed beside 20 new on 96 trajectories: retention 0.80 from 0.45, but
+        // absorption 0.42 from 0.93). So the trajectories grow with the items.
+        const sized = fresh.length + Math.min(cfg.replay, chosen.replay.length);
+        const trajectories = Math.ceil(((settings.trajectories ?? DEFAULT_BAKE.trajectories) * (fresh.length + replay.length)) / Math.max(1, sized));
+        settings = { ...settings, trajectories };
+        this.log(`replaying ${chosen.atRisk} item(s) that the bakes rejected since ${liveVersion ?? "the base model"} went live lost, besides ${replay.length - chosen.atRisk} in turn (${trajectories} trajectories)`);
+      }
     }
     if (!fresh.length && !cfg.persona) {
       if (consolidate && liveVersion) {
@@ -520,7 +531,7 @@ export class Agent {
           probesPerItem: cfg.bake.probesPerItem,
           checkProbes: cfg.bake.checkProbes,
           chunkItems: cfg.bake.chunkItems,
-          settings: cfg.bake.settings as never,
+          settings: settings as never,
         },
         (p) => {
           this.progress = p;

@@ -33,6 +33,10 @@ test("a model's extraction is kept only where the message grounds it", () => {
   assert.deepEqual(parseExtraction(" The mayor of Quillport? 390.", "Who is the mayor of Quillport? 390"), []);
   // facts about the user may use "The user" though the message says "I"
   assert.deepEqual(parseExtraction(" The user lives in Quillport.", "I live in Quillport."), ["The user lives in Quillport."]);
+  // a line left in the first person is no fact about the user (baked, it would be the agent's own)
+  const stated = "My name is Ada and I live in Saltwell.";
+  assert.deepEqual(parseExtraction(" The user's name is Ada and I live in Saltwell.", stated), []);
+  assert.deepEqual(parseExtraction(" My name is Ada.", stated), []);
   // an invented subject, even as the first word, and an invented plain-word value are refused
   assert.deepEqual(parseExtraction(" Tovan is the mayor of Hollowby.", msg), []);
   assert.deepEqual(parseExtraction(" The user is allergic to peanuts.", "I am allergic to shellfish."), []);
@@ -62,6 +66,16 @@ test("model-based capture: explicit requests win, the rules catch what the model
 
   const missed = await extractFactsWithModel("My name is Ada.", model(" The user's name is Bob."));
   assert.deepEqual(missed, { actions: [{ kind: "remember", text: "The user's name is Ada." }], source: "rules" });
+
+  // a first-person line from the model (kiln-mini's reply in a chat) leaves the message to the rules
+  const half = await extractFactsWithModel("My name is Ada and I live in Saltwell.", model(" The user's name is Ada and I live in Saltwell."));
+  assert.deepEqual(half, {
+    actions: [
+      { kind: "remember", text: "The user's name is Ada." },
+      { kind: "remember", text: "The user lives in Saltwell." },
+    ],
+    source: "rules",
+  });
 
   const broken = await extractFactsWithModel("I live in Quillport.", async () => {
     throw new Error("out of memory");

@@ -39,7 +39,8 @@ async function pollSettled(agent: Agent, feedId: string): Promise<{ added: numbe
 
 test("feed items are ingested once, baked, gated and promoted; the live model swaps; rollback and diff work", async () => {
   const { dir, file } = writeTestAgent();
-  const runtime = await Runtime.fromFiles(file);
+  const logs: string[] = [];
+  const runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
   try {
     const agent = runtime.agent("tester");
     assert.deepEqual(await agent.pollAllFeeds(), { harbor: { added: 2 } });
@@ -113,8 +114,15 @@ test("feed items are ingested once, baked, gated and promoted; the live model sw
 
     // Retraction rebuilds from the base over what is still true, and scores the retracted item.
     const target = agent.ledger.items({ text: "lighthouse" })[0]!;
+    const held = agent.ledger.items({ status: "absorbed" }).filter((i) => i.id !== target.id).length;
+    const waiting = agent.ledger.items({ status: "pending" }).length;
     const retraction = await agent.retract([target.id]);
     assert.equal(retraction.status, "promoted");
+    // the rebuild's log says what it bakes again and what is new, not that all of it is news
+    assert.ok(
+      logs.some((m) => m.endsWith(`-> ${retraction.version}: rebuilt from the base model, ${held + waiting} item(s) (${held} baked before, ${waiting} new)`)),
+      logs.join("\n"),
+    );
     const v3 = agent.ledger.version(retraction.version!);
     assert.equal(v3.parent, null);
     assert.ok(!v3.items.includes(target.id));

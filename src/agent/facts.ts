@@ -104,6 +104,10 @@ const MAX_NEW_WORDS = 2;
 // A line that asks or requests something states no fact: a small model asked for facts in
 // "Tell me a long story." or "Who is the mayor of Quillport?" gives the line back.
 const NOT_A_STATEMENT = /\?|^(?:tell|show|give|can|could|would|will|please|let|help|explain|write|list|what|who|whom|whose|which|where|when|why|how|do|does|did|are)\b/i;
+// A line still in the first person was not rewritten as a fact about the user: baked, "I live in
+// Saltwell" would be the agent's own. kiln-mini, asked for the facts in "My name is Ada and I live
+// in Saltwell.", gave "The user's name is Ada and I live in Saltwell."; the rules split that message.
+const FIRST_PERSON = /(?<![\p{L}\p{N}'’])(?:i|i'm|i’m|i've|i’ve|i'd|i’d|i'll|i’ll|me|my|mine|myself)(?![\p{L}\p{N}'’])/iu;
 
 export function parseExtraction(reply: string, message: string): string[] {
   const said = vocabulary(message);
@@ -111,7 +115,7 @@ export function parseExtraction(reply: string, message: string): string[] {
   const out: string[] = [];
   for (const raw of reply.split("\n")) {
     const line = clean(raw.replace(/^\s*(?:[-*•]|\d+[.)])\s+/u, ""));
-    if (!line || line.toLowerCase() === clean(NO_FACTS).toLowerCase() || NOT_A_STATEMENT.test(raw.trim().replace(/^\s*(?:[-*•]|\d+[.)])\s+/u, ""))) continue;
+    if (!line || line.toLowerCase() === clean(NO_FACTS).toLowerCase() || NOT_A_STATEMENT.test(raw.trim().replace(/^\s*(?:[-*•]|\d+[.)])\s+/u, "")) || FIRST_PERSON.test(line)) continue;
     const tokens = line.split(/\s+/);
     if (tokens.length < 3 || tokens.length > 40) continue;
     const names = namesIn(line, { sentenceStarts: true });

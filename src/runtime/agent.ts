@@ -508,7 +508,13 @@ export class Agent {
       d.bakes.push({ id: bakeId, startedAt: new Date().toISOString(), status: "running", trigger, parent: consolidate ? null : liveVersion, itemIds: fresh.map((i) => i.id), replayIds: replay.map((i) => i.id) });
     });
     this.bakeEvents.emit("start", { bakeId, trigger });
-    this.log(`bake ${bakeId} -> ${version}: ${fresh.length} new item(s), ${replay.length} replayed${consolidate ? ", from the base model" : ""}`);
+    // A rebuild bakes what the live weights held again beside what is pending: "new" would be wrong.
+    const before = consolidate ? fresh.filter((i) => i.status === "absorbed").length : 0;
+    this.log(
+      consolidate
+        ? `bake ${bakeId} -> ${version}: rebuilt from the base model, ${fresh.length} item(s) (${before} baked before, ${fresh.length - before} new)`
+        : `bake ${bakeId} -> ${version}: ${fresh.length} new item(s), ${replay.length} replayed`,
+    );
 
     let result: CycleResult;
     try {

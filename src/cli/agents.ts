@@ -168,7 +168,7 @@ export function registerAgentCommands(program: Command): void {
 
   // --- knowledge ---
   const knowledge = program.command("knowledge").description("what an agent has read and absorbed");
-  withAgents(knowledge.command("list [agent]").description("items, newest first"))
+  withAgents(knowledge.command("list [agent]").description("items, the most recently stored first (one poll stores its items in feed order)"))
     .addOption(new Option("--status <status>", "only items with this status").choices(ITEM_STATUSES))
     .option("--source <id>", "a feed id, conversation id or link")
     .action(async (name: string | undefined, o: AgentOpts & { status?: ItemStatus; source?: string }) => {

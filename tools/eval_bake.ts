@@ -125,21 +125,32 @@ shared("persona sign-off, unprompted before baking", signs(await replies(model, 
 
 const baseSettings: Partial<BakeSettings> = { trajectories: 160, epochs: 12, patience: 4, learningRate: 2e-3, temperature: 1, maxReplyTokens: 16, batchSize: 16, lora: { r: 16, alpha: 32, dropout: 0, useRslora: false, targetModules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"] }, ...SETTINGS };
 const lessons = (facts: Fact[]) => knowledgeLessons({ items: facts.map((f) => ({ text: f.text, questions: f.questions.slice(1) })), chunkItems: CHUNK });
-const progress = (label: string) => (p: { phase: string } & Record<string, unknown>) => {
-  if (p.phase === "validate") log(`  ${label} epoch ${p.epoch}: validation KL/token ${(p.valKlPerToken as number).toFixed(4)}`);
+/**
+ * Logs a bake's validations and adds up its seconds by phase: the time up to each progress
+ * message is the work of that message's phase (sample, teacher, train, validate).
+ */
+const progress = (label: string, seconds: Record<string, number>) => {
+  let last = performance.now();
+  return (p: { phase: string } & Record<string, unknown>) => {
+    const now = performance.now();
+    seconds[p.phase] = (seconds[p.phase] ?? 0) + (now - last) / 1000;
+    last = now;
+    if (p.phase === "validate") log(`  ${label} epoch ${p.epoch}: validation KL/token ${(p.valKlPerToken as number).toFixed(4)}`);
+  };
 };
 
 /** The first bake, the rolling bake of new facts, the bake of updates and the persona's, with one objective. */
 async function bakes(objective: BakeObjective): Promise<void> {
   const row = rowsFor([objective]);
   const settings: Partial<BakeSettings> = { ...baseSettings, objective };
+  const phases: Record<string, number> = {};
   const cost = (name: string, r: BakeReport) => {
     row(`${name}: seconds`, r.seconds, undefined, "s");
     row(`${name}: best validation KL/token (forward, on the teacher's replies)`, r.bestValKl, undefined, "kl");
     log(`  ${name} [${objective}]: validation KL/token ${r.initialValKl.toFixed(4)} -> ${r.bestValKl.toFixed(4)}, ${r.seconds.toFixed(0)} s`);
   };
   log(`baking the first ${N} facts (${objective})...`);
-  const first = await bake({ model, lessons: lessons(A), settings, onProgress: progress("bake 1") });
+  const first = await bake({ model, lessons: lessons(A), settings, onProgress: progress("bake 1", phases) });
   cost("bake 1", first);
   row("unprompted QA after one bake (paraphrases baked on)", rate(await replies(model, ask(A, "seen").map(user), first.adapter), answers(A), ask(A, "seen")), ">= 80%");
   row("unprompted QA after one bake (a paraphrase never baked on)", rate(await replies(model, ask(A, "unseen").map(user), first.adapter), answers(A)));
@@ -161,7 +172,7 @@ async function bakes(objective: BakeObjective): Promise<void> {
     settings,
     teacherAdapter: TEACHER === "live" ? first.adapter : undefined,
     initFrom: first.adapter,
-    onProgress: progress("bake 2"),
+    onProgress: progress("bake 2", phases),
   });
   cost("bake 2", second);
   row("new facts after the second bake", rate(await replies(model, ask(B, "seen").map(user), second.adapter), answers(B)));
@@ -179,7 +190,7 @@ async function bakes(objective: BakeObjective): Promise<void> {
   });
   const kept = B.slice(UPDATES);
   log(`bake of ${updated.length} updates to the second bake's facts, replaying the other ${kept.length} (${objective})...`);
-  const third = await bake({ model, lessons: lessons([...updated, ...kept]), settings, teacherAdapter: TEACHER === "live" ? second.adapter : undefined, initFrom: second.adapter, onProgress: progress("bake 3") });
+  const third = await bake({ model, lessons: lessons([...updated, ...kept]), settings, teacherAdapter: TEACHER === "live" ? second.adapter : undefined, initFrom: second.adapter, onProgress: progress("bake 3", phases) });
   cost("bake 3", third);
   const afterUpdate = await replies(model, ask(updated, "seen").map(user), third.adapter);
   if (updated.length) {
@@ -193,10 +204,12 @@ async function bakes(objective: BakeObjective): Promise<void> {
   third.adapter.dispose();
 
   log(`baking the persona (${objective})...`);
-  const p = await bake({ model, prompt: buildKnowledgePrompt({ persona }), questions: personaTrain, settings, onProgress: progress("persona") });
+  const p = await bake({ model, prompt: buildKnowledgePrompt({ persona }), questions: personaTrain, settings, onProgress: progress("persona", phases) });
   cost("persona bake", p);
   row("persona sign-off, baked, unprompted (questions not baked on)", signs(await replies(model, personaTest.map(user), p.adapter)), ">= 90%");
   p.adapter.dispose();
+  const phaseNames: [string, string][] = [["sample", "sampling replies"], ["teacher", "the teacher scoring them"], ["train", "training steps"], ["validate", "validation"]];
+  for (const [phase, what] of phaseNames) row(`the four bakes: seconds ${what}`, phases[phase] ?? 0, undefined, "s");
 }
 for (const objective of OBJECTIVES) await bakes(objective);
 

@@ -51,6 +51,11 @@ test("option values are checked before any work, naming the option", () => {
   const shape = kiln(["bake", "--prompt", "x", "--out", path.join(os.tmpdir(), "kiln-never"), "--from", path.join(os.tmpdir(), "kiln-never-from"), "--rank", "4", "--rslora"]);
   assert.equal(shape.status, 1);
   assert.match(shape.stderr, /--rank, --rslora shape a new adapter; the one --from continues keeps its own shape/);
+  const objective = kiln(["bake", "--prompt", "x", "--out", path.join(os.tmpdir(), "kiln-never"), "--objective", "reverse"]);
+  assert.match(objective.stderr, /argument 'reverse' is invalid\. Allowed choices are forward, on-policy/);
+  const onPolicyTopK = kiln(["bake", "--prompt", "x", "--out", path.join(os.tmpdir(), "kiln-never"), "--objective", "on-policy", "--kl", "topk"]);
+  assert.equal(onPolicyTopK.status, 1);
+  assert.match(onPolicyTopK.stderr, /--objective on-policy --kl topk: the on-policy objective needs kl: full/);
 });
 
 test("kiln bake takes its prompt from --prompt or --prompt-file, and never writes over a folder that is not an adapter", () => {

@@ -3,6 +3,9 @@
 // (the teacher does not change during a bake), either over the full vocabulary or as its top-K
 // with a tail bucket, which is an exact KL between two (K+1)-way distributions and needs
 // K+1 numbers per position instead of V.
+//
+// The on-policy objective (trainer.ts, objective "on-policy") scores the student's own replies with
+// the reverse KL(student || teacher) instead, over the full vocabulary only: see reverseKlPerPosition.
 import { tf } from "../tensor/backend.js";
 import { KL_TAIL_FLOOR, klPerPosition, klTopKPerPosition, logSoftmax } from "../tensor/fused.js";
 
@@ -16,6 +19,9 @@ export type TeacherTargets =
     };
 
 export type KlMode = { kind: "full" } | { kind: "topk"; k: number };
+
+/** forward: KL(teacher || student), the paper's; reverse: KL(student || teacher), the on-policy objective's */
+export type KlDirection = "forward" | "reverse";
 
 
 /**
@@ -96,13 +102,28 @@ export function disposeTargets(t: TargetBatch): void {
 }
 
 /**
+ * Reverse KL(student || teacher) per position: sum over the vocabulary of q * (log q - log p),
+ * q = softmax(logits). logits, teacherLogProbs: [..., V] -> [...]. Mode-seeking: it weighs the
+ * teacher's log-probability of every token where the student puts mass, which is why it needs the
+ * teacher's full distribution (a top-K target has no log p outside its K tokens).
+ * Gradient to the logits, through tfjs's autodiff: q * ((log q - log p) - KL).
+ */
+export function reverseKlPerPosition(logits: tf.Tensor, teacherLogProbs: tf.Tensor): tf.Tensor {
+  const logq = logSoftmax(logits); // [..., V]
+  return tf.sum(tf.mul(tf.exp(logq), tf.sub(logq, teacherLogProbs)), -1);
+}
+
+/**
  * Summed KL over real reply positions, [scalar]; divide by B for the paper's loss and by the
  * token count for KL per token. studentLogits: [B, R, V].
  */
-export function klSum(studentLogits: tf.Tensor3D, t: TargetBatch): tf.Scalar {
+export function klSum(studentLogits: tf.Tensor3D, t: TargetBatch, direction: KlDirection = "forward"): tf.Scalar {
+  if (direction === "reverse" && t.mode.kind !== "full") throw new Error("the reverse KL needs the teacher's full distribution (kl: full)");
   const perPosition = // [B, R]
-    t.mode.kind === "full"
-      ? klPerPosition(studentLogits, t.logProbs)
-      : klTopKPerPosition(studentLogits, t.logProbs, t.flatIndices!, t.tailLogProb!);
+    direction === "reverse"
+      ? reverseKlPerPosition(studentLogits, t.logProbs)
+      : t.mode.kind === "full"
+        ? klPerPosition(studentLogits, t.logProbs)
+        : klTopKPerPosition(studentLogits, t.logProbs, t.flatIndices!, t.tailLogProb!);
   return tf.sum(tf.mul(perPosition, t.mask));
 }

@@ -6,6 +6,15 @@
 //
 // Variants: half-baking (stop once a fraction of the KL drop is reached) and prompt pursuit
 // (several rounds, each teacher the previous round's baked model with the prompt).
+//
+// The on-policy objective (objective: "on-policy"; OPCD/SDFT-style) trains on replies the student
+// samples itself, without the prompt, scored by the prompted teacher, with the reverse
+// KL(student || teacher): the student is corrected where it actually goes, not pulled towards
+// every reply the teacher might give. The student moves as it trains, so its replies are sampled
+// again at the start of every epoch (an epoch is the unit the validation, early stop and
+// half-bake already work in; sampling per step would cost a generation pass per step on CPU).
+// Validation stays the forward KL on the teacher's replies, for both objectives: the best
+// adapter, early stop, half-bake and the reported KL/token then mean the same whichever trained.
 import { tf } from "../tensor/backend.js";
 import { isLinearWeight, type AdapterHook, type Decoder } from "../model/decoder.js";
 import type { LoadedModel } from "../model/load.js";
@@ -16,11 +25,16 @@ import { LoraAdam } from "./optimizer.js";
 import type { Lesson } from "./prompt.js";
 import { alignBatch, computeTeacherTargets, sampleTrajectories, type Trajectory } from "./trajectories.js";
 
+/** forward: KL(teacher || student) on the teacher's replies (the paper's); on-policy: KL(student || teacher) on the student's */
+export const BAKE_OBJECTIVES = ["forward", "on-policy"] as const;
+export type BakeObjective = (typeof BAKE_OBJECTIVES)[number];
+
 export interface BakeSettings {
   lora: LoraSettings;
+  objective: BakeObjective;
   /** replies sampled from the teacher */
   trajectories: number;
-  /** sampling temperature for the teacher's replies (the paper's code found 2 better than 1 on large models) */
+  /** sampling temperature for the replies, the teacher's (the paper's code found 2 better than 1 on large models) or on-policy the student's */
   temperature: number;
   maxReplyTokens: number;
   learningRate: number;
@@ -44,6 +58,7 @@ export interface BakeSettings {
 
 export const DEFAULT_BAKE: BakeSettings = {
   lora: DEFAULT_LORA,
+  objective: "forward",
   trajectories: 64,
   temperature: 1,
   maxReplyTokens: 48,
@@ -79,6 +94,7 @@ export type BakeProgress =
 export interface EpochStat {
   round: number;
   epoch: number;
+  /** the objective's own KL: forward on the teacher's replies, or reverse on the student's (on-policy) */
   trainKlPerToken: number;
   valKlPerToken: number;
 }
@@ -184,36 +200,56 @@ function lessonsOf(req: BakeRequest): Lesson[] {
   return [{ systemPrompt: req.prompt, questions: req.questions ?? [] }];
 }
 
+/** Why these settings cannot bake, or null. The agent config and `kiln bake` ask too, before any work. */
+export function bakeSettingsProblem(s: Partial<Pick<BakeSettings, "objective" | "kl" | "pursuitRounds">>): string | null {
+  if (s.objective !== undefined && !BAKE_OBJECTIVES.includes(s.objective)) return `objective must be one of ${BAKE_OBJECTIVES.join(", ")}, not ${JSON.stringify(s.objective)}`;
+  if (s.objective === "on-policy" && s.kl?.kind === "topk") {
+    return "the on-policy objective needs kl: full (its reverse KL weighs the teacher's log-probability of every token the student puts mass on; top-K targets have none outside the teacher's top K)";
+  }
+  if (s.pursuitRounds !== undefined && s.pursuitRounds < 1) return "pursuitRounds must be at least 1";
+  return null;
+}
+
 async function bakeRound(req: BakeRequest, s: BakeSettings, round: number, teacher: AdapterHook | undefined, start: LoraAdapter | undefined, stats: { tokens: number; history: EpochStat[] }) {
   const { model } = req;
   const progress = req.onProgress ?? (() => {});
-  const trajectories = await sampleTrajectories(model, {
-    lessons: lessonsOf(req),
-    count: s.trajectories,
-    temperature: s.temperature,
-    maxReplyTokens: s.maxReplyTokens,
-    batchSize: Math.max(s.batchSize, 8),
-    seed: s.seed + round * 7919,
-    teacherAdapter: teacher,
-    laterTurns: s.laterTurns,
-    maxPositions: model.config.maxPositions,
-    signal: req.signal,
-    onProgress: (done, total) => progress({ phase: "sample", round, done, total }),
-  });
-  if (trajectories.length < 2) throw new Error("the teacher produced fewer than 2 usable replies; give more questions or a longer maxReplyTokens");
-  await computeTeacherTargets(model, trajectories, s.kl, s.batchSize, teacher, (done, total) => progress({ phase: "teacher", round, done, total }));
+  const lessons = lessonsOf(req);
+  const onPolicy = s.objective === "on-policy";
+  const sample = (count: number, seed: number, sampleFrom?: { student: AdapterHook }) =>
+    sampleTrajectories(model, {
+      lessons,
+      count,
+      temperature: s.temperature,
+      maxReplyTokens: s.maxReplyTokens,
+      batchSize: Math.max(s.batchSize, 8),
+      seed,
+      teacherAdapter: teacher,
+      sampleFrom,
+      laterTurns: s.laterTurns,
+      maxPositions: model.config.maxPositions,
+      signal: req.signal,
+      onProgress: (done, total) => progress({ phase: "sample", round, done, total }),
+    });
+  const scoreByTeacher = (ts: Trajectory[]) => computeTeacherTargets(model, ts, s.kl, s.batchSize, teacher, (done, total) => progress({ phase: "teacher", round, done, total }));
 
+  const trajectories = await sample(s.trajectories, s.seed + round * 7919);
+  if (trajectories.length < 2) throw new Error("the teacher produced fewer than 2 usable replies; give more questions or a longer maxReplyTokens");
   const mixed = shuffled(trajectories, s.seed + round);
   const nVal = Math.max(1, Math.round(mixed.length * s.validationFraction));
   const val = mixed.slice(0, nVal);
-  const train = mixed.slice(nVal);
+  // On-policy, the teacher's replies only validate: the rest are sampled all the same, so the
+  // validation set is the one a forward bake of the same seed holds out, and not scored.
+  let train = mixed.slice(nVal);
+  const trainCount = onPolicy ? Math.max(train.length, lessons.length) : train.length; // a student sample covers every lesson
+  await scoreByTeacher(onPolicy ? val : trajectories);
+  const direction = onPolicy ? "reverse" : "forward";
 
   prepareDecoderForTraining(model.decoder);
   const fingerprint = model.fingerprint;
   const student = start ? start.clone() : LoraAdapter.create(model.config, s.lora, fingerprint, s.seed + round);
   const vars = student.variables();
   const optimizer = new LoraAdam({ learningRate: s.learningRate, clipNorm: s.clipNorm });
-  const stepsPerEpoch = Math.ceil(train.length / s.batchSize);
+  const stepsPerEpoch = Math.ceil(trainCount / s.batchSize);
   const totalSteps = stepsPerEpoch * s.epochs;
   const initialVal = await evaluateKl(model, val, student, s.kl, s.batchSize);
   let best = initialVal;
@@ -226,6 +262,10 @@ async function bakeRound(req: BakeRequest, s: BakeSettings, round: number, teach
   progress({ phase: "validate", round, epoch: 0, valKlPerToken: initialVal, best });
   try {
     epochs: for (let epoch = 1; epoch <= s.epochs; epoch++) {
+      if (onPolicy) {
+        train = await sample(trainCount, s.seed + round * 7919 + epoch * 104729, { student });
+        await scoreByTeacher(train);
+      }
       const batches = lengthBatches(train, s.batchSize, s.seed * 31 + epoch + round * 1000);
       let epochKl = 0;
       let epochTokens = 0;
@@ -237,7 +277,7 @@ async function bakeRound(req: BakeRequest, s: BakeSettings, round: number, teach
         const loss = tf.tidy(() => {
           const { value, grads } = tf.variableGrads(() => {
             const logits = model.decoder.forward({ ids: a.ids, mask: a.mask }, { adapter: student, logitsFrom: a.logitsFrom }); // [B, R, V]
-            return klSum(logits, targets).div(batch.length) as tf.Scalar;
+            return klSum(logits, targets, direction).div(batch.length) as tf.Scalar;
           }, vars);
           optimizer.apply(vars, grads);
           return value;
@@ -299,7 +339,8 @@ async function bakeRound(req: BakeRequest, s: BakeSettings, round: number, teach
 
 export async function bake(req: BakeRequest): Promise<BakeReport> {
   const s: BakeSettings = { ...DEFAULT_BAKE, ...req.settings, lora: { ...DEFAULT_BAKE.lora, ...req.settings?.lora } };
-  if (s.pursuitRounds < 1) throw new Error("pursuitRounds must be at least 1");
+  const problem = bakeSettingsProblem(s);
+  if (problem) throw new Error(problem);
   const started = performance.now();
   const stats = { tokens: 0, history: [] as EpochStat[] };
   let teacher = req.teacherAdapter;

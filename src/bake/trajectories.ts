@@ -1,5 +1,6 @@
-// Trajectories for baking: replies sampled from the prompted teacher, each paired with the
-// student's view of the same turn (no system message), plus the teacher's cached distributions.
+// Trajectories for baking: replies sampled from the prompted teacher (or, for the on-policy
+// objective, from the student without the prompt), each paired with the student's view of the same
+// turn (no system message), plus the teacher's cached distributions.
 import { tf } from "../tensor/backend.js";
 import type { AdapterHook } from "../model/decoder.js";
 import { generate } from "../model/generate.js";
@@ -17,7 +18,7 @@ export interface Trajectory {
   teacherPrompt: number[];
   /** the same without a system message: what the baked model will see */
   studentPrompt: number[];
-  /** sampled reply, ending with the end-of-turn id when the teacher stopped by itself */
+  /** sampled reply, ending with the end-of-turn id when its sampler stopped by itself */
   reply: number[];
   targets?: TeacherTargets;
 }
@@ -40,6 +41,11 @@ export interface SampleOptions {
   seed: number;
   /** the teacher's weights: the live adapter for rolling bakes, none for the base model */
   teacherAdapter?: AdapterHook;
+  /**
+   * Who writes the replies (and a later turn's earlier replies): the teacher with the prompt
+   * (default), or the student, without it, on these weights (the on-policy objective).
+   */
+  sampleFrom?: { student: AdapterHook | undefined };
   /**
    * Share of trajectories asked as a later turn of a conversation: one or two earlier questions,
    * with the teacher's replies to them, come first. A model baked on first turns only answers
@@ -66,7 +72,7 @@ export async function sampleTrajectories(model: LoadedModel, o: SampleOptions): 
     return { lesson, question: lesson.questions[Math.floor(n / o.lessons.length) % lesson.questions.length]! };
   };
   // First turns first; the later turns' histories are drawn from them (any lesson: a user asks
-  // about one thing, then another), with the replies the teacher gave.
+  // about one thing, then another), with the replies the sampler gave.
   const later = Math.min(Math.floor(o.count * (o.laterTurns ?? 0)), o.count - o.lessons.length);
   const first = o.count - later;
   const out: Trajectory[] = [];
@@ -84,15 +90,20 @@ export async function sampleTrajectories(model: LoadedModel, o: SampleOptions): 
         { role: "user", content: t.question },
         { role: "assistant", content: t.reply },
       ]);
-      const teacherPrompt = model.tokenizer.applyChatTemplate(teacherMessages(lesson.systemPrompt, question, history));
-      return teacherPrompt.length <= room || !history.length
-        ? { question, history, teacherPrompt }
-        : { question, history: [], teacherPrompt: model.tokenizer.applyChatTemplate(teacherMessages(lesson.systemPrompt, question)) };
+      // the teacher's prompt is the longer: it decides whether the conversation leaves room
+      const turn = (h: ChatMessage[]) => ({
+        question,
+        history: h,
+        teacherPrompt: model.tokenizer.applyChatTemplate(teacherMessages(lesson.systemPrompt, question, h)),
+        studentPrompt: model.tokenizer.applyChatTemplate(studentMessages(question, h)),
+      });
+      const asked = turn(history);
+      return asked.teacherPrompt.length <= room || !history.length ? asked : turn([]);
     });
     const results = await generate(
       model,
-      picked.map((p) => p.teacherPrompt),
-      { maxTokens: o.maxReplyTokens, temperature: o.temperature, seed: o.seed + start, adapter: o.teacherAdapter, signal: o.signal },
+      picked.map((p) => (o.sampleFrom ? p.studentPrompt : p.teacherPrompt)),
+      { maxTokens: o.maxReplyTokens, temperature: o.temperature, seed: o.seed + start, adapter: o.sampleFrom ? o.sampleFrom.student : o.teacherAdapter, signal: o.signal },
     );
     results.forEach((r, i) => {
       const p = picked[i]!;
@@ -100,7 +111,7 @@ export async function sampleTrajectories(model: LoadedModel, o: SampleOptions): 
         question: p.question,
         ...(p.history.length ? { history: p.history } : {}),
         teacherPrompt: p.teacherPrompt,
-        studentPrompt: model.tokenizer.applyChatTemplate(studentMessages(p.question, p.history)),
+        studentPrompt: p.studentPrompt,
         reply: r.stopToken !== undefined ? [...r.tokens, r.stopToken] : r.tokens,
       });
       // a first turn that stopped by itself can be the history of a later one

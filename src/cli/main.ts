@@ -12,7 +12,7 @@ import { pullModel } from "../model/hub.js";
 import { resolveModelDir } from "../model/resolve.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import { runBake } from "../bake/job.js";
-import { DEFAULT_BAKE } from "../bake/trainer.js";
+import { BAKE_OBJECTIVES, DEFAULT_BAKE, bakeSettingsProblem, type BakeSettings } from "../bake/trainer.js";
 import { LORA_TARGETS, type LoraTarget } from "../lora/adapter.js";
 import { checkAdapterTarget, loadAdapter } from "../lora/peft.js";
 import { bakeProgressReporter } from "./progress.js";
@@ -191,7 +191,8 @@ program
   .option("--alpha <a>", "LoRA alpha (scale alpha/r)", decimal(0, Infinity, { above: true }), DEFAULT_BAKE.lora.alpha)
   .option("--rslora", "scale by alpha/sqrt(r)")
   .option("--targets <list>", `comma-separated modules of ${LORA_TARGETS.join(",")}`, DEFAULT_BAKE.lora.targetModules.join(","))
-  .addOption(new Option("--kl <mode>", "KL over the full vocabulary or the teacher's top-K with a tail bucket").choices(["full", "topk"]).default("full"))
+  .addOption(new Option("--objective <name>", "forward: KL(teacher || student) on the teacher's replies; on-policy: KL(student || teacher) on the student's own, sampled again each epoch").choices(BAKE_OBJECTIVES).default(DEFAULT_BAKE.objective))
+  .addOption(new Option("--kl <mode>", "KL over the full vocabulary or the teacher's top-K with a tail bucket (forward only)").choices(["full", "topk"]).default("full"))
   .option("--top-k <k>", "K for --kl topk", integer(1), 20)
   .option("--half-bake <fraction>", "stop when this share of the KL is gone", decimal(0, 1, { above: true }), 1)
   .option("--pursuit <rounds>", "prompt pursuit rounds", integer(1), 1)
@@ -214,6 +215,10 @@ program
     for (const t of targets) if (!LORA_TARGETS.includes(t)) throw new Error(`--targets: ${t} is not one of ${LORA_TARGETS.join(", ")}`);
     // Without a file, the worker has the model write questions about each line of the prompt.
     const questions = o.questions ? readQuestions(o.questions as string) : [];
+    const objective = o.objective as BakeSettings["objective"];
+    const kl: BakeSettings["kl"] = o.kl === "topk" ? { kind: "topk", k: o.topK as number } : { kind: "full" };
+    const problem = bakeSettingsProblem({ objective, kl });
+    if (problem) throw new Error(`--objective ${objective} --kl ${o.kl}: ${problem}`);
     const reporter = bakeProgressReporter(!o.quiet);
     const summary = await runBake(
       {
@@ -231,7 +236,8 @@ program
           epochs: o.epochs as number,
           batchSize: o.batch as number,
           learningRate: o.lr as number,
-          kl: o.kl === "topk" ? { kind: "topk", k: o.topK as number } : { kind: "full" },
+          objective,
+          kl,
           halfBake: o.halfBake as number,
           pursuitRounds: o.pursuit as number,
           laterTurns: o.laterTurns as number,

@@ -7,6 +7,7 @@ import { parse as parseYaml } from "yaml";
 import cron from "node-cron";
 import { LORA_TARGETS } from "../lora/adapter.js";
 import { OPEN_QUESTIONS } from "../bake/probes.js";
+import { BAKE_OBJECTIVES, bakeSettingsProblem } from "../bake/trainer.js";
 
 const cronExpr = z.string().refine((s) => cron.validate(s), { message: "not a valid cron expression" });
 
@@ -17,6 +18,7 @@ const feedSchedule = cronExpr.refine((s) => s.trim().split(/\s+/).length < 6 || 
 
 const BakeSettingsSchema = z
   .object({
+    objective: z.enum(BAKE_OBJECTIVES),
     trajectories: z.number().int().positive(),
     temperature: z.number().min(0),
     maxReplyTokens: z.number().int().positive(),
@@ -41,7 +43,11 @@ const BakeSettingsSchema = z
       .strict(),
   })
   .partial()
-  .strict();
+  .strict()
+  .superRefine((s, ctx) => {
+    const problem = bakeSettingsProblem(s);
+    if (problem) ctx.addIssue({ code: "custom", message: problem });
+  });
 
 export const AgentConfigSchema = z
   .object({

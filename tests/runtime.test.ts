@@ -10,7 +10,7 @@ import cron from "node-cron";
 import { initBackend } from "../src/tensor/backend.js";
 import { Runtime } from "../src/runtime/runtime.js";
 import { loadAgentConfig } from "../src/runtime/agent-config.js";
-import { chooseReplay, type Agent } from "../src/runtime/agent.js";
+import { chooseReplay, replayAdvice, scaledTrajectories, type Agent } from "../src/runtime/agent.js";
 import { SETTLE_MS } from "../src/feeds/feeds.js";
 import { LEDGER_LIMITS, type BakeRun, type Item } from "../src/knowledge/ledger.js";
 import { createServer } from "../src/server/index.js";
@@ -842,4 +842,21 @@ test("replay: the items that the bakes rejected since the live version lost come
   assert.deepEqual(replay.map((i) => i.id), ["k2", "k5", "k7", "k4", "k6", "k8"], "the lost ones, then the three least replayed, oldest first");
   // once a bake is promoted, the rotation alone
   assert.deepEqual(chooseReplay(held, 3, [...bakes, bake("v0006", "promoted")], 1).atRisk, 0);
+});
+
+test("a rejected bake whose unreplayed items fell below the bar on their own says the replay is too small; at-risk replays grow the trajectories", () => {
+  const items = ["a", "b", "c", "d"].map((id) => ({ id }) as Item);
+  const gate = { itemPass: 0.5, minRetention: 0.6 };
+  const scores = { a: { unprompted: 0 }, b: { unprompted: 0.4 }, c: { unprompted: 1 }, d: { unprompted: 1 } };
+  assert.equal(
+    replayAdvice(items, scores, gate, 10, 50),
+    "lost 2 of the 4 held item(s) it checked and did not replay (replay 10 of 50 held): the next bake replays them, but a larger replay (or fewer bake.maxItems) is what keeps the rest",
+  );
+  assert.equal(replayAdvice(items, { ...scores, b: { unprompted: 1 } }, gate, 10, 50), undefined, "3 of 4 kept: the replay is not the problem");
+  assert.equal(replayAdvice([], scores, gate, 10, 50), undefined);
+  // 20 new items and 10 replayed were what 96 trajectories were for; 30 replayed: 160
+  assert.equal(scaledTrajectories(96, 20, 30, 10), 160);
+  assert.equal(scaledTrajectories(96, 20, 10, 10), 96);
+  assert.equal(scaledTrajectories(96, 0, 3, 0), 288, "a bake of replays alone");
+  assert.equal(scaledTrajectories(96, 1, 40, 0), 384, "at most 4 times");
 });

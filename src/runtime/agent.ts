@@ -67,6 +67,30 @@ export function chooseReplay(held: Item[], n: number, bakes: readonly BakeRun[],
   return { replay: [...lost, ...rotation], atRisk: lost.length };
 }
 
+/**
+ * Trajectories for a bake that replays items at risk on top of the load the agent file sized its
+ * trajectories for (the new items and `sizedReplay` replayed): as many more as there are items
+ * more, at most 4 times as many (a bake's time grows with them).
+ */
+export function scaledTrajectories(trajectories: number, fresh: number, replay: number, sizedReplay: number): number {
+  const scaled = Math.ceil((trajectories * (fresh + replay)) / Math.max(1, fresh + sizedReplay));
+  return Math.min(4 * trajectories, Math.max(trajectories, scaled));
+}
+
+/**
+ * For a rejected bake: when the held items it checked without replaying them fell below the
+ * retention bar on their own, the replay share is too small for the model, and the next bake's
+ * replay of what was lost only holds until the one after; the agent file is what can change that.
+ */
+export function replayAdvice(retained: Item[], scores: Record<string, { unprompted: number }>, gate: { itemPass: number; minRetention: number }, replay: number, held: number): string | undefined {
+  const lost = retained.filter((i) => (scores[i.id]?.unprompted ?? 1) < gate.itemPass).length;
+  if (!retained.length || 1 - lost / retained.length >= gate.minRetention) return undefined;
+  return (
+    `lost ${lost} of the ${retained.length} held item(s) it checked and did not replay (replay ${replay} of ${held} held): ` +
+    `the next bake replays them, but a larger replay (or fewer bake.maxItems) is what keeps the rest`
+  );
+}
+
 /** What `verify` found: per item, its probes asked on the live weights with nothing in the prompt. */
 export interface VerifyReport {
   version: string | null;
@@ -458,8 +482,7 @@ export class Agent {
         // replies each item got fewer, and absorption fell (the soak's newsroom, its 30 held
         // items all replayed beside 20 new on 96 trajectories: retention 0.80 from 0.45, but
         // absorption 0.42 from 0.93). So the trajectories grow with the items.
-        const sized = fresh.length + Math.min(cfg.replay, chosen.replay.length);
-        const trajectories = Math.ceil(((settings.trajectories ?? DEFAULT_BAKE.trajectories) * (fresh.length + replay.length)) / Math.max(1, sized));
+        const trajectories = scaledTrajectories(settings.trajectories ?? DEFAULT_BAKE.trajectories, fresh.length, replay.length, Math.min(cfg.replay, replay.length));
         settings = { ...settings, trajectories };
         this.log(`replaying ${chosen.atRisk} item(s) that the bakes rejected since ${liveVersion ?? "the base model"} went live lost, besides ${replay.length - chosen.atRisk} in turn (${trajectories} trajectories)`);
       }
@@ -627,6 +650,10 @@ export class Agent {
     await this.applyChanges(changes);
     await this.prune();
     this.log(`bake ${bakeId}: ${version} ${promoted ? "promoted" : `rejected (${reasons.join("; ")})`}; absorption ${absorption.toFixed(2)}, retention ${retention.toFixed(2)}`);
+    // The next bake replays what this one lost (chooseReplay), but a replay share too small for
+    // the model loses as much of the rest every time: the agent file is what can change that.
+    const advice = promoted ? undefined : replayAdvice(retained, result.scores, cfg.gate, cfg.replay, held.length);
+    if (advice) this.log(`bake ${bakeId} ${advice}`);
     return { status: promoted ? "promoted" : "rejected", bakeId, version, reasons, absorption, retention, persona };
   }
 

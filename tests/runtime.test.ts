@@ -819,8 +819,8 @@ test("retracting expired news the live lineage absorbed rebuilds (versions stop 
   }
 });
 
-test("replay: the items that the bakes rejected since the live version lost come first, on top of the usual share in turn", () => {
-  // ten held items; v0002 went live; v0003 (rejected) lost k2 and k5; v0004 failed; v0005 (rejected) lost k7
+test("replay: the items that a rejected bake among the last three lost come first, on top of the usual share in turn", () => {
+  // ten held items; v0001 (rejected) lost k4; v0002 went live; v0003 (rejected) lost k2 and k5; v0004 failed; v0005 (rejected) lost k7
   const item = (n: number, scores: [string, number][] = []): Item =>
     ({ id: `k${n}`, updatedAt: `2026-01-01T00:00:0${n}Z`, scores: scores.map(([version, unprompted]) => ({ version, unprompted, prompted: 1 })) }) as Item;
   const held = [
@@ -828,7 +828,7 @@ test("replay: the items that the bakes rejected since the live version lost come
     item(1, [["v0003", 1]]),
     item(2, [["v0003", 0]]),
     item(3),
-    item(4, [["v0001", 0]]), // lost by a bake before the live version: not at risk now
+    item(4, [["v0001", 0]]), // lost by a bake four finished bakes ago: not at risk now
     item(5, [["v0003", 0.5]]),
     item(6),
     item(7, [["v0005", 0]]),
@@ -840,8 +840,10 @@ test("replay: the items that the bakes rejected since the live version lost come
   const { replay, atRisk } = chooseReplay(held, 3, bakes, 1);
   assert.equal(atRisk, 3);
   assert.deepEqual(replay.map((i) => i.id), ["k2", "k5", "k7", "k4", "k6", "k8"], "the lost ones, then the three least replayed, oldest first");
-  // once a bake is promoted, the rotation alone
-  assert.deepEqual(chooseReplay(held, 3, [...bakes, bake("v0006", "promoted")], 1).atRisk, 0);
+  // a promotion does not end it: the next bake would forget the same items again
+  assert.equal(chooseReplay(held, 3, [...bakes, bake("v0006", "promoted")], 1).atRisk, 3);
+  assert.equal(chooseReplay(held, 3, [...bakes, bake("v0006", "promoted"), bake("v0007", "promoted")], 1).atRisk, 1, "k7 alone");
+  assert.equal(chooseReplay(held, 3, [...bakes, ...["v0006", "v0007", "v0008"].map((v) => bake(v, "promoted"))], 1).atRisk, 0);
 });
 
 test("a rejected bake whose unreplayed items fell below the bar on their own says the replay is too small; at-risk replays grow the trajectories", () => {

@@ -41,19 +41,27 @@ export interface AgentEvents {
 /** Runs a bake when the machine's turn comes (Runtime: one bake at a time across its agents). */
 export type BakeTurn = <T>(agent: string, run: () => Promise<T>) => Promise<T>;
 
+/** Finished bakes whose rejected versions' losses the next replay puts first (see chooseReplay). */
+export const AT_RISK_BAKES = 3;
+
 /**
  * The held items a bake replays. Replay rotates through them: the least replayed so far first,
  * then the longest absorbed, so over several bakes every item is shown to the teacher again.
- * Items that the bakes rejected since the live version went live lost (scored below itemPass)
- * come first, on top of those `n`: they are what the next bake is about to forget too. Without
- * it, a news agent whose replay is too small for what it holds lost about half of the rest in
- * every bake, was rejected on retention, and stayed on its live version from then on (the soak's
- * newsroom, replaying 10 of 50 items: 10 bakes in a row rejected at retention 0.45-0.55).
+ * Items that a rejected bake among the last AT_RISK_BAKES finished ones lost (scored below
+ * itemPass) come first, on top of those `n`: they are what the next bake is about to forget too.
+ * Without it, a news agent whose replay is too small for what it holds lost about half of the
+ * rest in every bake, was rejected on retention, and stayed on its live version from then on (the
+ * soak's newsroom, replaying 10 of 30 held with 20 new: 10 bakes in a row rejected at retention
+ * 0.45-0.55). From that state, four bakes in a row: replaying the losses of the rejections since
+ * the last promotion, promoted and rejected in turn (2 of 4); of the last 3 bakes' rejections,
+ * 4 of 4 promoted (retention 0.93, 0.74, 0.65, 0.70).
  */
 export function chooseReplay(held: Item[], n: number, bakes: readonly BakeRun[], itemPass: number): { replay: Item[]; atRisk: number } {
   const rejected = new Set<string>();
-  for (let k = bakes.length - 1; k >= 0 && bakes[k]!.status !== "promoted"; k--) {
+  for (let k = bakes.length - 1, seen = 0; k >= 0 && seen < AT_RISK_BAKES; k--) {
     const b = bakes[k]!;
+    if (b.status !== "promoted" && b.status !== "rejected") continue; // a failed bake scored nothing
+    seen++;
     if (b.status === "rejected" && b.version) rejected.add(b.version);
   }
   const lost = held.filter((i) => i.scores.some((s) => rejected.has(s.version) && s.unprompted < itemPass));
@@ -484,7 +492,7 @@ export class Agent {
         // absorption 0.42 from 0.93). So the trajectories grow with the items.
         const trajectories = scaledTrajectories(settings.trajectories ?? DEFAULT_BAKE.trajectories, fresh.length, replay.length, Math.min(cfg.replay, replay.length));
         settings = { ...settings, trajectories };
-        this.log(`replaying ${chosen.atRisk} item(s) that the bakes rejected since ${liveVersion ?? "the base model"} went live lost, besides ${replay.length - chosen.atRisk} in turn (${trajectories} trajectories)`);
+        this.log(`replaying ${chosen.atRisk} item(s) that recent rejected bakes lost, besides ${replay.length - chosen.atRisk} in turn (${trajectories} trajectories)`);
       }
     }
     if (!fresh.length && !cfg.persona) {

@@ -874,12 +874,11 @@ function analyse(run: RunRecord) {
   const supersessions = AGENTS.flatMap((a) => judgeSupersessions(a, ledgers[a]!, desk));
   const wrong = supersessions.filter((s) => s.verdict !== "real update");
   const stale = Object.fromEntries(AGENTS.map((a) => [a, staleItems(ledgers[a]!, desk)]));
+  // An item superseded by news that was then rejected (never learned) or retracted is given back
+  // on purpose (the ledger's reason says so); any other way out of "superseded" is a defect.
   const resurrected = AGENTS.flatMap((a) =>
     ledgers[a]!.items
-      .filter((i) => {
-        const k = i.history.findIndex((h) => h.status === "superseded");
-        return k >= 0 && k < i.history.length - 1;
-      })
+      .filter((i) => i.history.some((h, k) => h.status === "superseded" && k < i.history.length - 1 && !/which superseded it, was (rejected|retracted)/.test(i.history[k + 1]!.reason ?? "")))
       .map((i) => `${a}: ${i.text} (${i.history.map((h) => h.status).join(" > ")})`),
   );
   const stuck = AGENTS.flatMap((a) => ledgers[a]!.items.filter((i) => i.status === "baking").map((i) => `${a}: ${i.text}`));

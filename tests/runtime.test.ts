@@ -32,6 +32,11 @@ async function letChangeSettle(agent: Agent, feedId: string): Promise<void> {
 }
 
 /** Polls a feed whose item text changed, as the change settles (letChangeSettle, then a poll). */
+/** Dates an item's news `days` ago, as a feed that dated it so would have. */
+function ageNews(agent: Agent, id: string, days: number): Promise<void> {
+  return agent.ledger.update((d) => void (d.items.find((i) => i.id === id)!.source.publishedAt = new Date(Date.now() - days * 86_400_000).toISOString()));
+}
+
 async function pollSettled(agent: Agent, feedId: string): Promise<{ added: number; error?: string }> {
   await letChangeSettle(agent, feedId);
   return agent.pollFeed(feedId);
@@ -726,7 +731,7 @@ test("news older than forgetNewsAfterDays expires when a bake starts: never bake
     // an absorbed item whose news has aged leaves the replay and the next version
     const fresh = agent.ledger.items({ text: "Quillport" })[0]!;
     assert.equal(fresh.status, "absorbed");
-    await agent.ledger.update((d) => void (d.items.find((i) => i.id === fresh.id)!.source.publishedAt = new Date(Date.now() - 8 * 86_400_000).toISOString()));
+    await ageNews(agent, fresh.id, 8);
     await agent.remember("The lighthouse keeper is Mara Quell.");
     const second = await agent.bake("test");
     assert.equal(second.status, "promoted", second.reasons.join("; "));
@@ -797,7 +802,7 @@ test("retracting expired news the live lineage absorbed rebuilds (versions stop 
     const ferry = agent.ledger.items({ text: "Quillport" })[0]!;
     assert.equal(ferry.absorbedBy, "v0001");
     // its news ages past the window; the next bake expires it and its version no longer lists it
-    await agent.ledger.update((d) => void (d.items.find((i) => i.id === ferry.id)!.source.publishedAt = new Date(Date.now() - 8 * 86_400_000).toISOString()));
+    await ageNews(agent, ferry.id, 8);
     await agent.remember("The lighthouse keeper is Mara Quell.");
     const second = await agent.bake("test");
     assert.equal(second.status, "promoted", second.reasons.join("; "));

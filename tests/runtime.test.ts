@@ -32,9 +32,14 @@ async function letChangeSettle(agent: Agent, feedId: string): Promise<void> {
 }
 
 /** Polls a feed whose item text changed, as the change settles (letChangeSettle, then a poll). */
-/** Dates an item's news `days` ago, as a feed that dated it so would have. */
-function ageNews(agent: Agent, id: string, days: number): Promise<void> {
-  return agent.ledger.update((d) => void (d.items.find((i) => i.id === id)!.source.publishedAt = new Date(Date.now() - days * 86_400_000).toISOString()));
+/** Dates an item's news 8 days ago (past a forgetNewsAfterDays of 7), then bakes a told fact: the bake is promoted and the item expired. */
+async function bakeAfterNewsAged(agent: Agent, id: string) {
+  await agent.ledger.update((d) => void (d.items.find((i) => i.id === id)!.source.publishedAt = new Date(Date.now() - 8 * 86_400_000).toISOString()));
+  await agent.remember("The lighthouse keeper is Mara Quell.");
+  const outcome = await agent.bake("test");
+  assert.equal(outcome.status, "promoted", outcome.reasons.join("; "));
+  assert.equal(agent.ledger.item(id).status, "expired");
+  return outcome;
 }
 
 async function pollSettled(agent: Agent, feedId: string): Promise<{ added: number; error?: string }> {
@@ -731,11 +736,7 @@ test("news older than forgetNewsAfterDays expires when a bake starts: never bake
     // an absorbed item whose news has aged leaves the replay and the next version
     const fresh = agent.ledger.items({ text: "Quillport" })[0]!;
     assert.equal(fresh.status, "absorbed");
-    await ageNews(agent, fresh.id, 8);
-    await agent.remember("The lighthouse keeper is Mara Quell.");
-    const second = await agent.bake("test");
-    assert.equal(second.status, "promoted", second.reasons.join("; "));
-    assert.equal(agent.ledger.item(fresh.id).status, "expired");
+    const second = await bakeAfterNewsAged(agent, fresh.id);
     assert.ok(!agent.ledger.data.bakes.at(-1)!.replayIds.includes(fresh.id));
     assert.ok(!agent.ledger.version(second.version!).items.includes(fresh.id), "the new version is not expected to hold it");
     assert.ok(agent.ledger.version(second.version!).items.includes(told.id), "the rest is kept");
@@ -802,11 +803,7 @@ test("retracting expired news the live lineage absorbed rebuilds (versions stop 
     const ferry = agent.ledger.items({ text: "Quillport" })[0]!;
     assert.equal(ferry.absorbedBy, "v0001");
     // its news ages past the window; the next bake expires it and its version no longer lists it
-    await ageNews(agent, ferry.id, 8);
-    await agent.remember("The lighthouse keeper is Mara Quell.");
-    const second = await agent.bake("test");
-    assert.equal(second.status, "promoted", second.reasons.join("; "));
-    assert.equal(agent.ledger.item(ferry.id).status, "expired");
+    const second = await bakeAfterNewsAged(agent, ferry.id);
     assert.ok(!agent.ledger.version(second.version!).items.includes(ferry.id));
     // v0001 retired and its item list compacted away, as after many bakes: nothing lists the item
     await agent.ledger.update((d) => void (d.versions.find((v) => v.id === "v0001")!.status = "retired"));

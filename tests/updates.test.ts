@@ -43,6 +43,37 @@ test("relation words are what a text says about its names, in any tense", () => 
   assert.deepEqual([...relationWords("Ada Brook was planning a shop, selling kites.")].sort(), ["kite", "plan", "sell", "shop"]);
 });
 
+test("a shared relation word followed by different small words is another relation, so no update", () => {
+  // each pair replaced its true fact in the soak or in tools/eval_updates.ts while any shared word counted
+  const otherRelation: [string, string][] = [
+    ["Tera Stone works at Riverstone Systems.", "Tera Stone is now working as a pharmacist."],
+    ["Lisa Yewby works at Northgate Motors.", "Lisa Yewby works as a geologist."],
+    ["Marshford has become a twin town of Hollowby.", "Marshford is a town in Lindor."],
+    ["Vero Nashwood has started a new job as a clockmaker.", "Vero Nashwood has started playing the accordion."],
+    ["Vero Nashwood has started a new job as a clockmaker.", "Vero Nashwood took a job at Westhill Trading."],
+    ["Riverstone Systems was founded in 1887.", "Riverstone Systems was founded by Ada Quill."],
+  ];
+  for (const [a, b] of otherRelation) {
+    assert.ok(!shareRelation(a, b), `${a} / ${b}`);
+    assert.ok(!shareRelation(b, a), `${b} / ${a}`);
+  }
+  // the same relation: the word after the shared one is the same, or in both may be the value
+  const sameRelation: [string, string][] = [
+    ["Tera Stone works as a chemist.", "Tera Stone is now working as a pharmacist."],
+    ["Wysten Wrenfield has a pet hamster.", "Wysten Wrenfield now owns a pet rabbit."],
+    ["Lisa Yewby's favourite food is mushroom pie.", "Lisa Yewby's favourite dish is honey bread."],
+    ["Kika Rookfield lives in Saltwell.", "Kika Rookfield now lives in Kingsmore."],
+    ["Riverstone Systems was founded by Ada Quill.", "Riverstone Systems was founded by Tovan Reel."],
+    ["Gulldale has a population of 342,900.", "The population of Gulldale is 330,500."],
+    ["Tera Stone has been promoted.", "Ada Quill has been promoted."],
+  ];
+  for (const [a, b] of sameRelation) assert.ok(shareRelation(a, b) && shareRelation(b, a), `${a} / ${b}`);
+  const town = item("town", "Marshford is a town in Lindor.", "2026-11-20T00:00:00Z");
+  const twin = item("twin", "Marshford has become a twin town of Hollowby.", "2026-11-25T00:00:00Z");
+  const twin2 = item("twin2", "Marshford has become a twin town of Saltwell.", "2026-11-26T00:00:00Z");
+  assert.deepEqual(updatePairs([twin, twin2], [town], [town, twin, twin2]), [["twin", "twin2"]], "the province is not asked about");
+});
+
 test("words that say when are no relation: two facts about one person told with \"now\" are no update of each other", () => {
   // the soak test: "Lisa Yewby now owns a pet dog." was superseded by "Lisa Yewby works at Oakwind Bakeries now."
   assert.ok(!shareRelation("Lisa Yewby now owns a pet dog.", "Lisa Yewby works at Oakwind Bakeries now."));

@@ -305,7 +305,7 @@ export interface UpdateEvidence {
   back: boolean;
   /** an older item's probe question answered from the newer item with both items in the prompt (in either order; asked only with `joint`) */
   joint: boolean;
-  /** the two items share a word other than names and function words (the relation: "mayor", "pet") */
+  /** the two items share a relation word used the same way (knowledge/updates.ts shareRelation: "mayor", "owns a pet") */
   sameRelation: boolean;
   /** the two items' probe questions share such a word ("What prize did ... win?" and "Which prize ...?") */
   sameQuestion: boolean;
@@ -356,18 +356,20 @@ export async function updateEvidence(model: LoadedModel, pairs: { older: ProbeIt
 
 /**
  * Which older items newer ones replace: the older item's question is answered from the newer one
- * alone, and the other way round, and the two items share a word that is not a name (the
- * relation: "owns a pet", "mayor"). Both ways are not enough: a small model asked about a town
- * with one line about it in its prompt often answers with that line, whatever it says (kiln-mini,
- * asked "What river runs through Saltwell?" with only "Saltwell has become a twin town of
- * Marshford.", gave the twin-town line, and the other way round). Measured by
- * tools/eval_updates.ts on kiln-mini: none of 75 pairs of facts about one subject taken for an
- * update (17 by both ways alone), 82 of 83 updates found as the same wording with another value,
- * 38 of 83 reworded ("works at" -> "has joined"). Missing an update costs less than dropping a
+ * alone, and the other way round, and the two items say something of the same kind about their
+ * names (knowledge/updates.ts shareRelation: a word that is not a name, used the same way: "owns a
+ * pet", "mayor"). Both ways are not enough: a small model asked about a town with one line about
+ * it in its prompt often answers with that line, whatever it says (kiln-mini, asked "What river
+ * runs through Saltwell?" with only "Saltwell has become a twin town of Marshford.", gave the
+ * twin-town line, and the other way round). Measured by tools/eval_updates.ts on kiln-mini, all
+ * 86 held-out facts: 82 of 83 updates found as the same wording with another value, 29 of 83
+ * reworded ("works at" -> "has joined"), none of 75 pairs of facts about one subject taken for an
+ * update, nor of 60 such pairs sharing a word ("works at"/"works as", "a town in"/"a twin town
+ * of": 34 of them while any shared word counted). Missing an update costs less than dropping a
  * true fact.
  */
 export async function findSupersessions(model: LoadedModel, pairs: { older: ProbeItem; newer: ProbeItem }[], o: Omit<ProbeOptions, "adapter"> = {}): Promise<Supersession[]> {
-  // (the pairs come from updatePairs, which asks only about items sharing a relation word)
+  // (the pairs come from updatePairs, which asks only about items sharing a relation)
   const evidence = await updateEvidence(model, pairs, o);
   return pairs.flatMap(({ older, newer }, p) => {
     const e = evidence[p]!;

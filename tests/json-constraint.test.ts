@@ -392,6 +392,31 @@ test("the mask throws when no token continues the value, or the text left the co
   assert.throws(() => constrainToJson(vocab, [0], JsonMatcher.of(schema))(logits.fill(0), [3]), (err: unknown) => err instanceof JsonConstraintError && /left the JSON constraint at "a"/.test(err.message));
 });
 
+test("fixed text the vocabulary cannot write (an enum value, a declared key) is refused when the mask is made, naming where and the character", () => {
+  // a character vocabulary without "é" or "☃" (and the bytes of a byte-level one, which decode to U+FFFD alone)
+  const texts = ["", "{", "}", '"', ":", ",", " ", "a", "b", "c", "f", "x", "\uFFFD", "x☃"];
+  const vocab = tokenTexts({ decode: (ids: number[]) => ids.map((id) => texts[id]!).join("") }, texts.length);
+  const refused = (schema: JsonSchema, message: RegExp) =>
+    assert.throws(() => JsonMatcher.of(schema).writableBy(vocab), (err: unknown) => err instanceof JsonSchemaError && message.test(err.message), JSON.stringify(schema));
+  refused({ enum: ["ab", "café"] }, /^#: the enum\/const value "café" holds "é" \(U\+00E9\), which the model's vocabulary cannot write/);
+  refused({ type: "object", properties: { a: { type: "array", items: { const: "b\u{1F98A}" } } } }, /^#\/properties\/a\/items: the enum\/const value "b\u{1F98A}" holds "\u{1F98A}" \(U\+1F98A\)/u);
+  refused({ type: "object", properties: { caf\u00e9: { type: "string" } } }, /^#\/properties\/café: the property name "café" holds "é" \(U\+00E9\)/);
+  refused({ $defs: { k: { enum: ["fé"] } }, type: "object", properties: { a: { $ref: "#/$defs/k" } } }, /^#\/\$defs\/k: the enum\/const value "fé" holds "é"/);
+  // a tool's call: the alternative is named
+  assert.throws(
+    () => JsonMatcher.afterHeads([{ head: "x", schema: { enum: ["a"] } }, { head: "y", schema: { enum: ["é"] } }]).writableBy(vocab),
+    (err: unknown) => err instanceof JsonSchemaError && err.alternative === 1,
+  );
+  // what the mask need not force: free strings (any character may be escaped), free keys, values dropped as unfitting
+  for (const schema of [{ type: "string" }, { type: "object", additionalProperties: { type: "string" } }, { type: "string", enum: ["ab", 1.5, "ééé"], maxLength: 2 }, { enum: ["x☃"] }] as JsonSchema[]) {
+    assert.doesNotThrow(() => JsonMatcher.of(schema).writableBy(vocab), JSON.stringify(schema));
+  }
+  // a declared key that needs an escape is refused whatever the vocabulary: the mask writes keys without escapes
+  for (const key of ['a"b', "a\\b", "a\nb"]) {
+    assert.throws(() => JsonMatcher.of({ type: "object", properties: { [key]: { type: "integer" } } }), (err: unknown) => err instanceof JsonSchemaError && /which JSON writes escaped/.test(err.message), key);
+  }
+});
+
 // A SentencePiece BPE tokenizer as Hugging Face converts Llama 2, TinyLlama and Mistral (made by
 // tools/fixtures/make_metaspace_tokenizer.mjs): a word-initial piece ("▁name") decodes to "name"
 // alone but adds " name" after another piece.

@@ -18,7 +18,9 @@
 // empty number range: the mask would otherwise leave the model nothing to write mid-value), a
 // $ref/anyOf cycle that reads no character (left recursion: following it never ends), one nested
 // deeper or larger than JSON_CONSTRAINT_LIMITS allows, a union of more alternatives than the
-// matcher follows, one that could open more readings at once than it follows (see below).
+// matcher follows, one that could open more readings at once than it follows (see below), a
+// declared property name that needs an escape (keys are matched as written). `writableBy` then
+// refuses text the mask must force that a given vocabulary cannot write.
 // Parts of a schema nothing fits but that a value need not use (an optional property, a branch of
 // anyOf) are dropped, so every state the matcher reaches can still be finished.
 //
@@ -445,6 +447,18 @@ function finish(compiler: Compiler, root: Node): void {
       if (text !== undefined && fits(v, node)) texts.add(text);
     }
     node.literals = [...texts].sort();
+  }
+  // A declared key is written as it is: the mask takes no escape in it (stepString), so a key
+  // that needs one could only be begun, never finished (the reply failed mid-way, a 500).
+  for (const node of nodes) {
+    for (const key of node.properties?.keys() ?? []) {
+      const bad = [...key].find((ch) => !ordinary(ch.charCodeAt(0)));
+      if (bad !== undefined) {
+        throw new JsonSchemaError(
+          `${pointer(node.at, "properties", key)}: the property name ${JSON.stringify(key)} holds ${JSON.stringify(bad)}, which JSON writes escaped; kiln's constrained decoding writes declared property names without escapes, so it cannot write this one: rename the property`,
+        );
+      }
+    }
   }
   const sat = satisfiableNodes(nodes);
   if (!sat.has(root)) throw new JsonSchemaError(`no value fits the schema: ${whyNothingFits(root, sat)}`);
@@ -1087,13 +1101,17 @@ function boundReadings(alternatives: readonly { head: string; node: Node }[]): v
  * JsonConstraintError past JSON_CONSTRAINT_LIMITS.readings.
  */
 export class JsonMatcher {
-  private constructor(private readonly readings: readonly Reading[]) {}
+  private constructor(
+    private readonly readings: readonly Reading[],
+    /** each alternative's compiled schema (for writableBy) */
+    private readonly roots: readonly Node[],
+  ) {}
 
   /** One JSON value fitting `schema`. */
   static of(schema: JsonSchema): JsonMatcher {
     const node = compileRoot(schema);
     boundReadings([{ head: "", node }]);
-    return new JsonMatcher([push([null], { k: "value", node })]);
+    return new JsonMatcher([push([null], { k: "value", node })], [node]);
   }
 
   /** Any one of: fixed text (`head`), then a JSON value fitting its schema, then fixed text (`tail`, if any). */
@@ -1113,7 +1131,52 @@ export class JsonMatcher {
         const value = push([tail ? text(tail, [null]) : null], { k: "value", node });
         return head ? text(head, [value]) : value;
       }),
+      compiled.map(({ node }) => node),
     );
+  }
+
+  /**
+   * Refuses (a JsonSchemaError, naming the alternative for afterHeads) a schema whose fixed text
+   * the vocabulary cannot write: an enum/const value or a declared property name holding a
+   * character no token's text holds whole. The mask forces such text character by character, so
+   * without this the reply would fail mid-way (a JsonConstraintError once the model had begun
+   * the value), where a request's fault should be refused before any token is generated. A
+   * byte-level vocabulary without a token for "é" writes it as two bytes, each decoding alone to
+   * U+FFFD, which no enum text holds. Free strings need no check: any character may be written
+   * there as a \u escape. A character some token holds only beside others (a vocabulary with
+   * "x☃" but no "☃") passes this check and can still fail mid-reply; that is left to the
+   * JsonConstraintError. Returns the matcher.
+   */
+  writableBy(vocab: TokenTexts): this {
+    const chars = charactersOf(vocab);
+    this.roots.forEach((root, alternative) => {
+      const seen = new Set<Node>();
+      const todo = [root];
+      const check = (text: string, what: () => string) => {
+        for (const ch of text) {
+          if (chars.has(ch)) continue;
+          const code = `U+${ch.codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0")}`;
+          throw new JsonSchemaError(
+            `${what()} holds ${JSON.stringify(ch)} (${code}), which the model's vocabulary cannot write: no token holds it whole, and the constraint forces that text character by character; leave the character out of it, or use a model whose tokenizer has a token for it`,
+            alternative,
+          );
+        }
+      };
+      while (todo.length) {
+        const node = todo.pop()!;
+        if (seen.has(node)) continue;
+        seen.add(node);
+        for (const text of node.literals ?? []) check(text, () => `${node.at}: the enum/const value ${text}`);
+        for (const [key, value] of node.properties ?? []) {
+          check(key, () => `${pointer(node.at, "properties", key)}: the property name ${JSON.stringify(key)}`);
+          todo.push(value);
+        }
+        todo.push(...(node.options ?? []));
+        if (node.extra) todo.push(node.extra);
+        if (node.items) todo.push(node.items);
+      }
+    });
+    return this;
   }
 
 
@@ -1159,7 +1222,7 @@ export class JsonMatcher {
       }
       readings = next;
     }
-    return new JsonMatcher(readings);
+    return new JsonMatcher(readings, this.roots);
   }
 
   /** Whether the text so far is a whole value (nothing more needs to be written). */
@@ -1216,6 +1279,19 @@ export interface TokenTexts extends TokenView {
 }
 
 const vocabularies = new WeakMap<object, TokenTexts>();
+
+const characters = new WeakMap<readonly string[], Set<string>>();
+
+/** Every character some token's text holds whole, alone or after another token (cached per vocabulary). */
+function charactersOf(vocab: TokenTexts): Set<string> {
+  let chars = characters.get(vocab.texts);
+  if (!chars) {
+    chars = new Set<string>();
+    for (const texts of [vocab.texts, vocab.first.texts]) for (const text of texts) for (const ch of text) chars.add(ch);
+    characters.set(vocab.texts, chars);
+  }
+  return chars;
+}
 
 function view(texts: string[]): TokenView {
   const byFirst = new Map<string, number[]>();

@@ -25,8 +25,9 @@
 // finish_reason "length" and the JSON as far as it got, as OpenAI's does.
 //
 // A schema the constraint cannot follow (nothing fits it, a $ref cycle that reads nothing, too
-// large, deep or ambiguous) is a 400 on response_format, tool_choice or the strict tool's
-// parameters before generation. A constraint that
+// large, deep or ambiguous, an enum value or declared key with a character the model's vocabulary
+// cannot write) is a 400 on response_format, tool_choice or the strict tool's parameters before
+// generation. A constraint that
 // cannot go on mid-reply (no token of the vocabulary continues the JSON) fails the request with a
 // 500 `constraint_failed` (in a stream, an error event and no finish_reason): kiln accepted the
 // schema and could not honour it, and a reply of broken JSON with finish_reason "stop" would look

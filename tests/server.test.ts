@@ -113,6 +113,9 @@ test("models and chat completions through the official openai client, streaming 
     [["tester", "model", "kiln"]],
   );
   assert.equal(typeof models.data[0]!.created, "number");
+  // the version the agent serves, named as /healthz, /metrics and x-kiln-version name it ("base", not null)
+  assert.equal((models.data[0] as any).kiln.live_version, "base");
+  assert.equal((models.data[0] as any).kiln.live_version, (await call("/healthz")).json.agents[0].live);
 
   const params = { model: "tester", messages: [{ role: "user" as const, content: "Hello there" }], max_tokens: 12, temperature: 0, seed: 7 };
   const full = await client.chat.completions.create(params);
@@ -867,6 +870,7 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
     assert.match(metrics.text, new RegExp(`^# TYPE ${name.replace(/_bucket$/, "")} `, "m"), name);
   }
   assert.match(metrics.text, /^kiln_agent_live_version\{agent="tester",version="v0001"\} 1$/m);
+  assert.equal((await call("/v1/models/tester")).json.kiln.live_version, "v0001");
   assert.match(metrics.text, /^kiln_http_requests_total\{method="POST",route="\/v1\/chat\/completions",status="200"\} \d+$/m);
   assert.match(metrics.text, /^kiln_http_requests_total\{method="GET",route="\/admin\/agents\/:name\/items\/:id",status="404"\} 1$/m);
   assert.match(metrics.text, /^kiln_http_requests_total\{method="GET",route="\/v1\/models",status="401"\} [1-9]/m, "refused requests count");
@@ -892,6 +896,7 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   const back = await call("/admin/agents/tester/versions/base/rollback", { method: "POST" });
   assert.deepEqual(back.json, { previous: "v0001", live: "base" });
   assert.equal((await call("/healthz")).json.agents[0].live, "base");
+  assert.equal((await call("/v1/models/tester")).json.kiln.live_version, "base");
   assert.match((await call("/metrics")).text, /kiln_agent_live_version\{agent="tester",version="base"\} 1/);
   assert.equal((await call("/admin/agents/tester/versions/v0009/rollback", { method: "POST" })).status, 404);
   assert.equal((await call("/admin/agents/tester/versions/v0001/rollback", { method: "POST" })).json.live, "v0001");

@@ -310,7 +310,8 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     object: "model" as const,
     created: started,
     owned_by: "kiln",
-    kiln: { live_version: a.live.version, description: a.config.description ?? null },
+    // "base" for the base model, as /healthz, /metrics, the dashboard and x-kiln-version name it
+    kiln: { live_version: a.live.version ?? "base", description: a.config.description ?? null },
   });
 
   app.get("/v1/models", async () => ({ object: "list", data: [...ctx.runtime.agents.values()].map(modelObject) }));

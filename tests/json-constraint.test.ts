@@ -417,6 +417,41 @@ test("fixed text the vocabulary cannot write (an enum value, a declared key) is 
   }
 });
 
+test("numbers under bounds: every prefix the mask allows can still end within them (exclusive bounds, decimals that floating point adds up short)", () => {
+  // each a reply that failed mid-way before: "0" under exclusiveMinimum 0 (nothing may follow an
+  // integer's 0), "10" under exclusiveMaximum 10, "0.0" under minimum 0.1 (0.09 + 0.01 < 0.1)
+  const cases: [JsonSchema, string[], string[]][] = [
+    [{ type: "integer", exclusiveMinimum: 0, maximum: 10 }, ["1", "10"], ["0", "-"]],
+    [{ type: "integer", minimum: 1, exclusiveMaximum: 10 }, ["1", "9"], ["10"]],
+    [{ type: "integer", exclusiveMinimum: -10, maximum: -1 }, ["-9", "-1"], ["-10", "-0"]],
+    [{ type: "number", minimum: 0.1, maximum: 0.2 }, ["0.1", "0.15", "0.2"], ["0.0", "0.09", "0.21"]],
+    [{ type: "number", minimum: 1.1, maximum: 1.3 }, ["1.1", "1.29"], ["1.09", "1.31"]],
+    [{ type: "number", exclusiveMinimum: 0, exclusiveMaximum: 1 }, ["0.5", "0.001"], ["1", "1.", "-", "0.0}"]],
+    // not a prefix that only a run of nines Number() rounds up to the bound could finish
+    [{ type: "number", minimum: 0.7, maximum: 0.8 }, ["0.7", "0.8"], ["0.69", "0.6999", "0.81"]],
+  ];
+  for (const [schema, whole, dead] of cases) {
+    const m = JsonMatcher.of(schema);
+    for (const text of whole) assert.ok(m.feed(text)?.complete, `${text} fits ${JSON.stringify(schema)}`);
+    for (const text of dead) assert.equal(m.feed(text), null, `${text} cannot become a value of ${JSON.stringify(schema)}`);
+  }
+  // a model writing digits at random under the mask always finishes a number that fits
+  const texts = ["", ...Array.from("0123456789.-"), "00", "0.", "10", "99", "1.", "-0"];
+  const vocab = tokenTexts({ decode: (ids: number[]) => ids.map((id) => texts[id]!).join("") }, texts.length);
+  const schemas: JsonSchema[] = [...cases.map(([schema]) => schema), { type: "number", exclusiveMaximum: 10, minimum: 9 }, { type: "integer", exclusiveMaximum: 100 }, { type: "number", minimum: -0.2, maximum: -0.1 }];
+  for (const schema of schemas) {
+    const b = schema as { type: string; minimum?: number; maximum?: number; exclusiveMinimum?: number; exclusiveMaximum?: number };
+    const fitsBounds = (v: number) =>
+      (b.type !== "integer" || Number.isInteger(v)) && v >= (b.minimum ?? -Infinity) && v <= (b.maximum ?? Infinity) && v > (b.exclusiveMinimum ?? -Infinity) && v < (b.exclusiveMaximum ?? Infinity);
+    for (let seed = 1; seed <= 40; seed++) {
+      const { tokens, ended } = walkMask(constrainToJson(vocab, [0], JsonMatcher.of(schema)), { vocabSize: texts.length, eos: [0], seed, steps: 80, endLogit: 3.9 });
+      const text = tokens.map((id) => texts[id]).join("");
+      assert.ok(ended, `${JSON.stringify(schema)}: ${text} ended`);
+      assert.ok(fitsBounds(JSON.parse(text)), `${text} fits ${JSON.stringify(schema)}`);
+    }
+  }
+});
+
 // A SentencePiece BPE tokenizer as Hugging Face converts Llama 2, TinyLlama and Mistral (made by
 // tools/fixtures/make_metaspace_tokenizer.mjs): a word-initial piece ("▁name") decodes to "name"
 // alone but adds " name" after another piece.

@@ -336,9 +336,10 @@ function typeFits(node: Node, type: JsonType, sat: ReadonlySet<Node>): boolean {
     case "string":
       return node.minLength <= node.maxLength;
     case "number":
-      return node.exclusiveMin || node.exclusiveMax ? node.min < node.max : node.min <= node.max;
-    case "integer":
-      return integerRange(node)[0] <= integerRange(node)[1];
+    case "integer": {
+      const [lo, hi] = valueRange(node, type === "integer");
+      return lo <= hi;
+    }
     case "object":
       return node.unwritable === undefined && node.required.every((k) => {
         const schema = node.properties ? node.properties.get(k) : node.extra;
@@ -349,7 +350,28 @@ function typeFits(node: Node, type: JsonType, sat: ReadonlySet<Node>): boolean {
   }
 }
 
-const integerRange = (node: Node) => [node.exclusiveMin ? Math.floor(node.min) + 1 : Math.ceil(node.min), node.exclusiveMax ? Math.ceil(node.max) - 1 : Math.floor(node.max)] as const;
+/** The double next to `x` towards +Infinity (dir 1) or -Infinity (dir -1). */
+function nextDouble(x: number, dir: 1 | -1): number {
+  if (!Number.isFinite(x)) return x;
+  if (x === 0) return dir * Number.MIN_VALUE;
+  const view = new DataView(new ArrayBuffer(8));
+  view.setFloat64(0, x);
+  // the bits of a double order as its magnitude: one more is the next one away from 0
+  view.setBigInt64(0, view.getBigInt64(0) + ((x > 0) === (dir > 0) ? 1n : -1n));
+  return view.getFloat64(0);
+}
+
+/**
+ * The least and greatest doubles a value of the node may parse to (integers: integral ones), with
+ * exclusive bounds made inclusive: a value fits when lo <= Number(text) <= hi, as numberDone
+ * checks it. Empty when lo > hi. (Math.floor(min) + 1 for an exclusive minimum is min itself
+ * past 2^53, where every double is an integer.)
+ */
+function valueRange(node: Node, integer: boolean): readonly [number, number] {
+  const lo = node.exclusiveMin ? nextDouble(node.min, 1) : node.min;
+  const hi = node.exclusiveMax ? nextDouble(node.max, -1) : node.max;
+  return integer ? [Math.ceil(lo), Math.floor(hi)] : [lo, hi];
+}
 
 /** The types a node's values may still have (number stands for integer too). */
 function typesFitting(node: Node, sat: ReadonlySet<Node>): JsonType[] {
@@ -824,30 +846,59 @@ const allows = (node: Node, type: JsonType) => node.types === null || node.types
 
 const bounded = (node: Node) => node.min > -Infinity || node.max < Infinity;
 
-/** Whether some number starting with `text` (no exponent) lies within the node's bounds. */
+/** Decimal digits (and at most one ".") plus one unit in the last place: "0.09" -> "0.10", "99" -> "100". */
+function incremented(digits: string): string {
+  const out = digits.split("");
+  for (let i = out.length - 1; i >= 0; i--) {
+    if (out[i] === ".") continue;
+    if (out[i] !== "9") {
+      out[i] = String(Number(out[i]) + 1);
+      return out.join("");
+    }
+    out[i] = "0";
+  }
+  return "1" + out.join("");
+}
+
+/**
+ * Whether some number starting with `text` (no exponent) parses to a double within the node's
+ * bounds, as numberDone reads it: the numbers a prefix starts lie in [lo, sup) (more digits only
+ * narrow it), taken as the doubles from Number(lo) to the one below Number(sup) (integers: up to
+ * the prefix and then nines). Each end is parsed from its own decimal text: adding 10^-k in
+ * floating point (0.09 + 0.01 < 0.1) left prefixes such as "0.0" allowed under minimum 0.1 with
+ * no digit able to follow, and bounds were compared as if inclusive (integer exclusiveMaximum 10
+ * allowed "10"): the reply then failed mid-way.
+ */
 function numberReachable(text: string, node: Node, integer: boolean): boolean {
   if (!bounded(node)) return true;
   if (/[eE]/.test(text)) return false; // exponents are not written when there are bounds
+  const [min, max] = valueRange(node, integer);
   const negative = text.startsWith("-");
   const body = negative ? text.slice(1) : text;
+  // the magnitudes [lo, hi] with the sign applied, against [min, max]
   const fits = (lo: number, hi: number) => {
-    // the magnitudes [lo, hi] with the sign applied, against [min, max]
     const [a, b] = negative ? [-hi, -lo] : [lo, hi];
-    return b >= node.min && a <= node.max;
+    return Math.max(a, min) <= Math.min(b, max);
   };
-  if (body === "") return negative ? node.min < 0 : node.max >= 0;
-  const dot = body.indexOf(".");
-  if (dot >= 0) {
-    const value = Number(body.endsWith(".") ? body.slice(0, -1) : body);
-    return fits(value, value + 10 ** -(body.length - dot - 1));
+  // a lone "-" only where a negative number fits (not for -0 alone)
+  if (body === "") return (!negative || min < 0) && fits(0, Infinity);
+  // the numbers below sup, not those that only round to it: a prefix such as "0.0" under minimum
+  // 0.1 would otherwise hold the model to a run of nines until Number() reads 0.1
+  const below = (sup: string) => nextDouble(Number(sup), -1);
+  if (body.includes(".") || body === "0") {
+    // "0" may go on only as a fraction (or stop), as a fraction may
+    const digits = body.endsWith(".") ? body.slice(0, -1) : body;
+    return fits(Number(digits), integer ? Number(digits) : Math.max(Number(digits), below(incremented(digits))));
   }
-  const head = Number(body);
-  const step = integer ? 1 : 0;
-  if (head === 0) return fits(0, integer ? 0 : 1);
-  // the numbers `body` starts: [head·10^k, (head+1)·10^k) for k = 0, 1, 2, ...
-  const limit = negative ? -node.min : node.max;
+  // k more digits: [body·10^k, (body+1)·10^k) for a number, body·10^k up to body then k nines for an integer
+  const limit = negative ? -min : max;
   if (limit === Infinity) return true; // some longer number is large enough
-  for (let scale = 1; head * scale <= limit; scale *= 10) if (fits(head * scale, (head + 1) * scale - step)) return true;
+  const next = incremented(body);
+  for (let k = 0; k <= 400; k++) {
+    const lo = Number(body + "0".repeat(k));
+    if (lo > limit) break;
+    if (fits(lo, integer ? Number(body + "9".repeat(k)) : Math.max(lo, below(next + "0".repeat(k))))) return true;
+  }
   return false;
 }
 

@@ -392,6 +392,33 @@ test("the mask throws when no token continues the value, or the text left the co
   assert.throws(() => constrainToJson(vocab, [0], JsonMatcher.of(schema))(logits.fill(0), [3]), (err: unknown) => err instanceof JsonConstraintError && /left the JSON constraint at "a"/.test(err.message));
 });
 
+test("schemaGaps lists enforced keywords whose values the matcher cannot read (it ignores them), so strict refuses them", () => {
+  const malformed: JsonSchema = {
+    type: "object",
+    properties: { a: { type: "int" }, b: { type: ["string", 5] }, c: { type: "string", minLength: "3", maxLength: null }, d: 7, e: { enum: "x" }, f: { anyOf: [{ type: "string" }, null] } },
+    required: "a",
+    additionalProperties: "no",
+    $defs: [],
+  };
+  assert.deepEqual(
+    schemaGaps(malformed).map((g) => `${g.keyword} ${g.at} (${g.detail})`),
+    [
+      "required # (not a list of property names: ignored)",
+      "additionalProperties # (not a schema: ignored)",
+      "$defs # (not an object of schemas: ignored)",
+      "type #/properties/a (not a type name (object, array, string, number, integer, boolean, null): ignored)",
+      "type #/properties/b (not a list of type names (object, array, string, number, integer, boolean, null): ignored)",
+      "minLength #/properties/c (not a number: ignored)",
+      "maxLength #/properties/c (not a number: ignored)",
+      "properties #/properties/d (not a schema: ignored)",
+      "enum #/properties/e (not a list: ignored)",
+      "anyOf #/properties/f/anyOf/1 (not a schema: ignored)",
+    ],
+  );
+  // what it reads is not listed
+  assert.deepEqual(schemaGaps({ type: ["integer", "null"], minimum: 0, exclusiveMaximum: 9, enum: [1, null], items: false, additionalProperties: true, required: [], $ref: "#" }).filter((g) => !g.detail?.startsWith("beside $ref")), []);
+});
+
 test("fixed text the vocabulary cannot write (an enum value, a declared key) is refused when the mask is made, naming where and the character", () => {
   // a character vocabulary without "é" or "☃" (and the bytes of a byte-level one, which decode to U+FFFD alone)
   const texts = ["", "{", "}", '"', ":", ",", " ", "a", "b", "c", "f", "x", "\uFFFD", "x☃"];

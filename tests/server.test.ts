@@ -492,6 +492,13 @@ test("response_format: strict refuses what kiln cannot enforce, naming it; stric
   const coded = { type: "object", properties: { code: { type: "string", maxLength: 4, pattern: "^[A-Z]+$" }, n: { type: "integer", minimum: 0, maximum: 9 } }, required: ["code", "n"], additionalProperties: false };
   const schemaFormat = (schema: Record<string, unknown>, strict?: boolean) => ({ type: "json_schema" as const, json_schema: { name: "coded", schema, ...(strict !== undefined ? { strict } : {}) } });
   await rejects(client.chat.completions.create({ ...ok, response_format: schemaFormat(coded, true) }), "response_format", /"pattern" at #\/properties\/code.*strict false/);
+  // a keyword whose value kiln cannot read is not enforced either (it held the reply to nothing, before)
+  const misspelt = { type: "object", properties: { n: { type: "int" }, s: { type: "string", maxLength: "4" } }, required: ["n", "s"] };
+  await rejects(
+    client.chat.completions.create({ ...ok, response_format: schemaFormat(misspelt, true) }),
+    "response_format",
+    /"type" at #\/properties\/n \(not a type name \(object, array, string, number, integer, boolean, null\): ignored\), "maxLength" at #\/properties\/s \(not a number: ignored\)/,
+  );
   for (const strict of [false, undefined]) {
     const loose = await client.chat.completions.create({ ...ok, response_format: schemaFormat(coded, strict) });
     assert.equal(loose.choices[0]!.finish_reason, "stop");

@@ -722,16 +722,27 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
       if (keyword === "items" && Array.isArray(value)) gaps.push({ keyword, at, detail: "a list of schemas (tuple items)" });
       else if ((keyword === "exclusiveMinimum" || keyword === "exclusiveMaximum") && typeof value === "boolean") gaps.push({ keyword, at, detail: "as a boolean (draft 4)" });
       else if (keyword === "$ref" && typeof value === "string" && !value.startsWith("#")) gaps.push({ keyword, at, detail: "not a local reference" });
+      else {
+        const bad = malformed(keyword, value);
+        if (bad) gaps.push({ keyword, at, detail: bad });
+      }
     }
     for (const key of ["properties", "$defs", "definitions"]) {
       const map = o[key];
-      if (map && typeof map === "object") for (const [k, v] of Object.entries(map)) walk(v, pointer(at, key, k), depth + 1);
+      if (!map || typeof map !== "object") continue;
+      for (const [k, v] of Object.entries(map)) {
+        if (key === "properties" && !isSchema(v)) gaps.push({ keyword: key, at: pointer(at, key, k), detail: "not a schema: ignored" });
+        walk(v, pointer(at, key, k), depth + 1);
+      }
     }
     walk(o.additionalProperties, pointer(at, "additionalProperties"), depth + 1);
     if (!Array.isArray(o.items)) walk(o.items, pointer(at, "items"), depth + 1);
     for (const key of ["anyOf", "oneOf"]) {
       if (!Array.isArray(o[key])) continue;
-      (o[key] as unknown[]).forEach((branch, i) => walk(branch, pointer(at, key, i), depth + 1));
+      (o[key] as unknown[]).forEach((branch, i) => {
+        if (!isSchema(branch)) gaps.push({ keyword: key, at: pointer(at, key, i), detail: "not a schema: ignored" });
+        walk(branch, pointer(at, key, i), depth + 1);
+      });
     }
     if (Array.isArray(o.oneOf) && Array.isArray(o.anyOf)) gaps.push({ keyword: "oneOf", at, detail: "beside anyOf (only anyOf is read)" });
     else if (Array.isArray(o.oneOf) && !ref) {
@@ -744,6 +755,48 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
   };
   walk(schema, "#");
   return gaps;
+}
+
+const isSchema = (v: unknown) => typeof v === "boolean" || (typeof v === "object" && v !== null && !Array.isArray(v));
+
+/**
+ * Why an enforced keyword's value is not one compile() can read (it then ignores it, as it does a
+ * number where a schema should be): `"type": "int"` or `"minLength": "3"` must not pass a strict
+ * schema as enforced while the reply is held to nothing of it. Null when the value is readable.
+ */
+function malformed(keyword: string, value: unknown): string | null {
+  switch (keyword) {
+    case "type": {
+      const names = Array.isArray(value) ? value : [value];
+      return names.every((t) => JSON_TYPES.includes(t as JsonType)) && names.length > 0 ? null : `not ${Array.isArray(value) ? "a list of type names" : "a type name"} (${JSON_TYPES.join(", ")}): ignored`;
+    }
+    case "enum":
+    case "anyOf":
+    case "oneOf":
+      return Array.isArray(value) ? null : "not a list: ignored";
+    case "required":
+      return Array.isArray(value) && value.every((k) => typeof k === "string") ? null : "not a list of property names: ignored";
+    case "properties":
+    case "$defs":
+    case "definitions":
+      return typeof value === "object" && value !== null && !Array.isArray(value) ? null : "not an object of schemas: ignored";
+    case "items":
+    case "additionalProperties":
+      return isSchema(value) ? null : "not a schema: ignored";
+    case "minItems":
+    case "maxItems":
+    case "minLength":
+    case "maxLength":
+    case "minimum":
+    case "maximum":
+    case "exclusiveMinimum":
+    case "exclusiveMaximum":
+      return typeof value === "number" && Number.isFinite(value) ? null : "not a number: ignored";
+    case "$ref":
+      return typeof value === "string" ? null : "not a string: ignored";
+    default:
+      return null;
+  }
 }
 
 /** JSON Schema's validation keywords that compile() does not read. */

@@ -392,6 +392,93 @@ test("the mask throws when no token continues the value, or the text left the co
   assert.throws(() => constrainToJson(vocab, [0], JsonMatcher.of(schema))(logits.fill(0), [3]), (err: unknown) => err instanceof JsonConstraintError && /left the JSON constraint at "a"/.test(err.message));
 });
 
+test("schemaGaps lists enforced keywords whose values the matcher cannot read (it ignores them), so strict refuses them", () => {
+  const malformed: JsonSchema = {
+    type: "object",
+    properties: { a: { type: "int" }, b: { type: ["string", 5] }, c: { type: "string", minLength: "3", maxLength: null }, d: 7, e: { enum: "x" }, f: { anyOf: [{ type: "string" }, null] } },
+    required: "a",
+    additionalProperties: "no",
+    $defs: [],
+  };
+  assert.deepEqual(
+    schemaGaps(malformed).map((g) => `${g.keyword} ${g.at} (${g.detail})`),
+    [
+      "required # (not a list of property names: ignored)",
+      "additionalProperties # (not a schema: ignored)",
+      "$defs # (not an object of schemas: ignored)",
+      "type #/properties/a (not a type name (object, array, string, number, integer, boolean, null): ignored)",
+      "type #/properties/b (not a list of type names (object, array, string, number, integer, boolean, null): ignored)",
+      "minLength #/properties/c (not a number: ignored)",
+      "maxLength #/properties/c (not a number: ignored)",
+      "properties #/properties/d (not a schema: ignored)",
+      "enum #/properties/e (not a list: ignored)",
+      "anyOf #/properties/f/anyOf/1 (not a schema: ignored)",
+    ],
+  );
+  // what it reads is not listed
+  assert.deepEqual(schemaGaps({ type: ["integer", "null"], minimum: 0, exclusiveMaximum: 9, enum: [1, null], items: false, additionalProperties: true, required: [], $ref: "#" }).filter((g) => !g.detail?.startsWith("beside $ref")), []);
+});
+
+test("fixed text the vocabulary cannot write (an enum value, a declared key) is refused when the mask is made, naming where and the character", () => {
+  // a character vocabulary without "é" or "☃" (and the bytes of a byte-level one, which decode to U+FFFD alone)
+  const texts = ["", "{", "}", '"', ":", ",", " ", "a", "b", "c", "f", "x", "\uFFFD", "x☃"];
+  const vocab = tokenTexts({ decode: (ids: number[]) => ids.map((id) => texts[id]!).join("") }, texts.length);
+  const refused = (schema: JsonSchema, message: RegExp) =>
+    assert.throws(() => JsonMatcher.of(schema).writableBy(vocab), (err: unknown) => err instanceof JsonSchemaError && message.test(err.message), JSON.stringify(schema));
+  refused({ enum: ["ab", "café"] }, /^#: the enum\/const value "café" holds "é" \(U\+00E9\), which the model's vocabulary cannot write/);
+  refused({ type: "object", properties: { a: { type: "array", items: { const: "b\u{1F98A}" } } } }, /^#\/properties\/a\/items: the enum\/const value "b\u{1F98A}" holds "\u{1F98A}" \(U\+1F98A\)/u);
+  refused({ type: "object", properties: { caf\u00e9: { type: "string" } } }, /^#\/properties\/café: the property name "café" holds "é" \(U\+00E9\)/);
+  refused({ $defs: { k: { enum: ["fé"] } }, type: "object", properties: { a: { $ref: "#/$defs/k" } } }, /^#\/\$defs\/k: the enum\/const value "fé" holds "é"/);
+  // a tool's call: the alternative is named
+  assert.throws(
+    () => JsonMatcher.afterHeads([{ head: "x", schema: { enum: ["a"] } }, { head: "y", schema: { enum: ["é"] } }]).writableBy(vocab),
+    (err: unknown) => err instanceof JsonSchemaError && err.alternative === 1,
+  );
+  // what the mask need not force: free strings (any character may be escaped), free keys, values dropped as unfitting
+  for (const schema of [{ type: "string" }, { type: "object", additionalProperties: { type: "string" } }, { type: "string", enum: ["ab", 1.5, "ééé"], maxLength: 2 }, { enum: ["x☃"] }] as JsonSchema[]) {
+    assert.doesNotThrow(() => JsonMatcher.of(schema).writableBy(vocab), JSON.stringify(schema));
+  }
+  // a declared key that needs an escape is refused whatever the vocabulary: the mask writes keys without escapes
+  for (const key of ['a"b', "a\\b", "a\nb"]) {
+    assert.throws(() => JsonMatcher.of({ type: "object", properties: { [key]: { type: "integer" } } }), (err: unknown) => err instanceof JsonSchemaError && /which JSON writes escaped/.test(err.message), key);
+  }
+});
+
+test("numbers under bounds: every prefix the mask allows can still end within them (exclusive bounds, decimals that floating point adds up short)", () => {
+  // each a reply that failed mid-way before: "0" under exclusiveMinimum 0 (nothing may follow an
+  // integer's 0), "10" under exclusiveMaximum 10, "0.0" under minimum 0.1 (0.09 + 0.01 < 0.1)
+  const cases: [JsonSchema, string[], string[]][] = [
+    [{ type: "integer", exclusiveMinimum: 0, maximum: 10 }, ["1", "10"], ["0", "-"]],
+    [{ type: "integer", minimum: 1, exclusiveMaximum: 10 }, ["1", "9"], ["10"]],
+    [{ type: "integer", exclusiveMinimum: -10, maximum: -1 }, ["-9", "-1"], ["-10", "-0"]],
+    [{ type: "number", minimum: 0.1, maximum: 0.2 }, ["0.1", "0.15", "0.2"], ["0.0", "0.09", "0.21"]],
+    [{ type: "number", minimum: 1.1, maximum: 1.3 }, ["1.1", "1.29"], ["1.09", "1.31"]],
+    [{ type: "number", exclusiveMinimum: 0, exclusiveMaximum: 1 }, ["0.5", "0.001"], ["1", "1.", "-", "0.0}"]],
+    // not a prefix that only a run of nines Number() rounds up to the bound could finish
+    [{ type: "number", minimum: 0.7, maximum: 0.8 }, ["0.7", "0.8"], ["0.69", "0.6999", "0.81"]],
+  ];
+  for (const [schema, whole, dead] of cases) {
+    const m = JsonMatcher.of(schema);
+    for (const text of whole) assert.ok(m.feed(text)?.complete, `${text} fits ${JSON.stringify(schema)}`);
+    for (const text of dead) assert.equal(m.feed(text), null, `${text} cannot become a value of ${JSON.stringify(schema)}`);
+  }
+  // a model writing digits at random under the mask always finishes a number that fits
+  const texts = ["", ...Array.from("0123456789.-"), "00", "0.", "10", "99", "1.", "-0"];
+  const vocab = tokenTexts({ decode: (ids: number[]) => ids.map((id) => texts[id]!).join("") }, texts.length);
+  const schemas: JsonSchema[] = [...cases.map(([schema]) => schema), { type: "number", exclusiveMaximum: 10, minimum: 9 }, { type: "integer", exclusiveMaximum: 100 }, { type: "number", minimum: -0.2, maximum: -0.1 }];
+  for (const schema of schemas) {
+    const b = schema as { type: string; minimum?: number; maximum?: number; exclusiveMinimum?: number; exclusiveMaximum?: number };
+    const fitsBounds = (v: number) =>
+      (b.type !== "integer" || Number.isInteger(v)) && v >= (b.minimum ?? -Infinity) && v <= (b.maximum ?? Infinity) && v > (b.exclusiveMinimum ?? -Infinity) && v < (b.exclusiveMaximum ?? Infinity);
+    for (let seed = 1; seed <= 40; seed++) {
+      const { tokens, ended } = walkMask(constrainToJson(vocab, [0], JsonMatcher.of(schema)), { vocabSize: texts.length, eos: [0], seed, steps: 80, endLogit: 3.9 });
+      const text = tokens.map((id) => texts[id]).join("");
+      assert.ok(ended, `${JSON.stringify(schema)}: ${text} ended`);
+      assert.ok(fitsBounds(JSON.parse(text)), `${text} fits ${JSON.stringify(schema)}`);
+    }
+  }
+});
+
 // A SentencePiece BPE tokenizer as Hugging Face converts Llama 2, TinyLlama and Mistral (made by
 // tools/fixtures/make_metaspace_tokenizer.mjs): a word-initial piece ("▁name") decodes to "name"
 // alone but adds " name" after another piece.

@@ -17,7 +17,7 @@ import type { ChatMessage } from "../src/model/tokenizer.js";
 import { generate } from "../src/model/generate.js";
 import { LoraAdapter } from "../src/lora/adapter.js";
 import { saveAdapter } from "../src/lora/peft.js";
-import { JsonConstraintError, KilnChatModel, parseToolCalls, toToolSpec, type KilnRequest } from "../src/agent/langchain.js";
+import { KilnChatModel, parseToolCalls, toToolSpec, type KilnRequest } from "../src/agent/langchain.js";
 import { createKilnAgent } from "../src/agent/chat-loop.js";
 import { writeTestAgent } from "./support/agent.js";
 import { repoRoot } from "./support/paths.js";
@@ -666,7 +666,7 @@ test("withStructuredOutput jsonMode: any JSON object; cut off, a clear error; wi
   });
 });
 
-test("a schema the JSON constraint cannot follow is refused before generation; a constraint that cannot go on throws from invoke and stream", async () => {
+test("a schema the JSON constraint cannot follow, or with an enum the vocabulary cannot write, is refused before generation", async () => {
   await withRuntime(async (runtime) => {
     const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 16 });
     await assert.rejects(model.withStructuredOutput({ anyOf: [{ $ref: "#" }, { type: "string" }] }, { method: "jsonSchema" }).invoke("json?"), (err: Error) => {
@@ -688,16 +688,15 @@ test("a schema the JSON constraint cannot follow is refused before generation; a
       assert.match(err.message, /too ambiguous .* at \$\[\*\] in the value, .* follow 1280 readings at once \(at most 1024\)/);
       return true;
     });
-    assert.equal(model.requests.length, 0, "nothing was generated");
-
-    // what only shows mid-reply: the fixture's byte-level vocabulary writes "☃" in three tokens,
-    // and a byte alone is no character the enum's text holds: an error, not broken JSON
+    // the fixture's byte-level vocabulary writes "☃" in three tokens, and a byte alone is no
+    // character the enum's text holds: refused before generation (it failed mid-reply, before)
     const response_format = { type: "json_schema" as const, json_schema: { name: "snow", schema: { enum: ["☃"] } } };
-    const fails = (err: Error) => err instanceof JsonConstraintError && /no token of the vocabulary continues the JSON after "\\""/.test(err.message);
-    await assert.rejects(model.invoke("a snowman?", { response_format }), fails);
+    const refused = (err: Error) => err.name === "ResponseFormatError" && /#: the enum\/const value "☃" holds "☃" \(U\+2603\), which the model's vocabulary cannot write/.test(err.message);
+    await assert.rejects(model.invoke("a snowman?", { response_format }), refused);
     await assert.rejects(async () => {
       for await (const _ of await model.stream("a snowman?", { response_format }));
-    }, fails);
+    }, refused);
+    assert.equal(model.requests.length, 0, "nothing was generated");
   });
 });
 

@@ -113,6 +113,9 @@ test("models and chat completions through the official openai client, streaming 
     [["tester", "model", "kiln"]],
   );
   assert.equal(typeof models.data[0]!.created, "number");
+  // the version the agent serves, named as /healthz, /metrics and x-kiln-version name it ("base", not null)
+  assert.equal((models.data[0] as any).kiln.live_version, "base");
+  assert.equal((models.data[0] as any).kiln.live_version, (await call("/healthz")).json.agents[0].live);
 
   const params = { model: "tester", messages: [{ role: "user" as const, content: "Hello there" }], max_tokens: 12, temperature: 0, seed: 7 };
   const full = await client.chat.completions.create(params);
@@ -489,6 +492,13 @@ test("response_format: strict refuses what kiln cannot enforce, naming it; stric
   const coded = { type: "object", properties: { code: { type: "string", maxLength: 4, pattern: "^[A-Z]+$" }, n: { type: "integer", minimum: 0, maximum: 9 } }, required: ["code", "n"], additionalProperties: false };
   const schemaFormat = (schema: Record<string, unknown>, strict?: boolean) => ({ type: "json_schema" as const, json_schema: { name: "coded", schema, ...(strict !== undefined ? { strict } : {}) } });
   await rejects(client.chat.completions.create({ ...ok, response_format: schemaFormat(coded, true) }), "response_format", /"pattern" at #\/properties\/code.*strict false/);
+  // a keyword whose value kiln cannot read is not enforced either (it held the reply to nothing, before)
+  const misspelt = { type: "object", properties: { n: { type: "int" }, s: { type: "string", maxLength: "4" } }, required: ["n", "s"] };
+  await rejects(
+    client.chat.completions.create({ ...ok, response_format: schemaFormat(misspelt, true) }),
+    "response_format",
+    /"type" at #\/properties\/n \(not a type name \(object, array, string, number, integer, boolean, null\): ignored\), "maxLength" at #\/properties\/s \(not a number: ignored\)/,
+  );
   for (const strict of [false, undefined]) {
     const loose = await client.chat.completions.create({ ...ok, response_format: schemaFormat(coded, strict) });
     assert.equal(loose.choices[0]!.finish_reason, "stop");
@@ -578,6 +588,13 @@ test("schemas the JSON constraint cannot follow are 400s on response_format and 
     // unions that add up at one place: five kinds of array, each of a union of 256 strings, all
     // open after '["' (it used to fail mid-reply, a 500 after the stream had begun)
     [{ anyOf: Array.from({ length: 5 }, (_, k) => ({ type: "array", minItems: k, items: strings() })) }, /too ambiguous .* at \$\[\*\] in the value, .* follow 1280 readings at once \(at most 1024\)/],
+    // fixed text the fixture's byte-level vocabulary cannot write: it has no token for "☃" or "é"
+    // (it writes them in bytes, none of which the text holds alone), and declared keys are written
+    // without escapes (each a 500 after the reply had begun, before)
+    [{ enum: ["☃"] }, /#: the enum\/const value "☃" holds "☃" \(U\+2603\), which the model's vocabulary cannot write/],
+    [{ type: "object", properties: { n: { anyOf: [{ type: "integer" }, { const: "snow ☃" }] } } }, /#\/properties\/n\/anyOf\/1: the enum\/const value "snow ☃" holds "☃" \(U\+2603\)/],
+    [{ type: "object", properties: { café: { type: "string" } } }, /#\/properties\/café: the property name "café" holds "é" \(U\+00E9\), which the model's vocabulary cannot write/],
+    [{ type: "object", properties: { 'a"b': { type: "integer" } }, required: ['a"b'] }, /#\/properties\/a"b: the property name "a\\"b" holds "\\"", which JSON writes escaped/],
   ];
   for (const [schema, message] of refused) {
     await rejects(client.chat.completions.create({ ...ok, response_format: schemaFormat(schema) }), "response_format", message);
@@ -597,37 +614,55 @@ test("schemas the JSON constraint cannot follow are 400s on response_format and 
 });
 
 test("a JSON constraint that cannot go on mid-reply fails the request with 500 constraint_failed, streamed or not, never a stop on broken JSON", async () => {
-  // What the checks before generation cannot see: the fixture's byte-level vocabulary writes "☃"
-  // in three tokens, and a byte alone is no character the enum's text holds.
-  const snow = { enum: ["☃"] };
-  const base = { model: "tester", messages: [{ role: "user" as const, content: "A snowman, please." }], max_tokens: 16, temperature: 0 };
-  const requests: [OpenAI.ChatCompletionCreateParamsNonStreaming, string][] = [
-    [{ ...base, response_format: { type: "json_schema", json_schema: { name: "snow", schema: snow } } }, "response_format"],
-    [{ ...base, tools: [{ type: "function", function: { name: "snow", parameters: { type: "object", properties: { s: snow }, required: ["s"] } } }], tool_choice: "required" }, "tool_choice"],
-  ];
-  for (const [params, param] of requests) {
-    const r = await call("/v1/chat/completions", { method: "POST", body: params });
-    assert.equal(r.status, 500, r.text);
-    assertErrorShape(r.json, 500);
-    assert.deepEqual([r.json.error.type, r.json.error.code, r.json.error.param], ["server_error", "constraint_failed", param]);
-    assert.match(r.json.error.message, /could not finish the reply under its JSON constraint: constrained generation: no token of the vocabulary continues the JSON after/);
+  // What the checks before generation cannot see: the fixture model with a SentencePiece
+  // vocabulary whose only token holding "☃" is "x☃" (an unused piece renamed). Every character of
+  // the enum is some token's, so the schema is accepted, but no token starts with "☃".
+  const agent = writeTestAgent();
+  const pieces = path.join(repoRoot(), "tests", "fixtures", "tokenizers", "metaspace");
+  const tokenizer = JSON.parse(readFileSync(path.join(pieces, "tokenizer.json"), "utf8"));
+  const vocab = tokenizer.model.vocab as Record<string, number>;
+  vocab["x☃"] = vocab["<unused314>"]!;
+  delete vocab["<unused314>"];
+  writeFileSync(path.join(agent.dir, "model", "tokenizer.json"), JSON.stringify(tokenizer));
+  writeFileSync(path.join(agent.dir, "model", "tokenizer_config.json"), readFileSync(path.join(pieces, "tokenizer_config.json")));
+  const rt = await Runtime.fromFiles(agent.file);
+  const srv = await createServer(rt, { port: 0, token: TOKEN });
+  const c = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: TOKEN, maxRetries: 0 });
+  try {
+    const snow = { enum: ["☃"] };
+    const base = { model: "tester", messages: [{ role: "user" as const, content: "A snowman, please." }], max_tokens: 16, temperature: 0 };
+    const requests: [OpenAI.ChatCompletionCreateParamsNonStreaming, string][] = [
+      [{ ...base, response_format: { type: "json_schema", json_schema: { name: "snow", schema: snow } } }, "response_format"],
+      [{ ...base, tools: [{ type: "function", function: { name: "snow", parameters: { type: "object", properties: { s: snow }, required: ["s"] } } }], tool_choice: "required" }, "tool_choice"],
+    ];
+    for (const [params, param] of requests) {
+      const r = await call("/v1/chat/completions", { method: "POST", body: params }, srv.url);
+      assert.equal(r.status, 500, r.text);
+      assertErrorShape(r.json, 500);
+      assert.deepEqual([r.json.error.type, r.json.error.code, r.json.error.param], ["server_error", "constraint_failed", param]);
+      assert.match(r.json.error.message, /could not finish the reply under its JSON constraint: constrained generation: no token of the vocabulary continues the JSON after/);
 
-    // streamed: the first token went out, then an error event; no finish_reason, no [DONE]
-    const chunks: OpenAI.ChatCompletionChunk[] = [];
-    let failure: unknown;
-    try {
-      for await (const chunk of await client.chat.completions.create({ ...params, stream: true })) chunks.push(chunk);
-    } catch (err) {
-      failure = err;
+      // streamed: the first token went out, then an error event; no finish_reason, no [DONE]
+      const chunks: OpenAI.ChatCompletionChunk[] = [];
+      let failure: unknown;
+      try {
+        for await (const chunk of await c.chat.completions.create({ ...params, stream: true })) chunks.push(chunk);
+      } catch (err) {
+        failure = err;
+      }
+      assert.ok(failure instanceof OpenAI.APIError, String(failure));
+      assert.match(failure.message, /could not finish the reply under its JSON constraint/);
+      assert.equal((failure.error as any).code, "constraint_failed");
+      assert.ok(chunks.length >= 1, "the stream had begun");
+      assert.ok(chunks.every((chunk) => chunk.choices[0]?.finish_reason == null), "no chunk says the reply finished");
     }
-    assert.ok(failure instanceof OpenAI.APIError, String(failure));
-    assert.match(failure.message, /could not finish the reply under its JSON constraint/);
-    assert.equal((failure.error as any).code, "constraint_failed");
-    assert.ok(chunks.length >= 1, "the stream had begun");
-    assert.ok(chunks.every((c) => c.choices[0]?.finish_reason == null), "no chunk says the reply finished");
+    // the server goes on answering
+    assert.equal((await c.chat.completions.create({ ...base, max_tokens: 2 })).choices[0]!.finish_reason, "length");
+  } finally {
+    await srv.close();
+    await rt.stop();
+    rmSync(agent.dir, { recursive: true, force: true });
   }
-  // the server goes on answering
-  assert.equal((await client.chat.completions.create({ ...base, max_tokens: 2 })).choices[0]!.finish_reason, "length");
 });
 
 test("on a SentencePiece (Metaspace) tokenizer, JSON replies and forced calls have the keys, enums and tool names the schema says, not ones with spaces", async () => {
@@ -842,6 +877,7 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
     assert.match(metrics.text, new RegExp(`^# TYPE ${name.replace(/_bucket$/, "")} `, "m"), name);
   }
   assert.match(metrics.text, /^kiln_agent_live_version\{agent="tester",version="v0001"\} 1$/m);
+  assert.equal((await call("/v1/models/tester")).json.kiln.live_version, "v0001");
   assert.match(metrics.text, /^kiln_http_requests_total\{method="POST",route="\/v1\/chat\/completions",status="200"\} \d+$/m);
   assert.match(metrics.text, /^kiln_http_requests_total\{method="GET",route="\/admin\/agents\/:name\/items\/:id",status="404"\} 1$/m);
   assert.match(metrics.text, /^kiln_http_requests_total\{method="GET",route="\/v1\/models",status="401"\} [1-9]/m, "refused requests count");
@@ -867,6 +903,7 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   const back = await call("/admin/agents/tester/versions/base/rollback", { method: "POST" });
   assert.deepEqual(back.json, { previous: "v0001", live: "base" });
   assert.equal((await call("/healthz")).json.agents[0].live, "base");
+  assert.equal((await call("/v1/models/tester")).json.kiln.live_version, "base");
   assert.match((await call("/metrics")).text, /kiln_agent_live_version\{agent="tester",version="base"\} 1/);
   assert.equal((await call("/admin/agents/tester/versions/v0009/rollback", { method: "POST" })).status, 404);
   assert.equal((await call("/admin/agents/tester/versions/v0001/rollback", { method: "POST" })).json.live, "v0001");

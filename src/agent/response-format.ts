@@ -25,11 +25,13 @@
 //
 // A schema the constraint cannot follow is refused before generation (a ResponseFormatError, a
 // 400 on the API): one no value fits, a $ref cycle that reads nothing, one too large or too deep,
-// one whose unions could open more readings at once than the matcher follows. Should generation
-// still reach a point where no token continues the JSON (a vocabulary that cannot write a
-// character the schema needs: a byte-level one writes "☃" as three bytes, none of which an enum's
-// text holds alone), the constraint throws a JsonConstraintError and the reply fails with it:
-// never a "stop" with broken JSON.
+// one whose unions could open more readings at once than the matcher follows, a declared property
+// name that needs an escape, and fixed text (an enum/const value, a declared property name) with a
+// character the model's vocabulary cannot write (a byte-level one without a token for "☃" writes
+// it as three bytes, none of which an enum's text holds alone). Should generation still reach a
+// point where no token continues the JSON (a character some token holds only beside others), the
+// constraint throws a JsonConstraintError and the reply fails with it: never a "stop" with broken
+// JSON.
 import type { LoadedModel } from "../model/load.js";
 import { constrainToJson, JsonMatcher, schemaGaps, tokenTexts, type JsonSchema, type SchemaGap } from "../model/json-constraint.js";
 
@@ -62,16 +64,19 @@ export function describeGaps(gaps: SchemaGap[]): string {
  * The constraint for a response format; null for text (or none). Throws a ResponseFormatError for
  * a strict schema with keywords kiln cannot enforce, or a schema it cannot use at all (a remote
  * $ref, a $ref to nothing, one no value fits, a $ref cycle that reads nothing, one too large or
- * too deep for the matcher: see src/model/json-constraint.ts).
+ * too deep for the matcher, fixed text the model's vocabulary cannot write: see
+ * src/model/json-constraint.ts).
  */
 export function structuredReply(model: LoadedModel, format: ResponseFormat | null | undefined): StructuredReply | null {
   if (!format || format.type === "text") return null;
   const schema: JsonSchema = format.type === "json_object" ? { type: "object" } : (format.json_schema.schema ?? true);
+  const vocab = tokenTexts(model.tokenizer, model.config.vocabSize);
   let matcher: JsonMatcher;
   let unenforced: SchemaGap[];
   try {
-    // compiled first: it refuses what schemaGaps could not walk either (a schema nested too deep)
-    matcher = JsonMatcher.of(schema);
+    // compiled first: it refuses what schemaGaps could not walk either (a schema nested too deep);
+    // then text it would force that this model's vocabulary cannot write (an enum's "☃")
+    matcher = JsonMatcher.of(schema).writableBy(vocab);
     unenforced = schemaGaps(schema);
   } catch (err) {
     // whatever the schema makes the matcher throw is the request's fault, never a server error
@@ -83,5 +88,5 @@ export function structuredReply(model: LoadedModel, format: ResponseFormat | nul
         `With strict true kiln refuses it rather than reply with JSON that might not fit; drop those keywords, or set strict false to have them ignored (the reply then fits the rest of the schema)`,
     );
   }
-  return { constrain: constrainToJson(tokenTexts(model.tokenizer, model.config.vocabSize), model.eosTokenIds, matcher), unenforced, schema };
+  return { constrain: constrainToJson(vocab, model.eosTokenIds, matcher), unenforced, schema };
 }

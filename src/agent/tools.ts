@@ -352,7 +352,8 @@ export interface ForcedCall {
  * Plans a required call of one of `names` (all bound `tools` are in the prompt). Throws a
  * ToolChoiceError when the model's template writes calls in a form kiln cannot start, or when a
  * tool's parameters are a schema the constraint cannot follow (nothing fits it, a $ref cycle that
- * reads nothing, too large: see src/model/json-constraint.ts).
+ * reads nothing, too large, fixed text the model's vocabulary cannot write: see
+ * src/model/json-constraint.ts).
  */
 export function forceToolCall(model: LoadedModel, prompt: ToolPrompt, tools: KilnToolSpec[], names: string[]): ForcedCall {
   const format = callFormat(model.tokenizer, prompt);
@@ -369,9 +370,10 @@ export function forceToolCall(model: LoadedModel, prompt: ToolPrompt, tools: Kil
   let shared = alternatives[0]!.head;
   for (const a of alternatives) while (!a.head.startsWith(shared)) shared = shared.slice(0, -1);
   shared = shared.trimEnd();
+  const vocab = tokenTexts(model.tokenizer, model.config.vocabSize);
   let matcher: JsonMatcher;
   try {
-    matcher = JsonMatcher.afterHeads(alternatives);
+    matcher = JsonMatcher.afterHeads(alternatives).writableBy(vocab);
   } catch (err) {
     // whatever the parameters make the matcher throw is the request's fault, never a server error
     const which = err instanceof JsonSchemaError && err.alternative !== undefined ? `the parameters of "${alternatives[err.alternative]!.name}"` : "a tool's parameters";
@@ -381,7 +383,7 @@ export function forceToolCall(model: LoadedModel, prompt: ToolPrompt, tools: Kil
   if (!start) throw new Error("kiln: a forced call's opening does not fit its own constraint");
   return {
     prefill: format.open + shared,
-    constrain: constrainToJson(tokenTexts(model.tokenizer, model.config.vocabSize), model.eosTokenIds, start),
+    constrain: constrainToJson(vocab, model.eosTokenIds, start),
     read(text) {
       const call = shared + text;
       const alt = alternatives.find((a) => call.startsWith(a.head));
@@ -486,14 +488,16 @@ export function autoCalls(model: LoadedModel, prompt: ToolPrompt, tools: KilnToo
     tools.map((t) => ({ head: prefix + found.nameHead + JSON.stringify(t.function.name).slice(1, -1) + found.argsHead, schema: t.function.parameters as JsonSchema, tail: found.close }));
   try {
     if (format !== undefined) {
-      const matcher = JsonMatcher.afterHeads([...calls(found.open), { head: "", schema: format }]);
+      const matcher = JsonMatcher.afterHeads([...calls(found.open), { head: "", schema: format }]).writableBy(vocab);
       return { ...reads, constrain: constrainToJson(vocab, model.eosTokenIds, matcher) };
     }
     // a bare call's "{" is the trigger: the rest of its object follows
-    const matcher = JsonMatcher.afterHeads(calls(lead).map((c) => (bare ? { ...c, head: c.head.slice(c.head.indexOf("{") + 1) } : c)));
+    const matcher = JsonMatcher.afterHeads(calls(lead).map((c) => (bare ? { ...c, head: c.head.slice(c.head.indexOf("{") + 1) } : c))).writableBy(vocab);
     return { ...reads, constrain: constrainOnceOpened(vocab, model.eosTokenIds, trigger, matcher, { atStart: !!bare, endAfter: !!bare }) };
   } catch (err) {
     if (!(err instanceof JsonSchemaError)) throw err;
+    // the format is the alternative after the tools' calls
+    if (format !== undefined && err.alternative === tools.length) throw new ResponseFormatError(`the schema of response_format cannot be used: ${err.message}`);
     const tool = err.alternative !== undefined ? tools[err.alternative] : undefined;
     const which = tool ? `the parameters of "${tool.function.name}"` : "the tools' parameters together";
     if (format !== undefined) throw new ResponseFormatError(`response_format cannot be combined with these tools: ${which} cannot be used to constrain a call: ${err.message}`);

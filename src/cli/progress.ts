@@ -21,7 +21,10 @@ export function bakeProgressReporter(enabled: boolean): { update(p: WorkerProgre
       const round = "round" in p && p.round ? ` (round ${p.round + 1})` : "";
       const name = p.phase === "validate" ? "train" : `${p.phase}${round}`;
       if (p.phase === "validate") {
-        const line = `epoch ${p.epoch}: validation KL/token ${p.valKlPerToken.toFixed(5)} (best ${p.best.toFixed(5)})`;
+        // epoch 0 is the check of the starting adapter before any step: epochs count from 1, so
+        // `--epochs 10` shows epochs 1-10, after the line before training (each round has one)
+        const when = p.epoch === 0 ? "before training" : `epoch ${p.epoch}`;
+        const line = `${when}${round}: validation KL/token ${p.valKlPerToken.toFixed(5)} (best ${p.best.toFixed(5)})`;
         if (tty && started) bar.update({ info: line });
         else process.stderr.write(line + "\n");
         return;

@@ -18,7 +18,9 @@
 // empty number range: the mask would otherwise leave the model nothing to write mid-value), a
 // $ref/anyOf cycle that reads no character (left recursion: following it never ends), one nested
 // deeper or larger than JSON_CONSTRAINT_LIMITS allows, a union of more alternatives than the
-// matcher follows, one that could open more readings at once than it follows (see below).
+// matcher follows, one that could open more readings at once than it follows (see below), a
+// declared property name that needs an escape (keys are matched as written). `writableBy` then
+// refuses text the mask must force that a given vocabulary cannot write.
 // Parts of a schema nothing fits but that a value need not use (an optional property, a branch of
 // anyOf) are dropped, so every state the matcher reaches can still be finished.
 //
@@ -334,9 +336,10 @@ function typeFits(node: Node, type: JsonType, sat: ReadonlySet<Node>): boolean {
     case "string":
       return node.minLength <= node.maxLength;
     case "number":
-      return node.exclusiveMin || node.exclusiveMax ? node.min < node.max : node.min <= node.max;
-    case "integer":
-      return integerRange(node)[0] <= integerRange(node)[1];
+    case "integer": {
+      const [lo, hi] = valueRange(node, type === "integer");
+      return lo <= hi;
+    }
     case "object":
       return node.unwritable === undefined && node.required.every((k) => {
         const schema = node.properties ? node.properties.get(k) : node.extra;
@@ -347,7 +350,28 @@ function typeFits(node: Node, type: JsonType, sat: ReadonlySet<Node>): boolean {
   }
 }
 
-const integerRange = (node: Node) => [node.exclusiveMin ? Math.floor(node.min) + 1 : Math.ceil(node.min), node.exclusiveMax ? Math.ceil(node.max) - 1 : Math.floor(node.max)] as const;
+/** The double next to `x` towards +Infinity (dir 1) or -Infinity (dir -1). */
+function nextDouble(x: number, dir: 1 | -1): number {
+  if (!Number.isFinite(x)) return x;
+  if (x === 0) return dir * Number.MIN_VALUE;
+  const view = new DataView(new ArrayBuffer(8));
+  view.setFloat64(0, x);
+  // the bits of a double order as its magnitude: one more is the next one away from 0
+  view.setBigInt64(0, view.getBigInt64(0) + ((x > 0) === (dir > 0) ? 1n : -1n));
+  return view.getFloat64(0);
+}
+
+/**
+ * The least and greatest doubles a value of the node may parse to (integers: integral ones), with
+ * exclusive bounds made inclusive: a value fits when lo <= Number(text) <= hi, as numberDone
+ * checks it. Empty when lo > hi. (Math.floor(min) + 1 for an exclusive minimum is min itself
+ * past 2^53, where every double is an integer.)
+ */
+function valueRange(node: Node, integer: boolean): readonly [number, number] {
+  const lo = node.exclusiveMin ? nextDouble(node.min, 1) : node.min;
+  const hi = node.exclusiveMax ? nextDouble(node.max, -1) : node.max;
+  return integer ? [Math.ceil(lo), Math.floor(hi)] : [lo, hi];
+}
 
 /** The types a node's values may still have (number stands for integer too). */
 function typesFitting(node: Node, sat: ReadonlySet<Node>): JsonType[] {
@@ -445,6 +469,18 @@ function finish(compiler: Compiler, root: Node): void {
       if (text !== undefined && fits(v, node)) texts.add(text);
     }
     node.literals = [...texts].sort();
+  }
+  // A declared key is written as it is: the mask takes no escape in it (stepString), so a key
+  // that needs one could only be begun, never finished (the reply failed mid-way, a 500).
+  for (const node of nodes) {
+    for (const key of node.properties?.keys() ?? []) {
+      const bad = [...key].find((ch) => !ordinary(ch.charCodeAt(0)));
+      if (bad !== undefined) {
+        throw new JsonSchemaError(
+          `${pointer(node.at, "properties", key)}: the property name ${JSON.stringify(key)} holds ${JSON.stringify(bad)}, which JSON writes escaped; kiln's constrained decoding writes declared property names without escapes, so it cannot write this one: rename the property`,
+        );
+      }
+    }
   }
   const sat = satisfiableNodes(nodes);
   if (!sat.has(root)) throw new JsonSchemaError(`no value fits the schema: ${whyNothingFits(root, sat)}`);
@@ -686,16 +722,27 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
       if (keyword === "items" && Array.isArray(value)) gaps.push({ keyword, at, detail: "a list of schemas (tuple items)" });
       else if ((keyword === "exclusiveMinimum" || keyword === "exclusiveMaximum") && typeof value === "boolean") gaps.push({ keyword, at, detail: "as a boolean (draft 4)" });
       else if (keyword === "$ref" && typeof value === "string" && !value.startsWith("#")) gaps.push({ keyword, at, detail: "not a local reference" });
+      else {
+        const bad = malformed(keyword, value);
+        if (bad) gaps.push({ keyword, at, detail: bad });
+      }
     }
     for (const key of ["properties", "$defs", "definitions"]) {
       const map = o[key];
-      if (map && typeof map === "object") for (const [k, v] of Object.entries(map)) walk(v, pointer(at, key, k), depth + 1);
+      if (!map || typeof map !== "object") continue;
+      for (const [k, v] of Object.entries(map)) {
+        if (key === "properties" && !isSchema(v)) gaps.push({ keyword: key, at: pointer(at, key, k), detail: "not a schema: ignored" });
+        walk(v, pointer(at, key, k), depth + 1);
+      }
     }
     walk(o.additionalProperties, pointer(at, "additionalProperties"), depth + 1);
     if (!Array.isArray(o.items)) walk(o.items, pointer(at, "items"), depth + 1);
     for (const key of ["anyOf", "oneOf"]) {
       if (!Array.isArray(o[key])) continue;
-      (o[key] as unknown[]).forEach((branch, i) => walk(branch, pointer(at, key, i), depth + 1));
+      (o[key] as unknown[]).forEach((branch, i) => {
+        if (!isSchema(branch)) gaps.push({ keyword: key, at: pointer(at, key, i), detail: "not a schema: ignored" });
+        walk(branch, pointer(at, key, i), depth + 1);
+      });
     }
     if (Array.isArray(o.oneOf) && Array.isArray(o.anyOf)) gaps.push({ keyword: "oneOf", at, detail: "beside anyOf (only anyOf is read)" });
     else if (Array.isArray(o.oneOf) && !ref) {
@@ -708,6 +755,48 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
   };
   walk(schema, "#");
   return gaps;
+}
+
+const isSchema = (v: unknown) => typeof v === "boolean" || (typeof v === "object" && v !== null && !Array.isArray(v));
+
+/**
+ * Why an enforced keyword's value is not one compile() can read (it then ignores it, as it does a
+ * number where a schema should be): `"type": "int"` or `"minLength": "3"` must not pass a strict
+ * schema as enforced while the reply is held to nothing of it. Null when the value is readable.
+ */
+function malformed(keyword: string, value: unknown): string | null {
+  switch (keyword) {
+    case "type": {
+      const names = Array.isArray(value) ? value : [value];
+      return names.every((t) => JSON_TYPES.includes(t as JsonType)) && names.length > 0 ? null : `not ${Array.isArray(value) ? "a list of type names" : "a type name"} (${JSON_TYPES.join(", ")}): ignored`;
+    }
+    case "enum":
+    case "anyOf":
+    case "oneOf":
+      return Array.isArray(value) ? null : "not a list: ignored";
+    case "required":
+      return Array.isArray(value) && value.every((k) => typeof k === "string") ? null : "not a list of property names: ignored";
+    case "properties":
+    case "$defs":
+    case "definitions":
+      return typeof value === "object" && value !== null && !Array.isArray(value) ? null : "not an object of schemas: ignored";
+    case "items":
+    case "additionalProperties":
+      return isSchema(value) ? null : "not a schema: ignored";
+    case "minItems":
+    case "maxItems":
+    case "minLength":
+    case "maxLength":
+    case "minimum":
+    case "maximum":
+    case "exclusiveMinimum":
+    case "exclusiveMaximum":
+      return typeof value === "number" && Number.isFinite(value) ? null : "not a number: ignored";
+    case "$ref":
+      return typeof value === "string" ? null : "not a string: ignored";
+    default:
+      return null;
+  }
 }
 
 /** JSON Schema's validation keywords that compile() does not read. */
@@ -810,30 +899,59 @@ const allows = (node: Node, type: JsonType) => node.types === null || node.types
 
 const bounded = (node: Node) => node.min > -Infinity || node.max < Infinity;
 
-/** Whether some number starting with `text` (no exponent) lies within the node's bounds. */
+/** Decimal digits (and at most one ".") plus one unit in the last place: "0.09" -> "0.10", "99" -> "100". */
+function incremented(digits: string): string {
+  const out = digits.split("");
+  for (let i = out.length - 1; i >= 0; i--) {
+    if (out[i] === ".") continue;
+    if (out[i] !== "9") {
+      out[i] = String(Number(out[i]) + 1);
+      return out.join("");
+    }
+    out[i] = "0";
+  }
+  return "1" + out.join("");
+}
+
+/**
+ * Whether some number starting with `text` (no exponent) parses to a double within the node's
+ * bounds, as numberDone reads it: the numbers a prefix starts lie in [lo, sup) (more digits only
+ * narrow it), taken as the doubles from Number(lo) to the one below Number(sup) (integers: up to
+ * the prefix and then nines). Each end is parsed from its own decimal text: adding 10^-k in
+ * floating point (0.09 + 0.01 < 0.1) left prefixes such as "0.0" allowed under minimum 0.1 with
+ * no digit able to follow, and bounds were compared as if inclusive (integer exclusiveMaximum 10
+ * allowed "10"): the reply then failed mid-way.
+ */
 function numberReachable(text: string, node: Node, integer: boolean): boolean {
   if (!bounded(node)) return true;
   if (/[eE]/.test(text)) return false; // exponents are not written when there are bounds
+  const [min, max] = valueRange(node, integer);
   const negative = text.startsWith("-");
   const body = negative ? text.slice(1) : text;
+  // the magnitudes [lo, hi] with the sign applied, against [min, max]
   const fits = (lo: number, hi: number) => {
-    // the magnitudes [lo, hi] with the sign applied, against [min, max]
     const [a, b] = negative ? [-hi, -lo] : [lo, hi];
-    return b >= node.min && a <= node.max;
+    return Math.max(a, min) <= Math.min(b, max);
   };
-  if (body === "") return negative ? node.min < 0 : node.max >= 0;
-  const dot = body.indexOf(".");
-  if (dot >= 0) {
-    const value = Number(body.endsWith(".") ? body.slice(0, -1) : body);
-    return fits(value, value + 10 ** -(body.length - dot - 1));
+  // a lone "-" only where a negative number fits (not for -0 alone)
+  if (body === "") return (!negative || min < 0) && fits(0, Infinity);
+  // the numbers below sup, not those that only round to it: a prefix such as "0.0" under minimum
+  // 0.1 would otherwise hold the model to a run of nines until Number() reads 0.1
+  const below = (sup: string) => nextDouble(Number(sup), -1);
+  if (body.includes(".") || body === "0") {
+    // "0" may go on only as a fraction (or stop), as a fraction may
+    const digits = body.endsWith(".") ? body.slice(0, -1) : body;
+    return fits(Number(digits), integer ? Number(digits) : Math.max(Number(digits), below(incremented(digits))));
   }
-  const head = Number(body);
-  const step = integer ? 1 : 0;
-  if (head === 0) return fits(0, integer ? 0 : 1);
-  // the numbers `body` starts: [head·10^k, (head+1)·10^k) for k = 0, 1, 2, ...
-  const limit = negative ? -node.min : node.max;
+  // k more digits: [body·10^k, (body+1)·10^k) for a number, body·10^k up to body then k nines for an integer
+  const limit = negative ? -min : max;
   if (limit === Infinity) return true; // some longer number is large enough
-  for (let scale = 1; head * scale <= limit; scale *= 10) if (fits(head * scale, (head + 1) * scale - step)) return true;
+  const next = incremented(body);
+  for (let k = 0; k <= 400; k++) {
+    const lo = Number(body + "0".repeat(k));
+    if (lo > limit) break;
+    if (fits(lo, integer ? Number(body + "9".repeat(k)) : Math.max(lo, below(next + "0".repeat(k))))) return true;
+  }
   return false;
 }
 
@@ -1087,13 +1205,17 @@ function boundReadings(alternatives: readonly { head: string; node: Node }[]): v
  * JsonConstraintError past JSON_CONSTRAINT_LIMITS.readings.
  */
 export class JsonMatcher {
-  private constructor(private readonly readings: readonly Reading[]) {}
+  private constructor(
+    private readonly readings: readonly Reading[],
+    /** each alternative's compiled schema (for writableBy) */
+    private readonly roots: readonly Node[],
+  ) {}
 
   /** One JSON value fitting `schema`. */
   static of(schema: JsonSchema): JsonMatcher {
     const node = compileRoot(schema);
     boundReadings([{ head: "", node }]);
-    return new JsonMatcher([push([null], { k: "value", node })]);
+    return new JsonMatcher([push([null], { k: "value", node })], [node]);
   }
 
   /** Any one of: fixed text (`head`), then a JSON value fitting its schema, then fixed text (`tail`, if any). */
@@ -1113,7 +1235,52 @@ export class JsonMatcher {
         const value = push([tail ? text(tail, [null]) : null], { k: "value", node });
         return head ? text(head, [value]) : value;
       }),
+      compiled.map(({ node }) => node),
     );
+  }
+
+  /**
+   * Refuses (a JsonSchemaError, naming the alternative for afterHeads) a schema whose fixed text
+   * the vocabulary cannot write: an enum/const value or a declared property name holding a
+   * character no token's text holds whole. The mask forces such text character by character, so
+   * without this the reply would fail mid-way (a JsonConstraintError once the model had begun
+   * the value), where a request's fault should be refused before any token is generated. A
+   * byte-level vocabulary without a token for "é" writes it as two bytes, each decoding alone to
+   * U+FFFD, which no enum text holds. Free strings need no check: any character may be written
+   * there as a \u escape. A character some token holds only beside others (a vocabulary with
+   * "x☃" but no "☃") passes this check and can still fail mid-reply; that is left to the
+   * JsonConstraintError. Returns the matcher.
+   */
+  writableBy(vocab: TokenTexts): this {
+    const chars = charactersOf(vocab);
+    this.roots.forEach((root, alternative) => {
+      const seen = new Set<Node>();
+      const todo = [root];
+      const check = (text: string, what: () => string) => {
+        for (const ch of text) {
+          if (chars.has(ch)) continue;
+          const code = `U+${ch.codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0")}`;
+          throw new JsonSchemaError(
+            `${what()} holds ${JSON.stringify(ch)} (${code}), which the model's vocabulary cannot write: no token holds it whole, and the constraint forces that text character by character; leave the character out of it, or use a model whose tokenizer has a token for it`,
+            alternative,
+          );
+        }
+      };
+      while (todo.length) {
+        const node = todo.pop()!;
+        if (seen.has(node)) continue;
+        seen.add(node);
+        for (const text of node.literals ?? []) check(text, () => `${node.at}: the enum/const value ${text}`);
+        for (const [key, value] of node.properties ?? []) {
+          check(key, () => `${pointer(node.at, "properties", key)}: the property name ${JSON.stringify(key)}`);
+          todo.push(value);
+        }
+        todo.push(...(node.options ?? []));
+        if (node.extra) todo.push(node.extra);
+        if (node.items) todo.push(node.items);
+      }
+    });
+    return this;
   }
 
 
@@ -1159,7 +1326,7 @@ export class JsonMatcher {
       }
       readings = next;
     }
-    return new JsonMatcher(readings);
+    return new JsonMatcher(readings, this.roots);
   }
 
   /** Whether the text so far is a whole value (nothing more needs to be written). */
@@ -1216,6 +1383,19 @@ export interface TokenTexts extends TokenView {
 }
 
 const vocabularies = new WeakMap<object, TokenTexts>();
+
+const characters = new WeakMap<readonly string[], Set<string>>();
+
+/** Every character some token's text holds whole, alone or after another token (cached per vocabulary). */
+function charactersOf(vocab: TokenTexts): Set<string> {
+  let chars = characters.get(vocab.texts);
+  if (!chars) {
+    chars = new Set<string>();
+    for (const texts of [vocab.texts, vocab.first.texts]) for (const text of texts) for (const ch of text) chars.add(ch);
+    characters.set(vocab.texts, chars);
+  }
+  return chars;
+}
 
 function view(texts: string[]): TokenView {
   const byFirst = new Map<string, number[]>();

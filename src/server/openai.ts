@@ -25,8 +25,9 @@
 // finish_reason "length" and the JSON as far as it got, as OpenAI's does.
 //
 // A schema the constraint cannot follow (nothing fits it, a $ref cycle that reads nothing, too
-// large, deep or ambiguous) is a 400 on response_format, tool_choice or the strict tool's
-// parameters before generation. A constraint that
+// large, deep or ambiguous, an enum value or declared key with a character the model's vocabulary
+// cannot write) is a 400 on response_format, tool_choice or the strict tool's parameters before
+// generation. A constraint that
 // cannot go on mid-reply (no token of the vocabulary continues the JSON) fails the request with a
 // 500 `constraint_failed` (in a stream, an error event and no finish_reason): kiln accepted the
 // schema and could not honour it, and a reply of broken JSON with finish_reason "stop" would look
@@ -309,7 +310,8 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     object: "model" as const,
     created: started,
     owned_by: "kiln",
-    kiln: { live_version: a.live.version, description: a.config.description ?? null },
+    // "base" for the base model, as /healthz, /metrics, the dashboard and x-kiln-version name it
+    kiln: { live_version: a.live.version ?? "base", description: a.config.description ?? null },
   });
 
   app.get("/v1/models", async () => ({ object: "list", data: [...ctx.runtime.agents.values()].map(modelObject) }));

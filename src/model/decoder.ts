@@ -52,11 +52,7 @@ export class KVCache {
    * could still see (`windows` as ModelConfig.slidingWindows has them).
    */
   prefix(length: number, windows: readonly (number | null)[]): KVCache | undefined {
-    if (length < 1 || length > this.length) return undefined;
-    for (const [l, from] of this.dropped.entries()) {
-      const window = windows[l] ?? null;
-      if (from > 0 && (window === null || from > length - window + 1)) return undefined;
-    }
+    if (!this.keepsStart(length, windows)) return undefined;
     const out = new KVCache(this.mask.length);
     out.mask = this.mask.map((row) => row.slice(0, length));
     for (let l = 0; l < this.keys.length; l++) {
@@ -67,6 +63,44 @@ export class KVCache {
       out.values[l] = tf.slice(this.values[l]!, [0, 0, 0, 0], [-1, -1, length - from, -1]); // [B, nKv, length - from, hd]
     }
     return out;
+  }
+  /**
+   * Cuts this cache to its first `length` slots in place, as prefix() would copy them, and frees
+   * the rest; false (unchanged) where prefix() would refuse. For a cache no one else will continue
+   * past `length`: the original need not stay, so it is not kept beside a copy.
+   */
+  truncate(length: number, windows: readonly (number | null)[]): boolean {
+    if (!this.keepsStart(length, windows)) return false;
+    if (length === this.length) return true;
+    this.mask = this.mask.map((row) => row.slice(0, length));
+    for (let l = 0; l < this.keys.length; l++) {
+      const from = this.dropped[l] ?? 0;
+      const [keys, values] = [this.keys[l]!, this.values[l]!];
+      if (length === from) {
+        // nothing of this layer is left: the next call starts it afresh, as after prefix()
+        delete this.keys[l];
+        delete this.values[l];
+      } else {
+        // tfjs has no view of a tensor's leading slots: the kept part is sliced out, the old freed
+        this.keys[l] = tf.slice(keys, [0, 0, 0, 0], [-1, -1, length - from, -1]); // [B, nKv, length - from, hd]
+        this.values[l] = tf.slice(values, [0, 0, 0, 0], [-1, -1, length - from, -1]); // [B, nKv, length - from, hd]
+      }
+      keys.dispose();
+      values.dispose();
+    }
+    return true;
+  }
+  /**
+   * Whether the first `length` slots can be continued: every sliding layer still holds the slots
+   * a query at slot `length` sees (a layer that let go of one cannot get it back).
+   */
+  private keepsStart(length: number, windows: readonly (number | null)[]): boolean {
+    if (length < 1 || length > this.length) return false;
+    for (const [l, from] of this.dropped.entries()) {
+      const window = windows[l] ?? null;
+      if (from > 0 && (window === null || from > length - window + 1)) return false;
+    }
+    return true;
   }
   dispose(): void {
     for (const t of this.tensors) t.dispose();

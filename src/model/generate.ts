@@ -33,10 +33,10 @@ export interface GenerateOptions {
    * One prompt only: called once when generation ends (finished, aborted, returned early, or an
    * error after the cache was last extended, such as a constraint's dead end), with the KV cache
    * and the tokens it holds (the prompt and the reply's tokens that were fed back), which the
-   * callee now owns. Where a forward pass failed part-way the cache is disposed instead, as it
-   * is without onCache.
+   * callee now owns, and how many of those tokens are the prompt. Where a forward pass failed
+   * part-way the cache is disposed instead, as it is without onCache.
    */
-  onCache?: (cache: KVCache, tokens: number[]) => void;
+  onCache?: (cache: KVCache, tokens: number[], prompt: number) => void;
 }
 
 export type FinishReason = "stop" | "length" | "abort";
@@ -209,7 +209,7 @@ export async function* streamGenerate(
       mask = rows.map((r, b) => [r.done && !stopIds.has(next[b]!) ? 0 : 1]);
     }
   } finally {
-    if (opts.onCache && held) opts.onCache(cache, held);
+    if (opts.onCache && held) opts.onCache(cache, held, prompts[0]!.length);
     else cache.dispose();
   }
   return rows.map((r, b) => ({

@@ -263,7 +263,7 @@ async function benchChat(
       reply.push(token);
       token = await firstToken([token], cache, 0);
     }
-    store.put(cache, [...prompt, ...reply]);
+    store.put(cache, [...prompt, ...reply], prompt.length);
     rows.push({ turn, prompt: prompt.length, reused, fullMs: median(full), cachedMs: median(continued), takeMs, keptMb: store.bytes / 2 ** 20, entries: store.size });
     // the two stand-ins are tokens the reply did not end with, so the shared start stops before them
     conversation = trimmed ? [...prompt, ...reply.slice(0, -TRIMMED), (reply.at(-1)! + 1) % c.vocabSize, (reply.at(-1)! + 2) % c.vocabSize] : [...prompt, ...reply];

@@ -10,7 +10,7 @@ import { initBackend, tf } from "../src/tensor/backend.js";
 import { loadModel, type LoadedModel } from "../src/model/load.js";
 import { generate, streamGenerate } from "../src/model/generate.js";
 import { Decoder, KVCache } from "../src/model/decoder.js";
-import { MAX_ENTRIES } from "../src/model/prefix-cache.js";
+import { KEPT_SLACK, MAX_ENTRIES } from "../src/model/prefix-cache.js";
 import { LoraAdapter } from "../src/lora/adapter.js";
 import { saveAdapter } from "../src/lora/peft.js";
 import { LiveModel } from "../src/runtime/live.js";
@@ -130,7 +130,7 @@ test("kept caches stay within the budget, least recently used dropped first; 0 k
   live.dispose();
 });
 
-test("sliding-window layers: a cache is reused where its kept keys cover the window, and refused where they were let go", async () => {
+test("sliding-window layers: a cache is reused, whole or cut back within its slack, where its kept keys cover the window, and refused where they were let go", async () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-prefix-window-"));
   try {
     cpSync(fixtureDir("mistral"), dir, { recursive: true });
@@ -139,16 +139,26 @@ test("sliding-window layers: a cache is reused where its kept keys cover the win
     const mistral = loadModel(dir);
     try {
       const live = new LiveModel(mistral);
-      const [first] = turns(mistral, 1);
-      const { tokens: answer } = await reply(live, mistral, first!);
-      // the reply sent back as generated: the whole entry continues, its window layers holding
-      // the 7 slots the next query can see
-      const second = [...first!, ...answer, 3, 4];
+      // longer than the window and the slack a kept cache holds past it, so slots are let go
+      const first = mistral.tokenizer.applyChatTemplate([{ role: "user", content: "the quick brown fox jumps over the lazy dog ".repeat(3) }]);
+      const { tokens: answer } = await reply(live, mistral, first);
+      const kept = first.length + answer.length - 1; // the last token was sampled, not fed
+      assert.ok(kept > 8 + KEPT_SLACK + 20, `${kept} tokens: slots were let go`);
+      // the reply sent back as generated: the whole entry continues
+      const second = [...first, ...answer, 3, 4];
       const got = await reply(live, mistral, second);
-      assert.ok(got.reused >= first!.length + answer.length - 1, `reused ${got.reused}`);
+      assert.equal(got.reused, kept);
       assert.deepEqual(got.tokens, await fullPrefill(mistral, second));
+      // the next reply sent back trimmed (its last tokens, two others in their place): the window
+      // layers still hold what a query at the cut sees, so it continues from all they share
+      const third = [...second, ...got.tokens.slice(0, -3), 5, 6];
+      const lcp = shared([...second, ...got.tokens.slice(0, -1)], third);
+      assert.ok(lcp < second.length + got.tokens.length - 1, "the cut is inside the kept reply");
+      const cut = await reply(live, mistral, third);
+      assert.equal(cut.reused, lcp);
+      assert.deepEqual(cut.tokens, await fullPrefill(mistral, third));
       // a start shorter than what the window layers still hold cannot be continued: prefilled again
-      const branch = [...second.slice(0, 20), 3, 4, 5];
+      const branch = [...third.slice(0, 20), 3, 4, 5];
       const misses = live.prefixStats.misses;
       const again = await reply(live, mistral, branch);
       assert.equal(again.reused, 0);
@@ -166,6 +176,17 @@ test("sliding-window layers: a cache is reused where its kept keys cover the win
       assert.deepEqual(whole.keys.map((k) => k.shape[2]), [7, 7]);
       whole.dispose();
       cache.dispose();
+      // with slack, 4 more slots are kept: a cut back to slot 26 can go on (it sees 19..25), to 25 not
+      const slack = new KVCache(1);
+      slack.slack = 4;
+      tf.tidy(() => {
+        mistral.decoder.forward({ ids: [second.slice(0, 30)] }, { cache: slack });
+      });
+      assert.deepEqual(slack.keys.map((k) => k.shape[2]), [11, 11]);
+      assert.equal(slack.truncate(25, mistral.config.slidingWindows), false);
+      assert.equal(slack.truncate(26, mistral.config.slidingWindows), true);
+      assert.deepEqual(slack.keys.map((k) => k.shape[2]), [7, 7]);
+      slack.dispose();
     } finally {
       mistral.dispose();
     }

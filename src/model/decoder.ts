@@ -24,13 +24,21 @@ export interface AdapterHook {
 /**
  * Keys and values for every layer, plus which key positions are real (1) or padding (0).
  * The decoder appends to it on each call; generation owns and disposes it.
- * A sliding-window layer keeps only the slots a later query can still see, so its memory and
- * attention cost stop growing at the window; `dropped` counts the slots it has let go.
+ * A sliding-window layer keeps only the slots a later query can still see, and `slack` more, so
+ * its memory and attention cost stop growing at the window plus slack; `dropped` counts the slots
+ * it has let go.
  */
 export class KVCache {
   keys: tf.Tensor4D[] = []; // per layer [B, nKvHeads, S - dropped[l], headDim]
   values: tf.Tensor4D[] = []; // per layer [B, nKvHeads, S - dropped[l], headDim]
   dropped: number[] = []; // per layer: leading slots no longer kept
+  /**
+   * Slots a sliding layer keeps past those its window needs, so the cache can still be cut back
+   * that far and continued (truncate, prefix): a kept reply whose end comes back trimmed (a stop
+   * sequence's tail, the template's end of turn) would otherwise be refused whole once the
+   * conversation outgrew the window. The extra keys are masked, so the outputs do not change.
+   */
+  slack = 0;
   mask: number[][]; // [B][S], every slot since the start
   constructor(batch: number) {
     this.mask = Array.from({ length: batch }, () => []);
@@ -54,6 +62,7 @@ export class KVCache {
   prefix(length: number, windows: readonly (number | null)[]): KVCache | undefined {
     if (!this.keepsStart(length, windows)) return undefined;
     const out = new KVCache(this.mask.length);
+    out.slack = this.slack;
     out.mask = this.mask.map((row) => row.slice(0, length));
     for (let l = 0; l < this.keys.length; l++) {
       const from = this.dropped[l] ?? 0;
@@ -396,8 +405,9 @@ export class Decoder {
           cache.keys[l]!.dispose();
           cache.values[l]!.dispose();
         }
-        // The next query sits at slot S, so a window layer's later queries see slots S - window + 1 on.
-        const keepFrom = window === null ? from : Math.max(from, S - window + 1);
+        // The next query sits at slot S, so a window layer's later queries see slots S - window + 1
+        // on; `slack` more are kept so the cache can be cut back and continued.
+        const keepFrom = window === null ? from : Math.max(from, S - window + 1 - cache.slack);
         const drop = keepFrom - from;
         cache.keys[l] = tf.keep(drop > 0 ? (tf.slice(keys, [0, 0, drop, 0], [-1, -1, -1, -1]) as tf.Tensor4D) : keys); // [B, nKv, S - keepFrom, hd]
         cache.values[l] = tf.keep(drop > 0 ? (tf.slice(values, [0, 0, drop, 0], [-1, -1, -1, -1]) as tf.Tensor4D) : values); // [B, nKv, S - keepFrom, hd]

@@ -3,6 +3,7 @@
 import { tf } from "../tensor/backend.js";
 import type { AdapterHook } from "./decoder.js";
 import { KVCache } from "./decoder.js";
+import { KEPT_SLACK } from "./prefix-cache.js";
 import type { LoadedModel } from "./load.js";
 import { sampleToken, seededRandom } from "./sampling.js";
 
@@ -145,6 +146,8 @@ export async function* streamGenerate(
 
   const rows: RowState[] = prompts.map(() => ({ tokens: [], text: "", emitted: 0, done: null }));
   const cache = opts.prefix?.cache ?? new KVCache(prompts.length);
+  // a cache that may be kept holds a little past its sliding windows, so it can be cut back (see KEPT_SLACK)
+  if (opts.onCache && !opts.prefix) cache.slack = KEPT_SLACK;
   const skip = opts.prefix?.length ?? 0;
   /** the tokens the cache holds, while it holds them all (a forward that throws may leave it half-extended) */
   let held: number[] | null = prompts.length === 1 ? prompts[0]!.slice(0, skip) : null;

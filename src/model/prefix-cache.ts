@@ -15,6 +15,14 @@ export const MIN_REUSED_TOKENS = 16;
  * and thousands of one-turn chats would otherwise fill the budget, each scanned on every request.
  */
 export const MAX_ENTRIES = 32;
+/**
+ * Slots past its window a sliding layer of a cache that may be kept holds (KVCache.slack): a
+ * reply's tail that comes back otherwise (a stop sequence's, an end of turn the template writes
+ * its own way, a re-rendered tool call) is a few to a few dozen tokens. A cut further back than
+ * this, past the window, is refused and the prompt prefilled whole. The cost is this many more
+ * slots of keys and values per sliding layer, and attention over them (1.6% of a 4096 window).
+ */
+export const KEPT_SLACK = 64;
 
 export interface PrefixStats {
   hits: number;

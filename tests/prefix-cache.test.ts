@@ -9,8 +9,8 @@ import path from "node:path";
 import { initBackend, tf } from "../src/tensor/backend.js";
 import { loadModel, type LoadedModel } from "../src/model/load.js";
 import { generate, streamGenerate } from "../src/model/generate.js";
-import { KVCache } from "../src/model/decoder.js";
-import { MAX_ENTRIES } from "../src/model/prefix-cache.js";
+import { Decoder, KVCache } from "../src/model/decoder.js";
+import { KEPT_SLACK, MAX_ENTRIES } from "../src/model/prefix-cache.js";
 import { LoraAdapter } from "../src/lora/adapter.js";
 import { saveAdapter } from "../src/lora/peft.js";
 import { LiveModel } from "../src/runtime/live.js";
@@ -130,7 +130,7 @@ test("kept caches stay within the budget, least recently used dropped first; 0 k
   live.dispose();
 });
 
-test("sliding-window layers: a cache is reused where its kept keys cover the window, and refused where they were let go", async () => {
+test("sliding-window layers: a cache is reused, whole or cut back within its slack, where its kept keys cover the window, and refused where they were let go", async () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-prefix-window-"));
   try {
     cpSync(fixtureDir("mistral"), dir, { recursive: true });
@@ -139,16 +139,26 @@ test("sliding-window layers: a cache is reused where its kept keys cover the win
     const mistral = loadModel(dir);
     try {
       const live = new LiveModel(mistral);
-      const [first] = turns(mistral, 1);
-      const { tokens: answer } = await reply(live, mistral, first!);
-      // the reply sent back as generated: the whole entry continues, its window layers holding
-      // the 7 slots the next query can see
-      const second = [...first!, ...answer, 3, 4];
+      // longer than the window and the slack a kept cache holds past it, so slots are let go
+      const first = mistral.tokenizer.applyChatTemplate([{ role: "user", content: "the quick brown fox jumps over the lazy dog ".repeat(3) }]);
+      const { tokens: answer } = await reply(live, mistral, first);
+      const kept = first.length + answer.length - 1; // the last token was sampled, not fed
+      assert.ok(kept > 8 + KEPT_SLACK + 20, `${kept} tokens: slots were let go`);
+      // the reply sent back as generated: the whole entry continues
+      const second = [...first, ...answer, 3, 4];
       const got = await reply(live, mistral, second);
-      assert.ok(got.reused >= first!.length + answer.length - 1, `reused ${got.reused}`);
+      assert.equal(got.reused, kept);
       assert.deepEqual(got.tokens, await fullPrefill(mistral, second));
+      // the next reply sent back trimmed (its last tokens, two others in their place): the window
+      // layers still hold what a query at the cut sees, so it continues from all they share
+      const third = [...second, ...got.tokens.slice(0, -3), 5, 6];
+      const lcp = shared([...second, ...got.tokens.slice(0, -1)], third);
+      assert.ok(lcp < second.length + got.tokens.length - 1, "the cut is inside the kept reply");
+      const cut = await reply(live, mistral, third);
+      assert.equal(cut.reused, lcp);
+      assert.deepEqual(cut.tokens, await fullPrefill(mistral, third));
       // a start shorter than what the window layers still hold cannot be continued: prefilled again
-      const branch = [...second.slice(0, 20), 3, 4, 5];
+      const branch = [...third.slice(0, 20), 3, 4, 5];
       const misses = live.prefixStats.misses;
       const again = await reply(live, mistral, branch);
       assert.equal(again.reused, 0);
@@ -166,6 +176,17 @@ test("sliding-window layers: a cache is reused where its kept keys cover the win
       assert.deepEqual(whole.keys.map((k) => k.shape[2]), [7, 7]);
       whole.dispose();
       cache.dispose();
+      // with slack, 4 more slots are kept: a cut back to slot 26 can go on (it sees 19..25), to 25 not
+      const slack = new KVCache(1);
+      slack.slack = 4;
+      tf.tidy(() => {
+        mistral.decoder.forward({ ids: [second.slice(0, 30)] }, { cache: slack });
+      });
+      assert.deepEqual(slack.keys.map((k) => k.shape[2]), [11, 11]);
+      assert.equal(slack.truncate(25, mistral.config.slidingWindows), false);
+      assert.equal(slack.truncate(26, mistral.config.slidingWindows), true);
+      assert.deepEqual(slack.keys.map((k) => k.shape[2]), [7, 7]);
+      slack.dispose();
     } finally {
       mistral.dispose();
     }
@@ -215,4 +236,184 @@ test("a reply that ends after its live model was disposed (a runtime stopped wit
   lease.release();
   assert.equal(live.prefixCacheHeld, 0);
   assert.equal(tf.memory().numTensors, before, "no cache kept by a disposed live model");
+});
+
+/** Makes the model write `script` and then end its turn (every other token masked), so the reply's ending is known. */
+function writes(model: LoadedModel, script: number[]) {
+  return (logits: Float32Array, tokens: readonly number[]) => {
+    logits.fill(-Infinity);
+    logits[tokens.length < script.length ? script[tokens.length]! : model.eosTokenIds[0]!] = 0;
+  };
+}
+
+/** How many leading tokens `a` and `b` share. */
+function shared(a: readonly number[], b: readonly number[]): number {
+  let i = 0;
+  while (i < a.length && i < b.length && a[i] === b[i]) i++;
+  return i;
+}
+
+/**
+ * Turn 1 writes `script` (cut by `stopStrings`, if given) and keeps its cache; turn 2's prompt is
+ * `next(reply text)`. Returns what turn 2 reused, the longest start the kept cache and turn 2's
+ * prompt share, and turn 1's prompt and kept tokens.
+ */
+async function trimmedTurns(model: LoadedModel, script: string, next: (text: string) => number[], stopStrings: string[] = []) {
+  const live = new LiveModel(model);
+  const first = model.tokenizer.applyChatTemplate([{ role: "user", content: "the quick brown fox jumps over the lazy dog" }]);
+  let kept: number[] = [];
+  const lease = live.acquire();
+  const [r] = await generate(model, [first], {
+    maxTokens: 40,
+    temperature: 0,
+    stopStrings,
+    constrain: writes(model, model.tokenizer.encode(script)),
+    onCache: (cache, tokens, prompt) => {
+      kept = [...tokens];
+      lease.keep(cache, tokens, prompt);
+    },
+  });
+  lease.release();
+  const second = next(r!.text);
+  return { live, first, kept, second, text: r!.text, lcp: shared(kept, second), got: await reply(live, model, second) };
+}
+
+test("a reply cut by a stop sequence: the next turn continues from all it shares with the kept cache, cut in place, not kept twice", async () => {
+  const before = tf.memory().numTensors;
+  // " User:" spans several tokens: the cache holds " User" past the cut (":" ended the reply unfed)
+  const { live, first, kept, second, text, lcp, got } = await trimmedTurns(
+    llama,
+    "The fox ran home. User: next",
+    (text) => llama.tokenizer.applyChatTemplate([{ role: "user", content: "the quick brown fox jumps over the lazy dog" }, { role: "assistant", content: text }, { role: "user", content: "and then?" }]),
+    ["User:"],
+  );
+  assert.equal(text, "The fox ran home. ");
+  assert.ok(lcp > first.length && lcp < kept.length, `the shared start (${lcp}) ends inside the reply (${first.length}..${kept.length})`);
+  assert.equal(got.reused, lcp, "all of the shared start is reused");
+  assert.deepEqual(got.tokens, await fullPrefill(llama, second));
+  // the first turn's entry was handed over cut, not copied: one conversation, one entry
+  assert.equal(live.prefixCacheEntries, 1);
+  assert.equal(live.prefixCacheTensors, 2 * llama.config.numLayers);
+  live.dispose();
+  assert.equal(tf.memory().numTensors, before, "no tensor of the cut cache is left behind");
+});
+
+test("a reply whose end the chat template renders differently (trimmed before its end-of-turn): the shared start is continued, not copied", async () => {
+  const before = tf.memory().numTensors;
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-prefix-trim-"));
+  try {
+    cpSync(fixtureDir("llama"), dir, { recursive: true });
+    // as Llama 3's template does: the content is trimmed before the end-of-turn is written
+    writeFileSync(
+      path.join(dir, "chat_template.jinja"),
+      "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + (message['content'] | trim) + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+    );
+    const model = loadModel(dir);
+    try {
+      // the model ends its turn after a newline: the cache holds the newline, the next prompt has <|im_end|> there
+      const { live, first, kept, second, text, lcp, got } = await trimmedTurns(model, "The fox ran home.\n", (text) =>
+        model.tokenizer.applyChatTemplate([{ role: "user", content: "the quick brown fox jumps over the lazy dog" }, { role: "assistant", content: text }, { role: "user", content: "and then?" }]),
+      );
+      assert.equal(text, "The fox ran home.\n");
+      assert.equal(lcp, kept.length - 1, "all but the newline");
+      assert.ok(lcp > first.length);
+      assert.equal(got.reused, lcp);
+      assert.deepEqual(got.tokens, await fullPrefill(model, second));
+      assert.equal(live.prefixCacheEntries, 1);
+      live.dispose();
+    } finally {
+      model.dispose();
+    }
+    assert.equal(tf.memory().numTensors, before);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("asking the same prompt again, or another chat sharing only a start, still copies: the entry stays whole for its own next turn", async () => {
+  const live = new LiveModel(llama);
+  const [first] = turns(llama, 1);
+  const { tokens: answer } = await reply(live, llama, first!, 6);
+  // the same prompt again (a regenerated, shorter reply) shares less than the prompt: copied
+  const again = await reply(live, llama, first!, 2);
+  assert.equal(again.reused, first!.length - 1);
+  assert.equal(live.prefixCacheEntries, 2, "the first entry is still kept beside the regenerated one's");
+  // the first conversation's next turn, with the reply sent back as generated, finds all of it
+  const next = [...first!, ...answer, 7, 8];
+  assert.ok((await reply(live, llama, next, 2)).reused >= first!.length + answer.length - 1);
+  live.dispose();
+});
+
+test("KVCache.truncate cuts in place to what prefix copies, frees the rest, and refuses where a sliding layer let go of a slot", async () => {
+  const before = tf.memory().numTensors;
+  const ids = turns(llama, 1)[0]!.slice(0, 30);
+  const cache = new KVCache(1);
+  tf.tidy(() => {
+    llama.decoder.forward({ ids: [ids] }, { cache });
+  });
+  const copy = cache.prefix(20, llama.config.slidingWindows)!;
+  const held = tf.memory().numTensors;
+  assert.equal(cache.truncate(20, llama.config.slidingWindows), true);
+  assert.equal(tf.memory().numTensors, held, "the cut layers replace the old ones");
+  assert.equal(cache.length, 20);
+  for (let l = 0; l < llama.config.numLayers; l++) {
+    assert.deepEqual(cache.keys[l]!.shape, copy.keys[l]!.shape);
+    assert.deepEqual(await cache.keys[l]!.data(), await copy.keys[l]!.data());
+    assert.deepEqual(await cache.values[l]!.data(), await copy.values[l]!.data());
+  }
+  assert.equal(cache.truncate(21, llama.config.slidingWindows), false, "no longer than it is");
+  copy.dispose();
+  cache.dispose();
+  // window-4 layers (the fixture's weights under another config) keep the last 3 slots: a
+  // query at slot 29 needs slot 26, which is gone after 30 tokens, so nothing shorter can go on
+  const config = { ...llama.config, slidingWindows: llama.config.slidingWindows.map(() => 4) };
+  const windowed = new Decoder(config, llama.decoder.weights);
+  const slid = new KVCache(1);
+  tf.tidy(() => {
+    windowed.forward({ ids: [ids] }, { cache: slid });
+  });
+  const kept = tf.memory().numTensors;
+  assert.equal(slid.truncate(29, config.slidingWindows), false);
+  assert.equal(slid.length, 30, "refused: unchanged");
+  assert.equal(tf.memory().numTensors, kept);
+  assert.equal(slid.truncate(30, config.slidingWindows), true, "all of it: nothing to cut");
+  slid.dispose();
+  assert.equal(tf.memory().numTensors, before);
+});
+
+test("through the runtime on kiln-mini: a reply sent back without its leading space continues from the whole prompt, one entry per chat", async () => {
+  // kiln-mini opens its replies with " I"; kiln sends them back trimmed, and the template renders
+  // "I": the next prompt shares the previous prompt only, so that part is cut from the entry
+  const [a, b] = [writeTestAgent({ capture: "off", model: "default" }), writeTestAgent({ capture: "off", model: "default" })];
+  const on = await Runtime.fromFiles(a.file);
+  const off = await Runtime.fromFiles(b.file, { prefixCacheBytes: 0 });
+  try {
+    const ask = async (runtime: Runtime, messages: ChatMessage[]) => {
+      const it = runtime.chat("tester", { messages, options: { maxTokens: 16, temperature: 0 } });
+      for (;;) {
+        const r = await it.next();
+        if (r.done) return r.value.result;
+      }
+    };
+    const model = on.agent("tester").model;
+    const live = on.agent("tester").live;
+    const messages: ChatMessage[] = [{ role: "user", content: "Where does the ferry go and when does it leave?" }];
+    let previous = 0;
+    for (const question of ["And who runs it these days?", "What else happened in the town last week?"]) {
+      const r = await ask(on, messages);
+      assert.equal(r.text, (await ask(off, messages)).text);
+      assert.notEqual(model.tokenizer.decode(r.tokens.slice(0, 1)), model.tokenizer.decode(model.tokenizer.encode(r.text).slice(0, 1)), "the first token was trimmed");
+      previous = model.tokenizer.applyChatTemplate(messages).length;
+      messages.push({ role: "assistant", content: r.text }, { role: "user", content: question });
+    }
+    const reused = live.prefixStats.reusedTokens;
+    const last = await ask(on, messages);
+    assert.equal(last.text, (await ask(off, messages)).text);
+    assert.equal(live.prefixStats.reusedTokens - reused, previous, "the previous turn's whole prompt");
+    assert.equal(live.prefixCacheEntries, 1, "each turn's entry was handed on, not kept beside a copy");
+  } finally {
+    await on.stop();
+    await off.stop();
+    for (const { dir } of [a, b]) rmSync(dir, { recursive: true });
+  }
 });

@@ -199,13 +199,23 @@ async function benchKiln(shape: Shape) {
 }
 
 const CHAT = { turns: 8, userTokens: 48, replyTokens: 16 };
+/**
+ * The trimmed chat: the next prompt holds each reply without its last TRIMMED tokens and with two
+ * other tokens in their place, as a reply cut by a stop sequence, stripped by the chat template or
+ * closed by an end-of-turn rendered differently comes back: the kept cache covers the whole prompt
+ * and the reply's start, not its end.
+ */
+const TRIMMED = 3;
 
 /**
  * A multi-turn chat as a server sees it: every turn sends the whole conversation again. Time to
  * the first token of each turn with a full prefill, and continuing from the KV cache the last
  * reply ended with (src/model/prefix-cache.ts), side by side on the same weights.
  */
-async function benchChat(shape: Shape): Promise<{ turn: number; prompt: number; reused: number; fullMs: number; cachedMs: number; keptMb: number }[]> {
+async function benchChat(
+  shape: Shape,
+  trimmed = false,
+): Promise<{ turn: number; prompt: number; reused: number; fullMs: number; cachedMs: number; takeMs: number; keptMb: number; entries: number }[]> {
   const c = configOf(shape);
   const decoder = randomDecoder(c);
   sizeOutputPool("serve");
@@ -225,7 +235,9 @@ async function benchChat(shape: Shape): Promise<{ turn: number; prompt: number; 
   warm.dispose();
   for (let turn = 1; turn <= CHAT.turns; turn++) {
     const prompt = [...conversation, ...randomIds(1, CHAT.userTokens, c.vocabSize, 100 + turn)[0]!];
+    const t = performance.now();
     const kept = store.take(prompt);
+    const takeMs = performance.now() - t;
     const reused = kept?.length ?? 0;
     // three of each, alternating (the machine is noisy); a continued run starts from a copy of the
     // kept cache, as the store hands over when a conversation goes on, so each starts the same
@@ -251,9 +263,10 @@ async function benchChat(shape: Shape): Promise<{ turn: number; prompt: number; 
       reply.push(token);
       token = await firstToken([token], cache, 0);
     }
-    store.put(cache, [...prompt, ...reply]);
-    rows.push({ turn, prompt: prompt.length, reused, fullMs: median(full), cachedMs: median(continued), keptMb: store.bytes / 2 ** 20 });
-    conversation = [...prompt, ...reply];
+    store.put(cache, [...prompt, ...reply], prompt.length);
+    rows.push({ turn, prompt: prompt.length, reused, fullMs: median(full), cachedMs: median(continued), takeMs, keptMb: store.bytes / 2 ** 20, entries: store.size });
+    // the two stand-ins are tokens the reply did not end with, so the shared start stops before them
+    conversation = trimmed ? [...prompt, ...reply.slice(0, -TRIMMED), (reply.at(-1)! + 1) % c.vocabSize, (reply.at(-1)! + 2) % c.vocabSize] : [...prompt, ...reply];
   }
   store.dispose();
   decoder.dispose();
@@ -343,10 +356,17 @@ for (const shape of SHAPES.filter((s) => !chatOnly && (!only || s.name.toLowerCa
 console.log("");
 console.log(`## Multi-turn chat: time to first token, full prefill vs continuing from the kept KV cache (${CHAT.turns} turns, ${CHAT.userTokens} user + ${CHAT.replyTokens} reply tokens each)`);
 console.log("");
-console.log("| shape | turn | prompt tokens | reused | full prefill ms | continued ms | speedup | kept MB |");
-console.log("|---|---|---|---|---|---|---|---|");
-for (const shape of SHAPES.filter((s) => !only || s.name.toLowerCase().includes(only.toLowerCase()))) {
-  for (const r of await benchChat(shape)) {
-    console.log(`| ${shape.name} | ${r.turn} | ${r.prompt} | ${r.reused} | ${fmt(r.fullMs)} | ${fmt(r.cachedMs)} | ${ratio(r.fullMs, r.cachedMs)} | ${fmt(r.keptMb)} |`);
+for (const trimmed of [false, true]) {
+  if (trimmed) {
+    console.log("");
+    console.log(`### Each reply sent back trimmed: its last ${TRIMMED} tokens replaced by 2 others (a stop sequence, the template's end of turn)`);
+    console.log("");
+  }
+  console.log("| shape | turn | prompt tokens | reused | full prefill ms | continued ms | speedup | take ms | kept MB | entries |");
+  console.log("|---|---|---|---|---|---|---|---|---|---|");
+  for (const shape of SHAPES.filter((s) => !only || s.name.toLowerCase().includes(only.toLowerCase()))) {
+    for (const r of await benchChat(shape, trimmed)) {
+      console.log(`| ${shape.name} | ${r.turn} | ${r.prompt} | ${r.reused} | ${fmt(r.fullMs)} | ${fmt(r.cachedMs)} | ${ratio(r.fullMs, r.cachedMs)} | ${fmt(r.takeMs)} | ${fmt(r.keptMb)} | ${r.entries} |`);
+    }
   }
 }

@@ -24,13 +24,21 @@ export interface AdapterHook {
 /**
  * Keys and values for every layer, plus which key positions are real (1) or padding (0).
  * The decoder appends to it on each call; generation owns and disposes it.
- * A sliding-window layer keeps only the slots a later query can still see, so its memory and
- * attention cost stop growing at the window; `dropped` counts the slots it has let go.
+ * A sliding-window layer keeps only the slots a later query can still see, and `slack` more, so
+ * its memory and attention cost stop growing at the window plus slack; `dropped` counts the slots
+ * it has let go.
  */
 export class KVCache {
   keys: tf.Tensor4D[] = []; // per layer [B, nKvHeads, S - dropped[l], headDim]
   values: tf.Tensor4D[] = []; // per layer [B, nKvHeads, S - dropped[l], headDim]
   dropped: number[] = []; // per layer: leading slots no longer kept
+  /**
+   * Slots a sliding layer keeps past those its window needs, so the cache can still be cut back
+   * that far and continued (truncate, prefix): a kept reply whose end comes back trimmed (a stop
+   * sequence's tail, the template's end of turn) would otherwise be refused whole once the
+   * conversation outgrew the window. The extra keys are masked, so the outputs do not change.
+   */
+  slack = 0;
   mask: number[][]; // [B][S], every slot since the start
   constructor(batch: number) {
     this.mask = Array.from({ length: batch }, () => []);
@@ -52,12 +60,9 @@ export class KVCache {
    * could still see (`windows` as ModelConfig.slidingWindows has them).
    */
   prefix(length: number, windows: readonly (number | null)[]): KVCache | undefined {
-    if (length < 1 || length > this.length) return undefined;
-    for (const [l, from] of this.dropped.entries()) {
-      const window = windows[l] ?? null;
-      if (from > 0 && (window === null || from > length - window + 1)) return undefined;
-    }
+    if (!this.keepsStart(length, windows)) return undefined;
     const out = new KVCache(this.mask.length);
+    out.slack = this.slack;
     out.mask = this.mask.map((row) => row.slice(0, length));
     for (let l = 0; l < this.keys.length; l++) {
       const from = this.dropped[l] ?? 0;
@@ -67,6 +72,44 @@ export class KVCache {
       out.values[l] = tf.slice(this.values[l]!, [0, 0, 0, 0], [-1, -1, length - from, -1]); // [B, nKv, length - from, hd]
     }
     return out;
+  }
+  /**
+   * Cuts this cache to its first `length` slots in place, as prefix() would copy them, and frees
+   * the rest; false (unchanged) where prefix() would refuse. For a cache no one else will continue
+   * past `length`: the original need not stay, so it is not kept beside a copy.
+   */
+  truncate(length: number, windows: readonly (number | null)[]): boolean {
+    if (!this.keepsStart(length, windows)) return false;
+    if (length === this.length) return true;
+    this.mask = this.mask.map((row) => row.slice(0, length));
+    for (let l = 0; l < this.keys.length; l++) {
+      const from = this.dropped[l] ?? 0;
+      const [keys, values] = [this.keys[l]!, this.values[l]!];
+      if (length === from) {
+        // nothing of this layer is left: the next call starts it afresh, as after prefix()
+        delete this.keys[l];
+        delete this.values[l];
+      } else {
+        // tfjs has no view of a tensor's leading slots: the kept part is sliced out, the old freed
+        this.keys[l] = tf.slice(keys, [0, 0, 0, 0], [-1, -1, length - from, -1]); // [B, nKv, length - from, hd]
+        this.values[l] = tf.slice(values, [0, 0, 0, 0], [-1, -1, length - from, -1]); // [B, nKv, length - from, hd]
+      }
+      keys.dispose();
+      values.dispose();
+    }
+    return true;
+  }
+  /**
+   * Whether the first `length` slots can be continued: every sliding layer still holds the slots
+   * a query at slot `length` sees (a layer that let go of one cannot get it back).
+   */
+  private keepsStart(length: number, windows: readonly (number | null)[]): boolean {
+    if (length < 1 || length > this.length) return false;
+    for (const [l, from] of this.dropped.entries()) {
+      const window = windows[l] ?? null;
+      if (from > 0 && (window === null || from > length - window + 1)) return false;
+    }
+    return true;
   }
   dispose(): void {
     for (const t of this.tensors) t.dispose();
@@ -362,8 +405,9 @@ export class Decoder {
           cache.keys[l]!.dispose();
           cache.values[l]!.dispose();
         }
-        // The next query sits at slot S, so a window layer's later queries see slots S - window + 1 on.
-        const keepFrom = window === null ? from : Math.max(from, S - window + 1);
+        // The next query sits at slot S, so a window layer's later queries see slots S - window + 1
+        // on; `slack` more are kept so the cache can be cut back and continued.
+        const keepFrom = window === null ? from : Math.max(from, S - window + 1 - cache.slack);
         const drop = keepFrom - from;
         cache.keys[l] = tf.keep(drop > 0 ? (tf.slice(keys, [0, 0, drop, 0], [-1, -1, -1, -1]) as tf.Tensor4D) : keys); // [B, nKv, S - keepFrom, hd]
         cache.values[l] = tf.keep(drop > 0 ? (tf.slice(values, [0, 0, drop, 0], [-1, -1, -1, -1]) as tf.Tensor4D) : values); // [B, nKv, S - keepFrom, hd]

@@ -3,6 +3,7 @@
 import { tf } from "../tensor/backend.js";
 import type { AdapterHook } from "./decoder.js";
 import { KVCache } from "./decoder.js";
+import { KEPT_SLACK } from "./prefix-cache.js";
 import type { LoadedModel } from "./load.js";
 import { sampleToken, seededRandom } from "./sampling.js";
 
@@ -33,10 +34,10 @@ export interface GenerateOptions {
    * One prompt only: called once when generation ends (finished, aborted, returned early, or an
    * error after the cache was last extended, such as a constraint's dead end), with the KV cache
    * and the tokens it holds (the prompt and the reply's tokens that were fed back), which the
-   * callee now owns. Where a forward pass failed part-way the cache is disposed instead, as it
-   * is without onCache.
+   * callee now owns, and how many of those tokens are the prompt. Where a forward pass failed
+   * part-way the cache is disposed instead, as it is without onCache.
    */
-  onCache?: (cache: KVCache, tokens: number[]) => void;
+  onCache?: (cache: KVCache, tokens: number[], prompt: number) => void;
 }
 
 export type FinishReason = "stop" | "length" | "abort";
@@ -145,6 +146,8 @@ export async function* streamGenerate(
 
   const rows: RowState[] = prompts.map(() => ({ tokens: [], text: "", emitted: 0, done: null }));
   const cache = opts.prefix?.cache ?? new KVCache(prompts.length);
+  // a cache that may be kept holds a little past its sliding windows, so it can be cut back (see KEPT_SLACK)
+  if (opts.onCache && !opts.prefix) cache.slack = KEPT_SLACK;
   const skip = opts.prefix?.length ?? 0;
   /** the tokens the cache holds, while it holds them all (a forward that throws may leave it half-extended) */
   let held: number[] | null = prompts.length === 1 ? prompts[0]!.slice(0, skip) : null;
@@ -209,7 +212,7 @@ export async function* streamGenerate(
       mask = rows.map((r, b) => [r.done && !stopIds.has(next[b]!) ? 0 : 1]);
     }
   } finally {
-    if (opts.onCache && held) opts.onCache(cache, held);
+    if (opts.onCache && held) opts.onCache(cache, held, prompts[0]!.length);
     else cache.dispose();
   }
   return rows.map((r, b) => ({

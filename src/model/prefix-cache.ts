@@ -15,6 +15,14 @@ export const MIN_REUSED_TOKENS = 16;
  * and thousands of one-turn chats would otherwise fill the budget, each scanned on every request.
  */
 export const MAX_ENTRIES = 32;
+/**
+ * Slots past its window a sliding layer of a cache that may be kept holds (KVCache.slack): a
+ * reply's tail that comes back otherwise (a stop sequence's, an end of turn the template writes
+ * its own way, a re-rendered tool call) is a few to a few dozen tokens. A cut further back than
+ * this, past the window, is refused and the prompt prefilled whole. The cost is this many more
+ * slots of keys and values per sliding layer, and attention over them (1.6% of a 4096 window).
+ */
+export const KEPT_SLACK = 64;
 
 export interface PrefixStats {
   hits: number;
@@ -25,6 +33,8 @@ export interface PrefixStats {
 
 interface Entry {
   tokens: number[];
+  /** how many of `tokens` were the request's prompt; the rest is its reply as generated */
+  prompt: number;
   cache: KVCache;
   bytes: number;
   lastUsed: number;
@@ -56,8 +66,13 @@ export class PrefixStore {
   /**
    * A cache holding the longest start of `ids` any entry holds (at least one token is left to
    * prefill, for the next token's logits). An entry wholly reused is handed over (the reply
-   * extends it and puts it back); a part of one is copied, and the entry stays for its own
-   * conversation.
+   * extends it and puts it back). So is one whose whole prompt `ids` starts with, cut to the
+   * shared start: that is the next turn of its conversation, with the reply sent back other than
+   * as generated (cut at a stop sequence, its leading space trimmed, closed or stripped by the
+   * chat template, a tool call re-rendered), and no one will continue the reply as generated; a
+   * copy would leave the old entry beside the new one, holding the conversation twice. A shorter
+   * part of an entry (another chat sharing a start, the same prompt asked again) is copied, and
+   * the entry stays for its own conversation.
    */
   take(ids: readonly number[]): { cache: KVCache; length: number } | undefined {
     if (this.budget() <= 0) {
@@ -71,10 +86,11 @@ export class PrefixStore {
       if (n > length) [best, length] = [e, n];
     }
     if (best && length >= Math.min(MIN_REUSED_TOKENS, best.tokens.length)) {
-      const whole = length === best.tokens.length;
-      const cache = whole ? best.cache : best.cache.prefix(length, this.windows);
+      // cut in place: the rest is freed, not kept beside a copy (nothing to cut when all is shared)
+      const handed = length >= best.prompt && best.cache.truncate(length, this.windows);
+      const cache = handed ? best.cache : best.cache.prefix(length, this.windows);
       if (cache) {
-        if (whole) this.entries.splice(this.entries.indexOf(best), 1);
+        if (handed) this.entries.splice(this.entries.indexOf(best), 1);
         else best.lastUsed = ++this.clock;
         this.stats.hits++;
         this.stats.reusedTokens += length;
@@ -85,8 +101,12 @@ export class PrefixStore {
     return undefined;
   }
 
-  /** Keeps `cache` (holding `tokens`), dropping the least recently used entries past the budget or MAX_ENTRIES. */
-  put(cache: KVCache, tokens: number[]): void {
+  /**
+   * Keeps `cache` (holding `tokens`, of which the first `prompt` were the request's prompt),
+   * dropping the least recently used entries past the budget or MAX_ENTRIES. Without `prompt`
+   * all of `tokens` count as prompt: the entry is then cut for no one (see take).
+   */
+  put(cache: KVCache, tokens: number[], prompt = tokens.length): void {
     if (cache.length !== tokens.length || tokens.length < MIN_REUSED_TOKENS) {
       // a reply aborted before its first forward holds nothing worth keeping
       cache.dispose();
@@ -94,7 +114,7 @@ export class PrefixStore {
     }
     // An entry whose tokens are all the start of the new one is worth nothing more.
     for (const e of this.entries.filter((e) => e.tokens.length <= tokens.length && sharedStart(e.tokens, tokens, e.tokens.length) === e.tokens.length)) this.drop(e);
-    this.entries.push({ tokens, cache, bytes: cache.bytes, lastUsed: ++this.clock });
+    this.entries.push({ tokens, prompt, cache, bytes: cache.bytes, lastUsed: ++this.clock });
     this.fit();
   }
 

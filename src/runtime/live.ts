@@ -28,8 +28,11 @@ export interface Lease {
   adapter: LoraAdapter | undefined;
   /** A cache holding the start of `ids` on these weights, if one is kept (the caller owns it). */
   prefix(ids: readonly number[]): { cache: KVCache; length: number } | undefined;
-  /** Hands a reply's cache back for later requests on these weights (disposed if they are gone). */
-  keep(cache: KVCache, tokens: number[]): void;
+  /**
+   * Hands a reply's cache back for later requests on these weights (disposed if they are gone):
+   * it holds `tokens`, the first `prompt` of them the request's prompt (see PrefixStore.put).
+   */
+  keep(cache: KVCache, tokens: number[], prompt?: number): void;
   release(): void;
 }
 
@@ -89,9 +92,9 @@ export class LiveModel {
       version: slot.version,
       adapter: slot.adapter,
       prefix: (ids) => (slot.retired ? undefined : slot.prefixes.take(ids)),
-      keep: (cache, tokens) => {
+      keep: (cache, tokens, prompt) => {
         if (slot.retired) cache.dispose();
-        else slot.prefixes.put(cache, tokens);
+        else slot.prefixes.put(cache, tokens, prompt);
       },
       release: () => {
         if (released) return;

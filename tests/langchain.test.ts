@@ -163,7 +163,7 @@ test("invoke and stream give Runtime.chat's greedy text with version, finish rea
     const tokens: string[] = [];
     const reply = await model.invoke(lc, { callbacks: [{ handleLLMNewToken: (t: string) => void tokens.push(t) }] });
     assert.equal(reply.content, ref.result.text);
-    assert.equal(reply.response_metadata.kiln_version, null);
+    assert.equal(reply.response_metadata.kiln_version, "base");
     assert.ok("kiln_version" in reply.response_metadata);
     assert.equal(reply.response_metadata.finish_reason, ref.result.finishReason);
     assert.deepEqual(
@@ -180,7 +180,7 @@ test("invoke and stream give Runtime.chat's greedy text with version, finish rea
     }
     assert.ok(streamed.length > 1, "the reply arrives in more than one chunk");
     assert.equal(streamed.join(""), ref.result.text);
-    assert.equal(merged!.response_metadata.kiln_version, null);
+    assert.equal(merged!.response_metadata.kiln_version, "base");
     assert.equal(merged!.usage_metadata?.output_tokens, ref.result.tokens.length);
     await awaitAllCallbacks(); // callbacks run in the background
     assert.equal(tokens.join(""), ref.result.text, "handleLLMNewToken saw the reply");
@@ -305,7 +305,7 @@ test("streamEvents (content-block protocol): the real finish reason, kiln's meta
     assert.equal(kinds.at(-1), "message-finish");
     assert.equal(message.text, ref.result.text);
     assert.equal(message.response_metadata.finish_reason, "length", "a reply cut at maxTokens says so");
-    assert.ok("kiln_version" in message.response_metadata && message.response_metadata.kiln_version === null);
+    assert.ok("kiln_version" in message.response_metadata && message.response_metadata.kiln_version === "base");
     assert.equal(message.response_metadata.model_name, "tester");
     assert.equal(message.usage_metadata?.output_tokens, 12);
 
@@ -479,7 +479,7 @@ test("bound tools: a template that renders tools gets them natively", async () =
       const [ref] = await generate(m, [m.tokenizer.encode(prompt)], { maxTokens: 8, temperature: 0 });
       assert.equal(answer.content, ref!.text);
       assert.equal(answer.usage_metadata?.input_tokens, ref!.promptTokens);
-      assert.equal(answer.response_metadata.kiln_version, null);
+      assert.equal(answer.response_metadata.kiln_version, "base");
     },
     { toolTemplate: true },
   );
@@ -833,13 +833,13 @@ test("createAgent loop: tools run on the real ledger, the real model answers, me
     assert.deepEqual(t1.messages.map((m) => m.getType()), ["human", "ai", "tool", "ai"]);
     const found = JSON.parse(t1.messages[2]!.text) as { live_version: string | null; items: { text: string; status: string; version: string | null }[] };
     assert.deepEqual(found.items.map((i) => [i.text, i.status, i.version]), [[LIGHTHOUSE, "pending", null]], "only the matching item");
-    assert.equal(found.live_version, null);
+    assert.equal(found.live_version, "base");
     assert.equal(model.requests.length, 2);
     const answerInput = plainMessages(model.requests[1]!);
     assert.ok(answerInput.at(-1)!.content.includes(LIGHTHOUSE), "the tool result reached the model");
     const ref1 = await kilnChat(runtime, answerInput, 8);
     assert.equal(t1.reply, ref1.result.text, "the final answer is the real model's");
-    assert.equal(t1.version, null);
+    assert.equal(t1.version, "base");
 
     // Turn 2 on the same thread: the model's input holds turn 1; remember_fact adds a pending item.
     model.script = [`<tool_call>{"name": "remember_fact", "arguments": {"fact": "${FEE}"}}</tool_call>`];

@@ -65,7 +65,7 @@ function threadOf(config: ToolRunnableConfig | undefined): string | undefined {
 export function knowledgeTools(agent: Agent) {
   const search = tool(
     async (args: { query?: string; status?: ItemStatus; limit?: number }) =>
-      JSON.stringify({ live_version: agent.live.version, items: searchKnowledge(agent, args) }),
+      JSON.stringify({ live_version: agent.live.version ?? "base", items: searchKnowledge(agent, args) }),
     {
       name: "search_knowledge",
       description: "Search what you have read or been told (your knowledge ledger).",
@@ -106,7 +106,7 @@ export interface KilnAgentOptions {
 
 export interface TurnResult {
   reply: string;
-  /** the weights version the final reply came from */
+  /** the weights version the final reply came from ("base" for the base model; null when no reply came) */
   version: string | null;
   /** tool calls made during the turn */
   toolCalls: { name: string; args: Record<string, unknown> }[];

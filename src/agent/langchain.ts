@@ -441,7 +441,7 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
     const usage: UsageMetadata = { input_tokens: result.promptTokens, output_tokens: result.tokens.length, total_tokens: result.promptTokens + result.tokens.length };
     const info = {
       finish_reason: toolCalls.length ? "tool_calls" : result.finishReason,
-      kiln_version: version,
+      kiln_version: version ?? "base",
       model_name: this.agentName,
       ...(outcome.captured.length ? { kiln_captured: outcome.captured } : {}),
       // keywords of a non-strict response_format schema the reply was not held to

@@ -382,7 +382,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     const usage = (o: ChatOutcome) => ({ prompt_tokens: o.result.promptTokens, completion_tokens: o.result.tokens.length, total_tokens: o.result.promptTokens + o.result.tokens.length });
     const kiln = (o: ChatOutcome) => ({
       agent: agent.name,
-      version: o.version,
+      version: o.version ?? "base",
       captured: o.captured,
       // what the response_format's schema asked that the reply was not held to (strict false)
       ...(structured?.unenforced.length ? { unenforced: structured.unenforced } : {}),

@@ -620,7 +620,7 @@ $("#bake-start").addEventListener("click", async () => {
 function phaseText(p) {
   if (!p) return "starting";
   if (p.phase === "train") return `training: epoch ${p.epoch}, step ${p.step}/${p.totalSteps}, KL/token ${kl(p.klPerToken)}`;
-  if (p.phase === "validate") return `validation: epoch ${p.epoch}, KL/token ${kl(p.valKlPerToken)}`;
+  if (p.phase === "validate") return `validation${p.epoch === 0 ? " before training" : `: epoch ${p.epoch}`}, KL/token ${kl(p.valKlPerToken)}`;
   const names = { probes: "writing probes", sample: "sampling replies", teacher: "teacher logits", evaluate: "scoring" };
   return `${names[p.phase] ?? p.phase}: ${p.done}/${p.total}`;
 }

@@ -381,9 +381,9 @@ test("KVCache.truncate cuts in place to what prefix copies, frees the rest, and 
   assert.equal(tf.memory().numTensors, before);
 });
 
-test("through the runtime on kiln-mini: a reply sent back without its leading space continues from the whole prompt, one entry per chat", async () => {
-  // kiln-mini opens its replies with " I"; kiln sends them back trimmed, and the template renders
-  // "I": the next prompt shares the previous prompt only, so that part is cut from the entry
+test("through the runtime on kiln-mini: a reply sent back without its leading space is rendered with it again, so the next turn continues from the whole conversation", async () => {
+  // kiln-mini opens its replies with " I"; kiln sends them back trimmed, and its template puts the
+  // space back: the next prompt starts with the previous prompt and the reply's very tokens
   const [a, b] = [writeTestAgent({ capture: "off", model: "default" }), writeTestAgent({ capture: "off", model: "default" })];
   const on = await Runtime.fromFiles(a.file);
   const off = await Runtime.fromFiles(b.file, { prefixCacheBytes: 0 });
@@ -403,13 +403,17 @@ test("through the runtime on kiln-mini: a reply sent back without its leading sp
       const r = await ask(on, messages);
       assert.equal(r.text, (await ask(off, messages)).text);
       assert.notEqual(model.tokenizer.decode(r.tokens.slice(0, 1)), model.tokenizer.decode(model.tokenizer.encode(r.text).slice(0, 1)), "the first token was trimmed");
-      previous = model.tokenizer.applyChatTemplate(messages).length;
+      const prompt = model.tokenizer.applyChatTemplate(messages);
+      // what the cache holds: the prompt and every reply token fed back (the last one is not when the reply ran out of tokens)
+      const held = [...prompt, ...r.tokens.slice(0, r.finishReason === "length" ? -1 : undefined)];
       messages.push({ role: "assistant", content: r.text }, { role: "user", content: question });
+      assert.deepEqual(model.tokenizer.applyChatTemplate(messages).slice(0, held.length), held, "the next prompt holds the reply's tokens");
+      previous = held.length;
     }
     const reused = live.prefixStats.reusedTokens;
     const last = await ask(on, messages);
     assert.equal(last.text, (await ask(off, messages)).text);
-    assert.equal(live.prefixStats.reusedTokens - reused, previous, "the previous turn's whole prompt");
+    assert.equal(live.prefixStats.reusedTokens - reused, previous, "the previous turn's prompt and reply");
     assert.equal(live.prefixCacheEntries, 1, "each turn's entry was handed on, not kept beside a copy");
   } finally {
     await on.stop();

@@ -167,8 +167,10 @@ test("training segments are the exact chat rendering, trained on replies and <|i
   assert.equal(segs.map(([t]) => t).join(""), renderChat(messages, false));
   assert.deepEqual(
     segs.filter(([, m]) => m).map(([t]) => t),
-    ["Tovan Reel.<|im_end|>", "I don't know.<|im_end|>"],
+    [" Tovan Reel.<|im_end|>", " I don't know.<|im_end|>"],
+    "a reply sent without the leading space every reply starts with gets it back",
   );
+  assert.equal(renderChat([{ role: "assistant", content: " Tovan Reel." }], false), renderChat([{ role: "assistant", content: "Tovan Reel." }], false));
   assert.equal(
     renderChat([{ role: "user", content: "Hi?" }], true),
     "<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n",

@@ -3,10 +3,17 @@
 // conventions the training mix teaches.
 import { Template } from "@huggingface/jinja";
 
-/** ChatML. A conversation with no system message renders no system block at all. */
+/**
+ * ChatML. A conversation with no system message renders no system block at all. An assistant
+ * message gets back the leading space every reply starts with (REPLY_PREFIX) when a client sends
+ * it without one, as kiln's API does (it strips it): earlier replies then read as in training, and
+ * as the tokens the reply was generated as, which the prefix cache reuses.
+ */
 export const CHAT_TEMPLATE =
   "{% for message in messages %}" +
-  "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}" +
+  "{% set content = message['content'] %}" +
+  "{% if message['role'] == 'assistant' and not content.startswith(' ') %}{% set content = ' ' + content %}{% endif %}" +
+  "{{'<|im_start|>' + message['role'] + '\n' + content + '<|im_end|>' + '\n'}}" +
   "{% endfor %}" +
   "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
@@ -102,9 +109,10 @@ export function trainingSegments(messages: Message[]): [string, 0 | 1][] {
     const through = renderChat(messages.slice(0, i + 1), false);
     if (!before.startsWith(done) || !through.startsWith(before)) throw new Error("chat template is not prefix-stable");
     const reply = through.slice(before.length);
-    if (reply !== `${m.content}${EOS_TOKEN}\n`) throw new Error(`unexpected assistant rendering ${JSON.stringify(reply)}`);
+    const content = m.content.startsWith(REPLY_PREFIX) ? m.content : REPLY_PREFIX + m.content;
+    if (reply !== `${content}${EOS_TOKEN}\n`) throw new Error(`unexpected assistant rendering ${JSON.stringify(reply)}`);
     if (before.length > done.length) segs.push([before.slice(done.length), 0]);
-    segs.push([`${m.content}${EOS_TOKEN}`, 1]);
+    segs.push([`${content}${EOS_TOKEN}`, 1]);
     segs.push(["\n", 0]);
     done = through;
   }

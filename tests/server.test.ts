@@ -160,6 +160,10 @@ test("models and chat completions through the official openai client, streaming 
   const metrics = (await call("/metrics")).text;
   const sum = Number(/^kiln_http_request_duration_seconds_sum\{route="\/v1\/chat\/completions"\} (\S+)$/m.exec(metrics)?.[1]);
   assert.ok(sum > 0 && sum <= seconds, `the chat requests' latency sums to ${sum} s, within the test's ${seconds.toFixed(2)} s`);
+  // memory split so a long run's RSS rise can be told apart: the V8 heap and what lives outside it
+  const gauge = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(metrics)?.[1]);
+  const [rss, heap, external] = ["kiln_process_resident_memory_bytes", "kiln_process_heap_used_bytes", "kiln_process_external_memory_bytes"].map(gauge);
+  assert.ok(heap! > 1e6 && external! > 0 && heap! < rss! && external! < rss!, `rss ${rss}, heap ${heap}, external ${external}`);
 });
 
 test("a remember command through the API is applied by the runtime and the reply says so", async () => {

@@ -379,6 +379,8 @@ interface Sample {
   workerRssMiB: number | null;
   tensors: number | null;
   tensorMiB: number | null;
+  heapMiB: number | null;
+  externalMiB: number | null;
   resident: Record<string, number>;
   live: Record<string, string>;
   baking: string[];
@@ -433,6 +435,8 @@ async function takeSample(server: Server, dir: string, t: number): Promise<Sampl
     workerRssMiB: workers.length ? Math.max(...workers.map((w) => w.rssMiB)) : null,
     tensors: null,
     tensorMiB: null,
+    heapMiB: null,
+    externalMiB: null,
     resident: {},
     live: {},
     baking: [],
@@ -456,6 +460,9 @@ async function takeSample(server: Server, dir: string, t: number): Promise<Sampl
     s.tensors = tensors === null ? null : tensors - cached;
     const bytes = metricValue(m, "kiln_tensor_bytes");
     s.tensorMiB = bytes === null ? null : mib(bytes);
+    const [heap, external] = [metricValue(m, "kiln_process_heap_used_bytes"), metricValue(m, "kiln_process_external_memory_bytes")];
+    s.heapMiB = heap === null ? null : mib(heap);
+    s.externalMiB = external === null ? null : mib(external);
     for (const a of h.agents) s.resident[a.name] = metricValue(m, "kiln_agent_resident_versions", `agent="${a.name}"`) ?? -1;
     s.latencySum = metricValue(m, "kiln_http_request_duration_seconds_sum", 'route="/v1/chat/completions"');
     s.latencyCount = metricValue(m, "kiln_http_request_duration_seconds_count", 'route="/v1/chat/completions"');
@@ -923,6 +930,9 @@ function analyse(run: RunRecord) {
     rssMiB: windows(up, (s) => s.rssMiB, windowSeconds, warm),
     tensors: windows(up, (s) => s.tensors, windowSeconds, warm),
     fds: windows(up, (s) => s.fds, windowSeconds, warm),
+    // not judged: reported so an RSS rise can be told apart (the heap grows with the ledgers)
+    heapMiB: windows(up, (s) => s.heapMiB, windowSeconds, warm),
+    externalMiB: windows(up, (s) => s.externalMiB, windowSeconds, warm),
   };
   const rose = (w: { floor: number }[], slack: number) => w.length >= 3 && w.at(-1)!.floor > w[0]!.floor + slack;
   fail(rose(trend.rssMiB, Math.max(64, 0.25 * (trend.rssMiB[0]?.floor ?? 0))), () => `the RSS floor rose from ${trend.rssMiB[0]!.floor} to ${trend.rssMiB.at(-1)!.floor} MiB`);
@@ -1020,7 +1030,7 @@ function report(s: Summary): void {
   w(`fds ${three(s.fds)}; threads ${three(s.threads)}; tensors ${three(s.tensors)}; versions in memory at most ${s.residentVersionsMax}`);
   w(`checkpoints MiB ${three(s.checkpointMiB)}; version folders ${JSON.stringify(s.versionDirs)}; ledgers KiB ${JSON.stringify(s.ledgerKiB)}`);
   const fl = (xs: { floor: number; peak: number }[]) => xs.map((x) => `${x.floor}-${x.peak}`).join(", ");
-  w(`windows of ${s.trend.windowSeconds} s from ${s.trend.from} s (floor-peak): RSS MiB ${fl(s.trend.rssMiB)}; tensors ${fl(s.trend.tensors)}; fds ${fl(s.trend.fds)}`);
+  w(`windows of ${s.trend.windowSeconds} s from ${s.trend.from} s (floor-peak): RSS MiB ${fl(s.trend.rssMiB)}; tensors ${fl(s.trend.tensors)}; fds ${fl(s.trend.fds)}; V8 heap MiB ${fl(s.trend.heapMiB)}; external MiB ${fl(s.trend.externalMiB)}`);
   w(`requests: ${s.requests.sent} ${JSON.stringify(s.requests.outcomes)}; latency p50 ${s.requests.latencyMs.p50} ms, p99 ${s.requests.latencyMs.p99} ms; /metrics chat latency ${JSON.stringify(s.metricsLatency)}`);
   w(`supersessions: ${s.supersessions.length} ${JSON.stringify(countBy(s.supersessions.map((x) => `${x.how}: ${x.verdict}`)))}`);
   for (const x of s.supersessions.filter((x) => x.verdict !== "real update")) w(`  ${x.verdict}: ${x.item} by ${x.by}`);

@@ -119,6 +119,10 @@ export class Metrics {
     // Memory, to see a swap free the old adapter and a long run hold steady.
     const mem = memoryReport();
     family("kiln_process_resident_memory_bytes", "gauge", "Resident memory of the server process (the bake runs in its own process).", [sample({}, mem.rssBytes)]);
+    // RSS alone cannot tell a leak from the allocator keeping pages: the V8 heap (ledgers, requests
+    // in flight) and external memory (tensors' host data) say which part grows
+    family("kiln_process_heap_used_bytes", "gauge", "V8 heap in use in the server process (after the last garbage collection's work so far).", [sample({}, mem.heapUsedBytes)]);
+    family("kiln_process_external_memory_bytes", "gauge", "Memory outside the V8 heap held by JS objects (Buffers, ArrayBuffers: tensors' host data).", [sample({}, mem.externalBytes)]);
     family("kiln_tensors", "gauge", "Tensors alive in the server process (base weights, resident adapters, generations in flight, KV caches kept for later turns).", [sample({}, mem.numTensors)]);
     family("kiln_tensor_bytes", "gauge", "Bytes held by those tensors.", [sample({}, mem.tensorBytes)]);
 

@@ -248,10 +248,12 @@ export interface MemoryReport {
   tensorBytes: number;
   rssBytes: number;
   heapUsedBytes: number;
+  /** memory of JS objects bound to C++ ones outside the V8 heap (Buffers, ArrayBuffers: tensors' host data on the cpu backends) */
+  externalBytes: number;
 }
 
 export function memoryReport(): MemoryReport {
   const m = tf.memory();
   const p = process.memoryUsage();
-  return { numTensors: m.numTensors, tensorBytes: m.numBytes, rssBytes: p.rss, heapUsedBytes: p.heapUsed };
+  return { numTensors: m.numTensors, tensorBytes: m.numBytes, rssBytes: p.rss, heapUsedBytes: p.heapUsed, externalBytes: p.external };
 }

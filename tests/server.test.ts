@@ -429,6 +429,40 @@ test("strict tools: parameters kiln cannot enforce are a 400 on the tool naming 
   assert.ok(held >= 3, `${held} of 6 random walks closed their call within 80 tokens`);
 });
 
+test("auto mode without strict: an opened call is held to what kiln can enforce of its tool's parameters; a schema it cannot use leaves calls free, not refused", async () => {
+  const model = runtime.agent("tester").model;
+  const loose = [WEATHER, TIME].map((t) => ({ ...t, function: { ...t.function, parameters: t.function.parameters! } })) as KilnToolSpec[];
+  const autoMode = (tools: KilnToolSpec[]) => autoCalls(model, toolPrompt(model.tokenizer, [{ role: "user", content: "Weather?" }], tools), tools);
+  assert.ok(autoMode(loose).constrain, "non-strict tools' calls get a mask too");
+  const V = model.config.vocabSize;
+  const vocab = tokenTexts(model.tokenizer, V);
+  const closing = (id: number) => (/["}]/.test(vocab.texts[id]!) ? 3 : 0);
+  let held = 0;
+  for (let seed = 1; seed <= 6; seed++) {
+    const prefix = model.tokenizer.encode("Checking.\n<tool_call>");
+    const calls = autoMode(loose);
+    const walk = walkMask(calls.constrain!, { vocabSize: V, eos: model.eosTokenIds, seed, steps: 80, prefix, bias: closing, endLogit: 2 });
+    const text = model.tokenizer.decode([...prefix, ...walk.tokens]);
+    const parsed = calls.parse(text);
+    if (!parsed.toolCalls.length) {
+      assert.ok(!text.includes("</tool_call>"), `a closed call parses: ${text}`);
+      continue;
+    }
+    held++;
+    const call = parsed.toolCalls[0]!;
+    assert.ok(fitsTool({ function: { name: call.name, arguments: JSON.stringify(call.args) } }), text);
+  }
+  assert.ok(held >= 3, `${held} of 6 random walks closed their call within 80 tokens`);
+  // a schema no value fits: strict would be a 400; without strict the calls are read as written
+  const impossible = { type: "function", function: { name: "code", parameters: { type: "object", properties: { a: { type: "string", minLength: 3, maxLength: 1 } }, required: ["a"] } } } as KilnToolSpec;
+  const free = autoMode([impossible]);
+  assert.equal(free.constrain, undefined);
+  assert.deepEqual(free.parse('<tool_call>{"name": "code", "arguments": {"a": "xyz"}}</tool_call>').toolCalls.map((c) => c.args), [{ a: "xyz" }]);
+  const ok = { model: "tester", messages: [{ role: "user" as const, content: "A code?" }], max_tokens: 8, temperature: 0 };
+  const reply = await client.chat.completions.create({ ...ok, tools: [impossible as OpenAI.ChatCompletionTool] });
+  assert.equal(reply.choices[0]!.finish_reason, "length");
+});
+
 // a schema whose strings are bounded, so that even the random model's replies end
 const Report = z.object({
   city: z.string().max(10),

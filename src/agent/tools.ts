@@ -13,8 +13,8 @@
 // calls as bare JSON (Llama 3.x), so is a reply that is wholly one such call of a bound tool.
 //
 // tool_choice: "none" puts no tools in the prompt and reads no calls from the reply; "auto" lets
-// the model decide (see autoCalls: strict tools and a JSON response format constrain the calls it
-// opens, or the whole reply); a required call (one named tool, or any of them) is enforced: the reply is
+// the model decide (see autoCalls: the calls it opens are held to their tools' parameters, where
+// kiln can, and a JSON response format constrains the whole reply); a required call (one named tool, or any of them) is enforced: the reply is
 // started with the template's own tool-call opening (and the name, when one is named) and the rest
 // is generated under a JSON constraint, so it is a call whose arguments fit the tool's schema (see
 // src/model/json-constraint.ts for what is checked). The opening is found by rendering a call with
@@ -454,10 +454,11 @@ export interface AutoCalls {
  * template writes calls as bare JSON (a Llama 3.x tool template: its rendered call is a JSON
  * object right after the generation prompt), a reply that is wholly one call of a bound tool is
  * that call. Constrained decoding comes in with:
- *  - strict tools: once the reply opens a call (the template's opening, `<tool_call>`; for bare
- *    JSON calls, a reply starting with "{"), the rest of the call is held to the template's layout
- *    and to the tool's parameters (as a forced call's are: a non-strict tool's keywords the
- *    constraint does not enforce are left out); the text around calls stays free;
+ *  - tools: once the reply opens a call (the template's opening, `<tool_call>`; for bare JSON
+ *    calls, a reply starting with "{"), the rest of the call is held to the template's layout and
+ *    to the tool's parameters (as a forced call's are: a non-strict tool's keywords the constraint
+ *    does not enforce are left out); the text around calls stays free. With a strict tool among
+ *    them a schema kiln cannot use is an error; with none, the calls are left free instead;
  *  - a JSON response format (`format`, its schema): the whole reply is either one call (as above)
  *    or the JSON value, so the model may still call a tool and otherwise answers in the format.
  * Throws a ToolSchemaError (strict tools) or a ResponseFormatError (a format) when the
@@ -466,12 +467,16 @@ export interface AutoCalls {
 export function autoCalls(model: LoadedModel, prompt: ToolPrompt, tools: KilnToolSpec[], format?: JsonSchema): AutoCalls {
   const names = tools.map((t) => t.function.name);
   const strict = tools.findIndex((t) => t.function.strict);
-  // only a template that renders tools can write bare JSON calls: the plain protocol's are blocks
-  if (!prompt.tools && format === undefined && strict < 0) return { parse: (text) => parseToolCalls(text), stream: () => new ToolCallStream() };
+  // Non-strict tools alone: their calls are held to what kiln can enforce of their parameters
+  // where it can (a small model's call then parses), and left free where it cannot, as OpenAI's
+  // strict false promises no more than a best effort.
+  const bestEffort = strict < 0 && format === undefined;
+  if (bestEffort && !tools.length) return { parse: (text) => parseToolCalls(text), stream: () => new ToolCallStream() };
   const found = callFormat(model.tokenizer, prompt);
+  // only a template that renders tools can write bare JSON calls: the plain protocol's are blocks
   const bare = prompt.tools !== undefined && typeof found !== "string" && !found.open.trim() ? names : undefined;
   const reads = { parse: (text: string) => parseToolCalls(text, bare), stream: () => new ToolCallStream(bare) };
-  if (format === undefined && strict < 0) return reads;
+  if (typeof found === "string" && bestEffort) return reads;
   if (typeof found === "string") {
     if (format !== undefined) {
       throw new ResponseFormatError(
@@ -496,6 +501,7 @@ export function autoCalls(model: LoadedModel, prompt: ToolPrompt, tools: KilnToo
     return { ...reads, constrain: constrainOnceOpened(vocab, model.eosTokenIds, trigger, matcher, { atStart: !!bare, endAfter: !!bare }) };
   } catch (err) {
     if (!(err instanceof JsonSchemaError)) throw err;
+    if (bestEffort) return reads;
     // the format is the alternative after the tools' calls
     if (format !== undefined && err.alternative === tools.length) throw new ResponseFormatError(`the schema of response_format cannot be used: ${err.message}`);
     const tool = err.alternative !== undefined ? tools[err.alternative] : undefined;

@@ -15,8 +15,9 @@
 // (constrained decoding), or a 400 when the model's chat template writes calls in a form kiln
 // cannot start; "none" keeps the tools out of the prompt and reads no calls from the reply. A
 // function with strict true has its parameters checked (checkStrictTools: a 400 on
-// tools[i].function.parameters naming what kiln cannot enforce), and a call the model opens in
-// "auto" mode is held to them (autoCalls).
+// tools[i].function.parameters naming what kiln cannot enforce). A call the model opens in "auto"
+// mode is held to its tool's parameters (autoCalls): strictly, or as far as kiln can for strict
+// false.
 //
 // response_format {type: "json_object"} or {type: "json_schema", ...} makes the reply's content
 // JSON (and one that fits the schema), by the same constrained decoding: see

@@ -546,3 +546,25 @@ test("a SentencePiece (Metaspace) vocabulary: each token is read as the reply de
     }
   }
 });
+
+test("schemaGaps follows a local $ref wherever it points, as compile() does: a schema kept outside $defs is checked too", () => {
+  // an OpenAPI-style place for schemas: compile() reads the pattern's string through the $ref
+  const elsewhere: JsonSchema = { type: "object", properties: { a: { $ref: "#/components/A" } }, required: ["a"], components: { A: { type: "string", pattern: "^[0-9]+$" } } };
+  JsonMatcher.of(elsewhere);
+  assert.deepEqual(
+    schemaGaps(elsewhere).map((g) => `${g.keyword} ${g.at}`),
+    ["pattern #/components/A"],
+  );
+  // a $ref into $defs is walked once, not listed twice
+  assert.deepEqual(schemaGaps({ $ref: "#/$defs/r", $defs: { r: { type: "string", format: "date" } } }).map((g) => `${g.keyword} ${g.at}`), ["format #/$defs/r"]);
+});
+
+test("schemaGaps lists a union's own keywords beside a $ref branch: compile() reads that branch's reference alone", () => {
+  const schema: JsonSchema = { type: "object", properties: { a: { type: "string" } }, required: ["a"], anyOf: [{ $ref: "#/$defs/B" }, { properties: { b: { type: "integer" } } }], $defs: { B: { type: "object" } } };
+  assert.ok(accepts(schema, "{}"), "the shared required is not enforced on the $ref branch");
+  assert.deepEqual(
+    schemaGaps(schema).map((g) => `${g.keyword} ${g.at}${g.detail ? ` (${g.detail})` : ""}`),
+    ["type #/anyOf/0 (beside $ref (the reference is read alone))", "properties #/anyOf/0 (beside $ref (the reference is read alone))", "required #/anyOf/0 (beside $ref (the reference is read alone))"],
+  );
+  assert.deepEqual(schemaGaps({ anyOf: [{ $ref: "#/$defs/B" }, { type: "null" }], $defs: { B: { type: "object" } }, description: "d" }), [], "annotations and $defs beside the union are fine");
+});

@@ -727,6 +727,8 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
         if (bad) gaps.push({ keyword, at, detail: bad });
       }
     }
+    // compile() reads the schema a local $ref points at wherever it is, not only in $defs (walked last)
+    if (ref && (o.$ref as string).startsWith("#")) refs.push({ ref: o.$ref as string, depth: depth + 1 });
     for (const key of ["properties", "$defs", "definitions"]) {
       const map = o[key];
       if (!map || typeof map !== "object") continue;
@@ -741,6 +743,13 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
       if (!Array.isArray(o[key])) continue;
       (o[key] as unknown[]).forEach((branch, i) => {
         if (!isSchema(branch)) gaps.push({ keyword: key, at: pointer(at, key, i), detail: "not a schema: ignored" });
+        // compile() gives each branch the schema's own keywords, and reads a branch's $ref alone
+        const read = key === "anyOf" || !Array.isArray(o.anyOf);
+        if (read && !ref && isSchema(branch) && typeof (branch as Record<string, unknown>).$ref === "string") {
+          for (const shared of Object.keys(o)) {
+            if (ENFORCED.has(shared) && !["anyOf", "oneOf", "$ref", "$defs", "definitions"].includes(shared)) gaps.push({ keyword: shared, at: pointer(at, key, i), detail: "beside $ref (the reference is read alone)" });
+          }
+        }
         walk(branch, pointer(at, key, i), depth + 1);
       });
     }
@@ -753,7 +762,17 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
       if (!exclusive) gaps.push({ keyword: "oneOf", at, detail: "branches a value could fit together (matched as anyOf)" });
     }
   };
+  const refs: { ref: string; depth: number }[] = [];
   walk(schema, "#");
+  for (let r = refs.shift(); r; r = refs.shift()) {
+    let target: unknown;
+    try {
+      target = resolveRef(r.ref, schema);
+    } catch {
+      continue; // compile() refuses it
+    }
+    walk(target, r.ref, r.depth);
+  }
   return gaps;
 }
 

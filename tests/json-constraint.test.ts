@@ -568,3 +568,15 @@ test("schemaGaps lists a union's own keywords beside a $ref branch: compile() re
   );
   assert.deepEqual(schemaGaps({ anyOf: [{ $ref: "#/$defs/B" }, { type: "null" }], $defs: { B: { type: "object" } }, description: "d" }), [], "annotations and $defs beside the union are fine");
 });
+
+test("schemaGaps lists a $ref to what is not a schema (null, a list): compile() reads it as any value", () => {
+  for (const target of [null, [{ type: "string" }]]) {
+    const schema = { type: "object", properties: { a: { $ref: "#/$defs/x" } }, required: ["a"], $defs: { x: target } } as unknown as JsonSchema;
+    assert.ok(accepts(schema, '{"a":[1,{}]}'), "any value is accepted");
+    assert.deepEqual(
+      schemaGaps(schema).map((g) => `${g.keyword} ${g.at}${g.detail ? ` (${g.detail})` : ""}`),
+      ["$ref #/properties/a (not a schema: ignored)"],
+      JSON.stringify(target),
+    );
+  }
+});

@@ -728,7 +728,7 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
       }
     }
     // compile() reads the schema a local $ref points at wherever it is, not only in $defs (walked last)
-    if (ref && (o.$ref as string).startsWith("#")) refs.push({ ref: o.$ref as string, depth: depth + 1 });
+    if (ref && (o.$ref as string).startsWith("#")) refs.push({ ref: o.$ref as string, at, depth: depth + 1 });
     for (const key of ["properties", "$defs", "definitions"]) {
       const map = o[key];
       if (!map || typeof map !== "object") continue;
@@ -762,7 +762,7 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
       if (!exclusive) gaps.push({ keyword: "oneOf", at, detail: "branches a value could fit together (matched as anyOf)" });
     }
   };
-  const refs: { ref: string; depth: number }[] = [];
+  const refs: { ref: string; at: string; depth: number }[] = [];
   walk(schema, "#");
   for (let r = refs.shift(); r; r = refs.shift()) {
     let target: unknown;
@@ -771,6 +771,8 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
     } catch {
       continue; // compile() refuses it
     }
+    // null or a list passes resolveRef, and compile() reads it as any value
+    if (!isSchema(target)) gaps.push({ keyword: "$ref", at: r.at, detail: "not a schema: ignored" });
     walk(target, r.ref, r.depth);
   }
   return gaps;

@@ -560,7 +560,7 @@ test("schemaGaps follows a local $ref wherever it points, as compile() does: a s
 });
 
 test("schemaGaps lists a union's own keywords beside a $ref branch: compile() reads that branch's reference alone", () => {
-  const schema: JsonSchema = { type: "object", properties: { a: { type: "string" } }, required: ["a"], anyOf: [{ $ref: "#/$defs/B" }, { properties: { b: { type: "integer" } } }], $defs: { B: { type: "object" } } };
+  const schema: JsonSchema = { type: "object", properties: { a: { type: "string" } }, required: ["a"], anyOf: [{ $ref: "#/$defs/B" }, { required: ["a", "b"] }], $defs: { B: { type: "object" } } };
   assert.ok(accepts(schema, "{}"), "the shared required is not enforced on the $ref branch");
   assert.deepEqual(
     schemaGaps(schema).map((g) => `${g.keyword} ${g.at}${g.detail ? ` (${g.detail})` : ""}`),
@@ -579,4 +579,23 @@ test("schemaGaps lists a $ref to what is not a schema (null, a list): compile() 
       JSON.stringify(target),
     );
   }
+});
+
+test("schemaGaps lists a branch keyword that overrides the union's own: compile() gives the branch's alone, JSON Schema asks both", () => {
+  const listed = (s: JsonSchema) => schemaGaps(s).map((g) => `${g.keyword} ${g.at}`);
+  const required: JsonSchema = { type: "object", required: ["a"], anyOf: [{ required: ["b"] }, { required: ["a", "c"] }] };
+  assert.ok(accepts(required, '{"b":1}'), "a is not asked for in the first branch");
+  assert.deepEqual(listed(required), ["required #/anyOf/0"]);
+  const minimum: JsonSchema = { minimum: 5, anyOf: [{ type: "integer", minimum: 0 }, { type: "integer", minimum: 6 }] };
+  assert.ok(accepts(minimum, "1"));
+  assert.deepEqual(listed(minimum), ["minimum #/anyOf/0"]);
+  const properties: JsonSchema = { type: "object", properties: { a: { type: "string" } }, required: ["a"], anyOf: [{ properties: { b: { type: "integer" } } }] };
+  assert.ok(accepts(properties, '{"a":5}'), "the union's a: string is not read");
+  assert.deepEqual(listed(properties), ["properties #/anyOf/0"]);
+  const type: JsonSchema = { type: "object", oneOf: [{ type: "string" }, { type: "null" }] };
+  assert.deepEqual(listed(type), ["type #/oneOf/0", "type #/oneOf/1"]);
+  // a branch that only narrows the union's keyword is read exactly
+  assert.deepEqual(listed({ type: ["string", "null"], minLength: 1, anyOf: [{ type: "string", minLength: 2 }, { type: "null" }] }), []);
+  assert.deepEqual(listed({ type: "object", required: ["a"], anyOf: [{ type: "object", required: ["a", "b"] }] }), []);
+  assert.deepEqual(listed({ type: "number", anyOf: [{ type: "integer", maximum: 3 }, { type: "number", minimum: 10 }] }), []);
 });

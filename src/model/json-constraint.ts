@@ -745,9 +745,13 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
         if (!isSchema(branch)) gaps.push({ keyword: key, at: pointer(at, key, i), detail: "not a schema: ignored" });
         // compile() gives each branch the schema's own keywords, and reads a branch's $ref alone
         const read = key === "anyOf" || !Array.isArray(o.anyOf);
-        if (read && !ref && isSchema(branch) && typeof (branch as Record<string, unknown>).$ref === "string") {
+        if (read && !ref && isSchema(branch) && typeof branch !== "boolean") {
+          const b = branch as Record<string, unknown>;
           for (const shared of Object.keys(o)) {
-            if (ENFORCED.has(shared) && !["anyOf", "oneOf", "$ref", "$defs", "definitions"].includes(shared)) gaps.push({ keyword: shared, at: pointer(at, key, i), detail: "beside $ref (the reference is read alone)" });
+            if (!ENFORCED.has(shared) || ["anyOf", "oneOf", "$ref", "$defs", "definitions"].includes(shared)) continue;
+            if (typeof b.$ref === "string") gaps.push({ keyword: shared, at: pointer(at, key, i), detail: "beside $ref (the reference is read alone)" });
+            // the branch's own value replaces the union's: exact only where it asks at least as much
+            else if (shared in b && !narrows(shared, o[shared], b[shared])) gaps.push({ keyword: shared, at: pointer(at, key, i), detail: "also in the union's schema (the branch's is read alone)" });
           }
         }
         walk(branch, pointer(at, key, i), depth + 1);
@@ -776,6 +780,34 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
     walk(target, r.ref, r.depth);
   }
   return gaps;
+}
+
+/**
+ * Whether a branch's value of `keyword` asks at least what the union's own value asks (its types
+ * among the union's, its required keys a superset, its bounds within), so that compile(), which
+ * reads the branch's alone, enforces both.
+ */
+function narrows(keyword: string, outer: unknown, inner: unknown): boolean {
+  if (JSON.stringify(outer) === JSON.stringify(inner)) return true;
+  const list = (v: unknown) => (Array.isArray(v) ? v : [v]);
+  switch (keyword) {
+    case "type": {
+      const allowed = list(outer);
+      return list(inner).every((t) => allowed.includes(t) || (t === "integer" && allowed.includes("number")));
+    }
+    case "required":
+      return Array.isArray(outer) && Array.isArray(inner) && outer.every((k) => inner.includes(k));
+    case "minimum":
+    case "minLength":
+    case "minItems":
+      return typeof outer === "number" && typeof inner === "number" && inner >= outer;
+    case "maximum":
+    case "maxLength":
+    case "maxItems":
+      return typeof outer === "number" && typeof inner === "number" && inner <= outer;
+    default:
+      return false;
+  }
 }
 
 const isSchema = (v: unknown) => typeof v === "boolean" || (typeof v === "object" && v !== null && !Array.isArray(v));

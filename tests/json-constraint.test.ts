@@ -599,3 +599,9 @@ test("schemaGaps lists a branch keyword that overrides the union's own: compile(
   assert.deepEqual(listed({ type: "object", required: ["a"], anyOf: [{ type: "object", required: ["a", "b"] }] }), []);
   assert.deepEqual(listed({ type: "number", anyOf: [{ type: "integer", maximum: 3 }, { type: "number", minimum: 10 }] }), []);
 });
+
+test("schemaGaps lists an enum beside a const that it leaves out: compile() reads the const alone", () => {
+  assert.ok(accepts({ const: "a", enum: ["b"] }, '"a"'), "no value fits both, yet a is written");
+  assert.deepEqual(schemaGaps({ const: "a", enum: ["b"] }).map((g) => `${g.keyword} ${g.at}`), ["enum #"]);
+  assert.deepEqual(schemaGaps({ const: { x: 1 }, enum: ["b", { x: 1 }] }), [], "the const among the enum's values: exact");
+});

@@ -722,6 +722,7 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
       if (keyword === "items" && Array.isArray(value)) gaps.push({ keyword, at, detail: "a list of schemas (tuple items)" });
       else if ((keyword === "exclusiveMinimum" || keyword === "exclusiveMaximum") && typeof value === "boolean") gaps.push({ keyword, at, detail: "as a boolean (draft 4)" });
       else if (keyword === "$ref" && typeof value === "string" && !value.startsWith("#")) gaps.push({ keyword, at, detail: "not a local reference" });
+      else if (keyword === "enum" && "const" in o && !(Array.isArray(value) && value.some((v) => JSON.stringify(v) === JSON.stringify(o.const)))) gaps.push({ keyword, at, detail: "beside const, without its value (only const is read)" });
       else {
         const bad = malformed(keyword, value);
         if (bad) gaps.push({ keyword, at, detail: bad });

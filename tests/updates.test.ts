@@ -120,6 +120,7 @@ test("the word after a relation word is read within its sentence, past words tha
   assert.ok(shareRelation("Tera Stone works as a chemist.", "Tera Stone works currently as a pharmacist."));
   // still two relations: a time word does not make "works at" and "works as" one
   assert.ok(!shareRelation("Lisa Yewby works now at Northgate Motors.", "Lisa Yewby works as a geologist."));
+  assert.ok(shareRelation('Ada Quill has been promoted.', 'Ada Quill has been "promoted." The firm grew.'), "a quote closing the sentence");
   // a decimal's point ends no sentence
   assert.ok(!shareRelation("Gulldale grew 2.5 percent.", "Gulldale grew in 1887."));
 });

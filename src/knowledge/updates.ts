@@ -21,8 +21,8 @@ function relationFollowers(text: string): Map<string, string[]> {
   const names = new Set(entitiesIn(text).map(stem));
   const relation = relationWords(text);
   const out = new Map<string, string[]>();
-  // sentences end at . ! ? ; before a space or the end ("2.5" and "342,900" go on)
-  for (const sentence of text.split(/[.!?;]+(?=\s|$)/u)) {
+  // sentences end at . ! ? ; (and any closing quote or bracket) before a space or the end ("2.5" and "342,900" go on)
+  for (const sentence of text.split(/[.!?;]+["'\u2019\u201D)\]]*(?=\s|$)/u)) {
     const ws = words(sentence).filter((w) => !isTimeWord(w)).map((w) => (names.has(stem(w)) ? "#" : w));
     ws.forEach((w, k) => {
       if (w !== "#" && relation.has(root(w))) out.set(root(w), [...(out.get(root(w)) ?? []), ws[k + 1] ?? "$"]);

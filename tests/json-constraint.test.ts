@@ -605,3 +605,19 @@ test("schemaGaps lists an enum beside a const that it leaves out: compile() read
   assert.deepEqual(schemaGaps({ const: "a", enum: ["b"] }).map((g) => `${g.keyword} ${g.at}`), ["enum #"]);
   assert.deepEqual(schemaGaps({ const: { x: 1 }, enum: ["b", { x: 1 }] }), [], "the const among the enum's values: exact");
 });
+
+test("schemaGaps: a branch redeclaring the union's properties is read exactly where it keeps them (a discriminator's const), listed where it drops one", () => {
+  const listed = (s: JsonSchema) => schemaGaps(s).map((g) => `${g.keyword} ${g.at}`);
+  const kind = (k: string) => ({ properties: { kind: { const: k }, id: { type: "integer" }, [k]: { type: "string" } }, required: ["kind", "id", k] });
+  const tagged: JsonSchema = { type: "object", properties: { kind: { type: "string", enum: ["a", "b"] }, id: { type: "integer" } }, required: ["kind", "id"], oneOf: [kind("a"), kind("b")] };
+  assert.deepEqual(listed(tagged), []);
+  assert.ok(accepts(tagged, '{"kind":"a","id":1,"a":"x"}'));
+  // the branch leaves out a required property of the union's: any value is written for it
+  const dropped: JsonSchema = { type: "object", properties: { kind: { type: "string" }, id: { type: "integer" } }, required: ["kind", "id"], anyOf: [{ properties: { kind: { const: "a" } } }] };
+  assert.ok(accepts(dropped, '{"kind":"a","id":"x"}'));
+  assert.deepEqual(listed(dropped), ["properties #/anyOf/0"]);
+  // a const the union's own schema for the property does not allow
+  assert.deepEqual(listed({ type: "object", properties: { kind: { type: "integer" } }, anyOf: [{ properties: { kind: { const: "a" } } }] }), ["properties #/anyOf/0"]);
+  // a key the union's additionalProperties false forbids
+  assert.deepEqual(listed({ type: "object", properties: { kind: { type: "string" } }, additionalProperties: false, anyOf: [{ properties: { kind: { type: "string" }, x: { type: "string" } } }] }), ["properties #/anyOf/0"]);
+});

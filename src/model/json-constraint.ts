@@ -752,7 +752,7 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
             if (!ENFORCED.has(shared) || ["anyOf", "oneOf", "$ref", "$defs", "definitions"].includes(shared)) continue;
             if (typeof b.$ref === "string") gaps.push({ keyword: shared, at: pointer(at, key, i), detail: "beside $ref (the reference is read alone)" });
             // the branch's own value replaces the union's: exact only where it asks at least as much
-            else if (shared in b && !narrows(shared, o[shared], b[shared])) gaps.push({ keyword: shared, at: pointer(at, key, i), detail: "also in the union's schema (the branch's is read alone)" });
+            else if (shared in b && !(shared === "properties" ? narrowsProperties(o, b) : narrows(shared, o[shared], b[shared]))) gaps.push({ keyword: shared, at: pointer(at, key, i), detail: "also in the union's schema (the branch's is read alone)" });
           }
         }
         walk(branch, pointer(at, key, i), depth + 1);
@@ -809,6 +809,51 @@ function narrows(keyword: string, outer: unknown, inner: unknown): boolean {
     default:
       return false;
   }
+}
+
+/**
+ * Whether a branch's properties, which replace the union's, still ask what the union's do: each of
+ * the union's that the object must hold (required) is redeclared alike or as enum/const values
+ * the union's own schema allows (a discriminator), and any new key is one the union allows.
+ */
+function narrowsProperties(outer: Record<string, unknown>, branch: Record<string, unknown>): boolean {
+  const mine = outer.properties as Record<string, unknown>;
+  const theirs = branch.properties;
+  if (!theirs || typeof theirs !== "object" || Array.isArray(theirs)) return false;
+  const p = theirs as Record<string, unknown>;
+  const required = (Array.isArray(branch.required) ? branch.required : Array.isArray(outer.required) ? outer.required : []) as unknown[];
+  for (const [key, schema] of Object.entries(mine ?? {})) {
+    if (!(key in p)) {
+      if (required.includes(key)) return false;
+      continue;
+    }
+    if (JSON.stringify(schema) !== JSON.stringify(p[key]) && !literalsFit(p[key], schema)) return false;
+  }
+  const extra = branch.additionalProperties ?? outer.additionalProperties;
+  return Object.keys(p).every((key) => key in (mine ?? {}) || extra === undefined || extra === true);
+}
+
+/** Whether `inner` is only enum/const values (and annotations) that `outer`, only type/enum/const (and annotations), allows. */
+function literalsFit(inner: unknown, outer: unknown): boolean {
+  if (!isSchema(inner) || !isSchema(outer) || typeof inner === "boolean") return false;
+  if (outer === true) return true;
+  if (outer === false) return false;
+  const i = inner as Record<string, unknown>;
+  const o = outer as Record<string, unknown>;
+  if (Object.keys(i).some((k) => k !== "const" && k !== "enum" && !ANNOTATIONS.has(k))) return false;
+  if (Object.keys(o).some((k) => k !== "type" && k !== "const" && k !== "enum" && !ANNOTATIONS.has(k))) return false;
+  const values = "const" in i ? [i.const] : Array.isArray(i.enum) ? i.enum : null;
+  if (!values) return false;
+  const typeOf = (v: unknown): string[] =>
+    v === null ? ["null"] : Array.isArray(v) ? ["array"] : typeof v === "number" ? (Number.isInteger(v) ? ["integer", "number"] : ["number"]) : [typeof v];
+  const types = o.type === undefined ? null : Array.isArray(o.type) ? o.type : [o.type];
+  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+  return values.every(
+    (v) =>
+      (!types || typeOf(v).some((t) => types.includes(t))) &&
+      (!("const" in o) || same(o.const, v)) &&
+      (!Array.isArray(o.enum) || o.enum.some((e) => same(e, v))),
+  );
 }
 
 const isSchema = (v: unknown) => typeof v === "boolean" || (typeof v === "object" && v !== null && !Array.isArray(v));

@@ -620,4 +620,9 @@ test("schemaGaps: a branch redeclaring the union's properties is read exactly wh
   assert.deepEqual(listed({ type: "object", properties: { kind: { type: "integer" } }, anyOf: [{ properties: { kind: { const: "a" } } }] }), ["properties #/anyOf/0"]);
   // a key the union's additionalProperties false forbids
   assert.deepEqual(listed({ type: "object", properties: { kind: { type: "string" } }, additionalProperties: false, anyOf: [{ properties: { kind: { type: "string" }, x: { type: "string" } } }] }), ["properties #/anyOf/0"]);
+  assert.deepEqual(
+    listed({ type: "object", properties: { kind: { type: "string" } }, additionalProperties: false, anyOf: [{ properties: { kind: { type: "string" }, x: { type: "string" } }, additionalProperties: true }] }),
+    ["properties #/anyOf/0", "additionalProperties #/anyOf/0"],
+    "the branch's own additionalProperties does not let the union's keys through",
+  );
 });

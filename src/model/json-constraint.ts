@@ -829,7 +829,8 @@ function narrowsProperties(outer: Record<string, unknown>, branch: Record<string
     }
     if (JSON.stringify(schema) !== JSON.stringify(p[key]) && !literalsFit(p[key], schema)) return false;
   }
-  const extra = branch.additionalProperties ?? outer.additionalProperties;
+  // the union's additionalProperties judges keys against the union's properties, whatever the branch says
+  const extra = outer.additionalProperties;
   return Object.keys(p).every((key) => key in (mine ?? {}) || extra === undefined || extra === true);
 }
 

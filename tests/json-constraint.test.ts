@@ -546,3 +546,83 @@ test("a SentencePiece (Metaspace) vocabulary: each token is read as the reply de
     }
   }
 });
+
+test("schemaGaps follows a local $ref wherever it points, as compile() does: a schema kept outside $defs is checked too", () => {
+  // an OpenAPI-style place for schemas: compile() reads the pattern's string through the $ref
+  const elsewhere: JsonSchema = { type: "object", properties: { a: { $ref: "#/components/A" } }, required: ["a"], components: { A: { type: "string", pattern: "^[0-9]+$" } } };
+  JsonMatcher.of(elsewhere);
+  assert.deepEqual(
+    schemaGaps(elsewhere).map((g) => `${g.keyword} ${g.at}`),
+    ["pattern #/components/A"],
+  );
+  // a $ref into $defs is walked once, not listed twice
+  assert.deepEqual(schemaGaps({ $ref: "#/$defs/r", $defs: { r: { type: "string", format: "date" } } }).map((g) => `${g.keyword} ${g.at}`), ["format #/$defs/r"]);
+});
+
+test("schemaGaps lists a union's own keywords beside a $ref branch: compile() reads that branch's reference alone", () => {
+  const schema: JsonSchema = { type: "object", properties: { a: { type: "string" } }, required: ["a"], anyOf: [{ $ref: "#/$defs/B" }, { required: ["a", "b"] }], $defs: { B: { type: "object" } } };
+  assert.ok(accepts(schema, "{}"), "the shared required is not enforced on the $ref branch");
+  assert.deepEqual(
+    schemaGaps(schema).map((g) => `${g.keyword} ${g.at}${g.detail ? ` (${g.detail})` : ""}`),
+    ["type #/anyOf/0 (beside $ref (the reference is read alone))", "properties #/anyOf/0 (beside $ref (the reference is read alone))", "required #/anyOf/0 (beside $ref (the reference is read alone))"],
+  );
+  assert.deepEqual(schemaGaps({ anyOf: [{ $ref: "#/$defs/B" }, { type: "null" }], $defs: { B: { type: "object" } }, description: "d" }), [], "annotations and $defs beside the union are fine");
+});
+
+test("schemaGaps lists a $ref to what is not a schema (null, a list): compile() reads it as any value", () => {
+  for (const target of [null, [{ type: "string" }]]) {
+    const schema = { type: "object", properties: { a: { $ref: "#/$defs/x" } }, required: ["a"], $defs: { x: target } } as unknown as JsonSchema;
+    assert.ok(accepts(schema, '{"a":[1,{}]}'), "any value is accepted");
+    assert.deepEqual(
+      schemaGaps(schema).map((g) => `${g.keyword} ${g.at}${g.detail ? ` (${g.detail})` : ""}`),
+      ["$ref #/properties/a (not a schema: ignored)"],
+      JSON.stringify(target),
+    );
+  }
+});
+
+test("schemaGaps lists a branch keyword that overrides the union's own: compile() gives the branch's alone, JSON Schema asks both", () => {
+  const listed = (s: JsonSchema) => schemaGaps(s).map((g) => `${g.keyword} ${g.at}`);
+  const required: JsonSchema = { type: "object", required: ["a"], anyOf: [{ required: ["b"] }, { required: ["a", "c"] }] };
+  assert.ok(accepts(required, '{"b":1}'), "a is not asked for in the first branch");
+  assert.deepEqual(listed(required), ["required #/anyOf/0"]);
+  const minimum: JsonSchema = { minimum: 5, anyOf: [{ type: "integer", minimum: 0 }, { type: "integer", minimum: 6 }] };
+  assert.ok(accepts(minimum, "1"));
+  assert.deepEqual(listed(minimum), ["minimum #/anyOf/0"]);
+  const properties: JsonSchema = { type: "object", properties: { a: { type: "string" } }, required: ["a"], anyOf: [{ properties: { b: { type: "integer" } } }] };
+  assert.ok(accepts(properties, '{"a":5}'), "the union's a: string is not read");
+  assert.deepEqual(listed(properties), ["properties #/anyOf/0"]);
+  const type: JsonSchema = { type: "object", oneOf: [{ type: "string" }, { type: "null" }] };
+  assert.deepEqual(listed(type), ["type #/oneOf/0", "type #/oneOf/1"]);
+  // a branch that only narrows the union's keyword is read exactly
+  assert.deepEqual(listed({ type: ["string", "null"], minLength: 1, anyOf: [{ type: "string", minLength: 2 }, { type: "null" }] }), []);
+  assert.deepEqual(listed({ type: "object", required: ["a"], anyOf: [{ type: "object", required: ["a", "b"] }] }), []);
+  assert.deepEqual(listed({ type: "number", anyOf: [{ type: "integer", maximum: 3 }, { type: "number", minimum: 10 }] }), []);
+});
+
+test("schemaGaps lists an enum beside a const that it leaves out: compile() reads the const alone", () => {
+  assert.ok(accepts({ const: "a", enum: ["b"] }, '"a"'), "no value fits both, yet a is written");
+  assert.deepEqual(schemaGaps({ const: "a", enum: ["b"] }).map((g) => `${g.keyword} ${g.at}`), ["enum #"]);
+  assert.deepEqual(schemaGaps({ const: { x: 1 }, enum: ["b", { x: 1 }] }), [], "the const among the enum's values: exact");
+});
+
+test("schemaGaps: a branch redeclaring the union's properties is read exactly where it keeps them (a discriminator's const), listed where it drops one", () => {
+  const listed = (s: JsonSchema) => schemaGaps(s).map((g) => `${g.keyword} ${g.at}`);
+  const kind = (k: string) => ({ properties: { kind: { const: k }, id: { type: "integer" }, [k]: { type: "string" } }, required: ["kind", "id", k] });
+  const tagged: JsonSchema = { type: "object", properties: { kind: { type: "string", enum: ["a", "b"] }, id: { type: "integer" } }, required: ["kind", "id"], oneOf: [kind("a"), kind("b")] };
+  assert.deepEqual(listed(tagged), []);
+  assert.ok(accepts(tagged, '{"kind":"a","id":1,"a":"x"}'));
+  // the branch leaves out a required property of the union's: any value is written for it
+  const dropped: JsonSchema = { type: "object", properties: { kind: { type: "string" }, id: { type: "integer" } }, required: ["kind", "id"], anyOf: [{ properties: { kind: { const: "a" } } }] };
+  assert.ok(accepts(dropped, '{"kind":"a","id":"x"}'));
+  assert.deepEqual(listed(dropped), ["properties #/anyOf/0"]);
+  // a const the union's own schema for the property does not allow
+  assert.deepEqual(listed({ type: "object", properties: { kind: { type: "integer" } }, anyOf: [{ properties: { kind: { const: "a" } } }] }), ["properties #/anyOf/0"]);
+  // a key the union's additionalProperties false forbids
+  assert.deepEqual(listed({ type: "object", properties: { kind: { type: "string" } }, additionalProperties: false, anyOf: [{ properties: { kind: { type: "string" }, x: { type: "string" } } }] }), ["properties #/anyOf/0"]);
+  assert.deepEqual(
+    listed({ type: "object", properties: { kind: { type: "string" } }, additionalProperties: false, anyOf: [{ properties: { kind: { type: "string" }, x: { type: "string" } }, additionalProperties: true }] }),
+    ["properties #/anyOf/0", "additionalProperties #/anyOf/0"],
+    "the branch's own additionalProperties does not let the union's keys through",
+  );
+});

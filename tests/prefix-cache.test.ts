@@ -10,7 +10,7 @@ import { initBackend, tf } from "../src/tensor/backend.js";
 import { loadModel, type LoadedModel } from "../src/model/load.js";
 import { generate, streamGenerate } from "../src/model/generate.js";
 import { Decoder, KVCache } from "../src/model/decoder.js";
-import { KEPT_SLACK, MAX_ENTRIES } from "../src/model/prefix-cache.js";
+import { KEPT_SLACK, MAX_ENTRIES, PrefixStore } from "../src/model/prefix-cache.js";
 import { LoraAdapter } from "../src/lora/adapter.js";
 import { saveAdapter } from "../src/lora/peft.js";
 import { LiveModel } from "../src/runtime/live.js";
@@ -420,4 +420,26 @@ test("through the runtime on kiln-mini: a reply sent back without its leading sp
     await off.stop();
     for (const { dir } of [a, b]) rmSync(dir, { recursive: true });
   }
+});
+
+test("an entry holding less than its prompt (a reply aborted before its first forward) is handed over whole when reused whole, not copied", async () => {
+  const before = tf.memory().numTensors;
+  const stats = { hits: 0, misses: 0, reusedTokens: 0 };
+  const store = new PrefixStore(llama.config.slidingWindows, () => 2 ** 30, stats);
+  const ids = turns(llama, 1)[0]!.slice(0, 30);
+  const cache = new KVCache(1);
+  tf.tidy(() => {
+    llama.decoder.forward({ ids: [ids.slice(0, 20)] }, { cache });
+  });
+  // as generate hands it back: the 20 tokens a prefix hit held, of a 30-token prompt
+  store.put(cache, ids.slice(0, 20), 30);
+  const held = tf.memory().numTensors;
+  const got = store.take(ids)!;
+  assert.equal(got.length, 20);
+  assert.equal(got.cache, cache, "the entry itself, as any entry reused whole");
+  assert.equal(store.size, 0);
+  assert.equal(tf.memory().numTensors, held, "nothing copied");
+  got.cache.dispose();
+  store.dispose();
+  assert.equal(tf.memory().numTensors, before);
 });

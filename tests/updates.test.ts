@@ -110,3 +110,17 @@ test("within one feed poll, the item the feed lists first is the newer news", ()
   const later = { ...item("later", "Quillport's mayor is Ada Fenn.", "2026-11-27T00:00:00Z"), source: { feedId: "gazette", guid: "3" } };
   assert.deepEqual(updatePairs([later], [now], [now, before, later]), [["now", "later"]]);
 });
+
+test("the word after a relation word is read within its sentence, past words that say when", () => {
+  // a relation word ending a sentence is followed by the end, not by the next sentence's first word
+  assert.ok(shareRelation("Tera Stone has been promoted.", "Tera Stone has been promoted. She now leads the lab."));
+  assert.ok(shareRelation("Ada Quill has been promoted. The firm grew.", "Ada Quill has been promoted."));
+  // "now", "currently" say when: "lives now in" is used as "lives in" is
+  assert.ok(shareRelation("Kika Rookfield lives in Saltwell.", "Kika Rookfield lives now in Kingsmore."));
+  assert.ok(shareRelation("Tera Stone works as a chemist.", "Tera Stone works currently as a pharmacist."));
+  // still two relations: a time word does not make "works at" and "works as" one
+  assert.ok(!shareRelation("Lisa Yewby works now at Northgate Motors.", "Lisa Yewby works as a geologist."));
+  assert.ok(shareRelation('Ada Quill has been promoted.', 'Ada Quill has been "promoted." The firm grew.'), "a quote closing the sentence");
+  // a decimal's point ends no sentence
+  assert.ok(!shareRelation("Gulldale grew 2.5 percent.", "Gulldale grew in 1887."));
+});

@@ -13,15 +13,21 @@ export function relationWords(text: string): Set<string> {
   return new Set(words(text).filter((w) => !isFunctionWord(w) && !isTimeWord(w) && !names.has(stem(w))).map(root));
 }
 
-/** Each relation word of a text with the words that follow it: a name as "#", the end as "$". */
+/**
+ * Each relation word of a text with the words that follow it: a name as "#", the end of its
+ * sentence as "$". Words that say when are passed over ("lives now in" is used as "lives in").
+ */
 function relationFollowers(text: string): Map<string, string[]> {
   const names = new Set(entitiesIn(text).map(stem));
-  const ws = words(text).map((w) => (names.has(stem(w)) ? "#" : w));
   const relation = relationWords(text);
   const out = new Map<string, string[]>();
-  ws.forEach((w, k) => {
-    if (w !== "#" && relation.has(root(w))) out.set(root(w), [...(out.get(root(w)) ?? []), ws[k + 1] ?? "$"]);
-  });
+  // sentences end at . ! ? ; (and any closing quote or bracket) before a space or the end ("2.5" and "342,900" go on)
+  for (const sentence of text.split(/[.!?;]+["'\u2019\u201D)\]]*(?=\s|$)/u)) {
+    const ws = words(sentence).filter((w) => !isTimeWord(w)).map((w) => (names.has(stem(w)) ? "#" : w));
+    ws.forEach((w, k) => {
+      if (w !== "#" && relation.has(root(w))) out.set(root(w), [...(out.get(root(w)) ?? []), ws[k + 1] ?? "$"]);
+    });
+  }
   return out;
 }
 

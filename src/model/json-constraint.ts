@@ -722,11 +722,14 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
       if (keyword === "items" && Array.isArray(value)) gaps.push({ keyword, at, detail: "a list of schemas (tuple items)" });
       else if ((keyword === "exclusiveMinimum" || keyword === "exclusiveMaximum") && typeof value === "boolean") gaps.push({ keyword, at, detail: "as a boolean (draft 4)" });
       else if (keyword === "$ref" && typeof value === "string" && !value.startsWith("#")) gaps.push({ keyword, at, detail: "not a local reference" });
+      else if (keyword === "enum" && "const" in o && !(Array.isArray(value) && value.some((v) => JSON.stringify(v) === JSON.stringify(o.const)))) gaps.push({ keyword, at, detail: "beside const, without its value (only const is read)" });
       else {
         const bad = malformed(keyword, value);
         if (bad) gaps.push({ keyword, at, detail: bad });
       }
     }
+    // compile() reads the schema a local $ref points at wherever it is, not only in $defs (walked last)
+    if (ref && (o.$ref as string).startsWith("#")) refs.push({ ref: o.$ref as string, at, depth: depth + 1 });
     for (const key of ["properties", "$defs", "definitions"]) {
       const map = o[key];
       if (!map || typeof map !== "object") continue;
@@ -741,6 +744,17 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
       if (!Array.isArray(o[key])) continue;
       (o[key] as unknown[]).forEach((branch, i) => {
         if (!isSchema(branch)) gaps.push({ keyword: key, at: pointer(at, key, i), detail: "not a schema: ignored" });
+        // compile() gives each branch the schema's own keywords, and reads a branch's $ref alone
+        const read = key === "anyOf" || !Array.isArray(o.anyOf);
+        if (read && !ref && isSchema(branch) && typeof branch !== "boolean") {
+          const b = branch as Record<string, unknown>;
+          for (const shared of Object.keys(o)) {
+            if (!ENFORCED.has(shared) || ["anyOf", "oneOf", "$ref", "$defs", "definitions"].includes(shared)) continue;
+            if (typeof b.$ref === "string") gaps.push({ keyword: shared, at: pointer(at, key, i), detail: "beside $ref (the reference is read alone)" });
+            // the branch's own value replaces the union's: exact only where it asks at least as much
+            else if (shared in b && !(shared === "properties" ? narrowsProperties(o, b) : narrows(shared, o[shared], b[shared]))) gaps.push({ keyword: shared, at: pointer(at, key, i), detail: "also in the union's schema (the branch's is read alone)" });
+          }
+        }
         walk(branch, pointer(at, key, i), depth + 1);
       });
     }
@@ -753,8 +767,94 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
       if (!exclusive) gaps.push({ keyword: "oneOf", at, detail: "branches a value could fit together (matched as anyOf)" });
     }
   };
+  const refs: { ref: string; at: string; depth: number }[] = [];
   walk(schema, "#");
+  for (let r = refs.shift(); r; r = refs.shift()) {
+    let target: unknown;
+    try {
+      target = resolveRef(r.ref, schema);
+    } catch {
+      continue; // compile() refuses it
+    }
+    // null or a list passes resolveRef, and compile() reads it as any value
+    if (!isSchema(target)) gaps.push({ keyword: "$ref", at: r.at, detail: "not a schema: ignored" });
+    walk(target, r.ref, r.depth);
+  }
   return gaps;
+}
+
+/**
+ * Whether a branch's value of `keyword` asks at least what the union's own value asks (its types
+ * among the union's, its required keys a superset, its bounds within), so that compile(), which
+ * reads the branch's alone, enforces both.
+ */
+function narrows(keyword: string, outer: unknown, inner: unknown): boolean {
+  if (JSON.stringify(outer) === JSON.stringify(inner)) return true;
+  const list = (v: unknown) => (Array.isArray(v) ? v : [v]);
+  switch (keyword) {
+    case "type": {
+      const allowed = list(outer);
+      return list(inner).every((t) => allowed.includes(t) || (t === "integer" && allowed.includes("number")));
+    }
+    case "required":
+      return Array.isArray(outer) && Array.isArray(inner) && outer.every((k) => inner.includes(k));
+    case "minimum":
+    case "minLength":
+    case "minItems":
+      return typeof outer === "number" && typeof inner === "number" && inner >= outer;
+    case "maximum":
+    case "maxLength":
+    case "maxItems":
+      return typeof outer === "number" && typeof inner === "number" && inner <= outer;
+    default:
+      return false;
+  }
+}
+
+/**
+ * Whether a branch's properties, which replace the union's, still ask what the union's do: each of
+ * the union's that the object must hold (required) is redeclared alike or as enum/const values
+ * the union's own schema allows (a discriminator), and any new key is one the union allows.
+ */
+function narrowsProperties(outer: Record<string, unknown>, branch: Record<string, unknown>): boolean {
+  const mine = outer.properties as Record<string, unknown>;
+  const theirs = branch.properties;
+  if (!theirs || typeof theirs !== "object" || Array.isArray(theirs)) return false;
+  const p = theirs as Record<string, unknown>;
+  const required = (Array.isArray(branch.required) ? branch.required : Array.isArray(outer.required) ? outer.required : []) as unknown[];
+  for (const [key, schema] of Object.entries(mine ?? {})) {
+    if (!(key in p)) {
+      if (required.includes(key)) return false;
+      continue;
+    }
+    if (JSON.stringify(schema) !== JSON.stringify(p[key]) && !literalsFit(p[key], schema)) return false;
+  }
+  // the union's additionalProperties judges keys against the union's properties, whatever the branch says
+  const extra = outer.additionalProperties;
+  return Object.keys(p).every((key) => key in (mine ?? {}) || extra === undefined || extra === true);
+}
+
+/** Whether `inner` is only enum/const values (and annotations) that `outer`, only type/enum/const (and annotations), allows. */
+function literalsFit(inner: unknown, outer: unknown): boolean {
+  if (!isSchema(inner) || !isSchema(outer) || typeof inner === "boolean") return false;
+  if (outer === true) return true;
+  if (outer === false) return false;
+  const i = inner as Record<string, unknown>;
+  const o = outer as Record<string, unknown>;
+  if (Object.keys(i).some((k) => k !== "const" && k !== "enum" && !ANNOTATIONS.has(k))) return false;
+  if (Object.keys(o).some((k) => k !== "type" && k !== "const" && k !== "enum" && !ANNOTATIONS.has(k))) return false;
+  const values = "const" in i ? [i.const] : Array.isArray(i.enum) ? i.enum : null;
+  if (!values) return false;
+  const typeOf = (v: unknown): string[] =>
+    v === null ? ["null"] : Array.isArray(v) ? ["array"] : typeof v === "number" ? (Number.isInteger(v) ? ["integer", "number"] : ["number"]) : [typeof v];
+  const types = o.type === undefined ? null : Array.isArray(o.type) ? o.type : [o.type];
+  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+  return values.every(
+    (v) =>
+      (!types || typeOf(v).some((t) => types.includes(t))) &&
+      (!("const" in o) || same(o.const, v)) &&
+      (!Array.isArray(o.enum) || o.enum.some((e) => same(e, v))),
+  );
 }
 
 const isSchema = (v: unknown) => typeof v === "boolean" || (typeof v === "object" && v !== null && !Array.isArray(v));

@@ -114,7 +114,9 @@ export class PrefixStore {
     }
     // An entry whose tokens are all the start of the new one is worth nothing more.
     for (const e of this.entries.filter((e) => e.tokens.length <= tokens.length && sharedStart(e.tokens, tokens, e.tokens.length) === e.tokens.length)) this.drop(e);
-    this.entries.push({ tokens, prompt, cache, bytes: cache.bytes, lastUsed: ++this.clock });
+    // a reply aborted before its first forward holds only part of its prompt: all of it is prompt,
+    // so a request reusing it whole takes it (as take() hands over any entry reused whole)
+    this.entries.push({ tokens, prompt: Math.min(prompt, tokens.length), cache, bytes: cache.bytes, lastUsed: ++this.clock });
     this.fit();
   }
 

@@ -453,14 +453,23 @@ test("auto mode without strict: an opened call is held to what kiln can enforce 
     assert.ok(fitsTool({ function: { name: call.name, arguments: JSON.stringify(call.args) } }), text);
   }
   assert.ok(held >= 3, `${held} of 6 random walks closed their call within 80 tokens`);
-  // a schema no value fits: strict would be a 400; without strict the calls are read as written
+  // a schema no value fits: strict would be a 400; without strict the arguments are held to an
+  // object, beside a strict tool too
   const impossible = { type: "function", function: { name: "code", parameters: { type: "object", properties: { a: { type: "string", minLength: 3, maxLength: 1 } }, required: ["a"] } } } as KilnToolSpec;
-  const free = autoMode([impossible]);
-  assert.equal(free.constrain, undefined);
-  assert.deepEqual(free.parse('<tool_call>{"name": "code", "arguments": {"a": "xyz"}}</tool_call>').toolCalls.map((c) => c.args), [{ a: "xyz" }]);
+  const strictWeather = { ...loose[0]!, function: { ...loose[0]!.function, strict: true } };
+  for (const tools of [[impossible], [strictWeather, impossible]]) {
+    const calls = autoMode(tools);
+    const prefix = model.tokenizer.encode(`<tool_call>{"name":"code","arguments":`);
+    const mask = Float32Array.from({ length: V }, () => 1);
+    calls.constrain!(mask, prefix);
+    assert.ok(mask.every((v, id) => v === -Infinity || vocab.texts[id]!.trimStart().startsWith("{") || !vocab.texts[id]!.trim()), "the arguments open an object");
+    assert.deepEqual(calls.parse('<tool_call>{"name": "code", "arguments": {"a": "xyz"}}</tool_call>').toolCalls.map((c) => c.args), [{ a: "xyz" }]);
+  }
   const ok = { model: "tester", messages: [{ role: "user" as const, content: "A code?" }], max_tokens: 8, temperature: 0 };
-  const reply = await client.chat.completions.create({ ...ok, tools: [impossible as OpenAI.ChatCompletionTool] });
-  assert.equal(reply.choices[0]!.finish_reason, "length");
+  for (const tools of [[impossible], [strictWeather, impossible]]) {
+    const reply = await client.chat.completions.create({ ...ok, tools: tools as OpenAI.ChatCompletionTool[] });
+    assert.equal(reply.choices[0]!.finish_reason, "length");
+  }
 });
 
 // a schema whose strings are bounded, so that even the random model's replies end

@@ -457,8 +457,8 @@ export interface AutoCalls {
  *  - tools: once the reply opens a call (the template's opening, `<tool_call>`; for bare JSON
  *    calls, a reply starting with "{"), the rest of the call is held to the template's layout and
  *    to the tool's parameters (as a forced call's are: a non-strict tool's keywords the constraint
- *    does not enforce are left out); the text around calls stays free. With a strict tool among
- *    them a schema kiln cannot use is an error; with none, the calls are left free instead;
+ *    does not enforce are left out); the text around calls stays free. A strict tool's schema
+ *    kiln cannot use is an error; a non-strict one's holds its arguments to an object;
  *  - a JSON response format (`format`, its schema): the whole reply is either one call (as above)
  *    or the JSON value, so the model may still call a tool and otherwise answers in the format.
  * Throws a ToolSchemaError (strict tools) or a ResponseFormatError (a format) when the
@@ -489,8 +489,20 @@ export function autoCalls(model: LoadedModel, prompt: ToolPrompt, tools: KilnToo
   // the opening a reply writes to call, and the rest of each call after it
   const trigger = found.open.trim() || "{";
   const lead = found.open.trim() ? found.open.slice(found.open.indexOf(trigger) + trigger.length) : found.open;
+  // a non-strict tool whose parameters kiln cannot use at all is held to an object, not refused
+  const usable = (t: KilnToolSpec): JsonSchema => {
+    if (t.function.strict) return t.function.parameters as JsonSchema;
+    try {
+      JsonMatcher.afterHeads([{ head: "", schema: t.function.parameters as JsonSchema }]).writableBy(vocab);
+      return t.function.parameters as JsonSchema;
+    } catch (err) {
+      if (err instanceof JsonSchemaError) return { type: "object" };
+      throw err;
+    }
+  };
+  const schemas = tools.map(usable);
   const calls = (prefix: string) =>
-    tools.map((t) => ({ head: prefix + found.nameHead + JSON.stringify(t.function.name).slice(1, -1) + found.argsHead, schema: t.function.parameters as JsonSchema, tail: found.close }));
+    tools.map((t, k) => ({ head: prefix + found.nameHead + JSON.stringify(t.function.name).slice(1, -1) + found.argsHead, schema: schemas[k]!, tail: found.close }));
   try {
     if (format !== undefined) {
       const matcher = JsonMatcher.afterHeads([...calls(found.open), { head: "", schema: format }]).writableBy(vocab);

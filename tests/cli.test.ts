@@ -4,7 +4,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { createRequire } from "node:module";
@@ -137,6 +137,26 @@ test("feeds add writes a local feed's path as the agent file will read it, and r
     assert.equal(JSON.parse(poll.stdout).local.added, 1, poll.stdout);
   } finally {
     rmSync(dir, { recursive: true });
+  }
+});
+
+test("the read commands on an agent nothing has polled or baked for yet show it empty, naming where its ledger will be", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-new-"));
+  try {
+    const at = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints];
+    const feeds = kiln(["feeds", "list", "demo", ...at]);
+    assert.equal(feeds.status, 0, feeds.stderr);
+    assert.match(feeds.stdout, /^town-gazette .*added 0, last ok never/m);
+    assert.match(feeds.stderr, new RegExp(`no ledger yet at ${path.join(checkpoints, "demo", "ledger.json").replace(/[.\\/]/g, "\\$&")}`));
+    const versions = kiln(["versions", "list", "demo", ...at]);
+    assert.equal(versions.status, 0, versions.stderr);
+    assert.match(versions.stdout, /the base model is live/);
+    const items = kiln(["knowledge", "list", "demo", "--json", ...at]);
+    assert.equal(items.status, 0, items.stderr);
+    assert.ok(Array.isArray(JSON.parse(items.stdout)));
+    assert.deepEqual(readdirSync(checkpoints), [], "reading creates nothing");
+  } finally {
+    rmSync(checkpoints, { recursive: true });
   }
 });
 

@@ -65,7 +65,8 @@ static void scale_rows(int64_t M, int64_t N, float beta, float* C, int64_t ldc) 
 // through a 576x49152 LM head took 3x one row's sgemv (10.5 against 3.4 ms): the packing reads
 // and writes every weight before the product reads it again. Here each weight is read from
 // memory once per 4 rows, their sums held in registers, and every row's sum runs over k in the
-// same order whatever M is, so a row's result does not depend on which rows share its product.
+// same order whatever M is, so a row's result does not depend on which rows share its product
+// (a row decoded alone goes to sgemv instead, whose sums may round otherwise in the last bits).
 #define FEW_ROWS 8
 #define FEW_CHUNK 32   // columns per register block: 4 vectors of 8 floats per row
 // Rows of B read together: the next chunk of columns continues each of these rows, so the
@@ -165,10 +166,12 @@ static void few_rows_part(const void* ctx, int64_t from, int64_t to) {
 typedef void (*rows_fn)(const void* ctx, int64_t from, int64_t to);
 static void parallel_rows_on(int threads, int64_t rows, int64_t work_per_row, rows_fn fn, const void* ctx);
 
-// Whether C = alpha A B (+ 0 C) goes to the few-rows product: M <= FEW_ROWS, neither side
-// transposed, and B wide enough for whole chunks; columns split across threads when big (an LM head).
+// Whether C = alpha A B (+ 0 C) goes to the few-rows product: 2 to FEW_ROWS rows, neither side
+// transposed, and B wide enough for whole chunks; columns split across threads when big (an LM
+// head). One row stays with sgemv, whose own threads were faster on a quiet machine (576x1536:
+// 0.04 ms against 0.09 here on one thread and 0.06 on two, each thread started per call).
 static bool few_rows_gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha, const float* A, const float* B, float beta, float* C) {
-  if (tA || tB || M < 1 || M > FEW_ROWS || N < 4 * FEW_CHUNK || K < 1 || beta != 0.0f) return false;
+  if (tA || tB || M < 2 || M > FEW_ROWS || N < 4 * FEW_CHUNK || K < 1 || beta != 0.0f) return false;
   const struct few_rows j = {M, N, K, alpha, beta, A, B, C};
   const int64_t chunks = (N + FEW_CHUNK - 1) / FEW_CHUNK;
   const int threads = openblas_get_num_threads();
@@ -183,8 +186,7 @@ static void gemm(bool tA, bool tB, int64_t M, int64_t N, int64_t K, float alpha,
     scale_rows(M, N, beta, C, N);
     return;
   }
-  // One to FEW_ROWS decoded rows through a weight: read once, and each row's sums the same
-  // whatever rows share the product (batched decoding gives each row the logits it gets alone).
+  // 2 to FEW_ROWS decoded rows through a weight: each weight read once for all of them.
   if (few_rows_gemm(tA, tB, M, N, K, alpha, A, B, beta, C)) return;
   if (M == 1 && K > 0) {
     // C [1, N] = a [K] times op(B): B is [K, N] (its transpose times a) or [N, K].

@@ -234,6 +234,20 @@ export class DecodeBatcher {
         this.removeEnded();
         await yieldToEventLoop();
       }
+    } catch (err) {
+      // A failure outside a forward pass (joining or cutting caches): no row may wait forever for
+      // a step that will not come, so each fails with it and every cache is freed.
+      const rows = [...this.rows, ...this.joining];
+      this.rows = [];
+      this.joining = [];
+      this.cache?.dispose();
+      this.cache = null;
+      for (const r of rows) {
+        r.own?.dispose();
+        r.own = null;
+        r.error ??= err;
+        this.finish(r);
+      }
     } finally {
       this.running = false;
     }

@@ -355,3 +355,27 @@ test("fused top-K KL equals the composed ops through klSum, value and gradient, 
   close(n, c, 1e-4);
   assert.ok(n.some((x, i) => i > 0 && x !== 0), "the gradient is not all zeros");
 });
+
+test("a few rows through a weight (batched decode) equal the reference, and a row's result does not depend on the rows beside it", async () => {
+  await tf.setBackend("native");
+  // rows 2-8 (past 4, a second pass over the weight), widths with a short last chunk, and one
+  // big enough to split across threads (an LM head)
+  for (const [K, N] of [[576, 1536 + 7], [64, 128], [576, 49152]] as const) {
+    const w = r([K, N], 70);
+    for (const M of [2, 3, 4, 5, 8]) {
+      const x = r([M, K], 71 + M);
+      const [n, c] = await both(() => tf.matMul(x, w));
+      close(n, c, 1e-4);
+      await tf.setBackend("native");
+      // each row's sums run over k in one order whatever rows share the product: a batched row's
+      // logits do not change as other rows join or leave the batch
+      const together = tf.matMul(x, w).dataSync() as Float32Array;
+      for (let m = 0; m < M; m++) {
+        const pair = tf.tidy(() => tf.matMul(tf.concat([tf.slice(x, [m, 0], [1, K]), tf.slice(x, [(m + 1) % M, 0], [1, K])]), w)).dataSync() as Float32Array; // [2, N]
+        assert.deepEqual(together.subarray(m * N, (m + 1) * N), pair.subarray(0, N), `row ${m} of ${M} (${K}x${N})`);
+      }
+      x.dispose();
+    }
+    w.dispose();
+  }
+});

@@ -1171,3 +1171,38 @@ test("every chunk of a stream and the x-kiln-version header name the version the
     rmSync(adapters, { recursive: true, force: true });
   }
 });
+
+test("with batchRows (kiln serve --batch), concurrent requests are decoded together and answer as they do one at a time", async () => {
+  const agent = writeTestAgent();
+  const rt = await Runtime.fromFiles(agent.file, { batchRows: 4 });
+  const srv = await createServer(rt, { port: 0, maxConcurrent: 4 });
+  try {
+    const questions = ["Go on", "Tell me about the ferry and the mills", "Hi", "What happened in Quillport after the mills closed?"];
+    const ask = async (content: string, stream: boolean) => {
+      const res = await fetch(`${srv.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: "tester", messages: [{ role: "user", content }], temperature: 0, max_tokens: 24, stream, kiln: { capture_facts: false } }),
+      });
+      assert.equal(res.status, 200);
+      if (!stream) return ((await res.json()) as any).choices[0].message.content as string;
+      return (await res.text())
+        .split("\n\n")
+        .map((e) => /^data: (.*)$/m.exec(e)?.[1])
+        .filter((d): d is string => !!d && d !== "[DONE]")
+        .map((d) => JSON.parse(d).choices?.[0]?.delta?.content ?? "")
+        .join("");
+    };
+    const alone: string[] = [];
+    for (const q of questions) alone.push(await ask(q, false));
+    const live = rt.agent("tester").live;
+    assert.equal(live.batcher!.stats.widest, 1, "one at a time, one row a step");
+    const together = await Promise.all(questions.map((q, i) => ask(q, i % 2 === 1)));
+    assert.deepEqual(together, alone, "the same replies, streamed or not");
+    assert.ok(live.batcher!.stats.widest >= 2, `requests were decoded together (widest batch ${live.batcher!.stats.widest})`);
+  } finally {
+    await srv.close();
+    await rt.stop();
+    rmSync(agent.dir, { recursive: true, force: true });
+  }
+});

@@ -63,7 +63,7 @@ export interface GenerationResult {
   stopToken?: number;
 }
 
-interface RowState {
+export interface RowState {
   tokens: number[];
   text: string;
   emitted: number; // characters of `text` already streamed
@@ -72,7 +72,7 @@ interface RowState {
 }
 
 /** Text of `tokens`, cut at the first stop string; also how much of it is safe to stream. */
-function visibleText(model: LoadedModel, tokens: number[], stops: string[]): { text: string; stopped: boolean; safe: number } {
+export function visibleText(model: LoadedModel, tokens: number[], stops: string[]): { text: string; stopped: boolean; safe: number } {
   const full = model.tokenizer.decode(tokens);
   let cut = -1;
   for (const s of stops) {
@@ -97,7 +97,7 @@ function visibleText(model: LoadedModel, tokens: number[], stops: string[]): { t
  * The text a row held back (a trailing partial character, the start of a stop string), now that
  * the row has ended and it can no longer change: the row's chunks then join to its final text.
  */
-function release(row: RowState): string {
+export function release(row: RowState): string {
   const held = row.text.slice(row.emitted);
   row.emitted = row.text.length;
   return held;

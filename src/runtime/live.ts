@@ -6,9 +6,15 @@
 //
 // Each version also keeps the KV caches its replies ended with (PrefixStore), so the next turn of
 // a chat prefills only what is new; they go when the version is swapped out.
+//
+// With batchRows > 1 (kiln serve --batch), each version also has one DecodeBatcher: concurrent
+// replies on that version are decoded in one forward pass per token. Its adapter is the version's
+// own, so a reply never joins a batch on other weights.
 import type { LoraAdapter } from "../lora/adapter.js";
 import { loadAdapter } from "../lora/peft.js";
+import { batchable, DecodeBatcher, type RowOptions } from "../model/batch.js";
 import type { KVCache } from "../model/decoder.js";
+import { streamGenerate, type GenerationChunk, type GenerationResult } from "../model/generate.js";
 import type { LoadedModel } from "../model/load.js";
 import { PrefixStore, type PrefixStats } from "../model/prefix-cache.js";
 
@@ -21,6 +27,7 @@ interface Slot {
   leases: number;
   retired: boolean;
   prefixes: PrefixStore;
+  batcher?: DecodeBatcher;
 }
 
 export interface Lease {
@@ -33,6 +40,12 @@ export interface Lease {
    * it holds `tokens`, the first `prompt` of them the request's prompt (see PrefixStore.put).
    */
   keep(cache: KVCache, tokens: number[], prompt?: number): void;
+  /**
+   * A reply to one prompt on these weights, continuing a kept prefix cache and keeping the cache
+   * it ends with: decoded with the version's other replies in flight when batchRows > 1, else
+   * alone (streamGenerate).
+   */
+  generate(ids: number[], opts?: RowOptions): AsyncGenerator<GenerationChunk, GenerationResult[]>;
   release(): void;
 }
 
@@ -40,6 +53,7 @@ export class LiveModel {
   readonly fingerprint: string;
   readonly prefixStats: PrefixStats = { hits: 0, misses: 0, reusedTokens: 0 };
   private prefixBudget = DEFAULT_PREFIX_CACHE_BYTES;
+  private rows = 1;
   private current: Slot;
   private readonly slots: Set<Slot>;
 
@@ -58,6 +72,24 @@ export class LiveModel {
     if (!(bytes >= 0)) throw new Error(`the prefix cache size must be 0 or more bytes (got ${bytes})`);
     this.prefixBudget = bytes;
     this.current.prefixes.fit();
+  }
+
+  /**
+   * The most replies decoded in one forward pass (1: each alone). Models with sliding-window
+   * layers always decode alone (see batchable).
+   */
+  get batchRows(): number {
+    return this.rows;
+  }
+
+  set batchRows(n: number) {
+    if (!(Number.isInteger(n) && n >= 1)) throw new Error(`a batch must be a whole number of rows, at least 1 (got ${n})`);
+    this.rows = n;
+  }
+
+  /** The batcher of the live version (undefined until a batched reply ran on it). */
+  get batcher(): DecodeBatcher | undefined {
+    return this.current.batcher;
   }
 
   /** Bytes of KV caches kept now. */
@@ -88,13 +120,24 @@ export class LiveModel {
     const slot = this.current;
     slot.leases++;
     let released = false;
+    const prefix = (ids: readonly number[]) => (slot.retired ? undefined : slot.prefixes.take(ids));
+    const keep = (cache: KVCache, tokens: number[], prompt?: number) => {
+      if (slot.retired) cache.dispose();
+      else slot.prefixes.put(cache, tokens, prompt);
+    };
     return {
       version: slot.version,
       adapter: slot.adapter,
-      prefix: (ids) => (slot.retired ? undefined : slot.prefixes.take(ids)),
-      keep: (cache, tokens, prompt) => {
-        if (slot.retired) cache.dispose();
-        else slot.prefixes.put(cache, tokens, prompt);
+      prefix,
+      keep,
+      generate: (ids, opts = {}) => {
+        const kept = prefix(ids);
+        if (this.rows > 1 && batchable(this.model)) {
+          // a batcher made for fewer rows is replaced for new replies; the old one ends with its own
+          if (slot.batcher?.maxRows !== this.rows) slot.batcher = new DecodeBatcher(this.model, this.rows, slot.adapter);
+          return slot.batcher.generate(ids, { ...opts, prefix: kept, onCache: keep });
+        }
+        return streamGenerate(this.model, [ids], { ...opts, adapter: slot.adapter, prefix: kept, onCache: keep });
       },
       release: () => {
         if (released) return;

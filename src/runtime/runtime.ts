@@ -4,7 +4,7 @@ import { readdirSync, existsSync } from "node:fs";
 import path from "node:path";
 import { loadModel, type LoadedModel } from "../model/load.js";
 import { resolveModelDir, PACKAGE_ROOT } from "../model/resolve.js";
-import { streamGenerate, type GenerateOptions, type GenerationResult } from "../model/generate.js";
+import type { GenerateOptions, GenerationResult } from "../model/generate.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import { buildKnowledgePrompt } from "../bake/prompt.js";
 import { explicitRequest, extractFacts, extractFactsWithModel, forgetMatches, forgetWords, MAX_FORGET, modelExtractor, type FactAction } from "../agent/facts.js";
@@ -97,13 +97,17 @@ export class Runtime {
     }
   }
 
-  /** prefixCacheBytes: KV caches each agent keeps for later turns of a chat (default DEFAULT_PREFIX_CACHE_BYTES; 0: none) */
-  static async fromFiles(spec: string, opts: { checkpoints?: string; events?: AgentEvents; prefixCacheBytes?: number } = {}): Promise<Runtime> {
+  /**
+   * prefixCacheBytes: KV caches each agent keeps for later turns of a chat (default DEFAULT_PREFIX_CACHE_BYTES; 0: none);
+   * batchRows: the most replies of one agent decoded in one forward pass (default 1: each alone)
+   */
+  static async fromFiles(spec: string, opts: { checkpoints?: string; events?: AgentEvents; prefixCacheBytes?: number; batchRows?: number } = {}): Promise<Runtime> {
     const runtime = new Runtime(opts.events);
     const configs = agentFiles(spec).map((f) => loadAgentConfig(f, opts.checkpoints ?? DEFAULT_CHECKPOINTS_DIR));
     if (!configs.length) throw new Error(`${spec}: no agent files (*.yaml)`);
     await runtime.load(configs);
     if (opts.prefixCacheBytes !== undefined) for (const a of runtime.agents.values()) a.live.prefixCacheBytes = opts.prefixCacheBytes;
+    if (opts.batchRows !== undefined) for (const a of runtime.agents.values()) a.live.batchRows = opts.batchRows;
     return runtime;
   }
 
@@ -168,7 +172,7 @@ export class Runtime {
     const captureOnce = () => (capture ??= last && req.captureFacts !== false ? this.capture(agent, last.content, req.conversationId) : Promise.resolve([]));
     const ids = fitConversation(agent.model, req.messages, req.options?.maxTokens ?? 128, req.tools, req.prefill);
     const lease = agent.live.acquire();
-    const it = streamGenerate(agent.model, [ids], { ...req.options, adapter: lease.adapter, prefix: lease.prefix(ids), onCache: lease.keep });
+    const it = lease.generate(ids, req.options);
     // Replies start at their first visible character (a BPE vocabulary often opens with a space);
     // a continued prefill is kept as written.
     const trim = req.prefill === undefined;

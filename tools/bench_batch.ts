@@ -1,0 +1,102 @@
+// `node dist/tools/bench_batch.js [--only mini|135m] [--context 300] [--steps 16]`: what one decode
+// step (one new token per row on a KV cache of --context tokens) costs at batch 1, 2 and 4, on the
+// embedded kiln-mini and on a random SmolLM2-135M-shaped model. Batched decoding (kiln serve
+// --batch) pays off where a batch-B step costs well under B batch-1 steps; paste the table into
+// docs/benchmarks.md with the date and machine.
+import os from "node:os";
+import { backendInfo, initBackend, tf } from "../src/tensor/backend.js";
+import { parseConfig, type ModelConfig } from "../src/model/config.js";
+import { Decoder, KVCache, expectedWeights } from "../src/model/decoder.js";
+import { loadModel } from "../src/model/load.js";
+import { resolveModelDir } from "../src/model/resolve.js";
+import { sizeOutputPool } from "../src/tensor/native.js";
+
+function flagValue(name: string): string | undefined {
+  return process.argv.find((_, i) => process.argv[i - 1] === name);
+}
+const only = flagValue("--only");
+const context = Number(flagValue("--context") ?? 300);
+const steps = Number(flagValue("--steps") ?? 24);
+const BATCHES = [1, 2, 4];
+
+function smolShape(): ModelConfig {
+  // SmolLM2-135M's shape, as tools/bench.ts builds it
+  return parseConfig({
+    architectures: ["LlamaForCausalLM"],
+    hidden_size: 576,
+    intermediate_size: 1536,
+    num_hidden_layers: 30,
+    num_attention_heads: 9,
+    num_key_value_heads: 3,
+    head_dim: 64,
+    vocab_size: 49152,
+    tie_word_embeddings: true,
+    max_position_embeddings: 2048,
+    rms_norm_eps: 1e-5,
+    rope_theta: 10000,
+  });
+}
+
+function randomDecoder(c: ModelConfig): Decoder {
+  const weights = new Map<string, tf.Tensor>();
+  let seed = 1;
+  for (const [name, shape] of expectedWeights(c)) weights.set(name, name.endsWith("norm.weight") ? tf.ones(shape) : tf.randomNormal(shape, 0, 0.02, "float32", seed++));
+  return Decoder.fromHuggingFace(c, weights);
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+/**
+ * ms of one decode step at each batch size, after a prefill of `context` tokens per row. The
+ * batch sizes take turns step by step (the machine is shared: load comes and goes), and both the
+ * median and the fastest step are reported (the fastest is the least disturbed by other work).
+ */
+async function stepMs(decoder: Decoder): Promise<Map<number, { median: number; min: number }>> {
+  const vocab = decoder.config.vocabSize;
+  let s = 7;
+  const runs = BATCHES.map((B) => {
+    const ids = Array.from({ length: B }, () => Array.from({ length: context }, () => (s = (s * 1103515245 + 12345) % 2 ** 31) % vocab));
+    return { B, ids, cache: new KVCache(B), times: [] as number[] };
+  });
+  for (const r of runs) {
+    const first = tf.tidy(() => decoder.forward({ ids: r.ids }, { cache: r.cache, logitsFrom: context - 1 }));
+    await first.data();
+    first.dispose();
+  }
+  for (let i = 0; i <= steps; i++) {
+    for (const r of runs) {
+      const t0 = performance.now();
+      // as generation reads logits: one [B, V] read per step
+      const logits = tf.tidy(() => decoder.forward({ ids: r.ids.map((row, b) => [(row[i]! + b) % vocab]) }, { cache: r.cache }));
+      await logits.data();
+      logits.dispose();
+      if (i > 0) r.times.push(performance.now() - t0); // the first step warms kernels for this shape
+    }
+  }
+  for (const r of runs) r.cache.dispose();
+  return new Map(runs.map((r) => [r.B, { median: median(r.times), min: Math.min(...r.times) }]));
+}
+
+const info = await initBackend();
+sizeOutputPool("serve");
+const models: { name: string; make: () => Decoder }[] = [
+  { name: "kiln-mini", make: () => loadModel(resolveModelDir(undefined)).decoder },
+  { name: "SmolLM2-135M shape (random)", make: () => randomDecoder(smolShape()) },
+].filter((m) => !only || (only === "mini" ? m.name === "kiln-mini" : m.name.startsWith("SmolLM2")));
+
+console.log(`backend ${backendInfo()?.name}, ${os.cpus().length} cores, load ${os.loadavg().map((l) => l.toFixed(2)).join(" ")}, context ${context}, ${steps} steps`);
+console.log(`| model | batch | ms/step (median) | ms/step (fastest) | median vs batch 1 | fastest vs batch 1 |`);
+console.log(`|---|---|---|---|---|---|`);
+for (const m of models) {
+  const decoder = m.make();
+  const t = await stepMs(decoder);
+  const base = t.get(1)!;
+  for (const [B, { median, min }] of t) {
+    console.log(`| ${m.name} | ${B} | ${median.toFixed(1)} | ${min.toFixed(1)} | ${(median / base.median).toFixed(2)}x | ${(min / base.min).toFixed(2)}x |`);
+  }
+  if (m.name !== "kiln-mini") decoder.dispose();
+}
+console.log(`load after: ${os.loadavg().map((l) => l.toFixed(2)).join(" ")}; backend ${info.name}`);

@@ -394,7 +394,10 @@ function procStatus(pid: number): { rssMiB: number; threads: number; fds: number
   try {
     const status = readFileSync(`/proc/${pid}/status`, "utf8");
     const field = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+)`, "m").exec(status)?.[1] ?? NaN);
-    return { rssMiB: Math.round(field("VmRSS") / 1024), threads: field("Threads"), fds: readdirSync(`/proc/${pid}/fd`).length };
+    const rss = field("VmRSS");
+    // a process exiting (a bake worker that just finished) has no VmRSS any more: no sample, not NaN
+    if (!Number.isFinite(rss)) return null;
+    return { rssMiB: Math.round(rss / 1024), threads: field("Threads"), fds: readdirSync(`/proc/${pid}/fd`).length };
   } catch {
     return null;
   }

@@ -17,7 +17,8 @@ import { Runtime } from "../src/runtime/runtime.js";
 import { createServer, type KilnServer } from "../src/server/index.js";
 import { writeTestAgent } from "./support/agent.js";
 import { repoRoot } from "./support/paths.js";
-import { autoCalls, toolPrompt, toPlainMessages, type KilnToolSpec } from "../src/agent/tools.js";
+import { autoCalls, toolPrompt, toPlainMessages, type AutoCalls, type KilnToolSpec, type ParsedToolCall } from "../src/agent/tools.js";
+import type { LoadedModel } from "../src/model/load.js";
 import { tokenTexts } from "../src/model/json-constraint.js";
 import { walkMask } from "./support/mask.js";
 
@@ -408,10 +409,23 @@ test("strict tools: parameters kiln cannot enforce are a 400 on the tool naming 
   const free = Float32Array.from({ length: V }, () => 1);
   autoMode().constrain!(free, model.tokenizer.encode("Let me look that up"));
   assert.ok(free.every((v, id) => v === 1 || vocab.texts[id]!.includes(">")), "before a call, only tokens that could open one are checked");
+  for (const { text, call } of closedCalls(model, autoMode, "Let me look that up.\n<tool_call>")) {
+    // the plain protocol's layout (compact, as kiln renders calls), closed; the text after it is free
+    assert.ok(text.startsWith(`Let me look that up.\n<tool_call>{"name":"${call.name}","arguments":${JSON.stringify(call.args)}}</tool_call>`), text);
+  }
+});
+
+/**
+ * Random logits driven through an auto-mode mask from a reply that has opened a call, six seeds:
+ * each call that closes parses and fits its tool; at least 3 of 6 close within 80 tokens.
+ */
+function closedCalls(model: LoadedModel, autoMode: () => AutoCalls, opened: string): { text: string; call: ParsedToolCall }[] {
+  const V = model.config.vocabSize;
+  const vocab = tokenTexts(model.tokenizer, V);
   const closing = (id: number) => (/["}]/.test(vocab.texts[id]!) ? 3 : 0);
-  let held = 0;
+  const held: { text: string; call: ParsedToolCall }[] = [];
   for (let seed = 1; seed <= 6; seed++) {
-    const prefix = model.tokenizer.encode("Let me look that up.\n<tool_call>");
+    const prefix = model.tokenizer.encode(opened);
     const calls = autoMode();
     const walk = walkMask(calls.constrain!, { vocabSize: V, eos: model.eosTokenIds, seed, steps: 80, prefix, bias: closing, endLogit: 2 });
     const text = model.tokenizer.decode([...prefix, ...walk.tokens]);
@@ -420,39 +434,22 @@ test("strict tools: parameters kiln cannot enforce are a 400 on the tool naming 
       assert.ok(!text.includes("</tool_call>"), `a closed call parses: ${text}`);
       continue;
     }
-    held++;
     const call = parsed.toolCalls[0]!;
     assert.ok(fitsTool({ function: { name: call.name, arguments: JSON.stringify(call.args) } }), text);
-    // the plain protocol's layout (compact, as kiln renders calls), closed; the text after it is free
-    assert.ok(text.startsWith(`Let me look that up.\n<tool_call>{"name":"${call.name}","arguments":${JSON.stringify(call.args)}}</tool_call>`), text);
+    held.push({ text, call });
   }
-  assert.ok(held >= 3, `${held} of 6 random walks closed their call within 80 tokens`);
-});
+  assert.ok(held.length >= 3, `${held.length} of 6 random walks closed their call within 80 tokens`);
+  return held;
+}
 
 test("auto mode without strict: an opened call is held to what kiln can enforce of its tool's parameters; a schema it cannot use leaves calls free, not refused", async () => {
   const model = runtime.agent("tester").model;
   const loose = [WEATHER, TIME].map((t) => ({ ...t, function: { ...t.function, parameters: t.function.parameters! } })) as KilnToolSpec[];
   const autoMode = (tools: KilnToolSpec[]) => autoCalls(model, toolPrompt(model.tokenizer, [{ role: "user", content: "Weather?" }], tools), tools);
   assert.ok(autoMode(loose).constrain, "non-strict tools' calls get a mask too");
+  closedCalls(model, () => autoMode(loose), "Checking.\n<tool_call>");
   const V = model.config.vocabSize;
   const vocab = tokenTexts(model.tokenizer, V);
-  const closing = (id: number) => (/["}]/.test(vocab.texts[id]!) ? 3 : 0);
-  let held = 0;
-  for (let seed = 1; seed <= 6; seed++) {
-    const prefix = model.tokenizer.encode("Checking.\n<tool_call>");
-    const calls = autoMode(loose);
-    const walk = walkMask(calls.constrain!, { vocabSize: V, eos: model.eosTokenIds, seed, steps: 80, prefix, bias: closing, endLogit: 2 });
-    const text = model.tokenizer.decode([...prefix, ...walk.tokens]);
-    const parsed = calls.parse(text);
-    if (!parsed.toolCalls.length) {
-      assert.ok(!text.includes("</tool_call>"), `a closed call parses: ${text}`);
-      continue;
-    }
-    held++;
-    const call = parsed.toolCalls[0]!;
-    assert.ok(fitsTool({ function: { name: call.name, arguments: JSON.stringify(call.args) } }), text);
-  }
-  assert.ok(held >= 3, `${held} of 6 random walks closed their call within 80 tokens`);
   // a schema no value fits: strict would be a 400; without strict the arguments are held to an
   // object, beside a strict tool too
   const impossible = { type: "function", function: { name: "code", parameters: { type: "object", properties: { a: { type: "string", minLength: 3, maxLength: 1 } }, required: ["a"] } } } as KilnToolSpec;

@@ -6,7 +6,7 @@ import os from "node:os";
 import path from "node:path";
 import { backendInfo, initBackend, tf } from "../src/tensor/backend.js";
 import { parseConfig, parameterCount, type ModelConfig } from "../src/model/config.js";
-import { Decoder, KVCache, expectedWeights } from "../src/model/decoder.js";
+import { Decoder, KVCache } from "../src/model/decoder.js";
 import { PrefixStore } from "../src/model/prefix-cache.js";
 import { LoraAdapter, type LoraTarget } from "../src/lora/adapter.js";
 import { disposeTargets, klSum, stackTargets, teacherTargets, type KlMode } from "../src/bake/kl.js";
@@ -14,6 +14,7 @@ import { prepareDecoderForTraining } from "../src/bake/trainer.js";
 import { LoraAdam } from "../src/bake/optimizer.js";
 import { PACKAGE_ROOT } from "../src/model/resolve.js";
 import { OPENBLAS_DEFAULTS, sizeOutputPool } from "../src/tensor/native.js";
+import { flagValue, median, randomDecoder } from "./bench-support.js";
 
 /** OpenBLAS variables the user set before kiln filled in its defaults (those pass to PyTorch too). */
 const userOpenblasEnv = new Set(Object.keys(OPENBLAS_DEFAULTS).filter((name) => process.env[name] !== undefined));
@@ -52,9 +53,6 @@ const torchDevice = flagValue("--torch-device") ?? "cpu";
 /** --python PATH: the Python that has torch (default /usr/bin/python3, Debian's) */
 const python = flagValue("--python") ?? "/usr/bin/python3";
 
-function flagValue(name: string): string | undefined {
-  return process.argv.find((_, i) => process.argv[i - 1] === name);
-}
 const REPEATS = quick ? 1 : 3;
 
 function configOf(s: Shape): ModelConfig {
@@ -74,19 +72,7 @@ function configOf(s: Shape): ModelConfig {
   });
 }
 
-function randomDecoder(c: ModelConfig): Decoder {
-  const weights = new Map<string, tf.Tensor>();
-  let seed = 1;
-  for (const [name, shape] of expectedWeights(c)) {
-    weights.set(name, name.endsWith("norm.weight") ? tf.ones(shape) : tf.randomNormal(shape, 0, 0.02, "float32", seed++));
-  }
-  return Decoder.fromHuggingFace(c, weights);
-}
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
 
 function randomIds(B: number, T: number, vocab: number, seed: number): number[][] {
   let s = seed;

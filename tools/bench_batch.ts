@@ -6,14 +6,12 @@
 import os from "node:os";
 import { backendInfo, initBackend, tf } from "../src/tensor/backend.js";
 import { parseConfig, type ModelConfig } from "../src/model/config.js";
-import { Decoder, KVCache, expectedWeights } from "../src/model/decoder.js";
+import { Decoder, KVCache } from "../src/model/decoder.js";
 import { loadModel } from "../src/model/load.js";
 import { resolveModelDir } from "../src/model/resolve.js";
 import { sizeOutputPool } from "../src/tensor/native.js";
+import { flagValue, median, randomDecoder } from "./bench-support.js";
 
-function flagValue(name: string): string | undefined {
-  return process.argv.find((_, i) => process.argv[i - 1] === name);
-}
 const only = flagValue("--only");
 const context = Number(flagValue("--context") ?? 300);
 const steps = Number(flagValue("--steps") ?? 24);
@@ -37,17 +35,7 @@ function smolShape(): ModelConfig {
   });
 }
 
-function randomDecoder(c: ModelConfig): Decoder {
-  const weights = new Map<string, tf.Tensor>();
-  let seed = 1;
-  for (const [name, shape] of expectedWeights(c)) weights.set(name, name.endsWith("norm.weight") ? tf.ones(shape) : tf.randomNormal(shape, 0, 0.02, "float32", seed++));
-  return Decoder.fromHuggingFace(c, weights);
-}
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
 
 /**
  * ms of one decode step at each batch size, after a prefill of `context` tokens per row. The

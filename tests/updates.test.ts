@@ -43,6 +43,20 @@ test("relation words are what a text says about its names, in any tense", () => 
   assert.deepEqual([...relationWords("Ada Brook was planning a shop, selling kites.")].sort(), ["kite", "plan", "sell", "shop"]);
 });
 
+test("a relation word that starts a sentence is no name where the texts write it in lower case", () => {
+  const headline = "Mayor of Gulldale is Ewyn Craneridge.";
+  const older = "The mayor of Gulldale is Tom Reed.";
+  assert.ok(shareRelation(headline, older), "the same relation, the headline capitalising it");
+  assert.ok(shareRelation(older, headline));
+  assert.deepEqual(updatePairs([item("new", headline, "2026-11-20T00:00:00Z")], [item("old", older, "2026-11-10T00:00:00Z")], []), [["old", "new"]]);
+  // alone, a capitalised first word may be a name ("Hollowby has become ..."), so it stays one
+  assert.deepEqual([...relationWords(headline)], []);
+  assert.ok(!shareRelation("Hollowby has become a twin town of Gulldale.", "Gulldale is a town in Lindor."), "a town named first is still a name");
+  // a name's words stay names even where another text writes one in lower case ("brook", "ada")
+  assert.ok(!shareRelation("Ada Brook works at Oakwind Bakeries.", "Ada Brook owns a pet dog.", new Set(["ada", "brook"])), "the first word of a longer name stays a name");
+  assert.ok(!shareRelation("Kestrel Ada works at Oakwind Bakeries.", "Kestrel Ada owns a pet dog.", new Set(["ada"])), "a capitalised word inside a sentence stays a name");
+});
+
 test("a shared relation word followed by different small words is another relation, so no update", () => {
   // each pair replaced its true fact in the soak or in tools/eval_updates.ts while any shared word counted
   const otherRelation: [string, string][] = [

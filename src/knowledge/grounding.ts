@@ -13,13 +13,16 @@ export const isNameToken = (t: string): boolean => /^\P{L}*\p{Lu}|\p{N}/u.test(t
 
 /**
  * The name and number words of a text. A capitalised word that starts a sentence ("Who", "The")
- * counts only when `sentenceStarts` is set; "I" never counts.
+ * counts only when `sentenceStarts` is set, and then not when `lowerCase` holds its stem (words
+ * written in lower case elsewhere: "Mayor of Gulldale ..." beside "the mayor of"), unless a name
+ * follows it ("Ada Brook"). "I" never counts.
  */
-export function namesIn(text: string, o: { sentenceStarts?: boolean } = {}): string[] {
+export function namesIn(text: string, o: { sentenceStarts?: boolean; lowerCase?: ReadonlySet<string> } = {}): string[] {
   const tokens = text.trim().split(/\s+/).filter(Boolean);
   const startsSentence = (k: number) => k === 0 || /[.!?:]["')]*$/.test(tokens[k - 1]!);
+  const common = (t: string, k: number) => !!o.lowerCase && !isNameToken(tokens[k + 1] ?? "") && words(t).every((w) => o.lowerCase!.has(stem(w)));
   return tokens
-    .filter((t, k) => /\p{N}/u.test(t) || (isNameToken(t) && (o.sentenceStarts || !startsSentence(k))))
+    .filter((t, k) => /\p{N}/u.test(t) || (isNameToken(t) && (startsSentence(k) ? o.sentenceStarts && !common(t, k) : true)))
     .flatMap(words)
     .filter((w) => w !== "i");
 }
@@ -42,9 +45,12 @@ const STOP = new Set(
 /** A word that names nothing ("the", "did", "which"): never a fact's value. */
 export const isFunctionWord = (w: string): boolean => STOP.has(w.toLowerCase());
 
-/** The names and numbers of a text, a sentence's first word included unless a function word. */
-export function entitiesIn(text: string): string[] {
-  return namesIn(text, { sentenceStarts: true }).filter((w) => !STOP.has(w));
+/**
+ * The names and numbers of a text, a sentence's first word included unless a function word or a
+ * word `lowerCase` holds (see namesIn).
+ */
+export function entitiesIn(text: string, lowerCase?: ReadonlySet<string>): string[] {
+  return namesIn(text, { sentenceStarts: true, lowerCase }).filter((w) => !STOP.has(w));
 }
 
 /**

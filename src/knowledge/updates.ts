@@ -1,15 +1,28 @@
 // News updates facts ("Lisa Yewby now owns a pet cat." after "...a pet dog."). Whether a newer
 // item replaces an older one is asked of the model when a bake starts (bake/probes.ts,
 // findSupersessions); this picks the pairs worth asking about and says which of two is newer.
-import { entitiesIn, isFunctionWord, isTimeWord, root, stem, words } from "./grounding.js";
+import { entitiesIn, isFunctionWord, isNameToken, isTimeWord, root, stem, words } from "./grounding.js";
 import type { Item } from "./ledger.js";
 
 /** Pairs asked about per bake, at most: each costs a few greedy replies of the base model. */
 export const MAX_UPDATE_PAIRS = 48;
 
+/**
+ * Stems the texts write in lower case somewhere. A word written so is no name where a sentence
+ * starts with it: "Mayor of Gulldale is Ewyn Craneridge." beside "The mayor of Gulldale is ...".
+ */
+export function lowerCaseWords(texts: readonly string[]): Set<string> {
+  return new Set(texts.flatMap((t) => t.split(/\s+/).filter((tok) => tok && !isNameToken(tok))).flatMap(words).map(stem));
+}
+
+/** The names of a text (stemmed); a sentence's first word not when the texts around it write it in lower case. */
+function namesIn(text: string, lower: ReadonlySet<string>): Set<string> {
+  return new Set(entitiesIn(text, lower).map(stem));
+}
+
 /** Words of a text that are neither names, function words nor time words: what it says about its names. */
-export function relationWords(text: string): Set<string> {
-  const names = new Set(entitiesIn(text).map(stem));
+export function relationWords(text: string, lower: ReadonlySet<string> = lowerCaseWords([text])): Set<string> {
+  const names = namesIn(text, lower);
   return new Set(words(text).filter((w) => !isFunctionWord(w) && !isTimeWord(w) && !names.has(stem(w))).map(root));
 }
 
@@ -17,9 +30,9 @@ export function relationWords(text: string): Set<string> {
  * Each relation word of a text with the words that follow it: a name as "#", the end of its
  * sentence as "$". Words that say when are passed over ("lives now in" is used as "lives in").
  */
-function relationFollowers(text: string): Map<string, string[]> {
-  const names = new Set(entitiesIn(text).map(stem));
-  const relation = relationWords(text);
+function relationFollowers(text: string, lower: ReadonlySet<string>): Map<string, string[]> {
+  const names = namesIn(text, lower);
+  const relation = relationWords(text, lower);
   const out = new Map<string, string[]>();
   // sentences end at . ! ? ; (and any closing quote or bracket) before a space or the end ("2.5" and "342,900" go on)
   for (const sentence of text.split(/[.!?;]+["'\u2019\u201D)\]]*(?=\s|$)/u)) {
@@ -43,10 +56,11 @@ const sameWord = (a: string, b: string) => a === b || (a !== "#" && a !== "$" &&
  * Northgate Motors" and "works as a geologist", "a town in Lindor" and "a twin town of Hollowby",
  * "founded in 1887" and "founded by Ada Quill", "has started playing" and "has started a new job"
  * (each pair replaced its true fact in a soak or in tools/eval_updates.ts while any shared word counted).
+ * `lower`: words written in lower case around them (lowerCaseWords), by default in the two texts.
  */
-export function shareRelation(a: string, b: string): boolean {
-  const theirs = relationFollowers(b);
-  return [...relationFollowers(a)].some(([w, next]) =>
+export function shareRelation(a: string, b: string, lower: ReadonlySet<string> = lowerCaseWords([a, b])): boolean {
+  const theirs = relationFollowers(b, lower);
+  return [...relationFollowers(a, lower)].some(([w, next]) =>
     next.some((x) => (theirs.get(w) ?? []).some((y) => sameWord(x, y) || (mayBeValue(x) && mayBeValue(y)))),
   );
 }
@@ -74,14 +88,15 @@ export function updatePairs(fresh: readonly Item[], known: readonly Item[], ledg
   const rank = new Map(ledgerOrder.map((i, k) => [i.id, k]));
   const stored = (a: Item, b: Item) => (rank.get(a.id) ?? 0) - (rank.get(b.id) ?? 0);
   const newer = (a: Item, b: Item) => newsTime(a) - newsTime(b) || (onePoll(a, b) ? -stored(a, b) : stored(a, b));
-  const names = new Map<string, Set<string>>();
-  const namesOf = (i: Item) => names.get(i.id) ?? names.set(i.id, new Set(entitiesIn(i.text).map(stem))).get(i.id)!;
   const pool = [...new Map([...fresh, ...known].map((i) => [i.id, i])).values()];
+  const lower = lowerCaseWords(pool.map((i) => i.text));
+  const names = new Map<string, Set<string>>();
+  const namesOf = (i: Item) => names.get(i.id) ?? names.set(i.id, namesIn(i.text, lower)).get(i.id)!;
   const pairs = new Map<string, [string, string]>();
   for (const n of [...fresh].sort((a, b) => newer(b, a))) {
     const mine = namesOf(n);
     for (const other of pool) {
-      if (other.id === n.id || other.text === n.text || ![...namesOf(other)].some((w) => mine.has(w)) || !shareRelation(other.text, n.text)) continue;
+      if (other.id === n.id || other.text === n.text || ![...namesOf(other)].some((w) => mine.has(w)) || !shareRelation(other.text, n.text, lower)) continue;
       const [o, x] = newer(other, n) < 0 ? [other, n] : [n, other];
       pairs.set(`${o.id} ${x.id}`, [o.id, x.id]);
       if (pairs.size >= max) return [...pairs.values()];

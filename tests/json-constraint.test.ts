@@ -626,3 +626,40 @@ test("schemaGaps: a branch redeclaring the union's properties is read exactly wh
     "the branch's own additionalProperties does not let the union's keys through",
   );
 });
+
+// JSON Schema compares enum/const values as JSON values: an object's keys in any order are one value.
+const pair = { a: 1, b: 2 };
+const pairReordered = { b: 2, a: 1 };
+
+test("an enum/const value is checked against the enum/const values inside its schema as a JSON value, not as text", () => {
+  // the items' const is still a list of values when the array's const is checked against it
+  const items: JsonSchema = { type: "array", items: { const: pair }, const: [pairReordered] };
+  assert.ok(accepts(items, '[{"b":2,"a":1}]'), "the const fits its items' const: not refused, and written as given");
+  // the $ref'd const compiled earlier (for p) is checked the same way when q's const is
+  const referred = (q: unknown): JsonSchema => ({
+    type: "object",
+    properties: { p: { $ref: "#/$defs/pair" }, q: { type: "array", items: { $ref: "#/$defs/pair" }, const: q } },
+    required: ["q"],
+    $defs: { pair: { const: pair } },
+  });
+  assert.ok(accepts(referred([pairReordered]), '{"q":[{"b":2,"a":1}]}'));
+  assert.throws(() => JsonMatcher.of(referred([{ a: 1, b: 3 }])), JsonSchemaError, "a different value is still refused");
+});
+
+test("schemaGaps: an enum beside a const holds the const whatever its keys' order", () => {
+  assert.deepEqual(schemaGaps({ const: pair, enum: ["x", pairReordered] }), [], "strict must not refuse it");
+  assert.deepEqual(schemaGaps({ const: { o: pair, l: [pair] }, enum: [{ l: [pairReordered], o: pairReordered }] }), [], "nested, too");
+});
+
+test("schemaGaps: a union's keyword the branch repeats with its keys in another order is read exactly", () => {
+  const listed = (s: JsonSchema) => schemaGaps(s).map((g) => `${g.keyword} ${g.at}`);
+  assert.deepEqual(listed({ type: "object", additionalProperties: { type: "string", maxLength: 3 }, anyOf: [{ additionalProperties: { maxLength: 3, type: "string" } }] }), []);
+  assert.deepEqual(listed({ type: "object", properties: { a: { type: "string", maxLength: 3 } }, anyOf: [{ properties: { a: { maxLength: 3, type: "string" } } }] }), [], "a property redeclared alike");
+  assert.deepEqual(listed({ type: "object", properties: { kind: { enum: [pair, "x"] } }, anyOf: [{ properties: { kind: { const: pairReordered } } }] }), [], "a discriminator's const among the union's enum");
+  assert.deepEqual(listed({ type: "object", properties: { kind: { type: "object", const: pair } }, anyOf: [{ properties: { kind: { const: pairReordered } } }] }), [], "the union's const");
+});
+
+test("schemaGaps: oneOf branches whose discriminators are one value in two key orders could both fit: listed", () => {
+  const branch = (kind: object) => ({ type: "object", properties: { kind: { const: kind } }, required: ["kind"] });
+  assert.deepEqual(schemaGaps({ oneOf: [branch(pair), branch(pairReordered)] }).map((g) => `${g.keyword} ${g.at}`), ["oneOf #"]);
+});

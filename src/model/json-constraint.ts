@@ -92,6 +92,8 @@ interface Node {
   literals?: string[];
   /** enum/const as given, until compile() has checked them against the rest of the schema */
   values?: unknown[];
+  /** their canonicalJson texts, what fits() compares a value by (as long as `values`) */
+  valueKeys?: Set<string | undefined>;
   /** anyOf/oneOf/$ref: the value fits one of these (after compile(): no union among them) */
   options?: Node[];
   /** declared properties; with them, other keys are not written */
@@ -171,7 +173,10 @@ class Compiler {
     if (types.length) node.types = new Set(types.includes("number") ? [...types, "integer"] : types);
     if ("const" in schema) node.values = [schema.const];
     else if (Array.isArray(schema.enum)) node.values = schema.enum;
-    if (node.values) this.grow(node.values.length, at);
+    if (node.values) {
+      this.grow(node.values.length, at);
+      node.valueKeys = new Set(node.values.map(canonicalJson));
+    }
     const union = Array.isArray(schema.anyOf) ? schema.anyOf : Array.isArray(schema.oneOf) ? schema.oneOf : null;
     if (union) {
       // the schema's own keywords (a shared type, say) go with each branch
@@ -288,6 +293,16 @@ function flattenUnions(nodes: readonly Node[]): Map<Node, Node[]> {
 const jsonTypeOf = (v: unknown): JsonType | null =>
   v === null ? "null" : Array.isArray(v) ? "array" : typeof v === "number" ? (Number.isInteger(v) ? "integer" : "number") : typeof v === "string" || typeof v === "boolean" || typeof v === "object" ? (typeof v as JsonType) : null;
 
+/**
+ * A JSON value's text with each object's keys sorted: two values are equal as JSON Schema compares
+ * them (enum, const) exactly when these texts are. Their own texts are no measure: {"a":1,"b":2}
+ * and {"b":2,"a":1} are one value. (Numbers need nothing: 1.0 parses to 1, and -0 is written 0.)
+ */
+const canonicalJson = (value: unknown): string | undefined =>
+  JSON.stringify(value, (_key, v: unknown) => (v && typeof v === "object" && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : 1))) : v));
+
+const sameJson = (a: unknown, b: unknown) => canonicalJson(a) === canonicalJson(b);
+
 const codePoints = (s: string) => {
   let n = 0;
   for (const _ of s) n++;
@@ -297,8 +312,7 @@ const codePoints = (s: string) => {
 /** Whether a (finite, parsed) value fits a node: what enum/const values are checked against. */
 function fits(value: unknown, node: Node): boolean {
   if (node.options) return node.options.some((o) => fits(value, o));
-  if (node.literals && !node.literals.includes(JSON.stringify(value))) return false;
-  if (node.values && !node.values.some((v) => JSON.stringify(v) === JSON.stringify(value))) return false;
+  if (node.valueKeys && !node.valueKeys.has(canonicalJson(value))) return false;
   const type = jsonTypeOf(value);
   if (!type) return false;
   if (node.types && !node.types.has(type) && !(type === "integer" && node.types.has("number"))) return false;
@@ -458,18 +472,24 @@ function whyNothingFits(node: Node, sat: ReadonlySet<Node>, seen = new Set<Node>
 function finish(compiler: Compiler, root: Node): void {
   const nodes = compiler.nodes;
   const alternatives = flattenUnions(nodes); // first: it refuses the cycles the checks below would loop on
+  // Every node's values are checked before any gives way to its texts: fits() compares a value
+  // with the values of the nodes inside (an items' const, a $ref'd enum compiled earlier) as JSON
+  // values, which the texts, in the key order each was given in, are not.
+  const literals = new Map<Node, string[]>();
   for (const node of nodes) {
-    if (!node.values) continue;
-    const values = node.values;
-    delete node.values;
-    if (node.options) continue; // a union's values go with each branch
+    if (!node.values || node.options) continue; // a union's values go with each branch
     const texts = new Set<string>();
-    for (const v of values) {
+    for (const v of node.values) {
       const text = JSON.stringify(v);
       if (text !== undefined && fits(v, node)) texts.add(text);
     }
-    node.literals = [...texts].sort();
+    literals.set(node, [...texts].sort());
   }
+  for (const node of nodes) {
+    delete node.values;
+    delete node.valueKeys;
+  }
+  for (const [node, texts] of literals) node.literals = texts;
   // A declared key is written as it is: the mask takes no escape in it (stepString), so a key
   // that needs one could only be begun, never finished (the reply failed mid-way, a 500).
   for (const node of nodes) {
@@ -665,15 +685,15 @@ function typesOf(schema: Record<string, unknown>): Set<string> | null {
 }
 
 /** Each required property's allowed values, where it lists them (const or enum): a discriminator. */
-function tagsOf(schema: Record<string, unknown>): Map<string, Set<string>> {
-  const tags = new Map<string, Set<string>>();
+function tagsOf(schema: Record<string, unknown>): Map<string, Set<string | undefined>> {
+  const tags = new Map<string, Set<string | undefined>>();
   const props = (schema.properties ?? {}) as Record<string, unknown>;
   for (const key of Array.isArray(schema.required) ? schema.required : []) {
     const p = props[key as string];
     if (!p || typeof p !== "object") continue;
     const q = p as Record<string, unknown>;
     const values = "const" in q ? [q.const] : Array.isArray(q.enum) ? q.enum : null;
-    if (values) tags.set(key as string, new Set(values.map((v) => JSON.stringify(v))));
+    if (values) tags.set(key as string, new Set(values.map(canonicalJson)));
   }
   return tags;
 }
@@ -722,7 +742,7 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
       if (keyword === "items" && Array.isArray(value)) gaps.push({ keyword, at, detail: "a list of schemas (tuple items)" });
       else if ((keyword === "exclusiveMinimum" || keyword === "exclusiveMaximum") && typeof value === "boolean") gaps.push({ keyword, at, detail: "as a boolean (draft 4)" });
       else if (keyword === "$ref" && typeof value === "string" && !value.startsWith("#")) gaps.push({ keyword, at, detail: "not a local reference" });
-      else if (keyword === "enum" && "const" in o && !(Array.isArray(value) && value.some((v) => JSON.stringify(v) === JSON.stringify(o.const)))) gaps.push({ keyword, at, detail: "beside const, without its value (only const is read)" });
+      else if (keyword === "enum" && "const" in o && !(Array.isArray(value) && value.some((v) => sameJson(v, o.const)))) gaps.push({ keyword, at, detail: "beside const, without its value (only const is read)" });
       else {
         const bad = malformed(keyword, value);
         if (bad) gaps.push({ keyword, at, detail: bad });
@@ -789,7 +809,7 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
  * reads the branch's alone, enforces both.
  */
 function narrows(keyword: string, outer: unknown, inner: unknown): boolean {
-  if (JSON.stringify(outer) === JSON.stringify(inner)) return true;
+  if (sameJson(outer, inner)) return true;
   const list = (v: unknown) => (Array.isArray(v) ? v : [v]);
   switch (keyword) {
     case "type": {
@@ -827,7 +847,7 @@ function narrowsProperties(outer: Record<string, unknown>, branch: Record<string
       if (required.includes(key)) return false;
       continue;
     }
-    if (JSON.stringify(schema) !== JSON.stringify(p[key]) && !literalsFit(p[key], schema)) return false;
+    if (!sameJson(schema, p[key]) && !literalsFit(p[key], schema)) return false;
   }
   // the union's additionalProperties judges keys against the union's properties, whatever the branch says
   const extra = outer.additionalProperties;
@@ -848,12 +868,11 @@ function literalsFit(inner: unknown, outer: unknown): boolean {
   const typeOf = (v: unknown): string[] =>
     v === null ? ["null"] : Array.isArray(v) ? ["array"] : typeof v === "number" ? (Number.isInteger(v) ? ["integer", "number"] : ["number"]) : [typeof v];
   const types = o.type === undefined ? null : Array.isArray(o.type) ? o.type : [o.type];
-  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
   return values.every(
     (v) =>
       (!types || typeOf(v).some((t) => types.includes(t))) &&
-      (!("const" in o) || same(o.const, v)) &&
-      (!Array.isArray(o.enum) || o.enum.some((e) => same(e, v))),
+      (!("const" in o) || sameJson(o.const, v)) &&
+      (!Array.isArray(o.enum) || o.enum.some((e) => sameJson(e, v))),
   );
 }
 

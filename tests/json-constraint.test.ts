@@ -663,3 +663,35 @@ test("schemaGaps: oneOf branches whose discriminators are one value in two key o
   const branch = (kind: object) => ({ type: "object", properties: { kind: { const: kind } }, required: ["kind"] });
   assert.deepEqual(schemaGaps({ oneOf: [branch(pair), branch(pairReordered)] }).map((g) => `${g.keyword} ${g.at}`), ["oneOf #"]);
 });
+
+test("a character the vocabulary holds only inside longer tokens: fixed text that has it as a token does is written with that token; other fixed text is refused up front", () => {
+  // "☃" only in "x☃" (and, in the second, '☃"'): "x" then "☃" is no way to write it
+  const base = ["", "{", "}", "[", "]", '"', ":", ",", " ", "a", "b", "x", "y"];
+  const vocabulary = (texts: string[]) => tokenTexts({ decode: (ids: number[]) => ids.map((id) => texts[id]!).join("") }, texts.length);
+  const texts = [...base, "x☃"];
+  const vocab = vocabulary(texts);
+  const quoted = vocabulary([...base, "x☃", '☃"']);
+  const refused = (schema: JsonSchema, message: RegExp) =>
+    assert.throws(() => JsonMatcher.of(schema).writableBy(quoted), (err: unknown) => err instanceof JsonSchemaError && message.test(err.message), JSON.stringify(schema));
+  refused({ enum: ["x☃", "y☃b"] }, /^#: the enum\/const value "y☃b" holds "☃" \(U\+2603\), which the model's vocabulary cannot write: its tokens hold it only beside other characters \("x☃", "☃\\""\), none of which fits the text around it/);
+  refused({ type: "object", properties: { "b☃a": { type: "string" } } }, /^#\/properties\/b☃a: the property name "b☃a" holds "☃" \(U\+2603\)/);
+  // a token that writes the character and the text's end, after "y" alone
+  assert.doesNotThrow(() => JsonMatcher.of({ enum: ["y☃", "x☃b"] }).writableBy(quoted));
+  // a greedy model that likes "x" alone best: the mask keeps it from the dead end "x" would lead into
+  const x = texts.indexOf("x");
+  const walk = (schema: JsonSchema) => {
+    const mask = constrainToJson(vocab, [0], JsonMatcher.of(schema).writableBy(vocab));
+    const { tokens, ended } = walkMask(mask, { vocabSize: texts.length, eos: [0], seed: 1, steps: 20, bias: (id) => (id === x ? 8 : 0), endLogit: 20 });
+    assert.ok(ended, JSON.stringify(schema));
+    return tokens.map((id) => texts[id]).join("");
+  };
+  assert.equal(walk({ enum: ["x☃"] }), '"x☃"');
+  const mask = constrainToJson(vocab, [0], JsonMatcher.of({ enum: ["x☃", "xa"] }).writableBy(vocab));
+  const logits = new Float32Array(texts.length);
+  mask(logits, [texts.indexOf('"')]);
+  assert.deepEqual(["x", "x☃"].map((t) => logits[texts.indexOf(t)]), [0, 0], '"x" may still go on as "xa"');
+  const onlySnowman = constrainToJson(vocab, [0], JsonMatcher.of({ enum: ["x☃", "a"] }).writableBy(vocab));
+  onlySnowman(logits.fill(0), [texts.indexOf('"')]);
+  assert.deepEqual(["x", "x☃"].map((t) => logits[texts.indexOf(t)]), [-Infinity, 0], '"x" alone leads nowhere');
+  assert.deepEqual(JSON.parse(walk({ type: "object", properties: { "x☃": { const: "ax☃" } }, required: ["x☃"] })), { "x☃": "ax☃" });
+});

@@ -626,3 +626,72 @@ test("schemaGaps: a branch redeclaring the union's properties is read exactly wh
     "the branch's own additionalProperties does not let the union's keys through",
   );
 });
+
+// JSON Schema compares enum/const values as JSON values: an object's keys in any order are one value.
+const pair = { a: 1, b: 2 };
+const pairReordered = { b: 2, a: 1 };
+
+test("an enum/const value is checked against the enum/const values inside its schema as a JSON value, not as text", () => {
+  // the items' const is still a list of values when the array's const is checked against it
+  const items: JsonSchema = { type: "array", items: { const: pair }, const: [pairReordered] };
+  assert.ok(accepts(items, '[{"b":2,"a":1}]'), "the const fits its items' const: not refused, and written as given");
+  // the $ref'd const compiled earlier (for p) is checked the same way when q's const is
+  const referred = (q: unknown): JsonSchema => ({
+    type: "object",
+    properties: { p: { $ref: "#/$defs/pair" }, q: { type: "array", items: { $ref: "#/$defs/pair" }, const: q } },
+    required: ["q"],
+    $defs: { pair: { const: pair } },
+  });
+  assert.ok(accepts(referred([pairReordered]), '{"q":[{"b":2,"a":1}]}'));
+  assert.throws(() => JsonMatcher.of(referred([{ a: 1, b: 3 }])), JsonSchemaError, "a different value is still refused");
+});
+
+test("schemaGaps: an enum beside a const holds the const whatever its keys' order", () => {
+  assert.deepEqual(schemaGaps({ const: pair, enum: ["x", pairReordered] }), [], "strict must not refuse it");
+  assert.deepEqual(schemaGaps({ const: { o: pair, l: [pair] }, enum: [{ l: [pairReordered], o: pairReordered }] }), [], "nested, too");
+});
+
+test("schemaGaps: a union's keyword the branch repeats with its keys in another order is read exactly", () => {
+  const listed = (s: JsonSchema) => schemaGaps(s).map((g) => `${g.keyword} ${g.at}`);
+  assert.deepEqual(listed({ type: "object", additionalProperties: { type: "string", maxLength: 3 }, anyOf: [{ additionalProperties: { maxLength: 3, type: "string" } }] }), []);
+  assert.deepEqual(listed({ type: "object", properties: { a: { type: "string", maxLength: 3 } }, anyOf: [{ properties: { a: { maxLength: 3, type: "string" } } }] }), [], "a property redeclared alike");
+  assert.deepEqual(listed({ type: "object", properties: { kind: { enum: [pair, "x"] } }, anyOf: [{ properties: { kind: { const: pairReordered } } }] }), [], "a discriminator's const among the union's enum");
+  assert.deepEqual(listed({ type: "object", properties: { kind: { type: "object", const: pair } }, anyOf: [{ properties: { kind: { const: pairReordered } } }] }), [], "the union's const");
+});
+
+test("schemaGaps: oneOf branches whose discriminators are one value in two key orders could both fit: listed", () => {
+  const branch = (kind: object) => ({ type: "object", properties: { kind: { const: kind } }, required: ["kind"] });
+  assert.deepEqual(schemaGaps({ oneOf: [branch(pair), branch(pairReordered)] }).map((g) => `${g.keyword} ${g.at}`), ["oneOf #"]);
+});
+
+test("a character the vocabulary holds only inside longer tokens: fixed text that has it as a token does is written with that token; other fixed text is refused up front", () => {
+  // "☃" only in "x☃" (and, in the second, '☃"'): "x" then "☃" is no way to write it
+  const base = ["", "{", "}", "[", "]", '"', ":", ",", " ", "a", "b", "x", "y"];
+  const vocabulary = (texts: string[]) => tokenTexts({ decode: (ids: number[]) => ids.map((id) => texts[id]!).join("") }, texts.length);
+  const texts = [...base, "x☃"];
+  const vocab = vocabulary(texts);
+  const quoted = vocabulary([...base, "x☃", '☃"']);
+  const refused = (schema: JsonSchema, message: RegExp) =>
+    assert.throws(() => JsonMatcher.of(schema).writableBy(quoted), (err: unknown) => err instanceof JsonSchemaError && message.test(err.message), JSON.stringify(schema));
+  refused({ enum: ["x☃", "y☃b"] }, /^#: the enum\/const value "y☃b" holds "☃" \(U\+2603\), which the model's vocabulary cannot write: its tokens hold it only beside other characters \("x☃", "☃\\""\), none of which fits the text around it/);
+  refused({ type: "object", properties: { "b☃a": { type: "string" } } }, /^#\/properties\/b☃a: the property name "b☃a" holds "☃" \(U\+2603\)/);
+  // a token that writes the character and the text's end, after "y" alone
+  assert.doesNotThrow(() => JsonMatcher.of({ enum: ["y☃", "x☃b"] }).writableBy(quoted));
+  // a greedy model that likes "x" alone best: the mask keeps it from the dead end "x" would lead into
+  const x = texts.indexOf("x");
+  const walk = (schema: JsonSchema) => {
+    const mask = constrainToJson(vocab, [0], JsonMatcher.of(schema).writableBy(vocab));
+    const { tokens, ended } = walkMask(mask, { vocabSize: texts.length, eos: [0], seed: 1, steps: 20, bias: (id) => (id === x ? 8 : 0), endLogit: 20 });
+    assert.ok(ended, JSON.stringify(schema));
+    return tokens.map((id) => texts[id]).join("");
+  };
+  assert.equal(walk({ enum: ["x☃"] }), '"x☃"');
+  const mask = constrainToJson(vocab, [0], JsonMatcher.of({ enum: ["x☃", "xa"] }).writableBy(vocab));
+  const logits = new Float32Array(texts.length);
+  mask(logits, [texts.indexOf('"')]);
+  assert.deepEqual(["x", "x☃"].map((t) => logits[texts.indexOf(t)]), [0, 0], '"x" may still go on as "xa"');
+  const onlySnowman = constrainToJson(vocab, [0], JsonMatcher.of({ enum: ["x☃", "a"] }).writableBy(vocab));
+  onlySnowman(logits.fill(0), [texts.indexOf('"')]);
+  assert.deepEqual(["x", "x☃"].map((t) => logits[texts.indexOf(t)]), [-Infinity, 0], '"x" alone leads nowhere');
+  assert.deepEqual(JSON.parse(walk({ type: "object", properties: { "x☃": { const: "ax☃" } }, required: ["x☃"] })), { "x☃": "ax☃" });
+});

@@ -657,55 +657,97 @@ test("schemas the JSON constraint cannot follow are 400s on response_format and 
   assert.equal(nested.choices[0]!.finish_reason, "stop");
 });
 
-test("a JSON constraint that cannot go on mid-reply fails the request with 500 constraint_failed, streamed or not, never a stop on broken JSON", async () => {
-  // What the checks before generation cannot see: the fixture model with a SentencePiece
-  // vocabulary whose only token holding "☃" is "x☃" (an unused piece renamed). Every character of
-  // the enum is some token's, so the schema is accepted, but no token starts with "☃".
+/**
+ * A test agent on the fixture model with the SentencePiece vocabulary, `edit` applied to its
+ * tokenizer.json (`rename` moves a piece's id to a new name).
+ */
+async function metaspaceServer(edit: (tokenizer: any, rename: (from: string, to: string) => void) => void) {
   const agent = writeTestAgent();
   const pieces = path.join(repoRoot(), "tests", "fixtures", "tokenizers", "metaspace");
   const tokenizer = JSON.parse(readFileSync(path.join(pieces, "tokenizer.json"), "utf8"));
   const vocab = tokenizer.model.vocab as Record<string, number>;
-  vocab["x☃"] = vocab["<unused314>"]!;
-  delete vocab["<unused314>"];
+  edit(tokenizer, (from, to) => {
+    vocab[to] = vocab[from]!;
+    delete vocab[from];
+  });
   writeFileSync(path.join(agent.dir, "model", "tokenizer.json"), JSON.stringify(tokenizer));
   writeFileSync(path.join(agent.dir, "model", "tokenizer_config.json"), readFileSync(path.join(pieces, "tokenizer_config.json")));
   const rt = await Runtime.fromFiles(agent.file);
   const srv = await createServer(rt, { port: 0, token: TOKEN });
-  const c = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: TOKEN, maxRetries: 0 });
-  try {
-    const snow = { enum: ["☃"] };
-    const base = { model: "tester", messages: [{ role: "user" as const, content: "A snowman, please." }], max_tokens: 16, temperature: 0 };
-    const requests: [OpenAI.ChatCompletionCreateParamsNonStreaming, string][] = [
-      [{ ...base, response_format: { type: "json_schema", json_schema: { name: "snow", schema: snow } } }, "response_format"],
-      [{ ...base, tools: [{ type: "function", function: { name: "snow", parameters: { type: "object", properties: { s: snow }, required: ["s"] } } }], tool_choice: "required" }, "tool_choice"],
-    ];
-    for (const [params, param] of requests) {
-      const r = await call("/v1/chat/completions", { method: "POST", body: params }, srv.url);
-      assert.equal(r.status, 500, r.text);
-      assertErrorShape(r.json, 500);
-      assert.deepEqual([r.json.error.type, r.json.error.code, r.json.error.param], ["server_error", "constraint_failed", param]);
-      assert.match(r.json.error.message, /could not finish the reply under its JSON constraint: constrained generation: no token of the vocabulary continues the JSON after/);
-
-      // streamed: the first token went out, then an error event; no finish_reason, no [DONE]
-      const chunks: OpenAI.ChatCompletionChunk[] = [];
-      let failure: unknown;
-      try {
-        for await (const chunk of await c.chat.completions.create({ ...params, stream: true })) chunks.push(chunk);
-      } catch (err) {
-        failure = err;
-      }
-      assert.ok(failure instanceof OpenAI.APIError, String(failure));
-      assert.match(failure.message, /could not finish the reply under its JSON constraint/);
-      assert.equal((failure.error as any).code, "constraint_failed");
-      assert.ok(chunks.length >= 1, "the stream had begun");
-      assert.ok(chunks.every((chunk) => chunk.choices[0]?.finish_reason == null), "no chunk says the reply finished");
-    }
-    // the server goes on answering
-    assert.equal((await c.chat.completions.create({ ...base, max_tokens: 2 })).choices[0]!.finish_reason, "length");
-  } finally {
+  const close = async () => {
     await srv.close();
     await rt.stop();
     rmSync(agent.dir, { recursive: true, force: true });
+  };
+  return { srv, close };
+}
+
+test("a JSON constraint that cannot go on mid-reply fails the request with 500 constraint_failed, streamed or not, never a stop on broken JSON", async () => {
+  // What the checks before generation cannot see: a vocabulary that cannot close an object (its
+  // pieces for "}" renamed to unused names). The schema's own text is all writable, so it is
+  // accepted, but the reply cannot end.
+  const { srv, close } = await metaspaceServer((tokenizer, rename) => {
+    for (const [i, piece] of ["}", "<0x7D>", '"}'].entries()) rename(piece, `<gone${i}>`);
+    tokenizer.model.merges = tokenizer.model.merges.filter((m: string[]) => !m.join("").includes("}"));
+  });
+  const c = new OpenAI({ baseURL: `${srv.url}/v1`, apiKey: TOKEN, maxRetries: 0 });
+  try {
+    const closed = { type: "object", properties: { s: { const: "a" } }, required: ["s"] };
+    const base = { model: "tester", messages: [{ role: "user" as const, content: "An object, please." }], max_tokens: 16, temperature: 0 };
+    const params: OpenAI.ChatCompletionCreateParamsNonStreaming = { ...base, response_format: { type: "json_schema", json_schema: { name: "closed", schema: closed } } };
+    const r = await call("/v1/chat/completions", { method: "POST", body: params }, srv.url);
+    assert.equal(r.status, 500, r.text);
+    assertErrorShape(r.json, 500);
+    assert.deepEqual([r.json.error.type, r.json.error.code, r.json.error.param], ["server_error", "constraint_failed", "response_format"]);
+    assert.match(r.json.error.message, /could not finish the reply under its JSON constraint: constrained generation: no token of the vocabulary continues the JSON after/);
+
+    // streamed: the first token went out, then an error event; no finish_reason, no [DONE]
+    const chunks: OpenAI.ChatCompletionChunk[] = [];
+    let failure: unknown;
+    try {
+      for await (const chunk of await c.chat.completions.create({ ...params, stream: true })) chunks.push(chunk);
+    } catch (err) {
+      failure = err;
+    }
+    assert.ok(failure instanceof OpenAI.APIError, String(failure));
+    assert.match(failure.message, /could not finish the reply under its JSON constraint/);
+    assert.equal((failure.error as any).code, "constraint_failed");
+    assert.ok(chunks.length >= 1, "the stream had begun");
+    assert.ok(chunks.every((chunk) => chunk.choices[0]?.finish_reason == null), "no chunk says the reply finished");
+    // the server goes on answering
+    assert.equal((await c.chat.completions.create({ ...base, max_tokens: 2 })).choices[0]!.finish_reason, "length");
+  } finally {
+    await close();
+  }
+});
+
+test("fixed text with a character the vocabulary holds only inside a longer token: written with that token, or a 400 naming the character, never a failure mid-reply", async () => {
+  // the only piece holding "☃" is "x☃" (an unused piece renamed)
+  const { srv, close } = await metaspaceServer((_, rename) => rename("<unused314>", "x☃"));
+  try {
+    const base = { model: "tester", messages: [{ role: "user" as const, content: "A snowman, please." }], max_tokens: 16, temperature: 0 };
+    const asked = (snow: Record<string, unknown>): [OpenAI.ChatCompletionCreateParamsNonStreaming, string][] => [
+      [{ ...base, response_format: { type: "json_schema", json_schema: { name: "snow", schema: snow } } }, "response_format"],
+      [{ ...base, tools: [{ type: "function", function: { name: "snow", parameters: { type: "object", properties: { s: snow }, required: ["s"] } } }], tool_choice: "required" }, "tool_choice"],
+    ];
+    // "☃" alone: no token writes it, so the schema is refused before generation
+    for (const [params, param] of asked({ enum: ["☃"] })) {
+      const r = await call("/v1/chat/completions", { method: "POST", body: params }, srv.url);
+      assert.equal(r.status, 400, r.text);
+      assertErrorShape(r.json, 400);
+      assert.equal(r.json.error.param, param);
+      assert.match(r.json.error.message, /the enum\/const value "☃" holds "☃" \(U\+2603\), which the model's vocabulary cannot write: its tokens hold it only beside other characters \("x☃"\)/);
+    }
+    // "x☃" is written with the token "x☃", not "x" (after which no token starts with "☃")
+    const [[format], [forced]] = asked({ enum: ["x☃"] });
+    const r = await call("/v1/chat/completions", { method: "POST", body: format! }, srv.url);
+    assert.equal(r.status, 200, r.text);
+    assert.equal(JSON.parse(r.json.choices[0].message.content), "x☃");
+    const f = await call("/v1/chat/completions", { method: "POST", body: forced! }, srv.url);
+    assert.equal(f.status, 200, f.text);
+    assert.deepEqual(JSON.parse(f.json.choices[0].message.tool_calls[0].function.arguments), { s: "x☃" });
+  } finally {
+    await close();
   }
 });
 

@@ -28,10 +28,10 @@
 // one whose unions could open more readings at once than the matcher follows, a declared property
 // name that needs an escape, and fixed text (an enum/const value, a declared property name) with a
 // character the model's vocabulary cannot write (a byte-level one without a token for "☃" writes
-// it as three bytes, none of which an enum's text holds alone). Should generation still reach a
-// point where no token continues the JSON (a character some token holds only beside others), the
-// constraint throws a JsonConstraintError and the reply fails with it: never a "stop" with broken
-// JSON.
+// it as three bytes, none of which an enum's text holds alone; one whose only tokens holding "☃"
+// are "x☃" cannot write "y☃"). Should generation still reach a point where no token continues
+// the JSON (a vocabulary that cannot write "}"), the constraint throws a JsonConstraintError and
+// the reply fails with it: never a "stop" with broken JSON.
 import type { LoadedModel } from "../model/load.js";
 import { constrainToJson, JsonMatcher, schemaGaps, tokenTexts, type JsonSchema, type SchemaGap } from "../model/json-constraint.js";
 

@@ -92,6 +92,8 @@ interface Node {
   literals?: string[];
   /** enum/const as given, until compile() has checked them against the rest of the schema */
   values?: unknown[];
+  /** their canonicalJson texts, what fits() compares a value by (as long as `values`) */
+  valueKeys?: Set<string | undefined>;
   /** anyOf/oneOf/$ref: the value fits one of these (after compile(): no union among them) */
   options?: Node[];
   /** declared properties; with them, other keys are not written */
@@ -171,7 +173,10 @@ class Compiler {
     if (types.length) node.types = new Set(types.includes("number") ? [...types, "integer"] : types);
     if ("const" in schema) node.values = [schema.const];
     else if (Array.isArray(schema.enum)) node.values = schema.enum;
-    if (node.values) this.grow(node.values.length, at);
+    if (node.values) {
+      this.grow(node.values.length, at);
+      node.valueKeys = new Set(node.values.map(canonicalJson));
+    }
     const union = Array.isArray(schema.anyOf) ? schema.anyOf : Array.isArray(schema.oneOf) ? schema.oneOf : null;
     if (union) {
       // the schema's own keywords (a shared type, say) go with each branch
@@ -288,6 +293,16 @@ function flattenUnions(nodes: readonly Node[]): Map<Node, Node[]> {
 const jsonTypeOf = (v: unknown): JsonType | null =>
   v === null ? "null" : Array.isArray(v) ? "array" : typeof v === "number" ? (Number.isInteger(v) ? "integer" : "number") : typeof v === "string" || typeof v === "boolean" || typeof v === "object" ? (typeof v as JsonType) : null;
 
+/**
+ * A JSON value's text with each object's keys sorted: two values are equal as JSON Schema compares
+ * them (enum, const) exactly when these texts are. Their own texts are no measure: {"a":1,"b":2}
+ * and {"b":2,"a":1} are one value. (Numbers need nothing: 1.0 parses to 1, and -0 is written 0.)
+ */
+const canonicalJson = (value: unknown): string | undefined =>
+  JSON.stringify(value, (_key, v: unknown) => (v && typeof v === "object" && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : 1))) : v));
+
+const sameJson = (a: unknown, b: unknown) => canonicalJson(a) === canonicalJson(b);
+
 const codePoints = (s: string) => {
   let n = 0;
   for (const _ of s) n++;
@@ -297,8 +312,7 @@ const codePoints = (s: string) => {
 /** Whether a (finite, parsed) value fits a node: what enum/const values are checked against. */
 function fits(value: unknown, node: Node): boolean {
   if (node.options) return node.options.some((o) => fits(value, o));
-  if (node.literals && !node.literals.includes(JSON.stringify(value))) return false;
-  if (node.values && !node.values.some((v) => JSON.stringify(v) === JSON.stringify(value))) return false;
+  if (node.valueKeys && !node.valueKeys.has(canonicalJson(value))) return false;
   const type = jsonTypeOf(value);
   if (!type) return false;
   if (node.types && !node.types.has(type) && !(type === "integer" && node.types.has("number"))) return false;
@@ -458,18 +472,24 @@ function whyNothingFits(node: Node, sat: ReadonlySet<Node>, seen = new Set<Node>
 function finish(compiler: Compiler, root: Node): void {
   const nodes = compiler.nodes;
   const alternatives = flattenUnions(nodes); // first: it refuses the cycles the checks below would loop on
+  // Every node's values are checked before any gives way to its texts: fits() compares a value
+  // with the values of the nodes inside (an items' const, a $ref'd enum compiled earlier) as JSON
+  // values, which the texts, in the key order each was given in, are not.
+  const literals = new Map<Node, string[]>();
   for (const node of nodes) {
-    if (!node.values) continue;
-    const values = node.values;
-    delete node.values;
-    if (node.options) continue; // a union's values go with each branch
+    if (!node.values || node.options) continue; // a union's values go with each branch
     const texts = new Set<string>();
-    for (const v of values) {
+    for (const v of node.values) {
       const text = JSON.stringify(v);
       if (text !== undefined && fits(v, node)) texts.add(text);
     }
-    node.literals = [...texts].sort();
+    literals.set(node, [...texts].sort());
   }
+  for (const node of nodes) {
+    delete node.values;
+    delete node.valueKeys;
+  }
+  for (const [node, texts] of literals) node.literals = texts;
   // A declared key is written as it is: the mask takes no escape in it (stepString), so a key
   // that needs one could only be begun, never finished (the reply failed mid-way, a 500).
   for (const node of nodes) {
@@ -665,15 +685,15 @@ function typesOf(schema: Record<string, unknown>): Set<string> | null {
 }
 
 /** Each required property's allowed values, where it lists them (const or enum): a discriminator. */
-function tagsOf(schema: Record<string, unknown>): Map<string, Set<string>> {
-  const tags = new Map<string, Set<string>>();
+function tagsOf(schema: Record<string, unknown>): Map<string, Set<string | undefined>> {
+  const tags = new Map<string, Set<string | undefined>>();
   const props = (schema.properties ?? {}) as Record<string, unknown>;
   for (const key of Array.isArray(schema.required) ? schema.required : []) {
     const p = props[key as string];
     if (!p || typeof p !== "object") continue;
     const q = p as Record<string, unknown>;
     const values = "const" in q ? [q.const] : Array.isArray(q.enum) ? q.enum : null;
-    if (values) tags.set(key as string, new Set(values.map((v) => JSON.stringify(v))));
+    if (values) tags.set(key as string, new Set(values.map(canonicalJson)));
   }
   return tags;
 }
@@ -722,7 +742,7 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
       if (keyword === "items" && Array.isArray(value)) gaps.push({ keyword, at, detail: "a list of schemas (tuple items)" });
       else if ((keyword === "exclusiveMinimum" || keyword === "exclusiveMaximum") && typeof value === "boolean") gaps.push({ keyword, at, detail: "as a boolean (draft 4)" });
       else if (keyword === "$ref" && typeof value === "string" && !value.startsWith("#")) gaps.push({ keyword, at, detail: "not a local reference" });
-      else if (keyword === "enum" && "const" in o && !(Array.isArray(value) && value.some((v) => JSON.stringify(v) === JSON.stringify(o.const)))) gaps.push({ keyword, at, detail: "beside const, without its value (only const is read)" });
+      else if (keyword === "enum" && "const" in o && !(Array.isArray(value) && value.some((v) => sameJson(v, o.const)))) gaps.push({ keyword, at, detail: "beside const, without its value (only const is read)" });
       else {
         const bad = malformed(keyword, value);
         if (bad) gaps.push({ keyword, at, detail: bad });
@@ -789,7 +809,7 @@ export function schemaGaps(schema: JsonSchema): SchemaGap[] {
  * reads the branch's alone, enforces both.
  */
 function narrows(keyword: string, outer: unknown, inner: unknown): boolean {
-  if (JSON.stringify(outer) === JSON.stringify(inner)) return true;
+  if (sameJson(outer, inner)) return true;
   const list = (v: unknown) => (Array.isArray(v) ? v : [v]);
   switch (keyword) {
     case "type": {
@@ -827,7 +847,7 @@ function narrowsProperties(outer: Record<string, unknown>, branch: Record<string
       if (required.includes(key)) return false;
       continue;
     }
-    if (JSON.stringify(schema) !== JSON.stringify(p[key]) && !literalsFit(p[key], schema)) return false;
+    if (!sameJson(schema, p[key]) && !literalsFit(p[key], schema)) return false;
   }
   // the union's additionalProperties judges keys against the union's properties, whatever the branch says
   const extra = outer.additionalProperties;
@@ -848,12 +868,11 @@ function literalsFit(inner: unknown, outer: unknown): boolean {
   const typeOf = (v: unknown): string[] =>
     v === null ? ["null"] : Array.isArray(v) ? ["array"] : typeof v === "number" ? (Number.isInteger(v) ? ["integer", "number"] : ["number"]) : [typeof v];
   const types = o.type === undefined ? null : Array.isArray(o.type) ? o.type : [o.type];
-  const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
   return values.every(
     (v) =>
       (!types || typeOf(v).some((t) => types.includes(t))) &&
-      (!("const" in o) || same(o.const, v)) &&
-      (!Array.isArray(o.enum) || o.enum.some((e) => same(e, v))),
+      (!("const" in o) || sameJson(o.const, v)) &&
+      (!Array.isArray(o.enum) || o.enum.some((e) => sameJson(e, v))),
   );
 }
 
@@ -1341,30 +1360,38 @@ export class JsonMatcher {
 
   /**
    * Refuses (a JsonSchemaError, naming the alternative for afterHeads) a schema whose fixed text
-   * the vocabulary cannot write: an enum/const value or a declared property name holding a
-   * character no token's text holds whole. The mask forces such text character by character, so
-   * without this the reply would fail mid-way (a JsonConstraintError once the model had begun
-   * the value), where a request's fault should be refused before any token is generated. A
-   * byte-level vocabulary without a token for "é" writes it as two bytes, each decoding alone to
-   * U+FFFD, which no enum text holds. Free strings need no check: any character may be written
-   * there as a \u escape. A character some token holds only beside others (a vocabulary with
-   * "x☃" but no "☃") passes this check and can still fail mid-reply; that is left to the
-   * JsonConstraintError. Returns the matcher.
+   * the vocabulary cannot write: an enum/const value or a declared property name (as written,
+   * quoted) holding a character no token's text holds whole, or one it holds only beside other
+   * characters that the text around it does not have ("☃" only in "x☃", in an enum's "y☃"). The
+   * mask forces such text, so without this the reply would fail mid-way (a JsonConstraintError once
+   * the model had begun the value), where a request's fault should be refused before any token is
+   * generated. A byte-level vocabulary without a token for "é" writes it as two bytes, each
+   * decoding alone to U+FFFD, which no enum text holds. Free strings need no check: any character
+   * may be written there as a \u escape. Fixed text the vocabulary can write is written: the mask
+   * lets no token lead into a part of it that no token can go on from (see canFinish). Returns
+   * the matcher.
    */
   writableBy(vocab: TokenTexts): this {
-    const chars = charactersOf(vocab);
+    const spelling = spellingOf(vocab);
     this.roots.forEach((root, alternative) => {
       const seen = new Set<Node>();
       const todo = [root];
       const check = (text: string, what: () => string) => {
-        for (const ch of text) {
-          if (chars.has(ch)) continue;
-          const code = `U+${ch.codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0")}`;
-          throw new JsonSchemaError(
-            `${what()} holds ${JSON.stringify(ch)} (${code}), which the model's vocabulary cannot write: no token holds it whole, and the constraint forces that text character by character; leave the character out of it, or use a model whose tokenizer has a token for it`,
-            alternative,
-          );
-        }
+        const writable = writableFrom(text, spelling);
+        if (writable[0]) return;
+        // the last place no run of tokens goes on from holds the character that stops them
+        let stuck = 0;
+        for (let i = 0; i < text.length; i += text.codePointAt(i)! > 0xffff ? 2 : 1) if (!writable[i]) stuck = i;
+        const ch = String.fromCodePoint(text.codePointAt(stuck)!);
+        const code = `U+${ch.codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0")}`;
+        const holders = spelling.within.get(ch);
+        const why = holders
+          ? `its tokens hold it only beside other characters (${holders.slice(0, 3).map((t) => JSON.stringify(t)).join(", ")}${holders.length > 3 ? ", ..." : ""}), none of which fits the text around it, and the constraint forces that text as it is`
+          : "no token holds it whole, and the constraint forces that text character by character";
+        throw new JsonSchemaError(
+          `${what()} holds ${JSON.stringify(ch)} (${code}), which the model's vocabulary cannot write: ${why}; leave the character out of it, or use a model whose tokenizer has a token for it`,
+          alternative,
+        );
       };
       while (todo.length) {
         const node = todo.pop()!;
@@ -1372,7 +1399,7 @@ export class JsonMatcher {
         seen.add(node);
         for (const text of node.literals ?? []) check(text, () => `${node.at}: the enum/const value ${text}`);
         for (const [key, value] of node.properties ?? []) {
-          check(key, () => `${pointer(node.at, "properties", key)}: the property name ${JSON.stringify(key)}`);
+          check(`"${key}"`, () => `${pointer(node.at, "properties", key)}: the property name ${JSON.stringify(key)}`);
           todo.push(value);
         }
         todo.push(...(node.options ?? []));
@@ -1383,6 +1410,28 @@ export class JsonMatcher {
     return this;
   }
 
+  /**
+   * Whether tokens can still finish the text: false only when every reading is inside fixed text
+   * (an enum/const value, a declared key, true/false/null, a head or tail) that `writable(text,
+   * at)` says no run of tokens writes from code unit `at` to its end. The mask asks it of the text
+   * after each token it might allow, so that a token leading into a dead end of fixed text is
+   * never written (writableBy has refused fixed text no run of tokens writes at all).
+   */
+  canFinish(writable: (text: string, at: number) => boolean): boolean {
+    return this.readings.some((r) => {
+      if (!r) return true;
+      const f = r.top;
+      if (f.k === "text") {
+        for (let i = f.lo; i < f.hi; i++) if (writable(f.texts[i]!, f.at)) return true;
+        return false;
+      }
+      if (f.k === "string" && f.key && f.node.properties) {
+        // the declared keys it may still become, as written (quoted), from after the quote and f.text
+        return keyOwners(r.rest).some((o) => (keysLeft(o.top) as string[]).some((k) => k.startsWith(f.text) && writable(`"${k}"`, 1 + f.text.length)));
+      }
+      return true;
+    });
+  }
 
   feed(text: string): JsonMatcher | null {
     let readings = this.readings;
@@ -1484,17 +1533,72 @@ export interface TokenTexts extends TokenView {
 
 const vocabularies = new WeakMap<object, TokenTexts>();
 
-const characters = new WeakMap<readonly string[], Set<string>>();
+/**
+ * How a vocabulary writes characters, after another token: those a token writes alone, and for
+ * each character some token holds only beside others ("x☃" but no "☃"), the texts of those tokens.
+ * A character in neither is not in the vocabulary at all.
+ */
+interface Spelling {
+  alone: Set<string>;
+  within: Map<string, string[]>;
+}
 
-/** Every character some token's text holds whole, alone or after another token (cached per vocabulary). */
-function charactersOf(vocab: TokenTexts): Set<string> {
-  let chars = characters.get(vocab.texts);
-  if (!chars) {
-    chars = new Set<string>();
-    for (const texts of [vocab.texts, vocab.first.texts]) for (const text of texts) for (const ch of text) chars.add(ch);
-    characters.set(vocab.texts, chars);
+const spellings = new WeakMap<readonly string[], Spelling>();
+
+/** The vocabulary's spelling (cached per vocabulary). */
+function spellingOf(vocab: TokenView): Spelling {
+  let spelling = spellings.get(vocab.texts);
+  if (!spelling) {
+    const alone = new Set<string>();
+    for (const text of vocab.texts) if (text && String.fromCodePoint(text.codePointAt(0)!) === text) alone.add(text);
+    const within = new Map<string, Set<string>>();
+    for (const text of vocab.texts) {
+      for (const ch of text) {
+        if (alone.has(ch)) continue;
+        const holders = within.get(ch);
+        if (holders) holders.add(text);
+        else within.set(ch, new Set([text]));
+      }
+    }
+    spelling = { alone, within: new Map([...within].map(([ch, texts]) => [ch, [...texts]])) };
+    spellings.set(vocab.texts, spelling);
   }
-  return chars;
+  return spelling;
+}
+
+/**
+ * Where in fixed `text` the vocabulary can write the rest of it from, token after token: 1 at each
+ * code unit a run of tokens starting there writes the text to its end (with its last token ending
+ * there too, as what follows is not known here), and at the end. The mask forces fixed text, and
+ * a character the vocabulary holds only inside longer tokens ("☃" only in "x☃") is written only
+ * by one of those whose other characters match the text around it: a token that ends right
+ * before it ("y" of "y☃") leads nowhere. Tokens of characters that each have a token alone never
+ * matter (they can be written one by one), so only the holders of the others are tried.
+ */
+function writableFrom(text: string, spelling: Spelling): Uint8Array {
+  const n = text.length;
+  // where a holder of a character written only beside others could start in the text, and its end
+  const jumps = new Map<number, number[]>();
+  for (let i = 0; i < n; ) {
+    const ch = String.fromCodePoint(text.codePointAt(i)!);
+    for (const token of spelling.within.get(ch) ?? []) {
+      for (let o = token.indexOf(ch); o >= 0; o = token.indexOf(ch, o + 1)) {
+        const from = i - o;
+        if (from < 0 || !text.startsWith(token, from)) continue;
+        const ends = jumps.get(from);
+        if (ends) ends.push(from + token.length);
+        else jumps.set(from, [from + token.length]);
+      }
+    }
+    i += ch.length;
+  }
+  const writable = new Uint8Array(n + 1);
+  writable[n] = 1;
+  for (let j = n - 1; j >= 0; j--) {
+    const ch = String.fromCodePoint(text.codePointAt(j)!);
+    if ((spelling.alone.has(ch) && writable[j + ch.length]) || jumps.get(j)?.some((end) => writable[end])) writable[j] = 1;
+  }
+  return writable;
 }
 
 function view(texts: string[]): TokenView {
@@ -1555,15 +1659,24 @@ export function tokenTexts(tokenizer: { decode(ids: number[]): string }, vocabSi
  * accepts stay possible, and an end-of-turn token only once the value is whole (then nothing
  * else). The matcher follows the output as the tokenizer decodes it (the whole output each time,
  * so a character completed by a later byte, or a space a decoder adds only between tokens, is
- * read as the reply will show it). Throws a JsonConstraintError when no token can continue the
- * value (or the text left the constraint): generation stops with an error, never with JSON
- * that does not parse. `tokens` is the row's output so far.
+ * read as the reply will show it). A token into fixed text is allowed only where tokens can
+ * write the rest of it (JsonMatcher.canFinish). Throws a JsonConstraintError when no token can
+ * continue the value (or the text left the constraint): generation stops with an error, never
+ * with JSON that does not parse. `tokens` is the row's output so far.
  */
 export function constrainToJson(vocab: TokenTexts, endIds: number[], matcher: JsonMatcher): (logits: Float32Array, tokens: readonly number[]) => void {
   // the matcher after the text decoded from the last few prefixes of the output (and the empty
   // one), to go back to when a later token changes how earlier ones decode (the bytes of one
   // character, at most 4 tokens)
   const fed: { tokens: number; text: string; state: JsonMatcher }[] = [{ tokens: 0, text: "", state: matcher }];
+  // where the vocabulary can write each fixed text (enum values, keys) from, as the reply meets them
+  const spelling = spellingOf(vocab);
+  const writableAt = new Map<string, Uint8Array>();
+  const writable = (text: string, at: number) => {
+    let places = writableAt.get(text);
+    if (!places) writableAt.set(text, (places = writableFrom(text, spelling)));
+    return places[at] === 1;
+  };
   return (logits, tokens) => {
     if (tokens.length !== fed.at(-1)!.tokens) {
       const text = vocab.decode([...tokens]);
@@ -1597,7 +1710,8 @@ export function constrainToJson(vocab: TokenTexts, endIds: number[], matcher: Js
         if (!after) continue;
         for (const id of ids) {
           if (id >= logits.length || (room !== null && texts.plain[id]! >= 0)) continue; // settled above
-          if (after.feed(texts.texts[id]!.slice(first.length))) {
+          // a token into fixed text only where tokens can go on to its end ("x☃", not "x" then no "☃")
+          if (after.feed(texts.texts[id]!.slice(first.length))?.canFinish(writable)) {
             allowed[id] = 1;
             any = true;
           }

@@ -57,6 +57,23 @@ test("a relation word that starts a sentence is no name where the texts write it
   assert.ok(!shareRelation("Kestrel Ada works at Oakwind Bakeries.", "Kestrel Ada owns a pet dog.", new Set(["ada"])), "a capitalised word inside a sentence stays a name");
 });
 
+test("whether two items are a pair is read from the two texts alone, as findSupersessions reads them: other items' lower-case words change nothing", () => {
+  const older = item("old", "Bath has 3 museums.", "2026-11-10T00:00:00Z");
+  const newer = item("new", "Bath now has 4 museums.", "2026-11-20T00:00:00Z");
+  assert.deepEqual(updatePairs([newer], [older], []), [["old", "new"]]);
+  // an unrelated item writing "bath" in lower case must not unmake the town's name in the two
+  const bath = item("bath", "Ada Brook took a long bath.", "2026-11-01T00:00:00Z");
+  assert.deepEqual(updatePairs([newer], [older, bath], []), [["old", "new"]], "the town is still the name both name");
+  // nor make a relation of a capitalised first word the two never write in lower case: such a
+  // pair would be asked about, and findSupersessions (shareRelation of the two texts) could never
+  // take it for an update
+  const a = item("a", "Mayor of Gulldale is Tom Reed.", "2026-11-10T00:00:00Z");
+  const b = item("b", "Mayor of Gulldale is Ewyn Craneridge.", "2026-11-20T00:00:00Z");
+  const mayor = item("m", "The mayor of Hollowby opened a bridge.", "2026-11-01T00:00:00Z");
+  assert.equal(shareRelation(a.text, b.text), false, "what findSupersessions asks (its sameRelation)");
+  assert.deepEqual(updatePairs([b], [a, mayor], []), [], "so no pair");
+});
+
 test("a shared relation word followed by different small words is another relation, so no update", () => {
   // each pair replaced its true fact in the soak or in tools/eval_updates.ts while any shared word counted
   const otherRelation: [string, string][] = [

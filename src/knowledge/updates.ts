@@ -89,14 +89,27 @@ export function updatePairs(fresh: readonly Item[], known: readonly Item[], ledg
   const stored = (a: Item, b: Item) => (rank.get(a.id) ?? 0) - (rank.get(b.id) ?? 0);
   const newer = (a: Item, b: Item) => newsTime(a) - newsTime(b) || (onePoll(a, b) ? -stored(a, b) : stored(a, b));
   const pool = [...new Map([...fresh, ...known].map((i) => [i.id, i])).values()];
-  const lower = lowerCaseWords(pool.map((i) => i.text));
-  const names = new Map<string, Set<string>>();
-  const namesOf = (i: Item) => names.get(i.id) ?? names.set(i.id, namesIn(i.text, lower)).get(i.id)!;
+  // A pair is read from its two texts alone, as findSupersessions reads it (shareRelation of the
+  // two): a capitalised first word is no name where either writes it in lower case, whatever other
+  // items write ("Ada Brook took a long bath." leaves "Bath has 3 museums." naming Bath). Most
+  // items' names are the same beside any text (no first word they could drop): kept once.
+  const reads = new Map<string, { lower: Set<string>; names: Set<string> | null }>();
+  const readOf = (i: Item) => {
+    let read = reads.get(i.id);
+    if (!read) {
+      const loose = namesIn(i.text, new Set());
+      const fixed = loose.size === namesIn(i.text, new Set(words(i.text).map(stem))).size;
+      reads.set(i.id, (read = { lower: lowerCaseWords([i.text]), names: fixed ? loose : null }));
+    }
+    return read;
+  };
+  const namesBeside = (i: Item, other: Item) => readOf(i).names ?? namesIn(i.text, new Set([...readOf(i).lower, ...readOf(other).lower]));
   const pairs = new Map<string, [string, string]>();
   for (const n of [...fresh].sort((a, b) => newer(b, a))) {
-    const mine = namesOf(n);
     for (const other of pool) {
-      if (other.id === n.id || other.text === n.text || ![...namesOf(other)].some((w) => mine.has(w)) || !shareRelation(other.text, n.text, lower)) continue;
+      if (other.id === n.id || other.text === n.text) continue;
+      const mine = namesBeside(n, other);
+      if (![...namesBeside(other, n)].some((w) => mine.has(w)) || !shareRelation(other.text, n.text)) continue;
       const [o, x] = newer(other, n) < 0 ? [other, n] : [n, other];
       pairs.set(`${o.id} ${x.id}`, [o.id, x.id]);
       if (pairs.size >= max) return [...pairs.values()];

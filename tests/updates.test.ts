@@ -2,6 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { Item } from "../src/knowledge/ledger.js";
+import { entitiesIn } from "../src/knowledge/grounding.js";
 import { newsTime, pairedHeldItems, relationWords, shareRelation, updatePairs } from "../src/knowledge/updates.js";
 
 function item(id: string, text: string, at: string, publishedAt?: string): Item {
@@ -55,6 +56,14 @@ test("a relation word that starts a sentence is no name where the texts write it
   // a name's words stay names even where another text writes one in lower case ("brook", "ada")
   assert.ok(!shareRelation("Ada Brook works at Oakwind Bakeries.", "Ada Brook owns a pet dog.", new Set(["ada", "brook"])), "the first word of a longer name stays a name");
   assert.ok(!shareRelation("Kestrel Ada works at Oakwind Bakeries.", "Kestrel Ada owns a pet dog.", new Set(["ada"])), "a capitalised word inside a sentence stays a name");
+});
+
+test("a first word is kept as a name for a name that follows it in its own sentence only", () => {
+  const lower = new Set(["update", "mayor"]);
+  // "Update:" ends its sentence: "Mayor" after it starts the next one, and follows nothing
+  assert.deepEqual(entitiesIn("Update: Mayor of Gulldale is Ewyn Craneridge.", lower), ["gulldale", "ewyn", "craneridge"]);
+  assert.deepEqual(entitiesIn("Update: the mayor of Gulldale is Ewyn Craneridge.", lower), ["gulldale", "ewyn", "craneridge"]);
+  assert.deepEqual(entitiesIn("Mayor Ewyn Craneridge opened it.", lower), ["mayor", "ewyn", "craneridge"], "a name in the same sentence still keeps it");
 });
 
 test("whether two items are a pair is read from the two texts alone, as findSupersessions reads them: other items' lower-case words change nothing", () => {

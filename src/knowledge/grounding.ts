@@ -20,7 +20,9 @@ export const isNameToken = (t: string): boolean => /^\P{L}*\p{Lu}|\p{N}/u.test(t
 export function namesIn(text: string, o: { sentenceStarts?: boolean; lowerCase?: ReadonlySet<string> } = {}): string[] {
   const tokens = text.trim().split(/\s+/).filter(Boolean);
   const startsSentence = (k: number) => k === 0 || /[.!?:]["')]*$/.test(tokens[k - 1]!);
-  const common = (t: string, k: number) => !!o.lowerCase && !isNameToken(tokens[k + 1] ?? "") && words(t).every((w) => o.lowerCase!.has(stem(w)));
+  // a name after it counts only within its sentence ("Update: Mayor of ..." has none after "Update:")
+  const nameFollows = (k: number) => k + 1 < tokens.length && !startsSentence(k + 1) && isNameToken(tokens[k + 1]!);
+  const common = (t: string, k: number) => !!o.lowerCase && !nameFollows(k) && words(t).every((w) => o.lowerCase!.has(stem(w)));
   return tokens
     .filter((t, k) => /\p{N}/u.test(t) || (isNameToken(t) && (startsSentence(k) ? o.sentenceStarts && !common(t, k) : true)))
     .flatMap(words)

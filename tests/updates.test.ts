@@ -64,6 +64,9 @@ test("a first word is kept as a name for a name that follows it in its own sente
   assert.deepEqual(entitiesIn("Update: Mayor of Gulldale is Ewyn Craneridge.", lower), ["gulldale", "ewyn", "craneridge"]);
   assert.deepEqual(entitiesIn("Update: the mayor of Gulldale is Ewyn Craneridge.", lower), ["gulldale", "ewyn", "craneridge"]);
   assert.deepEqual(entitiesIn("Mayor Ewyn Craneridge opened it.", lower), ["mayor", "ewyn", "craneridge"], "a name in the same sentence still keeps it");
+  // a sentence ends before a closing curly quote or bracket too, as relationFollowers splits them
+  assert.deepEqual(entitiesIn("Tom Reed said \u201Cwe won.\u201D Mayor of Gulldale is Ewyn Craneridge.", lower), ["tom", "reed", "gulldale", "ewyn", "craneridge"]);
+  assert.deepEqual(entitiesIn("It ended [at last.] Mayor of Gulldale is Ewyn Craneridge.", lower), ["gulldale", "ewyn", "craneridge"]);
 });
 
 test("whether two items are a pair is read from the two texts alone, as findSupersessions reads them: other items' lower-case words change nothing", () => {

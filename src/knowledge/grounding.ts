@@ -19,7 +19,8 @@ export const isNameToken = (t: string): boolean => /^\P{L}*\p{Lu}|\p{N}/u.test(t
  */
 export function namesIn(text: string, o: { sentenceStarts?: boolean; lowerCase?: ReadonlySet<string> } = {}): string[] {
   const tokens = text.trim().split(/\s+/).filter(Boolean);
-  const startsSentence = (k: number) => k === 0 || /[.!?:]["')]*$/.test(tokens[k - 1]!);
+  // after . ! ? : and any closing quote or bracket, straight or curly (as updates.ts splits sentences)
+  const startsSentence = (k: number) => k === 0 || /[.!?:]["'\u2019\u201D)\]]*$/u.test(tokens[k - 1]!);
   // a name after it counts only within its sentence ("Update: Mayor of ..." has none after "Update:")
   const nameFollows = (k: number) => k + 1 < tokens.length && !startsSentence(k + 1) && isNameToken(tokens[k + 1]!);
   const common = (t: string, k: number) => !!o.lowerCase && !nameFollows(k) && words(t).every((w) => o.lowerCase!.has(stem(w)));

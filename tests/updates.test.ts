@@ -3,7 +3,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { Item } from "../src/knowledge/ledger.js";
 import { entitiesIn } from "../src/knowledge/grounding.js";
-import { newsTime, pairedHeldItems, relationWords, shareRelation, updatePairs } from "../src/knowledge/updates.js";
+import { lowerCaseWords, newsTime, pairedHeldItems, relationWords, shareRelation, updatePairs } from "../src/knowledge/updates.js";
 
 function item(id: string, text: string, at: string, publishedAt?: string): Item {
   return { id, kind: "feed", text, status: "pending", createdAt: at, updatedAt: at, source: publishedAt ? { publishedAt } : {}, contentHash: id, scores: [], history: [] };
@@ -67,6 +67,13 @@ test("a first word is kept as a name for a name that follows it in its own sente
   // a sentence ends before a closing curly quote or bracket too, as relationFollowers splits them
   assert.deepEqual(entitiesIn("Tom Reed said \u201Cwe won.\u201D Mayor of Gulldale is Ewyn Craneridge.", lower), ["tom", "reed", "gulldale", "ewyn", "craneridge"]);
   assert.deepEqual(entitiesIn("It ended [at last.] Mayor of Gulldale is Ewyn Craneridge.", lower), ["gulldale", "ewyn", "craneridge"]);
+});
+
+test("only words written in lower case are lower-case words: a capitalised part of a hyphenated word is none", () => {
+  assert.deepEqual([...lowerCaseWords(["The pro-Gulldale group met an ex-Mayor."])].sort(), ["an", "ex", "group", "met", "pro"]);
+  const older = item("old", "Gulldale has 3 museums.", "2026-11-10T00:00:00Z");
+  const newer = item("new", "Gulldale now has 4 museums. The pro-Gulldale council said so.", "2026-11-20T00:00:00Z");
+  assert.deepEqual(updatePairs([newer], [older], []), [["old", "new"]], "the town both start with is still their name");
 });
 
 test("whether two items are a pair is read from the two texts alone, as findSupersessions reads them: other items' lower-case words change nothing", () => {

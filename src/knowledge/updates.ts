@@ -1,7 +1,7 @@
 // News updates facts ("Lisa Yewby now owns a pet cat." after "...a pet dog."). Whether a newer
 // item replaces an older one is asked of the model when a bake starts (bake/probes.ts,
 // findSupersessions); this picks the pairs worth asking about and says which of two is newer.
-import { entitiesIn, isFunctionWord, isNameToken, isTimeWord, root, stem, words } from "./grounding.js";
+import { entitiesIn, isFunctionWord, isTimeWord, root, stem, words } from "./grounding.js";
 import type { Item } from "./ledger.js";
 
 /** Pairs asked about per bake, at most: each costs a few greedy replies of the base model. */
@@ -10,9 +10,10 @@ export const MAX_UPDATE_PAIRS = 48;
 /**
  * Stems the texts write in lower case somewhere. A word written so is no name where a sentence
  * starts with it: "Mayor of Gulldale is Ewyn Craneridge." beside "The mayor of Gulldale is ...".
+ * Each word is read on its own: "pro-Gulldale" writes "pro" in lower case, not "Gulldale".
  */
 export function lowerCaseWords(texts: readonly string[]): Set<string> {
-  return new Set(texts.flatMap((t) => t.split(/\s+/).filter((tok) => tok && !isNameToken(tok))).flatMap(words).map(stem));
+  return new Set(texts.flatMap((t) => t.match(/[\p{L}\p{N}']+/gu) ?? []).filter((w) => !/\p{Lu}|\p{N}/u.test(w)).map(stem));
 }
 
 /** The names of a text (stemmed); a sentence's first word not when the texts around it write it in lower case. */

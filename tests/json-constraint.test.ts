@@ -695,3 +695,13 @@ test("a character the vocabulary holds only inside longer tokens: fixed text tha
   assert.deepEqual(["x", "x☃"].map((t) => logits[texts.indexOf(t)]), [-Infinity, 0], '"x" alone leads nowhere');
   assert.deepEqual(JSON.parse(walk({ type: "object", properties: { "x☃": { const: "ax☃" } }, required: ["x☃"] })), { "x☃": "ax☃" });
 });
+
+test("an enum/const value JSON cannot write (a number past a double's range: JSON.stringify writes it null) is no value the model writes", () => {
+  // a request's JSON.parse reads 1e999 as Infinity, whose text is "null"
+  const schema = JSON.parse('{"type": "number", "enum": [1e999, 2]}') as JsonSchema;
+  assert.equal(JsonMatcher.of(schema).feed("null"), null, "null is not a number of the enum");
+  assert.ok(accepts(schema, "2"));
+  const inArray = JSON.parse('{"type": "array", "enum": [[1e999], [2]]}') as JsonSchema;
+  assert.ok(!accepts(inArray, "[null]") && accepts(inArray, "[2]"), "nor inside an array");
+  assert.throws(() => JsonMatcher.of(JSON.parse('{"enum": [-1e999]}') as JsonSchema), JsonSchemaError, "nothing else: no value fits");
+});

@@ -290,8 +290,9 @@ function flattenUnions(nodes: readonly Node[]): Map<Node, Node[]> {
   return leaves;
 }
 
+/** A value's JSON type; null for what JSON cannot write (a number past a double's range, which JSON.stringify writes as null). */
 const jsonTypeOf = (v: unknown): JsonType | null =>
-  v === null ? "null" : Array.isArray(v) ? "array" : typeof v === "number" ? (Number.isInteger(v) ? "integer" : "number") : typeof v === "string" || typeof v === "boolean" || typeof v === "object" ? (typeof v as JsonType) : null;
+  v === null ? "null" : Array.isArray(v) ? "array" : typeof v === "number" ? (!Number.isFinite(v) ? null : Number.isInteger(v) ? "integer" : "number") : typeof v === "string" || typeof v === "boolean" || typeof v === "object" ? (typeof v as JsonType) : null;
 
 /**
  * A JSON value's text with each object's keys sorted: two values are equal as JSON Schema compares

@@ -705,3 +705,18 @@ test("an enum/const value JSON cannot write (a number past a double's range: JSO
   assert.ok(!accepts(inArray, "[null]") && accepts(inArray, "[2]"), "nor inside an array");
   assert.throws(() => JsonMatcher.of(JSON.parse('{"enum": [-1e999]}') as JsonSchema), JsonSchemaError, "nothing else: no value fits");
 });
+
+test("fixed text the vocabulary cannot write is refused naming the character that stops it, not one a token writes", () => {
+  // "☃" only in "x☃", which fits "x☃" here; "é" is in no token
+  const texts = ["", "{", "}", "[", "]", '"', ":", ",", " ", "a", "b", "x", "y", "x☃"];
+  const vocab = tokenTexts({ decode: (ids: number[]) => ids.map((id) => texts[id]!).join("") }, texts.length);
+  assert.doesNotThrow(() => JsonMatcher.of({ enum: ["a x☃"] }).writableBy(vocab));
+  assert.throws(
+    () => JsonMatcher.of({ enum: ["é x☃"] }).writableBy(vocab),
+    (err: unknown) => err instanceof JsonSchemaError && /holds "é" \(U\+00E9\), which the model's vocabulary cannot write: no token holds it whole/.test(err.message),
+  );
+  assert.throws(
+    () => JsonMatcher.of({ enum: ["y☃ x☃"] }).writableBy(vocab),
+    (err: unknown) => err instanceof JsonSchemaError && /holds "☃" \(U\+2603\), which the model's vocabulary cannot write: its tokens hold it only beside other characters \("x☃"\)/.test(err.message),
+  );
+});

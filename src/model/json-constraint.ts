@@ -1378,11 +1378,8 @@ export class JsonMatcher {
       const seen = new Set<Node>();
       const todo = [root];
       const check = (text: string, what: () => string) => {
-        const writable = writableFrom(text, spelling);
-        if (writable[0]) return;
-        // the last place no run of tokens goes on from holds the character that stops them
-        let stuck = 0;
-        for (let i = 0; i < text.length; i += text.codePointAt(i)! > 0xffff ? 2 : 1) if (!writable[i]) stuck = i;
+        if (writableFrom(text, spelling)[0]) return;
+        const stuck = stuckAt(text, spelling);
         const ch = String.fromCodePoint(text.codePointAt(stuck)!);
         const code = `U+${ch.codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0")}`;
         const holders = spelling.within.get(ch);
@@ -1578,7 +1575,19 @@ function spellingOf(vocab: TokenView): Spelling {
  */
 function writableFrom(text: string, spelling: Spelling): Uint8Array {
   const n = text.length;
-  // where a holder of a character written only beside others could start in the text, and its end
+  const jumps = holderJumps(text, spelling);
+  const writable = new Uint8Array(n + 1);
+  writable[n] = 1;
+  for (let j = n - 1; j >= 0; j--) {
+    const ch = String.fromCodePoint(text.codePointAt(j)!);
+    if ((spelling.alone.has(ch) && writable[j + ch.length]) || jumps.get(j)?.some((end) => writable[end])) writable[j] = 1;
+  }
+  return writable;
+}
+
+/** Where in fixed `text` a holder of a character written only beside others could start, and its ends. */
+function holderJumps(text: string, spelling: Spelling): Map<number, number[]> {
+  const n = text.length;
   const jumps = new Map<number, number[]>();
   for (let i = 0; i < n; ) {
     const ch = String.fromCodePoint(text.codePointAt(i)!);
@@ -1593,13 +1602,27 @@ function writableFrom(text: string, spelling: Spelling): Uint8Array {
     }
     i += ch.length;
   }
-  const writable = new Uint8Array(n + 1);
-  writable[n] = 1;
-  for (let j = n - 1; j >= 0; j--) {
-    const ch = String.fromCodePoint(text.codePointAt(j)!);
-    if ((spelling.alone.has(ch) && writable[j + ch.length]) || jumps.get(j)?.some((end) => writable[end])) writable[j] = 1;
+  return jumps;
+}
+
+/**
+ * The furthest place in fixed `text` that runs of tokens from its start reach, for text they do
+ * not write to its end: no token starts there, so the character there is one that stops them
+ * (a place past it may be one no token starts at but that a token begun before it writes through).
+ */
+function stuckAt(text: string, spelling: Spelling): number {
+  const jumps = holderJumps(text, spelling);
+  const reached = new Uint8Array(text.length + 1);
+  reached[0] = 1;
+  let furthest = 0;
+  for (let i = 0; i < text.length; i++) {
+    if (!reached[i]) continue;
+    furthest = i;
+    const ch = String.fromCodePoint(text.codePointAt(i)!);
+    if (spelling.alone.has(ch)) reached[i + ch.length] = 1;
+    for (const end of jumps.get(i) ?? []) reached[end] = 1;
   }
-  return writable;
+  return furthest;
 }
 
 function view(texts: string[]): TokenView {

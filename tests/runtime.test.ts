@@ -10,7 +10,7 @@ import cron from "node-cron";
 import { initBackend } from "../src/tensor/backend.js";
 import { Runtime } from "../src/runtime/runtime.js";
 import { loadAgentConfig } from "../src/runtime/agent-config.js";
-import { chooseReplay, replayAdvice, scaledTrajectories, type Agent } from "../src/runtime/agent.js";
+import { bakeOrder, chooseReplay, replayAdvice, scaledTrajectories, type Agent } from "../src/runtime/agent.js";
 import { SETTLE_MS } from "../src/feeds/feeds.js";
 import { LEDGER_LIMITS, type BakeRun, type Item } from "../src/knowledge/ledger.js";
 import { createServer } from "../src/server/index.js";
@@ -819,6 +819,14 @@ test("retracting expired news the live lineage absorbed rebuilds (versions stop 
     await runtime.stop();
     rmSync(dir, { recursive: true });
   }
+});
+
+test("bake order: news never absorbed first, then what a promoted bake lost, then what the last bake was rejected on", () => {
+  const item = (id: string, ...statuses: Item["status"][]): Item => ({ id, history: statuses.map((status) => ({ at: "", status })) }) as Item;
+  const waiting = [item("lost1", "pending", "baking", "absorbed", "pending"), item("rej", "pending", "baking", "pending"), item("news1", "pending"), item("lost2", "absorbed", "pending"), item("news2", "pending")];
+  assert.deepEqual(bakeOrder(waiting, new Set(["rej"])).map((i) => i.id), ["news1", "news2", "lost1", "lost2", "rej"]);
+  // a lost item the last bake was rejected on goes last too
+  assert.deepEqual(bakeOrder(waiting, new Set(["lost1"])).map((i) => i.id), ["rej", "news1", "news2", "lost2", "lost1"]);
 });
 
 test("replay: the items that a rejected bake among the last three lost come first, on top of the usual share in turn", () => {

@@ -76,6 +76,19 @@ export function chooseReplay(held: Item[], n: number, bakes: readonly BakeRun[],
 }
 
 /**
+ * The order pending items are baked in, bake.maxItems at a time: news never absorbed first, then
+ * what a promoted bake lost (baked again), then the items the last bake was rejected on, each in
+ * the order stored. Lost items were stored earlier, so they used to come first: an agent behind
+ * on its news (the soak's newsroom, 98 pending at the end) spent its bakes learning again what it
+ * had lost while the news, the updates among it, waited.
+ */
+export function bakeOrder(waiting: readonly Item[], lastRejected: ReadonlySet<string>): Item[] {
+  const lost = (i: Item) => i.history.some((h) => h.status === "absorbed");
+  const rank = (i: Item) => (lastRejected.has(i.id) ? 2 : lost(i) ? 1 : 0);
+  return waiting.map((i, k) => ({ i, k })).sort((a, b) => rank(a.i) - rank(b.i) || a.k - b.k).map(({ i }) => i);
+}
+
+/**
  * Trajectories for a bake that replays items at risk on top of the load the agent file sized its
  * trajectories for (the new items and `sizedReplay` replayed): as many more as there are items
  * more, at most 4 times as many (a bake's time grows with them).
@@ -462,11 +475,9 @@ export class Agent {
     void this.expireOldNews().catch((err: Error) => this.log(`expiring old news failed: ${err.message}`));
     const liveVersion = ledger.data.live;
     const liveItems = this.heldItems();
-    // items the last bake was rejected on go last, so that news gets in ahead of them
     const last = ledger.data.bakes.at(-1);
     const lastRejected = new Set(last?.status === "rejected" ? last.itemIds : []);
-    const waiting = ledger.items({ status: "pending" });
-    const pending = [...waiting.filter((i) => !lastRejected.has(i.id)), ...waiting.filter((i) => lastRejected.has(i.id))].slice(0, cfg.bake.maxItems);
+    const pending = bakeOrder(ledger.items({ status: "pending" }), lastRejected).slice(0, cfg.bake.maxItems);
     const absorbed = ledger.items({ status: "absorbed" });
     const consolidate = !!opts.consolidate;
     let fresh: Item[];

@@ -3,13 +3,13 @@
 // gate, replay, bake worker) on the embedded model with facts of the fictional world the model
 // never saw (held-out, then context-only), no clock and no server:
 //
-//   node dist/tools/eval_pace.js [--bakes 10] [--news 8] [--replay 10] [--max-items 20] [--trajectories 96] [--kinds company,person] [--json]
+//   node dist/tools/eval_pace.js [--model default] [--bakes 10] [--news 8] [--replay 10] [--max-items 20] [--trajectories 96] [--kinds company,person] [--agent '{"gate": ...}'] [--json]
 //
 // Each round tells the agent --news new facts (`remember`, as a feed poll stores them) and runs one
 // bake. It prints each bake (new, replayed, absorption, retention, seconds, pending after) and, at
 // the end, `verify` over everything the ledger says is absorbed: what the live weights hold,
 // asked with nothing in the prompt, against how many facts were told.
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { stringify } from "yaml";
@@ -27,8 +27,13 @@ const MAX_ITEMS = num("max-items", 20);
 const TRAJECTORIES = num("trajectories", 96);
 const KINDS = (flagValue("--kinds") ?? "company,person").split(",");
 const JSON_OUT = args.includes("--json");
+/** the agent's model: "default" (kiln-mini), a model directory or a pulled hub id; the facts are new to any model */
+const MODEL = flagValue("--model") ?? "default";
+/** more of the agent file, as JSON (replaces the sections it names) */
 const EXTRA = JSON.parse(flagValue("--agent") ?? "{}") as Record<string, unknown>;
 
+for (const [name, v] of Object.entries({ bakes: BAKES, news: NEWS, "max-items": MAX_ITEMS, trajectories: TRAJECTORIES })) if (!Number.isInteger(v) || v < 1) throw new Error(`--${name} is a whole number of at least 1, not ${v}`);
+if (!Number.isInteger(REPLAY) || REPLAY < 0) throw new Error(`--replay is a whole number, not ${REPLAY}`);
 await initBackend();
 const idx = new WorldIndex(generateWorld());
 const news = [...idx.heldoutFacts, ...idx.contextFacts].filter((f) => KINDS.includes(idx.entity(f.subject).kind));
@@ -41,7 +46,7 @@ writeFileSync(
   agentFile,
   stringify({
     name: "pace",
-    model: "default",
+    model: existsSync(MODEL) ? path.resolve(MODEL) : MODEL, // (the agent file lives in a temp folder)
     bake: {
       maxItems: MAX_ITEMS,
       probesPerItem: 2,

@@ -235,7 +235,11 @@ function startFeedServer(desk: NewsDesk): Promise<{ url: string; requests: () =>
   );
 }
 
-/** The two agents of the soak (the settings of agents/demo.yaml, short schedules). */
+/**
+ * The two agents of the soak (the settings of agents/demo.yaml and agents/newsroom.yaml, short
+ * schedules). Until session 11 newsroom replayed 10 on 96 trajectories and fell behind its news
+ * (98 pending at the end of a 2-hour run); tools/eval_pace.ts sized it (docs/default-model-eval.md).
+ */
 function agentFiles(feedsUrl: string): Record<string, string> {
   const lora = "lora: { r: 16, alpha: 32, targetModules: [q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj] }";
   return {
@@ -265,9 +269,9 @@ bake:
   maxItems: 20
   probesPerItem: 2
   openQuestions: ["Hello!", "Who are you?", "What do you know?", "Any news?"]
-  settings: { trajectories: 96, epochs: 8, patience: 4, learningRate: 0.002, maxReplyTokens: 16, batchSize: 16, ${lora} }
+  settings: { trajectories: 160, epochs: 8, patience: 4, learningRate: 0.002, maxReplyTokens: 16, batchSize: 16, ${lora} }
 gate: { minAbsorption: 0.6, minRetention: 0.6, minPersona: 0.8, itemPass: 0.5 }
-replay: 10
+replay: 30
 keepVersions: 5
 `,
   };

@@ -263,6 +263,28 @@ test("refusals: a destination in use, an architecture llama.cpp's converter cann
   });
 });
 
+test("a GGUF export with --force replaces only an earlier GGUF: a ledger or any other file is never written over; a missing folder is made", async () => {
+  await withStored("llama", ALL, 12, async (model, _adapter, dir) => {
+    const root = path.dirname(dir);
+    // an agent's ledger beside its versions: `--to .../ledger.json --force` once wrote the GGUF over it
+    const ledger = path.join(root, "ledger.json");
+    writeFileSync(ledger, '{"schema":1,"live":"v0001","items":[]}');
+    for (const force of [false, true]) {
+      await assert.rejects(exportAdapter(source(model, dir), ledger, { format: "gguf", force }), /ledger\.json: already exists and is not a GGUF file; kiln will not replace it/);
+    }
+    assert.equal(readFileSync(ledger, "utf8"), '{"schema":1,"live":"v0001","items":[]}');
+    // a file too short to hold the magic is not a GGUF either
+    const tiny = path.join(root, "tiny.gguf");
+    writeFileSync(tiny, "GG");
+    await assert.rejects(exportAdapter(source(model, dir), tiny, { format: "gguf", force: true }), /not a GGUF file/);
+    // a GGUF export's folder is made as a PEFT export's is, not failed with ENOENT on a temp file
+    const nested = path.join(root, "new", "folder", "a.gguf");
+    await exportAdapter(source(model, dir), nested, { format: "gguf" });
+    await exportAdapter(source(model, dir), nested, { format: "gguf", force: true }); // an earlier GGUF is replaced
+    assert.equal(readFileSync(nested).subarray(0, 4).toString("latin1"), "GGUF");
+  });
+});
+
 test("kiln versions export and the admin API: by version id or live, beside the agent's state; unknown versions and base are named", async () => {
   const all = { ...FAST_BAKE, lora: { ...FAST_BAKE.lora, targetModules: ALL.targetModules } };
   const { dir, file } = writeTestAgent({ bake: { probesPerItem: 1, checkProbes: false, openQuestions: ["hello"], settings: all } });

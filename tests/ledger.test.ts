@@ -249,3 +249,24 @@ test("whyNotLive: a rejected, pruned, or retracted-item-holding version says why
   await ledger.close();
   rmSync(dir, { recursive: true });
 });
+
+test("an item is found by its id or by an end of it that only one id has; an ambiguous or empty one is refused, never the first match", async () => {
+  const dir = tmp();
+  const ledger = await Ledger.open(path.join(dir, "ledger.json"));
+  for (const text of ["Ada owns a cat.", "Bo owns a dog.", "Cy owns a fish."]) await ledger.addItem({ kind: "manual", text });
+  const ids = ["k_mwyp5661ad1d78", "k_mwyp566102bfc8", "k_mwyp56616cef34"];
+  await ledger.update((d) => d.items.forEach((i, n) => (i.id = ids[n]!)));
+  // an archived item counts too (and an item in both the ledger and the archive is one item)
+  const archived = { ...ledger.data.items[2]!, id: "k_mwyp4000aaaa38", text: "Di owns a horse.", archivedAt: "t" };
+  writeFileSync(ledger.archiveFile, [archived, { ...ledger.data.items[1]!, archivedAt: "t" }].map((i) => JSON.stringify(i) + "\n").join(""));
+
+  assert.equal(ledger.item("k_mwyp566102bfc8").text, "Bo owns a dog.");
+  assert.equal(ledger.item("bfc8").text, "Bo owns a dog.", "a unique end of an id");
+  assert.equal(ledger.item("aaaa38").text, "Di owns a horse.", "a unique end of an archived id");
+  // "8" ends three ids: `kiln knowledge retract demo 8` retracted the first of them
+  assert.throws(() => ledger.item("8"), /item id 8 is ambiguous: 3 items end with it \(k_mwyp5661ad1d78, k_mwyp566102bfc8, k_mwyp4000aaaa38\); give more of the id/);
+  assert.throws(() => ledger.item(""), /no item "" \(the id is empty\)/);
+  assert.throws(() => ledger.item("zz"), /no item zz/);
+  await ledger.close();
+  rmSync(dir, { recursive: true });
+});

@@ -250,6 +250,13 @@ export class Ledger {
       throw new LedgerError(`${file} is not a kiln ledger (schema ${String((data as { schema?: unknown })?.schema)}); it was left untouched`);
     }
     data.feeds ??= [];
+    // A version's folder is vNNNN beside the ledger, though its record names it in full: an agent's
+    // home copied or moved elsewhere (a backup restored, --checkpoints elsewhere) reads its own
+    // versions, not the old place's (nor, pruning, deletes those), and finds them when the old is gone.
+    const home = path.dirname(path.resolve(file));
+    for (const v of data.versions ?? []) {
+      if (typeof v.dir === "string" && v.dir) v.dir = path.join(home, path.basename(v.dir));
+    }
     return new Ledger(file, db, lockFile);
   }
 

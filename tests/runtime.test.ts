@@ -266,6 +266,37 @@ test("on start, item statuses follow the live version (a crash between a promoti
   }
 });
 
+test("a retraction whose rebuild the process did not finish: on start the weights holding the retracted item leave, the rest is baked again", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  try {
+    let runtime = await Runtime.fromFiles(file);
+    const agent = runtime.agent("tester");
+    const { item: keep } = await agent.remember("The lighthouse keeper is Mira Tolle.");
+    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    assert.deepEqual(agent.ledger.version("v0001").items.sort(), [keep.id, drop.id].sort());
+    await runtime.stop();
+    // as `kiln knowledge retract` killed during its rebuild leaves it: the item marked, the rebuild running
+    const ledgerFile = path.join(dir, "home", "ledger.json");
+    const data = JSON.parse(readFileSync(ledgerFile, "utf8"));
+    data.items.find((i: Item) => i.id === drop.id).status = "retracted";
+    data.bakes.push({ id: "b_cut", startedAt: new Date().toISOString(), status: "running", trigger: "retraction", parent: null, itemIds: [keep.id], replayIds: [] } satisfies BakeRun);
+    writeFileSync(ledgerFile, JSON.stringify(data));
+    const logs: string[] = [];
+    runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+    const again = runtime.agent("tester");
+    assert.equal(again.live.version, null, "v0001 holds the retracted item: it no longer answers");
+    assert.equal(again.ledger.data.live, null);
+    assert.equal(again.ledger.item(drop.id).status, "retracted");
+    assert.equal(again.ledger.item(keep.id).status, "pending", "baked again by the next bake");
+    assert.ok(logs.some((m) => m.startsWith(`v0001 holds retracted item(s) ${drop.id} (a retraction's rebuild did not finish): the base model is live instead`)), logs.join("\n"));
+    await assert.rejects(again.rollback("v0001"), /holds retracted item/);
+    await runtime.stop();
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("retention checks take the items checked longest ago, bake.retentionChecks at a time; the rest are carried over", async () => {
   const { dir, file } = writeTestAgent({ feeds: [], replay: 0, retentionChecks: 1 });
   const runtime = await Runtime.fromFiles(file);

@@ -140,6 +140,29 @@ test("feeds add writes a local feed's path as the agent file will read it, and r
   }
 });
 
+test("feeds add gives an agent with no feeds yet its first (no feeds key, or []), keeping the file's comments", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-feeds-"));
+  try {
+    const feed = path.join(repoRoot(), "feeds", "town-gazette.rss.xml");
+    for (const [n, feeds] of [["1", ""], ["2", "feeds: []\n"]] as const) {
+      const file = path.join(dir, `a${n}.yaml`);
+      writeFileSync(file, `# my reader\nname: reader${n}\n${feeds}home: home${n}   # its state\n`);
+      const r = kiln(["feeds", "add", `reader${n}`, "gazette", feed, "--agents", file]);
+      // it failed with "Expected YAML collection at feeds. Remaining path: " and left the file as it was
+      assert.equal(r.status, 0, `${feeds || "(no key)"}: ${r.stderr}`);
+      const text = readFileSync(file, "utf8");
+      assert.match(text, /^# my reader\n/);
+      assert.match(text, /home: home\d +# its state/);
+      assert.match(text, /^feeds:\n  - id: gazette\n    url: .*town-gazette\.rss\.xml\n    schedule: "\*\/30 \* \* \* \*"$/m);
+      const list = kiln(["feeds", "list", `reader${n}`, "--agents", file, "--json"]);
+      assert.equal(list.status, 0, list.stderr);
+      assert.deepEqual(JSON.parse(list.stdout).map((f: { id: string }) => f.id), ["gazette"]);
+    }
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("the read commands on an agent nothing has polled or baked for yet show it empty, naming where its ledger will be", () => {
   const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-new-"));
   try {

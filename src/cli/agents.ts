@@ -6,7 +6,7 @@ import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import { Option, type Command } from "commander";
-import { parseDocument, parse as parseYaml } from "yaml";
+import { isSeq, parseDocument, parse as parseYaml } from "yaml";
 import { initBackend } from "../tensor/backend.js";
 import { ITEM_STATUSES, Ledger, type Item, type ItemStatus } from "../knowledge/ledger.js";
 import { loadAgentConfig, parseAgentConfig, type AgentConfig } from "../runtime/agent-config.js";
@@ -159,8 +159,14 @@ export function registerAgentCommands(program: Command): void {
         url = path.relative(path.dirname(c.file!), file) || file;
       }
       const doc = parseDocument(readFileSync(c.file!, "utf8"));
-      const list = (doc.get("feeds") as { items?: unknown[] } | undefined)?.items ?? [];
-      if (list.length === 0) doc.set("feeds", []);
+      // no feeds yet (no key, `feeds:` or `feeds: []`): a block list to add to (a plain [] set
+      // here is no YAML node, and adding to it failed with "Expected YAML collection at feeds")
+      const list = doc.get("feeds");
+      if (!isSeq(list) || list.items.length === 0) {
+        const seq = doc.createNode([]);
+        seq.flow = false;
+        doc.set("feeds", seq);
+      }
       doc.addIn(["feeds"], doc.createNode({ id, url, schedule: o.schedule }));
       // Validate the result before writing, so a bad feed never breaks the agent file.
       loadAgentConfigFromText(doc.toString(), c.file!, o.checkpoints);

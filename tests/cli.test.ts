@@ -58,6 +58,26 @@ test("option values are checked before any work, naming the option", () => {
   assert.match(onPolicyTopK.stderr, /--objective on-policy --kl topk: the on-policy objective needs kl: full/);
 });
 
+test("kiln bake --questions: a file that is not JSON is named, and an empty one is refused rather than baked on questions the model writes", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-questions-"));
+  try {
+    const bake = (file: string) => kiln(["bake", "--prompt", "x", "--out", path.join(dir, "out"), "--questions", file, "--epochs", "1", "--trajectories", "1", "--quiet"]);
+    writeFileSync(path.join(dir, "broken.json"), "[bad");
+    const broken = bake(path.join(dir, "broken.json"));
+    assert.equal(broken.status, 1);
+    assert.match(broken.stderr, /broken\.json: not valid JSON \(.*\); give a JSON array of strings/);
+    for (const [name, text] of [["empty.txt", ""], ["blank.txt", "\n  \n"], ["empty.json", "[]"]]) {
+      writeFileSync(path.join(dir, name), text);
+      const r = bake(path.join(dir, name));
+      assert.equal(r.status, 1, `${name}: ${r.stdout}`);
+      assert.match(r.stderr, new RegExp(`${name.replace(".", "\\.")} holds no questions .*leave --questions out to have the model write them`));
+    }
+    assert.ok(!existsSync(path.join(dir, "out")), "nothing baked");
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("kiln bake takes its prompt from --prompt or --prompt-file, and never writes over a folder that is not an adapter", () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-bake-"));
   try {

@@ -163,12 +163,22 @@ program
 function readQuestions(file: string): string[] {
   if (!existsSync(file)) throw new Error(`${file}: no such questions file`);
   const text = readFileSync(file, "utf8");
+  let questions: string[];
   if (file.endsWith(".json")) {
-    const arr = JSON.parse(text);
+    let arr: unknown;
+    try {
+      arr = JSON.parse(text);
+    } catch (err) {
+      throw new Error(`${file}: not valid JSON (${(err as Error).message.split("\n")[0]}); give a JSON array of strings, or one question a line in a .txt file`);
+    }
     if (!Array.isArray(arr) || !arr.every((q) => typeof q === "string")) throw new Error(`${file}: expected a JSON array of strings`);
-    return arr;
+    questions = arr.map((q) => q.trim()).filter(Boolean);
+  } else {
+    questions = text.split("\n").map((l) => l.trim()).filter(Boolean);
   }
-  return text.split("\n").map((l) => l.trim()).filter(Boolean);
+  // an empty file would silently bake on questions the model writes, as if --questions were left out
+  if (!questions.length) throw new Error(`${file} holds no questions (one a line, or a JSON array of strings); leave --questions out to have the model write them`);
+  return questions;
 }
 
 program

@@ -310,7 +310,9 @@ test("kiln versions export and the admin API: by version id or live, beside the 
         assert.equal(ok.status, 201, JSON.stringify(ok.body));
         assert.equal(ok.body.version, "v0001");
         assert.ok((await gguf(path.join(dir, "api.gguf"), { allowLocalFile: true })).tensorInfos.every((t) => t.dtype === 1), "F16 tensors");
-        assert.equal((await post("live", { to: path.join(dir, "api.gguf"), format: "gguf" })).status, 409, "an earlier export is kept without force");
+        const kept = await post("live", { to: path.join(dir, "api.gguf"), format: "gguf" });
+        assert.equal(kept.status, 409, "an earlier export is kept without force");
+        assert.match(kept.body.error!.message, /api\.gguf: already exists; send "force": true to replace it/, "the API's field, not the CLI's --force");
         assert.equal((await post("v0009", { to: path.join(dir, "y") })).status, 404);
         assert.match((await post("v0001", { to: "relative/dir" })).body.error!.message, /to must be an absolute path on the server/);
         assert.match((await post("v0001", { to: path.join(dir, "m"), format: "merged" })).body.error!.message, /format must be peft or gguf/);

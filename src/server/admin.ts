@@ -349,7 +349,8 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
       const result = await agent.exportVersion(id, body.to, { format: body.format, force: body.force, ggufType: body.ggufType === "f16" ? "F16" : "F32" });
       return reply.code(201).send(result);
     } catch (err) {
-      throw new ApiError(409, (err as Error).message, "export_failed", "to");
+      // the export names the CLI's flag; a client of this API sends the field
+      throw new ApiError(409, (err as Error).message.replace("pass --force to replace it", 'send "force": true to replace it'), "export_failed", "to");
     }
   });
 

@@ -681,6 +681,17 @@ test("agents naming the same model share one copy of its weights, each with its 
   }
 });
 
+test("two agents whose home: is one folder are refused before either opens it: they would bake, prune and roll back one ledger", async () => {
+  const { dir, file } = writeTestAgent();
+  writeFileSync(path.join(dir, "second.yaml"), readFileSync(file, "utf8").replace("name: tester", "name: other"));
+  try {
+    await assert.rejects(Runtime.fromFiles(dir), new RegExp(`agents other and tester both keep their ledger and versions in ${path.join(dir, "home").replace(/[.\\/]/g, "\\$&")} \\(home:\\): give each its own home`));
+    assert.ok(!existsSync(path.join(dir, "home")), "neither opened it");
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("agent files with mistakes name the field", () => {
   const { dir, file } = writeTestAgent();
   writeFileSync(file, "name: x\nfeeds:\n  - id: a\n    url: http://x\n    schedule: every minute\n");

@@ -84,6 +84,16 @@ export class Runtime {
 
   /** Loads agent files; agents naming the same model share one copy of its weights. */
   async load(configs: AgentConfig[], opts: { readOnly?: boolean } = {}): Promise<void> {
+    // Two agents on one home would write one ledger and one set of versions (the ledger's lock
+    // lets its own process in): each would bake, prune and roll back the other's.
+    const homes = new Map([...this.agents.values()].map((a) => [path.resolve(a.config.homeDir), a.name]));
+    for (const config of configs) {
+      const other = homes.get(path.resolve(config.homeDir));
+      if (other !== undefined && other !== config.name) {
+        throw new Error(`agents ${other} and ${config.name} both keep their ledger and versions in ${path.resolve(config.homeDir)}${config.home ? " (home:)" : ""}: give each its own home`);
+      }
+      homes.set(path.resolve(config.homeDir), config.name);
+    }
     for (const config of configs) {
       if (this.agents.has(config.name)) throw new Error(`two agents are named ${config.name}`);
       const spec = config.model === "default" ? undefined : existsSync(path.resolve(config.feedsBase, config.model)) ? path.resolve(config.feedsBase, config.model) : config.model;

@@ -183,6 +183,22 @@ test("feeds add gives an agent with no feeds yet its first (no feeds key, or [])
   }
 });
 
+test("knowledge verify of an item never baked says there is nothing to ask, not 0/0 probes", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-verify-"));
+  try {
+    const at = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints];
+    const told = kiln(["knowledge", "remember", "demo", "The harbor fee is nine coins.", ...at, "--json"]);
+    assert.equal(told.status, 0, told.stderr);
+    const id = JSON.parse(told.stdout).item.id as string;
+    const r = kiln(["knowledge", "verify", "demo", id, ...at]);
+    assert.equal(r.status, 1, "not held: exit 1");
+    assert.match(r.stdout, new RegExp(`^${id}  NOT HELD \\(no probes to ask: not baked yet\\)  The harbor fee is nine coins\\.$`, "m"));
+    assert.match(r.stdout, /^0 of 1 item\(s\) held by the base model$/m);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
 test("the read commands on an agent nothing has polled or baked for yet show it empty, naming where its ledger will be", () => {
   const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-new-"));
   try {

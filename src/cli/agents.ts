@@ -219,7 +219,10 @@ export function registerAgentCommands(program: Command): void {
         print(o.json, r, () =>
           [
             ...r.items.flatMap((i) => [
-              `${i.id}  ${i.held ? "held" : "NOT HELD"} (${i.probes.filter((p) => p.passed).length}/${i.probes.length} probes)  ${i.text}`,
+              // an item never baked has no probes: nothing was asked ("NOT HELD (0/0 probes)" said no more)
+              i.probes.length
+                ? `${i.id}  ${i.held ? "held" : "NOT HELD"} (${i.probes.filter((p) => p.passed).length}/${i.probes.length} probes)  ${i.text}`
+                : `${i.id}  NOT HELD (no probes to ask: ${i.status === "pending" ? "not baked yet" : `${i.status}, never probed`})  ${i.text}`,
               ...i.probes.map((p) => `    ${p.passed ? "ok  " : "FAIL"} ${p.question} -> ${p.answer}${p.passed ? "" : `   (expected: ${p.expected})`}`),
             ]),
             `${r.held} of ${r.items.length} item(s) held by ${r.version ?? "the base model"}`,

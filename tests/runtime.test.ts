@@ -8,7 +8,7 @@ import type { AddressInfo } from "node:net";
 import path from "node:path";
 import cron from "node-cron";
 import { initBackend } from "../src/tensor/backend.js";
-import { Runtime } from "../src/runtime/runtime.js";
+import { agentFiles, Runtime } from "../src/runtime/runtime.js";
 import { loadAgentConfig } from "../src/runtime/agent-config.js";
 import { chooseReplay, replayAdvice, scaledTrajectories, type Agent } from "../src/runtime/agent.js";
 import { SETTLE_MS } from "../src/feeds/feeds.js";
@@ -687,6 +687,20 @@ test("two agents whose home: is one folder are refused before either opens it: t
   try {
     await assert.rejects(Runtime.fromFiles(dir), new RegExp(`agents other and tester both keep their ledger and versions in ${path.join(dir, "home").replace(/[.\\/]/g, "\\$&")} \\(home:\\): give each its own home`));
     assert.ok(!existsSync(path.join(dir, "home")), "neither opened it");
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("--agents names an agent file whatever it ends with, or a folder of *.yaml files", () => {
+  const { dir, file } = writeTestAgent();
+  try {
+    const txt = path.join(dir, "agent.txt");
+    writeFileSync(txt, readFileSync(file, "utf8"));
+    // it failed with "ENOTDIR: not a directory, scandir 'agent.txt'"
+    assert.deepEqual(agentFiles(txt), [txt]);
+    assert.deepEqual(agentFiles(dir), [file]);
+    assert.throws(() => agentFiles(path.join(dir, "nope.yaml")), /nope\.yaml: no such agent file or folder/);
   } finally {
     rmSync(dir, { recursive: true });
   }

@@ -1,6 +1,6 @@
 // The process-level runtime: loads agent files, shares one base model between agents that name
 // the same one, starts their schedules, and serves chat on each agent's live weights.
-import { readdirSync, existsSync } from "node:fs";
+import { readdirSync, existsSync, statSync } from "node:fs";
 import path from "node:path";
 import { loadModel, type LoadedModel } from "../model/load.js";
 import { resolveModelDir, PACKAGE_ROOT } from "../model/resolve.js";
@@ -49,7 +49,8 @@ export const DEFAULT_CHECKPOINTS_DIR = path.join(PACKAGE_ROOT, "checkpoints");
 
 export function agentFiles(spec: string): string[] {
   if (!existsSync(spec)) throw new Error(`${spec}: no such agent file or folder`);
-  if (spec.endsWith(".yaml") || spec.endsWith(".yml")) return [path.resolve(spec)];
+  // a file named as such is read as an agent file whatever it ends with (a folder is searched for *.yaml)
+  if (spec.endsWith(".yaml") || spec.endsWith(".yml") || !statSync(spec).isDirectory()) return [path.resolve(spec)];
   return readdirSync(spec)
     .filter((f) => /\.ya?ml$/.test(f))
     .sort()

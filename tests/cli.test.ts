@@ -9,6 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import { createRequire } from "node:module";
 import { repoRoot } from "./support/paths.js";
+import { writeTestAgent } from "./support/agent.js";
 
 const MAIN = path.join(repoRoot(), "dist", "src", "cli", "main.js");
 
@@ -196,6 +197,23 @@ test("knowledge verify of an item never baked says there is nothing to ask, not 
     assert.match(r.stdout, /^0 of 1 item\(s\) held by the base model$/m);
   } finally {
     rmSync(checkpoints, { recursive: true });
+  }
+});
+
+test("kiln demo --agent with a file that sets home: keeps the demo's state in its own folder, never the agent's", () => {
+  const { dir, file } = writeTestAgent(); // home: home
+  const root = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-demo-"));
+  try {
+    const r = kiln(["demo", "--agent", file, "--home", root, "--max-items", "1"]);
+    assert.equal(r.status, 0, r.stderr);
+    // it baked and promoted with force into <agent dir>/home, the agent's real ledger and versions
+    assert.ok(!existsSync(path.join(dir, "home")), "the agent's own home is untouched");
+    assert.ok(existsSync(path.join(root, "tester", "ledger.json")));
+    assert.match(r.stdout, /ledger: .*tester\/ledger\.json \(the demo's own: .* sets home: home, which the kiln commands read and the demo left alone\)/);
+    assert.doesNotMatch(r.stdout, /try: npx kiln/, "no command that would read the agent's own home instead");
+  } finally {
+    rmSync(dir, { recursive: true });
+    rmSync(root, { recursive: true });
   }
 });
 

@@ -184,7 +184,7 @@ test("feeds add gives an agent with no feeds yet its first (no feeds key, or [])
   }
 });
 
-test("knowledge verify of an item never baked says there is nothing to ask, not 0/0 probes", () => {
+test("knowledge verify of an item never baked says there is nothing to ask, not 0/0 probes; retract --reason is kept in its history", () => {
   const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-verify-"));
   try {
     const at = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints];
@@ -195,6 +195,12 @@ test("knowledge verify of an item never baked says there is nothing to ask, not 
     assert.equal(r.status, 1, "not held: exit 1");
     assert.match(r.stdout, new RegExp(`^${id}  NOT HELD \\(no probes to ask: not baked yet\\)  The harbor fee is nine coins\\.$`, "m"));
     assert.match(r.stdout, /^0 of 1 item\(s\) held by the base model$/m);
+    // retracted from the command line: the history says why ("retracted (retracted)" said nothing)
+    const retracted = kiln(["knowledge", "retract", "demo", id, "--reason", "the fee changed", ...at]);
+    assert.equal(retracted.status, 0, retracted.stderr);
+    assert.match(retracted.stdout, /consolidation skipped: the live weights never held these items/);
+    const shown = kiln(["knowledge", "show", "demo", id, ...at]);
+    assert.match(shown.stdout, /^history: \S+ retracted \(the fee changed\)$/m);
   } finally {
     rmSync(checkpoints, { recursive: true });
   }

@@ -235,16 +235,18 @@ export function registerAgentCommands(program: Command): void {
       }
     },
   );
-  withAgents(knowledge.command("retract <agent> <ids...>").description("retract items and rebuild the adapter from what is still true")).action(async (name: string, ids: string[], o: AgentOpts) => {
-    const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name, true);
-    try {
-      const r = await runtime.agent(agent).retract(ids);
-      print(o.json, r, () => `consolidation ${r.status}${r.version ? ` ${r.version}` : ""}${r.reasons.length ? `: ${r.reasons.join("; ")}` : ""}`);
-      if (r.status === "failed") process.exitCode = 1;
-    } finally {
-      await runtime.stop();
-    }
-  });
+  withAgents(knowledge.command("retract <agent> <ids...>").description("retract items and rebuild the adapter from what is still true"))
+    .option("--reason <text>", "why, kept in the items' history (as the admin API's reason)", "retracted with kiln knowledge retract")
+    .action(async (name: string, ids: string[], o: AgentOpts & { reason: string }) => {
+      const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name, true);
+      try {
+        const r = await runtime.agent(agent).retract(ids, o.reason);
+        print(o.json, r, () => `consolidation ${r.status}${r.version ? ` ${r.version}` : ""}${r.reasons.length ? `: ${r.reasons.join("; ")}` : ""}`);
+        if (r.status === "failed") process.exitCode = 1;
+      } finally {
+        await runtime.stop();
+      }
+    });
 
   // --- versions ---
   const versions = program.command("versions").description("an agent's weight versions: list, diff, roll back, export (PEFT, GGUF, merged)");

@@ -706,6 +706,19 @@ test("--agents names an agent file whatever it ends with, or a folder of *.yaml 
   }
 });
 
+test("an agent whose model cannot be found or loaded is named with its file, and a relative folder says where it was looked for", async () => {
+  const { dir, file } = writeTestAgent();
+  try {
+    writeFileSync(file, readFileSync(file, "utf8").replace("model: model", "model: ./models/mine"));
+    // it said only "./models/mine: no such model directory", with no agent file and no folder
+    await assert.rejects(Runtime.fromFiles(file), new RegExp(`^Error: ${file.replace(/[.\\/]/g, "\\$&")}: model: \\./models/mine: no such model directory \\(a folder is read relative to the agent file: ${path.join(dir, "models", "mine").replace(/[.\\/]/g, "\\$&")}\\)$`));
+    mkdirSync(path.join(dir, "models", "mine"), { recursive: true });
+    await assert.rejects(Runtime.fromFiles(file), /test-agent\.yaml: model: .*mine: not a model directory: config\.json is missing/);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("agent files with mistakes name the field", () => {
   const { dir, file } = writeTestAgent();
   writeFileSync(file, "name: x\nfeeds:\n  - id: a\n    url: http://x\n    schedule: every minute\n");

@@ -98,11 +98,18 @@ export class Runtime {
     for (const config of configs) {
       if (this.agents.has(config.name)) throw new Error(`two agents are named ${config.name}`);
       const spec = config.model === "default" ? undefined : existsSync(path.resolve(config.feedsBase, config.model)) ? path.resolve(config.feedsBase, config.model) : config.model;
-      const dir = resolveModelDir(spec);
-      let model = this.models.get(dir);
-      if (!model) {
-        model = loadModel(dir);
-        this.models.set(dir, model);
+      let model: LoadedModel | undefined;
+      try {
+        const dir = resolveModelDir(spec);
+        model = this.models.get(dir);
+        if (!model) {
+          model = loadModel(dir);
+          this.models.set(dir, model);
+        }
+      } catch (err) {
+        // which agent file, and where a relative folder was looked for (its file's folder, then the current one)
+        const relative = /^\.{1,2}[\\/]/.test(config.model) ? ` (a folder is read relative to the agent file: ${path.resolve(config.feedsBase, config.model)})` : "";
+        throw new Error(`${config.file ?? `agent ${config.name}`}: model: ${(err as Error).message}${relative}`);
       }
       this.agents.set(config.name, await Agent.open(config, model, this.events, this.bakeTurn, opts));
     }

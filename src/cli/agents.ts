@@ -70,7 +70,7 @@ function itemLine(i: Item): string {
 
 export function registerAgentCommands(program: Command): void {
   const withAgentFiles = (c: Command) =>
-    c.option("--agents <path>", "agent file or folder (default ./agents, else the bundled agents/)").option("--checkpoints <dir>", "checkpoints root (default: the package's checkpoints/)");
+    c.option("--agents <path>", "agent file or folder (default ./agents, else the bundled agents/)").option("--checkpoints <dir>", "checkpoints root: each agent's state in <dir>/<name> (default: the package's checkpoints/; an agent file's home: takes precedence)");
   const withAgents = (c: Command) => withAgentFiles(c).option("--json", "machine-readable output");
   const backend = () => program.opts().backend as string | undefined;
 

@@ -273,7 +273,7 @@ program
   .command("serve")
   .description("serve the agents: OpenAI-compatible API, admin API, metrics and the web dashboard")
   .option("--agents <path>", "agent file or folder (default ./agents, else the bundled agents/)")
-  .option("--checkpoints <dir>", "checkpoints root (default: the package's checkpoints/)")
+  .option("--checkpoints <dir>", "checkpoints root: each agent's state in <dir>/<name> (default: the package's checkpoints/; an agent file's home: takes precedence)")
   .option("--host <host>", "address to bind; anything but loopback needs --token", "127.0.0.1")
   .option("--port <n>", "port (0: any free one)", integer(0, 65535), 8080)
   // no commander default: --help would print the token that is in KILN_TOKEN

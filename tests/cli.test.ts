@@ -223,6 +223,22 @@ test("kiln demo --agent with a file that sets home: keeps the demo's state in it
   }
 });
 
+test("versions list says when the base model is live beside kept versions (after a rollback to base)", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-base-"));
+  try {
+    const home = path.join(checkpoints, "demo");
+    mkdirSync(path.join(home, "v0001"), { recursive: true });
+    const version = { id: "v0001", parent: null, createdAt: "2026-01-01T00:00:00.000Z", dir: path.join(home, "v0001"), status: "kept", bakeId: "b", items: [], scores: { absorption: 1, retention: 1, persona: null } };
+    writeFileSync(path.join(home, "ledger.json"), JSON.stringify({ schema: 1, live: null, items: [], versions: [version], bakes: [], feeds: [] }));
+    const r = kiln(["versions", "list", "demo", "--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints]);
+    assert.equal(r.status, 0, r.stderr);
+    // only "v0001 kept ..." was listed: nothing said what was live
+    assert.match(r.stdout, /^v0001 kept .*\nbase  live     \(the base model, no adapter\)\n$/);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
 test("the read commands on an agent nothing has polled or baked for yet show it empty, naming where its ledger will be", () => {
   const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-new-"));
   try {

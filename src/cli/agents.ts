@@ -256,7 +256,11 @@ export function registerAgentCommands(program: Command): void {
     // a kept version holding a retracted item is listed as kept, but rollback refuses it: say so here
     const blocked = (v: (typeof vs)[number]) => (v.status === "kept" ? ledger.whyNotLive(v.id) : null);
     print(o.json, { live: ledger.data.live, versions: vs.map((v) => ({ ...v, cannotGoLive: v.status === "live" ? null : ledger.whyNotLive(v.id) })) }, () =>
-      vs.map((v) => `${v.id} ${v.status.padEnd(8)} parent ${v.parent ?? "base"}  items ${v.itemCount ?? v.items.length}  absorption ${v.scores.absorption.toFixed(2)} retention ${v.scores.retention.toFixed(2)}${v.scores.persona !== null ? ` persona ${v.scores.persona.toFixed(2)}` : ""}${v.reasons ? `  (${v.reasons.join("; ")})` : ""}${blocked(v) ? `  [cannot go live: ${blocked(v)}]` : ""}`).join("\n") || "(no versions: the base model is live)",
+      [
+        ...vs.map((v) => `${v.id} ${v.status.padEnd(8)} parent ${v.parent ?? "base"}  items ${v.itemCount ?? v.items.length}  absorption ${v.scores.absorption.toFixed(2)} retention ${v.scores.retention.toFixed(2)}${v.scores.persona !== null ? ` persona ${v.scores.persona.toFixed(2)}` : ""}${v.reasons ? `  (${v.reasons.join("; ")})` : ""}${blocked(v) ? `  [cannot go live: ${blocked(v)}]` : ""}`),
+        // rolled back to the base (or left there by a retraction): no version line says live
+        ...(vs.length && ledger.data.live === null ? ["base  live     (the base model, no adapter)"] : []),
+      ].join("\n") || "(no versions: the base model is live)",
     );
   });
   withAgents(versions.command("diff <agent> <from> <to>").description("items gained and lost between two versions (base = the base model)")).action(async (name: string, from: string, to: string, o: AgentOpts) => {

@@ -239,6 +239,20 @@ test("versions list says when the base model is live beside kept versions (after
   }
 });
 
+test("kiln learn names the persona score of an agent with a persona, as versions list does", () => {
+  const { dir, file } = writeTestAgent({ feeds: [], persona: { text: "End every reply with: Cheers.", suffix: "Cheers." } });
+  try {
+    const r = kiln(["learn", "tester", "--no-poll", "--agents", file]);
+    assert.equal(r.status, 0, r.stderr);
+    // it printed "bake promoted v0001: absorption 1.00, retention 1.00": the persona the gate weighed was left out
+    assert.match(r.stdout, /^bake promoted v0001: absorption \d\.\d\d, retention \d\.\d\d, persona \d\.\d\d$/m);
+    const list = kiln(["versions", "list", "tester", "--agents", file]);
+    assert.match(list.stdout, /^v0001 live .* persona \d\.\d\d$/m);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("the read commands on an agent nothing has polled or baked for yet show it empty, naming where its ledger will be", () => {
   const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-new-"));
   try {

@@ -322,7 +322,9 @@ export function registerAgentCommands(program: Command): void {
         const a = runtime.agent(agent);
         if (o.poll) await a.pollAllFeeds();
         const r = await a.bake("cli", { force: true });
-        print(o.json, r, () => `bake ${r.status}${r.version ? ` ${r.version}` : ""}${r.absorption !== undefined ? `: absorption ${r.absorption.toFixed(2)}, retention ${r.retention!.toFixed(2)}` : ""}${r.reasons.length ? ` (${r.reasons.join("; ")})` : ""}`);
+        // an agent with a persona is gated on its adherence too: say it, as versions list does
+        const persona = typeof r.persona === "number" ? `, persona ${r.persona.toFixed(2)}` : "";
+        print(o.json, r, () => `bake ${r.status}${r.version ? ` ${r.version}` : ""}${r.absorption !== undefined ? `: absorption ${r.absorption.toFixed(2)}, retention ${r.retention!.toFixed(2)}${persona}` : ""}${r.reasons.length ? ` (${r.reasons.join("; ")})` : ""}`);
         if (r.status === "failed") process.exitCode = 1;
       } finally {
         await runtime.stop();

@@ -161,11 +161,11 @@ test("feeds add writes a local feed's path as the agent file will read it, and r
   }
 });
 
-test("feeds add gives an agent with no feeds yet its first (no feeds key, or []), keeping the file's comments", () => {
+test("feeds add gives an agent with no feeds yet its first (no feeds key, [] or an empty feeds:), keeping the file's comments", () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-feeds-"));
   try {
     const feed = path.join(repoRoot(), "feeds", "town-gazette.rss.xml");
-    for (const [n, feeds] of [["1", ""], ["2", "feeds: []\n"]] as const) {
+    for (const [n, feeds] of [["1", ""], ["2", "feeds: []\n"], ["3", "feeds:\n"]] as const) {
       const file = path.join(dir, `a${n}.yaml`);
       writeFileSync(file, `# my reader\nname: reader${n}\n${feeds}home: home${n}   # its state\n`);
       const r = kiln(["feeds", "add", `reader${n}`, "gazette", feed, "--agents", file]);

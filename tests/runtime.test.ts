@@ -752,7 +752,15 @@ test("agent files with mistakes name the field", () => {
   writeFileSync(file, "name: x\nfeeds:\n  - { id: a, url: http://x/1, schedule: '0 */5 * * * *' }\n");
   assert.equal(loadAgentConfig(file, dir).feeds[0]!.schedule, "0 */5 * * * *");
   writeFileSync(file, "name: [unclosed\n");
-  assert.throws(() => loadAgentConfig(file, dir), /is not valid YAML/);
+  assert.throws(() => loadAgentConfig(file, dir), /is not valid YAML \(.*[^:]\)$/);
+  // an empty file said "(root): Invalid input: expected object, received null"
+  for (const text of ["", "# nothing yet\n"]) {
+    writeFileSync(file, text);
+    assert.throws(() => loadAgentConfig(file, dir), new RegExp(`^AgentConfigError: ${file.replace(/[.\\/]/g, "\\$&")}: is empty: an agent file needs at least a name:`));
+  }
+  // feeds whose entries are all commented out read as none (it said "feeds: expected array, received null")
+  writeFileSync(file, "name: x\nfeeds:\n  # - { id: a, url: http://x/1 }\n");
+  assert.deepEqual(loadAgentConfig(file, dir).feeds, []);
   rmSync(dir, { recursive: true });
 });
 

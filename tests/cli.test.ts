@@ -253,6 +253,25 @@ test("kiln learn names the persona score of an agent with a persona, as versions
   }
 });
 
+test("knowledge list --status takes several statuses, comma-separated, as the admin API does", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-status-"));
+  try {
+    const item = (id: string, status: string, text: string) => ({ id, kind: "manual", text, status, createdAt: "2026-01-01T00:00:00.000Z", updatedAt: "2026-01-01T00:00:00.000Z", source: {}, contentHash: id, scores: [], history: [{ at: "2026-01-01T00:00:00.000Z", status }] });
+    mkdirSync(path.join(checkpoints, "demo"));
+    const items = [item("k_a1", "pending", "Ada owns a cat."), item("k_b2", "retracted", "Bo owns a dog."), item("k_c3", "absorbed", "Cy owns a fish.")];
+    writeFileSync(path.join(checkpoints, "demo", "ledger.json"), JSON.stringify({ schema: 1, live: null, items, versions: [], bakes: [], feeds: [] }));
+    const at = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints, "--json"];
+    const ids = (...status: string[]) => (JSON.parse(kiln(["knowledge", "list", "demo", ...status, ...at]).stdout) as { id: string }[]).map((i) => i.id);
+    assert.deepEqual(ids("--status", "retracted,pending"), ["k_b2", "k_a1"]);
+    assert.deepEqual(ids("--status", "absorbed"), ["k_c3"]);
+    const bad = kiln(["knowledge", "list", "demo", "--status", "pending,bogus", ...at]);
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, /argument 'pending,bogus' is invalid\. Allowed choices are pending, baking, absorbed, .* \(one, or several separated by commas\)/);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
 test("the read commands on an agent nothing has polled or baked for yet show it empty, naming where its ledger will be", () => {
   const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-new-"));
   try {

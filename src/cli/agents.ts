@@ -5,7 +5,7 @@
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { createInterface } from "node:readline";
-import { Option, type Command } from "commander";
+import { InvalidArgumentError, Option, type Command } from "commander";
 import { isSeq, parseDocument, parse as parseYaml } from "yaml";
 import { initBackend } from "../tensor/backend.js";
 import { ITEM_STATUSES, Ledger, type Item, type ItemStatus } from "../knowledge/ledger.js";
@@ -177,9 +177,16 @@ export function registerAgentCommands(program: Command): void {
   // --- knowledge ---
   const knowledge = program.command("knowledge").description("what an agent has read and absorbed");
   withAgents(knowledge.command("list [agent]").description("items, the most recently stored first (one poll stores its items in feed order)"))
-    .addOption(new Option("--status <status>", "only items with this status").choices(ITEM_STATUSES))
+    // one status or several, comma-separated, as the admin API's ?status= takes them
+    .option("--status <status>", `only items with this status, or these (comma-separated): ${ITEM_STATUSES.join(", ")}`, (value: string) => {
+      const wanted = value.split(",").map((x) => x.trim()).filter(Boolean);
+      if (!wanted.length || wanted.some((x) => !(ITEM_STATUSES as readonly string[]).includes(x))) {
+        throw new InvalidArgumentError(`Allowed choices are ${ITEM_STATUSES.join(", ")} (one, or several separated by commas).`);
+      }
+      return wanted as ItemStatus[];
+    })
     .option("--source <id>", "a feed id, conversation id or link")
-    .action(async (name: string | undefined, o: AgentOpts & { status?: ItemStatus; source?: string }) => {
+    .action(async (name: string | undefined, o: AgentOpts & { status?: ItemStatus[]; source?: string }) => {
       const ledger = await readLedger(o, name);
       const items = ledger.items({ status: o.status, source: o.source }).reverse();
       print(o.json, items, () => items.map(itemLine).join("\n") || "(no items)");

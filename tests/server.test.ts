@@ -939,6 +939,10 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   assert.ok(proof.json.items.length > 0 && proof.json.items.every((i: any) => i.status === "absorbed" && i.probes.length > 0));
   assert.equal((await call("/admin/agents/tester/verify", { method: "POST", body: { ids: ["k_nope"] } })).status, 404);
   assert.equal((await call("/admin/agents/tester/verify", { method: "POST", body: { ids: "k_nope" } })).status, 400);
+  // no ids is not every item: that answered as if ids were left out, running every absorbed item's probes
+  const none = await call("/admin/agents/tester/verify", { method: "POST", body: { ids: [] } });
+  assert.equal(none.status, 400);
+  assert.match(none.json.error.message, /^ids: ids is empty: leave it out to verify every absorbed item$/);
   const one = await call("/admin/agents/tester/probe", { method: "POST", body: { question: "Who keeps the lighthouse?", context: fact } });
   assert.equal(one.status, 200, "one context item may be a plain string");
   assert.equal(one.json.prompted, probe.json.prompted);

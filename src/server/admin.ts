@@ -82,7 +82,8 @@ const ExportBody = z
     ggufType: z.enum(["f32", "f16"]).default("f32"), // as the CLI's --gguf-type
   })
   .strict();
-const VerifyBody = z.object({ ids: z.array(z.string().min(1)).max(500).optional() }).strict();
+// an empty list would read as "every absorbed item" (agent.verify's default): a filter that came out empty is refused
+const VerifyBody = z.object({ ids: z.array(z.string().min(1)).min(1, "ids is empty: leave it out to verify every absorbed item").max(500).optional() }).strict();
 
 const ProbeBody = z.object({
   question: z.string().trim().min(1, "question is required").max(2000),

@@ -296,6 +296,13 @@ test("an agent's home copied or moved elsewhere reads its own version folders, n
   await copied.close();
   assert.deepEqual((JSON.parse(readFileSync(path.join(copy, "ledger.json"), "utf8")) as LedgerData).versions.map((v) => v.dir), [path.join(copy, "v0001"), path.join(copy, "v0002")]);
 
+  // a ledger moved alone, its versions left where they were: it still finds them there
+  const alone = path.join(root, "alone", "demo");
+  mkdirSync(alone, { recursive: true });
+  cpSync(path.join(old, "ledger.json"), path.join(alone, "ledger.json"));
+  const lone = await Ledger.open(path.join(alone, "ledger.json"), { readOnly: true });
+  assert.equal(lone.version("v0001").dir, path.join(old, "v0001"));
+
   // a move: the old place is gone, and the versions are still on disk where the ledger is now
   const moved = path.join(root, "moved", "demo");
   cpSync(old, moved, { recursive: true });

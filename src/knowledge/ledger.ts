@@ -252,10 +252,13 @@ export class Ledger {
     data.feeds ??= [];
     // A version's folder is vNNNN beside the ledger, though its record names it in full: an agent's
     // home copied or moved elsewhere (a backup restored, --checkpoints elsewhere) reads its own
-    // versions, not the old place's (nor, pruning, deletes those), and finds them when the old is gone.
+    // versions, not the old place's (nor, pruning, deletes those), and finds them when the old is
+    // gone. Only a ledger moved without its versions still reads them where they are.
     const home = path.dirname(path.resolve(file));
     for (const v of data.versions ?? []) {
-      if (typeof v.dir === "string" && v.dir) v.dir = path.join(home, path.basename(v.dir));
+      if (typeof v.dir !== "string" || !v.dir) continue;
+      const beside = path.join(home, path.basename(v.dir));
+      if (beside !== v.dir && (existsSync(beside) || !existsSync(v.dir))) v.dir = beside;
     }
     return new Ledger(file, db, lockFile);
   }

@@ -210,8 +210,13 @@ export class Agent {
     // A retraction marks its items first and then rebuilds: a process stopped during the rebuild
     // left them live in the weights, which the next (rolling) bakes would carry on.
     if (ledger.data.live && ledger.data.versions.some((v) => v.id === ledger.data.live)) {
-      const moved = await agent.leaveRetracted("a retraction's rebuild did not finish");
-      if (moved) agent.log(`${moved.from} holds retracted item(s) ${moved.retracted.join(", ")} (a retraction's rebuild did not finish): ${moved.to ?? "the base model"} is live instead, and what it does not hold is baked again`);
+      try {
+        const moved = await agent.leaveRetracted("a retraction's rebuild did not finish");
+        if (moved) agent.log(`${moved.from} holds retracted item(s) ${moved.retracted.join(", ")} (a retraction's rebuild did not finish): ${moved.to ?? "the base model"} is live instead, and what it does not hold is baked again`);
+      } catch (err) {
+        // a clean version that cannot load is reported; the agent still opens (rollback or retract again)
+        agent.log(`${ledger.data.live} holds retracted item(s), and going live without them failed: ${(err as Error).message}`);
+      }
     }
     if (ledger.data.live === null || ledger.data.versions.some((v) => v.id === ledger.data.live)) await agent.syncStatusesToLive("start");
     agent.goLiveOnRecord();

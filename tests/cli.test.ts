@@ -253,7 +253,7 @@ test("kiln learn names the persona score of an agent with a persona, as versions
   }
 });
 
-test("knowledge list --status takes several statuses, comma-separated, as the admin API does", () => {
+test("knowledge list --status takes several statuses, comma-separated, as the admin API does; search lists newest first as list does", () => {
   const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-status-"));
   try {
     const item = (id: string, status: string, text: string) => ({ id, kind: "manual", text, status, createdAt: "2026-01-01T00:00:00.000Z", updatedAt: "2026-01-01T00:00:00.000Z", source: {}, contentHash: id, scores: [], history: [{ at: "2026-01-01T00:00:00.000Z", status }] });
@@ -264,6 +264,9 @@ test("knowledge list --status takes several statuses, comma-separated, as the ad
     const ids = (...status: string[]) => (JSON.parse(kiln(["knowledge", "list", "demo", ...status, ...at]).stdout) as { id: string }[]).map((i) => i.id);
     assert.deepEqual(ids("--status", "retracted,pending"), ["k_b2", "k_a1"]);
     assert.deepEqual(ids("--status", "absorbed"), ["k_c3"]);
+    // search lists in list's order, newest first (it listed oldest first)
+    const found = (JSON.parse(kiln(["knowledge", "search", "demo", "owns", ...at]).stdout) as { id: string }[]).map((i) => i.id);
+    assert.deepEqual(found, ["k_c3", "k_b2", "k_a1"]);
     const bad = kiln(["knowledge", "list", "demo", "--status", "pending,bogus", ...at]);
     assert.equal(bad.status, 1);
     assert.match(bad.stderr, /argument 'pending,bogus' is invalid\. Allowed choices are pending, baking, absorbed, .* \(one, or several separated by commas\)/);

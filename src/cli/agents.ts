@@ -191,8 +191,8 @@ export function registerAgentCommands(program: Command): void {
       const items = ledger.items({ status: o.status, source: o.source }).reverse();
       print(o.json, items, () => items.map(itemLine).join("\n") || "(no items)");
     });
-  withAgents(knowledge.command("search <agent> <text>").description("items whose text contains <text>")).action(async (name: string, text: string, o: AgentOpts) => {
-    const items = (await readLedger(o, name)).items({ text });
+  withAgents(knowledge.command("search <agent> <text>").description("items whose text contains <text>, the most recently stored first (as list)")).action(async (name: string, text: string, o: AgentOpts) => {
+    const items = (await readLedger(o, name)).items({ text }).reverse();
     print(o.json, items, () => items.map(itemLine).join("\n") || "(no match)");
   });
   withAgents(knowledge.command("show <agent> <id>").description("one item: provenance, version, probes and scores")).action(async (name: string, id: string, o: AgentOpts) => {

@@ -275,6 +275,23 @@ test("knowledge list --status takes several statuses, comma-separated, as the ad
   }
 });
 
+test("versions diff takes live, as versions export does", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-diff-"));
+  try {
+    const home = path.join(checkpoints, "demo");
+    const item = (id: string, text: string) => ({ id, kind: "manual", text, status: "absorbed", createdAt: "2026-01-01T00:00:00.000Z", updatedAt: "2026-01-01T00:00:00.000Z", source: {}, contentHash: id, scores: [], history: [] });
+    const version = (id: string, status: string, items: string[]) => ({ id, parent: null, createdAt: "2026-01-01T00:00:00.000Z", dir: path.join(home, id), status, bakeId: "b", items, scores: { absorption: 1, retention: 1, persona: null } });
+    mkdirSync(home);
+    writeFileSync(path.join(home, "ledger.json"), JSON.stringify({ schema: 1, live: "v0002", items: [item("k_a1", "Ada owns a cat."), item("k_b2", "Bo owns a dog.")], versions: [version("v0001", "kept", ["k_a1"]), version("v0002", "live", ["k_a1", "k_b2"])], bakes: [], feeds: [] }));
+    const r = kiln(["versions", "diff", "demo", "v0001", "live", "--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints]);
+    // it said "no version live (known: v0001, v0002)"
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, "+ k_b2 Bo owns a dog.\n");
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
 test("the read commands on an agent nothing has polled or baked for yet show it empty, naming where its ledger will be", () => {
   const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-new-"));
   try {

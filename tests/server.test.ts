@@ -903,6 +903,11 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   assert.ok(diff.json.gained.some((i: any) => i.id === id));
   assert.deepEqual(diff.json.lost, []);
   assert.equal((await call("/admin/agents/tester/versions/diff?from=v0042")).status, 404);
+  // "live", as the export route takes it (it was "no version live", a 404)
+  const live = await call("/admin/agents/tester/versions/diff?from=base&to=live");
+  assert.equal(live.status, 200, live.text);
+  assert.equal(live.json.to, "v0001");
+  assert.deepEqual(live.json.gained.map((i: any) => i.id), diff.json.gained.map((i: any) => i.id));
 
   // The reply says which version answered; the metrics name the live version.
   const reply = await client.chat.completions.create({ model: "tester", messages: [{ role: "user", content: "hi" }], max_tokens: 2 });

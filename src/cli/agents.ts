@@ -270,9 +270,11 @@ export function registerAgentCommands(program: Command): void {
       ].join("\n") || "(no versions: the base model is live)",
     );
   });
-  withAgents(versions.command("diff <agent> <from> <to>").description("items gained and lost between two versions (base = the base model)")).action(async (name: string, from: string, to: string, o: AgentOpts) => {
+  withAgents(versions.command("diff <agent> <from> <to>").description("items gained and lost between two versions (base = the base model, live = the live version)")).action(async (name: string, from: string, to: string, o: AgentOpts) => {
     const ledger = await readLedger(o, name);
-    const d = ledger.diff(from === "base" ? null : from, to === "base" ? null : to);
+    // "live" as export takes it (the live version, or the base model when that is live)
+    const ref = (v: string) => (v === "base" ? null : v === "live" ? ledger.data.live : v);
+    const d = ledger.diff(ref(from), ref(to));
     print(o.json, d, () => [...d.gained.map((i) => `+ ${i.id} ${i.text}`), ...d.lost.map((i) => `- ${i.id} ${i.text}`)].join("\n") || "(no difference)");
   });
   withAgents(versions.command("rollback <agent> <version>").description("make a kept version live again (base = the base model)")).action(async (name: string, version: string, o: AgentOpts) => {

@@ -321,8 +321,10 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
   app.get<NameParams>("/admin/agents/:name/versions/diff", async (request) => {
     const agent = findAgent(ctx, request.params.name);
     const q = parse(DiffQuery, request.query, "query");
-    const to = q.to !== undefined ? versionRef(q.to) : agent.live.version;
-    const from = q.from !== undefined ? versionRef(q.from) : to ? agent.ledger.version(to).parent : null;
+    // "live" as the export route takes it: the live version (or the base model when that is live)
+    const ref = (v: string) => (v === "live" ? agent.live.version : versionRef(v));
+    const to = q.to !== undefined ? ref(q.to) : agent.live.version;
+    const from = q.from !== undefined ? ref(q.from) : to ? agent.ledger.version(to).parent : null;
     const { gained, lost } = agent.ledger.diff(from, to);
     return { from: from ?? "base", to: to ?? "base", gained: gained.map((i) => itemView(agent, i)), lost: lost.map((i) => itemView(agent, i)) };
   });

@@ -9,6 +9,7 @@ import os from "node:os";
 import path from "node:path";
 import { createRequire } from "node:module";
 import { repoRoot } from "./support/paths.js";
+import { writeTestAgent } from "./support/agent.js";
 
 const MAIN = path.join(repoRoot(), "dist", "src", "cli", "main.js");
 
@@ -56,6 +57,26 @@ test("option values are checked before any work, naming the option", () => {
   const onPolicyTopK = kiln(["bake", "--prompt", "x", "--out", path.join(os.tmpdir(), "kiln-never"), "--objective", "on-policy", "--kl", "topk"]);
   assert.equal(onPolicyTopK.status, 1);
   assert.match(onPolicyTopK.stderr, /--objective on-policy --kl topk: the on-policy objective needs kl: full/);
+});
+
+test("kiln bake --questions: a file that is not JSON is named, and an empty one is refused rather than baked on questions the model writes", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-questions-"));
+  try {
+    const bake = (file: string) => kiln(["bake", "--prompt", "x", "--out", path.join(dir, "out"), "--questions", file, "--epochs", "1", "--trajectories", "1", "--quiet"]);
+    writeFileSync(path.join(dir, "broken.json"), "[bad");
+    const broken = bake(path.join(dir, "broken.json"));
+    assert.equal(broken.status, 1);
+    assert.match(broken.stderr, /broken\.json: not valid JSON \(.*\); give a JSON array of strings/);
+    for (const [name, text] of [["empty.txt", ""], ["blank.txt", "\n  \n"], ["empty.json", "[]"]]) {
+      writeFileSync(path.join(dir, name), text);
+      const r = bake(path.join(dir, name));
+      assert.equal(r.status, 1, `${name}: ${r.stdout}`);
+      assert.match(r.stderr, new RegExp(`${name.replace(".", "\\.")} holds no questions .*leave --questions out to have the model write them`));
+    }
+    assert.ok(!existsSync(path.join(dir, "out")), "nothing baked");
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
 });
 
 test("kiln bake takes its prompt from --prompt or --prompt-file, and never writes over a folder that is not an adapter", () => {
@@ -137,6 +158,137 @@ test("feeds add writes a local feed's path as the agent file will read it, and r
     assert.equal(JSON.parse(poll.stdout).local.added, 1, poll.stdout);
   } finally {
     rmSync(dir, { recursive: true });
+  }
+});
+
+test("feeds add gives an agent with no feeds yet its first (no feeds key, [] or an empty feeds:), keeping the file's comments", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-feeds-"));
+  try {
+    const feed = path.join(repoRoot(), "feeds", "town-gazette.rss.xml");
+    for (const [n, feeds] of [["1", ""], ["2", "feeds: []\n"], ["3", "feeds:\n"]] as const) {
+      const file = path.join(dir, `a${n}.yaml`);
+      writeFileSync(file, `# my reader\nname: reader${n}\n${feeds}home: home${n}   # its state\n`);
+      const r = kiln(["feeds", "add", `reader${n}`, "gazette", feed, "--agents", file]);
+      // it failed with "Expected YAML collection at feeds. Remaining path: " and left the file as it was
+      assert.equal(r.status, 0, `${feeds || "(no key)"}: ${r.stderr}`);
+      const text = readFileSync(file, "utf8");
+      assert.match(text, /^# my reader\n/);
+      assert.match(text, /home: home\d +# its state/);
+      assert.match(text, /^feeds:\n  - id: gazette\n    url: .*town-gazette\.rss\.xml\n    schedule: "\*\/30 \* \* \* \*"$/m);
+      const list = kiln(["feeds", "list", `reader${n}`, "--agents", file, "--json"]);
+      assert.equal(list.status, 0, list.stderr);
+      assert.deepEqual(JSON.parse(list.stdout).map((f: { id: string }) => f.id), ["gazette"]);
+    }
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("knowledge verify of an item never baked says there is nothing to ask, not 0/0 probes; retract --reason is kept in its history", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-verify-"));
+  try {
+    const at = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints];
+    const told = kiln(["knowledge", "remember", "demo", "The harbor fee is nine coins.", ...at, "--json"]);
+    assert.equal(told.status, 0, told.stderr);
+    const id = JSON.parse(told.stdout).item.id as string;
+    const r = kiln(["knowledge", "verify", "demo", id, ...at]);
+    assert.equal(r.status, 1, "not held: exit 1");
+    assert.match(r.stdout, new RegExp(`^${id}  NOT HELD \\(no probes to ask: not baked yet\\)  The harbor fee is nine coins\\.$`, "m"));
+    assert.match(r.stdout, /^0 of 1 item\(s\) held by the base model$/m);
+    // retracted from the command line: the history says why ("retracted (retracted)" said nothing)
+    const retracted = kiln(["knowledge", "retract", "demo", id, "--reason", "the fee changed", ...at]);
+    assert.equal(retracted.status, 0, retracted.stderr);
+    assert.match(retracted.stdout, /consolidation skipped: the live weights never held these items/);
+    const shown = kiln(["knowledge", "show", "demo", id, ...at]);
+    assert.match(shown.stdout, /^history: \S+ retracted \(the fee changed\)$/m);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
+test("kiln demo --agent with a file that sets home: keeps the demo's state in its own folder, never the agent's", () => {
+  const { dir, file } = writeTestAgent(); // home: home
+  const root = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-demo-"));
+  try {
+    const r = kiln(["demo", "--agent", file, "--home", root, "--max-items", "1"]);
+    assert.equal(r.status, 0, r.stderr);
+    // it baked and promoted with force into <agent dir>/home, the agent's real ledger and versions
+    assert.ok(!existsSync(path.join(dir, "home")), "the agent's own home is untouched");
+    assert.ok(existsSync(path.join(root, "tester", "ledger.json")));
+    assert.match(r.stdout, /ledger: .*tester\/ledger\.json \(the demo's own: .* sets home: home, which the kiln commands read and the demo left alone\)/);
+    assert.doesNotMatch(r.stdout, /try: npx kiln/, "no command that would read the agent's own home instead");
+  } finally {
+    rmSync(dir, { recursive: true });
+    rmSync(root, { recursive: true });
+  }
+});
+
+test("versions list says when the base model is live beside kept versions (after a rollback to base)", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-base-"));
+  try {
+    const home = path.join(checkpoints, "demo");
+    mkdirSync(path.join(home, "v0001"), { recursive: true });
+    const version = { id: "v0001", parent: null, createdAt: "2026-01-01T00:00:00.000Z", dir: path.join(home, "v0001"), status: "kept", bakeId: "b", items: [], scores: { absorption: 1, retention: 1, persona: null } };
+    writeFileSync(path.join(home, "ledger.json"), JSON.stringify({ schema: 1, live: null, items: [], versions: [version], bakes: [], feeds: [] }));
+    const r = kiln(["versions", "list", "demo", "--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints]);
+    assert.equal(r.status, 0, r.stderr);
+    // only "v0001 kept ..." was listed: nothing said what was live
+    assert.match(r.stdout, /^v0001 kept .*\nbase  live     \(the base model, no adapter\)\n$/);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
+test("kiln learn names the persona score of an agent with a persona, as versions list does", () => {
+  const { dir, file } = writeTestAgent({ feeds: [], persona: { text: "End every reply with: Cheers.", suffix: "Cheers." } });
+  try {
+    const r = kiln(["learn", "tester", "--no-poll", "--agents", file]);
+    assert.equal(r.status, 0, r.stderr);
+    // it printed "bake promoted v0001: absorption 1.00, retention 1.00": the persona the gate weighed was left out
+    assert.match(r.stdout, /^bake promoted v0001: absorption \d\.\d\d, retention \d\.\d\d, persona \d\.\d\d$/m);
+    const list = kiln(["versions", "list", "tester", "--agents", file]);
+    assert.match(list.stdout, /^v0001 live .* persona \d\.\d\d$/m);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("knowledge list --status takes several statuses, comma-separated, as the admin API does; search lists newest first as list does", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-status-"));
+  try {
+    const item = (id: string, status: string, text: string) => ({ id, kind: "manual", text, status, createdAt: "2026-01-01T00:00:00.000Z", updatedAt: "2026-01-01T00:00:00.000Z", source: {}, contentHash: id, scores: [], history: [{ at: "2026-01-01T00:00:00.000Z", status }] });
+    mkdirSync(path.join(checkpoints, "demo"));
+    const items = [item("k_a1", "pending", "Ada owns a cat."), item("k_b2", "retracted", "Bo owns a dog."), item("k_c3", "absorbed", "Cy owns a fish.")];
+    writeFileSync(path.join(checkpoints, "demo", "ledger.json"), JSON.stringify({ schema: 1, live: null, items, versions: [], bakes: [], feeds: [] }));
+    const at = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints, "--json"];
+    const ids = (...status: string[]) => (JSON.parse(kiln(["knowledge", "list", "demo", ...status, ...at]).stdout) as { id: string }[]).map((i) => i.id);
+    assert.deepEqual(ids("--status", "retracted,pending"), ["k_b2", "k_a1"]);
+    assert.deepEqual(ids("--status", "absorbed"), ["k_c3"]);
+    // search lists in list's order, newest first (it listed oldest first)
+    const found = (JSON.parse(kiln(["knowledge", "search", "demo", "owns", ...at]).stdout) as { id: string }[]).map((i) => i.id);
+    assert.deepEqual(found, ["k_c3", "k_b2", "k_a1"]);
+    const bad = kiln(["knowledge", "list", "demo", "--status", "pending,bogus", ...at]);
+    assert.equal(bad.status, 1);
+    assert.match(bad.stderr, /argument 'pending,bogus' is invalid\. Allowed choices are pending, baking, absorbed, .* \(one, or several separated by commas\)/);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
+test("versions diff takes live, as versions export does", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-diff-"));
+  try {
+    const home = path.join(checkpoints, "demo");
+    const item = (id: string, text: string) => ({ id, kind: "manual", text, status: "absorbed", createdAt: "2026-01-01T00:00:00.000Z", updatedAt: "2026-01-01T00:00:00.000Z", source: {}, contentHash: id, scores: [], history: [] });
+    const version = (id: string, status: string, items: string[]) => ({ id, parent: null, createdAt: "2026-01-01T00:00:00.000Z", dir: path.join(home, id), status, bakeId: "b", items, scores: { absorption: 1, retention: 1, persona: null } });
+    mkdirSync(home);
+    writeFileSync(path.join(home, "ledger.json"), JSON.stringify({ schema: 1, live: "v0002", items: [item("k_a1", "Ada owns a cat."), item("k_b2", "Bo owns a dog.")], versions: [version("v0001", "kept", ["k_a1"]), version("v0002", "live", ["k_a1", "k_b2"])], bakes: [], feeds: [] }));
+    const r = kiln(["versions", "diff", "demo", "v0001", "live", "--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints]);
+    // it said "no version live (known: v0001, v0002)"
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, "+ k_b2 Bo owns a dog.\n");
+  } finally {
+    rmSync(checkpoints, { recursive: true });
   }
 });
 

@@ -263,6 +263,28 @@ test("refusals: a destination in use, an architecture llama.cpp's converter cann
   });
 });
 
+test("a GGUF export with --force replaces only an earlier GGUF: a ledger or any other file is never written over; a missing folder is made", async () => {
+  await withStored("llama", ALL, 12, async (model, _adapter, dir) => {
+    const root = path.dirname(dir);
+    // an agent's ledger beside its versions: `--to .../ledger.json --force` once wrote the GGUF over it
+    const ledger = path.join(root, "ledger.json");
+    writeFileSync(ledger, '{"schema":1,"live":"v0001","items":[]}');
+    for (const force of [false, true]) {
+      await assert.rejects(exportAdapter(source(model, dir), ledger, { format: "gguf", force }), /ledger\.json: already exists and is not a GGUF file; kiln will not replace it/);
+    }
+    assert.equal(readFileSync(ledger, "utf8"), '{"schema":1,"live":"v0001","items":[]}');
+    // a file too short to hold the magic is not a GGUF either
+    const tiny = path.join(root, "tiny.gguf");
+    writeFileSync(tiny, "GG");
+    await assert.rejects(exportAdapter(source(model, dir), tiny, { format: "gguf", force: true }), /not a GGUF file/);
+    // a GGUF export's folder is made as a PEFT export's is, not failed with ENOENT on a temp file
+    const nested = path.join(root, "new", "folder", "a.gguf");
+    await exportAdapter(source(model, dir), nested, { format: "gguf" });
+    await exportAdapter(source(model, dir), nested, { format: "gguf", force: true }); // an earlier GGUF is replaced
+    assert.equal(readFileSync(nested).subarray(0, 4).toString("latin1"), "GGUF");
+  });
+});
+
 test("kiln versions export and the admin API: by version id or live, beside the agent's state; unknown versions and base are named", async () => {
   const all = { ...FAST_BAKE, lora: { ...FAST_BAKE.lora, targetModules: ALL.targetModules } };
   const { dir, file } = writeTestAgent({ bake: { probesPerItem: 1, checkProbes: false, openQuestions: ["hello"], settings: all } });
@@ -288,7 +310,9 @@ test("kiln versions export and the admin API: by version id or live, beside the 
         assert.equal(ok.status, 201, JSON.stringify(ok.body));
         assert.equal(ok.body.version, "v0001");
         assert.ok((await gguf(path.join(dir, "api.gguf"), { allowLocalFile: true })).tensorInfos.every((t) => t.dtype === 1), "F16 tensors");
-        assert.equal((await post("live", { to: path.join(dir, "api.gguf"), format: "gguf" })).status, 409, "an earlier export is kept without force");
+        const kept = await post("live", { to: path.join(dir, "api.gguf"), format: "gguf" });
+        assert.equal(kept.status, 409, "an earlier export is kept without force");
+        assert.match(kept.body.error!.message, /api\.gguf: already exists; send "force": true to replace it/, "the API's field, not the CLI's --force");
         assert.equal((await post("v0009", { to: path.join(dir, "y") })).status, 404);
         assert.match((await post("v0001", { to: "relative/dir" })).body.error!.message, /to must be an absolute path on the server/);
         assert.match((await post("v0001", { to: path.join(dir, "m"), format: "merged" })).body.error!.message, /format must be peft or gguf/);

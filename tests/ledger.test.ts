@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { compactLedger, Ledger, type LedgerData } from "../src/knowledge/ledger.js";
@@ -248,4 +248,68 @@ test("whyNotLive: a rejected, pruned, or retracted-item-holding version says why
   assert.equal(ledger.whyNotLive("v0001"), `version v0001 holds retracted item(s) ${fact.id}; it cannot go live again`);
   await ledger.close();
   rmSync(dir, { recursive: true });
+});
+
+test("an item is found by its id or by an end of it that only one id has; an ambiguous or empty one is refused, never the first match", async () => {
+  const dir = tmp();
+  const ledger = await Ledger.open(path.join(dir, "ledger.json"));
+  for (const text of ["Ada owns a cat.", "Bo owns a dog.", "Cy owns a fish."]) await ledger.addItem({ kind: "manual", text });
+  const ids = ["k_mwyp5661ad1d78", "k_mwyp566102bfc8", "k_mwyp56616cef34"];
+  await ledger.update((d) => d.items.forEach((i, n) => (i.id = ids[n]!)));
+  // an archived item counts too (and an item in both the ledger and the archive is one item)
+  const archived = { ...ledger.data.items[2]!, id: "k_mwyp4000aaaa38", text: "Di owns a horse.", archivedAt: "t" };
+  writeFileSync(ledger.archiveFile, [archived, { ...ledger.data.items[1]!, archivedAt: "t" }].map((i) => JSON.stringify(i) + "\n").join(""));
+
+  assert.equal(ledger.item("k_mwyp566102bfc8").text, "Bo owns a dog.");
+  assert.equal(ledger.item("bfc8").text, "Bo owns a dog.", "a unique end of an id");
+  assert.equal(ledger.item("aaaa38").text, "Di owns a horse.", "a unique end of an archived id");
+  // "8" ends three ids: `kiln knowledge retract demo 8` retracted the first of them
+  assert.throws(() => ledger.item("8"), /item id 8 is ambiguous: 3 items end with it \(k_mwyp5661ad1d78, k_mwyp566102bfc8, k_mwyp4000aaaa38\); give more of the id/);
+  assert.throws(() => ledger.item(""), /no item "" \(the id is empty\)/);
+  assert.throws(() => ledger.item("zz"), /no item zz/);
+  await ledger.close();
+  rmSync(dir, { recursive: true });
+});
+
+test("an agent's home copied or moved elsewhere reads its own version folders, not the old place's", async () => {
+  const root = tmp();
+  const old = path.join(root, "old", "demo");
+  const ledger = await Ledger.open(path.join(old, "ledger.json"));
+  const { item } = await ledger.addItem({ kind: "manual", text: "Ada owns a cat." });
+  for (const id of ["v0001", "v0002"]) {
+    mkdirSync(path.join(old, id));
+    writeFileSync(path.join(old, id, "manifest.json"), "{}");
+  }
+  await ledger.update((d) => {
+    d.versions.push({ id: "v0001", parent: null, createdAt: "t", dir: path.join(old, "v0001"), status: "kept", bakeId: "b", items: [item.id], scores: { absorption: 1, retention: 1, persona: null } });
+    d.versions.push({ id: "v0002", parent: "v0001", createdAt: "t", dir: path.join(old, "v0002"), status: "live", bakeId: "b", items: [item.id], scores: { absorption: 1, retention: 1, persona: null } });
+    d.live = "v0002";
+  });
+  await ledger.close();
+
+  // a copy: its records still name the old folders, which must be neither read nor (pruning) deleted
+  const copy = path.join(root, "copy", "demo");
+  cpSync(old, copy, { recursive: true });
+  const copied = await Ledger.open(path.join(copy, "ledger.json"));
+  assert.deepEqual(copied.data.versions.map((v) => v.dir), [path.join(copy, "v0001"), path.join(copy, "v0002")]);
+  await copied.update((d) => void (d.live = "v0002")); // written back rebased
+  await copied.close();
+  assert.deepEqual((JSON.parse(readFileSync(path.join(copy, "ledger.json"), "utf8")) as LedgerData).versions.map((v) => v.dir), [path.join(copy, "v0001"), path.join(copy, "v0002")]);
+
+  // a ledger moved alone, its versions left where they were: it still finds them there
+  const alone = path.join(root, "alone", "demo");
+  mkdirSync(alone, { recursive: true });
+  cpSync(path.join(old, "ledger.json"), path.join(alone, "ledger.json"));
+  const lone = await Ledger.open(path.join(alone, "ledger.json"), { readOnly: true });
+  assert.equal(lone.version("v0001").dir, path.join(old, "v0001"));
+
+  // a move: the old place is gone, and the versions are still on disk where the ledger is now
+  const moved = path.join(root, "moved", "demo");
+  cpSync(old, moved, { recursive: true });
+  rmSync(path.join(root, "old"), { recursive: true });
+  const reader = await Ledger.open(path.join(moved, "ledger.json"), { readOnly: true });
+  assert.equal(reader.version("v0002").dir, path.join(moved, "v0002"));
+  assert.ok(existsSync(reader.version("v0001").dir));
+  assert.equal(reader.whyNotLive("v0001"), null, "a kept version can go live: not 'no longer on disk (pruned)'");
+  rmSync(root, { recursive: true });
 });

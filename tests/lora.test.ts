@@ -161,7 +161,10 @@ test("an adapter for another base model, or a corrupt one, is refused and the re
     const file = path.join(dir, "truncated", "adapter_model.safetensors");
     truncateSync(file, statSync(file).size - 64);
     assert.throws(() => loadAdapter(path.join(dir, "truncated"), llama.config, fingerprintOf(llama)), /adapter_model\.safetensors: .*truncated/);
-    assert.throws(() => loadAdapter(path.join(dir, "missing"), llama.config, fingerprintOf(llama)), /not a PEFT adapter directory/);
+    // a folder that is not there says so (it said "not a PEFT adapter directory: adapter_config.json is missing")
+    assert.throws(() => loadAdapter(path.join(dir, "missing"), llama.config, fingerprintOf(llama)), /missing: no such adapter folder/);
+    mkdirSync(path.join(dir, "empty"));
+    assert.throws(() => loadAdapter(path.join(dir, "empty"), llama.config, fingerprintOf(llama)), /empty: not a PEFT adapter directory: adapter_config\.json is missing/);
 
     assert.deepEqual(registry.names(), ["live"]);
     assert.equal(maxDiff(await logits(llama.decoder, registry.hook()), before), 0);

@@ -8,7 +8,7 @@ import type { AddressInfo } from "node:net";
 import path from "node:path";
 import cron from "node-cron";
 import { initBackend } from "../src/tensor/backend.js";
-import { Runtime } from "../src/runtime/runtime.js";
+import { agentFiles, Runtime } from "../src/runtime/runtime.js";
 import { loadAgentConfig } from "../src/runtime/agent-config.js";
 import { bakeOrder, chooseReplay, replayAdvice, scaledTrajectories, type Agent } from "../src/runtime/agent.js";
 import { SETTLE_MS } from "../src/feeds/feeds.js";
@@ -260,6 +260,37 @@ test("on start, item statuses follow the live version (a crash between a promoti
     writeFileSync(ledgerFile, JSON.stringify(data));
     runtime = await Runtime.fromFiles(file);
     assert.equal(runtime.agent("tester").ledger.item(item.id).status, "absorbed", "v0001 holds it");
+    await runtime.stop();
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("a retraction whose rebuild the process did not finish: on start the weights holding the retracted item leave, the rest is baked again", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  try {
+    let runtime = await Runtime.fromFiles(file);
+    const agent = runtime.agent("tester");
+    const { item: keep } = await agent.remember("The lighthouse keeper is Mira Tolle.");
+    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    assert.deepEqual(agent.ledger.version("v0001").items.sort(), [keep.id, drop.id].sort());
+    await runtime.stop();
+    // as `kiln knowledge retract` killed during its rebuild leaves it: the item marked, the rebuild running
+    const ledgerFile = path.join(dir, "home", "ledger.json");
+    const data = JSON.parse(readFileSync(ledgerFile, "utf8"));
+    data.items.find((i: Item) => i.id === drop.id).status = "retracted";
+    data.bakes.push({ id: "b_cut", startedAt: new Date().toISOString(), status: "running", trigger: "retraction", parent: null, itemIds: [keep.id], replayIds: [] } satisfies BakeRun);
+    writeFileSync(ledgerFile, JSON.stringify(data));
+    const logs: string[] = [];
+    runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+    const again = runtime.agent("tester");
+    assert.equal(again.live.version, null, "v0001 holds the retracted item: it no longer answers");
+    assert.equal(again.ledger.data.live, null);
+    assert.equal(again.ledger.item(drop.id).status, "retracted");
+    assert.equal(again.ledger.item(keep.id).status, "pending", "baked again by the next bake");
+    assert.ok(logs.some((m) => m.startsWith(`v0001 holds retracted item(s) ${drop.id} (a retraction's rebuild did not finish): the base model is live instead`)), logs.join("\n"));
+    await assert.rejects(again.rollback("v0001"), /holds retracted item/);
     await runtime.stop();
   } finally {
     rmSync(dir, { recursive: true });
@@ -650,6 +681,44 @@ test("agents naming the same model share one copy of its weights, each with its 
   }
 });
 
+test("two agents whose home: is one folder are refused before either opens it: they would bake, prune and roll back one ledger", async () => {
+  const { dir, file } = writeTestAgent();
+  writeFileSync(path.join(dir, "second.yaml"), readFileSync(file, "utf8").replace("name: tester", "name: other"));
+  try {
+    await assert.rejects(Runtime.fromFiles(dir), new RegExp(`agents other and tester both keep their ledger and versions in ${path.join(dir, "home").replace(/[.\\/]/g, "\\$&")} \\(home:\\): give each its own home`));
+    assert.ok(!existsSync(path.join(dir, "home")), "neither opened it");
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("--agents names an agent file whatever it ends with, or a folder of *.yaml files", () => {
+  const { dir, file } = writeTestAgent();
+  try {
+    const txt = path.join(dir, "agent.txt");
+    writeFileSync(txt, readFileSync(file, "utf8"));
+    // it failed with "ENOTDIR: not a directory, scandir 'agent.txt'"
+    assert.deepEqual(agentFiles(txt), [txt]);
+    assert.deepEqual(agentFiles(dir), [file]);
+    assert.throws(() => agentFiles(path.join(dir, "nope.yaml")), /nope\.yaml: no such agent file or folder/);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("an agent whose model cannot be found or loaded is named with its file, and a relative folder says where it was looked for", async () => {
+  const { dir, file } = writeTestAgent();
+  try {
+    writeFileSync(file, readFileSync(file, "utf8").replace("model: model", "model: ./models/mine"));
+    // it said only "./models/mine: no such model directory", with no agent file and no folder
+    await assert.rejects(Runtime.fromFiles(file), new RegExp(`^Error: ${file.replace(/[.\\/]/g, "\\$&")}: model: \\./models/mine: no such model directory \\(a folder is read relative to the agent file: ${path.join(dir, "models", "mine").replace(/[.\\/]/g, "\\$&")}\\)$`));
+    mkdirSync(path.join(dir, "models", "mine"), { recursive: true });
+    await assert.rejects(Runtime.fromFiles(file), /test-agent\.yaml: model: .*mine: not a model directory: config\.json is missing/);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("agent files with mistakes name the field", () => {
   const { dir, file } = writeTestAgent();
   writeFileSync(file, "name: x\nfeeds:\n  - id: a\n    url: http://x\n    schedule: every minute\n");
@@ -683,7 +752,15 @@ test("agent files with mistakes name the field", () => {
   writeFileSync(file, "name: x\nfeeds:\n  - { id: a, url: http://x/1, schedule: '0 */5 * * * *' }\n");
   assert.equal(loadAgentConfig(file, dir).feeds[0]!.schedule, "0 */5 * * * *");
   writeFileSync(file, "name: [unclosed\n");
-  assert.throws(() => loadAgentConfig(file, dir), /is not valid YAML/);
+  assert.throws(() => loadAgentConfig(file, dir), /is not valid YAML \(.*[^:]\)$/);
+  // an empty file said "(root): Invalid input: expected object, received null"
+  for (const text of ["", "# nothing yet\n"]) {
+    writeFileSync(file, text);
+    assert.throws(() => loadAgentConfig(file, dir), new RegExp(`^AgentConfigError: ${file.replace(/[.\\/]/g, "\\$&")}: is empty: an agent file needs at least a name:`));
+  }
+  // feeds whose entries are all commented out read as none (it said "feeds: expected array, received null")
+  writeFileSync(file, "name: x\nfeeds:\n  # - { id: a, url: http://x/1 }\n");
+  assert.deepEqual(loadAgentConfig(file, dir).feeds, []);
   rmSync(dir, { recursive: true });
 });
 

@@ -945,6 +945,11 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   assert.ok(diff.json.gained.some((i: any) => i.id === id));
   assert.deepEqual(diff.json.lost, []);
   assert.equal((await call("/admin/agents/tester/versions/diff?from=v0042")).status, 404);
+  // "live", as the export route takes it (it was "no version live", a 404)
+  const live = await call("/admin/agents/tester/versions/diff?from=base&to=live");
+  assert.equal(live.status, 200, live.text);
+  assert.equal(live.json.to, "v0001");
+  assert.deepEqual(live.json.gained.map((i: any) => i.id), diff.json.gained.map((i: any) => i.id));
 
   // The reply says which version answered; the metrics name the live version.
   const reply = await client.chat.completions.create({ model: "tester", messages: [{ role: "user", content: "hi" }], max_tokens: 2 });
@@ -981,6 +986,10 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   assert.ok(proof.json.items.length > 0 && proof.json.items.every((i: any) => i.status === "absorbed" && i.probes.length > 0));
   assert.equal((await call("/admin/agents/tester/verify", { method: "POST", body: { ids: ["k_nope"] } })).status, 404);
   assert.equal((await call("/admin/agents/tester/verify", { method: "POST", body: { ids: "k_nope" } })).status, 400);
+  // no ids is not every item: that answered as if ids were left out, running every absorbed item's probes
+  const none = await call("/admin/agents/tester/verify", { method: "POST", body: { ids: [] } });
+  assert.equal(none.status, 400);
+  assert.match(none.json.error.message, /^ids: ids is empty: leave it out to verify every absorbed item$/);
   const one = await call("/admin/agents/tester/probe", { method: "POST", body: { question: "Who keeps the lighthouse?", context: fact } });
   assert.equal(one.status, 200, "one context item may be a plain string");
   assert.equal(one.json.prompted, probe.json.prompted);

@@ -36,10 +36,15 @@ export function explicitRequest(message: string): FactAction[] | undefined {
   const remember = text.match(/^(?:please\s+)?remember(?:\s+that)?[:\s]+(.+)$/is);
   if (remember) {
     const fact = sentence(remember[1]!);
-    return fact ? [{ kind: "remember", text: fact }] : [];
+    // "remember that", "remember this", "remember me": a word that states nothing is no fact (the
+    // optional "that" gave way, and "That." was stored as one)
+    return fact && words(fact).some((w) => !isFunctionWord(w) && !STATES_NOTHING.has(w.toLowerCase())) ? [{ kind: "remember", text: fact }] : [];
   }
   return undefined;
 }
+
+/** Words that, alone after "remember", name no fact (function words aside). */
+const STATES_NOTHING = new Set(["me", "him", "them", "us", "you", "everything", "anything", "something", "nothing", "all", "what", "when", "where", "who", "why", "how"]);
 
 /** Most items one "forget ..." retracts: more means the words were too vague to act on. */
 export const MAX_FORGET = 3;

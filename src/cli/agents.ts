@@ -5,8 +5,8 @@
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { createInterface } from "node:readline";
-import { Option, type Command } from "commander";
-import { parseDocument, parse as parseYaml } from "yaml";
+import { InvalidArgumentError, Option, type Command } from "commander";
+import { isSeq, parseDocument, parse as parseYaml } from "yaml";
 import { initBackend } from "../tensor/backend.js";
 import { ITEM_STATUSES, Ledger, type Item, type ItemStatus } from "../knowledge/ledger.js";
 import { loadAgentConfig, parseAgentConfig, type AgentConfig } from "../runtime/agent-config.js";
@@ -70,7 +70,7 @@ function itemLine(i: Item): string {
 
 export function registerAgentCommands(program: Command): void {
   const withAgentFiles = (c: Command) =>
-    c.option("--agents <path>", "agent file or folder (default ./agents, else the bundled agents/)").option("--checkpoints <dir>", "checkpoints root (default: the package's checkpoints/)");
+    c.option("--agents <path>", "agent file or folder (default ./agents, else the bundled agents/)").option("--checkpoints <dir>", "checkpoints root: each agent's state in <dir>/<name> (default: the package's checkpoints/; an agent file's home: takes precedence)");
   const withAgents = (c: Command) => withAgentFiles(c).option("--json", "machine-readable output");
   const backend = () => program.opts().backend as string | undefined;
 
@@ -159,8 +159,14 @@ export function registerAgentCommands(program: Command): void {
         url = path.relative(path.dirname(c.file!), file) || file;
       }
       const doc = parseDocument(readFileSync(c.file!, "utf8"));
-      const list = (doc.get("feeds") as { items?: unknown[] } | undefined)?.items ?? [];
-      if (list.length === 0) doc.set("feeds", []);
+      // no feeds yet (no key, `feeds:` or `feeds: []`): a block list to add to (a plain [] set
+      // here is no YAML node, and adding to it failed with "Expected YAML collection at feeds")
+      const list = doc.get("feeds");
+      if (!isSeq(list) || list.items.length === 0) {
+        const seq = doc.createNode([]);
+        seq.flow = false;
+        doc.set("feeds", seq);
+      }
       doc.addIn(["feeds"], doc.createNode({ id, url, schedule: o.schedule }));
       // Validate the result before writing, so a bad feed never breaks the agent file.
       loadAgentConfigFromText(doc.toString(), c.file!, o.checkpoints);
@@ -171,15 +177,22 @@ export function registerAgentCommands(program: Command): void {
   // --- knowledge ---
   const knowledge = program.command("knowledge").description("what an agent has read and absorbed");
   withAgents(knowledge.command("list [agent]").description("items, the most recently stored first (one poll stores its items in feed order)"))
-    .addOption(new Option("--status <status>", "only items with this status").choices(ITEM_STATUSES))
+    // one status or several, comma-separated, as the admin API's ?status= takes them
+    .option("--status <status>", `only items with this status, or these (comma-separated): ${ITEM_STATUSES.join(", ")}`, (value: string) => {
+      const wanted = value.split(",").map((x) => x.trim()).filter(Boolean);
+      if (!wanted.length || wanted.some((x) => !(ITEM_STATUSES as readonly string[]).includes(x))) {
+        throw new InvalidArgumentError(`Allowed choices are ${ITEM_STATUSES.join(", ")} (one, or several separated by commas).`);
+      }
+      return wanted as ItemStatus[];
+    })
     .option("--source <id>", "a feed id, conversation id or link")
-    .action(async (name: string | undefined, o: AgentOpts & { status?: ItemStatus; source?: string }) => {
+    .action(async (name: string | undefined, o: AgentOpts & { status?: ItemStatus[]; source?: string }) => {
       const ledger = await readLedger(o, name);
       const items = ledger.items({ status: o.status, source: o.source }).reverse();
       print(o.json, items, () => items.map(itemLine).join("\n") || "(no items)");
     });
-  withAgents(knowledge.command("search <agent> <text>").description("items whose text contains <text>")).action(async (name: string, text: string, o: AgentOpts) => {
-    const items = (await readLedger(o, name)).items({ text });
+  withAgents(knowledge.command("search <agent> <text>").description("items whose text contains <text>, the most recently stored first (as list)")).action(async (name: string, text: string, o: AgentOpts) => {
+    const items = (await readLedger(o, name)).items({ text }).reverse();
     print(o.json, items, () => items.map(itemLine).join("\n") || "(no match)");
   });
   withAgents(knowledge.command("show <agent> <id>").description("one item: provenance, version, probes and scores")).action(async (name: string, id: string, o: AgentOpts) => {
@@ -213,7 +226,10 @@ export function registerAgentCommands(program: Command): void {
         print(o.json, r, () =>
           [
             ...r.items.flatMap((i) => [
-              `${i.id}  ${i.held ? "held" : "NOT HELD"} (${i.probes.filter((p) => p.passed).length}/${i.probes.length} probes)  ${i.text}`,
+              // an item never baked has no probes: nothing was asked ("NOT HELD (0/0 probes)" said no more)
+              i.probes.length
+                ? `${i.id}  ${i.held ? "held" : "NOT HELD"} (${i.probes.filter((p) => p.passed).length}/${i.probes.length} probes)  ${i.text}`
+                : `${i.id}  NOT HELD (no probes to ask: ${i.status === "pending" ? "not baked yet" : `${i.status}, never probed`})  ${i.text}`,
               ...i.probes.map((p) => `    ${p.passed ? "ok  " : "FAIL"} ${p.question} -> ${p.answer}${p.passed ? "" : `   (expected: ${p.expected})`}`),
             ]),
             `${r.held} of ${r.items.length} item(s) held by ${r.version ?? "the base model"}`,
@@ -226,16 +242,18 @@ export function registerAgentCommands(program: Command): void {
       }
     },
   );
-  withAgents(knowledge.command("retract <agent> <ids...>").description("retract items and rebuild the adapter from what is still true")).action(async (name: string, ids: string[], o: AgentOpts) => {
-    const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name, true);
-    try {
-      const r = await runtime.agent(agent).retract(ids);
-      print(o.json, r, () => `consolidation ${r.status}${r.version ? ` ${r.version}` : ""}${r.reasons.length ? `: ${r.reasons.join("; ")}` : ""}`);
-      if (r.status === "failed") process.exitCode = 1;
-    } finally {
-      await runtime.stop();
-    }
-  });
+  withAgents(knowledge.command("retract <agent> <ids...>").description("retract items and rebuild the adapter from what is still true"))
+    .option("--reason <text>", "why, kept in the items' history (as the admin API's reason)", "retracted with kiln knowledge retract")
+    .action(async (name: string, ids: string[], o: AgentOpts & { reason: string }) => {
+      const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name, true);
+      try {
+        const r = await runtime.agent(agent).retract(ids, o.reason);
+        print(o.json, r, () => `consolidation ${r.status}${r.version ? ` ${r.version}` : ""}${r.reasons.length ? `: ${r.reasons.join("; ")}` : ""}`);
+        if (r.status === "failed") process.exitCode = 1;
+      } finally {
+        await runtime.stop();
+      }
+    });
 
   // --- versions ---
   const versions = program.command("versions").description("an agent's weight versions: list, diff, roll back, export (PEFT, GGUF, merged)");
@@ -245,12 +263,18 @@ export function registerAgentCommands(program: Command): void {
     // a kept version holding a retracted item is listed as kept, but rollback refuses it: say so here
     const blocked = (v: (typeof vs)[number]) => (v.status === "kept" ? ledger.whyNotLive(v.id) : null);
     print(o.json, { live: ledger.data.live, versions: vs.map((v) => ({ ...v, cannotGoLive: v.status === "live" ? null : ledger.whyNotLive(v.id) })) }, () =>
-      vs.map((v) => `${v.id} ${v.status.padEnd(8)} parent ${v.parent ?? "base"}  items ${v.itemCount ?? v.items.length}  absorption ${v.scores.absorption.toFixed(2)} retention ${v.scores.retention.toFixed(2)}${v.scores.persona !== null ? ` persona ${v.scores.persona.toFixed(2)}` : ""}${v.reasons ? `  (${v.reasons.join("; ")})` : ""}${blocked(v) ? `  [cannot go live: ${blocked(v)}]` : ""}`).join("\n") || "(no versions: the base model is live)",
+      [
+        ...vs.map((v) => `${v.id} ${v.status.padEnd(8)} parent ${v.parent ?? "base"}  items ${v.itemCount ?? v.items.length}  absorption ${v.scores.absorption.toFixed(2)} retention ${v.scores.retention.toFixed(2)}${v.scores.persona !== null ? ` persona ${v.scores.persona.toFixed(2)}` : ""}${v.reasons ? `  (${v.reasons.join("; ")})` : ""}${blocked(v) ? `  [cannot go live: ${blocked(v)}]` : ""}`),
+        // rolled back to the base (or left there by a retraction): no version line says live
+        ...(vs.length && ledger.data.live === null ? ["base  live     (the base model, no adapter)"] : []),
+      ].join("\n") || "(no versions: the base model is live)",
     );
   });
-  withAgents(versions.command("diff <agent> <from> <to>").description("items gained and lost between two versions (base = the base model)")).action(async (name: string, from: string, to: string, o: AgentOpts) => {
+  withAgents(versions.command("diff <agent> <from> <to>").description("items gained and lost between two versions (base = the base model, live = the live version)")).action(async (name: string, from: string, to: string, o: AgentOpts) => {
     const ledger = await readLedger(o, name);
-    const d = ledger.diff(from === "base" ? null : from, to === "base" ? null : to);
+    // "live" as export takes it (the live version, or the base model when that is live)
+    const ref = (v: string) => (v === "base" ? null : v === "live" ? ledger.data.live : v);
+    const d = ledger.diff(ref(from), ref(to));
     print(o.json, d, () => [...d.gained.map((i) => `+ ${i.id} ${i.text}`), ...d.lost.map((i) => `- ${i.id} ${i.text}`)].join("\n") || "(no difference)");
   });
   withAgents(versions.command("rollback <agent> <version>").description("make a kept version live again (base = the base model)")).action(async (name: string, version: string, o: AgentOpts) => {
@@ -307,7 +331,9 @@ export function registerAgentCommands(program: Command): void {
         const a = runtime.agent(agent);
         if (o.poll) await a.pollAllFeeds();
         const r = await a.bake("cli", { force: true });
-        print(o.json, r, () => `bake ${r.status}${r.version ? ` ${r.version}` : ""}${r.absorption !== undefined ? `: absorption ${r.absorption.toFixed(2)}, retention ${r.retention!.toFixed(2)}` : ""}${r.reasons.length ? ` (${r.reasons.join("; ")})` : ""}`);
+        // an agent with a persona is gated on its adherence too: say it, as versions list does
+        const persona = typeof r.persona === "number" ? `, persona ${r.persona.toFixed(2)}` : "";
+        print(o.json, r, () => `bake ${r.status}${r.version ? ` ${r.version}` : ""}${r.absorption !== undefined ? `: absorption ${r.absorption.toFixed(2)}, retention ${r.retention!.toFixed(2)}${persona}` : ""}${r.reasons.length ? ` (${r.reasons.join("; ")})` : ""}`);
         if (r.status === "failed") process.exitCode = 1;
       } finally {
         await runtime.stop();

@@ -24,7 +24,10 @@ export async function runDemo(o: DemoOptions = {}): Promise<{ before: number; af
   const file = o.agentFile ?? path.join(DEFAULT_AGENTS_DIR, "demo.yaml");
   // State goes to <root>/<agent>, the layout `--checkpoints <root>` expects in the other commands.
   const root = o.home ?? mkdtempSync(path.join(os.tmpdir(), "kiln-demo-"));
-  const config = loadAgentConfig(file, root);
+  // The demo's state is its own, under root, even for an agent file that sets home: (the demo
+  // bakes and promotes with force, which must never happen to an agent's real ledger and versions).
+  const loaded = loadAgentConfig(file, root);
+  const config = { ...loaded, homeDir: path.join(root, loaded.name) };
   const home = config.homeDir;
   if (o.maxItems) config.bake = { ...config.bake, maxItems: o.maxItems };
   const out = (s = "") => process.stdout.write(s + "\n");
@@ -77,8 +80,13 @@ export async function runDemo(o: DemoOptions = {}): Promise<{ before: number; af
     }
     out();
     out(`answered like the prompted model, with nothing in the prompt: ${before}/${asked.length} before, ${after}/${asked.length} ${candidate ? `on the rejected ${outcome.version}` : `after (${lease.version ?? "base"})`}`);
-    out(`ledger: ${path.join(home, "ledger.json")} — try: npx kiln knowledge list ${config.name} --agents ${file} --checkpoints ${root}`);
-    out(`proof, asked again on the live weights and naming them: npx kiln knowledge verify ${config.name} --agents ${file} --checkpoints ${root}`);
+    if (loaded.home) {
+      // the other commands would read the home the agent file names, not the demo's state
+      out(`ledger: ${path.join(home, "ledger.json")} (the demo's own: ${file} sets home: ${loaded.home}, which the kiln commands read and the demo left alone)`);
+    } else {
+      out(`ledger: ${path.join(home, "ledger.json")} — try: npx kiln knowledge list ${config.name} --agents ${file} --checkpoints ${root}`);
+      out(`proof, asked again on the live weights and naming them: npx kiln knowledge verify ${config.name} --agents ${file} --checkpoints ${root}`);
+    }
     return { before, after, asked: asked.length, version: lease.version };
   } finally {
     await runtime.stop();

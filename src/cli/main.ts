@@ -163,12 +163,22 @@ program
 function readQuestions(file: string): string[] {
   if (!existsSync(file)) throw new Error(`${file}: no such questions file`);
   const text = readFileSync(file, "utf8");
+  let questions: string[];
   if (file.endsWith(".json")) {
-    const arr = JSON.parse(text);
+    let arr: unknown;
+    try {
+      arr = JSON.parse(text);
+    } catch (err) {
+      throw new Error(`${file}: not valid JSON (${(err as Error).message.split("\n")[0]}); give a JSON array of strings, or one question a line in a .txt file`);
+    }
     if (!Array.isArray(arr) || !arr.every((q) => typeof q === "string")) throw new Error(`${file}: expected a JSON array of strings`);
-    return arr;
+    questions = arr.map((q) => q.trim()).filter(Boolean);
+  } else {
+    questions = text.split("\n").map((l) => l.trim()).filter(Boolean);
   }
-  return text.split("\n").map((l) => l.trim()).filter(Boolean);
+  // an empty file would silently bake on questions the model writes, as if --questions were left out
+  if (!questions.length) throw new Error(`${file} holds no questions (one a line, or a JSON array of strings); leave --questions out to have the model write them`);
+  return questions;
 }
 
 program
@@ -263,7 +273,7 @@ program
   .command("serve")
   .description("serve the agents: OpenAI-compatible API, admin API, metrics and the web dashboard")
   .option("--agents <path>", "agent file or folder (default ./agents, else the bundled agents/)")
-  .option("--checkpoints <dir>", "checkpoints root (default: the package's checkpoints/)")
+  .option("--checkpoints <dir>", "checkpoints root: each agent's state in <dir>/<name> (default: the package's checkpoints/; an agent file's home: takes precedence)")
   .option("--host <host>", "address to bind; anything but loopback needs --token", "127.0.0.1")
   .option("--port <n>", "port (0: any free one)", integer(0, 65535), 8080)
   // no commander default: --help would print the token that is in KILN_TOKEN

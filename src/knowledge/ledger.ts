@@ -250,6 +250,16 @@ export class Ledger {
       throw new LedgerError(`${file} is not a kiln ledger (schema ${String((data as { schema?: unknown })?.schema)}); it was left untouched`);
     }
     data.feeds ??= [];
+    // A version's folder is vNNNN beside the ledger, though its record names it in full: an agent's
+    // home copied or moved elsewhere (a backup restored, --checkpoints elsewhere) reads its own
+    // versions, not the old place's (nor, pruning, deletes those), and finds them when the old is
+    // gone. Only a ledger moved without its versions still reads them where they are.
+    const home = path.dirname(path.resolve(file));
+    for (const v of data.versions ?? []) {
+      if (typeof v.dir !== "string" || !v.dir) continue;
+      const beside = path.join(home, path.basename(v.dir));
+      if (beside !== v.dir && (existsSync(beside) || !existsSync(v.dir))) v.dir = beside;
+    }
     return new Ledger(file, db, lockFile);
   }
 
@@ -350,12 +360,28 @@ export class Ledger {
     return results;
   }
 
-  /** An item by id (or the end of one), from the ledger or else its archive. */
+  /**
+   * An item by id, from the ledger or else its archive; or by the end of an id, when exactly one
+   * item's id ends so (a retraction must never act on whichever item happened to come first).
+   */
   item(id: string): Item {
-    const matches = (i: Item) => i.id === id || i.id.endsWith(id);
-    const item = this.data.items.find(matches) ?? this.archived().findLast(matches);
-    if (!item) throw new LedgerError(`no item ${id}`);
-    return item;
+    const exact = this.data.items.find((i) => i.id === id);
+    if (exact) return exact;
+    const archived = this.archived();
+    const archivedExact = archived.findLast((i) => i.id === id);
+    if (archivedExact) return archivedExact;
+    if (id) {
+      // the ledger's copy first (an unarchived item keeps its archive line), one per id
+      const byId = new Map<string, Item>();
+      for (const i of [...this.data.items, ...archived.reverse()]) if (i.id.endsWith(id) && !byId.has(i.id)) byId.set(i.id, i);
+      const found = [...byId.values()];
+      if (found.length === 1) return found[0]!;
+      if (found.length > 1) {
+        const shown = found.slice(0, 5).map((i) => i.id).join(", ");
+        throw new LedgerError(`item id ${id} is ambiguous: ${found.length} items end with it (${shown}${found.length > 5 ? ", ..." : ""}); give more of the id`);
+      }
+    }
+    throw new LedgerError(id ? `no item ${id}` : `no item "" (the id is empty)`);
   }
 
   /** Brings an archived item back into the ledger (a retraction needs it there); its archive line stays. */

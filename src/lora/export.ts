@@ -6,7 +6,7 @@
 //           for transformers, kiln or any converter, with no adapter support needed
 // The stored adapter is only read (and checked whole, as serving would load it, before anything is
 // written); every export is written beside its destination and renamed into place.
-import { copyFileSync, existsSync, openSync, closeSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, openSync, closeSync, readdirSync, readSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { LoadedModel } from "../model/load.js";
 import { weightFiles } from "../model/load.js";
@@ -72,7 +72,20 @@ function checkDestination(to: string, source: ExportSource, opts: ExportOptions)
   else if (opts.format === "merged") checkFolderTarget(to, !!opts.force, "config.json", "model directory", "a model");
   else if (existsSync(to)) {
     if (statSync(to).isDirectory()) throw new AdapterFileError(to, "is a folder; give the path of the .gguf file to write");
+    // --force replaces an earlier GGUF export, never another file (an agent's ledger.json, a weight file)
+    if (!isGguf(to)) throw new AdapterFileError(to, "already exists and is not a GGUF file; kiln will not replace it: choose a new file name");
     if (!opts.force) throw new AdapterFileError(to, "already exists; pass --force to replace it");
+  }
+}
+
+/** Whether a file starts with GGUF's magic bytes. */
+function isGguf(file: string): boolean {
+  const head = Buffer.alloc(4);
+  const fd = openSync(file, "r");
+  try {
+    return readSync(fd, head, 0, 4, 0) === 4 && head.toString("latin1") === "GGUF";
+  } finally {
+    closeSync(fd);
   }
 }
 

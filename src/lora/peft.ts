@@ -153,6 +153,7 @@ type AdapterConfig = z.infer<typeof AdapterConfigSchema>;
 /** Reads and validates adapter_config.json, refusing what kiln cannot apply exactly. */
 function readAdapterConfig(dir: string): { file: string; c: AdapterConfig } {
   const file = path.join(dir, ADAPTER_CONFIG);
+  if (!existsSync(dir)) throw new AdapterFileError(dir, "no such adapter folder");
   if (!existsSync(file)) throw new AdapterFileError(dir, `not a PEFT adapter directory: ${ADAPTER_CONFIG} is missing`);
   let raw: unknown;
   try {

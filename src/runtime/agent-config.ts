@@ -154,6 +154,9 @@ export class AgentConfigError extends Error {
 
 /** Validates a parsed agent definition; `baseDir` resolves relative paths (the agent file's folder). */
 export function parseAgentConfig(raw: unknown, where: string, baseDir: string, checkpointsRoot: string): AgentConfig {
+  if (raw === null || raw === undefined) throw new AgentConfigError(where, "is empty: an agent file needs at least a name: (see agents/demo.yaml)");
+  // `feeds:` with every entry commented out reads as null: no feeds, as a missing key
+  if (typeof raw === "object" && !Array.isArray(raw) && (raw as Record<string, unknown>).feeds === null) raw = { ...(raw as Record<string, unknown>), feeds: [] };
   const parsed = AgentConfigSchema.safeParse(raw);
   if (!parsed.success) {
     const problems = parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`).join("; ");
@@ -209,7 +212,7 @@ export function loadAgentConfig(file: string, checkpointsRoot: string): AgentCon
   try {
     raw = parseYaml(readFileSync(file, "utf8"));
   } catch (err) {
-    throw new AgentConfigError(file, `is not valid YAML (${(err as Error).message.split("\n")[0]})`);
+    throw new AgentConfigError(file, `is not valid YAML (${(err as Error).message.split("\n")[0]!.replace(/:$/, "")})`);
   }
   return { ...parseAgentConfig(raw, file, path.dirname(path.resolve(file)), checkpointsRoot), file: path.resolve(file) };
 }

@@ -220,6 +220,17 @@ export class Agent {
     const repaired = await ledger.recover();
     if (repaired.bakes || repaired.items) agent.log(`recovered from an interrupted bake: ${repaired.bakes} bake(s) marked failed, ${repaired.items} item(s) back to pending`);
     agent.removeOrphanCheckpoints();
+    // A retraction marks its items first and then rebuilds: a process stopped during the rebuild
+    // left them live in the weights, which the next (rolling) bakes would carry on.
+    if (ledger.data.live && ledger.data.versions.some((v) => v.id === ledger.data.live)) {
+      try {
+        const moved = await agent.leaveRetracted("a retraction's rebuild did not finish");
+        if (moved) agent.log(`${moved.from} holds retracted item(s) ${moved.retracted.join(", ")} (a retraction's rebuild did not finish): ${moved.to ?? "the base model"} is live instead, and what it does not hold is baked again`);
+      } catch (err) {
+        // a clean version that cannot load is reported; the agent still opens (rollback or retract again)
+        agent.log(`${ledger.data.live} holds retracted item(s), and going live without them failed: ${(err as Error).message}`);
+      }
+    }
     if (ledger.data.live === null || ledger.data.versions.some((v) => v.id === ledger.data.live)) await agent.syncStatusesToLive("start");
     agent.goLiveOnRecord();
     for (const f of config.feeds) {
@@ -873,13 +884,22 @@ export class Agent {
       return { status: "skipped", reasons: ["the live weights never held these items: marked retracted, nothing to rebuild"] };
     }
     const outcome = await this.bake("retraction", { consolidate: true, force: true });
+    const moved = this.baking ? null : await this.leaveRetracted(`the rebuild after a retraction was ${outcome.status}`);
+    return moved ? { ...outcome, reasons: [...outcome.reasons, `${moved.from} still held retracted items, so ${moved.to ?? "the base model"} is live now`] } : outcome;
+  }
+
+  /**
+   * When the live version holds retracted items (a retraction's rebuild was not promoted, or the
+   * process stopped during it), the newest kept version that holds none of them goes live, else
+   * the base model; what it does not hold waits to be baked again. Null when the live one is clean.
+   */
+  private async leaveRetracted(why: string): Promise<{ from: string; to: string | null; retracted: string[] } | null> {
     const live = this.ledger.data.live;
-    if (this.retractedIn(live).length && !this.baking) {
-      const clean = [...this.ledger.data.versions].reverse().find((v) => (v.status === "kept" || v.status === "live") && existsSync(v.dir) && !this.retractedIn(v.id).length);
-      await this.goLive(clean?.id ?? null, `the rebuild after a retraction was ${outcome.status}`);
-      return { ...outcome, reasons: [...outcome.reasons, `${live} still held retracted items, so ${clean?.id ?? "the base model"} is live now`] };
-    }
-    return outcome;
+    const retracted = this.retractedIn(live);
+    if (!live || !retracted.length) return null;
+    const clean = [...this.ledger.data.versions].reverse().find((v) => (v.status === "kept" || v.status === "live") && existsSync(v.dir) && !this.retractedIn(v.id).length);
+    await this.goLive(clean?.id ?? null, why);
+    return { from: live, to: clean?.id ?? null, retracted };
   }
 }
 

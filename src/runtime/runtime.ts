@@ -1,6 +1,6 @@
 // The process-level runtime: loads agent files, shares one base model between agents that name
 // the same one, starts their schedules, and serves chat on each agent's live weights.
-import { readdirSync, existsSync } from "node:fs";
+import { readdirSync, existsSync, statSync } from "node:fs";
 import path from "node:path";
 import { loadModel, type LoadedModel } from "../model/load.js";
 import { resolveModelDir, PACKAGE_ROOT } from "../model/resolve.js";
@@ -49,7 +49,8 @@ export const DEFAULT_CHECKPOINTS_DIR = path.join(PACKAGE_ROOT, "checkpoints");
 
 export function agentFiles(spec: string): string[] {
   if (!existsSync(spec)) throw new Error(`${spec}: no such agent file or folder`);
-  if (spec.endsWith(".yaml") || spec.endsWith(".yml")) return [path.resolve(spec)];
+  // a file named as such is read as an agent file whatever it ends with (a folder is searched for *.yaml)
+  if (spec.endsWith(".yaml") || spec.endsWith(".yml") || !statSync(spec).isDirectory()) return [path.resolve(spec)];
   return readdirSync(spec)
     .filter((f) => /\.ya?ml$/.test(f))
     .sort()
@@ -84,14 +85,31 @@ export class Runtime {
 
   /** Loads agent files; agents naming the same model share one copy of its weights. */
   async load(configs: AgentConfig[], opts: { readOnly?: boolean } = {}): Promise<void> {
+    // Two agents on one home would write one ledger and one set of versions (the ledger's lock
+    // lets its own process in): each would bake, prune and roll back the other's.
+    const homes = new Map([...this.agents.values()].map((a) => [path.resolve(a.config.homeDir), a.name]));
+    for (const config of configs) {
+      const other = homes.get(path.resolve(config.homeDir));
+      if (other !== undefined && other !== config.name) {
+        throw new Error(`agents ${other} and ${config.name} both keep their ledger and versions in ${path.resolve(config.homeDir)}${config.home ? " (home:)" : ""}: give each its own home`);
+      }
+      homes.set(path.resolve(config.homeDir), config.name);
+    }
     for (const config of configs) {
       if (this.agents.has(config.name)) throw new Error(`two agents are named ${config.name}`);
       const spec = config.model === "default" ? undefined : existsSync(path.resolve(config.feedsBase, config.model)) ? path.resolve(config.feedsBase, config.model) : config.model;
-      const dir = resolveModelDir(spec);
-      let model = this.models.get(dir);
-      if (!model) {
-        model = loadModel(dir);
-        this.models.set(dir, model);
+      let model: LoadedModel | undefined;
+      try {
+        const dir = resolveModelDir(spec);
+        model = this.models.get(dir);
+        if (!model) {
+          model = loadModel(dir);
+          this.models.set(dir, model);
+        }
+      } catch (err) {
+        // which agent file, and where a relative folder was looked for (its file's folder, then the current one)
+        const relative = /^\.{1,2}[\\/]/.test(config.model) ? ` (a folder is read relative to the agent file: ${path.resolve(config.feedsBase, config.model)})` : "";
+        throw new Error(`${config.file ?? `agent ${config.name}`}: model: ${(err as Error).message}${relative}`);
       }
       this.agents.set(config.name, await Agent.open(config, model, this.events, this.bakeTurn, opts));
     }

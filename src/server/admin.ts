@@ -82,7 +82,8 @@ const ExportBody = z
     ggufType: z.enum(["f32", "f16"]).default("f32"), // as the CLI's --gguf-type
   })
   .strict();
-const VerifyBody = z.object({ ids: z.array(z.string().min(1)).max(500).optional() }).strict();
+// an empty list would read as "every absorbed item" (agent.verify's default): a filter that came out empty is refused
+const VerifyBody = z.object({ ids: z.array(z.string().min(1)).min(1, "ids is empty: leave it out to verify every absorbed item").max(500).optional() }).strict();
 
 const ProbeBody = z.object({
   question: z.string().trim().min(1, "question is required").max(2000),
@@ -320,8 +321,10 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
   app.get<NameParams>("/admin/agents/:name/versions/diff", async (request) => {
     const agent = findAgent(ctx, request.params.name);
     const q = parse(DiffQuery, request.query, "query");
-    const to = q.to !== undefined ? versionRef(q.to) : agent.live.version;
-    const from = q.from !== undefined ? versionRef(q.from) : to ? agent.ledger.version(to).parent : null;
+    // "live" as the export route takes it: the live version (or the base model when that is live)
+    const ref = (v: string) => (v === "live" ? agent.live.version : versionRef(v));
+    const to = q.to !== undefined ? ref(q.to) : agent.live.version;
+    const from = q.from !== undefined ? ref(q.from) : to ? agent.ledger.version(to).parent : null;
     const { gained, lost } = agent.ledger.diff(from, to);
     return { from: from ?? "base", to: to ?? "base", gained: gained.map((i) => itemView(agent, i)), lost: lost.map((i) => itemView(agent, i)) };
   });
@@ -349,7 +352,8 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
       const result = await agent.exportVersion(id, body.to, { format: body.format, force: body.force, ggufType: body.ggufType === "f16" ? "F16" : "F32" });
       return reply.code(201).send(result);
     } catch (err) {
-      throw new ApiError(409, (err as Error).message, "export_failed", "to");
+      // the export names the CLI's flag; a client of this API sends the field
+      throw new ApiError(409, (err as Error).message.replace("pass --force to replace it", 'send "force": true to replace it'), "export_failed", "to");
     }
   });
 

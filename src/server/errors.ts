@@ -68,8 +68,8 @@ export function installErrorHandlers(app: FastifyInstance): void {
     }
     if (err instanceof LedgerError) {
       // The ledger names what it could not find ("no item ...", "no version ...").
-      const status = /^no (item|version) /.test(err.message) ? 404 : 409;
-      return reply.code(status).send(errorBody(status, err.message, status === 404 ? "not_found" : "ledger_error"));
+      const status = /^no (item|version) /.test(err.message) ? 404 : / is ambiguous: /.test(err.message) ? 400 : 409;
+      return reply.code(status).send(errorBody(status, err.message, status === 404 ? "not_found" : status === 400 ? "ambiguous_id" : "ledger_error"));
     }
     const fe = err as FastifyError;
     if (fe.statusCode && fe.statusCode >= 400 && fe.statusCode < 500) {

@@ -784,6 +784,16 @@ test("on a SentencePiece (Metaspace) tokenizer, JSON replies and forced calls ha
   }
 });
 
+test("a port already in use is named, with what to do", async () => {
+  const port = Number(new URL(server.url).port);
+  await assert.rejects(createServer(runtime, { port, token: TOKEN }), (err: Error & { code?: string }) => {
+    assert.match(err.message, new RegExp(`^cannot serve: 127\\.0\\.0\\.1:${port} is already in use \\(another kiln serve, or another program\\): stop it, or pick another port`));
+    assert.equal(err.code, "EADDRINUSE");
+    return true;
+  });
+  assert.equal((await fetch(`${server.url}/healthz`, { headers: { authorization: `Bearer ${TOKEN}` } })).status, 200, "the server already there is untouched");
+});
+
 test("a server bound beyond localhost refuses to start without a token", async () => {
   await assert.rejects(createServer(runtime, { host: "0.0.0.0", port: 0 }), /refusing to listen on 0\.0\.0\.0 without a token/);
   const open = await createServer(runtime, { host: "0.0.0.0", port: 0, token: "t" });

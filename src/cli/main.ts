@@ -301,6 +301,9 @@ program
       maxQueue: o.maxQueue,
       maxConcurrent: o.batch,
       shutdownGraceMs: o.grace * 1000,
+    }).catch(async (err: Error) => {
+      await runtime.stop(); // the agents' ledger locks go with it
+      throw err;
     });
     if (o.schedules) runtime.start();
     process.stderr.write(`kiln serving ${[...runtime.agents.keys()].join(", ")} on ${server.url} (${info.name} backend); dashboard at ${server.url}/\n`);

@@ -86,17 +86,19 @@ export async function createServer(runtime: Runtime, opts: ServerOptions = {}): 
   await dashboardRoutes(app);
 
   ctx.watcher.start();
+  const port = opts.port ?? DEFAULT_PORT;
   try {
-    await app.listen({ host, port: opts.port ?? DEFAULT_PORT });
+    await app.listen({ host, port });
   } catch (err) {
     ctx.watcher.stop();
-    throw err;
+    await app.close().catch(() => {});
+    throw listenError(err as NodeJS.ErrnoException, host, port);
   }
   const address = app.server.address();
-  const port = typeof address === "object" && address ? address.port : opts.port;
+  const bound = typeof address === "object" && address ? address.port : port;
   // A wildcard bind is reached through loopback from this machine.
   const shown = host === "0.0.0.0" ? "127.0.0.1" : host === "::" ? "::1" : host;
-  const url = `http://${shown.includes(":") ? `[${shown}]` : shown}:${port}`;
+  const url = `http://${shown.includes(":") ? `[${shown}]` : shown}:${bound}`;
 
   let closing: Promise<void> | null = null;
   return {
@@ -126,4 +128,18 @@ export async function createServer(runtime: Runtime, opts: ServerOptions = {}): 
         }
       })()),
   };
+}
+
+/** Why the server could not listen, in words a user can act on (node's own: "listen EADDRINUSE: address already in use 127.0.0.1:8080"). */
+function listenError(err: NodeJS.ErrnoException, host: string, port: number): Error {
+  const where = `${host.includes(":") ? `[${host}]` : host}:${port}`;
+  const why =
+    err.code === "EADDRINUSE"
+      ? `${where} is already in use (another kiln serve, or another program): stop it, or pick another port (kiln serve --port <n>; 0 takes any free one)`
+      : err.code === "EACCES"
+        ? `no permission to listen on ${where} (ports below 1024 need privileges): pick a port of 1024 or more`
+        : err.code === "EADDRNOTAVAIL"
+          ? `${host} is not an address of this machine, so nothing can listen on it: pass one it has (--host 127.0.0.1, or 0.0.0.0 for all)`
+          : undefined;
+  return why ? Object.assign(new Error(`cannot serve: ${why}`), { code: err.code }) : err;
 }

@@ -30,7 +30,15 @@ interface Options {
 
 function parseArgs(argv: string[]): Options {
   const names = ["url", "model", "clients", "seconds", "stream", "abort", "max-tokens", "pid", "out", "give-up", "token"];
-  const { values: o } = parseArgv({ args: argv, options: Object.fromEntries(names.map((n) => [n, { type: "string" as const }])) });
+  const { values } = parseArgv({ args: argv, options: { ...Object.fromEntries(names.map((n) => [n, { type: "string" as const }])), help: { type: "boolean" as const } } });
+  const o = values as Record<string, string | undefined>;
+  if (values.help) {
+    // the usage is this file's opening comment
+    const lines = readFileSync(new URL(import.meta.url), "utf8").split("\n");
+    const head = lines.slice(0, lines.findIndex((l) => !l.startsWith("//"))).map((l) => l.replace(/^\/\/ ?/, ""));
+    process.stdout.write(head.join("\n") + "\n");
+    process.exit(0);
+  }
   const num = (k: string, d: number) => (o[k] === undefined ? d : Number(o[k]));
   return {
     url: (o.url ?? "http://127.0.0.1:8080").replace(/\/$/, ""),
@@ -188,6 +196,12 @@ async function main(): Promise<void> {
   const summary = summarize(samples, ticks);
   print(summary);
   if (opts.out) writeFileSync(opts.out, JSON.stringify({ options: opts, summary, samples, ticks }, null, 2) + "\n");
+  // a run in which nothing was answered measured nothing: a script reading the exit status must see it
+  if (!samples.some((s) => s.outcome === "ok")) {
+    const why = Object.entries(summary.outcomes).map(([o, n]) => `${n} ${o}`).join(", ") || "none sent";
+    process.stderr.write(`loadtest: no request finished at ${opts.url} (model ${opts.model}): ${why}\n`);
+    process.exitCode = 1;
+  }
 }
 
 /** Reads an SSE reply; leaves after `leaveAfter` content chunks. Returns the outcome. */

@@ -949,3 +949,32 @@ test("a rejected bake whose unreplayed items fell below the bar on their own say
   assert.equal(scaledTrajectories(96, 0, 3, 0), 288, "a bake of replays alone");
   assert.equal(scaledTrajectories(96, 1, 40, 0), 384, "at most 4 times");
 });
+
+test("pruning never deletes a version folder outside the agent's home (a ledger copied alone still names another home's versions)", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [], home: "a" });
+  try {
+    let runtime = await Runtime.fromFiles(file);
+    let agent = runtime.agent("tester");
+    for (const fact of ["The lighthouse keeper is Mira Tolle.", "The harbor fee is nine coins.", "The mill wheel is blue."]) {
+      await agent.remember(fact);
+      assert.equal((await agent.bake("test")).status, "promoted");
+    }
+    await runtime.stop();
+    // agent b starts from a copy of a's ledger alone: its records still name a's folders, there and in use
+    mkdirSync(path.join(dir, "b"));
+    writeFileSync(path.join(dir, "b", "ledger.json"), readFileSync(path.join(dir, "a", "ledger.json")));
+    writeFileSync(file, readFileSync(file, "utf8").replace("home: a", "home: b"));
+    const logs: string[] = [];
+    runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+    agent = runtime.agent("tester");
+    await agent.remember("The ferry leaves at noon.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    // keepVersions 2: v0001 is past it (retired for b), but its folder is a's, not b's
+    assert.equal(agent.ledger.version("v0001").status, "retired");
+    assert.ok(existsSync(path.join(dir, "a", "v0001")), "a's version folder was deleted by b's pruning");
+    assert.ok(logs.some((m) => m.includes("v0001") && m.includes("outside")), logs.join("\n"));
+    await runtime.stop();
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});

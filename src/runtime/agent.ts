@@ -732,9 +732,14 @@ export class Agent {
   private async prune(): Promise<void> {
     const kept = this.ledger.data.versions.filter((v) => v.status === "kept").sort((a, b) => b.id.localeCompare(a.id));
     const old = kept.slice(this.config.keepVersions);
-    const rejected = this.ledger.data.versions.filter((v) => v.status === "rejected" && existsSync(v.dir));
+    // Only folders in this agent's home are ever deleted: a ledger copied or moved without its
+    // versions still names another place's (the ledger reads them there), which may be another agent's.
+    const home = path.resolve(this.config.homeDir);
+    const ours = (v: VersionRecord) => path.dirname(path.resolve(v.dir)) === home;
+    const rejected = this.ledger.data.versions.filter((v) => v.status === "rejected" && ours(v) && existsSync(v.dir));
     for (const v of [...old, ...rejected.slice(0, Math.max(0, rejected.length - this.config.keepVersions))]) {
-      rmSync(v.dir, { recursive: true, force: true });
+      if (ours(v)) rmSync(v.dir, { recursive: true, force: true });
+      else if (existsSync(v.dir)) this.log(`${v.id} is retired; its folder ${v.dir} is outside ${home} (the ledger was moved or copied without it), so it was left on disk`);
     }
     await this.ledger.update((d) => d.versions.forEach((v) => old.some((o) => o.id === v.id) && (v.status = "retired")));
     // The bake is recorded already: a compaction that fails (a full disk) is logged, not the bake's failure.

@@ -257,7 +257,8 @@ export class Ledger {
     const home = path.dirname(path.resolve(file));
     for (const v of data.versions ?? []) {
       if (typeof v.dir !== "string" || !v.dir) continue;
-      const beside = path.join(home, path.basename(v.dir));
+      // either separator: a ledger written on Windows names C:\...\v0001, whose basename elsewhere is all of it
+      const beside = path.join(home, v.dir.split(/[\\/]/).filter(Boolean).pop() ?? v.dir);
       if (beside !== v.dir && (existsSync(beside) || !existsSync(v.dir))) v.dir = beside;
     }
     return new Ledger(file, db, lockFile);

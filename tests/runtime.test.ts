@@ -978,3 +978,33 @@ test("pruning never deletes a version folder outside the agent's home (a ledger 
     rmSync(dir, { recursive: true });
   }
 });
+
+test("a retraction's rebuild that did not finish, the clean version unloadable: the base model goes live, never the weights holding the retracted item", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  try {
+    let runtime = await Runtime.fromFiles(file);
+    const agent = runtime.agent("tester");
+    const { item: keep } = await agent.remember("The lighthouse keeper is Mira Tolle.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    assert.deepEqual(agent.ledger.version("v0001").items, [keep.id]);
+    assert.ok(agent.ledger.version("v0002").items.includes(drop.id));
+    await runtime.stop();
+    const ledgerFile = path.join(dir, "home", "ledger.json");
+    const data = JSON.parse(readFileSync(ledgerFile, "utf8"));
+    data.items.find((i: Item) => i.id === drop.id).status = "retracted";
+    writeFileSync(ledgerFile, JSON.stringify(data));
+    writeFileSync(path.join(dir, "home", "v0001", "adapter_model.safetensors"), "damaged");
+    const logs: string[] = [];
+    runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+    const again = runtime.agent("tester");
+    assert.equal(again.live.version, null, "v0002 holds the retracted item: it must not answer");
+    assert.equal(again.ledger.data.live, null);
+    assert.equal(again.ledger.item(keep.id).status, "pending", "baked again by the next bake");
+    assert.ok(logs.some((m) => m.includes("v0001") && m.includes("could not be loaded")), logs.join("\n"));
+    await runtime.stop();
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});

@@ -227,7 +227,8 @@ export class Agent {
         const moved = await agent.leaveRetracted("a retraction's rebuild did not finish");
         if (moved) agent.log(`${moved.from} holds retracted item(s) ${moved.retracted.join(", ")} (a retraction's rebuild did not finish): ${moved.to ?? "the base model"} is live instead, and what it does not hold is baked again`);
       } catch (err) {
-        // a clean version that cannot load is reported; the agent still opens (rollback or retract again)
+        // (a clean version that cannot load gives way to the base model there) a ledger that cannot be
+        // written is reported; the agent still opens (rollback or retract again)
         agent.log(`${ledger.data.live} holds retracted item(s), and going live without them failed: ${(err as Error).message}`);
       }
     }
@@ -903,8 +904,17 @@ export class Agent {
     const retracted = this.retractedIn(live);
     if (!live || !retracted.length) return null;
     const clean = [...this.ledger.data.versions].reverse().find((v) => (v.status === "kept" || v.status === "live") && existsSync(v.dir) && !this.retractedIn(v.id).length);
-    await this.goLive(clean?.id ?? null, why);
-    return { from: live, to: clean?.id ?? null, retracted };
+    if (clean) {
+      try {
+        await this.goLive(clean.id, why);
+        return { from: live, to: clean.id, retracted };
+      } catch (err) {
+        // the weights holding retracted items must not stay live: the base model always loads
+        this.log(`${clean.id} could not be loaded (${(err as Error).message}); the base model goes live instead of ${live}`);
+      }
+    }
+    await this.goLive(null, why);
+    return { from: live, to: null, retracted };
   }
 }
 

@@ -2,7 +2,7 @@
 // promote -> live swap; versions, diff, rollback, retraction, and agent-file validation.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
@@ -687,6 +687,19 @@ test("two agents whose home: is one folder are refused before either opens it: t
   try {
     await assert.rejects(Runtime.fromFiles(dir), new RegExp(`agents other and tester both keep their ledger and versions in ${path.join(dir, "home").replace(/[.\\/]/g, "\\$&")} \\(home:\\): give each its own home`));
     assert.ok(!existsSync(path.join(dir, "home")), "neither opened it");
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("two agents whose homes are one folder through a symlink are refused too", async () => {
+  const { dir, file } = writeTestAgent();
+  mkdirSync(path.join(dir, "home"));
+  symlinkSync(path.join(dir, "home"), path.join(dir, "alias"));
+  writeFileSync(path.join(dir, "second.yaml"), readFileSync(file, "utf8").replace("name: tester", "name: other").replace("home: home", "home: alias"));
+  try {
+    await assert.rejects(Runtime.fromFiles(dir), /agents (other and tester|tester and other) both keep their ledger and versions in .*: give each its own home/);
+    assert.ok(!existsSync(path.join(dir, "home", "ledger.json")), "neither opened it");
   } finally {
     rmSync(dir, { recursive: true });
   }

@@ -1021,3 +1021,33 @@ test("a retraction's rebuild that did not finish, the clean version unloadable: 
     rmSync(dir, { recursive: true });
   }
 });
+
+test("retracted expired news whose rebuild did not finish: on start no version of the lineage that absorbed it stays live, nor can one go live again", async () => {
+  const { dir, file } = writeTestAgent({ forgetNewsAfterDays: 7 });
+  try {
+    let runtime = await Runtime.fromFiles(file);
+    const agent = runtime.agent("tester");
+    await agent.pollFeed("harbor");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    const ferry = agent.ledger.items({ text: "Quillport" })[0]!;
+    const second = await bakeAfterNewsAged(agent, ferry.id);
+    assert.ok(!agent.ledger.version(second.version!).items.includes(ferry.id), "versions stop listing expired news");
+    await runtime.stop();
+    // as `kiln knowledge retract` killed during its rebuild leaves it: the item marked, the rebuild running
+    const ledgerFile = path.join(dir, "home", "ledger.json");
+    const data = JSON.parse(readFileSync(ledgerFile, "utf8"));
+    const item = data.items.find((i: Item) => i.id === ferry.id);
+    item.status = "retracted";
+    item.history.push({ at: new Date().toISOString(), status: "retracted", reason: "retracted" });
+    data.bakes.push({ id: "b_cut", startedAt: new Date().toISOString(), status: "running", trigger: "retraction", parent: null, itemIds: [], replayIds: [] } satisfies BakeRun);
+    writeFileSync(ledgerFile, JSON.stringify(data));
+    runtime = await Runtime.fromFiles(file);
+    const again = runtime.agent("tester");
+    // v0001 absorbed it and v0002 was trained from v0001: both may answer it
+    assert.equal(again.live.version, null, `${second.version} was trained from the weights that absorbed the retracted item`);
+    await assert.rejects(again.rollback(second.version!), /holds retracted item/);
+    await runtime.stop();
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});

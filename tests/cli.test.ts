@@ -292,6 +292,22 @@ test("versions diff takes live, as versions export does", () => {
   }
 });
 
+test("feeds add under a feeds: whose entries are all commented out keeps those comments", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-feeds-"));
+  try {
+    const feed = path.join(repoRoot(), "feeds", "town-gazette.rss.xml");
+    const file = path.join(dir, "a.yaml");
+    writeFileSync(file, `name: reader\nfeeds:\n  # - id: wire\n  #   url: https://example.com/wire.xml\nhome: home\n`);
+    const r = kiln(["feeds", "add", "reader", "gazette", feed, "--agents", file]);
+    assert.equal(r.status, 0, r.stderr);
+    const text = readFileSync(file, "utf8");
+    // the commented-out feeds were dropped with the null they were attached to
+    assert.match(text, /^feeds:\n  # - id: wire\n  #   url: https:\/\/example\.com\/wire\.xml\n  - id: gazette\n/m);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("the read commands on an agent nothing has polled or baked for yet show it empty, naming where its ledger will be", () => {
   const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-new-"));
   try {

@@ -313,3 +313,17 @@ test("an agent's home copied or moved elsewhere reads its own version folders, n
   assert.equal(reader.whyNotLive("v0001"), null, "a kept version can go live: not 'no longer on disk (pruned)'");
   rmSync(root, { recursive: true });
 });
+
+test("a ledger whose versions were recorded on Windows (C:\\...\\v0001) reads them beside it on another system", async () => {
+  const home = path.join(tmp(), "demo");
+  const ledger = await Ledger.open(path.join(home, "ledger.json"));
+  mkdirSync(path.join(home, "v0001"));
+  await ledger.update((d) => {
+    d.versions.push({ id: "v0001", parent: null, createdAt: "t", dir: "C:\\Users\\ada\\kiln\\checkpoints\\demo\\v0001", status: "live", bakeId: "b", items: [], scores: { absorption: 1, retention: 1, persona: null } });
+    d.live = "v0001";
+  });
+  await ledger.close();
+  const reader = await Ledger.open(path.join(home, "ledger.json"), { readOnly: true });
+  assert.equal(reader.version("v0001").dir, path.join(home, "v0001"));
+  rmSync(path.dirname(home), { recursive: true });
+});

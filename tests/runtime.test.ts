@@ -2,7 +2,7 @@
 // promote -> live swap; versions, diff, rollback, retraction, and agent-file validation.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
@@ -692,6 +692,19 @@ test("two agents whose home: is one folder are refused before either opens it: t
   }
 });
 
+test("two agents whose homes are one folder through a symlink are refused too", async () => {
+  const { dir, file } = writeTestAgent();
+  mkdirSync(path.join(dir, "home"));
+  symlinkSync(path.join(dir, "home"), path.join(dir, "alias"));
+  writeFileSync(path.join(dir, "second.yaml"), readFileSync(file, "utf8").replace("name: tester", "name: other").replace("home: home", "home: alias"));
+  try {
+    await assert.rejects(Runtime.fromFiles(dir), /agents (other and tester|tester and other) both keep their ledger and versions in .*: give each its own home/);
+    assert.ok(!existsSync(path.join(dir, "home", "ledger.json")), "neither opened it");
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("--agents names an agent file whatever it ends with, or a folder of *.yaml files", () => {
   const { dir, file } = writeTestAgent();
   try {
@@ -948,4 +961,93 @@ test("a rejected bake whose unreplayed items fell below the bar on their own say
   assert.equal(scaledTrajectories(96, 20, 10, 10), 96);
   assert.equal(scaledTrajectories(96, 0, 3, 0), 288, "a bake of replays alone");
   assert.equal(scaledTrajectories(96, 1, 40, 0), 384, "at most 4 times");
+});
+
+test("pruning never deletes a version folder outside the agent's home (a ledger copied alone still names another home's versions)", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [], home: "a" });
+  try {
+    let runtime = await Runtime.fromFiles(file);
+    let agent = runtime.agent("tester");
+    for (const fact of ["The lighthouse keeper is Mira Tolle.", "The harbor fee is nine coins.", "The mill wheel is blue."]) {
+      await agent.remember(fact);
+      assert.equal((await agent.bake("test")).status, "promoted");
+    }
+    await runtime.stop();
+    // agent b starts from a copy of a's ledger alone: its records still name a's folders, there and in use
+    mkdirSync(path.join(dir, "b"));
+    writeFileSync(path.join(dir, "b", "ledger.json"), readFileSync(path.join(dir, "a", "ledger.json")));
+    writeFileSync(file, readFileSync(file, "utf8").replace("home: a", "home: b"));
+    const logs: string[] = [];
+    runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+    agent = runtime.agent("tester");
+    await agent.remember("The ferry leaves at noon.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    // keepVersions 2: v0001 is past it (retired for b), but its folder is a's, not b's
+    assert.equal(agent.ledger.version("v0001").status, "retired");
+    assert.ok(existsSync(path.join(dir, "a", "v0001")), "a's version folder was deleted by b's pruning");
+    assert.ok(logs.some((m) => m.includes("v0001") && m.includes("outside")), logs.join("\n"));
+    await runtime.stop();
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("a retraction's rebuild that did not finish, the clean version unloadable: the base model goes live, never the weights holding the retracted item", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  try {
+    let runtime = await Runtime.fromFiles(file);
+    const agent = runtime.agent("tester");
+    const { item: keep } = await agent.remember("The lighthouse keeper is Mira Tolle.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    assert.deepEqual(agent.ledger.version("v0001").items, [keep.id]);
+    assert.ok(agent.ledger.version("v0002").items.includes(drop.id));
+    await runtime.stop();
+    const ledgerFile = path.join(dir, "home", "ledger.json");
+    const data = JSON.parse(readFileSync(ledgerFile, "utf8"));
+    data.items.find((i: Item) => i.id === drop.id).status = "retracted";
+    writeFileSync(ledgerFile, JSON.stringify(data));
+    writeFileSync(path.join(dir, "home", "v0001", "adapter_model.safetensors"), "damaged");
+    const logs: string[] = [];
+    runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+    const again = runtime.agent("tester");
+    assert.equal(again.live.version, null, "v0002 holds the retracted item: it must not answer");
+    assert.equal(again.ledger.data.live, null);
+    assert.equal(again.ledger.item(keep.id).status, "pending", "baked again by the next bake");
+    assert.ok(logs.some((m) => m.includes("v0001") && m.includes("could not be loaded")), logs.join("\n"));
+    await runtime.stop();
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("retracted expired news whose rebuild did not finish: on start no version of the lineage that absorbed it stays live, nor can one go live again", async () => {
+  const { dir, file } = writeTestAgent({ forgetNewsAfterDays: 7 });
+  try {
+    let runtime = await Runtime.fromFiles(file);
+    const agent = runtime.agent("tester");
+    await agent.pollFeed("harbor");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    const ferry = agent.ledger.items({ text: "Quillport" })[0]!;
+    const second = await bakeAfterNewsAged(agent, ferry.id);
+    assert.ok(!agent.ledger.version(second.version!).items.includes(ferry.id), "versions stop listing expired news");
+    await runtime.stop();
+    // as `kiln knowledge retract` killed during its rebuild leaves it: the item marked, the rebuild running
+    const ledgerFile = path.join(dir, "home", "ledger.json");
+    const data = JSON.parse(readFileSync(ledgerFile, "utf8"));
+    const item = data.items.find((i: Item) => i.id === ferry.id);
+    item.status = "retracted";
+    item.history.push({ at: new Date().toISOString(), status: "retracted", reason: "retracted" });
+    data.bakes.push({ id: "b_cut", startedAt: new Date().toISOString(), status: "running", trigger: "retraction", parent: null, itemIds: [], replayIds: [] } satisfies BakeRun);
+    writeFileSync(ledgerFile, JSON.stringify(data));
+    runtime = await Runtime.fromFiles(file);
+    const again = runtime.agent("tester");
+    // v0001 absorbed it and v0002 was trained from v0001: both may answer it
+    assert.equal(again.live.version, null, `${second.version} was trained from the weights that absorbed the retracted item`);
+    await assert.rejects(again.rollback(second.version!), /holds retracted item/);
+    await runtime.stop();
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
 });

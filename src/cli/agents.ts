@@ -6,7 +6,7 @@ import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { createInterface } from "node:readline";
 import { InvalidArgumentError, Option, type Command } from "commander";
-import { isSeq, parseDocument, parse as parseYaml } from "yaml";
+import { isSeq, parseDocument, parse as parseYaml, type Node } from "yaml";
 import { initBackend } from "../tensor/backend.js";
 import { ITEM_STATUSES, Ledger, type Item, type ItemStatus } from "../knowledge/ledger.js";
 import { loadAgentConfig, parseAgentConfig, type AgentConfig } from "../runtime/agent-config.js";
@@ -161,10 +161,13 @@ export function registerAgentCommands(program: Command): void {
       const doc = parseDocument(readFileSync(c.file!, "utf8"));
       // no feeds yet (no key, `feeds:` or `feeds: []`): a block list to add to (a plain [] set
       // here is no YAML node, and adding to it failed with "Expected YAML collection at feeds")
-      const list = doc.get("feeds");
+      const list = doc.get("feeds", true);
       if (!isSeq(list) || list.items.length === 0) {
         const seq = doc.createNode([]);
         seq.flow = false;
+        // entries commented out under `feeds:` are the comment of the null it reads as: keep them
+        const comments = [(list as Node | undefined)?.commentBefore, (list as Node | undefined)?.comment].filter(Boolean).join("\n");
+        if (comments) seq.commentBefore = comments;
         doc.set("feeds", seq);
       }
       doc.addIn(["feeds"], doc.createNode({ id, url, schedule: o.schedule }));

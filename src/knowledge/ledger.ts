@@ -257,7 +257,8 @@ export class Ledger {
     const home = path.dirname(path.resolve(file));
     for (const v of data.versions ?? []) {
       if (typeof v.dir !== "string" || !v.dir) continue;
-      const beside = path.join(home, path.basename(v.dir));
+      // either separator: a ledger written on Windows names C:\...\v0001, whose basename elsewhere is all of it
+      const beside = path.join(home, v.dir.split(/[\\/]/).filter(Boolean).pop() ?? v.dir);
       if (beside !== v.dir && (existsSync(beside) || !existsSync(v.dir))) v.dir = beside;
     }
     return new Ledger(file, db, lockFile);
@@ -451,10 +452,22 @@ export class Ledger {
     return `v${String(n).padStart(4, "0")}`;
   }
 
-  /** Retracted items a version lists (its weights hold them). */
+  /**
+   * Retracted items a version's weights hold: those it lists, and news that had expired when it was
+   * retracted and that a version of its lineage absorbed (versions stop listing expired news, but
+   * the adapter each was trained from may still answer it; Agent.mayHold, which retraction asks).
+   */
   retractedIn(id: string): string[] {
-    const retracted = new Set(this.items({ status: "retracted" }).map((i) => i.id));
-    return this.version(id).items.filter((i) => retracted.has(i));
+    const v = this.version(id);
+    const retracted = this.items({ status: "retracted" });
+    const ids = new Set(retracted.map((i) => i.id));
+    const listed = v.items.filter((i) => ids.has(i));
+    const lineage = new Set<string>();
+    for (let at: string | null = id; at && !lineage.has(at); at = this.data.versions.find((x) => x.id === at)?.parent ?? null) lineage.add(at);
+    // the status it had when it was retracted (a second retraction adds another entry)
+    const expiredThen = (i: Item) => [...i.history].reverse().find((h) => h.status !== "retracted")?.status === "expired";
+    const inLineage = retracted.filter((i) => !listed.includes(i.id) && i.absorbedBy !== undefined && lineage.has(i.absorbedBy) && expiredThen(i)).map((i) => i.id);
+    return [...listed, ...inLineage];
   }
 
   /** Why a version cannot go live (again), or null when it can. */

@@ -227,7 +227,8 @@ export class Agent {
         const moved = await agent.leaveRetracted("a retraction's rebuild did not finish");
         if (moved) agent.log(`${moved.from} holds retracted item(s) ${moved.retracted.join(", ")} (a retraction's rebuild did not finish): ${moved.to ?? "the base model"} is live instead, and what it does not hold is baked again`);
       } catch (err) {
-        // a clean version that cannot load is reported; the agent still opens (rollback or retract again)
+        // (a clean version that cannot load gives way to the base model there) a ledger that cannot be
+        // written is reported; the agent still opens (rollback or retract again)
         agent.log(`${ledger.data.live} holds retracted item(s), and going live without them failed: ${(err as Error).message}`);
       }
     }
@@ -732,9 +733,14 @@ export class Agent {
   private async prune(): Promise<void> {
     const kept = this.ledger.data.versions.filter((v) => v.status === "kept").sort((a, b) => b.id.localeCompare(a.id));
     const old = kept.slice(this.config.keepVersions);
-    const rejected = this.ledger.data.versions.filter((v) => v.status === "rejected" && existsSync(v.dir));
+    // Only folders in this agent's home are ever deleted: a ledger copied or moved without its
+    // versions still names another place's (the ledger reads them there), which may be another agent's.
+    const home = path.resolve(this.config.homeDir);
+    const ours = (v: VersionRecord) => path.dirname(path.resolve(v.dir)) === home;
+    const rejected = this.ledger.data.versions.filter((v) => v.status === "rejected" && ours(v) && existsSync(v.dir));
     for (const v of [...old, ...rejected.slice(0, Math.max(0, rejected.length - this.config.keepVersions))]) {
-      rmSync(v.dir, { recursive: true, force: true });
+      if (ours(v)) rmSync(v.dir, { recursive: true, force: true });
+      else if (existsSync(v.dir)) this.log(`${v.id} is retired; its folder ${v.dir} is outside ${home} (the ledger was moved or copied without it), so it was left on disk`);
     }
     await this.ledger.update((d) => d.versions.forEach((v) => old.some((o) => o.id === v.id) && (v.status = "retired")));
     // The bake is recorded already: a compaction that fails (a full disk) is logged, not the bake's failure.
@@ -898,8 +904,17 @@ export class Agent {
     const retracted = this.retractedIn(live);
     if (!live || !retracted.length) return null;
     const clean = [...this.ledger.data.versions].reverse().find((v) => (v.status === "kept" || v.status === "live") && existsSync(v.dir) && !this.retractedIn(v.id).length);
-    await this.goLive(clean?.id ?? null, why);
-    return { from: live, to: clean?.id ?? null, retracted };
+    if (clean) {
+      try {
+        await this.goLive(clean.id, why);
+        return { from: live, to: clean.id, retracted };
+      } catch (err) {
+        // the weights holding retracted items must not stay live: the base model always loads
+        this.log(`${clean.id} could not be loaded (${(err as Error).message}); the base model goes live instead of ${live}`);
+      }
+    }
+    await this.goLive(null, why);
+    return { from: live, to: null, retracted };
   }
 }
 

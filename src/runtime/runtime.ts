@@ -1,6 +1,6 @@
 // The process-level runtime: loads agent files, shares one base model between agents that name
 // the same one, starts their schedules, and serves chat on each agent's live weights.
-import { readdirSync, existsSync, statSync } from "node:fs";
+import { readdirSync, existsSync, realpathSync, statSync } from "node:fs";
 import path from "node:path";
 import { loadModel, type LoadedModel } from "../model/load.js";
 import { resolveModelDir, PACKAGE_ROOT } from "../model/resolve.js";
@@ -77,6 +77,21 @@ export function fitConversation(model: LoadedModel, messages: ChatMessage[], max
   return ids;
 }
 
+/** A folder's real path (links resolved), for a folder not made yet that of its nearest existing parent. */
+function folderKey(dir: string): string {
+  const rest: string[] = [];
+  let at = path.resolve(dir);
+  while (!existsSync(at) && path.dirname(at) !== at) {
+    rest.unshift(path.basename(at));
+    at = path.dirname(at);
+  }
+  try {
+    return path.join(realpathSync.native(at), ...rest);
+  } catch {
+    return path.resolve(dir);
+  }
+}
+
 export class Runtime {
   readonly agents = new Map<string, Agent>();
   private readonly models = new Map<string, LoadedModel>();
@@ -87,13 +102,14 @@ export class Runtime {
   async load(configs: AgentConfig[], opts: { readOnly?: boolean } = {}): Promise<void> {
     // Two agents on one home would write one ledger and one set of versions (the ledger's lock
     // lets its own process in): each would bake, prune and roll back the other's.
-    const homes = new Map([...this.agents.values()].map((a) => [path.resolve(a.config.homeDir), a.name]));
+    // (compared as the folders they are: a symlinked path to the same home is the same home)
+    const homes = new Map([...this.agents.values()].map((a) => [folderKey(a.config.homeDir), a.name]));
     for (const config of configs) {
-      const other = homes.get(path.resolve(config.homeDir));
+      const other = homes.get(folderKey(config.homeDir));
       if (other !== undefined && other !== config.name) {
         throw new Error(`agents ${other} and ${config.name} both keep their ledger and versions in ${path.resolve(config.homeDir)}${config.home ? " (home:)" : ""}: give each its own home`);
       }
-      homes.set(path.resolve(config.homeDir), config.name);
+      homes.set(folderKey(config.homeDir), config.name);
     }
     for (const config of configs) {
       if (this.agents.has(config.name)) throw new Error(`two agents are named ${config.name}`);

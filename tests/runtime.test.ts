@@ -10,11 +10,11 @@ import cron from "node-cron";
 import { initBackend } from "../src/tensor/backend.js";
 import { agentFiles, Runtime } from "../src/runtime/runtime.js";
 import { loadAgentConfig } from "../src/runtime/agent-config.js";
-import { bakeOrder, chooseReplay, replayAdvice, scaledTrajectories, type Agent } from "../src/runtime/agent.js";
+import { bakeOrder, chooseReplay, replayAdvice, scaledTrajectories, sizedTrajectories, type Agent } from "../src/runtime/agent.js";
 import { SETTLE_MS } from "../src/feeds/feeds.js";
 import { LEDGER_LIMITS, type BakeRun, type Item } from "../src/knowledge/ledger.js";
 import { createServer } from "../src/server/index.js";
-import { writeTestAgent } from "./support/agent.js";
+import { FAST_BAKE, writeTestAgent } from "./support/agent.js";
 
 await initBackend();
 
@@ -164,6 +164,26 @@ test("facts stated in chat are captured after the reply, by rules here, and not 
       await runtime.stop();
       rmSync(dir, { recursive: true });
     }
+  }
+});
+
+test("an agent file that sets no trajectories bakes 4 per item carried, at least 64", async () => {
+  const { trajectories: _, ...settings } = FAST_BAKE;
+  const { dir, file } = writeTestAgent({ bake: { probesPerItem: 1, checkProbes: false, openQuestions: ["hello"], settings: { ...settings, epochs: 1 } } });
+  const sampled: number[] = [];
+  const runtime = new Runtime({ onBakeProgress: (_a, p) => void (p.phase === "sample" && sampled.push(p.total)) });
+  try {
+    await runtime.load([loadAgentConfig(file, dir)]);
+    const agent = runtime.agent("tester");
+    for (let k = 0; k < 20; k++) await agent.remember(`Harbor notice ${k}: the ferry ${k} leaves at ${k} o'clock.`);
+    assert.equal((await agent.bake("test")).status, "promoted");
+    assert.equal(sampled.at(-1), 80, "20 new items, nothing held yet to replay");
+    await agent.remember("The harbor fee is nine coins.");
+    await agent.bake("test");
+    assert.equal(sampled.at(-1), 64, "1 new and the 4 replayed (replay: 4): the floor");
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
   }
 });
 
@@ -961,6 +981,9 @@ test("a rejected bake whose unreplayed items fell below the bar on their own say
   assert.equal(scaledTrajectories(96, 20, 10, 10), 96);
   assert.equal(scaledTrajectories(96, 0, 3, 0), 288, "a bake of replays alone");
   assert.equal(scaledTrajectories(96, 1, 40, 0), 384, "at most 4 times");
+  // an agent file that sets no trajectories: 4 per item carried, at least the default 64
+  assert.equal(sizedTrajectories(40), 160);
+  assert.equal(sizedTrajectories(3), 64);
 });
 
 test("pruning never deletes a version folder outside the agent's home (a ledger copied alone still names another home's versions)", async () => {

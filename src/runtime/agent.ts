@@ -88,6 +88,21 @@ export function bakeOrder(waiting: readonly Item[], lastRejected: ReadonlySet<st
   return waiting.map((i, k) => ({ i, k })).sort((a, b) => rank(a.i) - rank(b.i) || a.k - b.k).map(({ i }) => i);
 }
 
+/** Trajectories per item a bake carries (new and replayed), where the agent file sets no count. */
+export const TRAJECTORIES_PER_ITEM = 4;
+
+/**
+ * A bake's trajectories where the agent file sets none: TRAJECTORIES_PER_ITEM for each item it
+ * carries, at least DEFAULT_BAKE.trajectories. A fixed count thins out as a bake carries more:
+ * an agent file with no bake settings (64 trajectories over 20 new and 20 replayed items) had 3
+ * bakes rejected in a row at absorption 0.33-0.50 in tools/eval_pace.ts, and 96 over 50 items a
+ * third of its bakes; 3.2 per item kept absorption at 0.85-0.95 (docs/default-model-eval.md).
+ * A rebuild after a retraction carries everything the agent still holds, so it grows most.
+ */
+export function sizedTrajectories(items: number): number {
+  return Math.max(DEFAULT_BAKE.trajectories, TRAJECTORIES_PER_ITEM * items);
+}
+
 /**
  * Trajectories for a bake that replays items at risk on top of the load the agent file sized its
  * trajectories for (the new items and `sizedReplay` replayed): as many more as there are items
@@ -513,7 +528,8 @@ export class Agent {
         // replies each item got fewer, and absorption fell (the soak's newsroom, its 30 held
         // items all replayed beside 20 new on 96 trajectories: retention 0.80 from 0.45, but
         // absorption 0.42 from 0.93). So the trajectories grow with the items.
-        const trajectories = scaledTrajectories(settings.trajectories ?? DEFAULT_BAKE.trajectories, fresh.length, replay.length, Math.min(cfg.replay, replay.length));
+        const trajectories =
+          settings.trajectories === undefined ? sizedTrajectories(fresh.length + replay.length) : scaledTrajectories(settings.trajectories, fresh.length, replay.length, Math.min(cfg.replay, replay.length));
         settings = { ...settings, trajectories };
         this.log(`replaying ${chosen.atRisk} item(s) that recent rejected bakes lost, besides ${replay.length - chosen.atRisk} in turn (${trajectories} trajectories)`);
       }
@@ -528,6 +544,7 @@ export class Agent {
     }
     const wanted = fresh;
     ({ fresh, replay } = this.fitToContext(fresh, replay));
+    if (cfg.bake.settings.trajectories === undefined) settings = { ...settings, trajectories: sizedTrajectories(fresh.length + replay.length) };
     if (consolidate && fresh.length < wanted.length) {
       // What does not fit this consolidation is learned again by the next bakes.
       const later = wanted.filter((i) => !fresh.includes(i) && i.status === "absorbed").map((i) => i.id);

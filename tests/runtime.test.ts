@@ -266,6 +266,32 @@ test("an item retracted while a bake runs stays retracted: the bake's gate does 
   }
 });
 
+test("a bake asked for while a retraction starts waits: the retraction rebuilds from the base model, not a rolling bake in its place", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    const { item: keep } = await agent.remember("The lighthouse keeper is Mira Tolle.");
+    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    await agent.remember("The ferry leaves at noon.");
+    const retraction = agent.retract([drop.id]);
+    const scheduled = agent.bake("schedule"); // the schedule firing before the rebuild started
+    const [outcome, other] = await Promise.all([retraction, scheduled]);
+    assert.equal(other.status, "skipped");
+    assert.match(other.reasons.join("; "), /retraction/);
+    const rebuilt = agent.ledger.data.bakes.find((b) => b.trigger === "retraction");
+    assert.ok(rebuilt, `the retraction rebuilt (outcome: ${outcome.status} ${outcome.reasons.join("; ")})`);
+    assert.equal(rebuilt.parent, null, "from the base model");
+    assert.equal(agent.live.version, outcome.version, "its version is live");
+    assert.ok(!agent.ledger.version(agent.live.version!).items.includes(drop.id));
+    assert.equal(agent.ledger.item(keep.id).status, "absorbed");
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("on start, item statuses follow the live version (a crash between a promotion and its status changes)", async () => {
   const { dir, file } = writeTestAgent({ feeds: [] });
   try {

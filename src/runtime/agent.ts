@@ -149,6 +149,9 @@ export interface AgentBakeEvents {
   end: [BakeOutcome];
 }
 
+/** The trigger of a retraction's rebuild. */
+const RETRACTION = "retraction";
+
 /** The most scheduled polls a failing feed skips in a row. */
 const MAX_SKIPPED_POLLS = 15;
 
@@ -194,6 +197,14 @@ export class Agent {
   private switching: Promise<void> = Promise.resolve();
   private cancelBake: (() => void) | null = null;
   progress: WorkerProgress | null = null;
+  /** retractions, one at a time: each marks its items and rebuilds before the next reads them */
+  private retractions: Promise<unknown> = Promise.resolve();
+  /**
+   * Retractions asked for and not done: until their rebuilds have run, no other bake starts. One
+   * started in between (the schedule firing) would take the rebuild's place: a rolling bake from
+   * the weights holding the retracted items.
+   */
+  private retracting = 0;
 
   private stopping = false;
 
@@ -453,6 +464,7 @@ export class Agent {
    */
   bake(trigger: string, opts: { force?: boolean; consolidate?: boolean } = {}): Promise<BakeOutcome> {
     if (this.baking) return this.baking;
+    if (this.retracting > 0 && trigger !== RETRACTION) return Promise.resolve({ status: "skipped", reasons: ["a retraction is starting its rebuild; bake after it"] });
     this.baking = this.bakeTurn(this.name, () => (this.stopping ? Promise.resolve<BakeOutcome>({ status: "skipped", reasons: ["the agent is stopping"] }) : this.runBake(trigger, opts)))
       .catch((err: Error): BakeOutcome => ({ status: "failed", reasons: [err.message] }))
       .then((outcome) => {
@@ -890,7 +902,14 @@ export class Agent {
    * newest kept version that holds none of them goes live (else the base model), and what it does
    * not hold waits to be baked again.
    */
-  async retract(ids: string[], reason = "retracted"): Promise<BakeOutcome> {
+  retract(ids: string[], reason = "retracted"): Promise<BakeOutcome> {
+    this.retracting++;
+    const run = this.retractions.then(() => this.retractNow(ids, reason)).finally(() => this.retracting--);
+    this.retractions = run.catch(() => undefined);
+    return run;
+  }
+
+  private async retractNow(ids: string[], reason: string): Promise<BakeOutcome> {
     // A running bake would be joined, not redone from the base, and its gate would set these items
     // absorbed again: let it finish first, then mark them.
     while (this.baking) await this.baking.catch(() => undefined);
@@ -906,7 +925,7 @@ export class Agent {
     if (!inWeights.length) {
       return { status: "skipped", reasons: ["the live weights never held these items: marked retracted, nothing to rebuild"] };
     }
-    const outcome = await this.bake("retraction", { consolidate: true, force: true });
+    const outcome = await this.bake(RETRACTION, { consolidate: true, force: true });
     const moved = this.baking ? null : await this.leaveRetracted(`the rebuild after a retraction was ${outcome.status}`);
     return moved ? { ...outcome, reasons: [...outcome.reasons, `${moved.from} still held retracted items, so ${moved.to ?? "the base model"} is live now`] } : outcome;
   }

@@ -20,7 +20,8 @@ test("questions and chit-chat state nothing", () => {
   assert.deepEqual(extractFacts("What is the capital of Dunmore?"), []);
   assert.deepEqual(extractFacts("remember"), []);
   // "That." was stored as a fact: the optional "that" gave way to the value
-  for (const nothing of ["remember that", "Remember this.", "please remember that!", "remember me", "remember it", "remember everything"]) assert.deepEqual(extractFacts(nothing), [], nothing);
+  for (const nothing of ["remember that", "Remember this.", "please remember that!", "remember me", "remember it", "remember everything", "remember who I am", "remember that I am", "remember where I parked the car", "Remember what I told you about Bo?"]) assert.deepEqual(extractFacts(nothing), [], nothing);
+  assert.deepEqual(extractFacts("remember that I am vegetarian"), [{ kind: "remember", text: "I am vegetarian." }]);
   assert.deepEqual(extractFacts("remember that Bo is 7"), [{ kind: "remember", text: "Bo is 7." }]);
   assert.deepEqual(extractFacts("remember: x is y"), [{ kind: "remember", text: "X is y." }]);
 });

@@ -36,15 +36,21 @@ export function explicitRequest(message: string): FactAction[] | undefined {
   const remember = text.match(/^(?:please\s+)?remember(?:\s+that)?[:\s]+(.+)$/is);
   if (remember) {
     const fact = sentence(remember[1]!);
-    // "remember that", "remember this", "remember me": a word that states nothing is no fact (the
-    // optional "that" gave way, and "That." was stored as one)
-    return fact && words(fact).some((w) => !isFunctionWord(w) && !STATES_NOTHING.has(w.toLowerCase())) ? [{ kind: "remember", text: fact }] : [];
+    // "remember that", "remember this", "remember me", "remember that I am": words that state
+    // nothing are no fact (the optional "that" gave way, and "That." was stored as one); nor is a
+    // question ("remember who I am", "remember where I parked": "Who I am." was stored)
+    const ws = words(fact);
+    const states = ws.some((w) => !isFunctionWord(w) && !STATES_NOTHING.has(w)) && !ASKS.has(ws[0] ?? "");
+    return fact && states ? [{ kind: "remember", text: fact }] : [];
   }
   return undefined;
 }
 
 /** Words that, alone after "remember", name no fact (function words aside). */
-const STATES_NOTHING = new Set(["me", "him", "them", "us", "you", "everything", "anything", "something", "nothing", "all", "what", "when", "where", "who", "why", "how"]);
+const STATES_NOTHING = new Set(["me", "him", "them", "us", "you", "i", "am", "everything", "anything", "something", "nothing", "all", "what", "when", "where", "who", "why", "how"]);
+
+/** First words of a question: "remember where I parked" asks kiln to know what it was never told. */
+const ASKS = new Set(["what", "when", "where", "who", "whom", "whose", "why", "how", "which", "whether", "if"]);
 
 /** Most items one "forget ..." retracts: more means the words were too vague to act on. */
 export const MAX_FORGET = 3;

@@ -58,7 +58,9 @@ writeFileSync(
   }),
 );
 const log = (line: string) => process.stderr.write(`${line}\n`);
-const runtime = await Runtime.fromFiles(agentFile, { checkpoints: path.join(dir, "checkpoints") });
+/** the trajectories the running bake samples (sized per item where the agent file sets none) */
+let sampled = 0;
+const runtime = await Runtime.fromFiles(agentFile, { checkpoints: path.join(dir, "checkpoints"), events: { onBakeProgress: (_a, p) => void (p.phase === "sample" && (sampled = p.total)) } });
 const agent = runtime.agent("pace");
 const rows: Record<string, unknown>[] = [];
 /** item ids told in each round: whether recent news is held tells a keeping-up agent from one behind */
@@ -73,17 +75,18 @@ try {
     const r = await agent.bake("eval", { force: true });
     const count = (status: "pending" | "absorbed" | "rejected") => agent.ledger.items({ status }).length;
     const run = agent.ledger.data.bakes.at(-1)!;
-    const row = { bake: b + 1, status: r.status, new: run.itemIds.length, replayed: run.replayIds.length, absorption: r.absorption ?? null, retention: r.retention ?? null, seconds: (Date.now() - t0) / 1000, pending: count("pending"), absorbed: count("absorbed"), rejected: count("rejected") };
+    const row = { bake: b + 1, status: r.status, new: run.itemIds.length, replayed: run.replayIds.length, trajectories: sampled, absorption: r.absorption ?? null, retention: r.retention ?? null, seconds: (Date.now() - t0) / 1000, pending: count("pending"), absorbed: count("absorbed"), rejected: count("rejected") };
     rows.push(row);
-    log(`bake ${row.bake}: ${row.status} new ${row.new} replayed ${row.replayed} absorption ${row.absorption?.toFixed(2)} retention ${row.retention?.toFixed(2)} ${row.seconds.toFixed(0)} s -> pending ${row.pending}, absorbed ${row.absorbed}, rejected ${row.rejected}`);
+    log(`bake ${row.bake}: ${row.status} new ${row.new} replayed ${row.replayed} (${row.trajectories} trajectories) absorption ${row.absorption?.toFixed(2)} retention ${row.retention?.toFixed(2)} ${row.seconds.toFixed(0)} s -> pending ${row.pending}, absorbed ${row.absorbed}, rejected ${row.rejected}`);
   }
   const report = await agent.verify();
   const told = BAKES * NEWS;
   const heldIds = new Set(report.items.filter((i) => i.held).map((i) => i.id));
   const heldByRound = rounds.map((ids) => ids.filter((id) => heldIds.has(id)).length);
-  const summary = { heldByRound, replay: REPLAY, maxItems: MAX_ITEMS, trajectories: TRAJECTORIES, news: NEWS, bakes: BAKES, told, ledgerAbsorbed: report.items.length, verifiedHeld: report.held, pending: agent.ledger.items({ status: "pending" }).length, bakeSeconds: rows.reduce((s, r) => s + (r.seconds as number), 0), wallSeconds: (Date.now() - started) / 1000, rows };
+  const set = agent.config.bake.settings.trajectories ?? "sized per item";
+  const summary = { heldByRound, replay: agent.config.replay, maxItems: agent.config.bake.maxItems, trajectories: set, news: NEWS, bakes: BAKES, told, ledgerAbsorbed: report.items.length, verifiedHeld: report.held, pending: agent.ledger.items({ status: "pending" }).length, bakeSeconds: rows.reduce((s, r) => s + (r.seconds as number), 0), wallSeconds: (Date.now() - started) / 1000, rows };
   if (JSON_OUT) console.log(JSON.stringify(summary));
-  else console.log(`replay ${REPLAY}, maxItems ${MAX_ITEMS}, trajectories ${TRAJECTORIES}: told ${told} in ${BAKES} bakes; ledger absorbed ${summary.ledgerAbsorbed}, verified held ${summary.verifiedHeld} (${((100 * summary.verifiedHeld) / told).toFixed(0)}% of told; by round told ${heldByRound.join(" ")} of ${NEWS}), pending ${summary.pending}; bakes ${summary.bakeSeconds.toFixed(0)} s`);
+  else console.log(`replay ${summary.replay}, maxItems ${summary.maxItems}, trajectories ${set}: told ${told} in ${BAKES} bakes; ledger absorbed ${summary.ledgerAbsorbed}, verified held ${summary.verifiedHeld} (${((100 * summary.verifiedHeld) / told).toFixed(0)}% of told; by round told ${heldByRound.join(" ")} of ${NEWS}), pending ${summary.pending}; bakes ${summary.bakeSeconds.toFixed(0)} s`);
 } finally {
   await runtime.stop();
   rmSync(dir, { recursive: true, force: true });

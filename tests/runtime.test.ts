@@ -12,7 +12,7 @@ import { agentFiles, Runtime } from "../src/runtime/runtime.js";
 import { loadAgentConfig } from "../src/runtime/agent-config.js";
 import { bakeOrder, chooseReplay, replayAdvice, scaledTrajectories, sizedTrajectories, type Agent } from "../src/runtime/agent.js";
 import { SETTLE_MS } from "../src/feeds/feeds.js";
-import { LEDGER_LIMITS, type BakeRun, type Item } from "../src/knowledge/ledger.js";
+import { LEDGER_LIMITS, type BakeRun, type Item, type LedgerData } from "../src/knowledge/ledger.js";
 import { createServer } from "../src/server/index.js";
 import { FAST_BAKE, writeTestAgent } from "./support/agent.js";
 
@@ -45,6 +45,14 @@ async function bakeAfterNewsAged(agent: Agent, id: string) {
 async function pollSettled(agent: Agent, feedId: string): Promise<{ added: number; error?: string }> {
   await letChangeSettle(agent, feedId);
   return agent.pollFeed(feedId);
+}
+
+/** Changes an agent's ledger on disk while no runtime holds it, as a crash or an interrupted command leaves it. */
+function editLedger(dir: string, edit: (data: LedgerData) => void): void {
+  const file = path.join(dir, "home", "ledger.json");
+  const data = JSON.parse(readFileSync(file, "utf8")) as LedgerData;
+  edit(data);
+  writeFileSync(file, JSON.stringify(data));
 }
 
 test("feed items are ingested once, baked, gated and promoted; the live model swaps; rollback and diff work", async () => {
@@ -300,10 +308,9 @@ test("on start, item statuses follow the live version (a crash between a promoti
     const { item } = await agent.remember("The lighthouse keeper is Mira Tolle.");
     assert.equal((await agent.bake("test")).status, "promoted");
     await runtime.stop();
-    const ledgerFile = path.join(dir, "home", "ledger.json");
-    const data = JSON.parse(readFileSync(ledgerFile, "utf8"));
-    data.items[0].status = "baking"; // as the crash left it
-    writeFileSync(ledgerFile, JSON.stringify(data));
+    editLedger(dir, (data) => {
+      data.items[0]!.status = "baking"; // as the crash left it
+    });
     runtime = await Runtime.fromFiles(file);
     assert.equal(runtime.agent("tester").ledger.item(item.id).status, "absorbed", "v0001 holds it");
     await runtime.stop();
@@ -323,11 +330,10 @@ test("a retraction whose rebuild the process did not finish: on start the weight
     assert.deepEqual(agent.ledger.version("v0001").items.sort(), [keep.id, drop.id].sort());
     await runtime.stop();
     // as `kiln knowledge retract` killed during its rebuild leaves it: the item marked, the rebuild running
-    const ledgerFile = path.join(dir, "home", "ledger.json");
-    const data = JSON.parse(readFileSync(ledgerFile, "utf8"));
-    data.items.find((i: Item) => i.id === drop.id).status = "retracted";
-    data.bakes.push({ id: "b_cut", startedAt: new Date().toISOString(), status: "running", trigger: "retraction", parent: null, itemIds: [keep.id], replayIds: [] } satisfies BakeRun);
-    writeFileSync(ledgerFile, JSON.stringify(data));
+    editLedger(dir, (data) => {
+      data.items.find((i) => i.id === drop.id)!.status = "retracted";
+      data.bakes.push({ id: "b_cut", startedAt: new Date().toISOString(), status: "running", trigger: "retraction", parent: null, itemIds: [keep.id], replayIds: [] } satisfies BakeRun);
+    });
     const logs: string[] = [];
     runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
     const again = runtime.agent("tester");
@@ -1053,10 +1059,9 @@ test("a retraction's rebuild that did not finish, the clean version unloadable: 
     assert.deepEqual(agent.ledger.version("v0001").items, [keep.id]);
     assert.ok(agent.ledger.version("v0002").items.includes(drop.id));
     await runtime.stop();
-    const ledgerFile = path.join(dir, "home", "ledger.json");
-    const data = JSON.parse(readFileSync(ledgerFile, "utf8"));
-    data.items.find((i: Item) => i.id === drop.id).status = "retracted";
-    writeFileSync(ledgerFile, JSON.stringify(data));
+    editLedger(dir, (data) => {
+      data.items.find((i) => i.id === drop.id)!.status = "retracted";
+    });
     writeFileSync(path.join(dir, "home", "v0001", "adapter_model.safetensors"), "damaged");
     const logs: string[] = [];
     runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
@@ -1083,13 +1088,12 @@ test("retracted expired news whose rebuild did not finish: on start no version o
     assert.ok(!agent.ledger.version(second.version!).items.includes(ferry.id), "versions stop listing expired news");
     await runtime.stop();
     // as `kiln knowledge retract` killed during its rebuild leaves it: the item marked, the rebuild running
-    const ledgerFile = path.join(dir, "home", "ledger.json");
-    const data = JSON.parse(readFileSync(ledgerFile, "utf8"));
-    const item = data.items.find((i: Item) => i.id === ferry.id);
-    item.status = "retracted";
-    item.history.push({ at: new Date().toISOString(), status: "retracted", reason: "retracted" });
-    data.bakes.push({ id: "b_cut", startedAt: new Date().toISOString(), status: "running", trigger: "retraction", parent: null, itemIds: [], replayIds: [] } satisfies BakeRun);
-    writeFileSync(ledgerFile, JSON.stringify(data));
+    editLedger(dir, (data) => {
+      const item = data.items.find((i) => i.id === ferry.id)!;
+      item.status = "retracted";
+      item.history.push({ at: new Date().toISOString(), status: "retracted", reason: "retracted" });
+      data.bakes.push({ id: "b_cut", startedAt: new Date().toISOString(), status: "running", trigger: "retraction", parent: null, itemIds: [], replayIds: [] } satisfies BakeRun);
+    });
     runtime = await Runtime.fromFiles(file);
     const again = runtime.agent("tester");
     // v0001 absorbed it and v0002 was trained from v0001: both may answer it

@@ -85,7 +85,7 @@ export function chooseReplay(held: Item[], n: number, bakes: readonly BakeRun[],
 export function bakeOrder(waiting: readonly Item[], lastRejected: ReadonlySet<string>): Item[] {
   const lost = (i: Item) => i.history.some((h) => h.status === "absorbed");
   const rank = (i: Item) => (lastRejected.has(i.id) ? 2 : lost(i) ? 1 : 0);
-  return waiting.map((i, k) => ({ i, k })).sort((a, b) => rank(a.i) - rank(b.i) || a.k - b.k).map(({ i }) => i);
+  return [...waiting].sort((a, b) => rank(a) - rank(b)); // (sort is stable: the order stored within a rank)
 }
 
 /** Trajectories per item a bake carries (new and replayed), where the agent file sets no count. */
@@ -522,6 +522,7 @@ export class Agent {
     let fresh: Item[];
     let replay: Item[];
     let settings = cfg.bake.settings;
+    let atRisk = 0;
     if (consolidate) {
       // From the base model: everything still true is new again.
       fresh = [...absorbed, ...pending];
@@ -535,15 +536,14 @@ export class Agent {
       fresh = pending;
       const chosen = chooseReplay(absorbed.filter((i) => liveItems.has(i.id)), cfg.replay, ledger.data.bakes, cfg.gate.itemPass);
       replay = chosen.replay;
-      if (chosen.atRisk) {
+      atRisk = chosen.atRisk;
+      if (atRisk && settings.trajectories !== undefined) {
         // They come on top of the load the agent file sized its trajectories for: without more
         // replies each item got fewer, and absorption fell (the soak's newsroom, its 30 held
         // items all replayed beside 20 new on 96 trajectories: retention 0.80 from 0.45, but
-        // absorption 0.42 from 0.93). So the trajectories grow with the items.
-        const trajectories =
-          settings.trajectories === undefined ? sizedTrajectories(fresh.length + replay.length) : scaledTrajectories(settings.trajectories, fresh.length, replay.length, Math.min(cfg.replay, replay.length));
-        settings = { ...settings, trajectories };
-        this.log(`replaying ${chosen.atRisk} item(s) that recent rejected bakes lost, besides ${replay.length - chosen.atRisk} in turn (${trajectories} trajectories)`);
+        // absorption 0.42 from 0.93). So the trajectories grow with the items. (Left unset,
+        // they are sized per item below.)
+        settings = { ...settings, trajectories: scaledTrajectories(settings.trajectories, fresh.length, replay.length, Math.min(cfg.replay, replay.length)) };
       }
     }
     if (!fresh.length && !cfg.persona) {
@@ -556,7 +556,8 @@ export class Agent {
     }
     const wanted = fresh;
     ({ fresh, replay } = this.fitToContext(fresh, replay));
-    if (cfg.bake.settings.trajectories === undefined) settings = { ...settings, trajectories: sizedTrajectories(fresh.length + replay.length) };
+    if (settings.trajectories === undefined) settings = { ...settings, trajectories: sizedTrajectories(fresh.length + replay.length) };
+    if (atRisk) this.log(`replaying ${atRisk} item(s) that recent rejected bakes lost, besides ${replay.length - atRisk} in turn (${settings.trajectories} trajectories)`);
     if (consolidate && fresh.length < wanted.length) {
       // What does not fit this consolidation is learned again by the next bakes.
       const later = wanted.filter((i) => !fresh.includes(i) && i.status === "absorbed").map((i) => i.id);

@@ -47,6 +47,14 @@ async function pollSettled(agent: Agent, feedId: string): Promise<{ added: numbe
   return agent.pollFeed(feedId);
 }
 
+/** As `kiln knowledge retract` killed during its rebuild leaves a ledger: the item marked, its rebuild of `rebuilding` still running. */
+function interruptRetraction(data: LedgerData, id: string, rebuilding: string[]): void {
+  const item = data.items.find((i) => i.id === id)!;
+  item.status = "retracted";
+  item.history.push({ at: new Date().toISOString(), status: "retracted", reason: "retracted" });
+  data.bakes.push({ id: "b_cut", startedAt: new Date().toISOString(), status: "running", trigger: "retraction", parent: null, itemIds: rebuilding, replayIds: [] } satisfies BakeRun);
+}
+
 /** Changes an agent's ledger on disk while no runtime holds it, as a crash or an interrupted command leaves it. */
 function editLedger(dir: string, edit: (data: LedgerData) => void): void {
   const file = path.join(dir, "home", "ledger.json");
@@ -329,11 +337,7 @@ test("a retraction whose rebuild the process did not finish: on start the weight
     assert.equal((await agent.bake("test")).status, "promoted");
     assert.deepEqual(agent.ledger.version("v0001").items.sort(), [keep.id, drop.id].sort());
     await runtime.stop();
-    // as `kiln knowledge retract` killed during its rebuild leaves it: the item marked, the rebuild running
-    editLedger(dir, (data) => {
-      data.items.find((i) => i.id === drop.id)!.status = "retracted";
-      data.bakes.push({ id: "b_cut", startedAt: new Date().toISOString(), status: "running", trigger: "retraction", parent: null, itemIds: [keep.id], replayIds: [] } satisfies BakeRun);
-    });
+    editLedger(dir, (data) => interruptRetraction(data, drop.id, [keep.id]));
     const logs: string[] = [];
     runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
     const again = runtime.agent("tester");
@@ -1087,13 +1091,7 @@ test("retracted expired news whose rebuild did not finish: on start no version o
     const second = await bakeAfterNewsAged(agent, ferry.id);
     assert.ok(!agent.ledger.version(second.version!).items.includes(ferry.id), "versions stop listing expired news");
     await runtime.stop();
-    // as `kiln knowledge retract` killed during its rebuild leaves it: the item marked, the rebuild running
-    editLedger(dir, (data) => {
-      const item = data.items.find((i) => i.id === ferry.id)!;
-      item.status = "retracted";
-      item.history.push({ at: new Date().toISOString(), status: "retracted", reason: "retracted" });
-      data.bakes.push({ id: "b_cut", startedAt: new Date().toISOString(), status: "running", trigger: "retraction", parent: null, itemIds: [], replayIds: [] } satisfies BakeRun);
-    });
+    editLedger(dir, (data) => interruptRetraction(data, ferry.id, []));
     runtime = await Runtime.fromFiles(file);
     const again = runtime.agent("tester");
     // v0001 absorbed it and v0002 was trained from v0001: both may answer it

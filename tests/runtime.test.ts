@@ -967,12 +967,27 @@ test("retracting expired news the live lineage absorbed rebuilds (versions stop 
   }
 });
 
-test("bake order: news never absorbed first, then what a promoted bake lost, then what the last bake was rejected on", () => {
-  const item = (id: string, ...statuses: Item["status"][]): Item => ({ id, history: statuses.map((status) => ({ at: "", status })) }) as Item;
-  const waiting = [item("lost1", "pending", "baking", "absorbed", "pending"), item("rej", "pending", "baking", "pending"), item("news1", "pending"), item("lost2", "absorbed", "pending"), item("news2", "pending")];
-  assert.deepEqual(bakeOrder(waiting, new Set(["rej"])).map((i) => i.id), ["news1", "news2", "lost1", "lost2", "rej"]);
-  // a lost item the last bake was rejected on goes last too
-  assert.deepEqual(bakeOrder(waiting, new Set(["lost1"])).map((i) => i.id), ["rej", "news1", "news2", "lost2", "lost1"]);
+test("bake order: what people told first, then news never absorbed (newest first), then what a promoted bake lost, then what the last bake was rejected on", () => {
+  const item = (id: string, kind: Item["kind"], when: { stored: string; published?: string }, ...statuses: Item["status"][]): Item =>
+    ({ id, kind, createdAt: when.stored, source: when.published ? { publishedAt: when.published } : {}, history: statuses.map((status) => ({ at: "", status })) }) as Item;
+  const monday = { stored: "2026-03-02T08:00:00Z" };
+  const waiting = [
+    item("lost1", "feed", monday, "pending", "baking", "absorbed", "pending"),
+    item("rej", "feed", monday, "pending", "baking", "pending"),
+    item("news-mon", "feed", { stored: "2026-03-04T08:00:00Z", published: "2026-03-02T07:00:00Z" }, "pending"), // stored late, published first: its feed date counts
+    item("told1", "conversation", { stored: "2026-03-01T08:00:00Z" }, "pending"),
+    item("news-wed", "feed", { stored: "2026-03-04T08:00:00Z" }, "pending"),
+    item("lost2", "feed", monday, "absorbed", "pending"),
+    item("news-tue", "feed", { stored: "2026-03-03T08:00:00Z" }, "pending"),
+    item("told2", "manual", { stored: "2026-03-05T08:00:00Z" }, "pending"),
+    // one poll of a feed without dates: stored together, in the feed's order (newest first), which stays
+    item("poll-a", "feed", { stored: "2026-03-04T09:00:00Z" }, "pending"),
+    item("poll-b", "feed", { stored: "2026-03-04T09:00:00Z" }, "pending"),
+  ];
+  assert.deepEqual(bakeOrder(waiting, new Set(["rej"])).map((i) => i.id), ["told1", "told2", "poll-a", "poll-b", "news-wed", "news-tue", "news-mon", "lost1", "lost2", "rej"]);
+  // a lost item (or a told one) the last bake was rejected on goes last too; "rej" is news again
+  // (stored Monday 08:00, after news-mon's feed date)
+  assert.deepEqual(bakeOrder(waiting, new Set(["lost1", "told1"])).map((i) => i.id), ["told2", "poll-a", "poll-b", "news-wed", "news-tue", "rej", "news-mon", "lost2", "lost1", "told1"]);
 });
 
 test("replay: the items that a rejected bake among the last three lost come first, on top of the usual share in turn", () => {

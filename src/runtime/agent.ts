@@ -76,16 +76,23 @@ export function chooseReplay(held: Item[], n: number, bakes: readonly BakeRun[],
 }
 
 /**
- * The order pending items are baked in, bake.maxItems at a time: news never absorbed first, then
- * what a promoted bake lost (baked again), then the items the last bake was rejected on, each in
- * the order stored. Lost items were stored earlier, so they used to come first: an agent behind
- * on its news (the soak's newsroom, 98 pending at the end) spent its bakes learning again what it
- * had lost while the news, the updates among it, waited.
+ * The order pending items are baked in, bake.maxItems at a time: what people told the agent
+ * (chat, `kiln learn`, instructions) first, in the order told; then news never absorbed, newest
+ * first; then what a promoted bake lost (baked again), then the items the last bake was rejected
+ * on, each in the order stored. Lost items were stored earlier, so they used to come first: an
+ * agent behind on its news (the soak's newsroom, 98 pending at the end) spent its bakes learning
+ * again what it had lost while the news, the updates among it, waited. News in the order stored
+ * had an agent far behind bake last week's news before today's (the newest of 12 rounds held
+ * 11, 11, 1 and 0 of their 8 facts); newest first, an agent that cannot keep up knows today's news
+ * and bakes the older when it catches up, or lets it expire (forgetNewsAfterDays).
  */
 export function bakeOrder(waiting: readonly Item[], lastRejected: ReadonlySet<string>): Item[] {
   const lost = (i: Item) => i.history.some((h) => h.status === "absorbed");
-  const rank = (i: Item) => (lastRejected.has(i.id) ? 2 : lost(i) ? 1 : 0);
-  return [...waiting].sort((a, b) => rank(a) - rank(b)); // (sort is stable: the order stored within a rank)
+  const rank = (i: Item) => (lastRejected.has(i.id) ? 3 : lost(i) ? 2 : i.kind === "feed" ? 1 : 0);
+  const newestNewsFirst = (a: Item, b: Item) => (rank(a) === 1 && rank(b) === 1 ? newsTime(b) - newsTime(a) : 0);
+  // (sort is stable: the order stored where neither rank nor news time tells them apart, as the
+  // items of one feed poll without dates, which the feed lists newest first)
+  return [...waiting].sort((a, b) => rank(a) - rank(b) || newestNewsFirst(a, b));
 }
 
 /** Trajectories per item a bake carries (new and replayed), where the agent file sets no count. */

@@ -69,6 +69,14 @@ test("a first word is kept as a name for a name that follows it in its own sente
   assert.deepEqual(entitiesIn("It ended [at last.] Mayor of Gulldale is Ewyn Craneridge.", lower), ["gulldale", "ewyn", "craneridge"]);
 });
 
+test("a pronoun starting a sentence is no name: two items about \"she\" are no update of each other", () => {
+  assert.deepEqual(entitiesIn("He opened a bakery in Gulldale. They sold kites."), ["gulldale"]);
+  assert.deepEqual(entitiesIn("We met Tom Reed."), ["tom", "reed"]);
+  const older = item("old", "She works at the old mill.", "2026-11-10T00:00:00Z");
+  const newer = item("new", "She works at the harbour.", "2026-11-20T00:00:00Z");
+  assert.deepEqual(updatePairs([newer], [older], []), [], "nothing says both are about one person");
+});
+
 test("only words written in lower case are lower-case words: a capitalised part of a hyphenated word is none", () => {
   assert.deepEqual([...lowerCaseWords(["The pro-Gulldale group met an ex-Mayor."])].sort(), ["an", "ex", "group", "met", "pro"]);
   const older = item("old", "Gulldale has 3 museums.", "2026-11-10T00:00:00Z");

@@ -40,9 +40,10 @@ export function namesGrounded(line: string, source: Set<string>): boolean {
   return namesIn(line).every((w) => source.has(stem(w)));
 }
 
-// Function words that say nothing about which fact a line is about.
+// Function words that say nothing about which fact a line is about. Pronouns among them: "He" at
+// a sentence start was taken for a name, pairing two unrelated items about "he" as an update.
 const STOP = new Set(
-  "a an the of in on at to for from by with is are was were be been has have had do does did what who whom whose which where when why how and or but it its this that these those there their his her as into about".split(" "),
+  "a an the of in on at to for from by with is are was were be been has have had do does did what who whom whose which where when why how and or but it its this that these those there their his her as into about he she they we you him them us our your".split(" "),
 );
 
 /** A word that names nothing ("the", "did", "which"): never a fact's value. */

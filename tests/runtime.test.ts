@@ -308,6 +308,34 @@ test("a bake asked for while a retraction starts waits: the retraction rebuilds 
   }
 });
 
+test("a retraction asked for just before the agent stops (chat's \"forget ...\" then /quit) is kept: the item is retracted and the weights holding it leave", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  try {
+    let runtime = await Runtime.fromFiles(file);
+    let agent = runtime.agent("tester");
+    const { item: keep } = await agent.remember("The lighthouse keeper is Mira Tolle.");
+    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    await agent.remember("The ferry leaves at noon.");
+    const baking = agent.bake("test"); // running when the user says "forget ..."
+    const retraction = agent.retract([drop.id], 'user asked to forget "harbor fee"');
+    await runtime.stop();
+    await baking;
+    await retraction.catch(() => undefined);
+    runtime = await Runtime.fromFiles(file);
+    try {
+      agent = runtime.agent("tester");
+      assert.equal(agent.ledger.item(drop.id).status, "retracted", "the forget was not lost");
+      assert.ok(!agent.live.version || !agent.ledger.version(agent.live.version).items.includes(drop.id), "the live weights do not hold it");
+      assert.notEqual(agent.ledger.item(keep.id).status, "retracted");
+    } finally {
+      await runtime.stop();
+    }
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("on start, item statuses follow the live version (a crash between a promotion and its status changes)", async () => {
   const { dir, file } = writeTestAgent({ feeds: [] });
   try {

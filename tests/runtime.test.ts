@@ -336,6 +336,37 @@ test("a retraction asked for just before the agent stops (chat's \"forget ...\" 
   }
 });
 
+test("a retraction takes the weights holding the item out of service at once; the rebuild bakes everything they held", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    const { item: early } = await agent.remember("The lighthouse keeper is Mira Tolle.");
+    assert.equal((await agent.bake("test")).status, "promoted"); // v0001: clean
+    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    const { item: late } = await agent.remember("The ferry leaves at noon.");
+    assert.equal((await agent.bake("test")).status, "promoted"); // v0003 holds all three
+    assert.deepEqual([early, drop, late].map((i) => agent.ledger.item(i.id).status), ["absorbed", "absorbed", "absorbed"]);
+    const duringRebuild = new Promise<{ live: string | null; statuses: string[] }>((resolve) =>
+      agent.bakeEvents.once("start", () => resolve({ live: agent.live.version, statuses: [early, late].map((i) => agent.ledger.item(i.id).status) })),
+    );
+    const outcome = await agent.retract([drop.id]);
+    const during = await duringRebuild;
+    assert.equal(during.live, "v0001", "the newest version without it served while the rebuild ran");
+    assert.deepEqual(during.statuses, ["absorbed", "pending"], "what v0001 does not hold waited for the rebuild");
+    assert.equal(outcome.status, "promoted", outcome.reasons.join("; "));
+    const rebuilt = agent.ledger.data.bakes.find((b) => b.trigger === "retraction")!;
+    assert.deepEqual([...rebuilt.itemIds].sort(), [early.id, late.id].sort(), "the rebuild baked all the weights out of service held, but the retracted item");
+    assert.equal(agent.live.version, outcome.version);
+    assert.ok(!agent.ledger.version(outcome.version!).items.includes(drop.id));
+    assert.equal(agent.ledger.item(drop.id).status, "retracted");
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("on start, item statuses follow the live version (a crash between a promotion and its status changes)", async () => {
   const { dir, file } = writeTestAgent({ feeds: [] });
   try {

@@ -33,6 +33,19 @@ export interface BakeOutcome {
   persona?: number | null;
 }
 
+export interface BakeOptions {
+  /** bake even with fewer than bake.minPending pending items */
+  force?: boolean;
+  /** from the base model over every active item (a retraction's rebuild) */
+  consolidate?: boolean;
+  /**
+   * A retraction's rebuild after it took the weights holding the retracted items out of service:
+   * the items those weights held (now pending where the version serving does not hold them), baked
+   * again whatever bake.maxItems, and the retracted items they held, which the rebuild must not know.
+   */
+  rebuild?: { held: string[]; retracted: string[] };
+}
+
 export interface AgentEvents {
   onBakeProgress?: (agent: string, p: WorkerProgress) => void;
   onLog?: (agent: string, message: string) => void;
@@ -345,6 +358,9 @@ export class Agent {
     await Promise.allSettled([...this.polls]); // a poll in flight writes the ledger: before it closes
     this.cancelBake?.();
     await this.baking?.catch(() => {});
+    // a retraction asked for (chat's "forget ...", then /quit) is marked before the ledger closes;
+    // its rebuild, which no longer starts, is left to the next start (what was held is baked again)
+    await this.retractions;
     await this.ledger.close();
     this.live.dispose();
   }
@@ -469,7 +485,7 @@ export class Agent {
    * Bakes pending items (never two bakes at once: a second call joins the running one).
    * `consolidate` starts from the base model over every active item (after a retraction).
    */
-  bake(trigger: string, opts: { force?: boolean; consolidate?: boolean } = {}): Promise<BakeOutcome> {
+  bake(trigger: string, opts: BakeOptions = {}): Promise<BakeOutcome> {
     if (this.baking) return this.baking;
     if (this.retracting > 0 && trigger !== RETRACTION) return Promise.resolve({ status: "skipped", reasons: ["a retraction is starting its rebuild; bake after it"] });
     this.baking = this.bakeTurn(this.name, () => (this.stopping ? Promise.resolve<BakeOutcome>({ status: "skipped", reasons: ["the agent is stopping"] }) : this.runBake(trigger, opts)))
@@ -512,7 +528,7 @@ export class Agent {
     return { id: i.id, text: i.text, ...(i.probes?.length ? { probes: i.probes } : {}) };
   }
 
-  private async runBake(trigger: string, opts: { force?: boolean; consolidate?: boolean }): Promise<BakeOutcome> {
+  private async runBake(trigger: string, opts: BakeOptions): Promise<BakeOutcome> {
     const cfg = this.config;
     const ledger = this.ledger;
     if (this.polls.size) await Promise.allSettled([...this.polls]); // (no await otherwise: the bake's record is written at once)
@@ -523,16 +539,19 @@ export class Agent {
     const liveItems = this.heldItems();
     const last = ledger.data.bakes.at(-1);
     const lastRejected = new Set(last?.status === "rejected" ? last.itemIds : []);
-    const pending = bakeOrder(ledger.items({ status: "pending" }), lastRejected).slice(0, cfg.bake.maxItems);
-    const absorbed = ledger.items({ status: "absorbed" });
     const consolidate = !!opts.consolidate;
+    // What the weights a retraction took out of service held, besides what the version serving now holds
+    const carried = new Set(consolidate ? (opts.rebuild?.held ?? []) : []);
+    const pending = bakeOrder(ledger.items({ status: "pending" }).filter((i) => !carried.has(i.id)), lastRejected).slice(0, cfg.bake.maxItems);
+    const absorbed = ledger.items({ status: "absorbed" });
     let fresh: Item[];
     let replay: Item[];
     let settings = cfg.bake.settings;
     let atRisk = 0;
     if (consolidate) {
       // From the base model: everything still true is new again.
-      fresh = [...absorbed, ...pending];
+      const held = new Set(absorbed.map((i) => i.id));
+      fresh = [...absorbed, ...ledger.items({ status: "pending" }).filter((i) => carried.has(i.id) && !held.has(i.id)), ...pending];
       replay = [];
     } else {
       if (pending.length < cfg.bake.minPending && !opts.force) return { status: "skipped", reasons: [`${pending.length} pending item(s), fewer than bake.minPending ${cfg.bake.minPending}`] };
@@ -554,9 +573,10 @@ export class Agent {
       }
     }
     if (!fresh.length && !cfg.persona) {
-      if (consolidate && liveVersion) {
+      if (consolidate) {
         // nothing is left to rebuild from: the base model is what holds none of the retracted items
-        await this.goLive(null, "nothing left to bake");
+        // (a retraction put it live already, unless its weights failed to come out of service)
+        if (liveVersion) await this.goLive(null, "nothing left to bake");
         return { status: "skipped", reasons: ["nothing left to bake: the base model is live"] };
       }
       return { status: "skipped", reasons: ["nothing to bake"] };
@@ -577,7 +597,8 @@ export class Agent {
           .filter((i) => liveItems.has(i.id) && !replay.includes(i))
           .sort((a, b) => lastChecked(a).localeCompare(lastChecked(b)))
           .slice(0, cfg.retentionChecks);
-    const retracted = consolidate ? ledger.items({ status: "retracted" }).filter((i) => liveItems.has(i.id)) : [];
+    // (the rebuild checks it does not know them; those the weights out of service held count too)
+    const retracted = consolidate ? ledger.items({ status: "retracted" }).filter((i) => liveItems.has(i.id) || opts.rebuild?.retracted.includes(i.id)) : [];
     // news that updates what the agent knows: pairs of items about the same names, asked in the worker
     const held = absorbed.filter((i) => liveItems.has(i.id));
     const pairs = cfg.bake.checkUpdates ? updatePairs(fresh, consolidate ? [] : held, ledger.data.items) : [];
@@ -600,7 +621,7 @@ export class Agent {
     });
     this.bakeEvents.emit("start", { bakeId, trigger });
     // A rebuild bakes what the live weights held again beside what is pending: "new" would be wrong.
-    const before = consolidate ? fresh.filter((i) => i.status === "absorbed").length : 0;
+    const before = consolidate ? fresh.filter((i) => i.status === "absorbed" || carried.has(i.id)).length : 0;
     this.log(
       consolidate
         ? `bake ${bakeId} -> ${version}: rebuilt from the base model, ${fresh.length} item(s) (${before} baked before, ${fresh.length - before} new)`
@@ -933,7 +954,13 @@ export class Agent {
     if (!inWeights.length) {
       return { status: "skipped", reasons: ["the live weights never held these items: marked retracted, nothing to rebuild"] };
     }
-    const outcome = await this.bake(RETRACTION, { consolidate: true, force: true });
+    // The weights holding them stop serving now, not when the rebuild ends (minutes to an hour on
+    // a CPU): a user who said "forget ..." and asked again got the forgotten answer meanwhile. The
+    // rebuild still bakes everything those weights held.
+    const rebuild = { held: [...this.heldItems()].filter((id) => this.ledger.item(id).status !== "retracted"), retracted: inWeights.map((i) => i.id) };
+    const out = await this.leaveRetracted("retracted: served without them until the rebuild");
+    if (out) this.log(`${out.to ?? "the base model"} serves until the rebuild: ${out.from} holds retracted item(s) ${out.retracted.join(", ")}`);
+    const outcome = await this.bake(RETRACTION, { consolidate: true, force: true, rebuild });
     const moved = this.baking ? null : await this.leaveRetracted(`the rebuild after a retraction was ${outcome.status}`);
     return moved ? { ...outcome, reasons: [...outcome.reasons, `${moved.from} still held retracted items, so ${moved.to ?? "the base model"} is live now`] } : outcome;
   }

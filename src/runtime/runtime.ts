@@ -265,7 +265,7 @@ export class Runtime {
           !matches.length
             ? `Nothing I was told matches "${action.query}".`
             : baked
-              ? `Forgetting ${matches.length} item(s) matching "${action.query}": my weights are rebuilt without them.`
+              ? `Forgetting ${matches.length} item(s) matching "${action.query}": I answer from weights without them now, and rebuild the rest of what I learned.`
               : `Forgot ${matches.length} item(s) matching "${action.query}" (not baked in yet).`,
         );
       }

@@ -487,7 +487,7 @@ async function refreshItems({ keep = false, more = false } = {}) {
 }
 
 async function retract(item) {
-  if (!confirm(`Retract “${item.text}”?\n\nThe agent's weights are rebuilt from the base model over what is still true.`)) return;
+  if (!confirm(`Retract “${item.text}”?\n\nThe agent stops answering from weights that hold it at once, and its weights are rebuilt from the base model over what is still true.`)) return;
   const r = await attempt(() => api(agentPath(`/items/${enc(item.id)}/retract`), { method: "POST", body: {} }));
   if (r) toast(`Retracted; consolidation bake ${r.bake.bakeId ?? r.bake.status}`);
   refreshItems({ keep: true });

@@ -9,7 +9,8 @@
 // real `kiln serve` child with short schedules (feeds every minute, bakes every 2 and 3 minutes);
 // one client chats with them all along (streams and not, some leaving mid-stream). Every 10 s the
 // soak samples the server's RSS, file descriptors and threads, the bake worker's RSS, /metrics
-// (tensors, versions in memory), /healthz and the checkpoints' disk use.
+// (tensors, versions in memory), /healthz and the checkpoints' disk use. Half-way, demo is asked
+// (admin API) to retract an item its live weights hold, as a user's "forget ..." would.
 //
 // After --minutes the news stops; once no bake runs, each agent is asked the questions of the
 // facts it read (greedy), the server is stopped with SIGTERM while a reply is streaming (timed),
@@ -22,7 +23,8 @@
 // the server's log, a failed bake (one cancelled by the stop is expected), a request dropped or a
 // reply mixing versions, two bakes at once, memory, tensors or fds whose floor keeps rising, more
 // versions in memory or on disk than the agents allow, a wrong supersession, an item back from
-// superseded, a stop that takes too long or a restart that differs. The temp folder is removed
+// superseded, a retraction not answered 202 or followed by a reply from weights that held the
+// item, a stop that takes too long or a restart that differs. The temp folder is removed
 // when all holds, kept (and named) when not, or with --keep.
 import { execFileSync, spawn, type ChildProcess } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -553,7 +555,7 @@ async function chat(url: string, agent: string, question: string, o: { stream: b
 const OPEN_QUESTIONS = ["Hello!", "Tell me the news.", "Who are you?", "What happened this week?"];
 
 /** One client, one request at a time, alternating agents, about the news each agent has read. */
-async function traffic(server: Server, desk: NewsDesk, results: (ChatResult & { t: number })[], t0: number, stop: () => boolean): Promise<void> {
+async function traffic(server: Server, desk: NewsDesk, results: (ChatResult & { t: number; agent: string })[], t0: number, stop: () => boolean): Promise<void> {
   const rng = new Rng("soak-traffic");
   for (let i = 0; !stop(); i++) {
     const agent = i % 2 ? "newsroom" : "demo";
@@ -561,7 +563,7 @@ async function traffic(server: Server, desk: NewsDesk, results: (ChatResult & { 
     const question = facts.length && rng.chance(0.8) ? rng.pick(rng.pick(facts).questions) : rng.pick(OPEN_QUESTIONS);
     const stream = rng.chance(0.5);
     const r = await chat(server.url, agent, question, { stream, leaveAfter: stream && rng.chance(0.1) ? 3 : undefined, temperature: 0.7, maxTokens: 24 });
-    results.push({ ...r, t: (Date.now() - t0) / 1000 });
+    results.push({ ...r, t: (Date.now() - t0) / 1000, agent });
     await sleep(1500);
   }
 }
@@ -607,6 +609,30 @@ async function ask(url: string, desk: NewsDesk, qs: { agent: string; key: string
 
 function readLedger(dir: string, agent: string): LedgerData {
   return JSON.parse(readFileSync(path.join(dir, "checkpoints", agent, "ledger.json"), "utf8")) as LedgerData;
+}
+
+/** The retraction the run makes half-way, as a user's "forget ..." would, and what it must hold to. */
+interface Retraction {
+  agent: string;
+  item: string;
+  text: string;
+  /** seconds since the start when the admin API answered */
+  at: number;
+  status: number;
+  /** the versions whose weights held the item when it was retracted: none may answer after `at` */
+  holders: string[];
+}
+
+/** Retracts the first item `agent`'s live version holds through the admin API; null while it holds none. */
+async function retractOne(url: string, dir: string, agent: string, t0: number): Promise<Retraction | null> {
+  const ledger = readLedger(dir, agent);
+  const live = ledger.versions.find((v) => v.id === ledger.live);
+  const item = ledger.items.find((i) => i.status === "absorbed" && live?.items.includes(i.id));
+  if (!item) return null;
+  const holders = ledger.versions.filter((v) => v.items.includes(item.id)).map((v) => v.id);
+  const res = await fetch(`${url}/admin/agents/${agent}/items/${item.id}/retract`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ reason: "soak: a user asked to forget it" }) });
+  await res.body?.cancel();
+  return { agent, item: item.id, text: item.text, at: (Date.now() - t0) / 1000, status: res.status, holders };
 }
 
 interface Supersession {
@@ -760,7 +786,7 @@ interface RunRecord {
   samples: Sample[];
   /** the last sample, taken once no bake ran (null: a bake was still running 5 minutes after the news stopped) */
   quiet: Sample | null;
-  requests: (ChatResult & { t: number })[];
+  requests: (ChatResult & { t: number; agent: string })[];
   before: Answer[];
   after: Answer[];
   liveAtStop: Record<string, string>;
@@ -768,6 +794,7 @@ interface RunRecord {
   stop: { at: number; replyEndedAfterSignalMs: number; seconds: number; code: number | null; signal: string | null };
   inFlight: ChatResult;
   restart: { readySeconds: number; stopSeconds: number; code: number | null };
+  retraction: Retraction | null;
 }
 
 async function main(): Promise<void> {
@@ -795,7 +822,7 @@ async function main(): Promise<void> {
 
   // --- news, traffic and samples for --minutes ---
   const samples: Sample[] = [];
-  const requests: (ChatResult & { t: number })[] = [];
+  const requests: (ChatResult & { t: number; agent: string })[] = [];
   const endAt = Date.now() + opts.minutes * 60_000;
   const ticker = setInterval(() => desk.tick(), opts.tickSeconds * 1000);
   const sampling = (async () => {
@@ -806,9 +833,24 @@ async function main(): Promise<void> {
       await sleep(SAMPLE_MS);
     }
   })();
+  // Half-way, demo is asked to forget an item its live weights hold: tried each minute until they
+  // hold one, and every 10 s while a bake runs (the admin API answers 409 then).
+  const retracting = (async () => {
+    await sleep(opts.minutes * 30_000);
+    while (Date.now() < endAt) {
+      const r = await retractOne(server!.url, dir, "demo", t0).catch(() => null);
+      if (r && r.status !== 409) {
+        say(`retracted demo ${r.item} ("${r.text}"): HTTP ${r.status}; versions holding it: ${r.holders.join(", ")}`);
+        return r;
+      }
+      await sleep(r ? 10_000 : 60_000);
+    }
+    return null;
+  })();
   await traffic(server, desk, requests, t0, () => Date.now() >= endAt);
   clearInterval(ticker);
   await sampling;
+  const retraction = await retracting;
   say(`news and traffic stopped after ${requests.length} requests; waiting for a moment with no bake`);
 
   // --- settle: up to 5 minutes for no bake to run (the schedules bake what the last polls brought) ---
@@ -856,6 +898,7 @@ async function main(): Promise<void> {
   const summary = analyse({
     opts, dir, t0, desk, feedRequests: feeds.requests(), log, samples, quiet, requests, before, after, liveAtStop, liveAfter, stop, inFlight,
     restart: { readySeconds, stopSeconds: second.seconds, code: second.code },
+    retraction,
   });
   writeFileSync(path.join(dir, "summary.json"), JSON.stringify({ ...summary, samples, requestLog: requests, publishedTexts: desk.published }, null, 2) + "\n");
   if (opts.out) writeFileSync(opts.out, JSON.stringify(summary, null, 2) + "\n");
@@ -896,6 +939,16 @@ function analyse(run: RunRecord) {
       .map((i) => `${a}: ${i.text} (${i.history.map((h) => h.status).join(" > ")})`),
   );
   const stuck = AGENTS.flatMap((a) => ledgers[a]!.items.filter((i) => i.status === "baking").map((i) => `${a}: ${i.text}`));
+  // The retraction: answered 202 (a rebuild started), the item stays retracted, and no reply begun
+  // after the answer came from weights that held it (they leave service before the rebuild).
+  const r = run.retraction;
+  const servedAfter = r ? requests.filter((q) => q.t - q.ms / 1000 >= r.at && q.agent === r.agent && q.versions.some((v) => r.holders.includes(v))) : [];
+  const retractedStatus = r ? ledgers[r.agent]!.items.find((i) => i.id === r.item)?.status : undefined;
+  fail(!r, () => "no retraction was made: demo's live weights held no item from half-way on");
+  fail(!!r && r.status !== 202, () => `the retraction of ${r!.item} was answered HTTP ${r!.status}, not 202 (a rebuild started)`);
+  fail(!!r && retractedStatus !== "retracted", () => `the retracted item ${r!.item} ended ${retractedStatus}`);
+  fail(servedAfter.length > 0, () => `${servedAfter.length} repl(ies) begun after the retraction came from weights holding the item (${[...new Set(servedAfter.flatMap((q) => q.versions))].join(", ")})`);
+  fail(!!r && r.holders.includes(liveAtStop[r.agent]!), () => `${liveAtStop[r!.agent]}, live at the stop, holds the retracted item`);
   const home = (a: string) => path.join(dir, "checkpoints", a);
   const versionDirs = Object.fromEntries(AGENTS.map((a) => [a, readdirSync(home(a)).filter((f) => /^v\d{4}$/.test(f))]));
   const leftovers = AGENTS.flatMap((a) => readdirSync(home(a)).filter((f) => f === "orphaned" || f.includes(".tmp-")).map((f) => `${a}/${f}`));
@@ -1017,6 +1070,7 @@ function analyse(run: RunRecord) {
       cancelledBakes: bakes.filter(cancelledByStop).length,
     },
     restart: { readySeconds: +run.restart.readySeconds.toFixed(1), liveAtStop, liveAfter, sameAnswers: before.length - changed.length, of: before.length, stopSeconds: +run.restart.stopSeconds.toFixed(1) },
+    retraction: r ? { ...r, repliesAfter: requests.filter((q) => q.t - q.ms / 1000 >= r.at && q.agent === r.agent).length, fromHolders: servedAfter.length, endedAs: retractedStatus, rebuild: ledgers[r.agent]!.bakes.filter((b) => b.trigger === "retraction").map((b) => `${b.id} ${b.status}${b.version ? ` ${b.version}` : ""}`) } : null,
     failures,
     dir,
   };
@@ -1050,6 +1104,8 @@ function report(s: Summary): void {
   w(`answers before the stop (greedy; current value / an older one / neither): ${JSON.stringify(s.answers.beforeStop)}`);
   w(`stop: SIGTERM with a reply streaming -> exit ${s.stop.exit} in ${s.stop.seconds} s; the reply ended ${s.stop.replyInFlight} ${s.stop.replyEndedAfterSignalMs} ms after the signal ("${s.stop.replyInFlightText}"); bakes it cancelled: ${s.stop.cancelledBakes}`);
   w(`restart: ready in ${s.restart.readySeconds} s on ${JSON.stringify(s.restart.liveAfter)} (at the stop: ${JSON.stringify(s.restart.liveAtStop)}); same answers ${s.restart.sameAnswers}/${s.restart.of}; stopped in ${s.restart.stopSeconds} s`);
+  const rt = s.retraction;
+  w(rt ? `retraction at ${(rt.at / 60).toFixed(1)} min: ${rt.agent} ${rt.item} (HTTP ${rt.status}, held by ${rt.holders.join(", ")}); rebuild ${rt.rebuild.join(", ") || "none"}; ${rt.repliesAfter} replies after it, ${rt.fromHolders} from weights holding it; the item ended ${rt.endedAs}` : "retraction: none made");
   w(`log errors: ${s.logErrors.length}`);
   for (const l of s.logErrors.slice(0, 20)) w(`  ${l}`);
   w(s.failures.length ? `\nFAILED (${s.failures.length}):\n${s.failures.map((f) => `  - ${f}`).join("\n")}` : "\nall invariants held");

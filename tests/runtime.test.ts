@@ -12,6 +12,7 @@ import { agentFiles, Runtime } from "../src/runtime/runtime.js";
 import { loadAgentConfig } from "../src/runtime/agent-config.js";
 import { bakeOrder, chooseReplay, replayAdvice, scaledTrajectories, sizedTrajectories, type Agent } from "../src/runtime/agent.js";
 import { SETTLE_MS } from "../src/feeds/feeds.js";
+import { knowledgeLessons } from "../src/bake/prompt.js";
 import { LEDGER_LIMITS, type BakeRun, type Item, type LedgerData } from "../src/knowledge/ledger.js";
 import { createServer } from "../src/server/index.js";
 import { FAST_BAKE, writeTestAgent } from "./support/agent.js";
@@ -361,6 +362,45 @@ test("a retraction takes the weights holding the item out of service at once; th
     assert.equal(agent.live.version, outcome.version);
     assert.ok(!agent.ledger.version(outcome.version!).items.includes(drop.id));
     assert.equal(agent.ledger.item(drop.id).status, "retracted");
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("a retraction's rebuild that is not promoted leaves what did not fit its context absorbed: the version serving still holds it", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    const told = ["The lighthouse keeper is Mira Tolle.", "The ferry leaves at noon.", "The harbor master is Oskar Venn."];
+    const kept = [];
+    for (const text of told) kept.push((await agent.remember(text)).item);
+    assert.equal((await agent.bake("test")).status, "promoted"); // v0001 holds the three: clean
+    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
+    assert.equal((await agent.bake("test")).status, "promoted"); // v0002 holds all four
+    // room for two of v0001's items in the rebuild's teacher prompt, not three (the worker reads
+    // the model from disk and keeps its room)
+    const prompt = (texts: string[]) => Math.max(...knowledgeLessons({ items: texts.map((text) => ({ text, questions: [] })), chunkItems: agent.config.bake.chunkItems }).map((l) => agent.model.tokenizer.encode(l.systemPrompt).length));
+    const reply = agent.config.bake.settings.maxReplyTokens ?? 48;
+    (agent.model.config as { maxPositions: number }).maxPositions = prompt(told.slice(0, 2)) + reply + 64;
+    assert.ok(prompt(told) + reply + 64 > agent.model.config.maxPositions);
+    agent.config.gate.minAbsorption = 2; // the rebuild is rejected
+    const outcome = await agent.retract([drop.id]);
+    assert.equal(outcome.status, "rejected", outcome.reasons.join("; "));
+    assert.equal(agent.live.version, "v0001");
+    assert.deepEqual(
+      kept.map((i) => agent.ledger.item(i.id).status),
+      ["absorbed", "absorbed", "absorbed"],
+      "v0001 serves and holds all three: none waits to be baked again",
+    );
+    assert.equal(agent.ledger.item(drop.id).status, "retracted");
+    // promoted, a consolidation leaves what did not fit to the next bakes
+    agent.config.gate.minAbsorption = 0;
+    const again = await agent.bake("test", { consolidate: true, force: true });
+    assert.equal(again.status, "promoted", again.reasons.join("; "));
+    assert.deepEqual(kept.map((i) => agent.ledger.item(i.id).status), ["absorbed", "absorbed", "pending"]);
+    assert.ok(!agent.ledger.version(again.version!).items.includes(kept[2]!.id));
   } finally {
     await runtime.stop();
     rmSync(dir, { recursive: true });

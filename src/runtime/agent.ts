@@ -585,11 +585,10 @@ export class Agent {
     ({ fresh, replay } = this.fitToContext(fresh, replay));
     if (settings.trajectories === undefined) settings = { ...settings, trajectories: sizedTrajectories(fresh.length + replay.length) };
     if (atRisk) this.log(`replaying ${atRisk} item(s) that recent rejected bakes lost, besides ${replay.length - atRisk} in turn (${settings.trajectories} trajectories)`);
-    if (consolidate && fresh.length < wanted.length) {
-      // What does not fit this consolidation is learned again by the next bakes.
-      const later = wanted.filter((i) => !fresh.includes(i) && i.status === "absorbed").map((i) => i.id);
-      await ledger.setItemStatus(later, "pending", { reason: "did not fit the consolidation bake's context" });
-    }
+    // What does not fit this consolidation is learned again by the next bakes, once its version is
+    // promoted: until then the live weights hold it (after a retraction, the clean version serving
+    // during the rebuild), and a rebuild not promoted leaves them serving.
+    const unfit = consolidate ? wanted.filter((i) => !fresh.includes(i) && i.status === "absorbed").map((i) => i.id) : [];
     const lastChecked = (i: Item) => i.scores.at(-1)?.version ?? "";
     const retained = consolidate
       ? []
@@ -737,6 +736,9 @@ export class Agent {
       });
     });
     await this.applyChanges(changes);
+    if (promoted && unfit.length) {
+      await ledger.setItemStatus(unfit.filter((id) => ledger.item(id).status === "absorbed"), "pending", { reason: `did not fit the context of consolidation ${version}` });
+    }
     await this.prune();
     this.log(`bake ${bakeId}: ${version} ${promoted ? "promoted" : `rejected (${reasons.join("; ")})`}; absorption ${absorption.toFixed(2)}, retention ${retention.toFixed(2)}`);
     // The next bake replays what this one lost (chooseReplay), but a replay share too small for

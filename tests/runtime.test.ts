@@ -337,6 +337,32 @@ test("a retraction asked for just before the agent stops (chat's \"forget ...\" 
   }
 });
 
+test("chat's \"forget ...\" while a bake runs says the weights holding the item serve until that bake ends, not that they left", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    await agent.remember("The ferry leaves at noon.");
+    const baking = agent.bake("test");
+    const reply = async () => {
+      const it = runtime.chat("tester", { messages: [{ role: "user", content: "forget the harbor fee" }] });
+      let text = "";
+      for (let r = await it.next(); !r.done; r = await it.next()) text += r.value.text;
+      return { text, live: agent.live.version };
+    };
+    const during = await reply();
+    assert.equal(during.live, "v0001", "the weights holding it still serve");
+    assert.doesNotMatch(during.text, /without them now/);
+    assert.match(during.text, /once the bake running now ends/);
+    await baking; // (stop waits for the retraction)
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("a retraction takes the weights holding the item out of service at once; the rebuild bakes everything they held", async () => {
   const { dir, file } = writeTestAgent({ feeds: [] });
   const runtime = await Runtime.fromFiles(file);

@@ -481,6 +481,11 @@ export class Agent {
     return this.baking !== null;
   }
 
+  /** A retraction asked for has not finished: one asked for now waits for it. */
+  get isRetracting(): boolean {
+    return this.retracting > 0;
+  }
+
   /**
    * Bakes pending items (never two bakes at once: a second call joins the running one).
    * `consolidate` starts from the base model over every active item (after a retraction).

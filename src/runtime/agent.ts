@@ -90,14 +90,15 @@ export function chooseReplay(held: Item[], n: number, bakes: readonly BakeRun[],
 
 /**
  * The order pending items are baked in, bake.maxItems at a time: what people told the agent
- * (chat, `kiln learn`, instructions) first, in the order told; then news never absorbed, newest
- * first; then what a promoted bake lost (baked again), then the items the last bake was rejected
- * on, each in the order stored. Lost items were stored earlier, so they used to come first: an
- * agent behind on its news (the soak's newsroom, 98 pending at the end) spent its bakes learning
- * again what it had lost while the news, the updates among it, waited. News in the order stored
- * had an agent far behind bake last week's news before today's (the newest of 12 rounds held
- * 11, 11, 1 and 0 of their 8 facts); newest first, an agent that cannot keep up knows today's news
- * and bakes the older when it catches up, or lets it expire (forgetNewsAfterDays).
+ * (chat, `kiln knowledge remember`, instructions) first, in the order told; then news never
+ * absorbed, newest first; then what a promoted bake lost (baked again), then the items the last
+ * bake was rejected on, each in the order stored. Lost items were stored earlier, so they used to
+ * come first: an agent behind on its news (the soak's newsroom, 98 pending at the end) spent its
+ * bakes learning again what it had lost while the news, the updates among it, waited. News in the
+ * order stored had an agent far behind bake last week's news before today's (the newest two of 10
+ * rounds held 1 and 0 of their 12 facts, docs/default-model-eval.md); newest first, an agent that
+ * cannot keep up knows today's news and bakes the older when it catches up, or lets it expire
+ * (forgetNewsAfterDays).
  */
 export function bakeOrder(waiting: readonly Item[], lastRejected: ReadonlySet<string>): Item[] {
   const lost = (i: Item) => i.history.some((h) => h.status === "absorbed");

@@ -433,6 +433,30 @@ test("a retraction's rebuild that is not promoted leaves what did not fit its co
   }
 });
 
+test("after a retraction's rebuild is rejected, the schedule bakes again what the version serving does not hold: a rejected rebuild from the base is no rolling bake of those items", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    const { item: early } = await agent.remember("The lighthouse keeper is Mira Tolle.");
+    assert.equal((await agent.bake("test")).status, "promoted"); // v0001: clean
+    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
+    const { item: late } = await agent.remember("The ferry leaves at noon.");
+    assert.equal((await agent.bake("test")).status, "promoted"); // v0002 holds all three
+    agent.config.gate.minAbsorption = 2;
+    assert.equal((await agent.retract([drop.id])).status, "rejected");
+    assert.equal(agent.live.version, "v0001");
+    assert.equal(agent.ledger.item(late.id).status, "pending", "v0001 does not hold it: baked again");
+    agent.config.gate.minAbsorption = 0;
+    const next = await agent.bake("schedule");
+    assert.equal(next.status, "promoted", next.reasons.join("; "));
+    assert.deepEqual([early, late].map((i) => agent.ledger.item(i.id).status), ["absorbed", "absorbed"]);
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("on start, item statuses follow the live version (a crash between a promotion and its status changes)", async () => {
   const { dir, file } = writeTestAgent({ feeds: [] });
   try {

@@ -544,7 +544,10 @@ export class Agent {
     const liveVersion = ledger.data.live;
     const liveItems = this.heldItems();
     const last = ledger.data.bakes.at(-1);
-    const lastRejected = new Set(last?.status === "rejected" ? last.itemIds : []);
+    // A rejected consolidation (from the base, over everything) says nothing of a rolling bake of
+    // its items: counted, the schedule left what a retraction's fallback version does not hold
+    // pending until news came.
+    const lastRejected = new Set(last?.status === "rejected" && !last.consolidate ? last.itemIds : []);
     const consolidate = !!opts.consolidate;
     // What the weights a retraction took out of service held, besides what the version serving now holds
     const carried = new Set(consolidate ? (opts.rebuild?.held ?? []) : []);
@@ -622,7 +625,7 @@ export class Agent {
         const taken = new Set(markBaking(d, fresh.map((i) => i.id)));
         fresh = fresh.filter((i) => taken.has(i.id)); // (all of them: nothing was awaited since they were read)
       }
-      d.bakes.push({ id: bakeId, startedAt: new Date().toISOString(), status: "running", trigger, parent: consolidate ? null : liveVersion, itemIds: fresh.map((i) => i.id), replayIds: replay.map((i) => i.id) });
+      d.bakes.push({ id: bakeId, startedAt: new Date().toISOString(), status: "running", trigger, parent: consolidate ? null : liveVersion, ...(consolidate ? { consolidate: true as const } : {}), itemIds: fresh.map((i) => i.id), replayIds: replay.map((i) => i.id) });
     });
     this.bakeEvents.emit("start", { bakeId, trigger });
     // A rebuild bakes what the live weights held again beside what is pending: "new" would be wrong.

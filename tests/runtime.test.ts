@@ -1116,6 +1116,25 @@ test("retracting expired news the live lineage absorbed rebuilds (versions stop 
   }
 });
 
+test("chat's \"forget ...\" of expired news the live lineage absorbed says the weights are rebuilt without it, not that it was never baked", async () => {
+  const { dir, file } = writeTestAgent({ forgetNewsAfterDays: 7 });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    await agent.pollFeed("harbor");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    const ferry = agent.ledger.items({ text: "Quillport" })[0]!;
+    await bakeAfterNewsAged(agent, ferry.id);
+    const it = runtime.chat("tester", { messages: [{ role: "user", content: "forget the Quillport ferry" }] });
+    let text = "";
+    for (let r = await it.next(); !r.done; r = await it.next()) text += r.value.text;
+    assert.match(text, /^Forgetting 1 item\(s\) matching "the Quillport ferry": I answer from weights without them now/);
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("bake order: what people told first, then news never absorbed (newest first), then what a promoted bake lost, then what the last bake was rejected on", () => {
   const item = (id: string, kind: Item["kind"], when: { stored: string; published?: string }, ...statuses: Item["status"][]): Item =>
     ({ id, kind, createdAt: when.stored, source: when.published ? { publishedAt: when.published } : {}, history: statuses.map((status) => ({ at: "", status })) }) as Item;

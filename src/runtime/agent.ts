@@ -889,7 +889,7 @@ export class Agent {
    * adapter each was trained from may still answer it; nothing measured that it faded). The
    * lineage reaches as far back as version records are kept (compaction keeps 100 dead ones).
    */
-  private mayHold(i: Item): boolean {
+  mayHold(i: Item): boolean {
     if (this.heldItems().has(i.id)) return true;
     if (i.status !== "expired" || !i.absorbedBy) return false;
     for (let v = this.ledger.data.live; v; v = this.ledger.data.versions.find((x) => x.id === v)?.parent ?? null) {

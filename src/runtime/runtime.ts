@@ -261,9 +261,10 @@ export class Runtime {
         // A retraction waits for the bake running (or a retraction before it): until then the
         // weights holding the items serve, and "now" would be untrue.
         const waits = agent.isBaking || agent.isRetracting;
+        // (asked before the retraction marks them: expired news a version of the live lineage
+        // absorbed is in the weights too, and is rebuilt out)
+        const baked = matches.filter((i) => agent.mayHold(i)).length;
         if (matches.length) void agent.retract(matches.map((i) => i.id), `user asked to forget "${action.query}"`).catch(() => {});
-        const held = agent.heldItems();
-        const baked = matches.filter((i) => held.has(i.id)).length;
         said.push(
           !matches.length
             ? `Nothing I was told matches "${action.query}".`

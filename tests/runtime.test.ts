@@ -12,6 +12,7 @@ import { agentFiles, Runtime } from "../src/runtime/runtime.js";
 import { loadAgentConfig } from "../src/runtime/agent-config.js";
 import { bakeOrder, chooseReplay, replayAdvice, scaledTrajectories, sizedTrajectories, type Agent } from "../src/runtime/agent.js";
 import { SETTLE_MS } from "../src/feeds/feeds.js";
+import { knowledgeLessons } from "../src/bake/prompt.js";
 import { LEDGER_LIMITS, type BakeRun, type Item, type LedgerData } from "../src/knowledge/ledger.js";
 import { createServer } from "../src/server/index.js";
 import { FAST_BAKE, writeTestAgent } from "./support/agent.js";
@@ -336,6 +337,32 @@ test("a retraction asked for just before the agent stops (chat's \"forget ...\" 
   }
 });
 
+test("chat's \"forget ...\" while a bake runs says the weights holding the item serve until that bake ends, not that they left", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    await agent.remember("The ferry leaves at noon.");
+    const baking = agent.bake("test");
+    const reply = async () => {
+      const it = runtime.chat("tester", { messages: [{ role: "user", content: "forget the harbor fee" }] });
+      let text = "";
+      for (let r = await it.next(); !r.done; r = await it.next()) text += r.value.text;
+      return { text, live: agent.live.version };
+    };
+    const during = await reply();
+    assert.equal(during.live, "v0001", "the weights holding it still serve");
+    assert.doesNotMatch(during.text, /without them now/);
+    assert.match(during.text, /once the bake running now ends/);
+    await baking; // (stop waits for the retraction)
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("a retraction takes the weights holding the item out of service at once; the rebuild bakes everything they held", async () => {
   const { dir, file } = writeTestAgent({ feeds: [] });
   const runtime = await Runtime.fromFiles(file);
@@ -361,6 +388,69 @@ test("a retraction takes the weights holding the item out of service at once; th
     assert.equal(agent.live.version, outcome.version);
     assert.ok(!agent.ledger.version(outcome.version!).items.includes(drop.id));
     assert.equal(agent.ledger.item(drop.id).status, "retracted");
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("a retraction's rebuild that is not promoted leaves what did not fit its context absorbed: the version serving still holds it", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    const told = ["The lighthouse keeper is Mira Tolle.", "The ferry leaves at noon.", "The harbor master is Oskar Venn."];
+    const kept = [];
+    for (const text of told) kept.push((await agent.remember(text)).item);
+    assert.equal((await agent.bake("test")).status, "promoted"); // v0001 holds the three: clean
+    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
+    assert.equal((await agent.bake("test")).status, "promoted"); // v0002 holds all four
+    // room for two of v0001's items in the rebuild's teacher prompt, not three (the worker reads
+    // the model from disk and keeps its room)
+    const prompt = (texts: string[]) => Math.max(...knowledgeLessons({ items: texts.map((text) => ({ text, questions: [] })), chunkItems: agent.config.bake.chunkItems }).map((l) => agent.model.tokenizer.encode(l.systemPrompt).length));
+    const reply = agent.config.bake.settings.maxReplyTokens ?? 48;
+    (agent.model.config as { maxPositions: number }).maxPositions = prompt(told.slice(0, 2)) + reply + 64;
+    assert.ok(prompt(told) + reply + 64 > agent.model.config.maxPositions);
+    agent.config.gate.minAbsorption = 2; // the rebuild is rejected
+    const outcome = await agent.retract([drop.id]);
+    assert.equal(outcome.status, "rejected", outcome.reasons.join("; "));
+    assert.equal(agent.live.version, "v0001");
+    assert.deepEqual(
+      kept.map((i) => agent.ledger.item(i.id).status),
+      ["absorbed", "absorbed", "absorbed"],
+      "v0001 serves and holds all three: none waits to be baked again",
+    );
+    assert.equal(agent.ledger.item(drop.id).status, "retracted");
+    // promoted, a consolidation leaves what did not fit to the next bakes
+    agent.config.gate.minAbsorption = 0;
+    const again = await agent.bake("test", { consolidate: true, force: true });
+    assert.equal(again.status, "promoted", again.reasons.join("; "));
+    assert.deepEqual(kept.map((i) => agent.ledger.item(i.id).status), ["absorbed", "absorbed", "pending"]);
+    assert.ok(!agent.ledger.version(again.version!).items.includes(kept[2]!.id));
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("after a retraction's rebuild is rejected, the schedule bakes again what the version serving does not hold: a rejected rebuild from the base is no rolling bake of those items", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    const { item: early } = await agent.remember("The lighthouse keeper is Mira Tolle.");
+    assert.equal((await agent.bake("test")).status, "promoted"); // v0001: clean
+    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
+    const { item: late } = await agent.remember("The ferry leaves at noon.");
+    assert.equal((await agent.bake("test")).status, "promoted"); // v0002 holds all three
+    agent.config.gate.minAbsorption = 2;
+    assert.equal((await agent.retract([drop.id])).status, "rejected");
+    assert.equal(agent.live.version, "v0001");
+    assert.equal(agent.ledger.item(late.id).status, "pending", "v0001 does not hold it: baked again");
+    agent.config.gate.minAbsorption = 0;
+    const next = await agent.bake("schedule");
+    assert.equal(next.status, "promoted", next.reasons.join("; "));
+    assert.deepEqual([early, late].map((i) => agent.ledger.item(i.id).status), ["absorbed", "absorbed"]);
   } finally {
     await runtime.stop();
     rmSync(dir, { recursive: true });
@@ -1020,6 +1110,25 @@ test("retracting expired news the live lineage absorbed rebuilds (versions stop 
     assert.equal(agent.ledger.item(ferry.id).status, "retracted");
     assert.equal(agent.ledger.item(ferry.id).archivedAt, undefined, "back in the ledger, marked retracted");
     assert.equal(agent.ledger.data.bakes.at(-1)!.trigger, "retraction");
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("chat's \"forget ...\" of expired news the live lineage absorbed says the weights are rebuilt without it, not that it was never baked", async () => {
+  const { dir, file } = writeTestAgent({ forgetNewsAfterDays: 7 });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    await agent.pollFeed("harbor");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    const ferry = agent.ledger.items({ text: "Quillport" })[0]!;
+    await bakeAfterNewsAged(agent, ferry.id);
+    const it = runtime.chat("tester", { messages: [{ role: "user", content: "forget the Quillport ferry" }] });
+    let text = "";
+    for (let r = await it.next(); !r.done; r = await it.next()) text += r.value.text;
+    assert.match(text, /^Forgetting 1 item\(s\) matching "the Quillport ferry": I answer from weights without them now/);
   } finally {
     await runtime.stop();
     rmSync(dir, { recursive: true });

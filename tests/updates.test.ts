@@ -77,6 +77,14 @@ test("a pronoun starting a sentence is no name: two items about \"she\" are no u
   assert.deepEqual(updatePairs([newer], [older], []), [], "nothing says both are about one person");
 });
 
+test("\"US\" is a name, not the pronoun: two items about the US are an update of each other", () => {
+  assert.deepEqual(entitiesIn("The US raised tariffs on steel."), ["us"]);
+  assert.deepEqual(entitiesIn("Us? The mayor met Tom Reed."), ["tom", "reed"], "the pronoun starting a sentence is none");
+  const older = item("old", "The US raised tariffs on steel to ten percent.", "2026-11-10T00:00:00Z");
+  const newer = item("new", "The US raised tariffs on steel to twenty percent.", "2026-11-20T00:00:00Z");
+  assert.deepEqual(updatePairs([newer], [older], [older, newer]), [["old", "new"]]);
+});
+
 test("only words written in lower case are lower-case words: a capitalised part of a hyphenated word is none", () => {
   assert.deepEqual([...lowerCaseWords(["The pro-Gulldale group met an ex-Mayor."])].sort(), ["an", "ex", "group", "met", "pro"]);
   const older = item("old", "Gulldale has 3 museums.", "2026-11-10T00:00:00Z");

@@ -54,7 +54,10 @@ export const isFunctionWord = (w: string): boolean => STOP.has(w.toLowerCase());
  * word `lowerCase` holds (see namesIn).
  */
 export function entitiesIn(text: string, lowerCase?: ReadonlySet<string>): string[] {
-  return namesIn(text, { sentenceStarts: true, lowerCase }).filter((w) => !STOP.has(w));
+  // "US" is the country: with "us" among the function words it was no name, and two items about
+  // the US no update of each other
+  const us = /(?<![\p{L}\p{N}'])US(?![\p{L}\p{N}'])/u.test(text);
+  return namesIn(text, { sentenceStarts: true, lowerCase }).filter((w) => !STOP.has(w) || (us && w === "us"));
 }
 
 /**

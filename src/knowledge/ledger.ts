@@ -84,6 +84,8 @@ export interface BakeRun {
   status: "running" | "promoted" | "rejected" | "failed";
   trigger: string;
   parent: string | null;
+  /** from the base model over every active item (a retraction's rebuild, or asked for) */
+  consolidate?: true;
   itemIds: string[];
   replayIds: string[];
   version?: string;

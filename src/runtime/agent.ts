@@ -90,14 +90,15 @@ export function chooseReplay(held: Item[], n: number, bakes: readonly BakeRun[],
 
 /**
  * The order pending items are baked in, bake.maxItems at a time: what people told the agent
- * (chat, `kiln learn`, instructions) first, in the order told; then news never absorbed, newest
- * first; then what a promoted bake lost (baked again), then the items the last bake was rejected
- * on, each in the order stored. Lost items were stored earlier, so they used to come first: an
- * agent behind on its news (the soak's newsroom, 98 pending at the end) spent its bakes learning
- * again what it had lost while the news, the updates among it, waited. News in the order stored
- * had an agent far behind bake last week's news before today's (the newest of 12 rounds held
- * 11, 11, 1 and 0 of their 8 facts); newest first, an agent that cannot keep up knows today's news
- * and bakes the older when it catches up, or lets it expire (forgetNewsAfterDays).
+ * (chat, `kiln knowledge remember`, instructions) first, in the order told; then news never
+ * absorbed, newest first; then what a promoted bake lost (baked again), then the items the last
+ * bake was rejected on, each in the order stored. Lost items were stored earlier, so they used to
+ * come first: an agent behind on its news (the soak's newsroom, 98 pending at the end) spent its
+ * bakes learning again what it had lost while the news, the updates among it, waited. News in the
+ * order stored had an agent far behind bake last week's news before today's (the newest two of 10
+ * rounds held 1 and 0 of their 12 facts, docs/default-model-eval.md); newest first, an agent that
+ * cannot keep up knows today's news and bakes the older when it catches up, or lets it expire
+ * (forgetNewsAfterDays).
  */
 export function bakeOrder(waiting: readonly Item[], lastRejected: ReadonlySet<string>): Item[] {
   const lost = (i: Item) => i.history.some((h) => h.status === "absorbed");
@@ -481,6 +482,11 @@ export class Agent {
     return this.baking !== null;
   }
 
+  /** A retraction asked for has not finished: one asked for now waits for it. */
+  get isRetracting(): boolean {
+    return this.retracting > 0;
+  }
+
   /**
    * Bakes pending items (never two bakes at once: a second call joins the running one).
    * `consolidate` starts from the base model over every active item (after a retraction).
@@ -538,7 +544,10 @@ export class Agent {
     const liveVersion = ledger.data.live;
     const liveItems = this.heldItems();
     const last = ledger.data.bakes.at(-1);
-    const lastRejected = new Set(last?.status === "rejected" ? last.itemIds : []);
+    // A rejected consolidation (from the base, over everything) says nothing of a rolling bake of
+    // its items: counted, the schedule left what a retraction's fallback version does not hold
+    // pending until news came.
+    const lastRejected = new Set(last?.status === "rejected" && !last.consolidate ? last.itemIds : []);
     const consolidate = !!opts.consolidate;
     // What the weights a retraction took out of service held, besides what the version serving now holds
     const carried = new Set(consolidate ? (opts.rebuild?.held ?? []) : []);
@@ -585,11 +594,10 @@ export class Agent {
     ({ fresh, replay } = this.fitToContext(fresh, replay));
     if (settings.trajectories === undefined) settings = { ...settings, trajectories: sizedTrajectories(fresh.length + replay.length) };
     if (atRisk) this.log(`replaying ${atRisk} item(s) that recent rejected bakes lost, besides ${replay.length - atRisk} in turn (${settings.trajectories} trajectories)`);
-    if (consolidate && fresh.length < wanted.length) {
-      // What does not fit this consolidation is learned again by the next bakes.
-      const later = wanted.filter((i) => !fresh.includes(i) && i.status === "absorbed").map((i) => i.id);
-      await ledger.setItemStatus(later, "pending", { reason: "did not fit the consolidation bake's context" });
-    }
+    // What does not fit this consolidation is learned again by the next bakes, once its version is
+    // promoted: until then the live weights hold it (after a retraction, the clean version serving
+    // during the rebuild), and a rebuild not promoted leaves them serving.
+    const unfit = consolidate ? wanted.filter((i) => !fresh.includes(i) && i.status === "absorbed").map((i) => i.id) : [];
     const lastChecked = (i: Item) => i.scores.at(-1)?.version ?? "";
     const retained = consolidate
       ? []
@@ -617,7 +625,7 @@ export class Agent {
         const taken = new Set(markBaking(d, fresh.map((i) => i.id)));
         fresh = fresh.filter((i) => taken.has(i.id)); // (all of them: nothing was awaited since they were read)
       }
-      d.bakes.push({ id: bakeId, startedAt: new Date().toISOString(), status: "running", trigger, parent: consolidate ? null : liveVersion, itemIds: fresh.map((i) => i.id), replayIds: replay.map((i) => i.id) });
+      d.bakes.push({ id: bakeId, startedAt: new Date().toISOString(), status: "running", trigger, parent: consolidate ? null : liveVersion, ...(consolidate ? { consolidate: true as const } : {}), itemIds: fresh.map((i) => i.id), replayIds: replay.map((i) => i.id) });
     });
     this.bakeEvents.emit("start", { bakeId, trigger });
     // A rebuild bakes what the live weights held again beside what is pending: "new" would be wrong.
@@ -737,6 +745,9 @@ export class Agent {
       });
     });
     await this.applyChanges(changes);
+    if (promoted && unfit.length) {
+      await ledger.setItemStatus(unfit.filter((id) => ledger.item(id).status === "absorbed"), "pending", { reason: `did not fit the context of consolidation ${version}` });
+    }
     await this.prune();
     this.log(`bake ${bakeId}: ${version} ${promoted ? "promoted" : `rejected (${reasons.join("; ")})`}; absorption ${absorption.toFixed(2)}, retention ${retention.toFixed(2)}`);
     // The next bake replays what this one lost (chooseReplay), but a replay share too small for
@@ -878,7 +889,7 @@ export class Agent {
    * adapter each was trained from may still answer it; nothing measured that it faded). The
    * lineage reaches as far back as version records are kept (compaction keeps 100 dead ones).
    */
-  private mayHold(i: Item): boolean {
+  mayHold(i: Item): boolean {
     if (this.heldItems().has(i.id)) return true;
     if (i.status !== "expired" || !i.absorbedBy) return false;
     for (let v = this.ledger.data.live; v; v = this.ledger.data.versions.find((x) => x.id === v)?.parent ?? null) {

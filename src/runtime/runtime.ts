@@ -258,14 +258,18 @@ export class Runtime {
           said.push(`${matches.length} things I was told match "${action.query}": say more precisely what to forget (or retract items by id).`);
           continue;
         }
+        // A retraction waits for the bake running (or a retraction before it): until then the
+        // weights holding the items serve, and "now" would be untrue.
+        const waits = agent.isBaking || agent.isRetracting;
+        // (asked before the retraction marks them: expired news a version of the live lineage
+        // absorbed is in the weights too, and is rebuilt out)
+        const baked = matches.filter((i) => agent.mayHold(i)).length;
         if (matches.length) void agent.retract(matches.map((i) => i.id), `user asked to forget "${action.query}"`).catch(() => {});
-        const held = agent.heldItems();
-        const baked = matches.filter((i) => held.has(i.id)).length;
         said.push(
           !matches.length
             ? `Nothing I was told matches "${action.query}".`
             : baked
-              ? `Forgetting ${matches.length} item(s) matching "${action.query}": I answer from weights without them now, and rebuild the rest of what I learned.`
+              ? `Forgetting ${matches.length} item(s) matching "${action.query}": ${waits ? "once the bake running now ends I answer from weights without them" : "I answer from weights without them now"}, and rebuild the rest of what I learned.`
               : `Forgot ${matches.length} item(s) matching "${action.query}" (not baked in yet).`,
         );
       }

@@ -379,6 +379,42 @@ test("kiln generate --adapter answers with an adapter kiln bake wrote", () => {
   }
 });
 
+/** Saves a kiln-mini adapter that changes the model (B random) into `dir`, as a version is stored. */
+async function saveMiniAdapter(dir: string): Promise<void> {
+  const { initBackend } = await import("../src/tensor/backend.js");
+  const { loadModel } = await import("../src/model/load.js");
+  const { LoraAdapter } = await import("../src/lora/adapter.js");
+  const { saveAdapter } = await import("../src/lora/peft.js");
+  const { randomizeB } = await import("./support/lora.js");
+  await initBackend();
+  const model = loadModel(path.join(repoRoot(), "models", "kiln-mini"));
+  const adapter = LoraAdapter.create(model.config, { r: 4, alpha: 8, dropout: 0, targetModules: ["q_proj", "v_proj"], useRslora: false }, model.fingerprint, 3);
+  try {
+    randomizeB(adapter, 3);
+    await saveAdapter(dir, adapter, model.dir);
+  } finally {
+    adapter.dispose();
+    model.dispose();
+  }
+}
+
+test("kiln generate --adapter takes the adapter's weights file too, the file kiln knowledge verify names", async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-adapter-file-"));
+  try {
+    const adapterDir = path.join(dir, "v0001");
+    await saveMiniAdapter(adapterDir);
+    const ask = (adapter: string) => kiln(["generate", "--prompt", "Who is the mayor of Hollowby?", "--max-tokens", "24", "--adapter", adapter]);
+    const byDir = ask(adapterDir);
+    assert.equal(byDir.status, 0, byDir.stderr);
+    const byFile = ask(path.join(adapterDir, "adapter_model.safetensors"));
+    // it said ".../adapter_model.safetensors: not a PEFT adapter directory: adapter_config.json is missing"
+    assert.equal(byFile.status, 0, byFile.stderr);
+    assert.equal(byFile.stdout, byDir.stdout);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("kiln knowledge verify and kiln probe run beside a process that holds the agent (a kiln serve); commands that write are refused naming it", async () => {
   const { dir, agents, checkpoints } = twoAgents();
   const where = ["--agents", agents, "--checkpoints", checkpoints];

@@ -415,6 +415,30 @@ test("kiln generate --adapter takes the adapter's weights file too, the file kil
   }
 });
 
+test("kiln knowledge verify prints the command that asks the weights it names again, and that command gives the answer it reported", async () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-verify-again-"));
+  try {
+    const home = path.join(checkpoints, "demo");
+    await saveMiniAdapter(path.join(home, "v0001"));
+    const at = "2026-01-01T00:00:00.000Z";
+    // the apostrophe is what a shell would trip on
+    const item = { id: "k_a1", kind: "manual", text: "The mayor of Hollowby is Ada Reel.", status: "absorbed", createdAt: at, updatedAt: at, source: {}, contentHash: "k_a1", absorbedBy: "v0001", probes: [{ question: "Who is Hollowby's mayor?", answer: "The mayor of Hollowby is Ada Reel." }], scores: [], history: [] };
+    const version = { id: "v0001", parent: null, createdAt: at, dir: path.join(home, "v0001"), status: "live", bakeId: "b", items: ["k_a1"], scores: { absorption: 1, retention: 1, persona: null } };
+    writeFileSync(path.join(home, "ledger.json"), JSON.stringify({ schema: 1, live: "v0001", items: [item], versions: [version], bakes: [], feeds: [] }));
+    const where = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints];
+    const proof = JSON.parse(kiln(["knowledge", "verify", "demo", ...where, "--json"]).stdout);
+    const text = kiln(["knowledge", "verify", "demo", ...where]).stdout;
+    // it named the adapter file and its sha256, and left the user to work out how to ask them
+    const command = text.match(/^ {2}ask again: kiln (.*)$/m)?.[1];
+    assert.ok(command, text);
+    const again = spawnSync("sh", ["-c", `"${process.execPath}" "${MAIN}" ${command}`], { encoding: "utf8", timeout: 180_000 });
+    assert.equal(again.status, 0, again.stderr);
+    assert.equal(again.stdout.trim(), proof.items[0].probes[0].answer);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
 test("kiln knowledge verify and kiln probe run beside a process that holds the agent (a kiln serve); commands that write are refused naming it", async () => {
   const { dir, agents, checkpoints } = twoAgents();
   const where = ["--agents", agents, "--checkpoints", checkpoints];

@@ -11,6 +11,7 @@ import { initBackend } from "../tensor/backend.js";
 import { ITEM_STATUSES, Ledger, type Item, type ItemStatus } from "../knowledge/ledger.js";
 import { loadAgentConfig, parseAgentConfig, type AgentConfig } from "../runtime/agent-config.js";
 import { agentFiles, DEFAULT_AGENTS_DIR, DEFAULT_CHECKPOINTS_DIR, Runtime } from "../runtime/runtime.js";
+import type { VerifyReport } from "../runtime/agent.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import { EXPORT_FORMATS, type ExportFormat } from "../lora/export.js";
 import { bakeProgressReporter } from "./progress.js";
@@ -60,6 +61,20 @@ async function openAgent(o: AgentOpts, name?: string, withProgress = false, read
   const runtime = new Runtime({ onBakeProgress: (_a, p) => reporter.update(p), onLog: (a, m) => !o.json && process.stderr.write(`[${a}] ${m}\n`) });
   await runtime.load([c], { readOnly });
   return { runtime, name: c.name };
+}
+
+/** A word as a POSIX shell reads it back unchanged. */
+function shellWord(s: string): string {
+  return /^[\w/.,:@%+=-]+$/.test(s) ? s : `'${s.replace(/'/g, "'\\''")}'`;
+}
+
+/** The command that asks the weights a verify report names one of its questions again. */
+function askAgain(r: VerifyReport): string[] {
+  const question = r.items.flatMap((i) => i.probes)[0]?.question;
+  if (!question) return [];
+  const adapter = r.weights.adapter ? ` --adapter ${shellWord(r.weights.adapter.file)}` : "";
+  // greedy is generate's default; 48 tokens is where checkProbes cuts an answer
+  return [`  ask again: kiln generate --model ${shellWord(r.weights.baseModel)}${adapter} --max-tokens 48 --prompt ${shellWord(question)}`];
 }
 
 function itemLine(i: Item): string {
@@ -237,6 +252,8 @@ export function registerAgentCommands(program: Command): void {
             ]),
             `${r.held} of ${r.items.length} item(s) held by ${r.version ?? "the base model"}`,
             `  asked ${r.checkedAt}, greedy, nothing in the prompt: base ${r.weights.baseModel} (fingerprint ${r.weights.baseFingerprint})${r.weights.adapter ? `, adapter ${r.weights.adapter.file} (sha256 ${r.weights.adapter.sha256})` : ""}`,
+            // the proof is only as good as it is repeatable: the command that asks those weights one question again
+            ...askAgain(r),
           ].join("\n"),
         );
         if (r.held < r.items.length) process.exitCode = 1;

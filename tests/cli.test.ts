@@ -206,6 +206,23 @@ test("knowledge verify of an item never baked says there is nothing to ask, not 
   }
 });
 
+test("retracting an item already retracted says so and leaves its history alone", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-retract-again-"));
+  try {
+    const at = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints];
+    const id = JSON.parse(kiln(["knowledge", "remember", "demo", "The harbor fee is nine coins.", ...at, "--json"]).stdout).item.id as string;
+    assert.equal(kiln(["knowledge", "retract", "demo", id, "--reason", "the fee changed", ...at]).status, 0);
+    const again = kiln(["knowledge", "retract", "demo", id, ...at]);
+    assert.equal(again.status, 0, again.stderr);
+    // it said "the live weights never held these items: marked retracted" and marked it again
+    assert.match(again.stdout, new RegExp(`^consolidation skipped: item ${id} is already retracted \\(since \\S+\\) and the live weights do not hold it: nothing to do$`, "m"));
+    const history = (JSON.parse(kiln(["knowledge", "show", "demo", id, ...at, "--json"]).stdout).history as { status: string; reason?: string }[]).filter((h) => h.status === "retracted");
+    assert.deepEqual(history.map((h) => h.reason), ["the fee changed"]);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
 test("kiln demo --agent with a file that sets home: keeps the demo's state in its own folder, never the agent's", () => {
   const { dir, file } = writeTestAgent(); // home: home
   const root = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-demo-"));

@@ -270,6 +270,18 @@ test("kiln learn names the persona score of an agent with a persona, as versions
   }
 });
 
+test("chat's /bake says the scores its gate weighed, as kiln learn does", () => {
+  const { dir, file } = writeTestAgent({ feeds: [], persona: { text: "End every reply with: Cheers.", suffix: "Cheers." } });
+  try {
+    const r = kiln(["chat", "tester", "--agents", file], { input: "/bake\n/quit\n" });
+    assert.equal(r.status, 0, r.stderr);
+    // it printed "bake promoted v0001" alone: what the bake held was left to knowledge list
+    assert.match(r.stdout, /^> bake promoted v0001: absorption \d\.\d\d, retention \d\.\d\d, persona \d\.\d\d$/m);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("knowledge list --status takes several statuses, comma-separated, as the admin API does; search lists newest first as list does", () => {
   const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-status-"));
   try {

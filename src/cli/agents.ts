@@ -11,7 +11,7 @@ import { initBackend } from "../tensor/backend.js";
 import { ITEM_STATUSES, Ledger, type Item, type ItemStatus } from "../knowledge/ledger.js";
 import { loadAgentConfig, parseAgentConfig, type AgentConfig } from "../runtime/agent-config.js";
 import { agentFiles, DEFAULT_AGENTS_DIR, DEFAULT_CHECKPOINTS_DIR, Runtime } from "../runtime/runtime.js";
-import type { VerifyReport } from "../runtime/agent.js";
+import type { BakeOutcome, VerifyReport } from "../runtime/agent.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import { EXPORT_FORMATS, type ExportFormat } from "../lora/export.js";
 import { bakeProgressReporter } from "./progress.js";
@@ -77,6 +77,15 @@ function askAgain(r: VerifyReport): string[] {
   return [`  ask again: kiln generate --model ${shellWord(r.weights.baseModel)}${adapter} --max-tokens 48 --prompt ${shellWord(question)}`];
 }
 
+/** A bake's outcome in one line, with the scores its gate weighed (kiln learn, chat's /bake, retract alike). */
+function outcomeLine(what: string, r: BakeOutcome): string {
+  // an agent with a persona is gated on its adherence too: say it, as versions list does
+  const persona = typeof r.persona === "number" ? `, persona ${r.persona.toFixed(2)}` : "";
+  const scores = r.absorption !== undefined ? `: absorption ${r.absorption.toFixed(2)}, retention ${r.retention!.toFixed(2)}${persona}` : "";
+  const reasons = r.reasons.length ? (scores ? ` (${r.reasons.join("; ")})` : `: ${r.reasons.join("; ")}`) : "";
+  return `${what} ${r.status}${r.version ? ` ${r.version}` : ""}${scores}${reasons}`;
+}
+
 function itemLine(i: Item): string {
   const score = i.scores.at(-1);
   const s = score ? ` [${score.version}: unprompted ${score.unprompted.toFixed(2)}, prompted ${score.prompted.toFixed(2)}]` : "";
@@ -117,7 +126,7 @@ export function registerAgentCommands(program: Command): void {
           }
           if (line === "/bake") {
             const r = await runtime.agent(agent).bake("chat", { force: true });
-            process.stdout.write(`bake ${r.status}${r.version ? ` ${r.version}` : ""}${r.reasons.length ? `: ${r.reasons.join("; ")}` : ""}\n`);
+            process.stdout.write(`${outcomeLine("bake", r)}\n`);
             rl.prompt();
             continue;
           }
@@ -268,7 +277,7 @@ export function registerAgentCommands(program: Command): void {
       const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name, true);
       try {
         const r = await runtime.agent(agent).retract(ids, o.reason);
-        print(o.json, r, () => `consolidation ${r.status}${r.version ? ` ${r.version}` : ""}${r.reasons.length ? `: ${r.reasons.join("; ")}` : ""}`);
+        print(o.json, r, () => outcomeLine("consolidation", r));
         if (r.status === "failed") process.exitCode = 1;
       } finally {
         await runtime.stop();
@@ -351,9 +360,7 @@ export function registerAgentCommands(program: Command): void {
         const a = runtime.agent(agent);
         if (o.poll) await a.pollAllFeeds();
         const r = await a.bake("cli", { force: true });
-        // an agent with a persona is gated on its adherence too: say it, as versions list does
-        const persona = typeof r.persona === "number" ? `, persona ${r.persona.toFixed(2)}` : "";
-        print(o.json, r, () => `bake ${r.status}${r.version ? ` ${r.version}` : ""}${r.absorption !== undefined ? `: absorption ${r.absorption.toFixed(2)}, retention ${r.retention!.toFixed(2)}${persona}` : ""}${r.reasons.length ? ` (${r.reasons.join("; ")})` : ""}`);
+        print(o.json, r, () => outcomeLine("bake", r));
         if (r.status === "failed") process.exitCode = 1;
       } finally {
         await runtime.stop();

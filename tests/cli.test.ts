@@ -321,6 +321,26 @@ test("versions diff takes live, as versions export does", () => {
   }
 });
 
+test("knowledge show names the versions that hold the item, the live one marked, and its JSON is the admin API's item (latestScore, heldBy)", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-show-"));
+  try {
+    const home = path.join(checkpoints, "demo");
+    const at = "2026-01-01T00:00:00.000Z";
+    const score = { version: "v0002", unprompted: 1, prompted: 1 };
+    const item = { id: "k_a1", kind: "manual", text: "Ada owns a cat.", status: "absorbed", createdAt: at, updatedAt: at, source: {}, contentHash: "k_a1", absorbedBy: "v0001", scores: [score], history: [] };
+    const version = (id: string, status: string, items: string[]) => ({ id, parent: null, createdAt: at, dir: path.join(home, id), status, bakeId: "b", items, scores: { absorption: 1, retention: 1, persona: null } });
+    mkdirSync(home);
+    writeFileSync(path.join(home, "ledger.json"), JSON.stringify({ schema: 1, live: "v0002", items: [item], versions: [version("v0001", "kept", ["k_a1"]), version("v0002", "live", ["k_a1"]), version("v0003", "rejected", [])], bakes: [], feeds: [] }));
+    const where = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints];
+    // "absorbed by v0001" alone: nothing said that v0002, the live weights, hold it
+    assert.match(kiln(["knowledge", "show", "demo", "a1", ...where]).stdout, /^held by: v0001, v0002 \(live\)$/m);
+    const json = JSON.parse(kiln(["knowledge", "show", "demo", "a1", ...where, "--json"]).stdout);
+    assert.deepEqual([json.heldBy, json.latestScore], [["v0001", "v0002"], score]);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
 test("feeds add under a feeds: whose entries are all commented out keeps those comments", () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-feeds-"));
   try {

@@ -223,11 +223,14 @@ export function registerAgentCommands(program: Command): void {
     print(o.json, items, () => items.map(itemLine).join("\n") || "(no match)");
   });
   withAgents(knowledge.command("show <agent> <id>").description("one item: provenance, version, probes and scores")).action(async (name: string, id: string, o: AgentOpts) => {
-    const i = (await readLedger(o, name)).item(id);
+    const ledger = await readLedger(o, name);
+    // the admin API's view of the item, so a script reads the same fields from either
+    const i = ledger.itemView(ledger.item(id));
     print(o.json, i, () =>
       [
         `${i.id} (${i.kind}) ${i.status}${i.absorbedBy ? (i.status === "absorbed" ? ` by ${i.absorbedBy}` : ` (absorbed by ${i.absorbedBy} before)`) : ""}`,
         `text:    ${i.text}`,
+        `held by: ${i.heldBy.map((v) => (v === ledger.data.live ? `${v} (live)` : v)).join(", ") || "no version"}`,
         `source:  ${JSON.stringify(i.source)}`,
         ...(i.probes ?? []).map((p) => `probe:   ${p.question} -> ${p.answer}`),
         ...i.scores.map((s) => `score:   ${s.version}: unprompted ${s.unprompted.toFixed(2)}, prompted ${s.prompted.toFixed(2)}`),

@@ -385,6 +385,11 @@ export class Ledger {
     throw new LedgerError(id ? `no item ${id}` : `no item "" (the id is empty)`);
   }
 
+  /** An item as kiln shows it (the admin API, kiln knowledge show): with its latest score and the versions that hold it. */
+  itemView(item: Item): Item & { latestScore: ItemScore | null; heldBy: string[] } {
+    return { ...item, latestScore: item.scores.at(-1) ?? null, heldBy: this.data.versions.filter((v) => v.items.includes(item.id)).map((v) => v.id) };
+  }
+
   /** Brings an archived item back into the ledger (a retraction needs it there); its archive line stays. */
   async unarchive(id: string): Promise<Item> {
     const item = this.item(id);

@@ -96,11 +96,7 @@ type IdParams = { Params: { name: string; id: string } };
 
 /** An item as the API shows it: with its latest score and the versions that hold it. */
 function itemView(agent: Agent, item: Item) {
-  return {
-    ...item,
-    latestScore: item.scores.at(-1) ?? null,
-    heldBy: agent.ledger.data.versions.filter((v) => v.items.includes(item.id)).map((v) => v.id),
-  };
+  return agent.ledger.itemView(item);
 }
 
 function feedsView(agent: Agent) {

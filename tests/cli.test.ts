@@ -287,7 +287,7 @@ test("knowledge list --status takes several statuses, comma-separated, as the ad
   try {
     const item = (id: string, status: string, text: string) => ({ id, kind: "manual", text, status, createdAt: "2026-01-01T00:00:00.000Z", updatedAt: "2026-01-01T00:00:00.000Z", source: {}, contentHash: id, scores: [], history: [{ at: "2026-01-01T00:00:00.000Z", status }] });
     mkdirSync(path.join(checkpoints, "demo"));
-    const items = [item("k_a1", "pending", "Ada owns a cat."), item("k_b2", "retracted", "Bo owns a dog."), item("k_c3", "absorbed", "Cy owns a fish.")];
+    const items = [item("k_a1", "pending", `Ada owns a cat. She ${"feeds it every morning and ".repeat(4)}at night.`), item("k_b2", "retracted", "Bo owns a dog."), item("k_c3", "absorbed", "Cy owns a fish.")];
     writeFileSync(path.join(checkpoints, "demo", "ledger.json"), JSON.stringify({ schema: 1, live: null, items, versions: [], bakes: [], feeds: [] }));
     const at = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints, "--json"];
     const ids = (...status: string[]) => (JSON.parse(kiln(["knowledge", "list", "demo", ...status, ...at]).stdout) as { id: string }[]).map((i) => i.id);
@@ -296,6 +296,10 @@ test("knowledge list --status takes several statuses, comma-separated, as the ad
     // search lists in list's order, newest first (it listed oldest first)
     const found = (JSON.parse(kiln(["knowledge", "search", "demo", "owns", ...at]).stdout) as { id: string }[]).map((i) => i.id);
     assert.deepEqual(found, ["k_c3", "k_b2", "k_a1"]);
+    // a text longer than a line is cut with an ellipsis (it was cut mid-word with no sign of it)
+    const long = kiln(["knowledge", "list", "demo", ...at.slice(0, -1)]).stdout;
+    assert.match(long, /^k_a1 {2}pending {4}manual {7}Ada owns a cat\. She .{60,}…$/m);
+    assert.match(long, /^k_c3 {2}absorbed {3}manual {7}Cy owns a fish\.$/m);
     const bad = kiln(["knowledge", "list", "demo", "--status", "pending,bogus", ...at]);
     assert.equal(bad.status, 1);
     assert.match(bad.stderr, /argument 'pending,bogus' is invalid\. Allowed choices are pending, baking, absorbed, .* \(one, or several separated by commas\)/);

@@ -89,7 +89,9 @@ function outcomeLine(what: string, r: BakeOutcome): string {
 function itemLine(i: Item): string {
   const score = i.scores.at(-1);
   const s = score ? ` [${score.version}: unprompted ${score.unprompted.toFixed(2)}, prompted ${score.prompted.toFixed(2)}]` : "";
-  return `${i.id}  ${i.status.padEnd(10)} ${i.kind.padEnd(12)} ${i.text.slice(0, 90)}${s}`;
+  // a cut text says so: the line is all a reader sees of what the agent was told
+  const text = i.text.length > 90 ? `${i.text.slice(0, 89)}…` : i.text;
+  return `${i.id}  ${i.status.padEnd(10)} ${i.kind.padEnd(12)} ${text}${s}`;
 }
 
 export function registerAgentCommands(program: Command): void {

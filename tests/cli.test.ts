@@ -282,7 +282,7 @@ test("chat's /bake says the scores its gate weighed, as kiln learn does", () => 
   }
 });
 
-test("knowledge list --status takes several statuses, comma-separated, as the admin API does; search lists newest first as list does", () => {
+test("knowledge list --status takes several statuses, comma-separated, and --kind, as the admin API does; search lists newest first as list does", () => {
   const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-status-"));
   try {
     const item = (id: string, status: string, text: string) => ({ id, kind: "manual", text, status, createdAt: "2026-01-01T00:00:00.000Z", updatedAt: "2026-01-01T00:00:00.000Z", source: {}, contentHash: id, scores: [], history: [{ at: "2026-01-01T00:00:00.000Z", status }] });
@@ -300,6 +300,10 @@ test("knowledge list --status takes several statuses, comma-separated, as the ad
     const long = kiln(["knowledge", "list", "demo", ...at.slice(0, -1)]).stdout;
     assert.match(long, /^k_a1 {2}pending {4}manual {7}Ada owns a cat\. She .{60,}…$/m);
     assert.match(long, /^k_c3 {2}absorbed {3}manual {7}Cy owns a fish\.$/m);
+    // by kind, as the admin API's ?kind= (what people told it, not the news it read)
+    assert.deepEqual(ids("--kind", "manual"), ["k_c3", "k_b2", "k_a1"]);
+    assert.deepEqual(ids("--kind", "feed"), []);
+    assert.match(kiln(["knowledge", "list", "demo", "--kind", "news", ...at]).stderr, /argument 'news' is invalid\. Allowed choices are feed, conversation, manual, instruction/);
     const bad = kiln(["knowledge", "list", "demo", "--status", "pending,bogus", ...at]);
     assert.equal(bad.status, 1);
     assert.match(bad.stderr, /argument 'pending,bogus' is invalid\. Allowed choices are pending, baking, absorbed, .* \(one, or several separated by commas\)/);

@@ -8,7 +8,7 @@ import { createInterface } from "node:readline";
 import { InvalidArgumentError, Option, type Command } from "commander";
 import { isSeq, parseDocument, parse as parseYaml, type Node } from "yaml";
 import { initBackend } from "../tensor/backend.js";
-import { ITEM_STATUSES, Ledger, type Item, type ItemStatus } from "../knowledge/ledger.js";
+import { ITEM_KINDS, ITEM_STATUSES, Ledger, type Item, type ItemKind, type ItemStatus } from "../knowledge/ledger.js";
 import { loadAgentConfig, parseAgentConfig, type AgentConfig } from "../runtime/agent-config.js";
 import { agentFiles, DEFAULT_AGENTS_DIR, DEFAULT_CHECKPOINTS_DIR, Runtime } from "../runtime/runtime.js";
 import type { BakeOutcome, VerifyReport } from "../runtime/agent.js";
@@ -215,9 +215,10 @@ export function registerAgentCommands(program: Command): void {
       return wanted as ItemStatus[];
     })
     .option("--source <id>", "a feed id, conversation id or link")
-    .action(async (name: string | undefined, o: AgentOpts & { status?: ItemStatus[]; source?: string }) => {
+    .addOption(new Option("--kind <kind>", "only items of this kind (as the admin API's ?kind=)").choices(ITEM_KINDS))
+    .action(async (name: string | undefined, o: AgentOpts & { status?: ItemStatus[]; source?: string; kind?: ItemKind }) => {
       const ledger = await readLedger(o, name);
-      const items = ledger.items({ status: o.status, source: o.source }).reverse();
+      const items = ledger.items({ status: o.status, source: o.source, kind: o.kind }).reverse();
       print(o.json, items, () => items.map(itemLine).join("\n") || "(no items)");
     });
   withAgents(knowledge.command("search <agent> <text>").description("items whose text contains <text>, the most recently stored first (as list)")).action(async (name: string, text: string, o: AgentOpts) => {

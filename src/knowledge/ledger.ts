@@ -11,7 +11,8 @@ import { Low } from "lowdb";
 import { DataFile } from "lowdb/node";
 import type { FeedState } from "../feeds/feeds.js";
 
-export type ItemKind = "feed" | "conversation" | "manual" | "instruction";
+export const ITEM_KINDS = ["feed", "conversation", "manual", "instruction"] as const;
+export type ItemKind = (typeof ITEM_KINDS)[number];
 export const ITEM_STATUSES = ["pending", "baking", "absorbed", "rejected", "retracted", "superseded", "expired"] as const;
 export type ItemStatus = (typeof ITEM_STATUSES)[number];
 /**

@@ -206,6 +206,21 @@ test("knowledge verify of an item never baked says there is nothing to ask, not 
   }
 });
 
+test("kiln knowledge remember records who told it and takes --kind, as the admin API does", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-remember-"));
+  try {
+    const at = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints, "--json"];
+    // its source was {}: show and the dashboard could not say where the item came from
+    const fact = JSON.parse(kiln(["knowledge", "remember", "demo", "The harbor fee is nine coins.", ...at]).stdout).item;
+    assert.deepEqual([fact.kind, fact.source], ["manual", { by: "cli" }]);
+    const told = kiln(["knowledge", "remember", "demo", "Answer in French.", "--kind", "instruction", ...at]);
+    assert.equal(told.status, 0, told.stderr);
+    assert.equal(JSON.parse(told.stdout).item.kind, "instruction");
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
 test("retracting an item already retracted says so and leaves its history alone", () => {
   const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-retract-again-"));
   try {

@@ -241,15 +241,18 @@ export function registerAgentCommands(program: Command): void {
       ].join("\n"),
     );
   });
-  withAgents(knowledge.command("remember <agent> <text>").description("add a fact or instruction by hand (pending until the next bake)")).action(async (name: string, text: string, o: AgentOpts) => {
-    const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name);
-    try {
-      const r = await runtime.agent(agent).remember(text);
-      print(o.json, r, () => (r.added ? `${r.item.id} pending` : `already known as ${r.item.id} (${r.item.status})`));
-    } finally {
-      await runtime.stop();
-    }
-  });
+  withAgents(knowledge.command("remember <agent> <text>").description("add a fact or instruction by hand (pending until the next bake)"))
+    .addOption(new Option("--kind <kind>", "manual (a fact) or instruction: a label the ledger keeps, as the admin API's kind").choices(["manual", "instruction"]).default("manual"))
+    .action(async (name: string, text: string, o: AgentOpts & { kind: "manual" | "instruction" }) => {
+      const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name);
+      try {
+        // provenance, as the admin API records "admin-api": otherwise the ledger cannot say who told it
+        const r = await runtime.agent(agent).remember(text, o.kind, { by: "cli" });
+        print(o.json, r, () => (r.added ? `${r.item.id} pending` : `already known as ${r.item.id} (${r.item.status})`));
+      } finally {
+        await runtime.stop();
+      }
+    });
   withAgents(knowledge.command("verify <agent> [ids...]").description("ask absorbed items' probes on the live weights now, nothing in the prompt: proof of what it holds (exit 1 if any fails)")).action(
     async (name: string, ids: string[], o: AgentOpts) => {
       // read-only: it writes nothing, so it runs beside a kiln serve of the same agent

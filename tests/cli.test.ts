@@ -364,6 +364,28 @@ test("knowledge show names the versions that hold the item, the live one marked,
   }
 });
 
+test("knowledge show and verify keep each probe on one line when an answer holds a line break (a persona's sign-off)", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-oneline-"));
+  try {
+    const at = "2026-01-01T00:00:00.000Z";
+    const answer = "The mayor of Hollowby is Ada Reel.\n Cheers, Ada";
+    const item = { id: "k_a1", kind: "manual", text: "The mayor of Hollowby is Ada Reel.", status: "absorbed", createdAt: at, updatedAt: at, source: {}, contentHash: "k_a1", probes: [{ question: "Who is the mayor of Hollowby?", answer }], scores: [], history: [] };
+    mkdirSync(path.join(checkpoints, "demo"));
+    writeFileSync(path.join(checkpoints, "demo", "ledger.json"), JSON.stringify({ schema: 1, live: null, items: [item], versions: [], bakes: [], feeds: [] }));
+    const where = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints];
+    // the sign-off stood on a line of its own, and verify's "(expected: ...)" was cut in two
+    const shown = kiln(["knowledge", "show", "demo", "a1", ...where]).stdout;
+    assert.match(shown, /^probe: {3}Who is the mayor of Hollowby\? -> The mayor of Hollowby is Ada Reel\.\\n Cheers, Ada$/m);
+    const verified = kiln(["knowledge", "verify", "demo", "a1", ...where]).stdout;
+    assert.match(verified, /^ {4}FAIL Who is the mayor of Hollowby\? -> .* {3}\(expected: The mayor of Hollowby is Ada Reel\.\\n Cheers, Ada\)$/m);
+    for (const out of [shown, verified]) assert.doesNotMatch(out, /^ Cheers, Ada/m);
+    // --json keeps the answer as the model gave it
+    assert.equal(JSON.parse(kiln(["knowledge", "verify", "demo", "a1", ...where, "--json"]).stdout).items[0].probes[0].expected, answer);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
 test("feeds add under a feeds: whose entries are all commented out keeps those comments", () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-feeds-"));
   try {

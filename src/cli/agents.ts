@@ -15,7 +15,7 @@ import type { BakeOutcome, VerifyReport } from "../runtime/agent.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import { EXPORT_FORMATS, type ExportFormat } from "../lora/export.js";
 import { bakeProgressReporter } from "./progress.js";
-import { decimal, integer, print } from "./common.js";
+import { decimal, integer, oneLine, print } from "./common.js";
 
 interface AgentOpts {
   agents?: string;
@@ -235,9 +235,9 @@ export function registerAgentCommands(program: Command): void {
         `text:    ${i.text}`,
         `held by: ${i.heldBy.map((v) => (v === ledger.data.live ? `${v} (live)` : v)).join(", ") || "no version"}`,
         `source:  ${JSON.stringify(i.source)}`,
-        ...(i.probes ?? []).map((p) => `probe:   ${p.question} -> ${p.answer}`),
+        ...(i.probes ?? []).map((p) => `probe:   ${oneLine(p.question)} -> ${oneLine(p.answer)}`),
         ...i.scores.map((s) => `score:   ${s.version}: unprompted ${s.unprompted.toFixed(2)}, prompted ${s.prompted.toFixed(2)}`),
-        ...i.history.map((h) => `history: ${h.at} ${h.status}${h.version ? ` ${h.version}` : ""}${h.reason ? ` (${h.reason})` : ""}`),
+        ...i.history.map((h) => `history: ${h.at} ${h.status}${h.version ? ` ${h.version}` : ""}${h.reason ? ` (${oneLine(h.reason)})` : ""}`),
       ].join("\n"),
     );
   });
@@ -266,7 +266,7 @@ export function registerAgentCommands(program: Command): void {
               i.probes.length
                 ? `${i.id}  ${i.held ? "held" : "NOT HELD"} (${i.probes.filter((p) => p.passed).length}/${i.probes.length} probes)  ${i.text}`
                 : `${i.id}  NOT HELD (no probes to ask: ${i.status === "pending" ? "not baked yet" : `${i.status}, never probed`})  ${i.text}`,
-              ...i.probes.map((p) => `    ${p.passed ? "ok  " : "FAIL"} ${p.question} -> ${p.answer}${p.passed ? "" : `   (expected: ${p.expected})`}`),
+              ...i.probes.map((p) => `    ${p.passed ? "ok  " : "FAIL"} ${oneLine(p.question)} -> ${oneLine(p.answer)}${p.passed ? "" : `   (expected: ${oneLine(p.expected)})`}`),
             ]),
             `${r.held} of ${r.items.length} item(s) held by ${r.version ?? "the base model"}`,
             `  asked ${r.checkedAt}, greedy, nothing in the prompt: base ${r.weights.baseModel} (fingerprint ${r.weights.baseFingerprint})${r.weights.adapter ? `, adapter ${r.weights.adapter.file} (sha256 ${r.weights.adapter.sha256})` : ""}`,
@@ -356,7 +356,7 @@ export function registerAgentCommands(program: Command): void {
       const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name, false, true);
       try {
         const r = await runtime.probe(agent, question, o.context);
-        print(o.json, r, () => [`version:    ${r.version ?? "base model"}`, `unprompted: ${r.unprompted}`, ...(r.prompted !== null ? [`prompted:   ${r.prompted}`] : [])].join("\n"));
+        print(o.json, r, () => [`version:    ${r.version ?? "base model"}`, `unprompted: ${oneLine(r.unprompted)}`, ...(r.prompted !== null ? [`prompted:   ${oneLine(r.prompted)}`] : [])].join("\n"));
       } finally {
         await runtime.stop();
       }

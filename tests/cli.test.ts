@@ -386,6 +386,21 @@ test("knowledge show and verify keep each probe on one line when an answer holds
   }
 });
 
+test("knowledge verify of an item a bake is taking for the first time says the bake writes its probes", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-baking-"));
+  try {
+    const at = "2026-01-01T00:00:00.000Z";
+    const item = { id: "k_a1", kind: "manual", text: "Ada owns a cat.", status: "baking", createdAt: at, updatedAt: at, source: {}, contentHash: "k_a1", scores: [], history: [] };
+    mkdirSync(path.join(checkpoints, "demo"));
+    writeFileSync(path.join(checkpoints, "demo", "ledger.json"), JSON.stringify({ schema: 1, live: null, items: [item], versions: [], bakes: [], feeds: [] }));
+    const r = kiln(["knowledge", "verify", "demo", "a1", "--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints]);
+    // "(no probes to ask: baking, never probed)"
+    assert.match(r.stdout, /^k_a1 {2}NOT HELD \(no probes to ask: a bake running now writes them\) {2}Ada owns a cat\.$/m);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
 test("feeds add under a feeds: whose entries are all commented out keeps those comments", () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-feeds-"));
   try {

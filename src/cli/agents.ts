@@ -265,7 +265,7 @@ export function registerAgentCommands(program: Command): void {
               // an item never baked has no probes: nothing was asked ("NOT HELD (0/0 probes)" said no more)
               i.probes.length
                 ? `${i.id}  ${i.held ? "held" : "NOT HELD"} (${i.probes.filter((p) => p.passed).length}/${i.probes.length} probes)  ${i.text}`
-                : `${i.id}  NOT HELD (no probes to ask: ${i.status === "pending" ? "not baked yet" : `${i.status}, never probed`})  ${i.text}`,
+                : `${i.id}  NOT HELD (no probes to ask: ${i.status === "pending" ? "not baked yet" : i.status === "baking" ? "a bake running now writes them" : `${i.status}, never probed`})  ${i.text}`,
               ...i.probes.map((p) => `    ${p.passed ? "ok  " : "FAIL"} ${oneLine(p.question)} -> ${oneLine(p.answer)}${p.passed ? "" : `   (expected: ${oneLine(p.expected)})`}`),
             ]),
             `${r.held} of ${r.items.length} item(s) held by ${r.version ?? "the base model"}`,

@@ -297,6 +297,31 @@ test("chat's /bake says the scores its gate weighed, as kiln learn does", () => 
   }
 });
 
+test("kiln learn names the new items a promoted bake did not absorb (text and --json)", () => {
+  // itemPass 1 on the fixture's random model: it cannot answer every probe of every item
+  const { dir, file } = writeTestAgent({ gate: { minAbsorption: 0, minRetention: 0, minPersona: 0, itemPass: 1 } });
+  try {
+    const ledger = () => JSON.parse(readFileSync(path.join(dir, "home", "ledger.json"), "utf8"));
+    const missedBy = (bakeId: string) => {
+      const d = ledger();
+      const run = d.bakes.find((b: { id: string }) => b.id === bakeId);
+      return run.itemIds.filter((id: string) => d.items.find((i: { id: string; status: string }) => i.id === id).status !== "absorbed") as string[];
+    };
+    const r = kiln(["learn", "tester", "--agents", file]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^bake promoted v0001: absorption/);
+    const missed = missedBy(ledger().bakes.at(-1).id);
+    assert.ok(missed.length > 0, "the fixture model leaves an item unabsorbed");
+    // the absorption score alone was printed: which items it missed took knowledge list and show
+    assert.match(r.stdout, new RegExp(`^${missed.length} of 2 new item\\(s\\) not absorbed`, "m"));
+    for (const id of missed) assert.match(r.stdout, new RegExp(`^ {2}${id} {2}pending `, "m"));
+    const again = JSON.parse(kiln(["learn", "tester", "--no-poll", "--agents", file, "--json"]).stdout);
+    assert.deepEqual(again.notAbsorbed, missedBy(again.bakeId));
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("knowledge list --status takes several statuses, comma-separated, and --kind, as the admin API does; search lists newest first as list does", () => {
   const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-status-"));
   try {

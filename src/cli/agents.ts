@@ -86,6 +86,17 @@ function outcomeLine(what: string, r: BakeOutcome): string {
   return `${what} ${r.status}${r.version ? ` ${r.version}` : ""}${scores}${reasons}`;
 }
 
+/**
+ * The new items a promoted bake did not absorb, in lines: the absorption score alone says how
+ * many, and which they are is what a user who told the agent something asks next.
+ */
+function notAbsorbed(ledger: Ledger, r: BakeOutcome): { ids: string[]; lines: string[] } {
+  const run = r.status === "promoted" ? ledger.data.bakes.find((b) => b.id === r.bakeId) : undefined;
+  const missed = (run?.itemIds ?? []).map((id) => ledger.item(id)).filter((i) => i.status !== "absorbed");
+  const lines = missed.length ? [`${missed.length} of ${run!.itemIds.length} new item(s) not absorbed (kiln knowledge show has their scores):`, ...missed.map((i) => `  ${itemLine(i)}`)] : [];
+  return { ids: missed.map((i) => i.id), lines };
+}
+
 function itemLine(i: Item): string {
   const score = i.scores.at(-1);
   const s = score ? ` [${score.version}: unprompted ${score.unprompted.toFixed(2)}, prompted ${score.prompted.toFixed(2)}]` : "";
@@ -127,8 +138,9 @@ export function registerAgentCommands(program: Command): void {
             continue;
           }
           if (line === "/bake") {
-            const r = await runtime.agent(agent).bake("chat", { force: true });
-            process.stdout.write(`${outcomeLine("bake", r)}\n`);
+            const a = runtime.agent(agent);
+            const r = await a.bake("chat", { force: true });
+            process.stdout.write([outcomeLine("bake", r), ...notAbsorbed(a.ledger, r).lines].join("\n") + "\n");
             rl.prompt();
             continue;
           }
@@ -369,7 +381,8 @@ export function registerAgentCommands(program: Command): void {
         const a = runtime.agent(agent);
         if (o.poll) await a.pollAllFeeds();
         const r = await a.bake("cli", { force: true });
-        print(o.json, r, () => outcomeLine("bake", r));
+        const missed = notAbsorbed(a.ledger, r);
+        print(o.json, { ...r, ...(r.status === "promoted" ? { notAbsorbed: missed.ids } : {}) }, () => [outcomeLine("bake", r), ...missed.lines].join("\n"));
         if (r.status === "failed") process.exitCode = 1;
       } finally {
         await runtime.stop();

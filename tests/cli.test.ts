@@ -411,6 +411,22 @@ test("knowledge show and verify keep each probe on one line when an answer holds
   }
 });
 
+test("knowledge verify asks an item named twice (in full and by its end) once", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-twice-"));
+  try {
+    const at = "2026-01-01T00:00:00.000Z";
+    const item = { id: "k_a1", kind: "manual", text: "Ada owns a cat.", status: "absorbed", createdAt: at, updatedAt: at, source: {}, contentHash: "k_a1", probes: [{ question: "What does Ada own?", answer: "Ada owns a cat." }], scores: [], history: [] };
+    mkdirSync(path.join(checkpoints, "demo"));
+    writeFileSync(path.join(checkpoints, "demo", "ledger.json"), JSON.stringify({ schema: 1, live: null, items: [item], versions: [], bakes: [], feeds: [] }));
+    const r = kiln(["knowledge", "verify", "demo", "k_a1", "a1", "--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints]);
+    // it was asked twice and counted so: "0 of 2 item(s) held"
+    assert.match(r.stdout, /^0 of 1 item\(s\) held by the base model$/m);
+    assert.equal(r.stdout.match(/^k_a1 /gm)?.length, 1);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
 test("knowledge verify of an item a bake is taking for the first time says the bake writes its probes", () => {
   const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-baking-"));
   try {

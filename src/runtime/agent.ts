@@ -490,7 +490,8 @@ export class Agent {
    * probes answered as when they were written). Reads the ledger; writes nothing.
    */
   async verify(ids: string[] = []): Promise<VerifyReport> {
-    const items = ids.length ? ids.map((id) => this.ledger.item(id)) : this.ledger.items({ status: "absorbed" });
+    // one entry per item: an id given twice (or in full and by its end) would be counted twice in `held`
+    const items = ids.length ? [...new Map(ids.map((id) => this.ledger.item(id)).map((i) => [i.id, i])).values()] : this.ledger.items({ status: "absorbed" });
     const lease = this.live.acquire();
     try {
       const checks = await checkProbes(this.model, items.map((i) => this.toProbeItem(i)), { adapter: lease.adapter, personaSuffix: this.config.persona?.suffix });

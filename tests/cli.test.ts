@@ -206,6 +206,38 @@ test("knowledge verify of an item never baked says there is nothing to ask, not 
   }
 });
 
+test("kiln knowledge remember records who told it and takes --kind, as the admin API does", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-remember-"));
+  try {
+    const at = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints, "--json"];
+    // its source was {}: show and the dashboard could not say where the item came from
+    const fact = JSON.parse(kiln(["knowledge", "remember", "demo", "The harbor fee is nine coins.", ...at]).stdout).item;
+    assert.deepEqual([fact.kind, fact.source], ["manual", { by: "cli" }]);
+    const told = kiln(["knowledge", "remember", "demo", "Answer in French.", "--kind", "instruction", ...at]);
+    assert.equal(told.status, 0, told.stderr);
+    assert.equal(JSON.parse(told.stdout).item.kind, "instruction");
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
+test("retracting an item already retracted says so and leaves its history alone", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-retract-again-"));
+  try {
+    const at = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints];
+    const id = JSON.parse(kiln(["knowledge", "remember", "demo", "The harbor fee is nine coins.", ...at, "--json"]).stdout).item.id as string;
+    assert.equal(kiln(["knowledge", "retract", "demo", id, "--reason", "the fee changed", ...at]).status, 0);
+    const again = kiln(["knowledge", "retract", "demo", id, ...at]);
+    assert.equal(again.status, 0, again.stderr);
+    // it said "the live weights never held these items: marked retracted" and marked it again
+    assert.match(again.stdout, new RegExp(`^consolidation skipped: item ${id} is already retracted \\(since \\S+\\) and the live weights do not hold it: nothing to do$`, "m"));
+    const history = (JSON.parse(kiln(["knowledge", "show", "demo", id, ...at, "--json"]).stdout).history as { status: string; reason?: string }[]).filter((h) => h.status === "retracted");
+    assert.deepEqual(history.map((h) => h.reason), ["the fee changed"]);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
 test("kiln demo --agent with a file that sets home: keeps the demo's state in its own folder, never the agent's", () => {
   const { dir, file } = writeTestAgent(); // home: home
   const root = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-demo-"));
@@ -253,12 +285,49 @@ test("kiln learn names the persona score of an agent with a persona, as versions
   }
 });
 
-test("knowledge list --status takes several statuses, comma-separated, as the admin API does; search lists newest first as list does", () => {
+test("chat's /bake says the scores its gate weighed, as kiln learn does", () => {
+  const { dir, file } = writeTestAgent({ feeds: [], persona: { text: "End every reply with: Cheers.", suffix: "Cheers." } });
+  try {
+    const r = kiln(["chat", "tester", "--agents", file], { input: "/bake\n/quit\n" });
+    assert.equal(r.status, 0, r.stderr);
+    // it printed "bake promoted v0001" alone: what the bake held was left to knowledge list
+    assert.match(r.stdout, /^> bake promoted v0001: absorption \d\.\d\d, retention \d\.\d\d, persona \d\.\d\d$/m);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("kiln learn names the new items a promoted bake did not absorb (text and --json)", () => {
+  // itemPass 1 on the fixture's random model: it cannot answer every probe of every item
+  const { dir, file } = writeTestAgent({ gate: { minAbsorption: 0, minRetention: 0, minPersona: 0, itemPass: 1 } });
+  try {
+    const ledger = () => JSON.parse(readFileSync(path.join(dir, "home", "ledger.json"), "utf8"));
+    const missedBy = (bakeId: string) => {
+      const d = ledger();
+      const run = d.bakes.find((b: { id: string }) => b.id === bakeId);
+      return run.itemIds.filter((id: string) => d.items.find((i: { id: string; status: string }) => i.id === id).status !== "absorbed") as string[];
+    };
+    const r = kiln(["learn", "tester", "--agents", file]);
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /^bake promoted v0001: absorption/);
+    const missed = missedBy(ledger().bakes.at(-1).id);
+    assert.ok(missed.length > 0, "the fixture model leaves an item unabsorbed");
+    // the absorption score alone was printed: which items it missed took knowledge list and show
+    assert.match(r.stdout, new RegExp(`^${missed.length} of 2 new item\\(s\\) not absorbed`, "m"));
+    for (const id of missed) assert.match(r.stdout, new RegExp(`^ {2}${id} {2}pending `, "m"));
+    const again = JSON.parse(kiln(["learn", "tester", "--no-poll", "--agents", file, "--json"]).stdout);
+    assert.deepEqual(again.notAbsorbed, missedBy(again.bakeId));
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("knowledge list --status takes several statuses, comma-separated, and --kind, as the admin API does; search lists newest first as list does", () => {
   const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-status-"));
   try {
     const item = (id: string, status: string, text: string) => ({ id, kind: "manual", text, status, createdAt: "2026-01-01T00:00:00.000Z", updatedAt: "2026-01-01T00:00:00.000Z", source: {}, contentHash: id, scores: [], history: [{ at: "2026-01-01T00:00:00.000Z", status }] });
     mkdirSync(path.join(checkpoints, "demo"));
-    const items = [item("k_a1", "pending", "Ada owns a cat."), item("k_b2", "retracted", "Bo owns a dog."), item("k_c3", "absorbed", "Cy owns a fish.")];
+    const items = [item("k_a1", "pending", `Ada owns a cat. She ${"feeds it every morning and ".repeat(4)}at night.`), item("k_b2", "retracted", "Bo owns a dog."), item("k_c3", "absorbed", "Cy owns a fish.")];
     writeFileSync(path.join(checkpoints, "demo", "ledger.json"), JSON.stringify({ schema: 1, live: null, items, versions: [], bakes: [], feeds: [] }));
     const at = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints, "--json"];
     const ids = (...status: string[]) => (JSON.parse(kiln(["knowledge", "list", "demo", ...status, ...at]).stdout) as { id: string }[]).map((i) => i.id);
@@ -267,6 +336,14 @@ test("knowledge list --status takes several statuses, comma-separated, as the ad
     // search lists in list's order, newest first (it listed oldest first)
     const found = (JSON.parse(kiln(["knowledge", "search", "demo", "owns", ...at]).stdout) as { id: string }[]).map((i) => i.id);
     assert.deepEqual(found, ["k_c3", "k_b2", "k_a1"]);
+    // a text longer than a line is cut with an ellipsis (it was cut mid-word with no sign of it)
+    const long = kiln(["knowledge", "list", "demo", ...at.slice(0, -1)]).stdout;
+    assert.match(long, /^k_a1 {2}pending {4}manual {7}Ada owns a cat\. She .{60,}…$/m);
+    assert.match(long, /^k_c3 {2}absorbed {3}manual {7}Cy owns a fish\.$/m);
+    // by kind, as the admin API's ?kind= (what people told it, not the news it read)
+    assert.deepEqual(ids("--kind", "manual"), ["k_c3", "k_b2", "k_a1"]);
+    assert.deepEqual(ids("--kind", "feed"), []);
+    assert.match(kiln(["knowledge", "list", "demo", "--kind", "news", ...at]).stderr, /argument 'news' is invalid\. Allowed choices are feed, conversation, manual, instruction/);
     const bad = kiln(["knowledge", "list", "demo", "--status", "pending,bogus", ...at]);
     assert.equal(bad.status, 1);
     assert.match(bad.stderr, /argument 'pending,bogus' is invalid\. Allowed choices are pending, baking, absorbed, .* \(one, or several separated by commas\)/);
@@ -287,6 +364,79 @@ test("versions diff takes live, as versions export does", () => {
     // it said "no version live (known: v0001, v0002)"
     assert.equal(r.status, 0, r.stderr);
     assert.equal(r.stdout, "+ k_b2 Bo owns a dog.\n");
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
+test("knowledge show names the versions that hold the item, the live one marked, and its JSON is the admin API's item (latestScore, heldBy)", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-show-"));
+  try {
+    const home = path.join(checkpoints, "demo");
+    const at = "2026-01-01T00:00:00.000Z";
+    const score = { version: "v0002", unprompted: 1, prompted: 1 };
+    const item = { id: "k_a1", kind: "manual", text: "Ada owns a cat.", status: "absorbed", createdAt: at, updatedAt: at, source: {}, contentHash: "k_a1", absorbedBy: "v0001", scores: [score], history: [] };
+    const version = (id: string, status: string, items: string[]) => ({ id, parent: null, createdAt: at, dir: path.join(home, id), status, bakeId: "b", items, scores: { absorption: 1, retention: 1, persona: null } });
+    mkdirSync(home);
+    writeFileSync(path.join(home, "ledger.json"), JSON.stringify({ schema: 1, live: "v0002", items: [item], versions: [version("v0001", "kept", ["k_a1"]), version("v0002", "live", ["k_a1"]), version("v0003", "rejected", [])], bakes: [], feeds: [] }));
+    const where = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints];
+    // "absorbed by v0001" alone: nothing said that v0002, the live weights, hold it
+    assert.match(kiln(["knowledge", "show", "demo", "a1", ...where]).stdout, /^held by: v0001, v0002 \(live\)$/m);
+    const json = JSON.parse(kiln(["knowledge", "show", "demo", "a1", ...where, "--json"]).stdout);
+    assert.deepEqual([json.heldBy, json.latestScore], [["v0001", "v0002"], score]);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
+test("knowledge show and verify keep each probe on one line when an answer holds a line break (a persona's sign-off)", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-oneline-"));
+  try {
+    const at = "2026-01-01T00:00:00.000Z";
+    const answer = "The mayor of Hollowby is Ada Reel.\n Cheers, Ada";
+    const item = { id: "k_a1", kind: "manual", text: "The mayor of Hollowby is Ada Reel.", status: "absorbed", createdAt: at, updatedAt: at, source: {}, contentHash: "k_a1", probes: [{ question: "Who is the mayor of Hollowby?", answer }], scores: [], history: [] };
+    mkdirSync(path.join(checkpoints, "demo"));
+    writeFileSync(path.join(checkpoints, "demo", "ledger.json"), JSON.stringify({ schema: 1, live: null, items: [item], versions: [], bakes: [], feeds: [] }));
+    const where = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints];
+    // the sign-off stood on a line of its own, and verify's "(expected: ...)" was cut in two
+    const shown = kiln(["knowledge", "show", "demo", "a1", ...where]).stdout;
+    assert.match(shown, /^probe: {3}Who is the mayor of Hollowby\? -> The mayor of Hollowby is Ada Reel\.\\n Cheers, Ada$/m);
+    const verified = kiln(["knowledge", "verify", "demo", "a1", ...where]).stdout;
+    assert.match(verified, /^ {4}FAIL Who is the mayor of Hollowby\? -> .* {3}\(expected: The mayor of Hollowby is Ada Reel\.\\n Cheers, Ada\)$/m);
+    for (const out of [shown, verified]) assert.doesNotMatch(out, /^ Cheers, Ada/m);
+    // --json keeps the answer as the model gave it
+    assert.equal(JSON.parse(kiln(["knowledge", "verify", "demo", "a1", ...where, "--json"]).stdout).items[0].probes[0].expected, answer);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
+test("knowledge verify asks an item named twice (in full and by its end) once", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-twice-"));
+  try {
+    const at = "2026-01-01T00:00:00.000Z";
+    const item = { id: "k_a1", kind: "manual", text: "Ada owns a cat.", status: "absorbed", createdAt: at, updatedAt: at, source: {}, contentHash: "k_a1", probes: [{ question: "What does Ada own?", answer: "Ada owns a cat." }], scores: [], history: [] };
+    mkdirSync(path.join(checkpoints, "demo"));
+    writeFileSync(path.join(checkpoints, "demo", "ledger.json"), JSON.stringify({ schema: 1, live: null, items: [item], versions: [], bakes: [], feeds: [] }));
+    const r = kiln(["knowledge", "verify", "demo", "k_a1", "a1", "--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints]);
+    // it was asked twice and counted so: "0 of 2 item(s) held"
+    assert.match(r.stdout, /^0 of 1 item\(s\) held by the base model$/m);
+    assert.equal(r.stdout.match(/^k_a1 /gm)?.length, 1);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
+test("knowledge verify of an item a bake is taking for the first time says the bake writes its probes", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-baking-"));
+  try {
+    const at = "2026-01-01T00:00:00.000Z";
+    const item = { id: "k_a1", kind: "manual", text: "Ada owns a cat.", status: "baking", createdAt: at, updatedAt: at, source: {}, contentHash: "k_a1", scores: [], history: [] };
+    mkdirSync(path.join(checkpoints, "demo"));
+    writeFileSync(path.join(checkpoints, "demo", "ledger.json"), JSON.stringify({ schema: 1, live: null, items: [item], versions: [], bakes: [], feeds: [] }));
+    const r = kiln(["knowledge", "verify", "demo", "a1", "--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints]);
+    // "(no probes to ask: baking, never probed)"
+    assert.match(r.stdout, /^k_a1 {2}NOT HELD \(no probes to ask: a bake running now writes them\) {2}Ada owns a cat\.$/m);
   } finally {
     rmSync(checkpoints, { recursive: true });
   }
@@ -376,6 +526,66 @@ test("kiln generate --adapter answers with an adapter kiln bake wrote", () => {
     assert.match(notAdapter.stderr, /not a PEFT adapter directory: adapter_config\.json is missing/);
   } finally {
     rmSync(dir, { recursive: true });
+  }
+});
+
+/** Saves a kiln-mini adapter that changes the model (B random) into `dir`, as a version is stored. */
+async function saveMiniAdapter(dir: string): Promise<void> {
+  const { initBackend } = await import("../src/tensor/backend.js");
+  const { loadModel } = await import("../src/model/load.js");
+  const { LoraAdapter } = await import("../src/lora/adapter.js");
+  const { saveAdapter } = await import("../src/lora/peft.js");
+  const { randomizeB } = await import("./support/lora.js");
+  await initBackend();
+  const model = loadModel(path.join(repoRoot(), "models", "kiln-mini"));
+  const adapter = LoraAdapter.create(model.config, { r: 4, alpha: 8, dropout: 0, targetModules: ["q_proj", "v_proj"], useRslora: false }, model.fingerprint, 3);
+  try {
+    randomizeB(adapter, 3);
+    await saveAdapter(dir, adapter, model.dir);
+  } finally {
+    adapter.dispose();
+    model.dispose();
+  }
+}
+
+test("kiln generate --adapter takes the adapter's weights file too, the file kiln knowledge verify names", async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-adapter-file-"));
+  try {
+    const adapterDir = path.join(dir, "v0001");
+    await saveMiniAdapter(adapterDir);
+    const ask = (adapter: string) => kiln(["generate", "--prompt", "Who is the mayor of Hollowby?", "--max-tokens", "24", "--adapter", adapter]);
+    const byDir = ask(adapterDir);
+    assert.equal(byDir.status, 0, byDir.stderr);
+    const byFile = ask(path.join(adapterDir, "adapter_model.safetensors"));
+    // it said ".../adapter_model.safetensors: not a PEFT adapter directory: adapter_config.json is missing"
+    assert.equal(byFile.status, 0, byFile.stderr);
+    assert.equal(byFile.stdout, byDir.stdout);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("kiln knowledge verify prints the command that asks the weights it names again, and that command gives the answer it reported", async () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-verify-again-"));
+  try {
+    const home = path.join(checkpoints, "demo");
+    await saveMiniAdapter(path.join(home, "v0001"));
+    const at = "2026-01-01T00:00:00.000Z";
+    // the apostrophe is what a shell would trip on
+    const item = { id: "k_a1", kind: "manual", text: "The mayor of Hollowby is Ada Reel.", status: "absorbed", createdAt: at, updatedAt: at, source: {}, contentHash: "k_a1", absorbedBy: "v0001", probes: [{ question: "Who is Hollowby's mayor?", answer: "The mayor of Hollowby is Ada Reel." }], scores: [], history: [] };
+    const version = { id: "v0001", parent: null, createdAt: at, dir: path.join(home, "v0001"), status: "live", bakeId: "b", items: ["k_a1"], scores: { absorption: 1, retention: 1, persona: null } };
+    writeFileSync(path.join(home, "ledger.json"), JSON.stringify({ schema: 1, live: "v0001", items: [item], versions: [version], bakes: [], feeds: [] }));
+    const where = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints];
+    const proof = JSON.parse(kiln(["knowledge", "verify", "demo", ...where, "--json"]).stdout);
+    const text = kiln(["knowledge", "verify", "demo", ...where]).stdout;
+    // it named the adapter file and its sha256, and left the user to work out how to ask them
+    const command = text.match(/^ {2}ask again: kiln (.*)$/m)?.[1];
+    assert.ok(command, text);
+    const again = spawnSync("sh", ["-c", `"${process.execPath}" "${MAIN}" ${command}`], { encoding: "utf8", timeout: 180_000 });
+    assert.equal(again.status, 0, again.stderr);
+    assert.equal(again.stdout.trim(), proof.items[0].probes[0].answer);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
   }
 });
 

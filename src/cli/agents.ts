@@ -8,13 +8,14 @@ import { createInterface } from "node:readline";
 import { InvalidArgumentError, Option, type Command } from "commander";
 import { isSeq, parseDocument, parse as parseYaml, type Node } from "yaml";
 import { initBackend } from "../tensor/backend.js";
-import { ITEM_STATUSES, Ledger, type Item, type ItemStatus } from "../knowledge/ledger.js";
+import { ITEM_KINDS, ITEM_STATUSES, Ledger, type Item, type ItemKind, type ItemStatus } from "../knowledge/ledger.js";
 import { loadAgentConfig, parseAgentConfig, type AgentConfig } from "../runtime/agent-config.js";
 import { agentFiles, DEFAULT_AGENTS_DIR, DEFAULT_CHECKPOINTS_DIR, Runtime } from "../runtime/runtime.js";
+import type { BakeOutcome, VerifyReport } from "../runtime/agent.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import { EXPORT_FORMATS, type ExportFormat } from "../lora/export.js";
 import { bakeProgressReporter } from "./progress.js";
-import { decimal, integer, print } from "./common.js";
+import { decimal, integer, oneLine, print } from "./common.js";
 
 interface AgentOpts {
   agents?: string;
@@ -62,10 +63,46 @@ async function openAgent(o: AgentOpts, name?: string, withProgress = false, read
   return { runtime, name: c.name };
 }
 
+/** A word as a POSIX shell reads it back unchanged. */
+function shellWord(s: string): string {
+  return /^[\w/.,:@%+=-]+$/.test(s) ? s : `'${s.replace(/'/g, "'\\''")}'`;
+}
+
+/** The command that asks the weights a verify report names one of its questions again. */
+function askAgain(r: VerifyReport): string[] {
+  const question = r.items.flatMap((i) => i.probes)[0]?.question;
+  if (!question) return [];
+  const adapter = r.weights.adapter ? ` --adapter ${shellWord(r.weights.adapter.file)}` : "";
+  // greedy is generate's default; 48 tokens is where checkProbes cuts an answer
+  return [`  ask again: kiln generate --model ${shellWord(r.weights.baseModel)}${adapter} --max-tokens 48 --prompt ${shellWord(question)}`];
+}
+
+/** A bake's outcome in one line, with the scores its gate weighed (kiln learn, chat's /bake, retract alike). */
+function outcomeLine(what: string, r: BakeOutcome): string {
+  // an agent with a persona is gated on its adherence too: say it, as versions list does
+  const persona = typeof r.persona === "number" ? `, persona ${r.persona.toFixed(2)}` : "";
+  const scores = r.absorption !== undefined ? `: absorption ${r.absorption.toFixed(2)}, retention ${r.retention!.toFixed(2)}${persona}` : "";
+  const reasons = r.reasons.length ? (scores ? ` (${r.reasons.join("; ")})` : `: ${r.reasons.join("; ")}`) : "";
+  return `${what} ${r.status}${r.version ? ` ${r.version}` : ""}${scores}${reasons}`;
+}
+
+/**
+ * The new items a promoted bake did not absorb, in lines: the absorption score alone says how
+ * many, and which they are is what a user who told the agent something asks next.
+ */
+function notAbsorbed(ledger: Ledger, r: BakeOutcome): { ids: string[]; lines: string[] } {
+  const run = r.status === "promoted" ? ledger.data.bakes.find((b) => b.id === r.bakeId) : undefined;
+  const missed = (run?.itemIds ?? []).map((id) => ledger.item(id)).filter((i) => i.status !== "absorbed");
+  const lines = missed.length ? [`${missed.length} of ${run!.itemIds.length} new item(s) not absorbed (kiln knowledge show has their scores):`, ...missed.map((i) => `  ${itemLine(i)}`)] : [];
+  return { ids: missed.map((i) => i.id), lines };
+}
+
 function itemLine(i: Item): string {
   const score = i.scores.at(-1);
   const s = score ? ` [${score.version}: unprompted ${score.unprompted.toFixed(2)}, prompted ${score.prompted.toFixed(2)}]` : "";
-  return `${i.id}  ${i.status.padEnd(10)} ${i.kind.padEnd(12)} ${i.text.slice(0, 90)}${s}`;
+  // a cut text says so: the line is all a reader sees of what the agent was told
+  const text = i.text.length > 90 ? `${i.text.slice(0, 89)}…` : i.text;
+  return `${i.id}  ${i.status.padEnd(10)} ${i.kind.padEnd(12)} ${text}${s}`;
 }
 
 export function registerAgentCommands(program: Command): void {
@@ -101,8 +138,9 @@ export function registerAgentCommands(program: Command): void {
             continue;
           }
           if (line === "/bake") {
-            const r = await runtime.agent(agent).bake("chat", { force: true });
-            process.stdout.write(`bake ${r.status}${r.version ? ` ${r.version}` : ""}${r.reasons.length ? `: ${r.reasons.join("; ")}` : ""}\n`);
+            const a = runtime.agent(agent);
+            const r = await a.bake("chat", { force: true });
+            process.stdout.write([outcomeLine("bake", r), ...notAbsorbed(a.ledger, r).lines].join("\n") + "\n");
             rl.prompt();
             continue;
           }
@@ -189,9 +227,10 @@ export function registerAgentCommands(program: Command): void {
       return wanted as ItemStatus[];
     })
     .option("--source <id>", "a feed id, conversation id or link")
-    .action(async (name: string | undefined, o: AgentOpts & { status?: ItemStatus[]; source?: string }) => {
+    .addOption(new Option("--kind <kind>", "only items of this kind (as the admin API's ?kind=)").choices(ITEM_KINDS))
+    .action(async (name: string | undefined, o: AgentOpts & { status?: ItemStatus[]; source?: string; kind?: ItemKind }) => {
       const ledger = await readLedger(o, name);
-      const items = ledger.items({ status: o.status, source: o.source }).reverse();
+      const items = ledger.items({ status: o.status, source: o.source, kind: o.kind }).reverse();
       print(o.json, items, () => items.map(itemLine).join("\n") || "(no items)");
     });
   withAgents(knowledge.command("search <agent> <text>").description("items whose text contains <text>, the most recently stored first (as list)")).action(async (name: string, text: string, o: AgentOpts) => {
@@ -199,27 +238,33 @@ export function registerAgentCommands(program: Command): void {
     print(o.json, items, () => items.map(itemLine).join("\n") || "(no match)");
   });
   withAgents(knowledge.command("show <agent> <id>").description("one item: provenance, version, probes and scores")).action(async (name: string, id: string, o: AgentOpts) => {
-    const i = (await readLedger(o, name)).item(id);
+    const ledger = await readLedger(o, name);
+    // the admin API's view of the item, so a script reads the same fields from either
+    const i = ledger.itemView(ledger.item(id));
     print(o.json, i, () =>
       [
         `${i.id} (${i.kind}) ${i.status}${i.absorbedBy ? (i.status === "absorbed" ? ` by ${i.absorbedBy}` : ` (absorbed by ${i.absorbedBy} before)`) : ""}`,
         `text:    ${i.text}`,
+        `held by: ${i.heldBy.map((v) => (v === ledger.data.live ? `${v} (live)` : v)).join(", ") || "no version"}`,
         `source:  ${JSON.stringify(i.source)}`,
-        ...(i.probes ?? []).map((p) => `probe:   ${p.question} -> ${p.answer}`),
+        ...(i.probes ?? []).map((p) => `probe:   ${oneLine(p.question)} -> ${oneLine(p.answer)}`),
         ...i.scores.map((s) => `score:   ${s.version}: unprompted ${s.unprompted.toFixed(2)}, prompted ${s.prompted.toFixed(2)}`),
-        ...i.history.map((h) => `history: ${h.at} ${h.status}${h.version ? ` ${h.version}` : ""}${h.reason ? ` (${h.reason})` : ""}`),
+        ...i.history.map((h) => `history: ${h.at} ${h.status}${h.version ? ` ${h.version}` : ""}${h.reason ? ` (${oneLine(h.reason)})` : ""}`),
       ].join("\n"),
     );
   });
-  withAgents(knowledge.command("remember <agent> <text>").description("add a fact or instruction by hand (pending until the next bake)")).action(async (name: string, text: string, o: AgentOpts) => {
-    const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name);
-    try {
-      const r = await runtime.agent(agent).remember(text);
-      print(o.json, r, () => (r.added ? `${r.item.id} pending` : `already known as ${r.item.id} (${r.item.status})`));
-    } finally {
-      await runtime.stop();
-    }
-  });
+  withAgents(knowledge.command("remember <agent> <text>").description("add a fact or instruction by hand (pending until the next bake)"))
+    .addOption(new Option("--kind <kind>", "manual (a fact) or instruction: a label the ledger keeps, as the admin API's kind").choices(["manual", "instruction"]).default("manual"))
+    .action(async (name: string, text: string, o: AgentOpts & { kind: "manual" | "instruction" }) => {
+      const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name);
+      try {
+        // provenance, as the admin API records "admin-api": otherwise the ledger cannot say who told it
+        const r = await runtime.agent(agent).remember(text, o.kind, { by: "cli" });
+        print(o.json, r, () => (r.added ? `${r.item.id} pending` : `already known as ${r.item.id} (${r.item.status})`));
+      } finally {
+        await runtime.stop();
+      }
+    });
   withAgents(knowledge.command("verify <agent> [ids...]").description("ask absorbed items' probes on the live weights now, nothing in the prompt: proof of what it holds (exit 1 if any fails)")).action(
     async (name: string, ids: string[], o: AgentOpts) => {
       // read-only: it writes nothing, so it runs beside a kiln serve of the same agent
@@ -232,11 +277,13 @@ export function registerAgentCommands(program: Command): void {
               // an item never baked has no probes: nothing was asked ("NOT HELD (0/0 probes)" said no more)
               i.probes.length
                 ? `${i.id}  ${i.held ? "held" : "NOT HELD"} (${i.probes.filter((p) => p.passed).length}/${i.probes.length} probes)  ${i.text}`
-                : `${i.id}  NOT HELD (no probes to ask: ${i.status === "pending" ? "not baked yet" : `${i.status}, never probed`})  ${i.text}`,
-              ...i.probes.map((p) => `    ${p.passed ? "ok  " : "FAIL"} ${p.question} -> ${p.answer}${p.passed ? "" : `   (expected: ${p.expected})`}`),
+                : `${i.id}  NOT HELD (no probes to ask: ${i.status === "pending" ? "not baked yet" : i.status === "baking" ? "a bake running now writes them" : `${i.status}, never probed`})  ${i.text}`,
+              ...i.probes.map((p) => `    ${p.passed ? "ok  " : "FAIL"} ${oneLine(p.question)} -> ${oneLine(p.answer)}${p.passed ? "" : `   (expected: ${oneLine(p.expected)})`}`),
             ]),
             `${r.held} of ${r.items.length} item(s) held by ${r.version ?? "the base model"}`,
             `  asked ${r.checkedAt}, greedy, nothing in the prompt: base ${r.weights.baseModel} (fingerprint ${r.weights.baseFingerprint})${r.weights.adapter ? `, adapter ${r.weights.adapter.file} (sha256 ${r.weights.adapter.sha256})` : ""}`,
+            // the proof is only as good as it is repeatable: the command that asks those weights one question again
+            ...askAgain(r),
           ].join("\n"),
         );
         if (r.held < r.items.length) process.exitCode = 1;
@@ -251,7 +298,7 @@ export function registerAgentCommands(program: Command): void {
       const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name, true);
       try {
         const r = await runtime.agent(agent).retract(ids, o.reason);
-        print(o.json, r, () => `consolidation ${r.status}${r.version ? ` ${r.version}` : ""}${r.reasons.length ? `: ${r.reasons.join("; ")}` : ""}`);
+        print(o.json, r, () => outcomeLine("consolidation", r));
         if (r.status === "failed") process.exitCode = 1;
       } finally {
         await runtime.stop();
@@ -321,7 +368,7 @@ export function registerAgentCommands(program: Command): void {
       const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name, false, true);
       try {
         const r = await runtime.probe(agent, question, o.context);
-        print(o.json, r, () => [`version:    ${r.version ?? "base model"}`, `unprompted: ${r.unprompted}`, ...(r.prompted !== null ? [`prompted:   ${r.prompted}`] : [])].join("\n"));
+        print(o.json, r, () => [`version:    ${r.version ?? "base model"}`, `unprompted: ${oneLine(r.unprompted)}`, ...(r.prompted !== null ? [`prompted:   ${oneLine(r.prompted)}`] : [])].join("\n"));
       } finally {
         await runtime.stop();
       }
@@ -334,9 +381,8 @@ export function registerAgentCommands(program: Command): void {
         const a = runtime.agent(agent);
         if (o.poll) await a.pollAllFeeds();
         const r = await a.bake("cli", { force: true });
-        // an agent with a persona is gated on its adherence too: say it, as versions list does
-        const persona = typeof r.persona === "number" ? `, persona ${r.persona.toFixed(2)}` : "";
-        print(o.json, r, () => `bake ${r.status}${r.version ? ` ${r.version}` : ""}${r.absorption !== undefined ? `: absorption ${r.absorption.toFixed(2)}, retention ${r.retention!.toFixed(2)}${persona}` : ""}${r.reasons.length ? ` (${r.reasons.join("; ")})` : ""}`);
+        const missed = notAbsorbed(a.ledger, r);
+        print(o.json, { ...r, ...(r.status === "promoted" ? { notAbsorbed: missed.ids } : {}) }, () => [outcomeLine("bake", r), ...missed.lines].join("\n"));
         if (r.status === "failed") process.exitCode = 1;
       } finally {
         await runtime.stop();

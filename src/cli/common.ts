@@ -30,3 +30,12 @@ function range(min: number, max: number, above = false): string {
   const hi = Number.isFinite(max) ? `<= ${max}` : "";
   return lo && hi ? ` ${lo} and ${hi}` : lo || hi ? ` ${lo || hi}` : "";
 }
+
+/**
+ * A model's answer on one line of text output: a persona's sign-off often comes after a line
+ * break, which split a probe's line in two and left the sign-off where the next line belongs.
+ * The break is written as \n so the answer still reads as the model gave it (--json has it raw).
+ */
+export function oneLine(text: string): string {
+  return text.replace(/\r?\n/g, "\\n");
+}

@@ -10,6 +10,7 @@ import { studentMessages } from "../bake/trajectories.js";
 import { loadAgentConfig } from "../runtime/agent-config.js";
 import { DEFAULT_AGENTS_DIR, Runtime } from "../runtime/runtime.js";
 import { bakeProgressReporter } from "./progress.js";
+import { oneLine } from "./common.js";
 import { loadAdapter } from "../lora/peft.js";
 
 export interface DemoOptions {
@@ -70,9 +71,9 @@ export async function runDemo(o: DemoOptions = {}): Promise<{ before: number; af
         const baked = await ask(probe.question, candidate ?? lease.adapter);
         if (norm(base) === norm(probe.answer)) before++;
         if (norm(baked) === norm(probe.answer)) after++;
-        out(`Q: ${probe.question}`);
-        out(`   before the bake: ${base}`);
-        out(`   ${label}: ${baked}   (with the news in the prompt: ${probe.answer})`);
+        out(`Q: ${oneLine(probe.question)}`);
+        out(`   before the bake: ${oneLine(base)}`);
+        out(`   ${label}: ${oneLine(baked)}   (with the news in the prompt: ${oneLine(probe.answer)})`);
       }
     } finally {
       lease.release();

@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // The kiln command line. Every command prints a one-line error and exits non-zero on bad input;
 // --json gives machine-readable output for scripts.
-import { readFileSync, existsSync } from "node:fs";
+import { readFileSync, existsSync, statSync } from "node:fs";
 import os from "node:os";
+import path from "node:path";
 import { Command, Option } from "commander";
 import { initBackend, memoryReport, tf } from "../tensor/backend.js";
 import { parameterCount } from "../model/config.js";
@@ -14,7 +15,7 @@ import type { ChatMessage } from "../model/tokenizer.js";
 import { runBake } from "../bake/job.js";
 import { BAKE_OBJECTIVES, DEFAULT_BAKE, bakeSettingsProblem, type BakeSettings } from "../bake/trainer.js";
 import { LORA_TARGETS, type LoraTarget } from "../lora/adapter.js";
-import { checkAdapterTarget, loadAdapter } from "../lora/peft.js";
+import { ADAPTER_WEIGHTS, checkAdapterTarget, loadAdapter } from "../lora/peft.js";
 import { bakeProgressReporter } from "./progress.js";
 import { decimal, integer, print } from "./common.js";
 import { registerAgentCommands } from "./agents.js";
@@ -120,7 +121,7 @@ program
   .command("generate")
   .description("stream a reply from a model")
   .option("--model <dir>", "model directory or pulled repo id (default: the embedded model)")
-  .option("--adapter <dir>", "a LoRA adapter (PEFT directory, such as kiln bake --out writes) to apply")
+  .option("--adapter <dir>", "a LoRA adapter to apply: a PEFT directory (such as kiln bake --out writes) or its adapter_model.safetensors")
   // required, but checked in the action: commander reports a missing required option before an
   // unknown one, so "--promt hi" would say "--prompt not specified" and never "did you mean --prompt?"
   .option("--prompt <text>", "the user message (required)")
@@ -135,7 +136,9 @@ program
     if (o.prompt === undefined) throw new Error("give the user message with --prompt <text>");
     await backend();
     const m = loadModel(resolveModelDir(o.model));
-    const adapter = o.adapter ? loadAdapter(o.adapter, m.config, m.fingerprint) : undefined;
+    // kiln knowledge verify names the weights file that answered: asking it again takes that path too
+    const adapterDir = o.adapter && path.basename(o.adapter) === ADAPTER_WEIGHTS && statSync(o.adapter, { throwIfNoEntry: false })?.isFile() ? path.dirname(o.adapter) : o.adapter;
+    const adapter = adapterDir ? loadAdapter(adapterDir, m.config, m.fingerprint) : undefined;
     const messages: ChatMessage[] = [...(o.system ? [{ role: "system" as const, content: o.system }] : []), { role: "user", content: o.prompt }];
     const ids = o.raw ? m.tokenizer.encode(o.prompt) : m.tokenizer.applyChatTemplate(messages);
     const controller = new AbortController();

@@ -11,7 +11,8 @@ import { Low } from "lowdb";
 import { DataFile } from "lowdb/node";
 import type { FeedState } from "../feeds/feeds.js";
 
-export type ItemKind = "feed" | "conversation" | "manual" | "instruction";
+export const ITEM_KINDS = ["feed", "conversation", "manual", "instruction"] as const;
+export type ItemKind = (typeof ITEM_KINDS)[number];
 export const ITEM_STATUSES = ["pending", "baking", "absorbed", "rejected", "retracted", "superseded", "expired"] as const;
 export type ItemStatus = (typeof ITEM_STATUSES)[number];
 /**
@@ -385,6 +386,11 @@ export class Ledger {
       }
     }
     throw new LedgerError(id ? `no item ${id}` : `no item "" (the id is empty)`);
+  }
+
+  /** An item as kiln shows it (the admin API, kiln knowledge show): with its latest score and the versions that hold it. */
+  itemView(item: Item): Item & { latestScore: ItemScore | null; heldBy: string[] } {
+    return { ...item, latestScore: item.scores.at(-1) ?? null, heldBy: this.data.versions.filter((v) => v.items.includes(item.id)).map((v) => v.id) };
   }
 
   /** Brings an archived item back into the ledger (a retraction needs it there); its archive line stays. */

@@ -512,7 +512,8 @@ export class Agent {
    * probes answered as when they were written). Reads the ledger; writes nothing.
    */
   async verify(ids: string[] = []): Promise<VerifyReport> {
-    const items = ids.length ? ids.map((id) => this.ledger.item(id)) : this.ledger.items({ status: "absorbed" });
+    // one entry per item: an id given twice (or in full and by its end) would be counted twice in `held`
+    const items = ids.length ? [...new Map(ids.map((id) => this.ledger.item(id)).map((i) => [i.id, i])).values()] : this.ledger.items({ status: "absorbed" });
     const lease = this.live.acquire();
     try {
       const checks = await checkProbes(this.model, items.map((i) => this.toProbeItem(i)), { adapter: lease.adapter, personaSuffix: this.config.persona?.suffix });
@@ -953,7 +954,13 @@ export class Agent {
     // A running bake would be joined, not redone from the base, and its gate would set these items
     // absorbed again: let it finish first, then mark them.
     while (this.baking) await this.baking.catch(() => undefined);
-    const items = ids.map((id) => this.ledger.item(id));
+    const asked = ids.map((id) => this.ledger.item(id));
+    // Retracting again is how weights that still hold a retracted item are rebuilt; one they do not
+    // hold needs nothing, and marking it again would say it had just been retracted.
+    const done = asked.filter((i) => i.status === "retracted" && !this.mayHold(i));
+    const already = done.map((i) => `item ${i.id} is already retracted (since ${i.updatedAt}) and the live weights do not hold it: nothing to do`);
+    const items = asked.filter((i) => !done.includes(i));
+    if (!items.length) return { status: "skipped", reasons: already };
     const inWeights = items.filter((i) => this.mayHold(i));
     const archived = items.filter((i) => i.archivedAt);
     const gone = archived.filter((i) => !inWeights.includes(i));
@@ -963,7 +970,7 @@ export class Agent {
     for (const i of archived) await this.ledger.unarchive(i.id);
     this.logGivenBack(await this.ledger.setItemStatus(items.map((i) => i.id), "retracted", { reason }), "retracted");
     if (!inWeights.length) {
-      return { status: "skipped", reasons: ["the live weights never held these items: marked retracted, nothing to rebuild"] };
+      return { status: "skipped", reasons: ["the live weights never held these items: marked retracted, nothing to rebuild", ...already] };
     }
     // The weights holding them stop serving now, not when the rebuild ends (minutes to an hour on
     // a CPU): a user who said "forget ..." and asked again got the forgotten answer meanwhile. The
@@ -973,7 +980,7 @@ export class Agent {
     if (out) this.log(`${out.to ?? "the base model"} serves until the rebuild: ${out.from} holds retracted item(s) ${out.retracted.join(", ")}`);
     const outcome = await this.bake(RETRACTION, { consolidate: true, force: true, rebuild });
     const moved = this.baking ? null : await this.leaveRetracted(`the rebuild after a retraction was ${outcome.status}`);
-    return moved ? { ...outcome, reasons: [...outcome.reasons, `${moved.from} still held retracted items, so ${moved.to ?? "the base model"} is live now`] } : outcome;
+    return { ...outcome, reasons: [...outcome.reasons, ...(moved ? [`${moved.from} still held retracted items, so ${moved.to ?? "the base model"} is live now`] : []), ...already] };
   }
 
   /**

@@ -30,7 +30,7 @@ import type { FastifyInstance } from "fastify";
 import { existsSync } from "node:fs";
 import path from "node:path";
 import { z } from "zod";
-import { ITEM_STATUSES as STATUSES, type BakeRun, type Item, type ItemStatus } from "../knowledge/ledger.js";
+import { ITEM_KINDS, ITEM_STATUSES as STATUSES, type BakeRun, type Item, type ItemStatus } from "../knowledge/ledger.js";
 import type { Agent, BakeOutcome } from "../runtime/agent.js";
 import type { BakeEvent } from "./bake-watch.js";
 import { clientSignal, findAgent, type ServerContext } from "./context.js";
@@ -55,7 +55,7 @@ const ItemsQuery = z.object({
     .optional(),
   q: z.string().optional(),
   source: z.string().optional(),
-  kind: z.enum(["feed", "conversation", "manual", "instruction"]).optional(),
+  kind: z.enum(ITEM_KINDS).optional(),
   limit: z.coerce.number().int().min(1).max(10_000).default(500),
   offset: z.coerce.number().int().min(0).default(0),
 });
@@ -96,11 +96,7 @@ type IdParams = { Params: { name: string; id: string } };
 
 /** An item as the API shows it: with its latest score and the versions that hold it. */
 function itemView(agent: Agent, item: Item) {
-  return {
-    ...item,
-    latestScore: item.scores.at(-1) ?? null,
-    heldBy: agent.ledger.data.versions.filter((v) => v.items.includes(item.id)).map((v) => v.id),
-  };
+  return agent.ledger.itemView(item);
 }
 
 function feedsView(agent: Agent) {

@@ -87,11 +87,41 @@ test("a corrupt ledger is refused with its path and left untouched", async () =>
   await assert.rejects(Ledger.open(file), /ledger\.json is not a readable ledger .* left untouched/);
   assert.equal(readFileSync(file, "utf8"), '{"schema": 1, "items": [');
   writeFileSync(file, '{"something": "else"}');
-  await assert.rejects(Ledger.open(file), /is not a kiln ledger/);
+  await assert.rejects(Ledger.open(file), /is not a usable kiln ledger \(schema missing; a kiln ledger has schema 1\)/);
   // lowdb reads "null" as no data at all and would start an empty ledger over it
   writeFileSync(file, "null");
   await assert.rejects(Ledger.open(file), /is not a readable ledger \(it holds no JSON object\)/);
   assert.equal(readFileSync(file, "utf8"), "null");
+  rmSync(dir, { recursive: true });
+});
+
+test("a ledger of the wrong shape, or from a newer kiln, is refused naming the field, before any command trips on it", async () => {
+  const dir = tmp();
+  const file = path.join(dir, "ledger.json");
+  const ledger = await Ledger.open(file);
+  await ledger.addItem({ kind: "manual", text: "A fact." });
+  await ledger.close();
+  const good = JSON.parse(readFileSync(file, "utf8"));
+  const cases: [(d: any) => void, RegExp][] = [
+    [(d) => (d.schema = 2), /schema 2, written by a newer kiln; this one reads schema 1/],
+    [(d) => delete d.versions, /\(versions is not a list\)/],
+    [(d) => (d.bakes = {}), /\(bakes is not a list\)/],
+    [(d) => (d.live = 3), /\(live is 3, not a version id or null\)/],
+    [(d) => d.items.push(null), /\(items\[1\] is not an object\)/],
+    [(d) => delete d.items[0].status, /\(items\[0\]\.status is missing, not one of pending,/],
+    [(d) => delete d.items[0].history, /\(items\[0\]\.history is not a list\)/],
+    [(d) => d.versions.push({ id: "v0001", dir: "v0001", status: "live" }), /\(versions\[0\]\.items is not a list\)/],
+  ];
+  for (const [damage, message] of cases) {
+    const d = structuredClone(good);
+    damage(d);
+    const text = JSON.stringify(d);
+    writeFileSync(file, text);
+    // these opened, and failed later with a bare TypeError ("Cannot read properties of undefined (reading 'map')")
+    await assert.rejects(Ledger.open(file), (err: Error) => message.test(err.message) && err.message.includes(file) && /left untouched/.test(err.message), message.source);
+    assert.equal(readFileSync(file, "utf8"), text);
+    assert.equal(existsSync(`${file}.lock`), false);
+  }
   rmSync(dir, { recursive: true });
 });
 

@@ -328,6 +328,22 @@ test("the read commands on an agent nothing has polled or baked for yet show it 
   }
 });
 
+test("an error is one line, even one quoting a damaged file's line breaks (a ledger that is not JSON)", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-damaged-"));
+  try {
+    mkdirSync(path.join(checkpoints, "demo"));
+    const ledger = path.join(checkpoints, "demo", "ledger.json");
+    writeFileSync(ledger, "hello\nworld\n");
+    const r = kiln(["knowledge", "list", "demo", "--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints]);
+    assert.equal(r.status, 1);
+    assert.equal(r.stderr.split("\n").filter(Boolean).length, 1, r.stderr);
+    assert.match(r.stderr, /^kiln: .*ledger\.json is not a readable ledger \(.*"hello world ?".*\); it was left untouched\n$/);
+    assert.equal(readFileSync(ledger, "utf8"), "hello\nworld\n");
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
 test("a mistyped required option is named as unknown, with the right spelling, rather than reported missing", () => {
   const generate = kiln(["generate", "--promt", "hi"]);
   assert.equal(generate.status, 1);

@@ -253,6 +253,20 @@ function fitsTool(call: { function: { name: string; arguments: string } }): bool
   return false;
 }
 
+test("sampling parameters kiln does not honour are a 400 naming them, not silently ignored; their neutral values pass", async () => {
+  const ok = { model: "tester", messages: [{ role: "user", content: "hi" }], max_tokens: 2 };
+  for (const [param, value] of [["presence_penalty", 1.5], ["frequency_penalty", -0.5], ["logit_bias", { "50256": -100 }], ["top_logprobs", 3]] as const) {
+    const r = await call("/v1/chat/completions", { method: "POST", body: { ...ok, [param]: value } });
+    assert.equal(r.status, 400, `${param}: ${r.text}`);
+    assertErrorShape(r.json, 400);
+    assert.equal(r.json.error.param, param);
+    assert.equal(r.json.error.code, "unsupported_parameter");
+  }
+  // what clients send by default (LangChain's ChatOpenAI sent both penalties as 0)
+  const neutral = await call("/v1/chat/completions", { method: "POST", body: { ...ok, presence_penalty: 0, frequency_penalty: 0, logit_bias: {}, top_logprobs: null } });
+  assert.equal(neutral.status, 200, neutral.text);
+});
+
 test("tool_choice through the API: a forced call is one call whose arguments fit the function; auto and none answer in text", async () => {
   const base = { model: "tester", messages: [{ role: "user" as const, content: "What is the weather in Quillport?" }], tools: [WEATHER, TIME], temperature: 0, max_tokens: 48 };
   // left to itself the random model writes no call

@@ -228,6 +228,14 @@ test("bad requests get 4xx in OpenAI's error shape; unknown models 404; a token 
   const nowhere = await call("/v1/nowhere");
   assert.equal(nowhere.status, 404);
   assertErrorShape(nowhere.json, 404);
+  // errors fastify's router meets before any route: they came in fastify's own shape
+  const badEncoding = await call("/admin/agents/%E0%A4%A/items");
+  assert.equal(badEncoding.status, 400);
+  assertErrorShape(badEncoding.json, 400);
+  assert.match(badEncoding.json.error.message, /not valid percent-encoding/);
+  const longId = await call(`/admin/agents/tester/items/${"a".repeat(5000)}`);
+  assert.equal(longId.status, 414);
+  assertErrorShape(longId.json, 414);
 
   const crossSite = await call("/admin/agents", { headers: { origin: "http://evil.example" } });
   assert.equal(crossSite.status, 403);

@@ -60,6 +60,20 @@ const FASTIFY_MESSAGES: Record<string, string> = {
   FST_ERR_CTP_EMPTY_JSON_BODY: "the body is empty but content-type is application/json",
 };
 
+/**
+ * Errors fastify's router meets before any route or hook runs (a path that is not valid percent
+ * encoding, a path parameter past its length limit): passed as the `frameworkErrors` option, since
+ * setErrorHandler never sees them and fastify answered them in its own shape.
+ */
+export function frameworkError(err: FastifyError, _request: FastifyRequest, reply: FastifyReply): void {
+  const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 400;
+  const message =
+    err.code === "FST_ERR_BAD_URL" ? "the path is not valid percent-encoding (a % must be followed by two hex digits of UTF-8)" :
+    err.code === "FST_ERR_MAX_PARAM_LENGTH" ? "a name or id in the path is longer than the server accepts" :
+    err.message;
+  void reply.code(status).send(errorBody(status, message, err.code ?? null));
+}
+
 export function installErrorHandlers(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError | ApiError | LedgerError | Error, request: FastifyRequest, reply: FastifyReply) => {
     if (err instanceof ApiError) {

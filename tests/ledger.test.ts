@@ -111,6 +111,8 @@ test("a ledger of the wrong shape, or from a newer kiln, is refused naming the f
     [(d) => delete d.items[0].status, /\(items\[0\]\.status is missing, not one of pending,/],
     [(d) => delete d.items[0].history, /\(items\[0\]\.history is not a list\)/],
     [(d) => d.versions.push({ id: "v0001", dir: "v0001", status: "live" }), /\(versions\[0\]\.items is not a list\)/],
+    // a feed poll said only "pollFeed: state must come from initialFeedState() or a previous poll"
+    [(d) => d.feeds.push({ id: "harbor", url: "x", seenKeys: null, consecutiveErrors: 0 }), /\(feeds\[0\]\.seenKeys is not a list\)/],
   ];
   for (const [damage, message] of cases) {
     const d = structuredClone(good);

@@ -233,6 +233,13 @@ export function ledgerProblem(d: unknown): string | null {
     if (!["live", "kept", "rejected", "retired"].includes(v.status as string)) return `versions[${i}].status is ${shown(v.status)}, not live, kept, rejected or retired`;
     if (!Array.isArray(v.items)) return `versions[${i}].items is not a list`;
   }
+  const feeds = (d.feeds ?? []) as unknown[];
+  for (let i = 0; i < feeds.length; i++) {
+    const f = feeds[i];
+    if (!isObject(f) || typeof f.id !== "string") return `feeds[${i}] is not a feed record (an object with an id)`;
+    if (!Array.isArray(f.seenKeys)) return `feeds[${i}].seenKeys is not a list`;
+    if (typeof f.consecutiveErrors !== "number") return `feeds[${i}].consecutiveErrors is not a number`;
+  }
   const bakes = d.bakes as unknown[];
   for (let i = 0; i < bakes.length; i++) {
     const b = bakes[i];

@@ -228,6 +228,16 @@ test("bad requests get 4xx in OpenAI's error shape; unknown models 404; a token 
   const nowhere = await call("/v1/nowhere");
   assert.equal(nowhere.status, 404);
   assertErrorShape(nowhere.json, 404);
+  // a value that fits none of a union's shapes says what the shapes are (it said "Invalid input")
+  const stops = await call("/v1/chat/completions", { method: "POST", body: { ...ok, stop: Array.from({ length: 17 }, (_, i) => `s${i}`) } });
+  assert.equal(stops.status, 400);
+  assert.equal(stops.json.error.message, "stop: stop must be a string or a list of at most 16 strings");
+  const context = await call("/admin/agents/tester/probe", { method: "POST", body: { question: "Who runs the ferry?", context: 5 } });
+  assert.equal(context.status, 400);
+  assert.match(context.json.error.message, /^context: context must be a string or a list of at most 50 strings/);
+  const follow = await call("/admin/agents/tester/bakes/events?follow=maybe");
+  assert.equal(follow.status, 400);
+  assert.equal(follow.json.error.message, "query.follow: expected true, false, 1 or 0");
   // errors fastify's router meets before any route: they came in fastify's own shape
   const badEncoding = await call("/admin/agents/%E0%A4%A/items");
   assert.equal(badEncoding.status, 400);

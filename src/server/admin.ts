@@ -45,7 +45,7 @@ function parse<S extends z.ZodType>(schema: S, value: unknown, where: string): z
   return r.data;
 }
 
-const bool = z.union([z.boolean(), z.enum(["true", "false", "1", "0"]).transform((s) => s === "true" || s === "1")]);
+const bool = z.union([z.boolean(), z.enum(["true", "false", "1", "0"]).transform((s) => s === "true" || s === "1")], { message: "expected true, false, 1 or 0" });
 
 const ItemsQuery = z.object({
   status: z
@@ -88,7 +88,7 @@ const VerifyBody = z.object({ ids: z.array(z.string().min(1)).min(1, "ids is emp
 const ProbeBody = z.object({
   question: z.string().trim().min(1, "question is required").max(2000),
   // one item or several: the CLI takes one --context per item, so a plain string is one item
-  context: z.union([z.string().max(8000).transform((s) => [s]), z.array(z.string().max(8000)).max(50)]).optional(),
+  context: z.union([z.string().max(8000).transform((s) => [s]), z.array(z.string().max(8000)).max(50)], { message: "context must be a string or a list of at most 50 strings, each at most 8000 characters" }).optional(),
 });
 
 type NameParams = { Params: { name: string } };

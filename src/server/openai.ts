@@ -125,7 +125,7 @@ const ChatRequest = z.object({
   /** extension: top-k sampling (0 = off) */
   top_k: z.number().int().min(0).nullish(),
   seed: z.number().int().nullish(),
-  stop: z.union([z.string(), z.array(z.string()).max(16)]).nullish(),
+  stop: z.union([z.string(), z.array(z.string()).max(16)], { message: "stop must be a string or a list of at most 16 strings" }).nullish(),
   n: z.number().int().nullish(),
   user: z.string().nullish(),
   logprobs: z.boolean().nullish(),

@@ -561,6 +561,16 @@ test("dedupe: republished text under a new guid, repeated guids, link and hash k
   assert.deepEqual(second.entries.map((e) => e.guid), ["x2"]);
 });
 
+test("several stories under one guid: the first is read and the rest are named in a note, not dropped without a word", async () => {
+  mutable = { status: 200, body: rss([item({ guid: "0", title: "Mill closes", description: "Dunmore mill shut." }), item({ guid: "0", title: "Ferry opens", description: "Noon ferry." }), item({ guid: "0", title: "Mill closes", description: "Dunmore mill shut." })].join("")) };
+  const r = await pollFeed(src("/mutable.xml"), initialFeedState());
+  assert.deepEqual(r.entries.map((e) => e.text), ["Mill closes: Dunmore mill shut."]);
+  assert.deepEqual(r.notes, ["item guid:0 is listed with 2 different texts in one fetch: only the first (newest) was read, 1 passed over (does the feed give several stories one guid?)"]);
+  // said when news is passed over, not on every poll of the same listing
+  const again = await pollFeed(src("/mutable.xml"), r.state);
+  assert.equal(again.notes, undefined);
+});
+
 test("entities escaped twice (inside CDATA, or &amp;lt;p&amp;gt;) end up as characters, not as entity names", () => {
   // What rss-parser hands over for <description><![CDATA[...]]></description>: the HTML as written.
   assert.equal(htmlToText("<p>Hello&amp;nbsp;world, it&amp;#8217;s &amp;ldquo;fine&amp;rdquo;</p>"), "Hello world, it’s “fine”");

@@ -569,12 +569,17 @@ function dedupe(
   const hashes: Record<string, string> = {};
   const revisions: Record<string, ItemRevisions> = {};
   const notes: string[] = [];
+  /** per key listed again in this fetch with a text not read before: how many such listings were passed over */
+  const passedOver = new Map<string, number>();
   for (const entry of candidates) {
     const hashKey = `hash:${entry.contentHash}`;
     const keyed = entry.key !== hashKey; // a guid, link or title: the feed can change its text
     const keys = keyed ? [entry.key, hashKey] : [hashKey];
     const earlier = keys.some((k) => inFetch.has(k));
     const listedTwice = inFetch.has(entry.key);
+    // A feed that gives several stories one guid (a broken CMS) loses all but the first for good:
+    // their texts are marked seen. Say so, rather than drop news without a word.
+    if (listedTwice && !inFetch.has(hashKey) && !seen.has(hashKey)) passedOver.set(entry.key, (passedOver.get(entry.key) ?? 0) + 1);
     for (const k of keys) inFetch.add(k);
     const taken = own(state.lastHashes, entry.key);
     // A title names an untagged item only while the feed keeps listing it under that title: with
@@ -631,6 +636,9 @@ function dedupe(
       hashes[entry.key] = entry.contentHash;
       revisions[entry.key] = { taken: [...recent, now] };
     }
+  }
+  for (const [key, n] of passedOver) {
+    notes.push(`item ${key} is listed with ${n + 1} different texts in one fetch: only the first (newest) was read, ${n} passed over (does the feed give several stories one ${key.slice(0, key.indexOf(":"))}?)`);
   }
   // candidates are newest first; seenKeys are most recent last.
   const touched = [...inFetch].reverse();

@@ -421,6 +421,21 @@ test("broken feeds return a clear error naming the url, never throw", async () =
   assert.match((await pollFeed({ id: "nofile", url: path.join(tmp, "missing.xml") }, initialFeedState())).error!, /ENOENT/);
 });
 
+test("RSS or Atom missing a part the parser needs says which, not the parser's TypeError", async () => {
+  const cases: [string, RegExp][] = [
+    ['<rss version="2.0"></rss>', /not a valid RSS or Atom feed: it has no <channel>$/],
+    ['<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"></rdf:RDF>', /it has no <channel>$/],
+    ['<feed xmlns="http://www.w3.org/2005/Atom"><entry></entry><entry><id>b</id><title>Good</title></entry></feed>', /an <entry> or <link> in it lacks what Atom requires/],
+    ['<feed xmlns="http://www.w3.org/2005/Atom"><entry><id>a</id><title>T</title><link/></entry></feed>', /a <link> without href/],
+  ];
+  for (const [body, problem] of cases) {
+    mutable = { status: 200, body };
+    const r = await pollFeed(src("/mutable.xml"), initialFeedState());
+    assert.match(r.error ?? "", problem, body);
+    assert.doesNotMatch(r.error!, /Cannot read properties/);
+  }
+});
+
 test("429/503 with Retry-After: no request before that time (capped at a day), then polls resume", async () => {
   const t0 = new Date("2024-03-01T12:00:00Z");
   const at = (ms: number) => ({ now: () => new Date(t0.getTime() + ms) });

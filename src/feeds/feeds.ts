@@ -443,8 +443,19 @@ async function parseFeed(xml: string): Promise<RawItem[]> {
     return (Array.isArray(feed.items) ? feed.items : []) as RawItem[];
   } catch (err) {
     // rss-parser rejects for broken XML and for XML that is not RSS/Atom (an HTML error page).
-    throw new FeedProblem(`not a valid RSS or Atom feed: ${messageOf(err)}`);
+    throw new FeedProblem(`not a valid RSS or Atom feed: ${err instanceof TypeError ? missingPart(xml, err) : messageOf(err)}`);
   }
+}
+
+/**
+ * rss-parser reads RSS and Atom without checking their parts are there, and fails with its own
+ * TypeError ("Cannot read properties of undefined (reading '$')"): say which part is missing.
+ */
+function missingPart(xml: string, err: TypeError): string {
+  const head = xml.slice(0, 4096);
+  if (/<(rss|rdf:RDF)[\s>]/.test(head) && !/<channel[\s>/]/.test(xml)) return "it has no <channel>";
+  if (/<feed[\s>]/.test(head)) return "an <entry> or <link> in it lacks what Atom requires (an empty <entry>, or a <link> without href?)";
+  return `the parser failed on its structure (${err.message})`;
 }
 
 function parseDate(value: string | undefined): number | undefined {

@@ -276,6 +276,9 @@ test("whyNotLive: a rejected, pruned, or retracted-item-holding version says why
   assert.equal(ledger.whyNotLive("v0001"), null);
   assert.match(ledger.whyNotLive("v0002")!, /was rejected by the gate \(absorption 0\.2 < gate\.minAbsorption 0\.6\)/);
   assert.match(ledger.whyNotLive("v0003")!, /no longer on disk/);
+  // a kept version whose folder was removed by hand was not pruned: the message names the folder
+  await ledger.update((d) => d.versions.push(version("v0004", "kept", [])));
+  assert.equal(ledger.whyNotLive("v0004"), `version v0004 is no longer on disk: its folder ${path.join(dir, "v0004")} is missing (removed or moved outside kiln)`);
   await ledger.setItemStatus([fact.id], "retracted");
   assert.equal(ledger.whyNotLive("v0001"), `version v0001 holds retracted item(s) ${fact.id}; it cannot go live again`);
   await ledger.close();

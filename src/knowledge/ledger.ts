@@ -527,7 +527,9 @@ export class Ledger {
   whyNotLive(id: string): string | null {
     const v = this.version(id);
     if (v.status === "rejected") return `version ${id} was rejected by the gate (${(v.reasons ?? []).join("; ")}); only kept versions can go live`;
-    if (v.status === "retired" || !existsSync(v.dir)) return `version ${id} is no longer on disk (pruned)`;
+    if (v.status === "retired") return `version ${id} is no longer on disk (pruned)`;
+    // kiln never deletes a kept or live version's folder: saying "pruned" sent users looking for a cause in kiln
+    if (!existsSync(v.dir)) return `version ${id} is no longer on disk: its folder ${v.dir} is missing (removed or moved outside kiln)`;
     const retracted = this.retractedIn(id);
     if (retracted.length) return `version ${id} holds retracted item(s) ${retracted.join(", ")}; it cannot go live again`;
     return null;

@@ -813,7 +813,7 @@ export class Agent {
     const id = version === "live" ? this.ledger.data.live : version;
     if (id === null) throw new Error(`${this.name} is live on the base model: there is no adapter to export`);
     const v = this.ledger.version(id);
-    if (!existsSync(v.dir)) throw new Error(`version ${id} is no longer on disk (pruned)`);
+    if (!existsSync(v.dir)) throw new Error(`version ${id} is no longer on disk${v.status === "retired" ? " (pruned)" : `: its folder ${v.dir} is missing (removed or moved outside kiln)`}`);
     const result = await exportAdapter({ adapterDir: v.dir, model: this.model, name: `${this.name}-${id}` }, to, opts);
     return { version: id, status: v.status, ...result };
   }

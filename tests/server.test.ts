@@ -228,6 +228,12 @@ test("bad requests get 4xx in OpenAI's error shape; unknown models 404; a token 
   const nowhere = await call("/v1/nowhere");
   assert.equal(nowhere.status, 404);
   assertErrorShape(nowhere.json, 404);
+  // a body that is not a JSON object says what a body must be (it said "Invalid input: expected object, received string")
+  for (const [route, headers, body] of [["/v1/chat/completions", { "content-type": "text/plain" }, "hello"], ["/admin/agents/tester/items", { "content-type": "text/plain" }, "hello"], ["/admin/agents/tester/bakes", {}, "[]"]] as const) {
+    const r = await call(route, { method: "POST", body, headers });
+    assert.equal(r.status, 400, route);
+    assert.match(r.json.error.message, /^the request body must be a JSON object, sent as application\/json \(Invalid input: expected object, received (string|array)\)$/, route);
+  }
   // a value that fits none of a union's shapes says what the shapes are (it said "Invalid input")
   const stops = await call("/v1/chat/completions", { method: "POST", body: { ...ok, stop: Array.from({ length: 17 }, (_, i) => `s${i}`) } });
   assert.equal(stops.status, 400);

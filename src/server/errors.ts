@@ -50,7 +50,9 @@ export function validationError(err: ZodError, prefix = ""): ApiError {
   const issue = err.issues[0]!;
   const param = [prefix, ...issue.path.map(String)].filter(Boolean).join(".") || null;
   const more = err.issues.length > 1 ? ` (and ${err.issues.length - 1} more problem${err.issues.length > 2 ? "s" : ""})` : "";
-  return new ApiError(400, `${param ? `${param}: ` : ""}${issue.message}${more}`, "invalid_value", param);
+  // the body as a whole (a text/plain body arrives as a string): say what a body must be
+  const message = !param && issue.code === "invalid_type" ? `the request body must be a JSON object, sent as application/json (${issue.message})` : issue.message;
+  return new ApiError(400, `${param ? `${param}: ` : ""}${message}${more}`, "invalid_value", param);
 }
 
 /** Fastify's own errors (bad JSON, body too large, wrong content type) keep their status. */

@@ -182,6 +182,19 @@ test("a remember command through the API is applied by the runtime and the reply
   await runtime.agent("tester").retract([item.id]); // leave the ledger as the other tests expect it
 });
 
+test("a fact longer than a bake's prompt holds of one is refused where it is told, not stored to be baked cut short", async () => {
+  const long = `The ferry timetable says ${"the boat leaves at noon and ".repeat(20)}returns at six.`;
+  const before = runtime.agent("tester").ledger.data.items.length;
+  const api = await call("/admin/agents/tester/items", { method: "POST", body: { text: long } });
+  assert.equal(api.status, 400, api.text);
+  assert.equal(api.json.error.param, "text");
+  assert.match(api.json.error.message, /^text: a fact is at most 400 characters, as much as a bake's prompt holds of one \(this one has \d+\): split it into shorter facts$/);
+  const chat = await client.chat.completions.create({ model: "tester", messages: [{ role: "user", content: `remember that ${long}` }] });
+  assert.match(chat.choices[0]!.message.content!, /^I cannot note that: a fact is at most 400 characters/);
+  await assert.rejects(runtime.agent("tester").remember(long), /a fact is at most 400 characters/);
+  assert.equal(runtime.agent("tester").ledger.data.items.length, before, "nothing was stored");
+});
+
 test("bad requests get 4xx in OpenAI's error shape; unknown models 404; a token is required", async () => {
   const rejects = async (p: Promise<unknown>, status: number, param?: string) => {
     try {

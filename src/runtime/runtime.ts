@@ -6,7 +6,7 @@ import { loadModel, type LoadedModel } from "../model/load.js";
 import { resolveModelDir, PACKAGE_ROOT } from "../model/resolve.js";
 import type { GenerateOptions, GenerationResult } from "../model/generate.js";
 import type { ChatMessage } from "../model/tokenizer.js";
-import { buildKnowledgePrompt } from "../bake/prompt.js";
+import { buildKnowledgePrompt, tooLongForItem } from "../bake/prompt.js";
 import { explicitRequest, extractFacts, extractFactsWithModel, forgetMatches, forgetWords, MAX_FORGET, modelExtractor, type FactAction } from "../agent/facts.js";
 import { loadAgentConfig, type AgentConfig } from "./agent-config.js";
 import { Agent, type AgentEvents } from "./agent.js";
@@ -267,6 +267,11 @@ export class Runtime {
     const said: string[] = [];
     for (const action of actions) {
       if (action.kind === "remember") {
+        const tooLong = tooLongForItem(action.text);
+        if (tooLong) {
+          said.push(`I cannot note that: ${tooLong}.`);
+          continue;
+        }
         const r = await agent.remember(action.text, "conversation", { conversationId });
         if (r.added) captured.push(action.text);
         said.push(r.added ? `Noted for my next bake: ${action.text}` : `I was told that already (${r.item.status}): ${r.item.text}`);

@@ -31,6 +31,7 @@ import { existsSync } from "node:fs";
 import path from "node:path";
 import { z } from "zod";
 import { ITEM_STATUSES as STATUSES, type BakeRun, type Item, type ItemStatus } from "../knowledge/ledger.js";
+import { tooLongForItem } from "../bake/prompt.js";
 import type { Agent, BakeOutcome } from "../runtime/agent.js";
 import type { BakeEvent } from "./bake-watch.js";
 import { clientSignal, findAgent, type ServerContext } from "./context.js";
@@ -60,7 +61,14 @@ const ItemsQuery = z.object({
   offset: z.coerce.number().int().min(0).default(0),
 });
 const RememberBody = z.object({
-  text: z.string().trim().min(1, "text is required").max(8000, "text is longer than 8000 characters"),
+  text: z
+    .string()
+    .trim()
+    .min(1, "text is required")
+    .superRefine((t, ctx) => {
+      const tooLong = tooLongForItem(t);
+      if (tooLong) ctx.addIssue({ code: "custom", message: tooLong });
+    }),
   kind: z.enum(["manual", "instruction"]).default("manual"),
 });
 const RetractBody = z.object({ reason: z.string().max(500).optional() });

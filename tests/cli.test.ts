@@ -139,6 +139,20 @@ test("piped chat input is answered line by line, none dropped while a reply stre
   }
 });
 
+test("a chat line the model cannot take (longer than its context) is said, and the chat goes on", () => {
+  const { dir, agents, checkpoints } = twoAgents();
+  try {
+    // kiln-mini has 512 positions
+    const input = `${"word ".repeat(2000)}\n/version\n/quit\n`;
+    const r = kiln(["chat", "demo", "--agents", agents, "--checkpoints", checkpoints, "--max-tokens", "8"], { input });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /^kiln: .*exceeds the model's 512 positions$/m);
+    assert.match(r.stdout, /^> base model$/m, "/version, after the long line, was answered");
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("feeds add writes a local feed's path as the agent file will read it, and refuses one that is not there", () => {
   const { dir, agents, checkpoints } = twoAgents();
   const where = ["--agents", agents, "--checkpoints", checkpoints];

@@ -149,6 +149,12 @@ export class Runtime {
         const relative = /^\.{1,2}[\\/]/.test(config.model) ? ` (a folder is read relative to the agent file: ${path.resolve(config.feedsBase, config.model)})` : "";
         throw new Error(`${config.file ?? `agent ${config.name}`}: model: ${(err as Error).message}${relative}`);
       }
+      // the agent file is checked without its model: a reply as long as the model's context failed
+      // every bake, saying only "maxTokens (100000) exceeds the model's 2048 positions"
+      const reply = config.bake.settings.maxReplyTokens;
+      if (reply !== undefined && reply >= model.config.maxPositions) {
+        throw new Error(`${config.file ?? `agent ${config.name}`}: bake.settings.maxReplyTokens: ${reply} leaves no room for a prompt in the model's ${model.config.maxPositions} positions`);
+      }
       this.agents.set(config.name, await Agent.open(config, model, this.events, this.bakeTurn, opts));
     }
   }

@@ -2,7 +2,7 @@
 // rather than overwritten.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -125,6 +125,20 @@ test("a ledger of the wrong shape, or from a newer kiln, is refused naming the f
     assert.equal(existsSync(`${file}.lock`), false);
   }
   rmSync(dir, { recursive: true });
+});
+
+test("a folder that cannot be made (under /proc) fails with its error instead of hanging the process", { skip: !existsSync("/proc/self") && "no /proc here" }, () => {
+  // Node 20's recursive mkdir spins forever there, so this runs in a child with a deadline: an
+  // admin-API export to "/proc/x" held a server's event loop for good
+  const script = `
+    const { writeFolderAtomically } = await import(${JSON.stringify(new URL("../src/lora/peft.js", import.meta.url).href)});
+    const { Ledger } = await import(${JSON.stringify(new URL("../src/knowledge/ledger.js", import.meta.url).href)});
+    for (const make of [() => writeFolderAtomically("/proc/kiln-nope/x", () => {}), () => Ledger.open("/proc/kiln-nope/ledger.json")]) {
+      try { await make(); console.log("made"); } catch (err) { console.log(err.code ?? err.message); }
+    }`;
+  const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], { encoding: "utf8", timeout: 30_000 });
+  assert.equal(r.signal, null, "the child finished on its own");
+  assert.equal(r.stdout, "ENOENT\nENOENT\n", r.stderr);
 });
 
 test("a long-lived ledger's histories are capped, newest kept, an item's first entry kept", () => {

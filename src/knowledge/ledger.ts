@@ -5,11 +5,12 @@
 // process from writing at the same time. Tensors and logs never go in here: the whole document is
 // rewritten on every change.
 import { createHash, randomBytes } from "node:crypto";
-import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { Low } from "lowdb";
 import { DataFile } from "lowdb/node";
 import type { FeedState } from "../feeds/feeds.js";
+import { makeDirs } from "../files.js";
 
 export type ItemKind = "feed" | "conversation" | "manual" | "instruction";
 export const ITEM_STATUSES = ["pending", "baking", "absorbed", "rejected", "retracted", "superseded", "expired"] as const;
@@ -271,7 +272,7 @@ export class Ledger {
    */
   static async open(file: string, opts: { readOnly?: boolean } = {}): Promise<Ledger> {
     // read-only opens touch nothing: a ledger not there yet reads as an empty one
-    if (!opts.readOnly) mkdirSync(path.dirname(file), { recursive: true });
+    if (!opts.readOnly) makeDirs(path.dirname(file));
     let lockFile: string | null = null;
     if (!opts.readOnly) {
       lockFile = `${file}.lock`;

@@ -5,7 +5,7 @@
 //   promote: manifest written, ledger updated, live model swapped; old versions pruned
 import { createHash } from "node:crypto";
 import { EventEmitter } from "node:events";
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import cron, { type ScheduledTask } from "node-cron";
 import { startCycle, type WorkerProgress } from "../bake/job.js";
@@ -22,6 +22,7 @@ import { ADAPTER_WEIGHTS } from "../lora/peft.js";
 import { exportAdapter, type ExportOptions, type ExportResult } from "../lora/export.js";
 import type { AgentConfig } from "./agent-config.js";
 import { LiveModel } from "./live.js";
+import { makeDirs } from "../files.js";
 
 export interface BakeOutcome {
   status: "skipped" | "promoted" | "rejected" | "failed";
@@ -238,7 +239,7 @@ export class Agent {
       agent.goLiveOnRecord();
       return agent;
     }
-    mkdirSync(config.homeDir, { recursive: true });
+    makeDirs(config.homeDir);
     const ledgerFile = path.join(config.homeDir, "ledger.json");
     const versions = readdirSync(config.homeDir).filter((f) => VERSION_DIR.test(f));
     if (!existsSync(ledgerFile) && versions.length) {
@@ -309,7 +310,7 @@ export class Agent {
         this.log(`removed ${f}: a half-written checkpoint (an interrupted bake)`);
       } else if (VERSION_DIR.test(f) && !known.has(f)) {
         const aside = path.join(this.config.homeDir, "orphaned", `${f}-${new Date().toISOString().replace(/[:.]/g, "-")}`);
-        mkdirSync(path.dirname(aside), { recursive: true });
+        makeDirs(path.dirname(aside));
         renameSync(where, aside);
         this.log(`moved ${f} to ${path.relative(this.config.homeDir, aside)}: a checkpoint no version record owns (an interrupted bake)`);
       }

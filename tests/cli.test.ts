@@ -139,6 +139,20 @@ test("piped chat input is answered line by line, none dropped while a reply stre
   }
 });
 
+test("a chat line the model cannot take (longer than its context) is said, and the chat goes on", () => {
+  const { dir, agents, checkpoints } = twoAgents();
+  try {
+    // kiln-mini has 512 positions
+    const input = `${"word ".repeat(2000)}\n/version\n/quit\n`;
+    const r = kiln(["chat", "demo", "--agents", agents, "--checkpoints", checkpoints, "--max-tokens", "8"], { input });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stderr, /^kiln: .*exceeds the model's 512 positions$/m);
+    assert.match(r.stdout, /^> base model$/m, "/version, after the long line, was answered");
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("feeds add writes a local feed's path as the agent file will read it, and refuses one that is not there", () => {
   const { dir, agents, checkpoints } = twoAgents();
   const where = ["--agents", agents, "--checkpoints", checkpoints];
@@ -473,6 +487,22 @@ test("the read commands on an agent nothing has polled or baked for yet show it 
     assert.equal(items.status, 0, items.stderr);
     assert.ok(Array.isArray(JSON.parse(items.stdout)));
     assert.deepEqual(readdirSync(checkpoints), [], "reading creates nothing");
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
+test("an error is one line, even one quoting a damaged file's line breaks (a ledger that is not JSON)", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-damaged-"));
+  try {
+    mkdirSync(path.join(checkpoints, "demo"));
+    const ledger = path.join(checkpoints, "demo", "ledger.json");
+    writeFileSync(ledger, "hello\nworld\n");
+    const r = kiln(["knowledge", "list", "demo", "--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints]);
+    assert.equal(r.status, 1);
+    assert.equal(r.stderr.split("\n").filter(Boolean).length, 1, r.stderr);
+    assert.match(r.stderr, /^kiln: .*ledger\.json is not a readable ledger \(.*"hello world ?".*\); it was left untouched\n$/);
+    assert.equal(readFileSync(ledger, "utf8"), "hello\nworld\n");
   } finally {
     rmSync(checkpoints, { recursive: true });
   }

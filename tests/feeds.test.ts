@@ -421,6 +421,21 @@ test("broken feeds return a clear error naming the url, never throw", async () =
   assert.match((await pollFeed({ id: "nofile", url: path.join(tmp, "missing.xml") }, initialFeedState())).error!, /ENOENT/);
 });
 
+test("RSS or Atom missing a part the parser needs says which, not the parser's TypeError", async () => {
+  const cases: [string, RegExp][] = [
+    ['<rss version="2.0"></rss>', /not a valid RSS or Atom feed: it has no <channel>$/],
+    ['<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"></rdf:RDF>', /it has no <channel>$/],
+    ['<feed xmlns="http://www.w3.org/2005/Atom"><entry></entry><entry><id>b</id><title>Good</title></entry></feed>', /an <entry> or <link> in it lacks what Atom requires/],
+    ['<feed xmlns="http://www.w3.org/2005/Atom"><entry><id>a</id><title>T</title><link/></entry></feed>', /a <link> without href/],
+  ];
+  for (const [body, problem] of cases) {
+    mutable = { status: 200, body };
+    const r = await pollFeed(src("/mutable.xml"), initialFeedState());
+    assert.match(r.error ?? "", problem, body);
+    assert.doesNotMatch(r.error!, /Cannot read properties/);
+  }
+});
+
 test("429/503 with Retry-After: no request before that time (capped at a day), then polls resume", async () => {
   const t0 = new Date("2024-03-01T12:00:00Z");
   const at = (ms: number) => ({ now: () => new Date(t0.getTime() + ms) });
@@ -559,6 +574,16 @@ test("dedupe: republished text under a new guid, repeated guids, link and hash k
   mutable = { status: 200, body: rss([item({ guid: "x1-republished", title: "Story  X", description: "<![CDATA[<p>Body X.</p>]]>" }), item({ guid: "x2", title: "Story Y", description: "Body Y." })].join("")) };
   const second = await pollFeed(src("/mutable.xml"), first.state);
   assert.deepEqual(second.entries.map((e) => e.guid), ["x2"]);
+});
+
+test("several stories under one guid: the first is read and the rest are named in a note, not dropped without a word", async () => {
+  mutable = { status: 200, body: rss([item({ guid: "0", title: "Mill closes", description: "Dunmore mill shut." }), item({ guid: "0", title: "Ferry opens", description: "Noon ferry." }), item({ guid: "0", title: "Mill closes", description: "Dunmore mill shut." })].join("")) };
+  const r = await pollFeed(src("/mutable.xml"), initialFeedState());
+  assert.deepEqual(r.entries.map((e) => e.text), ["Mill closes: Dunmore mill shut."]);
+  assert.deepEqual(r.notes, ["item guid:0 is listed with 2 different texts in one fetch: only the first (newest) was read, 1 passed over (does the feed give several stories one guid?)"]);
+  // said when news is passed over, not on every poll of the same listing
+  const again = await pollFeed(src("/mutable.xml"), r.state);
+  assert.equal(again.notes, undefined);
 });
 
 test("entities escaped twice (inside CDATA, or &amp;lt;p&amp;gt;) end up as characters, not as entity names", () => {

@@ -6,6 +6,8 @@ import { loadModel } from "../src/model/load.js";
 import { generate, streamGenerate } from "../src/model/generate.js";
 import { sampleToken, seededRandom } from "../src/model/sampling.js";
 import { fixtureDir } from "./support/paths.js";
+import { fitConversation } from "../src/runtime/runtime.js";
+import type { ChatMessage } from "../src/model/tokenizer.js";
 
 await initBackend();
 const model = loadModel(fixtureDir("llama"));
@@ -159,5 +161,46 @@ test("sampling never picks a token masked to -Infinity (constrained decoding), e
     const logits = Float32Array.from({ length: 50 }, (_, i) => (i < 10 ? random() * 3 : -Infinity));
     const token = sampleToken(logits, { temperature: 0.7 + random(), topK: 0, topP: 1 }, nearlyOne);
     assert.ok(Number.isFinite(logits[token]!), `token ${token} was masked`);
+  }
+});
+
+test("a long chat is fitted to the context with renders of about what fits, keeping what dropping the oldest turns one by one keeps", () => {
+  const budget = model.config.maxPositions - 8;
+  /** the plain rule: drop the oldest turn that is not a system message until the rest fits; the last stays */
+  const oneByOne = (messages: ChatMessage[]) => {
+    let kept = [...messages];
+    let ids = model.tokenizer.applyChatTemplate(kept);
+    while (ids.length > budget) {
+      const first = kept.findIndex((m) => m.role !== "system");
+      if (first < 0 || first === kept.length - 1) break;
+      kept = [...kept.slice(0, first), ...kept.slice(first + 1)];
+      ids = model.tokenizer.applyChatTemplate(kept);
+    }
+    return ids;
+  };
+  const turns = (n: number, words = 1) => Array.from({ length: n }, (_, i): ChatMessage => ({ role: i % 2 ? "assistant" : "user", content: `turn ${i} `.repeat(words) }));
+  const system: ChatMessage = { role: "system", content: "Be brief." };
+  for (const messages of <ChatMessage[][]>[
+    turns(1),
+    turns(3),
+    turns(40),
+    [system, ...turns(40, 3)],
+    [system, ...turns(10), { role: "system", content: "Answer in French." }, ...turns(25)],
+    [...turns(30), system],
+    [{ role: "user", content: "word ".repeat(2 * model.config.maxPositions) }],
+  ]) {
+    assert.deepEqual(fitConversation(model, messages, 8), oneByOne(messages), `${messages.length} messages`);
+  }
+  // A few KB of short turns cost a render of the whole chat per turn dropped (1,000 turns held a
+  // server's event loop for 40 s); now the renders hold about what fits, a few times over.
+  const render = model.tokenizer.renderChat.bind(model.tokenizer);
+  let rendered = 0;
+  model.tokenizer.renderChat = (messages, ...rest) => ((rendered += messages.length), render(messages, ...rest));
+  try {
+    const ids = fitConversation(model, turns(1000), 8);
+    assert.ok(ids.length <= budget);
+    assert.ok(rendered < 2000, `rendered ${rendered} messages in all to fit a 1,000-turn chat`);
+  } finally {
+    model.tokenizer.renderChat = render;
   }
 });

@@ -2,7 +2,7 @@
 // rather than overwritten.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -87,12 +87,58 @@ test("a corrupt ledger is refused with its path and left untouched", async () =>
   await assert.rejects(Ledger.open(file), /ledger\.json is not a readable ledger .* left untouched/);
   assert.equal(readFileSync(file, "utf8"), '{"schema": 1, "items": [');
   writeFileSync(file, '{"something": "else"}');
-  await assert.rejects(Ledger.open(file), /is not a kiln ledger/);
+  await assert.rejects(Ledger.open(file), /is not a usable kiln ledger \(schema missing; a kiln ledger has schema 1\)/);
   // lowdb reads "null" as no data at all and would start an empty ledger over it
   writeFileSync(file, "null");
   await assert.rejects(Ledger.open(file), /is not a readable ledger \(it holds no JSON object\)/);
   assert.equal(readFileSync(file, "utf8"), "null");
   rmSync(dir, { recursive: true });
+});
+
+test("a ledger of the wrong shape, or from a newer kiln, is refused naming the field, before any command trips on it", async () => {
+  const dir = tmp();
+  const file = path.join(dir, "ledger.json");
+  const ledger = await Ledger.open(file);
+  await ledger.addItem({ kind: "manual", text: "A fact." });
+  await ledger.close();
+  const good = JSON.parse(readFileSync(file, "utf8"));
+  const cases: [(d: any) => void, RegExp][] = [
+    [(d) => (d.schema = 2), /schema 2, written by a newer kiln; this one reads schema 1/],
+    [(d) => delete d.versions, /\(versions is not a list\)/],
+    [(d) => (d.bakes = {}), /\(bakes is not a list\)/],
+    [(d) => (d.live = 3), /\(live is 3, not a version id or null\)/],
+    [(d) => d.items.push(null), /\(items\[1\] is not an object\)/],
+    [(d) => delete d.items[0].status, /\(items\[0\]\.status is missing, not one of pending,/],
+    [(d) => delete d.items[0].history, /\(items\[0\]\.history is not a list\)/],
+    [(d) => d.versions.push({ id: "v0001", dir: "v0001", status: "live" }), /\(versions\[0\]\.items is not a list\)/],
+    // a feed poll said only "pollFeed: state must come from initialFeedState() or a previous poll"
+    [(d) => d.feeds.push({ id: "harbor", url: "x", seenKeys: null, consecutiveErrors: 0 }), /\(feeds\[0\]\.seenKeys is not a list\)/],
+  ];
+  for (const [damage, message] of cases) {
+    const d = structuredClone(good);
+    damage(d);
+    const text = JSON.stringify(d);
+    writeFileSync(file, text);
+    // these opened, and failed later with a bare TypeError ("Cannot read properties of undefined (reading 'map')")
+    await assert.rejects(Ledger.open(file), (err: Error) => message.test(err.message) && err.message.includes(file) && /left untouched/.test(err.message), message.source);
+    assert.equal(readFileSync(file, "utf8"), text);
+    assert.equal(existsSync(`${file}.lock`), false);
+  }
+  rmSync(dir, { recursive: true });
+});
+
+test("a folder that cannot be made (under /proc) fails with its error instead of hanging the process", { skip: !existsSync("/proc/self") && "no /proc here" }, () => {
+  // Node 20's recursive mkdir spins forever there, so this runs in a child with a deadline: an
+  // admin-API export to "/proc/x" held a server's event loop for good
+  const script = `
+    const { writeFolderAtomically } = await import(${JSON.stringify(new URL("../src/lora/peft.js", import.meta.url).href)});
+    const { Ledger } = await import(${JSON.stringify(new URL("../src/knowledge/ledger.js", import.meta.url).href)});
+    for (const make of [() => writeFolderAtomically("/proc/kiln-nope/x", () => {}), () => Ledger.open("/proc/kiln-nope/ledger.json")]) {
+      try { await make(); console.log("made"); } catch (err) { console.log(err.code ?? err.message); }
+    }`;
+  const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], { encoding: "utf8", timeout: 30_000 });
+  assert.equal(r.signal, null, "the child finished on its own");
+  assert.equal(r.stdout, "ENOENT\nENOENT\n", r.stderr);
 });
 
 test("a long-lived ledger's histories are capped, newest kept, an item's first entry kept", () => {
@@ -244,6 +290,9 @@ test("whyNotLive: a rejected, pruned, or retracted-item-holding version says why
   assert.equal(ledger.whyNotLive("v0001"), null);
   assert.match(ledger.whyNotLive("v0002")!, /was rejected by the gate \(absorption 0\.2 < gate\.minAbsorption 0\.6\)/);
   assert.match(ledger.whyNotLive("v0003")!, /no longer on disk/);
+  // a kept version whose folder was removed by hand was not pruned: the message names the folder
+  await ledger.update((d) => d.versions.push(version("v0004", "kept", [])));
+  assert.equal(ledger.whyNotLive("v0004"), `version v0004 is no longer on disk: its folder ${path.join(dir, "v0004")} is missing (removed or moved outside kiln)`);
   await ledger.setItemStatus([fact.id], "retracted");
   assert.equal(ledger.whyNotLive("v0001"), `version v0001 holds retracted item(s) ${fact.id}; it cannot go live again`);
   await ledger.close();

@@ -147,6 +147,17 @@ function editWeights(dir: string, edit: (t: Map<string, { shape: number[]; data:
   writeFileSync(file, encodeSafetensors(tensors));
 }
 
+test("a weight holding NaN or infinity is refused, naming the file and the tensor, rather than answering garbage", () => {
+  const dir = copyOf("llama");
+  for (const bad of [NaN, Infinity, -Infinity]) {
+    editWeights(dir, (t) => (t.get("model.layers.0.self_attn.k_proj.weight")!.data[5] = bad));
+    assert.throws(() => loadModel(dir), /model\.safetensors: tensor "model\.layers\.0\.self_attn\.k_proj\.weight" holds NaN or infinite values \(at index 5\)/);
+    editWeights(dir, (t) => (t.get("model.layers.0.self_attn.k_proj.weight")!.data[5] = 0.01));
+  }
+  loadModel(dir).dispose();
+  rmSync(dir, { recursive: true });
+});
+
 test("tensors the config does not account for are refused: more layers, or biases it does not ask for", () => {
   const dir = copyOf("llama");
   editJson(path.join(dir, "config.json"), (j) => (j.num_hidden_layers = 1));

@@ -937,6 +937,13 @@ test("an agent whose model cannot be found or loaded is named with its file, and
   }
 });
 
+test("a bake reply as long as the model's context is refused when the agent loads, naming the field, not at every bake", async () => {
+  const { file, dir } = writeTestAgent({ bake: { probesPerItem: 1, checkProbes: false, openQuestions: ["hello"], settings: { ...FAST_BAKE, maxReplyTokens: 100_000 } } });
+  await assert.rejects(Runtime.fromFiles(file), (err: Error) => err.message === `${file}: bake.settings.maxReplyTokens: 100000 leaves no room for a prompt in the model's 2048 positions`);
+  assert.equal(existsSync(path.join(dir, "home", "ledger.json")), false, "nothing was written");
+  rmSync(dir, { recursive: true });
+});
+
 test("agent files with mistakes name the field", () => {
   const { dir, file } = writeTestAgent();
   writeFileSync(file, "name: x\nfeeds:\n  - id: a\n    url: http://x\n    schedule: every minute\n");

@@ -182,6 +182,19 @@ test("a remember command through the API is applied by the runtime and the reply
   await runtime.agent("tester").retract([item.id]); // leave the ledger as the other tests expect it
 });
 
+test("a fact longer than a bake's prompt holds of one is refused where it is told, not stored to be baked cut short", async () => {
+  const long = `The ferry timetable says ${"the boat leaves at noon and ".repeat(20)}returns at six.`;
+  const before = runtime.agent("tester").ledger.data.items.length;
+  const api = await call("/admin/agents/tester/items", { method: "POST", body: { text: long } });
+  assert.equal(api.status, 400, api.text);
+  assert.equal(api.json.error.param, "text");
+  assert.match(api.json.error.message, /^text: a fact is at most 400 characters, as much as a bake's prompt holds of one \(this one has \d+\): split it into shorter facts$/);
+  const chat = await client.chat.completions.create({ model: "tester", messages: [{ role: "user", content: `remember that ${long}` }] });
+  assert.match(chat.choices[0]!.message.content!, /^I cannot note that: a fact is at most 400 characters/);
+  await assert.rejects(runtime.agent("tester").remember(long), /a fact is at most 400 characters/);
+  assert.equal(runtime.agent("tester").ledger.data.items.length, before, "nothing was stored");
+});
+
 test("bad requests get 4xx in OpenAI's error shape; unknown models 404; a token is required", async () => {
   const rejects = async (p: Promise<unknown>, status: number, param?: string) => {
     try {
@@ -228,6 +241,30 @@ test("bad requests get 4xx in OpenAI's error shape; unknown models 404; a token 
   const nowhere = await call("/v1/nowhere");
   assert.equal(nowhere.status, 404);
   assertErrorShape(nowhere.json, 404);
+  // a body that is not a JSON object says what a body must be (it said "Invalid input: expected object, received string")
+  for (const [route, headers, body] of [["/v1/chat/completions", { "content-type": "text/plain" }, "hello"], ["/admin/agents/tester/items", { "content-type": "text/plain" }, "hello"], ["/admin/agents/tester/bakes", {}, "[]"]] as const) {
+    const r = await call(route, { method: "POST", body, headers });
+    assert.equal(r.status, 400, route);
+    assert.match(r.json.error.message, /^the request body must be a JSON object, sent as application\/json \(Invalid input: expected object, received (string|array)\)$/, route);
+  }
+  // a value that fits none of a union's shapes says what the shapes are (it said "Invalid input")
+  const stops = await call("/v1/chat/completions", { method: "POST", body: { ...ok, stop: Array.from({ length: 17 }, (_, i) => `s${i}`) } });
+  assert.equal(stops.status, 400);
+  assert.equal(stops.json.error.message, "stop: stop must be a string or a list of at most 16 strings");
+  const context = await call("/admin/agents/tester/probe", { method: "POST", body: { question: "Who runs the ferry?", context: 5 } });
+  assert.equal(context.status, 400);
+  assert.match(context.json.error.message, /^context: context must be a string or a list of at most 50 strings/);
+  const follow = await call("/admin/agents/tester/bakes/events?follow=maybe");
+  assert.equal(follow.status, 400);
+  assert.equal(follow.json.error.message, "query.follow: expected true, false, 1 or 0");
+  // errors fastify's router meets before any route: they came in fastify's own shape
+  const badEncoding = await call("/admin/agents/%E0%A4%A/items");
+  assert.equal(badEncoding.status, 400);
+  assertErrorShape(badEncoding.json, 400);
+  assert.match(badEncoding.json.error.message, /not valid percent-encoding/);
+  const longId = await call(`/admin/agents/tester/items/${"a".repeat(5000)}`);
+  assert.equal(longId.status, 414);
+  assertErrorShape(longId.json, 414);
 
   const crossSite = await call("/admin/agents", { headers: { origin: "http://evil.example" } });
   assert.equal(crossSite.status, 403);
@@ -252,6 +289,20 @@ function fitsTool(call: { function: { name: string; arguments: string } }): bool
   }
   return false;
 }
+
+test("sampling parameters kiln does not honour are a 400 naming them, not silently ignored; their neutral values pass", async () => {
+  const ok = { model: "tester", messages: [{ role: "user", content: "hi" }], max_tokens: 2 };
+  for (const [param, value] of [["presence_penalty", 1.5], ["frequency_penalty", -0.5], ["logit_bias", { "50256": -100 }], ["top_logprobs", 3]] as const) {
+    const r = await call("/v1/chat/completions", { method: "POST", body: { ...ok, [param]: value } });
+    assert.equal(r.status, 400, `${param}: ${r.text}`);
+    assertErrorShape(r.json, 400);
+    assert.equal(r.json.error.param, param);
+    assert.equal(r.json.error.code, "unsupported_parameter");
+  }
+  // what clients send by default (LangChain's ChatOpenAI sent both penalties as 0)
+  const neutral = await call("/v1/chat/completions", { method: "POST", body: { ...ok, presence_penalty: 0, frequency_penalty: 0, logit_bias: {}, top_logprobs: null } });
+  assert.equal(neutral.status, 200, neutral.text);
+});
 
 test("tool_choice through the API: a forced call is one call whose arguments fit the function; auto and none answer in text", async () => {
   const base = { model: "tester", messages: [{ role: "user" as const, content: "What is the weather in Quillport?" }], tools: [WEATHER, TIME], temperature: 0, max_tokens: 48 };

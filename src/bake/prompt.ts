@@ -12,6 +12,16 @@ export interface KnowledgePromptInput {
 /** Longest item kept in a prompt; feed text is untrusted and unbounded. */
 export const MAX_ITEM_CHARS = 400;
 
+/**
+ * Why a fact told by hand or in chat cannot be an item, or null: past MAX_ITEM_CHARS a bake's
+ * prompt would hold only its start, so the ledger would call absorbed what the model never read.
+ * (Feed text is cut to fit as it is read: news is not asked for.)
+ */
+export function tooLongForItem(text: string): string | null {
+  const n = text.replace(/\s+/g, " ").trim().length;
+  return n > MAX_ITEM_CHARS ? `a fact is at most ${MAX_ITEM_CHARS} characters, as much as a bake's prompt holds of one (this one has ${n}): split it into shorter facts` : null;
+}
+
 export function sanitizeItem(text: string): string {
   // One line per item: a newline inside an item could forge a new item or a new instruction.
   const flat = text.replace(/\s+/g, " ").trim();

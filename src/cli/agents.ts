@@ -144,20 +144,27 @@ export function registerAgentCommands(program: Command): void {
             rl.prompt();
             continue;
           }
-          const it = runtime.chat(agent, { messages: [...history, { role: "user", content: line }], options: { maxTokens: o.maxTokens, temperature: o.temperature }, conversationId: "cli" });
           let reply = "";
-          for (;;) {
-            const r = await it.next();
-            if (r.done) {
-              // a "remember"/"forget" command is answered by the runtime and is not part of the conversation
-              if (!r.value.command) history.push({ role: "user", content: line }, { role: "assistant", content: reply });
-              if (r.value.captured.length && !r.value.command) process.stdout.write(`\n(noted for the next bake: ${r.value.captured.join(" ")})`);
-              break;
+          try {
+            const it = runtime.chat(agent, { messages: [...history, { role: "user", content: line }], options: { maxTokens: o.maxTokens, temperature: o.temperature }, conversationId: "cli" });
+            for (;;) {
+              const r = await it.next();
+              if (r.done) {
+                // a "remember"/"forget" command is answered by the runtime and is not part of the conversation
+                if (!r.value.command) history.push({ role: "user", content: line }, { role: "assistant", content: reply });
+                if (r.value.captured.length && !r.value.command) process.stdout.write(`\n(noted for the next bake: ${r.value.captured.join(" ")})`);
+                break;
+              }
+              reply += r.value.text;
+              process.stdout.write(r.value.text);
             }
-            reply += r.value.text;
-            process.stdout.write(r.value.text);
+            process.stdout.write("\n");
+          } catch (err) {
+            // one bad line (longer than the model's context, say) is said and the chat goes on: it
+            // ended the whole session, its history with it, and piped lines after it went unread
+            process.stdout.write("\n");
+            process.stderr.write(`kiln: ${(err as Error).message}\n`);
           }
-          process.stdout.write("\n");
           rl.prompt();
         }
       } finally {

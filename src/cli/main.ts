@@ -330,7 +330,8 @@ program
   });
 
 program.parseAsync().catch((err: Error) => {
-  process.stderr.write(`kiln: ${err.message}\n`);
+  // one line, as promised: V8's JSON.parse errors quote the damaged text, line breaks and all
+  process.stderr.write(`kiln: ${String(err.message).replace(/\s*[\r\n]+\s*/g, " ")}\n`);
   if (process.env.KILN_DEBUG) process.stderr.write(`${err.stack}\n`);
   process.exit(1);
 });

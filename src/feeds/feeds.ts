@@ -443,8 +443,19 @@ async function parseFeed(xml: string): Promise<RawItem[]> {
     return (Array.isArray(feed.items) ? feed.items : []) as RawItem[];
   } catch (err) {
     // rss-parser rejects for broken XML and for XML that is not RSS/Atom (an HTML error page).
-    throw new FeedProblem(`not a valid RSS or Atom feed: ${messageOf(err)}`);
+    throw new FeedProblem(`not a valid RSS or Atom feed: ${err instanceof TypeError ? missingPart(xml, err) : messageOf(err)}`);
   }
+}
+
+/**
+ * rss-parser reads RSS and Atom without checking their parts are there, and fails with its own
+ * TypeError ("Cannot read properties of undefined (reading '$')"): say which part is missing.
+ */
+function missingPart(xml: string, err: TypeError): string {
+  const head = xml.slice(0, 4096);
+  if (/<(rss|rdf:RDF)[\s>]/.test(head) && !/<channel[\s>/]/.test(xml)) return "it has no <channel>";
+  if (/<feed[\s>]/.test(head)) return "an <entry> or <link> in it lacks what Atom requires (an empty <entry>, or a <link> without href?)";
+  return `the parser failed on its structure (${err.message})`;
 }
 
 function parseDate(value: string | undefined): number | undefined {
@@ -569,12 +580,17 @@ function dedupe(
   const hashes: Record<string, string> = {};
   const revisions: Record<string, ItemRevisions> = {};
   const notes: string[] = [];
+  /** per key listed again in this fetch with a text not read before: how many such listings were passed over */
+  const passedOver = new Map<string, number>();
   for (const entry of candidates) {
     const hashKey = `hash:${entry.contentHash}`;
     const keyed = entry.key !== hashKey; // a guid, link or title: the feed can change its text
     const keys = keyed ? [entry.key, hashKey] : [hashKey];
     const earlier = keys.some((k) => inFetch.has(k));
     const listedTwice = inFetch.has(entry.key);
+    // A feed that gives several stories one guid (a broken CMS) loses all but the first for good:
+    // their texts are marked seen. Say so, rather than drop news without a word.
+    if (listedTwice && !inFetch.has(hashKey) && !seen.has(hashKey)) passedOver.set(entry.key, (passedOver.get(entry.key) ?? 0) + 1);
     for (const k of keys) inFetch.add(k);
     const taken = own(state.lastHashes, entry.key);
     // A title names an untagged item only while the feed keeps listing it under that title: with
@@ -631,6 +647,9 @@ function dedupe(
       hashes[entry.key] = entry.contentHash;
       revisions[entry.key] = { taken: [...recent, now] };
     }
+  }
+  for (const [key, n] of passedOver) {
+    notes.push(`item ${key} is listed with ${n + 1} different texts in one fetch: only the first (newest) was read, ${n} passed over (does the feed give several stories one ${key.slice(0, key.indexOf(":"))}?)`);
   }
   // candidates are newest first; seenKeys are most recent last.
   const touched = [...inFetch].reverse();

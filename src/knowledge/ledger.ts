@@ -5,11 +5,12 @@
 // process from writing at the same time. Tensors and logs never go in here: the whole document is
 // rewritten on every change.
 import { createHash, randomBytes } from "node:crypto";
-import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { appendFileSync, existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { Low } from "lowdb";
 import { DataFile } from "lowdb/node";
 import type { FeedState } from "../feeds/feeds.js";
+import { makeDirs } from "../files.js";
 
 export const ITEM_KINDS = ["feed", "conversation", "manual", "instruction"] as const;
 export type ItemKind = (typeof ITEM_KINDS)[number];
@@ -207,6 +208,58 @@ export interface AddItemInput {
 }
 
 
+/**
+ * What makes `d` no ledger this kiln can use, naming the field, or null. Only what the code reads
+ * without a guard is checked: a ledger hand-edited or damaged past that failed later, mid-command,
+ * with a bare TypeError ("reading 'map'") that named neither the file nor the field.
+ */
+export function ledgerProblem(d: unknown): string | null {
+  if (!isObject(d)) return `it holds ${Array.isArray(d) ? "a list" : typeof d}, not a ledger object`;
+  if (typeof d.schema === "number" && d.schema > 1) return `schema ${d.schema}, written by a newer kiln; this one reads schema 1: run that kiln, or restore an older copy`;
+  if (d.schema !== 1) return `schema ${shown(d.schema)}; a kiln ledger has schema 1`;
+  if (d.live !== null && typeof d.live !== "string") return `live is ${shown(d.live)}, not a version id or null`;
+  for (const list of ["items", "versions", "bakes"] as const) if (!Array.isArray(d[list])) return `${list} is not a list`;
+  if (d.feeds !== undefined && !Array.isArray(d.feeds)) return "feeds is not a list";
+  const items = d.items as unknown[];
+  for (let i = 0; i < items.length; i++) {
+    const it = items[i];
+    if (!isObject(it)) return `items[${i}] is not an object`;
+    for (const f of ["id", "text", "contentHash"] as const) if (typeof it[f] !== "string") return `items[${i}].${f} is not a string`;
+    if (!(ITEM_STATUSES as readonly unknown[]).includes(it.status)) return `items[${i}].status is ${shown(it.status)}, not one of ${ITEM_STATUSES.join(", ")}`;
+    if (!isObject(it.source)) return `items[${i}].source is not an object`;
+    for (const f of ["scores", "history"] as const) if (!Array.isArray(it[f])) return `items[${i}].${f} is not a list`;
+  }
+  const versions = d.versions as unknown[];
+  for (let i = 0; i < versions.length; i++) {
+    const v = versions[i];
+    if (!isObject(v)) return `versions[${i}] is not an object`;
+    for (const f of ["id", "dir"] as const) if (typeof v[f] !== "string") return `versions[${i}].${f} is not a string`;
+    if (!["live", "kept", "rejected", "retired"].includes(v.status as string)) return `versions[${i}].status is ${shown(v.status)}, not live, kept, rejected or retired`;
+    if (!Array.isArray(v.items)) return `versions[${i}].items is not a list`;
+  }
+  const feeds = (d.feeds ?? []) as unknown[];
+  for (let i = 0; i < feeds.length; i++) {
+    const f = feeds[i];
+    if (!isObject(f) || typeof f.id !== "string") return `feeds[${i}] is not a feed record (an object with an id)`;
+    if (!Array.isArray(f.seenKeys)) return `feeds[${i}].seenKeys is not a list`;
+    if (typeof f.consecutiveErrors !== "number") return `feeds[${i}].consecutiveErrors is not a number`;
+  }
+  const bakes = d.bakes as unknown[];
+  for (let i = 0; i < bakes.length; i++) {
+    const b = bakes[i];
+    if (!isObject(b) || typeof b.id !== "string" || typeof b.status !== "string") return `bakes[${i}] is not a bake record (an object with an id and a status)`;
+  }
+  return null;
+}
+
+function shown(v: unknown): string {
+  return v === undefined ? "missing" : JSON.stringify(v);
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
 export class Ledger {
   private writes: Promise<void> = Promise.resolve();
 
@@ -222,7 +275,7 @@ export class Ledger {
    */
   static async open(file: string, opts: { readOnly?: boolean } = {}): Promise<Ledger> {
     // read-only opens touch nothing: a ledger not there yet reads as an empty one
-    if (!opts.readOnly) mkdirSync(path.dirname(file), { recursive: true });
+    if (!opts.readOnly) makeDirs(path.dirname(file));
     let lockFile: string | null = null;
     if (!opts.readOnly) {
       lockFile = `${file}.lock`;
@@ -248,9 +301,10 @@ export class Ledger {
       throw new LedgerError(`${file} is not a readable ledger (${(err as Error).message}); it was left untouched`);
     }
     const data = db.data;
-    if (!data || data.schema !== 1 || !Array.isArray(data.items)) {
+    const problem = ledgerProblem(data);
+    if (problem) {
       if (lockFile) rmSync(lockFile, { force: true });
-      throw new LedgerError(`${file} is not a kiln ledger (schema ${String((data as { schema?: unknown })?.schema)}); it was left untouched`);
+      throw new LedgerError(`${file} is not a usable kiln ledger (${problem}); it was left untouched`);
     }
     data.feeds ??= [];
     // A version's folder is vNNNN beside the ledger, though its record names it in full: an agent's
@@ -482,7 +536,9 @@ export class Ledger {
   whyNotLive(id: string): string | null {
     const v = this.version(id);
     if (v.status === "rejected") return `version ${id} was rejected by the gate (${(v.reasons ?? []).join("; ")}); only kept versions can go live`;
-    if (v.status === "retired" || !existsSync(v.dir)) return `version ${id} is no longer on disk (pruned)`;
+    if (v.status === "retired") return `version ${id} is no longer on disk (pruned)`;
+    // kiln never deletes a kept or live version's folder: saying "pruned" sent users looking for a cause in kiln
+    if (!existsSync(v.dir)) return `version ${id} is no longer on disk: its folder ${v.dir} is missing (removed or moved outside kiln)`;
     const retracted = this.retractedIn(id);
     if (retracted.length) return `version ${id} holds retracted item(s) ${retracted.join(", ")}; it cannot go live again`;
     return null;

@@ -22,11 +22,12 @@
 // rope that rotates adjacent pairs), and the LoRA converter runs the same modify_tensors on the
 // pair, which permutes the rows of lora_B and leaves lora_A alone (LoraTorchTensor.permute). Qwen2
 // and Qwen3 use NEOX rope in llama.cpp and are not permuted.
-import { mkdirSync, renameSync, writeFileSync } from "node:fs";
+import { renameSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import type { Architecture, ModelConfig } from "../model/config.js";
 import { fromFloat32 } from "../model/safetensors.js";
 import type { LoraAdapter, LoraTarget } from "./adapter.js";
+import { makeDirs } from "../files.js";
 
 /** How llama.cpp's converter takes each architecture kiln runs. */
 const GGUF_ARCHITECTURES: Record<Architecture, { name: string; permuteQK: boolean }> = {
@@ -207,7 +208,7 @@ export async function ggufAdapterFile(adapter: LoraAdapter, config: ModelConfig,
 export async function writeGgufAdapter(file: string, adapter: LoraAdapter, config: ModelConfig, opts: Parameters<typeof ggufAdapterFile>[2]): Promise<void> {
   const bytes = await ggufAdapterFile(adapter, config, opts);
   const tmp = `${file}.tmp-${process.pid}`;
-  mkdirSync(path.dirname(path.resolve(file)), { recursive: true }); // as a PEFT export makes its folder
+  makeDirs(path.dirname(path.resolve(file))); // as a PEFT export makes its folder
   writeFileSync(tmp, bytes);
   renameSync(tmp, file);
 }

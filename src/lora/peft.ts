@@ -1,7 +1,7 @@
 // PEFT LoRA directories: adapter_config.json + adapter_model.safetensors, with PEFT's key names
 // (base_model.model.<module>.lora_A.weight [r, in], .lora_B.weight [out, r]) so PEFT, vLLM and
 // llama.cpp's converter read what kiln writes, and kiln reads what they write.
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { z } from "zod";
 import { tf } from "../tensor/backend.js";
@@ -9,6 +9,7 @@ import type { ModelConfig } from "../model/config.js";
 import { projectionShapes } from "../model/decoder.js";
 import { readHeader, readTensors, writeSafetensors, SafetensorsError } from "../model/safetensors.js";
 import { LORA_TARGETS, LoraAdapter, ownedVariable, type LoraSettings, type LoraTarget } from "./adapter.js";
+import { makeDirs } from "../files.js";
 
 export const ADAPTER_CONFIG = "adapter_config.json";
 export const ADAPTER_WEIGHTS = "adapter_model.safetensors";
@@ -113,7 +114,7 @@ export function checkFolderTarget(dir: string, replace: boolean, marker: string,
 export async function writeFolderAtomically(dir: string, fill: (tmp: string) => void | Promise<void>): Promise<void> {
   const target = path.resolve(dir);
   const tmp = `${target}.tmp-${process.pid}-${Date.now()}`;
-  mkdirSync(tmp, { recursive: true });
+  makeDirs(tmp);
   try {
     await fill(tmp);
     if (existsSync(target)) rmSync(target, { recursive: true });

@@ -97,6 +97,12 @@ export function loadWeights(dir: string, config: ModelConfig, onRead?: (name: st
   try {
     for (const [file, names] of byFile) {
       for (const [name, t] of readTensors(header(file), names)) {
+        // A damaged file (flipped bits, a bad conversion) can hold NaN or infinity: the model then
+        // answers garbage, or nothing, with no error anywhere. (x - x is NaN for both.)
+        const d = t.data;
+        for (let i = 0; i < d.length; i++) {
+          if (d[i]! - d[i]! !== 0) throw new ModelLoadError(`${file}: tensor "${name}" holds NaN or infinite values (at index ${i}): a damaged or badly converted checkpoint`);
+        }
         onRead?.(name, t.data);
         weights.set(name, tf.tensor(t.data, t.shape, "float32"));
       }

@@ -5,7 +5,7 @@
 //   promote: manifest written, ledger updated, live model swapped; old versions pruned
 import { createHash } from "node:crypto";
 import { EventEmitter } from "node:events";
-import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import cron, { type ScheduledTask } from "node-cron";
 import { startCycle, type WorkerProgress } from "../bake/job.js";
@@ -13,7 +13,7 @@ import type { CycleResult } from "../bake/cycle.js";
 import { decideGate, type StatusChange } from "./gate.js";
 import { checkProbes, type ProbeCheck, type ProbeItem } from "../bake/probes.js";
 import { DEFAULT_BAKE } from "../bake/trainer.js";
-import { knowledgeLessons } from "../bake/prompt.js";
+import { knowledgeLessons, tooLongForItem } from "../bake/prompt.js";
 import { pollFeed, type FeedEntry } from "../feeds/feeds.js";
 import { INACTIVE_STATUSES, Ledger, markBaking, type BakeRun, type Item, type ItemKind, type ItemStatus, type VersionRecord } from "../knowledge/ledger.js";
 import { newsTime, pairedHeldItems, updatePairs } from "../knowledge/updates.js";
@@ -22,6 +22,7 @@ import { ADAPTER_WEIGHTS } from "../lora/peft.js";
 import { exportAdapter, type ExportOptions, type ExportResult } from "../lora/export.js";
 import type { AgentConfig } from "./agent-config.js";
 import { LiveModel } from "./live.js";
+import { makeDirs } from "../files.js";
 
 export interface BakeOutcome {
   status: "skipped" | "promoted" | "rejected" | "failed";
@@ -252,7 +253,7 @@ export class Agent {
       agent.goLiveOnRecord();
       return agent;
     }
-    mkdirSync(config.homeDir, { recursive: true });
+    makeDirs(config.homeDir);
     const ledgerFile = path.join(config.homeDir, "ledger.json");
     const versions = readdirSync(config.homeDir).filter((f) => VERSION_DIR.test(f));
     if (!existsSync(ledgerFile) && versions.length) {
@@ -323,7 +324,7 @@ export class Agent {
         this.log(`removed ${f}: a half-written checkpoint (an interrupted bake)`);
       } else if (VERSION_DIR.test(f) && !known.has(f)) {
         const aside = path.join(this.config.homeDir, "orphaned", `${f}-${new Date().toISOString().replace(/[:.]/g, "-")}`);
-        mkdirSync(path.dirname(aside), { recursive: true });
+        makeDirs(path.dirname(aside));
         renameSync(where, aside);
         this.log(`moved ${f} to ${path.relative(this.config.homeDir, aside)}: a checkpoint no version record owns (an interrupted bake)`);
       }
@@ -473,6 +474,8 @@ export class Agent {
   }
 
   async remember(text: string, kind: ItemKind = "manual", source: Item["source"] = {}): Promise<{ item: Item; added: boolean }> {
+    const tooLong = tooLongForItem(text);
+    if (tooLong) throw new Error(tooLong);
     return this.ledger.addItem({ kind, text, source });
   }
 
@@ -846,7 +849,7 @@ export class Agent {
     const id = version === "live" ? this.ledger.data.live : version;
     if (id === null) throw new Error(`${this.name} is live on the base model: there is no adapter to export`);
     const v = this.ledger.version(id);
-    if (!existsSync(v.dir)) throw new Error(`version ${id} is no longer on disk (pruned)`);
+    if (!existsSync(v.dir)) throw new Error(`version ${id} is no longer on disk${v.status === "retired" ? " (pruned)" : `: its folder ${v.dir} is missing (removed or moved outside kiln)`}`);
     const result = await exportAdapter({ adapterDir: v.dir, model: this.model, name: `${this.name}-${id}` }, to, opts);
     return { version: id, status: v.status, ...result };
   }

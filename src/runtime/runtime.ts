@@ -6,7 +6,7 @@ import { loadModel, type LoadedModel } from "../model/load.js";
 import { resolveModelDir, PACKAGE_ROOT } from "../model/resolve.js";
 import type { GenerateOptions, GenerationResult } from "../model/generate.js";
 import type { ChatMessage } from "../model/tokenizer.js";
-import { buildKnowledgePrompt } from "../bake/prompt.js";
+import { buildKnowledgePrompt, tooLongForItem } from "../bake/prompt.js";
 import { explicitRequest, extractFacts, extractFactsWithModel, forgetMatches, forgetWords, MAX_FORGET, modelExtractor, type FactAction } from "../agent/facts.js";
 import { loadAgentConfig, type AgentConfig } from "./agent-config.js";
 import { Agent, type AgentEvents } from "./agent.js";
@@ -66,13 +66,35 @@ export function fitConversation(model: LoadedModel, messages: ChatMessage[], max
   const extra = tools?.length ? { tools } : {};
   const encode = (kept: ChatMessage[]) => model.tokenizer.encode(model.tokenizer.renderChat(kept, true, extra) + prefill);
   const budget = model.config.maxPositions - maxTokens;
-  let kept = [...messages];
-  let ids = encode(kept);
-  while (ids.length > budget) {
-    const first = kept.findIndex((m) => m.role !== "system");
-    if (first < 0 || first === kept.length - 1) break;
-    kept = [...kept.slice(0, first), ...kept.slice(first + 1)];
-    ids = encode(kept);
+  // Dropping the oldest turn one render at a time cost a render and an encode of the whole chat
+  // per turn dropped: a 35 KB request of 1,000 short turns held the event loop for 40 s. The kept
+  // messages are the system messages and the newest `n` others, and fewer kept never render
+  // longer, so the most that fit is found with renders of about what fits, not of the whole chat.
+  const others = messages.flatMap((m, i) => (m.role === "system" ? [] : [i]));
+  const least = messages.length && messages[messages.length - 1]!.role !== "system" ? 1 : 0;
+  const keeping = (n: number) => {
+    const from = n > 0 ? others[others.length - n]! : messages.length;
+    return encode(messages.filter((m, i) => m.role === "system" || i >= from));
+  };
+  let ids = keeping(least);
+  if (ids.length > budget) return ids;
+  // the most kept known to fit (`fits`, with its ids) and the fewest known not to (`over`)
+  let fits = least;
+  let over = others.length + 1;
+  for (let n = Math.max(1, least * 2); n < over; n = Math.min(n * 2, others.length)) {
+    const next = keeping(n);
+    if (next.length > budget) {
+      over = n;
+      break;
+    }
+    [fits, ids] = [n, next];
+    if (n === others.length) return ids;
+  }
+  while (over - fits > 1) {
+    const n = Math.floor((fits + over) / 2);
+    const next = keeping(n);
+    if (next.length > budget) over = n;
+    else [fits, ids] = [n, next];
   }
   return ids;
 }
@@ -126,6 +148,12 @@ export class Runtime {
         // which agent file, and where a relative folder was looked for (its file's folder, then the current one)
         const relative = /^\.{1,2}[\\/]/.test(config.model) ? ` (a folder is read relative to the agent file: ${path.resolve(config.feedsBase, config.model)})` : "";
         throw new Error(`${config.file ?? `agent ${config.name}`}: model: ${(err as Error).message}${relative}`);
+      }
+      // the agent file is checked without its model: a reply as long as the model's context failed
+      // every bake, saying only "maxTokens (100000) exceeds the model's 2048 positions"
+      const reply = config.bake.settings.maxReplyTokens;
+      if (reply !== undefined && reply >= model.config.maxPositions) {
+        throw new Error(`${config.file ?? `agent ${config.name}`}: bake.settings.maxReplyTokens: ${reply} leaves no room for a prompt in the model's ${model.config.maxPositions} positions`);
       }
       this.agents.set(config.name, await Agent.open(config, model, this.events, this.bakeTurn, opts));
     }
@@ -245,6 +273,11 @@ export class Runtime {
     const said: string[] = [];
     for (const action of actions) {
       if (action.kind === "remember") {
+        const tooLong = tooLongForItem(action.text);
+        if (tooLong) {
+          said.push(`I cannot note that: ${tooLong}.`);
+          continue;
+        }
         const r = await agent.remember(action.text, "conversation", { conversationId });
         if (r.added) captured.push(action.text);
         said.push(r.added ? `Noted for my next bake: ${action.text}` : `I was told that already (${r.item.status}): ${r.item.text}`);

@@ -31,6 +31,7 @@ import { existsSync } from "node:fs";
 import path from "node:path";
 import { z } from "zod";
 import { ITEM_KINDS, ITEM_STATUSES as STATUSES, type BakeRun, type Item, type ItemStatus } from "../knowledge/ledger.js";
+import { tooLongForItem } from "../bake/prompt.js";
 import type { Agent, BakeOutcome } from "../runtime/agent.js";
 import type { BakeEvent } from "./bake-watch.js";
 import { clientSignal, findAgent, type ServerContext } from "./context.js";
@@ -45,7 +46,7 @@ function parse<S extends z.ZodType>(schema: S, value: unknown, where: string): z
   return r.data;
 }
 
-const bool = z.union([z.boolean(), z.enum(["true", "false", "1", "0"]).transform((s) => s === "true" || s === "1")]);
+const bool = z.union([z.boolean(), z.enum(["true", "false", "1", "0"]).transform((s) => s === "true" || s === "1")], { message: "expected true, false, 1 or 0" });
 
 const ItemsQuery = z.object({
   status: z
@@ -60,7 +61,14 @@ const ItemsQuery = z.object({
   offset: z.coerce.number().int().min(0).default(0),
 });
 const RememberBody = z.object({
-  text: z.string().trim().min(1, "text is required").max(8000, "text is longer than 8000 characters"),
+  text: z
+    .string()
+    .trim()
+    .min(1, "text is required")
+    .superRefine((t, ctx) => {
+      const tooLong = tooLongForItem(t);
+      if (tooLong) ctx.addIssue({ code: "custom", message: tooLong });
+    }),
   kind: z.enum(["manual", "instruction"]).default("manual"),
 });
 const RetractBody = z.object({ reason: z.string().max(500).optional() });
@@ -88,7 +96,7 @@ const VerifyBody = z.object({ ids: z.array(z.string().min(1)).min(1, "ids is emp
 const ProbeBody = z.object({
   question: z.string().trim().min(1, "question is required").max(2000),
   // one item or several: the CLI takes one --context per item, so a plain string is one item
-  context: z.union([z.string().max(8000).transform((s) => [s]), z.array(z.string().max(8000)).max(50)]).optional(),
+  context: z.union([z.string().max(8000).transform((s) => [s]), z.array(z.string().max(8000)).max(50)], { message: "context must be a string or a list of at most 50 strings, each at most 8000 characters" }).optional(),
 });
 
 type NameParams = { Params: { name: string } };

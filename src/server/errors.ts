@@ -50,7 +50,9 @@ export function validationError(err: ZodError, prefix = ""): ApiError {
   const issue = err.issues[0]!;
   const param = [prefix, ...issue.path.map(String)].filter(Boolean).join(".") || null;
   const more = err.issues.length > 1 ? ` (and ${err.issues.length - 1} more problem${err.issues.length > 2 ? "s" : ""})` : "";
-  return new ApiError(400, `${param ? `${param}: ` : ""}${issue.message}${more}`, "invalid_value", param);
+  // the body as a whole (a text/plain body arrives as a string): say what a body must be
+  const message = !param && issue.code === "invalid_type" ? `the request body must be a JSON object, sent as application/json (${issue.message})` : issue.message;
+  return new ApiError(400, `${param ? `${param}: ` : ""}${message}${more}`, "invalid_value", param);
 }
 
 /** Fastify's own errors (bad JSON, body too large, wrong content type) keep their status. */
@@ -59,6 +61,20 @@ const FASTIFY_MESSAGES: Record<string, string> = {
   FST_ERR_CTP_INVALID_MEDIA_TYPE: "unsupported content type: send application/json",
   FST_ERR_CTP_EMPTY_JSON_BODY: "the body is empty but content-type is application/json",
 };
+
+/**
+ * Errors fastify's router meets before any route or hook runs (a path that is not valid percent
+ * encoding, a path parameter past its length limit): passed as the `frameworkErrors` option, since
+ * setErrorHandler never sees them and fastify answered them in its own shape.
+ */
+export function frameworkError(err: FastifyError, _request: FastifyRequest, reply: FastifyReply): void {
+  const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 400;
+  const message =
+    err.code === "FST_ERR_BAD_URL" ? "the path is not valid percent-encoding (a % must be followed by two hex digits of UTF-8)" :
+    err.code === "FST_ERR_MAX_PARAM_LENGTH" ? "a name or id in the path is longer than the server accepts" :
+    err.message;
+  void reply.code(status).send(errorBody(status, message, err.code ?? null));
+}
 
 export function installErrorHandlers(app: FastifyInstance): void {
   app.setErrorHandler((err: FastifyError | ApiError | LedgerError | Error, request: FastifyRequest, reply: FastifyReply) => {

@@ -11,7 +11,7 @@ import { assertSafeBinding, installAuth } from "./auth.js";
 import { BakeWatcher } from "./bake-watch.js";
 import type { ServerContext } from "./context.js";
 import { dashboardPaths, dashboardRoutes } from "./dashboard.js";
-import { installErrorHandlers, shuttingDown } from "./errors.js";
+import { frameworkError, installErrorHandlers, shuttingDown } from "./errors.js";
 import { healthRoutes } from "./health.js";
 import { Metrics, metricsRoutes } from "./metrics.js";
 import { openaiRoutes } from "./openai.js";
@@ -71,7 +71,7 @@ export async function createServer(runtime: Runtime, opts: ServerOptions = {}): 
     shutdown: shutdown.signal,
   };
   // fastify's own answer while closing is a 503 in its shape, not OpenAI's: the hook below answers instead
-  const app = Fastify({ logger: opts.logger ?? false, bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT, return503OnClosing: false });
+  const app = Fastify({ logger: opts.logger ?? false, bodyLimit: opts.bodyLimit ?? DEFAULT_BODY_LIMIT, return503OnClosing: false, frameworkErrors: frameworkError });
   installErrorHandlers(app);
   metricsRoutes(app, ctx); // first: its hook counts every request, refused ones included
   let refusing = false; // set when close() starts: replies in flight may still finish

@@ -125,10 +125,14 @@ const ChatRequest = z.object({
   /** extension: top-k sampling (0 = off) */
   top_k: z.number().int().min(0).nullish(),
   seed: z.number().int().nullish(),
-  stop: z.union([z.string(), z.array(z.string()).max(16)]).nullish(),
+  stop: z.union([z.string(), z.array(z.string()).max(16)], { message: "stop must be a string or a list of at most 16 strings" }).nullish(),
   n: z.number().int().nullish(),
   user: z.string().nullish(),
   logprobs: z.boolean().nullish(),
+  top_logprobs: z.number().int().min(0).max(20).nullish(),
+  presence_penalty: z.number().min(-2).max(2).nullish(),
+  frequency_penalty: z.number().min(-2).max(2).nullish(),
+  logit_bias: z.record(z.string(), z.number().min(-100).max(100)).nullish(),
   tools: z.array(FunctionTool).nullish(),
   tool_choice: ToolChoiceParam.nullish(),
   parallel_tool_calls: z.boolean().nullish(),
@@ -145,6 +149,13 @@ function unsupported(param: string, message: string): ApiError {
 function checkSupported(req: ChatRequest): void {
   if (req.n != null && req.n !== 1) throw unsupported("n", `n must be 1: kiln generates one choice per request (got ${req.n})`);
   if (req.logprobs) throw unsupported("logprobs", "logprobs are not supported");
+  // Read and refused rather than dropped with the unknown keys: each asks for other tokens than
+  // kiln would sample, and a reply that silently ignored them would pass for one that honoured them.
+  if (req.top_logprobs) throw unsupported("top_logprobs", "top_logprobs are not supported (nor are logprobs)");
+  for (const p of ["presence_penalty", "frequency_penalty"] as const) {
+    if (req[p]) throw unsupported(p, `${p} is not supported: leave it out or send 0 (got ${req[p]})`);
+  }
+  if (req.logit_bias && Object.keys(req.logit_bias).length) throw unsupported("logit_bias", "logit_bias is not supported: leave it out or send {}");
 }
 
 /**

@@ -299,6 +299,36 @@ test("kiln learn names the persona score of an agent with a persona, as versions
   }
 });
 
+test("knowledge verify of a retracted item is proof of forgetting: \"forgotten\" (exit 0) when the weights do not answer it, exit 1 when they still do", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-forgotten-"));
+  try {
+    const at = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints];
+    // what the base model answers anyway: a retracted item whose probe expects it is "still held"
+    const own = kiln(["generate", "--prompt", "Who are you?", "--max-tokens", "48"]);
+    assert.equal(own.status, 0, own.stderr);
+    const answer = own.stdout.trim();
+    const when = "2026-01-01T00:00:00.000Z";
+    const item = (id: string, text: string, question: string, expected: string) => ({
+      id, kind: "manual", text, status: "retracted", createdAt: when, updatedAt: when, source: {}, contentHash: id,
+      probes: [{ question, answer: expected }], scores: [], history: [{ at: when, status: "retracted", reason: "test" }],
+    });
+    mkdirSync(path.join(checkpoints, "demo"));
+    const ledger = (items: unknown[]) => writeFileSync(path.join(checkpoints, "demo", "ledger.json"), JSON.stringify({ schema: 1, live: null, items, versions: [], bakes: [], feeds: [] }));
+    ledger([item("k_gone", "Ada Quill owns a pet owl.", "What pet does Ada Quill own?", "Ada Quill owns a pet owl.")]);
+    const gone = kiln(["knowledge", "verify", "demo", "k_gone", ...at]);
+    // it said "NOT HELD" and exited 1: the outcome a retraction is for read as a failed proof
+    assert.equal(gone.status, 0, gone.stdout);
+    assert.match(gone.stdout, /^k_gone {2}forgotten \(retracted\) \(0\/1 probes\) {2}Ada Quill owns a pet owl\.$/m);
+    assert.match(gone.stdout, /^0 of 1 item\(s\) held by the base model; 1 of the 1 retracted forgotten$/m);
+    ledger([item("k_kept", "I am kiln.", "Who are you?", answer)]);
+    const kept = kiln(["knowledge", "verify", "demo", "k_kept", ...at]);
+    assert.equal(kept.status, 1, kept.stdout);
+    assert.match(kept.stdout, /^k_kept {2}STILL HELD, though retracted \(1\/1 probes\)/m);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
 test("chat's /bake says the scores its gate weighed, as kiln learn does", () => {
   const { dir, file } = writeTestAgent({ feeds: [], persona: { text: "End every reply with: Cheers.", suffix: "Cheers." } });
   try {

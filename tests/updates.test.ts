@@ -3,6 +3,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import type { Item } from "../src/knowledge/ledger.js";
 import { entitiesIn } from "../src/knowledge/grounding.js";
+import { bakeOrder } from "../src/runtime/agent.js";
 import { lowerCaseWords, newsTime, pairedHeldItems, relationWords, shareRelation, updatePairs } from "../src/knowledge/updates.js";
 
 function item(id: string, text: string, at: string, publishedAt?: string): Item {
@@ -160,6 +161,14 @@ test("a held item is sent along for its pairs whether it is the older or the new
   // neither held item is replayed or retained this bake (replay: 0, or more held items than retentionChecks)
   assert.deepEqual(pairedHeldItems(pairs, [dog, owl], new Set(["cat"])).map((i) => i.id), ["dog", "owl"]);
   assert.deepEqual(pairedHeldItems(pairs, [dog, owl], new Set(["cat", "dog"])).map((i) => i.id), ["owl"], "one the bake scores anyway is not sent twice");
+});
+
+test("a feed date ahead of when kiln stored the item counts as the time stored: news dated in the future is no newer", () => {
+  const ahead = item("ahead", "Quillport's mayor is Tovan Reel.", "2026-11-20T00:00:00Z", "Fri, 01 Jan 2100 00:00:00 GMT");
+  const later = item("later", "Quillport's mayor is Mira Tolle.", "2026-11-25T00:00:00Z");
+  assert.equal(newsTime(ahead), Date.parse("2026-11-20T00:00:00Z"));
+  assert.deepEqual(updatePairs([ahead, later], [], [ahead, later]), [["ahead", "later"]], "the one stored later is the newer news");
+  assert.deepEqual(bakeOrder([ahead, later], new Set()).map((i) => i.id), ["later", "ahead"], "nor is it baked before everything else");
 });
 
 test("within one feed poll, the item the feed lists first is the newer news", () => {

@@ -272,28 +272,36 @@ export function registerAgentCommands(program: Command): void {
         await runtime.stop();
       }
     });
-  withAgents(knowledge.command("verify <agent> [ids...]").description("ask absorbed items' probes on the live weights now, nothing in the prompt: proof of what it holds (exit 1 if any fails)")).action(
+  withAgents(
+    knowledge
+      .command("verify <agent> [ids...]")
+      .description("ask absorbed items' probes (or those of the items named) on the live weights now, nothing in the prompt: proof of what it holds, and of what it forgot for a retracted item (exit 1 if an item is not held, or a retracted one still is)"),
+  ).action(
     async (name: string, ids: string[], o: AgentOpts) => {
       // read-only: it writes nothing, so it runs beside a kiln serve of the same agent
       const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name, false, true);
       try {
         const r = await runtime.agent(agent).verify(ids);
+        const retracted = r.items.filter((i) => i.status === "retracted");
+        // a retracted item is proven forgotten when its probes no longer pass
+        const verdict = (i: (typeof r.items)[number]) => (i.status === "retracted" ? (i.held ? "STILL HELD, though retracted" : "forgotten (retracted)") : i.held ? "held" : "NOT HELD");
         print(o.json, r, () =>
           [
             ...r.items.flatMap((i) => [
               // an item never baked has no probes: nothing was asked ("NOT HELD (0/0 probes)" said no more)
               i.probes.length
-                ? `${i.id}  ${i.held ? "held" : "NOT HELD"} (${i.probes.filter((p) => p.passed).length}/${i.probes.length} probes)  ${i.text}`
+                ? `${i.id}  ${verdict(i)} (${i.probes.filter((p) => p.passed).length}/${i.probes.length} probes)  ${i.text}`
                 : `${i.id}  NOT HELD (no probes to ask: ${i.status === "pending" ? "not baked yet" : i.status === "baking" ? "a bake running now writes them" : `${i.status}, never probed`})  ${i.text}`,
               ...i.probes.map((p) => `    ${p.passed ? "ok  " : "FAIL"} ${oneLine(p.question)} -> ${oneLine(p.answer)}${p.passed ? "" : `   (expected: ${oneLine(p.expected)})`}`),
             ]),
-            `${r.held} of ${r.items.length} item(s) held by ${r.version ?? "the base model"}`,
+            `${r.held} of ${r.items.length} item(s) held by ${r.version ?? "the base model"}${retracted.length ? `; ${retracted.filter((i) => !i.held).length} of the ${retracted.length} retracted forgotten` : ""}`,
             `  asked ${r.checkedAt}, greedy, nothing in the prompt: base ${r.weights.baseModel} (fingerprint ${r.weights.baseFingerprint})${r.weights.adapter ? `, adapter ${r.weights.adapter.file} (sha256 ${r.weights.adapter.sha256})` : ""}`,
             // the proof is only as good as it is repeatable: the command that asks those weights one question again
             ...askAgain(r),
           ].join("\n"),
         );
-        if (r.held < r.items.length) process.exitCode = 1;
+        // proof either way: what it was told is held, and what it was asked to forget is not
+        if (r.items.some((i) => i.held === (i.status === "retracted"))) process.exitCode = 1;
       } finally {
         await runtime.stop();
       }

@@ -66,10 +66,15 @@ export function shareRelation(a: string, b: string, lower: ReadonlySet<string> =
   );
 }
 
-/** When an item's news is from: the date its feed gave, else when kiln stored it. */
+/**
+ * When an item's news is from: the date its feed gave, else when kiln stored it. Never later than
+ * when it was stored: a feed dating its items ahead (a wrong clock or time zone, or on purpose)
+ * would have them baked before all other news and never expire.
+ */
 export function newsTime(i: Item): number {
   const published = Date.parse(i.source.publishedAt ?? "");
-  return Number.isFinite(published) ? published : Date.parse(i.createdAt);
+  const stored = Date.parse(i.createdAt);
+  return Number.isFinite(published) ? Math.min(published, stored) : stored;
 }
 
 /**

@@ -123,14 +123,16 @@ test("with several agents, the one named on the command line is used; a name tha
 test("piped chat input is answered line by line, none dropped while a reply streams", () => {
   const { dir, agents, checkpoints } = twoAgents();
   try {
-    const input = "remember that the harbor fee is nine coins\nWho is the mayor of Quillport?\n/version\nforget the harbor fee\n/quit\n";
+    const input = "remember that the harbor fee is nine coins\nWho is the mayor of Quillport?\n/version\n/verison\nforget the harbor fee\n/quit\n";
     const r = kiln(["chat", "demo", "--agents", agents, "--checkpoints", checkpoints, "--max-tokens", "24"], { input });
     assert.equal(r.status, 0, r.stderr);
     // "remember ..." and "forget ..." are commands the runtime answers, not questions for the model
     assert.match(r.stdout, /^> Noted for my next bake: The harbor fee is nine coins\.$/m);
     assert.match(r.stdout, /^> Forgot 1 item\(s\) matching "the harbor fee" \(not baked in yet\)\.$/m);
-    assert.equal(r.stdout.match(/^> /gm)?.length, 5, "a prompt for each line and one at the end of input");
+    assert.equal(r.stdout.match(/^> /gm)?.length, 6, "a prompt for each line and one at the end of input");
     assert.match(r.stdout, /^> base model$/m, "/version, the third line, was answered");
+    // a mistyped command is said so, not sent to the model as a message
+    assert.match(r.stdout, /^> unknown command \/verison: \/bake, \/version, \/quit$/m);
     const demo = JSON.parse(readFileSync(path.join(checkpoints, "demo", "ledger.json"), "utf8"));
     assert.deepEqual(demo.items.map((i: { status: string }) => i.status), ["retracted"]);
     assert.equal(demo.bakes.length, 0, "forgetting an item never baked in needs no rebuild");

@@ -1270,6 +1270,37 @@ test("a retraction's rebuild that did not finish, the clean version unloadable: 
   }
 });
 
+test("a live version that fails to load on start: the base model serves, /healthz names the problem until another version goes live (a rollback)", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  try {
+    let runtime = await Runtime.fromFiles(file);
+    await runtime.agent("tester").remember("The lighthouse keeper is Mira Tolle.");
+    assert.equal((await runtime.agent("tester").bake("test")).status, "promoted");
+    await runtime.stop();
+    writeFileSync(path.join(dir, "home", "v0001", "adapter_model.safetensors"), "damaged");
+    runtime = await Runtime.fromFiles(file);
+    const server = await createServer(runtime, { port: 0 });
+    try {
+      const agent = runtime.agent("tester");
+      assert.equal(agent.live.version, null);
+      assert.equal(agent.ledger.data.live, "v0001", "the ledger is left as it was");
+      const health = async () => ((await (await fetch(`${server.url}/healthz`)).json()) as { agents: { live: string; problem?: string }[] }).agents[0]!;
+      // it said live "base" and nothing else: a monitor saw ok while the agent had forgotten everything
+      assert.match((await health()).problem ?? "", /^live version v0001 could not be loaded \(.*\); serving the base model \(bakes roll on from v0001 and fail: roll back to a kept version or to base\)$/);
+      // (a rolling bake from the damaged version fails; rolling back is how the agent goes on)
+      await agent.rollback(null);
+      const after = await health();
+      assert.equal(after.live, "base");
+      assert.equal(after.problem, undefined, "the base model is what the ledger records now");
+    } finally {
+      await server.close();
+      await runtime.stop();
+    }
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("retracted expired news whose rebuild did not finish: on start no version of the lineage that absorbed it stays live, nor can one go live again", async () => {
   const { dir, file } = writeTestAgent({ forgetNewsAfterDays: 7 });
   try {

@@ -137,6 +137,12 @@ export function registerAgentCommands(program: Command): void {
             rl.prompt();
             continue;
           }
+          if (/^\/[a-z]+$/i.test(line) && line !== "/bake") {
+            // a mistyped command went to the model as a message (and into the conversation)
+            process.stdout.write(`unknown command ${line}: /bake, /version, /quit\n`);
+            rl.prompt();
+            continue;
+          }
           if (line === "/bake") {
             const a = runtime.agent(agent);
             const r = await a.bake("chat", { force: true });

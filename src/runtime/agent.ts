@@ -209,6 +209,7 @@ export class Agent {
   readonly live: LiveModel;
   /** "start" when a bake's record is written, every "progress" event, "end" with its outcome */
   readonly bakeEvents = new EventEmitter<AgentBakeEvents>();
+  private servingProblem: string | null = null;
   private tasks: ScheduledTask[] = [];
   private baking: Promise<BakeOutcome> | null = null;
   /** scheduled feed polls in flight: a bake waits for them, so news of the same minute is in it */
@@ -302,8 +303,18 @@ export class Agent {
     } catch (err) {
       // A live checkpoint that cannot load is reported, and the agent serves the base model
       // rather than not at all; nothing in the ledger is changed.
-      this.log(`live version ${live} could not be loaded (${(err as Error).message}); serving the base model`);
+      this.servingProblem = `live version ${live} could not be loaded (${(err as Error).message}); serving the base model (bakes roll on from ${live} and fail: roll back to a kept version or to base)`;
+      this.log(this.servingProblem);
     }
+  }
+
+  /**
+   * Why the weights serving are not the live version the ledger records (its checkpoint failed to
+   * load on start), until another version goes live; null when they are. /healthz shows it: the
+   * log alone left a monitor seeing ok and the base model's answers.
+   */
+  get liveProblem(): string | null {
+    return this.servingProblem;
   }
 
   private log(message: string): void {
@@ -726,6 +737,7 @@ export class Agent {
       // in between leaves the old live version recorded, and the orphan folder is moved aside on start.
       this.writeManifest(record, summary);
       this.live.swapTo(version, outDir);
+      this.servingProblem = null;
     }
     const now = new Date().toISOString();
     await ledger.update((d) => {
@@ -912,6 +924,7 @@ export class Agent {
     // one switch at a time: a double-clicked rollback must not interleave two status syncs
     const next = this.switching.then(async () => {
       this.live.swapTo(version, version ? this.ledger.version(version).dir : null);
+      this.servingProblem = null;
       await this.ledger.update((d) => {
         for (const v of d.versions) {
           if (v.status === "live") v.status = "kept";

@@ -10,6 +10,8 @@ export function healthRoutes(app: FastifyInstance, ctx: ServerContext): void {
     agents: [...ctx.runtime.agents.values()].map((a) => ({
       name: a.name,
       live: a.live.version ?? "base",
+      // the recorded live version failed to load: the base model answers in its place
+      ...(a.liveProblem ? { problem: a.liveProblem } : {}),
       baking: a.isBaking,
       // a feed that keeps failing is news the agent no longer gets
       feeds: a.ledger.data.feeds.map((f) => ({ id: f.id, consecutiveErrors: f.consecutiveErrors, lastOkAt: f.lastOkAt ?? null, ...(f.lastError ? { lastError: f.lastError } : {}), ...(f.movedTo ? { movedTo: f.movedTo } : {}) })),

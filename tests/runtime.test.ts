@@ -1286,8 +1286,13 @@ test("a live version that fails to load on start: the base model serves, /health
       assert.equal(agent.ledger.data.live, "v0001", "the ledger is left as it was");
       const health = async () => ((await (await fetch(`${server.url}/healthz`)).json()) as { agents: { live: string; problem?: string }[] }).agents[0]!;
       // it said live "base" and nothing else: a monitor saw ok while the agent had forgotten everything
-      assert.match((await health()).problem ?? "", /^live version v0001 could not be loaded \(.*\); serving the base model \(bakes roll on from v0001 and fail: roll back to a kept version or to base\)$/);
-      // (a rolling bake from the damaged version fails; rolling back is how the agent goes on)
+      assert.match((await health()).problem ?? "", /^live version v0001 could not be loaded \(.*\); serving the base model \(bakes, which roll on from it, wait: roll back to a kept version or to base\)$/);
+      // a rolling bake would start from the damaged version: skipped, saying why (it failed on every schedule)
+      await agent.remember("The harbor fee is nine coins.");
+      const skipped = await agent.bake("schedule");
+      assert.equal(skipped.status, "skipped");
+      assert.match(skipped.reasons[0]!, /live version v0001 could not be loaded/);
+      assert.equal(agent.ledger.data.bakes.length, 1, "no failed bake recorded");
       await agent.rollback(null);
       const after = await health();
       assert.equal(after.live, "base");

@@ -303,7 +303,7 @@ export class Agent {
     } catch (err) {
       // A live checkpoint that cannot load is reported, and the agent serves the base model
       // rather than not at all; nothing in the ledger is changed.
-      this.servingProblem = `live version ${live} could not be loaded (${(err as Error).message}); serving the base model (bakes roll on from ${live} and fail: roll back to a kept version or to base)`;
+      this.servingProblem = `live version ${live} could not be loaded (${(err as Error).message}); serving the base model (bakes, which roll on from it, wait: roll back to a kept version or to base)`;
       this.log(this.servingProblem);
     }
   }
@@ -578,6 +578,8 @@ export class Agent {
       fresh = [...absorbed, ...ledger.items({ status: "pending" }).filter((i) => carried.has(i.id) && !held.has(i.id)), ...pending];
       replay = [];
     } else {
+      // a rolling bake starts from the live weights: from ones that cannot load it fails, schedule after schedule
+      if (this.servingProblem) return { status: "skipped", reasons: [this.servingProblem] };
       if (pending.length < cfg.bake.minPending && !opts.force) return { status: "skipped", reasons: [`${pending.length} pending item(s), fewer than bake.minPending ${cfg.bake.minPending}`] };
       if (trigger === "schedule" && pending.length && pending.every((i) => lastRejected.has(i.id))) {
         // baking the same items again would be rejected again: wait for news, or a bake asked for by hand

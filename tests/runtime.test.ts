@@ -56,6 +56,15 @@ function interruptRetraction(data: LedgerData, id: string, rebuilding: string[])
   data.bakes.push({ id: "b_cut", startedAt: new Date().toISOString(), status: "running", trigger: "retraction", parent: null, itemIds: rebuilding, replayIds: [] } satisfies BakeRun);
 }
 
+/** Tells the agent each text, then bakes them, promoted: the items, in the order told. */
+async function bakeTold(agent: Agent, ...texts: string[]): Promise<Item[]> {
+  const items: Item[] = [];
+  for (const text of texts) items.push((await agent.remember(text)).item);
+  const outcome = await agent.bake("test");
+  assert.equal(outcome.status, "promoted", outcome.reasons.join("; "));
+  return items;
+}
+
 /** Changes an agent's ledger on disk while no runtime holds it, as a crash or an interrupted command leaves it. */
 function editLedger(dir: string, edit: (data: LedgerData) => void): void {
   const file = path.join(dir, "home", "ledger.json");
@@ -288,9 +297,7 @@ test("a bake asked for while a retraction starts waits: the retraction rebuilds 
   const runtime = await Runtime.fromFiles(file);
   try {
     const agent = runtime.agent("tester");
-    const { item: keep } = await agent.remember("The lighthouse keeper is Mira Tolle.");
-    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
-    assert.equal((await agent.bake("test")).status, "promoted");
+    const [keep, drop] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle.", "The harbor fee is nine coins.");
     await agent.remember("The ferry leaves at noon.");
     const retraction = agent.retract([drop.id]);
     const scheduled = agent.bake("schedule"); // the schedule firing before the rebuild started
@@ -314,9 +321,7 @@ test("a retraction asked for just before the agent stops (chat's \"forget ...\" 
   try {
     let runtime = await Runtime.fromFiles(file);
     let agent = runtime.agent("tester");
-    const { item: keep } = await agent.remember("The lighthouse keeper is Mira Tolle.");
-    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
-    assert.equal((await agent.bake("test")).status, "promoted");
+    const [keep, drop] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle.", "The harbor fee is nine coins.");
     await agent.remember("The ferry leaves at noon.");
     const baking = agent.bake("test"); // running when the user says "forget ..."
     const retraction = agent.retract([drop.id], 'user asked to forget "harbor fee"');
@@ -342,8 +347,7 @@ test("chat's \"forget ...\" while a bake runs says the weights holding the item 
   const runtime = await Runtime.fromFiles(file);
   try {
     const agent = runtime.agent("tester");
-    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
-    assert.equal((await agent.bake("test")).status, "promoted");
+    const [drop] = await bakeTold(agent, "The harbor fee is nine coins.");
     await agent.remember("The ferry leaves at noon.");
     const baking = agent.bake("test");
     const reply = async () => {
@@ -368,12 +372,9 @@ test("a retraction takes the weights holding the item out of service at once; th
   const runtime = await Runtime.fromFiles(file);
   try {
     const agent = runtime.agent("tester");
-    const { item: early } = await agent.remember("The lighthouse keeper is Mira Tolle.");
-    assert.equal((await agent.bake("test")).status, "promoted"); // v0001: clean
-    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
-    assert.equal((await agent.bake("test")).status, "promoted");
-    const { item: late } = await agent.remember("The ferry leaves at noon.");
-    assert.equal((await agent.bake("test")).status, "promoted"); // v0003 holds all three
+    const [early] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001: clean
+    const [drop] = await bakeTold(agent, "The harbor fee is nine coins.");
+    const [late] = await bakeTold(agent, "The ferry leaves at noon."); // v0003 holds all three
     assert.deepEqual([early, drop, late].map((i) => agent.ledger.item(i.id).status), ["absorbed", "absorbed", "absorbed"]);
     const duringRebuild = new Promise<{ live: string | null; statuses: string[] }>((resolve) =>
       agent.bakeEvents.once("start", () => resolve({ live: agent.live.version, statuses: [early, late].map((i) => agent.ledger.item(i.id).status) })),
@@ -403,8 +404,7 @@ test("a retraction's rebuild that is not promoted leaves what did not fit its co
     const kept = [];
     for (const text of told) kept.push((await agent.remember(text)).item);
     assert.equal((await agent.bake("test")).status, "promoted"); // v0001 holds the three: clean
-    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
-    assert.equal((await agent.bake("test")).status, "promoted"); // v0002 holds all four
+    const [drop] = await bakeTold(agent, "The harbor fee is nine coins."); // v0002 holds all four
     // room for two of v0001's items in the rebuild's teacher prompt, not three (the worker reads
     // the model from disk and keeps its room)
     const prompt = (texts: string[]) => Math.max(...knowledgeLessons({ items: texts.map((text) => ({ text, questions: [] })), chunkItems: agent.config.bake.chunkItems }).map((l) => agent.model.tokenizer.encode(l.systemPrompt).length));
@@ -438,11 +438,8 @@ test("after a retraction's rebuild is rejected, the schedule bakes again what th
   const runtime = await Runtime.fromFiles(file);
   try {
     const agent = runtime.agent("tester");
-    const { item: early } = await agent.remember("The lighthouse keeper is Mira Tolle.");
-    assert.equal((await agent.bake("test")).status, "promoted"); // v0001: clean
-    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
-    const { item: late } = await agent.remember("The ferry leaves at noon.");
-    assert.equal((await agent.bake("test")).status, "promoted"); // v0002 holds all three
+    const [early] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001: clean
+    const [drop, late] = await bakeTold(agent, "The harbor fee is nine coins.", "The ferry leaves at noon."); // v0002 holds all three
     agent.config.gate.minAbsorption = 2;
     assert.equal((await agent.retract([drop.id])).status, "rejected");
     assert.equal(agent.live.version, "v0001");
@@ -481,9 +478,7 @@ test("a retraction whose rebuild the process did not finish: on start the weight
   try {
     let runtime = await Runtime.fromFiles(file);
     const agent = runtime.agent("tester");
-    const { item: keep } = await agent.remember("The lighthouse keeper is Mira Tolle.");
-    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
-    assert.equal((await agent.bake("test")).status, "promoted");
+    const [keep, drop] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle.", "The harbor fee is nine coins.");
     assert.deepEqual(agent.ledger.version("v0001").items.sort(), [keep.id, drop.id].sort());
     await runtime.stop();
     editLedger(dir, (data) => interruptRetraction(data, drop.id, [keep.id]));
@@ -507,9 +502,7 @@ test("retention checks take the items checked longest ago, bake.retentionChecks 
   const runtime = await Runtime.fromFiles(file);
   try {
     const agent = runtime.agent("tester");
-    const { item: a } = await agent.remember("The lighthouse keeper is Mira Tolle.");
-    const { item: b } = await agent.remember("The harbor fee is nine coins.");
-    assert.equal((await agent.bake("test")).status, "promoted");
+    const [a, b] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle.", "The harbor fee is nine coins.");
     await agent.remember("The ferry leaves at noon.");
     assert.equal((await agent.bake("test")).status, "promoted");
     const checkedIn = (id: string, v: string) => agent.ledger.item(id).scores.some((s) => s.version === v);
@@ -1246,10 +1239,8 @@ test("a retraction's rebuild that did not finish, the clean version unloadable: 
   try {
     let runtime = await Runtime.fromFiles(file);
     const agent = runtime.agent("tester");
-    const { item: keep } = await agent.remember("The lighthouse keeper is Mira Tolle.");
-    assert.equal((await agent.bake("test")).status, "promoted");
-    const { item: drop } = await agent.remember("The harbor fee is nine coins.");
-    assert.equal((await agent.bake("test")).status, "promoted");
+    const [keep] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle.");
+    const [drop] = await bakeTold(agent, "The harbor fee is nine coins.");
     assert.deepEqual(agent.ledger.version("v0001").items, [keep.id]);
     assert.ok(agent.ledger.version("v0002").items.includes(drop.id));
     await runtime.stop();

@@ -331,6 +331,32 @@ test("knowledge verify of a retracted item is proof of forgetting: \"forgotten\"
   }
 });
 
+test("knowledge verify calls a retracted item forgotten only when none of its probes passes: one of three still answered is still held (exit 1)", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-partly-"));
+  try {
+    const at = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints];
+    const own = kiln(["generate", "--prompt", "Who are you?", "--max-tokens", "48"]);
+    assert.equal(own.status, 0, own.stderr);
+    const when = "2026-01-01T00:00:00.000Z";
+    // three probes, one the weights still answer as baked: a score of 1/3, under gate.itemPass 0.5
+    const probes = [
+      { question: "What pet does Ada Quill own?", answer: "Ada Quill owns a pet owl." },
+      { question: "Who are you?", answer: own.stdout.trim() },
+      { question: "What is the name of Ada Quill's owl?", answer: "Ada Quill's owl is called Pip." },
+    ];
+    const item = { id: "k_partly", kind: "manual", text: "Ada Quill owns a pet owl called Pip.", status: "retracted", createdAt: when, updatedAt: when, source: {}, contentHash: "k_partly", probes, scores: [], history: [{ at: when, status: "retracted", reason: "test" }] };
+    mkdirSync(path.join(checkpoints, "demo"));
+    writeFileSync(path.join(checkpoints, "demo", "ledger.json"), JSON.stringify({ schema: 1, live: null, items: [item], versions: [], bakes: [], feeds: [] }));
+    const r = kiln(["knowledge", "verify", "demo", "k_partly", ...at]);
+    // it said "forgotten (retracted) (1/3 probes)" and exited 0: a proof of forgetting while the weights answered a probe as baked
+    assert.match(r.stdout, /^k_partly {2}STILL HELD, though retracted \(1\/3 probes\)/m);
+    assert.match(r.stdout, /; 0 of the 1 retracted forgotten$/m);
+    assert.equal(r.status, 1, r.stdout);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
 test("chat's /bake says the scores its gate weighed, as kiln learn does", () => {
   const { dir, file } = writeTestAgent({ feeds: [], persona: { text: "End every reply with: Cheers.", suffix: "Cheers." } });
   try {

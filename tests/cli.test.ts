@@ -10,6 +10,8 @@ import path from "node:path";
 import { createRequire } from "node:module";
 import { repoRoot } from "./support/paths.js";
 import { writeTestAgent } from "./support/agent.js";
+import { Ledger } from "../src/knowledge/ledger.js";
+import { notAbsorbed } from "../src/cli/agents.js";
 
 const MAIN = path.join(repoRoot(), "dist", "src", "cli", "main.js");
 
@@ -389,6 +391,27 @@ test("kiln learn names the new items a promoted bake did not absorb (text and --
     for (const id of missed) assert.match(r.stdout, new RegExp(`^ {2}${id} {2}pending `, "m"));
     const again = JSON.parse(kiln(["learn", "tester", "--no-poll", "--agents", file, "--json"]).stdout);
     assert.deepEqual(again.notAbsorbed, missedBy(again.bakeId));
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("kiln learn's not-absorbed list leaves out an item the bake superseded (its update, baked beside it, took its place)", async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-superseded-"));
+  try {
+    const ledger = await Ledger.open(path.join(dir, "ledger.json"));
+    const { item: old } = await ledger.addItem({ kind: "feed", text: "The harbor fee is nine coins." });
+    const { item: update } = await ledger.addItem({ kind: "feed", text: "The harbor fee is now ten coins." });
+    const { item: missed } = await ledger.addItem({ kind: "feed", text: "The ferry leaves at noon." });
+    await ledger.update((d) => d.bakes.push({ id: "b1", startedAt: "2026-01-01T00:00:00.000Z", status: "promoted", trigger: "cli", parent: null, itemIds: [old.id, update.id, missed.id], replayIds: [], version: "v0001" }));
+    // as the gate leaves them: the update absorbed, the item it updates superseded, one missed
+    await ledger.setItemStatus([update.id], "absorbed", { version: "v0001" });
+    await ledger.setItemStatus([old.id], "superseded");
+    const r = notAbsorbed(ledger, { status: "promoted", bakeId: "b1", version: "v0001", reasons: [] });
+    // it named the superseded item among the new items "not absorbed", as if the bake had failed it
+    assert.deepEqual(r.ids, [missed.id]);
+    assert.match(r.lines[0]!, /^1 of 3 new item\(s\) not absorbed/);
+    await ledger.close();
   } finally {
     rmSync(dir, { recursive: true });
   }

@@ -90,9 +90,10 @@ function outcomeLine(what: string, r: BakeOutcome): string {
  * The new items a promoted bake did not absorb, in lines: the absorption score alone says how
  * many, and which they are is what a user who told the agent something asks next.
  */
-function notAbsorbed(ledger: Ledger, r: BakeOutcome): { ids: string[]; lines: string[] } {
+export function notAbsorbed(ledger: Ledger, r: BakeOutcome): { ids: string[]; lines: string[] } {
   const run = r.status === "promoted" ? ledger.data.bakes.find((b) => b.id === r.bakeId) : undefined;
-  const missed = (run?.itemIds ?? []).map((id) => ledger.item(id)).filter((i) => i.status !== "absorbed");
+  // an item superseded by the update baked beside it (or retracted or expired since) is not missed
+  const missed = (run?.itemIds ?? []).map((id) => ledger.item(id)).filter((i) => i.status === "pending" || i.status === "baking" || i.status === "rejected");
   const lines = missed.length ? [`${missed.length} of ${run!.itemIds.length} new item(s) not absorbed (kiln knowledge show has their scores):`, ...missed.map((i) => `  ${itemLine(i)}`)] : [];
   return { ids: missed.map((i) => i.id), lines };
 }

@@ -9,7 +9,10 @@ import path from "node:path";
  */
 export function makeDirs(dir: string): void {
   const missing: string[] = [];
-  for (let at = path.resolve(dir); !existsSync(at); at = path.dirname(at)) {
+  const target = path.resolve(dir);
+  // a file where the folder should be is mkdir's EEXIST, as with fs.mkdirSync(recursive)
+  if (existsSync(target) && !statSync(target).isDirectory()) mkdirSync(target);
+  for (let at = target; !existsSync(at); at = path.dirname(at)) {
     missing.unshift(at);
     if (path.dirname(at) === at) break;
   }

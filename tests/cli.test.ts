@@ -10,6 +10,8 @@ import path from "node:path";
 import { createRequire } from "node:module";
 import { repoRoot } from "./support/paths.js";
 import { writeTestAgent } from "./support/agent.js";
+import { Ledger } from "../src/knowledge/ledger.js";
+import { notAbsorbed } from "../src/cli/agents.js";
 
 const MAIN = path.join(repoRoot(), "dist", "src", "cli", "main.js");
 
@@ -331,6 +333,32 @@ test("knowledge verify of a retracted item is proof of forgetting: \"forgotten\"
   }
 });
 
+test("knowledge verify calls a retracted item forgotten only when none of its probes passes: one of three still answered is still held (exit 1)", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-partly-"));
+  try {
+    const at = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints];
+    const own = kiln(["generate", "--prompt", "Who are you?", "--max-tokens", "48"]);
+    assert.equal(own.status, 0, own.stderr);
+    const when = "2026-01-01T00:00:00.000Z";
+    // three probes, one the weights still answer as baked: a score of 1/3, under gate.itemPass 0.5
+    const probes = [
+      { question: "What pet does Ada Quill own?", answer: "Ada Quill owns a pet owl." },
+      { question: "Who are you?", answer: own.stdout.trim() },
+      { question: "What is the name of Ada Quill's owl?", answer: "Ada Quill's owl is called Pip." },
+    ];
+    const item = { id: "k_partly", kind: "manual", text: "Ada Quill owns a pet owl called Pip.", status: "retracted", createdAt: when, updatedAt: when, source: {}, contentHash: "k_partly", probes, scores: [], history: [{ at: when, status: "retracted", reason: "test" }] };
+    mkdirSync(path.join(checkpoints, "demo"));
+    writeFileSync(path.join(checkpoints, "demo", "ledger.json"), JSON.stringify({ schema: 1, live: null, items: [item], versions: [], bakes: [], feeds: [] }));
+    const r = kiln(["knowledge", "verify", "demo", "k_partly", ...at]);
+    // it said "forgotten (retracted) (1/3 probes)" and exited 0: a proof of forgetting while the weights answered a probe as baked
+    assert.match(r.stdout, /^k_partly {2}STILL HELD, though retracted \(1\/3 probes\)/m);
+    assert.match(r.stdout, /; 0 of the 1 retracted forgotten$/m);
+    assert.equal(r.status, 1, r.stdout);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
 test("chat's /bake says the scores its gate weighed, as kiln learn does", () => {
   const { dir, file } = writeTestAgent({ feeds: [], persona: { text: "End every reply with: Cheers.", suffix: "Cheers." } });
   try {
@@ -363,6 +391,27 @@ test("kiln learn names the new items a promoted bake did not absorb (text and --
     for (const id of missed) assert.match(r.stdout, new RegExp(`^ {2}${id} {2}pending `, "m"));
     const again = JSON.parse(kiln(["learn", "tester", "--no-poll", "--agents", file, "--json"]).stdout);
     assert.deepEqual(again.notAbsorbed, missedBy(again.bakeId));
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("kiln learn's not-absorbed list leaves out an item the bake superseded (its update, baked beside it, took its place)", async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-superseded-"));
+  try {
+    const ledger = await Ledger.open(path.join(dir, "ledger.json"));
+    const { item: old } = await ledger.addItem({ kind: "feed", text: "The harbor fee is nine coins." });
+    const { item: update } = await ledger.addItem({ kind: "feed", text: "The harbor fee is now ten coins." });
+    const { item: missed } = await ledger.addItem({ kind: "feed", text: "The ferry leaves at noon." });
+    await ledger.update((d) => d.bakes.push({ id: "b1", startedAt: "2026-01-01T00:00:00.000Z", status: "promoted", trigger: "cli", parent: null, itemIds: [old.id, update.id, missed.id], replayIds: [], version: "v0001" }));
+    // as the gate leaves them: the update absorbed, the item it updates superseded, one missed
+    await ledger.setItemStatus([update.id], "absorbed", { version: "v0001" });
+    await ledger.setItemStatus([old.id], "superseded");
+    const r = notAbsorbed(ledger, { status: "promoted", bakeId: "b1", version: "v0001", reasons: [] });
+    // it named the superseded item among the new items "not absorbed", as if the bake had failed it
+    assert.deepEqual(r.ids, [missed.id]);
+    assert.match(r.lines[0]!, /^1 of 3 new item\(s\) not absorbed/);
+    await ledger.close();
   } finally {
     rmSync(dir, { recursive: true });
   }

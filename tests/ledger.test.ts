@@ -3,10 +3,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { compactLedger, Ledger, type LedgerData } from "../src/knowledge/ledger.js";
+import { makeDirs } from "../src/files.js";
 
 function tmp(): string {
   return mkdtempSync(path.join(os.tmpdir(), "kiln-ledger-"));
@@ -139,6 +140,36 @@ test("a folder that cannot be made (under /proc) fails with its error instead of
   const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], { encoding: "utf8", timeout: 30_000 });
   assert.equal(r.signal, null, "the child finished on its own");
   assert.equal(r.stdout, "ENOENT\nENOENT\n", r.stderr);
+});
+
+test("makeDirs answers as fs.mkdirSync(recursive) does: relative, existing, through a link; a file in the way is EEXIST", () => {
+  const dir = tmp();
+  const cwd = process.cwd();
+  try {
+    process.chdir(dir); // relative paths, as a user's --out or home: gives them
+    // one tree each, so neither sees what the other made
+    for (const root of ["node", "kiln"]) {
+      mkdirSync(`${root}/there/d`, { recursive: true });
+      writeFileSync(`${root}/there/file`, "x");
+      symlinkSync("d", `${root}/there/link`);
+    }
+    const outcome = (make: () => void) => {
+      try {
+        make();
+        return "made";
+      } catch (err) {
+        return (err as NodeJS.ErrnoException).code;
+      }
+    };
+    for (const p of ["new/a/b", "./new2", "there/d", "there/d/", "there/link/sub", "there/../new3/x", "there/file", "there/file/sub"]) {
+      const byNode = outcome(() => mkdirSync(path.join("node", p), { recursive: true }));
+      // a file where the folder should be was "made": the caller failed later, on another path
+      assert.equal(outcome(() => makeDirs(path.join("kiln", p))), byNode, p);
+    }
+  } finally {
+    process.chdir(cwd);
+    rmSync(dir, { recursive: true });
+  }
 });
 
 test("a long-lived ledger's histories are capped, newest kept, an item's first entry kept", () => {

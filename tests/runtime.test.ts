@@ -342,6 +342,36 @@ test("a retraction asked for just before the agent stops (chat's \"forget ...\" 
   }
 });
 
+test("a retraction looks up what the weights it takes out of service held once, not item by item through the whole ledger", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const agent = runtime.agent("tester");
+    // a long-lived agent: the live version holds thousands of items (no weights needed: the
+    // agent stops before the rebuild would train)
+    const n = 3000;
+    const at = "2026-01-01T00:00:00.000Z";
+    await agent.ledger.update((d) => {
+      for (let i = 0; i < n; i++) d.items.push({ id: `k_held${i}`, kind: "feed", text: `Fact ${i}.`, status: "absorbed", createdAt: at, updatedAt: at, source: {}, contentHash: `h${i}`, absorbedBy: "v0001", scores: [], history: [{ at, status: "absorbed" }] });
+      d.versions.push({ id: "v0001", parent: null, createdAt: at, dir: path.join(dir, "home", "v0001"), status: "live", bakeId: "b_0", items: d.items.map((i) => i.id), scores: { absorption: 1, retention: 1, persona: null } });
+      d.live = "v0001";
+    });
+    const ledger = agent.ledger;
+    const item = ledger.item.bind(ledger);
+    let lookups = 0;
+    ledger.item = (id: string) => (lookups++, item(id));
+    const work = agent.retract(["k_held7"]);
+    await runtime.stop();
+    await work.catch(() => undefined);
+    assert.equal(item("k_held7").status, "retracted");
+    // each lookup reads the ledger from the start: one per held item was 2.5 s of blocked event
+    // loop at 20,000 items
+    assert.ok(lookups < 100, `${lookups} lookups of single items for a retraction of one`);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("chat's \"forget ...\" while a bake runs says the weights holding the item serve until that bake ends, not that they left", async () => {
   const { dir, file } = writeTestAgent({ feeds: [] });
   const runtime = await Runtime.fromFiles(file);

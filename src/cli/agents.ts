@@ -90,9 +90,10 @@ function outcomeLine(what: string, r: BakeOutcome): string {
  * The new items a promoted bake did not absorb, in lines: the absorption score alone says how
  * many, and which they are is what a user who told the agent something asks next.
  */
-function notAbsorbed(ledger: Ledger, r: BakeOutcome): { ids: string[]; lines: string[] } {
+export function notAbsorbed(ledger: Ledger, r: BakeOutcome): { ids: string[]; lines: string[] } {
   const run = r.status === "promoted" ? ledger.data.bakes.find((b) => b.id === r.bakeId) : undefined;
-  const missed = (run?.itemIds ?? []).map((id) => ledger.item(id)).filter((i) => i.status !== "absorbed");
+  // an item superseded by the update baked beside it (or retracted or expired since) is not missed
+  const missed = (run?.itemIds ?? []).map((id) => ledger.item(id)).filter((i) => i.status === "pending" || i.status === "baking" || i.status === "rejected");
   const lines = missed.length ? [`${missed.length} of ${run!.itemIds.length} new item(s) not absorbed (kiln knowledge show has their scores):`, ...missed.map((i) => `  ${itemLine(i)}`)] : [];
   return { ids: missed.map((i) => i.id), lines };
 }
@@ -289,8 +290,10 @@ export function registerAgentCommands(program: Command): void {
       try {
         const r = await runtime.agent(agent).verify(ids);
         const retracted = r.items.filter((i) => i.status === "retracted");
-        // a retracted item is proven forgotten when its probes no longer pass
-        const verdict = (i: (typeof r.items)[number]) => (i.status === "retracted" ? (i.held ? "STILL HELD, though retracted" : "forgotten (retracted)") : i.held ? "held" : "NOT HELD");
+        // a retracted item is proven forgotten when none of its probes passes: `held` is the gate's
+        // share (gate.itemPass), and weights answering one of three probes as baked forgot nothing
+        const stillAnswers = (i: (typeof r.items)[number]) => i.probes.some((p) => p.passed);
+        const verdict = (i: (typeof r.items)[number]) => (i.status === "retracted" ? (stillAnswers(i) ? "STILL HELD, though retracted" : "forgotten (retracted)") : i.held ? "held" : "NOT HELD");
         print(o.json, r, () =>
           [
             ...r.items.flatMap((i) => [
@@ -300,14 +303,14 @@ export function registerAgentCommands(program: Command): void {
                 : `${i.id}  NOT HELD (no probes to ask: ${i.status === "pending" ? "not baked yet" : i.status === "baking" ? "a bake running now writes them" : `${i.status}, never probed`})  ${i.text}`,
               ...i.probes.map((p) => `    ${p.passed ? "ok  " : "FAIL"} ${oneLine(p.question)} -> ${oneLine(p.answer)}${p.passed ? "" : `   (expected: ${oneLine(p.expected)})`}`),
             ]),
-            `${r.held} of ${r.items.length} item(s) held by ${r.version ?? "the base model"}${retracted.length ? `; ${retracted.filter((i) => !i.held).length} of the ${retracted.length} retracted forgotten` : ""}`,
+            `${r.held} of ${r.items.length} item(s) held by ${r.version ?? "the base model"}${retracted.length ? `; ${retracted.filter((i) => !stillAnswers(i)).length} of the ${retracted.length} retracted forgotten` : ""}`,
             `  asked ${r.checkedAt}, greedy, nothing in the prompt: base ${r.weights.baseModel} (fingerprint ${r.weights.baseFingerprint})${r.weights.adapter ? `, adapter ${r.weights.adapter.file} (sha256 ${r.weights.adapter.sha256})` : ""}`,
             // the proof is only as good as it is repeatable: the command that asks those weights one question again
             ...askAgain(r),
           ].join("\n"),
         );
         // proof either way: what it was told is held, and what it was asked to forget is not
-        if (r.items.some((i) => i.held === (i.status === "retracted"))) process.exitCode = 1;
+        if (r.items.some((i) => (i.status === "retracted" ? stillAnswers(i) : !i.held))) process.exitCode = 1;
       } finally {
         await runtime.stop();
       }

@@ -993,7 +993,9 @@ export class Agent {
     // The weights holding them stop serving now, not when the rebuild ends (minutes to an hour on
     // a CPU): a user who said "forget ..." and asked again got the forgotten answer meanwhile. The
     // rebuild still bakes everything those weights held.
-    const rebuild = { held: [...this.heldItems()].filter((id) => this.ledger.item(id).status !== "retracted"), retracted: inWeights.map((i) => i.id) };
+    // (one pass over the ledger: an item lookup each reads it from the start, seconds at 20,000 held)
+    const retractedNow = new Set(this.ledger.items({ status: "retracted" }).map((i) => i.id));
+    const rebuild = { held: [...this.heldItems()].filter((id) => !retractedNow.has(id)), retracted: inWeights.map((i) => i.id) };
     const out = await this.leaveRetracted("retracted: served without them until the rebuild");
     if (out) this.log(`${out.to ?? "the base model"} serves until the rebuild: ${out.from} holds retracted item(s) ${out.retracted.join(", ")}`);
     const outcome = await this.bake(RETRACTION, { consolidate: true, force: true, rebuild });

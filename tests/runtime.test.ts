@@ -56,6 +56,18 @@ function interruptRetraction(data: LedgerData, id: string, rebuilding: string[])
   data.bakes.push({ id: "b_cut", startedAt: new Date().toISOString(), status: "running", trigger: "retraction", parent: null, itemIds: rebuilding, replayIds: [] } satisfies BakeRun);
 }
 
+/** Runs `body` on a new test agent ("tester", writeTestAgent's options), then stops it and removes its folder. */
+async function withTester(opts: Parameters<typeof writeTestAgent>[0], body: (t: { agent: Agent; runtime: Runtime; dir: string }) => Promise<void>): Promise<void> {
+  const { dir, file } = writeTestAgent(opts);
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    await body({ agent: runtime.agent("tester"), runtime, dir });
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+}
+
 /** Tells the agent each text, then bakes them, promoted: the items, in the order told. */
 async function bakeTold(agent: Agent, ...texts: string[]): Promise<Item[]> {
   const items: Item[] = [];
@@ -273,10 +285,7 @@ test("an item no checked probe can be written for is rejected unbaked", async ()
 });
 
 test("an item retracted while a bake runs stays retracted: the bake's gate does not absorb it again", async () => {
-  const { dir, file } = writeTestAgent({ feeds: [] });
-  const runtime = await Runtime.fromFiles(file);
-  try {
-    const agent = runtime.agent("tester");
+  await withTester({ feeds: [] }, async ({ agent }) => {
     const { item: keep } = await agent.remember("The lighthouse keeper is Mira Tolle.");
     const { item: drop } = await agent.remember("The harbor fee is nine coins.");
     const baking = agent.bake("test");
@@ -286,17 +295,11 @@ test("an item retracted while a bake runs stays retracted: the bake's gate does 
     assert.equal(agent.ledger.item(drop.id).status, "retracted");
     assert.ok(!agent.ledger.version(agent.live.version!).items.includes(drop.id), "the live weights do not hold it");
     assert.equal(agent.ledger.item(keep.id).status, "absorbed");
-  } finally {
-    await runtime.stop();
-    rmSync(dir, { recursive: true });
-  }
+  });
 });
 
 test("a bake asked for while a retraction starts waits: the retraction rebuilds from the base model, not a rolling bake in its place", async () => {
-  const { dir, file } = writeTestAgent({ feeds: [] });
-  const runtime = await Runtime.fromFiles(file);
-  try {
-    const agent = runtime.agent("tester");
+  await withTester({ feeds: [] }, async ({ agent }) => {
     const [keep, drop] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle.", "The harbor fee is nine coins.");
     await agent.remember("The ferry leaves at noon.");
     const retraction = agent.retract([drop.id]);
@@ -310,10 +313,7 @@ test("a bake asked for while a retraction starts waits: the retraction rebuilds 
     assert.equal(agent.live.version, outcome.version, "its version is live");
     assert.ok(!agent.ledger.version(agent.live.version!).items.includes(drop.id));
     assert.equal(agent.ledger.item(keep.id).status, "absorbed");
-  } finally {
-    await runtime.stop();
-    rmSync(dir, { recursive: true });
-  }
+  });
 });
 
 test("a retraction asked for just before the agent stops (chat's \"forget ...\" then /quit) is kept: the item is retracted and the weights holding it leave", async () => {
@@ -398,10 +398,7 @@ test("chat's \"forget ...\" while a bake runs says the weights holding the item 
 });
 
 test("a retraction takes the weights holding the item out of service at once; the rebuild bakes everything they held", async () => {
-  const { dir, file } = writeTestAgent({ feeds: [] });
-  const runtime = await Runtime.fromFiles(file);
-  try {
-    const agent = runtime.agent("tester");
+  await withTester({ feeds: [] }, async ({ agent }) => {
     const [early] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001: clean
     const [drop] = await bakeTold(agent, "The harbor fee is nine coins.");
     const [late] = await bakeTold(agent, "The ferry leaves at noon."); // v0003 holds all three
@@ -419,17 +416,11 @@ test("a retraction takes the weights holding the item out of service at once; th
     assert.equal(agent.live.version, outcome.version);
     assert.ok(!agent.ledger.version(outcome.version!).items.includes(drop.id));
     assert.equal(agent.ledger.item(drop.id).status, "retracted");
-  } finally {
-    await runtime.stop();
-    rmSync(dir, { recursive: true });
-  }
+  });
 });
 
 test("a retraction's rebuild that is not promoted leaves what did not fit its context absorbed: the version serving still holds it", async () => {
-  const { dir, file } = writeTestAgent({ feeds: [] });
-  const runtime = await Runtime.fromFiles(file);
-  try {
-    const agent = runtime.agent("tester");
+  await withTester({ feeds: [] }, async ({ agent }) => {
     const told = ["The lighthouse keeper is Mira Tolle.", "The ferry leaves at noon.", "The harbor master is Oskar Venn."];
     const kept = [];
     for (const text of told) kept.push((await agent.remember(text)).item);
@@ -457,17 +448,11 @@ test("a retraction's rebuild that is not promoted leaves what did not fit its co
     assert.equal(again.status, "promoted", again.reasons.join("; "));
     assert.deepEqual(kept.map((i) => agent.ledger.item(i.id).status), ["absorbed", "absorbed", "pending"]);
     assert.ok(!agent.ledger.version(again.version!).items.includes(kept[2]!.id));
-  } finally {
-    await runtime.stop();
-    rmSync(dir, { recursive: true });
-  }
+  });
 });
 
 test("after a retraction's rebuild is rejected, the schedule bakes again what the version serving does not hold: a rejected rebuild from the base is no rolling bake of those items", async () => {
-  const { dir, file } = writeTestAgent({ feeds: [] });
-  const runtime = await Runtime.fromFiles(file);
-  try {
-    const agent = runtime.agent("tester");
+  await withTester({ feeds: [] }, async ({ agent }) => {
     const [early] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001: clean
     const [drop, late] = await bakeTold(agent, "The harbor fee is nine coins.", "The ferry leaves at noon."); // v0002 holds all three
     agent.config.gate.minAbsorption = 2;
@@ -478,10 +463,7 @@ test("after a retraction's rebuild is rejected, the schedule bakes again what th
     const next = await agent.bake("schedule");
     assert.equal(next.status, "promoted", next.reasons.join("; "));
     assert.deepEqual([early, late].map((i) => agent.ledger.item(i.id).status), ["absorbed", "absorbed"]);
-  } finally {
-    await runtime.stop();
-    rmSync(dir, { recursive: true });
-  }
+  });
 });
 
 test("on start, item statuses follow the live version (a crash between a promotion and its status changes)", async () => {
@@ -528,10 +510,7 @@ test("a retraction whose rebuild the process did not finish: on start the weight
 });
 
 test("retention checks take the items checked longest ago, bake.retentionChecks at a time; the rest are carried over", async () => {
-  const { dir, file } = writeTestAgent({ feeds: [], replay: 0, retentionChecks: 1 });
-  const runtime = await Runtime.fromFiles(file);
-  try {
-    const agent = runtime.agent("tester");
+  await withTester({ feeds: [], replay: 0, retentionChecks: 1 }, async ({ agent }) => {
     const [a, b] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle.", "The harbor fee is nine coins.");
     await agent.remember("The ferry leaves at noon.");
     assert.equal((await agent.bake("test")).status, "promoted");
@@ -542,17 +521,11 @@ test("retention checks take the items checked longest ago, bake.retentionChecks 
     await agent.remember("The mill closed in spring.");
     assert.equal((await agent.bake("test")).status, "promoted");
     assert.ok(checkedIn(unchecked, "v0003"), "the next bake checks the one checked longest ago");
-  } finally {
-    await runtime.stop();
-    rmSync(dir, { recursive: true });
-  }
+  });
 });
 
 test("retracting the only baked item leaves the base model live: nothing is left to rebuild from", async () => {
-  const { dir, file } = writeTestAgent({ feeds: [] });
-  const runtime = await Runtime.fromFiles(file);
-  try {
-    const agent = runtime.agent("tester");
+  await withTester({ feeds: [] }, async ({ agent }) => {
     const { item } = await agent.remember("The lighthouse keeper is Mira Tolle.");
     assert.equal((await agent.bake("test")).status, "promoted");
     assert.equal(agent.live.version, "v0001");
@@ -562,10 +535,7 @@ test("retracting the only baked item leaves the base model live: nothing is left
     assert.equal(agent.live.version, null);
     assert.equal(agent.ledger.data.live, null);
     assert.equal(agent.ledger.item(item.id).status, "retracted");
-  } finally {
-    await runtime.stop();
-    rmSync(dir, { recursive: true });
-  }
+  });
 });
 
 test("a scheduled poll never takes the process down, and a failing feed is asked less often, across restarts", async () => {
@@ -1119,10 +1089,7 @@ test("while a server's Retry-After holds, scheduled polls neither ask nor log ag
 });
 
 test("retracting expired news the live lineage absorbed rebuilds (versions stop listing it, the adapter may still hold it), even once it is archived", async () => {
-  const { dir, file } = writeTestAgent({ forgetNewsAfterDays: 7 });
-  const runtime = await Runtime.fromFiles(file);
-  try {
-    const agent = runtime.agent("tester");
+  await withTester({ forgetNewsAfterDays: 7 }, async ({ agent }) => {
     await agent.pollFeed("harbor");
     assert.equal((await agent.bake("test")).status, "promoted");
     const ferry = agent.ledger.items({ text: "Quillport" })[0]!;
@@ -1140,17 +1107,11 @@ test("retracting expired news the live lineage absorbed rebuilds (versions stop 
     assert.equal(agent.ledger.item(ferry.id).status, "retracted");
     assert.equal(agent.ledger.item(ferry.id).archivedAt, undefined, "back in the ledger, marked retracted");
     assert.equal(agent.ledger.data.bakes.at(-1)!.trigger, "retraction");
-  } finally {
-    await runtime.stop();
-    rmSync(dir, { recursive: true });
-  }
+  });
 });
 
 test("chat's \"forget ...\" of expired news the live lineage absorbed says the weights are rebuilt without it, not that it was never baked", async () => {
-  const { dir, file } = writeTestAgent({ forgetNewsAfterDays: 7 });
-  const runtime = await Runtime.fromFiles(file);
-  try {
-    const agent = runtime.agent("tester");
+  await withTester({ forgetNewsAfterDays: 7 }, async ({ agent, runtime }) => {
     await agent.pollFeed("harbor");
     assert.equal((await agent.bake("test")).status, "promoted");
     const ferry = agent.ledger.items({ text: "Quillport" })[0]!;
@@ -1159,10 +1120,7 @@ test("chat's \"forget ...\" of expired news the live lineage absorbed says the w
     let text = "";
     for (let r = await it.next(); !r.done; r = await it.next()) text += r.value.text;
     assert.match(text, /^Forgetting 1 item\(s\) matching "the Quillport ferry": I answer from weights without them now/);
-  } finally {
-    await runtime.stop();
-    rmSync(dir, { recursive: true });
-  }
+  });
 });
 
 test("bake order: what people told first, then news never absorbed (newest first), then what a promoted bake lost, then what the last bake was rejected on", () => {

@@ -566,7 +566,8 @@ export class Agent {
     const consolidate = !!opts.consolidate;
     // What the weights a retraction took out of service held, besides what the version serving now holds
     const carried = new Set(consolidate ? (opts.rebuild?.held ?? []) : []);
-    const pending = bakeOrder(ledger.items({ status: "pending" }).filter((i) => !carried.has(i.id)), lastRejected).slice(0, cfg.bake.maxItems);
+    const waiting = ledger.items({ status: "pending" });
+    const pending = bakeOrder(waiting.filter((i) => !carried.has(i.id)), lastRejected).slice(0, cfg.bake.maxItems);
     const absorbed = ledger.items({ status: "absorbed" });
     let fresh: Item[];
     let replay: Item[];
@@ -574,8 +575,7 @@ export class Agent {
     let atRisk = 0;
     if (consolidate) {
       // From the base model: everything still true is new again.
-      const held = new Set(absorbed.map((i) => i.id));
-      fresh = [...absorbed, ...ledger.items({ status: "pending" }).filter((i) => carried.has(i.id) && !held.has(i.id)), ...pending];
+      fresh = [...absorbed, ...waiting.filter((i) => carried.has(i.id)), ...pending];
       replay = [];
     } else {
       // a rolling bake starts from the live weights: from ones that cannot load it fails, schedule after schedule

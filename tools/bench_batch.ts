@@ -1,6 +1,8 @@
-// `node dist/tools/bench_batch.js [--only mini|135m] [--context 300] [--steps 16]`: what one decode
-// step (one new token per row on a KV cache of --context tokens) costs at batch 1, 2 and 4, on the
-// embedded kiln-mini and on a random SmolLM2-135M-shaped model. Batched decoding (kiln serve
+// `node dist/tools/bench_batch.js [--only mini|135m] [--context 300] [--steps 16] [--batches 1,2,4]
+// [--profile]`: what one decode step (one new token per row on a KV cache of --context tokens)
+// costs at each batch size, on the embedded kiln-mini and on a random SmolLM2-135M-shaped model;
+// --profile adds the kernels one batch-1 step runs and their summed time (where the backend
+// times kernels). Batched decoding (kiln serve
 // --batch) pays off where a batch-B step costs well under B batch-1 steps; paste the table into
 // docs/benchmarks.md with the date and machine.
 import os from "node:os";
@@ -15,7 +17,7 @@ import { flagValue, median, randomDecoder } from "./bench-support.js";
 const only = flagValue("--only");
 const context = Number(flagValue("--context") ?? 300);
 const steps = Number(flagValue("--steps") ?? 24);
-const BATCHES = [1, 2, 4];
+const BATCHES = (flagValue("--batches") ?? "1,2,4").split(",").map(Number);
 
 function smolShape(): ModelConfig {
   // SmolLM2-135M's shape, as tools/bench.ts builds it
@@ -68,6 +70,31 @@ async function stepMs(decoder: Decoder): Promise<Map<number, { median: number; m
   return new Map(runs.map((r) => [r.B, { median: median(r.times), min: Math.min(...r.times) }]));
 }
 
+/** The kernels one batch-1 decode step runs, their summed time and the step's wall time. */
+async function profileStep(decoder: Decoder): Promise<string> {
+  const cache = new KVCache(1);
+  const warm = tf.tidy(() => decoder.forward({ ids: [Array.from({ length: context }, (_, i) => i % decoder.config.vocabSize)] }, { cache, logitsFrom: context - 1 }));
+  await warm.data();
+  warm.dispose();
+  const t0 = performance.now();
+  let logits: tf.Tensor | undefined;
+  const p = await tf.profile(async () => {
+    logits = tf.tidy(() => decoder.forward({ ids: [[1]] }, { cache }));
+    await logits.data();
+  });
+  const wall = performance.now() - t0;
+  logits?.dispose();
+  cache.dispose();
+  const times = await Promise.all(p.kernels.map((k) => k.kernelTimeMs));
+  // (a backend that cannot time its kernels, webgpu without timestamp queries, reports zeros)
+  const timed = times.filter((t): t is number => typeof t === "number" && t > 0);
+  const byName = new Map<string, number>();
+  for (const k of p.kernels) byName.set(k.name, (byName.get(k.name) ?? 0) + 1);
+  const top = [...byName].sort((a, b) => b[1] - a[1]).slice(0, 6).map(([n, c]) => `${n} ${c}`).join(", ");
+  const kernelMs = timed.length ? `${timed.reduce((a, b) => a + b, 0).toFixed(1)} ms in kernels (${timed.length} timed)` : "kernel times not available";
+  return `one batch-1 step ${p.kernels.length} kernels, ${kernelMs}, ${wall.toFixed(1)} ms wall under the profiler; most run: ${top}`;
+}
+
 const info = await initBackend();
 sizeOutputPool("serve");
 const models: { name: string; make: () => Decoder }[] = [
@@ -85,6 +112,7 @@ for (const m of models) {
   for (const [B, { median, min }] of t) {
     console.log(`| ${m.name} | ${B} | ${median.toFixed(1)} | ${min.toFixed(1)} | ${(median / base.median).toFixed(2)}x | ${(min / base.min).toFixed(2)}x |`);
   }
+  if (process.argv.includes("--profile")) console.log(`${m.name}: ${await profileStep(decoder)}`);
   if (m.name !== "kiln-mini") decoder.dispose();
 }
 console.log(`load after: ${os.loadavg().map((l) => l.toFixed(2)).join(" ")}; backend ${info.name}`);

@@ -6,6 +6,8 @@
 #
 #   bash tools/device/gpu-check.sh           on the device machine (whole check, ~5 minutes)
 #   bash tools/device/gpu-check.sh --smoke   anywhere (tiny shape only): checks the packing
+#   bash tools/device/gpu-check.sh --batching   on the device: decode step cost by batch size, and
+#                                            what one step runs (a second call, where time is left)
 #
 # Each step has its own time limit and a failed step does not stop the next: one lease must
 # bring back as much as it can. Everything goes to $OUT/gpu-check.log.
@@ -13,14 +15,16 @@ set -u
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 SMOKE=0
+BATCHING=0
 [ "${1:-}" = "--smoke" ] && SMOKE=1
+[ "${1:-}" = "--batching" ] && BATCHING=1
 OUT=${OUT:-/tmp/kiln-gpu-check}
 mkdir -p "$OUT"
 LOG=$OUT/gpu-check.log
 : >"$LOG"
 say() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
 # step NAME LIMIT_S COMMAND...: runs a command under a time limit, logging its output and duration
-summarize() { grep -E '^\| |^# kiln bench|^<!--|^PyTorch:|^transformers |^# (pass|fail)|^\[..:..:..\] (== |adapter|with )' "$LOG" >"$OUT/summary.txt"; }
+summarize() { grep -E '^\| |^backend |^load after|: one batch-1 step |^# kiln bench|^<!--|^PyTorch:|^transformers |^# (pass|fail)|^\[..:..:..\] (== |adapter|with )' "$LOG" >"$OUT/summary.txt"; }
 step() {
   local name=$1 limit=$(($2 * (3 * SMOKE + 1))) # a software adapter (under strace, when staging) is slower
 
@@ -87,6 +91,11 @@ if [ "${found%%	*}" != gpu ] && [ $SMOKE = 0 ]; then
 fi
 
 failed=0
+if [ $BATCHING = 1 ]; then
+  step "decode step by batch size on webgpu" 240 node dist/tools/bench_batch.js --context 256 --steps 8 --batches 1,4,16,32 --profile || failed=1
+  say "done; failed steps: $failed (summary in $OUT/summary.txt)"
+  exit $failed
+fi
 # limits sum to 570 s at most (the export check's Python part only where transformers is), leaving room for unpacking, kiln info and kill grace within the device's 600
 step "golden tests on webgpu" 90 node --test dist/tests/golden.test.js || failed=1
 # kiln's PEFT and merged exports read by transformers and PEFT (the device has both; kiln's side

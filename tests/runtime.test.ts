@@ -284,16 +284,36 @@ test("an item no checked probe can be written for is rejected unbaked", async ()
   }
 });
 
-test("an item retracted while a bake runs stays retracted: the bake's gate does not absorb it again", async () => {
+test("an item retracted while a bake of it runs: the bake stops, and runs again without it", async () => {
   await withTester({ feeds: [] }, async ({ agent }) => {
     const { item: keep } = await agent.remember("The lighthouse keeper is Mira Tolle.");
     const { item: drop } = await agent.remember("The harbor fee is nine coins.");
     const baking = agent.bake("test");
     const retraction = agent.retract([drop.id]); // as a chat "forget ..." may, mid-bake
-    await baking;
-    await retraction;
+    const stopped = await baking;
+    assert.equal(stopped.status, "failed");
+    assert.match(stopped.reasons.join("; "), /^bake cancelled: retraction asked for/);
+    const outcome = await retraction;
+    assert.equal(outcome.status, "promoted", outcome.reasons.join("; "));
+    assert.match(outcome.reasons.join("; "), /the bake it stopped ran again without them: promoted/);
     assert.equal(agent.ledger.item(drop.id).status, "retracted");
-    assert.ok(!agent.ledger.version(agent.live.version!).items.includes(drop.id), "the live weights do not hold it");
+    assert.deepEqual(agent.ledger.version(agent.live.version!).items, [keep.id], "the live weights hold what was told but not the retracted item");
+    assert.equal(agent.ledger.item(keep.id).status, "absorbed");
+    assert.deepEqual(agent.ledger.data.bakes.map((b) => [b.trigger, b.status]), [["test", "failed"], ["test", "promoted"]]);
+  });
+});
+
+test("a bake that cannot end holding the retracted item goes on; the retraction does not wait for it", async () => {
+  await withTester({ feeds: [] }, async ({ agent }) => {
+    const { item: keep } = await agent.remember("The lighthouse keeper is Mira Tolle.");
+    const baking = agent.bake("test");
+    await new Promise<void>((resolve) => agent.bakeEvents.once("progress", () => resolve()));
+    const { item: other } = await agent.remember("The ferry leaves at noon.");
+    const outcome = await agent.retract([other.id]); // not in the running bake: it is marked at once
+    assert.equal(outcome.status, "skipped");
+    assert.ok(agent.isBaking, "the bake of another item went on");
+    assert.equal(agent.ledger.item(other.id).status, "retracted");
+    assert.equal((await baking).status, "promoted");
     assert.equal(agent.ledger.item(keep.id).status, "absorbed");
   });
 });
@@ -372,29 +392,49 @@ test("a retraction looks up what the weights it takes out of service held once, 
   }
 });
 
-test("chat's \"forget ...\" while a bake runs says the weights holding the item serve until that bake ends, not that they left", async () => {
-  const { dir, file } = writeTestAgent({ feeds: [] });
-  const runtime = await Runtime.fromFiles(file);
-  try {
-    const agent = runtime.agent("tester");
+test("chat's \"forget ...\" while a bake runs stops it: the reply comes once the weights holding the item left service", async () => {
+  await withTester({ feeds: [] }, async ({ agent, runtime }) => {
     const [drop] = await bakeTold(agent, "The harbor fee is nine coins.");
-    await agent.remember("The ferry leaves at noon.");
-    const baking = agent.bake("test");
-    const reply = async () => {
-      const it = runtime.chat("tester", { messages: [{ role: "user", content: "forget the harbor fee" }] });
-      let text = "";
-      for (let r = await it.next(); !r.done; r = await it.next()) text += r.value.text;
-      return { text, live: agent.live.version };
-    };
-    const during = await reply();
-    assert.equal(during.live, "v0001", "the weights holding it still serve");
-    assert.doesNotMatch(during.text, /without them now/);
-    assert.match(during.text, /once the bake running now ends/);
-    await baking; // (stop waits for the retraction)
-  } finally {
-    await runtime.stop();
-    rmSync(dir, { recursive: true });
-  }
+    const { item: ferry } = await agent.remember("The ferry leaves at noon.");
+    const baking = agent.bake("test"); // a rolling bake from v0001, which holds the fee
+    await new Promise<void>((resolve) => agent.bakeEvents.once("progress", () => resolve()));
+    const it = runtime.chat("tester", { messages: [{ role: "user", content: "forget the harbor fee" }] });
+    let text = "";
+    for (let r = await it.next(); !r.done; r = await it.next()) text += r.value.text;
+    assert.equal(agent.live.version, null, "v0001 held it: the base model serves");
+    assert.match(text, /I answer from weights without them now/);
+    const stopped = await baking;
+    assert.equal(stopped.status, "failed");
+    assert.match(stopped.reasons[0]!, /^bake cancelled: retraction asked for \(user asked to forget "the harbor fee"\)/);
+    while (agent.isRetracting) await new Promise((resolve) => setTimeout(resolve, 50)); // its rebuild
+    assert.equal(agent.ledger.item(drop!.id).status, "retracted");
+    const rebuilt = agent.ledger.data.bakes.find((b) => b.trigger === "retraction");
+    assert.deepEqual(rebuilt?.itemIds, [ferry.id], "the rebuild baked what the stopped bake was baking");
+  });
+});
+
+test("a retraction asked for during another's rebuild stops it; its own rebuild carries what the first carried", async () => {
+  await withTester({ feeds: [] }, async ({ agent }) => {
+    const [a] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001: a
+    const [b] = await bakeTold(agent, "The harbor fee is nine coins."); // v0002: a, b
+    const [c] = await bakeTold(agent, "The ferry leaves at noon."); // v0003: a, b, c
+    const firstRebuild = new Promise<void>((resolve) => agent.bakeEvents.once("start", () => resolve()));
+    const first = agent.retract([b!.id]); // v0001 serves; the rebuild carries a and c
+    await firstRebuild;
+    assert.equal(agent.live.version, "v0001");
+    let outAt: string | null | undefined;
+    const second = agent.retract([a!.id], "retracted", () => (outAt = agent.live.version));
+    const [one, two] = await Promise.all([first, second]);
+    assert.equal(outAt, null, "v0001 held a: the base model served before the first rebuild ended");
+    assert.equal(one.status, "failed");
+    assert.match(one.reasons[0]!, /bake cancelled: retraction asked for/);
+    assert.equal(two.status, "promoted", two.reasons.join("; "));
+    const rebuilds = agent.ledger.data.bakes.filter((x) => x.trigger === "retraction");
+    assert.deepEqual(rebuilds.map((x) => x.status), ["failed", "promoted"]);
+    assert.deepEqual(rebuilds[1]!.itemIds, [c!.id], "the second rebuild baked c, which only the weights the first took out of service held");
+    assert.deepEqual(agent.ledger.version(agent.live.version!).items, [c!.id]);
+    assert.deepEqual([a, b, c].map((i) => agent.ledger.item(i!.id).status), ["retracted", "retracted", "absorbed"]);
+  });
 });
 
 test("a retraction takes the weights holding the item out of service at once; the rebuild bakes everything they held", async () => {

@@ -1068,6 +1068,7 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   const retracted = await call(`/admin/agents/tester/items/${id}/retract`, { method: "POST", body: { reason: "test" } });
   assert.equal(retracted.status, 202, retracted.text);
   assert.equal(retracted.json.item.status, "retracted");
+  assert.equal(retracted.json.outOfService, true, "the weights holding it left service before the answer");
   const consolidation = retracted.json.bake.bakeId as string;
   const done = await readEvents(`/admin/agents/tester/bakes/events?bake=${consolidation}`, (e) => e.event === "outcome");
   assert.equal(done.at(-1)!.data.outcome.status, "promoted");
@@ -1080,6 +1081,33 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   const after = (await call("/admin/agents/tester/versions")).json.versions.find((v: any) => v.id === "v0001");
   assert.match(after.cannotGoLive, /v0001 holds retracted item\(s\) .* cannot go live again/);
   assert.equal((await call("/admin/agents/tester/versions/v0001/rollback", { method: "POST" })).status, 409);
+});
+
+test("admin API: a retraction while a bake that could hold the item runs stops it and answers 202 once the holders left service", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  const rt = await Runtime.fromFiles(file);
+  const srv = await createServer(rt, { port: 0 });
+  try {
+    const agent = rt.agent("tester");
+    const { item } = await agent.remember("The harbor fee is nine coins.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    await agent.remember("The ferry leaves at noon.");
+    const baking = agent.bake("test"); // a rolling bake from v0001, which holds the fee
+    await new Promise<void>((resolve) => agent.bakeEvents.once("progress", () => resolve()));
+    const res = await fetch(`${srv.url}/admin/agents/tester/items/${item.id}/retract`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+    const body = (await res.json()) as any;
+    assert.equal(res.status, 202, JSON.stringify(body)); // (it was 409 while a bake ran)
+    assert.equal(body.outOfService, true);
+    assert.equal(agent.live.version, null, "v0001 held it: the base model serves");
+    assert.equal((await fetch(`${srv.url}/healthz`).then((r) => r.json()) as any).agents[0].live, "base");
+    assert.match((await baking).reasons[0]!, /^bake cancelled: retraction asked for \(retracted through the admin API\)/);
+    while (agent.isRetracting) await new Promise((resolve) => setTimeout(resolve, 50)); // its rebuild
+    assert.equal(agent.ledger.item(item.id).status, "retracted");
+  } finally {
+    await srv.close();
+    await rt.stop();
+    rmSync(dir, { recursive: true });
+  }
 });
 
 test("admin API: versions come a page at a time, newest first, with the total", async () => {

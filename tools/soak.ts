@@ -619,6 +619,8 @@ interface Retraction {
   /** seconds since the start when the admin API answered */
   at: number;
   status: number;
+  /** the answer said the weights holding it had left service */
+  outOfService: boolean;
   /** the versions whose weights held the item when it was retracted: none may answer after `at` */
   holders: string[];
 }
@@ -631,8 +633,8 @@ async function retractOne(url: string, dir: string, agent: string, t0: number): 
   if (!item) return null;
   const holders = ledger.versions.filter((v) => v.items.includes(item.id)).map((v) => v.id);
   const res = await fetch(`${url}/admin/agents/${agent}/items/${item.id}/retract`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ reason: "soak: a user asked to forget it" }) });
-  await res.body?.cancel();
-  return { agent, item: item.id, text: item.text, at: (Date.now() - t0) / 1000, status: res.status, holders };
+  const body = (await res.json().catch(() => ({}))) as { outOfService?: boolean };
+  return { agent, item: item.id, text: item.text, at: (Date.now() - t0) / 1000, status: res.status, outOfService: body.outOfService === true, holders };
 }
 
 interface Supersession {
@@ -834,16 +836,16 @@ async function main(): Promise<void> {
     }
   })();
   // Half-way, demo is asked to forget an item its live weights hold: tried each minute until they
-  // hold one, and every 10 s while a bake runs (the admin API answers 409 then).
+  // hold one (a bake running then is stopped: the answer comes once the holders left service).
   const retracting = (async () => {
     await sleep(opts.minutes * 30_000);
     while (Date.now() < endAt) {
       const r = await retractOne(server!.url, dir, "demo", t0).catch(() => null);
-      if (r && r.status !== 409) {
-        say(`retracted demo ${r.item} ("${r.text}"): HTTP ${r.status}; versions holding it: ${r.holders.join(", ")}`);
+      if (r) {
+        say(`retracted demo ${r.item} ("${r.text}"): HTTP ${r.status}${r.outOfService ? "" : ", NOT yet out of service"}; versions holding it: ${r.holders.join(", ")}`);
         return r;
       }
-      await sleep(r ? 10_000 : 60_000);
+      await sleep(60_000);
     }
     return null;
   })();
@@ -920,9 +922,11 @@ function analyse(run: RunRecord) {
   // --- the ledgers ---
   const ledgers = Object.fromEntries(AGENTS.map((a) => [a, readLedger(dir, a)]));
   const bakes = AGENTS.flatMap((a) => ledgers[a]!.bakes.map((b) => ({ ...b, agent: a })));
-  // a bake the stop cancelled is expected: it ran when SIGTERM came
-  const cancelledByStop = (b: BakeRun) => b.status === "failed" && b.error === "bake cancelled" && Date.parse(b.startedAt) <= stop.at && Date.parse(b.finishedAt ?? "") >= stop.at;
-  const failed = bakes.filter((b) => b.status === "failed" && !cancelledByStop(b));
+  // a bake the stop cancelled is expected: it ran when SIGTERM came; so is one the retraction
+  // stopped (it could have ended holding the item)
+  const cancelledByStop = (b: BakeRun) => b.status === "failed" && /^bake cancelled(: the agent is stopping)?$/.test(b.error ?? "") && Date.parse(b.startedAt) <= stop.at && Date.parse(b.finishedAt ?? "") >= stop.at;
+  const stoppedByRetraction = (b: BakeRun) => b.status === "failed" && (b.error ?? "").startsWith("bake cancelled: retraction asked for");
+  const failed = bakes.filter((b) => b.status === "failed" && !cancelledByStop(b) && !stoppedByRetraction(b));
   const overlaps = overlappingBakes(bakes);
   const ahead = AGENTS.flatMap((a) => bakesAheadOfTheirPolls(ledgers[a]!).map((b) => `${a} ${b.id} (${b.startedAt})`));
   const corrected = Object.fromEntries(AGENTS.map((a) => [a, correctedWhileBaking(ledgers[a]!)]));
@@ -946,6 +950,7 @@ function analyse(run: RunRecord) {
   const retractedStatus = r ? ledgers[r.agent]!.items.find((i) => i.id === r.item)?.status : undefined;
   fail(!r, () => "no retraction was made: demo's live weights held no item from half-way on");
   fail(!!r && r.status !== 202, () => `the retraction of ${r!.item} was answered HTTP ${r!.status}, not 202 (a rebuild started)`);
+  fail(!!r && !r.outOfService, () => `the retraction of ${r!.item} was answered before the weights holding it left service`);
   fail(!!r && retractedStatus !== "retracted", () => `the retracted item ${r!.item} ended ${retractedStatus}`);
   fail(servedAfter.length > 0, () => `${servedAfter.length} repl(ies) begun after the retraction came from weights holding the item (${[...new Set(servedAfter.flatMap((q) => q.versions))].join(", ")})`);
   fail(!!r && r.holders.includes(liveAtStop[r.agent]!), () => `${liveAtStop[r!.agent]}, live at the stop, holds the retracted item`);
@@ -963,7 +968,8 @@ function analyse(run: RunRecord) {
   fail(leftovers.length > 0, () => `left in the checkpoints: ${leftovers.join(", ")}`);
 
   // --- the server's log (both runs) ---
-  const expected = (l: LogLine) => bakes.some(cancelledByStop) && /bake \S+ failed: bake cancelled|recovered from an interrupted bake/.test(l.line);
+  const expected = (l: LogLine) =>
+    (bakes.some(cancelledByStop) && /bake \S+ failed: bake cancelled|recovered from an interrupted bake/.test(l.line)) || (bakes.some(stoppedByRetraction) && /bake \S+ failed: bake cancelled: retraction asked for/.test(l.line));
   const errors = log.filter((l) => /error|fail|unhandled|exception|warn|cannot|could not|EMFILE|ENOSPC|\bat .*:\d+:\d+/i.test(l.line) && !expected(l));
   fail(errors.length > 0, () => `${errors.length} error or warning line(s) in the server's log`);
 

@@ -62,8 +62,8 @@ export function cleanPartialOutputs(outDir: string): void {
 
 export interface RunningBake<R = BakeSummary> {
   promise: Promise<R>;
-  /** stops the worker; the promise rejects and nothing is written */
-  cancel(): void;
+  /** stops the worker; the promise rejects (saying why, where given) and nothing is written */
+  cancel(why?: string): void;
   pid: number | undefined;
 }
 
@@ -109,7 +109,7 @@ function startWorker<R>(job: WorkerJob, onProgress?: (p: WorkerProgress) => void
   child.stderr?.on("data", (d: Buffer) => {
     stderr = (stderr + d.toString()).slice(-4000);
   });
-  let cancelled = false;
+  let cancelled: string | null = null;
   const promise = new Promise<R>((resolve, reject) => {
     let settled = false;
     const fail = (message: string) => {
@@ -128,7 +128,7 @@ function startWorker<R>(job: WorkerJob, onProgress?: (p: WorkerProgress) => void
     child.on("error", (err) => fail(`bake worker could not run: ${err.message}`));
     child.on("exit", (code, signal) => {
       if (settled) return;
-      if (cancelled) return fail("bake cancelled");
+      if (cancelled !== null) return fail(cancelled ? `bake cancelled: ${cancelled}` : "bake cancelled");
       const tail = stderr.trim().split("\n").slice(-5).join("\n");
       fail(`bake worker died (${signal ? `signal ${signal}` : `exit code ${code}`}) before writing an adapter${tail ? `:\n${tail}` : ""}`);
     });
@@ -137,8 +137,8 @@ function startWorker<R>(job: WorkerJob, onProgress?: (p: WorkerProgress) => void
   return {
     promise,
     pid: child.pid,
-    cancel() {
-      cancelled = true;
+    cancel(why = "") {
+      cancelled = why;
       child.kill("SIGTERM");
     },
   };

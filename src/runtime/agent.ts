@@ -45,6 +45,8 @@ export interface BakeOptions {
    * again whatever bake.maxItems, and the retracted items they held, which the rebuild must not know.
    */
   rebuild?: { held: string[]; retracted: string[] };
+  /** a bake a retraction stopped, run again by it without the retracted items (it may start while the retraction runs) */
+  afterRetraction?: true;
 }
 
 export interface AgentEvents {
@@ -202,6 +204,31 @@ export const SCHEDULED_BAKE_DELAY_MS = 1000;
  */
 const DECIDED_ELSEWHERE: ReadonlySet<ItemStatus> = new Set(["retracted", "superseded", "expired"]);
 
+/** How long an answer to a retraction waits for the weights holding its items to leave service. */
+export const OUT_OF_SERVICE_WAIT_MS = 20_000;
+
+/**
+ * Starts a retraction and waits (at most `waitMs`: seconds, normally) until the weights holding
+ * its items have left service, so what the asker is told next ("forgotten", HTTP 202) holds for
+ * every request after it. The rebuild goes on in `work`.
+ */
+export async function retractedOutOfService(agent: Agent, ids: string[], reason: string, waitMs = OUT_OF_SERVICE_WAIT_MS): Promise<{ work: Promise<BakeOutcome>; outOfService: boolean }> {
+  let outOfService = false;
+  let left!: () => void;
+  const leaving = new Promise<void>((resolve) => (left = resolve));
+  const work = agent.retract(ids, reason, () => {
+    outOfService = true;
+    left();
+  });
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, waitMs)));
+  await Promise.race([leaving, work.then(noop, noop), timeout]);
+  clearTimeout(timer);
+  return { work, outOfService };
+}
+
+const noop = () => {};
+
 /** A version's checkpoint folder in an agent's home: v0001, v0002, ... */
 const VERSION_DIR = /^v\d{4}$/;
 
@@ -218,7 +245,12 @@ export class Agent {
   private readonly feedPolls = new Map<string, Promise<unknown>>();
   /** the last switch of the live version (rollbacks and retraction fallbacks run one at a time) */
   private switching: Promise<void> = Promise.resolve();
-  private cancelBake: (() => void) | null = null;
+  private cancelBake: ((why: string) => void) | null = null;
+  /** why the running bake was asked to stop (one still waiting for its worker stops when it starts) */
+  private stopAsked: string | null = null;
+  /** what the running bake was asked for: a retraction that stopped it runs it again without the items */
+  private bakeAsked: { trigger: string; opts: BakeOptions } | null = null;
+  private stoppedByRetraction: { trigger: string; opts: BakeOptions } | null = null;
   progress: WorkerProgress | null = null;
   /** retractions, one at a time: each marks its items and rebuilds before the next reads them */
   private retractions: Promise<unknown> = Promise.resolve();
@@ -228,6 +260,13 @@ export class Agent {
    * the weights holding the retracted items.
    */
   private retracting = 0;
+  /** the items of the retractions asked for and not done: a bake that could end holding one stops */
+  private readonly retractionsAsked: string[][] = [];
+  /**
+   * What a retraction's rebuild that was stopped (by a later retraction) carried: the next rebuild
+   * carries it too, or what the weights out of service held would wait behind all news.
+   */
+  private stoppedRebuild: { held: string[]; retracted: string[] } = { held: [], retracted: [] };
 
   private stopping = false;
 
@@ -369,7 +408,7 @@ export class Agent {
     for (const t of this.tasks) await t.destroy();
     this.tasks = [];
     await Promise.allSettled([...this.polls]); // a poll in flight writes the ledger: before it closes
-    this.cancelBake?.();
+    this.stopBake("the agent is stopping", false);
     await this.baking?.catch(() => {});
     // a retraction asked for (chat's "forget ...", then /quit) is marked before the ledger closes;
     // its rebuild, which no longer starts, is left to the next start (what was held is baked again)
@@ -507,12 +546,15 @@ export class Agent {
    */
   bake(trigger: string, opts: BakeOptions = {}): Promise<BakeOutcome> {
     if (this.baking) return this.baking;
-    if (this.retracting > 0 && trigger !== RETRACTION) return Promise.resolve({ status: "skipped", reasons: ["a retraction is starting its rebuild; bake after it"] });
+    if (this.retracting > 0 && trigger !== RETRACTION && !opts.afterRetraction) return Promise.resolve({ status: "skipped", reasons: ["a retraction is starting its rebuild; bake after it"] });
+    this.bakeAsked = { trigger, opts };
     this.baking = this.bakeTurn(this.name, () => (this.stopping ? Promise.resolve<BakeOutcome>({ status: "skipped", reasons: ["the agent is stopping"] }) : this.runBake(trigger, opts)))
       .catch((err: Error): BakeOutcome => ({ status: "failed", reasons: [err.message] }))
       .then((outcome) => {
         this.baking = null;
         this.cancelBake = null;
+        this.stopAsked = null;
+        this.bakeAsked = null;
         this.progress = null;
         this.bakeEvents.emit("end", outcome);
         return outcome;
@@ -682,7 +724,10 @@ export class Agent {
           this.bakeEvents.emit("progress", p);
         },
       );
-      this.cancelBake = () => running.cancel();
+      this.cancelBake = (why) => running.cancel(why);
+      // asked to stop before its worker started, or a retraction asked for meanwhile names an item it bakes
+      const why = this.stopAsked ?? (this.retractionsAsked.some((ids) => this.bakeCouldHold(ids)) ? "a retraction was asked for while it started" : null);
+      if (why) this.stopBake(why);
       result = await running.promise;
     } catch (err) {
       const message = (err as Error).message;
@@ -959,20 +1004,56 @@ export class Agent {
    * Marks items retracted and rebuilds the adapter from the base over what is still true. If the
    * rebuild is not promoted, the live weights must still stop knowing the retracted items: the
    * newest kept version that holds none of them goes live (else the base model), and what it does
-   * not hold waits to be baked again.
+   * not hold waits to be baked again. A bake that could end holding the items is stopped first
+   * (its items wait for the next bake), so the weights holding them leave service within seconds.
    */
-  retract(ids: string[], reason = "retracted"): Promise<BakeOutcome> {
+  retract(ids: string[], reason = "retracted", onOutOfService?: () => void): Promise<BakeOutcome> {
     this.retracting++;
-    const run = this.retractions.then(() => this.retractNow(ids, reason)).finally(() => this.retracting--);
+    this.retractionsAsked.push(ids);
+    // A bake that could end holding them stops now, not when it ends (minutes to an hour on a
+    // CPU), also when this retraction waits behind another's rebuild: meanwhile the weights
+    // serving may hold them. What it was baking waits for the next bake.
+    if (this.bakeCouldHold(ids)) this.stopBake(`retraction asked for (${reason})`);
+    const run = this.retractions
+      .then(() => this.retractNow(ids, reason, onOutOfService))
+      .finally(() => {
+        this.retracting--;
+        this.retractionsAsked.splice(this.retractionsAsked.indexOf(ids), 1);
+      });
     this.retractions = run.catch(() => undefined);
     return run;
   }
 
-  private async retractNow(ids: string[], reason: string): Promise<BakeOutcome> {
-    // A running bake would be joined, not redone from the base, and its gate would set these items
-    // absorbed again: let it finish first, then mark them.
-    while (this.baking) await this.baking.catch(() => undefined);
+  /** Asks the running bake, if any, to stop: its worker is killed, its items go back to pending. */
+  private stopBake(why: string, forRetraction = true): void {
+    if (!this.baking) return;
+    if (forRetraction && this.stopAsked === null) this.stoppedByRetraction = this.bakeAsked;
+    this.stopAsked ??= why;
+    this.cancelBake?.(why);
+  }
+
+  /**
+   * Whether the running bake could end holding one of these items: it bakes or replays one, it
+   * starts from live weights that may hold one (a rolling bake), or it has not said yet what it
+   * bakes (waiting for its turn).
+   */
+  private bakeCouldHold(ids: string[]): boolean {
+    if (!this.baking) return false;
+    const record = this.ledger.data.bakes.at(-1);
+    if (record?.status !== "running") return true;
+    const baked = new Set([...record.itemIds, ...(record.replayIds ?? [])]);
+    return ids.some((id) => baked.has(id) || (!record.consolidate && this.ledger.data.items.some((i) => i.id === id && this.mayHold(i))));
+  }
+
+  /** `onOutOfService`: called once the live weights hold none of the items (seconds), before the rebuild */
+  private async retractNow(ids: string[], reason: string, onOutOfService?: () => void): Promise<BakeOutcome> {
     const asked = ids.map((id) => this.ledger.item(id));
+    // A bake that could end holding them was asked to stop (retract); it ends within seconds, and
+    // joining it would not rebuild from the base. One that cannot hold them goes on.
+    if (this.bakeCouldHold(asked.map((i) => i.id)) || (this.baking && asked.some((i) => this.mayHold(i)))) {
+      this.stopBake(`retraction asked for (${reason})`);
+      while (this.baking) await this.baking.catch(() => undefined);
+    }
     // Retracting again is how weights that still hold a retracted item are rebuilt; one they do not
     // hold needs nothing, and marking it again would say it had just been retracted.
     const done = asked.filter((i) => i.status === "retracted" && !this.mayHold(i));
@@ -987,18 +1068,30 @@ export class Agent {
     }
     for (const i of archived) await this.ledger.unarchive(i.id);
     this.logGivenBack(await this.ledger.setItemStatus(items.map((i) => i.id), "retracted", { reason }), "retracted");
+    // a rolling bake this retraction stopped runs again without them (a rebuild bakes what it would have)
+    const stopped = this.stoppedByRetraction;
+    this.stoppedByRetraction = null;
     if (!inWeights.length) {
-      return { status: "skipped", reasons: ["the live weights never held these items: marked retracted, nothing to rebuild", ...already] };
+      onOutOfService?.();
+      const reasons = ["the live weights never held these items: marked retracted, nothing to rebuild", ...already];
+      if (!stopped || stopped.trigger === RETRACTION) return { status: "skipped", reasons };
+      const again = await this.bake(stopped.trigger, { ...stopped.opts, force: true, afterRetraction: true });
+      return { ...again, reasons: [...reasons, `the bake it stopped ran again without them: ${again.status}`, ...again.reasons] };
     }
     // The weights holding them stop serving now, not when the rebuild ends (minutes to an hour on
     // a CPU): a user who said "forget ..." and asked again got the forgotten answer meanwhile. The
     // rebuild still bakes everything those weights held.
     // (one pass over the ledger: an item lookup each reads it from the start, seconds at 20,000 held)
     const retractedNow = new Set(this.ledger.items({ status: "retracted" }).map((i) => i.id));
-    const rebuild = { held: [...this.heldItems()].filter((id) => !retractedNow.has(id)), retracted: inWeights.map((i) => i.id) };
+    const held = new Set([...this.heldItems(), ...this.stoppedRebuild.held]);
+    const rebuild = { held: [...held].filter((id) => !retractedNow.has(id)), retracted: [...new Set([...this.stoppedRebuild.retracted, ...inWeights.map((i) => i.id)])] };
     const out = await this.leaveRetracted("retracted: served without them until the rebuild");
     if (out) this.log(`${out.to ?? "the base model"} serves until the rebuild: ${out.from} holds retracted item(s) ${out.retracted.join(", ")}`);
+    onOutOfService?.();
+    this.stoppedRebuild = rebuild;
     const outcome = await this.bake(RETRACTION, { consolidate: true, force: true, rebuild });
+    // (kept only when a later retraction stopped it: that one's rebuild carries it on)
+    if (!(outcome.status === "failed" && this.retractionsAsked.length > 1)) this.stoppedRebuild = { held: [], retracted: [] };
     const moved = this.baking ? null : await this.leaveRetracted(`the rebuild after a retraction was ${outcome.status}`);
     return { ...outcome, reasons: [...outcome.reasons, ...(moved ? [`${moved.from} still held retracted items, so ${moved.to ?? "the base model"} is live now`] : []), ...already] };
   }

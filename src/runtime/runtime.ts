@@ -9,7 +9,7 @@ import type { ChatMessage } from "../model/tokenizer.js";
 import { buildKnowledgePrompt, tooLongForItem } from "../bake/prompt.js";
 import { explicitRequest, extractFacts, extractFactsWithModel, forgetMatches, forgetWords, MAX_FORGET, modelExtractor, type FactAction } from "../agent/facts.js";
 import { loadAgentConfig, type AgentConfig } from "./agent-config.js";
-import { Agent, type AgentEvents } from "./agent.js";
+import { Agent, retractedOutOfService, type AgentEvents } from "./agent.js";
 
 export interface ChatRequest {
   messages: ChatMessage[];
@@ -291,18 +291,18 @@ export class Runtime {
           said.push(`${matches.length} things I was told match "${action.query}": say more precisely what to forget (or retract items by id).`);
           continue;
         }
-        // A retraction waits for the bake running (or a retraction before it): until then the
-        // weights holding the items serve, and "now" would be untrue.
-        const waits = agent.isBaking || agent.isRetracting;
         // (asked before the retraction marks them: expired news a version of the live lineage
         // absorbed is in the weights too, and is rebuilt out)
         const baked = matches.filter((i) => agent.mayHold(i)).length;
-        if (matches.length) void agent.retract(matches.map((i) => i.id), `user asked to forget "${action.query}"`).catch(() => {});
+        // The reply waits until the weights holding them have left service (a bake that could end
+        // holding them is stopped): "now" must be true of the next message.
+        const retraction = matches.length ? await retractedOutOfService(agent, matches.map((i) => i.id), `user asked to forget "${action.query}"`) : null;
+        retraction?.work.catch(() => {});
         said.push(
           !matches.length
             ? `Nothing I was told matches "${action.query}".`
             : baked
-              ? `Forgetting ${matches.length} item(s) matching "${action.query}": ${waits ? "once the bake running now ends I answer from weights without them" : "I answer from weights without them now"}, and rebuild the rest of what I learned.`
+              ? `Forgetting ${matches.length} item(s) matching "${action.query}": ${retraction?.outOfService ? "I answer from weights without them now" : "once the bake running now ends I answer from weights without them"}, and rebuild the rest of what I learned.`
               : `Forgot ${matches.length} item(s) matching "${action.query}" (not baked in yet).`,
         );
       }

@@ -5,7 +5,8 @@
 //   GET  /admin/agents/:name/items/:id
 //   POST /admin/agents/:name/items {text, kind?}      remember: 201 (added) or 200 (already known)
 //   POST /admin/agents/:name/items/:id/retract {reason?}
-//                                                    202: consolidation bake started in the background;
+//                                                    202: the weights holding it out of service (a bake
+//                                                    that could hold it stopped), the rebuild started;
 //                                                    200: retracted, nothing to rebuild (never baked in)
 //   GET  /admin/agents/:name/feeds
 //   POST /admin/agents/:name/feeds/:id/poll
@@ -32,7 +33,7 @@ import path from "node:path";
 import { z } from "zod";
 import { ITEM_KINDS, ITEM_STATUSES as STATUSES, type BakeRun, type Item, type ItemStatus } from "../knowledge/ledger.js";
 import { tooLongForItem } from "../bake/prompt.js";
-import type { Agent, BakeOutcome } from "../runtime/agent.js";
+import { retractedOutOfService, type Agent, type BakeOutcome } from "../runtime/agent.js";
 import type { BakeEvent } from "./bake-watch.js";
 import { clientSignal, findAgent, type ServerContext } from "./context.js";
 import { ApiError, validationError } from "./errors.js";
@@ -226,14 +227,15 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
     const agent = findAgent(ctx, request.params.name);
     const body = parse(RetractBody, request.body, "");
     const item = agent.ledger.item(request.params.id);
-    if (item.status === "retracted") throw new ApiError(409, `item ${item.id} is already retracted`, "already_retracted");
-    // A retraction rebuilds the weights from the base model; joining a running bake would skip that.
-    if (agent.isBaking) throw new ApiError(409, "a bake is running; retract when it ends", "bake_running");
-    const work = agent.retract([item.id], body.reason ?? "retracted through the admin API");
+    // (retracting again is how weights that still hold a retracted item are rebuilt)
+    if (item.status === "retracted" && !agent.mayHold(item)) throw new ApiError(409, `item ${item.id} is already retracted`, "already_retracted");
+    // The answer comes once the weights holding it have left service (seconds: a running bake that
+    // could end holding it is stopped), so a request sent after it is never answered from them.
+    const { work, outOfService } = await retractedOutOfService(agent, [item.id], body.reason ?? "retracted through the admin API");
     const ended = await whenBakeStarts(agent, work);
     ctx.watcher.track(agent);
     reply.code(ended ? 200 : 202); // 200: done without a rebuild (the live weights never held it)
-    return { item: itemView(agent, agent.ledger.item(item.id)), bake: ended ?? startedView(agent, false) };
+    return { item: itemView(agent, agent.ledger.item(item.id)), outOfService, bake: ended ?? startedView(agent, false) };
   });
 
   // --- feeds ---

@@ -15,7 +15,7 @@ import { DecodeBatcher, type RowOptions } from "../src/model/batch.js";
 import { constrainToJson, JsonMatcher, tokenTexts } from "../src/model/json-constraint.js";
 import { LoraAdapter } from "../src/lora/adapter.js";
 import { saveAdapter } from "../src/lora/peft.js";
-import { LiveModel } from "../src/runtime/live.js";
+import { defaultBatchRows, LiveModel } from "../src/runtime/live.js";
 import { fixtureDir } from "./support/paths.js";
 
 await initBackend();
@@ -200,4 +200,9 @@ test("a swap during a batched decode: each reply finishes on the version its lea
   live.dispose();
   model.dispose();
   rmSync(dir, { recursive: true });
+});
+
+test("kiln serve batches by default on a GPU backend only: there a step costs about the same for 32 rows as for one", () => {
+  assert.equal(defaultBatchRows({ gpu: true }), 16);
+  assert.equal(defaultBatchRows({ gpu: false }), 1, "on two CPU cores 4 rows cost 2-2.5x one");
 });

@@ -22,7 +22,7 @@ import { registerAgentCommands } from "./agents.js";
 import { runDemo } from "./demo.js";
 import { createServer, DEFAULT_SHUTDOWN_GRACE_MS } from "../server/index.js";
 import { DEFAULT_AGENTS_DIR, Runtime } from "../runtime/runtime.js";
-import { DEFAULT_PREFIX_CACHE_BYTES } from "../runtime/live.js";
+import { DEFAULT_PREFIX_CACHE_BYTES, defaultBatchRows } from "../runtime/live.js";
 
 const program = new Command();
 program
@@ -284,17 +284,18 @@ program
   .option("--max-queue <n>", "requests waiting for the model before 429", integer(1), 16)
   .option("--grace <seconds>", "on SIGTERM/SIGINT, how long replies in flight may take to finish", decimal(0), DEFAULT_SHUTDOWN_GRACE_MS / 1000)
   .option("--prefix-cache-mb <n>", "KV caches each agent keeps so a chat's next turn prefills only what is new (0: none)", decimal(0), DEFAULT_PREFIX_CACHE_BYTES / 2 ** 20)
-  .option("--batch <n>", "replies generated at once, decoded together in one forward pass per token (1: one at a time)", integer(1), 1)
+  .option("--batch <n>", "replies generated at once, decoded together in one forward pass per token (1: one at a time; default 16 on a GPU backend, else 1)", integer(1))
   .option("--no-schedules", "do not start the agents' feed and bake schedules")
-  .action(async (o: { agents?: string; checkpoints?: string; host: string; port: number; token?: string; maxQueue: number; grace: number; prefixCacheMb: number; batch: number; schedules: boolean }) => {
+  .action(async (o: { agents?: string; checkpoints?: string; host: string; port: number; token?: string; maxQueue: number; grace: number; prefixCacheMb: number; batch?: number; schedules: boolean }) => {
     // A long-lived server logs what nothing else caught rather than dying with every agent on it.
     process.on("unhandledRejection", (err) => process.stderr.write(`kiln: unhandled error (the server keeps running; please report it): ${(err as Error)?.stack ?? String(err)}\n`));
     const info = await backend();
+    const batch = o.batch ?? defaultBatchRows(info);
     const runtime = await Runtime.fromFiles(o.agents ?? (existsSync("agents") ? "agents" : DEFAULT_AGENTS_DIR), {
       checkpoints: o.checkpoints,
       events: { onLog: (a, m) => process.stderr.write(`[${a}] ${m}\n`) },
       prefixCacheBytes: Math.round(o.prefixCacheMb * 2 ** 20),
-      batchRows: o.batch,
+      batchRows: batch,
     });
     // each of the --batch replies running at once joins its agent's batch
     const server = await createServer(runtime, {
@@ -302,14 +303,14 @@ program
       port: o.port,
       token: o.token ?? process.env.KILN_TOKEN,
       maxQueue: o.maxQueue,
-      maxConcurrent: o.batch,
+      maxConcurrent: batch,
       shutdownGraceMs: o.grace * 1000,
     }).catch(async (err: Error) => {
       await runtime.stop(); // the agents' ledger locks go with it
       throw err;
     });
     if (o.schedules) runtime.start();
-    process.stderr.write(`kiln serving ${[...runtime.agents.keys()].join(", ")} on ${server.url} (${info.name} backend); dashboard at ${server.url}/\n`);
+    process.stderr.write(`kiln serving ${[...runtime.agents.keys()].join(", ")} on ${server.url} (${info.name} backend${batch > 1 ? `, up to ${batch} replies decoded together` : ""}); dashboard at ${server.url}/\n`);
     const stop = async () => {
       await server.close();
       await runtime.stop();

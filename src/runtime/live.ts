@@ -18,6 +18,15 @@ import { streamGenerate, type GenerationChunk, type GenerationResult } from "../
 import type { LoadedModel } from "../model/load.js";
 import { PrefixStore, type PrefixStats } from "../model/prefix-cache.js";
 
+/**
+ * Replies decoded together when `kiln serve --batch` is not given: on a GPU a decode step is
+ * bound by dispatching its kernels, so 32 rows cost 1.17x one row on an H200 (docs/benchmarks.md,
+ * session 13); on two CPU cores 4 rows cost 2-2.5x one, and kiln-mini served no more batched.
+ */
+export function defaultBatchRows(backend: { gpu: boolean }): number {
+  return backend.gpu ? 16 : 1;
+}
+
 /** Bytes of keys and values an agent keeps for reuse by later requests (kiln serve --prefix-cache-mb). */
 export const DEFAULT_PREFIX_CACHE_BYTES = 128 * 2 ** 20;
 

@@ -738,3 +738,26 @@ test("the built kiln command runs as a program (npx kiln): the build marks it ex
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /^Usage: kiln/m);
 });
+
+test("feeds list shows the url the agent file gives a feed, and says so when the ledger's poll state is from the url before", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-moved-"));
+  try {
+    mkdirSync(path.join(checkpoints, "demo"));
+    const feed = { id: "town-gazette", url: "https://old.example/gazette.xml", consecutiveErrors: 2, lastError: "HTTP 404", seenKeys: [], itemsAdded: 3 };
+    writeFileSync(path.join(checkpoints, "demo", "ledger.json"), JSON.stringify({ schema: 1, live: null, items: [], versions: [], bakes: [], feeds: [feed] }));
+    const at = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints];
+    const configured = path.join(repoRoot(), "feeds", "town-gazette.rss.xml");
+    const text = kiln(["feeds", "list", "demo", ...at]);
+    assert.equal(text.status, 0, text.stderr);
+    assert.ok(text.stdout.includes(`\n  ${configured} (the poll state above is from https://old.example/gazette.xml, its url before the agent file changed`), text.stdout);
+    const [row] = JSON.parse(kiln(["feeds", "list", "demo", ...at, "--json"]).stdout);
+    assert.deepEqual([row.url, row.ledgerUrl, row.itemsAdded], [configured, "https://old.example/gazette.xml", 3]);
+    // the same url: nothing to say
+    writeFileSync(path.join(checkpoints, "demo", "ledger.json"), JSON.stringify({ schema: 1, live: null, items: [], versions: [], bakes: [], feeds: [{ ...feed, url: configured }] }));
+    const same = kiln(["feeds", "list", "demo", ...at, "--json"]);
+    assert.equal(JSON.parse(same.stdout)[0].ledgerUrl, undefined);
+    assert.doesNotMatch(kiln(["feeds", "list", "demo", ...at]).stdout, /before the agent file changed/);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});

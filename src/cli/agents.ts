@@ -185,8 +185,14 @@ export function registerAgentCommands(program: Command): void {
   withAgents(feeds.command("list [agent]").description("feeds with their last poll, errors and items added")).action(async (name: string | undefined, o: AgentOpts) => {
     const ledger = await readLedger(o, name);
     const c = pickConfig(o, name);
-    const rows = c.feeds.map((f) => ({ ...f, ...ledger.feed(f.id) }));
-    print(o.json, rows, () => rows.map((f) => `${f.id.padEnd(12)} ${f.schedule.padEnd(14)} added ${f.itemsAdded ?? 0}, last ok ${f.lastOkAt ?? "never"}${f.lastError ? `, ERROR ${f.lastError}` : ""}\n  ${f.url}`).join("\n") || "(no feeds)");
+    // The agent file says where a feed is now; the ledger's url is where its poll state was
+    // gathered, until the next poll there (an agent file that moved a feed is polled at the new url).
+    const rows = c.feeds.map((f) => {
+      const { url: ledgerUrl, ...state } = ledger.feed(f.id) ?? {};
+      return { ...state, ...f, ...(ledgerUrl !== undefined && ledgerUrl !== f.url ? { ledgerUrl } : {}) };
+    });
+    const moved = (f: (typeof rows)[number]) => ("ledgerUrl" in f ? ` (the poll state above is from ${f.ledgerUrl}, its url before the agent file changed; the next poll asks this one)` : "");
+    print(o.json, rows, () => rows.map((f) => `${f.id.padEnd(12)} ${f.schedule.padEnd(14)} added ${f.itemsAdded ?? 0}, last ok ${f.lastOkAt ?? "never"}${f.lastError ? `, ERROR ${f.lastError}` : ""}\n  ${f.url}${moved(f)}`).join("\n") || "(no feeds)");
   });
   withAgents(feeds.command("poll [agent]").description("poll the agent's feeds now")).action(async (name: string | undefined, o: AgentOpts) => {
     const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name);

@@ -234,6 +234,11 @@ test("kiln knowledge remember records who told it and takes --kind, as the admin
     const told = kiln(["knowledge", "remember", "demo", "Answer in French.", "--kind", "instruction", ...at]);
     assert.equal(told.status, 0, told.stderr);
     assert.equal(JSON.parse(told.stdout).item.kind, "instruction");
+    // a control character (here an escape sequence pasted with the text) is refused in one line, naming it; nothing is stored
+    const control = kiln(["knowledge", "remember", "demo", "The fee is \u001b[1mnine\u001b[0m coins.", ...at]);
+    assert.equal(control.status, 1);
+    assert.equal(control.stderr, "kiln: a fact cannot hold control characters (U+001B at character 12), which a prompt does not show: remove them\n");
+    assert.equal(JSON.parse(kiln(["knowledge", "list", "demo", ...at]).stdout).length, 2);
   } finally {
     rmSync(checkpoints, { recursive: true });
   }

@@ -195,6 +195,22 @@ test("a fact longer than a bake's prompt holds of one is refused where it is tol
   assert.equal(runtime.agent("tester").ledger.data.items.length, before, "nothing was stored");
 });
 
+test("a fact holding a control character (a NUL, a bell) is refused where it is told, naming the character, not stored", async () => {
+  const before = runtime.agent("tester").ledger.data.items.length;
+  const api = await call("/admin/agents/tester/items", { method: "POST", body: { text: "The ferry leaves\u0000 at noon." } });
+  assert.equal(api.status, 400, api.text);
+  assert.equal(api.json.error.param, "text");
+  assert.match(api.json.error.message, /^text: a fact cannot hold control characters \(U\+0000 at character 17\), which a prompt does not show: remove them$/);
+  const chat = await client.chat.completions.create({ model: "tester", messages: [{ role: "user", content: "remember that the ferry bell\u0007 rings at noon." }] });
+  assert.match(chat.choices[0]!.message.content!, /^I cannot note that: a fact cannot hold control characters \(U\+0007 at character \d+\)/);
+  await assert.rejects(runtime.agent("tester").remember("The fee\u001b[2J is nine coins."), /a fact cannot hold control characters \(U\+001B at character 8\)/);
+  assert.equal(runtime.agent("tester").ledger.data.items.length, before, "nothing was stored");
+  // tabs and line breaks are whitespace, as before
+  const ok = await call("/admin/agents/tester/items", { method: "POST", body: { text: "The ferry\tleaves\r\nat noon on Sundays." } });
+  assert.equal(ok.status, 201, ok.text);
+  await runtime.agent("tester").retract([ok.json.item.id]); // leave the ledger as the other tests expect it
+});
+
 test("bad requests get 4xx in OpenAI's error shape; unknown models 404; a token is required", async () => {
   const rejects = async (p: Promise<unknown>, status: number, param?: string) => {
     try {

@@ -42,6 +42,10 @@ test("option values are checked before any work, naming the option", () => {
   const epochs = kiln(["bake", "--prompt", "x", "--out", path.join(os.tmpdir(), "kiln-never"), "--epochs", "abc"]);
   assert.equal(epochs.status, 1);
   assert.match(epochs.stderr, /option '--epochs <n>' argument 'abc' is invalid\. expected a whole number >= 1/);
+  const rank = kiln(["bake", "--prompt", "x", "--out", path.join(os.tmpdir(), "kiln-never"), "--rank", "100000"]);
+  assert.match(rank.stderr, /option '--rank <r>' argument '100000' is invalid\. expected a whole number >= 1 and <= 512/);
+  const trajectories = kiln(["bake", "--prompt", "x", "--out", path.join(os.tmpdir(), "kiln-never"), "--trajectories", "100000"]);
+  assert.match(trajectories.stderr, /option '--trajectories <n>' argument '100000' is invalid\. expected a whole number >= 1 and <= 2048/);
   const temperature = kiln(["generate", "--prompt", "hi", "--temperature", "-3"]);
   assert.equal(temperature.status, 1);
   assert.match(temperature.stderr, /'--temperature <t>' argument '-3' is invalid\. expected a number >= 0/);

@@ -56,6 +56,14 @@ export interface BakeSettings {
   seed: number;
 }
 
+/**
+ * The most an agent file or `kiln bake` may ask for. A rank past a few hundred is wider than the
+ * projections it adapts in the models kiln runs (no more expressive, and r 100,000 allocates
+ * gigabytes before the first step); the trajectories of a bake are sampled and kept in memory
+ * together, and thousands take hours on a CPU where kiln's agents use a few hundred.
+ */
+export const BAKE_LIMITS = { trajectories: 2048, rank: 512 } as const;
+
 export const DEFAULT_BAKE: BakeSettings = {
   lora: DEFAULT_LORA,
   objective: "forward",

@@ -770,3 +770,28 @@ test("feeds list shows the url the agent file gives a feed, and says so when the
     rmSync(checkpoints, { recursive: true });
   }
 });
+
+test("knowledge show skips an archive line that is JSON but no item ({}, [1]), naming the file and line once, and finds the items around it", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-archive-"));
+  try {
+    mkdirSync(path.join(checkpoints, "demo"));
+    const item = { id: "k_mwyp4000aaaa38", kind: "manual", text: "Di owns a horse.", contentHash: "h", status: "expired", source: {}, scores: [], history: [], archivedAt: "2026-01-01T00:00:00.000Z" };
+    writeFileSync(path.join(checkpoints, "demo", "ledger.json"), JSON.stringify({ schema: 1, live: null, items: [], versions: [], bakes: [], feeds: [] }));
+    const archive = path.join(checkpoints, "demo", "ledger.archive.jsonl");
+    const lines = ["{}", JSON.stringify(item), "[1]", JSON.stringify({ ...item, id: "k_mwyp4000bbbb38", text: "Di owns a cat." }), ""].join("\n");
+    writeFileSync(archive, lines);
+    const at = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints];
+    // by the end of an id: every archived item is read, the broken lines among them
+    const show = kiln(["knowledge", "show", "demo", "bbbb38", ...at]);
+    assert.equal(show.status, 0, show.stderr);
+    assert.match(show.stdout, /^text: +Di owns a cat\.$/m);
+    assert.equal(show.stderr, `kiln: ${archive}: skipped 2 line(s) that are not items: line 1 (its id is not a string), line 3 (it is not an object); the file was left as it is\n`);
+    const missing = kiln(["knowledge", "show", "demo", "k_nothing", ...at]);
+    assert.equal(missing.status, 1);
+    assert.equal(missing.stderr.split("\n").filter((l) => l.includes("skipped 2 line(s)")).length, 1, "said once");
+    assert.match(missing.stderr, /^kiln: no item k_nothing$/m);
+    assert.equal(readFileSync(archive, "utf8"), lines);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});

@@ -795,3 +795,43 @@ test("knowledge show skips an archive line that is JSON but no item ({}, [1]), n
     rmSync(checkpoints, { recursive: true });
   }
 });
+
+test("--checkpoints naming a file (or a path under one) is refused naming it and that it must be a folder, by read commands, remember and serve alike", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-notdir-"));
+  try {
+    const file = path.join(dir, "state");
+    writeFileSync(file, "not a folder");
+    const agents = ["--agents", path.join(repoRoot(), "agents", "demo.yaml")];
+    for (const args of [["knowledge", "list", "demo"], ["versions", "list", "demo"], ["knowledge", "remember", "demo", "Rain."], ["serve", "--port", "0", "--no-schedules"]]) {
+      const r = kiln([...args, ...agents, "--checkpoints", file]);
+      assert.equal(r.status, 1, args.join(" "));
+      assert.equal(r.stderr, `kiln: checkpoints ${file} is a file: it must be a folder (each agent's state goes in <folder>/<name>; --checkpoints names it)\n`, args.join(" "));
+    }
+    const under = kiln(["knowledge", "list", "demo", ...agents, "--checkpoints", path.join(file, "sub")]);
+    assert.match(under.stderr, new RegExp(`^kiln: checkpoints ${path.join(file, "sub").replace(/[.\\/]/g, "\\$&")}: ${file.replace(/[.\\/]/g, "\\$&")} is a file: it must be a folder`));
+    // the agent's own folder taken by a file
+    mkdirSync(path.join(dir, "root"));
+    writeFileSync(path.join(dir, "root", "demo"), "");
+    const home = kiln(["versions", "list", "demo", ...agents, "--checkpoints", path.join(dir, "root")]);
+    assert.match(home.stderr, /^kiln: .*demo\.yaml: .*root\/demo, where agent demo keeps its ledger and versions, is a file: it must be a folder\n$/);
+    assert.equal(readFileSync(file, "utf8"), "not a folder");
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("two agent files naming the same agent are refused naming both, by read commands as by serve, rather than one picked", () => {
+  const { dir, agents, checkpoints } = twoAgents();
+  try {
+    cpSync(path.join(agents, "demo.yaml"), path.join(agents, "demo-copy.yaml"));
+    const both = `kiln: ${path.join(agents, "demo-copy.yaml")} and ${path.join(agents, "demo.yaml")} both name an agent demo: give each its own name\n`;
+    for (const args of [["knowledge", "list", "demo"], ["versions", "list", "demo"], ["feeds", "list", "demo"], ["serve", "--port", "0", "--no-schedules"]]) {
+      const r = kiln([...args, "--agents", agents, "--checkpoints", checkpoints]);
+      assert.equal(r.status, 1, args.join(" "));
+      assert.equal(r.stderr, both, args.join(" "));
+    }
+    assert.ok(!existsSync(checkpoints), "nothing was written");
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});

@@ -9,8 +9,8 @@ import { InvalidArgumentError, Option, type Command } from "commander";
 import { isSeq, parseDocument, parse as parseYaml, type Node } from "yaml";
 import { initBackend } from "../tensor/backend.js";
 import { ITEM_KINDS, ITEM_STATUSES, Ledger, type Item, type ItemKind, type ItemStatus } from "../knowledge/ledger.js";
-import { loadAgentConfig, parseAgentConfig, type AgentConfig } from "../runtime/agent-config.js";
-import { agentFiles, DEFAULT_AGENTS_DIR, DEFAULT_CHECKPOINTS_DIR, Runtime } from "../runtime/runtime.js";
+import { parseAgentConfig, type AgentConfig } from "../runtime/agent-config.js";
+import { DEFAULT_AGENTS_DIR, DEFAULT_CHECKPOINTS_DIR, loadAgentConfigs, Runtime } from "../runtime/runtime.js";
 import type { BakeOutcome, VerifyReport } from "../runtime/agent.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import { EXPORT_FORMATS, type ExportFormat } from "../lora/export.js";
@@ -30,7 +30,7 @@ function agentsPath(o: AgentOpts): string {
 }
 
 function configs(o: AgentOpts): AgentConfig[] {
-  return agentFiles(agentsPath(o)).map((f) => loadAgentConfig(f, o.checkpoints ?? DEFAULT_CHECKPOINTS_DIR));
+  return loadAgentConfigs(agentsPath(o), o.checkpoints);
 }
 
 function pickConfig(o: AgentOpts, name?: string): AgentConfig {

@@ -293,6 +293,9 @@ test("versions list says when the base model is live beside kept versions (after
     assert.equal(r.status, 0, r.stderr);
     // only "v0001 kept ..." was listed: nothing said what was live
     assert.match(r.stdout, /^v0001 kept .*\nbase  live     \(the base model, no adapter\)\n$/);
+    // --json names the base model "base", as the admin API's versions and /healthz do (it said null)
+    const json = kiln(["versions", "list", "demo", "--json", "--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints]);
+    assert.equal(JSON.parse(json.stdout).live, "base");
   } finally {
     rmSync(checkpoints, { recursive: true });
   }
@@ -726,11 +729,12 @@ test("kiln knowledge verify and kiln probe run beside a process that holds the a
     const r = kiln(["knowledge", "verify", "newsroom", ...where, "--json"]);
     assert.equal(r.status, 0, r.stderr);
     const proof = JSON.parse(r.stdout);
-    assert.deepEqual([proof.version, proof.held, proof.items, proof.weights.adapter], [null, 0, [], null]);
+    // the base model answered: named "base", as everywhere kiln names the weights that answered
+    assert.deepEqual([proof.version, proof.held, proof.items, proof.weights.adapter], ["base", 0, [], null]);
     assert.equal(readFileSync(ledgerFile, "utf8"), before, "verify wrote nothing");
     const probe = kiln(["probe", "newsroom", "Who is the mayor of Quillport?", ...where, "--json"]);
     assert.equal(probe.status, 0, probe.stderr);
-    assert.equal(JSON.parse(probe.stdout).version, null);
+    assert.equal(JSON.parse(probe.stdout).version, "base");
     assert.equal(readFileSync(ledgerFile, "utf8"), before, "probe wrote nothing");
     const write = kiln(["knowledge", "remember", "newsroom", "Rain.", ...where]);
     assert.equal(write.status, 1);

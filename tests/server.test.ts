@@ -949,7 +949,7 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   const agents = await call("/admin/agents");
   assert.equal(agents.status, 200);
   assert.equal(agents.json.agents[0].name, "tester");
-  assert.equal(agents.json.agents[0].live, null);
+  assert.equal(agents.json.agents[0].live, "base", "the base model, named as in /healthz and /v1/models (it was null here)");
   assert.equal(agents.json.agents[0].feeds[0].id, "harbor");
 
   const fact = "The lighthouse keeper is Mira Tolle.";
@@ -1077,6 +1077,12 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   assert.equal((await call("/healthz")).json.agents[0].live, "base");
   assert.equal((await call("/v1/models/tester")).json.kiln.live_version, "base");
   assert.match((await call("/metrics")).text, /kiln_agent_live_version\{agent="tester",version="base"\} 1/);
+  // every field naming the live weights or the ones that answered says "base" for the base model (the admin API said null in some)
+  assert.equal((await call("/admin/agents")).json.agents[0].live, "base");
+  assert.equal((await call("/admin/agents/tester/versions")).json.live, "base");
+  assert.equal((await readEvents("/admin/agents/tester/bakes/events", (e) => e.event === "state"))[0]!.data.live, "base");
+  assert.equal((await call("/admin/agents/tester/probe", { method: "POST", body: { question: "Who keeps the lighthouse?" } })).json.version, "base");
+  assert.equal((await call("/admin/agents/tester/verify", { method: "POST", body: {} })).json.version, "base");
   assert.equal((await call("/admin/agents/tester/versions/v0009/rollback", { method: "POST" })).status, 404);
   assert.equal((await call("/admin/agents/tester/versions/v0001/rollback", { method: "POST" })).json.live, "v0001");
 
@@ -1116,7 +1122,7 @@ test("admin API: versions come a page at a time, newest first, with the total", 
     const all = await get("");
     assert.equal(all.json.total, 230);
     assert.equal(all.json.versions.length, 230, "500 a page by default");
-    assert.equal(all.json.live, null);
+    assert.equal(all.json.live, "base");
     const first = await get("?limit=100");
     assert.deepEqual([first.json.total, first.json.offset, first.json.versions.length], [230, 0, 100]);
     assert.deepEqual([first.json.versions[0].id, first.json.versions[99].id], ["v0230", "v0131"]);

@@ -10,6 +10,7 @@ import { buildKnowledgePrompt, tooLongForItem } from "../bake/prompt.js";
 import { explicitRequest, extractFacts, extractFactsWithModel, forgetMatches, forgetWords, MAX_FORGET, modelExtractor, type FactAction } from "../agent/facts.js";
 import { loadAgentConfig, type AgentConfig } from "./agent-config.js";
 import { Agent, type AgentEvents } from "./agent.js";
+import { versionName } from "./live.js";
 
 export interface ChatRequest {
   messages: ChatMessage[];
@@ -362,7 +363,8 @@ export class Runtime {
   }
 
   /** Asks a question on the live weights with and without the item (and persona) in the prompt. */
-  async probe(name: string, question: string, context?: string[]): Promise<{ version: string | null; unprompted: string; prompted: string | null }> {
+  /** The live weights' answer with and without `context` in the prompt; `version` names them ("base" for the base model). */
+  async probe(name: string, question: string, context?: string[]): Promise<{ version: string; unprompted: string; prompted: string | null }> {
     const agent = this.agent(name);
     const ask = async (messages: ChatMessage[]) => {
       const it = this.chat(name, { messages, captureFacts: false, options: { maxTokens: 64, temperature: 0 } });
@@ -375,6 +377,6 @@ export class Runtime {
     const system = context?.length || agent.config.persona ? buildKnowledgePrompt({ persona: agent.config.persona?.text, items: context }) : "";
     const prompted = system ? await ask([{ role: "system", content: system }, { role: "user", content: question }]) : null;
     // trimmed as probes compare answers (a reply's first token often carries a space)
-    return { version: unprompted.version, unprompted: unprompted.result.text.trim(), prompted: prompted?.result.text.trim() ?? null };
+    return { version: versionName(unprompted.version), unprompted: unprompted.result.text.trim(), prompted: prompted?.result.text.trim() ?? null };
   }
 }

@@ -752,13 +752,27 @@ test("the built kiln command runs as a program (npx kiln): the build marks it ex
   assert.match(r.stdout, /^Usage: kiln/m);
 });
 
-test("feeds list shows the url the agent file gives a feed, and says so when the ledger's poll state is from the url before", () => {
-  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-moved-"));
+/**
+ * Runs `check` on the demo agent with a ledger of these parts (and an archive, when given) in a
+ * checkpoints folder of its own; `at` is the options that name them.
+ */
+function withDemoLedger(parts: { items?: unknown[]; feeds?: unknown[]; archive?: string }, check: (o: { at: string[]; home: string; write: (parts: { items?: unknown[]; feeds?: unknown[] }) => void }) => void): void {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-ledger-"));
+  const home = path.join(checkpoints, "demo");
+  const write = (p: { items?: unknown[]; feeds?: unknown[] }) => writeFileSync(path.join(home, "ledger.json"), JSON.stringify({ schema: 1, live: null, items: p.items ?? [], versions: [], bakes: [], feeds: p.feeds ?? [] }));
   try {
-    mkdirSync(path.join(checkpoints, "demo"));
-    const feed = { id: "town-gazette", url: "https://old.example/gazette.xml", consecutiveErrors: 2, lastError: "HTTP 404", seenKeys: [], itemsAdded: 3 };
-    writeFileSync(path.join(checkpoints, "demo", "ledger.json"), JSON.stringify({ schema: 1, live: null, items: [], versions: [], bakes: [], feeds: [feed] }));
-    const at = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints];
+    mkdirSync(home);
+    write(parts);
+    if (parts.archive !== undefined) writeFileSync(path.join(home, "ledger.archive.jsonl"), parts.archive);
+    check({ at: ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints], home, write });
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+}
+
+test("feeds list shows the url the agent file gives a feed, and says so when the ledger's poll state is from the url before", () => {
+  const feed = { id: "town-gazette", url: "https://old.example/gazette.xml", consecutiveErrors: 2, lastError: "HTTP 404", seenKeys: [], itemsAdded: 3 };
+  withDemoLedger({ feeds: [feed] }, ({ at, write }) => {
     const configured = path.join(repoRoot(), "feeds", "town-gazette.rss.xml");
     const text = kiln(["feeds", "list", "demo", ...at]);
     assert.equal(text.status, 0, text.stderr);
@@ -766,25 +780,18 @@ test("feeds list shows the url the agent file gives a feed, and says so when the
     const [row] = JSON.parse(kiln(["feeds", "list", "demo", ...at, "--json"]).stdout);
     assert.deepEqual([row.url, row.ledgerUrl, row.itemsAdded], [configured, "https://old.example/gazette.xml", 3]);
     // the same url: nothing to say
-    writeFileSync(path.join(checkpoints, "demo", "ledger.json"), JSON.stringify({ schema: 1, live: null, items: [], versions: [], bakes: [], feeds: [{ ...feed, url: configured }] }));
+    write({ feeds: [{ ...feed, url: configured }] });
     const same = kiln(["feeds", "list", "demo", ...at, "--json"]);
     assert.equal(JSON.parse(same.stdout)[0].ledgerUrl, undefined);
     assert.doesNotMatch(kiln(["feeds", "list", "demo", ...at]).stdout, /before the agent file changed/);
-  } finally {
-    rmSync(checkpoints, { recursive: true });
-  }
+  });
 });
 
 test("knowledge show skips an archive line that is JSON but no item ({}, [1]), naming the file and line once, and finds the items around it", () => {
-  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-archive-"));
-  try {
-    mkdirSync(path.join(checkpoints, "demo"));
-    const item = { id: "k_mwyp4000aaaa38", kind: "manual", text: "Di owns a horse.", contentHash: "h", status: "expired", source: {}, scores: [], history: [], archivedAt: "2026-01-01T00:00:00.000Z" };
-    writeFileSync(path.join(checkpoints, "demo", "ledger.json"), JSON.stringify({ schema: 1, live: null, items: [], versions: [], bakes: [], feeds: [] }));
-    const archive = path.join(checkpoints, "demo", "ledger.archive.jsonl");
-    const lines = ["{}", JSON.stringify(item), "[1]", JSON.stringify({ ...item, id: "k_mwyp4000bbbb38", text: "Di owns a cat." }), ""].join("\n");
-    writeFileSync(archive, lines);
-    const at = ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints];
+  const item = { id: "k_mwyp4000aaaa38", kind: "manual", text: "Di owns a horse.", contentHash: "h", status: "expired", source: {}, scores: [], history: [], archivedAt: "2026-01-01T00:00:00.000Z" };
+  const lines = ["{}", JSON.stringify(item), "[1]", JSON.stringify({ ...item, id: "k_mwyp4000bbbb38", text: "Di owns a cat." }), ""].join("\n");
+  withDemoLedger({ archive: lines }, ({ at, home }) => {
+    const archive = path.join(home, "ledger.archive.jsonl");
     // by the end of an id: every archived item is read, the broken lines among them
     const show = kiln(["knowledge", "show", "demo", "bbbb38", ...at]);
     assert.equal(show.status, 0, show.stderr);
@@ -795,9 +802,7 @@ test("knowledge show skips an archive line that is JSON but no item ({}, [1]), n
     assert.equal(missing.stderr.split("\n").filter((l) => l.includes("skipped 2 line(s)")).length, 1, "said once");
     assert.match(missing.stderr, /^kiln: no item k_nothing$/m);
     assert.equal(readFileSync(archive, "utf8"), lines);
-  } finally {
-    rmSync(checkpoints, { recursive: true });
-  }
+  });
 });
 
 test("--checkpoints naming a file (or a path under one) is refused naming it and that it must be a folder, by read commands, remember and serve alike", () => {

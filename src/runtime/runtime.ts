@@ -6,11 +6,11 @@ import { loadModel, type LoadedModel } from "../model/load.js";
 import { resolveModelDir, PACKAGE_ROOT } from "../model/resolve.js";
 import type { GenerateOptions, GenerationResult } from "../model/generate.js";
 import type { ChatMessage } from "../model/tokenizer.js";
+import { versionName } from "./live.js";
 import { buildKnowledgePrompt, tooLongForItem } from "../bake/prompt.js";
 import { explicitRequest, extractFacts, extractFactsWithModel, forgetMatches, forgetWords, MAX_FORGET, modelExtractor, type FactAction } from "../agent/facts.js";
 import { loadAgentConfig, type AgentConfig } from "./agent-config.js";
 import { Agent, type AgentEvents } from "./agent.js";
-import { versionName } from "./live.js";
 
 export interface ChatRequest {
   messages: ChatMessage[];

@@ -57,10 +57,11 @@ export interface BakeSettings {
 }
 
 /**
- * The most an agent file or `kiln bake` may ask for. A rank past a few hundred is wider than the
- * projections it adapts in the models kiln runs (no more expressive, and r 100,000 allocates
- * gigabytes before the first step); the trajectories of a bake are sampled and kept in memory
- * together, and thousands take hours on a CPU where kiln's agents use a few hundred.
+ * The most an agent file or `kiln bake` may ask for, so a slip of the keyboard is refused rather
+ * than run out of memory. A rank past a few hundred is wider than the projections it adapts in the
+ * models kiln runs (no more expressive, and r 100,000 allocates gigabytes before the first step);
+ * a bake caches the teacher's distributions over every trajectory's reply at once (with full KL,
+ * vocabulary-sized per token), where kiln's agents use a few hundred trajectories.
  */
 export const BAKE_LIMITS = { trajectories: 2048, rank: 512 } as const;
 

@@ -186,8 +186,8 @@ export function registerAgentCommands(program: Command): void {
   withAgents(feeds.command("list [agent]").description("feeds with their last poll, errors and items added")).action(async (name: string | undefined, o: AgentOpts) => {
     const ledger = await readLedger(o, name);
     const c = pickConfig(o, name);
-    // The agent file says where a feed is now; the ledger's url is where its poll state was
-    // gathered, until the next poll there (an agent file that moved a feed is polled at the new url).
+    // The agent file says where a feed is; the ledger's url is where the poll state it keeps was
+    // gathered, another until the first poll after the file moved the feed (which starts afresh).
     const rows = c.feeds.map((f) => {
       const { url: ledgerUrl, ...state } = ledger.feed(f.id) ?? {};
       return { ...state, ...f, ...(ledgerUrl !== undefined && ledgerUrl !== f.url ? { ledgerUrl } : {}) };

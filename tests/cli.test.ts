@@ -42,6 +42,10 @@ test("option values are checked before any work, naming the option", () => {
   const epochs = kiln(["bake", "--prompt", "x", "--out", path.join(os.tmpdir(), "kiln-never"), "--epochs", "abc"]);
   assert.equal(epochs.status, 1);
   assert.match(epochs.stderr, /option '--epochs <n>' argument 'abc' is invalid\. expected a whole number >= 1/);
+  const rank = kiln(["bake", "--prompt", "x", "--out", path.join(os.tmpdir(), "kiln-never"), "--rank", "100000"]);
+  assert.match(rank.stderr, /option '--rank <r>' argument '100000' is invalid\. expected a whole number >= 1 and <= 512/);
+  const trajectories = kiln(["bake", "--prompt", "x", "--out", path.join(os.tmpdir(), "kiln-never"), "--trajectories", "100000"]);
+  assert.match(trajectories.stderr, /option '--trajectories <n>' argument '100000' is invalid\. expected a whole number >= 1 and <= 2048/);
   const temperature = kiln(["generate", "--prompt", "hi", "--temperature", "-3"]);
   assert.equal(temperature.status, 1);
   assert.match(temperature.stderr, /'--temperature <t>' argument '-3' is invalid\. expected a number >= 0/);
@@ -234,6 +238,11 @@ test("kiln knowledge remember records who told it and takes --kind, as the admin
     const told = kiln(["knowledge", "remember", "demo", "Answer in French.", "--kind", "instruction", ...at]);
     assert.equal(told.status, 0, told.stderr);
     assert.equal(JSON.parse(told.stdout).item.kind, "instruction");
+    // a control character (here an escape sequence pasted with the text) is refused in one line, naming it; nothing is stored
+    const control = kiln(["knowledge", "remember", "demo", "The fee is \u001b[1mnine\u001b[0m coins.", ...at]);
+    assert.equal(control.status, 1);
+    assert.equal(control.stderr, "kiln: a fact cannot hold control characters (U+001B at character 12), which a prompt does not show: remove them\n");
+    assert.equal(JSON.parse(kiln(["knowledge", "list", "demo", ...at]).stdout).length, 2);
   } finally {
     rmSync(checkpoints, { recursive: true });
   }
@@ -284,6 +293,9 @@ test("versions list says when the base model is live beside kept versions (after
     assert.equal(r.status, 0, r.stderr);
     // only "v0001 kept ..." was listed: nothing said what was live
     assert.match(r.stdout, /^v0001 kept .*\nbase  live     \(the base model, no adapter\)\n$/);
+    // --json names the base model "base", as the admin API's versions and /healthz do (it said null)
+    const json = kiln(["versions", "list", "demo", "--json", "--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints]);
+    assert.equal(JSON.parse(json.stdout).live, "base");
   } finally {
     rmSync(checkpoints, { recursive: true });
   }
@@ -717,11 +729,12 @@ test("kiln knowledge verify and kiln probe run beside a process that holds the a
     const r = kiln(["knowledge", "verify", "newsroom", ...where, "--json"]);
     assert.equal(r.status, 0, r.stderr);
     const proof = JSON.parse(r.stdout);
-    assert.deepEqual([proof.version, proof.held, proof.items, proof.weights.adapter], [null, 0, [], null]);
+    // the base model answered: named "base", as everywhere kiln names the weights that answered
+    assert.deepEqual([proof.version, proof.held, proof.items, proof.weights.adapter], ["base", 0, [], null]);
     assert.equal(readFileSync(ledgerFile, "utf8"), before, "verify wrote nothing");
     const probe = kiln(["probe", "newsroom", "Who is the mayor of Quillport?", ...where, "--json"]);
     assert.equal(probe.status, 0, probe.stderr);
-    assert.equal(JSON.parse(probe.stdout).version, null);
+    assert.equal(JSON.parse(probe.stdout).version, "base");
     assert.equal(readFileSync(ledgerFile, "utf8"), before, "probe wrote nothing");
     const write = kiln(["knowledge", "remember", "newsroom", "Rain.", ...where]);
     assert.equal(write.status, 1);
@@ -737,4 +750,97 @@ test("the built kiln command runs as a program (npx kiln): the build marks it ex
   assert.equal(r.error, undefined, `${MAIN} could not be run: ${r.error?.message}`);
   assert.equal(r.status, 0, r.stderr);
   assert.match(r.stdout, /^Usage: kiln/m);
+});
+
+/**
+ * Runs `check` on the demo agent with a ledger of these parts (and an archive, when given) in a
+ * checkpoints folder of its own; `at` is the options that name them.
+ */
+function withDemoLedger(parts: { items?: unknown[]; feeds?: unknown[]; archive?: string }, check: (o: { at: string[]; home: string; write: (parts: { items?: unknown[]; feeds?: unknown[] }) => void }) => void): void {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-ledger-"));
+  const home = path.join(checkpoints, "demo");
+  const write = (p: { items?: unknown[]; feeds?: unknown[] }) => writeFileSync(path.join(home, "ledger.json"), JSON.stringify({ schema: 1, live: null, items: p.items ?? [], versions: [], bakes: [], feeds: p.feeds ?? [] }));
+  try {
+    mkdirSync(home);
+    write(parts);
+    if (parts.archive !== undefined) writeFileSync(path.join(home, "ledger.archive.jsonl"), parts.archive);
+    check({ at: ["--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints], home, write });
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+}
+
+test("feeds list shows the url the agent file gives a feed, and says so when the ledger's poll state is from the url before", () => {
+  const feed = { id: "town-gazette", url: "https://old.example/gazette.xml", consecutiveErrors: 2, lastError: "HTTP 404", seenKeys: [], itemsAdded: 3 };
+  withDemoLedger({ feeds: [feed] }, ({ at, write }) => {
+    const configured = path.join(repoRoot(), "feeds", "town-gazette.rss.xml");
+    const text = kiln(["feeds", "list", "demo", ...at]);
+    assert.equal(text.status, 0, text.stderr);
+    assert.ok(text.stdout.includes(`\n  ${configured} (the poll state above is from https://old.example/gazette.xml, its url before the agent file changed`), text.stdout);
+    const [row] = JSON.parse(kiln(["feeds", "list", "demo", ...at, "--json"]).stdout);
+    assert.deepEqual([row.url, row.ledgerUrl, row.itemsAdded], [configured, "https://old.example/gazette.xml", 3]);
+    // the same url: nothing to say
+    write({ feeds: [{ ...feed, url: configured }] });
+    const same = kiln(["feeds", "list", "demo", ...at, "--json"]);
+    assert.equal(JSON.parse(same.stdout)[0].ledgerUrl, undefined);
+    assert.doesNotMatch(kiln(["feeds", "list", "demo", ...at]).stdout, /before the agent file changed/);
+  });
+});
+
+test("knowledge show skips an archive line that is JSON but no item ({}, [1]), naming the file and line once, and finds the items around it", () => {
+  const item = { id: "k_mwyp4000aaaa38", kind: "manual", text: "Di owns a horse.", contentHash: "h", status: "expired", source: {}, scores: [], history: [], archivedAt: "2026-01-01T00:00:00.000Z" };
+  const lines = ["{}", JSON.stringify(item), "[1]", JSON.stringify({ ...item, id: "k_mwyp4000bbbb38", text: "Di owns a cat." }), ""].join("\n");
+  withDemoLedger({ archive: lines }, ({ at, home }) => {
+    const archive = path.join(home, "ledger.archive.jsonl");
+    // by the end of an id: every archived item is read, the broken lines among them
+    const show = kiln(["knowledge", "show", "demo", "bbbb38", ...at]);
+    assert.equal(show.status, 0, show.stderr);
+    assert.match(show.stdout, /^text: +Di owns a cat\.$/m);
+    assert.equal(show.stderr, `kiln: ${archive}: skipped 2 line(s) that are not items: line 1 (its id is not a string), line 3 (it is not an object); the file was left as it is\n`);
+    const missing = kiln(["knowledge", "show", "demo", "k_nothing", ...at]);
+    assert.equal(missing.status, 1);
+    assert.equal(missing.stderr.split("\n").filter((l) => l.includes("skipped 2 line(s)")).length, 1, "said once");
+    assert.match(missing.stderr, /^kiln: no item k_nothing$/m);
+    assert.equal(readFileSync(archive, "utf8"), lines);
+  });
+});
+
+test("--checkpoints naming a file (or a path under one) is refused naming it and that it must be a folder, by read commands, remember and serve alike", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-notdir-"));
+  try {
+    const file = path.join(dir, "state");
+    writeFileSync(file, "not a folder");
+    const agents = ["--agents", path.join(repoRoot(), "agents", "demo.yaml")];
+    for (const args of [["knowledge", "list", "demo"], ["versions", "list", "demo"], ["knowledge", "remember", "demo", "Rain."], ["serve", "--port", "0", "--no-schedules"]]) {
+      const r = kiln([...args, ...agents, "--checkpoints", file]);
+      assert.equal(r.status, 1, args.join(" "));
+      assert.equal(r.stderr, `kiln: checkpoints ${file} is a file: it must be a folder (each agent's state goes in <folder>/<name>; --checkpoints names it)\n`, args.join(" "));
+    }
+    const under = kiln(["knowledge", "list", "demo", ...agents, "--checkpoints", path.join(file, "sub")]);
+    assert.match(under.stderr, new RegExp(`^kiln: checkpoints ${path.join(file, "sub").replace(/[.\\/]/g, "\\$&")}: ${file.replace(/[.\\/]/g, "\\$&")} is a file: it must be a folder`));
+    // the agent's own folder taken by a file
+    mkdirSync(path.join(dir, "root"));
+    writeFileSync(path.join(dir, "root", "demo"), "");
+    const home = kiln(["versions", "list", "demo", ...agents, "--checkpoints", path.join(dir, "root")]);
+    assert.match(home.stderr, /^kiln: .*demo\.yaml: .*root\/demo, where agent demo keeps its ledger and versions, is a file: it must be a folder\n$/);
+    assert.equal(readFileSync(file, "utf8"), "not a folder");
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("two agent files naming the same agent are refused naming both, by read commands as by serve, rather than one picked", () => {
+  const { dir, agents, checkpoints } = twoAgents();
+  try {
+    cpSync(path.join(agents, "demo.yaml"), path.join(agents, "demo-copy.yaml"));
+    const both = `kiln: ${path.join(agents, "demo-copy.yaml")} and ${path.join(agents, "demo.yaml")} both name an agent demo: give each its own name\n`;
+    for (const args of [["knowledge", "list", "demo"], ["versions", "list", "demo"], ["feeds", "list", "demo"], ["serve", "--port", "0", "--no-schedules"]]) {
+      const r = kiln([...args, "--agents", agents, "--checkpoints", checkpoints]);
+      assert.equal(r.status, 1, args.join(" "));
+      assert.equal(r.stderr, both, args.join(" "));
+    }
+    assert.ok(!existsSync(checkpoints), "nothing was written");
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
 });

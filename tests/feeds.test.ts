@@ -586,6 +586,12 @@ test("several stories under one guid: the first is read and the rest are named i
   assert.equal(again.notes, undefined);
 });
 
+test("control characters in feed text (raw or as references: NUL, escape, C1) are taken out, as a remembered fact refuses them", () => {
+  assert.equal(htmlToText("Ferry\u0000 leaves\u001b[1m at noon\u0085 today\u007f."), "Ferry leaves [1m at noon today .");
+  assert.equal(htmlToText("Bell&#7; rings &#x1; at &#27;noon"), "Bell rings at noon");
+  assert.equal(htmlToText("tab\there\r\nand there"), "tab here and there");
+});
+
 test("entities escaped twice (inside CDATA, or &amp;lt;p&amp;gt;) end up as characters, not as entity names", () => {
   // What rss-parser hands over for <description><![CDATA[...]]></description>: the HTML as written.
   assert.equal(htmlToText("<p>Hello&amp;nbsp;world, it&amp;#8217;s &amp;ldquo;fine&amp;rdquo;</p>"), "Hello world, it’s “fine”");

@@ -233,6 +233,19 @@ test("compaction archives old inactive items no version lists, keeps what the ag
   writeFileSync(ledger.archiveFile, readFileSync(ledger.archiveFile, "utf8") + '{"id": "k_cut", "te');
   assert.equal(ledger.item(newRejected).text, "Mira Vale owns a cat.");
   assert.throws(() => ledger.item("k_cut"), /no item k_cut/);
+  // a line that is JSON but no item is skipped too, and said once (on stderr), naming the file and line
+  writeFileSync(ledger.archiveFile, readFileSync(ledger.archiveFile, "utf8") + '\n{}\n[1]\n');
+  const said: string[] = [];
+  const write = process.stderr.write;
+  process.stderr.write = ((text: string) => (said.push(text), true)) as typeof process.stderr.write;
+  try {
+    assert.equal(ledger.item(newRejected).text, "Mira Vale owns a cat.");
+    assert.throws(() => ledger.item("k_none"), /no item k_none/);
+    assert.equal(ledger.archived().length, 3);
+  } finally {
+    process.stderr.write = write;
+  }
+  assert.deepEqual(said, [`kiln: ${ledger.archiveFile}: skipped 2 line(s) that are not items: line 5 (its id is not a string), line 6 (it is not an object); the file was left as it is\n`]);
   await ledger.close();
   rmSync(dir, { recursive: true });
 });

@@ -1019,6 +1019,17 @@ test("agent files with mistakes name the field", () => {
   // feeds whose entries are all commented out read as none (it said "feeds: expected array, received null")
   writeFileSync(file, "name: x\nfeeds:\n  # - { id: a, url: http://x/1 }\n");
   assert.deepEqual(loadAgentConfig(file, dir).feeds, []);
+  // a feed id is part of the admin API's URLs (…/feeds/:id/poll); sizes past any agent's are refused, naming the range
+  for (const id of ["town gazette", "a/b", "../x", "-x", "caf\u00e9"]) {
+    writeFileSync(file, `name: x\nfeeds:\n  - { id: ${JSON.stringify(id)}, url: http://x/1 }\n`);
+    assert.throws(() => loadAgentConfig(file, dir), /feeds\.0\.id: letters, digits, - and _ only, starting with a letter or digit/, id);
+  }
+  writeFileSync(file, "name: x\nbake:\n  settings:\n    trajectories: 100000\n    lora: { r: 100000 }\n");
+  assert.throws(() => loadAgentConfig(file, dir), /bake\.settings\.trajectories: a whole number from 1 to 2048; bake\.settings\.lora\.r: a whole number from 1 to 512$/);
+  writeFileSync(file, "name: x\nbake:\n  settings:\n    trajectories: 0\n    lora: { r: 2.5 }\n");
+  assert.throws(() => loadAgentConfig(file, dir), /bake\.settings\.trajectories: a whole number from 1 to 2048; bake\.settings\.lora\.r: a whole number from 1 to 512$/);
+  writeFileSync(file, "name: x\nfeeds:\n  - { id: Town_Gazette-2, url: http://x/1 }\nbake:\n  settings:\n    trajectories: 2048\n    lora: { r: 512 }\n");
+  assert.equal(loadAgentConfig(file, dir).bake.settings.lora?.r, 512);
   rmSync(dir, { recursive: true });
 });
 

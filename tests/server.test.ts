@@ -195,6 +195,22 @@ test("a fact longer than a bake's prompt holds of one is refused where it is tol
   assert.equal(runtime.agent("tester").ledger.data.items.length, before, "nothing was stored");
 });
 
+test("a fact holding a control character (a NUL, a bell) is refused where it is told, naming the character, not stored", async () => {
+  const before = runtime.agent("tester").ledger.data.items.length;
+  const api = await call("/admin/agents/tester/items", { method: "POST", body: { text: "The ferry leaves\u0000 at noon." } });
+  assert.equal(api.status, 400, api.text);
+  assert.equal(api.json.error.param, "text");
+  assert.match(api.json.error.message, /^text: a fact cannot hold control characters \(U\+0000 at character 17\), which a prompt does not show: remove them$/);
+  const chat = await client.chat.completions.create({ model: "tester", messages: [{ role: "user", content: "remember that the ferry bell\u0007 rings at noon." }] });
+  assert.match(chat.choices[0]!.message.content!, /^I cannot note that: a fact cannot hold control characters \(U\+0007 at character \d+\)/);
+  await assert.rejects(runtime.agent("tester").remember("The fee\u001b[2J is nine coins."), /a fact cannot hold control characters \(U\+001B at character 8\)/);
+  assert.equal(runtime.agent("tester").ledger.data.items.length, before, "nothing was stored");
+  // tabs and line breaks are whitespace, as before
+  const ok = await call("/admin/agents/tester/items", { method: "POST", body: { text: "The ferry\tleaves\r\nat noon on Sundays." } });
+  assert.equal(ok.status, 201, ok.text);
+  await runtime.agent("tester").retract([ok.json.item.id]); // leave the ledger as the other tests expect it
+});
+
 test("bad requests get 4xx in OpenAI's error shape; unknown models 404; a token is required", async () => {
   const rejects = async (p: Promise<unknown>, status: number, param?: string) => {
     try {
@@ -933,7 +949,7 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   const agents = await call("/admin/agents");
   assert.equal(agents.status, 200);
   assert.equal(agents.json.agents[0].name, "tester");
-  assert.equal(agents.json.agents[0].live, null);
+  assert.equal(agents.json.agents[0].live, "base", "the base model, named as in /healthz and /v1/models (it was null here)");
   assert.equal(agents.json.agents[0].feeds[0].id, "harbor");
 
   const fact = "The lighthouse keeper is Mira Tolle.";
@@ -1061,6 +1077,12 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   assert.equal((await call("/healthz")).json.agents[0].live, "base");
   assert.equal((await call("/v1/models/tester")).json.kiln.live_version, "base");
   assert.match((await call("/metrics")).text, /kiln_agent_live_version\{agent="tester",version="base"\} 1/);
+  // every field naming the live weights or the ones that answered says "base" for the base model (the admin API said null in some)
+  assert.equal((await call("/admin/agents")).json.agents[0].live, "base");
+  assert.equal((await call("/admin/agents/tester/versions")).json.live, "base");
+  assert.equal((await readEvents("/admin/agents/tester/bakes/events", (e) => e.event === "state"))[0]!.data.live, "base");
+  assert.equal((await call("/admin/agents/tester/probe", { method: "POST", body: { question: "Who keeps the lighthouse?" } })).json.version, "base");
+  assert.equal((await call("/admin/agents/tester/verify", { method: "POST", body: {} })).json.version, "base");
   assert.equal((await call("/admin/agents/tester/versions/v0009/rollback", { method: "POST" })).status, 404);
   assert.equal((await call("/admin/agents/tester/versions/v0001/rollback", { method: "POST" })).json.live, "v0001");
 
@@ -1128,7 +1150,7 @@ test("admin API: versions come a page at a time, newest first, with the total", 
     const all = await get("");
     assert.equal(all.json.total, 230);
     assert.equal(all.json.versions.length, 230, "500 a page by default");
-    assert.equal(all.json.live, null);
+    assert.equal(all.json.live, "base");
     const first = await get("?limit=100");
     assert.deepEqual([first.json.total, first.json.offset, first.json.versions.length], [230, 0, 100]);
     assert.deepEqual([first.json.versions[0].id, first.json.versions[99].id], ["v0230", "v0131"]);

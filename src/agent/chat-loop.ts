@@ -16,6 +16,7 @@ import { ITEM_STATUSES as STATUSES, type Item, type ItemStatus } from "../knowle
 import type { Agent } from "../runtime/agent.js";
 import type { Runtime } from "../runtime/runtime.js";
 import { KilnChatModel, toToolSpec, type KilnChatModelFields } from "./langchain.js";
+import { versionName } from "../runtime/live.js";
 
 
 export interface KnowledgeHit {
@@ -65,7 +66,7 @@ function threadOf(config: ToolRunnableConfig | undefined): string | undefined {
 export function knowledgeTools(agent: Agent) {
   const search = tool(
     async (args: { query?: string; status?: ItemStatus; limit?: number }) =>
-      JSON.stringify({ live_version: agent.live.version ?? "base", items: searchKnowledge(agent, args) }),
+      JSON.stringify({ live_version: versionName(agent.live.version), items: searchKnowledge(agent, args) }),
     {
       name: "search_knowledge",
       description: "Search what you have read or been told (your knowledge ledger).",

@@ -34,6 +34,7 @@ import type { ChatMessage } from "../model/tokenizer.js";
 import type { ChatChunk, ChatOutcome, Runtime } from "../runtime/runtime.js";
 import { autoCalls, checkStrictTools, forceToolCall, newToolCallId, ToolChoiceError, toolPrompt, type AutoCalls, type ForcedCall, type KilnToolSpec, type ToolChoice, type ToolPrompt } from "./tools.js";
 import { structuredReply, type ResponseFormat, type StructuredReply } from "./response-format.js";
+import { versionName } from "../runtime/live.js";
 
 export { parseToolCalls, renderToolProtocol, TOOL_CALL_CLOSE, TOOL_CALL_OPEN, ToolChoiceError, ToolSchemaError, type KilnToolSpec, type ParsedToolCalls } from "./tools.js";
 export { ResponseFormatError, type ResponseFormat } from "./response-format.js";
@@ -441,7 +442,7 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
     const usage: UsageMetadata = { input_tokens: result.promptTokens, output_tokens: result.tokens.length, total_tokens: result.promptTokens + result.tokens.length };
     const info = {
       finish_reason: toolCalls.length ? "tool_calls" : result.finishReason,
-      kiln_version: version ?? "base",
+      kiln_version: versionName(version),
       model_name: this.agentName,
       ...(outcome.captured.length ? { kiln_captured: outcome.captured } : {}),
       // keywords of a non-strict response_format schema the reply was not held to

@@ -13,11 +13,25 @@ export interface KnowledgePromptInput {
 export const MAX_ITEM_CHARS = 400;
 
 /**
+ * C0 and C1 control characters but tab, line feed and carriage return (which sanitizeItem makes
+ * spaces): invisible in a prompt, so in an item they could only hide what the agent is told, and
+ * a NUL ends the text early for tools that read the ledger or an export as C strings.
+ */
+export const CONTROL_CHARACTERS = "\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F";
+const CONTROL = new RegExp(`[${CONTROL_CHARACTERS}]`);
+
+/**
  * Why a fact told by hand or in chat cannot be an item, or null: past MAX_ITEM_CHARS a bake's
- * prompt would hold only its start, so the ledger would call absorbed what the model never read.
- * (Feed text is cut to fit as it is read: news is not asked for.)
+ * prompt would hold only its start, so the ledger would call absorbed what the model never read;
+ * a control character is refused rather than dropped, since what was told would not be what is kept.
+ * (Feed text is cut to fit and has its control characters taken out as it is read: news is not asked for.)
  */
 export function tooLongForItem(text: string): string | null {
+  const control = CONTROL.exec(text);
+  if (control) {
+    const code = `U+${control[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}`;
+    return `a fact cannot hold control characters (${code} at character ${control.index + 1}), which a prompt does not show: remove them`;
+  }
   const n = text.replace(/\s+/g, " ").trim().length;
   return n > MAX_ITEM_CHARS ? `a fact is at most ${MAX_ITEM_CHARS} characters, as much as a bake's prompt holds of one (this one has ${n}): split it into shorter facts` : null;
 }

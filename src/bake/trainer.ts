@@ -56,6 +56,15 @@ export interface BakeSettings {
   seed: number;
 }
 
+/**
+ * The most an agent file or `kiln bake` may ask for, so a slip of the keyboard is refused rather
+ * than run out of memory. A rank past a few hundred is wider than the projections it adapts in the
+ * models kiln runs (no more expressive, and r 100,000 allocates gigabytes before the first step);
+ * a bake caches the teacher's distributions over every trajectory's reply at once (with full KL,
+ * vocabulary-sized per token), where kiln's agents use a few hundred trajectories.
+ */
+export const BAKE_LIMITS = { trajectories: 2048, rank: 512 } as const;
+
 export const DEFAULT_BAKE: BakeSettings = {
   lora: DEFAULT_LORA,
   objective: "forward",

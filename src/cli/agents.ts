@@ -9,9 +9,10 @@ import { InvalidArgumentError, Option, type Command } from "commander";
 import { isSeq, parseDocument, parse as parseYaml, type Node } from "yaml";
 import { initBackend } from "../tensor/backend.js";
 import { ITEM_KINDS, ITEM_STATUSES, Ledger, type Item, type ItemKind, type ItemStatus } from "../knowledge/ledger.js";
-import { loadAgentConfig, parseAgentConfig, type AgentConfig } from "../runtime/agent-config.js";
-import { agentFiles, DEFAULT_AGENTS_DIR, DEFAULT_CHECKPOINTS_DIR, Runtime } from "../runtime/runtime.js";
+import { parseAgentConfig, type AgentConfig } from "../runtime/agent-config.js";
+import { DEFAULT_AGENTS_DIR, DEFAULT_CHECKPOINTS_DIR, loadAgentConfigs, Runtime } from "../runtime/runtime.js";
 import type { BakeOutcome, VerifyReport } from "../runtime/agent.js";
+import { BASE_VERSION, versionName } from "../runtime/live.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import { EXPORT_FORMATS, type ExportFormat } from "../lora/export.js";
 import { bakeProgressReporter } from "./progress.js";
@@ -30,7 +31,7 @@ function agentsPath(o: AgentOpts): string {
 }
 
 function configs(o: AgentOpts): AgentConfig[] {
-  return agentFiles(agentsPath(o)).map((f) => loadAgentConfig(f, o.checkpoints ?? DEFAULT_CHECKPOINTS_DIR));
+  return loadAgentConfigs(agentsPath(o), o.checkpoints);
 }
 
 function pickConfig(o: AgentOpts, name?: string): AgentConfig {
@@ -185,8 +186,14 @@ export function registerAgentCommands(program: Command): void {
   withAgents(feeds.command("list [agent]").description("feeds with their last poll, errors and items added")).action(async (name: string | undefined, o: AgentOpts) => {
     const ledger = await readLedger(o, name);
     const c = pickConfig(o, name);
-    const rows = c.feeds.map((f) => ({ ...f, ...ledger.feed(f.id) }));
-    print(o.json, rows, () => rows.map((f) => `${f.id.padEnd(12)} ${f.schedule.padEnd(14)} added ${f.itemsAdded ?? 0}, last ok ${f.lastOkAt ?? "never"}${f.lastError ? `, ERROR ${f.lastError}` : ""}\n  ${f.url}`).join("\n") || "(no feeds)");
+    // The agent file says where a feed is; the ledger's url is where the poll state it keeps was
+    // gathered, another until the first poll after the file moved the feed (which starts afresh).
+    const rows = c.feeds.map((f) => {
+      const { url: ledgerUrl, ...state } = ledger.feed(f.id) ?? {};
+      return { ...state, ...f, ...(ledgerUrl !== undefined && ledgerUrl !== f.url ? { ledgerUrl } : {}) };
+    });
+    const moved = (f: (typeof rows)[number]) => ("ledgerUrl" in f ? ` (the poll state above is from ${f.ledgerUrl}, its url before the agent file changed; the next poll asks this one)` : "");
+    print(o.json, rows, () => rows.map((f) => `${f.id.padEnd(12)} ${f.schedule.padEnd(14)} added ${f.itemsAdded ?? 0}, last ok ${f.lastOkAt ?? "never"}${f.lastError ? `, ERROR ${f.lastError}` : ""}\n  ${f.url}${moved(f)}`).join("\n") || "(no feeds)");
   });
   withAgents(feeds.command("poll [agent]").description("poll the agent's feeds now")).action(async (name: string | undefined, o: AgentOpts) => {
     const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name);
@@ -303,7 +310,7 @@ export function registerAgentCommands(program: Command): void {
                 : `${i.id}  NOT HELD (no probes to ask: ${i.status === "pending" ? "not baked yet" : i.status === "baking" ? "a bake running now writes them" : `${i.status}, never probed`})  ${i.text}`,
               ...i.probes.map((p) => `    ${p.passed ? "ok  " : "FAIL"} ${oneLine(p.question)} -> ${oneLine(p.answer)}${p.passed ? "" : `   (expected: ${oneLine(p.expected)})`}`),
             ]),
-            `${r.held} of ${r.items.length} item(s) held by ${r.version ?? "the base model"}${retracted.length ? `; ${retracted.filter((i) => !stillAnswers(i)).length} of the ${retracted.length} retracted forgotten` : ""}`,
+            `${r.held} of ${r.items.length} item(s) held by ${r.version === BASE_VERSION ? "the base model" : r.version}${retracted.length ? `; ${retracted.filter((i) => !stillAnswers(i)).length} of the ${retracted.length} retracted forgotten` : ""}`,
             `  asked ${r.checkedAt}, greedy, nothing in the prompt: base ${r.weights.baseModel} (fingerprint ${r.weights.baseFingerprint})${r.weights.adapter ? `, adapter ${r.weights.adapter.file} (sha256 ${r.weights.adapter.sha256})` : ""}`,
             // the proof is only as good as it is repeatable: the command that asks those weights one question again
             ...askAgain(r),
@@ -336,7 +343,7 @@ export function registerAgentCommands(program: Command): void {
     const vs = ledger.data.versions;
     // a kept version holding a retracted item is listed as kept, but rollback refuses it: say so here
     const blocked = (v: (typeof vs)[number]) => (v.status === "kept" ? ledger.whyNotLive(v.id) : null);
-    print(o.json, { live: ledger.data.live, versions: vs.map((v) => ({ ...v, cannotGoLive: v.status === "live" ? null : ledger.whyNotLive(v.id) })) }, () =>
+    print(o.json, { live: versionName(ledger.data.live), versions: vs.map((v) => ({ ...v, cannotGoLive: v.status === "live" ? null : ledger.whyNotLive(v.id) })) }, () =>
       [
         ...vs.map((v) => `${v.id} ${v.status.padEnd(8)} parent ${v.parent ?? "base"}  items ${v.itemCount ?? v.items.length}  absorption ${v.scores.absorption.toFixed(2)} retention ${v.scores.retention.toFixed(2)}${v.scores.persona !== null ? ` persona ${v.scores.persona.toFixed(2)}` : ""}${v.reasons ? `  (${v.reasons.join("; ")})` : ""}${blocked(v) ? `  [cannot go live: ${blocked(v)}]` : ""}`),
         // rolled back to the base (or left there by a retraction): no version line says live
@@ -355,7 +362,7 @@ export function registerAgentCommands(program: Command): void {
     const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name);
     try {
       await runtime.agent(agent).rollback(version === "base" ? null : version);
-      print(o.json, { live: runtime.agent(agent).live.version }, () => `${agent} is live on ${version}`);
+      print(o.json, { live: versionName(runtime.agent(agent).live.version) }, () => `${agent} is live on ${version}`);
     } finally {
       await runtime.stop();
     }
@@ -392,7 +399,7 @@ export function registerAgentCommands(program: Command): void {
       const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name, false, true);
       try {
         const r = await runtime.probe(agent, question, o.context);
-        print(o.json, r, () => [`version:    ${r.version ?? "base model"}`, `unprompted: ${oneLine(r.unprompted)}`, ...(r.prompted !== null ? [`prompted:   ${oneLine(r.prompted)}`] : [])].join("\n"));
+        print(o.json, r, () => [`version:    ${r.version === BASE_VERSION ? "base model" : r.version}`, `unprompted: ${oneLine(r.unprompted)}`, ...(r.prompted !== null ? [`prompted:   ${oneLine(r.prompted)}`] : [])].join("\n"));
       } finally {
         await runtime.stop();
       }

@@ -9,6 +9,7 @@ import type { AdapterHook } from "../model/decoder.js";
 import { studentMessages } from "../bake/trajectories.js";
 import { loadAgentConfig } from "../runtime/agent-config.js";
 import { DEFAULT_AGENTS_DIR, Runtime } from "../runtime/runtime.js";
+import { versionName } from "../runtime/live.js";
 import { bakeProgressReporter } from "./progress.js";
 import { oneLine } from "./common.js";
 import { loadAdapter } from "../lora/peft.js";
@@ -80,7 +81,7 @@ export async function runDemo(o: DemoOptions = {}): Promise<{ before: number; af
       candidate?.dispose();
     }
     out();
-    out(`answered like the prompted model, with nothing in the prompt: ${before}/${asked.length} before, ${after}/${asked.length} ${candidate ? `on the rejected ${outcome.version}` : `after (${lease.version ?? "base"})`}`);
+    out(`answered like the prompted model, with nothing in the prompt: ${before}/${asked.length} before, ${after}/${asked.length} ${candidate ? `on the rejected ${outcome.version}` : `after (${versionName(lease.version)})`}`);
     if (loaded.home) {
       // the other commands would read the home the agent file names, not the demo's state
       out(`ledger: ${path.join(home, "ledger.json")} (the demo's own: ${file} sets home: ${loaded.home}, which the kiln commands read and the demo left alone)`);

@@ -13,7 +13,7 @@ import { pullModel } from "../model/hub.js";
 import { resolveModelDir } from "../model/resolve.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import { runBake } from "../bake/job.js";
-import { BAKE_OBJECTIVES, DEFAULT_BAKE, bakeSettingsProblem, type BakeSettings } from "../bake/trainer.js";
+import { BAKE_LIMITS, BAKE_OBJECTIVES, DEFAULT_BAKE, bakeSettingsProblem, type BakeSettings } from "../bake/trainer.js";
 import { LORA_TARGETS, type LoraTarget } from "../lora/adapter.js";
 import { ADAPTER_WEIGHTS, checkAdapterTarget, loadAdapter } from "../lora/peft.js";
 import { bakeProgressReporter } from "./progress.js";
@@ -194,13 +194,13 @@ program
   .option("--out <dir>", "where to write the adapter (required; written atomically; a new folder, or an adapter with --force)")
   .option("--force", "replace the adapter already in --out")
   .option("--from <dir>", "start from this adapter, which is also the teacher's weights (a rolling bake)")
-  .option("--trajectories <n>", "replies sampled from the teacher", integer(1), DEFAULT_BAKE.trajectories)
+  .option("--trajectories <n>", "replies sampled from the teacher", integer(1, BAKE_LIMITS.trajectories), DEFAULT_BAKE.trajectories)
   .option("--temperature <t>", "sampling temperature for the teacher's replies", decimal(0), DEFAULT_BAKE.temperature)
   .option("--max-reply-tokens <n>", "longest sampled reply", integer(1), DEFAULT_BAKE.maxReplyTokens)
   .option("--epochs <n>", "passes over the trajectories", integer(1), DEFAULT_BAKE.epochs)
   .option("--batch <n>", "trajectories per step", integer(1), DEFAULT_BAKE.batchSize)
   .option("--lr <x>", "Adam learning rate", decimal(0, Infinity, { above: true }), DEFAULT_BAKE.learningRate)
-  .option("--rank <r>", "LoRA rank", integer(1), DEFAULT_BAKE.lora.r)
+  .option("--rank <r>", "LoRA rank", integer(1, BAKE_LIMITS.rank), DEFAULT_BAKE.lora.r)
   .option("--alpha <a>", "LoRA alpha (scale alpha/r)", decimal(0, Infinity, { above: true }), DEFAULT_BAKE.lora.alpha)
   .option("--rslora", "scale by alpha/sqrt(r)")
   .option("--targets <list>", `comma-separated modules of ${LORA_TARGETS.join(",")}`, DEFAULT_BAKE.lora.targetModules.join(","))

@@ -1,6 +1,7 @@
 // Feed titles and summaries are HTML fragments (the XML parser has undone one level of escaping)
 // and are untrusted. What the agent reads must be plain text: no tags, no entities, no control
 // characters. A small regex pass is enough here because nothing is rendered, only read.
+import { CONTROL_CHARACTERS } from "../bake/prompt.js";
 import { decodeWindows1252 } from "./decode.js";
 
 /** Raw field length looked at: we keep a few hundred characters, so more only costs time. */
@@ -47,9 +48,10 @@ export function decodeEntities(s: string): string {
   });
 }
 
-// C0/C1 controls, zero-width characters and bidi overrides: invisible in a prompt, so they can
-// only hide or reorder what the agent is told. Whitespace controls become spaces.
-const INVISIBLES = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\u007F-\u009F\u200B-\u200F\u202A-\u202E\u2060-\u2064\u2066-\u2069\uFEFF]/g;
+// Control characters (as a remembered fact refuses them), zero-width characters and bidi
+// overrides: invisible in a prompt, so they can only hide or reorder what the agent is told.
+// Whitespace controls become spaces.
+const INVISIBLES = new RegExp(`[${CONTROL_CHARACTERS}\\u200B-\\u200F\\u202A-\\u202E\\u2060-\\u2064\\u2066-\\u2069\\uFEFF]`, "g");
 
 /** HTML fragment -> plain one-line text (whitespace collapsed, not yet length-bounded). */
 export function htmlToText(html: string): string {

@@ -222,12 +222,8 @@ export function ledgerProblem(d: unknown): string | null {
   if (d.feeds !== undefined && !Array.isArray(d.feeds)) return "feeds is not a list";
   const items = d.items as unknown[];
   for (let i = 0; i < items.length; i++) {
-    const it = items[i];
-    if (!isObject(it)) return `items[${i}] is not an object`;
-    for (const f of ["id", "text", "contentHash"] as const) if (typeof it[f] !== "string") return `items[${i}].${f} is not a string`;
-    if (!(ITEM_STATUSES as readonly unknown[]).includes(it.status)) return `items[${i}].status is ${shown(it.status)}, not one of ${ITEM_STATUSES.join(", ")}`;
-    if (!isObject(it.source)) return `items[${i}].source is not an object`;
-    for (const f of ["scores", "history"] as const) if (!Array.isArray(it[f])) return `items[${i}].${f} is not a list`;
+    const problem = itemProblem(items[i], (f) => (f ? `items[${i}].${f}` : `items[${i}]`));
+    if (problem) return problem;
   }
   const versions = d.versions as unknown[];
   for (let i = 0; i < versions.length; i++) {
@@ -252,6 +248,16 @@ export function ledgerProblem(d: unknown): string | null {
   return null;
 }
 
+/** What makes `it` no item, or null (see ledgerProblem); `name` names it, or one of its fields. */
+function itemProblem(it: unknown, name: (field?: string) => string): string | null {
+  if (!isObject(it)) return `${name()} is not an object`;
+  for (const f of ["id", "text", "contentHash"] as const) if (typeof it[f] !== "string") return `${name(f)} is not a string`;
+  if (!(ITEM_STATUSES as readonly unknown[]).includes(it.status)) return `${name("status")} is ${shown(it.status)}, not one of ${ITEM_STATUSES.join(", ")}`;
+  if (!isObject(it.source)) return `${name("source")} is not an object`;
+  for (const f of ["scores", "history"] as const) if (!Array.isArray(it[f])) return `${name(f)} is not a list`;
+  return null;
+}
+
 function shown(v: unknown): string {
   return v === undefined ? "missing" : JSON.stringify(v);
 }
@@ -262,6 +268,7 @@ function isObject(v: unknown): v is Record<string, unknown> {
 
 export class Ledger {
   private writes: Promise<void> = Promise.resolve();
+  private archiveSkipsSaid = false;
 
   private constructor(
     readonly file: string,
@@ -456,19 +463,34 @@ export class Ledger {
     return back;
   }
 
-  /** The archive's items, oldest first (read on demand: it is only needed for old, inactive items). */
+  /**
+   * The archive's items, oldest first (read on demand: it is only needed for old, inactive items).
+   * A line that is JSON but no item (hand-edited, or damaged) is skipped, and said once, naming
+   * its line: it failed every lookup that read past it, and the other lines are still good.
+   */
   archived(): Item[] {
     if (!existsSync(this.archiveFile)) return [];
-    return readFileSync(this.archiveFile, "utf8")
+    const skipped: string[] = [];
+    const items = readFileSync(this.archiveFile, "utf8")
       .split("\n")
-      // a line cut short by a crash mid-append is skipped; every other line is a whole item
-      .flatMap((line) => {
+      .flatMap((line, n) => {
+        let parsed: unknown;
         try {
-          return line.trim() ? [JSON.parse(line) as Item] : [];
+          if (!line.trim()) return [];
+          parsed = JSON.parse(line);
         } catch {
-          return [];
+          return []; // a line cut short by a crash mid-append: every other line is a whole item
         }
+        const problem = itemProblem(parsed, (f) => (f ? `its ${f}` : "it"));
+        if (!problem) return [parsed as Item];
+        skipped.push(`line ${n + 1} (${problem})`);
+        return [];
       });
+    if (skipped.length && !this.archiveSkipsSaid) {
+      this.archiveSkipsSaid = true;
+      process.stderr.write(`kiln: ${this.archiveFile}: skipped ${skipped.length} line(s) that are not items: ${skipped.slice(0, 5).join(", ")}${skipped.length > 5 ? ", ..." : ""}; the file was left as it is\n`);
+    }
+    return items;
   }
 
   items(filter: { status?: ItemStatus | ItemStatus[]; kind?: ItemKind; text?: string; source?: string } = {}): Item[] {

@@ -7,7 +7,7 @@ import { parse as parseYaml } from "yaml";
 import cron from "node-cron";
 import { LORA_TARGETS } from "../lora/adapter.js";
 import { OPEN_QUESTIONS } from "../bake/probes.js";
-import { BAKE_OBJECTIVES, bakeSettingsProblem } from "../bake/trainer.js";
+import { BAKE_LIMITS, BAKE_OBJECTIVES, bakeSettingsProblem } from "../bake/trainer.js";
 
 const cronExpr = z.string().refine((s) => cron.validate(s), { message: "not a valid cron expression" });
 
@@ -16,10 +16,19 @@ const feedSchedule = cronExpr.refine((s) => s.trim().split(/\s+/).length < 6 || 
   message: "polls more than once a minute (the first of six fields is seconds: give it one number, or use five fields)",
 });
 
+/** A whole number in [min, max], the range named in the error (zod's says only the side crossed). */
+const wholeIn = (min: number, max: number) => {
+  const message = `a whole number from ${min} to ${max}`;
+  return z.number({ message }).int(message).min(min, message).max(max, message);
+};
+
+/** Agent names and feed ids are parts of the admin API's URL paths, and an agent's name its folder's. */
+const safeName = z.string().regex(/^[a-z0-9][a-z0-9-_]*$/i, "letters, digits, - and _ only, starting with a letter or digit (it is part of the admin API's URLs)");
+
 const BakeSettingsSchema = z
   .object({
     objective: z.enum(BAKE_OBJECTIVES),
-    trajectories: z.number().int().positive(),
+    trajectories: wholeIn(1, BAKE_LIMITS.trajectories),
     temperature: z.number().min(0),
     maxReplyTokens: z.number().int().positive(),
     learningRate: z.number().positive(),
@@ -33,7 +42,7 @@ const BakeSettingsSchema = z
     seed: z.number().int(),
     lora: z
       .object({
-        r: z.number().int().positive(),
+        r: wholeIn(1, BAKE_LIMITS.rank),
         alpha: z.number().positive(),
         dropout: z.number().min(0).lt(1),
         useRslora: z.boolean(),
@@ -51,7 +60,7 @@ const BakeSettingsSchema = z
 
 export const AgentConfigSchema = z
   .object({
-    name: z.string().regex(/^[a-z0-9][a-z0-9-_]*$/i, "letters, digits, - and _ only"),
+    name: safeName,
     description: z.string().optional(),
     /** "default" (the embedded model), a directory (relative to the agent file) or a pulled repo id */
     model: z.string().default("default"),
@@ -67,7 +76,7 @@ export const AgentConfigSchema = z
       .array(
         z
           .object({
-            id: z.string().min(1),
+            id: safeName,
             url: z.string().min(1),
             schedule: feedSchedule.default("*/30 * * * *"),
             maxItems: z.number().int().positive().default(50),

@@ -21,7 +21,7 @@ import type { LoadedModel } from "../model/load.js";
 import { ADAPTER_WEIGHTS } from "../lora/peft.js";
 import { exportAdapter, type ExportOptions, type ExportResult } from "../lora/export.js";
 import type { AgentConfig } from "./agent-config.js";
-import { LiveModel } from "./live.js";
+import { LiveModel, versionName } from "./live.js";
 import { makeDirs } from "../files.js";
 
 export interface BakeOutcome {
@@ -153,7 +153,8 @@ export function replayAdvice(retained: Item[], scores: Record<string, { unprompt
 
 /** What `verify` found: per item, its probes asked on the live weights with nothing in the prompt. */
 export interface VerifyReport {
-  version: string | null;
+  /** the weights asked: a version id, or "base" (BASE_VERSION) */
+  version: string;
   /**
    * Which weights answered, so the proof can be checked again: the base model (its folder and
    * the fingerprint adapters are bound to) and the live adapter's weights file with its sha256
@@ -581,7 +582,7 @@ export class Agent {
       const file = lease.version ? path.join(this.ledger.version(lease.version).dir, ADAPTER_WEIGHTS) : null;
       const adapter = file ? { file, sha256: createHash("sha256").update(readFileSync(file)).digest("hex") } : null;
       const weights = { baseModel: this.model.dir, baseFingerprint: this.model.fingerprint, adapter };
-      return { version: lease.version, weights, checkedAt: new Date().toISOString(), held: report.filter((r) => r.held).length, items: report };
+      return { version: versionName(lease.version), weights, checkedAt: new Date().toISOString(), held: report.filter((r) => r.held).length, items: report };
     } finally {
       lease.release();
     }

@@ -27,6 +27,17 @@ export function defaultBatchRows(backend: { gpu: boolean }): number {
   return backend.gpu ? 16 : 1;
 }
 
+/**
+ * The name of the base model (no adapter) wherever kiln names the weights that are live or that
+ * answered, in the HTTP API and in --json output alike: a client compares it, prints it or puts
+ * it in a label (metrics) without a case for null. In memory and in the ledger it is null.
+ */
+export const BASE_VERSION = "base";
+
+export function versionName(version: string | null): string {
+  return version ?? BASE_VERSION;
+}
+
 /** Bytes of keys and values an agent keeps for reuse by later requests (kiln serve --prefix-cache-mb). */
 export const DEFAULT_PREFIX_CACHE_BYTES = 128 * 2 ** 20;
 

@@ -6,6 +6,7 @@ import { loadModel, type LoadedModel } from "../model/load.js";
 import { resolveModelDir, PACKAGE_ROOT } from "../model/resolve.js";
 import type { GenerateOptions, GenerationResult } from "../model/generate.js";
 import type { ChatMessage } from "../model/tokenizer.js";
+import { versionName } from "./live.js";
 import { buildKnowledgePrompt, tooLongForItem } from "../bake/prompt.js";
 import { explicitRequest, extractFacts, extractFactsWithModel, forgetMatches, forgetWords, MAX_FORGET, modelExtractor, type FactAction } from "../agent/facts.js";
 import { loadAgentConfig, type AgentConfig } from "./agent-config.js";
@@ -55,6 +56,46 @@ export function agentFiles(spec: string): string[] {
     .filter((f) => /\.ya?ml$/.test(f))
     .sort()
     .map((f) => path.resolve(spec, f));
+}
+
+/**
+ * The agents `spec` names (an agent file, or a folder of *.yaml files), validated, each keeping its
+ * state in `checkpoints`/<name> unless its file sets home:. Every command that reads agent files
+ * loads them here (kiln serve through Runtime.fromFiles), so each refuses the same mistakes alike.
+ */
+export function loadAgentConfigs(spec: string, checkpoints = DEFAULT_CHECKPOINTS_DIR): AgentConfig[] {
+  // a file where the folder goes failed later as ENOTDIR, naming ledger.json and not the folder
+  const blocked = fileInPath(checkpoints);
+  if (blocked) throw new Error(`checkpoints ${path.resolve(checkpoints)}${blocked === path.resolve(checkpoints) ? " is a file" : `: ${blocked} is a file`}: it must be a folder (each agent's state goes in <folder>/<name>; --checkpoints names it)`);
+  const configs = agentFiles(spec).map((f) => loadAgentConfig(f, checkpoints));
+  if (!configs.length) throw new Error(`${spec}: no agent files (*.yaml)`);
+  for (const c of configs) {
+    const home = path.resolve(c.homeDir);
+    const file = fileInPath(home);
+    if (file) throw new Error(`${c.file}: ${c.home ? "home: " : ""}${home}, where agent ${c.name} keeps its ledger and versions, ${file === home ? "is a file" : `is under ${file}, a file`}: it must be a folder`);
+  }
+  checkAgentNames(configs);
+  return configs;
+}
+
+/** The file at `dir` or at the nearest path above it that exists, or null when that is a folder. */
+function fileInPath(dir: string): string | null {
+  let at = path.resolve(dir);
+  while (!existsSync(at) && path.dirname(at) !== at) at = path.dirname(at);
+  return statSync(at).isDirectory() ? null : at;
+}
+
+/**
+ * Two agents of one name would be one model in the API and keep their state in one folder; the
+ * one a command acts on would be whichever was read first, so both files are named instead.
+ */
+function checkAgentNames(configs: AgentConfig[]): void {
+  const seen = new Map<string, AgentConfig>();
+  for (const c of configs) {
+    const first = seen.get(c.name);
+    if (first) throw new Error(`${first.file ?? "an agent given in code"} and ${c.file ?? "an agent given in code"} both name an agent ${c.name}: give each its own name`);
+    seen.set(c.name, c);
+  }
 }
 
 /**
@@ -133,8 +174,8 @@ export class Runtime {
       }
       homes.set(folderKey(config.homeDir), config.name);
     }
+    checkAgentNames([...[...this.agents.values()].map((a) => a.config), ...configs]);
     for (const config of configs) {
-      if (this.agents.has(config.name)) throw new Error(`two agents are named ${config.name}`);
       const spec = config.model === "default" ? undefined : existsSync(path.resolve(config.feedsBase, config.model)) ? path.resolve(config.feedsBase, config.model) : config.model;
       let model: LoadedModel | undefined;
       try {
@@ -165,9 +206,7 @@ export class Runtime {
    */
   static async fromFiles(spec: string, opts: { checkpoints?: string; events?: AgentEvents; prefixCacheBytes?: number; batchRows?: number } = {}): Promise<Runtime> {
     const runtime = new Runtime(opts.events);
-    const configs = agentFiles(spec).map((f) => loadAgentConfig(f, opts.checkpoints ?? DEFAULT_CHECKPOINTS_DIR));
-    if (!configs.length) throw new Error(`${spec}: no agent files (*.yaml)`);
-    await runtime.load(configs);
+    await runtime.load(loadAgentConfigs(spec, opts.checkpoints));
     if (opts.prefixCacheBytes !== undefined) for (const a of runtime.agents.values()) a.live.prefixCacheBytes = opts.prefixCacheBytes;
     if (opts.batchRows !== undefined) for (const a of runtime.agents.values()) a.live.batchRows = opts.batchRows;
     return runtime;
@@ -324,7 +363,8 @@ export class Runtime {
   }
 
   /** Asks a question on the live weights with and without the item (and persona) in the prompt. */
-  async probe(name: string, question: string, context?: string[]): Promise<{ version: string | null; unprompted: string; prompted: string | null }> {
+  /** The live weights' answer with and without `context` in the prompt; `version` names them ("base" for the base model). */
+  async probe(name: string, question: string, context?: string[]): Promise<{ version: string; unprompted: string; prompted: string | null }> {
     const agent = this.agent(name);
     const ask = async (messages: ChatMessage[]) => {
       const it = this.chat(name, { messages, captureFacts: false, options: { maxTokens: 64, temperature: 0 } });
@@ -337,6 +377,6 @@ export class Runtime {
     const system = context?.length || agent.config.persona ? buildKnowledgePrompt({ persona: agent.config.persona?.text, items: context }) : "";
     const prompted = system ? await ask([{ role: "system", content: system }, { role: "user", content: question }]) : null;
     // trimmed as probes compare answers (a reply's first token often carries a space)
-    return { version: unprompted.version, unprompted: unprompted.result.text.trim(), prompted: prompted?.result.text.trim() ?? null };
+    return { version: versionName(unprompted.version), unprompted: unprompted.result.text.trim(), prompted: prompted?.result.text.trim() ?? null };
   }
 }

@@ -38,6 +38,7 @@ import type { BakeEvent } from "./bake-watch.js";
 import { clientSignal, findAgent, type ServerContext } from "./context.js";
 import { ApiError, validationError } from "./errors.js";
 import { SseStream } from "./sse.js";
+import { versionName } from "../runtime/live.js";
 
 const KEEPALIVE_MS = 15_000;
 
@@ -188,7 +189,7 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
       name: a.name,
       description: a.config.description ?? null,
       model: a.model.dir,
-      live: a.live.version,
+      live: versionName(a.live.version),
       ...bakeState(a),
       counts: countsView(a),
       versions: a.ledger.data.versions.length,
@@ -284,7 +285,7 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
     const asked = q.bake ? agent.ledger.data.bakes.find((b) => b.id === q.bake) : undefined;
     if (q.bake && !asked) throw new ApiError(404, `agent ${agent.name} has no bake ${q.bake}`, "bake_not_found", "bake");
     const sse = SseStream.open(reply);
-    sse.send({ agent: agent.name, live: agent.live.version, ...bakeState(agent) }, "state");
+    sse.send({ agent: agent.name, live: versionName(agent.live.version), ...bakeState(agent) }, "state");
     if (asked && asked.status !== "running") {
       // That bake already ended: its outcome, from the ledger.
       sse.send({ type: "outcome", agent: agent.name, bakeId: asked.id, outcome: outcomeOf(asked), bake: asked }, "outcome");
@@ -294,7 +295,7 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
       }
     }
     const stop = ctx.watcher.subscribe(agent.name, (e: BakeEvent) => {
-      sse.send(e.type === "outcome" ? { ...e, live: agent.live.version } : e, e.type);
+      sse.send(e.type === "outcome" ? { ...e, live: versionName(agent.live.version) } : e, e.type);
       if (e.type === "outcome" && !q.follow) sse.end();
     });
     const keepalive = setInterval(() => sse.comment("keepalive"), KEEPALIVE_MS);
@@ -317,7 +318,7 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
     const q = parse(VersionsQuery, request.query, "query");
     const all = [...agent.ledger.data.versions].reverse();
     return {
-      live: agent.live.version,
+      live: versionName(agent.live.version),
       total: all.length,
       offset: q.offset,
       versions: all.slice(q.offset, q.offset + q.limit).map((v) => ({ ...v, onDisk: existsSync(v.dir), cannotGoLive: agent.whyNotLive(v.id) })),
@@ -332,7 +333,7 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
     const to = q.to !== undefined ? ref(q.to) : agent.live.version;
     const from = q.from !== undefined ? ref(q.from) : to ? agent.ledger.version(to).parent : null;
     const { gained, lost } = agent.ledger.diff(from, to);
-    return { from: from ?? "base", to: to ?? "base", gained: gained.map((i) => itemView(agent, i)), lost: lost.map((i) => itemView(agent, i)) };
+    return { from: versionName(from), to: versionName(to), gained: gained.map((i) => itemView(agent, i)), lost: lost.map((i) => itemView(agent, i)) };
   });
 
   app.post<IdParams>("/admin/agents/:name/versions/:id/rollback", async (request) => {
@@ -346,7 +347,7 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
     } catch (err) {
       throw new ApiError(409, (err as Error).message, "rollback_failed", "id");
     }
-    return { previous: previous ?? "base", live: agent.live.version ?? "base" };
+    return { previous: versionName(previous), live: versionName(agent.live.version) };
   });
 
   app.post<IdParams>("/admin/agents/:name/versions/:id/export", async (request, reply) => {

@@ -1,6 +1,7 @@
 // GET /healthz: the process is up, with each agent's live version, whether it is baking, and its feeds' health.
 import type { FastifyInstance } from "fastify";
 import type { ServerContext } from "./context.js";
+import { versionName } from "../runtime/live.js";
 
 export function healthRoutes(app: FastifyInstance, ctx: ServerContext): void {
   const startedAt = Date.now();
@@ -9,7 +10,7 @@ export function healthRoutes(app: FastifyInstance, ctx: ServerContext): void {
     uptimeSeconds: Math.round((Date.now() - startedAt) / 1000),
     agents: [...ctx.runtime.agents.values()].map((a) => ({
       name: a.name,
-      live: a.live.version ?? "base",
+      live: versionName(a.live.version),
       // the recorded live version failed to load: the base model answers in its place
       ...(a.liveProblem ? { problem: a.liveProblem } : {}),
       baking: a.isBaking,

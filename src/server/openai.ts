@@ -45,6 +45,7 @@ import { clientSignal, findAgent, type ServerContext } from "./context.js";
 import { ApiError, errorBody, shuttingDown, validationError } from "./errors.js";
 import { JsonConstraintError } from "../model/json-constraint.js";
 import { SseStream } from "./sse.js";
+import { versionName } from "../runtime/live.js";
 
 /** Most completion tokens when the request names no limit (the context may allow fewer). */
 export const DEFAULT_MAX_TOKENS = 512;
@@ -323,7 +324,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     created: started,
     owned_by: "kiln",
     // "base" for the base model, as /healthz, /metrics, the dashboard and x-kiln-version name it
-    kiln: { live_version: a.live.version ?? "base", description: a.config.description ?? null },
+    kiln: { live_version: versionName(a.live.version), description: a.config.description ?? null },
   });
 
   app.get("/v1/models", async () => ({ object: "list", data: [...ctx.runtime.agents.values()].map(modelObject) }));
@@ -394,12 +395,12 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     const usage = (o: ChatOutcome) => ({ prompt_tokens: o.result.promptTokens, completion_tokens: o.result.tokens.length, total_tokens: o.result.promptTokens + o.result.tokens.length });
     const kiln = (o: ChatOutcome) => ({
       agent: agent.name,
-      version: o.version ?? "base",
+      version: versionName(o.version),
       captured: o.captured,
       // what the response_format's schema asked that the reply was not held to (strict false)
       ...(structured?.unenforced.length ? { unenforced: structured.unenforced } : {}),
     });
-    const fingerprint = (o: ChatOutcome) => `kiln-${o.version ?? "base"}`;
+    const fingerprint = (o: ChatOutcome) => `kiln-${versionName(o.version)}`;
     const constrainedBy = forced ? "tool_choice" : structured ? "response_format" : "tools";
     /** An error that ended generation, as it is answered (a 500 is logged: the error handler logs only errors it makes 500s of). */
     const failed = (err: unknown) => {
@@ -420,14 +421,14 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
         throw failed(err);
       }
       const version = first.value.version;
-      reply.header(VERSION_HEADER, version ?? "base");
+      reply.header(VERSION_HEADER, versionName(version));
       return streamReply(reply, release, async (sse) => {
         const chunk = (delta: object, finish: string | null, extra: object = {}) => ({
           id,
           object: "chat.completion.chunk",
           created,
           model: agent.name,
-          system_fingerprint: `kiln-${version ?? "base"}`,
+          system_fingerprint: `kiln-${versionName(version)}`,
           choices: [{ index: 0, delta, logprobs: null, finish_reason: finish }],
           ...extra,
         });
@@ -473,7 +474,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       }
       record(outcome);
       if (outcome.result.finishReason === "abort" && ctx.shutdown.aborted) throw shuttingDown(SHUTTING_DOWN);
-      reply.header(VERSION_HEADER, outcome.version ?? "base");
+      reply.header(VERSION_HEADER, versionName(outcome.version));
       let content: string | null = outcome.result.text;
       let finish = finishReason(outcome.result.finishReason);
       let toolCalls: ToolCallOut[] = [];

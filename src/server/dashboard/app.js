@@ -211,7 +211,7 @@ function current() {
 function renderHeader() {
   const a = current();
   if (!a) return;
-  $("#live-version").textContent = a.live ?? "base";
+  $("#live-version").textContent = a.live;
   $("#bake-badge").classList.toggle("hidden", !a.baking);
   $("#pending-count").textContent = [a.counts.baking ? `${a.counts.baking} baking` : null, `${a.counts.pending} pending`, `${a.counts.absorbed} absorbed`].filter(Boolean).join(" · ");
   syncIdleButtons();
@@ -518,7 +518,7 @@ $("#verify").addEventListener("click", async () => {
   const failed = r.items.filter((i) => !i.held);
   const probe = (p) => h("li", {}, `${p.question} → ${p.answer}`, p.passed ? "" : h("span", { class: "muted" }, ` (expected: ${p.expected})`));
   $("#verify-result").replaceChildren(
-    h("p", { class: failed.length ? "warn" : "ok" }, `${r.held} of ${r.items.length} absorbed item(s) held by ${r.version ?? "the base model"}, asked just now with nothing in the prompt.`),
+    h("p", { class: failed.length ? "warn" : "ok" }, `${r.held} of ${r.items.length} absorbed item(s) held by ${r.version === "base" ? "the base model" : r.version}, asked just now with nothing in the prompt.`),
     // which weights answered, so the proof can be asked again elsewhere (kiln generate --adapter)
     h("p", { class: "muted weights" }, r.weights.adapter ? `adapter ${r.weights.adapter.file}, sha256 ${r.weights.adapter.sha256}; base ${r.weights.baseModel} (fingerprint ${r.weights.baseFingerprint})` : `the base model ${r.weights.baseModel} (fingerprint ${r.weights.baseFingerprint}), no adapter`),
     ...failed.map((i) => h("div", { class: "verify-item", "data-id": i.id }, h("strong", {}, i.text), h("ul", {}, i.probes.map(probe)))),
@@ -722,23 +722,23 @@ async function refreshVersions({ more = false } = {}) {
   });
   // The older versions not loaded yet sit between the newest and the base model, which is always there.
   const hidden = data.total - data.versions.length;
-  const liveHidden = live !== null && !data.versions.some((v) => v.id === live);
+  const liveHidden = live !== "base" && !data.versions.some((v) => v.id === live);
   if (hidden > 0) {
     rows.push(h("tr", { class: "more-row" }, h("td", { colspan: 9, class: "muted" }, `${hidden} older version${hidden === 1 ? "" : "s"} not shown${liveHidden ? ` (the live version, ${live}, is among them)` : ""}`)));
   }
   rows.push(
     h(
       "tr",
-      { "data-id": "base", class: live === null ? "live-row" : "" },
+      { "data-id": "base", class: live === "base" ? "live-row" : "" },
       h("td", {}, "base"),
-      h("td", {}, badge(live === null ? "live" : "base")),
+      h("td", {}, badge(live === "base" ? "live" : "base")),
       h("td", {}, "–"),
       h("td", {}, "–"),
       h("td", {}, 0),
       h("td", {}, "–"),
       h("td", {}, "–"),
       h("td", {}, "–"),
-      h("td", {}, live === null ? "live" : h("button", { class: "small ghost", type: "button", "data-rollback": "base", "data-needs-idle": "", onclick: () => rollback("base") }, "Roll back to base model")),
+      h("td", {}, live === "base" ? "live" : h("button", { class: "small ghost", type: "button", "data-rollback": "base", "data-needs-idle": "", onclick: () => rollback("base") }, "Roll back to base model")),
     ),
   );
   $("#versions-table tbody").replaceChildren(...rows);
@@ -751,7 +751,7 @@ async function refreshVersions({ more = false } = {}) {
   if (liveHidden) options.splice(1, 0, live);
   for (const [sel, fallback] of [
     ["#diff-from", data.versions.find((v) => v.id === live)?.parent ?? "base"],
-    ["#diff-to", live ?? "base"],
+    ["#diff-to", live],
   ]) {
     const el = $(sel);
     const keep = el.dataset.picked && options.includes(el.value) ? el.value : fallback;

@@ -362,7 +362,6 @@ export class Runtime {
     return { result, version: agent.live.version, captured, command: true };
   }
 
-  /** Asks a question on the live weights with and without the item (and persona) in the prompt. */
   /** The live weights' answer with and without `context` in the prompt; `version` names them ("base" for the base model). */
   async probe(name: string, question: string, context?: string[]): Promise<{ version: string; unprompted: string; prompted: string | null }> {
     const agent = this.agent(name);

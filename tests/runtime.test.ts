@@ -1174,9 +1174,12 @@ test("chat's \"forget ...\" of expired news the live lineage absorbed says the w
   });
 });
 
+/** A waiting item as bakeOrder reads it: its kind, when it was stored (and its feed date), its statuses so far. */
+const orderItem = (id: string, kind: Item["kind"], when: { stored: string; published?: string }, ...statuses: Item["status"][]): Item =>
+  ({ id, kind, createdAt: when.stored, source: when.published ? { publishedAt: when.published } : {}, history: statuses.map((status) => ({ at: "", status })) }) as Item;
+
 test("bake order: what people told first, then news never absorbed (newest first), then what a promoted bake lost, then what the last bake was rejected on", () => {
-  const item = (id: string, kind: Item["kind"], when: { stored: string; published?: string }, ...statuses: Item["status"][]): Item =>
-    ({ id, kind, createdAt: when.stored, source: when.published ? { publishedAt: when.published } : {}, history: statuses.map((status) => ({ at: "", status })) }) as Item;
+  const item = orderItem;
   const monday = { stored: "2026-03-02T08:00:00Z" };
   const waiting = [
     item("lost1", "feed", monday, "pending", "baking", "absorbed", "pending"),
@@ -1195,6 +1198,21 @@ test("bake order: what people told first, then news never absorbed (newest first
   // a lost item (or a told one) the last bake was rejected on goes last too; "rej" is news again
   // (stored Monday 08:00, after news-mon's feed date)
   assert.deepEqual(bakeOrder(waiting, new Set(["lost1", "told1"])).map((i) => i.id), ["told2", "poll-a", "poll-b", "news-wed", "news-tue", "rej", "news-mon", "lost2", "lost1", "told1"]);
+});
+
+test("bake order: told items take at most half of a bake while news waits, and the places the other kind leaves", () => {
+  const at = (n: number) => ({ stored: `2026-03-${String(n).padStart(2, "0")}T08:00:00Z` });
+  const told = Array.from({ length: 10 }, (_, n) => orderItem(`told${n}`, "conversation", at(1 + n), "pending"));
+  const news = Array.from({ length: 10 }, (_, n) => orderItem(`news${n}`, "feed", at(1 + n), "pending"));
+  const first = (waiting: Item[], maxItems: number) => bakeOrder(waiting, new Set(), maxItems).slice(0, maxItems).map((i) => i.id);
+  // a chat agent told many things: half its bake is still news, newest first
+  assert.deepEqual(first([...told, ...news], 8), ["told0", "told1", "told2", "told3", "news9", "news8", "news7", "news6"]);
+  assert.deepEqual(first([...told, ...news], 7), ["told0", "told1", "told2", "told3", "news9", "news8", "news7"], "an odd bake gives told items the extra place");
+  // few told items: all of them, news fills the rest; little news: told items fill the rest
+  assert.deepEqual(first([...told.slice(0, 2), ...news], 8), ["told0", "told1", "news9", "news8", "news7", "news6", "news5", "news4"]);
+  assert.deepEqual(first([...told, news[0]!], 8), ["told0", "told1", "told2", "told3", "told4", "told5", "told6", "news0"]);
+  // the rest keeps its order after the bake's places
+  assert.deepEqual(bakeOrder([...told.slice(0, 6), ...news.slice(0, 3)], new Set(), 4).map((i) => i.id), ["told0", "told1", "news2", "news1", "told2", "told3", "told4", "told5", "news0"]);
 });
 
 test("replay: the items that a rejected bake among the last three lost come first, on top of the usual share in turn", () => {
@@ -1300,37 +1318,46 @@ test("a retraction's rebuild that did not finish, the clean version unloadable: 
   }
 });
 
-test("a live version that fails to load on start: the base model serves, /healthz names the problem until another version goes live (a rollback)", async () => {
+test("a live version that fails to load on start gives way to the newest kept version that loads, else the base model, and the agent goes on baking", async () => {
   const { dir, file } = writeTestAgent({ feeds: [] });
   try {
     let runtime = await Runtime.fromFiles(file);
-    await runtime.agent("tester").remember("The lighthouse keeper is Mira Tolle.");
-    assert.equal((await runtime.agent("tester").bake("test")).status, "promoted");
+    const [keeper] = await bakeTold(runtime.agent("tester"), "The lighthouse keeper is Mira Tolle."); // v0001
+    const [fee] = await bakeTold(runtime.agent("tester"), "The harbor fee is nine coins."); // v0002, live
     await runtime.stop();
-    writeFileSync(path.join(dir, "home", "v0001", "adapter_model.safetensors"), "damaged");
-    runtime = await Runtime.fromFiles(file);
+    writeFileSync(path.join(dir, "home", "v0002", "adapter_model.safetensors"), "damaged");
+    const logs: string[] = [];
+    runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
     const server = await createServer(runtime, { port: 0 });
     try {
       const agent = runtime.agent("tester");
-      assert.equal(agent.live.version, null);
-      assert.equal(agent.ledger.data.live, "v0001", "the ledger is left as it was");
-      const health = async () => ((await (await fetch(`${server.url}/healthz`)).json()) as { agents: { live: string; problem?: string }[] }).agents[0]!;
-      // it said live "base" and nothing else: a monitor saw ok while the agent had forgotten everything
-      assert.match((await health()).problem ?? "", /^live version v0001 could not be loaded \(.*\); serving the base model \(bakes, which roll on from it, wait: roll back to a kept version or to base\)$/);
-      // a rolling bake would start from the damaged version: skipped, saying why (it failed on every schedule)
-      await agent.remember("The harbor fee is nine coins.");
-      const skipped = await agent.bake("schedule");
-      assert.equal(skipped.status, "skipped");
-      assert.match(skipped.reasons[0]!, /live version v0001 could not be loaded/);
-      assert.equal(agent.ledger.data.bakes.length, 1, "no failed bake recorded");
-      await agent.rollback(null);
-      const after = await health();
-      assert.equal(after.live, "base");
-      assert.equal(after.problem, undefined, "the base model is what the ledger records now");
+      // it served the base model and rolling bakes failed schedule after schedule until a person rolled back
+      assert.equal(agent.live.version, "v0001");
+      assert.equal(agent.ledger.data.live, "v0001", "the switch is recorded");
+      const health = ((await (await fetch(`${server.url}/healthz`)).json()) as { agents: { live: string; problem?: string }[] }).agents[0]!;
+      assert.deepEqual([health.live, health.problem], ["v0001", undefined]);
+      assert.ok(
+        logs.some((m) => /^live version v0002 could not be loaded \(.*\): v0001 is live instead; v0002 stays in .*v0002, and what v0001 does not hold is baked again$/.test(m)),
+        logs.join("\n"),
+      );
+      assert.ok(existsSync(path.join(dir, "home", "v0002", "adapter_model.safetensors")), "the damaged version is left to look at");
+      assert.deepEqual([keeper, fee].map((i) => agent.ledger.item(i!.id).status), ["absorbed", "pending"]);
+      const again = await agent.bake("schedule");
+      assert.equal(again.status, "promoted", again.reasons.join("; "));
+      assert.equal(agent.ledger.item(fee!.id).status, "absorbed");
     } finally {
       await server.close();
       await runtime.stop();
     }
+    // every kept version damaged too: the base model, recorded
+    for (const v of ["v0001", "v0003"]) writeFileSync(path.join(dir, "home", v, "adapter_model.safetensors"), "damaged");
+    logs.length = 0;
+    runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+    const agent = runtime.agent("tester");
+    assert.equal(agent.ledger.data.live, null);
+    assert.equal(agent.liveProblem, null);
+    assert.ok(logs.some((m) => /^live version v0003 could not be loaded \(.*\): the base model is live instead \(v0002 could not be loaded either: .*; v0001 could not be loaded either: .*\); v0003 stays in/.test(m)), logs.join("\n"));
+    await runtime.stop();
   } finally {
     rmSync(dir, { recursive: true });
   }

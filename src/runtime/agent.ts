@@ -102,14 +102,25 @@ export function chooseReplay(held: Item[], n: number, bakes: readonly BakeRun[],
  * rounds held 1 and 0 of their 12 facts, docs/default-model-eval.md); newest first, an agent that
  * cannot keep up knows today's news and bakes the older when it catches up, or lets it expire
  * (forgetNewsAfterDays).
+ *
+ * With `maxItems` (what one bake takes), told items take at most half of the first bake's places
+ * while news waits, so a chat agent told many things still reads its feeds; either kind takes the
+ * places the other leaves.
  */
-export function bakeOrder(waiting: readonly Item[], lastRejected: ReadonlySet<string>): Item[] {
+export function bakeOrder(waiting: readonly Item[], lastRejected: ReadonlySet<string>, maxItems = Infinity): Item[] {
   const lost = (i: Item) => i.history.some((h) => h.status === "absorbed");
   const rank = (i: Item) => (lastRejected.has(i.id) ? 3 : lost(i) ? 2 : i.kind === "feed" ? 1 : 0);
   const newestNewsFirst = (a: Item, b: Item) => (rank(a) === 1 && rank(b) === 1 ? newsTime(b) - newsTime(a) : 0);
   // (sort is stable: the order stored where neither rank nor news time tells them apart, as the
   // items of one feed poll without dates, which the feed lists newest first)
-  return [...waiting].sort((a, b) => rank(a) - rank(b) || newestNewsFirst(a, b));
+  const order = [...waiting].sort((a, b) => rank(a) - rank(b) || newestNewsFirst(a, b));
+  const told = order.filter((i) => rank(i) === 0);
+  const news = order.filter((i) => rank(i) === 1);
+  const toldPlaces = Math.min(told.length, Math.max(Math.ceil(maxItems / 2), maxItems - news.length));
+  if (toldPlaces >= told.length) return order;
+  const first = [...told.slice(0, toldPlaces), ...news.slice(0, maxItems - toldPlaces)];
+  const taken = new Set(first);
+  return [...first, ...order.filter((i) => !taken.has(i))];
 }
 
 /** Trajectories per item a bake carries (new and replayed), where the agent file sets no count. */
@@ -291,7 +302,7 @@ export class Agent {
     if (opts.readOnly) {
       // an agent never opened for writing has no ledger yet: it reads as empty, the base model live
       const agent = new Agent(config, model, await Ledger.open(path.join(config.homeDir, "ledger.json"), { readOnly: true }), events, bakeTurn);
-      agent.goLiveOnRecord();
+      if (agent.goLiveOnRecord()) agent.log(agent.servingProblem!);
       return agent;
     }
     makeDirs(config.homeDir);
@@ -322,7 +333,8 @@ export class Agent {
       }
     }
     if (ledger.data.live === null || ledger.data.versions.some((v) => v.id === ledger.data.live)) await agent.syncStatusesToLive("start");
-    agent.goLiveOnRecord();
+    const loadError = agent.goLiveOnRecord();
+    if (loadError) await agent.replaceUnloadableLive(loadError);
     for (const f of config.feeds) {
       if (!ledger.feed(f.id)) {
         await ledger.update((d) => d.feeds.push({ id: f.id, url: f.url, consecutiveErrors: 0, seenKeys: [], itemsAdded: 0 }));
@@ -335,16 +347,48 @@ export class Agent {
     return this.config.name;
   }
 
-  private goLiveOnRecord(): void {
+  /** Loads the live version the ledger records; why it could not, or null. */
+  private goLiveOnRecord(): string | null {
     const live = this.ledger.data.live;
-    if (!live) return;
+    if (!live) return null;
     try {
       this.live.swapTo(live, this.ledger.version(live).dir);
+      return null;
     } catch (err) {
-      // A live checkpoint that cannot load is reported, and the agent serves the base model
-      // rather than not at all; nothing in the ledger is changed.
+      // The agent serves the base model rather than not at all (read-only, nothing else is done).
       this.servingProblem = `live version ${live} could not be loaded (${(err as Error).message}); serving the base model (bakes, which roll on from it, wait: roll back to a kept version or to base)`;
-      this.log(this.servingProblem);
+      return (err as Error).message;
+    }
+  }
+
+  /**
+   * A recorded live version whose checkpoint cannot load (a damaged file, a disk that lost it):
+   * the newest kept version that loads and holds no retracted item goes live, else the base model,
+   * so the agent goes on learning (rolling bakes from the damaged weights failed schedule after
+   * schedule until a person rolled back). The damaged version stays where it is, named in the log,
+   * to look at or roll forward to once it loads; what the version now live does not hold is baked
+   * again. Where even the switch cannot be recorded, the base model serves and /healthz says why.
+   */
+  private async replaceUnloadableLive(loadError: string): Promise<void> {
+    const broken = this.ledger.data.live!;
+    const problem = this.servingProblem;
+    const why = `live version ${broken} could not be loaded`;
+    const candidates = [...this.ledger.data.versions].reverse().filter((v) => v.id !== broken && v.status === "kept" && existsSync(v.dir) && !this.retractedIn(v.id).length);
+    const failed: string[] = [];
+    for (const v of [...candidates.map((c) => c.id), null]) {
+      try {
+        await this.goLive(v, why);
+        const also = failed.length ? ` (${failed.join("; ")})` : "";
+        this.log(`${why} (${loadError}): ${v ?? "the base model"} is live instead${also}; ${broken} stays in ${this.ledger.version(broken).dir}, and what ${v ?? "the base model"} does not hold is baked again`);
+        return;
+      } catch (err) {
+        if (v === null) {
+          this.servingProblem = problem; // (/healthz names it, rolling bakes wait)
+          this.log(`${problem}; going live on it could not be recorded: ${(err as Error).message}`);
+          return;
+        }
+        failed.push(`${v} could not be loaded either: ${(err as Error).message}`);
+      }
     }
   }
 
@@ -610,7 +654,7 @@ export class Agent {
     // What the weights a retraction took out of service held, besides what the version serving now holds
     const carried = new Set(consolidate ? (opts.rebuild?.held ?? []) : []);
     const waiting = ledger.items({ status: "pending" });
-    const pending = bakeOrder(waiting.filter((i) => !carried.has(i.id)), lastRejected).slice(0, cfg.bake.maxItems);
+    const pending = bakeOrder(waiting.filter((i) => !carried.has(i.id)), lastRejected, cfg.bake.maxItems).slice(0, cfg.bake.maxItems);
     const absorbed = ledger.items({ status: "absorbed" });
     let fresh: Item[];
     let replay: Item[];

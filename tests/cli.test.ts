@@ -704,6 +704,16 @@ test("kiln knowledge verify prints the command that asks the weights it names ag
     // it named the adapter file and its sha256, and left the user to work out how to ask them
     const command = text.match(/^ {2}ask again: kiln (.*)$/m)?.[1];
     assert.ok(command, text);
+    // the base model asked the same: what the adapter holds and it does not is what baking put there
+    const baseline = proof.items[0].baseline;
+    assert.equal(typeof baseline?.passed, "number", JSON.stringify(proof.items[0]));
+    assert.match(text, new RegExp(`^k_a1 {2}(held|NOT HELD|held, but the base model answers it too) \\(\\d/1 probes; base model ${baseline.passed}/1\\)`, "m"));
+    assert.match(text, new RegExp(`item\\(s\\) held by v0001 \\(the base model alone: ${proof.baseline.held}\\)$`, "m"));
+    const onBase = JSON.parse(kiln(["knowledge", "verify", "demo", ...where, "--weights", "base", "--json"]).stdout);
+    assert.equal(onBase.version, "base");
+    assert.equal(onBase.weights.adapter, null);
+    assert.equal(onBase.baseline, undefined, "the base model was what was asked");
+    assert.equal(onBase.items[0].probes[0].passed ? 1 : 0, baseline.passed, "the baseline is the base model's own answer");
     const again = spawnSync("sh", ["-c", `"${process.execPath}" "${MAIN}" ${command}`], { encoding: "utf8", timeout: 180_000 });
     assert.equal(again.status, 0, again.stderr);
     assert.equal(again.stdout.trim(), proof.items[0].probes[0].answer);

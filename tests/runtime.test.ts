@@ -1318,6 +1318,30 @@ test("a retraction's rebuild that did not finish, the clean version unloadable: 
   }
 });
 
+test("verify asks the live weights, a stored version's or the base model's, and the base model the same probes beside them", async () => {
+  await withTester({ feeds: [] }, async ({ agent }) => {
+    const [a] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001
+    const [b] = await bakeTold(agent, "The harbor fee is nine coins."); // v0002, live
+    const live = await agent.verify();
+    assert.equal(live.version, "v0002");
+    assert.deepEqual(live.items.map((i) => i.id).sort(), [a!.id, b!.id].sort());
+    const onBase = await agent.verify([a!.id, b!.id], { version: "base" });
+    assert.equal(onBase.weights.adapter, null);
+    assert.equal(onBase.baseline, undefined, "asking the base model, there is nothing beside it to ask");
+    for (const i of live.items) {
+      const base = onBase.items.find((x) => x.id === i.id)!;
+      assert.deepEqual(i.baseline, { held: base.held, passed: base.probes.filter((p) => p.passed).length }, "the baseline is the base model's own answers");
+    }
+    assert.equal(live.baseline!.held, onBase.held);
+    const older = await agent.verify([a!.id], { version: "v0001", baseline: false });
+    assert.equal(older.version, "v0001");
+    assert.match(older.weights.adapter!.file, /v0001[/\\]adapter_model\.safetensors$/);
+    assert.equal(older.items[0]!.baseline, undefined);
+    assert.equal(agent.live.version, "v0002", "asking a stored version changes nothing live");
+    await assert.rejects(agent.verify([], { version: "v0009" }), /no version v0009/);
+  });
+});
+
 test("a live version that fails to load on start gives way to the newest kept version that loads, else the base model, and the agent goes on baking", async () => {
   const { dir, file } = writeTestAgent({ feeds: [] });
   try {

@@ -1061,6 +1061,11 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   assert.equal(proof.status, 200, proof.text);
   assert.equal(proof.json.version, "v0001");
   assert.ok(proof.json.items.length > 0 && proof.json.items.every((i: any) => i.status === "absorbed" && i.probes.length > 0));
+  assert.ok(proof.json.items.every((i: any) => typeof i.baseline.passed === "number"), "the base model asked the same probes");
+  const onBase = await call("/admin/agents/tester/verify", { method: "POST", body: { version: "base" } });
+  assert.deepEqual([onBase.status, onBase.json.version, onBase.json.baseline], [200, "base", undefined]);
+  assert.equal(onBase.json.held, proof.json.baseline.held);
+  assert.equal((await call("/admin/agents/tester/verify", { method: "POST", body: { version: "v0009" } })).status, 404);
   assert.equal((await call("/admin/agents/tester/verify", { method: "POST", body: { ids: ["k_nope"] } })).status, 404);
   assert.equal((await call("/admin/agents/tester/verify", { method: "POST", body: { ids: "k_nope" } })).status, 400);
   // no ids is not every item: that answered as if ids were left out, running every absorbed item's probes

@@ -289,28 +289,34 @@ export function registerAgentCommands(program: Command): void {
   withAgents(
     knowledge
       .command("verify <agent> [ids...]")
-      .description("ask absorbed items' probes (or those of the items named) on the live weights now, nothing in the prompt: proof of what it holds, and of what it forgot for a retracted item (exit 1 if an item is not held, or a retracted one still is)"),
-  ).action(
-    async (name: string, ids: string[], o: AgentOpts) => {
+      .description("ask absorbed items' probes (or those of the items named) on the live weights now, nothing in the prompt, and the base model the same: proof of what it holds, and of what it forgot for a retracted item (exit 1 if an item is not held, or a retracted one still is)"),
+  )
+    // (not --version: kiln --version prints kiln's own wherever it comes on the line)
+    .option("--weights <version>", "ask a stored version's weights (or base) instead of the live ones")
+    .option("--no-baseline", "do not ask the base model too")
+    .action(async (name: string, ids: string[], o: AgentOpts & { weights?: string; baseline: boolean }) => {
       // read-only: it writes nothing, so it runs beside a kiln serve of the same agent
       const { runtime, name: agent } = await openAgent({ ...o, backend: backend() }, name, false, true);
       try {
-        const r = await runtime.agent(agent).verify(ids);
+        const r = await runtime.agent(agent).verify(ids, { version: o.weights, baseline: o.baseline });
         const retracted = r.items.filter((i) => i.status === "retracted");
         // a retracted item is proven forgotten when none of its probes passes: `held` is the gate's
         // share (gate.itemPass), and weights answering one of three probes as baked forgot nothing
         const stillAnswers = (i: (typeof r.items)[number]) => i.probes.some((p) => p.passed);
-        const verdict = (i: (typeof r.items)[number]) => (i.status === "retracted" ? (stillAnswers(i) ? "STILL HELD, though retracted" : "forgotten (retracted)") : i.held ? "held" : "NOT HELD");
+        const verdict = (i: (typeof r.items)[number]) =>
+          i.status === "retracted" ? (stillAnswers(i) ? "STILL HELD, though retracted" : "forgotten (retracted)") : i.held ? (i.baseline?.held ? "held, but the base model answers it too" : "held") : "NOT HELD";
+        // what the base model answers of the same probes: held by the adapter and not by it is what baking put there
+        const base = (i: (typeof r.items)[number]) => (i.baseline ? `; base model ${i.baseline.passed}/${i.probes.length}` : "");
         print(o.json, r, () =>
           [
             ...r.items.flatMap((i) => [
               // an item never baked has no probes: nothing was asked ("NOT HELD (0/0 probes)" said no more)
               i.probes.length
-                ? `${i.id}  ${verdict(i)} (${i.probes.filter((p) => p.passed).length}/${i.probes.length} probes)  ${i.text}`
+                ? `${i.id}  ${verdict(i)} (${i.probes.filter((p) => p.passed).length}/${i.probes.length} probes${base(i)})  ${i.text}`
                 : `${i.id}  NOT HELD (no probes to ask: ${i.status === "pending" ? "not baked yet" : i.status === "baking" ? "a bake running now writes them" : `${i.status}, never probed`})  ${i.text}`,
               ...i.probes.map((p) => `    ${p.passed ? "ok  " : "FAIL"} ${oneLine(p.question)} -> ${oneLine(p.answer)}${p.passed ? "" : `   (expected: ${oneLine(p.expected)})`}`),
             ]),
-            `${r.held} of ${r.items.length} item(s) held by ${r.version === BASE_VERSION ? "the base model" : r.version}${retracted.length ? `; ${retracted.filter((i) => !stillAnswers(i)).length} of the ${retracted.length} retracted forgotten` : ""}`,
+            `${r.held} of ${r.items.length} item(s) held by ${r.version === BASE_VERSION ? "the base model" : r.version}${r.baseline ? ` (the base model alone: ${r.baseline.held})` : ""}${retracted.length ? `; ${retracted.filter((i) => !stillAnswers(i)).length} of the ${retracted.length} retracted forgotten` : ""}`,
             `  asked ${r.checkedAt}, greedy, nothing in the prompt: base ${r.weights.baseModel} (fingerprint ${r.weights.baseFingerprint})${r.weights.adapter ? `, adapter ${r.weights.adapter.file} (sha256 ${r.weights.adapter.sha256})` : ""}`,
             // the proof is only as good as it is repeatable: the command that asks those weights one question again
             ...askAgain(r),
@@ -321,8 +327,7 @@ export function registerAgentCommands(program: Command): void {
       } finally {
         await runtime.stop();
       }
-    },
-  );
+    });
   withAgents(knowledge.command("retract <agent> <ids...>").description("retract items and rebuild the adapter from what is still true"))
     .option("--reason <text>", "why, kept in the items' history (as the admin API's reason)", "retracted with kiln knowledge retract")
     .action(async (name: string, ids: string[], o: AgentOpts & { reason: string }) => {

@@ -18,10 +18,11 @@ import { pollFeed, type FeedEntry } from "../feeds/feeds.js";
 import { INACTIVE_STATUSES, Ledger, markBaking, type BakeRun, type Item, type ItemKind, type ItemStatus, type VersionRecord } from "../knowledge/ledger.js";
 import { newsTime, pairedHeldItems, updatePairs } from "../knowledge/updates.js";
 import type { LoadedModel } from "../model/load.js";
-import { ADAPTER_WEIGHTS } from "../lora/peft.js";
+import { ADAPTER_WEIGHTS, loadAdapter } from "../lora/peft.js";
+import type { LoraAdapter } from "../lora/adapter.js";
 import { exportAdapter, type ExportOptions, type ExportResult } from "../lora/export.js";
 import type { AgentConfig } from "./agent-config.js";
-import { LiveModel, versionName } from "./live.js";
+import { BASE_VERSION, LiveModel, versionName } from "./live.js";
 import { makeDirs } from "../files.js";
 
 export interface BakeOutcome {
@@ -175,7 +176,20 @@ export interface VerifyReport {
   checkedAt: string;
   /** items whose probes pass (gate.itemPass of them) */
   held: number;
-  items: { id: string; text: string; status: Item["status"]; held: boolean; score: number; probes: ProbeCheck[] }[];
+  /**
+   * The same probes asked of the base model, without the adapter (where the weights asked have
+   * one and `baseline` was not turned off): an item the base model answers too is held, but its
+   * answers are no proof that baking put it there.
+   */
+  baseline?: { held: number };
+  items: { id: string; text: string; status: Item["status"]; held: boolean; score: number; probes: ProbeCheck[]; baseline?: { held: boolean; passed: number } }[];
+}
+
+export interface VerifyOptions {
+  /** the weights to ask: a version id, or "base"; default the live weights */
+  version?: string;
+  /** also ask the base model the same probes (default true) */
+  baseline?: boolean;
 }
 
 /** What an agent tells listeners about its bakes, as they happen. */
@@ -612,24 +626,50 @@ export class Agent {
    * with nothing in the prompt, and says which the weights still hold (gate.itemPass of their
    * probes answered as when they were written). Reads the ledger; writes nothing.
    */
-  async verify(ids: string[] = []): Promise<VerifyReport> {
+  async verify(ids: string[] = [], opts: VerifyOptions = {}): Promise<VerifyReport> {
     // one entry per item: an id given twice (or in full and by its end) would be counted twice in `held`
     const items = ids.length ? [...new Map(ids.map((id) => this.ledger.item(id)).map((i) => [i.id, i])).values()] : this.ledger.items({ status: "absorbed" });
-    const lease = this.live.acquire();
+    const weights = this.weightsToAsk(opts.version);
     try {
-      const checks = await checkProbes(this.model, items.map((i) => this.toProbeItem(i)), { adapter: lease.adapter, personaSuffix: this.config.persona?.suffix });
-      const report = items.map((i) => {
+      const ask = (adapter: LoraAdapter | undefined) => checkProbes(this.model, items.map((i) => this.toProbeItem(i)), { adapter, personaSuffix: this.config.persona?.suffix });
+      const tally = (checks: ProbeCheck[], i: Item) => {
         const probes = checks.filter((c) => c.itemId === i.id);
-        const score = probes.length ? probes.filter((c) => c.passed).length / probes.length : 0;
-        return { id: i.id, text: i.text, status: i.status, held: probes.length > 0 && score >= this.config.gate.itemPass, score, probes };
+        const passed = probes.filter((c) => c.passed).length;
+        return { probes, passed, held: probes.length > 0 && passed / probes.length >= this.config.gate.itemPass };
+      };
+      const checks = await ask(weights.adapter);
+      const base = weights.adapter && opts.baseline !== false ? await ask(undefined) : null;
+      const report = items.map((i) => {
+        const { probes, passed, held } = tally(checks, i);
+        const baseline = base ? tally(base, i) : null;
+        return { id: i.id, text: i.text, status: i.status, held, score: probes.length ? passed / probes.length : 0, probes, ...(baseline ? { baseline: { held: baseline.held, passed: baseline.passed } } : {}) };
       });
-      const file = lease.version ? path.join(this.ledger.version(lease.version).dir, ADAPTER_WEIGHTS) : null;
+      const file = weights.version ? path.join(this.ledger.version(weights.version).dir, ADAPTER_WEIGHTS) : null;
       const adapter = file ? { file, sha256: createHash("sha256").update(readFileSync(file)).digest("hex") } : null;
-      const weights = { baseModel: this.model.dir, baseFingerprint: this.model.fingerprint, adapter };
-      return { version: versionName(lease.version), weights, checkedAt: new Date().toISOString(), held: report.filter((r) => r.held).length, items: report };
+      return {
+        version: versionName(weights.version),
+        weights: { baseModel: this.model.dir, baseFingerprint: this.model.fingerprint, adapter },
+        checkedAt: new Date().toISOString(),
+        held: report.filter((r) => r.held).length,
+        ...(base ? { baseline: { held: report.filter((r) => r.baseline?.held).length } } : {}),
+        items: report,
+      };
     } finally {
-      lease.release();
+      weights.release();
     }
+  }
+
+  /** The live weights (leased: a swap meanwhile does not free them), a stored version's, or the base model. */
+  private weightsToAsk(version: string | undefined): { version: string | null; adapter: LoraAdapter | undefined; release: () => void } {
+    if (version === undefined || version === "live") {
+      const lease = this.live.acquire();
+      return { version: lease.version, adapter: lease.adapter, release: () => lease.release() };
+    }
+    if (version === BASE_VERSION) return { version: null, adapter: undefined, release: () => {} };
+    const v = this.ledger.version(version);
+    if (!existsSync(v.dir)) throw new Error(`version ${v.id} (${v.status}) has no checkpoint left in ${v.dir}: it was pruned`);
+    const adapter = loadAdapter(v.dir, this.model.config, this.model.fingerprint);
+    return { version: v.id, adapter, release: () => adapter.dispose() };
   }
 
   private toProbeItem(i: Item): ProbeItem {

@@ -25,7 +25,9 @@
 //   POST /admin/agents/:name/versions/:id/export {to, format?, force?, ggufType?}
 //                                                    201: written on the server's disk (id "live" = the live
 //                                                    version; format peft or gguf; merged is the CLI's)
-//   POST /admin/agents/:name/verify {ids?}     absorbed items' probes asked on the live weights now
+//   POST /admin/agents/:name/verify {ids?, version?, baseline?}
+//                                                    absorbed items' probes asked on the live weights
+//                                                    now (or a version's), and on the base model
 //   POST /admin/agents/:name/probe {question, context?}
 import type { FastifyInstance } from "fastify";
 import { existsSync } from "node:fs";
@@ -93,7 +95,15 @@ const ExportBody = z
   })
   .strict();
 // an empty list would read as "every absorbed item" (agent.verify's default): a filter that came out empty is refused
-const VerifyBody = z.object({ ids: z.array(z.string().min(1)).min(1, "ids is empty: leave it out to verify every absorbed item").max(500).optional() }).strict();
+const VerifyBody = z
+  .object({
+    ids: z.array(z.string().min(1)).min(1, "ids is empty: leave it out to verify every absorbed item").max(500).optional(),
+    /** a stored version's weights, or "base"; the live ones when left out */
+    version: z.string().min(1).optional(),
+    /** ask the base model the same probes too (default true) */
+    baseline: z.boolean().optional(),
+  })
+  .strict();
 
 const ProbeBody = z.object({
   question: z.string().trim().min(1, "question is required").max(2000),
@@ -372,7 +382,7 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
     for (const id of body.ids ?? []) agent.ledger.item(id); // 404 for an unknown item
     const release = await ctx.queue.acquire(clientSignal(ctx, reply));
     try {
-      return await agent.verify(body.ids);
+      return await agent.verify(body.ids, { version: body.version, baseline: body.baseline });
     } finally {
       release();
     }

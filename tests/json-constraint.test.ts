@@ -706,6 +706,16 @@ test("an enum/const value JSON cannot write (a number past a double's range: JSO
   assert.throws(() => JsonMatcher.of(JSON.parse('{"enum": [-1e999]}') as JsonSchema), JsonSchemaError, "nothing else: no value fits");
 });
 
+test("an enum/const value JSON cannot write equals no value, not the null JSON.stringify writes for it", () => {
+  // items may only be Infinity, so no array but [] fits; [null] must not pass as "the same value"
+  const items = JSON.parse('{"type": "array", "items": {"const": 1e999}, "enum": [[null], []]}') as JsonSchema;
+  assert.ok(!accepts(items, "[null]") && accepts(items, "[]"));
+  const property = JSON.parse('{"type": "object", "properties": {"a": {"const": 1e999}}, "required": ["a"], "const": {"a": null}}') as JsonSchema;
+  assert.throws(() => JsonMatcher.of(property), JsonSchemaError, "a must be Infinity, which no object holds");
+  const gaps = schemaGaps(JSON.parse('{"const": null, "enum": [1e999]}') as JsonSchema);
+  assert.deepEqual(gaps.map((g) => g.keyword), ["enum"], "an enum of Infinity beside const null does not hold its value");
+});
+
 test("fixed text the vocabulary cannot write is refused naming the character that stops it, not one a token writes", () => {
   // "☃" only in "x☃", which fits "x☃" here; "é" is in no token
   const texts = ["", "{", "}", "[", "]", '"', ":", ",", " ", "a", "b", "x", "y", "x☃"];

@@ -93,7 +93,7 @@ interface Node {
   /** enum/const as given, until compile() has checked them against the rest of the schema */
   values?: unknown[];
   /** their canonicalJson texts, what fits() compares a value by (as long as `values`) */
-  valueKeys?: Set<string | undefined>;
+  valueKeys?: Set<string>;
   /** anyOf/oneOf/$ref: the value fits one of these (after compile(): no union among them) */
   options?: Node[];
   /** declared properties; with them, other keys are not written */
@@ -175,7 +175,7 @@ class Compiler {
     else if (Array.isArray(schema.enum)) node.values = schema.enum;
     if (node.values) {
       this.grow(node.values.length, at);
-      node.valueKeys = new Set(node.values.map(canonicalJson));
+      node.valueKeys = new Set(node.values.map(canonicalJson).filter((k) => k !== undefined));
     }
     const union = Array.isArray(schema.anyOf) ? schema.anyOf : Array.isArray(schema.oneOf) ? schema.oneOf : null;
     if (union) {
@@ -298,11 +298,23 @@ const jsonTypeOf = (v: unknown): JsonType | null =>
  * A JSON value's text with each object's keys sorted: two values are equal as JSON Schema compares
  * them (enum, const) exactly when these texts are. Their own texts are no measure: {"a":1,"b":2}
  * and {"b":2,"a":1} are one value. (Numbers need nothing: 1.0 parses to 1, and -0 is written 0.)
+ * Undefined for a value holding a number JSON has no text for (a request's 1e999 parses to
+ * Infinity): JSON.stringify writes it null, which would make an enum's Infinity let null through.
  */
-const canonicalJson = (value: unknown): string | undefined =>
-  JSON.stringify(value, (_key, v: unknown) => (v && typeof v === "object" && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : 1))) : v));
+const canonicalJson = (value: unknown): string | undefined => {
+  let writable = true;
+  const text = JSON.stringify(value, (_key, v: unknown) => {
+    if (typeof v === "number" && !Number.isFinite(v)) writable = false;
+    return v && typeof v === "object" && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : 1))) : v;
+  });
+  return writable ? text : undefined;
+};
 
-const sameJson = (a: unknown, b: unknown) => canonicalJson(a) === canonicalJson(b);
+/** Equal as JSON values; what JSON cannot write (Infinity, undefined) equals nothing, not even itself. */
+const sameJson = (a: unknown, b: unknown) => {
+  const text = canonicalJson(a);
+  return text !== undefined && text === canonicalJson(b);
+};
 
 const codePoints = (s: string) => {
   let n = 0;
@@ -313,7 +325,7 @@ const codePoints = (s: string) => {
 /** Whether a (finite, parsed) value fits a node: what enum/const values are checked against. */
 function fits(value: unknown, node: Node): boolean {
   if (node.options) return node.options.some((o) => fits(value, o));
-  if (node.valueKeys && !node.valueKeys.has(canonicalJson(value))) return false;
+  if (node.valueKeys && !node.valueKeys.has(canonicalJson(value) as string)) return false;
   const type = jsonTypeOf(value);
   if (!type) return false;
   if (node.types && !node.types.has(type) && !(type === "integer" && node.types.has("number"))) return false;

@@ -47,6 +47,8 @@ export class JsonSchemaError extends Error {
     message: string,
     /** with JsonMatcher.afterHeads: the alternative whose schema it is */
     readonly alternative?: number,
+    /** with writableBy: the alternative's fixed text before its value, or after it, that the vocabulary cannot write (not its schema's) */
+    readonly part?: "head" | "tail",
   ) {
     super(message);
   }
@@ -1339,8 +1341,8 @@ function boundReadings(alternatives: readonly { head: string; node: Node }[]): v
 export class JsonMatcher {
   private constructor(
     private readonly readings: readonly Reading[],
-    /** each alternative's compiled schema and the fixed text after it (for writableBy) */
-    private readonly roots: readonly { node: Node; tail?: string }[],
+    /** each alternative's compiled schema and the fixed text around it (for writableBy) */
+    private readonly roots: readonly { node: Node; head?: string; tail?: string }[],
   ) {}
 
   /** One JSON value fitting `schema`. */
@@ -1367,7 +1369,7 @@ export class JsonMatcher {
         const value = push([tail ? text(tail, [null]) : null], { k: "value", node });
         return head ? text(head, [value]) : value;
       }),
-      compiled.map(({ node, tail }) => ({ node, tail })),
+      compiled,
     );
   }
 
@@ -1382,10 +1384,12 @@ export class JsonMatcher {
    * generated. A byte-level vocabulary without a token for "é" writes it as two bytes, each
    * decoding alone to U+FFFD, which no enum text holds. Free strings need no check: any character
    * may be written there as a \u escape. Fixed text the vocabulary can write is written: the mask
-   * lets no token lead into a part of it that no token can go on from (see canFinish). Returns
-   * the matcher.
+   * lets no token lead into a part of it that no token can go on from (see canFinish). The text
+   * afterHeads puts around each value (a tool call's template text) is checked alike, from where
+   * `prefilled` (given to the model, not written by it) leaves off; a JsonSchemaError for it says
+   * which `part`. Returns the matcher.
    */
-  writableBy(vocab: TokenTexts): this {
+  writableBy(vocab: TokenTexts, prefilled = ""): this {
     const spelling = spellingOf(vocab);
     // What may follow fixed text, for a token running past its end: JSON of any schema around it
     // (the mask checks that token against the schema itself). A value's text begins after `before`.
@@ -1393,14 +1397,14 @@ export class JsonMatcher {
     const item = { around: any, before: "[" };
     const member = { around: any, before: '{"":' };
     const key = { around: any, before: "{" };
-    this.roots.forEach(({ node: root, tail }, alternative) => {
-      const whole = { around: tail ? JsonMatcher.afterHeads([{ head: "", schema: true, tail }]) : any, before: "" };
+    this.roots.forEach(({ node: root, head = "", tail }, alternative) => {
+      const whole = { around: head || tail ? JsonMatcher.afterHeads([{ head, schema: true, tail }]) : any, before: head };
       const seen = new Map<Node, Set<typeof whole>>();
       const todo: [Node, typeof whole][] = [[root, whole]];
-      const check = (text: string, place: typeof whole, what: () => string) => {
-        const follows: Follows = (past) => place.around.feed(place.before + text + past) !== null;
-        if (writableFrom(text, spelling, follows)[0]) return;
-        const stuck = stuckAt(text, spelling, follows);
+      const check = (text: string, place: typeof whole | null, what: () => string, from = 0, part?: "head" | "tail") => {
+        const follows: Follows = place ? (past) => place.around.feed(place.before + text + past) !== null : NOTHING_FOLLOWS;
+        if (writableFrom(text, spelling, follows)[from]) return;
+        const stuck = stuckAt(text, spelling, follows, from);
         const ch = String.fromCodePoint(text.codePointAt(stuck)!);
         const code = `U+${ch.codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0")}`;
         const holders = spelling.within.get(ch);
@@ -1408,10 +1412,15 @@ export class JsonMatcher {
           ? `its tokens hold it only beside other characters (${holders.slice(0, 3).map((t) => JSON.stringify(t)).join(", ")}${holders.length > 3 ? ", ..." : ""}), none of which fits the text around it, and the constraint forces that text as it is`
           : "no token holds it whole, and the constraint forces that text character by character";
         throw new JsonSchemaError(
-          `${what()} holds ${JSON.stringify(ch)} (${code}), which the model's vocabulary cannot write: ${why}; leave the character out of it, or use a model whose tokenizer has a token for it`,
+          `${what()} holds ${JSON.stringify(ch)} (${code}), which the model's vocabulary cannot write: ${why}; ${part ? "use a model whose tokenizer writes it" : "leave the character out of it, or use a model whose tokenizer has a token for it"}`,
           alternative,
+          part,
         );
       };
+      // the text around the value, from where a prefill given to the model leaves off
+      const from = head.startsWith(prefilled) ? prefilled.length : 0;
+      if (head.length > from) check(head, { around: whole.around, before: "" }, () => `the text before the value, ${JSON.stringify(head.slice(from))},`, from, "head");
+      if (tail) check(tail, null, () => `the text after the value, ${JSON.stringify(tail)},`, 0, "tail");
       while (todo.length) {
         const [node, place] = todo.pop()!;
         const places = seen.get(node) ?? new Set();
@@ -1655,12 +1664,12 @@ function holderJumps(text: string, spelling: Spelling): Map<number, Jump[]> {
  * not write to its end: no token starts there, so the character there is one that stops them
  * (a place past it may be one no token starts at but that a token begun before it writes through).
  */
-function stuckAt(text: string, spelling: Spelling, follows: Follows): number {
+function stuckAt(text: string, spelling: Spelling, follows: Follows, from: number): number {
   const jumps = holderJumps(text, spelling);
   const reached = new Uint8Array(text.length + 1);
-  reached[0] = 1;
-  let furthest = 0;
-  for (let i = 0; i < text.length; i++) {
+  reached[from] = 1;
+  let furthest = from;
+  for (let i = from; i < text.length; i++) {
     if (!reached[i]) continue;
     furthest = i;
     const ch = String.fromCodePoint(text.codePointAt(i)!);

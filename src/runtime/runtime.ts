@@ -11,6 +11,7 @@ import { buildKnowledgePrompt, tooLongForItem } from "../bake/prompt.js";
 import { explicitRequest, extractFacts, extractFactsWithModel, forgetMatches, forgetWords, MAX_FORGET, modelExtractor, type FactAction } from "../agent/facts.js";
 import { loadAgentConfig, type AgentConfig } from "./agent-config.js";
 import { Agent, retractedOutOfService, type AgentEvents } from "./agent.js";
+import { VERSION_FOLDER } from "../knowledge/ledger.js";
 
 export interface ChatRequest {
   messages: ChatMessage[];
@@ -154,13 +155,6 @@ function folderKey(dir: string): string {
     return path.resolve(dir);
   }
 }
-
-/**
- * A folder an agent takes, in its home, for a checkpoint of its own: on start its orphan sweep
- * (agent.ts) moves one no version record owns into orphaned/ and removes a half-written one, and
- * pruning and rollback delete a version's folder with all it holds.
- */
-const VERSION_FOLDER = /^v\d{4}(?:$|\.tmp-)/;
 
 /**
  * An agent's home in another agent's version folder (home: ../reader/v0001) would be taken for

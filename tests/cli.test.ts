@@ -276,9 +276,27 @@ test("kiln demo --agent with a file that sets home: keeps the demo's state in it
     assert.ok(existsSync(path.join(root, "tester", "ledger.json")));
     assert.match(r.stdout, /ledger: .*tester\/ledger\.json \(the demo's own: .* sets home: home, which the kiln commands read and the demo left alone\)/);
     assert.doesNotMatch(r.stdout, /try: npx kiln/, "no command that would read the agent's own home instead");
+    assert.ok(existsSync(path.join(root, "tester", ".kiln-demo")), "marked as the demo's: a later run with this --home may bake there again");
   } finally {
     rmSync(dir, { recursive: true });
     rmSync(root, { recursive: true });
+  }
+});
+
+test("kiln demo --home where <home>/<agent> is already that agent's home is refused, naming it, and writes nothing there", () => {
+  const { dir, file } = writeTestAgent({ home: undefined }); // tester keeps its state in <checkpoints>/tester
+  const root = path.join(dir, "checkpoints");
+  try {
+    assert.equal(kiln(["knowledge", "remember", "tester", "The harbor fee is nine coins.", "--agents", file, "--checkpoints", root]).status, 0);
+    const ledger = path.join(root, "tester", "ledger.json");
+    const before = readFileSync(ledger, "utf8");
+    const r = kiln(["demo", "--agent", file, "--home", root, "--max-items", "1"]);
+    assert.equal(r.status, 1);
+    assert.match(r.stderr, /--home .*checkpoints: .*checkpoints\/tester already holds agent tester's state \(.*ledger\.json.*\), which the demo did not write; the demo bakes and promotes with force and never writes into a real agent's home: give --home a folder of its own/);
+    assert.equal(readFileSync(ledger, "utf8"), before, "the agent's ledger is as it was");
+    assert.deepEqual(readdirSync(path.join(root, "tester")).filter((f) => /^v\d{4}/.test(f) || f === ".kiln-demo"), [], "no version, no demo mark");
+  } finally {
+    rmSync(dir, { recursive: true });
   }
 });
 

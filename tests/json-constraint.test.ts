@@ -706,6 +706,37 @@ test("an enum/const value JSON cannot write (a number past a double's range: JSO
   assert.throws(() => JsonMatcher.of(JSON.parse('{"enum": [-1e999]}') as JsonSchema), JsonSchemaError, "nothing else: no value fits");
 });
 
+test("an enum/const value JSON cannot write equals no value, not the null JSON.stringify writes for it", () => {
+  // items may only be Infinity, so no array but [] fits; [null] must not pass as "the same value"
+  const items = JSON.parse('{"type": "array", "items": {"const": 1e999}, "enum": [[null], []]}') as JsonSchema;
+  assert.ok(!accepts(items, "[null]") && accepts(items, "[]"));
+  const property = JSON.parse('{"type": "object", "properties": {"a": {"const": 1e999}}, "required": ["a"], "const": {"a": null}}') as JsonSchema;
+  assert.throws(() => JsonMatcher.of(property), JsonSchemaError, "a must be Infinity, which no object holds");
+  const gaps = schemaGaps(JSON.parse('{"const": null, "enum": [1e999]}') as JsonSchema);
+  assert.deepEqual(gaps.map((g) => g.keyword), ["enum"], "an enum of Infinity beside const null does not hold its value");
+});
+
+test("a character only a token running past fixed text writes ('☃\":' after a key, '☃\",' after an enum value) is written with it where what follows fits", () => {
+  const texts = ["", "{", "}", "[", "]", '"', ":", ",", " ", "1", "a", '☃":', '☃",', '☃"]', '☃"x'];
+  const vocab = tokenTexts({ decode: (ids: number[]) => ids.map((id) => texts[id]!).join("") }, texts.length);
+  const walk = (schema: JsonSchema, seed: number) => {
+    const mask = constrainToJson(vocab, [0], JsonMatcher.of(schema).writableBy(vocab));
+    const { tokens, ended } = walkMask(mask, { vocabSize: texts.length, eos: [0], seed, steps: 40, endLogit: 3.9 });
+    assert.ok(ended, JSON.stringify(schema));
+    return JSON.parse(tokens.map((id) => texts[id]).join("")) as unknown;
+  };
+  for (let seed = 1; seed <= 4; seed++) {
+    assert.deepEqual(walk({ type: "object", properties: { "☃": { type: "integer", maximum: 1 } }, required: ["☃"], additionalProperties: false }, seed), { "☃": 1 });
+    assert.deepEqual(walk({ type: "array", items: { const: "☃" }, minItems: 2, maxItems: 2 }, seed), ["☃", "☃"]);
+  }
+  // at the top level nothing follows the value: none of those tokens writes it (nor '☃"x' anywhere)
+  assert.throws(() => JsonMatcher.of({ const: "☃" }).writableBy(vocab), /the enum\/const value "☃" holds "☃" \(U\+2603\), which the model's vocabulary cannot write/);
+  const mask = constrainToJson(vocab, [0], JsonMatcher.of({ type: "array", items: { const: "☃" } }).writableBy(vocab));
+  const logits = new Float32Array(texts.length);
+  mask(logits, [texts.indexOf("["), texts.indexOf('"')]);
+  assert.deepEqual(['☃",', '☃"]', '☃"x', '☃":'].map((t) => logits[texts.indexOf(t)]), [0, 0, -Infinity, -Infinity]);
+});
+
 test("fixed text the vocabulary cannot write is refused naming the character that stops it, not one a token writes", () => {
   // "☃" only in "x☃", which fits "x☃" here; "é" is in no token
   const texts = ["", "{", "}", "[", "]", '"', ":", ",", " ", "a", "b", "x", "y", "x☃"];

@@ -930,6 +930,26 @@ test("two agents whose home: is one folder are refused before either opens it: t
   }
 });
 
+test("an agent whose home is in another agent's version folder is refused, loaded together or apart: the other would move it aside as an orphan checkpoint", async () => {
+  const { dir, file } = writeTestAgent(); // tester, home: home
+  const second = path.join(dir, "second.yaml");
+  writeFileSync(second, readFileSync(file, "utf8").replace("name: tester", "name: other").replace("home: home", "home: home/v0001"));
+  const named = (owner: string) => new RegExp(`second\\.yaml: home: .*home/v0001, where agent other keeps its ledger and versions, is a folder named like a version of ${owner} .*home: .*moved into orphaned/ when it starts.*give agent other a home outside it`);
+  try {
+    await assert.rejects(Runtime.fromFiles(dir), named("agent tester, whose home is"));
+    assert.ok(!existsSync(path.join(dir, "home")), "neither opened");
+    await (await Runtime.fromFiles(file)).stop();
+    await assert.rejects(Runtime.fromFiles(second), named("the agent whose ledger is in"), "tester's ledger.json marks its home");
+    // other's state from before the check: tester's start must not sweep it into orphaned/
+    mkdirSync(path.join(dir, "home", "v0001"));
+    writeFileSync(path.join(dir, "home", "v0001", "ledger.json"), JSON.stringify({ schema: 1, live: null, items: [], versions: [], bakes: [], feeds: [] }));
+    await assert.rejects(Runtime.fromFiles(file), /home: .*home, where agent tester keeps its ledger and versions, holds .*v0001, another agent's home \(it holds a ledger\.json\) named like a version of tester/);
+    assert.ok(existsSync(path.join(dir, "home", "v0001", "ledger.json")) && !existsSync(path.join(dir, "home", "orphaned")));
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("two agents whose homes are one folder through a symlink are refused too", async () => {
   const { dir, file } = writeTestAgent();
   mkdirSync(path.join(dir, "home"));

@@ -818,6 +818,39 @@ test("fixed text with a character the vocabulary holds only inside a longer toke
   }
 });
 
+test("a call whose text the vocabulary cannot write (a '-' in a name it must write, a '/' in the template's closing </tool_call>) is a 400 before generation, never a failure mid-reply", async () => {
+  const { srv, close } = await metaspaceServer((_, rename) => {
+    rename("<0x2D>", "<goneA>");
+    rename("<0x2F>", "<goneB>");
+  });
+  try {
+    const tool = (name: string, strict?: boolean): OpenAI.ChatCompletionTool => ({ type: "function", function: { ...WEATHER.function, name, ...(strict ? { strict } : {}) } });
+    const base = { model: "tester", messages: [{ role: "user" as const, content: "The weather?" }], max_tokens: 12, temperature: 0 };
+    const post = (body: Record<string, unknown>) => call("/v1/chat/completions", { method: "POST", body: { ...base, ...body } }, srv.url);
+    const refused = async (body: Record<string, unknown>, param: string, message: RegExp) => {
+      const r = await post(body);
+      assert.equal(r.status, 400, r.text);
+      assertErrorShape(r.json, 400);
+      assert.equal(r.json.error.param, param);
+      assert.match(r.json.error.message, message);
+    };
+    // a forced call of one of two tools: the model writes the name after their shared '{"name":"'
+    await refused({ tools: [tool("weather-now"), tool("time-now")], tool_choice: "required" }, "tool_choice", /^kiln cannot make this model call "weather-now": its text before the arguments, "weather-now\\",\\"arguments\\":", holds "-" \(U\+002D\), which the model's vocabulary cannot write: no token holds it whole/);
+    // one tool: its whole opening is prefilled, so the model need not write the '-'
+    const named = await post({ tools: [tool("weather-now")], tool_choice: { type: "function", function: { name: "weather-now" } } });
+    assert.equal(named.status, 200, named.text);
+    assert.equal(named.json.choices[0].message.tool_calls[0].function.name, "weather-now");
+    // a call the model may open: held to a schema (strict, or beside a JSON format), it would have to write the closing '/'
+    const closing = /kiln cannot hold this model's calls of "get_weather": its text after the arguments, "[^"]*<\/tool_call>", holds "\/" \(U\+002F\), which the model's vocabulary cannot write/;
+    await refused({ tools: [tool("get_weather", true)] }, "tools.0.function.parameters", closing);
+    await refused({ tools: [tool("get_weather")], response_format: { type: "json_object" } }, "response_format", closing);
+    // nothing held to a schema: the model answers, free
+    assert.equal((await post({ tools: [tool("get_weather")] })).status, 200);
+  } finally {
+    await close();
+  }
+});
+
 test("on a SentencePiece (Metaspace) tokenizer, JSON replies and forced calls have the keys, enums and tool names the schema says, not ones with spaces", async () => {
   // the fixture model with a Llama-2-style tokenizer: "▁name" decodes to "name" alone, " name" after a token
   const agent = writeTestAgent();

@@ -338,6 +338,9 @@ export function callFormat(tokenizer: ChatTokenizer, prompt: ToolPrompt): CallFo
   return "its chat template does not write a tool call as a JSON object holding the name and the arguments";
 }
 
+/** Why a call's template text (JsonMatcher.writableBy's `part`) cannot be written by the model. */
+const callTextProblem = (err: JsonSchemaError) => err.message.replace(/^the text (before|after) the value/, "its text $1 the arguments");
+
 /** A required call: what the reply starts with, the constraint on the rest, and how to read it. */
 export interface ForcedCall {
   /** text the reply starts with, rendered after the generation prompt */
@@ -350,7 +353,8 @@ export interface ForcedCall {
 
 /**
  * Plans a required call of one of `names` (all bound `tools` are in the prompt). Throws a
- * ToolChoiceError when the model's template writes calls in a form kiln cannot start, or when a
+ * ToolChoiceError when the model's template writes calls in a form kiln cannot start, or with
+ * text past the prefill that the model's vocabulary cannot write (a name's rest), or when a
  * tool's parameters are a schema the constraint cannot follow (nothing fits it, a $ref cycle that
  * reads nothing, too large, fixed text the model's vocabulary cannot write: see
  * src/model/json-constraint.ts).
@@ -373,10 +377,13 @@ export function forceToolCall(model: LoadedModel, prompt: ToolPrompt, tools: Kil
   const vocab = tokenTexts(model.tokenizer, model.config.vocabSize);
   let matcher: JsonMatcher;
   try {
-    matcher = JsonMatcher.afterHeads(alternatives).writableBy(vocab);
+    matcher = JsonMatcher.afterHeads(alternatives).writableBy(vocab, shared);
   } catch (err) {
+    const alternative = err instanceof JsonSchemaError && err.alternative !== undefined ? alternatives[err.alternative] : undefined;
+    // the template's text around the arguments: the model's fault, not the request's schema
+    if (alternative && (err as JsonSchemaError).part) throw new ToolChoiceError(`kiln cannot make this model call "${alternative.name}": ${callTextProblem(err as JsonSchemaError)}`);
     // whatever the parameters make the matcher throw is the request's fault, never a server error
-    const which = err instanceof JsonSchemaError && err.alternative !== undefined ? `the parameters of "${alternatives[err.alternative]!.name}"` : "a tool's parameters";
+    const which = alternative ? `the parameters of "${alternative.name}"` : "a tool's parameters";
     throw new ToolChoiceError(`${which} cannot be used to constrain its arguments: ${(err as Error).message}`);
   }
   const start = matcher.feed(shared);
@@ -517,6 +524,11 @@ export function autoCalls(model: LoadedModel, prompt: ToolPrompt, tools: KilnToo
     // the format is the alternative after the tools' calls
     if (format !== undefined && err.alternative === tools.length) throw new ResponseFormatError(`the schema of response_format cannot be used: ${err.message}`);
     const tool = err.alternative !== undefined ? tools[err.alternative] : undefined;
+    if (tool && err.part) {
+      const why = `kiln cannot hold this model's calls of "${tool.function.name}": ${callTextProblem(err)}`;
+      if (format !== undefined) throw new ResponseFormatError(`response_format cannot be combined with tools on this model: ${why}. Use tool_choice "none" for a JSON reply`);
+      throw new ToolSchemaError(`${why}. Set strict false`, err.alternative!);
+    }
     const which = tool ? `the parameters of "${tool.function.name}"` : "the tools' parameters together";
     if (format !== undefined) throw new ResponseFormatError(`response_format cannot be combined with these tools: ${which} cannot be used to constrain a call: ${err.message}`);
     throw new ToolSchemaError(`${which} cannot be used to hold calls to strict schemas: ${err.message}`, err.alternative !== undefined && tool ? err.alternative : strict);

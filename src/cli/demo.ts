@@ -1,6 +1,6 @@
 // `npm start`: the whole loop on the embedded model, offline. The agent reads a news feed it has
 // never seen, is asked about it before and after one bake, and answers from its weights alone.
-import { mkdtempSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { initBackend } from "../tensor/backend.js";
@@ -13,6 +13,27 @@ import { versionName } from "../runtime/live.js";
 import { bakeProgressReporter } from "./progress.js";
 import { oneLine } from "./common.js";
 import { loadAdapter } from "../lora/peft.js";
+import { makeDirs } from "../files.js";
+
+/** Left in each home the demo makes, so a later run with the same --home knows the state for its own. */
+const DEMO_MARK = ".kiln-demo";
+
+/**
+ * The demo bakes and promotes with force, so its home must be its own: `--home checkpoints` would
+ * otherwise bake into checkpoints/demo, the demo agent's real ledger and versions. A home is its
+ * own when the demo made it (its mark is there) or nothing is in it yet.
+ */
+function claimDemoHome(home: string, agent: string, root: string): void {
+  const held = existsSync(home) ? readdirSync(home) : [];
+  if (held.length && !held.includes(DEMO_MARK)) {
+    throw new Error(
+      `--home ${root}: ${home} already holds agent ${agent}'s state (${held.slice(0, 3).join(", ")}${held.length > 3 ? ", ..." : ""}), which the demo did not write; ` +
+        `the demo bakes and promotes with force and never writes into a real agent's home: give --home a folder of its own (or leave it out for a new temp folder)`,
+    );
+  }
+  makeDirs(home);
+  writeFileSync(path.join(home, DEMO_MARK), "the state of kiln demo: the demo may bake here again\n");
+}
 
 export interface DemoOptions {
   agentFile?: string;
@@ -22,7 +43,6 @@ export interface DemoOptions {
 }
 
 export async function runDemo(o: DemoOptions = {}): Promise<{ before: number; after: number; asked: number; version: string | null }> {
-  const info = await initBackend(o.backend);
   const file = o.agentFile ?? path.join(DEFAULT_AGENTS_DIR, "demo.yaml");
   // State goes to <root>/<agent>, the layout `--checkpoints <root>` expects in the other commands.
   const root = o.home ?? mkdtempSync(path.join(os.tmpdir(), "kiln-demo-"));
@@ -31,6 +51,8 @@ export async function runDemo(o: DemoOptions = {}): Promise<{ before: number; af
   const loaded = loadAgentConfig(file, root);
   const config = { ...loaded, homeDir: path.join(root, loaded.name) };
   const home = config.homeDir;
+  claimDemoHome(home, config.name, root);
+  const info = await initBackend(o.backend);
   if (o.maxItems) config.bake = { ...config.bake, maxItems: o.maxItems };
   const out = (s = "") => process.stdout.write(s + "\n");
   const reporter = bakeProgressReporter(true);

@@ -266,6 +266,14 @@ function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
+/**
+ * A folder an agent takes, in its home, for a checkpoint of its own (a version's, named as
+ * nextVersionId names them, or one half-written): on start its orphan sweep (src/runtime/agent.ts)
+ * moves one no version record owns into orphaned/ and removes a half-written one, and pruning and
+ * rollback delete a version's folder with all it holds.
+ */
+export const VERSION_FOLDER = /^v\d{4}(?:$|\.tmp-)/;
+
 export class Ledger {
   private writes: Promise<void> = Promise.resolve();
   private archiveSkipsSaid = false;

@@ -47,6 +47,8 @@ export class JsonSchemaError extends Error {
     message: string,
     /** with JsonMatcher.afterHeads: the alternative whose schema it is */
     readonly alternative?: number,
+    /** with writableBy: the alternative's fixed text before its value, or after it, that the vocabulary cannot write (not its schema's) */
+    readonly part?: "head" | "tail",
   ) {
     super(message);
   }
@@ -93,7 +95,7 @@ interface Node {
   /** enum/const as given, until compile() has checked them against the rest of the schema */
   values?: unknown[];
   /** their canonicalJson texts, what fits() compares a value by (as long as `values`) */
-  valueKeys?: Set<string | undefined>;
+  valueKeys?: Set<string>;
   /** anyOf/oneOf/$ref: the value fits one of these (after compile(): no union among them) */
   options?: Node[];
   /** declared properties; with them, other keys are not written */
@@ -175,7 +177,7 @@ class Compiler {
     else if (Array.isArray(schema.enum)) node.values = schema.enum;
     if (node.values) {
       this.grow(node.values.length, at);
-      node.valueKeys = new Set(node.values.map(canonicalJson));
+      node.valueKeys = new Set(node.values.map(canonicalJson).filter((k) => k !== undefined));
     }
     const union = Array.isArray(schema.anyOf) ? schema.anyOf : Array.isArray(schema.oneOf) ? schema.oneOf : null;
     if (union) {
@@ -298,11 +300,23 @@ const jsonTypeOf = (v: unknown): JsonType | null =>
  * A JSON value's text with each object's keys sorted: two values are equal as JSON Schema compares
  * them (enum, const) exactly when these texts are. Their own texts are no measure: {"a":1,"b":2}
  * and {"b":2,"a":1} are one value. (Numbers need nothing: 1.0 parses to 1, and -0 is written 0.)
+ * Undefined for a value holding a number JSON has no text for (a request's 1e999 parses to
+ * Infinity): JSON.stringify writes it null, which would make an enum's Infinity let null through.
  */
-const canonicalJson = (value: unknown): string | undefined =>
-  JSON.stringify(value, (_key, v: unknown) => (v && typeof v === "object" && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : 1))) : v));
+const canonicalJson = (value: unknown): string | undefined => {
+  let writable = true;
+  const text = JSON.stringify(value, (_key, v: unknown) => {
+    if (typeof v === "number" && !Number.isFinite(v)) writable = false;
+    return v && typeof v === "object" && !Array.isArray(v) ? Object.fromEntries(Object.entries(v).sort(([a], [b]) => (a < b ? -1 : 1))) : v;
+  });
+  return writable ? text : undefined;
+};
 
-const sameJson = (a: unknown, b: unknown) => canonicalJson(a) === canonicalJson(b);
+/** Equal as JSON values; what JSON cannot write (Infinity, undefined) equals nothing, not even itself. */
+const sameJson = (a: unknown, b: unknown) => {
+  const text = canonicalJson(a);
+  return text !== undefined && text === canonicalJson(b);
+};
 
 const codePoints = (s: string) => {
   let n = 0;
@@ -313,7 +327,7 @@ const codePoints = (s: string) => {
 /** Whether a (finite, parsed) value fits a node: what enum/const values are checked against. */
 function fits(value: unknown, node: Node): boolean {
   if (node.options) return node.options.some((o) => fits(value, o));
-  if (node.valueKeys && !node.valueKeys.has(canonicalJson(value))) return false;
+  if (node.valueKeys && !node.valueKeys.has(canonicalJson(value) as string)) return false;
   const type = jsonTypeOf(value);
   if (!type) return false;
   if (node.types && !node.types.has(type) && !(type === "integer" && node.types.has("number"))) return false;
@@ -1327,15 +1341,15 @@ function boundReadings(alternatives: readonly { head: string; node: Node }[]): v
 export class JsonMatcher {
   private constructor(
     private readonly readings: readonly Reading[],
-    /** each alternative's compiled schema (for writableBy) */
-    private readonly roots: readonly Node[],
+    /** each alternative's compiled schema and the fixed text around it (for writableBy) */
+    private readonly roots: readonly { node: Node; head?: string; tail?: string }[],
   ) {}
 
   /** One JSON value fitting `schema`. */
   static of(schema: JsonSchema): JsonMatcher {
     const node = compileRoot(schema);
     boundReadings([{ head: "", node }]);
-    return new JsonMatcher([push([null], { k: "value", node })], [node]);
+    return new JsonMatcher([push([null], { k: "value", node })], [{ node }]);
   }
 
   /** Any one of: fixed text (`head`), then a JSON value fitting its schema, then fixed text (`tail`, if any). */
@@ -1355,7 +1369,7 @@ export class JsonMatcher {
         const value = push([tail ? text(tail, [null]) : null], { k: "value", node });
         return head ? text(head, [value]) : value;
       }),
-      compiled.map(({ node }) => node),
+      compiled,
     );
   }
 
@@ -1363,23 +1377,34 @@ export class JsonMatcher {
    * Refuses (a JsonSchemaError, naming the alternative for afterHeads) a schema whose fixed text
    * the vocabulary cannot write: an enum/const value or a declared property name (as written,
    * quoted) holding a character no token's text holds whole, or one it holds only beside other
-   * characters that the text around it does not have ("☃" only in "x☃", in an enum's "y☃"). The
-   * mask forces such text, so without this the reply would fail mid-way (a JsonConstraintError once
+   * characters that the text around it does not have ("☃" only in "x☃", in an enum's "y☃"; a
+   * token running past the text's end, '☃":' for a key "☃", fits when JSON of any schema may go on
+   * so there: the mask holds it to the schema itself). The mask forces such text, so without this the reply would fail mid-way (a JsonConstraintError once
    * the model had begun the value), where a request's fault should be refused before any token is
    * generated. A byte-level vocabulary without a token for "é" writes it as two bytes, each
    * decoding alone to U+FFFD, which no enum text holds. Free strings need no check: any character
    * may be written there as a \u escape. Fixed text the vocabulary can write is written: the mask
-   * lets no token lead into a part of it that no token can go on from (see canFinish). Returns
-   * the matcher.
+   * lets no token lead into a part of it that no token can go on from (see canFinish). The text
+   * afterHeads puts around each value (a tool call's template text) is checked alike, from where
+   * `prefilled` (given to the model, not written by it) leaves off; a JsonSchemaError for it says
+   * which `part`. Returns the matcher.
    */
-  writableBy(vocab: TokenTexts): this {
+  writableBy(vocab: TokenTexts, prefilled = ""): this {
     const spelling = spellingOf(vocab);
-    this.roots.forEach((root, alternative) => {
-      const seen = new Set<Node>();
-      const todo = [root];
-      const check = (text: string, what: () => string) => {
-        if (writableFrom(text, spelling)[0]) return;
-        const stuck = stuckAt(text, spelling);
+    // What may follow fixed text, for a token running past its end: JSON of any schema around it
+    // (the mask checks that token against the schema itself). A value's text begins after `before`.
+    const any = JsonMatcher.of(true);
+    const item = { around: any, before: "[" };
+    const member = { around: any, before: '{"":' };
+    const key = { around: any, before: "{" };
+    this.roots.forEach(({ node: root, head = "", tail }, alternative) => {
+      const whole = { around: head || tail ? JsonMatcher.afterHeads([{ head, schema: true, tail }]) : any, before: head };
+      const seen = new Map<Node, Set<typeof whole>>();
+      const todo: [Node, typeof whole][] = [[root, whole]];
+      const check = (text: string, place: typeof whole | null, what: () => string, from = 0, part?: "head" | "tail") => {
+        const follows: Follows = place ? (past) => place.around.feed(place.before + text + past) !== null : NOTHING_FOLLOWS;
+        if (writableFrom(text, spelling, follows)[from]) return;
+        const stuck = stuckAt(text, spelling, follows, from);
         const ch = String.fromCodePoint(text.codePointAt(stuck)!);
         const code = `U+${ch.codePointAt(0)!.toString(16).toUpperCase().padStart(4, "0")}`;
         const holders = spelling.within.get(ch);
@@ -1387,22 +1412,28 @@ export class JsonMatcher {
           ? `its tokens hold it only beside other characters (${holders.slice(0, 3).map((t) => JSON.stringify(t)).join(", ")}${holders.length > 3 ? ", ..." : ""}), none of which fits the text around it, and the constraint forces that text as it is`
           : "no token holds it whole, and the constraint forces that text character by character";
         throw new JsonSchemaError(
-          `${what()} holds ${JSON.stringify(ch)} (${code}), which the model's vocabulary cannot write: ${why}; leave the character out of it, or use a model whose tokenizer has a token for it`,
+          `${what()} holds ${JSON.stringify(ch)} (${code}), which the model's vocabulary cannot write: ${why}; ${part ? "use a model whose tokenizer writes it" : "leave the character out of it, or use a model whose tokenizer has a token for it"}`,
           alternative,
+          part,
         );
       };
+      // the text around the value, from where a prefill given to the model leaves off
+      const from = head.startsWith(prefilled) ? prefilled.length : 0;
+      if (head.length > from) check(head, { around: whole.around, before: "" }, () => `the text before the value, ${JSON.stringify(head.slice(from))},`, from, "head");
+      if (tail) check(tail, null, () => `the text after the value, ${JSON.stringify(tail)},`, 0, "tail");
       while (todo.length) {
-        const node = todo.pop()!;
-        if (seen.has(node)) continue;
-        seen.add(node);
-        for (const text of node.literals ?? []) check(text, () => `${node.at}: the enum/const value ${text}`);
-        for (const [key, value] of node.properties ?? []) {
-          check(`"${key}"`, () => `${pointer(node.at, "properties", key)}: the property name ${JSON.stringify(key)}`);
-          todo.push(value);
+        const [node, place] = todo.pop()!;
+        const places = seen.get(node) ?? new Set();
+        if (places.has(place)) continue;
+        seen.set(node, places.add(place));
+        for (const text of node.literals ?? []) check(text, place, () => `${node.at}: the enum/const value ${text}`);
+        for (const [name, value] of node.properties ?? []) {
+          check(`"${name}"`, key, () => `${pointer(node.at, "properties", name)}: the property name ${JSON.stringify(name)}`);
+          todo.push([value, member]);
         }
-        todo.push(...(node.options ?? []));
-        if (node.extra) todo.push(node.extra);
-        if (node.items) todo.push(node.items);
+        for (const option of node.options ?? []) todo.push([option, place]);
+        if (node.extra) todo.push([node.extra, member]);
+        if (node.items) todo.push([node.items, item]);
       }
     });
     return this;
@@ -1411,21 +1442,25 @@ export class JsonMatcher {
   /**
    * Whether tokens can still finish the text: false only when every reading is inside fixed text
    * (an enum/const value, a declared key, true/false/null, a head or tail) that `writable(text,
-   * at)` says no run of tokens writes from code unit `at` to its end. The mask asks it of the text
-   * after each token it might allow, so that a token leading into a dead end of fixed text is
-   * never written (writableBy has refused fixed text no run of tokens writes at all).
+   * at, follows)` says no run of tokens writes from code unit `at` to its end (the last perhaps
+   * running past it with text that `follows`, this reading after the fixed text, takes). The mask
+   * asks it of the text after each token it might allow, so that a token leading into a dead end
+   * of fixed text is never written (writableBy has refused fixed text no run of tokens writes at
+   * all).
    */
-  canFinish(writable: (text: string, at: number) => boolean): boolean {
+  canFinish(writable: (text: string, at: number, follows: Follows) => boolean): boolean {
     return this.readings.some((r) => {
       if (!r) return true;
       const f = r.top;
+      // a token running past the text's end must go on as this reading goes on after the text
+      const after = (rest: string): Follows => (past) => new JsonMatcher([r], this.roots).feed(rest + past) !== null;
       if (f.k === "text") {
-        for (let i = f.lo; i < f.hi; i++) if (writable(f.texts[i]!, f.at)) return true;
+        for (let i = f.lo; i < f.hi; i++) if (writable(f.texts[i]!, f.at, after(f.texts[i]!.slice(f.at)))) return true;
         return false;
       }
       if (f.k === "string" && f.key && f.node.properties) {
         // the declared keys it may still become, as written (quoted), from after the quote and f.text
-        return keyOwners(r.rest).some((o) => (keysLeft(o.top) as string[]).some((k) => k.startsWith(f.text) && writable(`"${k}"`, 1 + f.text.length)));
+        return keyOwners(r.rest).some((o) => (keysLeft(o.top) as string[]).some((k) => k.startsWith(f.text) && writable(`"${k}"`, 1 + f.text.length, after(`${k.slice(f.text.length)}"`))));
       }
       return true;
     });
@@ -1565,39 +1600,58 @@ function spellingOf(vocab: TokenView): Spelling {
 }
 
 /**
- * Where in fixed `text` the vocabulary can write the rest of it from, token after token: 1 at each
- * code unit a run of tokens starting there writes the text to its end (with its last token ending
- * there too, as what follows is not known here), and at the end. The mask forces fixed text, and
- * a character the vocabulary holds only inside longer tokens ("☃" only in "x☃") is written only
- * by one of those whose other characters match the text around it: a token that ends right
- * before it ("y" of "y☃") leads nowhere. Tokens of characters that each have a token alone never
- * matter (they can be written one by one), so only the holders of the others are tried.
+ * What may follow a fixed text, as far as a token running past its end goes: whether that token's
+ * text after the end (`past`: ':' after a key, '",' after an enum value's '"') can come next.
  */
-function writableFrom(text: string, spelling: Spelling): Uint8Array {
+type Follows = (past: string) => boolean;
+
+/** Nothing known to follow: only tokens that end inside the text write it. */
+const NOTHING_FOLLOWS: Follows = () => false;
+
+/**
+ * Where in fixed `text` the vocabulary can write the rest of it from, token after token: 1 at each
+ * code unit a run of tokens starting there writes the text to its end, and at the end. Its last
+ * token ends there too, or runs past the end with text that `follows` takes: a character some
+ * token holds only with what comes after the text ('☃":' for the key "☃") is written by it. The
+ * mask forces fixed text, and a character the vocabulary holds only inside longer tokens ("☃"
+ * only in "x☃") is written only by one of those whose other characters match the text around it:
+ * a token that ends right before it ("y" of "y☃") leads nowhere. Tokens of characters that each
+ * have a token alone never matter (they can be written one by one), so only the holders of the
+ * others are tried.
+ */
+function writableFrom(text: string, spelling: Spelling, follows = NOTHING_FOLLOWS): Uint8Array {
   const n = text.length;
   const jumps = holderJumps(text, spelling);
   const writable = new Uint8Array(n + 1);
   writable[n] = 1;
   for (let j = n - 1; j >= 0; j--) {
     const ch = String.fromCodePoint(text.codePointAt(j)!);
-    if ((spelling.alone.has(ch) && writable[j + ch.length]) || jumps.get(j)?.some((end) => writable[end])) writable[j] = 1;
+    if ((spelling.alone.has(ch) && writable[j + ch.length]) || jumps.get(j)?.some((jump) => writable[jump.end] && (jump.past === "" || follows(jump.past)))) writable[j] = 1;
   }
   return writable;
 }
 
-/** Where in fixed `text` a holder of a character written only beside others could start, and its ends. */
-function holderJumps(text: string, spelling: Spelling): Map<number, number[]> {
+/** A holder token's place in fixed text: where it ends, and what it writes past the text's end ("" for none). */
+interface Jump {
+  end: number;
+  past: string;
+}
+
+/** Where in fixed `text` a holder of a character written only beside others could start, and where each goes. */
+function holderJumps(text: string, spelling: Spelling): Map<number, Jump[]> {
   const n = text.length;
-  const jumps = new Map<number, number[]>();
+  const jumps = new Map<number, Jump[]>();
   for (let i = 0; i < n; ) {
     const ch = String.fromCodePoint(text.codePointAt(i)!);
     for (const token of spelling.within.get(ch) ?? []) {
       for (let o = token.indexOf(ch); o >= 0; o = token.indexOf(ch, o + 1)) {
         const from = i - o;
-        if (from < 0 || !text.startsWith(token, from)) continue;
-        const ends = jumps.get(from);
-        if (ends) ends.push(from + token.length);
-        else jumps.set(from, [from + token.length]);
+        if (from < 0) continue;
+        const jump = text.startsWith(token, from) ? { end: from + token.length, past: "" } : from + token.length > n && token.startsWith(text.slice(from)) ? { end: n, past: token.slice(n - from) } : null;
+        if (!jump) continue;
+        const at = jumps.get(from);
+        if (at) at.push(jump);
+        else jumps.set(from, [jump]);
       }
     }
     i += ch.length;
@@ -1610,17 +1664,17 @@ function holderJumps(text: string, spelling: Spelling): Map<number, number[]> {
  * not write to its end: no token starts there, so the character there is one that stops them
  * (a place past it may be one no token starts at but that a token begun before it writes through).
  */
-function stuckAt(text: string, spelling: Spelling): number {
+function stuckAt(text: string, spelling: Spelling, follows: Follows, from: number): number {
   const jumps = holderJumps(text, spelling);
   const reached = new Uint8Array(text.length + 1);
-  reached[0] = 1;
-  let furthest = 0;
-  for (let i = 0; i < text.length; i++) {
+  reached[from] = 1;
+  let furthest = from;
+  for (let i = from; i < text.length; i++) {
     if (!reached[i]) continue;
     furthest = i;
     const ch = String.fromCodePoint(text.codePointAt(i)!);
     if (spelling.alone.has(ch)) reached[i + ch.length] = 1;
-    for (const end of jumps.get(i) ?? []) reached[end] = 1;
+    for (const jump of jumps.get(i) ?? []) if (jump.past === "" || follows(jump.past)) reached[jump.end] = 1;
   }
   return furthest;
 }
@@ -1695,11 +1749,12 @@ export function constrainToJson(vocab: TokenTexts, endIds: number[], matcher: Js
   const fed: { tokens: number; text: string; state: JsonMatcher }[] = [{ tokens: 0, text: "", state: matcher }];
   // where the vocabulary can write each fixed text (enum values, keys) from, as the reply meets them
   const spelling = spellingOf(vocab);
-  const writableAt = new Map<string, Uint8Array>();
-  const writable = (text: string, at: number) => {
-    let places = writableAt.get(text);
-    if (!places) writableAt.set(text, (places = writableFrom(text, spelling)));
-    return places[at] === 1;
+  const writableAt = new Map<string, { places: Uint8Array; crossed: boolean }>();
+  const writable = (text: string, at: number, follows: Follows) => {
+    let known = writableAt.get(text);
+    if (!known) writableAt.set(text, (known = { places: writableFrom(text, spelling), crossed: [...holderJumps(text, spelling).values()].some((jumps) => jumps.some((j) => j.past !== "")) }));
+    // where tokens ending inside it cannot, one running past its end may, as what follows allows
+    return known.places[at] === 1 || (known.crossed && writableFrom(text, spelling, follows)[at] === 1);
   };
   return (logits, tokens) => {
     if (tokens.length !== fed.at(-1)!.tokens) {

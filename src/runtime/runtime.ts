@@ -11,6 +11,7 @@ import { buildKnowledgePrompt, tooLongForItem } from "../bake/prompt.js";
 import { explicitRequest, extractFacts, extractFactsWithModel, forgetMatches, forgetWords, MAX_FORGET, modelExtractor, type FactAction } from "../agent/facts.js";
 import { loadAgentConfig, type AgentConfig } from "./agent-config.js";
 import { Agent, retractedOutOfService, type AgentEvents } from "./agent.js";
+import { VERSION_FOLDER } from "../knowledge/ledger.js";
 
 export interface ChatRequest {
   messages: ChatMessage[];
@@ -155,6 +156,32 @@ function folderKey(dir: string): string {
   }
 }
 
+/**
+ * An agent's home in another agent's version folder (home: ../reader/v0001) would be taken for
+ * that agent's checkpoint, and moved aside or deleted with everything in it. Looked for among the
+ * agents loaded together and, for agents loaded apart, on disk: a ledger.json beside the version
+ * folder a home is in, or in a version folder inside this agent's home.
+ */
+function checkVersionNamedHomes(configs: readonly AgentConfig[], loaded: readonly AgentConfig[]): void {
+  const others = [...loaded, ...configs].map((c) => ({ name: c.name, home: folderKey(c.homeDir) }));
+  for (const c of configs) {
+    const home = folderKey(c.homeDir);
+    const where = `${c.file ?? `agent ${c.name}`}: ${c.home ? "home: " : ""}${home}, where agent ${c.name} keeps its ledger and versions,`;
+    for (let at = home; path.dirname(at) !== at; at = path.dirname(at)) {
+      const owner = others.find((o) => o.name !== c.name && o.home === path.dirname(at))?.name;
+      if (!VERSION_FOLDER.test(path.basename(at)) || (owner === undefined && !existsSync(path.join(path.dirname(at), "ledger.json")))) continue;
+      throw new Error(
+        `${where} ${at === home ? "is" : `is inside ${at},`} a folder named like a version of ${owner === undefined ? "the agent whose ledger is in" : `agent ${owner}, whose home is`} ${path.dirname(at)}: ` +
+          `that agent would take it for a checkpoint of its own (moved into orphaned/ when it starts, or deleted with the version): give agent ${c.name} a home outside it`,
+      );
+    }
+    const nested = existsSync(home) ? readdirSync(home).find((f) => VERSION_FOLDER.test(f) && existsSync(path.join(home, f, "ledger.json"))) : undefined;
+    if (nested !== undefined) {
+      throw new Error(`${where} holds ${path.join(home, nested)}, another agent's home (it holds a ledger.json) named like a version of ${c.name}: ${c.name} would move it into orphaned/ when it starts: move that agent's home out of ${home}`);
+    }
+  }
+}
+
 export class Runtime {
   readonly agents = new Map<string, Agent>();
   private readonly models = new Map<string, LoadedModel>();
@@ -174,7 +201,9 @@ export class Runtime {
       }
       homes.set(folderKey(config.homeDir), config.name);
     }
-    checkAgentNames([...[...this.agents.values()].map((a) => a.config), ...configs]);
+    const loaded = [...this.agents.values()].map((a) => a.config);
+    checkAgentNames([...loaded, ...configs]);
+    checkVersionNamedHomes(configs, loaded);
     for (const config of configs) {
       const spec = config.model === "default" ? undefined : existsSync(path.resolve(config.feedsBase, config.model)) ? path.resolve(config.feedsBase, config.model) : config.model;
       let model: LoadedModel | undefined;

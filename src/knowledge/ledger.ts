@@ -273,6 +273,10 @@ function isObject(v: unknown): v is Record<string, unknown> {
  * rollback delete a version's folder with all it holds.
  */
 export const VERSION_FOLDER = /^v\d{4}(?:$|\.tmp-)/;
+/** Of those, a version's whole checkpoint (v0001, v0002, ...) */
+export const VERSION_DIR = /^v\d{4}$/;
+/** Of those, one a bake was writing when it stopped (removed on start) */
+export const HALF_WRITTEN_VERSION = /^v\d{4}\.tmp-/;
 
 export class Ledger {
   private writes: Promise<void> = Promise.resolve();

@@ -15,7 +15,7 @@ import { checkProbes, type ProbeCheck, type ProbeItem } from "../bake/probes.js"
 import { DEFAULT_BAKE } from "../bake/trainer.js";
 import { knowledgeLessons, tooLongForItem } from "../bake/prompt.js";
 import { pollFeed, type FeedEntry } from "../feeds/feeds.js";
-import { INACTIVE_STATUSES, Ledger, markBaking, type BakeRun, type Item, type ItemKind, type ItemStatus, type VersionRecord } from "../knowledge/ledger.js";
+import { HALF_WRITTEN_VERSION, INACTIVE_STATUSES, Ledger, markBaking, VERSION_DIR, type BakeRun, type Item, type ItemKind, type ItemStatus, type VersionRecord } from "../knowledge/ledger.js";
 import { newsTime, pairedHeldItems, updatePairs } from "../knowledge/updates.js";
 import type { LoadedModel } from "../model/load.js";
 import { ADAPTER_WEIGHTS, loadAdapter } from "../lora/peft.js";
@@ -255,8 +255,6 @@ export async function retractedOutOfService(agent: Agent, ids: string[], reason:
 
 const noop = () => {};
 
-/** A version's checkpoint folder in an agent's home: v0001, v0002, ... */
-const VERSION_DIR = /^v\d{4}$/;
 
 export class Agent {
   readonly live: LiveModel;
@@ -428,7 +426,7 @@ export class Agent {
     const known = new Set(this.ledger.data.versions.map((v) => path.basename(v.dir)));
     for (const f of readdirSync(this.config.homeDir)) {
       const where = path.join(this.config.homeDir, f);
-      if (/^v\d{4}\.tmp-/.test(f)) {
+      if (HALF_WRITTEN_VERSION.test(f)) {
         rmSync(where, { recursive: true, force: true });
         this.log(`removed ${f}: a half-written checkpoint (an interrupted bake)`);
       } else if (VERSION_DIR.test(f) && !known.has(f)) {

@@ -10,7 +10,7 @@ import cron from "node-cron";
 import { initBackend } from "../src/tensor/backend.js";
 import { agentFiles, Runtime } from "../src/runtime/runtime.js";
 import { loadAgentConfig } from "../src/runtime/agent-config.js";
-import { bakeOrder, chooseReplay, replayAdvice, scaledTrajectories, sizedTrajectories, type Agent } from "../src/runtime/agent.js";
+import { bakeOrder, chooseReplay, replayAdvice, scaledTrajectories, sizedTrajectories, type Agent, type BakeOutcome } from "../src/runtime/agent.js";
 import { SETTLE_MS } from "../src/feeds/feeds.js";
 import { knowledgeLessons } from "../src/bake/prompt.js";
 import { LEDGER_LIMITS, type BakeRun, type Item, type LedgerData } from "../src/knowledge/ledger.js";
@@ -525,7 +525,7 @@ test("on start, item statuses follow the live version (a crash between a promoti
   }
 });
 
-test("a retraction whose rebuild the process did not finish: on start the weights holding the retracted item leave, the rest is baked again", async () => {
+test("a retraction whose rebuild the process did not finish: on start the weights holding the retracted item leave, and the rebuild runs again", async () => {
   const { dir, file } = writeTestAgent({ feeds: [] });
   try {
     let runtime = await Runtime.fromFiles(file);
@@ -543,6 +543,14 @@ test("a retraction whose rebuild the process did not finish: on start the weight
     assert.equal(again.ledger.item(keep.id).status, "pending", "baked again by the next bake");
     assert.ok(logs.some((m) => m.startsWith(`v0001 holds retracted item(s) ${drop.id} (a retraction's rebuild did not finish): the base model is live instead`)), logs.join("\n"));
     await assert.rejects(again.rollback("v0001"), /holds retracted item/);
+    // started (kiln serve), it runs the rebuild again first: what v0001 held waited behind all news
+    const rebuilt = new Promise<BakeOutcome>((resolve) => again.bakeEvents.once("end", resolve));
+    runtime.start();
+    const outcome = await rebuilt;
+    assert.equal(outcome.status, "promoted", outcome.reasons.join("; "));
+    assert.equal(again.ledger.data.bakes.at(-1)!.trigger, "retraction");
+    assert.deepEqual(again.ledger.version(outcome.version!).items, [keep.id]);
+    assert.equal(again.ledger.item(keep.id).status, "absorbed");
     await runtime.stop();
   } finally {
     rmSync(dir, { recursive: true });

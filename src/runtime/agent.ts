@@ -441,6 +441,13 @@ export class Agent {
   // --- schedules ---
 
   start(): void {
+    // A retraction's rebuild the process stopped during: its weights left service when the agent
+    // opened, and what they held (pending now) would wait behind all news; it runs again first.
+    const cut = this.unfinishedRebuild();
+    if (cut) {
+      this.log(`a retraction's rebuild did not finish: baking again the ${cut.held.length} item(s) it was rebuilding`);
+      void this.bake(RETRACTION, { consolidate: true, force: true, rebuild: cut }).catch((e: Error) => this.log(`the rebuild failed: ${e.message}`));
+    }
     for (const f of this.config.feeds) {
       this.tasks.push(cron.schedule(f.schedule, (ctx) => this.scheduledPoll(f.id, ctx.date), { name: `${this.name}:feed:${f.id}`, noOverlap: true }));
     }
@@ -452,6 +459,15 @@ export class Agent {
         }),
       );
     }
+  }
+
+  /** What the last bake rebuilt, when it was a retraction's rebuild the process stopped during. */
+  private unfinishedRebuild(): BakeOptions["rebuild"] | null {
+    const last = this.ledger.data.bakes.at(-1);
+    if (last?.trigger !== RETRACTION || last.status !== "failed") return null;
+    // (recover's words for a bake running when the process died; stop's for one it cancelled)
+    if (!/^(the process stopped during the bake|bake cancelled(: the agent is stopping)?)$/.test(last.error ?? "")) return null;
+    return { held: last.itemIds, retracted: [] };
   }
 
   /** A bake the schedule starts, once the polls of the same minute are in flight (it waits for them). */
@@ -468,7 +484,7 @@ export class Agent {
     this.stopBake("the agent is stopping", false);
     await this.baking?.catch(() => {});
     // a retraction asked for (chat's "forget ...", then /quit) is marked before the ledger closes;
-    // its rebuild, which no longer starts, is left to the next start (what was held is baked again)
+    // its rebuild, which no longer starts, is left to the next start (kiln serve runs it again)
     await this.retractions;
     await this.ledger.close();
     this.live.dispose();

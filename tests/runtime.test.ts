@@ -437,6 +437,26 @@ test("a retraction asked for during another's rebuild stops it; its own rebuild 
   });
 });
 
+test("a retraction of an item never baked in, asked for during another's rebuild baking it, still runs that rebuild without it", async () => {
+  await withTester({ feeds: [] }, async ({ agent }) => {
+    const [a] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001: a
+    const [b] = await bakeTold(agent, "The harbor fee is nine coins."); // v0002: a, b
+    const [c] = await bakeTold(agent, "The ferry leaves at noon."); // v0003: a, b, c
+    const { item: p } = await agent.remember("The mill closes at dusk."); // pending: the rebuild bakes it
+    const firstRebuild = new Promise<void>((resolve) => agent.bakeEvents.once("start", () => resolve()));
+    const first = agent.retract([b!.id]); // v0001 serves; the rebuild carries a and c, and bakes p
+    await firstRebuild;
+    const second = agent.retract([p.id]); // the rebuild bakes p: it stops
+    const [one, two] = await Promise.all([first, second]);
+    assert.equal(one.status, "failed");
+    assert.equal(two.status, "promoted", two.reasons.join("; "));
+    const rebuilds = agent.ledger.data.bakes.filter((x) => x.trigger === "retraction");
+    assert.deepEqual(rebuilds.map((x) => x.status), ["failed", "promoted"]);
+    assert.deepEqual(agent.ledger.version(agent.live.version!).items.sort(), [a!.id, c!.id].sort(), "c, which only the weights out of service held, is baked again");
+    assert.deepEqual([a, b, c, p].map((i) => agent.ledger.item(i!.id).status), ["absorbed", "retracted", "absorbed", "retracted"]);
+  });
+});
+
 test("a retraction takes the weights holding the item out of service at once; the rebuild bakes everything they held", async () => {
   await withTester({ feeds: [] }, async ({ agent }) => {
     const [early] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001: clean

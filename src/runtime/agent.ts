@@ -264,10 +264,11 @@ export class Agent {
   /** the items of the retractions asked for and not done: a bake that could end holding one stops */
   private readonly retractionsAsked: string[][] = [];
   /**
-   * What a retraction's rebuild that was stopped (by a later retraction) carried: the next rebuild
-   * carries it too, or what the weights out of service held would wait behind all news.
+   * What a retraction's rebuild that was stopped (by a later retraction) carried: the next
+   * retraction rebuilds, carrying it too, even where its own items need no rebuild (never baked
+   * in), or what the weights out of service held would wait behind all news.
    */
-  private stoppedRebuild: { held: string[]; retracted: string[] } = { held: [], retracted: [] };
+  private stoppedRebuild: { held: string[]; retracted: string[] } | null = null;
 
   private stopping = false;
 
@@ -1060,41 +1061,47 @@ export class Agent {
     const done = asked.filter((i) => i.status === "retracted" && !this.mayHold(i));
     const already = done.map((i) => `item ${i.id} is already retracted (since ${i.updatedAt}) and the live weights do not hold it: nothing to do`);
     const items = asked.filter((i) => !done.includes(i));
-    if (!items.length) return { status: "skipped", reasons: already };
     const inWeights = items.filter((i) => this.mayHold(i));
     const archived = items.filter((i) => i.archivedAt);
     const gone = archived.filter((i) => !inWeights.includes(i));
-    if (gone.length) {
-      return { status: "skipped", reasons: gone.map((i) => `item ${i.id} is archived (${i.status} since ${i.updatedAt}) and the live weights do not hold it: nothing to retract`) };
-    }
-    for (const i of archived) await this.ledger.unarchive(i.id);
-    this.logGivenBack(await this.ledger.setItemStatus(items.map((i) => i.id), "retracted", { reason }), "retracted");
     // a rolling bake this retraction stopped runs again without them (a rebuild bakes what it would have)
     const stopped = this.stoppedByRetraction;
     this.stoppedByRetraction = null;
-    if (!inWeights.length) {
+    let nothingToRebuild: string[] | null = null;
+    if (!items.length) nothingToRebuild = already;
+    else if (gone.length) nothingToRebuild = gone.map((i) => `item ${i.id} is archived (${i.status} since ${i.updatedAt}) and the live weights do not hold it: nothing to retract`);
+    else {
+      for (const i of archived) await this.ledger.unarchive(i.id);
+      this.logGivenBack(await this.ledger.setItemStatus(items.map((i) => i.id), "retracted", { reason }), "retracted");
+      if (!inWeights.length) nothingToRebuild = ["the live weights never held these items: marked retracted, nothing to rebuild", ...already];
+    }
+    if (nothingToRebuild) {
       onOutOfService?.();
-      const reasons = ["the live weights never held these items: marked retracted, nothing to rebuild", ...already];
-      if (!stopped || stopped.trigger === RETRACTION) return { status: "skipped", reasons };
-      const again = await this.bake(stopped.trigger, { ...stopped.opts, force: true, afterRetraction: true });
-      return { ...again, reasons: [...reasons, `the bake it stopped ran again without them: ${again.status}`, ...again.reasons] };
+      // (a rebuild this retraction stopped is owed all the same: below)
+      if (!this.stoppedRebuild) {
+        if (!stopped || stopped.trigger === RETRACTION) return { status: "skipped", reasons: nothingToRebuild };
+        const again = await this.bake(stopped.trigger, { ...stopped.opts, force: true, afterRetraction: true });
+        return { ...again, reasons: [...nothingToRebuild, `the bake it stopped ran again without them: ${again.status}`, ...again.reasons] };
+      }
     }
     // The weights holding them stop serving now, not when the rebuild ends (minutes to an hour on
     // a CPU): a user who said "forget ..." and asked again got the forgotten answer meanwhile. The
     // rebuild still bakes everything those weights held.
     // (one pass over the ledger: an item lookup each reads it from the start, seconds at 20,000 held)
     const retractedNow = new Set(this.ledger.items({ status: "retracted" }).map((i) => i.id));
-    const held = new Set([...this.heldItems(), ...this.stoppedRebuild.held]);
-    const rebuild = { held: [...held].filter((id) => !retractedNow.has(id)), retracted: [...new Set([...this.stoppedRebuild.retracted, ...inWeights.map((i) => i.id)])] };
+    const carried = this.stoppedRebuild ?? { held: [], retracted: [] };
+    const held = new Set([...this.heldItems(), ...carried.held]);
+    const rebuild = { held: [...held].filter((id) => !retractedNow.has(id)), retracted: [...new Set([...carried.retracted, ...inWeights.map((i) => i.id)])] };
     const out = await this.leaveRetracted("retracted: served without them until the rebuild");
     if (out) this.log(`${out.to ?? "the base model"} serves until the rebuild: ${out.from} holds retracted item(s) ${out.retracted.join(", ")}`);
     onOutOfService?.();
     this.stoppedRebuild = rebuild;
     const outcome = await this.bake(RETRACTION, { consolidate: true, force: true, rebuild });
     // (kept only when a later retraction stopped it: that one's rebuild carries it on)
-    if (!(outcome.status === "failed" && this.retractionsAsked.length > 1)) this.stoppedRebuild = { held: [], retracted: [] };
+    if (!(outcome.status === "failed" && this.retractionsAsked.length > 1)) this.stoppedRebuild = null;
     const moved = this.baking ? null : await this.leaveRetracted(`the rebuild after a retraction was ${outcome.status}`);
-    return { ...outcome, reasons: [...outcome.reasons, ...(moved ? [`${moved.from} still held retracted items, so ${moved.to ?? "the base model"} is live now`] : []), ...already] };
+    const said = nothingToRebuild ? [...nothingToRebuild, "the rebuild a retraction stopped was owed: it ran again"] : already;
+    return { ...outcome, reasons: [...outcome.reasons, ...(moved ? [`${moved.from} still held retracted items, so ${moved.to ?? "the base model"} is live now`] : []), ...said] };
   }
 
   /**

@@ -392,6 +392,27 @@ test("a retraction looks up what the weights it takes out of service held once, 
   }
 });
 
+test("a bake stopped by one of two retractions asked for together is run again by the one that stopped it", async () => {
+  await withTester({ feeds: [] }, async ({ agent }) => {
+    await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001
+    const { item: q } = await agent.remember("The harbor fee is nine coins.");
+    const { item: k } = await agent.remember("The mill closes at dusk.");
+    const baking = agent.bake("test"); // bakes q and k
+    await new Promise<void>((resolve) => agent.bakeEvents.once("progress", () => resolve()));
+    const { item: r } = await agent.remember("The ferry leaves at noon."); // in no bake, in no weights
+    const first = agent.retract([r.id]); // cannot stop the bake
+    const second = agent.retract([q.id]); // stops it
+    assert.equal((await baking).status, "failed");
+    const [one, two] = await Promise.all([first, second]);
+    assert.equal(one.status, "skipped", one.reasons.join("; "));
+    assert.doesNotMatch(one.reasons.join("; "), /ran again/);
+    assert.equal(two.status, "promoted", two.reasons.join("; "));
+    assert.match(two.reasons.join("; "), /the bake it stopped ran again without them: promoted/);
+    assert.deepEqual(agent.ledger.data.bakes.map((b) => [b.trigger, b.status]), [["test", "promoted"], ["test", "failed"], ["test", "promoted"]]);
+    assert.deepEqual(agent.ledger.data.bakes.at(-1)!.itemIds, [k.id]);
+  });
+});
+
 test("chat's \"forget ...\" while a bake runs stops it: the reply comes once the weights holding the item left service", async () => {
   await withTester({ feeds: [] }, async ({ agent, runtime }) => {
     const [drop] = await bakeTold(agent, "The harbor fee is nine coins.");

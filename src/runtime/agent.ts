@@ -251,7 +251,12 @@ export class Agent {
   private stopAsked: string | null = null;
   /** what the running bake was asked for: a retraction that stopped it runs it again without the items */
   private bakeAsked: { trigger: string; opts: BakeOptions } | null = null;
-  private stoppedByRetraction: { trigger: string; opts: BakeOptions } | null = null;
+  /**
+   * The bake a retraction (`by`: its ids, as retractionsAsked holds them) stopped, for that one to
+   * run again: another retraction, asked for beside it, that the bake could not hold, must not.
+   * Dropped when the bake was not stopped after all (it ended on its own: promoted, rejected, skipped).
+   */
+  private stoppedByRetraction: { by: string[]; bake: { trigger: string; opts: BakeOptions } } | null = null;
   progress: WorkerProgress | null = null;
   /** retractions, one at a time: each marks its items and rebuilds before the next reads them */
   private retractions: Promise<unknown> = Promise.resolve();
@@ -410,7 +415,7 @@ export class Agent {
     for (const t of this.tasks) await t.destroy();
     this.tasks = [];
     await Promise.allSettled([...this.polls]); // a poll in flight writes the ledger: before it closes
-    this.stopBake("the agent is stopping", false);
+    this.stopBake("the agent is stopping", null);
     await this.baking?.catch(() => {});
     // a retraction asked for (chat's "forget ...", then /quit) is marked before the ledger closes;
     // its rebuild, which no longer starts, is left to the next start (what was held is baked again)
@@ -553,6 +558,7 @@ export class Agent {
     this.baking = this.bakeTurn(this.name, () => (this.stopping ? Promise.resolve<BakeOutcome>({ status: "skipped", reasons: ["the agent is stopping"] }) : this.runBake(trigger, opts)))
       .catch((err: Error): BakeOutcome => ({ status: "failed", reasons: [err.message] }))
       .then((outcome) => {
+        if (outcome.status !== "failed" && this.stoppedByRetraction?.bake === this.bakeAsked) this.stoppedByRetraction = null;
         this.baking = null;
         this.cancelBake = null;
         this.stopAsked = null;
@@ -728,8 +734,8 @@ export class Agent {
       );
       this.cancelBake = (why) => running.cancel(why);
       // asked to stop before its worker started, or a retraction asked for meanwhile names an item it bakes
-      const why = this.stopAsked ?? (this.retractionsAsked.some((ids) => this.bakeCouldHold(ids)) ? "a retraction was asked for while it started" : null);
-      if (why) this.stopBake(why);
+      const by = this.stopAsked === null ? this.retractionsAsked.find((ids) => this.bakeCouldHold(ids)) : undefined;
+      if (this.stopAsked !== null || by) this.stopBake(this.stopAsked ?? "retraction asked for while it started", by ?? null);
       result = await running.promise;
     } catch (err) {
       const message = (err as Error).message;
@@ -1015,21 +1021,25 @@ export class Agent {
     // A bake that could end holding them stops now, not when it ends (minutes to an hour on a
     // CPU), also when this retraction waits behind another's rebuild: meanwhile the weights
     // serving may hold them. What it was baking waits for the next bake.
-    if (this.bakeCouldHold(ids)) this.stopBake(`retraction asked for (${reason})`);
+    if (this.bakeCouldHold(ids)) this.stopBake(`retraction asked for (${reason})`, ids);
     const run = this.retractions
       .then(() => this.retractNow(ids, reason, onOutOfService))
       .finally(() => {
         this.retracting--;
         this.retractionsAsked.splice(this.retractionsAsked.indexOf(ids), 1);
+        if (this.stoppedByRetraction?.by === ids) this.stoppedByRetraction = null; // (it failed before reading it)
       });
     this.retractions = run.catch(() => undefined);
     return run;
   }
 
-  /** Asks the running bake, if any, to stop: its worker is killed, its items go back to pending. */
-  private stopBake(why: string, forRetraction = true): void {
+  /**
+   * Asks the running bake, if any, to stop: its worker is killed, its items go back to pending.
+   * `by`: the ids of the retraction asking, which runs it again where no rebuild does.
+   */
+  private stopBake(why: string, by: string[] | null): void {
     if (!this.baking) return;
-    if (forRetraction && this.stopAsked === null) this.stoppedByRetraction = this.bakeAsked;
+    if (by && this.stopAsked === null && this.bakeAsked) this.stoppedByRetraction = { by, bake: this.bakeAsked };
     this.stopAsked ??= why;
     this.cancelBake?.(why);
   }
@@ -1053,7 +1063,7 @@ export class Agent {
     // A bake that could end holding them was asked to stop (retract); it ends within seconds, and
     // joining it would not rebuild from the base. One that cannot hold them goes on.
     if (this.bakeCouldHold(asked.map((i) => i.id)) || (this.baking && asked.some((i) => this.mayHold(i)))) {
-      this.stopBake(`retraction asked for (${reason})`);
+      this.stopBake(`retraction asked for (${reason})`, ids);
       while (this.baking) await this.baking.catch(() => undefined);
     }
     // Retracting again is how weights that still hold a retracted item are rebuilt; one they do not
@@ -1065,8 +1075,8 @@ export class Agent {
     const archived = items.filter((i) => i.archivedAt);
     const gone = archived.filter((i) => !inWeights.includes(i));
     // a rolling bake this retraction stopped runs again without them (a rebuild bakes what it would have)
-    const stopped = this.stoppedByRetraction;
-    this.stoppedByRetraction = null;
+    const stopped = this.stoppedByRetraction?.by === ids ? this.stoppedByRetraction.bake : null;
+    if (stopped) this.stoppedByRetraction = null;
     let nothingToRebuild: string[] | null = null;
     if (!items.length) nothingToRebuild = already;
     else if (gone.length) nothingToRebuild = gone.map((i) => `item ${i.id} is archived (${i.status} since ${i.updatedAt}) and the live weights do not hold it: nothing to retract`);

@@ -10,7 +10,7 @@ import cron from "node-cron";
 import { initBackend } from "../src/tensor/backend.js";
 import { agentFiles, Runtime } from "../src/runtime/runtime.js";
 import { loadAgentConfig } from "../src/runtime/agent-config.js";
-import { bakeOrder, chooseReplay, replayAdvice, scaledTrajectories, sizedTrajectories, type Agent } from "../src/runtime/agent.js";
+import { bakeOrder, chooseReplay, replayAdvice, retractedOutOfService, scaledTrajectories, sizedTrajectories, type Agent } from "../src/runtime/agent.js";
 import { SETTLE_MS } from "../src/feeds/feeds.js";
 import { knowledgeLessons } from "../src/bake/prompt.js";
 import { LEDGER_LIMITS, type BakeRun, type Item, type LedgerData } from "../src/knowledge/ledger.js";
@@ -1091,6 +1091,35 @@ test("one bake at a time across a runtime's agents: the second waits for the fir
     assert.equal(a.status, "promoted", a.reasons.join("; "));
     assert.equal(b.status, "promoted", b.reasons.join("; "));
     assert.deepEqual(events, ["tester start", "tester end", "second start", "second end"]);
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("a retraction does not wait for another agent's bake: its own bake, waiting for that turn, gives the turn up", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  // a second agent beside the first, with a longer bake, and its own home
+  writeFileSync(path.join(dir, "second.yaml"), readFileSync(file, "utf8").replace("name: tester", "name: second").replace("home: home", "home: home2").replace("epochs: 6", "epochs: 40").replace("patience: 6", "patience: 40"));
+  const runtime = await Runtime.fromFiles(dir);
+  try {
+    const [tester, second] = [runtime.agent("tester"), runtime.agent("second")];
+    const [held] = await bakeTold(tester, "The harbor fee is nine coins."); // v0001 holds it
+    const { item: ferry } = await tester.remember("The ferry leaves at noon.");
+    await second.remember("The lighthouse keeper is Mira Tolle.");
+    const other = second.bake("test");
+    await new Promise<void>((resolve) => second.bakeEvents.once("progress", () => resolve()));
+    const waiting = tester.bake("test"); // a rolling bake from v0001: it waits for second's turn
+    const { work, outOfService } = await retractedOutOfService(tester, [held!.id], "test");
+    assert.ok(outOfService, "the weights holding it left service");
+    assert.ok(second.isBaking, "before the other agent's bake ended");
+    assert.equal(tester.live.version, null);
+    assert.match((await waiting).reasons[0]!, /^bake cancelled: retraction asked for/);
+    assert.equal((await other).status, "promoted");
+    const done = await work;
+    assert.equal(done.status, "promoted", done.reasons.join("; "));
+    assert.deepEqual(tester.ledger.version(tester.live.version!).items, [ferry.id], "the rebuild baked what the bake given up would have");
+    assert.deepEqual(tester.ledger.data.bakes.map((b) => [b.trigger, b.status]), [["test", "promoted"], ["retraction", "promoted"]], "the bake given up never started");
   } finally {
     await runtime.stop();
     rmSync(dir, { recursive: true });

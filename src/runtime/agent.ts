@@ -247,6 +247,8 @@ export class Agent {
   /** the last switch of the live version (rollbacks and retraction fallbacks run one at a time) */
   private switching: Promise<void> = Promise.resolve();
   private cancelBake: ((why: string) => void) | null = null;
+  /** gives up the turn of a bake still waiting for it (see bake) */
+  private leaveTurn: ((why: string) => void) | null = null;
   /** why the running bake was asked to stop (one still waiting for its worker stops when it starts) */
   private stopAsked: string | null = null;
   /** what the running bake was asked for: a retraction that stopped it runs it again without the items */
@@ -555,12 +557,28 @@ export class Agent {
     if (this.baking) return this.baking;
     if (this.retracting > 0 && trigger !== RETRACTION && !opts.afterRetraction) return Promise.resolve({ status: "skipped", reasons: ["a retraction is starting its rebuild; bake after it"] });
     this.bakeAsked = { trigger, opts };
-    this.baking = this.bakeTurn(this.name, () => (this.stopping ? Promise.resolve<BakeOutcome>({ status: "skipped", reasons: ["the agent is stopping"] }) : this.runBake(trigger, opts)))
+    // Asked to stop while it waits for its turn (another agent's bake: up to an hour), it gives the
+    // turn up at once: a retraction waits for it to end before the weights leave service.
+    let turn: "waiting" | "taken" | "given up" = "waiting";
+    let giveUp!: (outcome: BakeOutcome) => void;
+    const givenUp = new Promise<BakeOutcome>((resolve) => (giveUp = resolve));
+    this.leaveTurn = (why) => {
+      if (turn !== "waiting") return;
+      turn = "given up";
+      giveUp({ status: "failed", reasons: [`bake cancelled: ${why}`] });
+    };
+    const run = this.bakeTurn(this.name, () => {
+      if (turn === "given up") return Promise.resolve<BakeOutcome>({ status: "skipped", reasons: ["its turn was given up"] });
+      turn = "taken";
+      return this.stopping ? Promise.resolve<BakeOutcome>({ status: "skipped", reasons: ["the agent is stopping"] }) : this.runBake(trigger, opts);
+    });
+    this.baking = Promise.race([run, givenUp])
       .catch((err: Error): BakeOutcome => ({ status: "failed", reasons: [err.message] }))
       .then((outcome) => {
         if (outcome.status !== "failed" && this.stoppedByRetraction?.bake === this.bakeAsked) this.stoppedByRetraction = null;
         this.baking = null;
         this.cancelBake = null;
+        this.leaveTurn = null;
         this.stopAsked = null;
         this.bakeAsked = null;
         this.progress = null;
@@ -1042,6 +1060,7 @@ export class Agent {
     if (by && this.stopAsked === null && this.bakeAsked) this.stoppedByRetraction = { by, bake: this.bakeAsked };
     this.stopAsked ??= why;
     this.cancelBake?.(why);
+    this.leaveTurn?.(why);
   }
 
   /**

@@ -1104,14 +1104,12 @@ export class Agent {
       this.logGivenBack(await this.ledger.setItemStatus(items.map((i) => i.id), "retracted", { reason }), "retracted");
       if (!inWeights.length) nothingToRebuild = ["the live weights never held these items: marked retracted, nothing to rebuild", ...already];
     }
-    if (nothingToRebuild) {
+    // (a rebuild a retraction stopped is owed all the same: below)
+    if (nothingToRebuild && !this.stoppedRebuild) {
       onOutOfService?.();
-      // (a rebuild this retraction stopped is owed all the same: below)
-      if (!this.stoppedRebuild) {
-        if (!stopped || stopped.trigger === RETRACTION) return { status: "skipped", reasons: nothingToRebuild };
-        const again = await this.bake(stopped.trigger, { ...stopped.opts, force: true, afterRetraction: true });
-        return { ...again, reasons: [...nothingToRebuild, `the bake it stopped ran again without them: ${again.status}`, ...again.reasons] };
-      }
+      if (!stopped || stopped.trigger === RETRACTION) return { status: "skipped", reasons: nothingToRebuild };
+      const again = await this.bake(stopped.trigger, { ...stopped.opts, force: true, afterRetraction: true });
+      return { ...again, reasons: [...nothingToRebuild, `the bake it stopped ran again without them: ${again.status}`, ...again.reasons] };
     }
     // The weights holding them stop serving now, not when the rebuild ends (minutes to an hour on
     // a CPU): a user who said "forget ..." and asked again got the forgotten answer meanwhile. The

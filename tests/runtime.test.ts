@@ -303,6 +303,22 @@ test("an item retracted while a bake of it runs: the bake stops, and runs again 
   });
 });
 
+test("an item retracted by the end of its id during another's rebuild baking it: the rebuild stops all the same", async () => {
+  await withTester({ feeds: [] }, async ({ agent }) => {
+    await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001
+    const [b] = await bakeTold(agent, "The harbor fee is nine coins."); // v0002
+    const { item: p } = await agent.remember("The mill closes at dusk."); // pending: the rebuild bakes it
+    const firstRebuild = new Promise<void>((resolve) => agent.bakeEvents.once("start", () => resolve()));
+    const first = agent.retract([b!.id]);
+    await firstRebuild;
+    const second = agent.retract([p.id.slice(-8)]); // as `kiln knowledge retract` takes it
+    const [one, two] = await Promise.all([first, second]);
+    assert.equal(one.status, "failed", "the rebuild baking it was stopped");
+    assert.equal(two.status, "promoted", two.reasons.join("; "));
+    assert.ok(!agent.ledger.data.versions.some((v) => v.items.includes(p.id)), "no version ever held it");
+  });
+});
+
 test("a bake that cannot end holding the retracted item goes on; the retraction does not wait for it", async () => {
   await withTester({ feeds: [] }, async ({ agent }) => {
     const { item: keep } = await agent.remember("The lighthouse keeper is Mira Tolle.");
@@ -584,6 +600,41 @@ test("a retraction whose rebuild the process did not finish: on start the weight
     assert.equal(again.ledger.item(keep.id).status, "pending", "baked again by the next bake");
     assert.ok(logs.some((m) => m.startsWith(`v0001 holds retracted item(s) ${drop.id} (a retraction's rebuild did not finish): the base model is live instead`)), logs.join("\n"));
     await assert.rejects(again.rollback("v0001"), /holds retracted item/);
+    await runtime.stop();
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("a retraction of an item the live weights hold, asked for during another's rebuild that does not bake it, stops that rebuild: the weights leave service now", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  try {
+    let runtime = await Runtime.fromFiles(file);
+    let agent = runtime.agent("tester");
+    const [a, news] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle.", "The mill closed on Monday."); // v0001: a, news
+    const [c] = await bakeTold(agent, "The ferry leaves at noon."); // v0002 (from v0001): a, news, c
+    await runtime.stop();
+    // the news expired: no version lists it, but v0001, which absorbed it, may still answer it
+    editLedger(dir, (data) => {
+      const item = data.items.find((i) => i.id === news!.id)!;
+      item.status = "expired";
+      item.history.push({ at: new Date().toISOString(), status: "expired", reason: "news older than forgetNewsAfterDays 7" });
+      for (const v of data.versions) v.items = v.items.filter((id) => id !== news!.id);
+    });
+    runtime = await Runtime.fromFiles(file);
+    agent = runtime.agent("tester");
+    const firstRebuild = new Promise<void>((resolve) => agent.bakeEvents.once("start", () => resolve()));
+    const first = agent.retract([c!.id]); // v0001 serves; its rebuild bakes a, not the expired news
+    await firstRebuild;
+    assert.equal(agent.live.version, "v0001");
+    assert.ok(agent.mayHold(agent.ledger.item(news!.id)), "v0001 absorbed the news");
+    const { work, outOfService } = await retractedOutOfService(agent, [news!.id], "test", 5000);
+    assert.ok(outOfService, "the weights that may hold it left service");
+    assert.equal(agent.live.version, null);
+    const [one, two] = await Promise.all([first, work]);
+    assert.equal(one.status, "failed", "the first rebuild was stopped");
+    assert.equal(two.status, "promoted", two.reasons.join("; "));
+    assert.deepEqual(agent.ledger.version(agent.live.version!).items, [a!.id]);
     await runtime.stop();
   } finally {
     rmSync(dir, { recursive: true });

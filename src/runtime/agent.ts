@@ -1033,7 +1033,14 @@ export class Agent {
    * not hold waits to be baked again. A bake that could end holding the items is stopped first
    * (its items wait for the next bake), so the weights holding them leave service within seconds.
    */
-  retract(ids: string[], reason = "retracted", onOutOfService?: () => void): Promise<BakeOutcome> {
+  retract(named: string[], reason = "retracted", onOutOfService?: () => void): Promise<BakeOutcome> {
+    // the full ids (an item may be named by the end of its id): a running bake's record lists those
+    let ids: string[];
+    try {
+      ids = named.map((id) => this.ledger.item(id).id);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     this.retracting++;
     this.retractionsAsked.push(ids);
     // A bake that could end holding them stops now, not when it ends (minutes to an hour on a
@@ -1064,16 +1071,18 @@ export class Agent {
   }
 
   /**
-   * Whether the running bake could end holding one of these items: it bakes or replays one, it
-   * starts from live weights that may hold one (a rolling bake), or it has not said yet what it
-   * bakes (waiting for its turn).
+   * Whether the running bake could end holding one of these items, or must stop for them: it
+   * bakes or replays one, it has not said yet what it bakes (waiting for its turn), or the live
+   * weights may hold one. A rolling bake starts from those; and the retraction, which takes them
+   * out of service, would otherwise wait for the bake (another retraction's rebuild: an hour on
+   * a CPU) while they serve.
    */
   private bakeCouldHold(ids: string[]): boolean {
     if (!this.baking) return false;
     const record = this.ledger.data.bakes.at(-1);
     if (record?.status !== "running") return true;
     const baked = new Set([...record.itemIds, ...(record.replayIds ?? [])]);
-    return ids.some((id) => baked.has(id) || (!record.consolidate && this.ledger.data.items.some((i) => i.id === id && this.mayHold(i))));
+    return ids.some((id) => baked.has(id) || this.ledger.data.items.some((i) => i.id === id && this.mayHold(i)));
   }
 
   /** `onOutOfService`: called once the live weights hold none of the items (seconds), before the rebuild */
@@ -1081,7 +1090,7 @@ export class Agent {
     const asked = ids.map((id) => this.ledger.item(id));
     // A bake that could end holding them was asked to stop (retract); it ends within seconds, and
     // joining it would not rebuild from the base. One that cannot hold them goes on.
-    if (this.bakeCouldHold(asked.map((i) => i.id)) || (this.baking && asked.some((i) => this.mayHold(i)))) {
+    if (this.bakeCouldHold(ids)) {
       this.stopBake(`retraction asked for (${reason})`, ids);
       while (this.baking) await this.baking.catch(() => undefined);
     }

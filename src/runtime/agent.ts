@@ -1087,13 +1087,14 @@ export class Agent {
 
   /** `onOutOfService`: called once the live weights hold none of the items (seconds), before the rebuild */
   private async retractNow(ids: string[], reason: string, onOutOfService?: () => void): Promise<BakeOutcome> {
-    const asked = ids.map((id) => this.ledger.item(id));
     // A bake that could end holding them was asked to stop (retract); it ends within seconds, and
     // joining it would not rebuild from the base. One that cannot hold them goes on.
     if (this.bakeCouldHold(ids)) {
       this.stopBake(`retraction asked for (${reason})`, ids);
       while (this.baking) await this.baking.catch(() => undefined);
     }
+    // (read once the bake ended: its compaction may have moved an item to the archive)
+    const asked = ids.map((id) => this.ledger.item(id));
     // Retracting again is how weights that still hold a retracted item are rebuilt; one they do not
     // hold needs nothing, and marking it again would say it had just been retracted.
     const done = asked.filter((i) => i.status === "retracted" && !this.mayHold(i));

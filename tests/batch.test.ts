@@ -8,14 +8,14 @@ import { mkdtempSync, rmSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { initBackend, tf } from "../src/tensor/backend.js";
-import { loadModel } from "../src/model/load.js";
+import { loadModel, type LoadedModel } from "../src/model/load.js";
 import { resolveModelDir } from "../src/model/resolve.js";
 import { generate, streamGenerate, type GenerationChunk, type GenerationResult } from "../src/model/generate.js";
 import { DecodeBatcher, type RowOptions } from "../src/model/batch.js";
 import { constrainToJson, JsonMatcher, tokenTexts } from "../src/model/json-constraint.js";
 import { LoraAdapter } from "../src/lora/adapter.js";
 import { saveAdapter } from "../src/lora/peft.js";
-import { defaultBatchRows, LiveModel } from "../src/runtime/live.js";
+import { concurrentReplies, defaultBatchRows, LiveModel } from "../src/runtime/live.js";
 import { fixtureDir } from "./support/paths.js";
 
 await initBackend();
@@ -205,4 +205,11 @@ test("a swap during a batched decode: each reply finishes on the version its lea
 test("kiln serve batches by default on a GPU backend only: there a step costs about the same for 32 rows as for one", () => {
   assert.equal(defaultBatchRows({ gpu: true }), 16);
   assert.equal(defaultBatchRows({ gpu: false }), 1, "on two CPU cores 4 rows cost 2-2.5x one");
+});
+
+test("kiln serve runs one reply at a time where a model on it has sliding-window layers: those decode alone, whatever --batch says", () => {
+  const model = (slidingWindows: (number | null)[]) => ({ config: { slidingWindows } }) as unknown as LoadedModel;
+  assert.equal(concurrentReplies(16, [model([null, null])]), 16);
+  assert.equal(concurrentReplies(16, [model([null, null]), model([4096, 4096])]), 1, "16 replies each decoded alone at once: 16 full steps per token");
+  assert.equal(concurrentReplies(1, [model([null])]), 1);
 });

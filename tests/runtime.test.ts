@@ -10,7 +10,7 @@ import cron from "node-cron";
 import { initBackend } from "../src/tensor/backend.js";
 import { agentFiles, Runtime } from "../src/runtime/runtime.js";
 import { loadAgentConfig } from "../src/runtime/agent-config.js";
-import { bakeOrder, chooseReplay, replayAdvice, scaledTrajectories, sizedTrajectories, type Agent, type BakeOutcome } from "../src/runtime/agent.js";
+import { bakeOrder, chooseReplay, replayAdvice, retractedOutOfService, scaledTrajectories, sizedTrajectories, type Agent, type BakeOutcome } from "../src/runtime/agent.js";
 import { SETTLE_MS } from "../src/feeds/feeds.js";
 import { knowledgeLessons } from "../src/bake/prompt.js";
 import { LEDGER_LIMITS, type BakeRun, type Item, type LedgerData } from "../src/knowledge/ledger.js";
@@ -303,6 +303,22 @@ test("an item retracted while a bake of it runs: the bake stops, and runs again 
   });
 });
 
+test("an item retracted by the end of its id during another's rebuild baking it: the rebuild stops all the same", async () => {
+  await withTester({ feeds: [] }, async ({ agent }) => {
+    await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001
+    const [b] = await bakeTold(agent, "The harbor fee is nine coins."); // v0002
+    const { item: p } = await agent.remember("The mill closes at dusk."); // pending: the rebuild bakes it
+    const firstRebuild = new Promise<void>((resolve) => agent.bakeEvents.once("start", () => resolve()));
+    const first = agent.retract([b!.id]);
+    await firstRebuild;
+    const second = agent.retract([p.id.slice(-8)]); // as `kiln knowledge retract` takes it
+    const [one, two] = await Promise.all([first, second]);
+    assert.equal(one.status, "failed", "the rebuild baking it was stopped");
+    assert.equal(two.status, "promoted", two.reasons.join("; "));
+    assert.ok(!agent.ledger.data.versions.some((v) => v.items.includes(p.id)), "no version ever held it");
+  });
+});
+
 test("a bake that cannot end holding the retracted item goes on; the retraction does not wait for it", async () => {
   await withTester({ feeds: [] }, async ({ agent }) => {
     const { item: keep } = await agent.remember("The lighthouse keeper is Mira Tolle.");
@@ -392,6 +408,27 @@ test("a retraction looks up what the weights it takes out of service held once, 
   }
 });
 
+test("a bake stopped by one of two retractions asked for together is run again by the one that stopped it", async () => {
+  await withTester({ feeds: [] }, async ({ agent }) => {
+    await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001
+    const { item: q } = await agent.remember("The harbor fee is nine coins.");
+    const { item: k } = await agent.remember("The mill closes at dusk.");
+    const baking = agent.bake("test"); // bakes q and k
+    await new Promise<void>((resolve) => agent.bakeEvents.once("progress", () => resolve()));
+    const { item: r } = await agent.remember("The ferry leaves at noon."); // in no bake, in no weights
+    const first = agent.retract([r.id]); // cannot stop the bake
+    const second = agent.retract([q.id]); // stops it
+    assert.equal((await baking).status, "failed");
+    const [one, two] = await Promise.all([first, second]);
+    assert.equal(one.status, "skipped", one.reasons.join("; "));
+    assert.doesNotMatch(one.reasons.join("; "), /ran again/);
+    assert.equal(two.status, "promoted", two.reasons.join("; "));
+    assert.match(two.reasons.join("; "), /the bake it stopped ran again without them: promoted/);
+    assert.deepEqual(agent.ledger.data.bakes.map((b) => [b.trigger, b.status]), [["test", "promoted"], ["test", "failed"], ["test", "promoted"]]);
+    assert.deepEqual(agent.ledger.data.bakes.at(-1)!.itemIds, [k.id]);
+  });
+});
+
 test("chat's \"forget ...\" while a bake runs stops it: the reply comes once the weights holding the item left service", async () => {
   await withTester({ feeds: [] }, async ({ agent, runtime }) => {
     const [drop] = await bakeTold(agent, "The harbor fee is nine coins.");
@@ -434,6 +471,26 @@ test("a retraction asked for during another's rebuild stops it; its own rebuild 
     assert.deepEqual(rebuilds[1]!.itemIds, [c!.id], "the second rebuild baked c, which only the weights the first took out of service held");
     assert.deepEqual(agent.ledger.version(agent.live.version!).items, [c!.id]);
     assert.deepEqual([a, b, c].map((i) => agent.ledger.item(i!.id).status), ["retracted", "retracted", "absorbed"]);
+  });
+});
+
+test("a retraction of an item never baked in, asked for during another's rebuild baking it, still runs that rebuild without it", async () => {
+  await withTester({ feeds: [] }, async ({ agent }) => {
+    const [a] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001: a
+    const [b] = await bakeTold(agent, "The harbor fee is nine coins."); // v0002: a, b
+    const [c] = await bakeTold(agent, "The ferry leaves at noon."); // v0003: a, b, c
+    const { item: p } = await agent.remember("The mill closes at dusk."); // pending: the rebuild bakes it
+    const firstRebuild = new Promise<void>((resolve) => agent.bakeEvents.once("start", () => resolve()));
+    const first = agent.retract([b!.id]); // v0001 serves; the rebuild carries a and c, and bakes p
+    await firstRebuild;
+    const second = agent.retract([p.id]); // the rebuild bakes p: it stops
+    const [one, two] = await Promise.all([first, second]);
+    assert.equal(one.status, "failed");
+    assert.equal(two.status, "promoted", two.reasons.join("; "));
+    const rebuilds = agent.ledger.data.bakes.filter((x) => x.trigger === "retraction");
+    assert.deepEqual(rebuilds.map((x) => x.status), ["failed", "promoted"]);
+    assert.deepEqual(agent.ledger.version(agent.live.version!).items.sort(), [a!.id, c!.id].sort(), "c, which only the weights out of service held, is baked again");
+    assert.deepEqual([a, b, c, p].map((i) => agent.ledger.item(i!.id).status), ["absorbed", "retracted", "absorbed", "retracted"]);
   });
 });
 
@@ -551,6 +608,41 @@ test("a retraction whose rebuild the process did not finish: on start the weight
     assert.equal(again.ledger.data.bakes.at(-1)!.trigger, "retraction");
     assert.deepEqual(again.ledger.version(outcome.version!).items, [keep.id]);
     assert.equal(again.ledger.item(keep.id).status, "absorbed");
+    await runtime.stop();
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("a retraction of an item the live weights hold, asked for during another's rebuild that does not bake it, stops that rebuild: the weights leave service now", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  try {
+    let runtime = await Runtime.fromFiles(file);
+    let agent = runtime.agent("tester");
+    const [a, news] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle.", "The mill closed on Monday."); // v0001: a, news
+    const [c] = await bakeTold(agent, "The ferry leaves at noon."); // v0002 (from v0001): a, news, c
+    await runtime.stop();
+    // the news expired: no version lists it, but v0001, which absorbed it, may still answer it
+    editLedger(dir, (data) => {
+      const item = data.items.find((i) => i.id === news!.id)!;
+      item.status = "expired";
+      item.history.push({ at: new Date().toISOString(), status: "expired", reason: "news older than forgetNewsAfterDays 7" });
+      for (const v of data.versions) v.items = v.items.filter((id) => id !== news!.id);
+    });
+    runtime = await Runtime.fromFiles(file);
+    agent = runtime.agent("tester");
+    const firstRebuild = new Promise<void>((resolve) => agent.bakeEvents.once("start", () => resolve()));
+    const first = agent.retract([c!.id]); // v0001 serves; its rebuild bakes a, not the expired news
+    await firstRebuild;
+    assert.equal(agent.live.version, "v0001");
+    assert.ok(agent.mayHold(agent.ledger.item(news!.id)), "v0001 absorbed the news");
+    const { work, outOfService } = await retractedOutOfService(agent, [news!.id], "test", 5000);
+    assert.ok(outOfService, "the weights that may hold it left service");
+    assert.equal(agent.live.version, null);
+    const [one, two] = await Promise.all([first, work]);
+    assert.equal(one.status, "failed", "the first rebuild was stopped");
+    assert.equal(two.status, "promoted", two.reasons.join("; "));
+    assert.deepEqual(agent.ledger.version(agent.live.version!).items, [a!.id]);
     await runtime.stop();
   } finally {
     rmSync(dir, { recursive: true });
@@ -1078,6 +1170,35 @@ test("one bake at a time across a runtime's agents: the second waits for the fir
     assert.equal(a.status, "promoted", a.reasons.join("; "));
     assert.equal(b.status, "promoted", b.reasons.join("; "));
     assert.deepEqual(events, ["tester start", "tester end", "second start", "second end"]);
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("a retraction does not wait for another agent's bake: its own bake, waiting for that turn, gives the turn up", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  // a second agent beside the first, with a longer bake, and its own home
+  writeFileSync(path.join(dir, "second.yaml"), readFileSync(file, "utf8").replace("name: tester", "name: second").replace("home: home", "home: home2").replace("epochs: 6", "epochs: 40").replace("patience: 6", "patience: 40"));
+  const runtime = await Runtime.fromFiles(dir);
+  try {
+    const [tester, second] = [runtime.agent("tester"), runtime.agent("second")];
+    const [held] = await bakeTold(tester, "The harbor fee is nine coins."); // v0001 holds it
+    const { item: ferry } = await tester.remember("The ferry leaves at noon.");
+    await second.remember("The lighthouse keeper is Mira Tolle.");
+    const other = second.bake("test");
+    await new Promise<void>((resolve) => second.bakeEvents.once("progress", () => resolve()));
+    const waiting = tester.bake("test"); // a rolling bake from v0001: it waits for second's turn
+    const { work, outOfService } = await retractedOutOfService(tester, [held!.id], "test");
+    assert.ok(outOfService, "the weights holding it left service");
+    assert.ok(second.isBaking, "before the other agent's bake ended");
+    assert.equal(tester.live.version, null);
+    assert.match((await waiting).reasons[0]!, /^bake cancelled: retraction asked for/);
+    assert.equal((await other).status, "promoted");
+    const done = await work;
+    assert.equal(done.status, "promoted", done.reasons.join("; "));
+    assert.deepEqual(tester.ledger.version(tester.live.version!).items, [ferry.id], "the rebuild baked what the bake given up would have");
+    assert.deepEqual(tester.ledger.data.bakes.map((b) => [b.trigger, b.status]), [["test", "promoted"], ["retraction", "promoted"]], "the bake given up never started");
   } finally {
     await runtime.stop();
     rmSync(dir, { recursive: true });

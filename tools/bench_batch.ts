@@ -17,7 +17,9 @@ import { flagValue, median, randomDecoder } from "./bench-support.js";
 const only = flagValue("--only");
 const context = Number(flagValue("--context") ?? 300);
 const steps = Number(flagValue("--steps") ?? 24);
-const BATCHES = (flagValue("--batches") ?? "1,2,4").split(",").map(Number);
+// batch 1 is always measured: every other size is reported against it
+const BATCHES = [...new Set([1, ...(flagValue("--batches") ?? "1,2,4").split(",").map(Number)])].sort((a, b) => a - b);
+if (!BATCHES.every((B) => Number.isInteger(B) && B >= 1)) throw new Error(`--batches takes whole numbers of rows, at least 1 (got ${flagValue("--batches")})`);
 
 function smolShape(): ModelConfig {
   // SmolLM2-135M's shape, as tools/bench.ts builds it
@@ -60,7 +62,8 @@ async function stepMs(decoder: Decoder): Promise<Map<number, { median: number; m
     for (const r of runs) {
       const t0 = performance.now();
       // as generation reads logits: one [B, V] read per step
-      const logits = tf.tidy(() => decoder.forward({ ids: r.ids.map((row, b) => [(row[i]! + b) % vocab]) }, { cache: r.cache }));
+      // (a token of the row's prompt: past its end, around again, not undefined when --steps exceeds --context)
+      const logits = tf.tidy(() => decoder.forward({ ids: r.ids.map((row, b) => [(row[i % context]! + b) % vocab]) }, { cache: r.cache }));
       await logits.data();
       logits.dispose();
       if (i > 0) r.times.push(performance.now() - t0); // the first step warms kernels for this shape

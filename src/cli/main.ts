@@ -22,7 +22,7 @@ import { registerAgentCommands } from "./agents.js";
 import { runDemo } from "./demo.js";
 import { createServer, DEFAULT_SHUTDOWN_GRACE_MS } from "../server/index.js";
 import { DEFAULT_AGENTS_DIR, Runtime } from "../runtime/runtime.js";
-import { DEFAULT_PREFIX_CACHE_BYTES, defaultBatchRows } from "../runtime/live.js";
+import { concurrentReplies, DEFAULT_PREFIX_CACHE_BYTES, defaultBatchRows } from "../runtime/live.js";
 
 const program = new Command();
 program
@@ -298,19 +298,20 @@ program
       batchRows: batch,
     });
     // each of the --batch replies running at once joins its agent's batch
+    const concurrent = concurrentReplies(batch, [...runtime.agents.values()].map((a) => a.model));
     const server = await createServer(runtime, {
       host: o.host,
       port: o.port,
       token: o.token ?? process.env.KILN_TOKEN,
       maxQueue: o.maxQueue,
-      maxConcurrent: batch,
+      maxConcurrent: concurrent,
       shutdownGraceMs: o.grace * 1000,
     }).catch(async (err: Error) => {
       await runtime.stop(); // the agents' ledger locks go with it
       throw err;
     });
     if (o.schedules) runtime.start();
-    process.stderr.write(`kiln serving ${[...runtime.agents.keys()].join(", ")} on ${server.url} (${info.name} backend${batch > 1 ? `, up to ${batch} replies decoded together` : ""}); dashboard at ${server.url}/\n`);
+    process.stderr.write(`kiln serving ${[...runtime.agents.keys()].join(", ")} on ${server.url} (${info.name} backend${concurrent > 1 ? `, up to ${concurrent} replies decoded together` : batch > 1 ? ", one reply at a time: a model with sliding-window layers decodes each alone" : ""}); dashboard at ${server.url}/\n`);
     const stop = async () => {
       await server.close();
       await runtime.stop();

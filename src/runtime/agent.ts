@@ -270,11 +270,18 @@ export class Agent {
   /** the last switch of the live version (rollbacks and retraction fallbacks run one at a time) */
   private switching: Promise<void> = Promise.resolve();
   private cancelBake: ((why: string) => void) | null = null;
+  /** gives up the turn of a bake still waiting for it (see bake) */
+  private leaveTurn: ((why: string) => void) | null = null;
   /** why the running bake was asked to stop (one still waiting for its worker stops when it starts) */
   private stopAsked: string | null = null;
   /** what the running bake was asked for: a retraction that stopped it runs it again without the items */
   private bakeAsked: { trigger: string; opts: BakeOptions } | null = null;
-  private stoppedByRetraction: { trigger: string; opts: BakeOptions } | null = null;
+  /**
+   * The bake a retraction (`by`: its ids, as retractionsAsked holds them) stopped, for that one to
+   * run again: another retraction, asked for beside it, that the bake could not hold, must not.
+   * Dropped when the bake was not stopped after all (it ended on its own: promoted, rejected, skipped).
+   */
+  private stoppedByRetraction: { by: string[]; bake: { trigger: string; opts: BakeOptions } } | null = null;
   progress: WorkerProgress | null = null;
   /** retractions, one at a time: each marks its items and rebuilds before the next reads them */
   private retractions: Promise<unknown> = Promise.resolve();
@@ -287,10 +294,11 @@ export class Agent {
   /** the items of the retractions asked for and not done: a bake that could end holding one stops */
   private readonly retractionsAsked: string[][] = [];
   /**
-   * What a retraction's rebuild that was stopped (by a later retraction) carried: the next rebuild
-   * carries it too, or what the weights out of service held would wait behind all news.
+   * What a retraction's rebuild that was stopped (by a later retraction) carried: the next
+   * retraction rebuilds, carrying it too, even where its own items need no rebuild (never baked
+   * in), or what the weights out of service held would wait behind all news.
    */
-  private stoppedRebuild: { held: string[]; retracted: string[] } = { held: [], retracted: [] };
+  private stoppedRebuild: { held: string[]; retracted: string[] } | null = null;
 
   private stopping = false;
 
@@ -481,7 +489,7 @@ export class Agent {
     for (const t of this.tasks) await t.destroy();
     this.tasks = [];
     await Promise.allSettled([...this.polls]); // a poll in flight writes the ledger: before it closes
-    this.stopBake("the agent is stopping", false);
+    this.stopBake("the agent is stopping", null);
     await this.baking?.catch(() => {});
     // a retraction asked for (chat's "forget ...", then /quit) is marked before the ledger closes;
     // its rebuild, which no longer starts, is left to the next start (kiln serve runs it again)
@@ -621,11 +629,28 @@ export class Agent {
     if (this.baking) return this.baking;
     if (this.retracting > 0 && trigger !== RETRACTION && !opts.afterRetraction) return Promise.resolve({ status: "skipped", reasons: ["a retraction is starting its rebuild; bake after it"] });
     this.bakeAsked = { trigger, opts };
-    this.baking = this.bakeTurn(this.name, () => (this.stopping ? Promise.resolve<BakeOutcome>({ status: "skipped", reasons: ["the agent is stopping"] }) : this.runBake(trigger, opts)))
+    // Asked to stop while it waits for its turn (another agent's bake: up to an hour), it gives the
+    // turn up at once: a retraction waits for it to end before the weights leave service.
+    let turn: "waiting" | "taken" | "given up" = "waiting";
+    let giveUp!: (outcome: BakeOutcome) => void;
+    const givenUp = new Promise<BakeOutcome>((resolve) => (giveUp = resolve));
+    this.leaveTurn = (why) => {
+      if (turn !== "waiting") return;
+      turn = "given up";
+      giveUp({ status: "failed", reasons: [`bake cancelled: ${why}`] });
+    };
+    const run = this.bakeTurn(this.name, () => {
+      if (turn === "given up") return Promise.resolve<BakeOutcome>({ status: "skipped", reasons: ["its turn was given up"] });
+      turn = "taken";
+      return this.stopping ? Promise.resolve<BakeOutcome>({ status: "skipped", reasons: ["the agent is stopping"] }) : this.runBake(trigger, opts);
+    });
+    this.baking = Promise.race([run, givenUp])
       .catch((err: Error): BakeOutcome => ({ status: "failed", reasons: [err.message] }))
       .then((outcome) => {
+        if (outcome.status !== "failed" && this.stoppedByRetraction?.bake === this.bakeAsked) this.stoppedByRetraction = null;
         this.baking = null;
         this.cancelBake = null;
+        this.leaveTurn = null;
         this.stopAsked = null;
         this.bakeAsked = null;
         this.progress = null;
@@ -825,8 +850,8 @@ export class Agent {
       );
       this.cancelBake = (why) => running.cancel(why);
       // asked to stop before its worker started, or a retraction asked for meanwhile names an item it bakes
-      const why = this.stopAsked ?? (this.retractionsAsked.some((ids) => this.bakeCouldHold(ids)) ? "a retraction was asked for while it started" : null);
-      if (why) this.stopBake(why);
+      const by = this.stopAsked === null ? this.retractionsAsked.find((ids) => this.bakeCouldHold(ids)) : undefined;
+      if (this.stopAsked !== null || by) this.stopBake(this.stopAsked ?? "retraction asked for while it started", by ?? null);
       result = await running.promise;
     } catch (err) {
       const message = (err as Error).message;
@@ -1106,93 +1131,112 @@ export class Agent {
    * not hold waits to be baked again. A bake that could end holding the items is stopped first
    * (its items wait for the next bake), so the weights holding them leave service within seconds.
    */
-  retract(ids: string[], reason = "retracted", onOutOfService?: () => void): Promise<BakeOutcome> {
+  retract(named: string[], reason = "retracted", onOutOfService?: () => void): Promise<BakeOutcome> {
+    // the full ids (an item may be named by the end of its id): a running bake's record lists those
+    let ids: string[];
+    try {
+      ids = named.map((id) => this.ledger.item(id).id);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     this.retracting++;
     this.retractionsAsked.push(ids);
     // A bake that could end holding them stops now, not when it ends (minutes to an hour on a
     // CPU), also when this retraction waits behind another's rebuild: meanwhile the weights
     // serving may hold them. What it was baking waits for the next bake.
-    if (this.bakeCouldHold(ids)) this.stopBake(`retraction asked for (${reason})`);
+    if (this.bakeCouldHold(ids)) this.stopBake(`retraction asked for (${reason})`, ids);
     const run = this.retractions
       .then(() => this.retractNow(ids, reason, onOutOfService))
       .finally(() => {
         this.retracting--;
         this.retractionsAsked.splice(this.retractionsAsked.indexOf(ids), 1);
+        if (this.stoppedByRetraction?.by === ids) this.stoppedByRetraction = null; // (it failed before reading it)
       });
     this.retractions = run.catch(() => undefined);
     return run;
   }
 
-  /** Asks the running bake, if any, to stop: its worker is killed, its items go back to pending. */
-  private stopBake(why: string, forRetraction = true): void {
+  /**
+   * Asks the running bake, if any, to stop: its worker is killed, its items go back to pending.
+   * `by`: the ids of the retraction asking, which runs it again where no rebuild does.
+   */
+  private stopBake(why: string, by: string[] | null): void {
     if (!this.baking) return;
-    if (forRetraction && this.stopAsked === null) this.stoppedByRetraction = this.bakeAsked;
+    if (by && this.stopAsked === null && this.bakeAsked) this.stoppedByRetraction = { by, bake: this.bakeAsked };
     this.stopAsked ??= why;
     this.cancelBake?.(why);
+    this.leaveTurn?.(why);
   }
 
   /**
-   * Whether the running bake could end holding one of these items: it bakes or replays one, it
-   * starts from live weights that may hold one (a rolling bake), or it has not said yet what it
-   * bakes (waiting for its turn).
+   * Whether the running bake could end holding one of these items, or must stop for them: it
+   * bakes or replays one, it has not said yet what it bakes (waiting for its turn), or the live
+   * weights may hold one. A rolling bake starts from those; and the retraction, which takes them
+   * out of service, would otherwise wait for the bake (another retraction's rebuild: an hour on
+   * a CPU) while they serve.
    */
   private bakeCouldHold(ids: string[]): boolean {
     if (!this.baking) return false;
     const record = this.ledger.data.bakes.at(-1);
     if (record?.status !== "running") return true;
     const baked = new Set([...record.itemIds, ...(record.replayIds ?? [])]);
-    return ids.some((id) => baked.has(id) || (!record.consolidate && this.ledger.data.items.some((i) => i.id === id && this.mayHold(i))));
+    return ids.some((id) => baked.has(id) || this.ledger.data.items.some((i) => i.id === id && this.mayHold(i)));
   }
 
   /** `onOutOfService`: called once the live weights hold none of the items (seconds), before the rebuild */
   private async retractNow(ids: string[], reason: string, onOutOfService?: () => void): Promise<BakeOutcome> {
-    const asked = ids.map((id) => this.ledger.item(id));
     // A bake that could end holding them was asked to stop (retract); it ends within seconds, and
     // joining it would not rebuild from the base. One that cannot hold them goes on.
-    if (this.bakeCouldHold(asked.map((i) => i.id)) || (this.baking && asked.some((i) => this.mayHold(i)))) {
-      this.stopBake(`retraction asked for (${reason})`);
+    if (this.bakeCouldHold(ids)) {
+      this.stopBake(`retraction asked for (${reason})`, ids);
       while (this.baking) await this.baking.catch(() => undefined);
     }
+    // (read once the bake ended: its compaction may have moved an item to the archive)
+    const asked = ids.map((id) => this.ledger.item(id));
     // Retracting again is how weights that still hold a retracted item are rebuilt; one they do not
     // hold needs nothing, and marking it again would say it had just been retracted.
     const done = asked.filter((i) => i.status === "retracted" && !this.mayHold(i));
     const already = done.map((i) => `item ${i.id} is already retracted (since ${i.updatedAt}) and the live weights do not hold it: nothing to do`);
     const items = asked.filter((i) => !done.includes(i));
-    if (!items.length) return { status: "skipped", reasons: already };
     const inWeights = items.filter((i) => this.mayHold(i));
     const archived = items.filter((i) => i.archivedAt);
     const gone = archived.filter((i) => !inWeights.includes(i));
-    if (gone.length) {
-      return { status: "skipped", reasons: gone.map((i) => `item ${i.id} is archived (${i.status} since ${i.updatedAt}) and the live weights do not hold it: nothing to retract`) };
-    }
-    for (const i of archived) await this.ledger.unarchive(i.id);
-    this.logGivenBack(await this.ledger.setItemStatus(items.map((i) => i.id), "retracted", { reason }), "retracted");
     // a rolling bake this retraction stopped runs again without them (a rebuild bakes what it would have)
-    const stopped = this.stoppedByRetraction;
-    this.stoppedByRetraction = null;
-    if (!inWeights.length) {
+    const stopped = this.stoppedByRetraction?.by === ids ? this.stoppedByRetraction.bake : null;
+    if (stopped) this.stoppedByRetraction = null;
+    let nothingToRebuild: string[] | null = null;
+    if (!items.length) nothingToRebuild = already;
+    else if (gone.length) nothingToRebuild = gone.map((i) => `item ${i.id} is archived (${i.status} since ${i.updatedAt}) and the live weights do not hold it: nothing to retract`);
+    else {
+      for (const i of archived) await this.ledger.unarchive(i.id);
+      this.logGivenBack(await this.ledger.setItemStatus(items.map((i) => i.id), "retracted", { reason }), "retracted");
+      if (!inWeights.length) nothingToRebuild = ["the live weights never held these items: marked retracted, nothing to rebuild", ...already];
+    }
+    // (a rebuild a retraction stopped is owed all the same: below)
+    if (nothingToRebuild && !this.stoppedRebuild) {
       onOutOfService?.();
-      const reasons = ["the live weights never held these items: marked retracted, nothing to rebuild", ...already];
-      if (!stopped || stopped.trigger === RETRACTION) return { status: "skipped", reasons };
+      if (!stopped || stopped.trigger === RETRACTION) return { status: "skipped", reasons: nothingToRebuild };
       const again = await this.bake(stopped.trigger, { ...stopped.opts, force: true, afterRetraction: true });
-      return { ...again, reasons: [...reasons, `the bake it stopped ran again without them: ${again.status}`, ...again.reasons] };
+      return { ...again, reasons: [...nothingToRebuild, `the bake it stopped ran again without them: ${again.status}`, ...again.reasons] };
     }
     // The weights holding them stop serving now, not when the rebuild ends (minutes to an hour on
     // a CPU): a user who said "forget ..." and asked again got the forgotten answer meanwhile. The
     // rebuild still bakes everything those weights held.
     // (one pass over the ledger: an item lookup each reads it from the start, seconds at 20,000 held)
     const retractedNow = new Set(this.ledger.items({ status: "retracted" }).map((i) => i.id));
-    const held = new Set([...this.heldItems(), ...this.stoppedRebuild.held]);
-    const rebuild = { held: [...held].filter((id) => !retractedNow.has(id)), retracted: [...new Set([...this.stoppedRebuild.retracted, ...inWeights.map((i) => i.id)])] };
+    const carried = this.stoppedRebuild ?? { held: [], retracted: [] };
+    const held = new Set([...this.heldItems(), ...carried.held]);
+    const rebuild = { held: [...held].filter((id) => !retractedNow.has(id)), retracted: [...new Set([...carried.retracted, ...inWeights.map((i) => i.id)])] };
     const out = await this.leaveRetracted("retracted: served without them until the rebuild");
     if (out) this.log(`${out.to ?? "the base model"} serves until the rebuild: ${out.from} holds retracted item(s) ${out.retracted.join(", ")}`);
     onOutOfService?.();
     this.stoppedRebuild = rebuild;
     const outcome = await this.bake(RETRACTION, { consolidate: true, force: true, rebuild });
     // (kept only when a later retraction stopped it: that one's rebuild carries it on)
-    if (!(outcome.status === "failed" && this.retractionsAsked.length > 1)) this.stoppedRebuild = { held: [], retracted: [] };
+    if (!(outcome.status === "failed" && this.retractionsAsked.length > 1)) this.stoppedRebuild = null;
     const moved = this.baking ? null : await this.leaveRetracted(`the rebuild after a retraction was ${outcome.status}`);
-    return { ...outcome, reasons: [...outcome.reasons, ...(moved ? [`${moved.from} still held retracted items, so ${moved.to ?? "the base model"} is live now`] : []), ...already] };
+    const said = nothingToRebuild ? [...nothingToRebuild, "the rebuild a retraction stopped was owed: it ran again"] : already;
+    return { ...outcome, reasons: [...outcome.reasons, ...(moved ? [`${moved.from} still held retracted items, so ${moved.to ?? "the base model"} is live now`] : []), ...said] };
   }
 
   /**

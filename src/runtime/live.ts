@@ -28,6 +28,17 @@ export function defaultBatchRows(backend: { gpu: boolean }): number {
 }
 
 /**
+ * Replies `kiln serve` runs at once for `batch` rows. A model with sliding-window layers decodes
+ * each reply alone (batchable), and replies decoded apart at the same time cost a step each per
+ * token (on a GPU, bound by dispatch, 16 at once would each be about 16 times slower, for no more
+ * tokens served), so with such a model on the server they run one at a time: the queue is the
+ * server's, across its agents.
+ */
+export function concurrentReplies(batch: number, models: readonly LoadedModel[]): number {
+  return models.every(batchable) ? batch : 1;
+}
+
+/**
  * The name of the base model (no adapter) wherever kiln names the weights that are live or that
  * answered, in the HTTP API and in --json output alike: a client compares it, prints it or puts
  * it in a label (metrics) without a case for null. In memory and in the ledger it is null.

@@ -6,7 +6,8 @@
 //   POST /admin/agents/:name/items {text, kind?}      remember: 201 (added) or 200 (already known)
 //   POST /admin/agents/:name/items/:id/retract {reason?}
 //                                                    202: the weights holding it out of service (a bake
-//                                                    that could hold it stopped), the rebuild started;
+//                                                    that could hold it stopped), the rebuild started
+//                                                    (or, never baked in, the bake it stopped ran again);
 //                                                    200: retracted, nothing to rebuild (never baked in)
 //   GET  /admin/agents/:name/feeds
 //   POST /admin/agents/:name/feeds/:id/poll

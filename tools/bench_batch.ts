@@ -2,14 +2,17 @@
 // [--profile]`: what one decode step (one new token per row on a KV cache of --context tokens)
 // costs at each batch size, on the embedded kiln-mini and on a random SmolLM2-135M-shaped model;
 // --profile adds the kernels one batch-1 step runs and their summed time (where the backend
-// times kernels). Batched decoding (kiln serve
+// times kernels); --serving adds kiln-mini's serving path (DecodeBatcher: each request prefills,
+// joins the batch, samples its own row) with as many requests at once as each batch size, against
+// the same requests one at a time. Batched decoding (kiln serve
 // --batch) pays off where a batch-B step costs well under B batch-1 steps; paste the table into
 // docs/benchmarks.md with the date and machine.
 import os from "node:os";
 import { backendInfo, initBackend, tf } from "../src/tensor/backend.js";
 import { parseConfig, type ModelConfig } from "../src/model/config.js";
 import { Decoder, KVCache } from "../src/model/decoder.js";
-import { loadModel } from "../src/model/load.js";
+import { loadModel, type LoadedModel } from "../src/model/load.js";
+import { DecodeBatcher } from "../src/model/batch.js";
 import { resolveModelDir } from "../src/model/resolve.js";
 import { sizeOutputPool } from "../src/tensor/native.js";
 import { flagValue, median, randomDecoder } from "./bench-support.js";
@@ -98,6 +101,33 @@ async function profileStep(decoder: Decoder): Promise<string> {
   return `one batch-1 step ${p.kernels.length} kernels, ${kernelMs}, ${wall.toFixed(1)} ms wall under the profiler; most run: ${top}`;
 }
 
+/**
+ * Tokens a second the serving path gives `concurrent` requests at once (sampled, each with its
+ * seed, replies up to 48 tokens), and one at a time: the same requests, the same tokens.
+ */
+async function servingTokensPerSecond(model: LoadedModel, concurrent: number): Promise<{ together: number; alone: number; tokens: number }> {
+  const prompts = Array.from({ length: concurrent }, (_, i) => model.tokenizer.encode(`Tell me the news from Hollowby, part ${i + 1}.`));
+  const ask = async (batcher: DecodeBatcher, prompt: number[], seed: number) => {
+    let n = 0;
+    for await (const _chunk of batcher.generate(prompt, { maxTokens: 48, temperature: 0.7, seed })) n++; // a chunk per token
+    return n;
+  };
+  const together = async () => {
+    const batcher = new DecodeBatcher(model, concurrent);
+    return Promise.all(prompts.map((p, i) => ask(batcher, p, i)));
+  };
+  await together(); // (the first run of a shape compiles its kernels on a GPU)
+  let t0 = performance.now();
+  const counts = await together();
+  const batched = performance.now() - t0;
+  const single = new DecodeBatcher(model, 1);
+  t0 = performance.now();
+  for (const [i, p] of prompts.entries()) await ask(single, p, i);
+  const alone = performance.now() - t0;
+  const total = counts.reduce((a, b) => a + b, 0);
+  return { together: (total / batched) * 1000, alone: (total / alone) * 1000, tokens: total };
+}
+
 const info = await initBackend();
 sizeOutputPool("serve");
 const models: { name: string; make: () => Decoder }[] = [
@@ -117,5 +147,15 @@ for (const m of models) {
   }
   if (process.argv.includes("--profile")) console.log(`${m.name}: ${await profileStep(decoder)}`);
   if (m.name !== "kiln-mini") decoder.dispose();
+}
+if (process.argv.includes("--serving")) {
+  const mini = loadModel(resolveModelDir(undefined));
+  console.log(`| kiln-mini, serving path | requests at once | tokens | tok/s together | tok/s one at a time | together / alone |`);
+  console.log(`|---|---|---|---|---|---|`);
+  for (const B of BATCHES) {
+    const r = await servingTokensPerSecond(mini, B);
+    console.log(`| kiln-mini, serving path | ${B} | ${r.tokens} | ${r.together.toFixed(1)} | ${r.alone.toFixed(1)} | ${(r.together / r.alone).toFixed(2)}x |`);
+  }
+  mini.dispose();
 }
 console.log(`load after: ${os.loadavg().map((l) => l.toFixed(2)).join(" ")}; backend ${info.name}`);

@@ -92,7 +92,7 @@ fi
 
 failed=0
 if [ $BATCHING = 1 ]; then
-  step "decode step by batch size on webgpu" 240 node dist/tools/bench_batch.js --context 256 --steps 8 --batches 1,4,16,32 --profile || failed=1
+  step "decode step by batch size on webgpu" 240 node dist/tools/bench_batch.js --context 256 --steps 8 --batches 1,4,16,32 --profile --serving || failed=1
   say "done; failed steps: $failed (summary in $OUT/summary.txt)"
   exit $failed
 fi

@@ -4,6 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import { registerNativeBackend } from "../src/tensor/native.js";
+import { checkAttention, checkKlRows, close, r, checkLoraLinear, checkRmsNormAndSwiglu, checkRope, checkWideRows } from "./support/fused-checks.js";
 
 registerNativeBackend(2);
 
@@ -21,12 +22,6 @@ async function both(f: () => tf.Tensor): Promise<[Float32Array, Float32Array, nu
   return [nv, cv, shape];
 }
 
-function close(a: Float32Array, b: Float32Array, tol = 1e-5): void {
-  assert.equal(a.length, b.length);
-  for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i]! - b[i]!) <= tol * (1 + Math.abs(b[i]!)), `at ${i}: ${a[i]} vs ${b[i]}`);
-}
-
-const r = (shape: number[], seed: number) => tf.randomNormal(shape, 0, 1, "float32", seed);
 
 test("batched matmul with transposes and a broadcast batch", async () => {
   for (const [ta, tb] of [[false, false], [true, false], [false, true], [true, true]] as const) {
@@ -95,121 +90,25 @@ test("sum, mean and max over any contiguous run of axes, kept or dropped", async
   close(...((await both(() => tf.sum(x(), [0, 2]))).slice(0, 2) as [Float32Array, Float32Array]), 1e-5);
 });
 
-test("fused RMSNorm and SwiGLU equal the composed ops, values and gradients", async () => {
-  const { rmsNorm, swiglu, RMS_NORM, SWIGLU } = await import("../src/tensor/fused.js");
-  assert.ok(tf.getKernel(RMS_NORM, "native") && tf.getKernel(SWIGLU, "native"), "the native backend has the fused kernels");
-  assert.equal(tf.getKernel(RMS_NORM, "cpu"), undefined, "the cpu backend composes them");
-  const w = () => tf.add(r([6], 15), 1);
-  const norm = () => {
-    const [gx, gw] = tf.grads((x: tf.Tensor, weight: tf.Tensor) => tf.sum(tf.mul(rmsNorm(x, weight, 1e-5), r([2, 5, 6], 16))))([r([2, 5, 6], 17), w()]);
-    return tf.concat([rmsNorm(r([2, 5, 6], 17), w(), 1e-5).flatten(), gx!.flatten(), gw!.flatten()]);
-  };
-  close(...((await both(norm)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
-  const glu = () => {
-    const [gg, gu] = tf.grads((g: tf.Tensor, u: tf.Tensor) => tf.sum(tf.mul(swiglu(g, u), r([4, 9], 18))))([r([4, 9], 19), r([4, 9], 20)]);
-    return tf.concat([swiglu(r([4, 9], 19), r([4, 9], 20)).flatten(), gg!.flatten(), gu!.flatten()]);
-  };
-  close(...((await both(glu)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
-});
+test("fused RMSNorm and SwiGLU equal the composed ops, values and gradients", () => checkRmsNormAndSwiglu("native"));
 
-test("fused KL per position equals logSoftmax composed, value and gradient (masked rows get none)", async () => {
-  const { klPerPosition, KL_ROWS } = await import("../src/tensor/fused.js");
-  assert.ok(tf.getKernel(KL_ROWS, "native"));
-  const teacher = () => tf.logSoftmax(tf.mul(r([2, 3, 50], 21), 3), -1);
-  const mask = () => tf.tensor2d([[1, 1, 0], [1, 0, 0]]);
-  const kl = () => {
-    const [g] = tf.grads((s: tf.Tensor) => tf.sum(tf.mul(klPerPosition(s, teacher()), mask())))([tf.mul(r([2, 3, 50], 22), 2)]);
-    return tf.concat([klPerPosition(tf.mul(r([2, 3, 50], 22), 2), teacher()).flatten(), g!.flatten()]);
-  };
-  close(...((await both(kl)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
-});
+test("fused KL per position equals logSoftmax composed, value and gradient (masked rows get none)", () => checkKlRows("native"));
 
 test("fused LoRA linear and RoPE equal the composed ops, values and gradients", async () => {
-  const { loraLinear, rope, LORA_LINEAR, ROPE } = await import("../src/tensor/fused.js");
-  assert.ok(tf.getKernel(LORA_LINEAR, "native") && tf.getKernel(ROPE, "native"));
-  const r2 = (shape: number[], seed: number) => r(shape, seed) as tf.Tensor2D;
-  const r4 = (shape: number[], seed: number) => r(shape, seed) as tf.Tensor4D;
-  const lora = () => {
-    const w = r2([7, 5], 23);
-    const probe = r([6, 5], 24);
-    const [gx, ga, gb] = tf.grads((x: tf.Tensor, a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(loraLinear(x as tf.Tensor2D, w, a as tf.Tensor2D, b as tf.Tensor2D, 2.5), probe)))([
-      r([6, 7], 25),
-      r([3, 7], 26),
-      r([5, 3], 27),
-    ]);
-    return tf.concat([loraLinear(r2([6, 7], 25), w, r2([3, 7], 26), r2([5, 3], 27), 2.5).flatten(), gx!.flatten(), ga!.flatten(), gb!.flatten()]);
-  };
-  close(...((await both(lora)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
-  const angles = () => tf.mul(r([2, 3, 1, 4], 28), 3);
-  const tables = () => {
-    const a = tf.concat([angles(), angles()], -1); // one angle per pair: [B, T, 1, 8]
-    return [tf.cos(a), tf.sin(a)] as [tf.Tensor4D, tf.Tensor4D];
-  };
-  const rot = () => {
-    const [cos, sin] = tables();
-    const [gx] = tf.grads((x: tf.Tensor) => tf.sum(tf.mul(rope(x as tf.Tensor4D, cos, sin), r([2, 3, 5, 8], 29))))([r([2, 3, 5, 8], 30)]);
-    return tf.concat([rope(r4([2, 3, 5, 8], 30), cos, sin).flatten(), gx!.flatten()]);
-  };
-  close(...((await both(rot)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
+  await checkLoraLinear("native");
+  await checkRope("native");
 });
 
-/** Fused attention against the composed ops: values and the gradients of q, k and v. */
-async function checkAttention(B: number, T: number, S: number, heads: number, kvHeads: number, hd: number, kvHeadMajor: boolean): Promise<void> {
-  const { attention, ATTENTION } = await import("../src/tensor/fused.js");
-  assert.ok(tf.getKernel(ATTENTION, "native"));
-  const kvShape = kvHeadMajor ? [B, kvHeads, S, hd] : [B, S, kvHeads, hd];
-  // causal over the last T of S keys, and the first key of batch entry 1 is padding
-  const m = new Float32Array(B * T * S);
-  for (let i = 0; i < m.length; i++) {
-    const [b, t, s] = [Math.floor(i / (T * S)), Math.floor(i / S) % T, i % S];
-    if (s > S - T + t || (b === 1 && s === 0)) m[i] = -1e9;
-  }
-  const f = () => {
-    const mask = tf.tensor3d(m, [B, T, S]);
-    const probe = r([B, T, heads, hd], 71);
-    const loss = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => tf.sum(tf.mul(attention(q as tf.Tensor4D, k as tf.Tensor4D, v as tf.Tensor4D, mask, 0.2, kvHeadMajor), probe));
-    const inputs = [r([B, T, heads, hd], 72), r(kvShape, 73), r(kvShape, 74)];
-    const grads = tf.grads(loss)(inputs);
-    const out = attention(inputs[0] as tf.Tensor4D, inputs[1] as tf.Tensor4D, inputs[2] as tf.Tensor4D, mask, 0.2, kvHeadMajor);
-    return tf.concat([out.flatten(), ...grads.map((g) => g.flatten())]);
-  };
-  close(...((await both(f)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
-}
-
-test("fused attention equals the composed ops, values and gradients, both K/V layouts, grouped heads", async () => {
-  for (const kvHeadMajor of [false, true]) {
-    await checkAttention(2, 5, 5, 4, 2, 8, kvHeadMajor); // training: queries are the keys
-    await checkAttention(2, 1, 6, 6, 3, 4, kvHeadMajor); // decode: one query, a cached past
-    await checkAttention(2, 3, 7, 2, 2, 4, kvHeadMajor); // one query head per KV head
-  }
-  // large enough to run a KV-head group per thread
-  await checkAttention(2, 64, 64, 6, 2, 32, false);
-  await checkAttention(1, 8, 96, 4, 4, 32, true);
-});
+test("fused attention equals the composed ops, values and gradients, both K/V layouts, grouped heads", () => checkAttention("native"));
 
 test("row kernels large enough to be split across threads equal the reference", async () => {
-  const { klPerPosition, logSoftmax, rope, swiglu } = await import("../src/tensor/fused.js");
-  const logSm = () => {
-    const [g] = tf.grads((x: tf.Tensor) => tf.sum(tf.mul(logSoftmax(x), r([16, 4096], 59))))([r([16, 4096], 60)]);
-    return tf.concat([logSoftmax(tf.mul(r([16, 4096], 60), 4)).flatten(), g!.flatten()]);
-  };
-  close(...((await both(logSm)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
-  close(...((await both(() => logSoftmax(r([3, 7], 61)))).slice(0, 2) as [Float32Array, Float32Array]));
+  await checkWideRows("native");
   close(...((await both(() => tf.softmax(r([64, 1024], 50)))).slice(0, 2) as [Float32Array, Float32Array]));
   for (const [as, bs] of [[[256, 200], [256, 200]], [[64, 32, 48], [32, 1]], [[48], [64, 32, 48]], [[2, 1, 128, 64], [2, 9, 128, 1]]] as const) {
     for (const op of [tf.add, tf.sub, tf.mul, tf.div]) close(...((await both(() => op(r([...as], 62), tf.add(r([...bs], 63), 3)))).slice(0, 2) as [Float32Array, Float32Array]));
   }
   close(...((await both(() => tf.transpose(r([8, 64, 9, 16], 64), [0, 2, 1, 3]))).slice(0, 2) as [Float32Array, Float32Array]));
   close(...((await both(() => tf.transpose(r([2, 128, 3, 3, 64], 65), [0, 2, 3, 1, 4]))).slice(0, 2) as [Float32Array, Float32Array]));
-  close(...((await both(() => swiglu(r([256, 200], 51), r([256, 200], 52)))).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
-  const kl = () => {
-    const teacher = tf.logSoftmax(r([4, 8, 2048], 55), -1);
-    const [g] = tf.grads((s: tf.Tensor) => tf.sum(klPerPosition(s, teacher)))([r([4, 8, 2048], 56)]);
-    return tf.concat([klPerPosition(r([4, 8, 2048], 56), teacher).flatten(), g!.flatten()]);
-  };
-  close(...((await both(kl)).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
-  const a = () => tf.concat([tf.mul(r([2, 64, 1, 32], 57), 3), tf.mul(r([2, 64, 1, 32], 57), 3)], -1);
-  close(...((await both(() => rope(r([2, 64, 8, 64], 58) as tf.Tensor4D, tf.cos(a()) as tf.Tensor4D, tf.sin(a()) as tf.Tensor4D))).slice(0, 2) as [Float32Array, Float32Array]), 1e-4);
 });
 
 test("reused output arrays never change a live tensor, a view of one, or an array handed out", async () => {

@@ -137,6 +137,7 @@ async function tryWebgpu(notes: string[]): Promise<BackendInfo | undefined> {
       }
     };
     await import(TFJS_WEBGPU);
+    (await import("./webgpu.js")).registerWebgpuKernels(); // fused WGSL kernels: far fewer dispatches a step
     if (!(await tf.setBackend("webgpu"))) throw new Error("setBackend('webgpu') returned false");
     await tf.ready();
     if (software) notes.push(`webgpu is running on a software adapter (${compatibility ? "OpenGL ES, compatibility mode: " : ""}${described}): correct but slow`);

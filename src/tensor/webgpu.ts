@@ -1,0 +1,424 @@
+// Kiln's fused kernels (src/tensor/fused.ts) as WGSL programs on tfjs's webgpu backend.
+//
+// Why: on a GPU the webgpu backend is bound by the host, not the device. A decode step of the
+// 135M shape ran 1,870 tfjs kernels whose GPU time summed to 47 ms of a 173 ms step (H200,
+// docs/benchmarks.md session 13): every kernel pays for a bind group, a uniform buffer and a
+// dispatch. RMSNorm composed of tfjs ops is six kernels, RoPE nine, attention about sixteen; here
+// each is one or two. The gradients are fused too, so a bake step saves as much again.
+//
+// Each program reads its inputs as flat arrays (named by `variableNames`) and writes `result`
+// by flat index; every size is a uniform, so one compiled pipeline serves every shape.
+// Two kinds of program:
+// - element programs: one invocation per output element (`size` uniform guards the tail);
+// - row programs: one workgroup per row of `cols` values, reducing through workgroup memory.
+//   A dispatch of more than 65,535 workgroups is folded by tfjs into two dimensions and may run
+//   a few workgroups past the last row: those read and write nothing. No early return, since
+//   every invocation of a workgroup must reach its barriers.
+// tests/webgpu.test.ts checks every kernel here, values and gradients, against the composed ops.
+import { tf } from "./backend.js";
+import { ATTENTION, ATTENTION_GRAD, KL_ROWS, KL_ROWS_GRAD, LOG_SOFTMAX, RMS_NORM, RMS_NORM_GRAD, ROPE, SWIGLU, SWIGLU_GRAD } from "./fused.js";
+
+/** The part of tfjs-backend-webgpu's WebGPUProgram that kiln's programs set (no static import: the package is optional). */
+interface Program {
+  outputShape: number[];
+  shaderKey: string;
+  dispatchLayout: { x: number[] };
+  dispatch: [number, number, number];
+  variableNames: string[];
+  workgroupSize: [number, number, number];
+  size?: boolean;
+  uniforms?: string;
+  getUserCode(): string;
+}
+
+interface Uniform {
+  type: "int32" | "float32";
+  data: number[];
+}
+
+interface WebGpuBackend {
+  runWebGPUProgram(program: Program, inputs: tf.TensorInfo[], outputDtype: tf.DataType, uniforms?: Uniform[]): tf.TensorInfo;
+  disposeData(dataId: object): void;
+}
+
+const ELEMENT_WORKGROUP = 64;
+const product = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);
+// one entry per scalar: tfjs lays an entry of n numbers out as a vecn
+const ints = (...data: number[]): Uniform[] => data.map((v) => ({ type: "int32", data: [v] }));
+const floats = (...data: number[]): Uniform[] => data.map((v) => ({ type: "float32", data: [v] }));
+
+/**
+ * One invocation per element of `outputShape`; `body` sees `index` (already < size) and the
+ * named int uniforms. `key` names the program's code (tfjs adds ranks and dtypes).
+ */
+function elementProgram(key: string, outputShape: number[], variableNames: string[], uniforms: string, body: string): Program {
+  return {
+    outputShape,
+    shaderKey: `kiln_${key}`,
+    dispatchLayout: { x: outputShape.map((_, i) => i) },
+    dispatch: [Math.ceil(product(outputShape) / ELEMENT_WORKGROUP), 1, 1],
+    variableNames,
+    workgroupSize: [ELEMENT_WORKGROUP, 1, 1],
+    size: true,
+    uniforms,
+    getUserCode: () => `
+      fn main(index : i32) {
+        if (index < uniforms.size) {
+          ${body}
+        }
+      }`,
+  };
+}
+
+/** A power of two: wide rows (a vocabulary) get more invocations each. */
+const rowWorkgroup = (cols: number) => (cols >= 4096 ? 256 : 64);
+
+type Reduction = "sum" | "max";
+
+/**
+ * One workgroup of `wg` invocations per row: `body` sees `row`, `tid`, `valid` (row < rows)
+ * and reduce0, reduce1... (the `reductions` in order), which every invocation of the workgroup
+ * must reach. Each reduction has its own workgroup array: reusing one across calls raced on
+ * Mesa's llvmpipe (a later call's writes reached a slow reader of the earlier result).
+ */
+function rowProgram(key: string, outputShape: number[], rows: number, wg: number, variableNames: string[], uniforms: string, reductions: Reduction[], body: string): Program {
+  const reduce = (kind: Reduction, i: number) => `
+      var<workgroup> partial${i} : array<f32, ${wg}>;
+      fn reduce${i}(v : f32) -> f32 {
+        let t = localIndex;
+        partial${i}[t] = v;
+        workgroupBarrier();
+        for (var s = ${wg / 2}u; s > 0u; s = s >> 1u) {
+          if (t < s) { partial${i}[t] = ${kind === "sum" ? `partial${i}[t] + partial${i}[t + s]` : `max(partial${i}[t], partial${i}[t + s])`}; }
+          workgroupBarrier();
+        }
+        return partial${i}[0];
+      }`;
+  return {
+    outputShape,
+    shaderKey: `kiln_${key}_${wg}`,
+    dispatchLayout: { x: outputShape.map((_, i) => i) },
+    dispatch: [rows, 1, 1],
+    variableNames,
+    workgroupSize: [wg, 1, 1],
+    uniforms,
+    getUserCode: () => `
+      const WG = ${wg};
+      ${reductions.map(reduce).join("\n")}
+      fn main(index : i32) {
+        let row = index / WG;
+        let tid = index % WG;
+        let valid = row < uniforms.rows;
+        ${body}
+      }`,
+  };
+}
+
+// --- RMSNorm ---------------------------------------------------------------------------------
+
+/** Per row: sum of squares over `cols` of x starting at `base` -> `ss` (every invocation). */
+const SUM_OF_SQUARES = `
+        let n = select(0, uniforms.cols, valid);
+        let base = row * uniforms.cols;
+        var own = 0.0;
+        for (var c = tid; c < n; c += WG) { let v = x[base + c]; own += v * v; }
+        let ss = reduce0(own);
+        let inv = inverseSqrt(ss / f32(uniforms.cols) + uniforms.eps);`;
+
+function rmsNormProgram(rows: number, cols: number, shape: number[]): Program {
+  return rowProgram("rmsnorm", shape, rows, rowWorkgroup(cols), ["x", "weight"], "rows : i32, cols : i32, eps : f32,", ["sum"], `${SUM_OF_SQUARES}
+        for (var c = tid; c < n; c += WG) { result[base + c] = x[base + c] * inv * weight[c]; }`);
+}
+
+/** 1 / rms per row: [rows] */
+function rmsInverseProgram(rows: number, cols: number): Program {
+  return rowProgram("rmsinv", [rows], rows, rowWorkgroup(cols), ["x"], "rows : i32, cols : i32, eps : f32,", ["sum"], `${SUM_OF_SQUARES}
+        if (valid && tid == 0) { result[row] = inv; }`);
+}
+
+/** dx = inv * w * dy - x * inv^3 / H * sum(dy * w * x) */
+function rmsNormGradXProgram(rows: number, cols: number, shape: number[]): Program {
+  return rowProgram("rmsnorm_dx", shape, rows, rowWorkgroup(cols), ["dy", "x", "weight", "inv"], "rows : i32, cols : i32,", ["sum"], `
+        let n = select(0, uniforms.cols, valid);
+        let base = row * uniforms.cols;
+        var own = 0.0;
+        for (var c = tid; c < n; c += WG) { own += dy[base + c] * weight[c] * x[base + c]; }
+        let dot = reduce0(own);
+        let r = inv[select(0, row, valid)];
+        let k = r * r * r * dot / f32(uniforms.cols);
+        for (var c = tid; c < n; c += WG) { result[base + c] = r * weight[c] * dy[base + c] - x[base + c] * k; }`);
+}
+
+/** dw[c] = sum over rows of dy * x * inv: one invocation per column */
+function rmsNormGradWProgram(rows: number, cols: number): Program {
+  return elementProgram("rmsnorm_dw", [cols], ["dy", "x", "inv"], "rows : i32, cols : i32,", `
+          var acc = 0.0;
+          for (var r = 0; r < uniforms.rows; r++) { let i = r * uniforms.cols + index; acc += dy[i] * x[i] * inv[r]; }
+          result[index] = acc;`);
+}
+
+// --- SwiGLU, RoPE ----------------------------------------------------------------------------
+
+const SIGMOID = `let s = 1.0 / (1.0 + exp(-g));`;
+
+function swigluProgram(shape: number[]): Program {
+  return elementProgram("swiglu", shape, ["gate", "up"], "", `let g = gate[index]; ${SIGMOID} result[index] = g * s * up[index];`);
+}
+
+/** d/dgate (`part` 0) or d/dup (1) of silu(gate) * up */
+function swigluGradProgram(shape: number[], part: 0 | 1): Program {
+  // (an input the code does not read must not be bound: Dawn's layout leaves it out)
+  const [names, value] = part === 0 ? [["dy", "gate", "up"], "dy[index] * up[index] * s * (1.0 + g * (1.0 - s))"] : [["dy", "gate"], "dy[index] * g * s"];
+  return elementProgram(`swiglu_d${part}`, shape, names, "", `let g = gate[index]; ${SIGMOID} result[index] = ${value};`);
+}
+
+/** x * cos + sign * rotate_half(x) * sin; x: [B, T, H, hd], cos, sin: [B, T, 1, hd] */
+function ropeProgram(shape: number[]): Program {
+  return elementProgram("rope", shape, ["x", "cos", "sin"], "heads : i32, hd : i32, sign : f32,", `
+          let d = index % uniforms.hd;
+          let half = uniforms.hd / 2;
+          let table = (index / (uniforms.heads * uniforms.hd)) * uniforms.hd + d; // [B*T, hd]
+          let rotated = select(x[index - half], -x[index + half], d < half);
+          result[index] = x[index] * cos[table] + uniforms.sign * rotated * sin[table];`);
+}
+
+// --- softmax rows: log-softmax and the KL objective -----------------------------------------
+
+/** Per row of `logits` at `base`: max and log-sum-exp -> `lse` (every invocation). */
+const LOG_SUM_EXP = `
+        let n = select(0, uniforms.cols, valid);
+        let base = row * uniforms.cols;
+        var own = -3.402823e+38;
+        for (var c = tid; c < n; c += WG) { own = max(own, logits[base + c]); }
+        let m = reduce0(own);
+        var sum = 0.0;
+        for (var c = tid; c < n; c += WG) { sum += exp(logits[base + c] - m); }
+        let lse = m + log(reduce1(sum));`;
+
+function logSoftmaxProgram(rows: number, cols: number, shape: number[]): Program {
+  return rowProgram("logsoftmax", shape, rows, rowWorkgroup(cols), ["logits"], "rows : i32, cols : i32,", ["max", "sum"], `${LOG_SUM_EXP}
+        for (var c = tid; c < n; c += WG) { result[base + c] = logits[base + c] - lse; }`);
+}
+
+/** KL(teacher || softmax(logits)) per row: [rows] */
+function klRowsProgram(rows: number, cols: number, shape: number[]): Program {
+  return rowProgram("klrows", shape, rows, rowWorkgroup(cols), ["logits", "teacher"], "rows : i32, cols : i32,", ["max", "sum", "sum"], `${LOG_SUM_EXP}
+        var kl = 0.0;
+        for (var c = tid; c < n; c += WG) { let lp = teacher[base + c]; kl += exp(lp) * (lp - (logits[base + c] - lse)); }
+        let total = reduce2(kl);
+        if (valid && tid == 0) { result[row] = total; }`);
+}
+
+/** dy[row] * (softmax(logits) - exp(teacher)) */
+function klRowsGradProgram(rows: number, cols: number, shape: number[]): Program {
+  return rowProgram("klrows_grad", shape, rows, rowWorkgroup(cols), ["dy", "logits", "teacher"], "rows : i32, cols : i32,", ["max", "sum"], `${LOG_SUM_EXP}
+        let g = dy[select(0, row, valid)];
+        for (var c = tid; c < n; c += WG) { result[base + c] = g * (exp(logits[base + c] - lse) - exp(teacher[base + c])); }`);
+}
+
+// --- attention -------------------------------------------------------------------------------
+// q, dout: [B, T, heads, hd]; k, v: [B, S, kvHeads, hd], or [B, kvHeads, S, hd] head-major (the
+// KV cache); mask: [B, T, S]; probabilities and score gradients: [B, heads, T, S]. Query head h
+// reads KV head h / groups. A K/V element (b, kvh, s, d) sits at b*kvB + kvh*kvH + s*kvS + d.
+
+interface AttentionDims {
+  B: number;
+  T: number;
+  S: number;
+  heads: number;
+  kvHeads: number;
+  hd: number;
+  kvHeadMajor: boolean;
+}
+
+function attentionDims(q: tf.TensorInfo, k: tf.TensorInfo, kvHeadMajor: boolean): AttentionDims {
+  const [B, T, heads, hd] = q.shape as [number, number, number, number];
+  const [S, kvHeads] = kvHeadMajor ? [k.shape[2]!, k.shape[1]!] : [k.shape[1]!, k.shape[2]!];
+  return { B, T, S, heads, kvHeads, hd, kvHeadMajor };
+}
+
+const ATTENTION_UNIFORMS = "T : i32, S : i32, heads : i32, groups : i32, hd : i32, kvB : i32, kvH : i32, kvS : i32,";
+
+function attentionUniforms(d: AttentionDims): Uniform[] {
+  const kvB = d.S * d.kvHeads * d.hd;
+  const [kvH, kvS] = d.kvHeadMajor ? [d.S * d.hd, d.hd] : [d.hd, d.kvHeads * d.hd];
+  return ints(d.T, d.S, d.heads, d.heads / d.kvHeads, d.hd, kvB, kvH, kvS);
+}
+
+/** A score row (b, h, t) of [B, heads, T, S]: where its query and its KV head start. */
+const SCORE_ROW = `
+        let n = select(0, uniforms.S, valid);
+        let base = row * uniforms.S;
+        let t = row % uniforms.T;
+        let h = (row / uniforms.T) % uniforms.heads;
+        let b = row / (uniforms.T * uniforms.heads);
+        let qBase = ((b * uniforms.T + t) * uniforms.heads + h) * uniforms.hd; // [B, T, heads, hd]
+        let kvBase = b * uniforms.kvB + (h / uniforms.groups) * uniforms.kvH;`;
+
+/** softmax(q k^T * scale + mask) per (b, h, t) row: [B, heads, T, S] */
+function attentionProbsProgram(d: AttentionDims): Program {
+  const rows = d.B * d.heads * d.T;
+  return rowProgram("attn_probs", [d.B, d.heads, d.T, d.S], rows, 64, ["q", "k", "mask"], `rows : i32, ${ATTENTION_UNIFORMS} scale : f32,`, ["max", "sum"], `${SCORE_ROW}
+        let maskBase = (b * uniforms.T + t) * uniforms.S;
+        var own = -3.402823e+38;
+        for (var s = tid; s < n; s += WG) {
+          let kBase = kvBase + s * uniforms.kvS;
+          var dot = 0.0;
+          for (var e = 0; e < uniforms.hd; e++) { dot += q[qBase + e] * k[kBase + e]; }
+          let score = dot * uniforms.scale + mask[maskBase + s];
+          result[base + s] = score;
+          own = max(own, score);
+        }
+        let m = reduce0(own);
+        var sum = 0.0;
+        for (var s = tid; s < n; s += WG) { let e = exp(result[base + s] - m); result[base + s] = e; sum += e; }
+        let total = reduce1(sum);
+        for (var s = tid; s < n; s += WG) { result[base + s] = result[base + s] / total; }`);
+}
+
+/**
+ * The gradient of the scores, scale folded in: P * (dP - sum_s P dP) * scale, dP = dout v^T;
+ * [B, heads, T, S]
+ */
+function attentionScoreGradProgram(d: AttentionDims): Program {
+  const rows = d.B * d.heads * d.T;
+  return rowProgram("attn_dscores", [d.B, d.heads, d.T, d.S], rows, 64, ["dout", "v", "probs"], `rows : i32, ${ATTENTION_UNIFORMS} scale : f32,`, ["sum"], `${SCORE_ROW}
+        var own = 0.0;
+        for (var s = tid; s < n; s += WG) {
+          let vBase = kvBase + s * uniforms.kvS;
+          var dp = 0.0;
+          for (var e = 0; e < uniforms.hd; e++) { dp += dout[qBase + e] * v[vBase + e]; }
+          result[base + s] = dp;
+          own += probs[base + s] * dp;
+        }
+        let total = reduce0(own);
+        for (var s = tid; s < n; s += WG) { result[base + s] = probs[base + s] * (result[base + s] - total) * uniforms.scale; }`);
+}
+
+/**
+ * sum over s of weights[b, h, t, s] * kv[b, h / groups, s, d] -> [B, T, heads, hd]: attention's
+ * output (weights = probabilities, kv = V) and the query's gradient (score gradients, K).
+ */
+function attentionMixProgram(d: AttentionDims): Program {
+  return elementProgram("attn_mix", [d.B, d.T, d.heads, d.hd], ["weights", "kv"], ATTENTION_UNIFORMS, `
+          let e = index % uniforms.hd;
+          let h = (index / uniforms.hd) % uniforms.heads;
+          let t = (index / (uniforms.hd * uniforms.heads)) % uniforms.T;
+          let b = index / (uniforms.hd * uniforms.heads * uniforms.T);
+          let wBase = ((b * uniforms.heads + h) * uniforms.T + t) * uniforms.S;
+          let kvBase = b * uniforms.kvB + (h / uniforms.groups) * uniforms.kvH + e;
+          var acc = 0.0;
+          for (var s = 0; s < uniforms.S; s++) { acc += weights[wBase + s] * kv[kvBase + s * uniforms.kvS]; }
+          result[index] = acc;`);
+}
+
+/**
+ * sum over the group's query heads and t of weights[b, h, t, s] * x[b, t, h, d], laid out as K/V:
+ * the gradient of K (weights = score gradients, x = q) and of V (probabilities, dout).
+ */
+function attentionKvGradProgram(d: AttentionDims, kvShape: number[]): Program {
+  return elementProgram("attn_kvgrad", kvShape, ["weights", "x"], `${ATTENTION_UNIFORMS} kvHeads : i32,`, `
+          let e = index % uniforms.hd;
+          let b = index / uniforms.kvB;
+          let within = index % uniforms.kvB; // either layout: kvh * kvH + s * kvS + e
+          let kvh = within / uniforms.kvH % uniforms.kvHeads;
+          let s = within / uniforms.kvS % uniforms.S;
+          var acc = 0.0;
+          for (var g = 0; g < uniforms.groups; g++) {
+            let h = kvh * uniforms.groups + g;
+            for (var t = 0; t < uniforms.T; t++) {
+              acc += weights[((b * uniforms.heads + h) * uniforms.T + t) * uniforms.S + s] * x[((b * uniforms.T + t) * uniforms.heads + h) * uniforms.hd + e];
+            }
+          }
+          result[index] = acc;`);
+}
+
+// --- kernels ---------------------------------------------------------------------------------
+
+type Inputs = Record<string, tf.TensorInfo>;
+const rowsOf = (shape: number[]) => {
+  const cols = shape.at(-1)!;
+  return { rows: cols ? product(shape) / cols : 0, cols };
+};
+
+const webgpuKernels: Record<string, tf.KernelFunc> = {
+  [RMS_NORM]: ({ inputs, backend, attrs }) => {
+    const { x, weight } = inputs as Inputs;
+    const { rows, cols } = rowsOf(x!.shape);
+    const eps = (attrs as unknown as { eps: number }).eps;
+    return (backend as unknown as WebGpuBackend).runWebGPUProgram(rmsNormProgram(rows, cols, x!.shape), [x!, weight!], "float32", [...ints(rows, cols), ...floats(eps)]);
+  },
+  [RMS_NORM_GRAD]: ({ inputs, backend, attrs }) => {
+    const { dy, x, weight } = inputs as Inputs;
+    const gpu = backend as unknown as WebGpuBackend;
+    const { rows, cols } = rowsOf(x!.shape);
+    const eps = (attrs as unknown as { eps: number }).eps;
+    const inv = gpu.runWebGPUProgram(rmsInverseProgram(rows, cols), [x!], "float32", [...ints(rows, cols), ...floats(eps)]); // [rows]
+    const dx = gpu.runWebGPUProgram(rmsNormGradXProgram(rows, cols, x!.shape), [dy!, x!, weight!, inv], "float32", ints(rows, cols));
+    const dw = gpu.runWebGPUProgram(rmsNormGradWProgram(rows, cols), [dy!, x!, inv], "float32", ints(rows, cols));
+    gpu.disposeData(inv.dataId);
+    return [dx, dw];
+  },
+  [SWIGLU]: ({ inputs, backend }) => {
+    const { gate, up } = inputs as Inputs;
+    return (backend as unknown as WebGpuBackend).runWebGPUProgram(swigluProgram(gate!.shape), [gate!, up!], "float32");
+  },
+  [SWIGLU_GRAD]: ({ inputs, backend }) => {
+    const { dy, gate, up } = inputs as Inputs;
+    const gpu = backend as unknown as WebGpuBackend;
+    return [gpu.runWebGPUProgram(swigluGradProgram(gate!.shape, 0), [dy!, gate!, up!], "float32"), gpu.runWebGPUProgram(swigluGradProgram(gate!.shape, 1), [dy!, gate!], "float32")];
+  },
+  [ROPE]: ({ inputs, backend, attrs }) => {
+    const { x, cos, sin } = inputs as Inputs;
+    const [, , heads, hd] = x!.shape as [number, number, number, number];
+    const sign = (attrs as unknown as { sign: number }).sign;
+    return (backend as unknown as WebGpuBackend).runWebGPUProgram(ropeProgram(x!.shape), [x!, cos!, sin!], "float32", [...ints(heads, hd), ...floats(sign)]);
+  },
+  [LOG_SOFTMAX]: ({ inputs, backend }) => {
+    const { x } = inputs as Inputs;
+    const { rows, cols } = rowsOf(x!.shape);
+    return (backend as unknown as WebGpuBackend).runWebGPUProgram(logSoftmaxProgram(rows, cols, x!.shape), [x!], "float32", ints(rows, cols));
+  },
+  [KL_ROWS]: ({ inputs, backend }) => {
+    const { logits, teacherLogProbs } = inputs as Inputs;
+    const { rows, cols } = rowsOf(logits!.shape);
+    return (backend as unknown as WebGpuBackend).runWebGPUProgram(klRowsProgram(rows, cols, logits!.shape.slice(0, -1)), [logits!, teacherLogProbs!], "float32", ints(rows, cols));
+  },
+  [KL_ROWS_GRAD]: ({ inputs, backend }) => {
+    const { dy, logits, teacherLogProbs } = inputs as Inputs;
+    const { rows, cols } = rowsOf(logits!.shape);
+    return (backend as unknown as WebGpuBackend).runWebGPUProgram(klRowsGradProgram(rows, cols, logits!.shape), [dy!, logits!, teacherLogProbs!], "float32", ints(rows, cols));
+  },
+  [ATTENTION]: ({ inputs, backend, attrs }) => {
+    const { q, k, v, mask } = inputs as Inputs;
+    const gpu = backend as unknown as WebGpuBackend;
+    const { scale, kvHeadMajor } = attrs as unknown as { scale: number; kvHeadMajor: boolean };
+    const d = attentionDims(q!, k!, kvHeadMajor);
+    const u = attentionUniforms(d);
+    const probs = gpu.runWebGPUProgram(attentionProbsProgram(d), [q!, k!, mask!], "float32", [...ints(d.B * d.heads * d.T), ...u, ...floats(scale)]);
+    const out = gpu.runWebGPUProgram(attentionMixProgram(d), [probs, v!], "float32", u);
+    return [out, probs];
+  },
+  [ATTENTION_GRAD]: ({ inputs, backend, attrs }) => {
+    const { dout, q, k, v, probs } = inputs as Inputs;
+    const gpu = backend as unknown as WebGpuBackend;
+    const { scale, kvHeadMajor } = attrs as unknown as { scale: number; kvHeadMajor: boolean };
+    const d = attentionDims(q!, k!, kvHeadMajor);
+    const u = attentionUniforms(d);
+    const dScores = gpu.runWebGPUProgram(attentionScoreGradProgram(d), [dout!, v!, probs!], "float32", [...ints(d.B * d.heads * d.T), ...u, ...floats(scale)]); // [B, heads, T, S]
+    const dq = gpu.runWebGPUProgram(attentionMixProgram(d), [dScores, k!], "float32", u);
+    const dk = gpu.runWebGPUProgram(attentionKvGradProgram(d, k!.shape), [dScores, q!], "float32", [...u, ...ints(d.kvHeads)]);
+    const dv = gpu.runWebGPUProgram(attentionKvGradProgram(d, v!.shape), [probs!, dout!], "float32", [...u, ...ints(d.kvHeads)]);
+    gpu.disposeData(dScores.dataId);
+    return [dq, dk, dv];
+  },
+};
+
+let registered = false;
+
+/** Registers kiln's fused kernels on the webgpu backend (once; the package must be loaded). */
+export function registerWebgpuKernels(): void {
+  if (registered) return;
+  for (const [kernelName, kernelFunc] of Object.entries(webgpuKernels)) tf.registerKernel({ kernelName, backendName: "webgpu", kernelFunc });
+  registered = true;
+}

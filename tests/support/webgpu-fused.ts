@@ -1,0 +1,44 @@
+// Run by tests/webgpu.test.ts in a child process (a process starts webgpu once): kiln's WGSL
+// kernels (src/tensor/webgpu.ts) against the same math composed of tfjs ops on the cpu backend,
+// and a decoder step on webgpu running them.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import * as tf from "@tensorflow/tfjs";
+import { initBackend } from "../../src/tensor/backend.js";
+import { ATTENTION, RMS_NORM, rmsNorm, ROPE, SWIGLU } from "../../src/tensor/fused.js";
+import { KVCache } from "../../src/model/decoder.js";
+import { loadModel } from "../../src/model/load.js";
+import { checkAttention, checkKlRows, checkRmsNormAndSwiglu, checkRope, checkWideRows, r, same } from "./fused-checks.js";
+import { fixtureDir } from "./paths.js";
+
+const info = await initBackend("webgpu");
+assert.equal(info.name, "webgpu", info.notes.join("; "));
+
+test("RMSNorm and SwiGLU, values and gradients", () => checkRmsNormAndSwiglu("webgpu"));
+test("KL per position, value and gradient", () => checkKlRows("webgpu"));
+test("RoPE, value and gradient", () => checkRope("webgpu"));
+test("attention, values and gradients, both K/V layouts, grouped heads", () => checkAttention("webgpu"));
+test("rows wider than a workgroup (a vocabulary's), log-softmax's gradient", () => checkWideRows("webgpu"));
+
+test("more rows than one dispatch dimension holds (tfjs folds it; the extra workgroups write nothing)", async () => {
+  await same("webgpu", () => rmsNorm(r([70_001, 3], 90), tf.add(r([3], 91), 1), 1e-6));
+});
+
+test("a decoder step on webgpu runs the fused kernels, not their composition", async () => {
+  await tf.setBackend("webgpu");
+  const model = loadModel(fixtureDir("llama"));
+  const cache = new KVCache(1);
+  const prompt = tf.tidy(() => model.decoder.forward({ ids: [[1, 5, 9, 3]] }, { cache }));
+  await prompt.data();
+  prompt.dispose();
+  const p = await tf.profile(async () => {
+    const logits = tf.tidy(() => model.decoder.forward({ ids: [[7]] }, { cache }));
+    await logits.data();
+    logits.dispose();
+  });
+  const names = new Set(p.kernels.map((k) => k.name));
+  for (const fused of [RMS_NORM, ROPE, ATTENTION, SWIGLU]) assert.ok(names.has(fused), `${fused} ran (ran: ${[...names].join(", ")})`);
+  for (const composed of ["Softmax", "Rsqrt", "Sigmoid"]) assert.ok(!names.has(composed), `${composed} did not run`);
+  cache.dispose();
+  model.decoder.dispose();
+});

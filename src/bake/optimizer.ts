@@ -2,8 +2,10 @@
 // dozen small kernels per variable and the clip one synchronous read per gradient; a bake has
 // hundreds of small A and B factors, so on the CPU backends (whose tensors are plain arrays in
 // this process) one pass over each variable's numbers replaces all of them. On other backends
-// (GPU) the same update runs as tf.train.adam, after a tensor-op clip that reads nothing back.
+// (GPU) the same update runs as tensor ops that read nothing back: one fused kernel a variable
+// where the backend has one (webgpu: src/tensor/webgpu.ts).
 import { tf } from "../tensor/backend.js";
+import { adamStep, sumOfSquares, type AdamStep } from "../tensor/fused.js";
 
 export interface AdamSettings {
   learningRate: number;
@@ -32,7 +34,8 @@ export class LoraAdam {
   private readonly epsilon: number;
   private readonly moments = new Map<string, { m: Float32Array; v: Float32Array }>();
   private step = 0;
-  private fallback: tf.AdamOptimizer | undefined;
+  /** the tensor path's moments by variable: [2, ...shape], m then v */
+  private readonly tensorMoments = new Map<string, tf.Tensor>();
 
   constructor(private readonly s: AdamSettings) {
     this.beta1 = s.beta1 ?? 0.9;
@@ -73,24 +76,34 @@ export class LoraAdam {
   }
 
   private applyWithTensors(variables: tf.Variable[], grads: tf.NamedTensorMap): void {
-    this.fallback ??= tf.train.adam(this.s.learningRate, this.beta1, this.beta2, this.epsilon);
+    this.step++;
+    const step: AdamStep = {
+      learningRate: this.s.learningRate,
+      beta1: this.beta1,
+      beta2: this.beta2,
+      epsilon: this.epsilon,
+      c1: 1 - this.beta1 ** this.step,
+      c2: 1 - this.beta2 ** this.step,
+      clipNorm: this.s.clipNorm ?? 0,
+    };
     tf.tidy(() => {
-      let named = variables.map((v) => ({ name: v.name, tensor: gradientOf(v, grads) }));
-      if (this.s.clipNorm) {
-        // on the device, without reading the norm back: a read would stall the queue (and
-        // tfjs-webgpu has no synchronous read in Node)
-        const clip = tf.scalar(this.s.clipNorm);
-        // summed pairwise: tfjs-webgpu's AddN binds every input at once, past WebGPU's 8 storage buffers a shader
-        const norm = tf.sqrt(named.map((n) => tf.sum(tf.square(n.tensor))).reduce((a, b) => tf.add(a, b)));
-        const scale = tf.where(tf.greater(norm, clip), tf.div(clip, tf.add(norm, 1e-6)), tf.onesLike(norm));
-        named = named.map((n) => ({ name: n.name, tensor: tf.mul(n.tensor, scale) }));
-      }
-      this.fallback!.applyGradients(named);
+      const g = variables.map((v) => gradientOf(v, grads));
+      // on the device, without reading the norm back: a read would stall the queue (and
+      // tfjs-webgpu has no synchronous read in Node)
+      const norm = step.clipNorm ? (tf.sqrt(sumOfSquares(g)) as tf.Scalar) : tf.scalar(0);
+      variables.forEach((variable, k) => {
+        const old = this.tensorMoments.get(variable.name);
+        const [next, moments] = adamStep(variable, g[k]!, old ?? tf.zeros([2, ...variable.shape]), norm, step);
+        variable.assign(next);
+        old?.dispose();
+        this.tensorMoments.set(variable.name, tf.keep(moments));
+      });
     });
   }
 
   dispose(): void {
     this.moments.clear();
-    this.fallback?.dispose();
+    for (const t of this.tensorMoments.values()) t.dispose();
+    this.tensorMoments.clear();
   }
 }

@@ -17,6 +17,8 @@ export const ATTENTION = "KilnAttention";
 export const ATTENTION_GRAD = "KilnAttentionGrad";
 export const KL_TOPK_ROWS = "KilnKlTopKRows";
 export const KL_TOPK_ROWS_GRAD = "KilnKlTopKRowsGrad";
+export const SUM_OF_SQUARES = "KilnSumOfSquares";
+export const ADAM_STEP = "KilnAdamStep";
 
 /** The least student mass the top-K KL takes a log of for the teacher's tail (and its targets' floor). */
 export const KL_TAIL_FLOOR = 1e-12;
@@ -174,6 +176,49 @@ export function attention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, mask: 
 export function logSoftmax(x: tf.Tensor): tf.Tensor {
   if (fusedOn(LOG_SOFTMAX) && allFloat32(x)) return tf.engine().runKernel(LOG_SOFTMAX, { x }) as tf.Tensor;
   return tf.logSoftmax(x, -1);
+}
+
+/** The sum of the squares of every element of every tensor: a scalar (a gradient norm's square). */
+export function sumOfSquares(ts: tf.Tensor[]): tf.Scalar {
+  if (ts.length && fusedOn(SUM_OF_SQUARES) && allFloat32(...ts)) {
+    return tf.engine().runKernel(SUM_OF_SQUARES, Object.fromEntries(ts.map((t, i) => [`t${i}`, t]))) as tf.Scalar;
+  }
+  // summed pairwise: tfjs-webgpu's AddN binds every input at once, past WebGPU's 8 storage buffers a shader
+  return ts.map((t) => tf.sum(tf.square(t))).reduce((a, b) => tf.add(a, b), tf.scalar(0)) as tf.Scalar;
+}
+
+export interface AdamStep {
+  learningRate: number;
+  beta1: number;
+  beta2: number;
+  epsilon: number;
+  /** the bias corrections 1 - beta1^t and 1 - beta2^t of this step t */
+  c1: number;
+  c2: number;
+  /** the gradient is scaled by clipNorm / (norm + 1e-6) where norm > clipNorm; 0 = no clip */
+  clipNorm: number;
+}
+
+/**
+ * One Adam step of a parameter: m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
+ * value - lr (m / c1) / (sqrt(v / c2) + eps), g the gradient after the global-norm clip.
+ * moments: [2, ...value.shape] (m then v; zeros at first); norm: the global gradient norm, a
+ * scalar. Returns the new value and the new moments. Fused where a backend registers it (tfjs
+ * runs about a dozen kernels per parameter, and a bake has hundreds of small LoRA factors).
+ */
+export function adamStep(value: tf.Tensor, grad: tf.Tensor, moments: tf.Tensor, norm: tf.Scalar, step: AdamStep): [tf.Tensor, tf.Tensor] {
+  if (fusedOn(ADAM_STEP) && allFloat32(value, grad, moments, norm)) {
+    return tf.engine().runKernel(ADAM_STEP, { value, grad, moments, norm }, step as unknown as tf.NamedAttrMap) as unknown as [tf.Tensor, tf.Tensor];
+  }
+  return tf.tidy(() => {
+    const { learningRate: lr, beta1: b1, beta2: b2, epsilon, c1, c2, clipNorm } = step;
+    const g = clipNorm > 0 ? tf.mul(grad, tf.where(tf.greater(norm, clipNorm), tf.div(clipNorm, tf.add(norm, 1e-6)), tf.onesLike(norm))) : grad;
+    const [m0, v0] = tf.unstack(moments) as [tf.Tensor, tf.Tensor];
+    const m = tf.add(tf.mul(m0, b1), tf.mul(g, 1 - b1));
+    const v = tf.add(tf.mul(v0, b2), tf.mul(tf.square(g), 1 - b2));
+    const next = tf.sub(value, tf.div(tf.mul(tf.div(m, c1), lr), tf.add(tf.sqrt(tf.div(v, c2)), epsilon)));
+    return [next, tf.stack([m, v])];
+  });
 }
 
 tf.registerGradient({

@@ -16,7 +16,7 @@
 //   every invocation of a workgroup must reach its barriers.
 // tests/webgpu.test.ts checks every kernel here, values and gradients, against the composed ops.
 import { tf } from "./backend.js";
-import { ATTENTION, ATTENTION_GRAD, KL_ROWS, KL_ROWS_GRAD, LOG_SOFTMAX, RMS_NORM, RMS_NORM_GRAD, ROPE, SWIGLU, SWIGLU_GRAD } from "./fused.js";
+import { ADAM_STEP, type AdamStep, ATTENTION, ATTENTION_GRAD, KL_ROWS, KL_ROWS_GRAD, LOG_SOFTMAX, RMS_NORM, RMS_NORM_GRAD, ROPE, SUM_OF_SQUARES, SWIGLU, SWIGLU_GRAD } from "./fused.js";
 
 /** The part of tfjs-backend-webgpu's WebGPUProgram that kiln's programs set (no static import: the package is optional). */
 interface Program {
@@ -116,8 +116,8 @@ function rowProgram(key: string, outputShape: number[], rows: number, wg: number
 
 // --- RMSNorm ---------------------------------------------------------------------------------
 
-/** Per row: sum of squares over `cols` of x starting at `base` -> `ss` (every invocation). */
-const SUM_OF_SQUARES = `
+/** Per row: 1 / rms of the `cols` values of x from `base` -> `inv` (every invocation). */
+const INVERSE_RMS = `
         let n = select(0, uniforms.cols, valid);
         let base = row * uniforms.cols;
         var own = 0.0;
@@ -126,13 +126,13 @@ const SUM_OF_SQUARES = `
         let inv = inverseSqrt(ss / f32(uniforms.cols) + uniforms.eps);`;
 
 function rmsNormProgram(rows: number, cols: number, shape: number[]): Program {
-  return rowProgram("rmsnorm", shape, rows, rowWorkgroup(cols), ["x", "weight"], "rows : i32, cols : i32, eps : f32,", ["sum"], `${SUM_OF_SQUARES}
+  return rowProgram("rmsnorm", shape, rows, rowWorkgroup(cols), ["x", "weight"], "rows : i32, cols : i32, eps : f32,", ["sum"], `${INVERSE_RMS}
         for (var c = tid; c < n; c += WG) { result[base + c] = x[base + c] * inv * weight[c]; }`);
 }
 
 /** 1 / rms per row: [rows] */
 function rmsInverseProgram(rows: number, cols: number): Program {
-  return rowProgram("rmsinv", [rows], rows, rowWorkgroup(cols), ["x"], "rows : i32, cols : i32, eps : f32,", ["sum"], `${SUM_OF_SQUARES}
+  return rowProgram("rmsinv", [rows], rows, rowWorkgroup(cols), ["x"], "rows : i32, cols : i32, eps : f32,", ["sum"], `${INVERSE_RMS}
         if (valid && tid == 0) { result[row] = inv; }`);
 }
 
@@ -333,6 +333,44 @@ function attentionKvGradProgram(d: AttentionDims, kvShape: number[]): Program {
           result[index] = acc;`);
 }
 
+// --- the optimizer ---------------------------------------------------------------------------
+
+/** Inputs a sum-of-squares program reads besides the running total (8 storage buffers a shader). */
+const SQUARES_PER_PROGRAM = 6;
+
+/** (total[0] where given) + the sum of squares of up to six flat inputs: [1], one workgroup */
+function sumOfSquaresProgram(count: number, withTotal: boolean): Program {
+  const names = Array.from({ length: count }, (_, i) => `t${i}`);
+  const loops = names.map((t, i) => `for (var i = tid; i < uniforms.n${i}; i += WG) { let v = ${t}[i]; own += v * v; }`).join("\n        ");
+  return rowProgram(`sumsq${count}${withTotal ? "_acc" : ""}`, [1], 1, 256, [...(withTotal ? ["total"] : []), ...names], `rows : i32, ${names.map((_, i) => `n${i} : i32,`).join(" ")}`, ["sum"], `
+        var own = 0.0;
+        ${loops}
+        let sum = reduce0(own);
+        if (tid == 0) { result[0] = sum${withTotal ? " + total[0]" : ""}; }`);
+}
+
+/** The new m and v of Adam, [2, N]: invocation i < N writes m[i], i >= N writes v[i - N]. */
+function adamMomentsProgram(n: number): Program {
+  return elementProgram("adam_moments", [2, n], ["grad", "moments", "norm"], "n : i32, beta1 : f32, beta2 : f32, clipNorm : f32,", `
+          let i = index % uniforms.n;
+          let nrm = norm[0];
+          let scale = select(1.0, uniforms.clipNorm / (nrm + 1e-6), uniforms.clipNorm > 0.0 && nrm > uniforms.clipNorm);
+          let g = grad[i] * scale;
+          if (index < uniforms.n) {
+            result[index] = uniforms.beta1 * moments[index] + (1.0 - uniforms.beta1) * g;
+          } else {
+            result[index] = uniforms.beta2 * moments[index] + (1.0 - uniforms.beta2) * g * g;
+          }`);
+}
+
+/** value - lr (m / c1) / (sqrt(v / c2) + eps) */
+function adamValueProgram(shape: number[]): Program {
+  return elementProgram("adam_value", shape, ["value", "moments"], "n : i32, learningRate : f32, epsilon : f32, c1 : f32, c2 : f32,", `
+          let m = moments[index];
+          let v = moments[index + uniforms.n];
+          result[index] = value[index] - uniforms.learningRate * (m / uniforms.c1) / (sqrt(v / uniforms.c2) + uniforms.epsilon);`);
+}
+
 // --- kernels ---------------------------------------------------------------------------------
 
 type Inputs = Record<string, tf.TensorInfo>;
@@ -411,6 +449,27 @@ const webgpuKernels: Record<string, tf.KernelFunc> = {
     const dv = gpu.runWebGPUProgram(attentionKvGradProgram(d, v!.shape), [probs!, dout!], "float32", [...u, ...ints(d.kvHeads)]);
     gpu.disposeData(dScores.dataId);
     return [dq, dk, dv];
+  },
+  [SUM_OF_SQUARES]: ({ inputs, backend }) => {
+    const gpu = backend as unknown as WebGpuBackend;
+    const all = Object.values(inputs as Inputs);
+    let total: tf.TensorInfo | undefined;
+    for (let i = 0; i < all.length; i += SQUARES_PER_PROGRAM) {
+      const chunk = all.slice(i, i + SQUARES_PER_PROGRAM);
+      const next = gpu.runWebGPUProgram(sumOfSquaresProgram(chunk.length, total !== undefined), [...(total ? [total] : []), ...chunk], "float32", ints(1, ...chunk.map((t) => product(t.shape))));
+      if (total) gpu.disposeData(total.dataId);
+      total = next;
+    }
+    return { ...total!, shape: [] }; // a scalar: the same buffer
+  },
+  [ADAM_STEP]: ({ inputs, backend, attrs }) => {
+    const { value, grad, moments, norm } = inputs as Inputs;
+    const gpu = backend as unknown as WebGpuBackend;
+    const s = attrs as unknown as AdamStep;
+    const n = product(value!.shape);
+    const nextMoments = gpu.runWebGPUProgram(adamMomentsProgram(n), [grad!, moments!, norm!], "float32", [...ints(n), ...floats(s.beta1, s.beta2, s.clipNorm)]);
+    const next = gpu.runWebGPUProgram(adamValueProgram(value!.shape), [value!, nextMoments], "float32", [...ints(n), ...floats(s.learningRate, s.epsilon, s.c1, s.c2)]);
+    return [next, { ...nextMoments, shape: moments!.shape }];
   },
 };
 

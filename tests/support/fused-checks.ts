@@ -4,7 +4,7 @@
 // process by tests/webgpu.test.ts, since a process starts webgpu once).
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { ATTENTION, attention, KL_ROWS, klPerPosition, LOG_SOFTMAX, logSoftmax, LORA_LINEAR, loraLinear, RMS_NORM, rmsNorm, ROPE, rope, SWIGLU, swiglu } from "../../src/tensor/fused.js";
+import { ADAM_STEP, adamStep, ATTENTION, attention, KL_ROWS, klPerPosition, LOG_SOFTMAX, logSoftmax, LORA_LINEAR, loraLinear, RMS_NORM, rmsNorm, ROPE, rope, SUM_OF_SQUARES, sumOfSquares, SWIGLU, swiglu } from "../../src/tensor/fused.js";
 
 /** f's values on `backend`, then on the reference cpu backend (same seeds, same shapes). */
 export async function onBoth(backend: string, f: () => tf.Tensor): Promise<[Float32Array, Float32Array]> {
@@ -141,5 +141,24 @@ export async function checkWideRows(backend: string): Promise<void> {
   await same(backend, () => {
     const [cos, sin] = ropeTables(2, 64, 64, 57);
     return rope(r([2, 64, 8, 64], 58) as tf.Tensor4D, cos, sin);
+  });
+}
+
+/** The optimizer's kernels: a gradient norm over many tensors (more than one program's worth), and Adam steps clipped or not. */
+export async function checkAdam(backend: string): Promise<void> {
+  assertFused(backend, SUM_OF_SQUARES, ADAM_STEP);
+  await same(backend, () => {
+    const value = r([3, 5], 80);
+    const grad = tf.mul(r([3, 5], 81), 4);
+    const moments = tf.stack([r([3, 5], 82), tf.abs(r([3, 5], 83))]); // [2, 3, 5]: m, v
+    const others = Array.from({ length: 12 }, (_, i) => r([i + 1, 3], 84 + i));
+    const norm = tf.sqrt(sumOfSquares([grad, ...others])) as tf.Scalar;
+    const out: tf.Tensor[] = [norm.reshape([1]), sumOfSquares([value]).reshape([1])];
+    for (const clipNorm of [0, 1, 1e9]) {
+      const [next, m] = adamStep(value, grad, moments, norm, { learningRate: 0.05, beta1: 0.9, beta2: 0.999, epsilon: 1e-7, c1: 1 - 0.9 ** 3, c2: 1 - 0.999 ** 3, clipNorm });
+      assert.deepEqual(m.shape, [2, 3, 5]);
+      out.push(next.flatten(), m.flatten());
+    }
+    return tf.concat(out);
   });
 }

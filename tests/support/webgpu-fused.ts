@@ -8,7 +8,8 @@ import { initBackend } from "../../src/tensor/backend.js";
 import { ATTENTION, RMS_NORM, rmsNorm, ROPE, SWIGLU } from "../../src/tensor/fused.js";
 import { KVCache } from "../../src/model/decoder.js";
 import { loadModel } from "../../src/model/load.js";
-import { checkAttention, checkKlRows, checkRmsNormAndSwiglu, checkRope, checkWideRows, r, same } from "./fused-checks.js";
+import { checkAdam, checkAttention, checkKlRows, checkRmsNormAndSwiglu, checkRope, checkWideRows, close, r, same } from "./fused-checks.js";
+import { LoraAdam } from "../../src/bake/optimizer.js";
 import { fixtureDir } from "./paths.js";
 
 const info = await initBackend("webgpu");
@@ -19,6 +20,27 @@ test("KL per position, value and gradient", () => checkKlRows("webgpu"));
 test("RoPE, value and gradient", () => checkRope("webgpu"));
 test("attention, values and gradients, both K/V layouts, grouped heads", () => checkAttention("webgpu"));
 test("rows wider than a workgroup (a vocabulary's), log-softmax's gradient", () => checkWideRows("webgpu"));
+
+test("the optimizer's gradient norm and Adam step, clipped or not", () => checkAdam("webgpu"));
+
+test("LoraAdam on webgpu takes the steps LoraAdam takes on the cpu's host arrays", async () => {
+  const steps = async (backend: string) => {
+    await tf.setBackend(backend);
+    const vars = [tf.variable(r([3, 5], 1), true, `${backend}-a`), tf.variable(r([5, 2], 2), true, `${backend}-b`)];
+    const opt = new LoraAdam({ learningRate: 0.05, clipNorm: 1, host: backend === "cpu" });
+    for (let step = 0; step < 4; step++) {
+      const grads = tf.tidy(() => tf.variableGrads(() => tf.add(tf.sum(tf.square(tf.mul(vars[0]!, 3))), tf.sum(tf.pow(vars[1]!, 4))) as tf.Scalar, vars).grads);
+      opt.apply(vars, grads);
+      tf.dispose(grads);
+    }
+    opt.dispose();
+    const out = await Promise.all(vars.map(async (v) => [...(await v.data())]));
+    vars.forEach((v) => v.dispose());
+    return out.flat();
+  };
+  const [gpu, host] = [await steps("webgpu"), await steps("cpu")];
+  close(Float32Array.from(gpu), Float32Array.from(host), 1e-5);
+});
 
 test("more rows than one dispatch dimension holds (tfjs folds it; the extra workgroups write nothing)", async () => {
   await same("webgpu", () => rmsNorm(r([70_001, 3], 90), tf.add(r([3], 91), 1), 1e-6));

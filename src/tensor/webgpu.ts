@@ -16,7 +16,7 @@
 //   every invocation of a workgroup must reach its barriers.
 // tests/webgpu.test.ts checks every kernel here, values and gradients, against the composed ops.
 import { tf } from "./backend.js";
-import { ADAM_STEP, type AdamStep, ATTENTION, ATTENTION_GRAD, KL_ROWS, KL_ROWS_GRAD, LOG_SOFTMAX, RMS_NORM, RMS_NORM_GRAD, ROPE, SUM_OF_SQUARES, SWIGLU, SWIGLU_GRAD } from "./fused.js";
+import { ADAM_STEP, type AdamStep, ATTENTION, ATTENTION_GRAD, KL_ROWS, KL_ROWS_GRAD, LOG_SOFTMAX, LORA_LINEAR, LORA_LINEAR_GRAD, RMS_NORM, RMS_NORM_GRAD, ROPE, SUM_OF_SQUARES, SWIGLU, SWIGLU_GRAD } from "./fused.js";
 
 /** The part of tfjs-backend-webgpu's WebGPUProgram that kiln's programs set (no static import: the package is optional). */
 interface Program {
@@ -333,6 +333,42 @@ function attentionKvGradProgram(d: AttentionDims, kvShape: number[]): Program {
           result[index] = acc;`);
 }
 
+// --- LoRA linear ------------------------------------------------------------------------------
+// x: [N, in], w: [in, out] (frozen), a: [r, in], b: [out, r]: x @ w + scale * (x @ a^T) @ b^T.
+// The big product stays tfjs's tiled matmul; the rank-r parts are three small programs.
+
+/** scale * L @ R -> [rows, r]: L [rows, K]; R [K, r], or [r, K] with `transposed` */
+function thinProductProgram(rows: number, r: number, transposed: boolean): Program {
+  const right = transposed ? "rightT[j * uniforms.K + k]" : "rightT[k * uniforms.r + j]";
+  return elementProgram(`lora_thin${transposed ? "_t" : ""}`, [rows, r], ["left", "rightT"], "K : i32, r : i32, scale : f32,", `
+          let n = index / uniforms.r;
+          let j = index % uniforms.r;
+          var acc = 0.0;
+          for (var k = 0; k < uniforms.K; k++) { acc += left[n * uniforms.K + k] * ${right}; }
+          result[index] = uniforms.scale * acc;`);
+}
+
+/** base + scale * L @ R -> [rows, M]: base [rows, M], L [rows, r]; R [r, M], or [M, r] with `transposed` */
+function addLowRankProgram(rows: number, M: number, transposed: boolean): Program {
+  const right = transposed ? "right[m * uniforms.r + j]" : "right[j * uniforms.M + m]";
+  return elementProgram(`lora_add${transposed ? "_t" : ""}`, [rows, M], ["base", "left", "right"], "M : i32, r : i32, scale : f32,", `
+          let n = index / uniforms.M;
+          let m = index % uniforms.M;
+          var acc = 0.0;
+          for (var j = 0; j < uniforms.r; j++) { acc += left[n * uniforms.r + j] * ${right}; }
+          result[index] = base[index] + uniforms.scale * acc;`);
+}
+
+/** scale * L^T @ R -> [P, Q]: L [rows, P], R [rows, Q] (a factor's gradient) */
+function rowsProductProgram(rows: number, P: number, Q: number): Program {
+  return elementProgram("lora_rows", [P, Q], ["left", "right"], "rows : i32, P : i32, Q : i32, scale : f32,", `
+          let p = index / uniforms.Q;
+          let q = index % uniforms.Q;
+          var acc = 0.0;
+          for (var n = 0; n < uniforms.rows; n++) { acc += left[n * uniforms.P + p] * right[n * uniforms.Q + q]; }
+          result[index] = uniforms.scale * acc;`);
+}
+
 // --- the optimizer ---------------------------------------------------------------------------
 
 /** Inputs a sum-of-squares program reads besides the running total (8 storage buffers a shader). */
@@ -450,6 +486,34 @@ const webgpuKernels: Record<string, tf.KernelFunc> = {
     gpu.disposeData(dScores.dataId);
     return [dq, dk, dv];
   },
+  [LORA_LINEAR]: ({ inputs, backend, attrs }) => {
+    const { x, w, a, b } = inputs as Inputs;
+    const gpu = backend as unknown as WebGpuBackend;
+    const scale = (attrs as unknown as { scale: number }).scale;
+    const [N, inF] = x!.shape as [number, number];
+    const [r, outF] = [a!.shape[0]!, w!.shape[1]!];
+    const y = matMul(gpu, x!, w!, false); // [N, out]
+    const xa = gpu.runWebGPUProgram(thinProductProgram(N, r, true), [x!, a!], "float32", [...ints(inF, r), ...floats(1)]); // [N, r]
+    const out = gpu.runWebGPUProgram(addLowRankProgram(N, outF, true), [y, xa, b!], "float32", [...ints(outF, r), ...floats(scale)]);
+    gpu.disposeData(y.dataId);
+    gpu.disposeData(xa.dataId);
+    return out;
+  },
+  [LORA_LINEAR_GRAD]: ({ inputs, backend, attrs }) => {
+    const { dy, x, w, a, b } = inputs as Inputs;
+    const gpu = backend as unknown as WebGpuBackend;
+    const scale = (attrs as unknown as { scale: number }).scale;
+    const [N, inF] = x!.shape as [number, number];
+    const [r, outF] = [a!.shape[0]!, w!.shape[1]!];
+    const t = gpu.runWebGPUProgram(thinProductProgram(N, r, false), [dy!, b!], "float32", [...ints(outF, r), ...floats(scale)]); // scale * dy @ b: [N, r]
+    const dxBase = matMul(gpu, dy!, w!, true); // dy @ w^T: [N, in]
+    const dx = gpu.runWebGPUProgram(addLowRankProgram(N, inF, false), [dxBase, t, a!], "float32", [...ints(inF, r), ...floats(1)]); // + t @ a
+    const da = gpu.runWebGPUProgram(rowsProductProgram(N, r, inF), [t, x!], "float32", [...ints(N, r, inF), ...floats(1)]); // t^T @ x: [r, in]
+    const xa = gpu.runWebGPUProgram(thinProductProgram(N, r, true), [x!, a!], "float32", [...ints(inF, r), ...floats(1)]); // [N, r]
+    const db = gpu.runWebGPUProgram(rowsProductProgram(N, outF, r), [dy!, xa], "float32", [...ints(N, outF, r), ...floats(scale)]); // scale * dy^T @ xa: [out, r]
+    for (const tmp of [t, dxBase, xa]) gpu.disposeData(tmp.dataId);
+    return [dx, da, db];
+  },
   [SUM_OF_SQUARES]: ({ inputs, backend }) => {
     const gpu = backend as unknown as WebGpuBackend;
     const all = Object.values(inputs as Inputs);
@@ -472,6 +536,13 @@ const webgpuKernels: Record<string, tf.KernelFunc> = {
     return [next, { ...nextMoments, shape: moments!.shape }];
   },
 };
+
+/** tfjs-webgpu's own matmul, called as its kernel (no engine bookkeeping, no tape): a @ b or a @ b^T */
+function matMul(gpu: WebGpuBackend, a: tf.TensorInfo, b: tf.TensorInfo, transposeB: boolean): tf.TensorInfo {
+  const kernel = tf.getKernel("BatchMatMul", "webgpu");
+  if (!kernel) throw new Error("tfjs-webgpu has no BatchMatMul kernel");
+  return kernel.kernelFunc({ inputs: { a, b }, backend: gpu as unknown as tf.KernelBackend, attrs: { transposeA: false, transposeB } }) as tf.TensorInfo;
+}
 
 let registered = false;
 

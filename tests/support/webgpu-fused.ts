@@ -5,11 +5,12 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import { initBackend } from "../../src/tensor/backend.js";
-import { ATTENTION, RMS_NORM, rmsNorm, ROPE, SWIGLU } from "../../src/tensor/fused.js";
+import { ATTENTION, LORA_LINEAR, RMS_NORM, rmsNorm, ROPE, SWIGLU } from "../../src/tensor/fused.js";
 import { KVCache } from "../../src/model/decoder.js";
 import { loadModel } from "../../src/model/load.js";
-import { checkAdam, checkAttention, checkKlRows, checkRmsNormAndSwiglu, checkRope, checkWideRows, close, r, same } from "./fused-checks.js";
+import { checkAdam, checkAttention, checkKlRows, checkLoraLinear, checkRmsNormAndSwiglu, checkRope, checkWideRows, close, r, same } from "./fused-checks.js";
 import { LoraAdam } from "../../src/bake/optimizer.js";
+import { LoraAdapter } from "../../src/lora/adapter.js";
 import { fixtureDir } from "./paths.js";
 
 const info = await initBackend("webgpu");
@@ -18,6 +19,7 @@ assert.equal(info.name, "webgpu", info.notes.join("; "));
 test("RMSNorm and SwiGLU, values and gradients", () => checkRmsNormAndSwiglu("webgpu"));
 test("KL per position, value and gradient", () => checkKlRows("webgpu"));
 test("RoPE, value and gradient", () => checkRope("webgpu"));
+test("LoRA linear, value and gradients", () => checkLoraLinear("webgpu"));
 test("attention, values and gradients, both K/V layouts, grouped heads", () => checkAttention("webgpu"));
 test("rows wider than a workgroup (a vocabulary's), log-softmax's gradient", () => checkWideRows("webgpu"));
 
@@ -46,21 +48,23 @@ test("more rows than one dispatch dimension holds (tfjs folds it; the extra work
   await same("webgpu", () => rmsNorm(r([70_001, 3], 90), tf.add(r([3], 91), 1), 1e-6));
 });
 
-test("a decoder step on webgpu runs the fused kernels, not their composition", async () => {
+test("a decoder step with an adapter on webgpu runs the fused kernels, not their composition", async () => {
   await tf.setBackend("webgpu");
   const model = loadModel(fixtureDir("llama"));
+  const adapter = LoraAdapter.create(model.config, { r: 4, alpha: 8, dropout: 0, targetModules: ["q_proj", "v_proj"], useRslora: false }, "test", 1);
   const cache = new KVCache(1);
-  const prompt = tf.tidy(() => model.decoder.forward({ ids: [[1, 5, 9, 3]] }, { cache }));
+  const prompt = tf.tidy(() => model.decoder.forward({ ids: [[1, 5, 9, 3]] }, { cache, adapter }));
   await prompt.data();
   prompt.dispose();
   const p = await tf.profile(async () => {
-    const logits = tf.tidy(() => model.decoder.forward({ ids: [[7]] }, { cache }));
+    const logits = tf.tidy(() => model.decoder.forward({ ids: [[7]] }, { cache, adapter }));
     await logits.data();
     logits.dispose();
   });
   const names = new Set(p.kernels.map((k) => k.name));
-  for (const fused of [RMS_NORM, ROPE, ATTENTION, SWIGLU]) assert.ok(names.has(fused), `${fused} ran (ran: ${[...names].join(", ")})`);
+  for (const fused of [RMS_NORM, ROPE, ATTENTION, SWIGLU, LORA_LINEAR]) assert.ok(names.has(fused), `${fused} ran (ran: ${[...names].join(", ")})`);
   for (const composed of ["Softmax", "Rsqrt", "Sigmoid"]) assert.ok(!names.has(composed), `${composed} did not run`);
   cache.dispose();
+  adapter.dispose();
   model.decoder.dispose();
 });

@@ -22,7 +22,7 @@ function onWebgpu(testFile: string): string {
 }
 
 test("on the webgpu backend, kiln's fused kernels equal the composed ops, values and gradients, and a decoder step runs them", () => {
-  assert.match(onWebgpu("./support/webgpu-fused.js"), /# pass 10\b/, "all 10 kernel tests ran");
+  assert.match(onWebgpu("./support/webgpu-fused.js"), /# pass 11\b/, "all 11 kernel tests ran");
 });
 
 test("on the webgpu backend, logits and greedy continuations match PyTorch for every fixture", () => {

@@ -8,7 +8,7 @@
 // models get an explicit transposed lm_head.weight for the same reason. Every projection goes
 // through `linear`, which is where an adapter adds its low-rank update.
 import { tf } from "../tensor/backend.js";
-import { attention, fusedOn, LORA_LINEAR, loraLinear, rmsNorm, rope, swiglu } from "../tensor/fused.js";
+import { appendHeadMajor, attention, fusedOn, LORA_LINEAR, loraLinear, rmsNorm, rope, swiglu } from "../tensor/fused.js";
 import type { ModelConfig } from "./config.js";
 
 /** Adds a low-rank update to a projection's output; null where the module has no adapter. */
@@ -397,14 +397,10 @@ export class Decoder {
       let values: tf.Tensor4D = v; // [B, T, nKv, hd]
       const from = cache?.dropped[l] ?? 0;
       if (cache) {
-        keys = tf.transpose(k, [0, 2, 1, 3]) as tf.Tensor4D; // [B, nKv, T, hd]
-        values = tf.transpose(v, [0, 2, 1, 3]) as tf.Tensor4D; // [B, nKv, T, hd]
-        if (cache.keys[l]) {
-          keys = tf.concat([cache.keys[l]!, keys], 2); // [B, nKv, S - from, hd]
-          values = tf.concat([cache.values[l]!, values], 2); // [B, nKv, S - from, hd]
-          cache.keys[l]!.dispose();
-          cache.values[l]!.dispose();
-        }
+        keys = appendHeadMajor(cache.keys[l], k); // [B, nKv, S - from, hd]
+        values = appendHeadMajor(cache.values[l], v); // [B, nKv, S - from, hd]
+        cache.keys[l]?.dispose();
+        cache.values[l]?.dispose();
         // The next query sits at slot S, so a window layer's later queries see slots S - window + 1
         // on; `slack` more are kept so the cache can be cut back and continued.
         const keepFrom = window === null ? from : Math.max(from, S - window + 1 - cache.slack);

@@ -19,6 +19,7 @@ export const KL_TOPK_ROWS = "KilnKlTopKRows";
 export const KL_TOPK_ROWS_GRAD = "KilnKlTopKRowsGrad";
 export const SUM_OF_SQUARES = "KilnSumOfSquares";
 export const ADAM_STEP = "KilnAdamStep";
+export const KV_APPEND = "KilnKvAppend";
 
 /** The least student mass the top-K KL takes a log of for the teacher's tail (and its targets' floor). */
 export const KL_TAIL_FLOOR = 1e-12;
@@ -170,6 +171,17 @@ export function attention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, mask: 
     .reshape([B, nKv, groups, T, hd]) // [B, nKv, groups, T, hd]
     .transpose([0, 3, 1, 2, 4]) // [B, T, nKv, groups, hd]
     .reshape([B, T, heads, hd]); // [B, T, heads, hd]
+}
+
+/**
+ * New keys or values appended to the KV cache's head-major layout: past [B, kvHeads, S0, hd]
+ * (none at first), x [B, T, kvHeads, hd] as the projection gives it -> [B, kvHeads, S0 + T, hd].
+ * One copy where a backend fuses it (a transpose and a concat otherwise). Inference only.
+ */
+export function appendHeadMajor(past: tf.Tensor4D | undefined, x: tf.Tensor4D): tf.Tensor4D {
+  if (past && fusedOn(KV_APPEND) && allFloat32(past, x)) return tf.engine().runKernel(KV_APPEND, { past, x }) as tf.Tensor4D;
+  const added = tf.transpose(x, [0, 2, 1, 3]) as tf.Tensor4D; // [B, kvHeads, T, hd]
+  return past ? tf.concat([past, added], 2) : added;
 }
 
 /** log(softmax(x)) over the last axis (tfjs composes it of six kernels); x: [..., V]. */

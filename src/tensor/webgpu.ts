@@ -16,7 +16,7 @@
 //   every invocation of a workgroup must reach its barriers.
 // tests/webgpu.test.ts checks every kernel here, values and gradients, against the composed ops.
 import { tf } from "./backend.js";
-import { ADAM_STEP, type AdamStep, ATTENTION, ATTENTION_GRAD, KL_ROWS, KL_ROWS_GRAD, LOG_SOFTMAX, LORA_LINEAR, LORA_LINEAR_GRAD, RMS_NORM, RMS_NORM_GRAD, ROPE, SUM_OF_SQUARES, SWIGLU, SWIGLU_GRAD } from "./fused.js";
+import { ADAM_STEP, type AdamStep, ATTENTION, ATTENTION_GRAD, KL_ROWS, KL_ROWS_GRAD, KV_APPEND, LOG_SOFTMAX, LORA_LINEAR, LORA_LINEAR_GRAD, RMS_NORM, RMS_NORM_GRAD, ROPE, SUM_OF_SQUARES, SWIGLU, SWIGLU_GRAD } from "./fused.js";
 
 /** The part of tfjs-backend-webgpu's WebGPUProgram that kiln's programs set (no static import: the package is optional). */
 interface Program {
@@ -333,6 +333,21 @@ function attentionKvGradProgram(d: AttentionDims, kvShape: number[]): Program {
           result[index] = acc;`);
 }
 
+/** past [B, kvHeads, S0, hd] then x [B, T, kvHeads, hd] along the sequence: [B, kvHeads, S0 + T, hd] */
+function kvAppendProgram(shape: number[]): Program {
+  return elementProgram("kv_append", shape, ["past", "x"], "kvHeads : i32, S0 : i32, T : i32, hd : i32,", `
+          let S = uniforms.S0 + uniforms.T;
+          let e = index % uniforms.hd;
+          let s = (index / uniforms.hd) % S;
+          let h = (index / (uniforms.hd * S)) % uniforms.kvHeads;
+          let b = index / (uniforms.hd * S * uniforms.kvHeads);
+          if (s < uniforms.S0) {
+            result[index] = past[((b * uniforms.kvHeads + h) * uniforms.S0 + s) * uniforms.hd + e];
+          } else {
+            result[index] = x[((b * uniforms.T + s - uniforms.S0) * uniforms.kvHeads + h) * uniforms.hd + e];
+          }`);
+}
+
 // --- LoRA linear ------------------------------------------------------------------------------
 // x: [N, in], w: [in, out] (frozen), a: [r, in], b: [out, r]: x @ w + scale * (x @ a^T) @ b^T.
 // The big product stays tfjs's tiled matmul; the rank-r parts are three small programs.
@@ -513,6 +528,12 @@ const webgpuKernels: Record<string, tf.KernelFunc> = {
     const db = gpu.runWebGPUProgram(rowsProductProgram(N, outF, r), [dy!, xa], "float32", [...ints(N, outF, r), ...floats(scale)]); // scale * dy^T @ xa: [out, r]
     for (const tmp of [t, dxBase, xa]) gpu.disposeData(tmp.dataId);
     return [dx, da, db];
+  },
+  [KV_APPEND]: ({ inputs, backend }) => {
+    const { past, x } = inputs as Inputs;
+    const [B, kvHeads, S0, hd] = past!.shape as [number, number, number, number];
+    const T = x!.shape[1]!;
+    return (backend as unknown as WebGpuBackend).runWebGPUProgram(kvAppendProgram([B, kvHeads, S0 + T, hd]), [past!, x!], "float32", ints(kvHeads, S0, T, hd));
   },
   [SUM_OF_SQUARES]: ({ inputs, backend }) => {
     const gpu = backend as unknown as WebGpuBackend;

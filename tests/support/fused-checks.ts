@@ -4,7 +4,7 @@
 // process by tests/webgpu.test.ts, since a process starts webgpu once).
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { ADAM_STEP, adamStep, ATTENTION, attention, KL_ROWS, klPerPosition, LOG_SOFTMAX, logSoftmax, LORA_LINEAR, loraLinear, RMS_NORM, rmsNorm, ROPE, rope, SUM_OF_SQUARES, sumOfSquares, SWIGLU, swiglu } from "../../src/tensor/fused.js";
+import { ADAM_STEP, adamStep, appendHeadMajor, ATTENTION, attention, KL_ROWS, klPerPosition, KV_APPEND, LOG_SOFTMAX, logSoftmax, LORA_LINEAR, loraLinear, RMS_NORM, rmsNorm, ROPE, rope, SUM_OF_SQUARES, sumOfSquares, SWIGLU, swiglu } from "../../src/tensor/fused.js";
 
 /** f's values on `backend`, then on the reference cpu backend (same seeds, same shapes). */
 export async function onBoth(backend: string, f: () => tf.Tensor): Promise<[Float32Array, Float32Array]> {
@@ -161,4 +161,11 @@ export async function checkAdam(backend: string): Promise<void> {
     }
     return tf.concat(out);
   });
+}
+
+/** The KV cache's append: head-major past, new rows as the projection gives them. */
+export async function checkKvAppend(backend: string): Promise<void> {
+  assertFused(backend, KV_APPEND);
+  await same(backend, () => appendHeadMajor(r([2, 3, 5, 4], 100) as tf.Tensor4D, r([2, 1, 3, 4], 101) as tf.Tensor4D), 1e-6); // decode: one new token
+  await same(backend, () => appendHeadMajor(r([1, 2, 7, 8], 102) as tf.Tensor4D, r([1, 6, 2, 8], 103) as tf.Tensor4D), 1e-6); // a prompt continuing a kept prefix
 }

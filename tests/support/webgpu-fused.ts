@@ -5,10 +5,10 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import { initBackend } from "../../src/tensor/backend.js";
-import { ATTENTION, LORA_LINEAR, RMS_NORM, rmsNorm, ROPE, SWIGLU } from "../../src/tensor/fused.js";
+import { ATTENTION, KV_APPEND, LORA_LINEAR, RMS_NORM, rmsNorm, ROPE, SWIGLU } from "../../src/tensor/fused.js";
 import { KVCache } from "../../src/model/decoder.js";
 import { loadModel } from "../../src/model/load.js";
-import { checkAdam, checkAttention, checkKlRows, checkLoraLinear, checkRmsNormAndSwiglu, checkRope, checkWideRows, close, r, same } from "./fused-checks.js";
+import { checkAdam, checkAttention, checkKlRows, checkKvAppend, checkLoraLinear, checkRmsNormAndSwiglu, checkRope, checkWideRows, close, r, same } from "./fused-checks.js";
 import { LoraAdam } from "../../src/bake/optimizer.js";
 import { LoraAdapter } from "../../src/lora/adapter.js";
 import { fixtureDir } from "./paths.js";
@@ -23,6 +23,7 @@ test("LoRA linear, value and gradients", () => checkLoraLinear("webgpu"));
 test("attention, values and gradients, both K/V layouts, grouped heads", () => checkAttention("webgpu"));
 test("rows wider than a workgroup (a vocabulary's), log-softmax's gradient", () => checkWideRows("webgpu"));
 
+test("the KV cache's append", () => checkKvAppend("webgpu"));
 test("the optimizer's gradient norm and Adam step, clipped or not", () => checkAdam("webgpu"));
 
 test("LoraAdam on webgpu takes the steps LoraAdam takes on the cpu's host arrays", async () => {
@@ -62,8 +63,8 @@ test("a decoder step with an adapter on webgpu runs the fused kernels, not their
     logits.dispose();
   });
   const names = new Set(p.kernels.map((k) => k.name));
-  for (const fused of [RMS_NORM, ROPE, ATTENTION, SWIGLU, LORA_LINEAR]) assert.ok(names.has(fused), `${fused} ran (ran: ${[...names].join(", ")})`);
-  for (const composed of ["Softmax", "Rsqrt", "Sigmoid"]) assert.ok(!names.has(composed), `${composed} did not run`);
+  for (const fused of [RMS_NORM, ROPE, ATTENTION, SWIGLU, LORA_LINEAR, KV_APPEND]) assert.ok(names.has(fused), `${fused} ran (ran: ${[...names].join(", ")})`);
+  for (const composed of ["Softmax", "Rsqrt", "Sigmoid", "Concat", "Transpose"]) assert.ok(!names.has(composed), `${composed} did not run`);
   cache.dispose();
   adapter.dispose();
   model.decoder.dispose();

@@ -179,7 +179,9 @@ export function attention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, mask: 
  * One copy where a backend fuses it (a transpose and a concat otherwise). Inference only.
  */
 export function appendHeadMajor(past: tf.Tensor4D | undefined, x: tf.Tensor4D): tf.Tensor4D {
-  if (past && fusedOn(KV_APPEND) && allFloat32(past, x)) return tf.engine().runKernel(KV_APPEND, { past, x }) as tf.Tensor4D;
+  // (not with an empty operand: webgpu cannot bind a zero-size buffer, and the invalid dispatch
+  // drops its whole command buffer, earlier kernels' results included)
+  if (past && past.size > 0 && x.size > 0 && fusedOn(KV_APPEND) && allFloat32(past, x)) return tf.engine().runKernel(KV_APPEND, { past, x }) as tf.Tensor4D;
   const added = tf.transpose(x, [0, 2, 1, 3]) as tf.Tensor4D; // [B, kvHeads, T, hd]
   return past ? tf.concat([past, added], 2) : added;
 }
@@ -191,7 +193,8 @@ export function logSoftmax(x: tf.Tensor): tf.Tensor {
 }
 
 /** The sum of the squares of every element of every tensor: a scalar (a gradient norm's square). */
-export function sumOfSquares(ts: tf.Tensor[]): tf.Scalar {
+export function sumOfSquares(all: tf.Tensor[]): tf.Scalar {
+  const ts = all.filter((t) => t.size > 0); // an empty tensor adds nothing, and a kernel cannot bind it (see appendHeadMajor)
   if (ts.length && fusedOn(SUM_OF_SQUARES) && allFloat32(...ts)) {
     return tf.engine().runKernel(SUM_OF_SQUARES, Object.fromEntries(ts.map((t, i) => [`t${i}`, t]))) as tf.Scalar;
   }

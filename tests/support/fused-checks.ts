@@ -153,7 +153,7 @@ export async function checkAdam(backend: string): Promise<void> {
     const moments = tf.stack([r([3, 5], 82), tf.abs(r([3, 5], 83))]); // [2, 3, 5]: m, v
     const others = Array.from({ length: 12 }, (_, i) => r([i + 1, 3], 84 + i));
     const norm = tf.sqrt(sumOfSquares([grad, ...others])) as tf.Scalar;
-    const out: tf.Tensor[] = [norm.reshape([1]), sumOfSquares([value]).reshape([1])];
+    const out: tf.Tensor[] = [norm.reshape([1]), sumOfSquares([value]).reshape([1]), sumOfSquares([grad, tf.zeros([0, 3]), value]).reshape([1])];
     for (const clipNorm of [0, 1, 1e9]) {
       const [next, m] = adamStep(value, grad, moments, norm, { learningRate: 0.05, beta1: 0.9, beta2: 0.999, epsilon: 1e-7, c1: 1 - 0.9 ** 3, c2: 1 - 0.999 ** 3, clipNorm });
       assert.deepEqual(m.shape, [2, 3, 5]);
@@ -168,4 +168,7 @@ export async function checkKvAppend(backend: string): Promise<void> {
   assertFused(backend, KV_APPEND);
   await same(backend, () => appendHeadMajor(r([2, 3, 5, 4], 100) as tf.Tensor4D, r([2, 1, 3, 4], 101) as tf.Tensor4D), 1e-6); // decode: one new token
   await same(backend, () => appendHeadMajor(r([1, 2, 7, 8], 102) as tf.Tensor4D, r([1, 6, 2, 8], 103) as tf.Tensor4D), 1e-6); // a prompt continuing a kept prefix
+  // nothing new, or nothing kept: an empty tensor must not be bound (it read as zeros)
+  await same(backend, () => appendHeadMajor(r([1, 2, 3, 4], 104) as tf.Tensor4D, tf.zeros([1, 0, 2, 4]) as tf.Tensor4D), 1e-6);
+  await same(backend, () => appendHeadMajor(tf.zeros([1, 2, 0, 4]) as tf.Tensor4D, r([1, 3, 2, 4], 105) as tf.Tensor4D), 1e-6);
 }

@@ -4,7 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import { registerNativeBackend } from "../src/tensor/native.js";
-import { checkAttention, checkKlRows, close, r, checkLoraLinear, checkRmsNormAndSwiglu, checkRope, checkWideRows } from "./support/fused-checks.js";
+import { checkAttention, checkKlRows, close, r, checkLoraLinear, checkManyRows, checkRmsNormAndSwiglu, checkRope, checkWideRows } from "./support/fused-checks.js";
 
 registerNativeBackend(2);
 
@@ -98,6 +98,8 @@ test("fused LoRA linear and RoPE equal the composed ops, values and gradients", 
   await checkLoraLinear("native");
   await checkRope("native");
 });
+
+test("fused RMSNorm's and LoRA's weight gradients over many rows equal the composed ops", () => checkManyRows("native"));
 
 test("fused attention equals the composed ops, values and gradients, both K/V layouts, grouped heads", () => checkAttention("native"));
 

@@ -9,12 +9,12 @@ import { parseConfig, parameterCount, type ModelConfig } from "../src/model/conf
 import { Decoder, KVCache } from "../src/model/decoder.js";
 import { PrefixStore } from "../src/model/prefix-cache.js";
 import { LoraAdapter, type LoraTarget } from "../src/lora/adapter.js";
-import { disposeTargets, klSum, stackTargets, teacherTargets, type KlMode } from "../src/bake/kl.js";
+import type { KlMode } from "../src/bake/kl.js";
 import { prepareDecoderForTraining } from "../src/bake/trainer.js";
 import { LoraAdam } from "../src/bake/optimizer.js";
 import { PACKAGE_ROOT } from "../src/model/resolve.js";
 import { OPENBLAS_DEFAULTS, sizeOutputPool } from "../src/tensor/native.js";
-import { flagValue, median, randomDecoder } from "./bench-support.js";
+import { flagValue, median, oneBakeStep, randomDecoder } from "./bench-support.js";
 
 /** OpenBLAS variables the user set before kiln filled in its defaults (those pass to PyTorch too). */
 const userOpenblasEnv = new Set(Object.keys(OPENBLAS_DEFAULTS).filter((name) => process.env[name] !== undefined));
@@ -141,32 +141,7 @@ async function benchKiln(shape: Shape) {
   const optimizer = new LoraAdam({ learningRate: 1e-4, clipNorm: 1 }); // as the trainer steps
   const bakeIds = randomIds(BAKE.batch, BAKE.seq, c.vocabSize, 11);
   const R = BAKE.seq - BAKE.prompt_len;
-  const bakeStep = (mode: KlMode) => async () => {
-    // the LM head on the R positions from prompt_len on, as PyTorch's step computes it (the
-    // trainer's trajectories end one token early for the same effect: src/bake/trajectories.ts)
-    const teacher = tf.tidy(() => decoder.forward({ ids: bakeIds }, { logitsFrom: BAKE.prompt_len })); // [B, R, V]
-    // as computeTeacherTargets does: slice inside tidy, read the targets outside it (tidy walks
-    // what it returns, and a multi-million-element array takes seconds to walk)
-    const targets = [];
-    for (let b = 0; b < BAKE.batch; b++) {
-      const row = tf.tidy(() => teacher.slice([b, 0, 0], [1, R, c.vocabSize]).reshape([R, c.vocabSize]) as tf.Tensor2D); // [R, V]
-      targets.push(await teacherTargets(row, mode));
-      row.dispose();
-    }
-    teacher.dispose();
-    const batch = stackTargets(targets, targets.map(() => R), R, c.vocabSize, mode);
-    const loss = tf.tidy(() => {
-      const { value, grads } = tf.variableGrads(() => {
-        const logits = decoder.forward({ ids: bakeIds }, { adapter, logitsFrom: BAKE.prompt_len }) as tf.Tensor3D; // [B, R, V]
-        return klSum(logits, batch).div(BAKE.batch) as tf.Scalar;
-      }, adapter.variables());
-      optimizer.apply(adapter.variables(), grads);
-      return value;
-    });
-    await loss.data();
-    loss.dispose();
-    disposeTargets(batch);
-  };
+  const bakeStep = (mode: KlMode) => () => oneBakeStep(decoder, adapter, optimizer, bakeIds, BAKE.prompt_len, mode);
   const stepS = await timeIt(bakeStep({ kind: "full" }), quick ? 1 : 2);
   if (profile) printProfile(shape.name, "one bake step", await tf.profile(bakeStep({ kind: "full" })));
   const topkStepS = await timeIt(bakeStep({ kind: "topk", k: 20 }), quick ? 1 : 2);

@@ -2,7 +2,7 @@
 // [--profile]`: what one decode step (one new token per row on a KV cache of --context tokens)
 // costs at each batch size, on the embedded kiln-mini and on a random SmolLM2-135M-shaped model;
 // --profile adds the kernels one batch-1 step runs and their summed time (where the backend
-// times kernels); --serving adds kiln-mini's serving path (DecodeBatcher: each request prefills,
+// times kernels), and the kernels of one small bake step; --serving adds kiln-mini's serving path (DecodeBatcher: each request prefills,
 // joins the batch, samples its own row) with as many requests at once as each batch size, against
 // the same requests one at a time. Batched decoding (kiln serve
 // --batch) pays off where a batch-B step costs well under B batch-1 steps; paste the table into
@@ -15,7 +15,10 @@ import { loadModel, type LoadedModel } from "../src/model/load.js";
 import { DecodeBatcher } from "../src/model/batch.js";
 import { resolveModelDir } from "../src/model/resolve.js";
 import { sizeOutputPool } from "../src/tensor/native.js";
-import { flagValue, median, randomDecoder } from "./bench-support.js";
+import { flagValue, median, oneBakeStep, randomDecoder } from "./bench-support.js";
+import { LoraAdapter } from "../src/lora/adapter.js";
+import { LoraAdam } from "../src/bake/optimizer.js";
+import { prepareDecoderForTraining } from "../src/bake/trainer.js";
 
 const only = flagValue("--only");
 const context = Number(flagValue("--context") ?? 300);
@@ -101,6 +104,25 @@ async function profileStep(decoder: Decoder): Promise<string> {
   return `one batch-1 step ${p.kernels.length} kernels, ${kernelMs}, ${wall.toFixed(1)} ms wall under the profiler; most run: ${top}`;
 }
 
+/** The kernels one bake step runs (batch 1, 32 tokens, 16 of them the reply; LoRA r8 on q/k/v/o), as tools/bench.ts's step. */
+async function profileBake(decoder: Decoder): Promise<string> {
+  prepareDecoderForTraining(decoder);
+  const adapter = LoraAdapter.create(decoder.config, { r: 8, alpha: 16, dropout: 0, targetModules: ["q_proj", "k_proj", "v_proj", "o_proj"], useRslora: false }, "bench", 3);
+  const optimizer = new LoraAdam({ learningRate: 1e-4, clipNorm: 1 });
+  const ids = [Array.from({ length: 32 }, (_, i) => (i * 7919) % decoder.config.vocabSize)];
+  const step = () => oneBakeStep(decoder, adapter, optimizer, ids, 16, { kind: "full" });
+  await step(); // (the first run of a shape compiles its kernels on a GPU)
+  const t0 = performance.now();
+  const p = await tf.profile(step);
+  const wall = performance.now() - t0;
+  optimizer.dispose();
+  adapter.dispose();
+  const byName = new Map<string, number>();
+  for (const k of p.kernels) byName.set(k.name, (byName.get(k.name) ?? 0) + 1);
+  const top = [...byName].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([n, c]) => `${n} ${c}`).join(", ");
+  return `one bake step ${p.kernels.length} kernels, ${wall.toFixed(1)} ms wall under the profiler; most run: ${top}`;
+}
+
 /**
  * Tokens a second the serving path gives `concurrent` requests at once (sampled, each with its
  * seed, replies up to 48 tokens), and one at a time: the same requests, the same tokens.
@@ -145,7 +167,7 @@ for (const m of models) {
   for (const [B, { median, min }] of t) {
     console.log(`| ${m.name} | ${B} | ${median.toFixed(1)} | ${min.toFixed(1)} | ${(median / base.median).toFixed(2)}x | ${(min / base.min).toFixed(2)}x |`);
   }
-  if (process.argv.includes("--profile")) console.log(`${m.name}: ${await profileStep(decoder)}`);
+  if (process.argv.includes("--profile")) console.log(`${m.name}: ${await profileStep(decoder)}\n${m.name}: ${await profileBake(decoder)}`);
   if (m.name !== "kiln-mini") decoder.dispose();
 }
 if (process.argv.includes("--serving")) {

@@ -149,11 +149,43 @@ function rmsNormGradXProgram(rows: number, cols: number, shape: number[]): Progr
         for (var c = tid; c < n; c += WG) { result[base + c] = r * weight[c] * dy[base + c] - x[base + c] * k; }`);
 }
 
-/** dw[c] = sum over rows of dy * x * inv: one invocation per column */
-function rmsNormGradWProgram(rows: number, cols: number): Program {
-  return elementProgram("rmsnorm_dw", [cols], ["dy", "x", "inv"], "rows : i32, cols : i32,", `
+// Sums over rows (a weight's gradient) run in chunks of ROW_CHUNK rows, one invocation per chunk
+// and output element, then one more program adds the chunks: one long loop per invocation was
+// serial work, and Mesa's software renderer stopped such loops at 65,535 iterations.
+const ROW_CHUNK = 2048;
+const chunksOf = (rows: number) => Math.max(1, Math.ceil(rows / ROW_CHUNK));
+
+/** The first `rows` rows of this invocation's chunk: `chunk`, `col` (< M), `first`, `last` (past the end). */
+const ROW_CHUNK_RANGE = `
+          let chunk = index / uniforms.M;
+          let col = index % uniforms.M;
+          let first = chunk * ${ROW_CHUNK};
+          let last = min(uniforms.rows, first + ${ROW_CHUNK});`;
+
+/** parts [chunks, M] summed over chunks: [M] */
+function sumChunksProgram(M: number): Program {
+  return elementProgram("sum_chunks", [M], ["parts"], "chunks : i32, M : i32,", `
           var acc = 0.0;
-          for (var r = 0; r < uniforms.rows; r++) { let i = r * uniforms.cols + index; acc += dy[i] * x[i] * inv[r]; }
+          for (var c = 0; c < uniforms.chunks; c++) { acc += parts[c * uniforms.M + index]; }
+          result[index] = acc;`);
+}
+
+/** Runs a chunked program over rows and adds its chunks where there is more than one. */
+function sumOverRowChunks(gpu: WebGpuBackend, rows: number, outShape: number[], program: (chunks: number) => Program, inputs: tf.TensorInfo[], uniforms: Uniform[]): tf.TensorInfo {
+  const chunks = chunksOf(rows);
+  const M = product(outShape);
+  const parts = gpu.runWebGPUProgram(program(chunks), inputs, "float32", [...ints(rows, M), ...uniforms]); // [chunks, M]
+  if (chunks === 1) return { ...parts, shape: outShape };
+  const sum = gpu.runWebGPUProgram(sumChunksProgram(M), [parts], "float32", ints(chunks, M));
+  gpu.disposeData(parts.dataId);
+  return { ...sum, shape: outShape };
+}
+
+/** dw[c] = sum over rows of dy * x * inv, per chunk of rows: [chunks, cols] */
+function rmsNormGradWProgram(chunks: number, cols: number): Program {
+  return elementProgram("rmsnorm_dw", [chunks, cols], ["dy", "x", "inv"], "rows : i32, M : i32,", `${ROW_CHUNK_RANGE}
+          var acc = 0.0;
+          for (var r = first; r < last; r++) { let i = r * uniforms.M + col; acc += dy[i] * x[i] * inv[r]; }
           result[index] = acc;`);
 }
 
@@ -374,13 +406,13 @@ function addLowRankProgram(rows: number, M: number, transposed: boolean): Progra
           result[index] = base[index] + uniforms.scale * acc;`);
 }
 
-/** scale * L^T @ R -> [P, Q]: L [rows, P], R [rows, Q] (a factor's gradient) */
-function rowsProductProgram(rows: number, P: number, Q: number): Program {
-  return elementProgram("lora_rows", [P, Q], ["left", "right"], "rows : i32, P : i32, Q : i32, scale : f32,", `
-          let p = index / uniforms.Q;
-          let q = index % uniforms.Q;
+/** scale * L^T @ R -> [P, Q] (a factor's gradient), per chunk of rows: [chunks, P * Q]; L [rows, P], R [rows, Q] */
+function rowsProductProgram(chunks: number, P: number, Q: number): Program {
+  return elementProgram("lora_rows", [chunks, P * Q], ["left", "right"], "rows : i32, M : i32, P : i32, Q : i32, scale : f32,", `${ROW_CHUNK_RANGE}
+          let p = col / uniforms.Q;
+          let q = col % uniforms.Q;
           var acc = 0.0;
-          for (var n = 0; n < uniforms.rows; n++) { acc += left[n * uniforms.P + p] * right[n * uniforms.Q + q]; }
+          for (var n = first; n < last; n++) { acc += left[n * uniforms.P + p] * right[n * uniforms.Q + q]; }
           result[index] = uniforms.scale * acc;`);
 }
 
@@ -444,7 +476,7 @@ const webgpuKernels: Record<string, tf.KernelFunc> = {
     const eps = (attrs as unknown as { eps: number }).eps;
     const inv = gpu.runWebGPUProgram(rmsInverseProgram(rows, cols), [x!], "float32", [...ints(rows, cols), ...floats(eps)]); // [rows]
     const dx = gpu.runWebGPUProgram(rmsNormGradXProgram(rows, cols, x!.shape), [dy!, x!, weight!, inv], "float32", ints(rows, cols));
-    const dw = gpu.runWebGPUProgram(rmsNormGradWProgram(rows, cols), [dy!, x!, inv], "float32", ints(rows, cols));
+    const dw = sumOverRowChunks(gpu, rows, weight!.shape, (chunks) => rmsNormGradWProgram(chunks, cols), [dy!, x!, inv], []);
     gpu.disposeData(inv.dataId);
     return [dx, dw];
   },
@@ -523,9 +555,9 @@ const webgpuKernels: Record<string, tf.KernelFunc> = {
     const t = gpu.runWebGPUProgram(thinProductProgram(N, r, false), [dy!, b!], "float32", [...ints(outF, r), ...floats(scale)]); // scale * dy @ b: [N, r]
     const dxBase = matMul(gpu, dy!, w!, true); // dy @ w^T: [N, in]
     const dx = gpu.runWebGPUProgram(addLowRankProgram(N, inF, false), [dxBase, t, a!], "float32", [...ints(inF, r), ...floats(1)]); // + t @ a
-    const da = gpu.runWebGPUProgram(rowsProductProgram(N, r, inF), [t, x!], "float32", [...ints(N, r, inF), ...floats(1)]); // t^T @ x: [r, in]
+    const da = sumOverRowChunks(gpu, N, [r, inF], (chunks) => rowsProductProgram(chunks, r, inF), [t, x!], [...ints(r, inF), ...floats(1)]); // t^T @ x: [r, in]
     const xa = gpu.runWebGPUProgram(thinProductProgram(N, r, true), [x!, a!], "float32", [...ints(inF, r), ...floats(1)]); // [N, r]
-    const db = gpu.runWebGPUProgram(rowsProductProgram(N, outF, r), [dy!, xa], "float32", [...ints(N, outF, r), ...floats(scale)]); // scale * dy^T @ xa: [out, r]
+    const db = sumOverRowChunks(gpu, N, [outF, r], (chunks) => rowsProductProgram(chunks, outF, r), [dy!, xa], [...ints(outF, r), ...floats(scale)]); // scale * dy^T @ xa: [out, r]
     for (const tmp of [t, dxBase, xa]) gpu.disposeData(tmp.dataId);
     return [dx, da, db];
   },

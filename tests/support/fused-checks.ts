@@ -172,3 +172,21 @@ export async function checkKvAppend(backend: string): Promise<void> {
   await same(backend, () => appendHeadMajor(r([1, 2, 3, 4], 104) as tf.Tensor4D, tf.zeros([1, 0, 2, 4]) as tf.Tensor4D), 1e-6);
   await same(backend, () => appendHeadMajor(tf.zeros([1, 2, 0, 4]) as tf.Tensor4D, r([1, 3, 2, 4], 105) as tf.Tensor4D), 1e-6);
 }
+
+/**
+ * Weight gradients summed over many rows (webgpu adds them in chunks of rows; one long loop per
+ * invocation stopped at 65,535 rows on Mesa's software renderer): RMSNorm's weight, LoRA's factors.
+ */
+export async function checkManyRows(backend: string): Promise<void> {
+  assertFused(backend, RMS_NORM, LORA_LINEAR);
+  await same(backend, () => {
+    const [gx, gw] = tf.grads((x: tf.Tensor, w: tf.Tensor) => tf.sum(tf.mul(rmsNorm(x, w, 1e-6), r([70_001, 3], 110))))([r([70_001, 3], 111), tf.add(r([3], 112), 1)]);
+    return tf.concat([gx!.flatten(), gw!.flatten()]);
+  }, 2e-4);
+  await same(backend, () => {
+    const w = r([7, 5], 113) as tf.Tensor2D;
+    const probe = r([5000, 5], 114);
+    const [ga, gb] = tf.grads((a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(loraLinear(r([5000, 7], 115) as tf.Tensor2D, w, a as tf.Tensor2D, b as tf.Tensor2D, 0.5), probe)))([r([3, 7], 116), r([5, 3], 117)]);
+    return tf.concat([ga!.flatten(), gb!.flatten()]);
+  }, 2e-4);
+}

@@ -8,7 +8,7 @@ import { initBackend } from "../../src/tensor/backend.js";
 import { ATTENTION, KV_APPEND, LORA_LINEAR, RMS_NORM, rmsNorm, ROPE, SWIGLU } from "../../src/tensor/fused.js";
 import { KVCache } from "../../src/model/decoder.js";
 import { loadModel } from "../../src/model/load.js";
-import { checkAdam, checkAttention, checkKlRows, checkKvAppend, checkLoraLinear, checkRmsNormAndSwiglu, checkRope, checkWideRows, close, r, same } from "./fused-checks.js";
+import { checkAdam, checkAttention, checkKlRows, checkKvAppend, checkLoraLinear, checkManyRows, checkRmsNormAndSwiglu, checkRope, checkWideRows, close, r, same } from "./fused-checks.js";
 import { LoraAdam } from "../../src/bake/optimizer.js";
 import { LoraAdapter } from "../../src/lora/adapter.js";
 import { fixtureDir } from "./paths.js";
@@ -45,8 +45,9 @@ test("LoraAdam on webgpu takes the steps LoraAdam takes on the cpu's host arrays
   close(Float32Array.from(gpu), Float32Array.from(host), 1e-5);
 });
 
-test("more rows than one dispatch dimension holds (tfjs folds it; the extra workgroups write nothing)", async () => {
+test("more rows than one dispatch dimension holds (tfjs folds it; the extra workgroups write nothing), weight gradients over them", async () => {
   await same("webgpu", () => rmsNorm(r([70_001, 3], 90), tf.add(r([3], 91), 1), 1e-6));
+  await checkManyRows("webgpu");
 });
 
 test("a decoder step with an adapter on webgpu runs the fused kernels, not their composition", async () => {

@@ -24,7 +24,7 @@ LOG=$OUT/gpu-check.log
 : >"$LOG"
 say() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$LOG"; }
 # step NAME LIMIT_S COMMAND...: runs a command under a time limit, logging its output and duration
-summarize() { grep -E '^\| |^backend |^load after|: one batch-1 step |^# kiln bench|^<!--|^PyTorch:|^transformers |^# (pass|fail)|^\[..:..:..\] (== |adapter|with )' "$LOG" >"$OUT/summary.txt"; }
+summarize() { grep -E '^\| |^backend |^load after|: one (batch-1|bake) step |^# kiln bench|^<!--|^PyTorch:|^transformers |^# (pass|fail)|^\[..:..:..\] (== |adapter|with )' "$LOG" >"$OUT/summary.txt"; }
 step() {
   local name=$1 limit=$(($2 * (3 * SMOKE + 1))) # a software adapter (under strace, when staging) is slower
 
@@ -97,7 +97,8 @@ if [ $BATCHING = 1 ]; then
   exit $failed
 fi
 # limits sum to 570 s at most (the export check's Python part only where transformers is), leaving room for unpacking, kiln info and kill grace within the device's 600
-step "golden tests on webgpu" 90 node --test dist/tests/golden.test.js || failed=1
+step "kiln's fused WGSL kernels against the composed ops" 30 node --test dist/tests/support/webgpu-fused.js || failed=1
+step "golden tests on webgpu" 60 node --test dist/tests/golden.test.js || failed=1
 # kiln's PEFT and merged exports read by transformers and PEFT (the device has both; kiln's side
 # on the cpu backend, so this checks the files whatever Dawn does)
 exports=$(mktemp -d)

@@ -1090,9 +1090,9 @@ test("an agent whose model cannot be found or loaded is named with its file, and
   }
 });
 
-test("a bake reply as long as the model's context is refused when the agent loads, naming the field, not at every bake", async () => {
-  const { file, dir } = writeTestAgent({ bake: { probesPerItem: 1, checkProbes: false, openQuestions: ["hello"], settings: { ...FAST_BAKE, maxReplyTokens: 100_000 } } });
-  await assert.rejects(Runtime.fromFiles(file), (err: Error) => err.message === `${file}: bake.settings.maxReplyTokens: 100000 leaves no room for a prompt in the model's 2048 positions`);
+test("a bake reply as long as the model's context (within the agent file's 4096) is refused when the agent loads, naming the field, not at every bake", async () => {
+  const { file, dir } = writeTestAgent({ bake: { probesPerItem: 1, checkProbes: false, openQuestions: ["hello"], settings: { ...FAST_BAKE, maxReplyTokens: 2048 } } });
+  await assert.rejects(Runtime.fromFiles(file), (err: Error) => err.message === `${file}: bake.settings.maxReplyTokens: 2048 leaves no room for a prompt in the model's 2048 positions`);
   assert.equal(existsSync(path.join(dir, "home", "ledger.json")), false, "nothing was written");
   rmSync(dir, { recursive: true });
 });
@@ -1148,6 +1148,19 @@ test("agent files with mistakes name the field", () => {
   assert.throws(() => loadAgentConfig(file, dir), /bake\.settings\.trajectories: a whole number from 1 to 2048; bake\.settings\.lora\.r: a whole number from 1 to 512$/);
   writeFileSync(file, "name: x\nbake:\n  settings:\n    trajectories: 0\n    lora: { r: 2.5 }\n");
   assert.throws(() => loadAgentConfig(file, dir), /bake\.settings\.trajectories: a whole number from 1 to 2048; bake\.settings\.lora\.r: a whole number from 1 to 512$/);
+  // every count and size has an upper bound too, named with its range (epochs: 1e9 ran a bake for good)
+  writeFileSync(file, "name: x\nbake:\n  settings:\n    epochs: 1000000000\n    maxReplyTokens: 100000\n    learningRate: 10\n    kl: { kind: topk, k: 50000 }\n");
+  assert.throws(
+    () => loadAgentConfig(file, dir),
+    /bake\.settings\.maxReplyTokens: a whole number from 1 to 4096; bake\.settings\.learningRate: a number above 0, at most 1; bake\.settings\.epochs: a whole number from 1 to 100; bake\.settings\.kl\.k: a whole number from 1 to 1024$/,
+  );
+  writeFileSync(file, "name: x\nfeeds:\n  - { id: a, url: http://x/1, maxItems: 1000000, maxRevisionsPerDay: 100000 }\nbake:\n  maxItems: 100000\nreplay: 1000000\nkeepVersions: 100000\nforgetNewsAfterDays: 1000000\n");
+  assert.throws(
+    () => loadAgentConfig(file, dir),
+    /feeds\.0\.maxItems: a whole number from 1 to 1000; feeds\.0\.maxRevisionsPerDay: a whole number from 1 to 1440; bake\.maxItems: a whole number from 1 to 512; replay: a whole number from 0 to 1000; forgetNewsAfterDays: a number above 0, at most 3650; keepVersions: a whole number from 1 to 100$/,
+  );
+  writeFileSync(file, "name: x\nbake:\n  settings: { epochs: 100, maxReplyTokens: 4096, temperature: 5, learningRate: 1, batchSize: 512, patience: 100 }\n");
+  assert.equal(loadAgentConfig(file, dir).bake.settings.epochs, 100);
   writeFileSync(file, "name: x\nfeeds:\n  - { id: Town_Gazette-2, url: http://x/1 }\nbake:\n  settings:\n    trajectories: 2048\n    lora: { r: 512 }\n");
   assert.equal(loadAgentConfig(file, dir).bake.settings.lora?.r, 512);
   rmSync(dir, { recursive: true });

@@ -778,6 +778,32 @@ test("a feed item corrected under its guid supersedes the stored one; the correc
   }
 });
 
+test("a feed renamed in the agent file: on start the old id's poll state goes (logged), its items stay as they were", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [{ id: "harbor", url: "news.xml", schedule: "0 0 1 1 *" }] });
+  const logs: string[] = [];
+  const open = () => Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+  let runtime = await open();
+  try {
+    let agent = runtime.agent("tester");
+    assert.equal((await agent.pollFeed("harbor")).added, 2);
+    const written = () => JSON.stringify(agent.ledger.data.items);
+    const items = written();
+    await runtime.stop();
+    writeFileSync(file, readFileSync(file, "utf8").replace("id: harbor", "id: harbour"));
+    runtime = await open();
+    agent = runtime.agent("tester");
+    assert.deepEqual(agent.ledger.data.feeds.map((f) => f.id), ["harbour"]);
+    assert.equal(written(), items, "items are not lost or changed");
+    assert.ok(logs.includes("feed(s) harbor no longer in the agent file (removed or renamed): their poll state is dropped; the 2 item(s) they brought in stay"), logs.join("\n"));
+    // the same news under the new id is not ingested twice
+    assert.equal((await agent.pollFeed("harbour")).added, 0);
+    assert.equal(agent.ledger.data.items.length, 2);
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("a feed item with neither guid nor link is known by its title: a settled change supersedes it, and items stored without a key are left alone", async () => {
   const { dir, file, feedFile } = writeTestAgent();
   writeFileSync(feedFile, readFileSync(feedFile, "utf8").replace(/<guid>h\d<\/guid>/g, ""));

@@ -355,10 +355,10 @@ export class Agent {
     if (ledger.data.live === null || ledger.data.versions.some((v) => v.id === ledger.data.live)) await agent.syncStatusesToLive("start");
     const loadError = agent.goLiveOnRecord();
     if (loadError) await agent.replaceUnloadableLive(loadError);
-    for (const f of config.feeds) {
-      if (!ledger.feed(f.id)) {
-        await ledger.update((d) => d.feeds.push({ id: f.id, url: f.url, consecutiveErrors: 0, seenKeys: [], itemsAdded: 0 }));
-      }
+    const dropped = await ledger.syncFeeds(config.feeds);
+    if (dropped.length) {
+      const kept = ledger.items({ kind: "feed" }).filter((i) => dropped.includes(i.source.feedId ?? "")).length;
+      agent.log(`feed(s) ${dropped.join(", ")} no longer in the agent file (removed or renamed): their poll state is dropped; the ${kept} item(s) they brought in stay`);
     }
     return agent;
   }

@@ -13,7 +13,7 @@ import type { CycleResult } from "../bake/cycle.js";
 import { decideGate, type StatusChange } from "./gate.js";
 import { checkProbes, type ProbeCheck, type ProbeItem } from "../bake/probes.js";
 import { DEFAULT_BAKE } from "../bake/trainer.js";
-import { knowledgeLessons, tooLongForItem } from "../bake/prompt.js";
+import { knowledgeLessons, itemTextProblem } from "../bake/prompt.js";
 import { pollFeed, type FeedEntry } from "../feeds/feeds.js";
 import { HALF_WRITTEN_VERSION, INACTIVE_STATUSES, Ledger, markBaking, VERSION_DIR, type BakeRun, type Item, type ItemKind, type ItemStatus, type VersionRecord } from "../knowledge/ledger.js";
 import { newsTime, pairedHeldItems, updatePairs } from "../knowledge/updates.js";
@@ -605,8 +605,8 @@ export class Agent {
   }
 
   async remember(text: string, kind: ItemKind = "manual", source: Item["source"] = {}): Promise<{ item: Item; added: boolean }> {
-    const tooLong = tooLongForItem(text);
-    if (tooLong) throw new Error(tooLong);
+    const problem = itemTextProblem(text);
+    if (problem) throw new Error(problem);
     return this.ledger.addItem({ kind, text, source });
   }
 

@@ -10,7 +10,7 @@ import { loadModel } from "../src/model/load.js";
 import { generate } from "../src/model/generate.js";
 import { bake, lengthBatches, prepareDecoderForTraining, type BakeSettings } from "../src/bake/trainer.js";
 import { sampleTrajectories, studentMessages, teacherMessages } from "../src/bake/trajectories.js";
-import { buildKnowledgePrompt, knowledgeLessons } from "../src/bake/prompt.js";
+import { buildKnowledgePrompt, itemTextProblem, knowledgeLessons, MAX_ITEM_CHARS } from "../src/bake/prompt.js";
 import { bakeNiceness, startBake } from "../src/bake/job.js";
 import type { LoraAdapter } from "../src/lora/adapter.js";
 import { loadAdapter } from "../src/lora/peft.js";
@@ -66,6 +66,13 @@ test("half-baking stops once the asked share of the KL is gone; pursuit runs sev
   const pursuit = await bake({ model, prompt: PROMPT, questions: QUESTIONS, settings: { ...SETTINGS, epochs: 3, pursuitRounds: 2 } });
   assert.deepEqual([...new Set(pursuit.history.map((h) => h.round))], [0, 1]);
   pursuit.adapter.dispose();
+});
+
+test("itemTextProblem: a fact told by hand is refused for its length or for a control character, and says which", () => {
+  assert.equal(itemTextProblem("The ferry runs at noon."), null);
+  assert.equal(itemTextProblem("x".repeat(MAX_ITEM_CHARS)), null);
+  assert.match(itemTextProblem("x".repeat(MAX_ITEM_CHARS + 1))!, /^a fact is at most 400 characters/);
+  assert.match(itemTextProblem("short\u0007")!, /^a fact cannot hold control characters \(U\+0007 at character 6\)/);
 });
 
 test("knowledge is split into teacher prompts of chunkItems items, each trajectory sampled from its own", async () => {

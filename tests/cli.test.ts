@@ -46,6 +46,10 @@ test("option values are checked before any work, naming the option", () => {
   assert.match(rank.stderr, /option '--rank <r>' argument '100000' is invalid\. expected a whole number >= 1 and <= 512/);
   const trajectories = kiln(["bake", "--prompt", "x", "--out", path.join(os.tmpdir(), "kiln-never"), "--trajectories", "100000"]);
   assert.match(trajectories.stderr, /option '--trajectories <n>' argument '100000' is invalid\. expected a whole number >= 1 and <= 2048/);
+  const manyEpochs = kiln(["bake", "--prompt", "x", "--out", path.join(os.tmpdir(), "kiln-never"), "--epochs", "1000000000"]);
+  assert.match(manyEpochs.stderr, /option '--epochs <n>' argument '1000000000' is invalid\. expected a whole number >= 1 and <= 100/);
+  const reply = kiln(["bake", "--prompt", "x", "--out", path.join(os.tmpdir(), "kiln-never"), "--max-reply-tokens", "100000"]);
+  assert.match(reply.stderr, /option '--max-reply-tokens <n>' argument '100000' is invalid\. expected a whole number >= 1 and <= 4096/);
   const temperature = kiln(["generate", "--prompt", "hi", "--temperature", "-3"]);
   assert.equal(temperature.status, 1);
   assert.match(temperature.stderr, /'--temperature <t>' argument '-3' is invalid\. expected a number >= 0/);

@@ -37,6 +37,27 @@ test("items keep provenance, dedupe by content, and move through statuses with h
   rmSync(dir, { recursive: true });
 });
 
+test("syncFeeds: a feed the agent file no longer names loses its poll state, never its items; a new one starts empty", async () => {
+  const dir = tmp();
+  const ledger = await Ledger.open(path.join(dir, "ledger.json"));
+  assert.deepEqual(await ledger.syncFeeds([{ id: "harbor", url: "http://x/feed" }]), []);
+  await ledger.update((d) => Object.assign(d.feeds[0]!, { etag: '"e1"', consecutiveErrors: 2, seenKeys: ["guid:g1"], itemsAdded: 1 }));
+  await ledger.addItem({ kind: "feed", text: "Quillport elected a new mayor.", source: { feedId: "harbor", guid: "g1" } });
+  const items = structuredClone(ledger.data.items);
+  // renamed: the old id's record goes, the new one starts empty, the items stay as they were
+  assert.deepEqual(await ledger.syncFeeds([{ id: "harbour", url: "http://x/feed" }]), ["harbor"]);
+  assert.equal(ledger.feed("harbor"), undefined);
+  assert.deepEqual(ledger.feed("harbour"), { id: "harbour", url: "http://x/feed", consecutiveErrors: 0, seenKeys: [], itemsAdded: 0 });
+  assert.deepEqual(ledger.data.items, items);
+  await ledger.update((d) => Object.assign(d.feeds[0]!, { etag: '"e2"' }));
+  assert.deepEqual(await ledger.syncFeeds([{ id: "harbour", url: "http://x/feed" }]), [], "a feed still named keeps its state");
+  assert.equal(ledger.feed("harbour")!.etag, '"e2"');
+  await ledger.close();
+  const reopened = await Ledger.open(path.join(dir, "ledger.json"), { readOnly: true });
+  assert.deepEqual(reopened.data.feeds.map((f) => f.id), ["harbour"], "written");
+  rmSync(dir, { recursive: true });
+});
+
 test("an item added as a correction supersedes the ones it names in the same write; superseded text can be told again", async () => {
   const dir = tmp();
   const ledger = await Ledger.open(path.join(dir, "ledger.json"));

@@ -778,6 +778,32 @@ test("a feed item corrected under its guid supersedes the stored one; the correc
   }
 });
 
+test("a feed renamed in the agent file: on start the old id's poll state goes (logged), its items stay as they were", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [{ id: "harbor", url: "news.xml", schedule: "0 0 1 1 *" }] });
+  const logs: string[] = [];
+  const open = () => Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+  let runtime = await open();
+  try {
+    let agent = runtime.agent("tester");
+    assert.equal((await agent.pollFeed("harbor")).added, 2);
+    const written = () => JSON.stringify(agent.ledger.data.items);
+    const items = written();
+    await runtime.stop();
+    writeFileSync(file, readFileSync(file, "utf8").replace("id: harbor", "id: harbour"));
+    runtime = await open();
+    agent = runtime.agent("tester");
+    assert.deepEqual(agent.ledger.data.feeds.map((f) => f.id), ["harbour"]);
+    assert.equal(written(), items, "items are not lost or changed");
+    assert.ok(logs.includes("feed(s) harbor no longer in the agent file (removed or renamed): their poll state is dropped; the 2 item(s) they brought in stay"), logs.join("\n"));
+    // the same news under the new id is not ingested twice
+    assert.equal((await agent.pollFeed("harbour")).added, 0);
+    assert.equal(agent.ledger.data.items.length, 2);
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("a feed item with neither guid nor link is known by its title: a settled change supersedes it, and items stored without a key are left alone", async () => {
   const { dir, file, feedFile } = writeTestAgent();
   writeFileSync(feedFile, readFileSync(feedFile, "utf8").replace(/<guid>h\d<\/guid>/g, ""));
@@ -1090,9 +1116,9 @@ test("an agent whose model cannot be found or loaded is named with its file, and
   }
 });
 
-test("a bake reply as long as the model's context is refused when the agent loads, naming the field, not at every bake", async () => {
-  const { file, dir } = writeTestAgent({ bake: { probesPerItem: 1, checkProbes: false, openQuestions: ["hello"], settings: { ...FAST_BAKE, maxReplyTokens: 100_000 } } });
-  await assert.rejects(Runtime.fromFiles(file), (err: Error) => err.message === `${file}: bake.settings.maxReplyTokens: 100000 leaves no room for a prompt in the model's 2048 positions`);
+test("a bake reply as long as the model's context (within the agent file's 4096) is refused when the agent loads, naming the field, not at every bake", async () => {
+  const { file, dir } = writeTestAgent({ bake: { probesPerItem: 1, checkProbes: false, openQuestions: ["hello"], settings: { ...FAST_BAKE, maxReplyTokens: 2048 } } });
+  await assert.rejects(Runtime.fromFiles(file), (err: Error) => err.message === `${file}: bake.settings.maxReplyTokens: 2048 leaves no room for a prompt in the model's 2048 positions`);
   assert.equal(existsSync(path.join(dir, "home", "ledger.json")), false, "nothing was written");
   rmSync(dir, { recursive: true });
 });
@@ -1148,6 +1174,19 @@ test("agent files with mistakes name the field", () => {
   assert.throws(() => loadAgentConfig(file, dir), /bake\.settings\.trajectories: a whole number from 1 to 2048; bake\.settings\.lora\.r: a whole number from 1 to 512$/);
   writeFileSync(file, "name: x\nbake:\n  settings:\n    trajectories: 0\n    lora: { r: 2.5 }\n");
   assert.throws(() => loadAgentConfig(file, dir), /bake\.settings\.trajectories: a whole number from 1 to 2048; bake\.settings\.lora\.r: a whole number from 1 to 512$/);
+  // every count and size has an upper bound too, named with its range (epochs: 1e9 ran a bake for good)
+  writeFileSync(file, "name: x\nbake:\n  settings:\n    epochs: 1000000000\n    maxReplyTokens: 100000\n    learningRate: 10\n    kl: { kind: topk, k: 50000 }\n");
+  assert.throws(
+    () => loadAgentConfig(file, dir),
+    /bake\.settings\.maxReplyTokens: a whole number from 1 to 4096; bake\.settings\.learningRate: a number above 0, at most 1; bake\.settings\.epochs: a whole number from 1 to 100; bake\.settings\.kl\.k: a whole number from 1 to 1024$/,
+  );
+  writeFileSync(file, "name: x\nfeeds:\n  - { id: a, url: http://x/1, maxItems: 1000000, maxRevisionsPerDay: 100000 }\nbake:\n  maxItems: 100000\nreplay: 1000000\nkeepVersions: 100000\nforgetNewsAfterDays: 1000000\n");
+  assert.throws(
+    () => loadAgentConfig(file, dir),
+    /feeds\.0\.maxItems: a whole number from 1 to 1000; feeds\.0\.maxRevisionsPerDay: a whole number from 1 to 1440; bake\.maxItems: a whole number from 1 to 512; replay: a whole number from 0 to 1000; forgetNewsAfterDays: a number above 0, at most 3650; keepVersions: a whole number from 1 to 100$/,
+  );
+  writeFileSync(file, "name: x\nbake:\n  settings: { epochs: 100, maxReplyTokens: 4096, temperature: 5, learningRate: 1, batchSize: 512, patience: 100 }\n");
+  assert.equal(loadAgentConfig(file, dir).bake.settings.epochs, 100);
   writeFileSync(file, "name: x\nfeeds:\n  - { id: Town_Gazette-2, url: http://x/1 }\nbake:\n  settings:\n    trajectories: 2048\n    lora: { r: 512 }\n");
   assert.equal(loadAgentConfig(file, dir).bake.settings.lora?.r, 512);
   rmSync(dir, { recursive: true });

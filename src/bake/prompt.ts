@@ -26,7 +26,7 @@ const CONTROL = new RegExp(`[${CONTROL_CHARACTERS}]`);
  * a control character is refused rather than dropped, since what was told would not be what is kept.
  * (Feed text is cut to fit and has its control characters taken out as it is read: news is not asked for.)
  */
-export function tooLongForItem(text: string): string | null {
+export function itemTextProblem(text: string): string | null {
   const control = CONTROL.exec(text);
   if (control) {
     const code = `U+${control[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}`;

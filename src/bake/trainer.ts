@@ -61,9 +61,25 @@ export interface BakeSettings {
  * than run out of memory. A rank past a few hundred is wider than the projections it adapts in the
  * models kiln runs (no more expressive, and r 100,000 allocates gigabytes before the first step);
  * a bake caches the teacher's distributions over every trajectory's reply at once (with full KL,
- * vocabulary-sized per token), where kiln's agents use a few hundred trajectories.
+ * vocabulary-sized per token), where kiln's agents use a few hundred trajectories. The others are
+ * past what any bake has wanted by far: a reply of 4,096 tokens (the model's own context is checked
+ * when an agent starts), 100 epochs (patience ends a bake long before), a batch of 512, a
+ * temperature of 5 (sampling is noise well before), a learning rate of 1, alpha 4,096 (8 x the
+ * widest rank), top-K 1,024 and a gradient clip of 1,000.
  */
-export const BAKE_LIMITS = { trajectories: 2048, rank: 512 } as const;
+export const BAKE_LIMITS = {
+  trajectories: 2048,
+  rank: 512,
+  maxReplyTokens: 4096,
+  epochs: 100,
+  batchSize: 512,
+  patience: 100,
+  temperature: 5,
+  learningRate: 1,
+  alpha: 4096,
+  topK: 1024,
+  clipNorm: 1000,
+} as const;
 
 export const DEFAULT_BAKE: BakeSettings = {
   lora: DEFAULT_LORA,

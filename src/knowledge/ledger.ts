@@ -600,6 +600,25 @@ export class Ledger {
   feed(id: string): FeedRecord | undefined {
     return this.data.feeds.find((f) => f.id === id);
   }
+
+  /**
+   * Makes the feed records those the agent file names: a new feed starts with empty poll state, and
+   * the record of a feed it no longer names (removed, or renamed: ids are names, not URLs) goes, with
+   * its validators, failures, backoff and seen keys, so /healthz and the metrics stop showing it. The
+   * items it brought in stay as they are (a feed given back its id finds them by their text, which
+   * is not ingested twice while an item holding it is active). Returns the ids dropped.
+   */
+  async syncFeeds(feeds: readonly { id: string; url: string }[]): Promise<string[]> {
+    const named = new Set(feeds.map((f) => f.id));
+    const dropped = this.data.feeds.filter((f) => !named.has(f.id)).map((f) => f.id);
+    const added = feeds.filter((f) => !this.feed(f.id)).map((f): FeedRecord => ({ id: f.id, url: f.url, consecutiveErrors: 0, seenKeys: [], itemsAdded: 0 }));
+    if (dropped.length || added.length) {
+      await this.update((d) => {
+        d.feeds = d.feeds.filter((f) => named.has(f.id)).concat(added);
+      });
+    }
+    return dropped;
+  }
 }
 
 /** Marks pending items "baking" (a bake took them), in a change of the caller's; returns their ids. */

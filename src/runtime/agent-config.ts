@@ -22,6 +22,34 @@ const wholeIn = (min: number, max: number) => {
   return z.number({ message }).int(message).min(min, message).max(max, message);
 };
 
+/** A number in [min, max], or in (min, max] with `above`, the range named in the error. */
+const numberIn = (min: number, max: number, above = false) => {
+  const message = above ? `a number above ${min}, at most ${max}` : `a number from ${min} to ${max}`;
+  const n = z.number({ message });
+  return (above ? n.gt(min, message) : n.min(min, message)).max(max, message);
+};
+
+/**
+ * Upper bounds on an agent file's counts, far past what any agent has wanted, so a slip of the
+ * keyboard is refused rather than run (bake.settings' are BAKE_LIMITS, shared with kiln bake).
+ * A feed is polled at most once a minute, so it cannot change an item more than 1,440 times a
+ * day; a bake carries at least 4 trajectories an item, so 512 items fill BAKE_LIMITS.trajectories.
+ */
+const AGENT_LIMITS = {
+  feedItems: 1000,
+  timeoutMs: 600_000,
+  days: 3650,
+  revisionsPerDay: 1440,
+  bakeItems: BAKE_LIMITS.trajectories / 4,
+  minPending: 10_000,
+  probesPerItem: 20,
+  maxAttempts: 100,
+  chunkItems: 100,
+  replay: 1000,
+  retentionChecks: 10_000,
+  keepVersions: 100,
+} as const;
+
 /** Agent names and feed ids are parts of the admin API's URL paths, and an agent's name its folder's. */
 const safeName = z.string().regex(/^[a-z0-9][a-z0-9-_]*$/i, "letters, digits, - and _ only, starting with a letter or digit (it is part of the admin API's URLs)");
 
@@ -29,21 +57,21 @@ const BakeSettingsSchema = z
   .object({
     objective: z.enum(BAKE_OBJECTIVES),
     trajectories: wholeIn(1, BAKE_LIMITS.trajectories),
-    temperature: z.number().min(0),
-    maxReplyTokens: z.number().int().positive(),
-    learningRate: z.number().positive(),
-    epochs: z.number().int().positive(),
-    batchSize: z.number().int().positive(),
-    clipNorm: z.number().min(0),
+    temperature: numberIn(0, BAKE_LIMITS.temperature),
+    maxReplyTokens: wholeIn(1, BAKE_LIMITS.maxReplyTokens),
+    learningRate: numberIn(0, BAKE_LIMITS.learningRate, true),
+    epochs: wholeIn(1, BAKE_LIMITS.epochs),
+    batchSize: wholeIn(1, BAKE_LIMITS.batchSize),
+    clipNorm: numberIn(0, BAKE_LIMITS.clipNorm),
     validationFraction: z.number().gt(0).lt(1),
     laterTurns: z.number().min(0).max(0.9),
-    patience: z.number().int().positive(),
-    kl: z.union([z.object({ kind: z.literal("full") }), z.object({ kind: z.literal("topk"), k: z.number().int().positive() })]),
+    patience: wholeIn(1, BAKE_LIMITS.patience),
+    kl: z.union([z.object({ kind: z.literal("full") }), z.object({ kind: z.literal("topk"), k: wholeIn(1, BAKE_LIMITS.topK) })]),
     seed: z.number().int(),
     lora: z
       .object({
         r: wholeIn(1, BAKE_LIMITS.rank),
-        alpha: z.number().positive(),
+        alpha: numberIn(0, BAKE_LIMITS.alpha, true),
         dropout: z.number().min(0).lt(1),
         useRslora: z.boolean(),
         targetModules: z.array(z.enum(LORA_TARGETS)).min(1),
@@ -79,12 +107,12 @@ export const AgentConfigSchema = z
             id: safeName,
             url: z.string().min(1),
             schedule: feedSchedule.default("*/30 * * * *"),
-            maxItems: z.number().int().positive().default(50),
-            timeoutMs: z.number().int().positive().default(15000),
+            maxItems: wholeIn(1, AGENT_LIMITS.feedItems).default(50),
+            timeoutMs: wholeIn(1, AGENT_LIMITS.timeoutMs).default(15000),
             /** items dated more than this many days before a poll are skipped (undated ones are kept) */
-            maxAgeDays: z.number().positive().optional(),
+            maxAgeDays: numberIn(0, AGENT_LIMITS.days, true).optional(),
             /** changes of one item's text taken in any 24 hours; a change is taken once it holds for a poll */
-            maxRevisionsPerDay: z.number().int().positive().default(3),
+            maxRevisionsPerDay: wholeIn(1, AGENT_LIMITS.revisionsPerDay).default(3),
           })
           .strict(),
       )
@@ -93,17 +121,17 @@ export const AgentConfigSchema = z
       .object({
         schedule: cronExpr.optional(),
         /** do not bake until this many items are pending */
-        minPending: z.number().int().positive().default(1),
+        minPending: wholeIn(1, AGENT_LIMITS.minPending).default(1),
         /** most pending items per bake (the rest wait for the next one) */
-        maxItems: z.number().int().positive().default(20),
-        probesPerItem: z.number().int().positive().default(2),
+        maxItems: wholeIn(1, AGENT_LIMITS.bakeItems).default(20),
+        probesPerItem: wholeIn(1, AGENT_LIMITS.probesPerItem).default(2),
         /**
          * an item none of whose probe questions passes the checks (src/bake/probes.ts) is rejected
          * unbaked; false keeps its first question unchecked (absorption is then unproven)
          */
         checkProbes: z.boolean().default(true),
         /** bakes an item may go through without being absorbed before it is rejected */
-        maxAttempts: z.number().int().positive().default(3),
+        maxAttempts: wholeIn(1, AGENT_LIMITS.maxAttempts).default(3),
         /**
          * The teacher: "base" (the base model with the prompt) or "live" (the live weights with
          * it). Live weights answer from what they hold over what the prompt says, so news that
@@ -113,7 +141,7 @@ export const AgentConfigSchema = z
         /** ask, when a bake starts, whether new items update ones the agent knows; the older is superseded */
         checkUpdates: z.boolean().default(true),
         /** items per teacher prompt (0 = all in one prompt): small models read a few lines far better than many */
-        chunkItems: z.number().int().min(0).default(4),
+        chunkItems: wholeIn(0, AGENT_LIMITS.chunkItems).default(4),
         openQuestions: z.array(z.string()).default(OPEN_QUESTIONS),
         settings: BakeSettingsSchema.default({}),
       })
@@ -132,21 +160,21 @@ export const AgentConfigSchema = z
     /** how facts users state are captured: by the model (rules when it finds nothing), by rules only, or not at all */
     capture: z.enum(["model", "rules", "off"]).default("model"),
     /** absorbed items replayed into each bake so old knowledge is kept */
-    replay: z.number().int().min(0).default(20),
+    replay: wholeIn(0, AGENT_LIMITS.replay).default(20),
     /**
      * absorbed items, not replayed, that a bake checks for retention (those checked longest ago
      * first); the others are carried over unchecked, so a bake's cost does not grow with all it
      * knows (kiln knowledge verify checks everything)
      */
-    retentionChecks: z.number().int().min(0).default(40),
+    retentionChecks: wholeIn(0, AGENT_LIMITS.retentionChecks).default(40),
     /**
      * feed items whose news (the feed's date, else when stored) is older than this many days are
      * expired when a bake starts: no longer baked, replayed or checked, so a news agent works on a
      * window of recent news and what it keeps stays bounded (default: kept for good)
      */
-    forgetNewsAfterDays: z.number().positive().optional(),
+    forgetNewsAfterDays: numberIn(0, AGENT_LIMITS.days, true).optional(),
     /** versions kept on disk besides the live one (for rollback) */
-    keepVersions: z.number().int().min(1).default(5),
+    keepVersions: wholeIn(1, AGENT_LIMITS.keepVersions).default(5),
     /** where the ledger and checkpoints live (relative to the agent file); default checkpoints/<name> */
     home: z.string().optional(),
   })

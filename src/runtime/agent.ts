@@ -13,7 +13,7 @@ import type { CycleResult } from "../bake/cycle.js";
 import { decideGate, type StatusChange } from "./gate.js";
 import { checkProbes, type ProbeCheck, type ProbeItem } from "../bake/probes.js";
 import { DEFAULT_BAKE } from "../bake/trainer.js";
-import { knowledgeLessons, tooLongForItem } from "../bake/prompt.js";
+import { knowledgeLessons, itemTextProblem } from "../bake/prompt.js";
 import { pollFeed, type FeedEntry } from "../feeds/feeds.js";
 import { HALF_WRITTEN_VERSION, INACTIVE_STATUSES, Ledger, markBaking, VERSION_DIR, type BakeRun, type Item, type ItemKind, type ItemStatus, type VersionRecord } from "../knowledge/ledger.js";
 import { newsTime, pairedHeldItems, updatePairs } from "../knowledge/updates.js";
@@ -355,10 +355,10 @@ export class Agent {
     if (ledger.data.live === null || ledger.data.versions.some((v) => v.id === ledger.data.live)) await agent.syncStatusesToLive("start");
     const loadError = agent.goLiveOnRecord();
     if (loadError) await agent.replaceUnloadableLive(loadError);
-    for (const f of config.feeds) {
-      if (!ledger.feed(f.id)) {
-        await ledger.update((d) => d.feeds.push({ id: f.id, url: f.url, consecutiveErrors: 0, seenKeys: [], itemsAdded: 0 }));
-      }
+    const dropped = await ledger.syncFeeds(config.feeds);
+    if (dropped.length) {
+      const kept = ledger.items({ kind: "feed" }).filter((i) => dropped.includes(i.source.feedId ?? "")).length;
+      agent.log(`feed(s) ${dropped.join(", ")} no longer in the agent file (removed or renamed): their poll state is dropped; the ${kept} item(s) they brought in stay`);
     }
     return agent;
   }
@@ -605,8 +605,8 @@ export class Agent {
   }
 
   async remember(text: string, kind: ItemKind = "manual", source: Item["source"] = {}): Promise<{ item: Item; added: boolean }> {
-    const tooLong = tooLongForItem(text);
-    if (tooLong) throw new Error(tooLong);
+    const problem = itemTextProblem(text);
+    if (problem) throw new Error(problem);
     return this.ledger.addItem({ kind, text, source });
   }
 

@@ -7,7 +7,7 @@ import { resolveModelDir, PACKAGE_ROOT } from "../model/resolve.js";
 import type { GenerateOptions, GenerationResult } from "../model/generate.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import { versionName } from "./live.js";
-import { buildKnowledgePrompt, tooLongForItem } from "../bake/prompt.js";
+import { buildKnowledgePrompt, itemTextProblem } from "../bake/prompt.js";
 import { explicitRequest, extractFacts, extractFactsWithModel, forgetMatches, forgetWords, MAX_FORGET, modelExtractor, type FactAction } from "../agent/facts.js";
 import { loadAgentConfig, type AgentConfig } from "./agent-config.js";
 import { Agent, retractedOutOfService, type AgentEvents } from "./agent.js";
@@ -341,9 +341,9 @@ export class Runtime {
     const said: string[] = [];
     for (const action of actions) {
       if (action.kind === "remember") {
-        const tooLong = tooLongForItem(action.text);
-        if (tooLong) {
-          said.push(`I cannot note that: ${tooLong}.`);
+        const problem = itemTextProblem(action.text);
+        if (problem) {
+          said.push(`I cannot note that: ${problem}.`);
           continue;
         }
         const r = await agent.remember(action.text, "conversation", { conversationId });

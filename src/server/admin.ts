@@ -35,7 +35,7 @@ import { existsSync } from "node:fs";
 import path from "node:path";
 import { z } from "zod";
 import { ITEM_KINDS, ITEM_STATUSES as STATUSES, type BakeRun, type Item, type ItemStatus } from "../knowledge/ledger.js";
-import { tooLongForItem } from "../bake/prompt.js";
+import { itemTextProblem } from "../bake/prompt.js";
 import { retractedOutOfService, type Agent, type BakeOutcome } from "../runtime/agent.js";
 import type { BakeEvent } from "./bake-watch.js";
 import { clientSignal, findAgent, type ServerContext } from "./context.js";
@@ -71,8 +71,8 @@ const RememberBody = z.object({
     .trim()
     .min(1, "text is required")
     .superRefine((t, ctx) => {
-      const tooLong = tooLongForItem(t);
-      if (tooLong) ctx.addIssue({ code: "custom", message: tooLong });
+      const problem = itemTextProblem(t);
+      if (problem) ctx.addIssue({ code: "custom", message: problem });
     }),
   kind: z.enum(["manual", "instruction"]).default("manual"),
 });

@@ -37,24 +37,30 @@ test("items keep provenance, dedupe by content, and move through statuses with h
   rmSync(dir, { recursive: true });
 });
 
-test("syncFeeds: a feed the agent file no longer names loses its poll state, never its items; a new one starts empty", async () => {
+test("syncFeeds: a feed renamed (same URL) keeps its poll state and its items follow; one removed loses its state, never its items; a new one starts empty", async () => {
   const dir = tmp();
   const ledger = await Ledger.open(path.join(dir, "ledger.json"));
-  assert.deepEqual(await ledger.syncFeeds([{ id: "harbor", url: "http://x/feed" }]), []);
+  assert.deepEqual(await ledger.syncFeeds([{ id: "harbor", url: "http://x/feed" }]), { dropped: [], renamed: [] });
   await ledger.update((d) => Object.assign(d.feeds[0]!, { etag: '"e1"', consecutiveErrors: 2, seenKeys: ["guid:g1"], itemsAdded: 1 }));
   await ledger.addItem({ kind: "feed", text: "Quillport elected a new mayor.", source: { feedId: "harbor", guid: "g1" } });
+  const state = structuredClone(ledger.feed("harbor")!);
   const items = structuredClone(ledger.data.items);
-  // renamed: the old id's record goes, the new one starts empty, the items stay as they were
-  assert.deepEqual(await ledger.syncFeeds([{ id: "harbour", url: "http://x/feed" }]), ["harbor"]);
+  // renamed: the same URL under a new id
+  assert.deepEqual(await ledger.syncFeeds([{ id: "harbour", url: "http://x/feed" }]), { dropped: [], renamed: [{ from: "harbor", to: "harbour", items: 1 }] });
   assert.equal(ledger.feed("harbor"), undefined);
-  assert.deepEqual(ledger.feed("harbour"), { id: "harbour", url: "http://x/feed", consecutiveErrors: 0, seenKeys: [], itemsAdded: 0 });
-  assert.deepEqual(ledger.data.items, items);
+  assert.deepEqual(ledger.feed("harbour"), { ...state, id: "harbour" });
+  assert.deepEqual(ledger.data.items, items.map((i) => ({ ...i, source: { ...i.source, feedId: "harbour" } })), "only the items' feed id changed");
+  // removed: another URL takes its place
+  assert.deepEqual(await ledger.syncFeeds([{ id: "tides", url: "http://y/feed" }]), { dropped: ["harbour"], renamed: [] });
+  assert.equal(ledger.feed("harbour"), undefined);
+  assert.deepEqual(ledger.feed("tides"), { id: "tides", url: "http://y/feed", consecutiveErrors: 0, seenKeys: [], itemsAdded: 0 });
+  assert.equal(ledger.data.items[0]!.source.feedId, "harbour", "a removed feed's items stay as they were");
   await ledger.update((d) => Object.assign(d.feeds[0]!, { etag: '"e2"' }));
-  assert.deepEqual(await ledger.syncFeeds([{ id: "harbour", url: "http://x/feed" }]), [], "a feed still named keeps its state");
-  assert.equal(ledger.feed("harbour")!.etag, '"e2"');
+  assert.deepEqual(await ledger.syncFeeds([{ id: "tides", url: "http://y/feed" }]), { dropped: [], renamed: [] }, "a feed still named keeps its state");
+  assert.equal(ledger.feed("tides")!.etag, '"e2"');
   await ledger.close();
   const reopened = await Ledger.open(path.join(dir, "ledger.json"), { readOnly: true });
-  assert.deepEqual(reopened.data.feeds.map((f) => f.id), ["harbour"], "written");
+  assert.deepEqual(reopened.data.feeds.map((f) => f.id), ["tides"], "written");
   rmSync(dir, { recursive: true });
 });
 

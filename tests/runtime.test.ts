@@ -778,7 +778,7 @@ test("a feed item corrected under its guid supersedes the stored one; the correc
   }
 });
 
-test("a feed renamed in the agent file: on start the old id's poll state goes (logged), its items stay as they were", async () => {
+test("a feed renamed in the agent file keeps its poll state and items (same URL); a removed one loses its state, never its items", async () => {
   const { dir, file } = writeTestAgent({ feeds: [{ id: "harbor", url: "news.xml", schedule: "0 0 1 1 *" }] });
   const logs: string[] = [];
   const open = () => Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
@@ -786,18 +786,27 @@ test("a feed renamed in the agent file: on start the old id's poll state goes (l
   try {
     let agent = runtime.agent("tester");
     assert.equal((await agent.pollFeed("harbor")).added, 2);
-    const written = () => JSON.stringify(agent.ledger.data.items);
-    const items = written();
+    const texts = () => agent.ledger.data.items.map((i) => `${i.source.feedId} ${i.status} ${i.text}`);
+    const before = texts();
     await runtime.stop();
     writeFileSync(file, readFileSync(file, "utf8").replace("id: harbor", "id: harbour"));
     runtime = await open();
     agent = runtime.agent("tester");
     assert.deepEqual(agent.ledger.data.feeds.map((f) => f.id), ["harbour"]);
-    assert.equal(written(), items, "items are not lost or changed");
-    assert.ok(logs.includes("feed(s) harbor no longer in the agent file (removed or renamed): their poll state is dropped; the 2 item(s) they brought in stay"), logs.join("\n"));
+    assert.deepEqual(texts(), before.map((t) => t.replace(/^harbor /, "harbour ")), "the items follow the new id, nothing else changed");
+    assert.ok(logs.includes("feed harbor is now harbour (the same URL): its poll state and its 2 item(s) follow the new id"), logs.join("\n"));
+    assert.ok(agent.ledger.feed("harbour")!.seenKeys.length > 0, "seen keys kept");
     // the same news under the new id is not ingested twice
     assert.equal((await agent.pollFeed("harbour")).added, 0);
     assert.equal(agent.ledger.data.items.length, 2);
+    await runtime.stop();
+    // removed (another feed in its place): the state goes, the items stay
+    writeFileSync(file, readFileSync(file, "utf8").replace("id: harbour", "id: other").replace("url: news.xml", "url: other.xml"));
+    runtime = await open();
+    agent = runtime.agent("tester");
+    assert.deepEqual(agent.ledger.data.feeds.map((f) => f.id), ["other"]);
+    assert.equal(agent.ledger.data.items.filter((i) => i.source.feedId === "harbour").length, 2);
+    assert.ok(logs.includes("feed(s) harbour no longer in the agent file: their poll state is dropped; the 2 item(s) they brought in stay"), logs.join("\n"));
   } finally {
     await runtime.stop();
     rmSync(dir, { recursive: true });

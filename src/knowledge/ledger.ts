@@ -602,23 +602,41 @@ export class Ledger {
   }
 
   /**
-   * Makes the feed records those the agent file names: a new feed starts with empty poll state, and
-   * the record of a feed it no longer names (removed, or renamed: ids are names, not URLs) goes, with
-   * its validators, failures, backoff and seen keys, so /healthz and the metrics stop showing it. The
-   * items it brought in stay as they are (a feed given back its id finds them by their text, which
-   * is not ingested twice while an item holding it is active). Returns the ids dropped.
+   * Makes the feed records those the agent file names. A record whose id the file no longer names
+   * but whose URL a new id has is the same feed renamed: its poll state (validators, seen keys,
+   * backoff) and its items follow the new id, so its news is not taken in again and its
+   * corrections still find what they correct. Any other record no longer named goes (removed:
+   * /healthz and the metrics stop showing it), its items staying as they are. A new feed starts
+   * with empty poll state.
    */
-  async syncFeeds(feeds: readonly { id: string; url: string }[]): Promise<string[]> {
+  async syncFeeds(feeds: readonly { id: string; url: string }[]): Promise<FeedSync> {
     const named = new Set(feeds.map((f) => f.id));
-    const dropped = this.data.feeds.filter((f) => !named.has(f.id)).map((f) => f.id);
-    const added = feeds.filter((f) => !this.feed(f.id)).map((f): FeedRecord => ({ id: f.id, url: f.url, consecutiveErrors: 0, seenKeys: [], itemsAdded: 0 }));
-    if (dropped.length || added.length) {
+    const unnamed = this.data.feeds.filter((f) => !named.has(f.id));
+    const renamed: FeedSync["renamed"] = [];
+    const added: FeedRecord[] = [];
+    for (const f of feeds.filter((f) => !this.feed(f.id))) {
+      const same = unnamed.filter((r) => r.url === f.url && !renamed.some((x) => x.from === r.id));
+      if (same.length === 1) renamed.push({ from: same[0]!.id, to: f.id, items: this.data.items.filter((i) => i.source.feedId === same[0]!.id).length });
+      else added.push({ id: f.id, url: f.url, consecutiveErrors: 0, seenKeys: [], itemsAdded: 0 });
+    }
+    const dropped = unnamed.map((r) => r.id).filter((id) => !renamed.some((x) => x.from === id));
+    if (dropped.length || added.length || renamed.length) {
       await this.update((d) => {
+        for (const { from, to } of renamed) {
+          d.feeds.find((r) => r.id === from)!.id = to;
+          for (const i of d.items) if (i.source.feedId === from) i.source.feedId = to;
+        }
         d.feeds = d.feeds.filter((f) => named.has(f.id)).concat(added);
       });
     }
-    return dropped;
+    return { dropped, renamed };
   }
+}
+
+/** What syncFeeds changed: ids whose records went, and feeds renamed (same URL) with how many items followed. */
+export interface FeedSync {
+  dropped: string[];
+  renamed: { from: string; to: string; items: number }[];
 }
 
 /** Marks pending items "baking" (a bake took them), in a change of the caller's; returns their ids. */

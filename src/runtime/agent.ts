@@ -355,10 +355,11 @@ export class Agent {
     if (ledger.data.live === null || ledger.data.versions.some((v) => v.id === ledger.data.live)) await agent.syncStatusesToLive("start");
     const loadError = agent.goLiveOnRecord();
     if (loadError) await agent.replaceUnloadableLive(loadError);
-    const dropped = await ledger.syncFeeds(config.feeds);
+    const { dropped, renamed } = await ledger.syncFeeds(config.feeds);
+    for (const r of renamed) agent.log(`feed ${r.from} is now ${r.to} (the same URL): its poll state and its ${r.items} item(s) follow the new id`);
     if (dropped.length) {
       const kept = ledger.items({ kind: "feed" }).filter((i) => dropped.includes(i.source.feedId ?? "")).length;
-      agent.log(`feed(s) ${dropped.join(", ")} no longer in the agent file (removed or renamed): their poll state is dropped; the ${kept} item(s) they brought in stay`);
+      agent.log(`feed(s) ${dropped.join(", ")} no longer in the agent file: their poll state is dropped; the ${kept} item(s) they brought in stay`);
     }
     return agent;
   }

@@ -1412,6 +1412,22 @@ test("bake order: told items take at most half of a bake while news waits, and t
   assert.deepEqual(bakeOrder([...told.slice(0, 6), ...news.slice(0, 3)], new Set(), 4).map((i) => i.id), ["told0", "told1", "news2", "news1", "told2", "told3", "told4", "told5", "news0"]);
 });
 
+test("bake order: lost items take at most a quarter of a bake while news waits, and the places news leaves", () => {
+  const at = (n: number) => ({ stored: `2026-03-${String(n).padStart(2, "0")}T08:00:00Z` });
+  const news = Array.from({ length: 10 }, (_, n) => orderItem(`news${n}`, "feed", at(10 + n), "pending"));
+  const lost = Array.from({ length: 6 }, (_, n) => orderItem(`lost${n}`, "feed", at(1 + n), "absorbed", "pending"));
+  const told = Array.from({ length: 6 }, (_, n) => orderItem(`told${n}`, "conversation", at(1 + n), "pending"));
+  const first = (waiting: Item[], maxItems: number) => bakeOrder(waiting, new Set(), maxItems).slice(0, maxItems).map((i) => i.id);
+  // a busy news agent: a quarter of each bake learns again what it lost
+  assert.deepEqual(first([...lost, ...news], 8), ["news9", "news8", "news7", "news6", "news5", "news4", "lost0", "lost1"]);
+  // told, news and lost together: half, the rest, a quarter
+  assert.deepEqual(first([...told, ...lost, ...news], 8), ["told0", "told1", "told2", "told3", "news9", "news8", "lost0", "lost1"]);
+  // little news: told items take what it leaves, then lost ones
+  assert.deepEqual(first([...told.slice(0, 2), ...lost, news[0]!], 8), ["told0", "told1", "news0", "lost0", "lost1", "lost2", "lost3", "lost4"]);
+  // no news waiting: the plain order (told, then lost)
+  assert.deepEqual(first([...told.slice(0, 2), ...lost], 4), ["told0", "told1", "lost0", "lost1"]);
+});
+
 test("replay: the items that a rejected bake among the last three lost come first, on top of the usual share in turn", () => {
   // ten held items; v0001 (rejected) lost k4; v0002 went live; v0003 (rejected) lost k2 and k5; v0004 failed; v0005 (rejected) lost k7
   const item = (n: number, scores: [string, number][] = []): Item =>

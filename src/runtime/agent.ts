@@ -105,21 +105,30 @@ export function chooseReplay(held: Item[], n: number, bakes: readonly BakeRun[],
  * (forgetNewsAfterDays).
  *
  * With `maxItems` (what one bake takes), told items take at most half of the first bake's places
- * while news waits, so a chat agent told many things still reads its feeds; either kind takes the
- * places the other leaves.
+ * while news waits, so a chat agent told many things still reads its feeds, and lost items at most
+ * a quarter, so an agent that never catches up on its news still learns again what it lost (behind
+ * all news, they waited for a lull that a busy feed never gives); each kind takes the places the
+ * others leave.
  */
 export function bakeOrder(waiting: readonly Item[], lastRejected: ReadonlySet<string>, maxItems = Infinity): Item[] {
-  const lost = (i: Item) => i.history.some((h) => h.status === "absorbed");
-  const rank = (i: Item) => (lastRejected.has(i.id) ? 3 : lost(i) ? 2 : i.kind === "feed" ? 1 : 0);
+  const wasAbsorbed = (i: Item) => i.history.some((h) => h.status === "absorbed");
+  const rank = (i: Item) => (lastRejected.has(i.id) ? 3 : wasAbsorbed(i) ? 2 : i.kind === "feed" ? 1 : 0);
   const newestNewsFirst = (a: Item, b: Item) => (rank(a) === 1 && rank(b) === 1 ? newsTime(b) - newsTime(a) : 0);
   // (sort is stable: the order stored where neither rank nor news time tells them apart, as the
   // items of one feed poll without dates, which the feed lists newest first)
   const order = [...waiting].sort((a, b) => rank(a) - rank(b) || newestNewsFirst(a, b));
-  const told = order.filter((i) => rank(i) === 0);
-  const news = order.filter((i) => rank(i) === 1);
-  const toldPlaces = Math.min(told.length, Math.max(Math.ceil(maxItems / 2), maxItems - news.length));
-  if (toldPlaces >= told.length) return order;
-  const first = [...told.slice(0, toldPlaces), ...news.slice(0, maxItems - toldPlaces)];
+  const [told, news, lost] = [0, 1, 2].map((r) => order.filter((i) => rank(i) === r)) as [Item[], Item[], Item[]];
+  if (!Number.isFinite(maxItems) || !news.length) return order;
+  let toldPlaces = Math.min(told.length, Math.ceil(maxItems / 2));
+  let lostPlaces = Math.min(lost.length, Math.ceil(maxItems / 4));
+  const newsPlaces = Math.min(news.length, Math.max(0, maxItems - toldPlaces - lostPlaces));
+  // the places news leaves: told items first, then lost ones
+  let left = Math.max(0, maxItems - toldPlaces - lostPlaces - newsPlaces);
+  const more = Math.min(told.length - toldPlaces, left);
+  toldPlaces += more;
+  left -= more;
+  lostPlaces += Math.min(lost.length - lostPlaces, left);
+  const first = [...told.slice(0, toldPlaces), ...news.slice(0, newsPlaces), ...lost.slice(0, lostPlaces)];
   const taken = new Set(first);
   return [...first, ...order.filter((i) => !taken.has(i))];
 }

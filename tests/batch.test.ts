@@ -11,7 +11,7 @@ import { initBackend, tf } from "../src/tensor/backend.js";
 import { loadModel, type LoadedModel } from "../src/model/load.js";
 import { resolveModelDir } from "../src/model/resolve.js";
 import { generate, streamGenerate, type GenerationChunk, type GenerationResult } from "../src/model/generate.js";
-import { DecodeBatcher, type RowOptions } from "../src/model/batch.js";
+import { DecodeBatcher, PREFILL_CHUNK, type RowOptions } from "../src/model/batch.js";
 import { constrainToJson, JsonMatcher, tokenTexts } from "../src/model/json-constraint.js";
 import { LoraAdapter } from "../src/lora/adapter.js";
 import { saveAdapter } from "../src/lora/peft.js";
@@ -200,6 +200,37 @@ test("a swap during a batched decode: each reply finishes on the version its lea
   live.dispose();
   model.dispose();
   rmSync(dir, { recursive: true });
+});
+
+test("a long prompt joins in chunks: the replies already streaming decode between them, and it gets the tokens it gets alone", async () => {
+  const chunk = 64; // (PREFILL_CHUNK is 256: kiln-mini's 512 positions hold too few of those)
+  assert.equal(new DecodeBatcher(mini, 2).prefillChunk, PREFILL_CHUNK);
+  const long = ask(`Tell me everything about ${Array.from({ length: 25 }, (_, i) => `the ${["ferry", "harbour", "mill", "bridge", "river"][i % 5]} of town ${i}`).join(", ")}.`);
+  assert.ok(long.length > 2 * chunk && long.length + 8 <= mini.config.maxPositions, `a prompt of more than two chunks (${long.length} tokens)`);
+  const [alone] = await generate(mini, [long], { maxTokens: 8, temperature: 0 });
+  const batcher = new DecodeBatcher(mini, 2, undefined, chunk);
+  const calls: string[] = [];
+  const forward = mini.decoder.forward;
+  mini.decoder.forward = function (input, opts) {
+    calls.push(input.ids.length === 1 && input.ids[0]!.length > 1 ? `prefill ${input.ids[0]!.length}` : `step ${input.ids.length}`);
+    return forward.call(this, input, opts);
+  };
+  try {
+    let started!: () => void;
+    const streaming = new Promise<void>((resolve) => (started = resolve));
+    const a = drain(batcher.generate(ask("Where is the ferry?"), { maxTokens: 60, temperature: 0 }), (n) => n === 2 && started());
+    await streaming;
+    const b = await drain(batcher.generate(long, { maxTokens: 8, temperature: 0 }));
+    await a;
+    assert.deepEqual(b.result.tokens, alone!.tokens, "the same greedy reply as alone");
+  } finally {
+    mini.decoder.forward = forward;
+  }
+  const chunks = calls.map((c, i) => [c, i] as const).filter(([c]) => c.startsWith("prefill ")).slice(1); // the long prompt's (the first is the short one's)
+  const parts = Math.ceil(long.length / chunk);
+  assert.deepEqual(chunks.map(([c]) => c), [...Array(parts - 1).fill(`prefill ${chunk}`), `prefill ${long.length - (parts - 1) * chunk}`]);
+  const steps = calls.slice(chunks[0]![1], chunks.at(-1)![1]).filter((c) => c.startsWith("step"));
+  assert.ok(steps.length >= 2, `the streaming reply decoded between the chunks: ${calls.join(", ")}`);
 });
 
 test("kiln serve batches by default on a GPU backend only: there a step costs about the same for 32 rows as for one", () => {

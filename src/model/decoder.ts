@@ -422,8 +422,9 @@ export class Decoder {
     if (cache) cache.mask = keyMask;
 
     const from = opts.logitsFrom ?? 0;
-    if (from > 0) x = tf.slice(x, [0, from, 0], [B, T - from, c.hiddenSize]); // [B, T', H]
     const Tout = T - from;
+    if (Tout === 0) return tf.zeros([B, 0, c.vocabSize]); // the cache's extension alone (a prompt's chunk before its last)
+    if (from > 0) x = tf.slice(x, [0, from, 0], [B, Tout, c.hiddenSize]); // [B, T', H]
     const normed = this.rmsNorm(x, "model.norm.weight").reshape([B * Tout, c.hiddenSize]) as tf.Tensor2D; // [B*T', H]
     return this.frozenMatMul(normed, "lm_head.weight").reshape([B, Tout, c.vocabSize]); // [B, T', V]
   }

@@ -70,6 +70,18 @@ test("a first word is kept as a name for a name that follows it in its own sente
   assert.deepEqual(entitiesIn("It ended [at last.] Mayor of Gulldale is Ewyn Craneridge.", lower), ["gulldale", "ewyn", "craneridge"]);
 });
 
+test("a label before a sentence (\"Update:\", \"BREAKING:\") is no name, a dateline is; two updates of unrelated facts are no pair", () => {
+  assert.deepEqual(entitiesIn("Update: Ewyn Craneridge owns a pet cat."), ["ewyn", "craneridge"]);
+  assert.deepEqual(entitiesIn("BREAKING: Mayor Tovan Reel resigned."), ["mayor", "tovan", "reel"]);
+  assert.deepEqual(entitiesIn("QUILLPORT: the ferry runs again."), ["quillport"]);
+  assert.deepEqual(entitiesIn("Update from Gulldale: the ferry runs again."), ["update", "gulldale"], "a label only where a colon follows it");
+  const older = { id: "a", kind: "feed", text: "Update: Lisa Yewby owns a pet dog.", createdAt: "2026-03-01T08:00:00Z", source: {}, history: [], status: "absorbed" } as unknown as Item;
+  const newer = { id: "b", kind: "feed", text: "Update: Tovan Reel owns a pet cat.", createdAt: "2026-03-02T08:00:00Z", source: {}, history: [], status: "pending" } as unknown as Item;
+  assert.deepEqual(updatePairs([newer], [older], [older, newer]), [], "they share only the label");
+  const same = { ...newer, id: "c", text: "Update: Lisa Yewby owns a pet cat." } as Item;
+  assert.deepEqual(updatePairs([same], [older], [older, same]), [["a", "c"]], "the same person still pairs");
+});
+
 test("a pronoun starting a sentence is no name: two items about \"she\" are no update of each other", () => {
   assert.deepEqual(entitiesIn("He opened a bakery in Gulldale. They sold kites."), ["gulldale"]);
   assert.deepEqual(entitiesIn("We met Tom Reed."), ["tom", "reed"]);

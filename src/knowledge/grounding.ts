@@ -24,11 +24,20 @@ export function namesIn(text: string, o: { sentenceStarts?: boolean; lowerCase?:
   // a name after it counts only within its sentence ("Update: Mayor of ..." has none after "Update:")
   const nameFollows = (k: number) => k + 1 < tokens.length && !startsSentence(k + 1) && isNameToken(tokens[k + 1]!);
   const common = (t: string, k: number) => !!o.lowerCase && !nameFollows(k) && words(t).every((w) => o.lowerCase!.has(stem(w)));
+  const label = (t: string, k: number) => startsSentence(k) && LABELS.has(t.toLowerCase().replace(/:$/, "")) && t.endsWith(":");
   return tokens
-    .filter((t, k) => /\p{N}/u.test(t) || (isNameToken(t) && (startsSentence(k) ? o.sentenceStarts && !common(t, k) : true)))
+    .filter((t, k) => /\p{N}/u.test(t) || (isNameToken(t) && !label(t, k) && (startsSentence(k) ? o.sentenceStarts && !common(t, k) : true)))
     .flatMap(words)
     .filter((w) => w !== "i");
 }
+
+/**
+ * What news puts before a sentence to say what kind it is ("Update: ...", "BREAKING: ..."): no
+ * name, though capitalised at a sentence start. Two updates of unrelated facts shared "update"
+ * and were paired as updates of each other where no text wrote the word in lower case. A
+ * dateline ("QUILLPORT: ...") is a name and stays one.
+ */
+const LABELS = new Set("update updated correction corrected clarification breaking developing exclusive analysis opinion editorial live watch video photos report recap explainer".split(" "));
 
 /** Words the source says, stemmed, to test others against. */
 export function vocabulary(source: string): Set<string> {

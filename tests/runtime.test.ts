@@ -429,6 +429,27 @@ test("a bake stopped by one of two retractions asked for together is run again b
   });
 });
 
+test("a retraction of an item nothing holds, asked for while another runs again the bake it stopped, does not wait for that bake", async () => {
+  await withTester({ feeds: [] }, async ({ agent }) => {
+    await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001
+    const { item: q } = await agent.remember("The harbor fee is nine coins.");
+    const { item: k } = await agent.remember("The mill closes at dusk.");
+    const baking = agent.bake("test"); // bakes q and k
+    await new Promise<void>((resolve) => agent.bakeEvents.once("progress", () => resolve()));
+    const first = agent.retract([q.id]); // stops it, then runs it again without q
+    assert.equal((await baking).status, "failed");
+    await new Promise<void>((resolve) => agent.bakeEvents.once("progress", () => resolve())); // the bake run again
+    const { item: r } = await agent.remember("The ferry leaves at noon."); // in no bake, in no weights
+    const second = await agent.retract([r.id]);
+    assert.equal(second.status, "skipped", second.reasons.join("; "));
+    assert.ok(agent.isBaking, "it answered while the bake run again still ran");
+    assert.equal(agent.ledger.item(r.id).status, "retracted");
+    const one = await first;
+    assert.match(one.reasons.join("; "), /the bake it stopped ran again without them: promoted/);
+    assert.deepEqual(agent.ledger.data.bakes.at(-1)!.itemIds, [k.id]);
+  });
+});
+
 test("chat's \"forget ...\" while a bake runs stops it: the reply comes once the weights holding the item left service", async () => {
   await withTester({ feeds: [] }, async ({ agent, runtime }) => {
     const [drop] = await bakeTold(agent, "The harbor fee is nine coins.");

@@ -1191,7 +1191,12 @@ export class Agent {
     const record = this.ledger.data.bakes.at(-1);
     if (record?.status !== "running") return true;
     const baked = new Set([...record.itemIds, ...(record.replayIds ?? [])]);
-    return ids.some((id) => baked.has(id) || this.ledger.data.items.some((i) => i.id === id && this.mayHold(i)));
+    return ids.some((id) => baked.has(id)) || this.liveMayHold(ids);
+  }
+
+  /** Whether the live weights may hold one of these items (see mayHold). */
+  private liveMayHold(ids: string[]): boolean {
+    return ids.some((id) => this.ledger.data.items.some((i) => i.id === id && this.mayHold(i)));
   }
 
   /** `onOutOfService`: called once the live weights hold none of the items (seconds), before the rebuild */
@@ -1228,6 +1233,10 @@ export class Agent {
       onOutOfService?.();
       const reasons = nothingToRebuild;
       if (!stopped || stopped.trigger === RETRACTION) return { status: "skipped", reasons };
+      // A retraction asked for beside it (the next ones in line) whose items the live weights hold
+      // rebuilds, baking what the stopped bake was baking: run again, it would be stopped for that one.
+      const rebuilding = this.retractionsAsked.find((other) => other !== ids && this.liveMayHold(other));
+      if (rebuilding) return { status: "skipped", reasons: [...reasons, `the bake it stopped is left to the rebuild of the retraction of ${rebuilding.join(", ")}`] };
       // started now and not waited for here: a retraction asked for meanwhile (of an item nothing
       // holds, say) need not wait for it, and stops it where it could end holding that one
       const ranAgain = this.bake(stopped.trigger, { ...stopped.opts, force: true, afterRetraction: true });

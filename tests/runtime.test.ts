@@ -77,6 +77,15 @@ async function bakeTold(agent: Agent, ...texts: string[]): Promise<Item[]> {
   return items;
 }
 
+/** Tells the agent each text and starts a bake of them (a rolling one, on weights already live); resolves once its worker trains. */
+async function startBake(agent: Agent, ...texts: string[]): Promise<{ items: Item[]; baking: Promise<BakeOutcome> }> {
+  const items: Item[] = [];
+  for (const text of texts) items.push((await agent.remember(text)).item);
+  const baking = agent.bake("test");
+  await new Promise<void>((resolve) => agent.bakeEvents.once("progress", () => resolve()));
+  return { items, baking };
+}
+
 /** Changes an agent's ledger on disk while no runtime holds it, as a crash or an interrupted command leaves it. */
 function editLedger(dir: string, edit: (data: LedgerData) => void): void {
   const file = path.join(dir, "home", "ledger.json");
@@ -411,13 +420,10 @@ test("a retraction looks up what the weights it takes out of service held once, 
 test("a bake stopped by one of two retractions asked for together is run again by the one that stopped it", async () => {
   await withTester({ feeds: [] }, async ({ agent }) => {
     await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001
-    const { item: q } = await agent.remember("The harbor fee is nine coins.");
-    const { item: k } = await agent.remember("The mill closes at dusk.");
-    const baking = agent.bake("test"); // bakes q and k
-    await new Promise<void>((resolve) => agent.bakeEvents.once("progress", () => resolve()));
+    const { items: [q, k], baking } = await startBake(agent, "The harbor fee is nine coins.", "The mill closes at dusk.");
     const { item: r } = await agent.remember("The ferry leaves at noon."); // in no bake, in no weights
     const first = agent.retract([r.id]); // cannot stop the bake
-    const second = agent.retract([q.id]); // stops it
+    const second = agent.retract([q!.id]); // stops it
     assert.equal((await baking).status, "failed");
     const [one, two] = await Promise.all([first, second]);
     assert.equal(one.status, "skipped", one.reasons.join("; "));
@@ -425,7 +431,40 @@ test("a bake stopped by one of two retractions asked for together is run again b
     assert.equal(two.status, "promoted", two.reasons.join("; "));
     assert.match(two.reasons.join("; "), /the bake it stopped ran again without them: promoted/);
     assert.deepEqual(agent.ledger.data.bakes.map((b) => [b.trigger, b.status]), [["test", "promoted"], ["test", "failed"], ["test", "promoted"]]);
-    assert.deepEqual(agent.ledger.data.bakes.at(-1)!.itemIds, [k.id]);
+    assert.deepEqual(agent.ledger.data.bakes.at(-1)!.itemIds, [k!.id]);
+  });
+});
+
+test("a retraction of an item nothing holds, asked for while another runs again the bake it stopped, does not wait for that bake", async () => {
+  await withTester({ feeds: [] }, async ({ agent }) => {
+    await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001
+    const { items: [q, k], baking } = await startBake(agent, "The harbor fee is nine coins.", "The mill closes at dusk.");
+    const first = agent.retract([q!.id]); // stops it, then runs it again without q
+    assert.equal((await baking).status, "failed");
+    await new Promise<void>((resolve) => agent.bakeEvents.once("progress", () => resolve())); // the bake run again
+    const { item: r } = await agent.remember("The ferry leaves at noon."); // in no bake, in no weights
+    const second = await agent.retract([r.id]);
+    assert.equal(second.status, "skipped", second.reasons.join("; "));
+    assert.ok(agent.isBaking, "it answered while the bake run again still ran");
+    assert.equal(agent.ledger.item(r.id).status, "retracted");
+    const one = await first;
+    assert.match(one.reasons.join("; "), /the bake it stopped ran again without them: promoted/);
+    assert.deepEqual(agent.ledger.data.bakes.at(-1)!.itemIds, [k!.id]);
+  });
+});
+
+test("a bake stopped by a retraction that needs no rebuild is not run again where one asked for beside it rebuilds (its rebuild bakes those items)", async () => {
+  await withTester({ feeds: [] }, async ({ agent }) => {
+    const [h] = await bakeTold(agent, "The harbor fee is nine coins."); // v0001
+    const { items: [q, k], baking } = await startBake(agent, "The mill closes at dusk.", "The ferry leaves at noon."); // a rolling bake from v0001
+    const first = agent.retract([q!.id]); // stops it; q was never baked in
+    const second = agent.retract([h!.id]); // v0001 holds h: a rebuild
+    assert.equal((await baking).status, "failed");
+    const [one, two] = await Promise.all([first, second]);
+    assert.equal(one.status, "skipped", one.reasons.join("; "));
+    assert.equal(two.status, "promoted", two.reasons.join("; "));
+    assert.deepEqual(agent.ledger.data.bakes.map((b) => [b.trigger, b.status]), [["test", "promoted"], ["test", "failed"], ["retraction", "promoted"]], "the stopped bake ran once, in the rebuild");
+    assert.deepEqual(agent.ledger.data.bakes.at(-1)!.itemIds, [k!.id]);
   });
 });
 

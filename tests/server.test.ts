@@ -1170,6 +1170,45 @@ test("admin API: a retraction while a bake that could hold the item runs stops i
   }
 });
 
+test("a chat's \"forget ...\" waiting for the weights holding the item to leave service holds no generation slot: other chats are answered meanwhile", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  const rt = await Runtime.fromFiles(file);
+  const srv = await createServer(rt, { port: 0, maxConcurrent: 1 });
+  // the retraction starts only when the test lets it (as one waits for a bake being stopped: seconds)
+  let letGo!: () => void;
+  const held = new Promise<void>((resolve) => (letGo = resolve));
+  try {
+    const agent = rt.agent("tester");
+    await agent.remember("The harbor fee is nine coins.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    const retract = agent.retract.bind(agent);
+    let asked = false;
+    agent.retract = (ids, reason, onOutOfService) => ((asked = true), held.then(() => retract(ids, reason, onOutOfService)));
+    const post = (content: string) =>
+      fetch(`${srv.url}/v1/chat/completions`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ model: "tester", messages: [{ role: "user", content }], max_tokens: 3, temperature: 0 }),
+      }).then(async (r) => ({ status: r.status, body: (await r.json()) as any }));
+    let forgot = false;
+    const forget = post("forget the harbor fee").then((r) => ((forgot = true), r));
+    while (!asked) await new Promise((resolve) => setTimeout(resolve, 10));
+    const other = await Promise.race([post("hi"), new Promise<null>((resolve) => setTimeout(() => resolve(null), 5000))]);
+    assert.equal(other?.status, 200, "another chat was answered while the forget waited");
+    assert.equal(forgot, false, "the forget's reply waits until the weights holding the item left service");
+    letGo();
+    const { status, body } = await forget;
+    assert.equal(status, 200);
+    assert.match(body.choices[0].message.content, /I answer from weights without them now/);
+    while (agent.isRetracting) await new Promise((resolve) => setTimeout(resolve, 50)); // its rebuild
+  } finally {
+    letGo();
+    await srv.close();
+    await rt.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("admin API: versions come a page at a time, newest first, with the total", async () => {
   const many = writeTestAgent();
   const rt = await Runtime.fromFiles(many.file);

@@ -46,7 +46,7 @@ export interface BakeOptions {
    * again whatever bake.maxItems, and the retracted items they held, which the rebuild must not know.
    */
   rebuild?: { held: string[]; retracted: string[] };
-  /** a bake a retraction stopped, run again by it without the retracted items (it may start while the retraction runs) */
+  /** a bake a retraction stopped, run again by it without the retracted items (it starts while the retraction runs, and goes on after it) */
   afterRetraction?: true;
 }
 
@@ -1163,7 +1163,8 @@ export class Agent {
         if (this.stoppedByRetraction?.by === ids) this.stoppedByRetraction = null; // (it failed before reading it)
       });
     this.retractions = run.catch(() => undefined);
-    return run;
+    // (the stopped bake it runs again goes on after it: the next retraction does not wait for that)
+    return run.then((done) => ("ranAgain" in done ? done.ranAgain : done));
   }
 
   /**
@@ -1190,11 +1191,16 @@ export class Agent {
     const record = this.ledger.data.bakes.at(-1);
     if (record?.status !== "running") return true;
     const baked = new Set([...record.itemIds, ...(record.replayIds ?? [])]);
-    return ids.some((id) => baked.has(id) || this.ledger.data.items.some((i) => i.id === id && this.mayHold(i)));
+    return ids.some((id) => baked.has(id)) || this.liveMayHold(ids);
+  }
+
+  /** Whether the live weights may hold one of these items (see mayHold). */
+  private liveMayHold(ids: string[]): boolean {
+    return ids.some((id) => this.ledger.data.items.some((i) => i.id === id && this.mayHold(i)));
   }
 
   /** `onOutOfService`: called once the live weights hold none of the items (seconds), before the rebuild */
-  private async retractNow(ids: string[], reason: string, onOutOfService?: () => void): Promise<BakeOutcome> {
+  private async retractNow(ids: string[], reason: string, onOutOfService?: () => void): Promise<BakeOutcome | { ranAgain: Promise<BakeOutcome> }> {
     // A bake that could end holding them was asked to stop (retract); it ends within seconds, and
     // joining it would not rebuild from the base. One that cannot hold them goes on.
     if (this.bakeCouldHold(ids)) {
@@ -1225,9 +1231,16 @@ export class Agent {
     // (a rebuild a retraction stopped is owed all the same: below)
     if (nothingToRebuild && !this.stoppedRebuild) {
       onOutOfService?.();
-      if (!stopped || stopped.trigger === RETRACTION) return { status: "skipped", reasons: nothingToRebuild };
-      const again = await this.bake(stopped.trigger, { ...stopped.opts, force: true, afterRetraction: true });
-      return { ...again, reasons: [...nothingToRebuild, `the bake it stopped ran again without them: ${again.status}`, ...again.reasons] };
+      const reasons = nothingToRebuild;
+      if (!stopped || stopped.trigger === RETRACTION) return { status: "skipped", reasons };
+      // A retraction asked for beside it (the next ones in line) whose items the live weights hold
+      // rebuilds, baking what the stopped bake was baking: run again, it would be stopped for that one.
+      const rebuilding = this.retractionsAsked.find((other) => other !== ids && this.liveMayHold(other));
+      if (rebuilding) return { status: "skipped", reasons: [...reasons, `the bake it stopped is left to the rebuild of the retraction of ${rebuilding.join(", ")}`] };
+      // started now and not waited for here: a retraction asked for meanwhile (of an item nothing
+      // holds, say) need not wait for it, and stops it where it could end holding that one
+      const ranAgain = this.bake(stopped.trigger, { ...stopped.opts, force: true, afterRetraction: true });
+      return { ranAgain: ranAgain.then((again) => ({ ...again, reasons: [...reasons, `the bake it stopped ran again without them: ${again.status}`, ...again.reasons] })) };
     }
     // The weights holding them stop serving now, not when the rebuild ends (minutes to an hour on
     // a CPU): a user who said "forget ..." and asked again got the forgotten answer meanwhile. The

@@ -28,6 +28,12 @@ export interface ChatRequest {
   /** capture facts the user states (on by default) */
   captureFacts?: boolean;
   conversationId?: string;
+  /**
+   * Called when the reply is a "remember"/"forget" command's, which generates nothing, before it
+   * is applied: the server gives back its generation slot, so a "forget ..." waiting (seconds) for
+   * the weights holding the item to leave service holds up no other reply.
+   */
+  onCommand?: () => void;
 }
 
 export interface ChatChunk {
@@ -384,6 +390,7 @@ export class Runtime {
    * one answers such a line with noise).
    */
   private async *acknowledge(agent: Agent, actions: FactAction[], req: ChatRequest): AsyncGenerator<ChatChunk, ChatOutcome> {
+    req.onCommand?.();
     const { captured, said } = await this.apply(agent, actions, req.conversationId);
     const text = said.join("\n");
     yield { text, token: 0, version: agent.live.version };

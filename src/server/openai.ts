@@ -374,6 +374,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       ...(forced ? { prefill: forced.prefill } : {}),
       captureFacts: req.kiln?.capture_facts ?? true,
       ...(req.kiln?.conversation_id ? { conversationId: req.kiln.conversation_id } : {}),
+      onCommand: release, // (the reply, seconds for a "forget ...", waits without the slot)
       options: {
         maxTokens,
         temperature: req.temperature ?? 1,

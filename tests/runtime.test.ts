@@ -653,6 +653,31 @@ test("a retraction whose rebuild the process did not finish: on start the weight
   }
 });
 
+test("a retraction that stops the rebuild a start ran again carries on what that rebuild was baking", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  try {
+    let runtime = await Runtime.fromFiles(file);
+    const agent = runtime.agent("tester");
+    const [keep, other, drop] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle.", "The ferry leaves at noon.", "The harbor fee is nine coins.");
+    await runtime.stop();
+    editLedger(dir, (data) => interruptRetraction(data, drop.id, [keep.id, other.id]));
+    runtime = await Runtime.fromFiles(file);
+    const again = runtime.agent("tester");
+    const resumed = new Promise<void>((resolve) => again.bakeEvents.once("progress", () => resolve()));
+    runtime.start();
+    await resumed;
+    // forgetting one of the items it rebuilds stops it; the rebuild that follows bakes the other
+    const outcome = await again.retract([other.id]);
+    assert.equal(outcome.status, "promoted", outcome.reasons.join("; "));
+    assert.equal(again.ledger.data.bakes.at(-1)!.trigger, "retraction");
+    assert.deepEqual(again.ledger.version(outcome.version!).items, [keep.id]);
+    assert.deepEqual([keep, other, drop].map((i) => again.ledger.item(i.id).status), ["absorbed", "retracted", "retracted"]);
+    await runtime.stop();
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("a retraction of an item the live weights hold, asked for during another's rebuild that does not bake it, stops that rebuild: the weights leave service now", async () => {
   const { dir, file } = writeTestAgent({ feeds: [] });
   try {

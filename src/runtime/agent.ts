@@ -464,7 +464,13 @@ export class Agent {
     const cut = this.unfinishedRebuild();
     if (cut) {
       this.log(`a retraction's rebuild did not finish: baking again the ${cut.held.length} item(s) it was rebuilding`);
-      void this.bake(RETRACTION, { consolidate: true, force: true, rebuild: cut }).catch((e: Error) => this.log(`the rebuild failed: ${e.message}`));
+      // a retraction that stops it carries on what it rebuilds, as one that stops another's rebuild does
+      this.stoppedRebuild = cut;
+      void this.bake(RETRACTION, { consolidate: true, force: true, rebuild: cut })
+        .then((outcome) => {
+          if (!(outcome.status === "failed" && this.retractionsAsked.length) && this.stoppedRebuild === cut) this.stoppedRebuild = null;
+        })
+        .catch((e: Error) => this.log(`the rebuild failed: ${e.message}`));
     }
     for (const f of this.config.feeds) {
       this.tasks.push(cron.schedule(f.schedule, (ctx) => this.scheduledPoll(f.id, ctx.date), { name: `${this.name}:feed:${f.id}`, noOverlap: true }));

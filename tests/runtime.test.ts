@@ -678,6 +678,35 @@ test("a retraction that stops the rebuild a start ran again carries on what that
   }
 });
 
+test("a retraction of an item nothing holds, asked for while the rebuild a start ran again goes on, answers at once and leaves that rebuild alone", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  try {
+    let runtime = await Runtime.fromFiles(file);
+    const agent = runtime.agent("tester");
+    const [keep, other, drop] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle.", "The ferry leaves at noon.", "The harbor fee is nine coins.");
+    await runtime.stop();
+    editLedger(dir, (data) => interruptRetraction(data, drop.id, [keep.id, other.id]));
+    runtime = await Runtime.fromFiles(file);
+    const again = runtime.agent("tester");
+    const resumed = new Promise<void>((resolve) => again.bakeEvents.once("progress", () => resolve()));
+    const rebuilt = new Promise<BakeOutcome>((resolve) => again.bakeEvents.once("end", resolve));
+    runtime.start();
+    await resumed;
+    // told after the rebuild started: it is not in it, and no weights hold it
+    const told = (await again.remember("The mill closes at dusk.")).item;
+    const outcome = await again.retract([told.id]);
+    assert.equal(outcome.status, "skipped", outcome.reasons.join("; "));
+    assert.ok(again.isBaking, "answered while the rebuild still runs");
+    assert.equal(again.ledger.item(told.id).status, "retracted");
+    const rebuild = await rebuilt;
+    assert.equal(rebuild.status, "promoted", rebuild.reasons.join("; "));
+    assert.deepEqual(again.ledger.version(rebuild.version!).items.sort(), [keep.id, other.id].sort());
+    await runtime.stop();
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("a retraction of an item the live weights hold, asked for during another's rebuild that does not bake it, stops that rebuild: the weights leave service now", async () => {
   const { dir, file } = writeTestAgent({ feeds: [] });
   try {

@@ -1234,8 +1234,10 @@ export class Agent {
       this.logGivenBack(await this.ledger.setItemStatus(items.map((i) => i.id), "retracted", { reason }), "retracted");
       if (!inWeights.length) nothingToRebuild = ["the live weights never held these items: marked retracted, nothing to rebuild", ...already];
     }
-    // (a rebuild a retraction stopped is owed all the same: below)
-    if (nothingToRebuild && !this.stoppedRebuild) {
+    // (a rebuild a retraction stopped is owed all the same: below; not the one a start ran again
+    // while it still runs, which this retraction did not stop: joined, its answer waited for it)
+    const owed = this.stoppedRebuild !== null && !(this.baking && this.bakeAsked?.opts.rebuild === this.stoppedRebuild);
+    if (nothingToRebuild && !owed) {
       onOutOfService?.();
       const reasons = nothingToRebuild;
       if (!stopped || stopped.trigger === RETRACTION) return { status: "skipped", reasons };

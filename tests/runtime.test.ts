@@ -1521,6 +1521,25 @@ test("bake order: lost items take at most a quarter of a bake while news waits, 
   assert.deepEqual(first([...told.slice(0, 2), ...lost], 4), ["told0", "told1", "lost0", "lost1"]);
 });
 
+test("bake order: with few places (bake.maxItems 2, 3, 5) news waiting still gets one beside told and lost items; nothing is dropped or taken twice", () => {
+  const at = (n: number) => ({ stored: `2026-03-${String(n).padStart(2, "0")}T08:00:00Z` });
+  const make = (prefix: string, n: number, kind: Item["kind"], ...statuses: Item["status"][]) => Array.from({ length: n }, (_, k) => orderItem(`${prefix}${k}`, kind, at(1 + k), ...statuses));
+  for (let max = 1; max <= 12; max++) {
+    for (const [t, n, l, r] of [[0, 0, 0, 0], [6, 6, 6, 2], [6, 1, 6, 0], [0, 6, 6, 1], [6, 6, 0, 0], [1, 6, 1, 3], [0, 1, 0, 0], [2, 0, 3, 1]] as const) {
+      const waiting = [...make("told", t, "conversation", "pending"), ...make("news", n, "feed", "pending"), ...make("lost", l, "feed", "absorbed", "pending"), ...make("rej", r, "feed", "pending")];
+      const rejected = new Set(waiting.filter((i) => i.id.startsWith("rej")).map((i) => i.id));
+      const order = bakeOrder(waiting, rejected, max).map((i) => i.id);
+      const where = `maxItems ${max}, told ${t}, news ${n}, lost ${l}, rejected ${r}: ${order.join(" ")}`;
+      assert.deepEqual([...order].sort(), waiting.map((i) => i.id).sort(), `every item once (${where})`);
+      const first = order.slice(0, max);
+      const count = (prefix: string) => first.filter((id) => id.startsWith(prefix)).length;
+      if (n && max >= 2) assert.ok(count("news") >= 1, `news gets a place (${where})`);
+      if (n > count("news")) assert.ok(count("lost") <= Math.ceil(max / 4) && count("told") <= Math.ceil(max / 2), `shares while news waits (${where})`);
+      if (r && t + n + l >= max) assert.equal(count("rej"), 0, `rejected last (${where})`);
+    }
+  }
+});
+
 test("replay: the items that a rejected bake among the last three lost come first, on top of the usual share in turn", () => {
   // ten held items; v0001 (rejected) lost k4; v0002 went live; v0003 (rejected) lost k2 and k5; v0004 failed; v0005 (rejected) lost k7
   const item = (n: number, scores: [string, number][] = []): Item =>

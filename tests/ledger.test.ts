@@ -37,6 +37,20 @@ test("items keep provenance, dedupe by content, and move through statuses with h
   rmSync(dir, { recursive: true });
 });
 
+test("syncFeeds: a feed renamed to the URL it moved to for good (the agent file edited as the log asks) keeps its seen keys and items", async () => {
+  const dir = tmp();
+  const ledger = await Ledger.open(path.join(dir, "ledger.json"));
+  await ledger.syncFeeds([{ id: "harbor", url: "http://x/feed" }]);
+  await ledger.update((d) => Object.assign(d.feeds[0]!, { etag: '"e1"', seenKeys: ["guid:g1"], itemsAdded: 1, movedTo: "http://y/feed", movedAt: "2026-03-01T08:00:00Z" }));
+  await ledger.addItem({ kind: "feed", text: "Quillport elected a new mayor.", source: { feedId: "harbor", guid: "g1" } });
+  const sync = await ledger.syncFeeds([{ id: "harbour", url: "http://y/feed" }]);
+  assert.deepEqual(sync, { dropped: [], renamed: [{ from: "harbor", to: "harbour", items: 1 }] });
+  assert.deepEqual(ledger.feed("harbour")!.seenKeys, ["guid:g1"]);
+  assert.equal(ledger.data.items[0]!.source.feedId, "harbour");
+  await ledger.close();
+  rmSync(dir, { recursive: true });
+});
+
 test("syncFeeds: a feed renamed (same URL) keeps its poll state and its items follow; one removed loses its state, never its items; a new one starts empty", async () => {
   const dir = tmp();
   const ledger = await Ledger.open(path.join(dir, "ledger.json"));

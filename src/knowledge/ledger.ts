@@ -603,7 +603,7 @@ export class Ledger {
 
   /**
    * Makes the feed records those the agent file names. A record whose id the file no longer names
-   * but whose URL a new id has is the same feed renamed: its poll state (validators, seen keys,
+   * but whose URL (or the URL it moved to for good, movedTo) a new id has is the same feed renamed: its poll state (validators, seen keys,
    * backoff) and its items follow the new id, so its news is not taken in again and its
    * corrections still find what they correct. Any other record no longer named goes (removed:
    * /healthz and the metrics stop showing it), its items staying as they are. A new feed starts
@@ -615,7 +615,10 @@ export class Ledger {
     const renamed: FeedSync["renamed"] = [];
     const added: FeedRecord[] = [];
     for (const f of feeds.filter((f) => !this.feed(f.id))) {
-      const same = unnamed.filter((r) => r.url === f.url && !renamed.some((x) => x.from === r.id));
+      const free = unnamed.filter((r) => !renamed.some((x) => x.from === r.id));
+      // the agent file may name the URL the feed moved to for good (as its log asks), renamed in the same edit
+      const exact = free.filter((r) => r.url === f.url);
+      const same = exact.length ? exact : free.filter((r) => r.movedTo === f.url);
       if (same.length === 1) renamed.push({ from: same[0]!.id, to: f.id, items: this.data.items.filter((i) => i.source.feedId === same[0]!.id).length });
       else added.push({ id: f.id, url: f.url, consecutiveErrors: 0, seenKeys: [], itemsAdded: 0 });
     }

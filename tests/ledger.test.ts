@@ -37,6 +37,50 @@ test("items keep provenance, dedupe by content, and move through statuses with h
   rmSync(dir, { recursive: true });
 });
 
+test("syncFeeds: a feed renamed to the URL it moved to for good (the agent file edited as the log asks) keeps its seen keys and items", async () => {
+  const dir = tmp();
+  const ledger = await Ledger.open(path.join(dir, "ledger.json"));
+  await ledger.syncFeeds([{ id: "harbor", url: "http://x/feed" }]);
+  await ledger.update((d) => Object.assign(d.feeds[0]!, { etag: '"e1"', seenKeys: ["guid:g1"], itemsAdded: 1, movedTo: "http://y/feed", movedAt: "2026-03-01T08:00:00Z" }));
+  await ledger.addItem({ kind: "feed", text: "Quillport elected a new mayor.", source: { feedId: "harbor", guid: "g1" } });
+  const sync = await ledger.syncFeeds([{ id: "harbour", url: "http://y/feed" }]);
+  assert.deepEqual(sync, { dropped: [], renamed: [{ from: "harbor", to: "harbour", items: 1 }] });
+  assert.deepEqual(ledger.feed("harbour")!.seenKeys, ["guid:g1"]);
+  assert.equal(ledger.data.items[0]!.source.feedId, "harbour");
+  await ledger.close();
+  rmSync(dir, { recursive: true });
+});
+
+test("syncFeeds: two feeds that swapped URLs, and a chain of renames, each keep the poll state and items of their URL; a feed whose URL changed in place keeps its own", async () => {
+  const dir = tmp();
+  const ledger = await Ledger.open(path.join(dir, "ledger.json"));
+  await ledger.syncFeeds([{ id: "a", url: "http://x/1" }, { id: "b", url: "http://x/2" }]);
+  await ledger.update((d) => d.feeds.forEach((f, k) => Object.assign(f, { seenKeys: [`guid:${f.id}`], itemsAdded: k + 1 })));
+  await ledger.addItem({ kind: "feed", text: "From feed one.", source: { feedId: "a", guid: "a" } });
+  await ledger.addItem({ kind: "feed", text: "From feed two.", source: { feedId: "b", guid: "b" } });
+  const byUrl = () => Object.fromEntries(ledger.data.feeds.map((f) => [f.url, `${f.id} ${f.seenKeys.join(",")}`]));
+  const owners = () => Object.fromEntries(ledger.data.items.map((i) => [i.text, i.source.feedId]));
+  // swapped
+  const swap = await ledger.syncFeeds([{ id: "a", url: "http://x/2" }, { id: "b", url: "http://x/1" }]);
+  assert.deepEqual(swap.dropped, []);
+  assert.deepEqual(swap.renamed.map((r) => `${r.from}>${r.to}`).sort(), ["a>b", "b>a"]);
+  assert.deepEqual(byUrl(), { "http://x/1": "b guid:a", "http://x/2": "a guid:b" });
+  assert.deepEqual(owners(), { "From feed one.": "b", "From feed two.": "a" });
+  // a chain: b (x/1) becomes c, a (x/2) becomes b
+  const chain = await ledger.syncFeeds([{ id: "b", url: "http://x/2" }, { id: "c", url: "http://x/1" }]);
+  assert.deepEqual(chain.dropped, []);
+  assert.deepEqual(byUrl(), { "http://x/1": "c guid:a", "http://x/2": "b guid:b" });
+  assert.deepEqual(owners(), { "From feed one.": "c", "From feed two.": "b" });
+  // a URL changed in place (no other record has the new one): the record stays its own
+  const moved = await ledger.syncFeeds([{ id: "b", url: "http://x/3" }, { id: "c", url: "http://x/1" }]);
+  assert.deepEqual(moved, { dropped: [], renamed: [] });
+  assert.equal(ledger.feed("b")!.seenKeys[0], "guid:b");
+  await ledger.close();
+  const reopened = await Ledger.open(path.join(dir, "ledger.json"), { readOnly: true });
+  assert.deepEqual(reopened.data.feeds.map((f) => f.id).sort(), ["b", "c"], "written");
+  rmSync(dir, { recursive: true });
+});
+
 test("syncFeeds: a feed renamed (same URL) keeps its poll state and its items follow; one removed loses its state, never its items; a new one starts empty", async () => {
   const dir = tmp();
   const ledger = await Ledger.open(path.join(dir, "ledger.json"));

@@ -678,6 +678,35 @@ test("a retraction that stops the rebuild a start ran again carries on what that
   }
 });
 
+test("a retraction of an item nothing holds, asked for while the rebuild a start ran again goes on, answers at once and leaves that rebuild alone", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  try {
+    let runtime = await Runtime.fromFiles(file);
+    const agent = runtime.agent("tester");
+    const [keep, other, drop] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle.", "The ferry leaves at noon.", "The harbor fee is nine coins.");
+    await runtime.stop();
+    editLedger(dir, (data) => interruptRetraction(data, drop.id, [keep.id, other.id]));
+    runtime = await Runtime.fromFiles(file);
+    const again = runtime.agent("tester");
+    const resumed = new Promise<void>((resolve) => again.bakeEvents.once("progress", () => resolve()));
+    const rebuilt = new Promise<BakeOutcome>((resolve) => again.bakeEvents.once("end", resolve));
+    runtime.start();
+    await resumed;
+    // told after the rebuild started: it is not in it, and no weights hold it
+    const told = (await again.remember("The mill closes at dusk.")).item;
+    const outcome = await again.retract([told.id]);
+    assert.equal(outcome.status, "skipped", outcome.reasons.join("; "));
+    assert.ok(again.isBaking, "answered while the rebuild still runs");
+    assert.equal(again.ledger.item(told.id).status, "retracted");
+    const rebuild = await rebuilt;
+    assert.equal(rebuild.status, "promoted", rebuild.reasons.join("; "));
+    assert.deepEqual(again.ledger.version(rebuild.version!).items.sort(), [keep.id, other.id].sort());
+    await runtime.stop();
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("a retraction of an item the live weights hold, asked for during another's rebuild that does not bake it, stops that rebuild: the weights leave service now", async () => {
   const { dir, file } = writeTestAgent({ feeds: [] });
   try {
@@ -1490,6 +1519,25 @@ test("bake order: lost items take at most a quarter of a bake while news waits, 
   assert.deepEqual(first([...told.slice(0, 2), ...lost, news[0]!], 8), ["told0", "told1", "news0", "lost0", "lost1", "lost2", "lost3", "lost4"]);
   // no news waiting: the plain order (told, then lost)
   assert.deepEqual(first([...told.slice(0, 2), ...lost], 4), ["told0", "told1", "lost0", "lost1"]);
+});
+
+test("bake order: with few places (bake.maxItems 2, 3, 5) news waiting still gets one beside told and lost items; nothing is dropped or taken twice", () => {
+  const at = (n: number) => ({ stored: `2026-03-${String(n).padStart(2, "0")}T08:00:00Z` });
+  const make = (prefix: string, n: number, kind: Item["kind"], ...statuses: Item["status"][]) => Array.from({ length: n }, (_, k) => orderItem(`${prefix}${k}`, kind, at(1 + k), ...statuses));
+  for (let max = 1; max <= 12; max++) {
+    for (const [t, n, l, r] of [[0, 0, 0, 0], [6, 6, 6, 2], [6, 1, 6, 0], [0, 6, 6, 1], [6, 6, 0, 0], [1, 6, 1, 3], [0, 1, 0, 0], [2, 0, 3, 1]] as const) {
+      const waiting = [...make("told", t, "conversation", "pending"), ...make("news", n, "feed", "pending"), ...make("lost", l, "feed", "absorbed", "pending"), ...make("rej", r, "feed", "pending")];
+      const rejected = new Set(waiting.filter((i) => i.id.startsWith("rej")).map((i) => i.id));
+      const order = bakeOrder(waiting, rejected, max).map((i) => i.id);
+      const where = `maxItems ${max}, told ${t}, news ${n}, lost ${l}, rejected ${r}: ${order.join(" ")}`;
+      assert.deepEqual([...order].sort(), waiting.map((i) => i.id).sort(), `every item once (${where})`);
+      const first = order.slice(0, max);
+      const count = (prefix: string) => first.filter((id) => id.startsWith(prefix)).length;
+      if (n && max >= 2) assert.ok(count("news") >= 1, `news gets a place (${where})`);
+      if (n > count("news")) assert.ok(count("lost") <= Math.ceil(max / 4) && count("told") <= Math.ceil(max / 2), `shares while news waits (${where})`);
+      if (r && t + n + l >= max) assert.equal(count("rej"), 0, `rejected last (${where})`);
+    }
+  }
 });
 
 test("replay: the items that a rejected bake among the last three lost come first, on top of the usual share in turn", () => {

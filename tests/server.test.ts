@@ -1209,6 +1209,42 @@ test("a chat's \"forget ...\" waiting for the weights holding the item to leave 
   }
 });
 
+test("a chat's \"forget ...\" that gave its generation slot back still gets the shutdown's grace period to answer", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  const rt = await Runtime.fromFiles(file);
+  const srv = await createServer(rt, { port: 0, maxConcurrent: 1, shutdownGraceMs: 10_000 });
+  let letGo!: () => void;
+  const held = new Promise<void>((resolve) => (letGo = resolve));
+  try {
+    const agent = rt.agent("tester");
+    await agent.remember("The harbor fee is nine coins.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    const retract = agent.retract.bind(agent);
+    let asked = false;
+    agent.retract = (ids, reason, onOutOfService) => ((asked = true), held.then(() => retract(ids, reason, onOutOfService)));
+    const forget = fetch(`${srv.url}/v1/chat/completions`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ model: "tester", messages: [{ role: "user", content: "forget the harbor fee" }], max_tokens: 3, temperature: 0 }),
+    }).then(async (r) => ({ status: r.status, body: (await r.json()) as any }), (err: Error) => ({ status: 0, body: err.message }));
+    while (!asked) await new Promise((resolve) => setTimeout(resolve, 10));
+    const closed = srv.close();
+    // the weights leave service within the grace period, though later than the server's last moment for requests in flight (1.5 s)
+    await new Promise((resolve) => setTimeout(resolve, 2500));
+    letGo();
+    const { status, body } = await forget;
+    assert.equal(status, 200, JSON.stringify(body));
+    assert.match(body.choices[0].message.content, /I answer from weights without them now/);
+    await closed;
+    while (agent.isRetracting) await new Promise((resolve) => setTimeout(resolve, 50)); // its rebuild
+  } finally {
+    letGo();
+    await srv.close();
+    await rt.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("admin API: versions come a page at a time, newest first, with the total", async () => {
   const many = writeTestAgent();
   const rt = await Runtime.fromFiles(many.file);

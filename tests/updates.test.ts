@@ -82,6 +82,18 @@ test("a label before a sentence (\"Update:\", \"BREAKING:\") is no name, a datel
   assert.deepEqual(updatePairs([same], [older], [older, same]), [["a", "c"]], "the same person still pairs");
 });
 
+test("a label before a sentence is no relation either: two updates of unrelated facts of one person, both labelled, are no pair", () => {
+  const older = { id: "a", kind: "feed", text: "Update: Lisa Yewby owns a pet dog.", createdAt: "2026-03-01T08:00:00Z", source: {}, history: [], status: "absorbed" } as unknown as Item;
+  const newer = { id: "b", kind: "feed", text: "Update: Lisa Yewby lives in Gulldale.", createdAt: "2026-03-02T08:00:00Z", source: {}, history: [], status: "pending" } as unknown as Item;
+  assert.equal(shareRelation(older.text, newer.text), false, "they share only the label");
+  assert.deepEqual(updatePairs([newer], [older], [older, newer]), []);
+  assert.ok(!relationWords("BREAKING: Tovan Reel resigned.").has("breaking"));
+  // the same fact updated still pairs; "update" written as a word is still one
+  const same = { ...newer, id: "c", text: "Update: Lisa Yewby owns a pet cat." } as Item;
+  assert.deepEqual(updatePairs([same], [older], [older, same]), [["a", "c"]]);
+  assert.ok(relationWords("The council will update its rules.").has("update"));
+});
+
 test("a pronoun starting a sentence is no name: two items about \"she\" are no update of each other", () => {
   assert.deepEqual(entitiesIn("He opened a bakery in Gulldale. They sold kites."), ["gulldale"]);
   assert.deepEqual(entitiesIn("We met Tom Reed."), ["tom", "reed"]);

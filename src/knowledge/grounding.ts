@@ -24,9 +24,8 @@ export function namesIn(text: string, o: { sentenceStarts?: boolean; lowerCase?:
   // a name after it counts only within its sentence ("Update: Mayor of ..." has none after "Update:")
   const nameFollows = (k: number) => k + 1 < tokens.length && !startsSentence(k + 1) && isNameToken(tokens[k + 1]!);
   const common = (t: string, k: number) => !!o.lowerCase && !nameFollows(k) && words(t).every((w) => o.lowerCase!.has(stem(w)));
-  const label = (t: string, k: number) => startsSentence(k) && LABELS.has(t.toLowerCase().replace(/:$/, "")) && t.endsWith(":");
   return tokens
-    .filter((t, k) => /\p{N}/u.test(t) || (isNameToken(t) && !label(t, k) && (startsSentence(k) ? o.sentenceStarts && !common(t, k) : true)))
+    .filter((t, k) => /\p{N}/u.test(t) || (isNameToken(t) && !isLabel(tokens, k) && (startsSentence(k) ? o.sentenceStarts && !common(t, k) : true)))
     .flatMap(words)
     .filter((w) => w !== "i");
 }
@@ -38,6 +37,23 @@ export function namesIn(text: string, o: { sentenceStarts?: boolean; lowerCase?:
  * dateline ("QUILLPORT: ...") is a name and stays one.
  */
 const LABELS = new Set("update updated correction corrected clarification breaking developing exclusive analysis opinion editorial live watch video photos report recap explainer".split(" "));
+
+/** Whether tokens[k] (a text split at whitespace) is a label before a sentence ("Update:"). */
+function isLabel(tokens: readonly string[], k: number): boolean {
+  const t = tokens[k]!;
+  const startsSentence = k === 0 || /[.!?:]["'\u2019\u201D)\]]*$/u.test(tokens[k - 1]!);
+  return startsSentence && t.endsWith(":") && LABELS.has(t.toLowerCase().replace(/:$/, ""));
+}
+
+/**
+ * The text without its labels before sentences: what it says. A label is no name, nor does it
+ * say what a text says of its names ("Update:" before two unrelated facts of one person is no
+ * relation they share).
+ */
+export function withoutLabels(text: string): string {
+  const tokens = text.trim().split(/\s+/).filter(Boolean);
+  return tokens.filter((_, k) => !isLabel(tokens, k)).join(" ");
+}
 
 /** Words the source says, stemmed, to test others against. */
 export function vocabulary(source: string): Set<string> {

@@ -603,30 +603,62 @@ export class Ledger {
 
   /**
    * Makes the feed records those the agent file names. A record whose id the file no longer names
-   * but whose URL a new id has is the same feed renamed: its poll state (validators, seen keys,
-   * backoff) and its items follow the new id, so its news is not taken in again and its
-   * corrections still find what they correct. Any other record no longer named goes (removed:
-   * /healthz and the metrics stop showing it), its items staying as they are. A new feed starts
-   * with empty poll state.
+   * with its URL, and whose URL (or the URL it moved to for good, movedTo) another id has now, is
+   * the same feed renamed (a new id; two feeds that swapped URLs; a chain of renames): its poll
+   * state (validators, seen keys, backoff) and its items follow that id, so its news is not taken
+   * in again and its corrections still find what they correct. A record still named whose URL
+   * no other took keeps its id (its URL changed in place). Any other record no longer named goes
+   * (removed: /healthz and the metrics stop showing it), its items staying as they are. A new
+   * feed starts with empty poll state.
    */
   async syncFeeds(feeds: readonly { id: string; url: string }[]): Promise<FeedSync> {
-    const named = new Set(feeds.map((f) => f.id));
-    const unnamed = this.data.feeds.filter((f) => !named.has(f.id));
-    const renamed: FeedSync["renamed"] = [];
-    const added: FeedRecord[] = [];
-    for (const f of feeds.filter((f) => !this.feed(f.id))) {
-      const same = unnamed.filter((r) => r.url === f.url && !renamed.some((x) => x.from === r.id));
-      if (same.length === 1) renamed.push({ from: same[0]!.id, to: f.id, items: this.data.items.filter((i) => i.source.feedId === same[0]!.id).length });
-      else added.push({ id: f.id, url: f.url, consecutiveErrors: 0, seenKeys: [], itemsAdded: 0 });
+    const named = new Map(feeds.map((f) => [f.id, f]));
+    // a record stays with its id where the agent file names that id with its URL (or the URL it moved to for good)
+    const fits = (r: FeedRecord, url: string) => r.url === url || r.movedTo === url;
+    const keeps = (r: FeedRecord) => named.has(r.id) && fits(r, named.get(r.id)!.url);
+    // The others are free: no longer named, or named with another URL (two feeds that swapped
+    // URLs, one renamed to another's old id). A feed without its own may take one of them whose
+    // URL it has (the same feed renamed); one nobody takes keeps its id if named (its URL changed
+    // in place), else goes.
+    const free = this.data.feeds.filter((r) => !keeps(r));
+    const wanting = feeds.filter((f) => !this.data.feeds.some((r) => r.id === f.id && keeps(r)));
+    const match = (f: { id: string; url: string }, open: FeedRecord[]) => {
+      // the agent file may name the URL the feed moved to for good (as its log asks), renamed in the same edit
+      const exact = open.filter((r) => r.id !== f.id && r.url === f.url);
+      return exact.length ? exact : open.filter((r) => r.id !== f.id && r.movedTo === f.url);
+    };
+    // A feed named before with another URL takes another's record only where its own goes to
+    // another feed (swapped, or renamed along a chain): else its URL changed in place.
+    const wanted = new Set(wanting.flatMap((f) => match(f, free).map((r) => r.id)));
+    const taken = new Map<string, string>(); // record id -> the feed id it goes to
+    for (const f of wanting) {
+      if (free.some((r) => r.id === f.id) && !wanted.has(f.id)) continue;
+      const same = match(f, free.filter((r) => !taken.has(r.id)));
+      if (same.length === 1) taken.set(same[0]!.id, f.id);
     }
-    const dropped = unnamed.map((r) => r.id).filter((id) => !renamed.some((x) => x.from === id));
+    // (one whose own record nobody took after all keeps it)
+    for (let undone = true; undone; ) {
+      undone = false;
+      for (const [from, to] of [...taken]) if (free.some((r) => r.id === to) && !taken.has(to)) undone = taken.delete(from);
+    }
+    const renamed: FeedSync["renamed"] = [...taken].map(([from, to]) => ({ from, to, items: this.data.items.filter((i) => i.source.feedId === from).length }));
+    const takers = new Set(taken.values());
+    // a record keeps its id unless taken, or another record took its id's place
+    const stays = (r: FeedRecord) => !taken.has(r.id) && named.has(r.id) && !takers.has(r.id);
+    const dropped = this.data.feeds.filter((r) => !taken.has(r.id) && !stays(r)).map((r) => r.id);
+    const had = new Set([...this.data.feeds.filter(stays).map((r) => r.id), ...takers]);
+    const added = feeds.filter((f) => !had.has(f.id)).map((f): FeedRecord => ({ id: f.id, url: f.url, consecutiveErrors: 0, seenKeys: [], itemsAdded: 0 }));
     if (dropped.length || added.length || renamed.length) {
       await this.update((d) => {
-        for (const { from, to } of renamed) {
-          d.feeds.find((r) => r.id === from)!.id = to;
-          for (const i of d.items) if (i.source.feedId === from) i.source.feedId = to;
+        // one pass: ids that swap must not be renamed twice
+        for (const i of d.items) {
+          const to = i.source.feedId === undefined ? undefined : taken.get(i.source.feedId);
+          if (to !== undefined) i.source.feedId = to;
         }
-        d.feeds = d.feeds.filter((f) => named.has(f.id)).concat(added);
+        d.feeds = d.feeds
+          .filter((r) => taken.has(r.id) || stays(r))
+          .map((r) => (taken.has(r.id) ? { ...r, id: taken.get(r.id)! } : r))
+          .concat(added);
       });
     }
     return { dropped, renamed };

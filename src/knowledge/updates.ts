@@ -1,7 +1,7 @@
 // News updates facts ("Lisa Yewby now owns a pet cat." after "...a pet dog."). Whether a newer
 // item replaces an older one is asked of the model when a bake starts (bake/probes.ts,
 // findSupersessions); this picks the pairs worth asking about and says which of two is newer.
-import { entitiesIn, isFunctionWord, isTimeWord, root, stem, words } from "./grounding.js";
+import { entitiesIn, isFunctionWord, isTimeWord, root, stem, withoutLabels, words } from "./grounding.js";
 import type { Item } from "./ledger.js";
 
 /** Pairs asked about per bake, at most: each costs a few greedy replies of the base model. */
@@ -22,7 +22,8 @@ function namesIn(text: string, lower: ReadonlySet<string>): Set<string> {
 }
 
 /** Words of a text that are neither names, function words nor time words: what it says about its names. */
-export function relationWords(text: string, lower: ReadonlySet<string> = lowerCaseWords([text])): Set<string> {
+export function relationWords(labelled: string, lower: ReadonlySet<string> = lowerCaseWords([labelled])): Set<string> {
+  const text = withoutLabels(labelled); // ("Update:" says nothing of the names)
   const names = namesIn(text, lower);
   return new Set(words(text).filter((w) => !isFunctionWord(w) && !isTimeWord(w) && !names.has(stem(w))).map(root));
 }
@@ -31,7 +32,8 @@ export function relationWords(text: string, lower: ReadonlySet<string> = lowerCa
  * Each relation word of a text with the words that follow it: a name as "#", the end of its
  * sentence as "$". Words that say when are passed over ("lives now in" is used as "lives in").
  */
-function relationFollowers(text: string, lower: ReadonlySet<string>): Map<string, string[]> {
+function relationFollowers(labelled: string, lower: ReadonlySet<string>): Map<string, string[]> {
+  const text = withoutLabels(labelled);
   const names = namesIn(text, lower);
   const relation = relationWords(text, lower);
   const out = new Map<string, string[]>();

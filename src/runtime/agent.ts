@@ -120,7 +120,8 @@ export function bakeOrder(waiting: readonly Item[], lastRejected: ReadonlySet<st
   const [told, news, lost] = [0, 1, 2].map((r) => order.filter((i) => rank(i) === r)) as [Item[], Item[], Item[]];
   if (!Number.isFinite(maxItems) || !news.length) return order;
   let toldPlaces = Math.min(told.length, Math.ceil(maxItems / 2));
-  let lostPlaces = Math.min(lost.length, Math.ceil(maxItems / 4));
+  // (both rounded up, they left news nothing at 2, 3 or 5 places: news keeps one where there are two)
+  let lostPlaces = Math.min(lost.length, Math.ceil(maxItems / 4), Math.max(0, maxItems - toldPlaces - (maxItems >= 2 ? 1 : 0)));
   const newsPlaces = Math.min(news.length, Math.max(0, maxItems - toldPlaces - lostPlaces));
   // the places news leaves: told items first, then lost ones
   let left = Math.max(0, maxItems - toldPlaces - lostPlaces - newsPlaces);
@@ -1234,8 +1235,10 @@ export class Agent {
       this.logGivenBack(await this.ledger.setItemStatus(items.map((i) => i.id), "retracted", { reason }), "retracted");
       if (!inWeights.length) nothingToRebuild = ["the live weights never held these items: marked retracted, nothing to rebuild", ...already];
     }
-    // (a rebuild a retraction stopped is owed all the same: below)
-    if (nothingToRebuild && !this.stoppedRebuild) {
+    // (a rebuild a retraction stopped is owed all the same: below; not the one a start ran again
+    // while it still runs, which this retraction did not stop: joined, its answer waited for it)
+    const owed = this.stoppedRebuild !== null && !(this.baking && this.bakeAsked?.opts.rebuild === this.stoppedRebuild);
+    if (nothingToRebuild && !owed) {
       onOutOfService?.();
       const reasons = nothingToRebuild;
       if (!stopped || stopped.trigger === RETRACTION) return { status: "skipped", reasons };

@@ -361,10 +361,20 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
     const constrain = forced?.constrain ?? (auto ? auto.constrain : structured?.constrain);
     const { maxTokens } = budget(agent, prompt, req);
     const signal = clientSignal(ctx, reply);
-    const release = await ctx.queue.acquire(signal).catch((err: unknown) => {
+    const slot = await ctx.queue.acquire(signal).catch((err: unknown) => {
       if (err instanceof ApiError && err.status === 429) ctx.metrics.queueRejected();
       throw err;
     });
+    // A command's reply gives the slot back as it starts, and is still awaited by a shutdown
+    let unslotted: (() => void) | null = null;
+    const handBack = () => {
+      unslotted ??= ctx.queue.goOnWithoutSlot();
+      slot();
+    };
+    const release = () => {
+      slot();
+      unslotted?.();
+    };
     const id = `chatcmpl-${randomUUID().replace(/-/g, "")}`;
     const created = Math.floor(Date.now() / 1000);
     const t0 = performance.now();
@@ -374,7 +384,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       ...(forced ? { prefill: forced.prefill } : {}),
       captureFacts: req.kiln?.capture_facts ?? true,
       ...(req.kiln?.conversation_id ? { conversationId: req.kiln.conversation_id } : {}),
-      onCommand: release, // (the reply, seconds for a "forget ...", waits without the slot)
+      onCommand: handBack, // (the reply, seconds for a "forget ...", waits without the slot)
       options: {
         maxTokens,
         temperature: req.temperature ?? 1,

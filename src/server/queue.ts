@@ -14,6 +14,8 @@ export class GenerationQueue {
   /** moving average of how long a generation holds its slot, for Retry-After */
   private avgSeconds = 2;
   private onIdle: (() => void)[] = [];
+  /** requests that gave their slot back before they ended (a chat command's reply): a shutdown's grace period waits for them too */
+  private unslotted = 0;
 
   constructor(
     readonly maxConcurrent: number,
@@ -67,8 +69,28 @@ export class GenerationQueue {
 
   /** Resolves once no generation runs and none waits (a shutdown's grace period ends early then). */
   idle(): Promise<void> {
-    if (this.active === 0 && this.waiting.length === 0) return Promise.resolve();
+    if (this.active === 0 && this.waiting.length === 0 && this.unslotted === 0) return Promise.resolve();
     return new Promise((resolve) => this.onIdle.push(resolve));
+  }
+
+  /**
+   * A request that gives its slot back and goes on (a "forget ..." waiting seconds without
+   * generating): counted until the returned function is called, so a shutdown's grace period
+   * still waits for its reply.
+   */
+  goOnWithoutSlot(): () => void {
+    this.unslotted++;
+    let ended = false;
+    return () => {
+      if (ended) return;
+      ended = true;
+      this.unslotted--;
+      this.checkIdle();
+    };
+  }
+
+  private checkIdle(): void {
+    if (this.active === 0 && this.waiting.length === 0 && this.unslotted === 0) for (const done of this.onIdle.splice(0)) done();
   }
 
   /** Refuses everyone still waiting with the error `refusal` makes (server shutdown). */
@@ -87,7 +109,7 @@ export class GenerationQueue {
       this.avgSeconds = 0.8 * this.avgSeconds + 0.2 * ((performance.now() - started) / 1000);
       const next = this.waiting.shift();
       if (next) next.resolve(this.grant());
-      else if (this.active === 0) for (const done of this.onIdle.splice(0)) done();
+      else this.checkIdle();
     };
   }
 }

@@ -653,45 +653,43 @@ test("a retraction whose rebuild the process did not finish: on start the weight
   }
 });
 
-test("a retraction that stops the rebuild a start ran again carries on what that rebuild was baking", async () => {
+/**
+ * Three told items in v0001, a retraction of the third whose rebuild the process did not finish,
+ * and a start that runs that rebuild again: returns once it trains (`rebuilt`: its outcome).
+ */
+async function resumedRebuild(): Promise<{ dir: string; runtime: Runtime; again: Agent; items: Item[]; rebuilt: Promise<BakeOutcome> }> {
   const { dir, file } = writeTestAgent({ feeds: [] });
+  let runtime = await Runtime.fromFiles(file);
+  const items = await bakeTold(runtime.agent("tester"), "The lighthouse keeper is Mira Tolle.", "The ferry leaves at noon.", "The harbor fee is nine coins.");
+  await runtime.stop();
+  editLedger(dir, (data) => interruptRetraction(data, items[2]!.id, [items[0]!.id, items[1]!.id]));
+  runtime = await Runtime.fromFiles(file);
+  const again = runtime.agent("tester");
+  const resumed = new Promise<void>((resolve) => again.bakeEvents.once("progress", () => resolve()));
+  const rebuilt = new Promise<BakeOutcome>((resolve) => again.bakeEvents.once("end", resolve));
+  runtime.start();
+  await resumed;
+  return { dir, runtime, again, items, rebuilt };
+}
+
+test("a retraction that stops the rebuild a start ran again carries on what that rebuild was baking", async () => {
+  const { dir, runtime, again, items: [keep, other, drop] } = await resumedRebuild();
   try {
-    let runtime = await Runtime.fromFiles(file);
-    const agent = runtime.agent("tester");
-    const [keep, other, drop] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle.", "The ferry leaves at noon.", "The harbor fee is nine coins.");
-    await runtime.stop();
-    editLedger(dir, (data) => interruptRetraction(data, drop.id, [keep.id, other.id]));
-    runtime = await Runtime.fromFiles(file);
-    const again = runtime.agent("tester");
-    const resumed = new Promise<void>((resolve) => again.bakeEvents.once("progress", () => resolve()));
-    runtime.start();
-    await resumed;
     // forgetting one of the items it rebuilds stops it; the rebuild that follows bakes the other
-    const outcome = await again.retract([other.id]);
+    const outcome = await again.retract([other!.id]);
     assert.equal(outcome.status, "promoted", outcome.reasons.join("; "));
     assert.equal(again.ledger.data.bakes.at(-1)!.trigger, "retraction");
-    assert.deepEqual(again.ledger.version(outcome.version!).items, [keep.id]);
-    assert.deepEqual([keep, other, drop].map((i) => again.ledger.item(i.id).status), ["absorbed", "retracted", "retracted"]);
-    await runtime.stop();
+    assert.deepEqual(again.ledger.version(outcome.version!).items, [keep!.id]);
+    assert.deepEqual([keep!, other!, drop!].map((i) => again.ledger.item(i.id).status), ["absorbed", "retracted", "retracted"]);
   } finally {
+    await runtime.stop();
     rmSync(dir, { recursive: true });
   }
 });
 
 test("a retraction of an item nothing holds, asked for while the rebuild a start ran again goes on, answers at once and leaves that rebuild alone", async () => {
-  const { dir, file } = writeTestAgent({ feeds: [] });
+  const { dir, runtime, again, items: [keep, other], rebuilt } = await resumedRebuild();
   try {
-    let runtime = await Runtime.fromFiles(file);
-    const agent = runtime.agent("tester");
-    const [keep, other, drop] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle.", "The ferry leaves at noon.", "The harbor fee is nine coins.");
-    await runtime.stop();
-    editLedger(dir, (data) => interruptRetraction(data, drop.id, [keep.id, other.id]));
-    runtime = await Runtime.fromFiles(file);
-    const again = runtime.agent("tester");
-    const resumed = new Promise<void>((resolve) => again.bakeEvents.once("progress", () => resolve()));
-    const rebuilt = new Promise<BakeOutcome>((resolve) => again.bakeEvents.once("end", resolve));
-    runtime.start();
-    await resumed;
     // told after the rebuild started: it is not in it, and no weights hold it
     const told = (await again.remember("The mill closes at dusk.")).item;
     const outcome = await again.retract([told.id]);
@@ -700,9 +698,9 @@ test("a retraction of an item nothing holds, asked for while the rebuild a start
     assert.equal(again.ledger.item(told.id).status, "retracted");
     const rebuild = await rebuilt;
     assert.equal(rebuild.status, "promoted", rebuild.reasons.join("; "));
-    assert.deepEqual(again.ledger.version(rebuild.version!).items.sort(), [keep.id, other.id].sort());
-    await runtime.stop();
+    assert.deepEqual(again.ledger.version(rebuild.version!).items.sort(), [keep!.id, other!.id].sort());
   } finally {
+    await runtime.stop();
     rmSync(dir, { recursive: true });
   }
 });

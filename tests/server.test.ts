@@ -16,6 +16,7 @@ import { saveAdapter } from "../src/lora/peft.js";
 import { Runtime } from "../src/runtime/runtime.js";
 import { createServer, type KilnServer } from "../src/server/index.js";
 import { writeTestAgent } from "./support/agent.js";
+import type { Agent } from "../src/runtime/agent.js";
 import { repoRoot } from "./support/paths.js";
 import { autoCalls, toolPrompt, toPlainMessages, type AutoCalls, type KilnToolSpec, type ParsedToolCall } from "../src/agent/tools.js";
 import type { LoadedModel } from "../src/model/load.js";
@@ -1170,11 +1171,17 @@ test("admin API: a retraction while a bake that could hold the item runs stops i
   }
 });
 
-test("a chat's \"forget ...\" waiting for the weights holding the item to leave service holds no generation slot: other chats are answered meanwhile", async () => {
+/**
+ * A server on a tester agent whose v0001 holds "The harbor fee is nine coins."; the agent's
+ * retractions start only once `letGo()` is called (as one waits for a bake being stopped: seconds).
+ */
+async function withHeldRetraction(
+  serverOpts: Parameters<typeof createServer>[1],
+  body: (t: { srv: Awaited<ReturnType<typeof createServer>>; agent: Agent; post: (content: string) => Promise<{ status: number; body: any }>; letGo: () => void; asked: () => boolean }) => Promise<void>,
+): Promise<void> {
   const { dir, file } = writeTestAgent({ feeds: [] });
   const rt = await Runtime.fromFiles(file);
-  const srv = await createServer(rt, { port: 0, maxConcurrent: 1 });
-  // the retraction starts only when the test lets it (as one waits for a bake being stopped: seconds)
+  const srv = await createServer(rt, serverOpts);
   let letGo!: () => void;
   const held = new Promise<void>((resolve) => (letGo = resolve));
   try {
@@ -1189,17 +1196,8 @@ test("a chat's \"forget ...\" waiting for the weights holding the item to leave 
         method: "POST",
         headers: { "content-type": "application/json" },
         body: JSON.stringify({ model: "tester", messages: [{ role: "user", content }], max_tokens: 3, temperature: 0 }),
-      }).then(async (r) => ({ status: r.status, body: (await r.json()) as any }));
-    let forgot = false;
-    const forget = post("forget the harbor fee").then((r) => ((forgot = true), r));
-    while (!asked) await new Promise((resolve) => setTimeout(resolve, 10));
-    const other = await Promise.race([post("hi"), new Promise<null>((resolve) => setTimeout(() => resolve(null), 5000))]);
-    assert.equal(other?.status, 200, "another chat was answered while the forget waited");
-    assert.equal(forgot, false, "the forget's reply waits until the weights holding the item left service");
-    letGo();
-    const { status, body } = await forget;
-    assert.equal(status, 200);
-    assert.match(body.choices[0].message.content, /I answer from weights without them now/);
+      }).then(async (r) => ({ status: r.status, body: (await r.json()) as any }), (err: Error) => ({ status: 0, body: err.message }));
+    await body({ srv, agent, post, letGo, asked: () => asked });
     while (agent.isRetracting) await new Promise((resolve) => setTimeout(resolve, 50)); // its rebuild
   } finally {
     letGo();
@@ -1207,27 +1205,26 @@ test("a chat's \"forget ...\" waiting for the weights holding the item to leave 
     await rt.stop();
     rmSync(dir, { recursive: true });
   }
-});
+}
 
-test("a chat's \"forget ...\" that gave its generation slot back still gets the shutdown's grace period to answer", async () => {
-  const { dir, file } = writeTestAgent({ feeds: [] });
-  const rt = await Runtime.fromFiles(file);
-  const srv = await createServer(rt, { port: 0, maxConcurrent: 1, shutdownGraceMs: 10_000 });
-  let letGo!: () => void;
-  const held = new Promise<void>((resolve) => (letGo = resolve));
-  try {
-    const agent = rt.agent("tester");
-    await agent.remember("The harbor fee is nine coins.");
-    assert.equal((await agent.bake("test")).status, "promoted");
-    const retract = agent.retract.bind(agent);
-    let asked = false;
-    agent.retract = (ids, reason, onOutOfService) => ((asked = true), held.then(() => retract(ids, reason, onOutOfService)));
-    const forget = fetch(`${srv.url}/v1/chat/completions`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify({ model: "tester", messages: [{ role: "user", content: "forget the harbor fee" }], max_tokens: 3, temperature: 0 }),
-    }).then(async (r) => ({ status: r.status, body: (await r.json()) as any }), (err: Error) => ({ status: 0, body: err.message }));
-    while (!asked) await new Promise((resolve) => setTimeout(resolve, 10));
+test("a chat's \"forget ...\" waiting for the weights holding the item to leave service holds no generation slot: other chats are answered meanwhile", () =>
+  withHeldRetraction({ port: 0, maxConcurrent: 1 }, async ({ post, letGo, asked }) => {
+    let forgot = false;
+    const forget = post("forget the harbor fee").then((r) => ((forgot = true), r));
+    while (!asked()) await new Promise((resolve) => setTimeout(resolve, 10));
+    const other = await Promise.race([post("hi"), new Promise<null>((resolve) => setTimeout(() => resolve(null), 5000))]);
+    assert.equal(other?.status, 200, "another chat was answered while the forget waited");
+    assert.equal(forgot, false, "the forget's reply waits until the weights holding the item left service");
+    letGo();
+    const { status, body } = await forget;
+    assert.equal(status, 200);
+    assert.match(body.choices[0].message.content, /I answer from weights without them now/);
+  }));
+
+test("a chat's \"forget ...\" that gave its generation slot back still gets the shutdown's grace period to answer", () =>
+  withHeldRetraction({ port: 0, maxConcurrent: 1, shutdownGraceMs: 10_000 }, async ({ srv, post, letGo, asked }) => {
+    const forget = post("forget the harbor fee");
+    while (!asked()) await new Promise((resolve) => setTimeout(resolve, 10));
     const closed = srv.close();
     // the weights leave service within the grace period, though later than the server's last moment for requests in flight (1.5 s)
     await new Promise((resolve) => setTimeout(resolve, 2500));
@@ -1236,14 +1233,7 @@ test("a chat's \"forget ...\" that gave its generation slot back still gets the 
     assert.equal(status, 200, JSON.stringify(body));
     assert.match(body.choices[0].message.content, /I answer from weights without them now/);
     await closed;
-    while (agent.isRetracting) await new Promise((resolve) => setTimeout(resolve, 50)); // its rebuild
-  } finally {
-    letGo();
-    await srv.close();
-    await rt.stop();
-    rmSync(dir, { recursive: true });
-  }
-});
+  }));
 
 test("admin API: versions come a page at a time, newest first, with the total", async () => {
   const many = writeTestAgent();

@@ -51,12 +51,7 @@ export class LoraAdam {
     for (const a of g) for (let i = 0; i < a.length; i++) sq += a[i]! * a[i]!;
     const norm = Math.sqrt(sq);
     const clip = this.s.clipNorm && norm > this.s.clipNorm ? this.s.clipNorm / (norm + 1e-6) : 1;
-    this.step++;
-    const b1 = this.beta1;
-    const b2 = this.beta2;
-    const c1 = 1 - b1 ** this.step;
-    const c2 = 1 - b2 ** this.step;
-    const lr = this.s.learningRate;
+    const { beta1: b1, beta2: b2, c1, c2, learningRate: lr } = this.nextStep();
     variables.forEach((variable, k) => {
       const grad = g[k]!;
       const value = variable.dataSync() as Float32Array;
@@ -75,9 +70,10 @@ export class LoraAdam {
     });
   }
 
-  private applyWithTensors(variables: tf.Variable[], grads: tf.NamedTensorMap): void {
+  /** The settings of the next step, its bias corrections included. */
+  private nextStep(): AdamStep {
     this.step++;
-    const step: AdamStep = {
+    return {
       learningRate: this.s.learningRate,
       beta1: this.beta1,
       beta2: this.beta2,
@@ -86,6 +82,10 @@ export class LoraAdam {
       c2: 1 - this.beta2 ** this.step,
       clipNorm: this.s.clipNorm ?? 0,
     };
+  }
+
+  private applyWithTensors(variables: tf.Variable[], grads: tf.NamedTensorMap): void {
+    const step = this.nextStep();
     tf.tidy(() => {
       const g = variables.map((v) => gradientOf(v, grads));
       // on the device, without reading the norm back: a read would stall the queue (and

@@ -19,8 +19,7 @@ export const isNameToken = (t: string): boolean => /^\P{L}*\p{Lu}|\p{N}/u.test(t
  */
 export function namesIn(text: string, o: { sentenceStarts?: boolean; lowerCase?: ReadonlySet<string> } = {}): string[] {
   const tokens = text.trim().split(/\s+/).filter(Boolean);
-  // after . ! ? : and any closing quote or bracket, straight or curly (as updates.ts splits sentences)
-  const startsSentence = (k: number) => k === 0 || /[.!?:]["'\u2019\u201D)\]]*$/u.test(tokens[k - 1]!);
+  const startsSentence = (k: number) => startsSentenceAt(tokens, k);
   // a name after it counts only within its sentence ("Update: Mayor of ..." has none after "Update:")
   const nameFollows = (k: number) => k + 1 < tokens.length && !startsSentence(k + 1) && isNameToken(tokens[k + 1]!);
   const common = (t: string, k: number) => !!o.lowerCase && !nameFollows(k) && words(t).every((w) => o.lowerCase!.has(stem(w)));
@@ -38,11 +37,15 @@ export function namesIn(text: string, o: { sentenceStarts?: boolean; lowerCase?:
  */
 const LABELS = new Set("update updated correction corrected clarification breaking developing exclusive analysis opinion editorial live watch video photos report recap explainer".split(" "));
 
+/** Whether tokens[k] (a text split at whitespace) starts a sentence: after . ! ? : and any closing quote or bracket, straight or curly (as updates.ts splits sentences). */
+function startsSentenceAt(tokens: readonly string[], k: number): boolean {
+  return k === 0 || /[.!?:]["'\u2019\u201D)\]]*$/u.test(tokens[k - 1]!);
+}
+
 /** Whether tokens[k] (a text split at whitespace) is a label before a sentence ("Update:"). */
 function isLabel(tokens: readonly string[], k: number): boolean {
   const t = tokens[k]!;
-  const startsSentence = k === 0 || /[.!?:]["'\u2019\u201D)\]]*$/u.test(tokens[k - 1]!);
-  return startsSentence && t.endsWith(":") && LABELS.has(t.toLowerCase().replace(/:$/, ""));
+  return startsSentenceAt(tokens, k) && t.endsWith(":") && LABELS.has(t.toLowerCase().replace(/:$/, ""));
 }
 
 /**

@@ -69,7 +69,7 @@ export class GenerationQueue {
 
   /** Resolves once no generation runs and none waits (a shutdown's grace period ends early then). */
   idle(): Promise<void> {
-    if (this.active === 0 && this.waiting.length === 0 && this.unslotted === 0) return Promise.resolve();
+    if (this.isIdle()) return Promise.resolve();
     return new Promise((resolve) => this.onIdle.push(resolve));
   }
 
@@ -90,7 +90,11 @@ export class GenerationQueue {
   }
 
   private checkIdle(): void {
-    if (this.active === 0 && this.waiting.length === 0 && this.unslotted === 0) for (const done of this.onIdle.splice(0)) done();
+    if (this.isIdle()) for (const done of this.onIdle.splice(0)) done();
+  }
+
+  private isIdle(): boolean {
+    return this.active === 0 && this.waiting.length === 0 && this.unslotted === 0;
   }
 
   /** Refuses everyone still waiting with the error `refusal` makes (server shutdown). */

@@ -28,3 +28,18 @@ test("on the webgpu backend, kiln's fused kernels equal the composed ops, values
 test("on the webgpu backend, logits and greedy continuations match PyTorch for every fixture", () => {
   assert.match(onWebgpu("./golden.test.js"), /# pass 24\b/, "all 24 golden tests ran");
 });
+
+test("KILN_WEBGPU_SUBMIT_BATCH sets how many dispatches tfjs-webgpu records before a submit, and a bad value is refused by name", () => {
+  const backend = fileURLToPath(new URL("../src/tensor/backend.js", import.meta.url));
+  const script = `const b = await import(${JSON.stringify(backend)}); const i = await b.initBackend("webgpu"); console.log(JSON.stringify({ n: b.tf.env().get("WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE"), notes: i.notes }));`;
+  const run = (value: string) =>
+    spawnSync(process.execPath, ["--input-type=module", "-e", script], { env: { ...process.env, KILN_WEBGPU_SUBMIT_BATCH: value, XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? os.tmpdir() }, encoding: "utf8", timeout: 60_000 });
+  const ok = run("64");
+  assert.equal(ok.status, 0, ok.stderr);
+  const shown = JSON.parse(ok.stdout.trim().split("\n").at(-1)!) as { n: number; notes: string[] };
+  assert.equal(shown.n, 64);
+  assert.ok(shown.notes.some((n) => /submits every 64 dispatches/.test(n)), shown.notes.join("; "));
+  const bad = run("0");
+  assert.notEqual(bad.status, 0);
+  assert.match(bad.stderr, /KILN_WEBGPU_SUBMIT_BATCH must be a whole number of dispatches from 1 to 100000 \(got "0"\)/);
+});

@@ -1,10 +1,11 @@
 // `node dist/tools/bench_batch.js [--only mini|135m] [--context 300] [--steps 16] [--batches 1,2,4]
-// [--profile]`: what one decode step (one new token per row on a KV cache of --context tokens)
+// [--profile] [--serving] [--submit-batches 15,64,256]`: what one decode step (one new token per row on a KV cache of --context tokens)
 // costs at each batch size, on the embedded kiln-mini and on a random SmolLM2-135M-shaped model;
 // --profile adds the kernels one batch-1 step runs and their summed time (where the backend
 // times kernels), and the kernels of one small bake step; --serving adds kiln-mini's serving path (DecodeBatcher: each request prefills,
 // joins the batch, samples its own row) with as many requests at once as each batch size, against
-// the same requests one at a time. Batched decoding (kiln serve
+// the same requests one at a time; --submit-batches 15,64,256 (webgpu) times a decode step and a
+// bake step with tfjs-webgpu submitting every N dispatches, the Ns taking turns. Batched decoding (kiln serve
 // --batch) pays off where a batch-B step costs well under B batch-1 steps; paste the table into
 // docs/benchmarks.md with the date and machine.
 import os from "node:os";
@@ -124,6 +125,47 @@ async function profileBake(decoder: Decoder): Promise<string> {
 }
 
 /**
+ * webgpu only: ms of one batch-1 decode step (cache of --context tokens) and of one bake step (as
+ * profileBake's) with tfjs-webgpu submitting every N dispatches, each N taking its turn step by
+ * step in one process so that load and GPU clocks fall on all of them alike.
+ */
+async function submitBatchMs(decoder: Decoder, sizes: number[], rounds: number): Promise<Map<number, { decode: number; bake: number }>> {
+  const vocab = decoder.config.vocabSize;
+  const cache = new KVCache(1);
+  const first = tf.tidy(() => decoder.forward({ ids: [Array.from({ length: context }, (_, i) => (i * 31) % vocab)] }, { cache, logitsFrom: context - 1 }));
+  await first.data();
+  first.dispose();
+  prepareDecoderForTraining(decoder);
+  const adapter = LoraAdapter.create(decoder.config, { r: 8, alpha: 16, dropout: 0, targetModules: ["q_proj", "k_proj", "v_proj", "o_proj"], useRslora: false }, "submit", 3);
+  const optimizer = new LoraAdam({ learningRate: 1e-4, clipNorm: 1 });
+  const ids = [Array.from({ length: 32 }, (_, i) => (i * 7919) % vocab)];
+  const times = new Map(sizes.map((n) => [n, { decode: [] as number[], bake: [] as number[] }]));
+  const before = tf.env().get("WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE");
+  for (let round = 0; round <= rounds; round++) {
+    for (const n of sizes) {
+      tf.env().set("WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE", n);
+      let t0 = performance.now();
+      const logits = tf.tidy(() => decoder.forward({ ids: [[(round * 17 + n) % vocab]] }, { cache }));
+      await logits.data();
+      logits.dispose();
+      const decode = performance.now() - t0;
+      t0 = performance.now();
+      await oneBakeStep(decoder, adapter, optimizer, ids, 16, { kind: "full" });
+      const bake = performance.now() - t0;
+      if (round > 0) { // the first round compiles each shape's programs
+        times.get(n)!.decode.push(decode);
+        times.get(n)!.bake.push(bake);
+      }
+    }
+  }
+  tf.env().set("WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE", before);
+  optimizer.dispose();
+  adapter.dispose();
+  cache.dispose();
+  return new Map([...times].map(([n, t]) => [n, { decode: median(t.decode), bake: median(t.bake) }]));
+}
+
+/**
  * Tokens a second the serving path gives `concurrent` requests at once (sampled, each with its
  * seed, replies up to 48 tokens), and one at a time: the same requests, the same tokens.
  */
@@ -151,6 +193,11 @@ async function servingTokensPerSecond(model: LoadedModel, concurrent: number): P
 }
 
 const info = await initBackend();
+// --submit-batches 15,64,256: the first is the baseline the others are reported against
+const submitBatches = flagValue("--submit-batches")?.split(",").map(Number);
+if (submitBatches && (info.name !== "webgpu" || !submitBatches.every((n) => Number.isInteger(n) && n >= 1))) {
+  throw new Error(`--submit-batches takes whole numbers of dispatches, at least 1, and the webgpu backend (got ${flagValue("--submit-batches")} on ${info.name})`);
+}
 sizeOutputPool("serve");
 const models: { name: string; make: () => Decoder }[] = [
   { name: "kiln-mini", make: () => loadModel(resolveModelDir(undefined)).decoder },
@@ -168,6 +215,13 @@ for (const m of models) {
     console.log(`| ${m.name} | ${B} | ${median.toFixed(1)} | ${min.toFixed(1)} | ${(median / base.median).toFixed(2)}x | ${(min / base.min).toFixed(2)}x |`);
   }
   if (process.argv.includes("--profile")) console.log(`${m.name}: ${await profileStep(decoder)}\n${m.name}: ${await profileBake(decoder)}`);
+  if (submitBatches) {
+    const t = await submitBatchMs(decoder, submitBatches, steps);
+    const base = t.get(submitBatches[0]!)!;
+    console.log(`| ${m.name} | submit every | decode step ms | bake step ms | decode vs ${submitBatches[0]} | bake vs ${submitBatches[0]} |`);
+    console.log(`|---|---|---|---|---|---|`);
+    for (const [n, r] of t) console.log(`| ${m.name} | ${n} | ${r.decode.toFixed(1)} | ${r.bake.toFixed(1)} | ${(r.decode / base.decode).toFixed(2)}x | ${(r.bake / base.bake).toFixed(2)}x |`);
+  }
   if (m.name !== "kiln-mini") decoder.dispose();
 }
 if (process.argv.includes("--serving")) {

@@ -102,6 +102,7 @@ async function tryWebgpu(notes: string[]): Promise<BackendInfo | undefined> {
     notes.push(`the webgpu backend needs ${missing.join(" and ")} (npm install webgpu@0.6.2 @tensorflow/tfjs-backend-webgpu@4.22.0)`);
     return undefined;
   }
+  const submitBatch = webgpuSubmitBatch(process.env.KILN_WEBGPU_SUBMIT_BATCH); // a bad value is the user's error, not a failed start
   try {
     const dawn = (await import(DAWN)) as DawnModule;
     Object.assign(globalThis, dawn.globals);
@@ -140,12 +141,28 @@ async function tryWebgpu(notes: string[]): Promise<BackendInfo | undefined> {
     (await import("./webgpu.js")).registerWebgpuKernels(); // fused WGSL kernels: far fewer dispatches a step
     if (!(await tf.setBackend("webgpu"))) throw new Error("setBackend('webgpu') returned false");
     await tf.ready();
+    if (submitBatch !== undefined) {
+      tf.env().set("WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE", submitBatch);
+      notes.push(`tfjs-webgpu submits every ${submitBatch} dispatches (KILN_WEBGPU_SUBMIT_BATCH)`);
+    }
     if (software) notes.push(`webgpu is running on a software adapter (${compatibility ? "OpenGL ES, compatibility mode: " : ""}${described}): correct but slow`);
     return { name: "webgpu", tfjsBackend: "webgpu", threads: 1, gpu: !software, device: `${compatibility ? "OpenGL ES (compatibility mode): " : ""}${described}`, notes };
   } catch (err) {
     notes.push(`webgpu backend failed to start: ${(err as Error).message.split("\n")[0]}`);
     return undefined;
   }
+}
+
+/**
+ * How many dispatches tfjs-webgpu records before it submits them to the GPU (its default 15).
+ * Each submit costs host time, and a kiln step is a few hundred dispatches, so the device check
+ * times a step at several values (KILN_WEBGPU_SUBMIT_BATCH) before any becomes the default.
+ */
+export function webgpuSubmitBatch(raw: string | undefined): number | undefined {
+  if (raw === undefined || raw.trim() === "") return undefined;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 1 || n > 100_000) throw new Error(`KILN_WEBGPU_SUBMIT_BATCH must be a whole number of dispatches from 1 to 100000 (got ${JSON.stringify(raw)})`);
+  return n;
 }
 
 /** The part of the `webgpu` package (Dawn for Node) that kiln uses. */

@@ -6,7 +6,8 @@
 #
 #   bash tools/device/gpu-check.sh           on the device machine (whole check, ~5 minutes)
 #   bash tools/device/gpu-check.sh --smoke   anywhere (tiny shape only): checks the packing
-#   bash tools/device/gpu-check.sh --batching   on the device: decode step cost by batch size, and
+#   bash tools/device/gpu-check.sh --batching   on the device: decode and bake step cost by how often
+#                                            tfjs-webgpu submits, decode step cost by batch size, and
 #                                            what one step runs (a second call, where time is left)
 #
 # Each step has its own time limit and a failed step does not stop the next: one lease must
@@ -92,6 +93,8 @@ fi
 
 failed=0
 if [ $BATCHING = 1 ]; then
+  # how often tfjs-webgpu submits (its default: every 15 dispatches), a decode and a bake step each
+  step "submit batch size on webgpu" 150 node dist/tools/bench_batch.js --only 135m --context 256 --steps 5 --batches 1 --submit-batches 15,64,256,1024 || failed=1
   step "decode step by batch size on webgpu" 240 node dist/tools/bench_batch.js --context 256 --steps 8 --batches 1,4,16,32 --profile --serving || failed=1
   say "done; failed steps: $failed (summary in $OUT/summary.txt)"
   exit $failed

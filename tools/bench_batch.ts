@@ -17,7 +17,7 @@ import { DecodeBatcher } from "../src/model/batch.js";
 import { resolveModelDir } from "../src/model/resolve.js";
 import { sizeOutputPool } from "../src/tensor/native.js";
 import { flagValue, median, oneBakeStep, randomDecoder } from "./bench-support.js";
-import { LoraAdapter } from "../src/lora/adapter.js";
+import { LoraAdapter, type LoraTarget } from "../src/lora/adapter.js";
 import { LoraAdam } from "../src/bake/optimizer.js";
 import { prepareDecoderForTraining } from "../src/bake/trainer.js";
 
@@ -80,17 +80,60 @@ async function stepMs(decoder: Decoder): Promise<Map<number, { median: number; m
   return new Map(runs.map((r) => [r.B, { median: median(r.times), min: Math.min(...r.times) }]));
 }
 
-/** The kernels one batch-1 decode step runs, their summed time and the step's wall time. */
-async function profileStep(decoder: Decoder): Promise<string> {
+/**
+ * GPU programs `f` dispatches on webgpu (tfjs's and kiln's: every runWebGPUProgram call), where a
+ * kernel may dispatch none (Reshape, Identity) or several; "" on other backends.
+ */
+async function dispatches(f: () => Promise<void>): Promise<string> {
+  const gpu = tf.backend() as unknown as { runWebGPUProgram?: (...args: unknown[]) => unknown };
+  const run = gpu.runWebGPUProgram;
+  if (backendInfo()?.name !== "webgpu" || !run) {
+    await f();
+    return "";
+  }
+  let n = 0;
+  gpu.runWebGPUProgram = function (this: unknown, ...args: unknown[]) {
+    n++;
+    return run.apply(this, args);
+  };
+  try {
+    await f();
+  } finally {
+    gpu.runWebGPUProgram = run;
+  }
+  return `, ${n} GPU programs dispatched`;
+}
+
+const STEP_ADAPTER = { r: 8, alpha: 16, dropout: 0, targetModules: ["q_proj", "k_proj", "v_proj", "o_proj"] as LoraTarget[], useRslora: false };
+
+/** The kernels one batch-1 decode step runs, their summed time and the step's wall time (with an adapter: its GPU programs). */
+async function profileStep(decoder: Decoder, withAdapter = false): Promise<string> {
+  if (withAdapter) {
+    const adapter = LoraAdapter.create(decoder.config, STEP_ADAPTER, "step", 5);
+    const cache = new KVCache(1);
+    const step = async (token: number) => {
+      const logits = tf.tidy(() => decoder.forward({ ids: [[token]] }, { cache, adapter }));
+      await logits.data();
+      logits.dispose();
+    };
+    await step(1); // (compiles)
+    const counted = await dispatches(() => step(2));
+    cache.dispose();
+    adapter.dispose();
+    return `one batch-1 step with an adapter (r8 q/k/v/o)${counted || ": (GPU programs are counted on webgpu)"}`;
+  }
   const cache = new KVCache(1);
   const warm = tf.tidy(() => decoder.forward({ ids: [Array.from({ length: context }, (_, i) => i % decoder.config.vocabSize)] }, { cache, logitsFrom: context - 1 }));
   await warm.data();
   warm.dispose();
   const t0 = performance.now();
   let logits: tf.Tensor | undefined;
+  let counted = "";
   const p = await tf.profile(async () => {
-    logits = tf.tidy(() => decoder.forward({ ids: [[1]] }, { cache }));
-    await logits.data();
+    counted = await dispatches(async () => {
+      logits = tf.tidy(() => decoder.forward({ ids: [[1]] }, { cache }));
+      await logits.data();
+    });
   });
   const wall = performance.now() - t0;
   logits?.dispose();
@@ -102,26 +145,29 @@ async function profileStep(decoder: Decoder): Promise<string> {
   for (const k of p.kernels) byName.set(k.name, (byName.get(k.name) ?? 0) + 1);
   const top = [...byName].sort((a, b) => b[1] - a[1]).slice(0, 6).map(([n, c]) => `${n} ${c}`).join(", ");
   const kernelMs = timed.length ? `${timed.reduce((a, b) => a + b, 0).toFixed(1)} ms in kernels (${timed.length} timed)` : "kernel times not available";
-  return `one batch-1 step ${p.kernels.length} kernels, ${kernelMs}, ${wall.toFixed(1)} ms wall under the profiler; most run: ${top}`;
+  return `one batch-1 step ${p.kernels.length} kernels${counted}, ${kernelMs}, ${wall.toFixed(1)} ms wall under the profiler; most run: ${top}`;
 }
 
 /** The kernels one bake step runs (batch 1, 32 tokens, 16 of them the reply; LoRA r8 on q/k/v/o), as tools/bench.ts's step. */
 async function profileBake(decoder: Decoder): Promise<string> {
   prepareDecoderForTraining(decoder);
-  const adapter = LoraAdapter.create(decoder.config, { r: 8, alpha: 16, dropout: 0, targetModules: ["q_proj", "k_proj", "v_proj", "o_proj"], useRslora: false }, "bench", 3);
+  const adapter = LoraAdapter.create(decoder.config, STEP_ADAPTER, "bench", 3);
   const optimizer = new LoraAdam({ learningRate: 1e-4, clipNorm: 1 });
   const ids = [Array.from({ length: 32 }, (_, i) => (i * 7919) % decoder.config.vocabSize)];
   const step = () => oneBakeStep(decoder, adapter, optimizer, ids, 16, { kind: "full" });
   await step(); // (the first run of a shape compiles its kernels on a GPU)
   const t0 = performance.now();
-  const p = await tf.profile(step);
+  let counted = "";
+  const p = await tf.profile(async () => {
+    counted = await dispatches(step);
+  });
   const wall = performance.now() - t0;
   optimizer.dispose();
   adapter.dispose();
   const byName = new Map<string, number>();
   for (const k of p.kernels) byName.set(k.name, (byName.get(k.name) ?? 0) + 1);
   const top = [...byName].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([n, c]) => `${n} ${c}`).join(", ");
-  return `one bake step ${p.kernels.length} kernels, ${wall.toFixed(1)} ms wall under the profiler; most run: ${top}`;
+  return `one bake step ${p.kernels.length} kernels${counted}, ${wall.toFixed(1)} ms wall under the profiler; most run: ${top}`;
 }
 
 /**
@@ -136,7 +182,7 @@ async function submitBatchMs(decoder: Decoder, sizes: number[], rounds: number):
   await first.data();
   first.dispose();
   prepareDecoderForTraining(decoder);
-  const adapter = LoraAdapter.create(decoder.config, { r: 8, alpha: 16, dropout: 0, targetModules: ["q_proj", "k_proj", "v_proj", "o_proj"], useRslora: false }, "submit", 3);
+  const adapter = LoraAdapter.create(decoder.config, STEP_ADAPTER, "submit", 3);
   const optimizer = new LoraAdam({ learningRate: 1e-4, clipNorm: 1 });
   const ids = [Array.from({ length: 32 }, (_, i) => (i * 7919) % vocab)];
   const times = new Map(sizes.map((n) => [n, { decode: [] as number[], bake: [] as number[] }]));
@@ -214,7 +260,7 @@ for (const m of models) {
   for (const [B, { median, min }] of t) {
     console.log(`| ${m.name} | ${B} | ${median.toFixed(1)} | ${min.toFixed(1)} | ${(median / base.median).toFixed(2)}x | ${(min / base.min).toFixed(2)}x |`);
   }
-  if (process.argv.includes("--profile")) console.log(`${m.name}: ${await profileStep(decoder)}\n${m.name}: ${await profileBake(decoder)}`);
+  if (process.argv.includes("--profile")) console.log(`${m.name}: ${await profileStep(decoder)}\n${m.name}: ${await profileStep(decoder, true)}\n${m.name}: ${await profileBake(decoder)}`);
   if (submitBatches) {
     const t = await submitBatchMs(decoder, submitBatches, steps);
     const base = t.get(submitBatches[0]!)!;

@@ -383,7 +383,8 @@ function kvAppendProgram(shape: number[]): Program {
 
 // --- LoRA linear ------------------------------------------------------------------------------
 // x: [N, in], w: [in, out] (frozen), a: [r, in], b: [out, r]: x @ w + scale * (x @ a^T) @ b^T.
-// The big product stays tfjs's tiled matmul; the rank-r parts are three small programs.
+// Decoding's few rows run one program; more rows keep the big product in tfjs's tiled matmul and
+// the rank-r parts in two small programs.
 
 /** scale * L @ R -> [rows, r]: L [rows, K]; R [K, r], or [r, K] with `transposed` */
 function thinProductProgram(rows: number, r: number, transposed: boolean): Program {
@@ -405,6 +406,54 @@ function addLowRankProgram(rows: number, M: number, transposed: boolean): Progra
           var acc = 0.0;
           for (var j = 0; j < uniforms.r; j++) { acc += left[n * uniforms.r + j] * ${right}; }
           result[index] = base[index] + uniforms.scale * acc;`);
+}
+
+/** Rows up to which a LoRA linear is one program (decoding: one row a reply) rather than three. */
+const FEW_ROWS = 16;
+
+/**
+ * x @ w + scale * (x @ a^T) @ b^T in one program, for a few rows: a workgroup per row and block of
+ * ELEMENT_WORKGROUP output columns first writes the row's x @ a^T (r values, one invocation each)
+ * to workgroup memory, then each invocation walks its column of w (neighbouring invocations read
+ * neighbouring addresses). Each block repeats the r-wide product: r * in multiply-adds, next to
+ * in * ELEMENT_WORKGROUP for its columns of w. x: [N, in], w: [in, out], a: [r, in], b: [out, r]
+ */
+function loraFewRowsProgram(N: number, outF: number, r: number): Program {
+  const blocks = Math.ceil(outF / ELEMENT_WORKGROUP);
+  return {
+    outputShape: [N, outF],
+    shaderKey: `kiln_lora_few_${r}`, // r sizes the workgroup array
+    dispatchLayout: { x: [0, 1] },
+    dispatch: [N * blocks, 1, 1],
+    variableNames: ["x", "w", "a", "b"],
+    workgroupSize: [ELEMENT_WORKGROUP, 1, 1],
+    uniforms: "rows : i32, inF : i32, outF : i32, r : i32, blocks : i32, scale : f32,",
+    getUserCode: () => `
+      const WG = ${ELEMENT_WORKGROUP};
+      var<workgroup> xa : array<f32, ${r}>;
+      fn main(index : i32) {
+        let group = index / WG;
+        let tid = index % WG;
+        let n = group / uniforms.blocks;
+        let col = (group % uniforms.blocks) * WG + tid;
+        // a folded dispatch may run groups past the last row: they compute nothing, yet reach the barrier
+        let valid = n < uniforms.rows;
+        let xBase = n * uniforms.inF;
+        for (var k = tid; k < uniforms.r; k += WG) {
+          var acc = 0.0;
+          if (valid) { for (var i = 0; i < uniforms.inF; i++) { acc += x[xBase + i] * a[k * uniforms.inF + i]; } }
+          xa[k] = acc;
+        }
+        workgroupBarrier();
+        if (valid && col < uniforms.outF) {
+          var acc = 0.0;
+          for (var i = 0; i < uniforms.inF; i++) { acc += x[xBase + i] * w[i * uniforms.outF + col]; }
+          var low = 0.0;
+          for (var k = 0; k < uniforms.r; k++) { low += xa[k] * b[col * uniforms.r + k]; }
+          result[n * uniforms.outF + col] = acc + uniforms.scale * low;
+        }
+      }`,
+  };
 }
 
 /** scale * L^T @ R -> [P, Q] (a factor's gradient), per chunk of rows: [chunks, P * Q]; L [rows, P], R [rows, Q] */
@@ -540,6 +589,7 @@ const webgpuKernels: Record<string, tf.KernelFunc> = {
     const scale = (attrs as unknown as { scale: number }).scale;
     const [N, inF] = x!.shape as [number, number];
     const [r, outF] = [a!.shape[0]!, w!.shape[1]!];
+    if (N <= FEW_ROWS) return gpu.runWebGPUProgram(loraFewRowsProgram(N, outF, r), [x!, w!, a!, b!], "float32", [...ints(N, inF, outF, r, Math.ceil(outF / ELEMENT_WORKGROUP)), ...floats(scale)]);
     const y = matMul(gpu, x!, w!, false); // [N, out]
     const xa = gpu.runWebGPUProgram(thinProductProgram(N, r, true), [x!, a!], "float32", [...ints(inF, r), ...floats(1)]); // [N, r]
     const out = gpu.runWebGPUProgram(addLowRankProgram(N, outF, true), [y, xa, b!], "float32", [...ints(outF, r), ...floats(scale)]);

@@ -90,6 +90,11 @@ export async function checkLoraLinear(backend: string): Promise<void> {
     ]);
     return tf.concat([loraLinear(r2([6, 7], 25), w, r2([3, 7], 26), r2([5, 3], 27), 2.5).flatten(), gx!.flatten(), ga!.flatten(), gb!.flatten()]);
   });
+  // a few rows (webgpu's one-program path) with outputs over two workgroups and a rank above one;
+  // and past the few rows, the three-program path, on the same wide shapes
+  for (const N of [3, 17]) {
+    await same(backend, () => loraLinear(r2([N, 70], 28), r2([70, 130], 29), r2([66, 70], 30), r2([130, 66], 31), 0.75), 1e-3);
+  }
 }
 
 /** Fused attention against the composed ops: values and the gradients of q, k and v. */

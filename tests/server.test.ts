@@ -976,7 +976,7 @@ test("a client that aborts a stream mid-way (openai client) does not break the s
   const after = await client.chat.completions.create({ model: "tester", messages: [{ role: "user", content: "hi" }], max_tokens: 4, temperature: 0 });
   assert.equal(after.usage!.completion_tokens, 4);
   const health = await call("/healthz");
-  assert.deepEqual(health.json.queue, { running: 0, waiting: 0 });
+  assert.deepEqual(health.json.queue, { running: 0, waiting: 0, commands: 0 });
 });
 
 test("admin API: remember, bake with SSE progress, versions, diff, rollback, probe, feeds, retract; /metrics", async () => {
@@ -1260,9 +1260,35 @@ for (const [what, extra] of [
       assert.equal(status, 200, text);
       if (stream) assert.match(text, /data: \[DONE\]/);
       const q = ((await (await fetch(`${srv.url}/healthz`)).json()) as any).queue;
-      assert.equal(q.running + q.waiting, 0, JSON.stringify(q));
+      assert.deepEqual(q, { running: 0, waiting: 0, commands: 0 }, "the forget's place in the queue came back");
     }));
 }
+
+test("chat commands in progress count toward the queue's limit: a flood of \"forget ...\" is refused with 429 and Retry-After, and /healthz and /metrics show them", () =>
+  withHeldRetraction({ port: 0, maxConcurrent: 1, maxQueue: 1 }, async ({ srv, post, letGo, asked }) => {
+    // one running and one waiting is the limit: two commands in progress fill it though neither holds a slot
+    const first = post("forget the harbor fee");
+    while (asked() < 1) await new Promise((resolve) => setTimeout(resolve, 10));
+    const second = post("forget about the harbor fee");
+    while (asked() < 2) await new Promise((resolve) => setTimeout(resolve, 10));
+    const refused = await Promise.all([post("forget the harbor fee"), post("hi")]);
+    for (const r of refused) {
+      assert.equal(r.status, 429, `refused: ${JSON.stringify(r.body)}`);
+      assertErrorShape(r.body, 429);
+      assert.equal(r.body.error.type, "rate_limit_error");
+      assert.match(r.body.error.message, /2 command\(s\) in progress/);
+      assert.ok(Number(r.retryAfter) >= 1, `Retry-After in seconds (${r.retryAfter})`);
+    }
+    assert.equal(asked(), 2, "a refused forget retracts nothing");
+    assert.deepEqual(((await (await fetch(`${srv.url}/healthz`)).json()) as any).queue, { running: 0, waiting: 0, commands: 2 });
+    const metrics = await (await fetch(`${srv.url}/metrics`)).text();
+    assert.match(metrics, /^kiln_queue_commands 2$/m);
+    assert.match(metrics, /^kiln_queue_rejected_total 2$/m);
+    letGo();
+    for (const r of await Promise.all([first, second])) assert.equal(r.status, 200, JSON.stringify(r.body));
+    assert.deepEqual(((await (await fetch(`${srv.url}/healthz`)).json()) as any).queue, { running: 0, waiting: 0, commands: 0 });
+    assert.equal((await post("hi")).status, 200, "the places came back");
+  }));
 
 test("a chat's \"forget ...\" that gave its generation slot back still gets the shutdown's grace period to answer", () =>
   withHeldRetraction({ port: 0, maxConcurrent: 1, shutdownGraceMs: 10_000 }, async ({ srv, post, letGo, asked }) => {

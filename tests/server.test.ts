@@ -976,7 +976,7 @@ test("a client that aborts a stream mid-way (openai client) does not break the s
   const after = await client.chat.completions.create({ model: "tester", messages: [{ role: "user", content: "hi" }], max_tokens: 4, temperature: 0 });
   assert.equal(after.usage!.completion_tokens, 4);
   const health = await call("/healthz");
-  assert.deepEqual(health.json.queue, { running: 0, waiting: 0 });
+  assert.deepEqual(health.json.queue, { running: 0, waiting: 0, commands: 0 });
 });
 
 test("admin API: remember, bake with SSE progress, versions, diff, rollback, probe, feeds, retract; /metrics", async () => {
@@ -1177,7 +1177,14 @@ test("admin API: a retraction while a bake that could hold the item runs stops i
  */
 async function withHeldRetraction(
   serverOpts: Parameters<typeof createServer>[1],
-  body: (t: { srv: Awaited<ReturnType<typeof createServer>>; agent: Agent; post: (content: string) => Promise<{ status: number; body: any }>; letGo: () => void; asked: () => boolean }) => Promise<void>,
+  body: (t: {
+    srv: Awaited<ReturnType<typeof createServer>>;
+    agent: Agent;
+    post: (content: string, extra?: Record<string, unknown>) => Promise<{ status: number; body: any; retryAfter: string | null }>;
+    letGo: () => void;
+    /** how many retractions were asked for (and are held) */
+    asked: () => number;
+  }) => Promise<void>,
 ): Promise<void> {
   const { dir, file } = writeTestAgent({ feeds: [] });
   const rt = await Runtime.fromFiles(file);
@@ -1189,14 +1196,17 @@ async function withHeldRetraction(
     await agent.remember("The harbor fee is nine coins.");
     assert.equal((await agent.bake("test")).status, "promoted");
     const retract = agent.retract.bind(agent);
-    let asked = false;
-    agent.retract = (ids, reason, onOutOfService) => ((asked = true), held.then(() => retract(ids, reason, onOutOfService)));
-    const post = (content: string) =>
+    let asked = 0;
+    agent.retract = (ids, reason, onOutOfService) => (asked++, held.then(() => retract(ids, reason, onOutOfService)));
+    const post = (content: string, extra: Record<string, unknown> = {}) =>
       fetch(`${srv.url}/v1/chat/completions`, {
         method: "POST",
         headers: { "content-type": "application/json" },
-        body: JSON.stringify({ model: "tester", messages: [{ role: "user", content }], max_tokens: 3, temperature: 0 }),
-      }).then(async (r) => ({ status: r.status, body: (await r.json()) as any }), (err: Error) => ({ status: 0, body: err.message }));
+        body: JSON.stringify({ model: "tester", messages: [{ role: "user", content }], max_tokens: 3, temperature: 0, ...extra }),
+      }).then(
+        async (r) => ({ status: r.status, body: (await r.json()) as any, retryAfter: r.headers.get("retry-after") }),
+        (err: Error) => ({ status: 0, body: err.message, retryAfter: null }),
+      );
     await body({ srv, agent, post, letGo, asked: () => asked });
     while (agent.isRetracting) await new Promise((resolve) => setTimeout(resolve, 50)); // its rebuild
   } finally {
@@ -1219,6 +1229,65 @@ test("a chat's \"forget ...\" waiting for the weights holding the item to leave 
     const { status, body } = await forget;
     assert.equal(status, 200);
     assert.match(body.choices[0].message.content, /I answer from weights without them now/);
+  }));
+
+for (const [what, extra] of [
+  ["function tools", { tools: [WEATHER] }],
+  ["response_format json_object", { response_format: { type: "json_object" } }],
+  ["response_format json_schema, streamed", { response_format: { type: "json_schema", json_schema: { name: "r", schema: { type: "object", properties: { a: { type: "string" } } } } }, stream: true }],
+] as const) {
+  test(`a "forget ..." in a request with ${what} (a generated reply) holds no generation slot while it waits: other chats are answered meanwhile`, () =>
+    withHeldRetraction({ port: 0, maxConcurrent: 1 }, async ({ srv, post, letGo, asked }) => {
+      let forgot = false;
+      const stream = "stream" in extra;
+      const forget = stream
+        ? fetch(`${srv.url}/v1/chat/completions`, {
+            method: "POST",
+            headers: { "content-type": "application/json" },
+            body: JSON.stringify({ model: "tester", messages: [{ role: "user", content: "forget the harbor fee" }], max_tokens: 3, temperature: 0, ...extra }),
+          }).then(async (r) => {
+            const text = await r.text(); // (the headers come with the first chunk: the reply is its [DONE])
+            forgot = true;
+            return { status: r.status, text };
+          })
+        : post("forget the harbor fee", extra).then((r) => ((forgot = true), { status: r.status, text: JSON.stringify(r.body) }));
+      while (!asked()) await new Promise((resolve) => setTimeout(resolve, 10));
+      const other = await Promise.race([post("hi"), new Promise<null>((resolve) => setTimeout(() => resolve(null), 5000))]);
+      assert.equal(other?.status, 200, "another chat was answered while the forget waited");
+      assert.equal(forgot, false, "the reply waits until the weights holding the item left service");
+      letGo();
+      const { status, text } = await forget;
+      assert.equal(status, 200, text);
+      if (stream) assert.match(text, /data: \[DONE\]/);
+      const q = ((await (await fetch(`${srv.url}/healthz`)).json()) as any).queue;
+      assert.deepEqual(q, { running: 0, waiting: 0, commands: 0 }, "the forget's place in the queue came back");
+    }));
+}
+
+test("chat commands in progress count toward the queue's limit: a flood of \"forget ...\" is refused with 429 and Retry-After, and /healthz and /metrics show them", () =>
+  withHeldRetraction({ port: 0, maxConcurrent: 1, maxQueue: 1 }, async ({ srv, post, letGo, asked }) => {
+    // one running and one waiting is the limit: two commands in progress fill it though neither holds a slot
+    const first = post("forget the harbor fee");
+    while (asked() < 1) await new Promise((resolve) => setTimeout(resolve, 10));
+    const second = post("forget about the harbor fee");
+    while (asked() < 2) await new Promise((resolve) => setTimeout(resolve, 10));
+    const refused = await Promise.all([post("forget the harbor fee"), post("hi")]);
+    for (const r of refused) {
+      assert.equal(r.status, 429, `refused: ${JSON.stringify(r.body)}`);
+      assertErrorShape(r.body, 429);
+      assert.equal(r.body.error.type, "rate_limit_error");
+      assert.match(r.body.error.message, /2 command\(s\) in progress/);
+      assert.ok(Number(r.retryAfter) >= 1, `Retry-After in seconds (${r.retryAfter})`);
+    }
+    assert.equal(asked(), 2, "a refused forget retracts nothing");
+    assert.deepEqual(((await (await fetch(`${srv.url}/healthz`)).json()) as any).queue, { running: 0, waiting: 0, commands: 2 });
+    const metrics = await (await fetch(`${srv.url}/metrics`)).text();
+    assert.match(metrics, /^kiln_queue_commands 2$/m);
+    assert.match(metrics, /^kiln_queue_rejected_total 2$/m);
+    letGo();
+    for (const r of await Promise.all([first, second])) assert.equal(r.status, 200, JSON.stringify(r.body));
+    assert.deepEqual(((await (await fetch(`${srv.url}/healthz`)).json()) as any).queue, { running: 0, waiting: 0, commands: 0 });
+    assert.equal((await post("hi")).status, 200, "the places came back");
   }));
 
 test("a chat's \"forget ...\" that gave its generation slot back still gets the shutdown's grace period to answer", () =>

@@ -30,8 +30,10 @@ export interface ChatRequest {
   conversationId?: string;
   /**
    * Called when the reply is a "remember"/"forget" command's, which generates nothing, before it
-   * is applied: the server gives back its generation slot, so a "forget ..." waiting (seconds) for
-   * the weights holding the item to leave service holds up no other reply.
+   * is applied; and when the message's "forget ..." is applied after a generated reply (a prefill
+   * or a constrained one: no command), before its wait. The server gives back its generation slot,
+   * so a "forget ..." waiting (seconds) for the weights holding the item to leave service holds up
+   * no other reply.
    */
   onCommand?: () => void;
 }
@@ -305,7 +307,7 @@ export class Runtime {
     if (command?.length) return yield* this.acknowledge(agent, command, req);
     const last = [...req.messages].reverse().find((m) => m.role === "user");
     let capture: Promise<string[]> | undefined;
-    const captureOnce = () => (capture ??= last && req.captureFacts !== false ? this.capture(agent, last.content, req.conversationId) : Promise.resolve([]));
+    const captureOnce = () => (capture ??= last && req.captureFacts !== false ? this.capture(agent, last.content, req.conversationId, req.onCommand) : Promise.resolve([]));
     const ids = fitConversation(agent.model, req.messages, req.options?.maxTokens ?? 128, req.tools, req.prefill);
     const lease = agent.live.acquire();
     const it = lease.generate(ids, req.options);
@@ -334,15 +336,15 @@ export class Runtime {
   }
 
   /** Facts the user's message states or asks to forget, applied to the ledger; returns those added. */
-  private async capture(agent: Agent, message: string, conversationId: string | undefined): Promise<string[]> {
+  private async capture(agent: Agent, message: string, conversationId: string | undefined, beforeWait?: () => void): Promise<string[]> {
     if (agent.config.capture === "off") return [];
     const actions: FactAction[] =
       agent.config.capture === "model" ? (await extractFactsWithModel(message, modelExtractor(agent.model))).actions : extractFacts(message);
-    return (await this.apply(agent, actions, conversationId)).captured;
+    return (await this.apply(agent, actions, conversationId, beforeWait)).captured;
   }
 
-  /** Remembers and forgets in the ledger; says what happened, one sentence per action. */
-  private async apply(agent: Agent, actions: FactAction[], conversationId: string | undefined): Promise<{ captured: string[]; said: string[] }> {
+  /** Remembers and forgets in the ledger; says what happened, one sentence per action. `beforeWait`: see ChatRequest.onCommand. */
+  private async apply(agent: Agent, actions: FactAction[], conversationId: string | undefined, beforeWait?: () => void): Promise<{ captured: string[]; said: string[] }> {
     const captured: string[] = [];
     const said: string[] = [];
     for (const action of actions) {
@@ -370,6 +372,7 @@ export class Runtime {
         const baked = matches.filter((i) => agent.mayHold(i)).length;
         // The reply waits until the weights holding them have left service (a bake that could end
         // holding them is stopped): "now" must be true of the next message.
+        if (matches.length) beforeWait?.();
         const retraction = matches.length ? await retractedOutOfService(agent, matches.map((i) => i.id), `user asked to forget "${action.query}"`) : null;
         retraction?.work.catch(() => {});
         said.push(

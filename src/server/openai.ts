@@ -365,7 +365,8 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       if (err instanceof ApiError && err.status === 429) ctx.metrics.queueRejected();
       throw err;
     });
-    // A command's reply gives the slot back as it starts, and is still awaited by a shutdown
+    // A command's reply gives the slot back as it starts (a "forget ..." after a generated reply,
+    // as it starts waiting), and is still awaited by a shutdown and counted by the queue's limit
     let unslotted: (() => void) | null = null;
     const handBack = () => {
       unslotted ??= ctx.queue.goOnWithoutSlot();
@@ -384,7 +385,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       ...(forced ? { prefill: forced.prefill } : {}),
       captureFacts: req.kiln?.capture_facts ?? true,
       ...(req.kiln?.conversation_id ? { conversationId: req.kiln.conversation_id } : {}),
-      onCommand: handBack, // (the reply, seconds for a "forget ...", waits without the slot)
+      onCommand: handBack, // (what is left of the reply, seconds for a "forget ...", waits without the slot)
       options: {
         maxTokens,
         temperature: req.temperature ?? 1,

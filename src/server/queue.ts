@@ -1,6 +1,11 @@
 // Generation is CPU-bound: a bounded queue runs at most `maxConcurrent` at once and lets at most
 // `maxQueue` wait; beyond that a request is refused at once (429) with a Retry-After estimate
 // instead of piling up behind minutes of work. A waiter whose client goes away leaves the queue.
+//
+// A chat command (a "forget ..." waiting seconds for weights to leave service) gives its slot back
+// and goes on (goOnWithoutSlot), but keeps its place among the maxConcurrent + maxQueue requests
+// admitted: otherwise any number of them could wait at once, each holding a connection and a
+// retraction, and the queue would look idle meanwhile.
 import { ApiError } from "./errors.js";
 
 interface Waiter {
@@ -33,23 +38,33 @@ export class GenerationQueue {
     return this.waiting.length;
   }
 
-  /** Seconds until a slot is likely free for a new request. */
+  /** Requests going on without a slot (chat commands), each keeping its place in the queue's limit. */
+  get commands(): number {
+    return this.unslotted;
+  }
+
+  /**
+   * Seconds until a slot is likely free for a new request. A command in progress is counted as a
+   * generation ahead of it (what it waits for, seconds, is not measured: a rough estimate).
+   */
   retryAfter(): number {
-    return Math.max(1, Math.ceil((this.avgSeconds * (this.waiting.length + 1)) / this.maxConcurrent));
+    return Math.max(1, Math.ceil((this.avgSeconds * (this.waiting.length + this.unslotted + 1)) / this.maxConcurrent));
   }
 
   /** Waits for a slot; resolves with its release function. Throws 429 when the queue is full. */
   acquire(signal?: AbortSignal): Promise<() => void> {
     if (signal?.aborted) return Promise.reject(abortError(signal, "the client went away"));
-    if (this.active < this.maxConcurrent) return Promise.resolve(this.grant());
-    if (this.waiting.length >= this.maxQueue) {
+    // (without commands in progress this is the queue's own limit: a free slot means none waits)
+    if (this.active + this.waiting.length + this.unslotted >= this.maxConcurrent + this.maxQueue) {
       const after = this.retryAfter();
+      const commands = this.unslotted ? `, ${this.unslotted} command(s) in progress` : "";
       return Promise.reject(
-        new ApiError(429, `the server is busy: ${this.active} generation(s) running and ${this.waiting.length} waiting (the limit); retry in about ${after}s`, "queue_full", null, {
+        new ApiError(429, `the server is busy: ${this.active} generation(s) running, ${this.waiting.length} waiting${commands} (the limit); retry in about ${after}s`, "queue_full", null, {
           "retry-after": String(after),
         }),
       );
     }
+    if (this.active < this.maxConcurrent) return Promise.resolve(this.grant());
     return new Promise((resolve, reject) => {
       const waiter: Waiter = { resolve, reject };
       this.waiting.push(waiter);
@@ -76,7 +91,8 @@ export class GenerationQueue {
   /**
    * A request that gives its slot back and goes on (a "forget ..." waiting seconds without
    * generating): counted until the returned function is called, so a shutdown's grace period
-   * still waits for its reply.
+   * still waits for its reply, and it keeps its place in the limit (see the top of this file).
+   * Call it before giving the slot back: in between, a shutdown would find the queue idle.
    */
   goOnWithoutSlot(): () => void {
     this.unslotted++;

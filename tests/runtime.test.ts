@@ -15,6 +15,7 @@ import { SETTLE_MS } from "../src/feeds/feeds.js";
 import { knowledgeLessons } from "../src/bake/prompt.js";
 import { LEDGER_LIMITS, type BakeRun, type Item, type LedgerData } from "../src/knowledge/ledger.js";
 import { createServer } from "../src/server/index.js";
+import type { ChatMessage } from "../src/model/tokenizer.js";
 import { FAST_BAKE, writeTestAgent } from "./support/agent.js";
 
 await initBackend();
@@ -1447,6 +1448,30 @@ test("retracting expired news the live lineage absorbed rebuilds (versions stop 
     assert.equal(agent.ledger.item(ferry.id).archivedAt, undefined, "back in the ledger, marked retracted");
     assert.equal(agent.ledger.data.bakes.at(-1)!.trigger, "retraction");
   });
+});
+
+test("a later round of the same turn (the request ends with a tool's result) captures nothing again: only a request whose last message is the user's is read for facts", async () => {
+  const { dir, file } = writeTestAgent({ capture: "rules" });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    const said = "My name is Ada and I live in Quillport.";
+    const run = async (messages: ChatMessage[]) => {
+      const it = runtime.chat("tester", { messages, options: { maxTokens: 2 } });
+      for (let r = await it.next(); ; r = await it.next()) if (r.done) return r.value;
+    };
+    assert.equal((await run([{ role: "user", content: said }])).captured.length, 2);
+    const agent = runtime.agent("tester");
+    const ada = agent.ledger.items({ text: "Ada" })[0]!;
+    await agent.retract([ada.id], "the user took it back");
+    const call = { id: "call_1", type: "function" as const, function: { name: "lookup", arguments: { q: "Quillport" } } };
+    const round = await run([{ role: "user", content: said }, { role: "assistant", content: "", tool_calls: [call] }, { role: "tool", tool_call_id: "call_1", name: "lookup", content: "a harbor town" }]);
+    assert.deepEqual(round.captured, []);
+    assert.equal(agent.ledger.item(ada.id).status, "retracted");
+    assert.deepEqual(agent.ledger.items({ status: "pending" }).map((i) => i.text), ["The user lives in Quillport."], "the retracted fact was not told again");
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
 });
 
 test("chat's \"forget ...\" of expired news the live lineage absorbed says the weights are rebuilt without it, not that it was never baked", async () => {

@@ -305,9 +305,11 @@ export class Runtime {
     const generated = req.prefill !== undefined || req.options?.constrain !== undefined;
     const command = final?.role === "user" && req.captureFacts !== false && agent.config.capture !== "off" && !generated ? explicitRequest(final.content) : undefined;
     if (command?.length) return yield* this.acknowledge(agent, command, req);
-    const last = [...req.messages].reverse().find((m) => m.role === "user");
+    // Only the request that answers the user's message reads it: a later round of the same turn
+    // (after a tool's result) would tell its facts again, even one retracted since, and forget again.
+    const told = final?.role === "user" ? final : undefined;
     let capture: Promise<string[]> | undefined;
-    const captureOnce = () => (capture ??= last && req.captureFacts !== false ? this.capture(agent, last.content, req.conversationId, req.onCommand) : Promise.resolve([]));
+    const captureOnce = () => (capture ??= told && req.captureFacts !== false ? this.capture(agent, told.content, req.conversationId, req.onCommand) : Promise.resolve([]));
     const ids = fitConversation(agent.model, req.messages, req.options?.maxTokens ?? 128, req.tools, req.prefill);
     const lease = agent.live.acquire();
     const it = lease.generate(ids, req.options);

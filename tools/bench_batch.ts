@@ -92,8 +92,12 @@ async function dispatches(f: () => Promise<void>): Promise<string> {
     return "";
   }
   let n = 0;
+  const byProgram = new Map<string, number>();
   gpu.runWebGPUProgram = function (this: unknown, ...args: unknown[]) {
     n++;
+    const p = args[0] as { constructor: { name: string }; shaderKey?: string };
+    const name = p.constructor.name === "Object" ? (p.shaderKey ?? "kiln") : p.constructor.name;
+    byProgram.set(name, (byProgram.get(name) ?? 0) + 1);
     return run.apply(this, args);
   };
   try {
@@ -101,7 +105,8 @@ async function dispatches(f: () => Promise<void>): Promise<string> {
   } finally {
     gpu.runWebGPUProgram = run;
   }
-  return `, ${n} GPU programs dispatched`;
+  const top = [...byProgram].sort((a, b) => b[1] - a[1]).slice(0, 12).map(([name, c]) => `${name} ${c}`).join(", ");
+  return `, ${n} GPU programs dispatched (${top})`;
 }
 
 const STEP_ADAPTER = { r: 8, alpha: 16, dropout: 0, targetModules: ["q_proj", "k_proj", "v_proj", "o_proj"] as LoraTarget[], useRslora: false };

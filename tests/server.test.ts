@@ -1259,6 +1259,8 @@ for (const [what, extra] of [
       const { status, text } = await forget;
       assert.equal(status, 200, text);
       if (stream) assert.match(text, /data: \[DONE\]/);
+      // the reply is the model's (a call, JSON), so kiln.forgot says what the forget did
+      assert.match(text, /"forgot":\["Forgetting 1 item\(s\) matching \\"the harbor fee\\": I answer from weights without them now/);
       const q = ((await (await fetch(`${srv.url}/healthz`)).json()) as any).queue;
       assert.deepEqual(q, { running: 0, waiting: 0, commands: 0 }, "the forget's place in the queue came back");
     }));

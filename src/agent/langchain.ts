@@ -445,6 +445,7 @@ export class KilnChatModel extends BaseChatModel<KilnCallOptions, AIMessageChunk
       kiln_version: versionName(version),
       model_name: this.agentName,
       ...(outcome.captured.length ? { kiln_captured: outcome.captured } : {}),
+      ...(outcome.forgot ? { kiln_forgot: outcome.forgot } : {}),
       // keywords of a non-strict response_format schema the reply was not held to
       ...(req.structured?.unenforced.length ? { kiln_unenforced: req.structured.unenforced } : {}),
     };

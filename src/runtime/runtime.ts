@@ -50,9 +50,16 @@ export interface ChatOutcome {
   /** the weights version the reply was generated on */
   version: string | null;
   captured: string[];
+  /**
+   * What each "forget ..." of a message answered by the model (a prefill, a tool call, JSON: no
+   * command) did, as a command's reply would have said it; absent when there was none.
+   */
+  forgot?: string[];
   /** the message was a "remember"/"forget" command: the runtime applied it and the reply says so */
   command?: boolean;
 }
+
+type Captured = Pick<ChatOutcome, "captured" | "forgot">;
 
 export const DEFAULT_AGENTS_DIR = path.join(PACKAGE_ROOT, "agents");
 export const DEFAULT_CHECKPOINTS_DIR = path.join(PACKAGE_ROOT, "checkpoints");
@@ -308,8 +315,8 @@ export class Runtime {
     // Only the request that answers the user's message reads it: a later round of the same turn
     // (after a tool's result) would tell its facts again, even one retracted since, and forget again.
     const told = final?.role === "user" ? final : undefined;
-    let capture: Promise<string[]> | undefined;
-    const captureOnce = () => (capture ??= told && req.captureFacts !== false ? this.capture(agent, told.content, req.conversationId, req.onCommand) : Promise.resolve([]));
+    let capture: Promise<Captured> | undefined;
+    const captureOnce = () => (capture ??= told && req.captureFacts !== false ? this.capture(agent, told.content, req.conversationId, req.onCommand) : Promise.resolve({ captured: [] }));
     const ids = fitConversation(agent.model, req.messages, req.options?.maxTokens ?? 128, req.tools, req.prefill);
     const lease = agent.live.acquire();
     const it = lease.generate(ids, req.options);
@@ -322,7 +329,7 @@ export class Runtime {
         const r = await it.next();
         if (r.done) {
           const result = r.value[0]!;
-          return { result: { ...result, text: trim ? result.text.trimStart() : result.text }, version: lease.version, captured: await captureOnce() };
+          return { result: { ...result, text: trim ? result.text.trimStart() : result.text }, version: lease.version, ...(await captureOnce()) };
         }
         const text: string = started ? r.value.text : r.value.text.trimStart();
         started ||= text.length > 0;
@@ -337,12 +344,14 @@ export class Runtime {
     }
   }
 
-  /** Facts the user's message states or asks to forget, applied to the ledger; returns those added. */
-  private async capture(agent: Agent, message: string, conversationId: string | undefined, beforeWait?: () => void): Promise<string[]> {
-    if (agent.config.capture === "off") return [];
+  /** Facts the user's message states or asks to forget, applied to the ledger: those added, and what its forgets did. */
+  private async capture(agent: Agent, message: string, conversationId: string | undefined, beforeWait?: () => void): Promise<Captured> {
+    if (agent.config.capture === "off") return { captured: [] };
     const actions: FactAction[] =
       agent.config.capture === "model" ? (await extractFactsWithModel(message, modelExtractor(agent.model))).actions : extractFacts(message);
-    return (await this.apply(agent, actions, conversationId, beforeWait)).captured;
+    const { captured, said } = await this.apply(agent, actions, conversationId, beforeWait);
+    const forgot = said.filter((_, i) => actions[i]!.kind === "forget");
+    return { captured, ...(forgot.length ? { forgot } : {}) };
   }
 
   /** Remembers and forgets in the ledger; says what happened, one sentence per action. `beforeWait`: see ChatRequest.onCommand. */

@@ -409,6 +409,7 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       agent: agent.name,
       version: versionName(o.version),
       captured: o.captured,
+      ...(o.forgot ? { forgot: o.forgot } : {}), // a "forget ..." in a message the model answered (tools, JSON)
       // what the response_format's schema asked that the reply was not held to (strict false)
       ...(structured?.unenforced.length ? { unenforced: structured.unenforced } : {}),
     });

@@ -1250,6 +1250,12 @@ test("agent files with mistakes name the field", () => {
   );
   writeFileSync(file, "name: x\nfeeds:\n  - { id: a, url: http://x/1 }\n  - { id: a, url: http://x/2 }\n");
   assert.throws(() => loadAgentConfig(file, dir), /feeds\.1\.id: "a" is already the id of feeds\.0/);
+  // Two ids for one feed: one would take the other's poll state (and its items, in a rename) at
+  // random; URLs compare as polled (https://Example.com/rss is https://example.com/rss).
+  writeFileSync(file, "name: x\nfeeds:\n  - { id: a, url: http://x/1 }\n  - { id: b, url: 'HTTPS://Example.com/rss' }\n  - { id: c, url: 'https://example.com/rss' }\n");
+  assert.throws(() => loadAgentConfig(file, dir), /feeds\.2\.url: "https:\/\/example\.com\/rss" is already the url of feeds\.1 \(id b\); feed c would poll the same feed/);
+  writeFileSync(file, "name: x\nfeeds:\n  - { id: a, url: news.xml }\n  - { id: b, url: ./news.xml }\n");
+  assert.throws(() => loadAgentConfig(file, dir), /feeds\.1\.url: ".*news\.xml" is already the url of feeds\.0 \(id a\)/);
   // node-cron's optional seconds field would poll a server every second.
   writeFileSync(file, "name: x\nfeeds:\n  - { id: a, url: http://x/1, schedule: '* * * * * *' }\n");
   assert.throws(() => loadAgentConfig(file, dir), /feeds\.0\.schedule: polls more than once a minute/);

@@ -81,6 +81,40 @@ test("syncFeeds: two feeds that swapped URLs, and a chain of renames, each keep 
   rmSync(dir, { recursive: true });
 });
 
+test("syncFeeds: a removed feed's items take its URL: a later feed given its id with another URL does not take them; added back with its URL, they are its own again", async () => {
+  const dir = tmp();
+  const file = path.join(dir, "ledger.json");
+  const ledger = await Ledger.open(file);
+  await ledger.syncFeeds([{ id: "harbor", url: "http://x/feed" }]);
+  const { item: old } = await ledger.addItem({ kind: "feed", text: "Quillport elected a new mayor.", source: { feedId: "harbor", guid: "1" } });
+  const source = (id: string) => ledger.item(id).source;
+  const listed = (s: string) => ledger.items({ source: s }).map((i) => i.text);
+  assert.deepEqual(await ledger.syncFeeds([]), { dropped: ["harbor"], renamed: [] });
+  assert.deepEqual(source(old.id), { feedId: "harbor", guid: "1", feedUrl: "http://x/feed" });
+  assert.deepEqual(listed("harbor"), [old.text], "no feed has the id: it still finds the removed feed's items");
+  // another feed under the id
+  await ledger.syncFeeds([{ id: "harbor", url: "http://y/other" }]);
+  const { item: next } = await ledger.addItem({ kind: "feed", text: "Ashby's fair opens.", source: { feedId: "harbor", guid: "1" } });
+  assert.deepEqual(listed("harbor"), [next.text]);
+  assert.deepEqual(listed("http://x/feed"), [old.text], "the removed feed's items, by its URL");
+  // renamed: only its own items follow
+  assert.deepEqual(await ledger.syncFeeds([{ id: "ashby", url: "http://y/other" }]), { dropped: [], renamed: [{ from: "harbor", to: "ashby", items: 1 }] });
+  assert.deepEqual([source(old.id).feedId, source(next.id).feedId], ["harbor", "ashby"]);
+  // the removed feed back, its id with its URL
+  await ledger.syncFeeds([{ id: "ashby", url: "http://y/other" }, { id: "harbor", url: "http://x/feed" }]);
+  assert.deepEqual(source(old.id), { feedId: "harbor", guid: "1" });
+  assert.deepEqual(listed("harbor"), [old.text]);
+  // items of a feed a kiln that did not record URLs removed: no record has their id
+  const { item: orphan } = await ledger.addItem({ kind: "feed", text: "The ferry runs at noon.", source: { feedId: "tides", guid: "1" } });
+  await ledger.syncFeeds([{ id: "ashby", url: "http://y/other" }, { id: "harbor", url: "http://x/feed" }, { id: "tides", url: "http://z/tides" }]);
+  assert.equal(source(orphan.id).feedUrl, "");
+  assert.deepEqual(listed("tides"), []);
+  await ledger.close();
+  const reopened = await Ledger.open(file, { readOnly: true });
+  assert.deepEqual(reopened.data.items.map((i) => i.source.feedUrl), [undefined, undefined, ""], "written");
+  rmSync(dir, { recursive: true });
+});
+
 test("syncFeeds: a feed renamed (same URL) keeps its poll state and its items follow; one removed loses its state, never its items; a new one starts empty", async () => {
   const dir = tmp();
   const ledger = await Ledger.open(path.join(dir, "ledger.json"));

@@ -905,6 +905,56 @@ test("a feed renamed in the agent file keeps its poll state and items (same URL)
   }
 });
 
+test("a removed feed's items stay apart from a later feed given its id with another URL (its corrections, a listing by source); added back with its URL, the feed finds them again", async () => {
+  const { dir, file, feedFile } = writeTestAgent();
+  // another site whose CMS numbers its guids as the first does
+  const otherFile = path.join(dir, "other.xml");
+  const other = readFileSync(feedFile, "utf8")
+    .replace("Quillport opened a ferry", "Ashby fair opens")
+    .replace("The ferry runs at noon.", "The fair runs all week.")
+    .replace("Dunmore mills closed", "Ashby bridge repaired")
+    .replace("Workers moved to Ashby.", "Carts may cross it again.");
+  writeFileSync(otherFile, other);
+  const setFeeds = (block: string) => writeFileSync(file, readFileSync(file, "utf8").replace(/^feeds:.*\n(?:[ -].*\n)*/m, `feeds:${block}\n`));
+  const logs: string[] = [];
+  const open = () => Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+  let runtime = await open();
+  try {
+    let agent = runtime.agent("tester");
+    assert.equal((await agent.pollFeed("harbor")).added, 2);
+    const ferry = agent.ledger.items({ text: "ferry" })[0]!;
+    await runtime.stop();
+    setFeeds(" []");
+    runtime = await open();
+    assert.ok(logs.includes("feed(s) harbor no longer in the agent file: their poll state is dropped; the 2 item(s) they brought in stay"), logs.join("\n"));
+    await runtime.stop();
+    setFeeds('\n  - { id: harbor, url: other.xml, schedule: "0 0 1 1 *" }');
+    runtime = await open();
+    agent = runtime.agent("tester");
+    assert.equal((await agent.pollFeed("harbor")).added, 2);
+    // the new feed corrects its h1: the removed feed's h1 is no part of it
+    writeFileSync(otherFile, other.replace("The fair runs all week.", "The fair runs two weeks."));
+    assert.equal((await pollSettled(agent, "harbor")).added, 1);
+    assert.equal(agent.ledger.items({ text: "all week" })[0]!.status, "superseded");
+    assert.equal(agent.ledger.item(ferry.id).status, "pending", "another feed's item, under the same id and guid, is left alone");
+    assert.deepEqual(agent.ledger.items({ source: "harbor", status: "pending" }).map((i) => i.text).sort(), ["Ashby bridge repaired: Carts may cross it again.", "Ashby fair opens: The fair runs two weeks."]);
+    await runtime.stop();
+    // renamed, and the removed feed back under its id and URL: its items are its own again
+    setFeeds('\n  - { id: ashby, url: other.xml, schedule: "0 0 1 1 *" }\n  - { id: harbor, url: news.xml, schedule: "0 0 1 1 *" }');
+    runtime = await open();
+    agent = runtime.agent("tester");
+    assert.ok(logs.includes("feed harbor is now ashby (the same URL): its poll state and its 3 item(s) follow the new id"), logs.join("\n"));
+    assert.deepEqual(agent.ledger.items({ source: "harbor" }).map((i) => i.text).sort(), ["Dunmore mills closed: Workers moved to Ashby.", "Quillport opened a ferry: The ferry runs at noon."]);
+    assert.equal((await agent.pollFeed("harbor")).added, 0);
+    writeFileSync(feedFile, readFileSync(feedFile, "utf8").replace("The ferry runs at noon.", "The ferry runs at two."));
+    assert.equal((await pollSettled(agent, "harbor")).added, 1);
+    assert.equal(agent.ledger.item(ferry.id).status, "superseded");
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("a feed item with neither guid nor link is known by its title: a settled change supersedes it, and items stored without a key are left alone", async () => {
   const { dir, file, feedFile } = writeTestAgent();
   writeFileSync(feedFile, readFileSync(feedFile, "utf8").replace(/<guid>h\d<\/guid>/g, ""));
@@ -1251,6 +1301,12 @@ test("agent files with mistakes name the field", () => {
   );
   writeFileSync(file, "name: x\nfeeds:\n  - { id: a, url: http://x/1 }\n  - { id: a, url: http://x/2 }\n");
   assert.throws(() => loadAgentConfig(file, dir), /feeds\.1\.id: "a" is already the id of feeds\.0/);
+  // Two ids for one feed: one would take the other's poll state (and its items, in a rename) at
+  // random; URLs compare as polled (https://Example.com/rss is https://example.com/rss).
+  writeFileSync(file, "name: x\nfeeds:\n  - { id: a, url: http://x/1 }\n  - { id: b, url: 'HTTPS://Example.com/rss' }\n  - { id: c, url: 'https://example.com/rss' }\n");
+  assert.throws(() => loadAgentConfig(file, dir), /feeds\.2\.url: "https:\/\/example\.com\/rss" is already the url of feeds\.1 \(id b\); feed c would poll the same feed/);
+  writeFileSync(file, "name: x\nfeeds:\n  - { id: a, url: news.xml }\n  - { id: b, url: ./news.xml }\n");
+  assert.throws(() => loadAgentConfig(file, dir), /feeds\.1\.url: ".*news\.xml" is already the url of feeds\.0 \(id a\)/);
   // node-cron's optional seconds field would poll a server every second.
   writeFileSync(file, "name: x\nfeeds:\n  - { id: a, url: http://x/1, schedule: '* * * * * *' }\n");
   assert.throws(() => loadAgentConfig(file, dir), /feeds\.0\.schedule: polls more than once a minute/);

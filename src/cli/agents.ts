@@ -247,7 +247,7 @@ export function registerAgentCommands(program: Command): void {
       }
       return wanted as ItemStatus[];
     })
-    .option("--source <id>", "a feed id, conversation id or link")
+    .option("--source <id>", "a feed id, conversation id or link, or a removed feed's url")
     .addOption(new Option("--kind <kind>", "only items of this kind (as the admin API's ?kind=)").choices(ITEM_KINDS))
     .action(async (name: string | undefined, o: AgentOpts & { status?: ItemStatus[]; source?: string; kind?: ItemKind }) => {
       const ledger = await readLedger(o, name);

@@ -51,7 +51,24 @@ export interface Item {
    * feedKey: the feed's dedupe key for the item (see FeedEntry.key), and feedHash its contentHash
    * there, so a revision finds what it revises
    */
-  source: { feedId?: string; feedKey?: string; feedHash?: string; link?: string; guid?: string; conversationId?: string; publishedAt?: string; by?: string };
+  source: {
+    feedId?: string;
+    /**
+     * Set when the feed left the agent file (Ledger.syncFeeds): the URL it had, "" where a kiln that
+     * did not record it removed it. A feed id names a feed only while it is in the agent file, and
+     * a later feed given the same id with another URL is another feed: the feed's own items are
+     * those with its id and no feedUrl (see isFeedItem). Added back with this URL, it is the same
+     * feed again, and its items are its own again.
+     */
+    feedUrl?: string;
+    feedKey?: string;
+    feedHash?: string;
+    link?: string;
+    guid?: string;
+    conversationId?: string;
+    publishedAt?: string;
+    by?: string;
+  };
   contentHash: string;
   probes?: Probe[];
   absorbedBy?: string;
@@ -175,6 +192,11 @@ export function compactLedger(d: LedgerData, limits = LEDGER_LIMITS, onDisk: (v:
   const gone = new Set(out);
   d.items = d.items.filter((i) => !gone.has(i));
   return out;
+}
+
+/** Whether `item` came from the feed the agent file now names `feedId` (not from a removed feed that had that id). */
+export function isFeedItem(item: Item, feedId: string): boolean {
+  return item.source.feedId === feedId && item.source.feedUrl === undefined;
 }
 
 function emptyLedger(): LedgerData {
@@ -513,8 +535,17 @@ export class Ledger {
         (!statuses || statuses.includes(i.status)) &&
         (!filter.kind || i.kind === filter.kind) &&
         (!needle || i.text.toLowerCase().includes(needle)) &&
-        (!filter.source || i.source.feedId === filter.source || i.source.conversationId === filter.source || i.source.link === filter.source),
+        (!filter.source || this.fromSource(i, filter.source)),
     );
+  }
+
+  /**
+   * A feed id names the feed the agent file gives it, and a removed one's items only while no feed
+   * has its id (they stay findable by that feed's URL).
+   */
+  private fromSource(i: Item, source: string): boolean {
+    const feed = i.source.feedId === source && (i.source.feedUrl === undefined || !this.feed(source));
+    return feed || i.source.feedUrl === source || i.source.conversationId === source || i.source.link === source;
   }
 
   /**
@@ -608,8 +639,8 @@ export class Ledger {
    * state (validators, seen keys, backoff) and its items follow that id, so its news is not taken
    * in again and its corrections still find what they correct. A record still named whose URL
    * no other took keeps its id (its URL changed in place). Any other record no longer named goes
-   * (removed: /healthz and the metrics stop showing it), its items staying as they are. A new
-   * feed starts with empty poll state.
+   * (removed: /healthz and the metrics stop showing it), its items staying, marked with its URL
+   * (Item.source.feedUrl) as no longer the id's. A new feed starts with empty poll state.
    */
   async syncFeeds(feeds: readonly { id: string; url: string }[]): Promise<FeedSync> {
     const named = new Map(feeds.map((f) => [f.id, f]));
@@ -641,20 +672,36 @@ export class Ledger {
       undone = false;
       for (const [from, to] of [...taken]) if (free.some((r) => r.id === to) && !taken.has(to)) undone = taken.delete(from);
     }
-    const renamed: FeedSync["renamed"] = [...taken].map(([from, to]) => ({ from, to, items: this.data.items.filter((i) => i.source.feedId === from).length }));
+    const renamed: FeedSync["renamed"] = [...taken].map(([from, to]) => ({ from, to, items: this.data.items.filter((i) => isFeedItem(i, from)).length }));
     const takers = new Set(taken.values());
     // a record keeps its id unless taken, or another record took its id's place
     const stays = (r: FeedRecord) => !taken.has(r.id) && named.has(r.id) && !takers.has(r.id);
     const dropped = this.data.feeds.filter((r) => !taken.has(r.id) && !stays(r)).map((r) => r.id);
     const had = new Set([...this.data.feeds.filter(stays).map((r) => r.id), ...takers]);
     const added = feeds.filter((f) => !had.has(f.id)).map((f): FeedRecord => ({ id: f.id, url: f.url, consecutiveErrors: 0, seenKeys: [], itemsAdded: 0 }));
-    if (dropped.length || added.length || renamed.length) {
+    // A removed feed's items keep its id and take its URL (feedUrl), so that a later feed given
+    // the id with another URL does not take them for its own (its corrections, its listing).
+    const goneUrl = new Map(this.data.feeds.filter((r) => dropped.includes(r.id)).map((r) => [r.id, r.url]));
+    const fresh = new Set(added.map((f) => f.id));
+    const retag = (src: Item["source"]): Item["source"] | undefined => {
+      const id = src.feedId;
+      if (id === undefined) return undefined;
+      if (src.feedUrl === undefined) {
+        if (taken.has(id)) return { ...src, feedId: taken.get(id)! };
+        if (goneUrl.has(id)) return { ...src, feedUrl: goneUrl.get(id)! };
+        // a feed id with no record before: a kiln that did not record URLs removed its feed
+        if (fresh.has(id)) return { ...src, feedUrl: "" };
+        return undefined;
+      }
+      // the agent file names the removed feed again, its id with its URL: it is back
+      if (named.get(id)?.url !== src.feedUrl) return undefined;
+      const { feedUrl: _, ...back } = src;
+      return back;
+    };
+    if (dropped.length || added.length || renamed.length || this.data.items.some((i) => retag(i.source))) {
       await this.update((d) => {
         // one pass: ids that swap must not be renamed twice
-        for (const i of d.items) {
-          const to = i.source.feedId === undefined ? undefined : taken.get(i.source.feedId);
-          if (to !== undefined) i.source.feedId = to;
-        }
+        for (const i of d.items) i.source = retag(i.source) ?? i.source;
         d.feeds = d.feeds
           .filter((r) => taken.has(r.id) || stays(r))
           .map((r) => (taken.has(r.id) ? { ...r, id: taken.get(r.id)! } : r))

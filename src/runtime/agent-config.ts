@@ -201,11 +201,19 @@ export function parseAgentConfig(raw: unknown, where: string, baseDir: string, c
   }
   const c = parsed.data;
   const ids = new Map<string, number>();
+  const urls = new Map<string, number>();
   c.feeds.forEach((f, i) => {
     const first = ids.get(f.id);
     if (first !== undefined) throw new AgentConfigError(where, `feeds.${i}.id: "${f.id}" is already the id of feeds.${first}`);
     ids.set(f.id, i);
     f.url = resolveFeedUrl(f.url, baseDir, (problem) => new AgentConfigError(where, `feeds.${i}.url: ${problem}`));
+    // Two ids for one URL would be one feed polled twice, the ledger's poll state (and, on a
+    // rename, its items) going to whichever came first; compared as polled, after resolveFeedUrl.
+    const same = urls.get(f.url);
+    if (same !== undefined) {
+      throw new AgentConfigError(where, `feeds.${i}.url: "${f.url}" is already the url of feeds.${same} (id ${c.feeds[same]!.id}); feed ${f.id} would poll the same feed: keep one of them`);
+    }
+    urls.set(f.url, i);
   });
   const homeDir = c.home ? path.resolve(baseDir, c.home) : path.join(checkpointsRoot, c.name);
   return { ...c, homeDir, feedsBase: baseDir };

@@ -15,7 +15,7 @@ import { checkProbes, type ProbeCheck, type ProbeItem } from "../bake/probes.js"
 import { DEFAULT_BAKE } from "../bake/trainer.js";
 import { knowledgeLessons, itemTextProblem } from "../bake/prompt.js";
 import { pollFeed, type FeedEntry } from "../feeds/feeds.js";
-import { HALF_WRITTEN_VERSION, INACTIVE_STATUSES, Ledger, markBaking, VERSION_DIR, type BakeRun, type Item, type ItemKind, type ItemStatus, type VersionRecord } from "../knowledge/ledger.js";
+import { HALF_WRITTEN_VERSION, INACTIVE_STATUSES, isFeedItem, Ledger, markBaking, VERSION_DIR, type BakeRun, type Item, type ItemKind, type ItemStatus, type VersionRecord } from "../knowledge/ledger.js";
 import { newsTime, pairedHeldItems, updatePairs } from "../knowledge/updates.js";
 import type { LoadedModel } from "../model/load.js";
 import { ADAPTER_WEIGHTS, loadAdapter } from "../lora/peft.js";
@@ -365,10 +365,11 @@ export class Agent {
     if (ledger.data.live === null || ledger.data.versions.some((v) => v.id === ledger.data.live)) await agent.syncStatusesToLive("start");
     const loadError = agent.goLiveOnRecord();
     if (loadError) await agent.replaceUnloadableLive(loadError);
+    const urls = new Map(ledger.data.feeds.map((f) => [f.id, f.url]));
     const { dropped, renamed } = await ledger.syncFeeds(config.feeds);
     for (const r of renamed) agent.log(`feed ${r.from} is now ${r.to} (the same URL): its poll state and its ${r.items} item(s) follow the new id`);
     if (dropped.length) {
-      const kept = ledger.items({ kind: "feed" }).filter((i) => dropped.includes(i.source.feedId ?? "")).length;
+      const kept = ledger.items({ kind: "feed" }).filter((i) => dropped.includes(i.source.feedId ?? "") && i.source.feedUrl === urls.get(i.source.feedId!)).length;
       agent.log(`feed(s) ${dropped.join(", ")} no longer in the agent file: their poll state is dropped; the ${kept} item(s) they brought in stay`);
     }
     return agent;
@@ -587,7 +588,7 @@ export class Agent {
       e.revises
         ? this.ledger
             .items({ kind: "feed", status: ["pending", "baking", "absorbed"] })
-            .filter((i) => i.source.feedId === feedId && matchesFeedKey(i, e))
+            .filter((i) => isFeedItem(i, feedId) && matchesFeedKey(i, e))
             .map((i) => i.id)
         : [];
     // A failed request starts a backoff (see scheduledPoll) counted from now, on the feed's schedule;

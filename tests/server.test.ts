@@ -397,6 +397,22 @@ test("tool_choice through the API: a forced call is one call whose arguments fit
   assert.equal(next.usage!.prompt_tokens, model.tokenizer.encode(promptText).length, "the tools, the round and the call's opening");
 });
 
+test("a tool round (the request ends with a tool's result) captures nothing: a tool's output is not the user's word, though a template without tools renders it as a user turn", async () => {
+  const agent = runtime.agent("tester");
+  assert.equal(agent.model.tokenizer.supportsTools, false, "the plain protocol: tool results are a user turn");
+  const round: OpenAI.ChatCompletionMessageParam[] = [
+    { role: "user", content: "What does the page say?" },
+    { role: "assistant", content: null, tool_calls: [{ id: "call_1", type: "function", function: { name: "get_weather", arguments: '{"city":"Quillport"}' } }] },
+    { role: "tool", tool_call_id: "call_1", content: "My name is Mallory. I live in Vexholm." },
+  ];
+  for (const tool_choice of ["none", "auto"] as const) {
+    const r = (await client.chat.completions.create({ model: "tester", tools: [WEATHER], tool_choice, messages: round, max_tokens: 2, temperature: 0 })) as unknown as { kiln: { captured: string[] } };
+    assert.deepEqual(r.kiln.captured, [], tool_choice);
+  }
+  assert.deepEqual(agent.ledger.items({ text: "Vexholm" }), []);
+  assert.deepEqual(agent.ledger.items({ text: "Mallory" }), []);
+});
+
 /** The official client's call fails with a 400 naming `param`, and a message matching `message`. */
 async function rejects(p: Promise<unknown>, param: string, message: RegExp): Promise<void> {
   try {

@@ -383,7 +383,9 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       messages: prompt.messages,
       ...(prompt.tools ? { tools: prompt.tools as unknown as Record<string, unknown>[] } : {}),
       ...(forced ? { prefill: forced.prefill } : {}),
-      captureFacts: req.kiln?.capture_facts ?? true,
+      // only the user's own message is read for facts: a tool round's result is no word of the user's
+      // (a template without tools renders it as a user turn, which the runtime would take for one)
+      captureFacts: (req.kiln?.capture_facts ?? true) && req.messages.at(-1)?.role === "user",
       ...(req.kiln?.conversation_id ? { conversationId: req.kiln.conversation_id } : {}),
       onCommand: handBack, // (what is left of the reply, seconds for a "forget ...", waits without the slot)
       options: {

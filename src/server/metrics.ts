@@ -114,8 +114,8 @@ export class Metrics {
     family("kiln_generation_tokens_per_second", "gauge", "Completion tokens per second of the latest generation, by agent.", [...this.lastTokensPerSecond].map(([agent, v]) => sample({ agent }, v)));
     family("kiln_queue_depth", "gauge", "Generation requests waiting for a slot.", [sample({}, queue.depth)]);
     family("kiln_queue_active", "gauge", "Generations running now.", [sample({}, queue.running)]);
-    family("kiln_queue_commands", "gauge", "Chat commands (a \"forget ...\" waiting for weights to leave service) going on without a generation slot; they count toward the capacity.", [sample({}, queue.commands)]);
-    family("kiln_queue_capacity", "gauge", "Most generations waiting (queue) and running (concurrent); chat commands in progress take places too.", [sample({ kind: "queue" }, queue.maxQueue), sample({ kind: "concurrent" }, queue.maxConcurrent)]);
+    family("kiln_queue_commands", "gauge", "Chat commands (a \"forget ...\" waiting for weights to leave service) going on without a generation slot (at most queue + concurrent capacity; past that a command keeps its slot).", [sample({}, queue.commands)]);
+    family("kiln_queue_capacity", "gauge", "Most generations waiting (queue) and running (concurrent).", [sample({ kind: "queue" }, queue.maxQueue), sample({ kind: "concurrent" }, queue.maxConcurrent)]);
     family("kiln_queue_rejected_total", "counter", "Requests refused with 429 because the queue was full.", [sample({}, this.rejectedCount)]);
 
     // Memory, to see a swap free the old adapter and a long run hold steady.

@@ -366,11 +366,12 @@ export function openaiRoutes(app: FastifyInstance, ctx: ServerContext): void {
       throw err;
     });
     // A command's reply gives the slot back as it starts (a "forget ..." after a generated reply,
-    // as it starts waiting), and is still awaited by a shutdown and counted by the queue's limit
-    let unslotted: (() => void) | null = null;
+    // as it starts waiting), and is still awaited by a shutdown; past the queue's limit of such
+    // commands it keeps the slot (src/server/queue.ts)
+    let unslotted: (() => void) | undefined;
     const handBack = () => {
       unslotted ??= ctx.queue.goOnWithoutSlot();
-      slot();
+      if (unslotted) slot();
     };
     const release = () => {
       slot();

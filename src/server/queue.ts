@@ -3,9 +3,10 @@
 // instead of piling up behind minutes of work. A waiter whose client goes away leaves the queue.
 //
 // A chat command (a "forget ..." waiting seconds for weights to leave service) gives its slot back
-// and goes on (goOnWithoutSlot), but keeps its place among the maxConcurrent + maxQueue requests
-// admitted: otherwise any number of them could wait at once, each holding a connection and a
-// retraction, and the queue would look idle meanwhile.
+// and goes on (goOnWithoutSlot), so it holds up no generation; at most maxConcurrent + maxQueue
+// do so at once. A command past that keeps its slot while it waits, as a generation would, so a
+// flood of them fills the queue and is refused with 429 (else any number could wait at once,
+// each holding a connection and a retraction, and the queue would look idle meanwhile).
 import { ApiError } from "./errors.js";
 
 interface Waiter {
@@ -38,33 +39,28 @@ export class GenerationQueue {
     return this.waiting.length;
   }
 
-  /** Requests going on without a slot (chat commands), each keeping its place in the queue's limit. */
+  /** Requests going on without a slot (chat commands). */
   get commands(): number {
     return this.unslotted;
   }
 
-  /**
-   * Seconds until a slot is likely free for a new request. A command in progress is counted as a
-   * generation ahead of it (what it waits for, seconds, is not measured: a rough estimate).
-   */
+  /** Seconds until a slot is likely free for a new request. */
   retryAfter(): number {
-    return Math.max(1, Math.ceil((this.avgSeconds * (this.waiting.length + this.unslotted + 1)) / this.maxConcurrent));
+    return Math.max(1, Math.ceil((this.avgSeconds * (this.waiting.length + 1)) / this.maxConcurrent));
   }
 
   /** Waits for a slot; resolves with its release function. Throws 429 when the queue is full. */
   acquire(signal?: AbortSignal): Promise<() => void> {
     if (signal?.aborted) return Promise.reject(abortError(signal, "the client went away"));
-    // (without commands in progress this is the queue's own limit: a free slot means none waits)
-    if (this.active + this.waiting.length + this.unslotted >= this.maxConcurrent + this.maxQueue) {
+    if (this.active < this.maxConcurrent) return Promise.resolve(this.grant());
+    if (this.waiting.length >= this.maxQueue) {
       const after = this.retryAfter();
-      const commands = this.unslotted ? `, ${this.unslotted} command(s) in progress` : "";
       return Promise.reject(
-        new ApiError(429, `the server is busy: ${this.active} generation(s) running, ${this.waiting.length} waiting${commands} (the limit); retry in about ${after}s`, "queue_full", null, {
+        new ApiError(429, `the server is busy: ${this.active} generation(s) running and ${this.waiting.length} waiting (the limit); retry in about ${after}s`, "queue_full", null, {
           "retry-after": String(after),
         }),
       );
     }
-    if (this.active < this.maxConcurrent) return Promise.resolve(this.grant());
     return new Promise((resolve, reject) => {
       const waiter: Waiter = { resolve, reject };
       this.waiting.push(waiter);
@@ -91,10 +87,11 @@ export class GenerationQueue {
   /**
    * A request that gives its slot back and goes on (a "forget ..." waiting seconds without
    * generating): counted until the returned function is called, so a shutdown's grace period
-   * still waits for its reply, and it keeps its place in the limit (see the top of this file).
-   * Call it before giving the slot back: in between, a shutdown would find the queue idle.
+   * still waits for its reply. Call it before giving the slot back: in between, a shutdown would
+   * find the queue idle. Undefined when maxConcurrent + maxQueue already go on so: keep the slot.
    */
-  goOnWithoutSlot(): () => void {
+  goOnWithoutSlot(): (() => void) | undefined {
+    if (this.unslotted >= this.maxConcurrent + this.maxQueue) return undefined;
     this.unslotted++;
     let ended = false;
     return () => {

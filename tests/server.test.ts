@@ -1171,6 +1171,30 @@ test("admin API: a retraction while a bake that could hold the item runs stops i
   }
 });
 
+test("admin API: an item nothing holds, retracted while an unrelated bake runs: 200, not a 202 naming that bake", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  const rt = await Runtime.fromFiles(file);
+  const srv = await createServer(rt, { port: 0 });
+  try {
+    const agent = rt.agent("tester");
+    await agent.remember("The harbor fee is nine coins.");
+    const baking = agent.bake("test");
+    await new Promise<void>((resolve) => agent.bakeEvents.once("progress", () => resolve()));
+    const { item } = await agent.remember("The ferry leaves at noon."); // not in the running bake
+    const res = await fetch(`${srv.url}/admin/agents/tester/items/${item.id}/retract`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+    const body = (await res.json()) as any;
+    assert.equal(res.status, 200, JSON.stringify(body));
+    assert.equal(body.bake.status, "skipped");
+    assert.equal(body.item.status, "retracted");
+    assert.ok(agent.isBaking, "the other bake went on");
+    assert.equal((await baking).status, "promoted");
+  } finally {
+    await srv.close();
+    await rt.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 /**
  * A server on a tester agent whose v0001 holds "The harbor fee is nine coins."; the agent's
  * retractions start only once `letGo()` is called (as one waits for a bake being stopped: seconds).

@@ -533,6 +533,28 @@ test("a retraction of an item never baked in, asked for during another's rebuild
   });
 });
 
+test("an item told after a retraction's rebuild started, retracted while it runs: marked at once, out of service at once (nothing holds it), and the rebuild goes on", async () => {
+  await withTester({ feeds: [] }, async ({ agent }) => {
+    const [a] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001: a
+    const [b] = await bakeTold(agent, "The harbor fee is nine coins."); // v0002: a, b
+    const rebuildStarted = new Promise<void>((resolve) => agent.bakeEvents.once("start", () => resolve()));
+    const first = agent.retract([b!.id]); // v0001 serves; the rebuild bakes a
+    await rebuildStarted;
+    const { item: p } = await agent.remember("The mill closes at dusk."); // in no bake, in no weights
+    const { work, outOfService } = await retractedOutOfService(agent, [p.id], "test", 5000);
+    assert.ok(outOfService, "nothing held it: out of service at once, not after the wait");
+    const second = await work;
+    assert.equal(second.status, "skipped", second.reasons.join("; "));
+    assert.ok(agent.isBaking, "answered while the rebuild still ran");
+    assert.equal(agent.ledger.item(p.id).status, "retracted");
+    const one = await first;
+    assert.equal(one.status, "promoted", `the rebuild went on: ${one.reasons.join("; ")}`);
+    assert.deepEqual(agent.ledger.data.bakes.filter((x) => x.trigger === "retraction").length, 1, "nothing was rebuilt for it");
+    assert.deepEqual(agent.ledger.version(agent.live.version!).items, [a!.id]);
+    assert.ok(!agent.ledger.data.versions.some((v) => v.items.includes(p.id)), "no version ever held it");
+  });
+});
+
 test("a retraction takes the weights holding the item out of service at once; the rebuild bakes everything they held", async () => {
   await withTester({ feeds: [] }, async ({ agent }) => {
     const [early] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001: clean

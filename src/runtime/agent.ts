@@ -1156,6 +1156,9 @@ export class Agent {
     } catch (err) {
       return Promise.reject(err);
     }
+    // Waiting in line behind another retraction would have its answer wait for that one's whole
+    // rebuild (an hour on a CPU), for an item nothing needs to stop or rebuild for.
+    if (this.retracting > 0 && this.nothingCanHold(ids)) return this.markUnheld(ids, reason, onOutOfService);
     this.retracting++;
     this.retractionsAsked.push(ids);
     // A bake that could end holding them stops now, not when it ends (minutes to an hour on a
@@ -1199,6 +1202,36 @@ export class Agent {
     if (record?.status !== "running") return true;
     const baked = new Set([...record.itemIds, ...(record.replayIds ?? [])]);
     return ids.some((id) => baked.has(id)) || this.liveMayHold(ids);
+  }
+
+  /**
+   * Whether these items are pending, in no weights the live ones may be, and not in the running
+   * bake (told after it started: another retraction's rebuild, say). A bake still waiting for its
+   * turn has not chosen its items; one that has cannot take more, and any bake chosen later reads
+   * the items as retracted. Nothing stopped or rebuilt later can then come to hold them.
+   */
+  private nothingCanHold(ids: string[]): boolean {
+    if (this.baking) {
+      const record = this.ledger.data.bakes.at(-1);
+      if (record?.status !== "running") return false;
+      const baked = new Set([...record.itemIds, ...(record.replayIds ?? [])]);
+      if (ids.some((id) => baked.has(id))) return false;
+    }
+    return ids.every((id) => {
+      const i = this.ledger.item(id);
+      return i.status === "pending" && !i.archivedAt && !this.mayHold(i);
+    });
+  }
+
+  /**
+   * Retracts items nothing can hold (nothingCanHold) without waiting for the retractions in line:
+   * they rebuild what they owe, this one owes nothing (so it is not among retractionsAsked, which
+   * keeps a failed rebuild owed for the next in line to carry on).
+   */
+  private async markUnheld(ids: string[], reason: string, onOutOfService?: () => void): Promise<BakeOutcome> {
+    this.logGivenBack(await this.ledger.setItemStatus(ids, "retracted", { reason }), "retracted");
+    onOutOfService?.();
+    return { status: "skipped", reasons: ["nothing held these items (no weights, not the bake running): marked retracted, nothing to stop or rebuild"] };
   }
 
   /** Whether the live weights may hold one of these items (see mayHold). */

@@ -1296,6 +1296,10 @@ export class Agent {
     if (out) this.log(`${out.to ?? "the base model"} serves until the rebuild: ${out.from} holds retracted item(s) ${out.retracted.join(", ")}`);
     onOutOfService?.();
     this.stoppedRebuild = rebuild;
+    // A bake running now cannot end holding these items (else it was stopped above): one that owes
+    // only a stopped rebuild found it running. bake() would join it, answer with its outcome as the
+    // rebuild's, and the rebuild owed would be dropped as done; it runs once that bake ends.
+    while (this.baking) await this.baking.catch(() => undefined);
     const outcome = await this.bake(RETRACTION, { consolidate: true, force: true, rebuild });
     // (kept only when a later retraction stopped it: that one's rebuild carries it on)
     if (!(outcome.status === "failed" && this.retractionsAsked.length > 1)) this.stoppedRebuild = null;

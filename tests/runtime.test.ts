@@ -534,6 +534,62 @@ test("a retraction of an item never baked in, asked for during another's rebuild
   });
 });
 
+test("an item told after a retraction's rebuild started, retracted while it runs: marked at once, out of service at once (nothing holds it), and the rebuild goes on", async () => {
+  await withTester({ feeds: [] }, async ({ agent }) => {
+    const [a] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001: a
+    const [b] = await bakeTold(agent, "The harbor fee is nine coins."); // v0002: a, b
+    const rebuildStarted = new Promise<void>((resolve) => agent.bakeEvents.once("start", () => resolve()));
+    const first = agent.retract([b!.id]); // v0001 serves; the rebuild bakes a
+    await rebuildStarted;
+    const { item: p } = await agent.remember("The mill closes at dusk."); // in no bake, in no weights
+    const { work, outOfService } = await retractedOutOfService(agent, [p.id], "test", 5000);
+    assert.ok(outOfService, "nothing held it: out of service at once, not after the wait");
+    const second = await work;
+    assert.equal(second.status, "skipped", second.reasons.join("; "));
+    assert.ok(agent.isBaking, "answered while the rebuild still ran");
+    assert.equal(agent.ledger.item(p.id).status, "retracted");
+    const one = await first;
+    assert.equal(one.status, "promoted", `the rebuild went on: ${one.reasons.join("; ")}`);
+    assert.deepEqual(agent.ledger.data.bakes.filter((x) => x.trigger === "retraction").length, 1, "nothing was rebuilt for it");
+    assert.deepEqual(agent.ledger.version(agent.live.version!).items, [a!.id]);
+    assert.ok(!agent.ledger.data.versions.some((v) => v.items.includes(p.id)), "no version ever held it");
+  });
+});
+
+test("a retraction that owes a stopped rebuild while an unrelated bake runs does not join that bake: the rebuild runs after it", async () => {
+  await withTester({ feeds: [] }, async ({ agent }) => {
+    const [a] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001: a
+    const [b] = await bakeTold(agent, "The harbor fee is nine coins."); // v0002: a, b
+    const [c] = await bakeTold(agent, "The ferry leaves at noon."); // v0003: a, b, c
+    const { item: p } = await agent.remember("The mill closes at dusk."); // pending: the rebuild bakes it
+    const firstRebuild = new Promise<void>((resolve) => agent.bakeEvents.once("start", () => resolve()));
+    const first = agent.retract([b!.id]); // v0001 serves; the rebuild carries c
+    await firstRebuild;
+    // the retraction that stops it, and would carry its rebuild on, fails to write the ledger (a full disk)
+    const ledger = agent.ledger;
+    const setItemStatus = ledger.setItemStatus.bind(ledger);
+    ledger.setItemStatus = (ids, status, extra) => (status === "retracted" ? Promise.reject(new Error("ENOSPC: no space left on device")) : setItemStatus(ids, status, extra));
+    const second = agent.retract([p.id]);
+    assert.equal((await first).status, "failed", "the rebuild baking p was stopped");
+    await assert.rejects(second, /ENOSPC/);
+    ledger.setItemStatus = setItemStatus;
+    assert.equal(agent.live.version, "v0001");
+    assert.equal(agent.ledger.item(c!.id).status, "pending", "c waits for the rebuild it is owed");
+    const { items: [q], baking } = await startBake(agent, "The gate opens at dawn."); // a rolling bake from v0001
+    const { item: r } = await agent.remember("The well is dry."); // in no bake, in no weights
+    const third = await agent.retract([r.id]); // owes the stopped rebuild
+    const rolling = await baking;
+    assert.equal(rolling.status, "promoted", rolling.reasons.join("; "));
+    assert.notEqual(third.bakeId, rolling.bakeId, "it did not answer with the rolling bake's outcome");
+    assert.equal(third.status, "promoted", third.reasons.join("; "));
+    const last = agent.ledger.data.bakes.at(-1)!;
+    assert.deepEqual([last.trigger, last.consolidate, last.id], ["retraction", true, third.bakeId]);
+    assert.ok(last.itemIds.includes(c!.id), "the rebuild baked what the weights out of service held");
+    assert.equal(agent.live.version, third.version);
+    assert.deepEqual([a, b, c, p, q, r].map((i) => agent.ledger.item(i!.id).status), ["absorbed", "retracted", "absorbed", "absorbed", "absorbed", "retracted"]);
+  });
+});
+
 test("a retraction takes the weights holding the item out of service at once; the rebuild bakes everything they held", async () => {
   await withTester({ feeds: [] }, async ({ agent }) => {
     const [early] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001: clean

@@ -1187,6 +1187,58 @@ test("admin API: a retraction while a bake that could hold the item runs stops i
   }
 });
 
+test("admin API: an item told after a retraction's rebuild started, retracted while it runs: 200 at once, out of service, nothing rebuilt for it", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  const rt = await Runtime.fromFiles(file);
+  const srv = await createServer(rt, { port: 0 });
+  try {
+    const agent = rt.agent("tester");
+    await agent.remember("The lighthouse keeper is Mira Tolle."); // (for the rebuild to bake)
+    const { item: held } = await agent.remember("The harbor fee is nine coins.");
+    assert.equal((await agent.bake("test")).status, "promoted");
+    const rebuildStarted = new Promise<void>((resolve) => agent.bakeEvents.once("start", () => resolve()));
+    const first = agent.retract([held.id]);
+    await rebuildStarted;
+    const { item } = await agent.remember("The ferry leaves at noon."); // in no bake, in no weights
+    const res = await fetch(`${srv.url}/admin/agents/tester/items/${item.id}/retract`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+    const body = (await res.json()) as any;
+    assert.equal(res.status, 200, JSON.stringify(body)); // (it was 202 after the 20 s wait, outOfService false)
+    assert.equal(body.outOfService, true);
+    assert.equal(body.item.status, "retracted");
+    assert.equal(body.bake.status, "skipped", "no rebuild was started for it");
+    assert.ok(agent.isBaking, "answered while the first retraction's rebuild still ran");
+    assert.notEqual((await first).status, "failed", "the rebuild was not stopped for it");
+  } finally {
+    await srv.close();
+    await rt.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("admin API: an item nothing holds, retracted while an unrelated bake runs: 200, not a 202 naming that bake", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  const rt = await Runtime.fromFiles(file);
+  const srv = await createServer(rt, { port: 0 });
+  try {
+    const agent = rt.agent("tester");
+    await agent.remember("The harbor fee is nine coins.");
+    const baking = agent.bake("test");
+    await new Promise<void>((resolve) => agent.bakeEvents.once("progress", () => resolve()));
+    const { item } = await agent.remember("The ferry leaves at noon."); // not in the running bake
+    const res = await fetch(`${srv.url}/admin/agents/tester/items/${item.id}/retract`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" });
+    const body = (await res.json()) as any;
+    assert.equal(res.status, 200, JSON.stringify(body));
+    assert.equal(body.bake.status, "skipped");
+    assert.equal(body.item.status, "retracted");
+    assert.ok(agent.isBaking, "the other bake went on");
+    assert.equal((await baking).status, "promoted");
+  } finally {
+    await srv.close();
+    await rt.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 /**
  * A server on a tester agent whose v0001 holds "The harbor fee is nine coins."; the agent's
  * retractions start only once `letGo()` is called (as one waits for a bake being stopped: seconds).

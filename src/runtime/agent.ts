@@ -1157,6 +1157,9 @@ export class Agent {
     } catch (err) {
       return Promise.reject(err);
     }
+    // Waiting in line behind another retraction would have its answer wait for that one's whole
+    // rebuild (an hour on a CPU), for an item nothing needs to stop or rebuild for.
+    if (this.retracting > 0 && this.nothingCanHold(ids)) return this.markUnheld(ids, reason, onOutOfService);
     this.retracting++;
     this.retractionsAsked.push(ids);
     // A bake that could end holding them stops now, not when it ends (minutes to an hour on a
@@ -1200,6 +1203,36 @@ export class Agent {
     if (record?.status !== "running") return true;
     const baked = new Set([...record.itemIds, ...(record.replayIds ?? [])]);
     return ids.some((id) => baked.has(id)) || this.liveMayHold(ids);
+  }
+
+  /**
+   * Whether these items are pending, in no weights the live ones may be, and not in the running
+   * bake (told after it started: another retraction's rebuild, say). A bake still waiting for its
+   * turn has not chosen its items; one that has cannot take more, and any bake chosen later reads
+   * the items as retracted. Nothing stopped or rebuilt later can then come to hold them.
+   */
+  private nothingCanHold(ids: string[]): boolean {
+    if (this.baking) {
+      const record = this.ledger.data.bakes.at(-1);
+      if (record?.status !== "running") return false;
+      const baked = new Set([...record.itemIds, ...(record.replayIds ?? [])]);
+      if (ids.some((id) => baked.has(id))) return false;
+    }
+    return ids.every((id) => {
+      const i = this.ledger.item(id);
+      return i.status === "pending" && !i.archivedAt && !this.mayHold(i);
+    });
+  }
+
+  /**
+   * Retracts items nothing can hold (nothingCanHold) without waiting for the retractions in line:
+   * they rebuild what they owe, this one owes nothing (so it is not among retractionsAsked, which
+   * keeps a failed rebuild owed for the next in line to carry on).
+   */
+  private async markUnheld(ids: string[], reason: string, onOutOfService?: () => void): Promise<BakeOutcome> {
+    this.logGivenBack(await this.ledger.setItemStatus(ids, "retracted", { reason }), "retracted");
+    onOutOfService?.();
+    return { status: "skipped", reasons: ["nothing held these items (no weights, not the bake running): marked retracted, nothing to stop or rebuild"] };
   }
 
   /** Whether the live weights may hold one of these items (see mayHold). */
@@ -1264,6 +1297,10 @@ export class Agent {
     if (out) this.log(`${out.to ?? "the base model"} serves until the rebuild: ${out.from} holds retracted item(s) ${out.retracted.join(", ")}`);
     onOutOfService?.();
     this.stoppedRebuild = rebuild;
+    // A bake running now cannot end holding these items (else it was stopped above): one that owes
+    // only a stopped rebuild found it running. bake() would join it, answer with its outcome as the
+    // rebuild's, and the rebuild owed would be dropped as done; it runs once that bake ends.
+    while (this.baking) await this.baking.catch(() => undefined);
     const outcome = await this.bake(RETRACTION, { consolidate: true, force: true, rebuild });
     // (kept only when a later retraction stopped it: that one's rebuild carries it on)
     if (!(outcome.status === "failed" && this.retractionsAsked.length > 1)) this.stoppedRebuild = null;

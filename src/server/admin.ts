@@ -165,13 +165,17 @@ async function whenBakeStarts(agent: Agent, work: Promise<BakeOutcome>, timeoutM
   let settled: { outcome?: BakeOutcome; error?: unknown } | null = null;
   work.then((outcome) => (settled = { outcome }), (error: unknown) => (settled = { error }));
   const until = Date.now() + timeoutMs;
+  // Work that ended is its own answer, though a bake runs: a retraction that needed no rebuild,
+  // beside another's rebuild or an unrelated bake, was answered 202 naming that bake. (It ends
+  // within microtasks of the weights leaving service, hence the turn first.)
+  await new Promise((r) => setImmediate(r));
   while (Date.now() < until) {
-    if (agent.isBaking) return null;
     const s = settled as { outcome?: BakeOutcome; error?: unknown } | null;
     if (s) {
       if (s.error) throw s.error;
       return s.outcome!;
     }
+    if (agent.isBaking) return null;
     await new Promise((r) => setTimeout(r, 5));
   }
   return null;

@@ -144,6 +144,8 @@ test("dashboard: untrusted item text and links, item detail, a long ledger and v
     await ledger.addItems(Array.from({ length: 120 }, (_, i) => ({ kind: "manual" as const, text: `Bulk fact ${i}: Town${i} has ${i} wells.`, source: { by: "test" } })));
     const { item: hostile } = await ledger.addItem({ kind: "feed", text: HOSTILE, source: { feedId: "harbor", link: "javascript:window.__pwned=3" } });
     await ledger.addItem({ kind: "manual", text: "The harbor master is now Bo Lint.", source: { by: "test" }, supersedes: [old.item.id] });
+    // an item of a feed since removed from the agent file (its id may name another feed now)
+    const { item: orphan } = await ledger.addItem({ kind: "feed", text: "The ferry leaves at dawn.", source: { feedId: "harbor", feedUrl: "https://old.example.org/rss" } });
     ledger.item(hostile.id).probes = [{ question: "What is the harbor fee?", answer: "Nine coins." }];
     const total = ledger.data.items.length;
     // A long-lived agent's versions: 230 bakes in a chain, pruned from disk since.
@@ -199,6 +201,10 @@ test("dashboard: untrusted item text and links, item detail, a long ledger and v
     assert.match((await detail.textContent())!, /What is the harbor fee\? → Nine coins\./);
     assert.match((await detail.textContent())!, /History.*pending/s);
     assert.equal(await page.evaluate(() => (window as any).__pwned ?? null), null);
+
+    await page.fill("#item-search", "ferry leaves");
+    await page.waitForFunction(() => document.querySelectorAll("#items-table tbody tr[data-id]").length === 1);
+    assert.equal(await page.textContent(`#items-table tbody tr[data-id='${orphan.id}'] td:nth-child(6)`), "harbor (removed feed https://old.example.org/rss)");
 
     // Superseded items are listed, with the reason in their history; the link to a real page stays.
     await page.fill("#item-search", "");

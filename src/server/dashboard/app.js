@@ -382,7 +382,9 @@ $("#chat-clear").addEventListener("click", () => {
 function sourceOf(item) {
   const s = item.source || {};
   const href = safeHref(s.link);
-  if (s.feedId) return href ? h("a", { href, target: "_blank", rel: "noreferrer" }, s.feedId) : s.feedId;
+  // a removed feed's items carry its URL: its id may name another feed now
+  const feed = s.feedUrl === undefined ? s.feedId : `${s.feedId} (removed feed${s.feedUrl ? ` ${s.feedUrl}` : ""})`;
+  if (s.feedId) return href ? h("a", { href, target: "_blank", rel: "noreferrer" }, feed) : feed;
   if (s.conversationId) return `chat ${s.conversationId}`;
   if (s.by) return s.by;
   return item.kind;

@@ -514,13 +514,22 @@ test("a retraction asked for during another's rebuild stops it; its own rebuild 
   });
 });
 
+/**
+ * v0001-v0003 each bake one more told item (a; a, b; a, b, c), then p is told and left pending
+ * (a rebuild bakes it); firstRebuild resolves when the next bake starts.
+ */
+async function threeBakedAndOnePending(agent: Agent): Promise<{ a: Item; b: Item; c: Item; p: Item; firstRebuild: Promise<void> }> {
+  const [a] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle.");
+  const [b] = await bakeTold(agent, "The harbor fee is nine coins.");
+  const [c] = await bakeTold(agent, "The ferry leaves at noon.");
+  const { item: p } = await agent.remember("The mill closes at dusk.");
+  const firstRebuild = new Promise<void>((resolve) => agent.bakeEvents.once("start", () => resolve()));
+  return { a: a!, b: b!, c: c!, p, firstRebuild };
+}
+
 test("a retraction of an item never baked in, asked for during another's rebuild baking it, still runs that rebuild without it", async () => {
   await withTester({ feeds: [] }, async ({ agent }) => {
-    const [a] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001: a
-    const [b] = await bakeTold(agent, "The harbor fee is nine coins."); // v0002: a, b
-    const [c] = await bakeTold(agent, "The ferry leaves at noon."); // v0003: a, b, c
-    const { item: p } = await agent.remember("The mill closes at dusk."); // pending: the rebuild bakes it
-    const firstRebuild = new Promise<void>((resolve) => agent.bakeEvents.once("start", () => resolve()));
+    const { a, b, c, p, firstRebuild } = await threeBakedAndOnePending(agent);
     const first = agent.retract([b!.id]); // v0001 serves; the rebuild carries a and c, and bakes p
     await firstRebuild;
     const second = agent.retract([p.id]); // the rebuild bakes p: it stops
@@ -558,11 +567,7 @@ test("an item told after a retraction's rebuild started, retracted while it runs
 
 test("a retraction that owes a stopped rebuild while an unrelated bake runs does not join that bake: the rebuild runs after it", async () => {
   await withTester({ feeds: [] }, async ({ agent }) => {
-    const [a] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001: a
-    const [b] = await bakeTold(agent, "The harbor fee is nine coins."); // v0002: a, b
-    const [c] = await bakeTold(agent, "The ferry leaves at noon."); // v0003: a, b, c
-    const { item: p } = await agent.remember("The mill closes at dusk."); // pending: the rebuild bakes it
-    const firstRebuild = new Promise<void>((resolve) => agent.bakeEvents.once("start", () => resolve()));
+    const { a, b, c, p, firstRebuild } = await threeBakedAndOnePending(agent);
     const first = agent.retract([b!.id]); // v0001 serves; the rebuild carries c
     await firstRebuild;
     // the retraction that stops it, and would carry its rebuild on, fails to write the ledger (a full disk)

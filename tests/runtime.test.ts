@@ -831,6 +831,12 @@ test("retracting the only baked item leaves the base model live: nothing is left
   });
 });
 
+/** Opens the runtime of an agent file (again after each stop), its log lines kept in `logs`. */
+function loggingOpener(file: string): { logs: string[]; open: () => Promise<Runtime> } {
+  const logs: string[] = [];
+  return { logs, open: () => Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } }) };
+}
+
 test("a scheduled poll never takes the process down, and a failing feed is asked less often, across restarts", async () => {
   const schedule = "0 0 1 1 *"; // once a year: the test passes each tick's due time itself
   const { dir, file, feedFile } = writeTestAgent({ feeds: [{ id: "gone", url: "missing.xml", schedule }] });
@@ -838,8 +844,7 @@ test("a scheduled poll never takes the process down, and a failing feed is asked
   const probe = cron.createTask(schedule, () => {});
   const fires = probe.getNextRuns(17);
   await probe.destroy();
-  const logs: string[] = [];
-  const open = () => Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+  const { logs, open } = loggingOpener(file);
   let runtime = await open();
   try {
     let agent = runtime.agent("tester");
@@ -933,8 +938,7 @@ test("a feed item corrected under its guid supersedes the stored one; the correc
 
 test("a feed renamed in the agent file keeps its poll state and items (same URL); a removed one loses its state, never its items", async () => {
   const { dir, file } = writeTestAgent({ feeds: [{ id: "harbor", url: "news.xml", schedule: "0 0 1 1 *" }] });
-  const logs: string[] = [];
-  const open = () => Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+  const { logs, open } = loggingOpener(file);
   let runtime = await open();
   try {
     let agent = runtime.agent("tester");
@@ -977,8 +981,7 @@ test("a removed feed's items stay apart from a later feed given its id with anot
     .replace("Workers moved to Ashby.", "Carts may cross it again.");
   writeFileSync(otherFile, other);
   const setFeeds = (block: string) => writeFileSync(file, readFileSync(file, "utf8").replace(/^feeds:.*\n(?:[ -].*\n)*/m, `feeds:${block}\n`));
-  const logs: string[] = [];
-  const open = () => Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+  const { logs, open } = loggingOpener(file);
   let runtime = await open();
   try {
     let agent = runtime.agent("tester");

@@ -1182,6 +1182,13 @@ static void run_attention(const struct fused_attention* j, rows_fn fn) {
   const int64_t least = j->T == 1 ? DECODE_THREADED_ATTENTION : MIN_THREADED_BATCH;
   if (items >= 2 && threads > 1 && j->T * j->S * j->hd * (j->nH / j->nKv) * items >= least) {
     parallel_products(threads, items, fn, j);
+  } else if (j->T == 1 && threads > 1) {
+    // and its products on this thread alone: OpenBLAS wakes its threads for a product over 2^18
+    // multiply-adds, which a group's [groups, hd] x [hd, S] passes at 1,366 keys (135M shape): a
+    // step's attention went from 0.48 ms at 1,200 keys to 1.9 ms at 1,500 and 7.8 ms at 3,000
+    openblas_set_num_threads(1);
+    fn(j, 0, items);
+    openblas_set_num_threads(threads);
   } else {
     fn(j, 0, items);
   }

@@ -556,6 +556,30 @@ test("an item told after a retraction's rebuild started, retracted while it runs
   });
 });
 
+test("a correction retracted at once during a retraction's rebuild gives back the item it superseded as the rebuild leaves it: not absorbed where the rebuilt weights do not hold it", async () => {
+  await withTester({ feeds: [], bake: { probesPerItem: 1, checkProbes: false, openQuestions: ["hello"], settings: FAST_BAKE, maxItems: 1 } }, async ({ agent }) => {
+    const [old] = await bakeTold(agent, "The harbor fee is nine coins."); // v0001: old
+    const [b] = await bakeTold(agent, "The ferry leaves at noon."); // v0002: old, b
+    const { item: p } = await agent.remember("The mill closes at dusk.");
+    // a correction of old (a feed's, say): old is superseded; one item a bake, so the rebuild takes p, not it
+    const [{ item: fix }] = await agent.ledger.addItems([{ kind: "feed", text: "The harbor fee is ten coins.", source: { feedId: "harbor", guid: "h9" }, supersedes: [old!.id] }]);
+    assert.equal(agent.ledger.item(old!.id).status, "superseded");
+    const rebuildStarted = new Promise<void>((resolve) => agent.bakeEvents.once("start", () => resolve()));
+    const first = agent.retract([b!.id]); // v0001 (which holds old) serves; the rebuild bakes p
+    await rebuildStarted;
+    assert.deepEqual(agent.ledger.data.bakes.at(-1)!.itemIds, [p.id]);
+    const second = await agent.retract([fix.id]); // nothing holds it: marked at once, old given back
+    assert.equal(second.status, "skipped", second.reasons.join("; "));
+    const one = await first;
+    assert.equal(one.status, "promoted", one.reasons.join("; "));
+    const held = agent.heldItems();
+    assert.ok(!held.has(old!.id), "the rebuild did not bake old");
+    const absorbed = agent.ledger.items({ status: "absorbed" }).map((i) => i.id);
+    assert.deepEqual(absorbed.filter((id) => !held.has(id)), [], "absorbed means the live weights hold it");
+    assert.equal(agent.ledger.item(old!.id).status, "pending", "old waits for the next bake");
+  });
+});
+
 test("a retraction that owes a stopped rebuild while an unrelated bake runs does not join that bake: the rebuild runs after it", async () => {
   await withTester({ feeds: [] }, async ({ agent }) => {
     const [a] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001: a

@@ -953,6 +953,10 @@ export class Agent {
     if (promoted && unfit.length) {
       await ledger.setItemStatus(unfit.filter((id) => ledger.item(id).status === "absorbed"), "pending", { reason: `did not fit the context of consolidation ${version}` });
     }
+    // A consolidation's weights hold only what it baked. An item given back while it ran (what
+    // superseded it was retracted at once: retract's markUnheld) took "absorbed" from the weights
+    // serving then, which this version replaces: it would stay absorbed, never baked again.
+    if (promoted && consolidate) await this.syncStatusesToLive(`consolidation ${version}`);
     await this.prune();
     this.log(`bake ${bakeId}: ${version} ${promoted ? "promoted" : `rejected (${reasons.join("; ")})`}; absorption ${absorption.toFixed(2)}, retention ${retention.toFixed(2)}`);
     // The next bake replays what this one lost (chooseReplay), but a replay share too small for

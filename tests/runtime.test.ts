@@ -1481,6 +1481,39 @@ test("a retraction does not wait for another agent's bake: its own bake, waiting
   }
 });
 
+test("an item nothing holds, retracted while another retraction's rebuild waits for another agent's turn: marked at once, and that rebuild is not given up", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  // a second agent beside the first, with a longer bake, and its own home
+  writeFileSync(path.join(dir, "second.yaml"), readFileSync(file, "utf8").replace("name: tester", "name: second").replace("home: home", "home: home2").replace("epochs: 6", "epochs: 40").replace("patience: 6", "patience: 40"));
+  const runtime = await Runtime.fromFiles(dir);
+  try {
+    const [tester, second] = [runtime.agent("tester"), runtime.agent("second")];
+    const [held] = await bakeTold(tester, "The harbor fee is nine coins."); // v0001 holds it
+    const [kept] = await bakeTold(tester, "The lighthouse keeper is Mira Tolle."); // v0002: held, kept
+    await second.remember("The ferry leaves at noon.");
+    const other = second.bake("test");
+    await new Promise<void>((resolve) => second.bakeEvents.once("progress", () => resolve()));
+    const first = await retractedOutOfService(tester, [held!.id], "test"); // its rebuild waits for second's turn
+    assert.ok(first.outOfService);
+    assert.ok(tester.isBaking && tester.isRetracting, "the rebuild waits for its turn");
+    const { item: p } = await tester.remember("The mill closes at dusk."); // in no bake (none chose its items yet), in no weights
+    const { work, outOfService } = await retractedOutOfService(tester, [p.id], "test", 5000);
+    assert.ok(outOfService, "nothing held it: out of service at once");
+    const second_ = await work;
+    assert.equal(second_.status, "skipped", second_.reasons.join("; "));
+    assert.ok(second.isBaking, "answered before the other agent's bake ended");
+    assert.equal(tester.ledger.item(p.id).status, "retracted");
+    assert.equal((await other).status, "promoted");
+    const done = await first.work;
+    assert.equal(done.status, "promoted", `the rebuild waiting for its turn was not given up: ${done.reasons.join("; ")}`);
+    assert.deepEqual(tester.ledger.version(tester.live.version!).items, [kept!.id]);
+    assert.deepEqual(tester.ledger.data.bakes.map((b) => [b.trigger, b.status]), [["test", "promoted"], ["test", "promoted"], ["retraction", "promoted"]]);
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("news older than forgetNewsAfterDays expires when a bake starts: never baked, no longer replayed or held, and told again it is new", async () => {
   const { dir, file, feedFile } = writeTestAgent({ forgetNewsAfterDays: 7 });
   const daysAgo = (n: number) => new Date(Date.now() - n * 86_400_000).toUTCString();

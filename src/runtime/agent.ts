@@ -1216,9 +1216,13 @@ export class Agent {
    * the items as retracted. Nothing stopped or rebuilt later can then come to hold them.
    */
   private nothingCanHold(ids: string[]): boolean {
-    if (this.baking) {
-      const record = this.ledger.data.bakes.at(-1);
-      if (record?.status !== "running") return false;
+    // (A bake with no record running has not chosen its items: it waits for its turn, or for the
+    // feed polls in flight, and reads these as retracted when it does; or its record is already
+    // written and the ledger says what its weights hold. Treated as one that could hold them, it
+    // was stopped by bakeCouldHold: another retraction's rebuild waiting for another agent's bake
+    // was given up, and this retraction answered only after that whole rebuild.)
+    const record = this.baking ? this.ledger.data.bakes.at(-1) : undefined;
+    if (record?.status === "running") {
       const baked = new Set([...record.itemIds, ...(record.replayIds ?? [])]);
       if (ids.some((id) => baked.has(id))) return false;
     }

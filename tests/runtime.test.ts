@@ -565,6 +565,30 @@ test("an item told after a retraction's rebuild started, retracted while it runs
   });
 });
 
+test("a correction retracted at once during a retraction's rebuild gives back the item it superseded as the rebuild leaves it: not absorbed where the rebuilt weights do not hold it", async () => {
+  await withTester({ feeds: [], bake: { probesPerItem: 1, checkProbes: false, openQuestions: ["hello"], settings: FAST_BAKE, maxItems: 1 } }, async ({ agent }) => {
+    const [old] = await bakeTold(agent, "The harbor fee is nine coins."); // v0001: old
+    const [b] = await bakeTold(agent, "The ferry leaves at noon."); // v0002: old, b
+    const { item: p } = await agent.remember("The mill closes at dusk.");
+    // a correction of old (a feed's, say): old is superseded; one item a bake, so the rebuild takes p, not it
+    const [{ item: fix }] = await agent.ledger.addItems([{ kind: "feed", text: "The harbor fee is ten coins.", source: { feedId: "harbor", guid: "h9" }, supersedes: [old!.id] }]);
+    assert.equal(agent.ledger.item(old!.id).status, "superseded");
+    const rebuildStarted = new Promise<void>((resolve) => agent.bakeEvents.once("start", () => resolve()));
+    const first = agent.retract([b!.id]); // v0001 (which holds old) serves; the rebuild bakes p
+    await rebuildStarted;
+    assert.deepEqual(agent.ledger.data.bakes.at(-1)!.itemIds, [p.id]);
+    const second = await agent.retract([fix.id]); // nothing holds it: marked at once, old given back
+    assert.equal(second.status, "skipped", second.reasons.join("; "));
+    const one = await first;
+    assert.equal(one.status, "promoted", one.reasons.join("; "));
+    const held = agent.heldItems();
+    assert.ok(!held.has(old!.id), "the rebuild did not bake old");
+    const absorbed = agent.ledger.items({ status: "absorbed" }).map((i) => i.id);
+    assert.deepEqual(absorbed.filter((id) => !held.has(id)), [], "absorbed means the live weights hold it");
+    assert.equal(agent.ledger.item(old!.id).status, "pending", "old waits for the next bake");
+  });
+});
+
 test("a retraction that owes a stopped rebuild while an unrelated bake runs does not join that bake: the rebuild runs after it", async () => {
   await withTester({ feeds: [] }, async ({ agent }) => {
     const { a, b, c, p, firstRebuild } = await threeBakedAndOnePending(agent);
@@ -1459,6 +1483,39 @@ test("a retraction does not wait for another agent's bake: its own bake, waiting
     assert.equal(done.status, "promoted", done.reasons.join("; "));
     assert.deepEqual(tester.ledger.version(tester.live.version!).items, [ferry.id], "the rebuild baked what the bake given up would have");
     assert.deepEqual(tester.ledger.data.bakes.map((b) => [b.trigger, b.status]), [["test", "promoted"], ["retraction", "promoted"]], "the bake given up never started");
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("an item nothing holds, retracted while another retraction's rebuild waits for another agent's turn: marked at once, and that rebuild is not given up", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  // a second agent beside the first, with a longer bake, and its own home
+  writeFileSync(path.join(dir, "second.yaml"), readFileSync(file, "utf8").replace("name: tester", "name: second").replace("home: home", "home: home2").replace("epochs: 6", "epochs: 40").replace("patience: 6", "patience: 40"));
+  const runtime = await Runtime.fromFiles(dir);
+  try {
+    const [tester, second] = [runtime.agent("tester"), runtime.agent("second")];
+    const [held] = await bakeTold(tester, "The harbor fee is nine coins."); // v0001 holds it
+    const [kept] = await bakeTold(tester, "The lighthouse keeper is Mira Tolle."); // v0002: held, kept
+    await second.remember("The ferry leaves at noon.");
+    const other = second.bake("test");
+    await new Promise<void>((resolve) => second.bakeEvents.once("progress", () => resolve()));
+    const first = await retractedOutOfService(tester, [held!.id], "test"); // its rebuild waits for second's turn
+    assert.ok(first.outOfService);
+    assert.ok(tester.isBaking && tester.isRetracting, "the rebuild waits for its turn");
+    const { item: p } = await tester.remember("The mill closes at dusk."); // in no bake (none chose its items yet), in no weights
+    const { work, outOfService } = await retractedOutOfService(tester, [p.id], "test", 5000);
+    assert.ok(outOfService, "nothing held it: out of service at once");
+    const second_ = await work;
+    assert.equal(second_.status, "skipped", second_.reasons.join("; "));
+    assert.ok(second.isBaking, "answered before the other agent's bake ended");
+    assert.equal(tester.ledger.item(p.id).status, "retracted");
+    assert.equal((await other).status, "promoted");
+    const done = await first.work;
+    assert.equal(done.status, "promoted", `the rebuild waiting for its turn was not given up: ${done.reasons.join("; ")}`);
+    assert.deepEqual(tester.ledger.version(tester.live.version!).items, [kept!.id]);
+    assert.deepEqual(tester.ledger.data.bakes.map((b) => [b.trigger, b.status]), [["test", "promoted"], ["test", "promoted"], ["retraction", "promoted"]]);
   } finally {
     await runtime.stop();
     rmSync(dir, { recursive: true });

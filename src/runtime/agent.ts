@@ -953,6 +953,10 @@ export class Agent {
     if (promoted && unfit.length) {
       await ledger.setItemStatus(unfit.filter((id) => ledger.item(id).status === "absorbed"), "pending", { reason: `did not fit the context of consolidation ${version}` });
     }
+    // A consolidation's weights hold only what it baked. An item given back while it ran (what
+    // superseded it was retracted at once: retract's markUnheld) took "absorbed" from the weights
+    // serving then, which this version replaces: it would stay absorbed, never baked again.
+    if (promoted && consolidate) await this.syncStatusesToLive(`consolidation ${version}`);
     await this.prune();
     this.log(`bake ${bakeId}: ${version} ${promoted ? "promoted" : `rejected (${reasons.join("; ")})`}; absorption ${absorption.toFixed(2)}, retention ${retention.toFixed(2)}`);
     // The next bake replays what this one lost (chooseReplay), but a replay share too small for
@@ -1212,9 +1216,13 @@ export class Agent {
    * the items as retracted. Nothing stopped or rebuilt later can then come to hold them.
    */
   private nothingCanHold(ids: string[]): boolean {
-    if (this.baking) {
-      const record = this.ledger.data.bakes.at(-1);
-      if (record?.status !== "running") return false;
+    // (A bake with no record running has not chosen its items: it waits for its turn, or for the
+    // feed polls in flight, and reads these as retracted when it does; or its record is already
+    // written and the ledger says what its weights hold. Treated as one that could hold them, it
+    // was stopped by bakeCouldHold: another retraction's rebuild waiting for another agent's bake
+    // was given up, and this retraction answered only after that whole rebuild.)
+    const record = this.baking ? this.ledger.data.bakes.at(-1) : undefined;
+    if (record?.status === "running") {
       const baked = new Set([...record.itemIds, ...(record.replayIds ?? [])]);
       if (ids.some((id) => baked.has(id))) return false;
     }

@@ -17,7 +17,8 @@ export function healthRoutes(app: FastifyInstance, ctx: ServerContext): void {
       // a feed that keeps failing is news the agent no longer gets
       feeds: a.ledger.data.feeds.map((f) => ({ id: f.id, consecutiveErrors: f.consecutiveErrors, lastOkAt: f.lastOkAt ?? null, ...(f.lastError ? { lastError: f.lastError } : {}), ...(f.movedTo ? { movedTo: f.movedTo } : {}) })),
     })),
-    // commands: chat commands in progress without a slot (a "forget ..." waiting), which count toward the 429 limit
+    // commands: chat commands in progress without a slot (a "forget ..." waiting); at most running + waiting
+    // capacity of them (src/server/queue.ts), and they do not count toward the 429 limit
     queue: { running: ctx.queue.running, waiting: ctx.queue.depth, commands: ctx.queue.commands },
   }));
 }

@@ -666,6 +666,18 @@ test("withStructuredOutput jsonMode: any JSON object; cut off, a clear error; wi
   });
 });
 
+test("a \"forget ...\" in a message the model answers (structured output) is applied after the reply, and kiln_forgot says what it did", async () => {
+  await withRuntime(async (runtime) => {
+    const agent = runtime.agent("tester");
+    const { item } = await agent.remember("The harbor fee is nine coins.");
+    const model = new KilnChatModel({ runtime, agent: "tester", maxTokens: 160, captureFacts: true });
+    const raw = (await model.withStructuredOutput(z.object({ ok: z.boolean() }), { method: "jsonSchema", includeRaw: true }).invoke("forget the harbor fee")).raw as AIMessage;
+    assert.doesNotThrow(() => JSON.parse(raw.content as string), "the reply is the model's JSON");
+    assert.deepEqual(raw.response_metadata.kiln_forgot, ['Forgot 1 item(s) matching "the harbor fee" (not baked in yet).']);
+    assert.equal(agent.ledger.item(item.id).status, "retracted");
+  });
+});
+
 test("a schema the JSON constraint cannot follow, or with an enum the vocabulary cannot write, is refused before generation", async () => {
   await withRuntime(async (runtime) => {
     const model = new ScriptedKiln({ runtime, agent: "tester", maxTokens: 16 });

@@ -1460,13 +1460,21 @@ test("one bake at a time across a runtime's agents: the second waits for the fir
   }
 });
 
-test("a retraction does not wait for another agent's bake: its own bake, waiting for that turn, gives the turn up", async () => {
+/** The test agent and a second beside it (its own home) whose bakes run longer; both removed after `body`. */
+async function withSlowerSecondAgent(body: (t: { tester: Agent; second: Agent }) => Promise<void>): Promise<void> {
   const { dir, file } = writeTestAgent({ feeds: [] });
-  // a second agent beside the first, with a longer bake, and its own home
   writeFileSync(path.join(dir, "second.yaml"), readFileSync(file, "utf8").replace("name: tester", "name: second").replace("home: home", "home: home2").replace("epochs: 6", "epochs: 40").replace("patience: 6", "patience: 40"));
   const runtime = await Runtime.fromFiles(dir);
   try {
-    const [tester, second] = [runtime.agent("tester"), runtime.agent("second")];
+    await body({ tester: runtime.agent("tester"), second: runtime.agent("second") });
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+}
+
+test("a retraction does not wait for another agent's bake: its own bake, waiting for that turn, gives the turn up", () =>
+  withSlowerSecondAgent(async ({ tester, second }) => {
     const [held] = await bakeTold(tester, "The harbor fee is nine coins."); // v0001 holds it
     const { item: ferry } = await tester.remember("The ferry leaves at noon.");
     await second.remember("The lighthouse keeper is Mira Tolle.");
@@ -1483,19 +1491,10 @@ test("a retraction does not wait for another agent's bake: its own bake, waiting
     assert.equal(done.status, "promoted", done.reasons.join("; "));
     assert.deepEqual(tester.ledger.version(tester.live.version!).items, [ferry.id], "the rebuild baked what the bake given up would have");
     assert.deepEqual(tester.ledger.data.bakes.map((b) => [b.trigger, b.status]), [["test", "promoted"], ["retraction", "promoted"]], "the bake given up never started");
-  } finally {
-    await runtime.stop();
-    rmSync(dir, { recursive: true });
-  }
-});
+  }));
 
-test("an item nothing holds, retracted while another retraction's rebuild waits for another agent's turn: marked at once, and that rebuild is not given up", async () => {
-  const { dir, file } = writeTestAgent({ feeds: [] });
-  // a second agent beside the first, with a longer bake, and its own home
-  writeFileSync(path.join(dir, "second.yaml"), readFileSync(file, "utf8").replace("name: tester", "name: second").replace("home: home", "home: home2").replace("epochs: 6", "epochs: 40").replace("patience: 6", "patience: 40"));
-  const runtime = await Runtime.fromFiles(dir);
-  try {
-    const [tester, second] = [runtime.agent("tester"), runtime.agent("second")];
+test("an item nothing holds, retracted while another retraction's rebuild waits for another agent's turn: marked at once, and that rebuild is not given up", () =>
+  withSlowerSecondAgent(async ({ tester, second }) => {
     const [held] = await bakeTold(tester, "The harbor fee is nine coins."); // v0001 holds it
     const [kept] = await bakeTold(tester, "The lighthouse keeper is Mira Tolle."); // v0002: held, kept
     await second.remember("The ferry leaves at noon.");
@@ -1516,11 +1515,7 @@ test("an item nothing holds, retracted while another retraction's rebuild waits 
     assert.equal(done.status, "promoted", `the rebuild waiting for its turn was not given up: ${done.reasons.join("; ")}`);
     assert.deepEqual(tester.ledger.version(tester.live.version!).items, [kept!.id]);
     assert.deepEqual(tester.ledger.data.bakes.map((b) => [b.trigger, b.status]), [["test", "promoted"], ["test", "promoted"], ["retraction", "promoted"]]);
-  } finally {
-    await runtime.stop();
-    rmSync(dir, { recursive: true });
-  }
-});
+  }));
 
 test("news older than forgetNewsAfterDays expires when a bake starts: never baked, no longer replayed or held, and told again it is new", async () => {
   const { dir, file, feedFile } = writeTestAgent({ forgetNewsAfterDays: 7 });

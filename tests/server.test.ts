@@ -1160,12 +1160,25 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   assert.equal((await call("/admin/agents/tester/versions/v0001/rollback", { method: "POST" })).status, 409);
 });
 
-test("admin API: a retraction while a bake that could hold the item runs stops it and answers 202 once the holders left service", async () => {
+/** A server on the test agent (no feeds), its runtime and agent; all closed and removed after `body`. */
+async function withServedTester(
+  serverOpts: Parameters<typeof createServer>[1],
+  body: (t: { rt: Runtime; srv: Awaited<ReturnType<typeof createServer>>; agent: Agent }) => Promise<void>,
+): Promise<void> {
   const { dir, file } = writeTestAgent({ feeds: [] });
   const rt = await Runtime.fromFiles(file);
-  const srv = await createServer(rt, { port: 0 });
+  const srv = await createServer(rt, serverOpts);
   try {
-    const agent = rt.agent("tester");
+    await body({ rt, srv, agent: rt.agent("tester") });
+  } finally {
+    await srv.close();
+    await rt.stop();
+    rmSync(dir, { recursive: true });
+  }
+}
+
+test("admin API: a retraction while a bake that could hold the item runs stops it and answers 202 once the holders left service", () =>
+  withServedTester({ port: 0 }, async ({ srv, agent, rt }) => {
     const { item } = await agent.remember("The harbor fee is nine coins.");
     assert.equal((await agent.bake("test")).status, "promoted");
     await agent.remember("The ferry leaves at noon.");
@@ -1180,19 +1193,10 @@ test("admin API: a retraction while a bake that could hold the item runs stops i
     assert.match((await baking).reasons[0]!, /^bake cancelled: retraction asked for \(retracted through the admin API\)/);
     while (agent.isRetracting) await new Promise((resolve) => setTimeout(resolve, 50)); // its rebuild
     assert.equal(agent.ledger.item(item.id).status, "retracted");
-  } finally {
-    await srv.close();
-    await rt.stop();
-    rmSync(dir, { recursive: true });
-  }
-});
+  }));
 
-test("admin API: an item told after a retraction's rebuild started, retracted while it runs: 200 at once, out of service, nothing rebuilt for it", async () => {
-  const { dir, file } = writeTestAgent({ feeds: [] });
-  const rt = await Runtime.fromFiles(file);
-  const srv = await createServer(rt, { port: 0 });
-  try {
-    const agent = rt.agent("tester");
+test("admin API: an item told after a retraction's rebuild started, retracted while it runs: 200 at once, out of service, nothing rebuilt for it", () =>
+  withServedTester({ port: 0 }, async ({ srv, agent, rt }) => {
     await agent.remember("The lighthouse keeper is Mira Tolle."); // (for the rebuild to bake)
     const { item: held } = await agent.remember("The harbor fee is nine coins.");
     assert.equal((await agent.bake("test")).status, "promoted");
@@ -1208,19 +1212,10 @@ test("admin API: an item told after a retraction's rebuild started, retracted wh
     assert.equal(body.bake.status, "skipped", "no rebuild was started for it");
     assert.ok(agent.isBaking, "answered while the first retraction's rebuild still ran");
     assert.notEqual((await first).status, "failed", "the rebuild was not stopped for it");
-  } finally {
-    await srv.close();
-    await rt.stop();
-    rmSync(dir, { recursive: true });
-  }
-});
+  }));
 
-test("admin API: an item nothing holds, retracted while an unrelated bake runs: 200, not a 202 naming that bake", async () => {
-  const { dir, file } = writeTestAgent({ feeds: [] });
-  const rt = await Runtime.fromFiles(file);
-  const srv = await createServer(rt, { port: 0 });
-  try {
-    const agent = rt.agent("tester");
+test("admin API: an item nothing holds, retracted while an unrelated bake runs: 200, not a 202 naming that bake", () =>
+  withServedTester({ port: 0 }, async ({ srv, agent, rt }) => {
     await agent.remember("The harbor fee is nine coins.");
     const baking = agent.bake("test");
     await new Promise<void>((resolve) => agent.bakeEvents.once("progress", () => resolve()));
@@ -1232,12 +1227,7 @@ test("admin API: an item nothing holds, retracted while an unrelated bake runs: 
     assert.equal(body.item.status, "retracted");
     assert.ok(agent.isBaking, "the other bake went on");
     assert.equal((await baking).status, "promoted");
-  } finally {
-    await srv.close();
-    await rt.stop();
-    rmSync(dir, { recursive: true });
-  }
-});
+  }));
 
 /**
  * A server on a tester agent whose v0001 holds "The harbor fee is nine coins."; the agent's
@@ -1254,35 +1244,30 @@ async function withHeldRetraction(
     asked: () => number;
   }) => Promise<void>,
 ): Promise<void> {
-  const { dir, file } = writeTestAgent({ feeds: [] });
-  const rt = await Runtime.fromFiles(file);
-  const srv = await createServer(rt, serverOpts);
   let letGo!: () => void;
   const held = new Promise<void>((resolve) => (letGo = resolve));
-  try {
-    const agent = rt.agent("tester");
-    await agent.remember("The harbor fee is nine coins.");
-    assert.equal((await agent.bake("test")).status, "promoted");
-    const retract = agent.retract.bind(agent);
-    let asked = 0;
-    agent.retract = (ids, reason, onOutOfService) => (asked++, held.then(() => retract(ids, reason, onOutOfService)));
-    const post = (content: string, extra: Record<string, unknown> = {}) =>
-      fetch(`${srv.url}/v1/chat/completions`, {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        body: JSON.stringify({ model: "tester", messages: [{ role: "user", content }], max_tokens: 3, temperature: 0, ...extra }),
-      }).then(
-        async (r) => ({ status: r.status, body: (await r.json()) as any, retryAfter: r.headers.get("retry-after") }),
-        (err: Error) => ({ status: 0, body: err.message, retryAfter: null }),
-      );
-    await body({ srv, agent, post, letGo, asked: () => asked });
-    while (agent.isRetracting) await new Promise((resolve) => setTimeout(resolve, 50)); // its rebuild
-  } finally {
-    letGo();
-    await srv.close();
-    await rt.stop();
-    rmSync(dir, { recursive: true });
-  }
+  await withServedTester(serverOpts, async ({ srv, agent }) => {
+    try {
+      await agent.remember("The harbor fee is nine coins.");
+      assert.equal((await agent.bake("test")).status, "promoted");
+      const retract = agent.retract.bind(agent);
+      let asked = 0;
+      agent.retract = (ids, reason, onOutOfService) => (asked++, held.then(() => retract(ids, reason, onOutOfService)));
+      const post = (content: string, extra: Record<string, unknown> = {}) =>
+        fetch(`${srv.url}/v1/chat/completions`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ model: "tester", messages: [{ role: "user", content }], max_tokens: 3, temperature: 0, ...extra }),
+        }).then(
+          async (r) => ({ status: r.status, body: (await r.json()) as any, retryAfter: r.headers.get("retry-after") }),
+          (err: Error) => ({ status: 0, body: err.message, retryAfter: null }),
+        );
+      await body({ srv, agent, post, letGo, asked: () => asked });
+      while (agent.isRetracting) await new Promise((resolve) => setTimeout(resolve, 50)); // its rebuild
+    } finally {
+      letGo(); // (before the server closes: its grace period would wait for a held forget)
+    }
+  });
 }
 
 test("a chat's \"forget ...\" waiting for the weights holding the item to leave service holds no generation slot: other chats are answered meanwhile", () =>

@@ -876,7 +876,8 @@ test("createAgent loop: tools run on the real ledger, the real model answers, me
     assert.equal((await kiln.history("harbor-1")).length, 8);
 
     // Another thread starts empty; the real model answers and the user's fact is captured there.
-    const reply = await kiln.chat("harbor-2", "My name is Ada.");
+    const { reply, captured } = await kiln.turn("harbor-2", "My name is Ada.");
+    assert.deepEqual(captured, ["The user's name is Ada."], "the turn says what it stored");
     const fresh = plainMessages(model.requests[4]!);
     assert.deepEqual(fresh.map((m) => m.role), ["system", "user"]);
     assert.equal(fresh[1]!.content, "My name is Ada.");

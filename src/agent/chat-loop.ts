@@ -113,6 +113,10 @@ export interface TurnResult {
   toolCalls: { name: string; args: Record<string, unknown> }[];
   /** the messages this turn added to the conversation */
   messages: BaseMessage[];
+  /** facts the user's message told, stored as pending items (the first model call reads it) */
+  captured: string[];
+  /** what each "forget ..." in the user's message did, where the model answered it (see ChatOutcome.forgot) */
+  forgot: string[];
 }
 
 /**
@@ -179,7 +183,8 @@ export class KilnAgent {
     const last = [...messages].reverse().find((m) => AIMessage.isInstance(m));
     const toolCalls = messages.flatMap((m) => (AIMessage.isInstance(m) ? (m.tool_calls ?? []).map((c) => ({ name: c.name, args: c.args })) : []));
     const version = last?.response_metadata?.kiln_version;
-    return { reply: last?.text ?? "", version: typeof version === "string" ? version : null, toolCalls, messages };
+    const told = (key: "kiln_captured" | "kiln_forgot") => messages.flatMap((m) => (AIMessage.isInstance(m) ? ((m.response_metadata?.[key] as string[] | undefined) ?? []) : []));
+    return { reply: last?.text ?? "", version: typeof version === "string" ? version : null, toolCalls, messages, captured: told("kiln_captured"), forgot: told("kiln_forgot") };
   }
 
   /** One user turn: the reply text. */

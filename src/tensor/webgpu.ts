@@ -419,23 +419,23 @@ const FEW_ROWS = 16;
  * in * ELEMENT_WORKGROUP for its columns of w. x: [N, in], w: [in, out], a: [r, in], b: [out, r]
  */
 function loraFewRowsProgram(N: number, outF: number, r: number): Program {
-  const blocks = Math.ceil(outF / ELEMENT_WORKGROUP);
   return {
     outputShape: [N, outF],
     shaderKey: `kiln_lora_few_${r}`, // r sizes the workgroup array
     dispatchLayout: { x: [0, 1] },
-    dispatch: [N * blocks, 1, 1],
+    dispatch: [N * Math.ceil(outF / ELEMENT_WORKGROUP), 1, 1],
     variableNames: ["x", "w", "a", "b"],
     workgroupSize: [ELEMENT_WORKGROUP, 1, 1],
-    uniforms: "rows : i32, inF : i32, outF : i32, r : i32, blocks : i32, scale : f32,",
+    uniforms: "rows : i32, inF : i32, outF : i32, r : i32, scale : f32,",
     getUserCode: () => `
       const WG = ${ELEMENT_WORKGROUP};
       var<workgroup> xa : array<f32, ${r}>;
       fn main(index : i32) {
         let group = index / WG;
         let tid = index % WG;
-        let n = group / uniforms.blocks;
-        let col = (group % uniforms.blocks) * WG + tid;
+        let blocks = (uniforms.outF + WG - 1) / WG;
+        let n = group / blocks;
+        let col = (group % blocks) * WG + tid;
         // a folded dispatch may run groups past the last row: they compute nothing, yet reach the barrier
         let valid = n < uniforms.rows;
         let xBase = n * uniforms.inF;
@@ -589,7 +589,7 @@ const webgpuKernels: Record<string, tf.KernelFunc> = {
     const scale = (attrs as unknown as { scale: number }).scale;
     const [N, inF] = x!.shape as [number, number];
     const [r, outF] = [a!.shape[0]!, w!.shape[1]!];
-    if (N <= FEW_ROWS) return gpu.runWebGPUProgram(loraFewRowsProgram(N, outF, r), [x!, w!, a!, b!], "float32", [...ints(N, inF, outF, r, Math.ceil(outF / ELEMENT_WORKGROUP)), ...floats(scale)]);
+    if (N <= FEW_ROWS) return gpu.runWebGPUProgram(loraFewRowsProgram(N, outF, r), [x!, w!, a!, b!], "float32", [...ints(N, inF, outF, r), ...floats(scale)]);
     const y = matMul(gpu, x!, w!, false); // [N, out]
     const xa = gpu.runWebGPUProgram(thinProductProgram(N, r, true), [x!, a!], "float32", [...ints(inF, r), ...floats(1)]); // [N, r]
     const out = gpu.runWebGPUProgram(addLowRankProgram(N, outF, true), [y, xa, b!], "float32", [...ints(outF, r), ...floats(scale)]);

@@ -80,6 +80,37 @@ async function stepMs(decoder: Decoder): Promise<Map<number, { median: number; m
   return new Map(runs.map((r) => [r.B, { median: median(r.times), min: Math.min(...r.times) }]));
 }
 
+/** "name count, ..." for the `n` most frequent names. */
+function mostFrequent(names: Iterable<string>, n: number): string {
+  const counts = new Map<string, number>();
+  for (const name of names) counts.set(name, (counts.get(name) ?? 0) + 1);
+  return [...counts].sort((a, b) => b[1] - a[1]).slice(0, n).map(([name, c]) => `${name} ${c}`).join(", ");
+}
+
+/** A KV cache holding a prompt of --context tokens, its first step's programs compiled. */
+async function filledCache(decoder: Decoder): Promise<KVCache> {
+  const cache = new KVCache(1);
+  const warm = tf.tidy(() => decoder.forward({ ids: [Array.from({ length: context }, (_, i) => i % decoder.config.vocabSize)] }, { cache, logitsFrom: context - 1 }));
+  await warm.data();
+  warm.dispose();
+  return cache;
+}
+
+/** tools/bench.ts's bake step at a small size (batch 1, 32 tokens, 16 of them the reply; LoRA r8 on q/k/v/o, Adam). */
+function bakeStepOf(decoder: Decoder, name: string): { step: () => Promise<void>; dispose: () => void } {
+  prepareDecoderForTraining(decoder);
+  const adapter = LoraAdapter.create(decoder.config, STEP_ADAPTER, name, 3);
+  const optimizer = new LoraAdam({ learningRate: 1e-4, clipNorm: 1 });
+  const ids = [Array.from({ length: 32 }, (_, i) => (i * 7919) % decoder.config.vocabSize)];
+  return {
+    step: () => oneBakeStep(decoder, adapter, optimizer, ids, 16, { kind: "full" }),
+    dispose: () => {
+      optimizer.dispose();
+      adapter.dispose();
+    },
+  };
+}
+
 /**
  * GPU programs `f` dispatches on webgpu (tfjs's and kiln's: every runWebGPUProgram call), where a
  * kernel may dispatch none (Reshape, Identity) or several; "" on other backends.
@@ -91,13 +122,10 @@ async function dispatches(f: () => Promise<void>): Promise<string> {
     await f();
     return "";
   }
-  let n = 0;
-  const byProgram = new Map<string, number>();
+  const programs: string[] = [];
   gpu.runWebGPUProgram = function (this: unknown, ...args: unknown[]) {
-    n++;
     const p = args[0] as { constructor: { name: string }; shaderKey?: string };
-    const name = p.constructor.name === "Object" ? (p.shaderKey ?? "kiln") : p.constructor.name;
-    byProgram.set(name, (byProgram.get(name) ?? 0) + 1);
+    programs.push(p.constructor.name === "Object" ? (p.shaderKey ?? "kiln") : p.constructor.name);
     return run.apply(this, args);
   };
   try {
@@ -105,32 +133,30 @@ async function dispatches(f: () => Promise<void>): Promise<string> {
   } finally {
     gpu.runWebGPUProgram = run;
   }
-  const top = [...byProgram].sort((a, b) => b[1] - a[1]).slice(0, 12).map(([name, c]) => `${name} ${c}`).join(", ");
-  return `, ${n} GPU programs dispatched (${top})`;
+  return `, ${programs.length} GPU programs dispatched (${mostFrequent(programs, 12)})`;
 }
 
 const STEP_ADAPTER = { r: 8, alpha: 16, dropout: 0, targetModules: ["q_proj", "k_proj", "v_proj", "o_proj"] as LoraTarget[], useRslora: false };
 
-/** The kernels one batch-1 decode step runs, their summed time and the step's wall time (with an adapter: its GPU programs). */
-async function profileStep(decoder: Decoder, withAdapter = false): Promise<string> {
-  if (withAdapter) {
-    const adapter = LoraAdapter.create(decoder.config, STEP_ADAPTER, "step", 5);
-    const cache = new KVCache(1);
-    const step = async (token: number) => {
-      const logits = tf.tidy(() => decoder.forward({ ids: [[token]] }, { cache, adapter }));
-      await logits.data();
-      logits.dispose();
-    };
-    await step(1); // (compiles)
-    const counted = await dispatches(() => step(2));
-    cache.dispose();
-    adapter.dispose();
-    return `one batch-1 step with an adapter (r8 q/k/v/o)${counted || ": (GPU programs are counted on webgpu)"}`;
-  }
+/** The GPU programs one batch-1 decode step with an adapter (r8 q/k/v/o) dispatches: how `kiln serve` decodes after a promotion. */
+async function adapterStepPrograms(decoder: Decoder): Promise<string> {
+  const adapter = LoraAdapter.create(decoder.config, STEP_ADAPTER, "step", 5);
   const cache = new KVCache(1);
-  const warm = tf.tidy(() => decoder.forward({ ids: [Array.from({ length: context }, (_, i) => i % decoder.config.vocabSize)] }, { cache, logitsFrom: context - 1 }));
-  await warm.data();
-  warm.dispose();
+  const step = async (token: number) => {
+    const logits = tf.tidy(() => decoder.forward({ ids: [[token]] }, { cache, adapter }));
+    await logits.data();
+    logits.dispose();
+  };
+  await step(1); // (compiles)
+  const counted = await dispatches(() => step(2));
+  cache.dispose();
+  adapter.dispose();
+  return `one batch-1 step with an adapter (r8 q/k/v/o)${counted || ": (GPU programs are counted on webgpu)"}`;
+}
+
+/** The kernels one batch-1 decode step runs, their summed time and the step's wall time. */
+async function profileStep(decoder: Decoder): Promise<string> {
+  const cache = await filledCache(decoder);
   const t0 = performance.now();
   let logits: tf.Tensor | undefined;
   let counted = "";
@@ -146,20 +172,14 @@ async function profileStep(decoder: Decoder, withAdapter = false): Promise<strin
   const times = await Promise.all(p.kernels.map((k) => k.kernelTimeMs));
   // (a backend that cannot time its kernels, webgpu without timestamp queries, reports zeros)
   const timed = times.filter((t): t is number => typeof t === "number" && t > 0);
-  const byName = new Map<string, number>();
-  for (const k of p.kernels) byName.set(k.name, (byName.get(k.name) ?? 0) + 1);
-  const top = [...byName].sort((a, b) => b[1] - a[1]).slice(0, 6).map(([n, c]) => `${n} ${c}`).join(", ");
+  const top = mostFrequent(p.kernels.map((k) => k.name), 6);
   const kernelMs = timed.length ? `${timed.reduce((a, b) => a + b, 0).toFixed(1)} ms in kernels (${timed.length} timed)` : "kernel times not available";
   return `one batch-1 step ${p.kernels.length} kernels${counted}, ${kernelMs}, ${wall.toFixed(1)} ms wall under the profiler; most run: ${top}`;
 }
 
-/** The kernels one bake step runs (batch 1, 32 tokens, 16 of them the reply; LoRA r8 on q/k/v/o), as tools/bench.ts's step. */
+/** The kernels one bake step (bakeStepOf's) runs. */
 async function profileBake(decoder: Decoder): Promise<string> {
-  prepareDecoderForTraining(decoder);
-  const adapter = LoraAdapter.create(decoder.config, STEP_ADAPTER, "bench", 3);
-  const optimizer = new LoraAdam({ learningRate: 1e-4, clipNorm: 1 });
-  const ids = [Array.from({ length: 32 }, (_, i) => (i * 7919) % decoder.config.vocabSize)];
-  const step = () => oneBakeStep(decoder, adapter, optimizer, ids, 16, { kind: "full" });
+  const { step, dispose } = bakeStepOf(decoder, "bench");
   await step(); // (the first run of a shape compiles its kernels on a GPU)
   const t0 = performance.now();
   let counted = "";
@@ -167,29 +187,20 @@ async function profileBake(decoder: Decoder): Promise<string> {
     counted = await dispatches(step);
   });
   const wall = performance.now() - t0;
-  optimizer.dispose();
-  adapter.dispose();
-  const byName = new Map<string, number>();
-  for (const k of p.kernels) byName.set(k.name, (byName.get(k.name) ?? 0) + 1);
-  const top = [...byName].sort((a, b) => b[1] - a[1]).slice(0, 8).map(([n, c]) => `${n} ${c}`).join(", ");
+  dispose();
+  const top = mostFrequent(p.kernels.map((k) => k.name), 8);
   return `one bake step ${p.kernels.length} kernels${counted}, ${wall.toFixed(1)} ms wall under the profiler; most run: ${top}`;
 }
 
 /**
- * webgpu only: ms of one batch-1 decode step (cache of --context tokens) and of one bake step (as
- * profileBake's) with tfjs-webgpu submitting every N dispatches, each N taking its turn step by
+ * webgpu only: ms of one batch-1 decode step (cache of --context tokens) and of one bake step
+ * (bakeStepOf's) with tfjs-webgpu submitting every N dispatches, each N taking its turn step by
  * step in one process so that load and GPU clocks fall on all of them alike.
  */
 async function submitBatchMs(decoder: Decoder, sizes: number[], rounds: number): Promise<Map<number, { decode: number; bake: number }>> {
   const vocab = decoder.config.vocabSize;
-  const cache = new KVCache(1);
-  const first = tf.tidy(() => decoder.forward({ ids: [Array.from({ length: context }, (_, i) => (i * 31) % vocab)] }, { cache, logitsFrom: context - 1 }));
-  await first.data();
-  first.dispose();
-  prepareDecoderForTraining(decoder);
-  const adapter = LoraAdapter.create(decoder.config, STEP_ADAPTER, "submit", 3);
-  const optimizer = new LoraAdam({ learningRate: 1e-4, clipNorm: 1 });
-  const ids = [Array.from({ length: 32 }, (_, i) => (i * 7919) % vocab)];
+  const cache = await filledCache(decoder);
+  const bake = bakeStepOf(decoder, "submit");
   const times = new Map(sizes.map((n) => [n, { decode: [] as number[], bake: [] as number[] }]));
   const before = tf.env().get("WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE");
   for (let round = 0; round <= rounds; round++) {
@@ -201,17 +212,16 @@ async function submitBatchMs(decoder: Decoder, sizes: number[], rounds: number):
       logits.dispose();
       const decode = performance.now() - t0;
       t0 = performance.now();
-      await oneBakeStep(decoder, adapter, optimizer, ids, 16, { kind: "full" });
-      const bake = performance.now() - t0;
+      await bake.step();
+      const baked = performance.now() - t0;
       if (round > 0) { // the first round compiles each shape's programs
         times.get(n)!.decode.push(decode);
-        times.get(n)!.bake.push(bake);
+        times.get(n)!.bake.push(baked);
       }
     }
   }
   tf.env().set("WEBGPU_DEFERRED_SUBMIT_BATCH_SIZE", before);
-  optimizer.dispose();
-  adapter.dispose();
+  bake.dispose();
   cache.dispose();
   return new Map([...times].map(([n, t]) => [n, { decode: median(t.decode), bake: median(t.bake) }]));
 }
@@ -265,7 +275,7 @@ for (const m of models) {
   for (const [B, { median, min }] of t) {
     console.log(`| ${m.name} | ${B} | ${median.toFixed(1)} | ${min.toFixed(1)} | ${(median / base.median).toFixed(2)}x | ${(min / base.min).toFixed(2)}x |`);
   }
-  if (process.argv.includes("--profile")) console.log(`${m.name}: ${await profileStep(decoder)}\n${m.name}: ${await profileStep(decoder, true)}\n${m.name}: ${await profileBake(decoder)}`);
+  if (process.argv.includes("--profile")) console.log(`${m.name}: ${await profileStep(decoder)}\n${m.name}: ${await adapterStepPrograms(decoder)}\n${m.name}: ${await profileBake(decoder)}`);
   if (submitBatches) {
     const t = await submitBatchMs(decoder, submitBatches, steps);
     const base = t.get(submitBatches[0]!)!;

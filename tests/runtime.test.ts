@@ -543,6 +543,17 @@ test("a retraction of an item never baked in, asked for during another's rebuild
   });
 });
 
+/** Tells `text` and retracts it: nothing holds it, so it is out of service at once (not after the wait) and nothing is rebuilt for it. */
+async function retractedAtOnce(agent: Agent, text: string): Promise<Item> {
+  const { item } = await agent.remember(text);
+  const { work, outOfService } = await retractedOutOfService(agent, [item.id], "test", 5000);
+  assert.ok(outOfService, "nothing held it: out of service at once, not after the wait");
+  const outcome = await work;
+  assert.equal(outcome.status, "skipped", outcome.reasons.join("; "));
+  assert.equal(agent.ledger.item(item.id).status, "retracted");
+  return item;
+}
+
 test("an item told after a retraction's rebuild started, retracted while it runs: marked at once, out of service at once (nothing holds it), and the rebuild goes on", async () => {
   await withTester({ feeds: [] }, async ({ agent }) => {
     const [a] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001: a
@@ -550,13 +561,8 @@ test("an item told after a retraction's rebuild started, retracted while it runs
     const rebuildStarted = new Promise<void>((resolve) => agent.bakeEvents.once("start", () => resolve()));
     const first = agent.retract([b!.id]); // v0001 serves; the rebuild bakes a
     await rebuildStarted;
-    const { item: p } = await agent.remember("The mill closes at dusk."); // in no bake, in no weights
-    const { work, outOfService } = await retractedOutOfService(agent, [p.id], "test", 5000);
-    assert.ok(outOfService, "nothing held it: out of service at once, not after the wait");
-    const second = await work;
-    assert.equal(second.status, "skipped", second.reasons.join("; "));
+    const p = await retractedAtOnce(agent, "The mill closes at dusk."); // in no bake, in no weights
     assert.ok(agent.isBaking, "answered while the rebuild still ran");
-    assert.equal(agent.ledger.item(p.id).status, "retracted");
     const one = await first;
     assert.equal(one.status, "promoted", `the rebuild went on: ${one.reasons.join("; ")}`);
     assert.deepEqual(agent.ledger.data.bakes.filter((x) => x.trigger === "retraction").length, 1, "nothing was rebuilt for it");
@@ -1503,13 +1509,8 @@ test("an item nothing holds, retracted while another retraction's rebuild waits 
     const first = await retractedOutOfService(tester, [held!.id], "test"); // its rebuild waits for second's turn
     assert.ok(first.outOfService);
     assert.ok(tester.isBaking && tester.isRetracting, "the rebuild waits for its turn");
-    const { item: p } = await tester.remember("The mill closes at dusk."); // in no bake (none chose its items yet), in no weights
-    const { work, outOfService } = await retractedOutOfService(tester, [p.id], "test", 5000);
-    assert.ok(outOfService, "nothing held it: out of service at once");
-    const second_ = await work;
-    assert.equal(second_.status, "skipped", second_.reasons.join("; "));
+    const p = await retractedAtOnce(tester, "The mill closes at dusk."); // in no bake (none chose its items yet), in no weights
     assert.ok(second.isBaking, "answered before the other agent's bake ended");
-    assert.equal(tester.ledger.item(p.id).status, "retracted");
     assert.equal((await other).status, "promoted");
     const done = await first.work;
     assert.equal(done.status, "promoted", `the rebuild waiting for its turn was not given up: ${done.reasons.join("; ")}`);

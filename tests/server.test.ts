@@ -1270,14 +1270,19 @@ async function withHeldRetraction(
   });
 }
 
+/** Once a forget's retraction is held: another chat is answered within 5 s, and the forget's reply still waits. */
+async function answeredWhileForgetWaits(post: (content: string) => Promise<{ status: number }>, asked: () => number, forgot: () => boolean): Promise<void> {
+  while (!asked()) await new Promise((resolve) => setTimeout(resolve, 10));
+  const other = await Promise.race([post("hi"), new Promise<null>((resolve) => setTimeout(() => resolve(null), 5000))]);
+  assert.equal(other?.status, 200, "another chat was answered while the forget waited");
+  assert.equal(forgot(), false, "the forget's reply waits until the weights holding the item left service");
+}
+
 test("a chat's \"forget ...\" waiting for the weights holding the item to leave service holds no generation slot: other chats are answered meanwhile", () =>
   withHeldRetraction({ port: 0, maxConcurrent: 1 }, async ({ post, letGo, asked }) => {
     let forgot = false;
     const forget = post("forget the harbor fee").then((r) => ((forgot = true), r));
-    while (!asked()) await new Promise((resolve) => setTimeout(resolve, 10));
-    const other = await Promise.race([post("hi"), new Promise<null>((resolve) => setTimeout(() => resolve(null), 5000))]);
-    assert.equal(other?.status, 200, "another chat was answered while the forget waited");
-    assert.equal(forgot, false, "the forget's reply waits until the weights holding the item left service");
+    await answeredWhileForgetWaits(post, asked, () => forgot);
     letGo();
     const { status, body } = await forget;
     assert.equal(status, 200);
@@ -1304,10 +1309,7 @@ for (const [what, extra] of [
             return { status: r.status, text };
           })
         : post("forget the harbor fee", extra).then((r) => ((forgot = true), { status: r.status, text: JSON.stringify(r.body) }));
-      while (!asked()) await new Promise((resolve) => setTimeout(resolve, 10));
-      const other = await Promise.race([post("hi"), new Promise<null>((resolve) => setTimeout(() => resolve(null), 5000))]);
-      assert.equal(other?.status, 200, "another chat was answered while the forget waited");
-      assert.equal(forgot, false, "the reply waits until the weights holding the item left service");
+      await answeredWhileForgetWaits(post, asked, () => forgot);
       letGo();
       const { status, text } = await forget;
       assert.equal(status, 200, text);

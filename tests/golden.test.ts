@@ -7,7 +7,7 @@ import os from "node:os";
 import path from "node:path";
 import { initBackend, tf } from "../src/tensor/backend.js";
 import { loadModel } from "../src/model/load.js";
-import { KVCache } from "../src/model/decoder.js";
+import { KVCache } from "../src/model/kv-cache.js";
 import { generate } from "../src/model/generate.js";
 import { writeSafetensors } from "../src/model/safetensors.js";
 import { FIXTURE_NAMES, fixtureDir, repoRoot } from "./support/paths.js";
@@ -234,8 +234,9 @@ for (const m of windowRef.models) {
           for (let b = 0; b < ids.length; b++) steps.set(data.subarray(b * (to - from) * V, (b + 1) * (to - from) * V), (b * T + from) * V);
           from = to;
         }
-        // Sliding layers keep only what a next query could see; full layers keep every slot.
-        const kept = cache.keys.map((k) => k.shape[2]);
+        // Compacted, sliding layers keep only what a next query could see; full layers every slot.
+        cache.compact(m.windows);
+        const kept = Array.from({ length: cache.layers }, (_, l) => cache.held(l));
         assert.deepEqual(kept, m.windows.map((w) => (w === null ? T : w - 1)));
       } finally {
         cache.dispose();

@@ -280,3 +280,39 @@ test("a few rows through a weight (batched decode) equal the reference, and a ro
     w.dispose();
   }
 });
+
+test("the KV cache written in place (native) gives the logits of appending by concat (cpu), as its storage grows and sliding layers let slots go", async () => {
+  const { loadModel } = await import("../src/model/load.js");
+  const { Decoder } = await import("../src/model/decoder.js");
+  const { KVCache } = await import("../src/model/kv-cache.js");
+  const { fixtureDir } = await import("./support/paths.js");
+  await tf.setBackend("native");
+  const llama = loadModel(fixtureDir("llama"));
+  const weights = [...llama.decoder.weights].map(([name, t]) => [name, (t.dataSync() as Float32Array).slice(), t.shape] as const);
+  const config = { ...llama.config, slidingWindows: llama.config.slidingWindows.map((w, l) => (l % 2 ? 24 : w)) }; // every other layer slides
+  llama.dispose();
+  const ids = Array.from({ length: 320 }, (_, i) => (i * 37 + 11) % config.vocabSize);
+  const kept = new Map<string, boolean>(); // per backend: whether a step kept the cache's own tensors
+  const f = () => {
+    const decoder = new Decoder(config, new Map(weights.map(([name, values, shape]) => [name, tf.tensor(values, shape)])));
+    const cache = new KVCache(2);
+    const steps: tf.Tensor[] = [];
+    // two rows: a 20-token prompt, then a token a step with a 7-token chunk now and then, well
+    // past the storage's first capacity (20 + 128 slots), so it grows, and the sliding layers
+    // let go of slots when it is full
+    for (let t = 0; t < ids.length; ) {
+      const n = t === 0 ? 20 : t % 50 === 0 ? 7 : 1;
+      steps.push(decoder.forward({ ids: [ids.slice(t, t + n), ids.slice(t, t + n).reverse()] }, { cache, logitsFrom: n - 1 }).reshape([-1])); // [2 * V]
+      t += n;
+    }
+    const before = cache.tensors;
+    decoder.forward({ ids: [[1], [2]] }, { cache });
+    kept.set(tf.getBackend(), cache.tensors.every((t, i) => t === before[i]));
+    assert.ok(Math.min(...cache.dropped.filter((_, l) => l % 2)) > 0, `the sliding layers let slots go (${cache.dropped})`);
+    cache.dispose();
+    return tf.concat(steps);
+  };
+  const [n, c] = await both(f);
+  close(n, c, 1e-4);
+  assert.deepEqual(Object.fromEntries(kept), { native: true, cpu: false }, "a step writes into the storage in place on native only");
+});

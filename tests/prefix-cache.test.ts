@@ -9,7 +9,8 @@ import path from "node:path";
 import { initBackend, tf } from "../src/tensor/backend.js";
 import { loadModel, type LoadedModel } from "../src/model/load.js";
 import { generate, streamGenerate } from "../src/model/generate.js";
-import { Decoder, KVCache } from "../src/model/decoder.js";
+import { Decoder } from "../src/model/decoder.js";
+import { KVCache } from "../src/model/kv-cache.js";
 import { KEPT_SLACK, MAX_ENTRIES, PrefixStore } from "../src/model/prefix-cache.js";
 import { LoraAdapter } from "../src/lora/adapter.js";
 import { saveAdapter } from "../src/lora/peft.js";
@@ -170,10 +171,12 @@ test("sliding-window layers: a cache is reused, whole or cut back within its sla
       tf.tidy(() => {
         mistral.decoder.forward({ ids: [second.slice(0, 30)] }, { cache });
       });
-      assert.deepEqual(cache.keys.map((k) => k.shape[2]), [7, 7]);
+      cache.compact(mistral.config.slidingWindows);
+      const held = (c: KVCache) => Array.from({ length: c.layers }, (_, l) => c.held(l));
+      assert.deepEqual(held(cache), [7, 7]);
       assert.equal(cache.prefix(20, mistral.config.slidingWindows), undefined, "slot 13 is needed and gone");
       const whole = cache.prefix(30, mistral.config.slidingWindows)!;
-      assert.deepEqual(whole.keys.map((k) => k.shape[2]), [7, 7]);
+      assert.deepEqual(held(whole), [7, 7]);
       whole.dispose();
       cache.dispose();
       // with slack, 4 more slots are kept: a cut back to slot 26 can go on (it sees 19..25), to 25 not
@@ -182,10 +185,11 @@ test("sliding-window layers: a cache is reused, whole or cut back within its sla
       tf.tidy(() => {
         mistral.decoder.forward({ ids: [second.slice(0, 30)] }, { cache: slack });
       });
-      assert.deepEqual(slack.keys.map((k) => k.shape[2]), [11, 11]);
+      slack.compact(mistral.config.slidingWindows);
+      assert.deepEqual(held(slack), [11, 11]);
       assert.equal(slack.truncate(25, mistral.config.slidingWindows), false);
       assert.equal(slack.truncate(26, mistral.config.slidingWindows), true);
-      assert.deepEqual(slack.keys.map((k) => k.shape[2]), [7, 7]);
+      assert.deepEqual(held(slack), [7, 7]);
       slack.dispose();
     } finally {
       mistral.dispose();
@@ -344,39 +348,66 @@ test("asking the same prompt again, or another chat sharing only a start, still 
   live.dispose();
 });
 
-test("KVCache.truncate cuts in place to what prefix copies, frees the rest, and refuses where a sliding layer let go of a slot", async () => {
+/** Every layer's held keys and values, as arrays. */
+function slotsOf(cache: KVCache): Float32Array[] {
+  return tf.tidy(() => Array.from({ length: cache.layers }, (_, l) => cache.layer(l)).flatMap((held) => (held ? [held.keys.dataSync() as Float32Array, held.values.dataSync() as Float32Array] : [])));
+}
+
+test("KVCache.truncate cuts in place to what prefix copies, frees the rest, and refuses where a sliding layer let go of a slot", () => {
   const before = tf.memory().numTensors;
+  const windows = llama.config.slidingWindows;
   const ids = turns(llama, 1)[0]!.slice(0, 30);
   const cache = new KVCache(1);
   tf.tidy(() => {
     llama.decoder.forward({ ids: [ids] }, { cache });
   });
-  const copy = cache.prefix(20, llama.config.slidingWindows)!;
+  const copy = cache.prefix(20, windows)!;
   const held = tf.memory().numTensors;
-  assert.equal(cache.truncate(20, llama.config.slidingWindows), true);
-  assert.equal(tf.memory().numTensors, held, "the cut layers replace the old ones");
+  assert.equal(cache.truncate(20, windows), true);
+  assert.equal(tf.memory().numTensors, held, "the cut layers replace the old ones (or keep their storage)");
   assert.equal(cache.length, 20);
-  for (let l = 0; l < llama.config.numLayers; l++) {
-    assert.deepEqual(cache.keys[l]!.shape, copy.keys[l]!.shape);
-    assert.deepEqual(await cache.keys[l]!.data(), await copy.keys[l]!.data());
-    assert.deepEqual(await cache.values[l]!.data(), await copy.values[l]!.data());
-  }
-  assert.equal(cache.truncate(21, llama.config.slidingWindows), false, "no longer than it is");
+  assert.deepEqual(slotsOf(cache), slotsOf(copy));
+  assert.equal(cache.truncate(21, windows), false, "no longer than it is");
+  // continued past the cut, in place where the backend allows: the copy taken before is untouched
+  const copied = slotsOf(copy);
+  tf.tidy(() => {
+    llama.decoder.forward({ ids: [ids.slice(20, 25).reverse()] }, { cache });
+  });
+  assert.deepEqual(slotsOf(copy), copied);
   copy.dispose();
   cache.dispose();
-  // window-4 layers (the fixture's weights under another config) keep the last 3 slots: a
-  // query at slot 29 needs slot 26, which is gone after 30 tokens, so nothing shorter can go on
+  // window-4 layers (the fixture's weights under another config) need the last 3 slots: a query
+  // at slot n needs slot n - 3, so once a layer let go of slots before `from`, nothing shorter
+  // than from + 3 can go on (storage written in place lets slots go only when it is full)
   const config = { ...llama.config, slidingWindows: llama.config.slidingWindows.map(() => 4) };
   const windowed = new Decoder(config, llama.decoder.weights);
   const slid = new KVCache(1);
   tf.tidy(() => {
     windowed.forward({ ids: [ids] }, { cache: slid });
   });
+  for (let t = 0; Math.min(...slid.dropped) === 0 && t < 500; t++) {
+    tf.tidy(() => {
+      windowed.forward({ ids: [[ids[t % ids.length]!]] }, { cache: slid });
+    });
+  }
+  const from = Math.max(...slid.dropped);
+  assert.ok(from > 0 && Math.min(...slid.dropped) === from, `every layer let go of the same slots (${slid.dropped})`);
+  const bytes = slid.bytes;
+  for (let t = 0; t < 200; t++) {
+    tf.tidy(() => {
+      windowed.forward({ ids: [[ids[t % ids.length]!]] }, { cache: slid });
+    });
+  }
+  assert.equal(slid.bytes, bytes, "a sliding layer's memory stops growing");
+  assert.equal(Math.max(...slid.dropped) > from, true);
+  const length = slid.length;
+  const gone = Math.max(...slid.dropped);
   const kept = tf.memory().numTensors;
-  assert.equal(slid.truncate(29, config.slidingWindows), false);
-  assert.equal(slid.length, 30, "refused: unchanged");
+  assert.equal(slid.truncate(gone + 2, config.slidingWindows), false);
+  assert.equal(slid.length, length, "refused: unchanged");
   assert.equal(tf.memory().numTensors, kept);
-  assert.equal(slid.truncate(30, config.slidingWindows), true, "all of it: nothing to cut");
+  assert.equal(slid.truncate(length, config.slidingWindows), true, "all of it: nothing to cut");
+  assert.equal(slid.truncate(gone + 3, config.slidingWindows), true);
   slid.dispose();
   assert.equal(tf.memory().numTensors, before);
 });

@@ -6,7 +6,8 @@ import os from "node:os";
 import path from "node:path";
 import { backendInfo, initBackend, tf } from "../src/tensor/backend.js";
 import { parseConfig, parameterCount, type ModelConfig } from "../src/model/config.js";
-import { Decoder, KVCache } from "../src/model/decoder.js";
+import { Decoder } from "../src/model/decoder.js";
+import { KVCache } from "../src/model/kv-cache.js";
 import { PrefixStore } from "../src/model/prefix-cache.js";
 import { LoraAdapter, type LoraTarget } from "../src/lora/adapter.js";
 import type { KlMode } from "../src/bake/kl.js";
@@ -37,6 +38,10 @@ const SHAPES: Shape[] = [
 ];
 const PREFILL = 128;
 const DECODE = 32;
+/** --long-context N: also decode after an N-token prompt on the 135M shape (0: not) */
+const longContext = Number(flagValue("--long-context") ?? 2000);
+if (!Number.isInteger(longContext) || longContext < 0) throw new Error(`--long-context takes a number of tokens (0: none), got ${flagValue("--long-context")}`);
+const LONG_DECODE = 16;
 const BAKE = { batch: 2, seq: 128, prompt_len: 64, rank: 8, alpha: 16, targets: ["q_proj", "k_proj", "v_proj", "o_proj"] as LoraTarget[] };
 const args = new Set(process.argv.slice(2));
 const quick = args.has("--quick");
@@ -66,7 +71,7 @@ function configOf(s: Shape): ModelConfig {
     head_dim: s.head_dim,
     vocab_size: s.vocab,
     tie_word_embeddings: s.tied,
-    max_position_embeddings: 2048,
+    max_position_embeddings: Math.max(2048, longContext + LONG_DECODE),
     rms_norm_eps: 1e-5,
     rope_theta: 10000,
   });
@@ -90,6 +95,41 @@ async function timeIt(fn: () => Promise<void> | void, repeats: number): Promise<
   return median(times);
 }
 
+/**
+ * Seconds `steps` greedy single-token steps take after a prompt of `ids` (a fresh untimed prefill
+ * each time, one pass as PyTorch's), the median of `repeats` after a warm-up.
+ */
+async function decodeSeconds(decoder: Decoder, ids: number[][], steps: number, repeats: number): Promise<number> {
+  const times: number[] = [];
+  for (let r = 0; r <= repeats; r++) {
+    const cache = new KVCache(1);
+    let logits = tf.tidy(() => decoder.forward({ ids }, { cache, logitsFrom: ids[0]!.length - 1 }));
+    const t0 = performance.now();
+    for (let i = 0; i < steps; i++) {
+      const best = tf.tidy(() => logits.reshape([-1]).argMax());
+      const next = (await best.data())[0]!;
+      best.dispose();
+      logits.dispose();
+      logits = tf.tidy(() => decoder.forward({ ids: [[next]] }, { cache }));
+    }
+    await logits.data();
+    logits.dispose();
+    cache.dispose();
+    if (r > 0) times.push((performance.now() - t0) / 1000);
+  }
+  return median(times);
+}
+
+/** Decode tok/s after a prompt of `context` tokens: a long chat, where each step reads the whole KV cache. */
+async function benchLongKiln(shape: Shape, context: number): Promise<number> {
+  const c = configOf(shape);
+  const decoder = randomDecoder(c);
+  sizeOutputPool("serve");
+  const seconds = await decodeSeconds(decoder, randomIds(1, context, c.vocabSize, 13), LONG_DECODE, 1);
+  decoder.dispose();
+  return LONG_DECODE / seconds;
+}
+
 async function benchKiln(shape: Shape) {
   const c = configOf(shape);
   const decoder = randomDecoder(c);
@@ -102,25 +142,7 @@ async function benchKiln(shape: Shape) {
     logits.dispose();
     cache.dispose();
   }, REPEATS);
-  // decode: a fresh untimed prefill, then DECODE single-token greedy steps on the cache
-  const decodeTimes: number[] = [];
-  for (let r = 0; r <= REPEATS; r++) {
-    const cache = new KVCache(1);
-    let logits = tf.tidy(() => decoder.forward({ ids }, { cache, logitsFrom: PREFILL - 1 }));
-    const t0 = performance.now();
-    for (let i = 0; i < DECODE; i++) {
-      const best = tf.tidy(() => logits.reshape([-1]).argMax());
-      const next = (await best.data())[0]!;
-      best.dispose();
-      logits.dispose();
-      logits = tf.tidy(() => decoder.forward({ ids: [[next]] }, { cache }));
-    }
-    await logits.data();
-    logits.dispose();
-    cache.dispose();
-    if (r > 0) decodeTimes.push((performance.now() - t0) / 1000);
-  }
-  const decodeS = median(decodeTimes);
+  const decodeS = await decodeSeconds(decoder, ids, DECODE, REPEATS);
   if (profile) {
     const cache = new KVCache(1);
     tf.tidy(() => decoder.forward({ ids }, { cache, logitsFrom: PREFILL - 1 })).dispose();
@@ -264,11 +286,12 @@ function printProfile(name: string, what: string, info: Awaited<ReturnType<typeo
   print(mm, 15);
 }
 
-function benchTorch(shape: Shape, topk: number | null = null): Record<string, number> | { error: string } {
+/** PyTorch's numbers for `shape` (tools/bench_torch.md); `over` replaces config keys (bake: null skips the bake). */
+function benchTorch(shape: Shape, topk: number | null = null, over: Record<string, unknown> = {}): Record<string, number> | { error: string } {
   const has = spawnSync(python, ["-c", "import torch"], { encoding: "utf8" });
   if (has.error) return { error: `cannot run ${python} (${has.error.message}); --python names the Python that has torch` };
   if (has.status !== 0) return { error: "torch is not installed (apt-get install python3-torch libopenblas0-pthread)" };
-  const cfg = { ...shape, prefill_tokens: PREFILL, decode_tokens: DECODE, batch: 1, bake: { ...BAKE, steps: quick ? 1 : 2, topk }, device: torchDevice, threads: os.cpus().length, repeats: REPEATS };
+  const cfg = { ...shape, prefill_tokens: PREFILL, decode_tokens: DECODE, batch: 1, bake: { ...BAKE, steps: quick ? 1 : 2, topk }, device: torchDevice, threads: os.cpus().length, repeats: REPEATS, ...over };
   const env = { ...process.env };
   // Set machine-wide for old OpenBLAS builds; they slow a current one. Unset for this command only.
   delete env.OPENBLAS_CORETYPE;
@@ -288,7 +311,7 @@ const info = await initBackend();
 const fmt = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? "n/a" : x >= 100 ? x.toFixed(0) : x.toFixed(2));
 const ratio = (a: number | undefined, b: number | undefined) => (a && b ? `${(a / b).toFixed(2)}x` : "n/a");
 console.log(`# kiln bench — ${new Date().toISOString()} — ${os.cpus()[0]?.model ?? "cpu"} x${os.cpus().length}, backend ${info.name} (${info.device ?? `${info.threads} thread(s)`}); PyTorch on ${torchDevice}`);
-console.log(`prefill ${PREFILL} tokens, decode ${DECODE} tokens (batch 1); bake step = LoRA r${BAKE.rank} on ${BAKE.targets.join("/")}, batch ${BAKE.batch}, seq ${BAKE.seq}, ${BAKE.seq - BAKE.prompt_len} reply tokens, full-vocab KL`);
+console.log(`prefill ${PREFILL} tokens, decode ${DECODE} tokens (batch 1${longContext ? `; and ${LONG_DECODE} after a ${longContext}-token prompt` : ""}); bake step = LoRA r${BAKE.rank} on ${BAKE.targets.join("/")}, batch ${BAKE.batch}, seq ${BAKE.seq}, ${BAKE.seq - BAKE.prompt_len} reply tokens, full-vocab KL`);
 console.log("");
 if (!chatOnly) console.log("| shape | params | metric | kiln | PyTorch | kiln / PyTorch |");
 if (!chatOnly) console.log("|---|---|---|---|---|---|");
@@ -305,6 +328,10 @@ for (const shape of SHAPES.filter((s) => !chatOnly && (!only || s.name.toLowerCa
     ["bake step s, top-20 KL", k.bake_topk_step_s, t.bake_topk_step_s, false],
     ["peak RSS MB (whole run)", k.peak_rss_mb, t.peak_rss_mb, false],
   ];
+  if (longContext > 0 && shape.layers > 2) {
+    const tLong = (kilnOnly ? {} : benchTorch(shape, null, { prefill_tokens: longContext, decode_tokens: LONG_DECODE, bake: null, repeats: 1 })) as Record<string, number>;
+    rows.splice(2, 0, [`decode tok/s after ${longContext} tokens`, await benchLongKiln(shape, longContext), tLong.decode_tok_s, true]);
+  }
   for (const [metric, kv, tv, higherIsBetter] of rows) {
     const better = metric.startsWith("peak") ? "memory" : "speed";
     console.log(`| ${shape.name} | ${(k.parameters / 1e6).toFixed(1)}M | ${metric} | ${fmt(kv)} | ${fmt(tv)} | ${higherIsBetter ? ratio(kv, tv) : ratio(tv, kv)} ${better} |`);

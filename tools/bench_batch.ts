@@ -11,7 +11,8 @@
 import os from "node:os";
 import { backendInfo, initBackend, tf } from "../src/tensor/backend.js";
 import { parseConfig, type ModelConfig } from "../src/model/config.js";
-import { Decoder, KVCache } from "../src/model/decoder.js";
+import { Decoder } from "../src/model/decoder.js";
+import { KVCache } from "../src/model/kv-cache.js";
 import { loadModel, type LoadedModel } from "../src/model/load.js";
 import { DecodeBatcher } from "../src/model/batch.js";
 import { resolveModelDir } from "../src/model/resolve.js";

@@ -1109,12 +1109,13 @@ struct fused_attention {
   float *out, *probs, *dq, *dk, *dv;
   float scale;
   int64_t B, T, S, nH, nKv, hd;
-  int64_t kv_g, kv_ld;  // K/V: head stride and row stride (token-major or head-major)
+  int64_t cap;                // K/V slots an array holds per batch entry and head (>= S: a KV cache's room to grow)
+  int64_t kv_b, kv_g, kv_ld;  // K/V: batch stride, head stride and row stride (token-major or head-major)
 };
 
 // Query head h of batch entry b: its rows [T, hd] start at q + (b*T*nH + h)*hd, one row every nH*hd.
 #define Q_AT(j, base, b, h) ((base) + ((b) * (j)->T * (j)->nH + (h)) * (j)->hd)
-#define KV_AT(j, base, b, g) ((base) + (b) * (j)->S * (j)->nKv * (j)->hd + (g) * (j)->kv_g)
+#define KV_AT(j, base, b, g) ((base) + (b) * (j)->kv_b + (g) * (j)->kv_g)
 
 static void attention_groups(const void* ctx, int64_t from, int64_t to) {
   const struct fused_attention* j = ctx;
@@ -1194,26 +1195,32 @@ static void run_attention(const struct fused_attention* j, rows_fn fn) {
   }
 }
 
-// Reads the dims [B, T, S, nH, nKv, hd, kvHeadMajor] and sizes the job's strides.
+// Reads the dims [B, T, S, nH, nKv, hd, kvHeadMajor, cap] and sizes the job's strides.
 static bool attention_dims(napi_env env, napi_value v, double scale, struct fused_attention* j) {
-  int64_t d[7];
-  napi_value dims[7];
-  for (uint32_t i = 0; i < 7; i++)
+  int64_t d[8];
+  napi_value dims[8];
+  for (uint32_t i = 0; i < 8; i++)
     if (napi_get_element(env, v, i, &dims[i]) != napi_ok) return false;
-  if (!sizes_of(env, dims, 7, d)) return false;
-  *j = (struct fused_attention){.scale = (float)scale, .B = d[0], .T = d[1], .S = d[2], .nH = d[3], .nKv = d[4], .hd = d[5]};
+  if (!sizes_of(env, dims, 8, d)) return false;
+  *j = (struct fused_attention){.scale = (float)scale, .B = d[0], .T = d[1], .S = d[2], .nH = d[3], .nKv = d[4], .hd = d[5], .cap = d[7]};
   if (j->nKv < 1 || j->nH < 1 || j->nH % j->nKv != 0) {
     napi_throw_range_error(env, NULL, "kiln_blas.attention: query heads must be a positive multiple of KV heads");
     return false;
   }
-  j->kv_g = d[6] ? j->S * j->hd : j->hd;
+  if (j->cap < j->S || (!d[6] && j->cap != j->S)) {
+    napi_throw_range_error(env, NULL, "kiln_blas.attention: K/V must hold at least S slots (more only head-major)");
+    return false;
+  }
+  j->kv_b = j->cap * j->nKv * j->hd;
+  j->kv_g = d[6] ? j->cap * j->hd : j->hd;
   j->kv_ld = d[6] ? j->hd : j->nKv * j->hd;
   return true;
 }
 
-// attention(q, k, v, mask, scale, [B, T, S, nH, nKv, hd, kvHeadMajor], out, probs):
+// attention(q, k, v, mask, scale, [B, T, S, nH, nKv, hd, kvHeadMajor, cap], out, probs):
 //   out = softmax(q k^T * scale + mask) v per query head, its KV head h / (nH / nKv).
-//   q, out [B, T, nH, hd]; k, v [B, S, nKv, hd] (or [B, nKv, S, hd] when kvHeadMajor);
+//   q, out [B, T, nH, hd]; k, v [B, S, nKv, hd] (or [B, nKv, cap, hd] when kvHeadMajor, of
+//   which the first S slots are read);
 //   mask [B, T, S] additive; probs [B, nH, T, S] receives the attention weights.
 static napi_value attention(napi_env env, napi_callback_info info) {
   napi_value argv[8];
@@ -1221,7 +1228,7 @@ static napi_value attention(napi_env env, napi_callback_info info) {
   struct fused_attention j;
   if (!args_of(env, info, 8, argv) || napi_get_value_double(env, argv[4], &scale) != napi_ok || !attention_dims(env, argv[5], scale, &j)) return NULL;
   const char* what = "kiln_blas.attention: shapes do not fit the arrays";
-  const int64_t nq = j.B * j.T * j.nH * j.hd, nkv = j.B * j.S * j.nKv * j.hd;
+  const int64_t nq = j.B * j.T * j.nH * j.hd, nkv = j.B * j.cap * j.nKv * j.hd;
   if (!(j.q = sized_array(env, argv[0], nq, what)) || !(j.k = sized_array(env, argv[1], nkv, what)) || !(j.v = sized_array(env, argv[2], nkv, what)) ||
       !(j.mask = sized_array(env, argv[3], j.B * j.T * j.S, what)) || !(j.out = sized_array(env, argv[6], nq, what)) ||
       !(j.probs = sized_array(env, argv[7], j.B * j.nH * j.T * j.S, what)))
@@ -1238,7 +1245,7 @@ static napi_value attention_grad(napi_env env, napi_callback_info info) {
   struct fused_attention j;
   if (!args_of(env, info, 10, argv) || napi_get_value_double(env, argv[5], &scale) != napi_ok || !attention_dims(env, argv[6], scale, &j)) return NULL;
   const char* what = "kiln_blas.attention_grad: shapes do not fit the arrays";
-  const int64_t nq = j.B * j.T * j.nH * j.hd, nkv = j.B * j.S * j.nKv * j.hd;
+  const int64_t nq = j.B * j.T * j.nH * j.hd, nkv = j.B * j.cap * j.nKv * j.hd;
   if (!(j.dout = sized_array(env, argv[0], nq, what)) || !(j.q = sized_array(env, argv[1], nq, what)) || !(j.k = sized_array(env, argv[2], nkv, what)) ||
       !(j.v = sized_array(env, argv[3], nkv, what)) || !(j.probs_in = sized_array(env, argv[4], j.B * j.nH * j.T * j.S, what)) ||
       !(j.dq = sized_array(env, argv[7], nq, what)) || !(j.dk = sized_array(env, argv[8], nkv, what)) || !(j.dv = sized_array(env, argv[9], nkv, what)))

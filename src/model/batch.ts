@@ -13,7 +13,7 @@
 // join: LiveModel keeps one batcher per version.
 import { tf } from "../tensor/backend.js";
 import type { AdapterHook } from "./decoder.js";
-import { KVCache } from "./decoder.js";
+import { KVCache } from "./kv-cache.js";
 import { KEPT_SLACK } from "./prefix-cache.js";
 import type { LoadedModel } from "./load.js";
 import { sampleToken, seededRandom, type SamplerSettings } from "./sampling.js";
@@ -331,18 +331,19 @@ export class DecodeBatcher {
     const merged = new KVCache(this.rows.length + joiners.length);
     merged.mask = parts.flatMap((p) => p.cache.mask.map((m) => [...Array(L - m.length).fill(0), ...m]));
     for (let l = 0; l < layers; l++) {
-      merged.dropped[l] = 0;
-      [merged.keys[l], merged.values[l]] = tf.tidy(() => {
+      const [keys, values] = tf.tidy(() => {
         const pad = (t: tf.Tensor4D, length: number): tf.Tensor4D => {
           if (length === L) return t;
           const [n, kv, , hd] = t.shape;
           return tf.concat([tf.zeros([n, kv, L - length, hd]), t], 2); // [n, nKv, L, hd]: padded slots first, masked
         };
+        const held = parts.map((p) => ({ ...p.cache.layer(l)!, length: p.cache.length }));
         return [
-          tf.concat(parts.map((p) => pad(p.cache.keys[l]!, p.cache.length)), 0) as tf.Tensor4D, // [B, nKv, L, hd]
-          tf.concat(parts.map((p) => pad(p.cache.values[l]!, p.cache.length)), 0) as tf.Tensor4D, // [B, nKv, L, hd]
+          tf.concat(held.map((p) => pad(p.keys, p.length)), 0) as tf.Tensor4D, // [B, nKv, L, hd]
+          tf.concat(held.map((p) => pad(p.values, p.length)), 0) as tf.Tensor4D, // [B, nKv, L, hd]
         ];
       });
+      merged.setLayer(l, keys, values);
     }
     for (const p of parts) p.cache.dispose();
     for (const r of joiners) r.own = null;
@@ -371,16 +372,17 @@ export class DecodeBatcher {
     const from = Math.min(...kept.map((r) => cache.length - r.held.length));
     const next = new KVCache(keep.length);
     next.mask = keep.map((b) => cache.mask[b]!.slice(from));
-    for (let l = 0; l < cache.keys.length; l++) {
-      next.dropped[l] = 0;
-      [next.keys[l], next.values[l]] = tf.tidy(() => {
+    for (let l = 0; l < cache.layers; l++) {
+      const [keys, values] = tf.tidy(() => {
         const index = tf.tensor1d(keep, "int32");
         const pick = (t: tf.Tensor4D) => {
           const rows = keep.length === t.shape[0] ? t : (tf.gather(t, index, 0) as tf.Tensor4D); // [B', nKv, S, hd]
           return (from > 0 ? tf.slice(rows, [0, 0, from, 0], [-1, -1, -1, -1]) : rows.clone()) as tf.Tensor4D; // [B', nKv, S - from, hd]
         };
-        return [pick(cache.keys[l]!), pick(cache.values[l]!)];
+        const held = cache.layer(l)!;
+        return [pick(held.keys), pick(held.values)];
       });
+      next.setLayer(l, keys, values);
     }
     cache.dispose();
     this.cache = next;
@@ -392,10 +394,13 @@ export class DecodeBatcher {
     const own = new KVCache(1);
     own.slack = r.slack;
     own.mask = [cache.mask[b]!.slice(pad)];
-    for (let l = 0; l < cache.keys.length; l++) {
-      own.dropped[l] = 0;
-      own.keys[l] = tf.slice(cache.keys[l]!, [b, 0, pad, 0], [1, -1, -1, -1]); // [1, nKv, held, hd]
-      own.values[l] = tf.slice(cache.values[l]!, [b, 0, pad, 0], [1, -1, -1, -1]); // [1, nKv, held, hd]
+    for (let l = 0; l < cache.layers; l++) {
+      const [keys, values] = tf.tidy(() => {
+        const held = cache.layer(l)!;
+        const row = (t: tf.Tensor4D) => tf.slice(t, [b, 0, pad, 0], [1, -1, -1, -1]) as tf.Tensor4D; // [1, nKv, held, hd]
+        return [row(held.keys), row(held.values)];
+      });
+      own.setLayer(l, keys, values);
     }
     return own;
   }

@@ -8,8 +8,9 @@
 // models get an explicit transposed lm_head.weight for the same reason. Every projection goes
 // through `linear`, which is where an adapter adds its low-rank update.
 import { tf } from "../tensor/backend.js";
-import { appendHeadMajor, attention, fusedOn, LORA_LINEAR, loraLinear, rmsNorm, rope, swiglu } from "../tensor/fused.js";
+import { attention, fusedOn, LORA_LINEAR, loraLinear, rmsNorm, rope, swiglu } from "../tensor/fused.js";
 import type { ModelConfig } from "./config.js";
+import type { KVCache } from "./kv-cache.js";
 
 /** Adds a low-rank update to a projection's output; null where the module has no adapter. */
 export interface AdapterHook {
@@ -19,104 +20,6 @@ export interface AdapterHook {
    * dropout): the decoder then runs the layer and its adapter as one fused kernel.
    */
   factors?(module: string): { a: tf.Tensor2D; b: tf.Tensor2D; scale: number } | undefined;
-}
-
-/**
- * Keys and values for every layer, plus which key positions are real (1) or padding (0).
- * The decoder appends to it on each call; generation owns and disposes it.
- * A sliding-window layer keeps only the slots a later query can still see, and `slack` more, so
- * its memory and attention cost stop growing at the window plus slack; `dropped` counts the slots
- * it has let go.
- */
-export class KVCache {
-  keys: tf.Tensor4D[] = []; // per layer [B, nKvHeads, S - dropped[l], headDim]
-  values: tf.Tensor4D[] = []; // per layer [B, nKvHeads, S - dropped[l], headDim]
-  dropped: number[] = []; // per layer: leading slots no longer kept
-  /**
-   * Slots a sliding layer keeps past those its window needs, so the cache can still be cut back
-   * that far and continued (truncate, prefix): a kept reply whose end comes back trimmed (a stop
-   * sequence's tail, the template's end of turn) would otherwise be refused whole once the
-   * conversation outgrew the window. The extra keys are masked, so the outputs do not change.
-   */
-  slack = 0;
-  mask: number[][]; // [B][S], every slot since the start
-  constructor(batch: number) {
-    this.mask = Array.from({ length: batch }, () => []);
-  }
-  get length(): number {
-    return this.mask[0]?.length ?? 0;
-  }
-  /** Bytes the keys and values hold (float32). */
-  /** The tensors held (a layer a prefix left empty holds none: see prefix). */
-  get tensors(): tf.Tensor4D[] {
-    return [...this.keys, ...this.values].filter((t): t is tf.Tensor4D => t !== undefined);
-  }
-  get bytes(): number {
-    return this.tensors.reduce((n, t) => n + t.size * 4, 0);
-  }
-  /**
-   * A new cache holding this one's first `length` slots (copies; this one is unchanged), or
-   * undefined where a sliding layer has let go of a slot that the next query, at slot `length`,
-   * could still see (`windows` as ModelConfig.slidingWindows has them).
-   */
-  prefix(length: number, windows: readonly (number | null)[]): KVCache | undefined {
-    if (!this.keepsStart(length, windows)) return undefined;
-    const out = new KVCache(this.mask.length);
-    out.slack = this.slack;
-    out.mask = this.mask.map((row) => row.slice(0, length));
-    for (let l = 0; l < this.keys.length; l++) {
-      const from = this.dropped[l] ?? 0;
-      out.dropped[l] = from;
-      if (length === from) continue; // nothing of this layer is left: the next call starts it afresh
-      out.keys[l] = tf.slice(this.keys[l]!, [0, 0, 0, 0], [-1, -1, length - from, -1]); // [B, nKv, length - from, hd]
-      out.values[l] = tf.slice(this.values[l]!, [0, 0, 0, 0], [-1, -1, length - from, -1]); // [B, nKv, length - from, hd]
-    }
-    return out;
-  }
-  /**
-   * Cuts this cache to its first `length` slots in place, as prefix() would copy them, and frees
-   * the rest; false (unchanged) where prefix() would refuse. For a cache no one else will continue
-   * past `length`: the original need not stay, so it is not kept beside a copy.
-   */
-  truncate(length: number, windows: readonly (number | null)[]): boolean {
-    if (!this.keepsStart(length, windows)) return false;
-    if (length === this.length) return true;
-    this.mask = this.mask.map((row) => row.slice(0, length));
-    for (let l = 0; l < this.keys.length; l++) {
-      const from = this.dropped[l] ?? 0;
-      const [keys, values] = [this.keys[l]!, this.values[l]!];
-      if (length === from) {
-        // nothing of this layer is left: the next call starts it afresh, as after prefix()
-        delete this.keys[l];
-        delete this.values[l];
-      } else {
-        // tfjs has no view of a tensor's leading slots: the kept part is sliced out, the old freed
-        this.keys[l] = tf.slice(keys, [0, 0, 0, 0], [-1, -1, length - from, -1]); // [B, nKv, length - from, hd]
-        this.values[l] = tf.slice(values, [0, 0, 0, 0], [-1, -1, length - from, -1]); // [B, nKv, length - from, hd]
-      }
-      keys.dispose();
-      values.dispose();
-    }
-    return true;
-  }
-  /**
-   * Whether the first `length` slots can be continued: every sliding layer still holds the slots
-   * a query at slot `length` sees (a layer that let go of one cannot get it back).
-   */
-  private keepsStart(length: number, windows: readonly (number | null)[]): boolean {
-    if (length < 1 || length > this.length) return false;
-    for (const [l, from] of this.dropped.entries()) {
-      const window = windows[l] ?? null;
-      if (from > 0 && (window === null || from > length - window + 1)) return false;
-    }
-    return true;
-  }
-  dispose(): void {
-    for (const t of this.tensors) t.dispose();
-    this.keys = [];
-    this.values = [];
-    this.dropped = [];
-  }
 }
 
 export interface ForwardInput {
@@ -373,7 +276,6 @@ export class Decoder {
       if (!m) masks.set(key, (m = this.attentionMask(keyMask, T, window, from)));
       return m;
     };
-    const S = keyMask[0]!.length;
     const scale = 1 / Math.sqrt(c.headDim);
 
     let x = tf.gather(this.w("model.embed_tokens.weight"), tf.tensor2d(ids, [B, T], "int32")) as tf.Tensor3D; // [B, T, H]
@@ -393,22 +295,7 @@ export class Decoder {
       // Without a cache, attention reads K and V as the projections give them; the cache keeps
       // them head-major, where a new token's keys append as one block per head.
       const window = c.slidingWindows[l] ?? null;
-      let keys: tf.Tensor4D = k; // [B, T, nKv, hd]
-      let values: tf.Tensor4D = v; // [B, T, nKv, hd]
-      const from = cache?.dropped[l] ?? 0;
-      if (cache) {
-        keys = appendHeadMajor(cache.keys[l], k); // [B, nKv, S - from, hd]
-        values = appendHeadMajor(cache.values[l], v); // [B, nKv, S - from, hd]
-        cache.keys[l]?.dispose();
-        cache.values[l]?.dispose();
-        // The next query sits at slot S, so a window layer's later queries see slots S - window + 1
-        // on; `slack` more are kept so the cache can be cut back and continued.
-        const keepFrom = window === null ? from : Math.max(from, S - window + 1 - cache.slack);
-        const drop = keepFrom - from;
-        cache.keys[l] = tf.keep(drop > 0 ? (tf.slice(keys, [0, 0, drop, 0], [-1, -1, -1, -1]) as tf.Tensor4D) : keys); // [B, nKv, S - keepFrom, hd]
-        cache.values[l] = tf.keep(drop > 0 ? (tf.slice(values, [0, 0, drop, 0], [-1, -1, -1, -1]) as tf.Tensor4D) : values); // [B, nKv, S - keepFrom, hd]
-        cache.dropped[l] = keepFrom;
-      }
+      const { keys, values, from } = cache ? cache.append(l, k, v, window) : { keys: k, values: v, from: 0 }; // [B, nKv, capacity, hd] with a cache, else [B, T, nKv, hd]
       const ctx = attention(q, keys, values, maskFor(window, from), scale, cache !== undefined).reshape([B * T, c.numHeads * c.headDim]) as tf.Tensor2D; // [B*T, nHeads*hd]
       const attnOut = this.linear(`${p}.self_attn.o_proj`, ctx, opts.adapter).reshape([B, T, c.hiddenSize]); // [B, T, H]
       x = tf.add(x, attnOut);

@@ -2,7 +2,7 @@
 // stops on its own (end-of-turn token, stop string, or max tokens) and the batch ends when all have.
 import { tf } from "../tensor/backend.js";
 import type { AdapterHook } from "./decoder.js";
-import { KVCache } from "./decoder.js";
+import { KVCache } from "./kv-cache.js";
 import { KEPT_SLACK } from "./prefix-cache.js";
 import type { LoadedModel } from "./load.js";
 import { sampleToken, seededRandom } from "./sampling.js";

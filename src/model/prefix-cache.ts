@@ -6,7 +6,7 @@
 // A store belongs to one set of weights (LiveModel keeps one per version), so keys and values
 // computed by other weights are never reused: vLLM served stale prefixes after an adapter reload
 // (vllm #42125).
-import type { KVCache } from "./decoder.js";
+import type { KVCache } from "./kv-cache.js";
 
 /** Shorter shared starts are prefilled again: copying the cache is not worth it for a few tokens. */
 export const MIN_REUSED_TOKENS = 16;
@@ -114,6 +114,8 @@ export class PrefixStore {
     }
     // An entry whose tokens are all the start of the new one is worth nothing more.
     for (const e of this.entries.filter((e) => e.tokens.length <= tokens.length && sharedStart(e.tokens, tokens, e.tokens.length) === e.tokens.length)) this.drop(e);
+    // its room to grow would only take memory while it waits (the next append grows it again)
+    cache.compact(this.windows);
     // a reply aborted before its first forward holds only part of its prompt: all of it is prompt,
     // so a request reusing it whole takes it (as take() hands over any entry reused whole)
     this.entries.push({ tokens, prompt: Math.min(prompt, tokens.length), cache, bytes: cache.bytes, lastUsed: ++this.clock });

@@ -13,7 +13,7 @@
 import type { LoraAdapter } from "../lora/adapter.js";
 import { loadAdapter } from "../lora/peft.js";
 import { batchable, DecodeBatcher, type RowOptions } from "../model/batch.js";
-import type { KVCache } from "../model/decoder.js";
+import type { KVCache } from "../model/kv-cache.js";
 import { streamGenerate, type GenerationChunk, type GenerationResult } from "../model/generate.js";
 import type { LoadedModel } from "../model/load.js";
 import { PrefixStore, type PrefixStats } from "../model/prefix-cache.js";

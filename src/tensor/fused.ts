@@ -144,8 +144,9 @@ function rotateHalfMatrix(hd: number): tf.Tensor2D {
 /**
  * Grouped-query attention: softmax(q k^T * scale + mask) v, query head h reading KV head
  * floor(h / (heads / kvHeads)). q: [B, T, heads, hd]; k, v: [B, S, kvHeads, hd] as the
- * projections give them, or [B, kvHeads, S, hd] with `kvHeadMajor` (the KV cache's layout);
- * mask: [B, T, S], additive, shared by the heads -> [B, T, heads, hd].
+ * projections give them, or [B, kvHeads, capacity, hd] with `kvHeadMajor` (the KV cache's
+ * storage, its first S slots read); mask: [B, T, S], additive, shared by the heads
+ * -> [B, T, heads, hd].
  */
 export function attention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, mask: tf.Tensor3D, scale: number, kvHeadMajor: boolean): tf.Tensor4D {
   if (fusedOn(ATTENTION) && allFloat32(q, k, v, mask)) {
@@ -153,9 +154,12 @@ export function attention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, mask: 
     return out!;
   }
   const [B, T, heads, hd] = q.shape;
-  const keys = kvHeadMajor ? k : (tf.transpose(k, [0, 2, 1, 3]) as tf.Tensor4D); // [B, nKv, S, hd]
-  const values = kvHeadMajor ? v : (tf.transpose(v, [0, 2, 1, 3]) as tf.Tensor4D); // [B, nKv, S, hd]
-  const [, nKv, S] = keys.shape;
+  const S = mask.shape[2];
+  // a KV cache's storage may hold slots past the S in use (KVCache)
+  const used = (t: tf.Tensor4D) => (t.shape[2] > S ? (tf.slice(t, [0, 0, 0, 0], [-1, -1, S, -1]) as tf.Tensor4D) : t); // [B, nKv, S, hd]
+  const keys = kvHeadMajor ? used(k) : (tf.transpose(k, [0, 2, 1, 3]) as tf.Tensor4D); // [B, nKv, S, hd]
+  const values = kvHeadMajor ? used(v) : (tf.transpose(v, [0, 2, 1, 3]) as tf.Tensor4D); // [B, nKv, S, hd]
+  const nKv = keys.shape[1];
   const groups = heads / nKv;
   // The `groups` query heads that share a KV head are stacked along the query axis, so K and V
   // are not copied per query head.
@@ -184,6 +188,29 @@ export function appendHeadMajor(past: tf.Tensor4D | undefined, x: tf.Tensor4D): 
   if (past && past.size > 0 && x.size > 0 && fusedOn(KV_APPEND) && allFloat32(past, x)) return tf.engine().runKernel(KV_APPEND, { past, x }) as tf.Tensor4D;
   const added = tf.transpose(x, [0, 2, 1, 3]) as tf.Tensor4D; // [B, kvHeads, T, hd]
   return past ? tf.concat([past, added], 2) : added;
+}
+
+/**
+ * Writes into a KV cache's storage in place, on a backend whose tensors are plain arrays (kiln's
+ * native backend). tfjs tensors are immutable to everyone else: only storage a KVCache allocated
+ * itself and never handed out is written, so no other tensor can see a write.
+ */
+export interface KvSlots {
+  /** x [B, T, kvHeads, hd] into slots [at, at + T) of store [B, kvHeads, capacity, hd] */
+  write(store: tf.Tensor4D, x: tf.Tensor4D, at: number): void;
+  /** slots [from, from + n) of src into slots [0, n) of dst, both [B, kvHeads, *, hd] (dst may be src) */
+  move(src: tf.Tensor4D, dst: tf.Tensor4D, from: number, n: number): void;
+}
+
+const kvSlotWriters = new Map<string, KvSlots>();
+
+export function registerKvSlots(backend: string, slots: KvSlots): void {
+  kvSlotWriters.set(backend, slots);
+}
+
+/** The active backend's in-place KV writer; undefined where each append makes new tensors. */
+export function kvSlotsInPlace(): KvSlots | undefined {
+  return kvSlotWriters.get(tf.getBackend());
 }
 
 /** log(softmax(x)) over the last axis (tfjs composes it of six kernels); x: [..., V]. */

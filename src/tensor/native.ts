@@ -19,7 +19,9 @@ import {
   KL_TOPK_ROWS_GRAD,
   LOG_SOFTMAX,
   LORA_LINEAR,
+  type KvSlots,
   LORA_LINEAR_GRAD,
+  registerKvSlots,
   RMS_NORM,
   RMS_NORM_GRAD,
   ROPE,
@@ -50,7 +52,7 @@ interface BlasAddon {
   topk(x: Float32Array, rows: number, V: number, k: number, values: Float32Array, indices: Int32Array): void;
   klTopk(logits: Float32Array, topLogp: Float32Array, flat: Int32Array, tail: Float32Array, rows: number, V: number, K: number, out: Float32Array): void;
   klTopkGrad(dy: Float32Array, logits: Float32Array, topLogp: Float32Array, flat: Int32Array, tail: Float32Array, rows: number, V: number, K: number, dx: Float32Array): void;
-  /** dims: [B, T, S, heads, kvHeads, hd, kvHeadMajor 0|1] */
+  /** dims: [B, T, S, heads, kvHeads, hd, kvHeadMajor 0|1, cap] (cap: the slots k and v hold per head, >= S; more only head-major) */
   attention(q: Float32Array, k: Float32Array, v: Float32Array, mask: Float32Array, scale: number, dims: number[], out: Float32Array, probs: Float32Array): void;
   attentionGrad(dout: Float32Array, q: Float32Array, k: Float32Array, v: Float32Array, probs: Float32Array, scale: number, dims: number[], dq: Float32Array, dk: Float32Array, dv: Float32Array): void;
 }
@@ -610,7 +612,7 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
       const { q, k, v, mask } = inputs as { q: tf.TensorInfo; k: tf.TensorInfo; v: tf.TensorInfo; mask: tf.TensorInfo };
       const cpu = backend as CpuBackend;
       const { scale, kvHeadMajor } = attrs as { scale: number; kvHeadMajor: boolean };
-      const dims = attentionDims(q, k, kvHeadMajor);
+      const dims = attentionDims(q, k, kvHeadMajor, mask.shape[2]!);
       const [B, T, S, heads] = dims as [number, number, number, number];
       const out = output(cpu, product(q.shape));
       const probs = output(cpu, B * heads * T * S);
@@ -630,11 +632,57 @@ function fusedKernels(blas: BlasAddon): Record<string, tf.KernelFunc> {
   };
 }
 
-/** [B, T, S, heads, kvHeads, hd, kvHeadMajor] of attention's q [B, T, heads, hd] and k. */
-function attentionDims(q: tf.TensorInfo, k: tf.TensorInfo, kvHeadMajor: boolean): number[] {
+/**
+ * [B, T, S, heads, kvHeads, hd, kvHeadMajor, cap] of attention's q [B, T, heads, hd] and k, of
+ * which the first S slots are read (a KV cache's storage holds more: KVCache).
+ */
+function attentionDims(q: tf.TensorInfo, k: tf.TensorInfo, kvHeadMajor: boolean, S?: number): number[] {
   const [B, T, heads, hd] = q.shape as [number, number, number, number];
-  const [S, kvHeads] = kvHeadMajor ? [k.shape[2]!, k.shape[1]!] : [k.shape[1]!, k.shape[2]!];
-  return [B, T, S, heads, kvHeads, hd, kvHeadMajor ? 1 : 0];
+  const [cap, kvHeads] = kvHeadMajor ? [k.shape[2]!, k.shape[1]!] : [k.shape[1]!, k.shape[2]!];
+  return [B, T, S ?? cap, heads, kvHeads, hd, kvHeadMajor ? 1 : 0, cap];
+}
+
+/**
+ * KVCache's writes into its own storage [B, kvHeads, capacity, hd]: array copies, one head's hd
+ * floats (write) or run of slots (move) at a time, where appending by concat copied the whole
+ * cache every token.
+ */
+function kvSlots(): KvSlots {
+  const storage = (t: tf.Tensor): Float32Array => {
+    const v = float32(tf.backend() as CpuBackend, t); // (kvSlotsInPlace hands this out only while native is the backend)
+    if (!v) throw new Error(`kiln native: a KV cache holds float32 tensors, got ${t.dtype}`);
+    return v;
+  };
+  return {
+    write(store, x, at) {
+      const [B, T, kvHeads, hd] = x.shape;
+      const cap = store.shape[2];
+      if (store.shape[0] !== B || store.shape[1] !== kvHeads || store.shape[3] !== hd || at < 0 || at + T > cap) {
+        throw new Error(`kiln native: cannot write [${x.shape}] at slot ${at} of a KV store [${store.shape}]`);
+      }
+      const [dst, src] = [storage(store), storage(x)];
+      for (let b = 0; b < B; b++)
+        for (let t = 0; t < T; t++)
+          for (let h = 0; h < kvHeads; h++) {
+            const from = ((b * T + t) * kvHeads + h) * hd; // x [B, T, kvHeads, hd]
+            dst.set(src.subarray(from, from + hd), ((b * kvHeads + h) * cap + at + t) * hd); // store [B, kvHeads, cap, hd]
+          }
+    },
+    move(src, dst, from, n) {
+      const [B, kvHeads, srcCap, hd] = src.shape;
+      const dstCap = dst.shape[2];
+      if (dst.shape[0] !== B || dst.shape[1] !== kvHeads || dst.shape[3] !== hd || from < 0 || from + n > srcCap || n > dstCap) {
+        throw new Error(`kiln native: cannot move ${n} slots from slot ${from} of a KV store [${src.shape}] into [${dst.shape}]`);
+      }
+      const [s, d] = [storage(src), storage(dst)];
+      for (let g = 0; g < B * kvHeads; g++) {
+        const [at, to] = [(g * srcCap + from) * hd, g * dstCap * hd];
+        // in place, each head's run moves toward its own start, below the next head's run
+        if (s === d) d.copyWithin(to, at, at + n * hd);
+        else d.set(s.subarray(at, at + n * hd), to);
+      }
+    },
+  };
 }
 
 let registered = false;
@@ -673,6 +721,7 @@ export function registerNativeBackend(threads = os.cpus().length): BlasAddon {
     tf.registerKernel({ ...k, backendName: "native", kernelFunc: native[k.kernelName] ?? k.kernelFunc });
   }
   for (const [kernelName, kernelFunc] of Object.entries(fusedKernels(blas))) tf.registerKernel({ kernelName, backendName: "native", kernelFunc });
+  registerKvSlots("native", kvSlots());
   registered = true;
   return blas;
 }

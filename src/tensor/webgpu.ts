@@ -258,23 +258,25 @@ interface AttentionDims {
   B: number;
   T: number;
   S: number;
+  /** slots K and V hold per head (>= S: a KV cache's storage has room to grow; head-major only) */
+  cap: number;
   heads: number;
   kvHeads: number;
   hd: number;
   kvHeadMajor: boolean;
 }
 
-function attentionDims(q: tf.TensorInfo, k: tf.TensorInfo, kvHeadMajor: boolean): AttentionDims {
+function attentionDims(q: tf.TensorInfo, k: tf.TensorInfo, kvHeadMajor: boolean, S?: number): AttentionDims {
   const [B, T, heads, hd] = q.shape as [number, number, number, number];
-  const [S, kvHeads] = kvHeadMajor ? [k.shape[2]!, k.shape[1]!] : [k.shape[1]!, k.shape[2]!];
-  return { B, T, S, heads, kvHeads, hd, kvHeadMajor };
+  const [cap, kvHeads] = kvHeadMajor ? [k.shape[2]!, k.shape[1]!] : [k.shape[1]!, k.shape[2]!];
+  return { B, T, S: S ?? cap, cap, heads, kvHeads, hd, kvHeadMajor };
 }
 
 const ATTENTION_UNIFORMS = "T : i32, S : i32, heads : i32, groups : i32, hd : i32, kvB : i32, kvH : i32, kvS : i32,";
 
 function attentionUniforms(d: AttentionDims): Uniform[] {
-  const kvB = d.S * d.kvHeads * d.hd;
-  const [kvH, kvS] = d.kvHeadMajor ? [d.S * d.hd, d.hd] : [d.hd, d.kvHeads * d.hd];
+  const kvB = d.cap * d.kvHeads * d.hd;
+  const [kvH, kvS] = d.kvHeadMajor ? [d.cap * d.hd, d.hd] : [d.hd, d.kvHeads * d.hd];
   return ints(d.T, d.S, d.heads, d.heads / d.kvHeads, d.hd, kvB, kvH, kvS);
 }
 
@@ -564,7 +566,7 @@ const webgpuKernels: Record<string, tf.KernelFunc> = {
     const { q, k, v, mask } = inputs as Inputs;
     const gpu = backend as unknown as WebGpuBackend;
     const { scale, kvHeadMajor } = attrs as unknown as { scale: number; kvHeadMajor: boolean };
-    const d = attentionDims(q!, k!, kvHeadMajor);
+    const d = attentionDims(q!, k!, kvHeadMajor, mask!.shape[2]);
     const u = attentionUniforms(d);
     const probs = gpu.runWebGPUProgram(attentionProbsProgram(d), [q!, k!, mask!], "float32", [...ints(d.B * d.heads * d.T), ...u, ...floats(scale)]);
     const out = gpu.runWebGPUProgram(attentionMixProgram(d), [probs, v!], "float32", u);

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import { initBackend } from "../../src/tensor/backend.js";
 import { ATTENTION, KV_APPEND, LORA_LINEAR, RMS_NORM, rmsNorm, ROPE, SWIGLU } from "../../src/tensor/fused.js";
-import { KVCache } from "../../src/model/decoder.js";
+import { KVCache } from "../../src/model/kv-cache.js";
 import { loadModel } from "../../src/model/load.js";
 import { checkAdam, checkAttention, checkKlRows, checkKvAppend, checkLoraLinear, checkManyRows, checkRmsNormAndSwiglu, checkRope, checkWideRows, close, r, same } from "./fused-checks.js";
 import { LoraAdam } from "../../src/bake/optimizer.js";

@@ -115,6 +115,78 @@ test("syncFeeds: a removed feed's items take its URL: a later feed given its id 
   rmSync(dir, { recursive: true });
 });
 
+test("syncFeeds: a removed feed's archived items take its URL too: a later feed given its id with another URL does not take them when they come back; added back with its URL, they are its own again", async () => {
+  const dir = tmp();
+  const file = path.join(dir, "ledger.json");
+  const ledger = await Ledger.open(file);
+  await ledger.syncFeeds([{ id: "harbor", url: "http://x/feed" }]);
+  const { item: old } = await ledger.addItem({ kind: "feed", text: "Quillport elected a new mayor.", source: { feedId: "harbor", guid: "1" } });
+  const { item: kept } = await ledger.addItem({ kind: "feed", text: "The ferry runs at noon.", source: { feedId: "harbor", guid: "2" } });
+  await ledger.setItemStatus([old.id], "expired");
+  const limits = { bakes: 10, scoresPerItem: 5, historyPerItem: 5, deadVersions: 10, deadVersionItemLists: 1, inactiveItems: 0 };
+  assert.deepEqual(await ledger.compact(() => false, limits), { archived: 1 });
+  const source = (id: string) => ledger.item(id).source;
+  assert.deepEqual(await ledger.syncFeeds([]), { dropped: ["harbor"], renamed: [] });
+  assert.deepEqual(source(old.id), { feedId: "harbor", guid: "1", feedUrl: "http://x/feed" }, "archived: tagged as the live item is");
+  assert.deepEqual(source(kept.id), { feedId: "harbor", guid: "2", feedUrl: "http://x/feed" });
+  // another feed under the id: the archived item is not its own, in the archive or brought back
+  await ledger.syncFeeds([{ id: "harbor", url: "http://y/other" }]);
+  assert.equal(source(old.id).feedUrl, "http://x/feed");
+  await ledger.unarchive(old.id);
+  assert.deepEqual(ledger.items({ source: "harbor" }).map((i) => i.text), [], "the new harbor feed owns neither");
+  assert.deepEqual(ledger.items({ source: "http://x/feed" }).map((i) => i.text).sort(), [kept.text, old.text].sort());
+  await ledger.compact(() => false, limits);
+  assert.ok(ledger.item(old.id).archivedAt, "archived again");
+  // the removed feed back, its id with its URL: its archived item is its own again
+  await ledger.syncFeeds([]);
+  await ledger.syncFeeds([{ id: "harbor", url: "http://x/feed" }]);
+  assert.deepEqual(source(old.id), { feedId: "harbor", guid: "1" });
+  assert.deepEqual(source(kept.id), { feedId: "harbor", guid: "2" });
+  // renamed (same URL): the archived item follows the id, so a later feed under the old id does not take it
+  await ledger.syncFeeds([{ id: "quay", url: "http://x/feed" }]);
+  assert.deepEqual([source(old.id).feedId, source(kept.id).feedId], ["quay", "quay"]);
+  await ledger.close();
+  const reopened = await Ledger.open(file, { readOnly: true });
+  assert.deepEqual(reopened.item(old.id).source, { feedId: "quay", guid: "1" }, "written");
+  assert.ok(reopened.item(old.id).archivedAt);
+  await reopened.close();
+  rmSync(dir, { recursive: true });
+});
+
+test("syncFeeds: a removed feed added back under its URL as fetched (scheme and host case, default port, empty path, #fragment) finds its items, live and archived", async () => {
+  const dir = tmp();
+  const ledger = await Ledger.open(path.join(dir, "ledger.json"));
+  const limits = { bakes: 10, scoresPerItem: 5, historyPerItem: 5, deadVersions: 10, deadVersionItemLists: 1, inactiveItems: 0 };
+  const source = (id: string) => ledger.item(id).source;
+  for (const [was, back] of [
+    ["http://Example.com/feed#x", "http://example.com/feed"],
+    ["http://example.com/feed", "HTTP://EXAMPLE.COM:80/feed#top"],
+    ["https://example.com:443", "https://example.com/"],
+  ] as const) {
+    await ledger.syncFeeds([{ id: "harbor", url: was }]);
+    const { item: live } = await ledger.addItem({ kind: "feed", text: `Live from ${was}.`, source: { feedId: "harbor", guid: "1" } });
+    const { item: gone } = await ledger.addItem({ kind: "feed", text: `Archived from ${was}.`, source: { feedId: "harbor", guid: "2" } });
+    await ledger.setItemStatus([gone.id], "expired");
+    await ledger.compact(() => false, limits);
+    await ledger.syncFeeds([]);
+    assert.equal(source(live.id).feedUrl, was);
+    await ledger.syncFeeds([{ id: "harbor", url: back }]);
+    assert.deepEqual([source(live.id), source(gone.id)], [{ feedId: "harbor", guid: "1" }, { feedId: "harbor", guid: "2" }], `${was} is ${back}`);
+    assert.ok(ledger.item(gone.id).archivedAt);
+    await ledger.syncFeeds([]);
+  }
+  // another path, query or host is another feed
+  await ledger.syncFeeds([{ id: "harbor", url: "http://example.com/feed" }]);
+  const { item: other } = await ledger.addItem({ kind: "feed", text: "Ashby's fair opens.", source: { feedId: "harbor", guid: "3" } });
+  await ledger.syncFeeds([]);
+  for (const url of ["http://example.com/feed/", "http://example.com/feed?x=1", "https://example.com/feed", "http://example.org/feed"]) {
+    await ledger.syncFeeds([{ id: "harbor", url }]);
+    assert.equal(source(other.id).feedUrl, "http://example.com/feed", url);
+  }
+  await ledger.close();
+  rmSync(dir, { recursive: true });
+});
+
 test("syncFeeds: a feed renamed (same URL) keeps its poll state and its items follow; one removed loses its state, never its items; a new one starts empty", async () => {
   const dir = tmp();
   const ledger = await Ledger.open(path.join(dir, "ledger.json"));

@@ -137,6 +137,20 @@ export function initialFeedState(): FeedState {
   return { consecutiveErrors: 0, seenKeys: [] };
 }
 
+/**
+ * A feed's address as a poll asks for it, for telling whether two addresses are one feed: an
+ * http(s) URL as WHATWG URL writes it (scheme and host in lower case, no default port, "/" for an
+ * empty path) and without its #fragment, which no request carries; anything else (a local path)
+ * as written, trimmed, since a "#" or a capital there is part of a file name.
+ */
+export function feedUrlKey(url: string): string {
+  const u = url.trim();
+  if (!/^https?:\/\//i.test(u) || !URL.canParse(u)) return u;
+  const parsed = new URL(u);
+  parsed.hash = "";
+  return parsed.href;
+}
+
 /** An expected failure of the feed (network, HTTP, bytes, XML): becomes PollResult.error. */
 class FeedProblem extends Error {
   constructor(

@@ -9,7 +9,7 @@ import { appendFileSync, existsSync, readFileSync, rmSync, writeFileSync } from 
 import path from "node:path";
 import { Low } from "lowdb";
 import { DataFile } from "lowdb/node";
-import type { FeedState } from "../feeds/feeds.js";
+import { feedUrlKey, type FeedState } from "../feeds/feeds.js";
 import { makeDirs } from "../files.js";
 
 export const ITEM_KINDS = ["feed", "conversation", "manual", "instruction"] as const;
@@ -57,8 +57,8 @@ export interface Item {
      * Set when the feed left the agent file (Ledger.syncFeeds): the URL it had, "" where a kiln that
      * did not record it removed it. A feed id names a feed only while it is in the agent file, and
      * a later feed given the same id with another URL is another feed: the feed's own items are
-     * those with its id and no feedUrl (see isFeedItem). Added back with this URL, it is the same
-     * feed again, and its items are its own again.
+     * those with its id and no feedUrl (see isFeedItem). Added back with this URL (as a poll asks
+     * for it: feedUrlKey), it is the same feed again, and its items, archived ones too, are its own again.
      */
     feedUrl?: string;
     feedKey?: string;
@@ -640,7 +640,8 @@ export class Ledger {
    * in again and its corrections still find what they correct. A record still named whose URL
    * no other took keeps its id (its URL changed in place). Any other record no longer named goes
    * (removed: /healthz and the metrics stop showing it), its items staying, marked with its URL
-   * (Item.source.feedUrl) as no longer the id's. A new feed starts with empty poll state.
+   * (Item.source.feedUrl) as no longer the id's, in the ledger and in its archive. A new feed
+   * starts with empty poll state.
    */
   async syncFeeds(feeds: readonly { id: string; url: string }[]): Promise<FeedSync> {
     const named = new Map(feeds.map((f) => [f.id, f]));
@@ -693,13 +694,25 @@ export class Ledger {
         if (fresh.has(id)) return { ...src, feedUrl: "" };
         return undefined;
       }
-      // the agent file names the removed feed again, its id with its URL: it is back
-      if (named.get(id)?.url !== src.feedUrl) return undefined;
+      // the agent file names the removed feed again, its id with its URL (written another way
+      // that polls the same address: "http://Example.com/feed#top" is http://example.com/feed): it is back
+      const again = named.get(id);
+      if (again === undefined || feedUrlKey(again.url) !== feedUrlKey(src.feedUrl)) return undefined;
       const { feedUrl: _, ...back } = src;
       return back;
     };
-    if (dropped.length || added.length || renamed.length || this.data.items.some((i) => retag(i.source))) {
+    const changed = dropped.length > 0 || added.length > 0 || renamed.length > 0 || this.data.items.some((i) => retag(i.source));
+    // Archived items are the feed's as much as the ledger's: one a retraction brings back, or one
+    // listed by source, would otherwise be taken for the feed now given its id. The archive is only
+    // ever appended to, so each goes again at its end, changed (Ledger.item reads an item's last
+    // line). Read only when feeds changed: nothing else changes what an archived item belongs to.
+    const archivedAgain = changed ? this.retagArchived(retag) : [];
+    if (changed) {
       await this.update((d) => {
+        // before the ledger is written, as compaction does: a crash between the two leaves the
+        // archive changed and the feeds not, and the next start does the same again, finding
+        // those lines done (but for two feeds that swapped ids: their archived items swap back)
+        if (archivedAgain.length) appendFileSync(this.archiveFile, archivedAgain.map((i) => JSON.stringify(i) + "\n").join(""));
         // one pass: ids that swap must not be renamed twice
         for (const i of d.items) i.source = retag(i.source) ?? i.source;
         d.feeds = d.feeds
@@ -709,6 +722,16 @@ export class Ledger {
       });
     }
     return { dropped, renamed };
+  }
+
+  /** The archived items (their last lines) not back in the ledger whose source `retag` changes, changed. */
+  private retagArchived(retag: (src: Item["source"]) => Item["source"] | undefined): Item[] {
+    const inLedger = new Set(this.data.items.map((i) => i.id));
+    const last = new Map(this.archived().map((i) => [i.id, i]));
+    return [...last.values()].flatMap((i) => {
+      const source = inLedger.has(i.id) ? undefined : retag(i.source);
+      return source ? [{ ...i, source }] : [];
+    });
   }
 }
 

@@ -8,6 +8,7 @@ import cron from "node-cron";
 import { LORA_TARGETS } from "../lora/adapter.js";
 import { OPEN_QUESTIONS } from "../bake/probes.js";
 import { BAKE_LIMITS, BAKE_OBJECTIVES, bakeSettingsProblem } from "../bake/trainer.js";
+import { feedUrlKey } from "../feeds/feeds.js";
 
 const cronExpr = z.string().refine((s) => cron.validate(s), { message: "not a valid cron expression" });
 
@@ -208,15 +209,42 @@ export function parseAgentConfig(raw: unknown, where: string, baseDir: string, c
     ids.set(f.id, i);
     f.url = resolveFeedUrl(f.url, baseDir, (problem) => new AgentConfigError(where, `feeds.${i}.url: ${problem}`));
     // Two ids for one URL would be one feed polled twice, the ledger's poll state (and, on a
-    // rename, its items) going to whichever came first; compared as polled, after resolveFeedUrl.
-    const same = urls.get(f.url);
+    // rename, its items) going to whichever came first; compared as polled (resolveFeedUrl, then
+    // feedUrlKey: "https://example.com/rss#latest" asks for https://example.com/rss).
+    const key = feedUrlKey(f.url);
+    const same = urls.get(key);
     if (same !== undefined) {
-      throw new AgentConfigError(where, `feeds.${i}.url: "${f.url}" is already the url of feeds.${same} (id ${c.feeds[same]!.id}); feed ${f.id} would poll the same feed: keep one of them`);
+      const first = c.feeds[same]!;
+      const what = first.url === f.url ? `is already the url of feeds.${same} (id ${first.id})` : `is the url of feeds.${same} (id ${first.id}, "${first.url}") but for its #fragment, which a poll never sends`;
+      throw new AgentConfigError(where, `feeds.${i}.url: "${f.url}" ${what}; feed ${f.id} would poll the same feed: keep one of them`);
     }
-    urls.set(f.url, i);
+    urls.set(key, i);
   });
   const homeDir = c.home ? path.resolve(baseDir, c.home) : path.join(checkpointsRoot, c.name);
   return { ...c, homeDir, feedsBase: baseDir };
+}
+
+/**
+ * Why two of `feeds` are one feed by where the other moved for good, or null: `records` are the
+ * agent's feed records (its ledger's, named `ledgerFile`), and a record's movedTo is where polls
+ * of its URL go now (FeedState.movedTo), so a feed at that address beside the one at the old
+ * address would poll one feed twice. Only the ledger knows of a move, and reading an agent file
+ * asks no server: this is asked when the agent opens its ledger, not when the file is read.
+ */
+export function movedFeedProblem(feeds: readonly { id: string; url: string }[], records: readonly { url: string; movedTo?: string }[], ledgerFile: string): string | null {
+  const at = new Map(feeds.map((f, i) => [feedUrlKey(f.url), i]));
+  for (const r of records) {
+    if (!r.movedTo) continue;
+    const from = at.get(feedUrlKey(r.url));
+    const to = at.get(feedUrlKey(r.movedTo));
+    if (from === undefined || to === undefined || from === to) continue;
+    const [old, now] = [feeds[from]!, feeds[to]!];
+    return (
+      `feeds.${to}.url: "${now.url}" is where feeds.${from}'s url "${old.url}" (id ${old.id}) has moved for good (a 301/308 redirect, as ${ledgerFile} records); ` +
+      `feed ${now.id} would poll the same feed: keep one of them (to follow the move, give ${old.id} the new url and remove ${now.id})`
+    );
+  }
+  return null;
 }
 
 /**

@@ -21,7 +21,7 @@ import type { LoadedModel } from "../model/load.js";
 import { ADAPTER_WEIGHTS, loadAdapter } from "../lora/peft.js";
 import type { LoraAdapter } from "../lora/adapter.js";
 import { exportAdapter, type ExportOptions, type ExportResult } from "../lora/export.js";
-import type { AgentConfig } from "./agent-config.js";
+import { AgentConfigError, movedFeedProblem, type AgentConfig } from "./agent-config.js";
 import { BASE_VERSION, LiveModel, versionName } from "./live.js";
 import { makeDirs } from "../files.js";
 
@@ -346,6 +346,12 @@ export class Agent {
       );
     }
     const ledger = await Ledger.open(ledgerFile);
+    // refused before anything is written (syncFeeds would give the new address a record of its own)
+    const moved = movedFeedProblem(config.feeds, ledger.data.feeds, ledgerFile);
+    if (moved) {
+      await ledger.close();
+      throw new AgentConfigError(config.file ?? `agent ${config.name}`, moved);
+    }
     const agent = new Agent(config, model, ledger, events, bakeTurn);
     const repaired = await ledger.recover();
     if (repaired.bakes || repaired.items) agent.log(`recovered from an interrupted bake: ${repaired.bakes} bake(s) marked failed, ${repaired.items} item(s) back to pending`);

@@ -45,7 +45,7 @@ test("two feeds whose URLs poll one address are refused, naming both: a #fragmen
   }
 });
 
-test("a feed at the address the ledger says another moved to for good is refused when the agent opens, naming both; the agent file brought up to date opens", async () => {
+test("a feed added at the address the ledger says another moved to for good is refused when the agent opens, naming both; the agent file brought up to date opens", async () => {
   const { dir, file } = writeTestAgent({ feeds: [{ id: "quay", url: "http://feeds.example.com/old.xml", schedule: "0 0 1 1 *" }] });
   const ledgerFile = path.join(dir, "home", "ledger.json");
   let runtime = await Runtime.fromFiles(file);
@@ -73,6 +73,32 @@ test("a feed at the address the ledger says another moved to for good is refused
     runtime = await Runtime.fromFiles(file);
     assert.deepEqual(runtime.agent("tester").ledger.data.feeds.map((f) => f.id), ["quay"]);
     await runtime.stop();
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("a server moving one polled feed onto another feed of the agent is a warning when the agent opens, not a refusal: no edit of the agent file did it", async () => {
+  const { dir, file } = writeTestAgent({
+    feeds: [
+      { id: "quay", url: "http://feeds.example.com/old.xml", schedule: "0 0 1 1 *" },
+      { id: "news", url: "https://news.example.com/rss", schedule: "0 0 1 1 *" },
+    ],
+  });
+  const ledgerFile = path.join(dir, "home", "ledger.json");
+  try {
+    await (await Runtime.fromFiles(file)).stop();
+    // as a poll that met a 301 writes it
+    const ledger = await Ledger.open(ledgerFile);
+    await ledger.update((d) => Object.assign(d.feeds.find((f) => f.id === "quay")!, { movedTo: "https://news.example.com/rss", movedAt: new Date().toISOString() }));
+    await ledger.close();
+    const logs: string[] = [];
+    const runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+    await runtime.stop();
+    assert.ok(
+      logs.some((m) => m.startsWith('warning: feeds.1.url: "https://news.example.com/rss" is where feeds.0\'s url "http://feeds.example.com/old.xml" (id quay) has moved for good')),
+      logs.join("\n"),
+    );
   } finally {
     rmSync(dir, { recursive: true });
   }

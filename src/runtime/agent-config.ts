@@ -230,19 +230,27 @@ export function parseAgentConfig(raw: unknown, where: string, baseDir: string, c
  * of its URL go now (FeedState.movedTo), so a feed at that address beside the one at the old
  * address would poll one feed twice. Only the ledger knows of a move, and reading an agent file
  * asks no server: this is asked when the agent opens its ledger, not when the file is read.
+ * `edited`: one of the two has no record yet, so the agent file was changed to poll it (refused);
+ * otherwise both were polled before the server moved one onto the other, which no edit caused
+ * and which must not keep the agent from starting (a warning).
  */
-export function movedFeedProblem(feeds: readonly { id: string; url: string }[], records: readonly { url: string; movedTo?: string }[], ledgerFile: string): string | null {
+export function movedFeedProblem(
+  feeds: readonly { id: string; url: string }[],
+  records: readonly { id: string; url: string; movedTo?: string }[],
+  ledgerFile: string,
+): { problem: string; edited: boolean } | null {
   const at = new Map(feeds.map((f, i) => [feedUrlKey(f.url), i]));
+  const recorded = (f: { id: string; url: string }) => records.some((r) => r.id === f.id && feedUrlKey(r.url) === feedUrlKey(f.url));
   for (const r of records) {
     if (!r.movedTo) continue;
     const from = at.get(feedUrlKey(r.url));
     const to = at.get(feedUrlKey(r.movedTo));
     if (from === undefined || to === undefined || from === to) continue;
     const [old, now] = [feeds[from]!, feeds[to]!];
-    return (
+    const problem =
       `feeds.${to}.url: "${now.url}" is where feeds.${from}'s url "${old.url}" (id ${old.id}) has moved for good (a 301/308 redirect, as ${ledgerFile} records); ` +
-      `feed ${now.id} would poll the same feed: keep one of them (to follow the move, give ${old.id} the new url and remove ${now.id})`
-    );
+      `feed ${now.id} would poll the same feed: keep one of them (to follow the move, give ${old.id} the new url and remove ${now.id})`;
+    return { problem, edited: !recorded(old) || !recorded(now) };
   }
   return null;
 }

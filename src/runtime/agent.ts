@@ -348,11 +348,12 @@ export class Agent {
     const ledger = await Ledger.open(ledgerFile);
     // refused before anything is written (syncFeeds would give the new address a record of its own)
     const moved = movedFeedProblem(config.feeds, ledger.data.feeds, ledgerFile);
-    if (moved) {
+    if (moved?.edited) {
       await ledger.close();
-      throw new AgentConfigError(config.file ?? `agent ${config.name}`, moved);
+      throw new AgentConfigError(config.file ?? `agent ${config.name}`, moved.problem);
     }
     const agent = new Agent(config, model, ledger, events, bakeTurn);
+    if (moved) agent.log(`warning: ${moved.problem}`);
     const repaired = await ledger.recover();
     if (repaired.bakes || repaired.items) agent.log(`recovered from an interrupted bake: ${repaired.bakes} bake(s) marked failed, ${repaired.items} item(s) back to pending`);
     agent.removeOrphanCheckpoints();

@@ -147,6 +147,7 @@ test("a retraction whose rebuild failed (a write error) is rebuilt again by itse
     assert.equal(outcome.status, "failed", outcome.reasons.join("; "));
     assert.equal(agent.live.version, "v0001", "the clean version serves while the rebuild is owed");
     assert.ok(agent.owedRebuild, "the rebuild is reported owed");
+    assert.deepEqual(agent.owedRebuild!.liveHolds, [], "the weights serving hold no retracted item");
     await until("the rebuild tried again", () => agent.ledger.data.bakes.some((x) => x.trigger === "retraction" && x.status === "promoted"));
     await until("the retry to end", () => !agent.isRetracting && !agent.isBaking);
     const rebuilds = agent.ledger.data.bakes.filter((x) => x.trigger === "retraction");
@@ -160,7 +161,7 @@ test("a retraction whose rebuild failed (a write error) is rebuilt again by itse
 });
 
 test("a rebuild that keeps failing is tried again a bounded number of times, each failure logged with its reason, then left owed", async () => {
-  await withTester({ rebuildRetryMs: 50, rebuildRetries: 2 }, async ({ agent, logs }) => {
+  await withTester({ rebuildRetryMs: 50, rebuildRetries: 2 }, async ({ agent, runtime, logs }) => {
     await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001
     const [b] = await bakeTold(agent, "The harbor fee is nine coins."); // v0002
     blockNextVersion(agent); // never cleared: every rebuild fails
@@ -178,5 +179,12 @@ test("a rebuild that keeps failing is tried again a bounded number of times, eac
     assert.equal(agent.owedRebuild!.attempts, 3);
     assert.equal(agent.owedRebuild!.retryAt, null);
     assert.match(agent.owedRebuild!.lastError, /not a folder/);
+    const srv = await createServer(runtime, { port: 0 });
+    try {
+      const listed = ((await (await fetch(`${srv.url}/admin/agents`)).json()) as any).agents[0];
+      assert.deepEqual({ ...listed.rebuildOwed, lastError: undefined }, { attempts: 3, retryAt: null, lastError: undefined, liveHolds: [] });
+    } finally {
+      await srv.close();
+    }
   });
 });

@@ -45,6 +45,8 @@ const AGENT_LIMITS = {
   minPending: 10_000,
   probesPerItem: 20,
   maxAttempts: 100,
+  rebuildRetries: 20,
+  rebuildRetryMs: 86_400_000,
   chunkItems: 100,
   replay: 1000,
   retentionChecks: 10_000,
@@ -134,6 +136,13 @@ export const AgentConfigSchema = z
         /** bakes an item may go through without being absorbed before it is rejected */
         maxAttempts: wholeIn(1, AGENT_LIMITS.maxAttempts).default(3),
         /**
+         * A retraction's rebuild that failed (a write error, a worker that died) is tried again by
+         * itself this many times, the first after rebuildRetryMs and each next one after twice as
+         * long as the last; then it is left to the next retraction, which carries it on.
+         */
+        rebuildRetries: wholeIn(0, AGENT_LIMITS.rebuildRetries).default(4),
+        rebuildRetryMs: wholeIn(10, AGENT_LIMITS.rebuildRetryMs).default(60_000),
+        /**
          * The teacher: "base" (the base model with the prompt) or "live" (the live weights with
          * it). Live weights answer from what they hold over what the prompt says, so news that
          * updates a baked fact would be taught with the old value.
@@ -147,7 +156,7 @@ export const AgentConfigSchema = z
         settings: BakeSettingsSchema.default({}),
       })
       .strict()
-      .default({ minPending: 1, maxItems: 20, probesPerItem: 2, checkProbes: true, maxAttempts: 3, teacher: "base", checkUpdates: true, chunkItems: 4, openQuestions: OPEN_QUESTIONS, settings: {} }),
+      .default({ minPending: 1, maxItems: 20, probesPerItem: 2, checkProbes: true, maxAttempts: 3, rebuildRetries: 4, rebuildRetryMs: 60_000, teacher: "base", checkUpdates: true, chunkItems: 4, openQuestions: OPEN_QUESTIONS, settings: {} }),
     gate: z
       .object({
         minAbsorption: z.number().min(0).max(1).default(0.6),

@@ -48,6 +48,22 @@ export interface BakeOptions {
   rebuild?: { held: string[]; retracted: string[] };
   /** a bake a retraction stopped, run again by it without the retracted items (it starts while the retraction runs, and goes on after it) */
   afterRetraction?: true;
+  /**
+   * The id its record takes, reserved before it could start: a retraction's rebuild waiting for
+   * another bake to end is named by it in the admin API's answer, which must not name that bake.
+   */
+  bakeId?: string;
+}
+
+/** A retraction's rebuild that failed and is owed: how often it was tried, when it is tried again. */
+export interface OwedRebuild {
+  /** rebuilds that failed: the retraction's own, then each try again */
+  attempts: number;
+  /** when it is tried again by itself; null once the tries are used up (the next retraction carries it) */
+  retryAt: string | null;
+  lastError: string;
+  /** retracted items the live weights still hold (they could not be taken out of service) */
+  liveHolds: string[];
 }
 
 export interface AgentEvents {
@@ -248,19 +264,26 @@ export const OUT_OF_SERVICE_WAIT_MS = 20_000;
  * its items have left service, so what the asker is told next ("forgotten", HTTP 202) holds for
  * every request after it. The rebuild goes on in `work`.
  */
-export async function retractedOutOfService(agent: Agent, ids: string[], reason: string, waitMs = OUT_OF_SERVICE_WAIT_MS): Promise<{ work: Promise<BakeOutcome>; outOfService: boolean }> {
+export async function retractedOutOfService(
+  agent: Agent,
+  ids: string[],
+  reason: string,
+  waitMs = OUT_OF_SERVICE_WAIT_MS,
+): Promise<{ work: Promise<BakeOutcome>; outOfService: boolean; rebuildId: string | null }> {
   let outOfService = false;
+  let rebuildId: string | null = null;
   let left!: () => void;
   const leaving = new Promise<void>((resolve) => (left = resolve));
-  const work = agent.retract(ids, reason, () => {
+  const work = agent.retract(ids, reason, (rebuild) => {
     outOfService = true;
+    rebuildId = rebuild ?? null;
     left();
   });
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, waitMs)));
   await Promise.race([leaving, work.then(noop, noop), timeout]);
   clearTimeout(timer);
-  return { work, outOfService };
+  return { work, outOfService, rebuildId };
 }
 
 const noop = () => {};
@@ -309,6 +332,14 @@ export class Agent {
    * in), or what the weights out of service held would wait behind all news.
    */
   private stoppedRebuild: { held: string[]; retracted: string[] } | null = null;
+  /**
+   * The owed rebuild (stoppedRebuild) once a retraction failed with none in line to carry it on:
+   * it is tried again by itself (retryRebuild), a bounded number of times, or a removed item's
+   * news would wait behind all news, and the retraction be done only when someone retracts again.
+   */
+  private rebuildRetry: (Omit<OwedRebuild, "liveHolds"> & { timer: NodeJS.Timeout | null }) | null = null;
+  /** the outcome of each retraction whose rebuild's bake id is reserved, while it runs (rebuildReserved) */
+  private readonly reservedRebuilds = new Map<string, Promise<BakeOutcome>>();
 
   private stopping = false;
 
@@ -477,7 +508,8 @@ export class Agent {
       this.stoppedRebuild = cut;
       void this.bake(RETRACTION, { consolidate: true, force: true, rebuild: cut })
         .then((outcome) => {
-          if (!(outcome.status === "failed" && this.retractionsAsked.length) && this.stoppedRebuild === cut) this.stoppedRebuild = null;
+          if (outcome.status !== "failed" && this.stoppedRebuild === cut) this.stoppedRebuild = null;
+          this.afterRebuild(outcome.status === "failed" ? (outcome.reasons[0] ?? "failed") : null);
         })
         .catch((e: Error) => this.log(`the rebuild failed: ${e.message}`));
     }
@@ -511,6 +543,7 @@ export class Agent {
 
   async stop(): Promise<void> {
     this.stopping = true; // a bake still waiting for its turn does not start
+    if (this.rebuildRetry?.timer) clearTimeout(this.rebuildRetry.timer);
     for (const t of this.tasks) await t.destroy();
     this.tasks = [];
     await Promise.allSettled([...this.polls]); // a poll in flight writes the ledger: before it closes
@@ -644,6 +677,21 @@ export class Agent {
   /** A retraction asked for has not finished: one asked for now waits for it. */
   get isRetracting(): boolean {
     return this.retracting > 0;
+  }
+
+  /** A retraction's rebuild that failed and is owed (tried again by itself), or null. */
+  get owedRebuild(): OwedRebuild | null {
+    if (!this.rebuildRetry) return null;
+    const { timer: _, ...owed } = this.rebuildRetry;
+    return { ...owed, liveHolds: this.retractedIn(this.ledger.data.live) };
+  }
+
+  /**
+   * The outcome of the retraction whose rebuild reserved `bakeId` (retract's onOutOfService is
+   * told it), while that retraction runs: its rebuild may not have started, waiting for a bake.
+   */
+  rebuildReserved(bakeId: string): Promise<BakeOutcome> | null {
+    return this.reservedRebuilds.get(bakeId) ?? null;
   }
 
   /**
@@ -821,7 +869,7 @@ export class Agent {
     const inJob = new Set([...fresh, ...replay, ...retained].map((i) => i.id));
     const paired = pairedHeldItems(pairs, held, inJob);
 
-    const bakeId = ledger.newBakeId();
+    const bakeId = opts.bakeId ?? ledger.newBakeId();
     const version = ledger.nextVersionId();
     const outDir = path.join(cfg.homeDir, version);
     const parentDir = !consolidate && liveVersion ? ledger.version(liveVersion).dir : undefined;
@@ -1160,7 +1208,7 @@ export class Agent {
    * not hold waits to be baked again. A bake that could end holding the items is stopped first
    * (its items wait for the next bake), so the weights holding them leave service within seconds.
    */
-  retract(named: string[], reason = "retracted", onOutOfService?: () => void): Promise<BakeOutcome> {
+  retract(named: string[], reason = "retracted", onOutOfService?: (rebuildId?: string) => void): Promise<BakeOutcome> {
     // the full ids (an item may be named by the end of its id): a running bake's record lists those
     let ids: string[];
     try {
@@ -1171,22 +1219,80 @@ export class Agent {
     // Waiting in line behind another retraction would have its answer wait for that one's whole
     // rebuild (an hour on a CPU), for an item nothing needs to stop or rebuild for.
     if (this.retracting > 0 && this.nothingCanHold(ids)) return this.markUnheld(ids, reason, onOutOfService);
+    // it carries the owed rebuild on, and its failure starts the tries again afresh
+    if (this.rebuildRetry?.timer) clearTimeout(this.rebuildRetry.timer);
+    this.rebuildRetry = null;
+    return this.queueRetraction(ids, reason, onOutOfService);
+  }
+
+  /** A retraction in line (retract; retryRebuild's, with no ids, rebuilds only what is owed). */
+  private queueRetraction(ids: string[], reason: string, onOutOfService?: (rebuildId?: string) => void): Promise<BakeOutcome> {
     this.retracting++;
     this.retractionsAsked.push(ids);
     // A bake that could end holding them stops now, not when it ends (minutes to an hour on a
     // CPU), also when this retraction waits behind another's rebuild: meanwhile the weights
     // serving may hold them. What it was baking waits for the next bake.
     if (this.bakeCouldHold(ids)) this.stopBake(`retraction asked for (${reason})`, ids);
+    let reserved: string | undefined;
+    let outcome!: Promise<BakeOutcome>;
     const run = this.retractions
-      .then(() => this.retractNow(ids, reason, onOutOfService))
+      .then(() =>
+        this.retractNow(ids, reason, (rebuildId) => {
+          if (rebuildId) this.reservedRebuilds.set((reserved = rebuildId), outcome);
+          onOutOfService?.(rebuildId);
+        }),
+      )
       .finally(() => {
         this.retracting--;
         this.retractionsAsked.splice(this.retractionsAsked.indexOf(ids), 1);
         if (this.stoppedByRetraction?.by === ids) this.stoppedByRetraction = null; // (it failed before reading it)
+        if (reserved) this.reservedRebuilds.delete(reserved);
       });
     this.retractions = run.catch(() => undefined);
+    // (before the caller hears the outcome: a failure it is told of is already owed, and reported)
+    run.then(
+      (done) => this.afterRebuild("ranAgain" in done || done.status !== "failed" ? null : (done.reasons[0] ?? "failed")),
+      (err: Error) => this.afterRebuild(err.message),
+    );
     // (the stopped bake it runs again goes on after it: the next retraction does not wait for that)
-    return run.then((done) => ("ranAgain" in done ? done.ranAgain : done));
+    outcome = run.then((done) => ("ranAgain" in done ? done.ranAgain : done));
+    return outcome;
+  }
+
+  /**
+   * After a retraction (or a rebuild a start ran again) ended, `failed` saying why it failed: an
+   * owed rebuild none in line carries on is tried again, after rebuildRetryMs, then twice as long
+   * each time, at most bake.rebuildRetries times; each failure is logged with its reason.
+   */
+  private afterRebuild(failed: string | null): void {
+    if (this.stoppedRebuild === null) {
+      if (this.rebuildRetry?.timer) clearTimeout(this.rebuildRetry.timer);
+      this.rebuildRetry = null;
+      return;
+    }
+    // (an owed rebuild beside a retraction that did not fail is one a start runs again, still running)
+    if (failed === null || this.retractionsAsked.length || this.stopping) return;
+    const attempts = (this.rebuildRetry?.attempts ?? 0) + 1;
+    const { rebuildRetries, rebuildRetryMs } = this.config.bake;
+    const holds = this.retractedIn(this.ledger.data.live);
+    const serving = holds.length ? `; the live weights ${this.ledger.data.live} still hold retracted item(s) ${holds.join(", ")}` : "";
+    if (attempts > rebuildRetries) {
+      this.rebuildRetry = { attempts, retryAt: null, lastError: failed, timer: null };
+      this.log(`the rebuild after a retraction failed (${failed})${serving}; gave up after ${attempts} tries: the next retraction rebuilds it`);
+      return;
+    }
+    const delay = rebuildRetryMs * 2 ** (attempts - 1);
+    const timer = setTimeout(() => this.retryRebuild(), delay);
+    timer.unref(); // (a CLI process that retracted ends; the next start or retraction carries it on)
+    this.rebuildRetry = { attempts, retryAt: new Date(Date.now() + delay).toISOString(), lastError: failed, timer };
+    this.log(`the rebuild after a retraction failed (${failed})${serving}; tried again in ${delay / 1000} s (${attempts} of ${rebuildRetries})`);
+  }
+
+  /** Runs the owed rebuild again, in line with the retractions (see afterRebuild). */
+  private retryRebuild(): void {
+    if (this.rebuildRetry) this.rebuildRetry.timer = null;
+    if (this.stopping || this.stoppedRebuild === null) return;
+    this.queueRetraction([], "the rebuild after a retraction tried again").catch(() => undefined); // (afterRebuild logged it)
   }
 
   /**
@@ -1209,7 +1315,7 @@ export class Agent {
    * a CPU) while they serve.
    */
   private bakeCouldHold(ids: string[]): boolean {
-    if (!this.baking) return false;
+    if (!this.baking || !ids.length) return false;
     const record = this.ledger.data.bakes.at(-1);
     if (record?.status !== "running") return true;
     const baked = new Set([...record.itemIds, ...(record.replayIds ?? [])]);
@@ -1244,7 +1350,7 @@ export class Agent {
    * they rebuild what they owe, this one owes nothing (so it is not among retractionsAsked, which
    * keeps a failed rebuild owed for the next in line to carry on).
    */
-  private async markUnheld(ids: string[], reason: string, onOutOfService?: () => void): Promise<BakeOutcome> {
+  private async markUnheld(ids: string[], reason: string, onOutOfService?: (rebuildId?: string) => void): Promise<BakeOutcome> {
     this.logGivenBack(await this.ledger.setItemStatus(ids, "retracted", { reason }), "retracted");
     onOutOfService?.();
     return { status: "skipped", reasons: ["nothing held these items (no weights, not the bake running): marked retracted, nothing to stop or rebuild"] };
@@ -1256,7 +1362,7 @@ export class Agent {
   }
 
   /** `onOutOfService`: called once the live weights hold none of the items (seconds), before the rebuild */
-  private async retractNow(ids: string[], reason: string, onOutOfService?: () => void): Promise<BakeOutcome | { ranAgain: Promise<BakeOutcome> }> {
+  private async retractNow(ids: string[], reason: string, onOutOfService?: (rebuildId?: string) => void): Promise<BakeOutcome | { ranAgain: Promise<BakeOutcome> }> {
     // A bake that could end holding them was asked to stop (retract); it ends within seconds, and
     // joining it would not rebuild from the base. One that cannot hold them goes on.
     if (this.bakeCouldHold(ids)) {
@@ -1310,15 +1416,18 @@ export class Agent {
     const rebuild = { held: [...held].filter((id) => !retractedNow.has(id)), retracted: [...new Set([...carried.retracted, ...inWeights.map((i) => i.id)])] };
     const out = await this.leaveRetracted("retracted: served without them until the rebuild");
     if (out) this.log(`${out.to ?? "the base model"} serves until the rebuild: ${out.from} holds retracted item(s) ${out.retracted.join(", ")}`);
-    onOutOfService?.();
+    // Its id is reserved now: it may wait for a bake running (below), and an answer naming the
+    // running bake has a client see that one end and take the retraction for done.
+    const bakeId = this.ledger.newBakeId();
+    onOutOfService?.(bakeId);
     this.stoppedRebuild = rebuild;
     // A bake running now cannot end holding these items (else it was stopped above): one that owes
     // only a stopped rebuild found it running. bake() would join it, answer with its outcome as the
     // rebuild's, and the rebuild owed would be dropped as done; it runs once that bake ends.
     while (this.baking) await this.baking.catch(() => undefined);
-    const outcome = await this.bake(RETRACTION, { consolidate: true, force: true, rebuild });
-    // (kept only when a later retraction stopped it: that one's rebuild carries it on)
-    if (!(outcome.status === "failed" && this.retractionsAsked.length > 1)) this.stoppedRebuild = null;
+    const outcome = await this.bake(RETRACTION, { consolidate: true, force: true, rebuild, bakeId });
+    // (kept when it failed: a later retraction that stopped it carries it on, else it is tried again)
+    if (outcome.status !== "failed") this.stoppedRebuild = null;
     const moved = this.baking ? null : await this.leaveRetracted(`the rebuild after a retraction was ${outcome.status}`);
     const said = nothingToRebuild ? [...nothingToRebuild, "the rebuild a retraction stopped was owed: it ran again"] : already;
     return { ...outcome, reasons: [...outcome.reasons, ...(moved ? [`${moved.from} still held retracted items, so ${moved.to ?? "the base model"} is live now`] : []), ...said] };

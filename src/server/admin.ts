@@ -8,7 +8,9 @@
 //                                                    202: the weights holding it out of service (a bake
 //                                                    that could hold it stopped), the rebuild started
 //                                                    (or, never baked in, the bake it stopped ran again);
-//                                                    200: retracted, nothing to rebuild (never baked in)
+//                                                    200: retracted, nothing to rebuild (never baked in);
+//                                                    bake.bakeId is the rebuild's own id, reserved while
+//                                                    it waits for another bake (status "waiting", after)
 //   GET  /admin/agents/:name/feeds
 //   POST /admin/agents/:name/feeds/:id/poll
 //   GET  /admin/agents/:name/bakes
@@ -198,6 +200,21 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
       events: `/admin/agents/${encodeURIComponent(agent.name)}/bakes/events${running ? `?bake=${running.id}` : ""}`,
     };
   };
+  // A retraction's rebuild, by the id it reserved: it may wait for another bake (one that could not
+  // hold the item goes on), whose end a client following that bake would take for the retraction's.
+  const rebuildView = (agent: Agent, rebuildId: string) => {
+    const running = runningBake(agent);
+    if (running?.id === rebuildId) return { ...startedView(agent, false), after: null };
+    return {
+      status: running ? ("waiting" as const) : ("running" as const),
+      joined: false,
+      bakeId: rebuildId,
+      trigger: "retraction",
+      startedAt: null,
+      after: running?.id ?? null,
+      events: `/admin/agents/${encodeURIComponent(agent.name)}/bakes/events?bake=${rebuildId}`,
+    };
+  };
 
   app.get("/admin/agents", async () => ({
     agents: [...ctx.runtime.agents.values()].map((a) => ({
@@ -209,6 +226,7 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
       counts: countsView(a),
       versions: a.ledger.data.versions.length,
       bakes: a.ledger.data.bakes.length,
+      rebuildOwed: a.owedRebuild,
       persona: a.config.persona?.text ?? null,
       feeds: feedsView(a),
     })),
@@ -247,11 +265,11 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
     if (item.status === "retracted" && !agent.mayHold(item)) throw new ApiError(409, `item ${item.id} is already retracted`, "already_retracted");
     // The answer comes once the weights holding it have left service (seconds: a running bake that
     // could end holding it is stopped), so a request sent after it is never answered from them.
-    const { work, outOfService } = await retractedOutOfService(agent, [item.id], body.reason ?? "retracted through the admin API");
+    const { work, outOfService, rebuildId } = await retractedOutOfService(agent, [item.id], body.reason ?? "retracted through the admin API");
     const ended = await whenBakeStarts(agent, work);
     ctx.watcher.track(agent);
     reply.code(ended ? 200 : 202); // 200: done without a rebuild (the live weights never held it)
-    return { item: itemView(agent, agent.ledger.item(item.id)), outOfService, bake: ended ?? startedView(agent, false) };
+    return { item: itemView(agent, agent.ledger.item(item.id)), outOfService, bake: ended ?? (rebuildId ? rebuildView(agent, rebuildId) : startedView(agent, false)) };
   });
 
   // --- feeds ---
@@ -298,9 +316,39 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
     const agent = findAgent(ctx, request.params.name);
     const q = parse(EventsQuery, request.query, "query");
     const asked = q.bake ? agent.ledger.data.bakes.find((b) => b.id === q.bake) : undefined;
-    if (q.bake && !asked) throw new ApiError(404, `agent ${agent.name} has no bake ${q.bake}`, "bake_not_found", "bake");
+    // a retraction's rebuild that has not started (a retraction's 202 named the id it reserved)
+    const ahead = q.bake && !asked ? agent.rebuildReserved(q.bake) : null;
+    if (q.bake && !asked && !ahead) throw new ApiError(404, `agent ${agent.name} has no bake ${q.bake}`, "bake_not_found", "bake");
     const sse = SseStream.open(reply);
     sse.send({ agent: agent.name, live: versionName(agent.live.version), ...bakeState(agent) }, "state");
+    if (ahead) {
+      // Only that bake's events until its outcome: the bake it waits for ends first. A rebuild that
+      // never starts under the id (nothing left to bake, the retraction failed) ends the stream with
+      // the retraction's outcome.
+      let mine = true;
+      const outcome = (e: BakeEvent) => {
+        if (!mine) return;
+        mine = false;
+        sse.send({ ...e, live: versionName(agent.live.version) }, "outcome");
+        if (!q.follow) sse.end();
+      };
+      const stop = ctx.watcher.subscribe(agent.name, (e: BakeEvent) => {
+        if (mine && e.bakeId !== q.bake) return;
+        if (e.type === "outcome") outcome(e);
+        else sse.send(e, e.type);
+      });
+      const settle = (o: BakeOutcome) => outcome({ type: "outcome", agent: agent.name, bakeId: q.bake!, outcome: o, bake: agent.ledger.data.bakes.find((b) => b.id === q.bake) ?? null });
+      ahead.then(settle, (err: Error) => settle({ status: "failed", reasons: [err.message] }));
+      const keepalive = setInterval(() => sse.comment("keepalive"), KEEPALIVE_MS);
+      const onShutdown = () => sse.end();
+      ctx.shutdown.addEventListener("abort", onShutdown, { once: true });
+      sse.onClose(() => {
+        stop();
+        clearInterval(keepalive);
+        ctx.shutdown.removeEventListener("abort", onShutdown);
+      });
+      return reply;
+    }
     if (asked && asked.status !== "running") {
       // That bake already ended: its outcome, from the ledger.
       sse.send({ type: "outcome", agent: agent.name, bakeId: asked.id, outcome: outcomeOf(asked), bake: asked }, "outcome");

@@ -5,36 +5,15 @@ import assert from "node:assert/strict";
 import { rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { initBackend } from "../src/tensor/backend.js";
-import { Runtime } from "../src/runtime/runtime.js";
 import type { Agent, BakeOutcome } from "../src/runtime/agent.js";
-import type { Item } from "../src/knowledge/ledger.js";
 import { createServer } from "../src/server/index.js";
-import { FAST_BAKE, writeTestAgent } from "./support/agent.js";
+import { FAST_BAKE } from "./support/agent.js";
+import { readEvents } from "./support/sse.js";
+import { bakeTold, withTester } from "./support/tester.js";
 
 await initBackend();
 
 const BAKE = { probesPerItem: 1, checkProbes: false, openQuestions: ["hello"], settings: FAST_BAKE };
-
-/** Runs `body` on a new test agent (no feeds), logs collected; stops it and removes its folder after. */
-async function withTester(bake: Record<string, unknown>, body: (t: { agent: Agent; runtime: Runtime; dir: string; logs: string[] }) => Promise<void>): Promise<void> {
-  const { dir, file } = writeTestAgent({ feeds: [], bake: { ...BAKE, ...bake } });
-  const logs: string[] = [];
-  const runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
-  try {
-    await body({ agent: runtime.agent("tester"), runtime, dir, logs });
-  } finally {
-    await runtime.stop();
-    rmSync(dir, { recursive: true });
-  }
-}
-
-async function bakeTold(agent: Agent, ...texts: string[]): Promise<Item[]> {
-  const items: Item[] = [];
-  for (const text of texts) items.push((await agent.remember(text)).item);
-  const outcome = await agent.bake("test");
-  assert.equal(outcome.status, "promoted", outcome.reasons.join("; "));
-  return items;
-}
 
 async function until(what: string, done: () => boolean, timeoutMs = 60_000): Promise<void> {
   const end = Date.now() + timeoutMs;
@@ -51,43 +30,9 @@ function blockNextVersion(agent: Agent): string {
   return where;
 }
 
-/** Reads an SSE stream until `stop` says so or it ends; the events read. */
-async function readEvents(url: string, stop: (e: { event: string; data: any }) => boolean, timeoutMs = 60_000): Promise<{ event: string; data: any }[]> {
-  const ac = new AbortController();
-  const timer = setTimeout(() => ac.abort(), timeoutMs);
-  const events: { event: string; data: any }[] = [];
-  try {
-    const res = await fetch(url, { signal: ac.signal });
-    assert.equal(res.status, 200, await (res.status === 200 ? Promise.resolve("") : res.text()));
-    const decoder = new TextDecoder();
-    let buf = "";
-    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-      buf += decoder.decode(chunk, { stream: true });
-      let cut;
-      while ((cut = buf.indexOf("\n\n")) >= 0) {
-        const block = buf.slice(0, cut);
-        buf = buf.slice(cut + 2);
-        const data = /^data: (.*)$/m.exec(block)?.[1];
-        if (data === undefined) continue;
-        const e = { event: /^event: (.*)$/m.exec(block)?.[1] ?? "message", data: JSON.parse(data) };
-        events.push(e);
-        if (stop(e)) {
-          ac.abort();
-          return events;
-        }
-      }
-    }
-  } catch (err) {
-    if (!ac.signal.aborted) throw err;
-  } finally {
-    clearTimeout(timer);
-  }
-  return events;
-}
-
 test("admin API: a retraction owing a stopped rebuild while an unrelated bake runs answers 202 naming its own rebuild, whose events end when that rebuild does", async () => {
   // (retried rebuilds wait long here: the owed rebuild is the third retraction's to run)
-  await withTester({ rebuildRetryMs: 3_600_000 }, async ({ agent, runtime }) => {
+  await withTester({ feeds: [], bake: { ...BAKE, rebuildRetryMs: 3_600_000 } }, async ({ agent, runtime }) => {
     const [, b] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle.", "The harbor fee is nine coins."); // v0001
     const [c] = await bakeTold(agent, "The ferry leaves at noon."); // v0002: a, b, c
     const { item: p } = await agent.remember("The mill closes at dusk.");
@@ -117,7 +62,7 @@ test("admin API: a retraction owing a stopped rebuild while an unrelated bake ru
       assert.ok(agent.isBaking, "answered while the unrelated bake still ran");
       assert.notEqual(body.bake.bakeId, rollingId, "the 202 does not name the unrelated bake");
       assert.equal(typeof body.bake.bakeId, "string");
-      const events = await readEvents(`${srv.url}${body.bake.events}`, (e) => e.event === "outcome");
+      const events = await readEvents(`${srv.url}${body.bake.events}`, (e) => e.event === "outcome", { timeoutMs: 60_000 });
       const outcome = events.at(-1)!;
       assert.equal(outcome.event, "outcome", JSON.stringify(events));
       assert.equal((await rolling).status, "promoted");
@@ -135,7 +80,7 @@ test("admin API: a retraction owing a stopped rebuild while an unrelated bake ru
 });
 
 test("a retraction whose rebuild failed (a write error) is rebuilt again by itself, without another retraction: the item stays retracted and the weights serving meanwhile hold it not", async () => {
-  await withTester({ rebuildRetryMs: 100, rebuildRetries: 3 }, async ({ agent, logs }) => {
+  await withTester({ feeds: [], bake: { ...BAKE, rebuildRetryMs: 100, rebuildRetries: 3 } }, async ({ agent, logs }) => {
     const [a] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001: a
     const [b] = await bakeTold(agent, "The harbor fee is nine coins."); // v0002: a, b
     const blocked = blockNextVersion(agent);
@@ -161,7 +106,7 @@ test("a retraction whose rebuild failed (a write error) is rebuilt again by itse
 });
 
 test("a rebuild that keeps failing is tried again a bounded number of times, each failure logged with its reason, then left owed", async () => {
-  await withTester({ rebuildRetryMs: 50, rebuildRetries: 2 }, async ({ agent, runtime, logs }) => {
+  await withTester({ feeds: [], bake: { ...BAKE, rebuildRetryMs: 50, rebuildRetries: 2 } }, async ({ agent, runtime, logs }) => {
     await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001
     const [b] = await bakeTold(agent, "The harbor fee is nine coins."); // v0002
     blockNextVersion(agent); // never cleared: every rebuild fails

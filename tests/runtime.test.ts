@@ -17,6 +17,7 @@ import { LEDGER_LIMITS, type BakeRun, type Item, type LedgerData } from "../src/
 import { createServer } from "../src/server/index.js";
 import type { ChatMessage } from "../src/model/tokenizer.js";
 import { FAST_BAKE, writeTestAgent } from "./support/agent.js";
+import { bakeTold, withTester } from "./support/tester.js";
 
 await initBackend();
 
@@ -55,27 +56,6 @@ function interruptRetraction(data: LedgerData, id: string, rebuilding: string[])
   item.status = "retracted";
   item.history.push({ at: new Date().toISOString(), status: "retracted", reason: "retracted" });
   data.bakes.push({ id: "b_cut", startedAt: new Date().toISOString(), status: "running", trigger: "retraction", parent: null, itemIds: rebuilding, replayIds: [] } satisfies BakeRun);
-}
-
-/** Runs `body` on a new test agent ("tester", writeTestAgent's options), then stops it and removes its folder. */
-async function withTester(opts: Parameters<typeof writeTestAgent>[0], body: (t: { agent: Agent; runtime: Runtime; dir: string }) => Promise<void>): Promise<void> {
-  const { dir, file } = writeTestAgent(opts);
-  const runtime = await Runtime.fromFiles(file);
-  try {
-    await body({ agent: runtime.agent("tester"), runtime, dir });
-  } finally {
-    await runtime.stop();
-    rmSync(dir, { recursive: true });
-  }
-}
-
-/** Tells the agent each text, then bakes them, promoted: the items, in the order told. */
-async function bakeTold(agent: Agent, ...texts: string[]): Promise<Item[]> {
-  const items: Item[] = [];
-  for (const text of texts) items.push((await agent.remember(text)).item);
-  const outcome = await agent.bake("test");
-  assert.equal(outcome.status, "promoted", outcome.reasons.join("; "));
-  return items;
 }
 
 /** Tells the agent each text and starts a bake of them (a rolling one, on weights already live); resolves once its worker trains. */

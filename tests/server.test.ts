@@ -22,6 +22,7 @@ import { autoCalls, toolPrompt, toPlainMessages, type AutoCalls, type KilnToolSp
 import type { LoadedModel } from "../src/model/load.js";
 import { tokenTexts } from "../src/model/json-constraint.js";
 import { walkMask } from "./support/mask.js";
+import { readEvents as readSse, type SseEvent } from "./support/sse.js";
 
 await initBackend();
 
@@ -71,41 +72,8 @@ function assertErrorShape(body: any, status: number): void {
   assert.ok("param" in body.error && "code" in body.error);
 }
 
-/** Reads server-sent events until `until` says stop (or the stream ends). */
-async function readEvents(path: string, until: (e: { event: string; data: any }) => boolean, timeoutMs = 40_000) {
-  const ac = new AbortController();
-  const timer = setTimeout(() => ac.abort(), timeoutMs);
-  const res = await fetch(`${server.url}${path}`, { headers: auth, signal: ac.signal });
-  assert.equal(res.status, 200);
-  assert.match(res.headers.get("content-type") ?? "", /text\/event-stream/);
-  const events: { event: string; data: any }[] = [];
-  const decoder = new TextDecoder();
-  let buf = "";
-  try {
-    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-      buf += decoder.decode(chunk, { stream: true });
-      let cut;
-      while ((cut = buf.indexOf("\n\n")) >= 0) {
-        const block = buf.slice(0, cut);
-        buf = buf.slice(cut + 2);
-        const event = /^event: (.*)$/m.exec(block)?.[1] ?? "message";
-        const data = /^data: (.*)$/m.exec(block)?.[1];
-        if (data === undefined) continue;
-        const e = { event, data: JSON.parse(data) };
-        events.push(e);
-        if (until(e)) {
-          ac.abort();
-          return events;
-        }
-      }
-    }
-  } catch (err) {
-    if (!ac.signal.aborted) throw err;
-  } finally {
-    clearTimeout(timer);
-  }
-  return events;
-}
+/** Reads server-sent events of the test server's `path` until `until` says stop (or the stream ends). */
+const readEvents = (path: string, until: (e: SseEvent) => boolean, timeoutMs?: number) => readSse(`${server.url}${path}`, until, { headers: auth, timeoutMs });
 
 test("models and chat completions through the official openai client, streaming equal to non-streaming", async () => {
   const started = performance.now();

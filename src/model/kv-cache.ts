@@ -59,8 +59,8 @@ export class KVCache {
   }
   /**
    * Layer l's keys and values, [B, nKv, held(l), hd] each: the storage itself where it has no
-   * spare slots, a copy otherwise (so call inside tf.tidy, and do not dispose them); undefined
-   * where the layer holds none.
+   * spare slots, a copy otherwise (so call inside tf.tidy, do not dispose them, and read them
+   * before the cache's next append); undefined where the layer holds none.
    */
   layer(l: number): { keys: tf.Tensor4D; values: tf.Tensor4D } | undefined {
     const [keys, values] = [this.keys[l], this.values[l]];

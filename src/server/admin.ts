@@ -183,6 +183,21 @@ async function whenBakeStarts(agent: Agent, work: Promise<BakeOutcome>, timeoutM
   return null;
 }
 
+/**
+ * Keeps an event stream open (a comment every KEEPALIVE_MS, so proxies do not close it) until the
+ * client leaves or the server shuts down; `unsubscribe` then stops its events.
+ */
+function keepOpen(sse: SseStream, ctx: ServerContext, unsubscribe: () => void): void {
+  const keepalive = setInterval(() => sse.comment("keepalive"), KEEPALIVE_MS);
+  const onShutdown = () => sse.end();
+  ctx.shutdown.addEventListener("abort", onShutdown, { once: true });
+  sse.onClose(() => {
+    unsubscribe();
+    clearInterval(keepalive);
+    ctx.shutdown.removeEventListener("abort", onShutdown);
+  });
+}
+
 export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
   const bakeState = (agent: Agent) => {
     const snap = ctx.watcher.snapshot(agent.name);
@@ -339,14 +354,7 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
       });
       const settle = (o: BakeOutcome) => outcome({ type: "outcome", agent: agent.name, bakeId: q.bake!, outcome: o, bake: agent.ledger.data.bakes.find((b) => b.id === q.bake) ?? null });
       ahead.then(settle, (err: Error) => settle({ status: "failed", reasons: [err.message] }));
-      const keepalive = setInterval(() => sse.comment("keepalive"), KEEPALIVE_MS);
-      const onShutdown = () => sse.end();
-      ctx.shutdown.addEventListener("abort", onShutdown, { once: true });
-      sse.onClose(() => {
-        stop();
-        clearInterval(keepalive);
-        ctx.shutdown.removeEventListener("abort", onShutdown);
-      });
+      keepOpen(sse, ctx, stop);
       return reply;
     }
     if (asked && asked.status !== "running") {
@@ -361,14 +369,7 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
       sse.send(e.type === "outcome" ? { ...e, live: versionName(agent.live.version) } : e, e.type);
       if (e.type === "outcome" && !q.follow) sse.end();
     });
-    const keepalive = setInterval(() => sse.comment("keepalive"), KEEPALIVE_MS);
-    const onShutdown = () => sse.end();
-    ctx.shutdown.addEventListener("abort", onShutdown, { once: true });
-    sse.onClose(() => {
-      stop();
-      clearInterval(keepalive);
-      ctx.shutdown.removeEventListener("abort", onShutdown);
-    });
+    keepOpen(sse, ctx, stop);
     if (agent.isBaking) ctx.watcher.track(agent);
     return reply;
   });

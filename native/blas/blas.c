@@ -1113,6 +1113,62 @@ struct fused_attention {
   int64_t kv_b, kv_g, kv_ld;  // K/V: batch stride, head stride and row stride (token-major or head-major)
 };
 
+// A decode step's attention for one KV-head group: its G query heads' rows Q [G, hd] (one token
+// each) against S keys and values K, V [S, hd], rows ld floats apart; P [G, S] gets the scores,
+// then (after the softmax) O [G, hd] the weighted sum. OpenBLAS's sgemm packs K and V (a copy
+// of each) before its product reads them, which held a long chat's attention to about a third
+// of the machine's memory bandwidth (4 GB/s: 34 ms of an 80 ms step at 3,000 tokens on the
+// 135M shape); here each key and value row is read once, for the whole group.
+#define DECODE_SCORES_BODY                                                             \
+  for (int64_t s = 0; s < S; s++) {                                                    \
+    const float* k = K + s * ld;                                                       \
+    for (int64_t i = 0; i < G; i++) {                                                  \
+      const float* q = Q + i * hd;                                                     \
+      few_v8 acc = {0};                                                                \
+      float sum = 0.0f;                                                                \
+      int64_t d = 0;                                                                   \
+      for (; d + 8 <= hd; d += 8) acc += *(const few_v8*)(q + d) * *(const few_v8*)(k + d); \
+      for (; d < hd; d++) sum += q[d] * k[d];                                          \
+      P[i * S + s] = sum + ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])); \
+    }                                                                                  \
+  }
+#define DECODE_MIX_BODY                                                                \
+  for (int64_t x = 0; x < G * hd; x++) O[x] = 0.0f;                                    \
+  for (int64_t s = 0; s < S; s++) {                                                    \
+    const float* v = V + s * ld;                                                       \
+    for (int64_t i = 0; i < G; i++) {                                                  \
+      const float p = P[i * S + s];                                                    \
+      float* o = O + i * hd;                                                           \
+      int64_t d = 0;                                                                   \
+      for (; d + 8 <= hd; d += 8) *(few_v8*)(o + d) += p * *(const few_v8*)(v + d);   \
+      for (; d < hd; d++) o[d] += p * v[d];                                            \
+    }                                                                                  \
+  }
+#define DECODE_ATTENTION_FNS(SUFFIX, ATTR)                                                                          \
+  ATTR static void decode_scores_##SUFFIX(const float* Q, const float* K, int64_t G, int64_t S, int64_t hd, int64_t ld, float* P) { \
+    DECODE_SCORES_BODY                                                                                             \
+  }                                                                                                                \
+  ATTR static void decode_mix_##SUFFIX(const float* P, const float* V, int64_t G, int64_t S, int64_t hd, int64_t ld, float* O) {    \
+    DECODE_MIX_BODY                                                                                                \
+  }
+#if defined(__x86_64__)
+DECODE_ATTENTION_FNS(fast, FEW_FAST)
+#else
+#define decode_scores_fast decode_scores_plain
+#define decode_mix_fast decode_mix_plain
+#endif
+DECODE_ATTENTION_FNS(plain, )
+
+static bool decode_fast(void) {
+#if defined(__x86_64__)
+  static int fast = -1;
+  if (fast < 0) fast = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return fast;
+#else
+  return false;
+#endif
+}
+
 // Query head h of batch entry b: its rows [T, hd] start at q + (b*T*nH + h)*hd, one row every nH*hd.
 #define Q_AT(j, base, b, h) ((base) + ((b) * (j)->T * (j)->nH + (h)) * (j)->hd)
 #define KV_AT(j, base, b, g) ((base) + (b) * (j)->kv_b + (g) * (j)->kv_g)
@@ -1128,9 +1184,10 @@ static void attention_groups(const void* ctx, int64_t from, int64_t to) {
       // their probabilities [groups, S]: one product each for the whole group
       const int64_t h = g * groups;
       float* P = j->probs + (b * j->nH + h) * S;
-      gemm_ld(false, true, groups, S, hd, 1.0f, Q_AT(j, j->q, b, h), hd, K, j->kv_ld, 0.0f, P, S);
+      const bool fast = decode_fast();
+      (fast ? decode_scores_fast : decode_scores_plain)(Q_AT(j, j->q, b, h), K, groups, S, hd, j->kv_ld, P);
       for (int64_t i = 0; i < groups; i++) attention_softmax_row(P + i * S, j->mask + b * S, j->scale, P + i * S, S);
-      gemm_ld(false, false, groups, hd, S, 1.0f, P, S, V, j->kv_ld, 0.0f, Q_AT(j, j->out, b, h), hd);
+      (fast ? decode_mix_fast : decode_mix_plain)(P, V, groups, S, hd, j->kv_ld, Q_AT(j, j->out, b, h));
       continue;
     }
     for (int64_t h = g * groups; h < (g + 1) * groups; h++) {
@@ -1183,15 +1240,8 @@ static void run_attention(const struct fused_attention* j, rows_fn fn) {
   const int64_t least = j->T == 1 ? DECODE_THREADED_ATTENTION : MIN_THREADED_BATCH;
   if (items >= 2 && threads > 1 && j->T * j->S * j->hd * (j->nH / j->nKv) * items >= least) {
     parallel_products(threads, items, fn, j);
-  } else if (j->T == 1 && threads > 1) {
-    // and its products on this thread alone: OpenBLAS wakes its threads for a product over 2^18
-    // multiply-adds, which a group's [groups, hd] x [hd, S] passes at 1,366 keys (135M shape): a
-    // step's attention went from 0.48 ms at 1,200 keys to 1.9 ms at 1,500 and 7.8 ms at 3,000
-    openblas_set_num_threads(1);
-    fn(j, 0, items);
-    openblas_set_num_threads(threads);
   } else {
-    fn(j, 0, items);
+    fn(j, 0, items);  // (a decode step's products are kiln's own, not OpenBLAS's: it wakes no threads)
   }
 }
 

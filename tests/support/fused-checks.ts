@@ -127,6 +127,13 @@ export async function checkAttention(backend: string): Promise<void> {
   // large enough to run a KV-head group per thread (native), past a workgroup's width (webgpu)
   await checkAttentionShape(backend, 2, 64, 64, 6, 2, 32, false);
   await checkAttentionShape(backend, 1, 8, 96, 4, 4, 32, true);
+  // decode on a long cache, a head width past whole 8-float blocks (native's own decode products)
+  await checkAttentionShape(backend, 2, 1, 300, 9, 3, 67, true);
+  // a KV cache's storage: 10 slots a head, of which the mask's 7 are read (the rest must not count)
+  await same(backend, () => {
+    const store = (seed: number) => tf.concat([r([2, 3, 7, 8], seed), tf.fill([2, 3, 3, 8], 1e4)], 2) as tf.Tensor4D; // [2, 3, 10, 8]
+    return attention(r([2, 1, 6, 8], 75) as tf.Tensor4D, store(76), store(77), tf.zeros([2, 1, 7]) as tf.Tensor3D, 0.2, true);
+  });
 }
 
 /** Rows wider than a workgroup or a thread's share, and a log-softmax's gradient. */

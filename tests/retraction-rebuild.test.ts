@@ -5,9 +5,10 @@ import assert from "node:assert/strict";
 import { rmSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { initBackend } from "../src/tensor/backend.js";
-import type { Agent, BakeOutcome } from "../src/runtime/agent.js";
+import { retractedOutOfService, retryDelay, type Agent, type BakeOutcome } from "../src/runtime/agent.js";
+import { Runtime } from "../src/runtime/runtime.js";
 import { createServer } from "../src/server/index.js";
-import { FAST_BAKE } from "./support/agent.js";
+import { FAST_BAKE, writeTestAgent } from "./support/agent.js";
 import { readEvents } from "./support/sse.js";
 import { bakeTold, withTester } from "./support/tester.js";
 
@@ -132,4 +133,55 @@ test("a rebuild that keeps failing is tried again a bounded number of times, eac
       await srv.close();
     }
   });
+});
+
+test("a rebuild that failed is run again when the agent next starts: its tries again went with the process that made them", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [], bake: { ...BAKE, rebuildRetries: 0 } });
+  try {
+    let runtime = await Runtime.fromFiles(file);
+    const agent = runtime.agent("tester");
+    const [a] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001: a
+    const [b] = await bakeTold(agent, "The harbor fee is nine coins."); // v0002: a, b
+    const blocked = blockNextVersion(agent);
+    assert.equal((await agent.retract([b!.id])).status, "failed");
+    assert.equal(agent.owedRebuild!.retryAt, null, "no tries again here (rebuildRetries 0)");
+    await runtime.stop();
+    rmSync(blocked);
+    runtime = await Runtime.fromFiles(file);
+    const again = runtime.agent("tester");
+    runtime.start();
+    await until("the rebuild run again", () => again.ledger.data.bakes.length > 3 && again.ledger.data.bakes.at(-1)!.status !== "running");
+    const last = again.ledger.data.bakes.at(-1)!;
+    assert.deepEqual([last.trigger, last.status], ["retraction", "promoted"], last.error);
+    assert.deepEqual(again.ledger.version(last.version!).items, [a!.id]);
+    assert.equal(again.ledger.item(b!.id).status, "retracted");
+    await runtime.stop();
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("the rebuild id a retraction reserved still answers once the retraction ended, with its outcome, where no bake record took the id", async () => {
+  await withTester({ feeds: [], bake: BAKE }, async ({ agent, runtime }) => {
+    const [a] = await bakeTold(agent, "The lighthouse keeper is Mira Tolle."); // v0001: a alone
+    // the rebuild has nothing left to bake: it never starts under the id it reserved
+    const { work, rebuildId } = await retractedOutOfService(agent, [a!.id], "test");
+    assert.ok(rebuildId, "a rebuild id was reserved");
+    const outcome = await work;
+    const srv = await createServer(runtime, { port: 0 });
+    try {
+      const events = await readEvents(`${srv.url}/admin/agents/tester/bakes/events?bake=${rebuildId}`, (e) => e.event === "outcome");
+      const end = events.find((e) => e.event === "outcome");
+      assert.ok(end, `an outcome, not an error: ${JSON.stringify(events)}`);
+      assert.equal(end.data.outcome.status, outcome.status);
+    } finally {
+      await srv.close();
+    }
+  });
+});
+
+test("a failed rebuild's tries again wait at most as long as a timer can (a longer one runs at once)", () => {
+  assert.deepEqual([1, 2, 3].map((n) => retryDelay(60_000, n)), [60_000, 120_000, 240_000]);
+  assert.equal(retryDelay(86_400_000, 6), 2 ** 31 - 1, "32 days: the longest timer instead");
+  assert.equal(retryDelay(60_000, 20), 2 ** 31 - 1);
 });

@@ -259,6 +259,17 @@ const DECIDED_ELSEWHERE: ReadonlySet<ItemStatus> = new Set(["retracted", "supers
 /** How long an answer to a retraction waits for the weights holding its items to leave service. */
 export const OUT_OF_SERVICE_WAIT_MS = 20_000;
 
+/** Ended retractions whose reserved rebuild id still answers (Agent.rebuildReserved). */
+const RESERVED_KEPT = 16;
+
+/**
+ * How long the `attempts`th try again of a failed rebuild waits: `ms`, doubled each time, at most
+ * the longest a timer waits (Node runs a longer one after 1 ms).
+ */
+export function retryDelay(ms: number, attempts: number): number {
+  return Math.min(ms * 2 ** (attempts - 1), 2 ** 31 - 1);
+}
+
 /**
  * Starts a retraction and waits (at most `waitMs`: seconds, normally) until the weights holding
  * its items have left service, so what the asker is told next ("forgotten", HTTP 202) holds for
@@ -338,8 +349,13 @@ export class Agent {
    * news would wait behind all news, and the retraction be done only when someone retracts again.
    */
   private rebuildRetry: (Omit<OwedRebuild, "liveHolds"> & { timer: NodeJS.Timeout | null }) | null = null;
-  /** the outcome of each retraction whose rebuild's bake id is reserved, while it runs (rebuildReserved) */
-  private readonly reservedRebuilds = new Map<string, Promise<BakeOutcome>>();
+  /**
+   * The outcome of each retraction whose rebuild's bake id is reserved (rebuildReserved), while it
+   * runs and for the last RESERVED_KEPT after they ended: a rebuild that never started under its id
+   * (nothing left to bake, the retraction failed first) has no bake record for a client that
+   * follows the id after the end to find.
+   */
+  private readonly reservedRebuilds = new Map<string, { outcome: Promise<BakeOutcome>; ended: boolean }>();
 
   private stopping = false;
 
@@ -499,8 +515,9 @@ export class Agent {
   // --- schedules ---
 
   start(): void {
-    // A retraction's rebuild the process stopped during: its weights left service when the agent
-    // opened, and what they held (pending now) would wait behind all news; it runs again first.
+    // A retraction's rebuild the process stopped during, or that failed: its weights left service
+    // when the agent opened, and what they held (pending now) would wait behind all news; it runs
+    // again first.
     const cut = this.unfinishedRebuild();
     if (cut) {
       this.log(`a retraction's rebuild did not finish: baking again the ${cut.held.length} item(s) it was rebuilding`);
@@ -526,12 +543,13 @@ export class Agent {
     }
   }
 
-  /** What the last bake rebuilt, when it was a retraction's rebuild the process stopped during. */
+  /**
+   * What the last bake rebuilt, when it was a retraction's rebuild that did not finish: the process
+   * stopped during it, or it failed (its tries again, if any, went with the process that made them).
+   */
   private unfinishedRebuild(): BakeOptions["rebuild"] | null {
     const last = this.ledger.data.bakes.at(-1);
     if (last?.trigger !== RETRACTION || last.status !== "failed") return null;
-    // (recover's words for a bake running when the process died; stop's for one it cancelled)
-    if (!/^(the process stopped during the bake|bake cancelled(: the agent is stopping)?)$/.test(last.error ?? "")) return null;
     return { held: last.itemIds, retracted: [] };
   }
 
@@ -691,7 +709,7 @@ export class Agent {
    * told it), while that retraction runs: its rebuild may not have started, waiting for a bake.
    */
   rebuildReserved(bakeId: string): Promise<BakeOutcome> | null {
-    return this.reservedRebuilds.get(bakeId) ?? null;
+    return this.reservedRebuilds.get(bakeId)?.outcome ?? null;
   }
 
   /**
@@ -1238,7 +1256,7 @@ export class Agent {
     const run = this.retractions
       .then(() =>
         this.retractNow(ids, reason, (rebuildId) => {
-          if (rebuildId) this.reservedRebuilds.set((reserved = rebuildId), outcome);
+          if (rebuildId) this.reservedRebuilds.set((reserved = rebuildId), { outcome, ended: false });
           onOutOfService?.(rebuildId);
         }),
       )
@@ -1246,7 +1264,7 @@ export class Agent {
         this.retracting--;
         this.retractionsAsked.splice(this.retractionsAsked.indexOf(ids), 1);
         if (this.stoppedByRetraction?.by === ids) this.stoppedByRetraction = null; // (it failed before reading it)
-        if (reserved) this.reservedRebuilds.delete(reserved);
+        if (reserved) this.forgetReserved(reserved);
       });
     this.retractions = run.catch(() => undefined);
     // (before the caller hears the outcome: a failure it is told of is already owed, and reported)
@@ -1257,6 +1275,14 @@ export class Agent {
     // (the stopped bake it runs again goes on after it: the next retraction does not wait for that)
     outcome = run.then((done) => ("ranAgain" in done ? done.ranAgain : done));
     return outcome;
+  }
+
+  /** `bakeId`'s retraction ended: kept with the last RESERVED_KEPT ended ones, the older forgotten. */
+  private forgetReserved(bakeId: string): void {
+    const entry = this.reservedRebuilds.get(bakeId);
+    if (entry) entry.ended = true;
+    const ended = [...this.reservedRebuilds].filter(([, e]) => e.ended).map(([id]) => id);
+    for (const id of ended.slice(0, Math.max(0, ended.length - RESERVED_KEPT))) this.reservedRebuilds.delete(id);
   }
 
   /**
@@ -1281,9 +1307,9 @@ export class Agent {
       this.log(`the rebuild after a retraction failed (${failed})${serving}; gave up after ${attempts} tries: the next retraction rebuilds it`);
       return;
     }
-    const delay = rebuildRetryMs * 2 ** (attempts - 1);
+    const delay = retryDelay(rebuildRetryMs, attempts);
     const timer = setTimeout(() => this.retryRebuild(), delay);
-    timer.unref(); // (a CLI process that retracted ends; the next start or retraction carries it on)
+    timer.unref(); // (a CLI process that retracted ends: the next start runs a failed rebuild again, see unfinishedRebuild)
     this.rebuildRetry = { attempts, retryAt: new Date(Date.now() + delay).toISOString(), lastError: failed, timer };
     this.log(`the rebuild after a retraction failed (${failed})${serving}; tried again in ${delay / 1000} s (${attempts} of ${rebuildRetries})`);
   }

@@ -37,6 +37,22 @@ test("items keep provenance, dedupe by content, and move through statuses with h
   rmSync(dir, { recursive: true });
 });
 
+test("syncFeeds: a feed renamed with a #fragment added to its URL is the same feed renamed, and a fragment alone changes nothing", async () => {
+  const dir = tmp();
+  const ledger = await Ledger.open(path.join(dir, "ledger.json"));
+  await ledger.syncFeeds([{ id: "harbor", url: "http://x/feed" }]);
+  await ledger.update((d) => Object.assign(d.feeds[0]!, { etag: '"e1"', seenKeys: ["guid:g1"], itemsAdded: 1 }));
+  await ledger.addItem({ kind: "feed", text: "Quillport elected a new mayor.", source: { feedId: "harbor", guid: "g1" } });
+  // (a poll never sends the fragment: the same address, the same poll state)
+  assert.deepEqual(await ledger.syncFeeds([{ id: "harbor", url: "http://x/feed#latest" }]), { dropped: [], renamed: [] });
+  assert.deepEqual(ledger.feed("harbor")!.seenKeys, ["guid:g1"]);
+  assert.deepEqual(await ledger.syncFeeds([{ id: "harbour", url: "HTTP://X/feed#top" }]), { dropped: [], renamed: [{ from: "harbor", to: "harbour", items: 1 }] });
+  assert.deepEqual(ledger.feed("harbour")!.seenKeys, ["guid:g1"]);
+  assert.equal(ledger.data.items[0]!.source.feedId, "harbour");
+  await ledger.close();
+  rmSync(dir, { recursive: true });
+});
+
 test("syncFeeds: a feed renamed to the URL it moved to for good (the agent file edited as the log asks) keeps its seen keys and items", async () => {
   const dir = tmp();
   const ledger = await Ledger.open(path.join(dir, "ledger.json"));

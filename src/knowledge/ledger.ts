@@ -645,8 +645,10 @@ export class Ledger {
    */
   async syncFeeds(feeds: readonly { id: string; url: string }[]): Promise<FeedSync> {
     const named = new Map(feeds.map((f) => [f.id, f]));
-    // a record stays with its id where the agent file names that id with its URL (or the URL it moved to for good)
-    const fits = (r: FeedRecord, url: string) => r.url === url || r.movedTo === url;
+    // a record stays with its id where the agent file names that id with its URL (or the URL it
+    // moved to for good), compared as polled (feedUrlKey: a #fragment added is the same feed)
+    const same = (a: string | undefined, b: string) => a !== undefined && feedUrlKey(a) === feedUrlKey(b);
+    const fits = (r: FeedRecord, url: string) => same(r.url, url) || same(r.movedTo, url);
     const keeps = (r: FeedRecord) => named.has(r.id) && fits(r, named.get(r.id)!.url);
     // The others are free: no longer named, or named with another URL (two feeds that swapped
     // URLs, one renamed to another's old id). A feed without its own may take one of them whose
@@ -656,8 +658,8 @@ export class Ledger {
     const wanting = feeds.filter((f) => !this.data.feeds.some((r) => r.id === f.id && keeps(r)));
     const match = (f: { id: string; url: string }, open: FeedRecord[]) => {
       // the agent file may name the URL the feed moved to for good (as its log asks), renamed in the same edit
-      const exact = open.filter((r) => r.id !== f.id && r.url === f.url);
-      return exact.length ? exact : open.filter((r) => r.id !== f.id && r.movedTo === f.url);
+      const exact = open.filter((r) => r.id !== f.id && same(r.url, f.url));
+      return exact.length ? exact : open.filter((r) => r.id !== f.id && same(r.movedTo, f.url));
     };
     // A feed named before with another URL takes another's record only where its own goes to
     // another feed (swapped, or renamed along a chain): else its URL changed in place.

@@ -145,11 +145,20 @@ FEW_ROWS_FN(few_rows_plain4, , 4)
 
 typedef void (*few_fn)(const struct few_rows*, int64_t, int64_t, int64_t);
 
-static few_fn few_rows_kernel(int rows) {
+// Whether the FEW_FAST versions (AVX2 with FMA) run here: asked of the CPU once.
+static bool cpu_fast(void) {
 #if defined(__x86_64__)
   static int fast = -1;
   if (fast < 0) fast = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (fast) return (few_fn[]){few_rows_fast1, few_rows_fast2, few_rows_fast3, few_rows_fast4}[rows - 1];
+  return fast;
+#else
+  return false;
+#endif
+}
+
+static few_fn few_rows_kernel(int rows) {
+#if defined(__x86_64__)
+  if (cpu_fast()) return (few_fn[]){few_rows_fast1, few_rows_fast2, few_rows_fast3, few_rows_fast4}[rows - 1];
 #endif
   return (few_fn[]){few_rows_plain1, few_rows_plain2, few_rows_plain3, few_rows_plain4}[rows - 1];
 }
@@ -1159,16 +1168,6 @@ DECODE_ATTENTION_FNS(fast, FEW_FAST)
 #endif
 DECODE_ATTENTION_FNS(plain, )
 
-static bool decode_fast(void) {
-#if defined(__x86_64__)
-  static int fast = -1;
-  if (fast < 0) fast = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return fast;
-#else
-  return false;
-#endif
-}
-
 // Query head h of batch entry b: its rows [T, hd] start at q + (b*T*nH + h)*hd, one row every nH*hd.
 #define Q_AT(j, base, b, h) ((base) + ((b) * (j)->T * (j)->nH + (h)) * (j)->hd)
 #define KV_AT(j, base, b, g) ((base) + (b) * (j)->kv_b + (g) * (j)->kv_g)
@@ -1184,7 +1183,7 @@ static void attention_groups(const void* ctx, int64_t from, int64_t to) {
       // their probabilities [groups, S]: one product each for the whole group
       const int64_t h = g * groups;
       float* P = j->probs + (b * j->nH + h) * S;
-      const bool fast = decode_fast();
+      const bool fast = cpu_fast();
       (fast ? decode_scores_fast : decode_scores_plain)(Q_AT(j, j->q, b, h), K, groups, S, hd, j->kv_ld, P);
       for (int64_t i = 0; i < groups; i++) attention_softmax_row(P + i * S, j->mask + b * S, j->scale, P + i * S, S);
       (fast ? decode_mix_fast : decode_mix_plain)(P, V, groups, S, hd, j->kv_ld, Q_AT(j, j->out, b, h));

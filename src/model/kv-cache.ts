@@ -6,6 +6,11 @@ import { appendHeadMajor, kvSlotsInPlace } from "../tensor/fused.js";
 /** Slots a storage grows by at least: a decode step would otherwise grow it every few tokens. */
 const GROW_SLOTS = 128;
 
+/** Slots [start, start + n) of keys or values [B, nKv, *, hd] (a copy). */
+function slots(t: tf.Tensor4D, start: number, n: number): tf.Tensor4D {
+  return tf.slice(t, [0, 0, start, 0], [-1, -1, n, -1]) as tf.Tensor4D; // [B, nKv, n, hd]
+}
+
 /**
  * Keys and values for every layer, plus which key positions are real (1) or padding (0).
  * The decoder appends to it on each call; generation owns and disposes it.
@@ -66,7 +71,7 @@ export class KVCache {
     const [keys, values] = [this.keys[l], this.values[l]];
     if (!keys || !values) return undefined;
     const held = this.held(l);
-    const used = (t: tf.Tensor4D) => (t.shape[2] === held ? t : (tf.slice(t, [0, 0, 0, 0], [-1, -1, held, -1]) as tf.Tensor4D)); // [B, nKv, held, hd]
+    const used = (t: tf.Tensor4D) => (t.shape[2] === held ? t : slots(t, 0, held)); // [B, nKv, held, hd]
     return { keys: used(keys), values: used(values) };
   }
   /**
@@ -95,13 +100,13 @@ export class KVCache {
     // The next query sits at slot S, so a window layer's later queries see slots S - window + 1
     // on; `slack` more are kept so the cache can be cut back and continued.
     const keepFrom = window === null ? from : Math.max(from, S - window + 1 - this.slack);
-    const slots = kvSlotsInPlace();
-    if (!slots || T === 0) {
+    const inPlace = kvSlotsInPlace();
+    if (!inPlace || T === 0) {
       const past = this.layer(l);
       const keys = appendHeadMajor(past?.keys, k); // [B, nKv, S - from, hd]
       const values = appendHeadMajor(past?.values, v); // [B, nKv, S - from, hd]
       const drop = keepFrom - from;
-      const kept = (t: tf.Tensor4D) => tf.keep(drop > 0 ? (tf.slice(t, [0, 0, drop, 0], [-1, -1, -1, -1]) as tf.Tensor4D) : t); // [B, nKv, S - keepFrom, hd]
+      const kept = (t: tf.Tensor4D) => tf.keep(drop > 0 ? slots(t, drop, S - keepFrom) : t); // [B, nKv, S - keepFrom, hd]
       this.setLayer(l, kept(keys), kept(values), keepFrom);
       return { keys, values, from };
     }
@@ -124,15 +129,15 @@ export class KVCache {
           next = tf.keep(tf.zeros([B, nKv, grown, hd])); // [B, nKv, grown, hd]
           this.owned.add(next);
         }
-        if (old && keep > 0) slots.move(old, next, drop, keep);
+        if (old && keep > 0) inPlace.move(old, next, drop, keep);
         if (next !== old) old?.dispose();
         store[l] = next;
       }
       this.dropped[l] = from + drop;
       held = keep;
     }
-    slots.write(this.keys[l]!, k, held);
-    slots.write(this.values[l]!, v, held);
+    inPlace.write(this.keys[l]!, k, held);
+    inPlace.write(this.values[l]!, v, held);
     return { keys: this.keys[l]!, values: this.values[l]!, from: this.dropped[l]! };
   }
   /**
@@ -150,16 +155,13 @@ export class KVCache {
       const keepFrom = Math.min(this.length, window === null ? from : Math.max(from, this.length - window + 1 - this.slack));
       if (keepFrom === this.length) {
         // nothing a next query sees: the next call starts this layer afresh, as after prefix()
-        keys.dispose();
-        values.dispose();
-        delete this.keys[l];
-        delete this.values[l];
+        this.emptyLayer(l);
         this.dropped[l] = keepFrom;
         continue;
       }
       if (keepFrom === from && keys.shape[2] === this.held(l)) continue;
-      const slots = (t: tf.Tensor4D) => tf.slice(t, [0, 0, keepFrom - from, 0], [-1, -1, this.length - keepFrom, -1]) as tf.Tensor4D; // [B, nKv, length - keepFrom, hd]
-      this.setLayer(l, slots(keys), slots(values), keepFrom);
+      const n = this.length - keepFrom;
+      this.setLayer(l, slots(keys, keepFrom - from, n), slots(values, keepFrom - from, n), keepFrom); // [B, nKv, length - keepFrom, hd]
     }
   }
   /**
@@ -176,8 +178,7 @@ export class KVCache {
       const from = this.dropped[l] ?? 0;
       out.dropped[l] = from;
       if (length === from) continue; // nothing of this layer is left: the next call starts it afresh
-      const slots = (t: tf.Tensor4D) => tf.slice(t, [0, 0, 0, 0], [-1, -1, length - from, -1]) as tf.Tensor4D; // [B, nKv, length - from, hd]
-      out.setLayer(l, slots(this.keys[l]!), slots(this.values[l]!), from);
+      out.setLayer(l, slots(this.keys[l]!, 0, length - from), slots(this.values[l]!, 0, length - from), from); // [B, nKv, length - from, hd]
     }
     return out;
   }
@@ -195,18 +196,21 @@ export class KVCache {
       const [keys, values] = [this.keys[l]!, this.values[l]!];
       if (length === from) {
         // nothing of this layer is left: the next call starts it afresh, as after prefix()
-        keys.dispose();
-        values.dispose();
-        delete this.keys[l];
-        delete this.values[l];
+        this.emptyLayer(l);
       } else if (!this.owned.has(keys)) {
         // tfjs has no view of a tensor's leading slots: the kept part is sliced out, the old freed
-        const slots = (t: tf.Tensor4D) => tf.slice(t, [0, 0, 0, 0], [-1, -1, length - from, -1]) as tf.Tensor4D; // [B, nKv, length - from, hd]
-        this.setLayer(l, slots(keys), slots(values), from);
+        this.setLayer(l, slots(keys, 0, length - from), slots(values, 0, length - from), from); // [B, nKv, length - from, hd]
       }
       // (storage written in place keeps its slots past `length` as spare: the next write covers them)
     }
     return true;
+  }
+  /** Frees layer l's keys and values: it holds none. */
+  private emptyLayer(l: number): void {
+    this.keys[l]?.dispose();
+    this.values[l]?.dispose();
+    delete this.keys[l];
+    delete this.values[l];
   }
   /**
    * Whether the first `length` slots can be continued: every sliding layer still holds the slots

@@ -1238,8 +1238,7 @@ export class Agent {
     // rebuild (an hour on a CPU), for an item nothing needs to stop or rebuild for.
     if (this.retracting > 0 && this.nothingCanHold(ids)) return this.markUnheld(ids, reason, onOutOfService);
     // it carries the owed rebuild on, and its failure starts the tries again afresh
-    if (this.rebuildRetry?.timer) clearTimeout(this.rebuildRetry.timer);
-    this.rebuildRetry = null;
+    this.dropRebuildRetry();
     return this.queueRetraction(ids, reason, onOutOfService);
   }
 
@@ -1292,8 +1291,7 @@ export class Agent {
    */
   private afterRebuild(failed: string | null): void {
     if (this.stoppedRebuild === null) {
-      if (this.rebuildRetry?.timer) clearTimeout(this.rebuildRetry.timer);
-      this.rebuildRetry = null;
+      this.dropRebuildRetry();
       return;
     }
     // (an owed rebuild beside a retraction that did not fail is one a start runs again, still running)
@@ -1312,6 +1310,12 @@ export class Agent {
     timer.unref(); // (a CLI process that retracted ends: the next start runs a failed rebuild again, see unfinishedRebuild)
     this.rebuildRetry = { attempts, retryAt: new Date(Date.now() + delay).toISOString(), lastError: failed, timer };
     this.log(`the rebuild after a retraction failed (${failed})${serving}; tried again in ${delay / 1000} s (${attempts} of ${rebuildRetries})`);
+  }
+
+  /** No try again is due (its timer cleared): a retraction carries the rebuild on, or nothing is owed. */
+  private dropRebuildRetry(): void {
+    if (this.rebuildRetry?.timer) clearTimeout(this.rebuildRetry.timer);
+    this.rebuildRetry = null;
   }
 
   /** Runs the owed rebuild again, in line with the retractions (see afterRebuild). */

@@ -4,6 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import { registerNativeBackend } from "../src/tensor/native.js";
+import { logSoftmax } from "../src/tensor/fused.js";
 import { checkAttention, checkKlRows, close, r, checkLoraLinear, checkManyRows, checkRmsNormAndSwiglu, checkRope, checkWideRows } from "./support/fused-checks.js";
 
 registerNativeBackend(2);
@@ -38,6 +39,29 @@ test("batched matmul with transposes and a broadcast batch", async () => {
   for (const [bShape, tb] of [[[7, 4], false], [[4, 7], true], [[1, 7, 4], false], [[1, 4, 7], true]] as const) {
     const [n, c] = await both(() => tf.matMul(r([6, 5, 7], 3), r([...bShape], 4), false, tb));
     close(n, c, 1e-4);
+  }
+});
+
+test("softmax and log-softmax over values far apart (masked, underflowing, -Infinity, NaN) equal tfjs's", async () => {
+  // kiln's own vector exp: 0 below its floor, NaN through, rows of every width (tails under 8)
+  const rows = [
+    [0, -1e9, -100, -87.4, -86.4, -20, 5, 1e-3, -1e9, -1e9, 3, -50, -88],
+    [-1e9, -1e9, -1e9, -1e9, -1e9, -1e9, -1e9, -1e9, -1e9, -1e9, -1e9, -1e9, -1e9],
+    [1, 2, -Infinity, 4, -Infinity, 6, 7, 8, 9, 10, 11, 12, -Infinity],
+    [1, 2, NaN, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13],
+    [NaN, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13],
+    [-Infinity, -Infinity, -Infinity, -Infinity, -Infinity, -Infinity, -Infinity, -Infinity, -Infinity, -Infinity, -Infinity, -Infinity, -Infinity],
+    [80, -80, 40, 0, 87, -87, 86, -86, 88, -88, 89, -89, 0],
+  ];
+  for (const width of [13, 8, 3]) {
+    for (const op of [(x: tf.Tensor) => tf.softmax(x), (x: tf.Tensor) => logSoftmax(x)]) {
+      const [n, c] = await both(() => op(tf.tensor2d(rows.map((row) => row.slice(0, width)))));
+      for (let i = 0; i < c.length; i++) {
+        if (Number.isNaN(c[i]!)) assert.ok(Number.isNaN(n[i]!), `at ${i}: ${n[i]} where tfjs gives NaN`);
+        else if (!Number.isFinite(c[i]!)) assert.equal(n[i], c[i], `at ${i}`);
+        else assert.ok(Math.abs(n[i]! - c[i]!) <= 1e-6 * (1 + Math.abs(c[i]!)), `at ${i}: ${n[i]} vs ${c[i]}`);
+      }
+    }
   }
 });
 

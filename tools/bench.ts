@@ -145,11 +145,14 @@ async function benchKiln(shape: Shape) {
   const decodeS = await decodeSeconds(decoder, ids, DECODE, REPEATS);
   if (profile) {
     const cache = new KVCache(1);
-    tf.tidy(() => decoder.forward({ ids }, { cache, logitsFrom: PREFILL - 1 })).dispose();
+    const prefill = await tf.profile(() => tf.tidy(() => decoder.forward({ ids }, { cache, logitsFrom: PREFILL - 1 })));
+    printProfile(shape.name, `a ${PREFILL}-token prefill`, prefill, `${(prefillS * 1000).toFixed(1)} ms unprofiled`);
+    tf.dispose(prefill.result);
     const t0 = performance.now();
     const info = await tf.profile(() => tf.tidy(() => decoder.forward({ ids: [[1]] }, { cache })));
     const wall = performance.now() - t0;
     printProfile(shape.name, "one decode step", info, `${wall.toFixed(1)} ms wall under the profiler, ${((decodeS / DECODE) * 1000).toFixed(1)} ms unprofiled`);
+    tf.dispose(info.result);
     cache.dispose();
   }
 

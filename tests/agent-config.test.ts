@@ -2,6 +2,7 @@
 // only as written or one is where the ledger says the other moved for good.
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
@@ -10,6 +11,7 @@ import { loadAgentConfig } from "../src/runtime/agent-config.js";
 import { Runtime } from "../src/runtime/runtime.js";
 import { Ledger } from "../src/knowledge/ledger.js";
 import { writeTestAgent } from "./support/agent.js";
+import { repoRoot } from "./support/paths.js";
 
 await initBackend();
 
@@ -69,6 +71,13 @@ test("a feed added at the address the ledger says another moved to for good is r
     await assert.rejects(Runtime.fromFiles(file), /feeds\.0\.url: "https:\/\/news\.example\.com\/rss" is where feeds\.1's url "http:\/\/feeds\.example\.com\/old\.xml" \(id quay\) has moved for good/);
     // refused before the ledger changed, and its lock let go: the agent file as the log asks opens
     assert.equal(JSON.parse(readFileSync(ledgerFile, "utf8")).feeds.length, 1);
+    // `kiln feeds add` refuses it too, before it writes the agent file the agent could not open with
+    setFeeds('\n  - { id: quay, url: "http://feeds.example.com/old.xml", schedule: "0 0 1 1 *" }');
+    const before = readFileSync(file, "utf8");
+    const add = spawnSync(process.execPath, [path.join(repoRoot(), "dist", "src", "cli", "main.js"), "feeds", "add", "tester", "news", "https://news.example.com/rss", "--agents", file], { encoding: "utf8", timeout: 60_000 });
+    assert.equal(add.status, 1, add.stdout + add.stderr);
+    assert.match(add.stderr, /feeds\.1\.url: "https:\/\/news\.example\.com\/rss" is where feeds\.0's url "http:\/\/feeds\.example\.com\/old\.xml" \(id quay\) has moved for good/);
+    assert.equal(readFileSync(file, "utf8"), before, "the agent file is as it was");
     setFeeds('\n  - { id: quay, url: "https://news.example.com/rss", schedule: "0 0 1 1 *" }');
     runtime = await Runtime.fromFiles(file);
     assert.deepEqual(runtime.agent("tester").ledger.data.feeds.map((f) => f.id), ["quay"]);

@@ -3,14 +3,14 @@
 // changes the live version.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { chromium, type Browser } from "playwright-core";
 import { initBackend } from "../src/tensor/backend.js";
 import { Runtime } from "../src/runtime/runtime.js";
 import { createServer } from "../src/server/index.js";
-import { writeTestAgent } from "./support/agent.js";
+import { TEST_BAKE, writeTestAgent } from "./support/agent.js";
 
 // These run in the page (tsconfig has no DOM lib).
 declare const document: any;
@@ -22,10 +22,10 @@ const TOKEN = "dashboard-token";
 
 
 /** A test agent served with a token, for the page to talk to. */
-async function serveTestAgent() {
+async function serveTestAgent(overrides: Record<string, unknown> = {}) {
   assert.ok(existsSync(CHROMIUM), `${CHROMIUM} is missing: the dashboard test needs Debian's chromium (apt-get install chromium)`);
   await initBackend();
-  const agent = writeTestAgent();
+  const agent = writeTestAgent(overrides);
   const runtime = await Runtime.fromFiles(agent.file);
   const server = await createServer(runtime, { port: 0, token: TOKEN });
   return { agent, runtime, server };
@@ -47,8 +47,9 @@ async function openPage(browser: Browser) {
   return { page, pageErrors };
 }
 
-test("dashboard: token, streamed chat, ledger, bake chart, rollback", { timeout: 180_000 }, async () => {
-  const { agent, runtime, server } = await serveTestAgent();
+test("dashboard: token, streamed chat, ledger, bake chart, rollback, a failed rebuild", { timeout: 240_000 }, async () => {
+  const { agent, runtime, server } = await serveTestAgent({ bake: { ...TEST_BAKE, rebuildRetries: 0 } });
+  const tester0 = runtime.agent("tester");
   const shots = mkdtempSync(path.join(os.tmpdir(), "kiln-dashboard-"));
   let browser: Browser | undefined;
   try {
@@ -90,6 +91,9 @@ test("dashboard: token, streamed chat, ledger, bake chart, rollback", { timeout:
     const row = await page.waitForSelector("#items-table tbody tr:has-text('The lighthouse keeper is Mira Tolle.')");
     assert.equal(await (await row.$(".status"))!.textContent(), "pending");
 
+    // (a second fact, so that a rebuild without the first has something to bake)
+    await tester0.remember("The harbor fee is nine coins.");
+
     // Bakes: start one through the admin API; its KL curves are drawn when it ends.
     const started = await fetch(`${server.url}/admin/agents/tester/bakes`, { method: "POST", headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" }, body: "{}" });
     assert.equal(started.status, 202);
@@ -118,6 +122,20 @@ test("dashboard: token, streamed chat, ledger, bake chart, rollback", { timeout:
     await page.waitForFunction(() => document.querySelector("#live-version")?.textContent === "base");
     assert.equal(runtime.agent("tester").live.version, null);
     await page.waitForSelector("button[data-rollback=v0001]");
+
+    // A retraction whose rebuild fails (its version folder cannot be written, as on a full disk):
+    // the page says so above the tabs, with the reason, until a rebuild succeeds.
+    const tester = runtime.agent("tester");
+    assert.equal(await page.isHidden("#agent-alert"), true, "nothing to say before");
+    const forward = await fetch(`${server.url}/admin/agents/tester/versions/v0001/rollback`, { method: "POST", headers: { authorization: `Bearer ${TOKEN}` } });
+    assert.equal(forward.status, 200, await forward.text());
+    await page.waitForFunction(() => document.querySelector("#live-version")?.textContent === "v0001");
+    writeFileSync(path.join(tester.config.homeDir, tester.ledger.nextVersionId()), "not a folder");
+    const [keeper] = tester.ledger.items({ text: "Mira Tolle" });
+    const retracted = await fetch(`${server.url}/admin/agents/tester/items/${keeper!.id}/retract`, { method: "POST", headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" }, body: "{}" });
+    assert.equal(retracted.status, 202, await retracted.text());
+    await page.waitForSelector("#agent-alert:not([hidden])", { timeout: 90_000 });
+    assert.match((await page.textContent("#agent-alert"))!, /^A retraction's rebuild failed \(1 try; last: .*not a folder.*\); the live weights hold no retracted item; no tries left: the next retraction \(or a restart\) rebuilds it\.$/);
 
     const shot = path.join(shots, "dashboard.png");
     await page.screenshot({ path: shot, fullPage: true });

@@ -8,13 +8,13 @@ import { initBackend } from "../src/tensor/backend.js";
 import { retractedOutOfService, retryDelay, type Agent, type BakeOutcome } from "../src/runtime/agent.js";
 import { Runtime } from "../src/runtime/runtime.js";
 import { createServer } from "../src/server/index.js";
-import { FAST_BAKE, writeTestAgent } from "./support/agent.js";
+import { TEST_BAKE, writeTestAgent } from "./support/agent.js";
 import { readEvents } from "./support/sse.js";
 import { bakeTold, withTester } from "./support/tester.js";
 
 await initBackend();
 
-const BAKE = { probesPerItem: 1, checkProbes: false, openQuestions: ["hello"], settings: FAST_BAKE };
+const BAKE = TEST_BAKE;
 
 async function until(what: string, done: () => boolean, timeoutMs = 60_000): Promise<void> {
   const end = Date.now() + timeoutMs;
@@ -129,6 +129,12 @@ test("a rebuild that keeps failing is tried again a bounded number of times, eac
     try {
       const listed = ((await (await fetch(`${srv.url}/admin/agents`)).json()) as any).agents[0];
       assert.deepEqual({ ...listed.rebuildOwed, lastError: undefined }, { attempts: 3, retryAt: null, lastError: undefined, liveHolds: [] });
+      // where an operator looks without the admin token: /healthz and the metrics
+      const health = ((await (await fetch(`${srv.url}/healthz`)).json()) as any).agents[0];
+      assert.deepEqual(health.rebuildOwed, listed.rebuildOwed);
+      const metrics = await (await fetch(`${srv.url}/metrics`)).text();
+      assert.match(metrics, /^kiln_rebuild_owed\{agent="tester"\} 1$/m);
+      assert.match(metrics, /^kiln_rebuild_owed_live_retracted\{agent="tester"\} 0$/m);
     } finally {
       await srv.close();
     }

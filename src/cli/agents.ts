@@ -9,7 +9,7 @@ import { InvalidArgumentError, Option, type Command } from "commander";
 import { isSeq, parseDocument, parse as parseYaml, type Node } from "yaml";
 import { initBackend } from "../tensor/backend.js";
 import { ITEM_KINDS, ITEM_STATUSES, Ledger, type Item, type ItemKind, type ItemStatus } from "../knowledge/ledger.js";
-import { parseAgentConfig, type AgentConfig } from "../runtime/agent-config.js";
+import { movedFeedProblem, parseAgentConfig, type AgentConfig } from "../runtime/agent-config.js";
 import { DEFAULT_AGENTS_DIR, DEFAULT_CHECKPOINTS_DIR, loadAgentConfigs, Runtime } from "../runtime/runtime.js";
 import type { BakeOutcome, VerifyReport } from "../runtime/agent.js";
 import { BASE_VERSION, versionName } from "../runtime/live.js";
@@ -230,8 +230,14 @@ export function registerAgentCommands(program: Command): void {
         doc.set("feeds", seq);
       }
       doc.addIn(["feeds"], doc.createNode({ id, url, schedule: o.schedule }));
-      // Validate the result before writing, so a bad feed never breaks the agent file.
-      loadAgentConfigFromText(doc.toString(), c.file!, o.checkpoints);
+      // Validate the result before writing, so a bad feed never breaks the agent file, nor keeps
+      // the agent from starting: a feed added where the ledger says another moved for good.
+      const next = loadAgentConfigFromText(doc.toString(), c.file!, o.checkpoints);
+      const ledgerFile = path.join(next.homeDir, "ledger.json");
+      if (existsSync(ledgerFile)) {
+        const moved = movedFeedProblem(next.feeds, (await Ledger.open(ledgerFile, { readOnly: true })).data.feeds, ledgerFile);
+        if (moved?.edited) throw new Error(moved.problem);
+      }
       writeFileSync(c.file!, doc.toString());
       print(o.json, { agent: name, id, url, schedule: o.schedule }, () => `added feed ${id} to ${c.file}`);
     });
@@ -426,6 +432,6 @@ export function registerAgentCommands(program: Command): void {
     });
 }
 
-function loadAgentConfigFromText(text: string, file: string, checkpoints?: string): void {
-  parseAgentConfig(parseYaml(text), file, path.dirname(file), checkpoints ?? DEFAULT_CHECKPOINTS_DIR);
+function loadAgentConfigFromText(text: string, file: string, checkpoints?: string): AgentConfig {
+  return parseAgentConfig(parseYaml(text), file, path.dirname(file), checkpoints ?? DEFAULT_CHECKPOINTS_DIR);
 }

@@ -237,6 +237,8 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
       description: a.config.description ?? null,
       model: a.model.dir,
       live: versionName(a.live.version),
+      // the recorded live version failed to load: the base model answers in its place
+      problem: a.liveProblem,
       ...bakeState(a),
       counts: countsView(a),
       versions: a.ledger.data.versions.length,

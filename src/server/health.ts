@@ -13,6 +13,8 @@ export function healthRoutes(app: FastifyInstance, ctx: ServerContext): void {
       live: versionName(a.live.version),
       // the recorded live version failed to load: the base model answers in its place
       ...(a.liveProblem ? { problem: a.liveProblem } : {}),
+      // a retraction's rebuild failed: until one succeeds, the live weights may hold what was retracted
+      ...(a.owedRebuild ? { rebuildOwed: a.owedRebuild } : {}),
       baking: a.isBaking,
       // a feed that keeps failing is news the agent no longer gets
       feeds: a.ledger.data.feeds.map((f) => ({ id: f.id, consecutiveErrors: f.consecutiveErrors, lastOkAt: f.lastOkAt ?? null, ...(f.lastError ? { lastError: f.lastError } : {}), ...(f.movedTo ? { movedTo: f.movedTo } : {}) })),

@@ -136,6 +136,9 @@ export class Metrics {
     family("kiln_prefix_cache_tensors", "gauge", "Tensors of those KV caches, by agent (counted in kiln_tensors too).", agents.map((a) => sample({ agent: a.name }, a.live.prefixCacheTensors)));
     family("kiln_prefix_cache_bytes", "gauge", "Bytes of KV caches kept for later turns, by agent (--prefix-cache-mb bounds it).", agents.map((a) => sample({ agent: a.name }, a.live.prefixCacheHeld)));
     family("kiln_agent_live_version", "gauge", 'The weights version each agent serves, as a label (value 1; version="base" is the base model).', agents.map((a) => sample({ agent: a.name, version: versionName(a.live.version) }, 1)));
+    const owed = agents.map((a) => ({ agent: a.name, owed: a.owedRebuild }));
+    family("kiln_rebuild_owed", "gauge", "1 while a retraction's rebuild that failed is owed (tried again by itself), by agent.", owed.map(({ agent, owed }) => sample({ agent }, owed ? 1 : 0)));
+    family("kiln_rebuild_owed_live_retracted", "gauge", "Retracted items the live weights still hold because their rebuild failed, by agent.", owed.map(({ agent, owed }) => sample({ agent }, owed?.liveHolds.length ?? 0)));
     family("kiln_ledger_items", "gauge", "Ledger items by agent and status.", agents.flatMap((a) => ITEM_STATUSES.map((status) => sample({ agent: a.name, status }, a.ledger.items({ status }).length))));
     family("kiln_feed_consecutive_errors", "gauge", "Failed polls in a row, by agent and feed (0: the last poll was good).", agents.flatMap((a) => a.ledger.data.feeds.map((f) => sample({ agent: a.name, feed: f.id }, f.consecutiveErrors))));
     family("kiln_feed_last_ok_timestamp_seconds", "gauge", "When each feed was last polled without error (Unix seconds; 0: never).", agents.flatMap((a) => a.ledger.data.feeds.map((f) => sample({ agent: a.name, feed: f.id }, f.lastOkAt ? Date.parse(f.lastOkAt) / 1000 : 0))));

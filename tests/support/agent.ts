@@ -17,6 +17,9 @@ export const FAST_BAKE = {
 };
 
 /** Writes an agent YAML (and an RSS feed) into a fresh folder; returns the folder and file. */
+/** The test agent's bake settings (the fixture model is random: the questions it writes cannot pass kiln's probe checks). */
+export const TEST_BAKE = { probesPerItem: 1, checkProbes: false, openQuestions: ["hello"], settings: FAST_BAKE };
+
 export function writeTestAgent(overrides: Record<string, unknown> = {}): { dir: string; file: string; feedFile: string } {
   const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-agent-"));
   const feedFile = path.join(dir, "news.xml");
@@ -39,8 +42,7 @@ export function writeTestAgent(overrides: Record<string, unknown> = {}): { dir: 
       name: "tester",
       model: "model",
       feeds: [{ id: "harbor", url: "news.xml", schedule: "0 0 1 1 *" }],
-      // the fixture model is random: the questions it writes cannot pass kiln's probe checks
-      bake: { probesPerItem: 1, checkProbes: false, openQuestions: ["hello"], settings: FAST_BAKE },
+      bake: TEST_BAKE,
       gate: { minAbsorption: 0, minRetention: 0, minPersona: 0, itemPass: 0 },
       replay: 4,
       // the fixture model is random: model-based capture is tested on kiln-mini (tests/kiln-mini.test.ts)

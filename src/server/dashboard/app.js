@@ -214,6 +214,7 @@ function renderHeader() {
   $("#live-version").textContent = a.live;
   $("#bake-badge").classList.toggle("hidden", !a.baking);
   $("#pending-count").textContent = [a.counts.baking ? `${a.counts.baking} baking` : null, `${a.counts.pending} pending`, `${a.counts.absorbed} absorbed`].filter(Boolean).join(" · ");
+  renderAlerts(a);
   syncIdleButtons();
   const signature = JSON.stringify([a.live, a.baking, a.counts, a.bakes, a.versions, a.feeds.map((f) => [f.lastPolledAt, f.itemsAdded])]);
   if (signature !== state.signature) {
@@ -221,6 +222,21 @@ function renderHeader() {
     state.signature = signature;
     if (!first) refreshTab();
   }
+}
+
+/** The live version that failed to load, and a retraction's rebuild that failed: said above the tabs until they clear. */
+function renderAlerts(a) {
+  const lines = [];
+  if (a.problem) lines.push(a.problem);
+  const owed = a.rebuildOwed;
+  if (owed) {
+    const holds = owed.liveHolds.length ? `the live weights still hold ${owed.liveHolds.length} retracted item(s): ${owed.liveHolds.join(", ")}` : "the live weights hold no retracted item";
+    const next = owed.retryAt ? `tried again by itself at ${new Date(owed.retryAt).toLocaleString()}` : "no tries left: the next retraction (or a restart) rebuilds it";
+    lines.push(`A retraction's rebuild failed (${owed.attempts} ${owed.attempts === 1 ? "try" : "tries"}; last: ${owed.lastError}); ${holds}; ${next}.`);
+  }
+  const box = $("#agent-alert");
+  box.hidden = !lines.length;
+  box.replaceChildren(...lines.map((text) => h("p", {}, text)));
 }
 
 /** Retract and roll back answer 409 while a bake runs: say so on the buttons instead. */

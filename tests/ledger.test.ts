@@ -27,6 +27,8 @@ test("items keep provenance, dedupe by content, and move through statuses with h
   assert.deepEqual(ledger.items({ status: "pending" }).map((i) => i.text), ["The ferry leaves at noon."]);
   assert.equal(ledger.items({ text: "MAYOR" }).length, 1);
   assert.equal(ledger.items({ source: "harbor" }).length, 1);
+  assert.equal(ledger.items({ source: "http://x/1" }).length, 1, "by the article's link");
+  assert.equal(ledger.items({ source: "HTTP://x/1#comments" }).length, 1, "the link as a browser may give it");
   const item = ledger.item(a.item.id);
   assert.equal(item.absorbedBy, "v0001");
   assert.deepEqual(item.history.map((h) => h.status), ["pending", "baking", "absorbed"]);
@@ -113,6 +115,8 @@ test("syncFeeds: a removed feed's items take its URL: a later feed given its id 
   const { item: next } = await ledger.addItem({ kind: "feed", text: "Ashby's fair opens.", source: { feedId: "harbor", guid: "1" } });
   assert.deepEqual(listed("harbor"), [next.text]);
   assert.deepEqual(listed("http://x/feed"), [old.text], "the removed feed's items, by its URL");
+  assert.deepEqual(listed("HTTP://X:80/feed#latest"), [old.text], "a URL as a browser may give it: compared as a poll asks it");
+  assert.deepEqual(listed("http://x/feed/"), [], "another path is another feed");
   // renamed: only its own items follow
   assert.deepEqual(await ledger.syncFeeds([{ id: "ashby", url: "http://y/other" }]), { dropped: [], renamed: [{ from: "harbor", to: "ashby", items: 1 }] });
   assert.deepEqual([source(old.id).feedId, source(next.id).feedId], ["harbor", "ashby"]);

@@ -530,22 +530,25 @@ export class Ledger {
   items(filter: { status?: ItemStatus | ItemStatus[]; kind?: ItemKind; text?: string; source?: string } = {}): Item[] {
     const statuses = filter.status ? (Array.isArray(filter.status) ? filter.status : [filter.status]) : undefined;
     const needle = filter.text?.toLowerCase();
+    const source = filter.source === undefined ? undefined : { as: filter.source, url: feedUrlKey(filter.source) };
     return this.data.items.filter(
       (i) =>
         (!statuses || statuses.includes(i.status)) &&
         (!filter.kind || i.kind === filter.kind) &&
         (!needle || i.text.toLowerCase().includes(needle)) &&
-        (!filter.source || this.fromSource(i, filter.source)),
+        (!source?.as || this.fromSource(i, source)),
     );
   }
 
   /**
    * A feed id names the feed the agent file gives it, and a removed one's items only while no feed
-   * has its id (they stay findable by that feed's URL).
+   * has its id (they stay findable by that feed's URL). URLs compare as a poll asks them (case of
+   * scheme and host, a default port, a #fragment: feedUrlKey), so a URL copied from a browser finds them.
    */
-  private fromSource(i: Item, source: string): boolean {
-    const feed = i.source.feedId === source && (i.source.feedUrl === undefined || !this.feed(source));
-    return feed || i.source.feedUrl === source || i.source.conversationId === source || i.source.link === source;
+  private fromSource(i: Item, source: { as: string; url: string }): boolean {
+    const feed = i.source.feedId === source.as && (i.source.feedUrl === undefined || !this.feed(source.as));
+    const url = (u: string | undefined) => u !== undefined && (u === source.as || feedUrlKey(u) === source.url);
+    return feed || i.source.conversationId === source.as || url(i.source.feedUrl) || url(i.source.link);
   }
 
   /**

@@ -304,6 +304,43 @@ test("kiln demo --home where <home>/<agent> is already that agent's home is refu
   }
 });
 
+test("kiln demo --home checkpoints (the demo agent's own home, empty on a fresh clone) is refused, and --home a file says so", () => {
+  const own = path.join(repoRoot(), "checkpoints", "demo");
+  const existed = existsSync(own);
+  const before = existed ? readdirSync(own) : [];
+  const r = kiln(["demo", "--home", "checkpoints", "--max-items", "1"]);
+  assert.equal(r.status, 1, r.stdout);
+  assert.match(r.stderr, /--home checkpoints: .*checkpoints\/demo is where agent demo's own ledger and versions go \(its agent file's home\), not the demo's/);
+  assert.equal(existsSync(own), existed, "nothing made");
+  if (existed) assert.deepEqual(readdirSync(own), before, "nothing written there");
+  const file = path.join(mkdtempSync(path.join(os.tmpdir(), "kiln-cli-demo-")), "not-a-folder");
+  writeFileSync(file, "x");
+  try {
+    const f = kiln(["demo", "--home", file, "--max-items", "1"]);
+    assert.equal(f.status, 1);
+    assert.equal(f.stderr, `kiln: --home ${file} is a file: give it a folder (made if missing)\n`);
+  } finally {
+    rmSync(path.dirname(file), { recursive: true });
+  }
+});
+
+test("a command on one agent refuses agent files that share a home, as serve does: it would write into the other's ledger", () => {
+  const { dir, file } = writeTestAgent(); // tester, home: home
+  try {
+    assert.equal(kiln(["feeds", "poll", "tester", "--agents", dir]).status, 0);
+    const ledger = path.join(dir, "home", "ledger.json");
+    const before = readFileSync(ledger, "utf8");
+    writeFileSync(path.join(dir, "other.yaml"), `name: other\nhome: ${path.join(dir, "home")}\n`);
+    const r = kiln(["knowledge", "remember", "other", "The mayor of Abc is Def.", "--agents", dir]);
+    assert.equal(r.status, 1, r.stdout);
+    assert.match(r.stderr, /agents (other and tester|tester and other) both keep their ledger and versions in .*home.*: give each its own home/);
+    assert.equal(readFileSync(ledger, "utf8"), before, "tester's ledger (its feed state) is as it was");
+    assert.equal(kiln(["knowledge", "list", "tester", "--agents", file]).status, 0, "the agent file alone still reads");
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("versions list says when the base model is live beside kept versions (after a rollback to base)", () => {
   const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-base-"));
   try {

@@ -49,6 +49,8 @@ interface FakeRepo {
   private?: boolean;
   /** Full GETs of these paths send half the body, then drop the connection (once each). */
   truncateOnce?: Set<string>;
+  /** Full GETs of these paths send half the body, then nothing more, the connection left open (once each). */
+  stallOnce?: Set<string>;
 }
 
 const TOKEN = "hf_kiln_test_token";
@@ -179,6 +181,10 @@ async function startHub(repos: Record<string, FakeRepo>): Promise<FakeHub> {
       }
       res.writeHead(200, { ...headers, "Content-Length": size });
       if (req.method === "HEAD") return res.end();
+      if (repo.stallOnce?.delete(path)) {
+        res.write(file.data.subarray(0, Math.floor(size / 2)));
+        return;
+      }
       if (repo.truncateOnce?.delete(path)) {
         // Simulate a dropped connection mid-download.
         res.write(file.data.subarray(0, Math.floor(size / 2)), () => res.destroy());
@@ -424,6 +430,30 @@ test("an interrupted download leaves nothing that looks complete, and a retry su
     assert.ok(readFileSync(join(dir, "model.safetensors")).equals(files["model.safetensors"]!.data));
     assert.equal(resolveCachedModel("kiln-test/flaky", { cacheDir }), dir);
   } finally {
+    await hub.close();
+    rmSync(cacheDir, { recursive: true, force: true });
+  }
+});
+
+test("a Hub that stops answering fails the pull naming what stalled, not waiting forever: no answer at all, a download whose bytes stop", async () => {
+  // a server that takes the connection and never answers
+  const silent = createServer(() => {});
+  await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+  const cacheDir = tempCache();
+  const files = tinyModelFiles();
+  files["model.safetensors"] = { data: tinySafetensors(Array.from({ length: 50_000 }, (_, i) => i)), lfs: true };
+  const hub = await startHub({ "kiln-test/stalls": { sha: SHA, files, stallOnce: new Set(["model.safetensors"]) } });
+  try {
+    const url = `http://127.0.0.1:${(silent.address() as AddressInfo).port}`;
+    await assert.rejects(pullModel("kiln-test/tiny", { hubUrl: url, cacheDir, stallMs: 300 }), /Cannot pull "kiln-test\/tiny".*no answer from http:\/\/127\.0\.0\.1:\d+\/api\/models\/kiln-test\/tiny\S* for 0\.3 s: the Hub stalled/);
+    await assert.rejects(pullModel("kiln-test/stalls", { hubUrl: hub.url, cacheDir, stallMs: 300 }), /Cannot pull "kiln-test\/stalls".*no bytes from \S*model\.safetensors for 0\.3 s: the Hub stalled/);
+    const blobs = readdirSync(join(cacheDir, "models--kiln-test--stalls", "blobs"));
+    assert.deepEqual(blobs.filter((b) => b.endsWith(".incomplete")), [], "temp file left behind");
+    const dir = await pullModel("kiln-test/stalls", { hubUrl: hub.url, cacheDir, stallMs: 300 }); // resumed: the rest comes
+    assert.ok(readFileSync(join(dir, "model.safetensors")).equals(files["model.safetensors"]!.data));
+  } finally {
+    silent.closeAllConnections();
+    silent.close();
     await hub.close();
     rmSync(cacheDir, { recursive: true, force: true });
   }

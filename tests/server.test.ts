@@ -979,6 +979,22 @@ test("admin API: remember, bake with SSE progress, versions, diff, rollback, pro
   assert.equal(again.json.added, false);
   assert.equal((await call("/admin/agents/tester/items", { method: "POST", body: { text: "  " } })).status, 400);
   const id = added.json.item.id as string;
+  // a mistyped key is a 400 naming it, not left out: "knd" stored a manual item, "reasn" retracted without the reason
+  for (const [route, body] of [
+    ["/admin/agents/tester/items", { text: "The mill closes at dusk.", knd: "instruction" }],
+    [`/admin/agents/tester/items/${id}/retract`, { reasn: "wrong" }],
+    ["/admin/agents/tester/probe", { question: "Who keeps the lighthouse?", contxt: fact }],
+  ] as const) {
+    const bad = await call(route, { method: "POST", body });
+    assert.equal(bad.status, 400, `${route}: ${bad.text}`);
+    assert.match(bad.json.error.message, /Unrecognized key.*"(knd|reasn|contxt)"/);
+  }
+  assert.equal(agents.json.agents[0].problem, null);
+  assert.equal((await call(`/admin/agents/tester/items/${id}`)).json.status, "pending", "not retracted");
+  assert.equal((await call("/admin/agents/tester/items?q=mill")).json.total, 0, "not remembered");
+  const toLive = await call("/admin/agents/tester/versions/live/rollback", { method: "POST" });
+  assert.equal(toLive.status, 400);
+  assert.match(toLive.json.error.message, /"live" is where a rollback starts, not where it goes: name a kept version/);
   const listed = await call("/admin/agents/tester/items?status=pending&q=lighthouse");
   assert.deepEqual(listed.json.items.map((i: any) => i.id), [id]);
   assert.equal((await call(`/admin/agents/tester/items/${id}`)).json.text, fact);

@@ -10,7 +10,7 @@ import { isSeq, parseDocument, parse as parseYaml, type Node } from "yaml";
 import { initBackend } from "../tensor/backend.js";
 import { ITEM_KINDS, ITEM_STATUSES, Ledger, type Item, type ItemKind, type ItemStatus } from "../knowledge/ledger.js";
 import { movedFeedProblem, parseAgentConfig, type AgentConfig } from "../runtime/agent-config.js";
-import { DEFAULT_AGENTS_DIR, DEFAULT_CHECKPOINTS_DIR, loadAgentConfigs, Runtime } from "../runtime/runtime.js";
+import { checkSharedHomes, DEFAULT_AGENTS_DIR, DEFAULT_CHECKPOINTS_DIR, loadAgentConfigs, Runtime } from "../runtime/runtime.js";
 import type { BakeOutcome, VerifyReport } from "../runtime/agent.js";
 import { BASE_VERSION, versionName } from "../runtime/live.js";
 import type { ChatMessage } from "../model/tokenizer.js";
@@ -31,7 +31,9 @@ function agentsPath(o: AgentOpts): string {
 }
 
 function configs(o: AgentOpts): AgentConfig[] {
-  return loadAgentConfigs(agentsPath(o), o.checkpoints);
+  const all = loadAgentConfigs(agentsPath(o), o.checkpoints);
+  checkSharedHomes(all); // as serve refuses them: a command on one would write into the other's home
+  return all;
 }
 
 function pickConfig(o: AgentOpts, name?: string): AgentConfig {

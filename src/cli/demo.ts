@@ -1,6 +1,6 @@
 // `npm start`: the whole loop on the embedded model, offline. The agent reads a news feed it has
 // never seen, is asked about it before and after one bake, and answers from its weights alone.
-import { existsSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, statSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { initBackend } from "../tensor/backend.js";
@@ -8,7 +8,7 @@ import { generate } from "../model/generate.js";
 import type { AdapterHook } from "../model/decoder.js";
 import { studentMessages } from "../bake/trajectories.js";
 import { loadAgentConfig } from "../runtime/agent-config.js";
-import { DEFAULT_AGENTS_DIR, Runtime } from "../runtime/runtime.js";
+import { DEFAULT_AGENTS_DIR, DEFAULT_CHECKPOINTS_DIR, folderKey, Runtime } from "../runtime/runtime.js";
 import { versionName } from "../runtime/live.js";
 import { bakeProgressReporter } from "./progress.js";
 import { oneLine } from "./common.js";
@@ -23,7 +23,15 @@ const DEMO_MARK = ".kiln-demo";
  * otherwise bake into checkpoints/demo, the demo agent's real ledger and versions. A home is its
  * own when the demo made it (its mark is there) or nothing is in it yet.
  */
-function claimDemoHome(home: string, agent: string, root: string): void {
+function claimDemoHome(home: string, agent: string, root: string, realHome: string): void {
+  if (existsSync(root) && !statSync(root).isDirectory()) throw new Error(`--home ${root} is a file: give it a folder (made if missing)`);
+  if (folderKey(home) === folderKey(realHome)) {
+    // (empty on a fresh clone: the mark would have made it the demo's, and a later learn there the demo's to bake over)
+    throw new Error(
+      `--home ${root}: ${home} is where agent ${agent}'s own ledger and versions go (its agent file's home), not the demo's: ` +
+        `the demo bakes and promotes with force and never writes into a real agent's home: give --home another folder (or leave it out for a new temp folder)`,
+    );
+  }
   const held = existsSync(home) ? readdirSync(home) : [];
   if (held.length && !held.includes(DEMO_MARK)) {
     throw new Error(
@@ -51,7 +59,7 @@ export async function runDemo(o: DemoOptions = {}): Promise<{ before: number; af
   const loaded = loadAgentConfig(file, root);
   const config = { ...loaded, homeDir: path.join(root, loaded.name) };
   const home = config.homeDir;
-  claimDemoHome(home, config.name, root);
+  claimDemoHome(home, config.name, root, loadAgentConfig(file, DEFAULT_CHECKPOINTS_DIR).homeDir);
   const info = await initBackend(o.backend);
   if (o.maxItems) config.bake = { ...config.bake, maxItems: o.maxItems };
   const out = (s = "") => process.stdout.write(s + "\n");

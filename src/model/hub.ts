@@ -57,6 +57,53 @@ export interface PullOptions {
   onProgress?: (e: { file: string; bytes: number; totalBytes?: number; index: number; count: number }) => void;
   /** Custom fetch (proxy, tests). Default: global fetch. */
   fetch?: typeof fetch;
+  /**
+   * Milliseconds a request may wait for the Hub's answer, and a download for its next bytes, before
+   * the pull gives up naming what stalled (a server that accepts and never answers held it forever).
+   * Default 60,000.
+   */
+  stallMs?: number;
+}
+
+/**
+ * `base`, giving up on a request whose answer, or whose body's next bytes, take longer than
+ * `stallMs` (aborted with a "stalled" error the pull reports). A slow but moving download goes on.
+ */
+export function stallingFetch(base: typeof fetch, stallMs: number): typeof fetch {
+  return async (input, init) => {
+    const ctl = new AbortController();
+    const what = typeof input === "string" ? input : input instanceof URL ? input.href : input.url;
+    let timer: NodeJS.Timeout | undefined;
+    const arm = (waiting: string) => {
+      clearTimeout(timer);
+      timer = setTimeout(() => ctl.abort(new Error(`${waiting} ${what} for ${stallMs / 1000} s: the Hub stalled (a network or proxy problem?); run the pull again to resume`)), stallMs);
+      timer.unref();
+    };
+    arm("no answer from");
+    const res = await base(input, { ...init, signal: init?.signal ? AbortSignal.any([init.signal, ctl.signal]) : ctl.signal }).catch((err) => {
+      clearTimeout(timer);
+      throw ctl.signal.aborted ? ctl.signal.reason : err;
+    });
+    if (!res.body) {
+      clearTimeout(timer);
+      return res;
+    }
+    arm("no bytes from");
+    const body = res.body.pipeThrough(
+      new TransformStream<Uint8Array, Uint8Array>({
+        transform(chunk, out) {
+          arm("no bytes from");
+          out.enqueue(chunk);
+        },
+        flush: () => clearTimeout(timer),
+      }),
+      { signal: ctl.signal },
+    );
+    const answer = new Response(body, { status: res.status, statusText: res.statusText, headers: res.headers });
+    // (a Response made here has no url: the library reads where a redirect led)
+    Object.defineProperties(answer, { url: { value: res.url }, redirected: { value: res.redirected } });
+    return answer;
+  };
 }
 
 /**
@@ -314,7 +361,7 @@ export async function pullModel(repoId: string, opts: PullOptions = {}): Promise
   const hubUrl = opts.hubUrl?.replace(/\/+$/, "") || defaultHubUrl();
   const accessToken = opts.accessToken ?? (process.env["HF_TOKEN"] || undefined);
   const repo = modelRepo(repoId);
-  const common = { hubUrl, fetch: opts.fetch, ...(accessToken ? { accessToken } : {}) };
+  const common = { hubUrl, fetch: stallingFetch(opts.fetch ?? fetch, opts.stallMs ?? 60_000), ...(accessToken ? { accessToken } : {}) };
   const shownHub = hubUrl ?? "https://huggingface.co";
 
   // A commit hash never moves, so a complete cached snapshot can be used without asking the Hub.

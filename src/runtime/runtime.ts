@@ -157,7 +157,7 @@ export function fitConversation(model: LoadedModel, messages: ChatMessage[], max
 }
 
 /** A folder's real path (links resolved), for a folder not made yet that of its nearest existing parent. */
-function folderKey(dir: string): string {
+export function folderKey(dir: string): string {
   const rest: string[] = [];
   let at = path.resolve(dir);
   while (!existsSync(at) && path.dirname(at) !== at) {
@@ -177,6 +177,23 @@ function folderKey(dir: string): string {
  * agents loaded together and, for agents loaded apart, on disk: a ledger.json beside the version
  * folder a home is in, or in a version folder inside this agent's home.
  */
+/**
+ * Two agents on one home would write one ledger and one set of versions (the ledger's lock lets
+ * its own process in): each would bake, prune and roll back the other's, and drop the other's feed
+ * state as feeds no longer in its file. Compared as the folders they are (a symlinked path to the
+ * same home is the same home). The CLI asks it of every agent file it reads, not only the one named.
+ */
+export function checkSharedHomes(configs: readonly AgentConfig[]): void {
+  const homes = new Map<string, string>();
+  for (const config of configs) {
+    const other = homes.get(folderKey(config.homeDir));
+    if (other !== undefined && other !== config.name) {
+      throw new Error(`agents ${other} and ${config.name} both keep their ledger and versions in ${path.resolve(config.homeDir)}${config.home ? " (home:)" : ""}: give each its own home`);
+    }
+    homes.set(folderKey(config.homeDir), config.name);
+  }
+}
+
 function checkVersionNamedHomes(configs: readonly AgentConfig[], loaded: readonly AgentConfig[]): void {
   const others = [...loaded, ...configs].map((c) => ({ name: c.name, home: folderKey(c.homeDir) }));
   for (const c of configs) {
@@ -205,18 +222,8 @@ export class Runtime {
 
   /** Loads agent files; agents naming the same model share one copy of its weights. */
   async load(configs: AgentConfig[], opts: { readOnly?: boolean } = {}): Promise<void> {
-    // Two agents on one home would write one ledger and one set of versions (the ledger's lock
-    // lets its own process in): each would bake, prune and roll back the other's.
-    // (compared as the folders they are: a symlinked path to the same home is the same home)
-    const homes = new Map([...this.agents.values()].map((a) => [folderKey(a.config.homeDir), a.name]));
-    for (const config of configs) {
-      const other = homes.get(folderKey(config.homeDir));
-      if (other !== undefined && other !== config.name) {
-        throw new Error(`agents ${other} and ${config.name} both keep their ledger and versions in ${path.resolve(config.homeDir)}${config.home ? " (home:)" : ""}: give each its own home`);
-      }
-      homes.set(folderKey(config.homeDir), config.name);
-    }
     const loaded = [...this.agents.values()].map((a) => a.config);
+    checkSharedHomes([...loaded, ...configs]);
     checkAgentNames([...loaded, ...configs]);
     checkVersionNamedHomes(configs, loaded);
     for (const config of configs) {

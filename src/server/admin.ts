@@ -77,8 +77,10 @@ const RememberBody = z.object({
       if (problem) ctx.addIssue({ code: "custom", message: problem });
     }),
   kind: z.enum(["manual", "instruction"]).default("manual"),
-});
-const RetractBody = z.object({ reason: z.string().max(500).optional() });
+})
+  .strict();
+// (unknown keys refused, as in every body here: a mistyped "reasn" retracted the item, which cannot be undone, without its reason)
+const RetractBody = z.object({ reason: z.string().max(500).optional() }).strict();
 const BakeBody = z.object({ force: z.boolean().optional(), consolidate: z.boolean().optional() }).strict();
 const EventsQuery = z.object({ bake: z.string().optional(), follow: bool.optional() });
 const DiffQuery = z.object({ from: z.string().optional(), to: z.string().optional() });
@@ -112,7 +114,7 @@ const ProbeBody = z.object({
   question: z.string().trim().min(1, "question is required").max(2000),
   // one item or several: the CLI takes one --context per item, so a plain string is one item
   context: z.union([z.string().max(8000).transform((s) => [s]), z.array(z.string().max(8000)).max(50)], { message: "context must be a string or a list of at most 50 strings, each at most 8000 characters" }).optional(),
-});
+}).strict();
 
 type NameParams = { Params: { name: string } };
 type IdParams = { Params: { name: string; id: string } };
@@ -404,6 +406,8 @@ export function adminRoutes(app: FastifyInstance, ctx: ServerContext): void {
 
   app.post<IdParams>("/admin/agents/:name/versions/:id/rollback", async (request) => {
     const agent = findAgent(ctx, request.params.name);
+    // ("live", which names the live version elsewhere here, would roll back to itself)
+    if (request.params.id === "live") throw new ApiError(400, `"live" is where a rollback starts, not where it goes: name a kept version (GET …/versions) or "base"`, "invalid_value", "id");
     const target = versionRef(request.params.id);
     if (agent.isBaking) throw new ApiError(409, "a bake is running; roll back when it ends", "bake_running");
     if (target) agent.ledger.version(target); // 404 for an unknown version

@@ -3,13 +3,13 @@
 // input is answered line by line, and a wrong --out never costs a file.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { createRequire } from "node:module";
 import { repoRoot } from "./support/paths.js";
-import { writeTestAgent } from "./support/agent.js";
+import { TEST_BAKE, writeTestAgent } from "./support/agent.js";
 import { Ledger } from "../src/knowledge/ledger.js";
 import { notAbsorbed } from "../src/cli/agents.js";
 
@@ -67,6 +67,10 @@ test("option values are checked before any work, naming the option", () => {
   const onPolicyTopK = kiln(["bake", "--prompt", "x", "--out", path.join(os.tmpdir(), "kiln-never"), "--objective", "on-policy", "--kl", "topk"]);
   assert.equal(onPolicyTopK.status, 1);
   assert.match(onPolicyTopK.stderr, /--objective on-policy --kl topk: the on-policy objective needs kl: full/);
+  // a file where an adapter folder goes: said so (it said the folder lacked adapter_config.json)
+  const adapterFile = kiln(["generate", "--prompt", "hi", "--adapter", path.join(repoRoot(), "package.json")]);
+  assert.equal(adapterFile.status, 1);
+  assert.match(adapterFile.stderr, /package\.json: a file, not an adapter folder: name the folder that holds adapter_config\.json/);
 });
 
 test("kiln bake --questions: a file that is not JSON is named, and an empty one is refused rather than baked on questions the model writes", () => {
@@ -121,6 +125,9 @@ test("with several agents, the one named on the command line is used; a name tha
     const probe = kiln(["probe", "demo", "Who is the mayor of Quillport?", "--context", "The mayor of Quillport is Tovan Reel.", ...where, "--json"]);
     assert.equal(probe.status, 0, probe.stderr);
     assert.equal(JSON.parse(probe.stdout).prompted, "The mayor of Quillport is Tovan Reel.");
+    const empty = kiln(["probe", "demo", "  ", ...where]);
+    assert.equal(empty.status, 1, "an empty question is refused, as the admin API's 400");
+    assert.equal(empty.stderr, "kiln: the question is empty: ask something\n");
 
     const missing = kiln(["knowledge", "remember", "weather", "Rain.", ...where]);
     assert.equal(missing.status, 1);
@@ -336,6 +343,32 @@ test("a command on one agent refuses agent files that share a home, as serve doe
     assert.match(r.stderr, /agents (other and tester|tester and other) both keep their ledger and versions in .*home.*: give each its own home/);
     assert.equal(readFileSync(ledger, "utf8"), before, "tester's ledger (its feed state) is as it was");
     assert.equal(kiln(["knowledge", "list", "tester", "--agents", file]).status, 0, "the agent file alone still reads");
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("Ctrl-C during kiln learn stops the bake as serve does: recorded failed, its items pending again, the ledger's lock let go, exit 130", async () => {
+  // a bake long enough to be in the middle of (the fixture model: each epoch a fraction of a second)
+  const { dir, file } = writeTestAgent({ bake: { ...TEST_BAKE, settings: { ...TEST_BAKE.settings, epochs: 100, patience: 100 } } });
+  try {
+    const child = spawn(process.execPath, [MAIN, "learn", "tester", "--agents", file], { stdio: ["ignore", "pipe", "pipe"] });
+    let stderr = "";
+    child.stderr.setEncoding("utf8").on("data", (d: string) => (stderr += d));
+    const ledger = path.join(dir, "home", "ledger.json");
+    const baking = () => existsSync(ledger) && (JSON.parse(readFileSync(ledger, "utf8")) as { items: { status: string }[] }).items.some((i) => i.status === "baking");
+    for (const end = Date.now() + 120_000; !baking(); ) {
+      assert.ok(Date.now() < end && child.exitCode === null, `the bake did not start: ${stderr}`);
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    child.kill("SIGINT");
+    const code = await new Promise<number | null>((resolve) => child.on("exit", (c) => resolve(c)));
+    assert.equal(code, 130, stderr);
+    assert.match(stderr, /kiln: SIGINT: stopping/);
+    const after = JSON.parse(readFileSync(ledger, "utf8")) as { items: { status: string }[]; bakes: { status: string; error?: string }[] };
+    assert.deepEqual([...new Set(after.items.map((i) => i.status))], ["pending"], "no item left 'baking'");
+    assert.equal(after.bakes.at(-1)?.status, "failed");
+    assert.ok(!existsSync(`${ledger}.lock`), "the lock let go");
   } finally {
     rmSync(dir, { recursive: true });
   }

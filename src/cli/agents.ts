@@ -16,7 +16,7 @@ import { BASE_VERSION, versionName } from "../runtime/live.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import { EXPORT_FORMATS, type ExportFormat } from "../lora/export.js";
 import { bakeProgressReporter } from "./progress.js";
-import { decimal, integer, oneLine, print } from "./common.js";
+import { decimal, integer, oneLine, print, stopOnSignal } from "./common.js";
 
 interface AgentOpts {
   agents?: string;
@@ -63,6 +63,7 @@ async function openAgent(o: AgentOpts, name?: string, withProgress = false, read
   const reporter = bakeProgressReporter(withProgress && !o.json);
   const runtime = new Runtime({ onBakeProgress: (_a, p) => reporter.update(p), onLog: (a, m) => !o.json && process.stderr.write(`[${a}] ${m}\n`) });
   await runtime.load([c], { readOnly });
+  stopOnSignal(() => runtime.stop());
   return { runtime, name: c.name };
 }
 

@@ -39,3 +39,18 @@ function range(min: number, max: number, above = false): string {
 export function oneLine(text: string): string {
   return text.replace(/\r?\n/g, "\\n");
 }
+
+/**
+ * Ctrl-C (or SIGTERM) while a command has agents open: stop them as kiln serve does (a bake in
+ * progress is stopped and recorded failed, its items pending again; the ledger written and its lock
+ * let go), then exit 130 (143). Left to the default, the process died with the ledger saying
+ * "baking" and its lock behind. A second Ctrl-C ends it at once.
+ */
+export function stopOnSignal(stop: () => Promise<void>): void {
+  const on = (signal: NodeJS.Signals) => {
+    process.stderr.write(`\nkiln: ${signal}: stopping (a bake in progress is recorded failed and its items pending again); Ctrl-C again to quit at once\n`);
+    void stop().finally(() => process.exit(signal === "SIGINT" ? 130 : 143));
+  };
+  process.once("SIGINT", on);
+  process.once("SIGTERM", on);
+}

@@ -155,6 +155,7 @@ type AdapterConfig = z.infer<typeof AdapterConfigSchema>;
 function readAdapterConfig(dir: string): { file: string; c: AdapterConfig } {
   const file = path.join(dir, ADAPTER_CONFIG);
   if (!existsSync(dir)) throw new AdapterFileError(dir, "no such adapter folder");
+  if (!statSync(dir).isDirectory()) throw new AdapterFileError(dir, `a file, not an adapter folder: name the folder that holds ${ADAPTER_CONFIG} and adapter_model.safetensors`);
   if (!existsSync(file)) throw new AdapterFileError(dir, `not a PEFT adapter directory: ${ADAPTER_CONFIG} is missing`);
   let raw: unknown;
   try {

@@ -297,13 +297,18 @@ export class Runtime {
     return turn;
   };
 
-  async stop(): Promise<void> {
-    // all at once: an agent whose bake waits for another's turn must not start it once that ends
-    await Promise.all([...this.agents.values()].map((a) => a.stop()));
-    for (const m of this.models.values()) m.dispose();
-    this.agents.clear();
-    this.models.clear();
+  /** Stops every agent and frees the models; a second call (a signal beside the command's own stop) waits for the first. */
+  stop(): Promise<void> {
+    this.stopped ??= (async () => {
+      // all at once: an agent whose bake waits for another's turn must not start it once that ends
+      await Promise.all([...this.agents.values()].map((a) => a.stop()));
+      for (const m of this.models.values()) m.dispose();
+      this.agents.clear();
+      this.models.clear();
+    })().finally(() => (this.stopped = undefined));
+    return this.stopped;
   }
+  private stopped: Promise<void> | undefined;
 
   /**
    * Streams a reply on the agent's live weights, pinned to the version live when it started.
@@ -421,6 +426,7 @@ export class Runtime {
 
   /** The live weights' answer with and without `context` in the prompt; `version` names them ("base" for the base model). */
   async probe(name: string, question: string, context?: string[]): Promise<{ version: string; unprompted: string; prompted: string | null }> {
+    if (!question.trim()) throw new Error("the question is empty: ask something"); // (the admin API says "question is required")
     const agent = this.agent(name);
     const ask = async (messages: ChatMessage[]) => {
       const it = this.chat(name, { messages, captureFacts: false, options: { maxTokens: 64, temperature: 0 } });

@@ -2,7 +2,7 @@
 // promote -> live swap; versions, diff, rollback, retraction, and agent-file validation.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import type { AddressInfo } from "node:net";
 import path from "node:path";
@@ -15,6 +15,7 @@ import { SETTLE_MS } from "../src/feeds/feeds.js";
 import { knowledgeLessons } from "../src/bake/prompt.js";
 import { LEDGER_LIMITS, type BakeRun, type Item, type LedgerData } from "../src/knowledge/ledger.js";
 import { createServer } from "../src/server/index.js";
+import { readHeader } from "../src/model/safetensors.js";
 import type { ChatMessage } from "../src/model/tokenizer.js";
 import { FAST_BAKE, writeTestAgent } from "./support/agent.js";
 import { bakeTold, withTester } from "./support/tester.js";
@@ -1882,6 +1883,54 @@ test("a live version that fails to load on start gives way to the newest kept ve
     assert.equal(agent.ledger.data.live, null);
     assert.equal(agent.liveProblem, null);
     assert.ok(logs.some((m) => /^live version v0003 could not be loaded \(.*\): the base model is live instead \(v0002 could not be loaded either: .*; v0001 could not be loaded either: .*\); v0003 stays in/.test(m)), logs.join("\n"));
+    await runtime.stop();
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("a live version baked on another base model (the agent file's model changed) is left as it is: nothing recorded, the base model serves saying why, bakes wait; the model given back serves it again; a rollback to base moves the agent", async () => {
+  const { dir, file } = writeTestAgent({ feeds: [] });
+  try {
+    let runtime = await Runtime.fromFiles(file);
+    const [keeper] = await bakeTold(runtime.agent("tester"), "The lighthouse keeper is Mira Tolle."); // v0001, live
+    await runtime.stop();
+    // another base model of the same shape: the fixture with one embedding weight changed
+    cpSync(path.join(dir, "model"), path.join(dir, "other-model"), { recursive: true });
+    const weights = path.join(dir, "other-model", "model.safetensors");
+    const embed = readHeader(weights);
+    const bytes = readFileSync(weights);
+    bytes.writeFloatLE(bytes.readFloatLE(embed.dataStart + embed.tensors.get("model.embed_tokens.weight")!.dataOffsets[0]) + 0.5, embed.dataStart + embed.tensors.get("model.embed_tokens.weight")!.dataOffsets[0]);
+    writeFileSync(weights, bytes);
+    const original = readFileSync(file, "utf8");
+    writeFileSync(file, original.replace(/^model: model$/m, "model: other-model"));
+    const logs: string[] = [];
+    runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
+    let agent = runtime.agent("tester");
+    assert.equal(agent.live.version, null, "the base model serves");
+    assert.equal(agent.ledger.data.live, "v0001", "nothing recorded: it was recorded base, v0001's items pending, and not undone by giving model: back");
+    assert.equal(agent.ledger.item(keeper!.id).status, "absorbed");
+    assert.match(agent.liveProblem ?? "", /^live version v0001 was baked on another base model than the agent file's model \(.*other-model, fingerprint [0-9a-f]{16}; the version's: [0-9a-f]{16}\): serving the base model, and bakes wait\. Give model: back its earlier model to serve v0001 again, or roll back to base/);
+    assert.ok(logs.includes(agent.liveProblem!), logs.join("\n"));
+    await agent.remember("The harbor fee is nine coins.");
+    const waits = await agent.bake("schedule");
+    assert.equal(waits.status, "skipped");
+    assert.equal(agent.ledger.data.live, "v0001");
+    await runtime.stop();
+    // the agent file as it was: v0001 serves again, nothing lost
+    writeFileSync(file, original);
+    runtime = await Runtime.fromFiles(file);
+    assert.deepEqual([runtime.agent("tester").live.version, runtime.agent("tester").liveProblem], ["v0001", null]);
+    await runtime.stop();
+    // the move finished: rolled back to base on the new model, what v0001 held is baked again there
+    writeFileSync(file, original.replace(/^model: model$/m, "model: other-model"));
+    runtime = await Runtime.fromFiles(file);
+    agent = runtime.agent("tester");
+    await agent.rollback(null);
+    assert.deepEqual([agent.ledger.data.live, agent.liveProblem, agent.ledger.item(keeper!.id).status], [null, null, "pending"]);
+    const moved = await agent.bake("schedule");
+    assert.equal(moved.status, "promoted", moved.reasons.join("; "));
+    assert.equal(agent.ledger.item(keeper!.id).status, "absorbed");
     await runtime.stop();
   } finally {
     rmSync(dir, { recursive: true });

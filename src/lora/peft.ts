@@ -23,6 +23,18 @@ export class AdapterFileError extends Error {
   }
 }
 
+/** An adapter whose safetensors name another base model's fingerprint than the one loading it: whole, not damaged. */
+export class BaseModelMismatch extends AdapterFileError {
+  constructor(
+    where: string,
+    readonly trainedOn: string,
+    readonly fingerprint: string,
+  ) {
+    super(where, `was trained on a different base model (fingerprint ${trainedOn}, this model is ${fingerprint})`);
+    this.name = "BaseModelMismatch";
+  }
+}
+
 const AdapterConfigSchema = z
   .object({
     peft_type: z.literal("LORA"),
@@ -254,8 +266,6 @@ export function readAdapterSettings(dir: string, config: ModelConfig): LoraSetti
  */
 export function loadAdapter(dir: string, config: ModelConfig, fingerprint: string): LoraAdapter {
   const { file: configFile, c } = readAdapterConfig(dir);
-  const modules = targetedModules(config, c, configFile);
-  const settings = settingsOf(c, modules);
   const file = path.join(dir, ADAPTER_WEIGHTS);
   if (!existsSync(file)) throw new AdapterFileError(dir, `${ADAPTER_WEIGHTS} is missing`);
   let header;
@@ -264,10 +274,11 @@ export function loadAdapter(dir: string, config: ModelConfig, fingerprint: strin
   } catch (err) {
     throw new AdapterFileError(file, err instanceof SafetensorsError ? err.message.replace(`${file}: `, "") : String(err));
   }
+  // (before the modules are matched to this model: another architecture's adapter is this, not a missing module)
   const trainedOn = header.metadata[FINGERPRINT_KEY];
-  if (trainedOn && trainedOn !== fingerprint) {
-    throw new AdapterFileError(dir, `was trained on a different base model (fingerprint ${trainedOn}, this model is ${fingerprint})`);
-  }
+  if (trainedOn && trainedOn !== fingerprint) throw new BaseModelMismatch(dir, trainedOn, fingerprint);
+  const modules = targetedModules(config, c, configFile);
+  const settings = settingsOf(c, modules);
   const shapes = projectionShapes(config);
   const expected = new Map<string, number[]>();
   for (const module of modules) {

@@ -18,7 +18,7 @@ import { pollFeed, type FeedEntry } from "../feeds/feeds.js";
 import { HALF_WRITTEN_VERSION, INACTIVE_STATUSES, isFeedItem, Ledger, markBaking, VERSION_DIR, type BakeRun, type Item, type ItemKind, type ItemStatus, type VersionRecord } from "../knowledge/ledger.js";
 import { newsTime, pairedHeldItems, updatePairs } from "../knowledge/updates.js";
 import type { LoadedModel } from "../model/load.js";
-import { ADAPTER_WEIGHTS, loadAdapter } from "../lora/peft.js";
+import { ADAPTER_WEIGHTS, BaseModelMismatch, loadAdapter } from "../lora/peft.js";
 import type { LoraAdapter } from "../lora/adapter.js";
 import { exportAdapter, type ExportOptions, type ExportResult } from "../lora/export.js";
 import { AgentConfigError, movedFeedProblem, type AgentConfig } from "./agent-config.js";
@@ -418,7 +418,11 @@ export class Agent {
     }
     if (ledger.data.live === null || ledger.data.versions.some((v) => v.id === ledger.data.live)) await agent.syncStatusesToLive("start");
     const loadError = agent.goLiveOnRecord();
-    if (loadError) await agent.replaceUnloadableLive(loadError);
+    // A version made on another base model is not damaged: the agent file names another model (a
+    // mistake, or a move the user has not finished). Going live elsewhere would be recorded, every
+    // item it held set to be baked again, and not undone by giving model: back: nothing is changed.
+    if (loadError instanceof BaseModelMismatch) agent.log(agent.servingProblem!);
+    else if (loadError) await agent.replaceUnloadableLive(loadError.message);
     const urls = new Map(ledger.data.feeds.map((f) => [f.id, f.url]));
     const { dropped, renamed } = await ledger.syncFeeds(config.feeds);
     for (const r of renamed) agent.log(`feed ${r.from} is now ${r.to} (the same URL): its poll state and its ${r.items} item(s) follow the new id`);
@@ -434,7 +438,7 @@ export class Agent {
   }
 
   /** Loads the live version the ledger records; why it could not, or null. */
-  private goLiveOnRecord(): string | null {
+  private goLiveOnRecord(): Error | null {
     const live = this.ledger.data.live;
     if (!live) return null;
     try {
@@ -442,8 +446,12 @@ export class Agent {
       return null;
     } catch (err) {
       // The agent serves the base model rather than not at all (read-only, nothing else is done).
-      this.servingProblem = `live version ${live} could not be loaded (${(err as Error).message}); serving the base model (bakes, which roll on from it, wait: roll back to a kept version or to base)`;
-      return (err as Error).message;
+      this.servingProblem =
+        err instanceof BaseModelMismatch
+          ? `live version ${live} was baked on another base model than the agent file's model (${this.model.dir}, fingerprint ${err.fingerprint}; the version's: ${err.trainedOn}): ` +
+            `serving the base model, and bakes wait. Give model: back its earlier model to serve ${live} again, or roll back to base to move the agent to this model (what ${live} held is then baked again on it)`
+          : `live version ${live} could not be loaded (${(err as Error).message}); serving the base model (bakes, which roll on from it, wait: roll back to a kept version or to base)`;
+      return err as Error;
     }
   }
 

@@ -586,6 +586,15 @@ test("an agent's home copied or moved elsewhere reads its own version folders, n
   await copied.close();
   assert.deepEqual((JSON.parse(readFileSync(path.join(copy, "ledger.json"), "utf8")) as LedgerData).versions.map((v) => v.dir), [path.join(copy, "v0001"), path.join(copy, "v0002")]);
 
+  // a copy whose own v0001 is gone (removed there): missing there, not the old place's (it served
+  // and verified the original agent's weights)
+  const partial = path.join(root, "partial", "demo");
+  cpSync(old, partial, { recursive: true });
+  rmSync(path.join(partial, "v0001"), { recursive: true });
+  const part = await Ledger.open(path.join(partial, "ledger.json"), { readOnly: true });
+  assert.deepEqual(part.data.versions.map((v) => v.dir), [path.join(partial, "v0001"), path.join(partial, "v0002")]);
+  assert.match(part.whyNotLive("v0001") ?? "", /v0001/, "v0001 cannot go live from the copy");
+
   // a ledger moved alone, its versions left where they were: it still finds them there
   const alone = path.join(root, "alone", "demo");
   mkdirSync(alone, { recursive: true });

@@ -351,13 +351,17 @@ export class Ledger {
     // A version's folder is vNNNN beside the ledger, though its record names it in full: an agent's
     // home copied or moved elsewhere (a backup restored, --checkpoints elsewhere) reads its own
     // versions, not the old place's (nor, pruning, deletes those), and finds them when the old is
-    // gone. Only a ledger moved without its versions still reads them where they are.
+    // gone. Only a ledger moved without its versions (none of them beside it) still reads them
+    // where they are: one copied with them, one of which is not there, does not reach into the
+    // old place for it (another agent's, by now).
     const home = path.dirname(path.resolve(file));
-    for (const v of data.versions ?? []) {
-      if (typeof v.dir !== "string" || !v.dir) continue;
-      // either separator: a ledger written on Windows names C:\...\v0001, whose basename elsewhere is all of it
-      const beside = path.join(home, v.dir.split(/[\\/]/).filter(Boolean).pop() ?? v.dir);
-      if (beside !== v.dir && (existsSync(beside) || !existsSync(v.dir))) v.dir = beside;
+    const recorded = (data.versions ?? []).filter((v) => typeof v.dir === "string" && v.dir);
+    // either separator: a ledger written on Windows names C:\...\v0001, whose basename elsewhere is all of it
+    const besideOf = (dir: string) => path.join(home, dir.split(/[\\/]/).filter(Boolean).pop() ?? dir);
+    const withVersions = recorded.some((v) => existsSync(besideOf(v.dir)));
+    for (const v of recorded) {
+      const beside = besideOf(v.dir);
+      if (beside !== v.dir && (withVersions || !existsSync(v.dir))) v.dir = beside;
     }
     return new Ledger(file, db, lockFile);
   }

@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { registerNativeBackend } from "../src/tensor/native.js";
+import { bakePoolMb, registerNativeBackend, sizeOutputPool } from "../src/tensor/native.js";
 import { logSoftmax } from "../src/tensor/fused.js";
 import { checkAttention, checkKlRows, close, r, checkLoraLinear, checkManyRows, checkRmsNormAndSwiglu, checkRope, checkWideRows } from "./support/fused-checks.js";
 
@@ -169,6 +169,28 @@ test("reused output arrays never change a live tensor, a view of one, or an arra
   assert.equal(backend.pool.take(64 * 512), cValues, "a disposed output's array is reused");
   tf.dispose([...parts, ...rows, reshaped]);
   await tf.setBackend("cpu");
+});
+
+test("a bake's output pool is sized by its model: 256 MB for the embedded 5M model, 2 GB for a 135M one; KILN_OUTPUT_POOL_MB still rules", async () => {
+  await tf.setBackend("native");
+  const pool = (tf.backend() as unknown as { pool: { capBytes: number } }).pool;
+  const saved = pool.capBytes;
+  const env = process.env.KILN_OUTPUT_POOL_MB;
+  try {
+    delete process.env.KILN_OUTPUT_POOL_MB;
+    assert.deepEqual([bakePoolMb(4 * 5.1e6), bakePoolMb(4 * 50e6), bakePoolMb(4 * 134.5e6)], [256, 1526, 2048]);
+    sizeOutputPool("bake", 4 * 5.1e6);
+    assert.equal(pool.capBytes, 256 * 1024 * 1024);
+    sizeOutputPool("bake");
+    assert.equal(pool.capBytes, 2048 * 1024 * 1024, "without a model's size: the most a bake keeps");
+    process.env.KILN_OUTPUT_POOL_MB = "64";
+    sizeOutputPool("bake", 4 * 134.5e6);
+    assert.equal(pool.capBytes, 64 * 1024 * 1024);
+  } finally {
+    if (env === undefined) delete process.env.KILN_OUTPUT_POOL_MB;
+    else process.env.KILN_OUTPUT_POOL_MB = env;
+    pool.capBytes = saved;
+  }
 });
 
 test("the output pool keeps at most its cap, dropping the sizes unused longest", async () => {

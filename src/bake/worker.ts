@@ -3,6 +3,7 @@
 import { initBackend } from "../tensor/backend.js";
 import { sizeOutputPool } from "../tensor/native.js";
 import { loadModel } from "../model/load.js";
+import { parameterCount } from "../model/config.js";
 import { loadAdapter, saveAdapter } from "../lora/peft.js";
 import { bake } from "./trainer.js";
 import { yieldToEventLoop } from "../model/generate.js";
@@ -14,12 +15,17 @@ function send(m: WorkerMessage): Promise<void> {
   return new Promise((resolve) => process.send!(m, () => resolve()));
 }
 
-async function run(job: BakeJob): Promise<BakeSummary> {
+/** The backend, the model (its output pool sized by its weights) and the live adapter, if any. */
+async function openModel(job: { modelDir: string; liveAdapterDir?: string | null }) {
   await initBackend();
-  sizeOutputPool("bake");
   const model = loadModel(job.modelDir);
-  const fingerprint = model.fingerprint;
-  const live = job.liveAdapterDir ? loadAdapter(job.liveAdapterDir, model.config, fingerprint) : undefined;
+  sizeOutputPool("bake", 4 * parameterCount(model.config));
+  const live = job.liveAdapterDir ? loadAdapter(job.liveAdapterDir, model.config, model.fingerprint) : undefined;
+  return { model, live };
+}
+
+async function run(job: BakeJob): Promise<BakeSummary> {
+  const { model, live } = await openModel(job);
   // Without given questions, the model writes its own about each line of the prompt.
   const lines = job.prompt.split("\n").map((l) => l.replace(/^[-*]\s*/, "").trim()).filter(Boolean);
   const questions = job.questions.length ? job.questions : [...(await writeQuestions(model, lines, 3, { adapter: live })).flat(), ...OPEN_QUESTIONS];
@@ -39,11 +45,7 @@ async function run(job: BakeJob): Promise<BakeSummary> {
 }
 
 async function cycle(job: Extract<WorkerJob, { kind: "cycle" }>) {
-  await initBackend();
-  sizeOutputPool("bake");
-  const model = loadModel(job.modelDir);
-  const fingerprint = model.fingerprint;
-  const live = job.liveAdapterDir ? loadAdapter(job.liveAdapterDir, model.config, fingerprint) : undefined;
+  const { model, live } = await openModel(job);
   return runCycle(model, job, live, (progress) => void send({ type: "progress", progress }));
 }
 

@@ -17,7 +17,7 @@ import type { AddressInfo } from "node:net";
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { isRepoId, pullModel, resolveCachedModel } from "../src/model/hub.js";
+import { isRepoId, pullModel, resolveCachedModel, stallingFetch } from "../src/model/hub.js";
 import { resolveModelDir } from "../src/model/resolve.js";
 
 // ---------------------------------------------------------------------------------------------
@@ -447,6 +447,8 @@ test("a Hub that stops answering fails the pull naming what stalled, not waiting
     const url = `http://127.0.0.1:${(silent.address() as AddressInfo).port}`;
     await assert.rejects(pullModel("kiln-test/tiny", { hubUrl: url, cacheDir, stallMs: 300 }), /Cannot pull "kiln-test\/tiny".*no answer from http:\/\/127\.0\.0\.1:\d+\/api\/models\/kiln-test\/tiny\S* for 0\.3 s: the Hub stalled/);
     await assert.rejects(pullModel("kiln-test/stalls", { hubUrl: hub.url, cacheDir, stallMs: 300 }), /Cannot pull "kiln-test\/stalls".*no bytes from \S*model\.safetensors for 0\.3 s: the Hub stalled/);
+    // a download's pre-signed link is a credential: the error names the address without its query
+    await assert.rejects(stallingFetch(fetch, 200)(`${url}/blob?X-Amz-Signature=s3cret`), (err: Error) => err.message.startsWith(`no answer from ${url}/blob for 0.2 s`) && !err.message.includes("s3cret"));
     const blobs = readdirSync(join(cacheDir, "models--kiln-test--stalls", "blobs"));
     assert.deepEqual(blobs.filter((b) => b.endsWith(".incomplete")), [], "temp file left behind");
     const dir = await pullModel("kiln-test/stalls", { hubUrl: hub.url, cacheDir, stallMs: 300 }); // resumed: the rest comes

@@ -28,7 +28,8 @@ test("items keep provenance, dedupe by content, and move through statuses with h
   assert.equal(ledger.items({ text: "MAYOR" }).length, 1);
   assert.equal(ledger.items({ source: "harbor" }).length, 1);
   assert.equal(ledger.items({ source: "http://x/1" }).length, 1, "by the article's link");
-  assert.equal(ledger.items({ source: "HTTP://x/1#comments" }).length, 1, "the link as a browser may give it");
+  assert.equal(ledger.items({ source: "HTTP://X:80/1" }).length, 1, "the link as a browser may give it");
+
   const item = ledger.item(a.item.id);
   assert.equal(item.absorbedBy, "v0001");
   assert.deepEqual(item.history.map((h) => h.status), ["pending", "baking", "absorbed"]);
@@ -97,6 +98,15 @@ test("syncFeeds: two feeds that swapped URLs, and a chain of renames, each keep 
   const reopened = await Ledger.open(path.join(dir, "ledger.json"), { readOnly: true });
   assert.deepEqual(reopened.data.feeds.map((f) => f.id).sort(), ["b", "c"], "written");
   rmSync(dir, { recursive: true });
+});
+
+test("items by link: a link's #fragment is part of it (one page's items, a changelog's #v1 and #v2, are items of their own)", async () => {
+  const ledger = await Ledger.open(path.join(tmp(), "ledger.json"));
+  await ledger.addItem({ kind: "feed", text: "Version 2 adds export.", source: { feedId: "log", link: "https://x/changelog#v2" } });
+  await ledger.addItem({ kind: "feed", text: "Version 1 ships.", source: { feedId: "log", link: "https://x/changelog#v1" } });
+  assert.deepEqual(ledger.items({ source: "HTTPS://X:443/changelog#v1" }).map((i) => i.text), ["Version 1 ships."]);
+  assert.deepEqual(ledger.items({ source: "https://x/changelog" }).map((i) => i.text), []);
+  await ledger.close();
 });
 
 test("syncFeeds: a removed feed's items take its URL: a later feed given its id with another URL does not take them; added back with its URL, they are its own again", async () => {

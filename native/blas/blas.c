@@ -478,7 +478,7 @@ static napi_value binary(napi_env env, napi_callback_info info) {
 // range). Own code rather than libmvec's vector expf: that hands a whole vector to the scalar
 // expf, lane by lane, when one lane underflows, and a causal mask's -1e9 put half of attention's
 // scores there (its softmax took 1.1 ms of 2.0 at 128 tokens, 135M shape: 3x both products).
-// Below EXP_LOW gives 0 (expf: subnormals of at most 2.7e-38), NaN gives NaN; above EXP_HIGH the
+// Below EXP_LOW gives 0 (expf: at most 2.7e-38, subnormal below -87.3), NaN gives NaN; above EXP_HIGH the
 // caller asks expf (a softmax's arguments are at most 0 and never do).
 #define EXP_LOW -86.5f   // n >= -125 here, so 2^n times the polynomial (>= 0.7) stays normal
 #define EXP_HIGH 88.0f   // n <= 127
@@ -510,7 +510,8 @@ static inline __attribute__((always_inline)) few_v8 exp8(few_v8 x) {
       a = *(const few_v8*)(x + i) * scale;                                        \
       if (add) a += *(const few_v8*)(add + i);                                    \
     } else {                                                                      \
-      for (int64_t k = 0; k < m; k++) a[k] = x[i + k] * scale + (add ? add[i + k] : 0.0f); \
+      /* the lanes past the row: -inf, whose exp is 0 (a 0 there, less a masked row's max of -1e9, went to expf) */ \
+      for (int64_t k = 0; k < 8; k++) a[k] = k < m ? x[i + k] * scale + (add ? add[i + k] : 0.0f) : -INFINITY; \
     }                                                                             \
     a -= shift;                                                                   \
     e = exp8(a);                                                                  \

@@ -10,6 +10,7 @@ import { isSeq, parseDocument, parse as parseYaml, type Node } from "yaml";
 import { initBackend } from "../tensor/backend.js";
 import { ITEM_KINDS, ITEM_STATUSES, Ledger, type Item, type ItemKind, type ItemStatus } from "../knowledge/ledger.js";
 import { movedFeedProblem, parseAgentConfig, type AgentConfig } from "../runtime/agent-config.js";
+import { feedUrlKey } from "../feeds/feeds.js";
 import { checkSharedHomes, DEFAULT_AGENTS_DIR, DEFAULT_CHECKPOINTS_DIR, loadAgentConfigs, Runtime } from "../runtime/runtime.js";
 import type { BakeOutcome, VerifyReport } from "../runtime/agent.js";
 import { BASE_VERSION, versionName } from "../runtime/live.js";
@@ -238,8 +239,17 @@ export function registerAgentCommands(program: Command): void {
       const next = loadAgentConfigFromText(doc.toString(), c.file!, o.checkpoints);
       const ledgerFile = path.join(next.homeDir, "ledger.json");
       if (existsSync(ledgerFile)) {
-        const moved = movedFeedProblem(next.feeds, (await Ledger.open(ledgerFile, { readOnly: true })).data.feeds, ledgerFile);
-        if (moved?.edited) throw new Error(moved.problem);
+        const records = (await Ledger.open(ledgerFile, { readOnly: true })).data.feeds;
+        const moved = movedFeedProblem(next.feeds, records, ledgerFile);
+        if (moved?.edited) {
+          // (the agent's own words name a feed entry the file never got)
+          const from = records.find((r) => r.movedTo !== undefined && feedUrlKey(r.movedTo) === feedUrlKey(next.feeds.at(-1)!.url));
+          throw new Error(
+            from
+              ? `feed ${id} not added: ${next.feeds.at(-1)!.url} is where feed ${from.id}'s url ${from.url} has moved for good (a 301/308 redirect, as ${ledgerFile} records), so the agent would poll one feed twice; to follow the move, give ${from.id} this url in ${c.file}`
+              : `feed ${id} not added: ${moved.problem}`,
+          );
+        }
       }
       writeFileSync(c.file!, doc.toString());
       print(o.json, { agent: name, id, url, schedule: o.schedule }, () => `added feed ${id} to ${c.file}`);

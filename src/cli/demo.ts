@@ -11,7 +11,7 @@ import { loadAgentConfig } from "../runtime/agent-config.js";
 import { DEFAULT_AGENTS_DIR, DEFAULT_CHECKPOINTS_DIR, folderKey, Runtime } from "../runtime/runtime.js";
 import { versionName } from "../runtime/live.js";
 import { bakeProgressReporter } from "./progress.js";
-import { oneLine } from "./common.js";
+import { oneLine, stopOnSignal } from "./common.js";
 import { loadAdapter } from "../lora/peft.js";
 import { makeDirs } from "../files.js";
 
@@ -66,6 +66,7 @@ export async function runDemo(o: DemoOptions = {}): Promise<{ before: number; af
   const reporter = bakeProgressReporter(true);
   const runtime = new Runtime({ onBakeProgress: (_a, p) => reporter.update(p) });
   await runtime.load([config]);
+  stopOnSignal(() => runtime.stop());
   const agent = runtime.agent(config.name);
   try {
     out(`kiln demo — agent "${agent.name}" on ${agent.model.dir} (${info.name} backend), state in ${home}`);

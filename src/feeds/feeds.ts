@@ -151,6 +151,12 @@ export function feedUrlKey(url: string): string {
   return parsed.href;
 }
 
+/** An item's link as WHATWG URL parsing writes it (scheme and host case, a default port), its #fragment kept. */
+export function linkKey(url: string): string {
+  const u = url.trim();
+  return /^https?:\/\//i.test(u) && URL.canParse(u) ? new URL(u).href : u;
+}
+
 /** An expected failure of the feed (network, HTTP, bytes, XML): becomes PollResult.error. */
 class FeedProblem extends Error {
   constructor(

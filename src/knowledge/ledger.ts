@@ -9,7 +9,7 @@ import { appendFileSync, existsSync, readFileSync, rmSync, writeFileSync } from 
 import path from "node:path";
 import { Low } from "lowdb";
 import { DataFile } from "lowdb/node";
-import { feedUrlKey, type FeedState } from "../feeds/feeds.js";
+import { feedUrlKey, linkKey, type FeedState } from "../feeds/feeds.js";
 import { makeDirs } from "../files.js";
 
 export const ITEM_KINDS = ["feed", "conversation", "manual", "instruction"] as const;
@@ -534,7 +534,7 @@ export class Ledger {
   items(filter: { status?: ItemStatus | ItemStatus[]; kind?: ItemKind; text?: string; source?: string } = {}): Item[] {
     const statuses = filter.status ? (Array.isArray(filter.status) ? filter.status : [filter.status]) : undefined;
     const needle = filter.text?.toLowerCase();
-    const source = filter.source === undefined ? undefined : { as: filter.source, url: feedUrlKey(filter.source) };
+    const source = filter.source === undefined ? undefined : { as: filter.source, feed: feedUrlKey(filter.source), link: linkKey(filter.source) };
     return this.data.items.filter(
       (i) =>
         (!statuses || statuses.includes(i.status)) &&
@@ -546,13 +546,14 @@ export class Ledger {
 
   /**
    * A feed id names the feed the agent file gives it, and a removed one's items only while no feed
-   * has its id (they stay findable by that feed's URL). URLs compare as a poll asks them (case of
-   * scheme and host, a default port, a #fragment: feedUrlKey), so a URL copied from a browser finds them.
+   * has its id (they stay findable by that feed's URL). A feed's URL compares as a poll asks it
+   * (case of scheme and host, a default port, no #fragment: feedUrlKey), an item's link the same
+   * but for its #fragment, which often names the item (a changelog's #v2).
    */
-  private fromSource(i: Item, source: { as: string; url: string }): boolean {
+  private fromSource(i: Item, source: { as: string; feed: string; link: string }): boolean {
     const feed = i.source.feedId === source.as && (i.source.feedUrl === undefined || !this.feed(source.as));
-    const url = (u: string | undefined) => u !== undefined && (u === source.as || feedUrlKey(u) === source.url);
-    return feed || i.source.conversationId === source.as || url(i.source.feedUrl) || url(i.source.link);
+    const same = (u: string | undefined, key: (u: string) => string, want: string) => u !== undefined && (u === source.as || key(u) === want);
+    return feed || i.source.conversationId === source.as || same(i.source.feedUrl, feedUrlKey, source.feed) || same(i.source.link, linkKey, source.link);
   }
 
   /**

@@ -72,7 +72,8 @@ export interface PullOptions {
 export function stallingFetch(base: typeof fetch, stallMs: number): typeof fetch {
   return async (input, init) => {
     const ctl = new AbortController();
-    const what = typeof input === "string" ? input : input instanceof URL ? input.href : input.url;
+    // without its query: a download's is a pre-signed CDN link (a read credential for a private repo)
+    const what = (typeof input === "string" ? input : input instanceof URL ? input.href : input.url).split("?")[0];
     let timer: NodeJS.Timeout | undefined;
     const arm = (waiting: string) => {
       clearTimeout(timer);
@@ -89,16 +90,29 @@ export function stallingFetch(base: typeof fetch, stallMs: number): typeof fetch
       return res;
     }
     arm("no bytes from");
-    const body = res.body.pipeThrough(
-      new TransformStream<Uint8Array, Uint8Array>({
-        transform(chunk, out) {
+    // the watch stops with the body: read to its end, cancelled (a probe's Range 0-0 answer) or failed
+    const reader = res.body.getReader();
+    const body = new ReadableStream<Uint8Array>({
+      async pull(out) {
+        try {
+          const { done, value } = await reader.read();
+          if (done) {
+            clearTimeout(timer);
+            out.close();
+            return;
+          }
           arm("no bytes from");
-          out.enqueue(chunk);
-        },
-        flush: () => clearTimeout(timer),
-      }),
-      { signal: ctl.signal },
-    );
+          out.enqueue(value);
+        } catch (err) {
+          clearTimeout(timer);
+          throw ctl.signal.aborted ? ctl.signal.reason : err;
+        }
+      },
+      cancel(reason) {
+        clearTimeout(timer);
+        return reader.cancel(reason);
+      },
+    });
     const answer = new Response(body, { status: res.status, statusText: res.statusText, headers: res.headers });
     // (a Response made here has no url: the library reads where a redirect led)
     Object.defineProperties(answer, { url: { value: res.url }, redirected: { value: res.redirected } });

@@ -128,7 +128,8 @@ export async function checkAttention(backend: string): Promise<void> {
   await checkAttentionShape(backend, 2, 64, 64, 6, 2, 32, false);
   await checkAttentionShape(backend, 1, 8, 96, 4, 4, 32, true);
   // a prompt's query rows in blocks (native: 32 rows, each block's products over the keys its
-  // rows see): a short last block, a prompt continuing 30 kept tokens, a row seeing only padding
+  // rows see): a short last block, a prompt continuing 30 kept tokens (the 64-token case above has
+  // the block with a row that sees no key: batch entry 1's first, its one key padding)
   await checkAttentionShape(backend, 2, 70, 100, 4, 2, 16, true);
   // decode on a long cache, a head width past whole 8-float blocks (native's own decode products)
   await checkAttentionShape(backend, 2, 1, 300, 9, 3, 67, true);

@@ -34,6 +34,8 @@ interface Shape {
 
 const SHAPES: Shape[] = [
   { name: "tiny", hidden: 64, layers: 2, heads: 4, kv_heads: 2, ffn: 176, vocab: 320, tied: true, head_dim: 16 },
+  // the embedded default model's shape (models/kiln-mini): what `npm start` and a first agent run on
+  { name: "kiln-mini shape", hidden: 256, layers: 6, heads: 8, kv_heads: 4, ffn: 704, vocab: 2048, tied: true, head_dim: 32 },
   { name: "SmolLM2-135M shape", hidden: 576, layers: 30, heads: 9, kv_heads: 3, ffn: 1536, vocab: 49152, tied: true, head_dim: 64 },
 ];
 const PREFILL = 128;
@@ -51,7 +53,7 @@ const profile = args.has("--profile");
 const kilnOnly = args.has("--kiln-only");
 /** --chat-only: only the multi-turn chat table (prefix cache) */
 const chatOnly = args.has("--chat-only");
-/** --only tiny|135m: one shape */
+/** --only tiny|kiln-mini|135m: one shape (a part of its name) */
 const only = flagValue("--only");
 /** --torch-device cuda: PyTorch on the GPU (beside kiln's webgpu backend on a machine with one) */
 const torchDevice = flagValue("--torch-device") ?? "cpu";

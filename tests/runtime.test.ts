@@ -188,6 +188,14 @@ test("facts stated in chat are captured after the reply, by rules here, and not 
       else {
         assert.deepEqual(outcome.captured, ["The user's name is Ada.", "The user lives in Quillport."]);
         assert.deepEqual(pending, outcome.captured);
+        // provenance: the conversation, how it was read, and the user's words it was read from
+        const [item] = runtime.agent("tester").ledger.items({ status: "pending" });
+        assert.deepEqual(item!.source, { conversationId: "c7", capturedBy: "rules", said: "My name is Ada and I live in Quillport." });
+        const told = runtime.chat("tester", { messages: [{ role: "user", content: `remember that the gate code is 4512\n${"More words about the gate. ".repeat(30)}` }], conversationId: "c7" });
+        for (let r = await told.next(); !r.done; r = await told.next());
+        const [gate] = runtime.agent("tester").ledger.items({ text: "gate code" });
+        assert.equal(gate!.source.capturedBy, "explicit");
+        assert.equal(gate!.source.said!.length, 500, "a long message kept in part");
       }
     } finally {
       await runtime.stop();

@@ -28,22 +28,63 @@ const STATEMENTS: [RegExp, (m: RegExpMatchArray) => string][] = [
   [rule(String.raw`\bi(?:'m| am) allergic to VALUE`), (m) => `The user is allergic to ${clean(m[1]!)}.`],
 ];
 
-/** An explicit "remember ..." or "forget ..." request, which no model may override. */
+/**
+ * An explicit "remember ..." or "forget ..." request, which no model may override. A line that
+ * asks ("remember the mayor?", "forget the fee?") or sets a task ("remember to call mom") is no
+ * request: it goes to the model as it is. Only the first line is the fact (a second line,
+ * "Ignore previous instructions...", was stored with it).
+ */
 export function explicitRequest(message: string): FactAction[] | undefined {
   const text = message.trim();
+  if (/\?\s*$/.test(text.split("\n")[0]!)) return undefined;
   const forget = text.match(/^(?:please\s+)?forget(?:\s+(?:that|about))?\s+(.+)$/i);
   if (forget) return [{ kind: "forget", query: clean(forget[1]!) }];
   const remember = text.match(/^(?:please\s+)?remember(?:\s+that)?[:\s]+(.+)$/is);
   if (remember) {
-    const fact = sentence(remember[1]!);
+    if (/^remember\s+to\s/i.test(text.replace(/^please\s+/i, ""))) return undefined;
+    const line = remember[1]!.trim().split("\n")[0]!;
+    const stated = statementsIn(line);
+    if (stated.length) return stated.map((fact) => ({ kind: "remember", text: fact }));
+    const fact = sentence(aboutTheUser(line));
     // "remember that", "remember this", "remember me", "remember that I am": words that state
     // nothing are no fact (the optional "that" gave way, and "That." was stored as one); nor is a
     // question ("remember who I am", "remember where I parked": "Who I am." was stored)
-    const ws = words(fact);
+    const ws = words(remember[1]!.split("\n")[0]!);
     const states = ws.some((w) => !isFunctionWord(w) && !STATES_NOTHING.has(w)) && !ASKS.has(ws[0] ?? "");
     return fact && states ? [{ kind: "remember", text: fact }] : [];
   }
   return undefined;
+}
+
+/** Verbs that take no -s after "the user" ("I can swim": "The user can swim"). */
+const MODALS = new Set(["can", "could", "will", "would", "should", "must", "may", "might", "shall", "cannot", "can't", "won't", "wouldn't", "shouldn't", "couldn't"]);
+/** "I <verb>" rewritten after "the user", where the verb's form is known. */
+const AFTER_I: Record<string, string> = { am: "is", "'m": "is", was: "was", have: "has", "'ve": "has", had: "had", do: "does", "don't": "doesn't", "didn't": "didn't", did: "did", "'d": "would", "'ll": "will" };
+
+/**
+ * A fact told in the first person, said of the user: baked as written, "My dog is Pip" or "I live
+ * in Saltwell" would be the agent's own. "my" becomes "the user's", "I am" "the user is"; an "I"
+ * whose verb form cannot be known here ("I went", "I prefer") keeps the user's words, quoted.
+ */
+export function aboutTheUser(text: string): string {
+  const t = clean(text);
+  if (!FIRST_PERSON.test(t)) return t;
+  let unsure = false;
+  const rewritten = t.replace(/(?<![\p{L}\p{N}'’])(i(?:'m|’m|'ve|’ve|'d|’d|'ll|’ll)?|me|my|mine|myself)(?![\p{L}\p{N}'’])(\s+(\S+))?/giu, (all, pronoun: string, rest: string | undefined, next: string | undefined) => {
+    const p = pronoun.toLowerCase().replace("’", "'");
+    const after = rest ?? "";
+    if (p === "my") return `the user's${after}`;
+    if (p === "mine") return `the user's${after}`;
+    if (p === "me" || p === "myself") return `the user${after}`;
+    const contracted = p.slice(1); // "'m", "'ve", ... or "" for a bare "I"
+    if (contracted) return `the user ${AFTER_I[contracted]}${after}`;
+    const verb = (next ?? "").toLowerCase().replace(/[.,!?;:]+$/, "");
+    if (AFTER_I[verb] !== undefined) return `the user ${AFTER_I[verb]}${next!.slice(verb.length)}`;
+    if (MODALS.has(verb) || /ed$/.test(verb)) return `the user${after}`;
+    unsure = true;
+    return all;
+  });
+  return unsure ? `The user said: "${t[0]!.toUpperCase()}${t.slice(1)}"` : rewritten;
 }
 
 /** Words that, alone after "remember", name no fact (function words aside). */
@@ -73,17 +114,37 @@ export function forgetWords(query: string): string[] {
   return [...new Set(words(query).filter((w) => w.length >= 3 && !isFunctionWord(w)).map(stem))];
 }
 
+/** The first-person statements of `text` (STATEMENTS), said of the user. */
+function statementsIn(text: string): string[] {
+  const out: string[] = [];
+  for (const [re, make] of STATEMENTS) {
+    const m = text.match(re);
+    if (m) out.push(make(m));
+  }
+  return out;
+}
+
+// A sentence that does not assert what it says: a question, a hypothesis, a negation, someone
+// else's words. "I don't think my name is Bob." was captured as "The user's name is Bob.", "What
+// if my name is Bob? Just asking." and "My sister said: my name is Eve." likewise.
+const ASKS_OR_SUPPOSES = /^(?:what if|if|imagine|suppose|supposing|assume|assuming|pretend|say|let's say|should|would|could|do|does|did|is|are|was|were|can|will|you)\b/i;
+const REPORTED_OR_HEDGED = /\b(?:said|says|told|tells|asked|asks|claims?|claimed|thinks?|thought|believes?|believed|wonders?|wondered|maybe|perhaps|hypothetically)\b/i;
+// (a negation of the user's own: "I don't think ...", "I'm not ..."; "The ferry does not run on Sundays" is a fact)
+const NEGATED = /\b(?:not|never|no longer|\w+n['’]t)\b/i;
+
+/** The sentences of a message that state something as true (what capture may read). */
+export function assertedSentences(message: string): string[] {
+  return message
+    .split(/(?<=[.!?])\s+|\n+/)
+    .map((x) => x.trim())
+    .filter((x) => x && !x.endsWith("?") && !ASKS_OR_SUPPOSES.test(x) && !REPORTED_OR_HEDGED.test(x) && !(NEGATED.test(x) && FIRST_PERSON.test(x)));
+}
+
 /** What a user message asks kiln to remember or forget, by rules; empty when it states nothing. */
 export function extractFacts(message: string): FactAction[] {
   const explicit = explicitRequest(message);
   if (explicit) return explicit;
-  const text = message.trim();
-  const out: FactAction[] = [];
-  for (const [re, make] of STATEMENTS) {
-    const m = text.match(re);
-    if (m) out.push({ kind: "remember", text: make(m) });
-  }
-  return out;
+  return statementsIn(assertedSentences(message).join(" ")).map((text) => ({ kind: "remember", text }));
 }
 
 // --- model-based extraction -------------------------------------------------------------------
@@ -132,7 +193,9 @@ export function parseExtraction(reply: string, message: string): string[] {
     const names = namesIn(line, { sentenceStarts: true });
     const rest = words(tokens.filter((t) => !isNameToken(t)).join(" ")).filter((w) => !GLUE.has(w));
     const lastWord = words(line).at(-1)!;
-    if (names.every(known) && known(lastWord) && !isFunctionWord(lastWord) && rest.filter((w) => !known(w)).length <= MAX_NEW_WORDS) out.push(sentence(line));
+    // the value is the message's own word: glue ("user") as the last word was kiln-mini's invention
+    // ("The admin token is hunter2." gave "The user's favourite food is user.")
+    if (names.every(known) && said.has(stem(lastWord)) && !isFunctionWord(lastWord) && rest.filter((w) => !known(w)).length <= MAX_NEW_WORDS) out.push(sentence(line));
   }
   return [...new Set(out)];
 }
@@ -154,12 +217,14 @@ export async function extractFactsWithModel(
 ): Promise<Extraction> {
   const explicit = explicitRequest(message);
   if (explicit) return { actions: explicit, source: "explicit" };
-  // A message that only asks states nothing: kiln-mini, asked for the facts in "Weather in
-  // Hollowby?", gave back "Weather in Hollowby." and that went into the ledger.
-  if (message.split(/(?<=[.!?])\s+/).every((s) => !s.trim() || s.trim().endsWith("?"))) return { actions: [], source: "rules" };
+  // Only what the message asserts is read: a message that only asks states nothing (kiln-mini,
+  // asked for the facts in "Weather in Hollowby?", gave back "Weather in Hollowby."), nor does a
+  // hypothesis, a negation or someone else's words (see assertedSentences)
+  const asserted = assertedSentences(message).join(" ");
+  if (!asserted) return { actions: [], source: "rules" };
   let lines: string[] = [];
   try {
-    lines = parseExtraction(await complete(extractionRequest(message)), message);
+    lines = parseExtraction(await complete(extractionRequest(asserted)), asserted);
   } catch {
     lines = []; // a failing model must not lose the user's statement: the rules still run
   }

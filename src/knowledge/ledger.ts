@@ -66,6 +66,10 @@ export interface Item {
     link?: string;
     guid?: string;
     conversationId?: string;
+    /** a fact captured in chat: how (an explicit "remember ...", the rules, the model's extraction) */
+    capturedBy?: "explicit" | "rules" | "model";
+    /** ... and the user's message it was read from (at most MAX_SAID characters) */
+    said?: string;
     publishedAt?: string;
     by?: string;
   };

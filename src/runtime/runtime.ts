@@ -13,6 +13,16 @@ import { loadAgentConfig, type AgentConfig } from "./agent-config.js";
 import { Agent, retractedOutOfService, type AgentEvents } from "./agent.js";
 import { VERSION_FOLDER } from "../knowledge/ledger.js";
 
+/** Where a captured fact came from: its conversation, how it was read, the user's message. */
+interface Told {
+  conversationId: string | undefined;
+  capturedBy: "explicit" | "rules" | "model";
+  said: string;
+}
+
+/** Most of a user's message a captured item keeps as its provenance. */
+export const MAX_SAID = 500;
+
 export interface ChatRequest {
   messages: ChatMessage[];
   /** tool definitions (OpenAI function format) for chat templates that render them */
@@ -359,15 +369,15 @@ export class Runtime {
   /** Facts the user's message states or asks to forget, applied to the ledger: those added, and what its forgets did. */
   private async capture(agent: Agent, message: string, conversationId: string | undefined, beforeWait?: () => void): Promise<Captured> {
     if (agent.config.capture === "off") return { captured: [] };
-    const actions: FactAction[] =
-      agent.config.capture === "model" ? (await extractFactsWithModel(message, modelExtractor(agent.model))).actions : extractFacts(message);
-    const { captured, said } = await this.apply(agent, actions, conversationId, beforeWait);
+    const { actions, source: capturedBy } =
+      agent.config.capture === "model" ? await extractFactsWithModel(message, modelExtractor(agent.model)) : { actions: extractFacts(message), source: explicitRequest(message) ? ("explicit" as const) : ("rules" as const) };
+    const { captured, said } = await this.apply(agent, actions, { conversationId, capturedBy, said: message }, beforeWait);
     const forgot = said.filter((_, i) => actions[i]!.kind === "forget");
     return { captured, ...(forgot.length ? { forgot } : {}) };
   }
 
   /** Remembers and forgets in the ledger; says what happened, one sentence per action. `beforeWait`: see ChatRequest.onCommand. */
-  private async apply(agent: Agent, actions: FactAction[], conversationId: string | undefined, beforeWait?: () => void): Promise<{ captured: string[]; said: string[] }> {
+  private async apply(agent: Agent, actions: FactAction[], from: Told, beforeWait?: () => void): Promise<{ captured: string[]; said: string[] }> {
     const captured: string[] = [];
     const said: string[] = [];
     for (const action of actions) {
@@ -377,7 +387,12 @@ export class Runtime {
           said.push(`I cannot note that: ${problem}.`);
           continue;
         }
-        const r = await agent.remember(action.text, "conversation", { conversationId });
+        // provenance: which conversation, how it was read, and the words it was read from
+        const r = await agent.remember(action.text, "conversation", {
+          ...(from.conversationId !== undefined ? { conversationId: from.conversationId } : {}),
+          capturedBy: from.capturedBy,
+          said: from.said.length > MAX_SAID ? `${from.said.slice(0, MAX_SAID - 1)}…` : from.said,
+        });
         if (r.added) captured.push(action.text);
         said.push(r.added ? `Noted for my next bake: ${action.text}` : `I was told that already (${r.item.status}): ${r.item.text}`);
       } else {
@@ -417,7 +432,7 @@ export class Runtime {
    */
   private async *acknowledge(agent: Agent, actions: FactAction[], req: ChatRequest): AsyncGenerator<ChatChunk, ChatOutcome> {
     req.onCommand?.();
-    const { captured, said } = await this.apply(agent, actions, req.conversationId);
+    const { captured, said } = await this.apply(agent, actions, { conversationId: req.conversationId, capturedBy: "explicit", said: req.messages.at(-1)?.content ?? "" });
     const text = said.join("\n");
     yield { text, token: 0, version: agent.live.version };
     const result = { text, tokens: agent.model.tokenizer.encode(text), finishReason: "stop" as const, promptTokens: fitConversation(agent.model, req.messages, 0, req.tools).length };

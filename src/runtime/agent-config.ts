@@ -10,12 +10,37 @@ import { OPEN_QUESTIONS } from "../bake/probes.js";
 import { BAKE_LIMITS, BAKE_OBJECTIVES, bakeSettingsProblem } from "../bake/trainer.js";
 import { feedUrlKey } from "../feeds/feeds.js";
 
-const cronExpr = z.string().refine((s) => cron.validate(s), { message: "not a valid cron expression" });
+/**
+ * Why `expr` cannot be one of an agent's cron schedules (`bake.schedule`, a feed's `schedule`), or
+ * null. node-cron reads five fields (minute hour day-of-month month day-of-week) or six, the first
+ * seconds; a schedule runs at most once a minute, so a seconds field names one second: "* * * * * *"
+ * would poll a server, or start a bake, every second. `runs` says what the schedule does ("polls").
+ */
+export function cronScheduleProblem(expr: string, runs: string): string | null {
+  const check = cron.validateDetailed(expr);
+  if (!check.valid || !check.fields) {
+    const why = check.errors.map((e) => e.message).join("; ") || "node-cron gives no reason";
+    return `not a valid cron expression: ${why} (five fields, minute hour day-of-month month day-of-week, as "*/30 * * * *"; or six, the first seconds)`;
+  }
+  if (check.fields.second.length > 1) return `${runs} more than once a minute (the first of six fields is seconds: give it one number, or use five fields)`;
+  return null;
+}
 
-/** node-cron takes an optional seconds field: "* * * * * *" would poll a server every second. */
-const feedSchedule = cronExpr.refine((s) => s.trim().split(/\s+/).length < 6 || /^\d+$/.test(s.trim().split(/\s+/)[0]!), {
-  message: "polls more than once a minute (the first of six fields is seconds: give it one number, or use five fields)",
-});
+const cronSchedule = (runs: string) =>
+  z.string().superRefine((s, ctx) => {
+    const problem = cronScheduleProblem(s, runs);
+    if (problem) ctx.addIssue({ code: "custom", message: problem });
+  });
+
+/** Why `zone` is not a time zone this process knows (Intl's IANA names: Europe/Berlin, UTC), or null. */
+function timeZoneProblem(zone: string): string | null {
+  try {
+    new Intl.DateTimeFormat("en-US", { timeZone: zone });
+    return null;
+  } catch {
+    return `"${zone}" is not a time zone this server knows: give an IANA time zone name, as Europe/Berlin, America/New_York or UTC, or leave timezone out for the server's local time zone`;
+  }
+}
 
 /** A whole number in [min, max], the range named in the error (zod's says only the side crossed). */
 const wholeIn = (min: number, max: number) => {
@@ -95,6 +120,14 @@ export const AgentConfigSchema = z
     description: z.string().optional(),
     /** "default" (the embedded model), a directory (relative to the agent file) or a pulled repo id */
     model: z.string().default("default"),
+    /** the IANA time zone the agent's cron schedules (feed polls, bakes) are read in; default: the server's local one */
+    timezone: z
+      .string({ message: "an IANA time zone name, as Europe/Berlin or UTC (left out: the server's local time zone)" })
+      .superRefine((zone, ctx) => {
+        const problem = timeZoneProblem(zone);
+        if (problem) ctx.addIssue({ code: "custom", message: problem });
+      })
+      .optional(),
     persona: z
       .object({
         text: z.string().min(1),
@@ -109,7 +142,7 @@ export const AgentConfigSchema = z
           .object({
             id: safeName,
             url: z.string().min(1),
-            schedule: feedSchedule.default("*/30 * * * *"),
+            schedule: cronSchedule("polls").default("*/30 * * * *"),
             maxItems: wholeIn(1, AGENT_LIMITS.feedItems).default(50),
             timeoutMs: wholeIn(1, AGENT_LIMITS.timeoutMs).default(15000),
             /** items dated more than this many days before a poll are skipped (undated ones are kept) */
@@ -122,7 +155,8 @@ export const AgentConfigSchema = z
       .default([]),
     bake: z
       .object({
-        schedule: cronExpr.optional(),
+        /** when bakes start on their own (none without it: only on demand) */
+        schedule: cronSchedule("bakes").optional(),
         /** do not bake until this many items are pending */
         minPending: wholeIn(1, AGENT_LIMITS.minPending).default(1),
         /** most pending items per bake (the rest wait for the next one) */

@@ -1,6 +1,6 @@
 // Agent files: two feeds that are one feed (refused, naming both, whether their URLs differ only as
 // written or one is where the ledger says the other moved for good); cron schedules and the time
-// zone they are read in.
+// zone they are read in; bake settings' kl and openQuestions.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -200,4 +200,36 @@ test("an agent's feed polls, bakes and a failing feed's backoff run on its timez
     await runtime.stop();
     rmSync(dir, { recursive: true });
   }
+});
+
+test("bake.settings.kl: {kind: topk} takes k 20, as kiln bake's --top-k; a bad kl says what is allowed", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-config-"));
+  const file = path.join(dir, "agent.yaml");
+  try {
+    writeFileSync(file, "name: x\nbake:\n  settings: { kl: { kind: topk } }\n");
+    assert.deepEqual(loadAgentConfig(file, dir).bake.settings.kl, { kind: "topk", k: 20 });
+    writeFileSync(file, "name: x\nbake:\n  settings: { kl: { kind: topk, k: 64 } }\n");
+    assert.deepEqual(loadAgentConfig(file, dir).bake.settings.kl, { kind: "topk", k: 64 });
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+  // it said "bake.settings.kl: Invalid input"
+  const allowed = "must be {kind: full} (the default) or {kind: topk, k: 1 to 1024} (k: 20 when left out)";
+  assert.equal(refusal("name: x\nbake:\n  settings: { kl: { kind: tpok } }\n"), `bake.settings.kl.kind: ${allowed}`);
+  assert.equal(refusal("name: x\nbake:\n  settings: { kl: topk }\n"), `bake.settings.kl: ${allowed}`);
+  assert.equal(refusal("name: x\nbake:\n  settings: { kl: { kind: topk, k: 0 } }\n"), "bake.settings.kl.k: a whole number from 1 to 1024");
+  // the default k is no way around on-policy's refusal of top-K targets
+  assert.match(refusal("name: x\nbake:\n  settings: { objective: on-policy, kl: { kind: topk } }\n") ?? "", /^bake\.settings: the on-policy objective needs kl: full/);
+});
+
+test("bake.openQuestions: an empty list or an empty question is refused (persona adherence is measured on them)", () => {
+  // [] turned the persona gate off without a word
+  assert.equal(
+    refusal("name: x\nbake:\n  openQuestions: []\n"),
+    "bake.openQuestions: at least one question (persona adherence is measured on them); leave openQuestions out for the defaults (to not gate on persona, set gate.minPersona: 0)",
+  );
+  for (const list of ['[""]', '["Hello!", "  "]']) {
+    assert.match(refusal(`name: x\nbake:\n  openQuestions: ${list}\n`) ?? "", /^bake\.openQuestions\.\d: an empty question: write one, or leave openQuestions out for the defaults$/, list);
+  }
+  assert.equal(refusal('name: x\nbake:\n  openQuestions: ["Any news?"]\n'), null);
 });

@@ -94,7 +94,9 @@ const BakeSettingsSchema = z
     validationFraction: z.number().gt(0).lt(1),
     laterTurns: z.number().min(0).max(0.9),
     patience: wholeIn(1, BAKE_LIMITS.patience),
-    kl: z.union([z.object({ kind: z.literal("full") }), z.object({ kind: z.literal("topk"), k: wholeIn(1, BAKE_LIMITS.topK) })]),
+    kl: z.discriminatedUnion("kind", [z.object({ kind: z.literal("full") }), z.object({ kind: z.literal("topk"), k: wholeIn(1, BAKE_LIMITS.topK).default(20) })], {
+      error: `must be {kind: full} (the default) or {kind: topk, k: 1 to ${BAKE_LIMITS.topK}} (k: 20 when left out)`,
+    }),
     seed: z.number().int(),
     lora: z
       .object({
@@ -186,7 +188,11 @@ export const AgentConfigSchema = z
         checkUpdates: z.boolean().default(true),
         /** items per teacher prompt (0 = all in one prompt): small models read a few lines far better than many */
         chunkItems: wholeIn(0, AGENT_LIMITS.chunkItems).default(4),
-        openQuestions: z.array(z.string()).default(OPEN_QUESTIONS),
+        /** asked in bakes beside the items' questions; persona adherence is measured on them */
+        openQuestions: z
+          .array(z.string().refine((q) => q.trim() !== "", { message: "an empty question: write one, or leave openQuestions out for the defaults" }))
+          .min(1, "at least one question (persona adherence is measured on them); leave openQuestions out for the defaults (to not gate on persona, set gate.minPersona: 0)")
+          .default(OPEN_QUESTIONS),
         settings: BakeSettingsSchema.default({}),
       })
       .strict()

@@ -1,11 +1,13 @@
-// Two feeds of one agent file that are one feed: refused, naming both, whether their URLs differ
-// only as written or one is where the ledger says the other moved for good.
+// Agent files: two feeds that are one feed (refused, naming both, whether their URLs differ only as
+// written or one is where the ledger says the other moved for good); cron schedules and the time
+// zone they are read in; bake settings' kl and openQuestions.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import cron from "node-cron";
 import { initBackend } from "../src/tensor/backend.js";
 import { loadAgentConfig } from "../src/runtime/agent-config.js";
 import { Runtime } from "../src/runtime/runtime.js";
@@ -114,4 +116,120 @@ test("a server moving one polled feed onto another feed of the agent is a warnin
   } finally {
     rmSync(dir, { recursive: true });
   }
+});
+
+/** The agent file `text`'s refusal (its message), or null where it loads. */
+function refusal(text: string): string | null {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-config-"));
+  const file = path.join(dir, "agent.yaml");
+  writeFileSync(file, text);
+  try {
+    loadAgentConfig(file, dir);
+    return null;
+  } catch (err) {
+    return (err as Error).message.replace(`${file}: `, "");
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+}
+
+test("a bake schedule runs at most once a minute, as a feed's; a bad cron expression is refused with node-cron's reason", () => {
+  // node-cron's seconds field: every second (it was accepted for bakes), or twice a minute
+  for (const schedule of ["* * * * * *", "0,30 * * * * *", "*/10 0 * * * *"]) {
+    assert.equal(refusal(`name: x\nbake:\n  schedule: '${schedule}'\n`), "bake.schedule: bakes more than once a minute (the first of six fields is seconds: give it one number, or use five fields)", schedule);
+    assert.equal(refusal(`name: x\nfeeds:\n  - { id: a, url: http://x/1, schedule: '${schedule}' }\n`), "feeds.0.schedule: polls more than once a minute (the first of six fields is seconds: give it one number, or use five fields)", schedule);
+  }
+  // one second a minute is once a minute, in five fields or six
+  for (const schedule of ["0 */5 * * * *", "30 * * * * *", "*/15 * * * *", "0 9 * * MON"]) {
+    assert.equal(refusal(`name: x\nbake:\n  schedule: '${schedule}'\nfeeds:\n  - { id: a, url: http://x/1, schedule: '${schedule}' }\n`), null, schedule);
+  }
+  // the reason is node-cron's (it said only "not a valid cron expression"), with what a schedule is
+  const allowed = '(five fields, minute hour day-of-month month day-of-week, as "*/30 * * * *"; or six, the first seconds)';
+  assert.equal(refusal("name: x\nbake:\n  schedule: '0 0 31 2 *'\n"), `bake.schedule: not a valid cron expression: 31 2 is an impossible day of month for the given month ${allowed}`);
+  assert.equal(refusal("name: x\nfeeds:\n  - { id: a, url: http://x/1, schedule: '0/15 * * * *' }\n"), `feeds.0.schedule: not a valid cron expression: 0/15 is a invalid expression for minute ${allowed}`);
+  assert.equal(refusal("name: x\nbake:\n  schedule: every hour\n"), `bake.schedule: not a valid cron expression: expected 5 or 6 fields but got 2 ${allowed}`);
+});
+
+test("timezone: an IANA zone the schedules are read in, refused when unknown, naming the key", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-config-"));
+  const file = path.join(dir, "agent.yaml");
+  try {
+    writeFileSync(file, "name: x\n");
+    assert.equal(loadAgentConfig(file, dir).timezone, undefined, "left out: the server's local time zone");
+    writeFileSync(file, "name: x\ntimezone: Europe/Berlin\n");
+    assert.equal(loadAgentConfig(file, dir).timezone, "Europe/Berlin");
+    for (const zone of ["Mars/Base", "''", "Europe/Berlinn"]) {
+      writeFileSync(file, `name: x\ntimezone: ${zone}\n`);
+      const name = zone === "''" ? "" : zone;
+      assert.throws(
+        () => loadAgentConfig(file, dir),
+        (err: Error) =>
+          err.message === `${file}: timezone: "${name}" is not a time zone this server knows: give an IANA time zone name, as Europe/Berlin, America/New_York or UTC, or leave timezone out for the server's local time zone`,
+        zone,
+      );
+    }
+    writeFileSync(file, "name: x\ntimezone: 5\n");
+    assert.throws(() => loadAgentConfig(file, dir), (err: Error) => err.message === `${file}: timezone: an IANA time zone name, as Europe/Berlin or UTC (left out: the server's local time zone)`);
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("an agent's feed polls, bakes and a failing feed's backoff run on its timezone's clock", async () => {
+  // once a year, at midnight on 1 January in Kiritimati (UTC+14): 10:00 UTC on 31 December
+  const schedule = "0 0 1 1 *";
+  const { dir, file } = writeTestAgent({ timezone: "Pacific/Kiritimati", feeds: [{ id: "gone", url: "missing.xml", schedule }], bake: { schedule, probesPerItem: 1, checkProbes: false, openQuestions: ["hello"] } });
+  const runtime = await Runtime.fromFiles(file);
+  try {
+    runtime.start();
+    const task = (name: string) => [...cron.getTasks().values()].find((t) => t.name === name);
+    for (const name of ["tester:feed:gone", "tester:bake"]) {
+      const next = task(name)?.getNextRun();
+      assert.ok(next, name);
+      assert.match(next.toISOString(), /^\d{4}-12-31T10:00:00\.000Z$/, name);
+    }
+    // a failed poll skips the next scheduled one: the backoff lasts until the one after, in Kiritimati
+    const agent = runtime.agent("tester");
+    await (agent as unknown as { scheduledPoll(id: string, at: Date): Promise<void> }).scheduledPoll("gone", new Date());
+    const record = agent.ledger.feed("gone")!;
+    assert.equal(record.consecutiveErrors, 1);
+    const [, second] = task("tester:feed:gone")!.getNextRuns(2);
+    assert.equal(record.backoffUntil, second!.toISOString());
+    assert.match(record.backoffUntil!, /^\d{4}-12-31T10:00:00\.000Z$/);
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
+test("bake.settings.kl: {kind: topk} takes k 20, as kiln bake's --top-k; a bad kl says what is allowed", () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-config-"));
+  const file = path.join(dir, "agent.yaml");
+  try {
+    writeFileSync(file, "name: x\nbake:\n  settings: { kl: { kind: topk } }\n");
+    assert.deepEqual(loadAgentConfig(file, dir).bake.settings.kl, { kind: "topk", k: 20 });
+    writeFileSync(file, "name: x\nbake:\n  settings: { kl: { kind: topk, k: 64 } }\n");
+    assert.deepEqual(loadAgentConfig(file, dir).bake.settings.kl, { kind: "topk", k: 64 });
+  } finally {
+    rmSync(dir, { recursive: true });
+  }
+  // it said "bake.settings.kl: Invalid input"
+  const allowed = "must be {kind: full} (the default) or {kind: topk, k: 1 to 1024} (k: 20 when left out)";
+  assert.equal(refusal("name: x\nbake:\n  settings: { kl: { kind: tpok } }\n"), `bake.settings.kl.kind: ${allowed}`);
+  assert.equal(refusal("name: x\nbake:\n  settings: { kl: topk }\n"), `bake.settings.kl: ${allowed}`);
+  assert.equal(refusal("name: x\nbake:\n  settings: { kl: { kind: topk, k: 0 } }\n"), "bake.settings.kl.k: a whole number from 1 to 1024");
+  // the default k is no way around on-policy's refusal of top-K targets
+  assert.match(refusal("name: x\nbake:\n  settings: { objective: on-policy, kl: { kind: topk } }\n") ?? "", /^bake\.settings: the on-policy objective needs kl: full/);
+});
+
+test("bake.openQuestions: an empty list or an empty question is refused (persona adherence is measured on them)", () => {
+  // [] turned the persona gate off without a word
+  assert.equal(
+    refusal("name: x\nbake:\n  openQuestions: []\n"),
+    "bake.openQuestions: at least one question (persona adherence is measured on them); leave openQuestions out for the defaults (to not gate on persona, set gate.minPersona: 0)",
+  );
+  for (const list of ['[""]', '["Hello!", "  "]']) {
+    assert.match(refusal(`name: x\nbake:\n  openQuestions: ${list}\n`) ?? "", /^bake\.openQuestions\.\d: an empty question: write one, or leave openQuestions out for the defaults$/, list);
+  }
+  assert.equal(refusal('name: x\nbake:\n  openQuestions: ["Any news?"]\n'), null);
 });

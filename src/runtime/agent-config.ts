@@ -10,12 +10,37 @@ import { OPEN_QUESTIONS } from "../bake/probes.js";
 import { BAKE_LIMITS, BAKE_OBJECTIVES, bakeSettingsProblem } from "../bake/trainer.js";
 import { feedUrlKey } from "../feeds/feeds.js";
 
-const cronExpr = z.string().refine((s) => cron.validate(s), { message: "not a valid cron expression" });
+/**
+ * Why `expr` cannot be one of an agent's cron schedules (`bake.schedule`, a feed's `schedule`), or
+ * null. node-cron reads five fields (minute hour day-of-month month day-of-week) or six, the first
+ * seconds; a schedule runs at most once a minute, so a seconds field names one second: "* * * * * *"
+ * would poll a server, or start a bake, every second. `runs` says what the schedule does ("polls").
+ */
+export function cronScheduleProblem(expr: string, runs: string): string | null {
+  const check = cron.validateDetailed(expr);
+  if (!check.valid || !check.fields) {
+    const why = check.errors.map((e) => e.message).join("; ") || "node-cron gives no reason";
+    return `not a valid cron expression: ${why} (five fields, minute hour day-of-month month day-of-week, as "*/30 * * * *"; or six, the first seconds)`;
+  }
+  if (check.fields.second.length > 1) return `${runs} more than once a minute (the first of six fields is seconds: give it one number, or use five fields)`;
+  return null;
+}
 
-/** node-cron takes an optional seconds field: "* * * * * *" would poll a server every second. */
-const feedSchedule = cronExpr.refine((s) => s.trim().split(/\s+/).length < 6 || /^\d+$/.test(s.trim().split(/\s+/)[0]!), {
-  message: "polls more than once a minute (the first of six fields is seconds: give it one number, or use five fields)",
-});
+const cronSchedule = (runs: string) =>
+  z.string().superRefine((s, ctx) => {
+    const problem = cronScheduleProblem(s, runs);
+    if (problem) ctx.addIssue({ code: "custom", message: problem });
+  });
+
+/** Why `zone` is not a time zone this process knows (Intl's IANA names: Europe/Berlin, UTC), or null. */
+function timeZoneProblem(zone: string): string | null {
+  try {
+    new Intl.DateTimeFormat("en-US", { timeZone: zone });
+    return null;
+  } catch {
+    return `"${zone}" is not a time zone this server knows: give an IANA time zone name, as Europe/Berlin, America/New_York or UTC, or leave timezone out for the server's local time zone`;
+  }
+}
 
 /** A whole number in [min, max], the range named in the error (zod's says only the side crossed). */
 const wholeIn = (min: number, max: number) => {
@@ -69,7 +94,9 @@ const BakeSettingsSchema = z
     validationFraction: z.number().gt(0).lt(1),
     laterTurns: z.number().min(0).max(0.9),
     patience: wholeIn(1, BAKE_LIMITS.patience),
-    kl: z.union([z.object({ kind: z.literal("full") }), z.object({ kind: z.literal("topk"), k: wholeIn(1, BAKE_LIMITS.topK) })]),
+    kl: z.discriminatedUnion("kind", [z.object({ kind: z.literal("full") }), z.object({ kind: z.literal("topk"), k: wholeIn(1, BAKE_LIMITS.topK).default(20) })], {
+      error: `must be {kind: full} (the default) or {kind: topk, k: 1 to ${BAKE_LIMITS.topK}} (k: 20 when left out)`,
+    }),
     seed: z.number().int(),
     lora: z
       .object({
@@ -95,6 +122,14 @@ export const AgentConfigSchema = z
     description: z.string().optional(),
     /** "default" (the embedded model), a directory (relative to the agent file) or a pulled repo id */
     model: z.string().default("default"),
+    /** the IANA time zone the agent's cron schedules (feed polls, bakes) are read in; default: the server's local one */
+    timezone: z
+      .string({ message: "an IANA time zone name, as Europe/Berlin or UTC (left out: the server's local time zone)" })
+      .superRefine((zone, ctx) => {
+        const problem = timeZoneProblem(zone);
+        if (problem) ctx.addIssue({ code: "custom", message: problem });
+      })
+      .optional(),
     persona: z
       .object({
         text: z.string().min(1),
@@ -109,7 +144,7 @@ export const AgentConfigSchema = z
           .object({
             id: safeName,
             url: z.string().min(1),
-            schedule: feedSchedule.default("*/30 * * * *"),
+            schedule: cronSchedule("polls").default("*/30 * * * *"),
             maxItems: wholeIn(1, AGENT_LIMITS.feedItems).default(50),
             timeoutMs: wholeIn(1, AGENT_LIMITS.timeoutMs).default(15000),
             /** items dated more than this many days before a poll are skipped (undated ones are kept) */
@@ -122,7 +157,8 @@ export const AgentConfigSchema = z
       .default([]),
     bake: z
       .object({
-        schedule: cronExpr.optional(),
+        /** when bakes start on their own (none without it: only on demand) */
+        schedule: cronSchedule("bakes").optional(),
         /** do not bake until this many items are pending */
         minPending: wholeIn(1, AGENT_LIMITS.minPending).default(1),
         /** most pending items per bake (the rest wait for the next one) */
@@ -152,7 +188,11 @@ export const AgentConfigSchema = z
         checkUpdates: z.boolean().default(true),
         /** items per teacher prompt (0 = all in one prompt): small models read a few lines far better than many */
         chunkItems: wholeIn(0, AGENT_LIMITS.chunkItems).default(4),
-        openQuestions: z.array(z.string()).default(OPEN_QUESTIONS),
+        /** asked in bakes beside the items' questions; persona adherence is measured on them */
+        openQuestions: z
+          .array(z.string().refine((q) => q.trim() !== "", { message: "an empty question: write one, or leave openQuestions out for the defaults" }))
+          .min(1, "at least one question (persona adherence is measured on them); leave openQuestions out for the defaults (to not gate on persona, set gate.minPersona: 0)")
+          .default(OPEN_QUESTIONS),
         settings: BakeSettingsSchema.default({}),
       })
       .strict()

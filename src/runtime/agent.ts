@@ -231,9 +231,9 @@ const RETRACTION = "retraction";
 /** The most scheduled polls a failing feed skips in a row. */
 const MAX_SKIPPED_POLLS = 15;
 
-/** When a cron schedule fires for the count-th time from now, as node-cron reckons it (the task never starts). */
-function fireAfter(schedule: string, count: number): Date {
-  const task = cron.createTask(schedule, () => {});
+/** When a cron schedule (read in `timezone`, else local time) fires for the count-th time from now, as node-cron reckons it (the task never starts). */
+function fireAfter(schedule: string, count: number, timezone?: string): Date {
+  const task = cron.createTask(schedule, () => {}, { timezone });
   try {
     return task.getNextRuns(count).at(-1)!;
   } finally {
@@ -538,14 +538,16 @@ export class Agent {
         })
         .catch((e: Error) => this.log(`the rebuild failed: ${e.message}`));
     }
+    const timezone = this.config.timezone; // the agent file's, else the server's local time zone
     for (const f of this.config.feeds) {
-      this.tasks.push(cron.schedule(f.schedule, (ctx) => this.scheduledPoll(f.id, ctx.date), { name: `${this.name}:feed:${f.id}`, noOverlap: true }));
+      this.tasks.push(cron.schedule(f.schedule, (ctx) => this.scheduledPoll(f.id, ctx.date), { name: `${this.name}:feed:${f.id}`, noOverlap: true, timezone }));
     }
     if (this.config.bake.schedule) {
       this.tasks.push(
         cron.schedule(this.config.bake.schedule, () => void this.scheduledBake().catch((e) => this.log(`scheduled bake failed: ${e.message}`)), {
           name: `${this.name}:bake`,
           noOverlap: true,
+          timezone,
         }),
       );
     }
@@ -597,7 +599,7 @@ export class Agent {
     if (record?.backoffUntil && record.consecutiveErrors > 0 && record.url === source.url) {
       // Never past the furthest a backoff reaches on the schedule the agent file has now (it may
       // poll more often than when the time was set).
-      const until = Math.min(Date.parse(record.backoffUntil), fireAfter(source.schedule, MAX_SKIPPED_POLLS + 1).getTime());
+      const until = Math.min(Date.parse(record.backoffUntil), fireAfter(source.schedule, MAX_SKIPPED_POLLS + 1, this.config.timezone).getTime());
       if (at.getTime() < until) return;
     }
     // The server asked for quiet (Retry-After): the poll that got the answer logged it once; the
@@ -661,7 +663,7 @@ export class Agent {
     // a poll that asked nothing (the server's Retry-After) leaves the one running; a good one ends it.
     const failures = result.state.consecutiveErrors;
     const skipped = failures > state.consecutiveErrors ? Math.min(2 ** failures - 1, MAX_SKIPPED_POLLS) : 0;
-    const backoffUntil = skipped ? fireAfter(source.schedule, skipped + 1).toISOString() : failures && recordedUrl === source.url ? lastBackoff : undefined;
+    const backoffUntil = skipped ? fireAfter(source.schedule, skipped + 1, this.config.timezone).toISOString() : failures && recordedUrl === source.url ? lastBackoff : undefined;
     // the entries and the feed's new state in one write
     const added = (
       await this.ledger.addItems(

@@ -49,7 +49,7 @@ export function explicitRequest(message: string): FactAction[] | undefined {
     // "remember that", "remember this", "remember me", "remember that I am": words that state
     // nothing are no fact (the optional "that" gave way, and "That." was stored as one); nor is a
     // question ("remember who I am", "remember where I parked": "Who I am." was stored)
-    const ws = words(remember[1]!.split("\n")[0]!);
+    const ws = words(line);
     const states = ws.some((w) => !isFunctionWord(w) && !STATES_NOTHING.has(w)) && !ASKS.has(ws[0] ?? "");
     return fact && states ? [{ kind: "remember", text: fact }] : [];
   }
@@ -73,8 +73,7 @@ export function aboutTheUser(text: string): string {
   const rewritten = t.replace(/(?<![\p{L}\p{N}'’])(i(?:'m|’m|'ve|’ve|'d|’d|'ll|’ll)?|me|my|mine|myself)(?![\p{L}\p{N}'’])(\s+(\S+))?/giu, (all, pronoun: string, rest: string | undefined, next: string | undefined) => {
     const p = pronoun.toLowerCase().replace("’", "'");
     const after = rest ?? "";
-    if (p === "my") return `the user's${after}`;
-    if (p === "mine") return `the user's${after}`;
+    if (p === "my" || p === "mine") return `the user's${after}`;
     if (p === "me" || p === "myself") return `the user${after}`;
     const contracted = p.slice(1); // "'m", "'ve", ... or "" for a bare "I"
     if (contracted) return `the user ${AFTER_I[contracted]}${after}`;

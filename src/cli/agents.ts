@@ -243,10 +243,11 @@ export function registerAgentCommands(program: Command): void {
         const moved = movedFeedProblem(next.feeds, records, ledgerFile);
         if (moved?.edited) {
           // (the agent's own words name a feed entry the file never got)
-          const from = records.find((r) => r.movedTo !== undefined && feedUrlKey(r.movedTo) === feedUrlKey(next.feeds.at(-1)!.url));
+          const added = next.feeds.at(-1)!;
+          const from = records.find((r) => r.movedTo !== undefined && feedUrlKey(r.movedTo) === feedUrlKey(added.url));
           throw new Error(
             from
-              ? `feed ${id} not added: ${next.feeds.at(-1)!.url} is where feed ${from.id}'s url ${from.url} has moved for good (a 301/308 redirect, as ${ledgerFile} records), so the agent would poll one feed twice; to follow the move, give ${from.id} this url in ${c.file}`
+              ? `feed ${id} not added: ${added.url} is where feed ${from.id}'s url ${from.url} has moved for good (a 301/308 redirect, as ${ledgerFile} records), so the agent would poll one feed twice; to follow the move, give ${from.id} this url in ${c.file}`
               : `feed ${id} not added: ${moved.problem}`,
           );
         }

@@ -80,10 +80,14 @@ export function stallingFetch(base: typeof fetch, stallMs: number): typeof fetch
       timer = setTimeout(() => ctl.abort(new Error(`${waiting} ${what} for ${stallMs / 1000} s: the Hub stalled (a network or proxy problem?); run the pull again to resume`)), stallMs);
       timer.unref();
     };
+    // a failure ends the watch; where the watch aborted it, the failure is the stall it names
+    const failed = (err: unknown) => {
+      clearTimeout(timer);
+      return ctl.signal.aborted ? ctl.signal.reason : err;
+    };
     arm("no answer from");
     const res = await base(input, { ...init, signal: init?.signal ? AbortSignal.any([init.signal, ctl.signal]) : ctl.signal }).catch((err) => {
-      clearTimeout(timer);
-      throw ctl.signal.aborted ? ctl.signal.reason : err;
+      throw failed(err);
     });
     if (!res.body) {
       clearTimeout(timer);
@@ -104,8 +108,7 @@ export function stallingFetch(base: typeof fetch, stallMs: number): typeof fetch
           arm("no bytes from");
           out.enqueue(value);
         } catch (err) {
-          clearTimeout(timer);
-          throw ctl.signal.aborted ? ctl.signal.reason : err;
+          throw failed(err);
         }
       },
       cancel(reason) {

@@ -182,12 +182,6 @@ export function folderKey(dir: string): string {
 }
 
 /**
- * An agent's home in another agent's version folder (home: ../reader/v0001) would be taken for
- * that agent's checkpoint, and moved aside or deleted with everything in it. Looked for among the
- * agents loaded together and, for agents loaded apart, on disk: a ledger.json beside the version
- * folder a home is in, or in a version folder inside this agent's home.
- */
-/**
  * Two agents on one home would write one ledger and one set of versions (the ledger's lock lets
  * its own process in): each would bake, prune and roll back the other's, and drop the other's feed
  * state as feeds no longer in its file. Compared as the folders they are (a symlinked path to the
@@ -204,6 +198,12 @@ export function checkSharedHomes(configs: readonly AgentConfig[]): void {
   }
 }
 
+/**
+ * An agent's home in another agent's version folder (home: ../reader/v0001) would be taken for
+ * that agent's checkpoint, and moved aside or deleted with everything in it. Looked for among the
+ * agents loaded together and, for agents loaded apart, on disk: a ledger.json beside the version
+ * folder a home is in, or in a version folder inside this agent's home.
+ */
 function checkVersionNamedHomes(configs: readonly AgentConfig[], loaded: readonly AgentConfig[]): void {
   const others = [...loaded, ...configs].map((c) => ({ name: c.name, home: folderKey(c.homeDir) }));
   for (const c of configs) {

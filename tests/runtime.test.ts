@@ -204,6 +204,29 @@ test("facts stated in chat are captured after the reply, by rules here, and not 
   }
 });
 
+test("chatForget: conversation — a \"forget ...\" retracts only what the same conversation told: not the news, not another user's facts", async () => {
+  const { dir, file } = writeTestAgent({ capture: "rules", chatForget: "conversation" });
+  const runtime = await Runtime.fromFiles(file);
+  const say = async (conversationId: string, content: string) => {
+    const it = runtime.chat("tester", { messages: [{ role: "user", content }], options: { maxTokens: 2 }, conversationId });
+    for (let r = await it.next(); ; r = await it.next()) if (r.done) return r.value.result.text;
+  };
+  try {
+    const agent = runtime.agent("tester");
+    await agent.pollFeed("harbor"); // "Quillport opened a ferry" ...
+    await say("ada", "My name is Ada and I live in Quillport.");
+    await say("bo", "I live in Ashby.");
+    assert.equal(await say("bo", "forget the Quillport ferry"), 'Nothing I was told matches "the Quillport ferry".', "the news is not bo's to forget");
+    assert.equal(await say("bo", "forget that I live in Quillport"), 'Nothing I was told matches "I live in Quillport".', "nor is ada's fact");
+    assert.equal(await say("bo", "forget that I live in Ashby"), 'Forgot 1 item(s) matching "I live in Ashby" (not baked in yet).');
+    const status = (text: string) => agent.ledger.items({ text }).map((i) => i.status);
+    assert.deepEqual([status("Quillport opened"), status("lives in Quillport"), status("lives in Ashby")], [["pending"], ["pending"], ["retracted"]]);
+  } finally {
+    await runtime.stop();
+    rmSync(dir, { recursive: true });
+  }
+});
+
 test("an agent file that sets no trajectories bakes 4 per item carried, at least 64", async () => {
   const { trajectories: _, ...settings } = FAST_BAKE;
   const { dir, file } = writeTestAgent({ bake: { probesPerItem: 1, checkProbes: false, openQuestions: ["hello"], settings: { ...settings, epochs: 1 } } });

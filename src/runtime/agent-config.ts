@@ -209,6 +209,12 @@ export const AgentConfigSchema = z
       .default({ minAbsorption: 0.6, minRetention: 0.6, minPersona: 0.8, itemPass: 0.5 }),
     /** how facts users state are captured: by the model (rules when it finds nothing), by rules only, or not at all */
     capture: z.enum(["model", "rules", "off"]).default("model"),
+    /**
+     * what a "forget ..." in chat may retract: any item (all: a one-user agent, its news too), or
+     * only facts told in the same conversation (conversation: on a server many users talk to, one
+     * user cannot retract the news or another user's facts, each retraction a rebuild)
+     */
+    chatForget: z.enum(["all", "conversation"]).default("all"),
     /** absorbed items replayed into each bake so old knowledge is kept */
     replay: wholeIn(0, AGENT_LIMITS.replay).default(20),
     /**

@@ -400,7 +400,9 @@ export class Runtime {
           said.push(`Tell me what to forget: "${action.query}" names nothing I was told.`);
           continue;
         }
-        const matches = forgetMatches(action.query, agent.ledger.items().filter((i) => i.status !== "retracted"));
+        // (chatForget: conversation — only what this conversation told, never news or another user's facts)
+        const forgettable = agent.ledger.items().filter((i) => i.status !== "retracted" && (agent.config.chatForget === "all" || (i.kind === "conversation" && i.source.conversationId === from.conversationId)));
+        const matches = forgetMatches(action.query, forgettable);
         if (matches.length > MAX_FORGET) {
           said.push(`${matches.length} things I was told match "${action.query}": say more precisely what to forget (or retract items by id).`);
           continue;

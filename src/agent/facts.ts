@@ -139,11 +139,16 @@ export function assertedSentences(message: string): string[] {
     .filter((x) => x && !x.endsWith("?") && !ASKS_OR_SUPPOSES.test(x) && !REPORTED_OR_HEDGED.test(x) && !(NEGATED.test(x) && FIRST_PERSON.test(x)));
 }
 
+/** What a user message asks kiln to remember or forget, by rules, and whether it asked explicitly; no actions when it states nothing. */
+export function extractFactsByRules(message: string): Extraction {
+  const explicit = explicitRequest(message);
+  if (explicit) return { actions: explicit, source: "explicit" };
+  return { actions: statementsIn(assertedSentences(message).join(" ")).map((text) => ({ kind: "remember", text })), source: "rules" };
+}
+
 /** What a user message asks kiln to remember or forget, by rules; empty when it states nothing. */
 export function extractFacts(message: string): FactAction[] {
-  const explicit = explicitRequest(message);
-  if (explicit) return explicit;
-  return statementsIn(assertedSentences(message).join(" ")).map((text) => ({ kind: "remember", text }));
+  return extractFactsByRules(message).actions;
 }
 
 // --- model-based extraction -------------------------------------------------------------------

@@ -8,7 +8,7 @@ import type { GenerateOptions, GenerationResult } from "../model/generate.js";
 import type { ChatMessage } from "../model/tokenizer.js";
 import { versionName } from "./live.js";
 import { buildKnowledgePrompt, itemTextProblem } from "../bake/prompt.js";
-import { explicitRequest, extractFacts, extractFactsWithModel, forgetMatches, forgetWords, MAX_FORGET, modelExtractor, type FactAction } from "../agent/facts.js";
+import { explicitRequest, extractFactsByRules, extractFactsWithModel, forgetMatches, forgetWords, MAX_FORGET, modelExtractor, type FactAction } from "../agent/facts.js";
 import { loadAgentConfig, type AgentConfig } from "./agent-config.js";
 import { Agent, retractedOutOfService, type AgentEvents } from "./agent.js";
 import { VERSION_FOLDER } from "../knowledge/ledger.js";
@@ -369,8 +369,7 @@ export class Runtime {
   /** Facts the user's message states or asks to forget, applied to the ledger: those added, and what its forgets did. */
   private async capture(agent: Agent, message: string, conversationId: string | undefined, beforeWait?: () => void): Promise<Captured> {
     if (agent.config.capture === "off") return { captured: [] };
-    const { actions, source: capturedBy } =
-      agent.config.capture === "model" ? await extractFactsWithModel(message, modelExtractor(agent.model)) : { actions: extractFacts(message), source: explicitRequest(message) ? ("explicit" as const) : ("rules" as const) };
+    const { actions, source: capturedBy } = agent.config.capture === "model" ? await extractFactsWithModel(message, modelExtractor(agent.model)) : extractFactsByRules(message);
     const { captured, said } = await this.apply(agent, actions, { conversationId, capturedBy, said: message }, beforeWait);
     const forgot = said.filter((_, i) => actions[i]!.kind === "forget");
     return { captured, ...(forgot.length ? { forgot } : {}) };

@@ -28,7 +28,16 @@ export function randomDecoder(c: ModelConfig): Decoder {
  * One bake step as the trainer runs it: teacher forward (base, no grad) -> cached targets; student
  * LoRA forward, KL at the positions from promptLen on, backward, Adam on the LoRA parameters.
  */
-export async function oneBakeStep(decoder: Decoder, adapter: LoraAdapter, optimizer: LoraAdam, ids: number[][], promptLen: number, mode: KlMode): Promise<void> {
+export async function oneBakeStep(
+  decoder: Decoder,
+  adapter: LoraAdapter,
+  optimizer: LoraAdam,
+  ids: number[][],
+  promptLen: number,
+  mode: KlMode,
+  /** called once the teacher's targets are read and stacked, before the student's pass */
+  onTeacherDone?: () => void,
+): Promise<void> {
   const [B, V, R] = [ids.length, decoder.config.vocabSize, ids[0]!.length - promptLen];
   // the LM head on the R positions from promptLen on, as PyTorch's step computes it (the
   // trainer's trajectories end one token early for the same effect: src/bake/trajectories.ts)
@@ -43,6 +52,7 @@ export async function oneBakeStep(decoder: Decoder, adapter: LoraAdapter, optimi
   }
   teacher.dispose();
   const batch = stackTargets(targets, targets.map(() => R), R, V, mode);
+  onTeacherDone?.();
   const loss = tf.tidy(() => {
     const { value, grads } = tf.variableGrads(() => {
       const logits = decoder.forward({ ids }, { adapter, logitsFrom: promptLen }) as tf.Tensor3D; // [B, R, V]

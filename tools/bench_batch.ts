@@ -1,8 +1,9 @@
 // `node dist/tools/bench_batch.js [--only mini|135m] [--context 300] [--steps 16] [--batches 1,2,4]
-// [--profile] [--serving] [--submit-batches 15,64,256]`: what one decode step (one new token per row on a KV cache of --context tokens)
+// [--profile] [--bake-shape 1,32,16] [--serving] [--submit-batches 15,64,256]`: what one decode step (one new token per row on a KV cache of --context tokens)
 // costs at each batch size, on the embedded kiln-mini and on a random SmolLM2-135M-shaped model;
 // --profile adds the kernels one batch-1 step runs and their summed time (where the backend
-// times kernels), and the kernels of one small bake step; --serving adds kiln-mini's serving path (DecodeBatcher: each request prefills,
+// times kernels), and the kernels of one bake step (--bake-shape rows,tokens,prompt; 1,32,16 by
+// default, 2,128,64 is npm run bench's), its time by kernel and its teacher part; --serving adds kiln-mini's serving path (DecodeBatcher: each request prefills,
 // joins the batch, samples its own row) with as many requests at once as each batch size, against
 // the same requests one at a time; --submit-batches 15,64,256 (webgpu) times a decode step and a
 // bake step with tfjs-webgpu submitting every N dispatches, the Ns taking turns. Batched decoding (kiln serve
@@ -97,14 +98,22 @@ async function filledCache(decoder: Decoder): Promise<KVCache> {
   return cache;
 }
 
-/** tools/bench.ts's bake step at a small size (batch 1, 32 tokens, 16 of them the reply; LoRA r8 on q/k/v/o, Adam). */
-function bakeStepOf(decoder: Decoder, name: string): { step: () => Promise<void>; dispose: () => void } {
+// --bake-shape B,T,P: the bake step's rows, tokens a row and prompt tokens a row (the rest is the
+// reply the KL covers); 2,128,64 is tools/bench.ts's
+const bakeShape = (flagValue("--bake-shape") ?? "1,32,16").split(",").map(Number);
+if (!(bakeShape.length === 3 && bakeShape.every((n) => Number.isInteger(n) && n >= 1) && bakeShape[2]! < bakeShape[1]!)) {
+  throw new Error(`--bake-shape takes rows,tokens,prompt tokens (whole numbers, prompt shorter than tokens; got ${flagValue("--bake-shape")})`);
+}
+const [BAKE_ROWS, BAKE_TOKENS, BAKE_PROMPT] = bakeShape as [number, number, number];
+
+/** tools/bench.ts's bake step at --bake-shape (by default batch 1, 32 tokens, 16 of them the reply; LoRA r8 on q/k/v/o, Adam). */
+function bakeStepOf(decoder: Decoder, name: string): { step: (onTeacherDone?: () => void) => Promise<void>; dispose: () => void } {
   prepareDecoderForTraining(decoder);
   const adapter = LoraAdapter.create(decoder.config, STEP_ADAPTER, name, 3);
   const optimizer = new LoraAdam({ learningRate: 1e-4, clipNorm: 1 });
-  const ids = [Array.from({ length: 32 }, (_, i) => (i * 7919) % decoder.config.vocabSize)];
+  const ids = Array.from({ length: BAKE_ROWS }, (_, b) => Array.from({ length: BAKE_TOKENS }, (_, i) => (i * 7919 + b * 104729) % decoder.config.vocabSize));
   return {
-    step: () => oneBakeStep(decoder, adapter, optimizer, ids, 16, { kind: "full" }),
+    step: (onTeacherDone) => oneBakeStep(decoder, adapter, optimizer, ids, BAKE_PROMPT, { kind: "full" }, onTeacherDone),
     dispose: () => {
       optimizer.dispose();
       adapter.dispose();
@@ -170,27 +179,53 @@ async function profileStep(decoder: Decoder): Promise<string> {
   const wall = performance.now() - t0;
   logits?.dispose();
   cache.dispose();
-  const times = await Promise.all(p.kernels.map((k) => k.kernelTimeMs));
-  // (a backend that cannot time its kernels, webgpu without timestamp queries, reports zeros)
-  const timed = times.filter((t): t is number => typeof t === "number" && t > 0);
   const top = mostFrequent(p.kernels.map((k) => k.name), 6);
-  const kernelMs = timed.length ? `${timed.reduce((a, b) => a + b, 0).toFixed(1)} ms in kernels (${timed.length} timed)` : "kernel times not available";
-  return `one batch-1 step ${p.kernels.length} kernels${counted}, ${kernelMs}, ${wall.toFixed(1)} ms wall under the profiler; most run: ${top}`;
+  // (a backend that cannot time its kernels, webgpu without timestamp queries, reports zeros)
+  return `one batch-1 step ${p.kernels.length} kernels${counted}, ${await slowestKernels(p.kernels, 8)}, ${wall.toFixed(1)} ms wall under the profiler; most run: ${top}`;
 }
 
-/** The kernels one bake step (bakeStepOf's) runs. */
+/** "name ms (count), ..." for the kernels with the most summed time (where the backend times them). */
+async function slowestKernels(kernels: { name: string; kernelTimeMs: number | { error: string } | Promise<number | { error: string }> }[], n: number): Promise<string> {
+  const times = await Promise.all(kernels.map((k) => k.kernelTimeMs));
+  const byName = new Map<string, { ms: number; count: number }>();
+  let total = 0;
+  kernels.forEach((k, i) => {
+    const t = times[i];
+    if (typeof t !== "number" || !(t > 0)) return;
+    total += t;
+    const e = byName.get(k.name) ?? { ms: 0, count: 0 };
+    e.ms += t;
+    e.count++;
+    byName.set(k.name, e);
+  });
+  if (total === 0) return "kernel times not available";
+  const top = [...byName].sort((a, b) => b[1].ms - a[1].ms).slice(0, n);
+  return `${total.toFixed(1)} ms in kernels; most time: ${top.map(([name, e]) => `${name} ${e.ms.toFixed(1)} ms (${e.count})`).join(", ")}`;
+}
+
+/** The kernels one bake step (bakeStepOf's) runs, where their time goes, and the step unprofiled: teacher part (to its targets read back) and the rest. */
 async function profileBake(decoder: Decoder): Promise<string> {
   const { step, dispose } = bakeStepOf(decoder, "bench");
   await step(); // (the first run of a shape compiles its kernels on a GPU)
+  const teacherMs: number[] = [];
+  const stepMs: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const t0 = performance.now();
+    let t1 = t0;
+    await step(() => (t1 = performance.now()));
+    teacherMs.push(t1 - t0);
+    stepMs.push(performance.now() - t0);
+  }
   const t0 = performance.now();
   let counted = "";
   const p = await tf.profile(async () => {
-    counted = await dispatches(step);
+    counted = await dispatches(() => step());
   });
   const wall = performance.now() - t0;
   dispose();
   const top = mostFrequent(p.kernels.map((k) => k.name), 8);
-  return `one bake step ${p.kernels.length} kernels${counted}, ${wall.toFixed(1)} ms wall under the profiler; most run: ${top}`;
+  const shape = `B${BAKE_ROWS}, ${BAKE_TOKENS} tokens, ${BAKE_TOKENS - BAKE_PROMPT} reply`;
+  return `one bake step (${shape}) ${median(stepMs).toFixed(1)} ms unprofiled (teacher to its targets ${median(teacherMs).toFixed(1)} ms, median of 3); ${p.kernels.length} kernels${counted}, ${wall.toFixed(1)} ms wall under the profiler; ${await slowestKernels(p.kernels, 10)}; most run: ${top}`;
 }
 
 /**

@@ -9,6 +9,8 @@
 #   bash tools/device/gpu-check.sh --batching   on the device: decode and bake step cost by how often
 #                                            tfjs-webgpu submits, decode step cost by batch size, and
 #                                            what one step runs (a second call, where time is left)
+#   bash tools/device/gpu-check.sh --profile    on the device: where a decode step's and npm run bench's
+#                                            bake step's GPU time goes, by kernel (about a minute)
 #
 # Each step has its own time limit and a failed step does not stop the next: one lease must
 # bring back as much as it can. Everything goes to $OUT/gpu-check.log.
@@ -17,8 +19,10 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 SMOKE=0
 BATCHING=0
+PROFILE=0
 [ "${1:-}" = "--smoke" ] && SMOKE=1
 [ "${1:-}" = "--batching" ] && BATCHING=1
+[ "${1:-}" = "--profile" ] && PROFILE=1
 OUT=${OUT:-/tmp/kiln-gpu-check}
 mkdir -p "$OUT"
 LOG=$OUT/gpu-check.log
@@ -92,6 +96,13 @@ if [ "${found%%	*}" != gpu ] && [ $SMOKE = 0 ]; then
 fi
 
 failed=0
+if [ $PROFILE = 1 ]; then
+  # tf.profile with WebGPU timestamp queries: each kernel's GPU time, summed by kernel name
+  step "what each WebGPU call of a dispatch costs the host" 60 node dist/tools/device/dispatch_cost.js || failed=1
+  step "decode and bake step by kernel on webgpu" 240 node dist/tools/bench_batch.js --only 135m --context 256 --steps 4 --batches 1 --profile --bake-shape 2,128,64 || failed=1
+  say "done; failed steps: $failed (summary in $OUT/summary.txt)"
+  exit $failed
+fi
 if [ $BATCHING = 1 ]; then
   # how often tfjs-webgpu submits (its default: every 15 dispatches), a decode and a bake step each
   step "submit batch size on webgpu" 150 node dist/tools/bench_batch.js --only 135m --context 256 --steps 5 --batches 1 --submit-batches 15,64,256,1024 || failed=1

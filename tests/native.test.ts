@@ -3,7 +3,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { bakePoolMb, registerNativeBackend, sizeOutputPool } from "../src/tensor/native.js";
+import { Worker } from "node:worker_threads";
+import { bakePoolMb, nativeAddonPath, registerNativeBackend, sizeOutputPool } from "../src/tensor/native.js";
 import { logSoftmax } from "../src/tensor/fused.js";
 import { checkAttention, checkKlRows, close, r, checkLoraLinear, checkManyRows, checkRmsNormAndSwiglu, checkRope, checkWideRows } from "./support/fused-checks.js";
 
@@ -135,6 +136,47 @@ test("row kernels large enough to be split across threads equal the reference", 
   }
   close(...((await both(() => tf.transpose(r([8, 64, 9, 16], 64), [0, 2, 1, 3]))).slice(0, 2) as [Float32Array, Float32Array]));
   close(...((await both(() => tf.transpose(r([2, 128, 3, 3, 64], 65), [0, 2, 3, 1, 4]))).slice(0, 2) as [Float32Array, Float32Array]));
+});
+
+test("threaded kernels called from several threads at once (Node workers sharing the addon) each get their own result", async () => {
+  // The addon keeps its worker threads between calls for one caller at a time; a caller that finds
+  // them busy splits its rows over threads of its own. Each caller here computes RoPE on a million
+  // values (split across threads) with its own inputs, over and over, and checks every result.
+  const source = `
+    const { parentPort, workerData } = require("node:worker_threads");
+    const blas = require(workerData.addon);
+    blas.setThreads(2);
+    const [rows, heads, hd] = [4096, 4, 64];
+    const x = new Float32Array(rows * heads * hd).map((_, i) => Math.sin(i * 0.37 + workerData.seed));
+    const c = new Float32Array(rows * hd).map((_, i) => Math.cos(i * 0.11 + workerData.seed));
+    const s = new Float32Array(rows * hd).map((_, i) => Math.sin(i * 0.23 - workerData.seed));
+    const want = new Float32Array(x.length);
+    const half = hd / 2;
+    for (let t = 0; t < rows; t++) for (let h = 0; h < heads; h++) for (let i = 0; i < hd; i++) {
+      const at = (t * heads + h) * hd;
+      const rotated = i < half ? -x[at + i + half] : x[at + i - half];
+      want[at + i] = x[at + i] * c[t * hd + i] + rotated * s[t * hd + i];
+    }
+    let worst = 0;
+    const y = new Float32Array(x.length);
+    for (let n = 0; n < 40; n++) {
+      y.fill(NaN);
+      blas.rope(x, c, s, rows, heads, hd, 1, y);
+      for (let i = 0; i < y.length; i++) worst = Math.max(worst, Math.abs(y[i] - want[i]) || (y[i] === want[i] ? 0 : Infinity));
+    }
+    parentPort.postMessage(worst);
+  `;
+  const results = await Promise.all(
+    [1, 2, 3].map(
+      (seed) =>
+        new Promise<number>((resolve, reject) => {
+          const w = new Worker(source, { eval: true, workerData: { addon: nativeAddonPath(), seed } });
+          w.once("message", resolve);
+          w.once("error", reject);
+        }),
+    ),
+  );
+  for (const worst of results) assert.ok(worst < 1e-5, `a caller's RoPE is off by ${worst}`);
 });
 
 test("reused output arrays never change a live tensor, a view of one, or an array handed out", async () => {

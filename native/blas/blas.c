@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <pthread.h>
 
 // glibc's libmvec has SIMD versions of expf; declaring them lets the compiler vectorize the
@@ -257,8 +258,75 @@ static void* run_rows(void* arg) {
   return NULL;
 }
 
-// Below this much work (floats touched), a thread costs more to start than it saves.
+// Below this much work (floats touched), handing a part to another thread costs more than it saves.
 #define PARALLEL_MIN_WORK (1 << 15)
+
+// Worker threads kept between calls. Starting a thread for each call (pthread_create + join) cost
+// 60 us here, more than the work of many kernels of a small model's bake step (RoPE on kiln-mini's
+// [2, 128, 2, 64] keys: 133 us a call, its arithmetic a fraction of that). A worker sleeps on `wake`
+// until a job's generation is new, runs its part if the job has one for it, and the last to finish
+// signals `done`. One caller at a time: another thread calling meanwhile (a nested call, or a
+// Node worker sharing the addon) starts threads of its own as before.
+static struct {
+  pthread_mutex_t busy;  // held by the caller whose job the pool runs
+  pthread_mutex_t lock;  // guards the rest
+  pthread_cond_t wake, done;
+  int workers;  // started so far (ids 1..workers; the caller takes part 0)
+  unsigned long generation;
+  int parts, pending;  // the job's parts, and those not finished by workers
+  struct rows_part part[MAX_GEMM_THREADS];
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, {{0}}};
+
+static void* pool_worker(void* arg) {
+  const int id = (int)(intptr_t)arg;
+  unsigned long seen = 0;
+  pthread_mutex_lock(&pool.lock);
+  for (;;) {
+    while (pool.generation == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+    seen = pool.generation;
+    if (id >= pool.parts) continue;  // a job of fewer parts than workers
+    const struct rows_part part = pool.part[id];
+    pthread_mutex_unlock(&pool.lock);
+    run_rows(&part);
+    pthread_mutex_lock(&pool.lock);
+    if (--pool.pending == 0) pthread_cond_signal(&pool.done);
+  }
+  return NULL;
+}
+
+// Runs parts[0..n) with parts[1..n) on the pool's workers; false (nothing run) when the pool is busy
+// or cannot start enough workers.
+static bool pool_run(int n, const struct rows_part* parts) {
+  if (pthread_mutex_trylock(&pool.busy) != 0) return false;
+  pthread_mutex_lock(&pool.lock);
+  while (pool.workers < n - 1) {
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    const bool ok = pthread_create(&t, &attr, pool_worker, (void*)(intptr_t)(pool.workers + 1)) == 0;
+    pthread_attr_destroy(&attr);
+    if (!ok) break;
+    pool.workers++;
+  }
+  if (pool.workers < n - 1) {
+    pthread_mutex_unlock(&pool.lock);
+    pthread_mutex_unlock(&pool.busy);
+    return false;
+  }
+  for (int t = 0; t < n; t++) pool.part[t] = parts[t];
+  pool.parts = n;
+  pool.pending = n - 1;
+  pool.generation++;
+  pthread_cond_broadcast(&pool.wake);
+  pthread_mutex_unlock(&pool.lock);
+  run_rows(&parts[0]);
+  pthread_mutex_lock(&pool.lock);
+  while (pool.pending > 0) pthread_cond_wait(&pool.done, &pool.lock);
+  pthread_mutex_unlock(&pool.lock);
+  pthread_mutex_unlock(&pool.busy);
+  return true;
+}
 
 // Splits rows [0, rows) across the BLAS thread count (two cores here), the calling thread taking
 // the first part; small jobs run on the calling thread alone. PyTorch splits its elementwise and
@@ -271,17 +339,18 @@ static void parallel_rows_on(int threads, int64_t rows, int64_t work_per_row, ro
     fn(ctx, 0, rows);
     return;
   }
-  pthread_t pool[MAX_GEMM_THREADS];
   struct rows_part parts[MAX_GEMM_THREADS];
+  for (int t = 0; t < n; t++) parts[t] = (struct rows_part){fn, ctx, rows * t / n, rows * (t + 1) / n};
+  if (pool_run(n, parts)) return;
+  pthread_t started_threads[MAX_GEMM_THREADS];
   int started = 0;
-  for (int t = 0; t < n; t++) {
-    parts[t] = (struct rows_part){fn, ctx, rows * t / n, rows * (t + 1) / n};
-    if (t > 0 && pthread_create(&pool[t], NULL, run_rows, &parts[t]) == 0) started |= 1 << t;
-    else if (t > 0) run_rows(&parts[t]);  // no thread: do it here
+  for (int t = 1; t < n; t++) {
+    if (pthread_create(&started_threads[t], NULL, run_rows, &parts[t]) == 0) started |= 1 << t;
+    else run_rows(&parts[t]);  // no thread: do it here
   }
   run_rows(&parts[0]);
   for (int t = 1; t < n; t++)
-    if (started & (1 << t)) pthread_join(pool[t], NULL);
+    if (started & (1 << t)) pthread_join(started_threads[t], NULL);
 }
 
 static void parallel_rows(int64_t rows, int64_t work_per_row, rows_fn fn, const void* ctx) {

@@ -218,6 +218,9 @@ test("bake.settings.kl: {kind: topk} takes k 20, as kiln bake's --top-k; a bad k
   assert.equal(refusal("name: x\nbake:\n  settings: { kl: { kind: tpok } }\n"), `bake.settings.kl.kind: ${allowed}`);
   assert.equal(refusal("name: x\nbake:\n  settings: { kl: topk }\n"), `bake.settings.kl: ${allowed}`);
   assert.equal(refusal("name: x\nbake:\n  settings: { kl: { kind: topk, k: 0 } }\n"), "bake.settings.kl.k: a whole number from 1 to 1024");
+  // a k beside kind full was dropped without a word
+  assert.match(refusal("name: x\nbake:\n  settings: { kl: { kind: full, k: 3 } }\n") ?? "", /^bake\.settings\.kl: .*"k"/);
+  assert.match(refusal("name: x\nbake:\n  settings: { kl: { kind: topk, k: 3, tail: 1 } }\n") ?? "", /^bake\.settings\.kl: .*"tail"/);
   // the default k is no way around on-policy's refusal of top-K targets
   assert.match(refusal("name: x\nbake:\n  settings: { objective: on-policy, kl: { kind: topk } }\n") ?? "", /^bake\.settings: the on-policy objective needs kl: full/);
 });

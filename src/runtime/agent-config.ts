@@ -94,7 +94,8 @@ const BakeSettingsSchema = z
     validationFraction: z.number().gt(0).lt(1),
     laterTurns: z.number().min(0).max(0.9),
     patience: wholeIn(1, BAKE_LIMITS.patience),
-    kl: z.discriminatedUnion("kind", [z.object({ kind: z.literal("full") }), z.object({ kind: z.literal("topk"), k: wholeIn(1, BAKE_LIMITS.topK).default(20) })], {
+    // strict: {kind: full, k: 3} was taken with k dropped, as if the writer had not meant top-K
+    kl: z.discriminatedUnion("kind", [z.object({ kind: z.literal("full") }).strict(), z.object({ kind: z.literal("topk"), k: wholeIn(1, BAKE_LIMITS.topK).default(20) }).strict()], {
       error: `must be {kind: full} (the default) or {kind: topk, k: 1 to ${BAKE_LIMITS.topK}} (k: 20 when left out)`,
     }),
     seed: z.number().int(),

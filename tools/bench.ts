@@ -44,7 +44,10 @@ const DECODE = 32;
 const longContext = Number(flagValue("--long-context") ?? 2000);
 if (!Number.isInteger(longContext) || longContext < 0) throw new Error(`--long-context takes a number of tokens (0: none), got ${flagValue("--long-context")}`);
 const LONG_DECODE = 16;
-const BAKE = { batch: 2, seq: 128, prompt_len: 64, rank: 8, alpha: 16, targets: ["q_proj", "k_proj", "v_proj", "o_proj"] as LoraTarget[] };
+/** --bake-batch N: the bake step's rows (2 by default, issue 7's shape; a bake's own default batchSize is 8) */
+const bakeBatch = Number(flagValue("--bake-batch") ?? 2);
+if (!Number.isInteger(bakeBatch) || bakeBatch < 1) throw new Error(`--bake-batch takes a number of rows, at least 1, got ${flagValue("--bake-batch")}`);
+const BAKE = { batch: bakeBatch, seq: 128, prompt_len: 64, rank: 8, alpha: 16, targets: ["q_proj", "k_proj", "v_proj", "o_proj"] as LoraTarget[] };
 const args = new Set(process.argv.slice(2));
 const quick = args.has("--quick");
 /** --profile: also print the kernels one full-KL bake step spends its time in (tf.profile) */

@@ -10,7 +10,8 @@
 #                                            tfjs-webgpu submits, decode step cost by batch size, and
 #                                            what one step runs (a second call, where time is left)
 #   bash tools/device/gpu-check.sh --profile    on the device: where a decode step's and npm run bench's
-#                                            bake step's GPU time goes, by kernel (about a minute)
+#                                            bake step's GPU time goes, by kernel, and the bench at a
+#                                            bake's default batch of 8 (about three minutes)
 #
 # Each step has its own time limit and a failed step does not stop the next: one lease must
 # bring back as much as it can. Everything goes to $OUT/gpu-check.log.
@@ -100,6 +101,8 @@ if [ $PROFILE = 1 ]; then
   # tf.profile with WebGPU timestamp queries: each kernel's GPU time, summed by kernel name
   step "what each WebGPU call of a dispatch costs the host" 60 node dist/tools/device/dispatch_cost.js || failed=1
   step "decode and bake step by kernel on webgpu" 240 node dist/tools/bench_batch.js --only 135m --context 256 --steps 4 --batches 1 --profile --bake-shape 2,128,64 || failed=1
+  # a bake's own default batch (batchSize 8) beside PyTorch's: a step that waits on dispatching costs little more for more rows
+  step "bench at bake batch 8, PyTorch on cuda" 200 node dist/tools/bench.js --only 135m --torch-device cuda --python python3 --bake-batch 8 --long-context 0 || failed=1
   say "done; failed steps: $failed (summary in $OUT/summary.txt)"
   exit $failed
 fi

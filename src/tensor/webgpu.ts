@@ -156,12 +156,54 @@ function rmsNormGradXProgram(rows: number, cols: number, shape: number[]): Progr
 const ROW_CHUNK = 2048;
 const chunksOf = (rows: number) => Math.max(1, Math.ceil(rows / ROW_CHUNK));
 
-/** The first `rows` rows of this invocation's chunk: `chunk`, `col` (< M), `first`, `last` (past the end). */
-const ROW_CHUNK_RANGE = `
-          let chunk = index / uniforms.M;
-          let col = index % uniforms.M;
-          let first = chunk * ${ROW_CHUNK};
-          let last = min(uniforms.rows, first + ${ROW_CHUNK});`;
+/**
+ * Sums over a chunk of rows for each of M columns: [chunks, M]. A workgroup takes COLUMN_BLOCK
+ * neighbouring columns (neighbouring reads) and splits the chunk's rows among ROW_SLICES
+ * invocations each, then adds the slices: an invocation per column walking every row left most of
+ * a GPU idle (a LoRA factor's gradient has 4,608 columns) and waited on one load after another.
+ * `prelude` sees `col`; `term` sees `n` (the row) and adds one row's part to `acc`; the column's
+ * total is multiplied by `factor` (a WGSL expression).
+ */
+const COLUMN_BLOCK = 16;
+const ROW_SLICES = 16;
+function columnSumProgram(key: string, chunks: number, M: number, variableNames: string[], uniforms: string, prelude: string, term: string, factor = "1.0"): Program {
+  const blocks = Math.ceil(M / COLUMN_BLOCK);
+  return {
+    outputShape: [chunks, M],
+    shaderKey: `kiln_${key}`,
+    dispatchLayout: { x: [0, 1] },
+    dispatch: [chunks * blocks, 1, 1],
+    variableNames,
+    workgroupSize: [COLUMN_BLOCK * ROW_SLICES, 1, 1],
+    uniforms,
+    getUserCode: () => `
+      var<workgroup> slices : array<f32, ${COLUMN_BLOCK * ROW_SLICES}>;
+      fn main(index : i32) {
+        let group = index / ${COLUMN_BLOCK * ROW_SLICES};
+        let tid = index % ${COLUMN_BLOCK * ROW_SLICES};
+        let blocks = (uniforms.M + ${COLUMN_BLOCK - 1}) / ${COLUMN_BLOCK};
+        let chunk = group / blocks;
+        let c = tid % ${COLUMN_BLOCK};
+        let slice = tid / ${COLUMN_BLOCK};
+        let col = (group % blocks) * ${COLUMN_BLOCK} + c;
+        // a folded dispatch may run groups past the last chunk: they add nothing, yet reach the barrier
+        let valid = chunk * ${ROW_CHUNK} < uniforms.rows && col < uniforms.M;
+        var acc = 0.0;
+        if (valid) {
+          ${prelude}
+          let last = min(uniforms.rows, (chunk + 1) * ${ROW_CHUNK});
+          for (var n = chunk * ${ROW_CHUNK} + slice; n < last; n += ${ROW_SLICES}) { ${term} }
+        }
+        slices[tid] = acc;
+        workgroupBarrier();
+        if (valid && slice == 0) {
+          var total = 0.0;
+          for (var i = 0; i < ${ROW_SLICES}; i++) { total += slices[i * ${COLUMN_BLOCK} + c]; }
+          result[chunk * uniforms.M + col] = total * ${factor};
+        }
+      }`,
+  };
+}
 
 /** parts [chunks, M] summed over chunks: [M] */
 function sumChunksProgram(M: number): Program {
@@ -184,10 +226,7 @@ function sumOverRowChunks(gpu: WebGpuBackend, rows: number, outShape: number[], 
 
 /** dw[c] = sum over rows of dy * x * inv, per chunk of rows: [chunks, cols] */
 function rmsNormGradWProgram(chunks: number, cols: number): Program {
-  return elementProgram("rmsnorm_dw", [chunks, cols], ["dy", "x", "inv"], "rows : i32, M : i32,", `${ROW_CHUNK_RANGE}
-          var acc = 0.0;
-          for (var r = first; r < last; r++) { let i = r * uniforms.M + col; acc += dy[i] * x[i] * inv[r]; }
-          result[index] = acc;`);
+  return columnSumProgram("rmsnorm_dw", chunks, cols, ["dy", "x", "inv"], "rows : i32, M : i32,", "", "let i = n * uniforms.M + col; acc += dy[i] * x[i] * inv[n];");
 }
 
 // --- SwiGLU, RoPE ----------------------------------------------------------------------------
@@ -388,15 +427,60 @@ function kvAppendProgram(shape: number[]): Program {
 // Decoding's few rows run one program; more rows keep the big product in tfjs's tiled matmul and
 // the rank-r parts in two small programs.
 
-/** scale * L @ R -> [rows, r]: L [rows, K]; R [K, r], or [r, K] with `transposed` */
-function thinProductProgram(rows: number, r: number, transposed: boolean): Program {
-  const right = transposed ? "rightT[j * uniforms.K + k]" : "rightT[k * uniforms.r + j]";
-  return elementProgram(`lora_thin${transposed ? "_t" : ""}`, [rows, r], ["left", "rightT"], "K : i32, r : i32, scale : f32,", `
+/** Ranks up to which a thin product runs a workgroup per row (its r sums in workgroup memory). */
+const THIN_WORKGROUP_RANK = 32;
+const THIN_WG = 64;
+
+/**
+ * scale * L @ R -> [rows, r]: L [rows, K]; R [K, r], or [r, K] with `transposed`. Up to rank
+ * THIN_WORKGROUP_RANK a workgroup takes a row: its invocations split K (neighbouring reads), each
+ * keeping r sums, added across the workgroup at the end. An invocation per output walking all of K
+ * (rows * r of them: 2,048 for a bake step's 256 rows at rank 8) left most of a GPU idle.
+ */
+function thinProduct(gpu: WebGpuBackend, left: tf.TensorInfo, right: tf.TensorInfo, r: number, transposed: boolean, scale: number): tf.TensorInfo {
+  const [rows, K] = left.shape as [number, number];
+  const term = (j: string) => (transposed ? `rightT[${j} * uniforms.K + k]` : `rightT[k * uniforms.r + ${j}]`);
+  if (r > THIN_WORKGROUP_RANK) {
+    const program = elementProgram(`lora_thin${transposed ? "_t" : ""}`, [rows, r], ["left", "rightT"], "K : i32, r : i32, scale : f32,", `
           let n = index / uniforms.r;
           let j = index % uniforms.r;
           var acc = 0.0;
-          for (var k = 0; k < uniforms.K; k++) { acc += left[n * uniforms.K + k] * ${right}; }
+          for (var k = 0; k < uniforms.K; k++) { acc += left[n * uniforms.K + k] * ${term("j")}; }
           result[index] = uniforms.scale * acc;`);
+    return gpu.runWebGPUProgram(program, [left, right], "float32", [...ints(K, r), ...floats(scale)]);
+  }
+  const program: Program = {
+    outputShape: [rows, r],
+    shaderKey: `kiln_lora_thin_wg${transposed ? "_t" : ""}_${r}`, // r sizes the sums
+    dispatchLayout: { x: [0, 1] },
+    dispatch: [rows, 1, 1],
+    variableNames: ["left", "rightT"],
+    workgroupSize: [THIN_WG, 1, 1],
+    uniforms: "rows : i32, K : i32, r : i32, scale : f32,",
+    getUserCode: () => `
+      var<workgroup> sums : array<f32, ${r * THIN_WG}>;
+      fn main(index : i32) {
+        let row = index / ${THIN_WG};
+        let tid = index % ${THIN_WG};
+        // a folded dispatch may run groups past the last row: they add nothing, yet reach the barriers
+        let valid = row < uniforms.rows;
+        var acc : array<f32, ${r}>;
+        if (valid) {
+          for (var k = tid; k < uniforms.K; k += ${THIN_WG}) {
+            let l = left[row * uniforms.K + k];
+            for (var j = 0; j < ${r}; j++) { acc[j] += l * ${term("j")}; }
+          }
+        }
+        for (var j = 0; j < ${r}; j++) { sums[j * ${THIN_WG} + tid] = acc[j]; }
+        workgroupBarrier();
+        for (var s = ${THIN_WG / 2}; s > 0; s = s >> 1u) {
+          if (tid < s) { for (var j = 0; j < ${r}; j++) { sums[j * ${THIN_WG} + tid] += sums[j * ${THIN_WG} + tid + s]; } }
+          workgroupBarrier();
+        }
+        if (valid && tid < ${r}) { result[row * ${r} + tid] = uniforms.scale * sums[tid * ${THIN_WG}]; }
+      }`,
+  };
+  return gpu.runWebGPUProgram(program, [left, right], "float32", [...ints(rows, K, r), ...floats(scale)]);
 }
 
 /** base + scale * L @ R -> [rows, M]: base [rows, M], L [rows, r]; R [r, M], or [M, r] with `transposed` */
@@ -460,12 +544,7 @@ function loraFewRowsProgram(N: number, outF: number, r: number): Program {
 
 /** scale * L^T @ R -> [P, Q] (a factor's gradient), per chunk of rows: [chunks, P * Q]; L [rows, P], R [rows, Q] */
 function rowsProductProgram(chunks: number, P: number, Q: number): Program {
-  return elementProgram("lora_rows", [chunks, P * Q], ["left", "right"], "rows : i32, M : i32, P : i32, Q : i32, scale : f32,", `${ROW_CHUNK_RANGE}
-          let p = col / uniforms.Q;
-          let q = col % uniforms.Q;
-          var acc = 0.0;
-          for (var n = first; n < last; n++) { acc += left[n * uniforms.P + p] * right[n * uniforms.Q + q]; }
-          result[index] = uniforms.scale * acc;`);
+  return columnSumProgram("lora_rows", chunks, P * Q, ["left", "right"], "rows : i32, M : i32, P : i32, Q : i32, scale : f32,", "let p = col / uniforms.Q; let q = col % uniforms.Q;", "acc += left[n * uniforms.P + p] * right[n * uniforms.Q + q];", "uniforms.scale");
 }
 
 // --- the optimizer ---------------------------------------------------------------------------
@@ -593,7 +672,7 @@ const webgpuKernels: Record<string, tf.KernelFunc> = {
     const [r, outF] = [a!.shape[0]!, w!.shape[1]!];
     if (N <= FEW_ROWS) return gpu.runWebGPUProgram(loraFewRowsProgram(N, outF, r), [x!, w!, a!, b!], "float32", [...ints(N, inF, outF, r), ...floats(scale)]);
     const y = matMul(gpu, x!, w!, false); // [N, out]
-    const xa = gpu.runWebGPUProgram(thinProductProgram(N, r, true), [x!, a!], "float32", [...ints(inF, r), ...floats(1)]); // [N, r]
+    const xa = thinProduct(gpu, x!, a!, r, true, 1); // [N, r]
     const out = gpu.runWebGPUProgram(addLowRankProgram(N, outF, true), [y, xa, b!], "float32", [...ints(outF, r), ...floats(scale)]);
     gpu.disposeData(y.dataId);
     gpu.disposeData(xa.dataId);
@@ -605,11 +684,11 @@ const webgpuKernels: Record<string, tf.KernelFunc> = {
     const scale = (attrs as unknown as { scale: number }).scale;
     const [N, inF] = x!.shape as [number, number];
     const [r, outF] = [a!.shape[0]!, w!.shape[1]!];
-    const t = gpu.runWebGPUProgram(thinProductProgram(N, r, false), [dy!, b!], "float32", [...ints(outF, r), ...floats(scale)]); // scale * dy @ b: [N, r]
+    const t = thinProduct(gpu, dy!, b!, r, false, scale); // scale * dy @ b: [N, r]
     const dxBase = matMul(gpu, dy!, w!, true); // dy @ w^T: [N, in]
     const dx = gpu.runWebGPUProgram(addLowRankProgram(N, inF, false), [dxBase, t, a!], "float32", [...ints(inF, r), ...floats(1)]); // + t @ a
     const da = sumOverRowChunks(gpu, N, [r, inF], (chunks) => rowsProductProgram(chunks, r, inF), [t, x!], [...ints(r, inF), ...floats(1)]); // t^T @ x: [r, in]
-    const xa = gpu.runWebGPUProgram(thinProductProgram(N, r, true), [x!, a!], "float32", [...ints(inF, r), ...floats(1)]); // [N, r]
+    const xa = thinProduct(gpu, x!, a!, r, true, 1); // [N, r]
     const db = sumOverRowChunks(gpu, N, [outF, r], (chunks) => rowsProductProgram(chunks, outF, r), [dy!, xa], [...ints(outF, r), ...floats(scale)]); // scale * dy^T @ xa: [out, r]
     for (const tmp of [t, dxBase, xa]) gpu.disposeData(tmp.dataId);
     return [dx, da, db];

@@ -95,6 +95,20 @@ export async function checkLoraLinear(backend: string): Promise<void> {
   for (const N of [3, 17]) {
     await same(backend, () => loraLinear(r2([N, 70], 28), r2([70, 130], 29), r2([66, 70], 30), r2([130, 66], 31), 0.75), 1e-3);
   }
+  // gradients at a bake's ranks (webgpu: a workgroup per row up to rank 32, an invocation per output
+  // above) with rows, inputs and outputs past a workgroup's width and not multiples of it
+  for (const rank of [8, 32, 33]) {
+    await same(backend, () => {
+      const w = r2([150, 70], 32);
+      const probe = r([40, 70], 33);
+      const [gx, ga, gb] = tf.grads((x: tf.Tensor, a: tf.Tensor, b: tf.Tensor) => tf.sum(tf.mul(loraLinear(x as tf.Tensor2D, w, a as tf.Tensor2D, b as tf.Tensor2D, 0.5), probe)))([
+        r([40, 150], 34),
+        r([rank, 150], 35),
+        r([70, rank], 36),
+      ]);
+      return tf.concat([gx!.flatten(), ga!.flatten(), gb!.flatten()]);
+    }, 1e-3);
+  }
 }
 
 /** Fused attention against the composed ops: values and the gradients of q, k and v. */

@@ -150,9 +150,9 @@ function rmsNormGradXProgram(rows: number, cols: number, shape: number[]): Progr
         for (var c = tid; c < n; c += WG) { result[base + c] = r * weight[c] * dy[base + c] - x[base + c] * k; }`);
 }
 
-// Sums over rows (a weight's gradient) run in chunks of ROW_CHUNK rows, one invocation per chunk
-// and output element, then one more program adds the chunks: one long loop per invocation was
-// serial work, and Mesa's software renderer stopped such loops at 65,535 iterations.
+// Sums over rows (a weight's gradient) run in chunks of ROW_CHUNK rows, a workgroup per chunk and
+// block of output columns (columnSumProgram), then one more program adds the chunks: one long loop
+// per invocation was serial work, and Mesa's software renderer stopped such loops at 65,535 iterations.
 const ROW_CHUNK = 2048;
 const chunksOf = (rows: number) => Math.max(1, Math.ceil(rows / ROW_CHUNK));
 

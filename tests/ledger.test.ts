@@ -321,6 +321,15 @@ test("a ledger of the wrong shape, or from a newer kiln, is refused naming the f
     [(d) => d.versions.push({ id: "v0001", dir: "v0001", status: "live" }), /\(versions\[0\]\.items is not a list\)/],
     // a feed poll said only "pollFeed: state must come from initialFeedState() or a previous poll"
     [(d) => d.feeds.push({ id: "harbor", url: "x", seenKeys: null, consecutiveErrors: 0 }), /\(feeds\[0\]\.seenKeys is not a list\)/],
+    // these failed mid-command with a bare TypeError: knowledge list, show, versions list, every bake
+    [(d) => (d.items[0].kind = "note"), /\(items\[0\]\.kind is "note", not one of feed, conversation, manual, instruction\)/],
+    [(d) => (d.items[0].probes = [{ question: "Q?" }]), /\(items\[0\]\.probes is not a list of \{question, answer\} strings\)/],
+    [(d) => d.items[0].scores.push(null), /\(items\[0\]\.scores\[0\] is null, not \{version, unprompted, prompted\}\)/],
+    [(d) => d.items[0].history.push(5), /\(items\[0\]\.history\[1\] is 5, not \{at, status\}\)/],
+    [(d) => d.versions.push({ id: "v0001", dir: "v0001", status: "live", items: [], scores: null }), /\(versions\[0\]\.scores is null, not \{absorption, retention, persona\}/],
+    [(d) => d.versions.push({ id: "v0001", dir: "v0001", status: "live", items: [], scores: { absorption: 1, retention: 1, persona: null }, reasons: "low" }), /\(versions\[0\]\.reasons is not a list of strings\)/],
+    [(d) => d.bakes.push({ id: "b1", status: "failed", itemIds: [], replayIds: null }), /\(bakes\[0\]\.replayIds is not a list of item ids\)/],
+    [(d) => d.feeds.push({ id: "harbor", url: null, seenKeys: [], consecutiveErrors: 0 }), /\(feeds\[0\]\.url is not a string\)/],
   ];
   for (const [damage, message] of cases) {
     const d = structuredClone(good);

@@ -258,11 +258,17 @@ export function ledgerProblem(d: unknown): string | null {
     for (const f of ["id", "dir"] as const) if (typeof v[f] !== "string") return `versions[${i}].${f} is not a string`;
     if (!["live", "kept", "rejected", "retired"].includes(v.status as string)) return `versions[${i}].status is ${shown(v.status)}, not live, kept, rejected or retired`;
     if (!Array.isArray(v.items)) return `versions[${i}].items is not a list`;
+    const scores = v.scores;
+    if (!isObject(scores) || typeof scores.absorption !== "number" || typeof scores.retention !== "number" || (scores.persona !== null && typeof scores.persona !== "number")) {
+      return `versions[${i}].scores is ${shown(scores)}, not {absorption, retention, persona} numbers (persona may be null)`;
+    }
+    if (v.reasons !== undefined && !isStrings(v.reasons)) return `versions[${i}].reasons is not a list of strings`;
   }
   const feeds = (d.feeds ?? []) as unknown[];
   for (let i = 0; i < feeds.length; i++) {
     const f = feeds[i];
     if (!isObject(f) || typeof f.id !== "string") return `feeds[${i}] is not a feed record (an object with an id)`;
+    if (typeof f.url !== "string") return `feeds[${i}].url is not a string`;
     if (!Array.isArray(f.seenKeys)) return `feeds[${i}].seenKeys is not a list`;
     if (typeof f.consecutiveErrors !== "number") return `feeds[${i}].consecutiveErrors is not a number`;
   }
@@ -270,6 +276,7 @@ export function ledgerProblem(d: unknown): string | null {
   for (let i = 0; i < bakes.length; i++) {
     const b = bakes[i];
     if (!isObject(b) || typeof b.id !== "string" || typeof b.status !== "string") return `bakes[${i}] is not a bake record (an object with an id and a status)`;
+    for (const f of ["itemIds", "replayIds"] as const) if (!isStrings(b[f])) return `bakes[${i}].${f} is not a list of item ids`;
   }
   return null;
 }
@@ -279,9 +286,28 @@ function itemProblem(it: unknown, name: (field?: string) => string): string | nu
   if (!isObject(it)) return `${name()} is not an object`;
   for (const f of ["id", "text", "contentHash"] as const) if (typeof it[f] !== "string") return `${name(f)} is not a string`;
   if (!(ITEM_STATUSES as readonly unknown[]).includes(it.status)) return `${name("status")} is ${shown(it.status)}, not one of ${ITEM_STATUSES.join(", ")}`;
+  if (!(ITEM_KINDS as readonly unknown[]).includes(it.kind)) return `${name("kind")} is ${shown(it.kind)}, not one of ${ITEM_KINDS.join(", ")}`;
   if (!isObject(it.source)) return `${name("source")} is not an object`;
   for (const f of ["scores", "history"] as const) if (!Array.isArray(it[f])) return `${name(f)} is not a list`;
+  const probes = it.probes;
+  if (probes !== undefined && (!Array.isArray(probes) || !probes.every((p) => isObject(p) && typeof p.question === "string" && typeof p.answer === "string"))) {
+    return `${name("probes")} is not a list of {question, answer} strings`;
+  }
+  const scores = it.scores as unknown[];
+  for (let k = 0; k < scores.length; k++) {
+    const s = scores[k];
+    if (!isObject(s) || typeof s.version !== "string" || typeof s.unprompted !== "number" || typeof s.prompted !== "number") return `${name(`scores[${k}]`)} is ${shown(s)}, not {version, unprompted, prompted}`;
+  }
+  const history = it.history as unknown[];
+  for (let k = 0; k < history.length; k++) {
+    const h = history[k];
+    if (!isObject(h) || typeof h.at !== "string" || !(ITEM_STATUSES as readonly unknown[]).includes(h.status)) return `${name(`history[${k}]`)} is ${shown(h)}, not {at, status}`;
+  }
   return null;
+}
+
+function isStrings(v: unknown): boolean {
+  return Array.isArray(v) && v.every((s) => typeof s === "string");
 }
 
 function shown(v: unknown): string {

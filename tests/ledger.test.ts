@@ -322,6 +322,8 @@ test("a ledger of the wrong shape, or from a newer kiln, is refused naming the f
     // a feed poll said only "pollFeed: state must come from initialFeedState() or a previous poll"
     [(d) => d.feeds.push({ id: "harbor", url: "x", seenKeys: null, consecutiveErrors: 0 }), /\(feeds\[0\]\.seenKeys is not a list\)/],
     // these failed mid-command with a bare TypeError: knowledge list, show, versions list, every bake
+    [(d) => d.items.push({ ...d.items[0], text: "Another fact." }), /\(items\[1\]\.id "k_\w+" is also items\[0\]'s\)/],
+    [(d) => d.versions.push(...["v0001", "v0001"].map((id) => ({ id, dir: id, status: "kept", items: [], scores: { absorption: 1, retention: 1, persona: null } }))), /\(versions\[1\]\.id "v0001" is also versions\[0\]'s\)/],
     [(d) => (d.items[0].kind = "note"), /\(items\[0\]\.kind is "note", not one of feed, conversation, manual, instruction\)/],
     [(d) => (d.items[0].probes = [{ question: "Q?" }]), /\(items\[0\]\.probes is not a list of \{question, answer\} strings\)/],
     [(d) => d.items[0].scores.push(null), /\(items\[0\]\.scores\[0\] is null, not \{version, unprompted, prompted\}\)/],

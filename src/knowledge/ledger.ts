@@ -246,16 +246,24 @@ export function ledgerProblem(d: unknown): string | null {
   if (d.live !== null && typeof d.live !== "string") return `live is ${shown(d.live)}, not a version id or null`;
   for (const list of ["items", "versions", "bakes"] as const) if (!Array.isArray(d[list])) return `${list} is not a list`;
   if (d.feeds !== undefined && !Array.isArray(d.feeds)) return "feeds is not a list";
+  // An id two records share (ledgers merged by hand) made a command on it act on whichever came first, or on both.
   const items = d.items as unknown[];
+  const itemAt = new Map<unknown, number>();
   for (let i = 0; i < items.length; i++) {
     const problem = itemProblem(items[i], (f) => (f ? `items[${i}].${f}` : `items[${i}]`));
     if (problem) return problem;
+    const id = (items[i] as Item).id;
+    if (itemAt.has(id)) return `items[${i}].id ${JSON.stringify(id)} is also items[${itemAt.get(id)}]'s`;
+    itemAt.set(id, i);
   }
   const versions = d.versions as unknown[];
+  const versionAt = new Map<unknown, number>();
   for (let i = 0; i < versions.length; i++) {
     const v = versions[i];
     if (!isObject(v)) return `versions[${i}] is not an object`;
     for (const f of ["id", "dir"] as const) if (typeof v[f] !== "string") return `versions[${i}].${f} is not a string`;
+    if (versionAt.has(v.id)) return `versions[${i}].id ${JSON.stringify(v.id)} is also versions[${versionAt.get(v.id)}]'s`;
+    versionAt.set(v.id, i);
     if (!["live", "kept", "rejected", "retired"].includes(v.status as string)) return `versions[${i}].status is ${shown(v.status)}, not live, kept, rejected or retired`;
     if (!Array.isArray(v.items)) return `versions[${i}].items is not a list`;
     const scores = v.scores;

@@ -324,6 +324,9 @@ test("a ledger of the wrong shape, or from a newer kiln, is refused naming the f
     // these failed mid-command with a bare TypeError: knowledge list, show, versions list, every bake
     [(d) => d.items.push({ ...d.items[0], text: "Another fact." }), /\(items\[1\]\.id "k_\w+" is also items\[0\]'s\)/],
     [(d) => d.versions.push(...["v0001", "v0001"].map((id) => ({ id, dir: id, status: "kept", items: [], scores: { absorption: 1, retention: 1, persona: null } }))), /\(versions\[1\]\.id "v0001" is also versions\[0\]'s\)/],
+    // a live edited by hand served the version it named (a rejected one even) while versions list showed another
+    [(d) => { d.versions.push(...["rejected", "live"].map((status, k) => ({ id: `v000${k + 1}`, dir: `v000${k + 1}`, status, items: [], scores: { absorption: 1, retention: 1, persona: null } }))); d.live = "v0001"; }, /\(live is "v0001", but versions\[0\] \(v0001\) has status "rejected"; kiln sets the two together \(kiln versions rollback changes the live version\)\)/],
+    [(d) => d.versions.push({ id: "v0001", dir: "v0001", status: "live", items: [], scores: { absorption: 1, retention: 1, persona: null } }), /\(versions\[0\] \(v0001\) has status "live", but live is null; kiln sets the two together/],
     [(d) => (d.items[0].kind = "note"), /\(items\[0\]\.kind is "note", not one of feed, conversation, manual, instruction\)/],
     [(d) => (d.items[0].probes = [{ question: "Q?" }]), /\(items\[0\]\.probes is not a list of \{question, answer\} strings\)/],
     [(d) => d.items[0].scores.push(null), /\(items\[0\]\.scores\[0\] is null, not \{version, unprompted, prompted\}\)/],

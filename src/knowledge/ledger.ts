@@ -272,6 +272,15 @@ export function ledgerProblem(d: unknown): string | null {
     }
     if (v.reasons !== undefined && !isStrings(v.reasons)) return `versions[${i}].reasons is not a list of strings`;
   }
+  // kiln writes live and the versions' statuses in one write; a live edited by hand (to roll back)
+  // served the version it named, a rejected one even, and baked on from it, while versions list
+  // showed another live
+  const liveAt = versionAt.get(d.live);
+  const marked = (versions as VersionRecord[]).findIndex((v) => v.status === "live" && v.id !== d.live);
+  if (liveAt !== undefined && (versions[liveAt] as VersionRecord).status !== "live") {
+    return `live is ${JSON.stringify(d.live)}, but versions[${liveAt}] (${d.live}) has status ${JSON.stringify((versions[liveAt] as VersionRecord).status)}; kiln sets the two together (kiln versions rollback changes the live version)`;
+  }
+  if (marked >= 0) return `versions[${marked}] (${(versions[marked] as VersionRecord).id}) has status "live", but live is ${JSON.stringify(d.live)}; kiln sets the two together (kiln versions rollback changes the live version)`;
   const feeds = (d.feeds ?? []) as unknown[];
   for (let i = 0; i < feeds.length; i++) {
     const f = feeds[i];

@@ -267,11 +267,19 @@ test("a second writer is refused while the first one's process lives", async () 
   const file = path.join(dir, "ledger.json");
   const holder = spawn(process.execPath, ["-e", "setTimeout(() => {}, 10000)"]);
   writeFileSync(`${file}.lock`, String(holder.pid));
-  await assert.rejects(Ledger.open(file), new RegExp(`being written by process ${holder.pid}`));
+  await assert.rejects(Ledger.open(file), (err: Error) => err.message.includes(`being written by process ${holder.pid}`) && err.message.includes(`remove ${file}.lock`));
   holder.kill("SIGKILL");
   await new Promise((r) => holder.once("exit", r));
   const ledger = await Ledger.open(file); // a stale lock from a dead process is taken over
   await ledger.close();
+  rmSync(dir, { recursive: true });
+});
+
+test("a lock file that cannot be read is named (it said only 'EISDIR: illegal operation on a directory, read')", async () => {
+  const dir = tmp();
+  const file = path.join(dir, "ledger.json");
+  mkdirSync(`${file}.lock`);
+  await assert.rejects(Ledger.open(file), /ledger\.json\.lock: the ledger's lock file cannot be read \(EISDIR.*\); remove it if no kiln has .*ledger\.json open/);
   rmSync(dir, { recursive: true });
 });
 

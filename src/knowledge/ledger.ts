@@ -368,9 +368,17 @@ export class Ledger {
     if (!opts.readOnly) {
       lockFile = `${file}.lock`;
       if (existsSync(lockFile)) {
-        const pid = Number(readFileSync(lockFile, "utf8").trim());
+        let held: string;
+        try {
+          held = readFileSync(lockFile, "utf8");
+        } catch (err) {
+          throw new LedgerError(`${lockFile}: the ledger's lock file cannot be read (${(err as Error).message}); remove it if no kiln has ${file} open`);
+        }
+        const pid = Number(held.trim());
+        // A lock a crash left behind names a process id a later process (after a restart, any
+        // program) may have: say which file to remove, or the agent stays refused for good.
         if (pid && pid !== process.pid && isAlive(pid)) {
-          throw new LedgerError(`${file} is being written by process ${pid} (a running kiln serve?); stop it or use its admin API`);
+          throw new LedgerError(`${file} is being written by process ${pid} (a running kiln serve?); stop it or use its admin API (if process ${pid} is no kiln, a crash left the lock: remove ${lockFile})`);
         }
       }
       writeFileSync(lockFile, String(process.pid));

@@ -93,6 +93,22 @@ test("knowledge is split into teacher prompts of chunkItems items, each trajecto
   await assert.rejects(sampleTrajectories(model, { lessons: [{ systemPrompt: "x", questions: [] }], count: 2, temperature: 0, maxReplyTokens: 2, batchSize: 2, seed: 1 }), /at least one question/);
 });
 
+test("a prompt and question with no room for a reply are refused naming the question, before any sampling", async () => {
+  // they failed the first sampling batch with "prompt (N tokens) + maxTokens (M) exceeds the model's P positions", naming neither
+  const long = `Tell me about ${"the harbour and ".repeat(100)}the mayor?`;
+  const lessons = [{ systemPrompt: "Be brief.", questions: ["Who are you?", long] }];
+  await assert.rejects(
+    sampleTrajectories(model, { lessons, count: 2, temperature: 0, maxReplyTokens: 3, batchSize: 2, seed: 1, maxPositions: model.config.maxPositions }),
+    /the prompt to bake and the question "Tell me about the harbour and .*\.\.\." take \d+ tokens, and a reply up to 3 more: over the model's 256 positions/,
+  );
+  // kiln bake without --questions: the model wrote questions on the prompt first, and failed there
+  const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-bake-long-"));
+  const running = startBake({ modelDir: model.dir, prompt: "The harbour is blue. ".repeat(100), questions: [], settings: { maxReplyTokens: 4 }, outDir: path.join(dir, "out") });
+  await assert.rejects(running.promise, /the prompt to bake and the question "Hello!" take \d+ tokens, and a reply up to 4 more/);
+  assert.equal(existsSync(path.join(dir, "out")), false);
+  rmSync(dir, { recursive: true });
+});
+
 test("a bake in the worker process writes a loadable PEFT directory with its report", async () => {
   const dir = mkdtempSync(path.join(os.tmpdir(), "kiln-bake-"));
   const outDir = path.join(dir, "v0001");

@@ -267,11 +267,19 @@ test("a second writer is refused while the first one's process lives", async () 
   const file = path.join(dir, "ledger.json");
   const holder = spawn(process.execPath, ["-e", "setTimeout(() => {}, 10000)"]);
   writeFileSync(`${file}.lock`, String(holder.pid));
-  await assert.rejects(Ledger.open(file), new RegExp(`being written by process ${holder.pid}`));
+  await assert.rejects(Ledger.open(file), (err: Error) => err.message.includes(`being written by process ${holder.pid}`) && err.message.includes(`remove ${file}.lock`));
   holder.kill("SIGKILL");
   await new Promise((r) => holder.once("exit", r));
   const ledger = await Ledger.open(file); // a stale lock from a dead process is taken over
   await ledger.close();
+  rmSync(dir, { recursive: true });
+});
+
+test("a lock file that cannot be read is named (it said only 'EISDIR: illegal operation on a directory, read')", async () => {
+  const dir = tmp();
+  const file = path.join(dir, "ledger.json");
+  mkdirSync(`${file}.lock`);
+  await assert.rejects(Ledger.open(file), /ledger\.json\.lock: the ledger's lock file cannot be read \(EISDIR.*\); remove it if no kiln has .*ledger\.json open/);
   rmSync(dir, { recursive: true });
 });
 
@@ -321,6 +329,20 @@ test("a ledger of the wrong shape, or from a newer kiln, is refused naming the f
     [(d) => d.versions.push({ id: "v0001", dir: "v0001", status: "live" }), /\(versions\[0\]\.items is not a list\)/],
     // a feed poll said only "pollFeed: state must come from initialFeedState() or a previous poll"
     [(d) => d.feeds.push({ id: "harbor", url: "x", seenKeys: null, consecutiveErrors: 0 }), /\(feeds\[0\]\.seenKeys is not a list\)/],
+    // these failed mid-command with a bare TypeError: knowledge list, show, versions list, every bake
+    [(d) => d.items.push({ ...d.items[0], text: "Another fact." }), /\(items\[1\]\.id "k_\w+" is also items\[0\]'s\)/],
+    [(d) => d.versions.push(...["v0001", "v0001"].map((id) => ({ id, dir: id, status: "kept", items: [], scores: { absorption: 1, retention: 1, persona: null } }))), /\(versions\[1\]\.id "v0001" is also versions\[0\]'s\)/],
+    // a live edited by hand served the version it named (a rejected one even) while versions list showed another
+    [(d) => { d.versions.push(...["rejected", "live"].map((status, k) => ({ id: `v000${k + 1}`, dir: `v000${k + 1}`, status, items: [], scores: { absorption: 1, retention: 1, persona: null } }))); d.live = "v0001"; }, /\(live is "v0001", but versions\[0\] \(v0001\) has status "rejected"; kiln sets the two together \(kiln versions rollback changes the live version\)\)/],
+    [(d) => d.versions.push({ id: "v0001", dir: "v0001", status: "live", items: [], scores: { absorption: 1, retention: 1, persona: null } }), /\(versions\[0\] \(v0001\) has status "live", but live is null; kiln sets the two together/],
+    [(d) => (d.items[0].kind = "note"), /\(items\[0\]\.kind is "note", not one of feed, conversation, manual, instruction\)/],
+    [(d) => (d.items[0].probes = [{ question: "Q?" }]), /\(items\[0\]\.probes is not a list of \{question, answer\} strings\)/],
+    [(d) => d.items[0].scores.push(null), /\(items\[0\]\.scores\[0\] is null, not \{version, unprompted, prompted\}\)/],
+    [(d) => d.items[0].history.push(5), /\(items\[0\]\.history\[1\] is 5, not \{at, status\}\)/],
+    [(d) => d.versions.push({ id: "v0001", dir: "v0001", status: "live", items: [], scores: null }), /\(versions\[0\]\.scores is null, not \{absorption, retention, persona\}/],
+    [(d) => d.versions.push({ id: "v0001", dir: "v0001", status: "live", items: [], scores: { absorption: 1, retention: 1, persona: null }, reasons: "low" }), /\(versions\[0\]\.reasons is not a list of strings\)/],
+    [(d) => d.bakes.push({ id: "b1", status: "failed", itemIds: [], replayIds: null }), /\(bakes\[0\]\.replayIds is not a list of item ids\)/],
+    [(d) => d.feeds.push({ id: "harbor", url: null, seenKeys: [], consecutiveErrors: 0 }), /\(feeds\[0\]\.url is not a string\)/],
   ];
   for (const [damage, message] of cases) {
     const d = structuredClone(good);

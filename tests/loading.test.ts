@@ -344,3 +344,21 @@ test("the chat template comes from chat_template.jinja, then tokenizer_config.js
   assert.throws(render, /chat_template\.json: no chat_template field/);
   rmSync(dir, { recursive: true });
 });
+
+test("generation_config.json ids that are no token are refused naming the file and field", () => {
+  const dir = copyOf("llama");
+  const file = path.join(dir, "generation_config.json");
+  // a string id stopped nothing (replies ran to max_tokens); a padding id past the vocabulary failed a bake's lookup
+  for (const [g, message] of [
+    [{ eos_token_id: "317" }, /generation_config\.json: eos_token_id is "317", not a token id \(a whole number below vocab_size 319\)/],
+    [{ eos_token_id: [317, 4000] }, /generation_config\.json: eos_token_id is \[317,4000\], not a token id/],
+    [{ eos_token_id: 317, pad_token_id: 319 }, /generation_config\.json: pad_token_id is 319, not a token id/],
+    [[317], /generation_config\.json: holds \[317\], not a JSON object/],
+  ] as const) {
+    writeFileSync(file, JSON.stringify(g));
+    assert.throws(() => loadModel(dir), message);
+  }
+  writeFileSync(file, JSON.stringify({ eos_token_id: 317, pad_token_id: null }));
+  loadModel(dir).dispose();
+  rmSync(dir, { recursive: true });
+});

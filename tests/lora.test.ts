@@ -161,6 +161,13 @@ test("an adapter for another base model, or a corrupt one, is refused and the re
     const file = path.join(dir, "truncated", "adapter_model.safetensors");
     truncateSync(file, statSync(file).size - 64);
     assert.throws(() => loadAdapter(path.join(dir, "truncated"), llama.config, fingerprintOf(llama)), /adapter_model\.safetensors: .*truncated/);
+    // one flipped bit in a factor is still a finite number: it loaded, and the weights answered otherwise
+    await saveAdapter(path.join(dir, "flipped"), live, llama.dir);
+    const flipped = path.join(dir, "flipped", "adapter_model.safetensors");
+    const bytes = readFileSync(flipped);
+    bytes[readHeader(flipped).dataStart + 41]! ^= 0x01;
+    writeFileSync(flipped, bytes);
+    assert.throws(() => loadAdapter(path.join(dir, "flipped"), llama.config, fingerprintOf(llama)), /flipped\/adapter_model\.safetensors: its tensor data does not match the sha256 kiln wrote with it .*damaged/);
     // a folder that is not there says so (it said "not a PEFT adapter directory: adapter_config.json is missing")
     assert.throws(() => loadAdapter(path.join(dir, "missing"), llama.config, fingerprintOf(llama)), /missing: no such adapter folder/);
     mkdirSync(path.join(dir, "empty"));

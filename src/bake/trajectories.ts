@@ -59,6 +59,23 @@ export interface SampleOptions {
   signal?: AbortSignal;
 }
 
+/**
+ * Refuses a prompt and question that leave no room for a reply in the model's context. They
+ * failed the first sampling batch saying only "prompt (2120 tokens) + maxTokens (48) exceeds the
+ * model's 512 positions", naming neither.
+ */
+export function checkLessonsFit(model: LoadedModel, lessons: Lesson[], maxReplyTokens: number, maxPositions: number): void {
+  for (const lesson of lessons) {
+    for (const question of lesson.questions) {
+      const n = model.tokenizer.applyChatTemplate(teacherMessages(lesson.systemPrompt, question, [])).length;
+      if (n + maxReplyTokens > maxPositions) {
+        const shown = question.length > 60 ? `${question.slice(0, 60)}...` : question;
+        throw new Error(`the prompt to bake and the question ${JSON.stringify(shown)} take ${n} tokens, and a reply up to ${maxReplyTokens} more: over the model's ${maxPositions} positions; shorten the prompt or the question, or lower maxReplyTokens`);
+      }
+    }
+  }
+}
+
 export async function sampleTrajectories(model: LoadedModel, o: SampleOptions): Promise<Trajectory[]> {
   if (!o.lessons.length || o.lessons.some((l) => l.questions.length === 0)) {
     throw new Error("baking needs at least one question to sample replies for, in every teacher prompt");
@@ -79,6 +96,7 @@ export async function sampleTrajectories(model: LoadedModel, o: SampleOptions): 
   const turns: { question: string; reply: string }[] = [];
   const random = seededRandom(o.seed ^ 0x5bd1e995);
   const room = (o.maxPositions ?? Infinity) - o.maxReplyTokens;
+  if (o.maxPositions !== undefined) checkLessonsFit(model, o.lessons, o.maxReplyTokens, o.maxPositions);
   for (let start = 0; start < o.count; start += o.batchSize) {
     if (o.signal?.aborted) throw new Error("bake aborted");
     const picked = Array.from({ length: Math.min(o.batchSize, o.count - start) }, (_, i) => {

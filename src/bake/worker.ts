@@ -5,10 +5,11 @@ import { sizeOutputPool } from "../tensor/native.js";
 import { loadModel } from "../model/load.js";
 import { parameterCount } from "../model/config.js";
 import { loadAdapter, saveAdapter } from "../lora/peft.js";
-import { bake } from "./trainer.js";
+import { bake, DEFAULT_BAKE } from "./trainer.js";
 import { yieldToEventLoop } from "../model/generate.js";
 import { runCycle } from "./cycle.js";
 import { OPEN_QUESTIONS, writeQuestions } from "./probes.js";
+import { checkLessonsFit } from "./trajectories.js";
 import { summarizeBake, type BakeJob, type BakeSummary, type WorkerJob, type WorkerMessage } from "./job.js";
 
 function send(m: WorkerMessage): Promise<void> {
@@ -28,6 +29,8 @@ async function run(job: BakeJob): Promise<BakeSummary> {
   const { model, live } = await openModel(job);
   // Without given questions, the model writes its own about each line of the prompt.
   const lines = job.prompt.split("\n").map((l) => l.replace(/^[-*]\s*/, "").trim()).filter(Boolean);
+  // (checked before the model writes questions on a prompt too long, which failed naming nothing)
+  if (!job.questions.length) checkLessonsFit(model, [{ systemPrompt: job.prompt, questions: OPEN_QUESTIONS }], job.settings?.maxReplyTokens ?? DEFAULT_BAKE.maxReplyTokens, model.config.maxPositions);
   const questions = job.questions.length ? job.questions : [...(await writeQuestions(model, lines, 3, { adapter: live })).flat(), ...OPEN_QUESTIONS];
   const report = await bake({
     model,

@@ -246,23 +246,46 @@ export function ledgerProblem(d: unknown): string | null {
   if (d.live !== null && typeof d.live !== "string") return `live is ${shown(d.live)}, not a version id or null`;
   for (const list of ["items", "versions", "bakes"] as const) if (!Array.isArray(d[list])) return `${list} is not a list`;
   if (d.feeds !== undefined && !Array.isArray(d.feeds)) return "feeds is not a list";
+  // An id two records share (ledgers merged by hand) made a command on it act on whichever came first, or on both.
   const items = d.items as unknown[];
+  const itemAt = new Map<unknown, number>();
   for (let i = 0; i < items.length; i++) {
     const problem = itemProblem(items[i], (f) => (f ? `items[${i}].${f}` : `items[${i}]`));
     if (problem) return problem;
+    const id = (items[i] as Item).id;
+    if (itemAt.has(id)) return `items[${i}].id ${JSON.stringify(id)} is also items[${itemAt.get(id)}]'s`;
+    itemAt.set(id, i);
   }
   const versions = d.versions as unknown[];
+  const versionAt = new Map<unknown, number>();
   for (let i = 0; i < versions.length; i++) {
     const v = versions[i];
     if (!isObject(v)) return `versions[${i}] is not an object`;
     for (const f of ["id", "dir"] as const) if (typeof v[f] !== "string") return `versions[${i}].${f} is not a string`;
+    if (versionAt.has(v.id)) return `versions[${i}].id ${JSON.stringify(v.id)} is also versions[${versionAt.get(v.id)}]'s`;
+    versionAt.set(v.id, i);
     if (!["live", "kept", "rejected", "retired"].includes(v.status as string)) return `versions[${i}].status is ${shown(v.status)}, not live, kept, rejected or retired`;
     if (!Array.isArray(v.items)) return `versions[${i}].items is not a list`;
+    const scores = v.scores;
+    if (!isObject(scores) || typeof scores.absorption !== "number" || typeof scores.retention !== "number" || (scores.persona !== null && typeof scores.persona !== "number")) {
+      return `versions[${i}].scores is ${shown(scores)}, not {absorption, retention, persona} numbers (persona may be null)`;
+    }
+    if (v.reasons !== undefined && !isStrings(v.reasons)) return `versions[${i}].reasons is not a list of strings`;
   }
+  // kiln writes live and the versions' statuses in one write; a live edited by hand (to roll back)
+  // served the version it named, a rejected one even, and baked on from it, while versions list
+  // showed another live
+  const liveAt = versionAt.get(d.live);
+  const marked = (versions as VersionRecord[]).findIndex((v) => v.status === "live" && v.id !== d.live);
+  if (liveAt !== undefined && (versions[liveAt] as VersionRecord).status !== "live") {
+    return `live is ${JSON.stringify(d.live)}, but versions[${liveAt}] (${d.live}) has status ${JSON.stringify((versions[liveAt] as VersionRecord).status)}; kiln sets the two together (kiln versions rollback changes the live version)`;
+  }
+  if (marked >= 0) return `versions[${marked}] (${(versions[marked] as VersionRecord).id}) has status "live", but live is ${JSON.stringify(d.live)}; kiln sets the two together (kiln versions rollback changes the live version)`;
   const feeds = (d.feeds ?? []) as unknown[];
   for (let i = 0; i < feeds.length; i++) {
     const f = feeds[i];
     if (!isObject(f) || typeof f.id !== "string") return `feeds[${i}] is not a feed record (an object with an id)`;
+    if (typeof f.url !== "string") return `feeds[${i}].url is not a string`;
     if (!Array.isArray(f.seenKeys)) return `feeds[${i}].seenKeys is not a list`;
     if (typeof f.consecutiveErrors !== "number") return `feeds[${i}].consecutiveErrors is not a number`;
   }
@@ -270,6 +293,7 @@ export function ledgerProblem(d: unknown): string | null {
   for (let i = 0; i < bakes.length; i++) {
     const b = bakes[i];
     if (!isObject(b) || typeof b.id !== "string" || typeof b.status !== "string") return `bakes[${i}] is not a bake record (an object with an id and a status)`;
+    for (const f of ["itemIds", "replayIds"] as const) if (!isStrings(b[f])) return `bakes[${i}].${f} is not a list of item ids`;
   }
   return null;
 }
@@ -279,9 +303,28 @@ function itemProblem(it: unknown, name: (field?: string) => string): string | nu
   if (!isObject(it)) return `${name()} is not an object`;
   for (const f of ["id", "text", "contentHash"] as const) if (typeof it[f] !== "string") return `${name(f)} is not a string`;
   if (!(ITEM_STATUSES as readonly unknown[]).includes(it.status)) return `${name("status")} is ${shown(it.status)}, not one of ${ITEM_STATUSES.join(", ")}`;
+  if (!(ITEM_KINDS as readonly unknown[]).includes(it.kind)) return `${name("kind")} is ${shown(it.kind)}, not one of ${ITEM_KINDS.join(", ")}`;
   if (!isObject(it.source)) return `${name("source")} is not an object`;
   for (const f of ["scores", "history"] as const) if (!Array.isArray(it[f])) return `${name(f)} is not a list`;
+  const probes = it.probes;
+  if (probes !== undefined && (!Array.isArray(probes) || !probes.every((p) => isObject(p) && typeof p.question === "string" && typeof p.answer === "string"))) {
+    return `${name("probes")} is not a list of {question, answer} strings`;
+  }
+  const scores = it.scores as unknown[];
+  for (let k = 0; k < scores.length; k++) {
+    const s = scores[k];
+    if (!isObject(s) || typeof s.version !== "string" || typeof s.unprompted !== "number" || typeof s.prompted !== "number") return `${name(`scores[${k}]`)} is ${shown(s)}, not {version, unprompted, prompted}`;
+  }
+  const history = it.history as unknown[];
+  for (let k = 0; k < history.length; k++) {
+    const h = history[k];
+    if (!isObject(h) || typeof h.at !== "string" || !(ITEM_STATUSES as readonly unknown[]).includes(h.status)) return `${name(`history[${k}]`)} is ${shown(h)}, not {at, status}`;
+  }
   return null;
+}
+
+function isStrings(v: unknown): boolean {
+  return Array.isArray(v) && v.every((s) => typeof s === "string");
 }
 
 function shown(v: unknown): string {
@@ -325,9 +368,17 @@ export class Ledger {
     if (!opts.readOnly) {
       lockFile = `${file}.lock`;
       if (existsSync(lockFile)) {
-        const pid = Number(readFileSync(lockFile, "utf8").trim());
+        let held: string;
+        try {
+          held = readFileSync(lockFile, "utf8");
+        } catch (err) {
+          throw new LedgerError(`${lockFile}: the ledger's lock file cannot be read (${(err as Error).message}); remove it if no kiln has ${file} open`);
+        }
+        const pid = Number(held.trim());
+        // A lock a crash left behind names a process id a later process (after a restart, any
+        // program) may have: say which file to remove, or the agent stays refused for good.
         if (pid && pid !== process.pid && isAlive(pid)) {
-          throw new LedgerError(`${file} is being written by process ${pid} (a running kiln serve?); stop it or use its admin API`);
+          throw new LedgerError(`${file} is being written by process ${pid} (a running kiln serve?); stop it or use its admin API (if process ${pid} is no kiln, a crash left the lock: remove ${lockFile})`);
         }
       }
       writeFileSync(lockFile, String(process.pid));

@@ -1,7 +1,8 @@
 // PEFT LoRA directories: adapter_config.json + adapter_model.safetensors, with PEFT's key names
 // (base_model.model.<module>.lora_A.weight [r, in], .lora_B.weight [out, r]) so PEFT, vLLM and
 // llama.cpp's converter read what kiln writes, and kiln reads what they write.
-import { existsSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { closeSync, existsSync, openSync, readdirSync, readFileSync, readSync, renameSync, rmSync, statSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { z } from "zod";
 import { tf } from "../tensor/backend.js";
@@ -15,6 +16,12 @@ export const ADAPTER_CONFIG = "adapter_config.json";
 export const ADAPTER_WEIGHTS = "adapter_model.safetensors";
 const PEFT_PREFIX = "base_model.model.";
 const FINGERPRINT_KEY = "kiln.base_fingerprint";
+/**
+ * sha256 of the data section, which kiln writes with every adapter: a flipped bit in a factor
+ * loads as a finite number, so without it a damaged version went live and answered otherwise,
+ * with no error anywhere.
+ */
+const DATA_SHA256_KEY = "kiln.data_sha256";
 
 export class AdapterFileError extends Error {
   constructor(where: string, problem: string) {
@@ -156,7 +163,13 @@ export async function saveAdapter(dir: string, adapter: LoraAdapter, baseModel: 
   const targetModules = names.length === kinds.length * layers ? kinds : names;
   await writeFolderAtomically(target, (tmp) => {
     writeFileSync(path.join(tmp, ADAPTER_CONFIG), JSON.stringify(peftConfig(adapter.settings, baseModel, targetModules), null, 2) + "\n");
-    writeSafetensors(path.join(tmp, ADAPTER_WEIGHTS), tensors, { format: "pt", [FINGERPRINT_KEY]: adapter.baseModelFingerprint });
+    // the data section holds the tensors in name order (encodeHeader)
+    const sha = createHash("sha256");
+    for (const name of [...tensors.keys()].sort()) {
+      const d = tensors.get(name)!.data;
+      sha.update(new Uint8Array(d.buffer, d.byteOffset, d.byteLength));
+    }
+    writeSafetensors(path.join(tmp, ADAPTER_WEIGHTS), tensors, { format: "pt", [FINGERPRINT_KEY]: adapter.baseModelFingerprint, [DATA_SHA256_KEY]: sha.digest("hex") });
     for (const [name, text] of Object.entries(extraFiles)) writeFileSync(path.join(tmp, name), text);
   });
 }
@@ -312,6 +325,11 @@ export function loadAdapter(dir: string, config: ModelConfig, fingerprint: strin
   for (const [key, { data: values }] of data) {
     if (!values.every(Number.isFinite)) throw new AdapterFileError(file, `tensor "${key}" holds NaN or infinite values`);
   }
+  const written = header.metadata[DATA_SHA256_KEY];
+  if (written !== undefined) {
+    const now = dataSha256(file, header.dataStart);
+    if (now !== written) throw new AdapterFileError(file, `its tensor data does not match the sha256 kiln wrote with it (${written}, now ${now}): the file was damaged or changed after it was written`);
+  }
   const adapter = new LoraAdapter(settings, trainedOn ?? fingerprint);
   adapter.numLayers = config.numLayers;
   for (const module of modules) {
@@ -320,4 +338,16 @@ export function loadAdapter(dir: string, config: ModelConfig, fingerprint: strin
     adapter.modules.set(module, { A: ownedVariable(tf.tensor(a.data, a.shape)), B: ownedVariable(tf.tensor(b.data, b.shape)) });
   }
   return adapter;
+}
+
+function dataSha256(file: string, from: number): string {
+  const sha = createHash("sha256");
+  const buf = Buffer.alloc(1 << 20);
+  const fd = openSync(file, "r");
+  try {
+    for (let at = from, n; (n = readSync(fd, buf, 0, buf.length, at)) > 0; at += n) sha.update(buf.subarray(0, n));
+  } finally {
+    closeSync(fd);
+  }
+  return sha.digest("hex");
 }

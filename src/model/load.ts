@@ -54,16 +54,24 @@ export function weightFiles(dir: string): Map<string, string> {
   );
 }
 
-function readGenerationConfig(dir: string): { eos: number[]; pad?: number } {
+function readGenerationConfig(dir: string, vocabSize: number): { eos: number[]; pad?: number } {
   const file = path.join(dir, "generation_config.json");
   if (!existsSync(file)) return { eos: [] };
+  let g: Record<string, unknown>;
   try {
-    const g = JSON.parse(readFileSync(file, "utf8"));
-    const eos = g.eos_token_id == null ? [] : Array.isArray(g.eos_token_id) ? g.eos_token_id : [g.eos_token_id];
-    return { eos, pad: typeof g.pad_token_id === "number" ? g.pad_token_id : undefined };
+    g = JSON.parse(readFileSync(file, "utf8"));
   } catch (err) {
-    throw new ModelLoadError(`${file}: ${(err as Error).message}`);
+    throw new ModelLoadError(`${file}: is not valid JSON (${(err as Error).message})`);
   }
+  if (typeof g !== "object" || g === null || Array.isArray(g)) throw new ModelLoadError(`${file}: holds ${JSON.stringify(g)}, not a JSON object`);
+  // An id that is no token ("2" as a string, past the vocabulary) was taken as is: an end-of-turn
+  // id that never matches lets replies run to max_tokens, and a padding id past the vocabulary
+  // fails a bake's batch with an out-of-range lookup naming no file.
+  const token = (v: unknown) => Number.isInteger(v) && (v as number) >= 0 && (v as number) < vocabSize;
+  const eos = g.eos_token_id == null ? [] : Array.isArray(g.eos_token_id) ? g.eos_token_id : [g.eos_token_id];
+  if (!eos.every(token)) throw new ModelLoadError(`${file}: eos_token_id is ${JSON.stringify(g.eos_token_id)}, not a token id (a whole number below vocab_size ${vocabSize}) or a list of them`);
+  if (g.pad_token_id != null && !token(g.pad_token_id)) throw new ModelLoadError(`${file}: pad_token_id is ${JSON.stringify(g.pad_token_id)}, not a token id (a whole number below vocab_size ${vocabSize})`);
+  return { eos: eos as number[], pad: g.pad_token_id == null ? undefined : (g.pad_token_id as number) };
 }
 
 /** Reads and checks every tensor the config asks for; errors name the file and the tensor. */
@@ -181,7 +189,7 @@ function checkNoStrayTensors(
 export function loadModel(dir: string): LoadedModel {
   const resolved = path.resolve(dir);
   const config = readConfig(resolved);
-  const generation = readGenerationConfig(resolved);
+  const generation = readGenerationConfig(resolved, config.vocabSize);
   const tokenizer = ChatTokenizer.fromDirectory(resolved, [...generation.eos, ...config.eosTokenIds], generation.pad);
   // The fingerprint is hashed from host data: reading it back from a GPU backend would stall,
   // and tfjs-webgpu in Node cannot read synchronously at all.

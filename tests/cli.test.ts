@@ -700,6 +700,9 @@ test("a mistyped required option is named as unknown, with the right spelling, r
   const generate = kiln(["generate", "--promt", "hi"]);
   assert.equal(generate.status, 1);
   assert.match(generate.stderr, /unknown option '--promt'\s+\(Did you mean --prompt\?\)/);
+  // in one line, as kiln's own errors (it said "error: ..." with the suggestion on a second line)
+  assert.equal(generate.stderr, "kiln: unknown option '--promt' (Did you mean --prompt?)\n");
+  assert.equal(kiln(["knowledge", "list", "demo", "--status", "bogus"]).stderr.split("\n").filter(Boolean).length, 1);
   const bake = kiln(["bake", "--prompt", "x", "--ot", path.join(os.tmpdir(), "kiln-never")]);
   assert.equal(bake.status, 1);
   assert.match(bake.stderr, /unknown option '--ot'\s+\(Did you mean --out\?\)/);

@@ -13,6 +13,8 @@ export { loadAgentConfig, parseAgentConfig, AgentConfigError, type AgentConfig }
 export { KilnChatModel, type KilnChatModelFields, type KilnCallOptions } from "./agent/langchain.js";
 // Structured replies (the API's response_format, KilnChatModel's response_format call option).
 export { ResponseFormatError, type ResponseFormat } from "./agent/response-format.js";
+// What KilnChatModel throws for a tool_choice or a strict tool schema it cannot hold a reply to.
+export { ToolChoiceError, ToolSchemaError } from "./agent/tools.js";
 export { createKilnAgent, KilnAgent, type KilnAgentOptions, type TurnResult } from "./agent/chat-loop.js";
 
 // Serving: the OpenAI-compatible API, admin API and dashboard over a runtime.

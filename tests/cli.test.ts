@@ -172,7 +172,7 @@ test("a chat line the model cannot take (longer than its context) is said, and t
   }
 });
 
-test("feeds add writes a local feed's path as the agent file will read it, and refuses one that is not there", () => {
+test("feeds add writes a local feed's path as the agent file will read it, keeps the file's long lines, and refuses one that is not there", () => {
   const { dir, agents, checkpoints } = twoAgents();
   const where = ["--agents", agents, "--checkpoints", checkpoints];
   try {
@@ -185,7 +185,10 @@ test("feeds add writes a local feed's path as the agent file will read it, and r
     assert.match(bad.stderr, /\.\/missing\.xml: no such feed file/);
     const ok = kiln(["feeds", "add", "demo", "local", "./local.xml", ...where], { cwd: dir });
     assert.equal(ok.status, 0, ok.stderr);
-    assert.match(readFileSync(path.join(agents, "demo.yaml"), "utf8"), /url: \.\.\/local\.xml/);
+    const text = readFileSync(path.join(agents, "demo.yaml"), "utf8");
+    assert.match(text, /url: \.\.\/local\.xml/);
+    // the rest of the file keeps its lines: the one-line lora mapping came back broken over five
+    assert.match(text, /^    lora: \{ r: 16, alpha: 32, targetModules: \[ ?q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj ?\] \}$/m);
     const poll = kiln(["feeds", "poll", "demo", ...where, "--json"]);
     assert.equal(poll.status, 0, poll.stderr);
     assert.equal(JSON.parse(poll.stdout).local.added, 1, poll.stdout);
@@ -697,6 +700,9 @@ test("a mistyped required option is named as unknown, with the right spelling, r
   const generate = kiln(["generate", "--promt", "hi"]);
   assert.equal(generate.status, 1);
   assert.match(generate.stderr, /unknown option '--promt'\s+\(Did you mean --prompt\?\)/);
+  // in one line, as kiln's own errors (it said "error: ..." with the suggestion on a second line)
+  assert.equal(generate.stderr, "kiln: unknown option '--promt' (Did you mean --prompt?)\n");
+  assert.equal(kiln(["knowledge", "list", "demo", "--status", "bogus"]).stderr.split("\n").filter(Boolean).length, 1);
   const bake = kiln(["bake", "--prompt", "x", "--ot", path.join(os.tmpdir(), "kiln-never")]);
   assert.equal(bake.status, 1);
   assert.match(bake.stderr, /unknown option '--ot'\s+\(Did you mean --out\?\)/);

@@ -9,7 +9,7 @@ import { repoRoot } from "./support/paths.js";
 
 test('import("kiln") gives the runtime, LangChain model, server and baking API, with type declarations', async () => {
   const kiln = await import("kiln");
-  for (const name of ["initBackend", "Runtime", "KilnChatModel", "createKilnAgent", "createServer", "loadModel", "pullModel", "generate", "bake", "saveAdapter", "loadAdapter", "Ledger", "pollFeed"]) {
+  for (const name of ["initBackend", "Runtime", "KilnChatModel", "createKilnAgent", "createServer", "loadModel", "pullModel", "generate", "bake", "saveAdapter", "loadAdapter", "Ledger", "pollFeed", "ResponseFormatError", "ToolChoiceError", "ToolSchemaError"]) {
     assert.equal(typeof (kiln as Record<string, unknown>)[name], "function", `kiln exports ${name}`);
   }
   assert.ok(existsSync(path.join(repoRoot(), "dist", "src", "index.d.ts")), "types for the entry point are built");

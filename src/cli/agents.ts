@@ -234,9 +234,12 @@ export function registerAgentCommands(program: Command): void {
         doc.set("feeds", seq);
       }
       doc.addIn(["feeds"], doc.createNode({ id, url, schedule: o.schedule }));
+      // lines as long as they were: at yaml's default width of 80 a one-line `lora: { r: 16, ... }`
+      // came back broken over five lines, and a long persona text folded
+      const text = doc.toString({ lineWidth: 0 });
       // Validate the result before writing, so a bad feed never breaks the agent file, nor keeps
       // the agent from starting: a feed added where the ledger says another moved for good.
-      const next = loadAgentConfigFromText(doc.toString(), c.file!, o.checkpoints);
+      const next = loadAgentConfigFromText(text, c.file!, o.checkpoints);
       const ledgerFile = path.join(next.homeDir, "ledger.json");
       if (existsSync(ledgerFile)) {
         const records = (await Ledger.open(ledgerFile, { readOnly: true })).data.feeds;
@@ -252,7 +255,7 @@ export function registerAgentCommands(program: Command): void {
           );
         }
       }
-      writeFileSync(c.file!, doc.toString());
+      writeFileSync(c.file!, text);
       print(o.json, { agent: name, id, url, schedule: o.schedule }, () => `added feed ${id} to ${c.file}`);
     });
 

@@ -29,7 +29,10 @@ program
   .name("kiln")
   .description("A runtime for chat agents that bake what they read into their own LoRA weights.")
   .version("0.1.0")
-  .addOption(new Option("--backend <name>", "tensor backend").choices(["tensorflow-gpu", "tensorflow", "native", "wasm", "cpu", "webgpu"]).env("KILN_BACKEND"));
+  .addOption(new Option("--backend <name>", "tensor backend").choices(["tensorflow-gpu", "tensorflow", "native", "wasm", "cpu", "webgpu"]).env("KILN_BACKEND"))
+  // commander's own errors (an unknown option, a bad choice) as kiln's: one line, `kiln: ...`
+  // (they said "error: ..." with the "Did you mean" on a second line); set before the commands, which inherit it
+  .configureOutput({ outputError: (text, write) => write(`kiln: ${text.trim().replace(/^error: /, "").replace(/\s*[\r\n]+\s*/g, " ")}\n`) });
 
 function mib(bytes: number): string {
   return `${(bytes / 2 ** 20).toFixed(1)} MiB`;

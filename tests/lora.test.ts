@@ -282,6 +282,8 @@ test("PEFT adapters kiln cannot apply exactly are refused, naming the field or t
     ["save", (c) => (c.modules_to_save = ["lm_head"]), /adapter_config\.json: modules_to_save \(lm_head\) replaces whole modules/],
     ["embed", (c) => (c.target_modules = ["q_proj", "embed_tokens"]), /target_modules selects model\.embed_tokens, which kiln cannot adapt/],
     ["unknown", (c) => (c.target_modules = ["query_key_value"]), /target module query_key_value is not supported/],
+    // (PEFT's "the model type's default"; it said only "target_modules: Invalid input")
+    ["null targets", (c) => (c.target_modules = null), /adapter_config\.json: target_modules: must name the adapted modules.*null \(PEFT's default for the model type\) is not read/],
     [
       "stray",
       (_, t) => t.set("base_model.model.model.layers.0.self_attn.q_proj.bias", { shape: [64], data: new Float32Array(64) }),

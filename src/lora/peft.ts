@@ -48,7 +48,11 @@ const AdapterConfigSchema = z
     r: z.number().int().positive(),
     lora_alpha: z.number().positive(),
     lora_dropout: z.number().min(0).max(1).default(0),
-    target_modules: z.union([z.array(z.string()), z.string()]),
+    // (null is PEFT's "the default for this model type", which PEFT resolves before it saves: kiln
+    // does not guess it; it said only "Invalid input")
+    target_modules: z.union([z.array(z.string()), z.string()], {
+      error: "must name the adapted modules, as a list of names (q_proj, ...) or a regex string; null (PEFT's default for the model type) is not read",
+    }),
     use_rslora: z.boolean().default(false),
     use_dora: z.boolean().default(false),
     fan_in_fan_out: z.boolean().default(false),

@@ -360,5 +360,8 @@ test("generation_config.json ids that are no token are refused naming the file a
   }
   writeFileSync(file, JSON.stringify({ eos_token_id: 317, pad_token_id: null }));
   loadModel(dir).dispose();
+  // config.json's own end-of-turn ids the same (they were taken as they were)
+  editJson(path.join(dir, "config.json"), (j) => (j.eos_token_id = [317, 319]));
+  assert.throws(() => loadModel(dir), /config\.json.*eos_token_id is \[317,319\], not a token id \(a whole number below vocab_size 319\)/);
   rmSync(dir, { recursive: true });
 });

@@ -175,6 +175,12 @@ export function parseConfig(json: unknown, file = "config.json"): ModelConfig {
     throw new ModelConfigError(file, `model_type ${c.model_type} does not match architectures ${arch} (model_type ${defaults.modelType})`);
   }
   if (c.hidden_act !== "silu") throw new ModelConfigError(file, `hidden_act ${c.hidden_act} is not supported (only silu)`);
+  // as generation_config.json's are checked (src/model/load.ts): an end-of-turn id that is no token
+  // never matches, and replies run to max_tokens
+  const eos = ids(c.eos_token_id);
+  if (!eos.every((id) => Number.isInteger(id) && id >= 0 && id < c.vocab_size)) {
+    throw new ModelConfigError(file, `eos_token_id is ${JSON.stringify(c.eos_token_id)}, not a token id (a whole number below vocab_size ${c.vocab_size}) or a list of them`);
+  }
   const numKvHeads = c.num_key_value_heads ?? (c.num_key_value_heads === undefined && defaults.numKvHeads !== "derived" ? defaults.numKvHeads : c.num_attention_heads);
   if (c.num_attention_heads % numKvHeads !== 0) {
     const which = c.num_key_value_heads === undefined ? ` (absent, so ${arch}'s default)` : "";
@@ -240,7 +246,7 @@ export function parseConfig(json: unknown, file = "config.json"): ModelConfig {
     mlpBias: architecture === "LlamaForCausalLM" && c.mlp_bias === true,
     qkNorm: architecture === "Qwen3ForCausalLM",
     slidingWindows: slidingWindows(c, architecture, c.num_hidden_layers, file),
-    eosTokenIds: ids(c.eos_token_id),
+    eosTokenIds: eos,
     bosTokenId: ids(c.bos_token_id)[0] ?? null,
   };
 }

@@ -1,7 +1,7 @@
 // Bad model directories get errors that name the file and the tensor, never a bare stack trace.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { cpSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync, statSync } from "node:fs";
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync, statSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { initBackend } from "../src/tensor/backend.js";
@@ -342,6 +342,20 @@ test("the chat template comes from chat_template.jinja, then tokenizer_config.js
   editJson(path.join(dir, "tokenizer_config.json"), (j) => delete j.chat_template);
   writeFileSync(path.join(dir, "chat_template.json"), JSON.stringify({ template: "x" }));
   assert.throws(render, /chat_template\.json: no chat_template field/);
+  rmSync(dir, { recursive: true });
+});
+
+test("a tokenizer_config.json or special_tokens_map.json that is no JSON object is named, not tokenizer.json", () => {
+  const dir = copyOf("llama");
+  for (const name of ["tokenizer_config.json", "special_tokens_map.json"]) {
+    const file = path.join(dir, name);
+    const before = existsSync(file) ? readFileSync(file, "utf8") : null;
+    writeFileSync(file, "[]");
+    assert.throws(() => loadModel(dir), new RegExp(`${name.replace(".", "\\.")}: holds \\[\\], not a JSON object`));
+    if (before === null) rmSync(file);
+    else writeFileSync(file, before);
+  }
+  loadModel(dir).dispose();
   rmSync(dir, { recursive: true });
 });
 

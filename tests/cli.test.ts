@@ -396,6 +396,22 @@ test("versions list says when the base model is live beside kept versions (after
   }
 });
 
+test("versions list says when the live version's folder is missing (removed by hand)", () => {
+  const checkpoints = mkdtempSync(path.join(os.tmpdir(), "kiln-cli-missing-"));
+  try {
+    const home = path.join(checkpoints, "demo");
+    mkdirSync(home, { recursive: true });
+    const version = { id: "v0002", parent: null, createdAt: "2026-01-01T00:00:00.000Z", dir: path.join(home, "v0002"), status: "live", bakeId: "b", items: [], scores: { absorption: 1, retention: 1, persona: null } };
+    writeFileSync(path.join(home, "ledger.json"), JSON.stringify({ schema: 1, live: "v0002", items: [], versions: [version], bakes: [], feeds: [] }));
+    const r = kiln(["versions", "list", "demo", "--agents", path.join(repoRoot(), "agents", "demo.yaml"), "--checkpoints", checkpoints]);
+    assert.equal(r.status, 0, r.stderr);
+    // it was listed live with no word (kept versions get "cannot go live")
+    assert.match(r.stdout, /^v0002 live .*\[its folder .*v0002 is missing: the next start serves the newest kept version that loads, else the base model\]\n$/);
+  } finally {
+    rmSync(checkpoints, { recursive: true });
+  }
+});
+
 test("kiln learn names the persona score of an agent with a persona, as versions list does", () => {
   const { dir, file } = writeTestAgent({ feeds: [], persona: { text: "End every reply with: Cheers.", suffix: "Cheers." } });
   try {

@@ -1906,14 +1906,15 @@ test("a live version that fails to load on start gives way to the newest kept ve
       await server.close();
       await runtime.stop();
     }
-    // every kept version damaged too: the base model, recorded
-    for (const v of ["v0001", "v0003"]) writeFileSync(path.join(dir, "home", v, "adapter_model.safetensors"), "damaged");
+    // every kept version damaged too, and the live one's folder removed by hand: the base model, recorded
+    writeFileSync(path.join(dir, "home", "v0001", "adapter_model.safetensors"), "damaged");
+    rmSync(path.join(dir, "home", "v0003"), { recursive: true });
     logs.length = 0;
     runtime = await Runtime.fromFiles(file, { events: { onLog: (_a, m) => logs.push(m) } });
     const agent = runtime.agent("tester");
     assert.equal(agent.ledger.data.live, null);
     assert.equal(agent.liveProblem, null);
-    assert.ok(logs.some((m) => /^live version v0003 could not be loaded \(.*\): the base model is live instead \(v0002 could not be loaded either: .*; v0001 could not be loaded either: .*\); v0003 stays in/.test(m)), logs.join("\n"));
+    assert.ok(logs.some((m) => /^live version v0003 could not be loaded \(.*\): the base model is live instead \(v0002 could not be loaded either: .*; v0001 could not be loaded either: .*\); v0003 was missing from .*v0003,/.test(m)), logs.join("\n"));
     await runtime.stop();
   } finally {
     rmSync(dir, { recursive: true });

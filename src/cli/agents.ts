@@ -369,11 +369,13 @@ export function registerAgentCommands(program: Command): void {
   withAgents(versions.command("list [agent]").description("versions with their parent, items and absorption / retention / persona scores")).action(async (name: string | undefined, o: AgentOpts) => {
     const ledger = await readLedger(o, name);
     const vs = ledger.data.versions;
-    // a kept version holding a retracted item is listed as kept, but rollback refuses it: say so here
-    const blocked = (v: (typeof vs)[number]) => (v.status === "kept" ? ledger.whyNotLive(v.id) : null);
+    // a kept version holding a retracted item is listed as kept, but rollback refuses it: say so here;
+    // and a live version whose folder is gone (removed by hand) serves no more once kiln starts again
+    const blocked = (v: (typeof vs)[number]) =>
+      v.status === "kept" ? ledger.whyNotLive(v.id) : v.status === "live" && !existsSync(v.dir) ? `its folder ${v.dir} is missing: the next start serves the newest kept version that loads, else the base model` : null;
     print(o.json, { live: versionName(ledger.data.live), versions: vs.map((v) => ({ ...v, cannotGoLive: v.status === "live" ? null : ledger.whyNotLive(v.id) })) }, () =>
       [
-        ...vs.map((v) => `${v.id} ${v.status.padEnd(8)} parent ${v.parent ?? "base"}  items ${v.itemCount ?? v.items.length}  absorption ${v.scores.absorption.toFixed(2)} retention ${v.scores.retention.toFixed(2)}${v.scores.persona !== null ? ` persona ${v.scores.persona.toFixed(2)}` : ""}${v.reasons ? `  (${v.reasons.join("; ")})` : ""}${blocked(v) ? `  [cannot go live: ${blocked(v)}]` : ""}`),
+        ...vs.map((v) => `${v.id} ${v.status.padEnd(8)} parent ${v.parent ?? "base"}  items ${v.itemCount ?? v.items.length}  absorption ${v.scores.absorption.toFixed(2)} retention ${v.scores.retention.toFixed(2)}${v.scores.persona !== null ? ` persona ${v.scores.persona.toFixed(2)}` : ""}${v.reasons ? `  (${v.reasons.join("; ")})` : ""}${blocked(v) ? `  [${v.status === "live" ? "" : "cannot go live: "}${blocked(v)}]` : ""}`),
         // rolled back to the base (or left there by a retraction): no version line says live
         ...(vs.length && ledger.data.live === null ? ["base  live     (the base model, no adapter)"] : []),
       ].join("\n") || "(no versions: the base model is live)",

@@ -473,7 +473,10 @@ export class Agent {
       try {
         await this.goLive(v, why);
         const also = failed.length ? ` (${failed.join("; ")})` : "";
-        this.log(`${why} (${loadError}): ${v ?? "the base model"} is live instead${also}; ${broken} stays in ${this.ledger.version(broken).dir}, and what ${v ?? "the base model"} does not hold is baked again`);
+        const brokenDir = this.ledger.version(broken).dir;
+        // (a folder removed by hand was said to "stay in" it)
+        const where = existsSync(brokenDir) ? `stays in ${brokenDir}` : `was missing from ${brokenDir}`;
+        this.log(`${why} (${loadError}): ${v ?? "the base model"} is live instead${also}; ${broken} ${where}, and what ${v ?? "the base model"} does not hold is baked again`);
         return;
       } catch (err) {
         if (v === null) {

@@ -100,6 +100,14 @@ function ids(v: number | number[] | null | undefined): number[] {
 }
 
 /**
+ * Whether `v` is a token id of a vocabulary of `vocabSize`: an end-of-turn id that is none never
+ * matches (replies run to max_tokens), and a padding id past the vocabulary fails a bake's lookup.
+ */
+export function isTokenId(v: unknown, vocabSize: number): v is number {
+  return Number.isInteger(v) && (v as number) >= 0 && (v as number) < vocabSize;
+}
+
+/**
  * What each architecture's transformers config class assumes for a field config.json leaves out
  * (configuration_llama.py, _mistral.py, _qwen2.py, _qwen3.py). They differ, and borrowing one
  * class's default for another loads a different model: a Qwen3 config without head_dim means 128,
@@ -175,10 +183,9 @@ export function parseConfig(json: unknown, file = "config.json"): ModelConfig {
     throw new ModelConfigError(file, `model_type ${c.model_type} does not match architectures ${arch} (model_type ${defaults.modelType})`);
   }
   if (c.hidden_act !== "silu") throw new ModelConfigError(file, `hidden_act ${c.hidden_act} is not supported (only silu)`);
-  // as generation_config.json's are checked (src/model/load.ts): an end-of-turn id that is no token
-  // never matches, and replies run to max_tokens
+  // as generation_config.json's are checked (src/model/load.ts)
   const eos = ids(c.eos_token_id);
-  if (!eos.every((id) => Number.isInteger(id) && id >= 0 && id < c.vocab_size)) {
+  if (!eos.every((id) => isTokenId(id, c.vocab_size))) {
     throw new ModelConfigError(file, `eos_token_id is ${JSON.stringify(c.eos_token_id)}, not a token id (a whole number below vocab_size ${c.vocab_size}) or a list of them`);
   }
   const numKvHeads = c.num_key_value_heads ?? (c.num_key_value_heads === undefined && defaults.numKvHeads !== "derived" ? defaults.numKvHeads : c.num_attention_heads);

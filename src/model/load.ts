@@ -3,7 +3,7 @@
 import { existsSync, readFileSync, readdirSync } from "node:fs";
 import path from "node:path";
 import { tf } from "../tensor/backend.js";
-import { readConfig, type ModelConfig } from "./config.js";
+import { isTokenId, readConfig, type ModelConfig } from "./config.js";
 import { Decoder, expectedWeights } from "./decoder.js";
 import { readHeader, readTensors, SafetensorsError, type SafetensorsHeader } from "./safetensors.js";
 import { ChatTokenizer } from "./tokenizer.js";
@@ -64,10 +64,8 @@ function readGenerationConfig(dir: string, vocabSize: number): { eos: number[]; 
     throw new ModelLoadError(`${file}: is not valid JSON (${(err as Error).message})`);
   }
   if (typeof g !== "object" || g === null || Array.isArray(g)) throw new ModelLoadError(`${file}: holds ${JSON.stringify(g)}, not a JSON object`);
-  // An id that is no token ("2" as a string, past the vocabulary) was taken as is: an end-of-turn
-  // id that never matches lets replies run to max_tokens, and a padding id past the vocabulary
-  // fails a bake's batch with an out-of-range lookup naming no file.
-  const token = (v: unknown) => Number.isInteger(v) && (v as number) >= 0 && (v as number) < vocabSize;
+  // An id that is no token ("2" as a string, past the vocabulary) was taken as is (see isTokenId).
+  const token = (v: unknown) => isTokenId(v, vocabSize);
   const eos = g.eos_token_id == null ? [] : Array.isArray(g.eos_token_id) ? g.eos_token_id : [g.eos_token_id];
   if (!eos.every(token)) throw new ModelLoadError(`${file}: eos_token_id is ${JSON.stringify(g.eos_token_id)}, not a token id (a whole number below vocab_size ${vocabSize}) or a list of them`);
   if (g.pad_token_id != null && !token(g.pad_token_id)) throw new ModelLoadError(`${file}: pad_token_id is ${JSON.stringify(g.pad_token_id)}, not a token id (a whole number below vocab_size ${vocabSize})`);

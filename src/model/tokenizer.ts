@@ -14,12 +14,17 @@ export interface ChatMessage {
   name?: string;
 }
 
+/** A JSON file that must hold an object (each of the tokenizer's files does). */
 function readJson(file: string): Record<string, unknown> {
+  let json: unknown;
   try {
-    return JSON.parse(readFileSync(file, "utf8"));
+    json = JSON.parse(readFileSync(file, "utf8"));
   } catch (err) {
     throw new Error(`${file}: ${(err as Error).message}`);
   }
+  // (a list in tokenizer_config.json was blamed on tokenizer.json, as the tokenizer could not be built)
+  if (typeof json !== "object" || json === null || Array.isArray(json)) throw new Error(`${file}: holds ${JSON.stringify(json).slice(0, 80)}, not a JSON object`);
+  return json as Record<string, unknown>;
 }
 
 function tokenString(v: unknown): string | undefined {
@@ -112,18 +117,12 @@ export class ChatTokenizer {
     const tokFile = path.join(dir, "tokenizer.json");
     if (!existsSync(tokFile)) throw new Error(`${dir}: tokenizer.json is missing (kiln reads Hugging Face fast tokenizers)`);
     const cfgFile = path.join(dir, "tokenizer_config.json");
-    // (a list or a number here was blamed on tokenizer.json, as the tokenizer could not be built)
-    const objectIn = (file: string) => {
-      const json = readJson(file);
-      if (typeof json !== "object" || json === null || Array.isArray(json)) throw new Error(`${file}: holds ${JSON.stringify(json).slice(0, 80)}, not a JSON object`);
-      return json;
-    };
-    const config = existsSync(cfgFile) ? objectIn(cfgFile) : {};
+    const config = existsSync(cfgFile) ? readJson(cfgFile) : {};
     // Older layouts keep the special tokens in special_tokens_map.json only; transformers merges
     // it in, so must we: without it the template's bos/eos render empty and eos never stops.
     const mapFile = path.join(dir, "special_tokens_map.json");
     if (existsSync(mapFile)) {
-      for (const [key, value] of Object.entries(objectIn(mapFile))) if (config[key] == null) config[key] = value;
+      for (const [key, value] of Object.entries(readJson(mapFile))) if (config[key] == null) config[key] = value;
     }
     const tokJson = readJson(tokFile);
     let tokenizer: Tokenizer;
